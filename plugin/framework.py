@@ -1,0 +1,347 @@
+"""The small request/response protocol between the server and auth method backends.
+
+A backend never sees HTTP. The server strips the mount prefix, builds a ``Request`` and
+awaits ``backend.handle_request(request)``; the backend returns a ``Response`` holding
+``data``, ``auth`` (for logins: the server mints the token) and ``warnings``, or raises a
+``PluginError``. This mirrors Vault's ``logical.Request``/``logical.Response``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from plugin.errors import NotFound, UnsupportedOperation, UnsupportedPath
+from plugin.schema import FieldSet
+from plugin.storage import Storage
+
+__all__ = [
+    "Operation",
+    "Connection",
+    "SystemView",
+    "StaticSystemView",
+    "FetchResult",
+    "Fetcher",
+    "Request",
+    "Alias",
+    "Auth",
+    "Response",
+    "PathSpec",
+    "Handler",
+    "Backend",
+]
+
+
+class Operation(str, Enum):
+    """What the caller wants to do; the server maps HTTP methods onto these."""
+
+    READ = "read"
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    LIST = "list"
+    RENEW = "renew"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Who is calling: the effective client IP (after trusted-proxy handling)."""
+
+    remote_addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """An HTTP answer from an identity provider, already size-capped."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Fetcher(Protocol):
+    """Outbound HTTP used by backends (JWKS, discovery, token and userinfo endpoints).
+
+    Implementations enforce the timeout and ``max_bytes``, trust only ``ca_pem`` when it is
+    given, never follow a redirect to another host, and raise ``UpstreamError`` with a short
+    reason (no response body) on network, TLS, timeout or size failures.
+    """
+
+    async def fetch(
+        self,
+        method: str,
+        url: str,
+        *,
+        ca_pem: str | None = None,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+        max_bytes: int = 1 << 20,
+    ) -> FetchResult: ...
+
+
+class SystemView(Protocol):
+    """What a backend may ask of the server about its mount."""
+
+    @property
+    def default_lease_ttl(self) -> int: ...
+
+    @property
+    def max_lease_ttl(self) -> int: ...
+
+    @property
+    def mount_path(self) -> str: ...
+
+    @property
+    def mount_accessor(self) -> str: ...
+
+    @property
+    def fetcher(self) -> Fetcher: ...
+
+    def now(self) -> float: ...
+
+
+@dataclass(slots=True)
+class StaticSystemView:
+    """A fixed SystemView for tests and tools (Vault's ``StaticSystemView``)."""
+
+    default_lease_ttl: int = 768 * 3600
+    max_lease_ttl: int = 768 * 3600
+    mount_path: str = "auth/jwt/"
+    mount_accessor: str = "auth_jwt_00000000"
+    fetcher: Any = None
+    clock: Callable[[], float] = time.time
+
+    def now(self) -> float:
+        return self.clock()
+
+
+@dataclass(slots=True)
+class Request:
+    """One call into a backend. ``path`` is relative to the mount (no leading slash)."""
+
+    operation: Operation
+    path: str
+    data: dict[str, Any] = field(default_factory=dict)
+    storage: Storage | None = None
+    system: SystemView | Any = None
+    connection: Connection | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    #: For RENEW: the token being renewed, as the Auth it was issued from.
+    auth: Auth | None = None
+    #: The caller's token entry (server-defined dict) on authenticated paths, else None.
+    token: dict[str, Any] | None = None
+    #: Values captured from the path pattern (filled by ``Backend.handle_request``).
+    captures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Alias:
+    """The identity a login maps to (Vault entity alias): name plus metadata."""
+
+    name: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Auth:
+    """What a successful login returns; the server turns it into a token.
+
+    TTL fields are seconds; 0 means "use the mount default/maximum". ``token_type`` is
+    ``default``, ``service`` or ``batch``. ``internal_data`` is kept server-side with the
+    token and handed back on renewal (it holds the role name).
+    """
+
+    display_name: str = ""
+    policies: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    alias: Alias | None = None
+    group_aliases: list[str] = field(default_factory=list)
+    internal_data: dict[str, Any] = field(default_factory=dict)
+    ttl: int = 0
+    max_ttl: int = 0
+    explicit_max_ttl: int = 0
+    period: int = 0
+    num_uses: int = 0
+    bound_cidrs: list[str] = field(default_factory=list)
+    token_type: str = "default"
+    no_default_policy: bool = False
+    renewable: bool = True
+
+
+@dataclass(slots=True)
+class Response:
+    """What a backend returns. ``raw_body`` (with ``status``/``content_type``) is for the
+    rare non-JSON answers such as the OIDC callback's HTML page."""
+
+    data: dict[str, Any] | None = None
+    auth: Auth | None = None
+    warnings: list[str] = field(default_factory=list)
+    status: int | None = None
+    content_type: str | None = None
+    raw_body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def add_warning(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+Handler = Callable[[Request, dict[str, Any]], Awaitable[Response | None]]
+
+
+@dataclass(slots=True)
+class PathSpec:
+    """One API path of a backend: its pattern, field schema and handlers.
+
+    ``pattern`` is a regex matched against the whole relative path; named groups become
+    fields (declare them in ``fields`` with ``FieldType.NAME``). Handlers receive the
+    request and the coerced values of the fields that were present.
+    """
+
+    pattern: str
+    fields: FieldSet
+    operations: dict[Operation, Handler]
+    summary: str = ""
+    description: str = ""
+    unauthenticated: bool = False
+    #: If set, CREATE vs UPDATE is decided by this; else writes are UPDATE.
+    existence_check: Callable[[Request, dict[str, Any]], Awaitable[bool]] | None = None
+    compiled: re.Pattern[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.compiled = re.compile(self.pattern)
+
+
+class Backend:
+    """Base class of every auth method: a path table plus request dispatch.
+
+    Subclasses set ``paths`` in ``__init__`` and may override ``renew``, ``invalidate``
+    and ``cleanup``.
+    """
+
+    type_name: str = ""
+
+    def __init__(self) -> None:
+        self.paths: list[PathSpec] = []
+
+    # -- routing -----------------------------------------------------------------------
+    def match(self, path: str) -> tuple[PathSpec, dict[str, str]]:
+        """Find the PathSpec for ``path``.
+
+        :raises UnsupportedPath: when no pattern matches.
+        """
+        for spec in self.paths:
+            m = spec.compiled.fullmatch(path)
+            if m is not None:
+                return spec, {k: v for k, v in m.groupdict().items() if v is not None}
+        raise UnsupportedPath()
+
+    def is_unauthenticated(self, path: str) -> bool:
+        """True for login-type paths that need no token (``login``, ``oidc/*``)."""
+        try:
+            spec, _ = self.match(path)
+        except UnsupportedPath:
+            return False
+        return spec.unauthenticated
+
+    async def handle_request(self, req: Request) -> Response | None:
+        """Dispatch ``req`` to the matching path handler.
+
+        Returns None for "no content" (writes/deletes: HTTP 204).
+
+        :raises PluginError: for every refusal (bad input, not found, unsupported ...).
+        """
+        if req.operation is Operation.RENEW:
+            if req.auth is None:
+                raise UnsupportedOperation()
+            auth = await self.renew(req, req.auth)
+            return Response(auth=auth)
+        spec, captures = self.match(req.path)
+        data = dict(req.data)
+        data.update(captures)
+        req.captures = captures
+        values, unknown = spec.fields.parse(data)
+        op = req.operation
+        if op in (Operation.CREATE, Operation.UPDATE):
+            if spec.existence_check is not None:
+                op = Operation.UPDATE if await spec.existence_check(req, values) else Operation.CREATE
+            handler = spec.operations.get(op) or spec.operations.get(
+                Operation.UPDATE if op is Operation.CREATE else Operation.CREATE
+            )
+        else:
+            handler = spec.operations.get(op)
+        if handler is None:
+            raise UnsupportedOperation()
+        resp = await handler(req, values)
+        if resp is not None and unknown and resp.raw_body is None:
+            resp.add_warning(
+                "Endpoint ignored these unrecognized parameters: [" + " ".join(unknown) + "]"
+            )
+        if resp is None and op is Operation.READ:
+            raise NotFound()
+        return resp
+
+    # -- hooks -------------------------------------------------------------------------
+    async def renew(self, req: Request, auth: Auth) -> Auth:
+        """Re-check a token issued by this backend before it is renewed.
+
+        Return the Auth with updated TTL parameters. The default refuses renewal.
+        """
+        raise UnsupportedOperation("this auth method does not support renewal")
+
+    def invalidate(self, key: str) -> None:
+        """Drop caches derived from storage ``key`` (called after writes by other nodes)."""
+
+    async def cleanup(self) -> None:
+        """Release resources when the mount is disabled or the server stops."""
+
+    # -- documentation -----------------------------------------------------------------
+    def openapi_paths(self, mount_prefix: str) -> dict[str, Any]:
+        """OpenAPI ``paths`` entries for this backend under ``/v1/<mount_prefix>``."""
+        out: dict[str, Any] = {}
+        for spec in self.paths:
+            route = "/" + mount_prefix.rstrip("/") + "/" + _pattern_to_route(spec.pattern)
+            ops: dict[str, Any] = {}
+            body = {"content": {"application/json": {"schema": {"type": "object", "properties": spec.fields.openapi()}}}}
+            for op in spec.operations:
+                verb = {
+                    Operation.READ: "get",
+                    Operation.CREATE: "post",
+                    Operation.UPDATE: "post",
+                    Operation.DELETE: "delete",
+                    Operation.LIST: "get",
+                }.get(op)
+                if verb is None or verb in ops:
+                    continue
+                entry: dict[str, Any] = {"summary": spec.summary, "description": spec.description}
+                if verb == "post":
+                    entry["requestBody"] = body
+                if op is Operation.LIST:
+                    entry["parameters"] = [{"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]
+                ops[verb] = entry
+            out[route] = ops
+        return out
+
+
+def _pattern_to_route(pattern: str) -> str:
+    """Turn ``role/(?P<name>\\w(...)?)`` into ``role/{name}`` for documentation."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        m = re.compile(r"\(\?P<(\w+)>").match(pattern, i)
+        if m is None:
+            out.append(pattern[i])
+            i += 1
+            continue
+        depth, j = 1, m.end()
+        while j < len(pattern) and depth:
+            depth += {"(": 1, ")": -1}.get(pattern[j], 0)
+            j += 1
+        out.append("{" + m.group(1) + "}")
+        i = j
+    route = "".join(out)
+    return route.replace("/?$", "").replace("$", "").replace("^", "").replace("/?", "")

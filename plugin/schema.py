@@ -1,0 +1,363 @@
+"""Field schemas: declared once per path, they drive coercion, defaults, GET output and OpenAPI.
+
+Coercion follows Vault's ``framework.FieldData`` (see vault-api.md section 1.2): weak
+string conversion, comma string slices trimmed per element, durations as seconds, Go
+duration strings or ``<n>d``, key/value pairs as an object or a list of ``k=v``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from plugin.errors import InvalidRequest
+
+__all__ = [
+    "FieldType",
+    "Field",
+    "FieldSet",
+    "parse_duration",
+    "format_duration",
+    "coerce",
+]
+
+
+class FieldType(Enum):
+    """Wire types, named after Vault's ``framework.FieldType``."""
+
+    STRING = "string"
+    LOWER_STRING = "lowercase_string"
+    BOOL = "bool"
+    INT = "int"
+    COMMA_STRING_SLICE = "comma_string_slice"
+    DURATION = "duration_second"
+    SIGNED_DURATION = "signed_duration_second"
+    MAP = "map"
+    KV_PAIRS = "kv_pairs"
+    SLICE = "slice"
+    NAME = "name"  # a value captured from the URL path
+
+
+_OPENAPI_TYPES = {
+    FieldType.STRING: {"type": "string"},
+    FieldType.LOWER_STRING: {"type": "string"},
+    FieldType.NAME: {"type": "string"},
+    FieldType.BOOL: {"type": "boolean"},
+    FieldType.INT: {"type": "integer"},
+    FieldType.COMMA_STRING_SLICE: {"type": "array", "items": {"type": "string"}},
+    FieldType.DURATION: {"type": "string", "format": "duration"},
+    FieldType.SIGNED_DURATION: {"type": "string", "format": "duration"},
+    FieldType.MAP: {"type": "object"},
+    FieldType.KV_PAIRS: {"type": "object", "additionalProperties": {"type": "string"}},
+    FieldType.SLICE: {"type": "array"},
+}
+
+_MISSING = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One request/response field: type, user-facing description and default.
+
+    ``sensitive`` fields are accepted on write and never returned on read.
+    ``alias_of`` marks a deprecated legacy name for another field.
+    """
+
+    type: FieldType
+    description: str
+    default: Any = None
+    required: bool = False
+    sensitive: bool = False
+    deprecated: bool = False
+    alias_of: str | None = None
+
+    def default_value(self) -> Any:
+        """A fresh copy of the default (lists and dicts are not shared)."""
+        if isinstance(self.default, (list, dict)):
+            return json.loads(json.dumps(self.default))
+        return self.default
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI property object for this field."""
+        out: dict[str, Any] = dict(_OPENAPI_TYPES[self.type])
+        out["description"] = self.description
+        if self.default is not None:
+            out["default"] = self.default
+        if self.deprecated:
+            out["deprecated"] = True
+        if self.sensitive:
+            out["x-sensitive"] = True
+        return out
+
+
+@dataclass(slots=True)
+class FieldSet:
+    """An ordered mapping of field name to ``Field`` with helpers used by path handlers."""
+
+    fields: dict[str, Field] = field(default_factory=dict)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.fields)
+
+    def __getitem__(self, name: str) -> Field:
+        return self.fields[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.fields
+
+    def items(self):  # type: ignore[no-untyped-def]
+        return self.fields.items()
+
+    def parse(self, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Coerce every known key present in ``data``; return (values, unknown keys).
+
+        :raises InvalidRequest: ``Field validation failed: ...`` on the first bad value.
+        """
+        values: dict[str, Any] = {}
+        unknown: list[str] = []
+        for key, raw in data.items():
+            spec = self.fields.get(key)
+            if spec is None:
+                unknown.append(key)
+                continue
+            values[key] = coerce(key, spec, raw)
+        return values, sorted(unknown)
+
+    def defaults(self) -> dict[str, Any]:
+        """Every non-alias field with its default value."""
+        return {n: f.default_value() for n, f in self.fields.items() if f.alias_of is None}
+
+    def public(self, values: dict[str, Any]) -> dict[str, Any]:
+        """GET output: every non-sensitive, non-alias field, defaulted when absent."""
+        out: dict[str, Any] = {}
+        for name, spec in self.fields.items():
+            if spec.sensitive or spec.alias_of is not None or spec.type is FieldType.NAME:
+                continue
+            out[name] = values.get(name, spec.default_value())
+        return out
+
+    def openapi(self) -> dict[str, Any]:
+        """OpenAPI ``properties`` for a request body."""
+        return {n: f.openapi() for n, f in self.fields.items() if f.type is not FieldType.NAME}
+
+
+# ---------------------------------------------------------------------------
+# Durations
+
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_MAX_SECONDS = 2**53  # far beyond any sane TTL; keeps arithmetic exact
+
+
+def parse_duration(value: Any, *, signed: bool = False) -> int:
+    """Parse a Vault duration into whole seconds.
+
+    Accepts an int (seconds), a numeric string (seconds), ``"<n>d"`` (days) or a Go
+    duration (``"1h30m"``, ``"5s"``, ``"-1s"``). ``""`` is 0.
+
+    :raises ValueError: with a short reason on anything else, or a negative value when
+        ``signed`` is false.
+    """
+    if isinstance(value, bool):
+        raise ValueError("boolean is not a duration")
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        seconds = int(value)
+    elif isinstance(value, str):
+        seconds = _parse_duration_string(value.strip())
+    else:
+        raise ValueError(f"unsupported type {type(value).__name__}")
+    if abs(seconds) > _MAX_SECONDS:
+        raise ValueError("duration out of range")
+    if seconds < 0 and not signed:
+        raise ValueError(f"cannot provide negative value '{value}'")
+    return seconds
+
+
+def _parse_duration_string(text: str) -> int:
+    if text == "":
+        return 0
+    if re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    sign = 1
+    body = text
+    if body[0] in "+-":
+        sign = -1 if body[0] == "-" else 1
+        body = body[1:]
+    if re.fullmatch(r"\d+d", body):
+        return sign * int(body[:-1]) * 86400
+    if body == "0":
+        return 0
+    pos = 0
+    total = 0.0
+    while pos < len(body):
+        m = _GO_PART.match(body, pos)
+        if m is None:
+            raise ValueError(f"time: invalid duration \"{text}\"")
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0:
+        raise ValueError(f"time: invalid duration \"{text}\"")
+    return sign * int(total)
+
+
+def format_duration(seconds: int) -> str:
+    """Go-style ``time.Duration.String`` for whole seconds, e.g. ``25h0m0s``."""
+    if seconds == 0:
+        return "0s"
+    sign = "-" if seconds < 0 else ""
+    s = abs(seconds)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    if h:
+        return f"{sign}{h}h{m}m{sec}s"
+    if m:
+        return f"{sign}{m}m{sec}s"
+    return f"{sign}{sec}s"
+
+
+# ---------------------------------------------------------------------------
+# Coercion
+
+
+def _fail(name: str, raw: Any, reason: str) -> InvalidRequest:
+    shown = raw if isinstance(raw, (str, int, float, bool)) else json.dumps(raw)[:200]
+    return InvalidRequest(
+        f'Field validation failed: error converting input {shown} for field "{name}": {reason}'
+    )
+
+
+def _weak_string(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bool):
+        return "1" if raw else "0"
+    if isinstance(raw, int):
+        return str(raw)
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise ValueError("not a finite number")
+        return str(int(raw)) if raw.is_integer() else repr(raw)
+    raise ValueError(f"expected a string, got {_json_type(raw)}")
+
+
+def _json_type(raw: Any) -> str:
+    if raw is None:
+        return "null"
+    if isinstance(raw, bool):
+        return "boolean"
+    if isinstance(raw, (int, float)):
+        return "number"
+    if isinstance(raw, str):
+        return "string"
+    if isinstance(raw, list):
+        return "array"
+    if isinstance(raw, dict):
+        return "object"
+    return type(raw).__name__
+
+
+def coerce(name: str, spec: Field, raw: Any) -> Any:
+    """Coerce one raw request value to the field's type.
+
+    :raises InvalidRequest: ``Field validation failed: error converting input ...``.
+    """
+    try:
+        return _coerce(spec.type, raw)
+    except ValueError as exc:
+        raise _fail(name, raw, str(exc)) from None
+
+
+def _coerce(ftype: FieldType, raw: Any) -> Any:
+    if ftype in (FieldType.STRING, FieldType.NAME):
+        return _weak_string(raw)
+    if ftype is FieldType.LOWER_STRING:
+        return _weak_string(raw).lower()
+    if ftype is FieldType.BOOL:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return raw != 0
+        if isinstance(raw, str):
+            low = raw.strip().lower()
+            if low in ("true", "1", "t", "yes"):
+                return True
+            if low in ("false", "0", "f", "no", ""):
+                return False
+        raise ValueError("cannot parse as a boolean")
+    if ftype is FieldType.INT:
+        if isinstance(raw, bool):
+            raise ValueError("boolean is not an integer")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d{1,18}\s*", raw):
+            return int(raw)
+        raise ValueError("cannot parse as an integer")
+    if ftype is FieldType.COMMA_STRING_SLICE:
+        if raw is None:
+            return []
+        if isinstance(raw, list):
+            return [_weak_string(x).strip() for x in raw]
+        text = _weak_string(raw)
+        if text == "":
+            return []
+        return [part.strip() for part in text.split(",")]
+    if ftype is FieldType.DURATION:
+        return parse_duration(raw)
+    if ftype is FieldType.SIGNED_DURATION:
+        return parse_duration(raw, signed=True)
+    if ftype is FieldType.MAP:
+        if raw is None or raw == "":
+            return {}
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise ValueError("expected a JSON object") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected an object, got {_json_type(raw)}")
+        return raw
+    if ftype is FieldType.KV_PAIRS:
+        if raw is None or raw == "":
+            return {}
+        if isinstance(raw, dict):
+            return {str(k): _weak_string(v) for k, v in raw.items()}
+        items = raw if isinstance(raw, list) else [raw]
+        out: dict[str, str] = {}
+        for item in items:
+            text = _weak_string(item)
+            if "=" not in text:
+                raise ValueError(f'invalid key pair "{text}"')
+            k, v = text.split("=", 1)
+            out[k.strip()] = v.strip()
+        return out
+    if ftype is FieldType.SLICE:
+        if raw is None:
+            return []
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise ValueError("expected a JSON array") from None
+        if not isinstance(raw, list):
+            raise ValueError(f"expected an array, got {_json_type(raw)}")
+        return raw
+    raise ValueError(f"unknown field type {ftype}")  # pragma: no cover
