@@ -1,0 +1,1 @@
+"""The authmount server: aiohttp application, mounts, tokens, policies and storage."""
