@@ -84,6 +84,7 @@ class SQLiteStorage:
         self._lock_fd: int | None = None
         self._closed = True
         self._stopped: asyncio.Future[None] | None = None
+        self.commits = 0  # committed transactions (group commit makes this << writes)
 
     @classmethod
     async def open(cls, path: str, synchronous: str = "FULL") -> SQLiteStorage:
@@ -262,6 +263,7 @@ class SQLiteStorage:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             return [(False, exc)] * len(batch)
+        self.commits += 1
         return results
 
 

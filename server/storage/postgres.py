@@ -1,0 +1,270 @@
+"""PostgreSQL storage engine for several nodes: pooled psycopg 3 connections and LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import psycopg
+import structlog
+from psycopg import pq
+
+from plugin.storage import Updater, list_children
+
+__all__ = ["PostgresStorage", "CHANNEL"]
+
+CHANNEL = "authmount_kv"
+_RECONNECT_DELAY = 1.0
+_log = structlog.get_logger(__name__)
+
+# COLLATE "C" makes the primary-key index byte-ordered, so ``LIKE 'prefix%'`` uses it.
+_SCHEMA = (
+    'CREATE TABLE IF NOT EXISTS authmount_kv (key text COLLATE "C" PRIMARY KEY, value jsonb NOT NULL)'
+)
+_PUT = (
+    "WITH w AS (INSERT INTO authmount_kv (key, value) VALUES (%(key)s, %(value)s::jsonb)"
+    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key)"
+    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w"
+)
+_DELETE = (
+    "WITH d AS (DELETE FROM authmount_kv WHERE key = %(key)s RETURNING key)"
+    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM d"
+)
+_DELETE_PREFIX = (
+    "WITH d AS (DELETE FROM authmount_kv WHERE key LIKE %(pattern)s ESCAPE '\\' RETURNING key)"
+    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM d"
+)
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (ESCAPE ``\\``) matching exactly the strings starting with ``prefix``."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"storage key must be a non-empty str, got {key!r}")
+
+
+class _Pool:
+    """A small pool of autocommit connections, opened lazily up to ``size``."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn = dsn
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(size)
+        self._all: set[psycopg.AsyncConnection[Any]] = set()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        self._all.add(conn)
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """Borrow a connection; one left broken or mid-transaction is discarded."""
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            healthy = False
+            try:
+                yield conn
+                healthy = True
+            finally:
+                status = conn.info.transaction_status
+                if healthy or (not conn.closed and status == pq.TransactionStatus.IDLE):
+                    self._idle.append(conn)
+                else:
+                    self._all.discard(conn)
+                    await conn.close()
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for conn in list(self._all):
+            await conn.close()
+        self._all.clear()
+        self._idle.clear()
+
+
+class PostgresStorage:
+    """A ``plugin.storage.Storage`` in one PostgreSQL table shared by every node.
+
+    Table ``authmount_kv(key text primary key, value jsonb)``, created at open. After every
+    write the changed keys are announced with ``NOTIFY authmount_kv, '<node-id> <key>'`` (in
+    the writing transaction, so only committed changes are announced); each node LISTENs
+    and calls its invalidation callback for keys written by *other* nodes. ``update`` locks
+    the row (``SELECT ... FOR UPDATE``; a missing row is locked by inserting it inside the
+    transaction), so concurrent updates of one key are serialised across the cluster.
+    Build it with ``await PostgresStorage.open(dsn)``.
+    """
+
+    def __init__(self, dsn: str, pool_size: int = 10) -> None:
+        self.dsn = dsn
+        self.node_id = uuid.uuid4().hex
+        self._node_prefix = self.node_id + " "
+        self._pool = _Pool(dsn, pool_size)
+        self._callback: Callable[[str], None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, dsn: str, pool_size: int = 10) -> PostgresStorage:
+        """Connect, create the table if needed and start listening for other nodes' writes."""
+        store = cls(dsn, pool_size)
+        try:
+            async with store._pool.connection() as conn:
+                await conn.execute(_SCHEMA)
+            store._listener = asyncio.create_task(store._listen(), name="authmount-pg-listen")
+            await store._listening.wait()
+            if store._listener.done():  # the first LISTEN connection failed
+                store._listener.result()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    def set_invalidation_callback(self, cb: Callable[[str], None]) -> None:
+        """Call ``cb(key)`` when another node writes ``key`` (``cb("")``: anything changed)."""
+        self._callback = cb
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError("storage is closed")
+
+    def _params(self, **extra: Any) -> dict[str, Any]:
+        return {"chan": CHANNEL, "node": self._node_prefix, **extra}
+
+    async def get(self, key: str) -> Any | None:
+        """Return the value at ``key`` or None."""
+        self._check()
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT value::text FROM authmount_kv WHERE key = %s", (key,)
+            )
+            row = await cur.fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    async def list(self, prefix: str) -> list[str]:
+        """Immediate children under ``prefix`` (sorted; sub-folders end with ``/``)."""
+        self._check()
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT key FROM authmount_kv WHERE key LIKE %s ESCAPE '\\'",
+                (like_prefix(prefix),),
+            )
+            rows = await cur.fetchall()
+        return list_children((r[0] for r in rows), prefix)
+
+    async def put(self, key: str, value: Any) -> None:
+        """Store ``value`` at ``key`` (committed when this returns)."""
+        self._check()
+        _check_key(key)
+        text = orjson.dumps(value).decode()
+        async with self._pool.connection() as conn:
+            await conn.execute(_PUT, self._params(key=key, value=text))
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key``; a missing key is fine."""
+        self._check()
+        async with self._pool.connection() as conn:
+            await conn.execute(_DELETE, self._params(key=key))
+
+    async def update(self, key: str, fn: Updater) -> Any | None:
+        """Atomically store ``fn(old)`` under a row lock (None deletes); return the new value."""
+        self._check()
+        _check_key(key)
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                old = await self._lock_row(conn, key)
+                new = fn(old)
+                if new is None:
+                    await conn.execute(_DELETE, self._params(key=key))
+                else:
+                    text = orjson.dumps(new).decode()
+                    await conn.execute(_PUT, self._params(key=key, value=text))
+        return new
+
+    async def _lock_row(self, conn: psycopg.AsyncConnection[Any], key: str) -> Any | None:
+        """Lock ``key``'s row for this transaction and return its value (None: missing)."""
+        while True:
+            # Inserting a placeholder locks a missing key too: a concurrent insert of the
+            # same key waits on the unique index until this transaction ends. The
+            # placeholder is never visible to others (the transaction either writes the
+            # real value or rolls back).
+            cur = await conn.execute(
+                "INSERT INTO authmount_kv (key, value) VALUES (%s, 'null'::jsonb)"
+                " ON CONFLICT (key) DO NOTHING RETURNING key",
+                (key,),
+            )
+            if await cur.fetchone():
+                return None
+            cur = await conn.execute(
+                "SELECT value::text FROM authmount_kv WHERE key = %s FOR UPDATE", (key,)
+            )
+            row = await cur.fetchone()
+            if row:
+                return orjson.loads(row[0])
+            # The row was deleted between the two statements: try again.
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key starting with ``prefix`` in one statement; return the count."""
+        self._check()
+        if not isinstance(prefix, str):
+            raise TypeError("prefix must be a str")
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(_DELETE_PREFIX, self._params(pattern=like_prefix(prefix)))
+            return max(cur.rowcount, 0)
+
+    # -- notifications -----------------------------------------------------------------
+
+    def _dispatch(self, payload: str) -> None:
+        node, _, key = payload.partition(" ")
+        if node == self.node_id or self._callback is None:
+            return
+        try:
+            self._callback(key)
+        except Exception:  # noqa: BLE001 - a cache bug must not stop the listener
+            _log.exception("storage_invalidation_callback_failed")
+
+    async def _listen(self) -> None:
+        """Keep one LISTEN connection open; on reconnect tell the callback everything changed."""
+        first = True
+        while not self._closed:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            except psycopg.Error as exc:
+                if first:
+                    self._listening.set()
+                    raise
+                _log.warning("storage_listen_connect_failed", error=str(exc))
+                await asyncio.sleep(_RECONNECT_DELAY)
+                continue
+            try:
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    if not first and self._callback is not None:
+                        self._callback("")  # notifications may have been missed meanwhile
+                    first = False
+                    self._listening.set()
+                    async for note in conn.notifies():
+                        self._dispatch(note.payload)
+            except psycopg.Error as exc:
+                if self._closed:
+                    return
+                _log.warning("storage_listen_lost", error=str(exc))
+                await asyncio.sleep(_RECONNECT_DELAY)
+
+    async def close(self) -> None:
+        """Stop listening and close every pooled connection."""
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                await self._listener
+            self._listener = None
+        await self._pool.close()

@@ -1,0 +1,323 @@
+"""The Storage protocol on every engine (memory, SQLite, PostgreSQL), plus engine specifics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from plugin.storage import Storage
+from server.storage import open_storage
+from server.storage.postgres import like_prefix
+from server.storage.sqlite import SQLiteStorage, _prefix_upper
+from tests.pg import postgres_dsn, postgres_server  # noqa: F401 - fixtures
+
+ENGINES = ["memory", "sqlite", "postgres"]
+
+
+@pytest.fixture(params=ENGINES)
+async def store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Any]:
+    """An open store of each engine type, closed after the test."""
+    kind = request.param
+    cfg: dict[str, Any] = {"type": kind}
+    if kind == "sqlite":
+        cfg["path"] = str(tmp_path / "db" / "authmount.db")
+    elif kind == "postgres":
+        cfg["dsn"] = request.getfixturevalue("postgres_dsn")
+    s = await open_storage(cfg)
+    yield s
+    await s.close()
+
+
+def _incr(old: Any) -> Any:
+    return {"n": (old or {"n": 0})["n"] + 1}
+
+
+def _boom(old: Any) -> Any:
+    raise ZeroDivisionError("fn failed")
+
+
+VALUES = [
+    ({"a": {"b": [1, 2, {"c": None}]}, "t": True, "f": 1.5}, "nested"),
+    ({"name": "Zoë ✓ 名前 🚀", "k\u00e9y": "v"}, "unicode"),
+    ([1, "two", 3.25, False, None, []], "list"),
+    ("plain string", "string"),
+    (0, "zero"),
+    (-(2**53), "big-int"),
+    ({}, "empty-dict"),
+]
+
+
+@pytest.mark.parametrize("value", [v for v, _ in VALUES], ids=[i for _, i in VALUES])
+async def test_json_round_trip(store: Any, value: Any) -> None:
+    await store.put("sys/x", value)
+    assert await store.get("sys/x") == value
+
+
+async def test_implements_protocol(store: Any) -> None:
+    assert isinstance(store, Storage)
+    store.set_invalidation_callback(lambda key: None)
+
+
+async def test_get_missing_put_replace_delete(store: Any) -> None:
+    assert await store.get("nope") is None
+    await store.put("k", {"v": 1})
+    await store.put("k", {"v": 2})
+    assert await store.get("k") == {"v": 2}
+    await store.delete("k")
+    await store.delete("k")  # deleting a missing key is not an error
+    assert await store.get("k") is None
+
+
+async def test_get_returns_a_copy(store: Any) -> None:
+    await store.put("k", {"list": [1]})
+    got = await store.get("k")
+    got["list"].append(2)
+    assert await store.get("k") == {"list": [1]}
+
+
+LIST_CASES = [
+    ("", ["a/", "b", "c%/", "c%x/", "c_d/", "cxd/"], "root"),
+    ("a/", ["b", "b/", "c/"], "folder-and-leaf-same-name"),
+    ("a/b/", ["x"], "nested"),
+    ("a/c/", ["d/"], "deep"),
+    ("c_d/", ["1"], "underscore-is-literal"),
+    ("c%/", ["2"], "percent-is-literal"),
+    ("zzz/", [], "missing"),
+]
+
+
+@pytest.mark.parametrize(("prefix", "expected"), [c[:2] for c in LIST_CASES],
+                         ids=[c[2] for c in LIST_CASES])
+async def test_list_immediate_children(store: Any, prefix: str, expected: list[str]) -> None:
+    for key in ("a/b", "a/b/x", "a/c/d/e", "b", "c_d/1", "cxd/9", "c%/2", "c%x/3"):
+        await store.put(key, 1)
+    assert await store.list(prefix) == expected
+
+
+async def test_update_creates_returns_and_deletes(store: Any) -> None:
+    assert await store.update("ctr", _incr) == {"n": 1}
+    assert await store.update("ctr", _incr) == {"n": 2}
+    assert await store.get("ctr") == {"n": 2}
+    assert await store.update("ctr", lambda old: None) is None
+    assert await store.get("ctr") is None
+    assert await store.list("") == []
+
+
+async def test_update_sees_old_value(store: Any) -> None:
+    await store.put("k", {"seen": []})
+    seen: list[Any] = []
+    await store.update("k", lambda old: seen.append(old) or {"x": 1})
+    assert seen == [{"seen": []}]
+
+
+async def test_concurrent_updates_are_serialised(store: Any) -> None:
+    await asyncio.gather(*(store.update("ctr", _incr) for _ in range(100)))
+    assert await store.get("ctr") == {"n": 100}
+
+
+@pytest.mark.parametrize(
+    ("fn", "error"),
+    [(_boom, ZeroDivisionError), (lambda old: {"bad": object()}, TypeError)],
+    ids=["fn-raises", "result-not-json"],
+)
+async def test_failed_update_leaves_old_value(store: Any, fn: Any, error: type) -> None:
+    await store.put("k", {"v": "old"})
+    with pytest.raises(error):
+        await store.update("k", fn)
+    assert await store.get("k") == {"v": "old"}
+    with pytest.raises(error):
+        await store.update("missing", fn)
+    assert await store.get("missing") is None
+    assert await store.list("") == ["k"]
+
+
+async def test_failed_put_leaves_old_value(store: Any) -> None:
+    await store.put("k", {"v": "old"})
+    with pytest.raises(TypeError):
+        await store.put("k", {"v": {1, 2}})
+    assert await store.get("k") == {"v": "old"}
+
+
+@pytest.mark.parametrize("key", ["", None, 5], ids=["empty", "none", "int"])
+async def test_bad_key_rejected(store: Any, key: Any) -> None:
+    with pytest.raises(TypeError):
+        await store.put(key, 1)
+
+
+DELETE_PREFIX_CASES = [
+    ("auth/a/", 3, ["auth/a_b/x", "auth/ab/x", "other"], "folder"),
+    ("auth/a_b/", 1, ["auth/a/1", "auth/a/2", "auth/a/3/4", "auth/ab/x", "other"],
+     "underscore-literal"),
+    ("auth/", 5, ["other"], "everything-under"),
+    ("nothing/", 0, ["auth/a/1", "auth/a/2", "auth/a/3/4", "auth/a_b/x", "auth/ab/x",
+                     "other"], "no-match"),
+]
+
+
+@pytest.mark.parametrize(("prefix", "count", "left"), [c[:3] for c in DELETE_PREFIX_CASES],
+                         ids=[c[3] for c in DELETE_PREFIX_CASES])
+async def test_delete_prefix(store: Any, prefix: str, count: int, left: list[str]) -> None:
+    for key in ("auth/a/1", "auth/a/2", "auth/a/3/4", "auth/a_b/x", "auth/ab/x", "other"):
+        await store.put(key, key)
+    assert await store.delete_prefix(prefix) == count
+    remaining = [k for k in ("auth/a/1", "auth/a/2", "auth/a/3/4", "auth/a_b/x", "auth/ab/x",
+                             "other") if await store.get(k) is not None]
+    assert remaining == left
+
+
+async def test_closed_store_refuses(store: Any) -> None:
+    await store.close()
+    with pytest.raises(RuntimeError):
+        await store.get("k")
+    with pytest.raises(RuntimeError):
+        await store.put("k", 1)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [{"type": "nosql"}, {"type": "postgres"}, {"type": "sqlite", "sqlite_synchronous": "OFF"},
+     {"type": "postgres", "dsn": "postgresql://x/y", "pool_size": 0}],
+    ids=["unknown-type", "postgres-without-dsn", "sqlite-sync-off", "pool-size-zero"],
+)
+async def test_open_storage_rejects_bad_settings(cfg: dict[str, Any], tmp_path: Any) -> None:
+    cfg.setdefault("path", str(tmp_path / "x.db"))
+    with pytest.raises(ValueError):
+        await open_storage(cfg)
+
+
+# -- SQLite specifics ---------------------------------------------------------------------
+
+
+async def test_sqlite_persists_across_reopen(tmp_path: Any) -> None:
+    path = str(tmp_path / "deep" / "dir" / "a.db")
+    s = await open_storage({"type": "sqlite", "path": path})
+    await s.put("a/b", {"v": "é"})
+    await s.update("ctr", _incr)
+    await s.put("gone", 1)
+    await s.delete("gone")
+    await s.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    s = await open_storage({"type": "sqlite", "path": path, "sqlite_synchronous": "normal"})
+    assert await s.get("a/b") == {"v": "é"}
+    assert await s.get("ctr") == {"n": 1}
+    assert await s.get("gone") is None
+    assert await s.list("") == ["a/", "ctr"]
+    await s.close()
+
+
+async def test_sqlite_single_owner(tmp_path: Any) -> None:
+    path = str(tmp_path / "a.db")
+    first = await SQLiteStorage.open(path)
+    with pytest.raises(RuntimeError, match="in use"):
+        await SQLiteStorage.open(path)
+    await first.close()
+    second = await SQLiteStorage.open(path)
+    await second.close()
+
+
+async def test_sqlite_group_commit_500_concurrent_puts(tmp_path: Any) -> None:
+    path = str(tmp_path / "a.db")
+    s = await SQLiteStorage.open(path)
+    await asyncio.gather(*(s.put(f"tok/{i}", {"i": i}) for i in range(500)))
+    assert s.commits < 500  # writes shared transactions
+    await s.close()
+    s = await SQLiteStorage.open(path)
+    assert [await s.get(f"tok/{i}") for i in range(500)] == [{"i": i} for i in range(500)]
+    assert len(await s.list("tok/")) == 500
+    await s.close()
+
+
+async def test_sqlite_failure_in_batch_fails_only_its_caller(tmp_path: Any) -> None:
+    s = await SQLiteStorage.open(str(tmp_path / "a.db"))
+    await s.put("k", 0)
+    results = await asyncio.gather(
+        s.put("a", 1),
+        s.update("k", lambda old: old + 1),
+        s.update("k", _boom),
+        s.update("k", lambda old: {"bad": object()}),
+        s.update("k", lambda old: old + 10),
+        s.put("b", 2),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == [
+        "NoneType", "int", "ZeroDivisionError", "TypeError", "int", "NoneType"]
+    assert results[4] == 11
+    assert [await s.get(k) for k in ("a", "k", "b")] == [1, 11, 2]
+    await s.close()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "upper"),
+    [("a/", "a0"), ("", None), ("a\U0010ffff", "b"), ("\U0010ffff", None), ("x\ud7ff", "x\ue000")],
+    ids=["ascii", "empty", "max-codepoint-carry", "only-max", "skip-surrogates"],
+)
+def test_prefix_upper_bound(prefix: str, upper: str | None) -> None:
+    assert _prefix_upper(prefix) == upper
+
+
+@pytest.mark.parametrize(
+    ("prefix", "pattern"),
+    [("a/", "a/%"), ("a_b%", "a\\_b\\%%"), ("back\\slash", "back\\\\slash%")],
+    ids=["plain", "wildcards", "backslash"],
+)
+def test_like_prefix_escapes(prefix: str, pattern: str) -> None:
+    assert like_prefix(prefix) == pattern
+
+
+# -- PostgreSQL specifics -----------------------------------------------------------------
+
+
+async def _wait_for(seen: list[str], want: set[str]) -> None:
+    # A hang guard, not a timing assertion: notifications normally arrive in milliseconds.
+    async with asyncio.timeout(20):
+        while not want <= set(seen):
+            await asyncio.sleep(0.01)
+
+
+async def test_postgres_invalidation_reaches_other_nodes(postgres_dsn: str) -> None:  # noqa: F811
+    a = await open_storage({"type": "postgres", "dsn": postgres_dsn})
+    b = await open_storage({"type": "postgres", "dsn": postgres_dsn, "pool_size": 2})
+    seen_a: list[str] = []
+    seen_b: list[str] = []
+    a.set_invalidation_callback(seen_a.append)
+    b.set_invalidation_callback(seen_b.append)
+    try:
+        await a.put("auth/x/config", {"v": 1})
+        await a.update("auth/x/role/r", _incr)
+        await a.put("sys/token/1", 1)
+        await a.put("sys/token/2", 2)
+        await a.delete_prefix("sys/token/")
+        await a.delete("auth/x/config")
+        await _wait_for(seen_b, {"auth/x/config", "auth/x/role/r", "sys/token/1", "sys/token/2"})
+        assert await b.get("auth/x/role/r") == {"n": 1}
+        await b.put("from-b", 1)
+        await _wait_for(seen_a, {"from-b"})
+        assert "from-b" not in seen_b  # a node is not told about its own writes
+        assert not set(seen_a) & {"auth/x/config", "sys/token/1"}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_postgres_updates_atomic_across_nodes(postgres_dsn: str) -> None:  # noqa: F811
+    a = await open_storage({"type": "postgres", "dsn": postgres_dsn, "pool_size": 5})
+    b = await open_storage({"type": "postgres", "dsn": postgres_dsn, "pool_size": 5})
+    try:
+        # The key starts missing, so the first updates race to create it.
+        await asyncio.gather(*(n.update("ctr", _incr) for _ in range(40) for n in (a, b)))
+        assert await a.get("ctr") == {"n": 80}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_postgres_open_fails_cleanly_on_bad_dsn(postgres_server: Any) -> None:  # noqa: F811
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError):
+        await open_storage({"type": "postgres", "dsn": postgres_server.dsn("no_such_db")})
