@@ -1,0 +1,467 @@
+"""Key sources for JWT verification: static PEMs, HMAC secrets, JWKS URLs, JWKS pairs, discovery.
+
+Remote key sets are fetched lazily and cached with a maximum age. A stale set is refreshed in
+the background while the cached keys keep serving, an unknown ``kid`` triggers one
+single-flight refresh at most once per cooldown window, and a failed or empty fetch never
+replaces the last good key set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from cryptography import x509
+
+from plugin.errors import InvalidRequest, PluginError
+from plugin.framework import Fetcher
+from plugin.jose_verify import (
+    MAX_KEYS_PER_TOKEN,
+    ParsedToken,
+    VerifyKey,
+    keys_from_hmac_secrets,
+    keys_from_jwks,
+    keys_from_pems,
+    verify_signature,
+)
+
+__all__ = [
+    "KeySource",
+    "StaticKeySource",
+    "RemoteJWKS",
+    "JWKSKeySource",
+    "DiscoveryKeySource",
+    "JWKSPairsKeySource",
+    "build_key_source",
+    "fetch_discovery",
+    "check_ca_pem",
+]
+
+FETCH_TIMEOUT = 10.0
+MAX_BODY_BYTES = 1 << 20
+WELL_KNOWN = "/.well-known/openid-configuration"
+
+_SIG_PREFIX = "error validating token: error verifying token signature: "
+_BAD_ALG = (
+    "error validating token: invalid algorithm (alg) header parameter: "
+    "token signed with unexpected algorithm"
+)
+_JWKS_FAILED = "failed to verify id token signature"
+
+Clock = Callable[[], float]
+
+
+def _show(value: str, limit: int = 128) -> str:
+    """``value`` for an error message: as-is when short and printable, else JSON-escaped."""
+    if len(value) <= limit and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    shown = json.dumps(value[:limit])
+    return shown + ("..." if len(value) > limit else "")
+
+
+def check_ca_pem(ca_pem: str | None) -> str | None:
+    """Return a reason if ``ca_pem`` is set but holds no parseable certificate, else None."""
+    if not ca_pem:
+        return None
+    try:
+        certs = x509.load_pem_x509_certificates(ca_pem.encode("utf-8"))
+    except Exception:
+        return "could not parse CA PEM value successfully"
+    return None if certs else "could not parse CA PEM value successfully"
+
+
+async def _get_json(fetcher: Fetcher, url: str, ca_pem: str | None) -> Any:
+    """GET ``url`` and decode its JSON body (any content type).
+
+    :raises ValueError: with a short reason (status, not JSON, network) and no body text.
+    """
+    try:
+        result = await fetcher.fetch(
+            "GET", url, ca_pem=ca_pem or None, timeout=FETCH_TIMEOUT, max_bytes=MAX_BODY_BYTES
+        )
+    except PluginError as exc:
+        raise ValueError(str(exc) or "request failed") from None
+    except Exception as exc:  # a Fetcher should only raise UpstreamError; be safe anyway
+        raise ValueError(f"request failed ({type(exc).__name__})") from None
+    if result.status != 200:
+        raise ValueError(f"unexpected HTTP status {result.status}")
+    try:
+        return json.loads(result.body.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ValueError("response is not valid JSON") from None
+
+
+class KeySource:
+    """Where the verification keys of a mount come from (base class)."""
+
+    #: The Vault text used when no key verifies the token.
+    failure = "no known key successfully validated the token signature"
+
+    async def verify(self, token: ParsedToken, allowed_algs: Sequence[str]) -> None:
+        """Check ``token.alg`` against ``allowed_algs`` and verify the signature.
+
+        :raises InvalidRequest: with Vault's messages (``error validating token: ...``).
+        """
+        if token.alg not in allowed_algs:
+            raise InvalidRequest(_BAD_ALG)
+        await self._verify(token)
+
+    async def _verify(self, token: ParsedToken) -> None:
+        raise NotImplementedError
+
+    async def check(self) -> None:
+        """Validate the source at config-write time (fetching remote keys now).
+
+        :raises InvalidRequest: naming what failed.
+        """
+
+    async def close(self) -> None:
+        """Cancel background work (config change, mount disable)."""
+
+
+class StaticKeySource(KeySource):
+    """Keys parsed once from ``jwt_validation_pubkeys`` or ``jwt_validation_hmac_secrets``."""
+
+    def __init__(self, keys: list[VerifyKey]) -> None:
+        self.keys = keys
+
+    async def _verify(self, token: ParsedToken) -> None:
+        if not verify_signature(token, self.keys):
+            raise InvalidRequest(_SIG_PREFIX + self.failure)
+
+
+class RemoteJWKS:
+    """One cached remote JWK set with lazy fetch, max age, single flight and cooldown."""
+
+    def __init__(
+        self,
+        url: str,
+        ca_pem: str | None,
+        fetcher: Fetcher,
+        *,
+        clock: Clock = time.time,
+        max_age: float = 3600,
+        refresh_cooldown: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.ca_pem = ca_pem or None
+        self.fetcher = fetcher
+        self.clock = clock
+        self.max_age = max_age
+        self.refresh_cooldown = refresh_cooldown
+        self.keys: list[VerifyKey] | None = None
+        self.fetched_at = 0.0
+        self.last_attempt: float | None = None
+        self.last_error: str | None = None
+        self._inflight: asyncio.Task[bool] | None = None
+
+    # -- fetching ----------------------------------------------------------------------
+    async def _fetch(self) -> bool:
+        """Fetch and install a new key set; never raises, records ``last_error``."""
+        try:
+            doc = await _get_json(self.fetcher, self.url, self.ca_pem)
+            try:
+                keys = keys_from_jwks(doc)
+            except ValueError:
+                raise ValueError("response is not a JWK set") from None
+            if not keys:
+                raise ValueError("JWK set contains no usable signing keys")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # keep the last good set whatever went wrong
+            self.last_error = str(exc) or type(exc).__name__
+            return False
+        self.keys = keys
+        self.fetched_at = self.clock()
+        self.last_error = None
+        return True
+
+    def _start(self) -> asyncio.Task[bool]:
+        if self._inflight is None or self._inflight.done():
+            self.last_attempt = self.clock()
+            self._inflight = asyncio.get_running_loop().create_task(self._fetch())
+        return self._inflight
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Fetch now unless one is in flight (then join it) or the cooldown forbids it.
+
+        Returns True if a fetch this call started or joined succeeded.
+        """
+        if self._inflight is not None and not self._inflight.done():
+            return await asyncio.shield(self._inflight)
+        if (
+            not force
+            and self.last_attempt is not None
+            and self.clock() - self.last_attempt < self.refresh_cooldown
+        ):
+            return False
+        return await asyncio.shield(self._start())
+
+    async def current(self) -> list[VerifyKey]:
+        """The cached keys, fetching the first time; a stale set refreshes in the background."""
+        if self.keys is None:
+            await self.refresh()
+        elif self.clock() - self.fetched_at >= self.max_age:
+            in_cooldown = (
+                self.last_attempt is not None
+                and self.clock() - self.last_attempt < self.refresh_cooldown
+            )
+            if not in_cooldown:
+                self._start()
+        return self.keys or []
+
+    def has_kid(self, kid: str) -> bool:
+        return any(k.kid == kid for k in self.keys or ())
+
+    async def close(self) -> None:
+        task, self._inflight = self._inflight, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    def unavailable_reason(self) -> str:
+        return f"could not fetch keys from {self.url}: {self.last_error or 'no keys'}"
+
+
+def _candidates(keys: list[VerifyKey], token: ParsedToken) -> list[VerifyKey]:
+    """Keys for the token's ``kid`` (all keys when it has none), bound to its alg."""
+    return [
+        k for k in keys if k.alg == token.alg and (token.kid is None or k.kid == token.kid)
+    ][:MAX_KEYS_PER_TOKEN]
+
+
+async def _verify_remote(cache: RemoteJWKS, token: ParsedToken) -> None:
+    """Verify against a remote set, refreshing once (rate-limited) when the kid is unknown."""
+    keys = await cache.current()
+    if verify_signature(token, _candidates(keys, token)):
+        return
+    known_kid = token.kid is not None and cache.has_kid(token.kid)
+    # A kid we know means a forged or broken signature: fetching again cannot help.
+    if not known_kid and await cache.refresh():
+        if verify_signature(token, _candidates(cache.keys or [], token)):
+            return
+    message = _SIG_PREFIX + _JWKS_FAILED
+    if not cache.keys:
+        message += ": " + cache.unavailable_reason()
+    raise InvalidRequest(message)
+
+
+class JWKSKeySource(KeySource):
+    """Keys from one ``jwks_url``."""
+
+    failure = _JWKS_FAILED
+
+    def __init__(self, jwks: RemoteJWKS) -> None:
+        self.jwks = jwks
+
+    async def _verify(self, token: ParsedToken) -> None:
+        await _verify_remote(self.jwks, token)
+
+    async def check(self) -> None:
+        reason = check_ca_pem(self.jwks.ca_pem)
+        if reason:
+            raise InvalidRequest(f"error checking jwks_ca_pem: {reason}")
+        if not await self.jwks.refresh(force=True):
+            raise InvalidRequest(f"error checking jwks URL {self.jwks.url}: {self.jwks.last_error}")
+
+    async def close(self) -> None:
+        await self.jwks.close()
+
+
+async def fetch_discovery(url: str, ca_pem: str | None, fetcher: Fetcher) -> dict[str, Any]:
+    """Fetch and check ``<url>/.well-known/openid-configuration``.
+
+    The document's ``issuer`` must equal ``url`` byte for byte, and ``jwks_uri`` (if present)
+    must be an absolute http(s) URL, https when the discovery URL is https.
+
+    :raises InvalidRequest: ``error checking oidc discovery URL: <reason>``.
+    """
+
+    def fail(reason: str) -> InvalidRequest:
+        return InvalidRequest(f"error checking oidc discovery URL: {reason}")
+
+    reason = check_ca_pem(ca_pem)
+    if reason:
+        raise fail(reason)
+    try:
+        doc = await _get_json(fetcher, url.rstrip("/") + WELL_KNOWN, ca_pem)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if not isinstance(doc, dict):
+        raise fail("discovery document is not a JSON object")
+    issuer = doc.get("issuer")
+    if issuer != url:
+        shown = _show(issuer) if isinstance(issuer, str) else "missing"
+        raise fail(f"issuer in discovery document is {shown}, expected {_show(url)}")
+    jwks_uri = doc.get("jwks_uri")
+    if jwks_uri is not None:
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+            raise fail("jwks_uri in discovery document is not an http(s) URL")
+        if url.startswith("https://") and not jwks_uri.startswith("https://"):
+            raise fail("jwks_uri in discovery document is not https")
+    return doc
+
+
+class DiscoveryKeySource(KeySource):
+    """Keys from the ``jwks_uri`` of an OIDC discovery document (fetched once, lazily).
+
+    A failed discovery fetch is remembered for the refresh cooldown, so logins cannot
+    force a fetch each while the IdP is down.
+    """
+
+    failure = _JWKS_FAILED
+
+    def __init__(
+        self,
+        url: str,
+        ca_pem: str | None,
+        fetcher: Fetcher,
+        *,
+        clock: Clock = time.time,
+        max_age: float = 3600,
+        refresh_cooldown: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.ca_pem = ca_pem or None
+        self.fetcher = fetcher
+        self.clock = clock
+        self._cache_args: dict[str, Any] = {
+            "clock": clock,
+            "max_age": max_age,
+            "refresh_cooldown": refresh_cooldown,
+        }
+        self.refresh_cooldown = refresh_cooldown
+        self.jwks: RemoteJWKS | None = None
+        self._lock = asyncio.Lock()
+        self._failed_at: float | None = None
+        self._failure = ""
+
+    def _install(self, doc: dict[str, Any]) -> RemoteJWKS:
+        jwks_uri = doc.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise InvalidRequest("error checking oidc discovery URL: discovery document has no jwks_uri")
+        self.jwks = RemoteJWKS(jwks_uri, self.ca_pem, self.fetcher, **self._cache_args)
+        return self.jwks
+
+    async def _resolve(self) -> RemoteJWKS:
+        if self.jwks is not None:
+            return self.jwks
+        async with self._lock:  # single flight for the discovery fetch too
+            if self.jwks is not None:
+                return self.jwks
+            now = self.clock()
+            if self._failed_at is None or now - self._failed_at >= self.refresh_cooldown:
+                try:
+                    return self._install(await fetch_discovery(self.url, self.ca_pem, self.fetcher))
+                except InvalidRequest as exc:
+                    self._failed_at, self._failure = now, exc.messages[0]
+            raise InvalidRequest(_SIG_PREFIX + _JWKS_FAILED + ": " + self._failure)
+
+    async def _verify(self, token: ParsedToken) -> None:
+        await _verify_remote(await self._resolve(), token)
+
+    async def check(self) -> None:
+        doc = await fetch_discovery(self.url, self.ca_pem, self.fetcher)
+        if self.jwks is None:
+            self._install(doc)
+
+    async def close(self) -> None:
+        if self.jwks is not None:
+            await self.jwks.close()
+
+
+class JWKSPairsKeySource(KeySource):
+    """Several JWKS endpoints (``jwks_pairs``); tokens must name their key with ``kid``."""
+
+    failure = _JWKS_FAILED
+
+    def __init__(self, caches: list[RemoteJWKS]) -> None:
+        self.caches = caches
+
+    async def _verify(self, token: ParsedToken) -> None:
+        if token.kid is None:
+            raise InvalidRequest(_SIG_PREFIX + "token missing kid header parameter")
+        kid = token.kid
+        await asyncio.gather(*(c.current() for c in self.caches))
+        holders = [c for c in self.caches if c.has_kid(kid)]
+        if not holders:
+            await asyncio.gather(*(c.refresh() for c in self.caches))
+            if not any(c.keys for c in self.caches):
+                raise InvalidRequest(
+                    _SIG_PREFIX + f"failed to refresh all {len(self.caches)} JWKS caches - "
+                    "check network connectivity and JWKS endpoints"
+                )
+            holders = [c for c in self.caches if c.has_kid(kid)]
+        if not holders:
+            shown = _show(kid)
+            raise InvalidRequest(
+                _SIG_PREFIX + f"error searching for key set with kid {shown}: "
+                f"no key found with kid {shown} in any JWKS endpoint"
+            )
+        keys = [k for c in holders for k in _candidates(c.keys or [], token)]
+        if not verify_signature(token, keys):
+            raise InvalidRequest(_SIG_PREFIX + self.failure)
+
+    async def check(self) -> None:
+        for cache in self.caches:
+            reason = check_ca_pem(cache.ca_pem)
+            if reason:
+                raise InvalidRequest(f"error checking jwks_ca_pem: {reason}")
+        results = await asyncio.gather(*(c.refresh(force=True) for c in self.caches))
+        for cache, ok in zip(self.caches, results):
+            if not ok:
+                raise InvalidRequest(f"error checking jwks URL {cache.url}: {cache.last_error}")
+
+    async def close(self) -> None:
+        for cache in self.caches:
+            await cache.close()
+
+
+def build_key_source(
+    config: Mapping[str, Any],
+    fetcher: Fetcher,
+    *,
+    clock: Clock = time.time,
+    max_age: float = 3600,
+    refresh_cooldown: float = 10.0,
+) -> KeySource:
+    """Build the key source for a stored jwt config (exactly one family is set).
+
+    Static PEM and HMAC keys are parsed here; remote sources fetch nothing until the first
+    ``verify`` or ``check``.
+
+    :raises InvalidRequest: for unparseable PEM keys or HMAC secrets, or no key source.
+    """
+    cache_args = {"clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown}
+    if config.get("jwt_validation_pubkeys"):
+        return StaticKeySource(keys_from_pems(list(config["jwt_validation_pubkeys"])))
+    if config.get("jwt_validation_hmac_secrets"):
+        return StaticKeySource(keys_from_hmac_secrets(list(config["jwt_validation_hmac_secrets"])))
+    if config.get("jwks_url"):
+        return JWKSKeySource(
+            RemoteJWKS(config["jwks_url"], config.get("jwks_ca_pem"), fetcher, **cache_args)
+        )
+    if config.get("jwks_pairs"):
+        caches = []
+        for pair in config["jwks_pairs"]:
+            if not isinstance(pair, Mapping) or not isinstance(pair.get("jwks_url"), str):
+                raise InvalidRequest(
+                    "invalid jwks_pairs: jwks_pairs must be provided as a list of json objects "
+                    "with the fields jwks_url and jwks_ca_pem"
+                )
+            caches.append(RemoteJWKS(pair["jwks_url"], pair.get("jwks_ca_pem"), fetcher, **cache_args))
+        return JWKSPairsKeySource(caches)
+    if config.get("oidc_discovery_url"):
+        return DiscoveryKeySource(
+            config["oidc_discovery_url"], config.get("oidc_discovery_ca_pem"), fetcher, **cache_args
+        )
+    raise InvalidRequest(
+        "exactly one of 'jwt_validation_pubkeys', 'jwks_url', 'jwks_pairs' or "
+        "'oidc_discovery_url' must be set"
+    )
