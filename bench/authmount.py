@@ -1,0 +1,151 @@
+"""Start authmount for the benchmark and configure its JWT mount over the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bench.procs import Server, free_port, start_pinned
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLE = "bench"
+BATCH_ROLE = "bench-batch"
+# cli.py prints the root token once on first start with persistent storage.
+ROOT_TOKEN_RE = re.compile(r"root[ _-]?token\W*(?:id)?\W*[:=]\s*\"?([A-Za-z0-9._\-]+)", re.IGNORECASE)
+
+
+def server_argv() -> list[str]:
+    """How to launch ``authmount server``: the venv console script, else ``-m server.cli``."""
+    script = Path(sys.executable).with_name("authmount")
+    if script.exists():
+        return [str(script), "server"]
+    return [sys.executable, "-m", "server.cli", "server"]
+
+
+def available() -> str | None:
+    """None when authmount can be started, else the reason it cannot (yet)."""
+    try:
+        done = subprocess.run(
+            [*server_argv(), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run authmount: {exc}"
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
+        return f"`authmount server --help` failed: {tail[0]}"
+    return None
+
+
+def supports_workers() -> bool:
+    """Whether ``authmount server`` has a ``--workers`` flag."""
+    done = subprocess.run(
+        [*server_argv(), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    return "--workers" in done.stdout
+
+
+def write_config(directory: Path, port: int, *, log_level: str) -> Path:
+    """A minimal YAML config: loopback listener and durable SQLite storage."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "authmount.yaml"
+    db = directory / "authmount.db"
+    # JSON is valid YAML; it spares us quoting rules.
+    config.write_text(
+        json.dumps(
+            {
+                "listen_address": f"127.0.0.1:{port}",
+                "storage": {"type": "sqlite", "path": str(db)},
+                "log_level": log_level,
+            },
+            indent=2,
+        )
+    )
+    return config
+
+
+def api(
+    base: str, method: str, path: str, token: str | None, body: dict | None = None
+) -> tuple[int, dict]:
+    """One HTTP call to the Vault-style API; returns (status, JSON body or {})."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("X-Vault-Token", token)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else {}
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            return exc.code, {"raw": raw.decode(errors="replace")}
+
+
+def _must(base: str, method: str, path: str, token: str | None, body: dict | None = None) -> dict:
+    status, reply = api(base, method, path, token, body)
+    if status >= 300:
+        raise RuntimeError(f"{method} {path} -> {status}: {reply}")
+    return reply
+
+
+def _root_token(server: Server, timeout: float = 15.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = ROOT_TOKEN_RE.search(server.log_text())
+        if match:
+            return match.group(1)
+        time.sleep(0.1)
+    raise RuntimeError(f"no root token line in {server.log_path}:\n{server.log_text()[-2000:]}")
+
+
+def start(
+    name: str,
+    workdir: Path,
+    *,
+    cpus: str,
+    log_level: str,
+    workers: int = 1,
+) -> Server:
+    """Start authmount on a fresh SQLite file; the root token goes into server.extra."""
+    port = free_port()
+    config = write_config(workdir / name, port, log_level=log_level)
+    argv = [*server_argv(), "--config", str(config)]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    server = start_pinned(name, argv, cpus=cpus, port=port, log_dir=workdir / name, cwd=ROOT)
+    server.extra["root_token"] = _root_token(server)
+    return server
+
+
+def configure_jwt_mount(server: Server, public_pem: str) -> None:
+    """Enable auth/jwt with the static public key, a service-token role and a batch role."""
+    base, root = server.url, server.extra["root_token"]
+    _must(base, "POST", "/v1/sys/auth/jwt", root, {"type": "jwt"})
+    _must(base, "POST", "/v1/auth/jwt/config", root, {"jwt_validation_pubkeys": [public_pem]})
+    common = {
+        "role_type": "jwt",
+        "user_claim": "sub",
+        "bound_audiences": ["bench"],
+        "token_policies": ["p"],
+    }
+    _must(base, "POST", f"/v1/auth/jwt/role/{ROLE}", root, common)
+    _must(base, "POST", f"/v1/auth/jwt/role/{BATCH_ROLE}", root, {**common, "token_type": "batch"})
+
+
+def login(base: str, role: str, jwt: str, mount: str = "jwt") -> dict:
+    """One login; returns the Vault ``auth`` block (raises on failure)."""
+    reply = _must(base, "POST", f"/v1/auth/{mount}/login", None, {"role": role, "jwt": jwt})
+    auth = reply.get("auth") or {}
+    if not auth.get("client_token"):
+        raise RuntimeError(f"login via role {role!r} returned no client_token: {reply}")
+    return auth

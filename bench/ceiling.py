@@ -1,0 +1,131 @@
+"""The ceiling apps: bare aiohttp login (same body, same RS256 check, Vault-shaped reply) and hello.
+
+Run: ``python bench/ceiling.py --mode login|hello --port N [--pubkey FILE]``.
+No mounts, no roles, no storage, no logging: what is left is aiohttp + JSON + python-jose,
+so authmount's login can be expressed as a fraction of this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+from jose import jwk, jws
+
+AUDIENCE = "bench"
+ROLE = "bench"
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"errors": [message]}),
+        content_type="application/json",
+    )
+
+
+def make_login_app(public_pem: str) -> web.Application:
+    """The login ceiling: parse the login body, verify the JWT, answer like Vault does."""
+    key = jwk.construct(public_pem, "RS256")  # built once, as authmount caches its keys
+
+    async def login(request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(400, "failed to parse JSON input")
+        if not isinstance(body, dict) or body.get("role") != ROLE:
+            return _error(400, "role is missing or unknown")
+        token = body.get("jwt")
+        if not isinstance(token, str) or not token:
+            return _error(400, "missing jwt")
+        try:
+            payload = orjson.loads(jws.verify(token, key, algorithms=["RS256"]))
+        except Exception:  # jose raises several types; any of them is a rejected token
+            return _error(400, "error validating token: invalid signature")
+        now = time.time()
+        if payload.get("exp", 0) <= now or payload.get("aud") != AUDIENCE:
+            return _error(400, "error validating claims")
+        sub = payload.get("sub")
+        reply = {
+            "request_id": str(uuid.uuid4()),
+            "lease_id": "",
+            "renewable": False,
+            "lease_duration": 0,
+            "data": None,
+            "wrap_info": None,
+            "warnings": None,
+            "auth": {
+                "client_token": "hvs." + secrets.token_urlsafe(24),
+                "accessor": secrets.token_urlsafe(18),
+                "policies": ["default", "p"],
+                "token_policies": ["default", "p"],
+                "metadata": {"role": ROLE},
+                "lease_duration": 2764800,
+                "renewable": True,
+                "entity_id": str(uuid.uuid5(uuid.NAMESPACE_URL, str(sub))),
+                "token_type": "service",
+                "orphan": True,
+                "mfa_requirement": None,
+                "num_uses": 0,
+            },
+            "mount_type": "",
+        }
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/auth/jwt/login", login)
+    return app
+
+
+def make_hello_app() -> web.Application:
+    """The HTTP ceiling: a constant small JSON body on GET (and on lookup-self's path)."""
+    body = orjson.dumps({"data": {"hello": "world"}})
+
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    app.router.add_get("/v1/auth/token/lookup-self", hello)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags and serve one ceiling app until killed."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mode", choices=["login", "hello"], required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--pubkey", type=Path, help="PEM public key (login mode)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    args = parser.parse_args(argv)
+    if args.mode == "login":
+        if args.pubkey is None:
+            parser.error("--pubkey is required in login mode")
+        app = make_login_app(args.pubkey.read_text())
+    else:
+        app = make_hello_app()
+    loop_factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    # access_log=None: the ceiling does the least work possible per request.
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        loop=loop_factory() if loop_factory else asyncio.new_event_loop(),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Machine description, result table, ratios against targets, and docs/performance.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from bench.loadgen import WrkResult
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Measurement:
+    """All rounds of one case at one connection count."""
+
+    case: str
+    label: str
+    connections: int
+    runs: list[WrkResult] = field(default_factory=list)
+    rss_before: int = 0
+    rss_after: int = 0
+
+    @property
+    def rps(self) -> float:
+        """Median req/s over the rounds."""
+        return statistics.median(r.rps for r in self.runs)
+
+    @property
+    def p50_ms(self) -> float:
+        """Median of the rounds' p50 latency."""
+        return statistics.median(r.p50_ms for r in self.runs)
+
+    @property
+    def p99_ms(self) -> float:
+        """Median of the rounds' p99 latency."""
+        return statistics.median(r.p99_ms for r in self.runs)
+
+    @property
+    def errors(self) -> int:
+        """Socket errors and non-2xx responses over all rounds."""
+        return sum(r.errors for r in self.runs)
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """A ratio the issue sets a target for (or just reports)."""
+
+    name: str
+    value: float | None
+    target: str
+    ok: bool | None  # None: no target, or not measurable
+
+    @property
+    def status(self) -> str:
+        """ok / BELOW / n/a."""
+        return {True: "ok", False: "MISSED", None: "n/a"}[self.ok]
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else "unknown"
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on."""
+    try:
+        wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout
+        wrk = wrk.split("[")[0].strip() or "?"
+    except OSError:
+        wrk = "missing"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()  # fmt: skip
+    except OSError:
+        commit = "?"
+    return {
+        "CPU": cpu_model(),
+        "Cores": str(os.cpu_count()),
+        "Kernel": f"{platform.system()} {platform.release()}",
+        "Python": sys.version.split()[0],
+        "aiohttp": _version("aiohttp"),
+        "python-jose": _version("python-jose"),
+        "cryptography": _version("cryptography"),
+        "uvloop": _version("uvloop"),
+        "wrk": wrk,
+        "git commit": commit or "?",
+    }
+
+
+def results_table(rows: list[Measurement]) -> list[str]:
+    """Markdown table lines, one row per (case, connections)."""
+    lines = [
+        "| # | case | conns | req/s | p50 ms | p99 ms | RSS before MB | RSS after MB | errors |",
+        "|---|------|------:|------:|-------:|-------:|--------------:|-------------:|-------:|",
+    ]
+    for m in rows:
+        lines.append(
+            f"| {m.case} | {m.label} | {m.connections} | {m.rps:,.0f} | {m.p50_ms:.2f} | "
+            f"{m.p99_ms:.2f} | {m.rss_before / MB:.1f} | {m.rss_after / MB:.1f} | {m.errors} |"
+        )
+    return lines
+
+
+def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
+    """The issue's ratios per connection count: 2, 3, 6 vs 1; 5 vs 4; p99 at 16; 6 vs 2."""
+    by_key = {(m.case, m.connections): m for m in rows}
+    out: dict[int, list[Ratio]] = {}
+    for conns in sorted({m.connections for m in rows}):
+
+        def rps(case: str) -> float | None:
+            m = by_key.get((case, conns))
+            return m.rps if m and m.errors == 0 and m.rps > 0 else None
+
+        def p99(case: str) -> float | None:
+            m = by_key.get((case, conns))
+            return m.p99_ms if m and m.errors == 0 and m.p99_ms > 0 else None
+
+        def ratio(name: str, num: float | None, den: float | None, target: float | None,
+                  higher_is_better: bool = True) -> Ratio:  # fmt: skip
+            if num is None or den is None:
+                return Ratio(name, None, _target_text(target, higher_is_better), None)
+            value = num / den
+            ok = None if target is None else (value >= target if higher_is_better else value <= target)
+            return Ratio(name, value, _target_text(target, higher_is_better), ok)
+
+        items = [
+            ratio("2 login (SQLite service) / 1 ceiling", rps("2"), rps("1"), 0.75),
+            ratio("3 login (batch) / 1 ceiling", rps("3"), rps("1"), 0.85),
+            ratio("5 lookup-self / 4 hello", rps("5"), rps("4"), 0.50),
+            ratio("6 login, 2 workers / 1 ceiling", rps("6"), rps("1"), None),
+            ratio("6 login, 2 workers / 2 login, 1 worker", rps("6"), rps("2"), 1.7),
+        ]
+        if conns == 16:
+            items += [
+                ratio("p99: 2 login / 1 ceiling", p99("2"), p99("1"), 1.5, higher_is_better=False),
+                ratio("p99: 3 batch / 1 ceiling", p99("3"), p99("1"), 1.5, higher_is_better=False),
+            ]
+        out[conns] = items
+    return out
+
+
+def _target_text(target: float | None, higher_is_better: bool) -> str:
+    if target is None:
+        return "-"
+    return f"{'>=' if higher_is_better else '<='} {target:g}"
+
+
+def ratio_lines(by_conns: dict[int, list[Ratio]]) -> list[str]:
+    """Markdown table of the ratios."""
+    lines = ["| conns | ratio | value | target | status |", "|------:|-------|------:|-------:|--------|"]
+    for conns, items in by_conns.items():
+        for r in items:
+            value = "-" if r.value is None else f"{r.value:.2f}"
+            lines.append(f"| {conns} | {r.name} | {value} | {r.target} | {r.status} |")
+    return lines
+
+
+def machine_lines(info: dict[str, str]) -> list[str]:
+    """Markdown bullet list of the machine description."""
+    return [f"- **{k}**: {v}" for k, v in info.items()]
+
+
+def replace_section(doc: str, name: str, body: str) -> str:
+    """Replace (or append) the text between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->``."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(doc):
+        return pattern.sub(lambda _m: block, doc, count=1)
+    return doc.rstrip() + "\n\n" + block + "\n"
+
+
+def update_doc(path: Path, name: str, body: str, skeleton: str) -> None:
+    """Write one generated section into docs/performance.md, keeping the other sections."""
+    doc = path.read_text() if path.exists() else skeleton
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(replace_section(doc, name, body))

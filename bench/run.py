@@ -1,0 +1,318 @@
+"""Side-by-side benchmark: authmount login vs a bare aiohttp+python-jose ceiling, in one run.
+
+Command: ``.venv/bin/python bench/run.py`` (``--help`` for durations, connections, ``--long``).
+Starts every server it needs (pinned with taskset to the server core), drives them with wrk
+(pinned to the client core), prints a table and the ratios, and writes docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import authmount, scenarios
+from bench.jwtgen import make_keys, write_keys
+from bench.loadgen import ensure_wrk, run_wrk
+from bench.procs import Server, free_port, start_pinned
+from bench.report import (
+    Measurement, machine, machine_lines, ratio_lines, ratios, results_table, update_doc,
+)  # fmt: skip
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "performance.md"
+NOISY_BELOW_S = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One benchmark case: which server, which request, how to check one reply."""
+
+    key: str
+    label: str
+    server: str
+    method: str
+    path: str
+    body: str | None = None  # name of a file in the run directory
+    token: str | None = None  # ditto, sent as X-Vault-Token
+    check: Callable[[int, dict], str | None] | None = None
+
+
+def _login_check(token_type: str) -> Callable[[int, dict], str | None]:
+    def check(status: int, reply: dict) -> str | None:
+        auth = reply.get("auth") or {}
+        if status != 200 or not auth.get("client_token"):
+            return f"status {status}, reply {str(reply)[:300]}"
+        if auth.get("token_type", token_type) != token_type:
+            return f"token_type {auth.get('token_type')!r}, wanted {token_type!r}"
+        return None
+
+    return check
+
+
+def _ok_check(status: int, reply: dict) -> str | None:
+    return None if status == 200 and reply else f"status {status}, reply {str(reply)[:300]}"
+
+
+CASES = [
+    Case("1", "ceiling: aiohttp + jose login", "ceiling", "POST", "/v1/auth/jwt/login",
+         body="login.json", check=_login_check("service")),
+    Case("2", "authmount login, SQLite service token", "authmount", "POST", "/v1/auth/jwt/login",
+         body="login.json", check=_login_check("service")),
+    Case("3", "authmount login, batch token", "authmount", "POST", "/v1/auth/jwt/login",
+         body="login_batch.json", check=_login_check("batch")),
+    Case("4", "ceiling: aiohttp hello JSON", "hello", "GET", "/hello", check=_ok_check),
+    Case("5", "authmount token/lookup-self", "authmount", "GET", "/v1/auth/token/lookup-self",
+         token="service_token.txt", check=_ok_check),
+    Case("6", "authmount login, --workers 2", "authmount_w2", "POST", "/v1/auth/jwt/login",
+         body="login.json", check=_login_check("service")),
+]  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags."""
+    ncpu = os.cpu_count() or 1
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=15, help="seconds per measurement (default 15)")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load first (default 2)")
+    p.add_argument("--connections", default="16,64", help="comma list (default 16,64)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians reported")
+    p.add_argument("--cases", default="1,2,3,4,5,6", help="comma list of case numbers")
+    p.add_argument("--server-cpus", default="0", help="taskset list for servers (default 0)")
+    p.add_argument("--client-cpus", default="1" if ncpu > 1 else "0", help="taskset list for wrk")
+    p.add_argument("--workers-cpus", default=None,
+                   help="taskset list for the --workers 2 server (default: two cores, see docs)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    p.add_argument("--log-level", default="info", help="authmount log_level (default info)")
+    p.add_argument("--out", type=Path, default=DOC, help="report file (default docs/performance.md)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    p.add_argument("--keep", action="store_true", help="keep the run directory (logs, SQLite)")
+    p.add_argument("--long", action="store_true", help="only the long run: ~1M logins, RSS growth")
+    p.add_argument("--long-logins", type=int, default=1_000_000)
+    p.add_argument("--long-chunk", type=float, default=30, help="seconds between RSS samples")
+    p.add_argument("--slow-jwks", action="store_true",
+                   help="only the slow-JWKS scenario: cached-kid logins while a refresh hangs")
+    p.add_argument("--jwks-delay", type=float, default=5.0, help="slow JWKS response delay (s)")
+    args = p.parse_args(argv)  # fmt: skip
+    args.connections = [int(c) for c in args.connections.split(",") if c]
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if args.workers_cpus is None:
+        # Two workers need two cores; with only two, one is shared with wrk (noted in the report).
+        others = [str(c) for c in range(ncpu) if str(c) not in args.client_cpus.split(",")]
+        args.workers_cpus = ",".join(others[:2]) if len(others) >= 2 else ",".join(str(c) for c in range(min(ncpu, 2)))
+    return args
+
+
+def _write_inputs(run_dir: Path) -> dict:
+    keys = make_keys()
+    paths = write_keys(keys, run_dir)
+    (run_dir / "login.json").write_text(json.dumps({"role": authmount.ROLE, "jwt": keys.token}))
+    (run_dir / "login_batch.json").write_text(json.dumps({"role": authmount.BATCH_ROLE, "jwt": keys.token}))
+    return {"keys": keys, "paths": paths}
+
+
+def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str]) -> dict[str, Server]:
+    """Start the servers the selected cases need; unavailable ones are noted and skipped."""
+    wanted = {c.server for c in CASES if c.key in args.cases}
+    servers: dict[str, Server] = {}
+    py = sys.executable
+    ceiling = str(ROOT / "bench" / "ceiling.py")
+    if "ceiling" in wanted:
+        port = free_port()
+        servers["ceiling"] = start_pinned(
+            "ceiling", [py, ceiling, "--mode", "login", "--port", str(port),
+                        "--pubkey", str(run_dir / "public.pem")],
+            cpus=args.server_cpus, port=port, log_dir=run_dir)  # fmt: skip
+    if "hello" in wanted:
+        port = free_port()
+        servers["hello"] = start_pinned(
+            "hello", [py, ceiling, "--mode", "hello", "--port", str(port)],
+            cpus=args.server_cpus, port=port, log_dir=run_dir)  # fmt: skip
+    if wanted & {"authmount", "authmount_w2"}:
+        reason = authmount.available()
+        if reason:
+            notes.append(f"authmount cases skipped: {reason}")
+            return servers
+    if "authmount" in wanted:
+        srv = authmount.start("authmount", run_dir, cpus=args.server_cpus, log_level=args.log_level)
+        servers["authmount"] = srv
+        authmount.configure_jwt_mount(srv, keys.public_pem)
+        auth = authmount.login(srv.url, authmount.ROLE, keys.token)
+        (run_dir / "service_token.txt").write_text(auth["client_token"])
+    if "authmount_w2" in wanted:
+        if not authmount.supports_workers():
+            notes.append("case 6 skipped: `authmount server` has no --workers flag")
+        else:
+            srv = authmount.start("authmount_w2", run_dir, cpus=args.workers_cpus,
+                                  log_level=args.log_level, workers=2)  # fmt: skip
+            servers["authmount_w2"] = srv
+            authmount.configure_jwt_mount(srv, keys.public_pem)
+            if set(args.workers_cpus.split(",")) & set(args.client_cpus.split(",")):
+                notes.append(
+                    f"case 6: the 2-worker server runs on cores {args.workers_cpus}, sharing a core "
+                    f"with wrk (cores {args.client_cpus}); its ratio understates scaling."
+                )
+    return servers
+
+
+def sanity(case: Case, server: Server, run_dir: Path) -> str | None:
+    """Send the case's request once; None when the reply looks right."""
+    body = json.loads((run_dir / case.body).read_text()) if case.body else None
+    token = (run_dir / case.token).read_text().strip() if case.token else None
+    status, reply = authmount.api(server.url, case.method, case.path, token, body)
+    return case.check(status, reply) if case.check else None
+
+
+def measure(args: argparse.Namespace, run_dir: Path, servers: dict[str, Server],
+            notes: list[str]) -> list[Measurement]:  # fmt: skip
+    """Interleave the cases per round and connection count so noise hits all of them alike."""
+    cases = []
+    for case in CASES:
+        if case.key not in args.cases:
+            continue
+        server = servers.get(case.server)
+        if server is None:
+            continue
+        problem = sanity(case, server, run_dir)
+        if problem:
+            notes.append(f"case {case.key} skipped: sanity request failed: {problem}")
+            continue
+        cases.append(case)
+    rows: dict[tuple[str, int], Measurement] = {}
+    for conns in args.connections:
+        for rnd in range(args.rounds):
+            for case in cases:
+                server = servers[case.server]
+                m = rows.setdefault((case.key, conns), Measurement(case.key, case.label, conns))
+                if rnd == 0:
+                    m.rss_before = server.rss()
+                common = dict(
+                    method=case.method,
+                    body_file=run_dir / case.body if case.body else None,
+                    token_file=run_dir / case.token if case.token else None,
+                    connections=conns, cpus=args.client_cpus, threads=args.threads,
+                )  # fmt: skip
+                if args.warmup > 0:
+                    run_wrk(server.url + case.path, duration=args.warmup, **common)
+                result = run_wrk(server.url + case.path, duration=args.duration, **common)
+                m.runs.append(result)
+                m.rss_after = server.rss()
+                print(f"  [{conns:>3} conns, round {rnd + 1}] case {case.key} {case.label:<40} "
+                      f"{result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms"
+                      f"  errors {result.errors}", flush=True)  # fmt: skip
+    return [rows[(c.key, n)] for n in args.connections for c in cases if (c.key, n) in rows]
+
+
+SKELETON = """# authmount performance
+
+Generated by `bench/run.py`; the sections between the `bench:` markers are rewritten by it.
+
+## How to run
+
+```sh
+.venv/bin/python bench/run.py                      # cases 1-6 at 16 and 64 connections, 15 s each
+.venv/bin/python bench/run.py --duration 30 --rounds 3   # quieter numbers (medians of 3 rounds)
+.venv/bin/python bench/run.py --long               # ~1 M logins, RSS growth of the server
+.venv/bin/python bench/run.py --slow-jwks          # cached-kid logins while a JWKS refresh hangs
+.venv/bin/python bench/profile_login.py -n 2000    # where the time goes per login (cProfile)
+```
+
+The harness starts every server itself (servers on core 0, `wrk` on core 1 via `taskset`),
+installs `wrk` from Debian if missing, and stops everything afterwards. Cases:
+
+1. **ceiling**: `bench/ceiling.py`, a bare aiohttp app that parses the same login body,
+   verifies the same RS256 JWT with python-jose (key built once with `jwk.construct`, then
+   `jws.verify`), checks `exp`/`aud` and returns a Vault-shaped JSON body. No mounts, roles
+   or storage, no access log; orjson and uvloop.
+2. **authmount login**, service token stored in SQLite (acknowledged after commit).
+3. **authmount login** with a `token_type=batch` role (nothing stored).
+4. **hello**: a bare aiohttp JSON endpoint, the HTTP ceiling.
+5. **authmount `auth/token/lookup-self`** with a service token.
+6. **authmount login with `--workers 2`** (skipped with a note when the flag is missing).
+
+Every login uses one long-lived RS256 JWT (aud `bench`), so the ceiling and authmount do the
+same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 2 for worker scaling.
+Short runs on a shared machine are noisy; compare ratios within one run, not across runs.
+"""
+
+
+def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
+    """Cases 1-6: start, measure, report."""
+    notes: list[str] = []
+    inputs = _write_inputs(run_dir)
+    servers: dict[str, Server] = {}
+    try:
+        servers = start_servers(args, run_dir, inputs["keys"], notes)
+        rows = measure(args, run_dir, servers, notes)
+    finally:
+        for srv in servers.values():
+            srv.stop()
+    info = machine()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    header = [
+        f"## Side by side ({stamp})",
+        "",
+        f"wrk: {args.threads} thread(s), {args.duration:g} s per measurement after {args.warmup:g} s warm-up, "
+        f"{args.rounds} round(s); servers on cores {args.server_cpus}, wrk on cores {args.client_cpus}; "
+        f"authmount log_level `{args.log_level}`.",
+    ]
+    if args.duration < NOISY_BELOW_S:
+        header += ["", f"**Smoke run ({args.duration:g} s per case): the numbers are noisy, only the "
+                       "harness is being checked.**"]  # fmt: skip
+    body = header + ["", "### Machine", "", *machine_lines(info), "", "### Results", "",
+                     *results_table(rows), "", "### Ratios", "", *ratio_lines(ratios(rows))]  # fmt: skip
+    if notes:
+        body += ["", "### Notes", "", *[f"- {n}" for n in notes]]
+    text = "\n".join(body) + "\n"
+    print("\n" + text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    raw = {
+        "machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "notes": notes,
+        "rows": [{"case": m.case, "label": m.label, "connections": m.connections,
+                  "rss_before": m.rss_before, "rss_after": m.rss_after,
+                  "runs": [r.as_dict() for r in m.runs]} for m in rows],
+    }  # fmt: skip
+    raw_path = RESULTS / f"side-by-side-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    raw_path.write_text(json.dumps(raw, indent=2))
+    if not args.no_write:
+        update_doc(args.out, "side-by-side", text, SKELETON)
+        print(f"wrote {args.out} and {raw_path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one of side-by-side (default), --long or --slow-jwks."""
+    args = parse_args(argv)
+    ensure_wrk()
+    # SIGTERM/SIGINT unwind through the finally blocks, so no server outlives the harness.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    run_dir = RESULTS / f"run-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    run_dir.mkdir(parents=True)
+    try:
+        if args.long:
+            return scenarios.long_run(args, run_dir, _write_inputs(run_dir), SKELETON)
+        if args.slow_jwks:
+            return scenarios.slow_jwks(args, run_dir, _write_inputs(run_dir), SKELETON)
+        return side_by_side(args, run_dir)
+    finally:
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            print(f"kept {run_dir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
