@@ -1,15 +1,56 @@
-"""Token store with Vault semantics (service tokens by HMAC only, batch tokens signed).
-
-INTERFACE STUB — owned by the tokens/policies work; signatures are the contract.
-"""
+"""Token store with Vault semantics (service tokens by HMAC only, batch tokens signed)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+import string
+import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
+import structlog
+
+from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth
+from plugin.schema import format_duration
 from plugin.storage import Storage
+
+__all__ = [
+    "MountInfo",
+    "TokenEntry",
+    "TokenStore",
+    "RenewHook",
+    "calculate_ttl",
+    "sanitize_policies",
+    "rfc3339",
+]
+
+log = structlog.get_logger(__name__)
+
+SALT_KEY = "sys/token/salt"
+BATCH_KEY = "sys/token/batch_key"
+ID_PREFIX = "sys/token/id/"
+ACCESSOR_PREFIX = "sys/token/accessor/"
+PARENT_PREFIX = "sys/token/parent/"
+EPOCH_PREFIX = "sys/token/mount-epoch/"
+DEFAULT_MAX_TTL = 768 * 3600
+_B62 = string.digits + string.ascii_letters
+_MAX_TOKEN_LEN = 8192
+_NOT_ASSIGNABLE = ("response-wrapping", "control-group")
+_EPOCH_CACHE_SECONDS = 1.0
+_PENDING_GRACE = 30.0  # seconds a num_uses-exhausted entry may linger before the sweeper drops it
+_MAX_PARENT_DEPTH = 32
 
 
 @dataclass(slots=True)
@@ -37,7 +78,7 @@ class TokenEntry:
     ttl: int = 0  # creation TTL (seconds); 0 = never expires (root only)
     expire_time: float = 0.0  # unix seconds; 0 = never
     explicit_max_ttl: int = 0
-    max_expire_time: float = 0.0  # hard cap from max TTLs; 0 = none
+    max_expire_time: float = 0.0  # hard cap from max TTLs at issue; 0 = none (informational)
     period: int = 0
     num_uses: int = 0  # remaining uses; 0 = unlimited; -1 = revocation pending
     bound_cidrs: list[str] = field(default_factory=list)
@@ -48,6 +89,183 @@ class TokenEntry:
     entity_id: str = ""
     internal_data: dict[str, Any] = field(default_factory=dict)
     last_renewal_time: int = 0
+    revoke_pending_at: float = 0.0  # when num_uses reached -1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (what is stored, and what ``Request.token`` carries)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenEntry:
+        """Inverse of ``to_dict``; unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_auth(self) -> Auth:
+        """The Auth this token stands for, as handed to a backend's ``renew`` hook."""
+        return Auth(
+            display_name=self.display_name,
+            policies=list(self.policies),
+            metadata=dict(self.meta),
+            internal_data=dict(self.internal_data),
+            ttl=self.ttl,
+            explicit_max_ttl=self.explicit_max_ttl,
+            period=self.period,
+            num_uses=self.num_uses,
+            bound_cidrs=list(self.bound_cidrs),
+            token_type=self.type,
+            renewable=self.renewable,
+        )
+
+    def is_root(self) -> bool:
+        return "root" in self.policies
+
+
+#: Called on renewal of a token issued by an auth mount; returns the backend's Auth
+#: (Vault ``Operation.RENEW``) or None to keep the token's own TTL parameters.
+RenewHook = Callable[[TokenEntry], Awaitable[Auth | None]]
+
+
+# ---------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def sanitize_policies(policies: list[str], *, add_default: bool) -> list[str]:
+    """Trim, lower-case, de-duplicate and sort; add ``default`` unless root is present."""
+    out = {p.strip().lower() for p in policies if p and p.strip()}
+    if add_default and "root" not in out:
+        out.add("default")
+    return sorted(out)
+
+
+def calculate_ttl(
+    *,
+    now: float,
+    default_ttl: int,
+    mount_max: int,
+    increment: int = 0,
+    backend_ttl: int = 0,
+    period: int = 0,
+    backend_max: int = 0,
+    explicit_max: int = 0,
+    start: float | None = None,
+) -> tuple[int, list[str]]:
+    """Vault ``framework.CalculateTTL``: the TTL to grant now, plus capping warnings.
+
+    :raises InvalidRequest: ``past the max TTL, cannot renew`` when nothing is left.
+    """
+    warnings: list[str] = []
+    now_s = int(now)
+    start_s = now_s if start is None else int(start)
+    max_ttl = mount_max if mount_max > 0 else DEFAULT_MAX_TTL
+    if 0 < backend_max < max_ttl:
+        max_ttl = backend_max
+    if 0 < explicit_max < max_ttl:
+        max_ttl = explicit_max
+    max_valid: int | None = None
+    if period > 0:
+        if period > max_ttl:
+            warnings.append(
+                f'period of "{format_duration(period)}" exceeded the effective max_ttl of '
+                f'"{format_duration(max_ttl)}"; period value is capped accordingly'
+            )
+            period = max_ttl
+        ttl = period
+        if explicit_max > 0:
+            max_valid = start_s + explicit_max
+    else:
+        ttl = increment if increment > 0 else backend_ttl if backend_ttl > 0 else default_ttl
+        max_valid = start_s + max_ttl
+    if max_valid is not None:
+        left = max_valid - now_s
+        if left <= 0:
+            # Never let arithmetic that reaches 0 turn into "no expiry" (CVE-2021-32923).
+            raise InvalidRequest("past the max TTL, cannot renew")
+        if ttl > left:
+            warnings.append(
+                f'TTL of "{format_duration(ttl)}" exceeded the effective max_ttl of '
+                f'"{format_duration(left)}"; TTL value is capped accordingly'
+            )
+            ttl = left
+    if ttl <= 0:
+        raise InvalidRequest("token TTL must be positive")
+    return ttl, warnings
+
+
+def rfc3339(ts: float) -> str:
+    """Unix seconds → RFC 3339 in UTC, the way Go marshals ``time.Time``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _random_b62(n: int = 24) -> str:
+    return "".join(secrets.choice(_B62) for _ in range(n))
+
+
+def _b64e(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@lru_cache(maxsize=1024)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr, strict=False)
+
+
+def validate_cidrs(cidrs: list[str]) -> list[str]:
+    """Normalise bound CIDRs (a bare address is a /32 or /128).
+
+    :raises InvalidRequest: naming the first value that is not an address or CIDR.
+    """
+    out: list[str] = []
+    for c in cidrs:
+        c = c.strip()
+        if not c:
+            continue
+        try:
+            out.append(str(_network(c)))
+        except ValueError:
+            raise InvalidRequest(f'invalid bound CIDR "{c}"') from None
+    return out
+
+
+def cidr_allows(cidrs: list[str], remote_addr: str | None) -> bool:
+    """True when ``remote_addr`` lies in one of ``cidrs`` (an unparsable address never does)."""
+    try:
+        ip = ipaddress.ip_address(remote_addr or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for c in cidrs:
+        try:
+            if ip in _network(c):
+                return True
+        except (ValueError, TypeError):
+            continue
+    return False
+
+
+def login_display_name(mount_path: str, auth: Auth) -> str:
+    """Vault: ``<mount path with "/"→"-">`` + the backend's display name, e.g. ``jwt-alice``."""
+    source = mount_path.removeprefix("auth/").replace("/", "-")
+    name = auth.display_name or (auth.alias.name if auth.alias else "")
+    return (source + name).removesuffix("-")
+
+
+def resolve_token_type(value: str) -> str:
+    """Map Auth/mount token types onto ``service`` or ``batch``."""
+    v = (value or "default").strip().lower()
+    if v in ("", "default", "service", "default-service"):
+        return "service"
+    if v in ("batch", "default-batch"):
+        return "batch"
+    raise InvalidRequest(f'invalid token type "{value}"')
+
+
+# ---------------------------------------------------------------------------------------
 
 
 class TokenStore:
@@ -55,18 +273,79 @@ class TokenStore:
 
     Storage layout (under the server's root storage, not a mount view):
     ``sys/token/id/<hmac>`` → entry, ``sys/token/accessor/<hmac(accessor)>`` → id_hash,
-    ``sys/token/parent/<parent hmac>/<child hmac>`` → 1, ``sys/token/salt`` (32 random bytes).
+    ``sys/token/parent/<parent hmac>/<child hmac>`` → 1, ``sys/token/salt`` (32 random
+    bytes), ``sys/token/batch_key``, ``sys/token/mount-epoch/<mount accessor>`` → time.
+
+    There is deliberately no in-process cache of token entries: a revocation on another
+    node must take effect on the next request everywhere.
     """
 
-    def __init__(self, storage: Storage, *, clock: Any = None) -> None:
-        raise NotImplementedError
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        clock: Callable[[], float] | None = None,
+        default_lease_ttl: int = DEFAULT_MAX_TTL,
+        max_lease_ttl: int = DEFAULT_MAX_TTL,
+        sweep_interval: float = 60.0,
+    ) -> None:
+        self.storage = storage
+        self.clock: Callable[[], float] = clock or time.time
+        self.default_lease_ttl = default_lease_ttl
+        self.max_lease_ttl = max_lease_ttl
+        self.sweep_interval = sweep_interval
+        self._salt: bytes | None = None
+        self._batch_key: bytes | None = None
+        self._entity_ns: uuid.UUID | None = None
+        self._epochs: dict[str, tuple[float | None, float]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self, *, sweep: bool = True) -> None:
         """Load or create the salt and batch signing key; start the expiry sweeper."""
+        self._salt = await self._load_secret(SALT_KEY)
+        self._batch_key = await self._load_secret(BATCH_KEY)
+        self._entity_ns = uuid.UUID(bytes=hmac.new(self._salt, b"entity-namespace", hashlib.sha256).digest()[:16])
+        if sweep and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="token-sweeper")
 
     async def close(self) -> None:
         """Stop the sweeper."""
+        task, self._sweeper = self._sweeper, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
 
+    async def _load_secret(self, key: str) -> bytes:
+        fresh = _b64e(secrets.token_bytes(32))
+        # update() so two nodes starting together agree on one value.
+        value = await self.storage.update(key, lambda old: old if old else {"value": fresh})
+        return _b64d(value["value"])
+
+    def _ready(self) -> bytes:
+        if self._salt is None:
+            raise RuntimeError("TokenStore.start() was not awaited")
+        return self._salt
+
+    def hash(self, value: str) -> str:
+        """HMAC-SHA256(salt, value) in hex: the only form a token is stored under."""
+        return hmac.new(self._ready(), value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
+    def entity_id(self, mount_accessor: str, alias_name: str) -> str:
+        """A stable UUID per (mount accessor, alias name), derived without storage."""
+        self._ready()
+        assert self._entity_ns is not None
+        return str(uuid.uuid5(self._entity_ns, f"{mount_accessor}:{alias_name}"))
+
+    @property
+    def default_mount(self) -> MountInfo:
+        """The system TTLs, for tokens whose mount is unknown."""
+        return MountInfo("auth/token/", "", self.default_lease_ttl, self.max_lease_ttl)
+
+    # -- issuing -------------------------------------------------------------------------
     async def issue(
         self,
         auth: Auth,
@@ -74,24 +353,514 @@ class TokenStore:
         mount: MountInfo,
         parent: TokenEntry | None = None,
         remote_addr: str | None = None,
+        path: str | None = None,
     ) -> tuple[dict[str, Any], list[str]]:
         """Mint a token from a backend's Auth. Returns (Vault ``auth`` block, warnings).
 
+        ``path`` is the login path (default ``<mount path>login``).
+
         :raises InvalidRequest: ``auth methods cannot create root tokens`` and friends.
         """
-        raise NotImplementedError
+        policies = sanitize_policies(auth.policies, add_default=not auth.no_default_policy)
+        if "root" in policies:
+            raise InvalidRequest("auth methods cannot create root tokens")
+        check_assignable(policies)
+        token_type = resolve_token_type(auth.token_type)
+        if auth.num_uses < 0:
+            raise InvalidRequest("number of uses cannot be negative")
+        now = self.clock()
+        ttl, warnings = calculate_ttl(
+            now=now,
+            default_ttl=mount.default_lease_ttl,
+            mount_max=mount.max_lease_ttl,
+            backend_ttl=auth.ttl,
+            period=auth.period,
+            backend_max=auth.max_ttl,
+            explicit_max=auth.explicit_max_ttl,
+        )
+        entry = TokenEntry(
+            id_hash="",
+            accessor="",
+            policies=policies,
+            meta=dict(auth.metadata),
+            display_name=login_display_name(mount.path, auth),
+            path=path or mount.path + "login",
+            mount_accessor=mount.accessor,
+            creation_time=int(now),
+            ttl=ttl,
+            expire_time=now + ttl,
+            explicit_max_ttl=auth.explicit_max_ttl,
+            period=auth.period,
+            num_uses=auth.num_uses,
+            bound_cidrs=validate_cidrs(auth.bound_cidrs),
+            type=token_type,
+            renewable=auth.renewable and token_type == "service",
+            entity_id=self.entity_id(mount.accessor, auth.alias.name) if auth.alias else "",
+            internal_data=dict(auth.internal_data),
+        )
+        raw = await self.mint(entry, parent=parent)
+        return self.auth_block(entry, raw), warnings
+
+    async def mint(self, entry: TokenEntry, *, parent: TokenEntry | None = None) -> str:
+        """Give ``entry`` an id and accessor, persist it (service) and return the raw token.
+
+        ``entry`` is completed in place. Batch tokens are never written to storage.
+
+        :raises InvalidRequest: for options batch tokens cannot have.
+        """
+        self._ready()
+        if parent is not None:
+            entry.parent, entry.orphan = parent.id_hash, False
+        else:
+            entry.parent, entry.orphan = None, True
+        if entry.ttl == 0:
+            entry.renewable = False
+        if entry.type == "batch":
+            return self._mint_batch(entry)
+        raw = "hvs." + _random_b62()
+        entry.id_hash = self.hash(raw)
+        entry.accessor = _random_b62()
+        # Indexes first: a dangling index is harmless, a token without them is not.
+        if entry.parent is not None:
+            await self.storage.put(f"{PARENT_PREFIX}{entry.parent}/{entry.id_hash}", 1)
+        await self.storage.put(ACCESSOR_PREFIX + self.hash(entry.accessor), {"id_hash": entry.id_hash})
+        await self.storage.put(ID_PREFIX + entry.id_hash, entry.to_dict())
+        return raw
 
     async def create_root(self, token_id: str | None = None) -> str:
-        """Create a root token (random or given id) and return the raw token."""
-        raise NotImplementedError
+        """Create a root token (random or given id) and return the raw token.
 
-    async def authenticate(self, raw_token: str, remote_addr: str) -> TokenEntry:
+        With a given id that already names a root token, nothing is written (dev restarts).
+        """
+        self._ready()
+        if token_id is not None:
+            if not token_id or len(token_id) > 256 or any(ch.isspace() for ch in token_id):
+                raise InvalidRequest("invalid root token id")
+            existing = await self.storage.get(ID_PREFIX + self.hash(token_id))
+            if existing is not None and "root" in existing.get("policies", []):
+                return token_id
+        raw = token_id or "hvs." + _random_b62()
+        now = self.clock()
+        entry = TokenEntry(
+            id_hash=self.hash(raw),
+            accessor=_random_b62(),
+            policies=["root"],
+            display_name="root",
+            path="auth/token/root",
+            creation_time=int(now),
+            renewable=False,
+        )
+        await self.storage.put(ACCESSOR_PREFIX + self.hash(entry.accessor), {"id_hash": entry.id_hash})
+        await self.storage.put(ID_PREFIX + entry.id_hash, entry.to_dict())
+        return raw
+
+    def auth_block(self, entry: TokenEntry, raw: str, *, lease_duration: int | None = None) -> dict[str, Any]:
+        """The Vault envelope's ``auth`` object for ``entry``."""
+        block: dict[str, Any] = {
+            "client_token": raw,
+            "accessor": entry.accessor,
+            "policies": list(entry.policies),
+            "token_policies": list(entry.policies),
+            "metadata": dict(entry.meta) or None,
+            "lease_duration": entry.ttl if lease_duration is None else lease_duration,
+            "renewable": entry.renewable,
+            "entity_id": entry.entity_id,
+            "token_type": entry.type,
+            "orphan": entry.orphan,
+            "mfa_requirement": None,
+            "num_uses": entry.num_uses,
+        }
+        return block
+
+    # -- batch tokens --------------------------------------------------------------------
+    def _mint_batch(self, entry: TokenEntry) -> str:
+        if entry.is_root():
+            raise InvalidRequest("batch tokens cannot be root tokens")
+        if entry.num_uses:
+            raise InvalidRequest("batch tokens cannot have a limited number of uses")
+        if entry.period:
+            raise InvalidRequest("batch tokens cannot be periodic")
+        entry.renewable = False
+        entry.accessor = ""  # batch tokens have no accessor (Vault)
+        payload = {
+            "v": 1,
+            "p": entry.policies,
+            "m": entry.meta,
+            "c": entry.creation_time,
+            "t": entry.ttl,
+            "e": entry.expire_time,
+            "x": entry.explicit_max_ttl,
+            "d": entry.display_name,
+            "a": entry.mount_accessor,
+            "b": entry.bound_cidrs,
+            "i": entry.entity_id,
+            "path": entry.path,
+            "o": entry.parent,
+            "n": _random_b62(8),  # two identical logins in one second still differ
+        }
+        body = "hvb." + _b64e(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+        raw = body + "." + _b64e(self._batch_sig(body))
+        entry.id_hash = self.hash(raw)
+        return raw
+
+    def _batch_sig(self, body: str) -> bytes:
+        assert self._batch_key is not None
+        return hmac.new(self._batch_key, body.encode(), hashlib.sha256).digest()
+
+    def _decode_batch(self, raw: str) -> TokenEntry | None:
+        body, dot, sig = raw.rpartition(".")
+        if not dot or body.count(".") != 1:
+            return None
+        try:
+            given = _b64d(sig)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(given, self._batch_sig(body)):
+            return None
+        try:
+            p = json.loads(_b64d(body[4:]))
+            return TokenEntry(
+                id_hash=self.hash(raw),
+                accessor="",
+                policies=list(p["p"]),
+                meta=dict(p["m"]),
+                display_name=p["d"],
+                path=p["path"],
+                mount_accessor=p["a"],
+                creation_time=int(p["c"]),
+                ttl=int(p["t"]),
+                expire_time=float(p["e"]),
+                explicit_max_ttl=int(p["x"]),
+                bound_cidrs=list(p["b"]),
+                parent=p["o"],
+                orphan=p["o"] is None,
+                type="batch",
+                renewable=False,
+                entity_id=p["i"],
+            )
+        except (ValueError, KeyError, TypeError):
+            # A valid signature over a bad payload means a bug, not an attacker.
+            log.error("batch_token_payload_invalid")
+            return None
+
+    # -- lookup and use ------------------------------------------------------------------
+    async def lookup(self, raw_token: str) -> TokenEntry | None:
+        """The live entry of a token, or None (unknown, expired, revoked). Uses nothing."""
+        self._ready()
+        if not isinstance(raw_token, str) or not raw_token or len(raw_token) > _MAX_TOKEN_LEN:
+            return None
+        if raw_token.startswith("hvb."):
+            entry = self._decode_batch(raw_token)
+        else:
+            data = await self.storage.get(ID_PREFIX + self.hash(raw_token))
+            entry = TokenEntry.from_dict(data) if data is not None else None
+        if entry is None:
+            return None
+        return await self._check_live(entry)
+
+    async def lookup_accessor(self, accessor: str) -> TokenEntry | None:
+        """The live entry behind an accessor, or None."""
+        self._ready()
+        if not isinstance(accessor, str) or not accessor or len(accessor) > 256:
+            return None
+        index = await self.storage.get(ACCESSOR_PREFIX + self.hash(accessor))
+        if not index:
+            return None
+        data = await self.storage.get(ID_PREFIX + index["id_hash"])
+        if data is None:
+            return None
+        return await self._check_live(TokenEntry.from_dict(data))
+
+    async def _check_live(self, entry: TokenEntry, depth: int = 0) -> TokenEntry | None:
+        """Expiry, pending revocation, disabled mount and dead parents; revokes lazily."""
+        if entry.num_uses < 0:
+            return None
+        dead = (
+            (entry.expire_time and self.clock() >= entry.expire_time)
+            or await self._mount_revoked(entry)
+            or (entry.parent is not None and not await self._parent_alive(entry.parent, depth + 1))
+        )
+        if dead:
+            if entry.type == "service":
+                await self._revoke_tree(entry.id_hash)
+            return None
+        return entry
+
+    async def _parent_alive(self, parent_hash: str, depth: int) -> bool:
+        if depth > _MAX_PARENT_DEPTH:
+            return False
+        data = await self.storage.get(ID_PREFIX + parent_hash)
+        if data is None:
+            return False
+        return await self._check_live(TokenEntry.from_dict(data), depth) is not None
+
+    async def _mount_revoked(self, entry: TokenEntry) -> bool:
+        acc = entry.mount_accessor
+        if not acc:
+            return False
+        cached = self._epochs.get(acc)
+        mono = time.monotonic()
+        if cached is None or mono - cached[1] > _EPOCH_CACHE_SECONDS:
+            value = await self.storage.get(EPOCH_PREFIX + acc)
+            cached = (float(value) if value is not None else None, mono)
+            self._epochs[acc] = cached
+        epoch = cached[0]
+        return epoch is not None and entry.creation_time <= epoch
+
+    async def authenticate(self, raw_token: str, remote_addr: str | None) -> TokenEntry:
         """Look up a token for a request: expiry, bound CIDRs, and consume one use.
+
+        When the returned entry has ``num_uses == -1`` this was its last use: call
+        ``release(entry)`` after the request (the sweeper removes it otherwise).
 
         :raises PermissionDenied: unknown, expired, exhausted or CIDR-mismatched token.
         """
-        raise NotImplementedError
+        entry = await self.lookup(raw_token)
+        if entry is None:
+            raise PermissionDenied()
+        # Vault: CIDRs bind every token except non-expiring root tokens.
+        exempt = entry.ttl == 0 and entry.is_root()
+        if entry.bound_cidrs and not exempt and not cidr_allows(entry.bound_cidrs, remote_addr):
+            raise PermissionDenied()
+        if entry.num_uses > 0 and entry.type == "service":
+            entry = await self._use(entry)
+        return entry
+
+    async def _use(self, entry: TokenEntry) -> TokenEntry:
+        now = self.clock()
+        seen: list[dict[str, Any]] = []
+
+        def consume(old: Any | None) -> Any | None:
+            seen.clear()
+            if old is None or old.get("num_uses", 0) < 0:
+                return old
+            n = old.get("num_uses", 0)
+            if n == 1:
+                old["num_uses"] = -1
+                old["revoke_pending_at"] = now
+            elif n > 1:
+                old["num_uses"] = n - 1
+            seen.append(old)
+            return old
+
+        await self.storage.update(ID_PREFIX + entry.id_hash, consume)
+        if not seen:
+            raise PermissionDenied()
+        return TokenEntry.from_dict(seen[0])
+
+    async def release(self, entry: TokenEntry) -> None:
+        """After a request: revoke a token whose last use it was."""
+        if entry.type == "service" and entry.num_uses == -1:
+            await self._revoke_tree(entry.id_hash)
+
+    # -- renewal -------------------------------------------------------------------------
+    async def renew(
+        self,
+        entry: TokenEntry,
+        increment: int = 0,
+        *,
+        mount: MountInfo | None = None,
+        renew_hook: RenewHook | None = None,
+        raw_token: str = "",
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Extend a service token's lease. Returns (``auth`` block, warnings).
+
+        For login tokens the caller passes the issuing mount and its backend's hook; the
+        TTL is recomputed from the hook's Auth, counted from the original issue time.
+
+        :raises InvalidRequest: ``batch tokens cannot be renewed``, ``lease is not renewable``,
+            ``past the max TTL, cannot renew``; or whatever the hook raises.
+        """
+        if entry.type == "batch":
+            raise InvalidRequest("batch tokens cannot be renewed")
+        if not entry.renewable or entry.ttl == 0:
+            raise InvalidRequest("lease is not renewable")
+        data = await self.storage.get(ID_PREFIX + entry.id_hash)
+        current = await self._check_live(TokenEntry.from_dict(data)) if data else None
+        if current is None:
+            raise PermissionDenied()
+        mount = mount or self.default_mount
+        backend_ttl, period, backend_max = current.ttl, current.period, 0
+        explicit = current.explicit_max_ttl
+        if renew_hook is not None:
+            auth = await renew_hook(current)
+            if auth is not None:
+                backend_ttl, period, backend_max = auth.ttl, auth.period, auth.max_ttl
+                explicit = auth.explicit_max_ttl or explicit
+        now = self.clock()
+        ttl, warnings = calculate_ttl(
+            now=now,
+            default_ttl=mount.default_lease_ttl,
+            mount_max=mount.max_lease_ttl,
+            increment=increment,
+            backend_ttl=backend_ttl,
+            period=period,
+            backend_max=backend_max,
+            explicit_max=explicit,
+            start=current.creation_time,
+        )
+        kept: list[dict[str, Any]] = []
+
+        def extend(old: Any | None) -> Any | None:
+            kept.clear()
+            if old is None or old.get("num_uses", 0) < 0:
+                return old
+            old["expire_time"] = now + ttl
+            old["last_renewal_time"] = int(now)
+            kept.append(old)
+            return old
+
+        await self.storage.update(ID_PREFIX + entry.id_hash, extend)
+        if not kept:
+            raise PermissionDenied()
+        return self.auth_block(TokenEntry.from_dict(kept[0]), raw_token, lease_duration=ttl), warnings
+
+    # -- revocation ----------------------------------------------------------------------
+    async def revoke(self, entry: TokenEntry) -> int:
+        """Revoke a token and all its descendants; returns how many entries were removed.
+
+        :raises InvalidRequest: ``batch tokens cannot be revoked`` (they are stateless: they
+            die with their expiry, their parent or their mount, as in Vault).
+        """
+        if entry.type == "batch":
+            raise InvalidRequest("batch tokens cannot be revoked")
+        return await self._revoke_tree(entry.id_hash)
+
+    async def revoke_accessor(self, accessor: str) -> bool:
+        """Revoke the token behind ``accessor`` (and its children); False if unknown."""
+        index = await self.storage.get(ACCESSOR_PREFIX + self.hash(accessor)) if accessor else None
+        if not index:
+            return False
+        await self._revoke_tree(index["id_hash"])
+        return True
+
+    async def revoke_orphan(self, entry: TokenEntry) -> None:
+        """Revoke only ``entry``; its children become orphans."""
+        if entry.type == "batch":
+            raise InvalidRequest("batch tokens cannot be revoked")
+        children = await self._children(entry.id_hash)
+
+        def orphan(old: Any | None) -> Any | None:
+            if old is not None:
+                old["parent"], old["orphan"] = None, True
+            return old
+
+        for child in children:
+            await self.storage.update(ID_PREFIX + child, orphan)
+        await self._delete_one(entry.id_hash)
 
     async def revoke_mount(self, mount_accessor: str) -> int:
-        """Revoke every token issued through a mount (when it is disabled)."""
-        raise NotImplementedError
+        """Revoke every token issued through a mount (when it is disabled).
+
+        Writes the mount's epoch first, which kills its batch tokens (and any service token
+        the scan below would miss) on their next use, then deletes its service tokens.
+        """
+        now = self.clock()
+        await self.storage.put(EPOCH_PREFIX + mount_accessor, now)
+        self._epochs[mount_accessor] = (now, time.monotonic())
+        count = 0
+        for key in await self.storage.list(ID_PREFIX):
+            data = await self.storage.get(ID_PREFIX + key)
+            if data is not None and data.get("mount_accessor") == mount_accessor:
+                count += await self._revoke_tree(key)
+        return count
+
+    async def _children(self, id_hash: str) -> list[str]:
+        return [c for c in await self.storage.list(f"{PARENT_PREFIX}{id_hash}/") if not c.endswith("/")]
+
+    async def _revoke_tree(self, id_hash: str) -> int:
+        # The parent goes first so it stops working at once; children of a missing
+        # parent are refused on use anyway (see _check_live).
+        count, stack, seen = 0, [id_hash], set()
+        while stack:
+            h = stack.pop()
+            if h in seen:
+                continue
+            seen.add(h)
+            stack.extend(await self._children(h))
+            count += await self._delete_one(h)
+        return count
+
+    async def _delete_one(self, id_hash: str) -> int:
+        data = await self.storage.get(ID_PREFIX + id_hash)
+        await self.storage.delete(ID_PREFIX + id_hash)
+        await self.storage.delete_prefix(f"{PARENT_PREFIX}{id_hash}/")
+        if data is None:
+            return 0
+        if data.get("accessor"):
+            await self.storage.delete(ACCESSOR_PREFIX + self.hash(data["accessor"]))
+        if data.get("parent"):
+            await self.storage.delete(f"{PARENT_PREFIX}{data['parent']}/{id_hash}")
+        return 1
+
+    # -- expiry sweeper ------------------------------------------------------------------
+    async def sweep(self) -> int:
+        """Delete expired, exhausted and orphaned-by-revocation entries; return the count."""
+        count = 0
+        now = self.clock()
+        for key in await self.storage.list(ID_PREFIX):
+            if key.endswith("/"):
+                continue
+            data = await self.storage.get(ID_PREFIX + key)
+            if data is None:
+                continue
+            entry = TokenEntry.from_dict(data)
+            if entry.num_uses < 0:
+                if now - entry.revoke_pending_at > _PENDING_GRACE:
+                    count += await self._revoke_tree(key)
+                continue
+            if await self._check_live(entry) is None:
+                count += 1
+        return count
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                removed = await self.sweep()
+                if removed:
+                    log.info("token_sweep", removed=removed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep sweeping after a transient storage error
+                log.exception("token_sweep_failed")
+
+    # -- presentation --------------------------------------------------------------------
+    def lookup_data(self, entry: TokenEntry, raw_token: str = "") -> dict[str, Any]:
+        """``data`` of lookup / lookup-self / lookup-accessor (vault-api.md 10.5)."""
+        now = self.clock()
+        remaining = max(0, int(entry.expire_time - now)) if entry.expire_time else 0
+        out: dict[str, Any] = {
+            "accessor": entry.accessor,
+            "creation_time": entry.creation_time,
+            "creation_ttl": entry.ttl,
+            "display_name": entry.display_name,
+            "entity_id": entry.entity_id,
+            "expire_time": rfc3339(entry.expire_time) if entry.expire_time else None,
+            "explicit_max_ttl": entry.explicit_max_ttl,
+            "id": raw_token,
+            "issue_time": rfc3339(entry.creation_time),
+            "meta": dict(entry.meta) or None,
+            "num_uses": entry.num_uses,
+            "orphan": entry.orphan,
+            "path": entry.path,
+            "policies": list(entry.policies),
+            "renewable": entry.renewable,
+            "ttl": remaining,
+            "type": entry.type,
+        }
+        if entry.period:
+            out["period"] = entry.period
+        if entry.bound_cidrs:
+            out["bound_cidrs"] = list(entry.bound_cidrs)
+        if entry.last_renewal_time:
+            out["last_renewal_time"] = entry.last_renewal_time
+            out["last_renewal"] = rfc3339(entry.last_renewal_time)
+        return out
+
+
+def check_assignable(policies: list[str]) -> None:
+    """:raises InvalidRequest: ``cannot assign policy "<p>"`` for Vault's internal policies."""
+    for p in policies:
+        if p in _NOT_ASSIGNABLE:
+            raise InvalidRequest(f'cannot assign policy "{p}"')

@@ -1,0 +1,505 @@
+"""TokenStore: issuing, HMAC-only storage, expiry, CIDRs, num_uses, revocation, batch tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from contextlib import nullcontext
+from typing import Any
+
+import pytest
+
+from plugin.errors import InvalidRequest, PermissionDenied
+from plugin.framework import Alias, Auth
+from plugin.storage import InMemoryStorage
+from server.tokens import (
+    MountInfo,
+    TokenEntry,
+    TokenStore,
+    calculate_ttl,
+    cidr_allows,
+    sanitize_policies,
+)
+
+JWT = MountInfo(path="auth/jwt/", accessor="auth_jwt_1a2b3c4d", default_lease_ttl=3600, max_lease_ttl=7200)
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(clock: Clock) -> Any:
+    s = TokenStore(InMemoryStorage(), clock=clock)
+    await s.start(sweep=False)
+    yield s
+    await s.close()
+
+
+def login(**kw: Any) -> Auth:
+    kw.setdefault("policies", ["dev"])
+    kw.setdefault("alias", Alias(name="alice"))
+    kw.setdefault("metadata", {"role": "r1"})
+    return Auth(**kw)
+
+
+AUTH_KEYS = [
+    "client_token", "accessor", "policies", "token_policies", "metadata", "lease_duration",
+    "renewable", "entity_id", "token_type", "orphan", "mfa_requirement", "num_uses",
+]
+
+
+async def test_issue_auth_block_shape(store: TokenStore) -> None:
+    block, warnings = await store.issue(login(), mount=JWT)
+    assert list(block) == AUTH_KEYS
+    assert block["client_token"].startswith("hvs.") and len(block["client_token"]) == 28
+    assert block["policies"] == ["default", "dev"] == block["token_policies"]
+    assert block["metadata"] == {"role": "r1"}
+    assert block["lease_duration"] == 3600 and block["renewable"] is True
+    assert block["token_type"] == "service" and block["orphan"] is True
+    assert block["mfa_requirement"] is None and block["num_uses"] == 0
+    assert warnings == []
+    entry = await store.authenticate(block["client_token"], "127.0.0.1")
+    assert entry.display_name == "jwt-alice" and entry.path == "auth/jwt/login"
+
+
+async def test_entity_id_stable_per_mount_and_alias(store: TokenStore) -> None:
+    a, _ = await store.issue(login(), mount=JWT)
+    b, _ = await store.issue(login(), mount=JWT)
+    c, _ = await store.issue(login(alias=Alias(name="bob")), mount=JWT)
+    other = MountInfo("auth/jwt2/", "auth_jwt_ffff0000", 3600, 7200)
+    d, _ = await store.issue(login(), mount=other)
+    assert a["entity_id"] == b["entity_id"]
+    assert len({a["entity_id"], c["entity_id"], d["entity_id"]}) == 3
+
+
+@pytest.mark.parametrize(
+    ("policies", "no_default", "expected"),
+    [
+        ([" Dev ", "dev", "OPS"], False, nullcontext(["default", "dev", "ops"])),
+        (["dev"], True, nullcontext(["dev"])),
+        ([], False, nullcontext(["default"])),
+        ([" root"], False, pytest.raises(InvalidRequest, match="auth methods cannot create root tokens")),
+        (["Root "], True, pytest.raises(InvalidRequest, match="auth methods cannot create root tokens")),
+        (["response-wrapping"], False, pytest.raises(InvalidRequest, match='cannot assign policy "response-wrapping"')),
+        (["control-group"], False, pytest.raises(InvalidRequest, match='cannot assign policy "control-group"')),
+    ],
+    ids=["normalised", "no-default", "empty", "root-space", "root-case", "response-wrapping", "control-group"],
+)
+async def test_issue_policies(store: TokenStore, policies: list[str], no_default: bool, expected: Any) -> None:
+    with expected as want:
+        block, _ = await store.issue(login(policies=policies, no_default_policy=no_default), mount=JWT)
+        assert block["policies"] == want
+
+
+@pytest.mark.parametrize(
+    ("kw", "ttl", "warning"),
+    [
+        ({}, 3600, None),
+        ({"ttl": 60}, 60, None),
+        ({"ttl": 9000}, 7200, 'TTL of "2h30m0s" exceeded the effective max_ttl of "2h0m0s"; TTL value is capped accordingly'),
+        ({"ttl": 900, "max_ttl": 600}, 600, 'TTL of "15m0s" exceeded the effective max_ttl of "10m0s"'),
+        ({"ttl": 900, "explicit_max_ttl": 300}, 300, "exceeded the effective max_ttl"),
+        ({"period": 120}, 120, None),
+        ({"period": 10000}, 7200, 'period of "2h46m40s" exceeded the effective max_ttl of "2h0m0s"'),
+    ],
+    ids=["mount-default", "role-ttl", "capped-by-mount-max", "capped-by-role-max", "capped-by-explicit", "period", "period-capped"],
+)
+async def test_issue_ttl(store: TokenStore, kw: dict[str, int], ttl: int, warning: str | None) -> None:
+    block, warnings = await store.issue(login(**kw), mount=JWT)
+    assert block["lease_duration"] == ttl
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warning in warnings[0]
+
+
+async def test_storage_holds_no_raw_token(store: TokenStore) -> None:
+    raws = [(await store.issue(login(), mount=JWT))[0]["client_token"] for _ in range(3)]
+    root = await store.create_root()
+    child, _ = await store.issue(login(), mount=JWT, parent=await store.authenticate(root, "10.0.0.1"))
+    raws += [root, child["client_token"]]
+    dump = json.dumps(store.storage._data)  # type: ignore[attr-defined]
+    for raw in raws:
+        assert raw not in dump and raw[4:] not in dump
+    keys = list(store.storage._data)  # type: ignore[attr-defined]
+    assert any(k.startswith("sys/token/id/") for k in keys)
+    assert any(k.startswith("sys/token/accessor/") for k in keys)
+    assert any(k.startswith("sys/token/parent/") for k in keys)
+
+
+async def test_accessor_index_points_to_hash(store: TokenStore) -> None:
+    block, _ = await store.issue(login(), mount=JWT)
+    index = await store.storage.get("sys/token/accessor/" + store.hash(block["accessor"]))
+    assert index == {"id_hash": store.hash(block["client_token"])}
+    entry = await store.lookup_accessor(block["accessor"])
+    assert entry is not None and entry.policies == ["default", "dev"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "hvs.nope", "hvb.x", "hvb.a.b", "x" * 10000, "hvs." + "A" * 24],
+    ids=["empty", "unknown", "batch-no-sig", "batch-garbage", "huge", "well-formed-unknown"],
+)
+async def test_authenticate_unknown(store: TokenStore, raw: str) -> None:
+    with pytest.raises(PermissionDenied, match="^permission denied$"):
+        await store.authenticate(raw, "127.0.0.1")
+
+
+async def test_expiry_checked_on_use_without_sweeper(store: TokenStore, clock: Clock) -> None:
+    block, _ = await store.issue(login(ttl=1), mount=JWT)
+    raw = block["client_token"]
+    clock.now += 0.5
+    await store.authenticate(raw, "127.0.0.1")
+    clock.now += 0.6
+    with pytest.raises(PermissionDenied):
+        await store.authenticate(raw, "127.0.0.1")
+    # deleted lazily, accessor index too
+    assert await store.storage.get("sys/token/id/" + store.hash(raw)) is None
+    assert await store.lookup_accessor(block["accessor"]) is None
+
+
+@pytest.mark.parametrize(
+    ("cidrs", "remote", "ok"),
+    [
+        (["10.0.0.0/8"], "10.1.2.3", True),
+        (["10.0.0.0/8"], "192.168.0.1", False),
+        (["10.0.0.0/8", "192.168.0.0/16"], "192.168.3.4", True),
+        (["10.0.0.5"], "10.0.0.5", True),
+        (["10.0.0.0/8"], "::ffff:10.0.0.1", True),
+        (["2001:db8::/32"], "2001:db8::1", True),
+        (["10.0.0.0/8"], "not-an-ip", False),
+        (["10.0.0.0/8"], "", False),
+    ],
+    ids=["in", "out", "second", "bare-address", "v4-mapped", "v6", "garbage-remote", "no-remote"],
+)
+async def test_bound_cidrs_on_use(store: TokenStore, cidrs: list[str], remote: str, ok: bool) -> None:
+    block, _ = await store.issue(login(bound_cidrs=cidrs), mount=JWT)
+    assert cidr_allows(cidrs, remote) is ok
+    with nullcontext() if ok else pytest.raises(PermissionDenied):
+        await store.authenticate(block["client_token"], remote)
+
+
+async def test_bad_bound_cidr_refused_at_issue(store: TokenStore) -> None:
+    with pytest.raises(InvalidRequest, match='invalid bound CIDR "10.0.0.0/99"'):
+        await store.issue(login(bound_cidrs=["10.0.0.0/99"]), mount=JWT)
+
+
+async def test_non_expiring_root_exempt_from_cidrs(store: TokenStore) -> None:
+    root = await store.create_root()
+    entry = await store.authenticate(root, "10.0.0.1")
+    entry.bound_cidrs = ["192.168.0.0/16"]
+    await store.storage.put("sys/token/id/" + entry.id_hash, entry.to_dict())
+    assert (await store.authenticate(root, "10.0.0.1")).is_root()
+
+
+async def test_num_uses_race_exactly_three(store: TokenStore) -> None:
+    block, _ = await store.issue(login(num_uses=3), mount=JWT)
+    raw = block["client_token"]
+    assert block["num_uses"] == 3
+
+    async def one() -> bool:
+        try:
+            entry = await store.authenticate(raw, "127.0.0.1")
+        except PermissionDenied:
+            return False
+        await asyncio.sleep(0)
+        await store.release(entry)
+        return True
+
+    results = await asyncio.gather(*(one() for _ in range(50)))
+    assert results.count(True) == 3 and results.count(False) == 47
+    assert await store.lookup(raw) is None
+    assert await store.storage.get("sys/token/id/" + store.hash(raw)) is None
+
+
+async def test_num_uses_countdown_and_pending(store: TokenStore, clock: Clock) -> None:
+    block, _ = await store.issue(login(num_uses=2), mount=JWT)
+    raw = block["client_token"]
+    assert (await store.authenticate(raw, "1.2.3.4")).num_uses == 1
+    last = await store.authenticate(raw, "1.2.3.4")
+    assert last.num_uses == -1
+    with pytest.raises(PermissionDenied):
+        await store.authenticate(raw, "1.2.3.4")
+    # release was never called: the sweeper removes it after the grace period
+    assert await store.sweep() == 0
+    clock.now += 60
+    assert await store.sweep() == 1
+    assert await store.storage.list("sys/token/id/") == []
+
+
+async def test_child_revoked_with_parent(store: TokenStore) -> None:
+    root = await store.authenticate(await store.create_root(), "127.0.0.1")
+    parent_block, _ = await store.issue(login(), mount=JWT, parent=root)
+    parent = await store.authenticate(parent_block["client_token"], "127.0.0.1")
+    child_block, _ = await store.issue(login(), mount=JWT, parent=parent)
+    grandchild_block, _ = await store.issue(login(), mount=JWT, parent=await store.lookup(child_block["client_token"]))
+    assert child_block["orphan"] is False
+    assert await store.revoke(parent) == 3
+    for b in (parent_block, child_block, grandchild_block):
+        assert await store.lookup(b["client_token"]) is None
+    assert await store.lookup_accessor(child_block["accessor"]) is None
+    assert [k for k in store.storage._data if "parent" in k] == []  # type: ignore[attr-defined]
+
+
+async def test_child_dies_when_parent_expires(store: TokenStore, clock: Clock) -> None:
+    parent_block, _ = await store.issue(login(ttl=10), mount=JWT)
+    parent = await store.authenticate(parent_block["client_token"], "127.0.0.1")
+    child_block, _ = await store.issue(login(ttl=3600), mount=JWT, parent=parent)
+    clock.now += 11
+    with pytest.raises(PermissionDenied):
+        await store.authenticate(child_block["client_token"], "127.0.0.1")
+
+
+async def test_revoke_orphan_keeps_children(store: TokenStore) -> None:
+    parent_block, _ = await store.issue(login(), mount=JWT)
+    parent = await store.lookup(parent_block["client_token"])
+    assert parent is not None
+    child_block, _ = await store.issue(login(), mount=JWT, parent=parent)
+    await store.revoke_orphan(parent)
+    assert await store.lookup(parent_block["client_token"]) is None
+    child = await store.authenticate(child_block["client_token"], "127.0.0.1")
+    assert child.orphan is True and child.parent is None
+
+
+async def test_revoke_accessor(store: TokenStore) -> None:
+    block, _ = await store.issue(login(), mount=JWT)
+    assert await store.revoke_accessor(block["accessor"]) is True
+    assert await store.revoke_accessor(block["accessor"]) is False
+    with pytest.raises(PermissionDenied):
+        await store.authenticate(block["client_token"], "127.0.0.1")
+
+
+async def test_revoke_mount_kills_service_and_batch(store: TokenStore, clock: Clock) -> None:
+    svc, _ = await store.issue(login(), mount=JWT)
+    batch, _ = await store.issue(login(token_type="batch"), mount=JWT)
+    other_mount = MountInfo("auth/oidc/", "auth_oidc_00000001", 3600, 7200)
+    other, _ = await store.issue(login(), mount=other_mount)
+    await store.authenticate(batch["client_token"], "127.0.0.1")
+    clock.now += 1
+    assert await store.revoke_mount(JWT.accessor) == 1
+    for b in (svc, batch):
+        with pytest.raises(PermissionDenied):
+            await store.authenticate(b["client_token"], "127.0.0.1")
+    await store.authenticate(other["client_token"], "127.0.0.1")
+
+
+async def test_batch_token_is_stateless(store: TokenStore) -> None:
+    before = dict(store.storage._data)  # type: ignore[attr-defined]
+    block, _ = await store.issue(login(token_type="batch", bound_cidrs=["10.0.0.0/8"]), mount=JWT)
+    assert store.storage._data == before  # type: ignore[attr-defined]
+    raw = block["client_token"]
+    assert raw.startswith("hvb.") and block["renewable"] is False and block["accessor"] == ""
+    assert block["token_type"] == "batch"
+    entry = await store.authenticate(raw, "10.9.9.9")
+    assert entry.type == "batch" and entry.policies == ["default", "dev"] and entry.meta == {"role": "r1"}
+    with pytest.raises(PermissionDenied):
+        await store.authenticate(raw, "192.168.1.1")
+
+
+def _tamper_payload(raw: str) -> str:
+    body, sig = raw[4:].split(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    payload["p"] = ["root"]
+    new = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    return "hvb." + new + "." + sig
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        _tamper_payload,
+        lambda raw: raw[:-2] + ("AA" if raw[-2:] != "AA" else "BB"),
+        lambda raw: raw.rsplit(".", 1)[0],
+        lambda raw: raw + ".x",
+    ],
+    ids=["payload-root", "signature", "no-signature", "extra-part"],
+)
+async def test_batch_token_tamper_denied(store: TokenStore, mutate: Any) -> None:
+    block, _ = await store.issue(login(token_type="batch"), mount=JWT)
+    with pytest.raises(PermissionDenied, match="^permission denied$"):
+        await store.authenticate(mutate(block["client_token"]), "127.0.0.1")
+
+
+async def test_batch_token_expires(store: TokenStore, clock: Clock) -> None:
+    block, _ = await store.issue(login(token_type="batch", ttl=5), mount=JWT)
+    clock.now += 5
+    with pytest.raises(PermissionDenied):
+        await store.authenticate(block["client_token"], "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"num_uses": 2}, "batch tokens cannot have a limited number of uses"),
+        ({"period": 60}, "batch tokens cannot be periodic"),
+    ],
+    ids=["num-uses", "period"],
+)
+async def test_batch_token_refusals(store: TokenStore, kw: dict[str, int], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        await store.issue(login(token_type="batch", **kw), mount=JWT)
+
+
+async def test_batch_not_renewable_nor_revocable(store: TokenStore) -> None:
+    block, _ = await store.issue(login(token_type="batch"), mount=JWT)
+    entry = await store.lookup(block["client_token"])
+    assert entry is not None
+    with pytest.raises(InvalidRequest, match="batch tokens cannot be renewed"):
+        await store.renew(entry)
+    with pytest.raises(InvalidRequest, match="batch tokens cannot be revoked"):
+        await store.revoke(entry)
+
+
+async def test_salt_and_batch_key_survive_restart(clock: Clock) -> None:
+    storage = InMemoryStorage()
+    a = TokenStore(storage, clock=clock)
+    await a.start(sweep=False)
+    svc, _ = await a.issue(login(), mount=JWT)
+    batch, _ = await a.issue(login(token_type="batch"), mount=JWT)
+    b = TokenStore(storage, clock=clock)
+    await b.start(sweep=False)
+    await b.authenticate(svc["client_token"], "127.0.0.1")
+    await b.authenticate(batch["client_token"], "127.0.0.1")
+
+
+async def test_root_token(store: TokenStore) -> None:
+    raw = await store.create_root("root")
+    assert await store.create_root("root") == "root"
+    entry = await store.authenticate("root", "127.0.0.1")
+    assert entry.policies == ["root"] and entry.ttl == 0 and entry.renewable is False
+    data = store.lookup_data(entry, raw)
+    assert data["expire_time"] is None and data["ttl"] == 0 and data["path"] == "auth/token/root"
+    assert data["id"] == "root" and data["meta"] is None and data["display_name"] == "root"
+    with pytest.raises(InvalidRequest, match="lease is not renewable"):
+        await store.renew(entry)
+
+
+async def test_lookup_data_fields(store: TokenStore, clock: Clock) -> None:
+    block, _ = await store.issue(login(ttl=600, bound_cidrs=["10.0.0.0/8"], period=0), mount=JWT)
+    clock.now += 100
+    entry = await store.lookup(block["client_token"])
+    assert entry is not None
+    data = store.lookup_data(entry, block["client_token"])
+    assert data["ttl"] == 500 and data["creation_ttl"] == 600
+    assert data["creation_time"] == int(T0)
+    assert data["expire_time"].endswith("Z") and data["issue_time"].endswith("Z")
+    assert data["bound_cidrs"] == ["10.0.0.0/8"] and "period" not in data
+    assert data["accessor"] == block["accessor"] and data["type"] == "service"
+    assert store.lookup_data(entry)["id"] == ""
+
+
+async def test_renew_without_hook(store: TokenStore, clock: Clock) -> None:
+    block, _ = await store.issue(login(ttl=600), mount=JWT)
+    raw = block["client_token"]
+    clock.now += 500
+    entry = await store.authenticate(raw, "127.0.0.1")
+    renewed, warnings = await store.renew(entry, raw_token=raw, mount=JWT)
+    assert renewed["lease_duration"] == 600 and renewed["client_token"] == raw and warnings == []
+    clock.now += 550
+    entry = await store.authenticate(raw, "127.0.0.1")  # would have expired without renewal
+    renewed, warnings = await store.renew(entry, 7200, mount=JWT)
+    # max TTL 7200 from issue; 1050 s have passed
+    assert renewed["lease_duration"] == 7200 - 1050
+    assert "TTL value is capped accordingly" in warnings[0]
+    clock.now += 7200 - 1050
+    with pytest.raises(PermissionDenied):
+        await store.authenticate(raw, "127.0.0.1")
+
+
+async def test_renew_calls_hook_with_rebuilt_auth(store: TokenStore) -> None:
+    block, _ = await store.issue(login(ttl=600, internal_data={"role": "r1"}), mount=JWT)
+    seen: list[Auth] = []
+
+    async def hook(entry: TokenEntry) -> Auth:
+        auth = entry.to_auth()
+        seen.append(auth)
+        auth.ttl, auth.period = 60, 0
+        return auth
+
+    entry = await store.lookup(block["client_token"])
+    assert entry is not None
+    renewed, _ = await store.renew(entry, mount=JWT, renew_hook=hook)
+    assert renewed["lease_duration"] == 60
+    assert seen[0].internal_data == {"role": "r1"} and seen[0].policies == ["default", "dev"]
+    assert seen[0].metadata == {"role": "r1"}
+
+
+async def test_renew_hook_refusal_propagates(store: TokenStore) -> None:
+    block, _ = await store.issue(login(), mount=JWT)
+
+    async def hook(entry: TokenEntry) -> Auth:
+        raise InvalidRequest("role r1 does not exist during renewal")
+
+    entry = await store.lookup(block["client_token"])
+    assert entry is not None
+    with pytest.raises(InvalidRequest, match="does not exist during renewal"):
+        await store.renew(entry, mount=JWT, renew_hook=hook)
+
+
+async def test_renew_not_renewable(store: TokenStore) -> None:
+    block, _ = await store.issue(login(renewable=False), mount=JWT)
+    entry = await store.lookup(block["client_token"])
+    assert entry is not None
+    with pytest.raises(InvalidRequest, match="lease is not renewable"):
+        await store.renew(entry)
+
+
+async def test_sweep_removes_expired(store: TokenStore, clock: Clock) -> None:
+    short, _ = await store.issue(login(ttl=10), mount=JWT)
+    long, _ = await store.issue(login(ttl=1000), mount=JWT)
+    clock.now += 20
+    assert await store.sweep() == 1
+    assert await store.lookup(long["client_token"]) is not None
+    assert len(await store.storage.list("sys/token/id/")) == 1
+    assert await store.lookup_accessor(short["accessor"]) is None
+
+
+async def test_sweeper_task_starts_and_stops(clock: Clock) -> None:
+    s = TokenStore(InMemoryStorage(), clock=clock, sweep_interval=0.01)
+    await s.start()
+    block, _ = await s.issue(login(ttl=10), mount=JWT)
+    clock.now += 20
+    for _ in range(200):
+        if not await s.storage.list("sys/token/id/"):
+            break
+        await asyncio.sleep(0.01)
+    await s.close()
+    assert await s.storage.list("sys/token/id/") == []
+    assert block["client_token"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"now": T0, "default_ttl": 100, "mount_max": 1000}, (100, 0)),
+        ({"now": T0, "default_ttl": 100, "mount_max": 1000, "increment": 50, "backend_ttl": 70}, (50, 0)),
+        ({"now": T0 + 950, "default_ttl": 100, "mount_max": 1000, "start": T0}, (50, 1)),
+        ({"now": T0, "default_ttl": 100, "mount_max": 1000, "period": 300, "explicit_max": 200}, (200, 1)),
+    ],
+    ids=["default", "increment-wins", "capped-from-start", "period-vs-explicit"],
+)
+def test_calculate_ttl(kw: dict[str, Any], expected: tuple[int, int]) -> None:
+    ttl, warnings = calculate_ttl(**kw)
+    assert (ttl, len(warnings)) == expected
+
+
+def test_calculate_ttl_past_max() -> None:
+    with pytest.raises(InvalidRequest, match="past the max TTL, cannot renew"):
+        calculate_ttl(now=T0 + 1000, default_ttl=100, mount_max=1000, start=T0)
+
+
+def test_sanitize_policies() -> None:
+    assert sanitize_policies([" B", "a", "", "b "], add_default=True) == ["a", "b", "default"]
+    assert sanitize_policies(["root"], add_default=True) == ["root"]
