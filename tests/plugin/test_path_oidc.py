@@ -1,0 +1,621 @@
+"""The OIDC browser flow at plugin level: auth_url, callback (GET/POST), state, ID token checks."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from keyfactory import ec_key, make_token  # noqa: E402
+from oidc_fakes import CLIENT_ID, CLIENT_SECRET, ISSUER, FakeIdP, at_hash  # noqa: E402
+
+from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation  # noqa: E402
+from plugin.framework import Connection, Operation, Request, StaticSystemView  # noqa: E402
+from plugin.oidc_flow import check_at_hash, check_id_token_claims  # noqa: E402
+from plugin.path_oidc import STATE_PREFIX, parse_mount, valid_redirect  # noqa: E402
+from plugin.storage import InMemoryStorage  # noqa: E402
+
+from backend_factory import new_backend  # noqa: E402  # isort: skip
+
+REDIRECT = "https://vault.example.com/ui/vault/auth/oidc/oidc/callback"
+CLI_REDIRECT = "http://localhost:8250/oidc/callback"
+
+
+class Clock:
+    """A settable clock shared by the system view and the fake IdP."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """One mount: backend, storage, fake IdP; helpers that speak the plugin API."""
+
+    def __init__(self, storage: InMemoryStorage | None = None, idp: FakeIdP | None = None) -> None:
+        self.clock = Clock()
+        self.idp = idp or FakeIdP(clock=self.clock)
+        self.storage = storage or InMemoryStorage()
+        self.system = StaticSystemView(fetcher=self.idp, clock=self.clock, mount_path="auth/oidc/")
+        self.backend = new_backend()
+        self.remote = "127.0.0.1"
+
+    async def call(self, op: Operation, path: str, data: dict[str, Any] | None = None) -> Any:
+        req = Request(
+            operation=op,
+            path=path,
+            data=dict(data or {}),
+            storage=self.storage,
+            system=self.system,
+            connection=Connection(self.remote),
+        )
+        return await self.backend.handle_request(req)
+
+    async def configure(self, **extra: Any) -> None:
+        data = {
+            "oidc_discovery_url": self.idp.issuer,
+            "oidc_client_id": CLIENT_ID,
+            "oidc_client_secret": CLIENT_SECRET,
+            "default_role": "test",
+        }
+        data.update(extra)
+        await self.call(Operation.UPDATE, "config", data)
+
+    async def role(self, name: str = "test", **extra: Any) -> None:
+        data: dict[str, Any] = {
+            "role_type": "oidc",
+            "user_claim": "email",
+            "allowed_redirect_uris": [REDIRECT, CLI_REDIRECT],
+            "groups_claim": "groups",
+            "claim_mappings": {"COLOR": "color", "size": "size"},
+            "token_ttl": "3m",
+            "token_max_ttl": "5m",
+            "token_num_uses": 10,
+        }
+        data.update(extra)
+        await self.call(Operation.UPDATE, f"role/{name}", data)
+
+    async def auth_url(self, **data: Any) -> str:
+        data.setdefault("redirect_uri", REDIRECT)
+        resp = await self.call(Operation.UPDATE, "oidc/auth_url", data)
+        return str(resp.data["auth_url"])
+
+    async def callback(self, **data: Any) -> Any:
+        return await self.call(Operation.READ, "oidc/callback", data)
+
+    async def login(self, *, auth: dict[str, Any] | None = None, cb: dict[str, Any] | None = None, **claims: Any) -> Any:
+        """auth_url -> IdP authorize -> callback; returns the callback Response."""
+        url = await self.auth_url(**(auth or {}))
+        state = query(url)["state"]
+        code = self.idp.authorize(url, **claims)
+        return await self.callback(state=state, code=code, **(cb or {}))
+
+
+def query(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+BOB = {"email": "bob@example.com", "groups": ["a", "b"], "COLOR": "green"}
+
+
+@pytest.fixture
+async def h() -> Harness:
+    harness = Harness()
+    await harness.configure()
+    await harness.role()
+    return harness
+
+
+# ---------------------------------------------------------------------------
+# auth_url
+
+
+async def test_auth_url_parameters(h: Harness) -> None:
+    url = await h.auth_url(role="test", client_nonce="cn1")
+    assert url.startswith(ISSUER + "/authorize?client_id=abc&")
+    q = query(url)
+    assert q["redirect_uri"] == REDIRECT
+    assert q["response_type"] == "code"
+    assert q["scope"] == "openid"
+    assert q["code_challenge_method"] == "S256"
+    assert len(q["code_challenge"]) == 43
+    assert q["state"].startswith("st_") and len(q["state"]) == 23
+    assert q["nonce"].startswith("n_") and len(q["nonce"]) == 22
+    assert "max_age" not in q and "response_mode" not in q
+    stored = await h.storage.get(STATE_PREFIX + q["state"])
+    assert stored["nonce"] == q["nonce"]
+    assert stored["client_nonce"] == "cn1"
+    assert stored["expires_at"] == h.clock.now + 600
+
+
+async def test_auth_url_default_role_scopes_and_max_age(h: Harness) -> None:
+    await h.role(oidc_scopes=["email", "openid", "groups"], max_age="2m")
+    q = query(await h.auth_url())
+    assert q["scope"] == "openid email groups"
+    assert q["max_age"] == "120"
+
+
+@pytest.mark.parametrize(
+    ("uri", "ok"),
+    [
+        ("https://VAULT.example.com/ui/vault/auth/oidc/oidc/callback", True),
+        ("http://localhost:9999/oidc/callback", True),
+        ("http://127.0.0.1:8250/oidc/callback", False),
+        ("https://evil.example/cb", False),
+    ],
+    ids=["case-insensitive", "loopback-port-ignored", "other-loopback-host", "foreign"],
+)
+async def test_auth_url_redirect_validation(h: Harness, uri: str, ok: bool) -> None:
+    if ok:
+        assert query(await h.auth_url(redirect_uri=uri))["redirect_uri"] == uri
+    else:
+        with pytest.raises(InvalidRequest) as exc:
+            await h.auth_url(redirect_uri=uri)
+        assert f'redirect_uri "{uri}" is not allowed for role "test"' in exc.value.messages[0]
+
+
+@pytest.mark.parametrize(
+    ("setup", "data", "message"),
+    [
+        ("noconfig", {}, "could not load configuration"),
+        ("jwtconfig", {}, "OIDC login is not configured for this mount"),
+        ("nodefault", {}, "missing role"),
+        ("ok", {"redirect_uri": ""}, "missing redirect_uri"),
+        ("ok", {"role": "nope"}, 'role "nope" could not be found'),
+    ],
+    ids=["no-config", "not-oidc-config", "missing-role", "missing-redirect", "unknown-role"],
+)
+async def test_auth_url_errors(setup: str, data: dict[str, Any], message: str) -> None:
+    h = Harness()
+    if setup == "jwtconfig":
+        key = ec_key()
+        await h.call(Operation.UPDATE, "config", {"jwt_validation_pubkeys": [key.pem]})
+    elif setup == "nodefault":
+        await h.configure(default_role="")
+    elif setup == "ok":
+        await h.configure()
+        await h.role()
+    with pytest.raises(InvalidRequest) as exc:
+        await h.auth_url(**data)
+    assert exc.value.messages == [message]
+
+
+async def test_auth_url_implicit_flow_and_form_post() -> None:
+    h = Harness()
+    await h.configure(oidc_response_mode="form_post", oidc_response_types=["id_token"])
+    await h.role()
+    q = query(await h.auth_url())
+    assert q["response_type"] == "id_token"
+    assert q["response_mode"] == "form_post"
+    assert "code_challenge" not in q
+    # form_post: the UI redirect goes straight to the API callback
+    assert q["redirect_uri"] == "https://vault.example.com/v1/auth/oidc/oidc/callback"
+
+
+@pytest.mark.parametrize(
+    ("in_state", "allowed", "incoming", "state_suffix", "redirect"),
+    [
+        (False, "https://example.com?namespace=test", "https://example.com?namespace=test", "", "https://example.com?namespace=test"),
+        (True, "https://example.com", "https://example.com?namespace=test", ",ns=test", "https://example.com"),
+        (True, "https://example.com", "https://example.com?namespace=org4321/dev", ",ns=org4321/dev", "https://example.com"),
+        (True, "https://example.com", "https://example.com", "", "https://example.com"),
+    ],
+    ids=["off-kept", "on-stripped", "on-nested", "on-absent"],
+)
+async def test_namespace_in_state(in_state: bool, allowed: str, incoming: str, state_suffix: str, redirect: str) -> None:
+    h = Harness()
+    await h.configure(namespace_in_state=in_state)
+    await h.role(allowed_redirect_uris=[allowed])
+    q = query(await h.auth_url(redirect_uri=incoming))
+    assert q["state"][23:] == state_suffix
+    assert q["redirect_uri"] == redirect
+
+
+# ---------------------------------------------------------------------------
+# callback: success
+
+
+async def test_callback_success(h: Harness) -> None:
+    h.idp.userinfo = {"size": "medium", "color": "red"}
+    resp = await h.login(**BOB)
+    auth = resp.auth
+    assert auth.alias.name == "bob@example.com"
+    assert auth.metadata == {"role": "test", "color": "green", "size": "medium"}
+    assert sorted(auth.group_aliases) == ["a", "b"]
+    assert auth.internal_data.get("role") == "test"
+    assert auth.num_uses == 10
+    assert auth.ttl == 180 and auth.max_ttl == 300
+    assert await h.storage.list(STATE_PREFIX) == []
+
+
+async def test_callback_with_hvac_style_nonce_parameter(h: Harness) -> None:
+    """hvac sends ``nonce`` (not ``client_nonce``): ignored with Vault's warning."""
+    resp = await h.login(cb={"nonce": "whatever"}, **BOB)
+    assert resp.auth.alias.name == "bob@example.com"
+    assert any("nonce" in w for w in resp.warnings)
+
+
+async def test_callback_token_request_uses_basic_auth_and_pkce(h: Harness) -> None:
+    await h.login(**BOB)
+    method, url, extra = next(c for c in h.idp.calls if c[1].endswith("/token"))
+    assert method == "POST"
+    assert extra["headers"]["Authorization"].startswith("Basic ")
+    assert len(extra["form"]["code_verifier"]) == 43
+    assert "client_secret" not in extra["form"]
+
+
+async def test_state_works_across_nodes() -> None:
+    """auth_url on one node, callback on another: the state lives in shared storage."""
+    a = Harness()
+    await a.configure()
+    await a.role()
+    b = Harness(storage=a.storage, idp=a.idp)
+    b.clock = a.clock
+    url = await a.auth_url()
+    code = a.idp.authorize(url, **BOB)
+    resp = await b.callback(state=query(url)["state"], code=code)
+    assert resp.auth.alias.name == "bob@example.com"
+
+
+# ---------------------------------------------------------------------------
+# callback: state
+
+
+async def test_state_is_single_use(h: Harness) -> None:
+    url = await h.auth_url()
+    state = query(url)["state"]
+    code = h.idp.authorize(url, **BOB)
+    await h.callback(state=state, code=code)
+    with pytest.raises(InvalidRequest) as exc:
+        await h.callback(state=state, code=code)
+    assert exc.value.messages == ["Vault login failed. Expired or missing OAuth state."]
+
+
+async def test_state_concurrent_callbacks_exactly_one_wins(h: Harness) -> None:
+    url = await h.auth_url()
+    state = query(url)["state"]
+    code = h.idp.authorize(url, **BOB)
+    results = await asyncio.gather(*(h.callback(state=state, code=code) for _ in range(5)), return_exceptions=True)
+    wins = [r for r in results if not isinstance(r, BaseException)]
+    losses = [r for r in results if isinstance(r, InvalidRequest)]
+    assert len(wins) == 1 and len(losses) == 4
+    assert all("Expired or missing OAuth state" in e.messages[0] for e in losses)
+
+
+@pytest.mark.parametrize(
+    "state",
+    ["", "not_a_state", "st_../../config", "st_AAAAAAAAAAAAAAAAAAAA"],
+    ids=["missing", "unknown", "path-traversal", "well-formed-unknown"],
+)
+async def test_bad_state(h: Harness, state: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        await h.callback(state=state, code="x")
+    assert exc.value.messages == ["Vault login failed. Expired or missing OAuth state."]
+
+
+async def test_state_expires_after_ten_minutes(h: Harness) -> None:
+    url = await h.auth_url()
+    code = h.idp.authorize(url, **BOB)
+    h.clock.now += 601
+    with pytest.raises(InvalidRequest, match="Expired or missing OAuth state"):
+        await h.callback(state=query(url)["state"], code=code)
+
+
+async def test_expired_states_are_swept(h: Harness) -> None:
+    await h.auth_url()
+    h.clock.now += 700
+    await h.auth_url()
+    assert len(await h.storage.list(STATE_PREFIX)) == 1
+
+
+@pytest.mark.parametrize(
+    ("registered", "sent", "ok"),
+    [("", "", True), ("abc123", "abc123", True), ("abc123", "abc123xyz", False), ("abc123", "", False), ("", "abc123", True)],
+    ids=["none-none", "match", "mismatch", "missing", "unexpected-ignored"],
+)
+async def test_client_nonce(h: Harness, registered: str, sent: str, ok: bool) -> None:
+    auth = {"client_nonce": registered} if registered else {}
+    cb = {"client_nonce": sent} if sent else {}
+    if ok:
+        assert (await h.login(auth=auth, cb=cb, **BOB)).auth is not None
+    else:
+        with pytest.raises(InvalidRequest) as exc:
+            await h.login(auth=auth, cb=cb, **BOB)
+        assert exc.value.messages == ["invalid client_nonce"]
+
+
+# ---------------------------------------------------------------------------
+# callback: failures
+
+
+async def test_missing_code(h: Harness) -> None:
+    url = await h.auth_url()
+    with pytest.raises(InvalidRequest) as exc:
+        await h.callback(state=query(url)["state"])
+    assert exc.value.messages == ["Vault login failed. No code or id_token received."]
+
+
+async def test_role_deleted_between_steps(h: Harness) -> None:
+    url = await h.auth_url()
+    await h.call(Operation.DELETE, "role/test")
+    with pytest.raises(InvalidRequest) as exc:
+        await h.callback(state=query(url)["state"], code="x")
+    assert exc.value.messages == ["Vault login failed. Role could not be found"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "fragment"),
+    [
+        ("wrong_code", "cannot fetch token: HTTP 400 (invalid_grant)"),
+        ("pkce", "cannot fetch token: HTTP 400 (invalid_grant)"),
+        ("down", "connection refused"),
+        ("nonce", "invalid id_token nonce"),
+        ("aud", "invalid authorized party (azp)"),
+        ("iss", "invalid issuer (iss) claim"),
+        ("expired", "token is expired"),
+        ("es256", "unexpected algorithm"),
+        ("at_hash", "at_hash"),
+    ],
+)
+async def test_code_exchange_failures(h: Harness, mutate: str, fragment: str) -> None:
+    url = await h.auth_url()
+    state = query(url)["state"]
+    code = h.idp.authorize(url, **BOB)
+    if mutate == "wrong_code":
+        code = "wrong_code"
+    elif mutate == "pkce":
+        h.idp.grants[code].params["code_challenge"] = "x" * 43
+    elif mutate == "down":
+        h.idp.down = True
+        h.backend.__dict__.pop("_oidc_discovery_cache", None)
+    elif mutate == "nonce":
+        h.idp.id_token_overrides = {"nonce": "bad nonce"}
+    elif mutate == "aud":
+        h.idp.id_token_overrides = {"aud": ["not_gonna_match"]}
+    elif mutate == "iss":
+        h.idp.id_token_overrides = {"iss": "https://other.test"}
+    elif mutate == "expired":
+        h.idp.id_token_overrides = {"exp": int(h.clock.now) - 1}
+    elif mutate == "es256":
+        h.idp.key = ec_key(kid="idp-1")
+    elif mutate == "at_hash":
+        h.idp.id_token_overrides = {"at_hash": at_hash("another-token")}
+    with pytest.raises(InvalidRequest) as exc:
+        await h.callback(state=state, code=code)
+    msg = exc.value.messages[0]
+    assert msg.startswith('Vault login failed. Error exchanging oidc code: "')
+    assert fragment in msg
+    assert "<b>" not in msg  # the IdP's error_description is never reflected
+
+
+async def test_bound_claim_mismatch(h: Harness) -> None:
+    await h.role(bound_claims={"sk": "42"})
+    with pytest.raises(InvalidRequest, match="error validating claims"):
+        await h.login(sk="43", **BOB)
+    assert (await h.login(sk="42", **BOB)).auth is not None
+
+
+async def test_bound_subject(h: Harness) -> None:
+    await h.role(bound_subject="alice")
+    with pytest.raises(InvalidRequest, match="sub claim does not match bound subject"):
+        await h.login(sub="bob", **BOB)
+
+
+async def test_user_claim_missing(h: Harness) -> None:
+    with pytest.raises(InvalidRequest, match='claim "email" not found in token'):
+        await h.login(groups=["a"])
+
+
+async def test_bound_cidrs(h: Harness) -> None:
+    await h.role(token_bound_cidrs=["127.0.0.42/32"])
+    h.remote = "127.0.0.99"
+    with pytest.raises(PermissionDenied):
+        await h.login(**BOB)
+    h.remote = "127.0.0.42"
+    resp = await h.login(**BOB)
+    assert resp.auth.bound_cidrs == ["127.0.0.42/32"] or resp.auth.bound_cidrs == ["127.0.0.42"]
+
+
+async def test_userinfo_merge_and_sub_mismatch(h: Harness) -> None:
+    await h.role(claim_mappings={"temperature": "temperature"})
+    h.idp.userinfo = {"temperature": "76"}
+    resp = await h.login(**BOB)
+    assert resp.auth.metadata["temperature"] == "76"
+    h.idp.userinfo = {"sub": "mallory", "temperature": "99"}
+    resp = await h.login(**BOB)
+    assert "temperature" not in resp.auth.metadata
+    assert any("userinfo sub does not match" in w for w in resp.warnings)
+
+
+# ---------------------------------------------------------------------------
+# form_post
+
+
+async def test_form_post_not_configured_is_405(h: Harness) -> None:
+    with pytest.raises(UnsupportedOperation):
+        await h.call(Operation.UPDATE, "oidc/callback", {"state": "st_x", "code": "c"})
+
+
+async def test_form_post_code_then_get_no_code() -> None:
+    h = Harness()
+    await h.configure(oidc_response_mode="form_post")
+    await h.role(allowed_redirect_uris=["https://vault.example.com/v1/auth/oidc/oidc/callback"])
+    url = await h.auth_url(redirect_uri="https://vault.example.com/v1/auth/oidc/oidc/callback")
+    state = query(url)["state"]
+    code = h.idp.authorize(url, **BOB)
+    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "code": code})
+    assert page.status == 200 and page.content_type.startswith("text/html")
+    assert b'"path": "oidc"' in page.raw_body and b'"code": "no_code"' in page.raw_body
+    resp = await h.callback(state=state, code="no_code")
+    assert resp.auth.alias.name == "bob@example.com"
+
+
+async def test_form_post_unknown_state_and_invalid_path_pages() -> None:
+    h = Harness()
+    await h.configure(oidc_response_mode="form_post")
+    await h.role()
+    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": "<script>alert(1)</script>", "code": "c"})
+    assert page.status == 400 and b"Expired or missing OAuth state." in page.raw_body
+    assert b"<script>" not in page.raw_body
+    url = await h.auth_url(redirect_uri=CLI_REDIRECT)
+    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": query(url)["state"], "code": "c"})
+    assert page.status == 400 and b"Invalid redirect path." in page.raw_body
+
+
+async def test_form_post_page_escapes_state_suffix() -> None:
+    h = Harness()
+    await h.configure(oidc_response_mode="form_post", namespace_in_state=True)
+    uri = "https://vault.example.com/v1/auth/oidc/oidc/callback"
+    await h.role(allowed_redirect_uris=[uri])
+    url = await h.auth_url(redirect_uri=uri)
+    state = query(url)["state"] + ",ns=</script><script>alert(1)</script>"
+    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "code": "c"})
+    assert page.status == 200
+    assert b"</script><script>" not in page.raw_body
+    assert b"\\u003c/script\\u003e" in page.raw_body
+
+
+async def test_implicit_form_post_id_token_is_verified_and_not_stored() -> None:
+    h = Harness()
+    await h.configure(oidc_response_mode="form_post", oidc_response_types=["id_token"])
+    await h.role(bound_subject="bob", allowed_redirect_uris=["https://example.com"])
+    url = await h.auth_url(redirect_uri="https://example.com")
+    state = query(url)["state"]
+    grant_code = h.idp.authorize(url, **BOB)
+    id_token = h.idp.id_token(h.idp.grants[grant_code])
+    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "id_token": id_token})
+    assert page.status == 400 and b"Invalid redirect path." in page.raw_body
+    stored = await h.storage.get(STATE_PREFIX + state)
+    assert id_token not in repr(stored)
+    resp = await h.callback(state=state)
+    assert resp.auth.alias.name == "bob@example.com"
+
+
+async def test_implicit_form_post_bad_id_token_page() -> None:
+    h = Harness()
+    await h.configure(oidc_response_mode="form_post", oidc_response_types=["id_token"])
+    await h.role(allowed_redirect_uris=["https://example.com"])
+    url = await h.auth_url(redirect_uri="https://example.com")
+    state = query(url)["state"]
+    forged = make_token({"sub": "x", "nonce": "<img src=x>"}, key=ec_key())
+    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "id_token": forged})
+    assert page.status == 400 and b"Token verification failed." in page.raw_body
+    with pytest.raises(InvalidRequest, match="No code or id_token received"):
+        await h.callback(state=state)
+
+
+# ---------------------------------------------------------------------------
+# Pure helpers
+
+
+@pytest.mark.parametrize(
+    ("uri", "allowed", "ok"),
+    [
+        ("https://example.com", ["https://example.com"], True),
+        ("https://example.com:5000", ["a", "b", "https://example.com:5000"], True),
+        ("https://example.com/a/b/c", ["a", "https://example.com/a/b/c"], True),
+        ("https://localhost:9000", ["a", "https://localhost:5000"], True),
+        ("https://127.0.0.1:9000", ["a", "https://127.0.0.1:5000"], True),
+        ("https://127.0.0.2:9000", ["a", "https://127.0.0.2:5000"], True),
+        ("https://[::1]:9000", ["a", "https://[::1]:5000"], True),
+        ("https://[::1]:9000/x/y?r=42", ["a", "https://[::1]:5000/x/y?r=42"], True),
+        ("https://EXAMPLE.com:5000", ["a", "https://example.com:5000"], True),
+        ("https://example.com", [], False),
+        ("http://example.com", ["a", "https://example.com"], False),
+        ("https://example.com:9000", ["a", "https://example.com:5000"], False),
+        ("https://[::2]:9000", ["a", "https://[::2]:5000"], False),
+        ("https://localhost:5000", ["a", "https://127.0.0.1:5000"], False),
+        ("https://localhost:5000", ["a", "http://localhost:5000"], False),
+        ("https://[::1]:5000/x/y?r=42", ["a", "https://[::1]:5000/x/y?r=43"], False),
+        ("https://[::1:5000/x", ["https://[::1:5000/x"], False),
+    ],
+    ids=lambda v: str(v) if isinstance(v, bool) else None,
+)
+def test_valid_redirect(uri: str, allowed: list[str], ok: bool) -> None:
+    assert valid_redirect(uri, allowed) is ok
+
+
+@pytest.mark.parametrize(
+    ("uri", "mount"),
+    [
+        ("https://example.com/v1/auth/oidc", "oidc"),
+        ("https://example.com/v1/auth/oidc/foo", "oidc"),
+        ("https://example.com/v1/auth/oidc/foo/a/b/c", "oidc"),
+        ("http://localhost:8250/oidc/callback", ""),
+    ],
+    ids=["mount-only", "mount-and-path", "deep", "none"],
+)
+def test_parse_mount(uri: str, mount: str) -> None:
+    assert parse_mount(uri) == mount
+
+
+NOW = 1_700_000_000.0
+
+
+def _claims(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"iss": ISSUER, "sub": "bob", "aud": "abc", "exp": NOW + 60, "iat": NOW, "nonce": "n1"}
+    base.update(kw)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    ("claims", "audiences", "max_age", "error"),
+    [
+        (_claims(), [], 0, None),
+        (_claims(exp=None), [], 0, "missing expiration time"),
+        (_claims(exp=NOW - 1), [], 0, "token is expired"),
+        (_claims(nbf=NOW + 299), [], 0, None),
+        (_claims(nbf=NOW + 301), [], 0, "token not yet valid"),
+        (_claims(iat=NOW + 61), [], 0, "issued in the future"),
+        (_claims(nonce="n2"), [], 0, "invalid nonce"),
+        (_claims(nonce=None), [], 0, "invalid nonce"),
+        (_claims(sub=""), [], 0, "invalid subject"),
+        (_claims(aud=[]), [], 0, "invalid audience"),
+        (_claims(aud="vault"), ["other"], 0, "does not match any expected audience"),
+        (_claims(aud=["abc", "vault"], azp="abc"), ["vault"], 0, None),
+        (_claims(aud=["abc", "vault"]), [], 0, "invalid authorized party"),
+        (_claims(aud=["x", "vault"], azp="abc"), [], 0, "is not among the audiences"),
+        (_claims(azp="other"), [], 0, "invalid authorized party"),
+        (_claims(aud="other", azp="abc"), [], 0, None),
+        (_claims(iss=ISSUER + "/"), [], 0, "invalid issuer"),
+        (_claims(auth_time=NOW - 100), [], 60, None),
+        (_claims(auth_time=NOW - 121), [], 60, "older than max_age"),
+        (_claims(), [], 60, "missing auth_time"),
+        (_claims(exp="soon"), [], 0, "not a number"),
+    ],
+    ids=[
+        "ok", "no-exp", "expired", "nbf-leeway", "nbf-future", "iat-future", "nonce", "no-nonce",
+        "no-sub", "no-aud", "bound-aud", "multi-aud-azp", "multi-aud-no-azp", "multi-aud-no-client",
+        "azp-other", "single-foreign-aud-azp", "iss-slash", "auth-time-ok", "auth-time-old",
+        "auth-time-missing", "exp-string",
+    ],
+)
+def test_check_id_token_claims(claims: dict[str, Any], audiences: list[str], max_age: int, error: str | None) -> None:
+    def run() -> None:
+        check_id_token_claims(
+            claims, now=NOW, issuer=ISSUER, client_id="abc", nonce="n1", audiences=audiences, max_age=max_age
+        )
+
+    if error is None:
+        run()
+    else:
+        with pytest.raises(InvalidRequest) as exc:
+            run()
+        assert error in exc.value.messages[0]
+
+
+def test_check_at_hash() -> None:
+    check_at_hash("RS256", at_hash("tok"), "tok")
+    with pytest.raises(InvalidRequest, match="at_hash"):
+        check_at_hash("RS256", at_hash("tok"), "other")
+
