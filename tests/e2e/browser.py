@@ -1,0 +1,151 @@
+"""Headless Chromium (selenium + Debian's chromedriver) and a loopback callback listener.
+
+``CallbackListener`` plays the Vault CLI's ``localhost:8250`` listener on a free port: it
+records the query string the IdP redirects the browser to. ``browser_login`` drives the
+node-oidc-provider dev login form; ``drive_login`` does the same with ``requests`` only
+(clients-and-idp.md 2.4), so the flow is covered even without a browser.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import requests
+
+__all__ = ["CHROMIUM", "CHROMEDRIVER", "CHROME_FLAGS", "CallbackListener", "browser_available", "browser_login", "drive_login"]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+
+
+def browser_available() -> str | None:
+    """None when headless Chromium can be driven here, else the reason to skip."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not Path(path).exists():
+            return f"{path} is missing (scripts/install-browser.sh installs chromium and chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[test]')"
+    return None
+
+
+class CallbackListener:
+    """A loopback HTTP server that records the first ``GET /oidc/callback`` it receives."""
+
+    def __init__(self, path: str = "/oidc/callback") -> None:
+        self.path = path
+        self.received = threading.Event()
+        self.query: dict[str, str] = {}
+        listener = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                parts = urlsplit(self.path)
+                if parts.path != listener.path:
+                    self.send_error(404)
+                    return
+                if not listener.received.is_set():
+                    listener.query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                    listener.received.set()
+                body = b"<!DOCTYPE html><title>done</title><p>You may close this window.</p>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    def __enter__(self) -> CallbackListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def wait(self, timeout: float = 60.0) -> dict[str, str]:
+        """The callback's query parameters (code, state, iss ...)."""
+        if not self.received.wait(timeout):
+            raise TimeoutError("the IdP never redirected the browser to the callback listener")
+        return self.query
+
+
+def browser_login(auth_url: str, listener: CallbackListener, login: str = "alice", password: str = "x") -> dict[str, str]:
+    """Open ``auth_url`` in headless Chromium, submit the dev login form, return the callback query."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    profile = tempfile.mkdtemp(prefix="authmount-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.get(auth_url)
+        wait = WebDriverWait(driver, 60)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=login]")))
+        driver.find_element(By.CSS_SELECTOR, "input[name=login]").send_keys(login)
+        driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(password)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        query = listener.wait()
+        wait.until(lambda d: d.current_url.startswith(listener.url))
+        return query
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def drive_login(auth_url: str, redirect_prefix: str, login: str = "alice") -> dict[str, str]:
+    """The dev login with ``requests`` (cookie jar, 3 redirects); returns the callback query."""
+    s = requests.Session()
+    r = s.get(auth_url, allow_redirects=False, timeout=30)
+    for _ in range(10):
+        loc = urljoin(auth_url, r.headers["Location"])
+        if loc.startswith(redirect_prefix):
+            return {k: v[0] for k, v in parse_qs(urlsplit(loc).query).items()}
+        page = s.get(loc, allow_redirects=False, timeout=30)
+        if page.status_code == 200 and "/interaction/" in loc:
+            found = re.search(r'name="prompt" value="(\w+)"', page.text)
+            if found is None:
+                raise RuntimeError(f"no prompt in the interaction page: {page.text[:200]}")
+            data = {"prompt": found.group(1)}
+            if data["prompt"] == "login":
+                data |= {"login": login, "password": "x"}
+            r = s.post(loc, data=data, allow_redirects=False, timeout=30)
+        else:
+            r = page
+    raise RuntimeError(f"stuck: {r.status_code} {r.text[:200]}")
