@@ -1,0 +1,175 @@
+"""Where the time goes per login: N logins in-process under cProfile, top functions printed.
+
+Run: ``.venv/bin/python bench/profile_login.py -n 2000`` (authmount, SQLite service tokens),
+``--batch`` for batch tokens, ``--target ceiling`` for the bare aiohttp+jose ceiling.
+The app runs in this process behind aiohttp's TestServer (real HTTP over loopback), so the
+profile covers parsing, routing, JWT verification, token issue and the storage commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import json
+import os
+import pstats
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` and ``server`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bench.ceiling import make_login_app
+from bench.jwtgen import make_keys
+
+ROOT_TOKEN = "bench-profile-root"
+
+
+@contextlib.contextmanager
+def quiet_stdout(enabled: bool) -> Iterator[None]:
+    """Send fd 1 to /dev/null (the server logs a line per request) and restore it after."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def authmount_app(workdir: Path, storage: str, log_level: str) -> web.Application:
+    """authmount's app on SQLite (or memory) with a known root token."""
+    from server.app import create_app
+    from server.settings import settings_from_mapping
+
+    raw = {"storage": {"type": storage, "path": str(workdir / "profile.db")}, "log_level": log_level}
+    settings = settings_from_mapping(raw, dev=True, dev_root_token_id=ROOT_TOKEN)
+    return create_app(settings)
+
+
+async def _must(client: TestClient, method: str, path: str, body: dict, token: str | None = None) -> dict:
+    headers = {"X-Vault-Token": token} if token else {}
+    async with client.request(method, path, json=body, headers=headers) as resp:
+        data = await resp.json(content_type=None) if resp.content_length != 0 else {}
+        if resp.status >= 300:
+            raise RuntimeError(f"{method} {path} -> {resp.status}: {data}")
+        return data or {}
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    if not match:
+        raise RuntimeError(f"response without Content-Length: {head[:300]!r}")
+    return status, await reader.readexactly(int(match.group(1)))
+
+
+async def setup_authmount(client: TestClient, public_pem: str, batch: bool) -> None:
+    """Mount auth/jwt with the static key and a role, like bench/run.py does over the wire."""
+    await _must(client, "POST", "/v1/sys/auth/jwt", {"type": "jwt"}, ROOT_TOKEN)
+    await _must(client, "POST", "/v1/auth/jwt/config", {"jwt_validation_pubkeys": [public_pem]}, ROOT_TOKEN)
+    role = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["bench"], "token_policies": ["p"]}
+    if batch:
+        role["token_type"] = "batch"
+    await _must(client, "POST", "/v1/auth/jwt/role/bench", role, ROOT_TOKEN)
+
+
+async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int, float]:
+    """Build the app, warm up, then profile ``args.n`` logins; returns (logins, seconds)."""
+    keys = make_keys()
+    with tempfile.TemporaryDirectory(prefix="authmount-profile-") as tmp:
+        if args.target == "ceiling":
+            app = make_login_app(keys.public_pem)
+        else:
+            app = authmount_app(Path(tmp), args.storage, args.log_level)
+        async with TestClient(TestServer(app)) as client:
+            if args.target == "authmount":
+                await setup_authmount(client, keys.public_pem, args.batch)
+            body = json.dumps({"role": "bench", "jwt": keys.token}).encode()
+            request = (
+                f"POST /v1/auth/jwt/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            port = client.server.port
+
+            async def worker(count: int) -> None:
+                # A bare keep-alive client on raw streams: next to nothing of it shows in the
+                # profile, unlike aiohttp's client, so the top functions are the server's.
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    for _ in range(count):
+                        writer.write(request)
+                        status, reply = await _read_response(reader)
+                        if status != 200 or b"client_token" not in reply:
+                            raise RuntimeError(f"login -> {status}: {reply[:300]!r}")
+                finally:
+                    writer.close()
+
+            await worker(args.warmup)
+            share, rest = divmod(args.n, args.concurrency)
+            counts = [share + (1 if i < rest else 0) for i in range(args.concurrency)]
+            start = time.perf_counter()
+            profiler.enable()
+            await asyncio.gather(*(worker(c) for c in counts if c))
+            profiler.disable()
+            return args.n, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, profile, print the top functions."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", type=int, default=2000, help="profiled logins (default 2000)")
+    p.add_argument("--warmup", type=int, default=100, help="unprofiled logins first (default 100)")
+    p.add_argument("-c", "--concurrency", type=int, default=4, help="concurrent clients (default 4)")
+    p.add_argument("--target", choices=["authmount", "ceiling"], default="authmount")
+    p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
+    p.add_argument("--batch", action="store_true", help="role with token_type=batch")
+    p.add_argument("--log-level", default="info", help="authmount log_level (default info)")
+    p.add_argument("--top", type=int, default=35, help="functions to print (default 35)")
+    p.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime", "ncalls"])
+    p.add_argument("--dump", type=Path, help="also write the raw profile (for snakeviz etc.)")
+    args = p.parse_args(argv)
+    profiler = cProfile.Profile()
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with quiet_stdout(args.target == "authmount"), runner:
+        n, seconds = runner.run(run(args, profiler))
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.strip_dirs().sort_stats(args.sort).print_stats(args.top)
+    what = args.target if args.target == "ceiling" else (
+        f"authmount, {'batch' if args.batch else 'service'} tokens, {args.storage} storage")
+    print(f"{n} logins ({what}), concurrency {args.concurrency}: {seconds:.2f} s under the profiler, "
+          f"{seconds / n * 1e6:.0f} us per login (profiler overhead included)")
+    print(out.getvalue())
+    if args.dump:
+        stats.dump_stats(str(args.dump))
+        print(f"raw profile written to {args.dump}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Tests of the benchmark harness itself (run: .venv/bin/python -m pytest bench/test_bench.py -q)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.ceiling import make_hello_app, make_login_app
+from bench.jwks_server import make_app as make_jwks_app
+from bench.jwtgen import make_keys
+from bench.loadgen import WrkResult, parse_output
+from bench.report import Measurement, ratios, replace_section, results_table
+
+
+@pytest.fixture(scope="module")
+def keys():
+    """One key pair and token for the module (RSA generation is slow-ish)."""
+    return make_keys()
+
+
+WRK_LINE = (
+    'Running 3s test @ http://127.0.0.1:1/x\n'
+    'BENCH_JSON {"requests":3000,"duration_us":3000000,"bytes":10,"p50_us":1500,"p90_us":2000,'
+    '"p99_us":4000,"max_us":9000,"mean_us":1600.0,"err_connect":0,"err_read":1,"err_write":0,'
+    '"err_status":2,"err_timeout":0}\n'
+)
+
+
+def test_parse_output_reads_the_lua_summary():
+    result = parse_output(WRK_LINE)
+    assert (result.requests, result.rps, result.p50_ms, result.p99_ms) == (3000, 1000.0, 1.5, 4.0)
+    assert (result.errors, result.non_2xx) == (3, 2)
+
+
+def test_parse_output_without_marker_fails_loudly():
+    with pytest.raises(RuntimeError, match="BENCH_JSON"):
+        parse_output("wrk: connection refused\n")
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ("# t\n", "# t\n\n<!-- bench:x -->\nnew\n<!-- /bench:x -->\n"),
+        ("a\n<!-- bench:x -->\nold\n<!-- /bench:x -->\nb\n", "a\n<!-- bench:x -->\nnew\n<!-- /bench:x -->\nb\n"),
+        ("<!-- bench:y -->\nkeep\n<!-- /bench:y -->\n",
+         "<!-- bench:y -->\nkeep\n<!-- /bench:y -->\n\n<!-- bench:x -->\nnew\n<!-- /bench:x -->\n"),
+    ],
+    ids=["append", "replace-in-place", "other-section-kept"],
+)
+def test_replace_section(doc, expected):
+    assert replace_section(doc, "x", "new\n") == expected
+
+
+def _m(case: str, conns: int, rps: float, p99: float, errors: int = 0) -> Measurement:
+    r = WrkResult(int(rps), 1.0, rps, 1.0, 1.5, p99, p99, errors, errors)
+    return Measurement(case, f"case {case}", conns, [r])
+
+
+def test_ratios_against_targets():
+    rows = [_m("1", 16, 1000, 10), _m("2", 16, 800, 14), _m("3", 16, 800, 16),
+            _m("4", 16, 4000, 2), _m("5", 16, 1000, 3)]  # fmt: skip
+    by_name = {r.name: r for r in ratios(rows)[16]}
+    assert by_name["2 login (SQLite service) / 1 ceiling"].value == pytest.approx(0.8)
+    assert by_name["2 login (SQLite service) / 1 ceiling"].status == "ok"
+    assert by_name["3 login (batch) / 1 ceiling"].status == "MISSED"
+    assert by_name["5 lookup-self / 4 hello"].status == "MISSED"
+    assert by_name["p99: 2 login / 1 ceiling"].status == "ok"
+    assert by_name["p99: 3 batch / 1 ceiling"].status == "MISSED"
+    assert by_name["6 login, 2 workers / 2 login, 1 worker"].status == "n/a"
+
+
+def test_a_case_with_errors_gives_no_ratio():
+    rows = [_m("1", 64, 1000, 10), _m("2", 64, 5000, 1, errors=7)]
+    by_name = {r.name: r for r in ratios(rows)[64]}
+    assert by_name["2 login (SQLite service) / 1 ceiling"].value is None
+    assert "| 2 | case 2 | 64 | 5,000 |" in "\n".join(results_table(rows))
+
+
+async def test_ceiling_login_answers_like_vault(aiohttp_client, keys):
+    client = await aiohttp_client(make_login_app(keys.public_pem))
+    resp = await client.post("/v1/auth/jwt/login", json={"role": "bench", "jwt": keys.token})
+    assert resp.status == 200
+    auth = (await resp.json())["auth"]
+    assert auth["client_token"].startswith("hvs.") and auth["policies"] == ["default", "p"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"{not json", "failed to parse JSON input"),
+        (b'{"role": "other", "jwt": "x"}', "role is missing or unknown"),
+        (b'{"role": "bench"}', "missing jwt"),
+        (b'{"role": "bench", "jwt": "a.b.c"}', "error validating token: invalid signature"),
+    ],
+    ids=["bad-json", "unknown-role", "no-jwt", "bad-signature"],
+)
+async def test_ceiling_login_rejects_bad_input(aiohttp_client, keys, body, error):
+    client = await aiohttp_client(make_login_app(keys.public_pem))
+    resp = await client.post("/v1/auth/jwt/login", data=body)
+    assert resp.status == 400
+    assert (await resp.json()) == {"errors": [error]}
+
+
+async def test_ceiling_login_rejects_a_token_from_another_key(aiohttp_client, keys):
+    other = make_keys()
+    client = await aiohttp_client(make_login_app(keys.public_pem))
+    resp = await client.post("/v1/auth/jwt/login", json={"role": "bench", "jwt": other.token})
+    assert resp.status == 400
+
+
+async def test_hello_app(aiohttp_client):
+    client = await aiohttp_client(make_hello_app())
+    resp = await client.get("/hello")
+    assert resp.status == 200 and (await resp.json()) == {"data": {"hello": "world"}}
+
+
+async def test_jwks_server_serves_keys_and_counts_hits(aiohttp_client, keys):
+    import json
+
+    client = await aiohttp_client(make_jwks_app(json.dumps(keys.jwks).encode()))
+    resp = await client.get("/jwks.json")
+    assert (await resp.json())["keys"][0]["kid"] == "bench-key-1"
+    resp = await client.post("/control?delay=0.01")
+    assert (await resp.json()) == {"delay": 0.01}
+    assert (await (await client.get("/stats")).json())["hits"] == 1
