@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
 import time
@@ -20,8 +19,10 @@ from urllib.parse import quote
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UpstreamError
 from plugin.framework import Request, Response
+from plugin.claims import validate_role_claims
 from plugin.jose_verify import parse_token
 from plugin.keys import build_key_source, fetch_discovery
+from plugin.path_login import cidr_allows, login_auth
 
 __all__ = [
     "cfg",
@@ -82,25 +83,14 @@ async def load_role(backend: Any, req: Request, name: str) -> Any:
 def check_bound_cidrs(req: Request, role: Any) -> None:
     """403 when the role has ``token_bound_cidrs`` and the caller is outside all of them."""
     cidrs = list(cfg(role, "token_bound_cidrs", []) or [])
-    if not cidrs:
-        return
-    addr = req.connection.remote_addr if req.connection is not None else ""
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        raise PermissionDenied() from None
-    for cidr in cidrs:
-        try:
-            if ip in ipaddress.ip_network(cidr, strict=False):
-                return
-        except ValueError:
-            continue
-    raise PermissionDenied()
+    if cidrs and not cidr_allows(req.connection.remote_addr if req.connection else None, cidrs):
+        raise PermissionDenied()
 
 
 async def login_response(backend: Any, req: Request, role_name: str, role: Any, claims: dict[str, Any]) -> Response:
     """Identity, claim mappings, groups and bound claims as in JWT login, then the Auth."""
-    return await backend.oidc_login_response(req, role_name, role, claims)
+    identity = validate_role_claims(role, claims)
+    return Response(auth=login_auth(role, role_name, identity))
 
 
 # ---------------------------------------------------------------------------
@@ -127,11 +117,12 @@ async def discovery(backend: Any, req: Request, config: Any) -> dict[str, Any]:
     return doc
 
 
-def _key_source(backend: Any, req: Request, config: Any) -> Any:
-    """The discovery JWKS key source, shared with JWT login when the backend offers one."""
-    getter = getattr(backend, "key_source_for", None)
+async def _key_source(backend: Any, req: Request, config: Any) -> Any:
+    """The mount's key source: for an OIDC-flow config, the discovery document's JWKS."""
+    getter = getattr(backend, "key_source", None)
     if callable(getter):
-        return getter(req, config)
+        return await getter(config, req.system)
+    # Fallback for backends without a shared source: one cached discovery source.
     url = cfg(config, "oidc_discovery_url")
     ca = cfg(config, "oidc_discovery_ca_pem") or None
     held = backend.__dict__.get("_oidc_key_source")
@@ -301,7 +292,7 @@ async def verify_id_token(
     """
     parsed = parse_token(raw)
     algs = list(cfg(config, "jwt_supported_algs", []) or []) or list(DEFAULT_FLOW_ALGS)
-    await _key_source(backend, req, config).verify(parsed, algs)
+    await (await _key_source(backend, req, config)).verify(parsed, algs)
     claims = dict(parsed.claims)
     check_id_token_claims(
         claims,

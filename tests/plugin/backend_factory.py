@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugin.claims import validate_role_claims
-from plugin.framework import Alias, Backend, Request, Response
+from plugin.framework import Backend
 from plugin.keys import build_key_source
 from plugin.path_config import CONFIG_KEY, JWTConfig, path_config
 from plugin.path_oidc import paths as oidc_paths
 from plugin.path_role import ROLE_PREFIX, Role, path_role, path_role_list
-from plugin.token_fields import to_auth
 
 
 class _StandIn(Backend):
@@ -33,24 +31,16 @@ class _StandIn(Backend):
     def build_key_source(self, config: JWTConfig, system: Any) -> Any:
         return build_key_source(config.to_storage(), system.fetcher, clock=system.now)
 
+    async def key_source(self, config: JWTConfig, system: Any) -> Any:
+        if getattr(self, "_source", None) is None:
+            self._source = self.build_key_source(config, system)
+        return self._source
+
     async def install_config(self, config: Any, source: Any) -> None:
-        pass
+        self._source = source
 
     def install_role(self, name: str, role: Any) -> None:
         pass
-
-    async def oidc_login_response(self, req: Request, role_name: str, role: Role, claims: dict[str, Any]) -> Response:
-        ident = validate_role_claims(role, claims)
-        meta = {**ident.metadata, "role": role_name}
-        auth = to_auth(
-            role,
-            display_name=ident.alias_name,
-            alias=Alias(ident.alias_name, meta),
-            metadata=meta,
-            group_aliases=ident.groups,
-            internal_data={"role": role_name},
-        )
-        return Response(auth=auth)
 
 
 def new_backend() -> Backend:
