@@ -158,9 +158,9 @@ def ed25519_key(kid: str | None = None) -> KeyPair:
     return KeyPair(ed25519.Ed25519PrivateKey.generate(), "EdDSA", kid, "Ed25519")
 
 
-def jwks(*keys: KeyPair | dict[str, Any]) -> dict[str, Any]:
-    """A JWK set of the public parts of ``keys`` (dicts are included as they are)."""
-    return {"keys": [k if isinstance(k, dict) else k.jwk() for k in keys]}
+def jwks(*keys: Any) -> dict[str, Any]:
+    """A JWK set of the public parts of ``keys`` (anything not a KeyPair is included as is)."""
+    return {"keys": [k.jwk() if isinstance(k, KeyPair) else k for k in keys]}
 
 
 def default_claims(now: float | None = None, **overrides: Any) -> dict[str, Any]:
