@@ -1,30 +1,406 @@
-"""Vault ACL policies: HCL or JSON text, path globs, capabilities, deny wins.
-
-INTERFACE STUB — owned by the tokens/policies work; signatures are the contract.
-"""
+"""Vault ACL policies: HCL or JSON text, path globs, capabilities, deny wins."""
 
 from __future__ import annotations
 
-from plugin.storage import Storage
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
-CAPABILITIES = ("create", "read", "update", "delete", "list", "sudo", "deny")
+import structlog
+
+from plugin.errors import InvalidRequest
+from plugin.storage import Storage
+from server.hcl import HCLError, parse
+
+__all__ = [
+    "CAPABILITIES",
+    "DEFAULT_POLICY",
+    "ACL",
+    "PathRule",
+    "PolicyError",
+    "PolicyStore",
+    "parse_policy",
+]
+
+log = structlog.get_logger(__name__)
+
+# "patch" is accepted so Vault policies that mention it load; no authmount path uses it.
+CAPABILITIES = ("create", "read", "update", "delete", "list", "sudo", "deny", "patch")
+POLICY_PREFIX = "sys/policy/"
+_LEGACY = {
+    "deny": ("deny",),
+    "read": ("read", "list"),
+    "write": ("create", "read", "update", "delete", "list"),
+    "sudo": ("create", "read", "update", "delete", "list", "sudo"),
+}
+_IGNORED_KEYS = ("comment",)
+_UNSUPPORTED_KEYS = (
+    "allowed_parameters",
+    "denied_parameters",
+    "required_parameters",
+    "min_wrapping_ttl",
+    "max_wrapping_ttl",
+    "mfa_methods",
+    "control_group",
+    "subscribe_event_types",
+)
+_NAME_RE = re.compile(r"[^/\x00-\x1f\x7f]{1,128}")
+
+# Vault's built-in default policy (identity templating lines omitted: no identity store).
+DEFAULT_POLICY = """\
+# Allow tokens to look up their own properties
+path "auth/token/lookup-self" {
+    capabilities = ["read"]
+}
+
+# Allow tokens to renew themselves
+path "auth/token/renew-self" {
+    capabilities = ["update"]
+}
+
+# Allow tokens to revoke themselves
+path "auth/token/revoke-self" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up its own capabilities on a path
+path "sys/capabilities-self" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up its resultant ACL from all policies
+path "sys/internal/ui/resultant-acl" {
+    capabilities = ["read"]
+}
+
+# Allow a token to renew a lease via lease_id in the request body
+path "sys/renew" {
+    capabilities = ["update"]
+}
+path "sys/leases/renew" {
+    capabilities = ["update"]
+}
+
+# Allow looking up lease properties
+path "sys/leases/lookup" {
+    capabilities = ["update"]
+}
+
+# Allow a token to manage its own cubbyhole
+path "cubbyhole/*" {
+    capabilities = ["create", "read", "update", "delete", "list"]
+}
+
+# Allow a token to wrap arbitrary values in a response-wrapping token
+path "sys/wrapping/wrap" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up the creation time and TTL of a response-wrapping token
+path "sys/wrapping/lookup" {
+    capabilities = ["update"]
+}
+
+# Allow a token to unwrap a response-wrapping token
+path "sys/wrapping/unwrap" {
+    capabilities = ["update"]
+}
+
+# Allow general purpose tools
+path "sys/tools/hash" {
+    capabilities = ["update"]
+}
+path "sys/tools/hash/*" {
+    capabilities = ["update"]
+}
+
+# Allow a token to make requests to the Authorization Endpoint for OIDC providers
+path "identity/oidc/provider/+/authorize" {
+    capabilities = ["read", "update"]
+}
+"""
+
+
+class PolicyError(ValueError):
+    """A policy text that does not parse or validate; the message names the culprit."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathRule:
+    """One ``path`` block: its pattern and capabilities."""
+
+    pattern: str
+    capabilities: frozenset[str]
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.pattern.endswith("*")
+
+    @property
+    def is_exact(self) -> bool:
+        return not self.is_prefix and "+" not in self.pattern.split("/")
+
+    def priority(self) -> tuple[int, bool, int, int, str]:
+        """Vault's ordering of matching globs: higher sorts first."""
+        positions = [i for i, ch in enumerate(self.pattern) if ch in "*+"]
+        first = positions[0] if positions else 1 << 30
+        plus = self.pattern.split("/").count("+")
+        return (first, not self.is_prefix, -plus, len(self.pattern), self.pattern)
+
+    def matches(self, path: str) -> bool:
+        """Does ``path`` fall under this rule (``*`` suffix = prefix, ``+`` = one segment)?"""
+        pat = self.pattern[:-1] if self.is_prefix else self.pattern
+        if "+" not in pat.split("/"):
+            return path.startswith(pat) if self.is_prefix else path == pat
+        pat_segs = pat.split("/")
+        path_segs = path.split("/")
+        if self.is_prefix:
+            if len(path_segs) < len(pat_segs):
+                return False
+        elif len(path_segs) != len(pat_segs):
+            return False
+        last = len(pat_segs) - 1
+        for i, seg in enumerate(pat_segs):
+            if seg == "+":
+                continue
+            if i == last and self.is_prefix:
+                if not path_segs[i].startswith(seg):
+                    return False
+            elif path_segs[i] != seg:
+                return False
+        return True
+
+
+def _validate_pattern(pattern: str) -> str:
+    pattern = pattern.lstrip("/")
+    if "{{" in pattern:
+        raise PolicyError(f'path "{pattern}": templated policy paths are not supported')
+    if "+*" in pattern:
+        raise PolicyError(f"path \"{pattern}\": invalid use of wildcards ('+*' is forbidden)")
+    if "*" in pattern[:-1]:
+        raise PolicyError(f'path "{pattern}": the "*" glob is only allowed at the end of a path')
+    body = pattern[:-1] if pattern.endswith("*") else pattern
+    for seg in body.split("/"):
+        if "+" in seg and seg != "+":
+            raise PolicyError(f'path "{pattern}": the "+" wildcard must be a whole path segment')
+    return pattern
+
+
+def _rule(pattern: Any, body: Any) -> PathRule:
+    if not isinstance(pattern, str):
+        raise PolicyError("path names must be strings")
+    pattern = _validate_pattern(pattern)
+    if not isinstance(body, dict):
+        raise PolicyError(f'path "{pattern}": expected a block')
+    caps: set[str] = set()
+    for key, value in body.items():
+        if key in _IGNORED_KEYS:
+            continue
+        if key in _UNSUPPORTED_KEYS:
+            raise PolicyError(f'path "{pattern}": "{key}" is not supported')
+        if key == "policy":
+            if not isinstance(value, str) or value.lower() not in _LEGACY:
+                raise PolicyError(f'path "{pattern}": invalid policy "{value}"')
+            caps.update(_LEGACY[value.lower()])
+        elif key == "capabilities":
+            if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+                raise PolicyError(f'path "{pattern}": capabilities must be a list of strings')
+            for c in value:
+                cap = c.strip().lower()
+                if cap not in CAPABILITIES:
+                    raise PolicyError(f'path "{pattern}": invalid capability "{c}"')
+                caps.add(cap)
+        else:
+            raise PolicyError(f'path "{pattern}": invalid key "{key}"')
+    return PathRule(pattern, frozenset(caps))
+
+
+def parse_policy(text: str) -> list[PathRule]:
+    """Parse a policy in Vault HCL or JSON into rules (duplicates of a path kept apart).
+
+    :raises PolicyError: bad syntax, unknown key, unknown capability or bad glob.
+    """
+    if not isinstance(text, str):
+        raise PolicyError("policy must be a string")
+    try:
+        doc = parse(text)
+    except HCLError as exc:
+        raise PolicyError(str(exc)) from None
+    rules: list[PathRule] = []
+    for key, value in doc.items():
+        if key == "name":
+            continue
+        if key != "path":
+            raise PolicyError(f'invalid key "{key}"')
+        blocks = value if isinstance(value, list) else [value]
+        for block in blocks:
+            if not isinstance(block, dict):
+                raise PolicyError('"path" must be a block')
+            for pattern, body in block.items():
+                bodies = body if isinstance(body, list) else [body]
+                rules.extend(_rule(pattern, b) for b in bodies)
+    return rules
 
 
 class ACL:
     """The merged rules of a token's policies."""
 
+    def __init__(self, rules: Iterable[PathRule] = (), *, root: bool = False) -> None:
+        self.root = root
+        merged: dict[str, set[str]] = {}
+        for r in rules:
+            merged.setdefault(r.pattern, set()).update(r.capabilities)
+        self._exact: dict[str, frozenset[str]] = {}
+        globs: list[PathRule] = []
+        for pattern, caps in merged.items():
+            final = frozenset({"deny"}) if "deny" in caps else frozenset(caps)
+            rule = PathRule(pattern, final)
+            if rule.is_exact:
+                self._exact[pattern] = final
+            else:
+                globs.append(rule)
+        self._globs = sorted(globs, key=PathRule.priority, reverse=True)
+
+    def _match(self, path: str, list_op: bool) -> frozenset[str] | None:
+        caps = self._exact.get(path)
+        if caps is None and list_op:
+            caps = self._exact.get(path.rstrip("/"))
+        if caps is not None:
+            return caps
+        for rule in self._globs:
+            if rule.matches(path):
+                return rule.capabilities
+        return None
+
     def allows(self, path: str, capability: str) -> bool:
         """``path`` is the request path without ``/v1/`` (e.g. ``auth/jwt/role/x``).
         ``capability`` is one of create/read/update/delete/list/sudo."""
-        raise NotImplementedError
+        if self.root:
+            return True
+        caps = self._match(path.lstrip("/"), capability == "list")
+        return caps is not None and "deny" not in caps and capability in caps
+
+    def capabilities(self, path: str) -> list[str]:
+        """What ``sys/capabilities-self`` reports: sorted names, ``["root"]`` or ``["deny"]``."""
+        if self.root:
+            return ["root"]
+        path = path.lstrip("/")
+        caps = self._match(path, False) or self._match(path, True)
+        if not caps or "deny" in caps:
+            return ["deny"]
+        return sorted(caps)
+
+
+ROOT_ACL = ACL(root=True)
 
 
 class PolicyStore:
-    """Policies stored at ``sys/policy/<name>``; ``root`` and ``default`` are built in."""
+    """Policies stored at ``sys/policy/<name>``; ``root`` and ``default`` are built in.
 
-    def __init__(self, storage: Storage) -> None:
-        raise NotImplementedError
+    Parsed policies and ACLs are cached; local writes clear the caches at once, and
+    entries expire after ``cache_ttl`` seconds so writes on other nodes are seen.
+    """
+
+    def __init__(self, storage: Storage, *, cache_ttl: float = 1.0) -> None:
+        self.storage = storage
+        self.cache_ttl = cache_ttl
+        self._rules: dict[str, tuple[list[PathRule] | None, float]] = {}
+        self._acls: dict[tuple[str, ...], tuple[ACL, float]] = {}
+
+    @staticmethod
+    def normalize(name: str) -> str:
+        """Trim and lower-case a policy name.
+
+        :raises InvalidRequest: on an empty or unusable name.
+        """
+        norm = (name or "").strip().lower()
+        if not _NAME_RE.fullmatch(norm):
+            raise InvalidRequest(f'invalid policy name "{name}"')
+        return norm
+
+    def invalidate(self, key: str | None = None) -> None:
+        """Drop cached policies/ACLs (all of them, or after a write of storage ``key``)."""
+        if key is None or key.startswith(POLICY_PREFIX):
+            self._rules.clear()
+            self._acls.clear()
+
+    async def get(self, name: str) -> str | None:
+        """The policy text, or None. ``root`` has empty rules; ``default`` is built in."""
+        name = self.normalize(name)
+        if name == "root":
+            return ""
+        stored = await self.storage.get(POLICY_PREFIX + name)
+        if stored is not None:
+            return str(stored.get("policy", ""))
+        return DEFAULT_POLICY if name == "default" else None
+
+    async def put(self, name: str, text: str) -> None:
+        """Validate and store a policy; on any error the previous version stays.
+
+        :raises InvalidRequest: ``cannot update "root" policy`` or
+            ``failed to parse policy: <reason>``.
+        """
+        name = self.normalize(name)
+        if name == "root":
+            raise InvalidRequest('cannot update "root" policy')
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidRequest("'policy' parameter not supplied or empty")
+        try:
+            parse_policy(text)
+        except PolicyError as exc:
+            raise InvalidRequest(f"failed to parse policy: {exc}") from None
+        await self.storage.put(POLICY_PREFIX + name, {"name": name, "policy": text})
+        self.invalidate()
+
+    async def delete(self, name: str) -> None:
+        """Delete a policy (a missing one is fine).
+
+        :raises InvalidRequest: ``cannot delete "root" policy`` / ``"default"``.
+        """
+        name = self.normalize(name)
+        if name in ("root", "default"):
+            raise InvalidRequest(f'cannot delete "{name}" policy')
+        await self.storage.delete(POLICY_PREFIX + name)
+        self.invalidate()
+
+    async def list(self) -> list[str]:
+        """Every policy name, including ``default`` and ``root``, sorted."""
+        names = {k for k in await self.storage.list(POLICY_PREFIX) if not k.endswith("/")}
+        return sorted(names | {"default", "root"})
+
+    async def _load(self, name: str, now: float) -> list[PathRule] | None:
+        cached = self._rules.get(name)
+        if cached is not None and now - cached[1] <= self.cache_ttl:
+            return cached[0]
+        text = await self.get(name)
+        rules: list[PathRule] | None = None
+        if text is not None:
+            try:
+                rules = parse_policy(text)
+            except PolicyError:
+                log.error("stored_policy_invalid", policy=name)
+        self._rules[name] = (rules, now)
+        return rules
 
     async def acl_for(self, policies: list[str]) -> ACL:
-        """Build (and cache until a policy write) the ACL for these policy names."""
-        raise NotImplementedError
+        """Build (and cache until a policy write) the ACL for these policy names.
+
+        Unknown policy names contribute nothing, as in Vault.
+        """
+        names = tuple(sorted({p.strip().lower() for p in policies if p and p.strip()}))
+        if "root" in names:
+            return ROOT_ACL
+        now = time.monotonic()
+        cached = self._acls.get(names)
+        if cached is not None and now - cached[1] <= self.cache_ttl:
+            return cached[0]
+        rules: list[PathRule] = []
+        for name in names:
+            if not _NAME_RE.fullmatch(name):
+                continue
+            rules.extend(await self._load(name, now) or [])
+        acl = ACL(rules)
+        self._acls[names] = (acl, now)
+        return acl

@@ -1,0 +1,279 @@
+"""Policies: HCL/JSON parsing, validation, glob priority, deny wins, PolicyStore."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import pytest
+
+from plugin.errors import InvalidRequest
+from plugin.storage import InMemoryStorage
+from server.hcl import HCLError, parse
+from server.policies import ACL, DEFAULT_POLICY, PathRule, PolicyError, PolicyStore, parse_policy
+
+
+def acl(text: str) -> ACL:
+    return ACL(parse_policy(text))
+
+
+HCL_SAMPLE = """
+# comment
+// another
+/* block
+   comment */
+path "auth/+/role/*" {
+  capabilities = ["read", "list",]  # trailing comma
+}
+path "secret/data" { capabilities = ["create", "update"] }
+"""
+
+
+def test_hcl_and_json_give_same_rules() -> None:
+    from_hcl = parse_policy(HCL_SAMPLE)
+    from_json = parse_policy(
+        '{"path": {"auth/+/role/*": {"capabilities": ["read", "list"]},'
+        ' "secret/data": {"capabilities": ["create", "update"]}}}'
+    )
+    assert set(from_hcl) == set(from_json)
+    assert PathRule("auth/+/role/*", frozenset({"read", "list"})) in from_hcl
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('a = "x"', {"a": "x"}),
+        ("a = 1\nb = true\nc = -2.5", {"a": 1, "b": True, "c": -2.5}),
+        ('a = ["x", 2, false]', {"a": ["x", 2, False]}),
+        ('a = { "k" = [] , j = "v" }', {"a": {"k": [], "j": "v"}}),
+        ('p "x" { c = 1 }\np "y" { c = 2 }', {"p": {"x": {"c": 1}, "y": {"c": 2}}}),
+        ('p "x" { c = 1 }\np "x" { c = 2 }', {"p": {"x": [{"c": 1}, {"c": 2}]}}),
+        ('a = "tab\\there \\"q\\""', {"a": 'tab\there "q"'}),
+        ("", {}),
+    ],
+    ids=["string", "scalars", "list", "object", "two-blocks", "repeated-block", "escapes", "empty"],
+)
+def test_hcl_parse(text: str, expected: dict[str, Any]) -> None:
+    assert parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('a = "x', "unterminated string on line 1"),
+        ("\n\n/* never closed", "unterminated comment on line 3"),
+        ("a = <<EOF\nx\nEOF", "heredocs are not supported"),
+        ('a "x" = 1', "expected '=' or '{'"),
+        ("a = ", "expected a value but found end of input"),
+        ('path "x" {', "expected a key but found end of input"),
+        ("a = [1 2]", "expected ',' or ']'"),
+        ("a = 1\na = 2", "duplicate key 'a' on line 2"),
+        ("a = @", "unexpected character '@'"),
+        ("a = " + "[" * 100 + "]" * 100, "nesting too deep"),
+    ],
+    ids=["open-string", "open-comment", "heredoc", "label-then-equals", "no-value", "open-block",
+         "missing-comma", "duplicate", "bad-char", "deep"],
+)
+def test_hcl_errors(text: str, message: str) -> None:
+    with pytest.raises(HCLError, match=message):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('path "a" { capabilities = ["read", "fly"] }', 'path "a": invalid capability "fly"'),
+        ('path "a*b" { capabilities = ["read"] }', 'path "a\\*b": the "\\*" glob is only allowed at the end'),
+        ('path "a/+*" { capabilities = ["read"] }', "'\\+\\*' is forbidden"),
+        ('path "a/b+c/d" { capabilities = ["read"] }', 'the "\\+" wildcard must be a whole path segment'),
+        ('path "a" { capabilities = "read" }', "capabilities must be a list of strings"),
+        ('path "a" { colour = "red" }', 'path "a": invalid key "colour"'),
+        ('path "a" { denied_parameters = { "x" = [] } }', '"denied_parameters" is not supported'),
+        ('path "a" { policy = "admin" }', 'invalid policy "admin"'),
+        ('paths "a" { capabilities = [] }', 'invalid key "paths"'),
+        ('path "identity/entity/id/{{identity.entity.id}}" { capabilities = ["read"] }', "templated"),
+        ("{not json", "invalid JSON"),
+    ],
+    ids=["capability", "mid-glob", "plus-star", "partial-plus", "caps-string", "unknown-key",
+         "unsupported-key", "legacy-bad", "top-level-key", "template", "bad-json"],
+)
+def test_policy_validation(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        parse_policy(text)
+
+
+GLOB_POLICY = """
+path "secret/*"            { capabilities = ["read"] }
+path "secret/foo"          { capabilities = ["update"] }
+path "secret/foo*"         { capabilities = ["list"] }
+path "secret/+/bar"        { capabilities = ["delete"] }
+path "secret/+/bar/*"      { capabilities = ["create"] }
+path "secret/+/+/baz"      { capabilities = ["sudo"] }
+path "auth/+/role/*"       { capabilities = ["read", "list"] }
+path "auth/jwt/role"       { capabilities = ["list"] }
+path "sys/*"               { policy = "read" }
+path "/lead/slash"         { capabilities = ["read"] }
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "cap", "allowed"),
+    [
+        ("secret/foo", "update", True),  # exact beats every glob
+        ("secret/foo", "read", False),
+        ("secret/foobar", "list", True),  # longer prefix wins over secret/*
+        ("secret/foobar", "read", False),
+        ("secret/other", "read", True),
+        ("secret/x/bar", "delete", True),  # + matches one segment
+        ("secret/x/y/bar", "delete", False),
+        ("secret/x/y/bar", "read", True),  # falls back to secret/*
+        # Vault's rule 3: at equal wildcard position, both globs, fewer "+" wins: secret/*
+        ("secret/x/bar/q", "create", False),
+        ("secret/x/bar/q", "read", True),
+        ("secret/x/bar", "create", False),
+        ("secret/a/b/baz", "sudo", True),
+        ("auth/jwt/role/alice", "read", True),
+        ("auth/oidc/role/", "list", True),
+        ("auth/jwt/role/", "list", True),  # LIST also matches the exact path without "/"
+        ("auth/jwt/role", "read", False),
+        ("auth/jwt/config", "read", False),
+        ("sys/mounts", "list", True),  # legacy policy = "read"
+        ("sys/mounts", "update", False),
+        ("lead/slash", "read", True),
+        ("/secret/other", "read", True),
+        ("", "read", False),
+        ("secret", "read", False),
+    ],
+    ids=lambda v: str(v),
+)
+def test_glob_table(path: str, cap: str, allowed: bool) -> None:
+    assert acl(GLOB_POLICY).allows(path, cap) is allowed
+
+
+@pytest.mark.parametrize(
+    ("patterns", "path", "winner"),
+    [
+        (["a/*", "a/b*"], "a/bc", "a/b*"),
+        (["a/+/c", "a/b/*"], "a/b/c", "a/b/*"),  # first wildcard later wins
+        (["a/b/*", "a/b/c*"], "a/b/cd", "a/b/c*"),
+        (["a/+/c/*", "a/+/c/d"], "a/x/c/d", "a/+/c/d"),  # not ending in * wins
+        (["a/+/+/d", "a/+/c/d"], "a/x/c/d", "a/+/c/d"),  # fewer + wins
+        (["a/+/c/*", "a/+/c/de*"], "a/x/c/def", "a/+/c/de*"),  # longer wins
+        (["*", "a*"], "abc", "a*"),
+    ],
+    ids=["longer-prefix", "wildcard-position", "prefix-length", "star-loses", "fewer-plus",
+         "length", "star-everything"],
+)
+def test_priority_table(patterns: list[str], path: str, winner: str) -> None:
+    rules = [PathRule(p, frozenset({f"cap{i}"})) for i, p in enumerate(patterns)]
+    want = f"cap{patterns.index(winner)}"
+    assert ACL(rules).capabilities(path) == [want]
+
+
+@pytest.mark.parametrize(
+    ("policies", "path", "cap", "allowed"),
+    [
+        ([('"a/*"', '["read", "deny"]')], "a/x", "read", False),
+        ([('"a/*"', '["read"]'), ('"a/*"', '["deny"]')], "a/x", "read", False),
+        ([('"a/*"', '["deny"]'), ('"a/x"', '["read"]')], "a/x", "read", True),  # exact is more specific
+        ([('"a/x"', '["deny"]'), ('"a/*"', '["read"]')], "a/x", "read", False),
+        ([('"a/*"', '["read"]'), ('"a/*"', '["update"]')], "a/x", "update", True),  # union
+        ([('"a/*"', '["sudo", "deny"]')], "a/x", "sudo", False),
+    ],
+    ids=["deny-same-block", "deny-other-policy", "specific-allow", "specific-deny", "union", "deny-beats-sudo"],
+)
+def test_deny_wins_table(policies: list[tuple[str, str]], path: str, cap: str, allowed: bool) -> None:
+    rules = []
+    for pattern, caps in policies:
+        rules += parse_policy(f"path {pattern} {{ capabilities = {caps} }}")
+    assert ACL(rules).allows(path, cap) is allowed
+
+
+def test_capabilities_report() -> None:
+    a = acl(GLOB_POLICY)
+    assert a.capabilities("secret/other") == ["read"]
+    assert a.capabilities("nothing/here") == ["deny"]
+    assert ACL(root=True).capabilities("anything") == ["root"]
+
+
+def test_default_policy_parses() -> None:
+    a = acl(DEFAULT_POLICY)
+    assert a.allows("auth/token/lookup-self", "read")
+    assert a.allows("auth/token/renew-self", "update")
+    assert a.allows("auth/token/revoke-self", "update")
+    assert a.allows("sys/capabilities-self", "update")
+    assert not a.allows("auth/token/create", "update")
+    assert not a.allows("sys/auth/jwt", "sudo")
+
+
+@pytest.fixture
+def store() -> PolicyStore:
+    return PolicyStore(InMemoryStorage())
+
+
+async def test_store_round_trip_and_normalisation(store: PolicyStore) -> None:
+    await store.put("  Dev ", 'path "secret/*" { capabilities = ["read"] }')
+    assert await store.get("DEV") == 'path "secret/*" { capabilities = ["read"] }'
+    assert await store.list() == ["default", "dev", "root"]
+    a = await store.acl_for(["dev", "default", "missing"])
+    assert a.allows("secret/x", "read") and a.allows("auth/token/lookup-self", "read")
+    assert not a.allows("secret/x", "update")
+    await store.delete("dev")
+    assert await store.get("dev") is None
+    assert await store.list() == ["default", "root"]
+
+
+async def test_acl_cache_invalidated_on_write(store: PolicyStore) -> None:
+    await store.put("dev", 'path "a" { capabilities = ["read"] }')
+    assert (await store.acl_for(["dev"])).allows("a", "read")
+    await store.put("dev", 'path "a" { capabilities = ["deny"] }')
+    assert not (await store.acl_for(["dev"])).allows("a", "read")
+    await store.delete("dev")
+    assert not (await store.acl_for(["dev"])).allows("a", "read")
+
+
+async def test_failed_parse_keeps_old_policy(store: PolicyStore) -> None:
+    good = 'path "a" { capabilities = ["read"] }'
+    await store.put("dev", good)
+    with pytest.raises(InvalidRequest, match='failed to parse policy: path "a": invalid capability "fly"'):
+        await store.put("dev", 'path "a" { capabilities = ["fly"] }')
+    assert await store.get("dev") == good
+    assert (await store.acl_for(["dev"])).allows("a", "read")
+
+
+@pytest.mark.parametrize(
+    ("op", "name", "expected"),
+    [
+        ("put", "root", pytest.raises(InvalidRequest, match='cannot update "root" policy')),
+        ("put", " ROOT ", pytest.raises(InvalidRequest, match='cannot update "root" policy')),
+        ("delete", "root", pytest.raises(InvalidRequest, match='cannot delete "root" policy')),
+        ("delete", "Default", pytest.raises(InvalidRequest, match='cannot delete "default" policy')),
+        ("put", "default", nullcontext()),
+        ("put", "a/b", pytest.raises(InvalidRequest, match='invalid policy name "a/b"')),
+        ("put", "   ", pytest.raises(InvalidRequest, match="invalid policy name")),
+        ("delete", "missing", nullcontext()),
+    ],
+    ids=["put-root", "put-root-spaced", "delete-root", "delete-default", "put-default", "slash",
+         "blank", "delete-missing"],
+)
+async def test_builtin_policy_rules(store: PolicyStore, op: str, name: str, expected: Any) -> None:
+    with expected:
+        if op == "put":
+            await store.put(name, 'path "x" { capabilities = ["read"] }')
+        else:
+            await store.delete(name)
+
+
+async def test_default_editable_and_root_acl(store: PolicyStore) -> None:
+    assert await store.get("default") == DEFAULT_POLICY
+    assert await store.get("root") == ""
+    await store.put("default", 'path "only/this" { capabilities = ["read"] }')
+    a = await store.acl_for(["default"])
+    assert a.allows("only/this", "read") and not a.allows("auth/token/lookup-self", "read")
+    root = await store.acl_for([" Root"])
+    assert root.allows("sys/auth/jwt", "sudo") and root.allows("anything", "delete")
+
+
+async def test_empty_policy_refused(store: PolicyStore) -> None:
+    with pytest.raises(InvalidRequest, match="'policy' parameter not supplied or empty"):
+        await store.put("dev", "  ")
