@@ -31,6 +31,7 @@ __all__ = [
     "MAX_KID_LENGTH",
     "MAX_KEYS_PER_TOKEN",
     "MIN_RSA_BITS",
+    "MAX_RSA_BITS",
     "MIN_HMAC_BYTES",
     "VerifyKey",
     "ParsedToken",
@@ -48,6 +49,7 @@ HMAC_ALGS = ("HS256", "HS384", "HS512")
 MAX_KID_LENGTH = 1024
 MAX_KEYS_PER_TOKEN = 20
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 16384  # bounds the work a single verification can cost
 MIN_HMAC_BYTES = 32
 
 _RSA_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -149,7 +151,7 @@ def _strict_json_object(data: bytes, what: str) -> dict[str, Any]:
         raise _fail(f"token {what} contains an invalid unicode escape (lone surrogate)") from None
     except ValueError as exc:
         reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise _fail(f"token {what} is not valid JSON: {reason}") from None
+        raise _fail(f"token {what} is not valid JSON: {reason[:100]}") from None
     if not isinstance(obj, dict):
         raise _fail(f"token {what} must be a JSON object")
     return obj
@@ -226,6 +228,8 @@ def _keys_for_public_key(pub: Any, kid: str | None, *, pinned_alg: str | None = 
     if isinstance(pub, rsa.RSAPublicKey):
         if pub.key_size < MIN_RSA_BITS:
             raise ValueError(f"RSA key is {pub.key_size} bits, at least {MIN_RSA_BITS} are required")
+        if pub.key_size > MAX_RSA_BITS:
+            raise ValueError(f"RSA key is {pub.key_size} bits, at most {MAX_RSA_BITS} are supported")
         if pinned_alg is not None and pinned_alg not in _RSA_ALGS:
             raise ValueError(f"alg {pinned_alg} cannot be used with an RSA key")
         algs = (pinned_alg,) if pinned_alg else _RSA_ALGS

@@ -56,7 +56,7 @@ Clock = Callable[[], float]
 
 def _show(value: str, limit: int = 128) -> str:
     """``value`` for an error message: as-is when short and printable, else JSON-escaped."""
-    if len(value) <= limit and value.isascii() and value.isprintable() and " " not in value:
+    if value and len(value) <= limit and value.isascii() and value.isprintable() and " " not in value:
         return value
     shown = json.dumps(value[:limit])
     return shown + ("..." if len(value) > limit else "")

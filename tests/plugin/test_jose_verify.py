@@ -248,3 +248,16 @@ def test_verify_signature_key_cap() -> None:
 
 def test_b64url_helper_roundtrip() -> None:
     assert b64url(b"\xff\xfe") == "__4"
+
+
+def test_oversized_rsa_jwk_is_dropped() -> None:
+    huge = {"kty": "RSA", "n": b64url(b"\xff" * 2100), "e": "AQAB", "kid": "huge"}
+    assert jv.keys_from_jwks({"keys": [huge]}) == []
+    assert len(jv.keys_from_jwks({"keys": [huge, rsa_key(kid="ok").jwk()]})) == 6
+
+
+def test_long_json_reason_is_truncated() -> None:
+    raw = make_token(b'{"exp":' + b"9" * 5000 + b"}", key=ec_key())
+    with pytest.raises(InvalidRequest) as exc:
+        jv.parse_token(raw)
+    assert len(exc.value.messages[0]) < 200

@@ -476,3 +476,10 @@ async def test_pairs_check_reports_failing_url() -> None:
     bad_ca = {"jwks_pairs": [{"jwks_url": URL_A, "jwks_ca_pem": "garbage"}]}
     with pytest.raises(InvalidRequest, match="^error checking jwks_ca_pem"):
         await build_key_source(bad_ca, fetcher).check()
+
+
+async def test_pairs_empty_kid_is_shown_quoted() -> None:
+    src = pairs_source(FakeFetcher({URL_A: jwks(ec_key(kid="a"))}))
+    with pytest.raises(InvalidRequest) as exc:
+        await src.verify(tok(ec_key(kid="")), ALL)
+    assert 'with kid "": no key found with kid "" in any JWKS endpoint' in exc.value.messages[0]
