@@ -286,6 +286,8 @@ async def fetch_discovery(url: str, ca_pem: str | None, fetcher: Fetcher) -> dic
     def fail(reason: str) -> InvalidRequest:
         return InvalidRequest(f"error checking oidc discovery URL: {reason}")
 
+    if url.rstrip("/").endswith(WELL_KNOWN):
+        raise fail(f"the URL must be the issuer, without {WELL_KNOWN}")
     reason = check_ca_pem(ca_pem)
     if reason:
         raise fail(reason)

@@ -565,3 +565,7 @@ async def test_discovery_issuer_mismatch_and_well_known_url() -> None:
     with pytest.raises(InvalidRequest, match="issuer in discovery document is https://idp.example.com/, expected"):
         await src.check()
     await assert_rejected(src, make_token(default_claims(), key=EC), match="issuer in discovery document")
+    bad = build_key_source({"oidc_discovery_url": well_known}, fetcher)
+    with pytest.raises(InvalidRequest, match="must be the issuer, without /.well-known/openid-configuration"):
+        await bad.check()
+    assert fetcher.count() == 2  # the well-known URL itself was never fetched
