@@ -133,7 +133,9 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     #: For RENEW: the token being renewed, as the Auth it was issued from.
     auth: Auth | None = None
-    #: The caller's token entry (server-defined dict) on authenticated paths, else None.
+    #: On authenticated paths: ``{"entry": server.tokens.TokenEntry, "raw": "<the caller's
+    #: token>"}`` (the entry after this request's use was consumed); None on login paths.
+    #: Only the built-in ``token/`` backend reads it; auth methods must not store it.
     token: dict[str, Any] | None = None
     #: Values captured from the path pattern (filled by ``Backend.handle_request``).
     captures: dict[str, str] = field(default_factory=dict)
@@ -185,6 +187,9 @@ class Response:
     content_type: str | None = None
     raw_body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: A finished Vault ``auth`` object, put verbatim into the envelope. Only the built-in
+    #: ``token/`` backend sets it (token create/renew); logins return ``auth`` instead.
+    auth_block: dict[str, Any] | None = None
 
     def add_warning(self, message: str) -> None:
         self.warnings.append(message)
