@@ -1,0 +1,228 @@
+"""``create_app(settings)``: the aiohttp application, its resources and startup seeding."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from plugin.errors import PluginError
+from plugin.framework import Backend, Connection, Operation, Request
+from server.appkeys import CLUSTER_ID, FETCHER, MOUNTS, POLICIES, ROOT_TOKEN, SETTINGS, STARTED_AT, STORAGE, TOKENS
+from server.errors import setup_errors
+from server.fetcher import AiohttpFetcher
+from server.log import setup_request_log
+from server.mounts import MountTable, normalize_path
+from server.policies import PolicyStore
+from server.routes import setup_routes
+from server.settings import Settings, SettingsError
+from server.tokens import TokenStore
+
+__all__ = ["create_app", "seed", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY"]
+
+INIT_KEY = "core/init"
+CLUSTER_KEY = "core/cluster"
+
+log = structlog.get_logger("authmount.app")
+
+
+class StartupError(RuntimeError):
+    """The server cannot start (bad seed config, storage in use, ...); message names why."""
+
+
+def create_app(settings: Settings, *, storage: Any = None) -> web.Application:
+    """Build the application. ``storage`` (tests) replaces ``settings.storage`` and is
+    not closed by the app."""
+    _import_methods()
+    app = web.Application(client_max_size=settings.max_request_size)
+    app[SETTINGS] = settings
+    setup_request_log(app)
+    setup_errors(app)
+    setup_routes(app)
+    app.cleanup_ctx.append(_core_context(storage))
+    return app
+
+
+def _import_methods() -> None:
+    """Import the modules that register auth method types (jwt, oidc)."""
+    try:
+        import plugin.backend  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _core_context(given_storage: Any) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        if given_storage is not None:
+            storage = given_storage
+        else:
+            from server.storage import open_storage
+
+            try:
+                storage = await open_storage(settings.storage.as_mapping())
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise StartupError(f"storage: {exc}") from exc
+        tokens = TokenStore(storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl)
+        policies = _policy_store(storage)
+        fetcher = AiohttpFetcher()
+        mounts: MountTable | None = None
+        try:
+            await tokens.start()
+            if hasattr(policies, "start"):
+                await policies.start()
+
+            async def revoke(entry: Any) -> None:
+                await tokens.revoke_mount(entry.accessor)
+
+            mounts = MountTable(
+                storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
+                fetcher=fetcher, token_factory=_token_backend_factory(tokens, lambda: app[MOUNTS]),
+                on_disable=revoke,
+            )
+            await mounts.load()
+            app[STORAGE], app[TOKENS], app[POLICIES], app[MOUNTS], app[FETCHER] = storage, tokens, policies, mounts, fetcher
+            app[STARTED_AT] = time.time()
+            cluster = await storage.update(CLUSTER_KEY, lambda old: old or {"id": str(uuid.uuid4())})
+            app[CLUSTER_ID] = cluster["id"]
+            _watch(storage, mounts, policies, tokens)
+            await seed(app)
+            app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
+            log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type)
+            yield
+        finally:
+            if mounts is not None:
+                await mounts.close()
+            await fetcher.close()
+            await tokens.close()
+            if hasattr(policies, "close"):
+                await policies.close()
+            if given_storage is None:
+                await storage.close()
+
+    return ctx
+
+
+def _policy_store(storage: Any) -> Any:
+    try:
+        return PolicyStore(storage)
+    except NotImplementedError:  # TEMPORARY until server/policies.py lands: root-only ACLs
+        return _RootOnlyPolicies(storage)
+
+
+class _RootOnlyPolicies:
+    """Interim stand-in for PolicyStore: only the root policy grants anything."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+
+    async def acl_for(self, policies: list[str]) -> Any:
+        root = "root" in policies
+
+        class _ACL:
+            def allows(self, path: str, capability: str) -> bool:
+                return root
+
+        return _ACL()
+
+    async def get(self, name: str) -> str | None:
+        value = await self.storage.get("sys/policy/" + name)
+        return None if value is None else value["policy"]
+
+    async def put(self, name: str, text: str) -> None:
+        await self.storage.put("sys/policy/" + name, {"policy": text})
+
+    async def delete(self, name: str) -> None:
+        await self.storage.delete("sys/policy/" + name)
+
+    async def list(self) -> list[str]:
+        return sorted({"default", "root", *await self.storage.list("sys/policy/")})
+
+
+def _token_backend_factory(tokens: Any, mounts: Any) -> Any:
+    """The backend of the built-in ``token/`` mount."""
+    def factory() -> Backend:
+        try:
+            from server.token_backend import TokenBackend
+        except ImportError:
+            return Backend()
+        return TokenBackend(tokens)
+
+    return factory
+
+
+def _watch(storage: Any, mounts: MountTable, policies: Any, tokens: Any) -> None:
+    """Route other nodes' writes to the caches that depend on them."""
+    setter = getattr(storage, "set_invalidation_callback", None)
+    if setter is None:
+        return
+    hooks = [getattr(obj, "invalidate", None) for obj in (policies, tokens)]
+
+    def invalidate(key: str) -> None:
+        mounts.invalidate(key)
+        for hook in hooks:
+            if hook is not None:
+                hook(key)
+
+    setter(invalidate)
+
+
+async def _initial_root_token(settings: Settings, storage: Any, tokens: Any) -> str | None:
+    """Create the root token on the very first start (always in dev mode)."""
+    if settings.dev:
+        await storage.put(INIT_KEY, {"initialized_at": time.time()})
+        return await tokens.create_root(settings.dev_root_token_id or None)
+    claim = str(uuid.uuid4())
+    # Claim initialisation atomically so that only one of several nodes mints the token.
+    stored = await storage.update(INIT_KEY, lambda old: old or {"initialized_at": time.time(), "claim": claim})
+    if stored.get("claim") != claim:
+        return None
+    return await tokens.create_root()
+
+
+async def seed(app: web.Application) -> None:
+    """Create configured mounts, configs, roles and policies through the normal write path.
+
+    :raises StartupError: naming the seed entry (``mounts[0].roles.ci: ...``).
+    """
+    settings = app[SETTINGS]
+    table = app[MOUNTS]
+    for i, spec in enumerate(settings.mounts):
+        where = f"mounts[{i}]"
+        try:
+            norm = normalize_path(spec.path)
+            mount = table.mounts.get(norm)
+            if mount is None:
+                await table.enable(norm, spec.type, description=spec.description, config=dict(spec.tune))
+            elif mount.entry.type != spec.type:
+                raise StartupError(f"{where}.type: {norm} is already mounted with type {mount.entry.type}")
+            elif spec.tune or spec.description != mount.entry.description:
+                await table.tune(norm, {**spec.tune, "description": spec.description})
+        except PluginError as exc:
+            raise StartupError(f"{where}: {exc}") from exc
+        mount = table.mounts[norm]
+        writes: list[tuple[str, str, dict[str, Any]]] = []
+        if spec.config is not None:
+            writes.append((f"{where}.config", "config", dict(spec.config)))
+        for name, role in spec.roles.items():
+            writes.append((f"{where}.roles.{name}", f"role/{name}", dict(role)))
+        for label, path, data in writes:
+            req = Request(
+                operation=Operation.UPDATE, path=path, data=data, storage=mount.storage,
+                system=mount.system, connection=Connection("127.0.0.1"),
+            )
+            try:
+                await mount.backend.handle_request(req)
+            except PluginError as exc:
+                raise StartupError(f"{label}: {exc}") from exc
+    store = app[POLICIES]
+    for name, text in settings.policies.items():
+        try:
+            await store.put(name, text)
+        except PluginError as exc:
+            raise StartupError(f"policies.{name}: {exc}") from exc
+

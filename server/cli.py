@@ -1,0 +1,136 @@
+"""The ``authmount`` command: ``authmount server --config F`` or ``authmount server --dev``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from server.app import StartupError, create_app
+from server.appkeys import ROOT_TOKEN
+from server.listparser import ListVerbAppRunner
+from server.log import configure_logging
+from server.settings import Settings, SettingsError, dev_settings, load_settings
+
+__all__ = ["main", "serve"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authmount", description="A Vault-compatible JWT/OIDC auth server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    srv = sub.add_parser("server", help="run the server")
+    srv.add_argument("--config", "-config", metavar="FILE", help="YAML settings file")
+    srv.add_argument("--dev", "-dev", action="store_true", help="in-memory dev server with a printed root token")
+    srv.add_argument("--dev-root-token-id", "-dev-root-token-id", default="", metavar="ID",
+                     help="root token id in dev mode (default: random)")
+    srv.add_argument("--dev-listen-address", "-dev-listen-address", default="127.0.0.1:8200", metavar="HOST:PORT",
+                     help="listen address in dev mode (port 0 picks a free port)")
+    srv.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log_level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.dev:
+            settings = dev_settings(args.dev_root_token_id, args.dev_listen_address)
+        elif args.config:
+            settings = load_settings(args.config)
+        else:
+            print("Error: either --config FILE or --dev is required", file=sys.stderr)
+            return 2
+    except SettingsError as exc:
+        print(f"Error loading configuration: {exc}", file=sys.stderr)
+        return 1
+    if args.log_level:
+        from dataclasses import replace
+
+        settings = replace(settings, log_level=args.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    runner_cls = asyncio.Runner
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        loop_factory = None
+    with runner_cls(loop_factory=loop_factory) as runner:
+        try:
+            return runner.run(serve(settings))
+        except (StartupError, SettingsError) as exc:
+            print(f"Error starting server: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"Error starting server: {settings.listen_address}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; finish in-flight requests, then close storage. Returns 0."""
+    from aiohttp import web
+
+    app = create_app(settings)
+    runner = ListVerbAppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    try:
+        host, port = settings.host_port
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        await site.start()
+        bound = _bound_address(site, host, port)
+        _banner(settings, bound, app.get(ROOT_TOKEN))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("==> authmount shutdown triggered", file=sys.stderr, flush=True)
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def _bound_address(site: object, host: str, port: int) -> str:
+    server = getattr(site, "_server", None)
+    for sock in getattr(server, "sockets", None) or ():
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            addr = sock.getsockname()
+            h = addr[0]
+            return f"[{h}]:{addr[1]}" if ":" in h else f"{h}:{addr[1]}"
+    return f"{host}:{port}"
+
+
+def _banner(settings: Settings, bound: str, root_token: str | None) -> None:
+    storage = settings.storage.type + (f" ({settings.storage.path})" if settings.storage.type == "sqlite" else "")
+    lines = [
+        "==> authmount server configuration:",
+        "",
+        f"             Api Address: http://{bound}",
+        f"          Listen Address: {bound}",
+        f"                 Storage: {storage}",
+        f"               Log Level: {settings.log_level}",
+        "",
+    ]
+    if settings.dev:
+        lines += [
+            "WARNING! dev mode is enabled! In this mode, authmount runs entirely in-memory",
+            "and starts with a root token already set. Do not run dev mode in production!",
+            "",
+            "You may need to set the following environment variables:",
+            "",
+            f"    $ export VAULT_ADDR='http://{bound}'",
+            "",
+        ]
+    if root_token:
+        if not settings.dev:
+            lines += ["Initial root token (shown only once; it is stored hashed):", ""]
+        lines += [f"Root Token: {root_token}", ""]
+    lines.append("==> authmount server started! Log data will stream in below:")
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""HTTP → plugin adapter: operation, request data, token + ACL check, Vault envelope."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
+from plugin.framework import Connection, Operation, Request, Response
+from server.appkeys import MOUNTS, POLICIES, SETTINGS, TOKENS
+from server.errors import error_response
+from server.listparser import is_list_verb
+from server.log import REQUEST_ID
+from server.mounts import Mount
+from server.tokens import MountInfo
+
+__all__ = [
+    "auth_handler",
+    "envelope",
+    "json_response",
+    "read_operation",
+    "remote_addr",
+    "request_token",
+    "authorize",
+    "no_route",
+]
+
+_BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+         "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+_CAPABILITY = {
+    Operation.READ: "read", Operation.LIST: "list", Operation.DELETE: "delete",
+    Operation.CREATE: "create", Operation.UPDATE: "update",
+}
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Never handed to backends: credentials of the caller.
+_HIDDEN_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-authorization"})
+
+
+def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
+    """A JSON body with ``Content-Type: application/json`` exactly."""
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def envelope(
+    request: web.Request,
+    data: dict[str, Any] | None,
+    *,
+    auth: dict[str, Any] | None = None,
+    warnings: Sequence[str] | None = None,
+    mount_type: str = "",
+    copy_top: bool = False,
+) -> web.Response:
+    """Vault's success envelope; ``copy_top`` also copies ``data`` keys to the top (sys/auth)."""
+    body: dict[str, Any] = {
+        "request_id": request.get(REQUEST_ID, ""),
+        "lease_id": "",
+        "renewable": False,
+        "lease_duration": 0,
+        "data": data,
+        "wrap_info": None,
+        "warnings": list(warnings) if warnings else None,
+        "auth": auth,
+        "mount_type": mount_type,
+    }
+    if copy_top and data:
+        for key, value in data.items():
+            body.setdefault(key, value)
+    return json_response(body)
+
+
+def no_route(path: str) -> PluginError:
+    """Vault's 404 for a path no mount or sys route serves."""
+    return UnsupportedPath(f'no handler for route "{path}". route entry not found.')
+
+
+# -- request decoding -------------------------------------------------------------------
+def _multi(pairs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            prev = out[key]
+            if isinstance(prev, list):
+                prev.append(value)
+            else:
+                out[key] = [prev, value]
+        else:
+            out[key] = value
+    return out
+
+
+async def read_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object (or form) body of a write; ``{}`` when empty.
+
+    :raises InvalidRequest: ``error parsing JSON`` for malformed or non-object JSON.
+    """
+    if not request.body_exists:
+        return {}
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    stripped = raw.lstrip()
+    if not stripped:
+        return {}
+    if request.content_type in _FORM_TYPES and not stripped.startswith(b"{"):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest("error parsing form: invalid UTF-8") from exc
+        return _multi(parse_qsl(text, keep_blank_values=True))
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest("error parsing JSON") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("error parsing JSON")
+    return data
+
+
+async def read_operation(request: web.Request) -> tuple[Operation, dict[str, Any]]:
+    """Map the HTTP method (and ``?list=``) to an Operation and collect the request data.
+
+    :raises InvalidRequest: a non-boolean ``list`` value, bad JSON.
+    :raises UnsupportedOperation: an HTTP method Vault does not map.
+    """
+    method = request.method
+    if method == "GET" or method == "HEAD":
+        is_list = is_list_verb(request.headers)
+        data = _multi(request.query.items()) if request.query_string else {}
+        if "list" in data:
+            value = data.pop("list")
+            if not is_list:
+                flag = _BOOL.get(value) if isinstance(value, str) else None
+                if flag is None:
+                    raise InvalidRequest(f"invalid value for 'list' parameter: {str(value)[:32]!r} is not a boolean")
+                is_list = flag
+        return (Operation.LIST if is_list else Operation.READ), data
+    if method == "POST" or method == "PUT":
+        return Operation.UPDATE, await read_body(request)
+    if method == "DELETE":
+        return Operation.DELETE, _multi(request.query.items()) if request.query_string else {}
+    raise UnsupportedOperation()
+
+
+def request_token(request: web.Request) -> str | None:
+    """The caller's token from ``X-Vault-Token`` or ``Authorization: Bearer``."""
+    headers = request.headers
+    token = headers.get("X-Vault-Token")
+    if token:
+        return token
+    authz = headers.get("Authorization")
+    if authz and authz[:7].lower() == "bearer ":
+        return authz[7:].strip() or None
+    return None
+
+
+def remote_addr(request: web.Request) -> str:
+    """The effective client IP: the socket peer, or X-Forwarded-For from a trusted proxy.
+
+    Vault's rule: only when the peer is a trusted proxy, take the XFF entry at
+    ``len - 1 - hop_skips`` (rightmost-based; never the client-controlled leftmost one).
+
+    :raises InvalidRequest: the chain is shorter than the hop skips, or the entry is no IP.
+    """
+    cached = request.get("remote_addr")
+    if cached is not None:
+        return cached
+    peer = request.remote or ""
+    settings = request.app[SETTINGS]
+    addr = peer
+    if settings.trusted_proxies:
+        try:
+            peer_ip = ipaddress.ip_address(peer)
+        except ValueError:
+            peer_ip = None
+        if peer_ip is not None and any(peer_ip in net for net in settings.trusted_proxies):
+            chain = [p.strip() for h in request.headers.getall("X-Forwarded-For", ()) for p in h.split(",")]
+            chain = [p for p in chain if p]
+            if chain:
+                skips = settings.x_forwarded_for_hop_skips
+                idx = len(chain) - 1 - skips
+                if idx < 0:
+                    raise InvalidRequest(
+                        f"malformed x-forwarded-for configuration or request, hops to skip ({skips}) "
+                        f"would skip before earliest chain link (chain length {len(chain)})"
+                    )
+                try:
+                    addr = str(ipaddress.ip_address(chain[idx]))
+                except ValueError as exc:
+                    raise InvalidRequest("invalid x-forwarded-for address") from exc
+    request["remote_addr"] = addr
+    return addr
+
+
+async def authorize(request: web.Request, path: str, capabilities: Sequence[str]) -> Any:
+    """Authenticate the caller's token and check every capability on ``path``.
+
+    Returns the TokenEntry. The caller must ``release`` it after the request when
+    ``num_uses == -1`` (its last use); ``authorize`` does so itself on denial.
+
+    :raises PermissionDenied: missing/invalid token or an ACL denial.
+    """
+    raw = request_token(request)
+    if not raw:
+        raise PermissionDenied()
+    tokens = request.app[TOKENS]
+    entry = await tokens.authenticate(raw, remote_addr(request))
+    acl = await request.app[POLICIES].acl_for(entry.policies)
+    for cap in capabilities:
+        if not acl.allows(path, cap):
+            await release(request, entry)
+            raise PermissionDenied()
+    request["token_raw"] = raw
+    return entry
+
+
+async def release(request: web.Request, entry: Any) -> None:
+    """Revoke a token whose last use this request was."""
+    if entry is not None and getattr(entry, "num_uses", 0) == -1:
+        await request.app[TOKENS].release(entry)
+
+
+def _backend_headers(request: web.Request) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS}
+
+
+async def _write_capability(mount: Mount, req: Request) -> str:
+    """``create`` or ``update`` for a write, decided by the path's existence check (Vault)."""
+    try:
+        spec, captures = mount.backend.match(req.path)
+    except PluginError:
+        return "update"
+    if spec.existence_check is None:
+        return "update"
+    try:
+        values, _ = spec.fields.parse(dict(captures))
+        return "update" if await spec.existence_check(req, values) else "create"
+    except PluginError:
+        return "update"
+
+
+# -- the mount route ----------------------------------------------------------------------
+async def auth_handler(request: web.Request) -> web.StreamResponse:
+    """``/v1/auth/{path}``: find the mount, check the token, call the backend."""
+    path = request.match_info["path"]
+    op, data = await read_operation(request)
+    found = request.app[MOUNTS].match(path)
+    if found is None:
+        raise no_route("auth/" + path)
+    mount, rel = found
+    entry_path = mount.entry.path
+    request["mount"] = entry_path
+    if op is Operation.LIST and rel and not rel.endswith("/"):
+        rel += "/"
+    remote = remote_addr(request)
+    req = Request(
+        operation=op, path=rel, data=data, storage=mount.storage, system=mount.system,
+        connection=Connection(remote), headers=_backend_headers(request),
+    )
+    backend = mount.backend
+    entry = None
+    if not backend.is_unauthenticated(rel):
+        full = "auth/" + entry_path + rel
+        if op is Operation.UPDATE:
+            raw = request_token(request)
+            if not raw:
+                raise PermissionDenied()
+            entry = await request.app[TOKENS].authenticate(raw, remote)
+            cap = await _write_capability(mount, req)
+            acl = await request.app[POLICIES].acl_for(entry.policies)
+            if not acl.allows(full, cap):
+                await release(request, entry)
+                raise PermissionDenied()
+            request["token_raw"] = raw
+        else:
+            entry = await authorize(request, full, (_CAPABILITY[op],))
+        req.token = {"entry": entry, "raw": request["token_raw"]}
+    try:
+        resp = await backend.handle_request(req)
+    finally:
+        await release(request, entry)
+    return await respond(request, resp, mount, op)
+
+
+async def respond(request: web.Request, resp: Response | None, mount: Mount, op: Operation) -> web.StreamResponse:
+    """Turn a backend Response into HTTP (minting the token for logins)."""
+    if resp is None:
+        return web.Response(status=204)
+    if resp.raw_body is not None:
+        headers = dict(resp.headers)
+        headers["Content-Type"] = resp.content_type or "application/octet-stream"
+        return web.Response(body=resp.raw_body, status=resp.status or 200, headers=headers)
+    if op is Operation.LIST and not (resp.data or {}).get("keys"):
+        return error_response(404, [])
+    warnings = list(resp.warnings)
+    auth_block = None
+    if resp.auth is not None:
+        table = request.app[MOUNTS]
+        entry = mount.entry
+        dflt, mx = table.effective_ttls(entry)
+        auth_block, issue_warnings = await request.app[TOKENS].issue(
+            resp.auth,
+            mount=MountInfo(path="auth/" + entry.path, accessor=entry.accessor, default_lease_ttl=dflt, max_lease_ttl=mx),
+            remote_addr=remote_addr(request),
+        )
+        warnings.extend(issue_warnings)
+    out = envelope(request, resp.data, auth=auth_block, warnings=warnings, mount_type=mount.entry.type)
+    if resp.status:
+        out.set_status(resp.status)
+    for key, value in resp.headers.items():
+        out.headers[key] = value
+    return out

@@ -1,0 +1,213 @@
+"""The HTTP ``LIST`` verb on aiohttp's fast C parser.
+
+llhttp (aiohttp's C parser) rejects the method ``LIST`` that hvac and the Vault CLI send.
+Rather than falling back to the slow pure-Python parser, each connection gets a tiny
+framer that follows request boundaries (headers, ``Content-Length`` and chunked bodies)
+and rewrites a request line ``LIST /p HTTP/1.1`` into ``GET /p HTTP/1.1`` plus a marker
+header carrying a per-process secret. The handler treats a marked GET as LIST. A client
+cannot forge the marker (any client-sent marker header is removed, and the value is
+secret); even if it could, a marked GET only does what ``GET ?list=true`` already does.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+__all__ = [
+    "MARKER_HEADER",
+    "MARKER_VALUE",
+    "RequestFramer",
+    "ListVerbAppRunner",
+    "is_list_verb",
+    "make_test_server",
+]
+
+MARKER_HEADER = "X-Authmount-List"
+MARKER_VALUE = secrets.token_hex(16)
+_MARKER_LINE = f"{MARKER_HEADER}: {MARKER_VALUE}\r\n".encode()
+_MARKER_LOWER = MARKER_HEADER.lower().encode()
+
+_HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _PASSTHROUGH = range(6)
+_MAX_HEAD = 64 * 1024
+_MAX_LINE = 4096
+
+
+def is_list_verb(headers: Any) -> bool:
+    """True when the framer marked this request as a ``LIST``."""
+    return headers.get(MARKER_HEADER) == MARKER_VALUE
+
+
+class RequestFramer:
+    """Follows HTTP/1.1 request boundaries in one connection's byte stream.
+
+    ``feed(data)`` returns the bytes to hand to the real parser: identical to the input
+    except for rewritten ``LIST`` request lines and removed client marker headers. Header
+    blocks are held back until complete. On anything it does not understand the framer
+    steps aside for good (passthrough) and lets the real parser reject the stream.
+    """
+
+    __slots__ = ("state", "buf", "remaining")
+
+    def __init__(self) -> None:
+        self.state = _HEAD
+        self.buf = b""
+        self.remaining = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume ``data``; return what the HTTP parser should see now."""
+        if self.state == _PASSTHROUGH:
+            return data
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        if self.state == _HEAD:
+            # Fast path: one whole bodyless request (the common GET/LIST/DELETE).
+            end = data.find(b"\r\n\r\n")
+            if end >= 0 and end + 4 == len(data):
+                head, body_len = self._head(data)
+                if body_len == 0:
+                    return head
+                # fall through to the general loop with the state already set
+                self._set_body(body_len)
+                return head
+        out: list[bytes] = []
+        i, n = 0, len(data)
+        while i < n:
+            state = self.state
+            if state == _HEAD:
+                end = data.find(b"\r\n\r\n", i)
+                if end < 0:
+                    rest = data[i:]
+                    if len(rest) > _MAX_HEAD or b"\n\n" in rest:
+                        self.state = _PASSTHROUGH
+                        out.append(rest)
+                    else:
+                        self.buf = rest
+                    break
+                head, body_len = self._head(data[i : end + 4])
+                out.append(head)
+                i = end + 4
+                if self.state != _PASSTHROUGH:
+                    self._set_body(body_len)
+            elif state == _BODY or state == _CHUNK_DATA:
+                take = min(self.remaining, n - i)
+                out.append(data[i : i + take])
+                i += take
+                self.remaining -= take
+                if self.remaining == 0:
+                    self.state = _HEAD if state == _BODY else _CHUNK_SIZE
+            elif state == _CHUNK_SIZE or state == _TRAILER:
+                end = data.find(b"\r\n", i)
+                if end < 0:
+                    rest = data[i:]
+                    if len(rest) > _MAX_LINE:
+                        self.state = _PASSTHROUGH
+                        out.append(rest)
+                    else:
+                        self.buf = rest
+                    break
+                line = data[i:end]
+                out.append(data[i : end + 2])
+                i = end + 2
+                if state == _TRAILER:
+                    if not line:
+                        self.state = _HEAD
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    self.state = _PASSTHROUGH
+                    continue
+                if size == 0:
+                    self.state = _TRAILER
+                else:
+                    self.state = _CHUNK_DATA
+                    self.remaining = size + 2  # chunk data plus its CRLF
+            else:  # passthrough
+                out.append(data[i:])
+                break
+        return b"".join(out)
+
+    def _set_body(self, body_len: int) -> None:
+        if body_len == -1:
+            self.state = _CHUNK_SIZE
+        elif body_len > 0:
+            self.state = _BODY
+            self.remaining = body_len
+
+    def _head(self, head: bytes) -> tuple[bytes, int]:
+        """Rewrite one complete header block; return it and its body length (-1: chunked)."""
+        lower = head.lower()
+        if _MARKER_LOWER in lower:
+            lines = head.split(b"\r\n")
+            head = b"\r\n".join(
+                ln for j, ln in enumerate(lines) if j == 0 or not ln.lower().startswith(_MARKER_LOWER)
+            )
+            lower = head.lower()
+        if head.startswith(b"LIST "):
+            eol = head.find(b"\r\n") + 2
+            head = b"GET " + head[5:eol] + _MARKER_LINE + head[eol:]
+        body_len = 0
+        te = lower.find(b"\r\ntransfer-encoding:")
+        cl = lower.find(b"\r\ncontent-length:")
+        if b"\r\nupgrade:" in lower:
+            self.state = _PASSTHROUGH
+        elif te >= 0:
+            value = lower[te + 20 : lower.find(b"\r\n", te + 2)].strip()
+            if cl >= 0 or not value.endswith(b"chunked"):
+                self.state = _PASSTHROUGH
+            else:
+                body_len = -1
+        elif cl >= 0:
+            value = lower[cl + 17 : lower.find(b"\r\n", cl + 2)].strip()
+            if not value.isdigit() or lower.find(b"\r\ncontent-length:", cl + 2) >= 0:
+                self.state = _PASSTHROUGH
+            else:
+                body_len = int(value)
+        return head, body_len
+
+
+class ListVerbRequestHandler(RequestHandler):
+    """aiohttp's connection protocol with a ``RequestFramer`` in front of the C parser."""
+
+    __slots__ = ("_framer",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._framer = RequestFramer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._payload_parser is None and not self._upgraded:
+            data = self._framer.feed(data)
+            if not data:
+                return
+        super().data_received(data)
+
+
+class _ListVerbServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return ListVerbRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ListVerbAppRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections understand the ``LIST`` verb."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _ListVerbServer
+        return server
+
+
+def make_test_server(app: web.Application, **kwargs: Any) -> Any:
+    """An ``aiohttp.test_utils.TestServer`` using ``ListVerbAppRunner`` (for test clients)."""
+    from aiohttp.test_utils import TestServer
+
+    class _Server(TestServer):
+        async def _make_runner(self, **kw: Any) -> web.AppRunner:
+            return ListVerbAppRunner(self.app, **kw)
+
+    return _Server(app, **kwargs)

@@ -1,0 +1,118 @@
+"""structlog setup, the per-request log middleware, and redaction of anything token-like."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+__all__ = ["configure_logging", "redact", "request_log_middleware", "setup_request_log", "REQUEST_ID"]
+
+REQUEST_ID = "request_id"
+
+#: Field names whose values are never logged.
+SECRET_KEYS = frozenset({
+    "token", "client_token", "jwt", "id_token", "access_token", "refresh_token", "code",
+    "secret", "client_secret", "oidc_client_secret", "password", "authorization",
+    "x-vault-token", "root_token", "state", "nonce", "client_nonce",
+})
+# Vault-style tokens (hvs./hvb./hvr. and legacy s./b.), JWTs, and Bearer values.
+_TOKEN_RE = re.compile(
+    r"\bhv[sbr]\.[A-Za-z0-9_\-.]{8,}"
+    r"|\b[sb]\.[A-Za-z0-9]{20,}"
+    r"|\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"
+    r"|(?i:bearer)\s+\S+"
+)
+REDACTED = "<redacted>"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """Return ``value`` with token-like substrings and secret-named fields replaced."""
+    if isinstance(value, str):
+        return _TOKEN_RE.sub(REDACTED, value) if len(value) >= 10 else value
+    if _depth > 4:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (REDACTED if isinstance(k, str) and k.lower() in SECRET_KEYS else redact(v, _depth + 1))
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(v, _depth + 1) for v in value]
+    return value
+
+
+def _redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event_dict):
+        if key.lower() in SECRET_KEYS:
+            event_dict[key] = REDACTED
+        elif key not in ("timestamp", "level"):
+            event_dict[key] = redact(event_dict[key])
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Configure structlog (and stdlib logging for aiohttp's own messages) to stderr."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(name)s: %(message)s")
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _redact_processor,
+    ]
+    if fmt == "console":
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+        factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
+    else:
+        processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
+        factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+_access = structlog.get_logger("authmount.request")
+
+
+@web.middleware
+async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id, bind it to the log context, and log one line when done."""
+    rid = str(uuid.uuid4())
+    request[REQUEST_ID] = rid
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    start = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    finally:
+        _access.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            mount=request.get("mount"),
+            status=status,
+            duration_ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+
+
+def setup_request_log(app: web.Application) -> None:
+    """Install the request-log middleware (outermost)."""
+    app.middlewares.insert(0, request_log_middleware)

@@ -1,0 +1,440 @@
+"""The auth mount table: enable/disable/tune, longest-prefix lookup, persisted at ``core/mounts``."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from plugin import registry
+from plugin.errors import InvalidRequest
+from plugin.framework import Backend
+from plugin.schema import parse_duration
+from plugin.storage import PrefixedStorage, Storage
+
+__all__ = ["MOUNTS_KEY", "MountEntry", "Mount", "MountSystemView", "MountTable", "normalize_path"]
+
+MOUNTS_KEY = "core/mounts"
+TOKEN_TYPES = ("default-service", "default-batch", "service", "batch")
+_TOKEN_TYPE_ALIASES = {"default": "default-service"}
+_LIST_KEYS = ("audit_non_hmac_request_keys", "audit_non_hmac_response_keys",
+              "passthrough_request_headers", "allowed_response_headers")
+
+log = structlog.get_logger("authmount.mounts")
+
+
+def normalize_path(path: str) -> str:
+    """Strip a leading ``/`` and add a trailing ``/`` (Vault's mount path rule).
+
+    :raises InvalidRequest: empty paths, empty segments, ``.``/``..`` segments.
+    """
+    p = path.strip().strip("/")
+    if not p:
+        raise InvalidRequest("mount path cannot be empty")
+    for seg in p.split("/"):
+        if seg in ("", ".", "..") or any(c.isspace() or c in "*+?#%\\" for c in seg):
+            raise InvalidRequest(f"invalid mount path {path!r}")
+    return p + "/"
+
+
+@dataclass(slots=True)
+class MountEntry:
+    """One persisted mount. ``config`` TTLs are seconds; 0 means the system value."""
+
+    path: str
+    type: str
+    accessor: str
+    uuid: str
+    description: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    local: bool = False
+    seal_wrap: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form."""
+        return {
+            "path": self.path, "type": self.type, "accessor": self.accessor, "uuid": self.uuid,
+            "description": self.description, "config": dict(self.config), "local": self.local,
+            "seal_wrap": self.seal_wrap, "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> MountEntry:
+        """Load a stored entry (missing fields take defaults)."""
+        return cls(
+            path=raw["path"], type=raw["type"], accessor=raw["accessor"], uuid=raw["uuid"],
+            description=raw.get("description", ""), config=_default_config() | dict(raw.get("config") or {}),
+            local=bool(raw.get("local", False)), seal_wrap=bool(raw.get("seal_wrap", False)),
+            options=dict(raw.get("options") or {}),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The ``sys/auth`` shape of this mount (vault-api.md 10.4)."""
+        cfg = self.config
+        out_cfg: dict[str, Any] = {
+            "default_lease_ttl": cfg.get("default_lease_ttl", 0),
+            "max_lease_ttl": cfg.get("max_lease_ttl", 0),
+            "force_no_cache": bool(cfg.get("force_no_cache", False)),
+            "token_type": cfg.get("token_type", "default-service"),
+        }
+        for key in ("listing_visibility", *_LIST_KEYS):
+            if cfg.get(key):
+                out_cfg[key] = cfg[key]
+        return {
+            "accessor": self.accessor, "config": out_cfg, "description": self.description,
+            "local": self.local, "options": self.options or None, "plugin_version": "",
+            "running_plugin_version": "", "running_sha256": "", "seal_wrap": self.seal_wrap,
+            "external_entropy_access": False, "type": self.type, "uuid": self.uuid,
+            "deprecation_status": "supported",
+        }
+
+
+def _default_config() -> dict[str, Any]:
+    return {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": False, "token_type": "default-service"}
+
+
+class Mount:
+    """A live mount: its entry, backend, storage view and SystemView."""
+
+    __slots__ = ("entry", "backend", "storage", "system")
+
+    def __init__(self, entry: MountEntry, backend: Backend, storage: Storage, system: MountSystemView) -> None:
+        self.entry = entry
+        self.backend = backend
+        self.storage = storage
+        self.system = system
+
+
+class MountSystemView:
+    """The SystemView of one mount: live tuned TTLs, the shared fetcher, the clock."""
+
+    __slots__ = ("_table", "_path", "fetcher")
+
+    def __init__(self, table: MountTable, path: str, fetcher: Any) -> None:
+        self._table = table
+        self._path = path
+        self.fetcher = fetcher
+
+    def _entry(self) -> MountEntry:
+        return self._table.mounts[self._path].entry
+
+    @property
+    def default_lease_ttl(self) -> int:
+        return self._table.effective_ttls(self._entry())[0]
+
+    @property
+    def max_lease_ttl(self) -> int:
+        return self._table.effective_ttls(self._entry())[1]
+
+    @property
+    def mount_path(self) -> str:
+        return "auth/" + self._path
+
+    @property
+    def mount_accessor(self) -> str:
+        return self._entry().accessor
+
+    def now(self) -> float:
+        return time.time()
+
+
+class MountTable:
+    """All auth mounts. ``token/`` always exists. Changes are persisted before they apply.
+
+    ``token_factory`` builds the backend of the built-in ``token/`` mount; ``on_disable``
+    is awaited with the entry of a disabled mount (to revoke its tokens).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        default_lease_ttl: int,
+        max_lease_ttl: int,
+        fetcher: Any = None,
+        token_factory: Callable[[], Backend] | None = None,
+        on_disable: Callable[[MountEntry], Any] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.default_lease_ttl = default_lease_ttl
+        self.max_lease_ttl = max_lease_ttl
+        self.fetcher = fetcher
+        self.token_factory = token_factory or Backend
+        self.on_disable = on_disable
+        self.mounts: dict[str, Mount] = {}
+        self._by_uuid: dict[str, Mount] = {}
+        self._lock = asyncio.Lock()
+        self._reload_task: asyncio.Task[None] | None = None
+
+    # -- lookup ------------------------------------------------------------------------
+    def match(self, path: str) -> tuple[Mount, str] | None:
+        """Longest-prefix match of a path below ``auth/``: (mount, path relative to it)."""
+        mounts = self.mounts
+        probe = path if path.endswith("/") else path + "/"
+        end = len(probe)
+        while end > 0:
+            m = mounts.get(probe[:end])
+            if m is not None:
+                return m, path[end:] if end <= len(path) else ""
+            end = probe.rfind("/", 0, end - 1) + 1
+        return None
+
+    def effective_ttls(self, entry: MountEntry) -> tuple[int, int]:
+        """(default, max) lease TTL of a mount, falling back to the system values."""
+        return (
+            entry.config.get("default_lease_ttl") or self.default_lease_ttl,
+            entry.config.get("max_lease_ttl") or self.max_lease_ttl,
+        )
+
+    def get(self, path: str) -> Mount | None:
+        """The mount at exactly ``path`` (normalised), or None."""
+        return self.mounts.get(normalize_path(path))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def load(self) -> None:
+        """Load the table from storage, creating it (with ``token/``) on first start."""
+        def ensure_token(old: Any) -> Any:
+            entries = list((old or {}).get("entries", []))
+            if not any(e.get("path") == "token/" for e in entries):
+                entries.insert(0, self._new_entry("token/", "token", "token based credentials", {}).to_json())
+                return {"entries": entries}
+            return old
+
+        stored = await self.storage.update(MOUNTS_KEY, ensure_token)
+        self._apply(stored)
+
+    def _apply(self, stored: Any) -> list[Mount]:
+        """Make the in-memory table match ``stored``; return mounts that went away."""
+        entries = [MountEntry.from_json(e) for e in (stored or {}).get("entries", [])]
+        new: dict[str, Mount] = {}
+        for entry in entries:
+            current = self.mounts.get(entry.path)
+            if current is not None and current.entry.uuid == entry.uuid:
+                current.entry = entry
+                new[entry.path] = current
+                continue
+            backend = self._build_backend(entry.type)
+            if backend is None:
+                log.error("mount_type_unavailable", mount=entry.path, type=entry.type)
+                continue
+            storage = PrefixedStorage(self.storage, f"auth/{entry.uuid}/")
+            new[entry.path] = Mount(entry, backend, storage, MountSystemView(self, entry.path, self.fetcher))
+        gone = [m for p, m in self.mounts.items() if p not in new or new[p] is not m]
+        self.mounts = new
+        self._by_uuid = {m.entry.uuid: m for m in new.values()}
+        return gone
+
+    def _build_backend(self, type_name: str) -> Backend | None:
+        if type_name == "token":
+            return self.token_factory()
+        factory = registry.factory_for(type_name)
+        return factory() if factory is not None else None
+
+    def _new_entry(self, path: str, type_name: str, description: str, config: dict[str, Any]) -> MountEntry:
+        return MountEntry(
+            path=path, type=type_name, description=description,
+            accessor=f"auth_{type_name}_{secrets.token_hex(4)}", uuid=str(uuid.uuid4()),
+            config=_default_config() | config,
+        )
+
+    async def close(self) -> None:
+        """Release every backend."""
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        for mount in self.mounts.values():
+            await _cleanup(mount)
+
+    # -- changes -----------------------------------------------------------------------
+    async def enable(
+        self,
+        path: str,
+        type_name: str,
+        *,
+        description: str = "",
+        config: Mapping[str, Any] | None = None,
+        local: bool = False,
+        seal_wrap: bool = False,
+        options: Mapping[str, Any] | None = None,
+    ) -> MountEntry:
+        """Mount a new auth method.
+
+        :raises InvalidRequest: bad path, nested/duplicate path, unknown type, bad config.
+        """
+        norm = normalize_path(path)
+        if not isinstance(type_name, str) or not type_name:
+            raise InvalidRequest("missing or invalid 'type'")
+        if type_name == "token" or registry.factory_for(type_name) is None:
+            raise InvalidRequest(
+                f"plugin not found in the catalog: {type_name} (available: {', '.join(registry.registered_types())})"
+            )
+        cfg = self._validate_config(config or {}, _default_config())
+        entry = self._new_entry(norm, type_name, description, cfg)
+        entry.local, entry.seal_wrap, entry.options = bool(local), bool(seal_wrap), dict(options or {})
+
+        def add(old: Any) -> Any:
+            entries = list((old or {}).get("entries", []))
+            for e in entries:
+                existing = e["path"]
+                if existing.startswith(norm) or norm.startswith(existing):
+                    raise InvalidRequest(f"path is already in use at {existing}")
+            entries.append(entry.to_json())
+            return {"entries": entries}
+
+        async with self._lock:
+            stored = await self.storage.update(MOUNTS_KEY, add)
+            self._apply(stored)
+        log.info("mount_enabled", mount=norm, type=type_name, accessor=entry.accessor)
+        return entry
+
+    async def disable(self, path: str) -> bool:
+        """Unmount: persist, revoke the mount's tokens, delete its storage, clean up.
+
+        Returns False when nothing was mounted there (not an error, like Vault).
+
+        :raises InvalidRequest: for ``token/``.
+        """
+        norm = normalize_path(path)
+        if norm == "token/":
+            raise InvalidRequest("token credential backend cannot be disabled")
+        async with self._lock:
+            mount = self.mounts.get(norm)
+            if mount is None:
+                return False
+
+            def remove(old: Any) -> Any:
+                entries = [e for e in (old or {}).get("entries", []) if e["path"] != norm]
+                return {"entries": entries}
+
+            stored = await self.storage.update(MOUNTS_KEY, remove)
+            self._apply(stored)
+        if self.on_disable is not None:
+            await self.on_disable(mount.entry)
+        await self.storage.delete_prefix(f"auth/{mount.entry.uuid}/")
+        await _cleanup(mount)
+        log.info("mount_disabled", mount=norm, accessor=mount.entry.accessor)
+        return True
+
+    def tune_info(self, mount: Mount) -> dict[str, Any]:
+        """The flat ``sys/auth/<path>/tune`` read body (effective TTLs)."""
+        dflt, mx = self.effective_ttls(mount.entry)
+        cfg = mount.entry.config
+        out: dict[str, Any] = {
+            "default_lease_ttl": dflt, "max_lease_ttl": mx,
+            "force_no_cache": bool(cfg.get("force_no_cache", False)),
+            "token_type": cfg.get("token_type", "default-service"),
+            "description": mount.entry.description,
+        }
+        for key in ("listing_visibility", *_LIST_KEYS):
+            if cfg.get(key):
+                out[key] = cfg[key]
+        return out
+
+    async def tune(self, path: str, values: Mapping[str, Any]) -> MountEntry:
+        """Change a mount's TTLs, token type, description, ...
+
+        :raises InvalidRequest: unknown mount or a bad value (nothing is changed then).
+        """
+        norm = normalize_path(path)
+        async with self._lock:
+            mount = self.mounts.get(norm)
+            if mount is None:
+                raise InvalidRequest(f"no mount at auth/{norm}")
+            cfg = self._validate_config(values, dict(mount.entry.config))
+            description = values.get("description", mount.entry.description)
+            if not isinstance(description, str):
+                raise InvalidRequest("description must be a string")
+
+            def change(old: Any) -> Any:
+                entries = list((old or {}).get("entries", []))
+                for e in entries:
+                    if e["path"] == norm:
+                        e["config"] = cfg
+                        e["description"] = description
+                        return {"entries": entries}
+                raise InvalidRequest(f"no mount at auth/{norm}")
+
+            stored = await self.storage.update(MOUNTS_KEY, change)
+            self._apply(stored)
+            return self.mounts[norm].entry
+
+    def _validate_config(self, values: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+        cfg = dict(base)
+        for key in ("default_lease_ttl", "max_lease_ttl"):
+            if key in values:
+                raw = values[key]
+                if raw in ("system", None):
+                    raw = 0
+                try:
+                    cfg[key] = parse_duration(raw)
+                except ValueError as exc:
+                    raise InvalidRequest(f"invalid {key}: {exc}") from exc
+        dflt = cfg["default_lease_ttl"] or self.default_lease_ttl
+        mx = cfg["max_lease_ttl"] or self.max_lease_ttl
+        if cfg["max_lease_ttl"] > self.max_lease_ttl:
+            raise InvalidRequest("given max lease TTL greater than system max lease TTL")
+        if dflt > mx:
+            raise InvalidRequest("given default lease TTL greater than given max lease TTL")
+        if "token_type" in values:
+            tt = values["token_type"]
+            tt = _TOKEN_TYPE_ALIASES.get(tt, tt) if isinstance(tt, str) else tt
+            if tt not in TOKEN_TYPES:
+                raise InvalidRequest("invalid value for 'token_type'")
+            cfg["token_type"] = tt
+        if "force_no_cache" in values:
+            cfg["force_no_cache"] = bool(values["force_no_cache"])
+        if "listing_visibility" in values:
+            lv = values["listing_visibility"]
+            if lv not in ("", "unauth", "hidden"):
+                raise InvalidRequest(f"invalid listing_visibility {lv!r}")
+            cfg["listing_visibility"] = lv
+        for key in _LIST_KEYS:
+            if key in values:
+                raw = values[key]
+                if isinstance(raw, str):
+                    raw = [s.strip() for s in raw.split(",") if s.strip()]
+                if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+                    raise InvalidRequest(f"{key} must be a list of strings")
+                cfg[key] = raw
+        return cfg
+
+    # -- other nodes -------------------------------------------------------------------
+    def invalidate(self, key: str) -> None:
+        """Storage says another node changed ``key``: reload the table or tell the backend."""
+        if key == MOUNTS_KEY or key == "":
+            self._schedule_reload()
+            if key == MOUNTS_KEY:
+                return
+        if key.startswith("auth/"):
+            uid, _, rest = key[5:].partition("/")
+            mount = self._by_uuid.get(uid)
+            if mount is not None:
+                mount.backend.invalidate(rest)
+        elif key == "":
+            for mount in self.mounts.values():
+                mount.backend.invalidate("")
+
+    def _schedule_reload(self) -> None:
+        if self._reload_task is not None and not self._reload_task.done():
+            return
+        self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> None:
+        """Re-read ``core/mounts`` and apply it (mounts removed elsewhere are cleaned up)."""
+        async with self._lock:
+            gone = self._apply(await self.storage.get(MOUNTS_KEY))
+        for mount in gone:
+            await _cleanup(mount)
+
+
+async def _cleanup(mount: Mount) -> None:
+    try:
+        await mount.backend.cleanup()
+    except Exception:  # a broken backend must not stop unmounting or shutdown
+        log.exception("mount_cleanup_failed", mount=mount.entry.path)

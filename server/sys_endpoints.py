@@ -1,0 +1,200 @@
+"""``/v1/sys/...``: health, auth mounts (+ tune), ACL policies, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from plugin.errors import InvalidRequest, NotFound, UnsupportedOperation
+from plugin.framework import Operation
+from server.appkeys import CLUSTER_ID, MOUNTS, POLICIES, SETTINGS
+from server.errors import error_response
+from server.handlers import authorize, envelope, json_response, no_route, read_body, read_operation, release
+
+__all__ = ["health", "auth_list", "auth_path", "policies_acl", "policy_legacy", "openapi", "VERSION"]
+
+VERSION = "0.1.0"
+_SUDO_CAP = {
+    Operation.READ: "read", Operation.LIST: "list", Operation.UPDATE: "update",
+    Operation.CREATE: "create", Operation.DELETE: "delete",
+}
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET/HEAD sys/health``: always initialized, unsealed and active (unauthenticated)."""
+    if request.method == "HEAD":
+        return web.Response(status=200, content_type="application/json")
+    return json_response({
+        "initialized": True,
+        "sealed": False,
+        "standby": False,
+        "performance_standby": False,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": int(time.time()),
+        "version": VERSION,
+        "cluster_name": request.app[SETTINGS].cluster_name,
+        "cluster_id": request.app[CLUSTER_ID],
+    })
+
+
+async def _sudo(request: web.Request, path: str, op: Operation) -> None:
+    entry = await authorize(request, path, (_SUDO_CAP[op], "sudo"))
+    await release(request, entry)
+
+
+# -- sys/auth ------------------------------------------------------------------------------
+async def auth_list(request: web.Request) -> web.Response:
+    """``GET sys/auth``: every mount, in ``data`` and copied to the top level."""
+    op, _ = await read_operation(request)
+    if op not in (Operation.READ, Operation.LIST):
+        raise _unsupported()
+    await _sudo(request, "sys/auth", Operation.READ)
+    data = {path: m.entry.public() for path, m in sorted(request.app[MOUNTS].mounts.items())}
+    return envelope(request, data, copy_top=True)
+
+
+async def auth_path(request: web.Request) -> web.StreamResponse:
+    """``sys/auth/<path>`` enable/read/disable and ``sys/auth/<path>/tune`` read/write."""
+    path = request.match_info["path"]
+    op, data = await read_operation(request)
+    table = request.app[MOUNTS]
+    tune = path.rstrip("/").endswith("/tune") or path == "tune"
+    if tune:
+        mount_path = path.rstrip("/")[: -len("tune")]
+        await _sudo(request, "sys/auth/" + path.rstrip("/"), op)
+        mount = table.mounts.get(_norm(mount_path))
+        if op is Operation.READ:
+            if mount is None:
+                raise InvalidRequest(f"cannot fetch sysview for path \"auth/{_norm(mount_path)}\"")
+            return envelope(request, table.tune_info(mount), copy_top=True)
+        if op is Operation.UPDATE:
+            await table.tune(mount_path, data)
+            return web.Response(status=204)
+        raise _unsupported()
+    await _sudo(request, "sys/auth/" + path, op)
+    if op is Operation.READ:
+        mount = table.mounts.get(_norm(path))
+        if mount is None:
+            raise InvalidRequest(f"No auth engine at auth/{_norm(path)}")
+        return envelope(request, mount.entry.public(), copy_top=True)
+    if op is Operation.UPDATE:
+        config = data.get("config") or {}
+        options = data.get("options") or {}
+        if not isinstance(config, dict) or not isinstance(options, dict):
+            raise InvalidRequest("'config' and 'options' must be objects")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise InvalidRequest("'description' must be a string")
+        await table.enable(
+            path, data.get("type") or data.get("plugin_name") or "", description=description,
+            config=config, local=bool(data.get("local", False)),
+            seal_wrap=bool(data.get("seal_wrap", False)), options=options,
+        )
+        return web.Response(status=204)
+    if op is Operation.DELETE:
+        await table.disable(path)
+        return web.Response(status=204)
+    raise _unsupported()
+
+
+def _norm(path: str) -> str:
+    return path.strip().strip("/") + "/"
+
+
+def _unsupported() -> Exception:
+    return UnsupportedOperation()
+
+
+# -- policies ------------------------------------------------------------------------------
+async def _policy_text(request: web.Request) -> str:
+    data = await read_body(request)
+    text = data.get("policy", data.get("rules"))
+    if isinstance(text, dict):
+        text = orjson.dumps(text).decode()
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequest("'policy' parameter not supplied or empty")
+    return text
+
+
+async def policies_acl(request: web.Request) -> web.StreamResponse:
+    """``sys/policies/acl`` (LIST) and ``sys/policies/acl/<name>`` (GET/PUT/POST/DELETE)."""
+    return await _policy_endpoint(request, "sys/policies/acl", legacy=False)
+
+
+async def policy_legacy(request: web.Request) -> web.StreamResponse:
+    """``sys/policy`` (GET lists) and ``sys/policy/<name>`` (GET/PUT/POST/DELETE)."""
+    return await _policy_endpoint(request, "sys/policy", legacy=True)
+
+
+async def _policy_endpoint(request: web.Request, base: str, *, legacy: bool) -> web.StreamResponse:
+    name = request.match_info.get("name", "").strip("/")
+    store = request.app[POLICIES]
+    if request.method in ("POST", "PUT"):
+        op, data = Operation.UPDATE, {}
+    else:
+        op, data = await read_operation(request)
+    if not name:
+        if op is Operation.LIST or (legacy and op is Operation.READ):
+            await _sudo(request, base, Operation.LIST if op is Operation.LIST else Operation.READ)
+            names = sorted(await store.list())
+            if legacy:
+                return envelope(request, {"keys": names, "policies": names}, copy_top=True)
+            return envelope(request, {"keys": names})
+        raise _unsupported()
+    path = f"{base}/{name}"
+    await _sudo(request, path, op)
+    name = name.lower()
+    if op is Operation.READ:
+        text = await store.get(name)
+        if text is None:
+            if legacy:
+                return error_response(404, [])
+            raise NotFound()
+        if legacy:
+            return envelope(request, {"name": name, "rules": text}, copy_top=True)
+        return envelope(request, {"name": name, "policy": text})
+    if op is Operation.UPDATE:
+        await store.put(name, await _policy_text(request))
+        return web.Response(status=204)
+    if op is Operation.DELETE:
+        await store.delete(name)
+        return web.Response(status=204)
+    raise _unsupported()
+
+
+# -- openapi -------------------------------------------------------------------------------
+async def openapi(request: web.Request) -> web.Response:
+    """An OpenAPI 3 document built from every mount's ``openapi_paths``."""
+    await _sudo_free(request, "sys/internal/specs/openapi")
+    paths: dict[str, Any] = {}
+    for path, mount in sorted(request.app[MOUNTS].mounts.items()):
+        try:
+            paths.update(mount.backend.openapi_paths("auth/" + path))
+        except Exception:  # one broken backend must not hide the others
+            continue
+    return json_response({
+        "openapi": "3.0.2",
+        "info": {
+            "title": "authmount",
+            "description": "HTTP API of authmount, a Vault-compatible JWT/OIDC auth server",
+            "version": VERSION,
+            "license": {"name": "MPL-2.0"},
+        },
+        "paths": paths,
+        "x-generated-at": datetime.now(timezone.utc).isoformat(),
+    })
+
+
+async def _sudo_free(request: web.Request, path: str) -> None:
+    entry = await authorize(request, path, ("read",))
+    await release(request, entry)
+
+
+async def sys_fallback(request: web.Request) -> web.Response:
+    """Any other ``/v1/...`` path: Vault's "no handler for route" 404."""
+    raise no_route(request.match_info.get("tail", ""))
