@@ -350,7 +350,7 @@ def _coerce(ftype: FieldType, raw: Any) -> Any:
             out[k.strip()] = v.strip()
         return out
     if ftype is FieldType.SLICE:
-        if raw is None:
+        if raw is None or raw == {}:  # Go weak decoding: an empty object is an empty list
             return []
         if isinstance(raw, str):
             try:

@@ -1,0 +1,186 @@
+"""The ``jwt``/``oidc`` auth method: JWTAuthBackend, its caches, renewal and registration."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import structlog
+
+from plugin.errors import InvalidRequest
+from plugin.framework import Auth, Backend, PathSpec, Request, SystemView
+from plugin.keys import KeySource, build_key_source
+from plugin.path_config import CONFIG_KEY, JWTConfig, path_config
+from plugin.path_login import path_explain, path_login
+from plugin.path_role import ROLE_PREFIX, Role, path_role, path_role_list
+from plugin.registry import register
+from plugin.storage import Storage
+from plugin.token_fields import sanitize_policies
+
+__all__ = ["JWTAuthBackend", "UNAUTHENTICATED_PATHS", "factory"]
+
+log = structlog.get_logger("plugin.backend")
+
+#: The only paths reachable without a token (Vault ``PathsSpecial.Unauthenticated``).
+UNAUTHENTICATED_PATHS = frozenset({"login", "oidc/auth_url", "oidc/callback"})
+
+
+def _oidc_paths(backend: JWTAuthBackend) -> list[PathSpec]:
+    try:
+        from plugin import path_oidc
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("plugin.path_oidc", "plugin.oidc_flow"):
+            raise
+        log.warning("oidc_paths_unavailable", missing=exc.name)
+        return []
+    return list(path_oidc.paths(backend))
+
+
+class JWTAuthBackend(Backend):
+    """One mounted JWT/OIDC auth method: its paths, config/key/role caches and renewal.
+
+    The OIDC flow (``path_oidc``) uses ``config``, ``role``, ``key_source`` and
+    ``path_login.login_auth`` + ``claims.validate_role_claims`` from here.
+    """
+
+    def __init__(self, type_name: str = "jwt") -> None:
+        super().__init__()
+        self.type_name = type_name
+        self._config: JWTConfig | None = None
+        self._source: KeySource | None = None
+        self._source_for: JWTConfig | None = None
+        self._roles: dict[str, Role] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.paths = [
+            path_config(self),
+            path_role_list(self),
+            path_role(self),
+            path_explain(self),
+            path_login(self),
+            *_oidc_paths(self),
+        ]
+        for spec in self.paths:
+            # Exactly login, oidc/auth_url and oidc/callback are unauthenticated.
+            spec.unauthenticated = any(spec.compiled.fullmatch(p) for p in UNAUTHENTICATED_PATHS)
+
+    # -- entities ----------------------------------------------------------------------
+    async def config(self, storage: Storage | None) -> JWTConfig | None:
+        """The mount's config (cached), or None when it was never written."""
+        if self._config is not None:
+            return self._config
+        assert storage is not None
+        raw = await storage.get(CONFIG_KEY)
+        if raw is None:
+            return None
+        config = JWTConfig.from_storage(raw)
+        if self._config is None:
+            self._config = config
+        return self._config
+
+    async def role(self, storage: Storage | None, name: str) -> Role | None:
+        """The role ``name`` (lower-cased; cached), or None. Callers must not mutate it."""
+        name = name.lower()
+        cached = self._roles.get(name)
+        if cached is not None:
+            return cached
+        assert storage is not None
+        raw = await storage.get(ROLE_PREFIX + name)
+        if raw is None:
+            return None
+        role = Role.from_storage(raw)
+        self._roles.setdefault(name, role)
+        return self._roles[name]
+
+    def install_role(self, name: str, role: Role) -> None:
+        """Cache a role that was just written."""
+        self._roles[name.lower()] = role
+
+    # -- keys --------------------------------------------------------------------------
+    def build_key_source(self, config: JWTConfig, system: SystemView | Any) -> KeySource:
+        """A fresh, uncached KeySource for ``config`` (used by config writes to check it).
+
+        :raises InvalidRequest: unparseable keys (``error parsing public key: ...``).
+        """
+        return build_key_source(config.to_storage(), system.fetcher, clock=system.now)
+
+    async def key_source(self, config: JWTConfig, system: SystemView | Any) -> KeySource:
+        """The cached KeySource for ``config``, built on first use.
+
+        :raises InvalidRequest: ``error configuring token validator: <reason>``.
+        """
+        if self._source is not None and self._source_for is config:
+            return self._source
+        try:
+            source = self.build_key_source(config, system)
+        except InvalidRequest as exc:
+            raise InvalidRequest("error configuring token validator: " + "; ".join(exc.messages)) from None
+        if config is self._config:
+            self._retire(self._source)
+            self._source, self._source_for = source, config
+        return source
+
+    async def install_config(self, config: JWTConfig, source: KeySource | None) -> None:
+        """Cache a config that was just written, with the KeySource its write checked."""
+        self._retire(self._source)
+        self._config = config
+        self._source, self._source_for = source, (config if source is not None else None)
+
+    def _retire(self, source: KeySource | None) -> None:
+        if source is None:
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(source.close())
+        except RuntimeError:  # no loop (invalidate from sync code at shutdown): nothing to cancel
+            return
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # -- hooks -------------------------------------------------------------------------
+    def invalidate(self, key: str) -> None:
+        """Drop caches derived from storage ``key`` (``config`` or ``role/<name>``)."""
+        if key == CONFIG_KEY:
+            self._retire(self._source)
+            self._config, self._source, self._source_for = None, None, None
+        elif key.startswith(ROLE_PREFIX):
+            self._roles.pop(key[len(ROLE_PREFIX) :], None)
+        elif key == "":
+            self.invalidate(CONFIG_KEY)
+            self._roles.clear()
+
+    async def renew(self, req: Request, auth: Auth) -> Auth:
+        """Renewal: the role must still exist; its current TTLs and policies apply.
+
+        :raises InvalidRequest: ``role <name> does not exist during renewal``.
+        """
+        name = str(auth.internal_data.get("role", ""))
+        role = await self.role(req.storage, name) if name else None
+        if role is None:
+            raise InvalidRequest(f"role {name} does not exist during renewal")
+        policies = sanitize_policies(role.token_policies)
+        if "root" in policies:
+            raise InvalidRequest("auth methods cannot create root tokens")
+        return dataclasses.replace(
+            auth,
+            ttl=role.token_ttl,
+            max_ttl=role.token_max_ttl,
+            period=role.token_period,
+            policies=policies,
+        )
+
+    async def cleanup(self) -> None:
+        """Stop key-source background work."""
+        source, self._source, self._source_for = self._source, None, None
+        if source is not None:
+            await source.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def factory(type_name: str = "jwt") -> JWTAuthBackend:
+    """Build one backend per mount."""
+    return JWTAuthBackend(type_name)
+
+
+register("jwt", lambda: JWTAuthBackend("jwt"))
+register("oidc", lambda: JWTAuthBackend("oidc"))

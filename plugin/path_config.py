@@ -1,0 +1,281 @@
+"""The ``config`` path: mount-wide key source and OIDC settings (vault-api.md section 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from plugin.errors import InvalidRequest
+from plugin.framework import Operation, PathSpec, Request, Response
+from plugin.jose_verify import HMAC_ALGS, SUPPORTED_ALGS
+from plugin.schema import Field, FieldSet, FieldType
+
+if TYPE_CHECKING:
+    from plugin.backend import JWTAuthBackend
+
+__all__ = ["CONFIG_KEY", "CONFIG_FIELDS", "JWTConfig", "validate_config", "allowed_algs", "path_config"]
+
+CONFIG_KEY = "config"
+
+_S = FieldType.STRING
+_CSS = FieldType.COMMA_STRING_SLICE
+
+CONFIG_FIELDS = FieldSet(
+    {
+        "oidc_discovery_url": Field(
+            _S,
+            "OIDC Discovery URL, without any .well-known component (base path). Cannot be used "
+            "with 'jwks_url', 'jwks_pairs', 'jwt_validation_pubkeys' or "
+            "'jwt_validation_hmac_secrets'.",
+            default="",
+        ),
+        "oidc_discovery_ca_pem": Field(
+            _S, "The CA certificate or chain of certificates, in PEM format, to use to validate "
+            "connections to the OIDC Discovery URL. If not set, system certificates are used.",
+            default="",
+        ),
+        "oidc_client_id": Field(_S, "The OAuth Client ID configured with your OIDC provider.", default=""),
+        "oidc_client_secret": Field(
+            _S, "The OAuth Client Secret configured with your OIDC provider. Never returned.",
+            default="", sensitive=True,
+        ),
+        "oidc_response_mode": Field(
+            _S, "The response mode to be used in the OAuth2 request: 'query' (the default) or "
+            "'form_post'.", default="",
+        ),
+        "oidc_response_types": Field(
+            _CSS, "The response types to request: 'code' (the default) and/or 'id_token'.", default=[]
+        ),
+        "jwks_url": Field(
+            _S, "JWKS URL to use to authenticate signatures. Cannot be used with the other key "
+            "sources.", default="",
+        ),
+        "jwks_ca_pem": Field(
+            _S, "The CA certificate or chain of certificates, in PEM format, to use to validate "
+            "connections to the JWKS URL. If not set, system certificates are used.", default="",
+        ),
+        "jwks_pairs": Field(
+            FieldType.SLICE,
+            "Set of JWKS URL and optional CA certificate pairs, as a list of objects "
+            '{"jwks_url": ..., "jwks_ca_pem": ...}. Tokens must then carry a kid header. Cannot '
+            "be used with 'jwks_url', 'jwks_ca_pem' or 'bound_issuer'.",
+            default=[],
+        ),
+        "jwt_validation_pubkeys": Field(
+            _CSS, "A list of PEM-encoded public keys (or certificates) to use to authenticate "
+            "signatures locally. Cannot be used with the other key sources.", default=[],
+        ),
+        "jwt_validation_hmac_secrets": Field(
+            _CSS, "A list of shared HMAC secrets of at least 32 bytes each, for HS256/HS384/HS512 "
+            "tokens (send a JSON list: a string is split on commas). Never returned. Cannot be "
+            "used with the other key sources.", default=[], sensitive=True,
+        ),
+        "jwt_supported_algs": Field(
+            _CSS, "A list of supported signing algorithms. Defaults to all asymmetric algorithms "
+            "(RS*, PS*, ES*, EdDSA) for JWT login, or HS256 with 'jwt_validation_hmac_secrets'. "
+            "HS* may only be used with 'jwt_validation_hmac_secrets'.", default=[],
+        ),
+        "bound_issuer": Field(_S, "The value against which to match the 'iss' claim in a JWT.", default=""),
+        "default_role": Field(
+            FieldType.LOWER_STRING, "The default role to use if none is provided during login.", default=""
+        ),
+        "provider_config": Field(FieldType.MAP, "Provider-specific configuration.", default={}),
+        "namespace_in_state": Field(
+            FieldType.BOOL, "Pass namespace in the OIDC state parameter instead of as a separate "
+            "query parameter. Defaults to true for new configs; kept when not sent on update.",
+            default=True,
+        ),
+        "unsupported_critical_cert_extensions": Field(
+            _CSS, "A list of ASN1 OIDs of certificate extensions marked Critical that are "
+            "unsupported by Vault and should be ignored.", default=[],
+        ),
+    }
+)
+
+_PROVIDERS = {"azure", "gsuite", "secureauth", "ibmisam", "okta"}
+_PROVIDER_SENSITIVE = {"gsuite": ("gsuite_service_account",), "okta": ("api_token",)}
+_KEY_FAMILIES = (
+    "'jwt_validation_pubkeys', 'jwt_validation_hmac_secrets', 'jwks_url', 'jwks_pairs' "
+    "or 'oidc_discovery_url'"
+)
+
+
+@dataclass(slots=True)
+class JWTConfig:
+    """The stored ``config`` entry (one attribute per ``CONFIG_FIELDS`` entry)."""
+
+    oidc_discovery_url: str = ""
+    oidc_discovery_ca_pem: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_response_mode: str = ""
+    oidc_response_types: list[str] = field(default_factory=list)
+    jwks_url: str = ""
+    jwks_ca_pem: str = ""
+    jwks_pairs: list[Any] = field(default_factory=list)
+    jwt_validation_pubkeys: list[str] = field(default_factory=list)
+    jwt_validation_hmac_secrets: list[str] = field(default_factory=list)
+    jwt_supported_algs: list[str] = field(default_factory=list)
+    bound_issuer: str = ""
+    default_role: str = ""
+    provider_config: dict[str, Any] = field(default_factory=dict)
+    namespace_in_state: bool = True
+    unsupported_critical_cert_extensions: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_storage(cls, raw: dict[str, Any]) -> JWTConfig:
+        """Build from a stored dict: unknown keys ignored, missing ones defaulted, nulls as zero."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in names and v is not None}
+        return cls(**kwargs)
+
+    def to_storage(self) -> dict[str, Any]:
+        """The dict written to storage."""
+        return dataclasses.asdict(self)
+
+    def public(self) -> dict[str, Any]:
+        """GET output: sensitive fields and provider secrets left out (2.3)."""
+        out = CONFIG_FIELDS.public(self.to_storage())
+        provider = dict(self.provider_config)
+        for key in _PROVIDER_SENSITIVE.get(str(provider.get("provider", "")), ()):
+            provider.pop(key, None)
+        out["provider_config"] = provider
+        return out
+
+    @property
+    def is_oidc_flow(self) -> bool:
+        """True when the OIDC browser flow is configured (discovery + client credentials)."""
+        return bool(self.oidc_discovery_url and self.oidc_client_id and self.oidc_client_secret)
+
+
+def allowed_algs(config: JWTConfig) -> list[str]:
+    """Algorithms JWT login accepts: ``jwt_supported_algs``, else the source's default set."""
+    if config.jwt_supported_algs:
+        return list(config.jwt_supported_algs)
+    if config.jwt_validation_hmac_secrets:
+        return ["HS256"]
+    return list(SUPPORTED_ALGS)
+
+
+def _check_algs(config: JWTConfig) -> None:
+    hmac_source = bool(config.jwt_validation_hmac_secrets)
+    for alg in config.jwt_supported_algs:
+        if alg not in SUPPORTED_ALGS and alg not in HMAC_ALGS:
+            raise InvalidRequest(f'invalid jwt_supported_algs: unsupported signing algorithm "{alg}"')
+        if alg in HMAC_ALGS and not hmac_source:
+            raise InvalidRequest(
+                f'invalid jwt_supported_algs: signing algorithm "{alg}" may only be used with '
+                "'jwt_validation_hmac_secrets'"
+            )
+        if alg not in HMAC_ALGS and hmac_source:
+            raise InvalidRequest(
+                f"invalid jwt_supported_algs: only {', '.join(HMAC_ALGS)} may be used with "
+                f"'jwt_validation_hmac_secrets', got \"{alg}\""
+            )
+
+
+def _check_oidc_options(config: JWTConfig) -> None:
+    for kind in config.oidc_response_types:
+        if kind not in ("code", "id_token"):
+            shown = "[" + " ".join(config.oidc_response_types) + "]"
+            raise InvalidRequest(f"invalid response_types {shown}. 'code' and 'id_token' are allowed")
+    mode = config.oidc_response_mode
+    if mode in ("", "query"):
+        if "id_token" in config.oidc_response_types:
+            raise InvalidRequest("query response_mode may not be used with an id_token response_type")
+    elif mode != "form_post":
+        raise InvalidRequest(f'invalid response_mode: "{mode}"')
+    if config.provider_config:
+        provider = config.provider_config.get("provider")
+        if provider is None:
+            raise InvalidRequest("invalid provider_config: 'provider' field not found in provider_config")
+        if provider not in _PROVIDERS:
+            raise InvalidRequest(f'invalid provider_config: provider "{provider}" not found in custom providers')
+
+
+def validate_config(config: JWTConfig) -> None:
+    """The local (no network) checks of 2.2 that come before the key-source check.
+
+    :raises InvalidRequest: the first failing check, with Vault's message.
+    """
+    families = [
+        bool(config.oidc_discovery_url),
+        bool(config.jwt_validation_pubkeys),
+        bool(config.jwt_validation_hmac_secrets),
+        bool(config.jwks_url),
+        bool(config.jwks_pairs),
+    ]
+    if sum(families) != 1:
+        raise InvalidRequest(f"exactly one of {_KEY_FAMILIES} must be set")
+    if bool(config.oidc_client_id) != bool(config.oidc_client_secret):
+        raise InvalidRequest("both 'oidc_client_id' and 'oidc_client_secret' must be set for OIDC")
+
+
+def _check_after_discovery(config: JWTConfig) -> None:
+    if config.oidc_client_id and not config.oidc_discovery_url:
+        raise InvalidRequest("'oidc_discovery_url' must be set for OIDC")
+    if config.jwks_pairs:
+        if config.jwks_ca_pem:
+            raise InvalidRequest(
+                "CA PEMs must be provided as part of the 'jwks_pairs' when using multiple JWKS URLs"
+            )
+        if config.bound_issuer:
+            raise InvalidRequest("Bound issuer is not supported for use with 'jwks_pairs'")
+        for pair in config.jwks_pairs:
+            if (
+                not isinstance(pair, dict)
+                or not isinstance(pair.get("jwks_url"), str)
+                or not isinstance(pair.get("jwks_ca_pem", ""), str)
+            ):
+                raise InvalidRequest(
+                    "invalid jwks_pairs: jwks_pairs must be provided as a list of json objects "
+                    "with the fields jwks_url and jwks_ca_pem"
+                )
+
+
+def path_config(backend: JWTAuthBackend) -> PathSpec:
+    """The ``config`` PathSpec (GET, POST/PUT)."""
+
+    async def read(req: Request, values: dict[str, Any]) -> Response | None:
+        config = await backend.config(req.storage)
+        if config is None:
+            return None
+        return Response(data=config.public())
+
+    async def write(req: Request, values: dict[str, Any]) -> Response | None:
+        previous = await backend.config(req.storage)
+        fresh = CONFIG_FIELDS.defaults()
+        fresh.update(values)
+        if "namespace_in_state" not in values and previous is not None:
+            fresh["namespace_in_state"] = previous.namespace_in_state
+        config = JWTConfig.from_storage(fresh)
+        validate_config(config)
+        source = None
+        try:
+            if config.oidc_discovery_url:
+                source = backend.build_key_source(config, req.system)
+                await source.check()
+            _check_after_discovery(config)
+            if source is None:
+                source = backend.build_key_source(config, req.system)
+                await source.check()
+            _check_algs(config)
+            _check_oidc_options(config)
+        except BaseException:
+            if source is not None:
+                await source.close()
+            raise
+        # Every check passed: only now replace the stored config (a failed write keeps it).
+        await req.storage.put(CONFIG_KEY, config.to_storage())
+        await backend.install_config(config, source)
+        return None
+
+    return PathSpec(
+        pattern="config",
+        fields=CONFIG_FIELDS,
+        operations={Operation.READ: read, Operation.UPDATE: write},
+        summary="Configure the JWT authentication backend.",
+        description="The JWT authentication backend validates JWTs (or OIDC) using the "
+        "configured credentials. A write replaces the whole configuration.",
+    )
