@@ -16,8 +16,8 @@ from bench.procs import Server, free_port, start_pinned
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = "bench"
 BATCH_ROLE = "bench-batch"
-# cli.py prints the root token once on first start with persistent storage.
-ROOT_TOKEN_RE = re.compile(r"root[ _-]?token\W*(?:id)?\W*[:=]\s*\"?([A-Za-z0-9._\-]+)", re.IGNORECASE)
+# server/cli.py's banner prints ``Root Token: <id>`` once, on first start.
+ROOT_TOKEN_RE = re.compile(r"^Root Token: (\S+)", re.MULTILINE)
 
 
 def server_argv() -> list[str]:
