@@ -1,0 +1,345 @@
+"""The built-in token/ mount, called through ``handle_request`` as the server does."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedPath
+from plugin.framework import Alias, Auth, Backend, Operation, Request, Response, StaticSystemView
+from plugin.storage import InMemoryStorage
+from server.policies import PolicyStore
+from server.token_backend import TokenBackend, mount_table_lookup
+from server.tokens import MountInfo, TokenEntry, TokenStore
+
+T0 = 1_800_000_000.0
+SYSTEM = StaticSystemView(default_lease_ttl=3600, max_lease_ttl=7200, mount_path="auth/token/", mount_accessor="auth_token_00000001")
+JWT = MountInfo("auth/jwt/", "auth_jwt_1a2b3c4d", 3600, 7200)
+HVAC_CREATE = {"no_parent": False, "no_default_policy": False, "renewable": True, "ttl": "1h", "display_name": "token", "num_uses": 0}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Env:
+    """A token store, policy store and token backend, plus a root token."""
+
+    def __init__(self, store: TokenStore, policies: PolicyStore, backend: TokenBackend, root: str, clock: Clock) -> None:
+        self.store, self.policies, self.backend, self.root, self.clock = store, policies, backend, root, clock
+
+    async def call(self, raw: str, path: str, data: dict[str, Any] | None = None, op: Operation = Operation.UPDATE) -> Response | None:
+        entry = await self.store.authenticate(raw, "127.0.0.1")
+        req = Request(operation=op, path=path, data=data or {}, system=SYSTEM, token={"entry": entry, "raw": raw})
+        try:
+            return await self.backend.handle_request(req)
+        finally:
+            await self.store.release(entry)
+
+    async def token(self, raw: str | None = None, **data: Any) -> dict[str, Any]:
+        resp = await self.call(raw or self.root, "create", data)
+        assert resp is not None and resp.auth_block is not None
+        return resp.auth_block
+
+
+@pytest.fixture
+async def env() -> Any:
+    clock = Clock()
+    store = TokenStore(InMemoryStorage(), clock=clock)
+    await store.start(sweep=False)
+    policies = PolicyStore(store.storage)
+    await policies.put("dev", 'path "secret/*" { capabilities = ["read"] }')
+    await policies.put("ops", 'path "ops/*" { capabilities = ["read"] }')
+    await policies.put("tokenadmin", 'path "auth/token/*" { capabilities = ["create", "update", "sudo"] }')
+    backend = TokenBackend(store, policies=policies)
+    yield Env(store, policies, backend, await store.create_root(), clock)
+    await store.close()
+
+
+async def test_hvac_create_as_root(env: Env) -> None:
+    resp = await env.call(env.root, "create", {"policies": ["dev"], **HVAC_CREATE})
+    assert resp is not None and resp.data is None and resp.auth is None and resp.warnings == []
+    block = resp.auth_block
+    assert block is not None
+    assert block["client_token"].startswith("hvs.") and block["policies"] == ["default", "dev"]
+    assert block["lease_duration"] == 3600 and block["renewable"] is True and block["orphan"] is False
+    data = await env.call(block["client_token"], "lookup-self", op=Operation.READ)
+    assert data is not None and data.data is not None
+    assert data.data["display_name"] == "token-token" and data.data["path"] == "auth/token/create"
+    assert data.data["id"] == block["client_token"] and data.data["policies"] == ["default", "dev"]
+
+
+async def test_create_inherits_caller_policies(env: Env) -> None:
+    parent = await env.token(policies=["dev", "ops"])
+    child = await env.token(parent["client_token"])
+    assert child["policies"] == ["default", "dev", "ops"]
+
+
+@pytest.mark.parametrize(
+    ("caller_policies", "data", "expected"),
+    [
+        (["dev", "ops"], {"policies": ["dev"]}, nullcontext(["default", "dev"])),
+        (["dev"], {"policies": ["dev", "default"]}, nullcontext(["default", "dev"])),
+        (["dev"], {"policies": ["DEV "]}, nullcontext(["default", "dev"])),
+        (["dev"], {"policies": ["ops"]}, pytest.raises(InvalidRequest, match="child policies must be subset of parent")),
+        (["dev"], {"policies": ["root"]}, pytest.raises(InvalidRequest, match="child policies must be subset of parent")),
+        (["dev", "tokenadmin"], {"policies": ["ops"]}, nullcontext(["default", "ops"])),
+        (["dev", "tokenadmin"], {"policies": [" Root"]}, pytest.raises(InvalidRequest, match="root tokens may not be created without parent token being root")),
+        (["dev"], {"no_parent": True}, pytest.raises(InvalidRequest, match="root or sudo privileges required to create orphan token")),
+        (["dev"], {"period": "1h"}, pytest.raises(InvalidRequest, match="root or sudo privileges required to create periodic token")),
+        (["dev"], {"num_uses": -1}, pytest.raises(InvalidRequest, match="number of uses cannot be negative")),
+        (["dev"], {"type": "weird"}, pytest.raises(InvalidRequest, match='invalid token type "weird"')),
+        (["dev"], {"id": "my-token"}, pytest.raises(InvalidRequest, match="custom token IDs are not supported")),
+        (["dev"], {"policies": ["response-wrapping"], "no_default_policy": True}, pytest.raises(InvalidRequest)),
+        (["dev"], {"bound_cidrs": "10.0.0.0/99"}, pytest.raises(InvalidRequest, match='invalid bound CIDR "10.0.0.0/99"')),
+    ],
+    ids=["subset", "default-always-allowed", "normalised", "not-subset", "root-not-subset", "sudo-any",
+         "sudo-not-root", "orphan-needs-sudo", "period-needs-sudo", "negative-uses", "bad-type",
+         "custom-id", "not-assignable", "bad-cidr"],
+)
+async def test_create_rules(env: Env, caller_policies: list[str], data: dict[str, Any], expected: Any) -> None:
+    caller = await env.token(policies=caller_policies)
+    with expected as want:
+        block = await env.token(caller["client_token"], **data)
+        assert block["policies"] == want
+
+
+async def test_sudo_caller_orphan_and_period(env: Env) -> None:
+    caller = await env.token(policies=["tokenadmin"])
+    orphan = await env.token(caller["client_token"], no_parent=True)
+    assert orphan["orphan"] is True
+    periodic = await env.token(caller["client_token"], period="10m", ttl="1h")
+    assert periodic["lease_duration"] == 600
+
+
+async def test_create_orphan_needs_no_sudo(env: Env) -> None:
+    caller = await env.token(policies=["dev"])
+    resp = await env.call(caller["client_token"], "create-orphan", {"policies": ["dev"]})
+    assert resp is not None and resp.auth_block is not None and resp.auth_block["orphan"] is True
+
+
+@pytest.mark.parametrize(
+    ("data", "ttl", "renewable", "warn"),
+    [
+        ({"policies": ["dev"]}, 3600, True, False),
+        ({}, 0, False, False),  # inherits root: non-expiring
+        ({"ttl": "90s"}, 90, True, False),
+        ({"ttl": "5h"}, 7200, True, True),
+        ({"ttl": "1h", "explicit_max_ttl": "10m"}, 600, True, True),
+        ({"policies": ["root"]}, 0, False, False),
+        ({"policies": ["root"], "explicit_max_ttl": "1m"}, 60, True, False),
+        ({"ttl": "1h", "renewable": False}, 3600, False, False),
+    ],
+    ids=["default", "inherit-root", "ttl", "capped", "explicit-cap", "root-non-expiring", "root-explicit", "not-renewable"],
+)
+async def test_create_ttl(env: Env, data: dict[str, Any], ttl: int, renewable: bool, warn: bool) -> None:
+    resp = await env.call(env.root, "create", data)
+    assert resp is not None and resp.auth_block is not None
+    assert resp.auth_block["lease_duration"] == ttl and resp.auth_block["renewable"] is renewable
+    assert bool(resp.warnings) is warn
+    if warn:
+        assert "TTL value is capped accordingly" in resp.warnings[0]
+
+
+async def test_expiring_root_cannot_create_non_expiring_root(env: Env) -> None:
+    expiring_root = await env.token(policies=["root"], ttl="1h")
+    with pytest.raises(InvalidRequest, match="expiring root tokens cannot create non-expiring root tokens"):
+        await env.token(expiring_root["client_token"], policies=["root"])
+
+
+async def test_display_name_sanitised(env: Env) -> None:
+    block = await env.token(display_name="my app!")
+    entry = await env.store.lookup(block["client_token"])
+    assert entry is not None and entry.display_name == "token-my-app"
+
+
+async def test_batch_tokens_via_create(env: Env) -> None:
+    with pytest.raises(InvalidRequest, match="batch tokens cannot be root tokens"):
+        await env.token(type="batch")
+    batch = await env.token(type="batch", policies=["dev"])
+    assert batch["client_token"].startswith("hvb.") and batch["token_type"] == "batch" and batch["accessor"] == ""
+    with pytest.raises(InvalidRequest, match="batch tokens cannot create non-orphan tokens"):
+        await env.token(batch["client_token"], policies=["dev"])
+    resp = await env.call(batch["client_token"], "create-orphan", {"policies": ["dev"]})
+    assert resp is not None and resp.auth_block is not None
+    with pytest.raises(InvalidRequest, match="batch tokens cannot be renewed"):
+        await env.call(batch["client_token"], "renew-self")
+    with pytest.raises(InvalidRequest, match="batch tokens cannot be revoked"):
+        await env.call(batch["client_token"], "revoke-self")
+    looked = await env.call(batch["client_token"], "lookup-self", op=Operation.READ)
+    assert looked is not None and looked.data is not None and looked.data["type"] == "batch"
+
+
+async def test_batch_child_stops_with_parent(env: Env) -> None:
+    parent = await env.token(policies=["dev"])
+    batch = await env.token(parent["client_token"], type="batch")
+    await env.store.authenticate(batch["client_token"], "127.0.0.1")
+    await env.call(parent["client_token"], "revoke-self")
+    with pytest.raises(PermissionDenied):
+        await env.store.authenticate(batch["client_token"], "127.0.0.1")
+
+
+async def test_revoke_self_takes_children(env: Env) -> None:
+    parent = await env.token(policies=["dev"])
+    child = await env.token(parent["client_token"])
+    orphan = await env.call(parent["client_token"], "create-orphan", {})
+    assert orphan is not None and orphan.auth_block is not None
+    assert await env.call(parent["client_token"], "revoke-self") is None
+    for b in (parent, child):
+        with pytest.raises(PermissionDenied):
+            await env.store.authenticate(b["client_token"], "127.0.0.1")
+    await env.store.authenticate(orphan.auth_block["client_token"], "127.0.0.1")
+
+
+async def test_lookup_variants(env: Env) -> None:
+    block = await env.token(policies=["dev"], meta={"team": "a"})
+    other = await env.call(env.root, "lookup", {"token": block["client_token"]})
+    assert other is not None and other.data is not None
+    assert other.data["id"] == block["client_token"] and other.data["meta"] == {"team": "a"}
+    by_acc = await env.call(env.root, "lookup-accessor", {"accessor": block["accessor"]})
+    assert by_acc is not None and by_acc.data is not None
+    assert by_acc.data["id"] == "" and by_acc.data["accessor"] == block["accessor"]
+    self_ = await env.call(block["client_token"], "lookup", {})
+    assert self_ is not None and self_.data is not None and self_.data["id"] == block["client_token"]
+    with pytest.raises(PermissionDenied, match="bad token"):
+        await env.call(env.root, "lookup", {"token": "hvs.doesnotexist0000000000"})
+    with pytest.raises(InvalidRequest, match="invalid accessor"):
+        await env.call(env.root, "lookup-accessor", {"accessor": "nope"})
+    with pytest.raises(InvalidRequest, match="missing accessor"):
+        await env.call(env.root, "lookup-accessor", {})
+
+
+async def test_lookup_does_not_consume_uses(env: Env) -> None:
+    block = await env.token(policies=["dev"], num_uses=2)
+    for _ in range(3):
+        await env.call(env.root, "lookup", {"token": block["client_token"]})
+    resp = await env.call(block["client_token"], "lookup-self", op=Operation.READ)
+    assert resp is not None and resp.data is not None and resp.data["num_uses"] == 1
+
+
+async def test_renew_self_token_created(env: Env) -> None:
+    block = await env.token(policies=["dev"], ttl="10m")
+    env.clock.now += 300
+    resp = await env.call(block["client_token"], "renew-self", {"increment": "20m"})
+    assert resp is not None and resp.auth_block is not None
+    assert resp.auth_block["lease_duration"] == 1200 and resp.auth_block["client_token"] == block["client_token"]
+    resp = await env.call(env.root, "renew", {"token": block["client_token"]})
+    assert resp is not None and resp.auth_block is not None and resp.auth_block["lease_duration"] == 600
+    with pytest.raises(InvalidRequest, match="token not found"):
+        await env.call(env.root, "renew", {"token": "hvs.doesnotexist0000000000"})
+
+
+async def test_renew_not_renewable(env: Env) -> None:
+    block = await env.token(policies=["dev"], renewable=False)
+    with pytest.raises(InvalidRequest, match="lease is not renewable"):
+        await env.call(block["client_token"], "renew-self")
+
+
+class RenewingBackend(Backend):
+    """A fake auth method whose renew hook re-reads a role's TTL."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.role_ttl: int | None = 120
+        self.seen: list[Auth] = []
+
+    async def renew(self, req: Request, auth: Auth) -> Auth:
+        self.seen.append(auth)
+        if self.role_ttl is None:
+            raise InvalidRequest(f"role {auth.internal_data['role']} does not exist during renewal")
+        auth.ttl = self.role_ttl
+        return auth
+
+
+def fake_table(backend: Backend) -> Any:
+    entry = SimpleNamespace(path="jwt/", accessor=JWT.accessor)
+    mount = SimpleNamespace(entry=entry, backend=backend, storage=InMemoryStorage(), system=SYSTEM)
+    return SimpleNamespace(mounts={"jwt/": mount}, effective_ttls=lambda e: (JWT.default_lease_ttl, JWT.max_lease_ttl))
+
+
+async def test_renew_login_token_calls_backend(env: Env) -> None:
+    method = RenewingBackend()
+    env.backend.mount_lookup = mount_table_lookup(lambda: fake_table(method))
+    login, _ = await env.store.issue(
+        Auth(policies=["dev"], alias=Alias("alice"), internal_data={"role": "r1"}, ttl=600), mount=JWT
+    )
+    resp = await env.call(login["client_token"], "renew-self")
+    assert resp is not None and resp.auth_block is not None and resp.auth_block["lease_duration"] == 120
+    assert method.seen[0].internal_data == {"role": "r1"}
+    method.role_ttl = None
+    with pytest.raises(InvalidRequest, match="role r1 does not exist during renewal"):
+        await env.call(login["client_token"], "renew-self")
+
+
+async def test_renew_login_token_backend_without_renew(env: Env) -> None:
+    env.backend.mount_lookup = mount_table_lookup(lambda: fake_table(Backend()))
+    login, _ = await env.store.issue(Auth(policies=["dev"], alias=Alias("alice")), mount=JWT)
+    with pytest.raises(InvalidRequest, match="does not support renewal"):
+        await env.call(login["client_token"], "renew-self")
+
+
+async def test_renew_login_token_without_mount_lookup(env: Env) -> None:
+    login, _ = await env.store.issue(Auth(policies=["dev"], alias=Alias("alice")), mount=JWT)
+    with pytest.raises(InvalidRequest, match="not available for renewal"):
+        await env.call(login["client_token"], "renew-self")
+
+
+async def test_revoke_paths(env: Env) -> None:
+    a = await env.token(policies=["dev"])
+    b = await env.token(policies=["dev"])
+    assert await env.call(env.root, "revoke-accessor", {"accessor": a["accessor"]}) is None
+    assert await env.call(env.root, "revoke", {"token": b["client_token"]}) is None
+    assert await env.call(env.root, "revoke", {"token": "hvs.unknown0000000000000000"}) is None
+    for blk in (a, b):
+        with pytest.raises(PermissionDenied):
+            await env.store.authenticate(blk["client_token"], "127.0.0.1")
+    with pytest.raises(InvalidRequest, match="invalid accessor"):
+        await env.call(env.root, "revoke-accessor", {"accessor": a["accessor"]})
+
+
+async def test_revoke_orphan(env: Env) -> None:
+    parent = await env.token(policies=["dev"])
+    child = await env.token(parent["client_token"])
+    with pytest.raises(InvalidRequest, match="root or sudo privileges required to revoke and orphan"):
+        await env.call(parent["client_token"], "revoke-orphan", {"token": parent["client_token"]})
+    await env.call(env.root, "revoke-orphan", {"token": parent["client_token"]})
+    entry = await env.store.authenticate(child["client_token"], "127.0.0.1")
+    assert entry.orphan is True
+    with pytest.raises(PermissionDenied):
+        await env.store.authenticate(parent["client_token"], "127.0.0.1")
+
+
+async def test_unknown_role_and_path(env: Env) -> None:
+    with pytest.raises(InvalidRequest, match="unknown role ci"):
+        await env.call(env.root, "create/ci", {})
+    with pytest.raises(UnsupportedPath):
+        await env.call(env.root, "roles", {})
+
+
+async def test_tidy(env: Env) -> None:
+    block = await env.token(policies=["dev"], ttl="1m")
+    env.clock.now += 120
+    resp = await env.call(env.root, "tidy")
+    assert resp is not None and resp.status == 202 and "Tidy operation" in resp.warnings[0]
+    assert await env.store.lookup_accessor(block["accessor"]) is None
+
+
+async def test_missing_caller_token_denied(env: Env) -> None:
+    req = Request(operation=Operation.READ, path="lookup-self", system=SYSTEM)
+    with pytest.raises(PermissionDenied):
+        await env.backend.handle_request(req)
+
+
+async def test_request_token_as_dict_entry(env: Env) -> None:
+    entry = await env.store.authenticate(env.root, "127.0.0.1")
+    req = Request(operation=Operation.READ, path="lookup-self", system=SYSTEM, token={"entry": entry.to_dict(), "raw": env.root})
+    resp = await env.backend.handle_request(req)
+    assert resp is not None and resp.data is not None and resp.data["policies"] == ["root"]
+    assert isinstance(TokenEntry.from_dict(entry.to_dict()), TokenEntry)
