@@ -61,6 +61,8 @@ class MountInfo:
     accessor: str  # e.g. "auth_jwt_1a2b3c4d"
     default_lease_ttl: int  # effective seconds (mount tune, else system default)
     max_lease_ttl: int  # effective seconds (mount tune, else system max)
+    #: The mount's tuned token_type: default-service | default-batch | service | batch.
+    token_type: str = "default-service"
 
 
 @dataclass(slots=True)
@@ -255,13 +257,20 @@ def login_display_name(mount_path: str, auth: Auth) -> str:
     return (source + name).removesuffix("-")
 
 
-def resolve_token_type(value: str) -> str:
-    """Map Auth/mount token types onto ``service`` or ``batch``."""
+def resolve_token_type(value: str, mount_type: str = "default-service") -> str:
+    """``service`` or ``batch`` from the backend's Auth and the mount's tuned token_type.
+
+    As in Vault, a mount tuned to ``service`` or ``batch`` forces that type; the
+    ``default-*`` settings only fill in an Auth that says ``default``.
+    """
+    mount = (mount_type or "default-service").strip().lower()
+    if mount in ("service", "batch"):
+        return mount
     v = (value or "default").strip().lower()
-    if v in ("", "default", "service", "default-service"):
-        return "service"
-    if v in ("batch", "default-batch"):
-        return "batch"
+    if v in ("", "default", "default-service", "default-batch"):
+        return "batch" if mount == "default-batch" else "service"
+    if v in ("service", "batch"):
+        return v
     raise InvalidRequest(f'invalid token type "{value}"')
 
 
@@ -365,7 +374,7 @@ class TokenStore:
         if "root" in policies:
             raise InvalidRequest("auth methods cannot create root tokens")
         check_assignable(policies)
-        token_type = resolve_token_type(auth.token_type)
+        token_type = resolve_token_type(auth.token_type, mount.token_type)
         if auth.num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
         now = self.clock()

@@ -16,6 +16,7 @@ from plugin.storage import InMemoryStorage
 from server.tokens import (
     MountInfo,
     TokenEntry,
+    resolve_token_type,
     TokenStore,
     calculate_ttl,
     cidr_allows,
@@ -503,3 +504,32 @@ def test_calculate_ttl_past_max() -> None:
 def test_sanitize_policies() -> None:
     assert sanitize_policies([" B", "a", "", "b "], add_default=True) == ["a", "b", "default"]
     assert sanitize_policies(["root"], add_default=True) == ["root"]
+
+
+@pytest.mark.parametrize(
+    ("auth_type", "mount_type", "expected"),
+    [
+        ("default", "default-service", "service"),
+        ("default", "default-batch", "batch"),
+        ("batch", "default-service", "batch"),
+        ("service", "default-batch", "service"),
+        ("batch", "service", "service"),
+        ("service", "batch", "batch"),
+        ("", "", "service"),
+    ],
+    ids=["default", "default-batch-mount", "role-batch", "role-service", "mount-forces-service",
+         "mount-forces-batch", "empty"],
+)
+def test_resolve_token_type(auth_type: str, mount_type: str, expected: str) -> None:
+    assert resolve_token_type(auth_type, mount_type) == expected
+
+
+def test_resolve_token_type_invalid() -> None:
+    with pytest.raises(InvalidRequest, match='invalid token type "weird"'):
+        resolve_token_type("weird")
+
+
+async def test_mount_token_type_applies_at_issue(store: TokenStore) -> None:
+    batch_mount = MountInfo("auth/jwt/", JWT.accessor, 3600, 7200, token_type="default-batch")
+    block, _ = await store.issue(login(), mount=batch_mount)
+    assert block["token_type"] == "batch" and block["client_token"].startswith("hvb.")
