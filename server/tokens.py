@@ -694,6 +694,11 @@ class TokenStore:
         if renew_hook is not None:
             auth = await renew_hook(current)
             if auth is not None:
+                # Vault's plugins refuse renewal when the role's policies changed; a token's
+                # policies are fixed at issue, so a changed answer here must not extend it.
+                now_policies = set(sanitize_policies(auth.policies, add_default=False)) - {"default"}
+                if now_policies != set(current.policies) - {"default"}:
+                    raise InvalidRequest("policies have changed, not renewing")
                 backend_ttl, period, backend_max = auth.ttl, auth.period, auth.max_ttl
                 explicit = auth.explicit_max_ttl or explicit
         now = self.clock()

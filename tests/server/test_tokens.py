@@ -533,3 +533,22 @@ async def test_mount_token_type_applies_at_issue(store: TokenStore) -> None:
     batch_mount = MountInfo("auth/jwt/", JWT.accessor, 3600, 7200, token_type="default-batch")
     block, _ = await store.issue(login(), mount=batch_mount)
     assert block["token_type"] == "batch" and block["client_token"].startswith("hvb.")
+
+
+@pytest.mark.parametrize(
+    ("role_policies", "ok"),
+    [(["dev"], True), (["DEV", "default"], True), (["dev", "ops"], False), ([], False)],
+    ids=["same", "same-normalised", "grown", "shrunk"],
+)
+async def test_renew_refused_when_role_policies_changed(store: TokenStore, role_policies: list[str], ok: bool) -> None:
+    block, _ = await store.issue(login(), mount=JWT)
+
+    async def hook(entry: TokenEntry) -> Auth:
+        auth = entry.to_auth()
+        auth.policies = role_policies
+        return auth
+
+    entry = await store.lookup(block["client_token"])
+    assert entry is not None
+    with nullcontext() if ok else pytest.raises(InvalidRequest, match="policies have changed, not renewing"):
+        await store.renew(entry, mount=JWT, renew_hook=hook)
