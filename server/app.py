@@ -20,6 +20,7 @@ from server.mounts import MountTable, normalize_path
 from server.policies import PolicyStore
 from server.routes import setup_routes
 from server.settings import Settings, SettingsError
+from server.token_backend import TokenBackend
 from server.tokens import TokenStore
 
 __all__ = ["create_app", "seed", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY"]
@@ -68,7 +69,7 @@ def _core_context(given_storage: Any) -> Any:
             except (ValueError, RuntimeError, OSError) as exc:
                 raise StartupError(f"storage: {exc}") from exc
         tokens = TokenStore(storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl)
-        policies = _policy_store(storage)
+        policies = PolicyStore(storage)
         fetcher = AiohttpFetcher()
         mounts: MountTable | None = None
         try:
@@ -81,7 +82,7 @@ def _core_context(given_storage: Any) -> Any:
 
             mounts = MountTable(
                 storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
-                fetcher=fetcher, token_factory=_token_backend_factory(tokens, lambda: app[MOUNTS]),
+                fetcher=fetcher, token_factory=_token_backend_factory(tokens, policies, lambda: app[MOUNTS]),
                 on_disable=revoke,
             )
             await mounts.load()
@@ -107,50 +108,10 @@ def _core_context(given_storage: Any) -> Any:
     return ctx
 
 
-def _policy_store(storage: Any) -> Any:
-    try:
-        return PolicyStore(storage)
-    except NotImplementedError:  # TEMPORARY until server/policies.py lands: root-only ACLs
-        return _RootOnlyPolicies(storage)
-
-
-class _RootOnlyPolicies:
-    """Interim stand-in for PolicyStore: only the root policy grants anything."""
-
-    def __init__(self, storage: Any) -> None:
-        self.storage = storage
-
-    async def acl_for(self, policies: list[str]) -> Any:
-        root = "root" in policies
-
-        class _ACL:
-            def allows(self, path: str, capability: str) -> bool:
-                return root
-
-        return _ACL()
-
-    async def get(self, name: str) -> str | None:
-        value = await self.storage.get("sys/policy/" + name)
-        return None if value is None else value["policy"]
-
-    async def put(self, name: str, text: str) -> None:
-        await self.storage.put("sys/policy/" + name, {"policy": text})
-
-    async def delete(self, name: str) -> None:
-        await self.storage.delete("sys/policy/" + name)
-
-    async def list(self) -> list[str]:
-        return sorted({"default", "root", *await self.storage.list("sys/policy/")})
-
-
-def _token_backend_factory(tokens: Any, mounts: Any) -> Any:
-    """The backend of the built-in ``token/`` mount."""
+def _token_backend_factory(tokens: Any, policies: Any, mounts: Any) -> Any:
+    """The backend of the built-in ``token/`` mount (renewal looks mounts up lazily)."""
     def factory() -> Backend:
-        try:
-            from server.token_backend import TokenBackend
-        except ImportError:
-            return Backend()
-        return TokenBackend(tokens)
+        return TokenBackend(tokens, policies=policies, mounts=mounts)
 
     return factory
 

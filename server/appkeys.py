@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SETTINGS", "STORAGE", "TOKENS", "POLICIES", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
+    "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -24,3 +25,12 @@ FETCHER: web.AppKey[Any] = web.AppKey("fetcher")
 ROOT_TOKEN: web.AppKey[str | None] = web.AppKey("root_token")
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at")
 CLUSTER_ID: web.AppKey[str] = web.AppKey("cluster_id")
+
+# -- per-request storage ---------------------------------------------------------------
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
+#: The mount path serving the request (for the request log line).
+MOUNT: web.RequestKey[str] = web.RequestKey("mount")
+#: The effective client address (after trusted-proxy handling), computed once.
+REMOTE_ADDR: web.RequestKey[str] = web.RequestKey("remote_addr")
+#: The caller's raw token once authenticated (handed to the token/ backend only).
+TOKEN_RAW: web.RequestKey[str] = web.RequestKey("token_raw")

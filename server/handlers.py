@@ -12,10 +12,9 @@ from aiohttp import web
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.framework import Connection, Operation, Request, Response
-from server.appkeys import MOUNTS, POLICIES, SETTINGS, TOKENS
+from server.appkeys import MOUNT, MOUNTS, POLICIES, REMOTE_ADDR, REQUEST_ID, SETTINGS, TOKEN_RAW, TOKENS
 from server.errors import error_response
 from server.listparser import is_list_verb
-from server.log import REQUEST_ID
 from server.mounts import Mount
 from server.tokens import MountInfo
 
@@ -167,7 +166,7 @@ def remote_addr(request: web.Request) -> str:
 
     :raises InvalidRequest: the chain is shorter than the hop skips, or the entry is no IP.
     """
-    cached = request.get("remote_addr")
+    cached = request.get(REMOTE_ADDR)
     if cached is not None:
         return cached
     peer = request.remote or ""
@@ -193,7 +192,7 @@ def remote_addr(request: web.Request) -> str:
                     addr = str(ipaddress.ip_address(chain[idx]))
                 except ValueError as exc:
                     raise InvalidRequest("invalid x-forwarded-for address") from exc
-    request["remote_addr"] = addr
+    request[REMOTE_ADDR] = addr
     return addr
 
 
@@ -215,7 +214,7 @@ async def authorize(request: web.Request, path: str, capabilities: Sequence[str]
         if not acl.allows(path, cap):
             await release(request, entry)
             raise PermissionDenied()
-    request["token_raw"] = raw
+    request[TOKEN_RAW] = raw
     return entry
 
 
@@ -254,7 +253,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         raise no_route("auth/" + path)
     mount, rel = found
     entry_path = mount.entry.path
-    request["mount"] = entry_path
+    request[MOUNT] = entry_path
     if op is Operation.LIST and rel and not rel.endswith("/"):
         rel += "/"
     remote = remote_addr(request)
@@ -276,10 +275,10 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
             if not acl.allows(full, cap):
                 await release(request, entry)
                 raise PermissionDenied()
-            request["token_raw"] = raw
+            request[TOKEN_RAW] = raw
         else:
             entry = await authorize(request, full, (_CAPABILITY[op],))
-        req.token = {"entry": entry, "raw": request["token_raw"]}
+        req.token = {"entry": entry, "raw": request[TOKEN_RAW]}
     try:
         resp = await backend.handle_request(req)
     finally:
@@ -298,7 +297,7 @@ async def respond(request: web.Request, resp: Response | None, mount: Mount, op:
     if op is Operation.LIST and not (resp.data or {}).get("keys"):
         return error_response(404, [])
     warnings = list(resp.warnings)
-    auth_block = None
+    auth_block = resp.auth_block
     if resp.auth is not None:
         table = request.app[MOUNTS]
         entry = mount.entry

@@ -14,9 +14,10 @@ import orjson
 import structlog
 from aiohttp import web
 
+from server.appkeys import MOUNT, REQUEST_ID
+
 __all__ = ["configure_logging", "redact", "request_log_middleware", "setup_request_log", "REQUEST_ID"]
 
-REQUEST_ID = "request_id"
 
 #: Field names whose values are never logged.
 SECRET_KEYS = frozenset({
@@ -107,7 +108,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
             "request",
             method=request.method,
             path=request.path,
-            mount=request.get("mount"),
+            mount=request.get(MOUNT),
             status=status,
             duration_ms=round((time.perf_counter() - start) * 1000, 3),
         )

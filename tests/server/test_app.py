@@ -1,0 +1,382 @@
+"""The HTTP adapter, envelope, sys endpoints and ACL checks against ``create_app``."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from plugin import registry
+from plugin.errors import InvalidRequest
+from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Response
+from plugin.schema import Field, FieldSet, FieldType
+from server.app import create_app
+from server.appkeys import MOUNTS
+from server.listparser import make_test_server
+from server.settings import Settings, StorageSettings
+
+ROOT = "root-token-for-tests"
+
+
+class EchoBackend(Backend):
+    """A tiny auth method: unauthenticated ``login``, ``item/<name>`` CRUD, ``echo``."""
+
+    type_name = "echo"
+
+    def __init__(self) -> None:
+        super().__init__()
+        name = {"name": Field(FieldType.NAME, "Item name.")}
+        value = {"value": Field(FieldType.STRING, "Item value.")}
+        self.items: dict[str, str] = {}
+        self.paths = [
+            PathSpec("login", FieldSet({"policies": Field(FieldType.COMMA_STRING_SLICE, "Policies.")}),
+                     {Operation.UPDATE: self._login}, unauthenticated=True),
+            PathSpec(r"item/?", FieldSet({}), {Operation.LIST: self._list}),
+            PathSpec(r"item/(?P<name>\w+)", FieldSet({**name, **value}),
+                     {Operation.READ: self._read, Operation.UPDATE: self._write, Operation.DELETE: self._delete},
+                     existence_check=self._exists),
+            PathSpec("echo", FieldSet({}), {Operation.UPDATE: self._echo, Operation.READ: self._echo}),
+            PathSpec("raw", FieldSet({}), {Operation.READ: self._raw}, unauthenticated=True),
+            PathSpec("boom", FieldSet({}), {Operation.READ: self._boom}),
+        ]
+
+    async def _login(self, req: Request, values: dict[str, Any]) -> Response:
+        return Response(auth=Auth(display_name="tester", policies=values.get("policies", []), ttl=600))
+
+    async def _list(self, req: Request, values: dict[str, Any]) -> Response:
+        return Response(data={"keys": sorted(await req.storage.list("item/"))})
+
+    async def _exists(self, req: Request, values: dict[str, Any]) -> bool:
+        return await req.storage.get("item/" + values["name"]) is not None
+
+    async def _read(self, req: Request, values: dict[str, Any]) -> Response | None:
+        value = await req.storage.get("item/" + values["name"])
+        return None if value is None else Response(data={"value": value})
+
+    async def _write(self, req: Request, values: dict[str, Any]) -> None:
+        if values.get("value") == "bad":
+            raise InvalidRequest("value must not be bad")
+        await req.storage.put("item/" + values["name"], values.get("value", ""))
+
+    async def _delete(self, req: Request, values: dict[str, Any]) -> None:
+        await req.storage.delete("item/" + values["name"])
+
+    async def _echo(self, req: Request, values: dict[str, Any]) -> Response:
+        return Response(data={
+            "data": req.data, "remote": req.connection.remote_addr if req.connection else None,
+            "has_token": req.token is not None, "headers": sorted(req.headers),
+        })
+
+    async def _raw(self, req: Request, values: dict[str, Any]) -> Response:
+        return Response(raw_body=b"<html>ok</html>", status=200, content_type="text/html; charset=utf-8")
+
+    async def _boom(self, req: Request, values: dict[str, Any]) -> Response:
+        raise RuntimeError("secret internal detail")
+
+
+registry.register("echo", EchoBackend)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    return dataclasses.replace(base, **overrides)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any) -> TestClient:
+    return await aiohttp_client(make_test_server(create_app(make_settings())))
+
+
+@pytest.fixture
+async def echo(client: TestClient) -> TestClient:
+    resp = await client.post("/v1/sys/auth/echo", json={"type": "echo"}, headers=H)
+    assert resp.status == 204
+    return client
+
+
+H = {"X-Vault-Token": ROOT}
+
+
+async def login(client: TestClient, policies: str = "") -> str:
+    resp = await client.post("/v1/auth/echo/login", json={"policies": policies})
+    assert resp.status == 200
+    return (await resp.json())["auth"]["client_token"]
+
+
+# -- health ------------------------------------------------------------------------------
+async def test_health_get_is_unauthenticated(client: TestClient) -> None:
+    resp = await client.get("/v1/sys/health")
+    body = await resp.json()
+    assert resp.status == 200
+    assert body["initialized"] is True and body["sealed"] is False and body["standby"] is False
+    assert {"server_time_utc", "version", "cluster_name", "cluster_id"} <= set(body)
+
+
+async def test_health_head(client: TestClient) -> None:
+    resp = await client.head("/v1/sys/health")
+    assert resp.status == 200
+    assert await resp.read() == b""
+
+
+# -- envelope and adapter ------------------------------------------------------------------
+async def test_envelope_has_exact_keys(echo: TestClient) -> None:
+    resp = await echo.post("/v1/auth/echo/echo", json={"a": 1}, headers=H)
+    body = await resp.json()
+    assert resp.headers["Content-Type"] == "application/json"
+    assert set(body) == {"request_id", "lease_id", "renewable", "lease_duration", "data", "wrap_info",
+                         "warnings", "auth", "mount_type"}
+    assert body["mount_type"] == "echo"
+    assert body["warnings"] == ["Endpoint ignored these unrecognized parameters: [a]"]
+    assert body["data"]["data"] == {"a": 1}
+    assert body["data"]["has_token"] is True
+    assert "x-vault-token" not in body["data"]["headers"]
+
+
+async def test_crud_roundtrip_and_204(echo: TestClient) -> None:
+    assert (await echo.post("/v1/auth/echo/item/one", json={"value": "v1"}, headers=H)).status == 204
+    resp = await echo.get("/v1/auth/echo/item/one", headers=H)
+    assert (await resp.json())["data"] == {"value": "v1"}
+    assert (await echo.put("/v1/auth/echo/item/one", json={"value": "v2"}, headers=H)).status == 204
+    assert (await (await echo.get("/v1/auth/echo/item/one", headers=H)).json())["data"]["value"] == "v2"
+    assert (await echo.delete("/v1/auth/echo/item/one", headers=H)).status == 204
+    resp = await echo.get("/v1/auth/echo/item/one", headers=H)
+    assert resp.status == 404
+    assert await resp.json() == {"errors": []}
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [("?list=true", 200), ("?list=True", 200), ("?list=1", 200), ("?list=false", 405), ("", 405)],
+    ids=["true", "True (hvac Client.list)", "1", "false is a read", "no list"],
+)
+async def test_get_list_query(echo: TestClient, query: str, status: int) -> None:
+    await echo.post("/v1/auth/echo/item/a", json={"value": "x"}, headers=H)
+    resp = await echo.get("/v1/auth/echo/item" + query, headers=H)
+    assert resp.status == status
+    if status == 200:
+        assert (await resp.json())["data"]["keys"] == ["a"]
+
+
+async def test_list_non_boolean_is_400(echo: TestClient) -> None:
+    resp = await echo.get("/v1/auth/echo/item?list=maybe", headers=H)
+    assert resp.status == 400
+    assert "list" in (await resp.json())["errors"][0]
+
+
+async def test_empty_list_is_404_with_empty_errors(echo: TestClient) -> None:
+    resp = await echo.get("/v1/auth/echo/item?list=true", headers=H)
+    assert resp.status == 404
+    assert resp.headers["Content-Type"] == "application/json"
+    assert await resp.json() == {"errors": []}
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [(b"{bad json", "application/json"), (b"[1, 2]", "application/json"), (b'"str"', "application/json"),
+     (b"{\"a\": 1", "application/x-www-form-urlencoded")],
+    ids=["malformed", "array", "string", "form type but JSON-looking body"],
+)
+async def test_bad_json_is_400(echo: TestClient, body: bytes, ctype: str) -> None:
+    resp = await echo.post("/v1/auth/echo/echo", data=body, headers={**H, "Content-Type": ctype})
+    assert resp.status == 400
+    assert resp.headers["Content-Type"] == "application/json"
+    assert await resp.json() == {"errors": ["error parsing JSON"]}
+
+
+async def test_form_body(echo: TestClient) -> None:
+    resp = await echo.post("/v1/auth/echo/echo", data="a=1&b=2&b=3",
+                           headers={**H, "Content-Type": "application/x-www-form-urlencoded"})
+    assert (await resp.json())["data"]["data"] == {"a": "1", "b": ["2", "3"]}
+
+
+async def test_query_args_become_data_on_get(echo: TestClient) -> None:
+    resp = await echo.get("/v1/auth/echo/echo?x=1&y=2&y=3", headers=H)
+    assert (await resp.json())["data"]["data"] == {"x": "1", "y": ["2", "3"]}
+
+
+async def test_empty_post_body_is_empty_data(echo: TestClient) -> None:
+    resp = await echo.post("/v1/auth/echo/echo", headers=H)
+    assert (await resp.json())["data"]["data"] == {}
+
+
+async def test_body_too_large_is_413_json(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(make_test_server(create_app(make_settings(max_request_size=2048))))
+    resp = await client.post("/v1/auth/token/lookup-self", data=b"{" + b" " * 5000 + b"}",
+                             headers={**H, "Content-Type": "application/json"})
+    assert resp.status == 413
+    assert resp.headers["Content-Type"] == "application/json"
+    assert (await resp.json())["errors"] == ["http: request body too large"]
+
+
+async def test_unknown_mount_is_404_no_handler(client: TestClient) -> None:
+    resp = await client.get("/v1/auth/nothing/here", headers=H)
+    assert resp.status == 404
+    assert (await resp.json())["errors"] == ['no handler for route "auth/nothing/here". route entry not found.']
+
+
+async def test_unknown_v1_path_is_404(client: TestClient) -> None:
+    resp = await client.get("/v1/secret/foo", headers=H)
+    assert resp.status == 404
+    assert "no handler for route" in (await resp.json())["errors"][0]
+
+
+async def test_unsupported_path_in_mount(echo: TestClient) -> None:
+    resp = await echo.get("/v1/auth/echo/nope", headers=H)
+    assert resp.status == 404
+    assert (await resp.json())["errors"] == ["unsupported path"]
+
+
+async def test_unsupported_method_is_405(echo: TestClient) -> None:
+    resp = await echo.patch("/v1/auth/echo/item/a", json={}, headers=H)
+    assert resp.status == 405
+
+
+async def test_internal_error_is_generic_500(echo: TestClient) -> None:
+    resp = await echo.get("/v1/auth/echo/boom", headers=H)
+    assert resp.status == 500
+    assert resp.headers["Content-Type"] == "application/json"
+    body = await resp.text()
+    assert body == '{"errors":["internal error"]}'
+
+
+async def test_raw_body_response(echo: TestClient) -> None:
+    resp = await echo.get("/v1/auth/echo/raw")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert await resp.text() == "<html>ok</html>"
+
+
+async def test_plugin_error_becomes_400(echo: TestClient) -> None:
+    resp = await echo.post("/v1/auth/echo/item/x", json={"value": "bad"}, headers=H)
+    assert resp.status == 400
+    assert await resp.json() == {"errors": ["value must not be bad"]}
+
+
+# -- tokens, login, ACL --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-Vault-Token": "hvs.nope"}, {"Authorization": "Bearer hvs.nope"}, {"Authorization": "Basic x"}],
+    ids=["no token", "unknown token", "unknown bearer", "not bearer"],
+)
+async def test_authenticated_path_needs_token(echo: TestClient, headers: dict[str, str]) -> None:
+    resp = await echo.get("/v1/auth/echo/item/a", headers=headers)
+    assert resp.status == 403
+    assert resp.headers["Content-Type"] == "application/json"
+    assert await resp.json() == {"errors": ["permission denied"]}
+
+
+async def test_bearer_token_accepted(echo: TestClient) -> None:
+    resp = await echo.post("/v1/auth/echo/echo", json={}, headers={"Authorization": f"Bearer {ROOT}"})
+    assert resp.status == 200
+
+
+async def test_login_ignores_invalid_x_vault_token_and_issues_auth(echo: TestClient) -> None:
+    resp = await echo.post("/v1/auth/echo/login", json={"policies": "p1"}, headers={"X-Vault-Token": "garbage"})
+    body = await resp.json()
+    assert resp.status == 200
+    auth = body["auth"]
+    assert auth["client_token"] and auth["accessor"]
+    assert "p1" in auth["policies"] and "default" in auth["policies"]
+    assert auth["lease_duration"] == 600
+    assert body["mount_type"] == "echo"
+    lookup = await echo.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": auth["client_token"]})
+    data = (await lookup.json())["data"]
+    assert data["path"].startswith("auth/echo/")
+    assert data["display_name"].startswith("echo")
+
+
+async def test_acl_denies_without_policy(echo: TestClient) -> None:
+    token = await login(echo, "nothing")
+    resp = await echo.get("/v1/auth/echo/item/a", headers={"X-Vault-Token": token})
+    assert resp.status == 403
+
+
+async def test_acl_grants_by_capability(echo: TestClient) -> None:
+    policy = 'path "auth/echo/item/*" { capabilities = ["read", "create"] }\npath "auth/echo/item/" { capabilities = ["list"] }'
+    assert (await echo.put("/v1/sys/policies/acl/reader", json={"policy": policy}, headers=H)).status == 204
+    await echo.post("/v1/auth/echo/item/a", json={"value": "x"}, headers=H)
+    token = {"X-Vault-Token": await login(echo, "reader")}
+    assert (await echo.get("/v1/auth/echo/item/a", headers=token)).status == 200
+    assert (await echo.get("/v1/auth/echo/item?list=true", headers=token)).status == 200
+    assert (await echo.delete("/v1/auth/echo/item/a", headers=token)).status == 403
+    # The item exists, so a write needs "update", which the policy lacks ...
+    assert (await echo.post("/v1/auth/echo/item/a", json={"value": "y"}, headers=token)).status == 403
+    # ... while a new item only needs "create" (decided by the path's existence check).
+    assert (await echo.post("/v1/auth/echo/item/b", json={"value": "y"}, headers=token)).status == 204
+    # sys endpoints need sudo.
+    assert (await echo.get("/v1/sys/auth", headers=token)).status == 403
+
+
+# -- remote address / X-Forwarded-For ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("trusted", "skips", "xff", "expected"),
+    [
+        ((), 0, "1.2.3.4", "127.0.0.1"),
+        (("127.0.0.0/8",), 0, "1.1.1.1, 2.2.2.2, 3.3.3.3", "3.3.3.3"),
+        (("127.0.0.0/8",), 1, "1.1.1.1, 2.2.2.2, 3.3.3.3", "2.2.2.2"),
+        (("10.0.0.0/8",), 0, "1.2.3.4", "127.0.0.1"),
+        (("127.0.0.0/8",), 0, None, "127.0.0.1"),
+    ],
+    ids=["no trusted proxies: XFF ignored", "rightmost", "hop skip 1", "untrusted peer: ignored", "absent"],
+)
+async def test_remote_addr(aiohttp_client: Any, trusted: tuple[str, ...], skips: int, xff: str | None, expected: str) -> None:
+    settings = make_settings(
+        trusted_proxies=tuple(ipaddress.ip_network(c) for c in trusted), x_forwarded_for_hop_skips=skips
+    )
+    client = await aiohttp_client(make_test_server(create_app(settings)))
+    await client.post("/v1/sys/auth/echo", json={"type": "echo"}, headers=H)
+    headers = dict(H)
+    if xff is not None:
+        headers["X-Forwarded-For"] = xff
+    resp = await client.post("/v1/auth/echo/echo", json={}, headers=headers)
+    assert (await resp.json())["data"]["remote"] == expected
+
+
+async def test_xff_chain_shorter_than_hop_skips_is_400(aiohttp_client: Any) -> None:
+    settings = make_settings(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),), x_forwarded_for_hop_skips=2)
+    client = await aiohttp_client(make_test_server(create_app(settings)))
+    resp = await client.get("/v1/sys/auth", headers={**H, "X-Forwarded-For": "1.1.1.1"})
+    assert resp.status == 400
+    assert "hops to skip" in (await resp.json())["errors"][0]
+
+
+# -- sys/auth ------------------------------------------------------------------------------
+async def test_sys_auth_list_copies_data_to_top(echo: TestClient) -> None:
+    body = await (await echo.get("/v1/sys/auth", headers=H)).json()
+    assert set(body["data"]) == {"echo/", "token/"}
+    assert body["echo/"] == body["data"]["echo/"]
+    entry = body["data"]["echo/"]
+    assert entry["type"] == "echo"
+    assert entry["accessor"].startswith("auth_echo_") and len(entry["accessor"]) == len("auth_echo_") + 8
+    assert set(entry["config"]) >= {"default_lease_ttl", "max_lease_ttl", "force_no_cache", "token_type"}
+
+
+async def test_openapi_lists_mount_paths(echo: TestClient) -> None:
+    body = await (await echo.get("/v1/sys/internal/specs/openapi", headers=H)).json()
+    assert "/auth/echo/login" in body["paths"]
+    assert "/auth/echo/item/{name}" in body["paths"]
+
+
+async def test_policy_crud(client: TestClient) -> None:
+    policy = 'path "auth/*" { capabilities = ["read"] }'
+    assert (await client.put("/v1/sys/policy/dev", json={"policy": policy}, headers=H)).status == 204
+    body = await (await client.get("/v1/sys/policy/dev", headers=H)).json()
+    assert body["rules"] == policy and body["name"] == "dev"
+    listing = await (await client.get("/v1/sys/policy", headers=H)).json()
+    assert "dev" in listing["policies"] and "dev" in listing["data"]["keys"]
+    acl = await (await client.request("LIST", "/v1/sys/policies/acl", headers=H)).json()
+    assert "dev" in acl["data"]["keys"]
+    assert (await (await client.get("/v1/sys/policies/acl/dev", headers=H)).json())["data"]["policy"] == policy
+    bad = await client.put("/v1/sys/policies/acl/broken", json={"policy": "path {"}, headers=H)
+    assert bad.status == 400
+    assert (await client.delete("/v1/sys/policies/acl/dev", headers=H)).status == 204
+    assert (await client.get("/v1/sys/policies/acl/dev", headers=H)).status == 404
+
+
+async def test_mount_table_seen_by_app(echo: TestClient) -> None:
+    table = echo.server.app[MOUNTS]
+    found = table.match("echo/item/x")
+    assert found is not None and found[1] == "item/x"

@@ -1,0 +1,139 @@
+"""The LIST verb on aiohttp's C parser: the request framer, raw sockets, keep-alive, pipelining."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.listparser import MARKER_HEADER, MARKER_VALUE, RequestFramer, make_test_server
+from server.settings import Settings, StorageSettings
+
+ROOT = "root-for-list-tests"
+
+
+# -- the framer alone ----------------------------------------------------------------------
+def feed_all(chunks: list[bytes]) -> bytes:
+    framer = RequestFramer()
+    return b"".join(framer.feed(c) for c in chunks)
+
+
+LIST_REQ = b"LIST /v1/auth/jwt/role HTTP/1.1\r\nHost: x\r\n\r\n"
+POST_REQ = b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nLIST /abcde"
+CHUNKED_REQ = (b"POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nLIST \r\n6;ext=1\r\nLIST /\r\n0\r\nTrailer: 1\r\n\r\n")
+GET_REQ = b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\n\r\n"
+MARKED = b"GET /v1/auth/jwt/role HTTP/1.1\r\n" + f"{MARKER_HEADER}: {MARKER_VALUE}\r\n".encode() + b"Host: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"),
+    [
+        (LIST_REQ, MARKED),
+        (GET_REQ, GET_REQ),
+        (POST_REQ + LIST_REQ, POST_REQ + MARKED),
+        (CHUNKED_REQ + LIST_REQ, CHUNKED_REQ + MARKED),
+        (GET_REQ + LIST_REQ + GET_REQ, GET_REQ + MARKED + GET_REQ),
+    ],
+    ids=["list", "get untouched", "body bytes LIST are not a request", "chunked body then LIST", "pipelined"],
+)
+def test_framer_rewrites_only_request_lines(stream: bytes, expected: bytes) -> None:
+    assert feed_all([stream]) == expected
+    # Any split of the stream into two TCP reads gives the same bytes.
+    for cut in range(1, len(stream)):
+        assert feed_all([stream[:cut], stream[cut:]]) == expected, cut
+
+
+def test_framer_byte_by_byte() -> None:
+    stream = POST_REQ + CHUNKED_REQ + LIST_REQ
+    assert feed_all([stream[i : i + 1] for i in range(len(stream))]) == POST_REQ + CHUNKED_REQ + MARKED
+
+
+def test_framer_strips_client_marker_header() -> None:
+    forged = b"GET /v1/x HTTP/1.1\r\nX-Authmount-List: " + MARKER_VALUE.encode() + b"\r\nHost: x\r\n\r\n"
+    assert feed_all([forged]) == b"GET /v1/x HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\nLIST / HTTP/1.1\r\n\r\n",
+     b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nLIST / HTTP/1.1\r\n\r\n",
+     b"GET / HTTP/1.1\nHost: x\n\nLIST / HTTP/1.1\r\n\r\n"],
+    ids=["bad content-length", "non-chunked transfer-encoding", "bare LF"],
+)
+def test_framer_steps_aside_on_malformed_streams(stream: bytes) -> None:
+    assert feed_all([stream]) == stream
+
+
+# -- through a real socket -----------------------------------------------------------------
+@pytest.fixture
+async def client(aiohttp_client: Any) -> TestClient:
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    client = await aiohttp_client(make_test_server(create_app(settings)))
+    for name in ("b", "a"):
+        body = orjson.dumps({"policy": f'path "auth/{name}" {{ capabilities = ["read"] }}'})
+        resp = await client.put(f"/v1/sys/policies/acl/{name}", data=body, headers={"X-Vault-Token": ROOT})
+        assert resp.status == 204
+    return client
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ln)}
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+def req(method: str, path: str, body: bytes = b"") -> bytes:
+    extra = f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n" if body else ""
+    return f"{method} {path} HTTP/1.1\r\nHost: t\r\nX-Vault-Token: {ROOT}\r\n{extra}\r\n".encode() + body
+
+
+async def test_list_keepalive_several_requests_one_connection(client: TestClient) -> None:
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        for _ in range(3):
+            writer.write(req("LIST", "/v1/sys/policies/acl"))
+            status, headers, body = await read_response(reader)
+            assert status == 200
+            assert headers["content-type"] == "application/json"
+            assert {"a", "b", "default", "root"} <= set(orjson.loads(body)["data"]["keys"])
+            writer.write(req("GET", "/v1/sys/health"))
+            status, _, _ = await read_response(reader)
+            assert status == 200
+            writer.write(req("POST", "/v1/sys/policies/acl/c", b'{"policy": "path \\"x\\" {capabilities=[\\"read\\"]}"}'))
+            status, _, _ = await read_response(reader)
+            assert status == 204
+    finally:
+        writer.close()
+
+
+async def test_list_pipelined_after_body(client: TestClient) -> None:
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        body = b'{"policy": "path \\"LIST \\" {capabilities=[\\"read\\"]}"}'
+        writer.write(req("PUT", "/v1/sys/policies/acl/z", body) + req("LIST", "/v1/sys/policies/acl"))
+        assert (await read_response(reader))[0] == 204
+        status, _, listing = await read_response(reader)
+        assert status == 200
+        assert "z" in orjson.loads(listing)["data"]["keys"]
+    finally:
+        writer.close()
+
+
+async def test_forged_marker_is_a_plain_get(client: TestClient) -> None:
+    resp = await client.get("/v1/sys/policies/acl", headers={"X-Vault-Token": ROOT, MARKER_HEADER: MARKER_VALUE})
+    # The framer strips the header, so this is an ordinary GET (not a LIST): 405.
+    assert resp.status == 405
+
+
+async def test_list_method_from_aiohttp_client(client: TestClient) -> None:
+    resp = await client.request("LIST", "/v1/sys/policies/acl", headers={"X-Vault-Token": ROOT})
+    assert resp.status == 200
+    assert "a" in (await resp.json())["data"]["keys"]

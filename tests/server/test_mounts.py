@@ -1,0 +1,202 @@
+"""MountTable: path rules, longest prefix, nested refusal, persistence, tune, disable, invalidation."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import pytest
+
+from plugin import registry
+from plugin.errors import InvalidRequest
+from plugin.framework import Backend
+from plugin.storage import InMemoryStorage
+from server.mounts import MOUNTS_KEY, MountTable, normalize_path
+
+DAY = 86400
+
+
+class RecordingBackend(Backend):
+    """Remembers invalidations and cleanups."""
+
+    type_name = "rec"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.invalidated: list[str] = []
+        self.cleaned = False
+
+    def invalidate(self, key: str) -> None:
+        self.invalidated.append(key)
+
+    async def cleanup(self) -> None:
+        self.cleaned = True
+
+
+registry.register("rec", RecordingBackend)
+
+
+async def make_table(storage: Any = None, **kw: Any) -> MountTable:
+    table = MountTable(storage or InMemoryStorage(), default_lease_ttl=32 * DAY, max_lease_ttl=32 * DAY, **kw)
+    await table.load()
+    return table
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("jwt", nullcontext("jwt/")), ("/jwt/", nullcontext("jwt/")), ("team-a/jwt", nullcontext("team-a/jwt/")),
+     ("", pytest.raises(InvalidRequest, match="empty")), ("a//b", pytest.raises(InvalidRequest, match="invalid")),
+     ("a/../b", pytest.raises(InvalidRequest, match="invalid")), ("a b", pytest.raises(InvalidRequest))],
+    ids=["plain", "slashes stripped", "nested path", "empty", "empty segment", "dot-dot", "space"],
+)
+def test_normalize_path(raw: str, expected: Any) -> None:
+    with expected as value:
+        assert normalize_path(raw) == value
+
+
+async def test_token_mount_always_present_and_not_disableable() -> None:
+    table = await make_table()
+    assert table.mounts["token/"].entry.type == "token"
+    assert table.mounts["token/"].entry.accessor.startswith("auth_token_")
+    with pytest.raises(InvalidRequest, match="cannot be disabled"):
+        await table.disable("token")
+
+
+@pytest.mark.parametrize(
+    ("mounted", "path", "expected"),
+    [
+        (["jwt"], "jwt/login", ("jwt/", "login")),
+        (["jwt"], "jwt", ("jwt/", "")),
+        (["jwt"], "jwt/role/a/b", ("jwt/", "role/a/b")),
+        (["team-a/jwt", "team-b"], "team-a/jwt/login", ("team-a/jwt/", "login")),
+        (["team-b"], "team-b/x", ("team-b/", "x")),
+        (["jwt"], "jwtx/login", None),
+        (["jwt"], "other", None),
+    ],
+    ids=["simple", "mount root", "deep", "slash in mount path", "sibling", "prefix is not a segment", "none"],
+)
+async def test_longest_prefix(mounted: list[str], path: str, expected: Any) -> None:
+    table = await make_table()
+    for p in mounted:
+        await table.enable(p, "rec")
+    found = table.match(path)
+    assert (None if found is None else (found[0].entry.path, found[1])) == expected
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("jwt", "jwt"), ("jwt", "jwt/sub"), ("team/jwt", "team"), ("token/x", None)],
+    ids=["duplicate", "nested below", "nested above", "below token/"],
+)
+async def test_nested_mounts_refused(first: str, second: str | None) -> None:
+    table = await make_table()
+    if second is None:
+        first, second = "jwt", first
+        await table.enable(first, "rec")
+        conflict = "token/"
+    else:
+        await table.enable(first, "rec")
+        conflict = normalize_path(first)
+    with pytest.raises(InvalidRequest, match=f"path is already in use at {conflict}$"):
+        await table.enable(second, "rec")
+
+
+async def test_unknown_type_names_it() -> None:
+    table = await make_table()
+    with pytest.raises(InvalidRequest, match="plugin not found in the catalog: nosuch"):
+        await table.enable("x", "nosuch")
+
+
+async def test_persisted_and_reloaded() -> None:
+    storage = InMemoryStorage()
+    table = await make_table(storage)
+    entry = await table.enable("team-a/jwt", "rec", description="d", config={"default_lease_ttl": "1h"})
+    again = await make_table(storage)
+    loaded = again.mounts["team-a/jwt/"].entry
+    assert (loaded.uuid, loaded.accessor, loaded.description) == (entry.uuid, entry.accessor, "d")
+    assert loaded.config["default_lease_ttl"] == 3600
+    assert again.mounts["token/"].entry.uuid == table.mounts["token/"].entry.uuid
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"default_lease_ttl": "1h", "max_lease_ttl": "2h"}, nullcontext((3600, 7200))),
+        ({"default_lease_ttl": "3h", "max_lease_ttl": "2h"}, pytest.raises(InvalidRequest, match="default lease TTL greater")),
+        ({"max_lease_ttl": "999h"}, pytest.raises(InvalidRequest, match="system max")),
+        ({"token_type": "nope"}, pytest.raises(InvalidRequest, match="invalid value for 'token_type'")),
+        ({"default_lease_ttl": "-1s"}, pytest.raises(InvalidRequest, match="negative")),
+        ({"default_lease_ttl": "system"}, nullcontext((32 * DAY, 32 * DAY))),
+    ],
+    ids=["ok", "default > max", "above system max", "bad token_type", "negative", "system resets"],
+)
+async def test_tune(values: dict[str, Any], expected: Any) -> None:
+    table = await make_table()
+    await table.enable("jwt", "rec")
+    before = dict(table.mounts["jwt/"].entry.config)
+    with expected as ttls:
+        await table.tune("jwt", values)
+        mount = table.mounts["jwt/"]
+        assert table.effective_ttls(mount.entry) == ttls
+        assert (mount.system.default_lease_ttl, mount.system.max_lease_ttl) == ttls
+        return
+    assert table.mounts["jwt/"].entry.config == before  # a failed tune changes nothing
+
+
+async def test_disable_deletes_storage_revokes_and_cleans_up() -> None:
+    storage = InMemoryStorage()
+    revoked: list[str] = []
+
+    async def on_disable(entry: Any) -> None:
+        revoked.append(entry.accessor)
+
+    table = await make_table(storage, on_disable=on_disable)
+    entry = await table.enable("jwt", "rec")
+    mount = table.mounts["jwt/"]
+    await mount.storage.put("config", {"x": 1})
+    await storage.put("auth/other/keep", 1)
+    assert await table.disable("/jwt/") is True
+    assert revoked == [entry.accessor]
+    assert await storage.get(f"auth/{entry.uuid}/config") is None
+    assert await storage.get("auth/other/keep") == 1
+    assert mount.backend.cleaned
+    assert table.match("jwt/login") is None
+    assert await table.disable("jwt") is False  # missing mount: not an error
+
+
+async def test_failed_write_leaves_table_intact() -> None:
+    table = await make_table()
+    await table.enable("jwt", "rec")
+    snapshot = dict(table.mounts)
+    with pytest.raises(InvalidRequest):
+        await table.enable("jwt/nested", "rec")
+    assert table.mounts == snapshot
+    stored = await table.storage.get(MOUNTS_KEY)
+    assert [e["path"] for e in stored["entries"]] == ["token/", "jwt/"]
+
+
+async def test_invalidation_reaches_backend_and_reloads_table() -> None:
+    storage = InMemoryStorage()
+    node_a = await make_table(storage)
+    node_b = await make_table(storage)
+    entry = await node_a.enable("jwt", "rec")
+    node_b.invalidate(MOUNTS_KEY)
+    assert node_b._reload_task is not None
+    await node_b._reload_task
+    mount_b = node_b.mounts["jwt/"]
+    node_b.invalidate(f"auth/{entry.uuid}/config")
+    assert mount_b.backend.invalidated == ["config"]
+    await node_a.disable("jwt")
+    node_b.invalidate(MOUNTS_KEY)
+    await node_b._reload_task
+    assert "jwt/" not in node_b.mounts and mount_b.backend.cleaned
+
+
+async def test_sys_auth_shape() -> None:
+    table = await make_table()
+    entry = await table.enable("jwt", "rec", description="hello")
+    public = entry.public()
+    assert set(public) == {"accessor", "config", "description", "local", "options", "plugin_version",
+                           "running_plugin_version", "running_sha256", "seal_wrap", "external_entropy_access",
+                           "type", "uuid", "deprecation_status"}
+    assert public["config"]["token_type"] == "default-service"
