@@ -1,0 +1,132 @@
+"""role/<name>/explain (decisions.md item 13): every login check reported, nothing issued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fakes import Harness
+from keyfactory import ec_key, make_token
+from plugin.errors import InvalidRequest
+
+KEY = ec_key()
+OTHER = ec_key()
+
+
+@pytest.fixture
+async def h() -> Harness:
+    h = Harness()
+    await h.write("config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": "https://idp"})
+    await h.write("role/ci", {
+        "role_type": "jwt", "user_claim": "sub", "bound_audiences": "vault", "groups_claim": "groups",
+        "claim_mappings": {"repo": "repo"},
+        "bound_claims": {"ref": ["release/*", "main"], "env": "prod", "team": "infra"}, "bound_claims_type": "glob",
+    })
+    return h
+
+
+def token(h: Harness, key: Any = KEY, **over: Any) -> str:
+    claims: dict[str, Any] = {"sub": "ci-bot", "aud": "vault", "iss": "https://idp", "iat": int(h.clock.now),
+                              "exp": int(h.clock.now) + 300, "ref": "release/1.2", "env": "prod", "team": "infra",
+                              "repo": "org/app", "groups": ["ci"]}
+    for k, v in over.items():
+        if v is None:
+            claims.pop(k, None)
+        else:
+            claims[k] = v
+    return make_token(claims, key=key)
+
+
+async def explain(h: Harness, jwt: str, role: str = "ci", **extra: Any) -> dict[str, Any]:
+    resp = await h.write(f"role/{role}/explain", {"jwt": jwt, **extra})
+    assert resp is not None and resp.auth is None and resp.data is not None
+    return resp.data
+
+
+def by_name(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for check in data["checks"]:
+        out.setdefault(check["check"], []).append(check)
+    return out
+
+
+async def test_success(h: Harness) -> None:
+    data = await explain(h, token(h))
+    assert data["would_succeed"] is True
+    assert all(c["ok"] for c in data["checks"])
+    names = [c["check"] for c in data["checks"]]
+    assert names[:5] == ["role_type", "parse", "algorithm", "signature", "issuer"]
+    assert names.count("bound_claim") == 3
+    assert data["claims"]["sub"] == "ci-bot"
+    assert data["identity"] == {"alias_name": "ci-bot", "metadata": {"repo": "org/app", "role": "ci"}, "groups": ["ci"]}
+
+
+async def test_reports_every_bound_claim(h: Harness) -> None:
+    data = await explain(h, token(h, ref="main2", env="dev"))
+    assert data["would_succeed"] is False
+    bound = by_name(data)["bound_claim"]
+    assert [c["ok"] for c in bound] == [False, False, True]
+    assert bound[0]["detail"] == 'error validating claims: claim "ref" is "main2", role expects one of ["release/*", "main"]'
+    assert bound[1]["detail"] == 'error validating claims: claim "env" is "dev", role expects one of ["prod"]'
+
+
+async def test_continues_past_signature_failure(h: Harness) -> None:
+    data = await explain(h, token(h, key=OTHER, aud="other", exp=int(h.clock.now) - 3600, iat=int(h.clock.now) - 7200))
+    checks = by_name(data)
+    assert data["would_succeed"] is False
+    assert checks["signature"][0]["ok"] is False
+    assert checks["audience"][0]["ok"] is False and "role expects one of" in checks["audience"][0]["detail"]
+    assert checks["time"][0]["ok"] is False and "token is expired" in checks["time"][0]["detail"]
+    assert all(c["ok"] for c in checks["bound_claim"])
+    assert data["claims"]["aud"] == "other"
+
+
+async def test_identity_failures_reported(h: Harness) -> None:
+    data = await explain(h, token(h, sub=None, groups=[1]))
+    checks = by_name(data)
+    assert checks["user_claim"][0]["ok"] is False and checks["groups"][0]["ok"] is False
+    assert "identity" not in data
+
+
+async def test_unparseable_token(h: Harness) -> None:
+    data = await explain(h, "not-a-jwt")
+    assert data["would_succeed"] is False and data["claims"] is None
+    assert by_name(data)["parse"][0]["detail"].startswith("error validating token:")
+
+
+async def test_oidc_role_reported(h: Harness) -> None:
+    await h.write("role/web", {"user_claim": "sub", "allowed_redirect_uris": "https://x", "bound_audiences": "vault"})
+    data = await explain(h, token(h), role="web")
+    assert data["would_succeed"] is False
+    assert by_name(data)["role_type"][0] == {"check": "role_type", "ok": False, "detail": "role with oidc role_type is not allowed"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "ok", "skipped"),
+    [({}, True, True), ({"remote_addr": "10.0.0.5"}, True, False), ({"remote_addr": "192.168.1.1"}, False, False)],
+    ids=["skipped", "inside", "outside"],
+)
+async def test_bound_cidrs(h: Harness, extra: dict[str, Any], ok: bool, skipped: bool) -> None:
+    await h.write("role/ci", {"role_type": "jwt", "bound_claims_type": "glob", "token_bound_cidrs": "10.0.0.0/8"})
+    data = await explain(h, token(h), **extra)
+    cidr = by_name(data)["bound_cidrs"][0]
+    assert cidr["ok"] is ok and cidr.get("skipped", False) is skipped
+    assert data["would_succeed"] is ok
+
+
+@pytest.mark.parametrize(
+    ("role", "data", "message"),
+    [("ci", {}, "missing token"), ("nope", {"jwt": "x"}, 'role "nope" could not be found')],
+    ids=["no-jwt", "unknown-role"],
+)
+async def test_request_errors(h: Harness, role: str, data: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        await h.write(f"role/{role}/explain", data)
+
+
+async def test_issues_nothing_and_needs_token(h: Harness) -> None:
+    assert not h.backend.is_unauthenticated("role/ci/explain")
+    before = dict(h.storage._data)
+    await explain(h, token(h))
+    assert h.storage._data == before

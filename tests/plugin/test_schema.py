@@ -1,0 +1,134 @@
+"""plugin.schema coercion/durations/FieldSet, and parity between field schemas and stored dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import nullcontext
+from typing import Any
+
+import pytest
+
+from plugin.backend import JWTAuthBackend
+from plugin.errors import InvalidRequest
+from plugin.path_config import CONFIG_FIELDS, JWTConfig
+from plugin.path_role import ROLE_FIELDS, Role
+from plugin.schema import Field, FieldSet, FieldType, coerce, format_duration, parse_duration
+from plugin.token_fields import TOKEN_FIELDS, TokenParams
+
+T = FieldType
+BAD = pytest.raises(InvalidRequest, match="^Field validation failed: error converting input")
+
+COERCE = [
+    ("string", T.STRING, "a", nullcontext("a")),
+    ("string-int", T.STRING, 42, nullcontext("42")),
+    ("string-bool", T.STRING, True, nullcontext("1")),
+    ("string-float", T.STRING, 1.5, nullcontext("1.5")),
+    ("string-list", T.STRING, ["a"], BAD),
+    ("lower", T.LOWER_STRING, "MyRole", nullcontext("myrole")),
+    ("bool-true", T.BOOL, "true", nullcontext(True)),
+    ("bool-zero", T.BOOL, "0", nullcontext(False)),
+    ("bool-number", T.BOOL, 2, nullcontext(True)),
+    ("bool-bad", T.BOOL, "maybe", BAD),
+    ("int", T.INT, "12", nullcontext(12)),
+    ("int-float", T.INT, 3.0, nullcontext(3)),
+    ("int-bad", T.INT, "1.5", BAD),
+    ("int-bool", T.INT, True, BAD),
+    ("css-string", T.COMMA_STRING_SLICE, " a, b ,c", nullcontext(["a", "b", "c"])),
+    ("css-empty", T.COMMA_STRING_SLICE, "", nullcontext([])),
+    ("css-empties-kept", T.COMMA_STRING_SLICE, "a,,b", nullcontext(["a", "", "b"])),
+    ("css-list", T.COMMA_STRING_SLICE, [" x ", 5], nullcontext(["x", "5"])),
+    ("duration-int", T.DURATION, 30, nullcontext(30)),
+    ("duration-go", T.DURATION, "1h30m", nullcontext(5400)),
+    ("duration-days", T.DURATION, "2d", nullcontext(172800)),
+    ("duration-empty", T.DURATION, "", nullcontext(0)),
+    ("duration-negative", T.DURATION, "-1", BAD),
+    ("duration-hr", T.DURATION, "1hr", BAD),
+    ("signed-negative", T.SIGNED_DURATION, "-1", nullcontext(-1)),
+    ("signed-go", T.SIGNED_DURATION, "-5s", nullcontext(-5)),
+    ("map", T.MAP, {"a": 1}, nullcontext({"a": 1})),
+    ("map-json-string", T.MAP, '{"a": 1}', nullcontext({"a": 1})),
+    ("map-list", T.MAP, [1], BAD),
+    ("kv-object", T.KV_PAIRS, {"a": 1}, nullcontext({"a": "1"})),
+    ("kv-list", T.KV_PAIRS, ["a=b", "c=d=e"], nullcontext({"a": "b", "c": "d=e"})),
+    ("kv-bad", T.KV_PAIRS, ["x"], BAD),
+    ("slice", T.SLICE, [{"a": 1}], nullcontext([{"a": 1}])),
+    ("slice-empty-object", T.SLICE, {}, nullcontext([])),
+    ("slice-object", T.SLICE, {"a": 1}, BAD),
+]
+
+
+@pytest.mark.parametrize(("ftype", "raw", "expect"), [c[1:] for c in COERCE], ids=[c[0] for c in COERCE])
+def test_coerce(ftype: FieldType, raw: Any, expect: Any) -> None:
+    with expect as want:
+        assert coerce("f", Field(ftype, "d"), raw) == want
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0s"), (5, "5s"), (65, "1m5s"), (90000, "25h0m0s"), (86400, "24h0m0s"), (-3, "-3s")]
+)
+def test_format_duration(seconds: int, text: str) -> None:
+    assert format_duration(seconds) == text
+    assert parse_duration(text, signed=True) == seconds
+
+
+def test_fieldset_parse_public_openapi() -> None:
+    fs = FieldSet({
+        "a": Field(T.STRING, "A", default="x"),
+        "s": Field(T.STRING, "secret", default="", sensitive=True),
+        "old": Field(T.INT, "legacy", default=0, alias_of="new"),
+        "new": Field(T.INT, "new", default=0),
+        "name": Field(T.NAME, "captured"),
+    })
+    values, unknown = fs.parse({"a": 1, "zz": 1, "bb": 2, "s": "t"})
+    assert values == {"a": "1", "s": "t"} and unknown == ["bb", "zz"]
+    assert fs.public({"s": "t"}) == {"a": "x", "new": 0}
+    api = fs.openapi()
+    assert api["s"]["x-sensitive"] is True and "name" not in api
+    assert fs.defaults() == {"a": "x", "s": "", "new": 0, "name": None}
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+@pytest.mark.parametrize(
+    ("cls", "fields"),
+    [(JWTConfig, CONFIG_FIELDS), (Role, ROLE_FIELDS), (TokenParams, FieldSet(dict(TOKEN_FIELDS)))],
+    ids=["config", "role", "token-params"],
+)
+def test_dataclass_matches_schema(cls: type, fields: FieldSet) -> None:
+    """Every stored attribute has exactly one Field, and the reverse (path captures excluded)."""
+    declared = {n for n, f in fields.items() if f.type is not T.NAME}
+    assert _names(cls) == declared
+    for f in dataclasses.fields(cls):
+        assert _default(f) == fields[f.name].default_value(), f.name
+
+
+def test_sensitive_fields() -> None:
+    sensitive = {n for n, f in CONFIG_FIELDS.items() if f.sensitive}
+    assert sensitive == {"oidc_client_secret", "jwt_validation_hmac_secrets"}
+    assert not any(f.sensitive for _, f in ROLE_FIELDS.items())
+
+
+def test_legacy_fields_are_aliases() -> None:
+    aliases = {n: f.alias_of for n, f in ROLE_FIELDS.items() if f.alias_of}
+    assert aliases == {"policies": "token_policies", "ttl": "token_ttl", "max_ttl": "token_max_ttl",
+                       "period": "token_period", "num_uses": "token_num_uses", "bound_cidrs": "token_bound_cidrs"}
+    assert all(ROLE_FIELDS[n].deprecated for n in aliases)
+
+
+def test_backend_openapi() -> None:
+    paths = JWTAuthBackend().openapi_paths("auth/jwt/")
+    assert {"/auth/jwt/config", "/auth/jwt/role/{name}", "/auth/jwt/role/{name}/explain", "/auth/jwt/login"} <= set(paths)
+    props = paths["/auth/jwt/config"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert props["oidc_client_secret"]["x-sensitive"] is True
+    assert props["jwt_validation_hmac_secrets"]["x-sensitive"] is True
+    role_props = paths["/auth/jwt/role/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert "expiration_leeway" in role_props and role_props["ttl"]["deprecated"] is True
+    assert "get" in paths["/auth/jwt/role"]
