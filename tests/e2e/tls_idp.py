@@ -1,0 +1,87 @@
+"""A tiny HTTPS discovery + JWKS server (stdlib + trustme) for CA-pinned key source tests."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import trustme
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+__all__ = ["TLSDiscoveryServer"]
+
+
+class TLSDiscoveryServer:
+    """Serves ``/.well-known/openid-configuration`` and ``/jwks`` over TLS on 127.0.0.1.
+
+    The certificate comes from ``ca`` (a ``trustme.CA``); ``sign`` makes tokens with the
+    published RSA key.
+    """
+
+    def __init__(self, ca: trustme.CA) -> None:
+        self.ca = ca
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = "tls-rs256-1"
+        public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.private_key.public_key()))
+        public.update(kid=self.kid, alg="RS256", use="sig")
+        self.jwks = {"keys": [public]}
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                if self.path == "/.well-known/openid-configuration":
+                    body: Any = outer.discovery
+                elif self.path == "/jwks":
+                    body = outer.jwks
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.socket = server_ctx.wrap_socket(self._server.socket, server_side=True)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def issuer(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def discovery(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": self.issuer + "/jwks",
+            "authorization_endpoint": self.issuer + "/auth",
+            "token_endpoint": self.issuer + "/token",
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
+
+    def sign(self, **claims: Any) -> str:
+        """A token from this issuer, valid for 5 minutes, with ``claims`` on top."""
+        now = int(time.time())
+        body = {"iss": self.issuer, "sub": "tls-svc", "aud": "vault", "iat": now, "exp": now + 300, **claims}
+        return jwt.encode(body, self.private_key, algorithm="RS256", headers={"kid": self.kid})
+
+    def __enter__(self) -> TLSDiscoveryServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
