@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from plugin.storage import Storage
+from plugin.storage import Storage, list_children
 from server.storage import open_storage
 from server.storage.postgres import like_prefix
-from server.storage.sqlite import SQLiteStorage, _prefix_upper
+from server.storage.keytree import KeyTree
+from server.storage.sqlite import SQLiteStorage
 from tests.pg import postgres_dsn, postgres_server  # noqa: F401 - fixtures
 
 ENGINES = ["memory", "sqlite", "postgres"]
@@ -251,13 +254,72 @@ async def test_sqlite_failure_in_batch_fails_only_its_caller(tmp_path: Any) -> N
     await s.close()
 
 
-@pytest.mark.parametrize(
-    ("prefix", "upper"),
-    [("a/", "a0"), ("", None), ("a\U0010ffff", "b"), ("\U0010ffff", None), ("x\ud7ff", "x\ue000")],
-    ids=["ascii", "empty", "max-codepoint-carry", "only-max", "skip-surrogates"],
-)
-def test_prefix_upper_bound(prefix: str, upper: str | None) -> None:
-    assert _prefix_upper(prefix) == upper
+async def test_sqlite_same_batch_sequences(tmp_path: Any) -> None:
+    """Puts, updates, deletes and delete_prefix of keys created in the same batch."""
+    path = str(tmp_path / "a.db")
+    s = await SQLiteStorage.open(path)
+    await s.put("keep/old", 0)
+    results = await asyncio.gather(
+        s.put("p/a", 1),
+        s.put("p/a", 2),
+        s.update("p/a", lambda old: old * 10),
+        s.put("p/b", 1),
+        s.delete("p/b"),
+        s.put("p/b", 3),
+        s.put("q/c", 1),
+        s.delete_prefix("q/"),
+        s.put("q/c", 5),
+        s.put("r/d", 1),
+        s.delete_prefix("r/"),
+        s.update("r/d", lambda old: [old]),
+    )
+    assert results == [None, None, 20, None, None, None, None, 1, None, None, 1, [None]]
+    expected = {"keep/old": 0, "p/a": 20, "p/b": 3, "q/c": 5, "r/d": [None]}
+    assert {k: await s.get(k) for k in expected} == expected
+    await s.close()
+    s = await SQLiteStorage.open(path)
+    assert {k: await s.get(k) for k in expected} == expected
+    assert await s.list("") == ["keep/", "p/", "q/", "r/"]
+    await s.close()
+
+
+async def test_sqlite_reopen_drops_duplicate_rows(tmp_path: Any) -> None:
+    path = str(tmp_path / "a.db")
+    s = await SQLiteStorage.open(path)
+    await s.put("k", "first")
+    await s.close()
+    with sqlite3.connect(path) as conn:  # a stray older row must not shadow the newest
+        conn.execute("INSERT INTO kv (seq, key, value) VALUES (0, 'k', '\"stale\"')")
+    conn.close()
+    s = await SQLiteStorage.open(path)
+    assert await s.get("k") == "first"
+    await s.delete("k")
+    await s.close()
+    s = await SQLiteStorage.open(path)
+    assert await s.get("k") is None
+    await s.close()
+
+
+def test_keytree_matches_list_children() -> None:
+    """Random adds/removes; list and prefix scans always agree with list_children."""
+    rnd = random.Random(7)
+    parts = ["a", "b", "a/", "/", "b/c", "_", "x/y/"]
+    tree, ref = KeyTree(), {}
+    for step in range(4000):
+        key = "".join(rnd.choice(parts) for _ in range(rnd.randint(1, 4)))
+        if rnd.random() < 0.6:
+            tree.set(key, step)
+            ref[key] = step
+        else:
+            assert tree.remove(key) == (key in ref)
+            ref.pop(key, None)
+        if step % 40 == 0:
+            for prefix in ("", "a", "a/", "b/", "/", "x/y/", "a/b", "b/c"):
+                assert tree.list(prefix) == list_children(ref.keys(), prefix)
+                assert tree.items_with_prefix(prefix) == {
+                    k: v for k, v in ref.items() if k.startswith(prefix)}
+            assert tree.size == len(ref)
+            assert all(tree.get(k) == v for k, v in ref.items())
 
 
 @pytest.mark.parametrize(

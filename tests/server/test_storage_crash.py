@@ -18,7 +18,8 @@ from server.storage.sqlite import SQLiteStorage
 REPO = Path(__file__).resolve().parents[2]
 
 # The child writes forever with 64 concurrent writers and prints one line per write only
-# after the write was acknowledged (i.e. committed): "P key", "U key n" or "D key".
+# after the write was acknowledged (i.e. committed): "P key", "U key n" or "D key";
+# "I key" is printed before a delete is issued (it may commit without being acknowledged).
 CHILD = r"""
 import asyncio, sys
 from server.storage.sqlite import SQLiteStorage
@@ -34,6 +35,7 @@ async def writer(store, t):
             n = await store.update(f"ctr/{t}", lambda old: (old or 0) + 1)
             print("U", f"ctr/{t}", n, flush=True)
         if i % 7 == 0:
+            print("I", f"w{t}/{i - 3}", flush=True)  # intent: may be committed, unacked
             await store.delete(f"w{t}/{i - 3}")
             print("D", f"w{t}/{i - 3}", flush=True)
 
@@ -91,6 +93,7 @@ async def test_sigkill_mid_storm_keeps_acknowledged_writes(
     lines = await asyncio.to_thread(_run_and_kill, path, synchronous, acks)
     puts = {ln[1] for ln in lines if ln[0] == "P"}
     deletes = {ln[1] for ln in lines if ln[0] == "D"}
+    intents = {ln[1] for ln in lines if ln[0] == "I"}
     counters: dict[str, int] = {}
     for ln in lines:
         if ln[0] == "U":
@@ -103,13 +106,13 @@ async def test_sigkill_mid_storm_keeps_acknowledged_writes(
 
     store = await SQLiteStorage.open(path)
     try:
-        missing = [k for k in sorted(puts - deletes) if await store.get(k) is None]
+        missing = [k for k in sorted(puts - intents) if await store.get(k) is None]
         assert missing == []
         resurrected = [k for k in sorted(deletes) if await store.get(k) is not None]
         assert resurrected == []
         for key, acked in counters.items():
             assert (await store.get(key)) >= acked, key
-        sample = sorted(puts - deletes)[0]
+        sample = sorted(puts - intents)[0]
         t, i = sample[1:].split("/")
         assert await store.get(sample) == {"t": int(t), "i": int(i), "pad": "é" * 50}
         # The reopened store is writable and keeps working.
