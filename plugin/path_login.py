@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ DEFAULT_NOT_BEFORE_LEEWAY = 150
 DEFAULT_CLOCK_SKEW_LEEWAY = 60
 #: NumericDate upper bound (9999-12-31T23:59:59Z): larger values are refused, not wrapped.
 MAX_NUMERIC_DATE = 253402300799
+_ROLE_NAME = re.compile(ROLE_NAME_RE)
 
 LOGIN_FIELDS = FieldSet(
     {
@@ -267,8 +269,18 @@ async def evaluate(
         ev.failed("parse", exc)
         return ev
     ev.token = parsed
-    ev.passed("parse", f"alg {parsed.alg}" + (f", kid {cl.show(parsed.kid)}" if parsed.kid else ""))
     claims = parsed.claims
+    wrong = [n for n in ("iss", "sub", "jti") if n in claims and not isinstance(claims[n], str)]
+    if wrong:
+        # RFC 7519: these are StringOrURI/strings; go-jose refuses other JSON types at decoding.
+        ev.failed(
+            "parse",
+            InvalidRequest(
+                f'error validating token: claim "{wrong[0]}" must be a string, got {cl.show(claims[wrong[0]])}'
+            ),
+        )
+    else:
+        ev.passed("parse", f"alg {parsed.alg}" + (f", kid {cl.show(parsed.kid)}" if parsed.kid else ""))
 
     algs = allowed_algs(config)
     if parsed.alg not in algs:
@@ -385,7 +397,8 @@ async def _load(backend: JWTAuthBackend, req: Request, role_name: str) -> tuple[
     role_name = role_name or config.default_role
     if not role_name:
         raise InvalidRequest("missing role")
-    role = await backend.role(req.storage, role_name)
+    # A name no role path could have written (e.g. "../x") is simply not found.
+    role = await backend.role(req.storage, role_name) if _ROLE_NAME.fullmatch(role_name) else None
     if role is None:
         raise InvalidRequest(f'role "{role_name}" could not be found')
     return config, role_name, role

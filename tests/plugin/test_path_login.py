@@ -116,11 +116,16 @@ async def test_bad_issuer() -> None:
                    'expected "https://team-vault.auth0.com/"')
 
 
-@pytest.mark.parametrize("iss", ["https://team-vault.auth0.com", "HTTPS://TEAM-VAULT.AUTH0.COM/", "team-vault", None, 5],
-                         ids=["no-trailing-slash", "case", "substring", "absent", "number"])
-async def test_issuer_exact(iss: Any) -> None:
+@pytest.mark.parametrize(
+    ("iss", "message"),
+    [("https://team-vault.auth0.com", "invalid issuer (iss) claim"), ("HTTPS://TEAM-VAULT.AUTH0.COM/", "invalid issuer (iss) claim"),
+     ("team-vault", "invalid issuer (iss) claim"), (None, "invalid issuer (iss) claim: token has null"),
+     (5, 'claim "iss" must be a string')],
+    ids=["no-trailing-slash", "case", "substring", "absent", "number"],
+)
+async def test_issuer_exact(iss: Any, message: str) -> None:
     h = await setup("static")
-    assert "invalid issuer (iss) claim" in await fails(h, make_token(claims(h, iss=iss), key=KEY))
+    assert message in await fails(h, make_token(claims(h, iss=iss), key=KEY))
 
 
 async def test_bound_cidrs_checked_before_token() -> None:
@@ -139,8 +144,10 @@ async def test_bound_cidrs_checked_before_token() -> None:
         ({"jwt": "x"}, "missing role"),
         ({"role": "plugin-test"}, "missing token"),
         ({"role": "PLUGIN-TEST", "jwt": "a.b"}, "error validating token: token must have 3 dot-separated parts"),
+        ({"role": "../plugin-test", "jwt": "x"}, 'role "../plugin-test" could not be found'),
+        ({"role": "plugin-test/x", "jwt": "x"}, 'role "plugin-test/x" could not be found'),
     ],
-    ids=["unknown-role", "no-role-no-default", "no-token", "role-lowercased"],
+    ids=["unknown-role", "no-role-no-default", "no-token", "role-lowercased", "traversal", "slash"],
 )
 async def test_request_errors(data: dict[str, Any], message: str) -> None:
     h = await setup("static")
@@ -255,6 +262,11 @@ TIME_TYPES = [
     ("exp-huge", {"exp": 1e20}, 'claim "exp" is out of range'),
     ("exp-2-64", {"exp": 2**64}, 'claim "exp" is out of range'),
     ("nbf-negative", {"nbf": -5}, 'claim "nbf" is out of range'),
+    ("sub-number", {"sub": 5}, 'claim "sub" must be a string, got 5'),
+    ("sub-null", {"sub": None}, 'claim "sub" must be a string, got null'),
+    ("sub-list", {"sub": [SUB]}, 'claim "sub" must be a string'),
+    ("iss-object", {"iss": {"a": 1}}, 'claim "iss" must be a string'),
+    ("jti-bool", {"jti": True}, 'claim "jti" must be a string'),
 ]
 
 
@@ -262,7 +274,7 @@ TIME_TYPES = [
 async def test_time_claim_types(over: dict[str, Any], message: str) -> None:
     h = await setup("static")
     tok = claims(h)
-    tok.update(over)
+    tok.update(over)  # update, not claims(**over): a None value must stay in the token
     assert message in await fails(h, make_token(tok, key=KEY))
 
 
