@@ -15,13 +15,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from keyfactory import ec_key, make_token  # noqa: E402
 from oidc_fakes import CLIENT_ID, CLIENT_SECRET, ISSUER, FakeIdP, at_hash  # noqa: E402
 
+from plugin.backend import JWTAuthBackend  # noqa: E402
 from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation  # noqa: E402
 from plugin.framework import Connection, Operation, Request, StaticSystemView  # noqa: E402
 from plugin.oidc_flow import check_at_hash, check_id_token_claims  # noqa: E402
 from plugin.path_oidc import STATE_PREFIX, parse_mount, valid_redirect  # noqa: E402
 from plugin.storage import InMemoryStorage  # noqa: E402
 
-from backend_factory import new_backend  # noqa: E402  # isort: skip
 
 REDIRECT = "https://vault.example.com/ui/vault/auth/oidc/oidc/callback"
 CLI_REDIRECT = "http://localhost:8250/oidc/callback"
@@ -47,7 +47,7 @@ class Harness:
         self.idp = idp or FakeIdP(clock=self.clock)
         self.storage = storage or InMemoryStorage()
         self.system = StaticSystemView(fetcher=self.idp, clock=self.clock, mount_path="auth/oidc/")
-        self.backend = new_backend()
+        self.backend = JWTAuthBackend()
         self.remote = "127.0.0.1"
 
     async def call(self, op: Operation, path: str, data: dict[str, Any] | None = None) -> Any:
