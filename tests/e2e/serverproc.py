@@ -134,10 +134,8 @@ class ServerProc:
         self._fail("health check did not pass within %.0fs" % timeout)
 
     def _fail(self, message: str) -> None:
-        code = self.proc.poll()
-        if code is None:
-            self.kill()
-            code = self.proc.returncode
+        self.kill()
+        code = self.proc.returncode
         raise ServerStartError(message, code, self.stdout_text(), self.log_text())
 
     def stop(self, timeout: float = 20.0) -> int:
@@ -148,7 +146,7 @@ class ServerProc:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self._reader.join(5)
+        self._close_pipe()
         return int(self.proc.returncode)
 
     def kill(self) -> None:
@@ -156,6 +154,12 @@ class ServerProc:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        self._reader.join(5)
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
 
 
 def _write_config(config: Mapping[str, Any] | str | Path, workdir: Path) -> Path:

@@ -1,0 +1,199 @@
+"""A real ``authmount server`` process driven by hvac: dev mode, mounts, tune, policies,
+LIST, restart persistence on SQLite, seeding, config errors and clean SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import hvac
+import hvac.exceptions
+import pytest
+import requests
+
+from tests.e2e.serverproc import REPO_ROOT, ServerProc, start_server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def _no_vault_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    with start_server(dev=True, root_token_id="e2e-root", workdir=tmp_path_factory.mktemp("dev")) as srv:
+        yield srv
+
+
+def test_dev_mode_prints_root_token_and_address(dev: ServerProc) -> None:
+    assert dev.root_token == "e2e-root"
+    assert f"Listen Address: {dev.address}" in dev.stdout_text()
+    client = dev.client()
+    assert client.is_authenticated()
+    assert "root" in client.lookup_token()["data"]["policies"]
+    assert hvac.Client(url=dev.url, token="wrong").is_authenticated() is False
+
+
+def test_health_over_hvac(dev: ServerProc) -> None:
+    client = dev.client()
+    assert client.sys.read_health_status(method="HEAD").status_code == 200
+    assert client.sys.read_health_status(method="GET")["initialized"] is True
+
+
+def test_mount_tune_list_unmount(dev: ServerProc) -> None:
+    client = dev.client()
+    client.sys.enable_auth_method("jwt", path="team-a/jwt", description="team a")
+    methods = client.sys.list_auth_methods()
+    assert "team-a/jwt/" in methods and methods["team-a/jwt/"]["description"] == "team a"
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="path is already in use at team-a/jwt/"):
+        client.sys.enable_auth_method("jwt", path="team-a/jwt/nested")
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="nosuch"):
+        client.sys.enable_auth_method("nosuch", path="x")
+    client.sys.tune_auth_method("team-a/jwt", default_lease_ttl="1h", max_lease_ttl="2h")
+    tuning = client.sys.read_auth_method_tuning("team-a/jwt")
+    assert (tuning["data"]["default_lease_ttl"], tuning["data"]["max_lease_ttl"]) == (3600, 7200)
+    # LIST verb through hvac (C parser + framer).
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        client.auth.jwt.list_roles(path="team-a/jwt")
+    client.auth.jwt.create_role("r1", user_claim="sub", allowed_redirect_uris=["http://localhost/cb"],
+                                role_type="jwt", bound_audiences=["a"], path="team-a/jwt")
+    assert client.auth.jwt.list_roles(path="team-a/jwt")["data"]["keys"] == ["r1"]
+    strict = hvac.Client(url=dev.url, token=dev.root_token, strict_http=True)
+    assert strict.auth.jwt.list_roles(path="team-a/jwt")["data"]["keys"] == ["r1"]
+    assert client.sys.disable_auth_method("team-a/jwt").status_code == 204
+    assert "team-a/jwt/" not in client.sys.list_auth_methods()
+    assert client.sys.disable_auth_method("team-a/jwt").status_code == 204  # missing mount: 204
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        client.sys.disable_auth_method("token")
+
+
+def test_policy_crud(dev: ServerProc) -> None:
+    client = dev.client()
+    rules = 'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}\n'
+    client.sys.create_or_update_policy("reader", rules)
+    assert client.sys.read_policy("reader")["data"]["rules"] == rules
+    assert "reader" in client.sys.list_policies()["data"]["policies"]
+    client.sys.create_or_update_acl_policy("acl-reader", rules)
+    assert client.sys.read_acl_policy("acl-reader")["data"]["policy"] == rules
+    assert "acl-reader" in client.sys.list_acl_policies()["data"]["keys"]
+    child = client.auth.token.create(policies=["reader"], ttl="10m")["auth"]["client_token"]
+    limited = dev.client(token=child)
+    assert limited.lookup_token()["data"]["policies"] == ["default", "reader"]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        limited.sys.list_auth_methods()
+    client.sys.delete_policy("reader")
+    client.sys.delete_acl_policy("acl-reader")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        client.sys.read_acl_policy("acl-reader")
+
+
+def test_errors_are_json_for_hvac(dev: ServerProc) -> None:
+    resp = requests.post(f"{dev.url}/v1/sys/auth/x", data="{nope", headers={"X-Vault-Token": "e2e-root"}, timeout=5)
+    assert resp.status_code == 400
+    assert resp.headers["Content-Type"] == "application/json"
+    with pytest.raises(hvac.exceptions.InvalidPath) as info:
+        dev.client().adapter.get("/v1/auth/unknown-mount/x")
+    assert info.value.errors and "no handler for route" in info.value.errors[0]
+
+
+def test_log_has_requests_but_no_token(dev: ServerProc) -> None:
+    dev.client().sys.list_auth_methods()
+    log = dev.log_text()
+    assert '"request"' in log or "request " in log
+    assert "e2e-root" not in log
+
+
+# -- persistence, seeding, config errors, shutdown -------------------------------------------
+def sqlite_config(tmp: Path) -> dict[str, object]:
+    return {
+        "storage": {"type": "sqlite", "path": str(tmp / "data" / "authmount.db")},
+        "log_level": "info",
+        "mounts": [{"path": "ci/jwt", "type": "jwt", "description": "seeded",
+                    "tune": {"default_lease_ttl": "20m"},
+                    "config": {"jwt_validation_pubkeys": [_public_pem()], "bound_issuer": "https://ci"},
+                    "roles": {"deploy": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["x"],
+                                         "token_policies": ["deploy"]}}}],
+        "policies": {"deploy": 'path "auth/token/lookup-self" { capabilities = ["read"] }'},
+    }
+
+
+def _public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def test_restart_persistence_on_sqlite(tmp_path: Path) -> None:
+    config = sqlite_config(tmp_path)
+    with start_server(config=config, workdir=tmp_path) as first:
+        root = first.root_token
+        assert root and first.stdout_text().count("Root Token:") == 1
+        client = first.client()
+        client.sys.enable_auth_method("jwt", path="later")
+        assert client.auth.jwt.read_role("deploy", path="ci/jwt")["data"]["token_policies"] == ["deploy"]
+        assert "deploy" in client.sys.list_policies()["data"]["policies"]
+    assert first.returncode == 0
+    assert root not in first.log_text()
+    with start_server(config=config, workdir=tmp_path, root_token=root) as second:
+        assert "Root Token:" not in second.stdout_text()
+        client = second.client()
+        methods = client.sys.list_auth_methods()
+        assert {"ci/jwt/", "later/", "token/"} <= set(methods["data"])
+        assert methods["ci/jwt/"]["uuid"] == methods["data"]["ci/jwt/"]["uuid"]
+        assert client.sys.read_auth_method_tuning("ci/jwt")["data"]["default_lease_ttl"] == 1200
+        assert client.auth.jwt.list_roles(path="ci/jwt")["data"]["keys"] == ["deploy"]
+    assert second.returncode == 0
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("storage:\n  type: redis\n", "storage.type: must be one of memory, sqlite, postgres"),
+        ("listen_adress: 127.0.0.1:0\n", "listen_adress: unknown setting"),
+        ("default_lease_ttl: soon\n", "default_lease_ttl: invalid duration"),
+        ("listen_address: 127.0.0.1:0\nstorage: {type: memory}\nmounts:\n  - {path: j, type: nosuch}\n",
+         "mounts[0]: plugin not found in the catalog: nosuch"),
+        ("listen_address: 127.0.0.1:0\nstorage: {type: memory}\n"
+         "mounts:\n  - {path: j, type: jwt, roles: {r: {token_ttl: nope}}}\n", "mounts[0].roles.r:"),
+    ],
+    ids=["bad storage type", "unknown key", "bad duration", "unknown mount type", "bad seeded role"],
+)
+def test_config_errors_exit_nonzero_naming_the_key(tmp_path: Path, yaml_text: str, message: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text)
+    result = run_cli("server", "--config", str(cfg), cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_mode_is_usage_error(tmp_path: Path) -> None:
+    result = run_cli("server", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--config" in result.stderr
+
+
+def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
+    with start_server(dev=True, workdir=tmp_path) as srv:
+        with requests.Session() as session:  # an open keep-alive connection must not block shutdown
+            assert session.get(f"{srv.url}/v1/sys/health", timeout=5).status_code == 200
+            code = srv.stop()
+    assert code == 0
+    assert "shutdown triggered" in srv.log_text()
+    assert "Traceback" not in srv.log_text()
