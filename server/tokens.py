@@ -4,36 +4,50 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hashlib
 import hmac
-import ipaddress
-import json
 import secrets
-import string
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import lru_cache
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth
-from plugin.schema import format_duration
 from plugin.storage import Storage
+from server.token_entry import (
+    DEFAULT_MAX_TTL,
+    MountInfo,
+    RenewHook,
+    TokenEntry,
+    calculate_ttl,
+    check_assignable,
+    cidr_allows,
+    decode_batch,
+    encode_batch,
+    login_display_name,
+    random_b62,
+    resolve_token_type,
+    rfc3339,
+    sanitize_policies,
+    validate_cidrs,
+)
 
+# Re-exported: callers import the token vocabulary from here.
 __all__ = [
     "MountInfo",
     "TokenEntry",
     "TokenStore",
     "RenewHook",
     "calculate_ttl",
-    "sanitize_policies",
+    "check_assignable",
+    "cidr_allows",
+    "resolve_token_type",
     "rfc3339",
+    "sanitize_policies",
+    "validate_cidrs",
 ]
 
 log = structlog.get_logger(__name__)
@@ -44,251 +58,10 @@ ID_PREFIX = "sys/token/id/"
 ACCESSOR_PREFIX = "sys/token/accessor/"
 PARENT_PREFIX = "sys/token/parent/"
 EPOCH_PREFIX = "sys/token/mount-epoch/"
-DEFAULT_MAX_TTL = 768 * 3600
-_B62 = string.digits + string.ascii_letters
 _MAX_TOKEN_LEN = 8192
-_NOT_ASSIGNABLE = ("response-wrapping", "control-group")
 _EPOCH_CACHE_SECONDS = 1.0
 _PENDING_GRACE = 30.0  # seconds a num_uses-exhausted entry may linger before the sweeper drops it
 _MAX_PARENT_DEPTH = 32
-
-
-@dataclass(slots=True)
-class MountInfo:
-    """What the token store needs to know about the mount that issued a token."""
-
-    path: str  # e.g. "auth/jwt/" (with the auth/ prefix, trailing slash)
-    accessor: str  # e.g. "auth_jwt_1a2b3c4d"
-    default_lease_ttl: int  # effective seconds (mount tune, else system default)
-    max_lease_ttl: int  # effective seconds (mount tune, else system max)
-    #: The mount's tuned token_type: default-service | default-batch | service | batch.
-    token_type: str = "default-service"
-
-
-@dataclass(slots=True)
-class TokenEntry:
-    """A token as stored (service) or decoded (batch). Never holds the raw token."""
-
-    id_hash: str
-    accessor: str
-    policies: list[str]
-    meta: dict[str, str] = field(default_factory=dict)
-    display_name: str = ""
-    path: str = ""
-    mount_accessor: str = ""
-    creation_time: int = 0
-    ttl: int = 0  # creation TTL (seconds); 0 = never expires (root only)
-    expire_time: float = 0.0  # unix seconds; 0 = never
-    explicit_max_ttl: int = 0
-    max_expire_time: float = 0.0  # hard cap from max TTLs at issue; 0 = none (informational)
-    period: int = 0
-    num_uses: int = 0  # remaining uses; 0 = unlimited; -1 = revocation pending
-    bound_cidrs: list[str] = field(default_factory=list)
-    parent: str | None = None  # parent id_hash
-    orphan: bool = True
-    type: str = "service"  # service | batch
-    renewable: bool = True
-    entity_id: str = ""
-    internal_data: dict[str, Any] = field(default_factory=dict)
-    last_renewal_time: int = 0
-    revoke_pending_at: float = 0.0  # when num_uses reached -1
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form (what is stored, and what ``Request.token`` carries)."""
-        # Hand-written: dataclasses.asdict's recursive deep copy dominated issue() time.
-        out = {name: getattr(self, name) for name in _ENTRY_ORDER}
-        out["policies"] = list(self.policies)
-        out["meta"] = dict(self.meta)
-        out["bound_cidrs"] = list(self.bound_cidrs)
-        out["internal_data"] = json.loads(json.dumps(self.internal_data))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenEntry:
-        """Inverse of ``to_dict``; unknown keys are ignored."""
-        return cls(**{k: v for k, v in data.items() if k in _ENTRY_FIELDS})
-
-    def to_auth(self) -> Auth:
-        """The Auth this token stands for, as handed to a backend's ``renew`` hook."""
-        return Auth(
-            display_name=self.display_name,
-            policies=list(self.policies),
-            metadata=dict(self.meta),
-            internal_data=dict(self.internal_data),
-            ttl=self.ttl,
-            explicit_max_ttl=self.explicit_max_ttl,
-            period=self.period,
-            num_uses=self.num_uses,
-            bound_cidrs=list(self.bound_cidrs),
-            token_type=self.type,
-            renewable=self.renewable,
-        )
-
-    def is_root(self) -> bool:
-        return "root" in self.policies
-
-
-_ENTRY_ORDER = tuple(f.name for f in dataclasses.fields(TokenEntry))
-_ENTRY_FIELDS = frozenset(_ENTRY_ORDER)
-
-#: Called on renewal of a token issued by an auth mount; returns the backend's Auth
-#: (Vault ``Operation.RENEW``) or None to keep the token's own TTL parameters.
-RenewHook = Callable[[TokenEntry], Awaitable[Auth | None]]
-
-
-# ---------------------------------------------------------------------------------------
-# Pure helpers
-
-
-def sanitize_policies(policies: list[str], *, add_default: bool) -> list[str]:
-    """Trim, lower-case, de-duplicate and sort; add ``default`` unless root is present."""
-    out = {p.strip().lower() for p in policies if p and p.strip()}
-    if add_default and "root" not in out:
-        out.add("default")
-    return sorted(out)
-
-
-def calculate_ttl(
-    *,
-    now: float,
-    default_ttl: int,
-    mount_max: int,
-    increment: int = 0,
-    backend_ttl: int = 0,
-    period: int = 0,
-    backend_max: int = 0,
-    explicit_max: int = 0,
-    start: float | None = None,
-) -> tuple[int, list[str]]:
-    """Vault ``framework.CalculateTTL``: the TTL to grant now, plus capping warnings.
-
-    :raises InvalidRequest: ``past the max TTL, cannot renew`` when nothing is left.
-    """
-    warnings: list[str] = []
-    now_s = int(now)
-    start_s = now_s if start is None else int(start)
-    max_ttl = mount_max if mount_max > 0 else DEFAULT_MAX_TTL
-    if 0 < backend_max < max_ttl:
-        max_ttl = backend_max
-    if 0 < explicit_max < max_ttl:
-        max_ttl = explicit_max
-    max_valid: int | None = None
-    if period > 0:
-        if period > max_ttl:
-            warnings.append(
-                f'period of "{format_duration(period)}" exceeded the effective max_ttl of '
-                f'"{format_duration(max_ttl)}"; period value is capped accordingly'
-            )
-            period = max_ttl
-        ttl = period
-        if explicit_max > 0:
-            max_valid = start_s + explicit_max
-    else:
-        ttl = increment if increment > 0 else backend_ttl if backend_ttl > 0 else default_ttl
-        max_valid = start_s + max_ttl
-    if max_valid is not None:
-        left = max_valid - now_s
-        if left <= 0:
-            # Never let arithmetic that reaches 0 turn into "no expiry" (CVE-2021-32923).
-            raise InvalidRequest("past the max TTL, cannot renew")
-        if ttl > left:
-            warnings.append(
-                f'TTL of "{format_duration(ttl)}" exceeded the effective max_ttl of '
-                f'"{format_duration(left)}"; TTL value is capped accordingly'
-            )
-            ttl = left
-    if ttl <= 0:
-        raise InvalidRequest("token TTL must be positive")
-    return ttl, warnings
-
-
-def rfc3339(ts: float) -> str:
-    """Unix seconds → RFC 3339 in UTC, the way Go marshals ``time.Time``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _random_b62(n: int = 24) -> str:
-    """``n`` uniformly random base62 characters from ``secrets`` (rejection sampling)."""
-    out: list[str] = []
-    while len(out) < n:
-        for b in secrets.token_bytes(n + 8):
-            if b < 248:  # 248 = 4 * 62: keeps the distribution uniform
-                out.append(_B62[b % 62])
-    return "".join(out[:n])
-
-
-def _b64e(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-@lru_cache(maxsize=1024)
-def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(cidr, strict=False)
-
-
-def validate_cidrs(cidrs: list[str]) -> list[str]:
-    """Normalise bound CIDRs (a bare address is a /32 or /128).
-
-    :raises InvalidRequest: naming the first value that is not an address or CIDR.
-    """
-    out: list[str] = []
-    for c in cidrs:
-        c = c.strip()
-        if not c:
-            continue
-        try:
-            out.append(str(_network(c)))
-        except ValueError:
-            raise InvalidRequest(f'invalid bound CIDR "{c}"') from None
-    return out
-
-
-def cidr_allows(cidrs: list[str], remote_addr: str | None) -> bool:
-    """True when ``remote_addr`` lies in one of ``cidrs`` (an unparsable address never does)."""
-    try:
-        ip = ipaddress.ip_address(remote_addr or "")
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for c in cidrs:
-        try:
-            if ip in _network(c):
-                return True
-        except (ValueError, TypeError):
-            continue
-    return False
-
-
-def login_display_name(mount_path: str, auth: Auth) -> str:
-    """Vault: ``<mount path with "/"→"-">`` + the backend's display name, e.g. ``jwt-alice``."""
-    source = mount_path.removeprefix("auth/").replace("/", "-")
-    name = auth.display_name or (auth.alias.name if auth.alias else "")
-    return (source + name).removesuffix("-")
-
-
-def resolve_token_type(value: str, mount_type: str = "default-service") -> str:
-    """``service`` or ``batch`` from the backend's Auth and the mount's tuned token_type.
-
-    As in Vault, a mount tuned to ``service`` or ``batch`` forces that type; the
-    ``default-*`` settings only fill in an Auth that says ``default``.
-    """
-    mount = (mount_type or "default-service").strip().lower()
-    if mount in ("service", "batch"):
-        return mount
-    v = (value or "default").strip().lower()
-    if v in ("", "default", "default-service", "default-batch"):
-        return "batch" if mount == "default-batch" else "service"
-    if v in ("service", "batch"):
-        return v
-    raise InvalidRequest(f'invalid token type "{value}"')
-
-
-# ---------------------------------------------------------------------------------------
 
 
 class TokenStore:
@@ -343,10 +116,10 @@ class TokenStore:
                 pass
 
     async def _load_secret(self, key: str) -> bytes:
-        fresh = _b64e(secrets.token_bytes(32))
+        fresh = base64.b64encode(secrets.token_bytes(32)).decode()
         # update() so two nodes starting together agree on one value.
         value = await self.storage.update(key, lambda old: old if old else {"value": fresh})
-        return _b64d(value["value"])
+        return base64.b64decode(value["value"])
 
     def _ready(self) -> bytes:
         if self._salt is None:
@@ -440,9 +213,9 @@ class TokenStore:
             entry.renewable = False
         if entry.type == "batch":
             return self._mint_batch(entry)
-        raw = "hvs." + _random_b62()
+        raw = "hvs." + random_b62()
         entry.id_hash = self.hash(raw)
-        entry.accessor = _random_b62()
+        entry.accessor = random_b62()
         # Indexes first: a dangling index is harmless, a token without them is not.
         if entry.parent is not None:
             await self.storage.put(f"{PARENT_PREFIX}{entry.parent}/{entry.id_hash}", 1)
@@ -462,11 +235,11 @@ class TokenStore:
             existing = await self.storage.get(ID_PREFIX + self.hash(token_id))
             if existing is not None and "root" in existing.get("policies", []):
                 return token_id
-        raw = token_id or "hvs." + _random_b62()
+        raw = token_id or "hvs." + random_b62()
         now = self.clock()
         entry = TokenEntry(
             id_hash=self.hash(raw),
-            accessor=_random_b62(),
+            accessor=random_b62(),
             policies=["root"],
             display_name="root",
             path="auth/token/root",
@@ -505,66 +278,17 @@ class TokenStore:
             raise InvalidRequest("batch tokens cannot be periodic")
         entry.renewable = False
         entry.accessor = ""  # batch tokens have no accessor (Vault)
-        payload = {
-            "v": 1,
-            "p": entry.policies,
-            "m": entry.meta,
-            "c": entry.creation_time,
-            "t": entry.ttl,
-            "e": entry.expire_time,
-            "x": entry.explicit_max_ttl,
-            "d": entry.display_name,
-            "a": entry.mount_accessor,
-            "b": entry.bound_cidrs,
-            "i": entry.entity_id,
-            "path": entry.path,
-            "o": entry.parent,
-            "n": _random_b62(8),  # two identical logins in one second still differ
-        }
-        body = "hvb." + _b64e(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
-        raw = body + "." + _b64e(self._batch_sig(body))
+        assert self._batch_key is not None
+        raw = encode_batch(entry, self._batch_key)
         entry.id_hash = self.hash(raw)
         return raw
 
-    def _batch_sig(self, body: str) -> bytes:
-        assert self._batch_key is not None
-        return hmac.new(self._batch_key, body.encode(), hashlib.sha256).digest()
-
     def _decode_batch(self, raw: str) -> TokenEntry | None:
-        body, dot, sig = raw.rpartition(".")
-        if not dot or body.count(".") != 1:
-            return None
-        try:
-            given = _b64d(sig)
-        except ValueError:
-            return None
-        if not hmac.compare_digest(given, self._batch_sig(body)):
-            return None
-        try:
-            p = json.loads(_b64d(body[4:]))
-            return TokenEntry(
-                id_hash=self.hash(raw),
-                accessor="",
-                policies=list(p["p"]),
-                meta=dict(p["m"]),
-                display_name=p["d"],
-                path=p["path"],
-                mount_accessor=p["a"],
-                creation_time=int(p["c"]),
-                ttl=int(p["t"]),
-                expire_time=float(p["e"]),
-                explicit_max_ttl=int(p["x"]),
-                bound_cidrs=list(p["b"]),
-                parent=p["o"],
-                orphan=p["o"] is None,
-                type="batch",
-                renewable=False,
-                entity_id=p["i"],
-            )
-        except (ValueError, KeyError, TypeError):
-            # A valid signature over a bad payload means a bug, not an attacker.
-            log.error("batch_token_payload_invalid")
-            return None
+        assert self._batch_key is not None
+        entry = decode_batch(raw, self._batch_key)
+        if entry is not None:
+            entry.id_hash = self.hash(raw)
+        return entry
 
     # -- lookup and use ------------------------------------------------------------------
     async def lookup(self, raw_token: str) -> TokenEntry | None:
@@ -885,10 +609,3 @@ class TokenStore:
             out["last_renewal_time"] = entry.last_renewal_time
             out["last_renewal"] = rfc3339(entry.last_renewal_time)
         return out
-
-
-def check_assignable(policies: list[str]) -> None:
-    """:raises InvalidRequest: ``cannot assign policy "<p>"`` for Vault's internal policies."""
-    for p in policies:
-        if p in _NOT_ASSIGNABLE:
-            raise InvalidRequest(f'cannot assign policy "{p}"')
