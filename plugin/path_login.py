@@ -53,7 +53,7 @@ _ROLE_NAME = re.compile(ROLE_NAME_RE)
 LOGIN_FIELDS = FieldSet(
     {
         "role": Field(FieldType.LOWER_STRING, "The role to log in against (else the config's default_role).", default=""),
-        "jwt": Field(FieldType.STRING, "The signed JWT to validate.", default=""),
+        "jwt": Field(FieldType.STRING, "The signed JWT to validate.", default="", sensitive=True),
         "distributed_claim_access_token": Field(
             FieldType.STRING, "An access token for fetching distributed claims (Azure; accepted, unused).", default=""
         ),
@@ -63,7 +63,7 @@ LOGIN_FIELDS = FieldSet(
 EXPLAIN_FIELDS = FieldSet(
     {
         "name": Field(FieldType.NAME, "Name of the role."),
-        "jwt": Field(FieldType.STRING, "The JWT to evaluate (nothing is issued).", default=""),
+        "jwt": Field(FieldType.STRING, "The JWT to evaluate (nothing is issued).", default="", sensitive=True),
         "remote_addr": Field(
             FieldType.STRING, "Evaluate the role's bound CIDRs against this address (else skipped).", default=""
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -451,6 +452,16 @@ async def test_key_source_cached_and_rebuilt_on_config_write() -> None:
     h.fetcher.routes[CERTS] = jwks(other)
     await h.write("config", {"jwks_url": CERTS})
     await h.login({"role": "plugin-test", "jwt": make_token(claims(h), key=other)})
+
+
+async def test_jwks_concurrent_logins() -> None:
+    """TestLogin_JWKS_Concurrent (scaled down): the cached validator and key set are shared safely."""
+    h = await setup("jwks", role={"clock_skew_leeway": -1})
+    h.backend.invalidate("config")  # start cold: the first logins race to build the key source
+    tokens = [make_token(claims(h, first_name=f"u{i}"), key=KEY) for i in range(40)]
+    results = await asyncio.gather(*(h.login({"role": "plugin-test", "jwt": t}) for t in tokens))
+    assert [r.auth.metadata["name"] for r in results if r.auth] == [f"u{i}" for i in range(40)]
+    assert h.fetcher.count(CERTS) <= 2  # the config write's check, then at most one cold fetch
 
 
 # -- logging ---------------------------------------------------------------------------------
