@@ -32,9 +32,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bench.ceiling import make_login_app
 from bench.jwtgen import make_keys
+from bench.report import update_doc
 
 ROOT_TOKEN = "bench-profile-root"
 REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "performance.md"
 STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
@@ -147,7 +149,9 @@ async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int
 def _group(filename: str, func: str) -> str:
     """Bucket for one profiled function: repo file, third-party package, stdlib module or C call."""
     if filename == "~":  # C functions: keep the few that matter visible by name
-        return "C: " + func.strip("<>").removeprefix("built-in method ").removeprefix("method ")
+        name = func.strip("<>").removeprefix("built-in method ")
+        method = re.fullmatch(r"method '(\w+)' of '([\w.]+)' objects", name)
+        return "C: " + (f"{method.group(2).rsplit('.', 1)[-1]}.{method.group(1)}" if method else name)
     path = Path(filename)
     parts = path.parts
     if "site-packages" in parts:
@@ -169,6 +173,24 @@ def by_group(stats: pstats.Stats) -> list[tuple[str, float]]:
     return sorted(totals.items(), key=lambda kv: kv[1], reverse=True)
 
 
+def _doc_section(what: str, args: argparse.Namespace, n: int, seconds: float,
+                 groups: list[tuple[str, float]], total: float) -> str:  # fmt: skip
+    lines = [
+        f"## Where the time goes per login: {what} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        "",
+        f"`bench/profile_login.py -n {n} -c {args.concurrency}"
+        f"{' --batch' if args.batch else ''}{' --target ceiling' if args.target == 'ceiling' else ''}`: "
+        f"{seconds / n * 1e6:.0f} us per login under cProfile (profiler overhead included; "
+        "the event loop thread only, so a storage writer thread does not show). Own time "
+        "(tottime) per module, package or C function:",
+        "",
+        "| share | us/login | where |",
+        "|------:|---------:|-------|",
+        *[f"| {t / total * 100:.1f} % | {t / n * 1e6:.1f} | `{name}` |" for name, t in groups[: min(args.top, 20)]],
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, profile, print the top functions."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -182,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=35, help="functions to print (default 35)")
     p.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime", "ncalls"])
     p.add_argument("--dump", type=Path, help="also write the raw profile (for snakeviz etc.)")
+    p.add_argument("--write-doc", action="store_true",
+                   help="write the per-module table into docs/performance.md")  # fmt: skip
     args = p.parse_args(argv)
     profiler = cProfile.Profile()
     try:
@@ -205,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds_in in groups[: args.top]:
         print(f"  {seconds_in / total * 100:5.1f} %  {seconds_in / n * 1e6:7.1f} us/login  {name}")
     print(out.getvalue())
+    if args.write_doc:
+        variant = "ceiling" if args.target == "ceiling" else ("batch" if args.batch else "service")
+        update_doc(DOC, f"profile-{variant}", _doc_section(what, args, n, seconds, groups, total))
+        print(f"wrote {DOC}")
     if args.dump:
         stats.dump_stats(str(args.dump))
         print(f"raw profile written to {args.dump}")
