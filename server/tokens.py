@@ -115,6 +115,11 @@ class TokenStore:
             except asyncio.CancelledError:
                 pass
 
+    def invalidate(self, key: str) -> None:
+        """A write by another node: forget a cached mount epoch so revocation applies now."""
+        if key.startswith(EPOCH_PREFIX):
+            self._epochs.pop(key[len(EPOCH_PREFIX):], None)
+
     async def _load_secret(self, key: str) -> bytes:
         fresh = base64.b64encode(secrets.token_bytes(32)).decode()
         # update() so two nodes starting together agree on one value.

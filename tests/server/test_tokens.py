@@ -552,3 +552,17 @@ async def test_renew_refused_when_role_policies_changed(store: TokenStore, role_
     assert entry is not None
     with nullcontext() if ok else pytest.raises(InvalidRequest, match="policies have changed, not renewing"):
         await store.renew(entry, mount=JWT, renew_hook=hook)
+
+
+async def test_mount_revocation_by_another_node_seen_after_invalidate(clock: Clock) -> None:
+    storage = InMemoryStorage()
+    node_a, node_b = TokenStore(storage, clock=clock), TokenStore(storage, clock=clock)
+    await node_a.start(sweep=False)
+    await node_b.start(sweep=False)
+    batch, _ = await node_a.issue(login(token_type="batch"), mount=JWT)
+    await node_b.authenticate(batch["client_token"], "127.0.0.1")  # caches "no epoch"
+    clock.now += 1
+    await node_a.revoke_mount(JWT.accessor)
+    node_b.invalidate("sys/token/mount-epoch/" + JWT.accessor)
+    with pytest.raises(PermissionDenied):
+        await node_b.authenticate(batch["client_token"], "127.0.0.1")
