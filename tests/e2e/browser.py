@@ -12,13 +12,15 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
-__all__ = ["CHROMIUM", "CHROMEDRIVER", "CHROME_FLAGS", "CallbackListener", "browser_available", "browser_login", "drive_login"]
+__all__ = ["CHROMIUM", "CHROMEDRIVER", "CHROME_FLAGS", "CallbackListener", "browser_available", "browser_login", "browser_session", "drive_login"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -100,6 +102,19 @@ class CallbackListener:
 
 def browser_login(auth_url: str, listener: CallbackListener, login: str = "alice", password: str = "x") -> dict[str, str]:
     """Open ``auth_url`` in headless Chromium, submit the dev login form, return the callback query."""
+
+    def arrived(driver: Any) -> bool:
+        return listener.received.is_set() and str(driver.current_url).startswith(listener.url)
+
+    browser_session(auth_url, arrived, login=login, password=password)
+    return listener.wait(0)
+
+
+def browser_session(auth_url: str, done: Callable[[Any], bool], *, login: str = "alice", password: str = "x") -> str:
+    """Open ``auth_url`` in a fresh headless Chromium, log in, wait until ``done(driver)``.
+
+    Returns the final page source (e.g. a form_post callback page).
+    """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -121,9 +136,8 @@ def browser_login(auth_url: str, listener: CallbackListener, login: str = "alice
         driver.find_element(By.CSS_SELECTOR, "input[name=login]").send_keys(login)
         driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(password)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        query = listener.wait()
-        wait.until(lambda d: d.current_url.startswith(listener.url))
-        return query
+        wait.until(done)
+        return str(driver.page_source)
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

@@ -16,7 +16,7 @@ import hvac
 import hvac.exceptions
 import pytest
 
-from tests.e2e.browser import CallbackListener, browser_available, browser_login, drive_login
+from tests.e2e.browser import CallbackListener, browser_available, browser_login, browser_session, drive_login
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, idp_available, start_idp
 from tests.e2e.serverproc import ServerProc, start_server
 
@@ -188,3 +188,45 @@ def test_redirect_uri_not_allowed_is_400_naming_it(vault: ServerProc) -> None:
     with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
         anon(vault).auth.oidc.oidc_authorization_url_request(role="web", redirect_uri=bad, path=MOUNT)
     assert bad in str(exc.value)
+
+
+def test_form_post_browser_flow(vault: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """response_mode=form_post: the IdP's page POSTs code+state to authmount's callback, whose
+    page hands ``code=no_code`` to the UI; the GET callback then finishes the login."""
+    reason = browser_available()
+    if reason:
+        pytest.skip(reason)
+    mount = "oidc-fp"
+    ui_redirect = f"{vault.url}/ui/vault/auth/{mount}/oidc/callback"
+    api_redirect = f"{vault.url}/v1/auth/{mount}/oidc/callback"
+    fp_idp = start_idp(tmp_path_factory.mktemp("idp-fp"), redirect_uris=[api_redirect])
+    try:
+        root = vault.client()
+        root.sys.enable_auth_method("oidc", path=mount)
+        root.auth.oidc.configure(
+            oidc_discovery_url=fp_idp.discovery_url,
+            oidc_client_id=CLIENT_ID,
+            oidc_client_secret=CLIENT_SECRET,
+            oidc_response_mode="form_post",
+            path=mount,
+        )
+        root.auth.oidc.create_role(
+            name="ui", user_claim="email", allowed_redirect_uris=[ui_redirect], oidc_scopes=["email"], path=mount
+        )
+        auth_url = anon(vault).auth.oidc.oidc_authorization_url_request(role="ui", redirect_uri=ui_redirect, path=mount)[
+            "data"
+        ]["auth_url"]
+        query = parse_qs(urlsplit(auth_url).query)
+        assert query["response_mode"] == ["form_post"]
+        assert query["redirect_uri"] == [api_redirect]  # ui/vault -> v1
+        state = query["state"][0]
+
+        page = browser_session(auth_url, lambda d: "oidc-callback" in d.page_source, login="alice")
+        assert f'"path": "{mount}"' in page and '"code": "no_code"' in page
+
+        resp = anon(vault).auth.oidc.oidc_callback(state=state, nonce="", code="no_code", path=mount)
+        assert resp["auth"]["metadata"] == {"role": "ui"}
+        me = vault.client(token=resp["auth"]["client_token"]).auth.token.lookup_self()["data"]
+        assert me["display_name"].endswith("alice@example.com")
+    finally:
+        fp_idp.stop()
