@@ -566,3 +566,34 @@ async def test_mount_revocation_by_another_node_seen_after_invalidate(clock: Clo
     node_b.invalidate("sys/token/mount-epoch/" + JWT.accessor)
     with pytest.raises(PermissionDenied):
         await node_b.authenticate(batch["client_token"], "127.0.0.1")
+
+
+async def test_sqlite_num_uses_race_and_no_raw_token_on_disk(tmp_path: Any, clock: Clock) -> None:
+    """The same guarantees on the real engine, whose update() crosses a writer thread."""
+    from server.storage import open_storage
+
+    path = tmp_path / "tokens.db"
+    storage = await open_storage({"type": "sqlite", "path": str(path)})
+    try:
+        s = TokenStore(storage, clock=clock)
+        await s.start(sweep=False)
+        block, _ = await s.issue(login(num_uses=3), mount=JWT)
+        keep, _ = await s.issue(login(), mount=JWT)
+        raw = block["client_token"]
+
+        async def one() -> bool:
+            try:
+                await s.release(await s.authenticate(raw, "127.0.0.1"))
+            except PermissionDenied:
+                return False
+            return True
+
+        results = await asyncio.gather(*(one() for _ in range(50)))
+        assert results.count(True) == 3
+        await s.authenticate(keep["client_token"], "127.0.0.1")
+    finally:
+        await storage.close()  # type: ignore[attr-defined]
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert keep["client_token"].encode() not in on_disk and raw.encode() not in on_disk
+    assert keep["client_token"][4:].encode() not in on_disk
+    assert keep["accessor"].encode() in on_disk  # the scan does see stored strings
