@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -190,8 +191,9 @@ def _check_oidc_options(config: JWTConfig) -> None:
         provider = config.provider_config.get("provider")
         if provider is None:
             raise InvalidRequest("invalid provider_config: 'provider' field not found in provider_config")
-        if provider not in _PROVIDERS:
-            raise InvalidRequest(f'invalid provider_config: provider "{provider}" not found in custom providers')
+        if not isinstance(provider, str) or provider not in _PROVIDERS:
+            shown = provider if isinstance(provider, str) else json.dumps(provider)
+            raise InvalidRequest(f'invalid provider_config: provider "{shown}" not found in custom providers')
 
 
 def validate_config(config: JWTConfig) -> None:

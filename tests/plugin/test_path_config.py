@@ -8,8 +8,11 @@ import pytest
 
 from fakes import Harness
 from keyfactory import FakeFetcher, ec_key, jwks, self_signed_cert_pem
-from plugin.errors import InvalidRequest, NotFound, UnsupportedOperation
+from plugin.errors import InvalidRequest, NotFound, PluginError, UnsupportedOperation
 from plugin.framework import Operation
+from plugin.path_config import CONFIG_FIELDS
+
+CONFIG_FIELDS_NAMES = list(CONFIG_FIELDS)
 
 ISSUER = "https://idp.example.com/"
 DISCOVERY_DOC_URL = "https://idp.example.com/.well-known/openid-configuration"
@@ -133,6 +136,8 @@ CONFIG_ERRORS = [
     ("mode-abc", {"jwt_validation_pubkeys": [PEM], "oidc_response_mode": "abc"}, 'invalid response_mode: "abc"'),
     ("provider-unknown", {"oidc_discovery_url": ISSUER, "provider_config": {"provider": "unknown"}},
      'invalid provider_config: provider "unknown" not found in custom providers'),
+    ("provider-list", {"oidc_discovery_url": ISSUER, "provider_config": {"provider": ["okta"]}},
+     'invalid provider_config: provider "["okta"]" not found in custom providers'),
     ("provider-missing", {"oidc_discovery_url": ISSUER, "provider_config": {"not-provider": "oops"}},
      "invalid provider_config: 'provider' field not found in provider_config"),
     ("bad-type", {"jwt_validation_pubkeys": [PEM], "namespace_in_state": "maybe"}, "Field validation failed"),
@@ -262,3 +267,17 @@ async def test_invalidate_rereads_storage(h: Harness) -> None:
     assert (await read_config(h))["bound_issuer"] == "one"  # cached
     h.backend.invalidate("config")
     assert (await read_config(h))["bound_issuer"] == "two"
+
+
+HOSTILE: list[Any] = [None, {}, [], [[]], {"a": {"b": []}}, [None], [{"jwks_url": 5}], [{"jwks_url": CERTS, "jwks_ca_pem": []}],
+                      1e308, True, "x" * 5000, {"provider": {}}]
+
+
+@pytest.mark.parametrize("field", list(CONFIG_FIELDS_NAMES))
+async def test_hostile_values_never_crash(h: Harness, field: str) -> None:
+    """Any value in any config field gives success or a PluginError (a 4xx), never another exception."""
+    for value in HOSTILE:
+        try:
+            await h.write("config", {"jwt_validation_pubkeys": [PEM], field: value})
+        except PluginError:
+            pass

@@ -513,3 +513,24 @@ def test_registered() -> None:
     for kind in ("jwt", "oidc"):
         factory = factory_for(kind)
         assert factory is not None and factory().type_name == kind
+
+
+HOSTILE_CLAIMS: list[Any] = [None, {}, [], [[]], {"a": {"b": []}}, [None], 1e308, -(2**70), 2**80, True, "", "x" * 3000, [1, "a"], 1.5]
+CLAIM_NAMES = ["sub", "iss", "aud", "exp", "nbf", "iat", "jti", "https://vault/user", "https://vault/groups", "first_name", "org",
+               "color", "pnum"]
+
+
+@pytest.mark.parametrize("name", CLAIM_NAMES)
+async def test_hostile_claims_give_4xx(name: str) -> None:
+    """Malformed claim values give a 4xx naming the failed check (login) or a report (explain), never a crash."""
+    h = await setup("static")
+    for value in HOSTILE_CLAIMS:
+        tok = claims(h, exp=int(h.clock.now) + 60)
+        tok[name] = value
+        token = make_token(tok, key=KEY)
+        try:
+            await h.login({"role": "plugin-test", "jwt": token})
+        except InvalidRequest as exc:
+            assert exc.messages and exc.messages[0]
+        resp = await h.write("role/plugin-test/explain", {"jwt": token})
+        assert resp is not None and resp.data is not None and isinstance(resp.data["would_succeed"], bool)

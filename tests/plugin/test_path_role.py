@@ -7,8 +7,11 @@ from typing import Any
 import pytest
 
 from fakes import Harness
-from plugin.errors import InvalidRequest, NotFound, UnsupportedPath
+from plugin.errors import InvalidRequest, NotFound, PluginError, UnsupportedPath
 from plugin.framework import Operation
+from plugin.path_role import ROLE_FIELDS
+
+ROLE_FIELDS_NAMES = list(ROLE_FIELDS)
 
 
 @pytest.fixture
@@ -273,3 +276,18 @@ async def test_cache_invalidated_on_write(h: Harness) -> None:
     second = await h.backend.role(h.storage, "r")
     assert first is not None and second is not None
     assert first.bound_subject == "s" and second.bound_subject == "t"
+
+
+HOSTILE: list[Any] = [None, {}, [], [[]], {"a": {"b": []}}, [None], 1e308, -(2**70), True, "x" * 5000, "a=b", ["k=v", 3]]
+
+
+@pytest.mark.parametrize("field", [n for n in ROLE_FIELDS_NAMES if n != "name"])
+async def test_hostile_values_never_crash(h: Harness, field: str) -> None:
+    """Any value in any role field gives success or a PluginError (a 4xx), never another exception."""
+    for value in HOSTILE:
+        try:
+            await h.write("role/r", {**JWT, "bound_subject": "s", field: value})
+        except PluginError:
+            pass
+        resp = await h.read("role/r") if await h.storage.get("role/r") else None
+        assert resp is None or resp.data is not None
