@@ -130,6 +130,8 @@ class TokenBackend(Backend):
             PathSpec("lookup-accessor", FieldSet(dict(_ACCESSOR)), {u: self._lookup_accessor}, "Look up a token by accessor."),
             PathSpec("renew-self", FieldSet({**_TOKEN, **_INCREMENT}), {u: self._renew_self}, "Renew the calling token."),
             PathSpec("renew", FieldSet({**_TOKEN, **_INCREMENT}), {u: self._renew}, "Renew a token."),
+            PathSpec("renew-accessor", FieldSet({**_ACCESSOR, **_INCREMENT}), {u: self._renew_accessor}, "Renew a token by accessor."),
+            PathSpec("accessors/?", FieldSet({}), {Operation.LIST: self._list_accessors}, "List token accessors (needs sudo)."),
             PathSpec("revoke-self", FieldSet({}), {u: self._revoke_self}, "Revoke the calling token and its children."),
             PathSpec("revoke", FieldSet(dict(_TOKEN)), {u: self._revoke}, "Revoke a token and its children."),
             PathSpec("revoke-accessor", FieldSet(dict(_ACCESSOR)), {u: self._revoke_accessor}, "Revoke a token by accessor."),
@@ -326,6 +328,22 @@ class TokenBackend(Backend):
         if entry is None:
             raise InvalidRequest("token not found")
         return await self._renew_entry(req, entry, raw, values.get("increment", 0))
+
+    async def _renew_accessor(self, req: Request, values: dict[str, Any]) -> Response:
+        self._caller(req)
+        accessor = values.get("accessor") or ""
+        if not accessor:
+            raise InvalidRequest("missing accessor")
+        entry = await self.store.lookup_accessor(accessor)
+        if entry is None:
+            raise InvalidRequest("invalid accessor")
+        return await self._renew_entry(req, entry, "", values.get("increment", 0))
+
+    async def _list_accessors(self, req: Request, values: dict[str, Any]) -> Response:
+        caller, _ = self._caller(req)
+        if not await self._has_sudo(caller, req):
+            raise PermissionDenied()
+        return Response(data={"keys": await self.store.list_accessors()})
 
     async def _renew_entry(self, req: Request, entry: TokenEntry, raw: str, increment: int) -> Response:
         if entry.type == "batch":

@@ -522,6 +522,17 @@ class TokenStore:
                 count += await self._revoke_tree(key)
         return count
 
+    async def list_accessors(self) -> list[str]:
+        """Accessors of every live service token (a full scan; for operators)."""
+        out: list[str] = []
+        for key in await self.storage.list(ID_PREFIX):
+            data = await self.storage.get(ID_PREFIX + key)
+            if data is not None and data.get("accessor") and data.get("num_uses", 0) >= 0:
+                entry = TokenEntry.from_dict(data)
+                if not entry.expire_time or self.clock() < entry.expire_time:
+                    out.append(entry.accessor)
+        return sorted(out)
+
     async def _children(self, id_hash: str) -> list[str]:
         return [c for c in await self.storage.list(f"{PARENT_PREFIX}{id_hash}/") if not c.endswith("/")]
 

@@ -343,3 +343,16 @@ async def test_request_token_as_dict_entry(env: Env) -> None:
     resp = await env.backend.handle_request(req)
     assert resp is not None and resp.data is not None and resp.data["policies"] == ["root"]
     assert isinstance(TokenEntry.from_dict(entry.to_dict()), TokenEntry)
+
+
+async def test_renew_accessor_and_list_accessors(env: Env) -> None:
+    block = await env.token(policies=["dev"], ttl="10m")
+    resp = await env.call(env.root, "renew-accessor", {"accessor": block["accessor"], "increment": "30m"})
+    assert resp is not None and resp.auth_block is not None
+    assert resp.auth_block["lease_duration"] == 1800 and resp.auth_block["client_token"] == ""
+    with pytest.raises(InvalidRequest, match="invalid accessor"):
+        await env.call(env.root, "renew-accessor", {"accessor": "nope"})
+    listed = await env.call(env.root, "accessors/", op=Operation.LIST)
+    assert listed is not None and listed.data is not None and block["accessor"] in listed.data["keys"]
+    with pytest.raises(PermissionDenied):
+        await env.call(block["client_token"], "accessors/", op=Operation.LIST)
