@@ -123,7 +123,11 @@ def start(
     if workers > 1:
         argv += ["--workers", str(workers)]
     server = start_pinned(name, argv, cpus=cpus, port=port, log_dir=workdir / name, cwd=ROOT)
-    server.extra["root_token"] = _root_token(server)
+    try:
+        server.extra["root_token"] = _root_token(server)
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 

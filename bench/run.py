@@ -122,10 +122,11 @@ def _write_inputs(run_dir: Path) -> dict:
     return {"keys": keys, "paths": paths}
 
 
-def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str]) -> dict[str, Server]:
-    """Start the servers the selected cases need; unavailable ones are noted and skipped."""
+def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str],
+                  servers: dict[str, Server]) -> None:  # fmt: skip
+    """Start the servers the selected cases need into ``servers`` (filled as they start, so
+    the caller can stop them even when a later one fails); unavailable ones are noted."""
     wanted = {c.server for c in CASES if c.key in args.cases}
-    servers: dict[str, Server] = {}
     py = sys.executable
     ceiling = str(ROOT / "bench" / "ceiling.py")
     if "ceiling" in wanted:
@@ -143,7 +144,7 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str
         reason = authmount.available()
         if reason:
             notes.append(f"authmount cases skipped: {reason}")
-            return servers
+            return
     if "authmount" in wanted:
         srv = authmount.start("authmount", run_dir, cpus=args.server_cpus, log_level=args.log_level)
         servers["authmount"] = srv
@@ -163,7 +164,6 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str
                     f"case 6: the 2-worker server runs on cores {args.workers_cpus}, sharing a core "
                     f"with wrk (cores {args.client_cpus}); its ratio understates scaling."
                 )
-    return servers
 
 
 def sanity(case: Case, server: Server, run_dir: Path) -> str | None:
@@ -223,7 +223,7 @@ def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
     inputs = _write_inputs(run_dir)
     servers: dict[str, Server] = {}
     try:
-        servers = start_servers(args, run_dir, inputs["keys"], notes)
+        start_servers(args, run_dir, inputs["keys"], notes, servers)
         rows = measure(args, run_dir, servers, notes)
     finally:
         for srv in servers.values():

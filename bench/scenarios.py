@@ -23,8 +23,12 @@ def _start_authmount(args: argparse.Namespace, run_dir: Path, keys) -> Server:
     if reason:
         raise SystemExit(f"authmount is not runnable: {reason}")
     srv = authmount.start("authmount", run_dir, cpus=args.server_cpus, log_level=args.log_level)
-    authmount.configure_jwt_mount(srv, keys.public_pem)
-    authmount.login(srv.url, authmount.ROLE, keys.token)
+    try:
+        authmount.configure_jwt_mount(srv, keys.public_pem)
+        authmount.login(srv.url, authmount.ROLE, keys.token)
+    except BaseException:
+        srv.stop()
+        raise
     return srv
 
 
