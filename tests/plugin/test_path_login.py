@@ -534,3 +534,16 @@ async def test_hostile_claims_give_4xx(name: str) -> None:
             assert exc.messages and exc.messages[0]
         resp = await h.write("role/plugin-test/explain", {"jwt": token})
         assert resp is not None and resp.data is not None and isinstance(resp.data["would_succeed"], bool)
+
+
+async def test_jwks_pairs_login_needs_kid() -> None:
+    a, b = ec_key("a1"), ec_key("b1")
+    urls = ("https://a.example.com/certs", "https://b.example.com/certs")
+    h = Harness(fetcher=FakeFetcher({urls[0]: jwks(a), urls[1]: jwks(b)}))
+    await h.write("config", {"jwks_pairs": [{"jwks_url": urls[0]}, {"jwks_url": urls[1]}]})
+    await h.write("role/r", {"role_type": "jwt", "user_claim": "sub", "bound_audiences": "vault"})
+    tok = {"sub": "svc", "aud": "vault", "exp": int(h.clock.now) + 60}
+    for key in (a, b):
+        assert (await h.login({"role": "r", "jwt": make_token(tok, key=key)})).auth is not None
+    assert "token missing kid header parameter" in await fails(h, make_token(tok, key=b.with_kid(None)), role="r")
+    assert "no key found with kid" in await fails(h, make_token(tok, key=b.with_kid("zz")), role="r")
