@@ -235,7 +235,8 @@ class TokenStore:
         """
         self._ready()
         if token_id is not None:
-            if not token_id or len(token_id) > 256 or any(ch.isspace() for ch in token_id):
+            bad = not token_id or len(token_id) > 256 or token_id.startswith("hvb.")
+            if bad or any(ch.isspace() or not ch.isprintable() for ch in token_id):
                 raise InvalidRequest("invalid root token id")
             existing = await self.storage.get(ID_PREFIX + self.hash(token_id))
             if existing is not None and "root" in existing.get("policies", []):

@@ -597,3 +597,9 @@ async def test_sqlite_num_uses_race_and_no_raw_token_on_disk(tmp_path: Any, cloc
     assert keep["client_token"].encode() not in on_disk and raw.encode() not in on_disk
     assert keep["client_token"][4:].encode() not in on_disk
     assert keep["accessor"].encode() in on_disk  # the scan does see stored strings
+
+
+@pytest.mark.parametrize("token_id", ["", "has space", "hvb.looks-batch", "x" * 300, "tab\t"], ids=["empty", "space", "batch-prefix", "long", "control"])
+async def test_create_root_refuses_bad_ids(store: TokenStore, token_id: str) -> None:
+    with pytest.raises(InvalidRequest, match="invalid root token id"):
+        await store.create_root(token_id)
