@@ -220,6 +220,7 @@ def measure(args: argparse.Namespace, run_dir: Path, servers: dict[str, Server],
 def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
     """Cases 1-6: start, measure, report."""
     notes: list[str] = []
+    load_start = os.getloadavg()
     inputs = _write_inputs(run_dir)
     servers: dict[str, Server] = {}
     try:
@@ -229,6 +230,10 @@ def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
         for srv in servers.values():
             srv.stop()
     info = machine()
+    # Other work on the machine shows up here; a load well above 2 means the numbers are noisy.
+    info["Load average 1/5/15 min (start, end)"] = (
+        f"{'/'.join(f'{x:.1f}' for x in load_start)}, {'/'.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = [
         f"## Side by side ({stamp})",
