@@ -182,6 +182,8 @@ def parse(text: str) -> dict[str, Any]:
             data = json.loads(text)
         except ValueError as exc:
             raise HCLError(f"invalid JSON: {exc}") from None
+        except RecursionError:
+            raise HCLError("invalid JSON: nesting too deep") from None
         if not isinstance(data, dict):
             raise HCLError("invalid JSON: expected an object")
         return data

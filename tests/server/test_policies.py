@@ -93,9 +93,14 @@ def test_hcl_errors(text: str, message: str) -> None:
         ('paths "a" { capabilities = [] }', 'invalid key "paths"'),
         ('path "identity/entity/id/{{identity.entity.id}}" { capabilities = ["read"] }', "templated"),
         ("{not json", "invalid JSON"),
+        ('{"path": ' + "[" * 100000 + "]" * 100000 + "}", "nesting too deep"),
+        ('{"path": {"a": "read"}}', 'path "a": expected a block'),
+        ('{"path": 5}', '"path" must be a block'),
+        ('{"path": {"a": {"capabilities": ["read", 5]}}}', "capabilities must be a list of strings"),
     ],
     ids=["capability", "mid-glob", "plus-star", "partial-plus", "caps-string", "unknown-key",
-         "unsupported-key", "legacy-bad", "top-level-key", "template", "bad-json"],
+         "unsupported-key", "legacy-bad", "top-level-key", "template", "bad-json", "json-deep",
+         "json-body-not-block", "json-path-scalar", "json-cap-number"],
 )
 def test_policy_validation(text: str, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
