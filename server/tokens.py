@@ -286,6 +286,9 @@ class TokenStore:
         entry.accessor = ""  # batch tokens have no accessor (Vault)
         assert self._batch_key is not None
         raw = encode_batch(entry, self._batch_key)
+        if len(raw) > _MAX_TOKEN_LEN:
+            # lookup() refuses longer tokens, so this one could never be used.
+            raise InvalidRequest(f"batch token would be {len(raw)} bytes (limit {_MAX_TOKEN_LEN}); reduce its metadata or policies")
         entry.id_hash = self.hash(raw)
         return raw
 

@@ -603,3 +603,9 @@ async def test_sqlite_num_uses_race_and_no_raw_token_on_disk(tmp_path: Any, cloc
 async def test_create_root_refuses_bad_ids(store: TokenStore, token_id: str) -> None:
     with pytest.raises(InvalidRequest, match="invalid root token id"):
         await store.create_root(token_id)
+
+
+async def test_oversized_batch_token_refused_at_issue(store: TokenStore) -> None:
+    meta = {f"k{i}": "v" * 100 for i in range(100)}
+    with pytest.raises(InvalidRequest, match="batch token would be .* bytes"):
+        await store.issue(login(token_type="batch", metadata=meta), mount=JWT)
