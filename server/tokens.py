@@ -221,11 +221,16 @@ class TokenStore:
         raw = "hvs." + random_b62()
         entry.id_hash = self.hash(raw)
         entry.accessor = random_b62()
-        # Indexes first: a dangling index is harmless, a token without them is not.
+        # Written concurrently so a group-committing engine needs one commit. If any write
+        # fails the caller never sees the token; a stray entry just expires (and a child
+        # without its parent index still dies with the parent: see _check_live).
+        writes = [
+            self.storage.put(ACCESSOR_PREFIX + self.hash(entry.accessor), {"id_hash": entry.id_hash}),
+            self.storage.put(ID_PREFIX + entry.id_hash, entry.to_dict()),
+        ]
         if entry.parent is not None:
-            await self.storage.put(f"{PARENT_PREFIX}{entry.parent}/{entry.id_hash}", 1)
-        await self.storage.put(ACCESSOR_PREFIX + self.hash(entry.accessor), {"id_hash": entry.id_hash})
-        await self.storage.put(ID_PREFIX + entry.id_hash, entry.to_dict())
+            writes.append(self.storage.put(f"{PARENT_PREFIX}{entry.parent}/{entry.id_hash}", 1))
+        await asyncio.gather(*writes)
         return raw
 
     async def create_root(self, token_id: str | None = None) -> str:
