@@ -54,3 +54,54 @@ def test_error_response_content_type() -> None:
     resp = error_response(403, ["permission denied"])
     assert resp.content_type == "application/json" and resp.charset is None
     assert resp.body == b'{"errors":["permission denied"]}'
+
+
+# -- logging: redaction and the request line ------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("token hvs.CAESIabcdefghijklmnop123 used", "token <redacted> used"),
+        ("jwt eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln end", "jwt <redacted> end"),
+        ("Authorization: Bearer abc.def", "Authorization: <redacted>"),
+        ({"client_token": "anything", "role": "ci"}, {"client_token": "<redacted>", "role": "ci"}),
+        ({"nested": [{"jwt": "x"}]}, {"nested": [{"jwt": "<redacted>"}]}),
+        ("/v1/auth/jwt/login", "/v1/auth/jwt/login"),
+    ],
+    ids=["vault token", "jwt", "bearer", "secret key", "nested secret key", "plain path untouched"],
+)
+def test_redact(value: Any, expected: Any) -> None:
+    from server.log import redact
+
+    assert redact(value) == expected
+
+
+async def test_request_log_line(aiohttp_client: Any) -> None:
+    import structlog
+
+    from server.log import setup_request_log
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    setup_request_log(app)
+    setup_errors(app)
+    app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handler)
+    client = await aiohttp_client(app)
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.get("/v1/auth/x/hvs.SECRETSECRETSECRET1", headers={"X-Vault-Token": "hvs.SECRETSECRETSECRET2"})
+    assert resp.status == 204
+    lines = [entry for entry in logs if entry["event"] == "request"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert {"method", "path", "mount", "status", "duration_ms"} <= set(line)
+    assert line["status"] == 204 and line["method"] == "GET"
+    assert "SECRETSECRETSECRET2" not in repr(logs)  # the header token is never logged
+
+
+def test_redact_processor_on_a_request_line() -> None:
+    from server.log import _redact_processor
+
+    event = {"event": "request", "path": "/v1/auth/x/hvs.SECRETSECRETSECRET1", "token": "raw", "status": 200}
+    out = _redact_processor(None, "info", event)
+    assert out == {"event": "request", "path": "/v1/auth/x/<redacted>", "token": "<redacted>", "status": 200}
