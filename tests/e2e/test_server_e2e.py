@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from tests.e2e.serverproc import REPO_ROOT, ServerProc, start_server
+from tests.pg import postgres_dsn, postgres_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -197,3 +198,38 @@ def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
     assert code == 0
     assert "shutdown triggered" in srv.log_text()
     assert "Traceback" not in srv.log_text()
+
+
+# -- several nodes on one PostgreSQL database ---------------------------------------------------
+def test_two_nodes_share_mounts_and_policies(tmp_path: Path, postgres_dsn: str) -> None:
+    """A mount enabled, tuned or disabled on node A is seen by node B (storage invalidation)."""
+    config = {"storage": {"type": "postgres", "dsn": postgres_dsn}}
+    with start_server(config=config, workdir=tmp_path / "a") as a:
+        root = a.root_token
+        assert root
+        with start_server(config=config, workdir=tmp_path / "b", root_token=root) as b:
+            assert "Root Token:" not in b.stdout_text()  # only the first node mints one
+            ca, cb = a.client(), b.client()
+            ca.sys.enable_auth_method("jwt", path="shared")
+            _eventually(lambda: "shared/" in cb.sys.list_auth_methods())
+            ca.sys.tune_auth_method("shared", default_lease_ttl="1h")
+            _eventually(lambda: cb.sys.read_auth_method_tuning("shared")["data"]["default_lease_ttl"] == 3600)
+            cb.auth.jwt.create_role("r", user_claim="sub", allowed_redirect_uris=[], role_type="jwt",
+                                    bound_audiences=["x"], path="shared")
+            assert ca.auth.jwt.list_roles(path="shared")["data"]["keys"] == ["r"]
+            ca.sys.disable_auth_method("shared")
+            _eventually(lambda: "shared/" not in cb.sys.list_auth_methods())
+        assert b.returncode == 0
+    assert a.returncode == 0
+
+
+def _eventually(check: object, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():  # type: ignore[operator]
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
