@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import sqlite3
 import tempfile
 import time
@@ -25,17 +26,21 @@ VALUE = {"policies": ["default", "dev"], "ttl": 3600, "meta": {"role": "r", "sub
          "accessor": "a" * 24, "creation_time": 1764000000}
 
 
-async def _puts(store: Any, ops: int, writers: int) -> dict[str, float]:
+def _keys(ops: int, writers: int) -> list[list[str]]:
+    """Per writer, random keys shaped like token hashes (what a login storm writes)."""
     per = ops // writers
+    return [[f"sys/token/id/{secrets.token_hex(32)}" for _ in range(per)] for _ in range(writers)]
 
-    async def writer(w: int) -> None:
-        for i in range(per):
-            await store.put(f"sys/token/id/{w}-{i}", VALUE)
+
+async def _puts(store: Any, keys: list[list[str]]) -> dict[str, float]:
+    async def writer(mine: list[str]) -> None:
+        for key in mine:
+            await store.put(key, VALUE)
 
     cpu0, loop0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
-    await asyncio.gather(*(writer(w) for w in range(writers)))
+    await asyncio.gather(*(writer(mine) for mine in keys))
     wall = time.perf_counter() - t0
-    done = per * writers
+    done = sum(map(len, keys))
     return {
         "puts/s": done / wall,
         "loop us/put": (time.thread_time() - loop0) / done * 1e6,
@@ -45,14 +50,40 @@ async def _puts(store: Any, ops: int, writers: int) -> dict[str, float]:
     }
 
 
-async def _reads(store: Any, ops: int, writers: int) -> dict[str, float]:
-    per = ops // writers
-    keys = [f"sys/token/id/{w}-{i}" for w in range(writers) for i in range(per)]
+async def _reads(store: Any, keys: list[list[str]]) -> dict[str, float]:
+    flat = [k for mine in keys for k in mine]
     t0 = time.perf_counter()
-    for key in keys:
+    for key in flat:
         assert await store.get(key) is not None
     wall = time.perf_counter() - t0
-    return {"gets/s": len(keys) / wall, "us/get": wall / len(keys) * 1e6}
+    return {"gets/s": len(flat) / wall, "us/get": wall / len(flat) * 1e6}
+
+
+def _layout_reference(ops: int, batch: int = 64) -> str:
+    """Writer CPU per put, raw sqlite3, FULL sync, batches of 64 random keys, two layouts."""
+    out = []
+    layouts = {
+        "key PRIMARY KEY": ("CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
+                            "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"),
+        "seq rowid + key": ("CREATE TABLE kv (seq INTEGER PRIMARY KEY, key TEXT, value BLOB)",
+                            "INSERT INTO kv (key, value) VALUES (?, ?)"),
+    }
+    blob = orjson.dumps(VALUE)
+    for name, (schema, insert) in layouts.items():
+        path = os.path.join(tempfile.mkdtemp(prefix="authmount-bench-"), "raw.db")
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(schema)
+        rows = [(f"sys/token/id/{secrets.token_hex(32)}", blob) for _ in range(ops)]
+        t0 = time.thread_time()
+        for start in range(0, ops, batch):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(insert, rows[start : start + batch])
+            conn.execute("COMMIT")
+        out.append(f"{name} {(time.thread_time() - t0) / ops * 1e6:.1f}")
+        conn.close()
+    return "reference: raw sqlite writer cpu us/put, " + ", ".join(out)
 
 
 def _dict_cache_reference(ops: int) -> float:
@@ -67,9 +98,10 @@ def _dict_cache_reference(ops: int) -> float:
 
 async def _run_engine(name: str, cfg: dict[str, Any], ops: int, writers: int) -> None:
     store = await open_storage(cfg)
+    keys = _keys(ops, writers)
     try:
-        put = await _puts(store, ops, writers)
-        read = await _reads(store, ops, writers)
+        put = await _puts(store, keys)
+        read = await _reads(store, keys)
     finally:
         await store.close()
     cells = {**put, **read}
@@ -86,6 +118,9 @@ async def main(args: argparse.Namespace) -> None:
         path = os.path.join(tmp, f"bench-{sync}.db")
         await _run_engine(f"sqlite {sync}", {"type": "sqlite", "path": path,
                                              "sqlite_synchronous": sync}, args.ops, args.writers)
+    path = os.path.join(tmp, "bench-nocache.db")
+    await _run_engine("sqlite no cache", {"type": "sqlite", "path": path,
+                                          "sqlite_cache_entries": 0}, args.ops, args.writers)
     if args.postgres:
         from tests.pg import start_postgres
 
@@ -97,6 +132,7 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             server.stop()
     print(f"reference: dict cache + orjson.loads {_dict_cache_reference(args.ops):.2f} us/get")
+    print(_layout_reference(args.ops))
 
 
 if __name__ == "__main__":

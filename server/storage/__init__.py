@@ -18,6 +18,9 @@ Settings (``cfg`` is a mapping or an object with these attributes; YAML ``storag
     SQLite: ``"FULL"`` (default; every acknowledged write survives power loss),
     ``"NORMAL"`` (acknowledged writes survive a process crash, the last ones may be lost
     on power loss) or ``"EXTRA"``.
+``sqlite_cache_entries``
+    SQLite: how many recently written values to keep in memory for reads (default
+    32768; 0 disables). Exact: it is updated by the writer after each commit.
 ``dsn``
     PostgreSQL: a libpq connection string, e.g. ``postgresql://authmount@db/authmount``.
     Required for ``type: postgres``.
@@ -48,6 +51,13 @@ def _setting(cfg: Any, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _non_negative(cfg: Any, name: str, default: int) -> int:
+    value = _setting(cfg, name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"storage {name} must be a non-negative integer")
+    return value
+
+
 async def open_storage(cfg: Any) -> Storage:
     """Open the storage engine described by ``cfg`` (see the module docstring).
 
@@ -65,6 +75,7 @@ async def open_storage(cfg: Any) -> Storage:
         return await SQLiteStorage.open(
             str(_setting(cfg, "path", DEFAULT_SQLITE_PATH)),
             synchronous=str(_setting(cfg, "sqlite_synchronous", "FULL")),
+            cache_entries=_non_negative(cfg, "sqlite_cache_entries", 32768),
         )
     if kind in ("postgres", "postgresql"):
         from server.storage.postgres import PostgresStorage
@@ -72,7 +83,7 @@ async def open_storage(cfg: Any) -> Storage:
         dsn = _setting(cfg, "dsn")
         if not dsn:
             raise ValueError("storage type postgres needs a dsn")
-        pool_size = int(_setting(cfg, "pool_size", 10))
+        pool_size = _non_negative(cfg, "pool_size", 10)
         if pool_size < 1:
             raise ValueError("storage pool_size must be at least 1")
         return await PostgresStorage.open(str(dsn), pool_size=pool_size)

@@ -15,7 +15,8 @@ class KeyTree:
     """Maps each key to an int (its row id) and keeps the folder structure of all keys.
 
     ``_folders[folder]`` maps child names to values: a leaf name (no ``/``) maps to the
-    key's row id, a sub-folder name (ending with ``/``) to the number of keys below it.
+    key's row id, a sub-folder name (ending with ``/``) to 0. A folder exists only while
+    it has children, so adding or removing a key under an existing folder is O(1).
     Single dict operations are atomic under the GIL, so one thread may write while
     another reads; ``list`` copies a folder's names in one call before using them.
     """
@@ -34,17 +35,25 @@ class KeyTree:
         """Add ``key`` or change its value."""
         parent, name = _split(key)
         folder = self._folders.get(parent)
-        if folder is not None and name in folder:
-            folder[name] = value
-            return
-        start = 0
-        while (slash := key.find("/", start)) >= 0:
-            sub = self._folders.setdefault(key[:start], {})
-            child = key[start : slash + 1]
-            sub[child] = sub.get(child, 0) + 1
-            start = slash + 1
-        self._folders.setdefault(parent, {})[name] = value
-        self.size += 1
+        if folder is None:
+            folder = self._folders[parent] = {}
+            self._link(parent)
+        if name not in folder:
+            self.size += 1
+        folder[name] = value
+
+    def _link(self, path: str) -> None:
+        """Register the new folder ``path`` in its parent folders (creating them)."""
+        while path:
+            parent, child = _split(path[:-1])
+            folder = self._folders.get(parent)
+            created = folder is None
+            if folder is None:
+                folder = self._folders[parent] = {}
+            folder[child + "/"] = 0
+            if not created:
+                return
+            path = parent
 
     def remove(self, key: str) -> bool:
         """Drop ``key``; return whether it was present."""
@@ -53,27 +62,13 @@ class KeyTree:
         if folder is None or name not in folder:
             return False
         del folder[name]
-        if not folder and parent:
-            del self._folders[parent]
-        slashes: list[int] = []
-        pos = key.find("/")
-        while pos >= 0:
-            slashes.append(pos)
-            pos = key.find("/", pos + 1)
-        # Bottom-up: a folder emptied at one level is dropped from its parent at the next.
-        for i in range(len(slashes) - 1, -1, -1):
-            start = slashes[i - 1] + 1 if i else 0
-            path = key[:start]
-            sub = self._folders[path]
-            child = key[start : slashes[i] + 1]
-            left = sub[child] - 1
-            if left:
-                sub[child] = left
-            else:
-                del sub[child]
-                if not sub and path:
-                    del self._folders[path]
         self.size -= 1
+        # A folder exists only while it has children: unlink emptied ones upwards.
+        while not folder and parent:
+            del self._folders[parent]
+            parent, child = _split(parent[:-1])
+            folder = self._folders[parent]
+            del folder[child + "/"]
         return True
 
     def list(self, prefix: str) -> list[str]:

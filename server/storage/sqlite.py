@@ -9,6 +9,7 @@ import os
 import queue
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -52,15 +53,17 @@ class SQLiteStorage:
     appended at the end of the table, so a batch of new random keys (token hashes) dirties
     a few pages instead of one page per key, about 7x less work per commit than a
     ``key PRIMARY KEY`` B-tree. The index costs ~150 bytes of memory per key. Reads run on
-    the event-loop thread: ``list`` and misses are answered from the index, hits read one
-    row by ``seq`` from a read-only connection (WAL readers never wait for the writer).
-    The writer updates the index only after the commit, so it never shows uncommitted data.
+    the event-loop thread: ``list`` and misses are answered from the index, recently
+    written values from a bounded write-through cache, others by reading one row by
+    ``seq`` from a read-only connection (WAL readers never wait for the writer). The
+    writer updates index and cache only after the commit, so they never show uncommitted
+    data, and nothing else writes the file.
 
     One process owns the file: an exclusive ``flock`` on ``<path>.lock`` refuses a second
     opener. Build it with ``await SQLiteStorage.open(path)``.
     """
 
-    def __init__(self, path: str, synchronous: str = "FULL") -> None:
+    def __init__(self, path: str, synchronous: str = "FULL", cache_entries: int = 32768) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNC_MODES:
             raise ValueError(f"sqlite_synchronous must be one of {', '.join(_SYNC_MODES)}")
@@ -68,8 +71,16 @@ class SQLiteStorage:
         self.synchronous = synchronous
         self.commits = 0  # committed transactions (group commit makes this << writes)
         self._tree = KeyTree()
+        # Write-through cache of recently written values (tokens are read right after
+        # login). Only the writer thread changes it, after COMMIT: it is never stale.
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self.cache_entries = cache_entries
         self._next_seq = 1
-        self._queue: queue.SimpleQueue[tuple[int, Any, Any, asyncio.Future[Any] | None]] = (
+        # Writes submitted during one event-loop iteration go to the writer as one list:
+        # on a single busy core, waking the writer per write would commit 1-2 at a time.
+        self._outbox: list[tuple[int, Any, Any, asyncio.Future[Any] | None]] = []
+        self._kick_scheduled = False
+        self._queue: queue.SimpleQueue[list[tuple[int, Any, Any, asyncio.Future[Any] | None]]] = (
             queue.SimpleQueue()
         )
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,12 +91,16 @@ class SQLiteStorage:
         self._stopped: asyncio.Future[None] | None = None
 
     @classmethod
-    async def open(cls, path: str, synchronous: str = "FULL") -> SQLiteStorage:
+    async def open(
+        cls, path: str, synchronous: str = "FULL", cache_entries: int = 32768
+    ) -> SQLiteStorage:
         """Create the parent directory and file (mode 0600) if needed and open the store.
+
+        ``cache_entries`` bounds the cache of recently written values (0 disables it).
 
         :raises RuntimeError: another process (or another store object) has the file open.
         """
-        store = cls(path, synchronous)
+        store = cls(path, synchronous, cache_entries)
         await store._start()
         return store
 
@@ -132,6 +147,9 @@ class SQLiteStorage:
             raise RuntimeError("storage is closed")
         if not isinstance(key, str):
             raise TypeError("storage key must be a str")
+        blob = self._cache.get(key)
+        if blob is not None:
+            return orjson.loads(blob)
         seq = self._tree.get(key)
         if seq is None:
             return None
@@ -153,8 +171,18 @@ class SQLiteStorage:
         if self._closed or self._loop is None:
             raise RuntimeError("storage is closed")
         fut = self._loop.create_future()
-        self._queue.put((op, key, arg, fut))
+        self._outbox.append((op, key, arg, fut))
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            self._loop.call_soon(self._kick)
         return fut
+
+    def _kick(self) -> None:
+        """Hand everything submitted since the last kick to the writer thread."""
+        self._kick_scheduled = False
+        if self._outbox:
+            batch, self._outbox = self._outbox, []
+            self._queue.put(batch)
 
     async def put(self, key: str, value: Any) -> None:
         """Store ``value`` at ``key``; returns once the write is committed and durable."""
@@ -182,7 +210,8 @@ class SQLiteStorage:
         if self._closed:
             return
         self._closed = True
-        self._queue.put((_STOP, None, None, None))
+        self._kick()
+        self._queue.put([(_STOP, None, None, None)])
         assert self._stopped is not None
         await self._stopped
         if self._reader is not None:
@@ -219,10 +248,10 @@ class SQLiteStorage:
         q = self._queue
         running = True
         while running:
-            batch = [q.get()]
+            batch = q.get()
             while True:
                 try:
-                    batch.append(q.get_nowait())
+                    batch.extend(q.get_nowait())
                 except queue.Empty:
                     break
             if batch[-1][0] == _STOP:  # FIFO: nothing is queued after the stop marker
@@ -242,6 +271,21 @@ class SQLiteStorage:
         assert self._stopped is not None
         self._notify(_set_result, self._stopped, None)
 
+    def _publish(self, changes: dict[str, tuple[int, bytes] | None]) -> None:
+        """After COMMIT (writer thread): make a batch's changes visible to readers."""
+        tree, cache, cap = self._tree, self._cache, self.cache_entries
+        for key, state in changes.items():
+            if state is None:
+                tree.remove(key)
+                cache.pop(key, None)
+                continue
+            tree.set(key, state[0])
+            if cap:
+                cache[key] = state[1]
+                cache.move_to_end(key)
+        while len(cache) > cap:
+            cache.popitem(last=False)
+
     def _load_index(self, conn: sqlite3.Connection) -> None:
         """Rebuild the key index from the table (and drop stale duplicate rows, if any)."""
         stale: list[int] = []
@@ -259,8 +303,8 @@ class SQLiteStorage:
 class _Batch:
     """One group-commit transaction in the writer thread.
 
-    ``pending`` holds this batch's index changes (key → new seq, None: deleted); the
-    shared index is updated from it only after COMMIT. Runs of new keys are buffered and
+    ``pending`` holds this batch's changes (key → (seq, encoded value), None: deleted);
+    the shared index and value cache are updated from it only after COMMIT. Runs of new keys are buffered and
     written with multi-row INSERTs: each statement releases and re-takes the GIL once,
     and that hand-off with the event-loop thread costs more than the insert itself.
     """
@@ -268,14 +312,15 @@ class _Batch:
     def __init__(self, store: SQLiteStorage, conn: sqlite3.Connection) -> None:
         self.store = store
         self.conn = conn
-        self.pending: dict[str, int | None] = {}
+        self.pending: dict[str, tuple[int, bytes] | None] = {}
         # key → [seq, blob, result indexes, pending value before the insert]
         self.inserts: dict[str, list[Any]] = {}
         self.results: list[Result] = []
 
     def seq_of(self, key: str) -> int | None:
         if key in self.pending:
-            return self.pending[key]
+            state = self.pending[key]
+            return state[0] if state is not None else None
         return self.store._tree.get(key)
 
     def new_seq(self) -> int:
@@ -309,12 +354,7 @@ class _Batch:
                 conn.execute("ROLLBACK")
             return [(False, exc)] * len(batch)
         self.store.commits += 1
-        tree = self.store._tree
-        for key, seq in self.pending.items():
-            if seq is None:
-                tree.remove(key)
-            else:
-                tree.set(key, seq)
+        self.store._publish(self.pending)
         return self.results
 
     def check_transaction(self, exc: Exception) -> None:
@@ -332,14 +372,16 @@ class _Batch:
         if buffered is not None:  # the same new key twice in one batch: last one wins
             buffered[1] = blob
             buffered[2].append(index)
+            self.pending[key] = (buffered[0], blob)
             return
         seq = self.seq_of(key)
         if seq is not None:
             self.conn.execute("UPDATE kv SET value = ? WHERE seq = ?", (blob, seq))
+            self.pending[key] = (seq, blob)
             return
         seq = self.new_seq()
         self.inserts[key] = [seq, blob, [index], self.pending.get(key, _MISSING)]
-        self.pending[key] = seq
+        self.pending[key] = (seq, blob)
 
     def flush(self) -> None:
         """Write the buffered new keys (one by one if a multi-row INSERT fails)."""
@@ -398,16 +440,16 @@ class _Batch:
             else:
                 seq = self.new_seq()
                 _insert_rows(conn, [(seq, key, blob)])
-                self.pending[key] = seq
+            self.pending[key] = (seq, blob)
             return new
         if op == _DELETE_PREFIX:
             doomed = self.store._tree.items_with_prefix(key)
-            for k, seq in self.pending.items():
+            for k, state in self.pending.items():
                 if k.startswith(key):
-                    if seq is None:
+                    if state is None:
                         doomed.pop(k, None)
                     else:
-                        doomed[k] = seq
+                        doomed[k] = state[0]
             if doomed:
                 conn.execute(_DELETE_SEQS, (orjson.dumps(list(doomed.values())).decode(),))
                 for k in doomed:

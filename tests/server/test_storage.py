@@ -184,8 +184,11 @@ async def test_closed_store_refuses(store: Any) -> None:
 @pytest.mark.parametrize(
     "cfg",
     [{"type": "nosql"}, {"type": "postgres"}, {"type": "sqlite", "sqlite_synchronous": "OFF"},
-     {"type": "postgres", "dsn": "postgresql://x/y", "pool_size": 0}],
-    ids=["unknown-type", "postgres-without-dsn", "sqlite-sync-off", "pool-size-zero"],
+     {"type": "postgres", "dsn": "postgresql://x/y", "pool_size": 0},
+     {"type": "sqlite", "sqlite_cache_entries": -1},
+     {"type": "sqlite", "sqlite_cache_entries": "many"}],
+    ids=["unknown-type", "postgres-without-dsn", "sqlite-sync-off", "pool-size-zero",
+         "cache-negative", "cache-not-int"],
 )
 async def test_open_storage_rejects_bad_settings(cfg: dict[str, Any], tmp_path: Any) -> None:
     cfg.setdefault("path", str(tmp_path / "x.db"))
@@ -297,6 +300,23 @@ async def test_sqlite_reopen_drops_duplicate_rows(tmp_path: Any) -> None:
     await s.close()
     s = await SQLiteStorage.open(path)
     assert await s.get("k") is None
+    await s.close()
+
+
+@pytest.mark.parametrize("entries", [0, 2], ids=["no-cache", "tiny-cache"])
+async def test_sqlite_value_cache_stays_exact(tmp_path: Any, entries: int) -> None:
+    s = await open_storage({"type": "sqlite", "path": str(tmp_path / "a.db"),
+                            "sqlite_cache_entries": entries})
+    for i in range(5):
+        await s.put(f"k/{i}", {"i": i})
+    await s.update("k/0", lambda old: {"i": old["i"] - 1})
+    await s.put("k/4", {"i": 40})
+    await s.delete("k/3")
+    assert len(s._cache) <= entries
+    assert [await s.get(f"k/{i}") for i in range(5)] == [
+        {"i": -1}, {"i": 1}, {"i": 2}, None, {"i": 40}]
+    assert await s.delete_prefix("k/") == 4
+    assert [await s.get(f"k/{i}") for i in range(5)] == [None] * 5
     await s.close()
 
 
