@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from server.app import StartupError, create_app
 from server.appkeys import ROOT_TOKEN
@@ -16,6 +19,8 @@ from server.log import configure_logging
 from server.settings import Settings, SettingsError, dev_settings, load_settings
 
 __all__ = ["main", "serve"]
+
+WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--dev-listen-address", "-dev-listen-address", default="127.0.0.1:8200", metavar="HOST:PORT",
                      help="listen address in dev mode (port 0 picks a free port)")
     srv.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log_level")
+    srv.add_argument("--workers", type=int, metavar="N",
+                     help="serve with N processes sharing the port (SO_REUSEPORT; PostgreSQL storage only)")
     return parser
 
 
@@ -47,9 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error loading configuration: {exc}", file=sys.stderr)
         return 1
     if args.log_level:
-        from dataclasses import replace
-
         settings = replace(settings, log_level=args.log_level)
+    if args.workers is not None:
+        settings = replace(settings, workers=args.workers)
+    problem = _workers_problem(settings)
+    if problem:
+        print(f"Error loading configuration: workers: {problem}", file=sys.stderr)
+        return 1
+    worker = os.environ.get(WORKER_ENV)
+    if settings.workers > 1 and worker is None:
+        return _supervise(settings.workers, list(argv) if argv is not None else sys.argv[1:])
     configure_logging(settings.log_level, settings.log_format)
     runner_cls = asyncio.Runner
     try:
@@ -60,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop_factory = None
     with runner_cls(loop_factory=loop_factory) as runner:
         try:
-            return runner.run(serve(settings))
+            return runner.run(serve(settings, reuse_port=worker is not None, worker=int(worker or 0)))
         except (StartupError, SettingsError) as exc:
             print(f"Error starting server: {exc}", file=sys.stderr)
             return 1
@@ -69,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0) -> int:
     """Run until SIGTERM/SIGINT; finish in-flight requests, then close storage. Returns 0."""
     from aiohttp import web
 
@@ -78,10 +92,12 @@ async def serve(settings: Settings) -> int:
     await runner.setup()
     try:
         host, port = settings.host_port
-        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
         await site.start()
         bound = _bound_address(site, host, port)
-        _banner(settings, bound, app.get(ROOT_TOKEN))
+        root = app.get(ROOT_TOKEN)
+        if worker == 0 or root:
+            _banner(settings, bound, root)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,6 +107,56 @@ async def serve(settings: Settings) -> int:
     finally:
         await runner.cleanup()
     return 0
+
+
+def _workers_problem(settings: Settings) -> str | None:
+    if settings.workers < 1:
+        return "must be at least 1"
+    if settings.workers == 1:
+        return None
+    if settings.storage.type != "postgres":
+        return "more than one worker needs postgres storage (sqlite has one owner process, memory is per process)"
+    if settings.host_port[1] == 0:
+        return "more than one worker needs a fixed listen port"
+    return None
+
+
+def _supervise(count: int, argv: list[str]) -> int:
+    """Start ``count`` worker processes on the same port; forward SIGTERM/SIGINT; wait.
+
+    Returns 0 when every worker exited cleanly, else the first non-zero exit code.
+    """
+    children = []
+    for i in range(count):
+        env = dict(os.environ, **{WORKER_ENV: str(i)})
+        children.append(subprocess.Popen([sys.executable, "-m", "server.cli", *argv], env=env))
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    first_error = 0
+    pending = list(children)
+    while pending:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries os.wait
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        for child in pending:
+            if child.pid == pid:
+                child.returncode = code
+                pending.remove(child)
+                break
+        if code != 0 and not first_error:
+            first_error = code if code > 0 else 1
+            forward(signal.SIGTERM, None)  # one worker failed: stop the others too
+    return first_error
 
 
 def _bound_address(site: object, host: str, port: int) -> str:

@@ -233,3 +233,27 @@ def _eventually(check: object, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def test_workers_share_one_port(tmp_path: Path, postgres_dsn: str) -> None:
+    """``--workers 2``: two processes on one port (SO_REUSEPORT) behind one supervisor."""
+    from tests.e2e.idp import free_port
+
+    port = free_port()
+    config = {"listen_address": f"127.0.0.1:{port}", "storage": {"type": "postgres", "dsn": postgres_dsn}}
+    with start_server(config=config, workdir=tmp_path, args=["--workers", "2"]) as srv:
+        _eventually(lambda: srv.root_token is not None)
+        client = srv.client()
+        client.sys.enable_auth_method("jwt", path="w")
+        fresh = lambda: hvac.Client(url=srv.url, token=srv.root_token)  # noqa: E731
+        _eventually(lambda: all("w/" in fresh().sys.list_auth_methods() for _ in range(10)))
+        for _ in range(20):  # new connections land on either worker
+            assert "w/" in fresh().sys.list_auth_methods()
+        assert srv.stdout_text().count("Root Token:") == 1
+    assert srv.returncode == 0
+
+
+def test_workers_need_postgres(tmp_path: Path) -> None:
+    result = run_cli("server", "--dev", "--workers", "2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "workers: more than one worker needs postgres storage" in result.stderr
