@@ -1,6 +1,10 @@
 """Storage micro-benchmark: concurrent puts/s (64 writers), reads/s and event-loop cost per op.
 
-Run: ``python -m bench.storage_bench [--ops 20000] [--writers 64] [--postgres] [--uvloop]``.
+Run: ``taskset -c 1 python -m bench.storage_bench [--ops 20000] [--writers 64] [--postgres]
+[--uvloop]`` (pinned to one core, like the login benchmark). The "login simulation" runs
+64 concurrent fake logins (117 us of CPU each, the verify-only ceiling of ~8.5k/s, then
+the two puts a service-token login makes) and reports throughput against the same loop
+without storage.
 ``--postgres`` starts a throw-away server with ``tests.pg`` (its fsync is off, so the
 PostgreSQL numbers show client/pool overhead, not disk). "loop us/put" is the CPU time the
 event-loop thread spends per put (what a login pays on its core); the SQLite writer
@@ -108,6 +112,35 @@ async def _run_engine(name: str, cfg: dict[str, Any], ops: int, writers: int) ->
     print(f"{name:16s} " + "  ".join(f"{k} {v:9.1f}" for k, v in cells.items()), flush=True)
 
 
+def _busy(us: float) -> None:
+    end = time.perf_counter() + us / 1e6
+    while time.perf_counter() < end:
+        pass
+
+
+async def _login_sim(cfg: dict[str, Any] | None, logins: int, concurrency: int = 64) -> float:
+    """Logins/s of fake logins (CPU work + two token puts) on one event loop."""
+    store = await open_storage(cfg) if cfg else None
+    started = 0
+
+    async def client() -> None:
+        nonlocal started
+        while started < logins:
+            started += 1
+            _busy(117)
+            await asyncio.sleep(0)  # a request boundary
+            if store is not None:
+                await store.put(f"sys/token/accessor/{secrets.token_hex(32)}", {"id_hash": "x"})
+                await store.put(f"sys/token/id/{secrets.token_hex(32)}", VALUE)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    rate = logins / (time.perf_counter() - t0)
+    if store is not None:
+        await store.close()
+    return rate
+
+
 async def main(args: argparse.Namespace) -> None:
     """Run every engine and print one line each."""
     tmp = tempfile.mkdtemp(prefix="authmount-bench-")
@@ -131,6 +164,15 @@ async def main(args: argparse.Namespace) -> None:
                               args.ops // 4, args.writers)
         finally:
             server.stop()
+    ceiling = await _login_sim(None, args.ops // 4)
+    line = [f"login simulation: no storage {ceiling:.0f}/s"]
+    for name, cfg in [("memory", {"type": "memory"}),
+                      ("sqlite FULL", {"type": "sqlite", "path": os.path.join(tmp, "sim.db")}),
+                      ("sqlite NORMAL", {"type": "sqlite", "path": os.path.join(tmp, "sim2.db"),
+                                         "sqlite_synchronous": "NORMAL"})]:
+        rate = await _login_sim(cfg, args.ops // 4)
+        line.append(f"{name} {rate:.0f}/s ({rate / ceiling:.0%})")
+    print(", ".join(line))
     print(f"reference: dict cache + orjson.loads {_dict_cache_reference(args.ops):.2f} us/get")
     print(_layout_reference(args.ops))
 
