@@ -1,0 +1,379 @@
+"""hvac's own JWT/OIDC integration tests, ported to run against a real authmount process.
+
+Mirrors ``hvac/tests/integration_tests/api/auth_methods/test_jwt.py`` (clients-and-idp.md
+1.2 and 1.5): configure/read_config, role CRUD with LIST (verb and ``strict_http``), a
+JWKS-backed ``jwt_login`` whose token carries ``meta.role``, the token helpers, policies,
+mount tuning, hvac's exception mapping (``e.errors``) and ACL enforcement with a login
+token. The "IdP" is a loopback Python HTTP server serving a discovery document and JWKS.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import pytest
+import requests
+
+from tests.e2e.serverproc import ServerProc, start_server
+from tests.plugin.keyfactory import KeyPair, jwks, make_token, rsa_key
+
+pytestmark = pytest.mark.e2e
+
+ROOT = "hvac-acceptance-root"
+CLIENT_ID = "hvac-client-id"
+LOGIN_ROLE = "hvac"
+URL_CLAIM = "https://vault/user"
+
+
+class LocalIdP:
+    """A loopback discovery document + JWKS server (what hvac's mock OAuth provider serves)."""
+
+    def __init__(self, key: KeyPair) -> None:
+        self.key = key
+        self.hits: list[str] = []
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                idp.hits.append(self.path)
+                if self.path == "/oauth/.well-known/openid-configuration":
+                    body: dict[str, Any] = {
+                        "issuer": idp.issuer,
+                        "authorization_endpoint": idp.issuer + "/authorize",
+                        "token_endpoint": idp.issuer + "/token",
+                        "jwks_uri": idp.jwks_url,
+                        "response_types_supported": ["code"],
+                        "subject_types_supported": ["public"],
+                        "id_token_signing_alg_values_supported": ["RS256"],
+                    }
+                elif self.path == "/oauth/jwks":
+                    body = jwks(idp.key)
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}/oauth"
+
+    @property
+    def jwks_url(self) -> str:
+        return self.issuer + "/jwks"
+
+    def token(self, **claims: Any) -> str:
+        """A signed JWT from this issuer for audience ``CLIENT_ID``."""
+        now = int(time.time())
+        body = {"iss": self.issuer, "sub": "hvac-user", "aud": CLIENT_ID, "iat": now, "nbf": now, "exp": now + 300}
+        body.update(claims)
+        return make_token(body, key=self.key)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_vault_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[LocalIdP]:
+    server = LocalIdP(rsa_key(kid="hvac-k1", slot=7))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    with start_server(dev=True, root_token_id=ROOT, workdir=tmp_path_factory.mktemp("hvac")) as srv:
+        yield srv
+    assert srv.returncode == 0
+
+
+_mounts = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def mount(vault: ServerProc) -> Iterator[str]:
+    """hvac's ``setUp``/``tearDown``: a fresh jwt mount per test, disabled afterwards."""
+    path = f"jwt-test-{next(_mounts)}"
+    vault.client().sys.enable_auth_method(method_type="jwt", path=path)
+    yield path
+    vault.client().sys.disable_auth_method(path=path)
+
+
+def configure_jwks(client: hvac.Client, idp: LocalIdP, path: str) -> None:
+    resp = client.auth.jwt.configure(jwks_url=idp.jwks_url, bound_issuer=idp.issuer, path=path)
+    assert resp.status_code == 204
+
+
+def create_login_role(client: hvac.Client, path: str, name: str = LOGIN_ROLE, **extra: Any) -> Any:
+    args: dict[str, Any] = {
+        "user_claim": "sub",
+        "allowed_redirect_uris": ["https://localhost:8250/oidc/callback"],
+        "role_type": "jwt",
+        "bound_audiences": [CLIENT_ID],
+    }
+    args.update(extra)
+    return client.auth.jwt.create_role(name=name, path=path, **args)
+
+
+# -- hvac test_jwt.py ------------------------------------------------------------------
+def test_enable_and_list_auth_methods(vault: ServerProc, mount: str) -> None:
+    methods = vault.client().sys.list_auth_methods()
+    assert f"{mount}/" in methods  # top level, as hvac's tests check it
+    assert methods[f"{mount}/"]["type"] == "jwt"
+    assert methods["data"][f"{mount}/"]["type"] == "jwt"
+
+
+def test_configure_and_read_config(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
+    client = vault.client()
+    resp = client.auth.jwt.configure(
+        oidc_discovery_url=idp.issuer,
+        oidc_client_id=CLIENT_ID,
+        oidc_client_secret="hvac-secret",
+        default_role=LOGIN_ROLE,
+        path=mount,
+    )
+    assert resp.status_code == 204
+    data = client.auth.jwt.read_config(path=mount)["data"]
+    assert data["oidc_discovery_url"] == idp.issuer
+    assert data["oidc_client_id"] == CLIENT_ID
+    assert data["default_role"] == LOGIN_ROLE
+    assert "oidc_client_secret" not in data  # sensitive: never returned
+    assert "/oauth/.well-known/openid-configuration" in idp.hits  # validated at write time
+
+
+@pytest.mark.parametrize("user_claim", ["sub", URL_CLAIM], ids=["plain", "url-like"])
+def test_create_read_role(vault: ServerProc, mount: str, user_claim: str) -> None:
+    client = vault.client()
+    resp = create_login_role(client, mount, name="role-1", user_claim=user_claim)
+    assert resp.status_code == 204
+    data = client.auth.jwt.read_role(name="role-1", path=mount)["data"]
+    assert data["user_claim"] == user_claim
+    assert data["role_type"] == "jwt"
+    assert data["bound_claims_type"] == "string"
+    assert data["verbose_oidc_logging"] is False
+    assert data["bound_audiences"] == [CLIENT_ID]
+
+
+def test_create_role_body_as_hvac_sends_it(vault: ServerProc, mount: str) -> None:
+    """hvac always sends ``name``, ``bound_claims_type`` and ``verbose_oidc_logging``."""
+    body = {
+        "name": "raw",
+        "role_type": "jwt",
+        "user_claim": "sub",
+        "bound_claims_type": "string",
+        "verbose_oidc_logging": False,
+        "bound_audiences": ["x"],
+    }
+    resp = requests.post(
+        f"{vault.url}/v1/auth/{mount}/role/raw", json=body, headers={"X-Vault-Token": ROOT}, timeout=10
+    )
+    assert resp.status_code == 204, resp.text
+    assert vault.client().auth.jwt.read_role("raw", path=mount)["data"]["bound_audiences"] == ["x"]
+
+
+def test_list_roles_list_verb_and_strict_http(vault: ServerProc, mount: str) -> None:
+    client = vault.client()
+    with pytest.raises(hvac.exceptions.InvalidPath):  # empty list: 404
+        client.auth.jwt.list_roles(path=mount)
+    for name in ("b-role", "a-role"):
+        create_login_role(client, mount, name=name)
+    assert client.auth.jwt.list_roles(path=mount)["data"]["keys"] == ["a-role", "b-role"]
+    strict = hvac.Client(url=vault.url, token=ROOT, strict_http=True)
+    assert strict.auth.jwt.list_roles(path=mount)["data"]["keys"] == ["a-role", "b-role"]
+    assert client.list(f"auth/{mount}/role")["data"]["keys"] == ["a-role", "b-role"]  # ?list=True
+
+
+def test_delete_role(vault: ServerProc, mount: str) -> None:
+    client = vault.client()
+    create_login_role(client, mount, name="gone")
+    assert client.auth.jwt.delete_role(name="gone", path=mount).status_code == 204
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        client.auth.jwt.read_role(name="gone", path=mount)
+
+
+def test_jwt_login_lookup_token_meta_role(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
+    root = vault.client()
+    configure_jwks(root, idp, mount)
+    create_login_role(root, mount, token_policies=["hvac-p"])
+    client = vault.client(token="")
+    resp = client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(), path=mount)
+    assert "client_token" in resp["auth"]
+    assert resp["auth"]["policies"] == ["default", "hvac-p"]
+    assert client.token == resp["auth"]["client_token"]  # hvac stored it
+    assert client.lookup_token()["data"]["meta"]["role"] == LOGIN_ROLE
+
+
+def test_jwt_login_url_like_user_claim(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
+    root = vault.client()
+    configure_jwks(root, idp, mount)
+    create_login_role(root, mount, user_claim=URL_CLAIM)
+    client = vault.client(token="")
+    client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(**{URL_CLAIM: "carol"}), path=mount)
+    me = client.lookup_token()["data"]
+    assert me["display_name"].endswith("carol")
+    assert me["meta"] == {"role": LOGIN_ROLE}
+
+
+def test_login_ignores_stale_token_header(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
+    """hvac sends X-Vault-Token on login too; an unknown one must not get in the way."""
+    root = vault.client()
+    configure_jwks(root, idp, mount)
+    create_login_role(root, mount)
+    client = vault.client(token="hvs.not-a-real-token")
+    assert client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(), path=mount)["auth"]["client_token"]
+
+
+def test_mount_with_slashes(vault: ServerProc, idp: LocalIdP) -> None:
+    root = vault.client()
+    path = "team-a/jwt"
+    root.sys.enable_auth_method("jwt", path=path, description="team a")
+    try:
+        assert f"{path}/" in root.sys.list_auth_methods()
+        configure_jwks(root, idp, path)
+        assert root.auth.jwt.read_config(path=path)["data"]["jwks_url"] == idp.jwks_url
+        create_login_role(root, path)
+        assert root.auth.jwt.list_roles(path=path)["data"]["keys"] == [LOGIN_ROLE]
+        client = vault.client(token="")
+        client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(), path=path)
+        me = client.lookup_token()["data"]
+        assert me["path"] == f"auth/{path}/login"
+        root.sys.tune_auth_method(path, default_lease_ttl="30m")
+        assert root.sys.read_auth_method_tuning(path)["data"]["default_lease_ttl"] == 1800
+    finally:
+        root.sys.disable_auth_method(path)
+
+
+# -- token helpers ---------------------------------------------------------------------
+def test_token_lifecycle(vault: ServerProc) -> None:
+    root = vault.client()
+    created = root.auth.token.create(policies=["p1"], ttl="1h")["auth"]
+    token, accessor = created["client_token"], created["accessor"]
+    assert created["policies"] == ["default", "p1"]
+    child = vault.client(token=token)
+    me = child.auth.token.lookup_self()["data"]
+    assert me["accessor"] == accessor and me["policies"] == ["default", "p1"]
+    renewed = child.auth.token.renew_self(increment="30m")["auth"]
+    assert renewed["client_token"] == token
+    assert 0 < renewed["lease_duration"] <= 3600
+    by_accessor = root.auth.token.lookup_accessor(accessor)["data"]
+    assert by_accessor["accessor"] == accessor and by_accessor["id"] == ""  # no token id via accessor
+    assert child.auth.token.revoke_self().status_code == 204
+    assert vault.client(token=token).is_authenticated() is False
+
+    other = root.auth.token.create(policies=["p1"], ttl="1h")["auth"]
+    assert root.auth.token.revoke_accessor(other["accessor"]).status_code == 204
+    assert vault.client(token=other["client_token"]).is_authenticated() is False
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        root.auth.token.lookup_accessor(other["accessor"])
+
+
+def test_is_authenticated(vault: ServerProc) -> None:
+    assert vault.client().is_authenticated() is True
+    assert vault.client(token="hvs.bogus").is_authenticated() is False
+    assert hvac.Client(url=vault.url).is_authenticated() is False  # no token at all
+
+
+# -- policies and tuning ---------------------------------------------------------------
+def test_policy_crud(vault: ServerProc) -> None:
+    client = vault.client()
+    rules = 'path "auth/jwt/role/*" {\n  capabilities = ["read", "list"]\n}\n'
+    client.sys.create_or_update_policy(name="hvac-policy", policy=rules)
+    assert client.sys.read_policy("hvac-policy")["data"]["rules"] == rules
+    assert "hvac-policy" in client.sys.list_policies()["data"]["policies"]
+    as_json = {"path": {"auth/token/lookup-self": {"capabilities": ["read"]}}}
+    client.sys.create_or_update_policy(name="hvac-json", policy=as_json)
+    assert "hvac-json" in client.sys.list_policies()["data"]["policies"]
+    for name in ("hvac-policy", "hvac-json"):
+        client.sys.delete_policy(name)
+    policies = client.sys.list_policies()["data"]["policies"]
+    assert "hvac-policy" not in policies and "hvac-json" not in policies
+
+
+def test_tune_auth_method(vault: ServerProc, mount: str) -> None:
+    client = vault.client()
+    client.sys.tune_auth_method(mount, default_lease_ttl="1h", max_lease_ttl="2h", description="tuned")
+    data = client.sys.read_auth_method_tuning(mount)["data"]
+    assert (data["default_lease_ttl"], data["max_lease_ttl"]) == (3600, 7200)
+    assert client.sys.list_auth_methods()[f"{mount}/"]["description"] == "tuned"
+
+
+# -- errors as hvac sees them ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "exc", "needle"),
+    [
+        (lambda c, m: c.auth.jwt.read_role("missing", path=m), hvac.exceptions.InvalidPath, None),
+        (lambda c, m: c.auth.jwt.jwt_login(role="missing", jwt="a.b.c", path=m),
+         hvac.exceptions.InvalidRequest, "could not load configuration"),  # unconfigured mount
+        (lambda c, m: c.auth.jwt.create_role("r", user_claim="sub", allowed_redirect_uris=[], token_ttl="soon", path=m),
+         hvac.exceptions.InvalidRequest, "token_ttl"),
+        (lambda c, m: c.sys.enable_auth_method("nosuch", path=f"{m}-x"), hvac.exceptions.InvalidRequest, "nosuch"),
+        (lambda c, m: hvac.Client(url=c.url, token="hvs.bogus").auth.jwt.read_config(path=m),
+         hvac.exceptions.Forbidden, "permission denied"),
+    ],
+    ids=["404 read", "400 login", "400 role field", "400 mount type", "403 bad token"],
+)
+def test_errors_carry_errors_list(vault: ServerProc, mount: str, call: Any, exc: type[Exception], needle: str | None) -> None:
+    with pytest.raises(exc) as info:
+        call(vault.client(), mount)
+    errors = info.value.errors  # type: ignore[attr-defined]
+    assert isinstance(errors, list)  # only set when Content-Type is exactly application/json
+    if needle is not None:
+        assert any(needle in e for e in errors), errors
+
+
+# -- ACL enforcement with a login token --------------------------------------------------
+def test_login_token_acl(vault: ServerProc, idp: LocalIdP) -> None:
+    root = vault.client()
+    root.sys.enable_auth_method("jwt", path="jwt")
+    try:
+        root.sys.create_or_update_policy(
+            name="role-reader", policy='path "auth/jwt/role/*" {\n  capabilities = ["read"]\n}\n'
+        )
+        configure_jwks(root, idp, "jwt")
+        create_login_role(root, "jwt", token_policies=["role-reader"])
+        client = vault.client(token="")
+        client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token())
+        assert client.auth.jwt.read_role(LOGIN_ROLE)["data"]["token_policies"] == ["role-reader"]
+        forbidden = [
+            lambda: client.auth.jwt.configure(jwks_url=idp.jwks_url),
+            lambda: client.auth.jwt.create_role("evil", user_claim="sub", allowed_redirect_uris=[]),
+            lambda: client.sys.enable_auth_method("jwt", path="evil"),
+            lambda: client.sys.create_or_update_policy(name="evil", policy='path "*" { capabilities = ["sudo"] }'),
+            lambda: client.auth.jwt.read_config(),
+        ]
+        for attempt in forbidden:
+            with pytest.raises(hvac.exceptions.Forbidden) as info:
+                attempt()
+            assert info.value.errors == ["permission denied"]  # type: ignore[attr-defined]
+        assert "evil/" not in root.sys.list_auth_methods()
+        assert "evil" not in root.sys.list_policies()["data"]["policies"]
+        assert root.auth.jwt.read_config()["data"]["jwks_url"] == idp.jwks_url
+    finally:
+        root.sys.disable_auth_method("jwt")
+        root.sys.delete_policy("role-reader")
