@@ -53,11 +53,17 @@ def redact(value: Any, _depth: int = 0) -> Any:
     return value
 
 
+# Fields the server itself fills with non-secret values: not worth a regex pass.
+_SAFE_KEYS = frozenset({"timestamp", "level", "request_id", "method", "status", "duration_ms", "mount"})
+
+
 def _redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event_dict):
+        if key in _SAFE_KEYS:
+            continue
         if key.lower() in SECRET_KEYS:
             event_dict[key] = REDACTED
-        elif key not in ("timestamp", "level"):
+        else:
             event_dict[key] = redact(event_dict[key])
     return event_dict
 
