@@ -257,3 +257,14 @@ def test_workers_need_postgres(tmp_path: Path) -> None:
     result = run_cli("server", "--dev", "--workers", "2", cwd=tmp_path)
     assert result.returncode == 1
     assert "workers: more than one worker needs postgres storage" in result.stderr
+
+
+def test_second_process_on_same_sqlite_file_refused(tmp_path: Path) -> None:
+    config = {"storage": {"type": "sqlite", "path": str(tmp_path / "one.db")}}
+    with start_server(config=config, workdir=tmp_path) as first:
+        cfg = tmp_path / "same.yaml"
+        cfg.write_text(f"listen_address: 127.0.0.1:0\nstorage:\n  type: sqlite\n  path: {tmp_path / 'one.db'}\n")
+        result = run_cli("server", "--config", str(cfg), cwd=tmp_path)
+        assert result.returncode == 1
+        assert "Error starting server: storage:" in result.stderr
+        assert first.client().sys.read_health_status(method="GET")["initialized"] is True

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from plugin import registry
@@ -15,7 +18,7 @@ from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Respon
 from plugin.schema import Field, FieldSet, FieldType
 from server.app import create_app
 from server.appkeys import MOUNTS
-from server.listparser import make_test_server
+from server.listparser import ListVerbAppRunner, make_test_server
 from server.settings import Settings, StorageSettings
 
 ROOT = "root-token-for-tests"
@@ -380,3 +383,46 @@ async def test_mount_table_seen_by_app(echo: TestClient) -> None:
     table = echo.server.app[MOUNTS]
     found = table.match("echo/item/x")
     assert found is not None and found[1] == "item/x"
+
+
+# -- graceful shutdown -----------------------------------------------------------------------
+class SlowBackend(Backend):
+    """``wait``: signals that it started, then takes a moment before answering."""
+
+    started: asyncio.Event
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths = [PathSpec("wait", FieldSet({}), {Operation.READ: self._wait}, unauthenticated=True)]
+
+    async def _wait(self, req: Request, values: dict[str, Any]) -> Response:
+        SlowBackend.started.set()
+        await asyncio.sleep(0.3)
+        return Response(data={"finished": True})
+
+
+registry.register("slow", SlowBackend)
+
+
+async def test_shutdown_lets_in_flight_request_finish() -> None:
+    SlowBackend.started = asyncio.Event()
+    app = create_app(make_settings())
+    runner = ListVerbAppRunner(app, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{base}/v1/sys/auth/slow", json={"type": "slow"}, headers=H) as resp:
+            assert resp.status == 204
+
+        async def call() -> tuple[int, Any]:
+            async with session.get(f"{base}/v1/auth/slow/wait") as r:
+                return r.status, await r.json()
+
+        pending = asyncio.create_task(call())
+        await SlowBackend.started.wait()
+        await runner.cleanup()  # what SIGTERM does
+        status, body = await pending
+    assert status == 200 and body["data"] == {"finished": True}
