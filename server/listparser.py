@@ -141,6 +141,12 @@ class RequestFramer:
 
     def _head(self, head: bytes) -> tuple[bytes, int]:
         """Rewrite one complete header block; return it and its body length (-1: chunked)."""
+        if head.startswith(b"\r\n"):
+            # RFC 9112 2.2: empty lines before a request line are ignored; drop them here so
+            # that a LIST after a stray CRLF is still recognised.
+            head = head.lstrip(b"\r\n")
+            if not head.endswith(b"\r\n\r\n"):  # nothing but empty lines
+                return b"", 0
         lower = head.lower()
         if _MARKER_LOWER in lower:
             lines = head.split(b"\r\n")

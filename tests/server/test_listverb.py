@@ -38,8 +38,10 @@ MARKED = b"GET /v1/auth/jwt/role HTTP/1.1\r\n" + f"{MARKER_HEADER}: {MARKER_VALU
         (POST_REQ + LIST_REQ, POST_REQ + MARKED),
         (CHUNKED_REQ + LIST_REQ, CHUNKED_REQ + MARKED),
         (GET_REQ + LIST_REQ + GET_REQ, GET_REQ + MARKED + GET_REQ),
+        (POST_REQ + b"\r\n" + LIST_REQ, POST_REQ + MARKED),
     ],
-    ids=["list", "get untouched", "body bytes LIST are not a request", "chunked body then LIST", "pipelined"],
+    ids=["list", "get untouched", "body bytes LIST are not a request", "chunked body then LIST", "pipelined",
+         "stray CRLF after a body"],
 )
 def test_framer_rewrites_only_request_lines(stream: bytes, expected: bytes) -> None:
     assert feed_all([stream]) == expected
