@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import functools
 import os
 import queue
 import sqlite3
@@ -17,20 +16,23 @@ import orjson
 
 from plugin.storage import Updater
 from server.storage.keytree import KeyTree
+from server.storage.sqlite_batch import (
+    DELETE,
+    DELETE_PREFIX,
+    DELETE_SEQS,
+    PUT,
+    STOP,
+    UPDATE,
+    Batch,
+    Result,
+)
 
 __all__ = ["SQLiteStorage"]
 
-# Operation codes carried through the writer queue.
-_PUT, _DELETE, _UPDATE, _DELETE_PREFIX, _STOP = range(5)
 _SYNC_MODES = ("FULL", "NORMAL", "EXTRA")
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS kv (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL)"
 )
-_DELETE_SEQS = "DELETE FROM kv WHERE seq IN (SELECT value FROM json_each(?))"
-_MAX_ROWS = 256  # rows per multi-row INSERT (3 parameters each, far below SQLite's limit)
-_MISSING = object()
-
-Result = tuple[bool, Any]  # (ok, value) or (False, exception)
 
 
 def _check_key(key: Any) -> None:
@@ -70,12 +72,12 @@ class SQLiteStorage:
         self.path = path
         self.synchronous = synchronous
         self.commits = 0  # committed transactions (group commit makes this << writes)
-        self._tree = KeyTree()
+        self.tree = KeyTree()
         # Write-through cache of recently written values (tokens are read right after
         # login). Only the writer thread changes it, after COMMIT: it is never stale.
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self.cache_entries = cache_entries
-        self._next_seq = 1
+        self.next_seq = 1
         # Writes submitted during one event-loop iteration go to the writer as one list:
         # on a single busy core, waking the writer per write would commit 1-2 at a time.
         self._outbox: list[tuple[int, Any, Any, asyncio.Future[Any] | None]] = []
@@ -150,7 +152,7 @@ class SQLiteStorage:
         blob = self._cache.get(key)
         if blob is not None:
             return orjson.loads(blob)
-        seq = self._tree.get(key)
+        seq = self.tree.get(key)
         if seq is None:
             return None
         rows = self._reader.execute("SELECT key, value FROM kv WHERE seq = ?", (seq,)).fetchall()
@@ -163,7 +165,7 @@ class SQLiteStorage:
         """Immediate children under ``prefix`` (sorted; sub-folders end with ``/``)."""
         if self._closed:
             raise RuntimeError("storage is closed")
-        return self._tree.list(prefix)
+        return self.tree.list(prefix)
 
     # -- writes (queued to the writer thread) ----------------------------------------
 
@@ -187,23 +189,23 @@ class SQLiteStorage:
     async def put(self, key: str, value: Any) -> None:
         """Store ``value`` at ``key``; returns once the write is committed and durable."""
         _check_key(key)
-        await self._submit(_PUT, key, orjson.dumps(value))
+        await self._submit(PUT, key, orjson.dumps(value))
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (missing is fine); returns once durable."""
         _check_key(key)
-        await self._submit(_DELETE, key, None)
+        await self._submit(DELETE, key, None)
 
     async def update(self, key: str, fn: Updater) -> Any | None:
         """Atomically apply ``fn(old)`` in the writer thread; None deletes. Returns the new value."""
         _check_key(key)
-        return await self._submit(_UPDATE, key, fn)
+        return await self._submit(UPDATE, key, fn)
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key starting with ``prefix`` in one statement; return the count."""
         if not isinstance(prefix, str):
             raise TypeError("prefix must be a str")
-        return int(await self._submit(_DELETE_PREFIX, prefix, None))
+        return int(await self._submit(DELETE_PREFIX, prefix, None))
 
     async def close(self) -> None:
         """Finish every queued write, stop the writer and release the file."""
@@ -211,7 +213,7 @@ class SQLiteStorage:
             return
         self._closed = True
         self._kick()
-        self._queue.put([(_STOP, None, None, None)])
+        self._queue.put([(STOP, None, None, None)])
         assert self._stopped is not None
         await self._stopped
         if self._reader is not None:
@@ -254,12 +256,12 @@ class SQLiteStorage:
                     batch.extend(q.get_nowait())
                 except queue.Empty:
                     break
-            if batch[-1][0] == _STOP:  # FIFO: nothing is queued after the stop marker
+            if batch[-1][0] == STOP:  # FIFO: nothing is queued after the stop marker
                 batch.pop()
                 running = False
             if batch:
                 try:
-                    results = _Batch(self, conn).run(batch)
+                    results = Batch(self, conn).run(batch)
                 except Exception as exc:  # noqa: BLE001 - never leave a caller waiting
                     results = [(False, exc)] * len(batch)
                     try:
@@ -271,9 +273,9 @@ class SQLiteStorage:
         assert self._stopped is not None
         self._notify(_set_result, self._stopped, None)
 
-    def _publish(self, changes: dict[str, tuple[int, bytes] | None]) -> None:
+    def publish(self, changes: dict[str, tuple[int, bytes] | None]) -> None:
         """After COMMIT (writer thread): make a batch's changes visible to readers."""
-        tree, cache, cap = self._tree, self._cache, self.cache_entries
+        tree, cache, cap = self.tree, self._cache, self.cache_entries
         for key, state in changes.items():
             if state is None:
                 tree.remove(key)
@@ -291,185 +293,13 @@ class SQLiteStorage:
         stale: list[int] = []
         seq = 0
         for seq, key in conn.execute("SELECT seq, key FROM kv ORDER BY seq"):
-            old = self._tree.get(key)
+            old = self.tree.get(key)
             if old is not None:  # never written by this engine; keep the newest row
                 stale.append(old)
-            self._tree.set(key, seq)
-        self._next_seq = seq + 1
+            self.tree.set(key, seq)
+        self.next_seq = seq + 1
         if stale:
-            conn.execute(_DELETE_SEQS, (orjson.dumps(stale).decode(),))
-
-
-class _Batch:
-    """One group-commit transaction in the writer thread.
-
-    ``pending`` holds this batch's changes (key → (seq, encoded value), None: deleted);
-    the shared index and value cache are updated from it only after COMMIT. Runs of new keys are buffered and
-    written with multi-row INSERTs: each statement releases and re-takes the GIL once,
-    and that hand-off with the event-loop thread costs more than the insert itself.
-    """
-
-    def __init__(self, store: SQLiteStorage, conn: sqlite3.Connection) -> None:
-        self.store = store
-        self.conn = conn
-        self.pending: dict[str, tuple[int, bytes] | None] = {}
-        # key → [seq, blob, result indexes, pending value before the insert]
-        self.inserts: dict[str, list[Any]] = {}
-        self.results: list[Result] = []
-
-    def seq_of(self, key: str) -> int | None:
-        if key in self.pending:
-            state = self.pending[key]
-            return state[0] if state is not None else None
-        return self.store._tree.get(key)
-
-    def new_seq(self) -> int:
-        seq = self.store._next_seq
-        self.store._next_seq += 1
-        return seq
-
-    def run(self, batch: list[Any]) -> list[Result]:
-        """Apply ``batch`` in one transaction; return (ok, value-or-exception) per operation."""
-        conn = self.conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            return [(False, exc)] * len(batch)
-        for index, (op, key, arg, _fut) in enumerate(batch):
-            try:
-                if op == _PUT:
-                    self.put(index, key, arg)
-                    self.results.append((True, None))
-                    continue
-                self.flush()
-                self.results.append((True, self.apply(op, key, arg)))
-            except Exception as exc:  # noqa: BLE001 - fails only this caller
-                self.results.append((False, exc))
-                self.check_transaction(exc)
-        self.flush()
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return [(False, exc)] * len(batch)
-        self.store.commits += 1
-        self.store._publish(self.pending)
-        return self.results
-
-    def check_transaction(self, exc: Exception) -> None:
-        """After an error: if SQLite rolled the whole transaction back, fail it all."""
-        if self.conn.in_transaction:
-            return
-        # An I/O error or a full disk undid the earlier operations of this batch too.
-        self.results = [(False, exc)] * len(self.results)
-        self.pending.clear()
-        self.inserts.clear()
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def put(self, index: int, key: str, blob: bytes) -> None:
-        buffered = self.inserts.get(key)
-        if buffered is not None:  # the same new key twice in one batch: last one wins
-            buffered[1] = blob
-            buffered[2].append(index)
-            self.pending[key] = (buffered[0], blob)
-            return
-        seq = self.seq_of(key)
-        if seq is not None:
-            self.conn.execute("UPDATE kv SET value = ? WHERE seq = ?", (blob, seq))
-            self.pending[key] = (seq, blob)
-            return
-        seq = self.new_seq()
-        self.inserts[key] = [seq, blob, [index], self.pending.get(key, _MISSING)]
-        self.pending[key] = (seq, blob)
-
-    def flush(self) -> None:
-        """Write the buffered new keys (one by one if a multi-row INSERT fails)."""
-        if not self.inserts:
-            return
-        items = list(self.inserts.items())
-        self.inserts = {}
-        try:
-            _insert_rows(self.conn, [(rec[0], key, rec[1]) for key, rec in items])
-            return
-        except sqlite3.Error as exc:
-            if not self.conn.in_transaction:
-                self.check_transaction(exc)
-                return
-        for key, (seq, blob, indexes, before) in items:
-            try:
-                _insert_rows(self.conn, [(seq, key, blob)])
-            except sqlite3.Error as exc:
-                if not self.conn.in_transaction:
-                    self.check_transaction(exc)  # fails every operation so far
-                    return
-                for i in indexes:
-                    self.results[i] = (False, exc)
-                if before is _MISSING:
-                    self.pending.pop(key, None)
-                else:
-                    self.pending[key] = before
-
-    def apply(self, op: int, key: str, arg: Any) -> Any:
-        """Apply a delete, update or delete_prefix: one SQL write statement each."""
-        conn = self.conn
-        if op == _DELETE:
-            seq = self.seq_of(key)
-            if seq is not None:
-                conn.execute("DELETE FROM kv WHERE seq = ?", (seq,))
-                self.pending[key] = None
-            return None
-        if op == _UPDATE:
-            seq = self.seq_of(key)
-            old = None
-            if seq is not None:
-                row = conn.execute("SELECT value FROM kv WHERE seq = ?", (seq,)).fetchall()
-                if row:
-                    old = orjson.loads(row[0][0])
-                else:
-                    seq = None
-            new = arg(old)
-            if new is None:
-                if seq is not None:
-                    conn.execute("DELETE FROM kv WHERE seq = ?", (seq,))
-                    self.pending[key] = None
-                return None
-            blob = orjson.dumps(new)  # may raise: nothing has been written yet
-            if seq is not None:
-                conn.execute("UPDATE kv SET value = ? WHERE seq = ?", (blob, seq))
-            else:
-                seq = self.new_seq()
-                _insert_rows(conn, [(seq, key, blob)])
-            self.pending[key] = (seq, blob)
-            return new
-        if op == _DELETE_PREFIX:
-            doomed = self.store._tree.items_with_prefix(key)
-            for k, state in self.pending.items():
-                if k.startswith(key):
-                    if state is None:
-                        doomed.pop(k, None)
-                    else:
-                        doomed[k] = state[0]
-            if doomed:
-                conn.execute(_DELETE_SEQS, (orjson.dumps(list(doomed.values())).decode(),))
-                for k in doomed:
-                    self.pending[k] = None
-            return len(doomed)
-        raise ValueError(f"unknown storage operation {op}")
-
-
-@functools.cache
-def _insert_sql(rows: int) -> str:
-    return "INSERT INTO kv (seq, key, value) VALUES " + ",".join(["(?, ?, ?)"] * rows)
-
-
-def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[int, str, bytes]]) -> None:
-    """Insert rows in power-of-two chunks (few distinct statements, all cached)."""
-    k, n = 0, len(rows)
-    while k < n:
-        size = min(_MAX_ROWS, 1 << ((n - k).bit_length() - 1))
-        conn.execute(_insert_sql(size), [x for row in rows[k : k + size] for x in row])
-        k += size
+            conn.execute(DELETE_SEQS, (orjson.dumps(stale).decode(),))
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
