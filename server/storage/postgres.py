@@ -30,6 +30,12 @@ _PUT = (
     " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key)"
     " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w"
 )
+_PUT_MANY = (
+    "WITH w AS (INSERT INTO authmount_kv (key, value)"
+    " SELECT k, v::jsonb FROM unnest(%(keys)s::text[], %(values)s::text[]) AS t(k, v)"
+    " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key)"
+    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w"
+)
 _DELETE = (
     "WITH d AS (DELETE FROM authmount_kv WHERE key = %(key)s RETURNING key)"
     " SELECT pg_notify(%(chan)s, %(node)s || key) FROM d"
@@ -99,7 +105,10 @@ class PostgresStorage:
     and calls its invalidation callback for keys written by *other* nodes. ``update`` locks
     the row (``SELECT ... FOR UPDATE``; a missing row is locked by inserting it inside the
     transaction), so concurrent updates of one key are serialised across the cluster.
-    Build it with ``await PostgresStorage.open(dsn)``.
+    Concurrent puts are written together (one ``INSERT ... SELECT FROM unnest`` per batch,
+    one round trip); if that statement fails they are retried one by one, so a bad value
+    fails only its own caller. Keys longer than ~7900 bytes cannot be announced (NOTIFY's
+    payload limit) and their writes fail. Build it with ``await PostgresStorage.open(dsn)``.
     """
 
     def __init__(self, dsn: str, pool_size: int = 10) -> None:
@@ -111,6 +120,9 @@ class PostgresStorage:
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._closed = False
+        # Concurrent puts are group-written: one statement (one round trip) per batch.
+        self._put_queue: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._put_flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, dsn: str, pool_size: int = 10) -> PostgresStorage:
@@ -165,8 +177,57 @@ class PostgresStorage:
         self._check()
         _check_key(key)
         text = orjson.dumps(value).decode()
-        async with self._pool.connection() as conn:
-            await conn.execute(_PUT, self._params(key=key, value=text))
+        fut = asyncio.get_running_loop().create_future()
+        self._put_queue.append((key, text, fut))
+        if self._put_flusher is None:
+            self._put_flusher = asyncio.create_task(self._flush_puts())
+        await fut
+
+    async def _flush_puts(self) -> None:
+        """Write queued puts, one statement per batch, until the queue stays empty."""
+        batch: list[tuple[str, str, asyncio.Future[None]]] = []
+        try:
+            while self._put_queue:
+                batch, self._put_queue = self._put_queue, []
+                await self._write_puts(batch)
+        except BaseException as exc:  # e.g. cancelled at shutdown: nobody may wait forever
+            error = exc if isinstance(exc, Exception) else RuntimeError("storage is closed")
+            for _key, _text, fut in batch + self._put_queue:
+                if not fut.done():
+                    fut.set_exception(error)
+            self._put_queue = []
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._put_flusher = None
+
+    async def _write_puts(self, batch: list[tuple[str, str, asyncio.Future[None]]]) -> None:
+        latest = {key: text for key, text, _fut in batch}  # the same key twice: last wins
+        try:
+            async with self._pool.connection() as conn:
+                await conn.execute(
+                    _PUT_MANY, self._params(keys=list(latest), values=list(latest.values()))
+                )
+        except psycopg.Error as exc:
+            if len(batch) == 1:
+                if not batch[0][2].done():
+                    batch[0][2].set_exception(exc)
+                return
+            # Nothing was written (one statement); retry one by one so only the culprit fails.
+            for key, text, fut in batch:
+                try:
+                    async with self._pool.connection() as conn:
+                        await conn.execute(_PUT, self._params(key=key, value=text))
+                except psycopg.Error as exc:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                else:
+                    if not fut.done():
+                        fut.set_result(None)
+            return
+        for _key, _text, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
 
     async def delete(self, key: str) -> None:
         """Delete ``key``; a missing key is fine."""
@@ -262,6 +323,9 @@ class PostgresStorage:
     async def close(self) -> None:
         """Stop listening and close every pooled connection."""
         self._closed = True
+        if self._put_flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._put_flusher)
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, psycopg.Error):

@@ -403,3 +403,45 @@ async def test_postgres_open_fails_cleanly_on_bad_dsn(postgres_server: Any) -> N
 
     with pytest.raises(psycopg.OperationalError):
         await open_storage({"type": "postgres", "dsn": postgres_server.dsn("no_such_db")})
+
+
+async def test_postgres_listener_reconnects(postgres_dsn: str) -> None:  # noqa: F811
+    """A dropped LISTEN connection comes back; the callback hears "" (anything changed)."""
+    import psycopg
+
+    a = await open_storage({"type": "postgres", "dsn": postgres_dsn})
+    b = await open_storage({"type": "postgres", "dsn": postgres_dsn})
+    seen: list[str] = []
+    b.set_invalidation_callback(seen.append)
+    try:
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as admin:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'LISTEN%%' AND pid <> pg_backend_pid()"
+            )
+        await _wait_for(seen, {""})
+        await a.put("after/reconnect", 1)
+        await _wait_for(seen, {"after/reconnect"})
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_postgres_batched_puts_fail_only_the_culprit(postgres_dsn: str) -> None:  # noqa: F811
+    """Concurrent puts share one statement; a value PostgreSQL rejects fails only its put."""
+    s = await open_storage({"type": "postgres", "dsn": postgres_dsn})
+    try:
+        await s.put("k/1", "old")
+        results = await asyncio.gather(
+            *(s.put(f"k/{i}", {"i": i}) for i in range(50)),
+            s.put("k/1", "nul \u0000 is not allowed in jsonb"),
+            s.put("k/7", "last wins"),
+            return_exceptions=True,
+        )
+        assert results[:50] == [None] * 50 and results[51] is None
+        assert type(results[50]).__name__ == "UntranslatableCharacter"
+        assert await s.get("k/1") == {"i": 1}
+        assert await s.get("k/7") == "last wins"
+        assert len(await s.list("k/")) == 50
+    finally:
+        await s.close()
