@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.procs import Server, free_port, start_pinned
+from bench.procs import Server, free_port, process_tree, start_pinned
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = "bench"
@@ -50,8 +51,8 @@ def supports_workers() -> bool:
     return "--workers" in done.stdout
 
 
-def write_config(directory: Path, port: int, *, log_level: str) -> Path:
-    """A minimal YAML config: loopback listener and durable SQLite storage."""
+def write_config(directory: Path, port: int, *, log_level: str, storage: dict | None = None) -> Path:
+    """A minimal YAML config: loopback listener and durable SQLite storage (or ``storage``)."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "authmount.yaml"
     db = directory / "authmount.db"
@@ -60,7 +61,7 @@ def write_config(directory: Path, port: int, *, log_level: str) -> Path:
         json.dumps(
             {
                 "listen_address": f"127.0.0.1:{port}",
-                "storage": {"type": "sqlite", "path": str(db)},
+                "storage": storage or {"type": "sqlite", "path": str(db)},
                 "log_level": log_level,
             },
             indent=2,
@@ -115,10 +116,12 @@ def start(
     cpus: str,
     log_level: str,
     workers: int = 1,
+    storage: dict | None = None,
 ) -> Server:
-    """Start authmount on a fresh SQLite file; the root token goes into server.extra."""
+    """Start authmount on a fresh SQLite file (or ``storage``); the root token goes into
+    server.extra."""
     port = free_port()
-    config = write_config(workdir / name, port, log_level=log_level)
+    config = write_config(workdir / name, port, log_level=log_level, storage=storage)
     argv = [*server_argv(), "--config", str(config)]
     if workers > 1:
         argv += ["--workers", str(workers)]
@@ -153,3 +156,27 @@ def login(base: str, role: str, jwt: str, mount: str = "jwt") -> dict:
     if not auth.get("client_token"):
         raise RuntimeError(f"login via role {role!r} returned no client_token: {reply}")
     return auth
+
+
+def start_postgres(cpus: str, durable: bool = True):  # -> tests.pg.PostgresServer
+    """A throw-away PostgreSQL (tests/pg.py) pinned to ``cpus``; durable settings by default.
+
+    :raises RuntimeError: when no PostgreSQL can be installed or started.
+    """
+    from tests.pg import FAST_OPTIONS, PostgresServer, PostgresUnavailable, ensure_installed
+
+    try:
+        server = PostgresServer(ensure_installed(), extra_options=() if durable else FAST_OPTIONS)
+        server.start()
+    except PostgresUnavailable as exc:
+        raise RuntimeError(str(exc)) from exc
+    try:
+        pid = int(Path(server.datadir, "postmaster.pid").read_text().split()[0])
+        cpu_set = {int(c) for c in cpus.split(",")}
+        # Backends fork from the postmaster later and inherit its affinity.
+        for p in process_tree(pid):
+            os.sched_setaffinity(p, cpu_set)
+    except BaseException:
+        server.stop()
+        raise
+    return server

@@ -55,18 +55,23 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of pid plus its descendants, in bytes (0 if gone)."""
-    total = 0
+def rss_fields(pid: int, fields: tuple[str, ...] = ("VmRSS", "RssAnon", "RssFile")) -> dict[str, int]:
+    """Memory fields of /proc/<pid>/status summed over pid and its descendants, in bytes."""
+    totals = dict.fromkeys(fields, 0)
     for p in process_tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
+                key, _, value = line.partition(":")
+                if key in totals:
+                    totals[key] += int(value.split()[0]) * 1024
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return total
+    return totals
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of pid plus its descendants, in bytes (0 if gone)."""
+    return rss_fields(pid, ("VmRSS",))["VmRSS"]
 
 
 @dataclass
@@ -87,6 +92,10 @@ class Server:
     def rss(self) -> int:
         """Current RSS of the server's process tree in bytes."""
         return rss_bytes(self.proc.pid)
+
+    def rss_anon(self) -> int:
+        """Anonymous (heap) part of the RSS: what a leak grows, unlike cached file pages."""
+        return rss_fields(self.proc.pid, ("RssAnon",))["RssAnon"]
 
     def log_text(self) -> str:
         """Everything the server wrote to stdout/stderr so far."""

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import re
 import sys
 import sysconfig
 import tempfile
+import tracemalloc
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,10 +142,34 @@ async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int
             share, rest = divmod(args.n, args.concurrency)
             counts = [share + (1 if i < rest else 0) for i in range(args.concurrency)]
             start = time.perf_counter()
+            if args.memory:
+                # Memory mode: no cProfile, allocation sites that grew over the N logins instead.
+                tracemalloc.start(8)
+                before = tracemalloc.take_snapshot()
+                await asyncio.gather(*(worker(c) for c in counts if c))
+                gc.collect()
+                _print_memory_growth(before, tracemalloc.take_snapshot(), args.n, args.top)
+                tracemalloc.stop()
+                return args.n, time.perf_counter() - start
             profiler.enable()
             await asyncio.gather(*(worker(c) for c in counts if c))
             profiler.disable()
             return args.n, time.perf_counter() - start
+
+
+def _print_memory_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int,
+                         top: int) -> None:  # fmt: skip
+    """Allocation sites whose live memory grew, largest first (bytes per login)."""
+    diff = after.compare_to(before, "traceback")
+    grown = sum(d.size_diff for d in diff)
+    print(f"live Python memory grew {grown / 1024 / 1024:+.1f} MB over {n} logins "
+          f"({grown / n:+,.0f} bytes per login); top sites:")  # fmt: skip
+    for d in diff[:top]:
+        if d.size_diff <= 0:
+            break
+        frames = [f for f in reversed(list(d.traceback)) if "tracemalloc" not in f.filename][:4]
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in frames)
+        print(f"  {d.size_diff / n:9,.0f} B/login  {d.count_diff / n:6.2f} objs/login  {where}")
 
 
 def _group(filename: str, func: str) -> str:
@@ -204,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=35, help="functions to print (default 35)")
     p.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime", "ncalls"])
     p.add_argument("--dump", type=Path, help="also write the raw profile (for snakeviz etc.)")
+    p.add_argument("--memory", action="store_true",
+                   help="instead of cProfile: tracemalloc, where live memory grows per login")
     p.add_argument("--write-doc", action="store_true",
                    help="write the per-module table into docs/performance.md")  # fmt: skip
     args = p.parse_args(argv)
@@ -214,8 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
-    with quiet_stdout(args.target == "authmount"), runner:
+    with quiet_stdout(args.target == "authmount" and not args.memory), runner:
         n, seconds = runner.run(run(args, profiler))
+    if args.memory:
+        return 0
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     groups = by_group(stats)

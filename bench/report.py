@@ -124,7 +124,7 @@ def results_table(rows: list[Measurement]) -> list[str]:
 
 
 def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
-    """The issue's ratios per connection count: 2, 3, 6 vs 1; 5 vs 4; p99 at 16; 6 vs 2."""
+    """The issue's ratios per connection count: 2, 3, 6 vs 1; 5 vs 4; p99 at 16; 6 vs 6b."""
     by_key = {(m.case, m.connections): m for m in rows}
     out: dict[int, list[Ratio]] = {}
     for conns in sorted({m.connections for m in rows}):
@@ -150,7 +150,8 @@ def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
             ratio("3 login (batch) / 1 ceiling", rps("3"), rps("1"), 0.85),
             ratio("5 lookup-self / 4 hello", rps("5"), rps("4"), 0.50),
             ratio("6 login, 2 workers / 1 ceiling", rps("6"), rps("1"), None),
-            ratio("6 login, 2 workers / 2 login, 1 worker", rps("6"), rps("2"), 1.7),
+            ratio("6 login, 2 workers / 6b login, 1 worker (both PostgreSQL)", rps("6"), rps("6b"), 1.7),
+            ratio("6b login, PostgreSQL / 2 login, SQLite", rps("6b"), rps("2"), None),
         ]
         if conns == 16:
             items += [
@@ -217,6 +218,7 @@ HOWTO = """## How to run
 .venv/bin/python bench/run.py --long               # ~1 M logins, RSS growth of the server
 .venv/bin/python bench/run.py --slow-jwks          # cached-kid logins while a JWKS refresh hangs
 .venv/bin/python bench/profile_login.py -n 2000 --write-doc   # where the time goes per login
+.venv/bin/python bench/profile_login.py -n 3000 --memory      # where live memory grows per login
 .venv/bin/python bench/run.py --cases 1,4 --duration 3 --no-write  # harness smoke test
 ```
 

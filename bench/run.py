@@ -75,8 +75,11 @@ CASES = [
     Case("4", "ceiling: aiohttp hello JSON", "hello", "GET", "/hello", check=_ok_check),
     Case("5", "authmount token/lookup-self", "authmount", "GET", "/v1/auth/token/lookup-self",
          token="service_token.txt", check=_ok_check),
-    Case("6", "authmount login, --workers 2", "authmount_w2", "POST", "/v1/auth/jwt/login",
-         body="login.json", check=_login_check("service")),
+    # --workers needs PostgreSQL storage, so case 6 gets a 1-worker PostgreSQL baseline (6b).
+    Case("6", "authmount login, PostgreSQL, --workers 2", "authmount_w2", "POST",
+         "/v1/auth/jwt/login", body="login.json", check=_login_check("service")),
+    Case("6b", "authmount login, PostgreSQL, 1 worker", "authmount_pg1", "POST",
+         "/v1/auth/jwt/login", body="login.json", check=_login_check("service")),
 ]  # fmt: skip
 
 
@@ -107,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)  # fmt: skip
     args.connections = [int(c) for c in args.connections.split(",") if c]
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if "6" in args.cases and "6b" not in args.cases:
+        args.cases.append("6b")
     if args.workers_cpus is None:
         # Two workers need two cores; with only two, one is shared with wrk (noted in the report).
         others = [str(c) for c in range(ncpu) if str(c) not in args.client_cpus.split(",")]
@@ -123,9 +128,10 @@ def _write_inputs(run_dir: Path) -> dict:
 
 
 def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str],
-                  servers: dict[str, Server]) -> None:  # fmt: skip
+                  servers: dict[str, Server], others: list) -> None:  # fmt: skip
     """Start the servers the selected cases need into ``servers`` (filled as they start, so
-    the caller can stop them even when a later one fails); unavailable ones are noted."""
+    the caller can stop them even when a later one fails; PostgreSQL goes into ``others``);
+    unavailable ones are noted and their cases skipped."""
     wanted = {c.server for c in CASES if c.key in args.cases}
     py = sys.executable
     ceiling = str(ROOT / "bench" / "ceiling.py")
@@ -140,7 +146,7 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str
         servers["hello"] = start_pinned(
             "hello", [py, ceiling, "--mode", "hello", "--port", str(port)],
             cpus=args.server_cpus, port=port, log_dir=run_dir)  # fmt: skip
-    if wanted & {"authmount", "authmount_w2"}:
+    if wanted & {"authmount", "authmount_w2", "authmount_pg1"}:
         reason = authmount.available()
         if reason:
             notes.append(f"authmount cases skipped: {reason}")
@@ -151,19 +157,41 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str
         authmount.configure_jwt_mount(srv, keys.public_pem)
         auth = authmount.login(srv.url, authmount.ROLE, keys.token)
         (run_dir / "service_token.txt").write_text(auth["client_token"])
-    if "authmount_w2" in wanted:
-        if not authmount.supports_workers():
-            notes.append("case 6 skipped: `authmount server` has no --workers flag")
-        else:
-            srv = authmount.start("authmount_w2", run_dir, cpus=args.workers_cpus,
-                                  log_level=args.log_level, workers=2)  # fmt: skip
-            servers["authmount_w2"] = srv
-            authmount.configure_jwt_mount(srv, keys.public_pem)
-            if set(args.workers_cpus.split(",")) & set(args.client_cpus.split(",")):
-                notes.append(
-                    f"case 6: the 2-worker server runs on cores {args.workers_cpus}, sharing a core "
-                    f"with wrk (cores {args.client_cpus}); its ratio understates scaling."
-                )
+    if wanted & {"authmount_w2", "authmount_pg1"}:
+        _start_postgres_cases(args, run_dir, keys, notes, servers, others, wanted)
+
+
+def _start_postgres_cases(args: argparse.Namespace, run_dir: Path, keys, notes: list[str],
+                          servers: dict[str, Server], others: list, wanted: set[str]) -> None:  # fmt: skip
+    """Cases 6 and 6b: one PostgreSQL, a fresh database each, 2 workers and 1 worker."""
+    if not authmount.supports_workers():
+        notes.append("cases 6/6b skipped: `authmount server` has no --workers flag")
+        return
+    try:
+        pg = authmount.start_postgres(args.workers_cpus)
+    except RuntimeError as exc:
+        notes.append(f"cases 6/6b skipped: --workers needs PostgreSQL, which is unavailable: {exc}")
+        return
+    others.append(pg)
+    for name, workers, cpus in (("authmount_w2", 2, args.workers_cpus), ("authmount_pg1", 1, args.server_cpus)):
+        if name not in wanted:
+            continue
+        storage = {"type": "postgres", "dsn": pg.create_database()}
+        srv = authmount.start(name, run_dir, cpus=cpus, log_level=args.log_level,
+                              workers=workers, storage=storage)  # fmt: skip
+        servers[name] = srv
+        authmount.configure_jwt_mount(srv, keys.public_pem)
+    notes.append(
+        f"cases 6/6b: `--workers` needs PostgreSQL storage, so both use a local PostgreSQL "
+        f"(durable defaults, pinned to cores {args.workers_cpus}); 6b (1 worker, cores "
+        f"{args.server_cpus}) is the baseline for the worker-scaling ratio."
+    )
+    if set(args.workers_cpus.split(",")) & set(args.client_cpus.split(",")):
+        notes.append(
+            f"case 6: the 2 workers and PostgreSQL run on cores {args.workers_cpus}, sharing a core "
+            f"with wrk (cores {args.client_cpus}); on this machine the scaling ratio understates "
+            "what 2 free cores would give."
+        )
 
 
 def sanity(case: Case, server: Server, run_dir: Path) -> str | None:
@@ -223,12 +251,15 @@ def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
     load_start = os.getloadavg()
     inputs = _write_inputs(run_dir)
     servers: dict[str, Server] = {}
+    others: list = []
     try:
-        start_servers(args, run_dir, inputs["keys"], notes, servers)
+        start_servers(args, run_dir, inputs["keys"], notes, servers, others)
         rows = measure(args, run_dir, servers, notes)
     finally:
         for srv in servers.values():
             srv.stop()
+        for other in others:
+            other.stop()
     info = machine()
     # Other work on the machine shows up here; a load well above 2 means the numbers are noisy.
     info["Load average 1/5/15 min (start, end)"] = (

@@ -36,7 +36,7 @@ def long_run(args: argparse.Namespace, run_dir: Path, inputs: dict) -> int:
     """~args.long_logins durable logins in chunks; RSS sampled after each chunk."""
     conns = args.connections[0]
     srv = _start_authmount(args, run_dir, inputs["keys"])
-    samples: list[tuple[int, float, int]] = []  # (logins so far, elapsed s, rss bytes)
+    samples: list[tuple[int, float, int, int]] = []  # (logins so far, elapsed s, rss, anon rss)
     common = dict(method="POST", body_file=run_dir / "login.json", token_file=None,
                   connections=conns, cpus=args.client_cpus, threads=args.threads)  # fmt: skip
     url = srv.url + "/v1/auth/jwt/login"
@@ -45,19 +45,22 @@ def long_run(args: argparse.Namespace, run_dir: Path, inputs: dict) -> int:
         rss_start = srv.rss()
         warm = run_wrk(url, duration=max(args.warmup, 5), **common)
         done, t0 = warm.requests, time.monotonic()
-        samples.append((done, 0.0, srv.rss()))
+        samples.append((done, 0.0, srv.rss(), srv.rss_anon()))
         while done < args.long_logins:
             chunk = run_wrk(url, duration=args.long_chunk, **common)
             done += chunk.requests
             errors += chunk.errors
-            samples.append((done, time.monotonic() - t0, srv.rss()))
+            samples.append((done, time.monotonic() - t0, srv.rss(), srv.rss_anon()))
+            eta = (args.long_logins - done) / chunk.rps if chunk.rps else 0
             print(f"  {done:>9,} logins  {chunk.rps:8,.0f} req/s  RSS {samples[-1][2] / MB:7.1f} MB"
-                  f"  errors {chunk.errors}", flush=True)  # fmt: skip
+                  f" (anon {samples[-1][3] / MB:7.1f} MB)  errors {chunk.errors}  ~{eta:.0f} s left",
+                  flush=True)  # fmt: skip
     finally:
         srv.stop()
     base, last = samples[0][2], samples[-1][2]
     peak = max(s[2] for s in samples)
     growth = (last - base) / MB
+    anon_growth = (samples[-1][3] - samples[0][3]) / MB
     lines = [
         f"## Long run: RSS over {samples[-1][0]:,} logins ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
@@ -68,11 +71,12 @@ def long_run(args: argparse.Namespace, run_dir: Path, inputs: dict) -> int:
         f"- RSS after warm-up (baseline): {base / MB:.1f} MB",
         f"- RSS at the end: {last / MB:.1f} MB (peak {peak / MB:.1f} MB)",
         f"- **growth: {growth:+.1f} MB** (target <= {RSS_GROWTH_LIMIT_MB} MB: "
-        f"{'ok' if growth <= RSS_GROWTH_LIMIT_MB else 'MISSED'}); errors: {errors}",
+        f"{'ok' if growth <= RSS_GROWTH_LIMIT_MB else 'MISSED'}); of it anonymous memory (heap, "
+        f"not file cache): {anon_growth:+.1f} MB; errors: {errors}",
         "",
-        "| logins | elapsed s | RSS MB |",
-        "|-------:|----------:|-------:|",
-        *[f"| {n:,} | {t:.0f} | {r / MB:.1f} |" for n, t, r in samples],
+        "| logins | elapsed s | RSS MB | anon RSS MB |",
+        "|-------:|----------:|-------:|------------:|",
+        *[f"| {n:,} | {t:.0f} | {r / MB:.1f} | {a / MB:.1f} |" for n, t, r, a in samples],
     ]
     text = "\n".join(lines) + "\n"
     print("\n" + text)

@@ -65,7 +65,7 @@ def test_ratios_against_targets():
     assert by_name["5 lookup-self / 4 hello"].status == "MISSED"
     assert by_name["p99: 2 login / 1 ceiling"].status == "ok"
     assert by_name["p99: 3 batch / 1 ceiling"].status == "MISSED"
-    assert by_name["6 login, 2 workers / 2 login, 1 worker"].status == "n/a"
+    assert by_name["6 login, 2 workers / 6b login, 1 worker (both PostgreSQL)"].status == "n/a"
 
 
 def test_a_case_with_errors_gives_no_ratio():
