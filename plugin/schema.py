@@ -236,8 +236,12 @@ def format_duration(seconds: int) -> str:
 # Coercion
 
 
-def _fail(name: str, raw: Any, reason: str) -> InvalidRequest:
-    shown = raw if isinstance(raw, (str, int, float, bool)) else json.dumps(raw)[:200]
+def _fail(name: str, raw: Any, reason: str, sensitive: bool = False) -> InvalidRequest:
+    # a sensitive value (a JWT, a client secret) is never echoed, whatever its shape
+    if sensitive:
+        shown = "(sensitive value)"
+    else:
+        shown = raw if isinstance(raw, (str, int, float, bool)) else json.dumps(raw)[:200]
     return InvalidRequest(
         f'Field validation failed: error converting input {shown} for field "{name}": {reason}'
     )
@@ -281,7 +285,7 @@ def coerce(name: str, spec: Field, raw: Any) -> Any:
     try:
         return _coerce(spec.type, raw)
     except ValueError as exc:
-        raise _fail(name, raw, str(exc)) from None
+        raise _fail(name, raw, str(exc), spec.sensitive) from None
 
 
 def _coerce(ftype: FieldType, raw: Any) -> Any:
