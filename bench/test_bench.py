@@ -122,3 +122,58 @@ async def test_jwks_server_serves_keys_and_counts_hits(aiohttp_client, keys):
     resp = await client.post("/control?delay=0.01")
     assert (await resp.json()) == {"delay": 0.01}
     assert (await (await client.get("/stats")).json())["hits"] == 1
+
+
+def test_process_tree_and_rss_of_this_process():
+    import os
+
+    from bench.procs import process_tree, rss_bytes, rss_fields
+
+    assert process_tree(os.getpid())[0] == os.getpid()
+    fields = rss_fields(os.getpid())
+    assert fields["VmRSS"] == rss_bytes(os.getpid()) > 0
+    assert fields["RssAnon"] > 0
+
+
+def test_written_config_is_accepted_by_the_server_settings(tmp_path):
+    from bench.authmount import write_config
+    from server.settings import load_settings
+
+    settings = load_settings(write_config(tmp_path, 41234, log_level="warning"))
+    assert settings.listen_address == "127.0.0.1:41234"
+    assert (settings.storage.type, settings.log_level) == ("sqlite", "warning")
+    assert settings.storage.path == str(tmp_path / "authmount.db")
+
+
+def test_root_token_is_read_from_the_banner():
+    from bench.authmount import ROOT_TOKEN_RE
+
+    banner = (
+        "Initial root token (shown only once; it is stored hashed):\n\n"
+        "Root Token: hvs.AbC123xyz\n\n==> authmount server started!"
+    )
+    assert ROOT_TOKEN_RE.search(banner).group(1) == "hvs.AbC123xyz"
+
+
+def test_hello_server_under_wrk(tmp_path):
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from bench.loadgen import run_wrk
+    from bench.procs import free_port, start_pinned
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (bench/run.py installs it)")
+    port = free_port()
+    script = str(Path(__file__).with_name("ceiling.py"))
+    server = start_pinned("hello", [sys.executable, script, "--mode", "hello", "--port", str(port)],
+                          cpus="0", port=port, log_dir=tmp_path)  # fmt: skip
+    try:
+        result = run_wrk(f"{server.url}/hello", method="GET", body_file=None, token_file=None,
+                         connections=2, duration=1, cpus="0")  # fmt: skip
+        assert server.rss() > 0
+    finally:
+        server.stop()
+    assert result.requests > 0 and result.errors == 0
+    assert server.proc.poll() is not None
