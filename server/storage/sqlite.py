@@ -54,15 +54,17 @@ class SQLiteStorage:
     :class:`KeyTree` in memory maps every key to its row (rebuilt at open). New keys are
     appended at the end of the table, so a batch of new random keys (token hashes) dirties
     a few pages instead of one page per key, about 7x less work per commit than a
-    ``key PRIMARY KEY`` B-tree. The index costs ~150 bytes of memory per key. Reads run on
-    the event-loop thread: ``list`` and misses are answered from the index, recently
-    written values from a bounded write-through cache, others by reading one row by
-    ``seq`` from a read-only connection (WAL readers never wait for the writer). The
-    writer updates index and cache only after the commit, so they never show uncommitted
-    data, and nothing else writes the file.
+    ``key PRIMARY KEY`` B-tree. The index costs ~180 bytes of memory per key and ~0.17 s
+    per 100k keys to rebuild at open. Reads run on the event-loop thread: ``list`` and
+    misses are answered from the index, recently written values from a bounded
+    write-through cache, others by reading one row by ``seq`` from a read-only connection
+    (WAL readers never wait for the writer). The writer updates index and cache only
+    after the commit, so they never show uncommitted data, and nothing else writes the file.
 
     One process owns the file: an exclusive ``flock`` on ``<path>.lock`` refuses a second
-    opener. Build it with ``await SQLiteStorage.open(path)``.
+    opener. The store is bound to the event loop that opened it. A caller cancelled while
+    its write is queued does not undo the write. Build it with
+    ``await SQLiteStorage.open(path)``.
     """
 
     def __init__(self, path: str, synchronous: str = "FULL", cache_entries: int = 32768) -> None:
@@ -241,6 +243,7 @@ class SQLiteStorage:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA cache_size = -32768")
+            conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate a big WAL
             conn.execute(_SCHEMA)
             self._load_index(conn)
         except Exception as exc:  # noqa: BLE001 - handed to the opener
