@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 import sys
@@ -119,3 +120,249 @@ def test_example_configs_are_valid_settings(name: str) -> None:
     raw = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text(encoding="utf-8"))
     settings = settings_mod.settings_from_mapping(raw)
     assert settings.storage.type in ("sqlite", "postgres")
+
+
+# ---------------------------------------------------------------------------
+# Error messages: every message the code can send is in docs/troubleshooting.md
+#
+# The AST walk collects the message argument of every error constructor call and turns
+# it into literal fragments with holes for the formatted values ({name} in an f-string,
+# a variable, a call). Module-level string constants and class-level string attributes
+# (``self.failure``) are resolved, so ``_SIG_PREFIX + "token missing kid ..."`` is checked
+# in full. A message matches when its fragments appear, in order, on one line of the doc.
+
+#: Modules whose messages a login (JWT or OIDC), a token use or a request decode can produce.
+LOGIN_MODULES = (
+    "plugin/path_login.py",
+    "plugin/claims.py",
+    "plugin/jose_verify.py",
+    "plugin/keys.py",
+    "plugin/token_fields.py",
+    "plugin/path_oidc.py",
+    "plugin/oidc_flow.py",
+    "plugin/backend.py",
+    "server/tokens.py",
+    "server/token_entry.py",
+    "server/handlers.py",
+    "server/errors.py",
+    "server/fetcher.py",
+)
+#: Modules whose messages answer a config or role write.
+CONFIG_MODULES = ("plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py")
+
+_CONSTRUCTORS = {
+    "InvalidRequest", "PermissionDenied", "UpstreamError", "UnsupportedOperation", "NotFound",
+    "RateLimited", "UnsupportedPath",
+    "_fail", "fail",  # local wrappers that add a prefix ("error validating token: ", ...)
+}
+#: ValueError reasons that surface inside a message (``error parsing public key: <reason>``,
+#: ``error checking jwks URL <url>: <reason>``); elsewhere ValueErrors stay internal.
+_VALUE_ERROR_SCOPES: dict[str, set[str] | None] = {
+    "plugin/keys.py": None,  # every function
+    "plugin/jose_verify.py": {
+        "_keys_for_public_key", "_load_pem",  # error parsing public key: <reason>
+        "_reject_duplicates", "_reject_constant", "_finite_float",  # token <part> is not valid JSON: <reason>
+    },
+    "plugin/schema.py": None,  # Field validation failed: ...: <reason>
+}
+
+#: (module, fragment) pairs deliberately left out of the troubleshooting doc, with why.
+EXCLUDED: dict[tuple[str, str], str] = {
+    ("plugin/schema.py", "unknown field type "): "unreachable: every FieldType is handled (pragma: no cover)",
+}
+
+_Part = str | None  # None is a hole (a formatted value)
+
+
+def _string_env(tree: ast.Module) -> dict[str, list[ast.expr]]:
+    """Module-level names (key ``name``) and class attributes (key ``self.name``) bound to values."""
+    env: dict[str, list[ast.expr]] = {}
+    scopes: list[tuple[str, list[ast.stmt]]] = [("", tree.body)]
+    scopes += [("self.", node.body) for node in ast.walk(tree) if isinstance(node, ast.ClassDef)]
+    for prefix, body in scopes:
+        for stmt in body:
+            targets: list[ast.expr] = []
+            value = None
+            if isinstance(stmt, ast.Assign):
+                targets, value = stmt.targets, stmt.value
+            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+                targets, value = [stmt.target], stmt.value
+            for target in targets:
+                if isinstance(target, ast.Name) and value is not None:
+                    env.setdefault(prefix + target.id, []).append(value)
+    return env
+
+
+def _alternatives(expr: ast.expr, env: dict[str, list[ast.expr]], depth: int = 0) -> list[list[_Part]]:
+    """Every message shape ``expr`` can build, as lists of literals and holes."""
+    if depth > 6:
+        return [[None]]
+    if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
+        return [[expr.value]]
+    if isinstance(expr, ast.JoinedStr):
+        alts: list[list[_Part]] = [[]]
+        for value in expr.values:
+            if isinstance(value, ast.Constant):
+                sub: list[list[_Part]] = [[str(value.value)]]
+            elif isinstance(value, ast.FormattedValue):
+                sub = _alternatives(value.value, env, depth + 1)
+            else:
+                sub = [[None]]
+            alts = [a + s for a in alts for s in sub]
+        return alts
+    if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
+        left = _alternatives(expr.left, env, depth + 1)
+        right = _alternatives(expr.right, env, depth + 1)
+        return [a + b for a in left for b in right]
+    name = None
+    if isinstance(expr, ast.Name):
+        name = expr.id
+    elif isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "self":
+        name = "self." + expr.attr
+    if name is not None and name in env:
+        values = [v for v in env[name] if isinstance(v, (ast.Constant, ast.JoinedStr, ast.BinOp, ast.Name))]
+        if values:
+            return [alt for v in values for alt in _alternatives(v, env, depth + 1)]
+    return [[None]]
+
+
+def _function_of(tree: ast.Module) -> dict[int, str]:
+    """Line number → name of the innermost enclosing function."""
+    out: dict[int, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for child in ast.walk(node):
+                line = getattr(child, "lineno", None)
+                if line is not None and (line not in out or node.lineno > out[line][0]):
+                    out[line] = (node.lineno, node.name)  # type: ignore[assignment]
+    return {line: name for line, (_, name) in out.items()}  # type: ignore[misc]
+
+
+def extract_messages(module: str) -> list[tuple[int, list[_Part]]]:
+    """(line, message shape) for every error message literal in ``module``."""
+    tree = ast.parse((ROOT / module).read_text(encoding="utf-8"))
+    env = _string_env(tree)
+    functions = _function_of(tree)
+    found: list[tuple[int, list[_Part]]] = []
+
+    def add(line: int, expr: ast.expr) -> None:
+        for alt in _alternatives(expr, env):
+            found.append((line, alt))
+
+    value_error_scope = _VALUE_ERROR_SCOPES.get(module, set())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            fname = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            if fname in _CONSTRUCTORS and node.args:
+                add(node.lineno, node.args[0])
+            elif fname == "ValueError" and node.args and module in _VALUE_ERROR_SCOPES:
+                if value_error_scope is None or functions.get(node.lineno) in value_error_scope:
+                    add(node.lineno, node.args[0])
+            elif fname == "error_response" and len(node.args) >= 2 and isinstance(node.args[1], ast.List):
+                for element in node.args[1].elts:
+                    add(node.lineno, element)
+            elif fname == "_html" and len(node.args) >= 3:  # the OIDC form_post error page
+                add(node.lineno, node.args[2])
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.endswith("_error"):
+            # Helpers such as claims.bound_claim_error return the message text.
+            for child in ast.walk(node):
+                if isinstance(child, ast.Return) and child.value is not None:
+                    add(child.lineno, child.value)
+    return found
+
+
+def _fragments(shape: list[_Part]) -> list[str]:
+    """The literal runs of ``shape`` with whitespace collapsed, holes dropped."""
+    out: list[str] = []
+    current = ""
+    for part in shape:
+        if part is None:
+            if current.strip():
+                out.append(current)
+            current = ""
+        else:
+            current += part
+    if current.strip():
+        out.append(current)
+    return [re.sub(r"\s+", " ", f) for f in out]
+
+
+def _shown(shape: list[_Part]) -> str:
+    return "".join("<…>" if p is None else p for p in shape)
+
+
+def _cases(modules: tuple[str, ...]) -> list[tuple[str, int, list[str], str]]:
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    cases = []
+    for module in modules:
+        for line, shape in extract_messages(module):
+            frags = _fragments(shape)
+            if sum(len(f.strip()) for f in frags) < 4:
+                continue  # nothing but holes and punctuation
+            key = (module, tuple(frags))
+            if key in seen:
+                continue
+            seen.add(key)
+            joined = "".join(frags)
+            if (module, joined) in EXCLUDED:
+                continue
+            cases.append((module, line, frags, _shown(shape)))
+    return cases
+
+
+def _doc_lines(name: str) -> list[str]:
+    # Markdown escapes a pipe inside a table cell as \|; compare the plain text.
+    return [re.sub(r"\s+", " ", line.replace("\\|", "|")) for line in _read(name).splitlines()]
+
+
+def _documented(frags: list[str], lines: list[str]) -> bool:
+    pattern = re.compile(".*?".join(re.escape(f) for f in frags))
+    return any(pattern.search(line) for line in lines)
+
+
+_LOGIN_CASES = _cases(LOGIN_MODULES)
+_CONFIG_CASES = _cases(CONFIG_MODULES)
+
+
+def test_extractor_finds_messages() -> None:
+    # Guards the AST walk itself: a refactor that hid messages from it would pass vacuously.
+    shown = {c[3] for c in _LOGIN_CASES}
+    assert len(_LOGIN_CASES) > 100
+    assert "error validating token: error verifying token signature: token missing kid header parameter" in shown
+    assert "Vault login failed. Expired or missing OAuth state." in shown
+    assert any(s.startswith("claim <…> is <…>, role expects one of") for s in shown)
+    assert len(_CONFIG_CASES) > 25
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "frags", "shown"),
+    _LOGIN_CASES,
+    ids=[f"{c[0].split('/')[-1]}:{c[1]}" for c in _LOGIN_CASES],
+)
+def test_login_error_is_documented(module: str, line: int, frags: list[str], shown: str) -> None:
+    assert _documented(frags, _doc_lines("troubleshooting.md")), (
+        f"{module}:{line}: message not in docs/troubleshooting.md: {shown!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "frags", "shown"),
+    _CONFIG_CASES,
+    ids=[f"{c[0].split('/')[-1]}:{c[1]}" for c in _CONFIG_CASES],
+)
+def test_config_error_is_documented(module: str, line: int, frags: list[str], shown: str) -> None:
+    assert _documented(frags, _doc_lines("troubleshooting.md")), (
+        f"{module}:{line}: message not in docs/troubleshooting.md: {shown!r}"
+    )
+
+
+def test_exclusions_are_still_needed() -> None:
+    # An exclusion whose message no longer exists in the code is stale: delete it.
+    present = {
+        (module, "".join(_fragments(shape)))
+        for module in LOGIN_MODULES + CONFIG_MODULES
+        for _, shape in extract_messages(module)
+    }
+    for key in EXCLUDED:
+        assert key in present, f"stale exclusion {key}"
