@@ -1,0 +1,226 @@
+"""Two real authmount processes on one real PostgreSQL database behave as one server.
+
+Mounts, config and roles written on node A are used by node B; a role changed on A takes
+effect on B (cache invalidation by LISTEN/NOTIFY); tokens issued on one node are looked
+up, renewed and revoked on the other; a ``num_uses=1`` token raced on both nodes works
+exactly once; the OIDC state made by ``oidc/auth_url`` on A is redeemed on B.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from tests.e2e.serverproc import ServerProc, start_server
+from tests.pg import PostgresServer, postgres_server  # noqa: F401 - fixture
+from tests.plugin.keyfactory import default_claims, make_token, rsa_key
+
+pytestmark = pytest.mark.e2e
+
+KEY = rsa_key(kid="pg-1", slot=21)
+TIMEOUT = 30
+MOUNT = "cluster/jwt"
+
+
+class Node:
+    """One authmount process plus a ``requests`` session with the root token."""
+
+    def __init__(self, name: str, srv: ServerProc, root: str) -> None:
+        self.name = name
+        self.srv = srv
+        self.root = root
+        self.http = requests.Session()
+
+    def call(self, method: str, path: str, *, token: str | None = None, json: Any = None,
+             params: dict[str, str] | None = None) -> requests.Response:
+        """One API call; ``token`` defaults to the root token ("" sends none)."""
+        tok = self.root if token is None else token
+        headers = {"X-Vault-Token": tok} if tok else {}
+        return self.http.request(method, f"{self.srv.url}/v1/{path}", json=json, params=params,
+                                 headers=headers, timeout=TIMEOUT)
+
+    def ok(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        resp = self.call(method, path, **kw)
+        assert resp.status_code in (200, 204), (self.name, method, path, resp.status_code, resp.text)
+        return resp.json() if resp.status_code == 200 else {}
+
+    def login(self, role: str = "svc", **claims: Any) -> requests.Response:
+        return self.call("POST", f"auth/{MOUNT}/login", token="",
+                         json={"role": role, "jwt": make_token(default_claims(**claims), key=KEY)})
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll until ``check()`` is true: another node learns of a write through NOTIFY."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("the other node never saw the change")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def cluster(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:  # noqa: F811
+    dsn = postgres_server.create_database()
+    config = {"storage": {"type": "postgres", "dsn": dsn}, "log_format": "json"}
+    base: Path = tmp_path_factory.mktemp("pg-cluster")
+    try:
+        with start_server(config=config, workdir=base / "a") as a:
+            assert a.root_token
+            with start_server(config=config, workdir=base / "b", root_token=a.root_token) as b:
+                node_a, node_b = Node("A", a, a.root_token), Node("B", b, a.root_token)
+                node_a.ok("POST", f"sys/auth/{MOUNT}", json={"type": "jwt"})
+                node_a.ok("POST", f"auth/{MOUNT}/config",
+                          json={"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": "https://idp.example.com"})
+                node_a.ok("POST", f"auth/{MOUNT}/role/svc",
+                          json={"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+                                "token_policies": ["svc"], "token_ttl": "1h", "token_max_ttl": "4h"})
+                yield node_a, node_b
+            assert b.returncode == 0
+        assert a.returncode == 0
+    finally:
+        postgres_server.drop_database(dsn)
+
+
+def test_mount_config_role_from_a_work_on_b(cluster: tuple[Node, Node]) -> None:
+    a, b = cluster
+    eventually(lambda: f"{MOUNT}/" in b.ok("GET", "sys/auth")["data"])
+    assert b.ok("GET", f"auth/{MOUNT}/config")["data"]["jwt_validation_pubkeys"] == [KEY.pem.strip()]
+    assert b.ok("GET", f"auth/{MOUNT}/role/svc")["data"]["token_policies"] == ["svc"]
+    resp = b.login()
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["auth"]["policies"] == ["default", "svc"]
+
+
+def test_role_change_on_a_takes_effect_on_b(cluster: tuple[Node, Node]) -> None:
+    a, b = cluster
+    a.ok("POST", f"auth/{MOUNT}/role/moving",
+         json={"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"], "token_policies": ["old"]})
+    eventually(lambda: b.login("moving").status_code == 200)
+    assert b.login("moving").json()["auth"]["policies"] == ["default", "old"]  # B has the role cached now
+    a.ok("POST", f"auth/{MOUNT}/role/moving", json={"role_type": "jwt", "token_policies": ["new"], "bound_subject": "bob"})
+    eventually(lambda: b.login("moving", sub="alice").status_code == 400)
+    refused = b.login("moving", sub="alice")
+    assert refused.status_code == 400 and "sub" in refused.json()["errors"][0]
+    assert b.login("moving", sub="bob").json()["auth"]["policies"] == ["default", "new"]
+    # and the other way round: a delete on B is seen by A
+    b.ok("DELETE", f"auth/{MOUNT}/role/moving")
+    eventually(lambda: a.login("moving", sub="bob").status_code == 400)
+    assert "could not be found" in a.login("moving", sub="bob").json()["errors"][0]
+
+
+def test_config_change_on_b_takes_effect_on_a(cluster: tuple[Node, Node]) -> None:
+    a, b = cluster
+    assert a.login().status_code == 200  # A has the config cached
+    other = rsa_key(kid="pg-2", slot=22)
+    b.ok("POST", f"auth/{MOUNT}/config",
+         json={"jwt_validation_pubkeys": [other.pem], "bound_issuer": "https://idp.example.com"})
+    try:
+        eventually(lambda: a.login().status_code == 400)
+        assert "signature" in a.login().json()["errors"][0]
+    finally:
+        b.ok("POST", f"auth/{MOUNT}/config",
+             json={"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": "https://idp.example.com"})
+    eventually(lambda: a.login().status_code == 200)
+
+
+def test_token_from_a_lookup_renew_revoke_on_b(cluster: tuple[Node, Node]) -> None:
+    a, b = cluster
+    auth = a.login().json()["auth"]
+    token, accessor = auth["client_token"], auth["accessor"]
+    me = b.ok("GET", "auth/token/lookup-self", token=token)["data"]
+    assert me["accessor"] == accessor and me["meta"] == {"role": "svc"}
+    assert me["path"] == f"auth/{MOUNT}/login"
+    renewed = b.ok("POST", "auth/token/renew-self", token=token, json={"increment": "2h"})["auth"]
+    assert renewed["lease_duration"] == 7200
+    assert a.ok("POST", "auth/token/lookup-accessor", json={"accessor": accessor})["data"]["ttl"] > 3600
+    b.ok("POST", "auth/token/revoke-self", token=token)
+    refused = a.call("GET", "auth/token/lookup-self", token=token)
+    assert refused.status_code == 403 and refused.json()["errors"] == ["permission denied"]
+
+
+def test_revoke_on_b_kills_token_cached_on_a(cluster: tuple[Node, Node]) -> None:
+    a, b = cluster
+    token = a.login().json()["auth"]["client_token"]
+    for _ in range(3):  # used (and possibly cached) on A
+        a.ok("GET", "auth/token/lookup-self", token=token)
+    accessor = a.ok("GET", "auth/token/lookup-self", token=token)["data"]["accessor"]
+    b.ok("POST", "auth/token/revoke-accessor", json={"accessor": accessor})
+    assert a.call("GET", "auth/token/lookup-self", token=token).status_code == 403
+    assert b.call("GET", "auth/token/lookup-self", token=token).status_code == 403
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_num_uses_one_succeeds_exactly_once_across_nodes(cluster: tuple[Node, Node], round_: int) -> None:
+    a, b = cluster
+    token = a.ok("POST", "auth/token/create", json={"num_uses": 1, "ttl": "10m"})["auth"]["client_token"]
+    workers = 8
+    barrier = threading.Barrier(workers)
+    sessions = [requests.Session() for _ in range(workers)]
+
+    def use(i: int) -> int:
+        node = (a, b)[i % 2]
+        barrier.wait(10)
+        return sessions[i].get(f"{node.srv.url}/v1/auth/token/lookup-self",
+                               headers={"X-Vault-Token": token}, timeout=TIMEOUT).status_code
+
+    with ThreadPoolExecutor(workers) as pool:
+        codes = list(pool.map(use, range(workers)))
+    for s in sessions:
+        s.close()
+    assert sorted(codes) == [200] + [403] * (workers - 1), codes
+    assert a.call("GET", "auth/token/lookup-self", token=token).status_code == 403
+
+
+def test_tokens_issued_concurrently_on_both_nodes_are_all_valid(cluster: tuple[Node, Node]) -> None:
+    a, b = cluster
+    with ThreadPoolExecutor(8) as pool:
+        resps = list(pool.map(lambda i: (a, b)[i % 2].login(sub=f"user-{i}"), range(16)))
+    tokens = [r.json()["auth"]["client_token"] for r in resps if r.status_code == 200]
+    assert len(tokens) == 16
+    for i, tok in enumerate(tokens):
+        other = (b, a)[i % 2]
+        assert other.ok("GET", "auth/token/lookup-self", token=tok)["data"]["display_name"].endswith(f"user-{i}")
+
+
+# -- OIDC state across nodes --------------------------------------------------------------
+def test_oidc_state_from_a_redeemed_on_b(cluster: tuple[Node, Node], tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.e2e.browser import CallbackListener, drive_login
+    from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, idp_available, start_idp
+
+    reason = idp_available()
+    if reason:
+        pytest.skip(reason)
+    a, b = cluster
+    mount = "cluster/oidc"
+    with CallbackListener() as listener:
+        idp = start_idp(tmp_path_factory.mktemp("pg-idp"), redirect_uris=[listener.url])
+        try:
+            a.ok("POST", f"sys/auth/{mount}", json={"type": "oidc"})
+            a.ok("POST", f"auth/{mount}/config", json={"oidc_discovery_url": idp.discovery_url,
+                                                        "oidc_client_id": CLIENT_ID,
+                                                        "oidc_client_secret": CLIENT_SECRET})
+            a.ok("POST", f"auth/{mount}/role/web", json={"user_claim": "sub", "allowed_redirect_uris": [listener.url],
+                                                          "token_policies": ["web"]})
+            eventually(lambda: b.call("GET", f"auth/{mount}/role/web").status_code == 200)
+            auth_url = a.ok("POST", f"auth/{mount}/oidc/auth_url", token="",
+                            json={"role": "web", "redirect_uri": listener.url})["data"]["auth_url"]
+            state = parse_qs(urlsplit(auth_url).query)["state"][0]
+            code = drive_login(auth_url, listener.url, login="dave")["code"]
+            done = b.call("GET", f"auth/{mount}/oidc/callback", token="", params={"state": state, "code": code})
+            assert done.status_code == 200, done.text
+            token = done.json()["auth"]["client_token"]
+            assert done.json()["auth"]["policies"] == ["default", "web"]
+            # the state is single-use on every node; the token works on A
+            again = a.call("GET", f"auth/{mount}/oidc/callback", token="", params={"state": state, "code": code})
+            assert again.status_code == 400 and "Expired or missing OAuth state" in again.json()["errors"][0]
+            assert a.ok("GET", "auth/token/lookup-self", token=token)["data"]["meta"] == {"role": "web"}
+        finally:
+            idp.stop()
