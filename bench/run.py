@@ -218,6 +218,9 @@ def measure(args: argparse.Namespace, run_dir: Path, servers: dict[str, Server],
             continue
         cases.append(case)
     rows: dict[tuple[str, int], Measurement] = {}
+    total = len(cases) * len(args.connections) * args.rounds * (args.warmup + args.duration + 0.5)
+    print(f"measuring {len(cases)} cases x {len(args.connections)} connection counts x {args.rounds} "
+          f"round(s): about {total / 60:.1f} min", flush=True)  # fmt: skip
     for conns in args.connections:
         for rnd in range(args.rounds):
             shift = rnd % len(cases) if cases else 0
