@@ -366,3 +366,41 @@ def test_exclusions_are_still_needed() -> None:
     }
     for key in EXCLUDED:
         assert key in present, f"stale exclusion {key}"
+
+
+# ---------------------------------------------------------------------------
+# docs/api.md lists every route the server serves
+
+
+def _api_paths() -> list[str]:
+    """Every documented-path form of the server's routes, mount paths and token paths."""
+    out: list[str] = []
+    routes = ast.parse((ROOT / "server" / "routes.py").read_text(encoding="utf-8"))
+    for node in ast.walk(routes):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/v1/sys/"):
+            out.append(re.sub(r"\{(\w+)(:[^}]*)?\}", r"<\1>", node.value.removeprefix("/v1/")))
+    tokens = ast.parse((ROOT / "server" / "token_backend.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tokens):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PathSpec" and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                out.append("auth/token/" + first.value)
+    from plugin.backend import factory
+
+    for spec in factory("jwt").paths:
+        out.append("auth/<mount>/" + spec.pattern)
+    return sorted(set(out))
+
+
+def _doc_form(pattern: str) -> str:
+    text = re.sub(r"\(\?P<(\w+)>(?:[^()]|\((?:[^()])*\))*\)", r"<\1>", pattern)
+    return text.removesuffix("/?").removesuffix("?")
+
+
+@pytest.mark.parametrize("path", _api_paths())
+def test_api_path_is_documented(path: str) -> None:
+    doc = _read("api.md")
+    form = _doc_form(path)
+    short = form.removeprefix("auth/token/")
+    # The endpoint table names token paths in full or as siblings ("`create-orphan`").
+    assert f"`{form}`" in doc or (form.startswith("auth/token/") and f"`{short}`" in doc), form
