@@ -404,3 +404,23 @@ def test_api_path_is_documented(path: str) -> None:
     short = form.removeprefix("auth/token/")
     # The endpoint table names token paths in full or as siblings ("`create-orphan`").
     assert f"`{form}`" in doc or (form.startswith("auth/token/") and f"`{short}`" in doc), form
+
+
+# ---------------------------------------------------------------------------
+# docs/vault-differences.md: every row names test files that exist
+
+
+def _difference_rows() -> list[tuple[str, list[str]]]:
+    rows = []
+    for line in _read("vault-differences.md").splitlines():
+        match = re.match(r"\| (\d+) \|", line)
+        if match:
+            rows.append((match.group(1), re.findall(r"`(tests/[\w/]+\.py)`", line)))
+    return rows
+
+
+@pytest.mark.parametrize(("row", "files"), _difference_rows(), ids=[r for r, _ in _difference_rows()])
+def test_difference_row_names_existing_tests(row: str, files: list[str]) -> None:
+    assert files, f"row {row} names no test file"
+    for name in files:
+        assert (ROOT / name).is_file(), f"row {row}: {name} does not exist"
