@@ -228,19 +228,19 @@ def _alternatives(expr: ast.expr, env: dict[str, list[ast.expr]], depth: int = 0
 
 def _function_of(tree: ast.Module) -> dict[int, str]:
     """Line number → name of the innermost enclosing function."""
-    out: dict[int, str] = {}
+    best: dict[int, tuple[int, str]] = {}
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for child in ast.walk(node):
                 line = getattr(child, "lineno", None)
-                if line is not None and (line not in out or node.lineno > out[line][0]):
-                    out[line] = (node.lineno, node.name)  # type: ignore[assignment]
-    return {line: name for line, (_, name) in out.items()}  # type: ignore[misc]
+                if line is not None and (line not in best or node.lineno > best[line][0]):
+                    best[line] = (node.lineno, node.name)
+    return {line: name for line, (_, name) in best.items()}
 
 
-def extract_messages(module: str) -> list[tuple[int, list[_Part]]]:
-    """(line, message shape) for every error message literal in ``module``."""
-    tree = ast.parse((ROOT / module).read_text(encoding="utf-8"))
+def extract_messages(module: str, source: str | None = None) -> list[tuple[int, list[_Part]]]:
+    """(line, message shape) for every error message literal in ``module`` (or ``source``)."""
+    tree = ast.parse(source if source is not None else (ROOT / module).read_text(encoding="utf-8"))
     env = _string_env(tree)
     functions = _function_of(tree)
     found: list[tuple[int, list[_Part]]] = []
@@ -355,6 +355,22 @@ def test_config_error_is_documented(module: str, line: int, frags: list[str], sh
     assert _documented(frags, _doc_lines("troubleshooting.md")), (
         f"{module}:{line}: message not in docs/troubleshooting.md: {shown!r}"
     )
+
+
+def test_a_new_undocumented_message_is_caught() -> None:
+    source = (
+        '_PREFIX = "error validating token: "\n'
+        "class S:\n"
+        '    failure = "brand new failure"\n'
+        "    def f(self, kid):\n"
+        '        raise InvalidRequest(_PREFIX + f"kid {kid} is " + self.failure)\n'
+    )
+    [(line, shape)] = extract_messages("plugin/new.py", source)
+    assert line == 5
+    assert shape == ["error validating token: ", "kid ", None, " is ", "brand new failure"]
+    frags = _fragments(shape)
+    assert not _documented(frags, _doc_lines("troubleshooting.md"))
+    assert _documented(frags, ["| `error validating token: kid <kid> is brand new failure` | 400 |"])
 
 
 def test_exclusions_are_still_needed() -> None:
