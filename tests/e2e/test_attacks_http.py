@@ -485,6 +485,20 @@ def test_uppercase_role_path_is_lowercased(vault: ServerProc) -> None:
     assert upper.json()["data"] == lower.json()["data"]
 
 
+@pytest.mark.parametrize("policy", [" root", "Root", "ROOT", "root ", "root"], ids=repr)
+def test_role_cannot_grant_root(vault: ServerProc, baseline: list[str], policy: str) -> None:
+    """security.md 3.8 / HCSEC-2025-13: no spelling of ``root`` on a role yields a root token."""
+    resp = requests.post(url(vault, "auth/jwt/role/rootish"), headers=root_headers(vault), timeout=TIMEOUT,
+                         json={"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+                               "token_policies": [policy]})
+    if resp.status_code == 400:  # refusing the role write is fine too
+        assert_refused(resp)
+        return
+    assert resp.status_code == 204, resp.text
+    errors = assert_refused(login(vault, {"role": "rootish", "jwt": good()}), (400,))
+    assert errors == ["auth methods cannot create root tokens"]
+
+
 def test_no_token_was_issued(vault: ServerProc, baseline: list[str]) -> None:
     listing = requests.request("LIST", url(vault, "auth/token/accessors"), headers=root_headers(vault), timeout=TIMEOUT)
     assert sorted(listing.json()["data"]["keys"]) == baseline

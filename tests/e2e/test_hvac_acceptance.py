@@ -10,11 +10,13 @@ token. The "IdP" is a loopback Python HTTP server serving a discovery document a
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import hvac
 import hvac.exceptions
@@ -377,3 +379,61 @@ def test_login_token_acl(vault: ServerProc, idp: LocalIdP) -> None:
     finally:
         root.sys.disable_auth_method("jwt")
         root.sys.delete_policy("role-reader")
+
+
+# -- hvac test_oidc.py: form_post configured, the callback still works as a GET ------------
+def form_post_login(auth_url: str, login: str = "alice") -> dict[str, str]:
+    """Drive node-oidc-provider's dev login with requests; return the form_post page's fields."""
+    http = requests.Session()
+    resp = http.get(auth_url, allow_redirects=False, timeout=30)
+    for _ in range(10):
+        if resp.status_code == 200 and "<form" in resp.text:
+            return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', resp.text))
+        loc = urljoin(auth_url, resp.headers["Location"])
+        page = http.get(loc, allow_redirects=False, timeout=30)
+        if page.status_code == 200 and "/interaction/" in loc:
+            prompt = re.search(r'name="prompt" value="(\w+)"', page.text)
+            assert prompt, page.text[:300]
+            data = {"prompt": prompt.group(1)}
+            if data["prompt"] == "login":
+                data |= {"login": login, "password": "x"}
+            resp = http.post(loc, data=data, allow_redirects=False, timeout=30)
+        else:
+            resp = page
+    raise AssertionError(f"no form_post page: {resp.status_code} {resp.text[:300]}")
+
+
+def test_oidc_callback_with_form_post_config(vault: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.e2e.idp import CLIENT_ID as IDP_CLIENT, CLIENT_SECRET as IDP_SECRET, idp_available, start_idp
+
+    reason = idp_available()
+    if reason:
+        pytest.skip(reason)
+    path = "oidc-test"
+    callback = f"{vault.url}/v1/auth/{path}/oidc/callback"  # the server's own callback, as in hvac
+    node_idp = start_idp(tmp_path_factory.mktemp("hvac-idp"), redirect_uris=[callback])
+    root = vault.client()
+    root.sys.enable_auth_method("oidc", path=path)
+    try:
+        resp = root.auth.oidc.configure(
+            oidc_discovery_url=node_idp.discovery_url, oidc_client_id=IDP_CLIENT, oidc_client_secret=IDP_SECRET,
+            oidc_response_mode="form_post", oidc_response_types=["code"], default_role="hvac", path=path,
+        )
+        assert resp.status_code == 204
+        assert root.auth.oidc.create_role(name="hvac", user_claim="sub", allowed_redirect_uris=[callback],
+                                          path=path) is None  # hvac's quirk: auth.oidc.create_role returns None
+        assert root.auth.oidc.read_role("hvac", path=path)["data"]["role_type"] == "oidc"
+        client = vault.client(token="")
+        auth_url = client.auth.oidc.oidc_authorization_url_request(role="hvac", redirect_uri=callback,
+                                                                   path=path)["data"]["auth_url"]
+        assert f"?client_id={IDP_CLIENT}&" in auth_url
+        query = parse_qs(urlsplit(auth_url).query)
+        assert query["response_mode"] == ["form_post"]
+        fields = form_post_login(auth_url)
+        assert fields["state"] == query["state"][0]
+        resp = client.auth.oidc.oidc_callback(state=fields["state"], nonce="", code=fields["code"], path=path)
+        token = resp["auth"]["client_token"]
+        assert vault.client(token=token).lookup_token()["data"]["meta"]["role"] == "hvac"
+    finally:
+        node_idp.stop()
+        root.sys.disable_auth_method(path)
