@@ -241,16 +241,20 @@ same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b for worker sca
 Targets (from the issue): 2/1 >= 0.75, 3/1 >= 0.85, 5/4 >= 0.5, p99 of 2 and 3 at 16
 connections <= 1.5x the ceiling's, 6/6b >= 1.7, RSS growth <= 50 MB over 1 M logins
 (`--long`), no stall of cached-kid logins during a slow JWKS refresh (`--slow-jwks`).
-authmount runs from a fresh SQLite file with the engine's defaults (WAL, `synchronous=FULL`:
-a login is answered only after its group commit) and `log_level: info` (one JSON line per
-request, written to a file; `--log-level warning` to leave logging out). `--workers` needs
-PostgreSQL storage, so case 6 runs 2 workers on a throw-away local PostgreSQL (`tests/pg.py`,
-durable defaults) and case 6b is the same with 1 worker: the worker-scaling ratio is 6/6b. Each measurement follows an
-unmeasured warm-up; with `--rounds N` the cases are interleaved (order rotated per round) and
-medians reported. The 2-worker server needs two cores: on a 2-core machine it and PostgreSQL
-share core 1 with `wrk` (noted in the report), so its ratio understates scaling there. Short runs on a
-shared machine are noisy; compare ratios within one run, not across runs. The raw numbers of
-every run are kept in `bench/results/*.json` (ignored by git).
+
+- **Storage and logging.** authmount runs from a fresh SQLite file with the engine's defaults
+  (WAL, `synchronous=FULL`: a login is answered only after its group commit) and
+  `log_level: info` (one JSON line per request, written to a file; `--log-level warning`
+  leaves logging out).
+- **Workers.** `--workers` needs PostgreSQL storage, so case 6 runs 2 workers on a
+  throw-away local PostgreSQL (`tests/pg.py`, durable defaults) and case 6b is the same with
+  1 worker. Two workers need two free cores: on a 2-core machine they and PostgreSQL share
+  core 1 with `wrk` (noted in the report), so 6/6b understates scaling there.
+- **Noise.** Each measurement follows an unmeasured warm-up; with `--rounds N` the cases are
+  interleaved (order rotated per round) and medians reported; the load average at start and
+  end is recorded. Short runs on a shared machine are noisy: compare ratios within one run,
+  not across runs. The raw numbers of every run are kept in `bench/results/*.json` (ignored
+  by git).
 """
 
 
