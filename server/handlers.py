@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,9 @@ _CAPABILITY = {
     Operation.CREATE: "create", Operation.UPDATE: "update",
 }
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Seconds a client gets to send a whole request body; a trickled body (slowloris) would
+#: otherwise hold a handler and a connection for as long as the client likes.
+BODY_READ_TIMEOUT = 10.0
 # Never handed to backends: credentials of the caller.
 _HIDDEN_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-authorization"})
 
@@ -99,7 +103,11 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """
     if not request.body_exists:
         return {}
-    raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge → 413
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT):
+            raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge → 413
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="request body not received in time") from None
     stripped = raw.lstrip()
     if not stripped:
         return {}
