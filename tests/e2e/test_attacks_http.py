@@ -458,6 +458,31 @@ def test_hostile_body_is_refused(vault: ServerProc, baseline: list[str], body: A
     assert_refused(login(vault, body, content_type=ctype), statuses)
 
 
+def test_slow_body_is_cut_off(vault: ServerProc) -> None:
+    """security.md 2.8: a body trickled at 1 byte/s gets a 408 JSON error, not a held handler."""
+    host, port = vault.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST /v1/auth/jwt/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n{")
+        sock.settimeout(1.0)
+        answer = b""
+        deadline = time.monotonic() + TIMEOUT
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            assert time.monotonic() < deadline, "the server held the trickling request"
+            try:
+                chunk = sock.recv(4096)
+            except socket.timeout:
+                sock.sendall(b" ")  # one more byte per second, never finishing
+                continue
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"\r\nContent-Type: application/json\r\n" in head + b"\r\n"
+    assert json.loads(body)["errors"] == ["request body not received in time"]
+
+
 def test_oidc_role_cannot_login(vault: ServerProc, baseline: list[str]) -> None:
     errors = assert_refused(login(vault, {"role": "web", "jwt": good()}), (400,))
     assert any("oidc" in e for e in errors), errors
