@@ -432,6 +432,7 @@ def _bodies() -> list[tuple[str, Any, str | None, tuple[int, ...]]]:
         ("role missing", {"jwt": "a.b.c"}, None, (400,)),
         ("role traversal", {"role": "../r", "jwt": "a.b.c"}, None, (400,)),
         ("role encoded slash", {"role": "%2fr", "jwt": "a.b.c"}, None, (400,)),
+        ("role log injection", {"role": 'x\r\n{"event": "forged"}', "jwt": "a.b.c"}, None, (400,)),
         ("body truncated", b'{"role": "r", "jwt": ', None, (400,)),
         ("body list", b'["r"]', None, (400,)),
         ("body null", b"null", None, (400,)),
@@ -599,6 +600,8 @@ def test_server_alive_and_log_has_no_secrets(vault: ServerProc) -> None:
     log = vault.log_text()
     assert log.strip(), "the server log is empty: nothing was captured"
     assert "Traceback" not in log and "internal_error" not in log
+    events = [json.loads(line)["event"] for line in log.splitlines()]  # one JSON object per line
+    assert "forged" not in events and "login_failed" in events
     leaked = []
     for secret in SECRETS:
         if len(secret) < 16:
@@ -610,4 +613,8 @@ def test_server_alive_and_log_has_no_secrets(vault: ServerProc) -> None:
         if any(n in log for n in needles):
             leaked.append(secret[:40])
     assert not leaked, leaked
+    # stdout carries the one-time banner with the root token, and nothing else secret
+    stdout = vault.stdout_text()
+    assert stdout.count(str(vault.root_token)) == 1
+    assert not [s[:40] for s in SECRETS if len(s) >= 16 and s != vault.root_token and s in stdout]
     assert len(SECRETS) > 50  # the checks above really ran with the module's tokens
