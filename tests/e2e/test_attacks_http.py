@@ -537,6 +537,160 @@ def test_embedded_urls_never_contacted(vault: ServerProc, trap: CountingListener
     assert len(vault.jwks.paths) <= 4, vault.jwks.paths  # type: ignore[attr-defined]
 
 
+# -- 2.9: the JWKS endpoint is hostile or broken -----------------------------------------
+JUNK = b"It's not a keyset! secret-looking-body-1234"
+
+
+def _gzip_bomb(size: int = 200 << 20) -> bytes:
+    import zlib
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip container
+    zeros = b"\0" * (1 << 20)
+    return b"".join(comp.compress(zeros) for _ in range(size >> 20)) + comp.flush()
+
+
+class HostileJWKS:
+    """One path per misbehaviour; ``/flaky`` serves the real keys until ``broken`` is set."""
+
+    def __init__(self, trap: CountingListener) -> None:
+        self.broken = False
+        self.bomb = _gzip_bomb()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def send(self, status: int, body: bytes, ctype: str = "application/json", **headers: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name.replace("_", "-"), value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                mode = self.path.strip("/")
+                good = json.dumps(jwks(RSA)).encode()
+                answers: dict[str, tuple[int, bytes, str]] = {
+                    "junk": (200, JUNK, "text/plain"),
+                    "empty-object": (200, b"{}", "application/json"),
+                    "keys-string": (200, b'{"keys": "x"}', "application/json"),
+                    "keys-empty": (200, b'{"keys": []}', "application/json"),
+                    "html": (200, b"<html><body>" + JUNK + b"</body></html>", "text/html"),
+                    "array": (200, b"[1, 2]", "application/json"),
+                    "404": (404, JUNK, "text/plain"),
+                    "500": (500, JUNK, "text/plain"),
+                    "only-bad-keys": (200, json.dumps({"keys": [
+                        {"kty": "oct", "k": b64url(b"k" * 32), "kid": "o"},
+                        {**RSA.jwk(), "use": "enc", "kid": "enc"},
+                        {**RSA.jwk(), "d": "AQAB", "kid": "private"},
+                        {"kid": "no-kty", "n": "AQAB", "e": "AQAB"},
+                        {**rsa_key(bits=1024, slot=13).jwk(), "kid": "small"},
+                    ]}).encode(), "application/json"),
+                }
+                if mode in answers:
+                    self.send(*answers[mode])
+                elif mode == "flaky":
+                    self.send(*((500, JUNK, "text/plain") if outer.broken else (200, good, "application/json")))
+                elif mode == "redirect-trap":
+                    self.send(302, b"", Location=trap.url("/jwks"))
+                elif mode == "redirect-metadata":
+                    self.send(302, b"", Location="http://169.254.169.254/latest/meta-data/")
+                elif mode == "redirect-file":
+                    self.send(302, b"", Location="file:///etc/passwd")
+                elif mode == "huge":
+                    self.send(200, b'{"keys": [' + b" " * (2 << 20) + b"]}")
+                elif mode == "gzip-bomb":
+                    self.send(200, outer.bomb, Content_Encoding="gzip")
+                elif mode == "endless":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    chunk = b" " * 65536
+                    try:
+                        for _ in range(2000):  # 128 MiB at most, unless the client hangs up first
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    except OSError:
+                        pass
+                elif mode == "slow":
+                    time.sleep(12)
+                    self.send(200, good)
+                else:
+                    self.send(404, b"")
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # resets are expected
+        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture(scope="module")
+def hostile(trap: CountingListener) -> Iterator[HostileJWKS]:
+    server = HostileJWKS(trap)
+    yield server
+    server.close()
+
+
+def _peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+HOSTILE_MODES = ["junk", "empty-object", "keys-string", "keys-empty", "html", "array", "404", "500",
+                 "only-bad-keys", "redirect-trap", "redirect-metadata", "redirect-file", "huge", "gzip-bomb",
+                 "endless", "slow"]
+
+
+@pytest.mark.parametrize("mode", HOSTILE_MODES)
+def test_hostile_jwks_endpoint_fails_config_write_cleanly(vault: ServerProc, hostile: HostileJWKS, mode: str) -> None:
+    """A JWKS URL that misbehaves is refused at config time with a 400 that does not echo the
+    endpoint's body; redirects to other hosts are not followed; big bodies are capped."""
+    path = f"hostile-{mode}"
+    hdr = root_headers(vault)
+    assert requests.post(url(vault, f"sys/auth/{path}"), json={"type": "jwt"}, headers=hdr, timeout=TIMEOUT).status_code == 204
+    peak_before = _peak_rss_kib(vault.proc.pid)
+    resp = requests.post(url(vault, f"auth/{path}/config"), json={"jwks_url": f"{hostile.base}/{mode}"},
+                         headers=hdr, timeout=TIMEOUT)
+    errors = assert_refused(resp, (400,))
+    assert not any("not a keyset" in e or "secret-looking" in e for e in errors), errors
+    if mode == "gzip-bomb":  # 200 MiB inflated must not be held in memory
+        assert _peak_rss_kib(vault.proc.pid) - peak_before < 64 * 1024
+    assert requests.get(url(vault, f"auth/{path}/config"), headers=hdr, timeout=TIMEOUT).status_code == 404
+
+
+def test_broken_jwks_keeps_last_good_keys(vault: ServerProc, hostile: HostileJWKS) -> None:
+    hdr = root_headers(vault)
+    requests.post(url(vault, "sys/auth/flaky"), json={"type": "jwt"}, headers=hdr, timeout=TIMEOUT)
+    resp = requests.post(url(vault, "auth/flaky/config"), json={"jwks_url": f"{hostile.base}/flaky"},
+                         headers=hdr, timeout=TIMEOUT)
+    assert resp.status_code == 204, resp.text
+    requests.post(url(vault, "auth/flaky/role/r"), headers=hdr, timeout=TIMEOUT,
+                  json={"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"]})
+    first = login(vault, {"role": "r", "jwt": good()}, mount="flaky")
+    assert first.status_code == 200, first.text
+    SECRETS.add(first.json()["auth"]["client_token"])
+    hostile.broken = True
+    unknown = login(vault, {"role": "r", "jwt": make_token(claims(), key=ATTACKER, kid="rotated")}, mount="flaky")
+    errors = assert_refused(unknown, (400,))
+    assert not any("secret-looking" in e for e in errors)
+    again = login(vault, {"role": "r", "jwt": good()}, mount="flaky")  # cached keys still verify
+    assert again.status_code == 200, again.text
+    SECRETS.add(again.json()["auth"]["client_token"])
+
+
 # -- 3.8: config and role endpoints need a privileged token ------------------------------
 def _token(vault: ServerProc, **body: Any) -> str:
     resp = requests.post(url(vault, "auth/token/create"), json=body, headers=root_headers(vault), timeout=TIMEOUT)
