@@ -530,6 +530,20 @@ def test_no_token_was_issued(vault: ServerProc, baseline: list[str]) -> None:
     assert sorted(listing.json()["data"]["keys"]) == baseline
 
 
+def test_random_kid_flood_refreshes_at_most_once(vault: ServerProc, baseline: list[str]) -> None:
+    """security.md 2.2: unknown kids cannot force one JWKS fetch each (single flight + cooldown)."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = len(vault.jwks.paths)  # type: ignore[attr-defined]
+    tokens = [make_token(claims(), key=ATTACKER, kid=uuid.uuid4().hex) for _ in range(60)]
+    with ThreadPoolExecutor(12) as pool:
+        resps = list(pool.map(lambda t: login(vault, {"role": "r", "jwt": t}), tokens))
+    for resp in resps:
+        assert_refused(resp, (400,))
+    assert len(vault.jwks.paths) - before <= 1  # type: ignore[attr-defined]
+
+
 def test_embedded_urls_never_contacted(vault: ServerProc, trap: CountingListener) -> None:
     assert trap.connections == 0
     assert set(vault.jwks.paths) <= {"/jwks"}  # type: ignore[attr-defined]

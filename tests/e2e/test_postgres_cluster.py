@@ -131,6 +131,18 @@ def test_config_change_on_b_takes_effect_on_a(cluster: tuple[Node, Node]) -> Non
     eventually(lambda: a.login().status_code == 200)
 
 
+def test_policy_change_on_a_enforced_on_b(cluster: tuple[Node, Node]) -> None:
+    """ACL policies are cached per node; a rewrite on A must reach B's cache."""
+    a, b = cluster
+    a.ok("POST", "sys/policy/svc", json={"policy": f'path "auth/{MOUNT}/role/*" {{ capabilities = ["read"] }}'})
+    token = b.login().json()["auth"]["client_token"]
+    eventually(lambda: b.call("GET", f"auth/{MOUNT}/role/svc", token=token).status_code == 200)
+    a.ok("POST", "sys/policy/svc", json={"policy": 'path "auth/token/lookup-self" { capabilities = ["read"] }'})
+    eventually(lambda: b.call("GET", f"auth/{MOUNT}/role/svc", token=token).status_code == 403)
+    a.ok("DELETE", "sys/policy/svc")
+    assert b.ok("GET", "auth/token/lookup-self", token=token)["data"]["policies"] == ["default", "svc"]
+
+
 def test_token_from_a_lookup_renew_revoke_on_b(cluster: tuple[Node, Node]) -> None:
     a, b = cluster
     auth = a.login().json()["auth"]
