@@ -114,8 +114,14 @@ def trap() -> Iterator[CountingListener]:
 
 
 @pytest.fixture(scope="module")
-def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
-    keys = JWKSServer()
+def keys() -> Iterator[JWKSServer]:
+    server = JWKSServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory: pytest.TempPathFactory, keys: JWKSServer) -> Iterator[ServerProc]:
     config = {"storage": {"type": "memory"}, "log_level": "debug", "log_format": "json"}
     with start_server(config=config, workdir=tmp_path_factory.mktemp("attacks")) as srv:
         assert srv.root_token
@@ -135,9 +141,7 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
         write("auth/jwt/role/web", {"role_type": "oidc", "user_claim": "sub", "bound_audiences": ["vault"],
                                     "allowed_redirect_uris": ["http://localhost:8250/oidc/callback"]})
         write("sys/policy/role-reader", {"policy": 'path "auth/jwt/role/*" { capabilities = ["read"] }'})
-        srv.jwks = keys  # type: ignore[attr-defined]
         yield srv
-    keys.close()
     assert srv.returncode == 0
 
 
@@ -530,25 +534,25 @@ def test_no_token_was_issued(vault: ServerProc, baseline: list[str]) -> None:
     assert sorted(listing.json()["data"]["keys"]) == baseline
 
 
-def test_random_kid_flood_refreshes_at_most_once(vault: ServerProc, baseline: list[str]) -> None:
+def test_random_kid_flood_refreshes_at_most_once(vault: ServerProc, keys: JWKSServer, baseline: list[str]) -> None:
     """security.md 2.2: unknown kids cannot force one JWKS fetch each (single flight + cooldown)."""
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 
-    before = len(vault.jwks.paths)  # type: ignore[attr-defined]
+    before = len(keys.paths)
     tokens = [make_token(claims(), key=ATTACKER, kid=uuid.uuid4().hex) for _ in range(60)]
     with ThreadPoolExecutor(12) as pool:
         resps = list(pool.map(lambda t: login(vault, {"role": "r", "jwt": t}), tokens))
     for resp in resps:
         assert_refused(resp, (400,))
-    assert len(vault.jwks.paths) - before <= 1  # type: ignore[attr-defined]
+    assert len(keys.paths) - before <= 1
 
 
-def test_embedded_urls_never_contacted(vault: ServerProc, trap: CountingListener) -> None:
+def test_embedded_urls_never_contacted(keys: JWKSServer, trap: CountingListener) -> None:
     assert trap.connections == 0
-    assert set(vault.jwks.paths) <= {"/jwks"}  # type: ignore[attr-defined]
+    assert set(keys.paths) <= {"/jwks"}
     # unknown kids force at most a few refreshes (single flight + cooldown), not one per request
-    assert len(vault.jwks.paths) <= 4, vault.jwks.paths  # type: ignore[attr-defined]
+    assert len(keys.paths) <= 4, keys.paths
 
 
 # -- 2.9: the JWKS endpoint is hostile or broken -----------------------------------------
@@ -749,10 +753,10 @@ def test_privileged_endpoints_refuse(vault: ServerProc, unprivileged: dict[str, 
     assert assert_refused(resp, (403,)) == ["permission denied"]
 
 
-def test_state_unchanged_after_refusals(vault: ServerProc) -> None:
+def test_state_unchanged_after_refusals(vault: ServerProc, keys: JWKSServer) -> None:
     hdr = root_headers(vault)
     config = requests.get(url(vault, "auth/jwt/config"), headers=hdr, timeout=TIMEOUT).json()["data"]
-    assert config["jwks_url"] == vault.jwks.url  # type: ignore[attr-defined]
+    assert config["jwks_url"] == keys.url
     assert requests.get(url(vault, "auth/jwt/role/r"), headers=hdr, timeout=TIMEOUT).status_code == 200
     roles = requests.request("LIST", url(vault, "auth/jwt/role"), headers=hdr, timeout=TIMEOUT).json()["data"]["keys"]
     assert "x" not in roles

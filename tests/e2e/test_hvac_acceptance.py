@@ -373,7 +373,7 @@ def test_login_token_acl(vault: ServerProc, idp: LocalIdP) -> None:
             with pytest.raises(hvac.exceptions.Forbidden) as info:
                 attempt()
             assert info.value.errors == ["permission denied"]  # type: ignore[attr-defined]
-        assert "evil/" not in root.sys.list_auth_methods()
+        assert "jwt/" in root.sys.list_auth_methods() and "evil/" not in root.sys.list_auth_methods()
         assert "evil" not in root.sys.list_policies()["data"]["policies"]
         assert root.auth.jwt.read_config()["data"]["jwks_url"] == idp.jwks_url
     finally:
