@@ -236,7 +236,8 @@ def nested(depth: int) -> bytes:
 
 
 def jwe(header: dict[str, Any]) -> str:
-    return ".".join([b64url(json.dumps(header)), b64url(b"k" * 32), b64url(b"i" * 12), b64url(b"c" * 40), b64url(b"t" * 16)])
+    parts = [json.dumps(header).encode(), b"k" * 32, b"i" * 12, b"c" * 40, b"t" * 16]
+    return ".".join(b64url(p) for p in parts)
 
 
 CERT_DER_B64 = base64.b64encode(
@@ -396,7 +397,9 @@ def baseline(vault: ServerProc) -> list[str]:
 
 
 @pytest.mark.parametrize("build", [b for _, b in TOKENS], ids=[i for i, _ in TOKENS])
-def test_hostile_jwt_is_refused(vault: ServerProc, trap: CountingListener, baseline: list[str], build: Callable[[str], Any]) -> None:
+def test_hostile_jwt_is_refused(
+    vault: ServerProc, trap: CountingListener, baseline: list[str], build: Callable[[str], Any]
+) -> None:
     token = build(trap.url())
     errors = assert_refused(login(vault, {"role": "r", "jwt": token}), (400,))
     for text in strings_in(token):  # never echoed, whatever the field's shape
@@ -418,7 +421,8 @@ def test_out_of_range_exp_never_crashes(vault: ServerProc, value: str, statuses:
         auth = resp.json()["auth"]
         SECRETS.add(auth["client_token"])
         assert auth["lease_duration"] <= 768 * 3600  # the TTL comes from the role, never from exp
-        requests.post(url(vault, "auth/token/revoke-self"), headers={"X-Vault-Token": auth["client_token"]}, timeout=TIMEOUT)
+        requests.post(url(vault, "auth/token/revoke-self"), headers={"X-Vault-Token": auth["client_token"]},
+                      timeout=TIMEOUT)
     else:
         assert_refused(resp)
 
@@ -678,7 +682,8 @@ def test_hostile_jwks_endpoint_fails_config_write_cleanly(vault: ServerProc, hos
     endpoint's body; redirects to other hosts are not followed; big bodies are capped."""
     path = f"hostile-{mode}"
     hdr = root_headers(vault)
-    assert requests.post(url(vault, f"sys/auth/{path}"), json={"type": "jwt"}, headers=hdr, timeout=TIMEOUT).status_code == 204
+    enabled = requests.post(url(vault, f"sys/auth/{path}"), json={"type": "jwt"}, headers=hdr, timeout=TIMEOUT)
+    assert enabled.status_code == 204
     peak_before = _peak_rss_kib(vault.proc.pid)
     resp = requests.post(url(vault, f"auth/{path}/config"), json={"jwks_url": f"{hostile.base}/{mode}"},
                          headers=hdr, timeout=TIMEOUT)

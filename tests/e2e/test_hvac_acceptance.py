@@ -340,7 +340,9 @@ def test_tune_auth_method(vault: ServerProc, mount: str) -> None:
     ],
     ids=["404 read", "400 login", "400 role field", "400 mount type", "403 bad token"],
 )
-def test_errors_carry_errors_list(vault: ServerProc, mount: str, call: Any, exc: type[Exception], needle: str | None) -> None:
+def test_errors_carry_errors_list(
+    vault: ServerProc, mount: str, call: Any, exc: type[Exception], needle: str | None
+) -> None:
     with pytest.raises(exc) as info:
         call(vault.client(), mount)
     errors = info.value.errors  # type: ignore[attr-defined]

@@ -67,7 +67,9 @@ def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:  # noqa: F811
+def cluster(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+) -> Iterator[tuple[Node, Node]]:
     dsn = postgres_server.create_database()
     config = {"storage": {"type": "postgres", "dsn": dsn}, "log_format": "json"}
     base: Path = tmp_path_factory.mktemp("pg-cluster")
@@ -105,7 +107,8 @@ def test_role_change_on_a_takes_effect_on_b(cluster: tuple[Node, Node]) -> None:
          json={"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"], "token_policies": ["old"]})
     eventually(lambda: b.login("moving").status_code == 200)
     assert b.login("moving").json()["auth"]["policies"] == ["default", "old"]  # B has the role cached now
-    a.ok("POST", f"auth/{MOUNT}/role/moving", json={"role_type": "jwt", "token_policies": ["new"], "bound_subject": "bob"})
+    a.ok("POST", f"auth/{MOUNT}/role/moving",
+         json={"role_type": "jwt", "token_policies": ["new"], "bound_subject": "bob"})
     eventually(lambda: b.login("moving", sub="alice").status_code == 400)
     refused = b.login("moving", sub="alice")
     assert refused.status_code == 400 and "sub" in refused.json()["errors"][0]
