@@ -8,7 +8,8 @@ claims and the groups from the IdP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,6 +20,7 @@ import pytest
 from tests.e2e.browser import CallbackListener, browser_available, browser_login, browser_session, drive_login
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, idp_available, start_idp
 from tests.e2e.serverproc import ServerProc, start_server
+from tests.pg import postgres_dsn, postgres_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e
 
@@ -230,3 +232,54 @@ def test_form_post_browser_flow(vault: ServerProc, tmp_path_factory: pytest.Temp
         assert me["display_name"].endswith("alice@example.com")
     finally:
         fp_idp.stop()
+
+
+def _eventually(check: Callable[[], Any], deadline: float = 30.0) -> Any:
+    """Retry ``check`` until it stops raising (another node sees a write via NOTIFY)."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            return check()
+        except hvac.exceptions.VaultError:
+            if time.monotonic() > end:
+                raise
+        time.sleep(0.2)
+
+
+def test_flow_crosses_nodes(
+    idp: IdP, listener: CallbackListener, postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+) -> None:
+    """decisions 7: auth_url on node A, callback on node B (shared PostgreSQL storage)."""
+    config = {"storage": {"type": "postgres", "dsn": postgres_dsn}}
+    with start_server(config=config, workdir=tmp_path_factory.mktemp("node-a")) as a:
+        assert a.root_token
+        with start_server(config=config, root_token=a.root_token, workdir=tmp_path_factory.mktemp("node-b")) as b:
+            mount = "oidc-ha"
+            root = a.client()
+            root.sys.enable_auth_method("oidc", path=mount)
+            root.auth.oidc.configure(
+                oidc_discovery_url=idp.discovery_url,
+                oidc_client_id=CLIENT_ID,
+                oidc_client_secret=CLIENT_SECRET,
+                path=mount,
+            )
+            root.auth.oidc.create_role(
+                name="web", user_claim="sub", allowed_redirect_uris=[listener.url], path=mount
+            )
+            _eventually(lambda: b.client().auth.oidc.read_role("web", path=mount))
+
+            auth_url = anon(a).auth.oidc.oidc_authorization_url_request(
+                role="web", redirect_uri=listener.url, path=mount
+            )["data"]["auth_url"]
+            state = parse_qs(urlsplit(auth_url).query)["state"][0]
+            code = drive_login(auth_url, listener.url, login="carol")["code"]
+            resp = anon(b).auth.oidc.oidc_callback(state=state, nonce="", code=code, path=mount)
+            token = resp["auth"]["client_token"]
+            assert resp["auth"]["metadata"] == {"role": "web"}
+            # the state is gone on every node, and the token works on node A
+            with pytest.raises(hvac.exceptions.InvalidRequest, match="Expired or missing OAuth state"):
+                anon(a).auth.oidc.oidc_callback(state=state, nonce="", code=code, path=mount)
+            assert a.client(token=token).auth.token.lookup_self()["data"]["meta"] == {"role": "web"}
+    for srv in (a, b):  # both stopped: their stdout readers hit EOF
+        if srv.proc.stdout is not None:
+            srv.proc.stdout.close()
