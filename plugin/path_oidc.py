@@ -21,6 +21,8 @@ import string
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import structlog
+
 from plugin import oidc_flow as support
 from plugin.errors import InvalidRequest, PluginError, UnsupportedOperation, UpstreamError
 from plugin.framework import Operation, PathSpec, Request, Response
@@ -35,6 +37,8 @@ _STATE_RE = re.compile(r"st_[A-Za-z0-9]{20}")
 _SWEEP_INTERVAL = 60.0
 _SWEEP_MAX = 500
 _FAILED = "Vault login failed."
+
+log = structlog.get_logger("plugin.path_oidc")
 
 
 def _rand62(n: int) -> str:
@@ -254,46 +258,61 @@ async def _take_state(req: Request, raw: str) -> dict[str, Any] | None:
 
 def _make_callback_get(backend: Any) -> Any:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
-        config = await support.load_config(backend, req)
-        if config is None:
-            raise InvalidRequest(f"{_FAILED} Could not load configuration")
-        state = await _take_state(req, values.get("state") or "")
-        if state is None:
-            raise InvalidRequest(f"{_FAILED} Expired or missing OAuth state.")
-        expected_nonce = state.get("client_nonce") or ""
-        if expected_nonce:
-            got = values.get("client_nonce") or ""
-            if not hmac.compare_digest(expected_nonce.encode(), got.encode()):
-                raise InvalidRequest("invalid client_nonce")
-        role_name = state["role"]
-        role = await support.load_role(backend, req, role_name)
-        if role is None:
-            raise InvalidRequest(f"{_FAILED} Role could not be found")
-        support.check_bound_cidrs(req, role)
-        if not support.is_oidc_flow(config):
-            raise InvalidRequest(f"{_FAILED} OIDC login is not configured for this mount")
-
-        code = values.get("code") or ""
-        if code == "no_code":
-            code = state.get("code") or ""
-        stored_claims = state.get("id_token_claims")
-        warnings: list[str] = []
-        if code:
-            claims = await _code_flow(backend, req, config, role, state, code, warnings)
-        elif isinstance(stored_claims, dict):
-            claims = stored_claims
-        else:
-            raise InvalidRequest(f"{_FAILED} No code or id_token received.")
-
-        bound_subject = support.cfg(role, "bound_subject", "") or ""
-        if bound_subject and claims.get("sub") != bound_subject:
-            raise InvalidRequest("sub claim does not match bound subject")
-        resp = await support.login_response(backend, req, role_name, role, claims)
-        for w in warnings:
-            resp.add_warning(w)
-        return resp
+        try:
+            return await _callback(backend, req, values)
+        except PluginError as exc:
+            # Never the code, state or tokens: only which check failed.
+            log.info(
+                "oidc_callback_failed",
+                mount=getattr(req.system, "mount_path", ""),
+                reason="; ".join(exc.messages) or "permission denied",
+                remote_addr=req.connection.remote_addr if req.connection else None,
+            )
+            raise
 
     return handler
+
+
+async def _callback(backend: Any, req: Request, values: dict[str, Any]) -> Response:
+    """GET oidc/callback (vault-api.md 6.2), first failure wins."""
+    config = await support.load_config(backend, req)
+    if config is None:
+        raise InvalidRequest(f"{_FAILED} Could not load configuration")
+    state = await _take_state(req, values.get("state") or "")
+    if state is None:
+        raise InvalidRequest(f"{_FAILED} Expired or missing OAuth state.")
+    expected_nonce = state.get("client_nonce") or ""
+    if expected_nonce:
+        got = values.get("client_nonce") or ""
+        if not hmac.compare_digest(expected_nonce.encode(), got.encode()):
+            raise InvalidRequest("invalid client_nonce")
+    role_name = state["role"]
+    role = await support.load_role(backend, req, role_name)
+    if role is None:
+        raise InvalidRequest(f"{_FAILED} Role could not be found")
+    support.check_bound_cidrs(req, role)
+    if not support.is_oidc_flow(config):
+        raise InvalidRequest(f"{_FAILED} OIDC login is not configured for this mount")
+
+    code = values.get("code") or ""
+    if code == "no_code":
+        code = state.get("code") or ""
+    stored_claims = state.get("id_token_claims")
+    warnings: list[str] = []
+    if code:
+        claims = await _code_flow(backend, req, config, role, state, code, warnings)
+    elif isinstance(stored_claims, dict):
+        claims = stored_claims
+    else:
+        raise InvalidRequest(f"{_FAILED} No code or id_token received.")
+
+    bound_subject = support.cfg(role, "bound_subject", "") or ""
+    if bound_subject and claims.get("sub") != bound_subject:
+        raise InvalidRequest("sub claim does not match bound subject")
+    resp = await support.login_response(backend, req, role_name, role, claims)
+    for w in warnings:
+        resp.add_warning(w)
+    return resp
 
 
 async def _code_flow(
