@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -456,6 +458,10 @@ async def test_form_post_code_then_get_no_code() -> None:
     page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "code": code})
     assert page.status == 200 and page.content_type.startswith("text/html")
     assert b'"path": "oidc"' in page.raw_body and b'"code": "no_code"' in page.raw_body
+    script = page.raw_body.split(b"<script>")[1].split(b"</script>")[0]
+    digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
+    assert page.headers["Content-Security-Policy"] == f"default-src 'none'; script-src 'sha256-{digest}'"
+    assert page.headers["Cache-Control"] == "no-store"
     resp = await h.callback(state=state, code="no_code")
     assert resp.auth.alias.name == "bob@example.com"
 
@@ -467,6 +473,7 @@ async def test_form_post_unknown_state_and_invalid_path_pages() -> None:
     page = await h.call(Operation.UPDATE, "oidc/callback", {"state": "<script>alert(1)</script>", "code": "c"})
     assert page.status == 400 and b"Expired or missing OAuth state." in page.raw_body
     assert b"<script>" not in page.raw_body
+    assert page.headers["Content-Security-Policy"] == "default-src 'none'"
     url = await h.auth_url(redirect_uri=CLI_REDIRECT)
     page = await h.call(Operation.UPDATE, "oidc/callback", {"state": query(url)["state"], "code": "c"})
     assert page.status == 400 and b"Invalid redirect path." in page.raw_body
