@@ -27,7 +27,10 @@ from server.storage.sqlite_batch import (
     Result,
 )
 
-__all__ = ["SQLiteStorage"]
+__all__ = ["SQLiteStorage", "CACHE_BYTES"]
+
+#: Upper bound of the value cache's content, whatever ``cache_entries`` says.
+CACHE_BYTES = 8 * 1024 * 1024
 
 _SYNC_MODES = ("FULL", "NORMAL", "EXTRA")
 _SCHEMA = (
@@ -56,10 +59,11 @@ class SQLiteStorage:
     a few pages instead of one page per key, about 7x less work per commit than a
     ``key PRIMARY KEY`` B-tree. The index costs ~180 bytes of memory per key and ~0.17 s
     per 100k keys to rebuild at open. Reads run on the event-loop thread: ``list`` and
-    misses are answered from the index, recently written values from a bounded
-    write-through cache, others by reading one row by ``seq`` from a read-only connection
-    (WAL readers never wait for the writer). The writer updates index and cache only
-    after the commit, so they never show uncommitted data, and nothing else writes the file.
+    misses are answered from the index, recently written values from a write-through
+    cache (bounded by entries and by ``CACHE_BYTES``), others by reading one row by
+    ``seq`` from a read-only connection (WAL readers never wait for the writer). The
+    writer updates index and cache only after the commit, so they never show uncommitted
+    data, and nothing else writes the file.
 
     One process owns the file: an exclusive ``flock`` on ``<path>.lock`` refuses a second
     opener. The store is bound to the event loop that opened it. A caller cancelled while
@@ -78,6 +82,7 @@ class SQLiteStorage:
         # Write-through cache of recently written values (tokens are read right after
         # login). Only the writer thread changes it, after COMMIT: it is never stale.
         self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_size = 0  # bytes of cached values, bounded by CACHE_BYTES
         self.cache_entries = cache_entries
         self.next_seq = 1
         # Writes submitted during one event-loop iteration go to the writer as one list:
@@ -279,17 +284,24 @@ class SQLiteStorage:
     def publish(self, changes: dict[str, tuple[int, bytes] | None]) -> None:
         """After COMMIT (writer thread): make a batch's changes visible to readers."""
         tree, cache, cap = self.tree, self._cache, self.cache_entries
+        size = self._cache_size
         for key, state in changes.items():
+            old = cache.pop(key, None)
+            if old is not None:
+                size -= len(old)
             if state is None:
                 tree.remove(key)
-                cache.pop(key, None)
                 continue
             tree.set(key, state[0])
             if cap:
-                cache[key] = state[1]
-                cache.move_to_end(key)
-        while len(cache) > cap:
-            cache.popitem(last=False)
+                # A copy: orjson's output keeps its whole working buffer (~8 KiB for a
+                # 700-byte token entry), which made a full cache cost ~10x its content.
+                blob = bytes(memoryview(state[1]))
+                cache[key] = blob
+                size += len(blob)
+        while cache and (len(cache) > cap or size > CACHE_BYTES):
+            size -= len(cache.popitem(last=False)[1])
+        self._cache_size = size
 
     def _load_index(self, conn: sqlite3.Connection) -> None:
         """Rebuild the key index from the table (and drop stale duplicate rows, if any)."""
