@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UpstreamError
 from plugin.framework import Request, Response
-from plugin.claims import validate_role_claims
+from plugin.claims import show, validate_role_claims
 from plugin.jose_verify import parse_token
 from plugin.keys import build_key_source, fetch_discovery
 from plugin.path_login import cidr_allows, login_auth
@@ -292,6 +292,11 @@ async def verify_id_token(
     """
     parsed = parse_token(raw)
     algs = list(cfg(config, "jwt_supported_algs", []) or []) or list(DEFAULT_FLOW_ALGS)
+    if parsed.alg not in algs:
+        raise InvalidRequest(
+            "error validating token: invalid algorithm (alg) header parameter: token signed with "
+            f"unexpected algorithm {show(parsed.alg)}, allowed: {show(algs)}"
+        )
     await (await _key_source(backend, req, config)).verify(parsed, algs)
     claims = dict(parsed.claims)
     check_id_token_claims(

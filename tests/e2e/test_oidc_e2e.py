@@ -283,3 +283,36 @@ def test_flow_crosses_nodes(
     for srv in (a, b):  # both stopped: their stdout readers hit EOF
         if srv.proc.stdout is not None:
             srv.proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    ("algs", "ok"),
+    [(["ES256"], True), (None, False)],
+    ids=["es256-allowed", "default-rs256-only"],
+)
+def test_es256_id_tokens(vault: ServerProc, listener: CallbackListener, algs: list[str] | None, ok: bool) -> None:
+    """The ``vault-es`` client gets ES256 ID tokens: accepted only when jwt_supported_algs allows it."""
+    mount = f"oidc-es-{'on' if ok else 'off'}"
+    root = vault.client()
+    root.sys.enable_auth_method("oidc", path=mount)
+    idp_url = root.auth.oidc.read_config(path=MOUNT)["data"]["oidc_discovery_url"]
+    root.auth.oidc.configure(
+        oidc_discovery_url=idp_url,
+        oidc_client_id="vault-es",
+        oidc_client_secret=CLIENT_SECRET,
+        jwt_supported_algs=algs,
+        path=mount,
+    )
+    root.auth.oidc.create_role(name="web", user_claim="sub", allowed_redirect_uris=[listener.url], path=mount)
+    auth_url = anon(vault).auth.oidc.oidc_authorization_url_request(role="web", redirect_uri=listener.url, path=mount)[
+        "data"
+    ]["auth_url"]
+    state = parse_qs(urlsplit(auth_url).query)["state"][0]
+    code = drive_login(auth_url, listener.url, login="dave")["code"]
+    if ok:
+        resp = anon(vault).auth.oidc.oidc_callback(state=state, nonce="", code=code, path=mount)
+        assert resp["auth"]["metadata"] == {"role": "web"}
+    else:
+        with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
+            anon(vault).auth.oidc.oidc_callback(state=state, nonce="", code=code, path=mount)
+        assert "Error exchanging oidc code" in str(exc.value) and "ES256" in str(exc.value)

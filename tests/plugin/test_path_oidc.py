@@ -365,7 +365,7 @@ async def test_role_deleted_between_steps(h: Harness) -> None:
         ("aud", "invalid authorized party (azp)"),
         ("iss", "invalid issuer (iss) claim"),
         ("expired", "token is expired"),
-        ("es256", "unexpected algorithm"),
+        ("es256", "unexpected algorithm \"ES256\", allowed: [\"RS256\"]"),
         ("at_hash", "at_hash"),
     ],
 )
