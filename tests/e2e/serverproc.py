@@ -69,6 +69,10 @@ class ServerProc:
         self.address = ""
         self.root_token: str | None = None
         self.stdout_lines: list[str] = []
+        # The reader thread owns the pipe (and closes it at EOF); ``proc.stdout`` is cleared so
+        # nobody closes it under the thread's feet (that would block on the buffer lock).
+        self._stdout = proc.stdout
+        proc.stdout = None
         self._started = threading.Event()
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
@@ -101,17 +105,20 @@ class ServerProc:
 
     # -- lifecycle ---------------------------------------------------------------------
     def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.stdout_lines.append(line)
-            text = line.strip()
-            if text.startswith("Listen Address:"):
-                self.address = text.split(":", 1)[1].strip()
-            elif text.startswith("Root Token:"):
-                self.root_token = text.split(":", 1)[1].strip()
-            elif "server started!" in text:
-                self._started.set()
-        self._started.set()
+        assert self._stdout is not None
+        try:
+            for line in self._stdout:
+                self.stdout_lines.append(line)
+                text = line.strip()
+                if text.startswith("Listen Address:") and not self.address:
+                    self.address = text.split(":", 1)[1].strip()
+                elif text.startswith("Root Token:"):
+                    self.root_token = text.split(":", 1)[1].strip()
+                elif "server started!" in text:
+                    self._started.set()
+        finally:
+            self._started.set()
+            self._stdout.close()
 
     def wait_ready(self, timeout: float) -> None:
         """Wait for the banner and a 200 from ``/v1/sys/health``."""
@@ -157,9 +164,7 @@ class ServerProc:
         self._close_pipe()
 
     def _close_pipe(self) -> None:
-        self._reader.join(5)
-        if self.proc.stdout is not None and not self._reader.is_alive():
-            self.proc.stdout.close()
+        self._reader.join(5)  # the reader closes the pipe at EOF
 
 
 def _write_config(config: Mapping[str, Any] | str | Path, workdir: Path) -> Path:
