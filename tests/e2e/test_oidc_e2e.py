@@ -316,3 +316,20 @@ def test_es256_id_tokens(vault: ServerProc, listener: CallbackListener, algs: li
         with pytest.raises(hvac.exceptions.InvalidRequest) as exc:
             anon(vault).auth.oidc.oidc_callback(state=state, nonce="", code=code, path=mount)
         assert "Error exchanging oidc code" in str(exc.value) and "ES256" in str(exc.value)
+
+
+def test_max_age_requires_recent_authentication(vault: ServerProc, listener: CallbackListener) -> None:
+    """A role with max_age sends it to the IdP, whose ID token then carries auth_time."""
+    root = vault.client()
+    root.write_data(
+        f"auth/{MOUNT}/role/recent",
+        data={"role_type": "oidc", "user_claim": "sub", "allowed_redirect_uris": [listener.url], "max_age": "5m"},
+    )
+    auth_url = anon(vault).write_data(
+        f"auth/{MOUNT}/oidc/auth_url", data={"role": "recent", "redirect_uri": listener.url}
+    )["data"]["auth_url"]
+    query = parse_qs(urlsplit(auth_url).query)
+    assert query["max_age"] == ["300"]
+    code = drive_login(auth_url, listener.url, login="erin")["code"]
+    resp = finish(vault, query["state"][0], code)
+    assert resp["auth"]["metadata"] == {"role": "recent"}
