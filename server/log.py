@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -80,7 +81,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         _redact_processor,
     ]
     if fmt == "console":
-        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+        processors.append(structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback))
         factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
@@ -91,15 +92,48 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+    global _request_sink
+    # The per-request line is pre-rendered (same fields, order and redaction as the
+    # structlog chain above): structlog's processor chain cost ~40 us per request.
+    _request_sink = sys.stderr.buffer if fmt == "json" and numeric <= logging.INFO else None
 
 
 _access = structlog.get_logger("authmount.request")
+#: Where ``configure_logging`` sends pre-rendered JSON request lines; None: go through
+#: structlog (console format, tests capturing logs, or before configuration).
+_request_sink: Any = None
+_HEX_VARIANT = "89ab"
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` but cheaper."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_HEX_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+def _write_request_line(sink: Any, rid: str, method: str, path: str, mount: Any, status: int, ms: float) -> None:
+    line = orjson.dumps({
+        "method": method,
+        "path": redact(path),
+        "mount": redact(mount),
+        "status": status,
+        "duration_ms": ms,
+        "event": "request",
+        "request_id": rid,
+        "level": "info",
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }, option=orjson.OPT_APPEND_NEWLINE)
+    try:
+        sink.write(line)
+        sink.flush()
+    except (OSError, ValueError):  # a closed or broken stderr must not fail the request
+        pass
 
 
 @web.middleware
 async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id, bind it to the log context, and log one line when done."""
-    rid = str(uuid.uuid4())
+    rid = new_request_id()
     request[REQUEST_ID] = rid
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)
@@ -110,14 +144,21 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
         status = resp.status
         return resp
     finally:
-        _access.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            mount=request.get(MOUNT),
-            status=status,
-            duration_ms=round((time.perf_counter() - start) * 1000, 3),
-        )
+        sink = _request_sink
+        if sink is not None:
+            _write_request_line(
+                sink, rid, request.method, request.path, request.get(MOUNT), status,
+                round((time.perf_counter() - start) * 1000, 3),
+            )
+        else:
+            _access.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                mount=request.get(MOUNT),
+                status=status,
+                duration_ms=round((time.perf_counter() - start) * 1000, 3),
+            )
 
 
 def setup_request_log(app: web.Application) -> None:
