@@ -104,6 +104,7 @@ def _core_context(given_storage: Any) -> Any:
                 await policies.close()
             if given_storage is None:
                 await storage.close()
+            log.info("server_stopped", storage_closed=given_storage is None)
 
     return ctx
 

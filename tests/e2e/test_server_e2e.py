@@ -197,6 +197,7 @@ def test_sigterm_shuts_down_cleanly(tmp_path: Path) -> None:
             code = srv.stop()
     assert code == 0
     assert "shutdown triggered" in srv.log_text()
+    assert "server_stopped" in srv.log_text() and "storage_closed=True" in srv.log_text()
     assert "Traceback" not in srv.log_text()
 
 
