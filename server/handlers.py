@@ -15,7 +15,7 @@ from plugin.errors import InvalidRequest, PermissionDenied, PluginError, Unsuppo
 from plugin.framework import Connection, Operation, Request, Response
 from server.appkeys import MOUNT, MOUNTS, POLICIES, REMOTE_ADDR, REQUEST_ID, SETTINGS, TOKEN_RAW, TOKENS
 from server.errors import error_response
-from server.listparser import is_list_verb
+from server.listparser import MARKER_HEADER, is_list_verb
 from server.mounts import Mount
 from server.tokens import MountInfo
 
@@ -41,7 +41,7 @@ _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 #: otherwise hold a handler and a connection for as long as the client likes.
 BODY_READ_TIMEOUT = 10.0
 # Never handed to backends: credentials of the caller.
-_HIDDEN_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-authorization"})
+_HIDDEN_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-authorization", MARKER_HEADER.lower()})
 
 
 def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
