@@ -135,13 +135,11 @@ def _make_auth_url(backend: Any) -> Any:
             try:
                 redirect_uri, namespace = _split_namespace(redirect_uri)
             except ValueError:
-                raise InvalidRequest(f'redirect_uri "{redirect_uri}" could not be parsed') from None
+                raise InvalidRequest(f"redirect_uri {json.dumps(redirect_uri[:512])} could not be parsed") from None
         allowed = list(support.cfg(role, "allowed_redirect_uris", []) or [])
         if not valid_redirect(redirect_uri, allowed):
-            raise InvalidRequest(
-                f'redirect_uri "{redirect_uri}" is not allowed for role "{role_name}"; '
-                f"allowed_redirect_uris: {json.dumps(allowed)}"
-            )
+            # The allowed list is not echoed: this path needs no token.
+            raise InvalidRequest(f'redirect_uri {json.dumps(redirect_uri[:512])} is not allowed for role "{role_name}"')
         response_mode = support.cfg(config, "oidc_response_mode", "") or ""
         if response_mode == "form_post":
             redirect_uri = redirect_uri.replace("ui/vault", "v1", 1)
@@ -208,16 +206,19 @@ async def _maybe_sweep(backend: Any, req: Request, now: float) -> None:
         return
     backend._oidc_last_sweep = now
     names = await req.storage.list(STATE_PREFIX)
+
+    def drop_expired(old: Any) -> Any:
+        if isinstance(old, dict) and float(old.get("expires_at", 0)) > now:
+            return old
+        return None
+
     for name in names[:_SWEEP_MAX]:
         if name.endswith("/"):
             continue
-
-        def drop_expired(old: Any) -> Any:
-            if isinstance(old, dict) and float(old.get("expires_at", 0)) > now:
-                return old
-            return None
-
-        await req.storage.update(STATE_PREFIX + name, drop_expired)
+        value = await req.storage.get(STATE_PREFIX + name)
+        if isinstance(value, dict) and float(value.get("expires_at", 0)) > now:
+            continue  # pending: no write
+        await req.storage.update(STATE_PREFIX + name, drop_expired)  # re-checked atomically
 
 
 # ---------------------------------------------------------------------------
