@@ -87,26 +87,43 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
     """Run until SIGTERM/SIGINT; finish in-flight requests, then close storage. Returns 0."""
     from aiohttp import web
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Bind before the app starts: a busy port must fail before a first start mints (and
+    # would then never show) the root token.
+    sock = _bind(*settings.host_port, reuse_port=reuse_port)
     app = create_app(settings)
     runner = ListVerbAppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
-    await runner.setup()
     try:
-        host, port = settings.host_port
-        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
+        await runner.setup()
+        site = web.SockSite(runner, sock)
         await site.start()
-        bound = _bound_address(site, host, port)
         root = app.get(ROOT_TOKEN)
         if worker == 0 or root:
-            _banner(settings, bound, root)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            _banner(settings, _format_address(sock), root)
         await stop.wait()
         print("==> authmount shutdown triggered", file=sys.stderr, flush=True)
     finally:
         await runner.cleanup()
+        sock.close()
     return 0
+
+
+def _bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``OSError`` when it is taken)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family = infos[0][0]
+    sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
+    sock.setblocking(False)
+    return sock
+
+
+def _format_address(sock: socket.socket) -> str:
+    addr = sock.getsockname()
+    host = addr[0]
+    return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
 
 
 def _workers_problem(settings: Settings) -> str | None:
@@ -157,16 +174,6 @@ def _supervise(count: int, argv: list[str]) -> int:
             first_error = code if code > 0 else 1
             forward(signal.SIGTERM, None)  # one worker failed: stop the others too
     return first_error
-
-
-def _bound_address(site: object, host: str, port: int) -> str:
-    server = getattr(site, "_server", None)
-    for sock in getattr(server, "sockets", None) or ():
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            addr = sock.getsockname()
-            h = addr[0]
-            return f"[{h}]:{addr[1]}" if ":" in h else f"{h}:{addr[1]}"
-    return f"{host}:{port}"
 
 
 def _banner(settings: Settings, bound: str, root_token: str | None) -> None:

@@ -269,3 +269,21 @@ def test_second_process_on_same_sqlite_file_refused(tmp_path: Path) -> None:
         assert result.returncode == 1
         assert "Error starting server: storage:" in result.stderr
         assert first.client().sys.read_health_status(method="GET")["initialized"] is True
+
+
+def test_busy_port_fails_before_minting_the_root_token(tmp_path: Path) -> None:
+    import socket
+
+    db = tmp_path / "busy.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "busy.yaml"
+        cfg.write_text(f"listen_address: 127.0.0.1:{port}\nstorage:\n  type: sqlite\n  path: {db}\n")
+        result = run_cli("server", "--config", str(cfg), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr and "Root Token" not in result.stdout
+    with start_server(config={"storage": {"type": "sqlite", "path": str(db)}}, workdir=tmp_path) as srv:
+        assert srv.root_token  # the first successful start still shows it
+        assert srv.client().is_authenticated()
