@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +60,6 @@ _JWK_CURVES: dict[str, tuple[ec.EllipticCurve, str, int]] = {
 _PSS_HASH = {"PS256": hashes.SHA256, "PS384": hashes.SHA384, "PS512": hashes.SHA512}
 _REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti")
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _ASCII_WS = " \t\r\n\f\v"
 _PART_NAMES = ("header", "payload", "signature")
 
@@ -96,16 +93,26 @@ def _fail(reason: str) -> InvalidRequest:
 # -- strict decoding -------------------------------------------------------------------
 
 
+_TO_STD = bytes.maketrans(b"-_", b"+/")
+_TO_URL = bytes.maketrans(b"+/", b"-_")
+
+
 def _b64url_strict(part: str) -> bytes | None:
     """Decode canonical unpadded base64url, or None if ``part`` is not exactly that."""
-    if not _B64URL.fullmatch(part) or len(part) % 4 == 1:
+    try:
+        raw = part.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if not raw or len(raw) % 4 == 1:
         return None
     try:
-        data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        data = binascii.a2b_base64(raw.translate(_TO_STD) + b"=" * (-len(raw) % 4))
     except (binascii.Error, ValueError):
         return None
-    # Re-encoding catches non-zero unused low bits in the last character (malleability).
-    if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != part:
+    # Only canonical input survives the round trip: a character outside the base64url
+    # alphabet (skipped by the decoder), padding, or non-zero unused low bits in the last
+    # character (malleability) all re-encode differently.
+    if binascii.b2a_base64(data, newline=False).translate(_TO_URL).rstrip(b"=") != raw:
         return None
     return data
 
@@ -130,6 +137,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Built once: ``json.loads`` with hooks constructs a new decoder (and scanner) per call.
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+)
+
+
 def _strict_json_object(data: bytes, what: str) -> dict[str, Any]:
     """Parse ``data`` as a UTF-8 JSON object, refusing everything lenient parsers allow."""
     try:
@@ -137,14 +152,11 @@ def _strict_json_object(data: bytes, what: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise _fail(f"token {what} is not valid UTF-8") from None
     try:
-        obj = json.loads(
-            text,
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
+        obj = _STRICT_DECODER.decode(text)
         # Lone surrogates from "\ud800" escapes would break storage and logging later.
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        # Decoded UTF-8 holds none, so only a \u escape can bring one in.
+        if "\\u" in text:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except RecursionError:
         raise _fail(f"token {what} is nested too deeply") from None
     except UnicodeEncodeError:
