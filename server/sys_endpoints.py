@@ -171,7 +171,7 @@ async def _policy_endpoint(request: web.Request, base: str, *, legacy: bool) -> 
 async def openapi(request: web.Request) -> web.Response:
     """An OpenAPI 3 document built from every mount's ``openapi_paths``."""
     await _sudo_free(request, "sys/internal/specs/openapi")
-    paths: dict[str, Any] = {}
+    paths: dict[str, Any] = dict(_SYS_OPENAPI)
     for path, mount in sorted(request.app[MOUNTS].mounts.items()):
         try:
             paths.update(mount.backend.openapi_paths("auth/" + path))
@@ -188,6 +188,41 @@ async def openapi(request: web.Request) -> web.Response:
         "paths": paths,
         "x-generated-at": datetime.now(timezone.utc).isoformat(),
     })
+
+
+def _op(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"summary": summary}
+    if body is not None:
+        entry["requestBody"] = {"content": {"application/json": {"schema": {"type": "object", "properties": body}}}}
+    return entry
+
+
+_STR = {"type": "string"}
+_SYS_OPENAPI: dict[str, Any] = {
+    "/sys/health": {"get": _op("Health status (unauthenticated)."), "head": _op("Health status, no body.")},
+    "/sys/auth": {"get": _op("List auth mounts (sudo).")},
+    "/sys/auth/{path}": {
+        "get": _op("Read one auth mount (sudo)."),
+        "post": _op("Enable an auth method at path (sudo).",
+                    {"type": _STR, "description": _STR, "config": {"type": "object"}, "local": {"type": "boolean"}}),
+        "delete": _op("Disable the auth method at path (sudo)."),
+    },
+    "/sys/auth/{path}/tune": {
+        "get": _op("Read the mount's tuning (sudo)."),
+        "post": _op("Tune the mount (sudo).", {"default_lease_ttl": _STR, "max_lease_ttl": _STR,
+                                              "description": _STR, "token_type": _STR}),
+    },
+    "/sys/policies/acl/{name}": {
+        "get": _op("Read an ACL policy (sudo)."),
+        "post": _op("Write an ACL policy in HCL or JSON (sudo).", {"policy": _STR}),
+        "delete": _op("Delete an ACL policy (sudo)."),
+    },
+    "/sys/policy/{name}": {
+        "get": _op("Read a policy (sudo)."),
+        "post": _op("Write a policy in HCL or JSON (sudo).", {"policy": _STR}),
+        "delete": _op("Delete a policy (sudo)."),
+    },
+}
 
 
 async def _sudo_free(request: web.Request, path: str) -> None:

@@ -361,6 +361,7 @@ async def test_openapi_lists_mount_paths(echo: TestClient) -> None:
     body = await (await echo.get("/v1/sys/internal/specs/openapi", headers=H)).json()
     assert "/auth/echo/login" in body["paths"]
     assert "/auth/echo/item/{name}" in body["paths"]
+    assert "post" in body["paths"]["/sys/auth/{path}"]
 
 
 async def test_policy_crud(client: TestClient) -> None:
