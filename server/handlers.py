@@ -275,9 +275,14 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
             if not raw:
                 raise PermissionDenied()
             entry = await request.app[TOKENS].authenticate(raw, remote)
-            cap = await _write_capability(mount, req)
             acl = await request.app[POLICIES].acl_for(entry.policies)
-            if not acl.allows(full, cap):
+            can_update, can_create = acl.allows(full, "update"), acl.allows(full, "create")
+            # Only when exactly one of the two is granted does existence matter.
+            allowed = can_update and can_create or (
+                (can_update or can_create)
+                and acl.allows(full, await _write_capability(mount, req))
+            )
+            if not allowed:
                 await release(request, entry)
                 raise PermissionDenied()
             request[TOKEN_RAW] = raw
