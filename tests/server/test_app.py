@@ -427,3 +427,12 @@ async def test_shutdown_lets_in_flight_request_finish() -> None:
         await runner.cleanup()  # what SIGTERM does
         status, body = await pending
     assert status == 200 and body["data"] == {"finished": True}
+
+
+async def test_num_uses_token_is_revoked_after_its_last_use(echo: TestClient) -> None:
+    created = await echo.post("/v1/auth/token/create", json={"policies": ["root"], "num_uses": 2}, headers=H)
+    assert created.status == 200, await created.text()
+    token = {"X-Vault-Token": (await created.json())["auth"]["client_token"]}
+    assert (await echo.post("/v1/auth/echo/echo", json={}, headers=token)).status == 200
+    assert (await echo.post("/v1/auth/echo/echo", json={}, headers=token)).status == 200
+    assert (await echo.post("/v1/auth/echo/echo", json={}, headers=token)).status == 403
