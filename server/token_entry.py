@@ -90,7 +90,11 @@ class TokenEntry:
         out["policies"] = list(self.policies)
         out["meta"] = dict(self.meta)
         out["bound_cidrs"] = list(self.bound_cidrs)
-        out["internal_data"] = json.loads(json.dumps(self.internal_data))
+        data = self.internal_data
+        if all(type(k) is str and type(v) in _FLAT_TYPES for k, v in data.items()):
+            out["internal_data"] = dict(data)  # what a JSON round trip of flat scalars gives
+        else:
+            out["internal_data"] = json.loads(json.dumps(data))
         return out
 
     @classmethod
@@ -118,6 +122,7 @@ class TokenEntry:
         return "root" in self.policies
 
 
+_FLAT_TYPES = (str, int, bool, type(None))
 _ENTRY_ORDER = tuple(f.name for f in dataclasses.fields(TokenEntry))
 _ENTRY_FIELDS = frozenset(_ENTRY_ORDER)
 
@@ -193,14 +198,17 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+# byte -> base62 character; bytes >= 248 (= 4 * 62) are dropped, which keeps it uniform.
+_B62_TABLE = bytes(ord(_B62[b % 62]) for b in range(256))
+_B62_REJECT = bytes(range(248, 256))
+
+
 def random_b62(n: int = 24) -> str:
     """``n`` uniformly random base62 characters from ``secrets`` (rejection sampling)."""
-    out: list[str] = []
+    out = b""
     while len(out) < n:
-        for b in secrets.token_bytes(n + 8):
-            if b < 248:  # 248 = 4 * 62: keeps the distribution uniform
-                out.append(_B62[b % 62])
-    return "".join(out[:n])
+        out += secrets.token_bytes(n + 8).translate(_B62_TABLE, _B62_REJECT)
+    return out[:n].decode("ascii")
 
 
 def _b64e(raw: bytes) -> str:

@@ -91,6 +91,7 @@ class TokenStore:
         self.max_lease_ttl = max_lease_ttl
         self.sweep_interval = sweep_interval
         self._salt: bytes | None = None
+        self._hmac: Any = None
         self._batch_key: bytes | None = None
         self._entity_ns: uuid.UUID | None = None
         self._epochs: dict[str, tuple[float | None, float]] = {}
@@ -102,6 +103,7 @@ class TokenStore:
         self._salt = await self._load_secret(SALT_KEY)
         self._batch_key = await self._load_secret(BATCH_KEY)
         self._entity_ns = uuid.UUID(bytes=hmac.new(self._salt, b"entity-namespace", hashlib.sha256).digest()[:16])
+        self._hmac = hmac.new(self._salt, digestmod=hashlib.sha256)  # copied per hash: cheaper than new
         if sweep and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="token-sweeper")
 
@@ -133,13 +135,21 @@ class TokenStore:
 
     def hash(self, value: str) -> str:
         """HMAC-SHA256(salt, value) in hex: the only form a token is stored under."""
-        return hmac.new(self._ready(), value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        self._ready()
+        mac = self._hmac.copy()
+        mac.update(value.encode("utf-8", "surrogatepass"))
+        return mac.hexdigest()
 
     def entity_id(self, mount_accessor: str, alias_name: str) -> str:
         """A stable UUID per (mount accessor, alias name), derived without storage."""
         self._ready()
         assert self._entity_ns is not None
-        return str(uuid.uuid5(self._entity_ns, f"{mount_accessor}:{alias_name}"))
+        # uuid.uuid5 spelled out (~4x cheaper than building a UUID object).
+        digest = bytearray(hashlib.sha1(self._entity_ns.bytes + f"{mount_accessor}:{alias_name}".encode("utf-8")).digest()[:16])
+        digest[6] = (digest[6] & 0x0F) | 0x50
+        digest[8] = (digest[8] & 0x3F) | 0x80
+        h = digest.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     @property
     def default_mount(self) -> MountInfo:
@@ -224,13 +234,17 @@ class TokenStore:
         # Written concurrently so a group-committing engine needs one commit. If any write
         # fails the caller never sees the token; a stray entry just expires (and a child
         # without its parent index still dies with the parent: see _check_live).
-        writes = [
-            self.storage.put(ACCESSOR_PREFIX + self.hash(entry.accessor), {"id_hash": entry.id_hash}),
-            self.storage.put(ID_PREFIX + entry.id_hash, entry.to_dict()),
+        items: list[tuple[str, Any]] = [
+            (ACCESSOR_PREFIX + self.hash(entry.accessor), {"id_hash": entry.id_hash}),
+            (ID_PREFIX + entry.id_hash, entry.to_dict()),
         ]
         if entry.parent is not None:
-            writes.append(self.storage.put(f"{PARENT_PREFIX}{entry.parent}/{entry.id_hash}", 1))
-        await asyncio.gather(*writes)
+            items.append((f"{PARENT_PREFIX}{entry.parent}/{entry.id_hash}", 1))
+        put_many = getattr(self.storage, "put_many", None)
+        if put_many is not None:
+            await put_many(items)  # one queue hand-off, no task per write
+        else:
+            await asyncio.gather(*(self.storage.put(key, value) for key, value in items))
         return raw
 
     async def create_root(self, token_id: str | None = None) -> str:

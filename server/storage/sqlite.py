@@ -198,6 +198,25 @@ class SQLiteStorage:
         _check_key(key)
         await self._submit(PUT, key, orjson.dumps(value))
 
+    async def put_many(self, items: list[tuple[str, Any]]) -> None:
+        """``put`` each (key, value) pair; they go to the writer together, so one commit
+        usually covers them all. Returns once every write is durable; raises the first
+        failure (after all have finished). Nothing is written if a value cannot be encoded.
+        """
+        encoded = []
+        for key, value in items:
+            _check_key(key)
+            encoded.append((key, orjson.dumps(value)))
+        futures = [self._submit(PUT, key, blob) for key, blob in encoded]
+        error: BaseException | None = None
+        for fut in futures:
+            try:
+                await fut
+            except Exception as exc:  # noqa: BLE001 - wait for the others, then raise
+                error = error or exc
+        if error is not None:
+            raise error
+
     async def delete(self, key: str) -> None:
         """Delete ``key`` (missing is fine); returns once durable."""
         _check_key(key)
