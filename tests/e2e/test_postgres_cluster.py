@@ -239,3 +239,59 @@ def test_oidc_state_from_a_redeemed_on_b(cluster: tuple[Node, Node], tmp_path_fa
             assert a.ok("GET", "auth/token/lookup-self", token=token)["data"]["meta"] == {"role": "web"}
         finally:
             idp.stop()
+
+
+def test_node_killed_mid_burst_other_node_honours_its_tokens(
+    postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
+) -> None:
+    """kill -9 node A during a login burst: node B (running all along) knows every token A answered."""
+    import signal
+
+    from tests.e2e.serverproc import launch
+
+    dsn = postgres_server.create_database()
+    config = {"storage": {"type": "postgres", "dsn": dsn}, "log_format": "json"}
+    base: Path = tmp_path_factory.mktemp("pg-kill")
+    a_proc = launch(config=config, workdir=base / "a")
+    try:
+        a_proc.wait_ready(30)
+        assert a_proc.root_token
+        a = Node("A", a_proc, a_proc.root_token)
+        a.ok("POST", f"sys/auth/{MOUNT}", json={"type": "jwt"})
+        a.ok("POST", f"auth/{MOUNT}/config", json={"jwt_validation_pubkeys": [KEY.pem]})
+        a.ok("POST", f"auth/{MOUNT}/role/svc",
+             json={"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"]})
+        acknowledged: list[str] = []
+        lock = threading.Lock()
+        enough = threading.Event()
+
+        def burst(worker: int) -> None:
+            with requests.Session() as http:
+                for i in range(10_000):
+                    body = {"role": "svc", "jwt": make_token(default_claims(sub=f"k{worker}-{i}"), key=KEY)}
+                    try:
+                        resp = http.post(f"{a_proc.url}/v1/auth/{MOUNT}/login", json=body, timeout=TIMEOUT)
+                    except requests.RequestException:
+                        return
+                    if resp.status_code != 200:
+                        return
+                    with lock:
+                        acknowledged.append(resp.json()["auth"]["client_token"])
+                        if len(acknowledged) >= 40:
+                            enough.set()
+
+        with start_server(config=config, workdir=base / "b", root_token=a_proc.root_token) as b_proc:
+            b = Node("B", b_proc, a_proc.root_token)
+            with ThreadPoolExecutor(6) as pool:
+                futures = [pool.submit(burst, w) for w in range(6)]
+                assert enough.wait(120), "the burst never got going"
+                a_proc.proc.send_signal(signal.SIGKILL)
+                for f in futures:
+                    f.result(TIMEOUT)
+            assert a_proc.proc.wait(10) == -signal.SIGKILL
+            lost = [t for t in acknowledged if b.call("GET", "auth/token/lookup-self", token=t).status_code != 200]
+            assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged tokens unknown to node B"
+        assert b_proc.returncode == 0
+    finally:
+        a_proc.kill()
+        postgres_server.drop_database(dsn)
