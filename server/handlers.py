@@ -293,10 +293,12 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         resp = await backend.handle_request(req)
     finally:
         await release(request, entry)
-    return await respond(request, resp, mount, op)
+    return await respond(request, resp, mount, op, rel)
 
 
-async def respond(request: web.Request, resp: Response | None, mount: Mount, op: Operation) -> web.StreamResponse:
+async def respond(
+    request: web.Request, resp: Response | None, mount: Mount, op: Operation, rel: str = ""
+) -> web.StreamResponse:
     """Turn a backend Response into HTTP (minting the token for logins)."""
     if resp is None:
         return web.Response(status=204)
@@ -314,8 +316,15 @@ async def respond(request: web.Request, resp: Response | None, mount: Mount, op:
         dflt, mx = table.effective_ttls(entry)
         auth_block, issue_warnings = await request.app[TOKENS].issue(
             resp.auth,
-            mount=MountInfo(path="auth/" + entry.path, accessor=entry.accessor, default_lease_ttl=dflt, max_lease_ttl=mx),
+            mount=MountInfo(
+                path="auth/" + entry.path,
+                accessor=entry.accessor,
+                default_lease_ttl=dflt,
+                max_lease_ttl=mx,
+                token_type=entry.config.get("token_type", "default-service"),
+            ),
             remote_addr=remote_addr(request),
+            path="auth/" + entry.path + rel if rel else None,
         )
         warnings.extend(issue_warnings)
     out = envelope(request, resp.data, auth=auth_block, warnings=warnings, mount_type=mount.entry.type)

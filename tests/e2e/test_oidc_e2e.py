@@ -122,7 +122,6 @@ def test_browser_login(vault: ServerProc, idp: IdP, listener: CallbackListener) 
     assert me["display_name"].endswith("alice")
 
 
-@pytest.mark.xfail(reason="server/handlers.py passes no path to TokenStore.issue: tokens show auth/<m>/login")
 def test_callback_token_path(vault: ServerProc, listener: CallbackListener) -> None:
     """vault-api.md 7: the token entry's path is the request path, ``auth/<m>/oidc/callback``."""
     auth_url, state = start_flow(vault, listener)
