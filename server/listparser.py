@@ -11,6 +11,7 @@ secret); even if it could, a marked GET only does what ``GET ?list=true`` alread
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Any
 
@@ -34,6 +35,10 @@ _MARKER_LOWER = MARKER_HEADER.lower().encode()
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _PASSTHROUGH = range(6)
 _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4096
+#: A request's header block must be complete this many seconds after its first byte
+#: (Vault's listener uses Go's ReadHeaderTimeout of 10 s); a client trickling headers
+#: (slowloris) otherwise holds a connection until the idle timeout.
+HEADER_TIMEOUT = 10.0
 
 
 def is_list_verb(headers: Any) -> bool:
@@ -56,6 +61,10 @@ class RequestFramer:
         self.state = _HEAD
         self.buf = b""
         self.remaining = 0
+
+    def head_pending(self) -> bool:
+        """True while an incomplete request header block is held back."""
+        return self.state == _HEAD and bool(self.buf)
 
     def feed(self, data: bytes) -> bytes:
         """Consume ``data``; return what the HTTP parser should see now."""
@@ -180,18 +189,36 @@ class RequestFramer:
 class ListVerbRequestHandler(RequestHandler):
     """aiohttp's connection protocol with a ``RequestFramer`` in front of the C parser."""
 
-    __slots__ = ("_framer",)
+    __slots__ = ("_framer", "_head_timer")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._framer = RequestFramer()
+        self._head_timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._payload_parser is None and not self._upgraded:
             data = self._framer.feed(data)
+            if self._framer.head_pending():
+                if self._head_timer is None:
+                    self._head_timer = self._loop.call_later(HEADER_TIMEOUT, self._head_timed_out)
+            elif self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
             if not data:
                 return
         super().data_received(data)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
 
 class _ListVerbServer(web.Server):
