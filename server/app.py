@@ -18,6 +18,7 @@ from server.fetcher import AiohttpFetcher
 from server.log import setup_request_log
 from server.mounts import MountTable, normalize_path
 from server.policies import PolicyStore
+from server.ratelimit import setup_ratelimit
 from server.routes import setup_routes
 from server.settings import Settings, SettingsError
 from server.token_backend import TokenBackend
@@ -43,6 +44,7 @@ def create_app(settings: Settings, *, storage: Any = None) -> web.Application:
     app[SETTINGS] = settings
     setup_request_log(app)
     setup_errors(app)
+    setup_ratelimit(app)
     setup_routes(app)
     app.cleanup_ctx.append(_core_context(storage))
     return app

@@ -39,7 +39,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except PluginError as exc:
-        return error_response(exc.status, exc.messages)
+        return error_response(exc.status, exc.messages, getattr(exc, "headers", None))  # Retry-After on 429
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

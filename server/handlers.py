@@ -17,6 +17,7 @@ from server.appkeys import MOUNT, MOUNTS, POLICIES, REMOTE_ADDR, REQUEST_ID, SET
 from server.errors import error_response
 from server.listparser import MARKER_HEADER, is_list_verb
 from server.mounts import Mount
+from server.ratelimit import limited
 from server.tokens import MountInfo
 
 __all__ = [
@@ -290,7 +291,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
             entry = await authorize(request, full, (_CAPABILITY[op],))
         req.token = {"entry": entry, "raw": request[TOKEN_RAW]}
     try:
-        resp = await backend.handle_request(req)
+        resp = await (backend.handle_request(req) if entry is not None else limited(request, backend, req))
     finally:
         await release(request, entry)
     return await respond(request, resp, mount, op, rel)

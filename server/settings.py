@@ -17,6 +17,7 @@ __all__ = [
     "SettingsError",
     "StorageSettings",
     "MountSeed",
+    "RateLimitSettings",
     "Settings",
     "load_settings",
     "settings_from_mapping",
@@ -64,6 +65,18 @@ class MountSeed:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """Abuse limits on the unauthenticated paths (``login``, ``oidc/*``); 0 disables a limit."""
+
+    #: Token bucket refill rate per client IP (IPv6: per /64).
+    login_per_ip_per_second: float = 50.0
+    #: Token bucket size: how many requests one IP may send at once.
+    login_burst: int = 100
+    #: Unauthenticated requests running at once, all clients together; excess waits briefly, then 429.
+    max_concurrent_logins: int = 256
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the server needs to start. Build with ``load_settings``."""
 
@@ -86,6 +99,7 @@ class Settings:
     dev_root_token_id: str = ""
     #: Seconds in-flight requests get to finish on shutdown.
     shutdown_timeout: float = 30.0
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -110,10 +124,11 @@ def split_host_port(value: str) -> tuple[str, int]:
 _TOP_KEYS = {
     "listen_address", "storage", "default_lease_ttl", "max_lease_ttl", "log_level",
     "log_format", "trusted_proxies", "x_forwarded_for_hop_skips", "max_request_size",
-    "workers", "cluster_name", "mounts", "policies", "shutdown_timeout",
+    "workers", "cluster_name", "mounts", "policies", "shutdown_timeout", "rate_limit",
 }
 _STORAGE_KEYS = {"type", "path", "dsn", "sqlite_synchronous", "pool_size"}
 _MOUNT_KEYS = {"path", "type", "description", "tune", "config", "roles"}
+_RATE_LIMIT_KEYS = {"login_per_ip_per_second", "login_burst", "max_concurrent_logins"}
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -180,6 +195,8 @@ def settings_from_mapping(raw: Any, **overrides: Any) -> Settings:
         values["mounts"] = _mounts(raw["mounts"])
     if "policies" in raw:
         values["policies"] = _policies(raw["policies"])
+    if "rate_limit" in raw:
+        values["rate_limit"] = _rate_limit(raw["rate_limit"])
     values.update(overrides)
     return Settings(**values)
 
@@ -252,6 +269,26 @@ def _storage(raw: Any) -> StorageSettings:
             raise SettingsError("storage.pool_size: must be an integer >= 1")
         options["pool_size"] = value
     return StorageSettings(type=stype, path=path, dsn=dsn, options=options)
+
+
+def _rate_limit(raw: Any) -> RateLimitSettings:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise SettingsError("rate_limit: must be a mapping")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _RATE_LIMIT_KEYS:
+            raise SettingsError(f"rate_limit.{key}: unknown setting")
+        if key == "login_per_ip_per_second":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise SettingsError(f"rate_limit.{key}: must be a number >= 0 (0 disables the limit)")
+            values[key] = float(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SettingsError(f"rate_limit.{key}: must be an integer >= 0 (0 disables the limit)")
+            values[key] = value
+    return RateLimitSettings(**values)
 
 
 def _cidrs(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
