@@ -8,6 +8,7 @@ the server; the OIDC callback uses it together with ``claims.validate_role_claim
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -101,7 +102,9 @@ class Evaluation:
         return all(c.ok for c in self.checks)
 
     def passed(self, name: str, detail: str = "") -> None:
-        self.checks.append(Check(name, True, detail))
+        """Record a passed check (login, being strict, records only failures' effects)."""
+        if not self.strict:
+            self.checks.append(Check(name, True, detail))
 
     def failed(self, name: str, error: PluginError) -> None:
         """Record a failure; in strict (login) mode raise it at once."""
@@ -123,12 +126,19 @@ def cidr_allows(remote_addr: str | None, cidrs: list[str]) -> bool:
     except ValueError:
         return False
     for cidr in cidrs:
-        try:
-            if addr in ipaddress.ip_network(cidr, strict=False):
-                return True
-        except ValueError:
-            continue
+        net = _network(cidr)
+        if net is not None and addr in net:
+            return True
     return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A role's CIDR parsed once (roles are cached objects: the same strings recur)."""
+    try:
+        return ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None
 
 
 def effective_leeway(value: int, default: int) -> int:
@@ -256,7 +266,8 @@ async def evaluate(
         if not check_cidrs:
             ev.checks.append(Check("bound_cidrs", True, "not evaluated: no remote_addr given", skipped=True))
         elif cidr_allows(remote_addr, role.token_bound_cidrs):
-            ev.passed("bound_cidrs", f"{remote_addr} is in {cl.show(role.token_bound_cidrs)}")
+            if not strict:
+                ev.passed("bound_cidrs", f"{remote_addr} is in {cl.show(role.token_bound_cidrs)}")
         else:
             if strict:
                 ev.failed("bound_cidrs", PermissionDenied())
@@ -279,7 +290,7 @@ async def evaluate(
                 f'error validating token: claim "{wrong[0]}" must be a string, got {cl.show(claims[wrong[0]])}'
             ),
         )
-    else:
+    elif not strict:  # the detail strings are for explain only
         ev.passed("parse", f"alg {parsed.alg}" + (f", kid {cl.show(parsed.kid)}" if parsed.kid else ""))
 
     algs = allowed_algs(config)
@@ -326,7 +337,8 @@ async def evaluate(
     identity_ok = True
     try:
         name = cl.get_user_claim(claims, role.user_claim, role.user_claim_json_pointer)
-        ev.passed("user_claim", f"alias name {cl.show(name)}")
+        if not strict:
+            ev.passed("user_claim", f"alias name {cl.show(name)}")
     except InvalidRequest as exc:
         name, identity_ok = "", False
         ev.failed("user_claim", exc)
@@ -353,7 +365,8 @@ async def evaluate(
     for claim_name, expected in (role.bound_claims or {}).items():
         error = cl.bound_claim_error(claims, claim_name, expected, glob=glob)
         if error is None:
-            ev.passed("bound_claim", f"claim {cl.show(claim_name)} matches")
+            if not strict:
+                ev.passed("bound_claim", f"claim {cl.show(claim_name)} matches")
         else:
             ev.failed("bound_claim", InvalidRequest(f"error validating claims: {error}"))
     return ev
