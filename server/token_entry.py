@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from plugin.errors import InvalidRequest
 from plugin.framework import Auth
 from plugin.schema import format_duration
@@ -313,7 +315,11 @@ def encode_batch(entry: TokenEntry, key: bytes) -> str:
         "o": entry.parent,
         "n": random_b62(8),  # two identical logins in one second still differ
     }
-    body = "hvb." + _b64e(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+    try:
+        encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # e.g. a lone surrogate orjson refuses; json escapes it
+        encoded = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    body = "hvb." + _b64e(encoded)
     return body + "." + _b64e(_batch_sig(key, body))
 
 
