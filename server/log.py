@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -102,13 +103,30 @@ _access = structlog.get_logger("authmount.request")
 #: Where ``configure_logging`` sends pre-rendered JSON request lines; None: go through
 #: structlog (console format, tests capturing logs, or before configuration).
 _request_sink: Any = None
+_flush_pending = False
 _HEX_VARIANT = "89ab"
+# Random hex for request ids, drawn 256 ids at a time (one getrandom call, not one each).
+_rand_hex = ""
+_rand_pos = 0
 
 
 def new_request_id() -> str:
     """A random (version 4) UUID string, as ``str(uuid.uuid4())`` but cheaper."""
-    h = os.urandom(16).hex()
+    global _rand_hex, _rand_pos
+    if _rand_pos >= len(_rand_hex):
+        _rand_hex, _rand_pos = os.urandom(16 * 256).hex(), 0
+    h = _rand_hex[_rand_pos : _rand_pos + 32]
+    _rand_pos += 32
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_HEX_VARIANT[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+
+
+def _flush(sink: Any) -> None:
+    global _flush_pending
+    _flush_pending = False
+    try:
+        sink.flush()
+    except (OSError, ValueError):  # a closed or broken stderr must not fail requests
+        pass
 
 
 def _write_request_line(sink: Any, rid: str, method: str, path: str, mount: Any, status: int, ms: float) -> None:
@@ -123,11 +141,15 @@ def _write_request_line(sink: Any, rid: str, method: str, path: str, mount: Any,
         "level": "info",
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }, option=orjson.OPT_APPEND_NEWLINE)
+    global _flush_pending
     try:
         sink.write(line)
-        sink.flush()
     except (OSError, ValueError):  # a closed or broken stderr must not fail the request
-        pass
+        return
+    if not _flush_pending:
+        # One write(2) for all the lines of one event-loop iteration.
+        _flush_pending = True
+        asyncio.get_running_loop().call_soon(_flush, sink)
 
 
 @web.middleware
