@@ -104,11 +104,14 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """
     if not request.body_exists:
         return {}
-    try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT):
-            raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge → 413
-    except TimeoutError:
-        raise web.HTTPRequestTimeout(reason="request body not received in time") from None
+    if request.content.is_eof():
+        raw = await request.read()  # the whole body has arrived: nothing to wait for
+    else:
+        try:
+            async with asyncio.timeout(BODY_READ_TIMEOUT):
+                raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge → 413
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(reason="request body not received in time") from None
     stripped = raw.lstrip()
     if not stripped:
         return {}
