@@ -6,8 +6,8 @@ Two limits guard them, both answered with Vault's quota error (429, ``Retry-Afte
 
 - a token bucket per client IP (after trusted-proxy ``X-Forwarded-For`` handling; IPv6
   clients are grouped by /64, which one host typically owns), shared by all mounts;
-- a global cap on unauthenticated requests running at once; a request over the cap waits
-  up to ``QUEUE_WAIT`` seconds for a slot.
+- a global cap on unauthenticated requests running at once (``Slots``); a request over
+  the cap waits up to ``QUEUE_WAIT`` seconds for a slot.
 
 The bucket table is an LRU of at most ``MAX_TRACKED_IPS`` entries; a bucket idle long enough
 to be full again is dropped, since forgetting a full bucket changes nothing.
@@ -16,10 +16,11 @@ to be full again is dropped, since forgetting a full bucket changes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from aiohttp import web
@@ -35,6 +36,7 @@ __all__ = [
     "QUEUE_WAIT",
     "LoginLimiter",
     "QuotaExceeded",
+    "Slots",
     "TokenBuckets",
     "client_key",
     "limited",
@@ -125,6 +127,55 @@ def client_key(addr: str) -> str:
     return ip.packed[:8].hex() + "::/64"
 
 
+class Slots:
+    """A counting semaphore whose uncontended acquire is a plain decrement (no await).
+
+    A released slot goes straight to the longest waiter, so a newcomer cannot overtake it.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_acquire(self) -> bool:
+        """Take a free slot now, if there is one and nobody is waiting for it."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds to be handed a slot; False when none came."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        got = False
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+            got = True
+        except TimeoutError:
+            pass
+        finally:
+            if not got:
+                if waiter.done() and not waiter.cancelled():
+                    self.release()  # handed a slot just as the wait ended: pass it on
+                else:
+                    waiter.cancel()
+                    with contextlib.suppress(ValueError):  # a release may have popped it already
+                        self._waiters.remove(waiter)
+        return got
+
+    def release(self) -> None:
+        """Give the slot to the longest waiter, else back to the pool."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 class LoginLimiter:
     """Both limits of one server; built from ``RateLimitSettings`` (0 disables a limit)."""
 
@@ -139,7 +190,7 @@ class LoginLimiter:
         rate, burst = settings.login_per_ip_per_second, settings.login_burst
         self.buckets = TokenBuckets(rate, burst, max_keys=max_keys, clock=clock) if rate > 0 and burst > 0 else None
         slots = settings.max_concurrent_logins
-        self.slots = asyncio.Semaphore(slots) if slots > 0 else None
+        self.slots = Slots(slots) if slots > 0 else None
         self.queue_wait = queue_wait
 
     def check(self, path: str, remote: str) -> None:
@@ -161,14 +212,8 @@ class LoginLimiter:
         slots = self.slots
         if slots is None:
             return await backend.handle_request(req)
-        if slots.locked():
-            try:
-                async with asyncio.timeout(self.queue_wait):
-                    await slots.acquire()
-            except TimeoutError:
-                raise QuotaExceeded(path, 1) from None
-        else:
-            await slots.acquire()
+        if not slots.try_acquire() and not await slots.wait(self.queue_wait):
+            raise QuotaExceeded(path, 1)
         try:
             return await backend.handle_request(req)
         finally:

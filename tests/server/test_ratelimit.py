@@ -19,7 +19,7 @@ from server import settings as settings_mod
 from server.app import create_app
 from server.appkeys import MOUNTS
 from server.listparser import make_test_server
-from server.ratelimit import LIMITER, LoginLimiter, QuotaExceeded, TokenBuckets, client_key
+from server.ratelimit import LIMITER, LoginLimiter, QuotaExceeded, Slots, TokenBuckets, client_key
 from server.settings import RateLimitSettings, Settings, SettingsError, StorageSettings, settings_from_mapping
 
 ROOT = "root-token-for-ratelimit-tests"
@@ -157,6 +157,70 @@ def test_quota_error_has_vault_message_and_retry_after() -> None:
 def test_zero_disables(limits: RateLimitSettings, buckets: bool, slots: bool) -> None:
     limiter = LoginLimiter(limits)
     assert (limiter.buckets is not None, limiter.slots is not None) == (buckets, slots)
+
+
+# -- concurrency slots -------------------------------------------------------------------
+async def test_slots_fast_path_and_release() -> None:
+    slots = Slots(2)
+    assert slots.try_acquire() and slots.try_acquire()
+    assert not slots.try_acquire()
+    slots.release()
+    assert slots.free == 1
+    assert slots.try_acquire()
+
+
+async def test_slots_hand_over_in_arrival_order() -> None:
+    slots = Slots(1)
+    assert slots.try_acquire()
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        assert await slots.wait(30)
+        order.append(name)
+
+    tasks = [asyncio.create_task(waiter(n)) for n in ("first", "second")]
+    await asyncio.sleep(0)
+    assert not slots.try_acquire()  # a newcomer does not overtake the queue
+    slots.release()
+    await asyncio.sleep(0)
+    slots.release()
+    await asyncio.gather(*tasks)
+    assert order == ["first", "second"]
+    slots.release()
+    assert slots.free == 1
+
+
+async def test_slots_wait_times_out_and_leaves_the_queue() -> None:
+    slots = Slots(1)
+    assert slots.try_acquire()
+    assert await slots.wait(0.01) is False
+    slots.release()
+    assert slots.free == 1  # no stale waiter swallowed the slot
+
+
+async def test_slot_handed_over_as_the_waiter_is_cancelled_is_passed_on() -> None:
+    slots = Slots(1)
+    assert slots.try_acquire()
+    task = asyncio.create_task(slots.wait(30))
+    await asyncio.sleep(0)
+    slots.release()  # handed to the waiter ...
+    task.cancel()  # ... which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert slots.free == 1
+
+
+async def test_cancelled_waiter_does_not_keep_a_slot() -> None:
+    slots = Slots(1)
+    assert slots.try_acquire()
+    task = asyncio.create_task(slots.wait(30))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    slots.release()
+    assert slots.free == 1
+    assert slots.try_acquire()
 
 
 # -- settings ---------------------------------------------------------------------------
