@@ -63,6 +63,9 @@ def write_config(directory: Path, port: int, *, log_level: str, storage: dict | 
                 "listen_address": f"127.0.0.1:{port}",
                 "storage": storage or {"type": "sqlite", "path": str(db)},
                 "log_level": log_level,
+                # The load generator logs in from one IP far faster than any real client:
+                # the per-IP login limit (default 50/s) would turn the run into 429s.
+                "rate_limit": {"login_per_ip_per_second": 0},
             },
             indent=2,
         )

@@ -71,7 +71,11 @@ def authmount_app(workdir: Path, storage: str, log_level: str) -> web.Applicatio
     from server.log import configure_logging
     from server.settings import settings_from_mapping
 
-    raw = {"storage": {"type": storage, "path": str(workdir / "profile.db")}, "log_level": log_level}
+    raw = {
+        "storage": {"type": storage, "path": str(workdir / "profile.db")},
+        "log_level": log_level,
+        "rate_limit": {"login_per_ip_per_second": 0},  # one client IP at full speed: no per-IP limit
+    }
     # dev=True only to get a known root token; storage and log format stay production-like.
     settings = settings_from_mapping(raw, dev=True, dev_root_token_id=ROOT_TOKEN)
     configure_logging(settings.log_level, settings.log_format)
