@@ -26,6 +26,7 @@ import structlog
 from plugin import oidc_flow as support
 from plugin.errors import InvalidRequest, PluginError, UnsupportedOperation, UpstreamError
 from plugin.framework import Operation, PathSpec, Request, Response
+from plugin.oidc_pending import pending_states
 from plugin.schema import Field, FieldSet, FieldType
 
 __all__ = ["paths", "valid_redirect", "parse_mount", "STATE_PREFIX", "STATE_TTL"]
@@ -175,6 +176,7 @@ def _make_auth_url(backend: Any) -> Any:
             params["max_age"] = str(max_age)
 
         now = req.system.now()
+        pending_states(backend, STATE_TTL).admit(state_id, now)  # 429 beyond the per-mount cap
         await req.storage.put(
             STATE_PREFIX + state_id,
             {
@@ -212,6 +214,8 @@ async def _maybe_sweep(backend: Any, req: Request, now: float) -> None:
             return old
         return None
 
+    for state_id in pending_states(backend, STATE_TTL).take_expired():  # ours: no listing needed
+        await req.storage.update(STATE_PREFIX + state_id, drop_expired)
     for name in names[:_SWEEP_MAX]:
         if name.endswith("/"):
             continue
@@ -280,6 +284,7 @@ async def _callback(backend: Any, req: Request, values: dict[str, Any]) -> Respo
     if config is None:
         raise InvalidRequest(f"{_FAILED} Could not load configuration")
     state = await _take_state(req, values.get("state") or "")
+    pending_states(backend, STATE_TTL).discard(_state_id(values.get("state") or ""))
     if state is None:
         raise InvalidRequest(f"{_FAILED} Expired or missing OAuth state.")
     expected_nonce = state.get("client_nonce") or ""
