@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import re
@@ -86,7 +87,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
-        factory = structlog.BytesLoggerFactory(file=sys.stderr.buffer)
+        factory = structlog.BytesLoggerFactory(file=_json_stream())
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -96,7 +97,25 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     global _request_sink
     # The per-request line is pre-rendered (same fields, order and redaction as the
     # structlog chain above): structlog's processor chain cost ~40 us per request.
-    _request_sink = sys.stderr.buffer if fmt == "json" and numeric <= logging.INFO else None
+    _request_sink = _json_stream() if fmt == "json" and numeric <= logging.INFO else None
+
+
+def _json_stream() -> Any:
+    """stderr as a buffered binary stream (request lines are flushed once per loop turn).
+
+    ``sys.stderr.buffer`` is an unbuffered ``FileIO`` (one write(2) per line); structlog's
+    own lines go through the same writer and flush it, so the order of lines is kept.
+    """
+    global _stream
+    out = sys.stderr.buffer
+    if not isinstance(out, io.FileIO):
+        return out  # already buffered (or a test's replacement)
+    if _stream is None or _stream.raw.fileno() != out.fileno():
+        _stream = io.BufferedWriter(io.FileIO(out.fileno(), "wb", closefd=False), buffer_size=65536)
+    return _stream
+
+
+_stream: io.BufferedWriter | None = None
 
 
 _access = structlog.get_logger("authmount.request")
@@ -129,6 +148,23 @@ def _flush(sink: Any) -> None:
         pass
 
 
+_stamp_second = -1
+_stamp_prefix = ""
+
+
+def _timestamp() -> str:
+    """``datetime.now(UTC).isoformat()`` with ``Z`` (as structlog's TimeStamper), the
+    seconds part formatted once per second."""
+    global _stamp_second, _stamp_prefix
+    now = time.time()
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_second = second
+        _stamp_prefix = datetime.fromtimestamp(second, UTC).isoformat().removesuffix("+00:00")
+    micro = int((now - second) * 1_000_000)
+    return f"{_stamp_prefix}.{micro:06d}Z" if micro else _stamp_prefix + "Z"
+
+
 def _write_request_line(sink: Any, rid: str, method: str, path: str, mount: Any, status: int, ms: float) -> None:
     line = orjson.dumps({
         "method": method,
@@ -139,7 +175,7 @@ def _write_request_line(sink: Any, rid: str, method: str, path: str, mount: Any,
         "event": "request",
         "request_id": rid,
         "level": "info",
-        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": _timestamp(),
     }, option=orjson.OPT_APPEND_NEWLINE)
     global _flush_pending
     try:
