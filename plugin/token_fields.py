@@ -296,5 +296,7 @@ def to_auth(
         bound_cidrs=list(params.token_bound_cidrs),
         token_type=params.token_type,
         no_default_policy=params.token_no_default_policy,
-        renewable=params.token_type != "batch",
+        # As Vault: the token store, which knows the final type, makes batch tokens non-renewable
+        # (a mount tuned to "service" turns a batch role's login into a renewable service token).
+        renewable=True,
     )
