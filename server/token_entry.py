@@ -103,6 +103,8 @@ class TokenEntry:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenEntry:
         """Inverse of ``to_dict``; unknown keys are ignored."""
+        if _ENTRY_FIELDS.issuperset(data):
+            return cls(**data)
         return cls(**{k: v for k, v in data.items() if k in _ENTRY_FIELDS})
 
     def to_auth(self) -> Auth:
@@ -196,6 +198,7 @@ def calculate_ttl(
     return ttl, warnings
 
 
+@lru_cache(maxsize=4096)
 def rfc3339(ts: float) -> str:
     """Unix seconds → RFC 3339 in UTC, the way Go marshals ``time.Time``."""
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
