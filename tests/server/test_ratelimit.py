@@ -360,3 +360,27 @@ async def test_concurrency_cap_queues_then_429(aiohttp_client: Any) -> None:
     assert [(await t).status for t in held] == [200, 200]
     assert (await waiting).status == 200
     assert backend.running == 0
+
+
+async def test_hvac_sees_rate_limit_exceeded(aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hvac
+    import hvac.exceptions
+
+    monkeypatch.delenv("VAULT_TOKEN", raising=False)
+    monkeypatch.delenv("VAULT_ADDR", raising=False)
+    client = await gate_client(aiohttp_client, login_per_ip_per_second=0.01, login_burst=1)
+    url = str(client.make_url("")).rstrip("/")
+
+    def two_logins() -> tuple[dict[str, Any], Exception | None]:
+        vault = hvac.Client(url=url, timeout=10)
+        first = vault.auth.jwt.jwt_login(role="r", jwt="not-checked-by-this-backend", path="gate")
+        try:
+            vault.auth.jwt.jwt_login(role="r", jwt="not-checked-by-this-backend", path="gate")
+        except hvac.exceptions.VaultError as exc:
+            return first, exc
+        return first, None
+
+    first, second = await asyncio.to_thread(two_logins)
+    assert first["auth"]["client_token"]
+    assert isinstance(second, hvac.exceptions.RateLimitExceeded)
+    assert 'request path "auth/gate/login": rate limit quota exceeded' in str(second)
