@@ -171,7 +171,7 @@ def _write_request_line(sink: Any, rid: str, method: str, path: str, mount: Any,
     line = orjson.dumps({
         "method": method,
         "path": redact(path),
-        "mount": redact(mount),
+        "mount": mount,  # server-set, never redacted (_SAFE_KEYS)
         "status": status,
         "duration_ms": ms,
         "event": "request",
