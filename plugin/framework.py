@@ -35,6 +35,9 @@ __all__ = [
     "Backend",
 ]
 
+#: Paths whose PathSpec match each Backend remembers (match runs twice per request).
+_MATCH_CACHE_SIZE = 1024
+
 
 class Operation(str, Enum):
     """What the caller wants to do; the server maps HTTP methods onto these."""
@@ -239,10 +242,20 @@ class Backend:
 
         :raises UnsupportedPath: when no pattern matches.
         """
+        cache = self.__dict__.get("_match_cache")
+        if cache is None or cache[0] is not self.paths:
+            cache = self.__dict__["_match_cache"] = (self.paths, {})
+        hit = cache[1].get(path)
+        if hit is not None:
+            return hit[0], dict(hit[1])
         for spec in self.paths:
             m = spec.compiled.fullmatch(path)
             if m is not None:
-                return spec, {k: v for k, v in m.groupdict().items() if v is not None}
+                captures = {k: v for k, v in m.groupdict().items() if v is not None}
+                if len(cache[1]) >= _MATCH_CACHE_SIZE:
+                    cache[1].clear()  # bounded: paths carry caller-chosen names
+                cache[1][path] = (spec, captures)
+                return spec, dict(captures)
         raise UnsupportedPath()
 
     def is_unauthenticated(self, path: str) -> bool:
