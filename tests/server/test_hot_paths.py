@@ -1,0 +1,270 @@
+"""The fast paths of login and lookup keep the exact behaviour of the code they replaced."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import io
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+import server.log as log
+import server.storage.sqlite as sqlite_engine
+import server.token_entry as te
+from plugin import jose_verify as jv
+from plugin.errors import InvalidRequest
+from plugin.framework import Backend, Operation, PathSpec
+from plugin.storage import InMemoryStorage
+from plugin.schema import FieldSet
+from server.errors import setup_errors
+from server.storage.sqlite import SQLiteStorage
+from server.tokens import TokenStore
+
+# -- request log ---------------------------------------------------------------------------
+
+
+def test_request_ids_are_distinct_uuid4() -> None:
+    ids = [log.new_request_id() for _ in range(3000)]  # crosses several pool refills
+    assert len(set(ids)) == len(ids)
+    for rid in ids[:500]:
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_timestamp_is_structlogs_iso_utc_format() -> None:
+    before = datetime.now(UTC)
+    stamp = log._timestamp()
+    after = datetime.now(UTC)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", stamp)
+    parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert before.replace(microsecond=0) <= parsed <= after
+
+
+REDACT_CASES = [
+    ("/v1/auth/token/lookup-self", "plain path"),
+    ("/v1/auth/x/hvs.SECRETSECRETSECRET1", "vault token"),
+    ("Authorization: BeArEr abcdefghij", "mixed-case bearer"),
+    ("bearer\tqwertyuiop", "bearer with tab"),
+    ("s.ABCDEFGHIJKLMNOPQRSTUVWX in text", "legacy token"),
+    ("eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl", "jwt"),
+    ("no dots and no b-word here", "nothing"),
+    ("short", "short"),
+]
+
+
+@pytest.mark.parametrize("text", [c for c, _ in REDACT_CASES], ids=[i for _, i in REDACT_CASES])
+def test_redact_shortcut_agrees_with_the_regex(text: str) -> None:
+    assert log.redact(text) == (log._TOKEN_RE.sub(log.REDACTED, text) if len(text) >= 10 else text)
+
+
+async def test_pre_rendered_request_line(aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = io.BytesIO()
+    monkeypatch.setattr(log, "_request_sink", sink)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    log.setup_request_log(app)
+    setup_errors(app)
+    app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handler)
+    client = await aiohttp_client(app)
+    for _ in range(2):
+        resp = await client.get(
+            "/v1/auth/x/hvs.SECRETSECRETSECRET1", headers={"X-Vault-Token": "hvs.SECRETSECRETSECRET2"}
+        )
+        assert resp.status == 204
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == 2  # one line per request
+    line = orjson.loads(lines[0])
+    # Same fields and order as the structlog chain renders them.
+    assert list(line) == [
+        "method", "path", "mount", "status", "duration_ms", "event", "request_id", "level", "timestamp",
+    ]
+    assert line["path"] == "/v1/auth/x/<redacted>" and line["status"] == 204 and line["event"] == "request"
+    assert b"SECRETSECRET" not in sink.getvalue()
+
+
+# -- randomness ----------------------------------------------------------------------------
+
+
+def test_random_bytes_never_repeat_and_refill() -> None:
+    chunks = [te.random_bytes(32) for _ in range(300)]  # > 2 pools
+    assert len(set(chunks)) == len(chunks)
+    assert all(len(c) == 32 for c in chunks)
+    assert len(te.random_bytes(te._POOL_SIZE + 1)) == te._POOL_SIZE + 1
+
+
+def test_fork_drops_the_pool() -> None:
+    te.random_bytes(8)
+    te._drop_pool()  # what os.register_at_fork runs in a child
+    assert te._pool == b"" and te._pool_pos == 0
+    assert len(te.random_bytes(8)) == 8
+
+
+def test_random_b62_alphabet_and_spread() -> None:
+    text = "".join(te.random_b62() for _ in range(4000))
+    counts = collections.Counter(text)
+    assert set(counts) == set(te._B62)
+    expected = len(text) / 62
+    assert all(0.7 * expected < n < 1.3 * expected for n in counts.values())
+
+
+# -- token store -------------------------------------------------------------------------------
+
+
+async def test_hash_and_entity_id_match_the_reference() -> None:
+    import hashlib
+    import hmac
+
+    store = TokenStore(InMemoryStorage())
+    await store.start(sweep=False)
+    assert store._salt is not None and store._entity_ns is not None
+    for raw in ("hvs.abc", "b.\u00e9", "x" * 300):
+        assert store.hash(raw) == hmac.new(store._salt, raw.encode(), hashlib.sha256).hexdigest()
+    for acc, alias in (("auth_jwt_1", "alice"), ("auth_jwt_1", "Zoë"), ("", "")):
+        for _ in range(2):  # computed, then cached
+            assert store.entity_id(acc, alias) == str(uuid.uuid5(store._entity_ns, f"{acc}:{alias}"))
+
+
+@pytest.mark.parametrize(
+    "meta", [{"role": "r"}, {"name": "Zoë ✓ 名前"}, {"odd": "\ud800"}], ids=["ascii", "unicode", "lone-surrogate"]
+)
+def test_batch_token_round_trip(meta: dict[str, str]) -> None:
+    key = b"k" * 32
+    entry = te.TokenEntry(id_hash="", accessor="", policies=["default", "p"], meta=meta, ttl=60,
+                          expire_time=1795668899.25, type="batch")  # fmt: skip
+    raw = te.encode_batch(entry, key)
+    back = te.decode_batch(raw, key)
+    assert back is not None and back.meta == meta and back.policies == ["default", "p"]
+    assert back.expire_time == 1795668899.25
+    assert te.decode_batch(raw[:-2] + ("A" if raw[-2] != "A" else "B") + raw[-1], key) is None
+
+
+def test_entry_dict_round_trip() -> None:
+    entry = te.TokenEntry(id_hash="h", accessor="a", policies=["p"], internal_data={"role": "r", "n": 1})
+    nested = te.TokenEntry(id_hash="h", accessor="a", policies=["p"], internal_data={"x": {"y": [1]}})
+    for e in (entry, nested):
+        data = e.to_dict()
+        assert data["internal_data"] == e.internal_data and data["internal_data"] is not e.internal_data
+        assert te.TokenEntry.from_dict({**data, "unknown": 1}) == e
+        assert te.TokenEntry.from_dict(data) == e
+
+
+@pytest.mark.parametrize("ts", [0, 1795668899, 1795668899.5, 1795668899.000001], ids=["epoch", "int", "half", "micro"])
+def test_rfc3339(ts: float) -> None:
+    assert te.rfc3339(ts) == datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+# -- SQLite engine -------------------------------------------------------------------------------
+
+
+async def test_put_many_is_durable_and_all_or_nothing_on_bad_values(tmp_path: Any) -> None:
+    store = await SQLiteStorage.open(str(tmp_path / "a.db"))
+    try:
+        commits = store.commits
+        await store.put_many([("sys/a", {"v": 1}), ("sys/b", 2)])
+        assert store.commits == commits + 1  # one group commit for both
+        with pytest.raises(TypeError):
+            await store.put_many([("sys/c", 3), ("sys/d", object())])
+        with pytest.raises(TypeError):
+            await store.put_many([("", 1)])
+    finally:
+        await store.close()
+    store = await SQLiteStorage.open(str(tmp_path / "a.db"))
+    try:
+        assert await store.get("sys/a") == {"v": 1} and await store.get("sys/b") == 2
+        assert await store.get("sys/c") is None and await store.list("sys/") == ["a", "b"]
+    finally:
+        await store.close()
+
+
+async def test_value_cache_is_bounded_by_bytes(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_engine, "CACHE_BYTES", 10_000)
+    store = await SQLiteStorage.open(str(tmp_path / "c.db"))
+    try:
+        big = "x" * 1000
+        for i in range(50):
+            await store.put(f"k/{i}", {"v": big, "i": i})
+        assert store._cache_size <= 10_000
+        assert store._cache_size == sum(len(v) for v in store._cache.values())
+        assert len(store._cache) < 50
+        for i in range(50):  # evicted values come from the file
+            assert await store.get(f"k/{i}") == {"v": big, "i": i}
+        await store.delete("k/49")
+        assert "k/49" not in store._cache
+        assert store._cache_size == sum(len(v) for v in store._cache.values())
+    finally:
+        await store.close()
+
+
+# -- routing and strict parsing --------------------------------------------------------------------
+
+
+def _spec(pattern: str) -> PathSpec:
+    async def handler(req: Any, values: dict[str, Any]) -> None:
+        return None
+
+    return PathSpec(pattern=pattern, fields=FieldSet({}), operations={Operation.READ: handler})
+
+
+def test_match_cache_hands_out_fresh_captures() -> None:
+    backend = Backend()
+    backend.paths = [_spec(r"role/(?P<name>\w+)"), _spec("login")]
+    spec, captures = backend.match("role/a")
+    captures["name"] = "changed"
+    again, captures2 = backend.match("role/a")
+    assert again is spec and captures2 == {"name": "a"}
+    backend.paths = [_spec("login")]  # a new table is honoured
+    with pytest.raises(Exception):
+        backend.match("role/a")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "part",
+    ["", "A", "AA==", "AB", "AAB", "+/+/", "ab cd", "abc\n", "abé", "YW=j", "YQ.."],
+    ids=["empty", "len1", "padded", "low-bits-2", "low-bits-3", "std-alphabet", "space", "newline",
+         "non-ascii", "inner-pad", "dots"],  # fmt: skip
+)
+def test_non_canonical_base64url_is_refused(part: str) -> None:
+    assert jv._b64url_strict(part) is None
+
+
+@pytest.mark.parametrize("data", [b"", b"a", b"ab", b"abc", bytes(range(256))], ids=["0", "1", "2", "3", "256"])
+def test_canonical_base64url_decodes(data: bytes) -> None:
+    text = _b64(data)
+    assert jv._b64url_strict(text) == (data if text else None)
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ('{"sub":"a","sub":"b"}', "duplicate key"),
+        ('{"a":{"x":1,"x":2}}', "duplicate key"),
+        ('{"sub":"\\ud800"}', "lone surrogate"),
+        ('{"exp":NaN}', "NaN is not allowed"),
+        ('{"exp":1e400}', "number out of range"),
+    ],
+    ids=["duplicate", "nested-duplicate", "surrogate", "nan", "huge-float"],
+)
+def test_strict_json_still_refuses(payload: str, reason: str) -> None:
+    token = ".".join([_b64(b'{"alg":"RS256"}'), _b64(payload.encode()), _b64(b"sig")])
+    with pytest.raises(InvalidRequest) as err:
+        jv.parse_token(token)
+    assert reason in str(err.value)
+
+
+def test_strict_json_keeps_escaped_pairs() -> None:
+    token = ".".join([_b64(b'{"alg":"RS256"}'), _b64(json.dumps({"sub": "\U0001f680"}).encode()), _b64(b"sig")])
+    assert jv.parse_token(token).claims == {"sub": "\U0001f680"}
