@@ -73,18 +73,26 @@ class RequestFramer:
         if self.buf:
             data = self.buf + data
             self.buf = b""
+        out: list[bytes] = []
+        i, n = 0, len(data)
         if self.state == _HEAD:
-            # Fast path: one whole bodyless request (the common GET/LIST/DELETE).
             end = data.find(b"\r\n\r\n")
-            if end >= 0 and end + 4 == len(data):
+            if end >= 0 and end + 4 == n:
+                # Fast path: one whole bodyless request (the common GET/LIST/DELETE).
                 head, body_len = self._head(data)
                 if body_len == 0:
                     return head
                 # fall through to the general loop with the state already set
                 self._set_body(body_len)
                 return head
-        out: list[bytes] = []
-        i, n = 0, len(data)
+            if end >= 0:
+                i = end + 4
+                head, body_len = self._head(data[:i])
+                if self.state == _PASSTHROUGH or i + body_len == n:
+                    # Fast path: one whole request with its Content-Length body (a login).
+                    return head + data[i:]
+                out.append(head)
+                self._set_body(body_len)
         while i < n:
             state = self.state
             if state == _HEAD:
