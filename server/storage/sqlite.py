@@ -59,11 +59,12 @@ class SQLiteStorage:
     a few pages instead of one page per key, about 7x less work per commit than a
     ``key PRIMARY KEY`` B-tree. The index costs ~180 bytes of memory per key and ~0.17 s
     per 100k keys to rebuild at open. Reads run on the event-loop thread: ``list`` and
-    misses are answered from the index, recently written values from a write-through
-    cache (bounded by entries and by ``CACHE_BYTES``), others by reading one row by
-    ``seq`` from a read-only connection (WAL readers never wait for the writer). The
-    writer updates index and cache only after the commit, so they never show uncommitted
-    data, and nothing else writes the file.
+    misses are answered from the index, recently written or read values from a cache
+    (bounded by entries and by ``CACHE_BYTES``), others by reading one row by ``seq``
+    from a read-only connection (WAL readers never wait for the writer). The writer
+    updates index and cache only after the commit, so they never show uncommitted data; a
+    value read from the file is cached only if no commit was published during the read;
+    and nothing else writes the file.
 
     One process owns the file: an exclusive ``flock`` on ``<path>.lock`` refuses a second
     opener. The store is bound to the event loop that opened it. A caller cancelled while
@@ -79,10 +80,15 @@ class SQLiteStorage:
         self.synchronous = synchronous
         self.commits = 0  # committed transactions (group commit makes this << writes)
         self.tree = KeyTree()
-        # Write-through cache of recently written values (tokens are read right after
-        # login). Only the writer thread changes it, after COMMIT: it is never stale.
+        # Cache of recently written or read values (tokens are read right after login,
+        # and again on every use). The writer fills it after COMMIT; a read fills it only
+        # if no commit was published meanwhile: it is never stale.
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = 0  # bytes of cached values, bounded by CACHE_BYTES
+        # Guards cache content and size between the writer's publish() and the loop's
+        # read-through; the generation counts publishes (see _cache_read).
+        self._cache_lock = threading.Lock()
+        self._cache_gen = 0
         self.cache_entries = cache_entries
         self.next_seq = 1
         # Writes submitted during one event-loop iteration go to the writer as one list:
@@ -158,15 +164,36 @@ class SQLiteStorage:
             raise TypeError("storage key must be a str")
         blob = self._cache.get(key)
         if blob is not None:
+            try:
+                # Keep what is read often (a token in use) cached while logins stream in.
+                # One C call, atomic against the writer's publish(); a key it just
+                # dropped is simply not there any more.
+                self._cache.move_to_end(key)
+            except KeyError:
+                pass
             return orjson.loads(blob)
         seq = self.tree.get(key)
         if seq is None:
             return None
+        gen = self._cache_gen
         rows = self._reader.execute("SELECT key, value FROM kv WHERE seq = ?", (seq,)).fetchall()
         # The key check guards the instant between a commit and the index update.
         if not rows or rows[0][0] != key:
             return None
-        return orjson.loads(rows[0][1])
+        blob = rows[0][1]
+        if self.cache_entries:
+            self._cache_read(key, blob, gen)
+        return orjson.loads(blob)
+
+    def _cache_read(self, key: str, blob: bytes, gen: int) -> None:
+        """Cache a value just read from the file, unless a commit was published since the
+        read began (it might have changed ``key``: the cache must never be stale)."""
+        with self._cache_lock:
+            if gen != self._cache_gen or key in self._cache:
+                return
+            self._cache[key] = blob
+            self._cache_size += len(blob)
+            self._evict()
 
     async def list(self, prefix: str) -> list[str]:
         """Immediate children under ``prefix`` (sorted; sub-folders end with ``/``)."""
@@ -302,6 +329,11 @@ class SQLiteStorage:
 
     def publish(self, changes: dict[str, tuple[int, bytes] | None]) -> None:
         """After COMMIT (writer thread): make a batch's changes visible to readers."""
+        with self._cache_lock:
+            self._cache_gen += 1
+            self._publish(changes)
+
+    def _publish(self, changes: dict[str, tuple[int, bytes] | None]) -> None:
         tree, cache, cap = self.tree, self._cache, self.cache_entries
         size = self._cache_size
         for key, state in changes.items():
@@ -318,9 +350,14 @@ class SQLiteStorage:
                 blob = bytes(memoryview(state[1]))
                 cache[key] = blob
                 size += len(blob)
-        while cache and (len(cache) > cap or size > CACHE_BYTES):
-            size -= len(cache.popitem(last=False)[1])
         self._cache_size = size
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop the stalest values until the cache is within its bounds (lock held)."""
+        cache, cap = self._cache, self.cache_entries
+        while cache and (len(cache) > cap or self._cache_size > CACHE_BYTES):
+            self._cache_size -= len(cache.popitem(last=False)[1])
 
     def _load_index(self, conn: sqlite3.Connection) -> None:
         """Rebuild the key index from the table (and drop stale duplicate rows, if any)."""

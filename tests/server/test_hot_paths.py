@@ -268,3 +268,27 @@ def test_strict_json_still_refuses(payload: str, reason: str) -> None:
 def test_strict_json_keeps_escaped_pairs() -> None:
     token = ".".join([_b64(b'{"alg":"RS256"}'), _b64(json.dumps({"sub": "\U0001f680"}).encode()), _b64(b"sig")])
     assert jv.parse_token(token).claims == {"sub": "\U0001f680"}
+
+
+async def test_values_read_from_the_file_are_cached_unless_a_commit_intervened(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_engine, "CACHE_BYTES", 3000)
+    store = await SQLiteStorage.open(str(tmp_path / "r.db"))
+    try:
+        await store.put("tok/a", {"v": "a" * 500})
+        for i in range(20):  # push tok/a out of the cache
+            await store.put(f"k/{i}", {"v": "x" * 500})
+        assert "tok/a" not in store._cache
+        assert await store.get("tok/a") == {"v": "a" * 500}
+        assert "tok/a" in store._cache  # read-through
+        assert store._cache_size == sum(len(v) for v in store._cache.values()) <= 3000
+        await store.put("k/0", {"v": "new"})
+        # A read that began before a published commit must not fill the cache.
+        blob = orjson.dumps({"v": "old"})
+        store._cache_read("k/stale", blob, store._cache_gen - 1)
+        assert "k/stale" not in store._cache
+        store._cache_read("tok/a", b'{"v":"other"}', store._cache_gen)  # present: kept as is
+        assert await store.get("tok/a") == {"v": "a" * 500}
+    finally:
+        await store.close()
