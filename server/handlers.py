@@ -104,8 +104,13 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     """
     if not request.body_exists:
         return {}
-    if request.content.is_eof():
-        raw = await request.read()  # the whole body has arrived: nothing to wait for
+    content = request.content
+    if content.is_eof():
+        # The whole body has arrived: take it in one call (aiohttp's read() loops over
+        # readany() and the flow control around it).
+        raw = content.read_nowait()
+        if 0 < request.client_max_size < len(raw):
+            raise web.HTTPRequestEntityTooLarge(max_size=request.client_max_size, actual_size=len(raw))
     else:
         try:
             async with asyncio.timeout(BODY_READ_TIMEOUT):
