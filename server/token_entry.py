@@ -359,7 +359,18 @@ def encode_batch(entry: TokenEntry, key: bytes) -> str:
 
 
 def _batch_sig(key: bytes, body: str) -> bytes:
-    return hmac.new(key, body.encode(), hashlib.sha256).digest()
+    keyed = _KEYED.get(key)
+    if keyed is None:
+        if len(_KEYED) >= 8:
+            _KEYED.clear()
+        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
+    # A copy of a keyed state: hmac.new looks the digest up in OpenSSL on every call.
+    mac = keyed.copy()
+    mac.update(body.encode())
+    return mac.digest()
+
+
+_KEYED: dict[bytes, Any] = {}  # batch signing key -> keyed HMAC state (one key per store)
 
 
 def decode_batch(raw: str, key: bytes) -> TokenEntry | None:
