@@ -147,7 +147,7 @@ class SQLiteStorage:
             raise
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         reader.execute("PRAGMA query_only = 1")
-        reader.execute("PRAGMA cache_size = -16384")
+        reader.execute("PRAGMA cache_size = -8192")
         self._reader = reader
         self._closed = False
 
@@ -293,7 +293,7 @@ class SQLiteStorage:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute("PRAGMA cache_size = -32768")
+            conn.execute("PRAGMA cache_size = -8192")  # appends touch few pages; RSS matters more
             conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate a big WAL
             conn.execute(_SCHEMA)
             self._load_index(conn)
