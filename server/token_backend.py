@@ -304,13 +304,18 @@ class TokenBackend(Backend):
 
     async def _lookup_accessor(self, req: Request, values: dict[str, Any]) -> Response:
         self._caller(req)
+        entry = await self._entry_by_accessor(values)
+        return Response(data=self.store.lookup_data(entry, ""))
+
+    async def _entry_by_accessor(self, values: dict[str, Any]) -> TokenEntry:
+        """The token named by the ``accessor`` field (400 when missing or unknown)."""
         accessor = values.get("accessor") or ""
         if not accessor:
             raise InvalidRequest("missing accessor")
         entry = await self.store.lookup_accessor(accessor)
         if entry is None:
             raise InvalidRequest("invalid accessor")
-        return Response(data=self.store.lookup_data(entry, ""))
+        return entry
 
     # -- renew ---------------------------------------------------------------------------
     async def _renew_self(self, req: Request, values: dict[str, Any]) -> Response:
@@ -331,12 +336,7 @@ class TokenBackend(Backend):
 
     async def _renew_accessor(self, req: Request, values: dict[str, Any]) -> Response:
         self._caller(req)
-        accessor = values.get("accessor") or ""
-        if not accessor:
-            raise InvalidRequest("missing accessor")
-        entry = await self.store.lookup_accessor(accessor)
-        if entry is None:
-            raise InvalidRequest("invalid accessor")
+        entry = await self._entry_by_accessor(values)
         return await self._renew_entry(req, entry, "", values.get("increment", 0))
 
     async def _list_accessors(self, req: Request, values: dict[str, Any]) -> Response:
