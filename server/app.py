@@ -13,9 +13,7 @@ from aiohttp import web
 from plugin.errors import PluginError
 from plugin.framework import Backend, Connection, Operation, Request
 from server.appkeys import CLUSTER_ID, FETCHER, MOUNTS, POLICIES, ROOT_TOKEN, SETTINGS, STARTED_AT, STORAGE, TOKENS
-from server.errors import setup_errors
 from server.fetcher import AiohttpFetcher
-from server.log import setup_request_log
 from server.mounts import MountTable, normalize_path
 from server.policies import PolicyStore
 from server.ratelimit import setup_ratelimit
@@ -42,10 +40,8 @@ def create_app(settings: Settings, *, storage: Any = None) -> web.Application:
     _import_methods()
     app = web.Application(client_max_size=settings.max_request_size)
     app[SETTINGS] = settings
-    setup_request_log(app)
-    setup_errors(app)
     setup_ratelimit(app)
-    setup_routes(app)
+    setup_routes(app)  # each handler wrapped with the request log + JSON errors: no middleware
     app.cleanup_ctx.append(_core_context(storage))
     return app
 

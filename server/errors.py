@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -11,7 +10,7 @@ from aiohttp import web
 
 from plugin.errors import PluginError
 
-__all__ = ["error_response", "error_middleware", "setup_errors", "status_for"]
+__all__ = ["error_response", "error_middleware", "response_for", "setup_errors", "status_for"]
 
 log = structlog.get_logger("authmount.errors")
 
@@ -33,16 +32,16 @@ def error_response(status: int, messages: list[str], headers: dict[str, str] | N
     )
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a JSON error; unexpected ones into a logged, generic 500."""
-    try:
-        return await handler(request)
-    except PluginError as exc:
+def response_for(request: web.Request, exc: Exception) -> web.Response | None:
+    """The JSON error reply for ``exc`` raised by a handler; None: re-raise it.
+
+    Call it inside the ``except`` block (an unexpected error is logged with its traceback).
+    """
+    if isinstance(exc, PluginError):
         return error_response(exc.status, exc.messages, getattr(exc, "headers", None))  # Retry-After on 429
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         if exc.status == 413:
             return error_response(413, ["http: request body too large"])
         if exc.status == 404:
@@ -50,11 +49,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405:
             return error_response(405, ["unsupported operation"])
         return error_response(exc.status, [exc.reason])
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("internal_error", path=request.path, method=request.method)
-        return error_response(500, ["internal error"])
+    if isinstance(exc, ConnectionResetError):
+        return None
+    log.exception("internal_error", path=request.path, method=request.method)
+    return error_response(500, ["internal error"])
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into a JSON error; unexpected ones into a logged, generic 500."""
+    try:
+        return await handler(request)
+    except Exception as exc:  # CancelledError is a BaseException: it passes through
+        resp = response_for(request, exc)
+        if resp is None:
+            raise
+        return resp
 
 
 def setup_errors(app: web.Application) -> None:

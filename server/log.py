@@ -18,8 +18,10 @@ import structlog
 from aiohttp import web
 
 from server.appkeys import MOUNT, REQUEST_ID
+from server.errors import response_for
 
-__all__ = ["configure_logging", "redact", "request_log_middleware", "setup_request_log", "REQUEST_ID"]
+__all__ = ["configure_logging", "redact", "handled", "request_log_middleware", "setup_request_log",
+           "REQUEST_ID"]
 
 
 #: Field names whose values are never logged.
@@ -204,21 +206,58 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
         status = resp.status
         return resp
     finally:
-        sink = _request_sink
-        if sink is not None:
-            _write_request_line(
-                sink, rid, request.method, request.path, request.get(MOUNT), status,
-                round((time.perf_counter() - start) * 1000, 3),
-            )
-        else:
-            _access.info(
-                "request",
-                method=request.method,
-                path=request.path,
-                mount=request.get(MOUNT),
-                status=status,
-                duration_ms=round((time.perf_counter() - start) * 1000, 3),
-            )
+        _log_request(request, rid, status, start)
+
+
+def handled(handler: Handler) -> Handler:
+    """``handler`` with ``request_log_middleware`` around ``error_middleware`` folded in.
+
+    The server wraps every route's handler with this instead of installing middlewares:
+    same request id, log line and JSON error replies, without aiohttp's middleware chain
+    (its lru-cached chain lookup, a ``partial`` frame per middleware and the
+    ``current_app`` middleware it adds whenever any middleware is installed).
+    """
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        rid = new_request_id()
+        request[REQUEST_ID] = rid
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        start = time.perf_counter()
+        status = 500
+        try:
+            try:
+                resp = await handler(request)
+            except Exception as exc:  # CancelledError is a BaseException: it passes through
+                reply = response_for(request, exc)
+                if reply is None:
+                    raise
+                resp = reply
+            status = resp.status
+            return resp
+        finally:
+            _log_request(request, rid, status, start)
+
+    wrapped.__name__ = getattr(handler, "__name__", "handler")
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def _log_request(request: web.Request, rid: str, status: int, start: float) -> None:
+    sink = _request_sink
+    if sink is not None:
+        _write_request_line(
+            sink, rid, request.method, request.path, request.get(MOUNT), status,
+            round((time.perf_counter() - start) * 1000, 3),
+        )
+    else:
+        _access.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            mount=request.get(MOUNT),
+            status=status,
+            duration_ms=round((time.perf_counter() - start) * 1000, 3),
+        )
 
 
 def setup_request_log(app: web.Application) -> None:

@@ -226,6 +226,27 @@ async def test_unknown_v1_path_is_404(client: TestClient) -> None:
     assert "no handler for route" in (await resp.json())["errors"][0]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/"), ("GET", "/v1"), ("POST", "/health"), ("DELETE", "/ui/x/y"), ("HEAD", "/nothing"),
+     ("GET", "/v1/auth/x/r%0d%0ay"), ("GET", "/v1/sys/a%0ab"), ("GET", "/x%0a")],
+    ids=["root", "v1 without slash", "post", "delete nested", "head", "crlf in a mount path",
+         "newline in a sys path", "newline outside v1"],
+)
+async def test_path_outside_v1_is_json_404_and_logged(client: TestClient, method: str, path: str) -> None:
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.request(method, path)
+    assert resp.status == 404
+    assert resp.headers["Content-Type"] == "application/json"
+    if method != "HEAD":
+        assert await resp.json() == {"errors": []}
+    lines = [e for e in logs if e["event"] == "request"]
+    assert [(e["method"], e["status"], e["mount"]) for e in lines] == [(method, 404, None)]
+    assert lines[0]["path"] == path.replace("%0d", "\r").replace("%0a", "\n")
+
+
 async def test_unsupported_path_in_mount(echo: TestClient) -> None:
     resp = await echo.get("/v1/auth/echo/nope", headers=H)
     assert resp.status == 404

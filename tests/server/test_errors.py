@@ -11,11 +11,16 @@ from plugin import errors
 from server.errors import error_response, setup_errors
 
 
-def _app(exc: BaseException) -> web.Application:
+def _app(exc: BaseException, combined: bool = False) -> web.Application:
     async def handler(request: web.Request) -> web.Response:
         raise exc
 
     app = web.Application()
+    if combined:
+        from server.log import handled
+
+        app.router.add_get("/x", handled(handler))  # the server's wrapper: log + errors
+        return app
     setup_errors(app)
     app.router.add_get("/x", handler)
     return app
@@ -41,8 +46,11 @@ def _app(exc: BaseException) -> web.Application:
     ids=["400", "403", "404 not found", "404 unsupported path", "405", "429", "502", "several messages",
          "500 runtime", "500 keyerror", "aiohttp 404", "aiohttp 413"],
 )
-async def test_error_mapping(aiohttp_client: Any, exc: BaseException, status: int, body: dict[str, Any]) -> None:
-    client = await aiohttp_client(_app(exc))
+@pytest.mark.parametrize("combined", [False, True], ids=["error middleware", "handled wrapper"])
+async def test_error_mapping(
+    aiohttp_client: Any, exc: BaseException, status: int, body: dict[str, Any], combined: bool
+) -> None:
+    client = await aiohttp_client(_app(exc, combined))
     resp = await client.get("/x")
     assert resp.status == status
     assert resp.headers["Content-Type"] == "application/json"  # exactly: hvac compares strings
@@ -75,18 +83,22 @@ def test_redact(value: Any, expected: Any) -> None:
     assert redact(value) == expected
 
 
-async def test_request_log_line(aiohttp_client: Any) -> None:
+@pytest.mark.parametrize("combined", [False, True], ids=["two middlewares", "handled wrapper"])
+async def test_request_log_line(aiohttp_client: Any, combined: bool) -> None:
     import structlog
 
-    from server.log import setup_request_log
+    from server.log import handled, setup_request_log
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=204)
 
     app = web.Application()
-    setup_request_log(app)
-    setup_errors(app)
-    app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handler)
+    if combined:
+        app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handled(handler))
+    else:
+        setup_request_log(app)
+        setup_errors(app)
+        app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handler)
     client = await aiohttp_client(app)
     with structlog.testing.capture_logs() as logs:
         resp = await client.get("/v1/auth/x/hvs.SECRETSECRETSECRET1", headers={"X-Vault-Token": "hvs.SECRETSECRETSECRET2"})
@@ -105,3 +117,22 @@ def test_redact_processor_on_a_request_line() -> None:
     event = {"event": "request", "path": "/v1/auth/x/hvs.SECRETSECRETSECRET1", "token": "raw", "status": 200}
     out = _redact_processor(None, "info", event)
     assert out == {"event": "request", "path": "/v1/auth/x/<redacted>", "token": "<redacted>", "status": 200}
+
+
+@pytest.mark.parametrize("combined", [False, True], ids=["two middlewares", "handled wrapper"])
+async def test_error_is_logged_with_its_status(aiohttp_client: Any, combined: bool) -> None:
+    import structlog
+
+    from server.log import setup_request_log
+
+    app = _app(RuntimeError("boom"), combined)
+    if not combined:
+        setup_request_log(app)
+    client = await aiohttp_client(app)
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.get("/x")
+    assert resp.status == 500
+    events = [(e["event"], e.get("status")) for e in logs]
+    assert ("internal_error", None) in events and ("request", 500) in events
+    internal = next(e for e in logs if e["event"] == "internal_error")
+    assert internal.get("exc_info") is True and internal["path"] == "/x"  # traceback logged
