@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import structlog
 
 from plugin.errors import InvalidRequest, PermissionDenied
@@ -59,6 +60,8 @@ ACCESSOR_PREFIX = "sys/token/accessor/"
 PARENT_PREFIX = "sys/token/parent/"
 EPOCH_PREFIX = "sys/token/mount-epoch/"
 _MAX_TOKEN_LEN = 8192
+#: Decoded token entries kept for lookups (each holds its ~1 KiB of cached bytes alive).
+DECODED_ENTRIES = 1024
 _EPOCH_CACHE_SECONDS = 1.0
 _PENDING_GRACE = 30.0  # seconds a num_uses-exhausted entry may linger before the sweeper drops it
 _MAX_PARENT_DEPTH = 32
@@ -110,6 +113,10 @@ class TokenStore:
         self._entity_ns: uuid.UUID | None = None
         self._epochs: dict[str, tuple[float | None, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # Decoded entries keyed on the exact cached bytes object they came from (storages
+        # with ``peek_cached``): a write publishes new bytes, so a hit is never stale.
+        self._peek: Callable[[str], bytes | None] | None = getattr(storage, "peek_cached", None)
+        self._decoded: dict[str, tuple[bytes, TokenEntry]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> None:
@@ -349,11 +356,34 @@ class TokenStore:
         if raw_token.startswith("hvb."):
             entry = self._decode_batch(raw_token)
         else:
-            data = await self.storage.get(ID_PREFIX + self.hash(raw_token))
-            entry = TokenEntry.from_dict(data) if data is not None else None
+            key = ID_PREFIX + self.hash(raw_token)
+            entry = self._decoded_entry(key) if self._peek is not None else None
+            if entry is None:
+                data = await self.storage.get(key)
+                entry = TokenEntry.from_dict(data) if data is not None else None
         if entry is None:
             return None
         return await self._check_live(entry)
+
+    def _decoded_entry(self, key: str) -> TokenEntry | None:
+        """The entry decoded from the storage's cached bytes of ``key`` (None: not cached).
+
+        The entry object is shared between requests: nothing mutates a looked-up entry
+        (changes go through ``storage.update`` and a fresh ``from_dict``).
+        """
+        assert self._peek is not None
+        blob = self._peek(key)
+        if blob is None:
+            return None
+        hit = self._decoded.get(key)
+        if hit is not None and hit[0] is blob:
+            return hit[1]
+        entry = TokenEntry.from_dict(orjson.loads(blob))
+        decoded = self._decoded
+        if len(decoded) >= DECODED_ENTRIES and key not in decoded:
+            del decoded[next(iter(decoded))]  # the oldest insertion
+        decoded[key] = (blob, entry)
+        return entry
 
     async def lookup_accessor(self, accessor: str) -> TokenEntry | None:
         """The live entry behind an accessor, or None."""

@@ -185,6 +185,20 @@ class SQLiteStorage:
             self._cache_read(key, blob, gen)
         return orjson.loads(blob)
 
+    def peek_cached(self, key: str) -> bytes | None:
+        """The cached stored bytes of ``key`` (what ``get`` would decode), or None when
+        the value is not cached. A write publishes a new bytes object, so callers may keep
+        something decoded from it keyed on its identity (hold the bytes: ids get reused)."""
+        if self._closed or self._reader is None:
+            raise RuntimeError("storage is closed")
+        blob = self._cache.get(key)
+        if blob is not None:
+            try:
+                self._cache.move_to_end(key)  # as get(): a token in use stays cached
+            except KeyError:
+                pass
+        return blob
+
     def _cache_read(self, key: str, blob: bytes, gen: int) -> None:
         """Cache a value just read from the file, unless a commit was published since the
         read began (it might have changed ``key``: the cache must never be stale)."""

@@ -14,6 +14,7 @@ from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Alias, Auth
 from plugin.storage import InMemoryStorage
 from server.tokens import (
+    ID_PREFIX,
     MountInfo,
     TokenEntry,
     resolve_token_type,
@@ -609,3 +610,62 @@ async def test_oversized_batch_token_refused_at_issue(store: TokenStore) -> None
     meta = {f"k{i}": "v" * 100 for i in range(100)}
     with pytest.raises(InvalidRequest, match="batch token would be .* bytes"):
         await store.issue(login(token_type="batch", metadata=meta), mount=JWT)
+
+
+# -- decoded-entry cache on the SQLite engine (keyed on the cached bytes' identity) --------
+async def _bump_policies(s: TokenStore, raw: str, entry: Any) -> None:
+    await s.storage.update(ID_PREFIX + entry.id_hash, lambda old: {**old, "policies": ["default", "ops"]})
+
+
+async def _use_once(s: TokenStore, raw: str, entry: Any) -> None:
+    await s.authenticate(raw, "127.0.0.1")
+
+
+async def _revoke(s: TokenStore, raw: str, entry: Any) -> None:
+    await s.revoke(entry)
+
+
+@pytest.mark.parametrize(
+    ("write", "num_uses", "check"),
+    [
+        (_bump_policies, 0, lambda e: e is not None and e.policies == ["default", "ops"]),
+        (_use_once, 5, lambda e: e is not None and e.num_uses == 4),
+        (_revoke, 0, lambda e: e is None),
+    ],
+    ids=["policies rewritten", "one use consumed", "revoked"],
+)
+async def test_sqlite_lookup_sees_every_write(tmp_path: Any, clock: Clock, write: Any, num_uses: int, check: Any) -> None:
+    from server.storage import open_storage
+
+    storage = await open_storage({"type": "sqlite", "path": str(tmp_path / "t.db")})
+    try:
+        s = TokenStore(storage, clock=clock)
+        await s.start(sweep=False)
+        block, _ = await s.issue(login(num_uses=num_uses), mount=JWT)
+        raw = block["client_token"]
+        first = await s.lookup(raw)
+        assert first is not None and await s.lookup(raw) is first  # decoded once, then shared
+        await write(s, raw, first)
+        assert check(await s.lookup(raw))
+        assert first.policies == ["default", "dev"] and first.num_uses == num_uses  # never mutated
+    finally:
+        await storage.close()  # type: ignore[attr-defined]
+
+
+async def test_sqlite_decoded_entries_are_bounded(tmp_path: Any, clock: Clock, monkeypatch: Any) -> None:
+    import server.tokens as tokens_mod
+    from server.storage import open_storage
+
+    monkeypatch.setattr(tokens_mod, "DECODED_ENTRIES", 3)
+    storage = await open_storage({"type": "sqlite", "path": str(tmp_path / "b.db")})
+    try:
+        s = TokenStore(storage, clock=clock)
+        await s.start(sweep=False)
+        raws = [(await s.issue(login(), mount=JWT))[0]["client_token"] for _ in range(5)]
+        entries = [await s.lookup(raw) for raw in raws]
+        assert all(e is not None for e in entries)
+        assert len(s._decoded) == 3
+        again = [await s.lookup(raw) for raw in raws]
+        assert [a.id_hash for a in again] == [e.id_hash for e in entries]  # type: ignore[union-attr]
+    finally:
+        await storage.close()  # type: ignore[attr-defined]
