@@ -25,6 +25,9 @@ _log = structlog.get_logger(__name__)
 _SCHEMA = (
     'CREATE TABLE IF NOT EXISTS authmount_kv (key text COLLATE "C" PRIMARY KEY, value jsonb NOT NULL)'
 )
+#: Serialises schema creation: ``CREATE TABLE IF NOT EXISTS`` run by several nodes at the
+#: same moment can fail with a duplicate pg_type row (PostgreSQL does not lock the name).
+_SCHEMA_LOCK = 0x61757468_6D6E74  # "authmnt"
 _PUT = (
     "WITH w AS (INSERT INTO authmount_kv (key, value) VALUES (%(key)s, %(value)s::jsonb)"
     " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key)"
@@ -129,7 +132,8 @@ class PostgresStorage:
         """Connect, create the table if needed and start listening for other nodes' writes."""
         store = cls(dsn, pool_size)
         try:
-            async with store._pool.connection() as conn:
+            async with store._pool.connection() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 await conn.execute(_SCHEMA)
             store._listener = asyncio.create_task(store._listen(), name="authmount-pg-listen")
             await store._listening.wait()

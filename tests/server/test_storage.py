@@ -445,3 +445,18 @@ async def test_postgres_batched_puts_fail_only_the_culprit(postgres_dsn: str) ->
         assert len(await s.list("k/")) == 50
     finally:
         await s.close()
+
+
+async def test_postgres_nodes_starting_together_on_an_empty_database(postgres_server) -> None:  # noqa: F811
+    """Regression: two nodes racing CREATE TABLE IF NOT EXISTS failed with a duplicate
+    pg_type row (seen as an intermittent ``--workers 2`` start-up failure)."""
+    for _ in range(5):
+        dsn = postgres_server.create_database()
+        try:
+            stores = await asyncio.gather(*(open_storage({"type": "postgres", "dsn": dsn}) for _ in range(6)))
+            await stores[0].put("k", {"v": 1})
+            assert await stores[-1].get("k") == {"v": 1}
+            for store in stores:
+                await store.close()
+        finally:
+            postgres_server.drop_database(dsn)
