@@ -215,6 +215,19 @@ class ListVerbRequestHandler(RequestHandler):
                 self._head_timer = None
             if not data:
                 return
+        if (self._close or self._force_close) and self._request_in_progress:
+            # Graceful shutdown marks every connection closing, and aiohttp then drops all
+            # incoming bytes, including the rest of the body of the request being handled,
+            # which would wait for a body that never comes. Let that request finish; the
+            # flags are back before the connection's loop looks at them again.
+            was_close, was_force = self._close, self._force_close
+            self._close = self._force_close = False
+            try:
+                super().data_received(data)
+            finally:
+                self._close = self._close or was_close
+                self._force_close = self._force_close or was_force
+            return
         super().data_received(data)
 
     def _head_timed_out(self) -> None:
