@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.e2e.jsonserver import JSONServer
 from tests.e2e.serverproc import ServerProc, start_server
 from tests.plugin.keyfactory import (
     DROP,
@@ -81,29 +82,12 @@ class JWKSServer:
     """Serves the real key set at ``/jwks`` and records every path requested."""
 
     def __init__(self) -> None:
-        self.paths: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                outer.paths.append(self.path)
-                body = json.dumps(jwks(RSA, EC, P384)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = JSONServer(lambda path: jwks(RSA, EC, P384))
+        self.paths = self._server.paths
+        self.url = f"http://127.0.0.1:{self._server.port}/jwks"
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,19 @@ the process exits 0 and the issued tokens survive the restart.
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from tests.e2e.jsonserver import JSONServer
 from tests.e2e.serverproc import ServerProc, launch, start_server
 from tests.plugin.keyfactory import default_claims, jwks, make_token, rsa_key
 
@@ -148,26 +147,13 @@ class SlowJWKS:
         self.arrived = threading.Event()
         self._gate = threading.Event()
         self._gate.set()
-        outer = self
+        self._server = JSONServer(lambda path: jwks(KEY), before=self._arrive)
+        self.url = f"http://127.0.0.1:{self._server.port}/jwks"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                outer.requests += 1
-                outer.arrived.set()
-                outer._gate.wait(60)
-                body = json.dumps(jwks(KEY)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/jwks"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+    def _arrive(self, path: str) -> None:
+        self.requests += 1
+        self.arrived.set()
+        self._gate.wait(60)
 
     def hold(self) -> None:
         self.requests = 0
@@ -179,8 +165,7 @@ class SlowJWKS:
 
     def close(self) -> None:
         self._gate.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
 
 @pytest.fixture

@@ -9,12 +9,9 @@ token. The "IdP" is a loopback Python HTTP server serving a discovery document a
 
 from __future__ import annotations
 
-import json
 import re
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -23,6 +20,7 @@ import hvac.exceptions
 import pytest
 import requests
 
+from tests.e2e.jsonserver import JSONServer
 from tests.e2e.serverproc import ServerProc, start_server
 from tests.plugin.keyfactory import KeyPair, jwks, make_token, rsa_key
 
@@ -39,41 +37,24 @@ class LocalIdP:
 
     def __init__(self, key: KeyPair) -> None:
         self.key = key
-        self.hits: list[str] = []
-        idp = self
+        self._server = JSONServer(self._route)
+        self.hits = self._server.paths
+        self.port = self._server.port
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                idp.hits.append(self.path)
-                if self.path == "/oauth/.well-known/openid-configuration":
-                    body: dict[str, Any] = {
-                        "issuer": idp.issuer,
-                        "authorization_endpoint": idp.issuer + "/authorize",
-                        "token_endpoint": idp.issuer + "/token",
-                        "jwks_uri": idp.jwks_url,
-                        "response_types_supported": ["code"],
-                        "subject_types_supported": ["public"],
-                        "id_token_signing_alg_values_supported": ["RS256"],
-                    }
-                elif self.path == "/oauth/jwks":
-                    body = jwks(idp.key)
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+    def _route(self, path: str) -> Any | None:
+        if path == "/oauth/.well-known/openid-configuration":
+            return {
+                "issuer": self.issuer,
+                "authorization_endpoint": self.issuer + "/authorize",
+                "token_endpoint": self.issuer + "/token",
+                "jwks_uri": self.jwks_url,
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            }
+        if path == "/oauth/jwks":
+            return jwks(self.key)
+        return None
 
     @property
     def issuer(self) -> str:
@@ -91,8 +72,7 @@ class LocalIdP:
         return make_token(body, key=self.key)
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
 
 
 @pytest.fixture(autouse=True)
@@ -406,7 +386,9 @@ def form_post_login(auth_url: str, login: str = "alice") -> dict[str, str]:
 
 
 def test_oidc_callback_with_form_post_config(vault: ServerProc, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from tests.e2e.idp import CLIENT_ID as IDP_CLIENT, CLIENT_SECRET as IDP_SECRET, idp_available, start_idp
+    from tests.e2e.idp import CLIENT_ID as IDP_CLIENT
+    from tests.e2e.idp import CLIENT_SECRET as IDP_SECRET
+    from tests.e2e.idp import idp_available, start_idp
 
     reason = idp_available()
     if reason:

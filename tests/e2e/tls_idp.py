@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.e2e.jsonserver import JSONServer
 
 __all__ = ["TLSDiscoveryServer"]
 
@@ -32,31 +32,15 @@ class TLSDiscoveryServer:
         self.jwks = {"keys": [public]}
         server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-        outer = self
+        self._server = JSONServer(self._route, ssl_context=server_ctx)
+        self.port = self._server.port
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
-                if self.path == "/.well-known/openid-configuration":
-                    body: Any = outer.discovery
-                elif self.path == "/jwks":
-                    body = outer.jwks
-                else:
-                    self.send_error(404)
-                    return
-                data = json.dumps(body).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.socket = server_ctx.wrap_socket(self._server.socket, server_side=True)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    def _route(self, path: str) -> Any | None:
+        if path == "/.well-known/openid-configuration":
+            return self.discovery
+        if path == "/jwks":
+            return self.jwks
+        return None
 
     @property
     def issuer(self) -> str:
@@ -79,9 +63,7 @@ class TLSDiscoveryServer:
         return jwt.encode(body, self.private_key, algorithm="RS256", headers={"kid": self.kid})
 
     def __enter__(self) -> TLSDiscoveryServer:
-        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.close()
