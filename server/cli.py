@@ -148,7 +148,10 @@ def _supervise(count: int, argv: list[str]) -> int:
         env = dict(os.environ, **{WORKER_ENV: str(i)})
         children.append(subprocess.Popen([sys.executable, "-m", "server.cli", *argv], env=env))
 
+    stopping: set[int] = set()
+
     def forward(signum: int, _frame: object) -> None:
+        stopping.add(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -165,6 +168,8 @@ def _supervise(count: int, argv: list[str]) -> int:
         except InterruptedError:  # pragma: no cover - PEP 475 retries os.wait
             continue
         code = os.waitstatus_to_exitcode(status)
+        if code < 0 and -code in stopping:
+            code = 0  # a worker still starting when asked to stop dies of that very signal
         for child in pending:
             if child.pid == pid:
                 child.returncode = code
