@@ -210,11 +210,15 @@ def remote_addr(request: web.Request) -> str:
     return addr
 
 
-async def authorize(request: web.Request, path: str, capabilities: Sequence[str]) -> Any:
+async def authorize(
+    request: web.Request, path: str, capabilities: Sequence[str] = (), *, allowed: Any = None
+) -> Any:
     """Authenticate the caller's token and check every capability on ``path``.
 
-    Returns the TokenEntry. The caller must ``release`` it after the request when
-    ``num_uses == -1`` (its last use); ``authorize`` does so itself on denial.
+    ``allowed``, when given, is an async callable ``(acl) -> bool`` that decides instead of
+    ``capabilities`` (writes: create vs update). Returns the TokenEntry. The caller must
+    ``release`` it after the request when ``num_uses == -1`` (its last use); ``authorize``
+    does so itself on denial.
 
     :raises PermissionDenied: missing/invalid token or an ACL denial.
     """
@@ -224,10 +228,13 @@ async def authorize(request: web.Request, path: str, capabilities: Sequence[str]
     tokens = request.app[TOKENS]
     entry = await tokens.authenticate(raw, remote_addr(request))
     acl = await request.app[POLICIES].acl_for(entry.policies)
-    for cap in capabilities:
-        if not acl.allows(path, cap):
-            await release(request, entry)
-            raise PermissionDenied()
+    if allowed is not None:
+        granted = await allowed(acl)
+    else:
+        granted = all(acl.allows(path, cap) for cap in capabilities)
+    if not granted:
+        await release(request, entry)
+        raise PermissionDenied()
     request[TOKEN_RAW] = raw
     return entry
 
@@ -280,21 +287,15 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
     if not backend.is_unauthenticated(rel):
         full = "auth/" + entry_path + rel
         if op is Operation.UPDATE:
-            raw = request_token(request)
-            if not raw:
-                raise PermissionDenied()
-            entry = await request.app[TOKENS].authenticate(raw, remote)
-            acl = await request.app[POLICIES].acl_for(entry.policies)
-            can_update, can_create = acl.allows(full, "update"), acl.allows(full, "create")
-            # Only when exactly one of the two is granted does existence matter.
-            allowed = can_update and can_create or (
-                (can_update or can_create)
-                and acl.allows(full, await _write_capability(mount, req))
-            )
-            if not allowed:
-                await release(request, entry)
-                raise PermissionDenied()
-            request[TOKEN_RAW] = raw
+
+            async def may_write(acl: Any) -> bool:
+                can_update, can_create = acl.allows(full, "update"), acl.allows(full, "create")
+                # Only when exactly one of the two is granted does existence matter.
+                return bool(can_update and can_create) or (
+                    (can_update or can_create) and acl.allows(full, await _write_capability(mount, req))
+                )
+
+            entry = await authorize(request, full, allowed=may_write)
         else:
             entry = await authorize(request, full, (_CAPABILITY[op],))
         req.token = {"entry": entry, "raw": request[TOKEN_RAW]}
