@@ -333,11 +333,7 @@ class DiscoveryKeySource(KeySource):
         self.ca_pem = ca_pem or None
         self.fetcher = fetcher
         self.clock = clock
-        self._cache_args: dict[str, Any] = {
-            "clock": clock,
-            "max_age": max_age,
-            "refresh_cooldown": refresh_cooldown,
-        }
+        self.max_age = max_age
         self.refresh_cooldown = refresh_cooldown
         self.jwks: RemoteJWKS | None = None
         self._lock = asyncio.Lock()
@@ -348,7 +344,10 @@ class DiscoveryKeySource(KeySource):
         jwks_uri = doc.get("jwks_uri")
         if not isinstance(jwks_uri, str):
             raise InvalidRequest("error checking oidc discovery URL: discovery document has no jwks_uri")
-        self.jwks = RemoteJWKS(jwks_uri, self.ca_pem, self.fetcher, **self._cache_args)
+        self.jwks = RemoteJWKS(
+            jwks_uri, self.ca_pem, self.fetcher,
+            clock=self.clock, max_age=self.max_age, refresh_cooldown=self.refresh_cooldown,
+        )
         return self.jwks
 
     async def _resolve(self) -> RemoteJWKS:
