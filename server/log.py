@@ -1,4 +1,4 @@
-"""structlog setup, the per-request log middleware, and redaction of anything token-like."""
+"""structlog setup, the per-request log wrapper (`handled`), and redaction of anything token-like."""
 
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from aiohttp import web
 from server.appkeys import MOUNT, REQUEST_ID
 from server.errors import response_for
 
-__all__ = ["configure_logging", "redact", "handled", "request_log_middleware", "setup_request_log",
-           "REQUEST_ID"]
+__all__ = ["configure_logging", "redact", "handled", "REQUEST_ID"]
 
 
 #: Field names whose values are never logged.
@@ -192,28 +191,11 @@ def _write_request_line(sink: Any, rid: str, method: str, path: str, mount: Any,
         asyncio.get_running_loop().call_soon(_flush, sink)
 
 
-@web.middleware
-async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id, bind it to the log context, and log one line when done."""
-    rid = new_request_id()
-    request[REQUEST_ID] = rid
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=rid)
-    start = time.perf_counter()
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    finally:
-        _log_request(request, rid, status, start)
-
-
 def handled(handler: Handler) -> Handler:
-    """``handler`` with ``request_log_middleware`` around ``error_middleware`` folded in.
+    """``handler`` with a request id, one log line and JSON error replies around it.
 
-    The server wraps every route's handler with this instead of installing middlewares:
-    same request id, log line and JSON error replies, without aiohttp's middleware chain
+    The server wraps every route's handler with this instead of installing middlewares,
+    avoiding aiohttp's middleware chain
     (its lru-cached chain lookup, a ``partial`` frame per middleware and the
     ``current_app`` middleware it adds whenever any middleware is installed).
     """
@@ -258,8 +240,3 @@ def _log_request(request: web.Request, rid: str, status: int, start: float) -> N
             status=status,
             duration_ms=round((time.perf_counter() - start) * 1000, 3),
         )
-
-
-def setup_request_log(app: web.Application) -> None:
-    """Install the request-log middleware (outermost)."""
-    app.middlewares.insert(0, request_log_middleware)

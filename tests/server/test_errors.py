@@ -8,21 +8,16 @@ import pytest
 from aiohttp import web
 
 from plugin import errors
-from server.errors import error_response, setup_errors
+from server.errors import error_response
+from server.log import handled
 
 
-def _app(exc: BaseException, combined: bool = False) -> web.Application:
+def _app(exc: BaseException) -> web.Application:
     async def handler(request: web.Request) -> web.Response:
         raise exc
 
     app = web.Application()
-    if combined:
-        from server.log import handled
-
-        app.router.add_get("/x", handled(handler))  # the server's wrapper: log + errors
-        return app
-    setup_errors(app)
-    app.router.add_get("/x", handler)
+    app.router.add_get("/x", handled(handler))  # the server's wrapper: log + errors
     return app
 
 
@@ -46,11 +41,8 @@ def _app(exc: BaseException, combined: bool = False) -> web.Application:
     ids=["400", "403", "404 not found", "404 unsupported path", "405", "429", "502", "several messages",
          "500 runtime", "500 keyerror", "aiohttp 404", "aiohttp 413"],
 )
-@pytest.mark.parametrize("combined", [False, True], ids=["error middleware", "handled wrapper"])
-async def test_error_mapping(
-    aiohttp_client: Any, exc: BaseException, status: int, body: dict[str, Any], combined: bool
-) -> None:
-    client = await aiohttp_client(_app(exc, combined))
+async def test_error_mapping(aiohttp_client: Any, exc: BaseException, status: int, body: dict[str, Any]) -> None:
+    client = await aiohttp_client(_app(exc))
     resp = await client.get("/x")
     assert resp.status == status
     assert resp.headers["Content-Type"] == "application/json"  # exactly: hvac compares strings
@@ -83,22 +75,14 @@ def test_redact(value: Any, expected: Any) -> None:
     assert redact(value) == expected
 
 
-@pytest.mark.parametrize("combined", [False, True], ids=["two middlewares", "handled wrapper"])
-async def test_request_log_line(aiohttp_client: Any, combined: bool) -> None:
+async def test_request_log_line(aiohttp_client: Any) -> None:
     import structlog
-
-    from server.log import handled, setup_request_log
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=204)
 
     app = web.Application()
-    if combined:
-        app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handled(handler))
-    else:
-        setup_request_log(app)
-        setup_errors(app)
-        app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handler)
+    app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handled(handler))
     client = await aiohttp_client(app)
     with structlog.testing.capture_logs() as logs:
         resp = await client.get("/v1/auth/x/hvs.SECRETSECRETSECRET1", headers={"X-Vault-Token": "hvs.SECRETSECRETSECRET2"})
@@ -119,15 +103,10 @@ def test_redact_processor_on_a_request_line() -> None:
     assert out == {"event": "request", "path": "/v1/auth/x/<redacted>", "token": "<redacted>", "status": 200}
 
 
-@pytest.mark.parametrize("combined", [False, True], ids=["two middlewares", "handled wrapper"])
-async def test_error_is_logged_with_its_status(aiohttp_client: Any, combined: bool) -> None:
+async def test_error_is_logged_with_its_status(aiohttp_client: Any) -> None:
     import structlog
 
-    from server.log import setup_request_log
-
-    app = _app(RuntimeError("boom"), combined)
-    if not combined:
-        setup_request_log(app)
+    app = _app(RuntimeError("boom"))
     client = await aiohttp_client(app)
     with structlog.testing.capture_logs() as logs:
         resp = await client.get("/x")

@@ -23,7 +23,6 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Backend, Operation, PathSpec
 from plugin.storage import InMemoryStorage
 from plugin.schema import FieldSet
-from server.errors import setup_errors
 from server.storage.sqlite import SQLiteStorage
 from server.tokens import TokenStore
 
@@ -72,9 +71,7 @@ async def test_pre_rendered_request_line(aiohttp_client: Any, monkeypatch: pytes
         return web.Response(status=204)
 
     app = web.Application()
-    log.setup_request_log(app)
-    setup_errors(app)
-    app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", handler)
+    app.router.add_get("/v1/auth/x/hvs.SECRETSECRETSECRET1", log.handled(handler))
     client = await aiohttp_client(app)
     for _ in range(2):
         resp = await client.get(
