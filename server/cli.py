@@ -15,7 +15,7 @@ from dataclasses import replace
 from server.app import StartupError, create_app
 from server.appkeys import ROOT_TOKEN
 from server.listparser import ListVerbAppRunner
-from server.log import configure_logging
+from server.log import configure_logging, flush_request_log
 from server.settings import Settings, SettingsError, dev_settings, load_settings
 
 __all__ = ["main", "serve"]
@@ -108,6 +108,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
     finally:
         await runner.cleanup()
         sock.close()
+        flush_request_log()
     return 0
 
 

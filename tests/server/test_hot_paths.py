@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import io
@@ -87,6 +88,36 @@ async def test_pre_rendered_request_line(aiohttp_client: Any, monkeypatch: pytes
     ]
     assert line["path"] == "/v1/auth/x/<redacted>" and line["status"] == 204 and line["event"] == "request"
     assert b"SECRETSECRET" not in sink.getvalue()
+
+
+
+async def test_request_lines_are_flushed_within_the_delay_not_per_request(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines wait in the buffer (no write(2) per request) and reach the file within
+    FLUSH_DELAY; flush_request_log (shutdown, exit) writes them out at once."""
+    raw = io.BytesIO()
+    sink = io.BufferedWriter(raw, buffer_size=65536)
+    monkeypatch.setattr(log, "_request_sink", sink)
+    monkeypatch.setattr(log, "_flush_pending", False)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/x", log.handled(handler))
+    client = await aiohttp_client(app)
+    for _ in range(3):
+        assert (await client.get("/x")).status == 204
+    assert raw.getvalue() == b""  # still buffered: three requests, no flush yet
+    for _ in range(100):  # the timer fires after FLUSH_DELAY (0.05 s)
+        if raw.getvalue().count(b"\n") == 3:
+            break
+        await asyncio.sleep(log.FLUSH_DELAY)
+    assert raw.getvalue().count(b"\n") == 3
+    assert (await client.get("/x")).status == 204
+    log.flush_request_log()
+    assert raw.getvalue().count(b"\n") == 4
 
 
 # -- randomness ----------------------------------------------------------------------------
