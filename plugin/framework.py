@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -133,7 +133,8 @@ class Request:
     storage: Storage | None = None
     system: SystemView | Any = None
     connection: Connection | None = None
-    headers: dict[str, str] = field(default_factory=dict)
+    #: Request headers (lower-case names, without the caller's credentials); read-only.
+    headers: Mapping[str, str] = field(default_factory=dict)
     #: For RENEW: the token being renewed, as the Auth it was issued from.
     auth: Auth | None = None
     #: On authenticated paths: ``{"entry": server.tokens.TokenEntry, "raw": "<the caller's

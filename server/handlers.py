@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -18,7 +18,6 @@ from server.errors import error_response
 from server.listparser import MARKER_HEADER, is_list_verb
 from server.mounts import Mount
 from server.ratelimit import limited
-from server.tokens import MountInfo
 
 __all__ = [
     "auth_handler",
@@ -245,8 +244,30 @@ async def release(request: web.Request, entry: Any) -> None:
         await request.app[TOKENS].release(entry)
 
 
-def _backend_headers(request: web.Request) -> dict[str, str]:
-    return {k.lower(): v for k, v in request.headers.items() if k.lower() not in _HIDDEN_HEADERS}
+class BackendHeaders(Mapping[str, str]):
+    """The request headers a backend may see: lower-case names, the caller's credentials
+    (token, cookies, the LIST marker) hidden. A view built per request at no cost; no
+    backend reads headers on the login path, so nothing is copied unless one does."""
+
+    __slots__ = ("_headers", "_copy")
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = headers
+        self._copy: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        if self._copy is None:
+            self._copy = {k.lower(): v for k, v in self._headers.items() if k.lower() not in _HIDDEN_HEADERS}
+        return self._copy
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
 
 
 async def _write_capability(mount: Mount, req: Request) -> str:
@@ -280,7 +301,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
     remote = remote_addr(request)
     req = Request(
         operation=op, path=rel, data=data, storage=mount.storage, system=mount.system,
-        connection=Connection(remote), headers=_backend_headers(request),
+        connection=Connection(remote), headers=BackendHeaders(request.headers),
     )
     backend = mount.backend
     entry = None
@@ -321,20 +342,11 @@ async def respond(
     warnings = list(resp.warnings)
     auth_block = resp.auth_block
     if resp.auth is not None:
-        table = request.app[MOUNTS]
-        entry = mount.entry
-        dflt, mx = table.effective_ttls(entry)
         auth_block, issue_warnings = await request.app[TOKENS].issue(
             resp.auth,
-            mount=MountInfo(
-                path="auth/" + entry.path,
-                accessor=entry.accessor,
-                default_lease_ttl=dflt,
-                max_lease_ttl=mx,
-                token_type=entry.config.get("token_type", "default-service"),
-            ),
+            mount=mount.token_info(),
             remote_addr=remote_addr(request),
-            path="auth/" + entry.path + rel if rel else None,
+            path="auth/" + mount.entry.path + rel if rel else None,
         )
         warnings.extend(issue_warnings)
     out = envelope(request, resp.data, auth=auth_block, warnings=warnings, mount_type=mount.entry.type)

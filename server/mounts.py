@@ -17,6 +17,7 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Backend
 from plugin.schema import parse_duration
 from plugin.storage import PrefixedStorage, Storage
+from server.token_entry import MountInfo
 
 __all__ = ["MOUNTS_KEY", "MountEntry", "Mount", "MountSystemView", "MountTable", "normalize_path"]
 
@@ -103,13 +104,32 @@ def _default_config() -> dict[str, Any]:
 class Mount:
     """A live mount: its entry, backend, storage view and SystemView."""
 
-    __slots__ = ("entry", "backend", "storage", "system")
+    __slots__ = ("entry", "backend", "storage", "system", "_token_info")
 
     def __init__(self, entry: MountEntry, backend: Backend, storage: Storage, system: MountSystemView) -> None:
         self.entry = entry
         self.backend = backend
         self.storage = storage
         self.system = system
+        self._token_info: tuple[MountEntry, MountInfo] | None = None
+
+    def token_info(self) -> MountInfo:
+        """What the token store needs to issue a token here, built once per mount entry
+        (``_apply`` installs a new entry object on every change, so a tune is seen)."""
+        cached = self._token_info
+        entry = self.entry
+        if cached is not None and cached[0] is entry:
+            return cached[1]
+        dflt, mx = self.system._table.effective_ttls(entry)
+        info = MountInfo(
+            path="auth/" + entry.path,
+            accessor=entry.accessor,
+            default_lease_ttl=dflt,
+            max_lease_ttl=mx,
+            token_type=entry.config.get("token_type", "default-service"),
+        )
+        self._token_info = (entry, info)
+        return info
 
 
 class MountSystemView:

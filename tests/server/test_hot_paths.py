@@ -320,3 +320,34 @@ async def test_values_read_from_the_file_are_cached_unless_a_commit_intervened(
         assert await store.get("tok/a") == {"v": "a" * 500}
     finally:
         await store.close()
+
+
+# -- backend headers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "visible"),
+    [
+        ("X-Custom", True),
+        ("User-Agent", True),
+        ("X-Vault-Token", False),
+        ("Authorization", False),
+        ("Cookie", False),
+        ("Proxy-Authorization", False),
+        ("X-Authmount-List", False),
+    ],
+)
+def test_backend_headers_hide_credentials(name: str, visible: bool) -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from server.handlers import MARKER_HEADER, BackendHeaders
+
+    raw = CIMultiDict({name: "value", "Host": "h"})
+    if name == "X-Authmount-List":
+        raw = CIMultiDict({MARKER_HEADER: "1", "Host": "h"})
+        name = MARKER_HEADER
+    view = BackendHeaders(CIMultiDictProxy(raw))
+    assert (name.lower() in view) is visible
+    assert view.get(name.lower()) == ("value" if visible else None)
+    assert set(view) == ({name.lower(), "host"} if visible else {"host"})
+    assert len(view) == len(set(view))

@@ -79,3 +79,17 @@ async def test_login_issues_the_mount_s_token_type(
     assert looked["data"]["type"] == issued
     assert looked["data"]["path"] == "auth/jwt/login"
     assert "p" in looked["data"]["policies"]
+
+
+async def test_a_tune_between_logins_applies_to_the_next_login(client: TestClient) -> None:
+    """The token settings of a mount are cached per mount entry: a tune must still be seen."""
+    await jwt_mount(client, "default-service", "default")
+    jwt = make_token(default_claims(), key=KEY)
+    first = (await ok(client, "POST", "auth/jwt/login", {"role": "r", "jwt": jwt}, token=None))["auth"]
+    assert first["token_type"] == "service" and first["lease_duration"] == 2764800
+    await ok(client, "POST", "sys/auth/jwt/tune", {"token_type": "batch", "default_lease_ttl": "1h"})
+    second = (await ok(client, "POST", "auth/jwt/login", {"role": "r", "jwt": jwt}, token=None))["auth"]
+    assert second["token_type"] == "batch" and second["lease_duration"] == 3600
+    await ok(client, "POST", "sys/auth/jwt/tune", {"token_type": "default-service", "default_lease_ttl": "system"})
+    third = (await ok(client, "POST", "auth/jwt/login", {"role": "r", "jwt": jwt}, token=None))["auth"]
+    assert third["token_type"] == "service" and third["lease_duration"] == 2764800
