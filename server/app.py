@@ -20,7 +20,7 @@ from server.ratelimit import setup_ratelimit
 from server.routes import setup_routes
 from server.settings import Settings, SettingsError
 from server.token_backend import TokenBackend
-from server.tokens import TokenStore
+from server.tokens import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
 __all__ = ["create_app", "seed", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY"]
 
@@ -115,6 +115,10 @@ def _token_backend_factory(tokens: Any, policies: Any, mounts: Any) -> Any:
     return factory
 
 
+#: Keys of the token store that no node caches (every use reads the row), see _watch.
+UNCACHED_TOKEN_PREFIXES = (ID_PREFIX, ACCESSOR_PREFIX, PARENT_PREFIX)
+
+
 def _watch(storage: Any, mounts: MountTable, policies: Any, tokens: Any) -> None:
     """Route other nodes' writes to the caches that depend on them."""
     setter = getattr(storage, "set_invalidation_callback", None)
@@ -129,6 +133,11 @@ def _watch(storage: Any, mounts: MountTable, policies: Any, tokens: Any) -> None
                 hook(key)
 
     setter(invalidate)
+    quiet = getattr(storage, "set_unannounced_prefixes", None)
+    if quiet is not None:
+        # Token rows are read from the table on every use (no node caches them), so their
+        # writes need no announcement; mount epochs are cached and stay announced.
+        quiet(UNCACHED_TOKEN_PREFIXES)
 
 
 async def _initial_root_token(settings: Settings, storage: Any, tokens: Any) -> str | None:

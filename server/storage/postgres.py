@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -31,21 +31,21 @@ _SCHEMA_LOCK = 0x61757468_6D6E74  # "authmnt"
 _PUT = (
     "WITH w AS (INSERT INTO authmount_kv (key, value) VALUES (%(key)s, %(value)s::jsonb)"
     " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key)"
-    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w"
+    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w WHERE NOT key LIKE ANY(%(quiet)s::text[])"
 )
 _PUT_MANY = (
     "WITH w AS (INSERT INTO authmount_kv (key, value)"
     " SELECT k, v::jsonb FROM unnest(%(keys)s::text[], %(values)s::text[]) AS t(k, v)"
     " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key)"
-    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w"
+    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w WHERE NOT key LIKE ANY(%(quiet)s::text[])"
 )
 _DELETE = (
     "WITH d AS (DELETE FROM authmount_kv WHERE key = %(key)s RETURNING key)"
-    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM d"
+    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM d WHERE NOT key LIKE ANY(%(quiet)s::text[])"
 )
 _DELETE_PREFIX = (
     "WITH d AS (DELETE FROM authmount_kv WHERE key LIKE %(pattern)s ESCAPE '\\' RETURNING key)"
-    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM d"
+    " SELECT pg_notify(%(chan)s, %(node)s || key) FROM d WHERE NOT key LIKE ANY(%(quiet)s::text[])"
 )
 
 
@@ -111,7 +111,11 @@ class PostgresStorage:
     Concurrent puts are written together (one ``INSERT ... SELECT FROM unnest`` per batch,
     one round trip); if that statement fails they are retried one by one, so a bad value
     fails only its own caller. Keys longer than ~7900 bytes cannot be announced (NOTIFY's
-    payload limit) and their writes fail. Build it with ``await PostgresStorage.open(dsn)``.
+    payload limit) and their writes fail. Writes under the prefixes given to
+    ``set_unannounced_prefixes`` (keys no node caches, e.g. service tokens) are not
+    announced: PostgreSQL serialises the commits of all transactions that NOTIFY (a global
+    lock held through the commit's WAL flush), which would stop concurrent logins of
+    several nodes from sharing a flush. Build it with ``await PostgresStorage.open(dsn)``.
     """
 
     def __init__(self, dsn: str, pool_size: int = 10) -> None:
@@ -120,6 +124,7 @@ class PostgresStorage:
         self._node_prefix = self.node_id + " "
         self._pool = _Pool(dsn, pool_size)
         self._callback: Callable[[str], None] | None = None
+        self._quiet: list[str] = []  # LIKE patterns of keys whose writes are not announced
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._closed = False
@@ -152,8 +157,13 @@ class PostgresStorage:
         if self._closed:
             raise RuntimeError("storage is closed")
 
+    def set_unannounced_prefixes(self, prefixes: Sequence[str]) -> None:
+        """Do not NOTIFY writes of keys under ``prefixes``: only for keys that no node
+        caches (other nodes must read them from the table every time)."""
+        self._quiet = [like_prefix(p) for p in prefixes]
+
     def _params(self, **extra: Any) -> dict[str, Any]:
-        return {"chan": CHANNEL, "node": self._node_prefix, **extra}
+        return {"chan": CHANNEL, "node": self._node_prefix, "quiet": self._quiet, **extra}
 
     async def get(self, key: str) -> Any | None:
         """Return the value at ``key`` or None."""

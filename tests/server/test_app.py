@@ -457,3 +457,25 @@ async def test_num_uses_token_is_revoked_after_its_last_use(echo: TestClient) ->
     assert (await echo.post("/v1/auth/echo/echo", json={}, headers=token)).status == 200
     assert (await echo.post("/v1/auth/echo/echo", json={}, headers=token)).status == 200
     assert (await echo.post("/v1/auth/echo/echo", json={}, headers=token)).status == 403
+
+
+async def test_token_rows_are_not_announced_to_other_nodes(aiohttp_client: Any) -> None:
+    """A shared engine is told which keys no node caches (token rows), so their writes need
+    no cross-node invalidation; cached keys (mount epochs, mounts, policies) are not on it."""
+    from plugin.storage import InMemoryStorage
+    from server.tokens import EPOCH_PREFIX
+
+    class Shared(InMemoryStorage):
+        quiet: list[str] = []
+
+        def set_invalidation_callback(self, cb: Any) -> None:
+            self.cb = cb
+
+        def set_unannounced_prefixes(self, prefixes: Any) -> None:
+            self.quiet = list(prefixes)
+
+    storage = Shared()
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
+    assert storage.quiet == ["sys/token/id/", "sys/token/accessor/", "sys/token/parent/"]
+    assert not any(EPOCH_PREFIX.startswith(p) or p.startswith("sys/token/mount") for p in storage.quiet)

@@ -386,6 +386,50 @@ async def test_postgres_invalidation_reaches_other_nodes(postgres_dsn: str) -> N
         await b.close()
 
 
+@pytest.mark.parametrize(
+    "write",
+    ["put", "put_many", "update", "update_to_none", "delete", "delete_prefix"],
+)
+async def test_postgres_unannounced_prefixes_are_not_notified(postgres_dsn: str, write: str) -> None:  # noqa: F811
+    """Writes under set_unannounced_prefixes (token rows: no node caches them) send no
+    NOTIFY, by every kind of write; other keys, and similar-looking ones, still do."""
+    a = await open_storage({"type": "postgres", "dsn": postgres_dsn})
+    b = await open_storage({"type": "postgres", "dsn": postgres_dsn, "pool_size": 2})
+    seen: list[str] = []
+    b.set_invalidation_callback(seen.append)
+    a.set_unannounced_prefixes(["sys/token/id/", "x_%/"])  # LIKE wildcards are literal
+    quiet = ["sys/token/id/abc", "x_%/k"]
+    loud = ["sys/token/mount-epoch/m", "sys/token/idx", "xy%/k"]
+    try:
+        for key in quiet + loud:
+            await a.put(key, 1)
+        seen.clear()
+        for key in quiet + loud:
+            if write == "put":
+                await a.put(key, 2)
+            elif write == "put_many":
+                await asyncio.gather(*(a.put(k, 3) for k in (key, key + "-2")))
+            elif write == "update":
+                await a.update(key, lambda old: {"n": 1})
+            elif write == "update_to_none":
+                await a.update(key, lambda old: None)
+            elif write == "delete":
+                await a.delete(key)
+            else:
+                await a.delete_prefix(key)
+        await b.put("marker", 1)  # b's own write: not announced to b; wait on a's loud ones
+        await _wait_for(seen, set(loud))
+        await asyncio.sleep(0.2)  # a late notification of a quiet key would land by now
+        assert not set(seen) & set(quiet), seen
+        assert await b.get("sys/token/id/abc") == (
+            None if write in ("update_to_none", "delete", "delete_prefix") else
+            {"n": 1} if write == "update" else 3 if write == "put_many" else 2
+        )
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_postgres_updates_atomic_across_nodes(postgres_dsn: str) -> None:  # noqa: F811
     a = await open_storage({"type": "postgres", "dsn": postgres_dsn, "pool_size": 5})
     b = await open_storage({"type": "postgres", "dsn": postgres_dsn, "pool_size": 5})
