@@ -98,7 +98,9 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
     runner = ListVerbAppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     try:
         await runner.setup()
-        site = web.SockSite(runner, sock)
+        # The event loop calls listen() again with the site's backlog (aiohttp's default
+        # is 128): pass ours, or a storm of new connections overflows the accept queue.
+        site = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
         await site.start()
         root = app.get(ROOT_TOKEN)
         if worker == 0 or root:
@@ -112,11 +114,16 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
     return 0
 
 
+#: Pending connections the kernel queues for accept() (capped by net.core.somaxconn): a
+#: fleet restarting opens many at once, and a full queue drops SYNs (1 s, 3 s retries).
+LISTEN_BACKLOG = 1024
+
+
 def _bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``OSError`` when it is taken)."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family = infos[0][0]
-    sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock
 

@@ -3,6 +3,7 @@ LIST, restart persistence on SQLite, seeding, config errors and clean SIGTERM sh
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -319,3 +320,39 @@ def test_busy_port_fails_before_minting_the_root_token(tmp_path: Path) -> None:
     with start_server(config={"storage": {"type": "sqlite", "path": str(db)}}, workdir=tmp_path) as srv:
         assert srv.root_token  # the first successful start still shows it
         assert srv.client().is_authenticated()
+
+
+def test_listen_backlog_holds_a_connection_storm(tmp_path: Path) -> None:
+    """A fleet restarting connects all at once: the kernel must queue far more than
+    aiohttp's default 128 pending connections (a full queue drops SYNs: 1 s, 3 s retries).
+    With the server stopped (SIGSTOP), handshakes still complete into the accept queue,
+    up to the backlog; count how many of 400 non-blocking connects complete."""
+    import select
+    import signal
+    import socket
+
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    if somaxconn <= 200:
+        pytest.skip(f"net.core.somaxconn is {somaxconn}: the kernel caps every backlog below the test's storm")
+    with start_server(dev=True, root_token_id="backlog-root", workdir=tmp_path) as srv:
+        host, port = srv.address.rsplit(":", 1)
+        socks: list[socket.socket] = []
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            for _ in range(min(400, somaxconn)):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex((host, int(port)))
+                socks.append(s)
+            connected: set[int] = set()
+            for _ in range(20):  # loopback handshakes finish at once; allow for a slow machine
+                _, writable, _ = select.select([], [s for s in socks if s.fileno() not in connected], [], 0.1)
+                connected.update(s.fileno() for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+                if len(connected) == len(socks):
+                    break
+            assert len(connected) == len(socks), f"only {len(connected)} of {len(socks)} connections queued"
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+            for s in socks:
+                s.close()
+        assert requests.get(srv.url + "/v1/sys/health", timeout=10).status_code == 200
