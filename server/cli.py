@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from server.app import StartupError, create_app
 from server.appkeys import ROOT_TOKEN
@@ -65,14 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.workers > 1 and worker is None:
         return _supervise(settings.workers, list(argv) if argv is not None else sys.argv[1:])
     configure_logging(settings.log_level, settings.log_format)
-    runner_cls = asyncio.Runner
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        loop_factory = None
-    with runner_cls(loop_factory=loop_factory) as runner:
+    with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
         try:
             return runner.run(serve(settings, reuse_port=worker is not None, worker=int(worker or 0)))
         except (StartupError, SettingsError) as exc:
@@ -112,6 +106,18 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
         sock.close()
         flush_request_log()
     return 0
+
+
+def _loop_factory(name: str) -> Any:
+    """The event loop constructor for the ``event_loop`` setting (None: asyncio's)."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+            print("warning: event_loop uvloop is not installed; using asyncio", file=sys.stderr)
+            return None
+        return uvloop.new_event_loop
+    return None
 
 
 #: Pending connections the kernel queues for accept() (capped by net.core.somaxconn): a

@@ -145,7 +145,8 @@ def test_restart_persistence_on_sqlite(tmp_path: Path) -> None:
         assert "deploy" in client.sys.list_policies()["data"]["policies"]
     assert first.returncode == 0
     assert root not in first.log_text()
-    with start_server(config=config, workdir=tmp_path, root_token=root) as second:
+    # The second start also runs on the opt-in uvloop event loop (the first on asyncio's).
+    with start_server(config={**config, "event_loop": "uvloop"}, workdir=tmp_path, root_token=root) as second:
         assert "Root Token:" not in second.stdout_text()
         client = second.client()
         methods = client.sys.list_auth_methods()

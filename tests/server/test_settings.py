@@ -20,6 +20,7 @@ def test_defaults() -> None:
     assert s.default_lease_ttl == s.max_lease_ttl == 768 * 3600
     assert s.max_request_size == 1 << 20
     assert s.workers == 1 and s.log_format == "json" and s.trusted_proxies == ()
+    assert s.event_loop == "asyncio"  # fair under overload; uvloop is opt-in (performance.md)
 
 
 def test_full_mapping() -> None:
@@ -51,6 +52,7 @@ def test_full_mapping() -> None:
         ({"default_lease_ttl": "forever"}, "default_lease_ttl: invalid duration"),
         ({"default_lease_ttl": "2h", "max_lease_ttl": "1h"}, "default_lease_ttl: must not be greater"),
         ({"log_format": "xml"}, "log_format: must be one of json, console"),
+        ({"event_loop": "trio"}, "event_loop: must be one of asyncio, uvloop"),
         ({"trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies[0]: invalid CIDR"),
         ({"workers": 0}, "workers: must be an integer >= 1"),
         ({"max_request_size": "big"}, "max_request_size: must be an integer"),
@@ -88,3 +90,16 @@ def test_dev_settings() -> None:
     assert s.dev and s.storage.type == "memory" and s.dev_root_token_id == "myroot"
     with pytest.raises(SettingsError, match="dev-listen-address"):
         dev_settings("", "nope")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("asyncio", None), ("UVLOOP", "uvloop")])
+def test_event_loop_setting_picks_the_loop(value: str, expected: str | None) -> None:
+    from server.cli import _loop_factory
+
+    s = settings_from_mapping({"event_loop": value})
+    factory = _loop_factory(s.event_loop)
+    if expected is None:
+        assert factory is None  # asyncio.Runner's default: the standard library loop
+    else:
+        uvloop = pytest.importorskip("uvloop")
+        assert factory is uvloop.new_event_loop
