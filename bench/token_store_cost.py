@@ -10,12 +10,16 @@ tokens, 16 at a time (so SQLite group-commits as under load), then authenticates
 - rows and bytes the logins left in storage (key + stored JSON value).
 
 Rounds are interleaved runs; the median and the spread (min-max) are printed.
+``--sweep N`` instead fills a SQLite file with N tokens (none due) and prints the loop CPU
+of ``sweep()`` (reads every token) and, where the store has it, ``sweep(due_only=True)``
+(what the periodic sweeper runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import sqlite3
 import statistics
 import sys
@@ -110,13 +114,45 @@ async def _one_round(kind: str, n: int, uses: int) -> dict[str, float]:
     }
 
 
+async def _sweep_cost(n: int, rounds: int) -> None:
+    from server.storage import open_storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = await open_storage({"type": "sqlite", "path": str(Path(tmp) / "sweep.db")})
+        try:
+            store = TokenStore(storage)
+            await store.start(sweep=False)
+            auth = _auth()
+            for _ in range(n // 64):
+                await asyncio.gather(*(store.issue(auth, mount=MOUNT) for _ in range(64)))
+            modes: list[tuple[str, dict[str, bool]]] = [("sweep()", {})]
+            if "due_only" in inspect.signature(store.sweep).parameters:
+                modes.append(("sweep(due_only=True)", {"due_only": True}))
+            for name, kwargs in modes:
+                cpu = []
+                for _ in range(rounds):
+                    t0 = time.thread_time()
+                    await store.sweep(**kwargs)
+                    cpu.append(time.thread_time() - t0)
+                cpu.sort()
+                print(f"{name:22} {n} tokens: loop CPU median {statistics.median(cpu) * 1e3:8.1f} ms "
+                      f"(spread {cpu[0] * 1e3:.1f}-{cpu[-1] * 1e3:.1f}), "
+                      f"{statistics.median(cpu) / n * 1e6:.3f} us per token")
+        finally:
+            await storage.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=20000, help="logins per round (default 20000)")
     parser.add_argument("--uses", type=int, default=2, help="authenticate() calls per token (default 2)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--storage", default="memory,sqlite", help="comma list: memory, sqlite")
+    parser.add_argument("--sweep", type=int, default=0, metavar="N", help="measure the sweep over N tokens instead")
     args = parser.parse_args()
+    if args.sweep:
+        asyncio.run(_sweep_cost(args.sweep, args.rounds))
+        return
     kinds = args.storage.split(",")
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for r in range(args.rounds):

@@ -20,13 +20,16 @@ from plugin.framework import Auth
 from plugin.storage import Storage
 from server.token_entry import (
     DEFAULT_MAX_TTL,
+    SELECTOR_LEN,
     MountInfo,
     RenewHook,
     TokenEntry,
+    accessor_selector,
     calculate_ttl,
     check_assignable,
     cidr_allows,
     decode_batch,
+    due_cutoff,
     encode_batch,
     login_display_name,
     mint_ids,
@@ -34,7 +37,6 @@ from server.token_entry import (
     resolve_token_type,
     rfc3339,
     sanitize_policies,
-    accessor_selector,
     token_selector,
     validate_cidrs,
 )
@@ -68,9 +70,14 @@ DECODED_ENTRIES = 1024
 _EPOCH_CACHE_SECONDS = 1.0
 _PENDING_GRACE = 30.0  # seconds a num_uses-exhausted entry may linger before the sweeper drops it
 _MAX_PARENT_DEPTH = 32
+#: Renewed tokens the sweeper remembers (selector → expiry) so it does not re-read them
+#: every interval once their minted expiry has passed. Bounded: ~2 MB at most.
+_SWEEP_HINTS = 16384
 _ENTITY_CACHE_SIZE = 4096
 #: Entries a full scan (sweep, mount revocation) handles between two event-loop turns.
 _SCAN_CHUNK = 64
+#: Keys the due-only sweep may skip (no read) between two event-loop turns.
+_SKIP_CHUNK = 4096
 
 
 async def _pause(n: int) -> None:
@@ -90,7 +97,9 @@ class TokenStore:
 
     - a minted service token ``hvs.<selector><secret>`` is ONE row,
       ``sys/token/id/<selector>`` → entry with ``verifier`` = HMAC(salt, token); its
-      accessor is ``<selector><random>`` and is found through the same row;
+      accessor is ``<selector><random>`` and is found through the same row. The selector
+      (``server.token_entry.mint_ids``) is the minting time, the minted expiry and a
+      random tail: keys append in time order, and the sweeper skips rows not yet due;
     - a token whose id the caller chose (``--dev-root-token-id``), and any token stored
       before selectors existed: ``sys/token/id/<hmac(token)>`` → entry plus
       ``sys/token/accessor/<hmac(accessor)>`` → ``{"id_hash": <hmac(token)>}``;
@@ -127,6 +136,7 @@ class TokenStore:
         # with ``peek_cached``): a write publishes new bytes, so a hit is never stale.
         self._peek: Callable[[str], bytes | None] | None = getattr(storage, "peek_cached", None)
         self._decoded: dict[str, tuple[bytes, TokenEntry]] = {}
+        self._sweep_hints: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> None:
@@ -267,7 +277,7 @@ class TokenStore:
             entry.renewable = False
         if entry.type == "batch":
             return self._mint_batch(entry)
-        selector, raw, entry.accessor = mint_ids(self.clock())
+        selector, raw, entry.accessor = mint_ids(self.clock(), entry.expire_time)
         entry.id_hash, entry.verifier = selector, self.hash(raw)
         if entry.parent is None:
             await self.storage.put(ID_PREFIX + selector, entry.to_dict())
@@ -676,14 +686,37 @@ class TokenStore:
         return 1
 
     # -- expiry sweeper ------------------------------------------------------------------
-    async def sweep(self) -> int:
-        """Delete expired, exhausted and orphaned-by-revocation entries; return the count."""
+    async def sweep(self, *, due_only: bool = False) -> int:
+        """Delete expired, exhausted and orphaned-by-revocation entries; return the count.
+
+        ``due_only`` (the periodic sweeper) reads only rows that may have expired: a
+        selector carries the expiry its token was minted with, which renewals only
+        extend, so younger rows are skipped on their key alone, and a row found renewed
+        is remembered until its new expiry. Rows it skips are dead anyway when a use-
+        exhausted token was never released or its parent was revoked without it (lookup
+        refuses them); they go when they reach their expiry, or now with a full sweep
+        (``auth/token/tidy``). HMAC-keyed rows (chosen ids, earlier versions) are read.
+        """
         count = 0
         now = self.clock()
+        start, end, cutoff = due_cutoff(now)
+        hints = self._sweep_hints
+        read = 0
         for n, key in enumerate(await self.storage.list(ID_PREFIX)):
-            await _pause(n)
+            if n % _SKIP_CHUNK == _SKIP_CHUNK - 1:
+                await asyncio.sleep(0)  # ~1 ms of skipped keys: let requests run
             if key.endswith("/"):
                 continue
+            if due_only and len(key) == SELECTOR_LEN:
+                if key[start:end] > cutoff:
+                    continue  # minted to expire later than now
+                hint = hints.get(key)
+                if hint is not None:
+                    if hint > now:
+                        continue
+                    del hints[key]
+            await _pause(read)
+            read += 1
             data = await self.storage.get(ID_PREFIX + key)
             if data is None:
                 continue
@@ -694,13 +727,17 @@ class TokenStore:
                 continue
             if await self._check_live(entry) is None:
                 count += 1
+            elif due_only and len(key) == SELECTOR_LEN and entry.expire_time:
+                if len(hints) >= _SWEEP_HINTS:
+                    hints.clear()
+                hints[key] = entry.expire_time
         return count
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                removed = await self.sweep()
+                removed = await self.sweep(due_only=True)
                 if removed:
                     log.info("token_sweep", removed=removed)
             except asyncio.CancelledError:

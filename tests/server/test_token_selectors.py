@@ -20,6 +20,7 @@ from server.token_entry import (
     TOKEN_LEN,
     accessor_selector,
     mint_ids,
+    selector_due,
     selector_time,
     token_selector,
 )
@@ -120,11 +121,11 @@ async def test_wrong_secret_of_expired_token_does_not_revoke_it(store: TokenStor
 
 @pytest.mark.parametrize(
     "raw",
-    ["hvs." + "0" * 40, "hvs." + "z" * 40, "hvs." + "A" * 40],
+    ["hvs." + "0" * (TOKEN_LEN - 4), "hvs." + "z" * (TOKEN_LEN - 4), "hvs." + "A" * (TOKEN_LEN - 4)],
     ids=["zeros", "max", "plausible"],
 )
 async def test_well_formed_unknown_selector_denied(store: TokenStore, raw: str) -> None:
-    assert token_selector(raw) == raw[4:22]
+    assert token_selector(raw) == raw[4 : 4 + SELECTOR_LEN]
     with pytest.raises(PermissionDenied, match="^permission denied$"):
         await store.authenticate(raw, "127.0.0.1")
 
@@ -187,6 +188,28 @@ def test_selectors_sort_in_creation_order() -> None:
     assert [selector_time(s) for s in selectors] == [round(t * 1000) / 1000 for t in times]
 
 
+@pytest.mark.parametrize(
+    ("value", "width", "expected"),
+    [
+        (0, 8, "00000000"),
+        (61, 8, "0000000z"),
+        (62, 8, "00000010"),
+        (3843, 8, "000000zz"),
+        (3844, 8, "00000100"),
+        (62**8 - 1, 8, "zzzzzzzz"),
+        (62**8, 8, "zzzzzzzz"),  # clamped, never wraps
+        (-1, 6, "000000"),
+        (1_800_000_000, 6, "1xocE4"),
+    ],
+    ids=["zero", "last-digit", "carry", "two-digits", "carry-two", "max", "over-max", "negative", "now-seconds"],
+)
+def test_selector_digits(value: int, width: int, expected: str) -> None:
+    from server.token_entry import _decode, _encode
+
+    assert _encode(value, width) == expected
+    assert _decode(expected) == min(max(0, value), 62**width - 1)
+
+
 async def test_stored_rows_list_in_creation_order(store: TokenStore, clock: Clock) -> None:
     raws = []
     for step in (0.001, 0.05, 1, 3600, 0.001, 86400 * 400):
@@ -218,8 +241,8 @@ async def test_unique_rows_over_many_concurrent_mints(store: TokenStore) -> None
 
 @pytest.mark.parametrize(
     "token_id",
-    ["root", "hvs.my-dev-token", "hvs." + "A" * 24, "hvs." + "A" * 41, "x" * 44],
-    ids=["plain", "hvs-with-dash", "legacy-shape", "one-too-long", "44-no-prefix"],
+    ["root", "hvs.my-dev-token", "hvs." + "A" * 24, "hvs." + "A" * (TOKEN_LEN - 3), "x" * TOKEN_LEN],
+    ids=["plain", "hvs-with-dash", "legacy-shape", "one-too-long", "no-prefix"],
 )
 async def test_chosen_root_id_uses_the_hmac_layout(clock: Clock, token_id: str) -> None:
     storage = InMemoryStorage()
@@ -377,3 +400,122 @@ def test_entry_round_trip_keeps_verifier() -> None:
     entry = TokenEntry(id_hash="s", accessor="a", policies=["p"], verifier="v" * 64)
     assert TokenEntry.from_dict(entry.to_dict()) == entry
     assert TokenEntry.from_dict({k: v for k, v in entry.to_dict().items() if k != "verifier"}).verifier == ""
+
+
+# -- the periodic sweep reads only rows that may have expired ------------------------------------
+
+
+class CountingStorage(InMemoryStorage):
+    """Counts the token rows read (the sweeper's cost)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    async def get(self, key: str) -> Any | None:
+        if key.startswith(ID_PREFIX):
+            self.reads.append(key[len(ID_PREFIX) :])
+        return await super().get(key)
+
+
+@pytest.fixture
+async def counting(clock: Clock) -> Any:
+    s = TokenStore(CountingStorage(), clock=clock)
+    await s.start(sweep=False)
+    yield s
+    await s.close()
+
+
+def test_selector_carries_the_minted_expiry() -> None:
+    selector, _, accessor = mint_ids(T0 + 0.5, T0 + 3600.9)
+    assert selector_due(selector) == selector_due(accessor) == T0 + 3600  # rounded down
+    assert selector_due(mint_ids(T0, 0.0)[0]) == 0.0  # never expires
+    assert selector_time(selector) == T0 + 0.5
+
+
+@pytest.mark.parametrize(
+    ("advance", "read_ttls", "removed"),
+    [
+        (5, [], 0),
+        (10, [10], 1),  # expire_time == now: expired
+        (600, [10], 1),
+        (3600, [10, 3600], 2),
+        (10**6, [10, 3600], 2),
+    ],
+    ids=["nothing due", "due at the second", "one due", "both due", "long after"],
+)
+async def test_due_only_sweep_reads_only_due_rows(
+    counting: TokenStore, clock: Clock, advance: int, read_ttls: list[int], removed: int
+) -> None:
+    selectors = {}
+    for ttl in (10, 3600):
+        block, _ = await counting.issue(login(ttl=ttl), mount=JWT)
+        selectors[ttl] = _sel(block["client_token"])
+    root = await counting.create_root()  # never expires: never read
+    counting.storage.reads.clear()  # type: ignore[attr-defined]
+    clock.now += advance
+    assert await counting.sweep(due_only=True) == removed
+    swept = [r for r in counting.storage.reads if r in selectors.values()]  # type: ignore[attr-defined]
+    assert sorted(set(swept)) == sorted(selectors[t] for t in read_ttls)
+    assert _sel(root) not in counting.storage.reads  # type: ignore[attr-defined]
+    assert len(await counting.storage.list(ID_PREFIX)) == 3 - removed
+
+
+async def test_due_only_sweep_remembers_renewed_tokens(counting: TokenStore, clock: Clock) -> None:
+    block, _ = await counting.issue(login(ttl=600), mount=JWT)
+    raw, selector = block["client_token"], _sel(block["client_token"])
+    clock.now += 500
+    await counting.renew(await counting.authenticate(raw, "127.0.0.1"), 3000, mount=JWT)
+    reads = counting.storage.reads  # type: ignore[attr-defined]
+    clock.now += 200  # past the minted expiry, within the renewal
+    for _ in range(3):
+        reads.clear()
+        assert await counting.sweep(due_only=True) == 0
+        assert reads.count(selector) == (1 if _ == 0 else 0)  # read once, then remembered
+    clock.now += 3000
+    assert await counting.sweep(due_only=True) == 1
+    assert await counting.lookup(raw) is None
+
+
+async def test_due_only_sweep_reads_hmac_keyed_rows(counting: TokenStore, clock: Clock) -> None:
+    legacy = await _write_legacy(counting, LEGACY_RAW, LEGACY_ACCESSOR)
+    await counting.create_root("dev-root")
+    counting.storage.reads.clear()  # type: ignore[attr-defined]
+    assert await counting.sweep(due_only=True) == 0
+    assert sorted(counting.storage.reads) == sorted([legacy, counting.hash("dev-root")])  # type: ignore[attr-defined]
+    clock.now += 3601
+    assert await counting.sweep(due_only=True) == 1
+    assert await counting.lookup(LEGACY_RAW) is None
+
+
+async def test_exhausted_unreleased_token_waits_for_expiry_or_tidy(store: TokenStore, clock: Clock) -> None:
+    """The due-only sweep leaves a dead (num_uses spent, never released) row until its expiry;
+    the full sweep (tidy) removes it after the grace period, as before."""
+    block, _ = await store.issue(login(num_uses=1, ttl=3600), mount=JWT)
+    raw = block["client_token"]
+    assert (await store.authenticate(raw, "127.0.0.1")).num_uses == -1
+    clock.now += 60
+    with pytest.raises(PermissionDenied):
+        await store.authenticate(raw, "127.0.0.1")
+    assert await store.sweep(due_only=True) == 0
+    assert await store.storage.get(ID_PREFIX + _sel(raw)) is not None
+    assert await store.sweep() == 1
+    assert await store.storage.list(ID_PREFIX) == []
+
+
+async def test_sweep_hints_are_bounded(counting: TokenStore, clock: Clock, monkeypatch: Any) -> None:
+    import server.tokens as tokens_mod
+
+    monkeypatch.setattr(tokens_mod, "_SWEEP_HINTS", 3)
+    raws = []
+    for _ in range(5):
+        block, _ = await counting.issue(login(ttl=60), mount=JWT)
+        raws.append(block["client_token"])
+    clock.now += 50
+    for raw in raws:
+        await counting.renew(await counting.authenticate(raw, "127.0.0.1"), 600, mount=JWT)
+    clock.now += 20
+    assert await counting.sweep(due_only=True) == 0
+    assert len(counting._sweep_hints) <= 3
+    clock.now += 600
+    assert await counting.sweep(due_only=True) == 5

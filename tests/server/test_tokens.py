@@ -66,8 +66,8 @@ AUTH_KEYS = [
 async def test_issue_auth_block_shape(store: TokenStore) -> None:
     block, warnings = await store.issue(login(), mount=JWT)
     assert list(block) == AUTH_KEYS
-    assert block["client_token"].startswith("hvs.") and len(block["client_token"]) == TOKEN_LEN == 44
-    assert len(block["accessor"]) == ACCESSOR_LEN == 26
+    assert block["client_token"].startswith("hvs.") and len(block["client_token"]) == TOKEN_LEN == 50
+    assert len(block["accessor"]) == ACCESSOR_LEN == 32
     assert block["accessor"][:SELECTOR_LEN] == block["client_token"][4 : 4 + SELECTOR_LEN]
     assert block["policies"] == ["default", "dev"] == block["token_policies"]
     assert block["metadata"] == {"role": "r1"}
