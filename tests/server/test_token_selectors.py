@@ -519,3 +519,49 @@ async def test_sweep_hints_are_bounded(counting: TokenStore, clock: Clock, monke
     assert len(counting._sweep_hints) <= 3
     clock.now += 600
     assert await counting.sweep(due_only=True) == 5
+
+
+# -- the upgrade over HTTP: a server started on storage holding old-layout rows ----------------
+
+
+async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Any) -> None:
+    import dataclasses
+
+    from server.app import create_app
+    from server.listparser import make_test_server
+    from server.settings import Settings, StorageSettings
+
+    storage = InMemoryStorage()
+    old = TokenStore(storage)  # the previous version's salt, and its rows
+    await old.start(sweep=False)
+    parent = await _write_legacy(old, LEGACY_RAW, LEGACY_ACCESSOR, mount_accessor="", path="auth/token/create",
+                                 policies=["root"], ttl=0, expire_time=0.0, renewable=False)
+    await _write_legacy(old, LEGACY_CHILD, LEGACY_CHILD_ACCESSOR, parent=parent, orphan=False, mount_accessor="",
+                        path="auth/token/create", expire_time=old.clock() + 3600)
+    settings = dataclasses.replace(Settings(storage=StorageSettings(type="memory", path="")), dev=True)
+    client = await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
+    root = {"X-Vault-Token": LEGACY_RAW}
+
+    resp = await client.get("/v1/auth/token/lookup-self", headers=root)
+    assert resp.status == 200 and (await resp.json())["data"]["accessor"] == LEGACY_ACCESSOR
+    resp = await client.post("/v1/auth/token/create", json={"policies": ["default"], "ttl": "1h"}, headers=root)
+    new = (await resp.json())["auth"]
+    assert resp.status == 200 and len(new["client_token"]) == TOKEN_LEN
+    resp = await client.request("LIST", "/v1/auth/token/accessors", headers=root)
+    keys = (await resp.json())["data"]["keys"]
+    assert {LEGACY_ACCESSOR, LEGACY_CHILD_ACCESSOR, new["accessor"]} <= set(keys)
+    for accessor in (LEGACY_CHILD_ACCESSOR, new["accessor"]):
+        resp = await client.post("/v1/auth/token/lookup-accessor", json={"accessor": accessor}, headers=root)
+        assert resp.status == 200 and (await resp.json())["data"]["accessor"] == accessor
+    resp = await client.post("/v1/auth/token/renew-self", json={"increment": "30m"},
+                             headers={"X-Vault-Token": LEGACY_CHILD})
+    assert resp.status == 200 and (await resp.json())["auth"]["lease_duration"] == 1800
+    resp = await client.post("/v1/auth/token/revoke-accessor", json={"accessor": LEGACY_CHILD_ACCESSOR}, headers=root)
+    assert resp.status == 204
+    resp = await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": LEGACY_CHILD})
+    assert resp.status == 403
+    resp = await client.post("/v1/auth/token/revoke-self", headers={"X-Vault-Token": LEGACY_RAW})
+    assert resp.status == 204
+    for raw in (LEGACY_RAW, new["client_token"]):  # the new child went with its legacy parent
+        resp = await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": raw})
+        assert resp.status == 403
