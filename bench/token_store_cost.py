@@ -12,7 +12,8 @@ tokens, 16 at a time (so SQLite group-commits as under load), then authenticates
 Rounds are interleaved runs; the median and the spread (min-max) are printed.
 ``--sweep N`` instead fills a SQLite file with N tokens (none due) and prints the loop CPU
 of ``sweep()`` (reads every token) and, where the store has it, ``sweep(due_only=True)``
-(what the periodic sweeper runs).
+(what the periodic sweeper runs). ``--heap N`` prints the Python heap (tracemalloc) that
+N more SQLite logins leave allocated (the engine's key index, caches), per login.
 """
 
 from __future__ import annotations
@@ -142,6 +143,33 @@ async def _sweep_cost(n: int, rounds: int) -> None:
             await storage.close()
 
 
+async def _heap_cost(n: int) -> None:
+    import gc
+    import tracemalloc
+
+    from server.storage import open_storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = await open_storage({"type": "sqlite", "path": str(Path(tmp) / "heap.db")})
+        try:
+            store = TokenStore(storage)
+            await store.start(sweep=False)
+            auth = _auth()
+            for _ in range(5000 // CONCURRENCY):  # fill the bounded caches first
+                await asyncio.gather(*(store.issue(auth, mount=MOUNT) for _ in range(CONCURRENCY)))
+            gc.collect()
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(n // CONCURRENCY):
+                await asyncio.gather(*(store.issue(auth, mount=MOUNT) for _ in range(CONCURRENCY)))
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            print(f"Python heap kept per SQLite login: {grown / n:.0f} bytes over {n} logins")
+        finally:
+            await storage.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=20000, help="logins per round (default 20000)")
@@ -149,7 +177,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--storage", default="memory,sqlite", help="comma list: memory, sqlite")
     parser.add_argument("--sweep", type=int, default=0, metavar="N", help="measure the sweep over N tokens instead")
+    parser.add_argument("--heap", type=int, default=0, metavar="N", help="measure the heap N logins keep instead")
     args = parser.parse_args()
+    if args.heap:
+        asyncio.run(_heap_cost(args.heap))
+        return
     if args.sweep:
         asyncio.run(_sweep_cost(args.sweep, args.rounds))
         return
