@@ -33,6 +33,15 @@ __all__ = [
     "calculate_ttl",
     "rfc3339",
     "random_b62",
+    "TOKEN_LEN",
+    "ACCESSOR_LEN",
+    "SELECTOR_LEN",
+    "mint_ids",
+    "token_selector",
+    "accessor_selector",
+    "selector_time",
+    "selector_due",
+    "due_cutoff",
     "validate_cidrs",
     "cidr_allows",
     "login_display_name",
@@ -60,7 +69,13 @@ class MountInfo:
 
 @dataclass(slots=True)
 class TokenEntry:
-    """A token as stored (service) or decoded (batch). Never holds the raw token."""
+    """A token as stored (service) or decoded (batch). Never holds the raw token.
+
+    ``id_hash`` names the token's row ``sys/token/id/<id_hash>``: the selector of a minted
+    service token, or the HMAC of the token for ids chosen by the caller and for tokens
+    stored by versions before selectors. ``verifier`` (selector rows only) is the HMAC of
+    the whole token, compared in constant time on lookup.
+    """
 
     id_hash: str
     accessor: str
@@ -85,6 +100,7 @@ class TokenEntry:
     internal_data: dict[str, Any] = field(default_factory=dict)
     last_renewal_time: int = 0
     revoke_pending_at: float = 0.0  # when num_uses reached -1
+    verifier: str = ""  # HMAC of the raw token (selector rows); "" for HMAC-keyed rows
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (what is stored, and what ``Request.token`` carries)."""
@@ -215,6 +231,103 @@ def random_b62(n: int = 24) -> str:
     while len(out) < n:
         out += random_bytes(n + 8).translate(_B62_TABLE, _B62_REJECT)
     return out[:n].decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------
+# Minted service tokens: "hvs." + selector + secret (the split-token pattern). The selector
+# locates the one storage row (time-ordered, so new rows append to the key index instead
+# of landing on random pages); the secret is never stored, only an HMAC of the whole token.
+# selector = minting time (ms) + first possible expiry (s) + random tail.
+
+#: base62 digits in ASCII order: the text order of two selectors is their time order
+#: (SQLite and PostgreSQL's ``COLLATE "C"`` compare keys byte by byte).
+_B62_ORDERED = string.digits + string.ascii_uppercase + string.ascii_lowercase
+_TIME_LEN = 8  # milliseconds since the epoch; 62**8 ms lasts until the year 8888
+#: The expiry the token was minted with, in whole seconds (renewals only extend it), so the
+#: sweeper can tell from the key alone that a row cannot have expired yet. 62**6 s lasts
+#: until the year 3770; "zzzzzz" means never (non-expiring root tokens).
+_DUE_LEN = 6
+_DUE_NEVER = 62**_DUE_LEN - 1
+_TAIL_LEN = 10  # random (59 bits): unique across processes and nodes minting in one ms
+SELECTOR_LEN = _TIME_LEN + _DUE_LEN + _TAIL_LEN
+_SECRET_LEN = 22  # 22 base62 characters = 131 bits from the OS CSPRNG
+_ACCESSOR_TAIL_LEN = 8
+TOKEN_LEN = len("hvs.") + SELECTOR_LEN + _SECRET_LEN
+ACCESSOR_LEN = SELECTOR_LEN + _ACCESSOR_TAIL_LEN
+
+
+def _encode(value: int, width: int) -> str:
+    """``value`` in ``width`` ordered base62 digits (clamped to what fits)."""
+    value = min(max(0, value), 62**width - 1)
+    high, low = divmod(value, 62 * 62)
+    # The leading digits change every 3844 ms (or s): cached, the rest is one table lookup.
+    prefix = _PREFIXES.get((width, high))
+    if prefix is None:
+        digits: list[str] = []
+        rest = high
+        for _ in range(width - 2):
+            rest, digit = divmod(rest, 62)
+            digits.append(_B62_ORDERED[digit])
+        prefix = "".join(reversed(digits))
+        if len(_PREFIXES) >= 64:
+            _PREFIXES.clear()
+        _PREFIXES[(width, high)] = prefix
+    return prefix + _PAIRS[low]
+
+
+_PAIRS = [a + b for a in _B62_ORDERED for b in _B62_ORDERED]  # two digits, in order
+_PREFIXES: dict[tuple[int, int], str] = {}
+
+
+def _decode(text: str) -> int:
+    value = 0
+    for ch in text:
+        value = value * 62 + _B62_ORDERED.index(ch)
+    return value
+
+
+def mint_ids(now: float, expire_time: float = 0.0) -> tuple[str, str, str]:
+    """A fresh ``(selector, raw token, accessor)`` for a service token minted at ``now``
+    that expires at ``expire_time`` (0: never).
+
+    The accessor is the selector plus its own random part, so it finds the same row.
+    """
+    rand = random_b62(_TAIL_LEN + _SECRET_LEN + _ACCESSOR_TAIL_LEN)
+    due = int(expire_time) if expire_time else _DUE_NEVER  # rounded down: never after the expiry
+    selector = _encode(round(now * 1000), _TIME_LEN) + _encode(due, _DUE_LEN) + rand[:_TAIL_LEN]
+    secret = rand[_TAIL_LEN : _TAIL_LEN + _SECRET_LEN]
+    return selector, "hvs." + selector + secret, selector + rand[_TAIL_LEN + _SECRET_LEN :]
+
+
+def token_selector(raw: str) -> str | None:
+    """The selector of a token shaped like a minted one (``hvs.`` + 40 base62), else None."""
+    if len(raw) == TOKEN_LEN and raw.startswith("hvs.") and raw.isascii() and raw[4:].isalnum():
+        return raw[4 : 4 + SELECTOR_LEN]
+    return None
+
+
+def accessor_selector(accessor: str) -> str | None:
+    """The selector inside an accessor of a minted token (26 base62), else None (legacy)."""
+    if len(accessor) == ACCESSOR_LEN and accessor.isascii() and accessor.isalnum():
+        return accessor[:SELECTOR_LEN]
+    return None
+
+
+def selector_time(selector: str) -> float:
+    """The minting time (unix seconds, millisecond precision) a selector carries."""
+    return _decode(selector[:_TIME_LEN]) / 1000
+
+
+def selector_due(selector: str) -> float:
+    """The expiry a token was minted with, rounded down to the second (0: never expires)."""
+    due = _decode(selector[_TIME_LEN : _TIME_LEN + _DUE_LEN])
+    return 0.0 if due == _DUE_NEVER else float(due)
+
+
+def due_cutoff(now: float) -> tuple[int, int, str]:
+    """``(start, end, cutoff)``: a selector row may have expired by ``now`` only when
+    ``selector[start:end] <= cutoff`` (a string comparison, cheap for a full key list)."""
+    return _TIME_LEN, _TIME_LEN + _DUE_LEN, _encode(int(now), _DUE_LEN)
 
 
 _POOL_SIZE = 4096

@@ -20,19 +20,24 @@ from plugin.framework import Auth
 from plugin.storage import Storage
 from server.token_entry import (
     DEFAULT_MAX_TTL,
+    SELECTOR_LEN,
     MountInfo,
     RenewHook,
     TokenEntry,
+    accessor_selector,
     calculate_ttl,
     check_assignable,
     cidr_allows,
     decode_batch,
+    due_cutoff,
     encode_batch,
     login_display_name,
+    mint_ids,
     random_b62,
     resolve_token_type,
     rfc3339,
     sanitize_policies,
+    token_selector,
     validate_cidrs,
 )
 
@@ -65,9 +70,14 @@ DECODED_ENTRIES = 1024
 _EPOCH_CACHE_SECONDS = 1.0
 _PENDING_GRACE = 30.0  # seconds a num_uses-exhausted entry may linger before the sweeper drops it
 _MAX_PARENT_DEPTH = 32
+#: Renewed tokens the sweeper remembers (selector → expiry) so it does not re-read them
+#: every interval once their minted expiry has passed. Bounded: ~2 MB at most.
+_SWEEP_HINTS = 16384
 _ENTITY_CACHE_SIZE = 4096
 #: Entries a full scan (sweep, mount revocation) handles between two event-loop turns.
 _SCAN_CHUNK = 64
+#: Keys the due-only sweep may skip (no read) between two event-loop turns.
+_SKIP_CHUNK = 4096
 
 
 async def _pause(n: int) -> None:
@@ -84,9 +94,18 @@ class TokenStore:
     """Issue, look up, use, renew and revoke tokens.
 
     Storage layout (under the server's root storage, not a mount view):
-    ``sys/token/id/<hmac>`` → entry, ``sys/token/accessor/<hmac(accessor)>`` → id_hash,
-    ``sys/token/parent/<parent hmac>/<child hmac>`` → 1, ``sys/token/salt`` (32 random
-    bytes), ``sys/token/batch_key``, ``sys/token/mount-epoch/<mount accessor>`` → time.
+
+    - a minted service token ``hvs.<selector><secret>`` is ONE row,
+      ``sys/token/id/<selector>`` → entry with ``verifier`` = HMAC(salt, token); its
+      accessor is ``<selector><random>`` and is found through the same row. The selector
+      (``server.token_entry.mint_ids``) is the minting time, the minted expiry and a
+      random tail: keys append in time order, and the sweeper skips rows not yet due;
+    - a token whose id the caller chose (``--dev-root-token-id``), and any token stored
+      before selectors existed: ``sys/token/id/<hmac(token)>`` → entry plus
+      ``sys/token/accessor/<hmac(accessor)>`` → ``{"id_hash": <hmac(token)>}``;
+    - ``sys/token/parent/<parent id>/<child id>`` → 1 for child tokens (ids as above);
+    - ``sys/token/salt`` (32 random bytes), ``sys/token/batch_key``,
+      ``sys/token/mount-epoch/<mount accessor>`` → time.
 
     There is deliberately no in-process cache of token entries: a revocation on another
     node must take effect on the next request everywhere.
@@ -117,6 +136,7 @@ class TokenStore:
         # with ``peek_cached``): a write publishes new bytes, so a hit is never stale.
         self._peek: Callable[[str], bytes | None] | None = getattr(storage, "peek_cached", None)
         self._decoded: dict[str, tuple[bytes, TokenEntry]] = {}
+        self._sweep_hints: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> None:
@@ -257,18 +277,18 @@ class TokenStore:
             entry.renewable = False
         if entry.type == "batch":
             return self._mint_batch(entry)
-        raw = "hvs." + random_b62()
-        entry.id_hash = self.hash(raw)
-        entry.accessor = random_b62()
-        # Written concurrently so a group-committing engine needs one commit. If any write
+        selector, raw, entry.accessor = mint_ids(self.clock(), entry.expire_time)
+        entry.id_hash, entry.verifier = selector, self.hash(raw)
+        if entry.parent is None:
+            await self.storage.put(ID_PREFIX + selector, entry.to_dict())
+            return raw
+        # Written concurrently so a group-committing engine needs one commit. If a write
         # fails the caller never sees the token; a stray entry just expires (and a child
         # without its parent index still dies with the parent: see _check_live).
         items: list[tuple[str, Any]] = [
-            (ACCESSOR_PREFIX + self.hash(entry.accessor), {"id_hash": entry.id_hash}),
-            (ID_PREFIX + entry.id_hash, entry.to_dict()),
+            (ID_PREFIX + selector, entry.to_dict()),
+            (f"{PARENT_PREFIX}{entry.parent}/{selector}", 1),
         ]
-        if entry.parent is not None:
-            items.append((f"{PARENT_PREFIX}{entry.parent}/{entry.id_hash}", 1))
         put_many = getattr(self.storage, "put_many", None)
         if put_many is not None:
             await put_many(items)  # one queue hand-off, no task per write
@@ -279,30 +299,37 @@ class TokenStore:
     async def create_root(self, token_id: str | None = None) -> str:
         """Create a root token (random or given id) and return the raw token.
 
-        With a given id that already names a root token, nothing is written (dev restarts).
+        A random one is a selector token like any minted token. A given id is stored under
+        its HMAC (a chosen value has no selector); one that already names a root token is
+        not written again (dev restarts). Ids shaped like minted tokens are refused: lookup
+        would look for a selector row.
+
+        :raises InvalidRequest: ``invalid root token id``.
         """
         self._ready()
-        if token_id is not None:
-            bad = not token_id or len(token_id) > 256 or token_id.startswith("hvb.")
-            if bad or any(ch.isspace() or not ch.isprintable() for ch in token_id):
-                raise InvalidRequest("invalid root token id")
-            existing = await self.storage.get(ID_PREFIX + self.hash(token_id))
-            if existing is not None and "root" in existing.get("policies", []):
-                return token_id
-        raw = token_id or "hvs." + random_b62()
         now = self.clock()
         entry = TokenEntry(
-            id_hash=self.hash(raw),
-            accessor=random_b62(),
+            id_hash="",
+            accessor="",
             policies=["root"],
             display_name="root",
             path="auth/token/root",
             creation_time=int(now),
             renewable=False,
         )
+        if token_id is None:
+            return await self.mint(entry)
+        bad = not token_id or len(token_id) > 256 or token_id.startswith("hvb.") or token_selector(token_id) is not None
+        if bad or any(ch.isspace() or not ch.isprintable() for ch in token_id):
+            raise InvalidRequest("invalid root token id")
+        entry.id_hash = self.hash(token_id)
+        existing = await self.storage.get(ID_PREFIX + entry.id_hash)
+        if existing is not None and "root" in existing.get("policies", []):
+            return token_id
+        entry.accessor = random_b62()
         await self.storage.put(ACCESSOR_PREFIX + self.hash(entry.accessor), {"id_hash": entry.id_hash})
         await self.storage.put(ID_PREFIX + entry.id_hash, entry.to_dict())
-        return raw
+        return token_id
 
     def auth_block(self, entry: TokenEntry, raw: str, *, lease_duration: int | None = None) -> dict[str, Any]:
         """The Vault envelope's ``auth`` object for ``entry``."""
@@ -355,15 +382,26 @@ class TokenStore:
             return None
         if raw_token.startswith("hvb."):
             entry = self._decode_batch(raw_token)
+        elif (selector := token_selector(raw_token)) is not None:
+            entry = await self._load(selector)
+            # A known selector with the wrong secret is as unknown as any other token (and
+            # must not reach _check_live, which may revoke the row).
+            if entry is not None and not hmac.compare_digest(entry.verifier, self.hash(raw_token)):
+                entry = None
         else:
-            key = ID_PREFIX + self.hash(raw_token)
-            entry = self._decoded_entry(key) if self._peek is not None else None
-            if entry is None:
-                data = await self.storage.get(key)
-                entry = TokenEntry.from_dict(data) if data is not None else None
+            entry = await self._load(self.hash(raw_token))
         if entry is None:
             return None
         return await self._check_live(entry)
+
+    async def _load(self, row_id: str) -> TokenEntry | None:
+        """The entry stored at ``sys/token/id/<row_id>`` (not checked for liveness)."""
+        key = ID_PREFIX + row_id
+        entry = self._decoded_entry(key) if self._peek is not None else None
+        if entry is None:
+            data = await self.storage.get(key)
+            entry = TokenEntry.from_dict(data) if data is not None else None
+        return entry
 
     def _decoded_entry(self, key: str) -> TokenEntry | None:
         """The entry decoded from the storage's cached bytes of ``key`` (None: not cached).
@@ -387,16 +425,25 @@ class TokenStore:
 
     async def lookup_accessor(self, accessor: str) -> TokenEntry | None:
         """The live entry behind an accessor, or None."""
+        row_id = await self._accessor_row(accessor)
+        entry = await self._load(row_id) if row_id is not None else None
+        if entry is None:
+            return None
+        return await self._check_live(entry)
+
+    async def _accessor_row(self, accessor: str) -> str | None:
+        """The row id an accessor names, or None (unknown, or a wrong random part)."""
         self._ready()
         if not isinstance(accessor, str) or not accessor or len(accessor) > 256:
             return None
-        index = await self.storage.get(ACCESSOR_PREFIX + self.hash(accessor))
-        if not index:
+        selector = accessor_selector(accessor)
+        if selector is None:  # an HMAC-keyed token's accessor: through its index row
+            index = await self.storage.get(ACCESSOR_PREFIX + self.hash(accessor))
+            return index["id_hash"] if index else None
+        entry = await self._load(selector)
+        if entry is None or not entry.verifier or not hmac.compare_digest(entry.accessor, accessor):
             return None
-        data = await self.storage.get(ID_PREFIX + index["id_hash"])
-        if data is None:
-            return None
-        return await self._check_live(TokenEntry.from_dict(data))
+        return selector
 
     async def _check_live(self, entry: TokenEntry, depth: int = 0) -> TokenEntry | None:
         """Expiry, pending revocation, disabled mount and dead parents; revokes lazily."""
@@ -560,10 +607,10 @@ class TokenStore:
 
     async def revoke_accessor(self, accessor: str) -> bool:
         """Revoke the token behind ``accessor`` (and its children); False if unknown."""
-        index = await self.storage.get(ACCESSOR_PREFIX + self.hash(accessor)) if accessor else None
-        if not index:
+        row_id = await self._accessor_row(accessor)
+        if row_id is None:
             return False
-        await self._revoke_tree(index["id_hash"])
+        await self._revoke_tree(row_id)
         return True
 
     async def revoke_orphan(self, entry: TokenEntry) -> None:
@@ -632,21 +679,44 @@ class TokenStore:
         await self.storage.delete_prefix(f"{PARENT_PREFIX}{id_hash}/")
         if data is None:
             return 0
-        if data.get("accessor"):
+        if data.get("accessor") and not data.get("verifier"):  # HMAC-keyed: an index row
             await self.storage.delete(ACCESSOR_PREFIX + self.hash(data["accessor"]))
         if data.get("parent"):
             await self.storage.delete(f"{PARENT_PREFIX}{data['parent']}/{id_hash}")
         return 1
 
     # -- expiry sweeper ------------------------------------------------------------------
-    async def sweep(self) -> int:
-        """Delete expired, exhausted and orphaned-by-revocation entries; return the count."""
+    async def sweep(self, *, due_only: bool = False) -> int:
+        """Delete expired, exhausted and orphaned-by-revocation entries; return the count.
+
+        ``due_only`` (the periodic sweeper) reads only rows that may have expired: a
+        selector carries the expiry its token was minted with, which renewals only
+        extend, so younger rows are skipped on their key alone, and a row found renewed
+        is remembered until its new expiry. Rows it skips are dead anyway when a use-
+        exhausted token was never released or its parent was revoked without it (lookup
+        refuses them); they go when they reach their expiry, or now with a full sweep
+        (``auth/token/tidy``). HMAC-keyed rows (chosen ids, earlier versions) are read.
+        """
         count = 0
         now = self.clock()
+        start, end, cutoff = due_cutoff(now)
+        hints = self._sweep_hints
+        read = 0
         for n, key in enumerate(await self.storage.list(ID_PREFIX)):
-            await _pause(n)
+            if n % _SKIP_CHUNK == _SKIP_CHUNK - 1:
+                await asyncio.sleep(0)  # ~1 ms of skipped keys: let requests run
             if key.endswith("/"):
                 continue
+            if due_only and len(key) == SELECTOR_LEN:
+                if key[start:end] > cutoff:
+                    continue  # minted to expire later than now
+                hint = hints.get(key)
+                if hint is not None:
+                    if hint > now:
+                        continue
+                    del hints[key]
+            await _pause(read)
+            read += 1
             data = await self.storage.get(ID_PREFIX + key)
             if data is None:
                 continue
@@ -657,13 +727,17 @@ class TokenStore:
                 continue
             if await self._check_live(entry) is None:
                 count += 1
+            elif due_only and len(key) == SELECTOR_LEN and entry.expire_time:
+                if len(hints) >= _SWEEP_HINTS:
+                    hints.clear()
+                hints[key] = entry.expire_time
         return count
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                removed = await self.sweep()
+                removed = await self.sweep(due_only=True)
                 if removed:
                     log.info("token_sweep", removed=removed)
             except asyncio.CancelledError:

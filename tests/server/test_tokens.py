@@ -13,6 +13,7 @@ import pytest
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Alias, Auth
 from plugin.storage import InMemoryStorage
+from server.token_entry import ACCESSOR_LEN, SELECTOR_LEN, TOKEN_LEN
 from server.tokens import (
     ID_PREFIX,
     MountInfo,
@@ -65,7 +66,9 @@ AUTH_KEYS = [
 async def test_issue_auth_block_shape(store: TokenStore) -> None:
     block, warnings = await store.issue(login(), mount=JWT)
     assert list(block) == AUTH_KEYS
-    assert block["client_token"].startswith("hvs.") and len(block["client_token"]) == 28
+    assert block["client_token"].startswith("hvs.") and len(block["client_token"]) == TOKEN_LEN == 50
+    assert len(block["accessor"]) == ACCESSOR_LEN == 32
+    assert block["accessor"][:SELECTOR_LEN] == block["client_token"][4 : 4 + SELECTOR_LEN]
     assert block["policies"] == ["default", "dev"] == block["token_policies"]
     assert block["metadata"] == {"role": "r1"}
     assert block["lease_duration"] == 3600 and block["renewable"] is True
@@ -134,19 +137,30 @@ async def test_storage_holds_no_raw_token(store: TokenStore) -> None:
     raws += [root, child["client_token"]]
     dump = json.dumps(store.storage._data)  # type: ignore[attr-defined]
     for raw in raws:
-        assert raw not in dump and raw[4:] not in dump
+        secret = raw[4 + SELECTOR_LEN :]
+        assert raw not in dump and raw[4:] not in dump and secret not in dump
     keys = list(store.storage._data)  # type: ignore[attr-defined]
     assert any(k.startswith("sys/token/id/") for k in keys)
-    assert any(k.startswith("sys/token/accessor/") for k in keys)
+    assert not any(k.startswith("sys/token/accessor/") for k in keys)  # one row per token
     assert any(k.startswith("sys/token/parent/") for k in keys)
 
 
-async def test_accessor_index_points_to_hash(store: TokenStore) -> None:
+async def test_one_row_per_service_login(store: TokenStore) -> None:
+    before = set(store.storage._data)  # type: ignore[attr-defined]
     block, _ = await store.issue(login(), mount=JWT)
-    index = await store.storage.get("sys/token/accessor/" + store.hash(block["accessor"]))
-    assert index == {"id_hash": store.hash(block["client_token"])}
+    raw = block["client_token"]
+    selector = raw[4 : 4 + SELECTOR_LEN]
+    assert set(store.storage._data) - before == {ID_PREFIX + selector}  # type: ignore[attr-defined]
+    row = await store.storage.get(ID_PREFIX + selector)
+    assert row["verifier"] == store.hash(raw) and row["id_hash"] == selector
+    assert row["accessor"] == block["accessor"]
     entry = await store.lookup_accessor(block["accessor"])
     assert entry is not None and entry.policies == ["default", "dev"]
+    # a child token adds its parent index row, as before
+    child, _ = await store.issue(login(), mount=JWT, parent=entry)
+    child_selector = child["client_token"][4 : 4 + SELECTOR_LEN]
+    added = set(store.storage._data) - before - {ID_PREFIX + selector}  # type: ignore[attr-defined]
+    assert added == {ID_PREFIX + child_selector, f"sys/token/parent/{selector}/{child_selector}"}
 
 
 @pytest.mark.parametrize(
@@ -167,8 +181,8 @@ async def test_expiry_checked_on_use_without_sweeper(store: TokenStore, clock: C
     clock.now += 0.6
     with pytest.raises(PermissionDenied):
         await store.authenticate(raw, "127.0.0.1")
-    # deleted lazily, accessor index too
-    assert await store.storage.get("sys/token/id/" + store.hash(raw)) is None
+    # deleted lazily
+    assert await store.storage.get("sys/token/id/" + raw[4 : 4 + SELECTOR_LEN]) is None
     assert await store.lookup_accessor(block["accessor"]) is None
 
 
@@ -223,7 +237,7 @@ async def test_num_uses_race_exactly_three(store: TokenStore) -> None:
     results = await asyncio.gather(*(one() for _ in range(50)))
     assert results.count(True) == 3 and results.count(False) == 47
     assert await store.lookup(raw) is None
-    assert await store.storage.get("sys/token/id/" + store.hash(raw)) is None
+    assert await store.storage.list("sys/token/id/") == []
 
 
 async def test_num_uses_countdown_and_pending(store: TokenStore, clock: Clock) -> None:
