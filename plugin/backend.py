@@ -65,11 +65,10 @@ class JWTAuthBackend(Backend):
             spec.unauthenticated = any(spec.compiled.fullmatch(p) for p in UNAUTHENTICATED_PATHS)
 
     # -- entities ----------------------------------------------------------------------
-    async def config(self, storage: Storage | None) -> JWTConfig | None:
+    async def config(self, storage: Storage) -> JWTConfig | None:
         """The mount's config (cached), or None when it was never written."""
         if self._config is not None:
             return self._config
-        assert storage is not None
         raw = await storage.get(CONFIG_KEY)
         if raw is None:
             return None
@@ -78,13 +77,12 @@ class JWTAuthBackend(Backend):
             self._config = config
         return self._config
 
-    async def role(self, storage: Storage | None, name: str) -> Role | None:
+    async def role(self, storage: Storage, name: str) -> Role | None:
         """The role ``name`` (lower-cased; cached), or None. Callers must not mutate it."""
         name = name.lower()
         cached = self._roles.get(name)
         if cached is not None:
             return cached
-        assert storage is not None
         raw = await storage.get(ROLE_PREFIX + name)
         if raw is None:
             return None
@@ -154,7 +152,7 @@ class JWTAuthBackend(Backend):
         :raises InvalidRequest: ``role <name> does not exist during renewal``.
         """
         name = str(auth.internal_data.get("role", ""))
-        role = await self.role(req.storage, name) if name else None
+        role = await self.role(req.require_storage(), name) if name else None
         if role is None:
             raise InvalidRequest(f"role {name} does not exist during renewal")
         policies = sanitize_policies(role.token_policies)

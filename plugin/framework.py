@@ -144,6 +144,18 @@ class Request:
     #: Values captured from the path pattern (filled by ``Backend.handle_request``).
     captures: dict[str, str] = field(default_factory=dict)
 
+    def require_storage(self) -> Storage:
+        """The mount's storage, for handlers that read or write it.
+
+        The server passes storage with every mount request; only hand-built requests
+        (tests, the token backend's own calls) may leave it out.
+
+        :raises RuntimeError: when the request carries no storage (a caller bug: a 500).
+        """
+        if self.storage is None:
+            raise RuntimeError(f"request for {self.path!r} has no storage")
+        return self.storage
+
 
 @dataclass(slots=True)
 class Alias:
@@ -225,6 +237,10 @@ class PathSpec:
         self.compiled = re.compile(self.pattern)
 
 
+#: A Backend's match cache: the path table it was built for, and path -> (spec, captures).
+_MatchCache = tuple[list[PathSpec], dict[str, tuple[PathSpec, dict[str, str]]]]
+
+
 class Backend:
     """Base class of every auth method: a path table plus request dispatch.
 
@@ -243,7 +259,7 @@ class Backend:
 
         :raises UnsupportedPath: when no pattern matches.
         """
-        cache = self.__dict__.get("_match_cache")
+        cache: _MatchCache | None = self.__dict__.get("_match_cache")
         if cache is None or cache[0] is not self.paths:
             cache = self.__dict__["_match_cache"] = (self.paths, {})
         hit = cache[1].get(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import binascii
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ _JWK_CURVES: dict[str, tuple[ec.EllipticCurve, str, int]] = {
     "P-384": (ec.SECP384R1(), "ES384", 48),
     "P-521": (ec.SECP521R1(), "ES512", 66),
 }
-_PSS_HASH = {"PS256": hashes.SHA256, "PS384": hashes.SHA384, "PS512": hashes.SHA512}
+_PSS_HASH: dict[str, Callable[[], hashes.HashAlgorithm]] = {"PS256": hashes.SHA256, "PS384": hashes.SHA384, "PS512": hashes.SHA512}
 _REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti")
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _ASCII_WS = " \t\r\n\f\v"

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from cryptography import x509
 
@@ -424,6 +424,14 @@ class JWKSPairsKeySource(KeySource):
             await cache.close()
 
 
+class _CacheArgs(TypedDict):
+    """The cache settings every remote key source takes as keyword arguments."""
+
+    clock: Clock
+    max_age: float
+    refresh_cooldown: float
+
+
 def build_key_source(
     config: Mapping[str, Any],
     fetcher: Fetcher,
@@ -439,7 +447,7 @@ def build_key_source(
 
     :raises InvalidRequest: for unparseable PEM keys or HMAC secrets, or no key source.
     """
-    cache_args = {"clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown}
+    cache_args: _CacheArgs = {"clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown}
     if config.get("jwt_validation_pubkeys"):
         return StaticKeySource(keys_from_pems(list(config["jwt_validation_pubkeys"])))
     if config.get("jwt_validation_hmac_secrets"):

@@ -72,12 +72,12 @@ def is_oidc_flow(config: Any) -> bool:
 
 async def load_config(backend: Any, req: Request) -> Any:
     """The mount's stored config (None when not configured)."""
-    return await backend.config(req.storage)
+    return await backend.config(req.require_storage())
 
 
 async def load_role(backend: Any, req: Request, name: str) -> Any:
     """The role ``name`` (None when it does not exist)."""
-    return await backend.role(req.storage, name)
+    return await backend.role(req.require_storage(), name)
 
 
 def check_bound_cidrs(req: Request, role: Any) -> None:

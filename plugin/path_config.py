@@ -240,13 +240,14 @@ def path_config(backend: JWTAuthBackend) -> PathSpec:
     """The ``config`` PathSpec (GET, POST/PUT)."""
 
     async def read(req: Request, values: dict[str, Any]) -> Response | None:
-        config = await backend.config(req.storage)
+        config = await backend.config(req.require_storage())
         if config is None:
             return None
         return Response(data=config.public())
 
     async def write(req: Request, values: dict[str, Any]) -> Response | None:
-        previous = await backend.config(req.storage)
+        storage = req.require_storage()
+        previous = await backend.config(storage)
         fresh = CONFIG_FIELDS.defaults()
         fresh.update(values)
         if "namespace_in_state" not in values and previous is not None:
@@ -269,7 +270,7 @@ def path_config(backend: JWTAuthBackend) -> PathSpec:
                 await source.close()
             raise
         # Every check passed: only now replace the stored config (a failed write keeps it).
-        await req.storage.put(CONFIG_KEY, config.to_storage())
+        await storage.put(CONFIG_KEY, config.to_storage())
         await backend.install_config(config, source)
         return None
 

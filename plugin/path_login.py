@@ -404,14 +404,15 @@ def _log_failure(req: Request, role: str, exc: PluginError) -> None:
 
 
 async def _load(backend: JWTAuthBackend, req: Request, role_name: str) -> tuple[JWTConfig, str, Role]:
-    config = await backend.config(req.storage)
+    storage = req.require_storage()
+    config = await backend.config(storage)
     if config is None:
         raise InvalidRequest("could not load configuration")
     role_name = role_name or config.default_role
     if not role_name:
         raise InvalidRequest("missing role")
     # A name no role path could have written (e.g. "../x") is simply not found.
-    role = await backend.role(req.storage, role_name) if _ROLE_NAME.fullmatch(role_name) else None
+    role = await backend.role(storage, role_name) if _ROLE_NAME.fullmatch(role_name) else None
     if role is None:
         raise InvalidRequest(f'role "{role_name}" could not be found')
     return config, role_name, role

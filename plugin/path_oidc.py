@@ -177,7 +177,7 @@ def _make_auth_url(backend: Any) -> Any:
 
         now = req.system.now()
         pending_states(backend, STATE_TTL).admit(state_id, now)  # 429 beyond the per-mount cap
-        await req.storage.put(
+        await req.require_storage().put(
             STATE_PREFIX + state_id,
             {
                 "role": role_name,
@@ -207,7 +207,8 @@ async def _maybe_sweep(backend: Any, req: Request, now: float) -> None:
     if now - last < _SWEEP_INTERVAL:
         return
     backend._oidc_last_sweep = now
-    names = await req.storage.list(STATE_PREFIX)
+    storage = req.require_storage()
+    names = await storage.list(STATE_PREFIX)
 
     def drop_expired(old: Any) -> Any:
         if isinstance(old, dict) and float(old.get("expires_at", 0)) > now:
@@ -215,14 +216,14 @@ async def _maybe_sweep(backend: Any, req: Request, now: float) -> None:
         return None
 
     for state_id in pending_states(backend, STATE_TTL).take_expired():  # ours: no listing needed
-        await req.storage.update(STATE_PREFIX + state_id, drop_expired)
+        await storage.update(STATE_PREFIX + state_id, drop_expired)
     for name in names[:_SWEEP_MAX]:
         if name.endswith("/"):
             continue
-        value = await req.storage.get(STATE_PREFIX + name)
+        value = await storage.get(STATE_PREFIX + name)
         if isinstance(value, dict) and float(value.get("expires_at", 0)) > now:
             continue  # pending: no write
-        await req.storage.update(STATE_PREFIX + name, drop_expired)  # re-checked atomically
+        await storage.update(STATE_PREFIX + name, drop_expired)  # re-checked atomically
 
 
 # ---------------------------------------------------------------------------
@@ -250,7 +251,7 @@ async def _take_state(req: Request, raw: str) -> dict[str, Any] | None:
         box["old"] = old  # a retried transaction calls this again; the last call counts
         return None
 
-    await req.storage.update(STATE_PREFIX + state_id, take)
+    await req.require_storage().update(STATE_PREFIX + state_id, take)
     old = box.get("old")
     if not isinstance(old, dict) or float(old.get("expires_at", 0)) <= req.system.now():
         return None
@@ -354,8 +355,9 @@ def _make_callback_post(backend: Any) -> Any:
             raise UnsupportedOperation("OIDC form_post is not configured for this mount")
         state_id = _state_id(values.get("state") or "")
         now = req.system.now()
-        pending = await req.storage.get(STATE_PREFIX + state_id) if state_id else None
-        if not isinstance(pending, dict) or float(pending.get("expires_at", 0)) <= now:
+        storage = req.require_storage()
+        pending = await storage.get(STATE_PREFIX + state_id) if state_id else None
+        if not state_id or not isinstance(pending, dict) or float(pending.get("expires_at", 0)) <= now:
             return _html(400, f"{_FAILED}", "Expired or missing OAuth state.")
         update: dict[str, Any] = {}
         if values.get("code"):
@@ -382,7 +384,7 @@ def _make_callback_post(backend: Any) -> Any:
                 return old  # taken or expired meanwhile: leave it alone
             return {**old, **update, "expires_at": now + STATE_TTL}
 
-        await req.storage.update(STATE_PREFIX + state_id, stash)
+        await storage.update(STATE_PREFIX + state_id, stash)
         mount = parse_mount(pending.get("redirect_uri", ""))
         if not mount:
             return _html(400, f"{_FAILED}", "Invalid redirect path.")

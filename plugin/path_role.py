@@ -254,7 +254,7 @@ def path_role_list(backend: JWTAuthBackend) -> PathSpec:
     """The ``role/`` LIST PathSpec."""
 
     async def list_roles(req: Request, values: dict[str, Any]) -> Response:
-        keys = await req.storage.list(ROLE_PREFIX)
+        keys = await req.require_storage().list(ROLE_PREFIX)
         if not keys:
             raise NotFound()
         return Response(data={"keys": keys})
@@ -272,26 +272,27 @@ def path_role(backend: JWTAuthBackend) -> PathSpec:
     """The ``role/<name>`` PathSpec (GET, POST/PUT, DELETE)."""
 
     async def read(req: Request, values: dict[str, Any]) -> Response | None:
-        role = await backend.role(req.storage, values["name"].lower())
+        role = await backend.role(req.require_storage(), values["name"].lower())
         return None if role is None else Response(data=role.public())
 
     async def write(req: Request, values: dict[str, Any]) -> Response | None:
         name = values["name"].lower()
-        existing = await backend.role(req.storage, name)
+        storage = req.require_storage()
+        existing = await backend.role(storage, name)
         role = copy.deepcopy(existing) if existing is not None else Role()
         max_lease = int(getattr(req.system, "max_lease_ttl", 0) or 0)
         warnings = apply_role_write(role, values, max_lease_ttl=max_lease)
-        await req.storage.put(ROLE_PREFIX + name, role.to_storage())
+        await storage.put(ROLE_PREFIX + name, role.to_storage())
         backend.install_role(name, role)
         return Response(data=None, warnings=warnings) if warnings else None
 
     async def delete(req: Request, values: dict[str, Any]) -> None:
         name = values["name"].lower()
-        await req.storage.delete(ROLE_PREFIX + name)
+        await req.require_storage().delete(ROLE_PREFIX + name)
         backend.invalidate(ROLE_PREFIX + name)
 
     async def exists(req: Request, values: dict[str, Any]) -> bool:
-        return await backend.role(req.storage, values["name"].lower()) is not None
+        return await backend.role(req.require_storage(), values["name"].lower()) is not None
 
     return PathSpec(
         pattern=f"role/(?P<name>{ROLE_NAME_RE})",

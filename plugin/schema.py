@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import ItemsView, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -42,7 +43,7 @@ class FieldType(Enum):
     NAME = "name"  # a value captured from the URL path
 
 
-_OPENAPI_TYPES = {
+_OPENAPI_TYPES: dict[FieldType, dict[str, Any]] = {
     FieldType.STRING: {"type": "string"},
     FieldType.LOWER_STRING: {"type": "string"},
     FieldType.NAME: {"type": "string"},
@@ -100,7 +101,7 @@ class FieldSet:
 
     fields: dict[str, Field] = field(default_factory=dict)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return iter(self.fields)
 
     def __getitem__(self, name: str) -> Field:
@@ -109,7 +110,7 @@ class FieldSet:
     def __contains__(self, name: object) -> bool:
         return name in self.fields
 
-    def items(self):  # type: ignore[no-untyped-def]
+    def items(self) -> ItemsView[str, Field]:
         return self.fields.items()
 
     def parse(self, data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -241,7 +242,7 @@ def _fail(name: str, raw: Any, reason: str, sensitive: bool = False) -> InvalidR
     if sensitive:
         shown = "(sensitive value)"
     else:
-        shown = raw if isinstance(raw, (str, int, float, bool)) else json.dumps(raw)[:200]
+        shown = str(raw) if isinstance(raw, (str, int, float, bool)) else json.dumps(raw)[:200]
     return InvalidRequest(
         f'Field validation failed: error converting input {shown} for field "{name}": {reason}'
     )

@@ -117,7 +117,7 @@ def _json_stream() -> Any:
     out = sys.stderr.buffer
     if not isinstance(out, io.FileIO):
         return out  # already buffered (or a test's replacement)
-    if _stream is None or _stream.raw.fileno() != out.fileno():
+    if _stream is None or _stream.fileno() != out.fileno():
         _stream = io.BufferedWriter(io.FileIO(out.fileno(), "wb", closefd=False), buffer_size=65536)
     return _stream
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 import time
 from collections.abc import Iterable
@@ -370,7 +371,7 @@ class PolicyStore:
         names = {k for k in await self.storage.list(POLICY_PREFIX) if not k.endswith("/")}
         return sorted(names | {"default", "root"})
 
-    async def _load(self, name: str, now: float) -> list[PathRule] | None:
+    async def _load(self, name: str, now: float) -> builtins.list[PathRule] | None:
         cached = self._rules.get(name)
         if cached is not None and now - cached[1] <= self.cache_ttl:
             return cached[0]
@@ -384,7 +385,7 @@ class PolicyStore:
         self._rules[name] = (rules, now)
         return rules
 
-    async def acl_for(self, policies: list[str]) -> ACL:
+    async def acl_for(self, policies: builtins.list[str]) -> ACL:
         """Build (and cache until a policy write) the ACL for these policy names.
 
         Unknown policy names contribute nothing, as in Vault.

@@ -134,6 +134,7 @@ async def policy_legacy(request: web.Request) -> web.StreamResponse:
 async def _policy_endpoint(request: web.Request, base: str, *, legacy: bool) -> web.StreamResponse:
     name = request.match_info.get("name", "").strip("/")
     store = request.app[POLICIES]
+    data: dict[str, Any]
     if request.method in ("POST", "PUT"):
         op, data = Operation.UPDATE, {}
     else:
