@@ -167,6 +167,8 @@ class TokenStore:
         fresh = base64.b64encode(secrets.token_bytes(32)).decode()
         # update() so two nodes starting together agree on one value.
         value = await self.storage.update(key, lambda old: old if old else {"value": fresh})
+        if not isinstance(value, dict) or not isinstance(value.get("value"), str):
+            raise RuntimeError(f"storage returned no token store secret at {key}")
         return base64.b64decode(value["value"])
 
     def _ready(self) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -215,7 +216,7 @@ class PostgresStorage:
         finally:
             self._put_flusher = None
 
-    async def _write_puts(self, batch: list[tuple[str, str, asyncio.Future[None]]]) -> None:
+    async def _write_puts(self, batch: builtins.list[tuple[str, str, asyncio.Future[None]]]) -> None:
         latest = {key: text for key, text, _fut in batch}  # the same key twice: last wins
         try:
             async with self._pool.connection() as conn:
