@@ -51,7 +51,9 @@ def supports_workers() -> bool:
     return "--workers" in done.stdout
 
 
-def write_config(directory: Path, port: int, *, log_level: str, storage: dict | None = None) -> Path:
+def write_config(
+    directory: Path, port: int, *, log_level: str, storage: dict | None = None, event_loop: str = "asyncio"
+) -> Path:
     """A minimal YAML config: loopback listener and durable SQLite storage (or ``storage``)."""
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "authmount.yaml"
@@ -63,6 +65,7 @@ def write_config(directory: Path, port: int, *, log_level: str, storage: dict | 
                 "listen_address": f"127.0.0.1:{port}",
                 "storage": storage or {"type": "sqlite", "path": str(db)},
                 "log_level": log_level,
+                "event_loop": event_loop,
                 # The load generator logs in from one IP far faster than any real client:
                 # the per-IP login limit (default 50/s) would turn the run into 429s.
                 "rate_limit": {"login_per_ip_per_second": 0},
@@ -118,13 +121,14 @@ def start(
     *,
     cpus: str,
     log_level: str,
+    event_loop: str = "asyncio",
     workers: int = 1,
     storage: dict | None = None,
 ) -> Server:
     """Start authmount on a fresh SQLite file (or ``storage``); the root token goes into
     server.extra."""
     port = free_port()
-    config = write_config(workdir / name, port, log_level=log_level, storage=storage)
+    config = write_config(workdir / name, port, log_level=log_level, storage=storage, event_loop=event_loop)
     argv = [*server_argv(), "--config", str(config)]
     if workers > 1:
         argv += ["--workers", str(workers)]

@@ -245,7 +245,8 @@ connections <= 1.5x the ceiling's, 6/6b >= 1.7, RSS growth <= 50 MB over 1 M log
 - **Storage and logging.** authmount runs from a fresh SQLite file with the engine's defaults
   (WAL, `synchronous=FULL`: a login is answered only after its group commit) and
   `log_level: info` (one JSON line per request, written to a file; `--log-level warning`
-  leaves logging out).
+  leaves logging out) on the default event loop (asyncio's; `--event-loop uvloop` for the
+  other one). The ceiling apps run on uvloop, the fastest bare setup.
 - **Workers.** `--workers` needs PostgreSQL storage, so case 6 runs 2 workers on a
   throw-away local PostgreSQL (`tests/pg.py`, durable defaults) and case 6b is the same with
   1 worker. Two workers need two free cores: on a 2-core machine they and PostgreSQL share

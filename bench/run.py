@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="taskset list for the --workers 2 server (default: two cores, see docs)")
     p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument("--log-level", default="info", help="authmount log_level (default info)")
+    p.add_argument("--event-loop", default="asyncio", choices=["asyncio", "uvloop"],
+                   help="authmount event_loop setting (default asyncio, the server's default)")
     p.add_argument("--out", type=Path, default=DOC, help="report file (default docs/performance.md)")
     p.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     p.add_argument("--keep", action="store_true", help="keep the run directory (logs, SQLite)")
@@ -152,7 +154,8 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str
             notes.append(f"authmount cases skipped: {reason}")
             return
     if "authmount" in wanted:
-        srv = authmount.start("authmount", run_dir, cpus=args.server_cpus, log_level=args.log_level)
+        srv = authmount.start("authmount", run_dir, cpus=args.server_cpus, log_level=args.log_level,
+                              event_loop=args.event_loop)
         servers["authmount"] = srv
         authmount.configure_jwt_mount(srv, keys.public_pem)
         auth = authmount.login(srv.url, authmount.ROLE, keys.token)
@@ -177,7 +180,7 @@ def _start_postgres_cases(args: argparse.Namespace, run_dir: Path, keys, notes: 
         if name not in wanted:
             continue
         storage = {"type": "postgres", "dsn": pg.create_database()}
-        srv = authmount.start(name, run_dir, cpus=cpus, log_level=args.log_level,
+        srv = authmount.start(name, run_dir, cpus=cpus, log_level=args.log_level, event_loop=args.event_loop,
                               workers=workers, storage=storage)  # fmt: skip
         servers[name] = srv
         authmount.configure_jwt_mount(srv, keys.public_pem)
@@ -274,7 +277,7 @@ def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
         "",
         f"wrk: {args.threads} thread(s), {args.duration:g} s per measurement after {args.warmup:g} s warm-up, "
         f"{args.rounds} round(s); servers on cores {args.server_cpus}, wrk on cores {args.client_cpus}; "
-        f"authmount log_level `{args.log_level}`.",
+        f"authmount log_level `{args.log_level}`, event_loop `{args.event_loop}`.",
     ]
     if args.duration < NOISY_BELOW_S:
         header += ["", f"**Smoke run ({args.duration:g} s per case): the numbers are noisy, only the "
