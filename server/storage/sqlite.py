@@ -15,27 +15,22 @@ from typing import Any
 import orjson
 
 from plugin.storage import Updater
-from server.storage.keytree import KeyTree
-from server.storage.sqlite_batch import (
-    DELETE,
-    DELETE_PREFIX,
-    DELETE_SEQS,
-    PUT,
-    STOP,
-    UPDATE,
-    Batch,
-    Result,
-)
+from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Result
+from server.storage.sqlite_checkpoint import Checkpointer
+from server.storage.sqlite_schema import migrate, prefix_end
 
 __all__ = ["SQLiteStorage", "CACHE_BYTES"]
 
 #: Upper bound of the value cache's content, whatever ``cache_entries`` says.
 CACHE_BYTES = 8 * 1024 * 1024
 
+#: Rows per query of a ``list`` scan; a longer listing yields to the event loop in between.
+LIST_CHUNK = 1024
+
 _SYNC_MODES = ("FULL", "NORMAL", "EXTRA")
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS kv (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL)"
-)
+_GET = "SELECT value FROM kv WHERE key = ?"
+_SCAN = "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
+_SCAN_TO_END = "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?"
 
 
 def _check_key(key: Any) -> None:
@@ -53,18 +48,20 @@ class SQLiteStorage:
     statement, so a failing write (bad value, ``fn`` raising in ``update``) fails only its
     caller and leaves the previous value intact.
 
-    Layout: ``kv(seq INTEGER PRIMARY KEY, key, value)`` with no index on ``key``; a
-    :class:`KeyTree` in memory maps every key to its row (rebuilt at open). New keys are
-    appended at the end of the table, so a batch of new random keys (token hashes) dirties
-    a few pages instead of one page per key, about 7x less work per commit than a
-    ``key PRIMARY KEY`` B-tree. The index costs ~180 bytes of memory per key and ~0.17 s
-    per 100k keys to rebuild at open. Reads run on the event-loop thread: ``list`` and
-    misses are answered from the index, recently written or read values from a cache
-    (bounded by entries and by ``CACHE_BYTES``), others by reading one row by ``seq``
-    from a read-only connection (WAL readers never wait for the writer). The writer
-    updates index and cache only after the commit, so they never show uncommitted data; a
-    value read from the file is cached only if no commit was published during the read;
-    and nothing else writes the file.
+    Layout: ``kv(seq INTEGER PRIMARY KEY, key, value)`` plus a unique index on ``key``
+    (see ``sqlite_schema``), so memory does not grow with the number of keys. Keys that
+    grow with time (token selectors) are appended at the right edge of the index; random
+    keys (HMACs) each dirty an index leaf somewhere, which costs more writer time.
+    A file in the old layout is converted at open. Reads run on the event-loop thread:
+    recently written or read values come from a cache (bounded by entries and by
+    ``CACHE_BYTES``), others, misses included, from one indexed lookup on a read-only
+    connection (WAL readers never wait for the writer); ``list`` is a range scan that
+    skips over each sub-folder with one seek. The writer updates the cache only after the
+    commit, so it never shows uncommitted data; a value read from the file is cached only
+    if no commit was published during the read; and nothing else writes the file.
+
+    WAL checkpoints run in a :class:`Checkpointer` thread with its own connection, never
+    inside a commit; ``close`` empties the WAL into the database file.
 
     One process owns the file: an exclusive ``flock`` on ``<path>.lock`` refuses a second
     opener. The store is bound to the event loop that opened it. A caller cancelled while
@@ -79,7 +76,7 @@ class SQLiteStorage:
         self.path = path
         self.synchronous = synchronous
         self.commits = 0  # committed transactions (group commit makes this << writes)
-        self.tree = KeyTree()
+        self.migrated = False  # the file was converted from the old layout at open
         # Cache of recently written or read values (tokens are read right after login,
         # and again on every use). The writer fills it after COMMIT; a read fills it only
         # if no commit was published meanwhile: it is never stale.
@@ -90,7 +87,7 @@ class SQLiteStorage:
         self._cache_lock = threading.Lock()
         self._cache_gen = 0
         self.cache_entries = cache_entries
-        self.next_seq = 1
+        self.checkpointer = Checkpointer(path)
         # Writes submitted during one event-loop iteration go to the writer as one list:
         # on a single busy core, waking the writer per write would commit 1-2 at a time.
         self._outbox: list[tuple[int, Any, Any, asyncio.Future[Any] | None]] = []
@@ -100,6 +97,7 @@ class SQLiteStorage:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
+        self._get_cursor: sqlite3.Cursor | None = None
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._closed = True
@@ -149,6 +147,7 @@ class SQLiteStorage:
         reader.execute("PRAGMA query_only = 1")
         reader.execute("PRAGMA cache_size = -8192")
         self._reader = reader
+        self._get_cursor = reader.cursor()
         self._closed = False
 
     def set_invalidation_callback(self, cb: Callable[[str], None]) -> None:
@@ -172,15 +171,14 @@ class SQLiteStorage:
             except KeyError:
                 pass
             return orjson.loads(blob)
-        seq = self.tree.get(key)
-        if seq is None:
-            return None
         gen = self._cache_gen
-        rows = self._reader.execute("SELECT key, value FROM kv WHERE seq = ?", (seq,)).fetchall()
-        # The key check guards the instant between a commit and the index update.
-        if not rows or rows[0][0] != key:
+        assert self._get_cursor is not None
+        # fetchall, not fetchone: the statement must finish, or its read transaction
+        # would stay open and keep the checkpointer from recycling the WAL.
+        rows = self._get_cursor.execute(_GET, (key,)).fetchall()
+        if not rows:
             return None
-        blob = rows[0][1]
+        blob = rows[0][0]
         if self.cache_entries:
             self._cache_read(key, blob, gen)
         return orjson.loads(blob)
@@ -210,10 +208,41 @@ class SQLiteStorage:
             self._evict()
 
     async def list(self, prefix: str) -> list[str]:
-        """Immediate children under ``prefix`` (sorted; sub-folders end with ``/``)."""
-        if self._closed:
+        """Immediate children under ``prefix`` (sorted; sub-folders end with ``/``).
+
+        A range scan in key order: leaves are read in chunks of ``LIST_CHUNK`` keys, and
+        a sub-folder costs one seek past it. Between chunks the event loop runs (each
+        chunk is its own snapshot: a key written meanwhile may or may not be listed).
+        """
+        if self._closed or self._reader is None:
             raise RuntimeError("storage is closed")
-        return self.tree.list(prefix)
+        if not isinstance(prefix, str):
+            raise TypeError("prefix must be a str")
+        end = prefix_end(prefix)
+        sql, tail = (_SCAN, (end, LIST_CHUNK)) if end is not None else (_SCAN_TO_END, (LIST_CHUNK,))
+        cut = len(prefix)
+        out: list[str] = []
+        low = prefix
+        while True:
+            keys = self._reader.execute(sql, (low, *tail)).fetchall()
+            for (key,) in keys:
+                rest = key[cut:]
+                slash = rest.find("/")
+                if slash < 0:
+                    if rest:  # the key equal to the prefix is not a child
+                        out.append(rest)
+                    continue
+                # A sub-folder: list it once and seek past it ("0" follows "/").
+                out.append(rest[: slash + 1])
+                low = prefix + rest[:slash] + "0"
+                break
+            else:
+                if len(keys) < LIST_CHUNK:
+                    return out
+                low = keys[-1][0] + "\0"  # the smallest key after the last one read
+                await asyncio.sleep(0)  # a long folder: let requests run between chunks
+                if self._closed:
+                    raise RuntimeError("storage is closed")
 
     # -- writes (queued to the writer thread) ----------------------------------------
 
@@ -284,6 +313,7 @@ class SQLiteStorage:
         assert self._stopped is not None
         await self._stopped
         if self._reader is not None:
+            self._get_cursor = None
             self._reader.close()
             self._reader = None
         self._release_lock()
@@ -303,15 +333,22 @@ class SQLiteStorage:
             pass
 
     def _writer_main(self, ready: asyncio.Future[None]) -> None:
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA cache_size = -8192")  # appends touch few pages; RSS matters more
-            conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate a big WAL
-            conn.execute(_SCHEMA)
-            self._load_index(conn)
+            conn.execute("PRAGMA journal_size_limit = 33554432")  # truncate a big WAL
+            self.migrated = migrate(conn)
+            if self.migrated:  # the whole table went through the WAL: empty it now
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Checkpoints run in the checkpointer's thread, never inside a COMMIT.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            self.checkpointer.start()
         except Exception as exc:  # noqa: BLE001 - handed to the opener
+            if conn is not None:
+                conn.close()
             self._notify(_set_exception, ready, exc)
             return
         self._notify(_set_result, ready, None)
@@ -328,6 +365,7 @@ class SQLiteStorage:
                 batch.pop()
                 running = False
             if batch:
+                self.checkpointer.pause()  # only while a RESTART checkpoint needs the lock
                 try:
                     results = Batch(self, conn).run(batch)
                 except Exception as exc:  # noqa: BLE001 - never leave a caller waiting
@@ -337,31 +375,46 @@ class SQLiteStorage:
                     except sqlite3.Error:
                         pass
                 self._notify(_resolve, batch, results)
+                self.checkpointer.poke()
+        self.checkpointer.stop()
+        try:  # leave the database file complete and the WAL empty
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # a reader still open: SQLite finishes the checkpoint when the last one closes
         conn.close()
         assert self._stopped is not None
         self._notify(_set_result, self._stopped, None)
 
-    def publish(self, changes: dict[str, tuple[int, bytes] | None]) -> None:
-        """After COMMIT (writer thread): make a batch's changes visible to readers."""
+    def publish(self, changes: dict[str, bytes | None], prefixes: list[str]) -> None:
+        """After COMMIT (writer thread): make a batch's changes visible to readers.
+
+        ``prefixes`` were deleted by ``delete_prefix``; ``changes`` is the final state of
+        every key the batch wrote after that (None: deleted).
+        """
         with self._cache_lock:
             self._cache_gen += 1
+            if prefixes:
+                self._drop_prefixes(prefixes)
             self._publish(changes)
 
-    def _publish(self, changes: dict[str, tuple[int, bytes] | None]) -> None:
-        tree, cache, cap = self.tree, self._cache, self.cache_entries
+    def _drop_prefixes(self, prefixes: list[str]) -> None:
+        cache = self._cache
+        for key in [k for k in cache if k.startswith(tuple(prefixes))]:
+            self._cache_size -= len(cache.pop(key))
+
+    def _publish(self, changes: dict[str, bytes | None]) -> None:
+        cache, cap = self._cache, self.cache_entries
         size = self._cache_size
         for key, state in changes.items():
             old = cache.pop(key, None)
             if old is not None:
                 size -= len(old)
             if state is None:
-                tree.remove(key)
                 continue
-            tree.set(key, state[0])
             if cap:
                 # A copy: orjson's output keeps its whole working buffer (~8 KiB for a
                 # 700-byte token entry), which made a full cache cost ~10x its content.
-                blob = bytes(memoryview(state[1]))
+                blob = bytes(memoryview(state))
                 cache[key] = blob
                 size += len(blob)
         self._cache_size = size
@@ -372,19 +425,6 @@ class SQLiteStorage:
         cache, cap = self._cache, self.cache_entries
         while cache and (len(cache) > cap or self._cache_size > CACHE_BYTES):
             self._cache_size -= len(cache.popitem(last=False)[1])
-
-    def _load_index(self, conn: sqlite3.Connection) -> None:
-        """Rebuild the key index from the table (and drop stale duplicate rows, if any)."""
-        stale: list[int] = []
-        seq = 0
-        for seq, key in conn.execute("SELECT seq, key FROM kv ORDER BY seq"):
-            old = self.tree.get(key)
-            if old is not None:  # never written by this engine; keep the newest row
-                stale.append(old)
-            self.tree.set(key, seq)
-        self.next_seq = seq + 1
-        if stale:
-            conn.execute(DELETE_SEQS, (orjson.dumps(stale).decode(),))
 
 
 def _set_result(fut: asyncio.Future[Any], value: Any) -> None:

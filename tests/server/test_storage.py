@@ -15,7 +15,6 @@ import pytest
 from plugin.storage import Storage, list_children
 from server.storage import open_storage
 from server.storage.postgres import like_prefix
-from server.storage.keytree import KeyTree
 from server.storage.sqlite import SQLiteStorage
 from tests.pg import postgres_dsn, postgres_server  # noqa: F401 - fixtures
 
@@ -286,23 +285,6 @@ async def test_sqlite_same_batch_sequences(tmp_path: Any) -> None:
     await s.close()
 
 
-async def test_sqlite_reopen_drops_duplicate_rows(tmp_path: Any) -> None:
-    path = str(tmp_path / "a.db")
-    s = await SQLiteStorage.open(path)
-    await s.put("k", "first")
-    await s.close()
-    with sqlite3.connect(path) as conn:  # a stray older row must not shadow the newest
-        conn.execute("INSERT INTO kv (seq, key, value) VALUES (0, 'k', '\"stale\"')")
-    conn.close()
-    s = await SQLiteStorage.open(path)
-    assert await s.get("k") == "first"
-    await s.delete("k")
-    await s.close()
-    s = await SQLiteStorage.open(path)
-    assert await s.get("k") is None
-    await s.close()
-
-
 @pytest.mark.parametrize("entries", [0, 2], ids=["no-cache", "tiny-cache"])
 async def test_sqlite_value_cache_stays_exact(tmp_path: Any, entries: int) -> None:
     s = await open_storage({"type": "sqlite", "path": str(tmp_path / "a.db"),
@@ -318,28 +300,6 @@ async def test_sqlite_value_cache_stays_exact(tmp_path: Any, entries: int) -> No
     assert await s.delete_prefix("k/") == 4
     assert [await s.get(f"k/{i}") for i in range(5)] == [None] * 5
     await s.close()
-
-
-def test_keytree_matches_list_children() -> None:
-    """Random adds/removes; list and prefix scans always agree with list_children."""
-    rnd = random.Random(7)
-    parts = ["a", "b", "a/", "/", "b/c", "_", "x/y/"]
-    tree, ref = KeyTree(), {}
-    for step in range(4000):
-        key = "".join(rnd.choice(parts) for _ in range(rnd.randint(1, 4)))
-        if rnd.random() < 0.6:
-            tree.set(key, step)
-            ref[key] = step
-        else:
-            assert tree.remove(key) == (key in ref)
-            ref.pop(key, None)
-        if step % 40 == 0:
-            for prefix in ("", "a", "a/", "b/", "/", "x/y/", "a/b", "b/c"):
-                assert tree.list(prefix) == list_children(ref.keys(), prefix)
-                assert tree.items_with_prefix(prefix) == {
-                    k: v for k, v in ref.items() if k.startswith(prefix)}
-            assert tree.size == len(ref)
-            assert all(tree.get(k) == v for k, v in ref.items())
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,244 @@
+"""SQLite engine: the on-disk key index, the upgrade of old files, and WAL checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+from typing import Any
+
+import orjson
+import pytest
+
+from plugin.storage import list_children
+from server.storage import sqlite as sqlite_engine
+from server.storage import sqlite_checkpoint, sqlite_schema
+from server.storage.sqlite import SQLiteStorage
+from server.storage.sqlite_schema import prefix_end
+
+# How the engine laid the file out before the key index moved to disk.
+OLD_SCHEMA = "CREATE TABLE kv (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL)"
+
+
+def _write_old_file(path: str, rows: list[tuple[int, str, Any]]) -> None:
+    """A database written by the old engine: WAL mode, rows appended by seq, no key index."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(OLD_SCHEMA)
+    conn.executemany(
+        "INSERT INTO kv (seq, key, value) VALUES (?, ?, ?)",
+        [(seq, key, orjson.dumps(value)) for seq, key, value in rows],
+    )
+    conn.close()
+
+
+OLD_ROWS = [
+    (1, "core/mounts", {"token/": {"type": "token"}}),
+    (2, "sys/token/id/aaa", {"policies": ["default"]}),
+    (3, "auth/u1/role/r", {"bound_audiences": ["x"]}),
+    (4, "sys/token/id/bbb", "stale"),  # the old engine kept the newest row of a key
+    (9, "sys/token/id/bbb", {"policies": ["dev"]}),
+    (7, "sys/policy/dev", "path"),
+]
+OLD_STATE = {
+    "core/mounts": {"token/": {"type": "token"}},
+    "sys/token/id/aaa": {"policies": ["default"]},
+    "sys/token/id/bbb": {"policies": ["dev"]},
+    "auth/u1/role/r": {"bound_audiences": ["x"]},
+    "sys/policy/dev": "path",
+}
+
+
+async def _state(store: SQLiteStorage, keys: Any) -> dict[str, Any]:
+    return {k: await store.get(k) for k in keys}
+
+
+async def test_old_file_is_migrated_on_open(tmp_path: Any) -> None:
+    path = str(tmp_path / "old.db")
+    _write_old_file(path, OLD_ROWS)
+    store = await SQLiteStorage.open(path)
+    try:
+        assert store.migrated
+        assert await _state(store, OLD_STATE) == OLD_STATE
+        assert await store.list("") == ["auth/", "core/", "sys/"]
+        assert await store.list("sys/token/id/") == ["aaa", "bbb"]
+        await store.put("sys/token/id/ccc", 3)
+        await store.put("sys/token/id/aaa", "new")
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM kv").fetchone() == (6,)  # one row per key
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    conn.close()
+    store = await SQLiteStorage.open(path)
+    try:
+        assert not store.migrated  # done once
+        expected = {**OLD_STATE, "sys/token/id/ccc": 3, "sys/token/id/aaa": "new"}
+        assert await _state(store, expected) == expected
+    finally:
+        await store.close()
+
+
+async def test_failed_migration_leaves_the_old_file_and_is_retried(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All or nothing: a failure after the duplicates were dropped undoes that too."""
+    path = str(tmp_path / "old.db")
+    _write_old_file(path, OLD_ROWS)
+    monkeypatch.setattr(sqlite_schema, "INDEX", "CREATE UNIQUE INDEX kv_key ON kv (no_such_column)")
+    with pytest.raises(sqlite3.OperationalError, match="no_such_column"):
+        await SQLiteStorage.open(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT seq, key FROM kv ORDER BY seq").fetchall() == [
+            (seq, key) for seq, key, _ in sorted(OLD_ROWS)]
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == []
+    conn.close()
+    monkeypatch.undo()
+    store = await SQLiteStorage.open(path)  # the lock was released; the next start migrates
+    try:
+        assert store.migrated
+        assert await _state(store, OLD_STATE) == OLD_STATE
+    finally:
+        await store.close()
+
+
+PREFIX_END_CASES = [
+    ("", None, "empty"),
+    ("a/", "a0", "folder"),
+    ("sys/token/id/", "sys/token/id0", "token-folder"),
+    ("a\U0010ffff", "b", "max-code-point"),
+    ("\U0010ffff\U0010ffff", None, "only-max-code-points"),
+    ("a\ud7ff", "a\ue000", "skips-surrogates"),
+]
+
+
+@pytest.mark.parametrize(("prefix", "end"), [c[:2] for c in PREFIX_END_CASES],
+                         ids=[c[2] for c in PREFIX_END_CASES])
+def test_prefix_end(prefix: str, end: str | None) -> None:
+    assert prefix_end(prefix) == end
+
+
+async def test_list_and_delete_prefix_match_the_reference(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random keys (folders, odd characters, long folders read in several chunks): list
+    and delete_prefix agree with ``list_children`` and a prefix filter."""
+    monkeypatch.setattr(sqlite_engine, "LIST_CHUNK", 3)
+    rnd = random.Random(7)
+    parts = ["a", "b", "a/", "/", "b/c", "0", ".", "é", "\U0001f680", "\U0010ffff", "x/y/"]
+    prefixes = ["", "a", "a/", "b/", "/", "x/y/", "a/b", "b/c", "é", "\U0010ffff", "a0"]
+    store = await SQLiteStorage.open(str(tmp_path / "l.db"))
+    ref: set[str] = set()
+    try:
+        for step in range(40):
+            keys = {"".join(rnd.choice(parts) for _ in range(rnd.randint(1, 4))) for _ in range(30)}
+            await store.put_many([(k, step) for k in keys])
+            ref |= keys
+            for key in rnd.sample(sorted(ref), 10):
+                await store.delete(key)
+                ref.discard(key)
+            for prefix in prefixes:
+                assert await store.list(prefix) == list_children(ref, prefix), prefix
+        for prefix in prefixes:
+            doomed = {k for k in ref if k.startswith(prefix)}
+            assert await store.delete_prefix(prefix) == len(doomed), prefix
+            ref -= doomed
+            assert await store.list("") == list_children(ref, "")
+    finally:
+        await store.close()
+
+
+async def test_long_list_lets_other_work_run(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_engine, "LIST_CHUNK", 10)
+    store = await SQLiteStorage.open(str(tmp_path / "l.db"))
+    try:
+        await store.put_many([(f"t/{i:04d}", i) for i in range(100)])
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        names = await store.list("t/")
+        task.cancel()
+        assert names == [f"{i:04d}" for i in range(100)]
+        assert ticks >= 9  # the loop ran between the chunks
+    finally:
+        await store.close()
+
+
+async def test_missing_keys_are_not_cached(tmp_path: Any) -> None:
+    store = await SQLiteStorage.open(str(tmp_path / "m.db"))
+    try:
+        assert await store.get("sys/token/id/nope") is None
+        assert "sys/token/id/nope" not in store._cache
+        await store.put("sys/token/id/nope", 1)
+        assert await store.get("sys/token/id/nope") == 1
+    finally:
+        await store.close()
+
+
+def _wal_size(path: str) -> int:
+    try:
+        return os.path.getsize(path + "-wal")
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture
+def small_wal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoint rounds every 5 ms and a RESTART at 64 frames (256 KiB)."""
+    monkeypatch.setattr(sqlite_checkpoint, "INTERVAL", 0.005)
+    monkeypatch.setattr(sqlite_checkpoint, "RESTART_FRAMES", 64)
+
+
+ROUNDS = 100  # ~10 MB of values
+
+
+async def test_wal_stays_bounded_under_a_write_storm(tmp_path: Any, small_wal: None) -> None:
+    path = str(tmp_path / "w.db")
+    store = await SQLiteStorage.open(path)
+    value = {"pad": "x" * 1000}
+    largest = 0
+    try:
+        for round_ in range(ROUNDS):
+            # 64 concurrent writers, time-ordered and random keys, plus overwrites.
+            await asyncio.gather(*(
+                store.put(f"sys/token/id/{round_:04d}{i:04d}", value) for i in range(64)),
+                *(store.put(f"r/{os.urandom(16).hex()}", value) for i in range(32)),
+                *(store.put(f"hot/{i}", {"round": round_}) for i in range(8)))
+            largest = max(largest, _wal_size(path))
+        assert store.checkpointer.runs["RESTART"] > 0
+        assert largest < 3_000_000  # without checkpoints: ~22 MB
+    finally:
+        await store.close()
+    assert _wal_size(path) == 0  # close() moved everything into the database file
+    assert store.checkpointer._thread is None
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT count(*) FROM kv WHERE key LIKE 'sys/token/id/%'").fetchone() == (ROUNDS * 64,)
+        assert orjson.loads(conn.execute("SELECT value FROM kv WHERE key = 'hot/3'").fetchone()[0]) == {"round": ROUNDS - 1}
+    conn.close()
+
+
+async def test_idle_store_empties_its_wal(tmp_path: Any, small_wal: None,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_checkpoint, "IDLE", 0.05)
+    path = str(tmp_path / "i.db")
+    store = await SQLiteStorage.open(path)
+    try:
+        await store.put_many([(f"k/{i}", i) for i in range(100)])
+        assert _wal_size(path) > 0
+        async with asyncio.timeout(20):  # a hang guard, not a timing assertion
+            while _wal_size(path) or not store.checkpointer.runs["TRUNCATE"]:
+                await asyncio.sleep(0.02)
+        assert await store.get("k/99") == 99
+        await store.put("k/100", 100)  # writable after the truncation
+        assert await store.get("k/100") == 100
+    finally:
+        await store.close()
