@@ -1,7 +1,11 @@
 """Storage micro-benchmark: concurrent puts/s (64 writers), reads/s and event-loop cost per op.
 
 Run: ``taskset -c 1 python -m bench.storage_bench [--ops 20000] [--writers 64] [--postgres]
-[--uvloop]`` (pinned to one core, like the login benchmark). The "login simulation" runs
+[--uvloop]`` (pinned to one core, like the login benchmark).
+``--costs`` prints the SQLite engine's CPU per operation instead: writer-thread and
+event-loop CPU per put for time-ordered keys (token selectors) and random keys (HMACs),
+at a growing table, and event-loop CPU per get (cached, read from the file, missing).
+``--memory N`` puts N time-ordered keys (batches of 1000) and prints the RSS growth. The "login simulation" runs
 64 concurrent fake logins (117 us of CPU each, the verify-only ceiling of ~8.5k/s, then
 the two puts a service-token login makes) and reports throughput against the same loop
 without storage.
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import itertools
 import os
 import secrets
 import sqlite3
@@ -112,6 +118,109 @@ async def _run_engine(name: str, cfg: dict[str, Any], ops: int, writers: int) ->
     print(f"{name:16s} " + "  ".join(f"{k} {v:9.1f}" for k, v in cells.items()), flush=True)
 
 
+_ORDER = itertools.count(time.time_ns() // 1000)
+
+
+def _key(kind: str) -> str:
+    """A token key: time-ordered (fixed-width selector, creation order) or random (HMAC)."""
+    if kind == "ordered":
+        return f"sys/token/id/{next(_ORDER):014x}{secrets.token_hex(9)}"
+    return f"sys/token/id/{secrets.token_hex(32)}"
+
+
+def _thread_cpu(thread: Any) -> float:
+    """CPU seconds used so far by another thread of this process."""
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+async def _put_costs(store: Any, kind: str, total: int, step: int, writers: int = 16) -> list[str]:
+    """Writer and loop CPU per put over ``step``-sized slices of ``total`` puts."""
+    out = []
+    for done in range(0, total, step):
+        keys = [_key(kind) for _ in range(step)]
+        it = iter(keys)
+
+        async def writer() -> None:
+            for key in it:
+                await store.put(key, VALUE)
+
+        ckpt = getattr(getattr(store, "checkpointer", None), "_thread", None)
+        w0, l0, c0 = _thread_cpu(store._thread), time.thread_time(), store.commits
+        k0 = _thread_cpu(ckpt) if ckpt else 0.0
+        await asyncio.gather(*(writer() for _ in range(writers)))
+        w, lp = _thread_cpu(store._thread) - w0, time.thread_time() - l0
+        k = _thread_cpu(ckpt) - k0 if ckpt else 0.0
+        out.append(f"{done + step:>7d} keys: writer {w / step * 1e6:5.1f} checkpointer "
+                   f"{k / step * 1e6:4.1f} loop {lp / step * 1e6:4.1f} "
+                   f"({step / max(store.commits - c0, 1):.0f}/commit)")
+    return out
+
+
+async def _get_costs(store: Any, keys: list[str], label: str) -> str:
+    t0 = time.thread_time()
+    for key in keys:
+        await store.get(key)
+    return f"{label} {(time.thread_time() - t0) / len(keys) * 1e6:.2f}"
+
+
+async def costs(args: argparse.Namespace) -> None:
+    """CPU per put (writer thread, event loop) and per get (event loop), SQLite FULL."""
+    tmp = tempfile.mkdtemp(prefix="authmount-bench-")
+    print(f"sqlite {sqlite3.sqlite_version}, 16 writers, values {len(orjson.dumps(VALUE))} bytes; "
+          "CPU us per put, cumulative table size")
+    for kind in ("ordered", "random"):
+        store = await open_storage({"type": "sqlite", "path": os.path.join(tmp, f"{kind}.db")})
+        try:
+            for line in await _put_costs(store, kind, args.ops, args.ops // 4):
+                print(f"  {kind:8s} {line}", flush=True)
+        finally:
+            await store.close()
+    path = os.path.join(tmp, "gets.db")
+    for entries in (32768, 0):
+        store = await open_storage({"type": "sqlite", "path": path, "sqlite_cache_entries": entries})
+        try:
+            keys = [_key("ordered") for _ in range(20000)]
+            for start in range(0, len(keys), 1000):
+                await store.put_many([(k, VALUE) for k in keys[start : start + 1000]])
+            sample = keys[-10000:]  # recently written: in the cache if there is one
+            cells = [await _get_costs(store, sample, "hit (cached)" if entries else "hit (file)")]
+            if not entries:
+                cells.append(await _get_costs(store, [_key("random") for _ in range(10000)], "miss"))
+                t0 = time.thread_time()
+                for _ in range(20):
+                    names = await store.list("sys/token/id/")
+                cells.append(f"list of {len(names)} keys {(time.thread_time() - t0) / 20 * 1e3:.1f} ms")
+            print("  loop us per get: " + ", ".join(cells), flush=True)
+        finally:
+            await store.close()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+async def memory(args: argparse.Namespace) -> None:
+    """RSS growth while ``args.memory`` time-ordered keys are put in batches of 1000."""
+    path = os.path.join(tempfile.mkdtemp(prefix="authmount-bench-"), "mem.db")
+    store = await open_storage({"type": "sqlite", "path": path})
+    try:
+        for start in range(0, 20000, 1000):  # warm-up: fill caches and statement caches
+            await store.put_many([(_key("ordered"), VALUE) for _ in range(1000)])
+        gc.collect()
+        base, t0 = _rss_mb(), time.perf_counter()
+        marks = []
+        for start in range(0, args.memory, 1000):
+            await store.put_many([(_key("ordered"), VALUE) for _ in range(1000)])
+            if (start + 1000) % (args.memory // 4) == 0:
+                gc.collect()
+                marks.append(f"{start + 1000}: +{_rss_mb() - base:.1f} MB")
+        print(f"RSS after warm-up {base:.1f} MB; growth at " + ", ".join(marks)
+              + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    finally:
+        await store.close()
+
+
 def _busy(us: float) -> None:
     end = time.perf_counter() + us / 1e6
     while time.perf_counter() < end:
@@ -183,9 +292,11 @@ if __name__ == "__main__":
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--postgres", action="store_true")
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--costs", action="store_true", help="SQLite CPU per operation")
+    parser.add_argument("--memory", type=int, default=0, help="RSS growth over N puts")
     ns = parser.parse_args()
     if ns.uvloop:
         import uvloop
 
         uvloop.install()
-    asyncio.run(main(ns))
+    asyncio.run(costs(ns) if ns.costs else memory(ns) if ns.memory else main(ns))
