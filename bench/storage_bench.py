@@ -5,7 +5,9 @@ Run: ``taskset -c 1 python -m bench.storage_bench [--ops 20000] [--writers 64] [
 ``--costs`` prints the SQLite engine's CPU per operation instead: writer-thread and
 event-loop CPU per put for time-ordered keys (token selectors) and random keys (HMACs),
 at a growing table, and event-loop CPU per get (cached, read from the file, missing).
-``--memory N`` puts N time-ordered keys (batches of 1000) and prints the RSS growth. The "login simulation" runs
+``--memory N`` puts N time-ordered keys (batches of 1000) and prints the RSS growth.
+``--latency S`` runs simulated service logins for S seconds per key pattern and prints
+login latency percentiles and CPU per login. The "login simulation" runs
 64 concurrent fake logins (117 us of CPU each, the verify-only ceiling of ~8.5k/s, then
 the two puts a service-token login makes) and reports throughput against the same loop
 without storage.
@@ -221,6 +223,56 @@ async def memory(args: argparse.Namespace) -> None:
         await store.close()
 
 
+TOKEN_VALUE = {**VALUE, "meta": {"role": "r", "sub": "user-1", "pad": "p" * 520}}  # ~700 B
+
+
+async def latency(args: argparse.Namespace) -> None:
+    """Simulated service logins on one loop (117 us of CPU, then the token writes; 16
+    concurrent clients) for ``args.latency`` seconds each: login latency percentiles
+    (wall) and process CPU per login, for one time-ordered row per login and for two
+    random rows per login (today's token layout)."""
+    from server.storage import sqlite_batch
+
+    batches: list[float] = []  # wall time of each group-commit transaction (writer thread)
+    run = sqlite_batch.Batch.run
+
+    def timed_run(self: Any, batch: list[Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return run(self, batch)
+        finally:
+            batches.append(time.perf_counter() - t0)
+
+    sqlite_batch.Batch.run = timed_run  # type: ignore[method-assign]
+    tmp = tempfile.mkdtemp(prefix="authmount-bench-")
+    for kind, rows in (("ordered", 1), ("random", 2)):
+        store = await open_storage({"type": "sqlite", "path": os.path.join(tmp, f"{kind}.db")})
+        lat: list[float] = []
+        batches.clear()
+        stop = time.perf_counter() + args.latency
+
+        async def client() -> None:
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                _busy(117)
+                await asyncio.sleep(0)
+                await store.put_many([(_key(kind), TOKEN_VALUE) for _ in range(rows)])
+                lat.append(time.perf_counter() - t0)
+
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(16)))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        await store.close()
+        lat.sort()
+        batches.sort()
+        pct = {p: lat[min(len(lat) - 1, int(len(lat) * p / 100))] * 1e3 for p in (50, 99, 99.9)}
+        print(f"{kind:8s} x{rows}: {len(lat) / wall:6.0f} logins/s, cpu {cpu / len(lat) * 1e6:5.0f} us/login, "
+              f"ms p50 {pct[50]:5.2f} p99 {pct[99]:6.2f} p99.9 {pct[99.9]:6.2f} max {lat[-1] * 1e3:6.1f}; "
+              f"commits {len(batches)}, ms p50 {batches[len(batches) // 2] * 1e3:.2f} "
+              f"p99 {batches[int(len(batches) * 0.99)] * 1e3:.2f} max {batches[-1] * 1e3:.1f}, "
+              f"{sum(b > 0.01 for b in batches)} over 10 ms", flush=True)
+
+
 def _busy(us: float) -> None:
     end = time.perf_counter() + us / 1e6
     while time.perf_counter() < end:
@@ -294,9 +346,11 @@ if __name__ == "__main__":
     parser.add_argument("--uvloop", action="store_true")
     parser.add_argument("--costs", action="store_true", help="SQLite CPU per operation")
     parser.add_argument("--memory", type=int, default=0, help="RSS growth over N puts")
+    parser.add_argument("--latency", type=float, default=0, help="seconds of simulated logins")
     ns = parser.parse_args()
     if ns.uvloop:
         import uvloop
 
         uvloop.install()
-    asyncio.run(costs(ns) if ns.costs else memory(ns) if ns.memory else main(ns))
+    asyncio.run(costs(ns) if ns.costs else memory(ns) if ns.memory
+                else latency(ns) if ns.latency else main(ns))
