@@ -365,7 +365,7 @@ class SQLiteStorage:
                 batch.pop()
                 running = False
             if batch:
-                self.checkpointer.pause()  # only while a RESTART checkpoint needs the lock
+                self.checkpointer.begin()  # waits only while a RESTART holds the write lock
                 try:
                     results = Batch(self, conn).run(batch)
                 except Exception as exc:  # noqa: BLE001 - never leave a caller waiting
@@ -374,6 +374,8 @@ class SQLiteStorage:
                         conn.rollback()
                     except sqlite3.Error:
                         pass
+                finally:
+                    self.checkpointer.end()
                 self._notify(_resolve, batch, results)
                 self.checkpointer.poke()
         self.checkpointer.stop()

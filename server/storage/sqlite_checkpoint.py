@@ -29,9 +29,9 @@ class Checkpointer:
       PASSIVE checkpoint cannot finish while commits keep coming, so under a steady load
       the WAL would only grow; RESTART copies the few frames the PASSIVE one left and
       makes the next commit start the WAL from the beginning. It needs the write lock, so
-      it asks the writer to :meth:`pause` between two transactions (rather than racing it
-      through SQLite's sleeping busy handler): one group commit waits a few ms, once per
-      ``RESTART_FRAMES`` frames;
+      it runs between two of the writer's transactions (:meth:`begin`/:meth:`end`) rather
+      than racing the writer through SQLite's sleeping busy handler: one group commit
+      waits a few ms, once per ``RESTART_FRAMES`` frames;
     - a TRUNCATE checkpoint after ``IDLE`` seconds without commits, which empties the
       WAL file while nobody is writing.
 
@@ -47,10 +47,12 @@ class Checkpointer:
         self.runs = {"PASSIVE": 0, "RESTART": 0, "TRUNCATE": 0}  # checkpoints run, by mode
         self.errors = 0
         self._wake = threading.Event()
-        # The hand-over of the write lock for RESTART/TRUNCATE: "" (none), "wanted" (the
-        # writer should pause before its next transaction), "paused" (it is waiting).
+        # The hand-over of the write lock for RESTART/TRUNCATE: the writer is in a
+        # transaction (_writer_busy); a checkpoint wants or holds the lock ("wanted",
+        # "running"), so the writer waits before its next transaction.
         self._handover = threading.Condition()
-        self.writer_state = ""
+        self._writer_busy = False
+        self._exclusive_state = ""
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
@@ -69,30 +71,33 @@ class Checkpointer:
         if not self._wake.is_set():
             self._wake.set()
 
-    def pause(self) -> None:
-        """Writer thread, between transactions: wait while a RESTART/TRUNCATE wants the
-        write lock. A plain attribute check when nothing is wanted."""
-        if not self.writer_state:
-            return
+    def begin(self) -> None:
+        """Writer thread, before each transaction: wait while a RESTART/TRUNCATE wants or
+        holds the write lock (then the writer never sleeps in SQLite's busy handler)."""
         with self._handover:
-            if self.writer_state != "wanted":
-                return
-            self.writer_state = "paused"
-            self._handover.notify_all()
-            self._handover.wait_for(lambda: not self.writer_state)
+            while self._exclusive_state:
+                self._handover.wait()
+            self._writer_busy = True
+
+    def end(self) -> None:
+        """Writer thread, after each transaction (committed or not)."""
+        with self._handover:
+            self._writer_busy = False
+            if self._exclusive_state:
+                self._handover.notify_all()
 
     def _exclusive(self, mode: str) -> bool:
-        """Run a RESTART or TRUNCATE checkpoint with the writer paused (or idle)."""
+        """Run a RESTART or TRUNCATE checkpoint between two of the writer's transactions."""
         with self._handover:
-            self.writer_state = "wanted"
-            # An idle writer does not answer; then the checkpoint simply runs (and a write
-            # arriving meanwhile pauses until it is done).
-            self._handover.wait_for(lambda: self.writer_state == "paused", timeout=0.05)
+            self._exclusive_state = "wanted"
+            # The current transaction ends within one commit; the timeout is a safety net.
+            self._handover.wait_for(lambda: not self._writer_busy, timeout=5.0)
+            self._exclusive_state = "running"
         try:
             return self._checkpoint(mode)[0]
         finally:
             with self._handover:
-                self.writer_state = ""
+                self._exclusive_state = ""
                 self._handover.notify_all()
 
     def stop(self) -> None:
