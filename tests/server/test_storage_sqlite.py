@@ -242,3 +242,32 @@ async def test_idle_store_empties_its_wal(tmp_path: Any, small_wal: None,
         assert await store.get("k/100") == 100
     finally:
         await store.close()
+
+
+def test_restart_checkpoint_waits_for_the_writers_transaction(tmp_path: Any) -> None:
+    """A RESTART runs between two transactions of the writer, and the writer's next
+    transaction waits for it (nobody sleeps in SQLite's busy handler)."""
+    import threading
+
+    path = str(tmp_path / "h.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE t (x)")
+    ckpt = sqlite_checkpoint.Checkpointer(path)
+    ckpt.start()
+    try:
+        ckpt.begin()  # the writer is in a transaction
+        done: list[bool] = []
+        runner = threading.Thread(target=lambda: done.append(ckpt._exclusive("RESTART")))
+        runner.start()
+        runner.join(0.2)
+        assert runner.is_alive() and ckpt.runs["RESTART"] == 0  # waiting for end()
+        conn.execute("INSERT INTO t VALUES (1)")
+        ckpt.end()
+        runner.join(20)
+        assert done == [True] and ckpt.runs["RESTART"] == 1
+        ckpt.begin()  # free again: the next transaction starts at once
+        ckpt.end()
+    finally:
+        ckpt.stop()
+        conn.close()
