@@ -400,9 +400,13 @@ class SQLiteStorage:
             self._publish(changes)
 
     def _drop_prefixes(self, prefixes: list[str]) -> None:
-        cache = self._cache
-        for key in [k for k in cache if k.startswith(tuple(prefixes))]:
-            self._cache_size -= len(cache.pop(key))
+        cache, doomed = self._cache, tuple(prefixes)
+        # list() copies the keys in one C call: the loop thread's move_to_end (a get that
+        # hits) may run between two bytecodes, and iterating the cache itself would fail.
+        for key in [k for k in list(cache) if k.startswith(doomed)]:
+            old = cache.pop(key, None)
+            if old is not None:
+                self._cache_size -= len(old)
 
     def _publish(self, changes: dict[str, bytes | None]) -> None:
         cache, cap = self._cache, self.cache_entries
