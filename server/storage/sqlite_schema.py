@@ -11,7 +11,9 @@ __all__ = ["TABLE", "INDEX", "migrate", "prefix_end"]
 # writer CPU for keys that grow with time (token selectors, appended at the right edge of
 # the index) and about half for random keys (HMACs), whose inserts dirty one small index
 # leaf instead of one leaf of full rows; see docs/performance.md.
-TABLE = "CREATE TABLE IF NOT EXISTS kv (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL)"
+TABLE = (
+    "CREATE TABLE IF NOT EXISTS kv (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL)"
+)
 INDEX = "CREATE UNIQUE INDEX kv_key ON kv (key)"
 
 # The old layout is the same table without the index (the engine kept the keys in

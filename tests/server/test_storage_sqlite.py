@@ -149,7 +149,9 @@ async def test_list_and_delete_prefix_match_the_reference(
         await store.close()
 
 
-async def test_long_list_lets_other_work_run(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_long_list_lets_other_work_run(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sqlite_engine, "LIST_CHUNK", 10)
     store = await SQLiteStorage.open(str(tmp_path / "l.db"))
     try:
@@ -221,8 +223,10 @@ async def test_wal_stays_bounded_under_a_write_storm(tmp_path: Any, small_wal: N
     assert store.checkpointer._thread is None
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("SELECT count(*) FROM kv WHERE key LIKE 'sys/token/id/%'").fetchone() == (ROUNDS * 64,)
-        assert orjson.loads(conn.execute("SELECT value FROM kv WHERE key = 'hot/3'").fetchone()[0]) == {"round": ROUNDS - 1}
+        tokens = conn.execute("SELECT count(*) FROM kv WHERE key LIKE 'sys/token/id/%'").fetchone()
+        assert tokens == (ROUNDS * 64,)
+        hot = conn.execute("SELECT value FROM kv WHERE key = 'hot/3'").fetchone()[0]
+        assert orjson.loads(hot) == {"round": ROUNDS - 1}
     conn.close()
 
 
