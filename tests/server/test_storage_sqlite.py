@@ -275,3 +275,69 @@ def test_restart_checkpoint_waits_for_the_writers_transaction(tmp_path: Any) -> 
     finally:
         ckpt.stop()
         conn.close()
+
+
+# The child opens an old file and stops inside the conversion's transaction (a progress
+# handler that blocks once the transaction is open), so the SIGKILL lands mid-migration.
+MIGRATION_CHILD = r"""
+import asyncio, sys, time
+from server.storage import sqlite_schema
+from server.storage.sqlite import SQLiteStorage
+
+real = sqlite_schema.migrate
+
+def stalled(conn):
+    def progress():
+        if conn.in_transaction:
+            print("MIGRATING", flush=True)
+            time.sleep(60)
+        return 0
+    conn.set_progress_handler(progress, 100)
+    return real(conn)
+
+sqlite_schema.migrate = stalled
+import server.storage.sqlite as engine
+engine.migrate = stalled
+asyncio.run(SQLiteStorage.open(sys.argv[1]))
+"""
+
+
+async def test_sigkill_mid_migration_leaves_a_file_the_next_start_migrates(tmp_path: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = str(tmp_path / "old.db")
+    rows = OLD_ROWS + [(100 + i, f"sys/token/id/t{i:05d}", {"i": i}) for i in range(3000)]
+    _write_old_file(path, rows)
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", MIGRATION_CHILD, path], cwd=str(repo),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.to_thread(proc.stdout.readline)
+        assert line == b"MIGRATING\n", proc.stderr.read().decode() if proc.stderr else line
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+    assert proc.returncode == -signal.SIGKILL
+    with sqlite3.connect(path) as conn:  # still the old layout, every row there
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == []
+        assert conn.execute("SELECT count(*) FROM kv").fetchone() == (len(rows),)
+    conn.close()
+    store = await SQLiteStorage.open(path)
+    try:
+        assert store.migrated
+        assert await _state(store, OLD_STATE) == OLD_STATE
+        assert await store.get("sys/token/id/t02999") == {"i": 2999}
+        assert len(await store.list("sys/token/id/")) == 3002
+    finally:
+        await store.close()
