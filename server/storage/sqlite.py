@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import fcntl
 import os
 import queue
@@ -268,7 +269,7 @@ class SQLiteStorage:
         _check_key(key)
         await self._submit(PUT, key, orjson.dumps(value))
 
-    async def put_many(self, items: list[tuple[str, Any]]) -> None:
+    async def put_many(self, items: builtins.list[tuple[str, Any]]) -> None:
         """``put`` each (key, value) pair; they go to the writer together, so one commit
         usually covers them all. Returns once every write is durable; raises the first
         failure (after all have finished). Nothing is written if a value cannot be encoded.
@@ -387,7 +388,7 @@ class SQLiteStorage:
         assert self._stopped is not None
         self._notify(_set_result, self._stopped, None)
 
-    def publish(self, changes: dict[str, bytes | None], prefixes: list[str]) -> None:
+    def publish(self, changes: dict[str, bytes | None], prefixes: builtins.list[str]) -> None:
         """After COMMIT (writer thread): make a batch's changes visible to readers.
 
         ``prefixes`` were deleted by ``delete_prefix``; ``changes`` is the final state of
@@ -399,11 +400,11 @@ class SQLiteStorage:
                 self._drop_prefixes(prefixes)
             self._publish(changes)
 
-    def _drop_prefixes(self, prefixes: list[str]) -> None:
+    def _drop_prefixes(self, prefixes: builtins.list[str]) -> None:
         cache, doomed = self._cache, tuple(prefixes)
         # list() copies the keys in one C call: the loop thread's move_to_end (a get that
         # hits) may run between two bytecodes, and iterating the cache itself would fail.
-        for key in [k for k in list(cache) if k.startswith(doomed)]:
+        for key in [k for k in builtins.list(cache) if k.startswith(doomed)]:
             old = cache.pop(key, None)
             if old is not None:
                 self._cache_size -= len(old)
