@@ -290,7 +290,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
     """``/v1/auth/{path}``: find the mount, check the token, call the backend."""
     path = request.match_info["path"]
     op, data = await read_operation(request)
-    found = request.app[MOUNTS].match(path)
+    found = await request.app[MOUNTS].match_fresh(path)
     if found is None:
         raise no_route("auth/" + path)
     mount, rel = found

@@ -445,6 +445,31 @@ class MountTable:
             return
         self._reload_task = asyncio.get_running_loop().create_task(self.reload())
 
+    async def match_fresh(self, path: str) -> tuple[Mount, str] | None:
+        """``match``; on a miss with storage shared by several nodes, re-read the table and
+        try again, so a mount made on another node a moment ago is found at once (its
+        notification may still be on the way). Concurrent misses share one read."""
+        found = self.match(path)
+        if found is not None or not getattr(self.storage, "shared", False):
+            return found
+        await self._refresh()
+        return self.match(path)
+
+    async def get_fresh(self, key: str) -> Mount | None:
+        """The mount at the normalised path ``key`` (``"jwt/"``), with the same re-read on
+        a miss as ``match_fresh``."""
+        mount = self.mounts.get(key)
+        if mount is not None or not getattr(self.storage, "shared", False):
+            return mount
+        await self._refresh()
+        return self.mounts.get(key)
+
+    async def _refresh(self) -> None:
+        task = self._reload_task
+        if task is None or task.done():
+            task = self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+        await asyncio.shield(task)
+
     async def reload(self) -> None:
         """Re-read ``core/mounts`` and apply it (mounts removed elsewhere are cleaned up)."""
         async with self._lock:

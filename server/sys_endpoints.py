@@ -67,7 +67,7 @@ async def auth_path(request: web.Request) -> web.StreamResponse:
     if tune:
         mount_path = path.rstrip("/")[: -len("tune")]
         await _sudo(request, "sys/auth/" + path.rstrip("/"), op)
-        mount = table.mounts.get(_norm(mount_path))
+        mount = await table.get_fresh(_norm(mount_path))
         if op is Operation.READ:
             if mount is None:
                 raise InvalidRequest(f"cannot fetch sysview for path \"auth/{_norm(mount_path)}\"")
@@ -78,7 +78,7 @@ async def auth_path(request: web.Request) -> web.StreamResponse:
         raise _unsupported()
     await _sudo(request, "sys/auth/" + path, op)
     if op is Operation.READ:
-        mount = table.mounts.get(_norm(path))
+        mount = await table.get_fresh(_norm(path))
         if mount is None:
             raise InvalidRequest(f"No auth engine at auth/{_norm(path)}")
         return envelope(request, mount.entry.public(), copy_top=True)

@@ -119,6 +119,9 @@ class PostgresStorage:
     several nodes from sharing a flush. Build it with ``await PostgresStorage.open(dsn)``.
     """
 
+    #: Several nodes write this storage: a cache miss may be another node's fresh write.
+    shared = True
+
     def __init__(self, dsn: str, pool_size: int = 10) -> None:
         self.dsn = dsn
         self.node_id = uuid.uuid4().hex

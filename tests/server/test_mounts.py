@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import nullcontext
 from typing import Any
 
@@ -200,3 +201,36 @@ async def test_sys_auth_shape() -> None:
                            "running_plugin_version", "running_sha256", "seal_wrap", "external_entropy_access",
                            "type", "uuid", "deprecation_status"}
     assert public["config"]["token_type"] == "default-service"
+
+
+class SharedStorage(InMemoryStorage):
+    """Storage written by several nodes whose change notifications never arrive."""
+
+    shared = True
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared storage", "single node"])
+async def test_a_mount_made_on_another_node_is_found_on_a_miss(shared: bool) -> None:
+    """Node B must not answer 404 for a mount node A has just made while A's notification is
+    still on the way (a client behind a load balancer mounts, then configures). With one
+    node nothing else writes, so a miss is a miss and costs no storage read."""
+    storage = SharedStorage() if shared else InMemoryStorage()
+    a, b = await make_table(storage), await make_table(storage)
+    await a.enable("ci/jwt", "rec")
+    assert b.match("ci/jwt/config") is None  # no notification reached b
+    found = await b.match_fresh("ci/jwt/config")
+    assert (found is not None and found[1] == "config") is shared
+    assert ((await b.get_fresh("ci/jwt/")) is not None) is shared
+    assert await b.match_fresh("nope/login") is None and await b.get_fresh("nope/") is None
+    # Concurrent misses share one read of the table.
+    reads = 0
+    original = storage.get
+
+    async def counting_get(key: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await original(key)
+
+    storage.get = counting_get  # type: ignore[method-assign]
+    await asyncio.gather(*(b.match_fresh("missing/login") for _ in range(20)))
+    assert reads == (1 if shared else 0)
