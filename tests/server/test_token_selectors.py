@@ -25,30 +25,7 @@ from server.token_entry import (
     token_selector,
 )
 from server.tokens import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, MountInfo, TokenEntry, TokenStore
-
-JWT = MountInfo(path="auth/jwt/", accessor="auth_jwt_1a2b3c4d", default_lease_ttl=3600, max_lease_ttl=7200)
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(clock: Clock) -> Any:
-    s = TokenStore(InMemoryStorage(), clock=clock)
-    await s.start(sweep=False)
-    yield s
-    await s.close()
+from tests.server.test_tokens import JWT, T0, Clock, clock, store  # noqa: F401 - shared fixtures
 
 
 def login(**kw: Any) -> Auth:
