@@ -213,6 +213,7 @@ SECTIONS = [
 HOWTO = """## How to run
 
 ```sh
+scripts/bench                                      # the one command: installs what is missing, then bench/run.py
 .venv/bin/python bench/run.py                      # cases 1-6 at 16 and 64 connections, 15 s each
 .venv/bin/python bench/run.py --duration 30 --rounds 3   # quieter numbers (medians of 3 rounds)
 .venv/bin/python bench/run.py --long               # ~1 M logins, RSS growth of the server
