@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+import structlog
+
 __all__ = ["Checkpointer", "INTERVAL", "RESTART_FRAMES", "IDLE"]
 
 #: Seconds between checkpoint rounds while commits come in.
@@ -14,6 +16,10 @@ INTERVAL = 0.25
 RESTART_FRAMES = 4096
 #: Seconds without commits after which the WAL file is emptied (TRUNCATE).
 IDLE = 2.0
+#: While checkpoints keep failing, every this many failures is logged again.
+LOG_EVERY = 100
+
+log = structlog.get_logger("authmount.storage")
 
 
 class Checkpointer:
@@ -37,6 +43,11 @@ class Checkpointer:
 
     Durability does not depend on checkpoints: a commit is durable once its WAL frames
     are synced. :meth:`stop` ends the thread (after a running checkpoint finishes).
+
+    A failing checkpoint (a locked or unreadable WAL) is retried at the next round and
+    logged (``sqlite_checkpoint_failed``: the first of a streak, then every ``LOG_EVERY``;
+    ``sqlite_checkpoint_recovered`` when one runs again), since a WAL that is never
+    checkpointed grows without bound.
     """
 
     def __init__(self, path: str) -> None:
@@ -45,7 +56,8 @@ class Checkpointer:
         self.restart_frames = RESTART_FRAMES
         self.idle = IDLE
         self.runs = {"PASSIVE": 0, "RESTART": 0, "TRUNCATE": 0}  # checkpoints run, by mode
-        self.errors = 0
+        self.errors = 0  # failed checkpoints, in total
+        self._failing = 0  # failed checkpoints since the last one that ran
         self._wake = threading.Event()
         # The hand-over of the write lock for RESTART/TRUNCATE: the writer is in a
         # transaction (_writer_busy); a checkpoint wants or holds the lock ("wanted",
@@ -115,12 +127,21 @@ class Checkpointer:
         """Run one checkpoint; return (completed, frames in the WAL)."""
         assert self._conn is not None
         try:
-            busy, log, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
-        except sqlite3.Error:  # e.g. busy past the timeout: try again at the next round
+            busy, frames, done = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
+        except sqlite3.Error as exc:  # e.g. busy past the timeout: try again at the next round
             self.errors += 1
+            self._failing += 1
+            if self._failing % LOG_EVERY == 1:  # the first of a streak, then every LOG_EVERY
+                log.warning(
+                    "sqlite_checkpoint_failed", mode=mode, error=str(exc),
+                    failures_in_a_row=self._failing, path=self.path,
+                )
             return False, 0
+        if self._failing:
+            log.info("sqlite_checkpoint_recovered", mode=mode, failures_in_a_row=self._failing, path=self.path)
+            self._failing = 0
         self.runs[mode] += 1
-        return not busy and log == done, int(log)
+        return not busy and frames == done, int(frames)
 
     def _main(self) -> None:
         dirty = False  # commits since the WAL file was last emptied
