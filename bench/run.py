@@ -106,6 +106,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--long", action="store_true", help="only the long run: ~1M logins, RSS growth")
     p.add_argument("--long-logins", type=int, default=1_000_000)
     p.add_argument("--long-chunk", type=float, default=30, help="seconds between RSS samples")
+    p.add_argument("--pg-no-fsync", action="store_true",
+                   help="cases 6/6b on a PostgreSQL with fsync off (diagnostic: what commit latency costs)")
     p.add_argument("--slow-jwks", action="store_true",
                    help="only the slow-JWKS scenario: cached-kid logins while a refresh hangs")
     p.add_argument("--jwks-delay", type=float, default=5.0, help="slow JWKS response delay (s)")
@@ -171,7 +173,7 @@ def _start_postgres_cases(args: argparse.Namespace, run_dir: Path, keys, notes: 
         notes.append("cases 6/6b skipped: `authmount server` has no --workers flag")
         return
     try:
-        pg = authmount.start_postgres(args.workers_cpus)
+        pg = authmount.start_postgres(args.workers_cpus, durable=not args.pg_no_fsync)
     except RuntimeError as exc:
         notes.append(f"cases 6/6b skipped: --workers needs PostgreSQL, which is unavailable: {exc}")
         return
@@ -186,7 +188,8 @@ def _start_postgres_cases(args: argparse.Namespace, run_dir: Path, keys, notes: 
         authmount.configure_jwt_mount(srv, keys.public_pem)
     notes.append(
         f"cases 6/6b: `--workers` needs PostgreSQL storage, so both use a local PostgreSQL "
-        f"(durable defaults, pinned to cores {args.workers_cpus}); 6b (1 worker, cores "
+        f"({'fsync off: a diagnostic run, not durable' if args.pg_no_fsync else 'durable defaults'}, "
+        f"pinned to cores {args.workers_cpus}); 6b (1 worker, cores "
         f"{args.server_cpus}) is the baseline for the worker-scaling ratio."
     )
     if set(args.workers_cpus.split(",")) & set(args.client_cpus.split(",")):
