@@ -18,6 +18,7 @@ from server.appkeys import ROOT_TOKEN
 from server.listparser import ListVerbAppRunner
 from server.log import configure_logging, flush_request_log
 from server.settings import Settings, SettingsError, dev_settings, load_settings
+from server.sys_endpoints import VERSION
 
 __all__ = ["main", "serve"]
 
@@ -26,7 +27,9 @@ WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="authmount", description="A Vault-compatible JWT/OIDC auth server.")
+    parser.add_argument("--version", "-version", action="version", version=f"authmount v{VERSION}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("version", help="print the version (as `vault version`)")
     srv = sub.add_parser("server", help="run the server")
     srv.add_argument("--config", "-config", metavar="FILE", help="YAML settings file")
     srv.add_argument("--dev", "-dev", action="store_true", help="in-memory dev server with a printed root token")
@@ -43,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"authmount v{VERSION}")
+        return 0
     try:
         if args.dev:
             settings = dev_settings(args.dev_root_token_id, args.dev_listen_address)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from importlib import metadata
 from typing import Any
 
 import orjson
@@ -17,7 +18,10 @@ from server.handlers import authorize, envelope, json_response, no_route, read_b
 
 __all__ = ["health", "auth_list", "auth_path", "policies_acl", "policy_legacy", "openapi", "VERSION"]
 
-VERSION = "0.1.0"
+try:  # the installed distribution's version (pyproject.toml), the one source of truth
+    VERSION = metadata.version("authmount")
+except metadata.PackageNotFoundError:  # a source tree on sys.path without an install
+    VERSION = "0.0.0+unknown"
 _SUDO_CAP = {
     Operation.READ: "read", Operation.LIST: "list", Operation.UPDATE: "update",
     Operation.CREATE: "create", Operation.DELETE: "delete",

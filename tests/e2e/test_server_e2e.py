@@ -186,6 +186,18 @@ def test_config_errors_exit_nonzero_naming_the_key(tmp_path: Path, yaml_text: st
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args", [("version",), ("--version",), ("-version",)])
+def test_version_matches_the_installed_distribution_and_sys_health(tmp_path: Path, args: tuple[str, ...]) -> None:
+    from importlib import metadata
+
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"authmount v{metadata.version('authmount')}\n"
+    from server.sys_endpoints import VERSION
+
+    assert VERSION == metadata.version("authmount")  # what sys/health reports
+
+
 def test_missing_mode_is_usage_error(tmp_path: Path) -> None:
     result = run_cli("server", cwd=tmp_path)
     assert result.returncode == 2
