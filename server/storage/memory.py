@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from plugin.storage import Updater, list_children
+from plugin.storage import Updater, check_page_args, list_children, page_children
 
 __all__ = ["MemoryStorage"]
 
@@ -54,6 +54,17 @@ class MemoryStorage:
         """Immediate children under ``prefix`` (sorted; sub-folders end with ``/``)."""
         self._check()
         return list_children(self._data.keys(), prefix)
+
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+        """The children ``list`` would return sorting after ``after``, at most ``limit``.
+
+        One pass over every key per page (the dict is not ordered by key): a walk of a
+        large folder costs keys x pages. Fine for ``--dev`` and tests; the durable
+        engines seek in their key index instead.
+        """
+        self._check()
+        check_page_args(prefix, after, limit)
+        return page_children(self._data.keys(), prefix, after, limit)
 
     async def update(self, key: str, fn: Updater) -> Any | None:
         """Atomically store ``fn(old)`` (None deletes); return the new value."""

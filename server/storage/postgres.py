@@ -14,7 +14,8 @@ import psycopg
 import structlog
 from psycopg import pq
 
-from plugin.storage import Updater, list_children
+from plugin.storage import Updater, check_page_args, list_children, page_floor
+from server.storage.sqlite_schema import prefix_end
 
 __all__ = ["PostgresStorage", "CHANNEL"]
 
@@ -48,6 +49,17 @@ _DELETE_PREFIX = (
     "WITH d AS (DELETE FROM authmount_kv WHERE key LIKE %(pattern)s ESCAPE '\\' RETURNING key)"
     " SELECT pg_notify(%(chan)s, %(node)s || key) FROM d WHERE NOT key LIKE ANY(%(quiet)s::text[])"
 )
+
+#: ``list_page`` range scans on the primary-key index, by (inclusive floor, upper bound).
+_PAGE = {
+    (inclusive, bounded): "SELECT key FROM authmount_kv WHERE key "
+    + (">=" if inclusive else ">")
+    + " %s"
+    + (" AND key < %s" if bounded else "")
+    + " ORDER BY key LIMIT %s"
+    for inclusive in (False, True)
+    for bounded in (False, True)
+}
 
 
 def like_prefix(prefix: str) -> str:
@@ -189,6 +201,38 @@ class PostgresStorage:
             )
             rows = await cur.fetchall()
         return list_children((r[0] for r in rows), prefix)
+
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
+        """The children ``list`` would return that sort after ``after``, at most ``limit``.
+
+        A range scan of the primary-key index (byte order, ``COLLATE "C"``) from the
+        first key past ``after``, ``LIMIT``-ed to what the page still needs; a sub-folder
+        is named once and skipped with one more query.
+        """
+        self._check()
+        check_page_args(prefix, after, limit)
+        end = prefix_end(prefix)
+        low, inclusive = page_floor(prefix, after)
+        cut = len(prefix)
+        out: builtins.list[str] = []
+        async with self._pool.connection() as conn:
+            while len(out) < limit:
+                want = limit - len(out)
+                args = (low, end, want) if end is not None else (low, want)
+                cur = await conn.execute(_PAGE[inclusive, end is not None], args)
+                keys = await cur.fetchall()
+                for (key,) in keys:
+                    rest = key[cut:]
+                    slash = rest.find("/")
+                    if slash < 0:
+                        out.append(rest)
+                        continue
+                    out.append(rest[: slash + 1])  # a sub-folder: name it once, seek past it
+                    low, inclusive = prefix + rest[:slash] + "0", True
+                    break
+                else:
+                    return out  # fewer keys than wanted: the folder is done, or the page full
+        return out
 
     async def put(self, key: str, value: Any) -> None:
         """Store ``value`` at ``key`` (committed when this returns)."""

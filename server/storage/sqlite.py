@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from plugin.storage import Updater
+from plugin.storage import Updater, check_page_args, page_floor
 from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Result
 from server.storage.sqlite_checkpoint import Checkpointer
 from server.storage.sqlite_schema import migrate, prefix_end
@@ -57,7 +57,8 @@ class SQLiteStorage:
     recently written or read values come from a cache (bounded by entries and by
     ``CACHE_BYTES``), others, misses included, from one indexed lookup on a read-only
     connection (WAL readers never wait for the writer); ``list`` is a range scan that
-    skips over each sub-folder with one seek. The writer updates the cache only after the
+    skips over each sub-folder with one seek, and ``list_page`` the same scan from a
+    given key for a bounded number of names. The writer updates the cache only after the
     commit, so it never shows uncommitted data; a value read from the file is cached only
     if no commit was published during the read; and nothing else writes the file.
 
@@ -244,6 +245,45 @@ class SQLiteStorage:
                 await asyncio.sleep(0)  # a long folder: let requests run between chunks
                 if self._closed:
                     raise RuntimeError("storage is closed")
+
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+        """The children ``list`` would return that sort after ``after``, at most ``limit``.
+
+        The same range scan as ``list``, started at the first key past ``after`` (one
+        index seek) and stopped after ``limit`` names: a page costs what it returns,
+        wherever it is in the folder. Each query is its own snapshot.
+        """
+        if self._closed or self._reader is None:
+            raise RuntimeError("storage is closed")
+        check_page_args(prefix, after, limit)
+        end = prefix_end(prefix)
+        low, inclusive = page_floor(prefix, after)
+        if not inclusive:
+            low += "\0"  # the smallest key above it
+        cut = len(prefix)
+        out: list[str] = []
+        while len(out) < limit:
+            want = min(limit - len(out), LIST_CHUNK)
+            sql, args = (_SCAN, (low, end, want)) if end is not None else (_SCAN_TO_END, (low, want))
+            keys = self._reader.execute(sql, args).fetchall()
+            for (key,) in keys:
+                rest = key[cut:]
+                slash = rest.find("/")
+                if slash < 0:
+                    out.append(rest)
+                    continue
+                out.append(rest[: slash + 1])  # a sub-folder: name it once, seek past it
+                low = prefix + rest[:slash] + "0"
+                break
+            else:
+                if len(keys) < want:
+                    return out
+                low = keys[-1][0] + "\0"
+                if len(out) < limit:
+                    await asyncio.sleep(0)  # a big page: let requests run between chunks
+                    if self._closed:
+                        raise RuntimeError("storage is closed")
+        return out
 
     # -- writes (queued to the writer thread) ----------------------------------------
 

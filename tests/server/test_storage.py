@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from plugin.storage import Storage, list_children
+from plugin.storage import InMemoryStorage, PrefixedStorage, Storage, list_children
 from server.storage import open_storage
 from server.storage.postgres import like_prefix
 from server.storage.sqlite import SQLiteStorage
@@ -170,6 +170,148 @@ async def test_delete_prefix(store: Any, prefix: str, count: int, left: list[str
     remaining = [k for k in ("auth/a/1", "auth/a/2", "auth/a/3/4", "auth/a_b/x", "auth/ab/x",
                              "other") if await store.get(k) is not None]
     assert remaining == left
+
+
+# -- list_page: one bounded page of list()'s children -------------------------------------
+
+PAGE_ENGINES = [*ENGINES, "plugin-memory", "prefixed"]
+
+
+@pytest.fixture(params=PAGE_ENGINES)
+async def page_store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Any]:
+    """Every engine, plus the plugin's InMemoryStorage and a mount's PrefixedStorage view
+    (over an inner store holding decoy keys next to its prefix)."""
+    kind = request.param
+    if kind == "plugin-memory":
+        yield InMemoryStorage()
+        return
+    cfg: dict[str, Any] = {"type": "memory" if kind == "prefixed" else kind}
+    if kind == "sqlite":
+        cfg["path"] = str(tmp_path / "db" / "authmount.db")
+    elif kind == "postgres":
+        cfg["dsn"] = request.getfixturevalue("postgres_dsn")
+    s = await open_storage(cfg)
+    if kind == "prefixed":
+        for decoy in ("mnt", "mnt0", "mns/a", "mnt.x/b", "auth/a/b"):
+            await s.put(decoy, 0)
+        yield PrefixedStorage(s, "mnt/")
+    else:
+        yield s
+    await s.close()
+
+
+PAGE_KEYS = ("a/b", "a/b/x", "a/c/d/e", "b", "c_d/1", "cxd/9", "c%/2", "c%x/3")
+ROOT = ["a/", "b", "c%/", "c%x/", "c_d/", "cxd/"]  # list("") of PAGE_KEYS
+PAGE_CASES = [
+    ("", "", 100, ROOT, "whole-folder"),
+    ("", "", 1, ["a/"], "limit-1"),
+    ("", "", 3, ["a/", "b", "c%/"], "limit-cuts"),
+    ("", "a/", 2, ["b", "c%/"], "after-a-sub-folder"),
+    ("", "a", 1, ["a/"], "after-a-leaf-name-before-its-folder"),
+    ("", "a/zzz", 1, ["b"], "after-inside-a-sub-folder"),
+    ("", "b", 1, ["c%/"], "after-at-a-key"),
+    ("", "c", 2, ["c%/", "c%x/"], "after-between-keys"),
+    ("", "c%/", 1, ["c%x/"], "after-percent-folder"),
+    ("", "cxd/", 5, [], "after-the-last"),
+    ("", "zzz", 5, [], "after-past-the-end"),
+    ("a/", "", 10, ["b", "b/", "c/"], "leaf-and-folder-same-name"),
+    ("a/", "b", 10, ["b/", "c/"], "after-leaf-of-same-name"),
+    ("a/", "b/", 10, ["c/"], "after-folder-of-same-name"),
+    ("a/c/", "", 10, ["d/"], "deep"),
+    ("c_d/", "", 10, ["1"], "underscore-is-literal"),
+    ("c%/", "", 10, ["2"], "percent-is-literal"),
+    ("zzz/", "", 10, [], "missing-prefix"),
+]
+
+
+@pytest.mark.parametrize(("prefix", "after", "limit", "expected"), [c[:4] for c in PAGE_CASES],
+                         ids=[c[4] for c in PAGE_CASES])
+async def test_list_page(page_store: Any, prefix: str, after: str, limit: int,
+                         expected: list[str]) -> None:
+    for key in PAGE_KEYS:
+        await page_store.put(key, 1)
+    assert await page_store.list_page(prefix, after, limit) == expected
+    assert expected == [c for c in await page_store.list(prefix) if c > after][:limit]
+
+
+async def test_list_page_of_an_empty_store(page_store: Any) -> None:
+    assert await page_store.list_page("") == []
+    assert await page_store.list_page("a/", "x", 1) == []
+
+
+async def test_list_page_defaults(page_store: Any) -> None:
+    """``after`` defaults to the start of the folder, ``limit`` to 1000."""
+    await asyncio.gather(*(page_store.put(f"t/{i:04d}", i) for i in range(1001)))
+    assert await page_store.list_page("t/") == [f"{i:04d}" for i in range(1000)]
+
+
+PAGE_BAD_ARGS = [
+    (None, "", 1, TypeError, "prefix must be a str", "prefix-none"),
+    (b"a/", "", 1, TypeError, "prefix must be a str", "prefix-bytes"),
+    ("", None, 1, TypeError, "after must be a str", "after-none"),
+    ("", 5, 1, TypeError, "after must be a str", "after-int"),
+    ("", "", "10", TypeError, "limit must be an int", "limit-str"),
+    ("", "", 1.0, TypeError, "limit must be an int", "limit-float"),
+    ("", "", True, TypeError, "limit must be an int", "limit-bool"),
+    ("", "", 0, ValueError, "limit must be at least 1", "limit-zero"),
+    ("", "", -3, ValueError, "limit must be at least 1", "limit-negative"),
+]
+
+
+@pytest.mark.parametrize(("prefix", "after", "limit", "error", "message"),
+                         [c[:5] for c in PAGE_BAD_ARGS], ids=[c[5] for c in PAGE_BAD_ARGS])
+async def test_list_page_rejects_bad_arguments(page_store: Any, prefix: Any, after: Any, limit: Any,
+                                               error: type, message: str) -> None:
+    await page_store.put("a/b", 1)
+    with pytest.raises(error, match=message):
+        await page_store.list_page(prefix, after, limit)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7], ids=["limit-1", "limit-3", "limit-7"])
+async def test_list_page_walk_while_deleting(page_store: Any, limit: int) -> None:
+    """Paging by ``after`` = the last name seen neither skips nor repeats a key while the
+    walker deletes what it has seen (as the sweeper does) and another writer deletes a
+    key ahead of the walk and adds one behind it."""
+    names = [f"{i:02d}" for i in range(40)]
+    for name in names:
+        await page_store.put("t/" + name, 1)
+    await page_store.put("t/15/sub", 1)  # a sub-folder in the middle
+    seen: list[str] = []
+    gone_ahead: set[str] = set()
+    after = ""
+    for step in range(100):
+        page = await page_store.list_page("t/", after, limit)
+        seen += page
+        for name in page:
+            await page_store.delete("t/" + name)  # the sub-folder's key stays: harmless
+        ahead = f"{int(page[-1].rstrip('/')) + 2:02d}" if page else ""
+        if ahead in names:
+            await page_store.delete("t/" + ahead)
+            gone_ahead.add(ahead)
+        await page_store.put(f"t/!{step}", 1)  # "!" sorts before every name seen
+        if len(page) < limit:
+            break
+        after = page[-1]
+    assert seen == sorted(set(seen))  # in order, no repeats
+    assert seen == sorted(set(names) - gone_ahead | {"15/"})
+    assert gone_ahead  # the walk really raced the other writer
+
+
+async def test_list_page_matches_the_reference(page_store: Any) -> None:
+    """Random keys with folders and odd characters: every page equals ``list`` filtered."""
+    rnd = random.Random(11)
+    parts = ["a", "b", "a/", "/", "b/c", "0", ".", "é", "\U0001f680", "\U0010ffff", "x/y/", "%", "_"]
+    keys = {"".join(rnd.choice(parts) for _ in range(rnd.randint(1, 4))) for _ in range(60)}
+    for key in keys:
+        await page_store.put(key, 1)
+    for prefix in ["", "a", "a/", "b/", "/", "x/y/", "é", "\U0010ffff", "%"]:
+        children = list_children(keys, prefix)
+        assert await page_store.list(prefix) == children
+        afters = ["", "0", "a/0", "\U0010ffff", *children]
+        for after in afters:
+            for limit in (1, 2, 5):
+                want = [c for c in children if c > after][:limit]
+                assert await page_store.list_page(prefix, after, limit) == want, (prefix, after, limit)
 
 
 async def test_closed_store_refuses(store: Any) -> None:

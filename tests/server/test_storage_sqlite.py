@@ -122,8 +122,8 @@ def test_prefix_end(prefix: str, end: str | None) -> None:
 async def test_list_and_delete_prefix_match_the_reference(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Random keys (folders, odd characters, long folders read in several chunks): list
-    and delete_prefix agree with ``list_children`` and a prefix filter."""
+    """Random keys (folders, odd characters, long folders read in several chunks): list,
+    list_page and delete_prefix agree with ``list_children`` and a prefix filter."""
     monkeypatch.setattr(sqlite_engine, "LIST_CHUNK", 3)
     rnd = random.Random(7)
     parts = ["a", "b", "a/", "/", "b/c", "0", ".", "é", "\U0001f680", "\U0010ffff", "x/y/"]
@@ -139,7 +139,12 @@ async def test_list_and_delete_prefix_match_the_reference(
                 await store.delete(key)
                 ref.discard(key)
             for prefix in prefixes:
-                assert await store.list(prefix) == list_children(ref, prefix), prefix
+                children = list_children(ref, prefix)
+                assert await store.list(prefix) == children, prefix
+                for after in ("", *rnd.sample(children, min(3, len(children)))):
+                    for limit in (1, 4, 100):  # a page of 4 or 100 takes several chunks of 3
+                        want = [c for c in children if c > after][:limit]
+                        assert await store.list_page(prefix, after, limit) == want, (prefix, after)
         for prefix in prefixes:
             doomed = {k for k in ref if k.startswith(prefix)}
             assert await store.delete_prefix(prefix) == len(doomed), prefix
