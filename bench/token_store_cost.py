@@ -12,7 +12,8 @@ tokens, 16 at a time (so SQLite group-commits as under load), then authenticates
 Rounds are interleaved runs; the median and the spread (min-max) are printed.
 ``--sweep N`` instead fills a SQLite file with N tokens (none due) and prints the loop CPU
 of ``sweep()`` (reads every token) and, where the store has it, ``sweep(due_only=True)``
-(what the periodic sweeper runs). ``--heap N`` prints the Python heap (tracemalloc) that
+(what the periodic sweeper runs), and the peak Python heap (tracemalloc) of one more run
+of each: what a sweep adds to the server's RSS while it runs. ``--heap N`` prints the Python heap (tracemalloc) that
 N more SQLite logins leave allocated (the engine's key index, caches), per login.
 """
 
@@ -115,6 +116,21 @@ async def _one_round(kind: str, n: int, uses: int) -> dict[str, float]:
     }
 
 
+async def _sweep_peak(store: TokenStore, kwargs: dict[str, bool]) -> int:
+    """Bytes the Python heap grew by at most during one sweep (tracemalloc peak)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        await store.sweep(**kwargs)
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
 async def _sweep_cost(n: int, rounds: int) -> None:
     from server.storage import open_storage
 
@@ -136,9 +152,11 @@ async def _sweep_cost(n: int, rounds: int) -> None:
                     await store.sweep(**kwargs)
                     cpu.append(time.thread_time() - t0)
                 cpu.sort()
+                peak = await _sweep_peak(store, kwargs)
                 print(f"{name:22} {n} tokens: loop CPU median {statistics.median(cpu) * 1e3:8.1f} ms "
                       f"(spread {cpu[0] * 1e3:.1f}-{cpu[-1] * 1e3:.1f}), "
-                      f"{statistics.median(cpu) / n * 1e6:.3f} us per token")
+                      f"{statistics.median(cpu) / n * 1e6:.3f} us per token; "
+                      f"peak heap {peak / 2**20:.2f} MiB")
         finally:
             await storage.close()
 

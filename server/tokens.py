@@ -9,7 +9,7 @@ import hmac
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -78,6 +78,9 @@ _ENTITY_CACHE_SIZE = 4096
 _SCAN_CHUNK = 64
 #: Keys the due-only sweep may skip (no read) between two event-loop turns.
 _SKIP_CHUNK = 4096
+#: Keys of ``ID_PREFIX`` a full scan fetches per storage call (``list_page``): only one
+#: page is alive at a time, not every token's key (~100 MB at 1 M tokens).
+SCAN_PAGE = 2048
 
 
 async def _pause(n: int) -> None:
@@ -88,6 +91,22 @@ async def _pause(n: int) -> None:
     """
     if n % _SCAN_CHUNK == _SCAN_CHUNK - 1:
         await asyncio.sleep(0)
+
+
+async def _id_keys(storage: Storage) -> AsyncIterator[str]:
+    """Every name under ``ID_PREFIX``, in key order, fetched ``SCAN_PAGE`` at a time.
+
+    The next page starts after the last key seen, so rows deleted (or added) meanwhile
+    never make the walk skip or repeat another row.
+    """
+    after = ""
+    while True:
+        page = await storage.list_page(ID_PREFIX, after, SCAN_PAGE)
+        for key in page:
+            yield key
+        if len(page) < SCAN_PAGE:
+            return
+        after = page[-1]
 
 
 class TokenStore:
@@ -639,9 +658,10 @@ class TokenStore:
         now = self.clock()
         await self.storage.put(EPOCH_PREFIX + mount_accessor, now)
         self._epochs[mount_accessor] = (now, time.monotonic())
-        count = 0
-        for n, key in enumerate(await self.storage.list(ID_PREFIX)):
+        count = n = 0
+        async for key in _id_keys(self.storage):
             await _pause(n)
+            n += 1
             data = await self.storage.get(ID_PREFIX + key)
             if data is not None and data.get("mount_accessor") == mount_accessor:
                 count += await self._revoke_tree(key)
@@ -650,8 +670,10 @@ class TokenStore:
     async def list_accessors(self) -> list[str]:
         """Accessors of every live service token (a full scan; for operators)."""
         out: list[str] = []
-        for n, key in enumerate(await self.storage.list(ID_PREFIX)):
+        n = 0
+        async for key in _id_keys(self.storage):
             await _pause(n)
+            n += 1
             data = await self.storage.get(ID_PREFIX + key)
             if data is not None and data.get("accessor") and data.get("num_uses", 0) >= 0:
                 entry = TokenEntry.from_dict(data)
@@ -703,10 +725,11 @@ class TokenStore:
         now = self.clock()
         start, end, cutoff = due_cutoff(now)
         hints = self._sweep_hints
-        read = 0
-        for n, key in enumerate(await self.storage.list(ID_PREFIX)):
+        read = n = 0
+        async for key in _id_keys(self.storage):
             if n % _SKIP_CHUNK == _SKIP_CHUNK - 1:
                 await asyncio.sleep(0)  # ~1 ms of skipped keys: let requests run
+            n += 1
             if key.endswith("/"):
                 continue
             if due_only and len(key) == SELECTOR_LEN:

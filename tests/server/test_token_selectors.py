@@ -498,6 +498,90 @@ async def test_sweep_hints_are_bounded(counting: TokenStore, clock: Clock, monke
     assert await counting.sweep(due_only=True) == 5
 
 
+# -- full scans page through the token rows ---------------------------------------------------
+
+
+class PageSpy:
+    """A storage that records the pages read under ``ID_PREFIX`` and refuses to list all of it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.pages: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def list(self, prefix: str) -> list[str]:
+        assert prefix != ID_PREFIX, "a full scan listed every token key at once"
+        return await self.inner.list(prefix)
+
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+        page = await self.inner.list_page(prefix, after, limit)
+        if prefix == ID_PREFIX:
+            self.pages.append(len(page))
+        return page
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def paged(request: pytest.FixtureRequest, tmp_path: Any, clock: Clock,
+                monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A TokenStore over a PageSpy (in-memory, or a real SQLite file), 4 keys per page."""
+    import server.tokens as tokens_mod
+    from server.storage.sqlite import SQLiteStorage
+
+    monkeypatch.setattr(tokens_mod, "SCAN_PAGE", 4)
+    inner = InMemoryStorage() if request.param == "memory" else await SQLiteStorage.open(
+        str(tmp_path / "t.db"), synchronous="NORMAL")
+    s = TokenStore(PageSpy(inner), clock=clock)
+    await s.start(sweep=False)
+    yield s
+    await s.close()
+    if request.param == "sqlite":
+        await inner.close()
+
+
+async def _issue_mixed(store: TokenStore, clock: Clock, n: int) -> tuple[list[str], list[str]]:
+    """``n`` tokens minted one second apart (so in key order), alternately short (60 s) and
+    long (1 h) lived: the short ones are spread over every page. Returns their selectors."""
+    short, long_ = [], []
+    for i in range(n):
+        block, _ = await store.issue(login(ttl=60 if i % 2 else 3600), mount=JWT)
+        (short if i % 2 else long_).append(_sel(block["client_token"]))
+        clock.now += 1
+    return short, long_
+
+
+@pytest.mark.parametrize("due_only", [True, False], ids=["periodic", "tidy"])
+async def test_sweep_pages_through_rows_and_keeps_live_ones(paged: TokenStore, clock: Clock,
+                                                            due_only: bool) -> None:
+    short, long_ = await _issue_mixed(paged, clock, 23)  # 6 pages of 4
+    root = await paged.create_root("dev-root")  # an HMAC-keyed row, never expires
+    clock.now += 120
+    assert await paged.sweep(due_only=due_only) == len(short) == 11
+    rows = await paged.storage.inner.list(ID_PREFIX)  # type: ignore[attr-defined]
+    assert rows == sorted([*long_, paged.hash(root)])
+    pages = paged.storage.pages  # type: ignore[attr-defined]
+    assert len(pages) >= 6 and max(pages) <= 4
+    assert await paged.sweep(due_only=due_only) == 0  # nothing skipped the first time
+
+
+async def test_list_accessors_pages_through_rows(paged: TokenStore, clock: Clock) -> None:
+    blocks = [(await paged.issue(login(ttl=60 if i % 3 else 3600), mount=JWT))[0] for i in range(14)]
+    clock.now += 120
+    want = sorted(b["accessor"] for i, b in enumerate(blocks) if i % 3 == 0)
+    assert await paged.list_accessors() == want
+    assert max(paged.storage.pages) <= 4 and len(paged.storage.pages) >= 4  # type: ignore[attr-defined]
+
+
+async def test_revoke_mount_pages_through_rows(paged: TokenStore, clock: Clock) -> None:
+    other = MountInfo("auth/other/", "auth_jwt_ffff0000", 3600, 7200)
+    mine = [(await paged.issue(login(), mount=JWT if i % 2 else other))[0] for i in range(13)]
+    assert await paged.revoke_mount(JWT.accessor) == 6
+    left = await paged.list_accessors()
+    assert left == sorted(b["accessor"] for i, b in enumerate(mine) if i % 2 == 0)
+    assert max(paged.storage.pages) <= 4  # type: ignore[attr-defined]
+
+
 # -- the upgrade over HTTP: a server started on storage holding old-layout rows ----------------
 
 
