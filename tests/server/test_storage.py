@@ -337,6 +337,46 @@ async def test_open_storage_rejects_bad_settings(cfg: dict[str, Any], tmp_path: 
         await open_storage(cfg)
 
 
+# -- memory engine specifics ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slack", [0, 5, 4096], ids=["resort-always", "resort-often", "default"])
+async def test_memory_list_page_under_churn(monkeypatch: pytest.MonkeyPatch, slack: int) -> None:
+    """The memory engine's sorted key list stays exact while keys are created, re-created,
+    updated, deleted and prefix-deleted between pages (merged in, skipped, or re-sorted)."""
+    from server.storage import memory
+
+    monkeypatch.setattr(memory, "RESORT_SLACK", slack)
+    store = memory.MemoryStorage()
+    rnd = random.Random(5)
+    ref: set[str] = set()
+    names = [f"{a}{b}" for a in ("a/", "b/", "a/x/", "") for b in "0123456789"]
+    for step in range(600):
+        key, op = rnd.choice(names), rnd.random()
+        if op < 0.4:
+            await store.put(key, step)
+            ref.add(key)
+        elif op < 0.55:
+            await store.update(key, lambda old: {"n": 1})
+            ref.add(key)
+        elif op < 0.65:
+            await store.update(key, lambda old: None)
+            ref.discard(key)
+        elif op < 0.95:
+            await store.delete(key)
+            ref.discard(key)
+        else:
+            doomed = {k for k in ref if k.startswith("a/x/")}
+            assert await store.delete_prefix("a/x/") == len(doomed)
+            ref -= doomed
+        prefix = rnd.choice(["", "a/", "b/", "a/x/"])
+        children = list_children(ref, prefix)
+        after = rnd.choice(["", *children])
+        limit = rnd.choice([1, 3, 100])
+        assert await store.list_page(prefix, after, limit) == [c for c in children if c > after][:limit]
+    await store.close()
+
+
 # -- SQLite specifics ---------------------------------------------------------------------
 
 
