@@ -11,6 +11,7 @@ folder never holds all its keys at once.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -44,7 +45,7 @@ class Storage(Protocol):
     async def list(self, prefix: str) -> list[str]:
         """Immediate children under ``prefix`` (sorted; sub-folders end with ``/``)."""
 
-    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
         """The children ``list(prefix)`` would return that sort strictly after ``after``,
         at most ``limit`` of them (sorted; sub-folders end with ``/``).
 
@@ -150,7 +151,7 @@ class InMemoryStorage:
     async def list(self, prefix: str) -> list[str]:
         return list_children(self._data.keys(), prefix)
 
-    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
         check_page_args(prefix, after, limit)
         return page_children(self._data.keys(), prefix, after, limit)
 
@@ -194,7 +195,7 @@ class PrefixedStorage:
     async def list(self, prefix: str) -> list[str]:
         return await self.inner.list(self.prefix + prefix)
 
-    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
         check_page_args(prefix, after, limit)
         return await self.inner.list_page(self.prefix + prefix, after, limit)
 

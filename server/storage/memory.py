@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import builtins
 import heapq
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -73,7 +74,7 @@ class MemoryStorage:
         self._check()
         return list_children(self._data.keys(), prefix)
 
-    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
         """The children ``list`` would return that sort after ``after``, at most ``limit``."""
         self._check()
         check_page_args(prefix, after, limit)

@@ -246,7 +246,7 @@ class SQLiteStorage:
                 if self._closed:
                     raise RuntimeError("storage is closed")
 
-    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
         """The children ``list`` would return that sort after ``after``, at most ``limit``.
 
         The same range scan as ``list``, started at the first key past ``after`` (one
