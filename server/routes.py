@@ -21,6 +21,9 @@ def setup_routes(app: web.Application) -> None:
     """
     r = app.router
     r.add_get("/v1/sys/health", handled(sys_ep.health))
+    r.add_route("*", "/v1/sys/seal-status", handled(sys_ep.seal_status))
+    r.add_route("*", "/v1/sys/init", handled(sys_ep.init_status))
+    r.add_route("*", "/v1/sys/leader", handled(sys_ep.leader))
     r.add_route("*", "/v1/sys/auth", handled(sys_ep.auth_list))
     r.add_route("*", "/v1/sys/auth/{path:.+}", handled(sys_ep.auth_path))
     r.add_route("*", "/v1/sys/policies/acl", handled(sys_ep.policies_acl))

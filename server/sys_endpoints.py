@@ -16,7 +16,7 @@ from server.appkeys import CLUSTER_ID, MOUNTS, POLICIES, SETTINGS
 from server.errors import error_response
 from server.handlers import authorize, envelope, json_response, no_route, read_body, read_operation, release
 
-__all__ = ["health", "auth_list", "auth_path", "policies_acl", "policy_legacy", "openapi", "VERSION"]
+__all__ = ["health", "seal_status", "init_status", "leader", "auth_list", "auth_path", "policies_acl", "policy_legacy", "openapi", "VERSION"]
 
 try:  # the installed distribution's version (pyproject.toml), the one source of truth
     VERSION = metadata.version("authmount")
@@ -43,6 +43,59 @@ async def health(request: web.Request) -> web.Response:
         "version": VERSION,
         "cluster_name": request.app[SETTINGS].cluster_name,
         "cluster_id": request.app[CLUSTER_ID],
+    })
+
+
+#: What ``sys/seal-status`` reports as ``storage_type`` for each engine (Vault says "inmem").
+_STORAGE_TYPE = {"memory": "inmem", "sqlite": "sqlite", "postgres": "postgresql"}
+
+
+def _get_only(request: web.Request) -> None:
+    if request.method not in ("GET", "HEAD"):
+        raise _unsupported()
+
+
+async def seal_status(request: web.Request) -> web.Response:
+    """``GET sys/seal-status`` (unauthenticated; ``vault status``, hvac ``sys.is_sealed``):
+    authmount has no seal, so it is always initialized and unsealed."""
+    _get_only(request)
+    settings = request.app[SETTINGS]
+    return json_response({
+        "type": "shamir",
+        "initialized": True,
+        "sealed": False,
+        "t": 1,
+        "n": 1,
+        "progress": 0,
+        "nonce": "",
+        "version": VERSION,
+        "migration": False,
+        "cluster_name": settings.cluster_name,
+        "cluster_id": request.app[CLUSTER_ID],
+        "recovery_seal": False,
+        "storage_type": _STORAGE_TYPE.get(settings.storage.type, settings.storage.type),
+    })
+
+
+async def init_status(request: web.Request) -> web.Response:
+    """``GET sys/init`` (unauthenticated; hvac ``sys.is_initialized``): always initialized,
+    since the first start creates the root token. ``PUT sys/init`` is refused (405)."""
+    _get_only(request)
+    return json_response({"initialized": True})
+
+
+async def leader(request: web.Request) -> web.Response:
+    """``GET sys/leader`` (unauthenticated): no leader election, every node serves every
+    request, so it answers as a Vault without HA does."""
+    _get_only(request)
+    return json_response({
+        "ha_enabled": False,
+        "is_self": False,
+        "active_time": "0001-01-01T00:00:00Z",
+        "leader_address": "",
+        "leader_cluster_address": "",
+        "performance_standby": False,
+        "performance_standby_last_remote_wal": 0,
     })
 
 

@@ -47,6 +47,17 @@ def test_health_over_hvac(dev: ServerProc) -> None:
     assert client.sys.read_health_status(method="GET")["initialized"] is True
 
 
+def test_status_calls_of_hvac_and_vault_status(dev: ServerProc) -> None:
+    """What readiness scripts call: hvac's sys.is_initialized / is_sealed / read_leader_status
+    and `vault status` (GET sys/seal-status), all without a token."""
+    anonymous = hvac.Client(url=dev.url)
+    assert anonymous.sys.is_initialized() is True
+    assert anonymous.sys.is_sealed() is False
+    seal = anonymous.sys.read_seal_status()
+    assert seal["storage_type"] == "inmem" and seal["version"] == anonymous.sys.read_health_status(method="GET")["version"]
+    assert anonymous.sys.read_leader_status()["ha_enabled"] is False
+
+
 def test_mount_tune_list_unmount(dev: ServerProc) -> None:
     client = dev.client()
     client.sys.enable_auth_method("jwt", path="team-a/jwt", description="team a")

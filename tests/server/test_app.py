@@ -124,6 +124,35 @@ async def test_health_head(client: TestClient) -> None:
     assert await resp.read() == b""
 
 
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/v1/sys/seal-status", {"initialized": True, "sealed": False, "type": "shamir", "t": 1, "n": 1,
+                                 "progress": 0, "storage_type": "inmem", "cluster_name": "authmount"}),
+        ("/v1/sys/init", {"initialized": True}),
+        ("/v1/sys/leader", {"ha_enabled": False, "is_self": False, "leader_address": "",
+                            "performance_standby": False}),
+    ],
+)
+async def test_status_endpoints_are_unauthenticated_and_read_only(
+    client: TestClient, path: str, expected: dict[str, Any]
+) -> None:
+    resp = await client.get(path)
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/json"
+    body = await resp.json()
+    assert {k: body[k] for k in expected} == expected
+    for method in ("POST", "PUT", "DELETE"):
+        refused = await client.request(method, path, json={"secret_shares": 1})
+        assert refused.status == 405, (method, path)
+        assert "errors" in await refused.json()
+
+
+async def test_seal_status_names_the_cluster_and_version(client: TestClient) -> None:
+    health = await (await client.get("/v1/sys/health")).json()
+    seal = await (await client.get("/v1/sys/seal-status")).json()
+    assert seal["cluster_id"] == health["cluster_id"] and seal["version"] == health["version"]
+
+
 # -- envelope and adapter ------------------------------------------------------------------
 async def test_envelope_has_exact_keys(echo: TestClient) -> None:
     resp = await echo.post("/v1/auth/echo/echo", json={"a": 1}, headers=H)
