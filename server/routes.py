@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server import sys_capabilities as sys_caps
 from server import sys_endpoints as sys_ep
 from server.errors import error_response
 from server.handlers import auth_handler
@@ -24,6 +25,9 @@ def setup_routes(app: web.Application) -> None:
     r.add_route("*", "/v1/sys/seal-status", handled(sys_ep.seal_status))
     r.add_route("*", "/v1/sys/init", handled(sys_ep.init_status))
     r.add_route("*", "/v1/sys/leader", handled(sys_ep.leader))
+    r.add_route("*", "/v1/sys/capabilities-self", handled(sys_caps.capabilities_self))
+    r.add_route("*", "/v1/sys/capabilities", handled(sys_caps.capabilities_token))
+    r.add_route("*", "/v1/sys/capabilities-accessor", handled(sys_caps.capabilities_accessor))
     r.add_route("*", "/v1/sys/auth", handled(sys_ep.auth_list))
     r.add_route("*", "/v1/sys/auth/{path:.+}", handled(sys_ep.auth_path))
     r.add_route("*", "/v1/sys/policies/acl", handled(sys_ep.policies_acl))

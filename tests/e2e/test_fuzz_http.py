@@ -43,7 +43,9 @@ PATHS = [LOGIN] * 12 + [
     "/v1/auth/token/create", "/v1/auth/token/lookup", "/v1/auth/token/renew-self",
     "/v1/auth/token/revoke-accessor", "/v1/auth/token/accessors", "/v1/auth/token/roles/x",
     "/v1/sys/auth", "/v1/sys/auth/x", "/v1/sys/auth/jwt/tune", "/v1/sys/policies/acl/p",
-    "/v1/sys/policy/p", "/v1/sys/health", "/v1/sys/internal/specs/openapi",
+    "/v1/sys/policy/p", "/v1/sys/health", "/v1/sys/internal/specs/openapi", "/v1/sys/seal-status",
+    "/v1/sys/init", "/v1/sys/leader", "/v1/sys/capabilities-self", "/v1/sys/capabilities",
+    "/v1/sys/capabilities-accessor",
 ]
 SUFFIXES = ["/..", "%2F", "//", "/%00", "?list=maybe", "/" + "a" * 3000,
             "?" + "&".join(f"k{i}=v" for i in range(50))]
@@ -55,7 +57,7 @@ FIELDS = [
     "token", "accessor", "type", "description", "config", "policy", "rules", "ttl",
     "explicit_max_ttl", "period", "token_bound_cidrs", "bound_claims_type", "jwt_supported_algs",
     "default_role", "jwks_pairs", "max_age", "expiration_leeway", "groups_claim", "role_type",
-    "list", "meta", "display_name", "id", "no_parent", "renewable",
+    "list", "meta", "display_name", "id", "no_parent", "renewable", "paths", "path",
 ]
 VALUES: list[Any] = [
     None, True, False, 0, -1, 2**70, 1.5e308, "", "x" * 5000, "\u0000", [], {}, [1, "a"],

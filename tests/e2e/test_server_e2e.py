@@ -58,6 +58,22 @@ def test_status_calls_of_hvac_and_vault_status(dev: ServerProc) -> None:
     assert anonymous.sys.read_leader_status()["ha_enabled"] is False
 
 
+def test_capabilities_over_hvac_and_vault_token_capabilities(dev: ServerProc) -> None:
+    """hvac sys.get_capabilities (capabilities-self, or -accessor with an accessor) against the
+    real ACL: a default-policy token may ask about itself, and sees what it may do."""
+    root = dev.client()
+    root.sys.create_or_update_policy("caps-reader", 'path "auth/jwt/role/*" { capabilities = ["read", "list"] }')
+    created = root.auth.token.create(policies=["caps-reader"], ttl="10m")["auth"]
+    user = dev.client(token=created["client_token"])
+    mine = user.sys.get_capabilities(["auth/jwt/role/deploy", "sys/auth"])
+    assert mine["data"] == {"auth/jwt/role/deploy": ["list", "read"], "sys/auth": ["deny"]}
+    by_accessor = root.sys.get_capabilities(["auth/jwt/role/deploy"], accessor=created["accessor"])
+    assert by_accessor["capabilities"] == ["list", "read"]
+    assert root.sys.get_capabilities(["sys/auth"])["capabilities"] == ["root"]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        user.sys.get_capabilities(["sys/auth"], accessor=created["accessor"])
+
+
 def test_mount_tune_list_unmount(dev: ServerProc) -> None:
     client = dev.client()
     client.sys.enable_auth_method("jwt", path="team-a/jwt", description="team a")

@@ -1,0 +1,107 @@
+"""sys/capabilities-self, sys/capabilities and sys/capabilities-accessor: the token's ACL on
+given paths, answered in Vault's shape (per-path keys, ``capabilities`` for one path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.server.test_app import H, ROOT, client, echo, login  # noqa: F401  (fixtures)
+
+POLICY = """
+path "auth/echo/things/*" { capabilities = ["read", "list"] }
+path "auth/echo/things/secret" { capabilities = ["deny"] }
+path "auth/echo/admin" { capabilities = ["create", "update", "sudo"] }
+"""
+
+
+async def _token(echo: TestClient, policies: str) -> str:
+    resp = await echo.put("/v1/sys/policies/acl/reader", json={"policy": POLICY}, headers=H)
+    assert resp.status == 204
+    return await login(echo, policies)
+
+
+async def _ask(client: TestClient, path: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    resp = await client.post(path, json=body, headers={"X-Vault-Token": token})
+    assert resp.headers["Content-Type"] == "application/json"
+    return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize(
+    ("paths", "expected"),
+    [
+        (["auth/echo/things/a"], {"auth/echo/things/a": ["list", "read"], "capabilities": ["list", "read"]}),
+        (["/auth/echo/things/secret"], {"auth/echo/things/secret": ["deny"], "capabilities": ["deny"]}),
+        (["auth/echo/admin", "sys/auth"], {"auth/echo/admin": ["create", "sudo", "update"], "sys/auth": ["deny"]}),
+        ("auth/echo/admin,auth/token/lookup-self",
+         {"auth/echo/admin": ["create", "sudo", "update"], "auth/token/lookup-self": ["read"]}),
+        (["sys/capabilities-self", "sys/capabilities-self"],  # duplicates once; the default policy
+         {"sys/capabilities-self": ["update"], "capabilities": ["update"]}),
+    ],
+    ids=["glob", "deny wins", "two paths", "comma string", "default policy"],
+)
+async def test_capabilities_self(echo: TestClient, paths: Any, expected: dict[str, Any]) -> None:
+    token = await _token(echo, "reader")
+    status, body = await _ask(echo, "/v1/sys/capabilities-self", token, {"paths": paths})
+    assert status == 200
+    assert {k: body["data"][k] for k in body["data"]} == expected
+    assert {k: body[k] for k in expected} == expected  # copied to the top level, as Vault does
+
+
+async def test_deprecated_single_path_and_root(echo: TestClient) -> None:
+    status, body = await _ask(echo, "/v1/sys/capabilities-self", ROOT, {"path": "anything/at/all"})
+    assert status == 200 and body["capabilities"] == ["root"] and body["anything/at/all"] == ["root"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({}, 400, "paths must be supplied"),
+        ({"paths": []}, 400, "paths must be supplied"),
+        ({"paths": " , "}, 400, "paths must be supplied"),
+        ({"paths": [1]}, 400, "paths must be a list of strings or a comma-separated string"),
+        ({"paths": {"a": 1}}, 400, "paths must be a list of strings or a comma-separated string"),
+        ({"paths": [f"p/{i}" for i in range(257)]}, 400, "too many paths: 257 (at most 256)"),
+    ],
+)
+async def test_bad_paths(echo: TestClient, body: dict[str, Any], status: int, message: str) -> None:
+    token = await _token(echo, "reader")
+    got, reply = await _ask(echo, "/v1/sys/capabilities-self", token, body)
+    assert (got, reply["errors"]) == (status, [message])
+
+
+@pytest.mark.parametrize("path", ["/v1/sys/capabilities-self", "/v1/sys/capabilities", "/v1/sys/capabilities-accessor"])
+async def test_reads_are_refused_and_no_token_is_denied(client: TestClient, path: str) -> None:
+    assert (await client.get(path, headers=H)).status == 405
+    resp = await client.post(path, json={"paths": ["a"]})
+    assert resp.status == 403  # authentication comes before the body's validation
+    resp = await client.post(path, json={}, headers={"X-Vault-Token": "hvs.unknown"})
+    assert resp.status == 403
+
+
+async def test_other_token_and_accessor_need_their_own_grant(echo: TestClient) -> None:
+    token = await _token(echo, "reader")
+    lookup = await (await echo.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})).json()
+    accessor = lookup["data"]["accessor"]
+    # The default policy does not grant sys/capabilities or sys/capabilities-accessor.
+    for path, body in (("/v1/sys/capabilities", {"token": token}), ("/v1/sys/capabilities-accessor", {"accessor": accessor})):
+        status, _ = await _ask(echo, path, token, {**body, "paths": ["auth/echo/things/x"]})
+        assert status == 403
+        status, reply = await _ask(echo, path, ROOT, {**body, "paths": ["auth/echo/things/x"]})
+        assert status == 200 and reply["capabilities"] == ["list", "read"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/v1/sys/capabilities", {}, "missing token"),
+        ("/v1/sys/capabilities", {"token": "hvs.nosuchtoken"}, "invalid token"),
+        ("/v1/sys/capabilities-accessor", {}, "missing accessor"),
+        ("/v1/sys/capabilities-accessor", {"accessor": "nosuch"}, "invalid accessor"),
+    ],
+)
+async def test_unknown_targets(client: TestClient, path: str, body: dict[str, Any], message: str) -> None:
+    status, reply = await _ask(client, path, ROOT, {**body, "paths": ["a"]})
+    assert (status, reply["errors"]) == (400, [message])
