@@ -8,19 +8,33 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.server.test_app import H, ROOT, client, echo, login  # noqa: F401  (fixtures)
+from server.app import create_app
+from server.listparser import make_test_server
+from server.settings import Settings, StorageSettings
+
+ROOT = "root-token-for-capability-tests"
+H = {"X-Vault-Token": ROOT}
 
 POLICY = """
-path "auth/echo/things/*" { capabilities = ["read", "list"] }
-path "auth/echo/things/secret" { capabilities = ["deny"] }
-path "auth/echo/admin" { capabilities = ["create", "update", "sudo"] }
+path "auth/ci/things/*" { capabilities = ["read", "list"] }
+path "auth/ci/things/secret" { capabilities = ["deny"] }
+path "auth/ci/admin" { capabilities = ["create", "update", "sudo"] }
 """
 
 
-async def _token(echo: TestClient, policies: str) -> str:
-    resp = await echo.put("/v1/sys/policies/acl/reader", json={"policy": POLICY}, headers=H)
+@pytest.fixture
+async def client(aiohttp_client: Any) -> TestClient:
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    return await aiohttp_client(make_test_server(create_app(settings)))
+
+
+async def _token(client: TestClient, policies: str) -> str:
+    """A token with ``policies`` (the reader policy written first)."""
+    resp = await client.put("/v1/sys/policies/acl/reader", json={"policy": POLICY}, headers=H)
     assert resp.status == 204
-    return await login(echo, policies)
+    created = await client.post("/v1/auth/token/create", json={"policies": [policies]}, headers=H)
+    assert created.status == 200, await created.text()
+    return str((await created.json())["auth"]["client_token"])
 
 
 async def _ask(client: TestClient, path: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -32,26 +46,26 @@ async def _ask(client: TestClient, path: str, token: str, body: dict[str, Any]) 
 @pytest.mark.parametrize(
     ("paths", "expected"),
     [
-        (["auth/echo/things/a"], {"auth/echo/things/a": ["list", "read"], "capabilities": ["list", "read"]}),
-        (["/auth/echo/things/secret"], {"auth/echo/things/secret": ["deny"], "capabilities": ["deny"]}),
-        (["auth/echo/admin", "sys/auth"], {"auth/echo/admin": ["create", "sudo", "update"], "sys/auth": ["deny"]}),
-        ("auth/echo/admin,auth/token/lookup-self",
-         {"auth/echo/admin": ["create", "sudo", "update"], "auth/token/lookup-self": ["read"]}),
+        (["auth/ci/things/a"], {"auth/ci/things/a": ["list", "read"], "capabilities": ["list", "read"]}),
+        (["/auth/ci/things/secret"], {"auth/ci/things/secret": ["deny"], "capabilities": ["deny"]}),
+        (["auth/ci/admin", "sys/auth"], {"auth/ci/admin": ["create", "sudo", "update"], "sys/auth": ["deny"]}),
+        ("auth/ci/admin,auth/token/lookup-self",
+         {"auth/ci/admin": ["create", "sudo", "update"], "auth/token/lookup-self": ["read"]}),
         (["sys/capabilities-self", "sys/capabilities-self"],  # duplicates once; the default policy
          {"sys/capabilities-self": ["update"], "capabilities": ["update"]}),
     ],
     ids=["glob", "deny wins", "two paths", "comma string", "default policy"],
 )
-async def test_capabilities_self(echo: TestClient, paths: Any, expected: dict[str, Any]) -> None:
-    token = await _token(echo, "reader")
-    status, body = await _ask(echo, "/v1/sys/capabilities-self", token, {"paths": paths})
+async def test_capabilities_self(client: TestClient, paths: Any, expected: dict[str, Any]) -> None:
+    token = await _token(client, "reader")
+    status, body = await _ask(client, "/v1/sys/capabilities-self", token, {"paths": paths})
     assert status == 200
     assert {k: body["data"][k] for k in body["data"]} == expected
     assert {k: body[k] for k in expected} == expected  # copied to the top level, as Vault does
 
 
-async def test_deprecated_single_path_and_root(echo: TestClient) -> None:
-    status, body = await _ask(echo, "/v1/sys/capabilities-self", ROOT, {"path": "anything/at/all"})
+async def test_deprecated_single_path_and_root(client: TestClient) -> None:
+    status, body = await _ask(client, "/v1/sys/capabilities-self", ROOT, {"path": "anything/at/all"})
     assert status == 200 and body["capabilities"] == ["root"] and body["anything/at/all"] == ["root"]
 
 
@@ -66,9 +80,9 @@ async def test_deprecated_single_path_and_root(echo: TestClient) -> None:
         ({"paths": [f"p/{i}" for i in range(257)]}, 400, "too many paths: 257 (at most 256)"),
     ],
 )
-async def test_bad_paths(echo: TestClient, body: dict[str, Any], status: int, message: str) -> None:
-    token = await _token(echo, "reader")
-    got, reply = await _ask(echo, "/v1/sys/capabilities-self", token, body)
+async def test_bad_paths(client: TestClient, body: dict[str, Any], status: int, message: str) -> None:
+    token = await _token(client, "reader")
+    got, reply = await _ask(client, "/v1/sys/capabilities-self", token, body)
     assert (got, reply["errors"]) == (status, [message])
 
 
@@ -81,15 +95,15 @@ async def test_reads_are_refused_and_no_token_is_denied(client: TestClient, path
     assert resp.status == 403
 
 
-async def test_other_token_and_accessor_need_their_own_grant(echo: TestClient) -> None:
-    token = await _token(echo, "reader")
-    lookup = await (await echo.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})).json()
+async def test_other_token_and_accessor_need_their_own_grant(client: TestClient) -> None:
+    token = await _token(client, "reader")
+    lookup = await (await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})).json()
     accessor = lookup["data"]["accessor"]
     # The default policy does not grant sys/capabilities or sys/capabilities-accessor.
     for path, body in (("/v1/sys/capabilities", {"token": token}), ("/v1/sys/capabilities-accessor", {"accessor": accessor})):
-        status, _ = await _ask(echo, path, token, {**body, "paths": ["auth/echo/things/x"]})
+        status, _ = await _ask(client, path, token, {**body, "paths": ["auth/ci/things/x"]})
         assert status == 403
-        status, reply = await _ask(echo, path, ROOT, {**body, "paths": ["auth/echo/things/x"]})
+        status, reply = await _ask(client, path, ROOT, {**body, "paths": ["auth/ci/things/x"]})
         assert status == 200 and reply["capabilities"] == ["list", "read"]
 
 
