@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "InMemoryStorage",
     "PrefixedStorage",
     "check_page_args",
+    "collect_children",
     "list_children",
     "page_children",
     "page_floor",
@@ -109,6 +110,24 @@ def page_floor(prefix: str, after: str) -> tuple[str, bool]:
     if slash < 0:
         return prefix + after, False
     return prefix + after[:slash] + "0", True
+
+
+def collect_children(keys: Iterable[str], prefix: str, out: list[str]) -> str | None:
+    """Append to ``out`` the children of ``prefix`` that ``keys`` (one range scan, in key
+    order) name, up to the first key inside a sub-folder, which is named once. Return the
+    key that seeks past that sub-folder (``"0"`` follows ``"/"``), or None when the keys
+    held no sub-folder. The key equal to ``prefix`` is not a child."""
+    cut = len(prefix)
+    for key in keys:
+        rest = key[cut:]
+        slash = rest.find("/")
+        if slash < 0:
+            if rest:
+                out.append(rest)
+            continue
+        out.append(rest[: slash + 1])
+        return prefix + rest[:slash] + "0"
+    return None
 
 
 def page_children(keys: list[str] | Any, prefix: str, after: str, limit: int) -> list[str]:

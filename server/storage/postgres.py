@@ -14,7 +14,7 @@ import psycopg
 import structlog
 from psycopg import pq
 
-from plugin.storage import Updater, check_page_args, list_children, page_floor
+from plugin.storage import Updater, check_page_args, collect_children, list_children, page_floor
 from server.storage.sqlite_schema import prefix_end
 
 __all__ = ["PostgresStorage", "CHANNEL"]
@@ -213,7 +213,6 @@ class PostgresStorage:
         check_page_args(prefix, after, limit)
         end = prefix_end(prefix)
         low, inclusive = page_floor(prefix, after)
-        cut = len(prefix)
         out: builtins.list[str] = []
         async with self._pool.connection() as conn:
             while len(out) < limit:
@@ -221,17 +220,10 @@ class PostgresStorage:
                 args = (low, end, want) if end is not None else (low, want)
                 cur = await conn.execute(_PAGE[inclusive, end is not None], args)
                 keys = await cur.fetchall()
-                for (key,) in keys:
-                    rest = key[cut:]
-                    slash = rest.find("/")
-                    if slash < 0:
-                        out.append(rest)
-                        continue
-                    out.append(rest[: slash + 1])  # a sub-folder: name it once, seek past it
-                    low, inclusive = prefix + rest[:slash] + "0", True
-                    break
-                else:
+                seek = collect_children((key for (key,) in keys), prefix, out)
+                if seek is None:
                     return out  # fewer keys than wanted: the folder is done, or the page full
+                low, inclusive = seek, True  # a sub-folder, named once: continue past it
         return out
 
     async def put(self, key: str, value: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from plugin.storage import Updater, check_page_args, page_floor
+from plugin.storage import Updater, check_page_args, collect_children, page_floor
 from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Result
 from server.storage.sqlite_checkpoint import Checkpointer
 from server.storage.sqlite_schema import migrate, prefix_end
@@ -222,28 +222,19 @@ class SQLiteStorage:
             raise TypeError("prefix must be a str")
         end = prefix_end(prefix)
         sql, tail = (_SCAN, (end, LIST_CHUNK)) if end is not None else (_SCAN_TO_END, (LIST_CHUNK,))
-        cut = len(prefix)
         out: list[str] = []
         low = prefix
         while True:
             keys = self._reader.execute(sql, (low, *tail)).fetchall()
-            for (key,) in keys:
-                rest = key[cut:]
-                slash = rest.find("/")
-                if slash < 0:
-                    if rest:  # the key equal to the prefix is not a child
-                        out.append(rest)
-                    continue
-                # A sub-folder: list it once and seek past it ("0" follows "/").
-                out.append(rest[: slash + 1])
-                low = prefix + rest[:slash] + "0"
-                break
-            else:
-                if len(keys) < LIST_CHUNK:
-                    return out
-                low = keys[-1][0] + "\0"  # the smallest key after the last one read
-                await asyncio.sleep(0)  # a long folder: let requests run between chunks
-                if self._closed:
+            seek = collect_children((key for (key,) in keys), prefix, out)
+            if seek is not None:
+                low = seek  # a sub-folder, listed once: continue past it
+                continue
+            if len(keys) < LIST_CHUNK:
+                return out
+            low = keys[-1][0] + "\0"  # the smallest key after the last one read
+            await asyncio.sleep(0)  # a long folder: let requests run between chunks
+            if self._closed:
                     raise RuntimeError("storage is closed")
 
     async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
@@ -260,29 +251,22 @@ class SQLiteStorage:
         low, inclusive = page_floor(prefix, after)
         if not inclusive:
             low += "\0"  # the smallest key above it
-        cut = len(prefix)
         out: list[str] = []
         while len(out) < limit:
             want = min(limit - len(out), LIST_CHUNK)
             sql, args = (_SCAN, (low, end, want)) if end is not None else (_SCAN_TO_END, (low, want))
             keys = self._reader.execute(sql, args).fetchall()
-            for (key,) in keys:
-                rest = key[cut:]
-                slash = rest.find("/")
-                if slash < 0:
-                    out.append(rest)
-                    continue
-                out.append(rest[: slash + 1])  # a sub-folder: name it once, seek past it
-                low = prefix + rest[:slash] + "0"
-                break
-            else:
-                if len(keys) < want:
-                    return out
-                low = keys[-1][0] + "\0"
-                if len(out) < limit:
-                    await asyncio.sleep(0)  # a big page: let requests run between chunks
-                    if self._closed:
-                        raise RuntimeError("storage is closed")
+            seek = collect_children((key for (key,) in keys), prefix, out)
+            if seek is not None:
+                low = seek  # a sub-folder, named once: continue past it
+                continue
+            if len(keys) < want:
+                return out
+            low = keys[-1][0] + "\0"
+            if len(out) < limit:
+                await asyncio.sleep(0)  # a big page: let requests run between chunks
+                if self._closed:
+                    raise RuntimeError("storage is closed")
         return out
 
     # -- writes (queued to the writer thread) ----------------------------------------
