@@ -210,6 +210,52 @@ def test_parse_token_length_cap() -> None:
     assert jv.parse_token(raw, max_length=40000).claims["blob"]
 
 
+def _nested(depth: int) -> str:
+    """A claims object whose ``deep`` claim nests arrays so the document is ``depth`` deep."""
+    return '{"deep":' + "[" * (depth - 1) + "]" * (depth - 1) + ',"iat":1700000000,"exp":9999999999}'
+
+
+@pytest.mark.parametrize(
+    ("payload", "ok"),
+    [
+        (_nested(jv.MAX_JSON_DEPTH), True),
+        (_nested(jv.MAX_JSON_DEPTH + 1), False),
+        (_nested(5000), False),
+        ('{"a":' * 1500 + "1" + "}" * 1500, False),
+        # Brackets inside strings do not nest, escaped quotes do not end the string.
+        ('{"s":"' + "[" * 500 + '\\" [[[","exp":9999999999}', True),
+        # Many brackets side by side are wide, not deep.
+        ('{"groups":[' + ",".join(["[1]"] * 300) + '],"exp":9999999999}', True),
+    ],
+    ids=["at the limit", "one over", "5000 arrays", "1500 objects", "brackets in strings", "wide"],
+)
+def test_nesting_limit_is_checked_before_parsing(payload: str, ok: bool) -> None:
+    raw = make_token(payload.encode(), key=rsa_key(), kid=DROP)
+    if ok:
+        assert jv.parse_token(raw).claims
+    else:
+        with pytest.raises(InvalidRequest, match=f"token payload is nested too deeply \\(more than {jv.MAX_JSON_DEPTH} levels\\)"):
+            jv.parse_token(raw)
+
+
+@pytest.mark.parametrize("limit", [200, 100_000])
+def test_nesting_limit_does_not_depend_on_the_recursion_limit(limit: int) -> None:
+    """A host that raises the recursion limit (mypy does, in-process) must not make deep
+    documents parse, nor one that lowers it make ordinary ones fail."""
+    import sys
+
+    deep = make_token(_nested(3000).encode(), key=rsa_key(), kid=DROP)
+    fine = make_token(_nested(jv.MAX_JSON_DEPTH).encode(), key=rsa_key(), kid=DROP)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        with pytest.raises(InvalidRequest, match="nested too deeply"):
+            jv.parse_token(deep)
+        assert jv.parse_token(fine).claims
+    finally:
+        sys.setrecursionlimit(old)
+
+
 def test_parse_token_errors_have_prefix() -> None:
     with pytest.raises(InvalidRequest) as exc:
         jv.parse_token("a.b")
