@@ -5,7 +5,6 @@ from __future__ import annotations
 import binascii
 import json
 import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from jose.backends.cryptography_backend import (
 )
 
 from plugin.errors import InvalidRequest
+from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
 
 __all__ = [
     "SUPPORTED_ALGS",
@@ -49,10 +49,6 @@ MAX_KID_LENGTH = 1024
 MAX_KEYS_PER_TOKEN = 20
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 16384  # bounds the work a single verification can cost
-#: Deepest nesting of arrays/objects a token header or payload may have. Checked before
-#: parsing, so the limit does not depend on the interpreter's recursion limit (which a
-#: host application may raise, letting a deep document reach the C stack).
-MAX_JSON_DEPTH = 64
 MIN_HMAC_BYTES = 32
 
 _RSA_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -142,30 +138,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-# A JSON string (skipped whole, brackets inside it do not nest) or one bracket.
-_JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-
-
-def _too_deep(text: str) -> bool:
-    """True when ``text`` nests arrays/objects deeper than ``MAX_JSON_DEPTH``.
-
-    The common case costs two ``str.count`` calls: fewer opening brackets than the limit
-    cannot nest deeper than it. Only then are the brackets walked, strings skipped.
-    """
-    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
-        return False
-    depth = 0
-    for m in _JSON_NESTING.finditer(text):
-        c = m.group()
-        if c == "[" or c == "{":
-            depth += 1
-            if depth > MAX_JSON_DEPTH:
-                return True
-        elif c == "]" or c == "}":
-            depth -= 1
-    return False
-
-
 # Built once: ``json.loads`` with hooks constructs a new decoder (and scanner) per call.
 _STRICT_DECODER = json.JSONDecoder(
     object_pairs_hook=_reject_duplicates,
@@ -180,7 +152,7 @@ def _strict_json_object(data: bytes, what: str) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _fail(f"token {what} is not valid UTF-8") from None
-    if _too_deep(text):
+    if too_deep(text):
         raise _fail(f"token {what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         obj = _STRICT_DECODER.decode(text)
@@ -188,7 +160,7 @@ def _strict_json_object(data: bytes, what: str) -> dict[str, Any]:
         # Decoded UTF-8 holds none, so only a \u escape can bring one in.
         if "\\u" in text:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except RecursionError:  # a safety net: _too_deep refuses such documents first
+    except RecursionError:  # a safety net: too_deep refuses such documents first
         raise _fail(f"token {what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
     except UnicodeEncodeError:
         raise _fail(f"token {what} contains an invalid unicode escape (lone surrogate)") from None

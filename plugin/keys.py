@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 from cryptography import x509
 
 from plugin.errors import InvalidRequest, PluginError
+from plugin import jsonlimits
 from plugin.framework import Fetcher
 from plugin.jose_verify import (
     MAX_KEYS_PER_TOKEN,
@@ -89,7 +90,7 @@ async def _get_json(fetcher: Fetcher, url: str, ca_pem: str | None) -> Any:
     if result.status != 200:
         raise ValueError(f"unexpected HTTP status {result.status}")
     try:
-        return json.loads(result.body.decode("utf-8"))
+        return jsonlimits.loads(result.body.decode("utf-8"))
     except (ValueError, RecursionError):
         raise ValueError("response is not valid JSON") from None
 

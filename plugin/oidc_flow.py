@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from plugin import jsonlimits
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UpstreamError
 from plugin.framework import Request, Response
 from plugin.claims import show, validate_role_claims
@@ -174,7 +175,7 @@ async def exchange_code(
         raise InvalidRequest(f"cannot fetch token: {'; '.join(exc.messages) or 'request failed'}") from None
     body: Any = None
     try:
-        body = json.loads(result.body.decode("utf-8"))
+        body = jsonlimits.loads(result.body.decode("utf-8"))
     except (ValueError, RecursionError):
         body = None
     if result.status != 200:
@@ -340,7 +341,7 @@ async def merge_userinfo(
         warnings.append(f"userinfo could not be fetched: HTTP {result.status}")
         return
     try:
-        info = json.loads(result.body.decode("utf-8"))
+        info = jsonlimits.loads(result.body.decode("utf-8"))
     except (ValueError, RecursionError):
         warnings.append("userinfo response is not JSON; ignored")
         return

@@ -287,6 +287,8 @@ CHECKS = [
     ("huge body", b"{" + b" " * (2 << 20) + b"}", "exceeds"),
     ("tls", UpstreamError("TLS certificate verify failed"), "TLS certificate verify failed"),
     ("deep json", b"[" * 100000, "not valid JSON"),
+    # Valid JSON, 66 levels: refused by the explicit nesting limit (64), not by recursion.
+    ("deep valid json", b'{"keys":[' + b"[" * 64 + b"]" * 64 + b"]}", "not valid JSON"),
 ]
 
 

@@ -439,6 +439,19 @@ async def test_userinfo_merge_and_sub_mismatch(h: Harness) -> None:
     assert any("userinfo sub does not match" in w for w in resp.warnings)
 
 
+async def test_userinfo_nested_too_deeply_is_ignored_with_a_warning(h: Harness) -> None:
+    """Valid JSON 66 levels deep: refused by the explicit nesting limit (whatever the
+    interpreter's recursion limit), so the login goes on without the userinfo claims."""
+    await h.role(claim_mappings={"temperature": "temperature"})
+    deep: Any = 1
+    for _ in range(65):
+        deep = [deep]
+    h.idp.userinfo = {"temperature": "76", "deep": deep}
+    resp = await h.login(**BOB)
+    assert "temperature" not in resp.auth.metadata
+    assert "userinfo response is not JSON; ignored" in resp.warnings
+
+
 # ---------------------------------------------------------------------------
 # form_post
 
