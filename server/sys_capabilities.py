@@ -13,6 +13,7 @@ from plugin.errors import InvalidRequest, UnsupportedOperation
 from plugin.framework import Operation
 from server.appkeys import POLICIES, TOKENS
 from server.handlers import authorize, envelope, read_operation, release
+from server.token_backend import entry_by_accessor
 
 __all__ = ["capabilities_self", "capabilities_token", "capabilities_accessor", "MAX_PATHS"]
 
@@ -77,13 +78,7 @@ async def _by_token(request: web.Request, data: dict[str, Any], _caller: Any) ->
 
 
 async def _by_accessor(request: web.Request, data: dict[str, Any], _caller: Any) -> Any:
-    accessor = data.get("accessor")
-    if not isinstance(accessor, str) or not accessor:
-        raise InvalidRequest("missing accessor")
-    entry = await request.app[TOKENS].lookup_accessor(accessor)
-    if entry is None:
-        raise InvalidRequest("invalid accessor")
-    return entry
+    return await entry_by_accessor(request.app[TOKENS], data.get("accessor"))
 
 
 async def capabilities_self(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ from server.tokens import (
     validate_cidrs,
 )
 
-__all__ = ["TokenBackend", "MountLookup", "mount_table_lookup"]
+__all__ = ["TokenBackend", "MountLookup", "mount_table_lookup", "entry_by_accessor"]
 
 #: Finds the mount that issued a token (by mount accessor): its TTLs and renew hook.
 MountLookup = Callable[[str], Awaitable[tuple[MountInfo, RenewHook | None] | None]]
@@ -65,6 +65,19 @@ def mount_table_lookup(get_table: Callable[[], Any]) -> MountLookup:
         return None
 
     return lookup
+
+
+async def entry_by_accessor(store: TokenStore, accessor: Any) -> TokenEntry:
+    """The live token with ``accessor`` (``auth/token/*-accessor``, ``sys/capabilities-accessor``).
+
+    :raises InvalidRequest: ``accessor`` is missing or not a string, or no live token has it.
+    """
+    if not isinstance(accessor, str) or not accessor:
+        raise InvalidRequest("missing accessor")
+    entry = await store.lookup_accessor(accessor)
+    if entry is None:
+        raise InvalidRequest("invalid accessor")
+    return entry
 
 
 def _f(ftype: FieldType, description: str, default: Any = None) -> Field:
@@ -304,18 +317,8 @@ class TokenBackend(Backend):
 
     async def _lookup_accessor(self, req: Request, values: dict[str, Any]) -> Response:
         self._caller(req)
-        entry = await self._entry_by_accessor(values)
+        entry = await entry_by_accessor(self.store, values.get("accessor"))
         return Response(data=self.store.lookup_data(entry, ""))
-
-    async def _entry_by_accessor(self, values: dict[str, Any]) -> TokenEntry:
-        """The token named by the ``accessor`` field (400 when missing or unknown)."""
-        accessor = values.get("accessor") or ""
-        if not accessor:
-            raise InvalidRequest("missing accessor")
-        entry = await self.store.lookup_accessor(accessor)
-        if entry is None:
-            raise InvalidRequest("invalid accessor")
-        return entry
 
     # -- renew ---------------------------------------------------------------------------
     async def _renew_self(self, req: Request, values: dict[str, Any]) -> Response:
@@ -336,7 +339,7 @@ class TokenBackend(Backend):
 
     async def _renew_accessor(self, req: Request, values: dict[str, Any]) -> Response:
         self._caller(req)
-        entry = await self._entry_by_accessor(values)
+        entry = await entry_by_accessor(self.store, values.get("accessor"))
         return await self._renew_entry(req, entry, "", values.get("increment", 0))
 
     async def _list_accessors(self, req: Request, values: dict[str, Any]) -> Response:
