@@ -78,8 +78,11 @@ class JWTAuthBackend(Backend):
         return self._config
 
     async def role(self, storage: Storage, name: str) -> Role | None:
-        """The role ``name`` (lower-cased; cached), or None. Callers must not mutate it."""
-        name = name.lower()
+        """The role ``name`` (cached), or None. Callers must not mutate it.
+
+        ``name`` is already canonical: role paths lower-case it before the ACL check
+        (``ROLE_NAME``), the login's ``role`` and ``default_role`` are lower-case fields.
+        """
         cached = self._roles.get(name)
         if cached is not None:
             return cached
@@ -92,7 +95,7 @@ class JWTAuthBackend(Backend):
 
     def install_role(self, name: str, role: Role) -> None:
         """Cache a role that was just written."""
-        self._roles[name.lower()] = role
+        self._roles[name] = role
 
     # -- keys --------------------------------------------------------------------------
     def build_key_source(self, config: JWTConfig, system: SystemView | Any) -> KeySource:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import time
+from types import MappingProxyType
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from plugin.errors import NotFound, UnsupportedOperation, UnsupportedPath
+from plugin.errors import NotFound, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.schema import FieldSet
 from plugin.storage import Storage
 
@@ -31,11 +32,12 @@ __all__ = [
     "Auth",
     "Response",
     "PathSpec",
+    "Route",
     "Handler",
     "Backend",
 ]
 
-#: Paths whose PathSpec match each Backend remembers (match runs twice per request).
+#: Raw paths whose Route each Backend remembers.
 _MATCH_CACHE_SIZE = 1024
 
 
@@ -141,8 +143,11 @@ class Request:
     #: token>"}`` (the entry after this request's use was consumed); None on login paths.
     #: Only the built-in ``token/`` backend reads it; auth methods must not store it.
     token: dict[str, Any] | None = None
-    #: Values captured from the path pattern (filled by ``Backend.handle_request``).
+    #: Values captured from the path pattern, canonical (filled by ``Backend.handle_request``).
     captures: dict[str, str] = field(default_factory=dict)
+    #: The resolved path, when the server resolved it before the ACL check (else
+    #: ``handle_request`` resolves ``path`` itself).
+    route: Route | None = None
 
     def require_storage(self) -> Storage:
         """The mount's storage, for handlers that read or write it.
@@ -237,8 +242,23 @@ class PathSpec:
         self.compiled = re.compile(self.pattern)
 
 
-#: A Backend's match cache: the path table it was built for, and path -> (spec, captures).
-_MatchCache = tuple[list[PathSpec], dict[str, tuple[PathSpec, dict[str, str]]]]
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A relative path resolved against a backend's path table.
+
+    ``path`` is the canonical spelling: every captured name passed through its field's
+    ``canonical`` (role names lower-cased). The server judges the ACL on ``path`` and the
+    handler receives ``captures``, so no name is normalised after the check. Routes are
+    cached and shared: ``captures`` is a read-only view.
+    """
+
+    spec: PathSpec
+    path: str
+    captures: Mapping[str, str]
+
+
+#: A Backend's route cache: the path table it was built for, and raw path -> Route.
+_RouteCache = tuple[list[PathSpec], dict[str, Route]]
 
 
 class Backend:
@@ -254,34 +274,34 @@ class Backend:
         self.paths: list[PathSpec] = []
 
     # -- routing -----------------------------------------------------------------------
-    def match(self, path: str) -> tuple[PathSpec, dict[str, str]]:
-        """Find the PathSpec for ``path``.
+    def resolve(self, path: str) -> Route:
+        """The Route for ``path``: its PathSpec and the canonical path and captures.
 
         :raises UnsupportedPath: when no pattern matches.
+        :raises InvalidRequest: a captured name that has no canonical spelling.
         """
-        cache: _MatchCache | None = self.__dict__.get("_match_cache")
+        cache: _RouteCache | None = self.__dict__.get("_route_cache")
         if cache is None or cache[0] is not self.paths:
-            cache = self.__dict__["_match_cache"] = (self.paths, {})
+            cache = self.__dict__["_route_cache"] = (self.paths, {})
         hit = cache[1].get(path)
         if hit is not None:
-            return hit[0], dict(hit[1])
+            return hit
         for spec in self.paths:
             m = spec.compiled.fullmatch(path)
             if m is not None:
-                captures = {k: v for k, v in m.groupdict().items() if v is not None}
+                route = _route(spec, m)
                 if len(cache[1]) >= _MATCH_CACHE_SIZE:
                     cache[1].clear()  # bounded: paths carry caller-chosen names
-                cache[1][path] = (spec, captures)
-                return spec, dict(captures)
+                cache[1][path] = route
+                return route
         raise UnsupportedPath()
 
     def is_unauthenticated(self, path: str) -> bool:
         """True for login-type paths that need no token (``login``, ``oidc/*``)."""
         try:
-            spec, _ = self.match(path)
-        except UnsupportedPath:
+            return self.resolve(path).spec.unauthenticated
+        except PluginError:
             return False
-        return spec.unauthenticated
 
     async def handle_request(self, req: Request) -> Response | None:
         """Dispatch ``req`` to the matching path handler.
@@ -295,10 +315,14 @@ class Backend:
                 raise UnsupportedOperation()
             auth = await self.renew(req, req.auth)
             return Response(auth=auth)
-        spec, captures = self.match(req.path)
+        route = req.route
+        if route is None:
+            route = req.route = self.resolve(req.path)
+        spec = route.spec
+        req.path = route.path
+        captures = req.captures = dict(route.captures)
         data = dict(req.data)
         data.update(captures)
-        req.captures = captures
         values, unknown = spec.fields.parse(data)
         op = req.operation
         if op in (Operation.CREATE, Operation.UPDATE):
@@ -360,6 +384,25 @@ class Backend:
                 ops[verb] = entry
             out[route] = ops
         return out
+
+
+def _route(spec: PathSpec, m: re.Match[str]) -> Route:
+    """The Route of a pattern match: captures through their fields' ``canonical``, and the
+    path with each changed capture spliced in (right to left, so spans stay valid)."""
+    captures = {k: v for k, v in m.groupdict().items() if v is not None}
+    path = m.string
+    changes: list[tuple[int, int, str]] = []
+    for name, value in captures.items():
+        canonical = spec.fields[name].canonical if name in spec.fields else None
+        if canonical is None:
+            continue
+        fixed = canonical(value)
+        if fixed != value:
+            captures[name] = fixed
+            changes.append((*m.span(name), fixed))
+    for start, end, fixed in sorted(changes, reverse=True):
+        path = path[:start] + fixed + path[end:]
+    return Route(spec, path, MappingProxyType(captures))
 
 
 def _pattern_to_route(pattern: str) -> str:

@@ -22,7 +22,7 @@ from plugin.errors import InvalidRequest, PermissionDenied, PluginError
 from plugin.framework import Alias, Auth, Operation, PathSpec, Request, Response
 from plugin.jose_verify import ParsedToken, parse_token
 from plugin.path_config import JWTConfig, allowed_algs
-from plugin.path_role import ROLE_NAME_RE, Role
+from plugin.path_role import ROLE_NAME, ROLE_NAME_RE, Role
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.token_fields import to_auth
 
@@ -63,7 +63,7 @@ LOGIN_FIELDS = FieldSet(
 
 EXPLAIN_FIELDS = FieldSet(
     {
-        "name": Field(FieldType.NAME, "Name of the role."),
+        "name": ROLE_NAME,
         "jwt": Field(FieldType.STRING, "The JWT to evaluate (nothing is issued).", default="", sensitive=True),
         "remote_addr": Field(
             FieldType.STRING, "Evaluate the role's bound CIDRs against this address (else skipped).", default=""
@@ -452,7 +452,7 @@ def path_explain(backend: JWTAuthBackend) -> PathSpec:
     """The privileged ``role/<name>/explain`` PathSpec: a dry-run login that reports every check."""
 
     async def explain(req: Request, values: dict[str, Any]) -> Response:
-        config, role_name, role = await _load(backend, req, values["name"].lower())
+        config, role_name, role = await _load(backend, req, values["name"])
         token = values.get("jwt", "")
         if not token:
             raise InvalidRequest("missing token")

@@ -23,7 +23,7 @@ from plugin.token_fields import (
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
 
-__all__ = ["ROLE_PREFIX", "ROLE_NAME_RE", "ROLE_FIELDS", "Role", "path_role", "path_role_list"]
+__all__ = ["ROLE_PREFIX", "ROLE_NAME", "ROLE_NAME_RE", "ROLE_FIELDS", "Role", "path_role", "path_role_list"]
 
 ROLE_PREFIX = "role/"
 #: Vault's role name regex ``\w(([\w-.]+)?\w)?`` with ASCII word characters (Go's ``\w``).
@@ -36,9 +36,15 @@ _VERBOSE_WARNING = (
     "since sensitive information may be present in OIDC responses."
 )
 
+#: The ``<name>`` of ``role/<name>`` paths: lower-cased, as in Vault, before the request's
+#: ACL check, so a policy on ``role/admin`` also governs ``role/ADMIN``.
+ROLE_NAME = Field(
+    FieldType.NAME, "Name of the role (lower-cased before the ACL check).", canonical=str.lower
+)
+
 ROLE_FIELDS = FieldSet(
     {
-        "name": Field(FieldType.NAME, "Name of the role (lower-cased)."),
+        "name": ROLE_NAME,
         "role_type": Field(
             _S, "Type of the role, either 'jwt' or 'oidc'. Read on every write: an update that "
             "leaves it out makes the role 'oidc'.", default="oidc",
@@ -272,11 +278,11 @@ def path_role(backend: JWTAuthBackend) -> PathSpec:
     """The ``role/<name>`` PathSpec (GET, POST/PUT, DELETE)."""
 
     async def read(req: Request, values: dict[str, Any]) -> Response | None:
-        role = await backend.role(req.require_storage(), values["name"].lower())
+        role = await backend.role(req.require_storage(), values["name"])
         return None if role is None else Response(data=role.public())
 
     async def write(req: Request, values: dict[str, Any]) -> Response | None:
-        name = values["name"].lower()
+        name = values["name"]
         storage = req.require_storage()
         existing = await backend.role(storage, name)
         role = copy.deepcopy(existing) if existing is not None else Role()
@@ -287,12 +293,12 @@ def path_role(backend: JWTAuthBackend) -> PathSpec:
         return Response(data=None, warnings=warnings) if warnings else None
 
     async def delete(req: Request, values: dict[str, Any]) -> None:
-        name = values["name"].lower()
+        name = values["name"]
         await req.require_storage().delete(ROLE_PREFIX + name)
         backend.invalidate(ROLE_PREFIX + name)
 
     async def exists(req: Request, values: dict[str, Any]) -> bool:
-        return await backend.role(req.require_storage(), values["name"].lower()) is not None
+        return await backend.role(req.require_storage(), values["name"]) is not None
 
     return PathSpec(
         pattern=f"role/(?P<name>{ROLE_NAME_RE})",

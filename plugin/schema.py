@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import ItemsView, Iterator
+from collections.abc import Callable, ItemsView, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -65,7 +65,10 @@ class Field:
     """One request/response field: type, user-facing description and default.
 
     ``sensitive`` fields are accepted on write and never returned on read.
-    ``alias_of`` marks a deprecated legacy name for another field.
+    ``alias_of`` marks a deprecated legacy name for another field. ``canonical`` (path
+    captures only) maps a captured name to the one spelling that is stored, or raises
+    ``InvalidRequest`` when the name has none; the server applies it before the ACL check,
+    so the ACL judges the name that is stored (``Backend.resolve``).
     """
 
     type: FieldType
@@ -75,6 +78,7 @@ class Field:
     sensitive: bool = False
     deprecated: bool = False
     alias_of: str | None = None
+    canonical: Callable[[str], str] | None = None
 
     def default_value(self) -> Any:
         """A fresh copy of the default (lists and dicts are not shared)."""

@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
-from plugin.framework import Connection, Operation, Request, Response
+from plugin.framework import Backend, Connection, Operation, Request, Response
 from server.appkeys import MOUNT, MOUNTS, POLICIES, REMOTE_ADDR, REQUEST_ID, SETTINGS, TOKEN_RAW, TOKENS
 from server.errors import error_response
 from server.listparser import MARKER_HEADER, is_list_verb
@@ -270,17 +270,14 @@ class BackendHeaders(Mapping[str, str]):
         return len(self._dict())
 
 
-async def _write_capability(mount: Mount, req: Request) -> str:
+async def _write_capability(backend: Backend, req: Request) -> str:
     """``create`` or ``update`` for a write, decided by the path's existence check (Vault)."""
-    try:
-        spec, captures = mount.backend.match(req.path)
-    except PluginError:
-        return "update"
-    if spec.existence_check is None:
+    route = req.route
+    if route is None or route.spec.existence_check is None:
         return "update"
     try:
-        values, _ = spec.fields.parse(dict(captures))
-        return "update" if await spec.existence_check(req, values) else "create"
+        values, _ = route.spec.fields.parse(dict(route.captures))
+        return "update" if await route.spec.existence_check(req, values) else "create"
     except PluginError:
         return "update"
 
@@ -304,8 +301,15 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         connection=Connection(remote), headers=BackendHeaders(request.headers),
     )
     backend = mount.backend
+    try:
+        # Names in the path take their canonical spelling here, before the ACL check, so
+        # the ACL judges the name the handler will use (role/ADMIN is role/admin).
+        route = req.route = backend.resolve(rel)
+        rel = req.path = route.path
+    except UnsupportedPath:
+        route = None  # the ACL judges the raw path; the backend then answers 404
     entry = None
-    if not backend.is_unauthenticated(rel):
+    if route is None or not route.spec.unauthenticated:
         full = "auth/" + entry_path + rel
         if op is Operation.UPDATE:
 
@@ -313,7 +317,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
                 can_update, can_create = acl.allows(full, "update"), acl.allows(full, "create")
                 # Only when exactly one of the two is granted does existence matter.
                 return bool(can_update and can_create) or (
-                    (can_update or can_create) and acl.allows(full, await _write_capability(mount, req))
+                    (can_update or can_create) and acl.allows(full, await _write_capability(backend, req))
                 )
 
             entry = await authorize(request, full, allowed=may_write)

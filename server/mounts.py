@@ -31,15 +31,19 @@ log = structlog.get_logger("authmount.mounts")
 
 
 def normalize_path(path: str) -> str:
-    """Strip a leading ``/`` and add a trailing ``/`` (Vault's mount path rule).
+    """The one spelling of a mount path that is stored and that the ACL judges: no leading
+    ``/``, one trailing ``/`` (Vault's mount path rule). Callers on the HTTP edge apply it
+    before the ACL check (``sys/auth//jwt/`` is ``jwt/``).
 
-    :raises InvalidRequest: empty paths, empty segments, ``.``/``..`` segments.
+    :raises InvalidRequest: empty paths, empty segments, ``.``/``..`` segments, and any
+        whitespace or control character (Vault trims surrounding whitespace; authmount
+        refuses it, so ``sys/auth/%20jwt`` is no second name of ``jwt``).
     """
-    p = path.strip().strip("/")
+    p = path.strip("/")
     if not p:
         raise InvalidRequest("mount path cannot be empty")
     for seg in p.split("/"):
-        if seg in ("", ".", "..") or any(c.isspace() or c in "*+?#%\\" for c in seg):
+        if seg in ("", ".", "..") or any(c.isspace() or not c.isprintable() or c in "*+?#%\\" for c in seg):
             raise InvalidRequest(f"invalid mount path {path!r}")
     return p + "/"
 

@@ -22,6 +22,7 @@ __all__ = [
     "PathRule",
     "PolicyError",
     "PolicyStore",
+    "canonical_policy_name",
     "parse_policy",
 ]
 
@@ -122,6 +123,22 @@ path "identity/oidc/provider/+/authorize" {
     capabilities = ["read", "update"]
 }
 """
+
+
+def canonical_policy_name(name: str) -> str:
+    """The one spelling of a policy name that is stored and that the ACL judges: lower-case
+    (as in Vault). Called on the name from the path before the ACL check.
+
+    :raises InvalidRequest: an empty name, leading or trailing whitespace (Vault trims it;
+        authmount refuses it, so no second spelling reaches a stored policy), a ``/`` or a
+        control character, or more than 128 characters.
+    """
+    if not isinstance(name, str) or name != name.strip():
+        raise InvalidRequest(f'invalid policy name "{name}": leading or trailing whitespace')
+    norm = name.lower()
+    if not _NAME_RE.fullmatch(norm):
+        raise InvalidRequest(f'invalid policy name "{name}"')
+    return norm
 
 
 class PolicyError(ValueError):
@@ -310,16 +327,7 @@ class PolicyStore:
         self._rules: dict[str, tuple[list[PathRule] | None, float]] = {}
         self._acls: dict[tuple[str, ...], tuple[ACL, float]] = {}
 
-    @staticmethod
-    def normalize(name: str) -> str:
-        """Trim and lower-case a policy name.
-
-        :raises InvalidRequest: on an empty or unusable name.
-        """
-        norm = (name or "").strip().lower()
-        if not _NAME_RE.fullmatch(norm):
-            raise InvalidRequest(f'invalid policy name "{name}"')
-        return norm
+    normalize = staticmethod(canonical_policy_name)
 
     def invalidate(self, key: str | None = None) -> None:
         """Drop cached policies/ACLs (all of them, or after a write of storage ``key``)."""

@@ -14,6 +14,8 @@ from plugin.errors import InvalidRequest, NotFound, UnsupportedOperation
 from plugin.framework import Operation
 from server.appkeys import CLUSTER_ID, MOUNTS, POLICIES, SETTINGS
 from server.errors import error_response
+from server.mounts import normalize_path
+from server.policies import canonical_policy_name
 from server.handlers import authorize, envelope, json_response, no_route, read_body, read_operation, release
 
 __all__ = ["health", "seal_status", "init_status", "leader", "auth_list", "auth_path", "policies_acl", "policy_legacy", "openapi", "VERSION"]
@@ -116,28 +118,34 @@ async def auth_list(request: web.Request) -> web.Response:
 
 
 async def auth_path(request: web.Request) -> web.StreamResponse:
-    """``sys/auth/<path>`` enable/read/disable and ``sys/auth/<path>/tune`` read/write."""
-    path = request.match_info["path"]
+    """``sys/auth/<path>`` enable/read/disable and ``sys/auth/<path>/tune`` read/write.
+
+    The mount path is made canonical (``normalize_path``) before the ACL check, which then
+    judges ``sys/auth/<canonical>`` (no trailing slash) and ``sys/auth/<canonical>/tune``:
+    every spelling of a mount meets the same rule.
+    """
+    raw = request.match_info["path"]
     op, data = await read_operation(request)
     table = request.app[MOUNTS]
-    tune = path.rstrip("/").endswith("/tune") or path == "tune"
+    trimmed = raw.rstrip("/")
+    tune = trimmed == "tune" or trimmed.endswith("/tune")
+    norm = normalize_path(trimmed[: -len("tune")] if tune else raw)
+    acl_path = "sys/auth/" + norm.rstrip("/") + ("/tune" if tune else "")
+    await _sudo(request, acl_path, op)
     if tune:
-        mount_path = path.rstrip("/")[: -len("tune")]
-        await _sudo(request, "sys/auth/" + path.rstrip("/"), op)
-        mount = await table.get_fresh(_norm(mount_path))
         if op is Operation.READ:
+            mount = await table.get_fresh(norm)
             if mount is None:
-                raise InvalidRequest(f"cannot fetch sysview for path \"auth/{_norm(mount_path)}\"")
+                raise InvalidRequest(f"cannot fetch sysview for path \"auth/{norm}\"")
             return envelope(request, table.tune_info(mount), copy_top=True)
         if op is Operation.UPDATE:
-            await table.tune(mount_path, data)
+            await table.tune(norm, data)
             return web.Response(status=204)
         raise _unsupported()
-    await _sudo(request, "sys/auth/" + path, op)
     if op is Operation.READ:
-        mount = await table.get_fresh(_norm(path))
+        mount = await table.get_fresh(norm)
         if mount is None:
-            raise InvalidRequest(f"No auth engine at auth/{_norm(path)}")
+            raise InvalidRequest(f"No auth engine at auth/{norm}")
         return envelope(request, mount.entry.public(), copy_top=True)
     if op is Operation.UPDATE:
         config = data.get("config") or {}
@@ -148,19 +156,15 @@ async def auth_path(request: web.Request) -> web.StreamResponse:
         if not isinstance(description, str):
             raise InvalidRequest("'description' must be a string")
         await table.enable(
-            path, data.get("type") or data.get("plugin_name") or "", description=description,
+            norm, data.get("type") or data.get("plugin_name") or "", description=description,
             config=config, local=bool(data.get("local", False)),
             seal_wrap=bool(data.get("seal_wrap", False)), options=options,
         )
         return web.Response(status=204)
     if op is Operation.DELETE:
-        await table.disable(path)
+        await table.disable(norm)
         return web.Response(status=204)
     raise _unsupported()
-
-
-def _norm(path: str) -> str:
-    return path.strip().strip("/") + "/"
 
 
 def _unsupported() -> Exception:
@@ -204,9 +208,8 @@ async def _policy_endpoint(request: web.Request, base: str, *, legacy: bool) -> 
                 return envelope(request, {"keys": names, "policies": names}, copy_top=True)
             return envelope(request, {"keys": names})
         raise _unsupported()
-    path = f"{base}/{name}"
-    await _sudo(request, path, op)
-    name = name.lower()
+    name = canonical_policy_name(name)  # before the ACL check: it judges the stored name
+    await _sudo(request, f"{base}/{name}", op)
     if op is Operation.READ:
         text = await store.get(name)
         if text is None:

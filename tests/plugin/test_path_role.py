@@ -217,6 +217,19 @@ async def test_names_lower_cased_and_regex(h: Harness) -> None:
             await h.read(bad)
 
 
+@pytest.mark.parametrize(
+    ("raw", "canonical"),
+    [("role/ADMIN", "role/admin"), ("role/Admin", "role/admin"), ("role/admin", "role/admin"),
+     ("role/CI.Deploy-1", "role/ci.deploy-1"), ("role/ADMIN/explain", "role/admin/explain"), ("login", "login")],
+)
+def test_route_is_canonical_before_the_acl(h: Harness, raw: str, canonical: str) -> None:
+    """The server judges the ACL on ``route.path``; the handler gets the same name."""
+    route = h.backend.resolve(raw)
+    assert route.path == canonical
+    if "name" in route.captures:
+        assert route.captures["name"] == canonical.split("/")[1]
+
+
 async def test_update_merges_except_role_type_and_bound_claims_type(h: Harness) -> None:
     await h.write("role/r", {**JWT, "bound_subject": "s", "bound_claims_type": "glob", "bound_claims": {"a": "x*"}, "token_ttl": 60})
     await h.write("role/r", {"role_type": "jwt", "token_max_ttl": 120})

@@ -20,8 +20,8 @@ import server.log as log
 import server.storage.sqlite as sqlite_engine
 import server.token_entry as te
 from plugin import jose_verify as jv
-from plugin.errors import InvalidRequest
-from plugin.framework import Backend, Operation, PathSpec
+from plugin.errors import InvalidRequest, NotFound, UnsupportedPath
+from plugin.framework import Backend, Operation, PathSpec, Request
 from plugin.storage import InMemoryStorage
 from plugin.schema import FieldSet
 from server.storage.sqlite import SQLiteStorage
@@ -243,16 +243,21 @@ def _spec(pattern: str) -> PathSpec:
     return PathSpec(pattern=pattern, fields=FieldSet({}), operations={Operation.READ: handler})
 
 
-def test_match_cache_hands_out_fresh_captures() -> None:
+async def test_route_cache_is_shared_and_read_only() -> None:
     backend = Backend()
     backend.paths = [_spec(r"role/(?P<name>\w+)"), _spec("login")]
-    spec, captures = backend.match("role/a")
-    captures["name"] = "changed"
-    again, captures2 = backend.match("role/a")
-    assert again is spec and captures2 == {"name": "a"}
+    route = backend.resolve("role/a")
+    with pytest.raises(TypeError):
+        route.captures["name"] = "changed"  # type: ignore[index]
+    req = Request(operation=Operation.READ, path="role/a")
+    with pytest.raises(NotFound):  # the handler answers None: a read of nothing
+        await backend.handle_request(req)
+    req.captures["name"] = "changed"  # the request's own copy
+    again = backend.resolve("role/a")
+    assert again is route and dict(again.captures) == {"name": "a"}
     backend.paths = [_spec("login")]  # a new table is honoured
-    with pytest.raises(Exception):
-        backend.match("role/a")
+    with pytest.raises(UnsupportedPath):
+        backend.resolve("role/a")
 
 
 def _b64(data: bytes) -> str:

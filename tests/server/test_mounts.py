@@ -47,8 +47,13 @@ async def make_table(storage: Any = None, **kw: Any) -> MountTable:
     ("raw", "expected"),
     [("jwt", nullcontext("jwt/")), ("/jwt/", nullcontext("jwt/")), ("team-a/jwt", nullcontext("team-a/jwt/")),
      ("", pytest.raises(InvalidRequest, match="empty")), ("a//b", pytest.raises(InvalidRequest, match="invalid")),
-     ("a/../b", pytest.raises(InvalidRequest, match="invalid")), ("a b", pytest.raises(InvalidRequest))],
-    ids=["plain", "slashes stripped", "nested path", "empty", "empty segment", "dot-dot", "space"],
+     ("a/../b", pytest.raises(InvalidRequest, match="invalid")), ("a b", pytest.raises(InvalidRequest)),
+     ("//jwt//", nullcontext("jwt/")), (" jwt", pytest.raises(InvalidRequest, match="invalid mount path")),
+     ("jwt\t", pytest.raises(InvalidRequest)), ("\xa0jwt", pytest.raises(InvalidRequest)),
+     ("jwt\n", pytest.raises(InvalidRequest)), ("jwt\x00", pytest.raises(InvalidRequest)),
+     ("jwt\u2028", pytest.raises(InvalidRequest)), ("/", pytest.raises(InvalidRequest, match="empty"))],
+    ids=["plain", "slashes stripped", "nested path", "empty", "empty segment", "dot-dot", "space", "many slashes",
+         "leading space (no strip)", "tab", "nbsp", "newline", "nul", "line separator", "only a slash"],
 )
 def test_normalize_path(raw: str, expected: Any) -> None:
     with expected as value:

@@ -217,7 +217,9 @@ def store() -> PolicyStore:
 
 
 async def test_store_round_trip_and_normalisation(store: PolicyStore) -> None:
-    await store.put("  Dev ", 'path "secret/*" { capabilities = ["read"] }')
+    with pytest.raises(InvalidRequest, match="whitespace"):  # no second spelling of "dev"
+        await store.put("  Dev ", 'path "secret/*" { capabilities = ["read"] }')
+    await store.put("Dev", 'path "secret/*" { capabilities = ["read"] }')
     assert await store.get("DEV") == 'path "secret/*" { capabilities = ["read"] }'
     assert await store.list() == ["default", "dev", "root"]
     a = await store.acl_for(["dev", "default", "missing"])
@@ -250,7 +252,8 @@ async def test_failed_parse_keeps_old_policy(store: PolicyStore) -> None:
     ("op", "name", "expected"),
     [
         ("put", "root", pytest.raises(InvalidRequest, match='cannot update "root" policy')),
-        ("put", " ROOT ", pytest.raises(InvalidRequest, match='cannot update "root" policy')),
+        ("put", " ROOT ", pytest.raises(InvalidRequest, match='invalid policy name " ROOT ": leading or trailing')),
+        ("put", "ROOT", pytest.raises(InvalidRequest, match='cannot update "root" policy')),
         ("delete", "root", pytest.raises(InvalidRequest, match='cannot delete "root" policy')),
         ("delete", "Default", pytest.raises(InvalidRequest, match='cannot delete "default" policy')),
         ("put", "default", nullcontext()),
@@ -258,7 +261,7 @@ async def test_failed_parse_keeps_old_policy(store: PolicyStore) -> None:
         ("put", "   ", pytest.raises(InvalidRequest, match="invalid policy name")),
         ("delete", "missing", nullcontext()),
     ],
-    ids=["put-root", "put-root-spaced", "delete-root", "delete-default", "put-default", "slash",
+    ids=["put-root", "put-root-spaced", "put-root-upper", "delete-root", "delete-default", "put-default", "slash",
          "blank", "delete-missing"],
 )
 async def test_builtin_policy_rules(store: PolicyStore, op: str, name: str, expected: Any) -> None:
