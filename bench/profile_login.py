@@ -21,8 +21,8 @@ import re
 import sys
 import sysconfig
 import tempfile
-import tracemalloc
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +68,7 @@ def quiet_stdout(enabled: bool) -> Iterator[None]:
 def authmount_app(workdir: Path, storage: str, log_level: str) -> web.Application:
     """authmount's app on SQLite (or memory) with a known root token, logging like the server."""
     from server.app import create_app
-    from server.log import configure_logging
+    from server.http.log import configure_logging
     from server.settings import settings_from_mapping
 
     raw = {

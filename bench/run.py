@@ -26,7 +26,13 @@ from bench.jwtgen import make_keys, write_keys
 from bench.loadgen import ensure_wrk, run_wrk
 from bench.procs import Server, free_port, start_pinned
 from bench.report import (
-    Measurement, machine, machine_lines, ratio_lines, ratios, results_table, update_doc,
+    Measurement,
+    machine,
+    machine_lines,
+    ratio_lines,
+    ratios,
+    results_table,
+    update_doc,
 )  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent

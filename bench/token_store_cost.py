@@ -37,7 +37,8 @@ import orjson
 
 from plugin.framework import Alias, Auth
 from plugin.storage import InMemoryStorage
-from server.tokens import MountInfo, TokenStore
+from server.tokens.entry import MountInfo
+from server.tokens.store import TokenStore
 
 MOUNT = MountInfo("auth/jwt/", "auth_jwt_1a2b3c4d", 3600, 7200)
 CONCURRENCY = 16

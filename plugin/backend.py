@@ -14,9 +14,9 @@ from plugin.keys import KeySource, build_key_source
 from plugin.path_config import CONFIG_KEY, JWTConfig, path_config
 from plugin.path_login import path_explain, path_login
 from plugin.path_role import ROLE_PREFIX, Role, path_role, path_role_list
+from plugin.policyutil import refuse_root
 from plugin.registry import register
 from plugin.storage import Storage
-from plugin.token_fields import sanitize_policies
 
 __all__ = ["JWTAuthBackend", "UNAUTHENTICATED_PATHS", "factory"]
 
@@ -158,9 +158,7 @@ class JWTAuthBackend(Backend):
         role = await self.role(req.require_storage(), name) if name else None
         if role is None:
             raise InvalidRequest(f"role {name} does not exist during renewal")
-        policies = sanitize_policies(role.token_policies)
-        if "root" in policies:
-            raise InvalidRequest("auth methods cannot create root tokens")
+        policies = refuse_root(role.token_policies)
         return dataclasses.replace(
             auth,
             ttl=role.token_ttl,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 import time
-from types import MappingProxyType
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from plugin.errors import NotFound, PluginError, UnsupportedOperation, UnsupportedPath

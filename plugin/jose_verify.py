@@ -197,7 +197,7 @@ def parse_token(token: object, *, max_length: int = 16384) -> ParsedToken:
     if len(parts) != 3:
         raise _fail(f"token must have 3 dot-separated parts, found {len(parts)}")
     decoded: list[bytes] = []
-    for name, part in zip(_PART_NAMES, parts):
+    for name, part in zip(_PART_NAMES, parts, strict=True):
         if not part:
             raise _fail(f"token {name} is empty")
         data = _b64url_strict(part)

@@ -16,8 +16,8 @@ from typing import Any, TypedDict
 
 from cryptography import x509
 
-from plugin.errors import InvalidRequest, PluginError
 from plugin import jsonlimits
+from plugin.errors import InvalidRequest, PluginError
 from plugin.framework import Fetcher
 from plugin.jose_verify import (
     MAX_KEYS_PER_TOKEN,
@@ -416,7 +416,7 @@ class JWKSPairsKeySource(KeySource):
             if reason:
                 raise InvalidRequest(f"error checking jwks_ca_pem: {reason}")
         results = await asyncio.gather(*(c.refresh(force=True) for c in self.caches))
-        for cache, ok in zip(self.caches, results):
+        for cache, ok in zip(self.caches, results, strict=True):
             if not ok:
                 raise InvalidRequest(f"error checking jwks URL {cache.url}: {cache.last_error}")
 

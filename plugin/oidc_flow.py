@@ -18,12 +18,13 @@ from typing import Any
 from urllib.parse import quote
 
 from plugin import jsonlimits
+from plugin.cidrutil import cidr_allows
+from plugin.claims import show, validate_role_claims
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UpstreamError
 from plugin.framework import Request, Response
-from plugin.claims import show, validate_role_claims
 from plugin.jose_verify import parse_token
 from plugin.keys import build_key_source, fetch_discovery
-from plugin.path_login import cidr_allows, login_auth
+from plugin.path_login import login_auth
 
 __all__ = [
     "cfg",
@@ -84,7 +85,7 @@ async def load_role(backend: Any, req: Request, name: str) -> Any:
 def check_bound_cidrs(req: Request, role: Any) -> None:
     """403 when the role has ``token_bound_cidrs`` and the caller is outside all of them."""
     cidrs = list(cfg(role, "token_bound_cidrs", []) or [])
-    if cidrs and not cidr_allows(req.connection.remote_addr if req.connection else None, cidrs):
+    if cidrs and not cidr_allows(cidrs, req.connection.remote_addr if req.connection else None):
         raise PermissionDenied()
 
 

@@ -8,8 +8,6 @@ the server; the OIDC callback uses it together with ``claims.validate_role_claim
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from plugin import claims as cl
+from plugin.cidrutil import cidr_allows
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError
 from plugin.framework import Alias, Auth, Operation, PathSpec, Request, Response
 from plugin.jose_verify import ParsedToken, parse_token
@@ -33,7 +32,6 @@ __all__ = [
     "Check",
     "Evaluation",
     "LOGIN_FIELDS",
-    "cidr_allows",
     "check_time_claims",
     "effective_leeway",
     "evaluate",
@@ -115,30 +113,6 @@ class Evaluation:
 
 # ---------------------------------------------------------------------------
 # Pure checks
-
-
-def cidr_allows(remote_addr: str | None, cidrs: list[str]) -> bool:
-    """True if ``remote_addr`` is inside one of ``cidrs`` (IPs count as /32 or /128)."""
-    if not remote_addr:
-        return False
-    try:
-        addr = ipaddress.ip_address(remote_addr.strip())
-    except ValueError:
-        return False
-    for cidr in cidrs:
-        net = _network(cidr)
-        if net is not None and addr in net:
-            return True
-    return False
-
-
-@functools.lru_cache(maxsize=1024)
-def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    """A role's CIDR parsed once (roles are cached objects: the same strings recur)."""
-    try:
-        return ipaddress.ip_network(cidr, strict=False)
-    except ValueError:
-        return None
 
 
 def effective_leeway(value: int, default: int) -> int:
@@ -265,7 +239,7 @@ async def evaluate(
     if role.token_bound_cidrs:
         if not check_cidrs:
             ev.checks.append(Check("bound_cidrs", True, "not evaluated: no remote_addr given", skipped=True))
-        elif cidr_allows(remote_addr, role.token_bound_cidrs):
+        elif cidr_allows(role.token_bound_cidrs, remote_addr):
             if not strict:
                 ev.passed("bound_cidrs", f"{remote_addr} is in {cl.show(role.token_bound_cidrs)}")
         else:

@@ -7,12 +7,13 @@ legacy-upgrade rules on a write, and ``to_auth`` fills a ``plugin.framework.Auth
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from plugin.cidrutil import parse_cidrs
 from plugin.errors import InvalidRequest
 from plugin.framework import Alias, Auth
+from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.schema import Field, FieldType, format_duration
 
 __all__ = [
@@ -22,8 +23,6 @@ __all__ = [
     "apply_token_fields",
     "upgrade_legacy",
     "check_token_limits",
-    "parse_cidrs",
-    "sanitize_policies",
     "to_auth",
 ]
 
@@ -138,27 +137,6 @@ class TokenParams:
     bound_cidrs: list[str] = field(default_factory=list)
 
 
-def parse_cidrs(values: list[str]) -> list[str]:
-    """Validate IPs/CIDRs; return them as given (host bits kept, like Vault shows them).
-
-    :raises InvalidRequest: ``error parsing address "<x>": ...``.
-    """
-    out: list[str] = []
-    for raw in values:
-        text = raw.strip()
-        if text == "":
-            continue
-        try:
-            if "/" in text:
-                ipaddress.ip_network(text, strict=False)
-            else:
-                ipaddress.ip_address(text)
-        except ValueError as exc:
-            raise InvalidRequest(f'error parsing address "{text}": {exc}') from None
-        out.append(text)
-    return out
-
-
 def apply_token_fields(params: TokenParams, values: dict[str, Any]) -> None:
     """Apply the ``token_*`` values present in ``values`` (Vault ``ParseTokenFields``).
 
@@ -222,7 +200,8 @@ def upgrade_legacy(params: TokenParams, values: dict[str, Any]) -> None:
             if old in values:
                 raw = values[old]
                 if old == "policies":
-                    raw = sanitize_policies(raw, root_only=True)
+                    raw = sanitize_policies(raw)
+                    raw = ["root"] if "root" in raw else raw  # Vault: root alone
                 elif old == "bound_cidrs":
                     raw = parse_cidrs(raw)
                 setattr(params, old, raw)
@@ -252,18 +231,6 @@ def check_token_limits(params: TokenParams, *, max_lease_ttl: int) -> list[str]:
     return []
 
 
-def sanitize_policies(policies: list[str], *, root_only: bool = False) -> list[str]:
-    """Trim, lower-case, drop empties, de-duplicate and sort (Vault ``policyutil``).
-
-    With ``root_only`` a list containing ``root`` becomes just ``["root"]`` (legacy
-    ``policies`` normalisation).
-    """
-    out = sorted({p.strip().lower() for p in policies if p.strip()})
-    if root_only and "root" in out:
-        return ["root"]
-    return out
-
-
 def to_auth(
     params: TokenParams,
     *,
@@ -278,9 +245,7 @@ def to_auth(
     :raises InvalidRequest: ``auth methods cannot create root tokens`` when the role's
         policies contain ``root`` in any spelling (`` root``, ``Root`` ...; CVE-2025-5999).
     """
-    policies = sanitize_policies(params.token_policies)
-    if "root" in policies:
-        raise InvalidRequest("auth methods cannot create root tokens")
+    policies = refuse_root(params.token_policies)
     return Auth(
         display_name=display_name,
         policies=policies,

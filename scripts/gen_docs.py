@@ -152,7 +152,7 @@ def replace_sections(text: str, names: list[str] | None = None) -> tuple[str, li
         fresh = render_section(name)
         if found[0][1] != fresh:
             changed.append(name)
-        text = pattern.sub(lambda m: m.group(1) + fresh + m.group(3), text)
+        text = pattern.sub(lambda m: m.group(1) + fresh + m.group(3), text)  # noqa: B023 - used at once
     return text, changed
 
 

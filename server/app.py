@@ -12,15 +12,15 @@ from aiohttp import web
 
 from plugin.errors import PluginError
 from plugin.framework import Backend, Connection, Operation, Request
+from server.acl.policies import PolicyStore
 from server.appkeys import CLUSTER_ID, FETCHER, MOUNTS, POLICIES, ROOT_TOKEN, SETTINGS, STARTED_AT, STORAGE, TOKENS
-from server.fetcher import AiohttpFetcher
+from server.http.fetcher import AiohttpFetcher
+from server.http.ratelimit import setup_ratelimit
+from server.http.routes import setup_routes
 from server.mounts import MountTable, normalize_path
-from server.policies import PolicyStore
-from server.ratelimit import setup_ratelimit
-from server.routes import setup_routes
 from server.settings import Settings, SettingsError
-from server.token_backend import TokenBackend
-from server.tokens import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
+from server.tokens.backend import TokenBackend
+from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
 __all__ = ["create_app", "seed", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY"]
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from server.app import StartupError, create_app
 from server.appkeys import ROOT_TOKEN
-from server.listparser import ListVerbAppRunner
-from server.log import configure_logging, flush_request_log
+from server.http.listverb import ListVerbAppRunner
+from server.http.log import configure_logging, flush_request_log
 from server.settings import Settings, SettingsError, dev_settings, load_settings
-from server.sys_endpoints import VERSION
+from server.sys.endpoints import VERSION
 
 __all__ = ["main", "serve"]
 

@@ -17,7 +17,7 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Backend
 from plugin.schema import parse_duration
 from plugin.storage import PrefixedStorage, Storage
-from server.token_entry import MountInfo
+from server.tokens.entry import MountInfo
 
 __all__ = ["MOUNTS_KEY", "MountEntry", "Mount", "MountSystemView", "MountTable", "normalize_path"]
 

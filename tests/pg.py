@@ -1,9 +1,6 @@
 """A real, throw-away PostgreSQL server for tests: initdb in a temp dir, a free port, torn down after.
 
-Use the pytest fixtures (import them into a test module or conftest)::
-
-    from tests.pg import postgres_dsn, postgres_server  # noqa: F401
-
+The pytest fixtures are available to every test (``tests/conftest.py``):
 ``postgres_server`` (session) starts one server; ``postgres_dsn`` gives each test a fresh
 empty database. They skip only when no server binary exists and
 ``scripts/install-postgres.sh`` cannot install one. Run ``python -m tests.pg`` to start a
@@ -105,7 +102,7 @@ class PostgresServer:
         self.user = _server_user()
         self.base = tempfile.mkdtemp(prefix="authmount-pg-")
         self.datadir = os.path.join(self.base, "data")
-        self.logfile = os.path.join(self.base, "server.log")
+        self.logfile = os.path.join(self.base, "server.http.log")
         self.port = 0
         self.running = False
 

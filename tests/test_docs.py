@@ -141,11 +141,14 @@ LOGIN_MODULES = (
     "plugin/path_oidc.py",
     "plugin/oidc_flow.py",
     "plugin/backend.py",
-    "server/tokens.py",
-    "server/token_entry.py",
-    "server/handlers.py",
-    "server/errors.py",
-    "server/fetcher.py",
+    "plugin/cidrutil.py",
+    "plugin/policyutil.py",
+    "server/tokens/store.py",
+    "server/tokens/entry.py",
+    "server/tokens/ttl.py",
+    "server/http/handlers.py",
+    "server/http/errors.py",
+    "server/http/fetcher.py",
 )
 #: Modules whose messages answer a config or role write.
 CONFIG_MODULES = ("plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py")
@@ -391,11 +394,11 @@ def test_exclusions_are_still_needed() -> None:
 def _api_paths() -> list[str]:
     """Every documented-path form of the server's routes, mount paths and token paths."""
     out: list[str] = []
-    routes = ast.parse((ROOT / "server" / "routes.py").read_text(encoding="utf-8"))
+    routes = ast.parse((ROOT / "server" / "http" / "routes.py").read_text(encoding="utf-8"))
     for node in ast.walk(routes):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/v1/sys/"):
             out.append(re.sub(r"\{(\w+)(:[^}]*)?\}", r"<\1>", node.value.removeprefix("/v1/")))
-    tokens = ast.parse((ROOT / "server" / "token_backend.py").read_text(encoding="utf-8"))
+    tokens = ast.parse((ROOT / "server" / "tokens" / "backend.py").read_text(encoding="utf-8"))
     for node in ast.walk(tokens):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PathSpec" and node.args:
             first = node.args[0]

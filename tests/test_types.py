@@ -1,4 +1,5 @@
-"""Static types: mypy finds no error in the checked modules, and the narrowing it relies on holds.
+"""Static checks: mypy finds no error in the checked modules, ruff finds nothing in the tree,
+and the narrowing mypy relies on holds.
 
 It covers all of ``plugin`` and ``server``; settings
 (python version, untyped third-party modules) live in ``[tool.mypy]`` in pyproject.toml.
@@ -7,6 +8,8 @@ It covers all of ``plugin`` and ``server``; settings
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,16 @@ def test_mypy_finds_no_errors() -> None:
         *(str(ROOT / path) for path in CHECKED),
     ])
     assert (status, stdout, stderr) == (0, "", ""), f"mypy found errors:\n{stdout}{stderr}"
+
+
+def test_ruff_finds_nothing() -> None:
+    """The rule set in ``[tool.ruff.lint]`` (pyproject.toml) over the whole tree."""
+    pytest.importorskip("ruff", reason="ruff is not installed (pip install -e '.[test]')")
+    run = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise", str(ROOT)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )
+    assert run.returncode == 0, f"ruff found problems:\n{run.stdout}{run.stderr}"
 
 
 # ---------------------------------------------------------------------------

@@ -470,7 +470,7 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
 
 def _resolve(batch: list[Any], results: list[Result]) -> None:
     """Answer every caller of a committed (or failed) batch, on the event loop."""
-    for (_op, _key, _arg, fut), (ok, value) in zip(batch, results):
+    for (_op, _key, _arg, fut), (ok, value) in zip(batch, results, strict=True):
         if fut.done():  # the caller was cancelled; the write happened anyway
             continue
         if ok:

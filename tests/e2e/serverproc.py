@@ -21,7 +21,7 @@ from an earlier start. ``stop()`` sends SIGTERM and returns the exit code; the p
 killed if it does not stop in time. stderr (the JSON log) is kept in ``<workdir>/server-N.log``
 (``srv.log_text()``). The child gets no ``VAULT_TOKEN``/``VAULT_ADDR``.
 
-``dev_server`` is a ready pytest fixture (function scope); import it into a test module.
+``dev_server`` is a ready pytest fixture (function scope), available to every test (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class ServerProc:
         """Wait for the banner and a 200 from ``/v1/sys/health``."""
         deadline = time.monotonic() + timeout
         if not self._started.wait(timeout):
-            self._fail("no startup banner within %.0fs" % timeout)
+            self._fail(f"no startup banner within {timeout:.0f}s")
         if self.proc.poll() is not None or not self.address:
             self._reader.join(2)
             self._fail(f"server exited with code {self.proc.wait(5)}")
@@ -138,7 +138,7 @@ class ServerProc:
             if self.proc.poll() is not None:
                 self._fail(f"server exited with code {self.proc.returncode}")
             time.sleep(0.05)
-        self._fail("health check did not pass within %.0fs" % timeout)
+        self._fail(f"health check did not pass within {timeout:.0f}s")
 
     def _fail(self, message: str) -> None:
         self.kill()

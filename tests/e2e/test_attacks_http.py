@@ -286,7 +286,7 @@ TOKENS: list[tuple[str, Callable[[str], Any]]] = [
     ("four parts", lambda t: "a.b.c.d"),
     ("JWE RSA-OAEP", lambda t: jwe({"alg": "RSA-OAEP", "enc": "A256GCM", "kid": "rsa-1"})),
     ("JWE dir zip", lambda t: jwe({"alg": "dir", "enc": "A256GCM", "zip": "DEF"})),
-    ("JSON serialization", lambda t: json.dumps(dict(zip(("protected", "payload", "signature"), good().split("."))))),
+    ("JSON serialization", lambda t: json.dumps(dict(zip(("protected", "payload", "signature"), good().split("."), strict=True)))),
     ("b64 bang", lambda t: mangle_payload(good(), lambda p: p[:10] + "!" + p[11:])),
     ("b64 dollar", lambda t: mangle_payload(good(), lambda p: p[:10] + "$" + p[11:])),
     ("b64 percent", lambda t: mangle_payload(good(), lambda p: p[:10] + "%" + p[11:])),
@@ -467,7 +467,7 @@ def test_slow_body_is_cut_off(vault: ServerProc) -> None:
             assert time.monotonic() < deadline, "the server held the trickling request"
             try:
                 chunk = sock.recv(4096)
-            except socket.timeout:
+            except TimeoutError:
                 sock.sendall(b" ")  # one more byte per second, never finishing
                 continue
             if not chunk:

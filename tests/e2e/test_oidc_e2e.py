@@ -20,7 +20,6 @@ import pytest
 from tests.e2e.browser import CallbackListener, browser_available, browser_login, browser_session, drive_login
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, idp_available, start_idp
 from tests.e2e.serverproc import ServerProc, start_server
-from tests.pg import postgres_dsn, postgres_server  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.e2e.serverproc import ServerProc, start_server
-from tests.pg import PostgresServer, postgres_server  # noqa: F401 - fixture
+from tests.pg import PostgresServer
 from tests.plugin.keyfactory import default_claims, make_token, rsa_key
 
 pytestmark = pytest.mark.e2e

@@ -15,7 +15,6 @@ import pytest
 import requests
 
 from tests.e2e.serverproc import REPO_ROOT, ServerProc, start_server
-from tests.pg import postgres_dsn, postgres_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -220,7 +219,7 @@ def test_version_matches_the_installed_distribution_and_sys_health(tmp_path: Pat
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"authmount v{metadata.version('authmount')}\n"
-    from server.sys_endpoints import VERSION
+    from server.sys.endpoints import VERSION
 
     assert VERSION == metadata.version("authmount")  # what sys/health reports
 

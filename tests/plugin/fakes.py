@@ -9,7 +9,7 @@ from typing import Any
 from plugin.backend import JWTAuthBackend
 from plugin.framework import Connection, Operation, Request, Response, StaticSystemView
 from plugin.storage import InMemoryStorage
-from keyfactory import FakeFetcher
+from tests.plugin.keyfactory import FakeFetcher
 
 __all__ = ["Clock", "Harness"]
 

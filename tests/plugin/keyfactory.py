@@ -252,7 +252,7 @@ def self_signed_cert_pem(key: KeyPair, cn: str = "test") -> str:
     import datetime
 
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     algo = None if key.alg == "EdDSA" else hashes.SHA256()
     cert = (
         x509.CertificateBuilder()

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from keyfactory import KeyPair, jwks, make_token, rsa_key
-
+from plugin.backend import JWTAuthBackend
 from plugin.errors import UpstreamError
-from plugin.framework import FetchResult
+from plugin.framework import Connection, FetchResult, Operation, Request, StaticSystemView
+from plugin.storage import InMemoryStorage
+from tests.plugin.keyfactory import KeyPair, jwks, make_token, rsa_key
 
 ISSUER = "https://idp.test"
 CLIENT_ID = "abc"
@@ -142,3 +143,88 @@ class FakeIdP:
             200,
             {"access_token": access_token, "token_type": "Bearer", "id_token": self.id_token(grant, access_token)},
         )
+
+
+REDIRECT = "https://vault.example.com/ui/vault/auth/oidc/oidc/callback"
+CLI_REDIRECT = "http://localhost:8250/oidc/callback"
+
+
+class Clock:
+    """A settable clock shared by the system view and the fake IdP."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """One mount: backend, storage, fake IdP; helpers that speak the plugin API."""
+
+    def __init__(self, storage: InMemoryStorage | None = None, idp: FakeIdP | None = None) -> None:
+        self.clock = Clock()
+        self.idp = idp or FakeIdP(clock=self.clock)
+        self.storage = storage or InMemoryStorage()
+        self.system = StaticSystemView(fetcher=self.idp, clock=self.clock, mount_path="auth/oidc/")
+        self.backend = JWTAuthBackend()
+        self.remote = "127.0.0.1"
+
+    async def call(self, op: Operation, path: str, data: dict[str, Any] | None = None) -> Any:
+        req = Request(
+            operation=op,
+            path=path,
+            data=dict(data or {}),
+            storage=self.storage,
+            system=self.system,
+            connection=Connection(self.remote),
+        )
+        return await self.backend.handle_request(req)
+
+    async def configure(self, **extra: Any) -> None:
+        data = {
+            "oidc_discovery_url": self.idp.issuer,
+            "oidc_client_id": CLIENT_ID,
+            "oidc_client_secret": CLIENT_SECRET,
+            "default_role": "test",
+        }
+        data.update(extra)
+        await self.call(Operation.UPDATE, "config", data)
+
+    async def role(self, name: str = "test", **extra: Any) -> None:
+        data: dict[str, Any] = {
+            "role_type": "oidc",
+            "user_claim": "email",
+            "allowed_redirect_uris": [REDIRECT, CLI_REDIRECT],
+            "groups_claim": "groups",
+            "claim_mappings": {"COLOR": "color", "size": "size"},
+            "token_ttl": "3m",
+            "token_max_ttl": "5m",
+            "token_num_uses": 10,
+        }
+        data.update(extra)
+        await self.call(Operation.UPDATE, f"role/{name}", data)
+
+    async def auth_url(self, **data: Any) -> str:
+        data.setdefault("redirect_uri", REDIRECT)
+        resp = await self.call(Operation.UPDATE, "oidc/auth_url", data)
+        return str(resp.data["auth_url"])
+
+    async def callback(self, **data: Any) -> Any:
+        return await self.call(Operation.READ, "oidc/callback", data)
+
+    async def login(self, *, auth: dict[str, Any] | None = None, cb: dict[str, Any] | None = None, **claims: Any) -> Any:
+        """auth_url -> IdP authorize -> callback; returns the callback Response."""
+        url = await self.auth_url(**(auth or {}))
+        state = query(url)["state"]
+        code = self.idp.authorize(url, **claims)
+        return await self.callback(state=state, code=code, **(cb or {}))
+
+
+def query(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+BOB = {"email": "bob@example.com", "groups": ["a", "b"], "COLOR": "green"}

@@ -17,7 +17,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from keyfactory import (
+from plugin.errors import InvalidRequest, UpstreamError
+from plugin.framework import FetchResult
+from plugin.jose_verify import HMAC_ALGS, SUPPORTED_ALGS, keys_from_jwks, keys_from_pems, parse_token
+from plugin.keys import KeySource, build_key_source
+from tests.plugin.keyfactory import (
     DROP,
     FakeFetcher,
     KeyPair,
@@ -29,10 +33,6 @@ from keyfactory import (
     make_token,
     rsa_key,
 )
-from plugin.errors import InvalidRequest, UpstreamError
-from plugin.framework import FetchResult
-from plugin.jose_verify import HMAC_ALGS, SUPPORTED_ALGS, keys_from_jwks, keys_from_pems, parse_token
-from plugin.keys import KeySource, build_key_source
 
 JWKS_URL = "https://idp.example.com/certs"
 ALL = list(SUPPORTED_ALGS)

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from fakes import Harness
-from keyfactory import ec_key, make_token
 from plugin.errors import InvalidRequest
+from tests.plugin.fakes import Harness
+from tests.plugin.keyfactory import ec_key, make_token
 
 KEY = ec_key()
 OTHER = ec_key()

@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448
 
-from keyfactory import (
+from plugin import jose_verify as jv
+from plugin.errors import InvalidRequest
+from tests.plugin.keyfactory import (
     DROP,
     b64url,
     default_claims,
@@ -18,8 +20,6 @@ from keyfactory import (
     rsa_key,
     self_signed_cert_pem,
 )
-from plugin import jose_verify as jv
-from plugin.errors import InvalidRequest
 
 HMAC_SECRET = "0123456789abcdef0123456789abcdef"  # exactly 32 bytes
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from keyfactory import FakeFetcher, default_claims, ec_key, jwks, make_token, rsa_key
 from plugin.errors import InvalidRequest, UpstreamError
 from plugin.framework import FetchResult
 from plugin.jose_verify import SUPPORTED_ALGS, parse_token
 from plugin.keys import build_key_source, fetch_discovery
+from tests.plugin.keyfactory import FakeFetcher, default_claims, ec_key, jwks, make_token, rsa_key
 
 JWKS_URL = "https://idp.example.com/certs"
 ISSUER = "https://idp.example.com"

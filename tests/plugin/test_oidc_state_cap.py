@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from test_path_oidc import BOB, Harness, query  # noqa: E402
-
-from plugin import oidc_pending, path_oidc  # noqa: E402
-from plugin.errors import InvalidRequest, RateLimited  # noqa: E402
-from plugin.oidc_pending import PendingStates, TooManyPendingStates  # noqa: E402
-from plugin.path_oidc import STATE_PREFIX, STATE_TTL  # noqa: E402
+from plugin import oidc_pending, path_oidc
+from plugin.errors import InvalidRequest, RateLimited
+from plugin.oidc_pending import PendingStates, TooManyPendingStates
+from plugin.path_oidc import STATE_PREFIX, STATE_TTL
+from tests.plugin.oidc_fakes import BOB, Harness, query
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CAP = 3

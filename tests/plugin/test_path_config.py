@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-from fakes import Harness
-from keyfactory import FakeFetcher, ec_key, jwks, self_signed_cert_pem
 from plugin.errors import InvalidRequest, NotFound, PluginError, UnsupportedOperation
 from plugin.framework import Operation
 from plugin.path_config import CONFIG_FIELDS
+from tests.plugin.fakes import Harness
+from tests.plugin.keyfactory import FakeFetcher, ec_key, jwks, self_signed_cert_pem
 
 CONFIG_FIELDS_NAMES = list(CONFIG_FIELDS)
 

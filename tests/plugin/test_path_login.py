@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import structlog
 
-from fakes import Clock, Harness
-from keyfactory import FakeFetcher, ec_key, jwks, make_token, rsa_key
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth, Operation
+from tests.plugin.fakes import Clock, Harness
+from tests.plugin.keyfactory import FakeFetcher, ec_key, jwks, make_token, rsa_key
 
 ISSUER = "https://team-vault.auth0.com/"
 SUB = "r3qXcK2bix9eFECzsU3Sbmh0K16fatW6@clients"

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from fakes import Harness
 from plugin.errors import InvalidRequest, NotFound, PluginError, UnsupportedPath
 from plugin.framework import Operation
 from plugin.path_role import ROLE_FIELDS
+from tests.plugin.fakes import Harness
 
 ROLE_FIELDS_NAMES = list(ROLE_FIELDS)
 

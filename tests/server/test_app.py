@@ -18,7 +18,7 @@ from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Respon
 from plugin.schema import Field, FieldSet, FieldType
 from server.app import create_app
 from server.appkeys import MOUNTS
-from server.listparser import ListVerbAppRunner, make_test_server
+from server.http.listverb import ListVerbAppRunner, make_test_server
 from server.settings import Settings, StorageSettings
 
 ROOT = "root-token-for-tests"
@@ -492,7 +492,7 @@ async def test_token_rows_are_not_announced_to_other_nodes(aiohttp_client: Any) 
     """A shared engine is told which keys no node caches (token rows), so their writes need
     no cross-node invalidation; cached keys (mount epochs, mounts, policies) are not on it."""
     from plugin.storage import InMemoryStorage
-    from server.tokens import EPOCH_PREFIX
+    from server.tokens.store import EPOCH_PREFIX
 
     class Shared(InMemoryStorage):
         quiet: list[str] = []

@@ -8,8 +8,8 @@ import pytest
 from aiohttp import web
 
 from plugin import errors
-from server.errors import error_response
-from server.log import handled
+from server.http.errors import error_response
+from server.http.log import handled
 
 
 def _app(exc: BaseException) -> web.Application:
@@ -70,7 +70,7 @@ def test_error_response_content_type() -> None:
     ids=["vault token", "jwt", "bearer", "secret key", "nested secret key", "plain path untouched"],
 )
 def test_redact(value: Any, expected: Any) -> None:
-    from server.log import redact
+    from server.http.log import redact
 
     assert redact(value) == expected
 
@@ -96,7 +96,7 @@ async def test_request_log_line(aiohttp_client: Any) -> None:
 
 
 def test_redact_processor_on_a_request_line() -> None:
-    from server.log import _redact_processor
+    from server.http.log import _redact_processor
 
     event = {"event": "request", "path": "/v1/auth/x/hvs.SECRETSECRETSECRET1", "token": "raw", "status": 200}
     out = _redact_processor(None, "info", event)

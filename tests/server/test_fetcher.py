@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from plugin.errors import UpstreamError
-from server.fetcher import AiohttpFetcher
+from server.http.fetcher import AiohttpFetcher
 
 
 def _idp_app() -> web.Application:

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from server import listparser
-from server.listparser import RequestFramer, make_test_server
+from server.http import listverb
+from server.http.listverb import RequestFramer, make_test_server
 
 
 @pytest.mark.parametrize(
@@ -34,7 +34,7 @@ async def hello(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def server(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(listparser, "HEADER_TIMEOUT", 0.3)
+    monkeypatch.setattr(listverb, "HEADER_TIMEOUT", 0.3)
     app = web.Application()
     app.router.add_get("/", hello)
     srv = make_test_server(app)

@@ -16,16 +16,19 @@ import orjson
 import pytest
 from aiohttp import web
 
-import server.log as log
+import server.http.log as log
 import server.storage.sqlite as sqlite_engine
-import server.token_entry as te
+import server.tokens.batch as batch
+import server.tokens.entry as entry_mod
+import server.tokens.ids as te
+import server.tokens.ttl as ttl
 from plugin import jose_verify as jv
 from plugin.errors import InvalidRequest, NotFound, UnsupportedPath
 from plugin.framework import Backend, Operation, PathSpec, Request
-from plugin.storage import InMemoryStorage
 from plugin.schema import FieldSet
+from plugin.storage import InMemoryStorage
 from server.storage.sqlite import SQLiteStorage
-from server.tokens import TokenStore
+from server.tokens.store import TokenStore
 
 # -- request log ---------------------------------------------------------------------------
 
@@ -167,28 +170,28 @@ async def test_hash_and_entity_id_match_the_reference() -> None:
 )
 def test_batch_token_round_trip(meta: dict[str, str]) -> None:
     key = b"k" * 32
-    entry = te.TokenEntry(id_hash="", accessor="", policies=["default", "p"], meta=meta, ttl=60,
+    entry = entry_mod.TokenEntry(id_hash="", accessor="", policies=["default", "p"], meta=meta, ttl=60,
                           expire_time=1795668899.25, type="batch")  # fmt: skip
-    raw = te.encode_batch(entry, key)
-    back = te.decode_batch(raw, key)
+    raw = batch.encode_batch(entry, key)
+    back = batch.decode_batch(raw, key)
     assert back is not None and back.meta == meta and back.policies == ["default", "p"]
     assert back.expire_time == 1795668899.25
-    assert te.decode_batch(raw[:-2] + ("A" if raw[-2] != "A" else "B") + raw[-1], key) is None
+    assert batch.decode_batch(raw[:-2] + ("A" if raw[-2] != "A" else "B") + raw[-1], key) is None
 
 
 def test_entry_dict_round_trip() -> None:
-    entry = te.TokenEntry(id_hash="h", accessor="a", policies=["p"], internal_data={"role": "r", "n": 1})
-    nested = te.TokenEntry(id_hash="h", accessor="a", policies=["p"], internal_data={"x": {"y": [1]}})
+    entry = entry_mod.TokenEntry(id_hash="h", accessor="a", policies=["p"], internal_data={"role": "r", "n": 1})
+    nested = entry_mod.TokenEntry(id_hash="h", accessor="a", policies=["p"], internal_data={"x": {"y": [1]}})
     for e in (entry, nested):
         data = e.to_dict()
         assert data["internal_data"] == e.internal_data and data["internal_data"] is not e.internal_data
-        assert te.TokenEntry.from_dict({**data, "unknown": 1}) == e
-        assert te.TokenEntry.from_dict(data) == e
+        assert entry_mod.TokenEntry.from_dict({**data, "unknown": 1}) == e
+        assert entry_mod.TokenEntry.from_dict(data) == e
 
 
 @pytest.mark.parametrize("ts", [0, 1795668899, 1795668899.5, 1795668899.000001], ids=["epoch", "int", "half", "micro"])
 def test_rfc3339(ts: float) -> None:
-    assert te.rfc3339(ts) == datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    assert ttl.rfc3339(ts) == datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 # -- SQLite engine -------------------------------------------------------------------------------
@@ -345,7 +348,7 @@ async def test_values_read_from_the_file_are_cached_unless_a_commit_intervened(
 def test_backend_headers_hide_credentials(name: str, visible: bool) -> None:
     from multidict import CIMultiDict, CIMultiDictProxy
 
-    from server.handlers import MARKER_HEADER, BackendHeaders
+    from server.http.handlers import MARKER_HEADER, BackendHeaders
 
     raw = CIMultiDict({name: "value", "Host": "h"})
     if name == "X-Authmount-List":

@@ -10,7 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.listparser import MARKER_HEADER, MARKER_VALUE, RequestFramer, make_test_server
+from server.http.listverb import MARKER_HEADER, MARKER_VALUE, RequestFramer, make_test_server
 from server.settings import Settings, StorageSettings
 
 ROOT = "root-for-list-tests"

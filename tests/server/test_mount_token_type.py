@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.listparser import make_test_server
+from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import default_claims, make_token, rsa_key
 

@@ -9,8 +9,8 @@ import pytest
 
 from plugin.errors import InvalidRequest
 from plugin.storage import InMemoryStorage
-from server.hcl import HCLError, parse
-from server.policies import ACL, DEFAULT_POLICY, PathRule, PolicyError, PolicyStore, parse_policy
+from server.acl.hcl import HCLError, parse
+from server.acl.policies import ACL, DEFAULT_POLICY, PathRule, PolicyError, PolicyStore, parse_policy
 
 
 def acl(text: str) -> ACL:

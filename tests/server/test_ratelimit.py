@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import re
 from pathlib import Path
@@ -18,8 +17,8 @@ from plugin.schema import FieldSet
 from server import settings as settings_mod
 from server.app import create_app
 from server.appkeys import MOUNTS
-from server.listparser import make_test_server
-from server.ratelimit import LIMITER, LoginLimiter, QuotaExceeded, Slots, TokenBuckets, client_key
+from server.http.listverb import make_test_server
+from server.http.ratelimit import LIMITER, LoginLimiter, QuotaExceeded, Slots, TokenBuckets, client_key
 from server.settings import RateLimitSettings, Settings, SettingsError, StorageSettings, settings_from_mapping
 
 ROOT = "root-token-for-ratelimit-tests"

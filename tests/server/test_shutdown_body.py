@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from server.listparser import ListVerbAppRunner
+from server.http.listverb import ListVerbAppRunner
 
 
 async def echo(request: web.Request) -> web.Response:

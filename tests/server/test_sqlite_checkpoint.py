@@ -11,6 +11,7 @@ import structlog
 
 from server.storage import sqlite_checkpoint
 
+
 class _FailingConnection:
     """A checkpointer connection whose first ``failures`` statements raise (a locked or
     unreadable WAL), then passes through to a real connection."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sqlite3
 import stat
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +15,6 @@ from plugin.storage import InMemoryStorage, PrefixedStorage, Storage, list_child
 from server.storage import open_storage
 from server.storage.postgres import like_prefix
 from server.storage.sqlite import SQLiteStorage
-from tests.pg import postgres_dsn, postgres_server  # noqa: F401 - fixtures
 
 ENGINES = ["memory", "sqlite", "postgres"]
 

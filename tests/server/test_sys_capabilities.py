@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.listparser import make_test_server
+from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
 
 ROOT = "root-token-for-capability-tests"

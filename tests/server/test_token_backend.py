@@ -11,9 +11,10 @@ import pytest
 from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedPath
 from plugin.framework import Alias, Auth, Backend, Operation, Request, Response, StaticSystemView
 from plugin.storage import InMemoryStorage
-from server.policies import PolicyStore
-from server.token_backend import TokenBackend, mount_table_lookup
-from server.tokens import MountInfo, TokenEntry, TokenStore
+from server.acl.policies import PolicyStore
+from server.tokens.backend import TokenBackend, mount_table_lookup
+from server.tokens.entry import MountInfo, TokenEntry
+from server.tokens.store import TokenStore
 
 T0 = 1_800_000_000.0
 SYSTEM = StaticSystemView(default_lease_ttl=3600, max_lease_ttl=7200, mount_path="auth/token/", mount_accessor="auth_token_00000001")
@@ -98,7 +99,7 @@ async def test_create_inherits_caller_policies(env: Env) -> None:
         (["dev"], {"type": "weird"}, pytest.raises(InvalidRequest, match='invalid token type "weird"')),
         (["dev"], {"id": "my-token"}, pytest.raises(InvalidRequest, match="custom token IDs are not supported")),
         (["dev"], {"policies": ["response-wrapping"], "no_default_policy": True}, pytest.raises(InvalidRequest)),
-        (["dev"], {"bound_cidrs": "10.0.0.0/99"}, pytest.raises(InvalidRequest, match='invalid bound CIDR "10.0.0.0/99"')),
+        (["dev"], {"bound_cidrs": "10.0.0.0/99"}, pytest.raises(InvalidRequest, match='error parsing address "10.0.0.0/99"')),
     ],
     ids=["subset", "default-always-allowed", "normalised", "not-subset", "root-not-subset", "sudo-any",
          "sudo-not-root", "orphan-needs-sudo", "period-needs-sudo", "negative-uses", "bad-type",

@@ -14,7 +14,8 @@ import pytest
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Alias, Auth
 from plugin.storage import InMemoryStorage
-from server.token_entry import (
+from server.tokens.entry import MountInfo, TokenEntry
+from server.tokens.ids import (
     ACCESSOR_LEN,
     SELECTOR_LEN,
     TOKEN_LEN,
@@ -24,8 +25,8 @@ from server.token_entry import (
     selector_time,
     token_selector,
 )
-from server.tokens import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, MountInfo, TokenEntry, TokenStore
-from tests.server.test_tokens import JWT, T0, Clock, clock, store  # noqa: F401 - shared fixtures
+from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
+from tests.server.tokenkit import JWT, T0, Clock
 
 
 def login(**kw: Any) -> Auth:
@@ -181,7 +182,7 @@ def test_selectors_sort_in_creation_order() -> None:
     ids=["zero", "last-digit", "carry", "two-digits", "carry-two", "max", "over-max", "negative", "now-seconds"],
 )
 def test_selector_digits(value: int, width: int, expected: str) -> None:
-    from server.token_entry import _decode, _encode
+    from server.tokens.ids import _decode, _encode
 
     assert _encode(value, width) == expected
     assert _decode(expected) == min(max(0, value), 62**width - 1)
@@ -481,7 +482,7 @@ async def test_exhausted_unreleased_token_waits_for_expiry_or_tidy(store: TokenS
 
 
 async def test_sweep_hints_are_bounded(counting: TokenStore, clock: Clock, monkeypatch: Any) -> None:
-    import server.tokens as tokens_mod
+    import server.tokens.store as tokens_mod
 
     monkeypatch.setattr(tokens_mod, "_SWEEP_HINTS", 3)
     raws = []
@@ -526,7 +527,7 @@ class PageSpy:
 async def paged(request: pytest.FixtureRequest, tmp_path: Any, clock: Clock,
                 monkeypatch: pytest.MonkeyPatch) -> Any:
     """A TokenStore over a PageSpy (in-memory, or a real SQLite file), 4 keys per page."""
-    import server.tokens as tokens_mod
+    import server.tokens.store as tokens_mod
     from server.storage.sqlite import SQLiteStorage
 
     monkeypatch.setattr(tokens_mod, "SCAN_PAGE", 4)
@@ -589,7 +590,7 @@ async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Any
     import dataclasses
 
     from server.app import create_app
-    from server.listparser import make_test_server
+    from server.http.listverb import make_test_server
     from server.settings import Settings, StorageSettings
 
     storage = InMemoryStorage()

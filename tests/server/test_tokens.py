@@ -10,44 +10,16 @@ from typing import Any
 
 import pytest
 
+from plugin.cidrutil import cidr_allows
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Alias, Auth
+from plugin.policyutil import sanitize_policies
 from plugin.storage import InMemoryStorage
-from server.token_entry import ACCESSOR_LEN, SELECTOR_LEN, TOKEN_LEN
-from server.tokens import (
-    ID_PREFIX,
-    MountInfo,
-    TokenEntry,
-    resolve_token_type,
-    TokenStore,
-    calculate_ttl,
-    cidr_allows,
-    sanitize_policies,
-)
-
-JWT = MountInfo(path="auth/jwt/", accessor="auth_jwt_1a2b3c4d", default_lease_ttl=3600, max_lease_ttl=7200)
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(clock: Clock) -> Any:
-    s = TokenStore(InMemoryStorage(), clock=clock)
-    await s.start(sweep=False)
-    yield s
-    await s.close()
+from server.tokens.entry import MountInfo, TokenEntry, resolve_token_type
+from server.tokens.ids import ACCESSOR_LEN, SELECTOR_LEN, TOKEN_LEN
+from server.tokens.store import ID_PREFIX, TokenStore
+from server.tokens.ttl import calculate_ttl
+from tests.server.tokenkit import JWT, T0, Clock
 
 
 def login(**kw: Any) -> Auth:
@@ -208,7 +180,7 @@ async def test_bound_cidrs_on_use(store: TokenStore, cidrs: list[str], remote: s
 
 
 async def test_bad_bound_cidr_refused_at_issue(store: TokenStore) -> None:
-    with pytest.raises(InvalidRequest, match='invalid bound CIDR "10.0.0.0/99"'):
+    with pytest.raises(InvalidRequest, match='error parsing address "10.0.0.0/99"'):
         await store.issue(login(bound_cidrs=["10.0.0.0/99"]), mount=JWT)
 
 
@@ -667,7 +639,7 @@ async def test_sqlite_lookup_sees_every_write(tmp_path: Any, clock: Clock, write
 
 
 async def test_sqlite_decoded_entries_are_bounded(tmp_path: Any, clock: Clock, monkeypatch: Any) -> None:
-    import server.tokens as tokens_mod
+    import server.tokens.store as tokens_mod
     from server.storage import open_storage
 
     monkeypatch.setattr(tokens_mod, "DECODED_ENTRIES", 3)

@@ -14,10 +14,10 @@ from aiohttp import web
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.framework import Backend, Connection, Operation, Request, Response
 from server.appkeys import MOUNT, MOUNTS, POLICIES, REMOTE_ADDR, REQUEST_ID, SETTINGS, TOKEN_RAW, TOKENS
-from server.errors import error_response
-from server.listparser import MARKER_HEADER, is_list_verb
+from server.http.errors import error_response
+from server.http.listverb import MARKER_HEADER, is_list_verb
+from server.http.ratelimit import limited
 from server.mounts import Mount
-from server.ratelimit import limited
 
 __all__ = [
     "auth_handler",

@@ -6,18 +6,13 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from plugin.cidrutil import parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation
 from plugin.framework import Backend, Operation, PathSpec, Request, Response
+from plugin.policyutil import sanitize_policies
 from plugin.schema import Field, FieldSet, FieldType, format_duration
-from server.tokens import (
-    MountInfo,
-    RenewHook,
-    TokenEntry,
-    TokenStore,
-    check_assignable,
-    sanitize_policies,
-    validate_cidrs,
-)
+from server.tokens.entry import MountInfo, RenewHook, TokenEntry, check_assignable
+from server.tokens.store import TokenStore
 
 __all__ = ["TokenBackend", "MountLookup", "mount_table_lookup", "entry_by_accessor"]
 
@@ -265,7 +260,7 @@ class TokenBackend(Backend):
             explicit_max_ttl=values.get("explicit_max_ttl", 0),
             period=period,
             num_uses=num_uses,
-            bound_cidrs=validate_cidrs(values.get("bound_cidrs") or []),
+            bound_cidrs=parse_cidrs(values.get("bound_cidrs") or []),
             type=token_type,
             renewable=renewable,
             entity_id=caller.entity_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -12,11 +12,11 @@ from aiohttp import web
 
 from plugin.errors import InvalidRequest, NotFound, UnsupportedOperation
 from plugin.framework import Operation
+from server.acl.policies import canonical_policy_name
 from server.appkeys import CLUSTER_ID, MOUNTS, POLICIES, SETTINGS
-from server.errors import error_response
+from server.http.errors import error_response
+from server.http.handlers import authorize, envelope, json_response, no_route, read_body, read_operation, release
 from server.mounts import normalize_path
-from server.policies import canonical_policy_name
-from server.handlers import authorize, envelope, json_response, no_route, read_body, read_operation, release
 
 __all__ = ["health", "seal_status", "init_status", "leader", "auth_list", "auth_path", "policies_acl", "policy_legacy", "openapi", "VERSION"]
 
@@ -247,7 +247,7 @@ async def openapi(request: web.Request) -> web.Response:
             "license": {"name": "MPL-2.0"},
         },
         "paths": paths,
-        "x-generated-at": datetime.now(timezone.utc).isoformat(),
+        "x-generated-at": datetime.now(UTC).isoformat(),
     })
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server import sys_capabilities as sys_caps
-from server import sys_endpoints as sys_ep
-from server.errors import error_response
-from server.handlers import auth_handler
-from server.log import handled
+from server.http.errors import error_response
+from server.http.handlers import auth_handler
+from server.http.log import handled
+from server.sys import capabilities as sys_caps
+from server.sys import endpoints as sys_ep
 
 __all__ = ["setup_routes"]
 
@@ -16,7 +16,7 @@ __all__ = ["setup_routes"]
 def setup_routes(app: web.Application) -> None:
     """Register every route (the router freezes at startup, so mounts share one route).
 
-    Every handler is wrapped by ``server.log.handled`` (request id, log line, JSON errors)
+    Every handler is wrapped by ``server.http.log.handled`` (request id, log line, JSON errors)
     and the last route catches every other path, so no middleware is needed: a request
     never reaches aiohttp's own 404/405 handlers.
     """

@@ -10,8 +10,8 @@ import os
 import re
 import sys
 import time
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from server.appkeys import MOUNT, REQUEST_ID
-from server.errors import response_for
+from server.http.errors import response_for
 
 __all__ = ["configure_logging", "redact", "handled", "flush_request_log", "REQUEST_ID"]
 

@@ -13,7 +13,7 @@ import structlog
 
 from plugin.errors import InvalidRequest
 from plugin.storage import Storage
-from server.hcl import HCLError, parse
+from server.acl.hcl import HCLError, parse
 
 __all__ = [
     "CAPABILITIES",

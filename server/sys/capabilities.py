@@ -12,8 +12,8 @@ from aiohttp import web
 from plugin.errors import InvalidRequest, UnsupportedOperation
 from plugin.framework import Operation
 from server.appkeys import POLICIES, TOKENS
-from server.handlers import authorize, envelope, read_operation, release
-from server.token_backend import entry_by_accessor
+from server.http.handlers import authorize, envelope, read_operation, release
+from server.tokens.backend import entry_by_accessor
 
 __all__ = ["capabilities_self", "capabilities_token", "capabilities_accessor", "MAX_PATHS"]
 

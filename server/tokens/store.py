@@ -15,46 +15,31 @@ from typing import Any
 import orjson
 import structlog
 
+from plugin.cidrutil import cidr_allows, parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth
+from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.storage import Storage
-from server.token_entry import (
-    DEFAULT_MAX_TTL,
-    SELECTOR_LEN,
+from server.tokens.batch import decode_batch, encode_batch
+from server.tokens.entry import (
     MountInfo,
     RenewHook,
     TokenEntry,
-    accessor_selector,
-    calculate_ttl,
     check_assignable,
-    cidr_allows,
-    decode_batch,
-    due_cutoff,
-    encode_batch,
     login_display_name,
+    resolve_token_type,
+)
+from server.tokens.ids import (
+    SELECTOR_LEN,
+    accessor_selector,
+    due_cutoff,
     mint_ids,
     random_b62,
-    resolve_token_type,
-    rfc3339,
-    sanitize_policies,
     token_selector,
-    validate_cidrs,
 )
+from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl, rfc3339
 
-# Re-exported: callers import the token vocabulary from here.
-__all__ = [
-    "MountInfo",
-    "TokenEntry",
-    "TokenStore",
-    "RenewHook",
-    "calculate_ttl",
-    "check_assignable",
-    "cidr_allows",
-    "resolve_token_type",
-    "rfc3339",
-    "sanitize_policies",
-    "validate_cidrs",
-]
+__all__ = ["TokenStore", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX", "EPOCH_PREFIX"]
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +102,7 @@ class TokenStore:
     - a minted service token ``hvs.<selector><secret>`` is ONE row,
       ``sys/token/id/<selector>`` → entry with ``verifier`` = HMAC(salt, token); its
       accessor is ``<selector><random>`` and is found through the same row. The selector
-      (``server.token_entry.mint_ids``) is the minting time, the minted expiry and a
+      (``server.tokens.ids.mint_ids``) is the minting time, the minted expiry and a
       random tail: keys append in time order, and the sweeper skips rows not yet due;
     - a token whose id the caller chose (``--dev-root-token-id``), and any token stored
       before selectors existed: ``sys/token/id/<hmac(token)>`` → entry plus
@@ -242,9 +227,9 @@ class TokenStore:
 
         :raises InvalidRequest: ``auth methods cannot create root tokens`` and friends.
         """
-        policies = sanitize_policies(auth.policies, add_default=not auth.no_default_policy)
-        if "root" in policies:
-            raise InvalidRequest("auth methods cannot create root tokens")
+        policies = refuse_root(auth.policies)
+        if not auth.no_default_policy:
+            policies = sanitize_policies([*policies, "default"])
         check_assignable(policies)
         token_type = resolve_token_type(auth.token_type, mount.token_type)
         if auth.num_uses < 0:
@@ -273,7 +258,7 @@ class TokenStore:
             explicit_max_ttl=auth.explicit_max_ttl,
             period=auth.period,
             num_uses=auth.num_uses,
-            bound_cidrs=validate_cidrs(auth.bound_cidrs),
+            bound_cidrs=parse_cidrs(auth.bound_cidrs),
             type=token_type,
             renewable=auth.renewable and token_type == "service",
             entity_id=self.entity_id(mount.accessor, auth.alias.name) if auth.alias else "",

@@ -1,0 +1,73 @@
+"""Bound CIDRs, written once for roles (login) and tokens (every use): what a valid entry is,
+and whether an address lies inside one (Vault ``sdk/helper/cidrutil``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from plugin.errors import InvalidRequest
+
+__all__ = ["parse_cidrs", "cidr_allows"]
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def parse_cidrs(values: list[str]) -> list[str]:
+    """Validate IPs and CIDRs; return them trimmed but otherwise as given (host bits kept,
+    as Vault shows them; a bare address is a /32 or /128). Empty entries are dropped.
+
+    :raises InvalidRequest: ``error parsing address "<x>": <reason>`` for the first value
+        that is neither (an IPv6 zone, ``fe80::1%eth0``, is no CIDR either).
+    """
+    out: list[str] = []
+    for raw in values:
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            if "%" in text:
+                raise ValueError("an IPv6 zone is not allowed in a bound CIDR")
+            _network(text)
+        except ValueError as exc:
+            raise InvalidRequest(f'error parsing address "{text}": {exc}') from None
+        out.append(text)
+    return out
+
+
+def cidr_allows(cidrs: list[str], remote_addr: str | None) -> bool:
+    """True when ``remote_addr`` lies in one of ``cidrs``.
+
+    An IPv4-mapped IPv6 peer (``::ffff:10.0.0.1``, what a dual-stack socket reports) is
+    its IPv4 address, and an IPv4-mapped CIDR is its IPv4 network, so the two spellings of
+    one address meet the same rule. An IPv6 zone (``fe80::1%eth0``) is ignored. An
+    address that does not parse, or an entry that does not, never matches.
+    """
+    text = (remote_addr or "").strip()
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    try:
+        ip = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for cidr in cidrs:
+        try:
+            net = _network(cidr)
+        except (ValueError, TypeError):
+            continue
+        if ip in net:
+            return True
+    return False
+
+
+@lru_cache(maxsize=1024)
+def _network(cidr: str) -> _Network:
+    """One bound CIDR parsed once (roles and tokens repeat the same strings)."""
+    net = ipaddress.ip_network(cidr.strip(), strict=False)
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        mapped = net.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net

@@ -1,0 +1,178 @@
+"""The security rules that login and the token store share, run against all three places that
+apply them: a JWT login (the role's ``token_bound_cidrs``), token creation (``bound_cidrs``)
+and every use of a token. One table each, so the places cannot drift apart again (they did:
+only the token store unwrapped IPv4-mapped IPv6 addresses)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from plugin.cidrutil import cidr_allows, parse_cidrs
+from plugin.errors import InvalidRequest, PermissionDenied
+from plugin.framework import Auth, Operation, Request, StaticSystemView
+from plugin.policyutil import refuse_root, sanitize_policies
+from plugin.storage import InMemoryStorage
+from server.acl.policies import PolicyStore
+from server.tokens.backend import TokenBackend
+from server.tokens.entry import MountInfo
+from server.tokens.store import TokenStore
+from tests.plugin.fakes import Harness
+from tests.plugin.keyfactory import DROP, default_claims, make_token, rsa_key
+
+KEY = rsa_key(kid="k", slot=31)
+JWT_MOUNT = MountInfo("auth/jwt/", "auth_jwt_00000001", 3600, 7200)
+SYSTEM = StaticSystemView(mount_path="auth/token/", mount_accessor="auth_token_00000001")
+
+#: (bound CIDRs, remote address, allowed)
+CIDR_TABLE: list[tuple[list[str], str, bool]] = [
+    (["10.0.0.0/8"], "10.0.0.1", True),
+    (["10.0.0.0/8"], "11.0.0.1", False),
+    (["10.0.0.0/8"], "::ffff:10.0.0.1", True),  # what a dual-stack socket reports
+    (["10.0.0.0/8"], "::ffff:11.0.0.1", False),
+    (["::ffff:10.0.0.0/104"], "10.1.2.3", True),  # a mapped CIDR is its IPv4 network
+    (["::ffff:10.0.0.0/104"], "11.1.2.3", False),
+    (["10.0.0.1/8"], "10.200.0.1", True),  # host bits set: the network counts
+    (["10.0.0.1/8"], "11.0.0.1", False),
+    (["10.0.0.5"], "10.0.0.5", True),  # a bare address is a /32
+    (["10.0.0.5"], "10.0.0.6", False),
+    (["0.0.0.0/0"], "203.0.113.9", True),
+    (["0.0.0.0/0"], "::ffff:203.0.113.9", True),
+    (["0.0.0.0/0"], "2001:db8::1", False),
+    (["::/0"], "2001:db8::1", True),
+    (["::/0"], "10.0.0.1", False),
+    (["fe80::/10"], "fe80::1%eth0", True),  # a zone on the peer is ignored
+    (["fe80::/10"], "fe81::1", True),
+    (["2001:db8::/32"], "fe80::1%eth0", False),
+    (["10.0.0.0/8", "192.168.0.0/16"], "192.168.1.1", True),
+    (["10.0.0.0/8"], "not-an-ip", False),
+    (["10.0.0.0/8"], "10.0.0.1.5", False),
+    (["10.0.0.0/8"], "", False),
+]
+CIDR_IDS = [f"{','.join(c)} from {r or 'nowhere'}" for c, r, _ in CIDR_TABLE]
+ROOT_SPELLINGS = ["root", " root", "Root", "ROOT", " Root ", "rOoT\t"]
+
+
+def test_cidr_rule() -> None:
+    for bound, remote, allowed in CIDR_TABLE:
+        assert cidr_allows(parse_cidrs(bound), remote) is allowed, (bound, remote)
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.0/99", "10.0.0", "fe80::1%eth0", "not a cidr", "10.0.0.0/8/8"])
+def test_bad_cidrs_refused_with_one_message(bad: str) -> None:
+    with pytest.raises(InvalidRequest, match=f'error parsing address "{bad}"'):
+        parse_cidrs([bad])
+
+
+def test_parsed_cidrs_keep_their_spelling() -> None:
+    assert parse_cidrs([" 10.0.0.1/8 ", "", "10.0.0.5", "::ffff:10.0.0.0/104"]) == [
+        "10.0.0.1/8", "10.0.0.5", "::ffff:10.0.0.0/104"]
+
+
+# -- login --------------------------------------------------------------------------------
+async def _jwt_mount(cidrs: list[str], policies: list[str] | None = None) -> Harness:
+    h = Harness()
+    await h.write("config", {"jwt_validation_pubkeys": [KEY.pem]})
+    role = {"role_type": "jwt", "user_claim": "sub", "bound_subject": "alice", "token_bound_cidrs": cidrs}
+    if policies is not None:
+        role["token_policies"] = policies
+    await h.write("role/r", role)
+    return h
+
+
+def _jwt() -> str:
+    return make_token(default_claims(aud=DROP), key=KEY)
+
+
+@pytest.mark.parametrize(("cidrs", "remote", "allowed"), CIDR_TABLE, ids=CIDR_IDS)
+async def test_login_applies_the_cidr_rule(cidrs: list[str], remote: str, allowed: bool) -> None:
+    h = await _jwt_mount(cidrs)
+    req = {"role": "r", "jwt": _jwt()}
+    if allowed:
+        resp = await h.login(req, remote_addr=remote)
+        assert resp.auth is not None and resp.auth.bound_cidrs == cidrs
+    else:
+        with pytest.raises(PermissionDenied):
+            await h.call(Operation.UPDATE, "login", req, remote_addr=remote or None)
+
+
+@pytest.mark.parametrize("spelling", ROOT_SPELLINGS, ids=repr)
+async def test_login_never_yields_root(spelling: str) -> None:
+    h = await _jwt_mount([], policies=["dev", spelling])
+    with pytest.raises(InvalidRequest, match="auth methods cannot create root tokens"):
+        await h.call(Operation.UPDATE, "login", {"role": "r", "jwt": _jwt()}, remote_addr="127.0.0.1")
+
+
+# -- token creation and use ---------------------------------------------------------------
+@pytest.fixture
+async def tokens() -> AsyncIterator[tuple[TokenStore, TokenBackend, str]]:
+    store = TokenStore(InMemoryStorage())
+    await store.start(sweep=False)
+    policies = PolicyStore(store.storage)
+    await policies.put("dev", 'path "auth/token/create" { capabilities = ["update"] }')
+    yield store, TokenBackend(store, policies=policies), await store.create_root()
+    await store.close()
+
+
+async def _create(backend: TokenBackend, store: TokenStore, caller: str, data: dict[str, Any]) -> str:
+    entry = await store.authenticate(caller, "127.0.0.1")
+    req = Request(operation=Operation.UPDATE, path="create", data=data, system=SYSTEM,
+                  token={"entry": entry, "raw": caller})
+    resp = await backend.handle_request(req)
+    assert resp is not None and resp.auth_block is not None
+    return str(resp.auth_block["client_token"])
+
+
+@pytest.mark.parametrize(("cidrs", "remote", "allowed"), CIDR_TABLE, ids=CIDR_IDS)
+async def test_created_token_use_applies_the_cidr_rule(
+    tokens: tuple[TokenStore, TokenBackend, str], cidrs: list[str], remote: str, allowed: bool
+) -> None:
+    store, backend, root = tokens
+    raw = await _create(backend, store, root, {"policies": ["dev"], "bound_cidrs": cidrs})
+    if allowed:
+        assert (await store.authenticate(raw, remote)).bound_cidrs == cidrs
+    else:
+        with pytest.raises(PermissionDenied):
+            await store.authenticate(raw, remote)
+
+
+@pytest.mark.parametrize(("cidrs", "remote", "allowed"), CIDR_TABLE, ids=CIDR_IDS)
+@pytest.mark.parametrize("token_type", ["service", "batch"])
+async def test_login_token_use_applies_the_cidr_rule(
+    tokens: tuple[TokenStore, TokenBackend, str], cidrs: list[str], remote: str, allowed: bool, token_type: str
+) -> None:
+    store = tokens[0]
+    auth = Auth(display_name="alice", policies=["dev"], bound_cidrs=cidrs, token_type=token_type)
+    block, _ = await store.issue(auth, mount=JWT_MOUNT)
+    if allowed:
+        await store.authenticate(block["client_token"], remote)
+    else:
+        with pytest.raises(PermissionDenied):
+            await store.authenticate(block["client_token"], remote)
+
+
+@pytest.mark.parametrize("spelling", ROOT_SPELLINGS, ids=repr)
+async def test_issue_never_yields_root_from_a_login(tokens: tuple[TokenStore, TokenBackend, str], spelling: str) -> None:
+    with pytest.raises(InvalidRequest, match="auth methods cannot create root tokens"):
+        await tokens[0].issue(Auth(policies=["dev", spelling]), mount=JWT_MOUNT)
+
+
+@pytest.mark.parametrize("spelling", ROOT_SPELLINGS, ids=repr)
+async def test_token_create_root_needs_a_root_caller(tokens: tuple[TokenStore, TokenBackend, str], spelling: str) -> None:
+    store, backend, root = tokens
+    dev = await _create(backend, store, root, {"policies": ["dev"]})
+    with pytest.raises(InvalidRequest):
+        await _create(backend, store, dev, {"policies": [spelling]})
+    made = await _create(backend, store, root, {"policies": [spelling]})
+    assert (await store.authenticate(made, "127.0.0.1")).policies == ["root"]
+
+
+@pytest.mark.parametrize("spelling", ROOT_SPELLINGS, ids=repr)
+def test_policy_rules(spelling: str) -> None:
+    assert sanitize_policies(["dev", spelling, "DEV"]) == ["dev", "root"]
+    assert sanitize_policies(["dev", spelling], add_default=True) == ["dev", "root"]
+    assert sanitize_policies(["dev"], add_default=True) == ["default", "dev"]
+    with pytest.raises(InvalidRequest, match="auth methods cannot create root tokens"):
+        refuse_root(["dev", spelling])

@@ -1,0 +1,19 @@
+"""What the token-store tests share: a mount, a start time and a settable clock (the
+``clock`` and ``store`` fixtures are in ``conftest.py``)."""
+
+from __future__ import annotations
+
+from server.tokens.entry import MountInfo
+
+JWT = MountInfo(path="auth/jwt/", accessor="auth_jwt_1a2b3c4d", default_lease_ttl=3600, max_lease_ttl=7200)
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    """A settable clock (``clock.now += 60``)."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
