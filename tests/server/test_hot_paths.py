@@ -126,20 +126,6 @@ async def test_request_lines_are_flushed_within_the_delay_not_per_request(
 # -- randomness ----------------------------------------------------------------------------
 
 
-def test_random_bytes_never_repeat_and_refill() -> None:
-    chunks = [te.random_bytes(32) for _ in range(300)]  # > 2 pools
-    assert len(set(chunks)) == len(chunks)
-    assert all(len(c) == 32 for c in chunks)
-    assert len(te.random_bytes(te._POOL_SIZE + 1)) == te._POOL_SIZE + 1
-
-
-def test_fork_drops_the_pool() -> None:
-    te.random_bytes(8)
-    te._drop_pool()  # what os.register_at_fork runs in a child
-    assert te._pool == b"" and te._pool_pos == 0
-    assert len(te.random_bytes(8)) == 8
-
-
 def test_random_b62_alphabet_and_spread() -> None:
     text = "".join(te.random_b62() for _ in range(4000))
     counts = collections.Counter(text)
