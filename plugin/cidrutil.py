@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from plugin.errors import InvalidRequest
 
-__all__ = ["parse_cidrs", "cidr_allows"]
+__all__ = ["parse_cidrs", "cidr_allows", "narrow_cidrs"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -60,6 +60,36 @@ def cidr_allows(cidrs: list[str], remote_addr: str | None) -> bool:
         if ip in net:
             return True
     return False
+
+
+def narrow_cidrs(parent: list[str], requested: list[str]) -> list[str]:
+    """The bound CIDRs of a token created by a caller bound to ``parent``: the parent's own
+    when none are requested, else the intersection (a child is never usable from more
+    places than its parent). Both lists are already parsed (``parse_cidrs``).
+
+    :raises InvalidRequest: when the requested CIDRs share no address with the parent's.
+    """
+    if not parent:
+        return list(requested)
+    if not requested:
+        return list(parent)
+    out: list[str] = []
+    for want in requested:
+        w = _network(want)
+        for have in parent:
+            h = _network(have)
+            if w.version != h.version:
+                continue
+            if w.subnet_of(h):  # type: ignore[arg-type]  # same version, checked above
+                out.append(want)
+                break
+            if h.subnet_of(w):  # type: ignore[arg-type]
+                out.append(have)
+    if not out:
+        raise InvalidRequest(
+            f"bound_cidrs {requested} are outside the creating token's bound CIDRs {parent}"
+        )
+    return list(dict.fromkeys(out))
 
 
 @lru_cache(maxsize=1024)

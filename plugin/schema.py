@@ -195,9 +195,16 @@ def parse_duration(value: Any, *, signed: bool = False) -> int:
     return seconds
 
 
+#: Longer duration strings are refused before parsing: no real TTL needs more, and a
+#: number of hundreds of digits would overflow the float arithmetic (OverflowError, a 500).
+_MAX_DURATION_TEXT = 64
+
+
 def _parse_duration_string(text: str) -> int:
     if text == "":
         return 0
+    if len(text) > _MAX_DURATION_TEXT:
+        raise ValueError("duration out of range")
     if re.fullmatch(r"[-+]?\d+", text):
         return int(text)
     sign = 1
@@ -217,6 +224,8 @@ def _parse_duration_string(text: str) -> int:
             raise ValueError(f"time: invalid duration \"{text}\"")
         total += float(m.group(1)) * _GO_UNITS[m.group(2)]
         pos = m.end()
+    if not math.isfinite(total):
+        raise ValueError("duration out of range")
     if pos == 0:
         raise ValueError(f"time: invalid duration \"{text}\"")
     return sign * int(total)

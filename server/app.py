@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import web, web_response
 
 from plugin.errors import PluginError
 from plugin.framework import Backend, Connection, Operation, Request
@@ -34,9 +34,18 @@ class StartupError(RuntimeError):
     """The server cannot start (bad seed config, storage in use, ...); message names why."""
 
 
+#: The ``Server`` header of every response, the parser's own error replies included. aiohttp
+#: sends ``Python/<version> aiohttp/<version>``, which tells a scanner which CVEs to try;
+#: it sets the header with ``setdefault`` from this module constant when a response is
+#: prepared, so replacing the constant (in ``create_app``) covers every response at no
+#: per-request cost.
+SERVER_HEADER = "authmount"
+
+
 def create_app(settings: Settings, *, storage: Any = None) -> web.Application:
     """Build the application. ``storage`` (tests) replaces ``settings.storage`` and is
     not closed by the app."""
+    web_response.SERVER_SOFTWARE = SERVER_HEADER
     _import_methods()
     app = web.Application(client_max_size=settings.max_request_size)
     app[SETTINGS] = settings

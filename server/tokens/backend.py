@@ -6,7 +6,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from plugin.cidrutil import parse_cidrs
+from plugin.cidrutil import narrow_cidrs, parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation
 from plugin.framework import Backend, Operation, PathSpec, Request, Response
 from plugin.policyutil import sanitize_policies
@@ -260,7 +260,7 @@ class TokenBackend(Backend):
             explicit_max_ttl=values.get("explicit_max_ttl", 0),
             period=period,
             num_uses=num_uses,
-            bound_cidrs=parse_cidrs(values.get("bound_cidrs") or []),
+            bound_cidrs=narrow_cidrs(caller.bound_cidrs, parse_cidrs(values.get("bound_cidrs") or [])),
             type=token_type,
             renewable=renewable,
             entity_id=caller.entity_id,

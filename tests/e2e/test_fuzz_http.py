@@ -63,7 +63,7 @@ VALUES: list[Any] = [
     None, True, False, 0, -1, 2**70, 1.5e308, "", "x" * 5000, "\u0000", [], {}, [1, "a"],
     {"a": {"b": []}}, "1h", "-5s", "9999999999999999999s", "RS256", "none", "HS256",
     "http://127.0.0.1:1/x", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
-    "a.b.c", "eyJhbGciOiJub25lIn0.e30.", "default", "root",
+    "a.b.c", "eyJhbGciOiJub25lIn0.e30.", "default", "root", "9" * 400, "9" * 400 + "s", "1." + "9" * 400 + "h",
 ]
 CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data"]
 
@@ -172,3 +172,31 @@ def test_random_requests_never_fail_the_server(server: ServerProc) -> None:
     assert logins > 0 and statuses.get(400, 0) > 0, (logins, statuses)
     assert server.client().sys.read_health_status(method="GET")["initialized"] is True
     assert "internal_error" not in server.log_text()
+
+
+#: Every duration field the API takes, where it is taken.
+DURATION_FIELDS = [
+    *[("/v1/auth/jwt/role/r", f) for f in ("token_ttl", "token_max_ttl", "token_explicit_max_ttl", "token_period",
+                                          "max_age", "max_token_age", "expiration_leeway", "not_before_leeway",
+                                          "clock_skew_leeway", "ttl", "max_ttl", "period")],
+    *[("/v1/auth/token/create", f) for f in ("ttl", "explicit_max_ttl", "period")],
+    ("/v1/auth/token/renew-self", "increment"),
+    *[("/v1/sys/auth/jwt/tune", f) for f in ("default_lease_ttl", "max_lease_ttl")],
+]
+LONG_DURATIONS = ["9" * 400, "9" * 400 + "s", "-" + "9" * 400 + "s", "1" + "0" * 300 + "h", "9" * 5000,
+                  "1." + "9" * 400 + "s", "9" * 400 + "d"]
+
+
+@pytest.mark.parametrize(("path", "field"), DURATION_FIELDS, ids=[f"{p.rsplit('/', 1)[1]} {f}" for p, f in DURATION_FIELDS])
+def test_long_digit_durations_are_refused_with_a_400(server: ServerProc, path: str, field: str) -> None:
+    """Hundreds of digits once raised OverflowError: a 500 instead of the 400 an in-range
+    but too large value gets."""
+    port = int(server.address.rsplit(":", 1)[1])
+    for value in LONG_DURATIONS:
+        body = json.dumps({field: value, "user_claim": "sub"}).encode()
+        head = [f"POST {path} HTTP/1.1", "Host: fuzz", "Connection: close", f"Content-Length: {len(body)}",
+                f"X-Vault-Token: {server.root_token}", "Content-Type: application/json"]
+        status, headers, reply = exchange(port, ("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        assert status == 400, (field, str(value)[:20], status, reply[:200])
+        assert headers.get("content-type") == "application/json"
+        assert "duration out of range" in json.loads(reply)["errors"][0], reply[:300]

@@ -4,6 +4,7 @@ LIST, restart persistence on SQLite, seeding, config errors and clean SIGTERM sh
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -127,6 +128,25 @@ def test_errors_are_json_for_hvac(dev: ServerProc) -> None:
     with pytest.raises(hvac.exceptions.InvalidPath) as info:
         dev.client().adapter.get("/v1/auth/unknown-mount/x")
     assert info.value.errors and "no handler for route" in info.value.errors[0]
+
+
+@pytest.mark.parametrize("raw", [
+    b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",  # a handler's reply
+    b"GET /v1/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",  # the fallback 404
+    b"POST /v1/sys/auth/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{nope",
+    b"GET /v1/sys/health HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",  # the parser's own 400
+], ids=["handler", "404", "error", "parser error"])
+def test_server_header_names_no_versions(dev: ServerProc, raw: bytes) -> None:
+    """``Server: Python/3.11 aiohttp/3.14.5`` told a scanner what to try; send ``authmount``."""
+    host, port = dev.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(raw)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower()
+    assert "\r\nserver: authmount\r\n" in head + "\r\n", head
+    assert "python" not in head and "aiohttp" not in head
 
 
 def test_log_has_requests_but_no_token(dev: ServerProc) -> None:

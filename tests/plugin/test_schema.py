@@ -63,6 +63,18 @@ def test_coerce(ftype: FieldType, raw: Any, expect: Any) -> None:
         assert coerce("f", Field(ftype, "d"), raw) == want
 
 
+LONG_DURATIONS = ["9" * 400, "9" * 400 + "s", "-" + "9" * 400 + "s", "1" + "0" * 300 + "h", "9" * 5000,
+                  "9" * 400 + "d", "9" * 63 + "h", "1." + "9" * 400 + "s", "9223372036854775807s"]
+
+
+@pytest.mark.parametrize("ftype", [T.DURATION, T.SIGNED_DURATION])
+@pytest.mark.parametrize("raw", LONG_DURATIONS, ids=lambda r: f"{len(r)} chars")
+def test_long_digit_strings_are_a_400_never_an_overflow(ftype: FieldType, raw: str) -> None:
+    """Hundreds of digits raised OverflowError (a 500) or leaked Python's int-size limit."""
+    with pytest.raises(InvalidRequest, match="duration out of range"):
+        coerce("token_ttl", Field(ftype, "d"), raw)
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"), [(0, "0s"), (5, "5s"), (65, "1m5s"), (90000, "25h0m0s"), (86400, "24h0m0s"), (-3, "-3s")]
 )

@@ -5,6 +5,7 @@ only the token store unwrapped IPv4-mapped IPv6 addresses)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -176,3 +177,47 @@ def test_policy_rules(spelling: str) -> None:
     assert sanitize_policies(["dev"], add_default=True) == ["default", "dev"]
     with pytest.raises(InvalidRequest, match="auth methods cannot create root tokens"):
         refuse_root(["dev", spelling])
+
+
+# -- children of a CIDR-bound token ---------------------------------------------------------
+#: (parent's CIDRs, requested for the child, the child's CIDRs or None when refused)
+CHILD_TABLE: list[tuple[list[str], list[str], list[str] | None]] = [
+    (["10.0.0.0/8"], [], ["10.0.0.0/8"]),  # inherited
+    (["10.0.0.0/8"], ["10.1.0.0/16"], ["10.1.0.0/16"]),  # narrower: kept
+    (["10.1.0.0/16"], ["10.0.0.0/8"], ["10.1.0.0/16"]),  # wider: the parent's
+    (["10.0.0.0/8", "192.168.0.0/16"], ["192.168.1.0/24", "172.16.0.0/12"], ["192.168.1.0/24"]),
+    (["10.0.0.0/8"], ["192.168.0.0/16"], None),  # disjoint: refused
+    (["10.0.0.0/8"], ["2001:db8::/32"], None),
+    (["::ffff:10.0.0.0/104"], ["10.2.0.0/16"], ["10.2.0.0/16"]),  # a mapped parent CIDR is IPv4
+    ([], ["10.0.0.0/8"], ["10.0.0.0/8"]),
+]
+
+
+@pytest.mark.parametrize(("parent", "requested", "child"), CHILD_TABLE)
+@pytest.mark.parametrize("orphan", [False, True], ids=["child", "orphan"])
+async def test_tokens_made_by_a_bound_token_stay_bound(
+    tokens: tuple[TokenStore, TokenBackend, str], parent: list[str], requested: list[str],
+    child: list[str] | None, orphan: bool,
+) -> None:
+    """A CIDR-bound token could mint a child usable from anywhere, defeating "checked on
+    every use"; now whatever it makes is bound to (the intersection with) its own CIDRs."""
+    store, backend, root = tokens
+    maker = await _create(backend, store, root, {"policies": ["dev"], "bound_cidrs": parent, "ttl": "1h"})
+    await PolicyStore(store.storage).put("dev", 'path "auth/token/*" { capabilities = ["update", "sudo"] }')
+    backend.policies.invalidate()
+    inside = str(ipaddress.ip_network(parent[0], strict=False)[1]) if parent else "203.0.113.1"
+    entry = await store.authenticate(maker, inside)
+    req = Request(operation=Operation.UPDATE, path="create-orphan" if orphan else "create",
+                  data={"policies": ["dev"], "bound_cidrs": requested}, system=SYSTEM,
+                  token={"entry": entry, "raw": maker})
+    if child is None:
+        with pytest.raises(InvalidRequest, match="outside the creating token's bound CIDRs"):
+            await backend.handle_request(req)
+        return
+    resp = await backend.handle_request(req)
+    assert resp is not None and resp.auth_block is not None
+    made = await store.lookup(resp.auth_block["client_token"])
+    assert made is not None and made.bound_cidrs == child
+    if child:
+        with pytest.raises(PermissionDenied):
+            await store.authenticate(resp.auth_block["client_token"], "203.0.113.7")
