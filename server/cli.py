@@ -15,6 +15,7 @@ from typing import Any
 
 from server.app import StartupError, create_app
 from server.appkeys import ROOT_TOKEN
+from server.http.connguard import ConnectionGuard, descriptor_budget, raise_descriptor_limit
 from server.http.listverb import ListVerbAppRunner
 from server.http.log import configure_logging, flush_request_log
 from server.settings import Settings, SettingsError, dev_settings, load_settings
@@ -95,7 +96,15 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
     # would then never show) the root token.
     sock = _bind(*settings.host_port, reuse_port=reuse_port)
     app = create_app(settings)
-    runner = ListVerbAppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    guard = ConnectionGuard(
+        per_ip=MAX_CONNECTIONS_PER_IP,
+        max_total=descriptor_budget(raise_descriptor_limit()),
+        exempt=settings.trusted_proxies,
+    )
+    runner = ListVerbAppRunner(
+        app, guard=guard, access_log=None, shutdown_timeout=settings.shutdown_timeout,
+        keepalive_timeout=IDLE_TIMEOUT,
+    )
     try:
         await runner.setup()
         # The event loop calls listen() again with the site's backlog (aiohttp's default
@@ -125,6 +134,12 @@ def _loop_factory(name: str) -> Any:
         return uvloop.new_event_loop
     return None
 
+
+#: Seconds an idle keep-alive connection stays open (Vault's ``http_idle_timeout``: 5 min;
+#: aiohttp's own default is an hour, for every connection that never sends a byte too).
+IDLE_TIMEOUT = 300.0
+#: Connections one client IP may hold open at once (``trusted_proxies`` are exempt).
+MAX_CONNECTIONS_PER_IP = 256
 
 #: Pending connections the kernel queues for accept() (capped by net.core.somaxconn): a
 #: fleet restarting opens many at once, and a full queue drops SYNs (1 s, 3 s retries).

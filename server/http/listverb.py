@@ -18,6 +18,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from server.http.connguard import ConnectionGuard
+
 __all__ = [
     "MARKER_HEADER",
     "MARKER_VALUE",
@@ -195,14 +197,41 @@ class RequestFramer:
 
 
 class ListVerbRequestHandler(RequestHandler):
-    """aiohttp's connection protocol with a ``RequestFramer`` in front of the C parser."""
+    """aiohttp's connection protocol with a ``RequestFramer`` in front of the C parser, the
+    header deadline (from accept, and from the first byte of each later request) and the
+    server's ``ConnectionGuard`` (``server.http.connguard``)."""
 
-    __slots__ = ("_framer", "_head_timer")
+    __slots__ = ("_framer", "_head_timer", "_guard")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._framer = RequestFramer()
         self._head_timer: asyncio.TimerHandle | None = None
+        self._guard = guard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._guard
+        admitted = True
+        if guard is not None:
+            peer = transport.get_extra_info("peername")
+            admitted = guard.admit(self, peer[0] if isinstance(peer, tuple) and peer else "")
+        super().connection_made(transport)
+        if not admitted:
+            self.drop()
+            return
+        # A connection that never sends a byte would otherwise live until the idle timeout.
+        self._head_timer = self._loop.call_later(HEADER_TIMEOUT, self._head_timed_out)
+
+    def is_idle(self) -> bool:
+        """No request is being handled (a connection waiting for, or reading, a header)."""
+        return not self._request_in_progress
+
+    def drop(self) -> None:
+        """Close at once, without waiting to flush (an idle or refused connection)."""
+        transport = self.transport
+        self.force_close()
+        if transport is not None:
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._payload_parser is None and not self._upgraded:
@@ -239,20 +268,29 @@ class ListVerbRequestHandler(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        if self._guard is not None:
+            self._guard.release(self)
         super().connection_lost(exc)
 
 
 class _ListVerbServer(web.Server):
+    guard: ConnectionGuard | None = None
+
     def __call__(self) -> RequestHandler:
-        return ListVerbRequestHandler(self, loop=self._loop, **self._kwargs)
+        return ListVerbRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
 
 
 class ListVerbAppRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections understand the ``LIST`` verb."""
+    """An ``AppRunner`` whose connections understand the ``LIST`` verb and obey ``guard``."""
+
+    def __init__(self, app: web.Application, *, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.guard = guard
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _ListVerbServer
+        server.guard = self.guard  # type: ignore[attr-defined]
         return server
 
 

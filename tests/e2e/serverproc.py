@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -191,8 +192,10 @@ def launch(
     workdir: Path | None = None,
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    nofile: int | None = None,
 ) -> ServerProc:
-    """Start the process without waiting (see ``start_server``)."""
+    """Start the process without waiting (see ``start_server``). ``nofile`` sets the child's
+    soft and hard ``RLIMIT_NOFILE`` (file descriptors)."""
     workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="authmount-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "server.cli", "server"]
@@ -213,6 +216,7 @@ def launch(
         proc = subprocess.Popen(
             cmd, cwd=str(workdir), env=child_env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
     return ServerProc(proc, log_path)
 
@@ -228,6 +232,7 @@ def start_server(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    nofile: int | None = None,
 ) -> Iterator[ServerProc]:
     """Run an authmount server for the ``with`` block; stop it with SIGTERM afterwards.
 
@@ -237,7 +242,8 @@ def start_server(
 
     :raises ServerStartError: the process exited or did not become healthy in ``timeout``.
     """
-    srv = launch(config=config, dev=dev, root_token_id=root_token_id, workdir=workdir, args=args, env=env)
+    srv = launch(config=config, dev=dev, root_token_id=root_token_id, workdir=workdir, args=args, env=env,
+                 nofile=nofile)
     try:
         srv.wait_ready(timeout)
         if srv.root_token is None and root_token is not None:
