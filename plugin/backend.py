@@ -1,4 +1,5 @@
-"""The ``jwt``/``oidc`` auth method: JWTAuthBackend, its caches, renewal and registration."""
+"""The ``jwt``/``oidc`` auth method: JWTAuthBackend, its caches and renewal (the types are
+declared in ``plugin.registry``)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ from plugin.path_config import CONFIG_KEY, JWTConfig, path_config
 from plugin.path_login import path_explain, path_login
 from plugin.path_role import ROLE_PREFIX, Role, path_role, path_role_list
 from plugin.policyutil import refuse_root
-from plugin.registry import register
 from plugin.storage import Storage
 
-__all__ = ["JWTAuthBackend", "UNAUTHENTICATED_PATHS", "factory"]
+__all__ = ["JWTAuthBackend", "UNAUTHENTICATED_PATHS"]
 
 log = structlog.get_logger("plugin.backend")
 
@@ -175,11 +175,3 @@ class JWTAuthBackend(Backend):
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
-
-def factory(type_name: str = "jwt") -> JWTAuthBackend:
-    """Build one backend per mount."""
-    return JWTAuthBackend(type_name)
-
-
-register("jwt", lambda: JWTAuthBackend("jwt"))
-register("oidc", lambda: JWTAuthBackend("oidc"))

@@ -1,16 +1,27 @@
-"""Auth method types by name: a new type is one module that calls ``register``."""
+"""Auth method types by name: the built-in ones are declared here, once.
+
+``register`` adds a type at run time (tests mount their own backends this way); nothing
+registers itself as a side effect of being imported.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from plugin.backend import JWTAuthBackend
 from plugin.framework import Backend
 
-__all__ = ["register", "factory_for", "registered_types"]
+__all__ = ["BUILTIN", "register", "factory_for", "registered_types"]
 
 BackendFactory = Callable[[], Backend]
 
-_FACTORIES: dict[str, BackendFactory] = {}
+#: The auth method types every server can mount.
+BUILTIN: dict[str, BackendFactory] = {
+    "jwt": lambda: JWTAuthBackend("jwt"),
+    "oidc": lambda: JWTAuthBackend("oidc"),
+}
+
+_FACTORIES: dict[str, BackendFactory] = dict(BUILTIN)
 
 
 def register(type_name: str, factory: BackendFactory) -> None:

@@ -46,21 +46,12 @@ def create_app(settings: Settings, *, storage: Any = None) -> web.Application:
     """Build the application. ``storage`` (tests) replaces ``settings.storage`` and is
     not closed by the app."""
     web_response.SERVER_SOFTWARE = SERVER_HEADER
-    _import_methods()
     app = web.Application(client_max_size=settings.max_request_size)
     app[SETTINGS] = settings
     setup_ratelimit(app)
     setup_routes(app)  # each handler wrapped with the request log + JSON errors: no middleware
     app.cleanup_ctx.append(_core_context(storage))
     return app
-
-
-def _import_methods() -> None:
-    """Import the modules that register auth method types (jwt, oidc)."""
-    try:
-        import plugin.backend  # noqa: F401
-    except ImportError:
-        pass
 
 
 def _core_context(given_storage: Any) -> Any:
