@@ -3,7 +3,7 @@
 ``CallbackListener`` plays the Vault CLI's ``localhost:8250`` listener on a free port: it
 records the query string the IdP redirects the browser to. ``browser_login`` drives the
 node-oidc-provider dev login form; ``drive_login`` does the same with ``requests`` only
-(clients-and-idp.md 2.4), so the flow is covered even without a browser.
+(docs/reference/clients.md 2.4), so the flow is covered even without a browser.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""security.md section 2 (all subsections) and 3.8 over HTTP against a real authmount process.
+"""docs/reference/security.md section 2 (all subsections) and 3.8 over HTTP against a real authmount process.
 
 Every hostile login must complete (client timeouts), answer 4xx (never 5xx) with
 ``Content-Type: application/json`` exactly and ``{"errors": [...]}``, and issue no token.
@@ -399,7 +399,7 @@ def test_hostile_jwt_is_refused(
     ids=["1e20", "2**64", "float in the past", "negative"],
 )
 def test_out_of_range_exp_never_crashes(vault: ServerProc, value: str, statuses: tuple[int, ...]) -> None:
-    """security.md 2.5: far-future ``exp`` may be accepted or refused, but never a 5xx."""
+    """docs/reference/security.md 2.5: far-future ``exp`` may be accepted or refused, but never a 5xx."""
     token = signed_payload(json.dumps(without("exp"))[:-1].encode() + f', "exp": {value}}}'.encode())
     resp = login(vault, {"role": "r", "jwt": token})
     assert resp.status_code in statuses, resp.text
@@ -455,7 +455,7 @@ def test_hostile_body_is_refused(vault: ServerProc, baseline: list[str], body: A
 
 
 def test_slow_body_is_cut_off(vault: ServerProc) -> None:
-    """security.md 2.8: a body trickled at 1 byte/s gets a 408 JSON error, not a held handler."""
+    """docs/reference/security.md 2.8: a body trickled at 1 byte/s gets a 408 JSON error, not a held handler."""
     host, port = vault.address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
         sock.sendall(b"POST /v1/auth/jwt/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -499,7 +499,7 @@ def test_hostile_role_paths(vault: ServerProc, path: str) -> None:
 
 
 def test_uppercase_role_path_is_lowercased(vault: ServerProc) -> None:
-    """vault-api.md: role names are lower-cased, so ``role/R`` is role ``r``, not another role."""
+    """docs/reference/vault-api.md 1.1: role names are lower-cased, so ``role/R`` is role ``r``, not another role."""
     upper = requests.get(url(vault, "auth/jwt/role/R"), headers=root_headers(vault), timeout=TIMEOUT)
     lower = requests.get(url(vault, "auth/jwt/role/r"), headers=root_headers(vault), timeout=TIMEOUT)
     assert upper.status_code == lower.status_code == 200
@@ -508,7 +508,7 @@ def test_uppercase_role_path_is_lowercased(vault: ServerProc) -> None:
 
 @pytest.mark.parametrize("policy", [" root", "Root", "ROOT", "root ", "root"], ids=repr)
 def test_role_cannot_grant_root(vault: ServerProc, baseline: list[str], policy: str) -> None:
-    """security.md 3.8 / HCSEC-2025-13: no spelling of ``root`` on a role yields a root token."""
+    """docs/reference/security.md 3.8 / HCSEC-2025-13: no spelling of ``root`` on a role yields a root token."""
     resp = requests.post(url(vault, "auth/jwt/role/rootish"), headers=root_headers(vault), timeout=TIMEOUT,
                          json={"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
                                "token_policies": [policy]})
@@ -526,7 +526,7 @@ def test_no_token_was_issued(vault: ServerProc, baseline: list[str]) -> None:
 
 
 def test_random_kid_flood_refreshes_at_most_once(vault: ServerProc, keys: JWKSServer, baseline: list[str]) -> None:
-    """security.md 2.2: unknown kids cannot force one JWKS fetch each (single flight + cooldown)."""
+    """docs/reference/security.md 2.2: unknown kids cannot force one JWKS fetch each (single flight + cooldown)."""
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 

@@ -1,6 +1,6 @@
 """hvac's own JWT/OIDC integration tests, ported to run against a real authmount process.
 
-Mirrors ``hvac/tests/integration_tests/api/auth_methods/test_jwt.py`` (clients-and-idp.md
+Mirrors ``hvac/tests/integration_tests/api/auth_methods/test_jwt.py`` (docs/reference/clients.md
 1.2 and 1.5): configure/read_config, role CRUD with LIST (verb and ``strict_http``), a
 JWKS-backed ``jwt_login`` whose token carries ``meta.role``, the token helpers, policies,
 mount tuning, hvac's exception mapping (``e.errors``) and ACL enforcement with a login

@@ -2,7 +2,7 @@
 
 Static PEM keys (RS256, ES256, EdDSA), a JWKS URL served by node-oidc-provider with key
 rotation picked up without reconfiguring, a CA-pinned HTTPS discovery document, two mounts
-with different keys, a discovery + client secret mount (decisions 1), and the token
+with different keys, a discovery + client secret mount (docs/vault-differences.md row 1), and the token
 lifecycle (lookup-self, renew-self, revoke-self).
 """
 
@@ -251,7 +251,7 @@ def test_token_lookup_renew_revoke(vault: ServerProc) -> None:
 
 
 # ---------------------------------------------------------------------------
-# decisions 1: JWT login on a mount configured for the OIDC browser flow
+# docs/vault-differences.md row 1: JWT login on a mount configured for the OIDC browser flow
 
 
 def test_jwt_login_on_discovery_with_client_secret(vault: ServerProc, idp: IdP) -> None:

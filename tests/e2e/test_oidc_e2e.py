@@ -75,7 +75,7 @@ def vault(tmp_path_factory: pytest.TempPathFactory, idp: IdP, listener: Callback
             token_policies=["people"],
             path=MOUNT,
         )
-        # groups as metadata too (decisions 3: list claims joined with commas)
+        # groups as metadata too (docs/vault-differences.md row 3: list claims joined with commas)
         root.write_data(f"auth/{MOUNT}/role/web", data={"list_claim_mappings": {"groups": "groups"}})
         yield v
     if v.proc.stdout is not None:  # the reader thread is done; avoid a ResourceWarning
@@ -122,7 +122,7 @@ def test_browser_login(vault: ServerProc, idp: IdP, listener: CallbackListener) 
 
 
 def test_callback_token_path(vault: ServerProc, listener: CallbackListener) -> None:
-    """vault-api.md 7: the token entry's path is the request path, ``auth/<m>/oidc/callback``."""
+    """docs/reference/vault-api.md 7: the token entry's path is the request path, ``auth/<m>/oidc/callback``."""
     auth_url, state = start_flow(vault, listener)
     code = drive_login(auth_url, listener.url)["code"]
     token = finish(vault, state, code)["auth"]["client_token"]
@@ -247,7 +247,7 @@ def _eventually(check: Callable[[], Any], deadline: float = 30.0) -> Any:
 def test_flow_crosses_nodes(
     idp: IdP, listener: CallbackListener, postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory  # noqa: F811
 ) -> None:
-    """decisions 7: auth_url on node A, callback on node B (shared PostgreSQL storage)."""
+    """docs/vault-differences.md row 7: auth_url on node A, callback on node B (shared PostgreSQL storage)."""
     config = {"storage": {"type": "postgres", "dsn": postgres_dsn}}
     with start_server(config=config, workdir=tmp_path_factory.mktemp("node-a")) as a:
         assert a.root_token

@@ -1,4 +1,4 @@
-"""security.md section 2 (2.1-2.4, 2.7-2.9) as regression tables at the parse/verify level.
+"""docs/reference/security.md section 2 (2.1-2.4, 2.7-2.9) as regression tables at the parse/verify level.
 
 Rate limiting and single flight of JWKS refreshes (2.2) are also covered in test_keys.py.
 A "login" here is ``parse_token`` followed by ``KeySource.verify``; every rejection must be

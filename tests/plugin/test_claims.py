@@ -1,4 +1,7 @@
-"""Claim helpers (vault-cases.md section 1): lookup, metadata, groups, audience, bound claims, glob."""
+"""Claim helpers: lookup, metadata, groups, audience, bound claims, glob.
+
+Scenarios: docs/reference/test-scenarios.md section 1; behaviour: docs/reference/vault-api.md section 5.
+"""
 
 from __future__ import annotations
 
@@ -72,7 +75,7 @@ def test_set_claim_missing_parent() -> None:
         ({"data1": "foo", "data2": "bar"}, {"data8": "val1", "data9": "val2"}, nullcontext({})),
         ({"data1": "foo", "data2": {"child": "bar"}}, {"data1": "val1", "/data2/child": "val2"},
          nullcontext({"val1": "foo", "val2": "bar"})),
-        # decisions.md item 3: numbers and booleans are stringified (Vault errors here).
+        # docs/vault-differences.md row 3: numbers and booleans are stringified (Vault errors here).
         ({"data1": 42, "data2": True, "data3": 1.5, "data4": 7.0}, {"data1": "n", "data2": "b", "data3": "f", "data4": "i"},
          nullcontext({"n": "42", "b": "true", "f": "1.5", "i": "7"})),
         ({"data1": ["a"]}, {"data1": "val1"}, pytest.raises(InvalidRequest, match="error converting claim 'data1' to string")),

@@ -1,4 +1,4 @@
-"""role/<name>/explain (decisions.md item 13): every login check reported, nothing issued."""
+"""role/<name>/explain (docs/vault-differences.md row 13): every login check reported, nothing issued."""
 
 from __future__ import annotations
 

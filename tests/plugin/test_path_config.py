@@ -1,4 +1,4 @@
-"""config write/read/validation (vault-cases.md section 2) plus the HMAC key source."""
+"""config write/read/validation (docs/reference/test-scenarios.md section 2) plus the HMAC key source."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""JWT login (vault-cases.md section 4, security.md 2.5/2.6/2.10, decisions 1-4, 8, 11, 12) and renewal."""
+"""JWT login and renewal.
+
+Scenarios: docs/reference/test-scenarios.md section 4; hostile input: docs/reference/security.md
+2.5/2.6/2.10; deliberate differences from Vault: docs/vault-differences.md rows 1-4, 8, 11, 12.
+"""
 
 from __future__ import annotations
 
@@ -294,7 +298,7 @@ async def test_float_times_truncated() -> None:
     assert (await h.login({"role": "plugin-test", "jwt": make_token(tok, key=KEY)})).auth is not None
 
 
-# -- max_token_age (decisions 8) -----------------------------------------------------------
+# -- max_token_age (docs/vault-differences.md row 8) ---------------------------------------
 @pytest.mark.parametrize(
     ("iat", "ok", "message"),
     [(-100, True, ""), (-300 - 60, True, ""), (-300 - 61, False, "token is too old"), (None, False, "requires an issued at (iat) claim")],
@@ -359,7 +363,7 @@ async def test_string_group_claim() -> None:
 
 
 async def test_claim_mappings_stringify_and_list_mappings() -> None:
-    """decisions 3 + Consul list_claim_mappings (seed 003)."""
+    """docs/vault-differences.md row 3 + Consul list_claim_mappings (seed 003)."""
     h = await setup(role={"claim_mappings": {"level": "level", "admin": "admin"}, "list_claim_mappings": {"http://example.com/groups": "groups"}})
     tok = claims(h, level=7, admin=False, **{"http://example.com/groups": ["dev", "ops", 3]})
     resp = await h.login({"role": "plugin-test", "jwt": make_token(tok, key=KEY)})
@@ -380,9 +384,9 @@ async def test_root_policy_refused_in_any_spelling() -> None:
         assert await fails(h, make_token(claims(h), key=KEY)) == "auth methods cannot create root tokens"
 
 
-# -- key sources: decisions 1 and 12, SPIFFE glob (seed 001) --------------------------------
+# -- key sources: docs/vault-differences.md rows 1 and 12, SPIFFE glob (seed 001) ----------
 async def test_discovery_with_client_secret_allows_jwt_login() -> None:
-    """decisions 1: Vault says 'unsupported config type'; we verify against the discovery JWKS."""
+    """docs/vault-differences.md row 1: Vault says 'unsupported config type'; we verify against the discovery JWKS."""
     issuer = "https://idp.example.com"
     fetcher = FakeFetcher({issuer + "/.well-known/openid-configuration": {"issuer": issuer, "jwks_uri": CERTS}, CERTS: jwks(KEY)})
     h = Harness(fetcher=fetcher)
@@ -394,7 +398,7 @@ async def test_discovery_with_client_secret_allows_jwt_login() -> None:
 
 
 async def test_spiffe_glob_login() -> None:
-    """A SPIRE JWT-SVID via OIDC discovery with glob bound_subject (seed 001, decisions 11)."""
+    """A SPIRE JWT-SVID via OIDC discovery with glob bound_subject (seed 001, docs/vault-differences.md row 11)."""
     issuer = "https://spire.example.org"
     fetcher = FakeFetcher({issuer + "/.well-known/openid-configuration": {"issuer": issuer, "jwks_uri": issuer + "/keys"},
                            issuer + "/keys": jwks(KEY.with_kid("spire-1"))})
@@ -423,7 +427,7 @@ async def test_spiffe_glob_login() -> None:
     ids=["default-hs256", "default-refuses-hs384", "hs512-allowed", "hs256-not-allowed"],
 )
 async def test_hmac_login(algs: list[str] | None, alg: str, ok: bool) -> None:
-    """decisions 12 / Connectum: HMAC secret key source."""
+    """docs/vault-differences.md row 12 / Connectum: HMAC secret key source."""
     secret = "k" * 32
     config: dict[str, Any] = {"jwt_validation_hmac_secrets": ["x" * 40, secret]}
     if algs:

@@ -557,7 +557,7 @@ def test_check_at_hash() -> None:
 
 
 async def test_jwt_login_on_an_oidc_flow_mount(h: Harness) -> None:
-    """decisions 1: a discovery + client secret mount also verifies plain JWT logins."""
+    """docs/vault-differences.md row 1: a discovery + client secret mount also verifies plain JWT logins."""
     await h.role("machine", role_type="jwt", user_claim="sub", bound_audiences=["vault"], groups_claim="", claim_mappings={})
     token = make_token({"iss": ISSUER, "sub": "svc", "aud": "vault", "iat": int(h.clock.now), "exp": int(h.clock.now) + 60}, key=h.idp.key)
     resp = await h.call(Operation.UPDATE, "login", {"role": "machine", "jwt": token})

@@ -1,4 +1,7 @@
-"""role/<name> CRUD, LIST, validation order and messages, legacy fields (vault-cases.md section 3)."""
+"""role/<name> CRUD, LIST, validation order and messages, legacy fields.
+
+Scenarios: docs/reference/test-scenarios.md section 3; behaviour: docs/reference/vault-api.md section 3.
+"""
 
 from __future__ import annotations
 
