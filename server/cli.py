@@ -18,7 +18,7 @@ from server.appkeys import ROOT_TOKEN
 from server.http.listverb import ListVerbAppRunner
 from server.http.log import configure_logging, flush_request_log
 from server.settings import Settings, SettingsError, dev_settings, load_settings
-from server.sys.endpoints import VERSION
+from server.sys.status import VERSION
 
 __all__ = ["main", "serve"]
 
