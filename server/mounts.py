@@ -87,7 +87,7 @@ MOUNT_CONFIG_FIELDS = FieldSet({
         "the server's value. Must not be below the default.",
         default=0, parse=_lease_ttl("max_lease_ttl"),
     ),
-    "force_no_cache": Field(FieldType.BOOL, "Accepted for compatibility; authmount has no response cache.", default=False),
+    "force_no_cache": Field(FieldType.BOOL, "Stored and reported; authmount has no response cache.", default=False),
     "token_type": Field(
         FieldType.STRING,
         "Type of the tokens logins issue: 'default-service' (a role's token_type decides, service when it says "
@@ -96,20 +96,21 @@ MOUNT_CONFIG_FIELDS = FieldSet({
         default="default-service", parse=_token_type,
     ),
     "listing_visibility": Field(
-        FieldType.STRING, "Accepted for compatibility: '', 'unauth' or 'hidden' (authmount has no UI).", default="",
+        FieldType.STRING, "Stored and reported: '', 'unauth' or 'hidden' (authmount has no UI).", default="",
         parse=_listing_visibility,
     ),
     "audit_non_hmac_request_keys": _list_field(
-        "audit_non_hmac_request_keys", "Accepted for compatibility (authmount has no audit log yet)."
+        "audit_non_hmac_request_keys", "Stored and reported; authmount has no audit log."
     ),
     "audit_non_hmac_response_keys": _list_field(
-        "audit_non_hmac_response_keys", "Accepted for compatibility (authmount has no audit log yet)."
+        "audit_non_hmac_response_keys", "Stored and reported; authmount has no audit log."
     ),
     "passthrough_request_headers": _list_field(
-        "passthrough_request_headers", "Accepted for compatibility; headers are not passed to the auth method."
+        "passthrough_request_headers",
+        "Stored and reported, not enforced: the auth method sees the request's headers (never its credentials).",
     ),
     "allowed_response_headers": _list_field(
-        "allowed_response_headers", "Accepted for compatibility; the auth method sets no response headers."
+        "allowed_response_headers", "Stored and reported, not enforced."
     ),
 })
 _LIST_KEYS = tuple(n for n, f in MOUNT_CONFIG_FIELDS.items() if f.type is FieldType.COMMA_STRING_SLICE)

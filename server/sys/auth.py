@@ -57,7 +57,8 @@ def _object(raw: Any) -> dict[str, Any]:
 ENABLE_FIELDS = FieldSet({
     "path": MOUNT_PATH,
     "type": Field(FieldType.STRING, "The auth method type: 'jwt' or 'oidc'.", default="", parse=_as_given),
-    "plugin_name": Field(FieldType.STRING, "Use 'type' instead.", default="", alias_of="type", parse=_as_given),
+    "plugin_name": Field(FieldType.STRING, "Use 'type' instead.", default="", alias_of="type", deprecated=True,
+                         parse=_as_given),
     "description": Field(FieldType.STRING, "Human-friendly description of the mount.", default="",
                          parse=_description),
     "config": Field(FieldType.MAP, "Tune values of the new mount (the fields of sys/auth/<path>/tune but "

@@ -48,7 +48,8 @@ POLICY_FIELDS = FieldSet({
     "name": POLICY_NAME,
     "policy": Field(FieldType.STRING, "The policy document, in HCL or JSON (a JSON object is accepted too).",
                     default="", parse=_policy_text),
-    "rules": Field(FieldType.STRING, "Use 'policy' instead.", default="", alias_of="policy", parse=_policy_text),
+    "rules": Field(FieldType.STRING, "Use 'policy' instead.", default="", alias_of="policy", deprecated=True,
+                   parse=_policy_text),
 })
 
 
