@@ -321,7 +321,8 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         route = None  # the ACL judges the raw path; the backend then answers 404
     entry = None
     if route is None or not route.spec.unauthenticated:
-        entry = await _check_token(request, backend, req, "auth/" + entry_path + rel, route is not None and route.spec.sudo)
+        sudo = route is not None and route.spec.sudo
+        entry = await _check_token(request, backend, req, "auth/" + entry_path + rel, sudo)
     try:
         resp = await (backend.handle_request(req) if entry is not None else limited(request, backend, req))
     finally:
