@@ -225,7 +225,8 @@ class PathSpec:
 
     ``pattern`` is a regex matched against the whole relative path; named groups become
     fields (declare them in ``fields`` with ``FieldType.NAME``). Handlers receive the
-    request and the coerced values of the fields that were present.
+    request and the coerced values of the fields that were present. The server reads
+    ``unauthenticated`` and ``sudo`` from the resolved Route before the handler runs.
     """
 
     pattern: str
@@ -233,7 +234,10 @@ class PathSpec:
     operations: dict[Operation, Handler]
     summary: str = ""
     description: str = ""
+    #: No token needed (login-type paths; Vault's ``PathsSpecial.Unauthenticated``).
     unauthenticated: bool = False
+    #: The token's policy must also grant ``sudo`` on the path (Vault's ``PathsSpecial.Root``).
+    sudo: bool = False
     #: If set, CREATE vs UPDATE is decided by this; else writes are UPDATE.
     existence_check: Callable[[Request, dict[str, Any]], Awaitable[bool]] | None = None
     compiled: re.Pattern[str] = field(init=False, repr=False)
@@ -257,8 +261,35 @@ class Route:
     captures: Mapping[str, str]
 
 
-#: A Backend's route cache: the path table it was built for, and raw path -> Route.
-_RouteCache = tuple[list[PathSpec], dict[str, Route]]
+#: Characters that make a pattern more than one literal path.
+_REGEX_CHARS = frozenset(".^$*+?{}[]()|\\")
+
+
+@dataclass(slots=True)
+class _PathTable:
+    """A backend's path table, built once per ``paths`` list.
+
+    ``fixed`` holds the Route of every literal pattern (``login``, ``oidc/callback``,
+    ``config``), computed when the table is built, so those paths (and whether they need a
+    token) are read, never matched, per request; ``routes`` remembers the other paths
+    resolved so far (bounded: they carry caller-chosen names).
+    """
+
+    specs: list[PathSpec]
+    fixed: dict[str, Route]
+    routes: dict[str, Route] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, specs: list[PathSpec]) -> _PathTable:
+        fixed: dict[str, Route] = {}
+        for spec in specs:
+            path = spec.pattern
+            if path in fixed or any(c in _REGEX_CHARS for c in path):
+                continue
+            found = _match(specs, path)  # the first spec in table order, as for any path
+            if found is not None:
+                fixed[path] = found
+        return cls(specs, fixed)
 
 
 class Backend:
@@ -280,21 +311,19 @@ class Backend:
         :raises UnsupportedPath: when no pattern matches.
         :raises InvalidRequest: a captured name that has no canonical spelling.
         """
-        cache: _RouteCache | None = self.__dict__.get("_route_cache")
-        if cache is None or cache[0] is not self.paths:
-            cache = self.__dict__["_route_cache"] = (self.paths, {})
-        hit = cache[1].get(path)
+        table: _PathTable | None = self.__dict__.get("_path_table")
+        if table is None or table.specs is not self.paths:
+            table = self.__dict__["_path_table"] = _PathTable.build(self.paths)
+        hit = table.fixed.get(path) or table.routes.get(path)
         if hit is not None:
             return hit
-        for spec in self.paths:
-            m = spec.compiled.fullmatch(path)
-            if m is not None:
-                route = _route(spec, m)
-                if len(cache[1]) >= _MATCH_CACHE_SIZE:
-                    cache[1].clear()  # bounded: paths carry caller-chosen names
-                cache[1][path] = route
-                return route
-        raise UnsupportedPath()
+        route = _match(self.paths, path)
+        if route is None:
+            raise UnsupportedPath()
+        if len(table.routes) >= _MATCH_CACHE_SIZE:
+            table.routes.clear()  # bounded: paths carry caller-chosen names
+        table.routes[path] = route
+        return route
 
     def is_unauthenticated(self, path: str) -> bool:
         """True for login-type paths that need no token (``login``, ``oidc/*``)."""
@@ -382,8 +411,21 @@ class Backend:
                 if op is Operation.LIST:
                     entry["parameters"] = [{"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]
                 ops[verb] = entry
+            if spec.unauthenticated:
+                ops["x-vault-unauthenticated"] = True
+            if spec.sudo:
+                ops["x-vault-sudo"] = True
             out[route] = ops
         return out
+
+
+def _match(specs: list[PathSpec], path: str) -> Route | None:
+    """The Route of the first spec whose pattern matches all of ``path``."""
+    for spec in specs:
+        m = spec.compiled.fullmatch(path)
+        if m is not None:
+            return _route(spec, m)
+    return None
 
 
 def _route(spec: PathSpec, m: re.Match[str]) -> Route:
@@ -422,4 +464,4 @@ def _pattern_to_route(pattern: str) -> str:
         out.append("{" + m.group(1) + "}")
         i = j
     route = "".join(out)
-    return route.replace("/?$", "").replace("$", "").replace("^", "").replace("/?", "")
+    return route.replace("/?$", "").replace("$", "").replace("^", "").replace("/?", "").removesuffix("/*")

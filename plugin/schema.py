@@ -68,7 +68,11 @@ class Field:
     ``alias_of`` marks a deprecated legacy name for another field. ``canonical`` (path
     captures only) maps a captured name to the one spelling that is stored, or raises
     ``InvalidRequest`` when the name has none; the server applies it before the ACL check,
-    so the ACL judges the name that is stored (``Backend.resolve``).
+    so the ACL judges the name that is stored (``Backend.resolve``). ``parse``, when set,
+    replaces the type's coercion for values with a meaning of their own (a TTL of
+    ``"system"``, a choice of names): it returns the value to use, raises ``InvalidRequest``
+    with its own message, or ``ValueError`` for the standard ``Field validation failed``
+    one; ``type`` still names the wire type in OpenAPI and the docs.
     """
 
     type: FieldType
@@ -79,6 +83,7 @@ class Field:
     deprecated: bool = False
     alias_of: str | None = None
     canonical: Callable[[str], str] | None = None
+    parse: Callable[[Any], Any] | None = None
 
     def default_value(self) -> Any:
         """A fresh copy of the default (lists and dicts are not shared)."""
@@ -292,12 +297,13 @@ def _json_type(raw: Any) -> str:
 
 
 def coerce(name: str, spec: Field, raw: Any) -> Any:
-    """Coerce one raw request value to the field's type.
+    """Coerce one raw request value to the field's type (or through its ``parse``).
 
-    :raises InvalidRequest: ``Field validation failed: error converting input ...``.
+    :raises InvalidRequest: ``Field validation failed: error converting input ...``, or
+        the message of the field's own ``parse``.
     """
     try:
-        return _coerce(spec.type, raw)
+        return spec.parse(raw) if spec.parse is not None else _coerce(spec.type, raw)
     except ValueError as exc:
         raise _fail(name, raw, str(exc), spec.sensitive) from None
 

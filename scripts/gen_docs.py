@@ -1,4 +1,4 @@
-"""Generate the field reference tables and config examples of docs/configuration.md from the code.
+"""Generate the settings and field reference tables and config examples of docs/configuration.md from the code.
 
 Usage::
 
@@ -29,8 +29,12 @@ from plugin.path_login import EXPLAIN_FIELDS, LOGIN_FIELDS  # noqa: E402
 from plugin.path_role import ROLE_FIELDS  # noqa: E402
 from plugin.schema import Field, FieldSet, FieldType  # noqa: E402
 from plugin.token_fields import TOKEN_FIELDS  # noqa: E402
+from server.mounts import TUNE_FIELDS  # noqa: E402
+from server.settings import documented_settings  # noqa: E402
 
-__all__ = ["SECTIONS", "render_table", "render_section", "replace_sections", "stale_sections", "main"]
+__all__ = [
+    "SECTIONS", "render_table", "render_settings", "render_section", "replace_sections", "stale_sections", "main",
+]
 
 CONFIGURATION_DOC = ROOT / "docs" / "configuration.md"
 
@@ -97,6 +101,14 @@ def render_table(fields: FieldSet | dict[str, Field], *, skip: set[str] | None =
     return "\n".join(lines)
 
 
+def render_settings() -> str:
+    """The server settings table, from the declarations in ``server/settings.py``."""
+    lines = ["| Key | Type | Default | Meaning |", "|---|---|---|---|"]
+    for key, spec, shown in documented_settings():
+        lines.append(f"| `{key}` | {_cell(spec.kind)} | {_cell(shown)} | {_cell(spec.doc)} |")
+    return "\n".join(lines)
+
+
 def _role_only() -> str:
     return render_table(ROLE_FIELDS, skip=set(TOKEN_FIELDS))
 
@@ -118,6 +130,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "role-token": lambda: render_table(TOKEN_FIELDS),
     "login": lambda: render_table(LOGIN_FIELDS),
     "explain": lambda: render_table(EXPLAIN_FIELDS),
+    "settings": render_settings,
+    "tune": lambda: render_table(TUNE_FIELDS),
     "example-dev": _example("dev"),
     "example-postgres": _example("postgres"),
     "example-seeded": _example("seeded"),

@@ -19,7 +19,7 @@ from server.http.connguard import ConnectionGuard, descriptor_budget, raise_desc
 from server.http.listverb import ListVerbAppRunner
 from server.http.log import configure_logging, flush_request_log
 from server.settings import Settings, SettingsError, dev_settings, load_settings
-from server.sys.endpoints import VERSION
+from server.sys.status import VERSION
 
 __all__ = ["main", "serve"]
 

@@ -15,19 +15,119 @@ import structlog
 from plugin import registry
 from plugin.errors import InvalidRequest
 from plugin.framework import Backend
-from plugin.schema import parse_duration
+from plugin.schema import Field, FieldSet, FieldType, coerce, parse_duration
 from plugin.storage import PrefixedStorage, Storage
 from server.tokens.entry import MountInfo
 
-__all__ = ["MOUNTS_KEY", "MountEntry", "Mount", "MountSystemView", "MountTable", "normalize_path"]
+__all__ = [
+    "MOUNTS_KEY", "MountEntry", "Mount", "MountSystemView", "MountTable", "normalize_path", "MOUNT_CONFIG_FIELDS",
+    "TUNE_FIELDS",
+]
 
 MOUNTS_KEY = "core/mounts"
 TOKEN_TYPES = ("default-service", "default-batch", "service", "batch")
 _TOKEN_TYPE_ALIASES = {"default": "default-service"}
-_LIST_KEYS = ("audit_non_hmac_request_keys", "audit_non_hmac_response_keys",
-              "passthrough_request_headers", "allowed_response_headers")
+LISTING_VISIBILITY = ("", "unauth", "hidden")
 
 log = structlog.get_logger("authmount.mounts")
+
+
+# -- the tune fields: one declaration for validation, sys/auth, OpenAPI and the docs ------------
+def _lease_ttl(name: str) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        if raw in ("system", None):
+            return 0
+        try:
+            return parse_duration(raw)
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid {name}: {exc}") from exc
+
+    return parse
+
+
+def _token_type(raw: Any) -> str:
+    value = _TOKEN_TYPE_ALIASES.get(raw, raw) if isinstance(raw, str) else raw
+    if value not in TOKEN_TYPES:
+        raise InvalidRequest("invalid value for 'token_type'")
+    return str(value)
+
+
+def _listing_visibility(raw: Any) -> str:
+    if raw not in LISTING_VISIBILITY:
+        raise InvalidRequest(f"invalid listing_visibility {raw!r}")
+    return str(raw)
+
+
+def _string_list(name: str) -> Callable[[Any], list[str]]:
+    def parse(raw: Any) -> list[str]:
+        if isinstance(raw, str):
+            raw = [s.strip() for s in raw.split(",") if s.strip()]
+        if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+            raise InvalidRequest(f"{name} must be a list of strings")
+        return raw
+
+    return parse
+
+
+def _list_field(name: str, description: str) -> Field:
+    return Field(FieldType.COMMA_STRING_SLICE, description, default=[], parse=_string_list(name))
+
+
+#: A mount's ``config``: what ``sys/auth/<path>`` takes as ``config`` and ``sys/auth/<path>/tune``
+#: changes. TTLs are stored in seconds, 0 meaning the server's value.
+MOUNT_CONFIG_FIELDS = FieldSet({
+    "default_lease_ttl": Field(
+        FieldType.DURATION,
+        "Default TTL of the tokens issued by this mount; 0 or 'system' means the server's default_lease_ttl.",
+        default=0, parse=_lease_ttl("default_lease_ttl"),
+    ),
+    "max_lease_ttl": Field(
+        FieldType.DURATION,
+        "Maximum TTL of the tokens issued by this mount, at most the server's max_lease_ttl; 0 or 'system' means "
+        "the server's value. Must not be below the default.",
+        default=0, parse=_lease_ttl("max_lease_ttl"),
+    ),
+    "force_no_cache": Field(FieldType.BOOL, "Stored and reported; authmount has no response cache.", default=False),
+    "token_type": Field(
+        FieldType.STRING,
+        "Type of the tokens logins issue: 'default-service' (a role's token_type decides, service when it says "
+        "'default'), 'default-batch' (the same, batch by default), 'service' or 'batch' (forced whatever the role "
+        "says). 'default' is 'default-service'.",
+        default="default-service", parse=_token_type,
+    ),
+    "listing_visibility": Field(
+        FieldType.STRING, "Stored and reported: '', 'unauth' or 'hidden' (authmount has no UI).", default="",
+        parse=_listing_visibility,
+    ),
+    "audit_non_hmac_request_keys": _list_field(
+        "audit_non_hmac_request_keys", "Stored and reported; authmount has no audit log."
+    ),
+    "audit_non_hmac_response_keys": _list_field(
+        "audit_non_hmac_response_keys", "Stored and reported; authmount has no audit log."
+    ),
+    "passthrough_request_headers": _list_field(
+        "passthrough_request_headers",
+        "Stored and reported, not enforced: the auth method sees the request's headers (never its credentials).",
+    ),
+    "allowed_response_headers": _list_field(
+        "allowed_response_headers", "Stored and reported, not enforced."
+    ),
+})
+_LIST_KEYS = tuple(n for n, f in MOUNT_CONFIG_FIELDS.items() if f.type is FieldType.COMMA_STRING_SLICE)
+
+
+def _tune_description(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise InvalidRequest("description must be a string")
+    return raw
+
+
+#: ``sys/auth/<path>/tune``: the mount config plus its description.
+TUNE_FIELDS = FieldSet({
+    **MOUNT_CONFIG_FIELDS.fields,
+    "description": Field(FieldType.STRING, "Human-friendly description of the mount.", default="",
+                         parse=_tune_description),
+})
 
 
 def normalize_path(path: str) -> str:
@@ -102,7 +202,11 @@ class MountEntry:
 
 
 def _default_config() -> dict[str, Any]:
-    return {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": False, "token_type": "default-service"}
+    """What every mount's stored config holds, whatever was given (defaults of the fields)."""
+    return {k: MOUNT_CONFIG_FIELDS[k].default_value() for k in _STORED}
+
+
+_STORED = ("default_lease_ttl", "max_lease_ttl", "force_no_cache", "token_type")
 
 
 class Mount:
@@ -371,9 +475,9 @@ class MountTable:
             if mount is None:
                 raise InvalidRequest(f"no mount at auth/{norm}")
             cfg = self._validate_config(values, dict(mount.entry.config))
-            description = values.get("description", mount.entry.description)
-            if not isinstance(description, str):
-                raise InvalidRequest("description must be a string")
+            description = mount.entry.description
+            if "description" in values:
+                description = coerce("description", TUNE_FIELDS["description"], values["description"])
 
             def change(old: Any) -> Any:
                 entries = list((old or {}).get("entries", []))
@@ -389,43 +493,19 @@ class MountTable:
             return self.mounts[norm].entry
 
     def _validate_config(self, values: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-        cfg = dict(base)
-        for key in ("default_lease_ttl", "max_lease_ttl"):
-            if key in values:
-                raw = values[key]
-                if raw in ("system", None):
-                    raw = 0
-                try:
-                    cfg[key] = parse_duration(raw)
-                except ValueError as exc:
-                    raise InvalidRequest(f"invalid {key}: {exc}") from exc
+        """``base`` changed by the ``MOUNT_CONFIG_FIELDS`` present in ``values`` (others are
+        ignored), checked against the server's TTLs.
+
+        :raises InvalidRequest: a bad value, or TTLs out of order.
+        """
+        parsed, _ = MOUNT_CONFIG_FIELDS.parse({k: v for k, v in values.items() if k in MOUNT_CONFIG_FIELDS})
+        cfg = dict(base) | parsed
         dflt = cfg["default_lease_ttl"] or self.default_lease_ttl
         mx = cfg["max_lease_ttl"] or self.max_lease_ttl
         if cfg["max_lease_ttl"] > self.max_lease_ttl:
             raise InvalidRequest("given max lease TTL greater than system max lease TTL")
         if dflt > mx:
             raise InvalidRequest("given default lease TTL greater than given max lease TTL")
-        if "token_type" in values:
-            tt = values["token_type"]
-            tt = _TOKEN_TYPE_ALIASES.get(tt, tt) if isinstance(tt, str) else tt
-            if tt not in TOKEN_TYPES:
-                raise InvalidRequest("invalid value for 'token_type'")
-            cfg["token_type"] = tt
-        if "force_no_cache" in values:
-            cfg["force_no_cache"] = bool(values["force_no_cache"])
-        if "listing_visibility" in values:
-            lv = values["listing_visibility"]
-            if lv not in ("", "unauth", "hidden"):
-                raise InvalidRequest(f"invalid listing_visibility {lv!r}")
-            cfg["listing_visibility"] = lv
-        for key in _LIST_KEYS:
-            if key in values:
-                raw = values[key]
-                if isinstance(raw, str):
-                    raw = [s.strip() for s in raw.split(",") if s.strip()]
-                if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
-                    raise InvalidRequest(f"{key} must be a list of strings")
-                cfg[key] = raw
         return cfg
 
     # -- other nodes -------------------------------------------------------------------

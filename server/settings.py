@@ -1,13 +1,23 @@
-"""Server settings: YAML → frozen dataclasses, validated once at startup."""
+"""Server settings: YAML → frozen dataclasses, validated once at startup.
+
+Every setting is declared once, as a dataclass field made with ``setting(...)``: its default,
+its type and meaning for the docs, and the parser that checks a YAML value. The loader
+(``settings_from_mapping``), the settings table of docs/configuration.md
+(``scripts/gen_docs.py``, from ``documented_settings``) and the tests all read these
+declarations; a key without one is refused (``<key>: unknown setting``). To add a setting,
+add one field.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -15,6 +25,7 @@ from plugin.schema import parse_duration
 
 __all__ = [
     "SettingsError",
+    "Setting",
     "StorageSettings",
     "MountSeed",
     "RateLimitSettings",
@@ -22,9 +33,12 @@ __all__ = [
     "load_settings",
     "settings_from_mapping",
     "dev_settings",
+    "documented_settings",
+    "split_host_port",
 ]
 
 STORAGE_TYPES = ("memory", "sqlite", "postgres")
+SQLITE_SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 #: ``asyncio``: the standard library's loop, the default: it serves ready connections in
@@ -33,6 +47,11 @@ LOG_FORMATS = ("json", "console")
 #: seconds while others are served (p99 5.6 s at 512 connections in bench).
 EVENT_LOOPS = ("asyncio", "uvloop")
 DEFAULT_TTL = 768 * 3600
+DEFAULT_SQLITE_PATH = "data/authmount.db"
+
+_T = TypeVar("_T")
+#: Checks one YAML value: (value, dotted key) -> the setting's value.
+Parser = Callable[[Any, str], Any]
 
 
 class SettingsError(ValueError):
@@ -40,72 +59,341 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class StorageSettings:
-    """Where the server keeps its state."""
+class Setting:
+    """One row of the settings table: how a YAML value is checked and how it is documented.
 
-    type: str = "sqlite"
-    path: str = "data/authmount.db"
-    dsn: str = ""
-    #: Engine-specific tuning passed through untouched (``sqlite_synchronous``, ``pool_size``).
-    options: Mapping[str, Any] = field(default_factory=dict)
+    ``parse`` raises ``SettingsError`` naming the key. ``shown`` is the docs' default when
+    the value does not say it well. ``section`` is the dataclass of a nested mapping (a
+    list of them with ``many``). ``engine``: a storage option only that engine reads.
+    """
+
+    kind: str
+    doc: str
+    parse: Parser
+    shown: str | None = None
+    section: type | None = None
+    many: bool = False
+    engine: str = ""
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    kind: str,
+    doc: str,
+    parse: Parser,
+    factory: Callable[[], Any] | None = None,
+    shown: str | None = None,
+    section: type | None = None,
+    many: bool = False,
+    engine: str = "",
+) -> Any:
+    """A dataclass field declaring one setting (no default and no factory: required)."""
+    meta = {"setting": Setting(kind, doc, parse, shown, section, many, engine)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# -- parsers: (YAML value, dotted key) -> value --------------------------------------------
+def _string(raw: Any, key: str) -> str:
+    if not isinstance(raw, str):
+        raise SettingsError(f"{key}: must be a string")
+    return raw
+
+
+def _bool(raw: Any, key: str) -> bool:
+    if not isinstance(raw, bool):
+        raise SettingsError(f"{key}: must be true or false")
+    return raw
+
+
+def _required_string(raw: Any, key: str) -> str:
+    if not isinstance(raw, str) or not raw.strip("/"):
+        raise SettingsError(f"{key}: required string")
+    return raw
+
+
+def _one_of(options: tuple[str, ...]) -> str:
+    return " | ".join(f"`{o}`" for o in options)
+
+
+def _choice(options: tuple[str, ...], *, lower: bool = False) -> Parser:
+    def parse(raw: Any, key: str) -> str:
+        value = raw.lower() if lower and isinstance(raw, str) else raw
+        if value not in options:
+            raise SettingsError(f"{key}: must be one of {', '.join(options)}")
+        return str(value)
+
+    return parse
+
+
+def _int(minimum: int, note: str = "") -> Parser:
+    def parse(raw: Any, key: str) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum:
+            raise SettingsError(f"{key}: must be an integer >= {minimum}{note}")
+        return raw
+
+    return parse
+
+
+def _rate(raw: Any, key: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < math.inf:
+        raise SettingsError(f"{key}: must be a number >= 0 (0 disables the limit)")
+    return float(raw)
+
+
+def _duration(raw: Any, key: str) -> int:
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{key}: invalid duration: {exc}") from exc
+
+
+def _seconds(raw: Any, key: str) -> float:
+    return float(_duration(raw, key))
+
+
+def _address(raw: Any, key: str) -> str:
+    value = _string(raw, key)
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise SettingsError(f"{key}: {exc}") from exc
+    return value
+
+
+def _cidrs(raw: Any, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    if isinstance(raw, str):
+        raw = [p for p in (s.strip() for s in raw.split(",")) if p]
+    if not isinstance(raw, list):
+        raise SettingsError(f"{key}: must be a list of CIDRs")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError as exc:
+            raise SettingsError(f"{key}[{i}]: invalid CIDR {item!r}") from exc
+    return tuple(out)
+
+
+def _policies(raw: Any, key: str) -> dict[str, str]:
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"{key}: must map policy names to HCL or JSON text")
+    out = {}
+    for name, text in raw.items():
+        if isinstance(text, Mapping):
+            text = json.dumps(text)
+        if not isinstance(text, str):
+            raise SettingsError(f"{key}.{name}: must be HCL or JSON text")
+        out[str(name)] = text
+    return out
+
+
+def _mapping_or_empty(raw: Any, key: str) -> dict[str, Any]:
+    value = raw or {}
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{key}: must be a mapping")
+    return dict(value)
+
+
+def _optional_mapping(raw: Any, key: str) -> dict[str, Any] | None:
+    return None if raw is None else _mapping_or_empty(raw, key)
+
+
+def _roles(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    value = raw or {}
+    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+        raise SettingsError(f"{key}: must map role names to mappings")
+    return {str(k): dict(v) for k, v in value.items()}
+
+
+# -- the declarations ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Where the server keeps its state (``open_storage`` reads ``as_mapping()``)."""
+
+    type: str = setting(
+        "sqlite", kind=_one_of(("sqlite", "postgres", "memory")), parse=_choice(STORAGE_TYPES),
+        doc="`memory` loses everything at exit. See [operations](operations.md).",
+    )
+    path: str = setting(
+        DEFAULT_SQLITE_PATH, kind="path", parse=_string,
+        doc="SQLite file (relative to the working directory); required for `sqlite`.",
+    )
+    dsn: str = setting("", kind="string", parse=_string, doc="PostgreSQL connection string; required for `postgres`.")
+    sqlite_synchronous: str = setting(
+        "FULL", kind=_one_of(SQLITE_SYNCHRONOUS), parse=_choice(SQLITE_SYNCHRONOUS), engine="sqlite",
+        doc="SQLite `synchronous` pragma. Below `FULL`, acknowledged writes may be lost on power failure.",
+    )
+    sqlite_cache_entries: int = setting(
+        32768, kind="int ≥ 0", parse=_int(0), engine="sqlite",
+        doc="SQLite: how many recently written values are kept in memory for reads (kept exact by the writer "
+            "after each commit); `0` disables the cache.",
+    )
+    pool_size: int = setting(10, kind="int ≥ 1", parse=_int(1), engine="postgres",
+                             doc="PostgreSQL connection pool size per node (plus one connection for LISTEN).")
+
+    @staticmethod
+    def _finish(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+        stype = values.get("type", "sqlite")
+        if "path" not in values and stype != "sqlite":
+            values["path"] = ""
+        if stype == "sqlite" and not values.get("path", DEFAULT_SQLITE_PATH):
+            raise SettingsError(f"{prefix}path: required for sqlite storage")
+        if stype == "postgres" and not values.get("dsn"):
+            raise SettingsError(f"{prefix}dsn: required for postgres storage")
+        return values
 
     def as_mapping(self) -> dict[str, Any]:
-        """The flat mapping ``server.storage.open_storage`` reads."""
-        return {**self.options, "type": self.type, "path": self.path, "dsn": self.dsn}
+        """The flat mapping ``server.storage.open_storage`` reads: type, path, dsn and the
+        options of this engine."""
+        out: dict[str, Any] = {"type": self.type, "path": self.path, "dsn": self.dsn}
+        for f in dataclasses.fields(self):
+            meta = f.metadata.get("setting")
+            if meta is not None and meta.engine == self.type:
+                out[f.name] = getattr(self, f.name)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class MountSeed:
     """A mount created (idempotently) at every start, with its config and roles."""
 
-    path: str
-    type: str
-    description: str = ""
-    #: Mount-level tune values (default_lease_ttl, max_lease_ttl, token_type, ...).
-    tune: Mapping[str, Any] = field(default_factory=dict)
-    #: Written to ``auth/<path>/config`` through the backend.
-    config: Mapping[str, Any] | None = None
-    #: ``{role name: role fields}`` written to ``auth/<path>/role/<name>``.
-    roles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    path: str = setting(kind="string", parse=_required_string,
+                        doc="Mount path, e.g. `jwt` or `ci/jwt` (served at `/v1/auth/<path>/`).")
+    type: str = setting(kind="`jwt` | `oidc`", parse=_required_string,
+                        doc="Auth method type. A start fails if the path is already mounted with another type.")
+    description: str = setting("", kind="string", parse=_string, doc="Shown by `sys/auth`.")
+    tune: Mapping[str, Any] = setting(
+        kind="mapping", factory=dict, parse=_mapping_or_empty,
+        doc="Mount tune values, as `sys/auth/<path>/tune` (fields in the table below).",
+    )
+    config: Mapping[str, Any] | None = setting(
+        None, kind="mapping", parse=_optional_mapping,
+        doc="Written to `auth/<path>/config` (section 2). A remote key source is fetched and checked at start.",
+    )
+    roles: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_roles,
+        doc="`{role name: role fields}`, each written to `auth/<path>/role/<name>` (section 3).",
+    )
+
+
+_DISABLES = " (0 disables the limit)"
 
 
 @dataclass(frozen=True, slots=True)
 class RateLimitSettings:
     """Abuse limits on the unauthenticated paths (``login``, ``oidc/*``); 0 disables a limit."""
 
-    #: Token bucket refill rate per client IP (IPv6: per /64).
-    login_per_ip_per_second: float = 50.0
-    #: Token bucket size: how many requests one IP may send at once.
-    login_burst: int = 100
-    #: Unauthenticated requests running at once, all clients together; excess waits briefly, then 429.
-    max_concurrent_logins: int = 256
+    login_per_ip_per_second: float = setting(
+        50.0, kind="number ≥ 0", parse=_rate,
+        doc="Refill rate of each client IP's token bucket (one bucket per IP for all mounts; the IP after "
+            "`trusted_proxies` handling; IPv6 clients grouped by /64). `0` disables the per-IP limit (e.g. for a "
+            "load test from one host). At most 100,000 IPs are tracked; idle ones are forgotten.",
+    )
+    login_burst: int = setting(
+        100, kind="int ≥ 0", parse=_int(0, _DISABLES),
+        doc="Bucket size: how many requests one IP may send at once before the refill rate applies. `0` disables "
+            "the per-IP limit.",
+    )
+    max_concurrent_logins: int = setting(
+        256, kind="int ≥ 0", parse=_int(0, _DISABLES),
+        doc="Unauthenticated requests running at once, all clients together (caps concurrent JWT verifications "
+            "and OIDC exchanges). A request over the cap waits up to 1 s for a slot, then gets the 429. `0` "
+            "disables the cap.",
+    )
+
+
+def _section(cls: type[_T], *, none_ok: bool = False) -> Parser:
+    def parse(raw: Any, key: str) -> _T:
+        return cls(**_values(cls, {} if raw is None and none_ok else raw, key, key + "."))
+
+    return parse
+
+
+def _sections(cls: type[_T]) -> Parser:
+    def parse(raw: Any, key: str) -> tuple[_T, ...]:
+        if not isinstance(raw, list):
+            raise SettingsError(f"{key}: must be a list")
+        return tuple(cls(**_values(cls, item, f"{key}[{i}]", f"{key}[{i}].")) for i, item in enumerate(raw))
+
+    return parse
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the server needs to start. Build with ``load_settings``."""
 
-    listen_address: str = "127.0.0.1:8200"
-    storage: StorageSettings = field(default_factory=StorageSettings)
-    default_lease_ttl: int = DEFAULT_TTL
-    max_lease_ttl: int = DEFAULT_TTL
-    log_level: str = "info"
-    log_format: str = "json"
-    event_loop: str = "asyncio"
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    x_forwarded_for_hop_skips: int = 0
-    max_request_size: int = 1 << 20
-    workers: int = 1
-    cluster_name: str = "authmount"
-    mounts: tuple[MountSeed, ...] = ()
+    listen_address: str = setting(
+        "127.0.0.1:8200", kind="`host:port`", parse=_address,
+        doc="Where the HTTP API listens (`[v6]:port` for IPv6; port 0 picks a free port, printed in the banner). "
+            "Plain HTTP: terminate TLS in front of it.",
+    )
+    storage: StorageSettings = setting(
+        kind="mapping", factory=StorageSettings, parse=_section(StorageSettings), section=StorageSettings,
+        shown=f"`{{type: sqlite, path: {DEFAULT_SQLITE_PATH}}}`", doc="Where state lives; keys below.",
+    )
+    default_lease_ttl: int = setting(DEFAULT_TTL, kind="duration", parse=_duration,
+                                     doc="Token TTL when neither the role nor the mount sets one.")
+    max_lease_ttl: int = setting(DEFAULT_TTL, kind="duration", parse=_duration,
+                                 doc="Upper bound of every token TTL; must be ≥ `default_lease_ttl`.")
+    log_level: str = setting("info", kind=_one_of(LOG_LEVELS), parse=_choice(LOG_LEVELS, lower=True),
+                             doc="Log verbosity (case-insensitive).")
+    log_format: str = setting("json", kind=_one_of(LOG_FORMATS), parse=_choice(LOG_FORMATS, lower=True),
+                              doc="One JSON object per line, or human-readable lines.")
+    event_loop: str = setting(
+        "asyncio", kind=_one_of(EVENT_LOOPS), parse=_choice(EVENT_LOOPS, lower=True),
+        doc="The event loop. `uvloop` costs a few percent less CPU per request but, once the server is overloaded, "
+            "lets some connections wait seconds while others are served (p99 5.6 s against 0.34 s at 512 "
+            "connections, see [performance](performance.md)).",
+    )
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        (), kind="list of CIDRs (or a comma string)", parse=_cidrs,
+        doc="Peers allowed to set `X-Forwarded-For`. From any other peer the header is ignored.",
+    )
+    x_forwarded_for_hop_skips: int = setting(
+        0, kind="int ≥ 0", parse=_int(0),
+        doc="From a trusted proxy, the client IP is the XFF entry at `len - 1 - hop_skips` (Vault's rule; never "
+            "the client-controlled leftmost one).",
+    )
+    max_request_size: int = setting(1 << 20, kind="int ≥ 1024 (bytes)", parse=_int(1024),
+                                    doc="Larger request bodies are answered `413 http: request body too large`.")
+    workers: int = setting(
+        1, kind="int ≥ 1", parse=_int(1),
+        doc="Worker processes sharing the listen port (`SO_REUSEPORT`); more than one needs `storage.type: "
+            "postgres` (SQLite allows one writer). Same as `--workers N`.",
+    )
+    cluster_name: str = setting("authmount", kind="string", parse=_string, doc="Reported by `sys/health`.")
+    shutdown_timeout: float = setting(30.0, kind="duration", parse=_seconds,
+                                      doc="On SIGTERM/SIGINT, how long in-flight requests get to finish.")
+    mounts: tuple[MountSeed, ...] = setting(
+        (), kind="list", parse=_sections(MountSeed), section=MountSeed, many=True,
+        doc="Auth mounts created at every start (idempotent, through the same write path as the API). Keys below.",
+    )
     #: ``{policy name: HCL or JSON text}`` written at every start.
-    policies: Mapping[str, str] = field(default_factory=dict)
+    policies: Mapping[str, str] = setting(
+        kind="mapping", factory=dict, parse=_policies,
+        doc="`{policy name: HCL or JSON text}` (a YAML mapping is taken as JSON), written at every start.",
+    )
+    rate_limit: RateLimitSettings = setting(
+        kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),
+        section=RateLimitSettings, shown="on, values below",
+        doc="Abuse limits on the paths that need no token (`login`, `oidc/auth_url`, `oidc/callback` of every "
+            "mount); over a limit the answer is `429 request path \"auth/<mount>/<path>\": rate limit quota "
+            "exceeded` with `Retry-After`. Authenticated requests are never limited. Keys below; `0` disables a "
+            "limit.",
+    )
+    # Not YAML settings: set by `authmount server --dev`.
     dev: bool = False
     #: Root token id to create at start (dev mode); random when empty.
     dev_root_token_id: str = ""
-    #: Seconds in-flight requests get to finish on shutdown.
-    shutdown_timeout: float = 30.0
-    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+
+    @staticmethod
+    def _finish(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+        if values.get("default_lease_ttl", DEFAULT_TTL) > values.get("max_lease_ttl", DEFAULT_TTL):
+            raise SettingsError(f"{prefix}default_lease_ttl: must not be greater than max_lease_ttl")
+        return values
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -127,15 +415,37 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-_TOP_KEYS = {
-    "listen_address", "storage", "default_lease_ttl", "max_lease_ttl", "log_level",
-    "log_format", "trusted_proxies", "x_forwarded_for_hop_skips", "max_request_size",
-    "workers", "cluster_name", "mounts", "policies", "shutdown_timeout", "rate_limit",
-    "event_loop",
-}
-_STORAGE_KEYS = {"type", "path", "dsn", "sqlite_synchronous", "pool_size"}
-_MOUNT_KEYS = {"path", "type", "description", "tune", "config", "roles"}
-_RATE_LIMIT_KEYS = {"login_per_ip_per_second", "login_burst", "max_concurrent_logins"}
+# -- loading ----------------------------------------------------------------------------------
+def _declared(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Setting]]:
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("setting")
+        if meta is not None:
+            yield f, meta
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+def _values(cls: type, raw: Any, where: str, prefix: str) -> dict[str, Any]:
+    """The values of the settings of ``cls`` given in ``raw`` (a required one that is absent
+    is parsed as null, so its parser names it), after the class's cross-field checks.
+
+    :raises SettingsError: ``<where>: must be a mapping``, ``<prefix><key>: unknown setting``
+        or a parser's message.
+    """
+    if not isinstance(raw, Mapping):
+        raise SettingsError(f"{where}: must be a mapping")
+    declared = {f.name: (f, meta) for f, meta in _declared(cls)}
+    for key in raw:
+        if key not in declared:
+            raise SettingsError(f"{prefix}{key}: unknown setting")
+    values: dict[str, Any] = {}
+    for name, (f, meta) in declared.items():
+        if name in raw or _required(f):
+            values[name] = meta.parse(raw.get(name), prefix + name)
+    finish = getattr(cls, "_finish", None)
+    return finish(values, prefix) if finish is not None else values
 
 
 def load_settings(path: str | Path) -> Settings:
@@ -161,53 +471,7 @@ def settings_from_mapping(raw: Any, **overrides: Any) -> Settings:
 
     :raises SettingsError: naming the first bad key.
     """
-    if not isinstance(raw, Mapping):
-        raise SettingsError("settings: must be a mapping")
-    for key in raw:
-        if key not in _TOP_KEYS:
-            raise SettingsError(f"{key}: unknown setting")
-    values: dict[str, Any] = {}
-    if "listen_address" in raw:
-        addr = _string(raw, "listen_address")
-        try:
-            split_host_port(addr)
-        except ValueError as exc:
-            raise SettingsError(f"listen_address: {exc}") from exc
-        values["listen_address"] = addr
-    values["storage"] = _storage(raw.get("storage", {}))
-    for key in ("default_lease_ttl", "max_lease_ttl"):
-        if key in raw:
-            values[key] = _duration(raw[key], key)
-    dflt = values.get("default_lease_ttl", DEFAULT_TTL)
-    mx = values.get("max_lease_ttl", DEFAULT_TTL)
-    if dflt > mx:
-        raise SettingsError("default_lease_ttl: must not be greater than max_lease_ttl")
-    if "log_level" in raw:
-        values["log_level"] = _choice(raw, "log_level", LOG_LEVELS, lower=True)
-    if "log_format" in raw:
-        values["log_format"] = _choice(raw, "log_format", LOG_FORMATS, lower=True)
-    if "event_loop" in raw:
-        values["event_loop"] = _choice(raw, "event_loop", EVENT_LOOPS, lower=True)
-    if "trusted_proxies" in raw:
-        values["trusted_proxies"] = _cidrs(raw["trusted_proxies"])
-    if "x_forwarded_for_hop_skips" in raw:
-        values["x_forwarded_for_hop_skips"] = _int(raw, "x_forwarded_for_hop_skips", 0)
-    if "max_request_size" in raw:
-        values["max_request_size"] = _int(raw, "max_request_size", 1024)
-    if "workers" in raw:
-        values["workers"] = _int(raw, "workers", 1)
-    if "cluster_name" in raw:
-        values["cluster_name"] = _string(raw, "cluster_name")
-    if "shutdown_timeout" in raw:
-        values["shutdown_timeout"] = float(_duration(raw["shutdown_timeout"], "shutdown_timeout"))
-    if "mounts" in raw:
-        values["mounts"] = _mounts(raw["mounts"])
-    if "policies" in raw:
-        values["policies"] = _policies(raw["policies"])
-    if "rate_limit" in raw:
-        values["rate_limit"] = _rate_limit(raw["rate_limit"])
-    values.update(overrides)
-    return Settings(**values)
+    return Settings(**(_values(Settings, raw, "settings", "") | overrides))
 
 
 def dev_settings(root_token_id: str = "", listen_address: str = "127.0.0.1:8200") -> Settings:
@@ -225,137 +489,43 @@ def dev_settings(root_token_id: str = "", listen_address: str = "127.0.0.1:8200"
     )
 
 
-# -- helpers ---------------------------------------------------------------------------
-def _string(raw: Mapping[str, Any], key: str, prefix: str = "") -> str:
-    value = raw[key]
-    if not isinstance(value, str):
-        raise SettingsError(f"{prefix}{key}: must be a string")
-    return value
+# -- documentation ------------------------------------------------------------------------------
+def documented_settings() -> Iterator[tuple[str, Setting, str]]:
+    """Every YAML setting in declaration order: (dotted key, its Setting, the default as the
+    docs show it); a section's keys follow the section (``storage.type``, ``mounts[].path``)."""
+    yield from _rows(Settings, "")
 
 
-def _choice(raw: Mapping[str, Any], key: str, options: tuple[str, ...], *, prefix: str = "", lower: bool = False) -> str:
-    value = raw[key]
-    if isinstance(value, str) and lower:
-        value = value.lower()
-    if value not in options:
-        raise SettingsError(f"{prefix}{key}: must be one of {', '.join(options)}")
-    return str(value)
+def _rows(cls: type, prefix: str) -> Iterator[tuple[str, Setting, str]]:
+    for f, meta in _declared(cls):
+        key = prefix + f.name
+        yield key, meta, _shown(f, meta)
+        if meta.section is not None:
+            yield from _rows(meta.section, key + ("[]." if meta.many else "."))
 
 
-def _int(raw: Mapping[str, Any], key: str, minimum: int) -> int:
-    value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SettingsError(f"{key}: must be an integer >= {minimum}")
-    return value
+def _shown(f: dataclasses.Field[Any], meta: Setting) -> str:
+    if meta.shown is not None:
+        return meta.shown
+    if _required(f):
+        return "required"
+    factory = f.default_factory
+    value: Any = factory() if callable(factory) else f.default
+    if value is None:
+        return "none"
+    if meta.kind == "duration":
+        return f"`{_short_duration(int(value))}`"
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (tuple, list, Mapping)) and not value:
+        return "`{}`" if isinstance(value, Mapping) else "`[]`"
+    return f"`{json.dumps(value) if value == '' else value}`"
 
 
-def _duration(value: Any, key: str) -> int:
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise SettingsError(f"{key}: invalid duration: {exc}") from exc
-
-
-def _storage(raw: Any) -> StorageSettings:
-    if not isinstance(raw, Mapping):
-        raise SettingsError("storage: must be a mapping")
-    for key in raw:
-        if key not in _STORAGE_KEYS:
-            raise SettingsError(f"storage.{key}: unknown setting")
-    stype = _choice(raw, "type", STORAGE_TYPES, prefix="storage.") if "type" in raw else "sqlite"
-    path = _string(raw, "path", "storage.") if "path" in raw else ("data/authmount.db" if stype == "sqlite" else "")
-    dsn = _string(raw, "dsn", "storage.") if "dsn" in raw else ""
-    if stype == "sqlite" and not path:
-        raise SettingsError("storage.path: required for sqlite storage")
-    if stype == "postgres" and not dsn:
-        raise SettingsError("storage.dsn: required for postgres storage")
-    options: dict[str, Any] = {}
-    if "sqlite_synchronous" in raw:
-        options["sqlite_synchronous"] = _choice(raw, "sqlite_synchronous", ("NORMAL", "FULL", "EXTRA"), prefix="storage.")
-    if "pool_size" in raw:
-        value = raw["pool_size"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SettingsError("storage.pool_size: must be an integer >= 1")
-        options["pool_size"] = value
-    return StorageSettings(type=stype, path=path, dsn=dsn, options=options)
-
-
-def _rate_limit(raw: Any) -> RateLimitSettings:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise SettingsError("rate_limit: must be a mapping")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _RATE_LIMIT_KEYS:
-            raise SettingsError(f"rate_limit.{key}: unknown setting")
-        if key == "login_per_ip_per_second":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-                raise SettingsError(f"rate_limit.{key}: must be a number >= 0 (0 disables the limit)")
-            values[key] = float(value)
-        else:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise SettingsError(f"rate_limit.{key}: must be an integer >= 0 (0 disables the limit)")
-            values[key] = value
-    return RateLimitSettings(**values)
-
-
-def _cidrs(raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    if isinstance(raw, str):
-        raw = [p for p in (s.strip() for s in raw.split(",")) if p]
-    if not isinstance(raw, list):
-        raise SettingsError("trusted_proxies: must be a list of CIDRs")
-    out = []
-    for i, item in enumerate(raw):
-        try:
-            out.append(ipaddress.ip_network(str(item), strict=False))
-        except ValueError as exc:
-            raise SettingsError(f"trusted_proxies[{i}]: invalid CIDR {item!r}") from exc
-    return tuple(out)
-
-
-def _mounts(raw: Any) -> tuple[MountSeed, ...]:
-    if not isinstance(raw, list):
-        raise SettingsError("mounts: must be a list")
-    seeds = []
-    for i, item in enumerate(raw):
-        where = f"mounts[{i}]."
-        if not isinstance(item, Mapping):
-            raise SettingsError(f"mounts[{i}]: must be a mapping")
-        for key in item:
-            if key not in _MOUNT_KEYS:
-                raise SettingsError(f"{where}{key}: unknown setting")
-        for key in ("path", "type"):
-            if key not in item or not isinstance(item[key], str) or not item[key].strip("/"):
-                raise SettingsError(f"{where}{key}: required string")
-        desc = _string(item, "description", where) if "description" in item else ""
-        tune = item.get("tune") or {}
-        if not isinstance(tune, Mapping):
-            raise SettingsError(f"{where}tune: must be a mapping")
-        config = item.get("config")
-        if config is not None and not isinstance(config, Mapping):
-            raise SettingsError(f"{where}config: must be a mapping")
-        roles = item.get("roles") or {}
-        if not isinstance(roles, Mapping) or not all(isinstance(v, Mapping) for v in roles.values()):
-            raise SettingsError(f"{where}roles: must map role names to mappings")
-        seeds.append(
-            MountSeed(
-                path=item["path"], type=item["type"], description=desc, tune=dict(tune),
-                config=dict(config) if config is not None else None,
-                roles={str(k): dict(v) for k, v in roles.items()},
-            )
-        )
-    return tuple(seeds)
-
-
-def _policies(raw: Any) -> dict[str, str]:
-    if not isinstance(raw, Mapping):
-        raise SettingsError("policies: must map policy names to HCL or JSON text")
-    out = {}
-    for name, text in raw.items():
-        if isinstance(text, Mapping):
-            text = json.dumps(text)
-        if not isinstance(text, str):
-            raise SettingsError(f"policies.{name}: must be HCL or JSON text")
-        out[str(name)] = text
-    return out
+def _short_duration(seconds: int) -> str:
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

@@ -14,6 +14,7 @@ import yaml
 from plugin.path_config import CONFIG_FIELDS
 from plugin.path_role import ROLE_FIELDS
 from server import settings as settings_mod
+from server.mounts import TUNE_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -76,8 +77,8 @@ def test_hand_written_text_outside_markers_is_kept() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "section"),
-    [(CONFIG_FIELDS, "config"), (ROLE_FIELDS, "role")],
-    ids=["config", "role"],
+    [(CONFIG_FIELDS, "config"), (ROLE_FIELDS, "role"), (TUNE_FIELDS, "tune")],
+    ids=["config", "role", "tune"],
 )
 def test_every_field_has_a_row(fields, section: str) -> None:  # type: ignore[no-untyped-def]
     text = _read("configuration.md")
@@ -103,16 +104,54 @@ def test_cells_escape_pipes() -> None:
 # Server settings
 
 
-def _settings_keys() -> list[str]:
-    keys = sorted(settings_mod._TOP_KEYS)
-    keys += [f"storage.{k}" for k in sorted(settings_mod._STORAGE_KEYS)]
-    keys += [f"mounts[].{k}" for k in sorted(settings_mod._MOUNT_KEYS)]
-    return keys
+_SETTINGS = list(settings_mod.documented_settings())
 
 
-@pytest.mark.parametrize("key", _settings_keys())
+@pytest.mark.parametrize("key", [key for key, _, _ in _SETTINGS])
 def test_every_settings_key_is_documented(key: str) -> None:
     assert re.search(rf"^\| `{re.escape(key)}` \|", _read("configuration.md"), re.M), key
+
+
+def _nest(key: str, value: object) -> dict[str, object]:
+    """``storage.path: x`` as the YAML mapping ``{storage: {path: x}}``; ``mounts[].path`` in a
+    mount that has the required keys."""
+    head, dot, rest = key.partition(".")
+    if head == "mounts[]":
+        return {"mounts": [{"path": "jwt", "type": "jwt"} | ({rest: value} if rest else {})]}
+    return {head: _nest(rest, value)} if dot else {head: value}
+
+
+def _get(settings: object, key: str) -> object:
+    for part in key.split("."):
+        settings = settings.mounts[0] if part == "mounts[]" else getattr(settings, part)  # type: ignore[attr-defined]
+    return settings
+
+
+@pytest.mark.parametrize(("key", "spec", "shown"), _SETTINGS, ids=[key for key, _, _ in _SETTINGS])
+def test_every_documented_setting_loads_with_its_documented_default(key: str, spec: settings_mod.Setting,
+                                                                   shown: str) -> None:
+    """The loader accepts every key the table shows, and the default the table shows is the
+    one it uses (the declaration is the loader's: a documented key cannot be refused again)."""
+    if spec.section is not None or not shown.startswith("`"):
+        return  # sections, required keys and ``none``: the example configs load them
+    text = shown.strip("`")
+    value = text if spec.kind == "duration" else yaml.safe_load(text)
+    base = _nest("mounts[]", None) if key.startswith("mounts[]") else {}
+    loaded = settings_mod.settings_from_mapping(_nest(key, value))
+    assert _get(loaded, key) == _get(settings_mod.settings_from_mapping(base), key)
+
+
+def test_storage_engine_options_reach_the_engine() -> None:
+    """Regression (issue 16): ``storage.sqlite_cache_entries`` was documented by the engine and
+    refused by the loader."""
+    sqlite = settings_mod.settings_from_mapping({"storage": {"sqlite_cache_entries": 0}}).storage
+    assert sqlite.as_mapping()["sqlite_cache_entries"] == 0
+    with pytest.raises(settings_mod.SettingsError, match=r"^storage\.sqlite_cache_entries: must be an integer >= 0$"):
+        settings_mod.settings_from_mapping({"storage": {"sqlite_cache_entries": -1}})
+    engine_doc = (ROOT / "server" / "storage" / "__init__.py").read_text(encoding="utf-8")
+    for key, spec, _ in _SETTINGS:
+        if spec.engine:
+            assert f"``{key.removeprefix('storage.')}``" in engine_doc, key  # the engine reads it
 
 
 @pytest.mark.parametrize("name", ["dev", "postgres", "seeded"])
@@ -393,11 +432,9 @@ def test_exclusions_are_still_needed() -> None:
 
 def _api_paths() -> list[str]:
     """Every documented-path form of the server's routes, mount paths and token paths."""
-    out: list[str] = []
-    routes = ast.parse((ROOT / "server" / "http" / "routes.py").read_text(encoding="utf-8"))
-    for node in ast.walk(routes):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/v1/sys/"):
-            out.append(re.sub(r"\{(\w+)(:[^}]*)?\}", r"<\1>", node.value.removeprefix("/v1/")))
+    from server.sys.backend import SysBackend
+
+    out = ["sys/" + spec.pattern for spec in SysBackend(core=None).paths]  # type: ignore[arg-type]
     tokens = ast.parse((ROOT / "server" / "tokens" / "backend.py").read_text(encoding="utf-8"))
     for node in ast.walk(tokens):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PathSpec" and node.args:
@@ -413,7 +450,7 @@ def _api_paths() -> list[str]:
 
 def _doc_form(pattern: str) -> str:
     text = re.sub(r"\(\?P<(\w+)>(?:[^()]|\((?:[^()])*\))*\)", r"<\1>", pattern)
-    return text.removesuffix("/?").removesuffix("?")
+    return text.removesuffix("/*").removesuffix("/?").removesuffix("?")
 
 
 @pytest.mark.parametrize("path", _api_paths())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -13,14 +13,21 @@ from aiohttp import web
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.framework import Backend, Connection, Operation, Request, Response
-from server.appkeys import MOUNT, MOUNTS, POLICIES, REMOTE_ADDR, REQUEST_ID, SETTINGS, TOKEN_RAW, TOKENS
+from server.acl.policies import PolicyStore
+from server.appkeys import CLUSTER_ID, MOUNT, MOUNTS, POLICIES, REMOTE_ADDR, REQUEST_ID, SETTINGS, TOKEN_RAW, TOKENS
 from server.http.errors import error_response
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import limited
-from server.mounts import Mount
+from server.mounts import Mount, MountTable
+from server.settings import Settings
+from server.sys.backend import SysBackend
+from server.sys.core import SysPath, acl_path
+from server.tokens.store import TokenStore
 
 __all__ = [
     "auth_handler",
+    "sys_handler",
+    "AppCore",
     "envelope",
     "json_response",
     "read_operation",
@@ -77,7 +84,11 @@ def envelope(
 
 
 def no_route(path: str) -> PluginError:
-    """Vault's 404 for a path no mount or sys route serves."""
+    """Vault's 404 for a path no mount or sys route serves. A path with a line break, which
+    no route pattern of the router matches, gets the bare ``{"errors": []}`` of a path
+    outside ``/v1/``."""
+    if "\n" in path:
+        return UnsupportedPath(messages=[])
     return UnsupportedPath(f'no handler for route "{path}". route entry not found.')
 
 
@@ -310,25 +321,119 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         route = None  # the ACL judges the raw path; the backend then answers 404
     entry = None
     if route is None or not route.spec.unauthenticated:
-        full = "auth/" + entry_path + rel
-        if op is Operation.UPDATE:
-
-            async def may_write(acl: Any) -> bool:
-                can_update, can_create = acl.allows(full, "update"), acl.allows(full, "create")
-                # Only when exactly one of the two is granted does existence matter.
-                return bool(can_update and can_create) or (
-                    (can_update or can_create) and acl.allows(full, await _write_capability(backend, req))
-                )
-
-            entry = await authorize(request, full, allowed=may_write)
-        else:
-            entry = await authorize(request, full, (_CAPABILITY[op],))
-        req.token = {"entry": entry, "raw": request[TOKEN_RAW]}
+        sudo = route is not None and route.spec.sudo
+        entry = await _check_token(request, backend, req, "auth/" + entry_path + rel, sudo)
     try:
         resp = await (backend.handle_request(req) if entry is not None else limited(request, backend, req))
     finally:
         await release(request, entry)
     return await respond(request, resp, mount, op, rel)
+
+
+async def _check_token(request: web.Request, backend: Backend, req: Request, full: str, sudo: bool) -> Any:
+    """Authenticate the caller and check the ACL on ``full`` (the canonical path) for the
+    request's operation, and ``sudo`` too when the path requires it; hand the token to the
+    request. A write needs ``create`` or ``update`` as the path's existence check decides.
+
+    :raises PermissionDenied: missing/invalid token or an ACL denial.
+    """
+    op = req.operation
+    if op is Operation.UPDATE:
+
+        async def may_write(acl: Any) -> bool:
+            can_update, can_create = acl.allows(full, "update"), acl.allows(full, "create")
+            # Only when exactly one of the two is granted does existence matter.
+            granted = bool(can_update and can_create) or (
+                (can_update or can_create) and acl.allows(full, await _write_capability(backend, req))
+            )
+            return granted and (not sudo or acl.allows(full, "sudo"))
+
+        entry = await authorize(request, full, allowed=may_write)
+    else:
+        entry = await authorize(request, full, (_CAPABILITY[op], "sudo") if sudo else (_CAPABILITY[op],))
+    req.token = {"entry": entry, "raw": request[TOKEN_RAW]}
+    return entry
+
+
+# -- the sys route ------------------------------------------------------------------------
+class AppCore:
+    """``server.sys.core.SysCore`` over the application's state, read when a request needs it
+    (the sys backend is built with the routes, before that state exists)."""
+
+    __slots__ = ("_app",)
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    @property
+    def settings(self) -> Settings:
+        return self._app[SETTINGS]
+
+    @property
+    def mounts(self) -> MountTable:
+        return self._app[MOUNTS]
+
+    @property
+    def policies(self) -> PolicyStore:
+        policies: PolicyStore = self._app[POLICIES]
+        return policies
+
+    @property
+    def tokens(self) -> TokenStore:
+        tokens: TokenStore = self._app[TOKENS]
+        return tokens
+
+    @property
+    def cluster_id(self) -> str:
+        return self._app[CLUSTER_ID]
+
+
+def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``/v1/sys/{path}`` served by ``backend``, the way ``auth_handler`` serves a mount: one
+    resolve (names made canonical), then the token and the ACL on the canonical path (with
+    ``sudo`` where the path requires it) unless the path needs no token, then the handler."""
+
+    async def sys_route(request: web.Request) -> web.StreamResponse:
+        rel = request.match_info["path"]
+        op, data = await read_operation(request)
+        req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers))
+        try:
+            route = req.route = backend.resolve(rel)
+        except UnsupportedPath:
+            raise no_route("sys/" + rel) from None
+        req.path = route.path
+        entry = None
+        if not route.spec.unauthenticated:
+            entry = await _check_token(request, backend, req, acl_path(route), route.spec.sudo)
+        try:
+            resp = await backend.handle_request(req)
+        finally:
+            await release(request, entry)
+        spec = route.spec
+        return _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top)
+
+    return sys_route
+
+
+def _reply(request: web.Request, resp: Response | None, *, copy_top: bool) -> web.StreamResponse:
+    """A sys Response as HTTP: 204, a bare body, or the envelope."""
+    if resp is None:
+        return web.Response(status=204)
+    if resp.raw_body is not None:
+        return _raw(resp)
+    out = envelope(request, resp.data, warnings=resp.warnings, copy_top=copy_top)
+    if resp.status:
+        out.set_status(resp.status)
+    for key, value in resp.headers.items():
+        out.headers[key] = value
+    return out
+
+
+def _raw(resp: Response) -> web.Response:
+    """A Response's ``raw_body`` (HTML of the OIDC callback, a bare JSON body) as it is."""
+    headers = dict(resp.headers)
+    headers["Content-Type"] = resp.content_type or "application/octet-stream"
+    return web.Response(body=resp.raw_body, status=resp.status or 200, headers=headers)
 
 
 async def respond(
@@ -338,9 +443,7 @@ async def respond(
     if resp is None:
         return web.Response(status=204)
     if resp.raw_body is not None:
-        headers = dict(resp.headers)
-        headers["Content-Type"] = resp.content_type or "application/octet-stream"
-        return web.Response(body=resp.raw_body, status=resp.status or 200, headers=headers)
+        return _raw(resp)
     if op is Operation.LIST and not (resp.data or {}).get("keys"):
         return error_response(404, [])
     warnings = list(resp.warnings)

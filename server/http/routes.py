@@ -1,44 +1,35 @@
-"""The route table: sys endpoints first, then one greedy route for every auth mount."""
+"""The route table: the sys backend, one greedy route for every auth mount, then the 404s."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from server.http.errors import error_response
-from server.http.handlers import auth_handler
+from server.http.handlers import AppCore, auth_handler, no_route, sys_handler
 from server.http.log import handled
-from server.sys import capabilities as sys_caps
-from server.sys import endpoints as sys_ep
+from server.sys.backend import SysBackend
 
 __all__ = ["setup_routes"]
 
 
 def setup_routes(app: web.Application) -> None:
-    """Register every route (the router freezes at startup, so mounts share one route).
+    """Register every route (the router freezes at startup, so the sys paths share one route
+    into ``SysBackend`` and the mounts one route into the mount table).
 
     Every handler is wrapped by ``server.http.log.handled`` (request id, log line, JSON errors)
     and the last route catches every other path, so no middleware is needed: a request
     never reaches aiohttp's own 404/405 handlers.
     """
     r = app.router
-    r.add_get("/v1/sys/health", handled(sys_ep.health))
-    r.add_route("*", "/v1/sys/seal-status", handled(sys_ep.seal_status))
-    r.add_route("*", "/v1/sys/init", handled(sys_ep.init_status))
-    r.add_route("*", "/v1/sys/leader", handled(sys_ep.leader))
-    r.add_route("*", "/v1/sys/capabilities-self", handled(sys_caps.capabilities_self))
-    r.add_route("*", "/v1/sys/capabilities", handled(sys_caps.capabilities_token))
-    r.add_route("*", "/v1/sys/capabilities-accessor", handled(sys_caps.capabilities_accessor))
-    r.add_route("*", "/v1/sys/auth", handled(sys_ep.auth_list))
-    r.add_route("*", r"/v1/sys/auth/{path:[\s\S]+}", handled(sys_ep.auth_path))
-    r.add_route("*", "/v1/sys/policies/acl", handled(sys_ep.policies_acl))
-    r.add_route("*", r"/v1/sys/policies/acl/{name:[\s\S]+}", handled(sys_ep.policies_acl))
-    r.add_route("*", "/v1/sys/policy", handled(sys_ep.policy_legacy))
-    r.add_route("*", r"/v1/sys/policy/{name:[\s\S]+}", handled(sys_ep.policy_legacy))
-    r.add_get("/v1/sys/internal/specs/openapi", handled(sys_ep.openapi))
-    r.add_get("/v1/sys/openapi", handled(sys_ep.openapi))
+    r.add_route("*", r"/v1/sys/{path:[\s\S]*}", handled(sys_handler(SysBackend(AppCore(app)))))
     r.add_route("*", "/v1/auth/{path:.+}", handled(auth_handler))
-    r.add_route("*", "/v1/{tail:.*}", handled(sys_ep.sys_fallback))
+    r.add_route("*", "/v1/{tail:.*}", handled(_no_handler))
     r.add_route("*", r"/{tail:[\s\S]*}", handled(_not_found))  # "." would miss a %0a
+
+
+async def _no_handler(request: web.Request) -> web.StreamResponse:
+    """Any other ``/v1/...`` path: Vault's "no handler for route" 404."""
+    raise no_route(request.match_info.get("tail", ""))
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:

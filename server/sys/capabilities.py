@@ -1,99 +1,142 @@
 """``sys/capabilities-self``, ``sys/capabilities`` and ``sys/capabilities-accessor``: what a
 token's policies allow on given paths (``vault token capabilities``, hvac
-``sys.get_capabilities``), computed by the same ACL that authorizes requests."""
+``sys.get_capabilities``), computed by the same ACL that authorizes requests.
+
+Each path asked about is first made canonical the way a request to it would be (through
+the mount's backend for ``auth/...``, through the sys backend for ``sys/...``), so the answer
+for ``auth/jwt/role/ADMIN`` is what a request to that path would really be allowed; the
+reply is keyed by the paths as asked.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from plugin.errors import InvalidRequest, UnsupportedOperation
-from plugin.framework import Operation
-from server.appkeys import POLICIES, TOKENS
-from server.http.handlers import authorize, envelope, read_operation, release
+from plugin.errors import InvalidRequest, PluginError
+from plugin.framework import Operation, Request, Response
+from plugin.schema import Field, FieldSet, FieldType
+from server.sys.core import SysCore, SysPath, acl_path
 from server.tokens.backend import entry_by_accessor
+from server.tokens.entry import TokenEntry
 
-__all__ = ["capabilities_self", "capabilities_token", "capabilities_accessor", "MAX_PATHS"]
+if TYPE_CHECKING:
+    from server.sys.backend import SysBackend
+
+__all__ = ["paths", "MAX_PATHS", "canonical_path"]
 
 #: Paths one request may ask about (each costs one ACL match).
 MAX_PATHS = 256
 
 
-def _paths(data: dict[str, Any]) -> list[str]:
-    """``paths`` (a list, or a comma-separated string as Vault accepts), else the
-    deprecated single ``path``; leading slashes dropped, order and duplicates kept once."""
-    raw = data.get("paths")
+def _path_list(raw: Any) -> list[str] | None:
+    """A list of strings, or a comma-separated string as Vault accepts (null: not given)."""
     if raw is None:
-        raw = data.get("path")
-    if raw is None:
-        raise InvalidRequest("paths must be supplied")
+        return None
     if isinstance(raw, str):
         raw = raw.split(",")
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         raise InvalidRequest("paths must be a list of strings or a comma-separated string")
-    paths = list(dict.fromkeys(p.strip().lstrip("/") for p in raw if p.strip()))
-    if not paths:
+    return raw
+
+
+def _required(message: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str) or not raw:
+            raise InvalidRequest(message)
+        return raw
+
+    return parse
+
+
+_PATHS = {
+    "paths": Field(FieldType.COMMA_STRING_SLICE, "The paths to report on (at most 256).", parse=_path_list),
+    "path": Field(FieldType.COMMA_STRING_SLICE, "Use 'paths' instead.", alias_of="paths", deprecated=True,
+                  parse=_path_list),
+}
+_TOKEN = {"token": Field(FieldType.STRING, "The token to report on.", sensitive=True,
+                         parse=_required("missing token"))}
+_ACCESSOR = {"accessor": Field(FieldType.STRING, "Accessor of the token to report on.",
+                               parse=_required("missing accessor"))}
+
+
+def _asked(values: dict[str, Any]) -> list[str]:
+    """``paths``, else the deprecated single ``path``: leading slashes dropped, each once."""
+    raw = values.get("paths")
+    if raw is None:
+        raw = values.get("path")
+    if raw is None:
         raise InvalidRequest("paths must be supplied")
-    if len(paths) > MAX_PATHS:
-        raise InvalidRequest(f"too many paths: {len(paths)} (at most {MAX_PATHS})")
-    return paths
+    asked = list(dict.fromkeys(p.strip().lstrip("/") for p in raw if p.strip()))
+    if not asked:
+        raise InvalidRequest("paths must be supplied")
+    if len(asked) > MAX_PATHS:
+        raise InvalidRequest(f"too many paths: {len(asked)} (at most {MAX_PATHS})")
+    return asked
 
 
-#: Finds the token whose capabilities are asked for: (request, body, caller) -> entry.
-_Target = Callable[[web.Request, dict[str, Any], Any], Awaitable[Any]]
-
-
-async def _capabilities(request: web.Request, acl_path: str, target: _Target) -> web.Response:
-    """Check the caller may use ``acl_path`` (``update``), then answer for ``target``'s token."""
-    op, data = await read_operation(request)
-    if op is not Operation.UPDATE:
-        raise UnsupportedOperation()
-    caller = await authorize(request, acl_path, ("update",))
+def canonical_path(b: SysBackend, path: str) -> str:
+    """The path the ACL judges for a request to ``path`` (see the module docstring); the
+    path unchanged when no mount or sys path serves it, or a name in it has no canonical
+    spelling (the request would be refused before any ACL check)."""
     try:
-        paths = _paths(data)
-        entry = await target(request, data, caller)
-        acl = await request.app[POLICIES].acl_for(entry.policies)
-        reply: dict[str, Any] = {path: acl.capabilities(path) for path in paths}
-        if len(paths) == 1:  # Vault's older single-path answer, still read by its CLI
-            reply["capabilities"] = reply[paths[0]]
-        return envelope(request, reply, copy_top=True)
-    finally:
-        await release(request, caller)
+        if path.startswith("auth/"):
+            found = b.core.mounts.match(path[5:])
+            if found is not None:
+                mount, rel = found
+                return "auth/" + mount.entry.path + mount.backend.resolve(rel).path
+        elif path.startswith("sys/"):
+            return acl_path(b.resolve(path[4:]))
+    except PluginError:
+        pass
+    return path
 
 
-async def _caller(_request: web.Request, _data: dict[str, Any], caller: Any) -> Any:
+#: Finds the token whose capabilities are asked for: (core, values, caller) -> entry.
+_Target = Callable[[SysCore, dict[str, Any], TokenEntry], Awaitable[TokenEntry]]
+
+
+async def _caller(core: SysCore, values: dict[str, Any], caller: TokenEntry) -> TokenEntry:
     return caller
 
 
-async def _by_token(request: web.Request, data: dict[str, Any], _caller: Any) -> Any:
-    raw = data.get("token")
-    if not isinstance(raw, str) or not raw:
+async def _by_token(core: SysCore, values: dict[str, Any], caller: TokenEntry) -> TokenEntry:
+    raw = values.get("token")
+    if raw is None:
         raise InvalidRequest("missing token")
-    entry = await request.app[TOKENS].lookup(raw)
+    entry = await core.tokens.lookup(raw)
     if entry is None:
         raise InvalidRequest("invalid token")
     return entry
 
 
-async def _by_accessor(request: web.Request, data: dict[str, Any], _caller: Any) -> Any:
-    return await entry_by_accessor(request.app[TOKENS], data.get("accessor"))
+async def _by_accessor(core: SysCore, values: dict[str, Any], caller: TokenEntry) -> TokenEntry:
+    return await entry_by_accessor(core.tokens, values.get("accessor"))
 
 
-async def capabilities_self(request: web.Request) -> web.Response:
-    """``POST sys/capabilities-self`` ``{"paths": [...]}``: the calling token's capabilities
-    (the default policy grants it)."""
-    return await _capabilities(request, "sys/capabilities-self", _caller)
+def paths(b: SysBackend) -> list[SysPath]:
+    """The three capabilities paths; the caller needs ``update`` on the path itself (the
+    default policy grants it on ``sys/capabilities-self``)."""
+    core = b.core
 
+    def answer(target: _Target) -> dict[Operation, Any]:
+        async def handler(req: Request, values: dict[str, Any]) -> Response:
+            asked = _asked(values)
+            caller: TokenEntry = (req.token or {})["entry"]
+            entry = await target(core, values, caller)
+            acl = await core.policies.acl_for(entry.policies)
+            reply: dict[str, Any] = {path: acl.capabilities(canonical_path(b, path)) for path in asked}
+            if len(asked) == 1:  # Vault's older single-path answer, still read by its CLI
+                reply["capabilities"] = reply[asked[0]]
+            return Response(data=reply)
 
-async def capabilities_token(request: web.Request) -> web.Response:
-    """``POST sys/capabilities`` ``{"token": ..., "paths": [...]}``: another token's
-    capabilities (needs ``update`` on ``sys/capabilities``)."""
-    return await _capabilities(request, "sys/capabilities", _by_token)
+        return {Operation.UPDATE: handler}
 
-
-async def capabilities_accessor(request: web.Request) -> web.Response:
-    """``POST sys/capabilities-accessor`` ``{"accessor": ..., "paths": [...]}`` (needs
-    ``update`` on ``sys/capabilities-accessor``)."""
-    return await _capabilities(request, "sys/capabilities-accessor", _by_accessor)
+    return [
+        SysPath("capabilities-self", FieldSet(dict(_PATHS)), answer(_caller),
+                "The calling token's capabilities on the given paths.", copy_top=True),
+        SysPath("capabilities", FieldSet({**_PATHS, **_TOKEN}), answer(_by_token),
+                "Another token's capabilities on the given paths.", copy_top=True),
+        SysPath("capabilities-accessor", FieldSet({**_PATHS, **_ACCESSOR}), answer(_by_accessor),
+                "The capabilities of the token with this accessor on the given paths.", copy_top=True),
+    ]

@@ -239,7 +239,7 @@ def test_version_matches_the_installed_distribution_and_sys_health(tmp_path: Pat
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"authmount v{metadata.version('authmount')}\n"
-    from server.sys.endpoints import VERSION
+    from server.sys.status import VERSION
 
     assert VERSION == metadata.version("authmount")  # what sys/health reports
 

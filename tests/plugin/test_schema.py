@@ -144,3 +144,29 @@ def test_backend_openapi() -> None:
     role_props = paths["/auth/jwt/role/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert "expiration_leeway" in role_props and role_props["ttl"]["deprecated"] is True
     assert "get" in paths["/auth/jwt/role"]
+
+
+def _ttl_or_system(raw: Any) -> int:
+    if raw == "system":
+        return 0
+    if isinstance(raw, list):
+        raise InvalidRequest("ttl must not be a list")
+    return parse_duration(raw)  # a ValueError gets the standard message
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("system", nullcontext(0)),
+        ("1h", nullcontext(3600)),
+        (["1h"], pytest.raises(InvalidRequest, match="^ttl must not be a list$")),
+        ("soon", pytest.raises(InvalidRequest, match='^Field validation failed: error converting input soon for field '
+                                                     '"ttl": time: invalid duration "soon"$')),
+    ],
+    ids=["own meaning", "passes through", "own message", "standard message"],
+)
+def test_field_parse_replaces_the_type_coercion(raw: Any, expected: Any) -> None:
+    spec = Field(FieldType.DURATION, "A TTL or 'system'.", default=0, parse=_ttl_or_system)
+    with expected as value:
+        assert FieldSet({"ttl": spec}).parse({"ttl": raw}) == ({"ttl": value}, [])
+    assert spec.openapi()["format"] == "duration"  # the type still names the wire type

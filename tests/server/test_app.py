@@ -436,6 +436,44 @@ async def test_mount_table_seen_by_app(echo: TestClient) -> None:
     assert found is not None and found[1] == "item/x"
 
 
+class SudoBackend(Backend):
+    """``admin/<name>`` needs sudo on top of the operation's capability; ``plain`` does not."""
+
+    type_name = "sudoecho"
+
+    def __init__(self) -> None:
+        super().__init__()
+        name = FieldSet({"name": Field(FieldType.NAME, "A name.")})
+        self.paths = [
+            PathSpec(r"admin/(?P<name>\w+)", name, {Operation.READ: self._ok, Operation.UPDATE: self._ok}, sudo=True),
+            PathSpec("plain", FieldSet({}), {Operation.READ: self._ok}),
+        ]
+
+    async def _ok(self, req: Request, values: dict[str, Any]) -> Response:
+        return Response(data={"ok": True})
+
+
+registry.register("sudoecho", SudoBackend)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "read", "write"),
+    [('["read", "update"]', 403, 403), ('["read", "sudo"]', 200, 403), ('["read", "update", "sudo"]', 200, 200),
+     ('["create", "sudo"]', 403, 403)],
+    ids=["no sudo", "sudo, read only", "sudo and update", "create is not enough (no existence check)"],
+)
+async def test_mount_path_declared_sudo(client: TestClient, capabilities: str, read: int, write: int) -> None:
+    """``PathSpec.sudo`` (Vault's root paths) is honoured on mounts as on sys paths."""
+    assert (await client.post("/v1/sys/auth/su", json={"type": "sudoecho"}, headers=H)).status == 204
+    policy = f'path "auth/su/*" {{ capabilities = {capabilities} }}'
+    assert (await client.put("/v1/sys/policies/acl/su", json={"policy": policy}, headers=H)).status == 204
+    created = await (await client.post("/v1/auth/token/create", json={"policies": ["su"]}, headers=H)).json()
+    token = {"X-Vault-Token": created["auth"]["client_token"]}
+    assert (await client.get("/v1/auth/su/admin/x", headers=token)).status == read
+    assert (await client.post("/v1/auth/su/admin/x", json={}, headers=token)).status == write
+    assert (await client.get("/v1/auth/su/plain", headers=token)).status == (200 if "read" in capabilities else 403)
+
+
 # -- graceful shutdown -----------------------------------------------------------------------
 class SlowBackend(Backend):
     """``wait``: signals that it started, then takes a moment before answering."""

@@ -253,10 +253,10 @@ def test_settings_errors_name_the_key(value: Any, message: str) -> None:
         settings_from_mapping({"rate_limit": value})
 
 
-@pytest.mark.parametrize("key", sorted(settings_mod._RATE_LIMIT_KEYS))
+@pytest.mark.parametrize("key", [k for k, _, _ in settings_mod.documented_settings() if k.startswith("rate_limit.")])
 def test_rate_limit_keys_are_documented(key: str) -> None:
     text = (DOCS / "configuration.md").read_text(encoding="utf-8")
-    assert re.search(rf"^\| `rate_limit\.{key}` \|", text, re.M), key
+    assert re.search(rf"^\| `{re.escape(key)}` \|", text, re.M), key
 
 
 def test_quota_message_is_in_troubleshooting() -> None:

@@ -119,3 +119,52 @@ async def test_other_token_and_accessor_need_their_own_grant(client: TestClient)
 async def test_unknown_targets(client: TestClient, path: str, body: dict[str, Any], message: str) -> None:
     status, reply = await _ask(client, path, ROOT, {**body, "paths": ["a"]})
     assert (status, reply["errors"]) == (400, [message])
+
+
+SPELLING_POLICY = """
+path "auth/jwt/role/*" { capabilities = ["read", "update"] }
+path "auth/jwt/role/admin" { capabilities = ["deny"] }
+path "sys/auth/*" { capabilities = ["read", "sudo"] }
+path "sys/auth/jwt" { capabilities = ["deny"] }
+path "sys/auth/jwt/tune" { capabilities = ["deny"] }
+path "sys/policies/acl/*" { capabilities = ["read", "sudo"] }
+path "sys/policies/acl/admin" { capabilities = ["deny"] }
+path "sys/internal/specs/openapi" { capabilities = ["read"] }
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("auth/jwt/role/admin", ["deny"]),
+        ("auth/jwt/role/ADMIN", ["deny"]),  # judged as auth/jwt/role/admin, as a request would be
+        ("auth/jwt/role/ci", ["read", "update"]),
+        ("auth/jwt/role/bad name", ["read", "update"]),  # no such path: the path as asked
+        ("sys/auth/jwt/", ["deny"]),
+        ("sys/auth//jwt", ["deny"]),
+        ("sys/auth/jwt//tune", ["deny"]),
+        ("sys/auth/other/", ["read", "sudo"]),
+        ("sys/auth/%20jwt", ["read", "sudo"]),  # no canonical spelling (400 on request): as asked
+        ("sys/policies/acl/ADMIN", ["deny"]),
+        ("sys/policies/acl/Team", ["read", "sudo"]),
+        ("sys/openapi", ["read"]),  # judged as sys/internal/specs/openapi
+    ],
+)
+async def test_capabilities_answer_for_the_canonical_path(client: TestClient, path: str, expected: list[str]) -> None:
+    """``vault token capabilities auth/jwt/role/ADMIN`` reports what a request to that path is
+    really allowed: the path is made canonical first, as the request's would be."""
+    assert (await client.post("/v1/sys/auth/jwt", json={"type": "jwt"}, headers=H)).status == 204
+    resp = await client.put("/v1/sys/policies/acl/spelling", json={"policy": SPELLING_POLICY}, headers=H)
+    assert resp.status == 204
+    created = await client.post("/v1/auth/token/create", json={"policies": ["spelling"]}, headers=H)
+    token = str((await created.json())["auth"]["client_token"])
+    asked = path.replace("%20", " ")
+    status, body = await _ask(client, "/v1/sys/capabilities-self", token, {"paths": [asked]})
+    assert status == 200
+    assert body["data"] == {asked: expected, "capabilities": expected}  # keyed by the path as asked
+    status, body = await _ask(client, "/v1/sys/capabilities", ROOT, {"token": token, "paths": [asked]})
+    assert status == 200 and body[asked] == expected
+    # The answer matches what a request to the path gets.
+    if path.startswith("auth/jwt/role/") and " " not in path:
+        got = await client.get(f"/v1/{path}", headers={"X-Vault-Token": token})
+        assert (got.status == 403) is (expected == ["deny"])

@@ -1,0 +1,40 @@
+"""The ``sys/`` backend: Vault's system paths as a ``plugin.framework.Backend``.
+
+Every sys path is a PathSpec, as an auth method's are: its pattern, its fields (one
+declaration for validation, the OpenAPI document and the docs), its handlers, and whether
+it needs no token (``unauthenticated``) or ``sudo``. The HTTP edge
+(``server.http.handlers.sys_handler``) resolves the path once (names made canonical), checks
+the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handle_request``.
+
+One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
+and tune), ``policies`` (acl and legacy), ``capabilities``, ``openapi``.
+"""
+
+from __future__ import annotations
+
+from plugin.framework import Backend
+from server.sys import auth, capabilities, openapi, policies, status
+from server.sys.core import SysCore
+
+__all__ = ["SysBackend"]
+
+
+class SysBackend(Backend):
+    """Vault's ``sys/`` paths served by authmount, over the running server's ``core``.
+
+    Building it reads nothing from ``core``: handlers read it when a request comes, so the
+    backend can be built with the routes, before the server's state exists.
+    """
+
+    type_name = "system"
+
+    def __init__(self, core: SysCore) -> None:
+        super().__init__()
+        self.core = core
+        self.paths = [
+            *status.paths(self),
+            *auth.paths(self),
+            *policies.paths(self),
+            *capabilities.paths(self),
+            *openapi.paths(self),
+        ]

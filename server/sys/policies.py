@@ -1,0 +1,93 @@
+"""``sys/policies/acl[/<name>]`` and the legacy ``sys/policy[/<name>]``: ACL policies in HCL
+or JSON, sudo on every path.
+
+The policy name is a path field made canonical (``canonical_policy_name``: lower-case,
+surrounding ``/`` dropped) before the ACL check, which judges the name that is stored. The
+legacy paths answer ``rules`` instead of ``policy`` and copy ``data`` to the top level.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from plugin.errors import InvalidRequest
+from plugin.framework import Operation, Request, Response
+from plugin.schema import Field, FieldSet, FieldType
+from server.acl.policies import canonical_policy_name
+from server.sys.core import SysPath
+
+if TYPE_CHECKING:
+    from server.sys.backend import SysBackend
+
+__all__ = ["paths", "POLICY_FIELDS", "POLICY_NAME"]
+
+_EMPTY = "'policy' parameter not supplied or empty"
+
+
+def _canonical_name(raw: str) -> str:
+    return canonical_policy_name(raw.strip("/"))
+
+
+def _policy_text(raw: Any) -> str:
+    """HCL or JSON text; a JSON object is taken as the JSON form of the policy."""
+    if isinstance(raw, dict):
+        return orjson.dumps(raw).decode()
+    if not isinstance(raw, str):
+        raise InvalidRequest(_EMPTY)
+    return raw
+
+
+POLICY_NAME = Field(
+    FieldType.NAME, "Name of the policy (lower-cased, surrounding slashes dropped, before the ACL check).",
+    canonical=_canonical_name,
+)
+#: ``sys/policies/acl/<name>`` and ``sys/policy/<name>``.
+POLICY_FIELDS = FieldSet({
+    "name": POLICY_NAME,
+    "policy": Field(FieldType.STRING, "The policy document, in HCL or JSON (a JSON object is accepted too).",
+                    default="", parse=_policy_text),
+    "rules": Field(FieldType.STRING, "Use 'policy' instead.", default="", alias_of="policy", deprecated=True,
+                   parse=_policy_text),
+})
+
+
+def paths(b: SysBackend) -> list[SysPath]:
+    """The four policy paths; the list paths come first (``sys/policy/`` is the list)."""
+    core = b.core
+
+    async def names(req: Request, values: dict[str, Any]) -> Response:
+        return Response(data={"keys": sorted(await core.policies.list())})
+
+    async def legacy_names(req: Request, values: dict[str, Any]) -> Response:
+        keys = sorted(await core.policies.list())
+        return Response(data={"keys": keys, "policies": keys})
+
+    async def read(req: Request, values: dict[str, Any]) -> Response | None:
+        text = await core.policies.get(values["name"])
+        return None if text is None else Response(data={"name": values["name"], "policy": text})
+
+    async def legacy_read(req: Request, values: dict[str, Any]) -> Response | None:
+        text = await core.policies.get(values["name"])
+        return None if text is None else Response(data={"name": values["name"], "rules": text})
+
+    async def write(req: Request, values: dict[str, Any]) -> None:
+        text = values.get("policy", values.get("rules"))
+        if not text or not text.strip():
+            raise InvalidRequest(_EMPTY)
+        await core.policies.put(values["name"], text)
+
+    async def delete(req: Request, values: dict[str, Any]) -> None:
+        await core.policies.delete(values["name"])
+
+    one = {Operation.UPDATE: write, Operation.DELETE: delete}
+    return [
+        SysPath("policies/acl/?", FieldSet({}), {Operation.LIST: names}, "List ACL policies.", sudo=True),
+        SysPath(r"policies/acl/(?P<name>[\s\S]+)", POLICY_FIELDS, {Operation.READ: read, **one},
+                "Read, write or delete an ACL policy.", sudo=True),
+        SysPath("policy/?", FieldSet({}), {Operation.READ: legacy_names, Operation.LIST: legacy_names},
+                "List policies (legacy: keys and policies).", sudo=True, copy_top=True),
+        SysPath(r"policy/(?P<name>[\s\S]+)", POLICY_FIELDS, {Operation.READ: legacy_read, **one},
+                "Read (legacy: rules), write or delete a policy.", sudo=True, copy_top=True),
+    ]

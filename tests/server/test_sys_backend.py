@@ -1,0 +1,191 @@
+"""The sys backend: canonical paths before the ACL, one declaration for validation and the
+OpenAPI document, sudo and unauthenticated paths as declared."""
+
+from __future__ import annotations
+
+import re
+from contextlib import nullcontext
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from plugin.errors import InvalidRequest, UnsupportedPath
+from server.app import create_app
+from server.http.listverb import make_test_server
+from server.mounts import MOUNT_CONFIG_FIELDS, TUNE_FIELDS
+from server.settings import Settings, StorageSettings
+from server.sys.auth import ENABLE_FIELDS
+from server.sys.backend import SysBackend
+from server.sys.core import acl_path
+
+ROOT = "root-token-for-sys-backend-tests"
+H = {"X-Vault-Token": ROOT}
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any) -> TestClient:
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    client = await aiohttp_client(make_test_server(create_app(settings)))
+    assert (await client.post("/v1/sys/auth/jwt", json={"type": "jwt"}, headers=H)).status == 204
+    return client
+
+
+def _backend() -> SysBackend:
+    return SysBackend(core=None)  # type: ignore[arg-type]  # building it reads nothing from core
+
+
+@pytest.mark.parametrize(
+    ("rel", "expected"),
+    [
+        ("auth", nullcontext("sys/auth")),
+        ("auth/jwt", nullcontext("sys/auth/jwt")),
+        ("auth/jwt/", nullcontext("sys/auth/jwt")),
+        ("auth//jwt//", nullcontext("sys/auth/jwt")),
+        ("auth/team/jwt", nullcontext("sys/auth/team/jwt")),
+        ("auth/jwt/tune", nullcontext("sys/auth/jwt/tune")),
+        ("auth/jwt//tune", nullcontext("sys/auth/jwt/tune")),
+        ("auth/jwt/tune//", nullcontext("sys/auth/jwt/tune")),
+        ("auth//team/jwt/tune", nullcontext("sys/auth/team/jwt/tune")),
+        ("auth/tune", nullcontext("sys/auth/tune")),  # a mount named tune, as in Vault
+        ("auth/ jwt", pytest.raises(InvalidRequest, match="invalid mount path")),
+        ("auth/jwt\t/tune", pytest.raises(InvalidRequest, match="invalid mount path")),
+        ("auth/a//b", pytest.raises(InvalidRequest, match="invalid mount path")),
+        ("auth//", pytest.raises(InvalidRequest, match="mount path cannot be empty")),
+        ("policies/acl", nullcontext("sys/policies/acl")),
+        ("policies/acl/", nullcontext("sys/policies/acl")),
+        ("policies/acl/Dev", nullcontext("sys/policies/acl/dev")),
+        ("policies/acl/ADMIN/", nullcontext("sys/policies/acl/admin")),
+        ("policy/PolSelf", nullcontext("sys/policy/polself")),
+        ("policy/ admin", pytest.raises(InvalidRequest, match="leading or trailing whitespace")),
+        ("policy/a/b", pytest.raises(InvalidRequest, match='invalid policy name "a/b"')),
+        ("openapi", nullcontext("sys/internal/specs/openapi")),
+        ("internal/specs/openapi", nullcontext("sys/internal/specs/openapi")),
+        ("capabilities-self", nullcontext("sys/capabilities-self")),
+        ("health", nullcontext("sys/health")),
+        ("mounts", pytest.raises(UnsupportedPath)),
+        ("auth/", pytest.raises(UnsupportedPath)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_acl_judges_the_canonical_path(rel: str, expected: Any) -> None:
+    with expected as path:
+        assert acl_path(_backend().resolve(rel)) == path
+
+
+def test_sudo_and_unauthenticated_are_declared() -> None:
+    specs = {spec.pattern: spec for spec in _backend().paths}
+    unauthenticated = {p for p, s in specs.items() if s.unauthenticated}
+    sudo = {p for p, s in specs.items() if s.sudo}
+    assert unauthenticated == {"health", "seal-status", "init", "leader"}
+    assert {p.split("/")[0] for p in sudo} == {"auth", "policies", "policy"}
+    assert not any(p.startswith(("auth", "polic")) for p in set(specs) - sudo)
+
+
+def test_tune_path_takes_the_tune_declaration() -> None:
+    tune = next(s for s in _backend().paths if s.pattern.endswith("tune/*"))
+    assert [n for n in tune.fields if n != "path"] == list(TUNE_FIELDS)
+    assert set(TUNE_FIELDS) == set(MOUNT_CONFIG_FIELDS) | {"description"}
+
+
+# -- the OpenAPI document ----------------------------------------------------------------------
+def _route(pattern: str) -> str:
+    return "/sys/" + re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern).removesuffix("/*").removesuffix("/?")
+
+
+async def test_openapi_lists_exactly_the_sys_paths_served(client: TestClient) -> None:
+    body = await (await client.get("/v1/sys/internal/specs/openapi", headers=H)).json()
+    documented = {path: ops for path, ops in body["paths"].items() if path.startswith("/sys/")}
+    assert set(documented) == {_route(spec.pattern) for spec in _backend().paths}
+    # Every documented operation reaches its handler: no 404 (no handler) and no 405.
+    fill = {"{path}": "jwt", "{name}": "default"}
+    for path, ops in documented.items():
+        url = "/v1" + re.sub(r"\{\w+\}", lambda m: fill[m.group(0)], path)
+        for verb, op in ops.items():
+            if verb.startswith("x-"):
+                continue
+            if verb == "delete":
+                url = url.replace("/jwt", "/spare").replace("/default", "/spare")
+            query = "?list=true" if any(p["name"] == "list" for p in op.get("parameters", ())) else ""
+            resp = await client.request(verb.upper(), url + query, json={} if verb == "post" else None, headers=H)
+            assert resp.status not in (404, 405), (verb, url, resp.status, await resp.text())
+    # A path the sys backend does not declare is not served.
+    for path in ("/v1/sys/mounts", "/v1/sys/auth/", "/v1/sys/policies"):
+        resp = await client.get(path, headers=H)
+        assert resp.status == 404 and "no handler for route" in (await resp.json())["errors"][0]
+
+
+async def test_openapi_tune_fields_are_the_schema(client: TestClient) -> None:
+    body = await (await client.get("/v1/sys/openapi", headers=H)).json()
+    tune = body["paths"]["/sys/auth/{path}/tune"]
+    props = tune["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert list(props) == list(TUNE_FIELDS)
+    assert props["default_lease_ttl"] == TUNE_FIELDS["default_lease_ttl"].openapi()
+    assert props["token_type"]["default"] == "default-service"
+    enable = body["paths"]["/sys/auth/{path}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(enable["properties"]) == set(ENABLE_FIELDS) - {"path"}
+    assert tune["x-vault-sudo"] is True and "x-vault-unauthenticated" not in tune
+    assert body["paths"]["/sys/health"]["x-vault-unauthenticated"] is True
+    assert "/auth/jwt/login" in body["paths"] and body["paths"]["/auth/jwt/login"]["x-vault-unauthenticated"]
+
+
+# -- validation from the declaration ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "status", "errors"),
+    [
+        ({"default_lease_ttl": "1h", "max_lease_ttl": "2h", "force_no_cache": "false"}, 204, None),
+        ({"default_lease_ttl": "soon"}, 400, ['invalid default_lease_ttl: time: invalid duration "soon"']),
+        ({"max_lease_ttl": "9999h"}, 400, ["given max lease TTL greater than system max lease TTL"]),
+        ({"token_type": "batchy"}, 400, ["invalid value for 'token_type'"]),
+        ({"listing_visibility": "all"}, 400, ["invalid listing_visibility 'all'"]),
+        ({"passthrough_request_headers": [1]}, 400, ["passthrough_request_headers must be a list of strings"]),
+        ({"description": 1}, 400, ["description must be a string"]),
+        ({"force_no_cache": "maybe"}, 400,
+         ['Field validation failed: error converting input maybe for field "force_no_cache": '
+          "cannot parse as a boolean"]),
+    ],
+    ids=["ok", "bad ttl", "above system max", "token type", "listing visibility", "header list", "description",
+         "boolean"],
+)
+async def test_tune_is_validated_by_the_declaration(
+    client: TestClient, body: dict[str, Any], status: int, errors: list[str] | None
+) -> None:
+    before = await (await client.get("/v1/sys/auth/jwt/tune", headers=H)).json()
+    resp = await client.post("/v1/sys/auth/jwt//tune", json=body, headers=H)
+    assert resp.status == status
+    after = await (await client.get("/v1/sys/auth/jwt/tune", headers=H)).json()
+    if errors is None:
+        assert (after["default_lease_ttl"], after["max_lease_ttl"]) == (3600, 7200)
+        assert after["force_no_cache"] is False
+    else:
+        assert resp.headers["Content-Type"] == "application/json"
+        assert (await resp.json())["errors"] == errors
+        assert after["data"] == before["data"]
+
+
+async def test_sys_replies_keep_their_shape(client: TestClient) -> None:
+    tune = await (await client.get("/v1/sys/auth/jwt/tune", headers=H)).json()
+    assert tune["data"]["token_type"] == tune["token_type"] == "default-service"  # copied to the top
+    acl = await (await client.get("/v1/sys/policies/acl/default", headers=H)).json()
+    assert acl["data"]["name"] == "default" and "name" not in acl  # not copied
+    legacy = await (await client.get("/v1/sys/policy/DEFAULT/", headers=H)).json()
+    assert legacy["name"] == legacy["data"]["name"] == "default" and legacy["rules"]
+    health = await client.get("/v1/sys/health", headers={"X-Vault-Token": "garbage"})
+    assert health.status == 200 and health.headers["Content-Type"] == "application/json"
+    assert "data" not in await health.json()  # a bare body, no envelope
+    # Unknown parameters are reported, as for mount paths.
+    listed = await (await client.get("/v1/sys/auth?colour=blue", headers=H)).json()
+    assert listed["warnings"] == ["Endpoint ignored these unrecognized parameters: [colour]"]
+
+
+async def test_sudo_is_required_and_judged_on_the_canonical_path(client: TestClient) -> None:
+    policy = 'path "sys/auth/*" { capabilities = ["read", "update"] }\npath "sys/policy/*" { capabilities = ["read"] }'
+    assert (await client.put("/v1/sys/policies/acl/nosudo", json={"policy": policy}, headers=H)).status == 204
+    created = await (await client.post("/v1/auth/token/create", json={"policies": ["nosudo"]}, headers=H)).json()
+    token = {"X-Vault-Token": created["auth"]["client_token"]}
+    assert (await client.get("/v1/sys/auth/jwt/tune", headers=token)).status == 403
+    assert (await client.get("/v1/sys/policy/default", headers=token)).status == 403
+    sudo = policy.replace('"update"]', '"update", "sudo"]')
+    assert (await client.put("/v1/sys/policies/acl/nosudo", json={"policy": sudo}, headers=H)).status == 204
+    assert (await client.get("/v1/sys/auth//jwt//tune", headers=token)).status == 200
+    assert (await client.get("/v1/sys/policy/default", headers=token)).status == 403  # still no sudo there
