@@ -97,13 +97,13 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
     sock = _bind(*settings.host_port, reuse_port=reuse_port)
     app = create_app(settings)
     guard = ConnectionGuard(
-        per_ip=MAX_CONNECTIONS_PER_IP,
-        max_total=descriptor_budget(raise_descriptor_limit()),
+        per_ip=settings.max_connections_per_ip,
+        max_total=descriptor_budget(raise_descriptor_limit(), settings.max_connections),
         exempt=settings.trusted_proxies,
     )
     runner = ListVerbAppRunner(
-        app, guard=guard, access_log=None, shutdown_timeout=settings.shutdown_timeout,
-        keepalive_timeout=IDLE_TIMEOUT,
+        app, guard=guard, header_timeout=settings.http_read_header_timeout, access_log=None,
+        shutdown_timeout=settings.shutdown_timeout, keepalive_timeout=settings.http_idle_timeout,
     )
     try:
         await runner.setup()
@@ -134,12 +134,6 @@ def _loop_factory(name: str) -> Any:
         return uvloop.new_event_loop
     return None
 
-
-#: Seconds an idle keep-alive connection stays open (Vault's ``http_idle_timeout``: 5 min;
-#: aiohttp's own default is an hour, for every connection that never sends a byte too).
-IDLE_TIMEOUT = 300.0
-#: Connections one client IP may hold open at once (``trusted_proxies`` are exempt).
-MAX_CONNECTIONS_PER_IP = 256
 
 #: Pending connections the kernel queues for accept() (capped by net.core.somaxconn): a
 #: fleet restarting opens many at once, and a full queue drops SYNs (1 s, 3 s retries).

@@ -359,6 +359,26 @@ class Settings:
     )
     max_request_size: int = setting(1 << 20, kind="int ≥ 1024 (bytes)", parse=_int(1024),
                                     doc="Larger request bodies are answered `413 http: request body too large`.")
+    http_read_header_timeout: float = setting(
+        10.0, kind="duration", parse=_seconds,
+        doc="A connection must send a complete request header this long after it was accepted (and after the "
+            "first byte of each later request), else it is closed (Vault's listener option of the same name).",
+    )
+    http_idle_timeout: float = setting(
+        300.0, kind="duration", parse=_seconds,
+        doc="An idle keep-alive connection is closed after this long (Vault's listener option of the same name).",
+    )
+    max_connections_per_ip: int = setting(
+        256, kind="int ≥ 0", parse=_int(0),
+        doc="Connections one client IP may hold open per process; more are closed at once. Peers in "
+            "`trusted_proxies` are exempt (limit clients on the load balancer). `0` disables the limit.",
+    )
+    max_connections: int = setting(
+        0, kind="int ≥ 0", parse=_int(0),
+        doc="Connections one process holds at most; `0`: the file-descriptor limit (raised to the hard limit at "
+            "start) minus a reserve of an eighth, at least 64. At the bound the oldest idle connection is closed "
+            "to admit a new one. See [operations](operations.md#connection-limits).",
+    )
     workers: int = setting(
         1, kind="int ≥ 1", parse=_int(1),
         doc="Worker processes sharing the listen port (`SO_REUSEPORT`); more than one needs `storage.type: "

@@ -201,13 +201,16 @@ class ListVerbRequestHandler(RequestHandler):
     header deadline (from accept, and from the first byte of each later request) and the
     server's ``ConnectionGuard`` (``server.http.connguard``)."""
 
-    __slots__ = ("_framer", "_head_timer", "_guard")
+    __slots__ = ("_framer", "_head_timer", "_guard", "_header_timeout")
 
-    def __init__(self, *args: Any, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, guard: ConnectionGuard | None = None, header_timeout: float | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._framer = RequestFramer()
         self._head_timer: asyncio.TimerHandle | None = None
         self._guard = guard
+        self._header_timeout = HEADER_TIMEOUT if header_timeout is None else header_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard
@@ -220,7 +223,7 @@ class ListVerbRequestHandler(RequestHandler):
             self.drop()
             return
         # A connection that never sends a byte would otherwise live until the idle timeout.
-        self._head_timer = self._loop.call_later(HEADER_TIMEOUT, self._head_timed_out)
+        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
 
     def is_idle(self) -> bool:
         """No request is being handled (a connection waiting for, or reading, a header)."""
@@ -238,7 +241,7 @@ class ListVerbRequestHandler(RequestHandler):
             data = self._framer.feed(data)
             if self._framer.head_pending():
                 if self._head_timer is None:
-                    self._head_timer = self._loop.call_later(HEADER_TIMEOUT, self._head_timed_out)
+                    self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
             elif self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
@@ -275,22 +278,31 @@ class ListVerbRequestHandler(RequestHandler):
 
 class _ListVerbServer(web.Server):
     guard: ConnectionGuard | None = None
+    header_timeout: float | None = None
 
     def __call__(self) -> RequestHandler:
-        return ListVerbRequestHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+        return ListVerbRequestHandler(
+            self, loop=self._loop, guard=self.guard, header_timeout=self.header_timeout, **self._kwargs
+        )
 
 
 class ListVerbAppRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections understand the ``LIST`` verb and obey ``guard``."""
+    """An ``AppRunner`` whose connections understand the ``LIST`` verb, obey ``guard`` and
+    must send each request header within ``header_timeout`` (default ``HEADER_TIMEOUT``)."""
 
-    def __init__(self, app: web.Application, *, guard: ConnectionGuard | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, *, guard: ConnectionGuard | None = None, header_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
+        self.header_timeout = header_timeout
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _ListVerbServer
         server.guard = self.guard  # type: ignore[attr-defined]
+        server.header_timeout = self.header_timeout  # type: ignore[attr-defined]
         return server
 
 
