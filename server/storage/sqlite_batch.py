@@ -6,9 +6,8 @@ import functools
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from server.storage.sqlite_schema import prefix_end
+from plugin.storage import decode, encode
+from server.storage.keyrange import prefix_end
 
 if TYPE_CHECKING:
     from server.storage.sqlite import SQLiteStorage
@@ -127,14 +126,14 @@ class Batch:
             return None
         if op == UPDATE:
             row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchall()
-            old = orjson.loads(row[0][0]) if row else None
+            old = decode(row[0][0]) if row else None
             new = arg(old)
             if new is None:
                 if row:
                     conn.execute("DELETE FROM kv WHERE key = ?", (key,))
                     self.pending[key] = None
                 return None
-            blob = orjson.dumps(new)  # may raise: nothing has been written yet
+            blob = encode(new)  # may raise: nothing has been written yet
             _upsert_rows(conn, [(key, blob)])
             self.pending[key] = blob
             return new
