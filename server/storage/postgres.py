@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import psycopg
 import structlog
 from psycopg import pq
+from psycopg.rows import TupleRow
 
 from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
 from server.storage.keyrange import collect_children, list_children, prefix_end
@@ -84,17 +85,17 @@ class _Pool:
 
     def __init__(self, dsn: str, size: int) -> None:
         self.dsn = dsn
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[psycopg.AsyncConnection[TupleRow]] = []
         self._slots = asyncio.Semaphore(size)
-        self._all: set[psycopg.AsyncConnection[Any]] = set()
+        self._all: set[psycopg.AsyncConnection[TupleRow]] = set()
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
         conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         self._all.add(conn)
         return conn
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
         """Borrow a connection; one left broken or mid-transaction is discarded."""
         async with self._slots:
             conn = self._idle.pop() if self._idle else await self._connect()
@@ -194,7 +195,7 @@ class PostgresStorage:
         caches (other nodes must read them from the table every time)."""
         self._quiet = [like_prefix(p) for p in prefixes]
 
-    def _params(self, **extra: Any) -> dict[str, Any]:
+    def _params(self, **extra: object) -> dict[str, object]:
         return {"chan": CHANNEL, "node": self._node_prefix, "quiet": self._quiet, **extra}
 
     async def get(self, key: str) -> Any | None:
@@ -244,7 +245,7 @@ class PostgresStorage:
                 low, inclusive = seek, True  # a sub-folder, named once: continue past it
         return out
 
-    async def put(self, key: str, value: Any) -> None:
+    async def put(self, key: str, value: object) -> None:
         """Store ``value`` at ``key`` (committed when this returns)."""
         self._check()
         check_key(key)
@@ -345,7 +346,7 @@ class PostgresStorage:
                     await conn.execute(_PUT, self._params(key=key, value=text))
         return new
 
-    async def _lock_row(self, conn: psycopg.AsyncConnection[Any], key: str) -> Any | None:
+    async def _lock_row(self, conn: psycopg.AsyncConnection[TupleRow], key: str) -> Any | None:
         """Lock ``key``'s row for this transaction and return its value (None: missing)."""
         while True:
             # Inserting a placeholder locks a missing key too: a concurrent insert of the

@@ -11,11 +11,11 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, TypeVarTuple, cast
 
 from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
 from server.storage.keyrange import collect_children, prefix_end
-from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Result
+from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Op, Result
 from server.storage.sqlite_checkpoint import Checkpointer
 from server.storage.sqlite_schema import migrate
 
@@ -33,6 +33,8 @@ _SCAN = "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
 _SCAN_TO_END = "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?"
 
 _T = TypeVar("_T")
+_V = TypeVar("_V")
+_Ts = TypeVarTuple("_Ts")
 
 
 class SQLiteStorage:
@@ -88,11 +90,9 @@ class SQLiteStorage:
         self.checkpointer = Checkpointer(path)
         # Writes submitted during one event-loop iteration go to the writer as one list:
         # on a single busy core, waking the writer per write would commit 1-2 at a time.
-        self._outbox: list[tuple[int, Any, Any, asyncio.Future[Any] | None]] = []
+        self._outbox: list[Op] = []
         self._kick_scheduled = False
-        self._queue: queue.SimpleQueue[list[tuple[int, Any, Any, asyncio.Future[Any] | None]]] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[list[Op]] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
         self._get_cursor: sqlite3.Cursor | None = None
@@ -271,7 +271,7 @@ class SQLiteStorage:
 
     # -- writes (queued to the writer thread) ----------------------------------------
 
-    def _submit(self, op: int, key: Any, arg: Any) -> asyncio.Future[Any]:
+    def _submit(self, op: int, key: str, arg: bytes | Updater[object] | None) -> asyncio.Future[Any]:
         if self._closed or self._loop is None:
             raise RuntimeError("storage is closed")
         fut = self._loop.create_future()
@@ -288,7 +288,7 @@ class SQLiteStorage:
             batch, self._outbox = self._outbox, []
             self._queue.put(batch)
 
-    async def put(self, key: str, value: Any) -> None:
+    async def put(self, key: str, value: object) -> None:
         """Store ``value`` at ``key``; returns once the write is committed and durable."""
         check_key(key)
         await self._submit(PUT, key, encode(value))
@@ -333,7 +333,7 @@ class SQLiteStorage:
             return
         self._closed = True
         self._kick()
-        self._queue.put([(STOP, None, None, None)])
+        self._queue.put([(STOP, "", None, None)])
         assert self._stopped is not None
         await self._stopped
         if self._reader is not None:
@@ -349,7 +349,7 @@ class SQLiteStorage:
 
     # -- the writer thread -------------------------------------------------------------
 
-    def _notify(self, fn: Callable[..., None], *args: Any) -> None:
+    def _notify(self, fn: Callable[[*_Ts], None], *args: *_Ts) -> None:
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(fn, *args)
@@ -457,20 +457,20 @@ class SQLiteStorage:
             self._cache_size -= len(cache.popitem(last=False)[1])
 
 
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+def _set_result(fut: asyncio.Future[_V], value: _V) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+def _set_exception(fut: asyncio.Future[_V], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
 
 
-def _resolve(batch: list[Any], results: list[Result]) -> None:
+def _resolve(batch: list[Op], results: list[Result]) -> None:
     """Answer every caller of a committed (or failed) batch, on the event loop."""
     for (_op, _key, _arg, fut), (ok, value) in zip(batch, results, strict=True):
-        if fut.done():  # the caller was cancelled; the write happened anyway
+        if fut is None or fut.done():  # (no caller: STOP) the caller was cancelled; the write happened anyway
             continue
         if ok:
             fut.set_result(value)

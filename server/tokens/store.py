@@ -293,7 +293,7 @@ class TokenStore:
         # Written concurrently so a group-committing engine needs one commit. If a write
         # fails the caller never sees the token; a stray entry just expires (and a child
         # without its parent index still dies with the parent: see _check_live).
-        items: list[tuple[str, Any]] = [
+        items: list[tuple[str, object]] = [
             (ID_PREFIX + selector, entry.to_dict()),
             (f"{PARENT_PREFIX}{entry.parent}/{selector}", 1),
         ]

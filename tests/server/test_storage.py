@@ -13,12 +13,13 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from plugin.storage import InMemoryStorage, PrefixedStorage, Storage
 from server.storage import open_storage
 from server.storage.keyrange import list_children
-from server.storage.postgres import like_prefix
+from server.storage.postgres import PostgresStorage, like_prefix
 from server.storage.sqlite import SQLiteStorage
 
 ENGINES = ["memory", "sqlite", "postgres"]
@@ -66,6 +67,27 @@ async def test_json_round_trip(store: Any, value: Any) -> None:
 async def test_implements_protocol(store: Any) -> None:
     assert isinstance(store, Storage)
     store.set_invalidation_callback(lambda key: None)
+    store.set_unannounced_prefixes(["sys/token/id/"])
+
+
+async def test_engine_extras(store: Any) -> None:
+    """The ``Engine`` extras the server calls without probing: ``shared`` says whether
+    another node may write; ``peek_cached`` hands out the stored bytes only where the engine
+    holds them in memory (a new bytes object per write); ``put_many`` writes them all."""
+    shared = isinstance(store, PostgresStorage)
+    assert store.shared is shared
+    await store.put_many([("m/a", {"v": 1}), ("m/b", [2]), ("m/a", {"v": 3})])  # last one wins
+    assert (await store.get("m/a"), await store.get("m/b")) == ({"v": 3}, [2])
+    first = store.peek_cached("m/a")
+    if shared:
+        assert first is None  # another node may have changed it: nothing is cached
+        return
+    assert first is not None and orjson.loads(first) == {"v": 3}
+    await store.put("m/a", {"v": 3})  # the same value again: new bytes all the same
+    again = store.peek_cached("m/a")
+    assert again is not None and again is not first and again == first
+    await store.delete("m/a")
+    assert store.peek_cached("m/a") is None and store.peek_cached("m/never") is None
 
 
 async def test_get_missing_put_replace_delete(store: Any) -> None:
@@ -308,6 +330,29 @@ async def test_prefix_table(store: Any) -> None:
     await store.put("a/b", 1)
     assert await _refusals(store, PREFIX_TABLE, _prefix_ops) == {}
     assert await store.get("a/b") == 1
+
+
+async def test_api_stores_nul_alike_on_every_engine(store: Any, aiohttp_client: Any) -> None:
+    """Regression: PostgreSQL (jsonb) refused a string holding NUL, so writing a role or
+    creating a token with such a value gave a 500 there and worked on SQLite. Every engine
+    now stores it (Vault does too)."""
+    from server.app import create_app
+    from server.http.listverb import make_test_server
+    from server.settings import Settings, StorageSettings
+
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id="root")
+    client = await aiohttp_client(make_test_server(create_app(settings, storage=store)))
+    root = {"X-Vault-Token": "root"}
+    assert (await client.post("/v1/sys/auth/jwt", json={"type": "jwt"}, headers=root)).status == 204
+    role = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a\x00"], "bound_claims": {"x": "b\x00"}}
+    assert (await client.post("/v1/auth/jwt/role/r", json=role, headers=root)).status == 204
+    read = await (await client.get("/v1/auth/jwt/role/r", headers=root)).json()
+    assert read["data"]["bound_audiences"] == ["a\x00"] and read["data"]["bound_claims"] == {"x": "b\x00"}
+    created = await client.post("/v1/auth/token/create", json={"meta": {"k": "v\x00"}}, headers=root)
+    assert created.status == 200
+    token = (await created.json())["auth"]["client_token"]
+    looked = await (await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})).json()
+    assert looked["data"]["meta"] == {"k": "v\x00"}
 
 
 DELETE_PREFIX_CASES = [
@@ -726,6 +771,37 @@ async def test_postgres_unannounced_prefixes_are_not_notified(postgres_dsn: str,
     finally:
         await a.close()
         await b.close()
+
+
+async def test_postgres_converts_a_jsonb_table(postgres_dsn: str) -> None:  # noqa: F811
+    """A table of the older layout (``value jsonb``) is converted to ``json`` at open, its
+    rows kept; afterwards a string holding NUL is stored as on every other engine."""
+    import psycopg
+
+    old_layout = 'CREATE TABLE authmount_kv (key text COLLATE "C" PRIMARY KEY, value jsonb NOT NULL)'
+    rows = {"core/mounts": {"token/": {"type": "token"}}, "sys/token/id/abc": {"policies": ["a"], "ttl": 60}}
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+        await conn.execute(old_layout)
+        for key, value in rows.items():
+            await conn.execute("INSERT INTO authmount_kv VALUES (%s, %s::jsonb)", (key, orjson.dumps(value).decode()))
+
+    async def value_type() -> str:
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+            cur = await conn.execute("SELECT pg_typeof(value)::text FROM authmount_kv LIMIT 1")
+            row = await cur.fetchone()
+            assert row is not None
+            return str(row[0])
+
+    assert await value_type() == "jsonb"
+    for _ in range(2):  # the second open finds the new layout and leaves it alone
+        s = await open_storage({"type": "postgres", "dsn": postgres_dsn})
+        try:
+            assert {key: await s.get(key) for key in rows} == rows
+            await s.put("nul", {"b": "x\x00y", "a": 1})
+            assert repr(await s.get("nul")) == repr({"b": "x\x00y", "a": 1})  # key order kept too
+        finally:
+            await s.close()
+        assert await value_type() == "json"
 
 
 async def test_postgres_updates_atomic_across_nodes(postgres_dsn: str) -> None:  # noqa: F811
