@@ -78,12 +78,11 @@ def _storable(text: str) -> bool:
     """True when PostgreSQL and UTF-8 can hold ``text`` (no NUL, no lone surrogate)."""
     if "\x00" in text:
         return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
     return True
 
 
@@ -95,7 +94,7 @@ def check_key(key: object) -> None:
     """
     if not isinstance(key, str) or not key:
         raise TypeError(f"storage key must be a non-empty str, got {key!r}")
-    if not _storable(key):
+    if not (key.isascii() and "\x00" not in key) and not _storable(key):  # inlined: every get
         raise ValueError("storage key must be valid UTF-8 without NUL characters")
 
 

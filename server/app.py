@@ -46,7 +46,7 @@ SERVER_HEADER = "authmount"
 def create_app(settings: Settings, *, storage: Engine | None = None) -> web.Application:
     """Build the application. ``storage`` (tests) replaces ``settings.storage`` and is
     not closed by the app."""
-    web_response.SERVER_SOFTWARE = SERVER_HEADER
+    vars(web_response)["SERVER_SOFTWARE"] = SERVER_HEADER  # the module's global (imported, not re-exported)
     app = web.Application(client_max_size=settings.max_request_size)
     app[SETTINGS] = settings
     setup_ratelimit(app)
