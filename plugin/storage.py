@@ -141,7 +141,11 @@ def page_floor(prefix: str, after: str) -> tuple[str, bool]:
 
 @runtime_checkable
 class Storage(Protocol):
-    """Key/value storage with JSON values. Every write is atomic and durable when it returns."""
+    """Key/value storage with JSON values. Every write is atomic and durable when it returns.
+
+    Every method refuses a key or prefix that no engine can hold (:func:`check_key`,
+    :func:`check_prefix`), and every write a value that none can store (:func:`encode`).
+    """
 
     async def get(self, key: str) -> Any | None:
         """Return the value at ``key`` or None."""
@@ -166,7 +170,7 @@ class Storage(Protocol):
         deleted or added meanwhile never make the walk skip or repeat another key.
 
         :raises TypeError: ``prefix`` or ``after`` is not a str, ``limit`` not an int.
-        :raises ValueError: ``limit`` is below 1.
+        :raises ValueError: ``limit`` is below 1 (or see :func:`check_prefix`).
         """
 
     async def update(self, key: str, fn: Updater[_T]) -> _T:
@@ -221,7 +225,7 @@ class InMemoryStorage:
         self._check()
         check_key(key)
         blob = self._data.get(key)
-        return orjson.loads(blob) if blob is not None else None
+        return decode(blob) if blob is not None else None
 
     def peek_cached(self, key: str) -> bytes | None:
         """The stored bytes of ``key`` (what ``get`` would decode), or None. A write stores
@@ -317,7 +321,7 @@ class InMemoryStorage:
         self._check()
         check_key(key)
         blob = self._data.get(key)
-        new = fn(orjson.loads(blob) if blob is not None else None)
+        new = fn(decode(blob) if blob is not None else None)
         if new is None:
             if blob is not None:
                 del self._data[key]
@@ -345,7 +349,7 @@ class InMemoryStorage:
     def dump(self) -> dict[str, Any]:
         """Every key with a fresh copy of its value, in key order (tests, debugging)."""
         self._check()
-        return {key: orjson.loads(self._data[key]) for key in sorted(self._data)}
+        return {key: decode(self._data[key]) for key in sorted(self._data)}
 
     async def close(self) -> None:
         """Drop the data; later calls raise ``RuntimeError``."""

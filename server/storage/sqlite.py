@@ -69,6 +69,9 @@ class SQLiteStorage:
     ``await SQLiteStorage.open(path)``.
     """
 
+    #: One process owns the file: a miss is a miss.
+    shared = False
+
     def __init__(self, path: str, synchronous: str = "FULL", cache_entries: int = 32768) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNC_MODES:
@@ -147,9 +150,6 @@ class SQLiteStorage:
         self._reader = reader
         self._get_cursor = reader.cursor()
         self._closed = False
-
-    #: One process owns the file: a miss is a miss.
-    shared = False
 
     def set_invalidation_callback(self, cb: Callable[[str], None]) -> None:
         """Accepted for interface parity; one process owns the file, so it is never called."""
