@@ -49,7 +49,7 @@ def _auth() -> Auth:
 
 
 def _memory_rows(storage: InMemoryStorage, prefix: str) -> tuple[int, int]:
-    items = [(k, v) for k, v in storage._data.items() if k.startswith(prefix)]
+    items = [(k, v) for k, v in storage.dump().items() if k.startswith(prefix)]
     return len(items), sum(len(k) + len(orjson.dumps(v)) for k, v in items)
 
 

@@ -170,6 +170,8 @@ _GO_UNITS = {
 }
 _GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _MAX_SECONDS = 2**53  # far beyond any sane TTL; keeps arithmetic exact
+#: An int field holds what Vault's (Go's) int holds, and what storage can encode.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
 
 def parse_duration(value: Any, *, signed: bool = False) -> int:
@@ -329,12 +331,16 @@ def _coerce(ftype: FieldType, raw: Any) -> Any:
         if isinstance(raw, bool):
             raise ValueError("boolean is not an integer")
         if isinstance(raw, int):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        if isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d{1,18}\s*", raw):
-            return int(raw)
-        raise ValueError("cannot parse as an integer")
+            number = raw
+        elif isinstance(raw, float) and raw.is_integer():
+            number = int(raw)
+        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?\d{1,18}\s*", raw):
+            number = int(raw)
+        else:
+            raise ValueError("cannot parse as an integer")
+        if not _INT_MIN <= number <= _INT_MAX:
+            raise ValueError("integer out of range")
+        return number
     if ftype is FieldType.COMMA_STRING_SLICE:
         if raw is None:
             return []

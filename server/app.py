@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -17,8 +17,9 @@ from server.appkeys import CLUSTER_ID, FETCHER, MOUNTS, POLICIES, ROOT_TOKEN, SE
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.routes import setup_routes
-from server.mounts import MountTable, normalize_path
+from server.mounts import MountEntry, MountTable, normalize_path
 from server.settings import Settings, SettingsError
+from server.storage import Engine, open_storage
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
@@ -42,10 +43,10 @@ class StartupError(RuntimeError):
 SERVER_HEADER = "authmount"
 
 
-def create_app(settings: Settings, *, storage: Any = None) -> web.Application:
+def create_app(settings: Settings, *, storage: Engine | None = None) -> web.Application:
     """Build the application. ``storage`` (tests) replaces ``settings.storage`` and is
     not closed by the app."""
-    web_response.SERVER_SOFTWARE = SERVER_HEADER
+    vars(web_response)["SERVER_SOFTWARE"] = SERVER_HEADER  # the module's global (imported, not re-exported)
     app = web.Application(client_max_size=settings.max_request_size)
     app[SETTINGS] = settings
     setup_ratelimit(app)
@@ -54,14 +55,13 @@ def create_app(settings: Settings, *, storage: Any = None) -> web.Application:
     return app
 
 
-def _core_context(given_storage: Any) -> Any:
+def _core_context(given_storage: Engine | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
+        storage: Engine
         if given_storage is not None:
             storage = given_storage
         else:
-            from server.storage import open_storage
-
             try:
                 storage = await open_storage(settings.storage.as_mapping())
             except (ValueError, RuntimeError, OSError) as exc:
@@ -72,10 +72,8 @@ def _core_context(given_storage: Any) -> Any:
         mounts: MountTable | None = None
         try:
             await tokens.start()
-            if hasattr(policies, "start"):
-                await policies.start()
 
-            async def revoke(entry: Any) -> None:
+            async def revoke(entry: MountEntry) -> None:
                 await tokens.revoke_mount(entry.accessor)
 
             mounts = MountTable(
@@ -98,8 +96,6 @@ def _core_context(given_storage: Any) -> Any:
                 await mounts.close()
             await fetcher.close()
             await tokens.close()
-            if hasattr(policies, "close"):
-                await policies.close()
             if given_storage is None:
                 await storage.close()
             log.info("server_stopped", storage_closed=given_storage is None)
@@ -107,7 +103,9 @@ def _core_context(given_storage: Any) -> Any:
     return ctx
 
 
-def _token_backend_factory(tokens: Any, policies: Any, mounts: Any) -> Any:
+def _token_backend_factory(
+    tokens: TokenStore, policies: PolicyStore, mounts: Callable[[], MountTable]
+) -> Callable[[], Backend]:
     """The backend of the built-in ``token/`` mount (renewal looks mounts up lazily)."""
     def factory() -> Backend:
         return TokenBackend(tokens, policies=policies, mounts=mounts)
@@ -119,28 +117,21 @@ def _token_backend_factory(tokens: Any, policies: Any, mounts: Any) -> Any:
 UNCACHED_TOKEN_PREFIXES = (ID_PREFIX, ACCESSOR_PREFIX, PARENT_PREFIX)
 
 
-def _watch(storage: Any, mounts: MountTable, policies: Any, tokens: Any) -> None:
+def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore) -> None:
     """Route other nodes' writes to the caches that depend on them."""
-    setter = getattr(storage, "set_invalidation_callback", None)
-    if setter is None:
-        return
-    hooks = [getattr(obj, "invalidate", None) for obj in (policies, tokens)]
 
     def invalidate(key: str) -> None:
         mounts.invalidate(key)
-        for hook in hooks:
-            if hook is not None:
-                hook(key)
+        policies.invalidate(key)
+        tokens.invalidate(key)
 
-    setter(invalidate)
-    quiet = getattr(storage, "set_unannounced_prefixes", None)
-    if quiet is not None:
-        # Token rows are read from the table on every use (no node caches them), so their
-        # writes need no announcement; mount epochs are cached and stay announced.
-        quiet(UNCACHED_TOKEN_PREFIXES)
+    storage.set_invalidation_callback(invalidate)
+    # Token rows are read from the table on every use (no node caches them), so their
+    # writes need no announcement; mount epochs are cached and stay announced.
+    storage.set_unannounced_prefixes(UNCACHED_TOKEN_PREFIXES)
 
 
-async def _initial_root_token(settings: Settings, storage: Any, tokens: Any) -> str | None:
+async def _initial_root_token(settings: Settings, storage: Engine, tokens: TokenStore) -> str | None:
     """Create the root token on the very first start (always in dev mode)."""
     if settings.dev:
         await storage.put(INIT_KEY, {"initialized_at": time.time()})

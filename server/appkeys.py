@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from server.acl.policies import PolicyStore
+    from server.http.fetcher import AiohttpFetcher
     from server.mounts import MountTable
     from server.settings import Settings
+    from server.storage import Engine
+    from server.tokens.store import TokenStore
 
 __all__ = [
     "SETTINGS", "STORAGE", "TOKENS", "POLICIES", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
@@ -16,11 +20,11 @@ __all__ = [
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
-STORAGE: web.AppKey[Any] = web.AppKey("storage")
-TOKENS: web.AppKey[Any] = web.AppKey("tokens")
-POLICIES: web.AppKey[Any] = web.AppKey("policies")
+STORAGE: web.AppKey[Engine] = web.AppKey("storage")
+TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens")
+POLICIES: web.AppKey[PolicyStore] = web.AppKey("policies")
 MOUNTS: web.AppKey[MountTable] = web.AppKey("mounts")
-FETCHER: web.AppKey[Any] = web.AppKey("fetcher")
+FETCHER: web.AppKey[AiohttpFetcher] = web.AppKey("fetcher")
 #: The root token created at this start (first start or dev mode), else None. Never logged.
 ROOT_TOKEN: web.AppKey[str | None] = web.AppKey("root_token")
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at")

@@ -17,6 +17,7 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Backend
 from plugin.schema import Field, FieldSet, FieldType, coerce, parse_duration
 from plugin.storage import PrefixedStorage, Storage
+from server.storage import Engine
 from server.tokens.entry import MountInfo
 
 __all__ = [
@@ -282,7 +283,7 @@ class MountTable:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Engine,
         *,
         default_lease_ttl: int,
         max_lease_ttl: int,
@@ -534,7 +535,7 @@ class MountTable:
         try again, so a mount made on another node a moment ago is found at once (its
         notification may still be on the way). Concurrent misses share one read."""
         found = self.match(path)
-        if found is not None or not getattr(self.storage, "shared", False):
+        if found is not None or not self.storage.shared:
             return found
         await self._refresh()
         return self.match(path)
@@ -543,7 +544,7 @@ class MountTable:
         """The mount at the normalised path ``key`` (``"jwt/"``), with the same re-read on
         a miss as ``match_fresh``."""
         mount = self.mounts.get(key)
-        if mount is not None or not getattr(self.storage, "shared", False):
+        if mount is not None or not self.storage.shared:
             return mount
         await self._refresh()
         return self.mounts.get(key)

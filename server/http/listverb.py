@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -43,7 +44,7 @@ _MAX_LINE = 4096
 HEADER_TIMEOUT = 10.0
 
 
-def is_list_verb(headers: Any) -> bool:
+def is_list_verb(headers: Mapping[str, str]) -> bool:
     """True when the framer marked this request as a ``LIST``."""
     return headers.get(MARKER_HEADER) == MARKER_VALUE
 

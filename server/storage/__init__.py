@@ -1,10 +1,10 @@
 """Storage engines behind the plugin ``Storage`` protocol: memory, SQLite, PostgreSQL.
 
-``await open_storage(cfg)`` returns an object implementing ``plugin.storage.Storage`` plus
-``async close()`` and ``set_invalidation_callback(cb)``: ``cb(key)`` is called on the event
-loop when *another* node changed ``key`` (PostgreSQL LISTEN/NOTIFY); ``cb("")`` means
-"anything may have changed" (after the notification connection was re-established).
-Single-node engines (memory, SQLite) never call it.
+``await open_storage(cfg)`` returns an :class:`Engine`: a ``plugin.storage.Storage`` plus
+the extras the server uses (``close``, ``put_many``, ``peek_cached``, ``shared``,
+``set_invalidation_callback``, ``set_unannounced_prefixes``), which every engine
+implements (a no-op where it means nothing). Every engine stores values the same way
+(``plugin.storage.encode``: the table of accepted and refused values is in that module).
 
 Settings (``cfg`` is a mapping or an object with these attributes; YAML ``storage:``):
 
@@ -31,17 +31,48 @@ Settings (``cfg`` is a mapping or an object with these attributes; YAML ``storag
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
-from plugin.storage import Storage
+from plugin.storage import InMemoryStorage, Storage
 
-__all__ = ["open_storage", "DEFAULT_SQLITE_PATH"]
+__all__ = ["Engine", "open_storage", "DEFAULT_SQLITE_PATH"]
 
 DEFAULT_SQLITE_PATH = "data/authmount.db"
 
 
-def _setting(cfg: Any, name: str, default: Any = None) -> Any:
+class Engine(Storage, Protocol):
+    """A storage engine: ``Storage`` plus what the server needs beyond it."""
+
+    @property
+    def shared(self) -> bool:
+        """True when several nodes write this storage (a cache miss may be another node's
+        fresh write, so it is worth a re-read)."""
+
+    async def put_many(self, items: Sequence[tuple[str, object]]) -> None:
+        """``put`` each (key, value) pair, handed to the engine together (one commit where
+        the engine group-commits). Nothing is written if a value cannot be encoded;
+        otherwise raises the first failure once every write has finished."""
+
+    def peek_cached(self, key: str) -> bytes | None:
+        """The stored bytes of ``key`` if the engine holds them in memory (what ``get``
+        would decode), else None; never does I/O. A write stores a new bytes object, so a
+        caller may key what it decodes on the identity of the bytes (holding them)."""
+
+    def set_invalidation_callback(self, cb: Callable[[str], None]) -> None:
+        """Have ``cb(key)`` called on the event loop when *another* node changed ``key``
+        (``cb("")``: anything may have changed, e.g. after a reconnect). Single-node
+        engines (memory, SQLite) never call it."""
+
+    def set_unannounced_prefixes(self, prefixes: Sequence[str]) -> None:
+        """Keys under ``prefixes`` are cached by no node: their writes need not be
+        announced to other nodes (only shared engines announce anything)."""
+
+    async def close(self) -> None:
+        """Finish pending writes and release the engine; later calls raise ``RuntimeError``."""
+
+
+def _setting(cfg: object, name: str, default: object = None) -> object:
     if cfg is None:
         return default
     if isinstance(cfg, Mapping):
@@ -51,14 +82,14 @@ def _setting(cfg: Any, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _non_negative(cfg: Any, name: str, default: int) -> int:
+def _non_negative(cfg: object, name: str, default: int) -> int:
     value = _setting(cfg, name, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"storage {name} must be a non-negative integer")
     return value
 
 
-async def open_storage(cfg: Any) -> Storage:
+async def open_storage(cfg: object) -> Engine:
     """Open the storage engine described by ``cfg`` (see the module docstring).
 
     :raises ValueError: unknown ``type``, missing ``dsn`` or a bad tuning value.
@@ -66,9 +97,7 @@ async def open_storage(cfg: Any) -> Storage:
     """
     kind = str(_setting(cfg, "type", "sqlite")).lower()
     if kind == "memory":
-        from server.storage.memory import MemoryStorage
-
-        return MemoryStorage()
+        return InMemoryStorage()
     if kind == "sqlite":
         from server.storage.sqlite import SQLiteStorage
 

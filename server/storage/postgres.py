@@ -7,15 +7,15 @@ import builtins
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-import orjson
 import psycopg
 import structlog
 from psycopg import pq
+from psycopg.rows import TupleRow
 
-from plugin.storage import Updater, check_page_args, collect_children, list_children, page_floor
-from server.storage.sqlite_schema import prefix_end
+from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
+from server.storage.keyrange import collect_children, list_children, prefix_end
 
 __all__ = ["PostgresStorage", "CHANNEL"]
 
@@ -23,21 +23,33 @@ CHANNEL = "authmount_kv"
 _RECONNECT_DELAY = 1.0
 _log = structlog.get_logger(__name__)
 
+_T = TypeVar("_T")
+
 # COLLATE "C" makes the primary-key index byte-ordered, so ``LIKE 'prefix%'`` uses it.
+# ``json``, not ``jsonb``: the value is kept as the text the node wrote (what SQLite
+# stores), so a string holding NUL (``\u0000``, which jsonb refuses) is stored as on
+# every other engine, and objects come back with their keys in the order written.
 _SCHEMA = (
-    'CREATE TABLE IF NOT EXISTS authmount_kv (key text COLLATE "C" PRIMARY KEY, value jsonb NOT NULL)'
+    'CREATE TABLE IF NOT EXISTS authmount_kv (key text COLLATE "C" PRIMARY KEY, value json NOT NULL)'
 )
+#: The type of the value column of an existing table (``jsonb`` before the change above).
+_VALUE_TYPE = (
+    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+    " WHERE attrelid = 'authmount_kv'::regclass AND attname = 'value'"
+)
+#: Converts a table of the ``jsonb`` layout (rewrites it: an exclusive lock meanwhile).
+_TO_JSON = "ALTER TABLE authmount_kv ALTER COLUMN value TYPE json USING value::json"
 #: Serialises schema creation: ``CREATE TABLE IF NOT EXISTS`` run by several nodes at the
 #: same moment can fail with a duplicate pg_type row (PostgreSQL does not lock the name).
 _SCHEMA_LOCK = 0x61757468_6D6E74  # "authmnt"
 _PUT = (
-    "WITH w AS (INSERT INTO authmount_kv (key, value) VALUES (%(key)s, %(value)s::jsonb)"
+    "WITH w AS (INSERT INTO authmount_kv (key, value) VALUES (%(key)s, %(value)s::json)"
     " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key)"
     " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w WHERE NOT key LIKE ANY(%(quiet)s::text[])"
 )
 _PUT_MANY = (
     "WITH w AS (INSERT INTO authmount_kv (key, value)"
-    " SELECT k, v::jsonb FROM unnest(%(keys)s::text[], %(values)s::text[]) AS t(k, v)"
+    " SELECT k, v::json FROM unnest(%(keys)s::text[], %(values)s::text[]) AS t(k, v)"
     " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value RETURNING key)"
     " SELECT pg_notify(%(chan)s, %(node)s || key) FROM w WHERE NOT key LIKE ANY(%(quiet)s::text[])"
 )
@@ -68,27 +80,22 @@ def like_prefix(prefix: str) -> str:
     return escaped + "%"
 
 
-def _check_key(key: Any) -> None:
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"storage key must be a non-empty str, got {key!r}")
-
-
 class _Pool:
     """A small pool of autocommit connections, opened lazily up to ``size``."""
 
     def __init__(self, dsn: str, size: int) -> None:
         self.dsn = dsn
-        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._idle: list[psycopg.AsyncConnection[TupleRow]] = []
         self._slots = asyncio.Semaphore(size)
-        self._all: set[psycopg.AsyncConnection[Any]] = set()
+        self._all: set[psycopg.AsyncConnection[TupleRow]] = set()
 
-    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
         conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
         self._all.add(conn)
         return conn
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[TupleRow]]:
         """Borrow a connection; one left broken or mid-transaction is discarded."""
         async with self._slots:
             conn = self._idle.pop() if self._idle else await self._connect()
@@ -115,7 +122,8 @@ class _Pool:
 class PostgresStorage:
     """A ``plugin.storage.Storage`` in one PostgreSQL table shared by every node.
 
-    Table ``authmount_kv(key text primary key, value jsonb)``, created at open. After every
+    Table ``authmount_kv(key text primary key, value json)``, created at open (a table of
+    the older ``jsonb`` layout is converted at open, once). After every
     write the changed keys are announced with ``NOTIFY authmount_kv, '<node-id> <key>'`` (in
     the writing transaction, so only committed changes are announced); each node LISTENs
     and calls its invalidation callback for keys written by *other* nodes. ``update`` locks
@@ -156,6 +164,11 @@ class PostgresStorage:
             async with store._pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
                 await conn.execute(_SCHEMA)
+                cur = await conn.execute(_VALUE_TYPE)
+                row = await cur.fetchone()
+                if row is not None and row[0] == "jsonb":
+                    _log.info("storage_converting_table", table="authmount_kv", value_type="json")
+                    await conn.execute(_TO_JSON)
             store._listener = asyncio.create_task(store._listen(), name="authmount-pg-listen")
             await store._listening.wait()
             if store._listener.done():  # the first LISTEN connection failed
@@ -173,27 +186,33 @@ class PostgresStorage:
         if self._closed:
             raise RuntimeError("storage is closed")
 
+    def peek_cached(self, key: str) -> bytes | None:
+        """Always None: another node may have changed any value, so nothing is cached."""
+        return None
+
     def set_unannounced_prefixes(self, prefixes: Sequence[str]) -> None:
         """Do not NOTIFY writes of keys under ``prefixes``: only for keys that no node
         caches (other nodes must read them from the table every time)."""
         self._quiet = [like_prefix(p) for p in prefixes]
 
-    def _params(self, **extra: Any) -> dict[str, Any]:
+    def _params(self, **extra: object) -> dict[str, object]:
         return {"chan": CHANNEL, "node": self._node_prefix, "quiet": self._quiet, **extra}
 
     async def get(self, key: str) -> Any | None:
         """Return the value at ``key`` or None."""
         self._check()
+        check_key(key)
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT value::text FROM authmount_kv WHERE key = %s", (key,)
             )
             row = await cur.fetchone()
-        return orjson.loads(row[0]) if row else None
+        return decode(row[0]) if row else None
 
     async def list(self, prefix: str) -> list[str]:
         """Immediate children under ``prefix`` (sorted; sub-folders end with ``/``)."""
         self._check()
+        check_prefix(prefix)
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT key FROM authmount_kv WHERE key LIKE %s ESCAPE '\\'",
@@ -226,16 +245,38 @@ class PostgresStorage:
                 low, inclusive = seek, True  # a sub-folder, named once: continue past it
         return out
 
-    async def put(self, key: str, value: Any) -> None:
+    async def put(self, key: str, value: object) -> None:
         """Store ``value`` at ``key`` (committed when this returns)."""
         self._check()
-        _check_key(key)
-        text = orjson.dumps(value).decode()
-        fut = asyncio.get_running_loop().create_future()
+        check_key(key)
+        await self._enqueue(key, encode(value).decode())
+
+    async def put_many(self, items: Sequence[tuple[str, object]]) -> None:
+        """``put`` each (key, value) pair: they join the same batch (one statement). Nothing
+        is written if a value cannot be encoded; otherwise returns once every write is
+        committed and raises the first failure (after all have finished)."""
+        self._check()
+        encoded = []
+        for key, value in items:
+            check_key(key)
+            encoded.append((key, encode(value).decode()))
+        futures = [self._enqueue(key, text) for key, text in encoded]
+        error: BaseException | None = None
+        for fut in futures:
+            try:
+                await fut
+            except Exception as exc:  # noqa: BLE001 - wait for the others, then raise
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _enqueue(self, key: str, text: str) -> asyncio.Future[None]:
+        """Queue a put for the next batch; the future resolves once it is committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._put_queue.append((key, text, fut))
         if self._put_flusher is None:
             self._put_flusher = asyncio.create_task(self._flush_puts())
-        await fut
+        return fut
 
     async def _flush_puts(self) -> None:
         """Write queued puts, one statement per batch, until the queue stays empty."""
@@ -286,13 +327,14 @@ class PostgresStorage:
     async def delete(self, key: str) -> None:
         """Delete ``key``; a missing key is fine."""
         self._check()
+        check_key(key)
         async with self._pool.connection() as conn:
             await conn.execute(_DELETE, self._params(key=key))
 
-    async def update(self, key: str, fn: Updater) -> Any | None:
+    async def update(self, key: str, fn: Updater[_T]) -> _T:
         """Atomically store ``fn(old)`` under a row lock (None deletes); return the new value."""
         self._check()
-        _check_key(key)
+        check_key(key)
         async with self._pool.connection() as conn:
             async with conn.transaction():
                 old = await self._lock_row(conn, key)
@@ -300,11 +342,11 @@ class PostgresStorage:
                 if new is None:
                     await conn.execute(_DELETE, self._params(key=key))
                 else:
-                    text = orjson.dumps(new).decode()
+                    text = encode(new).decode()
                     await conn.execute(_PUT, self._params(key=key, value=text))
         return new
 
-    async def _lock_row(self, conn: psycopg.AsyncConnection[Any], key: str) -> Any | None:
+    async def _lock_row(self, conn: psycopg.AsyncConnection[TupleRow], key: str) -> Any | None:
         """Lock ``key``'s row for this transaction and return its value (None: missing)."""
         while True:
             # Inserting a placeholder locks a missing key too: a concurrent insert of the
@@ -312,7 +354,7 @@ class PostgresStorage:
             # placeholder is never visible to others (the transaction either writes the
             # real value or rolls back).
             cur = await conn.execute(
-                "INSERT INTO authmount_kv (key, value) VALUES (%s, 'null'::jsonb)"
+                "INSERT INTO authmount_kv (key, value) VALUES (%s, 'null'::json)"
                 " ON CONFLICT (key) DO NOTHING RETURNING key",
                 (key,),
             )
@@ -323,14 +365,13 @@ class PostgresStorage:
             )
             row = await cur.fetchone()
             if row:
-                return orjson.loads(row[0])
+                return decode(row[0])
             # The row was deleted between the two statements: try again.
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key starting with ``prefix`` in one statement; return the count."""
         self._check()
-        if not isinstance(prefix, str):
-            raise TypeError("prefix must be a str")
+        check_prefix(prefix)
         async with self._pool.connection() as conn:
             cur = await conn.execute(_DELETE_PREFIX, self._params(pattern=like_prefix(prefix)))
             return max(cur.rowcount, 0)

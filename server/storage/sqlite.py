@@ -10,15 +10,14 @@ import queue
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, TypeVarTuple, cast
 
-import orjson
-
-from plugin.storage import Updater, check_page_args, collect_children, page_floor
-from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Result
+from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
+from server.storage.keyrange import collect_children, prefix_end
+from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Op, Result
 from server.storage.sqlite_checkpoint import Checkpointer
-from server.storage.sqlite_schema import migrate, prefix_end
+from server.storage.sqlite_schema import migrate
 
 __all__ = ["SQLiteStorage", "CACHE_BYTES"]
 
@@ -33,10 +32,9 @@ _GET = "SELECT value FROM kv WHERE key = ?"
 _SCAN = "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
 _SCAN_TO_END = "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?"
 
-
-def _check_key(key: Any) -> None:
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"storage key must be a non-empty str, got {key!r}")
+_T = TypeVar("_T")
+_V = TypeVar("_V")
+_Ts = TypeVarTuple("_Ts")
 
 
 class SQLiteStorage:
@@ -71,6 +69,9 @@ class SQLiteStorage:
     ``await SQLiteStorage.open(path)``.
     """
 
+    #: One process owns the file: a miss is a miss.
+    shared = False
+
     def __init__(self, path: str, synchronous: str = "FULL", cache_entries: int = 32768) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNC_MODES:
@@ -92,11 +93,9 @@ class SQLiteStorage:
         self.checkpointer = Checkpointer(path)
         # Writes submitted during one event-loop iteration go to the writer as one list:
         # on a single busy core, waking the writer per write would commit 1-2 at a time.
-        self._outbox: list[tuple[int, Any, Any, asyncio.Future[Any] | None]] = []
+        self._outbox: list[Op] = []
         self._kick_scheduled = False
-        self._queue: queue.SimpleQueue[list[tuple[int, Any, Any, asyncio.Future[Any] | None]]] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[list[Op]] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
         self._get_cursor: sqlite3.Cursor | None = None
@@ -155,14 +154,16 @@ class SQLiteStorage:
     def set_invalidation_callback(self, cb: Callable[[str], None]) -> None:
         """Accepted for interface parity; one process owns the file, so it is never called."""
 
+    def set_unannounced_prefixes(self, prefixes: Sequence[str]) -> None:
+        """Accepted for interface parity; nothing is announced."""
+
     # -- reads (event-loop thread) ---------------------------------------------------
 
     async def get(self, key: str) -> Any | None:
         """Return the value at ``key`` or None."""
         if self._closed or self._reader is None:
             raise RuntimeError("storage is closed")
-        if not isinstance(key, str):
-            raise TypeError("storage key must be a str")
+        check_key(key)
         blob = self._cache.get(key)
         if blob is not None:
             try:
@@ -172,7 +173,7 @@ class SQLiteStorage:
                 self._cache.move_to_end(key)
             except KeyError:
                 pass
-            return orjson.loads(blob)
+            return decode(blob)
         gen = self._cache_gen
         assert self._get_cursor is not None
         # fetchall, not fetchone: the statement must finish, or its read transaction
@@ -183,7 +184,7 @@ class SQLiteStorage:
         blob = rows[0][0]
         if self.cache_entries:
             self._cache_read(key, blob, gen)
-        return orjson.loads(blob)
+        return decode(blob)
 
     def peek_cached(self, key: str) -> bytes | None:
         """The cached stored bytes of ``key`` (what ``get`` would decode), or None when
@@ -218,8 +219,7 @@ class SQLiteStorage:
         """
         if self._closed or self._reader is None:
             raise RuntimeError("storage is closed")
-        if not isinstance(prefix, str):
-            raise TypeError("prefix must be a str")
+        check_prefix(prefix)
         end = prefix_end(prefix)
         sql, tail = (_SCAN, (end, LIST_CHUNK)) if end is not None else (_SCAN_TO_END, (LIST_CHUNK,))
         out: list[str] = []
@@ -235,7 +235,7 @@ class SQLiteStorage:
             low = keys[-1][0] + "\0"  # the smallest key after the last one read
             await asyncio.sleep(0)  # a long folder: let requests run between chunks
             if self._closed:
-                    raise RuntimeError("storage is closed")
+                raise RuntimeError("storage is closed")
 
     async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
         """The children ``list`` would return that sort after ``after``, at most ``limit``.
@@ -271,7 +271,7 @@ class SQLiteStorage:
 
     # -- writes (queued to the writer thread) ----------------------------------------
 
-    def _submit(self, op: int, key: Any, arg: Any) -> asyncio.Future[Any]:
+    def _submit(self, op: int, key: str, arg: bytes | Updater[object] | None) -> asyncio.Future[Any]:
         if self._closed or self._loop is None:
             raise RuntimeError("storage is closed")
         fut = self._loop.create_future()
@@ -288,20 +288,20 @@ class SQLiteStorage:
             batch, self._outbox = self._outbox, []
             self._queue.put(batch)
 
-    async def put(self, key: str, value: Any) -> None:
+    async def put(self, key: str, value: object) -> None:
         """Store ``value`` at ``key``; returns once the write is committed and durable."""
-        _check_key(key)
-        await self._submit(PUT, key, orjson.dumps(value))
+        check_key(key)
+        await self._submit(PUT, key, encode(value))
 
-    async def put_many(self, items: builtins.list[tuple[str, Any]]) -> None:
+    async def put_many(self, items: Sequence[tuple[str, object]]) -> None:
         """``put`` each (key, value) pair; they go to the writer together, so one commit
         usually covers them all. Returns once every write is durable; raises the first
         failure (after all have finished). Nothing is written if a value cannot be encoded.
         """
         encoded = []
         for key, value in items:
-            _check_key(key)
-            encoded.append((key, orjson.dumps(value)))
+            check_key(key)
+            encoded.append((key, encode(value)))
         futures = [self._submit(PUT, key, blob) for key, blob in encoded]
         error: BaseException | None = None
         for fut in futures:
@@ -314,18 +314,17 @@ class SQLiteStorage:
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (missing is fine); returns once durable."""
-        _check_key(key)
+        check_key(key)
         await self._submit(DELETE, key, None)
 
-    async def update(self, key: str, fn: Updater) -> Any | None:
+    async def update(self, key: str, fn: Updater[_T]) -> _T:
         """Atomically apply ``fn(old)`` in the writer thread; None deletes. Returns the new value."""
-        _check_key(key)
-        return await self._submit(UPDATE, key, fn)
+        check_key(key)
+        return cast(_T, await self._submit(UPDATE, key, fn))  # the writer returns fn's result
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key starting with ``prefix`` in one statement; return the count."""
-        if not isinstance(prefix, str):
-            raise TypeError("prefix must be a str")
+        check_prefix(prefix)
         return int(await self._submit(DELETE_PREFIX, prefix, None))
 
     async def close(self) -> None:
@@ -334,7 +333,7 @@ class SQLiteStorage:
             return
         self._closed = True
         self._kick()
-        self._queue.put([(STOP, None, None, None)])
+        self._queue.put([(STOP, "", None, None)])
         assert self._stopped is not None
         await self._stopped
         if self._reader is not None:
@@ -350,7 +349,7 @@ class SQLiteStorage:
 
     # -- the writer thread -------------------------------------------------------------
 
-    def _notify(self, fn: Callable[..., None], *args: Any) -> None:
+    def _notify(self, fn: Callable[[*_Ts], None], *args: *_Ts) -> None:
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(fn, *args)
@@ -458,20 +457,20 @@ class SQLiteStorage:
             self._cache_size -= len(cache.popitem(last=False)[1])
 
 
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+def _set_result(fut: asyncio.Future[_V], value: _V) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+def _set_exception(fut: asyncio.Future[_V], exc: BaseException) -> None:
     if not fut.done():
         fut.set_exception(exc)
 
 
-def _resolve(batch: list[Any], results: list[Result]) -> None:
+def _resolve(batch: list[Op], results: list[Result]) -> None:
     """Answer every caller of a committed (or failed) batch, on the event loop."""
     for (_op, _key, _arg, fut), (ok, value) in zip(batch, results, strict=True):
-        if fut.done():  # the caller was cancelled; the write happened anyway
+        if fut is None or fut.done():  # (no caller: STOP) the caller was cancelled; the write happened anyway
             continue
         if ok:
             fut.set_result(value)

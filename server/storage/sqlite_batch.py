@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import orjson
-
-from server.storage.sqlite_schema import prefix_end
+from plugin.storage import Updater, decode, encode
+from server.storage.keyrange import prefix_end
 
 if TYPE_CHECKING:
     from server.storage.sqlite import SQLiteStorage
 
-__all__ = ["Batch", "Result", "PUT", "DELETE", "UPDATE", "DELETE_PREFIX", "STOP"]
+__all__ = ["Batch", "Op", "Result", "PUT", "DELETE", "UPDATE", "DELETE_PREFIX", "STOP"]
 
 # Operation codes carried through the writer queue.
 PUT, DELETE, UPDATE, DELETE_PREFIX, STOP = range(5)
 _MAX_ROWS = 256  # rows per multi-row INSERT (2 parameters each, far below SQLite's limit)
 _MISSING = object()
 
-Result = tuple[bool, Any]  # (ok, value) or (False, exception)
+#: One queued write: (operation, key or prefix, argument, the caller's future). The argument
+#: is the encoded value (PUT), ``fn`` (UPDATE) or None; STOP carries ("", None, None).
+Op = tuple[int, str, "bytes | Updater[object] | None", "asyncio.Future[Any] | None"]
+#: (True, what the caller's future resolves to) or (False, the exception it raises).
+Result = tuple[bool, Any]
+
+
+class _Buffered:
+    """A put buffered until the next flush: its value, the indexes of the puts it answers,
+    and the key's pending value before them (``_MISSING``: none)."""
+
+    __slots__ = ("blob", "indexes", "before")
+
+    def __init__(self, blob: bytes, index: int, before: object) -> None:
+        self.blob = blob
+        self.indexes = [index]
+        self.before = before
 
 
 class Batch:
@@ -38,11 +54,10 @@ class Batch:
         self.conn = conn
         self.pending: dict[str, bytes | None] = {}
         self.prefixes: list[str] = []
-        # key → [blob, result indexes, pending value before the put]
-        self.inserts: dict[str, list[Any]] = {}
+        self.inserts: dict[str, _Buffered] = {}
         self.results: list[Result] = []
 
-    def run(self, batch: list[Any]) -> list[Result]:
+    def run(self, batch: list[Op]) -> list[Result]:
         """Apply ``batch`` in one transaction; return (ok, value-or-exception) per operation."""
         conn = self.conn
         try:
@@ -52,7 +67,7 @@ class Batch:
         for index, (op, key, arg, _fut) in enumerate(batch):
             try:
                 if op == PUT:
-                    self.put(index, key, arg)
+                    self.put(index, key, cast(bytes, arg))
                     self.results.append((True, None))
                     continue
                 self.flush()
@@ -85,10 +100,10 @@ class Batch:
     def put(self, index: int, key: str, blob: bytes) -> None:
         buffered = self.inserts.get(key)
         if buffered is not None:  # the same key twice in one run of puts: last one wins
-            buffered[0] = blob
-            buffered[1].append(index)
+            buffered.blob = blob
+            buffered.indexes.append(index)
         else:
-            self.inserts[key] = [blob, [index], self.pending.get(key, _MISSING)]
+            self.inserts[key] = _Buffered(blob, index, self.pending.get(key, _MISSING))
         self.pending[key] = blob
 
     def flush(self) -> None:
@@ -98,27 +113,27 @@ class Batch:
         items = list(self.inserts.items())
         self.inserts = {}
         try:
-            _upsert_rows(self.conn, [(key, rec[0]) for key, rec in items])
+            _upsert_rows(self.conn, [(key, rec.blob) for key, rec in items])
             return
         except sqlite3.Error as exc:
             if not self.conn.in_transaction:
                 self.check_transaction(exc)
                 return
-        for key, (blob, indexes, before) in items:
+        for key, rec in items:
             try:
-                _upsert_rows(self.conn, [(key, blob)])
+                _upsert_rows(self.conn, [(key, rec.blob)])
             except sqlite3.Error as exc:
                 if not self.conn.in_transaction:
                     self.check_transaction(exc)  # fails every operation so far
                     return
-                for i in indexes:
+                for i in rec.indexes:
                     self.results[i] = (False, exc)
-                if before is _MISSING:
+                if rec.before is _MISSING:
                     self.pending.pop(key, None)
                 else:
-                    self.pending[key] = before
+                    self.pending[key] = cast("bytes | None", rec.before)
 
-    def apply(self, op: int, key: str, arg: Any) -> Any:
+    def apply(self, op: int, key: str, arg: bytes | Updater[object] | None) -> object:
         """Apply a delete, update or delete_prefix: one SQL write statement each."""
         conn = self.conn
         if op == DELETE:
@@ -127,14 +142,14 @@ class Batch:
             return None
         if op == UPDATE:
             row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchall()
-            old = orjson.loads(row[0][0]) if row else None
-            new = arg(old)
+            old = decode(row[0][0]) if row else None
+            new = cast("Updater[object]", arg)(old)
             if new is None:
                 if row:
                     conn.execute("DELETE FROM kv WHERE key = ?", (key,))
                     self.pending[key] = None
                 return None
-            blob = orjson.dumps(new)  # may raise: nothing has been written yet
+            blob = encode(new)  # may raise: nothing has been written yet
             _upsert_rows(conn, [(key, blob)])
             self.pending[key] = blob
             return new

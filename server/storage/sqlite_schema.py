@@ -1,10 +1,10 @@
-"""The SQLite engine's table, the upgrade from the old layout, and key-range helpers."""
+"""The SQLite engine's table and the upgrade from the old layout."""
 
 from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["TABLE", "INDEX", "migrate", "prefix_end"]
+__all__ = ["TABLE", "INDEX", "migrate"]
 
 # Rows are appended by ``seq`` (the rowid) and found by key through a unique index. This
 # layout measured cheaper than a ``key PRIMARY KEY ... WITHOUT ROWID`` table: the same
@@ -47,20 +47,3 @@ def migrate(conn: sqlite3.Connection) -> bool:
         raise
     return bool(found)
 
-
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string above every string that starts with ``prefix`` (None: no bound).
-
-    SQLite compares TEXT by its UTF-8 bytes, which orders like Python compares code
-    points, so ``prefix <= key < prefix_end(prefix)`` selects exactly the keys with that
-    prefix.
-    """
-    chars = list(prefix)
-    while chars:
-        last = ord(chars.pop())
-        if last < 0x10FFFF:
-            following = last + 1
-            if 0xD800 <= following <= 0xDFFF:  # surrogates cannot occur in stored keys
-                following = 0xE000
-            return "".join(chars) + chr(following)
-    return None

@@ -20,6 +20,7 @@ from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth
 from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.storage import Storage
+from server.storage import Engine
 from server.tokens.batch import decode_batch, encode_batch
 from server.tokens.entry import (
     MountInfo,
@@ -117,7 +118,7 @@ class TokenStore:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: Engine,
         *,
         clock: Callable[[], float] | None = None,
         default_lease_ttl: int = DEFAULT_MAX_TTL,
@@ -130,15 +131,14 @@ class TokenStore:
         self.max_lease_ttl = max_lease_ttl
         self.sweep_interval = sweep_interval
         self._salt: bytes | None = None
-        self._hmac: Any = None
+        self._hmac: hmac.HMAC | None = None  # keyed with the salt by start()
         self._entity_ids: dict[str, str] = {}
         self._batch_key: bytes | None = None
         self._entity_ns: uuid.UUID | None = None
         self._epochs: dict[str, tuple[float | None, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        # Decoded entries keyed on the exact cached bytes object they came from (storages
-        # with ``peek_cached``): a write publishes new bytes, so a hit is never stale.
-        self._peek: Callable[[str], bytes | None] | None = getattr(storage, "peek_cached", None)
+        # Decoded entries keyed on the exact bytes object the storage holds in memory
+        # (``peek_cached``): a write stores new bytes, so a hit is never stale.
         self._decoded: dict[str, tuple[bytes, TokenEntry]] = {}
         self._sweep_hints: dict[str, float] = {}
 
@@ -182,8 +182,10 @@ class TokenStore:
 
     def hash(self, value: str) -> str:
         """HMAC-SHA256(salt, value) in hex: the only form a token is stored under."""
-        self._ready()
-        mac = self._hmac.copy()  # a keyed state copied: cheaper than keying HMAC per call
+        keyed = self._hmac
+        if keyed is None:
+            raise RuntimeError("TokenStore.start() was not awaited")
+        mac = keyed.copy()  # a keyed state copied: cheaper than keying HMAC per call
         mac.update(value.encode("utf-8", "surrogatepass"))
         return mac.hexdigest()
 
@@ -291,15 +293,11 @@ class TokenStore:
         # Written concurrently so a group-committing engine needs one commit. If a write
         # fails the caller never sees the token; a stray entry just expires (and a child
         # without its parent index still dies with the parent: see _check_live).
-        items: list[tuple[str, Any]] = [
+        items: list[tuple[str, object]] = [
             (ID_PREFIX + selector, entry.to_dict()),
             (f"{PARENT_PREFIX}{entry.parent}/{selector}", 1),
         ]
-        put_many = getattr(self.storage, "put_many", None)
-        if put_many is not None:
-            await put_many(items)  # one queue hand-off, no task per write
-        else:
-            await asyncio.gather(*(self.storage.put(key, value) for key, value in items))
+        await self.storage.put_many(items)  # one queue hand-off, no task per write
         return raw
 
     async def create_root(self, token_id: str | None = None) -> str:
@@ -403,7 +401,7 @@ class TokenStore:
     async def _load(self, row_id: str) -> TokenEntry | None:
         """The entry stored at ``sys/token/id/<row_id>`` (not checked for liveness)."""
         key = ID_PREFIX + row_id
-        entry = self._decoded_entry(key) if self._peek is not None else None
+        entry = self._decoded_entry(key)
         if entry is None:
             data = await self.storage.get(key)
             entry = TokenEntry.from_dict(data) if data is not None else None
@@ -415,8 +413,7 @@ class TokenStore:
         The entry object is shared between requests: nothing mutates a looked-up entry
         (changes go through ``storage.update`` and a fresh ``from_dict``).
         """
-        assert self._peek is not None
-        blob = self._peek(key)
+        blob = self.storage.peek_cached(key)
         if blob is None:
             return None
         hit = self._decoded.get(key)

@@ -33,6 +33,11 @@ COERCE = [
     ("int-float", T.INT, 3.0, nullcontext(3)),
     ("int-bad", T.INT, "1.5", BAD),
     ("int-bool", T.INT, True, BAD),
+    ("int-64-bit-max", T.INT, 2**63 - 1, nullcontext(2**63 - 1)),
+    ("int-64-bit-min", T.INT, -(2**63), nullcontext(-(2**63))),
+    ("int-over-64-bits", T.INT, 2**63, BAD),  # storage could not encode it
+    ("int-under-64-bits", T.INT, -(2**63) - 1, BAD),
+    ("int-huge-float", T.INT, 1e308, BAD),
     ("css-string", T.COMMA_STRING_SLICE, " a, b ,c", nullcontext(["a", "b", "c"])),
     ("css-empty", T.COMMA_STRING_SLICE, "", nullcontext([])),
     ("css-empties-kept", T.COMMA_STRING_SLICE, "a,,b", nullcontext(["a", "", "b"])),

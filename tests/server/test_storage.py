@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import enum
+import math
 import os
 import random
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 
-from plugin.storage import InMemoryStorage, PrefixedStorage, Storage, list_children
+from plugin.storage import InMemoryStorage, PrefixedStorage, Storage
 from server.storage import open_storage
-from server.storage.postgres import like_prefix
+from server.storage.keyrange import list_children
+from server.storage.postgres import PostgresStorage, like_prefix
 from server.storage.sqlite import SQLiteStorage
 
 ENGINES = ["memory", "sqlite", "postgres"]
@@ -61,6 +67,27 @@ async def test_json_round_trip(store: Any, value: Any) -> None:
 async def test_implements_protocol(store: Any) -> None:
     assert isinstance(store, Storage)
     store.set_invalidation_callback(lambda key: None)
+    store.set_unannounced_prefixes(["sys/token/id/"])
+
+
+async def test_engine_extras(store: Any) -> None:
+    """The ``Engine`` extras the server calls without probing: ``shared`` says whether
+    another node may write; ``peek_cached`` hands out the stored bytes only where the engine
+    holds them in memory (a new bytes object per write); ``put_many`` writes them all."""
+    shared = isinstance(store, PostgresStorage)
+    assert store.shared is shared
+    await store.put_many([("m/a", {"v": 1}), ("m/b", [2]), ("m/a", {"v": 3})])  # last one wins
+    assert (await store.get("m/a"), await store.get("m/b")) == ({"v": 3}, [2])
+    first = store.peek_cached("m/a")
+    if shared:
+        assert first is None  # another node may have changed it: nothing is cached
+        return
+    assert first is not None and orjson.loads(first) == {"v": 3}
+    await store.put("m/a", {"v": 3})  # the same value again: new bytes all the same
+    again = store.peek_cached("m/a")
+    assert again is not None and again is not first and again == first
+    await store.delete("m/a")
+    assert store.peek_cached("m/a") is None and store.peek_cached("m/never") is None
 
 
 async def test_get_missing_put_replace_delete(store: Any) -> None:
@@ -143,10 +170,189 @@ async def test_failed_put_leaves_old_value(store: Any) -> None:
     assert await store.get("k") == {"v": "old"}
 
 
-@pytest.mark.parametrize("key", ["", None, 5], ids=["empty", "none", "int"])
-async def test_bad_key_rejected(store: Any, key: Any) -> None:
-    with pytest.raises(TypeError):
-        await store.put(key, 1)
+# -- what every engine accepts and refuses: one table, the same answer everywhere -----------
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    y: int
+
+
+class _Colour(str, enum.Enum):
+    RED = "red"
+
+
+_REFUSED = object()  # marks a value every engine refuses (with TypeError)
+
+#: (id, value, what ``get`` hands back after it was stored, or _REFUSED).
+VALUE_TABLE: list[tuple[str, Any, Any]] = [
+    ("set", {1, 2}, _REFUSED),
+    ("set-nested", {"a": [{1}]}, _REFUSED),
+    ("tuple", (1, "a", (2,)), [1, "a", [2]]),
+    ("int-dict-key", {1: "a"}, _REFUSED),
+    ("bool-dict-key", {"a": {True: 1}}, _REFUSED),
+    ("bytes", b"ab", _REFUSED),
+    ("bytes-nested", {"a": [b"x"]}, _REFUSED),
+    ("object", object(), _REFUSED),
+    ("nan", math.nan, None),
+    ("inf-nested", {"x": [math.inf, -math.inf]}, {"x": [None, None]}),
+    ("nested-dict", {"a": {"b": {"c": [1, {"d": None, "e": 1.5, "f": False}]}}},
+     {"a": {"b": {"c": [1, {"d": None, "e": 1.5, "f": False}]}}}),
+    ("dict-key-order-kept", {"zz": 1, "a": 2, "mm": {"y": 1, "x": 2}}, {"zz": 1, "a": 2, "mm": {"y": 1, "x": 2}}),
+    ("uint64-max", 2**64 - 1, 2**64 - 1),
+    ("int64-min", -(2**63), -(2**63)),
+    ("large-int", 2**64, _REFUSED),
+    ("large-negative-int", -(2**63) - 1, _REFUSED),
+    ("large-int-nested", {"n": [10**30]}, _REFUSED),
+    ("float-exact", {"f": 0.1, "g": 1e308, "h": -0.0, "i": 1.0}, {"f": 0.1, "g": 1e308, "h": -0.0, "i": 1.0}),
+    ("lone-surrogate", "a\ud800b", _REFUSED),
+    ("lone-surrogate-dict-key", {"\udc00": 1}, _REFUSED),
+    ("astral-and-bmp", {"\U0001f680": "é\u2028"}, {"\U0001f680": "é\u2028"}),
+    ("nul-in-string", {"a": "x\x00y"}, {"a": "x\x00y"}),
+    ("nul-in-dict-key", {"a\x00": 1}, {"a\x00": 1}),
+    ("none", None, None),
+    ("dataclass", _Point(1, 2), {"x": 1, "y": 2}),
+    ("datetime", datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC), "2024-01-02T03:04:05+00:00"),
+    ("str-enum", {"c": _Colour.RED}, {"c": "red"}),
+]
+async def _value_case(store: Any, op: str, name: str, value: Any, stored: Any) -> str | None:
+    """Apply one row of VALUE_TABLE with ``op`` under ``t/<name>/``; None if the engine did
+    what the row says, else what it did instead."""
+    key, folder = f"t/{name}/k", f"t/{name}/"
+    await store.put(key, "old")
+    write = {
+        "put": lambda: store.put(key, value),
+        "update": lambda: store.update(key, lambda old: value),
+        "put_many": lambda: store.put_many([(folder + "a", 1), (key, value), (folder + "z", 2)]),
+    }[op]
+    try:
+        returned = await write()
+    except TypeError as exc:
+        if stored is not _REFUSED:
+            return f"refused with {exc!r}"
+        if await store.get(key) != "old" or await store.list(folder) != ["k"]:
+            return "refused, but the old value was changed or other keys written"
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported as a row failure
+        return f"raised {exc!r}"
+    if stored is _REFUSED:
+        return "accepted"
+    if op == "update" and returned is not value:
+        return f"update returned {returned!r}"
+    if op == "update" and value is None:  # None from fn deletes (a put of None stores a JSON null)
+        return None if await store.list(folder) == [] else "update to None did not delete"
+    got = await store.get(key)
+    if repr(got) != repr(stored):  # equal, same types, same dict key order
+        return f"read back {got!r}"
+    if isinstance(got, dict):
+        got["mutated"] = True
+        if repr(await store.get(key)) != repr(stored):
+            return "get did not hand back a fresh copy"
+    want = ["a", "k", "z"] if op == "put_many" else ["k"]
+    return None if await store.list(folder) == want else f"listed {await store.list(folder)}"
+
+
+@pytest.mark.parametrize("op", ["put", "update", "put_many"])
+async def test_value_table(store: Any, op: str) -> None:
+    """Every engine accepts and refuses the same values (VALUE_TABLE), whichever write
+    stores them, and reads back the same thing."""
+    failures = {name: why for name, value, stored in VALUE_TABLE
+                if (why := await _value_case(store, op, name, value, stored)) is not None}
+    assert failures == {}
+
+
+#: (id, key, exception) for keys no engine can hold.
+KEY_TABLE: list[tuple[str, Any, type[Exception]]] = [
+    ("empty", "", TypeError),
+    ("none", None, TypeError),
+    ("int", 5, TypeError),
+    ("bytes", b"k", TypeError),
+    ("nul", "a\x00b", ValueError),
+    ("lone-surrogate", "a/\ud800", ValueError),
+]
+
+
+def _key_ops(key: Any) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+    return {
+        "get": lambda s: s.get(key),
+        "put": lambda s: s.put(key, 1),
+        "put_many": lambda s: s.put_many([("fine", 1), (key, 1)]),
+        "delete": lambda s: s.delete(key),
+        "update": lambda s: s.update(key, lambda old: 1),
+    }
+
+
+def _prefix_ops(prefix: Any) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+    return {
+        "list": lambda s: s.list(prefix),
+        "list_page": lambda s: s.list_page(prefix),
+        "list_page-after": lambda s: s.list_page("", prefix),
+        "delete_prefix": lambda s: s.delete_prefix(prefix),
+    }
+
+
+async def _refusals(store: Any, table: list[tuple[str, Any, type[Exception]]],
+                    ops: Callable[[Any], dict[str, Callable[[Any], Awaitable[Any]]]]) -> dict[str, str]:
+    """Run every operation of ``ops(arg)`` for each row; what did not raise the row's error."""
+    failures: dict[str, str] = {}
+    for name, arg, error in table:
+        for op, call in ops(arg).items():
+            try:
+                await call(store)
+                failures[f"{name}/{op}"] = "accepted"
+            except error:
+                pass
+            except Exception as exc:  # noqa: BLE001 - reported as a row failure
+                failures[f"{name}/{op}"] = f"raised {exc!r}"
+    return failures
+
+
+async def test_key_table(store: Any) -> None:
+    """Every engine refuses the same keys (KEY_TABLE) in every key operation, with the same
+    exception, and writes nothing."""
+    assert await _refusals(store, KEY_TABLE, _key_ops) == {}
+    assert await store.list("") == []
+
+
+#: (id, prefix, exception) for prefixes (and ``after`` names) no key can start with.
+PREFIX_TABLE: list[tuple[str, Any, type[Exception]]] = [
+    ("int", 5, TypeError),
+    ("none", None, TypeError),
+    ("nul", "a\x00", ValueError),
+    ("lone-surrogate", "\udfff/", ValueError),
+]
+
+
+async def test_prefix_table(store: Any) -> None:
+    """``list``, ``list_page`` (prefix and ``after``) and ``delete_prefix`` refuse the same
+    prefixes (PREFIX_TABLE) on every engine, with the same exception."""
+    await store.put("a/b", 1)
+    assert await _refusals(store, PREFIX_TABLE, _prefix_ops) == {}
+    assert await store.get("a/b") == 1
+
+
+async def test_api_stores_nul_alike_on_every_engine(store: Any, aiohttp_client: Any) -> None:
+    """Regression: PostgreSQL (jsonb) refused a string holding NUL, so writing a role or
+    creating a token with such a value gave a 500 there and worked on SQLite. Every engine
+    now stores it (Vault does too)."""
+    from server.app import create_app
+    from server.http.listverb import make_test_server
+    from server.settings import Settings, StorageSettings
+
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id="root")
+    client = await aiohttp_client(make_test_server(create_app(settings, storage=store)))
+    root = {"X-Vault-Token": "root"}
+    assert (await client.post("/v1/sys/auth/jwt", json={"type": "jwt"}, headers=root)).status == 204
+    role = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a\x00"], "bound_claims": {"x": "b\x00"}}
+    assert (await client.post("/v1/auth/jwt/role/r", json=role, headers=root)).status == 204
+    read = await (await client.get("/v1/auth/jwt/role/r", headers=root)).json()
+    assert read["data"]["bound_audiences"] == ["a\x00"] and read["data"]["bound_claims"] == {"x": "b\x00"}
+    created = await client.post("/v1/auth/token/create", json={"meta": {"k": "v\x00"}}, headers=root)
+    assert created.status == 200
+    token = (await created.json())["auth"]["client_token"]
+    looked = await (await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})).json()
+    assert looked["data"]["meta"] == {"k": "v\x00"}
 
 
 DELETE_PREFIX_CASES = [
@@ -172,17 +378,14 @@ async def test_delete_prefix(store: Any, prefix: str, count: int, left: list[str
 
 # -- list_page: one bounded page of list()'s children -------------------------------------
 
-PAGE_ENGINES = [*ENGINES, "plugin-memory", "prefixed"]
+PAGE_ENGINES = [*ENGINES, "prefixed"]
 
 
 @pytest.fixture(params=PAGE_ENGINES)
 async def page_store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Any]:
-    """Every engine, plus the plugin's InMemoryStorage and a mount's PrefixedStorage view
-    (over an inner store holding decoy keys next to its prefix)."""
+    """Every engine, plus a mount's PrefixedStorage view (over an inner store holding
+    decoy keys next to its prefix)."""
     kind = request.param
-    if kind == "plugin-memory":
-        yield InMemoryStorage()
-        return
     cfg: dict[str, Any] = {"type": "memory" if kind == "prefixed" else kind}
     if kind == "sqlite":
         cfg["path"] = str(tmp_path / "db" / "authmount.db")
@@ -342,10 +545,10 @@ async def test_open_storage_rejects_bad_settings(cfg: dict[str, Any], tmp_path: 
 async def test_memory_list_page_under_churn(monkeypatch: pytest.MonkeyPatch, slack: int) -> None:
     """The memory engine's sorted key list stays exact while keys are created, re-created,
     updated, deleted and prefix-deleted between pages (merged in, skipped, or re-sorted)."""
-    from server.storage import memory
+    import plugin.storage
 
-    monkeypatch.setattr(memory, "RESORT_SLACK", slack)
-    store = memory.MemoryStorage()
+    monkeypatch.setattr(plugin.storage, "RESORT_SLACK", slack)
+    store = InMemoryStorage()
     rnd = random.Random(5)
     ref: set[str] = set()
     names = [f"{a}{b}" for a in ("a/", "b/", "a/x/", "") for b in "0123456789"]
@@ -570,6 +773,37 @@ async def test_postgres_unannounced_prefixes_are_not_notified(postgres_dsn: str,
         await b.close()
 
 
+async def test_postgres_converts_a_jsonb_table(postgres_dsn: str) -> None:  # noqa: F811
+    """A table of the older layout (``value jsonb``) is converted to ``json`` at open, its
+    rows kept; afterwards a string holding NUL is stored as on every other engine."""
+    import psycopg
+
+    old_layout = 'CREATE TABLE authmount_kv (key text COLLATE "C" PRIMARY KEY, value jsonb NOT NULL)'
+    rows = {"core/mounts": {"token/": {"type": "token"}}, "sys/token/id/abc": {"policies": ["a"], "ttl": 60}}
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+        await conn.execute(old_layout)
+        for key, value in rows.items():
+            await conn.execute("INSERT INTO authmount_kv VALUES (%s, %s::jsonb)", (key, orjson.dumps(value).decode()))
+
+    async def value_type() -> str:
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+            cur = await conn.execute("SELECT pg_typeof(value)::text FROM authmount_kv LIMIT 1")
+            row = await cur.fetchone()
+            assert row is not None
+            return str(row[0])
+
+    assert await value_type() == "jsonb"
+    for _ in range(2):  # the second open finds the new layout and leaves it alone
+        s = await open_storage({"type": "postgres", "dsn": postgres_dsn})
+        try:
+            assert {key: await s.get(key) for key in rows} == rows
+            await s.put("nul", {"b": "x\x00y", "a": 1})
+            assert repr(await s.get("nul")) == repr({"b": "x\x00y", "a": 1})  # key order kept too
+        finally:
+            await s.close()
+        assert await value_type() == "json"
+
+
 async def test_postgres_updates_atomic_across_nodes(postgres_dsn: str) -> None:  # noqa: F811
     a = await open_storage({"type": "postgres", "dsn": postgres_dsn, "pool_size": 5})
     b = await open_storage({"type": "postgres", "dsn": postgres_dsn, "pool_size": 5})
@@ -612,18 +846,21 @@ async def test_postgres_listener_reconnects(postgres_dsn: str) -> None:  # noqa:
 
 
 async def test_postgres_batched_puts_fail_only_the_culprit(postgres_dsn: str) -> None:  # noqa: F811
-    """Concurrent puts share one statement; a value PostgreSQL rejects fails only its put."""
+    """Concurrent puts share one statement; a write PostgreSQL rejects fails only its put."""
+    import psycopg
+
     s = await open_storage({"type": "postgres", "dsn": postgres_dsn})
+    too_long = "k/" + "x" * 8000  # its NOTIFY payload is over PostgreSQL's limit
     try:
-        await s.put("k/1", "old")
         results = await asyncio.gather(
             *(s.put(f"k/{i}", {"i": i}) for i in range(50)),
-            s.put("k/1", "nul \u0000 is not allowed in jsonb"),
+            s.put(too_long, "refused"),
             s.put("k/7", "last wins"),
             return_exceptions=True,
         )
         assert results[:50] == [None] * 50 and results[51] is None
-        assert type(results[50]).__name__ == "UntranslatableCharacter"
+        assert isinstance(results[50], psycopg.Error)
+        assert await s.get(too_long) is None
         assert await s.get("k/1") == {"i": 1}
         assert await s.get("k/7") == "last wins"
         assert len(await s.list("k/")) == 50

@@ -11,11 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from plugin.storage import list_children
 from server.storage import sqlite as sqlite_engine
 from server.storage import sqlite_checkpoint, sqlite_schema
+from server.storage.keyrange import list_children, prefix_end
 from server.storage.sqlite import SQLiteStorage
-from server.storage.sqlite_schema import prefix_end
 
 # How the engine laid the file out before the key index moved to disk.
 OLD_SCHEMA = "CREATE TABLE kv (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, value BLOB NOT NULL)"

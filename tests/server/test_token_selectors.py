@@ -236,7 +236,7 @@ async def test_chosen_root_id_uses_the_hmac_layout(clock: Clock, token_id: str) 
     assert len(await storage.list(ID_PREFIX)) == 1
     assert (await again.lookup_accessor(entry.accessor)) is not None
     assert await again.revoke_accessor(entry.accessor) is True
-    assert storage._data.keys() <= {"sys/token/salt", "sys/token/batch_key"}
+    assert storage.dump().keys() <= {"sys/token/salt", "sys/token/batch_key"}
 
 
 async def test_chosen_root_id_shaped_like_a_minted_token_refused(store: TokenStore) -> None:
@@ -319,7 +319,7 @@ async def test_legacy_revoke_tree_with_a_new_child(legacy: TokenStore) -> None:
     assert await legacy.revoke(parent) == 3
     for raw in (LEGACY_RAW, LEGACY_CHILD, new_child["client_token"]):
         assert await legacy.lookup(raw) is None
-    assert legacy.storage._data.keys() <= {"sys/token/salt", "sys/token/batch_key"}  # type: ignore[attr-defined]
+    assert legacy.storage.dump().keys() <= {"sys/token/salt", "sys/token/batch_key"}  # type: ignore[attr-defined]
 
 
 async def test_legacy_revoke_accessor_and_orphan(legacy: TokenStore) -> None:

@@ -107,22 +107,22 @@ async def test_storage_holds_no_raw_token(store: TokenStore) -> None:
     root = await store.create_root()
     child, _ = await store.issue(login(), mount=JWT, parent=await store.authenticate(root, "10.0.0.1"))
     raws += [root, child["client_token"]]
-    dump = json.dumps(store.storage._data)  # type: ignore[attr-defined]
+    dump = json.dumps(store.storage.dump())  # type: ignore[attr-defined]
     for raw in raws:
         secret = raw[4 + SELECTOR_LEN :]
         assert raw not in dump and raw[4:] not in dump and secret not in dump
-    keys = list(store.storage._data)  # type: ignore[attr-defined]
+    keys = list(store.storage.dump())  # type: ignore[attr-defined]
     assert any(k.startswith("sys/token/id/") for k in keys)
     assert not any(k.startswith("sys/token/accessor/") for k in keys)  # one row per token
     assert any(k.startswith("sys/token/parent/") for k in keys)
 
 
 async def test_one_row_per_service_login(store: TokenStore) -> None:
-    before = set(store.storage._data)  # type: ignore[attr-defined]
+    before = set(store.storage.dump())  # type: ignore[attr-defined]
     block, _ = await store.issue(login(), mount=JWT)
     raw = block["client_token"]
     selector = raw[4 : 4 + SELECTOR_LEN]
-    assert set(store.storage._data) - before == {ID_PREFIX + selector}  # type: ignore[attr-defined]
+    assert set(store.storage.dump()) - before == {ID_PREFIX + selector}  # type: ignore[attr-defined]
     row = await store.storage.get(ID_PREFIX + selector)
     assert row["verifier"] == store.hash(raw) and row["id_hash"] == selector
     assert row["accessor"] == block["accessor"]
@@ -131,7 +131,7 @@ async def test_one_row_per_service_login(store: TokenStore) -> None:
     # a child token adds its parent index row, as before
     child, _ = await store.issue(login(), mount=JWT, parent=entry)
     child_selector = child["client_token"][4 : 4 + SELECTOR_LEN]
-    added = set(store.storage._data) - before - {ID_PREFIX + selector}  # type: ignore[attr-defined]
+    added = set(store.storage.dump()) - before - {ID_PREFIX + selector}  # type: ignore[attr-defined]
     assert added == {ID_PREFIX + child_selector, f"sys/token/parent/{selector}/{child_selector}"}
 
 
@@ -238,7 +238,7 @@ async def test_child_revoked_with_parent(store: TokenStore) -> None:
     for b in (parent_block, child_block, grandchild_block):
         assert await store.lookup(b["client_token"]) is None
     assert await store.lookup_accessor(child_block["accessor"]) is None
-    assert [k for k in store.storage._data if "parent" in k] == []  # type: ignore[attr-defined]
+    assert [k for k in store.storage.dump() if "parent" in k] == []  # type: ignore[attr-defined]
 
 
 async def test_child_dies_when_parent_expires(store: TokenStore, clock: Clock) -> None:
@@ -284,9 +284,9 @@ async def test_revoke_mount_kills_service_and_batch(store: TokenStore, clock: Cl
 
 
 async def test_batch_token_is_stateless(store: TokenStore) -> None:
-    before = dict(store.storage._data)  # type: ignore[attr-defined]
+    before = dict(store.storage.dump())  # type: ignore[attr-defined]
     block, _ = await store.issue(login(token_type="batch", bound_cidrs=["10.0.0.0/8"]), mount=JWT)
-    assert store.storage._data == before  # type: ignore[attr-defined]
+    assert store.storage.dump() == before  # type: ignore[attr-defined]
     raw = block["client_token"]
     assert raw.startswith("hvb.") and block["renewable"] is False and block["accessor"] == ""
     assert block["token_type"] == "batch"
