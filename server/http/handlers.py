@@ -190,9 +190,8 @@ def remote_addr(request: web.Request) -> str:
 
     :raises InvalidRequest: the chain is shorter than the hop skips, or the entry is no IP.
     """
-    cached = request.get(REMOTE_ADDR)
-    if cached is not None:
-        return cached
+    if REMOTE_ADDR in request:
+        return request[REMOTE_ADDR]
     peer = request.remote or ""
     settings = request.app[SETTINGS]
     addr = peer
