@@ -10,12 +10,9 @@ Two levels, as in Vault's barrier:
   an auth method's client secrets and HMAC keys, OIDC flow states) is sealed under the
   active term.
 
-A sealed value is ``am1.<term>.<base64url(salt16 | nonce12 | AES-256-GCM ciphertext)>``.
-Each seal derives its own key from the term key, a random 128-bit salt and the value's
-*context* (the storage key it is written under, or what it is for), and binds the context
-as associated data: a value cannot be moved to another place and still open, and the
-random-nonce limit of one GCM key (2^32 seals) does not apply to a term, however many OIDC
-states are sealed with it.
+The sealed format and cipher are ``plugin/sealing.py``'s. A value's *context* is where it
+lives (the storage key and field, ``auth/<mount uuid>/config#oidc_client_secret``) or what it
+is for (an OIDC flow state).
 
 ``rotate`` adds a term and makes it active; older terms stay so that values sealed under
 them still open (the callers re-seal what they own). ``rewrap`` seals the keyring under a
@@ -27,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import os
 import secrets
 import time
@@ -37,9 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from plugin.sealing import (
+    SealError,
+    b64d,
+    b64e,
+    format_sealed,
+    is_sealed,
+    open_bytes,
+    parse_sealed,
+    seal_bytes,
+)
 from plugin.storage import Storage
 
 __all__ = [
@@ -56,13 +60,6 @@ __all__ = [
 KEYRING_KEY = "core/keyring"
 ENV_KEY = "AUTHMOUNT_STORAGE_KEY"
 KEY_BYTES = 32
-_PREFIX = "am1."
-_SALT = 16
-_NONCE = 12
-
-
-class SealError(ValueError):
-    """A sealed value does not open: wrong context, unknown term, tampered or malformed."""
 
 
 class StorageKeyError(RuntimeError):
@@ -70,41 +67,9 @@ class StorageKeyError(RuntimeError):
     the message says which and what to do."""
 
 
-def is_sealed(value: object) -> bool:
-    """True for a string in the sealed format (plaintext left by older versions is not)."""
-    return isinstance(value, str) and value.startswith(_PREFIX)
-
-
 def key_fingerprint(key: bytes) -> str:
     """A short public name of a storage key (not enough to recover it): 16 hex digits."""
     return hashlib.sha256(b"authmount storage key\0" + key).hexdigest()[:16]
-
-
-def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _b64e(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _derive(key: bytes, salt: bytes, context: str) -> AESGCM:
-    return AESGCM(hmac.new(key, salt + context.encode("utf-8"), hashlib.sha256).digest())
-
-
-def _seal(key: bytes, plaintext: bytes, context: str) -> bytes:
-    salt, nonce = secrets.token_bytes(_SALT), secrets.token_bytes(_NONCE)
-    return salt + nonce + _derive(key, salt, context).encrypt(nonce, plaintext, context.encode("utf-8"))
-
-
-def _open(key: bytes, blob: bytes, context: str) -> bytes:
-    if len(blob) < _SALT + _NONCE + 16:
-        raise SealError("sealed value too short")
-    salt, nonce, ct = blob[:_SALT], blob[_SALT : _SALT + _NONCE], blob[_SALT + _NONCE :]
-    try:
-        return _derive(key, salt, context).decrypt(nonce, ct, context.encode("utf-8"))
-    except InvalidTag:
-        raise SealError("sealed value does not open here (wrong key or context, or tampered)") from None
 
 
 def load_storage_key(
@@ -195,7 +160,7 @@ class Keyring:
         :raises StorageKeyError: the keyring was sealed under another storage key.
         """
         created = time.time() if now is None else now
-        first = {"terms": {"1": {"key": _b64e(secrets.token_bytes(KEY_BYTES)), "created": created}}, "active": 1}
+        first = {"terms": {"1": {"key": b64e(secrets.token_bytes(KEY_BYTES)), "created": created}}, "active": 1}
         fresh = cls._stored_form(storage_key, first)
         # update() so two nodes starting together agree on one keyring.
         stored = await storage.update(KEYRING_KEY, lambda old: old if old else fresh)
@@ -216,7 +181,7 @@ class Keyring:
             ring = self._from_stored(self._storage_key, old)
             number = max(ring._terms) + 1
             body = ring._body()
-            body["terms"][str(number)] = {"key": _b64e(secrets.token_bytes(KEY_BYTES)), "created": created}
+            body["terms"][str(number)] = {"key": b64e(secrets.token_bytes(KEY_BYTES)), "created": created}
             body["active"] = number
             return self._stored_form(self._storage_key, body)
 
@@ -248,14 +213,14 @@ class Keyring:
 
     def _body(self) -> dict[str, Any]:
         return {
-            "terms": {str(n): {"key": _b64e(t.key), "created": t.created} for n, t in self._terms.items()},
+            "terms": {str(n): {"key": b64e(t.key), "created": t.created} for n, t in self._terms.items()},
             "active": self.active,
         }
 
     @staticmethod
     def _stored_form(storage_key: bytes, body: dict[str, Any]) -> dict[str, Any]:
-        blob = _seal(storage_key, orjson.dumps(body), KEYRING_KEY)
-        return {"v": 1, "storage_key": key_fingerprint(storage_key), "sealed": _b64e(blob)}
+        blob = seal_bytes(storage_key, orjson.dumps(body), KEYRING_KEY)
+        return {"v": 1, "storage_key": key_fingerprint(storage_key), "sealed": b64e(blob)}
 
     @classmethod
     def _from_stored(cls, storage_key: bytes, stored: Any) -> Keyring:
@@ -268,9 +233,9 @@ class Keyring:
                 f"(or {ENV_KEY})"
             )
         try:
-            body = orjson.loads(_open(storage_key, _b64d(stored["sealed"]), KEYRING_KEY))
+            body = orjson.loads(open_bytes(storage_key, b64d(stored["sealed"]), KEYRING_KEY))
             terms = {
-                int(n): Term(int(n), _b64d(t["key"]), float(t["created"])) for n, t in body["terms"].items()
+                int(n): Term(int(n), b64d(t["key"]), float(t["created"])) for n, t in body["terms"].items()
             }
             active = int(body["active"])
         except (SealError, ValueError, KeyError, TypeError) as exc:
@@ -283,30 +248,22 @@ class Keyring:
     def seal(self, plaintext: bytes, context: str) -> str:
         """``plaintext`` sealed under the active term for ``context``."""
         term = self._terms[self.active]
-        return f"{_PREFIX}{term.number}.{_b64e(_seal(term.key, plaintext, context))}"
+        return format_sealed(term.number, seal_bytes(term.key, plaintext, context))
 
     def unseal(self, sealed: str, context: str) -> bytes:
         """The plaintext of a value ``seal`` made for ``context``.
 
         :raises SealError: malformed, an unknown term, another context, tampered.
         """
-        if not is_sealed(sealed):
-            raise SealError("not a sealed value")
-        term_text, dot, body = sealed[len(_PREFIX) :].partition(".")
-        if not dot or not term_text.isdigit() or len(term_text) > 9:
-            raise SealError("malformed sealed value")
-        term = self._terms.get(int(term_text))
+        number, blob = parse_sealed(sealed)
+        term = self._terms.get(number)
         if term is None:
-            raise SealError(f"sealed under unknown term {term_text}")
-        try:
-            blob = _b64d(body)
-        except (binascii.Error, ValueError):
-            raise SealError("malformed sealed value") from None
-        return _open(term.key, blob, context)
+            raise SealError(f"sealed under unknown term {number}")
+        return open_bytes(term.key, blob, context)
 
     def term_of(self, sealed: str) -> int | None:
         """The term a sealed value was made with (None: not a sealed value)."""
-        if not is_sealed(sealed):
+        try:
+            return parse_sealed(sealed)[0]
+        except SealError:
             return None
-        head = sealed[len(_PREFIX) :].partition(".")[0]
-        return int(head) if head.isdigit() and len(head) <= 9 else None

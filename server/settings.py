@@ -233,6 +233,23 @@ class StorageSettings:
     )
     pool_size: int = setting(10, kind="int ≥ 1", parse=_int(1), engine="postgres",
                              doc="PostgreSQL connection pool size per node (plus one connection for LISTEN).")
+    key_file: str = setting(
+        "", kind="path", parse=_string, shown="`<path>` with `.key` for `sqlite`",
+        doc="The storage key that seals every secret the server keeps (token salt, batch signing keys, client "
+            "secrets, HMAC keys): created 0600 at first start, never stored in the database. Required for "
+            "`postgres` (every node needs a copy of the same file) unless `AUTHMOUNT_STORAGE_KEY` is set, which "
+            "wins. `memory` uses a key that lives as long as the process. See "
+            "[operations](operations.md#the-storage-key).",
+    )
+
+    @property
+    def key_path(self) -> str:
+        """The key file in effect (``key_file``, else next to the SQLite file)."""
+        if self.key_file:
+            return self.key_file
+        if self.type == "sqlite":
+            return str(Path(self.path).with_suffix(".key"))
+        return ""
 
     @staticmethod
     def _finish(values: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -61,10 +61,12 @@ def _batch_sig(key: bytes, body: str) -> bytes:
 _KEYED: dict[bytes, Any] = {}  # batch signing key -> keyed HMAC state (one key per store)
 
 
-def decode_batch(raw: str, key: bytes) -> TokenEntry | None:
-    """The entry inside a batch token, or None when malformed or the signature is wrong.
+def decode_batch(raw: str, keys: tuple[bytes, ...]) -> TokenEntry | None:
+    """The entry inside a batch token, or None when malformed or no key's signature matches.
 
-    ``id_hash`` is left empty for the caller to fill in.
+    ``keys`` are tried in order (the signing key first, then keys that still verify after
+    a rotation). ``id_hash`` is left empty for the caller to fill in; what the entry claims
+    is the caller's to re-check (a valid signature only says one of ``keys`` made it).
     """
     body, dot, sig = raw.rpartition(".")
     if not dot or body.count(".") != 1:
@@ -73,7 +75,7 @@ def decode_batch(raw: str, key: bytes) -> TokenEntry | None:
         given = _b64d(sig)
     except ValueError:
         return None
-    if not hmac.compare_digest(given, _batch_sig(key, body)):
+    if not any(hmac.compare_digest(given, _batch_sig(key, body)) for key in keys):
         return None
     try:
         p = json.loads(_b64d(body[4:]))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +17,7 @@ from plugin.cidrutil import cidr_allows, parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth
 from plugin.policyutil import refuse_root, sanitize_policies
+from plugin.sealing import EphemeralSealer, Sealer
 from plugin.storage import Storage
 from server.storage import Engine
 from server.tokens.batch import decode_batch, encode_batch
@@ -38,19 +37,23 @@ from server.tokens.ids import (
     random_b62,
     token_selector,
 )
+from server.tokens.keys import BATCH_KEY, SALT_KEY, BatchKeys, load_batch_keys, load_salt, rotate_batch_keys
 from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl, rfc3339
 
 __all__ = ["TokenStore", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX", "EPOCH_PREFIX"]
 
 log = structlog.get_logger(__name__)
 
-SALT_KEY = "sys/token/salt"
-BATCH_KEY = "sys/token/batch_key"
 ID_PREFIX = "sys/token/id/"
 ACCESSOR_PREFIX = "sys/token/accessor/"
 PARENT_PREFIX = "sys/token/parent/"
 EPOCH_PREFIX = "sys/token/mount-epoch/"
 _MAX_TOKEN_LEN = 8192
+#: An unknown batch signature re-reads the batch keys at most this often (seconds).
+_BATCH_RELOAD_SECONDS = 1.0
+#: The sealer of token stores built without one (tests, tools): one per process, so that
+#: several stores on one storage open each other's secrets.
+PROCESS_SEALER = EphemeralSealer()
 #: Decoded token entries kept for lookups (each holds its ~1 KiB of cached bytes alive).
 DECODED_ENTRIES = 1024
 _EPOCH_CACHE_SECONDS = 1.0
@@ -124,8 +127,15 @@ class TokenStore:
         default_lease_ttl: int = DEFAULT_MAX_TTL,
         max_lease_ttl: int = DEFAULT_MAX_TTL,
         sweep_interval: float = 60.0,
+        sealer: Sealer | None = None,
+        mount_exists: Callable[[str], bool] | None = None,
     ) -> None:
         self.storage = storage
+        #: Seals the salt and batch keys at rest (the server's keyring; tests: one
+        #: process-wide ephemeral sealer, so stores sharing a storage agree).
+        self.sealer: Sealer = sealer or PROCESS_SEALER
+        #: Does a mount with this accessor exist? (batch tokens of a removed mount are dead)
+        self.mount_exists = mount_exists
         self.clock: Callable[[], float] = clock or time.time
         self.default_lease_ttl = default_lease_ttl
         self.max_lease_ttl = max_lease_ttl
@@ -133,7 +143,8 @@ class TokenStore:
         self._salt: bytes | None = None
         self._hmac: hmac.HMAC | None = None  # keyed with the salt by start()
         self._entity_ids: dict[str, str] = {}
-        self._batch_key: bytes | None = None
+        self._batch: BatchKeys | None = None
+        self._batch_reloaded = 0.0
         self._entity_ns: uuid.UUID | None = None
         self._epochs: dict[str, tuple[float | None, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -145,8 +156,8 @@ class TokenStore:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self, *, sweep: bool = True) -> None:
         """Load or create the salt and batch signing key; start the expiry sweeper."""
-        self._salt = await self._load_secret(SALT_KEY)
-        self._batch_key = await self._load_secret(BATCH_KEY)
+        self._salt = await load_salt(self.storage, self.sealer)
+        self._batch = await load_batch_keys(self.storage, self.sealer, self.clock())
         self._entity_ns = uuid.UUID(bytes=hmac.new(self._salt, b"entity-namespace", hashlib.sha256).digest()[:16])
         self._hmac = hmac.new(self._salt, digestmod=hashlib.sha256)
         if sweep and self._sweeper is None:
@@ -166,14 +177,18 @@ class TokenStore:
         """A write by another node: forget a cached mount epoch so revocation applies now."""
         if key.startswith(EPOCH_PREFIX):
             self._epochs.pop(key[len(EPOCH_PREFIX):], None)
+        elif key == BATCH_KEY:
+            self._batch_reloaded = 0.0  # the next unknown signature re-reads the keys
 
-    async def _load_secret(self, key: str) -> bytes:
-        fresh = base64.b64encode(secrets.token_bytes(32)).decode()
-        # update() so two nodes starting together agree on one value.
-        value = await self.storage.update(key, lambda old: old if old else {"value": fresh})
-        if not isinstance(value, dict) or not isinstance(value.get("value"), str):
-            raise RuntimeError(f"storage returned no token store secret at {key}")
-        return base64.b64decode(value["value"])
+    async def rotate_batch_key(self) -> None:
+        """Sign new batch tokens with a new key; the old ones verify until their tokens
+        have expired (``max_lease_ttl``)."""
+        self._batch = await rotate_batch_keys(self.storage, self.sealer, self.clock(), self.max_lease_ttl)
+
+    async def reload_batch_keys(self) -> None:
+        """Re-read the batch keys (another node rotated them)."""
+        self._batch_reloaded = time.monotonic()
+        self._batch = await load_batch_keys(self.storage, self.sealer, self.clock())
 
     def _ready(self) -> bytes:
         if self._salt is None:
@@ -363,20 +378,42 @@ class TokenStore:
             raise InvalidRequest("batch tokens cannot be periodic")
         entry.renewable = False
         entry.accessor = ""  # batch tokens have no accessor (Vault)
-        assert self._batch_key is not None
-        raw = encode_batch(entry, self._batch_key)
+        assert self._batch is not None
+        raw = encode_batch(entry, self._batch.signing)
         if len(raw) > _MAX_TOKEN_LEN:
             # lookup() refuses longer tokens, so this one could never be used.
             raise InvalidRequest(f"batch token would be {len(raw)} bytes (limit {_MAX_TOKEN_LEN}); reduce its metadata or policies")
         entry.id_hash = self.hash(raw)
         return raw
 
-    def _decode_batch(self, raw: str) -> TokenEntry | None:
-        assert self._batch_key is not None
-        entry = decode_batch(raw, self._batch_key)
-        if entry is not None:
-            entry.id_hash = self.hash(raw)
+    async def _decode_batch(self, raw: str) -> TokenEntry | None:
+        assert self._batch is not None
+        entry = decode_batch(raw, self._batch.verifying)
+        if entry is None and time.monotonic() - self._batch_reloaded > _BATCH_RELOAD_SECONDS:
+            # Signed with a key another node made a moment ago? Re-read, at most once a
+            # second however many bad signatures arrive.
+            await self.reload_batch_keys()
+            entry = decode_batch(raw, self._batch.verifying)
+        if entry is None or not self._batch_claims_hold(entry):
+            return None
+        entry.id_hash = self.hash(raw)
         return entry
+
+    def _batch_claims_hold(self, entry: TokenEntry) -> bool:
+        """Re-check what minting guarantees, so a signature alone (from a stolen key, or a
+        bug) never yields more: no root policy, a finite expiry within the maximum TTL, a
+        mount that exists."""
+        problem = ""
+        if "root" in sanitize_policies(entry.policies):
+            problem = "root policy"
+        elif not entry.expire_time or entry.expire_time - entry.creation_time > self.max_lease_ttl + 1:
+            problem = "expiry missing or beyond max_lease_ttl"
+        elif self.mount_exists is not None and entry.mount_accessor and not self.mount_exists(entry.mount_accessor):
+            problem = "mount does not exist"
+        if problem:
+            log.error("batch_token_refused", reason=problem, mount_accessor=entry.mount_accessor)
+            return False
+        return True
 
     # -- lookup and use ------------------------------------------------------------------
     async def lookup(self, raw_token: str) -> TokenEntry | None:
@@ -385,7 +422,7 @@ class TokenStore:
         if not isinstance(raw_token, str) or not raw_token or len(raw_token) > _MAX_TOKEN_LEN:
             return None
         if raw_token.startswith("hvb."):
-            entry = self._decode_batch(raw_token)
+            entry = await self._decode_batch(raw_token)
         elif (selector := token_selector(raw_token)) is not None:
             entry = await self._load(selector)
             # A known selector with the wrong secret is as unknown as any other token (and

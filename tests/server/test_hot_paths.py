@@ -159,10 +159,10 @@ def test_batch_token_round_trip(meta: dict[str, str]) -> None:
     entry = entry_mod.TokenEntry(id_hash="", accessor="", policies=["default", "p"], meta=meta, ttl=60,
                           expire_time=1795668899.25, type="batch")  # fmt: skip
     raw = batch.encode_batch(entry, key)
-    back = batch.decode_batch(raw, key)
+    back = batch.decode_batch(raw, (key,))
     assert back is not None and back.meta == meta and back.policies == ["default", "p"]
     assert back.expire_time == 1795668899.25
-    assert batch.decode_batch(raw[:-2] + ("A" if raw[-2] != "A" else "B") + raw[-1], key) is None
+    assert batch.decode_batch(raw[:-2] + ("A" if raw[-2] != "A" else "B") + raw[-1], (key,)) is None
 
 
 def test_entry_dict_round_trip() -> None:
