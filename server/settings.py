@@ -106,6 +106,9 @@ class Settings:
     #: Seconds in-flight requests get to finish on shutdown.
     shutdown_timeout: float = 30.0
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    #: Refused logins tell anonymous callers what the role expects (bound subject, audiences,
+    #: claim values). For development only: those values tell an attacker what to aim for.
+    login_errors_show_expected: bool = False
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -131,7 +134,7 @@ _TOP_KEYS = {
     "listen_address", "storage", "default_lease_ttl", "max_lease_ttl", "log_level",
     "log_format", "trusted_proxies", "x_forwarded_for_hop_skips", "max_request_size",
     "workers", "cluster_name", "mounts", "policies", "shutdown_timeout", "rate_limit",
-    "event_loop",
+    "event_loop", "login_errors_show_expected",
 }
 _STORAGE_KEYS = {"type", "path", "dsn", "sqlite_synchronous", "pool_size"}
 _MOUNT_KEYS = {"path", "type", "description", "tune", "config", "roles"}
@@ -206,6 +209,10 @@ def settings_from_mapping(raw: Any, **overrides: Any) -> Settings:
         values["policies"] = _policies(raw["policies"])
     if "rate_limit" in raw:
         values["rate_limit"] = _rate_limit(raw["rate_limit"])
+    if "login_errors_show_expected" in raw:
+        if not isinstance(raw["login_errors_show_expected"], bool):
+            raise SettingsError("login_errors_show_expected: must be true or false")
+        values["login_errors_show_expected"] = raw["login_errors_show_expected"]
     values.update(overrides)
     return Settings(**values)
 
