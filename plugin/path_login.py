@@ -54,6 +54,7 @@ __all__ = [
     "path_explain",
     "path_login",
     "refused",
+    "remote_addr",
     "run_checks",
 ]
 
@@ -93,7 +94,7 @@ EXPLAIN_FIELDS = FieldSet(
 
 
 class Skipped(Exception):
-    """Raised by a check that does not apply or cannot run; explain reports it as skipped."""
+    """A check that does not apply (returned) or cannot run (raised); explain reports it as skipped."""
 
 
 @dataclass(slots=True)
@@ -137,28 +138,29 @@ class LoginContext:
 
 
 # ---------------------------------------------------------------------------
-# The checks, in order. Each returns a short detail for explain, raises a PluginError
-# (its messages for anyone, its ``expected`` for privileged readers) or raises Skipped.
+# The checks, in order. Each returns a short detail for explain (or Skipped when it does
+# not apply), or raises a PluginError: its messages for anyone, its ``expected`` for
+# privileged readers. Only the signature check awaits (it may fetch keys).
 
 
-async def _validate_role_type(ctx: LoginContext) -> str:
+def _validate_role_type(ctx: LoginContext) -> str:
     if ctx.role.role_type != "jwt":
         raise InvalidRequest("role with oidc role_type is not allowed")
     return "jwt"
 
 
-async def _validate_bound_cidrs(ctx: LoginContext) -> str:
+def _validate_bound_cidrs(ctx: LoginContext) -> str | Skipped:
     cidrs = ctx.role.token_bound_cidrs
     if not cidrs:
-        raise Skipped("the role has no token_bound_cidrs")
+        return Skipped("the role has no token_bound_cidrs")
     if not ctx.check_cidrs:
-        raise Skipped("not evaluated: no remote_addr given")
+        return Skipped("not evaluated: no remote_addr given")
     if not cidr_allows(cidrs, ctx.remote_addr):
         raise PermissionDenied(expected=f": {ctx.remote_addr} is not in {cl.show(cidrs)}")
     return "the address is in token_bound_cidrs"
 
 
-async def _validate_parse(ctx: LoginContext) -> str:
+def _validate_parse(ctx: LoginContext) -> str:
     parsed = parse_token(ctx.token)
     ctx.parsed, ctx.claims = parsed, parsed.claims  # later checks still run in explain
     wrong = [n for n in ("iss", "sub", "jti") if n in parsed.claims and not isinstance(parsed.claims[n], str)]
@@ -167,10 +169,10 @@ async def _validate_parse(ctx: LoginContext) -> str:
         raise InvalidRequest(
             f'error validating token: claim "{wrong[0]}" must be a string, got {cl.show(parsed.claims[wrong[0]])}'
         )
-    return f"alg {parsed.alg}" + (f", kid {cl.show(parsed.kid)}" if parsed.kid else "")
+    return f"alg {parsed.alg}, kid {parsed.kid}" if parsed.kid else f"alg {parsed.alg}"
 
 
-async def _validate_algorithm(ctx: LoginContext) -> str:
+def _validate_algorithm(ctx: LoginContext) -> str:
     alg = ctx.parsed_token().alg
     algs = allowed_algs(ctx.config)
     if alg not in algs:
@@ -181,20 +183,20 @@ async def _validate_algorithm(ctx: LoginContext) -> str:
     return f"{alg} is allowed"
 
 
-async def _validate_signature(ctx: LoginContext) -> str:
+async def _validate_signature(ctx: LoginContext) -> str | Skipped:
     parsed = ctx.parsed_token()
     algs = allowed_algs(ctx.config)
     if parsed.alg not in algs:
-        raise Skipped("not evaluated: the algorithm is not allowed")
+        return Skipped("not evaluated: the algorithm is not allowed")
     source = await ctx.backend.key_source(ctx.config, ctx.req.system)
     await source.verify(parsed, algs)
     return "verified"
 
 
-async def _validate_issuer(ctx: LoginContext) -> str:
+def _validate_issuer(ctx: LoginContext) -> str | Skipped:
     bound = ctx.config.bound_issuer
     if not bound:
-        raise Skipped("the config has no bound_issuer")
+        return Skipped("the config has no bound_issuer")
     iss = ctx.token_claims().get("iss")
     if iss != bound or not isinstance(iss, str):
         raise InvalidRequest(
@@ -204,10 +206,10 @@ async def _validate_issuer(ctx: LoginContext) -> str:
     return "matches bound_issuer"
 
 
-async def _validate_subject(ctx: LoginContext) -> str:
+def _validate_subject(ctx: LoginContext) -> str | Skipped:
     bound = ctx.role.bound_subject
     if not bound:
-        raise Skipped("the role has no bound_subject")
+        return Skipped("the role has no bound_subject")
     sub = ctx.token_claims().get("sub")
     if isinstance(sub, str) and (sub == bound or (ctx.role.bound_claims_type == "glob" and cl.glob_match(bound, sub))):
         return "matches bound_subject"
@@ -217,7 +219,7 @@ async def _validate_subject(ctx: LoginContext) -> str:
     )
 
 
-async def _validate_audience(ctx: LoginContext) -> str:
+def _validate_audience(ctx: LoginContext) -> str:
     role = ctx.role
     cl.check_audience(role.bound_audiences, ctx.token_claims().get("aud"), glob=role.bound_claims_type == "glob")
     return "matches bound_audiences" if role.bound_audiences else "no audience, none bound"
@@ -243,7 +245,7 @@ def _numeric_date(claims: dict[str, Any], name: str) -> int | None:
     return int(value)  # floats are truncated to whole seconds, as Vault does
 
 
-async def _validate_time(ctx: LoginContext) -> str:
+def _validate_time(ctx: LoginContext) -> str:
     """``iat``/``nbf``/``exp`` with the role's leeways (4.2 steps 6-8)."""
     claims, role = ctx.token_claims(), ctx.role
     iat = _numeric_date(claims, "iat")
@@ -277,10 +279,10 @@ async def _validate_time(ctx: LoginContext) -> str:
     return f"valid from {eff_nbf} until {eff_exp}, now {now}"
 
 
-async def _validate_max_token_age(ctx: LoginContext) -> str:
+def _validate_max_token_age(ctx: LoginContext) -> str | Skipped:
     role = ctx.role
     if role.max_token_age <= 0:
-        raise Skipped("the role has no max_token_age")
+        return Skipped("the role has no max_token_age")
     iat = _numeric_date(ctx.token_claims(), "iat")
     if iat is None:
         raise InvalidRequest("error validating token: the role's max_token_age requires an issued at (iat) claim")
@@ -294,13 +296,13 @@ async def _validate_max_token_age(ctx: LoginContext) -> str:
     return f"issued {age}s ago"
 
 
-async def _validate_user_claim(ctx: LoginContext) -> str:
+def _validate_user_claim(ctx: LoginContext) -> str:
     role = ctx.role
     ctx.alias_name = cl.get_user_claim(ctx.token_claims(), role.user_claim, role.user_claim_json_pointer)
-    return f"alias name {cl.show(ctx.alias_name)}"
+    return f'alias name "{ctx.alias_name}"'
 
 
-async def _validate_claim_mappings(ctx: LoginContext) -> str:
+def _validate_claim_mappings(ctx: LoginContext) -> str:
     claims, role = ctx.token_claims(), ctx.role
     metadata = cl.extract_metadata(claims, role.claim_mappings)
     metadata.update(cl.extract_list_metadata(claims, role.list_claim_mappings))
@@ -308,20 +310,20 @@ async def _validate_claim_mappings(ctx: LoginContext) -> str:
     return f"{len(metadata)} metadata keys"
 
 
-async def _validate_groups(ctx: LoginContext) -> str:
+def _validate_groups(ctx: LoginContext) -> str | Skipped:
     claims = ctx.token_claims()
     if not ctx.role.groups_claim:
         ctx.groups = []
-        raise Skipped("the role has no groups_claim")
+        return Skipped("the role has no groups_claim")
     ctx.groups = cl.get_groups(claims, ctx.role.groups_claim)
     return f"{len(ctx.groups)} groups"
 
 
-async def _validate_bound_claims(ctx: LoginContext) -> str:
+def _validate_bound_claims(ctx: LoginContext) -> str | Skipped:
     """Every bound claim must match; the first mismatch is the message, all are in the detail."""
     claims, bound = ctx.token_claims(), ctx.role.bound_claims
     if not bound:
-        raise Skipped("the role has no bound_claims")
+        return Skipped("the role has no bound_claims")
     glob = ctx.role.bound_claims_type == "glob"
     failures: list[InvalidRequest] = []
     for name, expected in bound.items():
@@ -340,7 +342,7 @@ class Check:
     """One login check: its name (the reason code) and its validator."""
 
     name: str
-    validate: Callable[[LoginContext], Awaitable[str]]
+    validate: Callable[[LoginContext], str | Skipped | Awaitable[str | Skipped]]
 
 
 #: The login checks in order (4.2). Names are reason codes: keep them stable
@@ -396,24 +398,26 @@ async def run_checks(ctx: LoginContext, checks: tuple[Check, ...] = CHECKS, *, e
     """Run ``checks`` in order.
 
     A login (``explain`` False) raises the first failure, its ``check`` set to the check's
-    name, and returns nothing. Explain records every outcome, a failure with its full
+    name, and returns an empty list. Explain records every outcome, a failure with its full
     ``detail`` (what the role expects included).
     """
     outcomes: list[Outcome] = []
     for check in checks:
         try:
-            detail = await check.validate(ctx)
+            result = check.validate(ctx)
+            if not isinstance(result, (str, Skipped)):
+                result = await result  # the signature check
         except Skipped as skip:
-            if explain:
-                outcomes.append(Outcome(check.name, True, str(skip), skipped=True))
+            result = skip
         except PluginError as exc:
             exc.check = check.name
             if not explain:
                 raise
             outcomes.append(Outcome(check.name, False, exc.detail))
-        else:
-            if explain:
-                outcomes.append(Outcome(check.name, True, detail))
+            continue
+        if explain:
+            skipped = isinstance(result, Skipped)
+            outcomes.append(Outcome(check.name, True, str(result), skipped=skipped))
     return outcomes
 
 

@@ -302,8 +302,8 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
     role = await backend.role(storage, role_name)
     if role is None:
         raise InvalidRequest(f"{_FAILED} Role could not be found")
-    checks = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
-    await run_checks(checks, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
+    ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
+    await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
     if not config.is_oidc_flow:
         raise InvalidRequest(f"{_FAILED} OIDC login is not configured for this mount")
 
@@ -319,9 +319,9 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
     else:
         raise InvalidRequest(f"{_FAILED} No code or id_token received.")
 
-    checks.claims = claims
-    await run_checks(checks, OIDC_CLAIM_CHECKS)
-    identity = checks.identity
+    ctx.claims = claims
+    await run_checks(ctx, OIDC_CLAIM_CHECKS)
+    identity = ctx.identity
     assert identity is not None  # every identity check passed
     resp = Response(auth=login_auth(role, role_name, identity))
     for w in warnings:
