@@ -294,7 +294,7 @@ async def test_code_exchange_failures(h: Harness, mutate: str, fragment: str) ->
         h.idp.grants[code].params["code_challenge"] = "x" * 43
     elif mutate == "down":
         h.idp.down = True
-        h.backend.__dict__.pop("_oidc_discovery_cache", None)
+        h.backend.oidc_discovery.clear()  # the IdP is down for discovery too
     elif mutate == "nonce":
         h.idp.id_token_overrides = {"nonce": "bad nonce"}
     elif mutate == "aud":
