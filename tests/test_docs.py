@@ -268,7 +268,7 @@ def extract_messages(module: str, source: str | None = None) -> list[tuple[int, 
             elif fname == "_html" and len(node.args) >= 3:  # the OIDC form_post error page
                 add(node.lineno, node.args[2])
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.endswith("_error"):
-            # Helpers such as claims.bound_claim_error return the message text.
+            # Helpers named *_error that return the message text (the claim checks now raise instead).
             for child in ast.walk(node):
                 if isinstance(child, ast.Return) and child.value is not None:
                     add(child.lineno, child.value)
