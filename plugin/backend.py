@@ -7,10 +7,9 @@ import asyncio
 import dataclasses
 from typing import Any
 
-import structlog
-
+from plugin import oidc_pending, path_oidc
 from plugin.errors import InvalidRequest
-from plugin.framework import Auth, Backend, PathSpec, Request, SystemView
+from plugin.framework import Auth, Backend, Request, SystemView
 from plugin.keys import KeySource, build_key_source
 from plugin.path_config import CONFIG_KEY, JWTConfig, path_config
 from plugin.path_login import path_explain, path_login
@@ -20,28 +19,15 @@ from plugin.storage import Storage
 
 __all__ = ["JWTAuthBackend", "UNAUTHENTICATED_PATHS"]
 
-log = structlog.get_logger("plugin.backend")
-
 #: The only paths reachable without a token (Vault ``PathsSpecial.Unauthenticated``).
 UNAUTHENTICATED_PATHS = frozenset({"login", "oidc/auth_url", "oidc/callback"})
-
-
-def _oidc_paths(backend: JWTAuthBackend) -> list[PathSpec]:
-    try:
-        from plugin import path_oidc
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("plugin.path_oidc", "plugin.oidc_flow"):
-            raise
-        log.warning("oidc_paths_unavailable", missing=exc.name)
-        return []
-    return list(path_oidc.paths(backend))
 
 
 class JWTAuthBackend(Backend):
     """One mounted JWT/OIDC auth method: its paths, config/key/role caches and renewal.
 
-    The OIDC flow (``path_oidc``) uses ``config``, ``role``, ``key_source`` and
-    ``path_login.login_auth`` + ``claims.validate_role_claims`` from here.
+    The OIDC flow (``path_oidc``) uses ``config``, ``role`` and ``key_source`` from here,
+    and keeps its per-node state in the ``oidc_*`` attributes.
     """
 
     def __init__(self, type_name: str = "jwt") -> None:
@@ -52,13 +38,19 @@ class JWTAuthBackend(Backend):
         self._source_for: JWTConfig | None = None
         self._roles: dict[str, Role] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: Unfinished OIDC logins this node started (the anonymous ``auth_url`` cap).
+        self.oidc_states = oidc_pending.PendingStates(oidc_pending.MAX_PENDING_STATES, path_oidc.STATE_TTL)
+        #: When this node last swept expired OIDC states from storage (``system.now()`` time).
+        self.oidc_last_sweep = 0.0
+        #: The OIDC discovery document by (URL, CA PEM): (monotonic expiry, document).
+        self.oidc_discovery: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
         self.paths = [
             path_config(self),
             path_role_list(self),
             path_role(self),
             path_explain(self),
             path_login(self),
-            *_oidc_paths(self),
+            *path_oidc.paths(self),
         ]
         for spec in self.paths:
             # Exactly login, oidc/auth_url and oidc/callback are unauthenticated.

@@ -1,9 +1,11 @@
-"""Pure claim helpers shared by JWT login, login explain and the OIDC callback.
+"""Pure claim helpers of the login checks (``path_login.CHECKS``, which JWT login, explain
+and the OIDC callback run).
 
 Lookups follow Vault's ``getClaim`` (a leading ``/`` makes an RFC 6901 JSON pointer);
 matching follows ``validateBoundClaims`` (type-strict, AND over entries, OR within one)
-with go-glob patterns. Error messages keep Vault's leading phrases and add what was
-found and what the role expects (decisions.md item 2).
+with go-glob patterns. Error messages keep Vault's leading phrases and add what the token
+has; what the role expects goes to the error's ``expected`` (explain and the server log
+show it, anonymous callers do not: docs/vault-differences.md row 2).
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from plugin.errors import InvalidRequest
 
 __all__ = [
-    "ClaimRules",
     "Identity",
     "get_claim",
     "set_claim",
@@ -28,28 +29,12 @@ __all__ = [
     "get_groups",
     "get_user_claim",
     "normalize_list",
-    "bound_claim_error",
-    "bound_claim_errors",
-    "validate_bound_claims",
+    "check_bound_claim",
     "audience_list",
-    "audience_error",
-    "resolve_identity",
-    "validate_role_claims",
+    "check_audience",
 ]
 
 _MISSING = object()
-
-
-class ClaimRules(Protocol):
-    """The role attributes the claim steps read (``path_role.Role`` satisfies it)."""
-
-    user_claim: str
-    user_claim_json_pointer: bool
-    claim_mappings: dict[str, str] | None
-    list_claim_mappings: dict[str, str] | None
-    groups_claim: str
-    bound_claims: dict[str, Any] | None
-    bound_claims_type: str
 
 
 @dataclass(slots=True)
@@ -249,20 +234,6 @@ def get_groups(claims: dict[str, Any], groups_claim: str) -> list[str]:
     return groups
 
 
-def resolve_identity(role: ClaimRules, claims: dict[str, Any]) -> Identity:
-    """User claim, claim mappings, list claim mappings and groups, in Vault's order.
-
-    The ``role`` metadata key is added by the caller (it holds the role name).
-
-    :raises InvalidRequest: the first failing step.
-    """
-    name = get_user_claim(claims, role.user_claim, role.user_claim_json_pointer)
-    metadata = extract_metadata(claims, role.claim_mappings)
-    metadata.update(extract_list_metadata(claims, role.list_claim_mappings))
-    groups = get_groups(claims, role.groups_claim) if role.groups_claim else []
-    return Identity(alias_name=name, metadata=metadata, groups=groups)
-
-
 # ---------------------------------------------------------------------------
 # Bound claims
 
@@ -287,55 +258,41 @@ def _equal(a: Any, b: Any) -> bool:
     return False
 
 
-def bound_claim_error(claims: dict[str, Any], name: str, expected: Any, *, glob: bool) -> str | None:
-    """Why the token fails the bound claim ``name`` (message without prefix), or None."""
+def check_bound_claim(claims: dict[str, Any], name: str, expected: Any, *, glob: bool) -> None:
+    """The token's claim ``name`` must match one of the ``expected`` values.
+
+    The messages say what the token has; the role's values go to ``expected``.
+
+    :raises InvalidRequest: ``error validating claims: <why>``.
+    """
     actual = get_claim(claims, name)
     if actual is None:
-        return f'claim "{name}" is missing'
+        raise InvalidRequest(f'error validating claims: claim "{name}" is missing')
     actual_list = normalize_list(actual)
     if actual_list is None:
-        return f"received claim is not a string, bool, int or list: {show(actual)}"
+        raise InvalidRequest(f"error validating claims: received claim is not a string, bool, int or list: {show(actual)}")
     if isinstance(expected, float) and math.isfinite(expected):
         expected = int(expected)
     expected_list = normalize_list(expected)
     if expected_list is None:
-        return f"bound claim is not a string, bool, int or list: {show(expected)}"
+        raise InvalidRequest(
+            "error validating claims: bound claim is not a string, bool, int or list", expected=f": {show(expected)}"
+        )
     for exp in expected_list:
         for act in actual_list:
             if glob:
                 if not isinstance(exp, str):
-                    return f"received claim is not a glob string: {show(exp)}"
+                    raise InvalidRequest(
+                        "error validating claims: received claim is not a glob string", expected=f": {show(exp)}"
+                    )
                 if isinstance(act, str) and glob_match(exp, act):
-                    return None
+                    return
             elif _equal(exp, act):
-                return None
-    return f"claim {show(name)} is {show(actual)}, role expects one of {show(expected_list)}"
-
-
-def bound_claim_errors(role: ClaimRules, claims: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """Every bound claim with its failure message or None (used by login explain)."""
-    glob = role.bound_claims_type == "glob"
-    return [(n, bound_claim_error(claims, n, exp, glob=glob)) for n, exp in (role.bound_claims or {}).items()]
-
-
-def validate_bound_claims(role: ClaimRules, claims: dict[str, Any]) -> None:
-    """All bound claims must match.
-
-    :raises InvalidRequest: ``error validating claims: <why>`` for the first mismatch.
-    """
-    for _name, error in bound_claim_errors(role, claims):
-        if error is not None:
-            raise InvalidRequest(f"error validating claims: {error}")
-
-
-def validate_role_claims(role: ClaimRules, claims: dict[str, Any]) -> Identity:
-    """The claim steps shared by JWT login and the OIDC callback: identity, then bound claims.
-
-    :raises InvalidRequest: the first failing step (identity errors win, as in Vault).
-    """
-    identity = resolve_identity(role, claims)
-    validate_bound_claims(role, claims)
-    return identity
+                return
+    raise InvalidRequest(
+        f"error validating claims: claim {show(name)} is {show(actual)}",
+        expected=f", role expects one of {show(expected_list)}",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -353,24 +310,31 @@ def audience_list(aud: Any) -> list[str] | None:
     return None
 
 
-def audience_error(bound: list[str] | None, aud: Any, *, glob: bool) -> str | None:
-    """Why ``aud`` fails the role's audience rule, or None.
+def check_audience(bound: list[str] | None, aud: Any, *, glob: bool) -> None:
+    """``aud`` must satisfy the role's audience rule.
 
     With ``bound`` set, one audience must equal (or glob-match) one bound value. Without
-    it, a non-empty ``aud`` is refused (CVE-2024-5798).
+    it, a non-empty ``aud`` is refused (CVE-2024-5798). The messages say what the token
+    has; the bound audiences go to ``expected``.
+
+    :raises InvalidRequest: Vault's phrases (``error validating token: invalid audience (aud)
+        claim: ...``, ``audience claim found in JWT but no audiences bound to the role``).
     """
     auds = audience_list(aud)
     if auds is None:
-        return f"invalid audience (aud) claim: must be a string or a list of strings, got {show(aud)}"
+        raise InvalidRequest(
+            f"error validating token: invalid audience (aud) claim: must be a string or a list of strings, got {show(aud)}"
+        )
     if not bound:
         if auds:
-            return "audience claim found in JWT but no audiences bound to the role"
-        return None
+            raise InvalidRequest("audience claim found in JWT but no audiences bound to the role")
+        return
     for want in bound:
         for have in auds:
             if (glob and glob_match(want, have)) or (not glob and want == have):
-                return None
-    return (
-        "invalid audience (aud) claim: audience claim does not match any expected audience: "
-        f"token has {show(auds)}, role expects one of {show(list(bound))}"
+                return
+    raise InvalidRequest(
+        "error validating token: invalid audience (aud) claim: audience claim does not match any expected audience: "
+        f"token has {show(auds)}",
+        expected=f", role expects one of {show(list(bound))}",
     )

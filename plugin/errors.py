@@ -14,6 +14,11 @@ The tree::
 
 Anything else escaping a backend is a bug: the server logs it and answers 500 with a
 generic message.
+
+A refused login carries two more things (``plugin.path_login``): ``check``, the name of
+the failed check (a stable reason code), and ``expected``, what the role or config is bound
+to. ``messages`` never hold the expected values: they go to anonymous callers. ``detail``
+(messages + expected) is for privileged readers: explain and the server log.
 """
 
 from __future__ import annotations
@@ -36,12 +41,23 @@ class PluginError(Exception):
     status: int = 500
     default_message: str = ""
 
-    def __init__(self, message: str | None = None, *, messages: list[str] | None = None) -> None:
+    def __init__(self, message: str | None = None, *, messages: list[str] | None = None, expected: str = "") -> None:
         if messages is None:
             msg = self.default_message if message is None else message
             messages = [msg] if msg else []
         self.messages = messages
+        #: What the role or config expected, written to follow the message (``", role expects
+        #: [...]"``); never in ``messages``, which anonymous callers see.
+        self.expected = expected
+        #: The failed login check's name, a stable reason code (docs/troubleshooting.md);
+        #: the login pipeline sets it, other errors leave it empty.
+        self.check = ""
         super().__init__("; ".join(messages))
+
+    @property
+    def detail(self) -> str:
+        """The message with what was expected: for explain and the server log only."""
+        return "; ".join(self.messages) + self.expected
 
 
 class InvalidRequest(PluginError):

@@ -107,6 +107,11 @@ class SystemView(Protocol):
     @property
     def fetcher(self) -> Fetcher: ...
 
+    @property
+    def verbose_login_errors(self) -> bool:
+        """Whether refused logins tell anonymous callers what the role expects (development only)."""
+        ...
+
     def now(self) -> float: ...
 
 
@@ -120,6 +125,7 @@ class StaticSystemView:
     mount_accessor: str = "auth_jwt_00000000"
     fetcher: Any = None
     clock: Callable[[], float] = time.time
+    verbose_login_errors: bool = False
 
     def now(self) -> float:
         return self.clock()

@@ -1,8 +1,8 @@
 """Helpers of the OIDC browser flow: discovery, code exchange, ID token checks, userinfo.
 
 ``path_oidc`` holds the HTTP-facing handlers; this module talks to the IdP through
-``req.system.fetcher`` and to the rest of the JWT backend through a few small adapters
-(config, role, login response) so the flow runs exactly the JWT login's claim checks.
+``req.system.fetcher``. The role's checks on the verified claims are the JWT login's own
+(``path_login.OIDC_CLAIM_CHECKS``).
 """
 
 from __future__ import annotations
@@ -14,25 +14,21 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from plugin import jsonlimits
-from plugin.cidrutil import cidr_allows
-from plugin.claims import show, validate_role_claims
-from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UpstreamError
-from plugin.framework import Request, Response
+from plugin.claims import show
+from plugin.errors import InvalidRequest, PluginError, UpstreamError
+from plugin.framework import Request
 from plugin.jose_verify import parse_token
-from plugin.keys import build_key_source, fetch_discovery
-from plugin.path_login import login_auth
+from plugin.keys import fetch_discovery
+from plugin.path_config import JWTConfig
+
+if TYPE_CHECKING:
+    from plugin.backend import JWTAuthBackend
 
 __all__ = [
-    "cfg",
-    "is_oidc_flow",
-    "load_config",
-    "load_role",
-    "check_bound_cidrs",
-    "login_response",
     "discovery",
     "exchange_code",
     "verify_id_token",
@@ -50,65 +46,18 @@ _SAFE_ERROR = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HASHES = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}
 
 
-def cfg(obj: Any, name: str, default: Any = None) -> Any:
-    """Read ``name`` from a stored config/role (a mapping or an object with attributes)."""
-    if obj is None:
-        return default
-    if isinstance(obj, Mapping):
-        value = obj.get(name, default)
-    else:
-        value = getattr(obj, name, default)
-    return default if value is None else value
-
-
-def is_oidc_flow(config: Any) -> bool:
-    """True when the config can run the browser flow: discovery URL + client id + secret."""
-    return bool(
-        cfg(config, "oidc_discovery_url") and cfg(config, "oidc_client_id") and cfg(config, "oidc_client_secret")
-    )
-
-
-# ---------------------------------------------------------------------------
-# Adapters to the JWT backend (config, role, login)
-
-
-async def load_config(backend: Any, req: Request) -> Any:
-    """The mount's stored config (None when not configured)."""
-    return await backend.config(req.require_storage())
-
-
-async def load_role(backend: Any, req: Request, name: str) -> Any:
-    """The role ``name`` (None when it does not exist)."""
-    return await backend.role(req.require_storage(), name)
-
-
-def check_bound_cidrs(req: Request, role: Any) -> None:
-    """403 when the role has ``token_bound_cidrs`` and the caller is outside all of them."""
-    cidrs = list(cfg(role, "token_bound_cidrs", []) or [])
-    if cidrs and not cidr_allows(cidrs, req.connection.remote_addr if req.connection else None):
-        raise PermissionDenied()
-
-
-async def login_response(backend: Any, req: Request, role_name: str, role: Any, claims: dict[str, Any]) -> Response:
-    """Identity, claim mappings, groups and bound claims as in JWT login, then the Auth."""
-    identity = validate_role_claims(role, claims)
-    return Response(auth=login_auth(role, role_name, identity))
-
-
 # ---------------------------------------------------------------------------
 # Discovery and keys
 
 
-async def discovery(backend: Any, req: Request, config: Any) -> dict[str, Any]:
+async def discovery(backend: JWTAuthBackend, req: Request, config: JWTConfig) -> dict[str, Any]:
     """The discovery document for the config (cached per backend for a few minutes).
 
     :raises InvalidRequest: ``error checking oidc discovery URL: <reason>``.
     """
-    url = cfg(config, "oidc_discovery_url")
-    ca = cfg(config, "oidc_discovery_ca_pem") or None
-    cache: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = backend.__dict__.setdefault(
-        "_oidc_discovery_cache", {}
-    )
+    url = config.oidc_discovery_url
+    ca = config.oidc_discovery_ca_pem or None
+    cache = backend.oidc_discovery
     now = time.monotonic()
     hit = cache.get((url, ca))
     if hit is not None and hit[0] > now:
@@ -117,24 +66,6 @@ async def discovery(backend: Any, req: Request, config: Any) -> dict[str, Any]:
     cache.clear()  # one config per mount: keep only the current document
     cache[(url, ca)] = (now + _DISCOVERY_TTL, doc)
     return doc
-
-
-async def _key_source(backend: Any, req: Request, config: Any) -> Any:
-    """The mount's key source: for an OIDC-flow config, the discovery document's JWKS."""
-    getter = getattr(backend, "key_source", None)
-    if callable(getter):
-        return await getter(config, req.system)
-    # Fallback for backends without a shared source: one cached discovery source.
-    url = cfg(config, "oidc_discovery_url")
-    ca = cfg(config, "oidc_discovery_ca_pem") or None
-    held = backend.__dict__.get("_oidc_key_source")
-    if held is None or held[0] != (url, ca):
-        source = build_key_source(
-            {"oidc_discovery_url": url, "oidc_discovery_ca_pem": ca}, req.system.fetcher, clock=req.system.now
-        )
-        held = ((url, ca), source)
-        backend.__dict__["_oidc_key_source"] = held
-    return held[1]
 
 
 # ---------------------------------------------------------------------------
@@ -148,7 +79,7 @@ def _basic_auth(client_id: str, secret: str) -> str:
 
 
 async def exchange_code(
-    req: Request, config: Any, doc: Mapping[str, Any], code: str, state: Mapping[str, Any]
+    req: Request, config: JWTConfig, doc: Mapping[str, Any], code: str, state: Mapping[str, Any]
 ) -> dict[str, Any]:
     """POST the code (with the PKCE verifier) to the token endpoint; return its JSON.
 
@@ -157,8 +88,8 @@ async def exchange_code(
     endpoint = doc.get("token_endpoint")
     if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
         raise InvalidRequest("discovery document has no usable token_endpoint")
-    client_id = str(cfg(config, "oidc_client_id"))
-    secret = str(cfg(config, "oidc_client_secret"))
+    client_id = config.oidc_client_id
+    secret = config.oidc_client_secret
     form = {"grant_type": "authorization_code", "code": code, "redirect_uri": state["redirect_uri"]}
     if state.get("code_verifier"):
         form["code_verifier"] = state["code_verifier"]
@@ -170,7 +101,7 @@ async def exchange_code(
         headers["Authorization"] = _basic_auth(client_id, secret)
     try:
         result = await req.system.fetcher.fetch(
-            "POST", endpoint, ca_pem=cfg(config, "oidc_discovery_ca_pem") or None, form=form, headers=headers
+            "POST", endpoint, ca_pem=config.oidc_discovery_ca_pem or None, form=form, headers=headers
         )
     except UpstreamError as exc:
         raise InvalidRequest(f"cannot fetch token: {'; '.join(exc.messages) or 'request failed'}") from None
@@ -277,9 +208,9 @@ def check_at_hash(alg: str, at_hash: Any, access_token: str) -> None:
 
 
 async def verify_id_token(
-    backend: Any,
+    backend: JWTAuthBackend,
     req: Request,
-    config: Any,
+    config: JWTConfig,
     doc: Mapping[str, Any],
     raw: str,
     *,
@@ -293,19 +224,19 @@ async def verify_id_token(
     :raises InvalidRequest: naming the failed check.
     """
     parsed = parse_token(raw)
-    algs = list(cfg(config, "jwt_supported_algs", []) or []) or list(DEFAULT_FLOW_ALGS)
+    algs = list(config.jwt_supported_algs) or list(DEFAULT_FLOW_ALGS)
     if parsed.alg not in algs:
         raise InvalidRequest(
             "error validating token: invalid algorithm (alg) header parameter: token signed with "
             f"unexpected algorithm {show(parsed.alg)}, allowed: {show(algs)}"
         )
-    await (await _key_source(backend, req, config)).verify(parsed, algs)
+    await (await backend.key_source(config, req.system)).verify(parsed, algs)
     claims = dict(parsed.claims)
     check_id_token_claims(
         claims,
         now=req.system.now(),
         issuer=str(doc.get("issuer")),
-        client_id=str(cfg(config, "oidc_client_id")),
+        client_id=config.oidc_client_id,
         nonce=nonce,
         audiences=audiences,
         max_age=max_age,
@@ -320,7 +251,12 @@ async def verify_id_token(
 
 
 async def merge_userinfo(
-    req: Request, config: Any, doc: Mapping[str, Any], access_token: str, claims: dict[str, Any], warnings: list[str]
+    req: Request,
+    config: JWTConfig,
+    doc: Mapping[str, Any],
+    access_token: str,
+    claims: dict[str, Any],
+    warnings: list[str],
 ) -> None:
     """Merge the userinfo JSON into ``claims`` (replacing same-named keys), as Vault does.
 
@@ -332,7 +268,7 @@ async def merge_userinfo(
         result = await req.system.fetcher.fetch(
             "GET",
             url,
-            ca_pem=cfg(config, "oidc_discovery_ca_pem") or None,
+            ca_pem=config.oidc_discovery_ca_pem or None,
             headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
         )
     except PluginError as exc:

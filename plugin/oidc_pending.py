@@ -4,18 +4,18 @@ Each node counts the states it created that are neither used nor expired, in mem
 ordered map, oldest first: the state TTL is fixed, so insertion order is expiry order).
 At ``MAX_PENDING_STATES`` a new ``auth_url`` is refused with 429 until the oldest state
 expires or a callback uses one. The ids of states that expired unused are kept (bounded)
-for the state sweep, which deletes them from storage without listing every state.
+for the state sweep, which deletes them from storage without listing every state. The
+tracker lives on the mount's backend (``JWTAuthBackend.oidc_states``).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from typing import Any
 
 from plugin.errors import RateLimited
 
-__all__ = ["MAX_PENDING_STATES", "SWEEP_BATCH", "PendingStates", "TooManyPendingStates", "pending_states"]
+__all__ = ["MAX_PENDING_STATES", "SWEEP_BATCH", "PendingStates", "TooManyPendingStates"]
 
 #: Pending OIDC logins one node accepts per mount (10 minutes each, unless used earlier).
 MAX_PENDING_STATES = 10_000
@@ -74,12 +74,3 @@ class PendingStates:
         """Up to ``limit`` ids of states that expired unused, oldest first (each handed out once)."""
         expired = self._expired
         return [expired.popleft() for _ in range(min(limit, len(expired)))]
-
-
-def pending_states(backend: Any, ttl: float = 600) -> PendingStates:
-    """The mount's tracker, created on first use (it lives as long as the backend)."""
-    tracker = getattr(backend, "_oidc_pending", None)
-    if tracker is None:
-        tracker = PendingStates(MAX_PENDING_STATES, ttl)
-        backend._oidc_pending = tracker
-    return tracker

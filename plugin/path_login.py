@@ -1,16 +1,27 @@
-"""JWT ``login`` (vault-api.md 4.1/4.2) and the privileged ``role/<name>/explain`` call.
+"""JWT ``login`` (vault-api.md 4.1/4.2), the privileged ``role/<name>/explain`` call, and
+the login checks they share with the OIDC callback.
 
-Both run the same ordered checks through ``evaluate``: login stops at the first failure
-and raises it; explain records every check it can run and issues nothing
-(decisions.md item 13). ``login_auth`` turns validated claims into the ``Auth`` handed to
-the server; the OIDC callback uses it together with ``claims.validate_role_claims``.
+``CHECKS`` is the one ordered list of login checks, each a small named validator in
+pyjwt's ``_validate_<claim>`` style. Login runs it and stops at the first failure;
+explain runs it and records every outcome (passed, failed, skipped) without issuing
+anything (decisions.md item 13); the OIDC callback runs the role's checks of the same
+list (``OIDC_REQUEST_CHECKS``, ``OIDC_CLAIM_CHECKS``) on the verified ID token. A check's
+name is its reason code: the refusal carries it as ``PluginError.check``, and explain, the
+server log line of a refused login and the troubleshooting guide use it.
+
+What a refusal tells whom (docs/vault-differences.md row 2): the message names the check
+and says what the token has; what the role or config is bound to (``bound_issuer``,
+``bound_subject``, ``bound_audiences``, ``bound_claims``, ``token_bound_cidrs``) is in the
+error's ``expected``, which explain and the server log show and anonymous callers see only
+when the mount's SystemView has ``verbose_login_errors`` (a development setting).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -29,15 +40,22 @@ if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
 
 __all__ = [
+    "CHECKS",
     "Check",
-    "Evaluation",
+    "EXPLAIN_FIELDS",
     "LOGIN_FIELDS",
-    "check_time_claims",
+    "LoginContext",
+    "OIDC_CLAIM_CHECKS",
+    "OIDC_REQUEST_CHECKS",
+    "Outcome",
+    "Skipped",
     "effective_leeway",
-    "evaluate",
     "login_auth",
-    "path_login",
     "path_explain",
+    "path_login",
+    "refused",
+    "remote_addr",
+    "run_checks",
 ]
 
 log = structlog.get_logger("plugin.login")
@@ -48,6 +66,7 @@ DEFAULT_CLOCK_SKEW_LEEWAY = 60
 #: NumericDate upper bound (9999-12-31T23:59:59Z): larger values are refused, not wrapped.
 MAX_NUMERIC_DATE = 253402300799
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
+_UNPARSED = "not evaluated: the token could not be parsed"
 
 LOGIN_FIELDS = FieldSet(
     {
@@ -70,49 +89,140 @@ EXPLAIN_FIELDS = FieldSet(
 )
 
 
-@dataclass(slots=True)
-class Check:
-    """One check's outcome, as explain reports it."""
+# ---------------------------------------------------------------------------
+# The context the checks read and fill
 
-    check: str
-    ok: bool
-    detail: str = ""
-    skipped: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"check": self.check, "ok": self.ok, "detail": self.detail}
-        if self.skipped:
-            out["skipped"] = True
-        return out
+class Skipped(Exception):
+    """A check that does not apply (returned) or cannot run (raised); explain reports it as skipped."""
 
 
 @dataclass(slots=True)
-class Evaluation:
-    """What ``evaluate`` found: the checks, the parsed token and the identity (if resolved)."""
+class LoginContext:
+    """One login attempt as the checks see it, and what they found."""
 
-    checks: list[Check] = field(default_factory=list)
-    token: ParsedToken | None = None
-    identity: cl.Identity | None = None
-    strict: bool = True
+    backend: JWTAuthBackend
+    req: Request
+    config: JWTConfig
+    role: Role
+    #: The raw JWT (JWT login, explain); the OIDC callback sets ``claims`` instead.
+    token: str = ""
+    #: The caller's address for the bound-CIDR check (None: unknown, refused by a bound role).
+    remote_addr: str | None = None
+    #: False in explain without ``remote_addr``: the bound-CIDR check is skipped.
+    check_cidrs: bool = True
+    parsed: ParsedToken | None = None
+    claims: dict[str, Any] | None = None
+    alias_name: str | None = None
+    metadata: dict[str, str] | None = None
+    groups: list[str] | None = None
+
+    def parsed_token(self) -> ParsedToken:
+        """The parsed token; a check that needs it is skipped when parsing failed."""
+        if self.parsed is None:
+            raise Skipped(_UNPARSED)
+        return self.parsed
+
+    def token_claims(self) -> dict[str, Any]:
+        """The token's claims; a check that needs them is skipped when parsing failed."""
+        if self.claims is None:
+            raise Skipped(_UNPARSED)
+        return self.claims
 
     @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    def passed(self, name: str, detail: str = "") -> None:
-        """Record a passed check (login, being strict, records only failures' effects)."""
-        if not self.strict:
-            self.checks.append(Check(name, True, detail))
-
-    def failed(self, name: str, error: PluginError) -> None:
-        """Record a failure; in strict (login) mode raise it at once."""
-        self.checks.append(Check(name, False, "; ".join(error.messages) or "permission denied"))
-        if self.strict:
-            raise error
+    def identity(self) -> cl.Identity | None:
+        """The identity, once the user claim, claim mappings and groups checks all passed."""
+        if self.alias_name is None or self.metadata is None or self.groups is None:
+            return None
+        return cl.Identity(alias_name=self.alias_name, metadata=self.metadata, groups=self.groups)
 
 
 # ---------------------------------------------------------------------------
-# Pure checks
+# The checks, in order. Each returns a short detail for explain (or Skipped when it does
+# not apply), or raises a PluginError: its messages for anyone, its ``expected`` for
+# privileged readers. Only the signature check awaits (it may fetch keys).
+
+
+def _validate_role_type(ctx: LoginContext) -> str:
+    if ctx.role.role_type != "jwt":
+        raise InvalidRequest("role with oidc role_type is not allowed")
+    return "jwt"
+
+
+def _validate_bound_cidrs(ctx: LoginContext) -> str | Skipped:
+    cidrs = ctx.role.token_bound_cidrs
+    if not cidrs:
+        return Skipped("the role has no token_bound_cidrs")
+    if not ctx.check_cidrs:
+        return Skipped("not evaluated: no remote_addr given")
+    if not cidr_allows(cidrs, ctx.remote_addr):
+        raise PermissionDenied(expected=f": {ctx.remote_addr} is not in {cl.show(cidrs)}")
+    return "the address is in token_bound_cidrs"
+
+
+def _validate_parse(ctx: LoginContext) -> str:
+    parsed = parse_token(ctx.token)
+    ctx.parsed, ctx.claims = parsed, parsed.claims  # later checks still run in explain
+    wrong = [n for n in ("iss", "sub", "jti") if n in parsed.claims and not isinstance(parsed.claims[n], str)]
+    if wrong:
+        # RFC 7519: these are StringOrURI/strings; go-jose refuses other JSON types at decoding.
+        raise InvalidRequest(
+            f'error validating token: claim "{wrong[0]}" must be a string, got {cl.show(parsed.claims[wrong[0]])}'
+        )
+    return f"alg {parsed.alg}, kid {parsed.kid}" if parsed.kid else f"alg {parsed.alg}"
+
+
+def _validate_algorithm(ctx: LoginContext) -> str:
+    alg = ctx.parsed_token().alg
+    algs = allowed_algs(ctx.config)
+    if alg not in algs:
+        raise InvalidRequest(
+            "error validating token: invalid algorithm (alg) header parameter: token signed with "
+            f"unexpected algorithm {cl.show(alg)}, allowed: {cl.show(algs)}"
+        )
+    return f"{alg} is allowed"
+
+
+async def _validate_signature(ctx: LoginContext) -> str | Skipped:
+    parsed = ctx.parsed_token()
+    algs = allowed_algs(ctx.config)
+    if parsed.alg not in algs:
+        return Skipped("not evaluated: the algorithm is not allowed")
+    source = await ctx.backend.key_source(ctx.config, ctx.req.system)
+    await source.verify(parsed, algs)
+    return "verified"
+
+
+def _validate_issuer(ctx: LoginContext) -> str | Skipped:
+    bound = ctx.config.bound_issuer
+    if not bound:
+        return Skipped("the config has no bound_issuer")
+    iss = ctx.token_claims().get("iss")
+    if iss != bound or not isinstance(iss, str):
+        raise InvalidRequest(
+            f"error validating token: invalid issuer (iss) claim: token has {cl.show(iss)}",
+            expected=f", expected {cl.show(bound)}",
+        )
+    return "matches bound_issuer"
+
+
+def _validate_subject(ctx: LoginContext) -> str | Skipped:
+    bound = ctx.role.bound_subject
+    if not bound:
+        return Skipped("the role has no bound_subject")
+    sub = ctx.token_claims().get("sub")
+    if isinstance(sub, str) and (sub == bound or (ctx.role.bound_claims_type == "glob" and cl.glob_match(bound, sub))):
+        return "matches bound_subject"
+    raise InvalidRequest(
+        f"error validating token: invalid subject (sub) claim: token has {cl.show(sub)}",
+        expected=f", role expects {cl.show(bound)}",
+    )
+
+
+def _validate_audience(ctx: LoginContext) -> str:
+    role = ctx.role
+    cl.check_audience(role.bound_audiences, ctx.token_claims().get("aud"), glob=role.bound_claims_type == "glob")
+    return "matches bound_audiences" if role.bound_audiences else "no audience, none bound"
 
 
 def effective_leeway(value: int, default: int) -> int:
@@ -135,13 +245,9 @@ def _numeric_date(claims: dict[str, Any], name: str) -> int | None:
     return int(value)  # floats are truncated to whole seconds, as Vault does
 
 
-def check_time_claims(claims: dict[str, Any], now: float, role: Role) -> str:
-    """Validate ``iat``/``nbf``/``exp`` with the role's leeways (4.2 steps 6-8).
-
-    Returns a short description for explain.
-
-    :raises InvalidRequest: ``error validating token: <Vault reason> (<details>)``.
-    """
+def _validate_time(ctx: LoginContext) -> str:
+    """``iat``/``nbf``/``exp`` with the role's leeways (4.2 steps 6-8)."""
+    claims, role = ctx.token_claims(), ctx.role
     iat = _numeric_date(claims, "iat")
     nbf = _numeric_date(claims, "nbf")
     exp = _numeric_date(claims, "exp")
@@ -154,196 +260,194 @@ def check_time_claims(claims: dict[str, Any], now: float, role: Role) -> str:
     cs = effective_leeway(role.clock_skew_leeway, DEFAULT_CLOCK_SKEW_LEEWAY)
     eff_exp = exp if exp is not None else max(t for t in (iat, nbf) if t is not None) + el
     eff_nbf = nbf if nbf is not None else (iat if iat is not None else eff_exp - nl)
-    now_i = int(now)
-    if now_i + cs < eff_nbf:
+    now = int(ctx.req.system.now())
+    if now + cs < eff_nbf:
         raise InvalidRequest(
             "error validating token: invalid not before (nbf) claim: token not yet valid "
-            f"(valid from {eff_nbf}, now {now_i}, clock skew leeway {cs}s)"
+            f"(valid from {eff_nbf}, now {now}, clock skew leeway {cs}s)"
         )
-    if now_i - cs > eff_exp:
+    if now - cs > eff_exp:
         raise InvalidRequest(
             "error validating token: invalid expiration time (exp) claim: token is expired "
-            f"(valid until {eff_exp}, now {now_i}, clock skew leeway {cs}s)"
+            f"(valid until {eff_exp}, now {now}, clock skew leeway {cs}s)"
         )
-    if iat is not None and now_i + cs < iat:
+    if iat is not None and now + cs < iat:
         raise InvalidRequest(
             "error validating token: invalid issued at (iat) claim: token issued in the future "
-            f"(iat {iat}, now {now_i}, clock skew leeway {cs}s)"
+            f"(iat {iat}, now {now}, clock skew leeway {cs}s)"
         )
-    if role.max_token_age > 0:
-        if iat is None:
-            raise InvalidRequest(
-                "error validating token: the role's max_token_age requires an issued at (iat) claim"
-            )
-        age = now_i - iat
-        if age - cs > role.max_token_age:
-            raise InvalidRequest(
-                f"error validating token: token is too old: issued {age}s ago, role max_token_age "
-                f"is {role.max_token_age}s (clock skew leeway {cs}s)"
-            )
-    return f"valid from {eff_nbf} until {eff_exp}, now {now_i}"
+    return f"valid from {eff_nbf} until {eff_exp}, now {now}"
 
 
-def _issuer_error(config: JWTConfig, claims: dict[str, Any]) -> str | None:
-    if not config.bound_issuer:
-        return None
-    iss = claims.get("iss")
-    if iss == config.bound_issuer and isinstance(iss, str):
-        return None
-    return (
-        f"error validating token: invalid issuer (iss) claim: token has {cl.show(iss)}, "
-        f"expected {cl.show(config.bound_issuer)}"
+def _validate_max_token_age(ctx: LoginContext) -> str | Skipped:
+    role = ctx.role
+    if role.max_token_age <= 0:
+        return Skipped("the role has no max_token_age")
+    iat = _numeric_date(ctx.token_claims(), "iat")
+    if iat is None:
+        raise InvalidRequest("error validating token: the role's max_token_age requires an issued at (iat) claim")
+    cs = effective_leeway(role.clock_skew_leeway, DEFAULT_CLOCK_SKEW_LEEWAY)
+    age = int(ctx.req.system.now()) - iat
+    if age - cs > role.max_token_age:
+        raise InvalidRequest(
+            f"error validating token: token is too old: issued {age}s ago, role max_token_age "
+            f"is {role.max_token_age}s (clock skew leeway {cs}s)"
+        )
+    return f"issued {age}s ago"
+
+
+def _validate_user_claim(ctx: LoginContext) -> str:
+    role = ctx.role
+    ctx.alias_name = cl.get_user_claim(ctx.token_claims(), role.user_claim, role.user_claim_json_pointer)
+    return f'alias name "{ctx.alias_name}"'
+
+
+def _validate_claim_mappings(ctx: LoginContext) -> str:
+    claims, role = ctx.token_claims(), ctx.role
+    metadata = cl.extract_metadata(claims, role.claim_mappings)
+    metadata.update(cl.extract_list_metadata(claims, role.list_claim_mappings))
+    ctx.metadata = metadata
+    return f"{len(metadata)} metadata keys"
+
+
+def _validate_groups(ctx: LoginContext) -> str | Skipped:
+    claims = ctx.token_claims()
+    if not ctx.role.groups_claim:
+        ctx.groups = []
+        return Skipped("the role has no groups_claim")
+    ctx.groups = cl.get_groups(claims, ctx.role.groups_claim)
+    return f"{len(ctx.groups)} groups"
+
+
+def _validate_bound_claims(ctx: LoginContext) -> str | Skipped:
+    """Every bound claim must match; the first mismatch is the message, all are in the detail."""
+    claims, bound = ctx.token_claims(), ctx.role.bound_claims
+    if not bound:
+        return Skipped("the role has no bound_claims")
+    glob = ctx.role.bound_claims_type == "glob"
+    failures: list[InvalidRequest] = []
+    for name, expected in bound.items():
+        try:
+            cl.check_bound_claim(claims, name, expected, glob=glob)
+        except InvalidRequest as exc:
+            failures.append(exc)
+    if failures:
+        first, rest = failures[0], failures[1:]
+        raise InvalidRequest(first.messages[0], expected=first.expected + "".join(f"; {f.detail}" for f in rest))
+    return f"{len(bound)} claims match"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One login check: its name (the reason code) and its validator."""
+
+    name: str
+    validate: Callable[[LoginContext], str | Skipped | Awaitable[str | Skipped]]
+
+
+#: The login checks in order (4.2). Names are reason codes: keep them stable
+#: (docs/troubleshooting.md lists them).
+CHECKS: tuple[Check, ...] = (
+    Check("role_type", _validate_role_type),
+    Check("bound_cidrs", _validate_bound_cidrs),
+    Check("parse", _validate_parse),
+    Check("algorithm", _validate_algorithm),
+    Check("signature", _validate_signature),
+    Check("issuer", _validate_issuer),
+    Check("subject", _validate_subject),
+    Check("audience", _validate_audience),
+    Check("time", _validate_time),
+    Check("max_token_age", _validate_max_token_age),
+    Check("user_claim", _validate_user_claim),
+    Check("claim_mappings", _validate_claim_mappings),
+    Check("groups", _validate_groups),
+    Check("bound_claims", _validate_bound_claims),
+)
+
+
+def _select(*names: str) -> tuple[Check, ...]:
+    chosen = tuple(c for c in CHECKS if c.name in names)
+    assert len(chosen) == len(names), names
+    return chosen
+
+
+#: The role's checks the OIDC callback runs before it asks the IdP anything.
+OIDC_REQUEST_CHECKS = _select("bound_cidrs")
+#: The role's checks the OIDC callback runs on the verified ID token's claims (the ID
+#: token's issuer, audience, times and nonce are checked by ``oidc_flow``, as cap does).
+OIDC_CLAIM_CHECKS = _select("subject", "user_claim", "claim_mappings", "groups", "bound_claims")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One check's outcome, as explain reports it."""
+
+    check: str
+    ok: bool
+    detail: str = ""
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"check": self.check, "ok": self.ok, "detail": self.detail}
+        if self.skipped:
+            out["skipped"] = True
+        return out
+
+
+async def run_checks(ctx: LoginContext, checks: tuple[Check, ...] = CHECKS, *, explain: bool = False) -> list[Outcome]:
+    """Run ``checks`` in order.
+
+    A login (``explain`` False) raises the first failure, its ``check`` set to the check's
+    name, and returns an empty list. Explain records every outcome, a failure with its full
+    ``detail`` (what the role expects included).
+    """
+    outcomes: list[Outcome] = []
+    for check in checks:
+        try:
+            result = check.validate(ctx)
+            if not isinstance(result, (str, Skipped)):
+                result = await result  # the signature check
+        except Skipped as skip:
+            result = skip
+        except PluginError as exc:
+            exc.check = check.name
+            if not explain:
+                raise
+            outcomes.append(Outcome(check.name, False, exc.detail))
+            continue
+        if explain:
+            skipped = isinstance(result, Skipped)
+            outcomes.append(Outcome(check.name, True, str(result), skipped=skipped))
+    return outcomes
+
+
+def refused(req: Request, exc: PluginError, event: str, **fields: Any) -> None:
+    """Log a refused login and decide what the anonymous caller is told.
+
+    One ``event`` line with ``check`` (the reason code; None for a request error such as an
+    unknown role) and ``reason`` (the full detail: what the role expects included), never
+    the token. The caller's message gains the expected values only when the mount's
+    SystemView has ``verbose_login_errors``.
+    """
+    log.info(
+        event,
+        mount=req.system.mount_path,
+        **fields,
+        check=exc.check or None,
+        reason=exc.detail or "permission denied",
+        remote_addr=remote_addr(req),
     )
+    if exc.expected and req.system.verbose_login_errors:
+        exc.messages, exc.expected = [exc.detail], ""
 
 
-def _subject_error(role: Role, claims: dict[str, Any]) -> str | None:
-    if not role.bound_subject:
-        return None
-    sub = claims.get("sub")
-    if isinstance(sub, str):
-        if role.bound_claims_type == "glob" and cl.glob_match(role.bound_subject, sub):
-            return None
-        if sub == role.bound_subject:
-            return None
-    return (
-        f"error validating token: invalid subject (sub) claim: token has {cl.show(sub)}, "
-        f"role expects {cl.show(role.bound_subject)}"
-    )
+def remote_addr(req: Request) -> str | None:
+    """The caller's address, when the server gave one."""
+    return req.connection.remote_addr if req.connection is not None else None
 
 
 # ---------------------------------------------------------------------------
-# The shared pipeline
-
-
-async def evaluate(
-    backend: JWTAuthBackend,
-    req: Request,
-    config: JWTConfig,
-    role: Role,
-    token: str,
-    *,
-    strict: bool,
-    remote_addr: str | None,
-    check_cidrs: bool = True,
-) -> Evaluation:
-    """Run the login checks of 4.1/4.2 in order.
-
-    ``strict`` (login) raises the first failure; otherwise (explain) every check that can
-    run is recorded and evaluation continues past failures.
-    """
-    ev = Evaluation(strict=strict)
-    if role.role_type != "jwt":
-        ev.failed("role_type", InvalidRequest("role with oidc role_type is not allowed"))
-    else:
-        ev.passed("role_type", "jwt")
-    if role.token_bound_cidrs:
-        if not check_cidrs:
-            ev.checks.append(Check("bound_cidrs", True, "not evaluated: no remote_addr given", skipped=True))
-        elif cidr_allows(role.token_bound_cidrs, remote_addr):
-            if not strict:
-                ev.passed("bound_cidrs", f"{remote_addr} is in {cl.show(role.token_bound_cidrs)}")
-        else:
-            if strict:
-                ev.failed("bound_cidrs", PermissionDenied())
-            ev.checks.append(
-                Check("bound_cidrs", False, f"{remote_addr} is not in {cl.show(role.token_bound_cidrs)}")
-            )
-    try:
-        parsed = parse_token(token)
-    except InvalidRequest as exc:
-        ev.failed("parse", exc)
-        return ev
-    ev.token = parsed
-    claims = parsed.claims
-    wrong = [n for n in ("iss", "sub", "jti") if n in claims and not isinstance(claims[n], str)]
-    if wrong:
-        # RFC 7519: these are StringOrURI/strings; go-jose refuses other JSON types at decoding.
-        ev.failed(
-            "parse",
-            InvalidRequest(
-                f'error validating token: claim "{wrong[0]}" must be a string, got {cl.show(claims[wrong[0]])}'
-            ),
-        )
-    elif not strict:  # the detail strings are for explain only
-        ev.passed("parse", f"alg {parsed.alg}" + (f", kid {cl.show(parsed.kid)}" if parsed.kid else ""))
-
-    algs = allowed_algs(config)
-    if parsed.alg not in algs:
-        ev.failed(
-            "algorithm",
-            InvalidRequest(
-                "error validating token: invalid algorithm (alg) header parameter: token signed with "
-                f"unexpected algorithm {cl.show(parsed.alg)}, allowed: {cl.show(algs)}"
-            ),
-        )
-    else:
-        ev.passed("algorithm", f"{parsed.alg} is allowed")
-        try:
-            source = await backend.key_source(config, req.system)
-            await source.verify(parsed, algs)
-        except InvalidRequest as exc:
-            ev.failed("signature", exc)
-        else:
-            ev.passed("signature", "verified")
-
-    for name, error in (
-        ("issuer", _issuer_error(config, claims)),
-        ("subject", _subject_error(role, claims)),
-    ):
-        if error is None:
-            ev.passed(name)
-        else:
-            ev.failed(name, InvalidRequest(error))
-    aud_error = cl.audience_error(role.bound_audiences, claims.get("aud"), glob=role.bound_claims_type == "glob")
-    if aud_error is None:
-        ev.passed("audience")
-    elif aud_error.startswith("audience claim found"):
-        ev.failed("audience", InvalidRequest(aud_error))
-    else:
-        ev.failed("audience", InvalidRequest("error validating token: " + aud_error))
-    try:
-        detail = check_time_claims(claims, req.system.now(), role)
-    except InvalidRequest as exc:
-        ev.failed("time", exc)
-    else:
-        ev.passed("time", detail)
-
-    identity_ok = True
-    try:
-        name = cl.get_user_claim(claims, role.user_claim, role.user_claim_json_pointer)
-        if not strict:
-            ev.passed("user_claim", f"alias name {cl.show(name)}")
-    except InvalidRequest as exc:
-        name, identity_ok = "", False
-        ev.failed("user_claim", exc)
-    metadata: dict[str, str] = {}
-    try:
-        metadata = cl.extract_metadata(claims, role.claim_mappings)
-        metadata.update(cl.extract_list_metadata(claims, role.list_claim_mappings))
-        ev.passed("claim_mappings", f"{len(metadata)} metadata keys")
-    except InvalidRequest as exc:
-        identity_ok = False
-        ev.failed("claim_mappings", exc)
-    groups: list[str] = []
-    if role.groups_claim:
-        try:
-            groups = cl.get_groups(claims, role.groups_claim)
-            ev.passed("groups", f"{len(groups)} groups")
-        except InvalidRequest as exc:
-            identity_ok = False
-            ev.failed("groups", exc)
-    if identity_ok:
-        ev.identity = cl.Identity(alias_name=name, metadata=metadata, groups=groups)
-
-    glob = role.bound_claims_type == "glob"
-    for claim_name, expected in (role.bound_claims or {}).items():
-        error = cl.bound_claim_error(claims, claim_name, expected, glob=glob)
-        if error is None:
-            if not strict:
-                ev.passed("bound_claim", f"claim {cl.show(claim_name)} matches")
-        else:
-            ev.failed("bound_claim", InvalidRequest(f"error validating claims: {error}"))
-    return ev
+# Paths
 
 
 def login_auth(role: Role, role_name: str, identity: cl.Identity) -> Auth:
@@ -360,20 +464,6 @@ def login_auth(role: Role, role_name: str, identity: cl.Identity) -> Auth:
         metadata=metadata,
         group_aliases=list(identity.groups),
         internal_data={"role": role_name},
-    )
-
-
-def _remote(req: Request) -> str | None:
-    return req.connection.remote_addr if req.connection is not None else None
-
-
-def _log_failure(req: Request, role: str, exc: PluginError) -> None:
-    log.info(
-        "login_failed",
-        mount=getattr(req.system, "mount_path", ""),
-        role=role,
-        reason="; ".join(exc.messages) or "permission denied",
-        remote_addr=_remote(req),
     )
 
 
@@ -399,16 +489,16 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
         role_name = values.get("role", "")
         try:
             config, role_name, role = await _load(backend, req, role_name)
-            if role.role_type != "jwt":
-                raise InvalidRequest("role with oidc role_type is not allowed")
             token = values.get("jwt", "")
             if not token:
                 raise InvalidRequest("missing token")
-            ev = await evaluate(backend, req, config, role, token, strict=True, remote_addr=_remote(req))
-            assert ev.identity is not None  # strict mode raised otherwise
-            auth = login_auth(role, role_name, ev.identity)
+            ctx = LoginContext(backend, req, config, role, token=token, remote_addr=remote_addr(req))
+            await run_checks(ctx)
+            identity = ctx.identity
+            assert identity is not None  # every identity check passed
+            auth = login_auth(role, role_name, identity)
         except PluginError as exc:
-            _log_failure(req, role_name, exc)
+            refused(req, exc, "login_failed", role=role_name)
             raise
         return Response(auth=auth)
 
@@ -431,20 +521,20 @@ def path_explain(backend: JWTAuthBackend) -> PathSpec:
         if not token:
             raise InvalidRequest("missing token")
         addr = values.get("remote_addr") or None
-        ev = await evaluate(
-            backend, req, config, role, token, strict=False, remote_addr=addr, check_cidrs=addr is not None
-        )
+        ctx = LoginContext(backend, req, config, role, token=token, remote_addr=addr, check_cidrs=addr is not None)
+        outcomes = await run_checks(ctx, explain=True)
         data: dict[str, Any] = {
-            "would_succeed": ev.ok,
+            "would_succeed": all(o.ok for o in outcomes),
             "role": role_name,
-            "checks": [c.as_dict() for c in ev.checks],
-            "claims": ev.token.claims if ev.token is not None else None,
+            "checks": [o.as_dict() for o in outcomes],
+            "claims": ctx.claims,
         }
-        if ev.identity is not None:
+        identity = ctx.identity
+        if identity is not None:
             data["identity"] = {
-                "alias_name": ev.identity.alias_name,
-                "metadata": {**ev.identity.metadata, "role": role_name},
-                "groups": ev.identity.groups,
+                "alias_name": identity.alias_name,
+                "metadata": {**identity.metadata, "role": role_name},
+                "groups": identity.groups,
             }
         return Response(data=data)
 

@@ -4,7 +4,9 @@ State (nonce, PKCE verifier, role, redirect URI) lives in the mount's storage un
 ``oidc/state/<state>`` for 10 minutes, so any node of a cluster can finish a flow that
 another node started (decisions 7); the callback takes it with one atomic update, so a
 state is used exactly once. The ID token checks follow cap/go-oidc (section 6.3); the
-identity, claim mapping and bound-claim checks are the JWT login's own.
+role's checks (bound CIDRs, subject, user claim, claim mappings, groups, bound claims) are
+the JWT login's own validators (``path_login.OIDC_REQUEST_CHECKS``/``OIDC_CLAIM_CHECKS``),
+with the same reason codes.
 """
 
 from __future__ import annotations
@@ -18,16 +20,27 @@ import json
 import re
 import secrets
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import structlog
 
 from plugin import oidc_flow as support
 from plugin.errors import InvalidRequest, PluginError, UnsupportedOperation, UpstreamError
-from plugin.framework import Operation, PathSpec, Request, Response
-from plugin.oidc_pending import pending_states
+from plugin.framework import Handler, Operation, PathSpec, Request, Response
+from plugin.path_config import JWTConfig
+from plugin.path_login import (
+    OIDC_CLAIM_CHECKS,
+    OIDC_REQUEST_CHECKS,
+    LoginContext,
+    login_auth,
+    refused,
+    remote_addr,
+    run_checks,
+)
+from plugin.path_role import Role
 from plugin.schema import Field, FieldSet, FieldType
+
+if TYPE_CHECKING:
+    from plugin.backend import JWTAuthBackend
 
 __all__ = ["paths", "valid_redirect", "parse_mount", "STATE_PREFIX", "STATE_TTL"]
 
@@ -38,8 +51,6 @@ _STATE_RE = re.compile(r"st_[A-Za-z0-9]{20}")
 _SWEEP_INTERVAL = 60.0
 _SWEEP_MAX = 500
 _FAILED = "Vault login failed."
-
-log = structlog.get_logger("plugin.path_oidc")
 
 
 def _rand62(n: int) -> str:
@@ -114,34 +125,34 @@ def _split_namespace(uri: str) -> tuple[str, str]:
 # oidc/auth_url
 
 
-def _make_auth_url(backend: Any) -> Any:
+def _make_auth_url(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
-        config = await support.load_config(backend, req)
+        storage = req.require_storage()
+        config = await backend.config(storage)
         if config is None:
             raise InvalidRequest("could not load configuration")
-        if not support.is_oidc_flow(config):
+        if not config.is_oidc_flow:
             raise InvalidRequest("OIDC login is not configured for this mount")
-        role_name = (values.get("role") or support.cfg(config, "default_role") or "").lower()
+        role_name = (values.get("role") or config.default_role).lower()
         if not role_name:
             raise InvalidRequest("missing role")
         redirect_uri = values.get("redirect_uri") or ""
         if not redirect_uri:
             raise InvalidRequest("missing redirect_uri")
-        role = await support.load_role(backend, req, role_name)
+        role = await backend.role(storage, role_name)
         if role is None:
             raise InvalidRequest(f'role "{role_name}" could not be found')
 
         namespace = ""
-        if support.cfg(config, "namespace_in_state", False):
+        if config.namespace_in_state:
             try:
                 redirect_uri, namespace = _split_namespace(redirect_uri)
             except ValueError:
                 raise InvalidRequest(f"redirect_uri {json.dumps(redirect_uri[:512])} could not be parsed") from None
-        allowed = list(support.cfg(role, "allowed_redirect_uris", []) or [])
-        if not valid_redirect(redirect_uri, allowed):
+        if not valid_redirect(redirect_uri, role.allowed_redirect_uris or []):
             # The allowed list is not echoed: this path needs no token.
             raise InvalidRequest(f'redirect_uri {json.dumps(redirect_uri[:512])} is not allowed for role "{role_name}"')
-        response_mode = support.cfg(config, "oidc_response_mode", "") or ""
+        response_mode = config.oidc_response_mode
         if response_mode == "form_post":
             redirect_uri = redirect_uri.replace("ui/vault", "v1", 1)
 
@@ -152,10 +163,10 @@ def _make_auth_url(backend: Any) -> Any:
 
         state_id = "st_" + _rand62(20)
         nonce = "n_" + _rand62(20)
-        implicit = "id_token" in (support.cfg(config, "oidc_response_types", []) or [])
-        scopes = ["openid"] + [s for s in support.cfg(role, "oidc_scopes", []) or [] if s and s != "openid"]
+        implicit = "id_token" in config.oidc_response_types
+        scopes = ["openid"] + [s for s in role.oidc_scopes or [] if s and s != "openid"]
         params: dict[str, str] = {
-            "client_id": support.cfg(config, "oidc_client_id"),
+            "client_id": config.oidc_client_id,
             "nonce": nonce,
             "redirect_uri": redirect_uri,
             "response_type": "id_token" if implicit else "code",
@@ -171,13 +182,13 @@ def _make_auth_url(backend: Any) -> Any:
             params["code_challenge_method"] = "S256"
             if response_mode == "form_post":
                 params["response_mode"] = "form_post"
-        max_age = int(support.cfg(role, "max_age", 0) or 0)
+        max_age = role.max_age
         if max_age > 0:
             params["max_age"] = str(max_age)
 
         now = req.system.now()
-        pending_states(backend, STATE_TTL).admit(state_id, now)  # 429 beyond the per-mount cap
-        await req.require_storage().put(
+        backend.oidc_states.admit(state_id, now)  # 429 beyond the per-mount cap
+        await storage.put(
             STATE_PREFIX + state_id,
             {
                 "role": role_name,
@@ -201,12 +212,11 @@ def _make_auth_url(backend: Any) -> Any:
     return handler
 
 
-async def _maybe_sweep(backend: Any, req: Request, now: float) -> None:
+async def _maybe_sweep(backend: JWTAuthBackend, req: Request, now: float) -> None:
     """Delete expired states now and then, so abandoned flows do not pile up in storage."""
-    last = getattr(backend, "_oidc_last_sweep", 0.0)
-    if now - last < _SWEEP_INTERVAL:
+    if now - backend.oidc_last_sweep < _SWEEP_INTERVAL:
         return
-    backend._oidc_last_sweep = now
+    backend.oidc_last_sweep = now
     storage = req.require_storage()
     names = await storage.list(STATE_PREFIX)
 
@@ -215,7 +225,7 @@ async def _maybe_sweep(backend: Any, req: Request, now: float) -> None:
             return old
         return None
 
-    for state_id in pending_states(backend, STATE_TTL).take_expired():  # ours: no listing needed
+    for state_id in backend.oidc_states.take_expired():  # ours: no listing needed
         await storage.update(STATE_PREFIX + state_id, drop_expired)
     for name in names[:_SWEEP_MAX]:
         if name.endswith("/"):
@@ -262,30 +272,25 @@ async def _take_state(req: Request, raw: str) -> dict[str, Any] | None:
 # oidc/callback
 
 
-def _make_callback_get(backend: Any) -> Any:
+def _make_callback_get(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
         try:
             return await _callback(backend, req, values)
         except PluginError as exc:
-            # Never the code, state or tokens: only which check failed.
-            log.info(
-                "oidc_callback_failed",
-                mount=getattr(req.system, "mount_path", ""),
-                reason="; ".join(exc.messages) or "permission denied",
-                remote_addr=req.connection.remote_addr if req.connection else None,
-            )
+            refused(req, exc, "oidc_callback_failed")  # never the code, state or tokens
             raise
 
     return handler
 
 
-async def _callback(backend: Any, req: Request, values: dict[str, Any]) -> Response:
+async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any]) -> Response:
     """GET oidc/callback (vault-api.md 6.2), first failure wins."""
-    config = await support.load_config(backend, req)
+    storage = req.require_storage()
+    config = await backend.config(storage)
     if config is None:
         raise InvalidRequest(f"{_FAILED} Could not load configuration")
     state = await _take_state(req, values.get("state") or "")
-    pending_states(backend, STATE_TTL).discard(_state_id(values.get("state") or ""))
+    backend.oidc_states.discard(_state_id(values.get("state") or ""))
     if state is None:
         raise InvalidRequest(f"{_FAILED} Expired or missing OAuth state.")
     expected_nonce = state.get("client_nonce") or ""
@@ -294,11 +299,12 @@ async def _callback(backend: Any, req: Request, values: dict[str, Any]) -> Respo
         if not hmac.compare_digest(expected_nonce.encode(), got.encode()):
             raise InvalidRequest("invalid client_nonce")
     role_name = state["role"]
-    role = await support.load_role(backend, req, role_name)
+    role = await backend.role(storage, role_name)
     if role is None:
         raise InvalidRequest(f"{_FAILED} Role could not be found")
-    support.check_bound_cidrs(req, role)
-    if not support.is_oidc_flow(config):
+    ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
+    await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
+    if not config.is_oidc_flow:
         raise InvalidRequest(f"{_FAILED} OIDC login is not configured for this mount")
 
     code = values.get("code") or ""
@@ -313,17 +319,24 @@ async def _callback(backend: Any, req: Request, values: dict[str, Any]) -> Respo
     else:
         raise InvalidRequest(f"{_FAILED} No code or id_token received.")
 
-    bound_subject = support.cfg(role, "bound_subject", "") or ""
-    if bound_subject and claims.get("sub") != bound_subject:
-        raise InvalidRequest("sub claim does not match bound subject")
-    resp = await support.login_response(backend, req, role_name, role, claims)
+    ctx.claims = claims
+    await run_checks(ctx, OIDC_CLAIM_CHECKS)
+    identity = ctx.identity
+    assert identity is not None  # every identity check passed
+    resp = Response(auth=login_auth(role, role_name, identity))
     for w in warnings:
         resp.add_warning(w)
     return resp
 
 
 async def _code_flow(
-    backend: Any, req: Request, config: Any, role: Any, state: dict[str, Any], code: str, warnings: list[str]
+    backend: JWTAuthBackend,
+    req: Request,
+    config: JWTConfig,
+    role: Role,
+    state: dict[str, Any],
+    code: str,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """Exchange ``code`` at the token endpoint, verify the ID token, merge userinfo."""
     try:
@@ -336,7 +349,7 @@ async def _code_flow(
         claims = await support.verify_id_token(
             backend, req, config, discovery, raw_id_token,
             nonce=state["nonce"],
-            audiences=list(support.cfg(role, "bound_audiences", []) or []),
+            audiences=list(role.bound_audiences or []),
             max_age=int(state.get("max_age") or 0),
             access_token=access_token,
         )
@@ -348,14 +361,14 @@ async def _code_flow(
     return claims
 
 
-def _make_callback_post(backend: Any) -> Any:
+def _make_callback_post(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
-        config = await support.load_config(backend, req)
-        if config is None or (support.cfg(config, "oidc_response_mode", "") or "") != "form_post":
+        storage = req.require_storage()
+        config = await backend.config(storage)
+        if config is None or config.oidc_response_mode != "form_post":
             raise UnsupportedOperation("OIDC form_post is not configured for this mount")
         state_id = _state_id(values.get("state") or "")
         now = req.system.now()
-        storage = req.require_storage()
         pending = await storage.get(STATE_PREFIX + state_id) if state_id else None
         if not state_id or not isinstance(pending, dict) or float(pending.get("expires_at", 0)) <= now:
             return _html(400, f"{_FAILED}", "Expired or missing OAuth state.")
@@ -364,13 +377,13 @@ def _make_callback_post(backend: Any) -> Any:
             update["code"] = values["code"]
         if values.get("id_token"):
             # Verify now and keep only the verified claims: raw JWTs are never stored.
-            role = await support.load_role(backend, req, pending["role"])
+            role = await backend.role(storage, pending["role"])
             try:
                 discovery = await support.discovery(backend, req, config)
                 claims = await support.verify_id_token(
                     backend, req, config, discovery, values["id_token"],
                     nonce=pending["nonce"],
-                    audiences=list(support.cfg(role, "bound_audiences", []) or []) if role else [],
+                    audiences=list(role.bound_audiences or []) if role else [],
                     max_age=int(pending.get("max_age") or 0),
                     access_token=None,
                 )
@@ -435,7 +448,7 @@ def _page_headers(csp: str) -> dict[str, str]:
 # Path table
 
 
-def paths(backend: Any) -> list[PathSpec]:
+def paths(backend: JWTAuthBackend) -> list[PathSpec]:
     """The ``oidc/auth_url`` and ``oidc/callback`` paths for ``backend``."""
     auth_url_fields = FieldSet(
         {

@@ -270,6 +270,10 @@ class MountSystemView:
     def mount_accessor(self) -> str:
         return self._entry().accessor
 
+    @property
+    def verbose_login_errors(self) -> bool:
+        return self._table.verbose_login_errors
+
     def now(self) -> float:
         return time.time()
 
@@ -290,6 +294,7 @@ class MountTable:
         fetcher: Any = None,
         token_factory: Callable[[], Backend] | None = None,
         on_disable: Callable[[MountEntry], Any] | None = None,
+        verbose_login_errors: bool = False,
     ) -> None:
         self.storage = storage
         self.default_lease_ttl = default_lease_ttl
@@ -297,6 +302,8 @@ class MountTable:
         self.fetcher = fetcher
         self.token_factory = token_factory or Backend
         self.on_disable = on_disable
+        #: Settings ``login_errors_show_expected``, handed to every mount's SystemView.
+        self.verbose_login_errors = verbose_login_errors
         self.mounts: dict[str, Mount] = {}
         self._by_uuid: dict[str, Mount] = {}
         self._lock = asyncio.Lock()

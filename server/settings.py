@@ -234,7 +234,7 @@ class StorageSettings:
     pool_size: int = setting(10, kind="int ≥ 1", parse=_int(1), engine="postgres",
                              doc="PostgreSQL connection pool size per node (plus one connection for LISTEN).")
     key_file: str = setting(
-        "", kind="path", parse=_string, shown="`<path>` with `.key` for `sqlite`",
+        "", kind="path", parse=_string, shown="next to `path` (suffix `.key`) for `sqlite`",
         doc="The storage key that seals every secret the server keeps (token salt, batch signing keys, client "
             "secrets, HMAC keys): created 0600 at first start, never stored in the database. Required for "
             "`postgres` (every node needs a copy of the same file) unless `AUTHMOUNT_STORAGE_KEY` is set, which "
@@ -420,6 +420,12 @@ class Settings:
             "mount); over a limit the answer is `429 request path \"auth/<mount>/<path>\": rate limit quota "
             "exceeded` with `Retry-After`. Authenticated requests are never limited. Keys below; `0` disables a "
             "limit.",
+    )
+    login_errors_show_expected: bool = setting(
+        False, kind="bool", parse=_bool,
+        doc="Refused logins tell anonymous callers what the role expects (bound issuer, subject, audiences, claim "
+            "values, CIDRs). For development only: those values tell an attacker which repository or branch to "
+            "aim for. Explain and the server log always show them.",
     )
     # Not YAML settings: set by `authmount server --dev`.
     dev: bool = False

@@ -6,8 +6,8 @@ Scenarios: docs/reference/test-scenarios.md section 1; behaviour: docs/reference
 from __future__ import annotations
 
 import copy
+import re
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -176,29 +176,36 @@ def test_get_user_claim(claims: dict[str, Any], name: str, pointer: bool, expect
          "empty-list-aud", "trailing-slash", "case", "number", "nested-list", "object"],
 )
 def test_audience(bound: Any, aud: Any, ok: bool, match: str) -> None:
-    err = cl.audience_error(bound, aud, glob=False)
+    err = _audience_refusal(bound, aud)
     if ok:
         assert err is None
     else:
         assert err is not None
-        assert pytest.importorskip("re").search(match, err)
+        assert re.search(match, err.detail)  # explain and the server log: the full account
+
+
+def _audience_refusal(bound: Any, aud: Any, *, glob: bool = False) -> InvalidRequest | None:
+    try:
+        cl.check_audience(bound, aud, glob=glob)
+    except InvalidRequest as exc:
+        return exc
+    return None
 
 
 def test_audience_glob() -> None:
-    assert cl.audience_error(["spiffe-*"], "spiffe-api", glob=True) is None
-    assert cl.audience_error(["spiffe-*"], "other", glob=True) is not None
-    assert cl.audience_error(["spiffe-*"], "spiffe-api", glob=False) is not None
+    assert _audience_refusal(["spiffe-*"], "spiffe-api", glob=True) is None
+    assert _audience_refusal(["spiffe-*"], "other", glob=True) is not None
+    assert _audience_refusal(["spiffe-*"], "spiffe-api", glob=False) is not None
 
 
-@dataclass
-class _Rules:
-    bound_claims: dict[str, Any]
-    bound_claims_type: str = "string"
-    user_claim: str = "sub"
-    user_claim_json_pointer: bool = False
-    claim_mappings: dict[str, str] | None = None
-    list_claim_mappings: dict[str, str] | None = None
-    groups_claim: str = ""
+def test_audience_message_keeps_the_bound_audiences_out() -> None:
+    err = _audience_refusal(["aud-secret-x", "team-*-y"], ["public"], glob=True)
+    assert err is not None
+    assert err.messages == [
+        "error validating token: invalid audience (aud) claim: audience claim does not match any expected "
+        'audience: token has ["public"]'
+    ]
+    assert err.expected == ', role expects one of ["aud-secret-x", "team-*-y"]'
 
 
 OK = None
@@ -238,14 +245,42 @@ BOUND_CASES = [
 ]
 
 
+def _check_bound_claims(bound: dict[str, Any], claims: dict[str, Any], glob: bool) -> None:
+    for name, expected in bound.items():
+        cl.check_bound_claim(claims, name, expected, glob=glob)
+
+
 @pytest.mark.parametrize(("kind", "bound", "claims", "error"), BOUND_CASES, ids=[f"{i}-{c[0] or 'empty'}" for i, c in enumerate(BOUND_CASES)])
-def test_validate_bound_claims(kind: str, bound: dict[str, Any], claims: dict[str, Any], error: str | None) -> None:
-    rules = _Rules(bound_claims=bound, bound_claims_type=kind)
+def test_check_bound_claim(kind: str, bound: dict[str, Any], claims: dict[str, Any], error: str | None) -> None:
     if error is None:
-        cl.validate_bound_claims(rules, claims)
+        _check_bound_claims(bound, claims, kind == "glob")
     else:
-        with pytest.raises(InvalidRequest, match="^error validating claims: .*" + error):
-            cl.validate_bound_claims(rules, claims)
+        with pytest.raises(InvalidRequest) as info:
+            _check_bound_claims(bound, claims, kind == "glob")
+        # The full account (explain, server log) matches; the message alone never says what the role expects.
+        assert re.search("^error validating claims: .*" + error, info.value.detail)
+        assert "role expects" not in info.value.messages[0]
+
+
+@pytest.mark.parametrize(
+    ("bound", "claims", "glob", "message", "expected"),
+    [
+        ({"ref": ["secret-branch-x", "rel/*-y"]}, {"ref": "main"}, True,
+         'error validating claims: claim "ref" is "main"', ', role expects one of ["secret-branch-x", "rel/*-y"]'),
+        ({"env": {"secret-env-x": 1}}, {"env": "dev"}, False,
+         "error validating claims: bound claim is not a string, bool, int or list", ': {"secret-env-x": 1}'),
+        ({"env": 4242}, {"env": "dev"}, True, "error validating claims: received claim is not a glob string", ": 4242"),
+    ],
+    ids=["mismatch", "bound-object", "glob-not-string"],
+)
+def test_bound_claim_message_keeps_the_role_values_out(
+    bound: dict[str, Any], claims: dict[str, Any], glob: bool, message: str, expected: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _check_bound_claims(bound, claims, glob)
+    assert info.value.messages == [message]
+    assert info.value.expected == expected
+    assert info.value.detail == message + expected
 
 
 @pytest.mark.parametrize(
@@ -272,17 +307,6 @@ def test_normalize_list(value: Any, want: Any) -> None:
 )
 def test_glob_match(pattern: str, subject: str, want: bool) -> None:
     assert cl.glob_match(pattern, subject) is want
-
-
-def test_validate_role_claims_identity_before_bound_claims() -> None:
-    rules = _Rules(bound_claims={"color": "green"}, user_claim="user")
-    with pytest.raises(InvalidRequest, match='claim "user" not found in token'):
-        cl.validate_role_claims(rules, {"color": "red"})
-    ident = cl.validate_role_claims(
-        _Rules(bound_claims={"color": "green"}, user_claim="user", claim_mappings={"first": "name"}, groups_claim="g"),
-        {"user": "jeff", "color": "green", "first": "Jeff", "g": "admins"},
-    )
-    assert ident == cl.Identity(alias_name="jeff", metadata={"name": "Jeff"}, groups=["admins"])
 
 
 def test_show_escapes_and_truncates() -> None:

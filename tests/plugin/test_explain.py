@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from plugin.errors import InvalidRequest
+from plugin.path_login import CHECKS
 from tests.plugin.fakes import Harness
 from tests.plugin.keyfactory import ec_key, make_token
 
@@ -55,9 +56,10 @@ async def test_success(h: Harness) -> None:
     data = await explain(h, token(h))
     assert data["would_succeed"] is True
     assert all(c["ok"] for c in data["checks"])
-    names = [c["check"] for c in data["checks"]]
-    assert names[:5] == ["role_type", "parse", "algorithm", "signature", "issuer"]
-    assert names.count("bound_claim") == 3
+    # One outcome per validator, in the validators' order: the list is the single source.
+    assert [c["check"] for c in data["checks"]] == [c.name for c in CHECKS]
+    skipped = {c["check"] for c in data["checks"] if c.get("skipped")}
+    assert skipped == {"bound_cidrs", "subject", "max_token_age"}  # the role binds neither
     assert data["claims"]["sub"] == "ci-bot"
     assert data["identity"] == {"alias_name": "ci-bot", "metadata": {"repo": "org/app", "role": "ci"}, "groups": ["ci"]}
 
@@ -65,10 +67,12 @@ async def test_success(h: Harness) -> None:
 async def test_reports_every_bound_claim(h: Harness) -> None:
     data = await explain(h, token(h, ref="main2", env="dev"))
     assert data["would_succeed"] is False
-    bound = by_name(data)["bound_claim"]
-    assert [c["ok"] for c in bound] == [False, False, True]
-    assert bound[0]["detail"] == 'error validating claims: claim "ref" is "main2", role expects one of ["release/*", "main"]'
-    assert bound[1]["detail"] == 'error validating claims: claim "env" is "dev", role expects one of ["prod"]'
+    [bound] = by_name(data)["bound_claims"]
+    assert bound["ok"] is False
+    assert bound["detail"] == (
+        'error validating claims: claim "ref" is "main2", role expects one of ["release/*", "main"]; '
+        'error validating claims: claim "env" is "dev", role expects one of ["prod"]'
+    )
 
 
 async def test_continues_past_signature_failure(h: Harness) -> None:
@@ -78,7 +82,7 @@ async def test_continues_past_signature_failure(h: Harness) -> None:
     assert checks["signature"][0]["ok"] is False
     assert checks["audience"][0]["ok"] is False and "role expects one of" in checks["audience"][0]["detail"]
     assert checks["time"][0]["ok"] is False and "token is expired" in checks["time"][0]["detail"]
-    assert all(c["ok"] for c in checks["bound_claim"])
+    assert all(c["ok"] for c in checks["bound_claims"])
     assert data["claims"]["aud"] == "other"
 
 
@@ -93,6 +97,10 @@ async def test_unparseable_token(h: Harness) -> None:
     data = await explain(h, "not-a-jwt")
     assert data["would_succeed"] is False and data["claims"] is None
     assert by_name(data)["parse"][0]["detail"].startswith("error validating token:")
+    after = data["checks"][[c["check"] for c in data["checks"]].index("parse") + 1:]
+    assert [c["check"] for c in after] == [c.name for c in CHECKS][-len(after):]
+    assert all(c["ok"] and c.get("skipped") for c in after)
+    assert by_name(data)["time"][0]["detail"] == "not evaluated: the token could not be parsed"
 
 
 async def test_oidc_role_reported(h: Harness) -> None:

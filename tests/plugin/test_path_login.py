@@ -86,7 +86,7 @@ async def test_valid_login(kind: str, cidrs: str | None) -> None:
 LOGIN_ERRORS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
     ("oidc-role", {"role_type": "oidc", "allowed_redirect_uris": "http://127.0.0.1"}, {}, "role with oidc role_type is not allowed"),
     ("invalid-bound-claim", {}, {"color": None, "pnum": None}, 'error validating claims: claim "color" is missing'),
-    ("wrong-bound-claim", {}, {"color": "red"}, 'error validating claims: claim "color" is "red", role expects one of ["green"]'),
+    ("wrong-bound-claim", {}, {"color": "red"}, 'error validating claims: claim "color" is "red"'),
     ("bad-audience", {}, {"aud": ["https://fault.plugin.auth.jwt.test"]},
      "error validating token: invalid audience (aud) claim: audience claim does not match any expected audience"),
     ("bad-subject", {}, {"sub": "p3qXcK2bix9eFECzsU3Sbmh0K16fatW6@clients"}, "error validating token: invalid subject (sub) claim"),
@@ -117,8 +117,8 @@ async def test_bad_signature(kind: str) -> None:
 async def test_bad_issuer() -> None:
     h = await setup("static")
     msg = await fails(h, make_token(claims(h, iss="https://team-fault.auth0.com/"), key=KEY))
-    assert msg == ('error validating token: invalid issuer (iss) claim: token has "https://team-fault.auth0.com/", '
-                   'expected "https://team-vault.auth0.com/"')
+    # What the config is bound to is for explain and the server log (vault-differences row 2).
+    assert msg == 'error validating token: invalid issuer (iss) claim: token has "https://team-fault.auth0.com/"'
 
 
 @pytest.mark.parametrize(
@@ -374,7 +374,7 @@ async def test_claim_mappings_stringify_and_list_mappings() -> None:
 async def test_bound_claims_numbers_type_strict() -> None:
     h = await setup()
     msg = await fails(h, make_token(claims(h, pnum="123"), key=KEY))
-    assert msg == 'error validating claims: claim "pnum" is "123", role expects one of [123]'
+    assert msg == 'error validating claims: claim "pnum" is "123"'
     assert (await h.login({"role": "plugin-test", "jwt": make_token(claims(h, pnum=123.0), key=KEY)})).auth is not None
 
 
