@@ -148,7 +148,7 @@ def glob_match(pattern: str, subject: str) -> bool:
 
 
 def stringify_claim(value: Any) -> str | None:
-    """A scalar claim as metadata text (decisions.md item 3); None for lists/objects."""
+    """A scalar claim as metadata text (docs/vault-differences.md row 3); None for lists/objects."""
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -161,7 +161,7 @@ def stringify_claim(value: Any) -> str | None:
 
 
 def get_user_claim(claims: dict[str, Any], user_claim: str, json_pointer: bool) -> str:
-    """The alias name: the string value of ``user_claim`` (5.2).
+    """The alias name: the string value of ``user_claim`` (docs/reference/vault-api.md 5.2).
 
     :raises InvalidRequest: ``claim "<c>" not found in token`` / ``could not be converted to string``.
     """
@@ -215,9 +215,9 @@ def extract_list_metadata(claims: dict[str, Any], mappings: dict[str, str] | Non
 def get_groups(claims: dict[str, Any], groups_claim: str) -> list[str]:
     """Group names from ``groups_claim``: a string is one group, a list of strings is many.
 
-    Empty strings are skipped (5.4, decisions.md item 4).
+    Empty strings are skipped (docs/reference/vault-api.md 5.4, docs/vault-differences.md row 4).
 
-    :raises InvalidRequest: with Vault's 5.4 messages for absent or malformed values.
+    :raises InvalidRequest: with Vault's messages (docs/reference/vault-api.md 5.4) for absent or malformed values.
     """
     value = get_claim(claims, groups_claim)
     if value is None:

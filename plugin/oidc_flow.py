@@ -150,7 +150,7 @@ def check_id_token_claims(
     audiences: list[str],
     max_age: int = 0,
 ) -> None:
-    """The claim checks of cap's ``VerifyIDToken`` (vault-api.md 6.3), first failure wins.
+    """The claim checks of cap's ``VerifyIDToken`` (docs/reference/vault-api.md 6.3), first failure wins.
 
     :raises InvalidRequest: naming the failed check.
     """

@@ -1,4 +1,4 @@
-"""The ``config`` path: mount-wide key source and OIDC settings (vault-api.md section 2)."""
+"""The ``config`` path: mount-wide key source and OIDC settings (docs/reference/vault-api.md section 2)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ class JWTConfig:
         return dataclasses.asdict(self)
 
     def public(self) -> dict[str, Any]:
-        """GET output: sensitive fields and provider secrets left out (2.3)."""
+        """GET output: sensitive fields and provider secrets left out (docs/reference/vault-api.md 2.3)."""
         out = CONFIG_FIELDS.public(self.to_storage())
         provider = dict(self.provider_config)
         for key in _PROVIDER_SENSITIVE.get(str(provider.get("provider", "")), ()):
@@ -197,7 +197,7 @@ def _check_oidc_options(config: JWTConfig) -> None:
 
 
 def validate_config(config: JWTConfig) -> None:
-    """The local (no network) checks of 2.2 that come before the key-source check.
+    """The local (no network) checks of docs/reference/vault-api.md 2.2 that come before the key-source check.
 
     :raises InvalidRequest: the first failing check, with Vault's message.
     """

@@ -1,10 +1,10 @@
-"""JWT ``login`` (vault-api.md 4.1/4.2), the privileged ``role/<name>/explain`` call, and
+"""JWT ``login`` (docs/reference/vault-api.md 4.1/4.2), the privileged ``role/<name>/explain`` call, and
 the login checks they share with the OIDC callback.
 
 ``CHECKS`` is the one ordered list of login checks, each a small named validator in
 pyjwt's ``_validate_<claim>`` style. Login runs it and stops at the first failure;
 explain runs it and records every outcome (passed, failed, skipped) without issuing
-anything (decisions.md item 13); the OIDC callback runs the role's checks of the same
+anything (docs/vault-differences.md row 13); the OIDC callback runs the role's checks of the same
 list (``OIDC_REQUEST_CHECKS``, ``OIDC_CLAIM_CHECKS``) on the verified ID token. A check's
 name is its reason code: the refusal carries it as ``PluginError.check``, and explain, the
 server log line of a refused login and the troubleshooting guide use it.
@@ -246,7 +246,7 @@ def _numeric_date(claims: dict[str, Any], name: str) -> int | None:
 
 
 def _validate_time(ctx: LoginContext) -> str:
-    """``iat``/``nbf``/``exp`` with the role's leeways (4.2 steps 6-8)."""
+    """``iat``/``nbf``/``exp`` with the role's leeways (docs/reference/vault-api.md 4.2 steps 6-8)."""
     claims, role = ctx.token_claims(), ctx.role
     iat = _numeric_date(claims, "iat")
     nbf = _numeric_date(claims, "nbf")

@@ -1,9 +1,9 @@
-"""The OIDC browser flow: ``oidc/auth_url`` and ``oidc/callback`` (vault-api.md section 6).
+"""The OIDC browser flow: ``oidc/auth_url`` and ``oidc/callback`` (docs/reference/vault-api.md section 6).
 
 State (nonce, PKCE verifier, role, redirect URI) lives in the mount's storage under
 ``oidc/state/<state>`` for 10 minutes, so any node of a cluster can finish a flow that
-another node started (decisions 7); the callback takes it with one atomic update, so a
-state is used exactly once. The ID token checks follow cap/go-oidc (section 6.3); the
+another node started (docs/vault-differences.md row 7); the callback takes it with one atomic update, so a
+state is used exactly once. The ID token checks follow cap/go-oidc (docs/reference/vault-api.md 6.3); the
 role's checks (bound CIDRs, subject, user claim, claim mappings, groups, bound claims) are
 the JWT login's own validators (``path_login.OIDC_REQUEST_CHECKS``/``OIDC_CLAIM_CHECKS``),
 with the same reason codes.
@@ -284,7 +284,7 @@ def _make_callback_get(backend: JWTAuthBackend) -> Handler:
 
 
 async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any]) -> Response:
-    """GET oidc/callback (vault-api.md 6.2), first failure wins."""
+    """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins."""
     storage = req.require_storage()
     config = await backend.config(storage)
     if config is None:

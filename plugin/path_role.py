@@ -1,4 +1,4 @@
-"""The ``role/`` list and ``role/<name>`` CRUD paths (vault-api.md section 3)."""
+"""The ``role/`` list and ``role/<name>`` CRUD paths (docs/reference/vault-api.md section 3)."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def _check_glob_claims(bound_claims: dict[str, Any]) -> None:
                 if not isinstance(item, str):
                     raise InvalidRequest(f"claim is not a string: {_go_value(item)}")
         elif isinstance(value, (bool, int, float)):
-            # JSON numbers reach this message over HTTP in Vault too (vault-api.md 3.2 step 6).
+            # JSON numbers reach this message over HTTP in Vault too (docs/reference/vault-api.md 3.2 step 6).
             raise InvalidRequest(f"claim is not a string: {_go_value(value)}")
         elif not isinstance(value, str):
             raise InvalidRequest(f"claim is not a string or list: {_go_value(value)}")
@@ -207,7 +207,7 @@ def _check_mapping_targets(role: Role) -> None:
 
 
 def apply_role_write(role: Role, values: dict[str, Any], *, max_lease_ttl: int) -> list[str]:
-    """Merge a write into ``role`` and validate it in Vault's order (3.2); return warnings.
+    """Merge a write into ``role`` and validate it in Vault's order (docs/reference/vault-api.md 3.2); return warnings.
 
     :raises InvalidRequest: the first failing check, with Vault's message.
     """

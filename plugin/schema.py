@@ -1,6 +1,6 @@
 """Field schemas: declared once per path, they drive coercion, defaults, GET output and OpenAPI.
 
-Coercion follows Vault's ``framework.FieldData`` (see vault-api.md section 1.2): weak
+Coercion follows Vault's ``framework.FieldData`` (see docs/reference/vault-api.md section 1.2): weak
 string conversion, comma string slices trimmed per element, durations as seconds, Go
 duration strings or ``<n>d``, key/value pairs as an object or a list of ``k=v``.
 """

@@ -140,7 +140,7 @@ class TokenParams:
 def apply_token_fields(params: TokenParams, values: dict[str, Any]) -> None:
     """Apply the ``token_*`` values present in ``values`` (Vault ``ParseTokenFields``).
 
-    :raises InvalidRequest: with Vault's messages (vault-api.md 3.2 step 2).
+    :raises InvalidRequest: with Vault's messages (docs/reference/vault-api.md 3.2 step 2).
     """
     if "token_bound_cidrs" in values:
         params.token_bound_cidrs = parse_cidrs(values["token_bound_cidrs"])
@@ -214,7 +214,7 @@ def upgrade_legacy(params: TokenParams, values: dict[str, Any]) -> None:
 
 
 def check_token_limits(params: TokenParams, *, max_lease_ttl: int) -> list[str]:
-    """Checks against the mount's maximum lease TTL (3.2 step 4); returns warnings.
+    """Checks against the mount's maximum lease TTL (docs/reference/vault-api.md 3.2 step 4); returns warnings.
 
     :raises InvalidRequest: ``token_period`` above the mount maximum.
     """

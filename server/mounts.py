@@ -182,7 +182,7 @@ class MountEntry:
         )
 
     def public(self) -> dict[str, Any]:
-        """The ``sys/auth`` shape of this mount (vault-api.md 10.4)."""
+        """The ``sys/auth`` shape of this mount (docs/reference/vault-api.md 10.4)."""
         cfg = self.config
         out_cfg: dict[str, Any] = {
             "default_lease_ttl": cfg.get("default_lease_ttl", 0),

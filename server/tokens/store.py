@@ -791,7 +791,7 @@ class TokenStore:
 
     # -- presentation --------------------------------------------------------------------
     def lookup_data(self, entry: TokenEntry, raw_token: str = "") -> dict[str, Any]:
-        """``data`` of lookup / lookup-self / lookup-accessor (vault-api.md 10.5)."""
+        """``data`` of lookup / lookup-self / lookup-accessor (docs/reference/vault-api.md 10.5)."""
         now = self.clock()
         remaining = max(0, int(entry.expire_time - now)) if entry.expire_time else 0
         out: dict[str, Any] = {
