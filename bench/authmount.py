@@ -58,6 +58,8 @@ def write_config(
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "authmount.yaml"
     db = directory / "authmount.db"
+    if storage is not None and storage.get("type") == "postgres" and "key_file" not in storage:
+        storage = {**storage, "key_file": str(directory / "storage.key")}  # one key for every worker
     # JSON is valid YAML; it spares us quoting rules.
     config.write_text(
         json.dumps(

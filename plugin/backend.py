@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 from typing import Any
 
+import structlog
+
 from plugin import oidc_pending, path_oidc
 from plugin.errors import InvalidRequest
 from plugin.framework import Auth, Backend, Request, SystemView
@@ -17,10 +19,10 @@ from plugin.path_role import ROLE_PREFIX, Role, path_role, path_role_list
 from plugin.policyutil import refuse_root
 from plugin.storage import Storage
 
-__all__ = ["JWTAuthBackend", "UNAUTHENTICATED_PATHS"]
+__all__ = ["JWTAuthBackend"]
 
-#: The only paths reachable without a token (Vault ``PathsSpecial.Unauthenticated``).
-UNAUTHENTICATED_PATHS = frozenset({"login", "oidc/auth_url", "oidc/callback"})
+log = structlog.get_logger("plugin.backend")
+
 
 
 class JWTAuthBackend(Backend):
@@ -52,19 +54,17 @@ class JWTAuthBackend(Backend):
             path_login(self),
             *path_oidc.paths(self),
         ]
-        for spec in self.paths:
-            # Exactly login, oidc/auth_url and oidc/callback are unauthenticated.
-            spec.unauthenticated = any(spec.compiled.fullmatch(p) for p in UNAUTHENTICATED_PATHS)
 
     # -- entities ----------------------------------------------------------------------
-    async def config(self, storage: Storage) -> JWTConfig | None:
-        """The mount's config (cached), or None when it was never written."""
+    async def config(self, req: Request) -> JWTConfig | None:
+        """The mount's config (cached; its secrets unsealed with ``req.system.sealer``), or
+        None when it was never written."""
         if self._config is not None:
             return self._config
-        raw = await storage.get(CONFIG_KEY)
+        raw = await req.require_storage().get(CONFIG_KEY)
         if raw is None:
             return None
-        config = JWTConfig.from_storage(raw)
+        config = JWTConfig.unsealed(raw, req.system.sealer)
         if self._config is None:
             self._config = config
         return self._config
@@ -158,6 +158,21 @@ class JWTAuthBackend(Backend):
             period=role.token_period,
             policies=policies,
         )
+
+    async def initialize(self, req: Request) -> None:
+        """Seal config secrets that a version without sealing stored in the clear."""
+        storage, sealer = req.require_storage(), req.system.sealer
+        raw = await storage.get(CONFIG_KEY)
+        if not isinstance(raw, dict) or not JWTConfig.has_clear_secrets(raw):
+            return
+
+        def seal_clear(old: Any) -> Any:
+            if isinstance(old, dict) and JWTConfig.has_clear_secrets(old):
+                return JWTConfig.unsealed(old, sealer).sealed(sealer)
+            return old
+
+        await storage.update(CONFIG_KEY, seal_clear)
+        log.info("config_secrets_sealed", mount=req.system.mount_path)
 
     async def cleanup(self) -> None:
         """Stop key-source background work."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from plugin.errors import NotFound, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.schema import FieldSet
+from plugin.sealing import EphemeralSealer, Sealer
 from plugin.storage import Storage
 
 __all__ = [
@@ -112,6 +113,11 @@ class SystemView(Protocol):
         """Whether refused logins tell anonymous callers what the role expects (development only)."""
         ...
 
+    @property
+    def sealer(self) -> Sealer:
+        """Seals this mount's secrets at rest (contexts are relative to the mount)."""
+        ...
+
     def now(self) -> float: ...
 
 
@@ -126,6 +132,7 @@ class StaticSystemView:
     fetcher: Any = None
     clock: Callable[[], float] = time.time
     verbose_login_errors: bool = False
+    sealer: Sealer = field(default_factory=EphemeralSealer)
 
     def now(self) -> float:
         return self.clock()
@@ -389,6 +396,11 @@ class Backend:
 
     def invalidate(self, key: str) -> None:
         """Drop caches derived from storage ``key`` (called after writes by other nodes)."""
+
+    async def initialize(self, req: Request) -> None:
+        """Once per start, with the mount's storage and SystemView (Vault's
+        ``InitializeFunc``): bring stored data up to date, e.g. seal secrets an older
+        version stored in the clear. ``req`` is a READ of ``""`` carrying both."""
 
     async def cleanup(self) -> None:
         """Release resources when the mount is disabled or the server stops."""

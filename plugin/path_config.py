@@ -11,6 +11,7 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.jose_verify import HMAC_ALGS, SUPPORTED_ALGS
 from plugin.schema import Field, FieldSet, FieldType
+from plugin.sealing import Sealer, is_sealed
 
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
@@ -132,8 +133,45 @@ class JWTConfig:
         return cls(**kwargs)
 
     def to_storage(self) -> dict[str, Any]:
-        """The dict written to storage."""
+        """Every field as a dict (secrets in the clear: never write this form to storage)."""
         return dataclasses.asdict(self)
+
+    def sealed(self, sealer: Sealer) -> dict[str, Any]:
+        """The dict written to storage: secrets (the sensitive fields and the provider's
+        credentials) sealed for ``config#<field>`` (``<storage key>#<innermost field name>``,
+        the rule ``server.keyring.reseal`` relies on)."""
+        out = CONFIG_FIELDS.sealed(self.to_storage(), sealer, CONFIG_KEY)
+        provider = dict(self.provider_config)
+        for key in _PROVIDER_SENSITIVE.get(str(provider.get("provider", "")), ()):
+            if provider.get(key):
+                provider[key] = sealer.seal(json.dumps(provider[key]).encode(), f"{CONFIG_KEY}#{key}")
+        out["provider_config"] = provider
+        return out
+
+    @staticmethod
+    def has_clear_secrets(raw: dict[str, Any]) -> bool:
+        """Whether a stored config holds a secret in the clear (an older version's)."""
+        clear = [raw.get(n) for n, f in CONFIG_FIELDS.items() if f.sensitive]
+        provider = raw.get("provider_config") or {}
+        if isinstance(provider, dict):
+            clear += [provider.get(k) for k in _PROVIDER_SENSITIVE.get(str(provider.get("provider", "")), ())]
+        return any(v and not is_sealed(v) for v in clear)
+
+    @classmethod
+    def unsealed(cls, raw: dict[str, Any], sealer: Sealer) -> JWTConfig:
+        """A config read from storage (``sealed``'s inverse; secrets an older version stored
+        in the clear are taken as they are, and sealed at the next write).
+
+        :raises SealError: a secret that does not open with this server's keys.
+        """
+        values = CONFIG_FIELDS.unsealed(raw, sealer, CONFIG_KEY)
+        provider = dict(values.get("provider_config") or {})
+        for key in _PROVIDER_SENSITIVE.get(str(provider.get("provider", "")), ()):
+            value = provider.get(key)
+            if isinstance(value, str) and is_sealed(value):
+                provider[key] = json.loads(sealer.unseal(value, f"{CONFIG_KEY}#{key}"))
+        values["provider_config"] = provider
+        return cls.from_storage(values)
 
     def public(self) -> dict[str, Any]:
         """GET output: sensitive fields and provider secrets left out (docs/reference/vault-api.md 2.3)."""
@@ -240,14 +278,14 @@ def path_config(backend: JWTAuthBackend) -> PathSpec:
     """The ``config`` PathSpec (GET, POST/PUT)."""
 
     async def read(req: Request, values: dict[str, Any]) -> Response | None:
-        config = await backend.config(req.require_storage())
+        config = await backend.config(req)
         if config is None:
             return None
         return Response(data=config.public())
 
     async def write(req: Request, values: dict[str, Any]) -> Response | None:
         storage = req.require_storage()
-        previous = await backend.config(storage)
+        previous = await backend.config(req)
         fresh = CONFIG_FIELDS.defaults()
         fresh.update(values)
         if "namespace_in_state" not in values and previous is not None:
@@ -270,7 +308,7 @@ def path_config(backend: JWTAuthBackend) -> PathSpec:
                 await source.close()
             raise
         # Every check passed: only now replace the stored config (a failed write keeps it).
-        await storage.put(CONFIG_KEY, config.to_storage())
+        await storage.put(CONFIG_KEY, config.sealed(req.system.sealer))
         await backend.install_config(config, source)
         return None
 

@@ -469,7 +469,7 @@ def login_auth(role: Role, role_name: str, identity: cl.Identity) -> Auth:
 
 async def _load(backend: JWTAuthBackend, req: Request, role_name: str) -> tuple[JWTConfig, str, Role]:
     storage = req.require_storage()
-    config = await backend.config(storage)
+    config = await backend.config(req)
     if config is None:
         raise InvalidRequest("could not load configuration")
     role_name = role_name or config.default_role

@@ -128,7 +128,7 @@ def _split_namespace(uri: str) -> tuple[str, str]:
 def _make_auth_url(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
         storage = req.require_storage()
-        config = await backend.config(storage)
+        config = await backend.config(req)
         if config is None:
             raise InvalidRequest("could not load configuration")
         if not config.is_oidc_flow:
@@ -286,7 +286,7 @@ def _make_callback_get(backend: JWTAuthBackend) -> Handler:
 async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any]) -> Response:
     """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins."""
     storage = req.require_storage()
-    config = await backend.config(storage)
+    config = await backend.config(req)
     if config is None:
         raise InvalidRequest(f"{_FAILED} Could not load configuration")
     state = await _take_state(req, values.get("state") or "")
@@ -364,7 +364,7 @@ async def _code_flow(
 def _make_callback_post(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
         storage = req.require_storage()
-        config = await backend.config(storage)
+        config = await backend.config(req)
         if config is None or config.oidc_response_mode != "form_post":
             raise UnsupportedOperation("OIDC form_post is not configured for this mount")
         state_id = _state_id(values.get("state") or "")

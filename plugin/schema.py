@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from plugin.errors import InvalidRequest
+from plugin.sealing import Sealer, is_sealed
 
 __all__ = [
     "FieldType",
@@ -148,6 +149,28 @@ class FieldSet:
             if spec.sensitive or spec.alias_of is not None or spec.type is FieldType.NAME:
                 continue
             out[name] = values.get(name, spec.default_value())
+        return out
+
+    def sealed(self, stored: dict[str, Any], sealer: Sealer, key: str) -> dict[str, Any]:
+        """``stored`` with every non-empty sensitive field sealed, for writing under storage
+        ``key`` (each field's context is ``<key>#<field>``)."""
+        out = dict(stored)
+        for name, spec in self.fields.items():
+            value = out.get(name)
+            if spec.sensitive and value:
+                out[name] = sealer.seal(json.dumps(value).encode("utf-8"), f"{key}#{name}")
+        return out
+
+    def unsealed(self, stored: dict[str, Any], sealer: Sealer, key: str) -> dict[str, Any]:
+        """The inverse of ``sealed``; a value an older version stored in the clear is kept.
+
+        :raises SealError: a sealed value that does not open here.
+        """
+        out = dict(stored)
+        for name, spec in self.fields.items():
+            value = out.get(name)
+            if spec.sensitive and isinstance(value, str) and is_sealed(value):
+                out[name] = json.loads(sealer.unseal(value, f"{key}#{name}"))
         return out
 
     def openapi(self) -> dict[str, Any]:

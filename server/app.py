@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -13,10 +16,22 @@ from aiohttp import web, web_response
 from plugin.errors import PluginError
 from plugin.framework import Backend, Connection, Operation, Request
 from server.acl.policies import PolicyStore
-from server.appkeys import CLUSTER_ID, FETCHER, MOUNTS, POLICIES, ROOT_TOKEN, SETTINGS, STARTED_AT, STORAGE, TOKENS
+from server.appkeys import (
+    CLUSTER_ID,
+    FETCHER,
+    KEYRING,
+    MOUNTS,
+    POLICIES,
+    ROOT_TOKEN,
+    SETTINGS,
+    STARTED_AT,
+    STORAGE,
+    TOKENS,
+)
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.routes import setup_routes
+from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
 from server.mounts import MountEntry, MountTable, normalize_path
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage
@@ -66,7 +81,17 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
                 storage = await open_storage(settings.storage.as_mapping())
             except (ValueError, RuntimeError, OSError) as exc:
                 raise StartupError(f"storage: {exc}") from exc
-        tokens = TokenStore(storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl)
+        try:
+            keyring = await _open_keyring(settings, storage)
+        except StorageKeyError as exc:
+            if given_storage is None:
+                await storage.close()
+            raise StartupError(f"storage key: {exc}") from exc
+        mounts_ref: list[MountTable] = []
+        tokens = TokenStore(
+            storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
+            sealer=keyring, mount_exists=lambda accessor: not mounts_ref or mounts_ref[0].has_accessor(accessor),
+        )
         policies = PolicyStore(storage)
         fetcher = AiohttpFetcher()
         mounts: MountTable | None = None
@@ -79,14 +104,16 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             mounts = MountTable(
                 storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
                 fetcher=fetcher, token_factory=_token_backend_factory(tokens, policies, lambda: app[MOUNTS]),
-                on_disable=revoke, verbose_login_errors=settings.login_errors_show_expected,
+                on_disable=revoke, verbose_login_errors=settings.login_errors_show_expected, sealer=keyring,
             )
+            mounts_ref.append(mounts)
             await mounts.load()
             app[STORAGE], app[TOKENS], app[POLICIES], app[MOUNTS], app[FETCHER] = storage, tokens, policies, mounts, fetcher
+            app[KEYRING] = keyring
             app[STARTED_AT] = time.time()
             cluster = await storage.update(CLUSTER_KEY, lambda old: old or {"id": str(uuid.uuid4())})
             app[CLUSTER_ID] = cluster["id"]
-            _watch(storage, mounts, policies, tokens)
+            _watch(storage, mounts, policies, tokens, keyring)
             await seed(app)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
             log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type)
@@ -117,18 +144,40 @@ def _token_backend_factory(
 UNCACHED_TOKEN_PREFIXES = (ID_PREFIX, ACCESSOR_PREFIX, PARENT_PREFIX)
 
 
-def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore) -> None:
+def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring) -> None:
     """Route other nodes' writes to the caches that depend on them."""
+    reloads: set[asyncio.Task[None]] = set()
 
     def invalidate(key: str) -> None:
         mounts.invalidate(key)
         policies.invalidate(key)
         tokens.invalidate(key)
+        if key in (KEYRING_KEY, ""):  # another node rotated the keyring
+            task = asyncio.get_running_loop().create_task(keyring.reload(storage))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
     storage.set_invalidation_callback(invalidate)
     # Token rows are read from the table on every use (no node caches them), so their
     # writes need no announcement; mount epochs are cached and stay announced.
     storage.set_unannounced_prefixes(UNCACHED_TOKEN_PREFIXES)
+
+
+async def _open_keyring(settings: Settings, storage: Engine) -> Keyring:
+    """The keyring, opened with the storage key (created with the keyring at first start).
+
+    ``memory`` storage without ``AUTHMOUNT_STORAGE_KEY`` gets a key that lives as long as the
+    process (as does the storage).
+
+    :raises StorageKeyError: the key is missing, malformed or not the keyring's.
+    """
+    if settings.storage.type == "memory" and not os.environ.get(ENV_KEY):
+        return await Keyring.open(storage, secrets.token_bytes(32))
+    first = not await Keyring.exists(storage)
+    key, where = load_storage_key(key_file=settings.storage.key_path or None, create=first)
+    keyring = await Keyring.open(storage, key)
+    log.info("storage_key_loaded", source=where, created=first, fingerprint=key_fingerprint(key))
+    return keyring
 
 
 async def _initial_root_token(settings: Settings, storage: Engine, tokens: TokenStore) -> str | None:

@@ -9,18 +9,20 @@ from aiohttp import web
 if TYPE_CHECKING:
     from server.acl.policies import PolicyStore
     from server.http.fetcher import AiohttpFetcher
+    from server.keyring import Keyring
     from server.mounts import MountTable
     from server.settings import Settings
     from server.storage import Engine
     from server.tokens.store import TokenStore
 
 __all__ = [
-    "SETTINGS", "STORAGE", "TOKENS", "POLICIES", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
+    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
     "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORAGE: web.AppKey[Engine] = web.AppKey("storage")
+KEYRING: web.AppKey[Keyring] = web.AppKey("keyring")
 TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens")
 POLICIES: web.AppKey[PolicyStore] = web.AppKey("policies")
 MOUNTS: web.AppKey[MountTable] = web.AppKey("mounts")

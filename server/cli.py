@@ -18,6 +18,8 @@ from server.appkeys import ROOT_TOKEN
 from server.http.connguard import ConnectionGuard, descriptor_budget, raise_descriptor_limit
 from server.http.listverb import ListVerbAppRunner
 from server.http.log import configure_logging, flush_request_log
+from server.keyring import StorageKeyError
+from server.operator import rekey
 from server.settings import Settings, SettingsError, dev_settings, load_settings
 from server.sys.status import VERSION
 
@@ -41,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log_level")
     srv.add_argument("--workers", type=int, metavar="N",
                      help="serve with N processes sharing the port (SO_REUSEPORT; PostgreSQL storage only)")
+    op = sub.add_parser("operator", help="maintenance with the server stopped")
+    ops = op.add_subparsers(dest="operation", required=True)
+    rk = ops.add_parser("rekey", help="seal the keyring under a new storage key")
+    rk.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
+    rk.add_argument("--new-key-file", "-new-key-file", metavar="PATH", required=True,
+                    help="where to write the new storage key (must not exist)")
     return parser
 
 
@@ -50,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"authmount v{VERSION}")
         return 0
+    if args.command == "operator":
+        return _operator(args)
     try:
         if args.dev:
             settings = dev_settings(args.dev_root_token_id, args.dev_listen_address)
@@ -82,6 +92,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             print(f"Error starting server: {settings.listen_address}: {exc.strerror or exc}", file=sys.stderr)
             return 1
+
+
+def _operator(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+        print(asyncio.run(rekey(settings, args.new_key_file)))
+    except SettingsError as exc:
+        print(f"Error loading configuration: {exc}", file=sys.stderr)
+        return 1
+    except (StorageKeyError, OSError, RuntimeError, ValueError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0) -> int:

@@ -33,8 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 from plugin.sealing import (
+    EphemeralSealer,
+    Sealer,
     SealError,
     b64d,
     b64e,
@@ -46,7 +49,11 @@ from plugin.sealing import (
 )
 from plugin.storage import Storage
 
+log = structlog.get_logger("authmount.keyring")
+
 __all__ = [
+    "PROCESS_SEALER",
+    "PrefixSealer",
     "KEYRING_KEY",
     "ENV_KEY",
     "Keyring",
@@ -55,6 +62,8 @@ __all__ = [
     "is_sealed",
     "load_storage_key",
     "key_fingerprint",
+    "reseal",
+    "RESEAL_PREFIXES",
 ]
 
 KEYRING_KEY = "core/keyring"
@@ -65,6 +74,28 @@ KEY_BYTES = 32
 class StorageKeyError(RuntimeError):
     """The storage key is missing, malformed, or not the one the keyring was sealed with;
     the message says which and what to do."""
+
+
+#: The sealer of stores built without a keyring (tests, tools): one per process, so that
+#: several stores on one storage open each other's secrets. Never for durable storage.
+PROCESS_SEALER: Sealer = EphemeralSealer()
+
+
+class PrefixSealer:
+    """A ``Sealer`` whose contexts are relative to ``prefix`` (a mount's storage prefix,
+    ``auth/<uuid>/``): the full context is where the value lives in the root storage."""
+
+    __slots__ = ("_sealer", "_prefix")
+
+    def __init__(self, sealer: Sealer, prefix: str) -> None:
+        self._sealer = sealer
+        self._prefix = prefix
+
+    def seal(self, plaintext: bytes, context: str) -> str:
+        return self._sealer.seal(plaintext, self._prefix + context)
+
+    def unseal(self, sealed: str, context: str) -> bytes:
+        return self._sealer.unseal(sealed, self._prefix + context)
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -267,3 +298,66 @@ class Keyring:
             return parse_sealed(sealed)[0]
         except SealError:
             return None
+
+
+#: Where sealed values live: every auth mount's storage, the token store's secrets, and
+#: ``core/`` (the keyring itself is sealed under the storage key, not a term, and skipped).
+RESEAL_PREFIXES = ("auth/", "core/", "sys/token/salt", "sys/token/batch_key")
+
+
+async def reseal(storage: Storage, keyring: Keyring, prefixes: tuple[str, ...] = RESEAL_PREFIXES) -> int:
+    """Seal every sealed value below ``prefixes`` again under the active term; returns how
+    many values were re-sealed.
+
+    A value's context is ``<storage key>#<name of the innermost field that holds it>``, the
+    rule every writer of sealed values follows, so this walk needs no list of them. A value
+    that does not open is left as it is and logged (it is no worse than before).
+    """
+    count = 0
+    for key in await _keys_below(storage, prefixes):
+        if key == KEYRING_KEY:
+            continue
+        changed: list[int] = []
+
+        def again(old: Any, key: str = key, changed: list[int] = changed) -> Any:
+            changed.clear()
+            return _reseal_value(old, key, "", keyring, changed)
+
+        await storage.update(key, again)
+        count += len(changed)
+    return count
+
+
+def _reseal_value(value: Any, key: str, field: str, keyring: Keyring, changed: list[int]) -> Any:
+    if isinstance(value, dict):
+        return {k: _reseal_value(v, key, k, keyring, changed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reseal_value(v, key, field, keyring, changed) for v in value]
+    if isinstance(value, str) and is_sealed(value) and keyring.term_of(value) != keyring.active:
+        context = f"{key}#{field}"
+        try:
+            plain = keyring.unseal(value, context)
+        except SealError:
+            log.error("reseal_failed", key=key, field=field)
+            return value
+        changed.append(1)
+        return keyring.seal(plain, context)
+    return value
+
+
+async def _keys_below(storage: Storage, prefixes: tuple[str, ...]) -> list[str]:
+    """Every key below the prefixes (a prefix without a trailing ``/`` is one key)."""
+    out: list[str] = []
+    folders = [p for p in prefixes if p.endswith("/")]
+    out.extend(p for p in prefixes if not p.endswith("/"))
+    while folders:
+        folder = folders.pop()
+        after = ""
+        while True:
+            page = await storage.list_page(folder, after, 1024)
+            if not page:
+                break
+            for child in page:
+                (folders if child.endswith("/") else out).append(folder + child)
+            after = page[-1]
+    return out

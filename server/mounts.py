@@ -14,9 +14,11 @@ import structlog
 
 from plugin import registry
 from plugin.errors import InvalidRequest
-from plugin.framework import Backend
+from plugin.framework import Backend, Operation, Request
 from plugin.schema import Field, FieldSet, FieldType, coerce, parse_duration
+from plugin.sealing import Sealer
 from plugin.storage import PrefixedStorage, Storage
+from server.keyring import PROCESS_SEALER, PrefixSealer
 from server.storage import Engine
 from server.tokens.entry import MountInfo
 
@@ -244,12 +246,14 @@ class Mount:
 class MountSystemView:
     """The SystemView of one mount: live tuned TTLs, the shared fetcher, the clock."""
 
-    __slots__ = ("_table", "_path", "fetcher")
+    __slots__ = ("_table", "_path", "fetcher", "sealer")
 
-    def __init__(self, table: MountTable, path: str, fetcher: Any) -> None:
+    def __init__(self, table: MountTable, path: str, fetcher: Any, sealer: Sealer) -> None:
         self._table = table
         self._path = path
         self.fetcher = fetcher
+        #: Seals under the mount's storage prefix, ``auth/<uuid>/<context>``.
+        self.sealer = sealer
 
     def _entry(self) -> MountEntry:
         return self._table.mounts[self._path].entry
@@ -295,8 +299,11 @@ class MountTable:
         token_factory: Callable[[], Backend] | None = None,
         on_disable: Callable[[MountEntry], Any] | None = None,
         verbose_login_errors: bool = False,
+        sealer: Sealer | None = None,
     ) -> None:
         self.storage = storage
+        #: The server's keyring; each mount seals under its own storage prefix.
+        self.sealer: Sealer = sealer or PROCESS_SEALER
         self.default_lease_ttl = default_lease_ttl
         self.max_lease_ttl = max_lease_ttl
         self.fetcher = fetcher
@@ -306,6 +313,7 @@ class MountTable:
         self.verbose_login_errors = verbose_login_errors
         self.mounts: dict[str, Mount] = {}
         self._by_uuid: dict[str, Mount] = {}
+        self._accessors: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
         self._reload_task: asyncio.Task[None] | None = None
 
@@ -345,6 +353,10 @@ class MountTable:
 
         stored = await self.storage.update(MOUNTS_KEY, ensure_token)
         self._apply(stored)
+        for mount in list(self.mounts.values()):
+            await mount.backend.initialize(
+                Request(operation=Operation.READ, path="", storage=mount.storage, system=mount.system)
+            )
 
     def _apply(self, stored: Any) -> list[Mount]:
         """Make the in-memory table match ``stored``; return mounts that went away."""
@@ -360,12 +372,18 @@ class MountTable:
             if backend is None:
                 log.error("mount_type_unavailable", mount=entry.path, type=entry.type)
                 continue
-            storage = PrefixedStorage(self.storage, f"auth/{entry.uuid}/")
-            new[entry.path] = Mount(entry, backend, storage, MountSystemView(self, entry.path, self.fetcher))
+            prefix = f"auth/{entry.uuid}/"
+            system = MountSystemView(self, entry.path, self.fetcher, PrefixSealer(self.sealer, prefix))
+            new[entry.path] = Mount(entry, backend, PrefixedStorage(self.storage, prefix), system)
         gone = [m for p, m in self.mounts.items() if p not in new or new[p] is not m]
         self.mounts = new
         self._by_uuid = {m.entry.uuid: m for m in new.values()}
+        self._accessors = frozenset(m.entry.accessor for m in new.values())
         return gone
+
+    def has_accessor(self, accessor: str) -> bool:
+        """Whether a mount with this accessor exists (tokens of a removed mount are dead)."""
+        return accessor in self._accessors
 
     def _build_backend(self, type_name: str) -> Backend | None:
         if type_name == "token":

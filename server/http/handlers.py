@@ -14,12 +14,26 @@ from aiohttp import web
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.framework import Backend, Connection, Operation, Request, Response
 from server.acl.policies import PolicyStore
-from server.appkeys import CLUSTER_ID, MOUNT, MOUNTS, POLICIES, REMOTE_ADDR, REQUEST_ID, SETTINGS, TOKEN_RAW, TOKENS
+from server.appkeys import (
+    CLUSTER_ID,
+    KEYRING,
+    MOUNT,
+    MOUNTS,
+    POLICIES,
+    REMOTE_ADDR,
+    REQUEST_ID,
+    SETTINGS,
+    STORAGE,
+    TOKEN_RAW,
+    TOKENS,
+)
 from server.http.errors import error_response
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import limited
+from server.keyring import Keyring
 from server.mounts import Mount, MountTable
 from server.settings import Settings
+from server.storage import Engine
 from server.sys.backend import SysBackend
 from server.sys.core import SysPath, acl_path
 from server.tokens.store import TokenStore
@@ -385,6 +399,14 @@ class AppCore:
     @property
     def cluster_id(self) -> str:
         return self._app[CLUSTER_ID]
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._app[KEYRING]
+
+    @property
+    def storage(self) -> Engine:
+        return self._app[STORAGE]
 
 
 def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

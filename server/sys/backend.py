@@ -7,13 +7,13 @@ it needs no token (``unauthenticated``) or ``sudo``. The HTTP edge
 the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handle_request``.
 
 One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
-and tune), ``policies`` (acl and legacy), ``capabilities``, ``openapi``.
+and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status), ``openapi``.
 """
 
 from __future__ import annotations
 
 from plugin.framework import Backend
-from server.sys import auth, capabilities, openapi, policies, status
+from server.sys import auth, capabilities, keys, openapi, policies, status
 from server.sys.core import SysCore
 
 __all__ = ["SysBackend"]
@@ -36,5 +36,6 @@ class SysBackend(Backend):
             *auth.paths(self),
             *policies.paths(self),
             *capabilities.paths(self),
+            *keys.paths(self),
             *openapi.paths(self),
         ]

@@ -10,8 +10,10 @@ import orjson
 
 from plugin.framework import PathSpec, Response, Route
 from server.acl.policies import PolicyStore
+from server.keyring import Keyring
 from server.mounts import MountTable
 from server.settings import Settings
+from server.storage import Engine
 from server.tokens.store import TokenStore
 
 __all__ = ["SysPath", "SysCore", "acl_path", "raw_json"]
@@ -49,6 +51,12 @@ class SysCore(Protocol):
 
     @property
     def cluster_id(self) -> str: ...
+
+    @property
+    def keyring(self) -> Keyring: ...
+
+    @property
+    def storage(self) -> Engine: ...
 
 
 def acl_path(route: Route) -> str:

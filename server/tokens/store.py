@@ -17,8 +17,9 @@ from plugin.cidrutil import cidr_allows, parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth
 from plugin.policyutil import refuse_root, sanitize_policies
-from plugin.sealing import EphemeralSealer, Sealer
+from plugin.sealing import Sealer
 from plugin.storage import Storage
+from server.keyring import PROCESS_SEALER
 from server.storage import Engine
 from server.tokens.batch import decode_batch, encode_batch
 from server.tokens.entry import (
@@ -51,9 +52,7 @@ EPOCH_PREFIX = "sys/token/mount-epoch/"
 _MAX_TOKEN_LEN = 8192
 #: An unknown batch signature re-reads the batch keys at most this often (seconds).
 _BATCH_RELOAD_SECONDS = 1.0
-#: The sealer of token stores built without one (tests, tools): one per process, so that
-#: several stores on one storage open each other's secrets.
-PROCESS_SEALER = EphemeralSealer()
+
 #: Decoded token entries kept for lookups (each holds its ~1 KiB of cached bytes alive).
 DECODED_ENTRIES = 1024
 _EPOCH_CACHE_SECONDS = 1.0

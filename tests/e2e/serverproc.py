@@ -26,6 +26,7 @@ killed if it does not stop in time. stderr (the JSON log) is kept in ``<workdir>
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import resource
@@ -208,6 +209,10 @@ def launch(
     cmd += list(args)
     child_env = {k: v for k, v in os.environ.items() if k not in ("VAULT_TOKEN", "VAULT_ADDR")}
     child_env["PYTHONUNBUFFERED"] = "1"
+    if _uses_postgres(config):
+        # Nodes sharing a database share the storage key: as an operator of several nodes
+        # would, give them one through the environment (a test may pass its own env).
+        child_env.setdefault(STORAGE_KEY_ENV, TEST_STORAGE_KEY)
     child_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + child_env.get("PYTHONPATH", "")
     if env:
         child_env.update(env)
@@ -219,6 +224,20 @@ def launch(
             preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
     return ServerProc(proc, log_path)
+
+
+#: The storage key every PostgreSQL node of the test suite shares (``launch``).
+TEST_STORAGE_KEY = base64.b64encode(bytes(range(32))).decode()
+STORAGE_KEY_ENV = "AUTHMOUNT_STORAGE_KEY"
+
+
+def _uses_postgres(config: Mapping[str, Any] | str | Path | None) -> bool:
+    if isinstance(config, Mapping):
+        storage = config.get("storage")
+        return isinstance(storage, Mapping) and storage.get("type") == "postgres" and not storage.get("key_file")
+    if isinstance(config, Path) or (isinstance(config, str) and "\n" not in config and Path(config).is_file()):
+        config = Path(config).read_text(encoding="utf-8")
+    return isinstance(config, str) and "type: postgres" in config and "key_file" not in config
 
 
 @contextmanager

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from plugin.errors import InvalidRequest, NotFound, PluginError, UnsupportedOperation
-from plugin.framework import Operation
+from plugin.framework import Operation, Request
 from plugin.path_config import CONFIG_FIELDS
+from plugin.sealing import SealError, is_sealed
 from tests.plugin.fakes import Harness
 from tests.plugin.keyfactory import FakeFetcher, ec_key, jwks, self_signed_cert_pem
 
@@ -183,7 +184,46 @@ async def test_oidc_write_and_secret_never_returned(h: Harness) -> None:
     got = await read_config(h)
     assert "oidc_client_secret" not in got and got["oidc_client_id"] == "abc" and got["namespace_in_state"] is True
     raw = await h.storage.get("config")
-    assert raw is not None and raw["oidc_client_secret"] == "def"
+    assert raw is not None and is_sealed(raw["oidc_client_secret"]) and "def" not in raw["oidc_client_secret"]
+    assert h.system.sealer.unseal(raw["oidc_client_secret"], "config#oidc_client_secret") == b'"def"'
+
+
+async def test_secrets_are_sealed_at_rest_and_open_for_use(h: Harness) -> None:
+    """A copy of the storage is not a credential: client secrets, HMAC keys and provider
+    credentials are stored sealed (their context is where they live), and used unsealed."""
+    secret = "s" * 40
+    assert await h.write("config", {"jwt_validation_hmac_secrets": [secret]}) is None
+    raw = await h.storage.get("config")
+    assert raw is not None and secret not in str(raw) and is_sealed(raw["jwt_validation_hmac_secrets"])
+    with pytest.raises(SealError):  # moved to another field, it does not open
+        h.system.sealer.unseal(raw["jwt_validation_hmac_secrets"], "config#oidc_client_secret")
+    h.backend.invalidate("config")
+    config = await h.backend.config(Request(Operation.READ, "config", storage=h.storage, system=h.system))
+    assert config is not None and config.jwt_validation_hmac_secrets == [secret]
+
+
+async def test_initialize_seals_clear_secrets_of_an_older_version(h: Harness) -> None:
+    """At start, a config an older version stored with its secrets in the clear is sealed."""
+    await h.storage.put("config", {"jwt_validation_hmac_secrets": ["h" * 40], "oidc_client_id": "abc",
+                                   "provider_config": {"provider": "okta", "api_token": "okta-clear"}})
+    req = Request(Operation.READ, "", storage=h.storage, system=h.system)
+    await h.backend.initialize(req)
+    raw = await h.storage.get("config")
+    assert raw is not None and "h" * 40 not in str(raw) and "okta-clear" not in str(raw)
+    assert raw["oidc_client_id"] == "abc"
+    config = await h.backend.config(req)
+    assert config is not None and config.jwt_validation_hmac_secrets == ["h" * 40]
+    assert config.provider_config["api_token"] == "okta-clear"
+    before = await h.storage.get("config")
+    await h.backend.initialize(req)  # nothing left to seal: nothing written
+    assert await h.storage.get("config") == before
+
+
+async def test_clear_secrets_of_an_older_version_still_load(h: Harness) -> None:
+    await h.storage.put("config", {"oidc_discovery_url": ISSUER, "oidc_client_id": "abc",
+                                   "oidc_client_secret": "old-clear"})
+    config = await h.backend.config(Request(Operation.READ, "config", storage=h.storage, system=h.system))
+    assert config is not None and config.oidc_client_secret == "old-clear"
 
 
 async def test_provider_config_stored_and_cleared(h: Harness) -> None:

@@ -178,6 +178,7 @@ async def test_state_works_across_nodes() -> None:
     await a.role()
     b = Harness(storage=a.storage, idp=a.idp)
     b.clock = a.clock
+    b.system.sealer = a.system.sealer  # nodes share the keyring
     url = await a.auth_url()
     code = a.idp.authorize(url, **BOB)
     resp = await b.callback(state=query(url)["state"], code=code)

@@ -78,7 +78,7 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     unauthenticated = {p for p, s in specs.items() if s.unauthenticated}
     sudo = {p for p, s in specs.items() if s.sudo}
     assert unauthenticated == {"health", "seal-status", "init", "leader"}
-    assert {p.split("/")[0] for p in sudo} == {"auth", "policies", "policy"}
+    assert {p.split("/")[0] for p in sudo} == {"auth", "policies", "policy", "rotate", "key-status"}
     assert not any(p.startswith(("auth", "polic")) for p in set(specs) - sudo)
 
 

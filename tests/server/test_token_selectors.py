@@ -587,11 +587,13 @@ async def test_revoke_mount_pages_through_rows(paged: TokenStore, clock: Clock) 
 
 
 async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Any) -> None:
+    import base64
     import dataclasses
 
     from server.app import create_app
     from server.http.listverb import make_test_server
     from server.settings import Settings, StorageSettings
+    from server.tokens.keys import BATCH_KEY, SALT_KEY
 
     storage = InMemoryStorage()
     old = TokenStore(storage)  # the previous version's salt, and its rows
@@ -600,6 +602,10 @@ async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Any
                                  policies=["root"], ttl=0, expire_time=0.0, renewable=False)
     await _write_legacy(old, LEGACY_CHILD, LEGACY_CHILD_ACCESSOR, parent=parent, orphan=False, mount_accessor="",
                         path="auth/token/create", expire_time=old.clock() + 3600)
+    # The previous version kept the salt and batch key in the clear: the server seals them.
+    assert old._salt is not None and old._batch is not None
+    await storage.put(SALT_KEY, {"value": base64.b64encode(old._salt).decode()})
+    await storage.put(BATCH_KEY, {"value": base64.b64encode(old._batch.signing).decode()})
     settings = dataclasses.replace(Settings(storage=StorageSettings(type="memory", path="")), dev=True)
     client = await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
     root = {"X-Vault-Token": LEGACY_RAW}
@@ -627,3 +633,6 @@ async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Any
     for raw in (LEGACY_RAW, new["client_token"]):  # the new child went with its legacy parent
         resp = await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": raw})
         assert resp.status == 403
+    for key in (SALT_KEY, BATCH_KEY):  # sealed in place by the upgrade
+        assert "value" not in (await storage.get(key)) and old._salt is not None
+        assert base64.b64encode(old._salt).decode() not in str(await storage.get(key))

@@ -1,0 +1,54 @@
+"""``authmount operator ...``: maintenance run where the storage and its key are, with the
+server stopped (SQLite allows one owner; on PostgreSQL stop every node first).
+
+``rekey --new-key-file PATH``: seal the keyring under a new storage key, written to PATH
+(mode 0600, must not exist). The data keys and every sealed value stay as they are; only
+the storage key changes. Afterwards point ``storage.key_file`` at PATH (or replace the old
+file with it) on every node, and keep the old key only until the new one is backed up.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+from server.keyring import Keyring, StorageKeyError, key_fingerprint, load_storage_key
+from server.settings import Settings
+from server.storage import open_storage
+
+__all__ = ["rekey"]
+
+
+async def rekey(settings: Settings, new_key_file: str) -> str:
+    """Rewrap the keyring under a new storage key saved at ``new_key_file``; returns a line
+    to print.
+
+    :raises StorageKeyError: no keyring yet, the current key is missing or wrong, or the new
+        file exists.
+    """
+    target = Path(new_key_file)
+    if target.exists():
+        raise StorageKeyError(f"{target} exists: name a new file for the new storage key")
+    storage = await open_storage(settings.storage.as_mapping())
+    try:
+        if not await Keyring.exists(storage):
+            raise StorageKeyError("the storage holds no keyring yet: start the server once first")
+        old, _ = load_storage_key(key_file=settings.storage.key_path or None, create=False)
+        keyring = await Keyring.open(storage, old)
+        new = secrets.token_bytes(32)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, base64.b64encode(new) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        await keyring.rewrap(storage, new)
+    finally:
+        await storage.close()
+    return (
+        f"Storage key rotated: {key_fingerprint(old)} -> {key_fingerprint(new)}, new key in {target}. "
+        f"Set storage.key_file to it on every node before starting them."
+    )
