@@ -41,6 +41,7 @@ STORAGE_TYPES = ("memory", "sqlite", "postgres")
 SQLITE_SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
+TLS_VERSIONS = ("tls12", "tls13")
 #: ``asyncio``: the standard library's loop, the default: it serves ready connections in
 #: turn, so an overloaded server slows everyone a little (docs/performance.md). ``uvloop``:
 #: a few percent less CPU per request, but under overload it lets some connections wait
@@ -345,7 +346,27 @@ class Settings:
     listen_address: str = setting(
         "127.0.0.1:8200", kind="`host:port`", parse=_address,
         doc="Where the HTTP API listens (`[v6]:port` for IPv6; port 0 picks a free port, printed in the banner). "
-            "Plain HTTP: terminate TLS in front of it.",
+            "`--listen-address` or `AUTHMOUNT_LISTEN_ADDRESS` override it. Plain HTTP unless `tls_cert_file` is set.",
+    )
+    tls_cert_file: str = setting(
+        "", kind="path", parse=_string,
+        doc="PEM certificate (chain) of the listener: with `tls_key_file`, the API is served over TLS (Vault's "
+            "`listener \"tcp\"` option of the same name). SIGHUP reloads both files.",
+    )
+    tls_key_file: str = setting("", kind="path", parse=_string,
+                                doc="PEM private key of `tls_cert_file` (keep it mode 0600).")
+    tls_min_version: str = setting(
+        "tls12", kind=_one_of(TLS_VERSIONS), parse=_choice(TLS_VERSIONS, lower=True),
+        doc="Oldest TLS version the listener accepts.",
+    )
+    tls_client_ca_file: str = setting(
+        "", kind="path", parse=_string,
+        doc="PEM CA bundle that client certificates are verified against (a client without one is still served "
+            "unless `tls_require_and_verify_client_cert`).",
+    )
+    tls_require_and_verify_client_cert: bool = setting(
+        False, kind="bool", parse=_bool,
+        doc="Refuse TLS connections without a client certificate signed by `tls_client_ca_file` (mutual TLS).",
     )
     storage: StorageSettings = setting(
         kind="mapping", factory=StorageSettings, parse=_section(StorageSettings), section=StorageSettings,
@@ -421,6 +442,12 @@ class Settings:
             "exceeded` with `Retry-After`. Authenticated requests are never limited. Keys below; `0` disables a "
             "limit.",
     )
+    initial_root_token_file: str = setting(
+        "", kind="path", parse=_string,
+        doc="Write the root token of the first start to this file (created mode 0600; it must not exist) "
+            "instead of printing it: under systemd or Kubernetes stdout is a shared log. A lost root token is "
+            "replaced with `authmount operator generate-root` (see [operations](operations.md#the-root-token)).",
+    )
     login_errors_show_expected: bool = setting(
         False, kind="bool", parse=_bool,
         doc="Refused logins tell anonymous callers what the role expects (bound issuer, subject, audiences, claim "
@@ -431,12 +458,28 @@ class Settings:
     dev: bool = False
     #: Root token id to create at start (dev mode); random when empty.
     dev_root_token_id: str = ""
+    #: The settings file these came from ("" when built in code): named by seeding errors,
+    #: re-read on SIGHUP.
+    source: str = ""
 
     @staticmethod
     def _finish(values: dict[str, Any], prefix: str) -> dict[str, Any]:
         if values.get("default_lease_ttl", DEFAULT_TTL) > values.get("max_lease_ttl", DEFAULT_TTL):
             raise SettingsError(f"{prefix}default_lease_ttl: must not be greater than max_lease_ttl")
+        cert, key = values.get("tls_cert_file", ""), values.get("tls_key_file", "")
+        if bool(cert) != bool(key):
+            raise SettingsError(f"{prefix}{'tls_key_file' if cert else 'tls_cert_file'}: "
+                                "tls_cert_file and tls_key_file go together")
+        if values.get("tls_client_ca_file") and not cert:
+            raise SettingsError(f"{prefix}tls_client_ca_file: needs tls_cert_file and tls_key_file")
+        if values.get("tls_require_and_verify_client_cert") and not values.get("tls_client_ca_file"):
+            raise SettingsError(f"{prefix}tls_require_and_verify_client_cert: needs tls_client_ca_file")
         return values
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener serves TLS."""
+        return bool(self.tls_cert_file)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -496,6 +539,14 @@ def load_settings(path: str | Path) -> Settings:
 
     :raises SettingsError: naming the first bad key; also for unreadable or invalid YAML.
     """
+    return settings_from_mapping(_read_yaml(path), source=str(path))
+
+
+def _read_yaml(path: str | Path) -> Any:
+    """The YAML document of a settings file (``{}`` when empty).
+
+    :raises SettingsError: unreadable or invalid YAML.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -504,9 +555,7 @@ def load_settings(path: str | Path) -> Settings:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: invalid YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    return settings_from_mapping(raw)
+    return {} if raw is None else raw
 
 
 def settings_from_mapping(raw: Any, **overrides: Any) -> Settings:
@@ -517,19 +566,35 @@ def settings_from_mapping(raw: Any, **overrides: Any) -> Settings:
     return Settings(**(_values(Settings, raw, "settings", "") | overrides))
 
 
-def dev_settings(root_token_id: str = "", listen_address: str = "127.0.0.1:8200") -> Settings:
-    """Settings of ``authmount server --dev``: in-memory storage, console logs."""
-    try:
-        split_host_port(listen_address)
-    except ValueError as exc:
-        raise SettingsError(f"dev-listen-address: {exc}") from exc
-    return Settings(
-        listen_address=listen_address,
-        storage=StorageSettings(type="memory", path=""),
-        log_format="console",
-        dev=True,
-        dev_root_token_id=root_token_id,
-    )
+DEV_LISTEN_ADDRESS = "127.0.0.1:8200"
+
+
+def dev_settings(
+    root_token_id: str = "", listen_address: str | None = None, *, config: str | Path | None = None
+) -> Settings:
+    """Settings of ``authmount server --dev``: in-memory storage, console logs, on
+    ``127.0.0.1:8200``. With ``config``, that file's settings apply on top of these
+    defaults (as ``vault server -dev -config``), and ``listen_address`` (the
+    ``--dev-listen-address`` flag) on top of the file.
+
+    :raises SettingsError: a bad address or a bad key of the file.
+    """
+    if listen_address is not None:
+        try:
+            split_host_port(listen_address)
+        except ValueError as exc:
+            raise SettingsError(f"dev-listen-address: {exc}") from exc
+    raw: dict[str, Any] = {}
+    if config is not None:
+        raw = _read_yaml(config)
+        if not isinstance(raw, Mapping):
+            raise SettingsError("settings: must be a mapping")
+    base: dict[str, Any] = {"listen_address": DEV_LISTEN_ADDRESS, "storage": {"type": "memory"}, "log_format": "console"}
+    merged = {**base, **raw}
+    if listen_address is not None:
+        merged["listen_address"] = listen_address
+    return settings_from_mapping(merged, dev=True, dev_root_token_id=root_token_id,
+                                 source=str(config) if config is not None else "")
 
 
 # -- documentation ------------------------------------------------------------------------------
