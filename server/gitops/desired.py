@@ -64,8 +64,10 @@ _ROLE_NAME = re.compile(ROLE_NAME_RE)
 
 class GitopsError(ValueError):
     """A file that cannot be applied, or a write the server refused. The message names the
-    file, the object (its address and where it is in the file) and the field when one is at
-    fault: ``seed.yaml: role jwt/deploy (mounts[0].roles.deploy.token_ttl): <reason>``."""
+    file, the object (where it is in the file, else its address) and the field when the
+    reason does not: ``seed.yaml: mounts[0].roles.deploy: Field validation failed: ... for
+    field "token_ttl" ...``, ``seed.yaml: mounts[0].tune: unrecognized parameters:
+    [default_lease_tll]; default_lease_tll: did you mean default_lease_ttl?``."""
 
     def __init__(self, message: str, *, source: str = "", address: str = "", where: str = "", field: str = "") -> None:
         self.reason = message
@@ -77,8 +79,7 @@ class GitopsError(ValueError):
 
     def _text(self) -> str:
         location = self.where + (f".{self.field}" if self.field and self.where else self.field)
-        head = self.address + (f" ({location})" if location else "")
-        parts = [p for p in (self.source, head) if p]
+        parts = [p for p in (self.source, location or self.address) if p]
         return ": ".join([*parts, self.reason])
 
     def located(self, *, source: str) -> GitopsError:
@@ -206,11 +207,12 @@ def _mount(spec: MountSeed, where: str, env: Mapping[str, str]) -> DesiredMount:
             address=address, where=where, field="type",
         )
     tune = {n: f.default_value() for n, f in MOUNT_CONFIG_FIELDS.items()}
+    if "description" in spec.tune:
+        raise GitopsError("set the mount's description with the mount's own 'description' key",
+                          address=address, where=where, field="tune.description")
+    _check_known(MOUNT_CONFIG_FIELDS, spec.tune, address=address, where=f"{where}.tune")
     for key, value in spec.tune.items():
-        if key == "description":
-            raise GitopsError("set the mount's description with the mount's own 'description' key",
-                              address=address, where=where, field="tune.description")
-        tune[key] = _coerce(MOUNT_CONFIG_FIELDS, key, value, address=address, where=where, prefix="tune.")
+        tune[key] = _coerce(MOUNT_CONFIG_FIELDS, key, value, address=address, where=f"{where}.tune")
     dflt, mx = tune["default_lease_ttl"], tune["max_lease_ttl"]
     if dflt and mx and dflt > mx:
         raise GitopsError("given default lease TTL greater than given max lease TTL",
@@ -229,6 +231,7 @@ def _mount(spec: MountSeed, where: str, env: Mapping[str, str]) -> DesiredMount:
 
 def _config(values: dict[str, Any], mount: str, where: str, env: Mapping[str, str]) -> DesiredConfig:
     address = f"config {mount}"
+    _check_known(CONFIG_FIELDS, values, address=address, where=where)
     coerced: dict[str, Any] = {}
     for key, value in values.items():
         value = _resolve(value, address=address, where=where, field=key, env=env)
@@ -253,10 +256,9 @@ def _role(
     address = f"role {mount}{canonical}"
     if not _ROLE_NAME.fullmatch(name):
         raise GitopsError(f"invalid role name {name!r}", address=address, where=where)
+    _check_known(ROLE_FIELDS, values, address=address, where=where)
     coerced: dict[str, Any] = {}
     for key, value in values.items():
-        if key == "name":
-            raise GitopsError("the role's name is its key in 'roles'", address=address, where=where, field=key)
         value = _resolve(value, address=address, where=where, field=key, env=env)
         coerced[key] = _coerce(ROLE_FIELDS, key, value, address=address, where=where)
     role = Role()
@@ -297,17 +299,29 @@ def _policy(name: str, text: str, where: str) -> str:
 
 
 # -- values ------------------------------------------------------------------------------
-def _coerce(fields: FieldSet, key: str, value: Any, *, address: str, where: str, prefix: str = "") -> Any:
-    spec = fields.fields.get(key)
-    if spec is None or spec.type is FieldType.NAME:
-        known = [n for n, f in fields.items() if f.type is not FieldType.NAME]
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise GitopsError(f"unknown field{hint}", address=address, where=where, field=prefix + key)
+def _check_known(fields: FieldSet, values: Mapping[str, Any], *, address: str, where: str) -> None:
+    """Refuse keys ``fields`` does not declare, as the API does with
+    ``refuse_unknown_parameters``: ``unrecognized parameters: [a b]; a: did you mean x?``."""
+    unknown = [k for k in values if k not in fields.fields or fields[k].type is FieldType.NAME]
+    if not unknown:
+        return
+    known = [n for n, f in fields.items() if f.type is not FieldType.NAME and f.alias_of is None and not f.deprecated]
+    lowered = {n.lower(): n for n in known}
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key).lower(), list(lowered), n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{key}: did you mean {lowered[close[0]]}?")
+    reason = "; ".join([f"unrecognized parameters: [{' '.join(map(str, unknown))}]", *hints])
+    raise GitopsError(reason, address=address, where=where)
+
+
+def _coerce(fields: FieldSet, key: str, value: Any, *, address: str, where: str) -> Any:
+    """One value through its field (the message names the field)."""
     try:
-        return coerce(key, spec, value)
+        return coerce(key, fields[key], value)
     except InvalidRequest as exc:
-        raise GitopsError(str(exc), address=address, where=where, field=prefix + key) from None
+        raise GitopsError(str(exc), address=address, where=where) from None
 
 
 def _resolve(value: Any, *, address: str, where: str, field: str, env: Mapping[str, str]) -> Any:

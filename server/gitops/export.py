@@ -29,6 +29,10 @@ __all__ = ["Export", "export_state", "dump_yaml", "env_name"]
 _ROLE_DEFAULTS = Role().public()
 #: Keys a GET answers that are no field to export.
 _NOT_FIELDS = {FINGERPRINTS}
+#: Fields of Vault's or OpenBao's jwt method that authmount lacks, at the values that mean
+#: "not used" (a role's ``callback_mode`` of the CLI flow, a config's key ``status``): those
+#: are left out without a note; any other value is named in the notes.
+_PEER_DEFAULTS = {"callback_mode": "client", "status": "valid"}
 
 
 @dataclass(slots=True)
@@ -154,7 +158,9 @@ def _role(data: dict[str, Any], mount: str, where: str, out: Export) -> dict[str
 
 def _unknown(data: dict[str, Any], fields: dict[str, Field], where: str, out: Export) -> None:
     for key, value in sorted(data.items()):
-        if key not in fields and key not in _NOT_FIELDS and not empty(value) and value not in ("", 0, False):
+        if key in fields or key in _NOT_FIELDS or _PEER_DEFAULTS.get(key) == value:
+            continue
+        if not empty(value) and value not in ("", 0, False):
             out.notes.append(f"not exported: {where}.{key} = {value!r} (authmount has no such field)")
 
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from plugin import registry
 from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS
 from plugin.path_role import Role
 from server.gitops.desired import (
@@ -176,9 +177,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _diff(keys: Iterable[str], before: dict[str, Any], after: dict[str, Any]) -> list[FieldChange]:
+    """The fields that differ; a field the server does not answer at all (a Vault without
+    it) cannot be compared and is left out."""
     return [
         FieldChange(k, _shown(before.get(k)), _shown(after.get(k)))
-        for k in keys if not _same(before.get(k), after.get(k))
+        for k in keys if k in before and not _same(before.get(k), after.get(k))
     ]
 
 
@@ -213,9 +216,11 @@ async def make_plan(
     await _plan_policies(plan, desired, server, prune=prune, targets=targets)
     for path, mount in desired.mounts.items():
         await _plan_mount(plan, mount, live_mounts.get(path), server, prune=prune, targets=targets)
-    for path in sorted(live_mounts):
+    for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
+        if registry.factory_for(live.type) is None:
+            continue  # another kind of auth method (Vault's userpass ...): not apply's to manage
         address = f"mount {path}"
         if prune:
             plan.changes.append(Change("delete", "mount", address, "", _disable(path), mount=path))

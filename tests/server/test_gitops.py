@@ -235,26 +235,27 @@ async def test_targets_narrow_the_plan(server: HttpServer, client: TestClient) -
     ("change", "message"),
     [
         (lambda d: d["mounts"][0]["roles"]["deploy"].update(token_ttl="soon"),
-         "gitops.yaml: role ci/jwt/deploy (mounts[0].roles.deploy.token_ttl): Field validation failed: "
-         "error converting input soon for field \"token_ttl\""),
+         "gitops.yaml: mounts[0].roles.deploy: Field validation failed: error converting input soon for field "
+         "\"token_ttl\""),
         (lambda d: d["mounts"][0]["roles"]["deploy"].update(bound_claim={"a": "b"}),
-         "gitops.yaml: role ci/jwt/deploy (mounts[0].roles.deploy.bound_claim): unknown field "
-         "(did you mean bound_claims?)"),
+         "gitops.yaml: mounts[0].roles.deploy: unrecognized parameters: [bound_claim]; bound_claim: did you mean "
+         "bound_claims?"),
         (lambda d: d["mounts"][0]["roles"]["read"].pop("bound_subject"),
-         "gitops.yaml: role ci/jwt/read (mounts[0].roles.read): must have at least one bound constraint"),
+         "gitops.yaml: mounts[0].roles.read: must have at least one bound constraint"),
         (lambda d: d["mounts"][0]["config"].update(bound_isuer="x"),
-         "gitops.yaml: config ci/jwt/ (mounts[0].config.bound_isuer): unknown field (did you mean bound_issuer?)"),
+         "gitops.yaml: mounts[0].config: unrecognized parameters: [bound_isuer]; bound_isuer: did you mean "
+         "bound_issuer?"),
         (lambda d: d["mounts"][0]["config"].update(jwks_url="https://idp/keys"),
-         "gitops.yaml: config ci/jwt/ (mounts[0].config): exactly one of"),
+         "gitops.yaml: mounts[0].config: exactly one of"),
         (lambda d: d["mounts"][0]["tune"].update(default_lease_tll="1h"),
-         "gitops.yaml: mount ci/jwt/ (mounts[0].tune.default_lease_tll): unknown field "
-         "(did you mean default_lease_ttl?)"),
+         "gitops.yaml: mounts[0].tune: unrecognized parameters: [default_lease_tll]; default_lease_tll: did you "
+         "mean default_lease_ttl?"),
         (lambda d: d["mounts"][1].update(type="ldap"),
-         "gitops.yaml: mount hmac/ (mounts[1].type): plugin not found in the catalog: ldap"),
+         "gitops.yaml: mounts[1].type: plugin not found in the catalog: ldap"),
         (lambda d: d["mounts"].append({"path": "ci", "type": "jwt"}),
-         "gitops.yaml: mount ci/ (mounts[2].path): nested in ci/jwt/ (mounts[0]): mounts cannot nest"),
+         "gitops.yaml: mounts[2].path: nested in ci/jwt/ (mounts[0]): mounts cannot nest"),
         (lambda d: d["policies"].update(bad='path "x" { capabilities = ["fly"] }'),
-         "gitops.yaml: policy bad (policies.bad): failed to parse policy"),
+         "gitops.yaml: policies.bad: failed to parse policy"),
     ],
     ids=["bad duration", "typo in a role", "cross-field check", "typo in a config", "two key sources",
          "typo in a tune", "unknown type", "nested mounts", "bad policy"],
@@ -282,7 +283,7 @@ async def test_a_refused_write_stops_the_apply_and_rolls_back_the_new_mount(
     with pytest.raises(GitopsError) as caught:
         await apply_plan(plan, server)
     text = str(caught.value)
-    assert text.startswith("gitops.yaml: config hmac/ (mounts[1].config): POST auth/hmac/config: 400 ")
+    assert text.startswith("gitops.yaml: mounts[1].config: POST auth/hmac/config: 400 ")
     assert "(applied 6 of 8 changes; nothing after this one); mount hmac/ created by this run was disabled again" \
         in text
     mounts = (await (await client.get("/v1/sys/auth", headers=H)).json())["data"]
@@ -291,7 +292,7 @@ async def test_a_refused_write_stops_the_apply_and_rolls_back_the_new_mount(
 
 async def test_a_mount_of_another_type_is_refused(server: HttpServer, client: TestClient) -> None:
     await client.post("/v1/sys/auth/hmac", headers=H, json={"type": "oidc"})
-    with pytest.raises(GitopsError, match=r"mount hmac/ \(mounts\[1\]\.type\): hmac/ is mounted with type oidc"):
+    with pytest.raises(GitopsError, match=r"^gitops\.yaml: mounts\[1\]\.type: hmac/ is mounted with type oidc"):
         await make_plan(desired(document()), server)
 
 

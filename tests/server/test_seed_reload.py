@@ -87,11 +87,13 @@ async def test_a_second_start_writes_nothing_and_drift_is_corrected() -> None:
     ("change", "message"),
     [
         ({"roles": {"r": {"token_ttl": "nope"}}},
-         "seed.yaml: role ci/jwt/r (mounts[0].roles.r.token_ttl): Field validation failed"),
+         "seed.yaml: mounts[0].roles.r: Field validation failed: error converting input nope for field "
+         "\"token_ttl\""),
         ({"roles": {"r": {"role_type": "jwt", "user_claim": "sub", "bound_claim": {"a": "b"}}}},
-         "seed.yaml: role ci/jwt/r (mounts[0].roles.r.bound_claim): unknown field (did you mean bound_claims?)"),
+         "seed.yaml: mounts[0].roles.r: unrecognized parameters: [bound_claim]; bound_claim: did you mean "
+         "bound_claims?"),
         ({"config": {"jwks_url": "http://127.0.0.1:1/keys"}},
-         "seed.yaml: config ci/jwt/ (mounts[0].config): "),
+         "seed.yaml: mounts[0].config: error checking jwks URL http://127.0.0.1:1/keys: "),
     ],
     ids=["bad value", "unknown field", "refused by the write"],
 )
@@ -158,7 +160,7 @@ async def test_a_failing_reload_hook_is_reported_and_the_others_run() -> None:
         with structlog.testing.capture_logs() as logs:
             changes = await reload_settings(app, seeded(), dataclasses.replace(bad_role, mounts=(mount,)))
         assert changes[0] == "broken failed: disk gone"
-        assert changes[1].startswith("_reseed failed: seed.yaml: role ci/jwt/r (mounts[0].roles.r.token_ttl)")
+        assert changes[1].startswith("_reseed failed: seed.yaml: mounts[0].roles.r: Field validation failed")
         assert [e["event"] for e in logs] == ["reload_hook_failed", "reload_hook_failed"]
         # the running objects stay as they were
         assert await app[MOUNTS].mounts["ci/jwt/"].storage.get("role/r") is None
