@@ -23,6 +23,8 @@ import string
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import structlog
+
 from plugin import oidc_flow as support
 from plugin.errors import InvalidRequest, PluginError, UnsupportedOperation, UpstreamError
 from plugin.framework import Handler, Operation, PathSpec, Request, Response
@@ -51,6 +53,7 @@ _STATE_RE = re.compile(r"st_[A-Za-z0-9]{20}")
 _SWEEP_INTERVAL = 60.0
 _SWEEP_MAX = 500
 _FAILED = "Vault login failed."
+log = structlog.get_logger("plugin.oidc")
 
 
 def _rand62(n: int) -> str:
@@ -319,6 +322,11 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
     else:
         raise InvalidRequest(f"{_FAILED} No code or id_token received.")
 
+    if role.verbose_oidc_logging:
+        # Vault logs the ID token without its signature; its payload is these claims, so
+        # only they are logged (a raw token is never logged). Before the checks: a refused
+        # login shows what the IdP sent.
+        log.debug("oidc_provider_response", mount=req.system.mount_path, role=role_name, claims=claims)
     ctx.claims = claims
     await run_checks(ctx, OIDC_CLAIM_CHECKS)
     identity = ctx.identity

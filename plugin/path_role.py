@@ -91,8 +91,9 @@ ROLE_FIELDS = FieldSet(
             _CSS, "Comma-separated list of allowed values for redirect_uri (required for 'oidc' roles)."
         ),
         "verbose_oidc_logging": Field(
-            FieldType.BOOL, "Log received OIDC tokens and claims when debug-level logging is "
-            "active. Not recommended in production.", default=False,
+            FieldType.BOOL, "Log the claims of the ID token (and userinfo) each OIDC callback "
+            "receives, at debug level (log_level: debug): the event oidc_provider_response. The "
+            "tokens themselves are never logged. Not recommended in production.", default=False,
         ),
         "max_age": Field(
             FieldType.DURATION, "Specifies the allowable elapsed time in seconds since the last "

@@ -57,7 +57,9 @@ _CAPABILITY = {
     Operation.READ: "read", Operation.LIST: "list", Operation.DELETE: "delete",
     Operation.CREATE: "create", Operation.UPDATE: "update",
 }
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Bodies read as a form (unless they start with ``{``). Vault reads ``multipart/form-data``
+#: as JSON too (OpenBao 2.7.2 answers ``failed to decode JSON input``): so does authmount.
+_FORM_TYPES = ("application/x-www-form-urlencoded",)
 #: Seconds a client gets to send a whole request body; a trickled body (slowloris) would
 #: otherwise hold a handler and a connection for as long as the client likes.
 BODY_READ_TIMEOUT = 10.0
