@@ -276,7 +276,7 @@ class StorageSettings:
 
 @dataclass(frozen=True, slots=True)
 class MountSeed:
-    """A mount created (idempotently) at every start, with its config and roles."""
+    """A mount applied at every start (``server.gitops``), with its config and roles."""
 
     path: str = setting(kind="string", parse=_required_string,
                         doc="Mount path, e.g. `jwt` or `ci/jwt` (served at `/v1/auth/<path>/`).")
@@ -289,11 +289,13 @@ class MountSeed:
     )
     config: Mapping[str, Any] | None = setting(
         None, kind="mapping", parse=_optional_mapping,
-        doc="Written to `auth/<path>/config` (section 2). A remote key source is fetched and checked at start.",
+        doc="The whole `auth/<path>/config` (section 2); absent: the config is not managed. A remote key source "
+            "is fetched and checked when the config is written.",
     )
     roles: Mapping[str, Mapping[str, Any]] = setting(
         kind="mapping", factory=dict, parse=_roles,
-        doc="`{role name: role fields}`, each written to `auth/<path>/role/<name>` (section 3).",
+        doc="`{role name: role fields}`, each the whole `auth/<path>/role/<name>` (section 3; a field left out "
+            "is its default).",
     )
 
 
@@ -427,12 +429,13 @@ class Settings:
                                       doc="On SIGTERM/SIGINT, how long in-flight requests get to finish.")
     mounts: tuple[MountSeed, ...] = setting(
         (), kind="list", parse=_sections(MountSeed), section=MountSeed, many=True,
-        doc="Auth mounts created at every start (idempotent, through the same write path as the API). Keys below.",
+        doc="Auth mounts applied at every start and on SIGHUP, as `authmount apply` without prune (only what "
+            "differs is written, through the same write paths as the API; see section 5). Keys below.",
     )
     #: ``{policy name: HCL or JSON text}`` written at every start.
     policies: Mapping[str, str] = setting(
         kind="mapping", factory=dict, parse=_policies,
-        doc="`{policy name: HCL or JSON text}` (a YAML mapping is taken as JSON), written at every start.",
+        doc="`{policy name: HCL or JSON text}` (a YAML mapping is taken as JSON), applied with `mounts`.",
     )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),
