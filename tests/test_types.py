@@ -1,7 +1,7 @@
 """Static checks: mypy finds no error in the checked modules, ruff finds nothing in the tree,
 and the narrowing mypy relies on holds.
 
-It covers ``plugin``, ``server`` and ``tests``; settings (python version, untyped
+It covers ``plugin``, ``server``, ``tests`` and ``bench``; settings (python version, untyped
 third-party modules) live in ``[tool.mypy]`` in pyproject.toml.
 """
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Paths (relative to the repository root) that must type-check cleanly. The modules they
 #: import are analysed too (for their types) but their own errors are not reported
 #: (``--follow-imports=silent``) until they join this list.
-CHECKED = ("plugin", "server", "tests")
+CHECKED = ("plugin", "server", "tests", "bench")
 
 #: Files left out of CHECKED for now (glob patterns relative to the repository root): other
 #: branches of issue 16 are rewriting them (the OIDC half, JWK rules, login boundaries,
