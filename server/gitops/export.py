@@ -164,7 +164,7 @@ def _unknown(data: dict[str, Any], fields: dict[str, Field], where: str, out: Ex
             out.notes.append(f"not exported: {where}.{key} = {value!r} (authmount has no such field)")
 
 
-class _Dumper(yaml.SafeDumper):  # type: ignore[misc]
+class _Dumper(yaml.SafeDumper):
     """Multi-line strings (PEM keys, policies) as literal blocks."""
 
 

@@ -28,6 +28,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,9 @@ def test_document_examples_run(doc: str, tmp_path: Path) -> None:
                                 text=True, timeout=300)
         where = ([line for line in result.stderr.splitlines() if line.startswith("### ")] or ["?"])[-1]
         assert result.returncode == 0, f"{where} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        CHECKS.get(doc, lambda *_: None)(work, result.stdout)
+        check = CHECKS.get(doc)
+        if check is not None:
+            check(work, result.stdout)
 
 
 def _readme(work: Path, stdout: str) -> None:
@@ -151,4 +154,5 @@ def _operations(work: Path, stdout: str) -> None:
                           check=True).stdout.strip() != "0"
 
 
-CHECKS = {"README.md": _readme, "docs/operations.md": _operations}
+#: What running a document's examples must have done, beyond exiting 0.
+CHECKS: dict[str, Callable[[Path, str], None]] = {"README.md": _readme, "docs/operations.md": _operations}

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -93,7 +94,7 @@ def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-def _vault(address: str, method: str, path: str, body: object = None) -> requests.Response:
+def _vault(address: str, method: str, path: str, body: Any = None) -> requests.Response:
     resp = requests.request(method, f"{address}/v1/{path}", json=body, headers={"X-Vault-Token": "root"}, timeout=30)
     assert resp.status_code < 300, (path, resp.status_code, resp.text)
     return resp
@@ -173,8 +174,9 @@ FILE = {
 
 def test_apply_cli_plans_applies_and_is_idempotent(dev: ServerProc, tmp_path: Path) -> None:
     (tmp_path / "f.yaml").write_text(yaml.safe_dump(FILE))
-    run = lambda *a: authmount("apply", "-f", "f.yaml", *a, cwd=tmp_path, address=dev.url,  # noqa: E731
-                               token=dev.root_token or "")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return authmount("apply", "-f", "f.yaml", *args, cwd=tmp_path, address=dev.url, token=dev.root_token or "")
     dry = run("--dry-run", "--detailed-exitcode")
     assert dry.returncode == 2, dry.stdout + dry.stderr
     assert "Plan: 4 to create, 0 to update, 0 to delete." in dry.stdout
@@ -185,8 +187,8 @@ def test_apply_cli_plans_applies_and_is_idempotent(dev: ServerProc, tmp_path: Pa
     same = run("--detailed-exitcode")
     assert same.returncode == 0 and f"no changes: {dev.url} matches f.yaml" in same.stdout
     # drift through the API: shown field by field, corrected
-    client.write("auth/jwt/role/deploy", role_type="jwt", token_ttl="1h")
-    client.write("auth/jwt/role/stray", role_type="jwt", user_claim="sub", bound_subject="x")
+    client.write_data("auth/jwt/role/deploy", data={"role_type": "jwt", "token_ttl": "1h"})
+    client.write_data("auth/jwt/role/stray", data={"role_type": "jwt", "user_claim": "sub", "bound_subject": "x"})
     drift = run("--dry-run", "--detailed-exitcode")
     assert drift.returncode == 2
     assert "~ role jwt/deploy  (mounts[0].roles.deploy)\n      token_ttl: 3600 -> 600" in drift.stdout

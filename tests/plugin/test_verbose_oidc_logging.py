@@ -4,11 +4,15 @@ before the role's checks, never a raw token; other roles log nothing of them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import structlog
 
 from plugin.errors import InvalidRequest
 from tests.plugin.oidc_fakes import BOB, Harness
+
+CLAIMS: dict[str, Any] = dict(BOB)
 
 
 @pytest.fixture
@@ -22,7 +26,7 @@ async def test_verbose_role_logs_the_received_claims_at_debug(h: Harness) -> Non
     await h.role(verbose_oidc_logging=True)
     h.idp.userinfo = {"size": "medium"}
     with structlog.testing.capture_logs() as logs:
-        resp = await h.login(**BOB)
+        resp = await h.login(**CLAIMS)
     assert resp.auth.alias.name == "bob@example.com"
     [event] = [e for e in logs if e["event"] == "oidc_provider_response"]
     assert event["log_level"] == "debug"
@@ -37,7 +41,7 @@ async def test_verbose_logging_shows_what_a_refused_login_received(h: Harness) -
     await h.role(verbose_oidc_logging=True, bound_claims={"COLOR": "blue"})
     with structlog.testing.capture_logs() as logs:
         with pytest.raises(InvalidRequest):
-            await h.login(**BOB)
+            await h.login(**CLAIMS)
     [event] = [e for e in logs if e["event"] == "oidc_provider_response"]
     assert event["claims"]["COLOR"] == "green"
 
@@ -45,5 +49,5 @@ async def test_verbose_logging_shows_what_a_refused_login_received(h: Harness) -
 async def test_other_roles_log_no_claims(h: Harness) -> None:
     await h.role()
     with structlog.testing.capture_logs() as logs:
-        await h.login(**BOB)
+        await h.login(**CLAIMS)
     assert [e for e in logs if e["event"] == "oidc_provider_response"] == []

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
 from server.gitops import (
@@ -28,6 +28,7 @@ from server.gitops.plan import Plan
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings, settings_from_mapping
 from tests.plugin.keyfactory import ec_key
+from tests.server.httpkit import Client
 
 ROOT = "root-token-for-gitops"
 H = {"X-Vault-Token": ROOT}
@@ -65,13 +66,13 @@ def desired(doc: dict[str, Any], secret: str = SECRET) -> Desired:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> TestClient:
+async def client(aiohttp_client: AiohttpClient) -> Client:
     base = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
     return await aiohttp_client(make_test_server(create_app(base)))
 
 
 @pytest.fixture
-async def server(client: TestClient) -> AsyncIterator[HttpServer]:
+async def server(client: Client) -> AsyncIterator[HttpServer]:
     async with HttpServer(str(client.make_url("")).rstrip("/"), ROOT) as srv:
         yield srv
 
@@ -88,7 +89,7 @@ def fields_of(plan: Plan, address: str) -> dict[str, tuple[str, str]]:
 
 
 # -- create, idempotence, drift --------------------------------------------------------------
-async def test_apply_creates_everything_then_plans_no_changes(server: HttpServer, client: TestClient) -> None:
+async def test_apply_creates_everything_then_plans_no_changes(server: HttpServer, client: Client) -> None:
     plan = await applied(server, document())
     assert [(c.action, c.address) for c in plan.changes] == [
         ("create", "policy deploy"), ("create", "mount ci/jwt/"), ("create", "config ci/jwt/"),
@@ -107,7 +108,7 @@ async def test_apply_creates_everything_then_plans_no_changes(server: HttpServer
 
 
 async def test_drift_through_the_api_is_shown_field_by_field_and_corrected(
-    server: HttpServer, client: TestClient
+    server: HttpServer, client: Client
 ) -> None:
     await applied(server, document())
     await client.post("/v1/auth/ci/jwt/role/deploy", headers=H,
@@ -125,7 +126,7 @@ async def test_drift_through_the_api_is_shown_field_by_field_and_corrected(
     assert (role["bound_subject"], role["token_ttl"]) == ("", 600)
 
 
-async def test_a_field_removed_from_the_file_is_reset_on_the_server(server: HttpServer, client: TestClient) -> None:
+async def test_a_field_removed_from_the_file_is_reset_on_the_server(server: HttpServer, client: Client) -> None:
     await applied(server, document())
     doc = document()
     del doc["mounts"][0]["roles"]["deploy"]["bound_claims"]
@@ -140,7 +141,7 @@ async def test_a_field_removed_from_the_file_is_reset_on_the_server(server: Http
 
 # -- secrets -----------------------------------------------------------------------------------
 async def test_secrets_are_compared_by_fingerprint_never_rewritten_when_equal(
-    server: HttpServer, client: TestClient
+    server: HttpServer, client: Client
 ) -> None:
     await applied(server, document())
     config = (await (await client.get("/v1/auth/hmac/config", headers=H)).json())["data"]
@@ -158,13 +159,13 @@ async def test_secrets_are_compared_by_fingerprint_never_rewritten_when_equal(
     assert (await make_plan(desired(document(), OTHER_SECRET), server)).changes == []
 
 
-async def test_fingerprints_survive_a_key_rotation(server: HttpServer, client: TestClient) -> None:
+async def test_fingerprints_survive_a_key_rotation(server: HttpServer, client: Client) -> None:
     await applied(server, document())
     assert (await client.post("/v1/sys/rotate", headers=H)).status == 204
     assert (await make_plan(desired(document()), server)).changes == []
 
 
-async def test_sys_fingerprint_needs_update_on_the_secrets_path(server: HttpServer, client: TestClient) -> None:
+async def test_sys_fingerprint_needs_update_on_the_secrets_path(server: HttpServer, client: Client) -> None:
     await applied(server, document())
     body = {"path": "auth/hmac/config", "values": {"jwt_validation_hmac_secrets": [SECRET]}}
     answer = await client.post("/v1/sys/fingerprint", headers=H, json=body)
@@ -191,7 +192,7 @@ async def test_a_secret_removed_from_the_file_is_shown_and_cleared(server: HttpS
 
 
 # -- prune and targets -------------------------------------------------------------------------
-async def test_extras_are_listed_and_deleted_only_with_prune(server: HttpServer, client: TestClient) -> None:
+async def test_extras_are_listed_and_deleted_only_with_prune(server: HttpServer, client: Client) -> None:
     await applied(server, document())
     await client.post("/v1/auth/ci/jwt/role/extra", headers=H, json={"role_type": "jwt", "user_claim": "sub",
                                                                      "bound_subject": "x"})
@@ -214,7 +215,7 @@ async def test_extras_are_listed_and_deleted_only_with_prune(server: HttpServer,
     assert (await make_plan(desired(document()), server, prune=True)).changes == []
 
 
-async def test_targets_narrow_the_plan(server: HttpServer, client: TestClient) -> None:
+async def test_targets_narrow_the_plan(server: HttpServer, client: Client) -> None:
     await applied(server, document())
     await client.post("/v1/auth/ci/jwt/role/deploy", headers=H, json={"role_type": "jwt", "token_ttl": "30m"})
     await client.post("/v1/auth/ci/jwt/role/read", headers=H, json={"role_type": "jwt", "token_ttl": "30m"})
@@ -261,7 +262,7 @@ async def test_targets_narrow_the_plan(server: HttpServer, client: TestClient) -
          "typo in a tune", "unknown type", "nested mounts", "bad policy"],
 )
 async def test_an_invalid_file_names_file_object_and_field_and_writes_nothing(
-    server: HttpServer, client: TestClient, change: Any, message: str
+    server: HttpServer, client: Client, change: Any, message: str
 ) -> None:
     doc = document()
     change(doc)
@@ -273,7 +274,7 @@ async def test_an_invalid_file_names_file_object_and_field_and_writes_nothing(
 
 
 async def test_a_refused_write_stops_the_apply_and_rolls_back_the_new_mount(
-    server: HttpServer, client: TestClient
+    server: HttpServer, client: Client
 ) -> None:
     doc = document()
     # Passes every offline check; the server refuses it when it fetches the keys.
@@ -290,13 +291,13 @@ async def test_a_refused_write_stops_the_apply_and_rolls_back_the_new_mount(
     assert sorted(mounts) == ["ci/jwt/", "token/"]  # no half-made hmac/, nothing after it
 
 
-async def test_a_mount_of_another_type_is_refused(server: HttpServer, client: TestClient) -> None:
+async def test_a_mount_of_another_type_is_refused(server: HttpServer, client: Client) -> None:
     await client.post("/v1/sys/auth/hmac", headers=H, json={"type": "oidc"})
     with pytest.raises(GitopsError, match=r"^gitops\.yaml: mounts\[1\]\.type: hmac/ is mounted with type oidc"):
         await make_plan(desired(document()), server)
 
 
-async def test_a_server_without_fingerprints_is_an_error_not_a_guess(client: TestClient) -> None:
+async def test_a_server_without_fingerprints_is_an_error_not_a_guess(client: Client) -> None:
     async with HttpServer(str(client.make_url("")).rstrip("/"), "not-a-token") as srv:
         with pytest.raises(ServerError, match="403 permission denied"):
             await make_plan(desired(document()), srv)
@@ -304,7 +305,7 @@ async def test_a_server_without_fingerprints_is_an_error_not_a_guess(client: Tes
 
 # -- export ---------------------------------------------------------------------------------------
 async def test_export_then_apply_to_another_server_round_trips(
-    server: HttpServer, aiohttp_client: Any
+    server: HttpServer, aiohttp_client: AiohttpClient
 ) -> None:
     await applied(server, document())
     exported = await export_state(server)
@@ -319,7 +320,7 @@ async def test_export_then_apply_to_another_server_round_trips(
 
     doc = yaml.safe_load(text)
     base = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
-    other = await aiohttp_client(make_test_server(create_app(dataclasses.replace(base))))
+    other: Client = await aiohttp_client(make_test_server(create_app(dataclasses.replace(base))))
     settings = settings_from_mapping(doc)
     fresh = from_sections(settings.mounts, settings.policies, source="export.yaml",
                           env={"AUTHMOUNT_HMAC_JWT_VALIDATION_HMAC_SECRETS": SECRET})

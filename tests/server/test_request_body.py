@@ -4,14 +4,13 @@ is not a form to Vault (OpenBao 2.7.2: ``failed to decode JSON input``) and not 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
+from tests.server.httpkit import Client
 
 ROOT = "root-token-for-bodies"
 H = {"X-Vault-Token": ROOT}
@@ -19,7 +18,7 @@ POLICY = 'path "x" { capabilities = ["read"] }'
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> TestClient:
+async def client(aiohttp_client: AiohttpClient) -> Client:
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
     return await aiohttp_client(make_test_server(create_app(settings)))
 
@@ -37,7 +36,7 @@ async def client(aiohttp_client: Any) -> TestClient:
     ],
     ids=["json", "json as a form type (curl -d)", "form", "form sent as json", "text", "multipart"],
 )
-async def test_write_bodies(client: TestClient, body: str, ctype: str, status: int, errors: list[str] | None) -> None:
+async def test_write_bodies(client: Client, body: str, ctype: str, status: int, errors: list[str] | None) -> None:
     resp = await client.put("/v1/sys/policies/acl/p", data=body.encode(), headers={**H, "Content-Type": ctype})
     assert resp.status == status
     if errors is not None:

@@ -67,6 +67,7 @@ async def test_a_second_start_writes_nothing_and_drift_is_corrected() -> None:
         mount = app[MOUNTS].mounts["ci/jwt/"]
         await mount.storage.put("role/extra", {"role_type": "jwt", "user_claim": "sub", "bound_subject": "x"})
         role = await mount.storage.get("role/deploy")
+        assert role is not None
         await mount.storage.put("role/deploy", {**role, "token_ttl": 1800})
     writes: list[str] = []
     put = storage.put
@@ -78,7 +79,8 @@ async def test_a_second_start_writes_nothing_and_drift_is_corrected() -> None:
     storage.put = counting_put  # type: ignore[method-assign]
     async with started(seeded(), storage) as app:
         mount = app[MOUNTS].mounts["ci/jwt/"]
-        assert (await mount.storage.get("role/deploy"))["token_ttl"] == 600  # drift corrected
+        role = await mount.storage.get("role/deploy")
+        assert role is not None and role["token_ttl"] == 600  # drift corrected
         assert await mount.storage.get("role/extra") is not None  # no prune at start
         assert [k for k in writes if k.endswith(("config", "role/deploy"))] == [f"auth/{mount.entry.uuid}/role/deploy"]
 
@@ -107,8 +109,8 @@ async def test_a_failed_seed_names_the_object_and_leaves_no_half_made_mount(
         async with started(dataclasses.replace(base, mounts=(mount,)), storage):
             pass
     assert str(caught.value).startswith(message)
-    entries = (await storage.get(MOUNTS_KEY))["entries"]
-    assert [e["path"] for e in entries] == ["token/"]
+    table = await storage.get(MOUNTS_KEY)
+    assert table is not None and [e["path"] for e in table["entries"]] == ["token/"]
     if "refused" in message or "config" in message:
         assert "mount ci/jwt/ created by this run was disabled again" in str(caught.value)
 
@@ -143,7 +145,8 @@ async def test_reload_applies_log_level_rate_limits_and_seeds_and_names_what_nee
         ]
         assert calls == ["127.0.0.1:9999"]
         assert http_log._level == 10
-        assert app[LIMITER].buckets is not None and app[LIMITER].buckets.burst == 7
+        buckets = app[LIMITER].buckets
+        assert buckets is not None and buckets.burst == 7
         assert '"update"' in (await app[POLICIES].get("deploy") or "")
         assert await reload_settings(app, new, new) == ["seed: no changes", "audit: reopened"]
         assert len(app[RELOAD_HOOKS]) == 4
