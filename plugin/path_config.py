@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
 
 __all__ = [
-    "CONFIG_KEY", "CONFIG_FIELDS", "FINGERPRINTS", "JWTConfig", "validate_config", "check_offline", "allowed_algs",
+    "CONFIG_KEY", "CONFIG_FIELDS", "FINGERPRINTS", "PROVIDER_SECRETS", "JWTConfig", "validate_config", "check_offline", "allowed_algs",
     "path_config",
 ]
 
@@ -101,7 +101,9 @@ CONFIG_FIELDS = FieldSet(
 )
 
 _PROVIDERS = {"azure", "gsuite", "secureauth", "ibmisam", "okta"}
-_PROVIDER_SENSITIVE = {"gsuite": ("gsuite_service_account",), "okta": ("api_token",)}
+#: The ``provider_config`` keys that are secrets, by provider: sealed at rest, never returned.
+PROVIDER_SECRETS: dict[str, tuple[str, ...]] = {"gsuite": ("gsuite_service_account",), "okta": ("api_token",)}
+_PROVIDER_SENSITIVE = PROVIDER_SECRETS
 _KEY_FAMILIES = (
     "'jwt_validation_pubkeys', 'jwt_validation_hmac_secrets', 'jwks_url', 'jwks_pairs' "
     "or 'oidc_discovery_url'"

@@ -27,7 +27,7 @@ import yaml
 
 from plugin import registry
 from plugin.errors import InvalidRequest
-from plugin.path_config import CONFIG_FIELDS, check_offline
+from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
 from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
 from plugin.schema import Field, FieldSet, FieldType, coerce
 from server.acl.policies import PolicyError, canonical_policy_name, parse_policy
@@ -56,8 +56,6 @@ CONFIG_KEYS = tuple(n for n, f in CONFIG_FIELDS.items() if not f.sensitive)
 SENSITIVE = tuple(n for n, f in CONFIG_FIELDS.items() if f.sensitive)
 #: A mount's tune values (its description is a key of the mount).
 TUNE_KEYS = tuple(MOUNT_CONFIG_FIELDS)
-#: Provider credentials kept out of GET (``plugin.path_config``), compared by fingerprint.
-PROVIDER_SECRETS = {"gsuite": ("gsuite_service_account",), "okta": ("api_token",)}
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
 

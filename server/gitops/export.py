@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from plugin import registry
-from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS
+from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS, PROVIDER_SECRETS
 from plugin.path_role import ROLE_FIELDS, Role
 from plugin.schema import Field, FieldType
-from server.gitops.desired import CONFIG_KEYS, PROVIDER_SECRETS, ROLE_KEYS, TUNE_KEYS, empty
+from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TUNE_KEYS, empty
 from server.gitops.live import Server
 from server.mounts import MOUNT_CONFIG_FIELDS
 

@@ -143,8 +143,8 @@ class HttpServer:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ServerError(f"{self.address}: {exc or type(exc).__name__}") from exc
-        if status == 404 or status == 204:
-            return None
+        if status == 204 or (status == 404 and method in ("GET", "DELETE")):
+            return None  # nothing there (Vault's 404 of a missing object, an empty list)
         try:
             answer = json.loads(text) if text.strip() else {}
         except ValueError:
@@ -211,9 +211,12 @@ class HttpServer:
         await self._call("DELETE", f"sys/policies/acl/{quote(name, safe='')}")
 
     async def fingerprints(self, path: str, values: dict[str, Any]) -> dict[str, str]:
-        data = await self._data("POST", "sys/fingerprint", {"path": path, "values": values})
-        if data is None:
-            raise ServerError(f"{self.address} has no sys/fingerprint (not an authmount server?)", 404)
+        try:
+            data = await self._data("POST", "sys/fingerprint", {"path": path, "values": values}) or {}
+        except ServerError as exc:
+            if exc.status == 404:
+                raise ServerError(f"{self.address} has no sys/fingerprint (not an authmount server?)", 404) from None
+            raise
         found = data.get("fingerprints")
         return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 

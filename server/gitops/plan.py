@@ -83,6 +83,8 @@ class Plan:
     server: str
     changes: list[Change] = field(default_factory=list)
     extras: list[str] = field(default_factory=list)
+    #: ``--target`` values that matched no object of the file or the server (a typo?).
+    unmatched: list[str] = field(default_factory=list)
 
     @property
     def has_changes(self) -> bool:
@@ -113,6 +115,8 @@ class Plan:
         if self.extras:
             lines += ["", "  Not in the file (kept; --prune deletes them):"]
             lines.extend(f"    {address}" for address in self.extras)
+        if self.unmatched:
+            lines += ["", "  Targets that match nothing in the file or on the server: " + ", ".join(self.unmatched)]
         if self.changes:
             lines += ["", f"Plan: {self.summary()}."]
         else:
@@ -213,6 +217,7 @@ async def make_plan(
     """
     plan = Plan(source=desired.source, server=server.name)
     live_mounts = await server.mounts()
+
     await _plan_policies(plan, desired, server, prune=prune, targets=targets)
     for path, mount in desired.mounts.items():
         await _plan_mount(plan, mount, live_mounts.get(path), server, prune=prune, targets=targets)
@@ -229,6 +234,15 @@ async def make_plan(
     # Deletions last: roles of kept mounts, then mounts, then policies.
     last = {("delete", "mount"): 1, ("delete", "policy"): 2}
     plan.changes.sort(key=lambda c: last.get((c.action, c.kind), 0))
+    known = [("policy", n) for n in desired.policies] + [("mount", p) for p in live_mounts]
+    for mount in desired.mounts.values():
+        known += [("mount", mount.path), *_children(mount)]
+    for address in [c.address for c in plan.changes] + plan.extras:
+        kind, _, name = address.partition(" ")
+        known.append((kind, name))
+    plan.unmatched = [
+        f"{t.kind}:{t.name}" for t in targets if not any(t.covers(kind, name) for kind, name in known)
+    ]
     return plan
 
 
@@ -278,7 +292,7 @@ async def _plan_mount(
         else:
             return
         if mount.config is not None and _selected(targets, "config", path):
-            plan.changes.append(_config_change("create", mount, {}, {}, mount.config))
+            plan.changes.append(_config_change("create", mount, mount.config))
         for role in mount.roles.values():
             if _selected(targets, "role", path + role.name):
                 plan.changes.append(_role_change("create", mount, role, _ROLE_DEFAULTS))
@@ -298,14 +312,14 @@ async def _plan_mount(
     if mount.config is not None and _selected(targets, "config", path):
         current = await server.read(f"auth/{path}config")
         if current is None:
-            plan.changes.append(_config_change("create", mount, {}, {}, mount.config))
+            plan.changes.append(_config_change("create", mount, mount.config))
         else:
             fps = current.get(FINGERPRINTS)
             live_fps = {str(k): str(v) for k, v in fps.items()} if isinstance(fps, dict) else {}
             fields = _diff(CONFIG_KEYS, current, mount.config.public)
             fields += await _secret_changes(server, f"auth/{path}config", mount.config.secrets, live_fps)
             if fields:
-                change = _config_change("update", mount, current, live_fps, mount.config)
+                change = _config_change("update", mount, mount.config)
                 change.fields = fields
                 plan.changes.append(change)
     live_roles = set(await server.keys(f"auth/{path}role"))
@@ -355,9 +369,7 @@ async def _secret_changes(
     return out
 
 
-def _config_change(
-    action: str, mount: DesiredMount, current: dict[str, Any], live_fps: dict[str, str], config: DesiredConfig
-) -> Change:
+def _config_change(action: str, mount: DesiredMount, config: DesiredConfig) -> Change:
     address = f"config {mount.path}"
     change = Change(action, "config", address, f"{mount.where}.config",
                     _write(f"auth/{mount.path}config", config.body), mount=mount.path)

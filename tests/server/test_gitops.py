@@ -226,7 +226,10 @@ async def test_targets_narrow_the_plan(server: HttpServer, client: Client) -> No
     plan = await make_plan(desired(document()), server, prune=True, targets=[parse_target("mount:ci/jwt")])
     assert [c.address for c in plan.changes] == ["role ci/jwt/deploy", "role ci/jwt/read", "role ci/jwt/extra"]
     plan = await make_plan(desired(document()), server, prune=True, targets=[parse_target("policy:deploy")])
-    assert plan.changes == []
+    assert plan.changes == [] and plan.unmatched == []
+    plan = await make_plan(desired(document()), server, targets=[parse_target("role:ci/jwt/deplyo")])
+    assert plan.unmatched == ["role:ci/jwt/deplyo"]
+    assert "Targets that match nothing in the file or on the server: role:ci/jwt/deplyo" in plan.render()
     with pytest.raises(ValueError, match="the kind is one of"):
         parse_target("secret:x")
 
