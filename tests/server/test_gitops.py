@@ -24,6 +24,7 @@ from server.gitops import (
     parse_target,
 )
 from server.gitops.desired import Desired
+from server.gitops.live import LiveMount
 from server.gitops.plan import Plan
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings, settings_from_mapping
@@ -230,6 +231,9 @@ async def test_targets_narrow_the_plan(server: HttpServer, client: Client) -> No
     plan = await make_plan(desired(document()), server, targets=[parse_target("role:ci/jwt/deplyo")])
     assert plan.unmatched == ["role:ci/jwt/deplyo"]
     assert "Targets that match nothing in the file or on the server: role:ci/jwt/deplyo" in plan.render()
+    plan = await make_plan(desired(document()), server, prune=True, targets=[parse_target("role:ci/jwt/extra")])
+    assert [(c.action, c.address) for c in plan.changes] == [("delete", "role ci/jwt/extra")]
+    assert plan.unmatched == []
     with pytest.raises(ValueError, match="the kind is one of"):
         parse_target("secret:x")
 
@@ -334,3 +338,60 @@ async def test_export_then_apply_to_another_server_round_trips(
         assert (await export_state(target)).document == exported.document
     # and the file applies to the server it came from without a change (the secret included)
     assert (await make_plan(fresh, server)).changes == []
+
+
+class VaultLike:
+    """What Vault or OpenBao answer (no fingerprints, fields authmount lacks, other methods)."""
+
+    name = "https://vault.example.com"
+
+    async def mounts(self) -> dict[str, LiveMount]:
+        return {
+            "token/": LiveMount("token/", "token", "", {}),
+            "people/": LiveMount("people/", "userpass", "", {}),
+            "sso/": LiveMount("sso/", "oidc", "SSO", {"default_lease_ttl": 0, "max_lease_ttl": 0,
+                                                       "force_no_cache": False, "token_type": "default-service"}),
+        }
+
+    async def read(self, path: str) -> dict[str, Any] | None:
+        if path == "auth/sso/config":
+            return {"oidc_discovery_url": "https://idp.example.com", "oidc_client_id": "app", "status": "valid",
+                    "override_allowed_server_names": ["idp.internal"], "provider_config": {}}
+        if path == "auth/sso/role/web":
+            return {"role_type": "oidc", "user_claim": "email", "allowed_redirect_uris": ["https://app/cb"],
+                    "callback_mode": "client", "oidc_disable_confirmation": True, "token_ttl": 3600}
+        return None
+
+    async def keys(self, path: str) -> list[str]:
+        return ["web"] if path == "auth/sso/role" else []
+
+    async def policies(self) -> list[str]:
+        return ["default", "root"]
+
+    async def read_policy(self, name: str) -> str | None:
+        return None
+
+    async def fingerprints(self, path: str, values: dict[str, Any]) -> dict[str, str]:
+        raise ServerError("https://vault.example.com has no sys/fingerprint (not an authmount server?)", 404)
+
+
+async def test_export_from_a_vault_names_what_it_cannot_carry() -> None:
+    exported = await export_state(VaultLike())  # type: ignore[arg-type]  # reads only
+    [mount] = exported.document["mounts"]
+    assert mount == {
+        "path": "sso", "type": "oidc", "description": "SSO",
+        "config": {"oidc_discovery_url": "https://idp.example.com", "oidc_client_id": "app",
+                   "oidc_client_secret": "${env:AUTHMOUNT_SSO_OIDC_CLIENT_SECRET}"},
+        "roles": {"web": {"role_type": "oidc", "user_claim": "email", "allowed_redirect_uris": ["https://app/cb"],
+                          "token_ttl": "1h"}},
+    }
+    assert exported.notes == [
+        "not exported: mount people/ of type userpass (authmount has jwt and oidc)",
+        "secret: mounts[0].config.oidc_client_secret is written as ${env:AUTHMOUNT_SSO_OIDC_CLIENT_SECRET}: set "
+        "that variable before apply",
+        "not exported: mounts[0].config.override_allowed_server_names = ['idp.internal'] (authmount has no such "
+        "field)",
+        "not exported: mounts[0].roles.web.oidc_disable_confirmation = True (authmount has no such field)",
+        "not exported: the built-in policies default and root (declare default to manage it)",
+    ]
+
