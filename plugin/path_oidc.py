@@ -17,16 +17,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import ipaddress
 import json
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import structlog
 
 from plugin import oidc_flow as support
 from plugin.errors import InvalidRequest, PluginError, UnsupportedOperation, UpstreamError
 from plugin.framework import Handler, Operation, PathSpec, Request, Response
+from plugin.oidc_redirect import parse_mount, split_namespace, valid_redirect
 from plugin.oidc_state import FlowState, redeem, sweep_used, take_result
 from plugin.path_config import JWTConfig
 from plugin.path_login import (
@@ -109,90 +109,6 @@ def _bounded(name: str, ftype: FieldType, description: str, **kwargs: Any) -> Fi
 
 
 # ---------------------------------------------------------------------------
-# Redirect URIs
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _redirect_parts(uri: str) -> tuple[str, str, str, str, str] | None:
-    """``(scheme, userinfo, host, port, rest)`` of ``uri``: scheme and host lower-cased,
-    the rest as written (``rest`` is everything after the authority: path, query,
-    fragment). None when it does not parse or holds whitespace or control characters."""
-    if any(c <= " " or c == "\x7f" for c in uri):
-        return None
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return None
-    n = len(parts.scheme)
-    if not parts.scheme or uri[n : n + 3] != "://":
-        return ("", "", "", "", uri)  # no authority: only an exact match
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if hostport.startswith("["):
-        host, bracket, port = hostport.partition("]")
-        host += bracket
-    else:
-        host, colon, port = hostport.partition(":")
-        port = colon + port
-    return (parts.scheme.lower(), userinfo + at, host.lower(), port, uri[n + 3 + len(parts.netloc) :])
-
-
-def valid_redirect(uri: str, allowed: list[str]) -> bool:
-    """Is ``uri`` one of ``allowed``? Scheme and host compare case-insensitively, everything
-    else (user info, port, path, query, fragment) exactly. Loopback hosts keep Vault's rule
-    (RFC 8252 7.3): the port is ignored; scheme, host, path and query must match. An
-    unparseable URI is never valid. (Vault compares non-loopback URIs as whole strings,
-    case-insensitively: docs/vault-differences.md row 6.)"""
-    want = _redirect_parts(uri)
-    if want is None:
-        return False
-    parsed = urlsplit(uri)
-    if not _is_loopback(parsed.hostname or ""):
-        return any(_redirect_parts(a) == want for a in allowed)
-    loop = (parsed.scheme, parsed.hostname or "", parsed.path, parsed.query)
-    for candidate in allowed:
-        try:
-            c = urlsplit(candidate)
-            if (c.scheme, c.hostname or "", c.path, c.query) == loop:
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def parse_mount(redirect_uri: str) -> str:
-    """The mount named in ``.../v1/auth/<mount>/...`` (first segment), or ``""``."""
-    try:
-        path = urlsplit(redirect_uri).path
-    except ValueError:
-        return ""
-    parts = path.split("/")
-    for i in range(len(parts) - 2):
-        if parts[i] == "v1" and parts[i + 1] == "auth" and parts[i + 2]:
-            return parts[i + 2]
-    return ""
-
-
-def _split_namespace(uri: str) -> tuple[str, str]:
-    """Remove a ``namespace`` query parameter from ``uri``; return (uri, namespace)."""
-    parts = urlsplit(uri)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ns = [v for k, v in query if k == "namespace"]
-    if not ns:
-        return uri, ""
-    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), ns[0]
-
-
-# ---------------------------------------------------------------------------
 # oidc/auth_url
 
 
@@ -217,7 +133,7 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
         namespace = ""
         if config.namespace_in_state:
             try:
-                redirect_uri, namespace = _split_namespace(redirect_uri)
+                redirect_uri, namespace = split_namespace(redirect_uri)
             except ValueError:
                 raise InvalidRequest(f"redirect_uri {json.dumps(redirect_uri[:512])} could not be parsed") from None
             check_size("namespace", namespace)
@@ -330,9 +246,13 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
         raise InvalidRequest(f"{_FAILED} OIDC login is not configured for this mount")
 
     warnings: list[str] = []
-    if await storage.get(state.used_key) is not None:
+    record = await storage.get(state.used_key)
+    if record is not None:
         # Redeemed already: by a form_post callback that left its verified result for
-        # this GET (which takes it, once), or by an earlier login.
+        # this GET (which takes it, once), or by an earlier login. Only a result left to
+        # take costs a write (an anonymous replay of a used state costs a read).
+        if not isinstance(record, dict) or "claims" not in record:
+            raise _expired()
         result = await take_result(storage, state)
         if result is None or not isinstance(result.get("claims"), dict):
             raise _expired()

@@ -155,11 +155,13 @@ def test_thousands_of_anonymous_auth_urls_write_nothing(vault: ServerProc, liste
         ("callback", "id_token", 16384),
     ],
 )
-def test_oversized_values_are_400_naming_the_limit(vault: ServerProc, store: Store, method: str, field: str, limit: int) -> None:
+def test_oversized_values_are_400_naming_the_limit(
+    vault: ServerProc, listener: CallbackListener, store: Store, method: str, field: str, limit: int
+) -> None:
     version = store.data_version()
     value = "x" * 100_000
     if method == "auth_url":
-        resp = auth_url(requests.Session(), vault, **{"role": "web", "redirect_uri": "http://localhost/cb", field: value})
+        resp = auth_url(requests.Session(), vault, **{"role": "web", "redirect_uri": listener.url, field: value})
     else:  # a body, not the query: 100 KB is past any request line limit
         resp = requests.post(f"{vault.url}/v1/auth/oidc/oidc/callback", json={field: value}, timeout=TIMEOUT)
     assert resp.status_code == 400, resp.text
