@@ -7,10 +7,13 @@ import structlog
 from aiohttp import web
 
 from plugin.errors import PluginError
+from server.storage import unavailable_reason
 
-__all__ = ["error_response", "response_for"]
+__all__ = ["error_response", "response_for", "STORAGE_FAILURES"]
 
 log = structlog.get_logger("authmount.errors")
+#: Storage failures answered 503 since start, by reason (logged: the first, then every 100th).
+STORAGE_FAILURES: dict[str, int] = {}
 
 
 def error_response(status: int, messages: list[str], headers: dict[str, str] | None = None) -> web.Response:
@@ -42,5 +45,11 @@ def response_for(request: web.Request, exc: Exception) -> web.Response | None:
         return error_response(exc.status, [exc.reason])
     if isinstance(exc, ConnectionResetError):
         return None
+    reason = unavailable_reason(exc)
+    if reason is not None:
+        STORAGE_FAILURES[reason] = count = STORAGE_FAILURES.get(reason, 0) + 1
+        if count == 1 or count % 100 == 0:  # a failing disk must not flood the log
+            log.error("storage_unavailable", reason=reason, count=count, error=str(exc)[:200], path=request.path)
+        return error_response(503, [f"storage unavailable: {reason}"], {"Retry-After": "1"})
     log.exception("internal_error", path=request.path, method=request.method)
     return error_response(500, ["internal error"])

@@ -31,12 +31,15 @@ Settings (``cfg`` is a mapping or an object with these attributes; YAML ``storag
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+import psycopg
+
 from plugin.storage import InMemoryStorage, Storage
 
-__all__ = ["Engine", "open_storage", "DEFAULT_SQLITE_PATH"]
+__all__ = ["Engine", "open_storage", "unavailable_reason", "DEFAULT_SQLITE_PATH"]
 
 DEFAULT_SQLITE_PATH = "data/authmount.db"
 
@@ -117,3 +120,24 @@ async def open_storage(cfg: object) -> Engine:
             raise ValueError("storage pool_size must be at least 1")
         return await PostgresStorage.open(str(dsn), pool_size=pool_size)
     raise ValueError(f"unknown storage type {kind!r} (expected memory, sqlite or postgres)")
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` is an engine's failure to serve (another process holds the
+    lock past the busy timeout, a full disk, an I/O error, a lost database connection): the
+    server answers 503, which a load balancer and an operator can tell from a bug (a 500).
+    None for anything else."""
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return "the database is locked by another process"
+        if "full" in text:
+            return "the database or disk is full"
+        if "i/o" in text:
+            return "disk I/O error"
+        if "readonly" in text or "read-only" in text:
+            return "the database is read-only"
+        return "database error"
+    if isinstance(exc, psycopg.OperationalError):
+        return "the database connection failed"
+    return None

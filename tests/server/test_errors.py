@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import structlog
 from aiohttp import web
+from pytest_aiohttp import AiohttpClient
 
 from plugin import errors
-from server.http.errors import error_response
+from server.http.errors import STORAGE_FAILURES, error_response
 from server.http.log import handled
+from tests.server.httpkit import Client
 
 
 def _app(exc: BaseException) -> web.Application:
@@ -41,13 +47,46 @@ def _app(exc: BaseException) -> web.Application:
     ids=["400", "403", "404 not found", "404 unsupported path", "405", "429", "502", "several messages",
          "500 runtime", "500 keyerror", "aiohttp 404", "aiohttp 413"],
 )
-async def test_error_mapping(aiohttp_client: Any, exc: BaseException, status: int, body: dict[str, Any]) -> None:
+async def test_error_mapping(
+    aiohttp_client: AiohttpClient, exc: BaseException, status: int, body: dict[str, Any]
+) -> None:
     client = await aiohttp_client(_app(exc))
     resp = await client.get("/x")
     assert resp.status == status
     assert resp.headers["Content-Type"] == "application/json"  # exactly: hvac compares strings
     assert await resp.json() == body
     assert "secret detail" not in await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (sqlite3.OperationalError("database is locked"), "the database is locked by another process"),
+        (sqlite3.OperationalError("database or disk is full"), "the database or disk is full"),
+        (sqlite3.OperationalError("disk I/O error"), "disk I/O error"),
+        (sqlite3.OperationalError("attempt to write a readonly database"), "the database is read-only"),
+        (sqlite3.DatabaseError("database disk image is malformed"), "database error"),
+        (psycopg.OperationalError("connection to server at 10.0.0.5 failed: timeout"), "the database connection failed"),
+    ],
+    ids=["locked", "full", "io", "readonly", "malformed", "postgres down"],
+)
+async def test_storage_failures_are_503_and_counted(
+    aiohttp_client: AiohttpClient, exc: BaseException, reason: str
+) -> None:
+    """A storage failure was a generic 500 after the busy timeout; a load balancer and an
+    operator must be able to tell it from a bug. The engine's own text (paths, hosts) stays
+    in the log."""
+    before = STORAGE_FAILURES.get(reason, 0)
+    client = await aiohttp_client(_app(exc))
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.get("/x")
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.headers["Content-Type"] == "application/json"
+    assert await resp.json() == {"errors": [f"storage unavailable: {reason}"]}
+    assert "10.0.0.5" not in await resp.text()
+    assert STORAGE_FAILURES[reason] == before + 1
+    if before == 0:
+        assert [e["reason"] for e in logs if e["event"] == "storage_unavailable"] == [reason]
 
 
 def test_error_response_content_type() -> None:
@@ -75,7 +114,7 @@ def test_redact(value: Any, expected: Any) -> None:
     assert redact(value) == expected
 
 
-async def test_request_log_line(aiohttp_client: Any) -> None:
+async def test_request_log_line(aiohttp_client: AiohttpClient) -> None:
     import structlog
 
     async def handler(request: web.Request) -> web.Response:
@@ -103,7 +142,7 @@ def test_redact_processor_on_a_request_line() -> None:
     assert out == {"event": "request", "path": "/v1/auth/x/<redacted>", "token": "<redacted>", "status": 200}
 
 
-async def test_error_is_logged_with_its_status(aiohttp_client: Any) -> None:
+async def test_error_is_logged_with_its_status(aiohttp_client: AiohttpClient) -> None:
     import structlog
 
     app = _app(RuntimeError("boom"))
@@ -115,3 +154,35 @@ async def test_error_is_logged_with_its_status(aiohttp_client: Any) -> None:
     assert ("internal_error", None) in events and ("request", 500) in events
     internal = next(e for e in logs if e["event"] == "internal_error")
     assert internal.get("exc_info") is True and internal["path"] == "/x"  # traceback logged
+
+
+async def test_a_lock_held_elsewhere_is_a_503_not_a_500(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock past the busy timeout: the write fails with
+    503 ``storage unavailable``, the server keeps serving reads, and the write succeeds once
+    the lock is gone (nothing half-written)."""
+    import dataclasses
+
+    from server.app import create_app
+    from server.http.listverb import make_test_server
+    from server.settings import Settings, StorageSettings
+
+    db = tmp_path / "authmount.db"
+    settings = dataclasses.replace(Settings(storage=StorageSettings(type="sqlite", path=str(db))), dev=True,
+                                   dev_root_token_id="root")
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
+    h = {"X-Vault-Token": "root"}
+    other = sqlite3.connect(db, isolation_level=None, timeout=0)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        resp = await client.post("/v1/sys/policies/acl/p", json={"policy": 'path "a" { capabilities = ["read"] }'},
+                                 headers=h)
+        assert resp.status == 503, await resp.text()
+        assert (await resp.json())["errors"] == ["storage unavailable: the database is locked by another process"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert (await client.get("/v1/sys/health")).status == 200
+    resp = await client.post("/v1/sys/policies/acl/p", json={"policy": 'path "a" { capabilities = ["read"] }'},
+                             headers=h)
+    assert resp.status == 204
+    assert (await client.get("/v1/sys/policies/acl/p", headers=h)).status == 200
