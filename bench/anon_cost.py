@@ -144,7 +144,8 @@ def build_cases(base: str, keys_forged: str) -> list[Case]:
     def call(method: str, path: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
         conn.request(method, path, body=json.dumps(data) if data else None, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
-        return json.loads(resp.read() or b"{}")
+        reply: dict[str, Any] = json.loads(resp.read() or b"{}")
+        return reply
 
     big = {
         "role": "web",

@@ -90,8 +90,12 @@ def idp(tmp_path_factory: pytest.TempPathFactory, listener: CallbackListener) ->
 
 
 @pytest.fixture(scope="module")
-def vault(tmp_path_factory: pytest.TempPathFactory, idp: IdP, listener: CallbackListener) -> Iterator[ServerProc]:
-    work = tmp_path_factory.mktemp("anon")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("anon")
+
+
+@pytest.fixture(scope="module")
+def vault(work: Path, idp: IdP, listener: CallbackListener) -> Iterator[ServerProc]:
     config = {
         "storage": {"type": "sqlite", "path": str(work / "authmount.db")},
         "rate_limit": {"login_per_ip_per_second": 0},  # one client IP sends thousands
@@ -111,13 +115,12 @@ def vault(tmp_path_factory: pytest.TempPathFactory, idp: IdP, listener: Callback
                 "oidc_client_secret": CLIENT_SECRET, "default_role": "web", "namespace_in_state": True,
             })
             write(f"auth/{mount}/role/web", {"user_claim": "sub", "allowed_redirect_uris": [listener.url]})
-        srv.db_path = work / "authmount.db"  # type: ignore[attr-defined]
         yield srv
 
 
 @pytest.fixture
-def store(vault: ServerProc) -> Iterator[Store]:
-    s = Store(vault.db_path)  # type: ignore[attr-defined]
+def store(vault: ServerProc, work: Path) -> Iterator[Store]:
+    s = Store(work / "authmount.db")
     yield s
     s.close()
 

@@ -245,4 +245,4 @@ def query(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
-BOB = {"email": "bob@example.com", "groups": ["a", "b"], "COLOR": "green"}
+BOB: dict[str, Any] = {"email": "bob@example.com", "groups": ["a", "b"], "COLOR": "green"}
