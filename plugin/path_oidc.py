@@ -78,7 +78,7 @@ def _b64url(data: bytes) -> str:
 # Limits
 
 
-def check_size(name: str, value: str) -> None:
+def _check_size(name: str, value: str) -> None:
     """Refuse ``value`` when it is longer than ``LIMITS[name]`` bytes (or not UTF-8 text).
 
     :raises InvalidRequest: naming the field and the limit.
@@ -100,9 +100,9 @@ def _bounded(name: str, ftype: FieldType, description: str, **kwargs: Any) -> Fi
 
     def parse(raw: Any) -> str:
         if isinstance(raw, str):
-            check_size(name, raw)
+            _check_size(name, raw)
         value: str = coerce(name, plain, raw)
-        check_size(name, value)
+        _check_size(name, value)
         return value
 
     return Field(ftype, f"{description} At most {LIMITS[name]} bytes.", parse=parse, **kwargs)
@@ -136,7 +136,7 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
                 redirect_uri, namespace = split_namespace(redirect_uri)
             except ValueError:
                 raise InvalidRequest(f"redirect_uri {json.dumps(redirect_uri[:512])} could not be parsed") from None
-            check_size("namespace", namespace)
+            _check_size("namespace", namespace)
         if not valid_redirect(redirect_uri, role.allowed_redirect_uris or []):
             # The allowed list is not echoed: this path needs no token.
             raise InvalidRequest(f'redirect_uri {json.dumps(redirect_uri[:512])} is not allowed for role "{role_name}"')
