@@ -7,12 +7,13 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import structlog
 from aiohttp import web, web_response
 
+from plugin import pathdoc
 from plugin.errors import PluginError
 from plugin.framework import Backend, Connection, Operation, Request
 from server.acl.policies import PolicyStore
@@ -32,7 +33,7 @@ from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.routes import setup_routes
 from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
-from server.mounts import MountEntry, MountTable, normalize_path
+from server.mounts import TUNE_FIELDS, MountEntry, MountTable, normalize_path
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage
 from server.tokens.backend import TokenBackend
@@ -196,12 +197,23 @@ async def _initial_root_token(settings: Settings, storage: Engine, tokens: Token
 async def seed(app: web.Application) -> None:
     """Create configured mounts, configs, roles and policies through the normal write path.
 
-    :raises StartupError: naming the seed entry (``mounts[0].roles.ci: ...``).
+    Every seeded object is checked for parameters its path does not declare, whatever
+    ``refuse_unknown_parameters`` says: a typo in a file must not start a server with a role
+    that binds nothing.
+
+    :raises StartupError: naming the settings file and the seed entry
+        (``authmount.yaml: mounts[0].roles.ci: unrecognized parameters: [bound_claim];
+        bound_claim: did you mean bound_claims?``).
     """
     settings = app[SETTINGS]
+    source = f"{settings.source}: " if settings.source else ""
     table = app[MOUNTS]
     for i, spec in enumerate(settings.mounts):
-        where = f"mounts[{i}]"
+        where = f"{source}mounts[{i}]"
+        try:
+            _check_tune(spec.tune)
+        except PluginError as exc:
+            raise StartupError(f"{where}.tune: {exc}") from exc
         try:
             norm = normalize_path(spec.path)
             mount = table.mounts.get(norm)
@@ -222,7 +234,7 @@ async def seed(app: web.Application) -> None:
         for label, path, data in writes:
             req = Request(
                 operation=Operation.UPDATE, path=path, data=data, storage=mount.storage,
-                system=mount.system, connection=Connection("127.0.0.1"),
+                system=mount.system, connection=Connection("127.0.0.1"), refuse_unknown=True,
             )
             try:
                 await mount.backend.handle_request(req)
@@ -233,5 +245,11 @@ async def seed(app: web.Application) -> None:
         try:
             await store.put(name, text)
         except PluginError as exc:
-            raise StartupError(f"policies.{name}: {exc}") from exc
+            raise StartupError(f"{source}policies.{name}: {exc}") from exc
 
+
+def _check_tune(tune: Mapping[str, Any]) -> None:
+    """:raises InvalidRequest: a seeded tune key that ``sys/auth/<path>/tune`` does not declare."""
+    _, unknown = TUNE_FIELDS.parse({k: v for k, v in tune.items() if k not in TUNE_FIELDS})
+    if unknown:
+        raise pathdoc.refusal(unknown, TUNE_FIELDS)
