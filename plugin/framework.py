@@ -283,6 +283,9 @@ class Route:
     captures: Mapping[str, str]
 
 
+#: The operations ``Request.refuse_unknown`` applies to.
+_WRITES = frozenset({Operation.CREATE, Operation.UPDATE, Operation.DELETE})
+
 #: Characters that make a pattern more than one literal path.
 _REGEX_CHARS = frozenset(".^$*+?{}[]()|\\")
 
@@ -376,7 +379,7 @@ class Backend:
         data.update(captures)
         values, unknown = spec.fields.parse(data)
         op = req.operation
-        if unknown and req.refuse_unknown and op is not Operation.READ and not spec.unauthenticated:
+        if unknown and req.refuse_unknown and op in _WRITES and not spec.unauthenticated:
             raise pathdoc.refusal(unknown, spec.fields)
         if op in (Operation.CREATE, Operation.UPDATE):
             if spec.existence_check is not None:

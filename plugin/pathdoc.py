@@ -23,6 +23,11 @@ IGNORED_WARNING = "Endpoint ignored these unrecognized parameters: [{}]"
 #: How alike a name must be to be suggested (difflib's ratio; "bound_claim" and
 #: "bound_claims" score 0.96, "token_policy" and "token_policies" 0.85).
 SIMILARITY = 0.6
+#: Suggestions are computed for at most this many unknown keys of one request, each at most
+#: this long (no field name comes near): a body of thousands of junk keys, on a login that
+#: needs no token, must not buy seconds of CPU.
+MAX_SUGGESTIONS = 16
+MAX_NAME = 64
 
 #: Vault's names of the field types in help documents (``framework.FieldType.String``).
 _TYPE_NAMES = {
@@ -58,10 +63,11 @@ def _candidates(fields: FieldSet) -> list[str]:
 
 
 def suggestions(unknown: Sequence[str], fields: FieldSet | Iterable[str]) -> list[str]:
-    """``<key>: did you mean <field>?`` for each unknown key that resembles a field."""
+    """``<key>: did you mean <field>?`` for each unknown key that resembles a field (the
+    first ``MAX_SUGGESTIONS`` keys of at most ``MAX_NAME`` characters)."""
     known = _candidates(fields) if isinstance(fields, FieldSet) else list(fields)
     out: list[str] = []
-    for key in unknown:
+    for key in [k for k in unknown if len(k) <= MAX_NAME][:MAX_SUGGESTIONS]:
         match = closest(key, known)
         if match is not None:
             out.append(f"{key}: did you mean {match}?")

@@ -562,9 +562,9 @@ def requested_wrap_ttl(request: web.Request) -> int | None:
 
     :raises InvalidRequest: not a duration, not positive, or above the server's ``max_lease_ttl``.
     """
-    value = request.headers.get("X-Vault-Wrap-TTL")
-    if value is None:
-        return None
+    value = request.headers.get("X-Vault-Wrap-TTL", "").strip()
+    if not value:
+        return None  # absent or empty: no wrapping (Go's Header.Get does not tell them apart)
     try:
         ttl = parse_duration(value)
     except ValueError as exc:

@@ -173,8 +173,12 @@ def test_the_refusing_setting(tmp_path: Path) -> None:
         home = tmp_path / "home"
         home.mkdir()
         bao = Bao(strict, home, strict.root_token)
-        bao("auth", "enable", "jwt")  # everything the CLI sends is known
+        # everything the CLI itself sends is declared, so its everyday writes pass
+        bao("auth", "enable", "jwt")
         bao("auth", "tune", "-default-lease-ttl=1h", "jwt")
+        bao("policy", "write", "dev", "-", stdin='path "auth/jwt/role/*" { capabilities = ["read"] }')
+        bao("token", "create", "-policy=dev", "-ttl=1h")
+        assert bao("token", "capabilities", "auth/jwt/role/x").stdout.strip() == "root"
         refused = bao("write", "auth/jwt/role/ci", "role_type=jwt", "user_claim=sub", "bound_claim=ref=main",
                       check=False)
         assert refused.returncode == 2

@@ -68,7 +68,8 @@ def _typo_backend() -> Backend:
     backend = Backend()
     ops = {Operation.UPDATE: write, Operation.READ: read}
     backend.paths = [PathSpec("login", _TYPO_FIELDS, dict(ops), unauthenticated=True),
-                     PathSpec(r"role/(?P<name>\w+)", _TYPO_FIELDS, dict(ops))]
+                     PathSpec(r"role/(?P<name>\w+)", _TYPO_FIELDS, {**ops, Operation.DELETE: write}),
+                     PathSpec("roles/", FieldSet({}), {Operation.LIST: read})]
     return backend
 
 
@@ -101,9 +102,10 @@ def test_closest_field(typo: str, field: str | None) -> None:
         (Operation.UPDATE, "role/r", {"bound_claims": {}}, True, None),
         (Operation.UPDATE, "login", {"iss": "x", "session_state": "y"}, True, [_IGNORED.format("iss session_state")]),
         (Operation.READ, "role/r", {"colour": 1}, True, [_IGNORED.format("colour")]),
+        (Operation.LIST, "roles/", {"colour": 1}, True, [_IGNORED.format("colour")]),
     ],
     ids=["known-only-204", "typo-200-with-suggestion", "several-sorted", "refused-400", "refused-delete",
-         "refuse-known-only-204", "login-never-refused", "read-never-refused"],
+         "refuse-known-only-204", "login-never-refused", "read-never-refused", "list-never-refused"],
 )
 async def test_unrecognized_parameters(
     operation: Operation, path: str, data: dict[str, Any], refuse: bool, outcome: Any
@@ -167,3 +169,14 @@ def test_help_text_is_vaults_document_from_the_schema() -> None:
     backend.paths = [spec]
     doc = backend.help(backend.resolve("role/r"), "role/r", "auth/x/")
     assert set(doc) == {"help", "openapi", "see_also"} and list(doc["openapi"]) == ["/auth/x/role/{name}"]
+
+
+def test_suggestions_are_bounded() -> None:
+    """Thousands of junk keys (a login needs no token) cost a bounded amount of matching."""
+    import time
+
+    junk = [f"bound_claim{i}" for i in range(20_000)] + ["x" * 100_000]
+    started = time.perf_counter()
+    hints = pathdoc.suggestions(sorted(junk), _TYPO_FIELDS)
+    assert len(hints) == pathdoc.MAX_SUGGESTIONS and time.perf_counter() - started < 1.0
+    assert pathdoc.suggestions(["bound_claims" + "s" * 60], _TYPO_FIELDS) == []  # longer than any field name

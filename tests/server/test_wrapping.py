@@ -247,3 +247,11 @@ async def _all_keys(storage: InMemoryStorage) -> list[str]:
         for key in await storage.list(prefix):
             (stack.append if key.endswith("/") else out.append)(prefix + key)
     return out
+
+
+async def test_an_empty_wrap_ttl_header_asks_for_nothing(client: TestClient) -> None:
+    """Vault reads the header with Go's ``Header.Get``: empty is the same as absent."""
+    resp = await client.post("/v1/auth/token/create", json={"policies": ["dev"]},
+                             headers={**H, "X-Vault-Wrap-TTL": " "})
+    body = await resp.json()
+    assert resp.status == 200 and body["wrap_info"] is None and body["auth"]["client_token"]
