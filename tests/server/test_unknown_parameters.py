@@ -10,11 +10,11 @@ import dataclasses
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from server.app import StartupError, create_app
 from server.http.listverb import make_test_server
 from server.settings import MountSeed, Settings, StorageSettings, settings_from_mapping
+from tests.server.httpkit import Client
 
 ROOT = "root-token-for-tests"
 H = {"X-Vault-Token": ROOT}
@@ -38,8 +38,8 @@ def make_settings(**overrides: Any) -> Settings:
     return dataclasses.replace(base, **overrides)
 
 
-async def start(aiohttp_client: Any, **overrides: Any) -> TestClient:
-    client: TestClient = await aiohttp_client(make_test_server(create_app(make_settings(**overrides))))
+async def start(aiohttp_client: Any, **overrides: Any) -> Client:
+    client: Client = await aiohttp_client(make_test_server(create_app(make_settings(**overrides))))
     resp = await client.post("/v1/sys/auth/jwt", json={"type": "jwt"}, headers=H)
     assert resp.status == 204
     return client

@@ -11,7 +11,6 @@ import json
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from plugin import registry
 from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Response
@@ -23,6 +22,7 @@ from server.appkeys import TOKENS
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
 from server.tokens.store import ID_PREFIX, WRAP_PREFIX
+from tests.server.httpkit import Client, app_of
 
 ROOT = "root-token-for-tests"
 H = {"X-Vault-Token": ROOT}
@@ -60,15 +60,15 @@ async def storage() -> InMemoryStorage:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, storage: InMemoryStorage) -> TestClient:
+async def client(aiohttp_client: Any, storage: InMemoryStorage) -> Client:
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
     settings = dataclasses.replace(settings, max_lease_ttl=7200, default_lease_ttl=3600)
-    c: TestClient = await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
+    c: Client = await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
     assert (await c.post("/v1/sys/auth/w", json={"type": "wraptest"}, headers=H)).status == 204
     return c
 
 
-async def wrapped_token_create(client: TestClient, ttl: str = "60s", **body: Any) -> dict[str, Any]:
+async def wrapped_token_create(client: Client, ttl: str = "60s", **body: Any) -> dict[str, Any]:
     resp = await client.post("/v1/auth/token/create", json={"policies": ["dev"], **body},
                              headers={**H, "X-Vault-Wrap-TTL": ttl})
     assert resp.status == 200, await resp.text()
@@ -76,7 +76,7 @@ async def wrapped_token_create(client: TestClient, ttl: str = "60s", **body: Any
     return out
 
 
-async def test_token_create_is_wrapped_in_vaults_shape(client: TestClient) -> None:
+async def test_token_create_is_wrapped_in_vaults_shape(client: Client) -> None:
     out = await wrapped_token_create(client, "2m")
     assert out["auth"] is None and out["data"] is None
     info = out["wrap_info"]
@@ -102,7 +102,7 @@ async def test_token_create_is_wrapped_in_vaults_shape(client: TestClient) -> No
     assert (await client.post("/v1/auth/token/lookup", json={"token": info["token"]}, headers=H)).status == 403
 
 
-async def test_login_is_wrapped_and_unwrapped_with_the_wrapping_token_itself(client: TestClient) -> None:
+async def test_login_is_wrapped_and_unwrapped_with_the_wrapping_token_itself(client: Client) -> None:
     """``vault unwrap`` without an argument: the wrapping token is the calling token, and the
     CLI sends the body ``null``."""
     resp = await client.post("/v1/auth/w/login", json={"policies": "ops"}, headers={"X-Vault-Wrap-TTL": "300"})
@@ -117,7 +117,7 @@ async def test_login_is_wrapped_and_unwrapped_with_the_wrapping_token_itself(cli
     assert (await client.put("/v1/sys/wrapping/unwrap", data=b"null", headers=wrapping)).status == 403
 
 
-async def test_lookup_uses_nothing_and_needs_no_token(client: TestClient) -> None:
+async def test_lookup_uses_nothing_and_needs_no_token(client: Client) -> None:
     info = (await wrapped_token_create(client))["wrap_info"]
     for _ in range(2):
         resp = await client.post("/v1/sys/wrapping/lookup", json={"token": info["token"]})
@@ -133,7 +133,7 @@ async def test_lookup_uses_nothing_and_needs_no_token(client: TestClient) -> Non
     assert gone.status == 400 and (await gone.json())["errors"] == INVALID
 
 
-async def test_rewrap_moves_the_response_behind_a_new_token(client: TestClient) -> None:
+async def test_rewrap_moves_the_response_behind_a_new_token(client: Client) -> None:
     first = (await wrapped_token_create(client, "90s"))["wrap_info"]
     resp = await client.post("/v1/sys/wrapping/rewrap", json={"token": first["token"]}, headers=H)
     assert resp.status == 200
@@ -147,7 +147,7 @@ async def test_rewrap_moves_the_response_behind_a_new_token(client: TestClient) 
     assert (await new.json())["auth"]["accessor"] == first["wrapped_accessor"]
 
 
-async def test_concurrent_unwraps_exactly_one_gets_the_response(client: TestClient) -> None:
+async def test_concurrent_unwraps_exactly_one_gets_the_response(client: Client) -> None:
     info = (await wrapped_token_create(client))["wrap_info"]
 
     async def unwrap(as_header: bool) -> int:
@@ -161,20 +161,20 @@ async def test_concurrent_unwraps_exactly_one_gets_the_response(client: TestClie
     assert statuses.count(200) == 1, statuses
 
 
-async def test_stored_sealed_and_hashed_only(client: TestClient, storage: InMemoryStorage) -> None:
+async def test_stored_sealed_and_hashed_only(client: Client, storage: InMemoryStorage) -> None:
     info = (await wrapped_token_create(client))["wrap_info"]
     rows = {key: await storage.get(key) for key in await _all_keys(storage)}
     text = json.dumps(rows)
     assert info["token"] not in text  # the wrapping token: only its HMAC (and its selector, a locator)
     (wrap_key,) = [k for k in rows if k.startswith(WRAP_PREFIX)]
     record = rows[wrap_key]
-    assert set(record) == {"response", "creation_path", "creation_time", "creation_ttl"}
+    assert record is not None and set(record) == {"response", "creation_path", "creation_time", "creation_ttl"}
     assert "client_token" not in text and "accessor" not in record["response"]  # the wrapped token: sealed
     row_id = wrap_key.removeprefix(WRAP_PREFIX)
     assert info["token"].startswith("hvs." + row_id) and ID_PREFIX + row_id in rows
     # the sealing context is the storage key and the field: moved to another key, it does not open
     await storage.put(WRAP_PREFIX + "elsewhere", record)
-    keyring = client.server.app[TOKENS].sealer
+    keyring = app_of(client)[TOKENS].sealer
     with pytest.raises(SealError):
         keyring.unseal(record["response"], WRAP_PREFIX + "elsewhere#response")
     unwrapped = await client.post("/v1/sys/wrapping/unwrap", json={"token": info["token"]}, headers=H)
@@ -182,7 +182,7 @@ async def test_stored_sealed_and_hashed_only(client: TestClient, storage: InMemo
     assert child not in text  # the wrapped token was nowhere in storage in the clear
 
 
-async def test_the_response_goes_with_its_token(client: TestClient, storage: InMemoryStorage) -> None:
+async def test_the_response_goes_with_its_token(client: Client, storage: InMemoryStorage) -> None:
     """Revoked or expired, the wrapping token takes its response with it."""
     info = (await wrapped_token_create(client))["wrap_info"]
     assert any(k.startswith(WRAP_PREFIX) for k in await _all_keys(storage))
@@ -191,7 +191,7 @@ async def test_the_response_goes_with_its_token(client: TestClient, storage: InM
     assert not any(k.startswith(WRAP_PREFIX) for k in await _all_keys(storage))
     info = (await wrapped_token_create(client, "1s"))["wrap_info"]
     await asyncio.sleep(1.1)
-    assert await client.server.app[TOKENS].sweep() >= 1
+    assert await app_of(client)[TOKENS].sweep() >= 1
     assert not any(k.startswith(WRAP_PREFIX) for k in await _all_keys(storage))
     resp = await client.post("/v1/sys/wrapping/unwrap", json={"token": info["token"]}, headers=H)
     assert resp.status == 400 and (await resp.json())["errors"] == INVALID
@@ -216,17 +216,17 @@ async def test_the_response_goes_with_its_token(client: TestClient, storage: InM
          "not-a-duration", "above-max-ttl", "login-above-max-ttl"],
 )
 async def test_what_cannot_be_wrapped_is_refused(
-    client: TestClient, method: str, path: str, body: Any, ttl: str, message: str
+    client: Client, method: str, path: str, body: Any, ttl: str, message: str
 ) -> None:
-    before = len(await client.server.app[TOKENS].list_accessors())
+    before = len(await app_of(client)[TOKENS].list_accessors())
     resp = await client.request(method, path, json=body, headers={**H, "X-Vault-Wrap-TTL": ttl})
     assert resp.status == 400
     (error,) = (await resp.json())["errors"]
     assert error.startswith(message), error
-    assert len(await client.server.app[TOKENS].list_accessors()) == before  # nothing minted, nothing wrapped
+    assert len(await app_of(client)[TOKENS].list_accessors()) == before  # nothing minted, nothing wrapped
 
 
-async def test_wrapping_tokens_do_nothing_else(client: TestClient) -> None:
+async def test_wrapping_tokens_do_nothing_else(client: Client) -> None:
     """The ``response-wrapping`` policy: unwrap only; it cannot be written, deleted or assigned."""
     info = (await wrapped_token_create(client))["wrap_info"]
     denied = await client.post("/v1/sys/wrapping/rewrap", headers={"X-Vault-Token": info["token"]})
@@ -249,7 +249,7 @@ async def _all_keys(storage: InMemoryStorage) -> list[str]:
     return out
 
 
-async def test_an_empty_wrap_ttl_header_asks_for_nothing(client: TestClient) -> None:
+async def test_an_empty_wrap_ttl_header_asks_for_nothing(client: Client) -> None:
     """Vault reads the header with Go's ``Header.Get``: empty is the same as absent."""
     resp = await client.post("/v1/auth/token/create", json={"policies": ["dev"]},
                              headers={**H, "X-Vault-Wrap-TTL": " "})
