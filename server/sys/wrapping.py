@@ -73,7 +73,7 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     u = Operation.UPDATE
     return [
-        SysPath("wrapping/lookup", WRAPPING_FIELDS, {u: lookup, Operation.READ: lookup},
+        SysPath("wrapping/lookup", WRAPPING_FIELDS, {u: lookup},
                 "Look up a wrapping token's creation path, time and TTL.", unauthenticated=True),
         SysPath("wrapping/unwrap", WRAPPING_FIELDS, {u: unwrap},
                 "Unwrap: return the wrapped response, once; the wrapping token is used up."),
