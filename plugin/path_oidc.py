@@ -481,5 +481,6 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
             },
             summary="Finish an OIDC login: exchange the code and issue a token.",
             unauthenticated=True,
+            issues_token=True,
         ),
     ]

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from plugin.pathdoc import closest
 from plugin.schema import parse_duration
 
 __all__ = [
@@ -457,6 +458,15 @@ class Settings:
             "values, CIDRs). For development only: those values tell an attacker which repository or branch to "
             "aim for. Explain and the server log always show them.",
     )
+    refuse_unknown_parameters: bool = setting(
+        False, kind="bool", parse=_bool,
+        doc="A write to a path that needs a token (a role, a config, a tune, a policy) with a parameter the path "
+            "does not declare is refused with `400 unrecognized parameters: [...]`, naming the field each one "
+            "resembles, instead of being applied without it. Off, the write answers 200 with Vault's warning "
+            "`Endpoint ignored these unrecognized parameters: [...]` and the same suggestions (the Vault CLI prints "
+            "them). Logins are never refused for extra parameters. Seeded objects (`mounts`, `policies`) are always "
+            "checked: an unknown key stops the start.",
+    )
     # Not YAML settings: set by `authmount server --dev`.
     dev: bool = False
     #: Root token id to create at start (dev mode); random when empty.
@@ -528,7 +538,8 @@ def _values(cls: type, raw: Any, where: str, prefix: str) -> dict[str, Any]:
     declared = {f.name: (f, meta) for f, meta in _declared(cls)}
     for key in raw:
         if key not in declared:
-            raise SettingsError(f"{prefix}{key}: unknown setting")
+            match = closest(str(key), declared)
+            raise SettingsError(f"{prefix}{key}: unknown setting" + (f" (did you mean {match}?)" if match else ""))
     values: dict[str, Any] = {}
     for name, (f, meta) in declared.items():
         if name in raw or _required(f):

@@ -7,13 +7,14 @@ it needs no token (``unauthenticated``) or ``sudo``. The HTTP edge
 the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handle_request``.
 
 One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
-and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status), ``fingerprint`` (fingerprints of secrets), ``openapi``.
+and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
+``fingerprint`` (fingerprints of secrets), ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
 """
 
 from __future__ import annotations
 
 from plugin.framework import Backend
-from server.sys import auth, capabilities, fingerprint, keys, openapi, policies, status
+from server.sys import auth, capabilities, fingerprint, keys, openapi, policies, status, wrapping
 from server.sys.core import SysCore
 
 __all__ = ["SysBackend"]
@@ -39,4 +40,5 @@ class SysBackend(Backend):
             *keys.paths(self),
             *fingerprint.paths(self),
             *openapi.paths(self),
+            *wrapping.paths(self),
         ]
