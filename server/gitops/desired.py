@@ -15,7 +15,6 @@ for the secrets it cannot read).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from plugin import registry
+from plugin import pathdoc, registry
 from plugin.errors import InvalidRequest
 from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
 from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
@@ -300,18 +299,9 @@ def _policy(name: str, text: str, where: str) -> str:
 def _check_known(fields: FieldSet, values: Mapping[str, Any], *, address: str, where: str) -> None:
     """Refuse keys ``fields`` does not declare, as the API does with
     ``refuse_unknown_parameters``: ``unrecognized parameters: [a b]; a: did you mean x?``."""
-    unknown = [k for k in values if k not in fields.fields or fields[k].type is FieldType.NAME]
-    if not unknown:
-        return
-    known = [n for n, f in fields.items() if f.type is not FieldType.NAME and f.alias_of is None and not f.deprecated]
-    lowered = {n.lower(): n for n in known}
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key).lower(), list(lowered), n=1, cutoff=0.6)
-        if close:
-            hints.append(f"{key}: did you mean {lowered[close[0]]}?")
-    reason = "; ".join([f"unrecognized parameters: [{' '.join(map(str, unknown))}]", *hints])
-    raise GitopsError(reason, address=address, where=where)
+    unknown = [str(k) for k in values if k not in fields.fields or fields[k].type is FieldType.NAME]
+    if unknown:
+        raise GitopsError("; ".join(pathdoc.refusal(unknown, fields).messages), address=address, where=where)
 
 
 def _coerce(fields: FieldSet, key: str, value: Any, *, address: str, where: str) -> Any:
