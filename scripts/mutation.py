@@ -50,12 +50,14 @@ DOC = ROOT / "docs" / "mutation.md"
 #: first failure). Test files that do not exist are left out with a warning.
 MODULES: dict[str, tuple[str, ...]] = {
     "plugin/jose_verify.py": (
+        "tests/plugin/test_parse_rules.py",
         "tests/plugin/test_jwk_rules.py",
         "tests/plugin/test_jose_verify.py",
         "tests/plugin/test_keys.py",
         "tests/plugin/test_attacks.py",
     ),
     "plugin/keys.py": (
+        "tests/plugin/test_key_source_rules.py",
         "tests/plugin/test_keys.py",
         "tests/plugin/test_jwk_rules.py",
         "tests/plugin/test_attacks.py",

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from plugin import jose_verify as jv
 from plugin.errors import InvalidRequest
-from tests.plugin.keyfactory import KeyPair, b64url, default_claims, ec_key, jwks, make_token, rsa_key
+from tests.plugin.keyfactory import KeyPair, b64url, default_claims, ec_key, ed25519_key, jwks, make_token, rsa_key
 
 RSA = rsa_key(kid="r", slot=5)
 EC_SIZES = {"P-256": 32, "P-384": 48, "P-521": 66}
@@ -166,6 +166,13 @@ def test_ec_key_with_another_curves_name_is_refused() -> None:
     assert not _verifies(key.jwk(crv="P-384"), key)
 
 
+def test_okp_key_pinned_to_eddsa_or_ed25519_is_kept() -> None:
+    key = ed25519_key(kid="o")
+    assert _verifies(key.jwk(alg="EdDSA"), key)
+    assert _verifies(key.jwk(alg="Ed25519"), key)
+    assert not _verifies(key.jwk(alg="ES256"), key)
+
+
 # -- base64 spellings ---------------------------------------------------------------------------
 
 def test_rsa_members_in_the_standard_alphabet_still_verify() -> None:
@@ -186,6 +193,19 @@ def test_ec_and_okp_members_in_the_standard_alphabet_still_verify() -> None:
         if any(c in jwk["x"] + jwk["y"] for c in "-_"):
             break
     assert _verifies(dict(jwk, x=_std(jwk["x"]), y=_std(jwk["y"])), key)
+
+
+def test_members_are_decoded_whole() -> None:
+    """Only "=" padding is trimmed from a member: its last character always counts."""
+    for _ in range(2000):  # a P-384 coordinate is 64 characters, the last one takes any value
+        key = ec_key(kid="c", crv="P-384")
+        jwk = key.jwk()
+        if jwk["x"].endswith("X") or jwk["y"].endswith("X"):
+            break
+    else:  # pragma: no cover - 1 in 32 per try
+        pytest.fail("no coordinate ending in X")
+    assert _verifies(jwk, key)
+    assert _verifies(dict(jwk, x=_std(jwk["x"]) + "=", y=_std(jwk["y"]) + "=="), key)
 
 
 def test_jwk_member_that_is_not_base64_drops_the_key() -> None:

@@ -17,7 +17,7 @@ import structlog
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError
 from plugin.framework import Operation
 from tests.plugin.fakes import Clock, Harness
-from tests.plugin.keyfactory import DROP, b64url, ec_key, make_token
+from tests.plugin.keyfactory import DROP, b64url, ec_key, ed25519_key, make_token, rsa_key
 
 KEY = ec_key()
 NOW = 1_700_000_000
@@ -362,6 +362,32 @@ async def test_max_token_age_of_one_second(skew: int, claims: dict[str, Any], ok
 async def test_no_max_token_age_means_any_age() -> None:
     h = await mount({"clock_skew_leeway": OFF})
     await check(h, token(iat=0, nbf=DROP, exp=NOW + 10), True)
+
+
+# -- algorithms ----------------------------------------------------------------------------------
+
+ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+def _key_for(alg: str) -> Any:
+    if alg[:2] in ("RS", "PS"):
+        return rsa_key(alg=alg, slot=7)
+    if alg == "EdDSA":
+        return ed25519_key()
+    return ec_key(crv={"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}[alg])
+
+
+@pytest.mark.parametrize("alg", ALGS)
+async def test_every_asymmetric_algorithm_is_accepted_by_default(alg: str) -> None:
+    """Without jwt_supported_algs, login accepts each RS*, PS*, ES* and EdDSA token."""
+    key = _key_for(alg)
+    h = Harness(clock=Clock(float(NOW)))
+    await h.write("config", {"jwt_validation_pubkeys": [key.pem]})
+    await h.write("role/r", {"role_type": "jwt", "user_claim": "sub", "bound_subject": "alice"})
+    jwt = make_token({"sub": "alice", "iat": NOW, "exp": NOW + 300}, key=key, alg=alg)
+    assert await login(h, jwt) is None
+    await h.write("config", {"jwt_validation_pubkeys": [key.pem], "jwt_supported_algs": [alg]})
+    assert await login(h, jwt) is None
 
 
 # -- bound CIDRs -------------------------------------------------------------------------------
