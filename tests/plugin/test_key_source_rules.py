@@ -211,11 +211,13 @@ def _show_cases() -> list[tuple[str, str]]:
         ("h" * 128, "h" * 128),
         ("h" * 129, json.dumps("h" * 128) + "..."),
         ("a b", '"a b"'),
+        ("a b" + "h" * 125, json.dumps("a b" + "h" * 125)),  # quoted, and nothing was cut
         ("caf\u00e9", '"caf\\u00e9"'),
     ]
 
 
-@pytest.mark.parametrize(("issuer", "shown"), _show_cases(), ids=["128", "129", "space", "non-ASCII"])
+@pytest.mark.parametrize(("issuer", "shown"), _show_cases(), ids=["128", "129", "space", "128 with a space",
+                                                                  "non-ASCII"])
 async def test_issuer_mismatch_shows_the_issuer(issuer: str, shown: str) -> None:
     fetcher = FakeFetcher({ISSUER + WELL_KNOWN: {"issuer": issuer, "jwks_uri": URL}})
     with pytest.raises(InvalidRequest) as exc:

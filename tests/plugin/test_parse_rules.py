@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ed448
 
 from plugin import jose_verify as jv
 from plugin.errors import InvalidRequest
-from tests.plugin.keyfactory import b64url, default_claims, ec_key, make_token, rsa_key
+from tests.plugin.keyfactory import b64url, default_claims, ec_key, ed25519_key, make_token, rsa_key
 
 EC = ec_key(kid="e")
 HEADER = b64url('{"alg":"ES256"}')
@@ -139,3 +139,39 @@ def test_pem_refusals_name_the_problem(pem: Any, reason: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
         jv.keys_from_pems([EC.pem, pem()])
     assert exc.value.messages == [f"error parsing public key: {reason}"]
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        (7, "entry 1 is not a string"),
+        (rsa_key().pem, "entry 1 looks like a public key or certificate"),
+        ("\ud800" * 40, "entry 1 is not valid UTF-8"),
+        ("x" * 31, "entry 1 is 31 bytes, at least 32 are required"),
+    ],
+    ids=["not a string", "a public key", "lone surrogates", "31 bytes"],
+)
+def test_hmac_secret_refusals_name_the_entry(secret: Any, reason: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        jv.keys_from_hmac_secrets(["s" * 32, secret])
+    assert exc.value.messages == [f"error parsing HMAC secret: {reason}"]
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "PS256"])
+def test_a_signature_that_is_not_base64url_never_verifies(alg: str) -> None:
+    """Defence in depth: even a ParsedToken built by hand with a malformed signature fails."""
+    key = rsa_key(alg="PS256") if alg == "PS256" else ed25519_key()
+    keys = jv.keys_from_pems([key.pem])
+    good = jv.parse_token(make_token(default_claims(), key=key, alg=alg))
+    assert jv.verify_signature(good, keys)
+    forged = dataclasses.replace(good, raw=good.raw.rpartition(".")[0] + ".!!!!")
+    assert not jv.verify_signature(forged, keys)
+
+
+def test_unsafe_backend_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jose.backends
+
+    monkeypatch.setattr(jose.backends, "HMACKey", object)
+    with pytest.raises(RuntimeError) as exc:
+        jv.assert_safe_backends()
+    assert str(exc.value) == "python-jose is not using the cryptography backend; refusing to start"

@@ -442,6 +442,8 @@ async def test_entity_ids_are_uuid5_of_mount_and_alias(clock: Clock) -> None:
     assert want == "5013f28c-2421-5960-bb4f-ca090a23b505"
     assert store.entity_id("auth_jwt_1a2b3c4d", "alice") == want
     assert store.entity_id("auth_jwt_1a2b3c4d", "alice") == want  # cached: the same
+    assert store.entity_id("auth_jwt_1a2b3c4d", "bob") == "1798b023-7ecf-562c-86af-eced531192bf"
+    assert str(uuid.uuid5(namespace, "auth_jwt_1a2b3c4d:bob")) == "1798b023-7ecf-562c-86af-eced531192bf"
     block, _ = await store.issue(login(), mount=JWT)
     assert block["entity_id"] == want
     block, _ = await store.issue(login(alias=None), mount=JWT)
