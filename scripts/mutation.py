@@ -14,8 +14,10 @@ per-module mutmut caches are kept in ``.mutmut/`` (git-ignored), so a second run
 mutants that survived or are new (``--fresh`` starts over); ``.mutmut/report.txt`` holds the
 last report and ``--html`` writes mutmut's HTML pages to ``.mutmut/html/<module>/``.
 
-Each module runs against the narrowest tests that exercise it (``MODULES``), with ``-x``; any
-failing exit of pytest (also a collection error) counts as the mutant being killed. A
+Each module runs against the narrowest tests that exercise it (``MODULES``), with ``-x``, and
+each mutant only against those of them that run its line (one coverage run per module), in a
+fork server that imported pytest and the third-party libraries once. Any failing exit of
+pytest (also a collection error) counts as the mutant being killed. A
 surviving mutant listed in the table of ``docs/mutation.md`` (same file, line and mutation) is
 reported as a documented equivalent; any other survivor makes the exit status 2.
 """
@@ -28,6 +30,7 @@ import json
 import os
 import queue
 import re
+import resource
 import select
 import shlex
 import shutil
@@ -244,7 +247,7 @@ def _fork_pytest(args: list[str], cwd: str, conn: socket.socket, server: socket.
     pidfd = os.pidfd_open(pid)
     try:
         while True:
-            ready, _, _ = select.select([pidfd, conn], [], [])
+            ready, _, _ = select.select([pidfd, conn.fileno()], [], [])
             if pidfd in ready:
                 _, status = os.waitpid(pid, 0)
                 return 0 if os.waitstatus_to_exitcode(status) == 0 else 1
@@ -313,8 +316,8 @@ def run_mutmut(args: list[str]) -> int:
     from mutmut import BAD_TIMEOUT, OK_KILLED, OK_SUSPICIOUS, UNTESTED
     from mutmut.__main__ import climain
 
-    @cache.init_db  # type: ignore[misc]
-    @cache.db_session  # type: ignore[misc]
+    @cache.init_db
+    @cache.db_session
     def cached_statuses(filename: str, mutations: list[Any], hash_of_tests: str) -> dict[Any, str]:
         sourcefile = cache.SourceFile.get(filename=filename)
         assert sourcefile
@@ -403,7 +406,8 @@ def report(module: str) -> dict[str, Any]:
             )
         return {"counts": counts, "survivors": survivors}
 
-    return collect()  # type: ignore[no-any-return]
+    result: dict[str, Any] = collect()
+    return result
 
 
 # -- documented equivalent mutants ------------------------------------------------------------
@@ -720,6 +724,8 @@ def print_report(jobs: list[Job], wall: float) -> int:
         )
     lines.append("-" * len(header))
     lines.append(f"{'total':28} {totals[0]:7} {totals[1]:7} {totals[2]:7} {totals[3]:8} {totals[4]:6} {wall:6.0f}s")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    lines.append(f"(wall clock {wall / 60:.1f} min; CPU of all test processes {(usage.ru_utime + usage.ru_stime) / 60:.1f} min)")
     if survivor_lines:
         lines += ["", "Surviving mutants (mutmut's cache is in .mutmut/<module>.cache):", *survivor_lines]
     if undocumented:

@@ -457,9 +457,9 @@ async def test_malformed_jwt_is_never_echoed(jwt: str) -> None:
         error = await login(h, jwt)
         resp = await h.call(Operation.UPDATE, "role/r/explain", {"jwt": jwt})
     assert error is not None and error.startswith("error validating token:"), error
-    assert resp is not None and resp.data is not None and resp.data["would_succeed"] is False
-    details = " ".join(c["detail"] for c in resp.data["checks"])
-    for text in (error, repr(logs), details):
-        assert SECRET not in text
-        assert jwt not in text
+    for text in (error, repr(logs)):
+        assert SECRET not in text and jwt not in text
     assert any(entry["event"] == "login_failed" for entry in logs)
+    # explain (privileged) may show the claims of a token that parses, never the token itself.
+    assert resp is not None and resp.data is not None and resp.data["would_succeed"] is False
+    assert jwt not in json.dumps(resp.data)
