@@ -147,7 +147,11 @@ class JWTAuthBackend(Backend):
         role = await self.role(req.require_storage(), name) if name else None
         if role is None:
             raise InvalidRequest(f"role {name} does not exist during renewal")
-        policies = refuse_root(role.token_policies)
+        templates = auth.internal_data.get("policy_templates")
+        if templates is not None and role.token_policies_template_claims and templates == role.token_policies:
+            policies = refuse_root(auth.policies)  # rendered at login from the templates the role still has
+        else:
+            policies = refuse_root(role.token_policies)
         return dataclasses.replace(
             auth,
             ttl=role.token_ttl,
