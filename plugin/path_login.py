@@ -39,6 +39,7 @@ from plugin.token_fields import to_auth
 
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
+    from plugin.path_cel import CelContext
 
 __all__ = [
     "CHECKS",
@@ -120,6 +121,8 @@ class LoginContext:
     #: The login's token policies when the role renders them (``token_policies`` check);
     #: None: the role's ``token_policies`` as written.
     policies: list[str] | None = None
+    #: A CEL login's role and compiled program, and what the ``cel_program`` check found.
+    cel: CelContext | None = None
 
     def parsed_token(self) -> ParsedToken:
         """The parsed token; a check that needs it is skipped when parsing failed."""
