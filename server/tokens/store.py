@@ -859,6 +859,7 @@ class TokenStore:
         }
         if identity_policies:
             out["identity_policies"] = list(identity_policies)
+            out["external_namespace_policies"] = {}  # Vault's companion key (no namespaces here)
         if entry.period:
             out["period"] = entry.period
         if entry.bound_cidrs:
