@@ -255,8 +255,15 @@ class _Metered(Evaluator):
 
 
 class _Runner(celpy.InterpretedRunner):
+    _base: Activation | None = None
+
     def run(self, context: dict[str, Any], budget: _Budget) -> Any:
-        return _Metered(self.ast, self.new_activation(), budget).evaluate(context)
+        # The base activation (annotations, functions) is built once: each evaluation
+        # clones it before binding the context (``Evaluator.set_activation``).
+        base = self._base
+        if base is None:
+            base = self._base = self.new_activation()
+        return _Metered(self.ast, base, budget).evaluate(context)
 
 
 _ENV = celpy.Environment(

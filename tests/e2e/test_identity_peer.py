@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import hvac
+import hvac.exceptions
 import pytest
 import requests
 
@@ -189,7 +190,7 @@ def test_same_shapes_as_openbao(dev_server: ServerProc, bao: BaoProc) -> None:
     except (AssertionError, KeyError, TypeError) as exc:  # the peer's answer to a step we depend on
         pytest.fail(f"OpenBao did not follow the scenario: {exc!r}; steps: {theirs.steps}")
     assert list(ours.steps) == list(theirs.steps)
-    mismatches = []
+    mismatches: list[tuple[Any, ...]] = []
     for step, (status, shape) in ours.steps.items():
         peer_status, peer_shape = theirs.steps[step]
         if step in DELIBERATE:
