@@ -8,7 +8,7 @@ algorithm, signature, issuer, the role's ``bound_audiences``, times with its lee
 then ``CEL_PROGRAM``, a check of the same pipeline whose name, ``cel_program``, is its
 reason code. The program returns ``pb.Auth{...}`` to log the caller in, ``false`` or a
 string to refuse (the role's ``message``, when set, is the refusal's text for ``false``);
-anything else is refused too (docs/vault-differences.md row 24).
+anything else is refused too (docs/vault-differences.md row 32).
 """
 
 from __future__ import annotations

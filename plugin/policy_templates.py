@@ -9,7 +9,7 @@ be a string, an integer or a boolean; the result is a policy name made only of
 ``[A-Za-z0-9_.-]`` (so no glob, no ``/``, no space), at most 128 characters, and never
 ``root`` (``refuse_root`` after it). An empty result is dropped, as in OpenBao. Every refusal
 is a 400 naming the claim or the template (OpenBao answers 500): docs/vault-differences.md
-row 23.
+row 31.
 """
 
 from __future__ import annotations

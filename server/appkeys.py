@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from server.tokens.store import TokenStore
 
 __all__ = [
-    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
-    "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW",
+    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT",
+    "CLUSTER_ID", "RELOAD_HOOKS", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -33,6 +33,9 @@ FETCHER: web.AppKey[AiohttpFetcher] = web.AppKey("fetcher")
 ROOT_TOKEN: web.AppKey[str | None] = web.AppKey("root_token")
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at")
 CLUSTER_ID: web.AppKey[str] = web.AppKey("cluster_id")
+#: What SIGHUP runs: ``(server.reload.ReloadHook, names of the settings it applies)``, in
+#: order. Append with ``server.reload.add_reload_hook``.
+RELOAD_HOOKS: web.AppKey[list[tuple[Any, frozenset[str]]]] = web.AppKey("reload_hooks")
 
 # -- per-request storage ---------------------------------------------------------------
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")

@@ -33,7 +33,6 @@ CHECKED = ("plugin", "server", "tests", "bench")
 EXCLUDED = (
     "tests/plugin/test_jwk_rules.py",
     "tests/plugin/test_login_boundaries.py",
-    "tests/e2e/test_oidc_e2e.py",
 )
 
 

@@ -4,7 +4,7 @@ on one mount (its accessor). hvac ``secrets.identity.*group_alias*``, the Terraf
 provider's ``vault_identity_group_alias``.
 
 An alias matches the group names of logins through its own mount only, and exactly (the
-name is unique on its mount case-insensitively, as in Vault: docs/vault-differences.md row 22).
+name is unique on its mount case-insensitively, as in Vault: docs/vault-differences.md row 30).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ at their next use, as in Vault. When no group grants a policy the answer is know
 looking at the entity, and otherwise only a cache miss reads the entity's row.
 
 Group names and group alias names are unique case-insensitively (as Vault's); a login's IdP
-group names match aliases exactly (docs/vault-differences.md row 22).
+group names match aliases exactly (docs/vault-differences.md row 30).
 """
 
 from __future__ import annotations

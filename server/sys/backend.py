@@ -7,7 +7,8 @@ it needs no token (``unauthenticated``) or ``sudo``. The HTTP edge
 the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handle_request``.
 
 One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
-and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status), ``openapi``.
+and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
+``fingerprint`` (fingerprints of secrets), ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from plugin.framework import Backend
-from server.sys import auth, capabilities, keys, openapi, policies, status
+from server.sys import auth, capabilities, fingerprint, keys, openapi, policies, status, wrapping
 from server.sys.core import SysCore
 
 __all__ = ["SysBackend"]
@@ -41,5 +42,7 @@ class SysBackend(Backend):
             *policies.paths(self),
             *capabilities.paths(self),
             *keys.paths(self),
+            *fingerprint.paths(self),
             *openapi.paths(self),
+            *wrapping.paths(self),
         ]

@@ -160,12 +160,12 @@ def scenario(p: Peer) -> None:
 
 #: Steps whose answers differ on purpose: step → (authmount, OpenBao) status, and the row.
 DELIBERATE: dict[str, tuple[int, int, str]] = {
-    "alias second on group": (400, 200, "22: a group keeps one alias; OpenBao silently drops the first"),
-    "alias without group": (400, 200, "22: canonical_id is required; OpenBao creates a group"),
-    "template missing claim": (400, 500, "23: a missing claim is a 400 naming it"),
-    "template glob value": (400, 200, "23: a value outside [A-Za-z0-9_.-] refuses the login"),
-    "cel compile error": (400, 500, "24: a program that does not compile is a 400"),
-    "cel undeclared": (400, 500, "24: an undeclared reference is a 400"),
+    "alias second on group": (400, 200, "30: a group keeps one alias; OpenBao silently drops the first"),
+    "alias without group": (400, 200, "30: canonical_id is required; OpenBao creates a group"),
+    "template missing claim": (400, 500, "31: a missing claim is a 400 naming it"),
+    "template glob value": (400, 200, "31: a value outside [A-Za-z0-9_.-] refuses the login"),
+    "cel compile error": (400, 500, "32: a program that does not compile is a 400"),
+    "cel undeclared": (400, 500, "32: an undeclared reference is a 400"),
 }
 #: Steps whose answer bodies differ on purpose (statuses agree).
 SHAPES_DIFFER: dict[str, str] = {

@@ -1,6 +1,6 @@
 """CEL roles (OpenBao's ``cel/role`` and ``cel/login``): programs compiled once at role write,
 evaluated within a step budget, a CPU limit and a value-size limit; hostile programs and
-hostile tokens are 400s naming why (docs/vault-differences.md row 24)."""
+hostile tokens are 400s naming why (docs/vault-differences.md row 32)."""
 
 from __future__ import annotations
 

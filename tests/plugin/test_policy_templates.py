@@ -1,6 +1,6 @@
 """``token_policies_template_claims`` (OpenBao's role flag): policies rendered from claims at
 login; hostile values refused with a 400 naming the claim or the template
-(docs/vault-differences.md row 23)."""
+(docs/vault-differences.md row 31)."""
 
 from __future__ import annotations
 
