@@ -191,7 +191,8 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         return Response(data=await group_data(store, group)) if group is not None else None
 
     by_id = FieldSet({"id": Field(FieldType.NAME, "ID of the entity.")})
-    by_name = FieldSet({"name": Field(FieldType.NAME, "Name of the entity.")})
+    by_name = FieldSet({"name": Field(FieldType.NAME, "Name of the entity (lower-cased before the ACL check).",
+                                      canonical=str.lower)})
     read_del: dict[Operation, Handler] = {Operation.READ: read_id, Operation.DELETE: delete_id}
     return [
         PathSpec("entity/id/?", FieldSet({}), {Operation.LIST: list_ids}, "List entities by id."),

@@ -48,7 +48,10 @@ GROUP_FIELDS = FieldSet({
     "member_group_ids": Field(_CSS, "Nested groups: not supported (only an empty list is accepted)."),
 })
 _BY_ID = FieldSet({**GROUP_FIELDS.fields, "id": Field(FieldType.NAME, "ID of the group.")})
-_BY_NAME = FieldSet({**GROUP_FIELDS.fields, "name": Field(FieldType.NAME, "Name of the group.")})
+#: Group names are case-insensitive: the path's name is lower-cased before the ACL check, so a
+#: policy on ``identity/group/name/admins`` also governs ``.../ADMINS`` (docs/vault-differences.md row 19).
+_BY_NAME = FieldSet({**GROUP_FIELDS.fields, "name": Field(FieldType.NAME, "Name of the group (lower-cased before "
+                                                                          "the ACL check).", canonical=str.lower)})
 
 
 async def group_data(store: IdentityStore, group: Group) -> dict[str, Any]:

@@ -312,6 +312,36 @@ async def test_identity_paths_need_a_token_and_the_acl(api: Api) -> None:
     assert (await api.call("GET", "identity/group/id/x", token=token))[0] == 403
 
 
+async def test_acl_judges_the_canonical_group_name(api: Api) -> None:
+    """A deny on one group's name path also covers other spellings of that name (row 19)."""
+    await api.ok("POST", "identity/group", {"name": "Admins", "policies": "ops"})
+    await api.ok("POST", "sys/policies/acl/groups", {"policy": (
+        'path "identity/group/name/*" { capabilities = ["read", "update"] }\n'
+        'path "identity/group/name/admins" { capabilities = ["deny"] }')})
+    auth = await api.login("eve", [])
+    await api.ok("POST", "identity/group", {"name": "readers", "policies": "groups",
+                                           "member_entity_ids": [auth["entity_id"]]})
+    for spelling in ("admins", "ADMINS", "Admins"):
+        status, _ = await api.call("GET", f"identity/group/name/{spelling}", token=auth["client_token"])
+        assert status == 403, spelling
+        status, _ = await api.call("POST", f"identity/group/name/{spelling}", {"policies": "root-ish"},
+                                   token=auth["client_token"])
+        assert status == 403, spelling
+    assert (await api.call("GET", "identity/group/name/READERS", token=auth["client_token"]))[0] == 200
+
+
+async def test_openapi_lists_identity_and_cel_paths(api: Api) -> None:
+    resp = await api.client.get("/v1/sys/internal/specs/openapi", headers=H)
+    paths = (await resp.json())["paths"]
+    assert {"/identity/group", "/identity/group/id/{id}", "/identity/group-alias",
+            "/identity/lookup/entity", "/auth/jwt/cel/role/{name}"} <= set(paths)
+    assert paths["/auth/jwt/cel/login"]["x-vault-unauthenticated"] is True
+    role = paths["/auth/jwt/role/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert role["properties"]["token_policies_template_claims"]["type"] == "boolean"
+    group = paths["/identity/group"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(group["properties"]) >= {"name", "type", "policies", "metadata", "member_entity_ids"}
+
+
 async def test_token_use_reads_no_entity_when_no_group_grants(aiohttp_client: AiohttpClient) -> None:
     """A token of an identity is judged without any storage read for its entity while no
     group grants a policy, and with at most one (a cache miss) when one does."""
