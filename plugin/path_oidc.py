@@ -203,6 +203,7 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
                 "id_token_claims": None,
             },
         )
+        req.system.events.oidc_flow("started")
         await _maybe_sweep(backend, req, now)
         # client_id first (hvac checks "?client_id="), then Go's sorted order.
         ordered = [("client_id", params.pop("client_id"))] + sorted(params.items())
@@ -220,20 +221,29 @@ async def _maybe_sweep(backend: JWTAuthBackend, req: Request, now: float) -> Non
     storage = req.require_storage()
     names = await storage.list(STATE_PREFIX)
 
+    dropped: list[bool] = []
+
     def drop_expired(old: Any) -> Any:
+        dropped.clear()  # a retried transaction calls this again: the last call counts
         if isinstance(old, dict) and float(old.get("expires_at", 0)) > now:
             return old
+        dropped.append(old is not None)
         return None
 
+    async def drop(key: str) -> None:
+        await storage.update(key, drop_expired)  # re-checked atomically
+        if dropped and dropped[0]:
+            req.system.events.oidc_flow("expired")
+
     for state_id in backend.oidc_states.take_expired():  # ours: no listing needed
-        await storage.update(STATE_PREFIX + state_id, drop_expired)
+        await drop(STATE_PREFIX + state_id)
     for name in names[:_SWEEP_MAX]:
         if name.endswith("/"):
             continue
         value = await storage.get(STATE_PREFIX + name)
         if isinstance(value, dict) and float(value.get("expires_at", 0)) > now:
             continue  # pending: no write
-        await storage.update(STATE_PREFIX + name, drop_expired)  # re-checked atomically
+        await drop(STATE_PREFIX + name)
 
 
 # ---------------------------------------------------------------------------
@@ -274,17 +284,23 @@ async def _take_state(req: Request, raw: str) -> dict[str, Any] | None:
 
 def _make_callback_get(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
+        seen: dict[str, Any] = {}
         try:
-            return await _callback(backend, req, values)
+            resp = await _callback(backend, req, values, seen)
         except PluginError as exc:
-            refused(req, exc, "oidc_callback_failed")  # never the code, state or tokens
+            # never the code, state or tokens
+            refused(req, exc, "oidc_callback_failed", known_role=seen.get("role", ""), claims=seen.get("claims"))
+            req.system.events.oidc_flow("failed")
             raise
+        req.system.events.oidc_flow("completed")
+        return resp
 
     return handler
 
 
-async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any]) -> Response:
-    """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins."""
+async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any], seen: dict[str, Any]) -> Response:
+    """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins. ``seen`` gets
+    the role (once found) and the ID token's claims (once verified), for a refusal's record."""
     storage = req.require_storage()
     config = await backend.config(req)
     if config is None:
@@ -302,6 +318,7 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
     role = await backend.role(storage, role_name)
     if role is None:
         raise InvalidRequest(f"{_FAILED} Role could not be found")
+    seen["role"] = role_name
     ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
     await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
     if not config.is_oidc_flow:
@@ -319,7 +336,7 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
     else:
         raise InvalidRequest(f"{_FAILED} No code or id_token received.")
 
-    ctx.claims = claims
+    ctx.claims = seen["claims"] = claims
     await run_checks(ctx, OIDC_CLAIM_CHECKS)
     identity = ctx.identity
     assert identity is not None  # every identity check passed

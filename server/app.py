@@ -15,8 +15,10 @@ from aiohttp import web, web_response
 
 from plugin.errors import PluginError
 from plugin.framework import Backend, Connection, Operation, Request
+from server import telemetry
 from server.acl.policies import PolicyStore
 from server.appkeys import (
+    AUDIT,
     CLUSTER_ID,
     FETCHER,
     KEYRING,
@@ -28,6 +30,7 @@ from server.appkeys import (
     STORAGE,
     TOKENS,
 )
+from server.audit import AuditBroker
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.routes import setup_routes
@@ -38,9 +41,11 @@ from server.storage import Engine, open_storage
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
-__all__ = ["create_app", "seed", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY"]
+__all__ = ["create_app", "seed", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY", "WORKER_ENV"]
 
 INIT_KEY = "core/init"
+#: Set by ``authmount server --workers N`` in each worker's environment: its index.
+WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
 CLUSTER_KEY = "core/cluster"
 
 log = structlog.get_logger("authmount.app")
@@ -91,12 +96,17 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
         tokens = TokenStore(
             storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
             sealer=keyring, mount_exists=lambda accessor: not mounts_ref or mounts_ref[0].has_accessor(accessor),
+            on_mint=lambda entry: telemetry.token_created(entry, mounts_ref[0] if mounts_ref else None),
         )
         policies = PolicyStore(storage)
         fetcher = AiohttpFetcher()
+        audit = AuditBroker(storage, keyring)
         mounts: MountTable | None = None
+        gauges: asyncio.Task[None] | None = None
         try:
             await tokens.start()
+            await audit.load()
+            app[AUDIT] = audit
 
             async def revoke(entry: MountEntry) -> None:
                 await tokens.revoke_mount(entry.accessor)
@@ -113,12 +123,19 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             app[STARTED_AT] = time.time()
             cluster = await storage.update(CLUSTER_KEY, lambda old: old or {"id": str(uuid.uuid4())})
             app[CLUSTER_ID] = cluster["id"]
-            _watch(storage, mounts, policies, tokens, keyring)
+            _watch(storage, mounts, policies, tokens, keyring, audit)
             await seed(app)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
-            log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type)
+            period = settings.telemetry.usage_gauge_period
+            if period > 0 and os.environ.get(WORKER_ENV, "0") == "0":  # one process computes them
+                gauges = asyncio.get_running_loop().create_task(telemetry.usage_gauges(tokens, mounts, period))
+            log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type,
+                     audit_devices=sorted(audit.devices))
             yield
         finally:
+            if gauges is not None:
+                gauges.cancel()
+            await audit.close()
             if mounts is not None:
                 await mounts.close()
             await fetcher.close()
@@ -144,7 +161,10 @@ def _token_backend_factory(
 UNCACHED_TOKEN_PREFIXES = (ID_PREFIX, ACCESSOR_PREFIX, PARENT_PREFIX)
 
 
-def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring) -> None:
+def _watch(
+    storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring,
+    audit: AuditBroker,
+) -> None:
     """Route other nodes' writes to the caches that depend on them."""
     reloads: set[asyncio.Task[None]] = set()
 
@@ -152,6 +172,7 @@ def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: T
         mounts.invalidate(key)
         policies.invalidate(key)
         tokens.invalidate(key)
+        audit.invalidate(key)
         if key in (KEYRING_KEY, ""):  # another node rotated the keyring
             task = asyncio.get_running_loop().create_task(keyring.reload(storage))
             reloads.add(task)
@@ -228,6 +249,18 @@ async def seed(app: web.Application) -> None:
                 await mount.backend.handle_request(req)
             except PluginError as exc:
                 raise StartupError(f"{label}: {exc}") from exc
+    broker = app[AUDIT]
+    for i, device in enumerate(settings.audit):
+        try:
+            existing = broker.devices.get(normalize_path(device.path))
+            wanted = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in device.options.items()}
+            if existing is None or (existing.type, existing.options, existing.description) != (
+                device.type, wanted, device.description
+            ):
+                await broker.enable(device.path, device.type, description=device.description,
+                                    options=dict(device.options), replace=True)
+        except PluginError as exc:
+            raise StartupError(f"audit[{i}]: {exc}") from exc
     store = app[POLICIES]
     for name, text in settings.policies.items():
         try:

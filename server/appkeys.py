@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 if TYPE_CHECKING:
     from server.acl.policies import PolicyStore
+    from server.audit import AuditBroker
     from server.http.fetcher import AiohttpFetcher
     from server.keyring import Keyring
     from server.mounts import MountTable
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
-    "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW",
+    "AUDIT", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -31,6 +32,8 @@ FETCHER: web.AppKey[AiohttpFetcher] = web.AppKey("fetcher")
 ROOT_TOKEN: web.AppKey[str | None] = web.AppKey("root_token")
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at")
 CLUSTER_ID: web.AppKey[str] = web.AppKey("cluster_id")
+#: The audit devices (server.audit.AuditBroker).
+AUDIT: web.AppKey[AuditBroker] = web.AppKey("audit")
 
 # -- per-request storage ---------------------------------------------------------------
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
@@ -40,3 +43,5 @@ MOUNT: web.RequestKey[str] = web.RequestKey("mount")
 REMOTE_ADDR: web.RequestKey[str] = web.RequestKey("remote_addr")
 #: The caller's raw token once authenticated (handed to the token/ backend only).
 TOKEN_RAW: web.RequestKey[str] = web.RequestKey("token_raw")
+#: The token a login issued: its Vault ``auth`` block (for the audit log's response entry).
+ISSUED: web.RequestKey[dict[str, Any]] = web.RequestKey("issued")

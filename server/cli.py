@@ -5,16 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from server.app import StartupError, create_app
-from server.appkeys import ROOT_TOKEN
+from server import telemetry
+from server.app import WORKER_ENV, StartupError, create_app
+from server.appkeys import AUDIT, ROOT_TOKEN
 from server.http.connguard import ConnectionGuard, descriptor_budget, raise_descriptor_limit
 from server.http.listverb import ListVerbAppRunner
 from server.http.log import configure_logging, flush_request_log
@@ -25,7 +28,8 @@ from server.sys.status import VERSION
 
 __all__ = ["main", "serve"]
 
-WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
+#: prometheus-client's multi-process directory (``--workers``): set by the supervisor.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,6 +123,13 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
     # would then never show) the root token.
     sock = _bind(*settings.host_port, reuse_port=reuse_port)
     app = create_app(settings)
+
+    def reopen_audit() -> None:  # SIGHUP: logrotate moved the audit files
+        broker = app.get(AUDIT)
+        if broker is not None:
+            broker.reopen()
+
+    loop.add_signal_handler(signal.SIGHUP, reopen_audit)
     guard = ConnectionGuard(
         per_ip=settings.max_connections_per_ip,
         max_total=descriptor_budget(raise_descriptor_limit(), settings.max_connections),
@@ -143,6 +154,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
         await runner.cleanup()
         sock.close()
         flush_request_log()
+        telemetry.process_exit()
     return 0
 
 
@@ -195,9 +207,23 @@ def _supervise(count: int, argv: list[str]) -> int:
 
     Returns 0 when every worker exited cleanly, else the first non-zero exit code.
     """
+    # One metrics directory for all workers (prometheus-client's multi-process mode), unless
+    # the operator chose one; a directory made here is removed when the workers are done.
+    metrics_dir = os.environ.get(METRICS_DIR_ENV) or ""
+    made_dir = not metrics_dir
+    if made_dir:
+        metrics_dir = tempfile.mkdtemp(prefix="authmount-metrics-")
+    try:
+        return _run_workers(count, argv, metrics_dir)
+    finally:
+        if made_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_workers(count: int, argv: list[str], metrics_dir: str) -> int:
     children = []
     for i in range(count):
-        env = dict(os.environ, **{WORKER_ENV: str(i)})
+        env = dict(os.environ, **{WORKER_ENV: str(i), METRICS_DIR_ENV: metrics_dir})
         children.append(subprocess.Popen([sys.executable, "-m", "server.cli", *argv], env=env))
 
     stopping: set[int] = set()
@@ -208,8 +234,14 @@ def _supervise(count: int, argv: list[str]) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
+    def hangup(signum: int, _frame: object) -> None:  # reopen audit files: every worker
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, hangup)
     first_error = 0
     pending = list(children)
     while pending:

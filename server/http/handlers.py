@@ -15,7 +15,9 @@ from plugin.errors import InvalidRequest, PermissionDenied, PluginError, Unsuppo
 from plugin.framework import Backend, Connection, Operation, Request, Response
 from server.acl.policies import PolicyStore
 from server.appkeys import (
+    AUDIT,
     CLUSTER_ID,
+    ISSUED,
     KEYRING,
     MOUNT,
     MOUNTS,
@@ -27,6 +29,8 @@ from server.appkeys import (
     TOKEN_RAW,
     TOKENS,
 )
+from server.audit import AuditBroker
+from server.http.audited import Exchange
 from server.http.errors import error_response
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import limited
@@ -332,15 +336,24 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         rel = req.path = route.path
     except UnsupportedPath:
         route = None  # the ACL judges the raw path; the backend then answers 404
+    login = route is not None and route.spec.unauthenticated
+    exchange = Exchange(request, req, "auth/" + entry_path + rel, mount=mount.entry, login=login)
     entry = None
-    if route is None or not route.spec.unauthenticated:
-        sudo = route is not None and route.spec.sudo
-        entry = await _check_token(request, backend, req, "auth/" + entry_path + rel, sudo)
     try:
-        resp = await (backend.handle_request(req) if entry is not None else limited(request, backend, req))
-    finally:
-        await release(request, entry)
-    return await respond(request, resp, mount, op, rel)
+        if not login:
+            sudo = route is not None and route.spec.sudo
+            entry = await _check_token(request, backend, req, "auth/" + entry_path + rel, sudo)
+        try:
+            await exchange.requested(entry)
+            resp = await (backend.handle_request(req) if entry is not None else limited(request, backend, req))
+        finally:
+            await release(request, entry)
+        out = await respond(request, resp, mount, op, rel)
+    except Exception as exc:
+        await exchange.failed(exc)
+        raise
+    await exchange.responded(resp, out)
+    return out
 
 
 async def _check_token(request: web.Request, backend: Backend, req: Request, full: str, sudo: bool) -> Any:
@@ -408,6 +421,10 @@ class AppCore:
     def storage(self) -> Engine:
         return self._app[STORAGE]
 
+    @property
+    def audit(self) -> AuditBroker:
+        return self._app[AUDIT]
+
 
 def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """``/v1/sys/{path}`` served by ``backend``, the way ``auth_handler`` serves a mount: one
@@ -423,15 +440,25 @@ def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.St
         except UnsupportedPath:
             raise no_route("sys/" + rel) from None
         req.path = route.path
-        entry = None
-        if not route.spec.unauthenticated:
-            entry = await _check_token(request, backend, req, acl_path(route), route.spec.sudo)
-        try:
-            resp = await backend.handle_request(req)
-        finally:
-            await release(request, entry)
         spec = route.spec
-        return _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top)
+        # The status paths that need no token are not audited (as in Vault).
+        exchange = Exchange(request, req, "sys/" + req.path, mount=None, login=False,
+                            audited=not spec.unauthenticated)
+        entry = None
+        try:
+            if not spec.unauthenticated:
+                entry = await _check_token(request, backend, req, acl_path(route), spec.sudo)
+            try:
+                await exchange.requested(entry)
+                resp = await backend.handle_request(req)
+            finally:
+                await release(request, entry)
+            out = _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top)
+        except Exception as exc:
+            await exchange.failed(exc)
+            raise
+        await exchange.responded(resp, out)
+        return out
 
     return sys_route
 
@@ -477,6 +504,7 @@ async def respond(
             path="auth/" + mount.entry.path + rel if rel else None,
         )
         warnings.extend(issue_warnings)
+        request[ISSUED] = auth_block  # the audit log's response entry (server.http.audited)
     out = envelope(request, resp.data, auth=auth_block, warnings=warnings, mount_type=mount.entry.type)
     if resp.status:
         out.set_status(resp.status)

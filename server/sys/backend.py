@@ -7,13 +7,16 @@ it needs no token (``unauthenticated``) or ``sudo``. The HTTP edge
 the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handle_request``.
 
 One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
-and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status), ``openapi``.
+and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
+``audit`` (audit devices, audit-hash, audited headers), ``metrics``, ``openapi``.
 """
 
 from __future__ import annotations
 
-from plugin.framework import Backend
-from server.sys import auth, capabilities, keys, openapi, policies, status
+import dataclasses
+
+from plugin.framework import Backend, Route
+from server.sys import audit, auth, capabilities, keys, metrics, openapi, policies, status
 from server.sys.core import SysCore
 
 __all__ = ["SysBackend"]
@@ -37,5 +40,19 @@ class SysBackend(Backend):
             *policies.paths(self),
             *capabilities.paths(self),
             *keys.paths(self),
+            *audit.paths(self),
+            *metrics.paths(self),
             *openapi.paths(self),
         ]
+        self._open_metrics: Route | None = None
+
+    def resolve(self, path: str) -> Route:
+        """``Backend.resolve``; ``metrics`` resolves to an unauthenticated twin of its path when
+        the setting ``telemetry.unauthenticated_metrics_access`` is on (read per request)."""
+        route = super().resolve(path)
+        if route.path == "metrics" and self.core.settings.telemetry.unauthenticated_metrics_access:
+            if self._open_metrics is None or self._open_metrics.spec.operations is not route.spec.operations:
+                spec = dataclasses.replace(route.spec, unauthenticated=True)
+                self._open_metrics = Route(spec, route.path, route.captures)
+            return self._open_metrics
+        return route
