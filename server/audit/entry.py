@@ -156,7 +156,7 @@ class Record:
         token = self.token
         if token is None:
             out: dict[str, Any] = {"token_type": "default"}
-            if self.allowed and not self.client_token:
+            if self.allowed and not self.client_token and self.mount_point:  # a login
                 out["policy_results"] = {"allowed": True}
             return out
         out = {"client_token": fmt.hash(self.client_token)}
@@ -194,7 +194,8 @@ class Record:
         out["path"] = self.path
         if self.data:
             out["data"] = self.data if fmt.raw else hash_data(self.data, fmt.hash, self.non_hmac_request)
-        out["remote_address"] = self.remote_address
+        if self.remote_address:
+            out["remote_address"] = self.remote_address
         if self.remote_port is not None:
             out["remote_port"] = self.remote_port
         if self.headers:

@@ -71,7 +71,8 @@ class Exchange:
     ``sys/`` status paths are not audited, as in Vault).
     """
 
-    __slots__ = ("request", "req", "rec", "start", "mount_point", "mount_type", "login", "logged", "broker")
+    __slots__ = ("request", "req", "path", "mount", "rec", "start", "mount_point", "mount_type", "login", "logged",
+                 "broker", "entry")
 
     def __init__(
         self, request: web.Request, req: Request, path: str, *, mount: MountEntry | None, login: bool,
@@ -84,13 +85,16 @@ class Exchange:
         self.mount_type = mount.type if mount is not None else "system"
         self.login = login
         self.logged = False  # the request entry was written
+        self.path, self.mount = path, mount
+        self.entry: TokenEntry | None = None
         broker = request.app.get(AUDIT) if audited else None
-        self.broker = broker if broker is not None and broker.active else None
+        self.broker = broker
         self.rec: Record | None = None
-        if self.broker is not None:
-            self.rec = self._record(path, mount)
+        if broker is not None and broker.active:
+            self.rec = self._record()
 
-    def _record(self, path: str, mount: MountEntry | None) -> Record:
+    def _record(self) -> Record:
+        path, mount = self.path, self.mount
         request, req = self.request, self.req
         rec = Record()
         rec.request_id = request.get(REQUEST_ID, "")
@@ -122,12 +126,11 @@ class Exchange:
 
         :raises AuditUnavailable: no device recorded it (the request fails, 503).
         """
+        self.entry = entry
         rec = self.rec
         if rec is None:
             return
-        if entry is not None:
-            rec.token = entry
-            rec.client_token = self.request.get(TOKEN_RAW, "")
+        self._caller(rec)
         assert self.broker is not None
         await self.broker.log_request(rec)
         self.logged = True
@@ -139,6 +142,9 @@ class Exchange:
             revoked first, so no token exists that the audit log does not show.
         """
         rec = self.rec
+        if rec is None and self.broker is not None and self.broker.active:
+            rec = self.rec = self._record()  # the request enabled the first device: Vault logs its response
+            self._caller(rec)
         issued: dict[str, Any] | None = self.request.get(ISSUED)
         if rec is not None:
             if resp is not None:
@@ -190,6 +196,11 @@ class Exchange:
         self._observe(login_outcome(exc) if login is not None else None, None, login)
 
     # -- helpers --------------------------------------------------------------------------------
+    def _caller(self, rec: Record) -> None:
+        if self.entry is not None:
+            rec.token = self.entry
+            rec.client_token = self.request.get(TOKEN_RAW, "")
+
     async def _revoke(self, issued: dict[str, Any] | None) -> None:
         """Revoke the token a request issued (its response entry could not be written)."""
         raw = (issued or {}).get("client_token")
