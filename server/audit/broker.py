@@ -375,6 +375,7 @@ class AuditBroker:
     def reopen(self) -> None:
         """Open every file again (SIGHUP, after logrotate moved them)."""
         for device in self.active:
+            device.last_probe = 0.0  # readiness tests a failing device again at once
             try:
                 device.sink.reopen()
             except OSError as exc:
