@@ -131,10 +131,6 @@ STORAGE_BATCH = Histogram("authmount_storage_commit_batch_size", "Writes per SQL
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=REGISTRY)
 AUDIT_DEVICE_FAILURES = Counter("authmount_audit_device_failures", "Entries an audit device failed to write.",
                                 ["device"], registry=REGISTRY)
-AUDIT_DEVICE_WRITE = Histogram(
-    "authmount_audit_device_write_seconds", "Time to write one entry to one audit device.", ["device"],
-    buckets=(0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1), registry=REGISTRY,
-)
 
 
 def ms_since(start: float) -> float:

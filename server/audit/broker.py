@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import structlog
 
 from plugin.errors import InvalidRequest, PluginError
@@ -29,7 +28,7 @@ from plugin.sealing import Sealer
 from plugin.storage import Storage
 from server import telemetry
 from server.audit.devices import Sink, build_sink, option_bool
-from server.audit.entry import TEST_RECORD, Format, Hasher, Record, request_entry, response_entry, stamp
+from server.audit.entry import Format, Hasher, Record, probe_record, request_line, response_line, stamp
 from server.mounts import normalize_path
 
 __all__ = ["AUDIT_KEY", "HEADERS_KEY", "SALT_CONTEXT", "AuditBroker", "AuditDevice", "AuditUnavailable"]
@@ -77,26 +76,39 @@ class AuditDevice:
         return {"type": self.type, "description": self.description, "options": dict(self.options),
                 "path": self.path, "local": self.local}
 
-    async def write(self, data: bytes) -> bool:
-        """Write one line; False (counted, logged on the first failure) when it did not land."""
-        start = time.perf_counter()
+    def put(self, data: bytes) -> bool:
+        """Write one line to an ``immediate`` sink (a file); False when it did not land."""
         try:
-            if self.sink.immediate:
-                self.sink.write_now(data)
-            else:
-                await self.sink.write(data)
-        except (OSError, TimeoutError) as exc:
-            telemetry.AUDIT_DEVICE_FAILURES.labels(self.path).inc()
-            reason = exc.strerror or str(exc) if isinstance(exc, OSError) else "timed out"
-            if not self.failing:
-                log.error("audit_device_failed", device=self.path, type=self.type, reason=reason)
-            self.failing = reason or type(exc).__name__
-            return False
-        telemetry.AUDIT_DEVICE_WRITE.labels(self.path).observe(time.perf_counter() - start)
+            self.sink.write_now(data)
+        except OSError as exc:
+            return self._failed(exc)
         if self.failing:
-            log.info("audit_device_recovered", device=self.path, type=self.type)
-            self.failing = ""
+            self._recovered()
         return True
+
+    async def write(self, data: bytes) -> bool:
+        """Write one line (any sink); False (counted, logged on the first failure) when it did not land."""
+        if self.sink.immediate:
+            return self.put(data)
+        try:
+            await self.sink.write(data)
+        except (OSError, TimeoutError) as exc:
+            return self._failed(exc)
+        if self.failing:
+            self._recovered()
+        return True
+
+    def _failed(self, exc: OSError | TimeoutError) -> bool:
+        telemetry.AUDIT_DEVICE_FAILURES.labels(self.path).inc()
+        reason = exc.strerror or str(exc) if isinstance(exc, OSError) else "timed out"
+        if not self.failing:
+            log.error("audit_device_failed", device=self.path, type=self.type, reason=reason)
+        self.failing = reason or type(exc).__name__
+        return False
+
+    def _recovered(self) -> None:
+        log.info("audit_device_recovered", device=self.path, type=self.type)
+        self.failing = ""
 
 
 def _options(raw: Any) -> dict[str, str]:
@@ -253,8 +265,7 @@ class AuditBroker:
         return device
 
     async def _test(self, device: AuditDevice) -> None:
-        line = orjson.dumps(request_entry(TEST_RECORD, device.fmt, stamp()), option=orjson.OPT_APPEND_NEWLINE)
-        data = device.fmt.prefix + line if device.fmt.prefix else line
+        data = request_line(probe_record(), device.fmt, stamp())
         if device.sink.immediate:
             device.sink.write_now(data)
         else:
@@ -339,7 +350,7 @@ class AuditBroker:
         if not devices:
             return
         start = time.perf_counter()
-        ok = await self._write(devices, rec, request_entry)
+        ok = await self._write(devices, rec, request_line)
         telemetry.AUDIT_LOG_REQUEST.observe(telemetry.ms_since(start))
         if not ok:
             telemetry.AUDIT_LOG_REQUEST_FAILURE.inc()
@@ -354,7 +365,7 @@ class AuditBroker:
         if not devices:
             return
         start = time.perf_counter()
-        ok = await self._write(devices, rec, response_entry)
+        ok = await self._write(devices, rec, response_line)
         telemetry.AUDIT_LOG_RESPONSE.observe(telemetry.ms_since(start))
         if not ok:
             telemetry.AUDIT_LOG_RESPONSE_FAILURE.inc()
@@ -365,9 +376,8 @@ class AuditBroker:
         when = stamp()
         ok = False
         for device in devices:
-            fmt = device.fmt
-            line = orjson.dumps(build(rec, fmt, when), option=orjson.OPT_APPEND_NEWLINE, default=str)
-            if await device.write(fmt.prefix + line if fmt.prefix else line):
+            line = build(rec, device.fmt, when)
+            if device.put(line) if device.sink.immediate else await device.write(line):
                 ok = True
         return ok
 
@@ -393,8 +403,7 @@ class AuditBroker:
         for device in devices:
             if device.failing and now - device.last_probe >= 1.0:
                 device.last_probe = now
-                line = orjson.dumps(request_entry(TEST_RECORD, device.fmt, stamp()), option=orjson.OPT_APPEND_NEWLINE)
-                await device.write(device.fmt.prefix + line if device.fmt.prefix else line)
+                await device.write(request_line(probe_record(), device.fmt, stamp()))
         if all(d.failing for d in devices):
             return "audit: no audit device can write (" + "; ".join(f"{d.path} {d.failing}" for d in devices) + ")"
         return None

@@ -23,17 +23,21 @@ stays readable, as in Vault, so the log answers "who". ``log_raw=true`` hashes n
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from server.tokens.entry import TokenEntry
 from server.tokens.ttl import rfc3339
 
-__all__ = ["Record", "Format", "Hasher", "hash_data", "stamp", "request_entry", "response_entry", "TEST_RECORD"]
+__all__ = [
+    "Record", "Format", "Hasher", "hash_data", "stamp", "request_line", "response_line", "request_entry",
+    "response_entry", "probe_record",
+]
 
 PREFIX = "hmac-sha256:"
 NAMESPACE = {"id": "root"}
@@ -43,15 +47,14 @@ Hash = Callable[[str], str]
 class Hasher:
     """HMAC-SHA256 under one device's salt, in Vault's ``hmac-sha256:<hex>`` form."""
 
-    __slots__ = ("_mac",)
+    __slots__ = ("_salt",)
 
     def __init__(self, salt: bytes) -> None:
-        self._mac = hmac.new(salt, digestmod=hashlib.sha256)
+        self._salt = salt
 
     def __call__(self, value: str) -> str:
-        mac = self._mac.copy()  # a keyed state copied: cheaper than keying HMAC per value
-        mac.update(value.encode("utf-8", "surrogatepass"))
-        return PREFIX + mac.hexdigest()
+        # hmac.digest: OpenSSL's one-shot HMAC, ~4x cheaper than copying a keyed hmac object
+        return PREFIX + hmac.digest(self._salt, value.encode("utf-8", "surrogatepass"), "sha256").hex()
 
 
 def _clear(value: str) -> str:
@@ -141,15 +144,18 @@ class Record:
         self.login_failure: dict[str, str] | None = None
         self.is_list = False
         # (auth, request) blocks per Format: written once, shared by both entries.
-        self._blocks: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._blocks: dict[int, bytes] = {}
 
     # -- blocks ----------------------------------------------------------------------------
-    def blocks(self, fmt: Format) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The ``auth`` and ``request`` blocks as ``fmt`` writes them (made once per Format)."""
+    def blocks(self, fmt: Format) -> bytes:
+        """``"auth":{...},"request":{...}`` as ``fmt`` writes them: serialized once per Format,
+        shared by the request and the response entry."""
         key = id(fmt)
         found = self._blocks.get(key)
         if found is None:
-            found = self._blocks[key] = (self._auth(fmt), self._request(fmt))
+            auth = orjson.dumps(self._auth(fmt), default=str)
+            request = orjson.dumps(self._request(fmt), default=str)
+            found = self._blocks[key] = b'"auth":' + auth + b',"request":' + request
         return found
 
     def _auth(self, fmt: Format) -> dict[str, Any]:
@@ -280,34 +286,36 @@ def stamp() -> str:
     return f"{_stamp_prefix}.{int((now - second) * 1_000_000):06d}Z"
 
 
+def request_line(rec: Record, fmt: Format, when: str) -> bytes:
+    """The ``"type": "request"`` entry of ``rec``: one JSON line (with ``fmt``'s prefix)."""
+    tail = b',"error":' + orjson.dumps(rec.request_error) if rec.request_error else b""
+    return b"".join((fmt.prefix, b'{"time":"', when.encode(), b'","type":"request",', rec.blocks(fmt), tail, b"}\n"))
+
+
+def response_line(rec: Record, fmt: Format, when: str) -> bytes:
+    """The ``"type": "response"`` entry of ``rec``: one JSON line (with ``fmt``'s prefix)."""
+    tail = b',"error":' + orjson.dumps(rec.error) if rec.error and rec.error_top else b""
+    response = orjson.dumps(rec.response_block(fmt), default=str)
+    return b"".join((fmt.prefix, b'{"time":"', when.encode(), b'","type":"response",', rec.blocks(fmt),
+                     b',"response":', response, tail, b"}\n"))
+
+
 def request_entry(rec: Record, fmt: Format, when: str) -> dict[str, Any]:
-    """The ``"type": "request"`` entry of ``rec``."""
-    auth, request = rec.blocks(fmt)
-    out: dict[str, Any] = {"time": when, "type": "request", "auth": auth, "request": request}
-    if rec.request_error:
-        out["error"] = rec.request_error
-    return out
+    """The request entry of ``rec`` as a dict (what ``request_line`` writes)."""
+    return dict(orjson.loads(request_line(rec, fmt, when)[len(fmt.prefix):]))
 
 
 def response_entry(rec: Record, fmt: Format, when: str) -> dict[str, Any]:
-    """The ``"type": "response"`` entry of ``rec``."""
-    auth, request = rec.blocks(fmt)
-    out: dict[str, Any] = {
-        "time": when, "type": "response", "auth": auth, "request": request, "response": rec.response_block(fmt),
-    }
-    if rec.error and rec.error_top:
-        out["error"] = rec.error
-    return out
+    """The response entry of ``rec`` as a dict (what ``response_line`` writes)."""
+    return dict(orjson.loads(response_line(rec, fmt, when)[len(fmt.prefix):]))
 
 
-def _test_record() -> Record:
+def probe_record() -> Record:
+    """What a device writes when it is enabled, and when readiness probes a failing device
+    (Vault writes the same ``sys/audit/test`` request)."""
     rec = Record()
     rec.operation = "update"
     rec.path = "sys/audit/test"
     rec.remote_address = ""
     return rec
 
-
-#: What a device writes when it is enabled, and when readiness probes a failing device
-#: (Vault writes the same ``sys/audit/test`` request).
-TEST_RECORD = _test_record()
