@@ -23,7 +23,7 @@ stays readable, as in Vault, so the log answers "who". ``log_raw=true`` hashes n
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 PREFIX = "hmac-sha256:"
+_BLOCK = 64  # SHA-256's block size
 NAMESPACE = {"id": "root"}
 Hash = Callable[[str], str]
 
@@ -47,14 +48,22 @@ Hash = Callable[[str], str]
 class Hasher:
     """HMAC-SHA256 under one device's salt, in Vault's ``hmac-sha256:<hex>`` form."""
 
-    __slots__ = ("_salt",)
+    __slots__ = ("_inner", "_outer")
 
     def __init__(self, salt: bytes) -> None:
-        self._salt = salt
+        # HMAC (RFC 2104) from the two padded-key states, computed once: each value then costs
+        # two hash-state copies, ~40 % less than hmac.digest (which keys OpenSSL every call).
+        key = salt if len(salt) <= _BLOCK else hashlib.sha256(salt).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def __call__(self, value: str) -> str:
-        # hmac.digest: OpenSSL's one-shot HMAC, ~4x cheaper than copying a keyed hmac object
-        return PREFIX + hmac.digest(self._salt, value.encode("utf-8", "surrogatepass"), "sha256").hex()
+        inner = self._inner.copy()
+        inner.update(value.encode("utf-8", "surrogatepass"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return PREFIX + outer.hexdigest()
 
 
 def _clear(value: str) -> str:
