@@ -246,7 +246,9 @@ installs `wrk` from Debian if missing, and stops everything afterwards. Cases:
    verifies the same RS256 JWT with python-jose (key built once with `jwk.construct`, then
    `jws.verify`), checks `exp`/`aud` and returns a Vault-shaped JSON body. No mounts, roles
    or storage, no access log; orjson and uvloop.
-2. **authmount login**, service token stored in SQLite (acknowledged after commit).
+2. **authmount login**, service token stored in SQLite (acknowledged after commit); **2a**
+   the same with one file audit device (`sys/audit/file`, a request and a response line per
+   login).
 3. **authmount login** with a `token_type=batch` role (nothing stored).
 4. **hello**: a bare aiohttp JSON endpoint, the HTTP ceiling.
 5. **authmount `auth/token/lookup-self`** with a service token.
@@ -254,9 +256,11 @@ installs `wrk` from Debian if missing, and stops everything afterwards. Cases:
    or PostgreSQL is missing); **6b** the same with one worker, the baseline for 6.
 
 Every login uses one long-lived RS256 JWT (aud `bench`), so the ceiling and authmount do the
-same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b for worker scaling.
+same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b for worker scaling; 2a
+against 2 (the audit device's cost), in req/s and in server CPU µs per request (user + system
+time of the server's processes from `/proc`, which other load on the machine does not change).
 Targets (from the issue): 2/1 >= 0.75, 3/1 >= 0.85, 5/4 >= 0.5, p99 of 2 and 3 at 16
-connections <= 1.5x the ceiling's, 6/6b >= 1.7, RSS growth <= 50 MB over 1 M logins
+connections <= 1.5x the ceiling's, 6/6b >= 1.7, 2a/2 >= 0.85 (issue 10), RSS growth <= 50 MB over 1 M logins
 (`--long`), no stall of cached-kid logins during a slow JWKS refresh (`--slow-jwks`).
 
 - **Storage and logging.** authmount runs from a fresh SQLite file with the engine's defaults

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from server.tokens.store import TokenStore
 
 __all__ = [
-    "CONTENT_TYPE", "MULTIPROCESS", "REGISTRY", "exposition", "metrics_json", "ms_since", "route_timer", "ttl_bucket", "MountEvents",
+    "CONTENT_TYPE", "MULTIPROCESS", "REGISTRY", "exposition", "metrics_json", "ms_since", "route_timer", "ttl_bucket", "MountEvents", "count_login",
     "token_created", "storage_failed", "storage_failure", "storage_recovered", "process_exit", "usage_gauges",
 ]
 
@@ -133,6 +133,21 @@ AUDIT_DEVICE_FAILURES = Counter("authmount_audit_device_failures", "Entries an a
                                 ["device"], registry=REGISTRY)
 
 
+_LOGIN_COUNTERS: dict[tuple[str, str, str], Any] = {}
+
+
+def count_login(mount: str, role: str, outcome: str) -> None:
+    """``authmount_logins_total{mount, role, outcome}`` + 1 (labelled children cached: a
+    ``labels()`` call per login cost more than the increment)."""
+    key = (mount, role, outcome)
+    child = _LOGIN_COUNTERS.get(key)
+    if child is None:
+        if len(_LOGIN_COUNTERS) >= 10_000:
+            _LOGIN_COUNTERS.clear()
+        child = _LOGIN_COUNTERS[key] = LOGINS.labels(mount, role, outcome)
+    child.inc()
+
+
 def ms_since(start: float) -> float:
     """Milliseconds since ``time.perf_counter()`` was ``start``."""
     return (time.perf_counter() - start) * 1000.0
@@ -195,6 +210,9 @@ def ttl_bucket(ttl: int) -> str:
     return "+Inf"
 
 
+_CREATED: dict[tuple[str, str, int, str], Any] = {}
+
+
 def token_created(entry: TokenEntry, mounts: MountTable | None) -> None:
     """Count one token in ``vault_token_creation`` (``TokenStore``'s ``on_mint``)."""
     found = mounts.match(entry.path.removeprefix("auth/")) if mounts is not None and entry.path else None
@@ -202,7 +220,13 @@ def token_created(entry: TokenEntry, mounts: MountTable | None) -> None:
         method, point = found[0].entry.type, "auth/" + found[0].entry.path
     else:
         method, point = "token", "auth/token/"
-    TOKEN_CREATION.labels(method, point, ttl_bucket(entry.ttl), entry.type, NAMESPACE).inc()
+    key = (method, point, entry.ttl, entry.type)
+    child = _CREATED.get(key)
+    if child is None:  # labelled children cached: labels() cost more than the increment
+        if len(_CREATED) >= 10_000:
+            _CREATED.clear()
+        child = _CREATED[key] = TOKEN_CREATION.labels(method, point, ttl_bucket(entry.ttl), entry.type, NAMESPACE)
+    child.inc()
 
 
 async def usage_gauges(tokens: TokenStore, mounts: MountTable, period: float) -> None:

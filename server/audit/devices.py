@@ -130,9 +130,11 @@ class FileSink(Sink):
             fd = self._fd
             assert fd is not None
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            written = os.write(fd, data)
+            if written != len(data):  # a regular file takes it whole; anything else may not
+                view = memoryview(data)[written:]
+                while view:
+                    view = view[os.write(fd, view):]
         except OSError:
             if fd != 1:
                 self._drop()

@@ -113,46 +113,42 @@ class Record:
     hashed per device when an entry is written; nothing of a Record is stored.
     """
 
-    __slots__ = (
-        "request_id", "operation", "path", "mount_point", "mount_type", "mount_accessor", "mount_class",
-        "remote_address", "remote_port", "data", "client_token", "token", "headers", "non_hmac_request",
-        "non_hmac_response", "allowed", "error", "error_top", "request_error", "response_data", "response_auth",
-        "warnings", "login_failure", "is_list", "_blocks",
-    )
+    # Defaults are class attributes: a request sets only what it has (a Record is made per
+    # audited request, so each attribute initialised costs every request).
+    request_id = ""
+    operation = ""
+    path = ""
+    mount_point = ""
+    mount_type = ""
+    mount_accessor = ""
+    mount_class = ""
+    remote_address = ""
+    remote_port: int | None = None
+    data: dict[str, Any] | None = None
+    client_token = ""
+    token: TokenEntry | None = None
+    #: ``{lower-case name: ([values], hash it)}``
+    headers: dict[str, tuple[list[str], bool]] | None = None
+    non_hmac_request: frozenset[str] = frozenset()
+    non_hmac_response: frozenset[str] = frozenset()
+    allowed = True
+    #: The request failed: the message (top-level ``error`` of the response entry) ...
+    error = ""
+    #: Whether ``error`` is also the entry's top-level ``error`` (Vault: every error but a
+    #: 400, whose message is only in ``response.data.error``, hashed).
+    error_top = False
+    #: ... and of the request entry, when the request failed before it ran (403).
+    request_error = ""
+    response_data: dict[str, Any] | None = None
+    #: The issued token: (``TokenStore.auth_block``, display name).
+    response_auth: tuple[dict[str, Any], str] | None = None
+    warnings: list[str] | None = None
+    #: A refused login: ``{"reason": code, "role": name, "iss": ..., "sub": ...}``.
+    login_failure: dict[str, str] | None = None
+    is_list = False
 
     def __init__(self) -> None:
-        self.request_id = ""
-        self.operation = ""
-        self.path = ""
-        self.mount_point = ""
-        self.mount_type = ""
-        self.mount_accessor = ""
-        self.mount_class = ""
-        self.remote_address = ""
-        self.remote_port: int | None = None
-        self.data: dict[str, Any] | None = None
-        self.client_token = ""
-        self.token: TokenEntry | None = None
-        #: ``{lower-case name: ([values], hash it)}``
-        self.headers: dict[str, tuple[list[str], bool]] | None = None
-        self.non_hmac_request: frozenset[str] = frozenset()
-        self.non_hmac_response: frozenset[str] = frozenset()
-        self.allowed = True
-        #: The request failed: the message (top-level ``error`` of the response entry) ...
-        self.error = ""
-        #: Whether ``error`` is also the entry's top-level ``error`` (Vault: every error but a
-        #: 400, whose message is only in ``response.data.error``, hashed).
-        self.error_top = False
-        #: ... and of the request entry, when the request failed before it ran (403).
-        self.request_error = ""
-        self.response_data: dict[str, Any] | None = None
-        #: The issued token: (``TokenStore.auth_block``, display name).
-        self.response_auth: tuple[dict[str, Any], str] | None = None
-        self.warnings: list[str] | None = None
-        #: A refused login: ``{"reason": code, "role": name, "iss": ..., "sub": ...}``.
-        self.login_failure: dict[str, str] | None = None
-        self.is_list = False
-        # (auth, request) blocks per Format: written once, shared by both entries.
+        # "auth" and "request" blocks per Format: serialized once, shared by both entries.
         self._blocks: dict[int, bytes] = {}
 
     # -- blocks ----------------------------------------------------------------------------

@@ -106,18 +106,25 @@ class Exchange:
         if mount is not None:
             rec.mount_accessor = mount.accessor
             cfg = mount.config
-            rec.non_hmac_request = frozenset(cfg.get("audit_non_hmac_request_keys") or ())
-            rec.non_hmac_response = frozenset(cfg.get("audit_non_hmac_response_keys") or ())
+            keys = cfg.get("audit_non_hmac_request_keys")
+            if keys:
+                rec.non_hmac_request = frozenset(keys)
+            keys = cfg.get("audit_non_hmac_response_keys")
+            if keys:
+                rec.non_hmac_response = frozenset(keys)
         conn = req.connection
         rec.remote_address = conn.remote_addr if conn is not None else (request.remote or "")
         transport = request.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         if isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int):
             rec.remote_port = peer[1]
-        rec.data = req.data or None
-        rec.is_list = req.operation is Operation.LIST
-        assert self.broker is not None
-        rec.headers = self.broker.audited_headers(request.headers)
+        if req.data:
+            rec.data = req.data
+        if req.operation is Operation.LIST:
+            rec.is_list = True
+        broker = self.broker
+        if broker is not None and broker.headers:
+            rec.headers = broker.audited_headers(request.headers)
         return rec
 
     # -- the three moments -----------------------------------------------------------------
@@ -228,7 +235,7 @@ class Exchange:
                 role = login.get("role", "")
             elif resp is not None and resp.auth is not None:
                 role = str(resp.auth.internal_data.get("role", ""))
-            telemetry.LOGINS.labels(self.mount_point, role, outcome).inc()
+            telemetry.count_login(self.mount_point, role, outcome)
 
 
 def _caller_token(request: web.Request) -> str:
