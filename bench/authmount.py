@@ -11,8 +11,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bench.procs import Server, free_port, process_tree, start_pinned
+
+if TYPE_CHECKING:
+    from tests.pg import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = "bench"
@@ -52,7 +56,8 @@ def supports_workers() -> bool:
 
 
 def write_config(
-    directory: Path, port: int, *, log_level: str, storage: dict | None = None, event_loop: str = "asyncio"
+    directory: Path, port: int, *, log_level: str, storage: dict[str, Any] | None = None,
+    event_loop: str = "asyncio",
 ) -> Path:
     """A minimal YAML config: loopback listener and durable SQLite storage (or ``storage``)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,8 +84,8 @@ def write_config(
 
 
 def api(
-    base: str, method: str, path: str, token: str | None, body: dict | None = None
-) -> tuple[int, dict]:
+    base: str, method: str, path: str, token: str | None, body: dict[str, Any] | None = None
+) -> tuple[int, dict[str, Any]]:
     """One HTTP call to the Vault-style API; returns (status, JSON body or {})."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base + path, data=data, method=method)
@@ -100,7 +105,9 @@ def api(
             return exc.code, {"raw": raw.decode(errors="replace")}
 
 
-def _must(base: str, method: str, path: str, token: str | None, body: dict | None = None) -> dict:
+def _must(
+    base: str, method: str, path: str, token: str | None, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     status, reply = api(base, method, path, token, body)
     if status >= 300:
         raise RuntimeError(f"{method} {path} -> {status}: {reply}")
@@ -125,7 +132,7 @@ def start(
     log_level: str,
     event_loop: str = "asyncio",
     workers: int = 1,
-    storage: dict | None = None,
+    storage: dict[str, Any] | None = None,
 ) -> Server:
     """Start authmount on a fresh SQLite file (or ``storage``); the root token goes into
     server.extra."""
@@ -164,7 +171,7 @@ def enable_file_audit(server: Server, path: Path) -> None:
           {"type": "file", "options": {"file_path": str(path)}})
 
 
-def login(base: str, role: str, jwt: str, mount: str = "jwt") -> dict:
+def login(base: str, role: str, jwt: str, mount: str = "jwt") -> dict[str, Any]:
     """One login; returns the Vault ``auth`` block (raises on failure)."""
     reply = _must(base, "POST", f"/v1/auth/{mount}/login", None, {"role": role, "jwt": jwt})
     auth = reply.get("auth") or {}
@@ -173,7 +180,7 @@ def login(base: str, role: str, jwt: str, mount: str = "jwt") -> dict:
     return auth
 
 
-def start_postgres(cpus: str, durable: bool = True):  # -> tests.pg.PostgresServer
+def start_postgres(cpus: str, durable: bool = True) -> PostgresServer:
     """A throw-away PostgreSQL (tests/pg.py) pinned to ``cpus``; durable settings by default.
 
     :raises RuntimeError: when no PostgreSQL can be installed or started.

@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -25,11 +26,11 @@ class BenchKeys:
     private_pem: str
     public_pem: str
     token: str
-    jwks: dict
+    jwks: dict[str, Any]
     unknown_kid_token: str  # same key, a kid the JWKS does not list (forces a refresh)
 
 
-def _jwk_from_public(public_key: rsa.RSAPublicKey, kid: str) -> dict:
+def _jwk_from_public(public_key: rsa.RSAPublicKey, kid: str) -> dict[str, Any]:
     """Public RSA key as a JWK (n, e base64url)."""
     from jose.utils import long_to_base64
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 LUA = Path(__file__).with_name("wrk.lua")
 MARKER = "BENCH_JSON "
@@ -26,7 +27,7 @@ class WrkResult:
     errors: int  # socket errors + non-2xx/3xx responses
     non_2xx: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """Plain dict for the raw JSON results file."""
         return asdict(self)
 

@@ -25,6 +25,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` and ``server`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -82,7 +83,9 @@ def authmount_app(workdir: Path, storage: str, log_level: str) -> web.Applicatio
     return create_app(settings)
 
 
-async def _must(client: TestClient, method: str, path: str, body: dict, token: str | None = None) -> dict:
+async def _must(
+    client: TestClient[web.Request, web.Application], method: str, path: str, body: dict[str, Any], token: str | None = None
+) -> dict[str, Any]:
     headers = {"X-Vault-Token": token} if token else {}
     async with client.request(method, path, json=body, headers=headers) as resp:
         data = await resp.json(content_type=None) if resp.content_length != 0 else {}
@@ -101,7 +104,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(int(match.group(1)))
 
 
-async def setup_authmount(client: TestClient, public_pem: str, batch: bool) -> None:
+async def setup_authmount(client: TestClient[web.Request, web.Application], public_pem: str, batch: bool) -> None:
     """Mount auth/jwt with the static key and a role, like bench/run.py does over the wire."""
     await _must(client, "POST", "/v1/sys/auth/jwt", {"type": "jwt"}, ROOT_TOKEN)
     await _must(client, "POST", "/v1/auth/jwt/config", {"jwt_validation_pubkeys": [public_pem]}, ROOT_TOKEN)

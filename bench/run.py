@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import authmount, scenarios
-from bench.jwtgen import make_keys, write_keys
+from bench.jwtgen import BenchKeys, make_keys, write_keys
 from bench.loadgen import ensure_wrk, run_wrk
 from bench.procs import Server, free_port, start_pinned
 from bench.report import (
@@ -34,6 +35,9 @@ from bench.report import (
     results_table,
     update_doc,
 )  # fmt: skip
+
+if TYPE_CHECKING:
+    from tests.pg import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -52,11 +56,11 @@ class Case:
     path: str
     body: str | None = None  # name of a file in the run directory
     token: str | None = None  # ditto, sent as X-Vault-Token
-    check: Callable[[int, dict], str | None] | None = None
+    check: Callable[[int, dict[str, Any]], str | None] | None = None
 
 
-def _login_check(token_type: str) -> Callable[[int, dict], str | None]:
-    def check(status: int, reply: dict) -> str | None:
+def _login_check(token_type: str) -> Callable[[int, dict[str, Any]], str | None]:
+    def check(status: int, reply: dict[str, Any]) -> str | None:
         auth = reply.get("auth") or {}
         if status != 200 or not auth.get("client_token"):
             return f"status {status}, reply {str(reply)[:300]}"
@@ -67,7 +71,7 @@ def _login_check(token_type: str) -> Callable[[int, dict], str | None]:
     return check
 
 
-def _ok_check(status: int, reply: dict) -> str | None:
+def _ok_check(status: int, reply: dict[str, Any]) -> str | None:
     return None if status == 200 and reply else f"status {status}, reply {str(reply)[:300]}"
 
 
@@ -132,7 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _write_inputs(run_dir: Path) -> dict:
+def _write_inputs(run_dir: Path) -> dict[str, Any]:
     keys = make_keys()
     paths = write_keys(keys, run_dir)
     (run_dir / "login.json").write_text(json.dumps({"role": authmount.ROLE, "jwt": keys.token}))
@@ -140,8 +144,8 @@ def _write_inputs(run_dir: Path) -> dict:
     return {"keys": keys, "paths": paths}
 
 
-def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str],
-                  servers: dict[str, Server], others: list) -> None:  # fmt: skip
+def start_servers(args: argparse.Namespace, run_dir: Path, keys: BenchKeys, notes: list[str],
+                  servers: dict[str, Server], others: list[PostgresServer]) -> None:  # fmt: skip
     """Start the servers the selected cases need into ``servers`` (filled as they start, so
     the caller can stop them even when a later one fails; PostgreSQL goes into ``others``);
     unavailable ones are noted and their cases skipped."""
@@ -183,8 +187,9 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys, notes: list[str
         _start_postgres_cases(args, run_dir, keys, notes, servers, others, wanted)
 
 
-def _start_postgres_cases(args: argparse.Namespace, run_dir: Path, keys, notes: list[str],
-                          servers: dict[str, Server], others: list, wanted: set[str]) -> None:  # fmt: skip
+def _start_postgres_cases(args: argparse.Namespace, run_dir: Path, keys: BenchKeys, notes: list[str],
+                          servers: dict[str, Server], others: list[PostgresServer],
+                          wanted: set[str]) -> None:  # fmt: skip
     """Cases 6 and 6b: one PostgreSQL, a fresh database each, 2 workers and 1 worker."""
     if not authmount.supports_workers():
         notes.append("cases 6/6b skipped: `authmount server` has no --workers flag")
@@ -281,7 +286,7 @@ def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
     load_start = os.getloadavg()
     inputs = _write_inputs(run_dir)
     servers: dict[str, Server] = {}
-    others: list = []
+    others: list[PostgresServer] = []
     try:
         start_servers(args, run_dir, inputs["keys"], notes, servers, others)
         rows = measure(args, run_dir, servers, notes)

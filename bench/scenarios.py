@@ -8,8 +8,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import authmount
+from bench.jwtgen import BenchKeys
 from bench.loadgen import WrkResult, run_wrk
 from bench.procs import Server, free_port, start_pinned
 from bench.report import MB, update_doc
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RSS_GROWTH_LIMIT_MB = 50
 
 
-def _start_authmount(args: argparse.Namespace, run_dir: Path, keys) -> Server:
+def _start_authmount(args: argparse.Namespace, run_dir: Path, keys: BenchKeys) -> Server:
     reason = authmount.available()
     if reason:
         raise SystemExit(f"authmount is not runnable: {reason}")
@@ -32,7 +34,7 @@ def _start_authmount(args: argparse.Namespace, run_dir: Path, keys) -> Server:
     return srv
 
 
-def long_run(args: argparse.Namespace, run_dir: Path, inputs: dict) -> int:
+def long_run(args: argparse.Namespace, run_dir: Path, inputs: dict[str, Any]) -> int:
     """~args.long_logins durable logins in chunks; RSS sampled after each chunk."""
     conns = args.connections[0]
     srv = _start_authmount(args, run_dir, inputs["keys"])
@@ -115,7 +117,7 @@ def _wait_for_hit(idp_url: str, hits_before: int, timeout: float) -> bool:
     return False
 
 
-def slow_jwks(args: argparse.Namespace, run_dir: Path, inputs: dict) -> int:
+def slow_jwks(args: argparse.Namespace, run_dir: Path, inputs: dict[str, Any]) -> int:
     """Cached-kid logins on a JWKS mount, before and while the IdP answers after a delay."""
     keys, conns = inputs["keys"], args.connections[0]
     port = free_port()
@@ -126,13 +128,14 @@ def slow_jwks(args: argparse.Namespace, run_dir: Path, inputs: dict) -> int:
     try:
         srv = _start_authmount(args, run_dir, keys)
         root = srv.extra["root_token"]
-        for method, path, body in [
+        setup: list[tuple[str, str, dict[str, Any]]] = [
             ("POST", "/v1/sys/auth/jwks", {"type": "jwt"}),
             ("POST", "/v1/auth/jwks/config", {"jwks_url": f"{idp.url}/jwks.json"}),
             ("POST", f"/v1/auth/jwks/role/{authmount.ROLE}",
              {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["bench"], "token_policies": ["p"]}),
-        ]:  # fmt: skip
-            status, reply = authmount.api(srv.url, method, path, root, body)
+        ]  # fmt: skip
+        for method, path, data in setup:
+            status, reply = authmount.api(srv.url, method, path, root, data)
             if status >= 300:
                 raise SystemExit(f"slow-JWKS scenario: {method} {path} -> {status}: {reply}")
         authmount.login(srv.url, authmount.ROLE, keys.token, mount="jwks")  # caches the kid
@@ -144,7 +147,8 @@ def slow_jwks(args: argparse.Namespace, run_dir: Path, inputs: dict) -> int:
         run_wrk(url, duration=args.warmup or 1, **common)
         before = run_wrk(url, duration=args.duration, **common)
         authmount.api(idp.url, "POST", f"/control?delay={args.jwks_delay}", None, {})
-        stop, statuses = threading.Event(), []
+        stop = threading.Event()
+        statuses: list[int] = []
         hammer = threading.Thread(target=_hammer_unknown_kid,
                                   args=(srv.url, keys.unknown_kid_token, stop, statuses))  # fmt: skip
         _, stats0 = authmount.api(idp.url, "GET", "/stats", None)
@@ -172,8 +176,8 @@ def slow_jwks(args: argparse.Namespace, run_dir: Path, inputs: dict) -> int:
     return 1 if stalled else 0
 
 
-def _slow_jwks_text(args, conns: int, before: WrkResult, during: WrkResult, stats: dict,
-                    statuses: list[int], stalled: bool) -> str:  # fmt: skip
+def _slow_jwks_text(args: argparse.Namespace, conns: int, before: WrkResult, during: WrkResult,
+                    stats: dict[str, Any], statuses: list[int], stalled: bool) -> str:  # fmt: skip
     rows = [("before (JWKS fast)", before), (f"during ({args.jwks_delay:g} s JWKS, refreshes)", during)]
     lines = [
         f"## Slow JWKS: cached-kid logins during a hanging refresh ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pytest_aiohttp import AiohttpClient
 
 from bench.ceiling import make_hello_app, make_login_app
 from bench.jwks_server import make_app as make_jwks_app
-from bench.jwtgen import make_keys
+from bench.jwtgen import BenchKeys, make_keys
 from bench.loadgen import WrkResult, parse_output
 from bench.report import Measurement, ratios, replace_section, results_table
 
 
 @pytest.fixture(scope="module")
-def keys():
+def keys() -> BenchKeys:
     """One key pair and token for the module (RSA generation is slow-ish)."""
     return make_keys()
 
@@ -25,13 +28,13 @@ WRK_LINE = (
 )
 
 
-def test_parse_output_reads_the_lua_summary():
+def test_parse_output_reads_the_lua_summary() -> None:
     result = parse_output(WRK_LINE)
     assert (result.requests, result.rps, result.p50_ms, result.p99_ms) == (3000, 1000.0, 1.5, 4.0)
     assert (result.errors, result.non_2xx) == (3, 2)
 
 
-def test_parse_output_without_marker_fails_loudly():
+def test_parse_output_without_marker_fails_loudly() -> None:
     with pytest.raises(RuntimeError, match="BENCH_JSON"):
         parse_output("wrk: connection refused\n")
 
@@ -46,7 +49,7 @@ def test_parse_output_without_marker_fails_loudly():
     ],
     ids=["append", "replace-in-place", "other-section-kept"],
 )
-def test_replace_section(doc, expected):
+def test_replace_section(doc: str, expected: str) -> None:
     assert replace_section(doc, "x", "new\n") == expected
 
 
@@ -55,7 +58,7 @@ def _m(case: str, conns: int, rps: float, p99: float, errors: int = 0) -> Measur
     return Measurement(case, f"case {case}", conns, [r])
 
 
-def test_ratios_against_targets():
+def test_ratios_against_targets() -> None:
     rows = [_m("1", 16, 1000, 10), _m("2", 16, 800, 14), _m("3", 16, 800, 16),
             _m("4", 16, 4000, 2), _m("5", 16, 1000, 3)]  # fmt: skip
     by_name = {r.name: r for r in ratios(rows)[16]}
@@ -68,14 +71,14 @@ def test_ratios_against_targets():
     assert by_name["6 login, 2 workers / 6b login, 1 worker (both PostgreSQL)"].status == "n/a"
 
 
-def test_a_case_with_errors_gives_no_ratio():
+def test_a_case_with_errors_gives_no_ratio() -> None:
     rows = [_m("1", 64, 1000, 10), _m("2", 64, 5000, 1, errors=7)]
     by_name = {r.name: r for r in ratios(rows)[64]}
     assert by_name["2 login (SQLite service) / 1 ceiling"].value is None
     assert "| 2 | case 2 | 64 | 5,000 |" in "\n".join(results_table(rows))
 
 
-async def test_ceiling_login_answers_like_vault(aiohttp_client, keys):
+async def test_ceiling_login_answers_like_vault(aiohttp_client: AiohttpClient, keys: BenchKeys) -> None:
     client = await aiohttp_client(make_login_app(keys.public_pem))
     resp = await client.post("/v1/auth/jwt/login", json={"role": "bench", "jwt": keys.token})
     assert resp.status == 200
@@ -93,27 +96,31 @@ async def test_ceiling_login_answers_like_vault(aiohttp_client, keys):
     ],
     ids=["bad-json", "unknown-role", "no-jwt", "bad-signature"],
 )
-async def test_ceiling_login_rejects_bad_input(aiohttp_client, keys, body, error):
+async def test_ceiling_login_rejects_bad_input(
+    aiohttp_client: AiohttpClient, keys: BenchKeys, body: bytes, error: str
+) -> None:
     client = await aiohttp_client(make_login_app(keys.public_pem))
     resp = await client.post("/v1/auth/jwt/login", data=body)
     assert resp.status == 400
     assert (await resp.json()) == {"errors": [error]}
 
 
-async def test_ceiling_login_rejects_a_token_from_another_key(aiohttp_client, keys):
+async def test_ceiling_login_rejects_a_token_from_another_key(
+    aiohttp_client: AiohttpClient, keys: BenchKeys
+) -> None:
     other = make_keys()
     client = await aiohttp_client(make_login_app(keys.public_pem))
     resp = await client.post("/v1/auth/jwt/login", json={"role": "bench", "jwt": other.token})
     assert resp.status == 400
 
 
-async def test_hello_app(aiohttp_client):
+async def test_hello_app(aiohttp_client: AiohttpClient) -> None:
     client = await aiohttp_client(make_hello_app())
     resp = await client.get("/hello")
     assert resp.status == 200 and (await resp.json()) == {"data": {"hello": "world"}}
 
 
-async def test_jwks_server_serves_keys_and_counts_hits(aiohttp_client, keys):
+async def test_jwks_server_serves_keys_and_counts_hits(aiohttp_client: AiohttpClient, keys: BenchKeys) -> None:
     import json
 
     client = await aiohttp_client(make_jwks_app(json.dumps(keys.jwks).encode()))
@@ -124,7 +131,7 @@ async def test_jwks_server_serves_keys_and_counts_hits(aiohttp_client, keys):
     assert (await (await client.get("/stats")).json())["hits"] == 1
 
 
-def test_process_tree_and_rss_of_this_process():
+def test_process_tree_and_rss_of_this_process() -> None:
     import os
 
     from bench.procs import process_tree, rss_bytes, rss_fields
@@ -136,7 +143,7 @@ def test_process_tree_and_rss_of_this_process():
     assert rss_bytes(2**22 + 7) == 0  # no such pid (above the default pid_max): nothing, no error
 
 
-def test_written_config_is_accepted_by_the_server_settings(tmp_path):
+def test_written_config_is_accepted_by_the_server_settings(tmp_path: Path) -> None:
     from bench.authmount import write_config
     from server.settings import load_settings
 
@@ -146,20 +153,20 @@ def test_written_config_is_accepted_by_the_server_settings(tmp_path):
     assert settings.storage.path == str(tmp_path / "authmount.db")
 
 
-def test_root_token_is_read_from_the_banner():
+def test_root_token_is_read_from_the_banner() -> None:
     from bench.authmount import ROOT_TOKEN_RE
 
     banner = (
         "Initial root token (shown only once; it is stored hashed):\n\n"
         "Root Token: hvs.AbC123xyz\n\n==> authmount server started!"
     )
-    assert ROOT_TOKEN_RE.search(banner).group(1) == "hvs.AbC123xyz"
+    match = ROOT_TOKEN_RE.search(banner)
+    assert match is not None and match.group(1) == "hvs.AbC123xyz"
 
 
-def test_hello_server_under_wrk(tmp_path):
+def test_hello_server_under_wrk(tmp_path: Path) -> None:
     import shutil
     import sys
-    from pathlib import Path
 
     from bench.loadgen import run_wrk
     from bench.procs import free_port, start_pinned

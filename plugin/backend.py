@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from plugin import oidc_pending, path_oidc
+from plugin import path_oidc
 from plugin.errors import InvalidRequest
 from plugin.framework import Auth, Backend, Request, SystemView
 from plugin.keys import KeySource, build_key_source
@@ -29,7 +29,8 @@ class JWTAuthBackend(Backend):
     """One mounted JWT/OIDC auth method: its paths, config/key/role caches and renewal.
 
     The OIDC flow (``path_oidc``) uses ``config``, ``role`` and ``key_source`` from here,
-    and keeps its per-node state in the ``oidc_*`` attributes.
+    and caches the IdP's discovery document in ``oidc_discovery``; the flow's state travels
+    in its ``state`` parameter (``plugin/oidc_state.py``), never in this object.
     """
 
     def __init__(self, type_name: str = "jwt") -> None:
@@ -40,10 +41,6 @@ class JWTAuthBackend(Backend):
         self._source_for: JWTConfig | None = None
         self._roles: dict[str, Role] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        #: Unfinished OIDC logins this node started (the anonymous ``auth_url`` cap).
-        self.oidc_states = oidc_pending.PendingStates(oidc_pending.MAX_PENDING_STATES, path_oidc.STATE_TTL)
-        #: When this node last swept expired OIDC states from storage (``system.now()`` time).
-        self.oidc_last_sweep = 0.0
         #: The OIDC discovery document by (URL, CA PEM): (monotonic expiry, document).
         self.oidc_discovery: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
         self.paths = [

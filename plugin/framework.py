@@ -97,7 +97,7 @@ class Events(Protocol):
 
     ``kind`` of a key fetch: ``jwks`` or ``discovery``. ``stage`` of an OIDC flow:
     ``started`` (auth_url), ``completed`` (the callback issued a token), ``failed`` (the
-    callback refused), ``expired`` (a state swept unused).
+    callback refused), ``expired`` (a callback whose state expired, was forged or was used).
     """
 
     def key_fetch(self, kind: str, ok: bool) -> None: ...

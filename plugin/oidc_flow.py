@@ -79,9 +79,9 @@ def _basic_auth(client_id: str, secret: str) -> str:
 
 
 async def exchange_code(
-    req: Request, config: JWTConfig, doc: Mapping[str, Any], code: str, state: Mapping[str, Any]
+    req: Request, config: JWTConfig, doc: Mapping[str, Any], code: str, *, redirect_uri: str, code_verifier: str
 ) -> dict[str, Any]:
-    """POST the code (with the PKCE verifier) to the token endpoint; return its JSON.
+    """POST the code (with the PKCE verifier, unless empty) to the token endpoint; return its JSON.
 
     :raises InvalidRequest: ``cannot fetch token: ...`` (status and the IdP's error code only).
     """
@@ -90,9 +90,9 @@ async def exchange_code(
         raise InvalidRequest("discovery document has no usable token_endpoint")
     client_id = config.oidc_client_id
     secret = config.oidc_client_secret
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": state["redirect_uri"]}
-    if state.get("code_verifier"):
-        form["code_verifier"] = state["code_verifier"]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    if code_verifier:
+        form["code_verifier"] = code_verifier
     headers = {"Accept": "application/json"}
     methods = doc.get("token_endpoint_auth_methods_supported")
     if isinstance(methods, list) and "client_secret_basic" not in methods and "client_secret_post" in methods:

@@ -1,31 +1,33 @@
 """The OIDC browser flow: ``oidc/auth_url`` and ``oidc/callback`` (docs/reference/vault-api.md section 6).
 
-State (nonce, PKCE verifier, role, redirect URI) lives in the mount's storage under
-``oidc/state/<state>`` for 10 minutes, so any node of a cluster can finish a flow that
-another node started (docs/vault-differences.md row 7); the callback takes it with one atomic update, so a
-state is used exactly once. The ID token checks follow cap/go-oidc (docs/reference/vault-api.md 6.3); the
-role's checks (bound CIDRs, subject, user claim, claim mappings, groups, bound claims) are
-the JWT login's own validators (``path_login.OIDC_REQUEST_CHECKS``/``OIDC_CLAIM_CHECKS``),
-with the same reason codes.
+``oidc/auth_url`` needs no token and stores nothing: the flow's state (role, redirect URI,
+expiry, the secret its nonce and PKCE verifier derive from) is sealed into the ``state``
+parameter itself (``plugin/oidc_state.py``), so any node of a cluster can finish a flow
+that another node started (docs/vault-differences.md row 7). A callback records the state
+as used, once, after the code exchange and the ID token checks have passed. The ID token
+checks follow cap/go-oidc (docs/reference/vault-api.md 6.3); the role's checks (bound
+CIDRs, subject, user claim, claim mappings, groups, bound claims) are the JWT login's own
+validators (``path_login.OIDC_REQUEST_CHECKS``/``OIDC_CLAIM_CHECKS``), with the same reason
+codes. Every value an anonymous caller sends has a byte limit (``LIMITS``), checked when
+the fields are parsed, before anything else.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import html
-import ipaddress
 import json
-import re
-import secrets
-import string
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
+
+import structlog
 
 from plugin import oidc_flow as support
 from plugin.errors import InvalidRequest, PluginError, UnsupportedOperation, UpstreamError
 from plugin.framework import Handler, Operation, PathSpec, Request, Response
+from plugin.oidc_redirect import parse_mount, split_namespace, valid_redirect
+from plugin.oidc_state import FlowState, redeem, sweep_used, take_result
 from plugin.path_config import JWTConfig
 from plugin.path_login import (
     OIDC_CLAIM_CHECKS,
@@ -37,24 +39,35 @@ from plugin.path_login import (
     run_checks,
 )
 from plugin.path_role import Role
-from plugin.schema import Field, FieldSet, FieldType
+from plugin.schema import Field, FieldSet, FieldType, coerce
 
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
 
-__all__ = ["paths", "valid_redirect", "parse_mount", "STATE_PREFIX", "STATE_TTL"]
+__all__ = ["paths", "valid_redirect", "parse_mount", "LIMITS", "NO_CODE"]
 
-STATE_PREFIX = "oidc/state/"
-STATE_TTL = 600  # Vault's oidcRequestTimeout
-_BASE62 = string.ascii_letters + string.digits
-_STATE_RE = re.compile(r"st_[A-Za-z0-9]{20}")
-_SWEEP_INTERVAL = 60.0
-_SWEEP_MAX = 500
+log = structlog.get_logger("plugin.path_oidc")
+
+#: Byte limits (UTF-8) of the values anonymous callers send to ``oidc/auth_url`` and
+#: ``oidc/callback``: a longer value is refused with 400 before any other work.
+#: ``namespace`` is the ``namespace`` query parameter split from ``redirect_uri``; a
+#: ``state`` is at most what ``auth_url`` issues (``redirect_uri`` sealed, plus ``,ns=``).
+LIMITS: dict[str, int] = {
+    "role": 512,
+    "redirect_uri": 2048,
+    "client_nonce": 256,
+    "namespace": 256,
+    "state": 4096,
+    "code": 4096,
+    "id_token": 16384,  # jose_verify.parse_token's own limit
+    "error_description": 2048,
+}
+NO_CODE = "no_code"  # the form_post page's code: "use what the POST verified"
+#: Expired used-state records each redemption deletes: more than it adds, so the records
+#: never outnumber the logins of the last state lifetime (plus the sweep's grace).
+_SWEEP_PER_REDEMPTION = 2
 _FAILED = "Vault login failed."
-
-
-def _rand62(n: int) -> str:
-    return "".join(secrets.choice(_BASE62) for _ in range(n))
+_EXPIRED = "Expired or missing OAuth state."
 
 
 def _b64url(data: bytes) -> str:
@@ -62,63 +75,37 @@ def _b64url(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Redirect URIs
+# Limits
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def _check_size(name: str, value: str) -> None:
+    """Refuse ``value`` when it is longer than ``LIMITS[name]`` bytes (or not UTF-8 text).
+
+    :raises InvalidRequest: naming the field and the limit.
+    """
+    limit = LIMITS[name]
+    if len(value) > limit:  # a character is at least a byte: no need to encode
+        raise InvalidRequest(f"{name} is too long: the limit is {limit} bytes")
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800")
+        raise InvalidRequest(f"{name} is not valid UTF-8 text") from None
+    if size > limit:
+        raise InvalidRequest(f"{name} is too long: the limit is {limit} bytes")
 
 
-def valid_redirect(uri: str, allowed: list[str]) -> bool:
-    """Vault's ``validRedirect``: loopback hosts ignore the port, others need a
-    case-insensitive full match. An unparseable URI is never valid."""
-    try:
-        parsed = urlsplit(uri)
-        host = parsed.hostname or ""
-        parsed.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return False
-    if not _is_loopback(host):
-        low = uri.lower()
-        return any(low == a.lower() for a in allowed)
-    want = (parsed.scheme, host, parsed.path, parsed.query)
-    for candidate in allowed:
-        try:
-            c = urlsplit(candidate)
-            if (c.scheme, c.hostname or "", c.path, c.query) == want:
-                return True
-        except ValueError:
-            continue
-    return False
+def _bounded(name: str, ftype: FieldType, description: str, **kwargs: Any) -> Field:
+    """A string field of ``LIMITS[name]`` bytes at most, checked before its coercion."""
+    plain = Field(ftype, description, **kwargs)
 
+    def parse(raw: Any) -> str:
+        if isinstance(raw, str):
+            _check_size(name, raw)
+        value: str = coerce(name, plain, raw)
+        _check_size(name, value)
+        return value
 
-def parse_mount(redirect_uri: str) -> str:
-    """The mount named in ``.../v1/auth/<mount>/...`` (first segment), or ``""``."""
-    try:
-        path = urlsplit(redirect_uri).path
-    except ValueError:
-        return ""
-    parts = path.split("/")
-    for i in range(len(parts) - 2):
-        if parts[i] == "v1" and parts[i + 1] == "auth" and parts[i + 2]:
-            return parts[i + 2]
-    return ""
-
-
-def _split_namespace(uri: str) -> tuple[str, str]:
-    """Remove a ``namespace`` query parameter from ``uri``; return (uri, namespace)."""
-    parts = urlsplit(uri)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    ns = [v for k, v in query if k == "namespace"]
-    if not ns:
-        return uri, ""
-    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), ns[0]
+    return Field(ftype, f"{description} At most {LIMITS[name]} bytes.", parse=parse, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -146,9 +133,10 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
         namespace = ""
         if config.namespace_in_state:
             try:
-                redirect_uri, namespace = _split_namespace(redirect_uri)
+                redirect_uri, namespace = split_namespace(redirect_uri)
             except ValueError:
                 raise InvalidRequest(f"redirect_uri {json.dumps(redirect_uri[:512])} could not be parsed") from None
+            _check_size("namespace", namespace)
         if not valid_redirect(redirect_uri, role.allowed_redirect_uris or []):
             # The allowed list is not echoed: this path needs no token.
             raise InvalidRequest(f'redirect_uri {json.dumps(redirect_uri[:512])} is not allowed for role "{role_name}"')
@@ -161,121 +149,67 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
         if not isinstance(endpoint, str) or not endpoint:
             raise UpstreamError("OIDC discovery document has no authorization_endpoint")
 
-        state_id = "st_" + _rand62(20)
-        nonce = "n_" + _rand62(20)
+        max_age = role.max_age
+        state = FlowState.new(
+            role=role_name,
+            redirect_uri=redirect_uri,
+            client_nonce=values.get("client_nonce") or "",
+            max_age=max_age,
+            now=req.system.now(),
+        )
+        wire_state = state.seal(req.system.sealer) + (f",ns={namespace}" if namespace else "")
+        if len(wire_state.encode("utf-8")) > LIMITS["state"]:  # only an odd allowed URI gets here
+            raise InvalidRequest(f"redirect_uri is too long: its state would exceed {LIMITS['state']} bytes")
         implicit = "id_token" in config.oidc_response_types
         scopes = ["openid"] + [s for s in role.oidc_scopes or [] if s and s != "openid"]
         params: dict[str, str] = {
             "client_id": config.oidc_client_id,
-            "nonce": nonce,
+            "nonce": state.nonce,
             "redirect_uri": redirect_uri,
             "response_type": "id_token" if implicit else "code",
             "scope": " ".join(scopes),
-            "state": state_id + (f",ns={namespace}" if namespace else ""),
+            "state": wire_state,
         }
-        verifier = ""
         if implicit:
             params["response_mode"] = "form_post"
         else:
-            verifier = _rand62(43)
-            params["code_challenge"] = _b64url(hashlib.sha256(verifier.encode()).digest())
+            params["code_challenge"] = _b64url(hashlib.sha256(state.code_verifier.encode()).digest())
             params["code_challenge_method"] = "S256"
             if response_mode == "form_post":
                 params["response_mode"] = "form_post"
-        max_age = role.max_age
         if max_age > 0:
             params["max_age"] = str(max_age)
-
-        now = req.system.now()
-        backend.oidc_states.admit(state_id, now)  # 429 beyond the per-mount cap
-        await storage.put(
-            STATE_PREFIX + state_id,
-            {
-                "role": role_name,
-                "redirect_uri": redirect_uri,
-                "nonce": nonce,
-                "code_verifier": verifier,
-                "client_nonce": values.get("client_nonce") or "",
-                "namespace": namespace,
-                "max_age": max_age,
-                "expires_at": now + STATE_TTL,
-                "code": "",
-                "id_token_claims": None,
-            },
-        )
-        req.system.events.oidc_flow("started")
-        await _maybe_sweep(backend, req, now)
         # client_id first (hvac checks "?client_id="), then Go's sorted order.
         ordered = [("client_id", params.pop("client_id"))] + sorted(params.items())
         sep = "&" if "?" in endpoint else "?"
+        req.system.events.oidc_flow("started")
         return Response(data={"auth_url": endpoint + sep + urlencode(ordered)})
 
     return handler
 
 
-async def _maybe_sweep(backend: JWTAuthBackend, req: Request, now: float) -> None:
-    """Delete expired states now and then, so abandoned flows do not pile up in storage."""
-    if now - backend.oidc_last_sweep < _SWEEP_INTERVAL:
-        return
-    backend.oidc_last_sweep = now
-    storage = req.require_storage()
-    names = await storage.list(STATE_PREFIX)
-
-    dropped: list[bool] = []
-
-    def drop_expired(old: Any) -> Any:
-        dropped.clear()  # a retried transaction calls this again: the last call counts
-        if isinstance(old, dict) and float(old.get("expires_at", 0)) > now:
-            return old
-        dropped.append(old is not None)
-        return None
-
-    async def drop(key: str) -> None:
-        await storage.update(key, drop_expired)  # re-checked atomically
-        if dropped and dropped[0]:
-            req.system.events.oidc_flow("expired")
-
-    for state_id in backend.oidc_states.take_expired():  # ours: no listing needed
-        await drop(STATE_PREFIX + state_id)
-    for name in names[:_SWEEP_MAX]:
-        if name.endswith("/"):
-            continue
-        value = await storage.get(STATE_PREFIX + name)
-        if isinstance(value, dict) and float(value.get("expires_at", 0)) > now:
-            continue  # pending: no write
-        await drop(STATE_PREFIX + name)
-
-
 # ---------------------------------------------------------------------------
-# State
+# Redeeming a state
 
 
-def _state_id(raw: str) -> str | None:
-    """The storage id inside a callback ``state`` (``st_x`` or ``st_x,ns=y``), or None."""
-    base = raw.split(",", 1)[0]
-    return base if _STATE_RE.fullmatch(base) else None
+def _expired() -> InvalidRequest:
+    return InvalidRequest(f"{_FAILED} {_EXPIRED}")
 
 
-async def _take_state(req: Request, raw: str) -> dict[str, Any] | None:
-    """Atomically remove the state and return it, if it existed and had not expired.
+async def _redeem(backend: JWTAuthBackend, req: Request, state: FlowState, result: dict[str, Any] | None = None) -> None:
+    """Record ``state`` as used (with a form_post's ``result``); then delete a few records
+    of states long expired.
 
-    Exactly one concurrent caller receives the value: the removal happens inside
-    ``storage.update``, which serialises updates of one key.
+    :raises InvalidRequest: ``Expired or missing OAuth state.``: another callback, on any
+        node, redeemed it first.
     """
-    state_id = _state_id(raw)
-    if state_id is None:
-        return None
-    box: dict[str, Any] = {}
-
-    def take(old: Any) -> None:
-        box["old"] = old  # a retried transaction calls this again; the last call counts
-        return None
-
-    await req.require_storage().update(STATE_PREFIX + state_id, take)
-    old = box.get("old")
-    if not isinstance(old, dict) or float(old.get("expires_at", 0)) <= req.system.now():
-        return None
-    return old
+    storage = req.require_storage()
+    if not await redeem(storage, state, result):
+        raise _expired()
+    try:
+        await sweep_used(storage, req.system.now(), limit=_SWEEP_PER_REDEMPTION)
+    except Exception:  # the login succeeded; a later redemption sweeps again
+        log.warning("oidc_sweep_failed", mount=req.system.mount_path, exc_info=True)
 
 
 # ---------------------------------------------------------------------------
@@ -290,7 +224,8 @@ def _make_callback_get(backend: JWTAuthBackend) -> Handler:
         except PluginError as exc:
             # never the code, state or tokens
             refused(req, exc, "oidc_callback_failed", known_role=seen.get("role", ""), claims=seen.get("claims"))
-            req.system.events.oidc_flow("failed")
+            # a state that expired, was forged or was used already; else any other refusal
+            req.system.events.oidc_flow("expired" if any(_EXPIRED in m for m in exc.messages) else "failed")
             raise
         req.system.events.oidc_flow("completed")
         return resp
@@ -305,42 +240,47 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
     config = await backend.config(req)
     if config is None:
         raise InvalidRequest(f"{_FAILED} Could not load configuration")
-    state = await _take_state(req, values.get("state") or "")
-    backend.oidc_states.discard(_state_id(values.get("state") or ""))
+    state = FlowState.open(req.system.sealer, values.get("state") or "", req.system.now())
     if state is None:
-        raise InvalidRequest(f"{_FAILED} Expired or missing OAuth state.")
-    expected_nonce = state.get("client_nonce") or ""
-    if expected_nonce:
-        got = values.get("client_nonce") or ""
-        if not hmac.compare_digest(expected_nonce.encode(), got.encode()):
-            raise InvalidRequest("invalid client_nonce")
-    role_name = state["role"]
-    role = await backend.role(storage, role_name)
+        raise _expired()
+    if not state.client_nonce_matches(values.get("client_nonce") or ""):
+        raise InvalidRequest("invalid client_nonce")
+    role = await backend.role(storage, state.role)
     if role is None:
         raise InvalidRequest(f"{_FAILED} Role could not be found")
-    seen["role"] = role_name
+    seen["role"] = state.role
     ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
     await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
     if not config.is_oidc_flow:
         raise InvalidRequest(f"{_FAILED} OIDC login is not configured for this mount")
 
-    code = values.get("code") or ""
-    if code == "no_code":
-        code = state.get("code") or ""
-    stored_claims = state.get("id_token_claims")
     warnings: list[str] = []
-    if code:
-        claims = await _code_flow(backend, req, config, role, state, code, warnings)
-    elif isinstance(stored_claims, dict):
-        claims = stored_claims
+    record = await storage.get(state.used_key)
+    if record is not None:
+        # Redeemed already: by a form_post callback that left its verified result for
+        # this GET (which takes it, once), or by an earlier login. Only a result left to
+        # take costs a write (an anonymous replay of a used state costs a read).
+        if not isinstance(record, dict) or "claims" not in record:
+            raise _expired()
+        result = await take_result(storage, state)
+        if result is None or not isinstance(result.get("claims"), dict):
+            raise _expired()
+        claims: dict[str, Any] = result["claims"]
+        warnings = [w for w in result.get("warnings") or [] if isinstance(w, str)]
     else:
-        raise InvalidRequest(f"{_FAILED} No code or id_token received.")
+        if values.get("error_description"):
+            raise InvalidRequest(f"{_FAILED} The identity provider returned an error.")
+        code = values.get("code") or ""
+        if not code or code == NO_CODE:
+            raise InvalidRequest(f"{_FAILED} No code or id_token received.")
+        claims = await _code_flow(backend, req, config, role, state, code, warnings)
+        await _redeem(backend, req, state)
 
     ctx.claims = seen["claims"] = claims
     await run_checks(ctx, OIDC_CLAIM_CHECKS)
     identity = ctx.identity
     assert identity is not None  # every identity check passed
-    resp = Response(auth=login_auth(role, role_name, identity))
+    resp = Response(auth=login_auth(role, state.role, identity))
     for w in warnings:
         resp.add_warning(w)
     return resp
@@ -351,23 +291,28 @@ async def _code_flow(
     req: Request,
     config: JWTConfig,
     role: Role,
-    state: dict[str, Any],
+    state: FlowState,
     code: str,
     warnings: list[str],
 ) -> dict[str, Any]:
     """Exchange ``code`` at the token endpoint, verify the ID token, merge userinfo."""
+    implicit = "id_token" in config.oidc_response_types  # no PKCE was asked for
     try:
         discovery = await support.discovery(backend, req, config)
-        tokens = await support.exchange_code(req, config, discovery, code, state)
+        tokens = await support.exchange_code(
+            req, config, discovery, code,
+            redirect_uri=state.redirect_uri,
+            code_verifier="" if implicit else state.code_verifier,
+        )
         raw_id_token = tokens.get("id_token")
         if not isinstance(raw_id_token, str) or not raw_id_token:
             raise InvalidRequest("no id_token found in token response")
         access_token = tokens.get("access_token") if isinstance(tokens.get("access_token"), str) else None
         claims = await support.verify_id_token(
             backend, req, config, discovery, raw_id_token,
-            nonce=state["nonce"],
+            nonce=state.nonce,
             audiences=list(role.bound_audiences or []),
-            max_age=int(state.get("max_age") or 0),
+            max_age=state.max_age,
             access_token=access_token,
         )
     except PluginError as exc:
@@ -378,47 +323,77 @@ async def _code_flow(
     return claims
 
 
+class _TokenVerificationFailed(InvalidRequest):
+    """The id_token a form_post carried failed verification (its own page title)."""
+
+
+async def _implicit_flow(
+    backend: JWTAuthBackend, req: Request, config: JWTConfig, role: Role, state: FlowState, id_token: str
+) -> dict[str, Any]:
+    """Verify the id_token a form_post carried; return its claims (never the raw token)."""
+    try:
+        discovery = await support.discovery(backend, req, config)
+        claims = await support.verify_id_token(
+            backend, req, config, discovery, id_token,
+            nonce=state.nonce,
+            audiences=list(role.bound_audiences or []),
+            max_age=state.max_age,
+            access_token=None,
+        )
+    except PluginError as exc:
+        raise _TokenVerificationFailed(messages=exc.messages) from None
+    claims.pop("nonce", None)
+    return claims
+
+
+async def _form_post(
+    backend: JWTAuthBackend, req: Request, config: JWTConfig, state: FlowState, values: dict[str, Any]
+) -> None:
+    """Verify what the IdP posted (exchange the code, or check the id_token) and, when it
+    passes, redeem the state with the verified claims for the GET that follows."""
+    code, id_token = values.get("code") or "", values.get("id_token") or ""
+    if values.get("error_description"):
+        raise InvalidRequest(f"{_FAILED} The identity provider returned an error.")
+    if not code and not id_token:
+        return  # nothing to verify; the GET will say "No code or id_token received."
+    storage = req.require_storage()
+    if await storage.get(state.used_key) is not None:
+        raise _expired()
+    role = await backend.role(storage, state.role)
+    if role is None:
+        raise InvalidRequest(f"{_FAILED} Role could not be found")
+    ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
+    await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
+    warnings: list[str] = []
+    if code:
+        claims = await _code_flow(backend, req, config, role, state, code, warnings)
+    else:
+        claims = await _implicit_flow(backend, req, config, role, state, id_token)
+    await _redeem(backend, req, state, {"claims": claims, "warnings": warnings})
+
+
 def _make_callback_post(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
-        storage = req.require_storage()
         config = await backend.config(req)
         if config is None or config.oidc_response_mode != "form_post":
             raise UnsupportedOperation("OIDC form_post is not configured for this mount")
-        state_id = _state_id(values.get("state") or "")
-        now = req.system.now()
-        pending = await storage.get(STATE_PREFIX + state_id) if state_id else None
-        if not state_id or not isinstance(pending, dict) or float(pending.get("expires_at", 0)) <= now:
-            return _html(400, f"{_FAILED}", "Expired or missing OAuth state.")
-        update: dict[str, Any] = {}
-        if values.get("code"):
-            update["code"] = values["code"]
-        if values.get("id_token"):
-            # Verify now and keep only the verified claims: raw JWTs are never stored.
-            role = await backend.role(storage, pending["role"])
-            try:
-                discovery = await support.discovery(backend, req, config)
-                claims = await support.verify_id_token(
-                    backend, req, config, discovery, values["id_token"],
-                    nonce=pending["nonce"],
-                    audiences=list(role.bound_audiences or []) if role else [],
-                    max_age=int(pending.get("max_age") or 0),
-                    access_token=None,
-                )
-            except PluginError as exc:
-                return _html(400, "Token verification failed.", "; ".join(exc.messages))
-            claims.pop("nonce", None)
-            update["id_token_claims"] = claims
-
-        def stash(old: Any) -> Any:
-            if not isinstance(old, dict) or float(old.get("expires_at", 0)) <= now:
-                return old  # taken or expired meanwhile: leave it alone
-            return {**old, **update, "expires_at": now + STATE_TTL}
-
-        await storage.update(STATE_PREFIX + state_id, stash)
-        mount = parse_mount(pending.get("redirect_uri", ""))
+        raw_state = values.get("state") or ""
+        state = FlowState.open(req.system.sealer, raw_state, req.system.now())
+        if state is None:
+            return _html(400, _FAILED, _EXPIRED)
+        try:
+            await _form_post(backend, req, config, state, values)
+        except _TokenVerificationFailed as exc:
+            refused(req, exc, "oidc_callback_failed")
+            return _html(400, "Token verification failed.", "; ".join(exc.messages))
+        except PluginError as exc:
+            refused(req, exc, "oidc_callback_failed")
+            detail = "; ".join(exc.messages).removeprefix(_FAILED).strip()
+            return _html(exc.status if 400 <= exc.status < 500 else 400, _FAILED, detail)
+        mount = parse_mount(state.redirect_uri)
         if not mount:
-            return _html(400, f"{_FAILED}", "Invalid redirect path.")
-        message = {"source": "oidc-callback", "path": mount, "code": "no_code", "state": values.get("state", "")}
+            return _html(400, _FAILED, "Invalid redirect path.")
+        message = {"source": "oidc-callback", "path": mount, "code": NO_CODE, "state": raw_state}
         # JSON inside <script>: escape <, > and & so no value can close the script element.
         payload = json.dumps(message).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
         script = f"window.opener.postMessage({payload}, window.origin);"
@@ -469,17 +444,28 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
     """The ``oidc/auth_url`` and ``oidc/callback`` paths for ``backend``."""
     auth_url_fields = FieldSet(
         {
-            "role": Field(FieldType.LOWER_STRING, "The role to log in with (default: default_role)."),
-            "redirect_uri": Field(FieldType.STRING, "Where the IdP sends the browser back to.", required=True),
-            "client_nonce": Field(FieldType.STRING, "Optional client-chosen value the callback must repeat."),
+            "role": _bounded("role", FieldType.LOWER_STRING, "The role to log in with (default: default_role)."),
+            "redirect_uri": _bounded(
+                "redirect_uri", FieldType.STRING, "Where the IdP sends the browser back to.", required=True
+            ),
+            "client_nonce": _bounded(
+                "client_nonce", FieldType.STRING, "Optional client-chosen value the callback must repeat."
+            ),
         }
     )
     callback_fields = FieldSet(
         {
-            "state": Field(FieldType.STRING, "The state from the authorization response."),
-            "code": Field(FieldType.STRING, "The authorization code."),
-            "id_token": Field(FieldType.STRING, "The ID token (implicit flow, form_post).", sensitive=True),
-            "client_nonce": Field(FieldType.STRING, "The client_nonce given to auth_url."),
+            "state": _bounded("state", FieldType.STRING, "The state from the authorization response."),
+            "code": _bounded("code", FieldType.STRING, "The authorization code."),
+            "id_token": _bounded(
+                "id_token", FieldType.STRING, "The ID token (implicit flow, form_post).", sensitive=True
+            ),
+            "client_nonce": _bounded("client_nonce", FieldType.STRING, "The client_nonce given to auth_url."),
+            "error_description": _bounded(
+                "error_description",
+                FieldType.STRING,
+                "The IdP's error text (OAuth 2.0 error response): the login fails; the text is not echoed.",
+            ),
         }
     )
     return [

@@ -61,6 +61,7 @@ __all__ = [
     "StorageKeyError",
     "is_sealed",
     "load_storage_key",
+    "write_key_file",
     "key_fingerprint",
     "reseal",
     "RESEAL_PREFIXES",
@@ -134,14 +135,8 @@ def load_storage_key(
             f"copy the key file from the node that created it (or set {ENV_KEY})"
         )
     key = secrets.token_bytes(KEY_BYTES)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, base64.b64encode(key) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_key_file(tmp, key)
     try:
         os.link(tmp, path)  # never replaces a key another process created meanwhile
     except FileExistsError:
@@ -149,6 +144,20 @@ def load_storage_key(
         return load_storage_key(key_file=key_file, env=environ, create=False)
     tmp.unlink()
     return key, str(path)
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Write a storage key to a new file (mode 0600, created exclusively, synced).
+
+    :raises FileExistsError: ``path`` exists.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, base64.b64encode(key) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _decode_key(text: str, where: str) -> bytes:

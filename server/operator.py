@@ -9,12 +9,10 @@ file with it) on every node, and keep the old key only until the new one is back
 
 from __future__ import annotations
 
-import base64
-import os
 import secrets
 from pathlib import Path
 
-from server.keyring import Keyring, StorageKeyError, key_fingerprint, load_storage_key
+from server.keyring import KEY_BYTES, Keyring, StorageKeyError, key_fingerprint, load_storage_key, write_key_file
 from server.settings import Settings
 from server.storage import open_storage
 
@@ -37,14 +35,8 @@ async def rekey(settings: Settings, new_key_file: str) -> str:
             raise StorageKeyError("the storage holds no keyring yet: start the server once first")
         old, _ = load_storage_key(key_file=settings.storage.key_path or None, create=False)
         keyring = await Keyring.open(storage, old)
-        new = secrets.token_bytes(32)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, base64.b64encode(new) + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        new = secrets.token_bytes(KEY_BYTES)
+        write_key_file(target, new)
         await keyring.rewrap(storage, new)
     finally:
         await storage.close()

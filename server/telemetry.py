@@ -118,9 +118,11 @@ KEY_SET_FETCHED = Gauge(
     "--workers the oldest of the workers' sets). Its age is time() minus this.", ["mount", "url"],
     registry=REGISTRY, multiprocess_mode="livemin",
 )
-OIDC_FLOWS = Counter("authmount_oidc_flows", "OIDC browser flows by mount and stage: started (auth_url), completed "
-                     "(callback issued a token), failed (callback refused), expired (state swept unused).",
-                     ["mount", "stage"], registry=REGISTRY)
+OIDC_FLOWS = Counter(
+    "authmount_oidc_flows", "OIDC browser flows by mount and stage: started (auth_url), completed (callback issued "
+    "a token), failed (callback refused), expired (a callback with an expired, forged or used state).",
+    ["mount", "stage"], registry=REGISTRY,
+)
 STORAGE_UNAVAILABLE = Counter("authmount_storage_unavailable", "Requests answered 503 because storage failed, by "
                               "reason.", ["reason"], registry=REGISTRY)
 STORAGE_COMMIT = Histogram(

@@ -7,12 +7,14 @@ import importlib.util
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
 
 from plugin.path_config import CONFIG_FIELDS
 from plugin.path_role import ROLE_FIELDS
+from plugin.schema import FieldSet
 from server import settings as settings_mod
 from server.mounts import TUNE_FIELDS
 
@@ -20,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 
-def _load_gen_docs():  # type: ignore[no-untyped-def]
+def _load_gen_docs() -> ModuleType:
     spec = importlib.util.spec_from_file_location("gen_docs", ROOT / "scripts" / "gen_docs.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -80,7 +82,7 @@ def test_hand_written_text_outside_markers_is_kept() -> None:
     [(CONFIG_FIELDS, "config"), (ROLE_FIELDS, "role"), (TUNE_FIELDS, "tune")],
     ids=["config", "role", "tune"],
 )
-def test_every_field_has_a_row(fields, section: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_field_has_a_row(fields: FieldSet, section: str) -> None:
     text = _read("configuration.md")
     for name in fields:
         assert re.search(rf"^\| `{re.escape(name)}` \|", text, re.M), f"{section} field {name} has no row"
@@ -128,7 +130,8 @@ def _nest(key: str, value: object) -> dict[str, object]:
 
 def _get(settings: object, key: str) -> object:
     for part in key.split("."):
-        settings = getattr(settings, part[:-2])[0] if part in _LIST_ITEMS else getattr(settings, part)
+        value = getattr(settings, part[:-2] if part in _LIST_ITEMS else part)
+        settings = value[0] if part in _LIST_ITEMS else value
     return settings
 
 

@@ -1,12 +1,13 @@
 """Static checks: mypy finds no error in the checked modules, ruff finds nothing in the tree,
 and the narrowing mypy relies on holds.
 
-It covers all of ``plugin`` and ``server``; settings
-(python version, untyped third-party modules) live in ``[tool.mypy]`` in pyproject.toml.
+It covers ``plugin``, ``server``, ``tests`` and ``bench``; settings (python version, untyped
+third-party modules) live in ``[tool.mypy]`` in pyproject.toml.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import subprocess
 import sys
@@ -24,7 +25,21 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Paths (relative to the repository root) that must type-check cleanly. The modules they
 #: import are analysed too (for their types) but their own errors are not reported
 #: (``--follow-imports=silent``) until they join this list.
-CHECKED = ("plugin", "server")
+CHECKED = ("plugin", "server", "tests", "bench")
+
+#: Files left out of CHECKED for now (glob patterns relative to the repository root): other
+#: branches of issue 16 are rewriting them (the OIDC half, JWK rules, login boundaries,
+#: anonymous callers). They are typed once those branches are merged; then this is empty.
+EXCLUDED = (
+    "tests/plugin/test_jwk_rules.py",
+    "tests/plugin/test_login_boundaries.py",
+    "tests/e2e/test_oidc_e2e.py",
+)
+
+
+def _exclude_regex(pattern: str) -> str:
+    """mypy's ``--exclude`` takes a regular expression searched in each file's path."""
+    return "(^|/)" + fnmatch.translate(pattern)
 
 
 def test_mypy_finds_no_errors() -> None:
@@ -34,6 +49,7 @@ def test_mypy_finds_no_errors() -> None:
         "--cache-dir", os.devnull,  # no .mypy_cache in the tree; a cold run takes ~2 s of CPU
         "--follow-imports", "silent",
         "--no-error-summary",
+        *(arg for pattern in EXCLUDED for arg in ("--exclude", _exclude_regex(pattern))),
         *(str(ROOT / path) for path in CHECKED),
     ])
     assert (status, stdout, stderr) == (0, "", ""), f"mypy found errors:\n{stdout}{stderr}"

@@ -14,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from server.http.connguard import ConnectionGuard
+
+if TYPE_CHECKING:
+    from aiohttp.test_utils import TestServer
 
 __all__ = [
     "MARKER_HEADER",
@@ -307,7 +310,7 @@ class ListVerbAppRunner(web.AppRunner):
         return server
 
 
-def make_test_server(app: web.Application, **kwargs: Any) -> Any:
+def make_test_server(app: web.Application, **kwargs: Any) -> TestServer:
     """An ``aiohttp.test_utils.TestServer`` using ``ListVerbAppRunner`` (for test clients)."""
     from aiohttp.test_utils import TestServer
 

@@ -1,7 +1,8 @@
 """Abuse limits on the unauthenticated paths: per-client-IP token buckets and a login slot cap.
 
 Every mount's ``login``, ``oidc/auth_url`` and ``oidc/callback`` need no token, so anyone
-can make the server verify signatures, fetch keys or write OIDC state (docs/reference/security.md 3.9).
+can make the server verify signatures, fetch keys or call the IdP (docs/reference/security.md 3.9;
+``oidc/auth_url`` writes no storage, its state travels sealed with the flow).
 Two limits guard them, both answered with Vault's quota error (429, ``Retry-After``):
 
 - a token bucket per client IP (after trusted-proxy ``X-Forwarded-For`` handling; IPv6

@@ -15,10 +15,13 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 __all__ = ["CHROMIUM", "CHROMEDRIVER", "CHROME_FLAGS", "CallbackListener", "browser_available", "browser_login", "browser_session", "drive_login"]
 
@@ -103,14 +106,16 @@ class CallbackListener:
 def browser_login(auth_url: str, listener: CallbackListener, login: str = "alice", password: str = "x") -> dict[str, str]:
     """Open ``auth_url`` in headless Chromium, submit the dev login form, return the callback query."""
 
-    def arrived(driver: Any) -> bool:
+    def arrived(driver: WebDriver) -> bool:
         return listener.received.is_set() and str(driver.current_url).startswith(listener.url)
 
     browser_session(auth_url, arrived, login=login, password=password)
     return listener.wait(0)
 
 
-def browser_session(auth_url: str, done: Callable[[Any], bool], *, login: str = "alice", password: str = "x") -> str:
+def browser_session(
+    auth_url: str, done: Callable[[WebDriver], bool], *, login: str = "alice", password: str = "x"
+) -> str:
     """Open ``auth_url`` in a fresh headless Chromium, log in, wait until ``done(driver)``.
 
     Returns the final page source (e.g. a form_post callback page).

@@ -41,15 +41,25 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
-__all__ = ["ServerProc", "ServerStartError", "start_server", "dev_server", "REPO_ROOT"]
+if TYPE_CHECKING:
+    import hvac
+
+__all__ = ["ServerProc", "ServerStartError", "start_server", "dev_server", "as_json", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _counter = itertools.count(1)
+
+
+def as_json(answer: object) -> dict[str, Any]:
+    """An hvac call's answer as the JSON object hvac's default adapter returns (its stubs
+    also allow the raw ``requests.Response`` of the raw adapter, or None)."""
+    assert isinstance(answer, dict), f"not a JSON object: {answer!r}"
+    return answer
 
 
 class ServerStartError(RuntimeError):
@@ -99,7 +109,7 @@ class ServerProc:
         except FileNotFoundError:
             return ""
 
-    def client(self, token: str | None = None, **kwargs: Any) -> Any:
+    def client(self, token: str | None = None, **kwargs: Any) -> hvac.Client:
         """An ``hvac.Client`` for this server, with the root token unless ``token`` is given."""
         import hvac
 

@@ -25,6 +25,7 @@ from tests.e2e.jsonserver import JSONServer
 from tests.e2e.serverproc import ServerProc, start_server
 from tests.plugin.keyfactory import (
     DROP,
+    KeyPair,
     b64url,
     default_claims,
     ec_key,
@@ -178,7 +179,7 @@ def good(**kw: Any) -> str:
     return make_token(claims(**kw), key=RSA)
 
 
-def signed_payload(payload: bytes, *, key: Any = RSA, raw_header: bytes | None = None) -> str:
+def signed_payload(payload: bytes, *, key: KeyPair = RSA, raw_header: bytes | None = None) -> str:
     """A real-key signature over arbitrary payload bytes (only the payload is hostile)."""
     return make_token(payload, key=key, raw_header=raw_header)
 
@@ -634,7 +635,7 @@ class HostileJWKS:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]  # resets are expected
+        self._server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]  # resets are expected
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 

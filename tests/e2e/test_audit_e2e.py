@@ -50,9 +50,9 @@ def jwt(**claims: Any) -> str:
 def configure(srv: ServerProc, mount: str = "jwt") -> hvac.Client:
     client = srv.client()
     client.sys.enable_auth_method("jwt", path=mount)
-    client.write(f"auth/{mount}/config", jwt_validation_pubkeys=[KEY.pem], bound_issuer=ISS)
-    client.write(f"auth/{mount}/role/ci", role_type="jwt", user_claim="sub", bound_audiences=["authmount"],
-                 token_policies=["deploy"])
+    client.write_data(f"auth/{mount}/config", data={"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISS})
+    client.write_data(f"auth/{mount}/role/ci", data={"role_type": "jwt", "user_claim": "sub",
+                                                     "bound_audiences": ["authmount"], "token_policies": ["deploy"]})
     return client
 
 
@@ -72,7 +72,7 @@ def test_file_device_records_every_request_hashed(tmp_path: Path) -> None:
         assert "file/" in client.sys.list_enabled_audit_devices()["data"]
         # a mount keyed with an HMAC secret: the secret is in a request's data
         client.sys.enable_auth_method("jwt", path="shared")
-        resp = requests.post(f"{srv.url}/v1/auth/shared/config", headers={"X-Vault-Token": srv.root_token},
+        resp = requests.post(f"{srv.url}/v1/auth/shared/config", headers={"X-Vault-Token": srv.root_token or ""},
                              json={"jwt_validation_hmac_secrets": [SECRET]}, timeout=10)
         assert resp.status_code == 204, resp.text
         good = jwt()

@@ -132,11 +132,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     with start_server(config=config, workdir=workdir) as srv:
         client = srv.client()
         client.sys.enable_auth_method("jwt", path="jwt")
-        client.write("auth/jwt/config", jwt_validation_pubkeys=[KEY.pem])
-        client.write(
-            "auth/jwt/role/r", role_type="jwt", bound_audiences=["vault"], user_claim="sub",
-            policies=["default"], bound_claims_type="glob", bound_claims={"sub": ["*"]},
-        )
+        client.write_data("auth/jwt/config", data={"jwt_validation_pubkeys": [KEY.pem]})
+        client.write_data("auth/jwt/role/r", data={
+            "role_type": "jwt", "bound_audiences": ["vault"], "user_claim": "sub",
+            "policies": ["default"], "bound_claims_type": "glob", "bound_claims": {"sub": ["*"]},
+        })
         yield srv
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.e2e.jsonserver import JSONServer
-from tests.e2e.serverproc import ServerProc, start_server
+from tests.e2e.serverproc import ServerProc, as_json, start_server
 from tests.plugin.keyfactory import KeyPair, jwks, make_token, rsa_key
 
 pytestmark = pytest.mark.e2e
@@ -164,7 +164,7 @@ def test_create_read_role(vault: ServerProc, mount: str, user_claim: str) -> Non
 
 def test_create_role_body_as_hvac_sends_it(vault: ServerProc, mount: str) -> None:
     """hvac always sends ``name``, ``bound_claims_type`` and ``verbose_oidc_logging``."""
-    body = {
+    body: dict[str, Any] = {
         "name": "raw",
         "role_type": "jwt",
         "user_claim": "sub",
@@ -176,7 +176,7 @@ def test_create_role_body_as_hvac_sends_it(vault: ServerProc, mount: str) -> Non
         f"{vault.url}/v1/auth/{mount}/role/raw", json=body, headers={"X-Vault-Token": ROOT}, timeout=10
     )
     assert resp.status_code == 204, resp.text
-    assert vault.client().auth.jwt.read_role("raw", path=mount)["data"]["bound_audiences"] == ["x"]
+    assert as_json(vault.client().auth.jwt.read_role("raw", path=mount))["data"]["bound_audiences"] == ["x"]
 
 
 def test_list_roles_list_verb_and_strict_http(vault: ServerProc, mount: str) -> None:
@@ -188,7 +188,7 @@ def test_list_roles_list_verb_and_strict_http(vault: ServerProc, mount: str) -> 
     assert client.auth.jwt.list_roles(path=mount)["data"]["keys"] == ["a-role", "b-role"]
     strict = hvac.Client(url=vault.url, token=ROOT, strict_http=True)
     assert strict.auth.jwt.list_roles(path=mount)["data"]["keys"] == ["a-role", "b-role"]
-    assert client.list(f"auth/{mount}/role")["data"]["keys"] == ["a-role", "b-role"]  # ?list=True
+    assert as_json(client.list(f"auth/{mount}/role"))["data"]["keys"] == ["a-role", "b-role"]  # ?list=True
 
 
 def test_delete_role(vault: ServerProc, mount: str) -> None:
@@ -208,7 +208,7 @@ def test_jwt_login_lookup_token_meta_role(vault: ServerProc, idp: LocalIdP, moun
     assert "client_token" in resp["auth"]
     assert resp["auth"]["policies"] == ["default", "hvac-p"]
     assert client.token == resp["auth"]["client_token"]  # hvac stored it
-    assert client.lookup_token()["data"]["meta"]["role"] == LOGIN_ROLE
+    assert as_json(client.lookup_token())["data"]["meta"]["role"] == LOGIN_ROLE
 
 
 def test_jwt_login_url_like_user_claim(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
@@ -217,7 +217,7 @@ def test_jwt_login_url_like_user_claim(vault: ServerProc, idp: LocalIdP, mount: 
     create_login_role(root, mount, user_claim=URL_CLAIM)
     client = vault.client(token="")
     client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(**{URL_CLAIM: "carol"}), path=mount)
-    me = client.lookup_token()["data"]
+    me = as_json(client.lookup_token())["data"]
     assert me["display_name"].endswith("carol")
     assert me["meta"] == {"role": LOGIN_ROLE}
 
@@ -243,7 +243,7 @@ def test_mount_with_slashes(vault: ServerProc, idp: LocalIdP) -> None:
         assert root.auth.jwt.list_roles(path=path)["data"]["keys"] == [LOGIN_ROLE]
         client = vault.client(token="")
         client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(), path=path)
-        me = client.lookup_token()["data"]
+        me = as_json(client.lookup_token())["data"]
         assert me["path"] == f"auth/{path}/login"
         root.sys.tune_auth_method(path, default_lease_ttl="30m")
         assert root.sys.read_auth_method_tuning(path)["data"]["default_lease_ttl"] == 1800
@@ -321,11 +321,12 @@ def test_tune_auth_method(vault: ServerProc, mount: str) -> None:
     ids=["404 read", "400 login", "400 role field", "400 mount type", "403 bad token"],
 )
 def test_errors_carry_errors_list(
-    vault: ServerProc, mount: str, call: Any, exc: type[Exception], needle: str | None
+    vault: ServerProc, mount: str, call: Callable[[hvac.Client, str], object],
+    exc: type[hvac.exceptions.VaultError], needle: str | None
 ) -> None:
     with pytest.raises(exc) as info:
         call(vault.client(), mount)
-    errors = info.value.errors  # type: ignore[attr-defined]
+    errors = info.value.errors
     assert isinstance(errors, list)  # only set when Content-Type is exactly application/json
     if needle is not None:
         assert any(needle in e for e in errors), errors
@@ -344,7 +345,7 @@ def test_login_token_acl(vault: ServerProc, idp: LocalIdP) -> None:
         client = vault.client(token="")
         client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token())
         assert client.auth.jwt.read_role(LOGIN_ROLE)["data"]["token_policies"] == ["role-reader"]
-        forbidden = [
+        forbidden: list[Callable[[], object]] = [
             lambda: client.auth.jwt.configure(jwks_url=idp.jwks_url),
             lambda: client.auth.jwt.create_role("evil", user_claim="sub", allowed_redirect_uris=[]),
             lambda: client.sys.enable_auth_method("jwt", path="evil"),
@@ -354,7 +355,7 @@ def test_login_token_acl(vault: ServerProc, idp: LocalIdP) -> None:
         for attempt in forbidden:
             with pytest.raises(hvac.exceptions.Forbidden) as info:
                 attempt()
-            assert info.value.errors == ["permission denied"]  # type: ignore[attr-defined]
+            assert info.value.errors == ["permission denied"]
         assert "jwt/" in root.sys.list_auth_methods() and "evil/" not in root.sys.list_auth_methods()
         assert "evil" not in root.sys.list_policies()["data"]["policies"]
         assert root.auth.jwt.read_config()["data"]["jwks_url"] == idp.jwks_url
@@ -417,7 +418,7 @@ def test_oidc_callback_with_form_post_config(vault: ServerProc, tmp_path_factory
         assert fields["state"] == query["state"][0]
         resp = client.auth.oidc.oidc_callback(state=fields["state"], nonce="", code=fields["code"], path=path)
         token = resp["auth"]["client_token"]
-        assert vault.client(token=token).lookup_token()["data"]["meta"]["role"] == "hvac"
+        assert as_json(vault.client(token=token).lookup_token())["data"]["meta"]["role"] == "hvac"
     finally:
         node_idp.stop()
         root.sys.disable_auth_method(path)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from tests.e2e.idp import IdP, idp_available, start_idp
-from tests.e2e.serverproc import ServerProc, start_server
+from tests.e2e.serverproc import ServerProc, as_json, start_server
 from tests.e2e.tls_idp import TLSDiscoveryServer
 
 pytestmark = pytest.mark.e2e
@@ -87,9 +87,10 @@ def now_claims(**extra: Any) -> dict[str, Any]:
 # (a) static PEM keys
 
 
-def _keypair(alg: str) -> tuple[Any, str]:
+def _keypair(alg: str) -> tuple[rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, str]:
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     if alg == "RS256":
-        key: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     elif alg == "ES256":
         key = ec.generate_private_key(ec.SECP256R1())
     else:
@@ -151,7 +152,7 @@ def _login_eventually(vault: ServerProc, mount: str, token: str, deadline: float
     end = time.monotonic() + deadline
     while True:
         try:
-            return anon(vault).auth.jwt.jwt_login(role="machine", jwt=token, path=mount)
+            return as_json(anon(vault).auth.jwt.jwt_login(role="machine", jwt=token, path=mount))
         except hvac.exceptions.InvalidRequest as exc:
             if "signature" not in str(exc) or time.monotonic() > end:
                 raise

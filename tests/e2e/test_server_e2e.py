@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import hvac
@@ -15,7 +15,7 @@ import hvac.exceptions
 import pytest
 import requests
 
-from tests.e2e.serverproc import REPO_ROOT, ServerProc, start_server
+from tests.e2e.serverproc import REPO_ROOT, ServerProc, as_json, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +37,7 @@ def test_dev_mode_prints_root_token_and_address(dev: ServerProc) -> None:
     assert f"Listen Address: {dev.address}" in dev.stdout_text()
     client = dev.client()
     assert client.is_authenticated()
-    assert "root" in client.lookup_token()["data"]["policies"]
+    assert "root" in as_json(client.lookup_token())["data"]["policies"]
     assert hvac.Client(url=dev.url, token="wrong").is_authenticated() is False
 
 
@@ -112,7 +112,7 @@ def test_policy_crud(dev: ServerProc) -> None:
     assert "acl-reader" in client.sys.list_acl_policies()["data"]["keys"]
     child = client.auth.token.create(policies=["reader"], ttl="10m")["auth"]["client_token"]
     limited = dev.client(token=child)
-    assert limited.lookup_token()["data"]["policies"] == ["default", "reader"]
+    assert as_json(limited.lookup_token())["data"]["policies"] == ["default", "reader"]
     with pytest.raises(hvac.exceptions.Forbidden):
         limited.sys.list_auth_methods()
     client.sys.delete_policy("reader")
@@ -127,7 +127,8 @@ def test_errors_are_json_for_hvac(dev: ServerProc) -> None:
     assert resp.headers["Content-Type"] == "application/json"
     with pytest.raises(hvac.exceptions.InvalidPath) as info:
         dev.client().adapter.get("/v1/auth/unknown-mount/x")
-    assert info.value.errors and "no handler for route" in info.value.errors[0]
+    errors = info.value.errors
+    assert isinstance(errors, list) and errors and "no handler for route" in errors[0]
 
 
 @pytest.mark.parametrize("raw", [
@@ -284,12 +285,12 @@ def test_two_nodes_share_mounts_and_policies(tmp_path: Path, postgres_dsn: str) 
     assert a.returncode == 0
 
 
-def _eventually(check: object, timeout: float = 10.0) -> None:
+def _eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        if check():  # type: ignore[operator]
+        if check():
             return
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -306,7 +307,10 @@ def test_workers_share_one_port(tmp_path: Path, postgres_dsn: str) -> None:
         _eventually(lambda: srv.root_token is not None)
         client = srv.client()
         client.sys.enable_auth_method("jwt", path="w")
-        fresh = lambda: hvac.Client(url=srv.url, token=srv.root_token)  # noqa: E731
+
+        def fresh() -> hvac.Client:
+            return hvac.Client(url=srv.url, token=srv.root_token)
+
         _eventually(lambda: all("w/" in fresh().sys.list_auth_methods() for _ in range(10)))
         for _ in range(20):  # new connections land on either worker
             assert "w/" in fresh().sys.list_auth_methods()

@@ -21,20 +21,26 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from typing_extensions import TypeVar
 
 from plugin.errors import UpstreamError
 from plugin.framework import FetchResult
 
 __all__ = [
     "DROP",
+    "Answer",
     "KeyPair",
+    "PrivateKey",
+    "PublicKey",
+    "Route",
     "rsa_key",
     "ec_key",
     "ed25519_key",
@@ -51,7 +57,9 @@ __all__ = [
 #: Use as a value in ``header_overrides`` to remove that header parameter.
 DROP = object()
 
-_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+_HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
+}
 _HMAC_HASHES = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 _CURVES = {"P-256": (ec.SECP256R1, "ES256", 32), "P-384": (ec.SECP384R1, "ES384", 48), "P-521": (ec.SECP521R1, "ES512", 66)}
 
@@ -68,17 +76,27 @@ def _int_b64(value: int, length: int | None = None) -> str:
     return b64url(value.to_bytes(length, "big"))
 
 
-@dataclass(frozen=True)
-class KeyPair:
-    """A private key with its public forms. ``alg`` is the default signing algorithm."""
+#: The private keys a :class:`KeyPair` holds.
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+K = TypeVar("K", bound=PrivateKey, covariant=True, default=PrivateKey)
 
-    private: Any
+
+@dataclass(frozen=True)
+class KeyPair(Generic[K]):
+    """A private key with its public forms. ``alg`` is the default signing algorithm.
+
+    ``KeyPair[rsa.RSAPrivateKey]`` (what :func:`rsa_key` returns) types ``private`` as an RSA
+    key; a plain ``KeyPair`` is any of :data:`PrivateKey`.
+    """
+
+    private: K
     alg: str
     kid: str | None = None
     crv: str | None = None
 
     @property
-    def public(self) -> Any:
+    def public(self) -> PublicKey:
         return self.private.public_key()
 
     @property
@@ -91,6 +109,7 @@ class KeyPair:
     @property
     def pkcs1_pem(self) -> str:
         """``BEGIN RSA PUBLIC KEY`` PEM (RSA only)."""
+        assert isinstance(self.public, rsa.RSAPublicKey), "PKCS#1 is for RSA keys"
         return self.public.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.PKCS1
         ).decode("ascii")
@@ -109,7 +128,7 @@ class KeyPair:
             serialization.NoEncryption(),
         ).decode("ascii")
 
-    def with_kid(self, kid: str | None) -> KeyPair:
+    def with_kid(self, kid: str | None) -> KeyPair[K]:
         """The same key under another ``kid``."""
         return KeyPair(self.private, self.alg, kid, self.crv)
 
@@ -118,12 +137,12 @@ class KeyPair:
         pub = self.public
         out: dict[str, Any]
         if isinstance(pub, rsa.RSAPublicKey):
-            nums = pub.public_numbers()
-            out = {"kty": "RSA", "n": _int_b64(nums.n), "e": _int_b64(nums.e)}
+            rsa_nums = pub.public_numbers()
+            out = {"kty": "RSA", "n": _int_b64(rsa_nums.n), "e": _int_b64(rsa_nums.e)}
         elif isinstance(pub, ec.EllipticCurvePublicKey):
-            nums = pub.public_numbers()
+            ec_nums = pub.public_numbers()
             size = _CURVES[self.crv or "P-256"][2]
-            out = {"kty": "EC", "crv": self.crv, "x": _int_b64(nums.x, size), "y": _int_b64(nums.y, size)}
+            out = {"kty": "EC", "crv": self.crv, "x": _int_b64(ec_nums.x, size), "y": _int_b64(ec_nums.y, size)}
         else:
             raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             out = {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
@@ -142,23 +161,25 @@ def _rsa_private(bits: int, slot: int) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def rsa_key(kid: str | None = None, *, bits: int = 2048, slot: int = 0, alg: str = "RS256") -> KeyPair:
+def rsa_key(
+    kid: str | None = None, *, bits: int = 2048, slot: int = 0, alg: str = "RS256"
+) -> KeyPair[rsa.RSAPrivateKey]:
     """An RSA key pair (cached per ``(bits, slot)``: use another ``slot`` for a distinct key)."""
     return KeyPair(_rsa_private(bits, slot), alg, kid)
 
 
-def ec_key(kid: str | None = None, *, crv: str = "P-256") -> KeyPair:
+def ec_key(kid: str | None = None, *, crv: str = "P-256") -> KeyPair[ec.EllipticCurvePrivateKey]:
     """A fresh EC key pair on ``crv`` (P-256/P-384/P-521) with the matching ES alg."""
     curve, alg, _ = _CURVES[crv]
     return KeyPair(ec.generate_private_key(curve()), alg, kid, crv)
 
 
-def ed25519_key(kid: str | None = None) -> KeyPair:
+def ed25519_key(kid: str | None = None) -> KeyPair[ed25519.Ed25519PrivateKey]:
     """A fresh Ed25519 key pair (alg EdDSA)."""
     return KeyPair(ed25519.Ed25519PrivateKey.generate(), "EdDSA", kid, "Ed25519")
 
 
-def jwks(*keys: Any) -> dict[str, Any]:
+def jwks(*keys: object) -> dict[str, Any]:
     """A JWK set of the public parts of ``keys`` (anything not a KeyPair is included as is)."""
     return {"keys": [k.jwk() if isinstance(k, KeyPair) else k for k in keys]}
 
@@ -191,15 +212,19 @@ def sign(signing_input: bytes, key: KeyPair | bytes | str, alg: str) -> bytes:
     assert isinstance(key, KeyPair), f"{alg} needs a KeyPair"
     priv = key.private
     if alg == "EdDSA":
+        assert isinstance(priv, ed25519.Ed25519PrivateKey), f"{alg} needs an Ed25519 key"
         return priv.sign(signing_input)
     digest = _HASHES[alg[2:]]()
     if alg.startswith("RS"):
+        assert isinstance(priv, rsa.RSAPrivateKey), f"{alg} needs an RSA key"
         return priv.sign(signing_input, padding.PKCS1v15(), digest)
     if alg.startswith("PS"):
+        assert isinstance(priv, rsa.RSAPrivateKey), f"{alg} needs an RSA key"
         return priv.sign(
             signing_input, padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size), digest
         )
     if alg.startswith("ES"):
+        assert isinstance(priv, ec.EllipticCurvePrivateKey), f"{alg} needs an EC key"
         r, s = decode_dss_signature(priv.sign(signing_input, ec.ECDSA(digest)))
         size = (priv.curve.key_size + 7) // 8
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
@@ -211,7 +236,7 @@ def make_token(
     *,
     key: KeyPair | bytes | str | None = None,
     alg: str | None = None,
-    kid: Any = None,
+    kid: object = None,
     header_overrides: dict[str, Any] | None = None,
     raw_header: bytes | None = None,
     signature: bytes | None = None,
@@ -267,7 +292,10 @@ def self_signed_cert_pem(key: KeyPair, cn: str = "test") -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-Route = Any  # dict (JSON), bytes, str, FetchResult, Exception, or a callable returning one
+#: What a :class:`FakeFetcher` route answers: JSON, a body, a result, or an exception to raise.
+Answer = dict[str, Any] | list[Any] | bytes | str | FetchResult | BaseException
+#: An answer, or a zero-argument callable returning one (evaluated per call).
+Route = Answer | Callable[[], Answer]
 
 
 @dataclass
@@ -319,8 +347,10 @@ class FakeFetcher:
             result = FetchResult(200, {"content-type": "application/json"}, json.dumps(answer).encode())
         elif isinstance(answer, str):
             result = FetchResult(200, {"content-type": "text/plain"}, answer.encode("utf-8"))
+        elif isinstance(answer, bytes):
+            result = FetchResult(200, {"content-type": "application/octet-stream"}, answer)
         else:
-            result = FetchResult(200, {"content-type": "application/octet-stream"}, bytes(answer))
+            raise TypeError(f"FakeFetcher cannot serve {answer!r}")
         if len(result.body) > max_bytes:
             raise UpstreamError(f"response body exceeds {max_bytes} bytes")
         return result

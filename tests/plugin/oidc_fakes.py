@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import secrets
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from plugin.backend import JWTAuthBackend
 from plugin.errors import UpstreamError
 from plugin.framework import Connection, FetchResult, Operation, Request, StaticSystemView
+from plugin.sealing import EphemeralSealer, Sealer
 from plugin.storage import InMemoryStorage
 from tests.plugin.keyfactory import KeyPair, jwks, make_token, rsa_key
 
@@ -45,7 +48,10 @@ class FakeIdP:
     """Discovery, JWKS, token and userinfo endpoints; ``authorize`` plays the browser login.
 
     ``id_token_overrides`` / ``userinfo`` shape the answers; ``down`` makes every call fail
-    like a refused connection.
+    like a refused connection; ``reusable_codes`` makes the token endpoint accept a code
+    more than once (a sloppy IdP: authmount's own single use must hold without its help).
+    Every call yields to the event loop once, as a real request would, so concurrent
+    callbacks interleave.
     """
 
     key: KeyPair = field(default_factory=lambda: rsa_key(kid="idp-1"))
@@ -53,6 +59,7 @@ class FakeIdP:
     userinfo: dict[str, Any] = field(default_factory=dict)
     id_token_overrides: dict[str, Any] = field(default_factory=dict)
     down: bool = False
+    reusable_codes: bool = False
     grants: dict[str, Grant] = field(default_factory=dict)
     access: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
@@ -106,6 +113,7 @@ class FakeIdP:
         max_bytes: int = 1 << 20,
     ) -> FetchResult:
         self.calls.append((method, url, {"form": form, "headers": headers}))
+        await asyncio.sleep(0)
         if self.down:
             raise UpstreamError("connection refused")
         if url == self.issuer + "/.well-known/openid-configuration":
@@ -126,7 +134,8 @@ class FakeIdP:
         expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
         if headers.get("Authorization") != expected:
             return _json(401, {"error": "invalid_client"})
-        grant = self.grants.pop(form.get("code", ""), None)
+        code = form.get("code", "")
+        grant = self.grants.get(code) if self.reusable_codes else self.grants.pop(code, None)
         if grant is None or form.get("grant_type") != "authorization_code":
             return _json(400, {"error": "invalid_grant", "error_description": "<b>bad</b> code"})
         if form.get("redirect_uri") != grant.params.get("redirect_uri"):
@@ -161,14 +170,23 @@ class Clock:
         return self.now
 
 
+#: One sealer per storage: nodes that share a storage share its keyring (server/keyring.py).
+_SEALERS: weakref.WeakKeyDictionary[InMemoryStorage, Sealer] = weakref.WeakKeyDictionary()
+
+
 class Harness:
-    """One mount: backend, storage, fake IdP; helpers that speak the plugin API."""
+    """One mount on one node: backend, storage, fake IdP; helpers that speak the plugin API.
+
+    Harnesses built on the same ``storage`` are nodes of one cluster: they share its sealer,
+    as nodes share the keyring through storage.
+    """
 
     def __init__(self, storage: InMemoryStorage | None = None, idp: FakeIdP | None = None) -> None:
         self.clock = Clock()
         self.idp = idp or FakeIdP(clock=self.clock)
         self.storage = storage or InMemoryStorage()
-        self.system = StaticSystemView(fetcher=self.idp, clock=self.clock, mount_path="auth/oidc/")
+        sealer = _SEALERS.setdefault(self.storage, EphemeralSealer())
+        self.system = StaticSystemView(fetcher=self.idp, clock=self.clock, mount_path="auth/oidc/", sealer=sealer)
         self.backend = JWTAuthBackend()
         self.remote = "127.0.0.1"
 
@@ -227,4 +245,4 @@ def query(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
-BOB = {"email": "bob@example.com", "groups": ["a", "b"], "COLOR": "green"}
+BOB: dict[str, Any] = {"email": "bob@example.com", "groups": ["a", "b"], "COLOR": "green"}

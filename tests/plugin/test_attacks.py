@@ -90,7 +90,7 @@ def _hs(secret: bytes | str, alg: str = "HS256") -> str:
 
 
 RSA_JWK = RSA.jwk()
-ALG_CASES: list[tuple[str, Callable[[], str], list[str], str]] = [
+ALG_CASES: list[tuple[str, Callable[[], str] | None, list[str], str]] = [
     ("alg none empty sig", lambda: make_token(default_claims(), alg="none"), ALL_AND_HMAC + ["none"], "signature is empty"),
     ("alg none with sig", lambda: make_token(default_claims(), alg="none", signature=b"x"), ALL_AND_HMAC + ["none"], "no known key"),
     ("alg None", lambda: make_token(default_claims(), alg="None", signature=b"x"), ALL, "unexpected algorithm"),
@@ -188,7 +188,7 @@ KIDS = [
 
 
 @pytest.mark.parametrize(("kid", "match"), [(k, m) for _, k, m in KIDS], ids=[i for i, _, _ in KIDS])
-async def test_hostile_kids(kid: Any, match: str) -> None:
+async def test_hostile_kids(kid: object, match: str) -> None:
     src, fetcher, _ = jwks_env(EC)
     attacker = ec_key()
     token = make_token(default_claims(), key=attacker, header_overrides={"kid": kid})
@@ -264,7 +264,7 @@ BAD_JWKS: list[tuple[str, Callable[[], tuple[KeyPair | None, dict[str, Any]]]]] 
     ("no kty", lambda: ((k := rsa_key(kid="bad", slot=2)), k.jwk(kty=DROP))),
     ("x wrong length", lambda: ((k := ec_key(kid="bad")), k.jwk(x=b64url(b"\x01" * 31)))),
     ("alg mismatching curve", lambda: ((k := ec_key(kid="bad", crv="P-384")), k.jwk(alg="ES256"))),
-    ("not an object", lambda: (None, "RSA")),  # type: ignore[list-item]
+    ("not an object", lambda: (None, "RSA")),  # type: ignore[list-item, return-value]  # a JWK that is not an object
     ("kid not a string", lambda: ((k := ec_key()), k.jwk(kid=7))),
 ]
 
@@ -441,6 +441,7 @@ def _n32(v: int) -> bytes:
     return v.to_bytes(32, "big")
 
 
+ED = ed25519_key()
 CRYPTO: list[tuple[str, Callable[[], str]]] = [
     ("ECDSA DER", lambda: _es_sig(lambda r, s: encode_dss_signature(r, s))),
     ("ECDSA r=s=0 psychic", lambda: _es_sig(lambda r, s: bytes(64))),
@@ -461,7 +462,6 @@ CRYPTO: list[tuple[str, Callable[[], str]]] = [
     ("PS256 as RS256", lambda: make_token(default_claims(), key=RSA, alg="RS256", kid=DROP,
         signature=sig_bytes(make_token(default_claims(), key=RSA, alg="PS256")))),
 ]
-ED = ed25519_key()
 
 
 @pytest.mark.parametrize("build", [b for _, b in CRYPTO], ids=[i for i, _ in CRYPTO])
@@ -545,14 +545,15 @@ async def test_hostile_jwks_endpoint(answer: Any) -> None:
 
 async def test_concurrent_logins_share_one_slow_fetch() -> None:
     key = ec_key(kid="k")
-    fetcher = FakeFetcher({JWKS_URL: jwks(key)}, gate=asyncio.Event())
+    gate = asyncio.Event()
+    fetcher = FakeFetcher({JWKS_URL: jwks(key)}, gate=gate)
     src = build_key_source({"jwks_url": JWKS_URL}, fetcher, clock=Clock())
     token = make_token(default_claims(), key=key)
     tasks = [asyncio.ensure_future(login(src, token)) for _ in range(50)]
     for _ in range(20):
         await asyncio.sleep(0)
     assert fetcher.count() == 1
-    fetcher.gate.set()
+    gate.set()
     assert await asyncio.gather(*tasks) == [None] * 50
     assert fetcher.count() == 1
 

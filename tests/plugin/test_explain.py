@@ -9,7 +9,7 @@ import pytest
 from plugin.errors import InvalidRequest
 from plugin.path_login import CHECKS
 from tests.plugin.fakes import Harness
-from tests.plugin.keyfactory import ec_key, make_token
+from tests.plugin.keyfactory import KeyPair, ec_key, make_token
 
 KEY = ec_key()
 OTHER = ec_key()
@@ -27,7 +27,7 @@ async def h() -> Harness:
     return h
 
 
-def token(h: Harness, key: Any = KEY, **over: Any) -> str:
+def token(h: Harness, key: KeyPair | bytes | str | None = KEY, **over: Any) -> str:
     claims: dict[str, Any] = {"sub": "ci-bot", "aud": "vault", "iss": "https://idp", "iat": int(h.clock.now),
                               "exp": int(h.clock.now) + 300, "ref": "release/1.2", "env": "prod", "team": "infra",
                               "repo": "org/app", "groups": ["ci"]}

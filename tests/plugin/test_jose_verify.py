@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from plugin import jose_verify as jv
 from plugin.errors import InvalidRequest
+from plugin.jsonlimits import MAX_JSON_DEPTH
 from tests.plugin.keyfactory import (
     DROP,
+    KeyPair,
     b64url,
     default_claims,
     ec_key,
@@ -24,7 +28,7 @@ from tests.plugin.keyfactory import (
 HMAC_SECRET = "0123456789abcdef0123456789abcdef"  # exactly 32 bytes
 
 
-def _pem_of(private) -> str:
+def _pem_of(private: PrivateKeyTypes) -> str:
     from cryptography.hazmat.primitives import serialization
 
     return private.public_key().public_bytes(
@@ -34,7 +38,7 @@ def _pem_of(private) -> str:
 
 # -- happy paths -----------------------------------------------------------------------
 
-HAPPY = [
+HAPPY: list[tuple[str, Callable[[], KeyPair]]] = [
     ("RS256", lambda: rsa_key()),
     ("RS384", lambda: rsa_key(alg="RS384")),
     ("RS512", lambda: rsa_key(alg="RS512")),
@@ -49,7 +53,7 @@ HAPPY = [
 
 
 @pytest.mark.parametrize(("alg", "factory"), HAPPY, ids=[a for a, _ in HAPPY])
-def test_verify_with_pem_keys(alg: str, factory) -> None:
+def test_verify_with_pem_keys(alg: str, factory: Callable[[], KeyPair]) -> None:
     key = factory()
     tok = jv.parse_token(make_token(default_claims(), key=key))
     assert tok.alg == alg
@@ -59,7 +63,7 @@ def test_verify_with_pem_keys(alg: str, factory) -> None:
 
 
 @pytest.mark.parametrize(("alg", "factory"), HAPPY, ids=[a for a, _ in HAPPY])
-def test_verify_with_jwks_keys(alg: str, factory) -> None:
+def test_verify_with_jwks_keys(alg: str, factory: Callable[[], KeyPair]) -> None:
     key = factory().with_kid("k1")
     keys = jv.keys_from_jwks(jwks(key))
     tok = jv.parse_token(make_token(default_claims(), key=key))
@@ -69,7 +73,7 @@ def test_verify_with_jwks_keys(alg: str, factory) -> None:
 
 
 @pytest.mark.parametrize(("alg", "factory"), HAPPY, ids=[a for a, _ in HAPPY])
-def test_wrong_key_does_not_verify(alg: str, factory) -> None:
+def test_wrong_key_does_not_verify(alg: str, factory: Callable[[], KeyPair]) -> None:
     key = factory()
     other = rsa_key(slot=1, alg=alg) if alg[:2] in ("RS", "PS") else factory()
     tok = jv.parse_token(make_token(default_claims(), key=key))
@@ -116,7 +120,7 @@ def test_verify_key_is_frozen_and_hides_impl() -> None:
 
 # -- keys_from_pems refusals -----------------------------------------------------------
 
-BAD_PEMS = [
+BAD_PEMS: list[tuple[str, Callable[[], object], str]] = [
     ("not a pem", lambda: "hello", "error parsing public key"),
     ("rsa 1024", lambda: rsa_key(bits=1024).pem, "1024 bits, at least 2048"),
     ("private key", lambda: rsa_key().private_pem, "private key"),
@@ -129,9 +133,9 @@ BAD_PEMS = [
 
 
 @pytest.mark.parametrize(("pem", "message"), [(f, m) for _, f, m in BAD_PEMS], ids=[i for i, _, _ in BAD_PEMS])
-def test_keys_from_pems_rejects(pem, message: str) -> None:
+def test_keys_from_pems_rejects(pem: Callable[[], object], message: str) -> None:
     with pytest.raises(InvalidRequest, match=message) as exc:
-        jv.keys_from_pems([pem()])
+        jv.keys_from_pems([pem()])  # type: ignore[list-item]  # "not a string" is not a str
     assert exc.value.messages[0].startswith("error parsing public key: ")
 
 
@@ -149,9 +153,9 @@ def test_keys_from_pems_rejects(pem, message: str) -> None:
     ],
     ids=["short", "empty", "31 bytes", "pem as secret", "not a string", "lone surrogate"],
 )
-def test_hmac_secret_refusals(secret, message: str) -> None:
+def test_hmac_secret_refusals(secret: str | int, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message) as exc:
-        jv.keys_from_hmac_secrets([secret])
+        jv.keys_from_hmac_secrets([secret])  # type: ignore[list-item]  # "not a string" is an int
     if isinstance(secret, str) and secret:
         assert secret not in exc.value.messages[0]  # never echo the secret
 
@@ -163,7 +167,8 @@ def test_hmac_secret_counts_utf8_bytes() -> None:
 # -- keys_from_jwks --------------------------------------------------------------------
 
 def test_keys_from_jwks_shape_errors() -> None:
-    for doc in ({}, [], {"keys": "x"}, "It's not a keyset!", None, {"keys": {}}):
+    docs: tuple[object, ...] = ({}, [], {"keys": "x"}, "It's not a keyset!", None, {"keys": {}})
+    for doc in docs:
         with pytest.raises(ValueError):
             jv.keys_from_jwks(doc)
     assert jv.keys_from_jwks({"keys": []}) == []
@@ -218,8 +223,8 @@ def _nested(depth: int) -> str:
 @pytest.mark.parametrize(
     ("payload", "ok"),
     [
-        (_nested(jv.MAX_JSON_DEPTH), True),
-        (_nested(jv.MAX_JSON_DEPTH + 1), False),
+        (_nested(MAX_JSON_DEPTH), True),
+        (_nested(MAX_JSON_DEPTH + 1), False),
         (_nested(5000), False),
         ('{"a":' * 1500 + "1" + "}" * 1500, False),
         # Brackets inside strings do not nest, escaped quotes do not end the string.
@@ -234,7 +239,7 @@ def test_nesting_limit_is_checked_before_parsing(payload: str, ok: bool) -> None
     if ok:
         assert jv.parse_token(raw).claims
     else:
-        with pytest.raises(InvalidRequest, match=f"token payload is nested too deeply \\(more than {jv.MAX_JSON_DEPTH} levels\\)"):
+        with pytest.raises(InvalidRequest, match=f"token payload is nested too deeply \\(more than {MAX_JSON_DEPTH} levels\\)"):
             jv.parse_token(raw)
 
 
@@ -245,7 +250,7 @@ def test_nesting_limit_does_not_depend_on_the_recursion_limit(limit: int) -> Non
     import sys
 
     deep = make_token(_nested(3000).encode(), key=rsa_key(), kid=DROP)
-    fine = make_token(_nested(jv.MAX_JSON_DEPTH).encode(), key=rsa_key(), kid=DROP)
+    fine = make_token(_nested(MAX_JSON_DEPTH).encode(), key=rsa_key(), kid=DROP)
     old = sys.getrecursionlimit()
     sys.setrecursionlimit(limit)
     try:

@@ -10,9 +10,9 @@ import pytest
 
 from plugin.errors import InvalidRequest, UpstreamError
 from plugin.framework import FetchResult
-from plugin.jose_verify import SUPPORTED_ALGS, parse_token
-from plugin.keys import build_key_source, fetch_discovery
-from tests.plugin.keyfactory import FakeFetcher, default_claims, ec_key, jwks, make_token, rsa_key
+from plugin.jose_verify import SUPPORTED_ALGS, ParsedToken, parse_token
+from plugin.keys import JWKSKeySource, KeySource, build_key_source, fetch_discovery
+from tests.plugin.keyfactory import FakeFetcher, KeyPair, Route, default_claims, ec_key, jwks, make_token, rsa_key
 
 JWKS_URL = "https://idp.example.com/certs"
 ISSUER = "https://idp.example.com"
@@ -31,12 +31,21 @@ class FakeClock:
         return self.now
 
 
-def tok(key, **kw: Any):
+def tok(key: KeyPair | bytes | str | None, **kw: Any) -> ParsedToken:
     return parse_token(make_token(default_claims(), key=key, **kw))
 
 
-def jwks_source(fetcher: FakeFetcher, clock: FakeClock | None = None, **kw: Any):
-    return build_key_source({"jwks_url": JWKS_URL}, fetcher, clock=clock or FakeClock(), **kw)
+def jwks_source(fetcher: FakeFetcher, clock: FakeClock | None = None, **kw: Any) -> JWKSKeySource:
+    src = build_key_source({"jwks_url": JWKS_URL}, fetcher, clock=clock or FakeClock(), **kw)
+    assert isinstance(src, JWKSKeySource)
+    return src
+
+
+def inflight(src: JWKSKeySource) -> asyncio.Task[bool]:
+    """The background refresh ``src`` is running."""
+    task = src.jwks._inflight
+    assert task is not None, "no refresh in flight"
+    return task
 
 
 # -- static sources --------------------------------------------------------------------
@@ -198,7 +207,7 @@ async def test_stale_keys_serve_while_slow_idp_refreshes() -> None:
     await src.verify(tok(key), ALL)
     await asyncio.sleep(0)  # let the background task reach the (hanging) fetcher
     assert fetcher.count() == 2  # one background refresh started, not one per login
-    assert not src.jwks._inflight.done()  # type: ignore[attr-defined]
+    assert not inflight(src).done()
     fetcher.gate.set()
     await src.close()
 
@@ -213,13 +222,13 @@ async def test_rotated_out_key_disappears_after_refresh() -> None:
     served["doc"] = jwks(new)
     clock.now += 301
     await src.verify(tok(old), ALL)  # stale but still cached; refresh runs in background
-    await src.jwks._inflight  # type: ignore[attr-defined]
+    await inflight(src)
     with pytest.raises(InvalidRequest, match="failed to verify id token signature"):
         await src.verify(tok(old), ALL)
     await src.verify(tok(new), ALL)
 
 
-FAILURES = [
+FAILURES: list[tuple[str, Route]] = [
     ("network", UpstreamError("connection refused")),
     ("500", FetchResult(500, {}, b"boom")),
     ("html", b"<html>oops</html>"),
@@ -229,7 +238,7 @@ FAILURES = [
 
 
 @pytest.mark.parametrize("failure", [f for _, f in FAILURES], ids=[i for i, _ in FAILURES])
-async def test_last_good_keys_survive_failed_refresh(failure: Any) -> None:
+async def test_last_good_keys_survive_failed_refresh(failure: Route) -> None:
     key = ec_key(kid="k")
     clock = FakeClock()
     fetcher = FakeFetcher({JWKS_URL: jwks(key)})
@@ -238,7 +247,7 @@ async def test_last_good_keys_survive_failed_refresh(failure: Any) -> None:
     fetcher.routes[JWKS_URL] = failure
     clock.now += 1000
     await src.verify(tok(key), ALL)
-    await src.jwks._inflight  # type: ignore[attr-defined]
+    await inflight(src)
     with pytest.raises(InvalidRequest):
         await src.verify(tok(ec_key(kid="other")), ALL)  # unknown kid, forces a refresh
     await src.verify(tok(key), ALL)
@@ -264,7 +273,7 @@ async def test_close_cancels_background_fetch() -> None:
     fetcher.gate = asyncio.Event()
     clock.now += 20
     await src.verify(tok(key), ALL)
-    task = src.jwks._inflight  # type: ignore[attr-defined]
+    task = src.jwks._inflight
     assert task is not None and not task.done()
     await src.close()
     assert task.cancelled()
@@ -272,7 +281,7 @@ async def test_close_cancels_background_fetch() -> None:
 
 # -- check() for jwks_url --------------------------------------------------------------
 
-CHECKS = [
+CHECKS: list[tuple[str, Route | None, str]] = [
     ("404", None, "unexpected HTTP status 404"),
     ("500", FetchResult(500, {}, b"<h1>down</h1>"), "unexpected HTTP status 500"),
     ("302", FetchResult(302, {"location": "http://169.254.169.254/"}, b""), "unexpected HTTP status 302"),
@@ -293,7 +302,7 @@ CHECKS = [
 
 
 @pytest.mark.parametrize(("answer", "reason"), [(a, r) for _, a, r in CHECKS], ids=[i for i, _, _ in CHECKS])
-async def test_jwks_check_failures(answer: Any, reason: str) -> None:
+async def test_jwks_check_failures(answer: Route | None, reason: str) -> None:
     fetcher = FakeFetcher({JWKS_URL: answer} if answer is not None else {})
     with pytest.raises(InvalidRequest) as exc:
         await jwks_source(fetcher).check()
@@ -353,7 +362,7 @@ async def test_discovery_trailing_slash_is_byte_exact() -> None:
     ]
 
 
-DISCOVERY_FAILURES = [
+DISCOVERY_FAILURES: list[tuple[str, Route | None, str]] = [
     ("404", None, "unexpected HTTP status 404"),
     ("not json", "<html>", "not valid JSON"),
     ("array", [1], "not a JSON object"),
@@ -370,7 +379,7 @@ DISCOVERY_FAILURES = [
 @pytest.mark.parametrize(
     ("answer", "reason"), [(a, r) for _, a, r in DISCOVERY_FAILURES], ids=[i for i, _, _ in DISCOVERY_FAILURES]
 )
-async def test_discovery_check_failures(answer: Any, reason: str) -> None:
+async def test_discovery_check_failures(answer: Route | None, reason: str) -> None:
     fetcher = FakeFetcher({DISCOVERY: answer} if answer is not None else {})
     src = build_key_source({"oidc_discovery_url": ISSUER}, fetcher)
     with pytest.raises(InvalidRequest) as exc:
@@ -413,7 +422,7 @@ async def test_discovery_failure_at_login_is_rate_limited() -> None:
 URL_A, URL_B = "https://a.example/certs", "https://b.example/certs"
 
 
-def pairs_source(fetcher: FakeFetcher, clock: FakeClock | None = None):
+def pairs_source(fetcher: FakeFetcher, clock: FakeClock | None = None) -> KeySource:
     config = {"jwks_pairs": [{"jwks_url": URL_A, "jwks_ca_pem": ""}, {"jwks_url": URL_B}]}
     return build_key_source(config, fetcher, clock=clock or FakeClock())
 

@@ -21,7 +21,7 @@ from plugin.framework import Operation
 from plugin.path_login import CHECKS, OIDC_CLAIM_CHECKS, OIDC_REQUEST_CHECKS
 from tests.plugin import oidc_fakes
 from tests.plugin.fakes import Harness
-from tests.plugin.keyfactory import ec_key, make_token
+from tests.plugin.keyfactory import KeyPair, ec_key, make_token
 
 KEY = ec_key()
 OTHER = ec_key()
@@ -53,7 +53,7 @@ class Case:
     claims: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
-    key: Any = KEY
+    key: KeyPair | bytes | str | None = KEY
     jwt: str | None = None
     error: type[PluginError] = InvalidRequest
 

@@ -289,7 +289,7 @@ async def test_hmac_source(h: Harness) -> None:
     got = await read_config(h)
     assert "jwt_validation_hmac_secrets" not in got and got["jwt_supported_algs"] == ["HS256", "HS512"]
     assert SECRET not in repr(got)
-    cfg = await h.backend.config(h.storage)
+    cfg = await h.backend.config(Request(Operation.READ, "config", storage=h.storage, system=h.system))
     assert cfg is not None and cfg.jwt_validation_hmac_secrets == [SECRET, "t" * 40]
 
 

@@ -12,7 +12,8 @@ import pytest
 from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation
 from plugin.framework import Operation
 from plugin.oidc_flow import check_at_hash, check_id_token_claims
-from plugin.path_oidc import STATE_PREFIX, parse_mount, valid_redirect
+from plugin.oidc_state import USED_PREFIX, FlowState
+from plugin.path_oidc import parse_mount, valid_redirect
 from tests.plugin.keyfactory import ec_key, make_token
 from tests.plugin.oidc_fakes import (
     BOB,
@@ -46,13 +47,16 @@ async def test_auth_url_parameters(h: Harness) -> None:
     assert q["scope"] == "openid"
     assert q["code_challenge_method"] == "S256"
     assert len(q["code_challenge"]) == 43
-    assert q["state"].startswith("st_") and len(q["state"]) == 23
+    assert q["state"].startswith("am1.")  # the sealed state itself: nothing is stored
     assert q["nonce"].startswith("n_") and len(q["nonce"]) == 22
     assert "max_age" not in q and "response_mode" not in q
-    stored = await h.storage.get(STATE_PREFIX + q["state"])
-    assert stored["nonce"] == q["nonce"]
-    assert stored["client_nonce"] == "cn1"
-    assert stored["expires_at"] == h.clock.now + 600
+    assert h.storage.dump().keys() == {"config", "role/test"}
+    state = FlowState.open(h.system.sealer, q["state"], h.clock.now)
+    assert state is not None
+    assert state.nonce == q["nonce"]
+    assert state.client_nonce_matches("cn1") and not state.client_nonce_matches("cn2")
+    assert state.expires_at == h.clock.now + 600
+    assert (state.role, state.redirect_uri) == ("test", REDIRECT)
 
 
 async def test_auth_url_default_role_scopes_and_max_age(h: Harness) -> None:
@@ -66,11 +70,14 @@ async def test_auth_url_default_role_scopes_and_max_age(h: Harness) -> None:
     ("uri", "ok"),
     [
         ("https://VAULT.example.com/ui/vault/auth/oidc/oidc/callback", True),
+        ("HTTPS://vault.example.com/ui/vault/auth/oidc/oidc/callback", True),
+        ("https://vault.example.com/UI/vault/auth/oidc/oidc/callback", False),
         ("http://localhost:9999/oidc/callback", True),
         ("http://127.0.0.1:8250/oidc/callback", False),
         ("https://evil.example/cb", False),
     ],
-    ids=["case-insensitive", "loopback-port-ignored", "other-loopback-host", "foreign"],
+    ids=["host-case-insensitive", "scheme-case-insensitive", "path-case-exact", "loopback-port-ignored",
+         "other-loopback-host", "foreign"],
 )
 async def test_auth_url_redirect_validation(h: Harness, uri: str, ok: bool) -> None:
     if ok:
@@ -134,7 +141,8 @@ async def test_namespace_in_state(in_state: bool, allowed: str, incoming: str, s
     await h.configure(namespace_in_state=in_state)
     await h.role(allowed_redirect_uris=[allowed])
     q = query(await h.auth_url(redirect_uri=incoming))
-    assert q["state"][23:] == state_suffix
+    _sealed, comma, rest = q["state"].partition(",")
+    assert comma + rest == state_suffix
     assert q["redirect_uri"] == redirect
 
 
@@ -152,7 +160,7 @@ async def test_callback_success(h: Harness) -> None:
     assert auth.internal_data.get("role") == "test"
     assert auth.num_uses == 10
     assert auth.ttl == 180 and auth.max_ttl == 300
-    assert await h.storage.list(STATE_PREFIX) == []
+    assert len(await h.storage.list(USED_PREFIX)) == 1  # the state, redeemed
 
 
 async def test_callback_with_hvac_style_nonce_parameter(h: Harness) -> None:
@@ -172,7 +180,8 @@ async def test_callback_token_request_uses_basic_auth_and_pkce(h: Harness) -> No
 
 
 async def test_state_works_across_nodes() -> None:
-    """auth_url on one node, callback on another: the state lives in shared storage."""
+    """auth_url on one node, callback on another: the state travels with the flow, sealed
+    with the keyring the nodes share; its used-record is in the shared storage."""
     a = Harness()
     await a.configure()
     await a.role()
@@ -200,6 +209,8 @@ async def test_state_is_single_use(h: Harness) -> None:
 
 
 async def test_state_concurrent_callbacks_exactly_one_wins(h: Harness) -> None:
+    """Even when the IdP would accept the code five times, the state is redeemed once."""
+    h.idp.reusable_codes = True
     url = await h.auth_url()
     state = query(url)["state"]
     code = h.idp.authorize(url, **BOB)
@@ -212,8 +223,9 @@ async def test_state_concurrent_callbacks_exactly_one_wins(h: Harness) -> None:
 
 @pytest.mark.parametrize(
     "state",
-    ["", "not_a_state", "st_../../config", "st_AAAAAAAAAAAAAAAAAAAA"],
-    ids=["missing", "unknown", "path-traversal", "well-formed-unknown"],
+    ["", "not_a_state", "st_../../config", "st_AAAAAAAAAAAAAAAAAAAA", "am1.1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+     "am1.99.", "am1.x.y", ",ns=a"],
+    ids=["missing", "unknown", "path-traversal", "old-format", "forged", "unknown-term", "malformed", "suffix-only"],
 )
 async def test_bad_state(h: Harness, state: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
@@ -229,11 +241,16 @@ async def test_state_expires_after_ten_minutes(h: Harness) -> None:
         await h.callback(state=query(url)["state"], code=code)
 
 
-async def test_expired_states_are_swept(h: Harness) -> None:
-    await h.auth_url()
-    h.clock.now += 700
-    await h.auth_url()
-    assert len(await h.storage.list(STATE_PREFIX)) == 1
+async def test_used_records_of_expired_states_are_swept(h: Harness) -> None:
+    """Each redemption deletes a few records of states expired (plus a grace) before it."""
+    for _ in range(3):
+        await h.login(**BOB)
+    assert len(await h.storage.list(USED_PREFIX)) == 3
+    h.clock.now += 600 + 300 + 1
+    await h.login(**BOB)
+    assert len(await h.storage.list(USED_PREFIX)) == 2  # two old ones gone, one new
+    await h.login(**BOB)
+    assert len(await h.storage.list(USED_PREFIX)) == 2  # the last old one gone, one new
 
 
 @pytest.mark.parametrize(
@@ -380,14 +397,26 @@ async def test_form_post_not_configured_is_405(h: Harness) -> None:
         await h.call(Operation.UPDATE, "oidc/callback", {"state": "st_x", "code": "c"})
 
 
-async def test_form_post_code_then_get_no_code() -> None:
+API_REDIRECT = "https://vault.example.com/v1/auth/oidc/oidc/callback"
+
+
+async def form_post_harness(**config: Any) -> Harness:
     h = Harness()
-    await h.configure(oidc_response_mode="form_post")
-    await h.role(allowed_redirect_uris=["https://vault.example.com/v1/auth/oidc/oidc/callback"])
-    url = await h.auth_url(redirect_uri="https://vault.example.com/v1/auth/oidc/oidc/callback")
+    await h.configure(oidc_response_mode="form_post", **config)
+    await h.role(allowed_redirect_uris=[API_REDIRECT, CLI_REDIRECT, "https://example.com"])
+    return h
+
+
+async def post(h: Harness, **form: Any) -> Any:
+    return await h.call(Operation.UPDATE, "oidc/callback", form)
+
+
+async def test_form_post_code_then_get_no_code() -> None:
+    h = await form_post_harness()
+    url = await h.auth_url(redirect_uri=API_REDIRECT)
     state = query(url)["state"]
     code = h.idp.authorize(url, **BOB)
-    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "code": code})
+    page = await post(h, state=state, code=code)
     assert page.status == 200 and page.content_type.startswith("text/html")
     assert b'"path": "oidc"' in page.raw_body and b'"code": "no_code"' in page.raw_body
     script = page.raw_body.split(b"<script>")[1].split(b"</script>")[0]
@@ -396,61 +425,116 @@ async def test_form_post_code_then_get_no_code() -> None:
     assert page.headers["Cache-Control"] == "no-store"
     resp = await h.callback(state=state, code="no_code")
     assert resp.auth.alias.name == "bob@example.com"
+    with pytest.raises(InvalidRequest, match="Expired or missing OAuth state"):
+        await h.callback(state=state, code="no_code")  # the verified result is taken once
+
+
+async def test_form_post_then_get_with_the_code_like_the_vault_cli() -> None:
+    """The Vault CLI POSTs the form, then GETs with the same state and the real code."""
+    h = await form_post_harness()
+    url = await h.auth_url(redirect_uri=CLI_REDIRECT)
+    state = query(url)["state"]
+    code = h.idp.authorize(url, **BOB)
+    page = await post(h, state=state, code=code)
+    assert page.status == 400 and b"Invalid redirect path." in page.raw_body  # no /v1/auth/ in it
+    resp = await h.callback(state=state, code=code)
+    assert resp.auth.alias.name == "bob@example.com"
+
+
+async def test_form_post_exchange_failure_page_writes_nothing() -> None:
+    h = await form_post_harness()
+    url = await h.auth_url(redirect_uri=API_REDIRECT)
+    state = query(url)["state"]
+    before = h.storage.dump()
+    page = await post(h, state=state, code="forged")
+    assert page.status == 400
+    assert b"Vault login failed." in page.raw_body and b"Error exchanging oidc code" in page.raw_body
+    assert b"&lt;b&gt;" not in page.raw_body and b"<b>" not in page.raw_body  # the IdP's text is not reflected
+    assert h.storage.dump() == before
+    with pytest.raises(InvalidRequest, match="No code or id_token received"):
+        await h.callback(state=state, code="no_code")
+    code = h.idp.authorize(url, **BOB)  # the state was not used up: the real code still works
+    assert (await post(h, state=state, code=code)).status == 200
+
+
+async def test_form_post_state_only_writes_nothing_and_extends_nothing() -> None:
+    """Issue 15: a form_post carrying only ``state`` pushed the state's expiry 10 minutes on."""
+    h = await form_post_harness()
+    url = await h.auth_url(redirect_uri=API_REDIRECT)
+    state = query(url)["state"]
+    before = h.storage.dump()
+    for _ in range(3):
+        h.clock.now += 500
+        await post(h, state=state)
+    assert h.storage.dump() == before
+    page = await post(h, state=state, code=h.idp.authorize(url, **BOB))
+    assert page.status == 400 and b"Expired or missing OAuth state." in page.raw_body
+
+
+async def test_form_post_twice_is_refused() -> None:
+    h = await form_post_harness()
+    url = await h.auth_url(redirect_uri=API_REDIRECT)
+    state = query(url)["state"]
+    code = h.idp.authorize(url, **BOB)
+    assert (await post(h, state=state, code=code)).status == 200
+    page = await post(h, state=state, code=code)
+    assert page.status == 400 and b"Expired or missing OAuth state." in page.raw_body
 
 
 async def test_form_post_unknown_state_and_invalid_path_pages() -> None:
-    h = Harness()
-    await h.configure(oidc_response_mode="form_post")
-    await h.role()
-    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": "<script>alert(1)</script>", "code": "c"})
+    h = await form_post_harness()
+    page = await post(h, state="<script>alert(1)</script>", code="c")
     assert page.status == 400 and b"Expired or missing OAuth state." in page.raw_body
     assert b"<script>" not in page.raw_body
     assert page.headers["Content-Security-Policy"] == "default-src 'none'"
     url = await h.auth_url(redirect_uri=CLI_REDIRECT)
-    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": query(url)["state"], "code": "c"})
+    page = await post(h, state=query(url)["state"], code=h.idp.authorize(url, **BOB))
     assert page.status == 400 and b"Invalid redirect path." in page.raw_body
 
 
 async def test_form_post_page_escapes_state_suffix() -> None:
-    h = Harness()
-    await h.configure(oidc_response_mode="form_post", namespace_in_state=True)
-    uri = "https://vault.example.com/v1/auth/oidc/oidc/callback"
-    await h.role(allowed_redirect_uris=[uri])
-    url = await h.auth_url(redirect_uri=uri)
+    h = await form_post_harness(namespace_in_state=True)
+    url = await h.auth_url(redirect_uri=API_REDIRECT)
     state = query(url)["state"] + ",ns=</script><script>alert(1)</script>"
-    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "code": "c"})
+    page = await post(h, state=state, code=h.idp.authorize(url, **BOB))
     assert page.status == 200
     assert b"</script><script>" not in page.raw_body
     assert b"\\u003c/script\\u003e" in page.raw_body
 
 
 async def test_implicit_form_post_id_token_is_verified_and_not_stored() -> None:
-    h = Harness()
-    await h.configure(oidc_response_mode="form_post", oidc_response_types=["id_token"])
+    h = await form_post_harness(oidc_response_types=["id_token"])
     await h.role(bound_subject="bob", allowed_redirect_uris=["https://example.com"])
     url = await h.auth_url(redirect_uri="https://example.com")
     state = query(url)["state"]
     grant_code = h.idp.authorize(url, **BOB)
     id_token = h.idp.id_token(h.idp.grants[grant_code])
-    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "id_token": id_token})
+    page = await post(h, state=state, id_token=id_token)
     assert page.status == 400 and b"Invalid redirect path." in page.raw_body
-    stored = await h.storage.get(STATE_PREFIX + state)
-    assert id_token not in repr(stored)
+    stored = h.storage.dump()
+    assert id_token not in repr(stored) and id_token.split(".")[2] not in repr(stored)
     resp = await h.callback(state=state)
     assert resp.auth.alias.name == "bob@example.com"
 
 
 async def test_implicit_form_post_bad_id_token_page() -> None:
-    h = Harness()
-    await h.configure(oidc_response_mode="form_post", oidc_response_types=["id_token"])
-    await h.role(allowed_redirect_uris=["https://example.com"])
+    h = await form_post_harness(oidc_response_types=["id_token"])
     url = await h.auth_url(redirect_uri="https://example.com")
     state = query(url)["state"]
+    before = h.storage.dump()
     forged = make_token({"sub": "x", "nonce": "<img src=x>"}, key=ec_key())
-    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": state, "id_token": forged})
+    page = await post(h, state=state, id_token=forged)
     assert page.status == 400 and b"Token verification failed." in page.raw_body
+    assert h.storage.dump() == before
     with pytest.raises(InvalidRequest, match="No code or id_token received"):
         await h.callback(state=state)
+
+
+async def test_error_description_fails_the_login_without_echo(h: Harness) -> None:
+    url = await h.auth_url()
+    with pytest.raises(InvalidRequest) as exc:
+        await h.callback(state=query(url)["state"], error_description="<b>call 555-0100</b>")
+    assert exc.value.messages == ["Vault login failed. The identity provider returned an error."]
 
 
 # ---------------------------------------------------------------------------
@@ -477,6 +561,25 @@ async def test_implicit_form_post_bad_id_token_page() -> None:
         ("https://localhost:5000", ["a", "http://localhost:5000"], False),
         ("https://[::1]:5000/x/y?r=42", ["a", "https://[::1]:5000/x/y?r=43"], False),
         ("https://[::1:5000/x", ["https://[::1:5000/x"], False),
+        # Issue 15 section 4: scheme and host compare case-insensitively, the rest exactly.
+        ("HTTPS://Vault.Example.COM/v1/cb", ["https://vault.example.com/v1/cb"], True),
+        ("https://vault.example.com/v1/cb", ["HTTPS://VAULT.EXAMPLE.COM/v1/cb"], True),
+        ("https://vault.example.com/V1/cb", ["https://vault.example.com/v1/cb"], False),
+        ("https://vault.example.com/v1/CB", ["https://vault.example.com/v1/cb"], False),
+        ("https://vault.example.com/v1/cb?Tenant=a", ["https://vault.example.com/v1/cb?tenant=a"], False),
+        ("https://vault.example.com/v1/cb?tenant=A", ["https://vault.example.com/v1/cb?tenant=a"], False),
+        ("https://vault.example.com/v1/cb#X", ["https://vault.example.com/v1/cb#x"], False),
+        ("https://vault.example.com/v1/cb?", ["https://vault.example.com/v1/cb"], False),
+        ("https://vault.example.com:443/v1/cb", ["https://vault.example.com/v1/cb"], False),
+        ("https://Bob@vault.example.com/v1/cb", ["https://bob@vault.example.com/v1/cb"], False),
+        ("https://bob@VAULT.example.com/v1/cb", ["https://bob@vault.example.com/v1/cb"], True),
+        ("https://[2001:DB8::1]:8200/cb", ["https://[2001:db8::1]:8200/cb"], True),
+        ("https://[2001:db8::1]:8200/CB", ["https://[2001:db8::1]:8200/cb"], False),
+        ("https://vault.example.com/v1/cb ", ["https://vault.example.com/v1/cb "], False),
+        ("https://vault.example.com/v1/\tcb", ["https://vault.example.com/v1/\tcb"], False),
+        ("https://vault.example.com/v1/cb", ["https://vault.example.com/v1/\tcb"], False),
+        ("HTTP://localhost:9000/cb", ["http://localhost:5000/cb"], True),
+        ("http://localhost:9000/CB", ["http://localhost:5000/cb"], False),
     ],
     ids=lambda v: str(v) if isinstance(v, bool) else None,
 )

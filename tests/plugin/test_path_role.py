@@ -24,7 +24,7 @@ def h() -> Harness:
 
 async def stored(h: Harness, name: str) -> dict[str, Any]:
     raw = await h.storage.get("role/" + name)
-    assert raw is not None
+    assert isinstance(raw, dict)
     return raw
 
 

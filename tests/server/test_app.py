@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from plugin import registry
 from plugin.errors import InvalidRequest
@@ -20,6 +21,7 @@ from server.app import create_app
 from server.appkeys import MOUNTS
 from server.http.listverb import ListVerbAppRunner, make_test_server
 from server.settings import Settings, StorageSettings
+from tests.server.httpkit import Client, app_of
 
 ROOT = "root-token-for-tests"
 
@@ -50,22 +52,22 @@ class EchoBackend(Backend):
         return Response(auth=Auth(display_name="tester", policies=values.get("policies", []), ttl=600))
 
     async def _list(self, req: Request, values: dict[str, Any]) -> Response:
-        return Response(data={"keys": sorted(await req.storage.list("item/"))})
+        return Response(data={"keys": sorted(await req.require_storage().list("item/"))})
 
     async def _exists(self, req: Request, values: dict[str, Any]) -> bool:
-        return await req.storage.get("item/" + values["name"]) is not None
+        return await req.require_storage().get("item/" + values["name"]) is not None
 
     async def _read(self, req: Request, values: dict[str, Any]) -> Response | None:
-        value = await req.storage.get("item/" + values["name"])
+        value = await req.require_storage().get("item/" + values["name"])
         return None if value is None else Response(data={"value": value})
 
     async def _write(self, req: Request, values: dict[str, Any]) -> None:
         if values.get("value") == "bad":
             raise InvalidRequest("value must not be bad")
-        await req.storage.put("item/" + values["name"], values.get("value", ""))
+        await req.require_storage().put("item/" + values["name"], values.get("value", ""))
 
     async def _delete(self, req: Request, values: dict[str, Any]) -> None:
-        await req.storage.delete("item/" + values["name"])
+        await req.require_storage().delete("item/" + values["name"])
 
     async def _echo(self, req: Request, values: dict[str, Any]) -> Response:
         return Response(data={
@@ -89,12 +91,12 @@ def make_settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> TestClient:
+async def client(aiohttp_client: AiohttpClient) -> Client:
     return await aiohttp_client(make_test_server(create_app(make_settings())))
 
 
 @pytest.fixture
-async def echo(client: TestClient) -> TestClient:
+async def echo(client: Client) -> Client:
     resp = await client.post("/v1/sys/auth/echo", json={"type": "echo"}, headers=H)
     assert resp.status == 204
     return client
@@ -103,14 +105,16 @@ async def echo(client: TestClient) -> TestClient:
 H = {"X-Vault-Token": ROOT}
 
 
-async def login(client: TestClient, policies: str = "") -> str:
+async def login(client: Client, policies: str = "") -> str:
     resp = await client.post("/v1/auth/echo/login", json={"policies": policies})
     assert resp.status == 200
-    return (await resp.json())["auth"]["client_token"]
+    token = (await resp.json())["auth"]["client_token"]
+    assert isinstance(token, str)
+    return token
 
 
 # -- health ------------------------------------------------------------------------------
-async def test_health_get_is_unauthenticated(client: TestClient) -> None:
+async def test_health_get_is_unauthenticated(client: Client) -> None:
     resp = await client.get("/v1/sys/health")
     body = await resp.json()
     assert resp.status == 200
@@ -118,7 +122,7 @@ async def test_health_get_is_unauthenticated(client: TestClient) -> None:
     assert {"server_time_utc", "version", "cluster_name", "cluster_id"} <= set(body)
 
 
-async def test_health_head(client: TestClient) -> None:
+async def test_health_head(client: Client) -> None:
     resp = await client.head("/v1/sys/health")
     assert resp.status == 200
     assert await resp.read() == b""
@@ -135,7 +139,7 @@ async def test_health_head(client: TestClient) -> None:
     ],
 )
 async def test_status_endpoints_are_unauthenticated_and_read_only(
-    client: TestClient, path: str, expected: dict[str, Any]
+    client: Client, path: str, expected: dict[str, Any]
 ) -> None:
     resp = await client.get(path)
     assert resp.status == 200 and resp.headers["Content-Type"] == "application/json"
@@ -147,14 +151,14 @@ async def test_status_endpoints_are_unauthenticated_and_read_only(
         assert "errors" in await refused.json()
 
 
-async def test_seal_status_names_the_cluster_and_version(client: TestClient) -> None:
+async def test_seal_status_names_the_cluster_and_version(client: Client) -> None:
     health = await (await client.get("/v1/sys/health")).json()
     seal = await (await client.get("/v1/sys/seal-status")).json()
     assert seal["cluster_id"] == health["cluster_id"] and seal["version"] == health["version"]
 
 
 # -- envelope and adapter ------------------------------------------------------------------
-async def test_envelope_has_exact_keys(echo: TestClient) -> None:
+async def test_envelope_has_exact_keys(echo: Client) -> None:
     resp = await echo.post("/v1/auth/echo/echo", json={"a": 1}, headers=H)
     body = await resp.json()
     assert resp.headers["Content-Type"] == "application/json"
@@ -167,7 +171,7 @@ async def test_envelope_has_exact_keys(echo: TestClient) -> None:
     assert "x-vault-token" not in body["data"]["headers"]
 
 
-async def test_crud_roundtrip_and_204(echo: TestClient) -> None:
+async def test_crud_roundtrip_and_204(echo: Client) -> None:
     assert (await echo.post("/v1/auth/echo/item/one", json={"value": "v1"}, headers=H)).status == 204
     resp = await echo.get("/v1/auth/echo/item/one", headers=H)
     assert (await resp.json())["data"] == {"value": "v1"}
@@ -184,7 +188,7 @@ async def test_crud_roundtrip_and_204(echo: TestClient) -> None:
     [("?list=true", 200), ("?list=True", 200), ("?list=1", 200), ("?list=false", 405), ("", 405)],
     ids=["true", "True (hvac Client.list)", "1", "false is a read", "no list"],
 )
-async def test_get_list_query(echo: TestClient, query: str, status: int) -> None:
+async def test_get_list_query(echo: Client, query: str, status: int) -> None:
     await echo.post("/v1/auth/echo/item/a", json={"value": "x"}, headers=H)
     resp = await echo.get("/v1/auth/echo/item" + query, headers=H)
     assert resp.status == status
@@ -192,13 +196,13 @@ async def test_get_list_query(echo: TestClient, query: str, status: int) -> None
         assert (await resp.json())["data"]["keys"] == ["a"]
 
 
-async def test_list_non_boolean_is_400(echo: TestClient) -> None:
+async def test_list_non_boolean_is_400(echo: Client) -> None:
     resp = await echo.get("/v1/auth/echo/item?list=maybe", headers=H)
     assert resp.status == 400
     assert "list" in (await resp.json())["errors"][0]
 
 
-async def test_empty_list_is_404_with_empty_errors(echo: TestClient) -> None:
+async def test_empty_list_is_404_with_empty_errors(echo: Client) -> None:
     resp = await echo.get("/v1/auth/echo/item?list=true", headers=H)
     assert resp.status == 404
     assert resp.headers["Content-Type"] == "application/json"
@@ -211,31 +215,31 @@ async def test_empty_list_is_404_with_empty_errors(echo: TestClient) -> None:
      (b"{\"a\": 1", "application/x-www-form-urlencoded")],
     ids=["malformed", "array", "string", "form type but JSON-looking body"],
 )
-async def test_bad_json_is_400(echo: TestClient, body: bytes, ctype: str) -> None:
+async def test_bad_json_is_400(echo: Client, body: bytes, ctype: str) -> None:
     resp = await echo.post("/v1/auth/echo/echo", data=body, headers={**H, "Content-Type": ctype})
     assert resp.status == 400
     assert resp.headers["Content-Type"] == "application/json"
     assert await resp.json() == {"errors": ["error parsing JSON"]}
 
 
-async def test_form_body(echo: TestClient) -> None:
+async def test_form_body(echo: Client) -> None:
     resp = await echo.post("/v1/auth/echo/echo", data="a=1&b=2&b=3",
                            headers={**H, "Content-Type": "application/x-www-form-urlencoded"})
     assert (await resp.json())["data"]["data"] == {"a": "1", "b": ["2", "3"]}
 
 
-async def test_query_args_become_data_on_get(echo: TestClient) -> None:
+async def test_query_args_become_data_on_get(echo: Client) -> None:
     resp = await echo.get("/v1/auth/echo/echo?x=1&y=2&y=3", headers=H)
     assert (await resp.json())["data"]["data"] == {"x": "1", "y": ["2", "3"]}
 
 
-async def test_empty_post_body_is_empty_data(echo: TestClient) -> None:
+async def test_empty_post_body_is_empty_data(echo: Client) -> None:
     resp = await echo.post("/v1/auth/echo/echo", headers=H)
     assert (await resp.json())["data"]["data"] == {}
 
 
-async def test_body_too_large_is_413_json(aiohttp_client: Any) -> None:
-    client = await aiohttp_client(make_test_server(create_app(make_settings(max_request_size=2048))))
+async def test_body_too_large_is_413_json(aiohttp_client: AiohttpClient) -> None:
+    client: Client = await aiohttp_client(make_test_server(create_app(make_settings(max_request_size=2048))))
     resp = await client.post("/v1/auth/token/lookup-self", data=b"{" + b" " * 5000 + b"}",
                              headers={**H, "Content-Type": "application/json"})
     assert resp.status == 413
@@ -243,13 +247,13 @@ async def test_body_too_large_is_413_json(aiohttp_client: Any) -> None:
     assert (await resp.json())["errors"] == ["http: request body too large"]
 
 
-async def test_unknown_mount_is_404_no_handler(client: TestClient) -> None:
+async def test_unknown_mount_is_404_no_handler(client: Client) -> None:
     resp = await client.get("/v1/auth/nothing/here", headers=H)
     assert resp.status == 404
     assert (await resp.json())["errors"] == ['no handler for route "auth/nothing/here". route entry not found.']
 
 
-async def test_unknown_v1_path_is_404(client: TestClient) -> None:
+async def test_unknown_v1_path_is_404(client: Client) -> None:
     resp = await client.get("/v1/secret/foo", headers=H)
     assert resp.status == 404
     assert "no handler for route" in (await resp.json())["errors"][0]
@@ -262,7 +266,7 @@ async def test_unknown_v1_path_is_404(client: TestClient) -> None:
     ids=["root", "v1 without slash", "post", "delete nested", "head", "crlf in a mount path",
          "newline in a sys path", "newline outside v1"],
 )
-async def test_path_outside_v1_is_json_404_and_logged(client: TestClient, method: str, path: str) -> None:
+async def test_path_outside_v1_is_json_404_and_logged(client: Client, method: str, path: str) -> None:
     import structlog
 
     with structlog.testing.capture_logs() as logs:
@@ -276,18 +280,18 @@ async def test_path_outside_v1_is_json_404_and_logged(client: TestClient, method
     assert lines[0]["path"] == path.replace("%0d", "\r").replace("%0a", "\n")
 
 
-async def test_unsupported_path_in_mount(echo: TestClient) -> None:
+async def test_unsupported_path_in_mount(echo: Client) -> None:
     resp = await echo.get("/v1/auth/echo/nope", headers=H)
     assert resp.status == 404
     assert (await resp.json())["errors"] == ["unsupported path"]
 
 
-async def test_unsupported_method_is_405(echo: TestClient) -> None:
+async def test_unsupported_method_is_405(echo: Client) -> None:
     resp = await echo.patch("/v1/auth/echo/item/a", json={}, headers=H)
     assert resp.status == 405
 
 
-async def test_internal_error_is_generic_500(echo: TestClient) -> None:
+async def test_internal_error_is_generic_500(echo: Client) -> None:
     resp = await echo.get("/v1/auth/echo/boom", headers=H)
     assert resp.status == 500
     assert resp.headers["Content-Type"] == "application/json"
@@ -295,14 +299,14 @@ async def test_internal_error_is_generic_500(echo: TestClient) -> None:
     assert body == '{"errors":["internal error"]}'
 
 
-async def test_raw_body_response(echo: TestClient) -> None:
+async def test_raw_body_response(echo: Client) -> None:
     resp = await echo.get("/v1/auth/echo/raw")
     assert resp.status == 200
     assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
     assert await resp.text() == "<html>ok</html>"
 
 
-async def test_plugin_error_becomes_400(echo: TestClient) -> None:
+async def test_plugin_error_becomes_400(echo: Client) -> None:
     resp = await echo.post("/v1/auth/echo/item/x", json={"value": "bad"}, headers=H)
     assert resp.status == 400
     assert await resp.json() == {"errors": ["value must not be bad"]}
@@ -314,19 +318,19 @@ async def test_plugin_error_becomes_400(echo: TestClient) -> None:
     [{}, {"X-Vault-Token": "hvs.nope"}, {"Authorization": "Bearer hvs.nope"}, {"Authorization": "Basic x"}],
     ids=["no token", "unknown token", "unknown bearer", "not bearer"],
 )
-async def test_authenticated_path_needs_token(echo: TestClient, headers: dict[str, str]) -> None:
+async def test_authenticated_path_needs_token(echo: Client, headers: dict[str, str]) -> None:
     resp = await echo.get("/v1/auth/echo/item/a", headers=headers)
     assert resp.status == 403
     assert resp.headers["Content-Type"] == "application/json"
     assert await resp.json() == {"errors": ["permission denied"]}
 
 
-async def test_bearer_token_accepted(echo: TestClient) -> None:
+async def test_bearer_token_accepted(echo: Client) -> None:
     resp = await echo.post("/v1/auth/echo/echo", json={}, headers={"Authorization": f"Bearer {ROOT}"})
     assert resp.status == 200
 
 
-async def test_login_ignores_invalid_x_vault_token_and_issues_auth(echo: TestClient) -> None:
+async def test_login_ignores_invalid_x_vault_token_and_issues_auth(echo: Client) -> None:
     resp = await echo.post("/v1/auth/echo/login", json={"policies": "p1"}, headers={"X-Vault-Token": "garbage"})
     body = await resp.json()
     assert resp.status == 200
@@ -341,13 +345,13 @@ async def test_login_ignores_invalid_x_vault_token_and_issues_auth(echo: TestCli
     assert data["display_name"].startswith("echo")
 
 
-async def test_acl_denies_without_policy(echo: TestClient) -> None:
+async def test_acl_denies_without_policy(echo: Client) -> None:
     token = await login(echo, "nothing")
     resp = await echo.get("/v1/auth/echo/item/a", headers={"X-Vault-Token": token})
     assert resp.status == 403
 
 
-async def test_acl_grants_by_capability(echo: TestClient) -> None:
+async def test_acl_grants_by_capability(echo: Client) -> None:
     policy = 'path "auth/echo/item/*" { capabilities = ["read", "create"] }\npath "auth/echo/item/" { capabilities = ["list"] }'
     assert (await echo.put("/v1/sys/policies/acl/reader", json={"policy": policy}, headers=H)).status == 204
     await echo.post("/v1/auth/echo/item/a", json={"value": "x"}, headers=H)
@@ -375,11 +379,13 @@ async def test_acl_grants_by_capability(echo: TestClient) -> None:
     ],
     ids=["no trusted proxies: XFF ignored", "rightmost", "hop skip 1", "untrusted peer: ignored", "absent"],
 )
-async def test_remote_addr(aiohttp_client: Any, trusted: tuple[str, ...], skips: int, xff: str | None, expected: str) -> None:
+async def test_remote_addr(
+    aiohttp_client: AiohttpClient, trusted: tuple[str, ...], skips: int, xff: str | None, expected: str
+) -> None:
     settings = make_settings(
         trusted_proxies=tuple(ipaddress.ip_network(c) for c in trusted), x_forwarded_for_hop_skips=skips
     )
-    client = await aiohttp_client(make_test_server(create_app(settings)))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
     await client.post("/v1/sys/auth/echo", json={"type": "echo"}, headers=H)
     headers = dict(H)
     if xff is not None:
@@ -388,16 +394,16 @@ async def test_remote_addr(aiohttp_client: Any, trusted: tuple[str, ...], skips:
     assert (await resp.json())["data"]["remote"] == expected
 
 
-async def test_xff_chain_shorter_than_hop_skips_is_400(aiohttp_client: Any) -> None:
+async def test_xff_chain_shorter_than_hop_skips_is_400(aiohttp_client: AiohttpClient) -> None:
     settings = make_settings(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),), x_forwarded_for_hop_skips=2)
-    client = await aiohttp_client(make_test_server(create_app(settings)))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
     resp = await client.get("/v1/sys/auth", headers={**H, "X-Forwarded-For": "1.1.1.1"})
     assert resp.status == 400
     assert "hops to skip" in (await resp.json())["errors"][0]
 
 
 # -- sys/auth ------------------------------------------------------------------------------
-async def test_sys_auth_list_copies_data_to_top(echo: TestClient) -> None:
+async def test_sys_auth_list_copies_data_to_top(echo: Client) -> None:
     body = await (await echo.get("/v1/sys/auth", headers=H)).json()
     assert set(body["data"]) == {"echo/", "token/"}
     assert body["echo/"] == body["data"]["echo/"]
@@ -407,14 +413,14 @@ async def test_sys_auth_list_copies_data_to_top(echo: TestClient) -> None:
     assert set(entry["config"]) >= {"default_lease_ttl", "max_lease_ttl", "force_no_cache", "token_type"}
 
 
-async def test_openapi_lists_mount_paths(echo: TestClient) -> None:
+async def test_openapi_lists_mount_paths(echo: Client) -> None:
     body = await (await echo.get("/v1/sys/internal/specs/openapi", headers=H)).json()
     assert "/auth/echo/login" in body["paths"]
     assert "/auth/echo/item/{name}" in body["paths"]
     assert "post" in body["paths"]["/sys/auth/{path}"]
 
 
-async def test_policy_crud(client: TestClient) -> None:
+async def test_policy_crud(client: Client) -> None:
     policy = 'path "auth/*" { capabilities = ["read"] }'
     assert (await client.put("/v1/sys/policy/dev", json={"policy": policy}, headers=H)).status == 204
     body = await (await client.get("/v1/sys/policy/dev", headers=H)).json()
@@ -430,8 +436,8 @@ async def test_policy_crud(client: TestClient) -> None:
     assert (await client.get("/v1/sys/policies/acl/dev", headers=H)).status == 404
 
 
-async def test_mount_table_seen_by_app(echo: TestClient) -> None:
-    table = echo.server.app[MOUNTS]
+async def test_mount_table_seen_by_app(echo: Client) -> None:
+    table = app_of(echo)[MOUNTS]
     found = table.match("echo/item/x")
     assert found is not None and found[1] == "item/x"
 
@@ -462,7 +468,7 @@ registry.register("sudoecho", SudoBackend)
      ('["create", "sudo"]', 403, 403)],
     ids=["no sudo", "sudo, read only", "sudo and update", "create is not enough (no existence check)"],
 )
-async def test_mount_path_declared_sudo(client: TestClient, capabilities: str, read: int, write: int) -> None:
+async def test_mount_path_declared_sudo(client: Client, capabilities: str, read: int, write: int) -> None:
     """``PathSpec.sudo`` (Vault's root paths) is honoured on mounts as on sys paths."""
     assert (await client.post("/v1/sys/auth/su", json={"type": "sudoecho"}, headers=H)).status == 204
     policy = f'path "auth/su/*" {{ capabilities = {capabilities} }}'
@@ -500,7 +506,7 @@ async def test_shutdown_lets_in_flight_request_finish() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     base = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{base}/v1/sys/auth/slow", json={"type": "slow"}, headers=H) as resp:
@@ -517,7 +523,7 @@ async def test_shutdown_lets_in_flight_request_finish() -> None:
     assert status == 200 and body["data"] == {"finished": True}
 
 
-async def test_num_uses_token_is_revoked_after_its_last_use(echo: TestClient) -> None:
+async def test_num_uses_token_is_revoked_after_its_last_use(echo: Client) -> None:
     created = await echo.post("/v1/auth/token/create", json={"policies": ["root"], "num_uses": 2}, headers=H)
     assert created.status == 200, await created.text()
     token = {"X-Vault-Token": (await created.json())["auth"]["client_token"]}
@@ -526,7 +532,7 @@ async def test_num_uses_token_is_revoked_after_its_last_use(echo: TestClient) ->
     assert (await echo.post("/v1/auth/echo/echo", json={}, headers=token)).status == 403
 
 
-async def test_token_rows_are_not_announced_to_other_nodes(aiohttp_client: Any) -> None:
+async def test_token_rows_are_not_announced_to_other_nodes(aiohttp_client: AiohttpClient) -> None:
     """A shared engine is told which keys no node caches (token rows), so their writes need
     no cross-node invalidation; cached keys (mount epochs, mounts, policies) are not on it."""
     from plugin.storage import InMemoryStorage
@@ -535,10 +541,10 @@ async def test_token_rows_are_not_announced_to_other_nodes(aiohttp_client: Any) 
     class Shared(InMemoryStorage):
         quiet: list[str] = []
 
-        def set_invalidation_callback(self, cb: Any) -> None:
+        def set_invalidation_callback(self, cb: Callable[[str], None]) -> None:
             self.cb = cb
 
-        def set_unannounced_prefixes(self, prefixes: Any) -> None:
+        def set_unannounced_prefixes(self, prefixes: Sequence[str]) -> None:
             self.quiet = list(prefixes)
 
     storage = Shared()

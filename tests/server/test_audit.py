@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from plugin.sealing import is_sealed
 from plugin.storage import InMemoryStorage
@@ -31,6 +31,7 @@ from server.http.listverb import make_test_server
 from server.settings import AuditSeed, Settings, StorageSettings
 from server.tokens.store import ID_PREFIX
 from tests.plugin.keyfactory import make_token, rsa_key
+from tests.server.httpkit import Client, app_of
 
 ROOT = "root-token-for-audit-tests"
 H = {"X-Vault-Token": ROOT}
@@ -97,7 +98,7 @@ def _record(**fields: Any) -> Record:
          and e["response"]["auth"]["display_name"] == "jwt-alice"),
     ],
 )
-def test_device_options(options: dict[str, bool], check: Any) -> None:
+def test_device_options(options: dict[str, Any], check: Any) -> None:
     rec = _record(is_list=True, response_data={"keys": ["a", "b"], "accessor": "acc"})
     rec.response_auth = ({"client_token": "hvs.issued", "accessor": "issued-acc", "policies": ["p"],
                           "token_type": "service", "lease_duration": 60}, "jwt-alice")
@@ -110,8 +111,8 @@ def _settings(**extra: Any) -> Settings:
     return Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT, **extra)
 
 
-async def _client(aiohttp_client: Any, settings: Settings | None = None, **kwargs: Any) -> TestClient:
-    client: TestClient = await aiohttp_client(make_test_server(create_app(settings or _settings(), **kwargs)))
+async def _client(aiohttp_client: AiohttpClient, settings: Settings | None = None, **kwargs: Any) -> Client:
+    client: Client = await aiohttp_client(make_test_server(create_app(settings or _settings(), **kwargs)))
     for path, body in (
         ("sys/auth/jwt", {"type": "jwt"}),
         ("auth/jwt/config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISS}),
@@ -123,7 +124,7 @@ async def _client(aiohttp_client: Any, settings: Settings | None = None, **kwarg
     return client
 
 
-async def _enable(client: TestClient, path: str, status: int = 204, **body: Any) -> dict[str, Any]:
+async def _enable(client: Client, path: str, status: int = 204, **body: Any) -> dict[str, Any]:
     resp = await client.post(f"/v1/sys/audit/{path}", json=body, headers=H)
     assert resp.status == status, await resp.text()
     return await resp.json() if status != 204 else {}
@@ -133,12 +134,12 @@ def _entries(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-async def _login(client: TestClient, token: str, role: str = "ci") -> tuple[int, dict[str, Any]]:
+async def _login(client: Client, token: str, role: str = "ci") -> tuple[int, dict[str, Any]]:
     resp = await client.post("/v1/auth/jwt/login", json={"role": role, "jwt": token})
     return resp.status, await resp.json()
 
 
-async def test_every_request_has_both_entries_and_no_raw_secret(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_every_request_has_both_entries_and_no_raw_secret(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     log = tmp_path / "audit.log"
     await _enable(client, "file", type="file", options={"file_path": str(log)})
@@ -178,7 +179,7 @@ async def test_every_request_has_both_entries_and_no_raw_secret(aiohttp_client: 
                for e in used)
 
 
-async def test_refused_login_carries_reason_role_and_hashed_claims(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_refused_login_carries_reason_role_and_hashed_claims(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     log = tmp_path / "audit.log"
     await _enable(client, "file", type="file", options={"file_path": str(log)})
@@ -208,7 +209,7 @@ async def test_refused_login_carries_reason_role_and_hashed_claims(aiohttp_clien
             assert "sub" not in failure
 
 
-async def test_non_hmac_keys_of_the_mount(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_non_hmac_keys_of_the_mount(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     log = tmp_path / "audit.log"
     resp = await client.post("/v1/sys/auth/jwt/tune", json={"audit_non_hmac_request_keys": ["role"],
@@ -224,7 +225,7 @@ async def test_non_hmac_keys_of_the_mount(aiohttp_client: Any, tmp_path: Path) -
     assert listed["response"]["data"]["keys"] == ["ci"]
 
 
-async def test_error_entries_follow_vault(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_error_entries_follow_vault(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     log = tmp_path / "audit.log"
     await _enable(client, "file", type="file", options={"file_path": str(log)})
@@ -240,7 +241,7 @@ async def test_error_entries_follow_vault(aiohttp_client: Any, tmp_path: Path) -
     assert refused["response"]["data"]["error"].startswith("hmac-sha256:")
 
 
-async def test_status_paths_are_not_audited(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_status_paths_are_not_audited(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     log = tmp_path / "audit.log"
     await _enable(client, "file", type="file", options={"file_path": str(log)})
@@ -271,14 +272,14 @@ async def test_status_paths_are_not_audited(aiohttp_client: Any, tmp_path: Path)
         ("%20x", {"type": "file", "options": {"file_path": "/tmp/x"}}, "invalid mount path ' x'"),
     ],
 )
-async def test_enable_refusals(aiohttp_client: Any, path: str, body: dict[str, Any], message: str) -> None:
+async def test_enable_refusals(aiohttp_client: AiohttpClient, path: str, body: dict[str, Any], message: str) -> None:
     client = await _client(aiohttp_client)
     errors = (await _enable(client, path, status=400, **body))["errors"]
     assert errors[0].startswith(message), errors
     assert (await (await client.get("/v1/sys/audit", headers=H)).json())["data"] == {}
 
 
-async def test_devices_are_listed_disabled_and_need_sudo(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_devices_are_listed_disabled_and_need_sudo(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     await _enable(client, "one", type="file", description="d", options={"file_path": str(tmp_path / "1")})
     assert (await _enable(client, "one/", status=400, type="file", options={"file_path": str(tmp_path / "2")}))[
@@ -299,11 +300,12 @@ async def test_devices_are_listed_disabled_and_need_sudo(aiohttp_client: Any, tm
     assert (await client.post("/v1/sys/audit-hash/one", headers=H, json={"input": "x"})).status == 400
 
 
-async def test_salts_are_sealed_and_per_device(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_salts_are_sealed_and_per_device(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     for name in ("a", "b"):
         await _enable(client, name, type="file", options={"file_path": str(tmp_path / name)})
-    stored = await client.app[STORAGE].get(AUDIT_KEY)
+    stored = await app_of(client)[STORAGE].get(AUDIT_KEY)
+    assert stored is not None
     salts = [e["salt"] for e in stored["entries"]]
     assert len(set(salts)) == 2 and all(is_sealed(s) for s in salts)
     hashes = set()
@@ -311,11 +313,11 @@ async def test_salts_are_sealed_and_per_device(aiohttp_client: Any, tmp_path: Pa
         resp = await client.post(f"/v1/sys/audit-hash/{name}", json={"input": "same"}, headers=H)
         hashes.add((await resp.json())["data"]["hash"])
     assert len(hashes) == 2
-    for name, device in client.app[AUDIT].devices.items():
+    for name, device in app_of(client)[AUDIT].devices.items():
         assert device.salt.hex() not in json.dumps(stored), name
 
 
-async def test_fail_closed_no_token_is_issued(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_fail_closed_no_token_is_issued(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     storage = InMemoryStorage()
     client = await _client(aiohttp_client, storage=storage)
     log = tmp_path / "audit.log"
@@ -323,7 +325,7 @@ async def test_fail_closed_no_token_is_issued(aiohttp_client: Any, tmp_path: Pat
     before = await storage.list(ID_PREFIX)
     log.unlink()
     log.symlink_to("/dev/full")  # every write fails with ENOSPC
-    client.app[AUDIT].reopen()  # what SIGHUP does
+    app_of(client)[AUDIT].reopen()  # what SIGHUP does
     status, body = await _login(client, jwt())
     assert status == 503 and body["errors"] == ["audit unavailable: no audit device could record the request"]
     assert await storage.list(ID_PREFIX) == before  # nothing was issued
@@ -331,32 +333,32 @@ async def test_fail_closed_no_token_is_issued(aiohttp_client: Any, tmp_path: Pat
     assert health.status == 503 and (await health.json())["ready"] is False
     assert (await client.get("/v1/sys/health?unreadycode=200")).status == 200
     log.unlink()  # repaired: the next request (or readiness probe) reopens the file
-    client.app[AUDIT].reopen()
+    app_of(client)[AUDIT].reopen()
     status, _ = await _login(client, jwt())
     assert status == 200
     assert (await client.get("/v1/sys/health")).status == 200
 
 
-async def test_one_working_device_is_enough(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_one_working_device_is_enough(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     broken, good = tmp_path / "broken.log", tmp_path / "good.log"
     await _enable(client, "broken", type="file", options={"file_path": str(broken)})
     await _enable(client, "good", type="file", options={"file_path": str(good)})
     broken.unlink()
     broken.symlink_to("/dev/full")
-    client.app[AUDIT].reopen()
+    app_of(client)[AUDIT].reopen()
     assert (await _login(client, jwt()))[0] == 200
     assert any(e["request"]["path"] == "auth/jwt/login" for e in _entries(good))
 
 
 async def test_a_login_whose_response_entry_fails_is_revoked(
-    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: AiohttpClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage = InMemoryStorage()
     client = await _client(aiohttp_client, storage=storage)
     await _enable(client, "file", type="file", options={"file_path": str(tmp_path / "audit.log")})
     before = await storage.list(ID_PREFIX)
-    device = client.app[AUDIT].devices["file/"]
+    device = app_of(client)[AUDIT].devices["file/"]
     real = device.sink.write_now
 
     def fail_responses(data: bytes) -> None:
@@ -370,7 +372,7 @@ async def test_a_login_whose_response_entry_fails_is_revoked(
     assert await storage.list(ID_PREFIX) == before  # minted, then revoked before the answer
 
 
-async def test_socket_device(aiohttp_client: Any) -> None:
+async def test_socket_device(aiohttp_client: AiohttpClient) -> None:
     lines: asyncio.Queue[bytes] = asyncio.Queue()
     accepted: list[asyncio.StreamWriter] = []
 
@@ -399,7 +401,7 @@ async def test_socket_device(aiohttp_client: Any) -> None:
         await server.wait_closed()
 
 
-async def test_socket_device_reconnects_and_fails_closed(aiohttp_client: Any) -> None:
+async def test_socket_device_reconnects_and_fails_closed(aiohttp_client: AiohttpClient) -> None:
     accepted: list[asyncio.StreamWriter] = []
 
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -435,14 +437,14 @@ async def test_socket_device_reconnects_and_fails_closed(aiohttp_client: Any) ->
         await again.wait_closed()
 
 
-async def test_sighup_reopens_a_rotated_file(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_sighup_reopens_a_rotated_file(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     log = tmp_path / "audit.log"
     await _enable(client, "file", type="file", options={"file_path": str(log)})
     rotated = tmp_path / "audit.log.1"
     log.rename(rotated)  # logrotate
     await _login(client, jwt())
-    client.app[AUDIT].reopen()
+    app_of(client)[AUDIT].reopen()
     await _login(client, jwt())
     assert sum(e["request"]["path"] == "auth/jwt/login" for e in _entries(rotated)) == 2  # before SIGHUP
     assert sum(e["request"]["path"] == "auth/jwt/login" for e in _entries(log)) == 2  # after
@@ -450,22 +452,22 @@ async def test_sighup_reopens_a_rotated_file(aiohttp_client: Any, tmp_path: Path
 
 
 async def test_settings_declared_device_keeps_its_salt(
-    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: AiohttpClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AUTHMOUNT_STORAGE_KEY", base64.b64encode(bytes(32)).decode())  # one key for both starts
     storage = InMemoryStorage()
     seed = AuditSeed(path="declared", type="file", options={"file_path": str(tmp_path / "a.log")})
     client = await _client(aiohttp_client, _settings(audit=(seed,)), storage=storage)
-    first = client.app[AUDIT].devices["declared/"].salt
+    first = app_of(client)[AUDIT].devices["declared/"].salt
     await client.close()
     moved = AuditSeed(path="declared", type="file", options={"file_path": str(tmp_path / "b.log"), "log_raw": True})
     client = await aiohttp_client(make_test_server(create_app(_settings(audit=(moved,)), storage=storage)))
-    device = client.app[AUDIT].devices["declared/"]
+    device = app_of(client)[AUDIT].devices["declared/"]
     assert device.salt == first and device.options == {"file_path": str(tmp_path / "b.log"), "log_raw": "true"}
     assert (tmp_path / "b.log").exists()
 
 
-async def test_audited_request_headers(aiohttp_client: Any, tmp_path: Path) -> None:
+async def test_audited_request_headers(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     log = tmp_path / "audit.log"
     await _enable(client, "file", type="file", options={"file_path": str(log)})

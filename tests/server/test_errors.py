@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import structlog
 from aiohttp import web
+from pytest_aiohttp import AiohttpClient
 
 from plugin import errors
 from server.http.errors import STORAGE_FAILURES, error_response
 from server.http.log import handled
+from tests.server.httpkit import Client
 
 
 def _app(exc: BaseException) -> web.Application:
@@ -44,7 +47,9 @@ def _app(exc: BaseException) -> web.Application:
     ids=["400", "403", "404 not found", "404 unsupported path", "405", "429", "502", "several messages",
          "500 runtime", "500 keyerror", "aiohttp 404", "aiohttp 413"],
 )
-async def test_error_mapping(aiohttp_client: Any, exc: BaseException, status: int, body: dict[str, Any]) -> None:
+async def test_error_mapping(
+    aiohttp_client: AiohttpClient, exc: BaseException, status: int, body: dict[str, Any]
+) -> None:
     client = await aiohttp_client(_app(exc))
     resp = await client.get("/x")
     assert resp.status == status
@@ -65,7 +70,9 @@ async def test_error_mapping(aiohttp_client: Any, exc: BaseException, status: in
     ],
     ids=["locked", "full", "io", "readonly", "malformed", "postgres down"],
 )
-async def test_storage_failures_are_503_and_counted(aiohttp_client: Any, exc: BaseException, reason: str) -> None:
+async def test_storage_failures_are_503_and_counted(
+    aiohttp_client: AiohttpClient, exc: BaseException, reason: str
+) -> None:
     """A storage failure was a generic 500 after the busy timeout; a load balancer and an
     operator must be able to tell it from a bug. The engine's own text (paths, hosts) stays
     in the log."""
@@ -107,7 +114,7 @@ def test_redact(value: Any, expected: Any) -> None:
     assert redact(value) == expected
 
 
-async def test_request_log_line(aiohttp_client: Any) -> None:
+async def test_request_log_line(aiohttp_client: AiohttpClient) -> None:
     import structlog
 
     async def handler(request: web.Request) -> web.Response:
@@ -135,7 +142,7 @@ def test_redact_processor_on_a_request_line() -> None:
     assert out == {"event": "request", "path": "/v1/auth/x/<redacted>", "token": "<redacted>", "status": 200}
 
 
-async def test_error_is_logged_with_its_status(aiohttp_client: Any) -> None:
+async def test_error_is_logged_with_its_status(aiohttp_client: AiohttpClient) -> None:
     import structlog
 
     app = _app(RuntimeError("boom"))
@@ -149,7 +156,7 @@ async def test_error_is_logged_with_its_status(aiohttp_client: Any) -> None:
     assert internal.get("exc_info") is True and internal["path"] == "/x"  # traceback logged
 
 
-async def test_a_lock_held_elsewhere_is_a_503_not_a_500(aiohttp_client: Any, tmp_path: Any) -> None:
+async def test_a_lock_held_elsewhere_is_a_503_not_a_500(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     """Another process holds SQLite's write lock past the busy timeout: the write fails with
     503 ``storage unavailable``, the server keeps serving reads, and the write succeeds once
     the lock is gone (nothing half-written)."""
@@ -162,7 +169,7 @@ async def test_a_lock_held_elsewhere_is_a_503_not_a_500(aiohttp_client: Any, tmp
     db = tmp_path / "authmount.db"
     settings = dataclasses.replace(Settings(storage=StorageSettings(type="sqlite", path=str(db))), dev=True,
                                    dev_root_token_id="root")
-    client = await aiohttp_client(make_test_server(create_app(settings)))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
     h = {"X-Vault-Token": "root"}
     other = sqlite3.connect(db, isolation_level=None, timeout=0)
     other.execute("BEGIN EXCLUSIVE")

@@ -12,6 +12,7 @@ import pytest
 import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from plugin.errors import UpstreamError
 from server.http.fetcher import AiohttpFetcher
@@ -53,7 +54,7 @@ def _idp_app() -> web.Application:
 
 
 @pytest.fixture
-async def idp(aiohttp_server: Any) -> TestServer:
+async def idp(aiohttp_server: AiohttpServer) -> TestServer:
     return await aiohttp_server(_idp_app())
 
 
@@ -109,7 +110,7 @@ async def test_non_http_urls_refused(fetcher: AiohttpFetcher, url: str) -> None:
         await fetcher.fetch("GET", url)
 
 
-async def test_tls_with_pinned_ca(aiohttp_server: Any, fetcher: AiohttpFetcher) -> None:
+async def test_tls_with_pinned_ca(aiohttp_server: AiohttpServer, fetcher: AiohttpFetcher) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

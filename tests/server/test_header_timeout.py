@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from server.http import listverb
 from server.http.listverb import RequestFramer, make_test_server
@@ -33,7 +35,7 @@ async def hello(request: web.Request) -> web.Response:
 
 
 @pytest.fixture
-async def server(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestServer]:
     monkeypatch.setattr(listverb, "HEADER_TIMEOUT", 0.3)
     app = web.Application()
     app.router.add_get("/", hello)
@@ -43,7 +45,7 @@ async def server(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-de
     await srv.close()
 
 
-async def test_trickled_headers_are_cut_off(server) -> None:  # type: ignore[no-untyped-def]
+async def test_trickled_headers_are_cut_off(server: TestServer) -> None:
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(b"GET / HTTP/1.1\r\n")
     await writer.drain()
@@ -65,7 +67,7 @@ async def test_trickled_headers_are_cut_off(server) -> None:  # type: ignore[no-
     assert closed
 
 
-async def test_whole_requests_on_a_kept_alive_connection_are_served(server) -> None:  # type: ignore[no-untyped-def]
+async def test_whole_requests_on_a_kept_alive_connection_are_served(server: TestServer) -> None:
     reader, writer = await asyncio.open_connection(server.host, server.port)
     for _ in range(3):
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -10,11 +10,13 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
+from pytest_aiohttp import AiohttpClient
 
 import server.http.log as log
 import server.storage.sqlite as sqlite_engine
@@ -67,7 +69,7 @@ def test_redact_shortcut_agrees_with_the_regex(text: str) -> None:
     assert log.redact(text) == (log._TOKEN_RE.sub(log.REDACTED, text) if len(text) >= 10 else text)
 
 
-async def test_pre_rendered_request_line(aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pre_rendered_request_line(aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
     sink = io.BytesIO()
     monkeypatch.setattr(log, "_request_sink", sink)
 
@@ -95,7 +97,7 @@ async def test_pre_rendered_request_line(aiohttp_client: Any, monkeypatch: pytes
 
 
 async def test_request_lines_are_flushed_within_the_delay_not_per_request(
-    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Lines wait in the buffer (no write(2) per request) and reach the file within
     FLUSH_DELAY; flush_request_log (shutdown, exit) writes them out at once."""
@@ -183,7 +185,7 @@ def test_rfc3339(ts: float) -> None:
 # -- SQLite engine -------------------------------------------------------------------------------
 
 
-async def test_put_many_is_durable_and_all_or_nothing_on_bad_values(tmp_path: Any) -> None:
+async def test_put_many_is_durable_and_all_or_nothing_on_bad_values(tmp_path: Path) -> None:
     store = await SQLiteStorage.open(str(tmp_path / "a.db"))
     try:
         commits = store.commits
@@ -203,7 +205,7 @@ async def test_put_many_is_durable_and_all_or_nothing_on_bad_values(tmp_path: An
         await store.close()
 
 
-async def test_value_cache_is_bounded_by_bytes(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_value_cache_is_bounded_by_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_engine, "CACHE_BYTES", 10_000)
     store = await SQLiteStorage.open(str(tmp_path / "c.db"))
     try:
@@ -226,7 +228,7 @@ async def test_value_cache_is_bounded_by_bytes(tmp_path: Any, monkeypatch: pytes
 
 
 def _spec(pattern: str) -> PathSpec:
-    async def handler(req: Any, values: dict[str, Any]) -> None:
+    async def handler(req: Request, values: dict[str, Any]) -> None:
         return None
 
     return PathSpec(pattern=pattern, fields=FieldSet({}), operations={Operation.READ: handler})
@@ -293,7 +295,7 @@ def test_strict_json_keeps_escaped_pairs() -> None:
 
 
 async def test_values_read_from_the_file_are_cached_unless_a_commit_intervened(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_engine, "CACHE_BYTES", 3000)
     store = await SQLiteStorage.open(str(tmp_path / "r.db"))
@@ -334,7 +336,8 @@ async def test_values_read_from_the_file_are_cached_unless_a_commit_intervened(
 def test_backend_headers_hide_credentials(name: str, visible: bool) -> None:
     from multidict import CIMultiDict, CIMultiDictProxy
 
-    from server.http.handlers import MARKER_HEADER, BackendHeaders
+    from server.http.handlers import BackendHeaders
+    from server.http.listverb import MARKER_HEADER
 
     raw = CIMultiDict({name: "value", "Host": "h"})
     if name == "X-Authmount-List":

@@ -61,6 +61,7 @@ async def test_keyring_is_stored_sealed_and_shared() -> None:
     storage = InMemoryStorage()
     a = await ring(storage)
     stored = await storage.get(KEYRING_KEY)
+    assert stored is not None
     assert stored["storage_key"] == key_fingerprint(KEY) and "terms" not in stored
     b = await ring(storage)  # a second node opens the same keyring
     assert b.unseal(a.seal(b"s", "c"), "c") == b"s"

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
 from server.http.listverb import MARKER_HEADER, MARKER_VALUE, RequestFramer, make_test_server
 from server.settings import Settings, StorageSettings
+from tests.server.httpkit import Client
 
 ROOT = "root-for-list-tests"
 
@@ -73,9 +73,9 @@ def test_framer_steps_aside_on_malformed_streams(stream: bytes) -> None:
 
 # -- through a real socket -----------------------------------------------------------------
 @pytest.fixture
-async def client(aiohttp_client: Any) -> TestClient:
+async def client(aiohttp_client: AiohttpClient) -> Client:
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
-    client = await aiohttp_client(make_test_server(create_app(settings)))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
     for name in ("b", "a"):
         body = orjson.dumps({"policy": f'path "auth/{name}" {{ capabilities = ["read"] }}'})
         resp = await client.put(f"/v1/sys/policies/acl/{name}", data=body, headers={"X-Vault-Token": ROOT})
@@ -97,7 +97,7 @@ def req(method: str, path: str, body: bytes = b"") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: t\r\nX-Vault-Token: {ROOT}\r\n{extra}\r\n".encode() + body
 
 
-async def test_list_keepalive_several_requests_one_connection(client: TestClient) -> None:
+async def test_list_keepalive_several_requests_one_connection(client: Client) -> None:
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:
         for _ in range(3):
@@ -116,7 +116,7 @@ async def test_list_keepalive_several_requests_one_connection(client: TestClient
         writer.close()
 
 
-async def test_list_pipelined_after_body(client: TestClient) -> None:
+async def test_list_pipelined_after_body(client: Client) -> None:
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:
         body = b'{"policy": "path \\"LIST \\" {capabilities=[\\"read\\"]}"}'
@@ -129,13 +129,13 @@ async def test_list_pipelined_after_body(client: TestClient) -> None:
         writer.close()
 
 
-async def test_forged_marker_is_a_plain_get(client: TestClient) -> None:
+async def test_forged_marker_is_a_plain_get(client: Client) -> None:
     resp = await client.get("/v1/sys/policies/acl", headers={"X-Vault-Token": ROOT, MARKER_HEADER: MARKER_VALUE})
     # The framer strips the header, so this is an ordinary GET (not a LIST): 405.
     assert resp.status == 405
 
 
-async def test_list_method_from_aiohttp_client(client: TestClient) -> None:
+async def test_list_method_from_aiohttp_client(client: Client) -> None:
     resp = await client.request("LIST", "/v1/sys/policies/acl", headers={"X-Vault-Token": ROOT})
     assert resp.status == 200
     assert "a" in (await resp.json())["data"]["keys"]

@@ -6,14 +6,14 @@ expected values; ``login_errors_show_expected`` (development only) adds them.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
 from server.http.listverb import make_test_server
 from server.settings import Settings, SettingsError, StorageSettings, settings_from_mapping
 from tests.plugin.keyfactory import make_token, rsa_key
+from tests.server.httpkit import Client
 
 ROOT = "root-token-for-login-error-tests"
 H = {"X-Vault-Token": ROOT}
@@ -21,10 +21,10 @@ KEY = rsa_key(kid="le")
 SECRET_SUBJECT = "repo:secret-org-x/deploy:ref:refs/heads/secret-branch-x"
 
 
-async def refused_login(aiohttp_client: Any, show_expected: bool) -> tuple[int, list[str]]:
+async def refused_login(aiohttp_client: AiohttpClient, show_expected: bool) -> tuple[int, list[str]]:
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT,
                         login_errors_show_expected=show_expected)
-    client = await aiohttp_client(make_test_server(create_app(settings)))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
     for path, body in (
         ("sys/auth/jwt", {"type": "jwt"}),
         ("auth/jwt/config", {"jwt_validation_pubkeys": [KEY.pem]}),
@@ -38,7 +38,7 @@ async def refused_login(aiohttp_client: Any, show_expected: bool) -> tuple[int, 
 
 
 @pytest.mark.parametrize("show_expected", [False, True], ids=["default", "login_errors_show_expected"])
-async def test_expected_values_only_with_the_setting(aiohttp_client: Any, show_expected: bool) -> None:
+async def test_expected_values_only_with_the_setting(aiohttp_client: AiohttpClient, show_expected: bool) -> None:
     status, errors = await refused_login(aiohttp_client, show_expected)
     message = 'error validating token: invalid subject (sub) claim: token has "repo:attacker/x"'
     assert status == 400

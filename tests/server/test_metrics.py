@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pytest_aiohttp import AiohttpClient
 
 from plugin.framework import NO_EVENTS
 from plugin.keys import RemoteJWKS
@@ -25,6 +25,7 @@ from server.settings import RateLimitSettings, Settings, StorageSettings, Teleme
 from server.tokens.entry import TokenEntry
 from server.tokens.store import TokenStore
 from tests.plugin.keyfactory import make_token, rsa_key
+from tests.server.httpkit import Client
 
 ROOT = "root-token-for-metrics-tests"
 H = {"X-Vault-Token": ROOT}
@@ -41,8 +42,8 @@ def _settings(**extra: Any) -> Settings:
     return Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT, **extra)
 
 
-async def _client(aiohttp_client: Any, settings: Settings | None = None) -> TestClient:
-    client: TestClient = await aiohttp_client(make_test_server(create_app(settings or _settings())))
+async def _client(aiohttp_client: AiohttpClient, settings: Settings | None = None) -> Client:
+    client: Client = await aiohttp_client(make_test_server(create_app(settings or _settings())))
     for path, body in (
         ("sys/auth/ci", {"type": "jwt"}),
         ("auth/ci/config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISS}),
@@ -54,7 +55,7 @@ async def _client(aiohttp_client: Any, settings: Settings | None = None) -> Test
     return client
 
 
-async def scrape(client: TestClient, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple[Any, ...]], float]:
+async def scrape(client: Client, headers: dict[str, str] | None = None) -> dict[tuple[str, tuple[Any, ...]], float]:
     """Every sample of ``sys/metrics?format=prometheus``: {(name, sorted labels): value}."""
     resp = await client.get("/v1/sys/metrics?format=prometheus", headers=H if headers is None else headers)
     assert resp.status == 200, await resp.text()
@@ -70,7 +71,7 @@ def value(samples: dict[tuple[str, tuple[Any, ...]], float], name: str, **labels
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def test_vault_names_are_served(aiohttp_client: Any) -> None:
+async def test_vault_names_are_served(aiohttp_client: AiohttpClient) -> None:
     client = await _client(aiohttp_client)
     resp = await client.post("/v1/auth/ci/login", json={"role": "deploy", "jwt": jwt()})
     assert resp.status == 200
@@ -85,7 +86,7 @@ async def test_vault_names_are_served(aiohttp_client: Any) -> None:
     assert "vault_token_creation_total" not in names and not any(n.endswith("_created") for n in names)
 
 
-async def test_login_counters_move_by_reason(aiohttp_client: Any) -> None:
+async def test_login_counters_move_by_reason(aiohttp_client: AiohttpClient) -> None:
     client = await _client(aiohttp_client)
     before = await scrape(client)
     attempts = [
@@ -116,7 +117,7 @@ async def test_login_counters_move_by_reason(aiohttp_client: Any) -> None:
     assert value(after, logins) - value(before, logins) == len(attempts)
 
 
-async def test_metrics_need_read_unless_the_setting_opens_them(aiohttp_client: Any) -> None:
+async def test_metrics_need_read_unless_the_setting_opens_them(aiohttp_client: AiohttpClient) -> None:
     client = await _client(aiohttp_client)
     assert (await client.get("/v1/sys/metrics?format=prometheus")).status == 403
     await client.put("/v1/sys/policies/acl/scrape", headers=H, json={"policy": 'path "sys/metrics" { capabilities = '
@@ -131,7 +132,7 @@ async def test_metrics_need_read_unless_the_setting_opens_them(aiohttp_client: A
     assert (await opened.get("/v1/sys/audit")).status == 403  # only metrics opened
 
 
-async def test_json_format_and_bad_format(aiohttp_client: Any) -> None:
+async def test_json_format_and_bad_format(aiohttp_client: AiohttpClient) -> None:
     client = await _client(aiohttp_client)
     body = await (await client.get("/v1/sys/metrics", headers=H)).json()
     assert set(body) == {"Timestamp", "Gauges", "Counters", "Samples", "Points"}
@@ -141,7 +142,7 @@ async def test_json_format_and_bad_format(aiohttp_client: Any) -> None:
     assert (await resp.json())["errors"] == ["unsupported metrics format 'xml' (use prometheus, or none for JSON)"]
 
 
-async def test_rate_limit_rejections_are_counted(aiohttp_client: Any) -> None:
+async def test_rate_limit_rejections_are_counted(aiohttp_client: AiohttpClient) -> None:
     settings = _settings(rate_limit=RateLimitSettings(login_per_ip_per_second=0.001, login_burst=1))
     client = await _client(aiohttp_client, settings)
     before = await scrape(client)
@@ -156,7 +157,8 @@ async def test_rate_limit_rejections_are_counted(aiohttp_client: Any) -> None:
 
 async def test_key_events_of_a_remote_set() -> None:
     class Fetched:
-        status, headers = 200, {}
+        status = 200
+        headers: dict[str, str] = {}
         body = json.dumps({"keys": [KEY.jwk()]}).encode()
 
     class Fetcher:
@@ -195,7 +197,7 @@ async def test_usage_gauges() -> None:
     ("query", "status"),
     [("", 200), ("?activecode=299", 299), ("?standbyok=true&perfstandbyok=true", 200), ("?sealedcode=200", 200)],
 )
-async def test_health_parameters(aiohttp_client: Any, query: str, status: int) -> None:
+async def test_health_parameters(aiohttp_client: AiohttpClient, query: str, status: int) -> None:
     client = await _client(aiohttp_client)
     resp = await client.get("/v1/sys/health" + query)
     assert resp.status == status
@@ -204,14 +206,14 @@ async def test_health_parameters(aiohttp_client: Any, query: str, status: int) -
 
 
 @pytest.mark.parametrize("query", ["?activecode=abc", "?activecode=99", "?unreadycode=600"])
-async def test_health_parameter_refusals(aiohttp_client: Any, query: str) -> None:
+async def test_health_parameter_refusals(aiohttp_client: AiohttpClient, query: str) -> None:
     client = await _client(aiohttp_client)
     resp = await client.get("/v1/sys/health" + query)
     assert resp.status == 400
     assert (await resp.json())["errors"][0].startswith("invalid value for ")
 
 
-async def test_storage_failures_are_counted_and_readiness_probes(aiohttp_client: Any) -> None:
+async def test_storage_failures_are_counted_and_readiness_probes(aiohttp_client: AiohttpClient) -> None:
     client = await _client(aiohttp_client)
     before = await scrape(client)
     telemetry.storage_failed("the disk is full")  # what server/http/errors.py records on a 503

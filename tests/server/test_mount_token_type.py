@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import default_claims, make_token, rsa_key
+from tests.server.httpkit import Client
 
 ROOT = "root-token-for-token-type-tests"
 H = {"X-Vault-Token": ROOT}
@@ -18,19 +19,19 @@ KEY = rsa_key(kid="tt")
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> TestClient:
+async def client(aiohttp_client: AiohttpClient) -> Client:
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
     return await aiohttp_client(make_test_server(create_app(settings)))
 
 
-async def ok(client: TestClient, method: str, path: str, body: dict[str, Any] | None = None,
+async def ok(client: Client, method: str, path: str, body: dict[str, Any] | None = None,
              token: str | None = ROOT) -> dict[str, Any]:
     resp = await client.request(method, "/v1/" + path, json=body, headers={"X-Vault-Token": token} if token else {})
     assert resp.status in (200, 204), (path, resp.status, await resp.text())
     return await resp.json() if resp.status == 200 else {}
 
 
-async def jwt_mount(client: TestClient, mount_token_type: str, role_token_type: str) -> None:
+async def jwt_mount(client: Client, mount_token_type: str, role_token_type: str) -> None:
     await ok(client, "POST", "sys/auth/jwt", {"type": "jwt"})
     await ok(client, "POST", "sys/auth/jwt/tune", {"token_type": mount_token_type})
     tuned = await ok(client, "GET", "sys/auth/jwt/tune")
@@ -66,7 +67,7 @@ async def jwt_mount(client: TestClient, mount_token_type: str, role_token_type: 
     ],
 )
 async def test_login_issues_the_mount_s_token_type(
-    client: TestClient, mount_type: str, role_type: str, issued: str
+    client: Client, mount_type: str, role_type: str, issued: str
 ) -> None:
     await jwt_mount(client, mount_type, role_type)
     reply = await ok(client, "POST", "auth/jwt/login",
@@ -81,7 +82,7 @@ async def test_login_issues_the_mount_s_token_type(
     assert "p" in looked["data"]["policies"]
 
 
-async def test_a_tune_between_logins_applies_to_the_next_login(client: TestClient) -> None:
+async def test_a_tune_between_logins_applies_to_the_next_login(client: Client) -> None:
     """The token settings of a mount are cached per mount entry: a tune must still be seen."""
     await jwt_mount(client, "default-service", "default")
     jwt = make_token(default_claims(), key=KEY)

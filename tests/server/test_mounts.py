@@ -12,7 +12,8 @@ from plugin import registry
 from plugin.errors import InvalidRequest
 from plugin.framework import Backend
 from plugin.storage import InMemoryStorage
-from server.mounts import MOUNTS_KEY, MountTable, normalize_path
+from server.mounts import MOUNTS_KEY, MountEntry, MountTable, normalize_path
+from server.storage import Engine
 
 DAY = 86400
 
@@ -37,7 +38,7 @@ class RecordingBackend(Backend):
 registry.register("rec", RecordingBackend)
 
 
-async def make_table(storage: Any = None, **kw: Any) -> MountTable:
+async def make_table(storage: Engine | None = None, **kw: Any) -> MountTable:
     table = MountTable(storage or InMemoryStorage(), default_lease_ttl=32 * DAY, max_lease_ttl=32 * DAY, **kw)
     await table.load()
     return table
@@ -153,12 +154,13 @@ async def test_disable_deletes_storage_revokes_and_cleans_up() -> None:
     storage = InMemoryStorage()
     revoked: list[str] = []
 
-    async def on_disable(entry: Any) -> None:
+    async def on_disable(entry: MountEntry) -> None:
         revoked.append(entry.accessor)
 
     table = await make_table(storage, on_disable=on_disable)
     entry = await table.enable("jwt", "rec")
     mount = table.mounts["jwt/"]
+    assert isinstance(mount.backend, RecordingBackend)
     await mount.storage.put("config", {"x": 1})
     await storage.put("auth/other/keep", 1)
     assert await table.disable("/jwt/") is True
@@ -178,6 +180,7 @@ async def test_failed_write_leaves_table_intact() -> None:
         await table.enable("jwt/nested", "rec")
     assert table.mounts == snapshot
     stored = await table.storage.get(MOUNTS_KEY)
+    assert stored is not None
     assert [e["path"] for e in stored["entries"]] == ["token/", "jwt/"]
 
 
@@ -190,6 +193,7 @@ async def test_invalidation_reaches_backend_and_reloads_table() -> None:
     assert node_b._reload_task is not None
     await node_b._reload_task
     mount_b = node_b.mounts["jwt/"]
+    assert isinstance(mount_b.backend, RecordingBackend)
     node_b.invalidate(f"auth/{entry.uuid}/config")
     assert mount_b.backend.invalidated == ["config"]
     await node_a.disable("jwt")

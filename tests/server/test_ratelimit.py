@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from plugin import registry
 from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Response
@@ -20,6 +20,7 @@ from server.appkeys import MOUNTS
 from server.http.listverb import make_test_server
 from server.http.ratelimit import LIMITER, LoginLimiter, QuotaExceeded, Slots, TokenBuckets, client_key
 from server.settings import RateLimitSettings, Settings, SettingsError, StorageSettings, settings_from_mapping
+from tests.server.httpkit import Client, app_of
 
 ROOT = "root-token-for-ratelimit-tests"
 H = {"X-Vault-Token": ROOT}
@@ -272,18 +273,18 @@ def make_settings(**limits: Any) -> Settings:
     )
 
 
-async def gate_client(aiohttp_client: Any, **limits: Any) -> TestClient:
-    client = await aiohttp_client(make_test_server(create_app(make_settings(**limits))))
+async def gate_client(aiohttp_client: AiohttpClient, **limits: Any) -> Client:
+    client: Client = await aiohttp_client(make_test_server(create_app(make_settings(**limits))))
     resp = await client.post("/v1/sys/auth/gate", json={"type": GateBackend.type_name}, headers=H)
     assert resp.status == 204
     return client
 
 
-def login(client: TestClient, ip: str | None = None) -> Any:
+def login(client: Client, ip: str | None = None) -> Any:
     return client.post("/v1/auth/gate/login", json={}, headers={"X-Forwarded-For": ip} if ip else {})
 
 
-async def test_burst_beyond_limit_is_429_in_vault_shape(aiohttp_client: Any) -> None:
+async def test_burst_beyond_limit_is_429_in_vault_shape(aiohttp_client: AiohttpClient) -> None:
     client = await gate_client(aiohttp_client, login_per_ip_per_second=0.01, login_burst=3)
     for _ in range(3):
         assert (await login(client, "198.51.100.1")).status == 200
@@ -294,7 +295,7 @@ async def test_burst_beyond_limit_is_429_in_vault_shape(aiohttp_client: Any) -> 
     assert int(resp.headers["Retry-After"]) >= 1
 
 
-async def test_other_ips_are_unaffected(aiohttp_client: Any) -> None:
+async def test_other_ips_are_unaffected(aiohttp_client: AiohttpClient) -> None:
     client = await gate_client(aiohttp_client, login_per_ip_per_second=0.01, login_burst=2)
     for _ in range(2):
         assert (await login(client, "198.51.100.1")).status == 200
@@ -306,7 +307,7 @@ async def test_other_ips_are_unaffected(aiohttp_client: Any) -> None:
     assert (await login(client, "203.0.113.9, 198.51.100.1")).status == 429
 
 
-async def test_authenticated_paths_are_not_limited(aiohttp_client: Any) -> None:
+async def test_authenticated_paths_are_not_limited(aiohttp_client: AiohttpClient) -> None:
     client = await gate_client(aiohttp_client, login_per_ip_per_second=0.01, login_burst=1)
     assert (await login(client)).status == 200
     assert (await login(client)).status == 429
@@ -316,7 +317,7 @@ async def test_authenticated_paths_are_not_limited(aiohttp_client: Any) -> None:
         assert (await client.get("/v1/auth/token/lookup-self", headers=H)).status == 200
 
 
-async def test_limit_is_shared_by_all_mounts_and_names_the_path(aiohttp_client: Any) -> None:
+async def test_limit_is_shared_by_all_mounts_and_names_the_path(aiohttp_client: AiohttpClient) -> None:
     client = await gate_client(aiohttp_client, login_per_ip_per_second=0.01, login_burst=1)
     assert (await client.post("/v1/sys/auth/other/gate", json={"type": GateBackend.type_name}, headers=H)).status == 204
     assert (await login(client)).status == 200
@@ -325,21 +326,21 @@ async def test_limit_is_shared_by_all_mounts_and_names_the_path(aiohttp_client: 
     assert (await resp.json())["errors"] == ['request path "auth/other/gate/login": rate limit quota exceeded']
 
 
-async def test_disabled_by_zero(aiohttp_client: Any) -> None:
+async def test_disabled_by_zero(aiohttp_client: AiohttpClient) -> None:
     client = await gate_client(aiohttp_client, login_per_ip_per_second=0, login_burst=1, max_concurrent_logins=0)
     statuses = [(await login(client)).status for _ in range(20)]
     assert statuses == [200] * 20
 
 
-async def test_default_settings_allow_the_burst(aiohttp_client: Any) -> None:
+async def test_default_settings_allow_the_burst(aiohttp_client: AiohttpClient) -> None:
     client = await gate_client(aiohttp_client)
     statuses = await asyncio.gather(*(login(client) for _ in range(100)))
     assert [r.status for r in statuses] == [200] * 100
 
 
-async def test_concurrency_cap_queues_then_429(aiohttp_client: Any) -> None:
+async def test_concurrency_cap_queues_then_429(aiohttp_client: AiohttpClient) -> None:
     client = await gate_client(aiohttp_client, login_per_ip_per_second=0, max_concurrent_logins=2)
-    app = client.server.app
+    app = app_of(client)
     backend = app[MOUNTS].mounts["gate/"].backend
     assert isinstance(backend, GateBackend)
     app[LIMITER].queue_wait = 0.05
@@ -361,7 +362,7 @@ async def test_concurrency_cap_queues_then_429(aiohttp_client: Any) -> None:
     assert backend.running == 0
 
 
-async def test_hvac_sees_rate_limit_exceeded(aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hvac_sees_rate_limit_exceeded(aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
     import hvac
     import hvac.exceptions
 

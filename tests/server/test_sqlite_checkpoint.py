@@ -4,6 +4,7 @@ without bound) and says when they run again."""
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,7 +37,7 @@ class _FailingConnection:
     ],
 )
 def test_failed_checkpoints_are_counted_logged_and_recovered(
-    tmp_path: Any, monkeypatch: Any, failures: int, log_every: int, logged_at: list[int]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: int, log_every: int, logged_at: list[int]
 ) -> None:
     monkeypatch.setattr(sqlite_checkpoint, "LOG_EVERY", log_every)
     path = str(tmp_path / "f.db")

@@ -11,22 +11,26 @@ import os
 import random
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from pytest_aiohttp import AiohttpClient
 
 from plugin.storage import InMemoryStorage, PrefixedStorage, Storage
-from server.storage import open_storage
+from server.storage import Engine, open_storage
 from server.storage.keyrange import list_children
 from server.storage.postgres import PostgresStorage, like_prefix
 from server.storage.sqlite import SQLiteStorage
+from tests.pg import PostgresServer
+from tests.server.httpkit import Client
 
 ENGINES = ["memory", "sqlite", "postgres"]
 
 
 @pytest.fixture(params=ENGINES)
-async def store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Any]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
     """An open store of each engine type, closed after the test."""
     kind = request.param
     cfg: dict[str, Any] = {"type": kind}
@@ -41,6 +45,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[
 
 def _incr(old: Any) -> Any:
     return {"n": (old or {"n": 0})["n"] + 1}
+
+
+def _delete(old: Any) -> dict[str, int] | None:
+    return None
 
 
 def _boom(old: Any) -> Any:
@@ -59,18 +67,18 @@ VALUES = [
 
 
 @pytest.mark.parametrize("value", [v for v, _ in VALUES], ids=[i for _, i in VALUES])
-async def test_json_round_trip(store: Any, value: Any) -> None:
+async def test_json_round_trip(store: Engine, value: Any) -> None:
     await store.put("sys/x", value)
     assert await store.get("sys/x") == value
 
 
-async def test_implements_protocol(store: Any) -> None:
+async def test_implements_protocol(store: Engine) -> None:
     assert isinstance(store, Storage)
     store.set_invalidation_callback(lambda key: None)
     store.set_unannounced_prefixes(["sys/token/id/"])
 
 
-async def test_engine_extras(store: Any) -> None:
+async def test_engine_extras(store: Engine) -> None:
     """The ``Engine`` extras the server calls without probing: ``shared`` says whether
     another node may write; ``peek_cached`` hands out the stored bytes only where the engine
     holds them in memory (a new bytes object per write); ``put_many`` writes them all."""
@@ -90,7 +98,7 @@ async def test_engine_extras(store: Any) -> None:
     assert store.peek_cached("m/a") is None and store.peek_cached("m/never") is None
 
 
-async def test_get_missing_put_replace_delete(store: Any) -> None:
+async def test_get_missing_put_replace_delete(store: Engine) -> None:
     assert await store.get("nope") is None
     await store.put("k", {"v": 1})
     await store.put("k", {"v": 2})
@@ -100,9 +108,10 @@ async def test_get_missing_put_replace_delete(store: Any) -> None:
     assert await store.get("k") is None
 
 
-async def test_get_returns_a_copy(store: Any) -> None:
+async def test_get_returns_a_copy(store: Engine) -> None:
     await store.put("k", {"list": [1]})
     got = await store.get("k")
+    assert got is not None
     got["list"].append(2)
     assert await store.get("k") == {"list": [1]}
 
@@ -120,29 +129,34 @@ LIST_CASES = [
 
 @pytest.mark.parametrize(("prefix", "expected"), [c[:2] for c in LIST_CASES],
                          ids=[c[2] for c in LIST_CASES])
-async def test_list_immediate_children(store: Any, prefix: str, expected: list[str]) -> None:
+async def test_list_immediate_children(store: Engine, prefix: str, expected: list[str]) -> None:
     for key in ("a/b", "a/b/x", "a/c/d/e", "b", "c_d/1", "cxd/9", "c%/2", "c%x/3"):
         await store.put(key, 1)
     assert await store.list(prefix) == expected
 
 
-async def test_update_creates_returns_and_deletes(store: Any) -> None:
+async def test_update_creates_returns_and_deletes(store: Engine) -> None:
     assert await store.update("ctr", _incr) == {"n": 1}
     assert await store.update("ctr", _incr) == {"n": 2}
     assert await store.get("ctr") == {"n": 2}
-    assert await store.update("ctr", lambda old: None) is None
+    assert await store.update("ctr", _delete) is None
     assert await store.get("ctr") is None
     assert await store.list("") == []
 
 
-async def test_update_sees_old_value(store: Any) -> None:
+async def test_update_sees_old_value(store: Engine) -> None:
     await store.put("k", {"seen": []})
     seen: list[Any] = []
-    await store.update("k", lambda old: seen.append(old) or {"x": 1})
+
+    def remember(old: Any) -> dict[str, int]:
+        seen.append(old)
+        return {"x": 1}
+
+    await store.update("k", remember)
     assert seen == [{"seen": []}]
 
 
-async def test_concurrent_updates_are_serialised(store: Any) -> None:
+async def test_concurrent_updates_are_serialised(store: Engine) -> None:
     await asyncio.gather(*(store.update("ctr", _incr) for _ in range(100)))
     assert await store.get("ctr") == {"n": 100}
 
@@ -152,7 +166,7 @@ async def test_concurrent_updates_are_serialised(store: Any) -> None:
     [(_boom, ZeroDivisionError), (lambda old: {"bad": object()}, TypeError)],
     ids=["fn-raises", "result-not-json"],
 )
-async def test_failed_update_leaves_old_value(store: Any, fn: Any, error: type) -> None:
+async def test_failed_update_leaves_old_value(store: Engine, fn: Any, error: type) -> None:
     await store.put("k", {"v": "old"})
     with pytest.raises(error):
         await store.update("k", fn)
@@ -163,7 +177,7 @@ async def test_failed_update_leaves_old_value(store: Any, fn: Any, error: type) 
     assert await store.list("") == ["k"]
 
 
-async def test_failed_put_leaves_old_value(store: Any) -> None:
+async def test_failed_put_leaves_old_value(store: Engine) -> None:
     await store.put("k", {"v": "old"})
     with pytest.raises(TypeError):
         await store.put("k", {"v": {1, 2}})
@@ -216,12 +230,12 @@ VALUE_TABLE: list[tuple[str, Any, Any]] = [
     ("datetime", datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC), "2024-01-02T03:04:05+00:00"),
     ("str-enum", {"c": _Colour.RED}, {"c": "red"}),
 ]
-async def _value_case(store: Any, op: str, name: str, value: Any, stored: Any) -> str | None:
+async def _value_case(store: Engine, op: str, name: str, value: Any, stored: Any) -> str | None:
     """Apply one row of VALUE_TABLE with ``op`` under ``t/<name>/``; None if the engine did
     what the row says, else what it did instead."""
     key, folder = f"t/{name}/k", f"t/{name}/"
     await store.put(key, "old")
-    write = {
+    write: Callable[[], Awaitable[Any]] = {
         "put": lambda: store.put(key, value),
         "update": lambda: store.update(key, lambda old: value),
         "put_many": lambda: store.put_many([(folder + "a", 1), (key, value), (folder + "z", 2)]),
@@ -254,7 +268,7 @@ async def _value_case(store: Any, op: str, name: str, value: Any, stored: Any) -
 
 
 @pytest.mark.parametrize("op", ["put", "update", "put_many"])
-async def test_value_table(store: Any, op: str) -> None:
+async def test_value_table(store: Engine, op: str) -> None:
     """Every engine accepts and refuses the same values (VALUE_TABLE), whichever write
     stores them, and reads back the same thing."""
     failures = {name: why for name, value, stored in VALUE_TABLE
@@ -292,7 +306,7 @@ def _prefix_ops(prefix: Any) -> dict[str, Callable[[Any], Awaitable[Any]]]:
     }
 
 
-async def _refusals(store: Any, table: list[tuple[str, Any, type[Exception]]],
+async def _refusals(store: Engine, table: list[tuple[str, Any, type[Exception]]],
                     ops: Callable[[Any], dict[str, Callable[[Any], Awaitable[Any]]]]) -> dict[str, str]:
     """Run every operation of ``ops(arg)`` for each row; what did not raise the row's error."""
     failures: dict[str, str] = {}
@@ -308,7 +322,7 @@ async def _refusals(store: Any, table: list[tuple[str, Any, type[Exception]]],
     return failures
 
 
-async def test_key_table(store: Any) -> None:
+async def test_key_table(store: Engine) -> None:
     """Every engine refuses the same keys (KEY_TABLE) in every key operation, with the same
     exception, and writes nothing."""
     assert await _refusals(store, KEY_TABLE, _key_ops) == {}
@@ -324,7 +338,7 @@ PREFIX_TABLE: list[tuple[str, Any, type[Exception]]] = [
 ]
 
 
-async def test_prefix_table(store: Any) -> None:
+async def test_prefix_table(store: Engine) -> None:
     """``list``, ``list_page`` (prefix and ``after``) and ``delete_prefix`` refuse the same
     prefixes (PREFIX_TABLE) on every engine, with the same exception."""
     await store.put("a/b", 1)
@@ -332,7 +346,7 @@ async def test_prefix_table(store: Any) -> None:
     assert await store.get("a/b") == 1
 
 
-async def test_api_stores_nul_alike_on_every_engine(store: Any, aiohttp_client: Any) -> None:
+async def test_api_stores_nul_alike_on_every_engine(store: Engine, aiohttp_client: AiohttpClient) -> None:
     """Regression: PostgreSQL (jsonb) refused a string holding NUL, so writing a role or
     creating a token with such a value gave a 500 there and worked on SQLite. Every engine
     now stores it (Vault does too)."""
@@ -341,7 +355,7 @@ async def test_api_stores_nul_alike_on_every_engine(store: Any, aiohttp_client: 
     from server.settings import Settings, StorageSettings
 
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id="root")
-    client = await aiohttp_client(make_test_server(create_app(settings, storage=store)))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings, storage=store)))
     root = {"X-Vault-Token": "root"}
     assert (await client.post("/v1/sys/auth/jwt", json={"type": "jwt"}, headers=root)).status == 204
     role = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a\x00"], "bound_claims": {"x": "b\x00"}}
@@ -367,7 +381,7 @@ DELETE_PREFIX_CASES = [
 
 @pytest.mark.parametrize(("prefix", "count", "left"), [c[:3] for c in DELETE_PREFIX_CASES],
                          ids=[c[3] for c in DELETE_PREFIX_CASES])
-async def test_delete_prefix(store: Any, prefix: str, count: int, left: list[str]) -> None:
+async def test_delete_prefix(store: Engine, prefix: str, count: int, left: list[str]) -> None:
     for key in ("auth/a/1", "auth/a/2", "auth/a/3/4", "auth/a_b/x", "auth/ab/x", "other"):
         await store.put(key, key)
     assert await store.delete_prefix(prefix) == count
@@ -382,7 +396,7 @@ PAGE_ENGINES = [*ENGINES, "prefixed"]
 
 
 @pytest.fixture(params=PAGE_ENGINES)
-async def page_store(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Any]:
+async def page_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     """Every engine, plus a mount's PrefixedStorage view (over an inner store holding
     decoy keys next to its prefix)."""
     kind = request.param
@@ -427,7 +441,7 @@ PAGE_CASES = [
 
 @pytest.mark.parametrize(("prefix", "after", "limit", "expected"), [c[:4] for c in PAGE_CASES],
                          ids=[c[4] for c in PAGE_CASES])
-async def test_list_page(page_store: Any, prefix: str, after: str, limit: int,
+async def test_list_page(page_store: Engine, prefix: str, after: str, limit: int,
                          expected: list[str]) -> None:
     for key in PAGE_KEYS:
         await page_store.put(key, 1)
@@ -435,12 +449,12 @@ async def test_list_page(page_store: Any, prefix: str, after: str, limit: int,
     assert expected == [c for c in await page_store.list(prefix) if c > after][:limit]
 
 
-async def test_list_page_of_an_empty_store(page_store: Any) -> None:
+async def test_list_page_of_an_empty_store(page_store: Engine) -> None:
     assert await page_store.list_page("") == []
     assert await page_store.list_page("a/", "x", 1) == []
 
 
-async def test_list_page_defaults(page_store: Any) -> None:
+async def test_list_page_defaults(page_store: Engine) -> None:
     """``after`` defaults to the start of the folder, ``limit`` to 1000."""
     await asyncio.gather(*(page_store.put(f"t/{i:04d}", i) for i in range(1001)))
     assert await page_store.list_page("t/") == [f"{i:04d}" for i in range(1000)]
@@ -461,7 +475,7 @@ PAGE_BAD_ARGS = [
 
 @pytest.mark.parametrize(("prefix", "after", "limit", "error", "message"),
                          [c[:5] for c in PAGE_BAD_ARGS], ids=[c[5] for c in PAGE_BAD_ARGS])
-async def test_list_page_rejects_bad_arguments(page_store: Any, prefix: Any, after: Any, limit: Any,
+async def test_list_page_rejects_bad_arguments(page_store: Engine, prefix: Any, after: Any, limit: Any,
                                                error: type, message: str) -> None:
     await page_store.put("a/b", 1)
     with pytest.raises(error, match=message):
@@ -469,7 +483,7 @@ async def test_list_page_rejects_bad_arguments(page_store: Any, prefix: Any, aft
 
 
 @pytest.mark.parametrize("limit", [1, 3, 7], ids=["limit-1", "limit-3", "limit-7"])
-async def test_list_page_walk_while_deleting(page_store: Any, limit: int) -> None:
+async def test_list_page_walk_while_deleting(page_store: Engine, limit: int) -> None:
     """Paging by ``after`` = the last name seen neither skips nor repeats a key while the
     walker deletes what it has seen (as the sweeper does) and another writer deletes a
     key ahead of the walk and adds one behind it."""
@@ -498,7 +512,7 @@ async def test_list_page_walk_while_deleting(page_store: Any, limit: int) -> Non
     assert gone_ahead  # the walk really raced the other writer
 
 
-async def test_list_page_matches_the_reference(page_store: Any) -> None:
+async def test_list_page_matches_the_reference(page_store: Engine) -> None:
     """Random keys with folders and odd characters: every page equals ``list`` filtered."""
     rnd = random.Random(11)
     parts = ["a", "b", "a/", "/", "b/c", "0", ".", "é", "\U0001f680", "\U0010ffff", "x/y/", "%", "_"]
@@ -515,7 +529,7 @@ async def test_list_page_matches_the_reference(page_store: Any) -> None:
                 assert await page_store.list_page(prefix, after, limit) == want, (prefix, after, limit)
 
 
-async def test_closed_store_refuses(store: Any) -> None:
+async def test_closed_store_refuses(store: Engine) -> None:
     await store.close()
     with pytest.raises(RuntimeError):
         await store.get("k")
@@ -532,7 +546,7 @@ async def test_closed_store_refuses(store: Any) -> None:
     ids=["unknown-type", "postgres-without-dsn", "sqlite-sync-off", "pool-size-zero",
          "cache-negative", "cache-not-int"],
 )
-async def test_open_storage_rejects_bad_settings(cfg: dict[str, Any], tmp_path: Any) -> None:
+async def test_open_storage_rejects_bad_settings(cfg: dict[str, Any], tmp_path: Path) -> None:
     cfg.setdefault("path", str(tmp_path / "x.db"))
     with pytest.raises(ValueError):
         await open_storage(cfg)
@@ -581,7 +595,7 @@ async def test_memory_list_page_under_churn(monkeypatch: pytest.MonkeyPatch, sla
 # -- SQLite specifics ---------------------------------------------------------------------
 
 
-async def test_sqlite_persists_across_reopen(tmp_path: Any) -> None:
+async def test_sqlite_persists_across_reopen(tmp_path: Path) -> None:
     path = str(tmp_path / "deep" / "dir" / "a.db")
     s = await open_storage({"type": "sqlite", "path": path})
     await s.put("a/b", {"v": "é"})
@@ -598,7 +612,7 @@ async def test_sqlite_persists_across_reopen(tmp_path: Any) -> None:
     await s.close()
 
 
-async def test_sqlite_single_owner(tmp_path: Any) -> None:
+async def test_sqlite_single_owner(tmp_path: Path) -> None:
     path = str(tmp_path / "a.db")
     first = await SQLiteStorage.open(path)
     with pytest.raises(RuntimeError, match="in use"):
@@ -608,7 +622,7 @@ async def test_sqlite_single_owner(tmp_path: Any) -> None:
     await second.close()
 
 
-async def test_sqlite_group_commit_500_concurrent_puts(tmp_path: Any) -> None:
+async def test_sqlite_group_commit_500_concurrent_puts(tmp_path: Path) -> None:
     path = str(tmp_path / "a.db")
     s = await SQLiteStorage.open(path)
     await asyncio.gather(*(s.put(f"tok/{i}", {"i": i}) for i in range(500)))
@@ -620,7 +634,7 @@ async def test_sqlite_group_commit_500_concurrent_puts(tmp_path: Any) -> None:
     await s.close()
 
 
-async def test_sqlite_failure_in_batch_fails_only_its_caller(tmp_path: Any) -> None:
+async def test_sqlite_failure_in_batch_fails_only_its_caller(tmp_path: Path) -> None:
     s = await SQLiteStorage.open(str(tmp_path / "a.db"))
     await s.put("k", 0)
     results = await asyncio.gather(
@@ -639,7 +653,7 @@ async def test_sqlite_failure_in_batch_fails_only_its_caller(tmp_path: Any) -> N
     await s.close()
 
 
-async def test_sqlite_same_batch_sequences(tmp_path: Any) -> None:
+async def test_sqlite_same_batch_sequences(tmp_path: Path) -> None:
     """Puts, updates, deletes and delete_prefix of keys created in the same batch."""
     path = str(tmp_path / "a.db")
     s = await SQLiteStorage.open(path)
@@ -669,7 +683,7 @@ async def test_sqlite_same_batch_sequences(tmp_path: Any) -> None:
 
 
 @pytest.mark.parametrize("entries", [0, 2], ids=["no-cache", "tiny-cache"])
-async def test_sqlite_value_cache_stays_exact(tmp_path: Any, entries: int) -> None:
+async def test_sqlite_value_cache_stays_exact(tmp_path: Path, entries: int) -> None:
     s = await open_storage({"type": "sqlite", "path": str(tmp_path / "a.db"),
                             "sqlite_cache_entries": entries})
     for i in range(5):
@@ -677,6 +691,7 @@ async def test_sqlite_value_cache_stays_exact(tmp_path: Any, entries: int) -> No
     await s.update("k/0", lambda old: {"i": old["i"] - 1})
     await s.put("k/4", {"i": 40})
     await s.delete("k/3")
+    assert isinstance(s, SQLiteStorage)
     assert len(s._cache) <= entries
     assert [await s.get(f"k/{i}") for i in range(5)] == [
         {"i": -1}, {"i": 1}, {"i": 2}, None, {"i": 40}]
@@ -816,7 +831,7 @@ async def test_postgres_updates_atomic_across_nodes(postgres_dsn: str) -> None: 
         await b.close()
 
 
-async def test_postgres_open_fails_cleanly_on_bad_dsn(postgres_server: Any) -> None:  # noqa: F811
+async def test_postgres_open_fails_cleanly_on_bad_dsn(postgres_server: PostgresServer) -> None:  # noqa: F811
     import psycopg
 
     with pytest.raises(psycopg.OperationalError):
@@ -868,7 +883,9 @@ async def test_postgres_batched_puts_fail_only_the_culprit(postgres_dsn: str) ->
         await s.close()
 
 
-async def test_postgres_nodes_starting_together_on_an_empty_database(postgres_server) -> None:  # noqa: F811
+async def test_postgres_nodes_starting_together_on_an_empty_database(  # noqa: F811
+    postgres_server: PostgresServer,
+) -> None:
     """Regression: two nodes racing CREATE TABLE IF NOT EXISTS failed with a duplicate
     pg_type row (seen as an intermittent ``--workers 2`` start-up failure)."""
     for _ in range(5):

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -87,7 +86,7 @@ def _run_and_kill(path: str, synchronous: str, acks_before_kill: int) -> list[li
     ("synchronous", "acks"), [("FULL", 1500), ("NORMAL", 4000)], ids=["full", "normal"]
 )
 async def test_sigkill_mid_storm_keeps_acknowledged_writes(
-    tmp_path: Any, synchronous: str, acks: int
+    tmp_path: Path, synchronous: str, acks: int
 ) -> None:
     path = str(tmp_path / "crash.db")
     lines = await asyncio.to_thread(_run_and_kill, path, synchronous, acks)
@@ -111,7 +110,8 @@ async def test_sigkill_mid_storm_keeps_acknowledged_writes(
         resurrected = [k for k in sorted(deletes) if await store.get(k) is not None]
         assert resurrected == []
         for key, acked in counters.items():
-            assert (await store.get(key)) >= acked, key
+            value = await store.get(key)
+            assert value is not None and value >= acked, key
         sample = sorted(puts - intents)[0]
         t, i = sample[1:].split("/")
         assert await store.get(sample) == {"t": int(t), "i": int(i), "pad": "é" * 50}

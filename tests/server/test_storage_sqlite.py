@@ -6,6 +6,8 @@ import asyncio
 import os
 import random
 import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -49,11 +51,11 @@ OLD_STATE = {
 }
 
 
-async def _state(store: SQLiteStorage, keys: Any) -> dict[str, Any]:
+async def _state(store: SQLiteStorage, keys: Iterable[str]) -> dict[str, Any]:
     return {k: await store.get(k) for k in keys}
 
 
-async def test_old_file_is_migrated_on_open(tmp_path: Any) -> None:
+async def test_old_file_is_migrated_on_open(tmp_path: Path) -> None:
     path = str(tmp_path / "old.db")
     _write_old_file(path, OLD_ROWS)
     store = await SQLiteStorage.open(path)
@@ -80,7 +82,7 @@ async def test_old_file_is_migrated_on_open(tmp_path: Any) -> None:
 
 
 async def test_failed_migration_leaves_the_old_file_and_is_retried(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """All or nothing: a failure after the duplicates were dropped undoes that too."""
     path = str(tmp_path / "old.db")
@@ -119,7 +121,7 @@ def test_prefix_end(prefix: str, end: str | None) -> None:
 
 
 async def test_list_and_delete_prefix_match_the_reference(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Random keys (folders, odd characters, long folders read in several chunks): list,
     list_page and delete_prefix agree with ``list_children`` and a prefix filter."""
@@ -154,7 +156,7 @@ async def test_list_and_delete_prefix_match_the_reference(
 
 
 async def test_long_list_lets_other_work_run(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_engine, "LIST_CHUNK", 10)
     store = await SQLiteStorage.open(str(tmp_path / "l.db"))
@@ -178,7 +180,7 @@ async def test_long_list_lets_other_work_run(
         await store.close()
 
 
-async def test_missing_keys_are_not_cached(tmp_path: Any) -> None:
+async def test_missing_keys_are_not_cached(tmp_path: Path) -> None:
     store = await SQLiteStorage.open(str(tmp_path / "m.db"))
     try:
         assert await store.get("sys/token/id/nope") is None
@@ -206,7 +208,7 @@ def small_wal(monkeypatch: pytest.MonkeyPatch) -> None:
 ROUNDS = 100  # ~10 MB of values
 
 
-async def test_wal_stays_bounded_under_a_write_storm(tmp_path: Any, small_wal: None) -> None:
+async def test_wal_stays_bounded_under_a_write_storm(tmp_path: Path, small_wal: None) -> None:
     path = str(tmp_path / "w.db")
     store = await SQLiteStorage.open(path)
     value = {"pad": "x" * 1000}
@@ -234,7 +236,7 @@ async def test_wal_stays_bounded_under_a_write_storm(tmp_path: Any, small_wal: N
     conn.close()
 
 
-async def test_idle_store_empties_its_wal(tmp_path: Any, small_wal: None,
+async def test_idle_store_empties_its_wal(tmp_path: Path, small_wal: None,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sqlite_checkpoint, "IDLE", 0.05)
     path = str(tmp_path / "i.db")
@@ -252,7 +254,7 @@ async def test_idle_store_empties_its_wal(tmp_path: Any, small_wal: None,
         await store.close()
 
 
-def test_restart_checkpoint_waits_for_the_writers_transaction(tmp_path: Any) -> None:
+def test_restart_checkpoint_waits_for_the_writers_transaction(tmp_path: Path) -> None:
     """A RESTART runs between two transactions of the writer, and the writer's next
     transaction waits for it (nobody sleeps in SQLite's busy handler)."""
     import threading
@@ -306,7 +308,7 @@ asyncio.run(SQLiteStorage.open(sys.argv[1]))
 """
 
 
-async def test_sigkill_mid_migration_leaves_a_file_the_next_start_migrates(tmp_path: Any) -> None:
+async def test_sigkill_mid_migration_leaves_a_file_the_next_start_migrates(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from plugin.errors import InvalidRequest, UnsupportedPath
 from server.app import create_app
@@ -18,15 +18,16 @@ from server.settings import Settings, StorageSettings
 from server.sys.auth import ENABLE_FIELDS
 from server.sys.backend import SysBackend
 from server.sys.core import acl_path
+from tests.server.httpkit import Client
 
 ROOT = "root-token-for-sys-backend-tests"
 H = {"X-Vault-Token": ROOT}
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> TestClient:
+async def client(aiohttp_client: AiohttpClient) -> Client:
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
-    client = await aiohttp_client(make_test_server(create_app(settings)))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
     assert (await client.post("/v1/sys/auth/jwt", json={"type": "jwt"}, headers=H)).status == 204
     return client
 
@@ -95,7 +96,7 @@ def _route(pattern: str) -> str:
     return "/sys/" + re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern).removesuffix("/*").removesuffix("/?")
 
 
-async def test_openapi_lists_exactly_the_sys_paths_served(client: TestClient) -> None:
+async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> None:
     body = await (await client.get("/v1/sys/internal/specs/openapi", headers=H)).json()
     documented = {path: ops for path, ops in body["paths"].items() if path.startswith("/sys/")}
     assert set(documented) == {_route(spec.pattern) for spec in _backend().paths}
@@ -119,7 +120,7 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: TestClient) ->
         assert resp.status == 404 and "no handler for route" in (await resp.json())["errors"][0]
 
 
-async def test_openapi_tune_fields_are_the_schema(client: TestClient) -> None:
+async def test_openapi_tune_fields_are_the_schema(client: Client) -> None:
     body = await (await client.get("/v1/sys/openapi", headers=H)).json()
     tune = body["paths"]["/sys/auth/{path}/tune"]
     props = tune["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
@@ -152,7 +153,7 @@ async def test_openapi_tune_fields_are_the_schema(client: TestClient) -> None:
          "boolean"],
 )
 async def test_tune_is_validated_by_the_declaration(
-    client: TestClient, body: dict[str, Any], status: int, errors: list[str] | None
+    client: Client, body: dict[str, Any], status: int, errors: list[str] | None
 ) -> None:
     before = await (await client.get("/v1/sys/auth/jwt/tune", headers=H)).json()
     resp = await client.post("/v1/sys/auth/jwt//tune", json=body, headers=H)
@@ -167,7 +168,7 @@ async def test_tune_is_validated_by_the_declaration(
         assert after["data"] == before["data"]
 
 
-async def test_sys_replies_keep_their_shape(client: TestClient) -> None:
+async def test_sys_replies_keep_their_shape(client: Client) -> None:
     tune = await (await client.get("/v1/sys/auth/jwt/tune", headers=H)).json()
     assert tune["data"]["token_type"] == tune["token_type"] == "default-service"  # copied to the top
     acl = await (await client.get("/v1/sys/policies/acl/default", headers=H)).json()
@@ -182,7 +183,7 @@ async def test_sys_replies_keep_their_shape(client: TestClient) -> None:
     assert listed["warnings"] == ["Endpoint ignored these unrecognized parameters: [colour]"]
 
 
-async def test_sudo_is_required_and_judged_on_the_canonical_path(client: TestClient) -> None:
+async def test_sudo_is_required_and_judged_on_the_canonical_path(client: Client) -> None:
     policy = 'path "sys/auth/*" { capabilities = ["read", "update"] }\npath "sys/policy/*" { capabilities = ["read"] }'
     assert (await client.put("/v1/sys/policies/acl/nosudo", json={"policy": policy}, headers=H)).status == 204
     created = await (await client.post("/v1/auth/token/create", json={"policies": ["nosudo"]}, headers=H)).json()

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
+from tests.server.httpkit import Client
 
 ROOT = "root-token-for-capability-tests"
 H = {"X-Vault-Token": ROOT}
@@ -23,12 +24,12 @@ path "auth/ci/admin" { capabilities = ["create", "update", "sudo"] }
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any) -> TestClient:
+async def client(aiohttp_client: AiohttpClient) -> Client:
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
     return await aiohttp_client(make_test_server(create_app(settings)))
 
 
-async def _token(client: TestClient, policies: str) -> str:
+async def _token(client: Client, policies: str) -> str:
     """A token with ``policies`` (the reader policy written first)."""
     resp = await client.put("/v1/sys/policies/acl/reader", json={"policy": POLICY}, headers=H)
     assert resp.status == 204
@@ -37,7 +38,7 @@ async def _token(client: TestClient, policies: str) -> str:
     return str((await created.json())["auth"]["client_token"])
 
 
-async def _ask(client: TestClient, path: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+async def _ask(client: Client, path: str, token: str, body: dict[str, Any]) -> tuple[int, Any]:
     resp = await client.post(path, json=body, headers={"X-Vault-Token": token})
     assert resp.headers["Content-Type"] == "application/json"
     return resp.status, await resp.json()
@@ -56,7 +57,7 @@ async def _ask(client: TestClient, path: str, token: str, body: dict[str, Any]) 
     ],
     ids=["glob", "deny wins", "two paths", "comma string", "default policy"],
 )
-async def test_capabilities_self(client: TestClient, paths: Any, expected: dict[str, Any]) -> None:
+async def test_capabilities_self(client: Client, paths: Any, expected: dict[str, Any]) -> None:
     token = await _token(client, "reader")
     status, body = await _ask(client, "/v1/sys/capabilities-self", token, {"paths": paths})
     assert status == 200
@@ -64,7 +65,7 @@ async def test_capabilities_self(client: TestClient, paths: Any, expected: dict[
     assert {k: body[k] for k in expected} == expected  # copied to the top level, as Vault does
 
 
-async def test_deprecated_single_path_and_root(client: TestClient) -> None:
+async def test_deprecated_single_path_and_root(client: Client) -> None:
     status, body = await _ask(client, "/v1/sys/capabilities-self", ROOT, {"path": "anything/at/all"})
     assert status == 200 and body["capabilities"] == ["root"] and body["anything/at/all"] == ["root"]
 
@@ -80,14 +81,14 @@ async def test_deprecated_single_path_and_root(client: TestClient) -> None:
         ({"paths": [f"p/{i}" for i in range(257)]}, 400, "too many paths: 257 (at most 256)"),
     ],
 )
-async def test_bad_paths(client: TestClient, body: dict[str, Any], status: int, message: str) -> None:
+async def test_bad_paths(client: Client, body: dict[str, Any], status: int, message: str) -> None:
     token = await _token(client, "reader")
     got, reply = await _ask(client, "/v1/sys/capabilities-self", token, body)
     assert (got, reply["errors"]) == (status, [message])
 
 
 @pytest.mark.parametrize("path", ["/v1/sys/capabilities-self", "/v1/sys/capabilities", "/v1/sys/capabilities-accessor"])
-async def test_reads_are_refused_and_no_token_is_denied(client: TestClient, path: str) -> None:
+async def test_reads_are_refused_and_no_token_is_denied(client: Client, path: str) -> None:
     assert (await client.get(path, headers=H)).status == 405
     resp = await client.post(path, json={"paths": ["a"]})
     assert resp.status == 403  # authentication comes before the body's validation
@@ -95,7 +96,7 @@ async def test_reads_are_refused_and_no_token_is_denied(client: TestClient, path
     assert resp.status == 403
 
 
-async def test_other_token_and_accessor_need_their_own_grant(client: TestClient) -> None:
+async def test_other_token_and_accessor_need_their_own_grant(client: Client) -> None:
     token = await _token(client, "reader")
     lookup = await (await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})).json()
     accessor = lookup["data"]["accessor"]
@@ -116,7 +117,7 @@ async def test_other_token_and_accessor_need_their_own_grant(client: TestClient)
         ("/v1/sys/capabilities-accessor", {"accessor": "nosuch"}, "invalid accessor"),
     ],
 )
-async def test_unknown_targets(client: TestClient, path: str, body: dict[str, Any], message: str) -> None:
+async def test_unknown_targets(client: Client, path: str, body: dict[str, Any], message: str) -> None:
     status, reply = await _ask(client, path, ROOT, {**body, "paths": ["a"]})
     assert (status, reply["errors"]) == (400, [message])
 
@@ -150,7 +151,7 @@ path "sys/internal/specs/openapi" { capabilities = ["read"] }
         ("sys/openapi", ["read"]),  # judged as sys/internal/specs/openapi
     ],
 )
-async def test_capabilities_answer_for_the_canonical_path(client: TestClient, path: str, expected: list[str]) -> None:
+async def test_capabilities_answer_for_the_canonical_path(client: Client, path: str, expected: list[str]) -> None:
     """``vault token capabilities auth/jwt/role/ADMIN`` reports what a request to that path is
     really allowed: the path is made canonical first, as the request's would be."""
     assert (await client.post("/v1/sys/auth/jwt", json={"type": "jwt"}, headers=H)).status == 204

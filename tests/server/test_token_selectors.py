@@ -7,13 +7,18 @@ row), which must keep working after an upgrade.
 from __future__ import annotations
 
 import asyncio
+import builtins
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_aiohttp import AiohttpClient
 
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Alias, Auth
 from plugin.storage import InMemoryStorage
+from server.storage import Engine
 from server.tokens.entry import MountInfo, TokenEntry
 from server.tokens.ids import (
     ACCESSOR_LEN,
@@ -26,7 +31,8 @@ from server.tokens.ids import (
     token_selector,
 )
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
-from tests.server.tokenkit import JWT, T0, Clock
+from tests.server.httpkit import Client
+from tests.server.tokenkit import JWT, T0, Clock, memory_of
 
 
 def login(**kw: Any) -> Auth:
@@ -71,7 +77,9 @@ TOKEN_MUTATIONS = {
 
 
 @pytest.mark.parametrize("mutate", list(TOKEN_MUTATIONS.values()), ids=list(TOKEN_MUTATIONS))
-async def test_malformed_or_wrong_selector_token_denied(store: TokenStore, mutate: Any) -> None:
+async def test_malformed_or_wrong_selector_token_denied(
+    store: TokenStore, mutate: Callable[[str, str], str]
+) -> None:
     block, _ = await store.issue(login(num_uses=3), mount=JWT)
     other, _ = await store.issue(login(), mount=JWT)
     raw = block["client_token"]
@@ -125,7 +133,7 @@ ACCESSOR_MUTATIONS = {
 
 
 @pytest.mark.parametrize("mutate", list(ACCESSOR_MUTATIONS.values()), ids=list(ACCESSOR_MUTATIONS))
-async def test_wrong_accessor_finds_nothing(store: TokenStore, mutate: Any) -> None:
+async def test_wrong_accessor_finds_nothing(store: TokenStore, mutate: Callable[[str, str], str]) -> None:
     block, _ = await store.issue(login(), mount=JWT)
     other, _ = await store.issue(login(), mount=JWT)
     bad = mutate(block["accessor"], other["accessor"])
@@ -319,7 +327,7 @@ async def test_legacy_revoke_tree_with_a_new_child(legacy: TokenStore) -> None:
     assert await legacy.revoke(parent) == 3
     for raw in (LEGACY_RAW, LEGACY_CHILD, new_child["client_token"]):
         assert await legacy.lookup(raw) is None
-    assert legacy.storage.dump().keys() <= {"sys/token/salt", "sys/token/batch_key"}  # type: ignore[attr-defined]
+    assert memory_of(legacy).dump().keys() <= {"sys/token/salt", "sys/token/batch_key"}
 
 
 async def test_legacy_revoke_accessor_and_orphan(legacy: TokenStore) -> None:
@@ -354,7 +362,7 @@ async def test_legacy_num_uses(store: TokenStore) -> None:
     assert await store.storage.list(ACCESSOR_PREFIX) == []
 
 
-async def test_legacy_and_new_tokens_on_sqlite(tmp_path: Any, clock: Clock) -> None:
+async def test_legacy_and_new_tokens_on_sqlite(tmp_path: Path, clock: Clock) -> None:
     """The same upgrade path on the real engine, with rows written by the old layout."""
     from server.storage import open_storage
 
@@ -371,7 +379,7 @@ async def test_legacy_and_new_tokens_on_sqlite(tmp_path: Any, clock: Clock) -> N
         assert await s.revoke_accessor(new["accessor"]) is True
         assert await storage.list("sys/token/id/") == [] and await storage.list(ACCESSOR_PREFIX) == []
     finally:
-        await storage.close()  # type: ignore[attr-defined]
+        await storage.close()
 
 
 def test_entry_round_trip_keeps_verifier() -> None:
@@ -396,8 +404,14 @@ class CountingStorage(InMemoryStorage):
         return await super().get(key)
 
 
+def reads_of(store: TokenStore) -> list[str]:
+    """The token rows read so far from ``store``'s ``CountingStorage``."""
+    assert isinstance(store.storage, CountingStorage)
+    return store.storage.reads
+
+
 @pytest.fixture
-async def counting(clock: Clock) -> Any:
+async def counting(clock: Clock) -> AsyncIterator[TokenStore]:
     s = TokenStore(CountingStorage(), clock=clock)
     await s.start(sweep=False)
     yield s
@@ -430,12 +444,12 @@ async def test_due_only_sweep_reads_only_due_rows(
         block, _ = await counting.issue(login(ttl=ttl), mount=JWT)
         selectors[ttl] = _sel(block["client_token"])
     root = await counting.create_root()  # never expires: never read
-    counting.storage.reads.clear()  # type: ignore[attr-defined]
+    reads_of(counting).clear()
     clock.now += advance
     assert await counting.sweep(due_only=True) == removed
-    swept = [r for r in counting.storage.reads if r in selectors.values()]  # type: ignore[attr-defined]
+    swept = [r for r in reads_of(counting) if r in selectors.values()]
     assert sorted(set(swept)) == sorted(selectors[t] for t in read_ttls)
-    assert _sel(root) not in counting.storage.reads  # type: ignore[attr-defined]
+    assert _sel(root) not in reads_of(counting)
     assert len(await counting.storage.list(ID_PREFIX)) == 3 - removed
 
 
@@ -444,7 +458,7 @@ async def test_due_only_sweep_remembers_renewed_tokens(counting: TokenStore, clo
     raw, selector = block["client_token"], _sel(block["client_token"])
     clock.now += 500
     await counting.renew(await counting.authenticate(raw, "127.0.0.1"), 3000, mount=JWT)
-    reads = counting.storage.reads  # type: ignore[attr-defined]
+    reads = reads_of(counting)
     clock.now += 200  # past the minted expiry, within the renewal
     for _ in range(3):
         reads.clear()
@@ -458,9 +472,9 @@ async def test_due_only_sweep_remembers_renewed_tokens(counting: TokenStore, clo
 async def test_due_only_sweep_reads_hmac_keyed_rows(counting: TokenStore, clock: Clock) -> None:
     legacy = await _write_legacy(counting, LEGACY_RAW, LEGACY_ACCESSOR)
     await counting.create_root("dev-root")
-    counting.storage.reads.clear()  # type: ignore[attr-defined]
+    reads_of(counting).clear()
     assert await counting.sweep(due_only=True) == 0
-    assert sorted(counting.storage.reads) == sorted([legacy, counting.hash("dev-root")])  # type: ignore[attr-defined]
+    assert sorted(reads_of(counting)) == sorted([legacy, counting.hash("dev-root")])
     clock.now += 3601
     assert await counting.sweep(due_only=True) == 1
     assert await counting.lookup(LEGACY_RAW) is None
@@ -481,7 +495,7 @@ async def test_exhausted_unreleased_token_waits_for_expiry_or_tidy(store: TokenS
     assert await store.storage.list(ID_PREFIX) == []
 
 
-async def test_sweep_hints_are_bounded(counting: TokenStore, clock: Clock, monkeypatch: Any) -> None:
+async def test_sweep_hints_are_bounded(counting: TokenStore, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     import server.tokens.store as tokens_mod
 
     monkeypatch.setattr(tokens_mod, "_SWEEP_HINTS", 3)
@@ -505,7 +519,7 @@ async def test_sweep_hints_are_bounded(counting: TokenStore, clock: Clock, monke
 class PageSpy:
     """A storage that records the pages read under ``ID_PREFIX`` and refuses to list all of it."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.pages: list[int] = []
 
@@ -516,22 +530,28 @@ class PageSpy:
         assert prefix != ID_PREFIX, "a full scan listed every token key at once"
         return await self.inner.list(prefix)
 
-    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> list[str]:
+    async def list_page(self, prefix: str, after: str = "", limit: int = 1000) -> builtins.list[str]:
         page = await self.inner.list_page(prefix, after, limit)
         if prefix == ID_PREFIX:
             self.pages.append(len(page))
         return page
 
 
+def spy_of(store: TokenStore) -> PageSpy:
+    """The ``PageSpy`` under ``store`` (the ``paged`` fixture's)."""
+    assert isinstance(store.storage, PageSpy)
+    return store.storage
+
+
 @pytest.fixture(params=["memory", "sqlite"])
-async def paged(request: pytest.FixtureRequest, tmp_path: Any, clock: Clock,
-                monkeypatch: pytest.MonkeyPatch) -> Any:
+async def paged(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock,
+                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TokenStore]:
     """A TokenStore over a PageSpy (in-memory, or a real SQLite file), 4 keys per page."""
     import server.tokens.store as tokens_mod
     from server.storage.sqlite import SQLiteStorage
 
     monkeypatch.setattr(tokens_mod, "SCAN_PAGE", 4)
-    inner = InMemoryStorage() if request.param == "memory" else await SQLiteStorage.open(
+    inner: Engine = InMemoryStorage() if request.param == "memory" else await SQLiteStorage.open(
         str(tmp_path / "t.db"), synchronous="NORMAL")
     s = TokenStore(PageSpy(inner), clock=clock)
     await s.start(sweep=False)
@@ -544,7 +564,8 @@ async def paged(request: pytest.FixtureRequest, tmp_path: Any, clock: Clock,
 async def _issue_mixed(store: TokenStore, clock: Clock, n: int) -> tuple[list[str], list[str]]:
     """``n`` tokens minted one second apart (so in key order), alternately short (60 s) and
     long (1 h) lived: the short ones are spread over every page. Returns their selectors."""
-    short, long_ = [], []
+    short: list[str] = []
+    long_: list[str] = []
     for i in range(n):
         block, _ = await store.issue(login(ttl=60 if i % 2 else 3600), mount=JWT)
         (short if i % 2 else long_).append(_sel(block["client_token"]))
@@ -559,9 +580,9 @@ async def test_sweep_pages_through_rows_and_keeps_live_ones(paged: TokenStore, c
     root = await paged.create_root("dev-root")  # an HMAC-keyed row, never expires
     clock.now += 120
     assert await paged.sweep(due_only=due_only) == len(short) == 11
-    rows = await paged.storage.inner.list(ID_PREFIX)  # type: ignore[attr-defined]
+    rows = await spy_of(paged).inner.list(ID_PREFIX)
     assert rows == sorted([*long_, paged.hash(root)])
-    pages = paged.storage.pages  # type: ignore[attr-defined]
+    pages = spy_of(paged).pages
     assert len(pages) >= 6 and max(pages) <= 4
     assert await paged.sweep(due_only=due_only) == 0  # nothing skipped the first time
 
@@ -571,7 +592,7 @@ async def test_list_accessors_pages_through_rows(paged: TokenStore, clock: Clock
     clock.now += 120
     want = sorted(b["accessor"] for i, b in enumerate(blocks) if i % 3 == 0)
     assert await paged.list_accessors() == want
-    assert max(paged.storage.pages) <= 4 and len(paged.storage.pages) >= 4  # type: ignore[attr-defined]
+    assert max(spy_of(paged).pages) <= 4 and len(spy_of(paged).pages) >= 4
 
 
 async def test_revoke_mount_pages_through_rows(paged: TokenStore, clock: Clock) -> None:
@@ -580,13 +601,13 @@ async def test_revoke_mount_pages_through_rows(paged: TokenStore, clock: Clock) 
     assert await paged.revoke_mount(JWT.accessor) == 6
     left = await paged.list_accessors()
     assert left == sorted(b["accessor"] for i, b in enumerate(mine) if i % 2 == 0)
-    assert max(paged.storage.pages) <= 4  # type: ignore[attr-defined]
+    assert max(spy_of(paged).pages) <= 4
 
 
 # -- the upgrade over HTTP: a server started on storage holding old-layout rows ----------------
 
 
-async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Any) -> None:
+async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: AiohttpClient) -> None:
     import base64
     import dataclasses
 
@@ -607,7 +628,7 @@ async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Any
     await storage.put(SALT_KEY, {"value": base64.b64encode(old._salt).decode()})
     await storage.put(BATCH_KEY, {"value": base64.b64encode(old._batch.signing).decode()})
     settings = dataclasses.replace(Settings(storage=StorageSettings(type="memory", path="")), dev=True)
-    client = await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
     root = {"X-Vault-Token": LEGACY_RAW}
 
     resp = await client.get("/v1/auth/token/lookup-self", headers=root)
@@ -634,5 +655,6 @@ async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Any
         resp = await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": raw})
         assert resp.status == 403
     for key in (SALT_KEY, BATCH_KEY):  # sealed in place by the upgrade
-        assert "value" not in (await storage.get(key)) and old._salt is not None
+        stored = await storage.get(key)
+        assert stored is not None and "value" not in stored and old._salt is not None
         assert base64.b64encode(old._salt).decode() not in str(await storage.get(key))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from server.tokens.entry import MountInfo, TokenEntry, resolve_token_type
 from server.tokens.ids import ACCESSOR_LEN, SELECTOR_LEN, TOKEN_LEN
 from server.tokens.store import ID_PREFIX, TokenStore
 from server.tokens.ttl import calculate_ttl
-from tests.server.tokenkit import JWT, T0, Clock
+from tests.server.tokenkit import JWT, T0, Clock, memory_of
 
 
 def login(**kw: Any) -> Auth:
@@ -107,23 +109,24 @@ async def test_storage_holds_no_raw_token(store: TokenStore) -> None:
     root = await store.create_root()
     child, _ = await store.issue(login(), mount=JWT, parent=await store.authenticate(root, "10.0.0.1"))
     raws += [root, child["client_token"]]
-    dump = json.dumps(store.storage.dump())  # type: ignore[attr-defined]
+    dump = json.dumps(memory_of(store).dump())
     for raw in raws:
         secret = raw[4 + SELECTOR_LEN :]
         assert raw not in dump and raw[4:] not in dump and secret not in dump
-    keys = list(store.storage.dump())  # type: ignore[attr-defined]
+    keys = list(memory_of(store).dump())
     assert any(k.startswith("sys/token/id/") for k in keys)
     assert not any(k.startswith("sys/token/accessor/") for k in keys)  # one row per token
     assert any(k.startswith("sys/token/parent/") for k in keys)
 
 
 async def test_one_row_per_service_login(store: TokenStore) -> None:
-    before = set(store.storage.dump())  # type: ignore[attr-defined]
+    before = set(memory_of(store).dump())
     block, _ = await store.issue(login(), mount=JWT)
     raw = block["client_token"]
     selector = raw[4 : 4 + SELECTOR_LEN]
-    assert set(store.storage.dump()) - before == {ID_PREFIX + selector}  # type: ignore[attr-defined]
+    assert set(memory_of(store).dump()) - before == {ID_PREFIX + selector}
     row = await store.storage.get(ID_PREFIX + selector)
+    assert row is not None
     assert row["verifier"] == store.hash(raw) and row["id_hash"] == selector
     assert row["accessor"] == block["accessor"]
     entry = await store.lookup_accessor(block["accessor"])
@@ -131,7 +134,7 @@ async def test_one_row_per_service_login(store: TokenStore) -> None:
     # a child token adds its parent index row, as before
     child, _ = await store.issue(login(), mount=JWT, parent=entry)
     child_selector = child["client_token"][4 : 4 + SELECTOR_LEN]
-    added = set(store.storage.dump()) - before - {ID_PREFIX + selector}  # type: ignore[attr-defined]
+    added = set(memory_of(store).dump()) - before - {ID_PREFIX + selector}
     assert added == {ID_PREFIX + child_selector, f"sys/token/parent/{selector}/{child_selector}"}
 
 
@@ -238,7 +241,7 @@ async def test_child_revoked_with_parent(store: TokenStore) -> None:
     for b in (parent_block, child_block, grandchild_block):
         assert await store.lookup(b["client_token"]) is None
     assert await store.lookup_accessor(child_block["accessor"]) is None
-    assert [k for k in store.storage.dump() if "parent" in k] == []  # type: ignore[attr-defined]
+    assert [k for k in memory_of(store).dump() if "parent" in k] == []
 
 
 async def test_child_dies_when_parent_expires(store: TokenStore, clock: Clock) -> None:
@@ -284,9 +287,9 @@ async def test_revoke_mount_kills_service_and_batch(store: TokenStore, clock: Cl
 
 
 async def test_batch_token_is_stateless(store: TokenStore) -> None:
-    before = dict(store.storage.dump())  # type: ignore[attr-defined]
+    before = dict(memory_of(store).dump())
     block, _ = await store.issue(login(token_type="batch", bound_cidrs=["10.0.0.0/8"]), mount=JWT)
-    assert store.storage.dump() == before  # type: ignore[attr-defined]
+    assert memory_of(store).dump() == before
     raw = block["client_token"]
     assert raw.startswith("hvb.") and block["renewable"] is False and block["accessor"] == ""
     assert block["token_type"] == "batch"
@@ -314,7 +317,7 @@ def _tamper_payload(raw: str) -> str:
     ],
     ids=["payload-root", "signature", "no-signature", "extra-part"],
 )
-async def test_batch_token_tamper_denied(store: TokenStore, mutate: Any) -> None:
+async def test_batch_token_tamper_denied(store: TokenStore, mutate: Callable[[str], str]) -> None:
     block, _ = await store.issue(login(token_type="batch"), mount=JWT)
     with pytest.raises(PermissionDenied, match="^permission denied$"):
         await store.authenticate(mutate(block["client_token"]), "127.0.0.1")
@@ -555,7 +558,7 @@ async def test_mount_revocation_by_another_node_seen_after_invalidate(clock: Clo
         await node_b.authenticate(batch["client_token"], "127.0.0.1")
 
 
-async def test_sqlite_num_uses_race_and_no_raw_token_on_disk(tmp_path: Any, clock: Clock) -> None:
+async def test_sqlite_num_uses_race_and_no_raw_token_on_disk(tmp_path: Path, clock: Clock) -> None:
     """The same guarantees on the real engine, whose update() crosses a writer thread."""
     from server.storage import open_storage
 
@@ -579,7 +582,7 @@ async def test_sqlite_num_uses_race_and_no_raw_token_on_disk(tmp_path: Any, cloc
         assert results.count(True) == 3
         await s.authenticate(keep["client_token"], "127.0.0.1")
     finally:
-        await storage.close()  # type: ignore[attr-defined]
+        await storage.close()
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
     assert keep["client_token"].encode() not in on_disk and raw.encode() not in on_disk
     assert keep["client_token"][4:].encode() not in on_disk
@@ -599,15 +602,15 @@ async def test_oversized_batch_token_refused_at_issue(store: TokenStore) -> None
 
 
 # -- decoded-entry cache on the SQLite engine (keyed on the cached bytes' identity) --------
-async def _bump_policies(s: TokenStore, raw: str, entry: Any) -> None:
+async def _bump_policies(s: TokenStore, raw: str, entry: TokenEntry) -> None:
     await s.storage.update(ID_PREFIX + entry.id_hash, lambda old: {**old, "policies": ["default", "ops"]})
 
 
-async def _use_once(s: TokenStore, raw: str, entry: Any) -> None:
+async def _use_once(s: TokenStore, raw: str, entry: TokenEntry) -> None:
     await s.authenticate(raw, "127.0.0.1")
 
 
-async def _revoke(s: TokenStore, raw: str, entry: Any) -> None:
+async def _revoke(s: TokenStore, raw: str, entry: TokenEntry) -> None:
     await s.revoke(entry)
 
 
@@ -620,7 +623,10 @@ async def _revoke(s: TokenStore, raw: str, entry: Any) -> None:
     ],
     ids=["policies rewritten", "one use consumed", "revoked"],
 )
-async def test_sqlite_lookup_sees_every_write(tmp_path: Any, clock: Clock, write: Any, num_uses: int, check: Any) -> None:
+async def test_sqlite_lookup_sees_every_write(
+    tmp_path: Path, clock: Clock, write: Callable[[TokenStore, str, TokenEntry], Awaitable[None]], num_uses: int,
+    check: Callable[[TokenEntry | None], bool],
+) -> None:
     from server.storage import open_storage
 
     storage = await open_storage({"type": "sqlite", "path": str(tmp_path / "t.db")})
@@ -635,10 +641,12 @@ async def test_sqlite_lookup_sees_every_write(tmp_path: Any, clock: Clock, write
         assert check(await s.lookup(raw))
         assert first.policies == ["default", "dev"] and first.num_uses == num_uses  # never mutated
     finally:
-        await storage.close()  # type: ignore[attr-defined]
+        await storage.close()
 
 
-async def test_sqlite_decoded_entries_are_bounded(tmp_path: Any, clock: Clock, monkeypatch: Any) -> None:
+async def test_sqlite_decoded_entries_are_bounded(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import server.tokens.store as tokens_mod
     from server.storage import open_storage
 
@@ -652,6 +660,6 @@ async def test_sqlite_decoded_entries_are_bounded(tmp_path: Any, clock: Clock, m
         assert all(e is not None for e in entries)
         assert len(s._decoded) == 3
         again = [await s.lookup(raw) for raw in raws]
-        assert [a.id_hash for a in again] == [e.id_hash for e in entries]  # type: ignore[union-attr]
+        assert [a and a.id_hash for a in again] == [e and e.id_hash for e in entries]
     finally:
-        await storage.close()  # type: ignore[attr-defined]
+        await storage.close()

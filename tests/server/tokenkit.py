@@ -3,10 +3,18 @@
 
 from __future__ import annotations
 
+from plugin.storage import InMemoryStorage
 from server.tokens.entry import MountInfo
+from server.tokens.store import TokenStore
 
 JWT = MountInfo(path="auth/jwt/", accessor="auth_jwt_1a2b3c4d", default_lease_ttl=3600, max_lease_ttl=7200)
 T0 = 1_800_000_000.0
+
+
+def memory_of(store: TokenStore) -> InMemoryStorage:
+    """The in-memory storage under ``store`` (the ``store`` fixture's), to ``dump()`` it."""
+    assert isinstance(store.storage, InMemoryStorage), f"not in-memory storage: {store.storage!r}"
+    return store.storage
 
 
 class Clock:
