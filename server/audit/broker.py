@@ -17,11 +17,12 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 
 from plugin.errors import InvalidRequest, PluginError
 from plugin.sealing import Sealer
@@ -41,6 +42,8 @@ SALT_CONTEXT = AUDIT_KEY + "#salt"
 _CREDENTIAL_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-authorization"})
 
 log = structlog.get_logger("authmount.audit")
+#: Builds one entry line: (record, device format, time).
+Line = Callable[[Record, Format, str], bytes]
 
 
 class AuditUnavailable(PluginError):
@@ -155,6 +158,7 @@ class AuditBroker:
         self.active: tuple[AuditDevice, ...] = ()
         #: ``{lower-case header name: hash it}``
         self.headers: dict[str, bool] = {}
+        self._immediate = True
         self._lock = asyncio.Lock()
         self._reload: asyncio.Task[None] | None = None
 
@@ -186,8 +190,7 @@ class AuditBroker:
                 log.error("audit_device_failed", device=device.path, type=device.type, reason=device.failing)
             new[device.path] = device
         gone = [d for p, d in self.devices.items() if new.get(p) is not d]
-        self.devices = new
-        self.active = tuple(new.values())
+        self._install(new)
         for device in gone:
             await device.sink.close()
 
@@ -258,7 +261,7 @@ class AuditBroker:
                 raise
             devices = dict(self.devices)
             devices[norm] = device
-            self.devices, self.active = devices, tuple(devices.values())
+            self._install(devices)
         if existing is not None:
             await existing.sink.close()
         log.info("audit_device_enabled", device=norm, type=kind)
@@ -285,7 +288,7 @@ class AuditBroker:
             if device is None:
                 return False
             devices = {p: d for p, d in self.devices.items() if p != norm}
-            self.devices, self.active = devices, tuple(devices.values())
+            self._install(devices)
         await device.sink.close()
         log.info("audit_device_disabled", device=norm)
         return True
@@ -341,45 +344,59 @@ class AuditBroker:
         return out or None
 
     # -- writing ------------------------------------------------------------------------------
-    async def log_request(self, rec: Record) -> None:
-        """Write the request entry of ``rec`` to every device.
+    def log_request(self, rec: Record) -> Awaitable[None] | None:
+        """Write the request entry of ``rec`` to every device: done on return (None) when
+        every device is a file; else await the result (a socket device).
 
         :raises AuditUnavailable: devices are enabled and none recorded it.
         """
-        devices = self.active
-        if not devices:
-            return
-        start = time.perf_counter()
-        ok = await self._write(devices, rec, request_line)
-        telemetry.AUDIT_LOG_REQUEST.observe(telemetry.ms_since(start))
-        if not ok:
-            telemetry.AUDIT_LOG_REQUEST_FAILURE.inc()
-            raise AuditUnavailable()
+        return self._log(rec, request_line, telemetry.AUDIT_LOG_REQUEST, telemetry.AUDIT_LOG_REQUEST_FAILURE)
 
-    async def log_response(self, rec: Record) -> None:
-        """Write the response entry of ``rec`` to every device.
+    def log_response(self, rec: Record) -> Awaitable[None] | None:
+        """Write the response entry of ``rec`` to every device (as ``log_request``).
 
         :raises AuditUnavailable: devices are enabled and none recorded it.
         """
+        return self._log(rec, response_line, telemetry.AUDIT_LOG_RESPONSE, telemetry.AUDIT_LOG_RESPONSE_FAILURE)
+
+    def _log(self, rec: Record, build: Line, timer: Histogram, failures: Counter) -> Awaitable[None] | None:
         devices = self.active
         if not devices:
-            return
+            return None
+        if not self._immediate:
+            return self._log_async(devices, rec, build, timer, failures)
+        # Files only: written without a coroutine (an audited login writes two entries).
         start = time.perf_counter()
-        ok = await self._write(devices, rec, response_line)
-        telemetry.AUDIT_LOG_RESPONSE.observe(telemetry.ms_since(start))
-        if not ok:
-            telemetry.AUDIT_LOG_RESPONSE_FAILURE.inc()
-            raise AuditUnavailable()
-
-    @staticmethod
-    async def _write(devices: Iterable[AuditDevice], rec: Record, build: Any) -> bool:
         when = stamp()
         ok = False
         for device in devices:
-            line = build(rec, device.fmt, when)
-            if device.put(line) if device.sink.immediate else await device.write(line):
+            if device.put(build(rec, device.fmt, when)):
                 ok = True
-        return ok
+        timer.observe(telemetry.ms_since(start))
+        if not ok:
+            failures.inc()
+            raise AuditUnavailable()
+        return None
+
+    @staticmethod
+    async def _log_async(
+        devices: Iterable[AuditDevice], rec: Record, build: Line, timer: Histogram, failures: Counter
+    ) -> None:
+        start = time.perf_counter()
+        when = stamp()
+        ok = False
+        for device in devices:
+            if await device.write(build(rec, device.fmt, when)):
+                ok = True
+        timer.observe(telemetry.ms_since(start))
+        if not ok:
+            failures.inc()
+            raise AuditUnavailable()
+
+    def _install(self, devices: dict[str, AuditDevice]) -> None:
+        """Make ``devices`` the enabled devices (``active`` is the snapshot writes use)."""
+        self.devices, self.active = devices, tuple(devices.values())
+        self._immediate = all(d.sink.immediate for d in self.active)
 
     # -- upkeep -----------------------------------------------------------------------------------
     def reopen(self) -> None:
@@ -425,7 +442,7 @@ class AuditBroker:
             self._reload.cancel()
         for device in self.active:
             await device.sink.close()
-        self.devices, self.active = {}, ()
+        self._install({})
 
 
 def _header_table(stored: Any) -> dict[str, bool]:

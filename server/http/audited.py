@@ -139,7 +139,9 @@ class Exchange:
             return
         self._caller(rec)
         assert self.broker is not None
-        await self.broker.log_request(rec)
+        pending = self.broker.log_request(rec)
+        if pending is not None:
+            await pending
         self.logged = True
 
     async def responded(self, resp: Response | None, out: web.StreamResponse) -> None:
@@ -166,7 +168,9 @@ class Exchange:
                 rec.error, rec.error_top = "not found", True
             assert self.broker is not None
             try:
-                await self.broker.log_response(rec)
+                pending = self.broker.log_response(rec)
+                if pending is not None:
+                    await pending
             except AuditUnavailable:
                 await self._revoke(issued)
                 self._observe("audit_unavailable" if self.login and resp is not None and resp.auth else None)
@@ -195,9 +199,13 @@ class Exchange:
             try:
                 if not self.logged:
                     rec.request_error = text if top else ""
-                    await self.broker.log_request(rec)
+                    pending = self.broker.log_request(rec)
+                    if pending is not None:
+                        await pending
                     self.logged = True
-                await self.broker.log_response(rec)
+                pending = self.broker.log_response(rec)
+                if pending is not None:
+                    await pending
             except AuditUnavailable:
                 log.error("audit_unavailable", path=rec.path, error=text)
         self._observe(login_outcome(exc) if login is not None else None, None, login)
