@@ -286,13 +286,16 @@ class _VaultNames(Collector):
 
     def __init__(self, source: Collector) -> None:
         self._source = source
+        #: The counters renamed (their HELP and TYPE lines are fixed after rendering).
+        self.renamed: set[str] = set()
 
     def collect(self) -> Iterable[Metric]:
         for family in self._source.collect():
             if family.type == "counter" and family.name.startswith("vault_"):
-                family.samples = [
-                    s._replace(name=family.name) if s.name == family.name + "_total" else s for s in family.samples
-                ]
+                # one process: family "x", samples "x_total"; multi-process: family "x_total"
+                base = family.name = family.name.removesuffix("_total")
+                self.renamed.add(base)
+                family.samples = [s._replace(name=base) if s.name == base + "_total" else s for s in family.samples]
             yield family
 
 
@@ -306,7 +309,15 @@ def _source() -> Collector:
 
 def exposition() -> bytes:
     """Every series in the Prometheus text format (``sys/metrics?format=prometheus``)."""
-    return generate_latest(_VaultNames(_source()))
+    names = _VaultNames(_source())
+    text = generate_latest(names)
+    # prometheus-client writes a counter's HELP and TYPE lines as "<name>_total" whatever the
+    # sample is called: name Vault's counters as Vault does.
+    for base in names.renamed:
+        name = base.encode()
+        text = text.replace(b"# HELP " + name + b"_total ", b"# HELP " + name + b" ")
+        text = text.replace(b"# TYPE " + name + b"_total counter", b"# TYPE " + name + b" counter")
+    return text
 
 
 def metrics_json() -> dict[str, Any]:

@@ -203,7 +203,7 @@ def test_metrics_move_with_logins(tmp_path: Path) -> None:
     assert samples[("vault_core_handle_login_request_count", ())] == 5
     created = (("auth_method", "jwt"), ("creation_ttl", "+Inf"), ("mount_point", "auth/jwt/"), ("namespace", "root"),
                ("token_type", "service"))
-    assert samples[("vault_token_creation", created)] == 2
+    assert samples[("vault_token_creation_total", created)] == 2  # "vault_token_creation" on the wire
 
 
 def test_metrics_add_up_across_workers(tmp_path: Path, postgres_dsn: str) -> None:

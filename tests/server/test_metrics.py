@@ -79,11 +79,14 @@ async def test_vault_names_are_served(aiohttp_client: AiohttpClient) -> None:
     names = {name for name, _ in samples}
     for name in ("vault_core_handle_request_count", "vault_core_handle_login_request_count",
                  "vault_core_handle_login_request_sum", "vault_token_lookup_count", "vault_route_update_auth_ci__count",
-                 "vault_route_update_sys__count", "vault_token_creation", "vault_audit_log_request_failure",
+                 "vault_route_update_sys__count", "vault_token_creation_total", "vault_audit_log_request_failure_total",
                  "authmount_logins_total", "process_resident_memory_bytes"):
-        assert name in names, name
-    # Vault's counters keep their name (no _total), authmount's follow Prometheus' convention.
-    assert "vault_token_creation_total" not in names and not any(n.endswith("_created") for n in names)
+        assert name in names, name  # the parser names every counter sample "<name>_total"
+    assert not any(n.endswith("_created") for n in names)
+    # Vault's counters keep their name on the wire (no _total), authmount's follow Prometheus' convention.
+    text = await (await client.get("/v1/sys/metrics?format=prometheus", headers=H)).text()
+    assert "# TYPE vault_token_creation counter\n" in text and "\nvault_token_creation{" in text
+    assert "vault_token_creation_total" not in text and "\nauthmount_logins_total{" in text
 
 
 async def test_login_counters_move_by_reason(aiohttp_client: AiohttpClient) -> None:
@@ -112,7 +115,8 @@ async def test_login_counters_move_by_reason(aiohttp_client: AiohttpClient) -> N
     assert delta("invalid_request", role="") == 1  # an unknown role is not a label value
     created = {"auth_method": "jwt", "mount_point": "auth/ci/", "creation_ttl": "1h", "token_type": "service",
                "namespace": "root"}
-    assert value(after, "vault_token_creation", **created) - value(before, "vault_token_creation", **created) == 2
+    name = "vault_token_creation_total"
+    assert value(after, name, **created) - value(before, name, **created) == 2
     logins = "vault_core_handle_login_request_count"
     assert value(after, logins) - value(before, logins) == len(attempts)
 
