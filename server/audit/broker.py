@@ -146,6 +146,17 @@ def device_path(raw: str) -> str:
     return normalize_path(raw)
 
 
+class _Batch:
+    """The file entries of one event-loop turn, per device, and the future their write resolves."""
+
+    __slots__ = ("devices", "lines", "done")
+
+    def __init__(self, devices: tuple[AuditDevice, ...], done: asyncio.Future[bool]) -> None:
+        self.devices = devices
+        self.lines: list[list[bytes]] = [[] for _ in devices]
+        self.done = done
+
+
 class AuditBroker:
     """The devices of one server. ``sealer`` seals the salts (the keyring)."""
 
@@ -159,6 +170,7 @@ class AuditBroker:
         #: ``{lower-case header name: hash it}``
         self.headers: dict[str, bool] = {}
         self._immediate = True
+        self._batch: _Batch | None = None
         self._lock = asyncio.Lock()
         self._reload: asyncio.Task[None] | None = None
 
@@ -365,18 +377,42 @@ class AuditBroker:
             return None
         if not self._immediate:
             return self._log_async(devices, rec, build, timer, failures)
-        # Files only: written without a coroutine (an audited login writes two entries).
-        start = time.perf_counter()
+        # Files only: group write. The entries of every request that reaches this point in one
+        # turn of the event loop go out together, one write(2) per device, after that turn;
+        # each request waits for it (fail closed) and nothing waits for another's lock.
+        batch = self._batch
+        if batch is None or batch.devices is not devices:
+            loop = asyncio.get_running_loop()
+            batch = self._batch = _Batch(devices, loop.create_future())
+            loop.call_soon(self._flush, batch)
         when = stamp()
-        ok = False
-        for device in devices:
-            if device.put(build(rec, device.fmt, when)):
-                ok = True
+        for lines, device in zip(batch.lines, devices, strict=True):
+            lines.append(build(rec, device.fmt, when))
+        return self._group_wait(batch.done, timer, failures)
+
+    @staticmethod
+    async def _group_wait(done: asyncio.Future[bool], timer: Histogram, failures: Counter) -> None:
+        start = time.perf_counter()
+        ok = await asyncio.shield(done)  # one request cancelled must not fail the others
         timer.observe(telemetry.ms_since(start))
         if not ok:
             failures.inc()
             raise AuditUnavailable()
-        return None
+
+    def _flush(self, batch: _Batch) -> None:
+        """Write one turn's entries: each device's lines in one write; ``ok`` when any device
+        took them."""
+        if self._batch is batch:
+            self._batch = None
+        ok = False
+        active = self.active
+        for lines, device in zip(batch.lines, batch.devices, strict=True):
+            if not any(d is device for d in active):
+                continue  # disabled (or the server stopped) since: its sink is closed
+            if device.put(b"".join(lines) if len(lines) > 1 else lines[0]):
+                ok = True
+        if not batch.done.done():
+            batch.done.set_result(ok)
 
     @staticmethod
     async def _log_async(
