@@ -8,7 +8,10 @@ invalidation (``invalidate``).
 
 Fail closed, as Vault: ``log_request`` and ``log_response`` write the entry to every device
 and raise ``AuditUnavailable`` (503) when devices are enabled but none recorded it; one
-working device is enough.
+working device is enough. File devices are written as a group: the entries of every request
+that logs during one turn of the event loop go out together right after that turn, one
+``write(2)`` per device, and each of those requests waits for that write (no lock: a slow
+request never holds up another's entry).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Where audit entries go: a file (``file``) or a socket (``socket``), Vault's two device types.
 
-A file device appends each entry with one ``write(2)`` on a descriptor opened ``O_APPEND``:
-no lock and no flush, so entries of concurrent requests (and of several ``--workers``
-processes sharing the file) never interleave and never wait for each other; the write
-returns once the kernel has the line, which is what a request waits for. The file is opened
-again on ``reopen`` (SIGHUP, after logrotate moved it) and, after a failed write, by the
-next write (at most every ``RETRY_SECONDS``).
+A file device appends whole lines with one ``write(2)`` on a descriptor opened ``O_APPEND``
+(the broker hands it the entries of one event-loop turn at once): no lock and no flush, so
+entries of concurrent requests (and of several ``--workers`` processes sharing the file)
+never interleave; the write returns once the kernel has the lines, which is what a request
+waits for. The file is opened again on ``reopen`` (SIGHUP, after logrotate moved it) and,
+after a failed write, by the next write (at most every ``RETRY_SECONDS``).
 
 A socket device keeps one connection (TCP, a Unix socket, or UDP datagrams) and reconnects
 when it was lost; a write that cannot be handed to the kernel within ``write_timeout``
