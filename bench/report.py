@@ -228,6 +228,7 @@ SECTIONS = [
 
 HOWTO = """## How to run
 
+<!-- docs-test: skip runs the benchmark (minutes, all cores) -->
 ```sh
 scripts/bench                                      # the one command: installs what is missing, then bench/run.py
 .venv/bin/python bench/run.py                      # cases 1-6 at 16 and 64 connections, 15 s each

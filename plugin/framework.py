@@ -16,6 +16,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from plugin import pathdoc
 from plugin.errors import NotFound, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.schema import FieldSet
 from plugin.sealing import EphemeralSealer, Sealer
@@ -207,6 +208,11 @@ class Request:
     #: The resolved path, when the server resolved it before the ACL check (else
     #: ``handle_request`` resolves ``path`` itself).
     route: Route | None = None
+    #: Refuse (400) a write to a path that needs a token when it carries parameters the
+    #: path does not declare, instead of ignoring them with a warning (the setting
+    #: ``refuse_unknown_parameters``; always on for seeded objects). Logins are never
+    #: refused for them: an IdP may add parameters of its own to a callback.
+    refuse_unknown: bool = False
 
     def require_storage(self) -> Storage:
         """The mount's storage, for handlers that read or write it.
@@ -295,6 +301,9 @@ class PathSpec:
     description: str = ""
     #: No token needed (login-type paths; Vault's ``PathsSpecial.Unauthenticated``).
     unauthenticated: bool = False
+    #: Its responses carry a new token (logins, token creation): the only responses the
+    #: server wraps for ``X-Vault-Wrap-TTL``; a wrap asked of any other path is refused.
+    issues_token: bool = False
     #: The token's policy must also grant ``sudo`` on the path (Vault's ``PathsSpecial.Root``).
     sudo: bool = False
     #: If set, CREATE vs UPDATE is decided by this; else writes are UPDATE.
@@ -319,6 +328,9 @@ class Route:
     path: str
     captures: Mapping[str, str]
 
+
+#: The operations ``Request.refuse_unknown`` applies to.
+_WRITES = frozenset({Operation.CREATE, Operation.UPDATE, Operation.DELETE})
 
 #: Characters that make a pattern more than one literal path.
 _REGEX_CHARS = frozenset(".^$*+?{}[]()|\\")
@@ -413,6 +425,8 @@ class Backend:
         data.update(captures)
         values, unknown = spec.fields.parse(data)
         op = req.operation
+        if unknown and req.refuse_unknown and op in _WRITES and not spec.unauthenticated:
+            raise pathdoc.refusal(unknown, spec.fields)
         if op in (Operation.CREATE, Operation.UPDATE):
             if spec.existence_check is not None:
                 op = Operation.UPDATE if await spec.existence_check(req, values) else Operation.CREATE
@@ -424,12 +438,15 @@ class Backend:
         if handler is None:
             raise UnsupportedOperation()
         resp = await handler(req, values)
-        if resp is not None and unknown and resp.raw_body is None:
-            resp.add_warning(
-                "Endpoint ignored these unrecognized parameters: [" + " ".join(unknown) + "]"
-            )
         if resp is None and op is Operation.READ:
             raise NotFound()
+        if unknown:
+            # Vault warns only when the response has a body, so a write (204) that ignored a
+            # misspelt field was silent: here it answers 200 with the warning.
+            if resp is None:
+                resp = Response()
+            if resp.raw_body is None:
+                resp.warnings.extend(pathdoc.ignored_warnings(unknown, spec.fields))
         return resp
 
     # -- hooks -------------------------------------------------------------------------
@@ -452,35 +469,42 @@ class Backend:
         """Release resources when the mount is disabled or the server stops."""
 
     # -- documentation -----------------------------------------------------------------
+    def help(self, route: Route, path: str, mount_prefix: str) -> dict[str, Any]:
+        """Vault's help document of ``route`` (``GET <path>?help=1``): the help text from
+        the PathSpec's summary, description and fields, and its OpenAPI ``paths`` entry."""
+        return pathdoc.help_document(route.spec, path, dict([_openapi_path(route.spec, mount_prefix)]))
+
     def openapi_paths(self, mount_prefix: str) -> dict[str, Any]:
         """OpenAPI ``paths`` entries for this backend under ``/v1/<mount_prefix>``."""
-        out: dict[str, Any] = {}
-        for spec in self.paths:
-            route = "/" + mount_prefix.rstrip("/") + "/" + _pattern_to_route(spec.pattern)
-            ops: dict[str, Any] = {}
-            body = {"content": {"application/json": {"schema": {"type": "object", "properties": spec.fields.openapi()}}}}
-            for op in spec.operations:
-                verb = {
-                    Operation.READ: "get",
-                    Operation.CREATE: "post",
-                    Operation.UPDATE: "post",
-                    Operation.DELETE: "delete",
-                    Operation.LIST: "get",
-                }.get(op)
-                if verb is None or verb in ops:
-                    continue
-                entry: dict[str, Any] = {"summary": spec.summary, "description": spec.description}
-                if verb == "post":
-                    entry["requestBody"] = body
-                if op is Operation.LIST:
-                    entry["parameters"] = [{"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]
-                ops[verb] = entry
-            if spec.unauthenticated:
-                ops["x-vault-unauthenticated"] = True
-            if spec.sudo:
-                ops["x-vault-sudo"] = True
-            out[route] = ops
-        return out
+        return dict(_openapi_path(spec, mount_prefix) for spec in self.paths)
+
+
+def _openapi_path(spec: PathSpec, mount_prefix: str) -> tuple[str, dict[str, Any]]:
+    """The OpenAPI ``paths`` entry (route, operations) of one PathSpec."""
+    route = "/" + mount_prefix.rstrip("/") + "/" + _pattern_to_route(spec.pattern)
+    ops: dict[str, Any] = {}
+    body = {"content": {"application/json": {"schema": {"type": "object", "properties": spec.fields.openapi()}}}}
+    for op in spec.operations:
+        verb = {
+            Operation.READ: "get",
+            Operation.CREATE: "post",
+            Operation.UPDATE: "post",
+            Operation.DELETE: "delete",
+            Operation.LIST: "get",
+        }.get(op)
+        if verb is None or verb in ops:
+            continue
+        entry: dict[str, Any] = {"summary": spec.summary, "description": spec.description}
+        if verb == "post":
+            entry["requestBody"] = body
+        if op is Operation.LIST:
+            entry["parameters"] = [{"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]
+        ops[verb] = entry
+    if spec.unauthenticated:
+        ops["x-vault-unauthenticated"] = True
+    if spec.sudo:
+        ops["x-vault-sudo"] = True
+    return route, ops
 
 
 def _match(specs: list[PathSpec], path: str) -> Route | None:

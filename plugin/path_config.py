@@ -16,9 +16,14 @@ from plugin.sealing import Sealer, is_sealed
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
 
-__all__ = ["CONFIG_KEY", "CONFIG_FIELDS", "JWTConfig", "validate_config", "allowed_algs", "path_config"]
+__all__ = [
+    "CONFIG_KEY", "CONFIG_FIELDS", "FINGERPRINTS", "PROVIDER_SECRETS", "JWTConfig", "validate_config", "check_offline", "allowed_algs",
+    "path_config",
+]
 
 CONFIG_KEY = "config"
+#: The GET key holding the fingerprints of the secrets that are set (``JWTConfig.fingerprints``).
+FINGERPRINTS = "sensitive_fingerprints"
 
 _S = FieldType.STRING
 _CSS = FieldType.COMMA_STRING_SLICE
@@ -96,7 +101,9 @@ CONFIG_FIELDS = FieldSet(
 )
 
 _PROVIDERS = {"azure", "gsuite", "secureauth", "ibmisam", "okta"}
-_PROVIDER_SENSITIVE = {"gsuite": ("gsuite_service_account",), "okta": ("api_token",)}
+#: The ``provider_config`` keys that are secrets, by provider: sealed at rest, never returned.
+PROVIDER_SECRETS: dict[str, tuple[str, ...]] = {"gsuite": ("gsuite_service_account",), "okta": ("api_token",)}
+_PROVIDER_SENSITIVE = PROVIDER_SECRETS
 _KEY_FAMILIES = (
     "'jwt_validation_pubkeys', 'jwt_validation_hmac_secrets', 'jwks_url', 'jwks_pairs' "
     "or 'oidc_discovery_url'"
@@ -180,6 +187,23 @@ class JWTConfig:
         for key in _PROVIDER_SENSITIVE.get(str(provider.get("provider", "")), ()):
             provider.pop(key, None)
         out["provider_config"] = provider
+        return out
+
+    def fingerprints(self, sealer: Sealer) -> dict[str, str]:
+        """``{field: fingerprint}`` of every secret that is set (provider credentials as
+        ``provider_config.<key>``), each for context ``config#<field>``: what GET shows
+        instead of the secret, so that ``authmount apply`` can tell whether a file's secret
+        is the stored one (docs/configuration.md, "Secrets in apply")."""
+        out: dict[str, str] = {}
+        stored = self.to_storage()
+        for name, spec in CONFIG_FIELDS.items():
+            if spec.sensitive and stored.get(name):
+                out[name] = sealer.fingerprint(json.dumps(stored[name]).encode("utf-8"), f"{CONFIG_KEY}#{name}")
+        provider = self.provider_config
+        for key in _PROVIDER_SENSITIVE.get(str(provider.get("provider", "")), ()):
+            if provider.get(key):
+                name = f"provider_config.{key}"
+                out[name] = sealer.fingerprint(json.dumps(provider[key]).encode("utf-8"), f"{CONFIG_KEY}#{name}")
         return out
 
     @property
@@ -274,6 +298,24 @@ def _check_after_discovery(config: JWTConfig) -> None:
                 )
 
 
+def check_offline(values: dict[str, Any]) -> JWTConfig:
+    """The config a write of ``values`` (already coerced by ``CONFIG_FIELDS``) would store,
+    after every check a write makes without the network (the key source is fetched and
+    checked only by the write itself). ``authmount apply`` validates files with it before
+    it writes anything. ``namespace_in_state`` takes its default when absent.
+
+    :raises InvalidRequest: the first failing check, with the write's message.
+    """
+    fresh = CONFIG_FIELDS.defaults()
+    fresh.update(values)
+    config = JWTConfig.from_storage(fresh)
+    validate_config(config)
+    _check_after_discovery(config)
+    _check_algs(config)
+    _check_oidc_options(config)
+    return config
+
+
 def path_config(backend: JWTAuthBackend) -> PathSpec:
     """The ``config`` PathSpec (GET, POST/PUT)."""
 
@@ -281,7 +323,11 @@ def path_config(backend: JWTAuthBackend) -> PathSpec:
         config = await backend.config(req)
         if config is None:
             return None
-        return Response(data=config.public())
+        data = config.public()
+        fingerprints = config.fingerprints(req.system.sealer)
+        if fingerprints:
+            data[FINGERPRINTS] = fingerprints
+        return Response(data=data)
 
     async def write(req: Request, values: dict[str, Any]) -> Response | None:
         storage = req.require_storage()

@@ -523,6 +523,7 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
         summary="Authenticates to Vault using a JWT (or OIDC) token.",
         description="Validates the JWT against the role and the mount's key source and issues a token.",
         unauthenticated=True,
+        issues_token=True,
     )
 
 

@@ -276,6 +276,11 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
         claims = await _code_flow(backend, req, config, role, state, code, warnings)
         await _redeem(backend, req, state)
 
+    if role.verbose_oidc_logging:
+        # Vault logs the ID token without its signature; its payload is these claims, so
+        # only they are logged (a raw token is never logged). Before the checks: a refused
+        # login shows what the IdP sent.
+        log.debug("oidc_provider_response", mount=req.system.mount_path, role=state.role, claims=claims)
     ctx.claims = seen["claims"] = claims
     await run_checks(ctx, OIDC_CLAIM_CHECKS)
     identity = ctx.identity
@@ -485,5 +490,6 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
             },
             summary="Finish an OIDC login: exchange the code and issue a token.",
             unauthenticated=True,
+            issues_token=True,
         ),
     ]

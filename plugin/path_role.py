@@ -72,7 +72,7 @@ ROLE_FIELDS = FieldSet(
         "bound_claims_type": Field(
             _S, "How to interpret values in 'bound_claims', 'bound_subject' and 'bound_audiences': "
             "'string' (exact match, the default) or 'glob' ('*' matches any run of characters). "
-            "Read on every write.", default="string",
+            "An update that leaves it out keeps the role's value.", default="string",
         ),
         "claim_mappings": Field(
             FieldType.KV_PAIRS, "Mappings of claims (key) that will be copied to a metadata "
@@ -91,8 +91,9 @@ ROLE_FIELDS = FieldSet(
             _CSS, "Comma-separated list of allowed values for redirect_uri (required for 'oidc' roles)."
         ),
         "verbose_oidc_logging": Field(
-            FieldType.BOOL, "Log received OIDC tokens and claims when debug-level logging is "
-            "active. Not recommended in production.", default=False,
+            FieldType.BOOL, "Log the claims of the ID token (and userinfo) each OIDC callback "
+            "receives, at debug level (log_level: debug): the event oidc_provider_response. The "
+            "tokens themselves are never logged. Not recommended in production.", default=False,
         ),
         "max_age": Field(
             FieldType.DURATION, "Specifies the allowable elapsed time in seconds since the last "
@@ -224,7 +225,9 @@ def apply_role_write(role: Role, values: dict[str, Any], *, max_lease_ttl: int) 
     ):
         if name in values:
             setattr(role, name, copy.deepcopy(values[name]))
-    bound_claims_type = values.get("bound_claims_type") or "string"
+    # Vault resets an omitted bound_claims_type to "string", so an update of a glob role
+    # that leaves it out turns its globs into exact values (logins then fail); kept here.
+    bound_claims_type = values.get("bound_claims_type") or role.bound_claims_type or "string"
     if bound_claims_type not in ("string", "glob"):
         raise InvalidRequest(f"invalid 'bound_claims_type': {bound_claims_type}")
     role.bound_claims_type = bound_claims_type

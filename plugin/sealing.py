@@ -9,6 +9,11 @@ own key from the term key, a random 128-bit salt and the *context* (where the va
 what it is for), and binds the context as associated data: a sealed value cannot be moved
 to another place and still open, and the random-nonce limit of one GCM key (2^32 seals)
 does not apply to a term, however many values are sealed with it.
+
+A *fingerprint* (``hmac-sha256:<base64url>``) names a secret without showing it: an HMAC of
+the context and the value under a key only the server holds, so a value cannot be tested
+against it offline. ``authmount apply`` compares a file's secret with the stored one by
+asking the server for the fingerprint of both (docs/configuration.md, "Secrets in apply").
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ from typing import Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["SealError", "Sealer", "EphemeralSealer", "is_sealed", "seal_bytes", "open_bytes", "PREFIX"]
+__all__ = [
+    "SealError", "Sealer", "EphemeralSealer", "is_sealed", "seal_bytes", "open_bytes", "fingerprint_bytes", "PREFIX",
+    "FINGERPRINT_PREFIX",
+]
 
 PREFIX = "am1."
+FINGERPRINT_PREFIX = "hmac-sha256:"
 _SALT = 16
 _NONCE = 12
 _TAG = 16
@@ -42,6 +51,12 @@ class Sealer(Protocol):
     def seal(self, plaintext: bytes, context: str) -> str: ...
 
     def unseal(self, sealed: str, context: str) -> bytes: ...
+
+    def fingerprint(self, plaintext: bytes, context: str) -> str:
+        """A stable name of ``plaintext`` at ``context`` that does not reveal it (the same
+        value at the same place gives the same fingerprint, for as long as the server's
+        fingerprint key lives)."""
+        ...
 
 
 def is_sealed(value: object) -> bool:
@@ -81,6 +96,12 @@ def open_bytes(key: bytes, blob: bytes, context: str) -> bytes:
         raise SealError("sealed value does not open here (wrong key or context, or tampered)") from None
 
 
+def fingerprint_bytes(key: bytes, plaintext: bytes, context: str) -> str:
+    """``hmac-sha256:`` + the base64url HMAC-SHA256 of ``context``, a NUL and ``plaintext``."""
+    digest = hmac.new(key, context.encode("utf-8") + b"\0" + plaintext, hashlib.sha256).digest()
+    return FINGERPRINT_PREFIX + b64e(digest)
+
+
 def format_sealed(term: int, blob: bytes) -> str:
     return f"{PREFIX}{term}.{b64e(blob)}"
 
@@ -107,6 +128,7 @@ class EphemeralSealer:
 
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)
+        self._fingerprint_key = secrets.token_bytes(32)
 
     def seal(self, plaintext: bytes, context: str) -> str:
         return format_sealed(1, seal_bytes(self._key, plaintext, context))
@@ -116,3 +138,6 @@ class EphemeralSealer:
         if term != 1:
             raise SealError(f"sealed under unknown term {term}")
         return open_bytes(self._key, blob, context)
+
+    def fingerprint(self, plaintext: bytes, context: str) -> str:
+        return fingerprint_bytes(self._fingerprint_key, plaintext, context)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web, web_response
 
 from plugin.errors import PluginError
-from plugin.framework import Backend, Connection, Operation, Request
+from plugin.framework import Backend
 from server import telemetry
 from server.acl.policies import PolicyStore
 from server.appkeys import (
@@ -24,6 +24,7 @@ from server.appkeys import (
     KEYRING,
     MOUNTS,
     POLICIES,
+    RELOAD_HOOKS,
     ROOT_TOKEN,
     SETTINGS,
     STARTED_AT,
@@ -31,17 +32,19 @@ from server.appkeys import (
     TOKENS,
 )
 from server.audit import AuditBroker
+from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan, from_sections, make_plan
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.routes import setup_routes
 from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
 from server.mounts import MountEntry, MountTable, normalize_path
+from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
-__all__ = ["create_app", "seed", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY", "WORKER_ENV"]
+__all__ = ["create_app", "seed", "seed_audit", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY", "WORKER_ENV"]
 
 INIT_KEY = "core/init"
 #: Set by ``authmount server --workers N`` in each worker's environment: its index.
@@ -69,6 +72,11 @@ def create_app(settings: Settings, *, storage: Engine | None = None) -> web.Appl
     vars(web_response)["SERVER_SOFTWARE"] = SERVER_HEADER  # the module's global (imported, not re-exported)
     app = web.Application(client_max_size=settings.max_request_size)
     app[SETTINGS] = settings
+    hooks: list[tuple[ReloadHook, frozenset[str]]] = [
+        (reload_log_level, frozenset()), (reload_rate_limits, frozenset()), (_reseed, frozenset()),
+        (_reload_audit, frozenset({"audit"})),
+    ]
+    app[RELOAD_HOOKS] = hooks
     setup_ratelimit(app)
     setup_routes(app)  # each handler wrapped with the request log + JSON errors: no middleware
     app.cleanup_ctx.append(_core_context(storage))
@@ -125,6 +133,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             app[CLUSTER_ID] = cluster["id"]
             _watch(storage, mounts, policies, tokens, keyring, audit)
             await seed(app)
+            await seed_audit(app, settings)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
             period = settings.telemetry.usage_gauge_period
             if period > 0 and os.environ.get(WORKER_ENV, "0") == "0":  # one process computes them
@@ -202,54 +211,109 @@ async def _open_keyring(settings: Settings, storage: Engine) -> Keyring:
 
 
 async def _initial_root_token(settings: Settings, storage: Engine, tokens: TokenStore) -> str | None:
-    """Create the root token on the very first start (always in dev mode)."""
+    """Create the root token on the very first start (always in dev mode); with
+    ``initial_root_token_file`` also write it there (mode 0600).
+
+    :raises StartupError: the token file exists (outside dev mode) or cannot be created;
+        this is found before the token is made, so no token is lost.
+    """
+    path = settings.initial_root_token_file
     if settings.dev:
         await storage.put(INIT_KEY, {"initialized_at": time.time()})
-        return await tokens.create_root(settings.dev_root_token_id or None)
+        token = await tokens.create_root(settings.dev_root_token_id or None)
+        if path:
+            _replace_secret_file(path, token)
+        return token
+    fd = None
+    if path and await storage.get(INIT_KEY) is None:
+        fd = _create_secret_file(path)
     claim = str(uuid.uuid4())
     # Claim initialisation atomically so that only one of several nodes mints the token.
     stored = await storage.update(INIT_KEY, lambda old: old or {"initialized_at": time.time(), "claim": claim})
     if stored.get("claim") != claim:
+        if fd is not None:
+            os.close(fd)
+            os.unlink(path)
         return None
-    return await tokens.create_root()
-
-
-async def seed(app: web.Application) -> None:
-    """Create configured mounts, configs, roles and policies through the normal write path.
-
-    :raises StartupError: naming the seed entry (``mounts[0].roles.ci: ...``).
-    """
-    settings = app[SETTINGS]
-    table = app[MOUNTS]
-    for i, spec in enumerate(settings.mounts):
-        where = f"mounts[{i}]"
+    token = await tokens.create_root()
+    if fd is not None:
         try:
-            norm = normalize_path(spec.path)
-            mount = table.mounts.get(norm)
-            if mount is None:
-                await table.enable(norm, spec.type, description=spec.description, config=dict(spec.tune))
-            elif mount.entry.type != spec.type:
-                raise StartupError(f"{where}.type: {norm} is already mounted with type {mount.entry.type}")
-            elif spec.tune or spec.description != mount.entry.description:
-                await table.tune(norm, {**spec.tune, "description": spec.description})
-        except PluginError as exc:
-            raise StartupError(f"{where}: {exc}") from exc
-        mount = table.mounts[norm]
-        writes: list[tuple[str, str, dict[str, Any]]] = []
-        if spec.config is not None:
-            writes.append((f"{where}.config", "config", dict(spec.config)))
-        for name, role in spec.roles.items():
-            writes.append((f"{where}.roles.{name}", f"role/{name}", dict(role)))
-        for label, path, data in writes:
-            req = Request(
-                operation=Operation.UPDATE, path=path, data=data, storage=mount.storage,
-                system=mount.system, connection=Connection("127.0.0.1"),
-            )
-            try:
-                await mount.backend.handle_request(req)
-            except PluginError as exc:
-                raise StartupError(f"{label}: {exc}") from exc
+            os.write(fd, token.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        log.info("root_token_written", path=path)
+    return token
+
+
+def _create_secret_file(path: str) -> int:
+    """A new file for a secret, mode 0600 (its directory made 0700 when missing).
+
+    :raises StartupError: it exists or cannot be created.
+    """
+    try:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise StartupError(
+            f"initial_root_token_file: {path} exists; the first start writes a new root token there: move the "
+            "old file away (or choose another path)"
+        ) from None
+    except OSError as exc:
+        raise StartupError(f"initial_root_token_file: {path}: {exc.strerror}") from None
+
+
+def _replace_secret_file(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) in place of what was there (dev mode)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = _create_secret_file(tmp)
+    try:
+        os.write(fd, text.encode() + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+async def _reseed(app: web.Application, old: Settings, new: Settings) -> list[str]:
+    """SIGHUP: apply the file's mounts and policies again (drift made through the API is
+    corrected, as at start)."""
+    plan = await seed(app, new)
+    return [f"seed: {c.action} {c.address}" for c in plan.changes] or ["seed: no changes"]
+
+
+async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
+    """Apply the settings' ``mounts`` and ``policies`` to this server: ``authmount apply``
+    without prune, through the same write paths as the API (``server.gitops``). Only what
+    differs is written; a mount whose config or a role fails is not left half-made. Returns
+    the plan that was applied (SIGHUP logs it).
+
+    :raises StartupError: naming the file, the object and the field
+        (``seed.yaml: role jwt/ci (mounts[0].roles.ci.token_ttl): ...``).
+    """
+    settings = settings if settings is not None else app[SETTINGS]
+    server = AppServer(app)
+    try:
+        desired = from_sections(settings.mounts, settings.policies, source=settings.source or "settings")
+        plan = await make_plan(desired, server)
+        await apply_plan(plan, server)
+    except (GitopsError, ServerError) as exc:
+        raise StartupError(str(exc)) from exc
+    for change in plan.changes:
+        log.info("seed_applied", object=change.address, action=change.action,
+                 fields=[f.name for f in change.fields])
+    return plan
+
+
+async def seed_audit(app: web.Application, settings: Settings) -> list[str]:
+    """Enable the settings' ``audit`` devices (a device at the same path takes the declared
+    type, description and options and keeps its salt); returns what changed.
+
+    :raises StartupError: ``audit[<i>]: <why>`` (a device that cannot write, a bad option).
+    """
     broker = app[AUDIT]
+    changes = []
     for i, device in enumerate(settings.audit):
         try:
             existing = broker.devices.get(normalize_path(device.path))
@@ -257,14 +321,18 @@ async def seed(app: web.Application) -> None:
             if existing is None or (existing.type, existing.options, existing.description) != (
                 device.type, wanted, device.description
             ):
-                await broker.enable(device.path, device.type, description=device.description,
-                                    options=dict(device.options), replace=True)
+                enabled = await broker.enable(device.path, device.type, description=device.description,
+                                              options=dict(device.options), replace=True)
+                changes.append(f"audit: {'changed' if existing else 'enabled'} {enabled.path}")
         except PluginError as exc:
             raise StartupError(f"audit[{i}]: {exc}") from exc
-    store = app[POLICIES]
-    for name, text in settings.policies.items():
-        try:
-            await store.put(name, text)
-        except PluginError as exc:
-            raise StartupError(f"policies.{name}: {exc}") from exc
+    return changes
 
+
+async def _reload_audit(app: web.Application, old: Settings, new: Settings) -> list[str]:
+    """SIGHUP: open every audit file again (logrotate moved it) and apply the ``audit`` setting."""
+    broker = app.get(AUDIT)
+    if broker is None:
+        return []
+    broker.reopen()
+    return [f"audit: reopened {len(broker.active)} device(s)", *await seed_audit(app, new)]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
-    "AUDIT", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
+    "AUDIT", "RELOAD_HOOKS", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -34,6 +34,9 @@ STARTED_AT: web.AppKey[float] = web.AppKey("started_at")
 CLUSTER_ID: web.AppKey[str] = web.AppKey("cluster_id")
 #: The audit devices (server.audit.AuditBroker).
 AUDIT: web.AppKey[AuditBroker] = web.AppKey("audit")
+#: What SIGHUP runs: ``(server.reload.ReloadHook, names of the settings it applies)``, in
+#: order. Append with ``server.reload.add_reload_hook``.
+RELOAD_HOOKS: web.AppKey[list[tuple[Any, frozenset[str]]]] = web.AppKey("reload_hooks")
 
 # -- per-request storage ---------------------------------------------------------------
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")

@@ -1,4 +1,6 @@
-"""The ``authmount`` command: ``authmount server --config F`` or ``authmount server --dev``."""
+"""The ``authmount`` command: ``server`` (``--config F``, ``--dev``, both: the file on top of
+dev defaults), ``apply``/``export`` (configuration as code, ``server.gitops``) and
+``operator`` (maintenance with the server stopped: ``rekey``, ``generate-root``)."""
 
 from __future__ import annotations
 
@@ -8,28 +10,38 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import structlog
+
 from server import telemetry
 from server.app import WORKER_ENV, StartupError, create_app
-from server.appkeys import AUDIT, ROOT_TOKEN
+from server.appkeys import ROOT_TOKEN
+from server.gitops.command import add_commands, run_apply, run_export
 from server.http.connguard import ConnectionGuard, descriptor_budget, raise_descriptor_limit
 from server.http.listverb import ListVerbAppRunner
 from server.http.log import configure_logging, flush_request_log
+from server.http.tls import reload_certificate, server_context
 from server.keyring import StorageKeyError
-from server.operator import rekey
-from server.settings import Settings, SettingsError, dev_settings, load_settings
+from server.operator import generate_root, rekey
+from server.reload import ReloadHook, add_reload_hook, reload_settings
+from server.settings import Settings, SettingsError, dev_settings, load_settings, split_host_port
 from server.sys.status import VERSION
 
 __all__ = ["main", "serve"]
 
 #: prometheus-client's multi-process directory (``--workers``): set by the supervisor.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Overrides ``listen_address`` (``--listen-address`` wins over it).
+LISTEN_ENV = "AUTHMOUNT_LISTEN_ADDRESS"
+
+log = structlog.get_logger("authmount.server")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,8 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--dev", "-dev", action="store_true", help="in-memory dev server with a printed root token")
     srv.add_argument("--dev-root-token-id", "-dev-root-token-id", default="", metavar="ID",
                      help="root token id in dev mode (default: random)")
-    srv.add_argument("--dev-listen-address", "-dev-listen-address", default="127.0.0.1:8200", metavar="HOST:PORT",
-                     help="listen address in dev mode (port 0 picks a free port)")
+    srv.add_argument("--dev-listen-address", "-dev-listen-address", default=None, metavar="HOST:PORT",
+                     help="listen address in dev mode (default 127.0.0.1:8200; port 0 picks a free port)")
+    srv.add_argument("--listen-address", "-listen-address", default=None, metavar="HOST:PORT",
+                     help=f"override listen_address (also {LISTEN_ENV}; the flag wins)")
     srv.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log_level")
     srv.add_argument("--workers", type=int, metavar="N",
                      help="serve with N processes sharing the port (SO_REUSEPORT; PostgreSQL storage only)")
@@ -53,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     rk.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
     rk.add_argument("--new-key-file", "-new-key-file", metavar="PATH", required=True,
                     help="where to write the new storage key (must not exist)")
+    gr = ops.add_parser("generate-root", help="create a new root token (a lost one's recovery) and print it once")
+    gr.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
+    add_commands(sub)
     return parser
 
 
@@ -64,21 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "operator":
         return _operator(args)
+    if args.command == "apply":
+        return run_apply(args)
+    if args.command == "export":
+        return run_export(args)
+    if not args.dev and not args.config:
+        print("Error: either --config FILE or --dev is required", file=sys.stderr)
+        return 2
+    loader = _settings_loader(args)
     try:
-        if args.dev:
-            settings = dev_settings(args.dev_root_token_id, args.dev_listen_address)
-        elif args.config:
-            settings = load_settings(args.config)
-        else:
-            print("Error: either --config FILE or --dev is required", file=sys.stderr)
-            return 2
+        settings = loader()
     except SettingsError as exc:
         print(f"Error loading configuration: {exc}", file=sys.stderr)
         return 1
-    if args.log_level:
-        settings = replace(settings, log_level=args.log_level)
-    if args.workers is not None:
-        settings = replace(settings, workers=args.workers)
     problem = _workers_problem(settings)
     if problem:
         print(f"Error loading configuration: workers: {problem}", file=sys.stderr)
@@ -89,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
         try:
-            return runner.run(serve(settings, reuse_port=worker is not None, worker=int(worker or 0)))
+            return runner.run(serve(settings, reuse_port=worker is not None, worker=int(worker or 0), loader=loader))
         except (StartupError, SettingsError) as exc:
             print(f"Error starting server: {exc}", file=sys.stderr)
             return 1
@@ -98,9 +113,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
 
+def _settings_loader(args: argparse.Namespace) -> Callable[[], Settings]:
+    """How the settings are built from the options (again on SIGHUP): the file (on top of
+    the dev defaults with ``--dev``), then ``AUTHMOUNT_LISTEN_ADDRESS``, then the flags.
+
+    The loader raises ``SettingsError`` naming the bad key.
+    """
+
+    def load() -> Settings:
+        if args.dev:
+            settings = dev_settings(args.dev_root_token_id, args.dev_listen_address, config=args.config)
+        else:
+            settings = load_settings(args.config)
+        listen = args.listen_address or os.environ.get(LISTEN_ENV) or ""
+        if listen:
+            try:
+                split_host_port(listen)
+            except ValueError as exc:
+                where = "--listen-address" if args.listen_address else LISTEN_ENV
+                raise SettingsError(f"{where}: {exc}") from None
+            settings = replace(settings, listen_address=listen)
+        if args.log_level:
+            settings = replace(settings, log_level=args.log_level)
+        if args.workers is not None:
+            settings = replace(settings, workers=args.workers)
+        return settings
+
+    return load
+
+
 def _operator(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
+        if args.operation == "generate-root":
+            token = asyncio.run(generate_root(settings))
+            print("New root token (shown only once; it is stored hashed). Older root tokens stay valid.")
+            print()
+            print(f"Root Token: {token}")
+            return 0
         print(asyncio.run(rekey(settings, args.new_key_file)))
     except SettingsError as exc:
         print(f"Error loading configuration: {exc}", file=sys.stderr)
@@ -111,25 +161,36 @@ def _operator(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0) -> int:
-    """Run until SIGTERM/SIGINT; finish in-flight requests, then close storage. Returns 0."""
+async def serve(
+    settings: Settings, *, reuse_port: bool = False, worker: int = 0, loader: Callable[[], Settings] | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT; finish in-flight requests, then close storage. Returns 0.
+
+    SIGHUP builds the settings again with ``loader`` and applies what can change while
+    running (``server.reload``), logging what it did.
+    """
     from aiohttp import web
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tls = server_context(settings)  # a bad certificate stops the start before anything else
     # Bind before the app starts: a busy port must fail before a first start mints (and
     # would then never show) the root token.
     sock = _bind(*settings.host_port, reuse_port=reuse_port)
     app = create_app(settings)
+    if tls is not None:
+        add_reload_hook(app, _tls_reloader(tls), settings=frozenset({"tls_cert_file", "tls_key_file"}))
+    current = [settings]
+    reloads: set[asyncio.Task[None]] = set()
 
-    def reopen_audit() -> None:  # SIGHUP: logrotate moved the audit files
-        broker = app.get(AUDIT)
-        if broker is not None:
-            broker.reopen()
+    def hangup() -> None:
+        task = loop.create_task(_sighup(app, current, loader))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, reopen_audit)
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     guard = ConnectionGuard(
         per_ip=settings.max_connections_per_ip,
         max_total=descriptor_budget(raise_descriptor_limit(), settings.max_connections),
@@ -143,7 +204,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
         await runner.setup()
         # The event loop calls listen() again with the site's backlog (aiohttp's default
         # is 128): pass ours, or a storm of new connections overflows the accept queue.
-        site = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
+        site = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG, ssl_context=tls)
         await site.start()
         root = app.get(ROOT_TOKEN)
         if worker == 0 or root:
@@ -151,11 +212,40 @@ async def serve(settings: Settings, *, reuse_port: bool = False, worker: int = 0
         await stop.wait()
         print("==> authmount shutdown triggered", file=sys.stderr, flush=True)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in list(reloads):
+            task.cancel()
         await runner.cleanup()
         sock.close()
         flush_request_log()
         telemetry.process_exit()
     return 0
+
+
+async def _sighup(app: Any, current: list[Settings], loader: Callable[[], Settings] | None) -> None:
+    """Reload: build the settings again, run the reload hooks, log what changed."""
+    old = current[0]
+    if loader is None:
+        log.info("sighup_reload", changes=[], note="no settings loader: nothing to reload")
+        return
+    try:
+        new = loader()
+    except SettingsError as exc:
+        log.error("sighup_reload_failed", error=str(exc), note="the running settings stay in effect")
+        return
+    changes = await reload_settings(app, old, new)
+    current[0] = new
+    log.info("sighup_reload", source=new.source or "(dev defaults)", changes=changes)
+
+
+def _tls_reloader(context: ssl.SSLContext) -> ReloadHook:
+    async def reload_tls_certificate(app: Any, old: Settings, new: Settings) -> list[str]:
+        if not new.tls:
+            return ["tls: turning TLS off needs a restart; the certificate in use stays"]
+        reload_certificate(context, new)  # SettingsError: the old certificate stays in use
+        return [f"tls certificate reloaded from {new.tls_cert_file}"]
+
+    return reload_tls_certificate
 
 
 def _loop_factory(name: str) -> Any:
@@ -234,13 +324,14 @@ def _run_workers(count: int, argv: list[str], metrics_dir: str) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    def hangup(signum: int, _frame: object) -> None:  # reopen audit files: every worker
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+
+    def hangup(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)  # each worker reloads itself
+
     signal.signal(signal.SIGHUP, hangup)
     first_error = 0
     pending = list(children)
@@ -267,11 +358,13 @@ def _run_workers(count: int, argv: list[str], metrics_dir: str) -> int:
 
 def _banner(settings: Settings, bound: str, root_token: str | None) -> None:
     storage = settings.storage.type + (f" ({settings.storage.path})" if settings.storage.type == "sqlite" else "")
+    scheme = "https" if settings.tls else "http"
     lines = [
         "==> authmount server configuration:",
         "",
-        f"             Api Address: http://{bound}",
+        f"             Api Address: {scheme}://{bound}",
         f"          Listen Address: {bound}",
+        f"                     TLS: {'enabled' if settings.tls else 'disabled'}",
         f"                 Storage: {storage}",
         f"               Log Level: {settings.log_level}",
         "",
@@ -283,10 +376,13 @@ def _banner(settings: Settings, bound: str, root_token: str | None) -> None:
             "",
             "You may need to set the following environment variables:",
             "",
-            f"    $ export VAULT_ADDR='http://{bound}'",
+            f"    $ export VAULT_ADDR='{scheme}://{bound}'",
             "",
         ]
-    if root_token:
+    if root_token and settings.initial_root_token_file and not settings.dev:
+        lines += [f"Initial root token written to {settings.initial_root_token_file} (mode 0600); it is stored "
+                  "hashed: keep that file safe, or delete it once the token is stored elsewhere.", ""]
+    elif root_token:
         if not settings.dev:
             lines += ["Initial root token (shown only once; it is stored hashed):", ""]
         lines += [f"Root Token: {root_token}", ""]

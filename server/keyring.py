@@ -14,6 +14,11 @@ The sealed format and cipher are ``plugin/sealing.py``'s. A value's *context* is
 lives (the storage key and field, ``auth/<mount uuid>/config#oidc_client_secret``) or what it
 is for (an OIDC flow state).
 
+The **fingerprint key** (``core/fingerprint-key``, 32 random bytes sealed like any secret
+for ``core/fingerprint-key#sealed``) keys the fingerprints of secrets (``Keyring.fingerprint``,
+``plugin.sealing.fingerprint_bytes``): the same value at the same place always has the same
+fingerprint, rotation included, and nobody without the server can compute one.
+
 ``rotate`` adds a term and makes it active; older terms stay so that values sealed under
 them still open (the callers re-seal what they own). ``rewrap`` seals the keyring under a
 new storage key (``authmount operator rekey``).
@@ -41,6 +46,7 @@ from plugin.sealing import (
     SealError,
     b64d,
     b64e,
+    fingerprint_bytes,
     format_sealed,
     is_sealed,
     open_bytes,
@@ -65,9 +71,11 @@ __all__ = [
     "key_fingerprint",
     "reseal",
     "RESEAL_PREFIXES",
+    "FINGERPRINT_KEY",
 ]
 
 KEYRING_KEY = "core/keyring"
+FINGERPRINT_KEY = "core/fingerprint-key"
 ENV_KEY = "AUTHMOUNT_STORAGE_KEY"
 KEY_BYTES = 32
 
@@ -97,6 +105,9 @@ class PrefixSealer:
 
     def unseal(self, sealed: str, context: str) -> bytes:
         return self._sealer.unseal(sealed, self._prefix + context)
+
+    def fingerprint(self, plaintext: bytes, context: str) -> str:
+        return self._sealer.fingerprint(plaintext, self._prefix + context)
 
 
 def key_fingerprint(key: bytes) -> str:
@@ -186,6 +197,8 @@ class Keyring:
         self._storage_key = storage_key
         self._terms = terms
         self.active = active
+        #: Set by ``open`` (``core/fingerprint-key``); until then fingerprints are refused.
+        self._fingerprint_key = b""
 
     # -- storage ---------------------------------------------------------------------------
     @classmethod
@@ -204,7 +217,24 @@ class Keyring:
         fresh = cls._stored_form(storage_key, first)
         # update() so two nodes starting together agree on one keyring.
         stored = await storage.update(KEYRING_KEY, lambda old: old if old else fresh)
-        return cls._from_stored(storage_key, stored)
+        ring = cls._from_stored(storage_key, stored)
+        ring._fingerprint_key = await ring._load_fingerprint_key(storage)
+        return ring
+
+    async def _load_fingerprint_key(self, storage: Storage) -> bytes:
+        """The fingerprint key, created on the first start of a version that has it."""
+        context = FINGERPRINT_KEY + "#sealed"
+
+        def ensure(old: Any) -> Any:
+            if isinstance(old, dict) and isinstance(old.get("sealed"), str):
+                return old
+            return {"sealed": self.seal(secrets.token_bytes(KEY_BYTES), context)}
+
+        stored = await storage.update(FINGERPRINT_KEY, ensure)  # one key when nodes start together
+        try:
+            return self.unseal(stored["sealed"], context)
+        except SealError as exc:
+            raise StorageKeyError(f"{FINGERPRINT_KEY} does not open with this keyring: {exc}") from None
 
     async def reload(self, storage: Storage) -> None:
         """Re-read the keyring (another node rotated it)."""
@@ -300,6 +330,15 @@ class Keyring:
         if term is None:
             raise SealError(f"sealed under unknown term {number}")
         return open_bytes(term.key, blob, context)
+
+    def fingerprint(self, plaintext: bytes, context: str) -> str:
+        """The fingerprint of ``plaintext`` at ``context`` (see the module docstring).
+
+        :raises RuntimeError: the keyring was built without ``open`` (a caller bug).
+        """
+        if not self._fingerprint_key:
+            raise RuntimeError("keyring has no fingerprint key (not opened with Keyring.open)")
+        return fingerprint_bytes(self._fingerprint_key, plaintext, context)
 
     def term_of(self, sealed: str) -> int | None:
         """The term a sealed value was made with (None: not a sealed value)."""

@@ -129,11 +129,20 @@ def _tune_description(raw: Any) -> str:
     return raw
 
 
-#: ``sys/auth/<path>/tune``: the mount config plus its description.
+def _tune_options(raw: Any) -> dict[str, Any]:
+    value = raw or {}
+    if not isinstance(value, dict):
+        raise InvalidRequest("options must be an object")
+    return value
+
+
+#: ``sys/auth/<path>/tune``: the mount config plus its description and options.
 TUNE_FIELDS = FieldSet({
     **MOUNT_CONFIG_FIELDS.fields,
     "description": Field(FieldType.STRING, "Human-friendly description of the mount.", default="",
                          parse=_tune_description),
+    "options": Field(FieldType.MAP, "Added to the mount's options (stored and reported; no auth method reads "
+                     "them). The Vault CLI sends null.", default={}, parse=_tune_options),
 })
 
 
@@ -497,7 +506,7 @@ class MountTable:
         return out
 
     async def tune(self, path: str, values: Mapping[str, Any]) -> MountEntry:
-        """Change a mount's TTLs, token type, description, ...
+        """Change a mount's TTLs, token type, description, ... (``options`` add to its options)
 
         :raises InvalidRequest: unknown mount or a bad value (nothing is changed then).
         """
@@ -510,6 +519,9 @@ class MountTable:
             description = mount.entry.description
             if "description" in values:
                 description = coerce("description", TUNE_FIELDS["description"], values["description"])
+            options = dict(mount.entry.options)
+            if "options" in values:
+                options.update(coerce("options", TUNE_FIELDS["options"], values["options"]))
 
             def change(old: Any) -> Any:
                 entries = list((old or {}).get("entries", []))
@@ -517,6 +529,7 @@ class MountTable:
                     if e["path"] == norm:
                         e["config"] = cfg
                         e["description"] = description
+                        e["options"] = options
                         return {"entries": entries}
                 raise InvalidRequest(f"no mount at auth/{norm}")
 

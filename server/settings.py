@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from plugin.pathdoc import closest
 from plugin.schema import parse_duration
 
 __all__ = [
@@ -43,6 +44,7 @@ STORAGE_TYPES = ("memory", "sqlite", "postgres")
 SQLITE_SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
+TLS_VERSIONS = ("tls12", "tls13")
 #: ``asyncio``: the standard library's loop, the default: it serves ready connections in
 #: turn, so an overloaded server slows everyone a little (docs/performance.md). ``uvloop``:
 #: a few percent less CPU per request, but under overload it lets some connections wait
@@ -277,7 +279,7 @@ class StorageSettings:
 
 @dataclass(frozen=True, slots=True)
 class MountSeed:
-    """A mount created (idempotently) at every start, with its config and roles."""
+    """A mount applied at every start (``server.gitops``), with its config and roles."""
 
     path: str = setting(kind="string", parse=_required_string,
                         doc="Mount path, e.g. `jwt` or `ci/jwt` (served at `/v1/auth/<path>/`).")
@@ -290,11 +292,13 @@ class MountSeed:
     )
     config: Mapping[str, Any] | None = setting(
         None, kind="mapping", parse=_optional_mapping,
-        doc="Written to `auth/<path>/config` (section 2). A remote key source is fetched and checked at start.",
+        doc="The whole `auth/<path>/config` (section 2); absent: the config is not managed. A remote key source "
+            "is fetched and checked when the config is written.",
     )
     roles: Mapping[str, Mapping[str, Any]] = setting(
         kind="mapping", factory=dict, parse=_roles,
-        doc="`{role name: role fields}`, each written to `auth/<path>/role/<name>` (section 3).",
+        doc="`{role name: role fields}`, each the whole `auth/<path>/role/<name>` (section 3; a field left out "
+            "is its default).",
     )
 
 
@@ -381,7 +385,27 @@ class Settings:
     listen_address: str = setting(
         "127.0.0.1:8200", kind="`host:port`", parse=_address,
         doc="Where the HTTP API listens (`[v6]:port` for IPv6; port 0 picks a free port, printed in the banner). "
-            "Plain HTTP: terminate TLS in front of it.",
+            "`--listen-address` or `AUTHMOUNT_LISTEN_ADDRESS` override it. Plain HTTP unless `tls_cert_file` is set.",
+    )
+    tls_cert_file: str = setting(
+        "", kind="path", parse=_string,
+        doc="PEM certificate (chain) of the listener: with `tls_key_file`, the API is served over TLS (Vault's "
+            "`listener \"tcp\"` option of the same name). SIGHUP reloads both files.",
+    )
+    tls_key_file: str = setting("", kind="path", parse=_string,
+                                doc="PEM private key of `tls_cert_file` (keep it mode 0600).")
+    tls_min_version: str = setting(
+        "tls12", kind=_one_of(TLS_VERSIONS), parse=_choice(TLS_VERSIONS, lower=True),
+        doc="Oldest TLS version the listener accepts.",
+    )
+    tls_client_ca_file: str = setting(
+        "", kind="path", parse=_string,
+        doc="PEM CA bundle that client certificates are verified against (a client without one is still served "
+            "unless `tls_require_and_verify_client_cert`).",
+    )
+    tls_require_and_verify_client_cert: bool = setting(
+        False, kind="bool", parse=_bool,
+        doc="Refuse TLS connections without a client certificate signed by `tls_client_ca_file` (mutual TLS).",
     )
     storage: StorageSettings = setting(
         kind="mapping", factory=StorageSettings, parse=_section(StorageSettings), section=StorageSettings,
@@ -442,12 +466,13 @@ class Settings:
                                       doc="On SIGTERM/SIGINT, how long in-flight requests get to finish.")
     mounts: tuple[MountSeed, ...] = setting(
         (), kind="list", parse=_sections(MountSeed), section=MountSeed, many=True,
-        doc="Auth mounts created at every start (idempotent, through the same write path as the API). Keys below.",
+        doc="Auth mounts applied at every start and on SIGHUP, as `authmount apply` without prune (only what "
+            "differs is written, through the same write paths as the API; see section 5). Keys below.",
     )
     #: ``{policy name: HCL or JSON text}`` written at every start.
     policies: Mapping[str, str] = setting(
         kind="mapping", factory=dict, parse=_policies,
-        doc="`{policy name: HCL or JSON text}` (a YAML mapping is taken as JSON), written at every start.",
+        doc="`{policy name: HCL or JSON text}` (a YAML mapping is taken as JSON), applied with `mounts`.",
     )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),
@@ -467,22 +492,53 @@ class Settings:
         section=TelemetrySettings, shown="values below",
         doc="Metrics at `sys/metrics` ([operations](operations.md#metrics)). Keys below.",
     )
+    initial_root_token_file: str = setting(
+        "", kind="path", parse=_string,
+        doc="Write the root token of the first start to this file (created mode 0600; it must not exist) "
+            "instead of printing it: under systemd or Kubernetes stdout is a shared log. A lost root token is "
+            "replaced with `authmount operator generate-root` (see [operations](operations.md#the-root-token)).",
+    )
     login_errors_show_expected: bool = setting(
         False, kind="bool", parse=_bool,
         doc="Refused logins tell anonymous callers what the role expects (bound issuer, subject, audiences, claim "
             "values, CIDRs). For development only: those values tell an attacker which repository or branch to "
             "aim for. Explain and the server log always show them.",
     )
+    refuse_unknown_parameters: bool = setting(
+        False, kind="bool", parse=_bool,
+        doc="A write to a path that needs a token (a role, a config, a tune, a policy) with a parameter the path "
+            "does not declare is refused with `400 unrecognized parameters: [...]`, naming the field each one "
+            "resembles, instead of being applied without it. Off, the write answers 200 with Vault's warning "
+            "`Endpoint ignored these unrecognized parameters: [...]` and the same suggestions (the Vault CLI prints "
+            "them). Logins are never refused for extra parameters. Seeded objects (`mounts`, `policies`) are always "
+            "checked: an unknown key stops the start.",
+    )
     # Not YAML settings: set by `authmount server --dev`.
     dev: bool = False
     #: Root token id to create at start (dev mode); random when empty.
     dev_root_token_id: str = ""
+    #: The settings file these came from ("" when built in code): named by seeding errors,
+    #: re-read on SIGHUP.
+    source: str = ""
 
     @staticmethod
     def _finish(values: dict[str, Any], prefix: str) -> dict[str, Any]:
         if values.get("default_lease_ttl", DEFAULT_TTL) > values.get("max_lease_ttl", DEFAULT_TTL):
             raise SettingsError(f"{prefix}default_lease_ttl: must not be greater than max_lease_ttl")
+        cert, key = values.get("tls_cert_file", ""), values.get("tls_key_file", "")
+        if bool(cert) != bool(key):
+            raise SettingsError(f"{prefix}{'tls_key_file' if cert else 'tls_cert_file'}: "
+                                "tls_cert_file and tls_key_file go together")
+        if values.get("tls_client_ca_file") and not cert:
+            raise SettingsError(f"{prefix}tls_client_ca_file: needs tls_cert_file and tls_key_file")
+        if values.get("tls_require_and_verify_client_cert") and not values.get("tls_client_ca_file"):
+            raise SettingsError(f"{prefix}tls_require_and_verify_client_cert: needs tls_client_ca_file")
         return values
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listener serves TLS."""
+        return bool(self.tls_cert_file)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -528,7 +584,8 @@ def _values(cls: type, raw: Any, where: str, prefix: str) -> dict[str, Any]:
     declared = {f.name: (f, meta) for f, meta in _declared(cls)}
     for key in raw:
         if key not in declared:
-            raise SettingsError(f"{prefix}{key}: unknown setting")
+            match = closest(str(key), declared)
+            raise SettingsError(f"{prefix}{key}: unknown setting" + (f" (did you mean {match}?)" if match else ""))
     values: dict[str, Any] = {}
     for name, (f, meta) in declared.items():
         if name in raw or _required(f):
@@ -542,6 +599,14 @@ def load_settings(path: str | Path) -> Settings:
 
     :raises SettingsError: naming the first bad key; also for unreadable or invalid YAML.
     """
+    return settings_from_mapping(_read_yaml(path), source=str(path))
+
+
+def _read_yaml(path: str | Path) -> Any:
+    """The YAML document of a settings file (``{}`` when empty).
+
+    :raises SettingsError: unreadable or invalid YAML.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -550,9 +615,7 @@ def load_settings(path: str | Path) -> Settings:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: invalid YAML: {exc}") from exc
-    if raw is None:
-        raw = {}
-    return settings_from_mapping(raw)
+    return {} if raw is None else raw
 
 
 def settings_from_mapping(raw: Any, **overrides: Any) -> Settings:
@@ -563,19 +626,35 @@ def settings_from_mapping(raw: Any, **overrides: Any) -> Settings:
     return Settings(**(_values(Settings, raw, "settings", "") | overrides))
 
 
-def dev_settings(root_token_id: str = "", listen_address: str = "127.0.0.1:8200") -> Settings:
-    """Settings of ``authmount server --dev``: in-memory storage, console logs."""
-    try:
-        split_host_port(listen_address)
-    except ValueError as exc:
-        raise SettingsError(f"dev-listen-address: {exc}") from exc
-    return Settings(
-        listen_address=listen_address,
-        storage=StorageSettings(type="memory", path=""),
-        log_format="console",
-        dev=True,
-        dev_root_token_id=root_token_id,
-    )
+DEV_LISTEN_ADDRESS = "127.0.0.1:8200"
+
+
+def dev_settings(
+    root_token_id: str = "", listen_address: str | None = None, *, config: str | Path | None = None
+) -> Settings:
+    """Settings of ``authmount server --dev``: in-memory storage, console logs, on
+    ``127.0.0.1:8200``. With ``config``, that file's settings apply on top of these
+    defaults (as ``vault server -dev -config``), and ``listen_address`` (the
+    ``--dev-listen-address`` flag) on top of the file.
+
+    :raises SettingsError: a bad address or a bad key of the file.
+    """
+    if listen_address is not None:
+        try:
+            split_host_port(listen_address)
+        except ValueError as exc:
+            raise SettingsError(f"dev-listen-address: {exc}") from exc
+    raw: dict[str, Any] = {}
+    if config is not None:
+        raw = _read_yaml(config)
+        if not isinstance(raw, Mapping):
+            raise SettingsError("settings: must be a mapping")
+    base: dict[str, Any] = {"listen_address": DEV_LISTEN_ADDRESS, "storage": {"type": "memory"}, "log_format": "console"}
+    merged = {**base, **raw}
+    if listen_address is not None:
+        merged["listen_address"] = listen_address
+    return settings_from_mapping(merged, dev=True, dev_root_token_id=root_token_id,
+                                 source=str(config) if config is not None else "")
 
 
 # -- documentation ------------------------------------------------------------------------------

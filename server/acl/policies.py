@@ -12,12 +12,15 @@ from typing import Any
 import structlog
 
 from plugin.errors import InvalidRequest
+from plugin.pathdoc import closest
 from plugin.storage import Storage
 from server.acl.hcl import HCLError, parse
 
 __all__ = [
     "CAPABILITIES",
     "DEFAULT_POLICY",
+    "RESPONSE_WRAPPING",
+    "RESPONSE_WRAPPING_POLICY",
     "ACL",
     "PathRule",
     "PolicyError",
@@ -48,6 +51,14 @@ _UNSUPPORTED_KEYS = (
     "control_group",
     "subscribe_event_types",
 )
+#: The only policy of a response-wrapping token (``server.tokens.wrapping``): it may unwrap
+#: itself, nothing else. Built in and immutable, as in Vault.
+RESPONSE_WRAPPING = "response-wrapping"
+RESPONSE_WRAPPING_POLICY = """\
+path "sys/wrapping/unwrap" {
+    capabilities = ["update"]
+}
+"""
 _NAME_RE = re.compile(r"[^/\x00-\x1f\x7f]{1,128}")
 
 # Vault's built-in default policy (identity templating lines omitted: no identity store).
@@ -191,6 +202,15 @@ class PathRule:
         return True
 
 
+#: The keys of a ``path`` block a policy may use (for "did you mean" on an invalid key).
+_BLOCK_KEYS = ("capabilities", "policy", *_IGNORED_KEYS)
+
+
+def _did_you_mean(key: str, known: tuple[str, ...]) -> str:
+    match = closest(key, known)
+    return f" (did you mean {match}?)" if match else ""
+
+
 def _validate_pattern(pattern: str) -> str:
     pattern = pattern.lstrip("/")
     if "{{" in pattern:
@@ -231,7 +251,7 @@ def _rule(pattern: Any, body: Any) -> PathRule:
                     raise PolicyError(f'path "{pattern}": invalid capability "{c}"')
                 caps.add(cap)
         else:
-            raise PolicyError(f'path "{pattern}": invalid key "{key}"')
+            raise PolicyError(f'path "{pattern}": invalid key "{key}"' + _did_you_mean(key, _BLOCK_KEYS))
     return PathRule(pattern, frozenset(caps))
 
 
@@ -251,7 +271,7 @@ def parse_policy(text: str) -> list[PathRule]:
         if key == "name":
             continue
         if key != "path":
-            raise PolicyError(f'invalid key "{key}"')
+            raise PolicyError(f'invalid key "{key}"' + _did_you_mean(key, ("path",)))
         blocks = value if isinstance(value, list) else [value]
         for block in blocks:
             if not isinstance(block, dict):
@@ -315,7 +335,8 @@ ROOT_ACL = ACL(root=True)
 
 
 class PolicyStore:
-    """Policies stored at ``sys/policy/<name>``; ``root`` and ``default`` are built in.
+    """Policies stored at ``sys/policy/<name>``; ``root``, ``default`` and
+    ``response-wrapping`` (the policy of wrapping tokens, never assignable) are built in.
 
     Parsed policies and ACLs are cached; local writes clear the caches at once, and
     entries expire after ``cache_ttl`` seconds so writes on other nodes are seen.
@@ -340,6 +361,8 @@ class PolicyStore:
         name = self.normalize(name)
         if name == "root":
             return ""
+        if name == RESPONSE_WRAPPING:
+            return RESPONSE_WRAPPING_POLICY
         stored = await self.storage.get(POLICY_PREFIX + name)
         if stored is not None:
             return str(stored.get("policy", ""))
@@ -352,8 +375,8 @@ class PolicyStore:
             ``failed to parse policy: <reason>``.
         """
         name = self.normalize(name)
-        if name == "root":
-            raise InvalidRequest('cannot update "root" policy')
+        if name in ("root", RESPONSE_WRAPPING):
+            raise InvalidRequest(f'cannot update "{name}" policy')
         if not isinstance(text, str) or not text.strip():
             raise InvalidRequest("'policy' parameter not supplied or empty")
         try:
@@ -369,7 +392,7 @@ class PolicyStore:
         :raises InvalidRequest: ``cannot delete "root" policy`` / ``"default"``.
         """
         name = self.normalize(name)
-        if name in ("root", "default"):
+        if name in ("root", "default", RESPONSE_WRAPPING):
             raise InvalidRequest(f'cannot delete "{name}" policy')
         await self.storage.delete(POLICY_PREFIX + name)
         self.invalidate()

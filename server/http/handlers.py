@@ -12,7 +12,8 @@ import orjson
 from aiohttp import web
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
-from plugin.framework import Backend, Connection, Operation, Request, Response
+from plugin.framework import Backend, Connection, Operation, Request, Response, Route
+from plugin.schema import parse_duration
 from server.acl.policies import PolicyStore
 from server.appkeys import (
     AUDIT,
@@ -41,6 +42,7 @@ from server.storage import Engine
 from server.sys.backend import SysBackend
 from server.sys.core import SysPath, acl_path
 from server.tokens.store import TokenStore
+from server.tokens.wrapping import Wrapping, wrap_envelope
 
 __all__ = [
     "auth_handler",
@@ -53,6 +55,11 @@ __all__ = [
     "request_token",
     "authorize",
     "no_route",
+    "refuse_namespace",
+    "help_reply",
+    "requested_wrap_ttl",
+    "refuse_unwrappable",
+    "wrap_reply",
 ]
 
 _BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
@@ -61,7 +68,9 @@ _CAPABILITY = {
     Operation.READ: "read", Operation.LIST: "list", Operation.DELETE: "delete",
     Operation.CREATE: "create", Operation.UPDATE: "update",
 }
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+#: Bodies read as a form (unless they start with ``{``). Vault reads ``multipart/form-data``
+#: as JSON too (OpenBao 2.7.2 answers ``failed to decode JSON input``): so does authmount.
+_FORM_TYPES = ("application/x-www-form-urlencoded",)
 #: Seconds a client gets to send a whole request body; a trickled body (slowloris) would
 #: otherwise hold a handler and a connection for as long as the client likes.
 BODY_READ_TIMEOUT = 10.0
@@ -158,6 +167,8 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest("error parsing JSON") from exc
+    if data is None:
+        return {}  # the Vault CLI sends `null` for a write without data (`vault unwrap`)
     if not isinstance(data, dict):
         raise InvalidRequest("error parsing JSON")
     return data
@@ -314,6 +325,8 @@ async def _write_capability(backend: Backend, req: Request) -> str:
 async def auth_handler(request: web.Request) -> web.StreamResponse:
     """``/v1/auth/{path}``: find the mount, check the token, call the backend."""
     path = request.match_info["path"]
+    refuse_namespace(request)
+    wrap_ttl = requested_wrap_ttl(request)
     op, data = await read_operation(request)
     found = await request.app[MOUNTS].match_fresh(path)
     if found is None:
@@ -327,6 +340,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
     req = Request(
         operation=op, path=rel, data=data, storage=mount.storage, system=mount.system,
         connection=Connection(remote), headers=BackendHeaders(request.headers),
+        refuse_unknown=request.app[SETTINGS].refuse_unknown_parameters,
     )
     backend = mount.backend
     try:
@@ -336,6 +350,10 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         rel = req.path = route.path
     except UnsupportedPath:
         route = None  # the ACL judges the raw path; the backend then answers 404
+    if request.query.get("help"):
+        return await help_reply(request, backend, route, rel, "auth/" + entry_path)
+    if wrap_ttl is not None:
+        refuse_unwrappable(route, "auth/" + entry_path + rel)
     login = route is not None and route.spec.unauthenticated
     exchange = Exchange(request, req, "auth/" + entry_path + rel, mount=mount.entry, login=login)
     entry = None
@@ -349,6 +367,8 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         finally:
             await release(request, entry)
         out = await respond(request, resp, mount, op, rel)
+        if wrap_ttl is not None:
+            out = await wrap_reply(request, out, wrap_ttl, "auth/" + entry_path + rel)
     except Exception as exc:
         await exchange.failed(exc)
         raise
@@ -433,12 +453,21 @@ def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.St
 
     async def sys_route(request: web.Request) -> web.StreamResponse:
         rel = request.match_info["path"]
+        refuse_namespace(request)
+        wrap_ttl = requested_wrap_ttl(request)
         op, data = await read_operation(request)
-        req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers))
+        req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers),
+                      refuse_unknown=request.app[SETTINGS].refuse_unknown_parameters)
         try:
             route = req.route = backend.resolve(rel)
         except UnsupportedPath:
+            if request.query.get("help"):
+                return await help_reply(request, backend, None, rel, "sys/")
             raise no_route("sys/" + rel) from None
+        if request.query.get("help"):
+            return await help_reply(request, backend, route, rel, "sys/")
+        if wrap_ttl is not None:
+            refuse_unwrappable(route, "sys/" + rel)
         req.path = route.path
         spec = route.spec
         # The status paths that need no token are not audited (as in Vault).
@@ -448,6 +477,10 @@ def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.St
         try:
             if not spec.unauthenticated:
                 entry = await _check_token(request, backend, req, acl_path(route), spec.sudo)
+            else:
+                # What the caller sent as its token, for a path that reads it without using it
+                # (``sys/wrapping/lookup`` of the calling wrapping token).
+                req.token = {"entry": None, "raw": request_token(request) or ""}
             try:
                 await exchange.requested(entry)
                 resp = await backend.handle_request(req)
@@ -511,3 +544,93 @@ async def respond(
     for key, value in resp.headers.items():
         out.headers[key] = value
     return out
+
+
+# -- what the edge answers itself: namespaces, help, response wrapping ------------------------
+def refuse_namespace(request: web.Request) -> None:
+    """authmount has only the root namespace: ``X-Vault-Namespace`` other than empty or
+    ``root`` (``BAO_NAMESPACE``/``VAULT_NAMESPACE`` of the CLI) is refused, not ignored, so a
+    request meant for a namespace never changes the root one.
+
+    :raises InvalidRequest: naming the namespace asked for.
+    """
+    value = request.headers.get("X-Vault-Namespace")
+    name = value.strip().strip("/") if value is not None else ""
+    if name in ("", "root"):
+        return
+    shown = name[:64].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    raise InvalidRequest(
+        f'namespace "{shown}" is not supported: authmount serves only the root namespace '
+        '(send no X-Vault-Namespace header, or "root")'
+    )
+
+
+async def help_reply(
+    request: web.Request, backend: Backend, route: Route | None, rel: str, prefix: str
+) -> web.StreamResponse:
+    """``<path>?help=1`` (``vault path-help``): Vault's help document built from the path's
+    schema. Any valid token may read it (no ACL check, as in Vault); a path that needs no
+    token needs none for its help either.
+
+    :raises PermissionDenied: no valid token for a path that needs one.
+    :raises UnsupportedPath: no path of the backend matches.
+    """
+    if route is None or not route.spec.unauthenticated:
+        raw = request_token(request)
+        if not raw:
+            raise PermissionDenied()
+        entry = await request.app[TOKENS].authenticate(raw, remote_addr(request))
+        await release(request, entry)
+    if route is None:
+        raise UnsupportedPath("unsupported path")
+    return json_response(backend.help(route, rel, prefix))
+
+
+def requested_wrap_ttl(request: web.Request) -> int | None:
+    """The ``X-Vault-Wrap-TTL`` asked for (seconds), or None.
+
+    :raises InvalidRequest: not a duration, not positive, or above the server's ``max_lease_ttl``.
+    """
+    value = request.headers.get("X-Vault-Wrap-TTL", "").strip()
+    if not value:
+        return None  # absent or empty: no wrapping (Go's Header.Get does not tell them apart)
+    try:
+        ttl = parse_duration(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid X-Vault-Wrap-TTL: {exc}") from None
+    if ttl <= 0:
+        raise InvalidRequest("invalid X-Vault-Wrap-TTL: must be positive")
+    ceiling = request.app[SETTINGS].max_lease_ttl
+    if ttl > ceiling:
+        raise InvalidRequest(f"invalid X-Vault-Wrap-TTL: {ttl}s is above max_lease_ttl ({ceiling}s)")
+    return ttl
+
+
+def refuse_unwrappable(route: Route | None, path: str) -> None:
+    """Only responses that carry a new token (logins, token creation) are wrapped; a wrap
+    asked of any other path is refused before it runs, never answered unwrapped.
+
+    :raises InvalidRequest: ``<path>: this response cannot be wrapped ...``.
+    """
+    if route is None or not route.spec.issues_token:
+        raise InvalidRequest(_UNWRAPPABLE.format(path))
+
+
+_UNWRAPPABLE = "{}: this response cannot be wrapped (X-Vault-Wrap-TTL): only logins and token creation are wrapped"
+
+
+async def wrap_reply(request: web.Request, out: web.StreamResponse, ttl: int, path: str) -> web.StreamResponse:
+    """Keep ``out``, the response a login or token creation would have sent, behind a new
+    single-use wrapping token (``server.tokens.wrapping``) and answer with its ``wrap_info``.
+
+    :raises InvalidRequest: ``out`` carries no token (nothing is answered unwrapped).
+    """
+    body = out.body if isinstance(out, web.Response) else None
+    parsed = orjson.loads(body) if isinstance(body, bytes) and out.content_type == "application/json" else None
+    auth = parsed.get("auth") if isinstance(parsed, dict) and out.status == 200 else None
+    if not isinstance(auth, dict) or not isinstance(body, bytes):
+        raise InvalidRequest(_UNWRAPPABLE.format(path))
+    wrapping = Wrapping(request.app[TOKENS], request.app[KEYRING])
+    info = await wrapping.wrap(body, ttl=ttl, creation_path=path, path=path,
+                               wrapped_accessor=str(auth.get("accessor") or ""))
+    return json_response(wrap_envelope(info, request.get(REQUEST_ID, "")))

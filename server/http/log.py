@@ -18,10 +18,10 @@ import orjson
 import structlog
 from aiohttp import web
 
-from server.appkeys import MOUNT, REQUEST_ID
+from server.appkeys import MOUNT, REMOTE_ADDR, REQUEST_ID
 from server.http.errors import response_for
 
-__all__ = ["configure_logging", "redact", "handled", "flush_request_log", "REQUEST_ID"]
+__all__ = ["configure_logging", "set_log_level", "redact", "handled", "flush_request_log", "REQUEST_ID"]
 
 
 #: Field names whose values are never logged.
@@ -61,7 +61,7 @@ def redact(value: Any, _depth: int = 0) -> Any:
 
 
 # Fields the server itself fills with non-secret values: not worth a regex pass.
-_SAFE_KEYS = frozenset({"timestamp", "level", "request_id", "method", "status", "duration_ms", "mount"})
+_SAFE_KEYS = frozenset({"timestamp", "level", "request_id", "method", "status", "duration_ms", "mount", "remote_addr"})
 
 
 def _redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -75,11 +75,40 @@ def _redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
+#: The level in effect (``set_log_level`` changes it while the server runs: SIGHUP).
+_level = logging.INFO
+_format = "json"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
+           "error": logging.ERROR, "exception": logging.ERROR, "critical": logging.CRITICAL, "msg": logging.INFO}
+
+
+def _level_gate(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Drop events below the level in effect. Loggers are cached on first use, so the level
+    is checked here (one lookup per event) instead of being built into the cached logger,
+    which a later level change could not reach."""
+    if _LEVELS.get(name, logging.INFO) < _level:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def set_log_level(level: str) -> None:
+    """Change the log level of the running process (every logger, cached ones included)."""
+    global _level, _request_sink
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    _level = numeric
+    logging.getLogger().setLevel(max(numeric, logging.WARNING))
+    # Request lines are info: pre-rendered in the JSON format only while info is logged.
+    _request_sink = _json_stream() if _format == "json" and numeric <= logging.INFO else None
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Configure structlog (and stdlib logging for aiohttp's own messages) to stderr."""
+    global _format
+    _format = fmt
     numeric = getattr(logging, level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(name)s: %(message)s")
     processors: list[Any] = [
+        _level_gate,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -94,14 +123,13 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         factory = structlog.BytesLoggerFactory(file=_json_stream())
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),  # _level_gate filters
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    global _request_sink
     # The per-request line is pre-rendered (same fields, order and redaction as the
     # structlog chain above): structlog's processor chain cost ~40 us per request.
-    _request_sink = _json_stream() if fmt == "json" and numeric <= logging.INFO else None
+    set_log_level(level)
     if _request_sink is not None:
         atexit.unregister(flush_request_log)  # configured more than once (tests): flush once
         atexit.register(flush_request_log)
@@ -177,11 +205,14 @@ def _timestamp() -> str:
     return f"{_stamp_prefix}.{micro:06d}Z" if micro else _stamp_prefix + "Z"
 
 
-def _write_request_line(sink: Any, rid: str, method: str, path: str, mount: Any, status: int, ms: float) -> None:
+def _write_request_line(
+    sink: Any, rid: str, method: str, path: str, mount: Any, remote: str, status: int, ms: float
+) -> None:
     line = orjson.dumps({
         "method": method,
         "path": redact(path),
         "mount": mount,  # server-set, never redacted (_SAFE_KEYS)
+        "remote_addr": remote,
         "status": status,
         "duration_ms": ms,
         "event": "request",
@@ -242,9 +273,11 @@ def handled(handler: Handler) -> Handler:
 
 def _log_request(request: web.Request, rid: str, status: int, start: float) -> None:
     sink = _request_sink
+    # The client as the request's checks saw it (after trusted-proxy handling), else the peer.
+    remote = request.get(REMOTE_ADDR) or request.remote or ""
     if sink is not None:
         _write_request_line(
-            sink, rid, request.method, request.path, request.get(MOUNT), status,
+            sink, rid, request.method, request.path, request.get(MOUNT), remote, status,
             round((time.perf_counter() - start) * 1000, 3),
         )
     else:
@@ -253,6 +286,7 @@ def _log_request(request: web.Request, rid: str, status: int, start: float) -> N
             method=request.method,
             path=request.path,
             mount=request.get(MOUNT),
+            remote_addr=remote,
             status=status,
             duration_ms=round((time.perf_counter() - start) * 1000, 3),
         )

@@ -190,11 +190,24 @@ class LoginLimiter:
         queue_wait: float = QUEUE_WAIT,
         max_keys: int = MAX_TRACKED_IPS,
     ) -> None:
+        self._clock = clock
+        self._max_keys = max_keys
+        self.queue_wait = queue_wait
+        self.settings = settings
+        self.buckets: TokenBuckets | None = None
+        self.slots: Slots | None = None
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: RateLimitSettings) -> None:
+        """Apply new limits (SIGHUP): buckets start full again; requests holding a slot
+        of the old cap finish and release it there."""
         rate, burst = settings.login_per_ip_per_second, settings.login_burst
-        self.buckets = TokenBuckets(rate, burst, max_keys=max_keys, clock=clock) if rate > 0 and burst > 0 else None
+        self.buckets = (
+            TokenBuckets(rate, burst, max_keys=self._max_keys, clock=self._clock) if rate > 0 and burst > 0 else None
+        )
         slots = settings.max_concurrent_logins
         self.slots = Slots(slots) if slots > 0 else None
-        self.queue_wait = queue_wait
+        self.settings = settings
 
     def check(self, path: str, remote: str) -> None:
         """Spend one token of the client's bucket.

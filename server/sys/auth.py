@@ -1,5 +1,7 @@
 """``sys/auth`` (list), ``sys/auth/<path>`` (enable, read, disable) and
-``sys/auth/<path>/tune`` (read, change): the auth mount table, sudo on every path.
+``sys/auth/<path>/tune`` (read, change): the auth mount table, sudo on every path. Also
+``sys/mounts/auth/<path>/tune``, where the Vault CLI's ``auth tune`` sends the same change
+(sudo there too, so no path tunes a mount for less), and the read-only ``sys/mounts``.
 
 The mount path is a path field made canonical by ``normalize_path`` before the ACL check,
 which then judges ``sys/auth/<canonical>`` (no trailing slash) and
@@ -9,12 +11,14 @@ are ``server.mounts.TUNE_FIELDS``, the declaration the mount table validates wit
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
+from plugin import pathdoc
 from plugin.errors import InvalidRequest
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
-from server.mounts import TUNE_FIELDS, normalize_path
+from server.mounts import MOUNT_CONFIG_FIELDS, TUNE_FIELDS, normalize_path
 from server.sys.core import SysPath
 
 if TYPE_CHECKING:
@@ -46,6 +50,12 @@ def _description(raw: Any) -> str:
     return raw
 
 
+def _no_entropy(raw: Any) -> bool:
+    if raw not in (False, None, "", "false", "0"):
+        raise InvalidRequest("external_entropy_access is not supported")
+    return False
+
+
 def _object(raw: Any) -> dict[str, Any]:
     value = raw or {}
     if not isinstance(value, dict):
@@ -62,12 +72,31 @@ ENABLE_FIELDS = FieldSet({
     "description": Field(FieldType.STRING, "Human-friendly description of the mount.", default="",
                          parse=_description),
     "config": Field(FieldType.MAP, "Tune values of the new mount (the fields of sys/auth/<path>/tune but "
-                    "description).", default={}, parse=_object),
+                    "description; its 'options', which the Vault CLI sends, add to 'options').", default={},
+                    parse=_object),
     "local": Field(FieldType.BOOL, "Stored and reported; authmount has no replication.", default=False),
+    "external_entropy_access": Field(FieldType.BOOL, "Must be false (the Vault CLI sends it): authmount gives no "
+                                     "mount an external entropy source.", default=False, parse=_no_entropy),
     "seal_wrap": Field(FieldType.BOOL, "Stored and reported; authmount has no seal.", default=False),
     "options": Field(FieldType.MAP, "Stored and reported; no auth method reads options.", default={},
                      parse=_object),
 })
+
+
+#: The tune paths: the mount path and the tune fields.
+TUNE_PATH_FIELDS = FieldSet({"path": MOUNT_PATH, **TUNE_FIELDS.fields})
+
+
+def _system_mount(cluster_id: str) -> dict[str, Any]:
+    """The ``sys/`` entry of ``sys/mounts``: the only path authmount serves besides auth mounts."""
+    ident = uuid.uuid5(uuid.NAMESPACE_URL, "authmount:sys:" + cluster_id)
+    return {
+        "accessor": "system_" + ident.hex[:8], "config": {"default_lease_ttl": 0, "force_no_cache": False,
+                                                          "max_lease_ttl": 0},
+        "description": "system endpoints used for control, policy and debugging", "external_entropy_access": False,
+        "local": False, "options": None, "plugin_version": "", "running_plugin_version": "", "running_sha256": "",
+        "seal_wrap": False, "type": "system", "uuid": str(ident), "deprecation_status": "supported",
+    }
 
 
 def paths(b: SysBackend) -> list[SysPath]:
@@ -85,13 +114,21 @@ def paths(b: SysBackend) -> list[SysPath]:
             raise InvalidRequest(f"No auth engine at auth/{norm}")
         return Response(data=mount.entry.public())
 
-    async def enable(req: Request, values: dict[str, Any]) -> None:
+    async def enable(req: Request, values: dict[str, Any]) -> Response | None:
+        config = dict(values.get("config", {}))
+        options = {**_object(config.pop("options", None)), **values.get("options", {})}
+        unknown = sorted(k for k in config if k not in MOUNT_CONFIG_FIELDS)
+        if unknown and req.refuse_unknown:
+            raise pathdoc.refusal([f"config.{k}" for k in unknown], [f"config.{k}" for k in MOUNT_CONFIG_FIELDS])
         await core.mounts.enable(
             values["path"] + "/", values.get("type") or values.get("plugin_name") or "",
-            description=values.get("description", ""), config=values.get("config", {}),
-            local=values.get("local", False), seal_wrap=values.get("seal_wrap", False),
-            options=values.get("options", {}),
+            description=values.get("description", ""), config=config,
+            local=values.get("local", False), seal_wrap=values.get("seal_wrap", False), options=options,
         )
+        if not unknown:
+            return None
+        return Response(warnings=pathdoc.ignored_warnings([f"config.{k}" for k in unknown],
+                                                          [f"config.{k}" for k in MOUNT_CONFIG_FIELDS]))
 
     async def disable(req: Request, values: dict[str, Any]) -> None:
         await core.mounts.disable(values["path"] + "/")
@@ -106,12 +143,21 @@ def paths(b: SysBackend) -> list[SysPath]:
     async def tune(req: Request, values: dict[str, Any]) -> None:
         await core.mounts.tune(values["path"] + "/", {k: v for k, v in values.items() if k != "path"})
 
+    async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
+        return Response(data={"sys/": _system_mount(core.cluster_id)})
+
     return [
         SysPath("auth", FieldSet({}), {Operation.READ: list_mounts, Operation.LIST: list_mounts},
                 "List auth mounts.", sudo=True, copy_top=True),
-        SysPath(r"auth/(?P<path>[\s\S]+?)/tune/*", FieldSet({"path": MOUNT_PATH, **TUNE_FIELDS.fields}),
+        SysPath(r"auth/(?P<path>[\s\S]+?)/tune/*", TUNE_PATH_FIELDS,
                 {Operation.READ: read_tune, Operation.UPDATE: tune},
                 "Read or change a mount's tuning.", sudo=True, copy_top=True),
+        SysPath(r"mounts/auth/(?P<path>[\s\S]+?)/tune/*", TUNE_PATH_FIELDS,
+                {Operation.READ: read_tune, Operation.UPDATE: tune},
+                "Read or change an auth mount's tuning (where the Vault CLI's `auth tune` sends it).",
+                sudo=True, copy_top=True),
+        SysPath("mounts", FieldSet({}), {Operation.READ: secret_mounts},
+                "List the secrets engines: authmount serves only sys/.", copy_top=True),
         SysPath(r"auth/(?P<path>[\s\S]+)", ENABLE_FIELDS,
                 {Operation.READ: read_mount, Operation.UPDATE: enable, Operation.DELETE: disable},
                 "Enable, read or disable the auth method at path.", sudo=True, copy_top=True),

@@ -8,7 +8,8 @@ the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handl
 
 One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
 and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
-``audit`` (audit devices, audit-hash, audited headers), ``metrics``, ``openapi``.
+``fingerprint`` (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited
+headers), ``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from plugin.framework import Backend, Route
-from server.sys import audit, auth, capabilities, keys, metrics, openapi, policies, status
+from server.sys import audit, auth, capabilities, fingerprint, keys, metrics, openapi, policies, status, wrapping
 from server.sys.core import SysCore
 
 __all__ = ["SysBackend"]
@@ -40,9 +41,11 @@ class SysBackend(Backend):
             *policies.paths(self),
             *capabilities.paths(self),
             *keys.paths(self),
+            *fingerprint.paths(self),
             *audit.paths(self),
             *metrics.paths(self),
             *openapi.paths(self),
+            *wrapping.paths(self),
         ]
         self._open_metrics: Route | None = None
 

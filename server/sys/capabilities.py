@@ -56,6 +56,10 @@ _PATHS = {
 }
 _TOKEN = {"token": Field(FieldType.STRING, "The token to report on.", sensitive=True,
                          parse=_required("missing token"))}
+#: The Vault CLI sends its own token in the body of ``capabilities-self`` too; the answer is
+#: always for the calling token.
+_SELF_TOKEN = {"token": Field(FieldType.STRING, "Ignored: the answer is for the calling token (the Vault CLI "
+                              "sends it).", sensitive=True)}
 _ACCESSOR = {"accessor": Field(FieldType.STRING, "Accessor of the token to report on.",
                                parse=_required("missing accessor"))}
 
@@ -133,7 +137,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         return {Operation.UPDATE: handler}
 
     return [
-        SysPath("capabilities-self", FieldSet(dict(_PATHS)), answer(_caller),
+        SysPath("capabilities-self", FieldSet({**_PATHS, **_SELF_TOKEN}), answer(_caller),
                 "The calling token's capabilities on the given paths.", copy_top=True),
         SysPath("capabilities", FieldSet({**_PATHS, **_TOKEN}), answer(_by_token),
                 "Another token's capabilities on the given paths.", copy_top=True),

@@ -125,13 +125,15 @@ class TokenBackend(Backend):
         self.mount_lookup = mount_lookup or (mount_table_lookup(mounts) if mounts is not None else None)
         u = Operation.UPDATE
         self.paths = [
-            PathSpec("create-orphan", FieldSet(dict(_CREATE)), {u: self._create_orphan}, "Create an orphan token."),
-            PathSpec("create", FieldSet(dict(_CREATE)), {u: self._create}, "Create a child token."),
+            PathSpec("create-orphan", FieldSet(dict(_CREATE)), {u: self._create_orphan}, "Create an orphan token.",
+                     issues_token=True),
+            PathSpec("create", FieldSet(dict(_CREATE)), {u: self._create}, "Create a child token.", issues_token=True),
             PathSpec(
                 r"create/(?P<role_name>.+)",
                 FieldSet({**_CREATE, "role_name": _f(FieldType.NAME, "Token role.")}),
                 {u: self._create_role},
                 "Create a token from a token role (not supported).",
+                issues_token=True,
             ),
             PathSpec("lookup-self", FieldSet(dict(_TOKEN)), {Operation.READ: self._lookup_self, u: self._lookup_self}, "Look up the calling token."),
             PathSpec("lookup", FieldSet(dict(_TOKEN)), {Operation.READ: self._lookup, u: self._lookup}, "Look up a token."),
@@ -364,13 +366,15 @@ class TokenBackend(Backend):
         if entry is not None:  # revoking an unknown token is not an error (Vault)
             await self.store.revoke(entry)
 
-    async def _revoke_accessor(self, req: Request, values: dict[str, Any]) -> None:
+    async def _revoke_accessor(self, req: Request, values: dict[str, Any]) -> Response | None:
         self._caller(req)
         accessor = values.get("accessor") or ""
         if not accessor:
             raise InvalidRequest("missing accessor")
         if not await self.store.revoke_accessor(accessor):
-            raise InvalidRequest("invalid accessor")
+            # Vault: revoking is idempotent (`vault token revoke -accessor` twice succeeds).
+            return Response(warnings=["No token found with this accessor"])
+        return None
 
     async def _revoke_orphan(self, req: Request, values: dict[str, Any]) -> None:
         caller, _ = self._caller(req)

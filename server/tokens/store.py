@@ -20,6 +20,7 @@ from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.sealing import Sealer
 from plugin.storage import Storage
 from server import telemetry
+from server.acl.policies import RESPONSE_WRAPPING
 from server.keyring import PROCESS_SEALER
 from server.storage import Engine
 from server.tokens.batch import decode_batch, encode_batch
@@ -42,7 +43,10 @@ from server.tokens.ids import (
 from server.tokens.keys import BATCH_KEY, SALT_KEY, BatchKeys, load_batch_keys, load_salt, rotate_batch_keys
 from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl, rfc3339
 
-__all__ = ["TokenStore", "TokenUsage", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX", "EPOCH_PREFIX"]
+__all__ = [
+    "TokenStore", "TokenUsage", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX",
+    "EPOCH_PREFIX", "WRAP_PREFIX",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +54,9 @@ ID_PREFIX = "sys/token/id/"
 ACCESSOR_PREFIX = "sys/token/accessor/"
 PARENT_PREFIX = "sys/token/parent/"
 EPOCH_PREFIX = "sys/token/mount-epoch/"
+#: The sealed response of a wrapping token, ``sys/wrapping/<its row id>`` (server.tokens.wrapping);
+#: deleted with the token.
+WRAP_PREFIX = "sys/wrapping/"
 _MAX_TOKEN_LEN = 8192
 #: An unknown batch signature re-reads the batch keys at most this often (seconds).
 _BATCH_RELOAD_SECONDS = 1.0
@@ -136,7 +143,9 @@ class TokenStore:
       ``sys/token/accessor/<hmac(accessor)>`` → ``{"id_hash": <hmac(token)>}``;
     - ``sys/token/parent/<parent id>/<child id>`` → 1 for child tokens (ids as above);
     - ``sys/token/salt`` (32 random bytes), ``sys/token/batch_key``,
-      ``sys/token/mount-epoch/<mount accessor>`` → time.
+      ``sys/token/mount-epoch/<mount accessor>`` → time;
+    - ``sys/wrapping/<id>`` → the sealed response of the wrapping token with row id ``<id>``
+      (``server.tokens.wrapping``), deleted with that token.
 
     There is deliberately no in-process cache of token entries: a revocation on another
     node must take effect on the next request everywhere.
@@ -786,6 +795,8 @@ class TokenStore:
             await self.storage.delete(ACCESSOR_PREFIX + self.hash(data["accessor"]))
         if data.get("parent"):
             await self.storage.delete(f"{PARENT_PREFIX}{data['parent']}/{id_hash}")
+        if data.get("policies") == [RESPONSE_WRAPPING]:
+            await self.storage.delete(WRAP_PREFIX + id_hash)  # a wrapping token's response
         return 1
 
     # -- expiry sweeper ------------------------------------------------------------------

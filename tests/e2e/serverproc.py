@@ -14,7 +14,9 @@ Usage::
         ...
 
 The server listens on ``127.0.0.1:0`` unless the config says otherwise; the real port is
-read from its ``Listen Address:`` banner line, so there is no free-port race. ``start``
+read from its ``Listen Address:`` banner line, so there is no free-port race (and the scheme
+from ``Api Address:``: with TLS, pass ``ssl_context=`` trusting the server's CA, and holding
+a client certificate if the server requires one, for the health check). ``start``
 waits for ``GET /v1/sys/health`` to answer 200. ``root_token`` is the ``Root Token:``
 printed on a first start (or in dev mode), else None: pass ``root_token=`` to reuse one
 from an earlier start. ``stop()`` sends SIGTERM and returns the exit code; the process is
@@ -31,6 +33,7 @@ import itertools
 import os
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -75,9 +78,11 @@ class ServerStartError(RuntimeError):
 class ServerProc:
     """A running authmount process (see the module docstring)."""
 
-    def __init__(self, proc: subprocess.Popen[str], log_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[str], log_path: Path, ssl_context: ssl.SSLContext | None = None) -> None:
         self.proc = proc
         self.log_path = log_path
+        self.ssl_context = ssl_context
+        self.scheme = "http"
         self.address = ""
         self.root_token: str | None = None
         self.stdout_lines: list[str] = []
@@ -93,7 +98,7 @@ class ServerProc:
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:40123``."""
-        return f"http://{self.address}"
+        return f"{self.scheme}://{self.address}"
 
     @property
     def returncode(self) -> int | None:
@@ -124,6 +129,8 @@ class ServerProc:
                 text = line.strip()
                 if text.startswith("Listen Address:") and not self.address:
                     self.address = text.split(":", 1)[1].strip()
+                elif text.startswith("Api Address:"):
+                    self.scheme = text.split(":", 1)[1].strip().split(":", 1)[0]
                 elif text.startswith("Root Token:"):
                     self.root_token = text.split(":", 1)[1].strip()
                 elif "server started!" in text:
@@ -142,7 +149,7 @@ class ServerProc:
             self._fail(f"server exited with code {self.proc.wait(5)}")
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(self.url + "/v1/sys/health", timeout=2) as resp:
+                with urllib.request.urlopen(self.url + "/v1/sys/health", timeout=2, context=self.ssl_context) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -204,6 +211,7 @@ def launch(
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     nofile: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ServerProc:
     """Start the process without waiting (see ``start_server``). ``nofile`` sets the child's
     soft and hard ``RLIMIT_NOFILE`` (file descriptors)."""
@@ -233,7 +241,7 @@ def launch(
             stdout=subprocess.PIPE, stderr=log_file, text=True, bufsize=1,
             preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )
-    return ServerProc(proc, log_path)
+    return ServerProc(proc, log_path, ssl_context)
 
 
 #: The storage key every PostgreSQL node of the test suite shares (``launch``).
@@ -262,6 +270,7 @@ def start_server(
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
     nofile: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[ServerProc]:
     """Run an authmount server for the ``with`` block; stop it with SIGTERM afterwards.
 
@@ -272,7 +281,7 @@ def start_server(
     :raises ServerStartError: the process exited or did not become healthy in ``timeout``.
     """
     srv = launch(config=config, dev=dev, root_token_id=root_token_id, workdir=workdir, args=args, env=env,
-                 nofile=nofile)
+                 nofile=nofile, ssl_context=ssl_context)
     try:
         srv.wait_ready(timeout)
         if srv.root_token is None and root_token is not None:

@@ -422,3 +422,34 @@ def test_oidc_callback_with_form_post_config(vault: ServerProc, tmp_path_factory
     finally:
         node_idp.stop()
         root.sys.disable_auth_method(path)
+
+
+# -- response wrapping ----------------------------------------------------------------------
+def test_response_wrapping_with_hvac(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
+    """hvac's ``wrap_ttl`` on token creation and on a login, ``sys.unwrap`` with the token as
+    an argument or as the client's own token; a wrapping token works once."""
+    root = vault.client()
+    wrapped = as_json(root.auth.token.create(policies=["hvac-w"], ttl="1h", wrap_ttl="2m"))
+    info = wrapped["wrap_info"]
+    assert wrapped["auth"] is None and info["ttl"] == 120 and info["creation_path"] == "auth/token/create"
+    unwrapped = as_json(root.sys.unwrap(info["token"]))
+    assert unwrapped["auth"]["policies"] == ["default", "hvac-w"]
+    assert unwrapped["auth"]["accessor"] == info["wrapped_accessor"]
+    assert as_json(vault.client(token=unwrapped["auth"]["client_token"]).lookup_token())["data"]["ttl"] > 3500
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="wrapping token is not valid or does not exist"):
+        root.sys.unwrap(info["token"])
+
+    configure_jwks(root, idp, mount)
+    create_login_role(root, mount, token_policies=["hvac-w"])
+    anon = vault.client(token="")
+    resp = as_json(anon.adapter.post(f"/v1/auth/{mount}/login", json={"role": LOGIN_ROLE, "jwt": idp.token()},
+                                     wrap_ttl="1m"))
+    assert resp["auth"] is None and resp["wrap_info"]["creation_path"] == f"auth/{mount}/login"
+    holder = vault.client(token=resp["wrap_info"]["token"])
+    login = as_json(holder.sys.unwrap())  # the wrapping token as the client's own token
+    assert login["auth"]["metadata"] == {"role": LOGIN_ROLE}
+    with pytest.raises(hvac.exceptions.Forbidden):
+        holder.sys.unwrap()  # its one use is spent
+
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="this response cannot be wrapped"):
+        root.adapter.get(f"/v1/auth/{mount}/role/{LOGIN_ROLE}", wrap_ttl="1m")

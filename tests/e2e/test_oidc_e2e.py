@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e.browser import CallbackListener, browser_available, browser_login, browser_session, drive_login
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, idp_available, start_idp
-from tests.e2e.serverproc import ServerProc, start_server
+from tests.e2e.serverproc import ServerProc, as_json, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -87,7 +87,7 @@ def start_flow(vault: ServerProc, listener: CallbackListener, **extra: Any) -> t
     client = anon(vault)
     if extra:
         data = {"role": "web", "redirect_uri": listener.url, **extra}
-        auth_url = client.write_data(f"auth/{MOUNT}/oidc/auth_url", data=data)["data"]["auth_url"]
+        auth_url = as_json(client.write_data(f"auth/{MOUNT}/oidc/auth_url", data=data))["data"]["auth_url"]
     else:
         auth_url = client.auth.oidc.oidc_authorization_url_request(role="web", redirect_uri=listener.url, path=MOUNT)[
             "data"
@@ -99,7 +99,7 @@ def start_flow(vault: ServerProc, listener: CallbackListener, **extra: Any) -> t
 
 def finish(vault: ServerProc, state: str, code: str) -> dict[str, Any]:
     """hvac's oidc_callback (GET with state, nonce, code + a JSON body)."""
-    return anon(vault).auth.oidc.oidc_callback(state=state, nonce="", code=code, path=MOUNT)
+    return as_json(anon(vault).auth.oidc.oidc_callback(state=state, nonce="", code=code, path=MOUNT))
 
 
 def test_browser_login(vault: ServerProc, idp: IdP, listener: CallbackListener) -> None:
@@ -171,9 +171,9 @@ def test_user_without_groups_is_refused_by_bound_claims(vault: ServerProc, liste
         },
     )
     for login, ok in (("bob", False), ("alice", True)):
-        auth_url = anon(vault).write_data(
+        auth_url = as_json(anon(vault).write_data(
             f"auth/{MOUNT}/oidc/auth_url", data={"role": "admins", "redirect_uri": listener.url}
-        )["data"]["auth_url"]
+        ))["data"]["auth_url"]
         state = parse_qs(urlsplit(auth_url).query)["state"][0]
         code = drive_login(auth_url, listener.url, login=login)["code"]
         if ok:
@@ -323,9 +323,9 @@ def test_max_age_requires_recent_authentication(vault: ServerProc, listener: Cal
         f"auth/{MOUNT}/role/recent",
         data={"role_type": "oidc", "user_claim": "sub", "allowed_redirect_uris": [listener.url], "max_age": "5m"},
     )
-    auth_url = anon(vault).write_data(
+    auth_url = as_json(anon(vault).write_data(
         f"auth/{MOUNT}/oidc/auth_url", data={"role": "recent", "redirect_uri": listener.url}
-    )["data"]["auth_url"]
+    ))["data"]["auth_url"]
     query = parse_qs(urlsplit(auth_url).query)
     assert query["max_age"] == ["300"]
     code = drive_login(auth_url, listener.url, login="erin")["code"]

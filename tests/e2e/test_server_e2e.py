@@ -218,9 +218,10 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("listen_adress: 127.0.0.1:0\n", "listen_adress: unknown setting"),
         ("default_lease_ttl: soon\n", "default_lease_ttl: invalid duration"),
         ("listen_address: 127.0.0.1:0\nstorage: {type: memory}\nmounts:\n  - {path: j, type: nosuch}\n",
-         "mounts[0]: plugin not found in the catalog: nosuch"),
+         "bad.yaml: mounts[0].type: plugin not found in the catalog: nosuch"),
         ("listen_address: 127.0.0.1:0\nstorage: {type: memory}\n"
-         "mounts:\n  - {path: j, type: jwt, roles: {r: {token_ttl: nope}}}\n", "mounts[0].roles.r:"),
+         "mounts:\n  - {path: j, type: jwt, roles: {r: {token_ttl: nope}}}\n",
+         "bad.yaml: mounts[0].roles.r: Field validation failed: error converting input nope for field \"token_ttl\""),
     ],
     ids=["bad storage type", "unknown key", "bad duration", "unknown mount type", "bad seeded role"],
 )

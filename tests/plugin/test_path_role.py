@@ -233,12 +233,19 @@ def test_route_is_canonical_before_the_acl(h: Harness, raw: str, canonical: str)
         assert route.captures["name"] == canonical.split("/")[1]
 
 
-async def test_update_merges_except_role_type_and_bound_claims_type(h: Harness) -> None:
+async def test_update_merges_everything_but_role_type(h: Harness) -> None:
+    """An update keeps every field it does not send, ``bound_claims_type`` included (Vault
+    resets it to ``string``, which turns a glob role's globs into exact values: logins then
+    fail; docs/vault-differences.md). ``role_type`` stays required, as in Vault."""
     await h.write("role/r", {**JWT, "bound_subject": "s", "bound_claims_type": "glob", "bound_claims": {"a": "x*"}, "token_ttl": 60})
     await h.write("role/r", {"role_type": "jwt", "token_max_ttl": 120})
     raw = await stored(h, "r")
     assert raw["bound_subject"] == "s" and raw["token_ttl"] == 60 and raw["token_max_ttl"] == 120
-    assert raw["bound_claims_type"] == "string" and raw["user_claim"] == "user"
+    assert raw["bound_claims_type"] == "glob" and raw["bound_claims"] == {"a": "x*"} and raw["user_claim"] == "user"
+    await h.write("role/r", {"role_type": "jwt", "bound_claims_type": "string"})  # said: changed
+    assert (await stored(h, "r"))["bound_claims_type"] == "string"
+    await h.write("role/r2", {**JWT, "bound_subject": "s"})  # a new role: string by default
+    assert (await stored(h, "r2"))["bound_claims_type"] == "string"
     with pytest.raises(InvalidRequest, match="'allowed_redirect_uris' must be set"):
         await h.write("role/r", {"bound_subject": "t"})  # no role_type: becomes oidc
 
@@ -283,6 +290,18 @@ async def test_unknown_field_warning_and_hvac_name(h: Harness) -> None:
     resp = await h.write("role/r", {**JWT, "bound_subject": "s", "bogus": 1, "verbose_oidc_logging": True})
     assert resp is not None
     assert "Endpoint ignored these unrecognized parameters: [bogus]" in resp.warnings
+
+
+async def test_a_misspelt_field_answers_with_the_field_it_resembles(h: Harness) -> None:
+    """A write that had no body (204) still says what it ignored, with the closest field."""
+    resp = await h.write("role/r", {**JWT, "bound_subject": "s", "bound_claim": {"a": "b"}, "token_policy": "dev"})
+    assert resp is not None and resp.data is None
+    assert resp.warnings == [
+        "Endpoint ignored these unrecognized parameters: [bound_claim token_policy]",
+        "bound_claim: did you mean bound_claims?",
+        "token_policy: did you mean token_policies?",
+    ]
+    assert (await stored(h, "r"))["bound_claims"] is None  # ignored, as the warning says
 
 
 async def test_cache_invalidated_on_write(h: Harness) -> None:

@@ -89,9 +89,11 @@ async def test_pre_rendered_request_line(aiohttp_client: AiohttpClient, monkeypa
     line = orjson.loads(lines[0])
     # Same fields and order as the structlog chain renders them.
     assert list(line) == [
-        "method", "path", "mount", "status", "duration_ms", "event", "request_id", "level", "timestamp",
+        "method", "path", "mount", "remote_addr", "status", "duration_ms", "event", "request_id", "level",
+        "timestamp",
     ]
     assert line["path"] == "/v1/auth/x/<redacted>" and line["status"] == 204 and line["event"] == "request"
+    assert line["remote_addr"] == "127.0.0.1"  # docs/troubleshooting.md sends operators to it
     assert b"SECRETSECRET" not in sink.getvalue()
 
 

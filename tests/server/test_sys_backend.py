@@ -64,7 +64,13 @@ def _backend() -> SysBackend:
         ("internal/specs/openapi", nullcontext("sys/internal/specs/openapi")),
         ("capabilities-self", nullcontext("sys/capabilities-self")),
         ("health", nullcontext("sys/health")),
-        ("mounts", pytest.raises(UnsupportedPath)),
+        ("mounts", nullcontext("sys/mounts")),
+        ("mounts/auth/jwt//tune", nullcontext("sys/mounts/auth/jwt/tune")),
+        ("mounts/auth//team/jwt/tune/", nullcontext("sys/mounts/auth/team/jwt/tune")),
+        ("mounts/auth/jwt", pytest.raises(UnsupportedPath)),
+        ("mounts/secret", pytest.raises(UnsupportedPath)),
+        ("wrapping/unwrap", nullcontext("sys/wrapping/unwrap")),
+        ("wrapping/wrap", pytest.raises(UnsupportedPath)),
         ("auth/", pytest.raises(UnsupportedPath)),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -78,8 +84,12 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     specs = {spec.pattern: spec for spec in _backend().paths}
     unauthenticated = {p for p, s in specs.items() if s.unauthenticated}
     sudo = {p for p, s in specs.items() if s.sudo}
-    assert unauthenticated == {"health", "seal-status", "init", "leader"}
-    assert {p.split("/")[0] for p in sudo} == {"auth", "policies", "policy", "rotate", "key-status", "audit", "config"}
+    assert unauthenticated == {"health", "seal-status", "init", "leader", "wrapping/lookup"}
+    # sys/mounts/auth/<path>/tune changes what sys/auth/<path>/tune does: sudo on both
+    assert {p.split("/")[0] for p in sudo} == {
+        "auth", "mounts", "policies", "policy", "rotate", "key-status", "audit", "config",
+    }
+    assert not specs["mounts"].sudo  # the read-only listing
     assert not any(p.startswith(("auth", "polic", "audit/", "config/")) for p in set(specs) - sudo)
     # Vault: audit-hash needs update on its path, not sudo; metrics needs read.
     assert not specs[r"audit-hash/(?P<path>[\s\S]+)"].sudo and not specs["metrics"].sudo
@@ -88,7 +98,9 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
 def test_tune_path_takes_the_tune_declaration() -> None:
     tune = next(s for s in _backend().paths if s.pattern.endswith("tune/*"))
     assert [n for n in tune.fields if n != "path"] == list(TUNE_FIELDS)
-    assert set(TUNE_FIELDS) == set(MOUNT_CONFIG_FIELDS) | {"description"}
+    assert set(TUNE_FIELDS) == set(MOUNT_CONFIG_FIELDS) | {"description", "options"}
+    cli_tune = next(s for s in _backend().paths if s.pattern.startswith("mounts/auth/"))
+    assert cli_tune.fields is tune.fields and cli_tune.operations.keys() == tune.operations.keys()
 
 
 # -- the OpenAPI document ----------------------------------------------------------------------
@@ -115,7 +127,7 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
             resp = await client.request(verb.upper(), url + query, json={} if verb == "post" else None, headers=H)
             assert resp.status not in (404, 405), (verb, url, resp.status, await resp.text())
     # A path the sys backend does not declare is not served.
-    for path in ("/v1/sys/mounts", "/v1/sys/auth/", "/v1/sys/policies"):
+    for path in ("/v1/sys/mounts/secret", "/v1/sys/wrapping/wrap", "/v1/sys/auth/", "/v1/sys/policies"):
         resp = await client.get(path, headers=H)
         assert resp.status == 404 and "no handler for route" in (await resp.json())["errors"][0]
 

@@ -1,0 +1,330 @@
+"""The desired state of ``authmount apply`` (and of seeding at start): a settings file's
+``mounts`` and ``policies`` sections, validated by the same field schemas and checks as the
+API writes, before anything is written.
+
+Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
+a config as ``JWTConfig.public``, a mount's tune as the ``config`` of ``sys/auth``), so that
+comparing it with the live object is a plain field-by-field comparison, and into the body
+that writes it whole: a write sends every field (defaults included), so a field removed
+from the file is reset on the server instead of staying.
+
+A string value that is exactly ``${env:NAME}`` is replaced by the environment variable
+``NAME`` (secrets need not be kept in the file; ``authmount export`` writes such references
+for the secrets it cannot read).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from plugin import pathdoc, registry
+from plugin.errors import InvalidRequest
+from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
+from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
+from plugin.schema import Field, FieldSet, FieldType, coerce
+from server.acl.policies import PolicyError, canonical_policy_name, parse_policy
+from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
+from server.settings import MountSeed, SettingsError, settings_from_mapping
+
+__all__ = [
+    "GitopsError",
+    "Desired",
+    "DesiredMount",
+    "DesiredConfig",
+    "DesiredRole",
+    "load_file",
+    "from_sections",
+    "ROLE_KEYS",
+    "CONFIG_KEYS",
+    "TUNE_KEYS",
+    "SENSITIVE",
+    "empty",
+]
+
+#: The role fields compared and written: every field but the path capture and the legacy names.
+ROLE_KEYS = tuple(n for n, f in ROLE_FIELDS.items() if f.alias_of is None and f.type is not FieldType.NAME)
+#: The config fields compared (secrets are compared by fingerprint) and written.
+CONFIG_KEYS = tuple(n for n, f in CONFIG_FIELDS.items() if not f.sensitive)
+SENSITIVE = tuple(n for n, f in CONFIG_FIELDS.items() if f.sensitive)
+#: A mount's tune values (its description is a key of the mount).
+TUNE_KEYS = tuple(MOUNT_CONFIG_FIELDS)
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+_ROLE_NAME = re.compile(ROLE_NAME_RE)
+
+
+class GitopsError(ValueError):
+    """A file that cannot be applied, or a write the server refused. The message names the
+    file, the object (where it is in the file, else its address) and the field when the
+    reason does not: ``seed.yaml: mounts[0].roles.deploy: Field validation failed: ... for
+    field "token_ttl" ...``, ``seed.yaml: mounts[0].tune: unrecognized parameters:
+    [default_lease_tll]; default_lease_tll: did you mean default_lease_ttl?``."""
+
+    def __init__(self, message: str, *, source: str = "", address: str = "", where: str = "", field: str = "") -> None:
+        self.reason = message
+        self.source = source
+        self.address = address
+        self.where = where
+        self.field = field
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        location = self.where + (f".{self.field}" if self.field and self.where else self.field)
+        parts = [p for p in (self.source, location or self.address) if p]
+        return ": ".join([*parts, self.reason])
+
+    def located(self, *, source: str) -> GitopsError:
+        """The same error, naming ``source`` (the file) as well."""
+        return GitopsError(self.reason, source=source, address=self.address, where=self.where, field=self.field)
+
+
+def empty(value: Any) -> bool:
+    """Whether a value means "not set" when two states are compared (``null``, ``[]`` and
+    ``{}`` are the same to the server: Vault returns either for an unset list)."""
+    return value is None or value == [] or value == {}
+
+
+@dataclass(slots=True)
+class DesiredConfig:
+    """A mount's config: ``public`` compares with GET, ``secrets`` (``{field: value}``, only
+    those set) by fingerprint, ``body`` writes it whole."""
+
+    public: dict[str, Any]
+    secrets: dict[str, Any]
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class DesiredRole:
+    """A role: ``public`` compares with GET, ``body`` writes it whole."""
+
+    name: str
+    where: str
+    public: dict[str, Any]
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class DesiredMount:
+    """A mount with its tune values, its config (None: not managed) and its roles."""
+
+    path: str
+    type: str
+    description: str
+    tune: dict[str, Any]
+    where: str
+    config: DesiredConfig | None = None
+    roles: dict[str, DesiredRole] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Desired:
+    """Everything a file declares, validated. ``source`` names the file in messages."""
+
+    source: str
+    mounts: dict[str, DesiredMount] = field(default_factory=dict)
+    policies: dict[str, str] = field(default_factory=dict)
+    #: Where each policy is in the file (``policies.deploy``).
+    policy_where: dict[str, str] = field(default_factory=dict)
+
+
+def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desired:
+    """Read and validate an apply file (the settings file schema: its ``mounts`` and
+    ``policies``; other settings are validated and ignored).
+
+    :raises GitopsError: the first problem, naming the file, the object and the field.
+    """
+    source = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GitopsError(f"cannot read: {exc.strerror}", source=source) from exc
+    except yaml.YAMLError as exc:
+        raise GitopsError(f"invalid YAML: {exc}", source=source) from exc
+    try:
+        settings = settings_from_mapping(raw if raw is not None else {})
+    except SettingsError as exc:
+        raise GitopsError(str(exc), source=source) from exc
+    return from_sections(settings.mounts, settings.policies, source=source, env=env)
+
+
+def from_sections(
+    mounts: tuple[MountSeed, ...] | list[MountSeed],
+    policies: Mapping[str, str],
+    *,
+    source: str,
+    env: Mapping[str, str] | None = None,
+) -> Desired:
+    """Validate parsed ``mounts`` and ``policies`` sections (``Settings``' own).
+
+    :raises GitopsError: the first problem, naming ``source``, the object and the field.
+    """
+    environ = os.environ if env is None else env
+    desired = Desired(source=source)
+    try:
+        for i, spec in enumerate(mounts):
+            mount = _mount(spec, f"mounts[{i}]", environ)
+            if mount.path in desired.mounts:
+                other = desired.mounts[mount.path].where
+                raise GitopsError(f"declared twice (also {other})", address=f"mount {mount.path}", where=mount.where)
+            for path, seen in desired.mounts.items():
+                if path.startswith(mount.path) or mount.path.startswith(path):
+                    raise GitopsError(f"nested in {path} ({seen.where}): mounts cannot nest",
+                                      address=f"mount {mount.path}", where=mount.where, field="path")
+            desired.mounts[mount.path] = mount
+        for name, text in policies.items():
+            where = f"policies.{name}"
+            canonical = _policy(name, text, where)
+            if canonical in desired.policies:
+                raise GitopsError("declared twice (policy names are case-insensitive)",
+                                  address=f"policy {canonical}", where=where)
+            desired.policies[canonical] = text
+            desired.policy_where[canonical] = where
+    except GitopsError as exc:
+        raise exc.located(source=source) from None
+    return desired
+
+
+# -- mounts ------------------------------------------------------------------------------
+def _mount(spec: MountSeed, where: str, env: Mapping[str, str]) -> DesiredMount:
+    try:
+        path = normalize_path(spec.path)
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=f"mount {spec.path}", where=where, field="path") from None
+    address = f"mount {path}"
+    if spec.type == "token" or registry.factory_for(spec.type) is None:
+        raise GitopsError(
+            f"plugin not found in the catalog: {spec.type} (available: {', '.join(registry.registered_types())})",
+            address=address, where=where, field="type",
+        )
+    tune = {n: f.default_value() for n, f in MOUNT_CONFIG_FIELDS.items()}
+    if "description" in spec.tune:
+        raise GitopsError("set the mount's description with the mount's own 'description' key",
+                          address=address, where=where, field="tune.description")
+    _check_known(MOUNT_CONFIG_FIELDS, spec.tune, address=address, where=f"{where}.tune")
+    for key, value in spec.tune.items():
+        tune[key] = _coerce(MOUNT_CONFIG_FIELDS, key, value, address=address, where=f"{where}.tune")
+    dflt, mx = tune["default_lease_ttl"], tune["max_lease_ttl"]
+    if dflt and mx and dflt > mx:
+        raise GitopsError("given default lease TTL greater than given max lease TTL",
+                          address=address, where=where, field="tune.default_lease_ttl")
+    mount = DesiredMount(path=path, type=spec.type, description=spec.description, tune=tune, where=where)
+    if spec.config is not None:
+        mount.config = _config(dict(spec.config), path, f"{where}.config", env)
+    for name, values in spec.roles.items():
+        role = _role(name, dict(values), path, f"{where}.roles.{name}", mx, env)
+        if role.name in mount.roles:
+            raise GitopsError("declared twice (role names are case-insensitive)",
+                              address=f"role {path}{role.name}", where=role.where)
+        mount.roles[role.name] = role
+    return mount
+
+
+def _config(values: dict[str, Any], mount: str, where: str, env: Mapping[str, str]) -> DesiredConfig:
+    address = f"config {mount}"
+    _check_known(CONFIG_FIELDS, values, address=address, where=where)
+    coerced: dict[str, Any] = {}
+    for key, value in values.items():
+        value = _resolve(value, address=address, where=where, field=key, env=env)
+        coerced[key] = _coerce(CONFIG_FIELDS, key, value, address=address, where=where)
+    try:
+        config = check_offline(coerced)
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where) from None
+    body = config.to_storage()
+    secrets = {n: body[n] for n in SENSITIVE if body.get(n)}
+    provider = body.get("provider_config") or {}
+    for key in PROVIDER_SECRETS.get(str(provider.get("provider", "")), ()):
+        if provider.get(key):
+            secrets[f"provider_config.{key}"] = provider[key]
+    return DesiredConfig(public=config.public(), secrets=secrets, body=body)
+
+
+def _role(
+    name: str, values: dict[str, Any], mount: str, where: str, max_lease_ttl: int, env: Mapping[str, str]
+) -> DesiredRole:
+    canonical = name.lower()
+    address = f"role {mount}{canonical}"
+    if not _ROLE_NAME.fullmatch(name):
+        raise GitopsError(f"invalid role name {name!r}", address=address, where=where)
+    _check_known(ROLE_FIELDS, values, address=address, where=where)
+    coerced: dict[str, Any] = {}
+    for key, value in values.items():
+        value = _resolve(value, address=address, where=where, field=key, env=env)
+        coerced[key] = _coerce(ROLE_FIELDS, key, value, address=address, where=where)
+    role = Role()
+    try:
+        apply_role_write(role, coerced, max_lease_ttl=max_lease_ttl)
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where) from None
+    public = role.public()
+    body = {k: _written(ROLE_FIELDS[k], public.get(k)) for k in ROLE_KEYS}
+    return DesiredRole(name=canonical, where=where, public={k: public.get(k) for k in ROLE_KEYS}, body=body)
+
+
+def _written(spec: Field, value: Any) -> Any:
+    """A value as a write sends it: an unset list or map as an empty one (null is no value)."""
+    if value is not None:
+        return value
+    if spec.type in (FieldType.MAP, FieldType.KV_PAIRS):
+        return {}
+    return []
+
+
+# -- policies ----------------------------------------------------------------------------
+def _policy(name: str, text: str, where: str) -> str:
+    try:
+        canonical = canonical_policy_name(name)
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=f"policy {name}", where=where) from None
+    address = f"policy {canonical}"
+    if canonical == "root":
+        raise GitopsError('cannot update "root" policy', address=address, where=where)
+    if not text.strip():
+        raise GitopsError("'policy' parameter not supplied or empty", address=address, where=where)
+    try:
+        parse_policy(text)
+    except PolicyError as exc:
+        raise GitopsError(f"failed to parse policy: {exc}", address=address, where=where) from None
+    return canonical
+
+
+# -- values ------------------------------------------------------------------------------
+def _check_known(fields: FieldSet, values: Mapping[str, Any], *, address: str, where: str) -> None:
+    """Refuse keys ``fields`` does not declare, as the API does with
+    ``refuse_unknown_parameters``: ``unrecognized parameters: [a b]; a: did you mean x?``."""
+    unknown = [str(k) for k in values if k not in fields.fields or fields[k].type is FieldType.NAME]
+    if unknown:
+        raise GitopsError("; ".join(pathdoc.refusal(unknown, fields).messages), address=address, where=where)
+
+
+def _coerce(fields: FieldSet, key: str, value: Any, *, address: str, where: str) -> Any:
+    """One value through its field (the message names the field)."""
+    try:
+        return coerce(key, fields[key], value)
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where) from None
+
+
+def _resolve(value: Any, *, address: str, where: str, field: str, env: Mapping[str, str]) -> Any:
+    """``value`` with every string that is exactly ``${env:NAME}`` replaced by the variable."""
+    if isinstance(value, str):
+        match = _ENV_REF.fullmatch(value)
+        if match is None:
+            return value
+        name = match.group(1)
+        if name not in env:
+            raise GitopsError(f"environment variable {name} is not set (the value is ${{env:{name}}})",
+                              address=address, where=where, field=field)
+        return env[name]
+    if isinstance(value, list):
+        return [_resolve(v, address=address, where=where, field=field, env=env) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve(v, address=address, where=where, field=f"{field}.{k}", env=env) for k, v in value.items()}
+    return value

@@ -1,0 +1,186 @@
+"""``authmount export``: a server's live state as an apply file (the settings file's
+``mounts`` and ``policies``), from authmount, Vault or OpenBao (the same API).
+
+Only values that differ from a field's default are written, durations as ``20m``/``1h``.
+Secrets are never readable: each one that is set is written as ``${env:NAME}``, which
+``apply`` replaces by that environment variable, and listed in the notes. Auth methods other
+than ``jwt``/``oidc``, fields authmount does not have, and the built-in ``default`` and
+``root`` policies are left out (the notes name them).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from plugin import registry
+from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS, PROVIDER_SECRETS
+from plugin.path_role import ROLE_FIELDS, Role
+from plugin.schema import Field, FieldType
+from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TUNE_KEYS, empty
+from server.gitops.live import Server
+from server.mounts import MOUNT_CONFIG_FIELDS
+
+__all__ = ["Export", "export_state", "dump_yaml", "env_name"]
+
+_ROLE_DEFAULTS = Role().public()
+#: Keys a GET answers that are no field to export.
+_NOT_FIELDS = {FINGERPRINTS}
+#: Fields of Vault's or OpenBao's jwt method that authmount lacks, at the values that mean
+#: "not used" (a role's ``callback_mode`` of the CLI flow, a config's key ``status``): those
+#: are left out without a note; any other value is named in the notes.
+_PEER_DEFAULTS = {"callback_mode": "client", "status": "valid"}
+
+
+@dataclass(slots=True)
+class Export:
+    """The exported document and the notes for the operator (what was left out, which
+    environment variables the secrets need)."""
+
+    document: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def env_name(mount: str, name: str) -> str:
+    """The variable an exported secret refers to: ``AUTHMOUNT_<MOUNT>_<FIELD>``."""
+    return "AUTHMOUNT_" + re.sub(r"[^A-Z0-9]+", "_", f"{mount.strip('/')}_{name}".upper()).strip("_")
+
+
+def _duration_text(seconds: int) -> Any:
+    if seconds <= 0:
+        return seconds
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _value(spec: Field, value: Any) -> Any:
+    if spec.type in (FieldType.DURATION, FieldType.SIGNED_DURATION) and isinstance(value, int):
+        return _duration_text(value)
+    return value
+
+
+def _differs(value: Any, default: Any) -> bool:
+    return not (value == default or (empty(value) and empty(default)))
+
+
+async def export_state(server: Server) -> Export:
+    """Read every ``jwt``/``oidc`` mount (tune, config, roles) and every policy.
+
+    :raises ServerError: the server could not be read.
+    """
+    out = Export(document={})
+    mounts: list[dict[str, Any]] = []
+    for path, live in sorted((await server.mounts()).items()):
+        if live.type == "token":
+            continue
+        where = f"mounts[{len(mounts)}]"
+        if registry.factory_for(live.type) is None:
+            out.notes.append(f"not exported: mount {path} of type {live.type} (authmount has jwt and oidc)")
+            continue
+        entry: dict[str, Any] = {"path": path.rstrip("/"), "type": live.type}
+        if live.description:
+            entry["description"] = live.description
+        tune = {
+            k: _value(MOUNT_CONFIG_FIELDS[k], live.config[k]) for k in TUNE_KEYS
+            if k in live.config and _differs(live.config[k], MOUNT_CONFIG_FIELDS[k].default_value())
+        }
+        if tune:
+            entry["tune"] = tune
+        config = await server.read(f"auth/{path}config")
+        if config is not None:
+            entry["config"] = _config(config, path, f"{where}.config", out)
+        roles = {}
+        for name in sorted(await server.keys(f"auth/{path}role")):
+            role = await server.read(f"auth/{path}role/{name}")
+            if role is not None:
+                roles[name] = _role(role, path, f"{where}.roles.{name}", out)
+        if roles:
+            entry["roles"] = roles
+        mounts.append(entry)
+    if mounts:
+        out.document["mounts"] = mounts
+    policies: dict[str, str] = {}
+    for name in sorted(await server.policies()):
+        if name in ("root", "default"):
+            continue
+        text = await server.read_policy(name)
+        if text is not None:
+            policies[name] = text
+    if policies:
+        out.document["policies"] = policies
+    out.notes.append("not exported: the built-in policies default and root (declare default to manage it)")
+    return out
+
+
+def _config(data: dict[str, Any], mount: str, where: str, out: Export) -> dict[str, Any]:
+    config = {
+        k: _value(CONFIG_FIELDS[k], data[k]) for k in CONFIG_KEYS
+        if k in data and _differs(data[k], CONFIG_FIELDS[k].default_value())
+    }
+    fps = data.get(FINGERPRINTS)
+    secret_names = set(fps) if isinstance(fps, dict) else set()
+    if fps is None and data.get("oidc_client_id"):
+        secret_names.add("oidc_client_secret")  # Vault: a client id is only accepted with its secret
+    provider = dict(config.get("provider_config") or {})
+    for name in sorted(secret_names):
+        ref = "${env:" + env_name(mount, name.replace("provider_config.", "")) + "}"
+        head, dot, key = name.partition(".")
+        if dot and head == "provider_config":
+            provider[key] = ref
+        elif head in CONFIG_FIELDS.fields:
+            config[name] = ref  # a list of secrets: comma-separated in the variable
+        else:
+            continue
+        out.notes.append(f"secret: {where}.{name} is written as {ref}: set that variable before apply")
+    if provider:
+        config["provider_config"] = provider
+    kind = str(provider.get("provider", ""))
+    for key in PROVIDER_SECRETS.get(kind, ()):
+        if key not in provider and fps is None:
+            out.notes.append(f"secret: {where}.provider_config.{key} cannot be read from this server; add it if set")
+    _unknown(data, CONFIG_FIELDS.fields, where, out)
+    return config
+
+
+def _role(data: dict[str, Any], mount: str, where: str, out: Export) -> dict[str, Any]:
+    role: dict[str, Any] = {"role_type": data.get("role_type") or "oidc"}
+    for key in ROLE_KEYS:
+        if key != "role_type" and key in data and _differs(data[key], _ROLE_DEFAULTS.get(key)):
+            role[key] = _value(ROLE_FIELDS[key], data[key])
+    _unknown(data, ROLE_FIELDS.fields, where, out)
+    return role
+
+
+def _unknown(data: dict[str, Any], fields: dict[str, Field], where: str, out: Export) -> None:
+    for key, value in sorted(data.items()):
+        if key in fields or key in _NOT_FIELDS or _PEER_DEFAULTS.get(key) == value:
+            continue
+        if not empty(value) and value not in ("", 0, False):
+            out.notes.append(f"not exported: {where}.{key} = {value!r} (authmount has no such field)")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (PEM keys, policies) as literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if "\n" in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def dump_yaml(export: Export, *, header: str = "") -> str:
+    """The document as YAML (literal blocks for multi-line strings), after ``header`` lines
+    written as comments."""
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    body = yaml.dump(export.document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000) \
+        if export.document else "{}\n"
+    return comments + body

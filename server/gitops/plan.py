@@ -1,0 +1,478 @@
+"""The plan of ``authmount apply``: what to create, update and delete so that a server
+matches a file, field by field, and how to apply it.
+
+A plan compares normalised forms (``server.gitops.desired``) with what the server's GETs
+return; a secret is compared by its fingerprint (``sys/fingerprint``), so an unchanged
+secret is neither shown as a change nor written again. Applying runs the changes in order
+(policies, then each mount with its config and roles, then deletions) and stops at the
+first one the server refuses: nothing after it is applied, and a mount this run created is
+disabled again when its config or a role fails, so that no half-made mount is left.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin import registry
+from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS
+from plugin.path_role import Role
+from server.gitops.desired import (
+    CONFIG_KEYS,
+    ROLE_KEYS,
+    TUNE_KEYS,
+    Desired,
+    DesiredConfig,
+    DesiredMount,
+    DesiredRole,
+    GitopsError,
+    empty,
+)
+from server.gitops.live import LiveMount, Server, ServerError
+from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
+
+__all__ = ["SENSITIVE", "FieldChange", "Change", "Plan", "Target", "parse_target", "make_plan", "apply_plan"]
+
+#: How a secret's value is shown.
+SENSITIVE = "(sensitive)"
+_NONE = "(none)"
+#: Objects a plan never deletes: built into every server.
+_BUILTIN_MOUNTS = ("token/",)
+_BUILTIN_POLICIES = ("default", "root")
+_SHOWN_MAX = 160
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One field of an object: its value before and after (already formatted)."""
+
+    name: str
+    before: str
+    after: str
+
+
+@dataclass(slots=True)
+class Change:
+    """One object to create, update or delete, and how to do it."""
+
+    action: str  # "create" | "update" | "delete"
+    kind: str  # "mount" | "config" | "role" | "policy"
+    address: str
+    where: str
+    run: Callable[[Server], Awaitable[list[str]]]
+    fields: list[FieldChange] = field(default_factory=list)
+    #: The mount the change belongs to (a config, a role, the mount itself), "" for policies.
+    mount: str = ""
+    #: Lines of a text diff (policies).
+    text_diff: list[str] = field(default_factory=list)
+
+    @property
+    def symbol(self) -> str:
+        return {"create": "+", "update": "~", "delete": "-"}[self.action]
+
+
+@dataclass(slots=True)
+class Plan:
+    """What ``apply`` would do; ``extras`` are objects the file does not declare, listed (or,
+    with ``prune``, deleted)."""
+
+    source: str
+    server: str
+    changes: list[Change] = field(default_factory=list)
+    extras: list[str] = field(default_factory=list)
+    #: ``--target`` values that matched no object of the file or the server (a typo?).
+    unmatched: list[str] = field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes)
+
+    def counts(self) -> dict[str, int]:
+        out = {"create": 0, "update": 0, "delete": 0}
+        for change in self.changes:
+            out[change.action] += 1
+        return out
+
+    def summary(self) -> str:
+        c = self.counts()
+        return f"{c['create']} to create, {c['update']} to update, {c['delete']} to delete"
+
+    def render(self) -> str:
+        """The plan as ``apply`` prints it."""
+        lines = [f"authmount apply: {self.source} against {self.server}", ""]
+        for change in self.changes:
+            where = f"  ({change.where})" if change.where else ""
+            lines.append(f"  {change.symbol} {change.address}{where}")
+            for fc in change.fields:
+                if change.action == "create":
+                    lines.append(f"      {fc.name}: {fc.after}")
+                else:
+                    lines.append(f"      {fc.name}: {fc.before} -> {fc.after}")
+            lines.extend(f"      {line}" for line in change.text_diff)
+        if self.extras:
+            lines += ["", "  Not in the file (kept; --prune deletes them):"]
+            lines.extend(f"    {address}" for address in self.extras)
+        if self.unmatched:
+            lines += ["", "  Targets that match nothing in the file or on the server: " + ", ".join(self.unmatched)]
+        if self.changes:
+            lines += ["", f"Plan: {self.summary()}."]
+        else:
+            if self.extras:
+                lines.append("")
+            lines.append(f"no changes: {self.server} matches {self.source}")
+        return "\n".join(lines)
+
+
+# -- targets -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Target:
+    """``--target kind:name``: ``mount:jwt`` (the mount, its config and its roles),
+    ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``."""
+
+    kind: str
+    name: str
+
+    def covers(self, kind: str, name: str) -> bool:
+        if self.kind == "mount":
+            return kind in ("mount", "config", "role") and (name == self.name or name.startswith(self.name))
+        return kind == self.kind and name == self.name
+
+
+def parse_target(text: str) -> Target:
+    """``kind:name`` → Target (mount paths normalised, names lower-cased).
+
+    :raises ValueError: an unknown kind or an empty name.
+    """
+    kind, sep, name = text.partition(":")
+    if not sep or not name.strip("/"):
+        raise ValueError(f"invalid target {text!r}: use mount:<path>, config:<path>, role:<path>/<name> or "
+                         "policy:<name>")
+    if kind in ("mount", "config"):
+        return Target(kind, normalize_path(name))
+    if kind == "role":
+        mount, _, role = name.strip("/").rpartition("/")
+        if not mount:
+            raise ValueError(f"invalid target {text!r}: a role is <mount path>/<role name>")
+        return Target(kind, normalize_path(mount) + role.lower())
+    if kind == "policy":
+        return Target(kind, name.lower())
+    raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy")
+
+
+def _selected(targets: Sequence[Target], kind: str, name: str) -> bool:
+    return not targets or any(t.covers(kind, name) for t in targets)
+
+
+# -- values ----------------------------------------------------------------------------------
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if len(text) > _SHOWN_MAX:
+        return text[: _SHOWN_MAX - 20] + f"… ({len(text)} characters)"
+    return text
+
+
+def _same(a: Any, b: Any) -> bool:
+    if empty(a) and empty(b):
+        return True
+    return bool(a == b)
+
+
+def _diff(keys: Iterable[str], before: dict[str, Any], after: dict[str, Any]) -> list[FieldChange]:
+    """The fields that differ; a field the server does not answer at all (a Vault without
+    it) cannot be compared and is left out."""
+    return [
+        FieldChange(k, _shown(before.get(k)), _shown(after.get(k)))
+        for k in keys if k in before and not _same(before.get(k), after.get(k))
+    ]
+
+
+def _created(keys: Iterable[str], values: dict[str, Any], defaults: dict[str, Any]) -> list[FieldChange]:
+    return [
+        FieldChange(k, "", _shown(values.get(k)))
+        for k in keys if not _same(values.get(k), defaults.get(k))
+    ]
+
+
+_TUNE_DEFAULTS = {k: MOUNT_CONFIG_FIELDS[k].default_value() for k in TUNE_KEYS}
+_CONFIG_DEFAULTS = {k: CONFIG_FIELDS[k].default_value() for k in CONFIG_KEYS}
+_ROLE_DEFAULTS = {k: v for k, v in Role().public().items() if k in ROLE_KEYS}
+
+
+def _live_tune(live: LiveMount) -> dict[str, Any]:
+    return {k: live.config.get(k, _TUNE_DEFAULTS[k]) for k in TUNE_KEYS}
+
+
+# -- planning --------------------------------------------------------------------------------
+async def make_plan(
+    desired: Desired, server: Server, *, prune: bool = False, targets: Sequence[Target] = ()
+) -> Plan:
+    """Compare ``desired`` with ``server``.
+
+    :raises GitopsError: an object that cannot be changed into the declared one (a mount of
+        another type), naming the file and the object.
+    :raises ServerError: the server could not be read.
+    """
+    plan = Plan(source=desired.source, server=server.name)
+    live_mounts = await server.mounts()
+
+    await _plan_policies(plan, desired, server, prune=prune, targets=targets)
+    for path, mount in desired.mounts.items():
+        await _plan_mount(plan, mount, live_mounts.get(path), server, prune=prune, targets=targets)
+    for path, live in sorted(live_mounts.items()):
+        if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
+            continue
+        if registry.factory_for(live.type) is None:
+            continue  # another kind of auth method (Vault's userpass ...): not apply's to manage
+        address = f"mount {path}"
+        if prune:
+            plan.changes.append(Change("delete", "mount", address, "", _disable(path), mount=path))
+        else:
+            plan.extras.append(address)
+    # Deletions last: roles of kept mounts, then mounts, then policies.
+    last = {("delete", "mount"): 1, ("delete", "policy"): 2}
+    plan.changes.sort(key=lambda c: last.get((c.action, c.kind), 0))
+    known = [("policy", n) for n in desired.policies] + [("mount", p) for p in live_mounts]
+    for mount in desired.mounts.values():
+        known += [("mount", mount.path), *_children(mount)]
+    for address in [c.address for c in plan.changes] + plan.extras:
+        kind, _, name = address.partition(" ")
+        known.append((kind, name))
+    plan.unmatched = [
+        f"{t.kind}:{t.name}" for t in targets if not any(t.covers(kind, name) for kind, name in known)
+    ]
+    return plan
+
+
+async def _plan_policies(
+    plan: Plan, desired: Desired, server: Server, *, prune: bool, targets: Sequence[Target]
+) -> None:
+    live_names: set[str] = set(await server.policies())
+    for name, text in desired.policies.items():
+        if not _selected(targets, "policy", name):
+            continue
+        where = desired.policy_where[name]
+        current = await server.read_policy(name) if name in live_names or name == "default" else None
+        if current is None:
+            change = Change("create", "policy", f"policy {name}", where, _write_policy(name, text))
+            change.text_diff = [f"+ {line}" for line in text.splitlines()]
+            plan.changes.append(change)
+        elif current != text:
+            change = Change("update", "policy", f"policy {name}", where, _write_policy(name, text))
+            diff = difflib.unified_diff(current.splitlines(), text.splitlines(), lineterm="", n=1)
+            change.text_diff = [line for line in diff if not line.startswith(("---", "+++"))]
+            plan.changes.append(change)
+    for name in sorted(live_names - set(desired.policies) - set(_BUILTIN_POLICIES)):
+        if not _selected(targets, "policy", name):
+            continue
+        if prune:
+            plan.changes.append(Change("delete", "policy", f"policy {name}", "", _delete_policy(name)))
+        else:
+            plan.extras.append(f"policy {name}")
+
+
+async def _plan_mount(
+    plan: Plan, mount: DesiredMount, live: LiveMount | None, server: Server, *, prune: bool,
+    targets: Sequence[Target],
+) -> None:
+    path = mount.path
+    address = f"mount {path}"
+    if live is None:
+        if _selected(targets, "mount", path):
+            fields = [FieldChange("type", "", _shown(mount.type))]
+            if mount.description:
+                fields.append(FieldChange("description", "", _shown(mount.description)))
+            fields += _created(TUNE_KEYS, mount.tune, _TUNE_DEFAULTS)
+            plan.changes.append(Change("create", "mount", address, mount.where, _enable(mount), fields, mount=path))
+        elif any(_selected(targets, kind, name) for kind, name in _children(mount)):
+            raise GitopsError("the mount does not exist yet: target the mount too", address=address,
+                              where=mount.where, source=plan.source)
+        else:
+            return
+        if mount.config is not None and _selected(targets, "config", path):
+            plan.changes.append(_config_change("create", mount, mount.config))
+        for role in mount.roles.values():
+            if _selected(targets, "role", path + role.name):
+                plan.changes.append(_role_change("create", mount, role, _ROLE_DEFAULTS))
+        return
+    if live.type != mount.type:
+        raise GitopsError(
+            f"{path} is mounted with type {live.type}, the file says {mount.type}: disable the mount first "
+            "(it deletes its roles and revokes its tokens), or use another path",
+            address=address, where=mount.where, field="type", source=plan.source,
+        )
+    if _selected(targets, "mount", path):
+        before = {"description": live.description, **_live_tune(live)}
+        after = {"description": mount.description, **mount.tune}
+        fields = _diff(("description", *TUNE_KEYS), before, after)
+        if fields:
+            plan.changes.append(Change("update", "mount", address, mount.where, _tune(mount), fields, mount=path))
+    if mount.config is not None and _selected(targets, "config", path):
+        current = await server.read(f"auth/{path}config")
+        if current is None:
+            plan.changes.append(_config_change("create", mount, mount.config))
+        else:
+            fps = current.get(FINGERPRINTS)
+            live_fps = {str(k): str(v) for k, v in fps.items()} if isinstance(fps, dict) else {}
+            fields = _diff(CONFIG_KEYS, current, mount.config.public)
+            fields += await _secret_changes(server, f"auth/{path}config", mount.config.secrets, live_fps)
+            if fields:
+                change = _config_change("update", mount, mount.config)
+                change.fields = fields
+                plan.changes.append(change)
+    live_roles = set(await server.keys(f"auth/{path}role"))
+    for role in mount.roles.values():
+        if not _selected(targets, "role", path + role.name):
+            continue
+        current = await server.read(f"auth/{path}role/{role.name}") if role.name in live_roles else None
+        if current is None:
+            plan.changes.append(_role_change("create", mount, role, _ROLE_DEFAULTS))
+        else:
+            fields = _diff(ROLE_KEYS, current, role.public)
+            if fields:
+                change = _role_change("update", mount, role, current)
+                change.fields = fields
+                plan.changes.append(change)
+    for name in sorted(live_roles - set(mount.roles)):
+        if not _selected(targets, "role", path + name):
+            continue
+        role_address = f"role {path}{name}"
+        if prune:
+            plan.changes.append(Change("delete", "role", role_address, "", _delete(f"auth/{path}role/{name}"),
+                                       mount=path))
+        else:
+            plan.extras.append(role_address)
+
+
+def _children(mount: DesiredMount) -> list[tuple[str, str]]:
+    return [("config", mount.path)] + [("role", mount.path + name) for name in mount.roles]
+
+
+async def _secret_changes(
+    server: Server, path: str, secrets: dict[str, Any], live: dict[str, str]
+) -> list[FieldChange]:
+    """The secrets that differ: set on one side only, or set on both with other fingerprints."""
+    both = {name: value for name, value in secrets.items() if name in live}
+    theirs: dict[str, str] = {}
+    if both:
+        theirs = await server.fingerprints(path, both)
+    out = []
+    for name in sorted(set(secrets) | set(live)):
+        if name not in secrets:
+            out.append(FieldChange(name, SENSITIVE, _NONE))
+        elif name not in live:
+            out.append(FieldChange(name, _NONE, SENSITIVE))
+        elif theirs.get(name) != live[name]:
+            out.append(FieldChange(name, SENSITIVE, SENSITIVE + " (changed)"))
+    return out
+
+
+def _config_change(action: str, mount: DesiredMount, config: DesiredConfig) -> Change:
+    address = f"config {mount.path}"
+    change = Change(action, "config", address, f"{mount.where}.config",
+                    _write(f"auth/{mount.path}config", config.body), mount=mount.path)
+    if action == "create":
+        change.fields = _created(CONFIG_KEYS, config.public, _CONFIG_DEFAULTS)
+        change.fields += [FieldChange(name, "", SENSITIVE) for name in sorted(config.secrets)]
+    return change
+
+
+def _role_change(action: str, mount: DesiredMount, role: DesiredRole, current: dict[str, Any]) -> Change:
+    change = Change(action, "role", f"role {mount.path}{role.name}", role.where,
+                    _write(f"auth/{mount.path}role/{role.name}", role.body), mount=mount.path)
+    if action == "create":
+        change.fields = _created(ROLE_KEYS, role.public, _ROLE_DEFAULTS)
+        if not any(fc.name == "role_type" for fc in change.fields):
+            change.fields.insert(0, FieldChange("role_type", "", _shown(role.public.get("role_type"))))
+    return change
+
+
+# -- the writes ------------------------------------------------------------------------------
+def _enable(mount: DesiredMount) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        await server.enable(mount.path, mount.type, mount.description, dict(mount.tune))
+        return []
+
+    return run
+
+
+def _tune(mount: DesiredMount) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        await server.tune(mount.path, {**mount.tune, "description": mount.description})
+        return []
+
+    return run
+
+
+def _disable(path: str) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        await server.disable(path)
+        return []
+
+    return run
+
+
+def _write(path: str, body: dict[str, Any]) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        return await server.write(path, dict(body))
+
+    return run
+
+
+def _delete(path: str) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        await server.delete(path)
+        return []
+
+    return run
+
+
+def _write_policy(name: str, text: str) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        await server.write_policy(name, text)
+        return []
+
+    return run
+
+
+def _delete_policy(name: str) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        await server.delete_policy(name)
+        return []
+
+    return run
+
+
+# -- applying --------------------------------------------------------------------------------
+async def apply_plan(plan: Plan, server: Server, *, report: Callable[[str], None] = lambda _: None) -> int:
+    """Run the plan's changes in order; returns how many were applied. ``report`` gets one
+    line per applied change (and per warning the server returned).
+
+    :raises GitopsError: the first change the server refused, naming the file, the object,
+        the server's reason and how many changes were applied before it; a mount created by
+        this run is disabled again first when the refused change was its config or a role.
+    """
+    done = 0
+    created: set[str] = set()
+    for change in plan.changes:
+        try:
+            warnings = await change.run(server)
+        except ServerError as exc:
+            note = f" (applied {done} of {len(plan.changes)} changes; nothing after this one)"
+            if change.mount in created and change.kind != "mount":
+                try:
+                    await server.disable(change.mount)
+                    note += f"; mount {change.mount} created by this run was disabled again"
+                except ServerError as undo:
+                    note += f"; disabling mount {change.mount} again failed too: {undo}"
+            raise GitopsError(f"{exc}{note}", source=plan.source, address=change.address,
+                              where=change.where) from exc
+        done += 1
+        if change.kind == "mount" and change.action == "create":
+            created.add(change.mount)
+        report(f"{change.symbol} {change.address}: {change.action}d")
+        for warning in warnings:
+            report(f"  warning ({change.address}): {warning}")
+    return done

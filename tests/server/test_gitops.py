@@ -1,0 +1,397 @@
+"""``authmount apply`` and ``export`` (server/gitops) against a real application over HTTP:
+plans field by field, idempotence, drift, secrets compared by fingerprint, prune, targets,
+validation before any write, stopping (and rolling a new mount back) at a refused write."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+
+from server.app import create_app
+from server.gitops import (
+    GitopsError,
+    HttpServer,
+    ServerError,
+    apply_plan,
+    dump_yaml,
+    export_state,
+    from_sections,
+    make_plan,
+    parse_target,
+)
+from server.gitops.desired import Desired
+from server.gitops.live import LiveMount
+from server.gitops.plan import Plan
+from server.http.listverb import make_test_server
+from server.settings import Settings, StorageSettings, settings_from_mapping
+from tests.plugin.keyfactory import ec_key
+from tests.server.httpkit import Client
+
+ROOT = "root-token-for-gitops"
+H = {"X-Vault-Token": ROOT}
+PEM = ec_key().pem
+SECRET = "0123456789abcdef0123456789abcdef-one"
+OTHER_SECRET = "0123456789abcdef0123456789abcdef-two"
+
+
+def document(**changes: Any) -> dict[str, Any]:
+    """A file with a mount (tune, config, two roles), an HMAC mount and a policy."""
+    doc: dict[str, Any] = {
+        "mounts": [
+            {
+                "path": "ci/jwt", "type": "jwt", "description": "CI pipelines",
+                "tune": {"default_lease_ttl": "20m", "max_lease_ttl": "1h"},
+                "config": {"bound_issuer": "https://ci.example.com", "jwt_validation_pubkeys": [PEM]},
+                "roles": {
+                    "deploy": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["https://am"],
+                               "bound_claims": {"ref": "refs/heads/main"}, "token_policies": ["deploy"],
+                               "token_ttl": "10m"},
+                    "read": {"role_type": "jwt", "user_claim": "sub", "bound_subject": "reader"},
+                },
+            },
+            {"path": "hmac", "type": "jwt", "config": {"jwt_validation_hmac_secrets": ["${env:HMAC_SECRET}"]}},
+        ],
+        "policies": {"deploy": 'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}\n'},
+    }
+    doc.update(changes)
+    return doc
+
+
+def desired(doc: dict[str, Any], secret: str = SECRET) -> Desired:
+    settings = settings_from_mapping(doc)
+    return from_sections(settings.mounts, settings.policies, source="gitops.yaml", env={"HMAC_SECRET": secret})
+
+
+@pytest.fixture
+async def client(aiohttp_client: AiohttpClient) -> Client:
+    base = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    return await aiohttp_client(make_test_server(create_app(base)))
+
+
+@pytest.fixture
+async def server(client: Client) -> AsyncIterator[HttpServer]:
+    async with HttpServer(str(client.make_url("")).rstrip("/"), ROOT) as srv:
+        yield srv
+
+
+async def applied(server: HttpServer, doc: dict[str, Any], **kwargs: Any) -> Plan:
+    plan = await make_plan(desired(doc, kwargs.pop("secret", SECRET)), server, **kwargs)
+    await apply_plan(plan, server)
+    return plan
+
+
+def fields_of(plan: Plan, address: str) -> dict[str, tuple[str, str]]:
+    [change] = [c for c in plan.changes if c.address == address]
+    return {f.name: (f.before, f.after) for f in change.fields}
+
+
+# -- create, idempotence, drift --------------------------------------------------------------
+async def test_apply_creates_everything_then_plans_no_changes(server: HttpServer, client: Client) -> None:
+    plan = await applied(server, document())
+    assert [(c.action, c.address) for c in plan.changes] == [
+        ("create", "policy deploy"), ("create", "mount ci/jwt/"), ("create", "config ci/jwt/"),
+        ("create", "role ci/jwt/deploy"), ("create", "role ci/jwt/read"), ("create", "mount hmac/"),
+        ("create", "config hmac/"),
+    ]
+    assert fields_of(plan, "config hmac/") == {"jwt_validation_hmac_secrets": ("", "(sensitive)")}
+    assert SECRET not in plan.render()
+    role = (await (await client.get("/v1/auth/ci/jwt/role/deploy", headers=H)).json())["data"]
+    assert role["token_ttl"] == 600 and role["bound_claims"] == {"ref": "refs/heads/main"}
+    tune = (await (await client.get("/v1/sys/auth/ci/jwt/tune", headers=H)).json())["data"]
+    assert (tune["default_lease_ttl"], tune["max_lease_ttl"], tune["description"]) == (1200, 3600, "CI pipelines")
+    again = await make_plan(desired(document()), server)
+    assert again.changes == [] and again.extras == []
+    assert "no changes" in again.render()
+
+
+async def test_drift_through_the_api_is_shown_field_by_field_and_corrected(
+    server: HttpServer, client: Client
+) -> None:
+    await applied(server, document())
+    await client.post("/v1/auth/ci/jwt/role/deploy", headers=H,
+                      json={"role_type": "jwt", "token_ttl": "30m", "bound_subject": "intruder"})
+    await client.post("/v1/sys/auth/ci/jwt/tune", headers=H, json={"default_lease_ttl": "5m"})
+    await client.put("/v1/sys/policies/acl/deploy", headers=H, json={"policy": 'path "*" { capabilities = ["sudo"] }'})
+    plan = await make_plan(desired(document()), server)
+    assert fields_of(plan, "role ci/jwt/deploy") == {"bound_subject": ('"intruder"', '""'), "token_ttl": ("1800", "600")}
+    assert fields_of(plan, "mount ci/jwt/") == {"default_lease_ttl": ("300", "1200")}
+    [policy] = [c for c in plan.changes if c.address == "policy deploy"]
+    assert '-path "*" { capabilities = ["sudo"] }' in policy.text_diff
+    await apply_plan(plan, server)
+    assert (await make_plan(desired(document()), server)).changes == []
+    role = (await (await client.get("/v1/auth/ci/jwt/role/deploy", headers=H)).json())["data"]
+    assert (role["bound_subject"], role["token_ttl"]) == ("", 600)
+
+
+async def test_a_field_removed_from_the_file_is_reset_on_the_server(server: HttpServer, client: Client) -> None:
+    await applied(server, document())
+    doc = document()
+    del doc["mounts"][0]["roles"]["deploy"]["bound_claims"]
+    del doc["mounts"][0]["tune"]["max_lease_ttl"]
+    plan = await applied(server, doc)
+    assert fields_of(plan, "role ci/jwt/deploy") == {"bound_claims": ('{"ref": "refs/heads/main"}', "null")}
+    assert fields_of(plan, "mount ci/jwt/") == {"max_lease_ttl": ("3600", "0")}  # 0: the server's
+    role = (await (await client.get("/v1/auth/ci/jwt/role/deploy", headers=H)).json())["data"]
+    assert not role["bound_claims"]
+    assert (await make_plan(desired(doc), server)).changes == []
+
+
+# -- secrets -----------------------------------------------------------------------------------
+async def test_secrets_are_compared_by_fingerprint_never_rewritten_when_equal(
+    server: HttpServer, client: Client
+) -> None:
+    await applied(server, document())
+    config = (await (await client.get("/v1/auth/hmac/config", headers=H)).json())["data"]
+    fingerprint = config["sensitive_fingerprints"]["jwt_validation_hmac_secrets"]
+    assert fingerprint.startswith("hmac-sha256:") and SECRET not in str(config)
+    assert (await make_plan(desired(document()), server)).changes == []  # same secret: no perpetual diff
+    plan = await make_plan(desired(document(), OTHER_SECRET), server)
+    assert fields_of(plan, "config hmac/") == {
+        "jwt_validation_hmac_secrets": ("(sensitive)", "(sensitive) (changed)")
+    }
+    assert OTHER_SECRET not in plan.render()
+    await apply_plan(plan, server)
+    config = (await (await client.get("/v1/auth/hmac/config", headers=H)).json())["data"]
+    assert config["sensitive_fingerprints"]["jwt_validation_hmac_secrets"] != fingerprint
+    assert (await make_plan(desired(document(), OTHER_SECRET), server)).changes == []
+
+
+async def test_fingerprints_survive_a_key_rotation(server: HttpServer, client: Client) -> None:
+    await applied(server, document())
+    assert (await client.post("/v1/sys/rotate", headers=H)).status == 204
+    assert (await make_plan(desired(document()), server)).changes == []
+
+
+async def test_sys_fingerprint_needs_update_on_the_secrets_path(server: HttpServer, client: Client) -> None:
+    await applied(server, document())
+    body = {"path": "auth/hmac/config", "values": {"jwt_validation_hmac_secrets": [SECRET]}}
+    answer = await client.post("/v1/sys/fingerprint", headers=H, json=body)
+    stored = (await (await client.get("/v1/auth/hmac/config", headers=H)).json())["data"]["sensitive_fingerprints"]
+    assert (await answer.json())["data"]["fingerprints"] == stored
+    policy = 'path "sys/fingerprint" { capabilities = ["update"] }\npath "auth/hmac/config" { capabilities = ["read"] }'
+    await client.put("/v1/sys/policies/acl/fp", headers=H, json={"policy": policy})
+    token = (await (await client.post("/v1/auth/token/create", headers=H, json={"policies": ["fp"]})).json())
+    limited = {"X-Vault-Token": token["auth"]["client_token"]}
+    assert (await client.post("/v1/sys/fingerprint", headers=limited, json=body)).status == 403
+    refused = await client.post("/v1/sys/fingerprint", headers=H,
+                                json={"path": "auth/hmac/config", "values": {"bound_issuer": "x"}})
+    assert refused.status == 400
+    assert (await refused.json())["errors"] == ['"bound_issuer" is not a secret field of auth/hmac/config']
+
+
+async def test_a_secret_removed_from_the_file_is_shown_and_cleared(server: HttpServer) -> None:
+    await applied(server, document())
+    doc = document()
+    doc["mounts"][1]["config"] = {"jwt_validation_pubkeys": [PEM]}
+    plan = await applied(server, doc)
+    assert fields_of(plan, "config hmac/")["jwt_validation_hmac_secrets"] == ("(sensitive)", "(none)")
+    assert (await make_plan(desired(doc), server)).changes == []
+
+
+# -- prune and targets -------------------------------------------------------------------------
+async def test_extras_are_listed_and_deleted_only_with_prune(server: HttpServer, client: Client) -> None:
+    await applied(server, document())
+    await client.post("/v1/auth/ci/jwt/role/extra", headers=H, json={"role_type": "jwt", "user_claim": "sub",
+                                                                     "bound_subject": "x"})
+    await client.post("/v1/sys/auth/other", headers=H, json={"type": "jwt"})
+    await client.put("/v1/sys/policies/acl/other", headers=H, json={"policy": 'path "x" { capabilities = ["read"] }'})
+    plan = await applied(server, document())
+    assert plan.changes == []
+    assert plan.extras == ["policy other", "role ci/jwt/extra", "mount other/"]
+    assert "--prune deletes them" in plan.render()
+    assert (await client.get("/v1/auth/ci/jwt/role/extra", headers=H)).status == 200
+    plan = await applied(server, document(), prune=True)
+    assert [(c.action, c.address) for c in plan.changes] == [
+        ("delete", "role ci/jwt/extra"), ("delete", "mount other/"), ("delete", "policy other"),
+    ]
+    assert (await client.get("/v1/auth/ci/jwt/role/extra", headers=H)).status == 404
+    names = (await (await client.get("/v1/sys/policies/acl?list=true", headers=H)).json())["data"]["keys"]
+    assert names == ["default", "deploy", "root"]  # built-ins are never pruned
+    mounts = (await (await client.get("/v1/sys/auth", headers=H)).json())["data"]
+    assert sorted(mounts) == ["ci/jwt/", "hmac/", "token/"]
+    assert (await make_plan(desired(document()), server, prune=True)).changes == []
+
+
+async def test_targets_narrow_the_plan(server: HttpServer, client: Client) -> None:
+    await applied(server, document())
+    await client.post("/v1/auth/ci/jwt/role/deploy", headers=H, json={"role_type": "jwt", "token_ttl": "30m"})
+    await client.post("/v1/auth/ci/jwt/role/read", headers=H, json={"role_type": "jwt", "token_ttl": "30m"})
+    await client.post("/v1/auth/ci/jwt/role/extra", headers=H, json={"role_type": "jwt", "user_claim": "sub",
+                                                                     "bound_subject": "x"})
+    plan = await make_plan(desired(document()), server, prune=True, targets=[parse_target("role:ci/jwt/READ")])
+    assert [c.address for c in plan.changes] == ["role ci/jwt/read"]
+    plan = await make_plan(desired(document()), server, prune=True, targets=[parse_target("mount:ci/jwt")])
+    assert [c.address for c in plan.changes] == ["role ci/jwt/deploy", "role ci/jwt/read", "role ci/jwt/extra"]
+    plan = await make_plan(desired(document()), server, prune=True, targets=[parse_target("policy:deploy")])
+    assert plan.changes == [] and plan.unmatched == []
+    plan = await make_plan(desired(document()), server, targets=[parse_target("role:ci/jwt/deplyo")])
+    assert plan.unmatched == ["role:ci/jwt/deplyo"]
+    assert "Targets that match nothing in the file or on the server: role:ci/jwt/deplyo" in plan.render()
+    plan = await make_plan(desired(document()), server, prune=True, targets=[parse_target("role:ci/jwt/extra")])
+    assert [(c.action, c.address) for c in plan.changes] == [("delete", "role ci/jwt/extra")]
+    assert plan.unmatched == []
+    with pytest.raises(ValueError, match="the kind is one of"):
+        parse_target("secret:x")
+
+
+# -- validation and failures ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["mounts"][0]["roles"]["deploy"].update(token_ttl="soon"),
+         "gitops.yaml: mounts[0].roles.deploy: Field validation failed: error converting input soon for field "
+         "\"token_ttl\""),
+        (lambda d: d["mounts"][0]["roles"]["deploy"].update(bound_claim={"a": "b"}),
+         "gitops.yaml: mounts[0].roles.deploy: unrecognized parameters: [bound_claim]; bound_claim: did you mean "
+         "bound_claims?"),
+        (lambda d: d["mounts"][0]["roles"]["read"].pop("bound_subject"),
+         "gitops.yaml: mounts[0].roles.read: must have at least one bound constraint"),
+        (lambda d: d["mounts"][0]["config"].update(bound_isuer="x"),
+         "gitops.yaml: mounts[0].config: unrecognized parameters: [bound_isuer]; bound_isuer: did you mean "
+         "bound_issuer?"),
+        (lambda d: d["mounts"][0]["config"].update(jwks_url="https://idp/keys"),
+         "gitops.yaml: mounts[0].config: exactly one of"),
+        (lambda d: d["mounts"][0]["tune"].update(default_lease_tll="1h"),
+         "gitops.yaml: mounts[0].tune: unrecognized parameters: [default_lease_tll]; default_lease_tll: did you "
+         "mean default_lease_ttl?"),
+        (lambda d: d["mounts"][1].update(type="ldap"),
+         "gitops.yaml: mounts[1].type: plugin not found in the catalog: ldap"),
+        (lambda d: d["mounts"].append({"path": "ci", "type": "jwt"}),
+         "gitops.yaml: mounts[2].path: nested in ci/jwt/ (mounts[0]): mounts cannot nest"),
+        (lambda d: d["policies"].update(bad='path "x" { capabilities = ["fly"] }'),
+         "gitops.yaml: policies.bad: failed to parse policy"),
+    ],
+    ids=["bad duration", "typo in a role", "cross-field check", "typo in a config", "two key sources",
+         "typo in a tune", "unknown type", "nested mounts", "bad policy"],
+)
+async def test_an_invalid_file_names_file_object_and_field_and_writes_nothing(
+    server: HttpServer, client: Client, change: Any, message: str
+) -> None:
+    doc = document()
+    change(doc)
+    with pytest.raises(GitopsError) as caught:
+        desired(doc)
+    assert str(caught.value).startswith(message)
+    mounts = (await (await client.get("/v1/sys/auth", headers=H)).json())["data"]
+    assert sorted(mounts) == ["token/"]
+
+
+async def test_a_refused_write_stops_the_apply_and_rolls_back_the_new_mount(
+    server: HttpServer, client: Client
+) -> None:
+    doc = document()
+    # Passes every offline check; the server refuses it when it fetches the keys.
+    doc["mounts"][1]["config"] = {"jwks_url": "http://127.0.0.1:1/keys"}
+    doc["mounts"].append({"path": "later", "type": "jwt"})
+    plan = await make_plan(desired(doc), server)
+    with pytest.raises(GitopsError) as caught:
+        await apply_plan(plan, server)
+    text = str(caught.value)
+    assert text.startswith("gitops.yaml: mounts[1].config: POST auth/hmac/config: 400 ")
+    assert "(applied 6 of 8 changes; nothing after this one); mount hmac/ created by this run was disabled again" \
+        in text
+    mounts = (await (await client.get("/v1/sys/auth", headers=H)).json())["data"]
+    assert sorted(mounts) == ["ci/jwt/", "token/"]  # no half-made hmac/, nothing after it
+
+
+async def test_a_mount_of_another_type_is_refused(server: HttpServer, client: Client) -> None:
+    await client.post("/v1/sys/auth/hmac", headers=H, json={"type": "oidc"})
+    with pytest.raises(GitopsError, match=r"^gitops\.yaml: mounts\[1\]\.type: hmac/ is mounted with type oidc"):
+        await make_plan(desired(document()), server)
+
+
+async def test_a_server_without_fingerprints_is_an_error_not_a_guess(client: Client) -> None:
+    async with HttpServer(str(client.make_url("")).rstrip("/"), "not-a-token") as srv:
+        with pytest.raises(ServerError, match="403 permission denied"):
+            await make_plan(desired(document()), srv)
+
+
+# -- export ---------------------------------------------------------------------------------------
+async def test_export_then_apply_to_another_server_round_trips(
+    server: HttpServer, aiohttp_client: AiohttpClient
+) -> None:
+    await applied(server, document())
+    exported = await export_state(server)
+    assert exported.document["mounts"][0]["tune"] == {"default_lease_ttl": "20m", "max_lease_ttl": "1h"}
+    assert exported.document["mounts"][1]["config"] == {
+        "jwt_validation_hmac_secrets": "${env:AUTHMOUNT_HMAC_JWT_VALIDATION_HMAC_SECRETS}"
+    }
+    assert any("AUTHMOUNT_HMAC_JWT_VALIDATION_HMAC_SECRETS" in note for note in exported.notes)
+    text = dump_yaml(exported, header="exported")
+    assert text.startswith("# exported\n") and "-----BEGIN PUBLIC KEY-----\n" in text
+    import yaml
+
+    doc = yaml.safe_load(text)
+    base = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    other: Client = await aiohttp_client(make_test_server(create_app(dataclasses.replace(base))))
+    settings = settings_from_mapping(doc)
+    fresh = from_sections(settings.mounts, settings.policies, source="export.yaml",
+                          env={"AUTHMOUNT_HMAC_JWT_VALIDATION_HMAC_SECRETS": SECRET})
+    async with HttpServer(str(other.make_url("")).rstrip("/"), ROOT) as target:
+        plan = await make_plan(fresh, target)
+        await apply_plan(plan, target)
+        assert (await make_plan(fresh, target)).changes == []
+        assert (await export_state(target)).document == exported.document
+    # and the file applies to the server it came from without a change (the secret included)
+    assert (await make_plan(fresh, server)).changes == []
+
+
+class VaultLike:
+    """What Vault or OpenBao answer (no fingerprints, fields authmount lacks, other methods)."""
+
+    name = "https://vault.example.com"
+
+    async def mounts(self) -> dict[str, LiveMount]:
+        return {
+            "token/": LiveMount("token/", "token", "", {}),
+            "people/": LiveMount("people/", "userpass", "", {}),
+            "sso/": LiveMount("sso/", "oidc", "SSO", {"default_lease_ttl": 0, "max_lease_ttl": 0,
+                                                       "force_no_cache": False, "token_type": "default-service"}),
+        }
+
+    async def read(self, path: str) -> dict[str, Any] | None:
+        if path == "auth/sso/config":
+            return {"oidc_discovery_url": "https://idp.example.com", "oidc_client_id": "app", "status": "valid",
+                    "override_allowed_server_names": ["idp.internal"], "provider_config": {}}
+        if path == "auth/sso/role/web":
+            return {"role_type": "oidc", "user_claim": "email", "allowed_redirect_uris": ["https://app/cb"],
+                    "callback_mode": "client", "oidc_disable_confirmation": True, "token_ttl": 3600}
+        return None
+
+    async def keys(self, path: str) -> list[str]:
+        return ["web"] if path == "auth/sso/role" else []
+
+    async def policies(self) -> list[str]:
+        return ["default", "root"]
+
+    async def read_policy(self, name: str) -> str | None:
+        return None
+
+    async def fingerprints(self, path: str, values: dict[str, Any]) -> dict[str, str]:
+        raise ServerError("https://vault.example.com has no sys/fingerprint (not an authmount server?)", 404)
+
+
+async def test_export_from_a_vault_names_what_it_cannot_carry() -> None:
+    exported = await export_state(VaultLike())  # type: ignore[arg-type]  # reads only
+    [mount] = exported.document["mounts"]
+    assert mount == {
+        "path": "sso", "type": "oidc", "description": "SSO",
+        "config": {"oidc_discovery_url": "https://idp.example.com", "oidc_client_id": "app",
+                   "oidc_client_secret": "${env:AUTHMOUNT_SSO_OIDC_CLIENT_SECRET}"},
+        "roles": {"web": {"role_type": "oidc", "user_claim": "email", "allowed_redirect_uris": ["https://app/cb"],
+                          "token_ttl": "1h"}},
+    }
+    assert exported.notes == [
+        "not exported: mount people/ of type userpass (authmount has jwt and oidc)",
+        "secret: mounts[0].config.oidc_client_secret is written as ${env:AUTHMOUNT_SSO_OIDC_CLIENT_SECRET}: set "
+        "that variable before apply",
+        "not exported: mounts[0].config.override_allowed_server_names = ['idp.internal'] (authmount has no such "
+        "field)",
+        "not exported: mounts[0].roles.web.oidc_disable_confirmation = True (authmount has no such field)",
+        "not exported: the built-in policies default and root (declare default to manage it)",
+    ]
+

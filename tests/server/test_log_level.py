@@ -1,0 +1,45 @@
+"""The log level changes while the process runs (SIGHUP): loggers are cached on first use, so
+the level is applied by a processor every logger shares (server/http/log.py ``_level_gate``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from server.http import log
+
+
+@pytest.fixture
+def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("_request_sink", "_level", "_format"):
+        monkeypatch.setattr(log, name, getattr(log, name))
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)
+    yield
+    structlog.reset_defaults()
+
+
+def test_a_level_change_reaches_loggers_already_used(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+    log.configure_logging("info", "console")
+    logger = structlog.get_logger("authmount.test")
+    logger.debug("hidden_before")
+    logger.info("shown_at_info")  # the logger is cached from here on
+    log.set_log_level("debug")
+    logger.debug("shown_at_debug")
+    assert logging.getLogger().level == logging.WARNING  # aiohttp's own messages stay at warning
+    log.set_log_level("error")
+    logger.warning("hidden_at_error")
+    logger.error("shown_at_error")
+    err = capsys.readouterr().err
+    assert "shown_at_info" in err and "shown_at_debug" in err and "shown_at_error" in err
+    assert "hidden_before" not in err and "hidden_at_error" not in err
+    assert log._request_sink is None  # console: request lines go through structlog
+
+
+def test_json_request_lines_follow_the_level(restored: None) -> None:
+    log.configure_logging("warning", "json")
+    assert log._request_sink is None  # request lines are info: not written at warning
+    log.set_log_level("info")
+    assert log._request_sink is not None
