@@ -8,10 +8,10 @@ invalidation (``invalidate``).
 
 Fail closed, as Vault: ``log_request`` and ``log_response`` write the entry to every device
 and raise ``AuditUnavailable`` (503) when devices are enabled but none recorded it; one
-working device is enough. File devices: the first entry of an event-loop turn is written at
-once; the entries of other requests that log in the same turn go out together right after
-it, one ``write(2)`` per device, each of those requests waiting for that write (no lock: a
-slow request never holds up another's entry).
+working device is enough. File devices are written as a group: the entries of every request
+that logs during one turn of the event loop go out together right after that turn, one
+``write(2)`` per device, and each of those requests waits for that write (no lock: a slow
+request never holds up another's entry).
 """
 
 from __future__ import annotations
@@ -380,29 +380,16 @@ class AuditBroker:
             return None
         if not self._immediate:
             return self._log_async(devices, rec, build, timer, failures)
-        # Files only. The first entry of an event-loop turn is written at once (no wait: a
-        # quiet server adds no latency); entries logged later in the same turn are grouped
-        # and written together right after it, one write(2) per device (a busy server makes
-        # fewer system calls), each of those requests waiting for that write (fail closed).
-        # No lock: nothing waits for another request's entry.
+        # Files only: group write. The entries of every request that reaches this point in one
+        # turn of the event loop go out together, one write(2) per device, after that turn;
+        # each request waits for it (fail closed) and nothing waits for another's lock.
         batch = self._batch
-        if batch is None:
+        if batch is None or batch.devices is not devices:
             loop = asyncio.get_running_loop()
-            self._batch = _Batch(devices, loop.create_future())
-            loop.call_soon(self._flush, self._batch)
-            start = time.perf_counter()
-            when = stamp()
-            ok = False
-            for device in devices:
-                if device.put(build(rec, device.fmt, when)):
-                    ok = True
-            timer.observe(telemetry.ms_since(start))
-            if not ok:
-                failures.inc()
-                raise AuditUnavailable()
-            return None
+            batch = self._batch = _Batch(devices, loop.create_future())
+            loop.call_soon(self._flush, batch)
         when = stamp()
-        for lines, device in zip(batch.lines, batch.devices, strict=True):
+        for lines, device in zip(batch.lines, devices, strict=True):
             lines.append(build(rec, device.fmt, when))
         return self._group_wait(batch.done, timer, failures)
 
@@ -416,13 +403,10 @@ class AuditBroker:
             raise AuditUnavailable()
 
     def _flush(self, batch: _Batch) -> None:
-        """After the turn: write the entries grouped in it, each device's lines in one write;
-        ``ok`` when any device took them."""
+        """Write one turn's entries: each device's lines in one write; ``ok`` when any device
+        took them."""
         if self._batch is batch:
             self._batch = None
-        if not batch.lines[0]:
-            batch.done.set_result(True)  # nothing grouped: the turn's one entry went out at once
-            return
         ok = False
         active = self.active
         for lines, device in zip(batch.lines, batch.devices, strict=True):

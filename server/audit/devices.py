@@ -1,7 +1,7 @@
 """Where audit entries go: a file (``file``) or a socket (``socket``), Vault's two device types.
 
 A file device appends whole lines with one ``write(2)`` on a descriptor opened ``O_APPEND``
-(the broker hands it one entry, or the entries grouped in one event-loop turn): no lock and no flush, so
+(the broker hands it the entries of one event-loop turn at once): no lock and no flush, so
 entries of concurrent requests (and of several ``--workers`` processes sharing the file)
 never interleave; the write returns once the kernel has the lines, which is what a request
 waits for. The file is opened again on ``reopen`` (SIGHUP, after logrotate moved it) and,
