@@ -334,5 +334,6 @@ async def _reload_audit(app: web.Application, old: Settings, new: Settings) -> l
     broker = app.get(AUDIT)
     if broker is None:
         return []
+    reopened = [f"audit: reopened {', '.join(d.path for d in broker.active)}"] if broker.active else []
     broker.reopen()
-    return [f"audit: reopened {len(broker.active)} device(s)", *await seed_audit(app, new)]
+    return reopened + await seed_audit(app, new)

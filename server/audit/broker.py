@@ -447,7 +447,8 @@ class AuditBroker:
             except OSError as exc:
                 device.failing = exc.strerror or str(exc)
                 log.error("audit_device_reopen_failed", device=device.path, reason=device.failing)
-        log.info("audit_devices_reopened", devices=len(self.active))
+        if self.active:
+            log.info("audit_devices_reopened", devices=len(self.active))
 
     async def problem(self) -> str | None:
         """Readiness: why requests would fail closed now, or None. A failing device gets a
