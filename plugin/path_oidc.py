@@ -285,7 +285,7 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
     await run_checks(ctx, OIDC_CLAIM_CHECKS)
     identity = ctx.identity
     assert identity is not None  # every identity check passed
-    resp = Response(auth=login_auth(role, state.role, identity))
+    resp = Response(auth=login_auth(role, state.role, identity, ctx.policies))
     for w in warnings:
         resp.add_warning(w)
     return resp

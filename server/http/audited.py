@@ -1,6 +1,7 @@
 """The HTTP edge's audit and request metrics: one ``Exchange`` per request of a mount or sys path.
 
-``auth_handler`` and ``sys_handler`` (``server.http.handlers``) drive it the same way::
+``auth_handler``, ``sys_handler`` and ``identity_handler`` (``server.http.handlers``) drive it
+the same way::
 
     ex = Exchange(...)                       # after the path is resolved
     try:
@@ -76,13 +77,15 @@ class Exchange:
 
     def __init__(
         self, request: web.Request, req: Request, path: str, *, mount: MountEntry | None, login: bool,
-        audited: bool = True,
+        audited: bool = True, point: str = "sys/", kind: str = "system",
     ) -> None:
         self.request = request
         self.req = req
         self.start = time.perf_counter()
-        self.mount_point = "auth/" + mount.path if mount is not None else "sys/"
-        self.mount_type = mount.type if mount is not None else "system"
+        # ``point``/``kind``: the built-in backend serving a request of no auth mount
+        # (``sys/``, ``identity/``), as Vault names its mount.
+        self.mount_point = "auth/" + mount.path if mount is not None else point
+        self.mount_type = mount.type if mount is not None else kind
         self.login = login
         self.logged = False  # the request entry was written
         self.path, self.mount = path, mount

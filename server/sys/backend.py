@@ -15,6 +15,7 @@ headers), ``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from plugin.framework import Backend, Route
 from server.sys import audit, auth, capabilities, fingerprint, keys, metrics, openapi, policies, status, wrapping
@@ -32,9 +33,11 @@ class SysBackend(Backend):
 
     type_name = "system"
 
-    def __init__(self, core: SysCore) -> None:
+    def __init__(self, core: SysCore, *, documented: Mapping[str, Backend] | None = None) -> None:
         super().__init__()
         self.core = core
+        #: Other top-level backends (``identity``) whose paths the OpenAPI document lists.
+        self.documented: dict[str, Backend] = dict(documented or {})
         self.paths = [
             *status.paths(self),
             *auth.paths(self),

@@ -484,3 +484,16 @@ async def test_audited_request_headers(aiohttp_client: AiohttpClient, tmp_path: 
     assert entry["request"]["headers"]["x-team"] == ["ops"]
     assert entry["request"]["headers"]["authorization"][0].startswith("hmac-sha256:")
     assert ROOT not in log.read_text()
+
+
+async def test_identity_requests_are_audited(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    resp = await client.post("/v1/identity/group", json={"name": "ops", "type": "external", "policies": ["deploy"]},
+                             headers=H)
+    assert resp.status in (200, 204), await resp.text()
+    entries = [e for e in _entries(log) if e["request"]["path"] == "identity/group"]
+    assert [e["type"] for e in entries] == ["request", "response"]
+    assert entries[0]["request"]["mount_point"] == "identity/" and entries[0]["request"]["mount_type"] == "identity"
+    assert entries[0]["request"]["data"]["name"].startswith("hmac-sha256:")
