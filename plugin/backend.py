@@ -116,7 +116,7 @@ class JWTAuthBackend(Backend):
 
         :raises InvalidRequest: unparseable keys (``error parsing public key: ...``).
         """
-        return build_key_source(config.to_storage(), system.fetcher, clock=system.now)
+        return build_key_source(config.to_storage(), system.fetcher, clock=system.now, events=system.events)
 
     async def key_source(self, config: JWTConfig, system: SystemView | Any) -> KeySource:
         """The cached KeySource for ``config``, built on first use.
