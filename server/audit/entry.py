@@ -189,14 +189,18 @@ class Record:
             out["remaining_uses"] = max(token.num_uses, 0)
         return out
 
-    def _request(self, fmt: Format) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.request_id, "operation": self.operation}
+    def _mount_fields(self, out: dict[str, Any]) -> None:
+        """The mount's fields, as Vault writes them in both the request and the response block."""
         if self.mount_point:
             out["mount_point"] = self.mount_point
             out["mount_type"] = self.mount_type
             if self.mount_accessor:
                 out["mount_accessor"] = self.mount_accessor
             out["mount_class"] = self.mount_class
+
+    def _request(self, fmt: Format) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.request_id, "operation": self.operation}
+        self._mount_fields(out)
         if self.client_token:
             out["client_token"] = fmt.hash(self.client_token)
             if self.token is not None and self.token.accessor:
@@ -219,12 +223,7 @@ class Record:
     def response_block(self, fmt: Format) -> dict[str, Any]:
         """The ``response`` block as ``fmt`` writes it."""
         out: dict[str, Any] = {}
-        if self.mount_point:
-            out["mount_point"] = self.mount_point
-            out["mount_type"] = self.mount_type
-            if self.mount_accessor:
-                out["mount_accessor"] = self.mount_accessor
-            out["mount_class"] = self.mount_class
+        self._mount_fields(out)
         issued = self.response_auth
         if issued is not None:
             out["auth"] = _issued(issued[0], issued[1], fmt)
