@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +36,7 @@ from plugin.path_login import (
     Check,
     LoginContext,
     Skipped,
+    load_role,
     refused,
     remote_addr,
     run_checks,
@@ -297,20 +297,8 @@ CEL_CHECKS: tuple[Check, ...] = (
 
 
 async def _load(backend: JWTAuthBackend, req: Request, role_name: str) -> tuple[Any, CelRole, CompiledProgram]:
-    config = await backend.config(req)
-    if config is None:
-        raise InvalidRequest("could not load configuration")
-    role_name = role_name or config.default_role
-    if not role_name:
-        raise InvalidRequest("missing role")
-    found = await backend.cel_role(req.require_storage(), role_name) if _valid_name(role_name) else None
-    if found is None:
-        raise InvalidRequest(f'role "{role_name}" could not be found')
+    config, _, found = await load_role(backend, req, role_name, backend.cel_role)
     return config, found[0], found[1]
-
-
-def _valid_name(name: str) -> bool:
-    return re.fullmatch(ROLE_NAME_RE, name) is not None
 
 
 def paths(backend: JWTAuthBackend) -> list[PathSpec]:

@@ -22,7 +22,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -40,8 +40,10 @@ from plugin.token_fields import to_auth
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
     from plugin.path_cel import CelContext
+    from plugin.storage import Storage
 
 __all__ = [
+    "load_role",
     "CHECKS",
     "Check",
     "EXPLAIN_FIELDS",
@@ -68,6 +70,7 @@ DEFAULT_CLOCK_SKEW_LEEWAY = 60
 #: NumericDate upper bound (9999-12-31T23:59:59Z): larger values are refused, not wrapped.
 MAX_NUMERIC_DATE = 253402300799
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
+_R = TypeVar("_R")
 _UNPARSED = "not evaluated: the token could not be parsed"
 
 LOGIN_FIELDS = FieldSet(
@@ -501,8 +504,14 @@ def login_auth(role: Role, role_name: str, identity: cl.Identity, policies: list
     )
 
 
-async def _load(backend: JWTAuthBackend, req: Request, role_name: str) -> tuple[JWTConfig, str, Role]:
-    storage = req.require_storage()
+async def load_role(
+    backend: JWTAuthBackend, req: Request, role_name: str, find: Callable[[Storage, str], Awaitable[_R | None]]
+) -> tuple[JWTConfig, str, _R]:
+    """The mount's config, the role's name (else the config's ``default_role``) and what
+    ``find`` reads under it: the one way a login (JWT or CEL) names its role.
+
+    :raises InvalidRequest: no config, no role named, or no such role.
+    """
     config = await backend.config(req)
     if config is None:
         raise InvalidRequest("could not load configuration")
@@ -510,10 +519,14 @@ async def _load(backend: JWTAuthBackend, req: Request, role_name: str) -> tuple[
     if not role_name:
         raise InvalidRequest("missing role")
     # A name no role path could have written (e.g. "../x") is simply not found.
-    role = await backend.role(storage, role_name) if _ROLE_NAME.fullmatch(role_name) else None
-    if role is None:
+    found = await find(req.require_storage(), role_name) if _ROLE_NAME.fullmatch(role_name) else None
+    if found is None:
         raise InvalidRequest(f'role "{role_name}" could not be found')
-    return config, role_name, role
+    return config, role_name, found
+
+
+async def _load(backend: JWTAuthBackend, req: Request, role_name: str) -> tuple[JWTConfig, str, Role]:
+    return await load_role(backend, req, role_name, backend.role)
 
 
 def path_login(backend: JWTAuthBackend) -> PathSpec:
