@@ -133,6 +133,13 @@ async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int
                 f"POST /v1/auth/jwt/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body
+            expect = b"client_token"
+            if args.lookup_self:
+                reply = await _must(client, "POST", "/v1/auth/jwt/login", {"role": "bench", "jwt": keys.token})
+                token = reply["auth"]["client_token"]
+                request = (f"GET /v1/auth/token/lookup-self HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"X-Vault-Token: {token}\r\n\r\n").encode()
+                expect = b"accessor"
             port = client.server.port
 
             async def worker(count: int) -> None:
@@ -143,8 +150,8 @@ async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int
                     for _ in range(count):
                         writer.write(request)
                         status, reply = await _read_response(reader)
-                        if status != 200 or b"client_token" not in reply:
-                            raise RuntimeError(f"login -> {status}: {reply[:300]!r}")
+                        if status != 200 or expect not in reply:
+                            raise RuntimeError(f"request -> {status}: {reply[:300]!r}")
                 finally:
                     writer.close()
 
@@ -236,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", choices=["authmount", "ceiling"], default="authmount")
     p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
     p.add_argument("--batch", action="store_true", help="role with token_type=batch")
+    p.add_argument("--lookup-self", action="store_true",
+                   help="profile GET auth/token/lookup-self with a service token instead of logins")
     p.add_argument("--audit", action="store_true", help="with one file audit device")
     p.add_argument("--log-level", default="info", help="authmount log_level (default info)")
     p.add_argument("--top", type=int, default=35, help="functions to print (default 35)")
