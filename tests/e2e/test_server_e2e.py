@@ -351,10 +351,12 @@ def test_workers_stopped_while_starting_exit_cleanly(tmp_path: Path, postgres_ds
             proc.wait()
 
 
-def test_workers_need_postgres(tmp_path: Path) -> None:
+def test_workers_need_shared_storage(tmp_path: Path) -> None:
+    """Memory storage lives in one process: several workers would be several servers.
+    (SQLite and PostgreSQL workers: tests/e2e/test_workers.py.)"""
     result = run_cli("server", "--dev", "--workers", "2", cwd=tmp_path)
     assert result.returncode == 1
-    assert "workers: more than one worker needs postgres storage" in result.stderr
+    assert "workers: more than one worker needs sqlite or postgres storage" in result.stderr
 
 
 def test_second_process_on_same_sqlite_file_refused(tmp_path: Path) -> None:
