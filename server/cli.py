@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from server import telemetry
 from server.app import StartupError, create_app
 from server.appkeys import ROOT_TOKEN
 from server.gitops.command import add_commands, run_apply, run_export
@@ -219,6 +220,7 @@ async def serve(
         await runner.cleanup()
         sock.close()
         flush_request_log()
+        telemetry.process_exit()
     return 0
 
 

@@ -20,6 +20,11 @@ The other workers keep serving meanwhile: the connections the dead worker had ac
 lost, new ones go to the live workers. Only a worker that fails during the *first* start
 stops the whole server (a bad configuration, a busy port), with that worker's exit code.
 
+Metrics: every worker gets the same ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's
+multi-process mode, ``server.telemetry``), the operator's or a temporary directory that
+the supervisor removes when it stops; a dead worker's live gauges are dropped when it is
+reaped.
+
 SIGTERM/SIGINT are passed to every worker (each finishes its requests) and the supervisor
 exits once all have; SIGHUP is passed on (each worker reloads). Workers ask the kernel for
 SIGTERM when the supervisor dies (``PR_SET_PDEATHSIG``, Linux), so a killed supervisor
@@ -32,9 +37,11 @@ import contextlib
 import ctypes
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -44,6 +51,7 @@ __all__ = [
     "Supervisor",
     "WORKER_ENV",
     "READY_ENV",
+    "METRICS_DIR_ENV",
     "SUPERVISOR_ENV",
     "REPLACEMENT_ENV",
     "report_ready",
@@ -54,6 +62,8 @@ __all__ = [
 
 #: The worker's index (0 .. N-1); set by the supervisor, it makes ``server.cli`` a worker.
 WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
+#: prometheus-client's multi-process directory, shared by the workers.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The write end of the pipe on which a worker reports that it listens.
 READY_ENV = "AUTHMOUNT_WORKER_READY_FD"
 #: The supervisor's pid (a worker whose parent is already gone stops at once).
@@ -94,6 +104,7 @@ class Supervisor:
     stopping: int = 0  # the signal that stops the server (0: running)
     first_error: int = 0
     _lock_fd: int | None = None
+    _metrics_dir: str = ""
     _hangups: int = 0
     _forwarded: set[int] = field(default_factory=set)  # pids already sent the stop signal
 
@@ -107,6 +118,10 @@ class Supervisor:
             except (RuntimeError, OSError) as exc:
                 print(f"Error starting server: storage: {exc}", file=sys.stderr)
                 return 1
+        self._metrics_dir = os.environ.get(METRICS_DIR_ENV) or ""
+        made_dir = not self._metrics_dir
+        if made_dir:
+            self._metrics_dir = tempfile.mkdtemp(prefix="authmount-metrics-")
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hangup)
@@ -135,6 +150,8 @@ class Supervisor:
                     slot.ready_fd = None
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
+            if made_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
         return self.first_error
 
     # -- signals -------------------------------------------------------------------------
@@ -175,6 +192,7 @@ class Supervisor:
         env[WORKER_ENV] = str(slot.index)
         env[READY_ENV] = str(write_fd)
         env[SUPERVISOR_ENV] = str(os.getpid())
+        env[METRICS_DIR_ENV] = self._metrics_dir
         env.pop(REPLACEMENT_ENV, None)
         if slot.generation:
             env[REPLACEMENT_ENV] = "1"
@@ -224,6 +242,7 @@ class Supervisor:
             code = proc.poll()
             if code is None:
                 continue
+            self._drop_live_gauges(proc.pid)
             if slot.ready_fd is not None:  # the writer is gone: a byte or EOF, no blocking
                 slot.ready = bool(os.read(slot.ready_fd, 16))
                 os.close(slot.ready_fd)
@@ -249,6 +268,16 @@ class Supervisor:
                 "worker_exited", worker=slot.index, pid=proc.pid, how=how, uptime_s=round(lived, 1),
                 replacement_in_s=round(delay, 1),
             )
+
+    def _drop_live_gauges(self, pid: int) -> None:
+        """A dead worker's live gauges leave the merged metrics (a clean exit dropped them
+        itself; a killed worker could not)."""
+        if not self._metrics_dir:
+            return
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid, self._metrics_dir)  # type: ignore[no-untyped-call]
 
     def _restart_due(self) -> None:
         now = time.monotonic()

@@ -9,6 +9,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, TypeVarTuple, cast
@@ -16,6 +17,7 @@ from typing import Any, TypeVar, TypeVarTuple, cast
 import structlog
 
 from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
+from server import telemetry
 from server.storage.keyrange import collect_children, prefix_end
 from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Op, Result
 from server.storage.sqlite_checkpoint import Checkpointer
@@ -464,10 +466,13 @@ class SQLiteStorage:
                 running = False
             if batch:
                 self.checkpointer.begin()  # waits only while a RESTART holds the write lock
+                started = time.perf_counter()  # the commit's time includes the wait for the writer lock
                 if wlock is not None:
                     wlock.acquire()  # shared: one process's transaction at a time
                 try:
                     results = Batch(self, conn).run(batch)
+                    telemetry.STORAGE_COMMIT.observe(time.perf_counter() - started)
+                    telemetry.STORAGE_BATCH.observe(len(batch))
                 except Exception as exc:  # noqa: BLE001 - never leave a caller waiting
                     results = [(False, exc)] * len(batch)
                     try:
