@@ -20,6 +20,9 @@ The other workers keep serving meanwhile: the connections the dead worker had ac
 lost, new ones go to the live workers. Only a worker that fails during the *first* start
 stops the whole server (a bad configuration, a busy port), with that worker's exit code.
 
+Per-IP login rate limits: the supervisor creates the bucket table every worker spends
+from (``server.http.ratelimit_shared``) and passes its descriptor on.
+
 Metrics: every worker gets the same ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's
 multi-process mode, ``server.telemetry``), the operator's or a temporary directory that
 the supervisor removes when it stops; a dead worker's live gauges are dropped when it is
@@ -105,6 +108,7 @@ class Supervisor:
     first_error: int = 0
     _lock_fd: int | None = None
     _metrics_dir: str = ""
+    _table_fd: int | None = None  # the workers' shared rate-limit buckets
     _hangups: int = 0
     _forwarded: set[int] = field(default_factory=set)  # pids already sent the stop signal
 
@@ -118,6 +122,13 @@ class Supervisor:
             except (RuntimeError, OSError) as exc:
                 print(f"Error starting server: storage: {exc}", file=sys.stderr)
                 return 1
+        from server.http.ratelimit_shared import create_table
+
+        try:
+            self._table_fd = create_table()
+        except OSError as exc:
+            print(f"Error starting server: rate-limit table: {exc}", file=sys.stderr)
+            return 1
         self._metrics_dir = os.environ.get(METRICS_DIR_ENV) or ""
         made_dir = not self._metrics_dir
         if made_dir:
@@ -150,6 +161,8 @@ class Supervisor:
                     slot.ready_fd = None
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
+            if self._table_fd is not None:
+                os.close(self._table_fd)
             if made_dir:
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
         return self.first_error
@@ -197,6 +210,11 @@ class Supervisor:
         if slot.generation:
             env[REPLACEMENT_ENV] = "1"
         fds = [write_fd]
+        if self._table_fd is not None:
+            from server.http.ratelimit_shared import TABLE_FD_ENV
+
+            env[TABLE_FD_ENV] = str(self._table_fd)
+            fds.append(self._table_fd)
         if self._lock_fd is not None:
             from server.storage.sqlite_shared import LOCK_FD_ENV
 
