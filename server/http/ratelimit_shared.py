@@ -98,7 +98,7 @@ class SharedTokenBuckets:
                 at = base + way * _ENTRY.size
                 kh, tokens, last = _ENTRY.unpack_from(m, at)
                 if kh == h:
-                    tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+                    tokens = min(float(tokens), self.burst, tokens + max(0.0, now - last) * self.rate)
                     if tokens >= 1.0:
                         _ENTRY.pack_into(m, at, h, tokens - 1.0, now)
                         return 0.0
@@ -124,6 +124,4 @@ class SharedTokenBuckets:
     def __len__(self) -> int:
         """Clients tracked (a full scan: tests and diagnostics)."""
         m = self._map
-        return sum(
-            1 for at in range(_HEADER, _SIZE, _ENTRY.size) if _ENTRY.unpack_from(m, at)[0] != 0
-        )
+        return sum(1 for at in range(_HEADER, _SIZE, _ENTRY.size) if _ENTRY.unpack_from(m, at)[0] != 0)
