@@ -96,9 +96,12 @@ class SharedTokenBuckets:
             victim, victim_last = -1, float("inf")
             for way in range(WAYS):
                 at = base + way * _ENTRY.size
+                kh: int
+                tokens: float
+                last: float
                 kh, tokens, last = _ENTRY.unpack_from(m, at)
                 if kh == h:
-                    tokens = min(float(tokens), self.burst, tokens + max(0.0, now - last) * self.rate)
+                    tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
                     if tokens >= 1.0:
                         _ENTRY.pack_into(m, at, h, tokens - 1.0, now)
                         return 0.0
