@@ -65,8 +65,8 @@ def set_up_mount(conn: Pinned) -> None:
 class Workers:
     """A 2-worker SQLite server with one connection pinned to each worker."""
 
-    def __init__(self, srv: ServerProc, a: Pinned, b: Pinned) -> None:
-        self.srv, self.a, self.b = srv, a, b
+    def __init__(self, srv: ServerProc, a: Pinned, b: Pinned, workdir: Path) -> None:
+        self.srv, self.a, self.b, self.workdir = srv, a, b, workdir
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
         assert len(conns) == 2, conns
         a, b = conns.values()
         set_up_mount(a)
-        yield Workers(srv, a, b)
+        yield Workers(srv, a, b, workdir)
         for conn in conns.values():
             conn.close()
     assert srv.returncode == 0
@@ -104,9 +104,18 @@ def test_state_from_one_worker_is_used_by_the_other_at_once(workers: Workers) ->
     assert workers.a.ok("GET", "auth/token/lookup-self", token=token)["data"]["policies"] == ["default", "p"]
 
 
+def audited(conn: Pinned, audit_log: Path) -> bool:
+    """Is a request answered by ``conn``'s worker now written to ``audit_log``?"""
+    request_id = conn.ok("GET", "sys/auth")["request_id"]
+    return audit_log.exists() and request_id in audit_log.read_text()
+
+
 def test_changes_reach_the_other_worker_within_the_bound(workers: Workers) -> None:
-    """Role, config, policy and mount changes made on one worker take effect on the other
-    within BOUND of their acknowledgement (the change log is polled every 20 ms)."""
+    """Role, config, policy, mount and audit-device changes made on one worker take effect
+    on the other within BOUND of their acknowledgement (the change log is polled every
+    20 ms). Each delay runs from the moment the writer's answer arrived to the start of the
+    first request on the other worker that shows the change; only the give-up time of the
+    polling is generous (``seen_within``), the assertion is BOUND itself."""
     a, b = workers.a, workers.b
     token = b.ok("POST", f"auth/{MOUNT}/login", token="", body=login_body())["auth"]["client_token"]
 
@@ -139,6 +148,11 @@ def test_changes_reach_the_other_worker_within_the_bound(workers: Workers) -> No
         )
         writer.ok("DELETE", "sys/auth/extra")
         delays[f"unmount {tag}"] = seen_within(lambda: reader.call("GET", "sys/auth/extra/tune")[0] == 400)  # noqa: B023
+        audit_log = workers.workdir / f"audit-{tag}.log"
+        writer.ok("PUT", "sys/audit/bound", body={"type": "file", "options": {"file_path": str(audit_log)}})
+        delays[f"audit enable {tag}"] = seen_within(lambda: audited(reader, audit_log))  # noqa: B023
+        writer.ok("DELETE", "sys/audit/bound")
+        delays[f"audit disable {tag}"] = seen_within(lambda: not audited(reader, audit_log))  # noqa: B023
     slow = {k: round(v, 3) for k, v in delays.items() if v > BOUND}
     assert not slow, f"seen later than {BOUND}s: {slow} (all: {delays})"
 
