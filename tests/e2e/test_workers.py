@@ -11,6 +11,7 @@ supervisor takes its workers with it. Connections are pinned to a worker by find
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -22,11 +23,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
 
-from tests.e2e.idp import free_port
+from tests.e2e.browser import CallbackListener, drive_login
+from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, free_port, idp_available, start_idp
 from tests.e2e.serverproc import REPO_ROOT, ServerProc, launch, start_server
 from tests.e2e.workerconn import Pinned, pinned, wait_for_workers, worker_pids
 from tests.plugin.keyfactory import default_claims, make_token, rsa_key
@@ -181,8 +184,9 @@ def test_num_uses_are_counted_across_workers(workers: Workers) -> None:
             with requests.Session() as http:
                 http.get(f"{workers.srv.url}/v1/sys/health", timeout=TIMEOUT)  # connect first
                 barrier.wait()
-                return http.get(f"{workers.srv.url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token},
-                                timeout=TIMEOUT).status_code
+                return http.get(
+                    f"{workers.srv.url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}, timeout=TIMEOUT
+                ).status_code
 
         with ThreadPoolExecutor(8) as pool:
             codes = sorted(pool.map(use, range(8)))
@@ -195,12 +199,239 @@ def test_a_second_server_is_refused_the_file_while_workers_run(workers: Workers,
     db = next(line.split("(", 1)[1].rstrip(")") for line in config.splitlines() if "Storage: sqlite" in line)
     cfg = tmp_path / "second.yaml"
     cfg.write_text(f"listen_address: 127.0.0.1:0\nstorage:\n  type: sqlite\n  path: {db}\n")
-    done = subprocess.run([sys.executable, "-m", "server.cli", "server", "--config", str(cfg)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "server", "--config", str(cfg)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "in use by another process" in done.stderr, done.stderr[-2000:]
-    done = subprocess.run([sys.executable, "-m", "server.cli", "operator", "generate-root", "--config", str(cfg)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "operator", "generate-root", "--config", str(cfg)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1 and "in use by another process" in done.stderr, done.stderr[-2000:]
+
+
+def test_concurrent_writes_on_both_workers_never_reach_a_lock_error(workers: Workers) -> None:
+    """Both workers write at once (logins, token creation and revocation, roles, policies):
+    every request succeeds. SQLite allows one writer at a time; the writer lock makes the
+    other process's group commit wait, so ``database is locked`` never reaches a client
+    (nor the log)."""
+    failures: list[Any] = []
+    lock = threading.Lock()
+
+    def write(i: int) -> int:
+        conns = pinned(workers.srv)
+        done = 0
+        try:
+            for n in range(15):
+                for conn in conns.values():
+                    calls: list[tuple[str, str, dict[str, Any]]] = [
+                        ("POST", f"auth/{MOUNT}/login", {"token": "", "body": login_body(sub=f"c{i}-{n}")}),
+                        ("POST", f"auth/{MOUNT}/role/c{i}", {"body": {**ROLE, "token_ttl": 60 + n}}),
+                        (
+                            "PUT",
+                            f"sys/policies/acl/c{i}",
+                            {"body": {"policy": f'path "c/{n}" {{ capabilities = ["read"] }}'}},
+                        ),
+                    ]
+                    for method, path, kw in calls:
+                        status, body = conn.call(method, path, **kw)
+                        done += 1
+                        if status not in (200, 204):
+                            with lock:
+                                failures.append((conn.pid, path, status, body))
+                    status, body = conn.call("POST", "auth/token/create", body={"ttl": "1m"})
+                    if status != 200:
+                        with lock:
+                            failures.append((conn.pid, "auth/token/create", status, body))
+                        continue
+                    token = body["auth"]["client_token"]
+                    for other in conns.values():  # revoked by the worker that did not create it
+                        if other is not conn:
+                            status, body = other.call("POST", "auth/token/revoke-self", token=token)
+                            done += 2
+                            if status != 204:
+                                with lock:
+                                    failures.append((other.pid, "revoke-self", status, body))
+        finally:
+            for conn in conns.values():
+                conn.close()
+        return done
+
+    with ThreadPoolExecutor(4) as pool:
+        total = sum(pool.map(write, range(4)))
+    assert not failures, failures[:5]
+    assert total >= 4 * 15 * 2 * 5
+    log = workers.srv.log_text()
+    assert "database is locked" not in log and "database is busy" not in log
+
+
+def test_audit_lines_from_both_workers_never_interleave_and_sighup_reopens(workers: Workers) -> None:
+    """Both workers append to one audit file at once (each turn's lines in one ``O_APPEND``
+    write): every line is whole JSON, every acknowledged request has its request and its
+    response entry. A logrotate-style move plus SIGHUP to the supervisor: every worker
+    writes to the new file, nothing is lost across the two."""
+    a, b = workers.a, workers.b
+    current = workers.workdir / "shared-audit.log"
+    rotated = workers.workdir / "shared-audit.log.1"
+    a.ok("PUT", "sys/audit/shared", body={"type": "file", "options": {"file_path": str(current)}})
+    try:
+        seen_within(lambda: audited(b, current))
+        acknowledged: list[str] = []
+        failures: list[Any] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def log_in(i: int) -> None:
+            conns = pinned(workers.srv)
+            n = 0
+            try:
+                while not stop.is_set() or n < 10:
+                    for conn in conns.values():
+                        n += 1
+                        status, body = conn.call(
+                            "POST", f"auth/{MOUNT}/login", token="", body=login_body(sub=f"audit-{i}-{n}")
+                        )
+                        with lock:
+                            if status == 200:
+                                acknowledged.append(body["request_id"])
+                            else:
+                                failures.append((conn.pid, status, body))
+            finally:
+                for conn in conns.values():
+                    conn.close()
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(log_in, i) for i in range(4)]
+            time.sleep(1.0)
+            current.rename(rotated)
+            os.kill(workers.srv.proc.pid, signal.SIGHUP)
+            for conn in (a, b):
+                seen_within(lambda conn=conn: audited(conn, current), limit=TIMEOUT)  # type: ignore[misc]
+            time.sleep(0.5)
+            stop.set()
+            for f in futures:
+                f.result(TIMEOUT * 2)
+        assert not failures, failures[:5]
+        assert len(acknowledged) > 40
+        entries: dict[str, list[str]] = {}
+        for path in (rotated, current):
+            text = path.read_text()
+            assert text.endswith("\n")
+            for line in text.splitlines():
+                entry = json.loads(line)  # a torn or interleaved line fails here
+                entries.setdefault(entry["request"]["id"], []).append(entry["type"])
+        missing = [rid for rid in acknowledged if sorted(entries.get(rid, [])) != ["request", "response"]]
+        assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged logins not audited exactly once"
+        assert any(rid in rotated.read_text() for rid in acknowledged)
+        assert any(rid in current.read_text() for rid in acknowledged)
+    finally:
+        a.ok("DELETE", "sys/audit/shared")
+
+
+def test_per_ip_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
+    """``login_per_ip_per_second: 1, login_burst: 6``: a client whose logins alternate
+    between the two workers gets 6 (plus what one second refills), not 6 per worker."""
+    config = sqlite_config(tmp_path, free_port())
+    config["rate_limit"] = {"login_per_ip_per_second": 1, "login_burst": 6}
+    with start_server(config=config, workdir=tmp_path, args=["--workers", "2"]) as srv:
+        conns = pinned(srv)
+        assert len(conns) == 2
+        set_up_mount(next(iter(conns.values())))
+        statuses: dict[int, list[int]] = {pid: [] for pid in conns}
+        started = time.monotonic()
+        for _ in range(12):
+            for pid, conn in conns.items():
+                statuses[pid].append(conn.call("POST", f"auth/{MOUNT}/login", token="", body=login_body())[0])
+        elapsed = time.monotonic() - started
+        for conn in conns.values():
+            conn.close()
+        allowed = sum(codes.count(200) for codes in statuses.values())
+        assert all(set(codes) <= {200, 429} for codes in statuses.values()), statuses
+        assert 6 <= allowed <= 6 + int(elapsed) + 1, (allowed, elapsed, statuses)
+        assert all(200 in codes and 429 in codes for codes in statuses.values()), statuses
+    assert srv.returncode == 0
+
+
+# -- OIDC ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def listener() -> Iterator[CallbackListener]:
+    with CallbackListener() as lst:
+        yield lst
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory, listener: CallbackListener) -> Iterator[IdP]:
+    reason = idp_available()
+    if reason:
+        pytest.skip(reason)
+    server = start_idp(tmp_path_factory.mktemp("idp"), redirect_uris=[listener.url])
+    yield server
+    server.stop()
+
+
+def test_oidc_state_is_single_use_across_workers(idp: IdP, listener: CallbackListener, tmp_path: Path) -> None:
+    """auth_url on one worker, callback on the other; the state is then refused by both
+    workers, and one state raced on both workers at once yields one token."""
+    with start_server(config=sqlite_config(tmp_path, free_port()), workdir=tmp_path, args=["--workers", "2"]) as srv:
+        conns = pinned(srv)
+        assert len(conns) == 2
+        a, b = conns.values()
+        a.ok("POST", "sys/auth/oidc", body={"type": "oidc"})
+        a.ok(
+            "POST",
+            "auth/oidc/config",
+            body={
+                "oidc_discovery_url": idp.discovery_url,
+                "oidc_client_id": CLIENT_ID,
+                "oidc_client_secret": CLIENT_SECRET,
+            },
+        )
+        a.ok("POST", "auth/oidc/role/web", body={"user_claim": "sub", "allowed_redirect_uris": [listener.url]})
+
+        def flow(conn: Pinned) -> tuple[str, str]:
+            body = conn.ok(
+                "POST", "auth/oidc/oidc/auth_url", token="", body={"role": "web", "redirect_uri": listener.url}
+            )
+            auth_url = body["data"]["auth_url"]
+            state = parse_qs(urlsplit(auth_url).query)["state"][0]
+            return state, drive_login(auth_url, listener.url, login="dana")["code"]
+
+        def callback(conn: Pinned, state: str, code: str) -> tuple[int, Any]:
+            return conn.call(
+                "GET", f"auth/oidc/oidc/callback?{urlencode({'state': state, 'code': code, 'nonce': ''})}", token=""
+            )
+
+        state, code = flow(a)
+        status, body = callback(b, state, code)
+        assert status == 200, body
+        assert b.ok("GET", "auth/token/lookup-self", token=body["auth"]["client_token"])
+        for conn in (a, b):
+            status, body = callback(conn, state, code)
+            assert status == 400 and "Expired or missing OAuth state" in str(body), (conn.pid, status, body)
+
+        for _ in range(3):
+            state, code = flow(b)
+            barrier = threading.Barrier(2)
+
+            def race(conn: Pinned, state: str = state, code: str = code, barrier: threading.Barrier = barrier) -> int:
+                barrier.wait()
+                return callback(conn, state, code)[0]
+
+            with ThreadPoolExecutor(2) as pool:
+                codes = sorted(pool.map(race, (a, b)))
+            assert codes == [200, 400], codes
+        for conn in (a, b):
+            conn.close()
+    assert srv.returncode == 0
 
 
 # -- crashes ----------------------------------------------------------------------------------
@@ -214,8 +445,7 @@ def _burst_until(srv: ServerProc, done: threading.Event, acknowledged: list[str]
     while not done.is_set():
         i += 1
         try:
-            resp = http.post(f"{srv.url}/v1/auth/{MOUNT}/login", json=login_body(sub=f"k{worker}-{i}"),
-                             timeout=TIMEOUT)
+            resp = http.post(f"{srv.url}/v1/auth/{MOUNT}/login", json=login_body(sub=f"k{worker}-{i}"), timeout=TIMEOUT)
         except requests.RequestException as exc:
             with lock:
                 errors.append(f"connection: {type(exc).__name__}")
@@ -340,7 +570,12 @@ def test_workers_auto_starts_one_per_usable_core(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("flag", "message"), [("0", "must be an integer >= 1 or auto"), ("many", "or auto")])
 def test_bad_workers_flag_is_refused(flag: str, message: str, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "server.cli", "server", "--dev", "--workers", flag],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "server", "--dev", "--workers", flag],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert done.returncode == 2 and message in done.stderr, done.stderr

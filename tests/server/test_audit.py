@@ -503,9 +503,9 @@ async def test_entries_of_a_turn_land_before_another_node_disables_their_device(
     """Another node (or ``--workers`` process) disables a device while this one has entries
     of the current event-loop turn for it: the reload writes them before closing the file,
     so those requests are audited and not refused (they were refused with 503 before)."""
-    from server.keyring import PROCESS_SEALER
     from server.audit.broker import AuditBroker
     from server.audit.entry import probe_record
+    from server.keyring import PROCESS_SEALER
 
     storage = InMemoryStorage()
     here, there = AuditBroker(storage, PROCESS_SEALER), AuditBroker(storage, PROCESS_SEALER)

@@ -136,8 +136,13 @@ def test_processes_racing_on_one_bucket_spend_exactly_the_burst(table: int) -> N
     speak of): together they get exactly 1000 (the set lock makes each take whole)."""
     start = str(time.time() + 1.0)
     procs = [
-        subprocess.Popen([sys.executable, "-c", _CHILD, str(table), start], pass_fds=[table], cwd=REPO,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(table), start],
+            pass_fds=[table],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
     got = [int(p.communicate(timeout=60)[0]) for p in procs]
