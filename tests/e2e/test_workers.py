@@ -170,6 +170,23 @@ def test_a_revoked_token_is_refused_by_the_other_worker_at_once(workers: Workers
         assert reader.call("GET", "auth/token/lookup-self", token=token)[0] == 403
 
 
+def test_a_disabled_mounts_batch_tokens_die_on_the_other_worker_at_once(workers: Workers) -> None:
+    """Disabling a mount revokes its tokens; a batch token has no row, only the mount's
+    revocation epoch kills it, and the other worker reads that epoch at every use: the
+    first request after the disable was acknowledged is refused there."""
+    for writer, reader in ((workers.a, workers.b), (workers.b, workers.a)):
+        writer.ok("POST", "sys/auth/bt", body={"type": "jwt"})
+        writer.ok("POST", "auth/bt/config", body={"jwt_validation_pubkeys": [KEY.pem]})
+        writer.ok("POST", "auth/bt/role/svc", body={**ROLE, "token_type": "batch"})
+        body = writer.ok("POST", "auth/bt/login", token="", body=login_body())
+        token = body["auth"]["client_token"]
+        assert not body["auth"]["renewable"] and body["auth"]["accessor"] == ""  # a batch token
+        seen_within(lambda: reader.call("GET", "auth/token/lookup-self", token=token)[0] == 200)  # noqa: B023
+        writer.ok("DELETE", "sys/auth/bt")
+        status, body = reader.call("GET", "auth/token/lookup-self", token=token)
+        assert status == 403, (reader.pid, body)
+
+
 def test_num_uses_are_counted_across_workers(workers: Workers) -> None:
     a, b = workers.a, workers.b
     token = a.ok("POST", "auth/token/create", body={"num_uses": 3, "policies": ["p"]})["auth"]["client_token"]
