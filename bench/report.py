@@ -165,6 +165,9 @@ def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
             ratio("6 login, 2 workers / 1 ceiling", rps("6"), rps("1"), None),
             ratio("6 login, 2 workers / 6b login, 1 worker (both PostgreSQL)", rps("6"), rps("6b"), 1.7),
             ratio("6b login, PostgreSQL / 2 login, SQLite", rps("6b"), rps("2"), None),
+            # SQLite workers (issue 11): throughput, and server CPU per login (flat = scaling).
+            ratio("7 login, SQLite, 2 workers / 2 login, 1 worker (req/s)", rps("7"), rps("2"), None),
+            ratio("7 / 2: server CPU µs per login", cpu("7"), cpu("2"), None, higher_is_better=False),
             # The audit device's cost: at most 15 % of login throughput (issue 10).
             ratio("2a login, one file audit device / 2 login (req/s)", rps("2a"), rps("2"), 0.85),
             ratio("2a / 2: server CPU µs per login", cpu("2a"), cpu("2"), 1 / 0.85, higher_is_better=False),
@@ -255,9 +258,12 @@ installs `wrk` from Debian if missing, and stops everything afterwards. Cases:
 5. **authmount `auth/token/lookup-self`** with a service token.
 6. **authmount login with `--workers 2`** on PostgreSQL (skipped with a note when the flag
    or PostgreSQL is missing); **6b** the same with one worker, the baseline for 6.
+7. **authmount login with `--workers 2`** on one SQLite file (case 2's server with two
+   workers); case 2 is its baseline.
 
 Every login uses one long-lived RS256 JWT (aud `bench`), so the ceiling and authmount do the
-same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b for worker scaling; 2a
+same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b and 7 against 2 (in req/s
+and in server CPU µs per login) for worker scaling; 2a
 against 2 (the audit device's cost), in req/s and in server CPU µs per request (user + system
 time of the server's processes from `/proc`, which other load on the machine does not change).
 Targets (from the issue): 2/1 >= 0.75, 3/1 >= 0.85, 5/4 >= 0.5, p99 of 2 and 3 at 16
@@ -269,10 +275,12 @@ connections <= 1.5x the ceiling's, 6/6b >= 1.7, 2a/2 >= 0.85 (issue 10), RSS gro
   `log_level: info` (one JSON line per request, written to a file; `--log-level warning`
   leaves logging out) on the default event loop (asyncio's; `--event-loop uvloop` for the
   other one). The ceiling apps run on uvloop, the fastest bare setup.
-- **Workers.** `--workers` needs PostgreSQL storage, so case 6 runs 2 workers on a
-  throw-away local PostgreSQL (`tests/pg.py`, durable defaults) and case 6b is the same with
-  1 worker. Two workers need two free cores: on a 2-core machine they and PostgreSQL share
-  core 1 with `wrk` (noted in the report), so 6/6b understates scaling there.
+- **Workers.** Case 6 runs 2 workers on a throw-away local PostgreSQL (`tests/pg.py`,
+  durable defaults) and case 6b is the same with 1 worker; case 7 runs 2 workers on one
+  SQLite file against case 2. Two workers need two free cores: on a 2-core machine they
+  (and PostgreSQL) share core 1 with `wrk` (noted in the report), so req/s understates
+  scaling there; the server CPU µs per login (every worker's, from `/proc`) shows it: it
+  stays flat when the workers scale.
 - **Noise.** Each measurement follows an unmeasured warm-up; with `--rounds N` the cases are
   interleaved (order rotated per round) and medians reported; the load average at start and
   end is recorded. Short runs on a shared machine are noisy: compare ratios within one run,
