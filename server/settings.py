@@ -332,7 +332,8 @@ class RateLimitSettings:
         50.0, kind="number ≥ 0", parse=_rate,
         doc="Refill rate of each client IP's token bucket (one bucket per IP for all mounts; the IP after "
             "`trusted_proxies` handling; IPv6 clients grouped by /64). `0` disables the per-IP limit (e.g. for a "
-            "load test from one host). At most 100,000 IPs are tracked; idle ones are forgotten.",
+            "load test from one host). At most 100,000 IPs are tracked; idle ones are forgotten. With `--workers` the "
+            "workers share the buckets ([operations](operations.md#workers)).",
     )
     login_burst: int = setting(
         100, kind="int ≥ 0", parse=_int(0, _DISABLES),
@@ -343,7 +344,7 @@ class RateLimitSettings:
         256, kind="int ≥ 0", parse=_int(0, _DISABLES),
         doc="Unauthenticated requests running at once, all clients together (caps concurrent JWT verifications "
             "and OIDC exchanges). A request over the cap waits up to 1 s for a slot, then gets the 429. `0` "
-            "disables the cap.",
+            "disables the cap. Per process: with `--workers N` each worker has this many.",
     )
 
 
