@@ -1,9 +1,11 @@
 """``authmount server --workers N``: N real worker processes on one port and one storage.
 
 On SQLite (the embedded default) the workers share one file: what one worker writes is
-used by the others (mounts, configs, roles, policies within 100 ms, a revoked token at
-once), a ``num_uses`` token is used up across workers, and a second server is still
-refused the file. On both engines ``kill -9`` of one worker loses no acknowledged login,
+used by the others (mounts, configs, roles, policies, audit devices within 100 ms; a
+revoked token, a disabled mount's batch tokens at once), a ``num_uses`` token is used up
+across workers, concurrent writes on both never meet a lock error, audit lines of both
+never interleave (and SIGHUP reopens on both), the per-IP login limit is shared, an OIDC
+state is redeemed once, and a second server is still refused the file. On both engines ``kill -9`` of one worker loses no acknowledged login,
 the other worker keeps serving, and the supervisor starts a replacement; a killed
 supervisor takes its workers with it. Connections are pinned to a worker by finding, in
 ``/proc``, which process accepted them (``tests/e2e/workerconn.py``).
