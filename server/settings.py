@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -139,6 +140,24 @@ def _int(minimum: int, note: str = "") -> Parser:
         return raw
 
     return parse
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under ``taskset`` or a
+    container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - no affinity call on this OS
+        return max(1, os.cpu_count() or 1)
+
+
+def parse_workers(raw: Any, key: str = "workers") -> int:
+    """An integer >= 1, or ``auto``: the number of usable cores (``usable_cores``)."""
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return usable_cores()
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+        raise SettingsError(f"{key}: must be an integer >= 1 or auto")
+    return raw
 
 
 def _rate(raw: Any, key: str) -> float:
@@ -313,7 +332,8 @@ class RateLimitSettings:
         50.0, kind="number ≥ 0", parse=_rate,
         doc="Refill rate of each client IP's token bucket (one bucket per IP for all mounts; the IP after "
             "`trusted_proxies` handling; IPv6 clients grouped by /64). `0` disables the per-IP limit (e.g. for a "
-            "load test from one host). At most 100,000 IPs are tracked; idle ones are forgotten.",
+            "load test from one host). At most 100,000 IPs are tracked; idle ones are forgotten. With `--workers` the "
+            "workers share the buckets ([operations](operations.md#workers)).",
     )
     login_burst: int = setting(
         100, kind="int ≥ 0", parse=_int(0, _DISABLES),
@@ -324,7 +344,7 @@ class RateLimitSettings:
         256, kind="int ≥ 0", parse=_int(0, _DISABLES),
         doc="Unauthenticated requests running at once, all clients together (caps concurrent JWT verifications "
             "and OIDC exchanges). A request over the cap waits up to 1 s for a slot, then gets the 429. `0` "
-            "disables the cap.",
+            "disables the cap. Per process: with `--workers N` each worker has this many.",
     )
 
 
@@ -457,9 +477,10 @@ class Settings:
             "to admit a new one. See [operations](operations.md#connection-limits).",
     )
     workers: int = setting(
-        1, kind="int ≥ 1", parse=_int(1),
-        doc="Worker processes sharing the listen port (`SO_REUSEPORT`); more than one needs `storage.type: "
-            "postgres` (SQLite allows one writer). Same as `--workers N`.",
+        1, kind="int ≥ 1 or `auto`", parse=parse_workers,
+        doc="Worker processes sharing the listen port (`SO_REUSEPORT`) and the storage (`sqlite`: one file in WAL "
+            "mode, `postgres`; not `memory`); `auto`: the usable cores. A supervisor restarts a worker that "
+            "dies. Same as `--workers N|auto`. See [operations](operations.md#workers).",
     )
     cluster_name: str = setting("authmount", kind="string", parse=_string, doc="Reported by `sys/health`.")
     shutdown_timeout: float = setting(30.0, kind="duration", parse=_seconds,

@@ -205,6 +205,11 @@ class AuditBroker:
                 log.error("audit_device_failed", device=device.path, type=device.type, reason=device.failing)
             new[device.path] = device
         gone = [d for p, d in self.devices.items() if new.get(p) is not d]
+        if self._batch is not None:
+            # Entries of this turn were built for the devices enabled when their requests
+            # started: write them there before a removed device's sink closes (otherwise
+            # those requests would fail closed on a device that was merely disabled).
+            self._flush(self._batch)
         self._install(new)
         for device in gone:
             await device.sink.close()
@@ -407,6 +412,8 @@ class AuditBroker:
         took them."""
         if self._batch is batch:
             self._batch = None
+        if batch.done.done():
+            return  # flushed early (the device table changed meanwhile)
         ok = False
         active = self.active
         for lines, device in zip(batch.lines, batch.devices, strict=True):

@@ -11,7 +11,10 @@ Two limits guard them, both answered with Vault's quota error (429, ``Retry-Afte
   the cap waits up to ``QUEUE_WAIT`` seconds for a slot.
 
 The bucket table is an LRU of at most ``MAX_TRACKED_IPS`` entries; a bucket idle long enough
-to be full again is dropped, since forgetting a full bucket changes nothing.
+to be full again is dropped, since forgetting a full bucket changes nothing. With
+``--workers`` the buckets live in a table the workers share (``ratelimit_shared``): a
+client's logins are counted once whichever worker takes them. The concurrency cap stays
+per worker process: it bounds the work one event loop takes on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from aiohttp import web
 from plugin.errors import RateLimited
 from plugin.framework import Backend, Request, Response
 from server.appkeys import MOUNT, SETTINGS
+from server.http.ratelimit_shared import SharedTokenBuckets, inherited_table
 from server.settings import RateLimitSettings
 
 __all__ = [
@@ -189,25 +193,36 @@ class LoginLimiter:
         clock: Callable[[], float] = time.monotonic,
         queue_wait: float = QUEUE_WAIT,
         max_keys: int = MAX_TRACKED_IPS,
+        shared_fd: int | None = None,
     ) -> None:
         self._clock = clock
         self._max_keys = max_keys
+        #: The workers' shared bucket table (``ratelimit_shared``), or None: this process's own.
+        self.shared_fd = shared_fd
         self.queue_wait = queue_wait
         self.settings = settings
-        self.buckets: TokenBuckets | None = None
+        self.buckets: TokenBuckets | SharedTokenBuckets | None = None
         self.slots: Slots | None = None
+        self._applied = False  # no limits applied yet (a new worker keeps the others' buckets)
         self.reconfigure(settings)
 
     def reconfigure(self, settings: RateLimitSettings) -> None:
         """Apply new limits (SIGHUP): buckets start full again; requests holding a slot
         of the old cap finish and release it there."""
         rate, burst = settings.login_per_ip_per_second, settings.login_burst
-        self.buckets = (
-            TokenBuckets(rate, burst, max_keys=self._max_keys, clock=self._clock) if rate > 0 and burst > 0 else None
-        )
+        if rate <= 0 or burst <= 0:
+            self.buckets = None
+        elif self.shared_fd is not None:
+            shared = SharedTokenBuckets(self.shared_fd, rate, burst, clock=self._clock)
+            if self._applied:
+                shared.clear()  # new limits (SIGHUP): every bucket full again, on every worker
+            self.buckets = shared
+        else:
+            self.buckets = TokenBuckets(rate, burst, max_keys=self._max_keys, clock=self._clock)
         slots = settings.max_concurrent_logins
         self.slots = Slots(slots) if slots > 0 else None
         self.settings = settings
+        self._applied = True
 
     def check(self, path: str, remote: str) -> None:
         """Spend one token of the client's bucket.
@@ -241,7 +256,7 @@ LIMITER: web.AppKey[LoginLimiter] = web.AppKey("login_limiter")
 
 def setup_ratelimit(app: web.Application) -> None:
     """Attach the limiter described by ``app[SETTINGS].rate_limit``."""
-    app[LIMITER] = LoginLimiter(app[SETTINGS].rate_limit)
+    app[LIMITER] = LoginLimiter(app[SETTINGS].rate_limit, shared_fd=inherited_table())
 
 
 async def limited(request: web.Request, backend: Backend, req: Request) -> Response | None:

@@ -13,14 +13,19 @@ Settings (``cfg`` is a mapping or an object with these attributes; YAML ``storag
 ``path``
     SQLite: the database file (default ``data/authmount.db``). The parent directory is
     created (mode 0700) and the file is created with mode 0600; ``<path>-wal``,
-    ``<path>-shm`` and ``<path>.lock`` sit next to it. One process owns the file.
+    ``<path>-shm`` and ``<path>.lock`` sit next to it. One process owns the file, or the
+    workers of one ``--workers N`` supervisor share it: the supervisor holds the lock and
+    its workers inherit it (``AUTHMOUNT_SQLITE_LOCK_FD``, set by the supervisor only; see
+    ``server.storage.sqlite_shared``), which also creates ``<path>.writer-lock`` and
+    ``<path>.checkpoint-lock``.
 ``sqlite_synchronous``
     SQLite: ``"FULL"`` (default; every acknowledged write survives power loss),
     ``"NORMAL"`` (acknowledged writes survive a process crash, the last ones may be lost
     on power loss) or ``"EXTRA"``.
 ``sqlite_cache_entries``
     SQLite: how many recently written values to keep in memory for reads (default
-    32768; 0 disables). Exact: it is updated by the writer after each commit.
+    32768; 0 disables). Exact: it is updated by the writer after each commit. Workers
+    sharing a file keep no value cache.
 ``dsn``
     PostgreSQL: a libpq connection string, e.g. ``postgresql://authmount@db/authmount``.
     Required for ``type: postgres``.
@@ -31,6 +36,7 @@ Settings (``cfg`` is a mapping or an object with these attributes; YAML ``storag
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
@@ -65,7 +71,8 @@ class Engine(Storage, Protocol):
     def set_invalidation_callback(self, cb: Callable[[str], None]) -> None:
         """Have ``cb(key)`` called on the event loop when *another* node changed ``key``
         (``cb("")``: anything may have changed, e.g. after a reconnect). Single-node
-        engines (memory, SQLite) never call it."""
+        engines (memory, SQLite in one process) never call it; SQLite workers sharing a
+        file call it for each other's writes (polled change log, within ~100 ms)."""
 
     def set_unannounced_prefixes(self, prefixes: Sequence[str]) -> None:
         """Keys under ``prefixes`` are cached by no node: their writes need not be
@@ -103,11 +110,16 @@ async def open_storage(cfg: object) -> Engine:
         return InMemoryStorage()
     if kind == "sqlite":
         from server.storage.sqlite import SQLiteStorage
+        from server.storage.sqlite_shared import LOCK_FD_ENV
 
+        inherited = os.environ.get(LOCK_FD_ENV)
+        if inherited is not None and not inherited.isdigit():
+            raise RuntimeError(f"{LOCK_FD_ENV} must be a descriptor number")
         return await SQLiteStorage.open(
             str(_setting(cfg, "path", DEFAULT_SQLITE_PATH)),
             synchronous=str(_setting(cfg, "sqlite_synchronous", "FULL")),
             cache_entries=_non_negative(cfg, "sqlite_cache_entries", 32768),
+            owner_lock_fd=int(inherited) if inherited is not None else None,
         )
     if kind in ("postgres", "postgresql"):
         from server.storage.postgres import PostgresStorage

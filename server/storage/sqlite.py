@@ -1,10 +1,10 @@
-"""SQLite storage engine: one WAL file, a dedicated writer thread and group commit."""
+"""SQLite storage engine: one WAL file, a dedicated writer thread and group commit; one
+process, or several sharing the file (``sqlite_shared``)."""
 
 from __future__ import annotations
 
 import asyncio
 import builtins
-import fcntl
 import os
 import queue
 import sqlite3
@@ -14,12 +14,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, TypeVarTuple, cast
 
+import structlog
+
 from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
 from server import telemetry
 from server.storage.keyrange import collect_children, prefix_end
 from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Op, Result
 from server.storage.sqlite_checkpoint import Checkpointer
 from server.storage.sqlite_schema import migrate
+from server.storage.sqlite_shared import POLL_INTERVAL, ChangeLog, FileLock, adopt_owner_lock, owner_lock
 
 __all__ = ["SQLiteStorage", "CACHE_BYTES"]
 
@@ -33,6 +36,8 @@ _SYNC_MODES = ("FULL", "NORMAL", "EXTRA")
 _GET = "SELECT value FROM kv WHERE key = ?"
 _SCAN = "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
 _SCAN_TO_END = "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?"
+
+_log = structlog.get_logger("authmount.storage")
 
 _T = TypeVar("_T")
 _V = TypeVar("_V")
@@ -69,12 +74,25 @@ class SQLiteStorage:
     opener. The store is bound to the event loop that opened it. A caller cancelled while
     its write is queued does not undo the write. Build it with
     ``await SQLiteStorage.open(path)``.
+
+    **Shared mode** (``owner_lock_fd``: the workers of ``--workers N``, see
+    ``sqlite_shared``): the owner lock is the supervisor's, inherited; several processes
+    write the file, each with its own writer thread and group commit, one at a time (the
+    writer lock). There is no value cache (a value another process wrote would not be in
+    it): every ``get`` reads the file, as PostgreSQL nodes read their table, and
+    ``peek_cached`` is always None. Each write transaction logs the keys it changed
+    (``kv_log``) and every process polls that log every ``POLL_INTERVAL`` seconds to call
+    its invalidation callback, so the caches above storage (mounts, roles, configs,
+    policies) learn of other processes' writes within ~100 ms. Keys under the
+    unannounced prefixes (token rows) are not logged: every use reads them.
     """
 
-    #: One process owns the file: a miss is a miss.
+    #: One process owns the file: a miss is a miss (True in shared mode).
     shared = False
 
-    def __init__(self, path: str, synchronous: str = "FULL", cache_entries: int = 32768) -> None:
+    def __init__(
+        self, path: str, synchronous: str = "FULL", cache_entries: int = 32768, *, owner_lock_fd: int | None = None
+    ) -> None:
         synchronous = synchronous.upper()
         if synchronous not in _SYNC_MODES:
             raise ValueError(f"sqlite_synchronous must be one of {', '.join(_SYNC_MODES)}")
@@ -91,8 +109,17 @@ class SQLiteStorage:
         # read-through; the generation counts publishes (see _cache_read).
         self._cache_lock = threading.Lock()
         self._cache_gen = 0
-        self.cache_entries = cache_entries
-        self.checkpointer = Checkpointer(path)
+        self.shared = owner_lock_fd is not None
+        self._owner_fd = owner_lock_fd
+        #: Shared mode: the change log this process writes and polls, and the writer lock.
+        self.changes = ChangeLog() if self.shared else None
+        self._writer_lock: FileLock | None = None
+        self._quiet: tuple[str, ...] = ()  # unannounced prefixes (not logged)
+        self._callback: Callable[[str], None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._poll_failing = 0
+        self.cache_entries = 0 if self.shared else cache_entries
+        self.checkpointer = Checkpointer(path, shared=self.shared)
         # Writes submitted during one event-loop iteration go to the writer as one list:
         # on a single busy core, waking the writer per write would commit 1-2 at a time.
         self._outbox: list[Op] = []
@@ -108,28 +135,27 @@ class SQLiteStorage:
 
     @classmethod
     async def open(
-        cls, path: str, synchronous: str = "FULL", cache_entries: int = 32768
+        cls, path: str, synchronous: str = "FULL", cache_entries: int = 32768, *, owner_lock_fd: int | None = None
     ) -> SQLiteStorage:
         """Create the parent directory and file (mode 0600) if needed and open the store.
 
         ``cache_entries`` bounds the cache of recently written values (0 disables it).
+        ``owner_lock_fd``: open the file in shared mode under this inherited owner lock
+        (``sqlite_shared.owner_lock``, taken by the ``--workers`` supervisor).
 
-        :raises RuntimeError: another process (or another store object) has the file open.
+        :raises RuntimeError: another process (or another store object) has the file open,
+            or ``owner_lock_fd`` is not the held lock of this file.
         """
-        store = cls(path, synchronous, cache_entries)
+        store = cls(path, synchronous, cache_entries, owner_lock_fd=owner_lock_fd)
         await store._start()
         return store
 
     async def _start(self) -> None:
-        parent = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-        lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise RuntimeError(f"storage file {self.path} is in use by another process") from None
-        self._lock_fd = lock_fd
+        if self._owner_fd is not None:
+            adopt_owner_lock(self.path, self._owner_fd)  # the supervisor's: not ours to close
+            self._writer_lock = FileLock(self.path + ".writer-lock")
+        else:
+            self._lock_fd = owner_lock(self.path)
         # SQLite gives the -wal and -shm files the mode of the database file.
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         os.chmod(self.path, 0o600)
@@ -152,12 +178,41 @@ class SQLiteStorage:
         self._reader = reader
         self._get_cursor = reader.cursor()
         self._closed = False
+        if self.changes is not None:
+            self.changes.start(reader)
+            self._poller = loop.create_task(self._poll_loop(), name="authmount-sqlite-changes")
 
     def set_invalidation_callback(self, cb: Callable[[str], None]) -> None:
-        """Accepted for interface parity; one process owns the file, so it is never called."""
+        """Shared mode: call ``cb(key)`` on the event loop when another process changed
+        ``key`` (``cb("")``: anything may have changed). Never called for one process."""
+        self._callback = cb
 
     def set_unannounced_prefixes(self, prefixes: Sequence[str]) -> None:
-        """Accepted for interface parity; nothing is announced."""
+        """Shared mode: writes under ``prefixes`` are not logged (no process caches them)."""
+        self._quiet = tuple(prefixes)
+
+    def announced(self, key: str) -> bool:
+        """Shared mode: whether a write of ``key`` goes into the change log."""
+        return not key.startswith(self._quiet) if self._quiet else True
+
+    async def _poll_loop(self) -> None:
+        """Shared mode: read the change log every ``POLL_INTERVAL`` seconds, once a callback
+        is set (until then nothing above storage caches anything)."""
+        assert self.changes is not None
+        while not self._closed:
+            await asyncio.sleep(POLL_INTERVAL)
+            if self._closed or self._reader is None or self._callback is None:
+                continue
+            try:
+                self.changes.poll(self._reader, self._callback)
+            except sqlite3.Error as exc:  # e.g. an unreadable file: try again, say so once a streak
+                self._poll_failing += 1
+                if self._poll_failing % 500 == 1:
+                    _log.warning("sqlite_change_log_poll_failed", error=str(exc), failures_in_a_row=self._poll_failing)
+                continue
+            if self._poll_failing:
+                _log.info("sqlite_change_log_poll_recovered", failures_in_a_row=self._poll_failing)
+                self._poll_failing = 0
 
     # -- reads (event-loop thread) ---------------------------------------------------
 
@@ -334,6 +389,13 @@ class SQLiteStorage:
         if self._closed:
             return
         self._closed = True
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except asyncio.CancelledError:
+                pass
+            self._poller = None
         self._kick()
         self._queue.put([(STOP, "", None, None)])
         assert self._stopped is not None
@@ -348,6 +410,9 @@ class SQLiteStorage:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
+        if self._writer_lock is not None:
+            self._writer_lock.close()
+            self._writer_lock = None
 
     # -- the writer thread -------------------------------------------------------------
 
@@ -360,15 +425,24 @@ class SQLiteStorage:
 
     def _writer_main(self, ready: asyncio.Future[None]) -> None:
         conn: sqlite3.Connection | None = None
+        wlock = self._writer_lock
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.execute("PRAGMA cache_size = -8192")  # appends touch few pages; RSS matters more
-            conn.execute("PRAGMA journal_size_limit = 33554432")  # truncate a big WAL
-            self.migrated = migrate(conn)
-            if self.migrated:  # the whole table went through the WAL: empty it now
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if wlock is not None:
+                wlock.acquire()  # shared: the other processes' writers wait meanwhile
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                conn.execute("PRAGMA cache_size = -8192")  # appends touch few pages; RSS matters more
+                conn.execute("PRAGMA journal_size_limit = 33554432")  # truncate a big WAL
+                self.migrated = migrate(conn)
+                if self.migrated:  # the whole table went through the WAL: empty it now
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if self.changes is not None:
+                    self.changes.create(conn)
+            finally:
+                if wlock is not None:
+                    wlock.release()
             # Checkpoints run in the checkpointer's thread, never inside a COMMIT.
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             self.checkpointer.start()
@@ -392,7 +466,9 @@ class SQLiteStorage:
                 running = False
             if batch:
                 self.checkpointer.begin()  # waits only while a RESTART holds the write lock
-                started = time.perf_counter()
+                started = time.perf_counter()  # the commit's time includes the wait for the writer lock
+                if wlock is not None:
+                    wlock.acquire()  # shared: one process's transaction at a time
                 try:
                     results = Batch(self, conn).run(batch)
                     telemetry.STORAGE_COMMIT.observe(time.perf_counter() - started)
@@ -404,14 +480,18 @@ class SQLiteStorage:
                     except sqlite3.Error:
                         pass
                 finally:
+                    if wlock is not None:
+                        wlock.release()
                     self.checkpointer.end()
                 self._notify(_resolve, batch, results)
                 self.checkpointer.poke()
         self.checkpointer.stop()
-        try:  # leave the database file complete and the WAL empty
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass  # a reader still open: SQLite finishes the checkpoint when the last one closes
+        if wlock is None:
+            try:  # leave the database file complete and the WAL empty
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # a reader still open: SQLite finishes the checkpoint when the last one closes
+        # Shared: other processes keep writing; the last connection to close empties the WAL.
         conn.close()
         assert self._stopped is not None
         self._notify(_set_result, self._stopped, None)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from plugin.storage import Updater, decode, encode
 from server.storage.keyrange import prefix_end
+from server.storage.sqlite_shared import PREFIX_KEYS
 
 if TYPE_CHECKING:
     from server.storage.sqlite import SQLiteStorage
@@ -46,7 +47,9 @@ class Batch:
     ``prefixes`` the prefixes it deleted; the store's value cache is updated from them
     only after COMMIT. Runs of puts are buffered and written with multi-row upserts: each
     statement releases and re-takes the GIL once, and that hand-off with the event-loop
-    thread costs more than the insert itself.
+    thread costs more than the insert itself. In shared mode the keys it changed (less the
+    unannounced ones) go into the change log before COMMIT, in the same transaction:
+    ``pending`` plus the keys ``delete_prefix`` removed (``swept``).
     """
 
     def __init__(self, store: SQLiteStorage, conn: sqlite3.Connection) -> None:
@@ -56,6 +59,7 @@ class Batch:
         self.prefixes: list[str] = []
         self.inserts: dict[str, _Buffered] = {}
         self.results: list[Result] = []
+        self.swept: dict[str, None] = {}  # shared mode: keys removed by delete_prefix
 
     def run(self, batch: list[Op]) -> list[Result]:
         """Apply ``batch`` in one transaction; return (ok, value-or-exception) per operation."""
@@ -77,6 +81,9 @@ class Batch:
                 self.check_transaction(exc)
         self.flush()
         try:
+            changes = self.store.changes
+            if changes is not None:
+                changes.append(conn, self.announced())
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -85,6 +92,13 @@ class Batch:
         self.store.commits += 1
         self.store.publish(self.pending, self.prefixes)
         return self.results
+
+    def announced(self) -> list[str]:
+        """Shared mode: the keys to log for this transaction ("" alone: too many to list)."""
+        announced = self.store.announced
+        keys = [k for k in self.pending if announced(k)]
+        keys += [k for k in self.swept if k not in self.pending]
+        return [""] if "" in self.swept else keys
 
     def check_transaction(self, exc: Exception) -> None:
         """After an error: if SQLite rolled the whole transaction back, fail it all."""
@@ -95,6 +109,7 @@ class Batch:
         self.pending.clear()
         self.prefixes.clear()
         self.inserts.clear()
+        self.swept.clear()
         self.conn.execute("BEGIN IMMEDIATE")
 
     def put(self, index: int, key: str, blob: bytes) -> None:
@@ -155,12 +170,19 @@ class Batch:
             return new
         if op == DELETE_PREFIX:
             end = prefix_end(key)
-            if end is None:
-                count = conn.execute("DELETE FROM kv WHERE key >= ?", (key,)).rowcount
+            where, args = ("key >= ?", (key,)) if end is None else ("key >= ? AND key < ?", (key, end))
+            if self.store.changes is not None and self.store.announced(key):
+                # Shared mode: the removed keys go into the change log.
+                gone = [k for (k,) in conn.execute(f"DELETE FROM kv WHERE {where} RETURNING key", args)]
+                count = len(gone)
+                announced = self.store.announced
+                logged = [k for k in gone if announced(k)]
+                if len(logged) + len(self.swept) > PREFIX_KEYS:
+                    self.swept = {"": None}
+                elif "" not in self.swept:
+                    self.swept.update(dict.fromkeys(logged))
             else:
-                count = conn.execute(
-                    "DELETE FROM kv WHERE key >= ? AND key < ?", (key, end)
-                ).rowcount
+                count = conn.execute(f"DELETE FROM kv WHERE {where}", args).rowcount
             # Keys this batch wrote earlier are gone as well; later writes come after.
             for k in self.pending:
                 if k.startswith(key):

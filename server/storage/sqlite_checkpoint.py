@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import structlog
+
+from server.storage.sqlite_shared import FileLock
 
 __all__ = ["Checkpointer", "INTERVAL", "RESTART_FRAMES", "IDLE"]
 
@@ -18,6 +21,9 @@ RESTART_FRAMES = 4096
 IDLE = 2.0
 #: While checkpoints keep failing, every this many failures is logged again.
 LOG_EVERY = 100
+#: Shared mode: seconds between two attempts of a process that does not checkpoint to
+#: become the one that does (when that process stopped or died).
+LEADER_RETRY = 1.0
 
 log = structlog.get_logger("authmount.storage")
 
@@ -48,10 +54,21 @@ class Checkpointer:
     logged (``sqlite_checkpoint_failed``: the first of a streak, then every ``LOG_EVERY``;
     ``sqlite_checkpoint_recovered`` when one runs again), since a WAL that is never
     checkpointed grows without bound.
+
+    Shared mode (several processes on the file, ``sqlite_shared``): only the process
+    holding ``<path>.checkpoint-lock`` checkpoints (the others try to take it every
+    ``LEADER_RETRY`` seconds). Its rounds run every ``INTERVAL`` while ``PRAGMA
+    data_version`` says some process committed, and RESTART/TRUNCATE take the writer lock
+    (``<path>.writer-lock``) that every process's writer holds through its transactions.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
+        #: Shared mode: does this process checkpoint? (it holds the checkpoint lock)
+        self.leader = not shared
+        self._leader_lock: FileLock | None = None
+        self._write_lock: FileLock | None = None
         self.interval = INTERVAL
         self.restart_frames = RESTART_FRAMES
         self.idle = IDLE
@@ -73,8 +90,12 @@ class Checkpointer:
         """Open the checkpointer's own connection and start its thread."""
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA cache_size = -256")  # checkpoints read the WAL, not the cache
+        if self.shared:
+            self._leader_lock = FileLock(self.path + ".checkpoint-lock")
+            self._write_lock = FileLock(self.path + ".writer-lock")
         self._thread = threading.Thread(
-            target=self._main, name="authmount-sqlite-checkpointer", daemon=True
+            target=self._main_shared if self.shared else self._main,
+            name="authmount-sqlite-checkpointer", daemon=True,
         )
         self._thread.start()
 
@@ -100,6 +121,12 @@ class Checkpointer:
 
     def _exclusive(self, mode: str) -> bool:
         """Run a RESTART or TRUNCATE checkpoint between two of the writer's transactions."""
+        if self._write_lock is not None:  # shared: between two transactions of any process
+            self._write_lock.acquire()
+            try:
+                return self._checkpoint(mode)[0]
+            finally:
+                self._write_lock.release()
         with self._handover:
             self._exclusive_state = "wanted"
             # The current transaction ends within one commit; the timeout is a safety net.
@@ -122,6 +149,11 @@ class Checkpointer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        for lock in (self._leader_lock, self._write_lock):
+            if lock is not None:
+                lock.close()
+        self._leader_lock = self._write_lock = None
+        self.leader = not self.shared
 
     def _checkpoint(self, mode: str) -> tuple[bool, int]:
         """Run one checkpoint; return (completed, frames in the WAL)."""
@@ -158,3 +190,34 @@ class Checkpointer:
             if frames >= self.restart_frames:
                 self._exclusive("RESTART")
             self._stopping.wait(self.interval)
+
+    def _main_shared(self) -> None:
+        """Shared mode: lead (hold the checkpoint lock) or wait to; rounds as ``_main``,
+        woken every ``interval`` since other processes' commits poke nobody here."""
+        assert self._conn is not None and self._leader_lock is not None
+        dirty = False
+        version = None
+        last_change = time.monotonic()
+        while not self._stopping.is_set():
+            if not self.leader:
+                if not self._leader_lock.try_acquire():
+                    self._stopping.wait(LEADER_RETRY)
+                    continue
+                self.leader = True
+                log.info("sqlite_checkpointer_leading", path=self.path)
+            self._stopping.wait(self.interval)
+            if self._stopping.is_set():
+                break
+            self._wake.clear()
+            try:
+                now_version = self._conn.execute("PRAGMA data_version").fetchall()[0][0]
+            except sqlite3.Error:
+                now_version = None  # unreadable: let the checkpoint below report it
+            if now_version is None or now_version != version:
+                version = now_version
+                dirty, last_change = True, time.monotonic()
+                _, frames = self._checkpoint("PASSIVE")
+                if frames >= self.restart_frames:
+                    self._exclusive("RESTART")
+            elif dirty and time.monotonic() - last_change >= self.idle:
+                dirty = not self._exclusive("TRUNCATE")

@@ -29,13 +29,14 @@ def migrate(conn: sqlite3.Connection) -> bool:
     transactional): a crash part-way leaves the file as it was, and the next open
     converts it again.
     """
-    found = conn.execute(
-        "SELECT name FROM sqlite_master WHERE name IN ('kv', 'kv_key')"
-    ).fetchall()
-    if ("kv_key",) in found:
+    if ("kv_key",) in _names(conn):
         return False
     conn.execute("BEGIN IMMEDIATE")
     try:
+        found = _names(conn)  # again under the write lock: another process may have done it
+        if ("kv_key",) in found:
+            conn.execute("COMMIT")
+            return False
         conn.execute(TABLE)
         if found:
             conn.execute(_DROP_DUPLICATES)
@@ -47,3 +48,6 @@ def migrate(conn: sqlite3.Connection) -> bool:
         raise
     return bool(found)
 
+
+def _names(conn: sqlite3.Connection) -> list[tuple[str]]:
+    return conn.execute("SELECT name FROM sqlite_master WHERE name IN ('kv', 'kv_key')").fetchall()

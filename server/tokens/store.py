@@ -165,8 +165,13 @@ class TokenStore:
         mount_exists: Callable[[str], bool] | None = None,
         on_mint: Callable[[TokenEntry], None] | None = None,
         identity: IdentityStore | None = None,
+        fresh_epochs: bool = False,
     ) -> None:
         self.storage = storage
+        #: Read a mount's revocation epoch at every use instead of caching it for
+        #: ``_EPOCH_CACHE_SECONDS`` (SQLite ``--workers``, where a read is local: a mount
+        #: disabled on one worker kills its batch tokens on every worker at once).
+        self.fresh_epochs = fresh_epochs
         #: Called with every token minted (the ``vault_token_creation`` metric).
         self.on_mint = on_mint
         #: Entities and groups: a login creates or refreshes its entity, and a token's
@@ -598,7 +603,7 @@ class TokenStore:
             return False
         cached = self._epochs.get(acc)
         mono = time.monotonic()
-        if cached is None or mono - cached[1] > _EPOCH_CACHE_SECONDS:
+        if cached is None or self.fresh_epochs or mono - cached[1] > _EPOCH_CACHE_SECONDS:
             value = await self.storage.get(EPOCH_PREFIX + acc)
             cached = (float(value) if value is not None else None, mono)
             self._epochs[acc] = cached

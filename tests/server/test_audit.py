@@ -497,3 +497,28 @@ async def test_identity_requests_are_audited(aiohttp_client: AiohttpClient, tmp_
     assert [e["type"] for e in entries] == ["request", "response"]
     assert entries[0]["request"]["mount_point"] == "identity/" and entries[0]["request"]["mount_type"] == "identity"
     assert entries[0]["request"]["data"]["name"].startswith("hmac-sha256:")
+
+
+async def test_entries_of_a_turn_land_before_another_node_disables_their_device(tmp_path: Path) -> None:
+    """Another node (or ``--workers`` process) disables a device while this one has entries
+    of the current event-loop turn for it: the reload writes them before closing the file,
+    so those requests are audited and not refused (they were refused with 503 before)."""
+    from server.audit.broker import AuditBroker
+    from server.audit.entry import probe_record
+    from server.keyring import PROCESS_SEALER
+
+    storage = InMemoryStorage()
+    here, there = AuditBroker(storage, PROCESS_SEALER), AuditBroker(storage, PROCESS_SEALER)
+    log_path = tmp_path / "audit.log"
+    await here.enable("file", "file", options={"file_path": str(log_path)})
+    await there.load()
+    await there.disable("file")  # this node is not told yet
+    rec = probe_record()
+    rec.path = "sys/auth"
+    pending = here.log_request(rec)
+    assert pending is not None
+    await here.reload()  # the change log or a notification arrives within the same turn
+    await pending  # recorded: no AuditUnavailable
+    assert here.active == ()
+    assert log_path.read_text().count('"path":"sys/auth"') == 1
+    assert here.log_request(rec) is None  # and nothing is written there any more

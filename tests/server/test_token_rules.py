@@ -777,6 +777,24 @@ async def test_another_nodes_mount_revocation_is_seen_within_a_second(
     assert await here.lookup(raw) is None
 
 
+async def test_fresh_epochs_see_another_workers_mount_revocation_at_once(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite ``--workers`` (``fresh_epochs``): the epoch is read at every use, so a batch
+    token of a mount disabled on another worker is refused by the very next request."""
+    import server.tokens.store as store_mod
+
+    mono = SimpleNamespace(now=1000.0)  # the clock of the epoch cache does not move
+    monkeypatch.setattr(store_mod, "time", SimpleNamespace(monotonic=lambda: mono.now, time=lambda: clock.now))
+    storage = InMemoryStorage()
+    here, there = await started(storage, clock, fresh_epochs=True), await started(storage, clock)
+    raw, _ = await issued(here, token_type="batch")
+    assert await here.lookup(raw) is not None
+    clock.now += 1
+    await there.revoke_mount(JWT.accessor)  # another worker: this one is not told
+    assert await here.lookup(raw) is None
+
+
 async def test_a_mount_revocation_kills_tokens_of_its_second(store: TokenStore) -> None:
     raw, _ = await issued(store, token_type="batch")
     await store.revoke_mount(JWT.accessor)  # the same second as the token was issued

@@ -1,0 +1,600 @@
+"""``authmount server --workers N``: N real worker processes on one port and one storage.
+
+On SQLite (the embedded default) the workers share one file: what one worker writes is
+used by the others (mounts, configs, roles, policies, audit devices within 100 ms; a
+revoked token, a disabled mount's batch tokens at once), a ``num_uses`` token is used up
+across workers, concurrent writes on both never meet a lock error, audit lines of both
+never interleave (and SIGHUP reopens on both), the per-IP login limit is shared, an OIDC
+state is redeemed once, and a second server is still refused the file. On both engines ``kill -9`` of one worker loses no acknowledged login,
+the other worker keeps serving, and the supervisor starts a replacement; a killed
+supervisor takes its workers with it. Connections are pinned to a worker by finding, in
+``/proc``, which process accepted them (``tests/e2e/workerconn.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import pytest
+import requests
+
+from tests.e2e.browser import CallbackListener, drive_login
+from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, free_port, idp_available, start_idp
+from tests.e2e.serverproc import REPO_ROOT, ServerProc, launch, start_server
+from tests.e2e.workerconn import Pinned, pinned, wait_for_workers, worker_pids
+from tests.plugin.keyfactory import default_claims, make_token, rsa_key
+
+pytestmark = pytest.mark.e2e
+
+KEY = rsa_key(kid="workers-1", slot=41)
+OTHER_KEY = rsa_key(kid="workers-2", slot=42)
+MOUNT = "wk"
+TIMEOUT = 30
+#: The stated bound (docs/operations.md, "Workers"): a change acknowledged by one worker
+#: is used by the others within this many seconds.
+BOUND = 0.1
+ROLE = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"], "token_policies": ["p"]}
+
+
+def sqlite_config(workdir: Path, port: int) -> dict[str, Any]:
+    return {
+        "listen_address": f"127.0.0.1:{port}",
+        "storage": {"type": "sqlite", "path": str(workdir / "data" / "authmount.db")},
+        "log_format": "json",
+        "rate_limit": {"login_per_ip_per_second": 0},
+    }
+
+
+def login_body(key: Any = KEY, **claims: Any) -> dict[str, Any]:
+    return {"role": "svc", "jwt": make_token(default_claims(**claims), key=key)}
+
+
+def set_up_mount(conn: Pinned) -> None:
+    conn.ok("POST", f"sys/auth/{MOUNT}", body={"type": "jwt"})
+    conn.ok("POST", f"auth/{MOUNT}/config", body={"jwt_validation_pubkeys": [KEY.pem]})
+    conn.ok("POST", f"auth/{MOUNT}/role/svc", body=ROLE)
+
+
+class Workers:
+    """A 2-worker SQLite server with one connection pinned to each worker."""
+
+    def __init__(self, srv: ServerProc, a: Pinned, b: Pinned, workdir: Path) -> None:
+        self.srv, self.a, self.b, self.workdir = srv, a, b, workdir
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    workdir = tmp_path_factory.mktemp("workers")
+    with start_server(config=sqlite_config(workdir, free_port()), workdir=workdir, args=["--workers", "2"]) as srv:
+        assert srv.root_token
+        conns = pinned(srv)
+        assert len(conns) == 2, conns
+        a, b = conns.values()
+        set_up_mount(a)
+        yield Workers(srv, a, b, workdir)
+        for conn in conns.values():
+            conn.close()
+    assert srv.returncode == 0
+
+
+def seen_within(check: Callable[[], bool], limit: float = 10.0) -> float:
+    """Seconds from now to the start of the first call of ``check`` that passes."""
+    acked = time.monotonic()
+    while True:
+        started = time.monotonic()
+        if check():
+            return started - acked
+        if started - acked > limit:
+            raise AssertionError(f"not seen within {limit}s")
+        time.sleep(0.002)
+
+
+def test_state_from_one_worker_is_used_by_the_other_at_once(workers: Workers) -> None:
+    """Mount, config and role were written through A: B logs in with them, first try."""
+    status, body = workers.b.call("POST", f"auth/{MOUNT}/login", token="", body=login_body())
+    assert status == 200, body
+    token = body["auth"]["client_token"]
+    assert workers.a.ok("GET", "auth/token/lookup-self", token=token)["data"]["policies"] == ["default", "p"]
+
+
+def audited(conn: Pinned, audit_log: Path) -> bool:
+    """Is a request answered by ``conn``'s worker now written to ``audit_log``?"""
+    request_id = conn.ok("GET", "sys/auth")["request_id"]
+    return audit_log.exists() and request_id in audit_log.read_text()
+
+
+def test_changes_reach_the_other_worker_within_the_bound(workers: Workers) -> None:
+    """Role, config, policy, mount and audit-device changes made on one worker take effect
+    on the other within BOUND of their acknowledgement (the change log is polled every
+    20 ms). Each delay runs from the moment the writer's answer arrived to the start of the
+    first request on the other worker that shows the change; only the give-up time of the
+    polling is generous (``seen_within``), the assertion is BOUND itself."""
+    a, b = workers.a, workers.b
+    token = b.ok("POST", f"auth/{MOUNT}/login", token="", body=login_body())["auth"]["client_token"]
+
+    def login_status(conn: Pinned, key: Any = KEY) -> int:
+        return conn.call("POST", f"auth/{MOUNT}/login", token="", body=login_body(key))[0]
+
+    def caps(conn: Pinned) -> list[str]:
+        return list(conn.ok("POST", "sys/capabilities-self", token=token, body={"paths": ["secret/x"]})["capabilities"])
+
+    delays: dict[str, float] = {}
+    for writer, reader in ((a, b), (b, a)):
+        tag = f"{writer.pid}->{reader.pid}"
+        writer.ok("POST", f"auth/{MOUNT}/role/svc", body={**ROLE, "bound_audiences": ["other"]})
+        delays[f"role {tag}"] = seen_within(lambda: login_status(reader) in (400, 403))  # noqa: B023
+        writer.ok("POST", f"auth/{MOUNT}/role/svc", body=ROLE)
+        delays[f"role back {tag}"] = seen_within(lambda: login_status(reader) == 200)  # noqa: B023
+        writer.ok("POST", f"auth/{MOUNT}/config", body={"jwt_validation_pubkeys": [OTHER_KEY.pem]})
+        delays[f"config {tag}"] = seen_within(lambda: login_status(reader, OTHER_KEY) == 200)  # noqa: B023
+        writer.ok("POST", f"auth/{MOUNT}/config", body={"jwt_validation_pubkeys": [KEY.pem]})
+        delays[f"config back {tag}"] = seen_within(lambda: login_status(reader) == 200)  # noqa: B023
+        writer.ok("PUT", "sys/policies/acl/p", body={"policy": 'path "secret/x" { capabilities = ["read"] }'})
+        delays[f"policy {tag}"] = seen_within(lambda: caps(reader) == ["read"])  # noqa: B023
+        writer.ok("PUT", "sys/policies/acl/p", body={"policy": 'path "secret/x" { capabilities = ["list"] }'})
+        delays[f"policy change {tag}"] = seen_within(lambda: caps(reader) == ["list"])  # noqa: B023
+        writer.ok("POST", "sys/auth/extra", body={"type": "jwt"})
+        delays[f"mount {tag}"] = seen_within(lambda: reader.call("GET", "sys/auth/extra/tune")[0] == 200)  # noqa: B023
+        writer.ok("POST", "sys/auth/extra/tune", body={"default_lease_ttl": "7m"})
+        delays[f"tune {tag}"] = seen_within(
+            lambda: reader.ok("GET", "sys/auth/extra/tune")["default_lease_ttl"] == 420  # noqa: B023
+        )
+        writer.ok("DELETE", "sys/auth/extra")
+        delays[f"unmount {tag}"] = seen_within(lambda: reader.call("GET", "sys/auth/extra/tune")[0] == 400)  # noqa: B023
+        audit_log = workers.workdir / f"audit-{tag}.log"
+        writer.ok("PUT", "sys/audit/bound", body={"type": "file", "options": {"file_path": str(audit_log)}})
+        delays[f"audit enable {tag}"] = seen_within(lambda: audited(reader, audit_log))  # noqa: B023
+        writer.ok("DELETE", "sys/audit/bound")
+        delays[f"audit disable {tag}"] = seen_within(lambda: not audited(reader, audit_log))  # noqa: B023
+    slow = {k: round(v, 3) for k, v in delays.items() if v > BOUND}
+    assert not slow, f"seen later than {BOUND}s: {slow} (all: {delays})"
+
+
+def test_a_revoked_token_is_refused_by_the_other_worker_at_once(workers: Workers) -> None:
+    """The token store reads the token row on every use, from the shared file: the first
+    request after the revoke was acknowledged is refused, on either worker."""
+    for writer, reader in ((workers.a, workers.b), (workers.b, workers.a)) * 10:
+        token = writer.ok("POST", f"auth/{MOUNT}/login", token="", body=login_body())["auth"]["client_token"]
+        assert reader.call("GET", "auth/token/lookup-self", token=token)[0] == 200
+        writer.ok("POST", "auth/token/revoke-self", token=token)
+        assert reader.call("GET", "auth/token/lookup-self", token=token)[0] == 403
+
+
+def test_a_disabled_mounts_batch_tokens_die_on_the_other_worker_at_once(workers: Workers) -> None:
+    """Disabling a mount revokes its tokens; a batch token has no row, only the mount's
+    revocation epoch kills it, and the other worker reads that epoch at every use: the
+    first request after the disable was acknowledged is refused there."""
+    for writer, reader in ((workers.a, workers.b), (workers.b, workers.a)):
+        writer.ok("POST", "sys/auth/bt", body={"type": "jwt"})
+        writer.ok("POST", "auth/bt/config", body={"jwt_validation_pubkeys": [KEY.pem]})
+        writer.ok("POST", "auth/bt/role/svc", body={**ROLE, "token_type": "batch"})
+        body = writer.ok("POST", "auth/bt/login", token="", body=login_body())
+        token = body["auth"]["client_token"]
+        assert not body["auth"]["renewable"] and body["auth"]["accessor"] == ""  # a batch token
+        seen_within(lambda: reader.call("GET", "auth/token/lookup-self", token=token)[0] == 200)  # noqa: B023
+        writer.ok("DELETE", "sys/auth/bt")
+        status, body = reader.call("GET", "auth/token/lookup-self", token=token)
+        assert status == 403, (reader.pid, body)
+
+
+def test_num_uses_are_counted_across_workers(workers: Workers) -> None:
+    a, b = workers.a, workers.b
+    token = a.ok("POST", "auth/token/create", body={"num_uses": 3, "policies": ["p"]})["auth"]["client_token"]
+    statuses = [conn.call("GET", "auth/token/lookup-self", token=token)[0] for conn in (a, b, a, b)]
+    assert statuses == [200, 200, 200, 403]
+    # Raced on both workers at once (fresh connections land on either): exactly one wins.
+    for _ in range(3):
+        token = a.ok("POST", "auth/token/create", body={"num_uses": 1})["auth"]["client_token"]
+        barrier = threading.Barrier(8)
+
+        def use(_: int, token: str = token, barrier: threading.Barrier = barrier) -> int:
+            with requests.Session() as http:
+                http.get(f"{workers.srv.url}/v1/sys/health", timeout=TIMEOUT)  # connect first
+                barrier.wait()
+                return http.get(
+                    f"{workers.srv.url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}, timeout=TIMEOUT
+                ).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = sorted(pool.map(use, range(8)))
+        assert codes == [200] + [403] * 7, codes
+
+
+def test_a_second_server_is_refused_the_file_while_workers_run(workers: Workers, tmp_path: Path) -> None:
+    config = workers.srv.stdout_text()  # the workers' file, from the banner
+    assert "Storage: sqlite" in config
+    db = next(line.split("(", 1)[1].rstrip(")") for line in config.splitlines() if "Storage: sqlite" in line)
+    cfg = tmp_path / "second.yaml"
+    cfg.write_text(f"listen_address: 127.0.0.1:0\nstorage:\n  type: sqlite\n  path: {db}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "server", "--config", str(cfg)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "in use by another process" in done.stderr, done.stderr[-2000:]
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "operator", "generate-root", "--config", str(cfg)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "in use by another process" in done.stderr, done.stderr[-2000:]
+
+
+def test_concurrent_writes_on_both_workers_never_reach_a_lock_error(workers: Workers) -> None:
+    """Both workers write at once (logins, token creation and revocation, roles, policies):
+    every request succeeds. SQLite allows one writer at a time; the writer lock makes the
+    other process's group commit wait, so ``database is locked`` never reaches a client
+    (nor the log)."""
+    failures: list[Any] = []
+    lock = threading.Lock()
+
+    def write(i: int) -> int:
+        conns = pinned(workers.srv)
+        done = 0
+        try:
+            for n in range(15):
+                for conn in conns.values():
+                    calls: list[tuple[str, str, dict[str, Any]]] = [
+                        ("POST", f"auth/{MOUNT}/login", {"token": "", "body": login_body(sub=f"c{i}-{n}")}),
+                        ("POST", f"auth/{MOUNT}/role/c{i}", {"body": {**ROLE, "token_ttl": 60 + n}}),
+                        (
+                            "PUT",
+                            f"sys/policies/acl/c{i}",
+                            {"body": {"policy": f'path "c/{n}" {{ capabilities = ["read"] }}'}},
+                        ),
+                    ]
+                    for method, path, kw in calls:
+                        status, body = conn.call(method, path, **kw)
+                        done += 1
+                        if status not in (200, 204):
+                            with lock:
+                                failures.append((conn.pid, path, status, body))
+                    status, body = conn.call("POST", "auth/token/create", body={"ttl": "1m"})
+                    if status != 200:
+                        with lock:
+                            failures.append((conn.pid, "auth/token/create", status, body))
+                        continue
+                    token = body["auth"]["client_token"]
+                    for other in conns.values():  # revoked by the worker that did not create it
+                        if other is not conn:
+                            status, body = other.call("POST", "auth/token/revoke-self", token=token)
+                            done += 2
+                            if status != 204:
+                                with lock:
+                                    failures.append((other.pid, "revoke-self", status, body))
+        finally:
+            for conn in conns.values():
+                conn.close()
+        return done
+
+    with ThreadPoolExecutor(4) as pool:
+        total = sum(pool.map(write, range(4)))
+    assert not failures, failures[:5]
+    assert total >= 4 * 15 * 2 * 5
+    log = workers.srv.log_text()
+    assert "database is locked" not in log and "database is busy" not in log
+
+
+def test_audit_lines_from_both_workers_never_interleave_and_sighup_reopens(workers: Workers) -> None:
+    """Both workers append to one audit file at once (each turn's lines in one ``O_APPEND``
+    write): every line is whole JSON, every acknowledged request has its request and its
+    response entry. A logrotate-style move plus SIGHUP to the supervisor: every worker
+    writes to the new file, nothing is lost across the two."""
+    a, b = workers.a, workers.b
+    current = workers.workdir / "shared-audit.log"
+    rotated = workers.workdir / "shared-audit.log.1"
+    a.ok("PUT", "sys/audit/shared", body={"type": "file", "options": {"file_path": str(current)}})
+    try:
+        seen_within(lambda: audited(b, current))
+        acknowledged: list[str] = []
+        failures: list[Any] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def log_in(i: int) -> None:
+            conns = pinned(workers.srv)
+            n = 0
+            try:
+                while not stop.is_set() or n < 10:
+                    for conn in conns.values():
+                        n += 1
+                        status, body = conn.call(
+                            "POST", f"auth/{MOUNT}/login", token="", body=login_body(sub=f"audit-{i}-{n}")
+                        )
+                        with lock:
+                            if status == 200:
+                                acknowledged.append(body["request_id"])
+                            else:
+                                failures.append((conn.pid, status, body))
+            finally:
+                for conn in conns.values():
+                    conn.close()
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(log_in, i) for i in range(4)]
+            time.sleep(1.0)
+            current.rename(rotated)
+            os.kill(workers.srv.proc.pid, signal.SIGHUP)
+            for conn in (a, b):
+                seen_within(lambda conn=conn: audited(conn, current), limit=TIMEOUT)  # type: ignore[misc]
+            time.sleep(0.5)
+            stop.set()
+            for f in futures:
+                f.result(TIMEOUT * 2)
+        assert not failures, failures[:5]
+        assert len(acknowledged) > 40
+        entries: dict[str, list[str]] = {}
+        for path in (rotated, current):
+            text = path.read_text()
+            assert text.endswith("\n")
+            for line in text.splitlines():
+                entry = json.loads(line)  # a torn or interleaved line fails here
+                entries.setdefault(entry["request"]["id"], []).append(entry["type"])
+        missing = [rid for rid in acknowledged if sorted(entries.get(rid, [])) != ["request", "response"]]
+        assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged logins not audited exactly once"
+        assert any(rid in rotated.read_text() for rid in acknowledged)
+        assert any(rid in current.read_text() for rid in acknowledged)
+    finally:
+        a.ok("DELETE", "sys/audit/shared")
+
+
+def test_per_ip_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
+    """``login_per_ip_per_second: 1, login_burst: 6``: a client whose logins alternate
+    between the two workers gets 6 (plus what one second refills), not 6 per worker."""
+    config = sqlite_config(tmp_path, free_port())
+    config["rate_limit"] = {"login_per_ip_per_second": 1, "login_burst": 6}
+    with start_server(config=config, workdir=tmp_path, args=["--workers", "2"]) as srv:
+        conns = pinned(srv)
+        assert len(conns) == 2
+        set_up_mount(next(iter(conns.values())))
+        statuses: dict[int, list[int]] = {pid: [] for pid in conns}
+        started = time.monotonic()
+        for _ in range(12):
+            for pid, conn in conns.items():
+                statuses[pid].append(conn.call("POST", f"auth/{MOUNT}/login", token="", body=login_body())[0])
+        elapsed = time.monotonic() - started
+        for conn in conns.values():
+            conn.close()
+        allowed = sum(codes.count(200) for codes in statuses.values())
+        assert all(set(codes) <= {200, 429} for codes in statuses.values()), statuses
+        assert 6 <= allowed <= 6 + int(elapsed) + 1, (allowed, elapsed, statuses)
+        assert all(200 in codes and 429 in codes for codes in statuses.values()), statuses
+    assert srv.returncode == 0
+
+
+# -- OIDC ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def listener() -> Iterator[CallbackListener]:
+    with CallbackListener() as lst:
+        yield lst
+
+
+@pytest.fixture(scope="module")
+def idp(tmp_path_factory: pytest.TempPathFactory, listener: CallbackListener) -> Iterator[IdP]:
+    reason = idp_available()
+    if reason:
+        pytest.skip(reason)
+    server = start_idp(tmp_path_factory.mktemp("idp"), redirect_uris=[listener.url])
+    yield server
+    server.stop()
+
+
+def test_oidc_state_is_single_use_across_workers(idp: IdP, listener: CallbackListener, tmp_path: Path) -> None:
+    """auth_url on one worker, callback on the other; the state is then refused by both
+    workers, and one state raced on both workers at once yields one token."""
+    with start_server(config=sqlite_config(tmp_path, free_port()), workdir=tmp_path, args=["--workers", "2"]) as srv:
+        conns = pinned(srv)
+        assert len(conns) == 2
+        a, b = conns.values()
+        a.ok("POST", "sys/auth/oidc", body={"type": "oidc"})
+        a.ok(
+            "POST",
+            "auth/oidc/config",
+            body={
+                "oidc_discovery_url": idp.discovery_url,
+                "oidc_client_id": CLIENT_ID,
+                "oidc_client_secret": CLIENT_SECRET,
+            },
+        )
+        a.ok("POST", "auth/oidc/role/web", body={"user_claim": "sub", "allowed_redirect_uris": [listener.url]})
+
+        def flow(conn: Pinned) -> tuple[str, str]:
+            body = conn.ok(
+                "POST", "auth/oidc/oidc/auth_url", token="", body={"role": "web", "redirect_uri": listener.url}
+            )
+            auth_url = body["data"]["auth_url"]
+            state = parse_qs(urlsplit(auth_url).query)["state"][0]
+            return state, drive_login(auth_url, listener.url, login="dana")["code"]
+
+        def callback(conn: Pinned, state: str, code: str) -> tuple[int, Any]:
+            return conn.call(
+                "GET", f"auth/oidc/oidc/callback?{urlencode({'state': state, 'code': code, 'nonce': ''})}", token=""
+            )
+
+        state, code = flow(a)
+        status, body = callback(b, state, code)
+        assert status == 200, body
+        assert b.ok("GET", "auth/token/lookup-self", token=body["auth"]["client_token"])
+        for conn in (a, b):
+            status, body = callback(conn, state, code)
+            assert status == 400 and "Expired or missing OAuth state" in str(body), (conn.pid, status, body)
+
+        for _ in range(3):
+            state, code = flow(b)
+            barrier = threading.Barrier(2)
+
+            def race(conn: Pinned, state: str = state, code: str = code, barrier: threading.Barrier = barrier) -> int:
+                barrier.wait()
+                return callback(conn, state, code)[0]
+
+            with ThreadPoolExecutor(2) as pool:
+                codes = sorted(pool.map(race, (a, b)))
+            assert codes == [200, 400], codes
+        for conn in (a, b):
+            conn.close()
+    assert srv.returncode == 0
+
+
+# -- crashes ----------------------------------------------------------------------------------
+
+
+def _burst_until(srv: ServerProc, done: threading.Event, acknowledged: list[str], errors: list[str],
+                 lock: threading.Lock, worker: int) -> None:  # fmt: skip
+    """Log in over and over (new connection after a failed one) until ``done``."""
+    http = requests.Session()
+    i = 0
+    while not done.is_set():
+        i += 1
+        try:
+            resp = http.post(f"{srv.url}/v1/auth/{MOUNT}/login", json=login_body(sub=f"k{worker}-{i}"), timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            with lock:
+                errors.append(f"connection: {type(exc).__name__}")
+            http.close()
+            http = requests.Session()
+            continue
+        with lock:
+            if resp.status_code == 200:
+                acknowledged.append(resp.json()["auth"]["client_token"])
+            else:
+                errors.append(f"status {resp.status_code}: {resp.text[:200]}")
+    http.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_kill_9_of_one_worker_mid_burst(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A worker killed with SIGKILL during a login burst: no acknowledged token is lost,
+    the other worker answers throughout (only connections the dead worker held fail), the
+    supervisor starts a replacement that serves the same state, and a later SIGTERM still
+    stops everything with exit code 0."""
+    config = sqlite_config(tmp_path, free_port())
+    if engine == "postgres":
+        config["storage"] = {"type": "postgres", "dsn": request.getfixturevalue("postgres_dsn")}
+    threads = 6
+    with start_server(config=config, workdir=tmp_path, args=["--workers", "2"]) as srv:
+        assert srv.root_token
+        first = wait_for_workers(srv, 2)
+        conns = pinned(srv)
+        set_up_mount(next(iter(conns.values())))
+        for conn in conns.values():
+            conn.close()
+        acknowledged: list[str] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+        done = threading.Event()
+        with ThreadPoolExecutor(threads) as pool:
+            futures = [pool.submit(_burst_until, srv, done, acknowledged, errors, lock, w) for w in range(threads)]
+            try:
+                deadline = time.monotonic() + 120
+                while len(acknowledged) < 60 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                victim = first[0]
+                os.kill(victim, signal.SIGKILL)
+                at_kill = len(acknowledged)
+                replacement = wait_for_workers(srv, 2, exclude={victim})
+                while len(acknowledged) < at_kill + 60 and time.monotonic() < deadline + 120:
+                    time.sleep(0.05)
+            finally:
+                done.set()
+                for f in futures:
+                    f.result(TIMEOUT * 2)
+        assert len(acknowledged) >= at_kill + 60, "logins stopped after the kill"
+        assert not [e for e in errors if e.startswith("status")], errors
+        assert len(errors) <= 2 * threads, errors  # the connections the dead worker held
+        assert set(replacement) - set(first), (first, replacement)
+        # Every acknowledged token works, on each worker (the replacement included).
+        conns = pinned(srv)
+        assert sorted(conns) == sorted(replacement)
+        for conn in conns.values():
+            lost = [t for t in acknowledged if conn.call("GET", "auth/token/lookup-self", token=t)[0] != 200]
+            assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged tokens unknown to worker {conn.pid}"
+            conn.close()
+        log = srv.log_text()
+        assert '"worker_exited"' in log and "SIGKILL" in log and '"worker_replaced"' in log
+    assert srv.returncode == 0
+
+
+def test_a_killed_supervisor_takes_its_workers_along(tmp_path: Path) -> None:
+    """kill -9 of the supervisor: the workers stop themselves (they would otherwise hold
+    the port and the storage lock), so the same configuration starts again."""
+    port = free_port()
+    config = sqlite_config(tmp_path, port)
+    srv = launch(config=config, workdir=tmp_path, args=["--workers", "2"])
+    try:
+        srv.wait_ready(60)
+        workers = wait_for_workers(srv, 2)
+        srv.kill()
+
+        def gone(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+            except FileNotFoundError:
+                return True
+
+        deadline = time.monotonic() + 60
+        while not all(gone(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(gone(p) for p in workers), "workers outlived their supervisor"
+    finally:
+        srv.kill()
+        for pid in worker_pids(srv):
+            os.kill(pid, signal.SIGKILL)
+    with start_server(config=config, workdir=tmp_path, args=["--workers", "2"], root_token="unused") as again:
+        assert len(wait_for_workers(again, 2)) == 2
+    assert again.returncode == 0
+
+
+def test_a_worker_failing_its_first_start_stops_the_server(tmp_path: Path) -> None:
+    """At the first start a failing worker (here: the port is taken) stops the server with
+    its error; nothing is restarted in a loop."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = launch(config=sqlite_config(tmp_path, port), workdir=tmp_path, args=["--workers", "2"])
+        try:
+            assert srv.proc.wait(60) == 1
+        finally:
+            srv.kill()
+    assert "Address already in use" in srv.log_text() + srv.stdout_text()
+
+
+def test_workers_auto_starts_one_per_usable_core(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    with start_server(config=sqlite_config(tmp_path, free_port()), workdir=tmp_path, args=["--workers", "auto"]) as srv:
+        if cores > 1:
+            assert len(wait_for_workers(srv, cores)) == cores
+        else:
+            assert worker_pids(srv) == []  # one core: no supervisor, one process
+    assert srv.returncode == 0
+
+
+@pytest.mark.parametrize(("flag", "message"), [("0", "must be an integer >= 1 or auto"), ("many", "or auto")])
+def test_bad_workers_flag_is_refused(flag: str, message: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "server", "--dev", "--workers", flag],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
