@@ -28,6 +28,7 @@ __all__ = [
     "SystemView",
     "StaticSystemView",
     "FetchResult",
+    "ClientCert",
     "Fetcher",
     "Request",
     "Alias",
@@ -70,12 +71,18 @@ class FetchResult:
     body: bytes
 
 
+#: A TLS client certificate for outbound calls: (certificate chain PEM, private key PEM).
+ClientCert = tuple[str, str]
+
+
 class Fetcher(Protocol):
     """Outbound HTTP used by backends (JWKS, discovery, token and userinfo endpoints).
 
     Implementations enforce the timeout and ``max_bytes``, trust only ``ca_pem`` when it is
-    given, never follow a redirect to another host, and raise ``UpstreamError`` with a short
-    reason (no response body) on network, TLS, timeout or size failures.
+    given, present ``client_cert`` (``(certificate chain PEM, private key PEM)``) when the
+    server asks for a client certificate (mTLS), never follow a redirect to another host,
+    and raise ``UpstreamError`` with a short reason (no response body) on network, TLS,
+    timeout or size failures.
     """
 
     async def fetch(
@@ -88,6 +95,7 @@ class Fetcher(Protocol):
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
+        client_cert: ClientCert | None = None,
     ) -> FetchResult: ...
 
 
@@ -195,7 +203,10 @@ class Auth:
 
     TTL fields are seconds; 0 means "use the mount default/maximum". ``token_type`` is
     ``default``, ``service`` or ``batch``. ``internal_data`` is kept server-side with the
-    token and handed back on renewal (it holds the role name).
+    token and handed back on renewal (it holds the role name). ``response_metadata`` are
+    secrets for the caller only (a role's ``oauth2_metadata``: the IdP's tokens): the login
+    response's ``auth.metadata`` shows them next to ``metadata``; they are never stored with
+    the token, never put into a batch token, and the audit log hashes them.
     """
 
     display_name: str = ""
@@ -213,6 +224,7 @@ class Auth:
     token_type: str = "default"
     no_default_policy: bool = False
     renewable: bool = True
+    response_metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -111,8 +111,9 @@ class FakeIdP:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
+        client_cert: tuple[str, str] | None = None,
     ) -> FetchResult:
-        self.calls.append((method, url, {"form": form, "headers": headers}))
+        self.calls.append((method, url, {"form": form, "headers": headers, "client_cert": client_cert}))
         await asyncio.sleep(0)
         if self.down:
             raise UpstreamError("connection refused")

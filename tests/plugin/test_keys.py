@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 from typing import Any
 
@@ -141,7 +142,12 @@ async def test_unknown_kid_refreshes_once_then_rejects() -> None:
     stranger = ec_key(kid="stranger")
     with pytest.raises(InvalidRequest) as exc:
         await src.verify(tok(stranger), ALL)
-    assert exc.value.messages == [SIG + "failed to verify id token signature"]
+    # The refusal names the kid, the kids the set holds and when it was fetched (issue 12).
+    fetched = datetime.datetime.fromtimestamp(clock.now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert exc.value.messages == [
+        SIG + f"failed to verify id token signature: no key with kid stranger: the key set from {JWKS_URL} "
+        f"holds kids [old, new] (fetched {fetched})"
+    ]
     assert fetcher.count() == 2  # within the cooldown: no fetch
 
 
@@ -452,9 +458,11 @@ async def test_pairs_unknown_kid() -> None:
     src = pairs_source(fetcher)
     with pytest.raises(InvalidRequest) as exc:
         await src.verify(tok(ec_key(kid="zzz")), ALL)
-    assert exc.value.messages == [
-        SIG + "error searching for key set with kid zzz: no key found with kid zzz in any JWKS endpoint"
-    ]
+    assert exc.value.messages[0].startswith(
+        SIG + "error searching for key set with kid zzz: no key found with kid zzz in any JWKS endpoint: "
+        f"the key set from {URL_A} holds kids [a] (fetched "
+    )
+    assert f"; the key set from {URL_B} holds kids [b] (fetched " in exc.value.messages[0]
     weird = "../../etc/passwd\r\nX: y" + "k" * 300
     with pytest.raises(InvalidRequest) as exc:
         await src.verify(tok(ec_key(kid=weird)), ALL)

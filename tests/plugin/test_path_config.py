@@ -29,7 +29,8 @@ EMPTY = {
     "oidc_discovery_url": "", "oidc_discovery_ca_pem": "", "oidc_client_id": "", "oidc_response_mode": "",
     "oidc_response_types": [], "default_role": "", "jwt_validation_pubkeys": [], "jwt_supported_algs": [],
     "jwks_url": "", "jwks_pairs": [], "jwks_ca_pem": "", "bound_issuer": "", "provider_config": {},
-    "namespace_in_state": True, "unsupported_critical_cert_extensions": [],
+    "namespace_in_state": True, "unsupported_critical_cert_extensions": [], "oidc_client_assertion_alg": "",
+    "oidc_client_assertion_kid": "", "client_tls_cert": "", "skip_jwks_validation": False,
 }
 
 
@@ -163,7 +164,10 @@ async def test_jwks_update_roundtrip(h: Harness) -> None:
     """TestConfig_JWKS_Update: form_post accepted without OIDC; GET returns the input."""
     data = {**EMPTY, "jwks_url": CERTS, "jwks_ca_pem": CA, "oidc_response_mode": "form_post", "namespace_in_state": False}
     assert await h.write("config", data) is None
-    assert await read_config(h) == data
+    got = await read_config(h)
+    status = got.pop("key_sources")  # the JWKS's fetch state (test_key_sources_status)
+    assert got == data
+    assert [s["source"] for s in status] == ["jwks_url"] and status[0]["key_count"] == 1
     assert h.fetcher.count(CERTS) == 1
 
 

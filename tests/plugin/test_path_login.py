@@ -508,7 +508,7 @@ def test_unauthenticated_paths_exact() -> None:
     for path in ("config", "role", "role/x", "role/x/explain", "login/x"):
         assert not b.is_unauthenticated(path)
     names = {s.pattern for s in b.paths if s.unauthenticated}
-    assert names <= {"login", "oidc/auth_url", "oidc/callback"}
+    assert names <= {"login", "oidc/auth_url", "oidc/callback", "oidc/poll"}
 
 
 def test_registered() -> None:
