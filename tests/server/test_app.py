@@ -420,6 +420,30 @@ async def test_openapi_lists_mount_paths(echo: Client) -> None:
     assert "post" in body["paths"]["/sys/auth/{path}"]
 
 
+async def test_openapi_has_the_oidc_round_two_paths_and_fields(client: Client) -> None:
+    """Issue 12: oidc/poll and every new config and role field are in the document."""
+    assert (await client.post("/v1/sys/auth/sso", json={"type": "oidc"}, headers=H)).status == 204
+    paths = (await (await client.get("/v1/sys/internal/specs/openapi", headers=H)).json())["paths"]
+
+    def props(route: str) -> dict[str, Any]:
+        schema = paths[route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        return dict(schema["properties"])
+
+    assert paths["/auth/sso/oidc/poll"]["x-vault-unauthenticated"] is True
+    assert set(props("/auth/sso/oidc/poll")) == {"state", "client_nonce"}
+    assert {"error", "error_uri", "confirmation"} <= set(props("/auth/sso/oidc/auth_url")) | set(
+        paths["/auth/sso/oidc/callback"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"])
+    config = props("/auth/sso/config")
+    for name in ("oidc_client_private_key", "client_tls_key"):
+        assert config[name].get("x-sensitive") is True, name
+    assert {"oidc_client_assertion_alg", "oidc_client_assertion_kid", "client_tls_cert", "skip_jwks_validation"} <= set(
+        config)
+    role = props("/auth/sso/role/{name}")
+    assert {"callback_mode", "poll_interval", "oidc_disable_confirmation", "oauth2_metadata",
+            "oidc_claims_precedence", "resolve_distributed_claims"} <= set(role)
+    assert role["poll_interval"]["type"] == "integer" and role["oauth2_metadata"]["type"] == "array"
+
+
 async def test_policy_crud(client: Client) -> None:
     policy = 'path "auth/*" { capabilities = ["read"] }'
     assert (await client.put("/v1/sys/policy/dev", json={"policy": policy}, headers=H)).status == 204
