@@ -35,11 +35,13 @@ from plugin.framework import Alias, Auth, Operation, PathSpec, Request, Response
 from plugin.jose_verify import ParsedToken, parse_token
 from plugin.path_config import JWTConfig, allowed_algs
 from plugin.path_role import ROLE_NAME, ROLE_NAME_RE, Role
+from plugin.policy_templates import render_policies
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.token_fields import to_auth
 
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
+    from plugin.path_cel import CelContext
 
 __all__ = [
     "CHECKS",
@@ -122,6 +124,11 @@ class LoginContext:
     #: The access token distributed claims are fetched with when their source names none
     #: (the OIDC flow's, or the login's ``distributed_claim_access_token``).
     access_token: str = ""
+    #: The login's token policies when the role renders them (``token_policies`` check);
+    #: None: the role's ``token_policies`` as written.
+    policies: list[str] | None = None
+    #: A CEL login's role and compiled program, and what the ``cel_program`` check found.
+    cel: CelContext | None = None
 
     def parsed_token(self) -> ParsedToken:
         """The parsed token; a check that needs it is skipped when parsing failed."""
@@ -372,6 +379,15 @@ def _validate_bound_claims(ctx: LoginContext) -> str | Skipped:
     return f"{len(bound)} claims match"
 
 
+def _validate_token_policies(ctx: LoginContext) -> str | Skipped:
+    """``token_policies_template_claims``: render the role's policies over the claims
+    (``plugin.policy_templates``)."""
+    if not ctx.role.token_policies_template_claims:
+        return Skipped("the role's token_policies are not templates")
+    ctx.policies = render_policies(ctx.role.token_policies, ctx.token_claims())
+    return f"policies {cl.show(ctx.policies)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     """One login check: its name (the reason code) and its validator."""
@@ -398,6 +414,7 @@ CHECKS: tuple[Check, ...] = (
     Check("claim_mappings", _validate_claim_mappings),
     Check("groups", _validate_groups),
     Check("bound_claims", _validate_bound_claims),
+    Check("token_policies", _validate_token_policies),
 )
 
 
@@ -412,7 +429,7 @@ OIDC_REQUEST_CHECKS = _select("bound_cidrs")
 #: The role's checks the OIDC callback runs on the verified ID token's claims (the ID
 #: token's issuer, audience, times and nonce are checked by ``oidc_flow``, as cap does).
 OIDC_CLAIM_CHECKS = _select(
-    "subject", "distributed_claims", "user_claim", "claim_mappings", "groups", "bound_claims"
+    "subject", "distributed_claims", "user_claim", "claim_mappings", "groups", "bound_claims", "token_policies"
 )
 
 
@@ -488,20 +505,26 @@ def remote_addr(req: Request) -> str | None:
 # Paths
 
 
-def login_auth(role: Role, role_name: str, identity: cl.Identity) -> Auth:
-    """The Auth for a validated identity: alias, metadata (+ ``role``), groups, token params.
+def login_auth(role: Role, role_name: str, identity: cl.Identity, policies: list[str] | None = None) -> Auth:
+    """The Auth for a validated identity: alias, metadata (+ ``role``), groups, token params;
+    ``policies`` rendered from the role's templates (``LoginContext.policies``) when it has
+    them, recorded with the templates they came from for renewal (``JWTAuthBackend.renew``).
 
     :raises InvalidRequest: ``auth methods cannot create root tokens``.
     """
     metadata = dict(identity.metadata)
     metadata["role"] = role_name
+    internal: dict[str, Any] = {"role": role_name}
+    if policies is not None:
+        internal["policy_templates"] = list(role.token_policies)
     return to_auth(
         role,
         display_name=identity.alias_name,
         alias=Alias(name=identity.alias_name, metadata=dict(metadata)),
         metadata=metadata,
         group_aliases=list(identity.groups),
-        internal_data={"role": role_name},
+        internal_data=internal,
+        policies=policies,
     )
 
 
@@ -537,7 +560,7 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
             await run_checks(ctx)
             identity = ctx.identity
             assert identity is not None  # every identity check passed
-            auth = login_auth(role, role_name, identity)
+            auth = login_auth(role, role_name, identity, ctx.policies)
         except PluginError as exc:
             refused(req, exc, "login_failed", role=role_name)
             raise
@@ -571,6 +594,8 @@ def path_explain(backend: JWTAuthBackend) -> PathSpec:
             "checks": [o.as_dict() for o in outcomes],
             "claims": ctx.claims,
         }
+        if ctx.policies is not None:
+            data["policies"] = ctx.policies
         identity = ctx.identity
         if identity is not None:
             data["identity"] = {

@@ -18,6 +18,7 @@ from server.acl.policies import PolicyStore
 from server.appkeys import (
     CLUSTER_ID,
     FETCHER,
+    IDENTITY,
     KEYRING,
     MOUNTS,
     POLICIES,
@@ -32,6 +33,7 @@ from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan,
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.routes import setup_routes
+from server.identity.store import IdentityStore, MountRef
 from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
 from server.mounts import MountEntry, MountTable
 from server.reload import ReloadHook, reload_log_level, reload_rate_limits
@@ -94,9 +96,11 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
                 await storage.close()
             raise StartupError(f"storage key: {exc}") from exc
         mounts_ref: list[MountTable] = []
+        identity = IdentityStore(storage, mounts=lambda accessor: _mount_ref(mounts_ref, accessor))
         tokens = TokenStore(
             storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
             sealer=keyring, mount_exists=lambda accessor: not mounts_ref or mounts_ref[0].has_accessor(accessor),
+            identity=identity,
         )
         policies = PolicyStore(storage)
         fetcher = AiohttpFetcher()
@@ -114,12 +118,14 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             )
             mounts_ref.append(mounts)
             await mounts.load()
+            await identity.load()
             app[STORAGE], app[TOKENS], app[POLICIES], app[MOUNTS], app[FETCHER] = storage, tokens, policies, mounts, fetcher
+            app[IDENTITY] = identity
             app[KEYRING] = keyring
             app[STARTED_AT] = time.time()
             cluster = await storage.update(CLUSTER_KEY, lambda old: old or {"id": str(uuid.uuid4())})
             app[CLUSTER_ID] = cluster["id"]
-            _watch(storage, mounts, policies, tokens, keyring)
+            _watch(storage, mounts, policies, tokens, keyring, identity)
             await seed(app)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
             log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type)
@@ -129,6 +135,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
                 await mounts.close()
             await fetcher.close()
             await tokens.close()
+            await identity.close()
             if given_storage is None:
                 await storage.close()
             log.info("server_stopped", storage_closed=given_storage is None)
@@ -150,7 +157,20 @@ def _token_backend_factory(
 UNCACHED_TOKEN_PREFIXES = (ID_PREFIX, ACCESSOR_PREFIX, PARENT_PREFIX)
 
 
-def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring) -> None:
+def _mount_ref(table: list[MountTable], accessor: str) -> MountRef | None:
+    """The auth mount with ``accessor``, as the identity store shows it."""
+    if not table:
+        return None
+    for mount in table[0].mounts.values():
+        if mount.entry.accessor == accessor:
+            return MountRef(accessor, "auth/" + mount.entry.path, mount.entry.type)
+    return None
+
+
+def _watch(
+    storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring,
+    identity: IdentityStore,
+) -> None:
     """Route other nodes' writes to the caches that depend on them."""
     reloads: set[asyncio.Task[None]] = set()
 
@@ -158,6 +178,7 @@ def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: T
         mounts.invalidate(key)
         policies.invalidate(key)
         tokens.invalidate(key)
+        identity.invalidate(key)
         if key in (KEYRING_KEY, ""):  # another node rotated the keyring
             task = asyncio.get_running_loop().create_task(keyring.reload(storage))
             reloads.add(task)

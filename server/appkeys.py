@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from server.acl.policies import PolicyStore
     from server.http.fetcher import AiohttpFetcher
+    from server.identity.store import IdentityStore
     from server.keyring import Keyring
     from server.mounts import MountTable
     from server.settings import Settings
@@ -16,8 +17,8 @@ if TYPE_CHECKING:
     from server.tokens.store import TokenStore
 
 __all__ = [
-    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
-    "RELOAD_HOOKS", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW",
+    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT",
+    "CLUSTER_ID", "RELOAD_HOOKS", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -25,6 +26,7 @@ STORAGE: web.AppKey[Engine] = web.AppKey("storage")
 KEYRING: web.AppKey[Keyring] = web.AppKey("keyring")
 TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens")
 POLICIES: web.AppKey[PolicyStore] = web.AppKey("policies")
+IDENTITY: web.AppKey[IdentityStore] = web.AppKey("identity")
 MOUNTS: web.AppKey[MountTable] = web.AppKey("mounts")
 FETCHER: web.AppKey[AiohttpFetcher] = web.AppKey("fetcher")
 #: The root token created at this start (first start or dev mode), else None. Never logged.

@@ -12,10 +12,14 @@ from types import ModuleType
 import pytest
 import yaml
 
+from plugin.path_cel import CEL_LOGIN_FIELDS, CEL_ROLE_FIELDS
 from plugin.path_config import CONFIG_FIELDS
 from plugin.path_role import ROLE_FIELDS
 from plugin.schema import FieldSet
 from server import settings as settings_mod
+from server.identity.aliases import ALIAS_FIELDS
+from server.identity.entities import LOOKUP_FIELDS
+from server.identity.groups import GROUP_FIELDS
 from server.mounts import TUNE_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +83,12 @@ def test_hand_written_text_outside_markers_is_kept() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "section"),
-    [(CONFIG_FIELDS, "config"), (ROLE_FIELDS, "role"), (TUNE_FIELDS, "tune")],
-    ids=["config", "role", "tune"],
+    [
+        (CONFIG_FIELDS, "config"), (ROLE_FIELDS, "role"), (TUNE_FIELDS, "tune"), (CEL_ROLE_FIELDS, "cel-role"),
+        (CEL_LOGIN_FIELDS, "cel-login"), (GROUP_FIELDS, "identity-group"), (ALIAS_FIELDS, "identity-group-alias"),
+        (LOOKUP_FIELDS, "identity-lookup"),
+    ],
+    ids=["config", "role", "tune", "cel-role", "cel-login", "identity-group", "identity-group-alias", "identity-lookup"],
 )
 def test_every_field_has_a_row(fields: FieldSet, section: str) -> None:
     text = _read("configuration.md")
@@ -176,6 +184,9 @@ def test_example_configs_are_valid_settings(name: str) -> None:
 #: Modules whose messages a login (JWT or OIDC), a token use or a request decode can produce.
 LOGIN_MODULES = (
     "plugin/path_login.py",
+    "plugin/policy_templates.py",
+    "plugin/path_cel.py",
+    "plugin/cel.py",
     "plugin/claims.py",
     "plugin/jose_verify.py",
     "plugin/keys.py",
@@ -196,7 +207,12 @@ LOGIN_MODULES = (
     "server/http/fetcher.py",
 )
 #: Modules whose messages answer a config or role write.
-CONFIG_MODULES = ("plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py", "plugin/client_auth.py")
+CONFIG_MODULES = (
+    "plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py", "plugin/client_auth.py",
+    # identity/ writes and lookups
+    "server/identity/store.py", "server/identity/groups.py", "server/identity/aliases.py",
+    "server/identity/entities.py",
+)
 
 _CONSTRUCTORS = {
     "InvalidRequest", "PermissionDenied", "UpstreamError", "UnsupportedOperation", "NotFound",
@@ -453,6 +469,10 @@ def _api_paths() -> list[str]:
 
     for spec in JWTAuthBackend("jwt").paths:
         out.append("auth/<mount>/" + spec.pattern)
+    from server.identity.backend import IdentityBackend
+
+    for spec in IdentityBackend(lambda: None, lambda a, n: "").paths:  # type: ignore[arg-type, return-value]
+        out.append("identity/" + spec.pattern)
     return sorted(set(out))
 
 

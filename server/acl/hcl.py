@@ -87,12 +87,6 @@ class _Parser:
         self.i += 1
         return tok
 
-    def expect(self, kind: str) -> _Tok:
-        tok = self.take()
-        if tok.kind != kind:
-            raise HCLError(f"expected {kind!r} but found {_show(tok)} on line {tok.line}")
-        return tok
-
     def body(self, end: str, depth: int) -> dict[str, Any]:
         """``key = value`` and ``key "label"* { ... }`` items until ``end``."""
         if depth > _MAX_DEPTH:

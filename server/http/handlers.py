@@ -43,6 +43,7 @@ from server.tokens.wrapping import Wrapping, wrap_envelope
 __all__ = [
     "auth_handler",
     "sys_handler",
+    "identity_handler",
     "AppCore",
     "envelope",
     "json_response",
@@ -261,7 +262,7 @@ async def authorize(
         raise PermissionDenied()
     tokens = request.app[TOKENS]
     entry = await tokens.authenticate(raw, remote_addr(request))
-    acl = await request.app[POLICIES].acl_for(entry.policies)
+    acl = await request.app[POLICIES].acl_for(await tokens.policies_of(entry))
     if allowed is not None:
         granted = await allowed(acl)
     else:
@@ -468,6 +469,30 @@ def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.St
         return _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top)
 
     return sys_route
+
+
+def identity_handler(backend: Backend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``/v1/identity/{path}`` served by ``backend`` (``server.identity.backend``) the way
+    ``sys_handler`` serves the sys paths: one resolve, then the token and the ACL on
+    ``identity/<canonical path>``, then the handler."""
+
+    async def identity_route(request: web.Request) -> web.StreamResponse:
+        rel = request.match_info["path"]
+        op, data = await read_operation(request)
+        req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers))
+        try:
+            route = req.route = backend.resolve(rel)
+        except UnsupportedPath:
+            raise no_route("identity/" + rel) from None
+        req.path = route.path
+        entry = await _check_token(request, backend, req, "identity/" + route.path.rstrip("/"), route.spec.sudo)
+        try:
+            resp = await backend.handle_request(req)
+        finally:
+            await release(request, entry)
+        return _reply(request, resp, copy_top=False)
+
+    return identity_route
 
 
 def _reply(request: web.Request, resp: Response | None, *, copy_top: bool) -> web.StreamResponse:

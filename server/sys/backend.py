@@ -13,6 +13,8 @@ and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, ke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from plugin.framework import Backend
 from server.sys import auth, capabilities, fingerprint, keys, openapi, policies, status, wrapping
 from server.sys.core import SysCore
@@ -29,9 +31,11 @@ class SysBackend(Backend):
 
     type_name = "system"
 
-    def __init__(self, core: SysCore) -> None:
+    def __init__(self, core: SysCore, *, documented: Mapping[str, Backend] | None = None) -> None:
         super().__init__()
         self.core = core
+        #: Other top-level backends (``identity``) whose paths the OpenAPI document lists.
+        self.documented: dict[str, Backend] = dict(documented or {})
         self.paths = [
             *status.paths(self),
             *auth.paths(self),

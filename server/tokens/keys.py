@@ -29,14 +29,26 @@ def _context(key: str) -> str:
     return key + "#sealed"
 
 
+def _clear_value(old: Any, key: str) -> bytes:
+    """The secret an older version stored in the clear, or fresh bytes when there is none.
+
+    :raises RuntimeError: something else is stored there (a new secret would silently
+        invalidate every token it protects).
+    """
+    if old is None:
+        return secrets.token_bytes(KEY_BYTES)
+    if isinstance(old, dict) and isinstance(old.get("value"), str):
+        return base64.b64decode(old["value"])
+    raise RuntimeError(f"storage returned no token store secret at {key}")
+
+
 async def load_salt(storage: Storage, sealer: Sealer) -> bytes:
     """The salt, created (or sealed, if an older version left it in the clear) on demand."""
 
     def ensure(old: Any) -> Any:
         if isinstance(old, dict) and isinstance(old.get("sealed"), str):
             return old
-        raw = base64.b64decode(old["value"]) if isinstance(old, dict) and "value" in old else secrets.token_bytes(KEY_BYTES)
-        return {"sealed": sealer.seal(raw, _context(SALT_KEY))}
+        return {"sealed": sealer.seal(_clear_value(old, SALT_KEY), _context(SALT_KEY))}
 
     stored = await storage.update(SALT_KEY, ensure)  # one value even when nodes start together
     return sealer.unseal(stored["sealed"], _context(SALT_KEY))
@@ -68,8 +80,7 @@ async def load_batch_keys(storage: Storage, sealer: Sealer, now: float) -> Batch
     def ensure(old: Any) -> Any:
         if isinstance(old, dict) and isinstance(old.get("keys"), list) and old["keys"]:
             return old
-        raw = base64.b64decode(old["value"]) if isinstance(old, dict) and "value" in old else secrets.token_bytes(KEY_BYTES)
-        return {"keys": [{"sealed": sealer.seal(raw, _context(BATCH_KEY)), "retire_at": 0}]}
+        return {"keys": [{"sealed": sealer.seal(_clear_value(old, BATCH_KEY), _context(BATCH_KEY)), "retire_at": 0}]}
 
     return _open_batch(await storage.update(BATCH_KEY, ensure), sealer, now)
 

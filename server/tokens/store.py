@@ -20,6 +20,7 @@ from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.sealing import Sealer
 from plugin.storage import Storage
 from server.acl.policies import RESPONSE_WRAPPING
+from server.identity.store import IdentityStore
 from server.keyring import PROCESS_SEALER
 from server.storage import Engine
 from server.tokens.batch import decode_batch, encode_batch
@@ -136,8 +137,12 @@ class TokenStore:
         sweep_interval: float = 60.0,
         sealer: Sealer | None = None,
         mount_exists: Callable[[str], bool] | None = None,
+        identity: IdentityStore | None = None,
     ) -> None:
         self.storage = storage
+        #: Entities and groups: a login creates or refreshes its entity, and a token's
+        #: identity policies (its entity's groups' policies) are judged at each use.
+        self.identity = identity
         #: Seals the salt and batch keys at rest (the server's keyring; tests: one
         #: process-wide ephemeral sealer, so stores sharing a storage agree).
         self.sealer: Sealer = sealer or PROCESS_SEALER
@@ -213,9 +218,15 @@ class TokenStore:
 
     def entity_id(self, mount_accessor: str, alias_name: str) -> str:
         """A stable UUID per (mount accessor, alias name), derived without storage."""
+        return self._derived_id(f"{mount_accessor}:{alias_name}")
+
+    def entity_alias_id(self, mount_accessor: str, alias_name: str) -> str:
+        """The id of the entity alias of (mount accessor, alias name), derived like its entity's."""
+        return self._derived_id(f"alias:{mount_accessor}:{alias_name}")
+
+    def _derived_id(self, name: str) -> str:
         self._ready()
         assert self._entity_ns is not None
-        name = f"{mount_accessor}:{alias_name}"
         cached = self._entity_ids.get(name)
         if cached is not None:
             return cached
@@ -258,6 +269,13 @@ class TokenStore:
         token_type = resolve_token_type(auth.token_type, mount.token_type)
         if auth.num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
+        entity_id = self.entity_id(mount.accessor, auth.alias.name) if auth.alias else ""
+        identity_policies: list[str] = []
+        if self.identity is not None and auth.alias is not None:
+            identity_policies = await self.identity.login(
+                entity_id, self.entity_alias_id(mount.accessor, auth.alias.name), mount.accessor, auth.alias,
+                auth.group_aliases,
+            )
         now = self.clock()
         ttl, warnings = calculate_ttl(
             now=now,
@@ -285,11 +303,11 @@ class TokenStore:
             bound_cidrs=parse_cidrs(auth.bound_cidrs),
             type=token_type,
             renewable=auth.renewable and token_type == "service",
-            entity_id=self.entity_id(mount.accessor, auth.alias.name) if auth.alias else "",
+            entity_id=entity_id,
             internal_data=dict(auth.internal_data),
         )
         raw = await self.mint(entry, parent=parent)
-        block = self.auth_block(entry, raw)
+        block = self.auth_block(entry, raw, identity_policies=identity_policies)
         if auth.response_metadata:
             # Secrets for the caller only (oauth2_metadata): in this response, never in the
             # stored entry or a batch token.
@@ -362,12 +380,15 @@ class TokenStore:
         await self.storage.put(ID_PREFIX + entry.id_hash, entry.to_dict())
         return token_id
 
-    def auth_block(self, entry: TokenEntry, raw: str, *, lease_duration: int | None = None) -> dict[str, Any]:
-        """The Vault envelope's ``auth`` object for ``entry``."""
+    def auth_block(
+        self, entry: TokenEntry, raw: str, *, lease_duration: int | None = None, identity_policies: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The Vault envelope's ``auth`` object for ``entry``: ``policies`` are the token's
+        and its identity policies (``identity_policies``, left out when there are none)."""
         block: dict[str, Any] = {
             "client_token": raw,
             "accessor": entry.accessor,
-            "policies": list(entry.policies),
+            "policies": sanitize_policies([*entry.policies, *identity_policies]) if identity_policies else list(entry.policies),
             "token_policies": list(entry.policies),
             "metadata": dict(entry.meta) or None,
             "lease_duration": entry.ttl if lease_duration is None else lease_duration,
@@ -378,7 +399,25 @@ class TokenStore:
             "mfa_requirement": None,
             "num_uses": entry.num_uses,
         }
+        if identity_policies:
+            block["identity_policies"] = list(identity_policies)
         return block
+
+    # -- identity policies ---------------------------------------------------------------
+    async def identity_policies(self, entry: TokenEntry) -> list[str]:
+        """The policies ``entry`` gets from its entity's groups now (empty without an entity,
+        and without any lookup when no group grants a policy)."""
+        if self.identity is None or not entry.entity_id:
+            return []
+        return await self.identity.policies_for(entry.entity_id)
+
+    async def policies_of(self, entry: TokenEntry) -> list[str]:
+        """Every policy the ACL judges ``entry`` by: its own and its identity policies, as
+        they are at this use (a group's policy change applies at the next use, as in Vault)."""
+        extra = await self.identity_policies(entry)
+        if not extra:
+            return entry.policies
+        return sanitize_policies([*entry.policies, *extra])
 
     # -- batch tokens --------------------------------------------------------------------
     def _mint_batch(self, entry: TokenEntry) -> str:
@@ -644,7 +683,9 @@ class TokenStore:
         await self.storage.update(ID_PREFIX + entry.id_hash, extend)
         if not kept:
             raise PermissionDenied()
-        return self.auth_block(TokenEntry.from_dict(kept[0]), raw_token, lease_duration=ttl), warnings
+        renewed = TokenEntry.from_dict(kept[0])
+        block = self.auth_block(renewed, raw_token, lease_duration=ttl, identity_policies=await self.identity_policies(renewed))
+        return block, warnings
 
     # -- revocation ----------------------------------------------------------------------
     async def revoke(self, entry: TokenEntry) -> int:
@@ -804,8 +845,12 @@ class TokenStore:
                 log.exception("token_sweep_failed")
 
     # -- presentation --------------------------------------------------------------------
-    def lookup_data(self, entry: TokenEntry, raw_token: str = "") -> dict[str, Any]:
-        """``data`` of lookup / lookup-self / lookup-accessor (docs/reference/vault-api.md 10.5)."""
+    def lookup_data(
+        self, entry: TokenEntry, raw_token: str = "", *, identity_policies: list[str] | None = None
+    ) -> dict[str, Any]:
+        """``data`` of lookup / lookup-self / lookup-accessor (docs/reference/vault-api.md 10.5):
+        ``policies`` are the token's own; ``identity_policies`` (those of its entity's groups
+        now, from ``identity_policies()``) are listed apart, as in Vault, when there are any."""
         now = self.clock()
         remaining = max(0, int(entry.expire_time - now)) if entry.expire_time else 0
         out: dict[str, Any] = {
@@ -827,6 +872,9 @@ class TokenStore:
             "ttl": remaining,
             "type": entry.type,
         }
+        if identity_policies:
+            out["identity_policies"] = list(identity_policies)
+            out["external_namespace_policies"] = {}  # Vault's companion key (no namespaces here)
         if entry.period:
             out["period"] = entry.period
         if entry.bound_cidrs:

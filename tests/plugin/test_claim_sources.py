@@ -194,7 +194,8 @@ async def test_aggregated_claims_verify_with_the_mounts_keys() -> None:
     now = int(h.clock.now)
     inner = make_token({"groups": GROUPS, "exp": now + 60}, key=KEY)
     agg = {"_claim_names": {"groups": "a"}, "_claim_sources": {"a": {"JWT": inner}}}
-    assert (await h.login({"role": "r", "jwt": token(h, **agg)})).auth.group_aliases == GROUPS
+    auth = (await h.login({"role": "r", "jwt": token(h, **agg)})).auth
+    assert auth is not None and auth.group_aliases == GROUPS
     forged = {"_claim_names": {"groups": "a"}, "_claim_sources": {"a": {"JWT": make_token({"groups": ["admins"]}, key=OTHER)}}}
     with pytest.raises(PluginError) as exc:
         await h.login({"role": "r", "jwt": token(h, **forged)})
@@ -215,6 +216,7 @@ async def test_unresolved_claims_refuse_the_login_and_explain_says_why() -> None
         await h.login({"role": "r", "jwt": jwt})
     assert exc.value.messages == ['error resolving distributed claims: claim source "src1": HTTP 503']
     resp = await h.write("role/r/explain", {"jwt": jwt})
+    assert resp is not None and resp.data is not None
     [outcome] = [c for c in resp.data["checks"] if c["check"] == "distributed_claims"]
     assert outcome == {"check": "distributed_claims", "ok": False,
                        "detail": 'error resolving distributed claims: claim source "src1": HTTP 503'}

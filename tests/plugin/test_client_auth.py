@@ -30,7 +30,8 @@ def pem(key: Any, *, password: bytes | None = None) -> str:
     enc: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc).decode()
+    data: bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
+    return data.decode()
 
 
 RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -60,7 +60,7 @@ async def test_success(h: Harness) -> None:
     assert [c["check"] for c in data["checks"]] == [c.name for c in CHECKS]
     skipped = {c["check"] for c in data["checks"] if c.get("skipped")}
     # the role binds neither; the token names no distributed claims
-    assert skipped == {"bound_cidrs", "subject", "max_token_age", "distributed_claims"}
+    assert skipped == {"bound_cidrs", "subject", "max_token_age", "token_policies", "distributed_claims"}
     assert data["claims"]["sub"] == "ci-bot"
     assert data["identity"] == {"alias_name": "ci-bot", "metadata": {"repo": "org/app", "role": "ci"}, "groups": ["ci"]}
 

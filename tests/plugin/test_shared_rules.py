@@ -1,0 +1,66 @@
+"""The rules login and the token store share (plugin.cidrutil, plugin.policyutil) at their
+edges: entries that do not parse, the boundary of the IPv4-mapped range, zones, and the exact
+Vault messages. The table over all three places that apply them is
+tests/server/test_security_rules.py; these cases were found by mutation testing
+(docs/mutation.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugin.cidrutil import cidr_allows, parse_cidrs
+from plugin.errors import InvalidRequest
+from plugin.policyutil import refuse_root, sanitize_policies
+
+#: (bound CIDRs as stored, peer address, allowed)
+EDGES: list[tuple[list[str], str | None, bool]] = [
+    (["not a cidr", "10.0.0.0/8"], "10.0.0.1", True),  # a bad entry never matches, the next still may
+    (["10.0.0.0/99", "10.0.0.0/8"], "10.0.0.1", True),
+    (["not a cidr"], "10.0.0.1", False),
+    (["::ffff:0:0/96"], "192.0.2.1", True),  # the whole mapped range is all of IPv4
+    (["::ffff:0:0/96"], "::ffff:192.0.2.1", True),
+    (["::ffff:0:0/95"], "::fffe:0:1", True),  # wider than the mapped range: an IPv6 network
+    (["::ffff:0:0/95"], "192.0.2.1", False),
+    (["::ffff:0:0/95"], "::ffff:192.0.2.1", False),  # a mapped peer is its IPv4 address
+    (["::ffff:10.0.0.0/104"], "10.255.255.255", True),
+    (["::ffff:10.0.0.0/104"], "11.0.0.0", False),
+    (["::ffff:10.0.0.1/128"], "10.0.0.1", True),
+    (["::ffff:10.0.0.1/128"], "10.0.0.2", False),
+    (["fe80::/10"], "fe80::1%", True),  # an empty zone is ignored too
+    (["fe80::/10"], "fe80::1%eth0", True),
+    ([" 10.0.0.0/8 "], " 10.0.0.1 ", True),
+    (["10.0.0.0/8"], None, False),
+    ([], "10.0.0.1", False),
+]
+
+
+@pytest.mark.parametrize(("cidrs", "peer", "allowed"), EDGES, ids=[f"{','.join(c)} from {p}" for c, p, _ in EDGES])
+def test_cidr_edges(cidrs: list[str], peer: str | None, allowed: bool) -> None:
+    assert cidr_allows(cidrs, peer) is allowed
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fe80::1%eth0", 'error parsing address "fe80::1%eth0": an IPv6 zone is not allowed in a bound CIDR'),
+        (" 10.0.0.0/99 ", 'error parsing address "10.0.0.0/99": '),
+        ("10.0.0.0/8/8", 'error parsing address "10.0.0.0/8/8": '),
+    ],
+)
+def test_cidr_messages(value: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        parse_cidrs(["10.0.0.0/8", value])
+    assert exc.value.messages[0].startswith(message)
+    assert len(exc.value.messages) == 1
+
+
+def test_whitespace_only_policies_are_dropped() -> None:
+    assert sanitize_policies([" ", "\t", "", "a"]) == ["a"]
+    assert sanitize_policies([" "], add_default=True) == ["default"]
+    assert refuse_root([" ", "B"]) == ["b"]
+
+
+def test_root_refusal_message_is_vaults() -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        refuse_root([" Root "])
+    assert exc.value.messages == ["auth methods cannot create root tokens"]

@@ -1,0 +1,291 @@
+"""ACL policies at their edges (server.acl: policies, hcl): every legacy ``policy`` value and
+every unsupported key, glob matching and priority where one character decides, the LIST
+fallback to the path without its trailing slash, the policy store's layout and its one-second
+cache across nodes, HCL nesting at its exact limit, and each parser and validator message.
+Found by mutation testing (docs/mutation.md)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import structlog
+
+from plugin.errors import InvalidRequest
+from plugin.storage import InMemoryStorage
+from server.acl.hcl import HCLError, parse
+from server.acl.policies import ACL, PathRule, PolicyError, PolicyStore, canonical_policy_name, parse_policy
+
+
+def acl(text: str) -> ACL:
+    return ACL(parse_policy(text))
+
+
+def rules(*pairs: tuple[str, set[str]]) -> ACL:
+    return ACL(PathRule(p, frozenset(c)) for p, c in pairs)
+
+
+# -- policy text ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("value", "caps"),
+    [
+        ("deny", ["deny"]),
+        ("read", ["list", "read"]),
+        ("write", ["create", "delete", "list", "read", "update"]),
+        ("sudo", ["create", "delete", "list", "read", "sudo", "update"]),
+        ("READ", ["list", "read"]),
+    ],
+)
+def test_legacy_policy_values(value: str, caps: list[str]) -> None:
+    assert acl(f'path "a" {{ policy = "{value}" }}').capabilities("a") == caps
+
+
+def test_patch_and_comments_are_accepted() -> None:
+    """``patch`` loads (no authmount path uses it); a ``comment`` key is skipped, wherever it is."""
+    a = acl('path "a" { comment = "why" capabilities = ["read", "patch"] }')
+    assert a.capabilities("a") == ["patch", "read"]
+    assert acl('path "a" { capabilities = ["read"] comment = "why" }').capabilities("a") == ["read"]
+
+
+UNSUPPORTED = ["allowed_parameters", "denied_parameters", "required_parameters", "min_wrapping_ttl",
+               "max_wrapping_ttl", "mfa_methods", "control_group", "subscribe_event_types"]
+
+
+@pytest.mark.parametrize("key", UNSUPPORTED)
+def test_unsupported_keys_are_refused_by_name(key: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(f'path "a" {{ capabilities = ["read"] {key} = 1 }}')
+    assert str(exc.value) == f'path "a": "{key}" is not supported'
+
+
+POLICY_ERRORS: list[tuple[str, str, str]] = [
+    ("template", 'path "a/{{identity.entity.id}}" { capabilities = ["read"] }',
+     'path "a/{{identity.entity.id}}": templated policy paths are not supported'),
+    ("plus star", 'path "a/+*" { capabilities = ["read"] }', "path \"a/+*\": invalid use of wildcards ('+*' is forbidden)"),
+    ("star inside", 'path "a*/b" { capabilities = ["read"] }', 'path "a*/b": the "*" glob is only allowed at the end of a path'),
+    ("partial plus", 'path "a/b+c" { capabilities = ["read"] }',
+     'path "a/b+c": the "+" wildcard must be a whole path segment'),
+    ("partial plus before a star", 'path "a/+b*" { capabilities = ["read"] }',
+     'path "a/+b*": the "+" wildcard must be a whole path segment'),
+    ("partial plus in a prefix", 'path "a/b+c/*" { capabilities = ["read"] }',
+     'path "a/b+c/*": the "+" wildcard must be a whole path segment'),
+    ("path a number", '{"path": {"a": 5}}', 'path "a": expected a block'),
+    ("legacy value unknown", 'path "a" { policy = "admin" }', 'path "a": invalid policy "admin"'),
+    ("legacy value a number", 'path "a" { policy = 5 }', 'path "a": invalid policy "5"'),
+    ("capabilities a string", 'path "a" { capabilities = "read" }', 'path "a": capabilities must be a list of strings'),
+    ("capability unknown", 'path "a" { capabilities = ["fly"] }', 'path "a": invalid capability "fly"'),
+    ("key unknown", 'path "a" { colour = "red" }', 'path "a": invalid key "colour"'),
+    ("top-level key unknown", 'paths "a" { capabilities = [] }', 'invalid key "paths" (did you mean path?)'),
+    ("path not a block", '{"path": 5}', '"path" must be a block'),
+    ("HCL error", 'path "a" {', "expected a key but found end of input on line 1"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), [c[1:] for c in POLICY_ERRORS], ids=[c[0] for c in POLICY_ERRORS])
+def test_policy_errors_name_the_culprit(text: str, message: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(text)
+    assert str(exc.value) == message
+
+
+def test_policy_text_must_be_a_string() -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(5)  # type: ignore[arg-type]
+    assert str(exc.value) == "policy must be a string"
+    with pytest.raises(PolicyError) as exc:
+        parse_policy('{"path": {"a": [{"capabilities": ["read"]}, 7]}}')
+    assert str(exc.value) == 'path "a": expected a block'
+
+
+def test_a_name_key_is_ignored_wherever_it_is() -> None:
+    doc = {"name": "dev", "path": {"a": {"capabilities": ["read"]}}}
+    assert acl(json.dumps(doc)).capabilities("a") == ["read"]
+    assert acl(json.dumps({"path": doc["path"], "name": "dev"})).capabilities("a") == ["read"]
+
+
+def test_leading_slashes_are_dropped_only() -> None:
+    a = acl('path "/Xa/b" { capabilities = ["read"] }\npath "XX/*" { capabilities = ["list"] }')
+    assert a.allows("Xa/b", "read") and a.allows("/Xa/b", "read")
+    assert a.capabilities("Xa/b") == ["read"] and a.capabilities("/Xa/b") == ["read"]
+    assert a.allows("XX/y", "list") and not a.allows("a/b", "read")
+
+
+# -- matching -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "matches"),
+    [
+        ("a/b", "a/b", True),
+        ("a/b", "a/bc", False),
+        ("a/+/c*", "a/x/cd", True),
+        ("a/+/c*", "a/x/d", False),
+        ("a/+/c*", "ab/x/cd", False),
+        ("a/+/c*", "a/x", False),
+        ("a/+/c", "a/x/c/d", False),
+        ("+/b", "x/b", True),
+    ],
+)
+def test_path_rule_matches(pattern: str, path: str, matches: bool) -> None:
+    assert PathRule(pattern, frozenset({"read"})).matches(path) is matches
+
+
+def test_a_later_first_wildcard_wins_even_with_an_x() -> None:
+    a = rules(("X/*", {"read"}), ("+/b", {"update"}))
+    assert a.capabilities("X/b") == ["read"]
+
+
+def test_list_falls_back_to_the_path_without_its_slash() -> None:
+    a = rules(("dirX", {"list"}), ("a/b", {"read", "list"}), ("a/b/", {"update"}))
+    assert a.allows("dirX/", "list")
+    assert not a.allows("dirX/", "read")
+    assert a.allows("a/b/", "update") and not a.allows("a/b/", "list")  # its own rule first
+    assert a.capabilities("dirX/") == ["list"]
+
+
+def test_capabilities_prefer_the_path_as_given() -> None:
+    a = rules(("a/b", {"read"}), ("a/*", {"list"}))
+    assert a.capabilities("a/b/") == ["list"]
+    assert rules(("a/b", {"read"})).capabilities("a/b/") == ["read"]
+
+
+# -- canonical names ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [(" dev", 'invalid policy name " dev": leading or trailing whitespace'),
+     ("a/b", 'invalid policy name "a/b"'),
+     ("", 'invalid policy name ""'),
+     ("x" * 129, f'invalid policy name "{"x" * 129}"')],
+    ids=["whitespace", "slash", "empty", "too long"],
+)
+def test_policy_name_refusals(name: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        canonical_policy_name(name)
+    assert exc.value.messages == [message]
+    assert canonical_policy_name("X" * 128) == "x" * 128
+
+
+# -- the store ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def store() -> PolicyStore:
+    return PolicyStore(InMemoryStorage())
+
+
+async def test_store_layout(store: PolicyStore) -> None:
+    text = 'path "a" { capabilities = ["read"] }'
+    await store.put("Dev", text)
+    assert await store.storage.get("sys/policy/dev") == {"name": "dev", "policy": text}
+    await store.storage.put("sys/policy/bare", {"name": "bare"})  # a row without its text
+    assert await store.get("bare") == ""
+    await store.storage.put("sys/policy/folder/x", {"policy": ""})  # not a policy name
+    assert await store.list() == ["bare", "default", "dev", "root"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.put("root", 'path "a" {}'), 'cannot update "root" policy'),
+        (lambda s: s.put("dev", " \n"), "'policy' parameter not supplied or empty"),
+        (lambda s: s.put("dev", 'path "a" { capabilities = ["fly"] }'),
+         'failed to parse policy: path "a": invalid capability "fly"'),
+        (lambda s: s.delete("Default"), 'cannot delete "default" policy'),
+        (lambda s: s.delete("root"), 'cannot delete "root" policy'),
+    ],
+    ids=["put root", "put empty", "put invalid", "delete default", "delete root"],
+)
+async def test_store_refusals(store: PolicyStore, call: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        await call(store)
+    assert exc.value.messages == [message]
+
+
+async def test_a_stored_policy_that_no_longer_parses_grants_nothing_and_is_logged(store: PolicyStore) -> None:
+    await store.put("good", 'path "g" { capabilities = ["read"] }')
+    await store.storage.put("sys/policy/broken", {"name": "broken", "policy": 'path "b" { capabilities = ["fly"] }'})
+    with structlog.testing.capture_logs() as logs:
+        a = await store.acl_for(["broken", "good"])
+    assert a.allows("g", "read") and not a.allows("b", "read")
+    assert {"event": "stored_policy_invalid", "policy": "broken", "log_level": "error"} in logs
+
+
+async def test_an_unusable_name_does_not_hide_the_others(store: PolicyStore) -> None:
+    await store.put("dev", 'path "d" { capabilities = ["read"] }')
+    a = await store.acl_for(["a/b", "dev"])  # "a/b" sorts first and can name no policy
+    assert a.allows("d", "read")
+    b = await store.acl_for(["dev", "other"])  # "dev" again, from the rule cache
+    assert b.allows("d", "read")
+
+
+async def test_another_nodes_policy_write_is_seen_within_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.acl.policies as policies_mod
+
+    mono = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(policies_mod, "time", SimpleNamespace(monotonic=lambda: mono.now))
+    storage = InMemoryStorage()
+    here, there = PolicyStore(storage), PolicyStore(storage)
+    await there.put("dev", 'path "a" { capabilities = ["read"] }')
+    assert (await here.acl_for(["dev"])).allows("a", "read")
+    await there.put("dev", 'path "a" { capabilities = ["deny"] }')  # this node is not told
+    mono.now += 1.001
+    assert not (await here.acl_for(["dev"])).allows("a", "read")
+
+
+# -- HCL ------------------------------------------------------------------------------------------
+
+NESTING = [
+    ("lists", lambda n: "a = " + "[" * n + "]" * n, 32),
+    ("blocks", lambda n: "a { " * n + "}" * n, 32),
+    ("objects", lambda n: "a = " + "{ b = " * n + "1" + " }" * n, 15),
+    ("objects in lists", lambda n: "a = " + "[{ b = " * n + "1" + " }]" * n, 10),
+]
+
+
+@pytest.mark.parametrize(("build", "limit"), [c[1:] for c in NESTING], ids=[c[0] for c in NESTING])
+def test_hcl_nesting_limit_is_exact(build: Any, limit: int) -> None:
+    assert parse(build(limit))
+    with pytest.raises(HCLError) as exc:
+        parse(build(limit + 1))
+    assert str(exc.value) == "nesting too deep on line 1"
+
+
+HCL_ERRORS: list[tuple[str, str, str]] = [
+    ("a number where a key goes", "a = 1 2", "expected a key but found '2' on line 1"),
+    ("a string between list items", 'a = ["x" "it\'s"]', "expected ',' or ']' but found \"it's\" on line 1"),
+    ("a number between list items", "a = [1\n2]", "expected ',' or ']' but found '2' on line 2"),
+    ("equals after a label", 'a "l" = 1', "expected '=' or '{' after 'a' but found '=' on line 1"),
+    ("no value", "a = ", "expected a value but found end of input on line 1"),
+    ("no value before a brace", "a = }", "expected a value but found '}' on line 1"),
+    ("a bad escape", 'a = "\\q"', "invalid string escape on line 1"),
+    ("an odd character", "a = @", "unexpected character '@' on line 1"),
+    ("an open comment", "\n/* x", "unterminated comment on line 2"),
+    ("an open string", 'a = "x', "unterminated string on line 1"),
+    ("a heredoc", "a = <<EOF", "heredocs are not supported (line 1)"),
+    ("a value then a block", "a = 1\na { }", "duplicate key 'a' on line 2"),
+    ("a list then a block", "a = [1]\na { }", "duplicate key 'a' on line 2"),
+    ("a list then a value", "a = [1]\na = 2", "duplicate key 'a' on line 2"),
+    ("a block then a value", "a { }\na = 1", "duplicate key 'a' on line 2"),
+    ("a value then a labelled block", 'a = 1\na "x" { }', "key 'a' is both a value and a block on line 2"),
+    ("JSON that does not parse", "{bad",
+     "invalid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    ("JSON nested too deeply", '{"a":' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON: nesting too deep"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), [c[1:] for c in HCL_ERRORS], ids=[c[0] for c in HCL_ERRORS])
+def test_hcl_errors_name_the_line(text: str, message: str) -> None:
+    with pytest.raises(HCLError) as exc:
+        parse(text)
+    assert str(exc.value) == message
+
+
+def test_hcl_values() -> None:
+    assert parse("a: 1") == {"a": 1}
+    assert parse("x = { b: 1 }") == {"x": {"b": 1}}
+    values = parse("i = 1\nf = 1.5\ne = 1e3\nn = -2")
+    assert [type(v) for v in values.values()] == [int, float, float, int]
+    assert values == {"i": 1, "f": 1.5, "e": 1000.0, "n": -2}
+    assert parse('a { b = 1 }\na { b = 2 }\na { b = 3 }') == {"a": [{"b": 1}, {"b": 2}, {"b": 3}]}
