@@ -205,8 +205,9 @@ class Auth:
     ``default``, ``service`` or ``batch``. ``internal_data`` is kept server-side with the
     token and handed back on renewal (it holds the role name). ``response_metadata`` are
     secrets for the caller only (a role's ``oauth2_metadata``: the IdP's tokens): the login
-    response's ``auth.metadata`` shows them next to ``metadata``; they are never stored with
-    the token, never put into a batch token, and the audit log hashes them.
+    response's ``auth.metadata`` shows them next to ``metadata`` (the HTTP edge adds them to
+    the envelope); they are never stored with the token, never put into a batch token, and
+    never in the token store's ``auth`` block, which is what the audit log records.
     """
 
     display_name: str = ""

@@ -141,7 +141,7 @@ ROLE_FIELDS = FieldSet(
             _CSS, "The IdP tokens an OIDC login response carries in its auth metadata, as "
             "'oauth2_<name>': any of 'id_token', 'access_token', 'refresh_token' (OpenBao's "
             "field). They are in the login response only: never stored with the token (token "
-            "lookup does not show them) and hashed in the audit log.",
+            "lookup does not show them) and never in the audit log's record of the token.",
         ),
         "oidc_claims_precedence": Field(
             _S, "Which source wins when the ID token and the IdP's userinfo response both carry a "

@@ -536,6 +536,11 @@ async def respond(
             path="auth/" + mount.entry.path + rel if rel else None,
         )
         warnings.extend(issue_warnings)
+        if resp.auth.response_metadata:
+            # Secrets for the caller only (a role's oauth2_metadata): in this envelope, never
+            # in the token store's entry or block (what the audit log records).
+            auth_block = {**auth_block, "metadata": {**(auth_block.get("metadata") or {}),
+                                                     **resp.auth.response_metadata}}
     out = envelope(request, resp.data, auth=auth_block, warnings=warnings, mount_type=mount.entry.type)
     if resp.status:
         out.set_status(resp.status)

@@ -307,12 +307,7 @@ class TokenStore:
             internal_data=dict(auth.internal_data),
         )
         raw = await self.mint(entry, parent=parent)
-        block = self.auth_block(entry, raw, identity_policies=identity_policies)
-        if auth.response_metadata:
-            # Secrets for the caller only (oauth2_metadata): in this response, never in the
-            # stored entry or a batch token.
-            block["metadata"] = {**(block["metadata"] or {}), **auth.response_metadata}
-        return block, warnings
+        return self.auth_block(entry, raw, identity_policies=identity_policies), warnings
 
     async def mint(self, entry: TokenEntry, *, parent: TokenEntry | None = None) -> str:
         """Give ``entry`` an id and accessor, persist it (service) and return the raw token.

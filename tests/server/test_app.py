@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,8 +18,9 @@ from plugin import registry
 from plugin.errors import InvalidRequest
 from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
+from plugin.storage import InMemoryStorage
 from server.app import create_app
-from server.appkeys import MOUNTS
+from server.appkeys import MOUNTS, STORAGE
 from server.http.listverb import ListVerbAppRunner, make_test_server
 from server.settings import Settings, StorageSettings
 from tests.server.httpkit import Client, app_of
@@ -37,7 +39,8 @@ class EchoBackend(Backend):
         value = {"value": Field(FieldType.STRING, "Item value.")}
         self.items: dict[str, str] = {}
         self.paths = [
-            PathSpec("login", FieldSet({"policies": Field(FieldType.COMMA_STRING_SLICE, "Policies.")}),
+            PathSpec("login", FieldSet({"policies": Field(FieldType.COMMA_STRING_SLICE, "Policies."),
+                                        "secret": Field(FieldType.STRING, "A response-only secret.")}),
                      {Operation.UPDATE: self._login}, unauthenticated=True),
             PathSpec(r"item/?", FieldSet({}), {Operation.LIST: self._list}),
             PathSpec(r"item/(?P<name>\w+)", FieldSet({**name, **value}),
@@ -49,7 +52,10 @@ class EchoBackend(Backend):
         ]
 
     async def _login(self, req: Request, values: dict[str, Any]) -> Response:
-        return Response(auth=Auth(display_name="tester", policies=values.get("policies", []), ttl=600))
+        secret = values.get("secret")
+        return Response(auth=Auth(display_name="tester", policies=values.get("policies", []), ttl=600,
+                                  metadata={"who": "tester"},
+                                  response_metadata={"oauth2_access_token": secret} if secret else {}))
 
     async def _list(self, req: Request, values: dict[str, Any]) -> Response:
         return Response(data={"keys": sorted(await req.require_storage().list("item/"))})
@@ -418,6 +424,20 @@ async def test_openapi_lists_mount_paths(echo: Client) -> None:
     assert "/auth/echo/login" in body["paths"]
     assert "/auth/echo/item/{name}" in body["paths"]
     assert "post" in body["paths"]["/sys/auth/{path}"]
+
+
+async def test_response_metadata_is_in_the_envelope_only(echo: Client) -> None:
+    """Issue 12 (``oauth2_metadata``): the login response carries the IdP's token; the stored
+    token, its lookup and the token store's block do not."""
+    secret = "idp-access-token-" + "y" * 40
+    body = await (await echo.post("/v1/auth/echo/login", json={"secret": secret})).json()
+    assert body["auth"]["metadata"] == {"who": "tester", "oauth2_access_token": secret}
+    lookup = await (await echo.get("/v1/auth/token/lookup-self",
+                                   headers={"X-Vault-Token": body["auth"]["client_token"]})).json()
+    assert lookup["data"]["meta"] == {"who": "tester"}
+    storage = app_of(echo)[STORAGE]
+    assert isinstance(storage, InMemoryStorage)
+    assert secret not in json.dumps(storage.dump(), default=str)
 
 
 async def test_openapi_has_the_oidc_round_two_paths_and_fields(client: Client) -> None:
