@@ -200,10 +200,14 @@ async def resolve(claims: dict[str, Any], wanted: set[str], src: Sources) -> tup
             await asyncio.wait(tasks.values())
     except TimeoutError:
         pass
+    finally:  # the deadline, or the login itself cancelled: no fetch outlives it
+        late = {source for source, task in tasks.items() if not task.done()}
+        for source in late:
+            tasks[source].cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
     resolved: list[str] = []
     for source, task in tasks.items():
-        if not task.done():
-            task.cancel()
+        if source in late:
             warnings.append(f"claim source {_q(source)}: no answer within {DEADLINE:g} seconds")
             continue
         exc = task.exception()
@@ -217,5 +221,4 @@ async def resolve(claims: dict[str, Any], wanted: set[str], src: Sources) -> tup
                 resolved.append(claim)
             else:
                 warnings.append(f"claim source {_q(source)} did not answer claim {_q(claim)}")
-    await asyncio.gather(*tasks.values(), return_exceptions=True)  # the cancelled ones end
     return sorted(resolved), warnings

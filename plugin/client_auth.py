@@ -13,6 +13,7 @@ secret is shared with the IdP. The assertion is signed here with ``cryptography`
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 from collections.abc import Mapping
@@ -73,6 +74,7 @@ def _b64(data: bytes) -> str:
 # Keys
 
 
+@functools.lru_cache(maxsize=16)  # parsing checks an RSA key (~1 ms): once per config, not per login
 def load_private_key(pem: str) -> PrivateKey:
     """The private key in ``pem`` (PKCS#8, PKCS#1 or SEC1; not encrypted).
 

@@ -266,3 +266,19 @@ async def test_oidc_distributed_claim_with_the_flows_access_token() -> None:
     assert resp.auth.group_aliases == ["dist"]
     [auth] = seen
     assert auth.startswith("Bearer at_")  # the flow's access token
+
+
+async def test_a_cancelled_login_leaves_no_fetch_behind() -> None:
+    import asyncio
+
+    gate = asyncio.Event()
+    fetcher = FakeFetcher({SOURCE: {"groups": GROUPS}}, gate=gate)
+    login = asyncio.ensure_future(resolve(distributed(), {"groups"}, sources(fetcher)))
+    while not fetcher.calls:
+        await asyncio.sleep(0)
+    before = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    login.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await login
+    await asyncio.sleep(0)
+    assert all(t.done() for t in before)  # the source's fetch was cancelled with the login
