@@ -119,7 +119,7 @@ class JWTAuthBackend(Backend):
         :raises InvalidRequest: unparseable keys (``error parsing public key: ...``).
         """
         return build_key_source(
-            config.to_storage(), system.fetcher, clock=system.now, mount=system.mount_path
+            config.to_storage(), system.fetcher, clock=system.now, mount=system.mount_path, events=system.events
         )
 
     async def key_source(self, config: JWTConfig, system: SystemView | Any) -> KeySource:

@@ -27,6 +27,8 @@ __all__ = [
     "Connection",
     "SystemView",
     "StaticSystemView",
+    "Events",
+    "NoEvents",
     "FetchResult",
     "ClientCert",
     "Fetcher",
@@ -99,6 +101,44 @@ class Fetcher(Protocol):
     ) -> FetchResult: ...
 
 
+class Events(Protocol):
+    """What a backend reports for the server's metrics (per mount; ``NoEvents`` drops it).
+
+    ``kind`` of a key fetch: ``jwks`` or ``discovery``. ``stage`` of an OIDC flow:
+    ``started`` (auth_url), ``completed`` (the callback issued a token), ``failed`` (the
+    callback refused), ``expired`` (a callback whose state expired, was forged or was used).
+    """
+
+    def key_fetch(self, kind: str, ok: bool) -> None: ...
+
+    def key_cache_hit(self) -> None: ...
+
+    def key_set_fetched(self, url: str, at: float) -> None: ...
+
+    def oidc_flow(self, stage: str) -> None: ...
+
+
+class NoEvents:
+    """``Events`` that go nowhere (tests, tools)."""
+
+    __slots__ = ()
+
+    def key_fetch(self, kind: str, ok: bool) -> None:
+        pass
+
+    def key_cache_hit(self) -> None:
+        pass
+
+    def key_set_fetched(self, url: str, at: float) -> None:
+        pass
+
+    def oidc_flow(self, stage: str) -> None:
+        pass
+
+
+NO_EVENTS = NoEvents()
+
+
 class SystemView(Protocol):
     """What a backend may ask of the server about its mount."""
 
@@ -127,6 +167,11 @@ class SystemView(Protocol):
         """Seals this mount's secrets at rest (contexts are relative to the mount)."""
         ...
 
+    @property
+    def events(self) -> Events:
+        """Where this mount reports key fetches, cache hits and OIDC flows (metrics)."""
+        ...
+
     def now(self) -> float: ...
 
 
@@ -142,6 +187,7 @@ class StaticSystemView:
     clock: Callable[[], float] = time.time
     verbose_login_errors: bool = False
     sealer: Sealer = field(default_factory=EphemeralSealer)
+    events: Events = NO_EVENTS
 
     def now(self) -> float:
         return self.clock()
@@ -243,6 +289,10 @@ class Response:
     #: A finished Vault ``auth`` object, put verbatim into the envelope. Only the built-in
     #: ``token/`` backend sets it (token create/renew); logins return ``auth`` instead.
     auth_block: dict[str, Any] | None = None
+    #: A login refused with a page rather than an error (the OIDC callback's HTML pages),
+    #: its ``login`` set by ``path_login.refused``: the audit log and the login metrics
+    #: record it as they record a raised refusal.
+    refused: PluginError | None = None
 
     def add_warning(self, message: str) -> None:
         self.warnings.append(message)

@@ -8,9 +8,9 @@ replaces the last good key set.
 What a remote source knows about its fetches is visible: ``KeySource.status()`` (shown by
 ``GET config``: last fetch, last error, key count, next refresh), a refusal for an unknown
 ``kid`` names the kid, the kids the cached set holds, when it was fetched and the last
-refresh error, and a failed refresh is logged once per streak of failures (``jwks_refresh_failed``,
-``discovery_fetch_failed``; the streak's end as ``..._recovered``) and counted
-(``REFRESH_FAILURES``, per kind, for the whole process).
+refresh error, and a failed refresh is logged once per streak of failures (``jwks_fetch_failed``,
+``discovery_fetch_failed``; the streak's end as ``..._recovered``) and every fetch is counted
+by the mount's ``Events`` (the server's ``authmount_key_fetches_total{kind, result}``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict
@@ -28,7 +27,7 @@ from cryptography import x509
 
 from plugin import jsonlimits
 from plugin.errors import InvalidRequest, PluginError
-from plugin.framework import ClientCert, Fetcher
+from plugin.framework import NO_EVENTS, ClientCert, Events, Fetcher
 from plugin.jose_verify import (
     MAX_KEYS_PER_TOKEN,
     ParsedToken,
@@ -50,7 +49,6 @@ __all__ = [
     "fetch_discovery",
     "check_ca_pem",
     "client_cert_of",
-    "REFRESH_FAILURES",
     "FailureStreak",
 ]
 
@@ -68,9 +66,6 @@ _BAD_ALG = (
 _JWKS_FAILED = "failed to verify id token signature"
 
 Clock = Callable[[], float]
-#: Failed remote fetches since the process started, by kind (``jwks``, ``discovery``):
-#: what a metrics endpoint reports.
-REFRESH_FAILURES: Counter[str] = Counter()
 #: Kids an error message lists at most.
 _KIDS_SHOWN = 10
 
@@ -82,24 +77,27 @@ def _rfc3339(when: float | None) -> str | None:
 
 
 class FailureStreak:
-    """Consecutive failures of one remote fetch: logged when a streak starts and when it
-    ends, counted always (``failures`` in this streak, ``total`` ever, ``REFRESH_FAILURES``)."""
+    """Consecutive failures of one remote fetch (``kind``: ``jwks`` or ``discovery``): logged
+    when a streak starts and when it ends; every fetch counted (``failures`` in this streak,
+    ``total`` failures ever, and each fetch's result reported to ``events``, the metrics)."""
 
-    def __init__(self, kind: str, url: str, mount: str = "") -> None:
+    def __init__(self, kind: str, url: str, mount: str = "", events: Events = NO_EVENTS) -> None:
         self.kind = kind
         self.url = url
         self.mount = mount
+        self.events = events
         self.failures = 0
         self.total = 0
 
     def failed(self, reason: str) -> None:
         self.failures += 1
         self.total += 1
-        REFRESH_FAILURES[self.kind] += 1
+        self.events.key_fetch(self.kind, False)
         if self.failures == 1:
             log.warning(f"{self.kind}_fetch_failed", mount=self.mount or None, url=self.url, reason=reason)
 
     def succeeded(self) -> None:
+        self.events.key_fetch(self.kind, True)
         if self.failures:
             log.info(f"{self.kind}_fetch_recovered", mount=self.mount or None, url=self.url, failures=self.failures)
         self.failures = 0
@@ -220,6 +218,7 @@ class RemoteJWKS:
         refresh_cooldown: float = 10.0,
         client_cert: ClientCert | None = None,
         mount: str = "",
+        events: Events = NO_EVENTS,
     ) -> None:
         self.url = url
         self.ca_pem = ca_pem or None
@@ -228,12 +227,14 @@ class RemoteJWKS:
         self.max_age = max_age
         self.refresh_cooldown = refresh_cooldown
         self.client_cert = client_cert
+        #: Fetches, cache hits and the fetch time of the key set in use (metrics).
+        self.events = events
         self.keys: list[VerifyKey] | None = None
         self.key_count = 0
         self.fetched_at = 0.0
         self.last_attempt: float | None = None
         self.last_error: str | None = None
-        self.streak = FailureStreak("jwks", url, mount)
+        self.streak = FailureStreak("jwks", url, mount, events)
         self._inflight: asyncio.Task[bool] | None = None
 
     # -- fetching ----------------------------------------------------------------------
@@ -254,6 +255,7 @@ class RemoteJWKS:
         self.fetched_at = self.clock()
         self.last_error = None
         self.streak.succeeded()
+        self.events.key_set_fetched(self.url, self.fetched_at)
         return True
 
     def _start(self) -> asyncio.Task[bool]:
@@ -281,7 +283,9 @@ class RemoteJWKS:
         """The cached keys, fetching the first time; a stale set refreshes in the background."""
         if self.keys is None:
             await self.refresh()
-        elif self.clock() - self.fetched_at >= self.max_age:
+        else:
+            self.events.key_cache_hit()
+        if self.keys is not None and self.clock() - self.fetched_at >= self.max_age:
             in_cooldown = (
                 self.last_attempt is not None
                 and self.clock() - self.last_attempt < self.refresh_cooldown
@@ -453,6 +457,7 @@ class DiscoveryKeySource(KeySource):
         refresh_cooldown: float = 10.0,
         client_cert: ClientCert | None = None,
         mount: str = "",
+        events: Events = NO_EVENTS,
     ) -> None:
         self.url = url
         self.ca_pem = ca_pem or None
@@ -462,8 +467,9 @@ class DiscoveryKeySource(KeySource):
         self.refresh_cooldown = refresh_cooldown
         self.client_cert = client_cert
         self.mount = mount
+        self.events = events
         self.jwks: RemoteJWKS | None = None
-        self.streak = FailureStreak("discovery", url, mount)
+        self.streak = FailureStreak("discovery", url, mount, events)
         self._lock = asyncio.Lock()
         self._fetched_at: float | None = None
         self._failed_at: float | None = None
@@ -476,7 +482,7 @@ class DiscoveryKeySource(KeySource):
         self.jwks = RemoteJWKS(
             jwks_uri, self.ca_pem, self.fetcher,
             clock=self.clock, max_age=self.max_age, refresh_cooldown=self.refresh_cooldown,
-            client_cert=self.client_cert, mount=self.mount,
+            client_cert=self.client_cert, mount=self.mount, events=self.events,
         )
         self._fetched_at, self._failed_at, self._failure = self.clock(), None, ""
         return self.jwks
@@ -601,6 +607,7 @@ class _CacheArgs(TypedDict):
     refresh_cooldown: float
     client_cert: ClientCert | None
     mount: str
+    events: Events
 
 
 def client_cert_of(config: Mapping[str, Any]) -> ClientCert | None:
@@ -617,6 +624,7 @@ def build_key_source(
     max_age: float = 3600,
     refresh_cooldown: float = 10.0,
     mount: str = "",
+    events: Events = NO_EVENTS,
 ) -> KeySource:
     """Build the key source for a stored jwt config (exactly one family is set).
 
@@ -627,7 +635,7 @@ def build_key_source(
     """
     cache_args: _CacheArgs = {
         "clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown,
-        "client_cert": client_cert_of(config), "mount": mount,
+        "client_cert": client_cert_of(config), "mount": mount, "events": events,
     }
     if config.get("jwt_validation_pubkeys"):
         return StaticKeySource(keys_from_pems(list(config["jwt_validation_pubkeys"])))

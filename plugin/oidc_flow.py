@@ -78,7 +78,9 @@ async def discovery(backend: JWTAuthBackend, req: Request, config: JWTConfig) ->
         return hit[1]
     streak = backend.discovery_streak
     if streak is None or streak.url != url:
-        streak = backend.discovery_streak = FailureStreak("discovery", url, req.system.mount_path)
+        streak = backend.discovery_streak = FailureStreak(
+            "discovery", url, req.system.mount_path, req.system.events
+        )
     try:
         doc = await fetch_discovery(url, ca, req.system.fetcher, client_cert(config))
     except InvalidRequest as exc:

@@ -24,7 +24,7 @@ from plugin.errors import InvalidRequest, PluginError
 from plugin.framework import Request, Response
 from plugin.oidc_state import FlowState, redeem, sweep_used
 from plugin.path_config import JWTConfig
-from plugin.path_login import OIDC_CLAIM_CHECKS, LoginContext, login_auth, run_checks
+from plugin.path_login import OIDC_CLAIM_CHECKS, LoginContext, login_auth, refused, run_checks
 from plugin.path_role import Role
 from plugin.sealing import SealError
 
@@ -37,10 +37,13 @@ __all__ = [
     "FlowResult",
     "code_flow",
     "expired",
+    "flow_stage",
+    "Seen",
     "exchange",
     "finish",
     "implicit_flow",
     "redeem_state",
+    "refusal_page",
     "result_from_record",
     "stored_result",
     "verify_tokens",
@@ -59,6 +62,39 @@ _TOKEN_NAMES = ("id_token", "access_token", "refresh_token")
 def expired() -> InvalidRequest:
     """``Vault login failed. Expired or missing OAuth state.``"""
     return InvalidRequest(f"{FAILED} {EXPIRED}")
+
+
+def flow_stage(exc: PluginError) -> str:
+    """The ``Events.oidc_flow`` stage of a refused flow: ``expired`` for a state that
+    expired, was forged or was used already; ``failed`` for any other refusal."""
+    return "expired" if any(EXPIRED in m for m in exc.messages) else "failed"
+
+
+@dataclass(slots=True)
+class Seen:
+    """What a flow's request learned before it was refused, for the refusal's record
+    (``path_login.refused``: the audit log and the login metrics): the role, once it is
+    known to exist, and the login's checks, once they ran (their claims)."""
+
+    role: str = ""
+    ctx: LoginContext | None = None
+    #: ``iss``/``sub`` a stored refusal kept (``oidc/poll`` of a direct login).
+    claims: dict[str, Any] | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """``refused``'s ``known_role`` and ``claims``."""
+        claims = self.ctx.claims if self.ctx is not None and self.ctx.claims is not None else self.claims
+        return {"known_role": self.role, "claims": claims}
+
+
+def refusal_page(req: Request, exc: PluginError, seen: Seen, page: Response) -> Response:
+    """``page`` (an error page of the callback) for the refused login ``exc``: logged as
+    ``oidc_callback_failed``, reported as a failed or expired flow, and carried by the page
+    (``Response.refused``) so the audit log and the login metrics record its reason code."""
+    refused(req, exc, "oidc_callback_failed", **seen.facts())
+    req.system.events.oidc_flow(flow_stage(exc))
+    page.refused = exc
+    return page
 
 
 @dataclass(slots=True)

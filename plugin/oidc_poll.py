@@ -20,6 +20,13 @@
 ``oidc/poll`` needs the ``client_nonce`` given to ``oidc/auth_url`` (required in these
 modes): the state alone, which travels in URLs, is not enough to collect the token. The
 role's ``token_bound_cidrs`` are checked against the poller, who receives the token.
+
+A refusal is recorded once (``path_login.refused``: the log line, the audit log's reason
+code, the login metrics; ``Events.oidc_flow``): by the callback page when the flow ends
+there (the IdP's error, a code the IdP did not take, a used state), by ``oidc/poll`` when
+the page stored it for the poller (a check the verified login failed: the stored record
+keeps the reason code and the token's ``iss``/``sub``). ``authorization_pending`` and
+``slow_down`` are no refusal.
 """
 
 from __future__ import annotations
@@ -32,10 +39,13 @@ from plugin.framework import Handler, Request, Response
 from plugin.oidc_login import (
     EXPIRED,
     FAILED,
+    Seen,
     exchange,
     expired,
     finish,
+    flow_stage,
     redeem_state,
+    refusal_page,
     result_from_record,
     stored_result,
     verify_tokens,
@@ -121,42 +131,50 @@ async def direct_callback(
     storage = req.require_storage()
     config = await backend.config(req)
     role = await backend.role(storage, state.role)
+    seen = Seen()
+
+    def refusal(detail: str, exc: PluginError | None = None) -> Response:
+        """The flow ends on this page: ``exc`` (else ``detail`` as the error) recorded."""
+        exc = exc or InvalidRequest(f"{FAILED} {detail}")
+        return refusal_page(req, exc, seen, error_page(400, FAILED, detail))
+
     if config is None or not config.is_oidc_flow:
-        return error_page(400, FAILED, "OIDC login is not configured for this mount.")
+        return refusal("OIDC login is not configured for this mount.")
     if role is None:
-        return error_page(400, FAILED, "Role could not be found.")
+        return refusal("Role could not be found.")
+    seen.role = state.role
     if await storage.get(state.used_key) is not None:
-        return error_page(400, FAILED, EXPIRED)
+        return refusal(EXPIRED, expired())
     error, description = values.get("error") or "", values.get("error_description") or ""
     if error or description:
         detail = "The identity provider returned an error" + "".join(f": {v}" for v in (error, description) if v)
-        refused(req, InvalidRequest(f"{FAILED} {detail}"), "oidc_callback_failed")
-        return error_page(400, FAILED, detail + ".")
+        return refusal(detail + ".")
     code = values.get("code") or ""
     if not code or code == NO_CODE:
-        return error_page(400, FAILED, "No code or id_token received.")
+        return refusal("No code or id_token received.")
     if not role.oidc_disable_confirmation and not values.get("confirmation"):
         return confirm_page(state.requester, state.role, {"state": raw_state, "code": code})
     try:
         tokens = await exchange(backend, req, config, state, code)
     except PluginError as exc:  # nothing is written: the code was no real login
-        refused(req, exc, "oidc_callback_failed")
-        return error_page(400, FAILED, _detail(exc))
-    # The code was real: from here on the outcome is recorded for the poller, either way.
-    ctx = LoginContext(backend, req, config, role, check_cidrs=False)
+        return refusal(_detail(exc), exc)
+    # The code was real: from here on the outcome is recorded for the poller, either way
+    # (logged here too; the poll's refusal is the one the audit log and the metrics count).
+    ctx = seen.ctx = LoginContext(backend, req, config, role, check_cidrs=False)
     failure: PluginError | None = None
     try:
         result = await verify_tokens(backend, req, config, role, tokens, nonce=state.nonce, max_age=state.max_age)
         await finish(ctx, state.role, result)
         record = stored_result(req, role, state, result)  # the claims as the checks resolved them
     except PluginError as exc:
-        refused(req, exc, "oidc_callback_failed")
+        refused(req, exc, "oidc_callback_failed", **seen.facts())
         failure = exc
         record = {"error": "; ".join(exc.messages), "check": exc.check or ""}
+        record.update((k, v) for k, v in (exc.login or {}).items() if k in ("iss", "sub"))
     try:
         await redeem_state(req, state, record)
     except InvalidRequest:
-        return error_page(400, FAILED, EXPIRED)
+        return refusal(EXPIRED, expired())
     if failure is not None:
         return error_page(400, FAILED, _detail(failure))
     return success_page()
@@ -170,17 +188,21 @@ def make_poll(backend: JWTAuthBackend) -> Handler:
     """The ``oidc/poll`` handler."""
 
     async def handler(req: Request, values: dict[str, Any]) -> Response:
+        seen = Seen()
         try:
-            return await _poll(backend, req, values)
+            resp = await _poll(backend, req, values, seen)
         except PluginError as exc:
             if exc.messages not in _WAITING:
-                refused(req, exc, "oidc_poll_failed")  # never the state, nonce or tokens
+                refused(req, exc, "oidc_poll_failed", **seen.facts())  # never the state, nonce or tokens
+                req.system.events.oidc_flow(flow_stage(exc))
             raise
+        req.system.events.oidc_flow("completed")
+        return resp
 
     return handler
 
 
-async def _poll(backend: JWTAuthBackend, req: Request, values: dict[str, Any]) -> Response:
+async def _poll(backend: JWTAuthBackend, req: Request, values: dict[str, Any], seen: Seen) -> Response:
     storage = req.require_storage()
     config = await backend.config(req)
     if config is None:
@@ -195,7 +217,8 @@ async def _poll(backend: JWTAuthBackend, req: Request, values: dict[str, Any]) -
     role = await backend.role(storage, state.role)
     if role is None:
         raise InvalidRequest(f"{FAILED} Role could not be found")
-    ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
+    seen.role = state.role
+    ctx = seen.ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
     await run_checks(ctx, OIDC_REQUEST_CHECKS)  # the poller receives the token
     if not config.is_oidc_flow:
         raise InvalidRequest(f"{FAILED} OIDC login is not configured for this mount")
@@ -214,6 +237,7 @@ async def _poll(backend: JWTAuthBackend, req: Request, values: dict[str, Any]) -
     if "error" in taken:
         refusal = InvalidRequest(f"{FAILED} {taken.get('error')}")
         refusal.check = str(taken.get("check") or "")
+        seen.claims = {k: v for k, v in taken.items() if k in ("iss", "sub") and isinstance(v, str)}
         raise refusal
     return await finish(ctx, state.role, result_from_record(req, state, taken), log_claims=False)
 

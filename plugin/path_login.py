@@ -476,14 +476,25 @@ async def run_checks(ctx: LoginContext, checks: tuple[Check, ...] = CHECKS, *, e
     return outcomes
 
 
-def refused(req: Request, exc: PluginError, event: str, **fields: Any) -> None:
-    """Log a refused login and decide what the anonymous caller is told.
+def refused(
+    req: Request, exc: PluginError, event: str, *, known_role: str = "", claims: dict[str, Any] | None = None,
+    **fields: Any,
+) -> None:
+    """Log a refused login, note it for the audit log, decide what the anonymous caller is told.
 
     One ``event`` line with ``check`` (the reason code; None for a request error such as an
     unknown role) and ``reason`` (the full detail: what the role expects included), never
-    the token. The caller's message gains the expected values only when the mount's
-    SystemView has ``verbose_login_errors``.
+    the token. ``exc.login`` gets the role (``known_role``: only a role that exists, so a
+    caller cannot fill the metrics with names) and the token's ``iss`` and ``sub`` (from
+    ``claims``, verified or not; the audit log hashes them). The caller's message gains the
+    expected values only when the mount's SystemView has ``verbose_login_errors``.
     """
+    facts = {"role": known_role} if known_role else {}
+    for name in ("iss", "sub"):
+        value = claims.get(name) if claims else None
+        if isinstance(value, str):
+            facts[name] = value
+    exc.login = facts
     log.info(
         event,
         mount=req.system.mount_path,
@@ -548,8 +559,11 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
 
     async def login(req: Request, values: dict[str, Any]) -> Response:
         role_name = values.get("role", "")
+        known = ""
+        ctx: LoginContext | None = None
         try:
             config, role_name, role = await _load(backend, req, role_name)
+            known = role_name
             token = values.get("jwt", "")
             if not token:
                 raise InvalidRequest("missing token")
@@ -562,7 +576,7 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
             assert identity is not None  # every identity check passed
             auth = login_auth(role, role_name, identity, ctx.policies)
         except PluginError as exc:
-            refused(req, exc, "login_failed", role=role_name)
+            refused(req, exc, "login_failed", known_role=known, claims=ctx.claims if ctx else None, role=role_name)
             raise
         return Response(auth=auth)
 

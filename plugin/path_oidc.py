@@ -10,7 +10,9 @@ after the code exchange and the ID token checks have passed. The ID token checks
 cap/go-oidc (docs/reference/vault-api.md 6.3); the role's checks (bound CIDRs, subject,
 distributed claims, user claim, claim mappings, groups, bound claims) are the JWT login's
 own validators (``path_login.OIDC_REQUEST_CHECKS``/``OIDC_CLAIM_CHECKS``), with the same
-reason codes. The role's ``callback_mode`` picks where the IdP's answer goes: the caller's
+reason codes; a refusal names the role and the token's ``iss``/``sub`` for the audit log
+(``path_login.refused``, also for the refusals the callback answers with a page), and each
+flow's stages are reported to the mount's ``Events`` (metrics). The role's ``callback_mode`` picks where the IdP's answer goes: the caller's
 redirect URI (``client``, this module), authmount's own callback page or the device grant
 (``direct``, ``device``: ``plugin/oidc_poll.py``). Every value an anonymous caller sends has
 a byte limit (``LIMITS``), checked when the fields are parsed, before anything else.
@@ -33,12 +35,15 @@ from plugin.oidc_login import (
     EXPIRED,
     FAILED,
     FlowResult,
+    Seen,
     TokenVerificationFailed,
     code_flow,
     expired,
     finish,
+    flow_stage,
     implicit_flow,
     redeem_state,
+    refusal_page,
     result_from_record,
     stored_result,
 )
@@ -141,7 +146,9 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
         if mode in ("direct", "device") and not client_nonce:
             raise InvalidRequest("missing client_nonce")
         if mode == "device":  # no redirect: the user types a code at the IdP
-            return await device_auth_url(backend, req, config, role, role_name, client_nonce)
+            resp = await device_auth_url(backend, req, config, role, role_name, client_nonce)
+            req.system.events.oidc_flow("started")
+            return resp
         if not redirect_uri:
             raise InvalidRequest("missing redirect_uri")
 
@@ -204,6 +211,7 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
         data: dict[str, Any] = {"auth_url": endpoint + sep + urlencode(ordered)}
         if direct:  # the client polls with the state (OpenBao: without the namespace suffix)
             data.update(direct_auth_fields(role, sealed))
+        req.system.events.oidc_flow("started")
         return Response(data=data)
 
     return handler
@@ -219,17 +227,24 @@ def _make_callback_get(backend: JWTAuthBackend) -> Handler:
         state = FlowState.open(req.system.sealer, raw_state, req.system.now())
         if state is not None and state.mode == "direct":
             return await direct_callback(backend, req, state, raw_state, values)  # an HTML page
+        seen = Seen()
         try:
-            return await _callback(backend, req, state, values)
+            resp = await _callback(backend, req, state, values, seen)
         except PluginError as exc:
-            refused(req, exc, "oidc_callback_failed")  # never the code, state or tokens
+            refused(req, exc, "oidc_callback_failed", **seen.facts())  # never the code, state or tokens
+            req.system.events.oidc_flow(flow_stage(exc))
             raise
+        req.system.events.oidc_flow("completed")
+        return resp
 
     return handler
 
 
-async def _callback(backend: JWTAuthBackend, req: Request, state: FlowState | None, values: dict[str, Any]) -> Response:
-    """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins."""
+async def _callback(
+    backend: JWTAuthBackend, req: Request, state: FlowState | None, values: dict[str, Any], seen: Seen
+) -> Response:
+    """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins. ``seen`` gets
+    the role (once found) and the checks' context (its claims), for a refusal's record."""
     storage = req.require_storage()
     config = await backend.config(req)
     if config is None:
@@ -243,7 +258,8 @@ async def _callback(backend: JWTAuthBackend, req: Request, state: FlowState | No
     role = await backend.role(storage, state.role)
     if role is None:
         raise InvalidRequest(f"{FAILED} Role could not be found")
-    ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
+    seen.role = state.role
+    ctx = seen.ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
     await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
     if not config.is_oidc_flow:
         raise InvalidRequest(f"{FAILED} OIDC login is not configured for this mount")
@@ -271,10 +287,11 @@ async def _callback(backend: JWTAuthBackend, req: Request, state: FlowState | No
 
 
 async def _form_post(
-    backend: JWTAuthBackend, req: Request, config: JWTConfig, state: FlowState, values: dict[str, Any]
+    backend: JWTAuthBackend, req: Request, config: JWTConfig, state: FlowState, values: dict[str, Any], seen: Seen
 ) -> None:
     """Verify what the IdP posted (exchange the code, or check the id_token) and, when it
-    passes, redeem the state with the verified claims for the GET that follows."""
+    passes, redeem the state with the verified claims for the GET that follows (``seen``
+    gets the role once found, for a refusal's record)."""
     code, id_token = values.get("code") or "", values.get("id_token") or ""
     if values.get("error") or values.get("error_description"):
         raise InvalidRequest(f"{FAILED} The identity provider returned an error.")
@@ -286,6 +303,7 @@ async def _form_post(
     role = await backend.role(storage, state.role)
     if role is None:
         raise InvalidRequest(f"{FAILED} Role could not be found")
+    seen.role = state.role
     ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
     await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
     result: FlowResult
@@ -304,18 +322,19 @@ def _make_callback_post(backend: JWTAuthBackend) -> Handler:
         raw_state = values.get("state") or ""
         state = FlowState.open(req.system.sealer, raw_state, req.system.now())
         if state is None:
-            return error_page(400, FAILED, EXPIRED)
+            return refusal_page(req, expired(), Seen(), error_page(400, FAILED, EXPIRED))
         if state.mode == "direct":
             return await direct_callback(backend, req, state, raw_state, values)
+        seen = Seen()
         try:
-            await _form_post(backend, req, config, state, values)
+            await _form_post(backend, req, config, state, values, seen)
         except TokenVerificationFailed as exc:
-            refused(req, exc, "oidc_callback_failed")
-            return error_page(400, "Token verification failed.", "; ".join(exc.messages))
+            page = error_page(400, "Token verification failed.", "; ".join(exc.messages))
+            return refusal_page(req, exc, seen, page)
         except PluginError as exc:
-            refused(req, exc, "oidc_callback_failed")
             detail = "; ".join(exc.messages).removeprefix(FAILED).strip()
-            return error_page(exc.status if 400 <= exc.status < 500 else 400, FAILED, detail)
+            page = error_page(exc.status if 400 <= exc.status < 500 else 400, FAILED, detail)
+            return refusal_page(req, exc, seen, page)
         mount = parse_mount(state.redirect_uri)
         if not mount:
             return error_page(400, FAILED, "Invalid redirect path.")

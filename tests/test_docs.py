@@ -122,19 +122,24 @@ def test_every_settings_key_is_documented(key: str) -> None:
     assert re.search(rf"^\| `{re.escape(key)}` \|", _read("configuration.md"), re.M), key
 
 
+#: The required keys of one item of each list section (``mounts[]``, ``audit[]``).
+_LIST_ITEMS: dict[str, dict[str, object]] = {"mounts[]": {"path": "jwt", "type": "jwt"},
+                                             "audit[]": {"path": "file", "type": "file"}}
+
+
 def _nest(key: str, value: object) -> dict[str, object]:
-    """``storage.path: x`` as the YAML mapping ``{storage: {path: x}}``; ``mounts[].path`` in a
-    mount that has the required keys."""
+    """``storage.path: x`` as the YAML mapping ``{storage: {path: x}}``; ``mounts[].path`` (and
+    ``audit[].path``) in an item that has the required keys."""
     head, dot, rest = key.partition(".")
-    if head == "mounts[]":
-        return {"mounts": [{"path": "jwt", "type": "jwt"} | ({rest: value} if rest else {})]}
+    if head in _LIST_ITEMS:
+        return {head[:-2]: [_LIST_ITEMS[head] | ({rest: value} if rest else {})]}
     return {head: _nest(rest, value)} if dot else {head: value}
 
 
 def _get(settings: object, key: str) -> object:
     for part in key.split("."):
-        value = getattr(settings, "mounts" if part == "mounts[]" else part)
-        settings = value[0] if part == "mounts[]" else value
+        value = getattr(settings, part[:-2] if part in _LIST_ITEMS else part)
+        settings = value[0] if part in _LIST_ITEMS else value
     return settings
 
 
@@ -147,7 +152,8 @@ def test_every_documented_setting_loads_with_its_documented_default(key: str, sp
         return  # sections, required keys and ``none``: the example configs load them
     text = shown.strip("`")
     value = text if spec.kind == "duration" else yaml.safe_load(text)
-    base = _nest("mounts[]", None) if key.startswith("mounts[]") else {}
+    head = key.partition(".")[0]
+    base = _nest(head, None) if head in _LIST_ITEMS else {}
     loaded = settings_mod.settings_from_mapping(_nest(key, value))
     assert _get(loaded, key) == _get(settings_mod.settings_from_mapping(base), key)
 

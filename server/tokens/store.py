@@ -8,6 +8,7 @@ import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from time import perf_counter  # timers (tests replace the module's time)
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from plugin.framework import Auth
 from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.sealing import Sealer
 from plugin.storage import Storage
+from server import telemetry
 from server.acl.policies import RESPONSE_WRAPPING
 from server.identity.store import IdentityStore
 from server.keyring import PROCESS_SEALER
@@ -44,7 +46,8 @@ from server.tokens.keys import BATCH_KEY, SALT_KEY, BatchKeys, load_batch_keys, 
 from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl, rfc3339
 
 __all__ = [
-    "TokenStore", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX", "EPOCH_PREFIX", "WRAP_PREFIX",
+    "TokenStore", "TokenUsage", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX",
+    "EPOCH_PREFIX", "WRAP_PREFIX",
 ]
 
 log = structlog.get_logger(__name__)
@@ -104,6 +107,29 @@ async def _id_keys(storage: Storage) -> AsyncIterator[str]:
         after = page[-1]
 
 
+class TokenUsage:
+    """Counts of live tokens (``TokenStore.usage``)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.leases = 0
+        self.by_accessor: dict[str, int] = {}
+        self.by_policy: dict[str, int] = {}
+        self.by_ttl: dict[str, int] = {}
+
+    def add(self, data: dict[str, Any]) -> None:
+        self.total += 1
+        ttl = int(data.get("ttl") or 0)
+        if ttl:
+            self.leases += 1
+        acc = str(data.get("mount_accessor") or "")
+        self.by_accessor[acc] = self.by_accessor.get(acc, 0) + 1
+        for policy in data.get("policies") or ():
+            self.by_policy[policy] = self.by_policy.get(policy, 0) + 1
+        bucket = telemetry.ttl_bucket(ttl)
+        self.by_ttl[bucket] = self.by_ttl.get(bucket, 0) + 1
+
+
 class TokenStore:
     """Issue, look up, use, renew and revoke tokens.
 
@@ -137,9 +163,12 @@ class TokenStore:
         sweep_interval: float = 60.0,
         sealer: Sealer | None = None,
         mount_exists: Callable[[str], bool] | None = None,
+        on_mint: Callable[[TokenEntry], None] | None = None,
         identity: IdentityStore | None = None,
     ) -> None:
         self.storage = storage
+        #: Called with every token minted (the ``vault_token_creation`` metric).
+        self.on_mint = on_mint
         #: Entities and groups: a login creates or refreshes its entity, and a token's
         #: identity policies (its entity's groups' policies) are judged at each use.
         self.identity = identity
@@ -323,6 +352,8 @@ class TokenStore:
             entry.parent, entry.orphan = None, True
         if entry.ttl == 0:
             entry.renewable = False
+        if self.on_mint is not None:
+            self.on_mint(entry)
         if entry.type == "batch":
             return self._mint_batch(entry)
         selector, raw, entry.accessor = mint_ids(self.clock(), entry.expire_time)
@@ -464,6 +495,13 @@ class TokenStore:
     # -- lookup and use ------------------------------------------------------------------
     async def lookup(self, raw_token: str) -> TokenEntry | None:
         """The live entry of a token, or None (unknown, expired, revoked). Uses nothing."""
+        start = perf_counter()
+        try:
+            return await self._lookup(raw_token)
+        finally:
+            telemetry.TOKEN_LOOKUP.observe(telemetry.ms_since(start))
+
+    async def _lookup(self, raw_token: str) -> TokenEntry | None:
         self._ready()
         if not isinstance(raw_token, str) or not raw_token or len(raw_token) > _MAX_TOKEN_LEN:
             return None
@@ -748,12 +786,37 @@ class TokenStore:
                     out.append(entry.accessor)
         return sorted(out)
 
+    async def usage(self) -> TokenUsage:
+        """Live service tokens counted by mount accessor, policy and creation TTL (a full
+        scan, paged, letting requests run: the usage gauges)."""
+        usage = TokenUsage()
+        n = 0
+        now = self.clock()
+        async for key in _id_keys(self.storage):
+            await _pause(n)
+            n += 1
+            data = await self.storage.get(ID_PREFIX + key)
+            if data is None or data.get("num_uses", 0) < 0:
+                continue
+            expire = data.get("expire_time") or 0
+            if expire and now >= expire:
+                continue
+            usage.add(data)
+        return usage
+
     async def _children(self, id_hash: str) -> list[str]:
         return [c for c in await self.storage.list(f"{PARENT_PREFIX}{id_hash}/") if not c.endswith("/")]
 
     async def _revoke_tree(self, id_hash: str) -> int:
         # The parent goes first so it stops working at once; children of a missing
         # parent are refused on use anyway (see _check_live).
+        start = perf_counter()
+        try:
+            return await self._revoke_all(id_hash)
+        finally:
+            telemetry.TOKEN_REVOKE.observe(telemetry.ms_since(start))
+
+    async def _revoke_all(self, id_hash: str) -> int:
         count, stack, seen = 0, [id_hash], set()
         while stack:
             h = stack.pop()

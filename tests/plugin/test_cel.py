@@ -279,3 +279,29 @@ async def test_a_stored_program_is_compiled_once(h: Harness) -> None:
 
 def test_cost_limit_is_a_step_budget() -> None:
     assert COST_LIMIT == 10_000
+
+
+def test_a_slow_garbage_collection_does_not_count_against_the_program() -> None:
+    """The CPU limit measures the program: a full collection of a big process starting during
+    it (it did in the test suite, 50+ ms) must not refuse a cheap login. Here every collection
+    burns 60 ms of this thread's CPU, more than the whole limit, and collections are due every
+    50 allocations: the program still succeeds, and the collector is back after."""
+    import gc
+
+    program = compile_program(CelProgram.from_raw({"expression": "[1, 2, 3].map(x, [x, x, x]).size() == 3"}))
+
+    def slow(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            end = time.thread_time() + 0.06
+            while time.thread_time() < end:
+                pass
+
+    before = gc.get_threshold()
+    gc.set_threshold(50, 1, 1)
+    gc.callbacks.append(slow)
+    try:
+        assert to_python(program.evaluate(CLAIMS, time.time(), "update")) is True
+    finally:
+        gc.callbacks.remove(slow)
+        gc.set_threshold(*before)
+    assert gc.isenabled()

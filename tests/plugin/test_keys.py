@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from plugin.errors import InvalidRequest, UpstreamError
-from plugin.framework import FetchResult
+from plugin.framework import FetchResult, NoEvents
 from plugin.jose_verify import SUPPORTED_ALGS, ParsedToken, parse_token
 from plugin.keys import JWKSKeySource, KeySource, build_key_source, fetch_discovery
 from tests.plugin.keyfactory import FakeFetcher, KeyPair, Route, default_claims, ec_key, jwks, make_token, rsa_key
@@ -30,6 +30,22 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class RecordingEvents(NoEvents):
+    """``Events`` that keep what a key source reports."""
+
+    __slots__ = ("fetches", "fetched")
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, bool]] = []
+        self.fetched: list[tuple[str, float]] = []
+
+    def key_fetch(self, kind: str, ok: bool) -> None:
+        self.fetches.append((kind, ok))
+
+    def key_set_fetched(self, url: str, at: float) -> None:
+        self.fetched.append((url, at))
 
 
 def tok(key: KeyPair | bytes | str | None, **kw: Any) -> ParsedToken:
@@ -540,13 +556,11 @@ async def test_key_ops(members: dict[str, Any], usable: bool) -> None:
 async def test_refresh_failures_are_logged_once_per_streak_and_counted() -> None:
     from structlog.testing import capture_logs
 
-    from plugin.keys import REFRESH_FAILURES
-
     key = ec_key(kid="k")
     clock = FakeClock()
     served: dict[str, Any] = {"doc": UpstreamError("connection refused")}
-    src = jwks_source(FakeFetcher({JWKS_URL: lambda: served["doc"]}), clock, mount="auth/jwt/")
-    before = REFRESH_FAILURES["jwks"]
+    counted = RecordingEvents()
+    src = jwks_source(FakeFetcher({JWKS_URL: lambda: served["doc"]}), clock, mount="auth/jwt/", events=counted)
     with capture_logs() as logs:
         for _ in range(3):
             with pytest.raises(InvalidRequest, match="could not fetch keys from .*connection refused"):
@@ -562,7 +576,9 @@ async def test_refresh_failures_are_logged_once_per_streak_and_counted() -> None
     events = [(e["event"], e.get("failures")) for e in logs]
     assert events == [("jwks_fetch_failed", None), ("jwks_fetch_recovered", 3), ("jwks_fetch_failed", None)]
     assert logs[0]["mount"] == "auth/jwt/" and logs[0]["url"] == JWKS_URL and "connection refused" in logs[0]["reason"]
-    assert REFRESH_FAILURES["jwks"] - before == 4
+    # every fetch reaches the metrics (authmount_key_fetches_total), each failure of a streak too
+    assert counted.fetches == [("jwks", False)] * 3 + [("jwks", True), ("jwks", False)]
+    assert counted.fetched == [(JWKS_URL, clock.now - 3601)]  # the set in use: fetched after the streak
     [status] = src.status()
     assert status["failures"] == 4 and status["consecutive_failures"] == 1 and status["last_error"]
     assert status["key_count"] == 1 and status["kids"] == ["k"]
