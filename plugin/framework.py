@@ -105,8 +105,9 @@ class Events(Protocol):
     """What a backend reports for the server's metrics (per mount; ``NoEvents`` drops it).
 
     ``kind`` of a key fetch: ``jwks`` or ``discovery``. ``stage`` of an OIDC flow:
-    ``started`` (auth_url), ``completed`` (the callback issued a token), ``failed`` (the
-    callback refused), ``expired`` (a callback whose state expired, was forged or was used).
+    ``started`` (auth_url), ``completed`` (the callback or ``oidc/poll`` issued a token),
+    ``failed`` (the callback, its page or the poll refused), ``expired`` (a callback or poll
+    whose state expired, was forged or was used).
     """
 
     def key_fetch(self, kind: str, ok: bool) -> None: ...

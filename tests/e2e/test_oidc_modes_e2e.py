@@ -2,10 +2,13 @@
 OpenBao's ``bao`` CLI, unmodified.
 
 - ``bao login -method=oidc callbackmode=device``: RFC 8628 at the IdP, the user's side
-  scripted with ``requests``; ``oauth2_metadata`` hands the IdP's tokens to the CLI.
+  scripted with ``requests`` and in headless Chromium; ``oauth2_metadata`` hands the IdP's
+  tokens to the CLI.
 - ``bao login -method=oidc callbackmode=direct``: the IdP redirects to authmount's own
-  callback page, which asks the user to confirm (in headless Chromium too) before the
-  polling CLI gets its token; an IdP's ``error_description`` with markup is shown escaped.
+  callback page, which asks the user to confirm (scripted, and in headless Chromium) before
+  the polling CLI gets its token; an IdP's ``error_description`` with markup is shown escaped.
+- The audit log and the metrics of these logins: reason codes of refusals (the callback
+  page's too), the IdP tokens hashed, oidc/poll timed and counted as a login path.
 - GitLab-style groups that only the userinfo endpoint has, and which source wins.
 - A distributed claim (OIDC Core 5.6.2) answered by a local claims source.
 - ``private_key_jwt``: the IdP's client has no secret, authmount signs client assertions.
@@ -16,10 +19,12 @@ OpenBao's ``bao`` CLI, unmodified.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -311,40 +316,172 @@ def test_direct_error_description_is_shown_escaped(env: Env) -> None:
     assert _poll(env, started["state"]).json()["errors"] == ["authorization_pending"]  # nothing was recorded
 
 
-@pytest.mark.skipif(browser_available() is not None, reason=str(browser_available()))
-def test_direct_confirmation_in_headless_chromium(env: Env) -> None:
-    """The confirmation page works in a real browser under its CSP (no script: a GET form)."""
+@contextlib.contextmanager
+def chromium(e: Env) -> Iterator[Any]:
+    """A headless Chromium (selenium WebDriver) with its profile under the test's home."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from tests.e2e.browser import CHROME_FLAGS, CHROMEDRIVER, CHROMIUM
 
-    started = _auth_url(env, "direct", redirect=env.callback())
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in CHROME_FLAGS:
         opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={env.home / 'chromium'}")
+    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-', dir=e.home)}")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         driver.set_page_load_timeout(60)
-        driver.get(started["auth_url"])
-        wait = WebDriverWait(driver, 60)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=login]")))
-        driver.find_element(By.CSS_SELECTOR, "input[name=login]").send_keys("alice")
-        driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys("x")
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda d: "Sign-in confirmation required" in d.page_source)
-        assert _poll(env, started["state"]).json()["errors"] == ["authorization_pending"]
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda d: "Authentication Succeeded" in d.page_source)
+        yield driver
     finally:
         driver.quit()
-    done = _poll(env, started["state"])
-    assert done.status_code == 200 and done.json()["auth"]["metadata"]["email"] == "alice@example.com"
+
+
+def _sign_in(driver: Any, login: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=login]")))
+    driver.find_element(By.CSS_SELECTOR, "input[name=login]").send_keys(login)
+    driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys("x")
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+@pytest.mark.skipif(browser_available() is not None, reason=str(browser_available()))
+def test_direct_confirmation_in_headless_chromium(env: Env) -> None:
+    """`bao login callbackmode=direct` with the user in a real browser: the IdP's login, then
+    authmount's confirmation page under its CSP (no script: a GET form); the CLI's poll gets
+    the token only after the click."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    login = BaoLogin(env, MOUNT, "role=direct", "callbackmode=direct")
+    try:
+        url = login.url(env.idp.issuer + "/auth?")
+        with chromium(env) as driver:
+            driver.get(url)
+            _sign_in(driver, "alice")
+            wait = WebDriverWait(driver, 60)
+            wait.until(lambda d: "Sign-in confirmation required" in d.page_source)
+            assert "<b>direct</b>" in driver.page_source
+            time.sleep(1.5)
+            assert login.proc.poll() is None  # the CLI still polls: nothing released before the click
+            driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            wait.until(lambda d: "Authentication Succeeded" in d.page_source)
+        secret = login.finish()
+    finally:
+        login.close()
+    assert secret["auth"]["metadata"]["email"] == "alice@example.com"
+    assert secret["auth"]["policies"] == ["default", "people"]
+
+
+def _click_and_wait(driver: Any, button: Any) -> None:
+    """Click ``button`` and wait until the browser shows another page."""
+    before = driver.current_url, driver.page_source
+    button.click()
+    _wait_for(lambda: (driver.current_url, driver.page_source) != before)
+
+
+@pytest.mark.skipif(browser_available() is not None, reason=str(browser_available()))
+def test_device_login_through_the_bao_cli_in_headless_chromium(env: Env) -> None:
+    """`bao login callbackmode=device` with the user in a real browser at the IdP: the
+    verification page (its code filled in), the sign-in, the consent; the CLI's poll then
+    gets the token and the IdP's tokens (``oauth2_metadata``)."""
+    from selenium.webdriver.common.by import By
+
+    login = BaoLogin(env, MOUNT, "role=device", "callbackmode=device")
+    try:
+        url = login.url(env.idp.issuer + "/device?user_code=")
+        with chromium(env) as driver:
+            driver.get(url)
+            deadline = time.monotonic() + 90
+            while "Sign-in Success" not in driver.page_source:
+                assert time.monotonic() < deadline, driver.page_source[:500]
+                if driver.find_elements(By.CSS_SELECTOR, "input[name=login]"):
+                    _sign_in(driver, "alice")
+                    continue
+                buttons = driver.find_elements(By.CSS_SELECTOR, "button[type=submit]:not([name=abort])")
+                if buttons:
+                    _click_and_wait(driver, buttons[0])
+                else:
+                    time.sleep(0.1)
+        secret = login.finish()
+    finally:
+        login.close()
+    meta = secret["auth"]["metadata"]
+    assert meta["email"] == "alice@example.com" and meta["role"] == "device"
+    assert meta["oauth2_access_token"] and meta["oauth2_id_token"].count(".") == 2
+
+
+# -- the audit log and the metrics of these logins ----------------------------------------------
+def _metrics(e: Env) -> dict[tuple[str, tuple[Any, ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = e.root("GET", "sys/metrics", params={"format": "prometheus"}).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def _sample(samples: dict[tuple[str, tuple[Any, ...]], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_audit_log_and_metrics_of_the_terminal_logins(env: Env, tmp_path: Path) -> None:
+    """With a file audit device: a device login's poll response entry holds the IdP tokens
+    only hashed; a direct login the IdP refused on the callback page and a poll of a used
+    state carry their reason codes; pending polls are no refusal. The metrics count
+    oidc/poll like the other login paths (timer, logins by outcome, flow stages)."""
+    log = tmp_path / "audit.log"
+    env.root("POST", "sys/audit/oidc-modes", json={"type": "file", "options": {"file_path": str(log)}})
+    try:
+        before = _metrics(env)
+        started = _auth_url(env, "device")
+        assert _poll(env, started["state"]).status_code == 400  # authorization_pending
+        drive_device_login(started["auth_url"], login="bob")
+        done = _poll(env, started["state"])
+        assert done.status_code == 200, done.text
+        used = _poll(env, started["state"])
+        assert used.status_code == 400
+        direct = _auth_url(env, "direct", redirect=env.callback())
+        page = requests.get(env.callback(), timeout=30, params={
+            "state": direct["state"], "error": "access_denied", "error_description": "<b>no</b>"})
+        assert page.status_code == 400
+        after = _metrics(env)
+    finally:
+        env.root("DELETE", "sys/audit/oidc-modes")
+    auth = done.json()["auth"]
+    text = log.read_text()
+    for secret in (auth["client_token"], auth["metadata"]["oauth2_access_token"],
+                   auth["metadata"]["oauth2_id_token"], auth["metadata"]["oauth2_refresh_token"]):
+        assert secret not in text
+    entries = [json.loads(line) for line in text.splitlines()]
+    responses = [e for e in entries if e["type"] == "response"]
+    issued = [e for e in responses if "auth" in e["response"]]
+    [poll] = [e for e in issued if e["request"]["path"] == f"auth/{MOUNT}/oidc/poll"]
+    meta = poll["response"]["auth"]["metadata"]
+    assert meta["email"] == "bob@example.com"
+    for name in ("oauth2_access_token", "oauth2_id_token", "oauth2_refresh_token"):
+        assert meta[name].startswith("hmac-sha256:")
+    failures = [(e["request"]["path"].rsplit("/", 1)[-1], e["response"]["login_failure"]) for e in responses
+                if "login_failure" in e["response"]]
+    assert [(path, f["reason"], f.get("role")) for path, f in failures] == [
+        ("poll", "invalid_request", "device"),  # the used state (the pending poll is no refusal)
+        ("callback", "invalid_request", "direct"),  # the IdP's error, on the direct page
+    ]
+    mount = f"auth/{MOUNT}/"
+
+    def delta(name: str, **labels: str) -> float:
+        return _sample(after, name, **labels) - _sample(before, name, **labels)
+
+    assert delta("authmount_logins_total", mount=mount, role="device", outcome="success") == 1
+    assert delta("authmount_logins_total", mount=mount, role="device", outcome="invalid_request") == 1
+    assert delta("authmount_logins_total", mount=mount, role="direct", outcome="invalid_request") == 1
+    assert [delta("authmount_oidc_flows_total", mount=mount, stage=s) for s in
+            ("started", "completed", "expired", "failed")] == [2, 1, 1, 1]
+    route = "vault_route_update_auth_" + MOUNT + "__count"
+    assert delta(route) >= 5  # two auth_url, three polls
+    assert delta("vault_core_handle_login_request_count") >= 6
 
 
 # -- claims from where IdPs put them -----------------------------------------------------------

@@ -3,6 +3,7 @@ level, against the fake IdP (tests/plugin/oidc_fakes.py); OpenBao's API (issue 1
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import structlog
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UpstreamError
-from plugin.framework import Operation, Response
+from plugin.framework import NoEvents, Operation, Response
 from plugin.oidc_state import FlowState
 from tests.plugin.oidc_fakes import BOB, REDIRECT, Harness, query
 
@@ -386,3 +387,117 @@ async def test_form_post_keeps_the_tokens_sealed_until_the_get() -> None:
     assert access not in json.dumps(h.storage.dump())
     resp = await h.callback(state=state, code="no_code")
     assert resp.auth.response_metadata == {"oauth2_access_token": access}
+
+
+# ---------------------------------------------------------------------------
+# What a refusal records (audit log, login metrics) and the flow's stages (Events)
+
+
+class FlowEvents(NoEvents):
+    """``Events`` that keep the OIDC flow stages a mount reports."""
+
+    __slots__ = ("stages",)
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+
+    def oidc_flow(self, stage: str) -> None:
+        self.stages.append(stage)
+
+
+async def counted(**role: Any) -> tuple[Harness, FlowEvents]:
+    h = await harness(**role)
+    events = FlowEvents()
+    h.system = dataclasses.replace(h.system, events=events)
+    return h, events
+
+
+async def test_device_poll_stages_and_refusal_record() -> None:
+    """Pending polls are no stage and no refusal; a refused poll names the role (the IdP's
+    answer carried no token: no iss/sub); a login completes once."""
+    h, events = await counted(callback_mode="device")
+    data = await h.start(client_nonce=NONCE)
+    [device] = h.idp.devices.values()
+    with pytest.raises(InvalidRequest) as pending:
+        await h.poll(state=data["state"], client_nonce=NONCE)
+    assert pending.value.login is None  # not refused: the audit log and the metrics see no failed login
+    h.idp.deny(device.user_code)
+    with pytest.raises(InvalidRequest) as denied:
+        await h.poll(state=data["state"], client_nonce=NONCE)
+    assert denied.value.login == {"role": "test"}
+    again = await h.start(client_nonce=NONCE)
+    [_, second] = h.idp.devices.values()
+    h.idp.approve(second.user_code, **BOB)
+    assert (await h.poll(state=again["state"], client_nonce=NONCE)).auth is not None
+    with pytest.raises(InvalidRequest) as used:
+        await h.poll(state=again["state"], client_nonce=NONCE)
+    assert used.value.login == {"role": "test"}
+    assert events.stages == ["started", "failed", "started", "completed", "expired"]
+
+
+@pytest.mark.parametrize(
+    ("callback", "stage", "login"),
+    [
+        ({"error": "access_denied", "error_description": "<b>no</b>"}, "failed", {"role": "test"}),
+        ({"code": "forged", "confirmation": "1"}, "failed", {"role": "test"}),  # the IdP refuses the code
+        ({}, "failed", {"role": "test"}),  # no code
+    ],
+    ids=["idp error", "code refused", "no code"],
+)
+async def test_direct_page_refusals_carry_their_record(callback: dict[str, Any], stage: str, login: dict[str, str]) -> None:
+    """A direct login that ends on the callback page: the page carries the refusal
+    (``Response.refused``, which the HTTP edge audits and counts), the flow failed there."""
+    h, events = await counted(callback_mode="direct")
+    data, _ = await direct_start(h)
+    page = await h.callback(state=data["state"], **callback)
+    assert page.status == 400 and page.refused is not None
+    assert page.refused.login == login and page.refused.check == ""
+    assert events.stages == ["started", stage]
+
+
+async def test_direct_refusal_after_the_exchange_is_recorded_by_the_poll() -> None:
+    """A check the verified login fails: logged by the page, recorded (reason code, role, the
+    token's iss and sub) and counted once, by the poll that receives it."""
+    h, events = await counted(callback_mode="direct", oidc_disable_confirmation=True,
+                              bound_claims={"team": "secret-team-x"})
+    data, code = await direct_start(h)
+    page = await h.callback(state=data["state"], code=code)
+    assert page.status == 400 and page.refused is None
+    assert events.stages == ["started"]
+    [record] = [v for k, v in h.storage.dump().items() if k.startswith("oidc/used/")]
+    assert record["check"] == "bound_claims" and (record["iss"], record["sub"]) == ("https://idp.test", "bob")
+    assert "secret-team-x" not in json.dumps(record)  # what the role expects stays out
+    with pytest.raises(PluginError) as exc:
+        await h.poll(state=data["state"], client_nonce=NONCE)
+    assert exc.value.check == "bound_claims"
+    assert exc.value.login == {"role": "test", "iss": "https://idp.test", "sub": "bob"}
+    assert events.stages == ["started", "failed"]
+
+
+async def test_client_callback_refusals_carry_their_record() -> None:
+    h, events = await counted(bound_claims={"team": "x"})
+    with pytest.raises(PluginError) as refused:
+        await h.login(**BOB)
+    assert refused.value.check == "bound_claims"
+    assert refused.value.login == {"role": "test", "iss": "https://idp.test", "sub": "bob"}
+    with pytest.raises(InvalidRequest) as forged:
+        await h.callback(state="am1.forged", code="c")
+    assert forged.value.login == {}  # no role is known: none is named
+    assert events.stages == ["started", "failed", "expired"]
+    await h.role(bound_claims={})
+    assert (await h.login(**BOB)).auth is not None
+    assert events.stages[-2:] == ["started", "completed"]
+
+
+async def test_form_post_refusal_page_carries_its_record() -> None:
+    h = Harness()
+    await h.configure(oidc_response_mode="form_post")
+    await h.role()
+    events = FlowEvents()
+    h.system = dataclasses.replace(h.system, events=events)
+    url = await h.auth_url()
+    page = await h.call(Operation.UPDATE, "oidc/callback", {"state": query(url)["state"], "code": "forged"})
+    assert page.status == 400 and page.refused is not None and page.refused.login == {"role": "test"}
+    forged = await h.call(Operation.UPDATE, "oidc/callback", {"state": "am1.forged", "code": "c"})
+    assert forged.status == 400 and forged.refused is not None and forged.refused.login == {}
+    assert events.stages == ["started", "failed", "expired"]

@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.storage import InMemoryStorage
+from server import telemetry
 from server.app import create_app
 from server.appkeys import MOUNTS, STORAGE
 from server.http.listverb import ListVerbAppRunner, make_test_server
@@ -48,6 +50,7 @@ class EchoBackend(Backend):
                      existence_check=self._exists),
             PathSpec("echo", FieldSet({}), {Operation.UPDATE: self._echo, Operation.READ: self._echo}),
             PathSpec("raw", FieldSet({}), {Operation.READ: self._raw}, unauthenticated=True),
+            PathSpec("refuse", FieldSet({}), {Operation.UPDATE: self._refuse}, unauthenticated=True),
             PathSpec("boom", FieldSet({}), {Operation.READ: self._boom}),
         ]
 
@@ -83,6 +86,15 @@ class EchoBackend(Backend):
 
     async def _raw(self, req: Request, values: dict[str, Any]) -> Response:
         return Response(raw_body=b"<html>ok</html>", status=200, content_type="text/html; charset=utf-8")
+
+    async def _refuse(self, req: Request, values: dict[str, Any]) -> Response:
+        """A login refused with a page (as the OIDC callback's pages are)."""
+        exc = InvalidRequest("login refused")
+        exc.check = "bound_claims"
+        exc.login = {"role": "tester", "iss": "https://idp.example.com", "sub": "bob"}
+        page = Response(raw_body=b"<html>no</html>", status=400, content_type="text/html; charset=utf-8")
+        page.refused = exc
+        return page
 
     async def _boom(self, req: Request, values: dict[str, Any]) -> Response:
         raise RuntimeError("secret internal detail")
@@ -596,3 +608,46 @@ async def test_token_rows_are_not_announced_to_other_nodes(aiohttp_client: Aioht
     await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
     assert storage.quiet == ["sys/token/id/", "sys/token/accessor/", "sys/token/parent/"]
     assert not any(EPOCH_PREFIX.startswith(p) or p.startswith("sys/token/mount") for p in storage.quiet)
+
+
+@pytest.mark.parametrize("log_raw", [False, True], ids=["hashed", "log_raw"])
+async def test_response_metadata_is_hashed_in_the_audit_log(echo: Client, tmp_path: Path, log_raw: bool) -> None:
+    """Issue 12 (``oauth2_metadata``): the audit log's response entry shows the IdP's token
+    hashed with the device's salt (sys/audit-hash finds it), hashed even with ``log_raw``."""
+    log = tmp_path / "audit.log"
+    resp = await echo.post("/v1/sys/audit/file", headers=H,
+                           json={"type": "file", "options": {"file_path": str(log), "log_raw": str(log_raw).lower()}})
+    assert resp.status == 204, await resp.text()
+    secret = "idp-access-token-" + "z" * 40
+    body = await (await echo.post("/v1/auth/echo/login", json={"secret": secret})).json()
+    assert body["auth"]["metadata"]["oauth2_access_token"] == secret  # the caller gets it
+    if not log_raw:  # (with log_raw the request entry shows this test's request data, the secret too)
+        assert secret not in log.read_text()
+    hashed = (await (await echo.post("/v1/sys/audit-hash/file", json={"input": secret}, headers=H)).json())["data"]
+    [entry] = [e for e in map(json.loads, log.read_text().splitlines())
+               if e["type"] == "response" and e["request"]["path"] == "auth/echo/login"]
+    meta = entry["response"]["auth"]["metadata"]
+    assert meta["who"] == "tester" and meta["oauth2_access_token"].startswith("hmac-sha256:")
+    if not log_raw:  # (sys/audit-hash of a log_raw device answers its input)
+        assert meta["oauth2_access_token"] == hashed["hash"]
+    assert secret not in json.dumps(entry["response"])
+    token = body["auth"]["client_token"]
+    assert (entry["response"]["auth"]["client_token"] == token) is log_raw  # log_raw shows the server's own token
+
+
+async def test_a_refusal_answered_with_a_page_is_audited_and_counted(echo: Client, tmp_path: Path) -> None:
+    """``Response.refused`` (the OIDC callback's error pages): the audit log's response entry
+    has ``login_failure`` with the reason code, and authmount_logins_total counts it."""
+    log = tmp_path / "audit.log"
+    resp = await echo.post("/v1/sys/audit/file", headers=H, json={"type": "file", "options": {"file_path": str(log)}})
+    assert resp.status == 204
+    labels = {"mount": "auth/echo/", "role": "tester", "outcome": "bound_claims"}
+    before = telemetry.REGISTRY.get_sample_value("authmount_logins_total", labels) or 0.0
+    resp = await echo.post("/v1/auth/echo/refuse", json={})
+    assert resp.status == 400 and await resp.text() == "<html>no</html>"
+    assert (telemetry.REGISTRY.get_sample_value("authmount_logins_total", labels) or 0.0) - before == 1
+    [entry] = [e for e in map(json.loads, log.read_text().splitlines())
+               if e["type"] == "response" and e["request"]["path"] == "auth/echo/refuse"]
+    failure = entry["response"]["login_failure"]
+    assert (failure["reason"], failure["role"]) == ("bound_claims", "tester")
+    assert failure["sub"].startswith("hmac-sha256:") and failure["iss"].startswith("hmac-sha256:")
