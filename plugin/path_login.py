@@ -90,6 +90,11 @@ EXPLAIN_FIELDS = FieldSet(
         "remote_addr": Field(
             FieldType.STRING, "Evaluate the role's bound CIDRs against this address (else skipped).", default=""
         ),
+        "distributed_claim_access_token": Field(
+            FieldType.STRING, "As the login's: the access token for distributed claims whose source names none "
+            "(roles with resolve_distributed_claims; the sources are asked as a login would ask them).",
+            default="", sensitive=True,
+        ),
     }
 )
 
@@ -600,7 +605,8 @@ def path_explain(backend: JWTAuthBackend) -> PathSpec:
         if not token:
             raise InvalidRequest("missing token")
         addr = values.get("remote_addr") or None
-        ctx = LoginContext(backend, req, config, role, token=token, remote_addr=addr, check_cidrs=addr is not None)
+        ctx = LoginContext(backend, req, config, role, token=token, remote_addr=addr, check_cidrs=addr is not None,
+                           access_token=values.get("distributed_claim_access_token", ""))
         outcomes = await run_checks(ctx, explain=True)
         data: dict[str, Any] = {
             "would_succeed": all(o.ok for o in outcomes),

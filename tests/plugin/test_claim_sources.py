@@ -282,3 +282,28 @@ async def test_a_cancelled_login_leaves_no_fetch_behind() -> None:
         await login
     await asyncio.sleep(0)
     assert all(t.done() for t in before)  # the source's fetch was cancelled with the login
+
+
+async def test_explain_takes_the_distributed_claim_access_token() -> None:
+    """explain runs the distributed_claims check as the login does, with the same field."""
+    fetcher = FakeFetcher({SOURCE: {"groups": GROUPS}})
+    h = await jwt_harness(fetcher)
+    jwt = token(h, **distributed())
+
+    def check(data: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = next(c for c in data["checks"] if c["check"] == "distributed_claims")
+        return found
+
+    async def explain(**extra: str) -> dict[str, Any]:
+        resp = await h.write("role/r/explain", {"jwt": jwt, **extra})
+        assert resp is not None and resp.data is not None
+        return resp.data
+
+    without = await explain()
+    assert without["would_succeed"] is False and check(without)["ok"] is False
+    assert "no access token for its endpoint" in check(without)["detail"] and not fetcher.calls
+    data = await explain(distributed_claim_access_token="explain-at")
+    assert data["would_succeed"] is True and check(data)["ok"] is True
+    assert data["identity"]["groups"] == GROUPS
+    assert fetcher.calls[0][2]["headers"]["Authorization"] == "Bearer explain-at"
+    assert "explain-at" not in str(data)
