@@ -43,7 +43,7 @@ class EchoBackend(Backend):
         self.paths = [
             PathSpec("login", FieldSet({"policies": Field(FieldType.COMMA_STRING_SLICE, "Policies."),
                                         "secret": Field(FieldType.STRING, "A response-only secret.")}),
-                     {Operation.UPDATE: self._login}, unauthenticated=True),
+                     {Operation.UPDATE: self._login}, unauthenticated=True, issues_token=True),
             PathSpec(r"item/?", FieldSet({}), {Operation.LIST: self._list}),
             PathSpec(r"item/(?P<name>\w+)", FieldSet({**name, **value}),
                      {Operation.READ: self._read, Operation.UPDATE: self._write, Operation.DELETE: self._delete},
@@ -651,3 +651,17 @@ async def test_a_refusal_answered_with_a_page_is_audited_and_counted(echo: Clien
     failure = entry["response"]["login_failure"]
     assert (failure["reason"], failure["role"]) == ("bound_claims", "tester")
     assert failure["sub"].startswith("hmac-sha256:") and failure["iss"].startswith("hmac-sha256:")
+
+
+async def test_response_metadata_of_a_wrapped_login_is_sealed(echo: Client) -> None:
+    """Issue 12 (``oauth2_metadata``): a wrapped login keeps the IdP's token only sealed (the
+    wrapped response), and unwrapping hands it over once."""
+    secret = "idp-access-token-" + "w" * 40
+    resp = await echo.post("/v1/auth/echo/login", json={"secret": secret}, headers={"X-Vault-Wrap-TTL": "300"})
+    assert resp.status == 200, await resp.text()
+    info = (await resp.json())["wrap_info"]
+    storage = app_of(echo)[STORAGE]
+    assert isinstance(storage, InMemoryStorage)
+    assert secret not in json.dumps(storage.dump(), default=str)
+    unwrapped = await echo.post("/v1/sys/wrapping/unwrap", json={"token": info["token"]}, headers=H)
+    assert (await unwrapped.json())["auth"]["metadata"]["oauth2_access_token"] == secret
