@@ -345,7 +345,15 @@ def _sign_in(driver: Any, login: str) -> None:
     WebDriverWait(driver, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=login]")))
     driver.find_element(By.CSS_SELECTOR, "input[name=login]").send_keys(login)
     driver.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys("x")
-    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _click_and_wait(driver, driver.find_element(By.CSS_SELECTOR, "button[type=submit]"))
+
+
+def _click_and_wait(driver: Any, button: Any) -> None:
+    """Click ``button`` and wait until the browser shows another page (a loop that looks at
+    the page next must not see the old one)."""
+    before = driver.current_url, driver.page_source
+    button.click()
+    _wait_for(lambda: (driver.current_url, driver.page_source) != before, timeout=60)
 
 
 @pytest.mark.skipif(browser_available() is not None, reason=str(browser_available()))
@@ -374,13 +382,6 @@ def test_direct_confirmation_in_headless_chromium(env: Env) -> None:
         login.close()
     assert secret["auth"]["metadata"]["email"] == "alice@example.com"
     assert secret["auth"]["policies"] == ["default", "people"]
-
-
-def _click_and_wait(driver: Any, button: Any) -> None:
-    """Click ``button`` and wait until the browser shows another page."""
-    before = driver.current_url, driver.page_source
-    button.click()
-    _wait_for(lambda: (driver.current_url, driver.page_source) != before)
 
 
 @pytest.mark.skipif(browser_available() is not None, reason=str(browser_available()))
