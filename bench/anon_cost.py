@@ -3,9 +3,10 @@
 Run: ``.venv/bin/python bench/anon_cost.py -n 2000`` (``--cases auth_url,health`` for a few,
 ``--json`` for machine-readable output). It starts ``authmount server`` on a fresh SQLite
 file (pinned to ``--cpus``, the per-IP rate limit off so one client can send thousands of
-calls; every other limit at its default), a tiny in-process IdP (discovery document and a
-token endpoint that refuses every code), enables ``jwt``, ``oidc`` and a form_post ``oidcfp``
-mount, and then, for each case, sends ``n`` calls one after another on one keep-alive
+calls; every other limit at its default), a tiny in-process IdP (discovery document, a
+token endpoint that refuses every code and answers ``authorization_pending`` to every device
+poll, a device authorization endpoint), enables ``jwt``, ``oidc`` (with a ``device`` and a
+``direct`` role besides ``web``) and a form_post ``oidcfp`` mount, and then, for each case, sends ``n`` calls one after another on one keep-alive
 connection, the way an anonymous client can. Per case it prints:
 
 - **storage**: the rows and bytes (key + value) the calls left in the ``kv`` table, the
@@ -47,10 +48,12 @@ from bench.procs import process_tree, rss_fields
 from plugin.path_oidc import LIMITS
 
 REDIRECT = "http://localhost:8250/oidc/callback"
+DIRECT_PATH = "/v1/auth/oidc/oidc/callback"
 
 
 class FakeIdP:
-    """Discovery for the OIDC mounts; the token endpoint refuses every code (400)."""
+    """Discovery for the OIDC mounts; the token endpoint refuses every code (400) and keeps
+    every device login pending; the device endpoint hands out device codes."""
 
     def __init__(self) -> None:
         idp = self
@@ -69,13 +72,23 @@ class FakeIdP:
                     self._send(200, {
                         "issuer": idp.issuer, "authorization_endpoint": idp.issuer + "/authorize",
                         "token_endpoint": idp.issuer + "/token", "jwks_uri": idp.issuer + "/jwks",
+                        "device_authorization_endpoint": idp.issuer + "/device",
                     })
                 else:
                     self._send(200, {"keys": []})
 
             def do_POST(self) -> None:  # noqa: N802
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self._send(400, {"error": "invalid_grant"})
+                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+                if self.path == "/device":
+                    self._send(200, {
+                        "device_code": "d" * 43, "user_code": "ABCD-EFGH", "interval": 5, "expires_in": 600,
+                        "verification_uri": idp.issuer + "/device",
+                        "verification_uri_complete": idp.issuer + "/device?user_code=ABCD-EFGH",
+                    })
+                elif form.get("grant_type") == ["urn:ietf:params:oauth:grant-type:device_code"]:
+                    self._send(400, {"error": "authorization_pending"})
+                else:
+                    self._send(400, {"error": "invalid_grant"})
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -156,6 +169,10 @@ def build_cases(base: str, keys_forged: str) -> list[Case]:
     state = parse_qs(urlsplit(url).query)["state"][0]
     fp_url = call("POST", "/v1/auth/oidcfp/oidc/auth_url", big)["data"]["auth_url"]
     fp_state = parse_qs(urlsplit(fp_url).query)["state"][0]
+    device = {"role": "dev", "client_nonce": "c" * LIMITS["client_nonce"]}
+    device_state = call("POST", "/v1/auth/oidc/oidc/auth_url", device)["data"]["state"]
+    direct = {"role": "dir", "redirect_uri": base + DIRECT_PATH, "client_nonce": "c" * LIMITS["client_nonce"]}
+    direct_state = call("POST", "/v1/auth/oidc/oidc/auth_url", direct)["data"]["state"]
     conn.close()
     forged = "am1.1." + "A" * (len(state) - 6)
     code = "x" * LIMITS["code"]
@@ -174,6 +191,20 @@ def build_cases(base: str, keys_forged: str) -> list[Case]:
              _json({"state": forged, "code": code}), 400),
         Case("oidc/callback POST (real state, wrong code)", "POST", "/v1/auth/oidcfp/oidc/callback",
              _json({"state": fp_state, "code": code}), 400),
+        Case("oidc/auth_url (device)", "POST", "/v1/auth/oidc/oidc/auth_url", _json(device), 200),
+        Case("oidc/poll (forged state)", "POST", "/v1/auth/oidc/oidc/poll",
+             _json({"state": forged, "client_nonce": nonce}), 400),
+        Case("oidc/poll (device, pending)", "POST", "/v1/auth/oidc/oidc/poll",
+             _json({"state": device_state, "client_nonce": nonce}), 400),
+        Case("oidc/poll (direct, pending)", "POST", "/v1/auth/oidc/oidc/poll",
+             _json({"state": direct_state, "client_nonce": nonce}), 400),
+        Case("oidc/callback GET (direct, confirmation page)", "GET",
+             DIRECT_PATH + "?" + urlencode({"state": direct_state, "code": code[:2048]}), _none, 200),
+        Case("oidc/callback GET (direct, confirmed, wrong code)", "GET",
+             DIRECT_PATH + "?" + urlencode({"state": direct_state, "code": code[:2048], "confirmation": "1"}), _none, 400),
+        Case("oidc/callback GET (direct, error_description)", "GET",
+             DIRECT_PATH + "?" + urlencode({"state": direct_state, "error": "e" * LIMITS["error"],
+                                            "error_description": "<" * LIMITS["error_description"]}), _none, 400),
         Case("sys/health", "GET", "/v1/sys/health", _none, 200),
         Case("sys/seal-status", "GET", "/v1/sys/seal-status", _none, 200),
         Case("sys/init", "GET", "/v1/sys/init", _none, 200),
@@ -245,6 +276,10 @@ def main(argv: list[str] | None = None) -> None:
                 "oidc_response_mode": mode, "namespace_in_state": True,
             })
             must(base, "POST", f"/v1/auth/{mount}/role/web", root, {"user_claim": "sub", "allowed_redirect_uris": [REDIRECT]})
+        must(base, "POST", "/v1/auth/oidc/role/dev", root,
+             {"user_claim": "sub", "allowed_redirect_uris": [REDIRECT], "callback_mode": "device"})
+        must(base, "POST", "/v1/auth/oidc/role/dir", root,
+             {"user_claim": "sub", "allowed_redirect_uris": [base + DIRECT_PATH], "callback_mode": "direct"})
         store = Store(workdir / "anon" / "authmount.db")
         wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
         results = []

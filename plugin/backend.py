@@ -13,7 +13,7 @@ from plugin import path_cel, path_oidc
 from plugin.cel import CompiledProgram, compile_program
 from plugin.errors import InvalidRequest
 from plugin.framework import Auth, Backend, Request, SystemView
-from plugin.keys import KeySource, build_key_source
+from plugin.keys import FailureStreak, KeySource, build_key_source
 from plugin.path_config import CONFIG_KEY, JWTConfig, path_config
 from plugin.path_login import path_explain, path_login
 from plugin.path_role import ROLE_PREFIX, Role, path_role, path_role_list
@@ -46,6 +46,8 @@ class JWTAuthBackend(Backend):
         self._closing: set[asyncio.Task[None]] = set()
         #: The OIDC discovery document by (URL, CA PEM): (monotonic expiry, document).
         self.oidc_discovery: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
+        #: Failed fetches of that document, logged once per streak.
+        self.discovery_streak: FailureStreak | None = None
         self.paths = [
             path_config(self),
             path_role_list(self),
@@ -116,7 +118,9 @@ class JWTAuthBackend(Backend):
 
         :raises InvalidRequest: unparseable keys (``error parsing public key: ...``).
         """
-        return build_key_source(config.to_storage(), system.fetcher, clock=system.now, events=system.events)
+        return build_key_source(
+            config.to_storage(), system.fetcher, clock=system.now, mount=system.mount_path, events=system.events
+        )
 
     async def key_source(self, config: JWTConfig, system: SystemView | Any) -> KeySource:
         """The cached KeySource for ``config``, built on first use.

@@ -30,6 +30,7 @@ __all__ = [
     "Events",
     "NoEvents",
     "FetchResult",
+    "ClientCert",
     "Fetcher",
     "Request",
     "Alias",
@@ -72,12 +73,18 @@ class FetchResult:
     body: bytes
 
 
+#: A TLS client certificate for outbound calls: (certificate chain PEM, private key PEM).
+ClientCert = tuple[str, str]
+
+
 class Fetcher(Protocol):
     """Outbound HTTP used by backends (JWKS, discovery, token and userinfo endpoints).
 
     Implementations enforce the timeout and ``max_bytes``, trust only ``ca_pem`` when it is
-    given, never follow a redirect to another host, and raise ``UpstreamError`` with a short
-    reason (no response body) on network, TLS, timeout or size failures.
+    given, present ``client_cert`` (``(certificate chain PEM, private key PEM)``) when the
+    server asks for a client certificate (mTLS), never follow a redirect to another host,
+    and raise ``UpstreamError`` with a short reason (no response body) on network, TLS,
+    timeout or size failures.
     """
 
     async def fetch(
@@ -90,6 +97,7 @@ class Fetcher(Protocol):
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
+        client_cert: ClientCert | None = None,
     ) -> FetchResult: ...
 
 
@@ -97,8 +105,9 @@ class Events(Protocol):
     """What a backend reports for the server's metrics (per mount; ``NoEvents`` drops it).
 
     ``kind`` of a key fetch: ``jwks`` or ``discovery``. ``stage`` of an OIDC flow:
-    ``started`` (auth_url), ``completed`` (the callback issued a token), ``failed`` (the
-    callback refused), ``expired`` (a callback whose state expired, was forged or was used).
+    ``started`` (auth_url), ``completed`` (the callback or ``oidc/poll`` issued a token),
+    ``failed`` (the callback, its page or the poll refused), ``expired`` (a callback or poll
+    whose state expired, was forged or was used).
     """
 
     def key_fetch(self, kind: str, ok: bool) -> None: ...
@@ -241,7 +250,11 @@ class Auth:
 
     TTL fields are seconds; 0 means "use the mount default/maximum". ``token_type`` is
     ``default``, ``service`` or ``batch``. ``internal_data`` is kept server-side with the
-    token and handed back on renewal (it holds the role name).
+    token and handed back on renewal (it holds the role name). ``response_metadata`` are
+    secrets for the caller only (a role's ``oauth2_metadata``: the IdP's tokens): the login
+    response's ``auth.metadata`` shows them next to ``metadata`` (the HTTP edge adds them to
+    the envelope); they are never stored with the token, never put into a batch token, and
+    never in the token store's ``auth`` block, which is what the audit log records.
     """
 
     display_name: str = ""
@@ -259,6 +272,7 @@ class Auth:
     token_type: str = "default"
     no_default_policy: bool = False
     renewable: bool = True
+    response_metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -276,6 +290,10 @@ class Response:
     #: A finished Vault ``auth`` object, put verbatim into the envelope. Only the built-in
     #: ``token/`` backend sets it (token create/renew); logins return ``auth`` instead.
     auth_block: dict[str, Any] | None = None
+    #: A login refused with a page rather than an error (the OIDC callback's HTML pages),
+    #: its ``login`` set by ``path_login.refused``: the audit log and the login metrics
+    #: record it as they record a raised refusal.
+    refused: PluginError | None = None
 
     def add_warning(self, message: str) -> None:
         self.warnings.append(message)

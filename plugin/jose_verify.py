@@ -311,6 +311,10 @@ def _b64url_lenient(value: str) -> bytes:
     return data
 
 
+_SIGNATURE_OPS = frozenset({"verify", "sign"})
+_ENCRYPTION_OPS = frozenset({"encrypt", "decrypt", "wrapKey", "unwrapKey", "deriveKey", "deriveBits"})
+
+
 def _jwk_to_keys(obj: object) -> list[VerifyKey]:
     """Turn one JWK into verification keys, or raise ValueError saying why it is unusable."""
     if not isinstance(obj, dict):
@@ -321,9 +325,14 @@ def _jwk_to_keys(obj: object) -> list[VerifyKey]:
     if "use" in obj and obj["use"] != "sig":
         raise ValueError("use is not sig")
     if "key_ops" in obj:
+        # RFC 7517 4.3. go-jose (Vault) ignores key_ops; a public key published with its
+        # private half's ["sign"] (node-oidc-provider does) still verifies. Encryption keys
+        # never verify anything.
         ops = obj["key_ops"]
-        if not isinstance(ops, list) or "verify" not in ops:
-            raise ValueError("key_ops does not allow verify")
+        if not isinstance(ops, list) or not all(isinstance(op, str) for op in ops):
+            raise ValueError("key_ops is not a list of strings")
+        if not _SIGNATURE_OPS.intersection(ops) or _ENCRYPTION_OPS.intersection(ops):
+            raise ValueError("key_ops does not allow verify or sign")
     if any(name in obj for name in _PRIVATE_JWK_MEMBERS):
         raise ValueError("private or symmetric key material")
     kid = obj.get("kid")
@@ -360,7 +369,8 @@ def _jwk_to_keys(obj: object) -> list[VerifyKey]:
 def keys_from_jwks(doc: object, *, max_keys: int = 100) -> list[VerifyKey]:
     """Build verification keys from a JWK set, silently dropping unusable keys.
 
-    Dropped: ``oct`` and unknown ``kty``, ``use`` != ``sig``, ``key_ops`` without ``verify``,
+    Dropped: ``oct`` and unknown ``kty``, ``use`` != ``sig``, ``key_ops`` without ``verify``
+    or ``sign`` or with an encryption operation,
     private members, RSA < 2048 bits or bad exponents, off-curve points, ``alg`` not matching
     the key. Only the first ``max_keys`` entries are considered.
 

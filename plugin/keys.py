@@ -4,6 +4,13 @@ Remote key sets are fetched lazily and cached with a maximum age. A stale set is
 the background while the cached keys keep serving, an unknown ``kid`` triggers one
 single-flight refresh at most once per cooldown window, and a failed or empty fetch never
 replaces the last good key set.
+
+What a remote source knows about its fetches is visible: ``KeySource.status()`` (shown by
+``GET config``: last fetch, last error, key count, next refresh), a refusal for an unknown
+``kid`` names the kid, the kids the cached set holds, when it was fetched and the last
+refresh error, and a failed refresh is logged once per streak of failures (``jwks_fetch_failed``,
+``discovery_fetch_failed``; the streak's end as ``..._recovered``) and every fetch is counted
+by the mount's ``Events`` (the server's ``authmount_key_fetches_total{kind, result}``).
 """
 
 from __future__ import annotations
@@ -12,13 +19,15 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
+import structlog
 from cryptography import x509
 
 from plugin import jsonlimits
 from plugin.errors import InvalidRequest, PluginError
-from plugin.framework import NO_EVENTS, Events, Fetcher
+from plugin.framework import NO_EVENTS, ClientCert, Events, Fetcher
 from plugin.jose_verify import (
     MAX_KEYS_PER_TOKEN,
     ParsedToken,
@@ -39,7 +48,11 @@ __all__ = [
     "build_key_source",
     "fetch_discovery",
     "check_ca_pem",
+    "client_cert_of",
+    "FailureStreak",
 ]
+
+log = structlog.get_logger("plugin.keys")
 
 FETCH_TIMEOUT = 10.0
 MAX_BODY_BYTES = 1 << 20
@@ -53,6 +66,41 @@ _BAD_ALG = (
 _JWKS_FAILED = "failed to verify id token signature"
 
 Clock = Callable[[], float]
+#: Kids an error message lists at most.
+_KIDS_SHOWN = 10
+
+
+def _rfc3339(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FailureStreak:
+    """Consecutive failures of one remote fetch (``kind``: ``jwks`` or ``discovery``): logged
+    when a streak starts and when it ends; every fetch counted (``failures`` in this streak,
+    ``total`` failures ever, and each fetch's result reported to ``events``, the metrics)."""
+
+    def __init__(self, kind: str, url: str, mount: str = "", events: Events = NO_EVENTS) -> None:
+        self.kind = kind
+        self.url = url
+        self.mount = mount
+        self.events = events
+        self.failures = 0
+        self.total = 0
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        self.total += 1
+        self.events.key_fetch(self.kind, False)
+        if self.failures == 1:
+            log.warning(f"{self.kind}_fetch_failed", mount=self.mount or None, url=self.url, reason=reason)
+
+    def succeeded(self) -> None:
+        self.events.key_fetch(self.kind, True)
+        if self.failures:
+            log.info(f"{self.kind}_fetch_recovered", mount=self.mount or None, url=self.url, failures=self.failures)
+        self.failures = 0
 
 
 def _show(value: str, limit: int = 128) -> str:
@@ -74,14 +122,15 @@ def check_ca_pem(ca_pem: str | None) -> str | None:
     return None if certs else "could not parse CA PEM value successfully"
 
 
-async def _get_json(fetcher: Fetcher, url: str, ca_pem: str | None) -> Any:
+async def _get_json(fetcher: Fetcher, url: str, ca_pem: str | None, client_cert: ClientCert | None = None) -> Any:
     """GET ``url`` and decode its JSON body (any content type).
 
     :raises ValueError: with a short reason (status, not JSON, network) and no body text.
     """
     try:
         result = await fetcher.fetch(
-            "GET", url, ca_pem=ca_pem or None, timeout=FETCH_TIMEOUT, max_bytes=MAX_BODY_BYTES
+            "GET", url, ca_pem=ca_pem or None, timeout=FETCH_TIMEOUT, max_bytes=MAX_BODY_BYTES,
+            client_cert=client_cert,
         )
     except PluginError as exc:
         raise ValueError(str(exc) or "request failed") from None
@@ -113,11 +162,16 @@ class KeySource:
     async def _verify(self, token: ParsedToken) -> None:
         raise NotImplementedError
 
-    async def check(self) -> None:
-        """Validate the source at config-write time (fetching remote keys now).
+    async def check(self, *, fetch: bool = True) -> None:
+        """Validate the source at config-write time: what needs no network (CA PEMs)
+        always, and with ``fetch`` the remote keys now.
 
         :raises InvalidRequest: naming what failed.
         """
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each remote fetch's state (``GET config`` shows it); empty for local keys."""
+        return []
 
     async def close(self) -> None:
         """Cancel background work (config change, mount disable)."""
@@ -134,6 +188,22 @@ class StaticKeySource(KeySource):
             raise InvalidRequest(_SIG_PREFIX + self.failure)
 
 
+def _load_jwks(doc: Any) -> tuple[list[VerifyKey], int]:
+    """The verification keys of a JWK set and how many of its JWKs gave any.
+
+    :raises ValueError: the document is not a JWK set.
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise ValueError("response is not a JWK set")
+    keys: list[VerifyKey] = []
+    usable = 0
+    for obj in doc["keys"][:100]:
+        found = keys_from_jwks({"keys": [obj]})
+        usable += bool(found)
+        keys.extend(found)
+    return keys, usable
+
+
 class RemoteJWKS:
     """One cached remote JWK set with lazy fetch, max age, single flight and cooldown."""
 
@@ -146,6 +216,8 @@ class RemoteJWKS:
         clock: Clock = time.time,
         max_age: float = 3600,
         refresh_cooldown: float = 10.0,
+        client_cert: ClientCert | None = None,
+        mount: str = "",
         events: Events = NO_EVENTS,
     ) -> None:
         self.url = url
@@ -154,35 +226,35 @@ class RemoteJWKS:
         self.clock = clock
         self.max_age = max_age
         self.refresh_cooldown = refresh_cooldown
+        self.client_cert = client_cert
         #: Fetches, cache hits and the fetch time of the key set in use (metrics).
         self.events = events
         self.keys: list[VerifyKey] | None = None
+        self.key_count = 0
         self.fetched_at = 0.0
         self.last_attempt: float | None = None
         self.last_error: str | None = None
+        self.streak = FailureStreak("jwks", url, mount, events)
         self._inflight: asyncio.Task[bool] | None = None
 
     # -- fetching ----------------------------------------------------------------------
     async def _fetch(self) -> bool:
         """Fetch and install a new key set; never raises, records ``last_error``."""
         try:
-            doc = await _get_json(self.fetcher, self.url, self.ca_pem)
-            try:
-                keys = keys_from_jwks(doc)
-            except ValueError:
-                raise ValueError("response is not a JWK set") from None
+            doc = await _get_json(self.fetcher, self.url, self.ca_pem, self.client_cert)
+            keys, count = _load_jwks(doc)
             if not keys:
                 raise ValueError("JWK set contains no usable signing keys")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep the last good set whatever went wrong
             self.last_error = str(exc) or type(exc).__name__
-            self.events.key_fetch("jwks", False)
+            self.streak.failed(self.last_error)
             return False
-        self.keys = keys
+        self.keys, self.key_count = keys, count
         self.fetched_at = self.clock()
         self.last_error = None
-        self.events.key_fetch("jwks", True)
+        self.streak.succeeded()
         self.events.key_set_fetched(self.url, self.fetched_at)
         return True
 
@@ -225,6 +297,10 @@ class RemoteJWKS:
     def has_kid(self, kid: str) -> bool:
         return any(k.kid == kid for k in self.keys or ())
 
+    def kids(self) -> list[str]:
+        """The kids of the cached set, in order, once each."""
+        return list(dict.fromkeys(k.kid for k in self.keys or () if k.kid is not None))
+
     async def close(self) -> None:
         task, self._inflight = self._inflight, None
         if task is not None and not task.done():
@@ -236,6 +312,41 @@ class RemoteJWKS:
 
     def unavailable_reason(self) -> str:
         return f"could not fetch keys from {self.url}: {self.last_error or 'no keys'}"
+
+    def next_refresh(self) -> float | None:
+        """When the next fetch may happen: at the set's maximum age, or (after a failure,
+        with no keys yet) when the cooldown ends; None before the first use."""
+        if self.last_attempt is None:
+            return None
+        if self.keys is None or self.last_error is not None:
+            return self.last_attempt + self.refresh_cooldown
+        return self.fetched_at + self.max_age
+
+    def status(self, source: str) -> dict[str, Any]:
+        """This set's fetch state for ``GET config`` (``source`` names the config field)."""
+        return {
+            "source": source,
+            "url": self.url,
+            "key_count": self.key_count if self.keys is not None else 0,
+            "kids": self.kids()[:_KIDS_SHOWN],
+            "last_fetch": _rfc3339(self.fetched_at if self.keys is not None else None),
+            "last_error": self.last_error,
+            "consecutive_failures": self.streak.failures,
+            "failures": self.streak.total,
+            "next_refresh": _rfc3339(self.next_refresh()) or "at first use",
+        }
+
+    def describe(self) -> str:
+        """What the cache holds, for a refusal: its kids, when it was fetched, the last error."""
+        if self.keys is None:
+            held = f"no key set from {self.url} yet"
+        else:
+            kids = self.kids()
+            shown = ", ".join(_show(k, 64) for k in kids[:_KIDS_SHOWN]) + (", ..." if len(kids) > _KIDS_SHOWN else "")
+            held = f"the key set from {self.url} holds kids [{shown}] (fetched {_rfc3339(self.fetched_at)})"
+        if self.last_error:
+            held += f"; last refresh error: {self.last_error}"
+        return held
 
 
 def _candidates(keys: list[VerifyKey], token: ParsedToken) -> list[VerifyKey]:
@@ -258,6 +369,8 @@ async def _verify_remote(cache: RemoteJWKS, token: ParsedToken) -> None:
     message = _SIG_PREFIX + _JWKS_FAILED
     if not cache.keys:
         message += ": " + cache.unavailable_reason()
+    elif token.kid is not None and not cache.has_kid(token.kid):
+        message += f": no key with kid {_show(token.kid)}: {cache.describe()}"
     raise InvalidRequest(message)
 
 
@@ -272,18 +385,23 @@ class JWKSKeySource(KeySource):
     async def _verify(self, token: ParsedToken) -> None:
         await _verify_remote(self.jwks, token)
 
-    async def check(self) -> None:
+    async def check(self, *, fetch: bool = True) -> None:
         reason = check_ca_pem(self.jwks.ca_pem)
         if reason:
             raise InvalidRequest(f"error checking jwks_ca_pem: {reason}")
-        if not await self.jwks.refresh(force=True):
+        if fetch and not await self.jwks.refresh(force=True):
             raise InvalidRequest(f"error checking jwks URL {self.jwks.url}: {self.jwks.last_error}")
+
+    def status(self) -> list[dict[str, Any]]:
+        return [self.jwks.status("jwks_url")]
 
     async def close(self) -> None:
         await self.jwks.close()
 
 
-async def fetch_discovery(url: str, ca_pem: str | None, fetcher: Fetcher) -> dict[str, Any]:
+async def fetch_discovery(
+    url: str, ca_pem: str | None, fetcher: Fetcher, client_cert: ClientCert | None = None
+) -> dict[str, Any]:
     """Fetch and check ``<url>/.well-known/openid-configuration``.
 
     The document's ``issuer`` must equal ``url`` byte for byte, and ``jwks_uri`` (if present)
@@ -301,7 +419,7 @@ async def fetch_discovery(url: str, ca_pem: str | None, fetcher: Fetcher) -> dic
     if reason:
         raise fail(reason)
     try:
-        doc = await _get_json(fetcher, url.rstrip("/") + WELL_KNOWN, ca_pem)
+        doc = await _get_json(fetcher, url.rstrip("/") + WELL_KNOWN, ca_pem, client_cert)
     except ValueError as exc:
         raise fail(str(exc)) from None
     if not isinstance(doc, dict):
@@ -337,6 +455,8 @@ class DiscoveryKeySource(KeySource):
         clock: Clock = time.time,
         max_age: float = 3600,
         refresh_cooldown: float = 10.0,
+        client_cert: ClientCert | None = None,
+        mount: str = "",
         events: Events = NO_EVENTS,
     ) -> None:
         self.url = url
@@ -345,9 +465,13 @@ class DiscoveryKeySource(KeySource):
         self.clock = clock
         self.max_age = max_age
         self.refresh_cooldown = refresh_cooldown
+        self.client_cert = client_cert
+        self.mount = mount
         self.events = events
         self.jwks: RemoteJWKS | None = None
+        self.streak = FailureStreak("discovery", url, mount, events)
         self._lock = asyncio.Lock()
+        self._fetched_at: float | None = None
         self._failed_at: float | None = None
         self._failure = ""
 
@@ -357,9 +481,21 @@ class DiscoveryKeySource(KeySource):
             raise InvalidRequest("error checking oidc discovery URL: discovery document has no jwks_uri")
         self.jwks = RemoteJWKS(
             jwks_uri, self.ca_pem, self.fetcher,
-            clock=self.clock, max_age=self.max_age, refresh_cooldown=self.refresh_cooldown, events=self.events,
+            clock=self.clock, max_age=self.max_age, refresh_cooldown=self.refresh_cooldown,
+            client_cert=self.client_cert, mount=self.mount, events=self.events,
         )
+        self._fetched_at, self._failed_at, self._failure = self.clock(), None, ""
         return self.jwks
+
+    async def _discover(self) -> dict[str, Any]:
+        try:
+            doc = await fetch_discovery(self.url, self.ca_pem, self.fetcher, self.client_cert)
+        except InvalidRequest as exc:
+            self._failure = exc.messages[0]
+            self.streak.failed(self._failure)
+            raise
+        self.streak.succeeded()
+        return doc
 
     async def _resolve(self) -> RemoteJWKS:
         if self.jwks is not None:
@@ -370,22 +506,40 @@ class DiscoveryKeySource(KeySource):
             now = self.clock()
             if self._failed_at is None or now - self._failed_at >= self.refresh_cooldown:
                 try:
-                    jwks = self._install(await fetch_discovery(self.url, self.ca_pem, self.fetcher))
+                    return self._install(await self._discover())
                 except InvalidRequest as exc:
                     self._failed_at, self._failure = now, exc.messages[0]
-                    self.events.key_fetch("discovery", False)
-                else:
-                    self.events.key_fetch("discovery", True)
-                    return jwks
             raise InvalidRequest(_SIG_PREFIX + _JWKS_FAILED + ": " + self._failure)
 
     async def _verify(self, token: ParsedToken) -> None:
         await _verify_remote(await self._resolve(), token)
 
-    async def check(self) -> None:
-        doc = await fetch_discovery(self.url, self.ca_pem, self.fetcher)
+    async def check(self, *, fetch: bool = True) -> None:
+        reason = check_ca_pem(self.ca_pem)
+        if reason:
+            raise InvalidRequest(f"error checking oidc discovery URL: {reason}")
+        if not fetch:
+            return
+        doc = await self._discover()
         if self.jwks is None:
             self._install(doc)
+
+    def status(self) -> list[dict[str, Any]]:
+        doc: dict[str, Any] = {
+            "source": "oidc_discovery_url",
+            "url": self.url,
+            "last_fetch": _rfc3339(self._fetched_at),
+            "last_error": self._failure or None,
+            "consecutive_failures": self.streak.failures,
+            "failures": self.streak.total,
+        }
+        if self.jwks is not None:
+            doc["next_refresh"] = "never (the jwks_uri is kept until the config changes)"
+            return [doc, self.jwks.status("jwks_uri")]
+        doc["next_refresh"] = (
+            _rfc3339(self._failed_at + self.refresh_cooldown) if self._failed_at is not None else "at first use"
+        )
+        return [doc]
 
     async def close(self) -> None:
         if self.jwks is not None:
@@ -418,21 +572,27 @@ class JWKSPairsKeySource(KeySource):
             shown = _show(kid)
             raise InvalidRequest(
                 _SIG_PREFIX + f"error searching for key set with kid {shown}: "
-                f"no key found with kid {shown} in any JWKS endpoint"
+                f"no key found with kid {shown} in any JWKS endpoint: "
+                + "; ".join(c.describe() for c in self.caches)
             )
         keys = [k for c in holders for k in _candidates(c.keys or [], token)]
         if not verify_signature(token, keys):
             raise InvalidRequest(_SIG_PREFIX + self.failure)
 
-    async def check(self) -> None:
+    async def check(self, *, fetch: bool = True) -> None:
         for cache in self.caches:
             reason = check_ca_pem(cache.ca_pem)
             if reason:
                 raise InvalidRequest(f"error checking jwks_ca_pem: {reason}")
+        if not fetch:
+            return
         results = await asyncio.gather(*(c.refresh(force=True) for c in self.caches))
         for cache, ok in zip(self.caches, results, strict=True):
             if not ok:
                 raise InvalidRequest(f"error checking jwks URL {cache.url}: {cache.last_error}")
+
+    def status(self) -> list[dict[str, Any]]:
+        return [c.status(f"jwks_pairs[{i}]") for i, c in enumerate(self.caches)]
 
     async def close(self) -> None:
         for cache in self.caches:
@@ -440,12 +600,20 @@ class JWKSPairsKeySource(KeySource):
 
 
 class _CacheArgs(TypedDict):
-    """The cache settings every remote key source takes as keyword arguments."""
+    """The settings every remote key source takes as keyword arguments."""
 
     clock: Clock
     max_age: float
     refresh_cooldown: float
+    client_cert: ClientCert | None
+    mount: str
     events: Events
+
+
+def client_cert_of(config: Mapping[str, Any]) -> ClientCert | None:
+    """The config's TLS client certificate (``client_tls_cert``/``client_tls_key``), or None."""
+    cert, key = config.get("client_tls_cert"), config.get("client_tls_key")
+    return (cert, key) if cert and key else None
 
 
 def build_key_source(
@@ -455,17 +623,19 @@ def build_key_source(
     clock: Clock = time.time,
     max_age: float = 3600,
     refresh_cooldown: float = 10.0,
+    mount: str = "",
     events: Events = NO_EVENTS,
 ) -> KeySource:
     """Build the key source for a stored jwt config (exactly one family is set).
 
     Static PEM and HMAC keys are parsed here; remote sources fetch nothing until the first
-    ``verify`` or ``check``.
+    ``verify`` or ``check``. ``mount`` names the mount in log lines.
 
     :raises InvalidRequest: for unparseable PEM keys or HMAC secrets, or no key source.
     """
     cache_args: _CacheArgs = {
-        "clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown, "events": events,
+        "clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown,
+        "client_cert": client_cert_of(config), "mount": mount, "events": events,
     }
     if config.get("jwt_validation_pubkeys"):
         return StaticKeySource(keys_from_pems(list(config["jwt_validation_pubkeys"])))

@@ -7,17 +7,23 @@ encryption under the server's keyring, the mount's storage prefix bound into the
 so it cannot be read, forged, extended, or moved to another mount or role. Its JSON::
 
     {"k": <32 random bytes, base64url>, "r": <redirect URI>, "o": <role>, "e": <expiry>,
-     "c": <SHA-256 of the client_nonce, 16 bytes>, "a": <max_age>}
+     "c": <SHA-256 of the client_nonce, 16 bytes>, "a": <max_age>,
+     "m": <callback mode: "direct" or "device">, "d": <the IdP's device_code>,
+     "i": <the address that asked for the auth URL>}
 
-(``c`` and ``a`` only when set.) The state id, the OIDC ``nonce`` and the PKCE verifier are
-derived from ``k`` (HMAC-SHA-256 with a label each), so they cost no bytes of their own.
+(``c``, ``a``, ``m``, ``d`` and ``i`` only when set.) The state id, the OIDC ``nonce`` and
+the PKCE verifier are derived from ``k`` (HMAC-SHA-256 with a label each), so they cost no
+bytes of their own. In the ``device`` callback mode the IdP's ``device_code`` travels sealed
+in the state too, so ``oidc/auth_url`` stores nothing in that mode either.
 
 A state is redeemed once: after the code exchange and the ID token checks have passed, the
 callback records ``oidc/used/<expiry>-<id>`` with put-if-absent (``Storage.update``); of
 concurrent callbacks, on any node, exactly one records it. A form_post callback stores its
-verified result (claims, warnings) in that record for the GET that follows, which takes it.
-So an anonymous caller cannot make the server write anything without completing a real
-login at the IdP. The expiry leads the record's name, so the sweep lists names in expiry
+verified result (claims, warnings, the IdP tokens a role's ``oauth2_metadata`` returns,
+sealed) in that record for the GET that follows, which takes it; a ``direct``-mode
+callback stores its result (or, once the code exchange succeeded, its failure) for
+``oidc/poll`` the same way. So an anonymous caller cannot make the server write anything
+without completing a real login at the IdP. The expiry leads the record's name, so the sweep lists names in expiry
 order and deletes only those past it, in bounded batches, reading no value.
 """
 
@@ -36,17 +42,21 @@ from plugin.storage import Storage
 
 __all__ = [
     "STATE_TTL",
+    "MAX_WIRE_BYTES",
     "STATE_CONTEXT",
     "USED_PREFIX",
     "SWEEP_BATCH",
     "SWEEP_GRACE",
     "FlowState",
     "redeem",
+    "has_result",
     "take_result",
     "sweep_used",
 ]
 
 STATE_TTL = 600  # Vault's oidcRequestTimeout
+#: The longest ``state`` parameter authmount issues or accepts (bytes).
+MAX_WIRE_BYTES = 4096
 STATE_CONTEXT = "oidc/state"
 USED_PREFIX = "oidc/used/"
 #: Used-state records one sweep looks at (and at most deletes).
@@ -82,16 +92,37 @@ class FlowState:
     expires_at: int
     client_nonce_hash: str = ""
     max_age: int = 0
+    #: The callback mode ("direct", "device"; "" for the classic client mode).
+    mode: str = ""
+    #: The IdP's device_code (device mode).
+    device_code: str = ""
+    #: The address that asked for the auth URL (shown by the direct mode's confirmation).
+    requester: str = ""
 
     @classmethod
-    def new(cls, *, role: str, redirect_uri: str, client_nonce: str, max_age: int, now: float) -> FlowState:
+    def new(
+        cls,
+        *,
+        role: str,
+        redirect_uri: str,
+        client_nonce: str,
+        max_age: int,
+        now: float,
+        mode: str = "",
+        device_code: str = "",
+        requester: str = "",
+        ttl: int = STATE_TTL,
+    ) -> FlowState:
         return cls(
             seed=secrets.token_bytes(_SEED_BYTES),
             redirect_uri=redirect_uri,
             role=role,
-            expires_at=int(now) + STATE_TTL,
+            expires_at=int(now) + min(ttl, STATE_TTL),
             client_nonce_hash=client_nonce_hash(client_nonce) if client_nonce else "",
             max_age=max_age,
+            mode=mode,
+            device_code=device_code,
+            requester=requester,
         )
 
     def _derive(self, label: bytes) -> str:
@@ -130,6 +161,9 @@ class FlowState:
             body["c"] = self.client_nonce_hash
         if self.max_age:
             body["a"] = self.max_age
+        for key, value in (("m", self.mode), ("d", self.device_code), ("i", self.requester)):
+            if value:
+                body[key] = value
         plain = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return sealer.seal(plain, STATE_CONTEXT)
 
@@ -148,6 +182,9 @@ class FlowState:
                 expires_at=_int(body["e"]),
                 client_nonce_hash=_text(body.get("c", "")),
                 max_age=_int(body.get("a", 0)),
+                mode=_text(body.get("m", "")),
+                device_code=_text(body.get("d", "")),
+                requester=_text(body.get("i", "")),
             )
         except (ValueError, TypeError, KeyError, AttributeError):  # SealError is a ValueError
             return None
@@ -196,13 +233,19 @@ async def redeem(storage: Storage, state: FlowState, result: dict[str, Any] | No
     return True
 
 
+def has_result(record: Any) -> bool:
+    """Whether a used-state record holds a result left to take (claims, or an error)."""
+    return isinstance(record, dict) and ("claims" in record or "error" in record)
+
+
 async def take_result(storage: Storage, state: FlowState) -> dict[str, Any] | None:
-    """The result a form_post callback stored for ``state``, removed from its record (which
-    stays, marking the state used), or None when there is none (left to take)."""
+    """The result a form_post or direct-mode callback stored for ``state`` (its claims, or
+    its ``error``), removed from its record (which stays, marking the state used), or None
+    when there is none (left to take)."""
     box: dict[str, Any] = {}
 
     def take(old: Any) -> dict[str, Any]:
-        if not isinstance(old, dict) or "claims" not in old:
+        if not has_result(old):
             raise _Refused
         box["result"] = old  # a retried transaction calls this again: the last call counts
         return {"expires_at": old.get("expires_at", state.expires_at)}

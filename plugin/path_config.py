@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from plugin.client_auth import check_client_credentials, check_client_tls
 from plugin.errors import InvalidRequest
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.jose_verify import HMAC_ALGS, SUPPORTED_ALGS
@@ -15,15 +16,18 @@ from plugin.sealing import Sealer, is_sealed
 
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
+    from plugin.keys import KeySource
 
 __all__ = [
-    "CONFIG_KEY", "CONFIG_FIELDS", "FINGERPRINTS", "PROVIDER_SECRETS", "JWTConfig", "validate_config", "check_offline", "allowed_algs",
+    "CONFIG_KEY", "CONFIG_FIELDS", "FINGERPRINTS", "KEY_SOURCES", "PROVIDER_SECRETS", "JWTConfig", "validate_config", "check_offline", "allowed_algs",
     "path_config",
 ]
 
 CONFIG_KEY = "config"
 #: The GET key holding the fingerprints of the secrets that are set (``JWTConfig.fingerprints``).
 FINGERPRINTS = "sensitive_fingerprints"
+#: The GET key holding each remote key source's fetch state (``KeySource.status``).
+KEY_SOURCES = "key_sources"
 
 _S = FieldType.STRING
 _CSS = FieldType.COMMA_STRING_SLICE
@@ -44,8 +48,25 @@ CONFIG_FIELDS = FieldSet(
         ),
         "oidc_client_id": Field(_S, "The OAuth Client ID configured with your OIDC provider.", default=""),
         "oidc_client_secret": Field(
-            _S, "The OAuth Client Secret configured with your OIDC provider. Never returned.",
+            _S, "The OAuth Client Secret configured with your OIDC provider. Never returned. "
+            "Cannot be used with 'oidc_client_private_key'.",
             default="", sensitive=True,
+        ),
+        "oidc_client_private_key": Field(
+            _S, "A PEM private key (RSA of at least 2048 bits, EC P-256/P-384/P-521 or Ed25519, "
+            "not encrypted) instead of 'oidc_client_secret': authmount authenticates to the "
+            "IdP's token and device endpoints with a client assertion signed by it "
+            "(private_key_jwt, RFC 7523); register its public key with the IdP. Never returned.",
+            default="", sensitive=True,
+        ),
+        "oidc_client_assertion_alg": Field(
+            _S, "The client assertion's signing algorithm: RS256 (the default for RSA keys), "
+            "RS384, RS512, PS256, PS384 or PS512; EC and Ed25519 keys have one (ES256, ES384, "
+            "ES512 by curve; EdDSA). Only with 'oidc_client_private_key'.", default="",
+        ),
+        "oidc_client_assertion_kid": Field(
+            _S, "The 'kid' header of the client assertion (the key's id as registered with the "
+            "IdP); none when empty. Only with 'oidc_client_private_key'.", default="",
         ),
         "oidc_response_mode": Field(
             _S, "The response mode to be used in the OAuth2 request: 'query' (the default) or "
@@ -97,6 +118,23 @@ CONFIG_FIELDS = FieldSet(
             _CSS, "A list of ASN1 OIDs of certificate extensions marked Critical that are "
             "unsupported by Vault and should be ignored.", default=[],
         ),
+        "client_tls_cert": Field(
+            _S, "A PEM certificate (chain) authmount presents when the IdP asks for a client "
+            "certificate (mTLS) on its discovery, JWKS, token, userinfo and device endpoints "
+            "and claim sources; the CA pins ('oidc_discovery_ca_pem', 'jwks_ca_pem') still "
+            "decide which servers are trusted. Requires 'client_tls_key'.", default="",
+        ),
+        "client_tls_key": Field(
+            _S, "The PEM private key of 'client_tls_cert' (not encrypted). Never returned.",
+            default="", sensitive=True,
+        ),
+        "skip_jwks_validation": Field(
+            FieldType.BOOL, "Store the config even when its remote keys (the discovery "
+            "document, the JWKS) cannot be fetched now, e.g. while the IdP is down: the write "
+            "answers with a warning, the keys are fetched at the first login, and GET shows "
+            "each key source's status in 'key_sources'. Checks that need no network (CA PEMs, "
+            "keys) still refuse the write.", default=False,
+        ),
     }
 )
 
@@ -118,6 +156,9 @@ class JWTConfig:
     oidc_discovery_ca_pem: str = ""
     oidc_client_id: str = ""
     oidc_client_secret: str = ""
+    oidc_client_private_key: str = ""
+    oidc_client_assertion_alg: str = ""
+    oidc_client_assertion_kid: str = ""
     oidc_response_mode: str = ""
     oidc_response_types: list[str] = field(default_factory=list)
     jwks_url: str = ""
@@ -131,6 +172,9 @@ class JWTConfig:
     provider_config: dict[str, Any] = field(default_factory=dict)
     namespace_in_state: bool = True
     unsupported_critical_cert_extensions: list[str] = field(default_factory=list)
+    client_tls_cert: str = ""
+    client_tls_key: str = ""
+    skip_jwks_validation: bool = False
 
     @classmethod
     def from_storage(cls, raw: dict[str, Any]) -> JWTConfig:
@@ -208,8 +252,10 @@ class JWTConfig:
 
     @property
     def is_oidc_flow(self) -> bool:
-        """True when the OIDC browser flow is configured (discovery + client credentials)."""
-        return bool(self.oidc_discovery_url and self.oidc_client_id and self.oidc_client_secret)
+        """True when the OIDC browser flow is configured (discovery + client credentials:
+        the secret or the private key)."""
+        credential = self.oidc_client_secret or self.oidc_client_private_key
+        return bool(self.oidc_discovery_url and self.oidc_client_id and credential)
 
 
 def allowed_algs(config: JWTConfig) -> list[str]:
@@ -272,8 +318,10 @@ def validate_config(config: JWTConfig) -> None:
     ]
     if sum(families) != 1:
         raise InvalidRequest(f"exactly one of {_KEY_FAMILIES} must be set")
-    if bool(config.oidc_client_id) != bool(config.oidc_client_secret):
+    check_client_credentials(config)
+    if bool(config.oidc_client_id) != bool(config.oidc_client_secret or config.oidc_client_private_key):
         raise InvalidRequest("both 'oidc_client_id' and 'oidc_client_secret' must be set for OIDC")
+    check_client_tls(config.client_tls_cert, config.client_tls_key)
 
 
 def _check_after_discovery(config: JWTConfig) -> None:
@@ -316,6 +364,25 @@ def check_offline(values: dict[str, Any]) -> JWTConfig:
     return config
 
 
+async def _check_source(source: KeySource, config: JWTConfig, warnings: list[str]) -> None:
+    """Check the key source as a write does; with ``skip_jwks_validation`` a fetch that
+    fails is a warning (the keys are fetched lazily), local problems still refuse.
+
+    :raises InvalidRequest: the check's message.
+    """
+    if not config.skip_jwks_validation:
+        await source.check()
+        return
+    await source.check(fetch=False)
+    try:
+        await source.check()
+    except InvalidRequest as exc:
+        warnings.append(
+            f"{exc.messages[0]}; the config is stored anyway (skip_jwks_validation): the keys are "
+            "fetched at the first login, and GET config shows their status in key_sources"
+        )
+
+
 def path_config(backend: JWTAuthBackend) -> PathSpec:
     """The ``config`` PathSpec (GET, POST/PUT)."""
 
@@ -327,6 +394,12 @@ def path_config(backend: JWTAuthBackend) -> PathSpec:
         fingerprints = config.fingerprints(req.system.sealer)
         if fingerprints:
             data[FINGERPRINTS] = fingerprints
+        try:
+            status = (await backend.key_source(config, req.system)).status()
+        except InvalidRequest:  # keys that no longer parse: the login says so
+            status = []
+        if status:
+            data[KEY_SOURCES] = status
         return Response(data=data)
 
     async def write(req: Request, values: dict[str, Any]) -> Response | None:
@@ -339,14 +412,15 @@ def path_config(backend: JWTAuthBackend) -> PathSpec:
         config = JWTConfig.from_storage(fresh)
         validate_config(config)
         source = None
+        warnings: list[str] = []
         try:
             if config.oidc_discovery_url:
                 source = backend.build_key_source(config, req.system)
-                await source.check()
+                await _check_source(source, config, warnings)
             _check_after_discovery(config)
             if source is None:
                 source = backend.build_key_source(config, req.system)
-                await source.check()
+                await _check_source(source, config, warnings)
             _check_algs(config)
             _check_oidc_options(config)
         except BaseException:
@@ -356,7 +430,7 @@ def path_config(backend: JWTAuthBackend) -> PathSpec:
         # Every check passed: only now replace the stored config (a failed write keeps it).
         await storage.put(CONFIG_KEY, config.sealed(req.system.sealer))
         await backend.install_config(config, source)
-        return None
+        return Response(warnings=warnings) if warnings else None
 
     return PathSpec(
         pattern="config",

@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
+from plugin import claim_sources
 from plugin import claims as cl
 from plugin.cidrutil import cidr_allows
+from plugin.client_auth import client_cert
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError
 from plugin.framework import Alias, Auth, Operation, PathSpec, Request, Response
 from plugin.jose_verify import ParsedToken, parse_token
@@ -78,7 +80,8 @@ LOGIN_FIELDS = FieldSet(
         "role": Field(FieldType.LOWER_STRING, "The role to log in against (else the config's default_role).", default=""),
         "jwt": Field(FieldType.STRING, "The signed JWT to validate.", default="", sensitive=True),
         "distributed_claim_access_token": Field(
-            FieldType.STRING, "An access token for fetching distributed claims (Azure; accepted, unused).", default=""
+            FieldType.STRING, "The access token for distributed claims whose source names none (roles with "
+            "resolve_distributed_claims).", default="", sensitive=True,
         ),
     }
 )
@@ -89,6 +92,11 @@ EXPLAIN_FIELDS = FieldSet(
         "jwt": Field(FieldType.STRING, "The JWT to evaluate (nothing is issued).", default="", sensitive=True),
         "remote_addr": Field(
             FieldType.STRING, "Evaluate the role's bound CIDRs against this address (else skipped).", default=""
+        ),
+        "distributed_claim_access_token": Field(
+            FieldType.STRING, "As the login's: the access token for distributed claims whose source names none "
+            "(roles with resolve_distributed_claims; the sources are asked as a login would ask them).",
+            default="", sensitive=True,
         ),
     }
 )
@@ -121,6 +129,9 @@ class LoginContext:
     alias_name: str | None = None
     metadata: dict[str, str] | None = None
     groups: list[str] | None = None
+    #: The access token distributed claims are fetched with when their source names none
+    #: (the OIDC flow's, or the login's ``distributed_claim_access_token``).
+    access_token: str = ""
     #: The login's token policies when the role renders them (``token_policies`` check);
     #: None: the role's ``token_policies`` as written.
     policies: list[str] | None = None
@@ -306,6 +317,35 @@ def _validate_max_token_age(ctx: LoginContext) -> str | Skipped:
     return f"issued {age}s ago"
 
 
+async def _validate_distributed_claims(ctx: LoginContext) -> str | Skipped:
+    """Resolve the distributed and aggregated claims the role reads (plugin/claim_sources.py)."""
+    claims, role = ctx.token_claims(), ctx.role
+    if not claim_sources.has_claim_sources(claims):
+        return Skipped("the token names no distributed or aggregated claims")
+    if not role.resolve_distributed_claims:
+        return Skipped("the role does not resolve distributed claims (resolve_distributed_claims)")
+    wanted = claim_sources.referenced_claims(
+        [role.user_claim, role.groups_claim, *(role.claim_mappings or {}), *(role.list_claim_mappings or {}),
+         *(role.bound_claims or {})]
+    )
+    config, system = ctx.config, ctx.req.system
+
+    async def verify_jwt(raw: str) -> dict[str, Any]:
+        parsed = parse_token(raw, max_length=claim_sources.MAX_SOURCE_BYTES)
+        await (await ctx.backend.key_source(config, system)).verify(parsed, allowed_algs(config))
+        exp = _numeric_date(parsed.claims, "exp")
+        if exp is not None and exp + DEFAULT_CLOCK_SKEW_LEEWAY < system.now():
+            raise InvalidRequest("the claims JWT is expired")
+        return dict(parsed.claims)
+
+    ca_pem = config.oidc_discovery_ca_pem or config.jwks_ca_pem or None
+    sources = claim_sources.Sources(system.fetcher, verify_jwt, ctx.access_token, ca_pem, client_cert(config))
+    resolved, failures = await claim_sources.resolve(claims, wanted, sources)
+    if failures:
+        raise InvalidRequest(f"error resolving distributed claims: {'; '.join(failures)}")
+    return f"resolved {cl.show(resolved)}" if resolved else "the role reads none of them"
+
+
 def _validate_user_claim(ctx: LoginContext) -> str:
     role = ctx.role
     ctx.alias_name = cl.get_user_claim(ctx.token_claims(), role.user_claim, role.user_claim_json_pointer)
@@ -377,6 +417,7 @@ CHECKS: tuple[Check, ...] = (
     Check("audience", _validate_audience),
     Check("time", _validate_time),
     Check("max_token_age", _validate_max_token_age),
+    Check("distributed_claims", _validate_distributed_claims),
     Check("user_claim", _validate_user_claim),
     Check("claim_mappings", _validate_claim_mappings),
     Check("groups", _validate_groups),
@@ -395,7 +436,9 @@ def _select(*names: str) -> tuple[Check, ...]:
 OIDC_REQUEST_CHECKS = _select("bound_cidrs")
 #: The role's checks the OIDC callback runs on the verified ID token's claims (the ID
 #: token's issuer, audience, times and nonce are checked by ``oidc_flow``, as cap does).
-OIDC_CLAIM_CHECKS = _select("subject", "user_claim", "claim_mappings", "groups", "bound_claims", "token_policies")
+OIDC_CLAIM_CHECKS = _select(
+    "subject", "distributed_claims", "user_claim", "claim_mappings", "groups", "bound_claims", "token_policies"
+)
 
 
 @dataclass(slots=True)
@@ -426,7 +469,7 @@ async def run_checks(ctx: LoginContext, checks: tuple[Check, ...] = CHECKS, *, e
         try:
             result = check.validate(ctx)
             if not isinstance(result, (str, Skipped)):
-                result = await result  # the signature check
+                result = await result  # the checks that fetch (signature, distributed claims)
         except Skipped as skip:
             result = skip
         except PluginError as exc:
@@ -542,7 +585,10 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
             token = values.get("jwt", "")
             if not token:
                 raise InvalidRequest("missing token")
-            ctx = LoginContext(backend, req, config, role, token=token, remote_addr=remote_addr(req))
+            ctx = LoginContext(
+                backend, req, config, role, token=token, remote_addr=remote_addr(req),
+                access_token=values.get("distributed_claim_access_token", ""),
+            )
             await run_checks(ctx)
             identity = ctx.identity
             assert identity is not None  # every identity check passed
@@ -572,7 +618,8 @@ def path_explain(backend: JWTAuthBackend) -> PathSpec:
         if not token:
             raise InvalidRequest("missing token")
         addr = values.get("remote_addr") or None
-        ctx = LoginContext(backend, req, config, role, token=token, remote_addr=addr, check_cidrs=addr is not None)
+        ctx = LoginContext(backend, req, config, role, token=token, remote_addr=addr, check_cidrs=addr is not None,
+                           access_token=values.get("distributed_claim_access_token", ""))
         outcomes = await run_checks(ctx, explain=True)
         data: dict[str, Any] = {
             "would_succeed": all(o.ok for o in outcomes),

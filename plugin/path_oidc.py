@@ -1,22 +1,27 @@
-"""The OIDC browser flow: ``oidc/auth_url`` and ``oidc/callback`` (docs/reference/vault-api.md section 6).
+"""The OIDC flow's paths: ``oidc/auth_url``, ``oidc/callback`` and ``oidc/poll``
+(docs/reference/vault-api.md section 6; the poll is OpenBao's).
 
 ``oidc/auth_url`` needs no token and stores nothing: the flow's state (role, redirect URI,
-expiry, the secret its nonce and PKCE verifier derive from) is sealed into the ``state``
-parameter itself (``plugin/oidc_state.py``), so any node of a cluster can finish a flow
-that another node started (docs/vault-differences.md row 7). A callback records the state
-as used, once, after the code exchange and the ID token checks have passed. The ID token
-checks follow cap/go-oidc (docs/reference/vault-api.md 6.3); the role's checks (bound
-CIDRs, subject, user claim, claim mappings, groups, bound claims) are the JWT login's own
-validators (``path_login.OIDC_REQUEST_CHECKS``/``OIDC_CLAIM_CHECKS``), with the same reason
-codes. Every value an anonymous caller sends has a byte limit (``LIMITS``), checked when
-the fields are parsed, before anything else.
+expiry, the secret its nonce and PKCE verifier derive from, the callback mode, a device
+grant's device_code) is sealed into the ``state`` parameter itself
+(``plugin/oidc_state.py``), so any node of a cluster can finish a flow that another node
+started (docs/vault-differences.md row 7). A callback records the state as used, once,
+after the code exchange and the ID token checks have passed. The ID token checks follow
+cap/go-oidc (docs/reference/vault-api.md 6.3); the role's checks (bound CIDRs, subject,
+distributed claims, user claim, claim mappings, groups, bound claims) are the JWT login's
+own validators (``path_login.OIDC_REQUEST_CHECKS``/``OIDC_CLAIM_CHECKS``), with the same
+reason codes; a refusal names the role and the token's ``iss``/``sub`` for the audit log
+(``path_login.refused``, also for the refusals the callback answers with a page), and each
+flow's stages are reported to the mount's ``Events`` (metrics). The role's ``callback_mode`` picks where the IdP's answer goes: the caller's
+redirect URI (``client``, this module), authmount's own callback page or the device grant
+(``direct``, ``device``: ``plugin/oidc_poll.py``). Every value an anonymous caller sends has
+a byte limit (``LIMITS``), checked when the fields are parsed, before anything else.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -26,19 +31,28 @@ import structlog
 from plugin import oidc_flow as support
 from plugin.errors import InvalidRequest, PluginError, UnsupportedOperation, UpstreamError
 from plugin.framework import Handler, Operation, PathSpec, Request, Response
-from plugin.oidc_redirect import parse_mount, split_namespace, valid_redirect
-from plugin.oidc_state import FlowState, redeem, sweep_used, take_result
-from plugin.path_config import JWTConfig
-from plugin.path_login import (
-    OIDC_CLAIM_CHECKS,
-    OIDC_REQUEST_CHECKS,
-    LoginContext,
-    login_auth,
-    refused,
-    remote_addr,
-    run_checks,
+from plugin.oidc_login import (
+    EXPIRED,
+    FAILED,
+    FlowResult,
+    Seen,
+    TokenVerificationFailed,
+    code_flow,
+    expired,
+    finish,
+    flow_stage,
+    implicit_flow,
+    redeem_state,
+    refusal_page,
+    result_from_record,
+    stored_result,
 )
-from plugin.path_role import Role
+from plugin.oidc_pages import error_page, relay_page
+from plugin.oidc_poll import NO_CODE, device_auth_url, direct_auth_fields, direct_callback, make_poll
+from plugin.oidc_redirect import parse_mount, split_namespace, valid_redirect
+from plugin.oidc_state import MAX_WIRE_BYTES, FlowState, take_result
+from plugin.path_config import JWTConfig
+from plugin.path_login import OIDC_REQUEST_CHECKS, LoginContext, refused, remote_addr, run_checks
 from plugin.schema import Field, FieldSet, FieldType, coerce
 
 if TYPE_CHECKING:
@@ -48,26 +62,24 @@ __all__ = ["paths", "valid_redirect", "parse_mount", "LIMITS", "NO_CODE"]
 
 log = structlog.get_logger("plugin.path_oidc")
 
-#: Byte limits (UTF-8) of the values anonymous callers send to ``oidc/auth_url`` and
-#: ``oidc/callback``: a longer value is refused with 400 before any other work.
-#: ``namespace`` is the ``namespace`` query parameter split from ``redirect_uri``; a
-#: ``state`` is at most what ``auth_url`` issues (``redirect_uri`` sealed, plus ``,ns=``).
+#: Byte limits (UTF-8) of the values anonymous callers send to ``oidc/auth_url``,
+#: ``oidc/callback`` and ``oidc/poll``: a longer value is refused with 400 before any other
+#: work. ``namespace`` is the ``namespace`` query parameter split from ``redirect_uri``; a
+#: ``state`` is at most what ``auth_url`` issues (``redirect_uri`` or a device_code
+#: sealed, plus ``,ns=``).
 LIMITS: dict[str, int] = {
     "role": 512,
     "redirect_uri": 2048,
     "client_nonce": 256,
     "namespace": 256,
-    "state": 4096,
+    "state": MAX_WIRE_BYTES,
     "code": 4096,
     "id_token": 16384,  # jose_verify.parse_token's own limit
+    "error": 256,
     "error_description": 2048,
+    "error_uri": 2048,
+    "confirmation": 16,
 }
-NO_CODE = "no_code"  # the form_post page's code: "use what the POST verified"
-#: Expired used-state records each redemption deletes: more than it adds, so the records
-#: never outnumber the logins of the last state lifetime (plus the sweep's grace).
-_SWEEP_PER_REDEMPTION = 2
-_FAILED = "Vault login failed."
-_EXPIRED = "Expired or missing OAuth state."
 
 
 def _b64url(data: bytes) -> str:
@@ -124,11 +136,21 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
         if not role_name:
             raise InvalidRequest("missing role")
         redirect_uri = values.get("redirect_uri") or ""
-        if not redirect_uri:
-            raise InvalidRequest("missing redirect_uri")
         role = await backend.role(storage, role_name)
         if role is None:
+            if not redirect_uri:
+                raise InvalidRequest("missing redirect_uri")
             raise InvalidRequest(f'role "{role_name}" could not be found')
+        mode = role.callback_mode
+        client_nonce = values.get("client_nonce") or ""
+        if mode in ("direct", "device") and not client_nonce:
+            raise InvalidRequest("missing client_nonce")
+        if mode == "device":  # no redirect: the user types a code at the IdP
+            resp = await device_auth_url(backend, req, config, role, role_name, client_nonce)
+            req.system.events.oidc_flow("started")
+            return resp
+        if not redirect_uri:
+            raise InvalidRequest("missing redirect_uri")
 
         namespace = ""
         if config.namespace_in_state:
@@ -150,14 +172,18 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
             raise UpstreamError("OIDC discovery document has no authorization_endpoint")
 
         max_age = role.max_age
+        direct = mode == "direct"
         state = FlowState.new(
             role=role_name,
             redirect_uri=redirect_uri,
-            client_nonce=values.get("client_nonce") or "",
+            client_nonce=client_nonce,
             max_age=max_age,
             now=req.system.now(),
+            mode="direct" if direct else "",
+            requester=(remote_addr(req) or "") if direct else "",
         )
-        wire_state = state.seal(req.system.sealer) + (f",ns={namespace}" if namespace else "")
+        sealed = state.seal(req.system.sealer)
+        wire_state = sealed + (f",ns={namespace}" if namespace else "")
         if len(wire_state.encode("utf-8")) > LIMITS["state"]:  # only an odd allowed URI gets here
             raise InvalidRequest(f"redirect_uri is too long: its state would exceed {LIMITS['state']} bytes")
         implicit = "id_token" in config.oidc_response_types
@@ -182,34 +208,13 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
         # client_id first (hvac checks "?client_id="), then Go's sorted order.
         ordered = [("client_id", params.pop("client_id"))] + sorted(params.items())
         sep = "&" if "?" in endpoint else "?"
+        data: dict[str, Any] = {"auth_url": endpoint + sep + urlencode(ordered)}
+        if direct:  # the client polls with the state (OpenBao: without the namespace suffix)
+            data.update(direct_auth_fields(role, sealed))
         req.system.events.oidc_flow("started")
-        return Response(data={"auth_url": endpoint + sep + urlencode(ordered)})
+        return Response(data=data)
 
     return handler
-
-
-# ---------------------------------------------------------------------------
-# Redeeming a state
-
-
-def _expired() -> InvalidRequest:
-    return InvalidRequest(f"{_FAILED} {_EXPIRED}")
-
-
-async def _redeem(backend: JWTAuthBackend, req: Request, state: FlowState, result: dict[str, Any] | None = None) -> None:
-    """Record ``state`` as used (with a form_post's ``result``); then delete a few records
-    of states long expired.
-
-    :raises InvalidRequest: ``Expired or missing OAuth state.``: another callback, on any
-        node, redeemed it first.
-    """
-    storage = req.require_storage()
-    if not await redeem(storage, state, result):
-        raise _expired()
-    try:
-        await sweep_used(storage, req.system.now(), limit=_SWEEP_PER_REDEMPTION)
-    except Exception:  # the login succeeded; a later redemption sweeps again
-        log.warning("oidc_sweep_failed", mount=req.system.mount_path, exc_info=True)
 
 
 # ---------------------------------------------------------------------------
@@ -218,14 +223,16 @@ async def _redeem(backend: JWTAuthBackend, req: Request, state: FlowState, resul
 
 def _make_callback_get(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
-        seen: dict[str, Any] = {}
+        raw_state = values.get("state") or ""
+        state = FlowState.open(req.system.sealer, raw_state, req.system.now())
+        if state is not None and state.mode == "direct":
+            return await direct_callback(backend, req, state, raw_state, values)  # an HTML page
+        seen = Seen()
         try:
-            resp = await _callback(backend, req, values, seen)
+            resp = await _callback(backend, req, state, values, seen)
         except PluginError as exc:
-            # never the code, state or tokens
-            refused(req, exc, "oidc_callback_failed", known_role=seen.get("role", ""), claims=seen.get("claims"))
-            # a state that expired, was forged or was used already; else any other refusal
-            req.system.events.oidc_flow("expired" if any(_EXPIRED in m for m in exc.messages) else "failed")
+            refused(req, exc, "oidc_callback_failed", **seen.facts())  # never the code, state or tokens
+            req.system.events.oidc_flow(flow_stage(exc))
             raise
         req.system.events.oidc_flow("completed")
         return resp
@@ -233,148 +240,78 @@ def _make_callback_get(backend: JWTAuthBackend) -> Handler:
     return handler
 
 
-async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any], seen: dict[str, Any]) -> Response:
+async def _callback(
+    backend: JWTAuthBackend, req: Request, state: FlowState | None, values: dict[str, Any], seen: Seen
+) -> Response:
     """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins. ``seen`` gets
-    the role (once found) and the ID token's claims (once verified), for a refusal's record."""
+    the role (once found) and the checks' context (its claims), for a refusal's record."""
     storage = req.require_storage()
     config = await backend.config(req)
     if config is None:
-        raise InvalidRequest(f"{_FAILED} Could not load configuration")
-    state = FlowState.open(req.system.sealer, values.get("state") or "", req.system.now())
+        raise InvalidRequest(f"{FAILED} Could not load configuration")
     if state is None:
-        raise _expired()
+        raise expired()
+    if state.mode == "device":
+        raise InvalidRequest(f"{FAILED} This login has no callback: poll oidc/poll (callback_mode device).")
     if not state.client_nonce_matches(values.get("client_nonce") or ""):
         raise InvalidRequest("invalid client_nonce")
     role = await backend.role(storage, state.role)
     if role is None:
-        raise InvalidRequest(f"{_FAILED} Role could not be found")
-    seen["role"] = state.role
-    ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
+        raise InvalidRequest(f"{FAILED} Role could not be found")
+    seen.role = state.role
+    ctx = seen.ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
     await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
     if not config.is_oidc_flow:
-        raise InvalidRequest(f"{_FAILED} OIDC login is not configured for this mount")
+        raise InvalidRequest(f"{FAILED} OIDC login is not configured for this mount")
 
-    warnings: list[str] = []
     record = await storage.get(state.used_key)
     if record is not None:
         # Redeemed already: by a form_post callback that left its verified result for
         # this GET (which takes it, once), or by an earlier login. Only a result left to
         # take costs a write (an anonymous replay of a used state costs a read).
         if not isinstance(record, dict) or "claims" not in record:
-            raise _expired()
-        result = await take_result(storage, state)
-        if result is None or not isinstance(result.get("claims"), dict):
-            raise _expired()
-        claims: dict[str, Any] = result["claims"]
-        warnings = [w for w in result.get("warnings") or [] if isinstance(w, str)]
+            raise expired()
+        taken = await take_result(storage, state)
+        if taken is None:
+            raise expired()
+        result = result_from_record(req, state, taken)
     else:
-        if values.get("error_description"):
-            raise InvalidRequest(f"{_FAILED} The identity provider returned an error.")
+        if values.get("error") or values.get("error_description"):
+            raise InvalidRequest(f"{FAILED} The identity provider returned an error.")
         code = values.get("code") or ""
         if not code or code == NO_CODE:
-            raise InvalidRequest(f"{_FAILED} No code or id_token received.")
-        claims = await _code_flow(backend, req, config, role, state, code, warnings)
-        await _redeem(backend, req, state)
-
-    if role.verbose_oidc_logging:
-        # Vault logs the ID token without its signature; its payload is these claims, so
-        # only they are logged (a raw token is never logged). Before the checks: a refused
-        # login shows what the IdP sent.
-        log.debug("oidc_provider_response", mount=req.system.mount_path, role=state.role, claims=claims)
-    ctx.claims = seen["claims"] = claims
-    await run_checks(ctx, OIDC_CLAIM_CHECKS)
-    identity = ctx.identity
-    assert identity is not None  # every identity check passed
-    resp = Response(auth=login_auth(role, state.role, identity, ctx.policies))
-    for w in warnings:
-        resp.add_warning(w)
-    return resp
-
-
-async def _code_flow(
-    backend: JWTAuthBackend,
-    req: Request,
-    config: JWTConfig,
-    role: Role,
-    state: FlowState,
-    code: str,
-    warnings: list[str],
-) -> dict[str, Any]:
-    """Exchange ``code`` at the token endpoint, verify the ID token, merge userinfo."""
-    implicit = "id_token" in config.oidc_response_types  # no PKCE was asked for
-    try:
-        discovery = await support.discovery(backend, req, config)
-        tokens = await support.exchange_code(
-            req, config, discovery, code,
-            redirect_uri=state.redirect_uri,
-            code_verifier="" if implicit else state.code_verifier,
-        )
-        raw_id_token = tokens.get("id_token")
-        if not isinstance(raw_id_token, str) or not raw_id_token:
-            raise InvalidRequest("no id_token found in token response")
-        access_token = tokens.get("access_token") if isinstance(tokens.get("access_token"), str) else None
-        claims = await support.verify_id_token(
-            backend, req, config, discovery, raw_id_token,
-            nonce=state.nonce,
-            audiences=list(role.bound_audiences or []),
-            max_age=state.max_age,
-            access_token=access_token,
-        )
-    except PluginError as exc:
-        raise InvalidRequest(f'{_FAILED} Error exchanging oidc code: "{"; ".join(exc.messages)}".') from None
-    claims.pop("nonce", None)
-    if access_token and isinstance(discovery.get("userinfo_endpoint"), str):
-        await support.merge_userinfo(req, config, discovery, access_token, claims, warnings)
-    return claims
-
-
-class _TokenVerificationFailed(InvalidRequest):
-    """The id_token a form_post carried failed verification (its own page title)."""
-
-
-async def _implicit_flow(
-    backend: JWTAuthBackend, req: Request, config: JWTConfig, role: Role, state: FlowState, id_token: str
-) -> dict[str, Any]:
-    """Verify the id_token a form_post carried; return its claims (never the raw token)."""
-    try:
-        discovery = await support.discovery(backend, req, config)
-        claims = await support.verify_id_token(
-            backend, req, config, discovery, id_token,
-            nonce=state.nonce,
-            audiences=list(role.bound_audiences or []),
-            max_age=state.max_age,
-            access_token=None,
-        )
-    except PluginError as exc:
-        raise _TokenVerificationFailed(messages=exc.messages) from None
-    claims.pop("nonce", None)
-    return claims
+            raise InvalidRequest(f"{FAILED} No code or id_token received.")
+        result = await code_flow(backend, req, config, role, state, code)
+        await redeem_state(req, state)
+    return await finish(ctx, state.role, result)
 
 
 async def _form_post(
-    backend: JWTAuthBackend, req: Request, config: JWTConfig, state: FlowState, values: dict[str, Any]
+    backend: JWTAuthBackend, req: Request, config: JWTConfig, state: FlowState, values: dict[str, Any], seen: Seen
 ) -> None:
     """Verify what the IdP posted (exchange the code, or check the id_token) and, when it
-    passes, redeem the state with the verified claims for the GET that follows."""
+    passes, redeem the state with the verified claims for the GET that follows (``seen``
+    gets the role once found, for a refusal's record)."""
     code, id_token = values.get("code") or "", values.get("id_token") or ""
-    if values.get("error_description"):
-        raise InvalidRequest(f"{_FAILED} The identity provider returned an error.")
+    if values.get("error") or values.get("error_description"):
+        raise InvalidRequest(f"{FAILED} The identity provider returned an error.")
     if not code and not id_token:
         return  # nothing to verify; the GET will say "No code or id_token received."
     storage = req.require_storage()
     if await storage.get(state.used_key) is not None:
-        raise _expired()
+        raise expired()
     role = await backend.role(storage, state.role)
     if role is None:
-        raise InvalidRequest(f"{_FAILED} Role could not be found")
+        raise InvalidRequest(f"{FAILED} Role could not be found")
+    seen.role = state.role
     ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
     await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
-    warnings: list[str] = []
+    result: FlowResult
     if code:
-        claims = await _code_flow(backend, req, config, role, state, code, warnings)
+        result = await code_flow(backend, req, config, role, state, code)
     else:
-        claims = await _implicit_flow(backend, req, config, role, state, id_token)
-    await _redeem(backend, req, state, {"claims": claims, "warnings": warnings})
+        result = await implicit_flow(backend, req, config, role, state, id_token)
+    await redeem_state(req, state, stored_result(req, role, state, result))
 
 
 def _make_callback_post(backend: JWTAuthBackend) -> Handler:
@@ -385,60 +322,25 @@ def _make_callback_post(backend: JWTAuthBackend) -> Handler:
         raw_state = values.get("state") or ""
         state = FlowState.open(req.system.sealer, raw_state, req.system.now())
         if state is None:
-            return _html(400, _FAILED, _EXPIRED)
+            return refusal_page(req, expired(), Seen(), error_page(400, FAILED, EXPIRED))
+        if state.mode == "direct":
+            return await direct_callback(backend, req, state, raw_state, values)
+        seen = Seen()
         try:
-            await _form_post(backend, req, config, state, values)
-        except _TokenVerificationFailed as exc:
-            refused(req, exc, "oidc_callback_failed")
-            return _html(400, "Token verification failed.", "; ".join(exc.messages))
+            await _form_post(backend, req, config, state, values, seen)
+        except TokenVerificationFailed as exc:
+            page = error_page(400, "Token verification failed.", "; ".join(exc.messages))
+            return refusal_page(req, exc, seen, page)
         except PluginError as exc:
-            refused(req, exc, "oidc_callback_failed")
-            detail = "; ".join(exc.messages).removeprefix(_FAILED).strip()
-            return _html(exc.status if 400 <= exc.status < 500 else 400, _FAILED, detail)
+            detail = "; ".join(exc.messages).removeprefix(FAILED).strip()
+            page = error_page(exc.status if 400 <= exc.status < 500 else 400, FAILED, detail)
+            return refusal_page(req, exc, seen, page)
         mount = parse_mount(state.redirect_uri)
         if not mount:
-            return _html(400, _FAILED, "Invalid redirect path.")
-        message = {"source": "oidc-callback", "path": mount, "code": NO_CODE, "state": raw_state}
-        # JSON inside <script>: escape <, > and & so no value can close the script element.
-        payload = json.dumps(message).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        script = f"window.opener.postMessage({payload}, window.origin);"
-        body = (
-            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>OIDC callback</title></head>"
-            f"<body><script>{script}</script></body></html>"
-        )
-        digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-        return Response(
-            status=200,
-            content_type="text/html; charset=utf-8",
-            raw_body=body.encode(),
-            headers=_page_headers(f"default-src 'none'; script-src 'sha256-{digest}'"),
-        )
+            return error_page(400, FAILED, "Invalid redirect path.")
+        return relay_page({"source": "oidc-callback", "path": mount, "code": NO_CODE, "state": raw_state})
 
     return handler
-
-
-def _html(status: int, summary: str, detail: str) -> Response:
-    """A small error page; every dynamic value is HTML-escaped (OpenBao CVE-2026-33758)."""
-    body = (
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Vault login</title></head><body>"
-        f"<h1>{html.escape(summary)}</h1><p>{html.escape(detail)}</p></body></html>"
-    )
-    return Response(
-        status=status,
-        content_type="text/html; charset=utf-8",
-        raw_body=body.encode(),
-        headers=_page_headers("default-src 'none'"),
-    )
-
-
-def _page_headers(csp: str) -> dict[str, str]:
-    """Defence in depth for our HTML pages: no caching, no sniffing, a strict CSP."""
-    return {
-        "Cache-Control": "no-store",
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": csp,
-        "Referrer-Policy": "no-referrer",
-    }
 
 
 # ---------------------------------------------------------------------------
@@ -446,15 +348,18 @@ def _page_headers(csp: str) -> dict[str, str]:
 
 
 def paths(backend: JWTAuthBackend) -> list[PathSpec]:
-    """The ``oidc/auth_url`` and ``oidc/callback`` paths for ``backend``."""
+    """The ``oidc/auth_url``, ``oidc/callback`` and ``oidc/poll`` paths for ``backend``."""
     auth_url_fields = FieldSet(
         {
             "role": _bounded("role", FieldType.LOWER_STRING, "The role to log in with (default: default_role)."),
             "redirect_uri": _bounded(
-                "redirect_uri", FieldType.STRING, "Where the IdP sends the browser back to.", required=True
+                "redirect_uri", FieldType.STRING,
+                "Where the IdP sends the browser back to (not used by roles with callback_mode device).",
             ),
             "client_nonce": _bounded(
-                "client_nonce", FieldType.STRING, "Optional client-chosen value the callback must repeat."
+                "client_nonce", FieldType.STRING,
+                "A client-chosen value the callback (or, with callback_mode direct or device, oidc/poll) must "
+                "repeat; required with callback_mode direct and device.",
             ),
         }
     )
@@ -466,11 +371,27 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
                 "id_token", FieldType.STRING, "The ID token (implicit flow, form_post).", sensitive=True
             ),
             "client_nonce": _bounded("client_nonce", FieldType.STRING, "The client_nonce given to auth_url."),
+            "error": _bounded(
+                "error", FieldType.STRING,
+                "The IdP's error code (OAuth 2.0 error response): the login fails.",
+            ),
             "error_description": _bounded(
                 "error_description",
                 FieldType.STRING,
-                "The IdP's error text (OAuth 2.0 error response): the login fails; the text is not echoed.",
+                "The IdP's error text (OAuth 2.0 error response): the login fails; the text is not echoed, "
+                "except escaped on the callback page of callback_mode direct.",
             ),
+            "error_uri": _bounded("error_uri", FieldType.STRING, "The IdP's error page (ignored)."),
+            "confirmation": _bounded(
+                "confirmation", FieldType.STRING,
+                "Set by the confirmation page of callback_mode direct when the user confirms the login.",
+            ),
+        }
+    )
+    poll_fields = FieldSet(
+        {
+            "state": _bounded("state", FieldType.STRING, "The state oidc/auth_url answered."),
+            "client_nonce": _bounded("client_nonce", FieldType.STRING, "The client_nonce given to oidc/auth_url."),
         }
     )
     return [
@@ -478,7 +399,8 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
             pattern=r"oidc/auth_url",
             fields=auth_url_fields,
             operations={Operation.UPDATE: _make_auth_url(backend)},
-            summary="Start an OIDC login: get the IdP authorization URL.",
+            summary="Start an OIDC login: get the IdP authorization URL (or, callback_mode device, "
+            "the device verification URL).",
             unauthenticated=True,
         ),
         PathSpec(
@@ -488,7 +410,17 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
                 Operation.READ: _make_callback_get(backend),
                 Operation.UPDATE: _make_callback_post(backend),
             },
-            summary="Finish an OIDC login: exchange the code and issue a token.",
+            summary="Finish an OIDC login: exchange the code and issue a token (callback_mode direct: "
+            "the user's page; the token goes to oidc/poll).",
+            unauthenticated=True,
+            issues_token=True,
+        ),
+        PathSpec(
+            pattern=r"oidc/poll",
+            fields=poll_fields,
+            operations={Operation.UPDATE: make_poll(backend)},
+            summary="Finish an OIDC login of callback_mode direct or device: 400 authorization_pending "
+            "(or slow_down) until the user is done, then the login, once.",
             unauthenticated=True,
             issues_token=True,
         ),

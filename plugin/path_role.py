@@ -24,7 +24,10 @@ from plugin.token_fields import (
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
 
-__all__ = ["ROLE_PREFIX", "ROLE_NAME", "ROLE_NAME_RE", "ROLE_FIELDS", "Role", "path_role", "path_role_list"]
+__all__ = [
+    "ROLE_PREFIX", "ROLE_NAME", "ROLE_NAME_RE", "ROLE_FIELDS", "CALLBACK_MODES", "OAUTH2_METADATA",
+    "CLAIMS_PRECEDENCE", "MAX_POLL_INTERVAL", "Role", "path_role", "path_role_list",
+]
 
 ROLE_PREFIX = "role/"
 #: Vault's role name regex ``\w(([\w-.]+)?\w)?`` with ASCII word characters (Go's ``\w``).
@@ -32,6 +35,18 @@ ROLE_NAME_RE = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 
 _S = FieldType.STRING
 _CSS = FieldType.COMMA_STRING_SLICE
+#: ``callback_mode`` values (OpenBao's): where the IdP's answer goes. ``client``: the
+#: caller's redirect URI (the CLI's loopback listener, the UI); ``direct``: authmount's own
+#: ``oidc/callback`` page, the client polls ``oidc/poll``; ``device``: no redirect at all,
+#: RFC 8628 device authorization, the client polls ``oidc/poll``.
+CALLBACK_MODES = ("client", "direct", "device")
+#: ``oauth2_metadata`` values (OpenBao's): the IdP tokens a login response may carry.
+OAUTH2_METADATA = ("id_token", "access_token", "refresh_token")
+#: ``oidc_claims_precedence`` values: which source wins when the ID token and the userinfo
+#: response both carry a claim.
+CLAIMS_PRECEDENCE = ("userinfo", "id_token")
+#: The longest ``poll_interval`` a role may ask of clients (seconds).
+MAX_POLL_INTERVAL = 300
 _VERBOSE_WARNING = (
     "verbose_oidc_logging has been enabled for this role. This is not recommended in production "
     "since sensitive information may be present in OIDC responses."
@@ -100,6 +115,50 @@ ROLE_FIELDS = FieldSet(
             FieldType.DURATION, "Specifies the allowable elapsed time in seconds since the last "
             "time the user was actively authenticated (OIDC).", default=0,
         ),
+        "callback_mode": Field(
+            _S, "Where the OIDC login's answer goes: 'client' (the default: the caller's "
+            "redirect_uri, the CLI's loopback listener or the UI), 'direct' (authmount's own "
+            "oidc/callback page, which asks the user to confirm unless "
+            "'oidc_disable_confirmation'; the client polls oidc/poll), or 'device' (RFC 8628 "
+            "device authorization at the IdP, no redirect; the client polls oidc/poll). "
+            "'direct' and 'device' need a client_nonce. As OpenBao's field, so `bao login "
+            "-method=oidc callbackmode=direct|device` works. An update that leaves it out keeps "
+            "the role's value.", default="client",
+        ),
+        "poll_interval": Field(
+            FieldType.INT, "Seconds between the client's oidc/poll calls in the 'direct' and "
+            f"'device' callback modes (at most {MAX_POLL_INTERVAL}). 0, the default, means the "
+            "IdP's interval in device mode, else 5.", default=0,
+        ),
+        "oidc_disable_confirmation": Field(
+            FieldType.BOOL, "In the 'direct' callback mode, release the login to the polling "
+            "client without asking the user to confirm on the callback page first. The "
+            "confirmation (enabled by default) shows the address and role that started the "
+            "login, so a user who follows someone else's link does not log that person in "
+            "(RFC 8628 section 5.4).", default=False,
+        ),
+        "oauth2_metadata": Field(
+            _CSS, "The IdP tokens an OIDC login response carries in its auth metadata, as "
+            "'oauth2_<name>': any of 'id_token', 'access_token', 'refresh_token' (OpenBao's "
+            "field). They are in the login response only: never stored with the token (token "
+            "lookup does not show them) and never in the audit log's record of the token.",
+        ),
+        "oidc_claims_precedence": Field(
+            _S, "Which source wins when the ID token and the IdP's userinfo response both carry a "
+            "claim (the OIDC flow merges userinfo into the claims that user_claim, groups_claim, "
+            "claim_mappings and bound_claims read): 'userinfo' (the default, as Vault) or "
+            "'id_token' (userinfo only adds claims the ID token lacks).", default="userinfo",
+        ),
+        "resolve_distributed_claims": Field(
+            FieldType.BOOL, "Resolve distributed and aggregated claims (OIDC Core 5.6.2: "
+            "'_claim_names'/'_claim_sources', e.g. Azure's group overage) that this role reads "
+            "(user_claim, groups_claim, claim_mappings, list_claim_mappings, bound_claims): an "
+            "aggregated claim's JWT must verify with the mount's keys; a distributed claim is "
+            "fetched from its endpoint with the source's access token (else the OIDC access "
+            "token, else the login's 'distributed_claim_access_token'), at most 4 sources of "
+            "256 KiB each within 5 seconds per login. A claim that cannot be resolved refuses "
+            "the login. Off by default.", default=False,
+        ),
         "max_token_age": Field(
             FieldType.DURATION, "If set, JWT login refuses tokens whose 'iat' is older than this "
             "(tokens must then carry 'iat').", default=0,
@@ -149,6 +208,12 @@ class Role(TokenParams):
     allowed_redirect_uris: list[str] | None = None
     verbose_oidc_logging: bool = False
     max_age: int = 0
+    callback_mode: str = "client"
+    poll_interval: int = 0
+    oidc_disable_confirmation: bool = False
+    oauth2_metadata: list[str] | None = None
+    oidc_claims_precedence: str = "userinfo"
+    resolve_distributed_claims: bool = False
     max_token_age: int = 0
     expiration_leeway: int = 0
     not_before_leeway: int = 0
@@ -216,6 +281,43 @@ def _check_mapping_targets(role: Role) -> None:
             seen.add(target)
 
 
+def _apply_oidc_modes(role: Role, values: dict[str, Any]) -> None:
+    """The OIDC flow's mode and output fields, each kept when the write leaves it out.
+
+    :raises InvalidRequest: a value outside the field's set (OpenBao's messages).
+    """
+    if "callback_mode" in values:
+        mode = values["callback_mode"] or "client"
+        if mode not in CALLBACK_MODES:
+            raise InvalidRequest(f"invalid 'callback_mode': {mode}")
+        role.callback_mode = mode
+    if "poll_interval" in values:
+        interval = values["poll_interval"]
+        if not 0 <= interval <= MAX_POLL_INTERVAL:
+            raise InvalidRequest(f"invalid 'poll_interval': {interval} (0 to {MAX_POLL_INTERVAL} seconds)")
+        role.poll_interval = interval
+    if "oidc_disable_confirmation" in values:
+        role.oidc_disable_confirmation = values["oidc_disable_confirmation"]
+    if "oauth2_metadata" in values:
+        names = list(dict.fromkeys(values["oauth2_metadata"]))
+        for name in names:
+            if name not in OAUTH2_METADATA:
+                raise InvalidRequest(f"Unrecognized oauth2 metadata name {name}")
+        role.oauth2_metadata = names
+    if "oidc_claims_precedence" in values:
+        precedence = values["oidc_claims_precedence"] or "userinfo"
+        if precedence not in CLAIMS_PRECEDENCE:
+            raise InvalidRequest(f"invalid 'oidc_claims_precedence': {precedence} ('userinfo' or 'id_token')")
+        role.oidc_claims_precedence = precedence
+    if "resolve_distributed_claims" in values:
+        role.resolve_distributed_claims = values["resolve_distributed_claims"]
+    reserved = {f"oauth2_{name}" for name in role.oauth2_metadata or ()}
+    for mappings in (role.claim_mappings, role.list_claim_mappings):
+        for target in (mappings or {}).values():
+            if target in reserved:
+                raise InvalidRequest(f'metadata key "{target}" is reserved by oauth2_metadata and may not be a mapping destination')
+
+
 def apply_role_write(role: Role, values: dict[str, Any], *, max_lease_ttl: int) -> list[str]:
     """Merge a write into ``role`` and validate it in Vault's order (docs/reference/vault-api.md 3.2); return warnings.
 
@@ -256,6 +358,7 @@ def apply_role_write(role: Role, values: dict[str, Any], *, max_lease_ttl: int) 
                  "token_policies_template_claims"):
         if name in values:
             setattr(role, name, copy.deepcopy(values[name]))
+    _apply_oidc_modes(role, values)
     if role.token_policies_template_claims:
         compile_templates(role.token_policies)
     if role.verbose_oidc_logging:

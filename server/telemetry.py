@@ -119,8 +119,8 @@ KEY_SET_FETCHED = Gauge(
     registry=REGISTRY, multiprocess_mode="livemin",
 )
 OIDC_FLOWS = Counter(
-    "authmount_oidc_flows", "OIDC browser flows by mount and stage: started (auth_url), completed (callback issued "
-    "a token), failed (callback refused), expired (a callback with an expired, forged or used state).",
+    "authmount_oidc_flows", "OIDC flows by mount and stage: started (auth_url), completed (the callback or oidc/poll "
+    "issued a token), failed (refused), expired (a callback or poll with an expired, forged or used state).",
     ["mount", "stage"], registry=REGISTRY,
 )
 STORAGE_UNAVAILABLE = Counter("authmount_storage_unavailable", "Requests answered 503 because storage failed, by "

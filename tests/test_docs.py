@@ -199,6 +199,9 @@ LOGIN_MODULES = (
     "plugin/token_fields.py",
     "plugin/path_oidc.py",
     "plugin/oidc_flow.py",
+    "plugin/oidc_login.py",
+    "plugin/oidc_poll.py",
+    "plugin/claim_sources.py",
     "plugin/backend.py",
     "plugin/cidrutil.py",
     "plugin/policyutil.py",
@@ -211,7 +214,7 @@ LOGIN_MODULES = (
 )
 #: Modules whose messages answer a config or role write.
 CONFIG_MODULES = (
-    "plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py",
+    "plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py", "plugin/client_auth.py",
     # identity/ writes and lookups
     "server/identity/store.py", "server/identity/groups.py", "server/identity/aliases.py",
     "server/identity/entities.py",
@@ -231,6 +234,8 @@ _VALUE_ERROR_SCOPES: dict[str, set[str] | None] = {
         "_reject_duplicates", "_reject_constant", "_finite_float",  # token <part> is not valid JSON: <reason>
     },
     "plugin/schema.py": None,  # Field validation failed: ...: <reason>
+    "plugin/claim_sources.py": None,  # error resolving distributed claims: <reason>
+    "plugin/client_auth.py": None,  # invalid oidc_client_private_key: <reason>
 }
 
 #: (module, fragment) pairs deliberately left out of the troubleshooting doc, with why.
@@ -329,7 +334,7 @@ def extract_messages(module: str, source: str | None = None) -> list[tuple[int, 
             elif fname == "error_response" and len(node.args) >= 2 and isinstance(node.args[1], ast.List):
                 for element in node.args[1].elts:
                     add(node.lineno, element)
-            elif fname == "_html" and len(node.args) >= 3:  # the OIDC form_post error page
+            elif fname == "error_page" and len(node.args) >= 3:  # the OIDC callback's error pages
                 add(node.lineno, node.args[2])
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.endswith("_error"):
             # Helpers named *_error that return the message text (the claim checks now raise instead).

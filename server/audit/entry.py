@@ -15,7 +15,10 @@ does (``hmac-sha256:<hex of HMAC-SHA256(device salt, value)>``):
   ``request.client_token``, ``request.client_token_accessor``); accessors stay clear with the
   device option ``hmac_accessor=false``;
 - header values the operator asked to hash (``sys/config/auditing/request-headers``);
-- beyond Vault, on a refused login (``response.login_failure``): the token's ``iss`` and ``sub``.
+- beyond Vault, on a refused login (``response.login_failure``): the token's ``iss`` and ``sub``;
+- beyond Vault, the IdP tokens a role's ``oauth2_metadata`` puts in a login response
+  (``response.auth.metadata.oauth2_*``): hashed always, ``log_raw`` too (third-party
+  credentials: an audit log never holds them in the clear).
 
 The identity of a verified token (``display_name``, ``policies``, ``metadata``, ``entity_id``)
 stays readable, as in Vault, so the log answers "who". ``log_raw=true`` hashes nothing.
@@ -93,13 +96,15 @@ class Format:
     """How one device writes entries: its hash function and Vault's options ``hmac_accessor``,
     ``log_raw``, ``elide_list_responses`` and ``prefix``."""
 
-    __slots__ = ("hash", "accessor", "raw", "elide", "prefix")
+    __slots__ = ("hash", "hmac", "accessor", "raw", "elide", "prefix")
 
     def __init__(
         self, hasher: Hash, *, hmac_accessor: bool = True, log_raw: bool = False, elide_list_responses: bool = False,
         prefix: str = "",
     ) -> None:
         self.raw = log_raw
+        #: The device's HMAC whatever ``log_raw`` says (the IdP tokens of a login response).
+        self.hmac: Hash = hasher
         self.hash: Hash = _clear if log_raw else hasher
         self.accessor: Hash = self.hash if hmac_accessor else _clear
         self.elide = elide_list_responses
@@ -142,6 +147,9 @@ class Record:
     response_data: dict[str, Any] | None = None
     #: The issued token: (``TokenStore.auth_block``, display name).
     response_auth: tuple[dict[str, Any], str] | None = None
+    #: The IdP tokens the login response adds to ``auth.metadata`` (``Auth.response_metadata``):
+    #: written hashed, always.
+    response_secrets: dict[str, str] | None = None
     warnings: list[str] | None = None
     #: A refused login: ``{"reason": code, "role": name, "iss": ..., "sub": ...}``.
     login_failure: dict[str, str] | None = None
@@ -226,7 +234,10 @@ class Record:
         self._mount_fields(out)
         issued = self.response_auth
         if issued is not None:
-            out["auth"] = _issued(issued[0], issued[1], fmt)
+            out["auth"] = auth = _issued(issued[0], issued[1], fmt)
+            if self.response_secrets:
+                meta = auth.setdefault("metadata", {})
+                meta.update((k, fmt.hmac(v)) for k, v in self.response_secrets.items())
         data = self.response_data
         if self.error:
             data = {"error": self.error}

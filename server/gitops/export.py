@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from plugin import registry
-from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS, PROVIDER_SECRETS
+from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS, KEY_SOURCES, PROVIDER_SECRETS
 from plugin.path_role import ROLE_FIELDS, Role
 from plugin.schema import Field, FieldType
 from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TUNE_KEYS, empty
@@ -28,11 +28,11 @@ __all__ = ["Export", "export_state", "dump_yaml", "env_name"]
 
 _ROLE_DEFAULTS = Role().public()
 #: Keys a GET answers that are no field to export.
-_NOT_FIELDS = {FINGERPRINTS}
+_NOT_FIELDS = {FINGERPRINTS, KEY_SOURCES}
 #: Fields of Vault's or OpenBao's jwt method that authmount lacks, at the values that mean
-#: "not used" (a role's ``callback_mode`` of the CLI flow, a config's key ``status``): those
-#: are left out without a note; any other value is named in the notes.
-_PEER_DEFAULTS = {"callback_mode": "client", "status": "valid"}
+#: "not used" (a config's key ``status``): those are left out without a note; any other
+#: value is named in the notes.
+_PEER_DEFAULTS = {"status": "valid"}
 
 
 @dataclass(slots=True)

@@ -158,6 +158,9 @@ class Exchange:
             rec = self.rec = self._record()  # the request enabled the first device: Vault logs its response
             self._caller(rec)
         issued: dict[str, Any] | None = self.request.get(ISSUED)
+        # A login refused with a page (the OIDC callback's): recorded like a raised refusal.
+        refusal = resp.refused if resp is not None and self.login else None
+        failure = refusal.login if refusal is not None else None
         if rec is not None:
             if resp is not None:
                 rec.response_data = resp.data
@@ -167,6 +170,10 @@ class Exchange:
                 if issued is not None and issued.get("client_token"):
                     name = login_display_name(self.mount_point, resp.auth) if resp.auth is not None else ""
                     rec.response_auth = (issued, name)
+                    if resp.auth is not None and resp.auth.response_metadata:
+                        rec.response_secrets = resp.auth.response_metadata  # hashed, always
+                if refusal is not None and failure is not None:
+                    rec.login_failure = {"reason": login_outcome(refusal), **failure}
             elif out.status >= 400:
                 rec.error, rec.error_top = "not found", True
             assert self.broker is not None
@@ -178,6 +185,9 @@ class Exchange:
                 await self._revoke(issued)
                 self._observe("audit_unavailable" if self.login and resp is not None and resp.auth else None)
                 raise
+        if refusal is not None and failure is not None:
+            self._observe(login_outcome(refusal), None, failure)
+            return
         outcome = None
         if self.login and resp is not None and resp.auth is not None:
             outcome = "success"

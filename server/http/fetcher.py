@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import ssl
+import tempfile
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from plugin.errors import UpstreamError
-from plugin.framework import FetchResult
+from plugin.framework import ClientCert, FetchResult
 
 __all__ = ["AiohttpFetcher"]
 
@@ -20,8 +22,9 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class AiohttpFetcher:
-    """Outbound HTTP with a timeout, a streamed size cap, per-CA TLS contexts and
-    same-origin-only redirects. Failures raise ``UpstreamError`` with a short reason."""
+    """Outbound HTTP with a timeout, a streamed size cap, per-CA (and per client
+    certificate) TLS contexts and same-origin-only redirects. Failures raise
+    ``UpstreamError`` with a short reason."""
 
     def __init__(self, *, user_agent: str = "authmount") -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -37,14 +40,17 @@ class AiohttpFetcher:
             )
         return self._session
 
-    def _ssl_context(self, ca_pem: str | None) -> ssl.SSLContext | bool:
-        if not ca_pem:
+    def _ssl_context(self, ca_pem: str | None, client_cert: ClientCert | None = None) -> ssl.SSLContext | bool:
+        if not ca_pem and client_cert is None:
             return True
-        key = hashlib.sha256(ca_pem.encode()).hexdigest()
+        parts = [ca_pem or "", *(client_cert or ())]
+        key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
         ctx = self._contexts.get(key)
         if ctx is None:
-            ctx = ssl.create_default_context(cadata=ca_pem)
-            if len(self._contexts) > 64:  # bounded: CA PEMs come from mount configs
+            ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+            if client_cert is not None:
+                _load_client_cert(ctx, *client_cert)
+            if len(self._contexts) > 64:  # bounded: CA PEMs and certificates come from mount configs
                 self._contexts.clear()
             self._contexts[key] = ctx
         return ctx
@@ -59,13 +65,17 @@ class AiohttpFetcher:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
+        client_cert: ClientCert | None = None,
     ) -> FetchResult:
-        """Send one request (following same-origin redirects) and read at most ``max_bytes``.
+        """Send one request (following same-origin redirects) and read at most ``max_bytes``;
+        present ``client_cert`` when the server asks for a client certificate.
 
         :raises UpstreamError: network, TLS, timeout, size, or redirect failures.
         """
         try:
-            ssl_ctx = self._ssl_context(ca_pem)
+            ssl_ctx = self._ssl_context(ca_pem, client_cert)
+        except _ClientCertError as exc:
+            raise UpstreamError("invalid TLS client certificate or key") from exc
         except (ssl.SSLError, ValueError) as exc:
             raise UpstreamError("invalid CA PEM for the TLS connection") from exc
         origin = urlsplit(url)
@@ -121,6 +131,49 @@ class AiohttpFetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class _ClientCertError(ValueError):
+    """The client certificate or its key could not be loaded."""
+
+
+def _load_client_cert(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """Load a client certificate chain and its key into ``ctx``.
+
+    ``ssl`` reads them only from a file: on Linux an anonymous in-memory file (memfd)
+    keeps the private key off every disk; elsewhere a 0600 temporary file, removed at once.
+
+    :raises _ClientCertError: the PEMs do not load (or do not match).
+    """
+    data = (cert_pem.strip() + "\n" + key_pem.strip() + "\n").encode("utf-8")
+    memfd = getattr(os, "memfd_create", None)
+    try:
+        if memfd is not None and os.path.isdir("/proc/self/fd"):
+            fd = memfd("authmount-client-cert")
+            try:
+                _write_all(fd, data)
+                ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            return
+        fd, path = tempfile.mkstemp(prefix="authmount-cert-")  # mode 0600
+        try:
+            _write_all(fd, data)
+            os.close(fd)
+            fd = -1
+            ctx.load_cert_chain(path)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise _ClientCertError(str(exc)) from exc
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _short(url: str) -> str:

@@ -572,6 +572,12 @@ async def respond(
         )
         warnings.extend(issue_warnings)
         request[ISSUED] = auth_block  # the audit log's response entry (server.http.audited)
+        if resp.auth.response_metadata:
+            # Secrets for the caller only (a role's oauth2_metadata): in this envelope, never
+            # in the token store's entry or block (the audit log records them hashed, from
+            # resp.auth: server.http.audited).
+            auth_block = {**auth_block, "metadata": {**(auth_block.get("metadata") or {}),
+                                                     **resp.auth.response_metadata}}
     out = envelope(request, resp.data, auth=auth_block, warnings=warnings, mount_type=mount.entry.type)
     if resp.status:
         out.set_status(resp.status)

@@ -8,6 +8,7 @@ node-oidc-provider dev login form; ``drive_login`` does the same with ``requests
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import tempfile
@@ -23,7 +24,10 @@ import requests
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
 
-__all__ = ["CHROMIUM", "CHROMEDRIVER", "CHROME_FLAGS", "CallbackListener", "browser_available", "browser_login", "browser_session", "drive_login"]
+__all__ = [
+    "CHROMIUM", "CHROMEDRIVER", "CHROME_FLAGS", "CallbackListener", "browser_available", "browser_login",
+    "browser_session", "drive_device_login", "drive_login", "hidden_fields",
+]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -168,3 +172,31 @@ def drive_login(auth_url: str, redirect_prefix: str, login: str = "alice") -> di
         else:
             r = page
     raise RuntimeError(f"stuck: {r.status_code} {r.text[:200]}")
+
+
+_FORM_ACTION = re.compile(r'<form\b[^>]*\baction="([^"]*)"', re.I)
+_HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"\s*/?>')
+
+
+def hidden_fields(page: str) -> tuple[str, dict[str, str]]:
+    """The first form's action and its hidden inputs (HTML-unescaped)."""
+    action = _FORM_ACTION.search(page)
+    if action is None:
+        raise RuntimeError(f"no form in the page: {page[:300]}")
+    return html.unescape(action.group(1)), {k: html.unescape(v) for k, v in _HIDDEN.findall(page)}
+
+
+def drive_device_login(verification_url: str, login: str = "alice") -> str:
+    """Confirm an RFC 8628 device login at node-oidc-provider with ``requests``: open the
+    verification URL (its user code filled in), confirm the code, sign in with the dev
+    form. Returns the final page (``Sign-in Success``)."""
+    s = requests.Session()
+    r = s.get(verification_url, timeout=30)
+    for _ in range(12):
+        if "Sign-in Success" in r.text:
+            return r.text
+        action, data = hidden_fields(r.text)
+        if data.get("prompt") == "login":
+            data |= {"login": login, "password": "x"}
+        r = s.post(urljoin(r.url, action), data=data, timeout=30)
+    raise RuntimeError(f"stuck: {r.status_code} {r.text[:300]}")

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,10 +182,11 @@ def _run_node(args: list[str], cwd: Path = IDP_DIR) -> str:
     return proc.stdout
 
 
-def start_idp(workdir: Path, redirect_uris: Iterable[str] = ()) -> IdP:
+def start_idp(workdir: Path, redirect_uris: Iterable[str] = (), env: Mapping[str, str] | None = None) -> IdP:
     """Generate keys in ``workdir``, start the provider on a free port, wait for discovery.
 
-    ``redirect_uris`` are registered (exactly) for the ``vault`` and ``vault-es`` clients.
+    ``redirect_uris`` are registered (exactly) for the provider's web clients; ``env`` adds
+    settings of tests/idp/server.mjs (``CLIENT_JWKS_FILE``, ``CLAIMS_ENDPOINT``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     jwks_file = workdir / "jwks.json"
@@ -195,14 +196,14 @@ def start_idp(workdir: Path, redirect_uris: Iterable[str] = ()) -> IdP:
     for _attempt in range(3):  # the free port can be taken between probe and listen
         port = free_port()
         log_path = workdir / f"idp-{port}.log"
-        env = dict(os.environ)
-        env.update(PORT=str(port), JWKS_FILE=str(jwks_file), REDIRECT_URIS=",".join(uris))
-        env.pop("ISSUER", None)
+        proc_env = dict(os.environ)
+        proc_env.update(PORT=str(port), JWKS_FILE=str(jwks_file), REDIRECT_URIS=",".join(uris), **(env or {}))
+        proc_env.pop("ISSUER", None)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 ["node", str(IDP_DIR / "server.mjs")],
                 cwd=IDP_DIR,
-                env=env,
+                env=proc_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

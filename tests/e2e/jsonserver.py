@@ -28,11 +28,14 @@ class JSONServer:
         before: Callable[[str], None] | None = None,
     ) -> None:
         self.paths: list[str] = []
+        #: The request headers of each GET, in order (lower-case names).
+        self.headers: list[dict[str, str]] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 outer.paths.append(self.path)
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if before is not None:
                     before(self.path)
                 body = route(self.path)

@@ -328,8 +328,12 @@ class FakeFetcher:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
+        client_cert: tuple[str, str] | None = None,
     ) -> FetchResult:
-        self.calls.append((method, url, {"ca_pem": ca_pem, "form": form, "timeout": timeout}))
+        self.calls.append(
+            (method, url, {"ca_pem": ca_pem, "form": form, "timeout": timeout, "headers": headers,
+                           "client_cert": client_cert})
+        )
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.gate is not None:

@@ -44,14 +44,28 @@ class Grant:
 
 
 @dataclass
-class FakeIdP:
-    """Discovery, JWKS, token and userinfo endpoints; ``authorize`` plays the browser login.
+class Device:
+    """One device authorization at the fake IdP (RFC 8628)."""
 
-    ``id_token_overrides`` / ``userinfo`` shape the answers; ``down`` makes every call fail
-    like a refused connection; ``reusable_codes`` makes the token endpoint accept a code
-    more than once (a sloppy IdP: authmount's own single use must hold without its help).
-    Every call yields to the event loop once, as a real request would, so concurrent
-    callbacks interleave.
+    user_code: str
+    status: str = "pending"  # pending | approved | denied | slow_down | used
+    sub: str = ""
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FakeIdP:
+    """Discovery, JWKS, token, userinfo and device endpoints; ``authorize`` plays the browser
+    login, ``approve``/``deny`` the user's side of a device login.
+
+    ``id_token_overrides`` / ``userinfo`` shape the answers; ``device_overrides`` the device
+    authorization response (None values removed); ``down`` makes every call fail like a
+    refused connection; ``reusable_codes`` makes the token endpoint accept a code more than
+    once (a sloppy IdP: authmount's own single use must hold without its help). With
+    ``client_key`` (a public key) the client authenticates with private_key_jwt only, its
+    assertions checked as node-oidc-provider does (iss = sub = client id, aud = the token
+    endpoint, jti once, exp). Every call yields to the event loop once, as a real request
+    would, so concurrent callbacks interleave.
     """
 
     key: KeyPair = field(default_factory=lambda: rsa_key(kid="idp-1"))
@@ -64,16 +78,32 @@ class FakeIdP:
     access: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     clock: Any = time.time
+    devices: dict[str, Device] = field(default_factory=dict)
+    device_overrides: dict[str, Any] = field(default_factory=dict)
+    device_endpoint: bool = True
+    client_key: Any = None
+    seen_jti: set[str] = field(default_factory=set)
 
     @property
     def discovery(self) -> dict[str, Any]:
-        return {
+        doc = {
             "issuer": self.issuer,
             "authorization_endpoint": self.issuer + "/authorize",
             "token_endpoint": self.issuer + "/token",
             "userinfo_endpoint": self.issuer + "/userinfo",
             "jwks_uri": self.issuer + "/jwks",
         }
+        if self.device_endpoint:
+            doc["device_authorization_endpoint"] = self.issuer + "/device"
+        return doc
+
+    def approve(self, user_code: str, sub: str = "bob", **claims: Any) -> None:
+        """The user confirms the device login with ``user_code`` at the IdP."""
+        device = next(d for d in self.devices.values() if d.user_code == user_code)
+        device.status, device.sub, device.claims = "approved", sub, claims
+
+    def deny(self, user_code: str, status: str = "denied") -> None:
+        next(d for d in self.devices.values() if d.user_code == user_code).status = status
 
     def authorize(self, auth_url: str, sub: str = "bob", **claims: Any) -> str:
         """Accept the authorization request and return the code the browser would carry."""
@@ -111,8 +141,9 @@ class FakeIdP:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
+        client_cert: tuple[str, str] | None = None,
     ) -> FetchResult:
-        self.calls.append((method, url, {"form": form, "headers": headers}))
+        self.calls.append((method, url, {"form": form, "headers": headers, "client_cert": client_cert}))
         await asyncio.sleep(0)
         if self.down:
             raise UpstreamError("connection refused")
@@ -121,7 +152,9 @@ class FakeIdP:
         if url == self.issuer + "/jwks":
             return _json(200, jwks(self.key))
         if url == self.issuer + "/token" and method == "POST":
-            return self._token(form or {}, headers or {})
+            return self._token(dict(form or {}), headers or {})
+        if url == self.issuer + "/device" and method == "POST" and self.device_endpoint:
+            return self._device(dict(form or {}), headers or {})
         if url == self.issuer + "/userinfo":
             auth = (headers or {}).get("Authorization", "")
             sub = self.access.get(auth.removeprefix("Bearer "))
@@ -130,10 +163,68 @@ class FakeIdP:
             return _json(200, {"sub": sub, **self.userinfo})
         return FetchResult(404, {}, b"not found")
 
-    def _token(self, form: dict[str, str], headers: dict[str, str]) -> FetchResult:
+    def _client_ok(self, form: dict[str, str], headers: dict[str, str]) -> bool:
+        if self.client_key is not None:
+            import jwt as pyjwt  # the tests' own JOSE library, independent of authmount's
+
+            if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+                return False
+            try:
+                claims = pyjwt.decode(
+                    form.get("client_assertion", ""), self.client_key,
+                    algorithms=["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"],
+                    audience=self.issuer + "/token", options={"require": ["exp", "iat", "jti", "iss", "sub"]},
+                )
+            except (pyjwt.PyJWTError, TypeError, ValueError):  # a key of another type: refused too
+                return False
+            if claims["iss"] != CLIENT_ID or claims["sub"] != CLIENT_ID or claims["jti"] in self.seen_jti:
+                return False
+            self.seen_jti.add(claims["jti"])
+            return form.get("client_id") == CLIENT_ID and "Authorization" not in headers
         expected = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-        if headers.get("Authorization") != expected:
+        return headers.get("Authorization") == expected
+
+    def _device(self, form: dict[str, str], headers: dict[str, str]) -> FetchResult:
+        if not self._client_ok(form, headers):
             return _json(401, {"error": "invalid_client"})
+        device_code = "dc_" + secrets.token_hex(16)
+        user_code = f"{secrets.token_hex(2).upper()}-{secrets.token_hex(2).upper()}"
+        self.devices[device_code] = Device(user_code)
+        body: dict[str, Any] = {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": self.issuer + "/device",
+            "verification_uri_complete": f"{self.issuer}/device?user_code={user_code}",
+            "expires_in": 600,
+            "interval": 7,
+        }
+        body.update(self.device_overrides)
+        return _json(200, {k: v for k, v in body.items() if v is not None})
+
+    def _device_token(self, form: dict[str, str]) -> FetchResult:
+        device = self.devices.get(form.get("device_code", ""))
+        if device is None or device.status == "used":
+            return _json(400, {"error": "invalid_grant"})
+        if device.status == "pending":
+            return _json(400, {"error": "authorization_pending", "error_description": "<b>wait</b>"})
+        if device.status == "slow_down":
+            return _json(400, {"error": "slow_down"})
+        if device.status == "denied":
+            return _json(400, {"error": "access_denied", "error_description": "<script>x</script>"})
+        device.status = "used"
+        grant = Grant({}, device.sub, device.claims)
+        access_token = "at_" + secrets.token_hex(8)
+        self.access[access_token] = grant.sub
+        return _json(200, {
+            "access_token": access_token, "token_type": "Bearer", "refresh_token": "rt_" + secrets.token_hex(8),
+            "id_token": self.id_token(grant, access_token, nonce=None),
+        })
+
+    def _token(self, form: dict[str, str], headers: dict[str, str]) -> FetchResult:
+        if not self._client_ok(form, headers):
+            return _json(401, {"error": "invalid_client"})
+        if form.get("grant_type") == "urn:ietf:params:oauth:grant-type:device_code":
+            return self._device_token(form)
         code = form.get("code", "")
         grant = self.grants.get(code) if self.reusable_codes else self.grants.pop(code, None)
         if grant is None or form.get("grant_type") != "authorization_code":
@@ -150,7 +241,8 @@ class FakeIdP:
         self.access[access_token] = grant.sub
         return _json(
             200,
-            {"access_token": access_token, "token_type": "Bearer", "id_token": self.id_token(grant, access_token)},
+            {"access_token": access_token, "token_type": "Bearer", "id_token": self.id_token(grant, access_token),
+             "refresh_token": "rt_" + secrets.token_hex(8)},
         )
 
 
@@ -226,9 +318,17 @@ class Harness:
         await self.call(Operation.UPDATE, f"role/{name}", data)
 
     async def auth_url(self, **data: Any) -> str:
+        return str((await self.start(**data))["auth_url"])
+
+    async def start(self, **data: Any) -> dict[str, Any]:
+        """``oidc/auth_url``'s whole answer (``auth_url``, and ``state``/``poll_interval`` in
+        the direct and device modes)."""
         data.setdefault("redirect_uri", REDIRECT)
         resp = await self.call(Operation.UPDATE, "oidc/auth_url", data)
-        return str(resp.data["auth_url"])
+        return dict(resp.data)
+
+    async def poll(self, **data: Any) -> Any:
+        return await self.call(Operation.UPDATE, "oidc/poll", data)
 
     async def callback(self, **data: Any) -> Any:
         return await self.call(Operation.READ, "oidc/callback", data)

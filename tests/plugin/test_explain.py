@@ -59,7 +59,8 @@ async def test_success(h: Harness) -> None:
     # One outcome per validator, in the validators' order: the list is the single source.
     assert [c["check"] for c in data["checks"]] == [c.name for c in CHECKS]
     skipped = {c["check"] for c in data["checks"] if c.get("skipped")}
-    assert skipped == {"bound_cidrs", "subject", "max_token_age", "token_policies"}  # the role binds neither
+    # the role binds neither; the token names no distributed claims
+    assert skipped == {"bound_cidrs", "subject", "max_token_age", "token_policies", "distributed_claims"}
     assert data["claims"]["sub"] == "ci-bot"
     assert data["identity"] == {"alias_name": "ci-bot", "metadata": {"repo": "org/app", "role": "ci"}, "groups": ["ci"]}
 
@@ -138,3 +139,23 @@ async def test_issues_nothing_and_needs_token(h: Harness) -> None:
     before = dict(h.storage._data)
     await explain(h, token(h))
     assert h.storage._data == before
+
+
+async def test_unknown_kid_is_named_in_explain_and_in_the_login_error() -> None:
+    """Issue 12: the kid, the kids the cached set holds and when it was fetched."""
+    from tests.plugin.keyfactory import FakeFetcher, jwks
+
+    certs = "https://idp.example.com/certs"
+    known = ec_key(kid="key-2026")
+    h = Harness(fetcher=FakeFetcher({certs: jwks(known)}))
+    await h.write("config", {"jwks_url": certs})
+    await h.write("role/ci", {"role_type": "jwt", "user_claim": "sub", "bound_audiences": "vault"})
+    stranger = token(h, key=ec_key(kid="key-2027"), iss=None)
+    data = await explain(h, stranger)
+    [signature] = by_name(data)["signature"]
+    assert not signature["ok"]
+    assert "no key with kid key-2027: the key set from https://idp.example.com/certs holds kids [key-2026]" in (
+        signature["detail"])
+    with pytest.raises(InvalidRequest) as exc:
+        await h.login({"role": "ci", "jwt": stranger})
+    assert exc.value.messages == [signature["detail"]]

@@ -43,6 +43,9 @@ KEPT = [
     ("key_ops verify", {"key_ops": ["verify"]}),
     ("key_ops sign and verify", {"key_ops": ["sign", "verify"]}),
     ("use sig and key_ops verify", {"use": "sig", "key_ops": ["verify"]}),
+    # issue 12: a public key published with its private half's ops, as node-oidc-provider
+    # does and Vault (go-jose) accepts
+    ("key_ops sign", {"key_ops": ["sign"]}),
 ]
 
 
@@ -58,7 +61,7 @@ DROPPED_FOR_USE = [
     ("use enc", {"use": "enc"}),
     ("use SIG", {"use": "SIG"}),
     ("use null", {"use": None}),
-    ("key_ops sign", {"key_ops": ["sign"]}),
+    ("key_ops sign and decrypt", {"key_ops": ["sign", "decrypt"]}),
     ("key_ops empty", {"key_ops": []}),
     ("key_ops a string", {"key_ops": "verify"}),
     ("key_ops null", {"key_ops": None}),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import uuid
 from typing import Any
 
 import pytest
 
 from plugin.errors import InvalidRequest, UpstreamError
-from plugin.framework import FetchResult
+from plugin.framework import FetchResult, NoEvents
 from plugin.jose_verify import SUPPORTED_ALGS, ParsedToken, parse_token
 from plugin.keys import JWKSKeySource, KeySource, build_key_source, fetch_discovery
 from tests.plugin.keyfactory import FakeFetcher, KeyPair, Route, default_claims, ec_key, jwks, make_token, rsa_key
@@ -29,6 +30,22 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class RecordingEvents(NoEvents):
+    """``Events`` that keep what a key source reports."""
+
+    __slots__ = ("fetches", "fetched")
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, bool]] = []
+        self.fetched: list[tuple[str, float]] = []
+
+    def key_fetch(self, kind: str, ok: bool) -> None:
+        self.fetches.append((kind, ok))
+
+    def key_set_fetched(self, url: str, at: float) -> None:
+        self.fetched.append((url, at))
 
 
 def tok(key: KeyPair | bytes | str | None, **kw: Any) -> ParsedToken:
@@ -141,7 +158,12 @@ async def test_unknown_kid_refreshes_once_then_rejects() -> None:
     stranger = ec_key(kid="stranger")
     with pytest.raises(InvalidRequest) as exc:
         await src.verify(tok(stranger), ALL)
-    assert exc.value.messages == [SIG + "failed to verify id token signature"]
+    # The refusal names the kid, the kids the set holds and when it was fetched (issue 12).
+    fetched = datetime.datetime.fromtimestamp(clock.now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert exc.value.messages == [
+        SIG + f"failed to verify id token signature: no key with kid stranger: the key set from {JWKS_URL} "
+        f"holds kids [old, new] (fetched {fetched})"
+    ]
     assert fetcher.count() == 2  # within the cooldown: no fetch
 
 
@@ -452,9 +474,11 @@ async def test_pairs_unknown_kid() -> None:
     src = pairs_source(fetcher)
     with pytest.raises(InvalidRequest) as exc:
         await src.verify(tok(ec_key(kid="zzz")), ALL)
-    assert exc.value.messages == [
-        SIG + "error searching for key set with kid zzz: no key found with kid zzz in any JWKS endpoint"
-    ]
+    assert exc.value.messages[0].startswith(
+        SIG + "error searching for key set with kid zzz: no key found with kid zzz in any JWKS endpoint: "
+        f"the key set from {URL_A} holds kids [a] (fetched "
+    )
+    assert f"; the key set from {URL_B} holds kids [b] (fetched " in exc.value.messages[0]
     weird = "../../etc/passwd\r\nX: y" + "k" * 300
     with pytest.raises(InvalidRequest) as exc:
         await src.verify(tok(ec_key(kid=weird)), ALL)
@@ -494,3 +518,107 @@ async def test_pairs_empty_kid_is_shown_quoted() -> None:
     with pytest.raises(InvalidRequest) as exc:
         await src.verify(tok(ec_key(kid="")), ALL)
     assert 'with kid "": no key found with kid "" in any JWKS endpoint' in exc.value.messages[0]
+
+
+# -- JWKS as published in practice (issue 12) -------------------------------------------
+
+@pytest.mark.parametrize(
+    ("members", "usable"),
+    [
+        ({"key_ops": ["sign"]}, True),  # node-oidc-provider publishes its private key's ops
+        ({"key_ops": ["verify"]}, True),
+        ({"key_ops": ["sign", "verify"]}, True),
+        ({"use": "sig", "key_ops": ["sign"]}, True),
+        ({"key_ops": ["encrypt"]}, False),
+        ({"key_ops": ["sign", "decrypt"]}, False),
+        ({"key_ops": ["wrapKey"]}, False),
+        ({"key_ops": []}, False),
+        ({"key_ops": "sign"}, False),
+        ({"key_ops": ["sign", 1]}, False),
+        ({"use": "enc"}, False),
+        ({"use": "enc", "key_ops": ["sign"]}, False),
+    ],
+    ids=["sign", "verify", "both", "use sig and sign", "encrypt", "sign and decrypt", "wrapKey", "empty",
+         "not a list", "not strings", "use enc", "use enc with sign"],
+)
+async def test_key_ops(members: dict[str, Any], usable: bool) -> None:
+    key = rsa_key(kid="k")
+    src = jwks_source(FakeFetcher({JWKS_URL: {"keys": [key.jwk(**members)]}}))
+    if usable:
+        await src.verify(tok(key), ALL)
+        return
+    with pytest.raises(InvalidRequest, match="JWK set contains no usable signing keys"):
+        await src.verify(tok(key), ALL)
+
+
+# -- what a remote source tells about itself (issue 12) ---------------------------------
+
+async def test_refresh_failures_are_logged_once_per_streak_and_counted() -> None:
+    from structlog.testing import capture_logs
+
+    key = ec_key(kid="k")
+    clock = FakeClock()
+    served: dict[str, Any] = {"doc": UpstreamError("connection refused")}
+    counted = RecordingEvents()
+    src = jwks_source(FakeFetcher({JWKS_URL: lambda: served["doc"]}), clock, mount="auth/jwt/", events=counted)
+    with capture_logs() as logs:
+        for _ in range(3):
+            with pytest.raises(InvalidRequest, match="could not fetch keys from .*connection refused"):
+                await src.verify(tok(key), ALL)
+            clock.now += 11  # past the cooldown: each attempt fetches
+        served["doc"] = jwks(key)
+        await src.verify(tok(key), ALL)
+        served["doc"] = UpstreamError("timeout")
+        clock.now += 3601
+        await src.verify(tok(key), ALL)  # stale: a background refresh fails, the last good keys serve
+        await asyncio.sleep(0)
+        await src.close()
+    events = [(e["event"], e.get("failures")) for e in logs]
+    assert events == [("jwks_fetch_failed", None), ("jwks_fetch_recovered", 3), ("jwks_fetch_failed", None)]
+    assert logs[0]["mount"] == "auth/jwt/" and logs[0]["url"] == JWKS_URL and "connection refused" in logs[0]["reason"]
+    # every fetch reaches the metrics (authmount_key_fetches_total), each failure of a streak too
+    assert counted.fetches == [("jwks", False)] * 3 + [("jwks", True), ("jwks", False)]
+    assert counted.fetched == [(JWKS_URL, clock.now - 3601)]  # the set in use: fetched after the streak
+    [status] = src.status()
+    assert status["failures"] == 4 and status["consecutive_failures"] == 1 and status["last_error"]
+    assert status["key_count"] == 1 and status["kids"] == ["k"]
+
+
+async def test_status_of_each_source() -> None:
+    key = ec_key(kid="k1")
+    clock = FakeClock()
+    fetcher = FakeFetcher({DISCOVERY: {"issuer": ISSUER, "jwks_uri": JWKS_URL}, JWKS_URL: jwks(key, ec_key(kid="k2"))})
+    src = build_key_source({"oidc_discovery_url": ISSUER}, fetcher, clock=clock)
+    [fresh] = src.status()
+    assert fresh == {"source": "oidc_discovery_url", "url": ISSUER, "last_fetch": None, "last_error": None,
+                     "consecutive_failures": 0, "failures": 0, "next_refresh": "at first use"}
+    await src.verify(tok(key), ALL)
+    when = datetime.datetime.fromtimestamp(clock.now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = datetime.datetime.fromtimestamp(clock.now + 3600, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc, keys = src.status()
+    assert doc["last_fetch"] == when and doc["next_refresh"].startswith("never")
+    assert keys == {"source": "jwks_uri", "url": JWKS_URL, "key_count": 2, "kids": ["k1", "k2"], "last_fetch": when,
+                    "last_error": None, "consecutive_failures": 0, "failures": 0, "next_refresh": later}
+    assert build_key_source({"jwt_validation_pubkeys": [key.pem]}, fetcher).status() == []
+    pairs = build_key_source({"jwks_pairs": [{"jwks_url": JWKS_URL}, {"jwks_url": JWKS_URL + "2"}]}, fetcher)
+    assert [s["source"] for s in pairs.status()] == ["jwks_pairs[0]", "jwks_pairs[1]"]
+
+
+async def test_unknown_kid_message_names_the_last_refresh_error() -> None:
+    key = ec_key(kid="k1")
+    clock = FakeClock()
+    served: dict[str, Any] = {"doc": jwks(key)}
+    src = jwks_source(FakeFetcher({JWKS_URL: lambda: served["doc"]}), clock)
+    await src.verify(tok(key), ALL)
+    served["doc"] = UpstreamError("connection refused")
+    clock.now += 20
+    with pytest.raises(InvalidRequest) as exc:
+        await src.verify(tok(ec_key(kid="rotated")), ALL)
+    assert exc.value.messages[0].endswith(
+        "no key with kid rotated: the key set from https://idp.example.com/certs holds kids [k1] "
+        "(fetched 1970-01-12T13:46:40Z); last refresh error: connection refused"
+    )
+    weird = "<b>\r\n" + "k" * 300
+    with pytest.raises(InvalidRequest) as exc:
+        await src.verify(tok(ec_key(kid=weird)), ALL)
+    assert "\r" not in exc.value.messages[0] and "k" * 200 not in exc.value.messages[0]  # escaped and cut

@@ -112,6 +112,13 @@ CASES: dict[str, Case] = {
         "max_token_age", "error validating token: token is too old: issued 600s ago, role max_token_age is 60s",
         role={"max_token_age": 60}, claims={"iat": -600},
     ),
+    "distributed_claims": Case(
+        "distributed_claims",
+        'error resolving distributed claims: claim source "src1": the endpoint is not an https URL',
+        role={"groups_claim": "groups", "resolve_distributed_claims": True},
+        claims={"groups": None, "_claim_names": {"groups": "src1"},
+                "_claim_sources": {"src1": {"endpoint": "http://claims.example/groups"}}},
+    ),
     "user_claim": Case("user_claim", 'claim "email" not found in token', role={"user_claim": "email"}),
     "claim_mappings": Case(
         "claim_mappings", "error converting claim 'groups' to string",
@@ -253,6 +260,10 @@ OIDC_CASES: dict[str, OidcCase] = {
     "claim_mappings": OidcCase("claim_mappings", {}, {"COLOR": ["green"]}),
     "groups": OidcCase("groups", {}, {"groups": {"a": 1}}),
     "bound_cidrs": OidcCase("bound_cidrs", {"token_bound_cidrs": ["10.99.77.0/24"]}, {}, "10.99.77.0/24"),
+    "distributed_claims": OidcCase(
+        "distributed_claims", {"resolve_distributed_claims": True},
+        {"groups": None, "_claim_names": {"groups": "s"}, "_claim_sources": {"s": {"JWT": "not.a-jwt"}}},
+    ),
 }
 
 

@@ -11,7 +11,7 @@ from plugin.framework import Operation, Request
 from plugin.path_config import CONFIG_FIELDS
 from plugin.sealing import SealError, is_sealed
 from tests.plugin.fakes import Harness
-from tests.plugin.keyfactory import FakeFetcher, ec_key, jwks, self_signed_cert_pem
+from tests.plugin.keyfactory import FakeFetcher, ec_key, jwks, make_token, self_signed_cert_pem
 
 CONFIG_FIELDS_NAMES = list(CONFIG_FIELDS)
 
@@ -29,7 +29,8 @@ EMPTY = {
     "oidc_discovery_url": "", "oidc_discovery_ca_pem": "", "oidc_client_id": "", "oidc_response_mode": "",
     "oidc_response_types": [], "default_role": "", "jwt_validation_pubkeys": [], "jwt_supported_algs": [],
     "jwks_url": "", "jwks_pairs": [], "jwks_ca_pem": "", "bound_issuer": "", "provider_config": {},
-    "namespace_in_state": True, "unsupported_critical_cert_extensions": [],
+    "namespace_in_state": True, "unsupported_critical_cert_extensions": [], "oidc_client_assertion_alg": "",
+    "oidc_client_assertion_kid": "", "client_tls_cert": "", "skip_jwks_validation": False,
 }
 
 
@@ -163,7 +164,10 @@ async def test_jwks_update_roundtrip(h: Harness) -> None:
     """TestConfig_JWKS_Update: form_post accepted without OIDC; GET returns the input."""
     data = {**EMPTY, "jwks_url": CERTS, "jwks_ca_pem": CA, "oidc_response_mode": "form_post", "namespace_in_state": False}
     assert await h.write("config", data) is None
-    assert await read_config(h) == data
+    got = await read_config(h)
+    status = got.pop("key_sources")  # the JWKS's fetch state (test_key_sources_status)
+    assert got == data
+    assert [s["source"] for s in status] == ["jwks_url"] and status[0]["key_count"] == 1
     assert h.fetcher.count(CERTS) == 1
 
 
@@ -321,3 +325,70 @@ async def test_hostile_values_never_crash(h: Harness, field: str) -> None:
             await h.write("config", {"jwt_validation_pubkeys": [PEM], field: value})
         except PluginError:
             pass
+
+
+# -- config writes while the IdP is down (issue 12) -----------------------------------------
+
+@pytest.mark.parametrize(
+    ("data", "warning"),
+    [
+        ({"jwks_url": "https://down.example/certs"},
+         "error checking jwks URL https://down.example/certs: connection refused"),
+        ({"oidc_discovery_url": "https://down.example"},
+         "error checking oidc discovery URL: connection refused"),
+        ({"jwks_pairs": [{"jwks_url": CERTS}, {"jwks_url": "https://down.example/certs"}]},
+         "error checking jwks URL https://down.example/certs: connection refused"),
+    ],
+    ids=["jwks_url", "discovery", "jwks_pairs"],
+)
+async def test_skip_jwks_validation_stores_the_config_with_a_warning(data: dict[str, Any], warning: str) -> None:
+    from plugin.errors import UpstreamError
+
+    fetcher = idp_fetcher()
+    fetcher.routes["https://down.example/certs"] = UpstreamError("connection refused")
+    fetcher.routes["https://down.example/.well-known/openid-configuration"] = UpstreamError("connection refused")
+    h = Harness(fetcher=fetcher)
+    with pytest.raises(InvalidRequest, match="connection refused"):
+        await h.write("config", data)  # without the flag: refused, nothing stored
+    assert "config" not in h.storage.dump()
+    resp = await h.write("config", {**data, "skip_jwks_validation": True})
+    assert resp is not None and resp.warnings == [
+        f"{warning}; the config is stored anyway (skip_jwks_validation): the keys are fetched at the first login, "
+        "and GET config shows their status in key_sources"
+    ]
+    got = await read_config(h)
+    assert got["skip_jwks_validation"] is True
+    failing = [s for s in got["key_sources"] if s["last_error"]]
+    assert failing and all("connection refused" in s["last_error"] for s in failing)
+
+
+async def test_skip_jwks_validation_fetches_at_the_first_login() -> None:
+    from plugin.errors import UpstreamError
+
+    served: dict[str, Any] = {"doc": UpstreamError("connection refused")}
+    fetcher = FakeFetcher({CERTS: lambda: served["doc"]})
+    h = Harness(fetcher=fetcher)
+    await h.write("config", {"jwks_url": CERTS, "skip_jwks_validation": True})
+    await h.write("role/r", {"role_type": "jwt", "user_claim": "sub", "bound_subject": "s"})
+    served["doc"] = jwks(KEY)
+    h.clock.now += 11  # past the cooldown of the write's failed fetch
+    now = int(h.clock.now)
+    token = make_token({"sub": "s", "iat": now, "exp": now + 60}, key=KEY)
+    assert (await h.login({"role": "r", "jwt": token})).auth is not None
+    [status] = (await read_config(h))["key_sources"]
+    assert status["key_count"] == 1 and status["last_error"] is None and status["failures"] == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"jwks_url": CERTS, "jwks_ca_pem": "not a pem"},
+        {"oidc_discovery_url": ISSUER, "oidc_discovery_ca_pem": "not a pem"},
+        {"jwt_validation_pubkeys": ["not a key"]},
+    ],
+    ids=["jwks CA", "discovery CA", "bad pubkey"],
+)
+async def test_skip_jwks_validation_still_refuses_local_problems(h: Harness, data: dict[str, Any]) -> None:
+    with pytest.raises(InvalidRequest):
+        await h.write("config", {**data, "skip_jwks_validation": True})
+    assert h.fetcher.count() == 0 and "config" not in h.storage.dump()

@@ -510,7 +510,7 @@ def test_unauthenticated_paths_exact() -> None:
                  "cel/role/x/explain", "cel/login/x"):
         assert not b.is_unauthenticated(path)
     names = {s.pattern for s in b.paths if s.unauthenticated}
-    assert names <= {"login", "oidc/auth_url", "oidc/callback", "cel/login"}
+    assert names <= {"login", "oidc/auth_url", "oidc/callback", "oidc/poll", "cel/login"}
 
 
 def test_registered() -> None:

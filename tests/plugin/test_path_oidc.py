@@ -421,7 +421,8 @@ async def test_form_post_code_then_get_no_code() -> None:
     assert b'"path": "oidc"' in page.raw_body and b'"code": "no_code"' in page.raw_body
     script = page.raw_body.split(b"<script>")[1].split(b"</script>")[0]
     digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
-    assert page.headers["Content-Security-Policy"] == f"default-src 'none'; script-src 'sha256-{digest}'"
+    csp = f"default-src 'none'; script-src 'sha256-{digest}'; frame-ancestors 'none'"
+    assert page.headers["Content-Security-Policy"] == csp and page.headers["X-Frame-Options"] == "DENY"
     assert page.headers["Cache-Control"] == "no-store"
     resp = await h.callback(state=state, code="no_code")
     assert resp.auth.alias.name == "bob@example.com"
@@ -486,7 +487,9 @@ async def test_form_post_unknown_state_and_invalid_path_pages() -> None:
     page = await post(h, state="<script>alert(1)</script>", code="c")
     assert page.status == 400 and b"Expired or missing OAuth state." in page.raw_body
     assert b"<script>" not in page.raw_body
-    assert page.headers["Content-Security-Policy"] == "default-src 'none'"
+    csp = page.headers["Content-Security-Policy"]
+    assert csp.startswith("default-src 'none'; style-src 'sha256-") and csp.endswith("; frame-ancestors 'none'")
+    assert "script-src" not in csp
     url = await h.auth_url(redirect_uri=CLI_REDIRECT)
     page = await post(h, state=query(url)["state"], code=h.idp.authorize(url, **BOB))
     assert page.status == 400 and b"Invalid redirect path." in page.raw_body

@@ -173,6 +173,8 @@ async def test_read_exact(h: Harness) -> None:
         "token_type": "default", "token_no_default_policy": False, "token_explicit_max_ttl": 0, "max_age": 0,
         "max_token_age": 0, "alias_metadata": {},
         "bound_cidrs": ["127.0.0.1/8"], "token_bound_cidrs": ["127.0.0.1/8"],
+        "callback_mode": "client", "poll_interval": 0, "oidc_disable_confirmation": False, "oauth2_metadata": None,
+        "oidc_claims_precedence": "userinfo", "resolve_distributed_claims": False,
     }
 
 

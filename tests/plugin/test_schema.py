@@ -129,7 +129,7 @@ def test_dataclass_matches_schema(cls: type, fields: FieldSet) -> None:
 
 def test_sensitive_fields() -> None:
     sensitive = {n for n, f in CONFIG_FIELDS.items() if f.sensitive}
-    assert sensitive == {"oidc_client_secret", "jwt_validation_hmac_secrets"}
+    assert sensitive == {"oidc_client_secret", "oidc_client_private_key", "client_tls_key", "jwt_validation_hmac_secrets"}
     assert not any(f.sensitive for _, f in ROLE_FIELDS.items())
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,8 +19,10 @@ from plugin import registry
 from plugin.errors import InvalidRequest
 from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
+from plugin.storage import InMemoryStorage
+from server import telemetry
 from server.app import create_app
-from server.appkeys import MOUNTS
+from server.appkeys import MOUNTS, STORAGE
 from server.http.listverb import ListVerbAppRunner, make_test_server
 from server.settings import Settings, StorageSettings
 from tests.server.httpkit import Client, app_of
@@ -37,19 +41,24 @@ class EchoBackend(Backend):
         value = {"value": Field(FieldType.STRING, "Item value.")}
         self.items: dict[str, str] = {}
         self.paths = [
-            PathSpec("login", FieldSet({"policies": Field(FieldType.COMMA_STRING_SLICE, "Policies.")}),
-                     {Operation.UPDATE: self._login}, unauthenticated=True),
+            PathSpec("login", FieldSet({"policies": Field(FieldType.COMMA_STRING_SLICE, "Policies."),
+                                        "secret": Field(FieldType.STRING, "A response-only secret.")}),
+                     {Operation.UPDATE: self._login}, unauthenticated=True, issues_token=True),
             PathSpec(r"item/?", FieldSet({}), {Operation.LIST: self._list}),
             PathSpec(r"item/(?P<name>\w+)", FieldSet({**name, **value}),
                      {Operation.READ: self._read, Operation.UPDATE: self._write, Operation.DELETE: self._delete},
                      existence_check=self._exists),
             PathSpec("echo", FieldSet({}), {Operation.UPDATE: self._echo, Operation.READ: self._echo}),
             PathSpec("raw", FieldSet({}), {Operation.READ: self._raw}, unauthenticated=True),
+            PathSpec("refuse", FieldSet({}), {Operation.UPDATE: self._refuse}, unauthenticated=True),
             PathSpec("boom", FieldSet({}), {Operation.READ: self._boom}),
         ]
 
     async def _login(self, req: Request, values: dict[str, Any]) -> Response:
-        return Response(auth=Auth(display_name="tester", policies=values.get("policies", []), ttl=600))
+        secret = values.get("secret")
+        return Response(auth=Auth(display_name="tester", policies=values.get("policies", []), ttl=600,
+                                  metadata={"who": "tester"},
+                                  response_metadata={"oauth2_access_token": secret} if secret else {}))
 
     async def _list(self, req: Request, values: dict[str, Any]) -> Response:
         return Response(data={"keys": sorted(await req.require_storage().list("item/"))})
@@ -77,6 +86,15 @@ class EchoBackend(Backend):
 
     async def _raw(self, req: Request, values: dict[str, Any]) -> Response:
         return Response(raw_body=b"<html>ok</html>", status=200, content_type="text/html; charset=utf-8")
+
+    async def _refuse(self, req: Request, values: dict[str, Any]) -> Response:
+        """A login refused with a page (as the OIDC callback's pages are)."""
+        exc = InvalidRequest("login refused")
+        exc.check = "bound_claims"
+        exc.login = {"role": "tester", "iss": "https://idp.example.com", "sub": "bob"}
+        page = Response(raw_body=b"<html>no</html>", status=400, content_type="text/html; charset=utf-8")
+        page.refused = exc
+        return page
 
     async def _boom(self, req: Request, values: dict[str, Any]) -> Response:
         raise RuntimeError("secret internal detail")
@@ -420,6 +438,44 @@ async def test_openapi_lists_mount_paths(echo: Client) -> None:
     assert "post" in body["paths"]["/sys/auth/{path}"]
 
 
+async def test_response_metadata_is_in_the_envelope_only(echo: Client) -> None:
+    """Issue 12 (``oauth2_metadata``): the login response carries the IdP's token; the stored
+    token, its lookup and the token store's block do not."""
+    secret = "idp-access-token-" + "y" * 40
+    body = await (await echo.post("/v1/auth/echo/login", json={"secret": secret})).json()
+    assert body["auth"]["metadata"] == {"who": "tester", "oauth2_access_token": secret}
+    lookup = await (await echo.get("/v1/auth/token/lookup-self",
+                                   headers={"X-Vault-Token": body["auth"]["client_token"]})).json()
+    assert lookup["data"]["meta"] == {"who": "tester"}
+    storage = app_of(echo)[STORAGE]
+    assert isinstance(storage, InMemoryStorage)
+    assert secret not in json.dumps(storage.dump(), default=str)
+
+
+async def test_openapi_has_the_oidc_round_two_paths_and_fields(client: Client) -> None:
+    """Issue 12: oidc/poll and every new config and role field are in the document."""
+    assert (await client.post("/v1/sys/auth/sso", json={"type": "oidc"}, headers=H)).status == 204
+    paths = (await (await client.get("/v1/sys/internal/specs/openapi", headers=H)).json())["paths"]
+
+    def props(route: str) -> dict[str, Any]:
+        schema = paths[route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        return dict(schema["properties"])
+
+    assert paths["/auth/sso/oidc/poll"]["x-vault-unauthenticated"] is True
+    assert set(props("/auth/sso/oidc/poll")) == {"state", "client_nonce"}
+    assert {"error", "error_uri", "confirmation"} <= set(props("/auth/sso/oidc/auth_url")) | set(
+        paths["/auth/sso/oidc/callback"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"])
+    config = props("/auth/sso/config")
+    for name in ("oidc_client_private_key", "client_tls_key"):
+        assert config[name].get("x-sensitive") is True, name
+    assert {"oidc_client_assertion_alg", "oidc_client_assertion_kid", "client_tls_cert", "skip_jwks_validation"} <= set(
+        config)
+    role = props("/auth/sso/role/{name}")
+    assert {"callback_mode", "poll_interval", "oidc_disable_confirmation", "oauth2_metadata",
+            "oidc_claims_precedence", "resolve_distributed_claims"} <= set(role)
+    assert role["poll_interval"]["type"] == "integer" and role["oauth2_metadata"]["type"] == "array"
+
+
 async def test_policy_crud(client: Client) -> None:
     policy = 'path "auth/*" { capabilities = ["read"] }'
     assert (await client.put("/v1/sys/policy/dev", json={"policy": policy}, headers=H)).status == 204
@@ -552,3 +608,60 @@ async def test_token_rows_are_not_announced_to_other_nodes(aiohttp_client: Aioht
     await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
     assert storage.quiet == ["sys/token/id/", "sys/token/accessor/", "sys/token/parent/"]
     assert not any(EPOCH_PREFIX.startswith(p) or p.startswith("sys/token/mount") for p in storage.quiet)
+
+
+@pytest.mark.parametrize("log_raw", [False, True], ids=["hashed", "log_raw"])
+async def test_response_metadata_is_hashed_in_the_audit_log(echo: Client, tmp_path: Path, log_raw: bool) -> None:
+    """Issue 12 (``oauth2_metadata``): the audit log's response entry shows the IdP's token
+    hashed with the device's salt (sys/audit-hash finds it), hashed even with ``log_raw``."""
+    log = tmp_path / "audit.log"
+    resp = await echo.post("/v1/sys/audit/file", headers=H,
+                           json={"type": "file", "options": {"file_path": str(log), "log_raw": str(log_raw).lower()}})
+    assert resp.status == 204, await resp.text()
+    secret = "idp-access-token-" + "z" * 40
+    body = await (await echo.post("/v1/auth/echo/login", json={"secret": secret})).json()
+    assert body["auth"]["metadata"]["oauth2_access_token"] == secret  # the caller gets it
+    if not log_raw:  # (with log_raw the request entry shows this test's request data, the secret too)
+        assert secret not in log.read_text()
+    hashed = (await (await echo.post("/v1/sys/audit-hash/file", json={"input": secret}, headers=H)).json())["data"]
+    [entry] = [e for e in map(json.loads, log.read_text().splitlines())
+               if e["type"] == "response" and e["request"]["path"] == "auth/echo/login"]
+    meta = entry["response"]["auth"]["metadata"]
+    assert meta["who"] == "tester" and meta["oauth2_access_token"].startswith("hmac-sha256:")
+    if not log_raw:  # (sys/audit-hash of a log_raw device answers its input)
+        assert meta["oauth2_access_token"] == hashed["hash"]
+    assert secret not in json.dumps(entry["response"])
+    token = body["auth"]["client_token"]
+    assert (entry["response"]["auth"]["client_token"] == token) is log_raw  # log_raw shows the server's own token
+
+
+async def test_a_refusal_answered_with_a_page_is_audited_and_counted(echo: Client, tmp_path: Path) -> None:
+    """``Response.refused`` (the OIDC callback's error pages): the audit log's response entry
+    has ``login_failure`` with the reason code, and authmount_logins_total counts it."""
+    log = tmp_path / "audit.log"
+    resp = await echo.post("/v1/sys/audit/file", headers=H, json={"type": "file", "options": {"file_path": str(log)}})
+    assert resp.status == 204
+    labels = {"mount": "auth/echo/", "role": "tester", "outcome": "bound_claims"}
+    before = telemetry.REGISTRY.get_sample_value("authmount_logins_total", labels) or 0.0
+    resp = await echo.post("/v1/auth/echo/refuse", json={})
+    assert resp.status == 400 and await resp.text() == "<html>no</html>"
+    assert (telemetry.REGISTRY.get_sample_value("authmount_logins_total", labels) or 0.0) - before == 1
+    [entry] = [e for e in map(json.loads, log.read_text().splitlines())
+               if e["type"] == "response" and e["request"]["path"] == "auth/echo/refuse"]
+    failure = entry["response"]["login_failure"]
+    assert (failure["reason"], failure["role"]) == ("bound_claims", "tester")
+    assert failure["sub"].startswith("hmac-sha256:") and failure["iss"].startswith("hmac-sha256:")
+
+
+async def test_response_metadata_of_a_wrapped_login_is_sealed(echo: Client) -> None:
+    """Issue 12 (``oauth2_metadata``): a wrapped login keeps the IdP's token only sealed (the
+    wrapped response), and unwrapping hands it over once."""
+    secret = "idp-access-token-" + "w" * 40
+    resp = await echo.post("/v1/auth/echo/login", json={"secret": secret}, headers={"X-Vault-Wrap-TTL": "300"})
+    assert resp.status == 200, await resp.text()
+    info = (await resp.json())["wrap_info"]
+    storage = app_of(echo)[STORAGE]
+    assert isinstance(storage, InMemoryStorage)
+    assert secret not in json.dumps(storage.dump(), default=str)
+    unwrapped = await echo.post("/v1/sys/wrapping/unwrap", json={"token": info["token"]}, headers=H)
+    assert (await unwrapped.json())["auth"]["metadata"]["oauth2_access_token"] == secret

@@ -1,7 +1,7 @@
 """Audit devices: Vault's entry format and hashing, the sys/audit API, fail closed, sockets.
 
 Entries are checked as Vault writes them (compared with OpenBao 2.7.2 for the same requests,
-docs/vault-differences.md row 22): one request and one response line per request, every
+docs/vault-differences.md row 33): one request and one response line per request, every
 string of request and response data hashed with the device's salt, tokens and accessors
 hashed wherever they appear, the caller's identity readable.
 """

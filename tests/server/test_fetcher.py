@@ -123,3 +123,38 @@ async def test_tls_with_pinned_ca(aiohttp_server: AiohttpServer, fetcher: Aiohtt
         await fetcher.fetch("GET", url, ca_pem=trustme.CA().cert_pem.bytes().decode())
     with pytest.raises(UpstreamError, match="invalid CA PEM"):
         await fetcher.fetch("GET", url, ca_pem="not a pem")
+
+
+async def test_client_certificate_for_mtls(aiohttp_server: AiohttpServer, fetcher: AiohttpFetcher) -> None:
+    """Issue 12: an internal IdP that requires a client certificate (config client_tls_cert/key)."""
+    ca = trustme.CA()
+    clients = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    clients.configure_trust(ctx)
+    seen: list[Any] = []
+
+    async def who(request: web.Request) -> web.Response:
+        seen.append(request.transport.get_extra_info("peercert") if request.transport else None)
+        return web.json_response({"keys": []})
+
+    app = web.Application()
+    app.router.add_get("/keys", who)
+    server = await aiohttp_server(app, ssl=ctx)
+    url = f"https://127.0.0.1:{server.port}/keys"
+    ca_pem = ca.cert_pem.bytes().decode()
+    leaf = clients.issue_cert("authmount-client")
+    cert_pem = "".join(blob.bytes().decode() for blob in leaf.cert_chain_pems)
+    key_pem = leaf.private_key_pem.bytes().decode()
+    with pytest.raises(UpstreamError, match="TLS error|error fetching"):
+        await fetcher.fetch("GET", url, ca_pem=ca_pem)  # no certificate: the IdP refuses
+    res = await fetcher.fetch("GET", url, ca_pem=ca_pem, client_cert=(cert_pem, key_pem))
+    assert res.status == 200
+    [peer] = seen
+    assert ("DNS", "authmount-client") in peer["subjectAltName"]  # the IdP saw authmount's certificate
+    other = clients.issue_cert("other").private_key_pem.bytes().decode()
+    with pytest.raises(UpstreamError, match="invalid TLS client certificate or key"):
+        await fetcher.fetch("GET", url, ca_pem=ca_pem, client_cert=(cert_pem, other))  # key of another cert
+    with pytest.raises(UpstreamError, match="invalid TLS client certificate or key"):
+        await fetcher.fetch("GET", url, ca_pem=ca_pem, client_cert=("garbage", "garbage"))

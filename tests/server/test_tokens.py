@@ -53,6 +53,21 @@ async def test_issue_auth_block_shape(store: TokenStore) -> None:
     assert entry.display_name == "jwt-alice" and entry.path == "auth/jwt/login"
 
 
+@pytest.mark.parametrize("token_type", ["service", "batch"])
+async def test_response_metadata_never_reaches_the_store(store: TokenStore, token_type: str) -> None:
+    """Issue 12 (``oauth2_metadata``): the IdP's tokens go to the caller only (the HTTP edge
+    adds them to the envelope: tests/server/test_app.py), never into storage, a batch token
+    or the store's auth block (what the audit log records); token lookup does not show them."""
+    secret = "idp-access-token-" + "x" * 40
+    block, _ = await store.issue(login(response_metadata={"oauth2_access_token": secret}, token_type=token_type),
+                                 mount=JWT)
+    assert block["metadata"] == {"role": "r1"}
+    assert secret not in json.dumps(memory_of(store).dump())
+    assert secret not in block["client_token"]
+    entry = await store.authenticate(block["client_token"], "127.0.0.1")
+    assert entry.meta == {"role": "r1"}  # a batch token carries its entry's metadata: without the secret
+
+
 async def test_entity_id_stable_per_mount_and_alias(store: TokenStore) -> None:
     a, _ = await store.issue(login(), mount=JWT)
     b, _ = await store.issue(login(), mount=JWT)
