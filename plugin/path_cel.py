@@ -339,9 +339,11 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
 
     async def login(req: Request, values: dict[str, Any]) -> Response:
         role_name = values.get("role", "")
+        known = ""
+        ctx: LoginContext | None = None
         try:
             config, role, program = await _load(backend, req, role_name)
-            role_name = role.name
+            role_name = known = role.name
             token = values.get("jwt", "")
             if not token:
                 raise InvalidRequest("missing token")
@@ -351,7 +353,9 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
             auth = ctx.cel.auth
             assert auth is not None  # the program's check passed
         except PluginError as exc:
-            refused(req, exc, "login_failed", role=role_name, role_type="cel")
+            # The same facts as a JWT login's refusal: the role (when it exists), iss and sub.
+            refused(req, exc, "login_failed", known_role=known, claims=ctx.claims if ctx else None,
+                    role=role_name, role_type="cel")
             raise
         return Response(auth=auth)
 

@@ -229,11 +229,14 @@ async def test_login_refused(h: Harness, claims: dict[str, Any], check: str, mes
     with pytest.raises(PluginError, match=message) as exc:
         await h.write("cel/login", {"role": "release", "jwt": token(h, **claims)})
     assert exc.value.check == check
+    # What the audit log and the login metrics record, as for a JWT login's refusal.
+    assert exc.value.login == {"role": "release", "sub": "ci"}
 
 
 async def test_unknown_role_and_missing_token(h: Harness) -> None:
-    with raises('role "nope" could not be found'):
+    with raises('role "nope" could not be found') as unknown:
         await h.write("cel/login", {"role": "nope", "jwt": token(h)})
+    assert unknown.value.login == {}  # no role is known: none is named
     with raises("missing token"):
         await h.write("cel/login", {"role": "release"})
     with raises("missing required field 'cel_program'"):
