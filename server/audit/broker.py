@@ -318,14 +318,17 @@ class AuditBroker:
         return {path: device.public() for path, device in self.devices.items()}
 
     def hash(self, path: str, value: str) -> str:
-        """``sys/audit-hash``: ``value`` as the device at ``path`` writes it.
+        """``sys/audit-hash``: the device's HMAC of ``value``.
+
+        Always hashed, as Vault's ``GetHash``, also on a ``log_raw`` device (whose entries
+        still hash what is hashed whatever ``log_raw`` says: the IdP tokens of a login).
 
         :raises InvalidRequest: no such device.
         """
         device = self.devices.get(device_path(path))
         if device is None:
             raise InvalidRequest("unknown audit backend")
-        return device.fmt.hash(value)
+        return device.fmt.hmac(value)
 
     # -- audited request headers --------------------------------------------------------------
     async def set_header(self, name: str, hashed: bool) -> None:

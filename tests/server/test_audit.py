@@ -313,6 +313,12 @@ async def test_salts_are_sealed_and_per_device(aiohttp_client: AiohttpClient, tm
         resp = await client.post(f"/v1/sys/audit-hash/{name}", json={"input": "same"}, headers=H)
         hashes.add((await resp.json())["data"]["hash"])
     assert len(hashes) == 2
+    # A log_raw device still answers sys/audit-hash with its HMAC (Vault's GetHash ignores
+    # log_raw), so the IdP tokens its entries hash can be found.
+    await _enable(client, "raw", type="file", options={"file_path": str(tmp_path / "raw"), "log_raw": True})
+    resp = await client.post("/v1/sys/audit-hash/raw", json={"input": "same"}, headers=H)
+    raw_hash = (await resp.json())["data"]["hash"]
+    assert raw_hash.startswith("hmac-sha256:") and raw_hash not in hashes
     for name, device in app_of(client)[AUDIT].devices.items():
         assert device.salt.hex() not in json.dumps(stored), name
 
