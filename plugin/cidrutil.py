@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from plugin.errors import InvalidRequest
 
-__all__ = ["parse_cidrs", "cidr_allows", "narrow_cidrs"]
+__all__ = ["parse_cidrs", "cidr_allows", "narrow_cidrs", "is_loopback_host"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -101,3 +101,15 @@ def _network(cidr: str) -> _Network:
         assert mapped is not None
         return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
     return net
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a URL's host (as ``urlsplit(...).hostname`` gives it) is this machine:
+    ``localhost`` or a loopback address. The one rule for where plain ``http`` is allowed
+    (OIDC redirect URIs, claim sources)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -24,7 +24,6 @@ dropped by making its source fail.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from plugin import jsonlimits
+from plugin.cidrutil import is_loopback_host
 from plugin.errors import PluginError
 from plugin.framework import ClientCert, Fetcher
 
@@ -111,15 +111,6 @@ class Sources:
     client_cert: ClientCert | None = None
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _endpoint_ok(url: str) -> bool:
     try:
         parts = urlsplit(url)
@@ -127,7 +118,7 @@ def _endpoint_ok(url: str) -> bool:
         return False
     if not parts.hostname or any(c <= " " for c in url):
         return False
-    return parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname))
+    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(parts.hostname))
 
 
 async def _answer(name: str, spec: Any, src: Sources) -> dict[str, Any]:

@@ -3,19 +3,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from plugin.cidrutil import is_loopback_host
 
 __all__ = ["valid_redirect", "parse_mount", "split_namespace"]
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _redirect_parts(uri: str) -> tuple[str, str, str, str, str] | None:
@@ -52,7 +45,7 @@ def valid_redirect(uri: str, allowed: list[str]) -> bool:
     if want is None:
         return False
     parsed = urlsplit(uri)
-    if not _is_loopback(parsed.hostname or ""):
+    if not is_loopback_host(parsed.hostname or ""):
         return any(_redirect_parts(a) == want for a in allowed)
     loop = (parsed.scheme, parsed.hostname or "", parsed.path, parsed.query)
     for candidate in allowed:

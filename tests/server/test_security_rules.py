@@ -221,3 +221,29 @@ async def test_tokens_made_by_a_bound_token_stay_bound(
     if child:
         with pytest.raises(PermissionDenied):
             await store.authenticate(resp.auth_block["client_token"], "203.0.113.7")
+
+
+# -- where plain http is allowed: this machine only (plugin/cidrutil.is_loopback_host) -------------
+LOOPBACK_TABLE = [
+    ("localhost", True), ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True),
+    ("localhost.evil.example", False), ("127.0.0.1.nip.io", False), ("10.0.0.1", False),
+    ("::ffff:10.0.0.1", False), ("0.0.0.0", False), ("", False), ("LOCALHOST", False),  # urlsplit lower-cases
+]
+
+
+@pytest.mark.parametrize(("host", "loopback"), LOOPBACK_TABLE)
+def test_loopback_rule_is_the_same_for_redirects_and_claim_sources(host: str, loopback: bool) -> None:
+    from plugin.cidrutil import is_loopback_host
+    from plugin.claim_sources import _endpoint_ok
+    from plugin.oidc_redirect import valid_redirect
+
+    assert is_loopback_host(host) is loopback
+    netloc = f"[{host}]" if ":" in host else host
+    if not netloc:
+        return
+    in_url = is_loopback_host(host.lower())  # a URL's host is lower-cased before the rule
+    # A claims source may be plain http only on this machine ...
+    assert _endpoint_ok(f"http://{netloc}:8080/claims") is in_url
+    assert _endpoint_ok(f"https://{netloc}/claims") is True
+    # ... and a loopback redirect URI matches an allowed one on another port only there.
+    assert valid_redirect(f"http://{netloc}:5555/cb", [f"http://{netloc}:8250/cb"]) is in_url
