@@ -1,7 +1,9 @@
 """Where the time goes per login: N logins in-process under cProfile, top functions printed.
 
 Run: ``.venv/bin/python bench/profile_login.py -n 2000`` (authmount, SQLite service tokens),
-``--batch`` for batch tokens, ``--target ceiling`` for the bare aiohttp+jose ceiling.
+``--batch`` for batch tokens, ``--target ceiling`` for the bare aiohttp+jose ceiling
+(``--target hello``: the bare hello, lookup-self's ceiling); ``--no-profile`` prints the
+process CPU per request without the profiler (server and the bare client together).
 The app runs in this process behind aiohttp's TestServer (real HTTP over loopback), so the
 profile covers parsing, routing, JWT verification, token issue and the storage commit.
 """
@@ -33,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and ``server`` 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bench.ceiling import make_login_app
+from bench.ceiling import make_hello_app, make_login_app
 from bench.jwtgen import make_keys
 from bench.report import update_doc
 
@@ -120,6 +122,8 @@ async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int
     with tempfile.TemporaryDirectory(prefix="authmount-profile-") as tmp:
         if args.target == "ceiling":
             app = make_login_app(keys.public_pem)
+        elif args.target == "hello":
+            app = make_hello_app()
         else:
             app = authmount_app(Path(tmp), args.storage, args.log_level)
         async with TestClient(TestServer(app)) as client:
@@ -134,7 +138,10 @@ async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body
             expect = b"client_token"
-            if args.lookup_self:
+            if args.target == "hello":  # the ceiling of lookup-self: a constant body on its path
+                request = b"GET /v1/auth/token/lookup-self HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                expect = b"hello"
+            elif args.lookup_self:
                 reply = await _must(client, "POST", "/v1/auth/jwt/login", {"role": "bench", "jwt": keys.token})
                 token = reply["auth"]["client_token"]
                 request = (f"GET /v1/auth/token/lookup-self HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -168,6 +175,12 @@ async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int
                 _print_memory_growth(before, tracemalloc.take_snapshot(), args.n, args.top)
                 tracemalloc.stop()
                 return args.n, time.perf_counter() - start
+            if args.no_profile:
+                # CPU of this process (server and the bare client) per request, no profiler.
+                cpu, loop_cpu = time.process_time(), time.thread_time()
+                await asyncio.gather(*(worker(c) for c in counts if c))
+                args.loop_cpu = time.thread_time() - loop_cpu  # the event loop's thread alone
+                return args.n, time.process_time() - cpu
             profiler.enable()
             await asyncio.gather(*(worker(c) for c in counts if c))
             profiler.disable()
@@ -222,7 +235,7 @@ def _doc_section(what: str, args: argparse.Namespace, n: int, seconds: float,
         f"## Where the time goes per login: {what} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"`bench/profile_login.py -n {n} -c {args.concurrency}"
-        f"{' --batch' if args.batch else ''}{' --target ceiling' if args.target == 'ceiling' else ''}`: "
+        f"{' --batch' if args.batch else ''}{' --target ' + args.target if args.target != 'authmount' else ''}`: "
         f"{seconds / n * 1e6:.0f} us per login under cProfile (profiler overhead included; "
         "the event loop thread only, so a storage writer thread does not show). Own time "
         "(tottime) per module, package or C function:",
@@ -240,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=2000, help="profiled logins (default 2000)")
     p.add_argument("--warmup", type=int, default=100, help="unprofiled logins first (default 100)")
     p.add_argument("-c", "--concurrency", type=int, default=4, help="concurrent clients (default 4)")
-    p.add_argument("--target", choices=["authmount", "ceiling"], default="authmount")
+    p.add_argument("--target", choices=["authmount", "ceiling", "hello"], default="authmount",
+                   help="authmount, the login ceiling (aiohttp + python-jose) or the bare hello")
     p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
     p.add_argument("--batch", action="store_true", help="role with token_type=batch")
     p.add_argument("--lookup-self", action="store_true",
@@ -252,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dump", type=Path, help="also write the raw profile (for snakeviz etc.)")
     p.add_argument("--memory", action="store_true",
                    help="instead of cProfile: tracemalloc, where live memory grows per login")
+    p.add_argument("--no-profile", action="store_true",
+                   help="no cProfile: print the process CPU (server + client) per request only")
     p.add_argument("--write-doc", action="store_true",
                    help="write the per-module table into docs/performance.md")  # fmt: skip
     args = p.parse_args(argv)
@@ -266,12 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         n, seconds = runner.run(run(args, profiler))
     if args.memory:
         return 0
+    if args.no_profile:
+        print(f"{n} requests: {seconds / n * 1e6:.1f} us process CPU per request (server + client, no profiler; "
+              f"event loop thread {args.loop_cpu / n * 1e6:.1f} us, other threads: the storage writer)")
+        return 0
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     groups = by_group(stats)
     total = sum(t for _, t in groups) or 1.0
     stats.strip_dirs().sort_stats(args.sort).print_stats(args.top)
-    what = args.target if args.target == "ceiling" else (
+    what = args.target if args.target != "authmount" else (
         f"authmount, {'batch' if args.batch else 'service'} tokens, {args.storage} storage")
     print(f"{n} logins ({what}), concurrency {args.concurrency}: {seconds:.2f} s under the profiler, "
           f"{seconds / n * 1e6:.0f} us per login (profiler overhead included)")
@@ -280,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {seconds_in / total * 100:5.1f} %  {seconds_in / n * 1e6:7.1f} us/login  {name}")
     print(out.getvalue())
     if args.write_doc:
-        variant = "ceiling" if args.target == "ceiling" else ("batch" if args.batch else "service")
+        variant = args.target if args.target != "authmount" else ("batch" if args.batch else "service")
         update_doc(DOC, f"profile-{variant}", _doc_section(what, args, n, seconds, groups, total))
         print(f"wrote {DOC}")
     if args.dump:

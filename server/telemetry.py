@@ -20,8 +20,9 @@ import asyncio
 import os
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import prometheus_client
 import structlog
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENT_TYPE", "MULTIPROCESS", "REGISTRY", "exposition", "metrics_json", "ms_since", "route_timer", "ttl_bucket", "MountEvents", "count_login",
-    "token_created", "storage_failed", "storage_failure", "storage_recovered", "process_exit", "usage_gauges",
+    "Observer", "flush_pending", "token_created", "storage_failed", "storage_failure", "storage_recovered", "process_exit", "usage_gauges",
 ]
 
 log = structlog.get_logger("authmount.telemetry")
@@ -71,11 +72,88 @@ def _ms(name: str, doc: str) -> Histogram:
     return Histogram(name, doc + " (milliseconds).", buckets=MS_BUCKETS, registry=REGISTRY)
 
 
+# -- the request path's series: counted in plain Python, added up at each scrape ---------------------
+class Observer(Protocol):
+    """What the request path calls on a timer: a Histogram, or its ``_PendingTimer``."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+#: Timers and counter children with observations not yet added to prometheus-client's values.
+_PENDING_TIMERS: list[_PendingTimer] = []
+_PENDING_COUNTS: dict[Any, int] = {}
+
+
+class _PendingTimer:
+    """A histogram observed on the event loop's request path, one process only: an
+    observation is a bucket index (``bisect``) and two additions to plain Python numbers;
+    ``flush_pending`` adds them to the Histogram's values (one locked add per bucket that
+    moved) before every exposition. prometheus-client's ``observe`` takes a lock per value
+    it moves and walks the bucket bounds in Python, for each of the 2-3 timers of every
+    request. Not thread-safe: only the event loop's thread observes these timers (the
+    SQLite writer thread's ``STORAGE_COMMIT`` is a plain Histogram)."""
+
+    __slots__ = ("histogram", "_bounds", "_counts", "_sum", "_pending")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self._bounds = tuple(histogram._upper_bounds)  # ends with +Inf: every value has a bucket
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._pending = False
+
+    def observe(self, amount: float) -> None:
+        # bisect_left: the first bound >= amount, as Histogram.observe's ``amount <= bound``.
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+        if not self._pending:
+            self._pending = True
+            _PENDING_TIMERS.append(self)
+
+    def flush(self) -> None:
+        counts, total = self._counts, self._sum
+        self._counts, self._sum, self._pending = [0] * len(counts), 0.0, False
+        buckets = self.histogram._buckets
+        for i, count in enumerate(counts):
+            if count:
+                buckets[i].inc(count)
+        self.histogram._sum.inc(total)
+
+
+def _request_timer(histogram: Histogram) -> Observer:
+    """``histogram`` observed through a ``_PendingTimer``; itself in multi-process mode, where
+    another worker may answer the scrape: each observation goes to the shared files at once."""
+    return histogram if MULTIPROCESS else _PendingTimer(histogram)
+
+
+def _count(child: Any) -> None:
+    """``child.inc()`` (a labelled Counter child), added at the next exposition in one process."""
+    if MULTIPROCESS:
+        child.inc()
+    else:
+        _PENDING_COUNTS[child] = _PENDING_COUNTS.get(child, 0) + 1
+
+
+def flush_pending() -> None:
+    """Add the request path's pending observations and increments to prometheus-client's
+    values (``exposition`` and ``metrics_json`` call it first, so a scrape sees every request
+    answered before it)."""
+    timers = _PENDING_TIMERS[:]
+    _PENDING_TIMERS.clear()
+    for timer in timers:
+        timer.flush()
+    counts = list(_PENDING_COUNTS.items())
+    _PENDING_COUNTS.clear()
+    for child, count in counts:
+        child.inc(count)
+
+
 # -- Vault's names ------------------------------------------------------------------------------
-HANDLE_REQUEST = _ms("vault_core_handle_request", "Time to handle a request that carries a token")
-HANDLE_LOGIN_REQUEST = _ms("vault_core_handle_login_request", "Time to handle a login-type request (no token)")
-TOKEN_LOOKUP = _ms("vault_token_lookup", "Time to look up a token")
-TOKEN_REVOKE = _ms("vault_token_revoke", "Time to revoke a token and its children")
+HANDLE_REQUEST = _request_timer(_ms("vault_core_handle_request", "Time to handle a request that carries a token"))
+HANDLE_LOGIN_REQUEST = _request_timer(
+    _ms("vault_core_handle_login_request", "Time to handle a login-type request (no token)"))
+TOKEN_LOOKUP = _request_timer(_ms("vault_token_lookup", "Time to look up a token"))
+TOKEN_REVOKE = _request_timer(_ms("vault_token_revoke", "Time to revoke a token and its children"))
 AUDIT_LOG_REQUEST = _ms("vault_audit_log_request", "Time to write a request entry to every audit device")
 AUDIT_LOG_RESPONSE = _ms("vault_audit_log_response", "Time to write a response entry to every audit device")
 AUDIT_LOG_REQUEST_FAILURE = Counter(
@@ -147,7 +225,7 @@ def count_login(mount: str, role: str, outcome: str) -> None:
         if len(_LOGIN_COUNTERS) >= 10_000:
             _LOGIN_COUNTERS.clear()
         child = _LOGIN_COUNTERS[key] = LOGINS.labels(mount, role, outcome)
-    child.inc()
+    _count(child)
 
 
 def ms_since(start: float) -> float:
@@ -156,12 +234,12 @@ def ms_since(start: float) -> float:
 
 
 # -- vault_route_<operation>_<mount> --------------------------------------------------------------
-_ROUTES: dict[tuple[str, str], Histogram] = {}
+_ROUTES: dict[tuple[str, str], Observer] = {}
 _MAX_ROUTES = 1000
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def route_timer(operation: str, mount_point: str) -> Histogram | None:
+def route_timer(operation: str, mount_point: str) -> Observer | None:
     """The ``vault_route_<operation>_<mount>`` timer (``vault_route_update_auth_jwt_`` for a
     write to ``auth/jwt/``), made on first use; None past ``_MAX_ROUTES`` names."""
     key = (operation, mount_point)
@@ -170,7 +248,7 @@ def route_timer(operation: str, mount_point: str) -> Histogram | None:
         if len(_ROUTES) >= _MAX_ROUTES:
             return None
         name = "vault_route_" + _NOT_NAME.sub("_", f"{operation}_{mount_point}")
-        timer = _ROUTES[key] = _ms(name, f"Time to handle {operation} requests to {mount_point}")
+        timer = _ROUTES[key] = _request_timer(_ms(name, f"Time to handle {operation} requests to {mount_point}"))
     return timer
 
 
@@ -215,20 +293,33 @@ def ttl_bucket(ttl: int) -> str:
 _CREATED: dict[tuple[str, str, int, str], Any] = {}
 
 
+_CREATED_BY_PATH: dict[tuple[str, str, int, str], Any] = {}
+
+
 def token_created(entry: TokenEntry, mounts: MountTable | None) -> None:
     """Count one token in ``vault_token_creation`` (``TokenStore``'s ``on_mint``)."""
-    found = mounts.match(entry.path.removeprefix("auth/")) if mounts is not None and entry.path else None
-    if found is not None:
-        method, point = found[0].entry.type, "auth/" + found[0].entry.path
-    else:
-        method, point = "token", "auth/token/"
-    key = (method, point, entry.ttl, entry.type)
-    child = _CREATED.get(key)
-    if child is None:  # labelled children cached: labels() cost more than the increment
-        if len(_CREATED) >= 10_000:
-            _CREATED.clear()
-        child = _CREATED[key] = TOKEN_CREATION.labels(method, point, ttl_bucket(entry.ttl), entry.type, NAMESPACE)
-    child.inc()
+    # The child, by what names it: (mount accessor, creation path) name one mount for good
+    # (a mount enabled again at the path has a new accessor), so the longest-prefix match
+    # runs once per mount, TTL and type. An entry without an accessor is matched every time.
+    fast = (entry.mount_accessor, entry.path, entry.ttl, entry.type)
+    child = _CREATED_BY_PATH.get(fast) if entry.mount_accessor else None
+    if child is None:
+        found = mounts.match(entry.path.removeprefix("auth/")) if mounts is not None and entry.path else None
+        if found is not None:
+            method, point = found[0].entry.type, "auth/" + found[0].entry.path
+        else:
+            method, point = "token", "auth/token/"
+        key = (method, point, entry.ttl, entry.type)
+        child = _CREATED.get(key)
+        if child is None:  # labelled children cached: labels() cost more than the increment
+            if len(_CREATED) >= 10_000:
+                _CREATED.clear()
+            child = _CREATED[key] = TOKEN_CREATION.labels(method, point, ttl_bucket(entry.ttl), entry.type, NAMESPACE)
+        if entry.mount_accessor and found is not None and found[0].entry.accessor == entry.mount_accessor:
+            if len(_CREATED_BY_PATH) >= 10_000:
+                _CREATED_BY_PATH.clear()
+            _CREATED_BY_PATH[fast] = child
+    _count(child)
 
 
 async def usage_gauges(tokens: TokenStore, mounts: MountTable, period: float) -> None:
@@ -309,6 +400,7 @@ def _source() -> Collector:
 
 def exposition() -> bytes:
     """Every series in the Prometheus text format (``sys/metrics?format=prometheus``)."""
+    flush_pending()
     names = _VaultNames(_source())
     text = generate_latest(names)
     # prometheus-client writes a counter's HELP and TYPE lines as "<name>_total" whatever the
@@ -326,6 +418,7 @@ def metrics_json() -> dict[str, Any]:
     gauges: list[dict[str, Any]] = []
     counters: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
+    flush_pending()
     for family in _VaultNames(_source()).collect():
         name = family.name.replace("_", ".", 2) if family.name.startswith("vault_") else family.name
         if family.type in ("gauge", "counter", "unknown"):

@@ -220,8 +220,10 @@ def remote_addr(request: web.Request) -> str:
 
     :raises InvalidRequest: the chain is shorter than the hop skips, or the entry is no IP.
     """
-    if REMOTE_ADDR in request:
-        return request[REMOTE_ADDR]
+    try:
+        return request[REMOTE_ADDR]  # one lookup (``in`` is Mapping's: a lookup, then another)
+    except KeyError:
+        pass
     peer = request.remote or ""
     settings = request.app[SETTINGS]
     addr = peer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import io
 import logging
 import os
@@ -82,6 +83,19 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR, "exception": logging.ERROR, "critical": logging.CRITICAL, "msg": logging.INFO}
 
 
+#: The id of the request being handled, added to every structlog line logged while it runs
+#: (``_add_request_id``). One ContextVar set per request: structlog's ``clear_contextvars`` +
+#: ``bind_contextvars`` walked the context and built a token mapping on every request.
+_REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("authmount_request_id", default=None)
+
+
+def _add_request_id(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    rid = _REQUEST_ID.get()
+    if rid is not None:
+        event_dict.setdefault("request_id", rid)
+    return event_dict
+
+
 def _level_gate(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop events below the level in effect. Loggers are cached on first use, so the level
     is checked here (one lookup per event) instead of being built into the cached logger,
@@ -110,6 +124,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     processors: list[Any] = [
         _level_gate,
         structlog.contextvars.merge_contextvars,
+        _add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
@@ -249,8 +264,7 @@ def handled(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         rid = new_request_id()
         request[REQUEST_ID] = rid
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=rid)
+        _REQUEST_ID.set(rid)
         start = time.perf_counter()
         status = 500
         try:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
-from typing import Any
 
 import orjson
 
 from server.tokens.entry import TokenEntry
 from server.tokens.ids import random_b62
+from server.tokens.keys import HmacSha256
 
 __all__ = ["encode_batch", "decode_batch"]
 
@@ -51,14 +50,12 @@ def _batch_sig(key: bytes, body: str) -> bytes:
     if keyed is None:
         if len(_KEYED) >= 8:
             _KEYED.clear()
-        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
-    # A copy of a keyed state: hmac.new looks the digest up in OpenSSL on every call.
-    mac = keyed.copy()
-    mac.update(body.encode())
-    return mac.digest()
+        keyed = _KEYED[key] = HmacSha256(key)
+    # Keyed states built once per key: hmac.new looks the digest up in OpenSSL on every call.
+    return keyed.digest(body.encode())
 
 
-_KEYED: dict[bytes, Any] = {}  # batch signing key -> keyed HMAC state (one key per store)
+_KEYED: dict[bytes, HmacSha256] = {}  # batch signing key -> keyed HMAC states (one key per store)
 
 
 def decode_batch(raw: str, keys: tuple[bytes, ...]) -> TokenEntry | None:

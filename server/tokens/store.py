@@ -42,7 +42,15 @@ from server.tokens.ids import (
     random_b62,
     token_selector,
 )
-from server.tokens.keys import BATCH_KEY, SALT_KEY, BatchKeys, load_batch_keys, load_salt, rotate_batch_keys
+from server.tokens.keys import (
+    BATCH_KEY,
+    SALT_KEY,
+    BatchKeys,
+    HmacSha256,
+    load_batch_keys,
+    load_salt,
+    rotate_batch_keys,
+)
 from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl, rfc3339
 
 __all__ = [
@@ -187,7 +195,7 @@ class TokenStore:
         self.max_lease_ttl = max_lease_ttl
         self.sweep_interval = sweep_interval
         self._salt: bytes | None = None
-        self._hmac: hmac.HMAC | None = None  # keyed with the salt by start()
+        self._hmac: HmacSha256 | None = None  # keyed with the salt by start()
         self._entity_ids: dict[str, str] = {}
         self._batch: BatchKeys | None = None
         self._batch_reloaded = 0.0
@@ -205,7 +213,7 @@ class TokenStore:
         self._salt = await load_salt(self.storage, self.sealer)
         self._batch = await load_batch_keys(self.storage, self.sealer, self.clock())
         self._entity_ns = uuid.UUID(bytes=hmac.new(self._salt, b"entity-namespace", hashlib.sha256).digest()[:16])
-        self._hmac = hmac.new(self._salt, digestmod=hashlib.sha256)
+        self._hmac = HmacSha256(self._salt)
         if sweep and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="token-sweeper")
 
@@ -246,9 +254,7 @@ class TokenStore:
         keyed = self._hmac
         if keyed is None:
             raise RuntimeError("TokenStore.start() was not awaited")
-        mac = keyed.copy()  # a keyed state copied: cheaper than keying HMAC per call
-        mac.update(value.encode("utf-8", "surrogatepass"))
-        return mac.hexdigest()
+        return keyed.hexdigest(value.encode("utf-8", "surrogatepass"))
 
     def entity_id(self, mount_accessor: str, alias_name: str) -> str:
         """A stable UUID per (mount accessor, alias name), derived without storage."""

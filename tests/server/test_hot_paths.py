@@ -98,6 +98,25 @@ async def test_pre_rendered_request_line(aiohttp_client: AiohttpClient, monkeypa
 
 
 
+async def test_structlog_lines_carry_the_request_id(aiohttp_client: AiohttpClient) -> None:
+    """A line logged while a request runs gets that request's id (``_add_request_id`` in the
+    processor chain, one ContextVar set per request), and the next request its own."""
+    seen: list[tuple[str, object]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request[log.REQUEST_ID], log._add_request_id(None, "info", {"event": "x"}).get("request_id")))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/x", log.handled(handler))
+    client = await aiohttp_client(app)
+    for _ in range(2):  # one keep-alive connection: both requests run in its task's context
+        assert (await client.get("/x")).status == 204
+    assert [rid for rid, _ in seen] == [logged for _, logged in seen]
+    assert seen[0][0] != seen[1][0]
+    assert log._add_request_id(None, "info", {"request_id": "given"})["request_id"] == "given"
+
+
 async def test_request_lines_are_flushed_within_the_delay_not_per_request(
     aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

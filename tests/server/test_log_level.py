@@ -43,3 +43,17 @@ def test_json_request_lines_follow_the_level(restored: None) -> None:
     assert log._request_sink is None  # request lines are info: not written at warning
     log.set_log_level("info")
     assert log._request_sink is not None
+
+
+def test_lines_logged_in_a_request_carry_its_id(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """The configured chain adds the id of the request being handled (``handled`` sets it)."""
+    log.configure_logging("info", "console")
+    logger = structlog.get_logger("authmount.test")
+    token = log._REQUEST_ID.set("rid-0123")
+    try:
+        logger.info("inside_a_request")
+    finally:
+        log._REQUEST_ID.reset(token)
+    logger.info("outside_any_request")
+    lines = capsys.readouterr().err.splitlines()
+    assert [("request_id=rid-0123" in line) for line in lines] == [True, False]
