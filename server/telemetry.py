@@ -58,6 +58,22 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # no ``*_created`` series (Vault has none)
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class _Pending(Collector):
+    """Registered first, so every read of REGISTRY (a scrape, ``get_sample_value``, a
+    collector of the operator's) adds the request path's pending counts before the
+    values are read: deferring them stays invisible (``flush_pending``)."""
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        flush_pending()
+        return []
+
+
+REGISTRY.register(_Pending())
 if not MULTIPROCESS:  # process_* and python_* series (per process: not in multi-process mode)
     prometheus_client.ProcessCollector(registry=REGISTRY)
     prometheus_client.PlatformCollector(registry=REGISTRY)
