@@ -95,10 +95,12 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/plugin/test_path_config.py",
     ),
     "plugin/oidc_state.py": (
+        "tests/plugin/test_oidc_state_rules.py",
         "tests/plugin/test_oidc_state.py",
         "tests/plugin/test_path_oidc.py",
     ),
     "plugin/oidc_redirect.py": (
+        "tests/plugin/test_oidc_redirect_rules.py",
         "tests/plugin/test_oidc_state.py",
         "tests/plugin/test_path_oidc.py",
     ),
@@ -130,6 +132,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_token_backend.py",
     ),
     "server/tokens/keys.py": (
+        "tests/server/test_token_keys.py",
         "tests/server/test_token_rules.py",
         "tests/server/test_token_selectors.py",
         "tests/server/test_tokens.py",
