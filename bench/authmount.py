@@ -165,6 +165,12 @@ def configure_jwt_mount(server: Server, public_pem: str) -> None:
     _must(base, "POST", f"/v1/auth/jwt/role/{BATCH_ROLE}", root, {**common, "token_type": "batch"})
 
 
+def enable_file_audit(server: Server, path: Path) -> None:
+    """Enable one file audit device at ``sys/audit/file`` writing to ``path``."""
+    _must(server.url, "POST", "/v1/sys/audit/file", server.extra["root_token"],
+          {"type": "file", "options": {"file_path": str(path)}})
+
+
 def login(base: str, role: str, jwt: str, mount: str = "jwt") -> dict[str, Any]:
     """One login; returns the Vault ``auth`` block (raises on failure)."""
     reply = _must(base, "POST", f"/v1/auth/{mount}/login", None, {"role": role, "jwt": jwt})

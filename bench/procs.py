@@ -70,6 +70,19 @@ def rss_fields(pid: int, fields: tuple[str, ...] = ("VmRSS", "RssAnon", "RssFile
     return totals
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of pid and its descendants so far, in seconds (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of pid plus its descendants, in bytes (0 if gone)."""
     return rss_fields(pid, ("VmRSS",))["VmRSS"]
@@ -93,6 +106,10 @@ class Server:
     def rss(self) -> int:
         """Current RSS of the server's process tree in bytes."""
         return rss_bytes(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server's process tree used so far, in seconds."""
+        return cpu_seconds(self.proc.pid)
 
     def rss_anon(self) -> int:
         """Anonymous (heap) part of the RSS: what a leak grows, unlike cached file pages."""

@@ -125,6 +125,9 @@ async def run(args: argparse.Namespace, profiler: cProfile.Profile) -> tuple[int
         async with TestClient(TestServer(app)) as client:
             if args.target == "authmount":
                 await setup_authmount(client, keys.public_pem, args.batch)
+                if args.audit:
+                    await _must(client, "POST", "/v1/sys/audit/file",
+                                {"type": "file", "options": {"file_path": str(Path(tmp) / "audit.log")}}, ROOT_TOKEN)
             body = json.dumps({"role": "bench", "jwt": keys.token}).encode()
             request = (
                 f"POST /v1/auth/jwt/login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -233,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", choices=["authmount", "ceiling"], default="authmount")
     p.add_argument("--storage", choices=["sqlite", "memory"], default="sqlite")
     p.add_argument("--batch", action="store_true", help="role with token_type=batch")
+    p.add_argument("--audit", action="store_true", help="with one file audit device")
     p.add_argument("--log-level", default="info", help="authmount log_level (default info)")
     p.add_argument("--top", type=int, default=35, help="functions to print (default 35)")
     p.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime", "ncalls"])

@@ -27,6 +27,14 @@ class Measurement:
     runs: list[WrkResult] = field(default_factory=list)
     rss_before: int = 0
     rss_after: int = 0
+    #: Server CPU time (user + system, from /proc) per request of each run, in microseconds:
+    #: unlike req/s it does not depend on what else the machine runs.
+    cpu_us: list[float] = field(default_factory=list)
+
+    @property
+    def cpu_per_request(self) -> float | None:
+        """Median server CPU µs per request over the rounds (None: not measured)."""
+        return statistics.median(self.cpu_us) if self.cpu_us else None
 
     @property
     def rps(self) -> float:
@@ -112,13 +120,14 @@ def machine() -> dict[str, str]:
 def results_table(rows: list[Measurement]) -> list[str]:
     """Markdown table lines, one row per (case, connections)."""
     lines = [
-        "| # | case | conns | req/s | p50 ms | p99 ms | RSS before MB | RSS after MB | errors |",
-        "|---|------|------:|------:|-------:|-------:|--------------:|-------------:|-------:|",
+        "| # | case | conns | req/s | p50 ms | p99 ms | RSS before MB | RSS after MB | errors | CPU µs/req |",
+        "|---|------|------:|------:|-------:|-------:|--------------:|-------------:|-------:|-----------:|",
     ]
     for m in rows:
+        cpu = "-" if m.cpu_per_request is None else f"{m.cpu_per_request:,.0f}"
         lines.append(
             f"| {m.case} | {m.label} | {m.connections} | {m.rps:,.0f} | {m.p50_ms:.2f} | "
-            f"{m.p99_ms:.2f} | {m.rss_before / MB:.1f} | {m.rss_after / MB:.1f} | {m.errors} |"
+            f"{m.p99_ms:.2f} | {m.rss_before / MB:.1f} | {m.rss_after / MB:.1f} | {m.errors} | {cpu} |"
         )
     return lines
 
@@ -137,6 +146,10 @@ def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
             m = by_key.get((case, conns))
             return m.p99_ms if m and m.errors == 0 and m.p99_ms > 0 else None
 
+        def cpu(case: str) -> float | None:
+            m = by_key.get((case, conns))
+            return m.cpu_per_request if m and m.errors == 0 else None
+
         def ratio(name: str, num: float | None, den: float | None, target: float | None,
                   higher_is_better: bool = True) -> Ratio:  # fmt: skip
             if num is None or den is None:
@@ -152,6 +165,9 @@ def ratios(rows: list[Measurement]) -> dict[int, list[Ratio]]:
             ratio("6 login, 2 workers / 1 ceiling", rps("6"), rps("1"), None),
             ratio("6 login, 2 workers / 6b login, 1 worker (both PostgreSQL)", rps("6"), rps("6b"), 1.7),
             ratio("6b login, PostgreSQL / 2 login, SQLite", rps("6b"), rps("2"), None),
+            # The audit device's cost: at most 15 % of login throughput (issue 10).
+            ratio("2a login, one file audit device / 2 login (req/s)", rps("2a"), rps("2"), 0.85),
+            ratio("2a / 2: server CPU µs per login", cpu("2a"), cpu("2"), 1 / 0.85, higher_is_better=False),
         ]
         if conns == 16:
             items += [
@@ -231,7 +247,9 @@ installs `wrk` from Debian if missing, and stops everything afterwards. Cases:
    verifies the same RS256 JWT with python-jose (key built once with `jwk.construct`, then
    `jws.verify`), checks `exp`/`aud` and returns a Vault-shaped JSON body. No mounts, roles
    or storage, no access log; orjson and uvloop.
-2. **authmount login**, service token stored in SQLite (acknowledged after commit).
+2. **authmount login**, service token stored in SQLite (acknowledged after commit); **2a**
+   the same with one file audit device (`sys/audit/file`, a request and a response line per
+   login).
 3. **authmount login** with a `token_type=batch` role (nothing stored).
 4. **hello**: a bare aiohttp JSON endpoint, the HTTP ceiling.
 5. **authmount `auth/token/lookup-self`** with a service token.
@@ -239,9 +257,11 @@ installs `wrk` from Debian if missing, and stops everything afterwards. Cases:
    or PostgreSQL is missing); **6b** the same with one worker, the baseline for 6.
 
 Every login uses one long-lived RS256 JWT (aud `bench`), so the ceiling and authmount do the
-same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b for worker scaling.
+same crypto. Ratios: 2, 3, 6 against 1; 5 against 4; 6 against 6b for worker scaling; 2a
+against 2 (the audit device's cost), in req/s and in server CPU µs per request (user + system
+time of the server's processes from `/proc`, which other load on the machine does not change).
 Targets (from the issue): 2/1 >= 0.75, 3/1 >= 0.85, 5/4 >= 0.5, p99 of 2 and 3 at 16
-connections <= 1.5x the ceiling's, 6/6b >= 1.7, RSS growth <= 50 MB over 1 M logins
+connections <= 1.5x the ceiling's, 6/6b >= 1.7, 2a/2 >= 0.85 (issue 10), RSS growth <= 50 MB over 1 M logins
 (`--long`), no stall of cached-kid logins during a slow JWKS refresh (`--slow-jwks`).
 
 - **Storage and logging.** authmount runs from a fresh SQLite file with the engine's defaults

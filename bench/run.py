@@ -80,6 +80,9 @@ CASES = [
          body="login.json", check=_login_check("service")),
     Case("2", "authmount login, SQLite service token", "authmount", "POST", "/v1/auth/jwt/login",
          body="login.json", check=_login_check("service")),
+    # The same as 2 with one file audit device (issue 10: the device may cost at most 15 %).
+    Case("2a", "authmount login, SQLite service token, file audit", "authmount_audit", "POST",
+         "/v1/auth/jwt/login", body="login.json", check=_login_check("service")),
     Case("3", "authmount login, batch token", "authmount", "POST", "/v1/auth/jwt/login",
          body="login_batch.json", check=_login_check("batch")),
     Case("4", "ceiling: aiohttp hello JSON", "hello", "GET", "/hello", check=_ok_check),
@@ -101,7 +104,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load first (default 2)")
     p.add_argument("--connections", default="16,64", help="comma list (default 16,64)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians reported")
-    p.add_argument("--cases", default="1,2,3,4,5,6", help="comma list of case numbers")
+    p.add_argument("--cases", default="1,2,2a,3,4,5,6", help="comma list of case numbers")
     p.add_argument("--server-cpus", default="0", help="taskset list for servers (default 0)")
     p.add_argument("--client-cpus", default="1" if ncpu > 1 else "0", help="taskset list for wrk")
     p.add_argument("--workers-cpus", default=None,
@@ -160,7 +163,7 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys: BenchKeys, note
         servers["hello"] = start_pinned(
             "hello", [py, ceiling, "--mode", "hello", "--port", str(port)],
             cpus=args.server_cpus, port=port, log_dir=run_dir)  # fmt: skip
-    if wanted & {"authmount", "authmount_w2", "authmount_pg1"}:
+    if wanted & {"authmount", "authmount_audit", "authmount_w2", "authmount_pg1"}:
         reason = authmount.available()
         if reason:
             notes.append(f"authmount cases skipped: {reason}")
@@ -172,6 +175,14 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys: BenchKeys, note
         authmount.configure_jwt_mount(srv, keys.public_pem)
         auth = authmount.login(srv.url, authmount.ROLE, keys.token)
         (run_dir / "service_token.txt").write_text(auth["client_token"])
+    if "authmount_audit" in wanted:
+        srv = authmount.start("authmount_audit", run_dir, cpus=args.server_cpus, log_level=args.log_level,
+                              event_loop=args.event_loop)
+        servers["authmount_audit"] = srv
+        authmount.configure_jwt_mount(srv, keys.public_pem)
+        authmount.enable_file_audit(srv, run_dir / "authmount_audit" / "audit.log")
+        notes.append("case 2a: case 2's server and request with one file audit device (`sys/audit/file`, the "
+                     "file in the run directory): a request and a response line per login.")
     if wanted & {"authmount_w2", "authmount_pg1"}:
         _start_postgres_cases(args, run_dir, keys, notes, servers, others, wanted)
 
@@ -254,12 +265,16 @@ def measure(args: argparse.Namespace, run_dir: Path, servers: dict[str, Server],
                 )  # fmt: skip
                 if args.warmup > 0:
                     run_wrk(server.url + case.path, duration=args.warmup, **common)
+                cpu_before = server.cpu_seconds()
                 result = run_wrk(server.url + case.path, duration=args.duration, **common)
+                if result.requests:
+                    m.cpu_us.append((server.cpu_seconds() - cpu_before) / result.requests * 1e6)
                 m.runs.append(result)
                 m.rss_after = server.rss()
+                cpu = f"{m.cpu_us[-1]:7.0f}" if m.cpu_us and result.requests else "      -"
                 print(f"  [{conns:>3} conns, round {rnd + 1}] case {case.key} {case.label:<40} "
                       f"{result.rps:>9,.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms"
-                      f"  errors {result.errors}", flush=True)  # fmt: skip
+                      f"  CPU {cpu} us/req  errors {result.errors}", flush=True)  # fmt: skip
     return [rows[(c.key, n)] for n in args.connections for c in cases if (c.key, n) in rows]
 
 
@@ -307,7 +322,7 @@ def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
         "machine": info, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "notes": notes,
         "rows": [{"case": m.case, "label": m.label, "connections": m.connections,
-                  "rss_before": m.rss_before, "rss_after": m.rss_after,
+                  "rss_before": m.rss_before, "rss_after": m.rss_after, "cpu_us": m.cpu_us,
                   "runs": [r.as_dict() for r in m.runs]} for m in rows],
     }  # fmt: skip
     raw_path = RESULTS / f"side-by-side-{time.strftime('%Y%m%dT%H%M%S')}.json"

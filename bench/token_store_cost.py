@@ -10,6 +10,11 @@ tokens, 16 at a time (so SQLite group-commits as under load), then authenticates
 - rows and bytes the logins left in storage (key + stored JSON value).
 
 Rounds are interleaved runs; the median and the spread (min-max) are printed.
+``--identity none|plain|groups`` attaches the identity store (entities made at login; every
+login is the same identity, the common case) and, with ``groups``, an external group whose
+alias matches the login's IdP group: each use then also computes the token's identity
+policies (``TokenStore.policies_of``, what every ACL check judges). Rows and bytes then
+count the identity rows too.
 ``--sweep N`` instead fills a SQLite file with N tokens (none due) and prints the loop CPU
 of ``sweep()`` (reads every token) and, where the store has it, ``sweep(due_only=True)``
 (what the periodic sweeper runs), and the peak Python heap (tracemalloc) of one more run
@@ -37,6 +42,7 @@ import orjson
 
 from plugin.framework import Alias, Auth
 from plugin.storage import InMemoryStorage
+from server.identity.store import Group, GroupAlias, IdentityStore, MountRef
 from server.tokens.entry import MountInfo
 from server.tokens.store import TokenStore
 
@@ -45,7 +51,21 @@ CONCURRENCY = 16
 
 
 def _auth() -> Auth:
-    return Auth(policies=["dev"], alias=Alias(name="alice"), metadata={"role": "r1"}, internal_data={"role": "r1"})
+    return Auth(policies=["dev"], alias=Alias(name="alice"), metadata={"role": "r1"}, internal_data={"role": "r1"},
+                group_aliases=["ops-idp", "other"])
+
+
+async def _identity(storage: Any, mode: str) -> IdentityStore | None:
+    """The identity store of ``--identity`` (None: none), with a granting group for ``groups``."""
+    if mode == "none":
+        return None
+    identity = IdentityStore(storage, mounts=lambda accessor: MountRef(accessor, MOUNT.path, "jwt"))
+    await identity.load()
+    if mode == "groups":
+        await identity.write_group(Group(id="g-ops", name="ops", type="external", policies=["ops"]), created=True)
+        await identity.write_alias(GroupAlias(id="a-ops", name="ops-idp", mount_accessor=MOUNT.accessor,
+                                              canonical_id="g-ops"), created=True)
+    return identity
 
 
 def _memory_rows(storage: InMemoryStorage, prefix: str) -> tuple[int, int]:
@@ -64,7 +84,7 @@ def _sqlite_rows(path: Path, prefix: str) -> tuple[int, int]:
     return int(n), int(size)
 
 
-async def _one_round(kind: str, n: int, uses: int) -> dict[str, float]:
+async def _one_round(kind: str, n: int, uses: int, identity_mode: str = "none") -> dict[str, float]:
     tmp = tempfile.TemporaryDirectory()
     path = Path(tmp.name) / "tokens.db"
     if kind == "memory":
@@ -74,13 +94,14 @@ async def _one_round(kind: str, n: int, uses: int) -> dict[str, float]:
 
         storage = await open_storage({"type": "sqlite", "path": str(path)})
     try:
-        store = TokenStore(storage)
+        store = TokenStore(storage, identity=await _identity(storage, identity_mode))
         await store.start(sweep=False)
         auth = _auth()
         # Warm up (caches, code paths), then measure from an empty token table.
         for _ in range(64):
             await store.issue(auth, mount=MOUNT)
         base_rows = _memory_rows(storage, "sys/token/") if kind == "memory" else None
+        policies_of = getattr(store, "policies_of", None)
         raws: list[str] = []
         t_loop, t_proc, t_wall = time.thread_time(), time.process_time(), time.perf_counter()
         for _ in range(n // CONCURRENCY):
@@ -91,7 +112,9 @@ async def _one_round(kind: str, n: int, uses: int) -> dict[str, float]:
         t_loop, t_proc = time.thread_time(), time.process_time()
         for _ in range(uses):
             for raw in raws:
-                await store.authenticate(raw, "127.0.0.1")
+                entry = await store.authenticate(raw, "127.0.0.1")
+                if policies_of is not None:
+                    await policies_of(entry)
         auth_cpu = (time.thread_time() - t_loop, time.process_time() - t_proc)
         await store.close()
     finally:
@@ -197,6 +220,8 @@ def main() -> None:
     parser.add_argument("--storage", default="memory,sqlite", help="comma list: memory, sqlite")
     parser.add_argument("--sweep", type=int, default=0, metavar="N", help="measure the sweep over N tokens instead")
     parser.add_argument("--heap", type=int, default=0, metavar="N", help="measure the heap N logins keep instead")
+    parser.add_argument("--identity", default="none", choices=["none", "plain", "groups"],
+                        help="attach the identity store (plain), with a group granting a policy (groups)")
     args = parser.parse_args()
     if args.heap:
         asyncio.run(_heap_cost(args.heap))
@@ -208,9 +233,10 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for r in range(args.rounds):
         for kind in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:
-            results[kind].append(asyncio.run(_one_round(kind, args.n, args.uses)))
+            results[kind].append(asyncio.run(_one_round(kind, args.n, args.uses, args.identity)))
     for kind, runs in results.items():
-        print(f"## {kind}: {args.n} logins x {args.rounds} rounds, {args.uses} authenticate() per token")
+        print(f"## {kind}: {args.n} logins x {args.rounds} rounds, {args.uses} authenticate() per token, "
+              f"identity {args.identity}")
         for name in runs[0]:
             values = sorted(run[name] for run in runs)
             print(f"  {name:16} median {statistics.median(values):9.2f}   spread {values[0]:.2f}-{values[-1]:.2f}")

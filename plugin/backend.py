@@ -9,7 +9,8 @@ from typing import Any
 
 import structlog
 
-from plugin import path_oidc
+from plugin import path_cel, path_oidc
+from plugin.cel import CompiledProgram, compile_program
 from plugin.errors import InvalidRequest
 from plugin.framework import Auth, Backend, Request, SystemView
 from plugin.keys import KeySource, build_key_source
@@ -40,6 +41,8 @@ class JWTAuthBackend(Backend):
         self._source: KeySource | None = None
         self._source_for: JWTConfig | None = None
         self._roles: dict[str, Role] = {}
+        #: CEL roles with their programs, compiled once (at write, or at first use here).
+        self._cel_roles: dict[str, tuple[path_cel.CelRole, CompiledProgram]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         #: The OIDC discovery document by (URL, CA PEM): (monotonic expiry, document).
         self.oidc_discovery: dict[tuple[str, str | None], tuple[float, dict[str, Any]]] = {}
@@ -50,6 +53,7 @@ class JWTAuthBackend(Backend):
             path_explain(self),
             path_login(self),
             *path_oidc.paths(self),
+            *path_cel.paths(self),
         ]
 
     # -- entities ----------------------------------------------------------------------
@@ -86,13 +90,33 @@ class JWTAuthBackend(Backend):
         """Cache a role that was just written."""
         self._roles[name] = role
 
+    async def cel_role(self, storage: Storage, name: str) -> tuple[path_cel.CelRole, CompiledProgram] | None:
+        """The CEL role ``name`` and its compiled program (cached), or None.
+
+        :raises InvalidRequest: a stored program that no longer compiles (written by a
+            version with other rules).
+        """
+        cached = self._cel_roles.get(name)
+        if cached is not None:
+            return cached
+        raw = await storage.get(path_cel.CEL_ROLE_PREFIX + name)
+        if not isinstance(raw, dict):
+            return None
+        role = path_cel.CelRole.from_storage(raw)
+        self._cel_roles.setdefault(name, (role, compile_program(role.cel_program)))
+        return self._cel_roles[name]
+
+    def install_cel_role(self, name: str, role: path_cel.CelRole, program: CompiledProgram) -> None:
+        """Cache a CEL role that was just written, with the program its write compiled."""
+        self._cel_roles[name] = (role, program)
+
     # -- keys --------------------------------------------------------------------------
     def build_key_source(self, config: JWTConfig, system: SystemView | Any) -> KeySource:
         """A fresh, uncached KeySource for ``config`` (used by config writes to check it).
 
         :raises InvalidRequest: unparseable keys (``error parsing public key: ...``).
         """
-        return build_key_source(config.to_storage(), system.fetcher, clock=system.now)
+        return build_key_source(config.to_storage(), system.fetcher, clock=system.now, events=system.events)
 
     async def key_source(self, config: JWTConfig, system: SystemView | Any) -> KeySource:
         """The cached KeySource for ``config``, built on first use.
@@ -134,9 +158,12 @@ class JWTAuthBackend(Backend):
             self._config, self._source, self._source_for = None, None, None
         elif key.startswith(ROLE_PREFIX):
             self._roles.pop(key[len(ROLE_PREFIX) :], None)
+        elif key.startswith(path_cel.CEL_ROLE_PREFIX):
+            self._cel_roles.pop(key[len(path_cel.CEL_ROLE_PREFIX) :], None)
         elif key == "":
             self.invalidate(CONFIG_KEY)
             self._roles.clear()
+            self._cel_roles.clear()
 
     async def renew(self, req: Request, auth: Auth) -> Auth:
         """Renewal: the role must still exist; its current TTLs and policies apply.
@@ -144,10 +171,19 @@ class JWTAuthBackend(Backend):
         :raises InvalidRequest: ``role <name> does not exist during renewal``.
         """
         name = str(auth.internal_data.get("role", ""))
+        if auth.internal_data.get("role_type") == "cel":
+            # OpenBao: the CEL role must still exist; the token keeps what its login gave it.
+            if not name or await self.cel_role(req.require_storage(), name) is None:
+                raise InvalidRequest(f"CEL role {name} does not exist during renewal")
+            return dataclasses.replace(auth, policies=refuse_root(auth.policies))
         role = await self.role(req.require_storage(), name) if name else None
         if role is None:
             raise InvalidRequest(f"role {name} does not exist during renewal")
-        policies = refuse_root(role.token_policies)
+        templates = auth.internal_data.get("policy_templates")
+        if templates is not None and role.token_policies_template_claims and templates == role.token_policies:
+            policies = refuse_root(auth.policies)  # rendered at login from the templates the role still has
+        else:
+            policies = refuse_root(role.token_policies)
         return dataclasses.replace(
             auth,
             ttl=role.token_ttl,

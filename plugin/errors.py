@@ -52,6 +52,10 @@ class PluginError(Exception):
         #: The failed login check's name, a stable reason code (docs/troubleshooting.md);
         #: the login pipeline sets it, other errors leave it empty.
         self.check = ""
+        #: Set on every refused login (``plugin.path_login.refused``): what the audit log and the
+        #: login metrics record of it: ``role`` (a role that exists), ``iss`` and ``sub`` (the
+        #: token's, when it parsed; the server hashes them). None for other errors.
+        self.login: dict[str, str] | None = None
         super().__init__("; ".join(messages))
 
     @property

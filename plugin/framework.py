@@ -27,6 +27,8 @@ __all__ = [
     "Connection",
     "SystemView",
     "StaticSystemView",
+    "Events",
+    "NoEvents",
     "FetchResult",
     "Fetcher",
     "Request",
@@ -91,6 +93,44 @@ class Fetcher(Protocol):
     ) -> FetchResult: ...
 
 
+class Events(Protocol):
+    """What a backend reports for the server's metrics (per mount; ``NoEvents`` drops it).
+
+    ``kind`` of a key fetch: ``jwks`` or ``discovery``. ``stage`` of an OIDC flow:
+    ``started`` (auth_url), ``completed`` (the callback issued a token), ``failed`` (the
+    callback refused), ``expired`` (a callback whose state expired, was forged or was used).
+    """
+
+    def key_fetch(self, kind: str, ok: bool) -> None: ...
+
+    def key_cache_hit(self) -> None: ...
+
+    def key_set_fetched(self, url: str, at: float) -> None: ...
+
+    def oidc_flow(self, stage: str) -> None: ...
+
+
+class NoEvents:
+    """``Events`` that go nowhere (tests, tools)."""
+
+    __slots__ = ()
+
+    def key_fetch(self, kind: str, ok: bool) -> None:
+        pass
+
+    def key_cache_hit(self) -> None:
+        pass
+
+    def key_set_fetched(self, url: str, at: float) -> None:
+        pass
+
+    def oidc_flow(self, stage: str) -> None:
+        pass
+
+
+NO_EVENTS = NoEvents()
+
+
 class SystemView(Protocol):
     """What a backend may ask of the server about its mount."""
 
@@ -119,6 +159,11 @@ class SystemView(Protocol):
         """Seals this mount's secrets at rest (contexts are relative to the mount)."""
         ...
 
+    @property
+    def events(self) -> Events:
+        """Where this mount reports key fetches, cache hits and OIDC flows (metrics)."""
+        ...
+
     def now(self) -> float: ...
 
 
@@ -134,6 +179,7 @@ class StaticSystemView:
     clock: Callable[[], float] = time.time
     verbose_login_errors: bool = False
     sealer: Sealer = field(default_factory=EphemeralSealer)
+    events: Events = NO_EVENTS
 
     def now(self) -> float:
         return self.clock()

@@ -18,7 +18,7 @@ from cryptography import x509
 
 from plugin import jsonlimits
 from plugin.errors import InvalidRequest, PluginError
-from plugin.framework import Fetcher
+from plugin.framework import NO_EVENTS, Events, Fetcher
 from plugin.jose_verify import (
     MAX_KEYS_PER_TOKEN,
     ParsedToken,
@@ -146,6 +146,7 @@ class RemoteJWKS:
         clock: Clock = time.time,
         max_age: float = 3600,
         refresh_cooldown: float = 10.0,
+        events: Events = NO_EVENTS,
     ) -> None:
         self.url = url
         self.ca_pem = ca_pem or None
@@ -153,6 +154,8 @@ class RemoteJWKS:
         self.clock = clock
         self.max_age = max_age
         self.refresh_cooldown = refresh_cooldown
+        #: Fetches, cache hits and the fetch time of the key set in use (metrics).
+        self.events = events
         self.keys: list[VerifyKey] | None = None
         self.fetched_at = 0.0
         self.last_attempt: float | None = None
@@ -174,10 +177,13 @@ class RemoteJWKS:
             raise
         except Exception as exc:  # keep the last good set whatever went wrong
             self.last_error = str(exc) or type(exc).__name__
+            self.events.key_fetch("jwks", False)
             return False
         self.keys = keys
         self.fetched_at = self.clock()
         self.last_error = None
+        self.events.key_fetch("jwks", True)
+        self.events.key_set_fetched(self.url, self.fetched_at)
         return True
 
     def _start(self) -> asyncio.Task[bool]:
@@ -205,7 +211,9 @@ class RemoteJWKS:
         """The cached keys, fetching the first time; a stale set refreshes in the background."""
         if self.keys is None:
             await self.refresh()
-        elif self.clock() - self.fetched_at >= self.max_age:
+        else:
+            self.events.key_cache_hit()
+        if self.keys is not None and self.clock() - self.fetched_at >= self.max_age:
             in_cooldown = (
                 self.last_attempt is not None
                 and self.clock() - self.last_attempt < self.refresh_cooldown
@@ -329,6 +337,7 @@ class DiscoveryKeySource(KeySource):
         clock: Clock = time.time,
         max_age: float = 3600,
         refresh_cooldown: float = 10.0,
+        events: Events = NO_EVENTS,
     ) -> None:
         self.url = url
         self.ca_pem = ca_pem or None
@@ -336,6 +345,7 @@ class DiscoveryKeySource(KeySource):
         self.clock = clock
         self.max_age = max_age
         self.refresh_cooldown = refresh_cooldown
+        self.events = events
         self.jwks: RemoteJWKS | None = None
         self._lock = asyncio.Lock()
         self._failed_at: float | None = None
@@ -347,7 +357,7 @@ class DiscoveryKeySource(KeySource):
             raise InvalidRequest("error checking oidc discovery URL: discovery document has no jwks_uri")
         self.jwks = RemoteJWKS(
             jwks_uri, self.ca_pem, self.fetcher,
-            clock=self.clock, max_age=self.max_age, refresh_cooldown=self.refresh_cooldown,
+            clock=self.clock, max_age=self.max_age, refresh_cooldown=self.refresh_cooldown, events=self.events,
         )
         return self.jwks
 
@@ -360,9 +370,13 @@ class DiscoveryKeySource(KeySource):
             now = self.clock()
             if self._failed_at is None or now - self._failed_at >= self.refresh_cooldown:
                 try:
-                    return self._install(await fetch_discovery(self.url, self.ca_pem, self.fetcher))
+                    jwks = self._install(await fetch_discovery(self.url, self.ca_pem, self.fetcher))
                 except InvalidRequest as exc:
                     self._failed_at, self._failure = now, exc.messages[0]
+                    self.events.key_fetch("discovery", False)
+                else:
+                    self.events.key_fetch("discovery", True)
+                    return jwks
             raise InvalidRequest(_SIG_PREFIX + _JWKS_FAILED + ": " + self._failure)
 
     async def _verify(self, token: ParsedToken) -> None:
@@ -431,6 +445,7 @@ class _CacheArgs(TypedDict):
     clock: Clock
     max_age: float
     refresh_cooldown: float
+    events: Events
 
 
 def build_key_source(
@@ -440,6 +455,7 @@ def build_key_source(
     clock: Clock = time.time,
     max_age: float = 3600,
     refresh_cooldown: float = 10.0,
+    events: Events = NO_EVENTS,
 ) -> KeySource:
     """Build the key source for a stored jwt config (exactly one family is set).
 
@@ -448,7 +464,9 @@ def build_key_source(
 
     :raises InvalidRequest: for unparseable PEM keys or HMAC secrets, or no key source.
     """
-    cache_args: _CacheArgs = {"clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown}
+    cache_args: _CacheArgs = {
+        "clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown, "events": events,
+    }
     if config.get("jwt_validation_pubkeys"):
         return StaticKeySource(keys_from_pems(list(config["jwt_validation_pubkeys"])))
     if config.get("jwt_validation_hmac_secrets"):

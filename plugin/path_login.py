@@ -33,11 +33,13 @@ from plugin.framework import Alias, Auth, Operation, PathSpec, Request, Response
 from plugin.jose_verify import ParsedToken, parse_token
 from plugin.path_config import JWTConfig, allowed_algs
 from plugin.path_role import ROLE_NAME, ROLE_NAME_RE, Role
+from plugin.policy_templates import render_policies
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.token_fields import to_auth
 
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
+    from plugin.path_cel import CelContext
 
 __all__ = [
     "CHECKS",
@@ -116,6 +118,11 @@ class LoginContext:
     alias_name: str | None = None
     metadata: dict[str, str] | None = None
     groups: list[str] | None = None
+    #: The login's token policies when the role renders them (``token_policies`` check);
+    #: None: the role's ``token_policies`` as written.
+    policies: list[str] | None = None
+    #: A CEL login's role and compiled program, and what the ``cel_program`` check found.
+    cel: CelContext | None = None
 
     def parsed_token(self) -> ParsedToken:
         """The parsed token; a check that needs it is skipped when parsing failed."""
@@ -337,6 +344,15 @@ def _validate_bound_claims(ctx: LoginContext) -> str | Skipped:
     return f"{len(bound)} claims match"
 
 
+def _validate_token_policies(ctx: LoginContext) -> str | Skipped:
+    """``token_policies_template_claims``: render the role's policies over the claims
+    (``plugin.policy_templates``)."""
+    if not ctx.role.token_policies_template_claims:
+        return Skipped("the role's token_policies are not templates")
+    ctx.policies = render_policies(ctx.role.token_policies, ctx.token_claims())
+    return f"policies {cl.show(ctx.policies)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     """One login check: its name (the reason code) and its validator."""
@@ -362,6 +378,7 @@ CHECKS: tuple[Check, ...] = (
     Check("claim_mappings", _validate_claim_mappings),
     Check("groups", _validate_groups),
     Check("bound_claims", _validate_bound_claims),
+    Check("token_policies", _validate_token_policies),
 )
 
 
@@ -375,7 +392,7 @@ def _select(*names: str) -> tuple[Check, ...]:
 OIDC_REQUEST_CHECKS = _select("bound_cidrs")
 #: The role's checks the OIDC callback runs on the verified ID token's claims (the ID
 #: token's issuer, audience, times and nonce are checked by ``oidc_flow``, as cap does).
-OIDC_CLAIM_CHECKS = _select("subject", "user_claim", "claim_mappings", "groups", "bound_claims")
+OIDC_CLAIM_CHECKS = _select("subject", "user_claim", "claim_mappings", "groups", "bound_claims", "token_policies")
 
 
 @dataclass(slots=True)
@@ -421,14 +438,25 @@ async def run_checks(ctx: LoginContext, checks: tuple[Check, ...] = CHECKS, *, e
     return outcomes
 
 
-def refused(req: Request, exc: PluginError, event: str, **fields: Any) -> None:
-    """Log a refused login and decide what the anonymous caller is told.
+def refused(
+    req: Request, exc: PluginError, event: str, *, known_role: str = "", claims: dict[str, Any] | None = None,
+    **fields: Any,
+) -> None:
+    """Log a refused login, note it for the audit log, decide what the anonymous caller is told.
 
     One ``event`` line with ``check`` (the reason code; None for a request error such as an
     unknown role) and ``reason`` (the full detail: what the role expects included), never
-    the token. The caller's message gains the expected values only when the mount's
-    SystemView has ``verbose_login_errors``.
+    the token. ``exc.login`` gets the role (``known_role``: only a role that exists, so a
+    caller cannot fill the metrics with names) and the token's ``iss`` and ``sub`` (from
+    ``claims``, verified or not; the audit log hashes them). The caller's message gains the
+    expected values only when the mount's SystemView has ``verbose_login_errors``.
     """
+    facts = {"role": known_role} if known_role else {}
+    for name in ("iss", "sub"):
+        value = claims.get(name) if claims else None
+        if isinstance(value, str):
+            facts[name] = value
+    exc.login = facts
     log.info(
         event,
         mount=req.system.mount_path,
@@ -450,20 +478,26 @@ def remote_addr(req: Request) -> str | None:
 # Paths
 
 
-def login_auth(role: Role, role_name: str, identity: cl.Identity) -> Auth:
-    """The Auth for a validated identity: alias, metadata (+ ``role``), groups, token params.
+def login_auth(role: Role, role_name: str, identity: cl.Identity, policies: list[str] | None = None) -> Auth:
+    """The Auth for a validated identity: alias, metadata (+ ``role``), groups, token params;
+    ``policies`` rendered from the role's templates (``LoginContext.policies``) when it has
+    them, recorded with the templates they came from for renewal (``JWTAuthBackend.renew``).
 
     :raises InvalidRequest: ``auth methods cannot create root tokens``.
     """
     metadata = dict(identity.metadata)
     metadata["role"] = role_name
+    internal: dict[str, Any] = {"role": role_name}
+    if policies is not None:
+        internal["policy_templates"] = list(role.token_policies)
     return to_auth(
         role,
         display_name=identity.alias_name,
         alias=Alias(name=identity.alias_name, metadata=dict(metadata)),
         metadata=metadata,
         group_aliases=list(identity.groups),
-        internal_data={"role": role_name},
+        internal_data=internal,
+        policies=policies,
     )
 
 
@@ -487,8 +521,11 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
 
     async def login(req: Request, values: dict[str, Any]) -> Response:
         role_name = values.get("role", "")
+        known = ""
+        ctx: LoginContext | None = None
         try:
             config, role_name, role = await _load(backend, req, role_name)
+            known = role_name
             token = values.get("jwt", "")
             if not token:
                 raise InvalidRequest("missing token")
@@ -496,9 +533,9 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
             await run_checks(ctx)
             identity = ctx.identity
             assert identity is not None  # every identity check passed
-            auth = login_auth(role, role_name, identity)
+            auth = login_auth(role, role_name, identity, ctx.policies)
         except PluginError as exc:
-            refused(req, exc, "login_failed", role=role_name)
+            refused(req, exc, "login_failed", known_role=known, claims=ctx.claims if ctx else None, role=role_name)
             raise
         return Response(auth=auth)
 
@@ -530,6 +567,8 @@ def path_explain(backend: JWTAuthBackend) -> PathSpec:
             "checks": [o.as_dict() for o in outcomes],
             "claims": ctx.claims,
         }
+        if ctx.policies is not None:
+            data["policies"] = ctx.policies
         identity = ctx.identity
         if identity is not None:
             data["identity"] = {

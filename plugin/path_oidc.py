@@ -182,6 +182,7 @@ def _make_auth_url(backend: JWTAuthBackend) -> Handler:
         # client_id first (hvac checks "?client_id="), then Go's sorted order.
         ordered = [("client_id", params.pop("client_id"))] + sorted(params.items())
         sep = "&" if "?" in endpoint else "?"
+        req.system.events.oidc_flow("started")
         return Response(data={"auth_url": endpoint + sep + urlencode(ordered)})
 
     return handler
@@ -217,17 +218,24 @@ async def _redeem(backend: JWTAuthBackend, req: Request, state: FlowState, resul
 
 def _make_callback_get(backend: JWTAuthBackend) -> Handler:
     async def handler(req: Request, values: dict[str, Any]) -> Response:
+        seen: dict[str, Any] = {}
         try:
-            return await _callback(backend, req, values)
+            resp = await _callback(backend, req, values, seen)
         except PluginError as exc:
-            refused(req, exc, "oidc_callback_failed")  # never the code, state or tokens
+            # never the code, state or tokens
+            refused(req, exc, "oidc_callback_failed", known_role=seen.get("role", ""), claims=seen.get("claims"))
+            # a state that expired, was forged or was used already; else any other refusal
+            req.system.events.oidc_flow("expired" if any(_EXPIRED in m for m in exc.messages) else "failed")
             raise
+        req.system.events.oidc_flow("completed")
+        return resp
 
     return handler
 
 
-async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any]) -> Response:
-    """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins."""
+async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any], seen: dict[str, Any]) -> Response:
+    """GET oidc/callback (docs/reference/vault-api.md 6.2), first failure wins. ``seen`` gets
+    the role (once found) and the ID token's claims (once verified), for a refusal's record."""
     storage = req.require_storage()
     config = await backend.config(req)
     if config is None:
@@ -240,6 +248,7 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
     role = await backend.role(storage, state.role)
     if role is None:
         raise InvalidRequest(f"{_FAILED} Role could not be found")
+    seen["role"] = state.role
     ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
     await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
     if not config.is_oidc_flow:
@@ -272,11 +281,11 @@ async def _callback(backend: JWTAuthBackend, req: Request, values: dict[str, Any
         # only they are logged (a raw token is never logged). Before the checks: a refused
         # login shows what the IdP sent.
         log.debug("oidc_provider_response", mount=req.system.mount_path, role=state.role, claims=claims)
-    ctx.claims = claims
+    ctx.claims = seen["claims"] = claims
     await run_checks(ctx, OIDC_CLAIM_CHECKS)
     identity = ctx.identity
     assert identity is not None  # every identity check passed
-    resp = Response(auth=login_auth(role, state.role, identity))
+    resp = Response(auth=login_auth(role, state.role, identity, ctx.policies))
     for w in warnings:
         resp.add_warning(w)
     return resp

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
+from plugin.policy_templates import compile_templates
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.token_fields import (
     LEGACY_PAIRS,
@@ -118,6 +119,13 @@ ROLE_FIELDS = FieldSet(
             "to account for clock skew. Defaults to 60 (1 minute) if set to 0 and can be disabled "
             "if set to -1.", default=0,
         ),
+        "token_policies_template_claims": Field(
+            FieldType.BOOL, "If true, token_policies entries are templates over the token's claims, "
+            "rendered at login: '{{ .claim }}' or '{{ .claim.nested }}' (e.g. 'project-{{ .project_path }}'). "
+            "A missing claim, a value that is not a string, integer or boolean, a result outside "
+            "A-Z a-z 0-9 _ . - and 'root' refuse the login; an empty result is dropped (OpenBao).",
+            default=False,
+        ),
         **TOKEN_FIELDS,
     }
 )
@@ -145,6 +153,7 @@ class Role(TokenParams):
     expiration_leeway: int = 0
     not_before_leeway: int = 0
     clock_skew_leeway: int = 0
+    token_policies_template_claims: bool = False
 
     @classmethod
     def from_storage(cls, raw: dict[str, Any]) -> Role:
@@ -243,9 +252,12 @@ def apply_role_write(role: Role, values: dict[str, Any], *, max_lease_ttl: int) 
         role.user_claim = values["user_claim"]
     if not role.user_claim:
         raise InvalidRequest("a user claim must be defined on the role")
-    for name in ("groups_claim", "oidc_scopes", "allowed_redirect_uris", "verbose_oidc_logging"):
+    for name in ("groups_claim", "oidc_scopes", "allowed_redirect_uris", "verbose_oidc_logging",
+                 "token_policies_template_claims"):
         if name in values:
             setattr(role, name, copy.deepcopy(values[name]))
+    if role.token_policies_template_claims:
+        compile_templates(role.token_policies)
     if role.verbose_oidc_logging:
         warnings.append(_VERBOSE_WARNING)
     if role.role_type == "oidc" and not role.allowed_redirect_uris:

@@ -239,13 +239,15 @@ def to_auth(
     metadata: dict[str, str],
     group_aliases: list[str],
     internal_data: dict[str, Any],
+    policies: list[str] | None = None,
 ) -> Auth:
-    """Build the Auth a successful login hands to the server.
+    """Build the Auth a successful login hands to the server (``policies``: the login's own,
+    e.g. rendered from templates, instead of ``params.token_policies``).
 
-    :raises InvalidRequest: ``auth methods cannot create root tokens`` when the role's
-        policies contain ``root`` in any spelling (`` root``, ``Root`` ...; CVE-2025-5999).
+    :raises InvalidRequest: ``auth methods cannot create root tokens`` when the policies
+        contain ``root`` in any spelling (`` root``, ``Root`` ...; CVE-2025-5999).
     """
-    policies = refuse_root(params.token_policies)
+    policies = refuse_root(params.token_policies if policies is None else policies)
     return Auth(
         display_name=display_name,
         policies=policies,

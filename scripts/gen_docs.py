@@ -24,11 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from plugin.path_cel import CEL_LOGIN_FIELDS, CEL_ROLE_FIELDS  # noqa: E402
 from plugin.path_config import CONFIG_FIELDS  # noqa: E402
 from plugin.path_login import EXPLAIN_FIELDS, LOGIN_FIELDS  # noqa: E402
 from plugin.path_role import ROLE_FIELDS  # noqa: E402
 from plugin.schema import Field, FieldSet, FieldType  # noqa: E402
 from plugin.token_fields import TOKEN_FIELDS  # noqa: E402
+from server.identity.aliases import ALIAS_FIELDS  # noqa: E402
+from server.identity.entities import LOOKUP_FIELDS  # noqa: E402
+from server.identity.groups import GROUP_FIELDS  # noqa: E402
 from server.mounts import TUNE_FIELDS  # noqa: E402
 from server.settings import documented_settings  # noqa: E402
 
@@ -130,6 +134,11 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "role-token": lambda: render_table(TOKEN_FIELDS),
     "login": lambda: render_table(LOGIN_FIELDS),
     "explain": lambda: render_table(EXPLAIN_FIELDS),
+    "cel-role": lambda: render_table(CEL_ROLE_FIELDS),
+    "cel-login": lambda: render_table(CEL_LOGIN_FIELDS),
+    "identity-group": lambda: render_table(GROUP_FIELDS),
+    "identity-group-alias": lambda: render_table(ALIAS_FIELDS),
+    "identity-lookup": lambda: render_table(LOOKUP_FIELDS),
     "settings": render_settings,
     "tune": lambda: render_table(TUNE_FIELDS),
     "example-dev": _example("dev"),

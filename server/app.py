@@ -13,11 +13,15 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 from aiohttp import web, web_response
 
+from plugin.errors import PluginError
 from plugin.framework import Backend
+from server import telemetry
 from server.acl.policies import PolicyStore
 from server.appkeys import (
+    AUDIT,
     CLUSTER_ID,
     FETCHER,
+    IDENTITY,
     KEYRING,
     MOUNTS,
     POLICIES,
@@ -28,21 +32,25 @@ from server.appkeys import (
     STORAGE,
     TOKENS,
 )
+from server.audit import AuditBroker
 from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan, from_sections, make_plan
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.routes import setup_routes
+from server.identity.store import IdentityStore, MountRef
 from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
-from server.mounts import MountEntry, MountTable
+from server.mounts import MountEntry, MountTable, normalize_path
 from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
-__all__ = ["create_app", "seed", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY"]
+__all__ = ["create_app", "seed", "seed_audit", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY", "WORKER_ENV"]
 
 INIT_KEY = "core/init"
+#: Set by ``authmount server --workers N`` in each worker's environment: its index.
+WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
 CLUSTER_KEY = "core/cluster"
 
 log = structlog.get_logger("authmount.app")
@@ -68,6 +76,7 @@ def create_app(settings: Settings, *, storage: Engine | None = None) -> web.Appl
     app[SETTINGS] = settings
     hooks: list[tuple[ReloadHook, frozenset[str]]] = [
         (reload_log_level, frozenset()), (reload_rate_limits, frozenset()), (_reseed, frozenset()),
+        (_reload_audit, frozenset({"audit"})),
     ]
     app[RELOAD_HOOKS] = hooks
     setup_ratelimit(app)
@@ -94,15 +103,22 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
                 await storage.close()
             raise StartupError(f"storage key: {exc}") from exc
         mounts_ref: list[MountTable] = []
+        identity = IdentityStore(storage, mounts=lambda accessor: _mount_ref(mounts_ref, accessor))
         tokens = TokenStore(
             storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
             sealer=keyring, mount_exists=lambda accessor: not mounts_ref or mounts_ref[0].has_accessor(accessor),
+            on_mint=lambda entry: telemetry.token_created(entry, mounts_ref[0] if mounts_ref else None),
+            identity=identity,
         )
         policies = PolicyStore(storage)
         fetcher = AiohttpFetcher()
+        audit = AuditBroker(storage, keyring)
         mounts: MountTable | None = None
+        gauges: asyncio.Task[None] | None = None
         try:
             await tokens.start()
+            await audit.load()
+            app[AUDIT] = audit
 
             async def revoke(entry: MountEntry) -> None:
                 await tokens.revoke_mount(entry.accessor)
@@ -114,21 +130,32 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             )
             mounts_ref.append(mounts)
             await mounts.load()
+            await identity.load()
             app[STORAGE], app[TOKENS], app[POLICIES], app[MOUNTS], app[FETCHER] = storage, tokens, policies, mounts, fetcher
+            app[IDENTITY] = identity
             app[KEYRING] = keyring
             app[STARTED_AT] = time.time()
             cluster = await storage.update(CLUSTER_KEY, lambda old: old or {"id": str(uuid.uuid4())})
             app[CLUSTER_ID] = cluster["id"]
-            _watch(storage, mounts, policies, tokens, keyring)
+            _watch(storage, mounts, policies, tokens, keyring, identity, audit)
             await seed(app)
+            await seed_audit(app, settings)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
-            log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type)
+            period = settings.telemetry.usage_gauge_period
+            if period > 0 and os.environ.get(WORKER_ENV, "0") == "0":  # one process computes them
+                gauges = asyncio.get_running_loop().create_task(telemetry.usage_gauges(tokens, mounts, period))
+            log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type,
+                     audit_devices=sorted(audit.devices))
             yield
         finally:
+            if gauges is not None:
+                gauges.cancel()
+            await audit.close()
             if mounts is not None:
                 await mounts.close()
             await fetcher.close()
             await tokens.close()
+            await identity.close()
             if given_storage is None:
                 await storage.close()
             log.info("server_stopped", storage_closed=given_storage is None)
@@ -150,7 +177,20 @@ def _token_backend_factory(
 UNCACHED_TOKEN_PREFIXES = (ID_PREFIX, ACCESSOR_PREFIX, PARENT_PREFIX)
 
 
-def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring) -> None:
+def _mount_ref(table: list[MountTable], accessor: str) -> MountRef | None:
+    """The auth mount with ``accessor``, as the identity store shows it."""
+    if not table:
+        return None
+    for mount in table[0].mounts.values():
+        if mount.entry.accessor == accessor:
+            return MountRef(accessor, "auth/" + mount.entry.path, mount.entry.type)
+    return None
+
+
+def _watch(
+    storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring,
+    identity: IdentityStore, audit: AuditBroker,
+) -> None:
     """Route other nodes' writes to the caches that depend on them."""
     reloads: set[asyncio.Task[None]] = set()
 
@@ -158,6 +198,8 @@ def _watch(storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: T
         mounts.invalidate(key)
         policies.invalidate(key)
         tokens.invalidate(key)
+        audit.invalidate(key)
+        identity.invalidate(key)
         if key in (KEYRING_KEY, ""):  # another node rotated the keyring
             task = asyncio.get_running_loop().create_task(keyring.reload(storage))
             reloads.add(task)
@@ -280,3 +322,36 @@ async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
         log.info("seed_applied", object=change.address, action=change.action,
                  fields=[f.name for f in change.fields])
     return plan
+
+
+async def seed_audit(app: web.Application, settings: Settings) -> list[str]:
+    """Enable the settings' ``audit`` devices (a device at the same path takes the declared
+    type, description and options and keeps its salt); returns what changed.
+
+    :raises StartupError: ``audit[<i>]: <why>`` (a device that cannot write, a bad option).
+    """
+    broker = app[AUDIT]
+    changes = []
+    for i, device in enumerate(settings.audit):
+        try:
+            existing = broker.devices.get(normalize_path(device.path))
+            wanted = {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in device.options.items()}
+            if existing is None or (existing.type, existing.options, existing.description) != (
+                device.type, wanted, device.description
+            ):
+                enabled = await broker.enable(device.path, device.type, description=device.description,
+                                              options=dict(device.options), replace=True)
+                changes.append(f"audit: {'changed' if existing else 'enabled'} {enabled.path}")
+        except PluginError as exc:
+            raise StartupError(f"audit[{i}]: {exc}") from exc
+    return changes
+
+
+async def _reload_audit(app: web.Application, old: Settings, new: Settings) -> list[str]:
+    """SIGHUP: open every audit file again (logrotate moved it) and apply the ``audit`` setting."""
+    broker = app.get(AUDIT)
+    if broker is None:
+        return []
+    reopened = [f"audit: reopened {', '.join(d.path for d in broker.active)}"] if broker.active else []
+    broker.reopen()
+    return reopened + await seed_audit(app, new)

@@ -8,7 +8,9 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from server.acl.policies import PolicyStore
+    from server.audit import AuditBroker
     from server.http.fetcher import AiohttpFetcher
+    from server.identity.store import IdentityStore
     from server.keyring import Keyring
     from server.mounts import MountTable
     from server.settings import Settings
@@ -16,8 +18,8 @@ if TYPE_CHECKING:
     from server.tokens.store import TokenStore
 
 __all__ = [
-    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "CLUSTER_ID",
-    "RELOAD_HOOKS", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW",
+    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT",
+    "CLUSTER_ID", "AUDIT", "RELOAD_HOOKS", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -25,12 +27,15 @@ STORAGE: web.AppKey[Engine] = web.AppKey("storage")
 KEYRING: web.AppKey[Keyring] = web.AppKey("keyring")
 TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens")
 POLICIES: web.AppKey[PolicyStore] = web.AppKey("policies")
+IDENTITY: web.AppKey[IdentityStore] = web.AppKey("identity")
 MOUNTS: web.AppKey[MountTable] = web.AppKey("mounts")
 FETCHER: web.AppKey[AiohttpFetcher] = web.AppKey("fetcher")
 #: The root token created at this start (first start or dev mode), else None. Never logged.
 ROOT_TOKEN: web.AppKey[str | None] = web.AppKey("root_token")
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at")
 CLUSTER_ID: web.AppKey[str] = web.AppKey("cluster_id")
+#: The audit devices (server.audit.AuditBroker).
+AUDIT: web.AppKey[AuditBroker] = web.AppKey("audit")
 #: What SIGHUP runs: ``(server.reload.ReloadHook, names of the settings it applies)``, in
 #: order. Append with ``server.reload.add_reload_hook``.
 RELOAD_HOOKS: web.AppKey[list[tuple[Any, frozenset[str]]]] = web.AppKey("reload_hooks")
@@ -43,3 +48,5 @@ MOUNT: web.RequestKey[str] = web.RequestKey("mount")
 REMOTE_ADDR: web.RequestKey[str] = web.RequestKey("remote_addr")
 #: The caller's raw token once authenticated (handed to the token/ backend only).
 TOKEN_RAW: web.RequestKey[str] = web.RequestKey("token_raw")
+#: The token a login issued: its Vault ``auth`` block (for the audit log's response entry).
+ISSUED: web.RequestKey[dict[str, Any]] = web.RequestKey("issued")

@@ -7,18 +7,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from server.app import StartupError, create_app
+from server import telemetry
+from server.app import WORKER_ENV, StartupError, create_app
 from server.appkeys import ROOT_TOKEN
 from server.gitops.command import add_commands, run_apply, run_export
 from server.http.connguard import ConnectionGuard, descriptor_budget, raise_descriptor_limit
@@ -33,7 +36,8 @@ from server.sys.status import VERSION
 
 __all__ = ["main", "serve"]
 
-WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
+#: prometheus-client's multi-process directory (``--workers``): set by the supervisor.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Overrides ``listen_address`` (``--listen-address`` wins over it).
 LISTEN_ENV = "AUTHMOUNT_LISTEN_ADDRESS"
 
@@ -214,6 +218,7 @@ async def serve(
         await runner.cleanup()
         sock.close()
         flush_request_log()
+        telemetry.process_exit()
     return 0
 
 
@@ -292,9 +297,23 @@ def _supervise(count: int, argv: list[str]) -> int:
 
     Returns 0 when every worker exited cleanly, else the first non-zero exit code.
     """
+    # One metrics directory for all workers (prometheus-client's multi-process mode), unless
+    # the operator chose one; a directory made here is removed when the workers are done.
+    metrics_dir = os.environ.get(METRICS_DIR_ENV) or ""
+    made_dir = not metrics_dir
+    if made_dir:
+        metrics_dir = tempfile.mkdtemp(prefix="authmount-metrics-")
+    try:
+        return _run_workers(count, argv, metrics_dir)
+    finally:
+        if made_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_workers(count: int, argv: list[str], metrics_dir: str) -> int:
     children = []
     for i in range(count):
-        env = dict(os.environ, **{WORKER_ENV: str(i)})
+        env = dict(os.environ, **{WORKER_ENV: str(i), METRICS_DIR_ENV: metrics_dir})
         children.append(subprocess.Popen([sys.executable, "-m", "server.cli", *argv], env=env))
 
     stopping: set[int] = set()

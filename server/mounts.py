@@ -20,6 +20,7 @@ from plugin.sealing import Sealer
 from plugin.storage import PrefixedStorage, Storage
 from server.keyring import PROCESS_SEALER, PrefixSealer
 from server.storage import Engine
+from server.telemetry import MountEvents
 from server.tokens.entry import MountInfo
 
 __all__ = [
@@ -103,10 +104,13 @@ MOUNT_CONFIG_FIELDS = FieldSet({
         parse=_listing_visibility,
     ),
     "audit_non_hmac_request_keys": _list_field(
-        "audit_non_hmac_request_keys", "Stored and reported; authmount has no audit log."
+        "audit_non_hmac_request_keys",
+        "Keys of the request data whose values the audit log writes in clear (e.g. 'role'); every other "
+        "string is hashed.",
     ),
     "audit_non_hmac_response_keys": _list_field(
-        "audit_non_hmac_response_keys", "Stored and reported; authmount has no audit log."
+        "audit_non_hmac_response_keys",
+        "Keys of the response data whose values the audit log writes in clear; every other string is hashed.",
     ),
     "passthrough_request_headers": _list_field(
         "passthrough_request_headers",
@@ -255,7 +259,7 @@ class Mount:
 class MountSystemView:
     """The SystemView of one mount: live tuned TTLs, the shared fetcher, the clock."""
 
-    __slots__ = ("_table", "_path", "fetcher", "sealer")
+    __slots__ = ("_table", "_path", "fetcher", "sealer", "events")
 
     def __init__(self, table: MountTable, path: str, fetcher: Any, sealer: Sealer) -> None:
         self._table = table
@@ -263,6 +267,8 @@ class MountSystemView:
         self.fetcher = fetcher
         #: Seals under the mount's storage prefix, ``auth/<uuid>/<context>``.
         self.sealer = sealer
+        #: Key fetches, cache hits and OIDC flows of this mount, for the metrics.
+        self.events = MountEvents("auth/" + path)
 
     def _entry(self) -> MountEntry:
         return self._table.mounts[self._path].entry

@@ -30,6 +30,8 @@ __all__ = [
     "StorageSettings",
     "MountSeed",
     "RateLimitSettings",
+    "AuditSeed",
+    "TelemetrySettings",
     "Settings",
     "load_settings",
     "settings_from_mapping",
@@ -326,6 +328,40 @@ class RateLimitSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AuditSeed:
+    """An audit device enabled at every start (as ``sys/audit/<path>``)."""
+
+    path: str = setting(kind="string", parse=_required_string,
+                        doc="Device path, e.g. `file` (listed by `sys/audit` as `file/`).")
+    type: str = setting(kind="`file` | `socket`", parse=_required_string,
+                        doc="Device type. A start whose device cannot write stops with the reason.")
+    description: str = setting("", kind="string", parse=_string, doc="Shown by `sys/audit`.")
+    options: Mapping[str, Any] = setting(
+        kind="mapping", factory=dict, parse=_mapping_or_empty,
+        doc="Device options, as `sys/audit/<path>` takes them: `file_path`, `mode` (file); `address`, "
+            "`socket_type`, `write_timeout` (socket); `hmac_accessor`, `log_raw`, `elide_list_responses`, `prefix`. "
+            "A device already enabled at `path` takes these options and keeps its salt. See "
+            "[operations](operations.md#audit-devices).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """Metrics (``sys/metrics``), Vault's ``telemetry`` options."""
+
+    unauthenticated_metrics_access: bool = setting(
+        False, kind="bool", parse=_bool,
+        doc="`sys/metrics` answers without a token (Vault's listener option of the same name); otherwise it needs "
+            "a token with `read` on `sys/metrics`.",
+    )
+    usage_gauge_period: float = setting(
+        600.0, kind="duration", parse=_seconds,
+        doc="How often the token gauges (`vault_token_count*`, `vault_expire_num_leases`) are computed, by a scan of "
+            "every token (Vault's option of the same name); `0` disables them.",
+    )
+
+
 def _section(cls: type[_T], *, none_ok: bool = False) -> Parser:
     def parse(raw: Any, key: str) -> _T:
         return cls(**_values(cls, {} if raw is None and none_ok else raw, key, key + "."))
@@ -445,6 +481,16 @@ class Settings:
             "mount); over a limit the answer is `429 request path \"auth/<mount>/<path>\": rate limit quota "
             "exceeded` with `Retry-After`. Authenticated requests are never limited. Keys below; `0` disables a "
             "limit.",
+    )
+    audit: tuple[AuditSeed, ...] = setting(
+        (), kind="list", parse=_sections(AuditSeed), section=AuditSeed, many=True,
+        doc="Audit devices enabled at every start (idempotent, like `sys/audit/<path>`); more can be enabled over "
+            "the API. Keys below; see [operations](operations.md#audit-devices).",
+    )
+    telemetry: TelemetrySettings = setting(
+        kind="mapping", factory=TelemetrySettings, parse=_section(TelemetrySettings, none_ok=True),
+        section=TelemetrySettings, shown="values below",
+        doc="Metrics at `sys/metrics` ([operations](operations.md#metrics)). Keys below.",
     )
     initial_root_token_file: str = setting(
         "", kind="path", parse=_string,

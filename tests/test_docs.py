@@ -12,10 +12,14 @@ from types import ModuleType
 import pytest
 import yaml
 
+from plugin.path_cel import CEL_LOGIN_FIELDS, CEL_ROLE_FIELDS
 from plugin.path_config import CONFIG_FIELDS
 from plugin.path_role import ROLE_FIELDS
 from plugin.schema import FieldSet
 from server import settings as settings_mod
+from server.identity.aliases import ALIAS_FIELDS
+from server.identity.entities import LOOKUP_FIELDS
+from server.identity.groups import GROUP_FIELDS
 from server.mounts import TUNE_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +83,12 @@ def test_hand_written_text_outside_markers_is_kept() -> None:
 
 @pytest.mark.parametrize(
     ("fields", "section"),
-    [(CONFIG_FIELDS, "config"), (ROLE_FIELDS, "role"), (TUNE_FIELDS, "tune")],
-    ids=["config", "role", "tune"],
+    [
+        (CONFIG_FIELDS, "config"), (ROLE_FIELDS, "role"), (TUNE_FIELDS, "tune"), (CEL_ROLE_FIELDS, "cel-role"),
+        (CEL_LOGIN_FIELDS, "cel-login"), (GROUP_FIELDS, "identity-group"), (ALIAS_FIELDS, "identity-group-alias"),
+        (LOOKUP_FIELDS, "identity-lookup"),
+    ],
+    ids=["config", "role", "tune", "cel-role", "cel-login", "identity-group", "identity-group-alias", "identity-lookup"],
 )
 def test_every_field_has_a_row(fields: FieldSet, section: str) -> None:
     text = _read("configuration.md")
@@ -114,19 +122,24 @@ def test_every_settings_key_is_documented(key: str) -> None:
     assert re.search(rf"^\| `{re.escape(key)}` \|", _read("configuration.md"), re.M), key
 
 
+#: The required keys of one item of each list section (``mounts[]``, ``audit[]``).
+_LIST_ITEMS: dict[str, dict[str, object]] = {"mounts[]": {"path": "jwt", "type": "jwt"},
+                                             "audit[]": {"path": "file", "type": "file"}}
+
+
 def _nest(key: str, value: object) -> dict[str, object]:
-    """``storage.path: x`` as the YAML mapping ``{storage: {path: x}}``; ``mounts[].path`` in a
-    mount that has the required keys."""
+    """``storage.path: x`` as the YAML mapping ``{storage: {path: x}}``; ``mounts[].path`` (and
+    ``audit[].path``) in an item that has the required keys."""
     head, dot, rest = key.partition(".")
-    if head == "mounts[]":
-        return {"mounts": [{"path": "jwt", "type": "jwt"} | ({rest: value} if rest else {})]}
+    if head in _LIST_ITEMS:
+        return {head[:-2]: [_LIST_ITEMS[head] | ({rest: value} if rest else {})]}
     return {head: _nest(rest, value)} if dot else {head: value}
 
 
 def _get(settings: object, key: str) -> object:
     for part in key.split("."):
-        value = getattr(settings, "mounts" if part == "mounts[]" else part)
-        settings = value[0] if part == "mounts[]" else value
+        value = getattr(settings, part[:-2] if part in _LIST_ITEMS else part)
+        settings = value[0] if part in _LIST_ITEMS else value
     return settings
 
 
@@ -139,7 +152,8 @@ def test_every_documented_setting_loads_with_its_documented_default(key: str, sp
         return  # sections, required keys and ``none``: the example configs load them
     text = shown.strip("`")
     value = text if spec.kind == "duration" else yaml.safe_load(text)
-    base = _nest("mounts[]", None) if key.startswith("mounts[]") else {}
+    head = key.partition(".")[0]
+    base = _nest(head, None) if head in _LIST_ITEMS else {}
     loaded = settings_mod.settings_from_mapping(_nest(key, value))
     assert _get(loaded, key) == _get(settings_mod.settings_from_mapping(base), key)
 
@@ -176,6 +190,9 @@ def test_example_configs_are_valid_settings(name: str) -> None:
 #: Modules whose messages a login (JWT or OIDC), a token use or a request decode can produce.
 LOGIN_MODULES = (
     "plugin/path_login.py",
+    "plugin/policy_templates.py",
+    "plugin/path_cel.py",
+    "plugin/cel.py",
     "plugin/claims.py",
     "plugin/jose_verify.py",
     "plugin/keys.py",
@@ -193,7 +210,12 @@ LOGIN_MODULES = (
     "server/http/fetcher.py",
 )
 #: Modules whose messages answer a config or role write.
-CONFIG_MODULES = ("plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py")
+CONFIG_MODULES = (
+    "plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py",
+    # identity/ writes and lookups
+    "server/identity/store.py", "server/identity/groups.py", "server/identity/aliases.py",
+    "server/identity/entities.py",
+)
 
 _CONSTRUCTORS = {
     "InvalidRequest", "PermissionDenied", "UpstreamError", "UnsupportedOperation", "NotFound",
@@ -448,6 +470,10 @@ def _api_paths() -> list[str]:
 
     for spec in JWTAuthBackend("jwt").paths:
         out.append("auth/<mount>/" + spec.pattern)
+    from server.identity.backend import IdentityBackend
+
+    for spec in IdentityBackend(lambda: None, lambda a, n: "").paths:  # type: ignore[arg-type, return-value]
+        out.append("identity/" + spec.pattern)
     return sorted(set(out))
 
 

@@ -7,6 +7,7 @@ import structlog
 from aiohttp import web
 
 from plugin.errors import PluginError
+from server import telemetry
 from server.storage import unavailable_reason
 
 __all__ = ["error_response", "response_for", "STORAGE_FAILURES"]
@@ -48,6 +49,7 @@ def response_for(request: web.Request, exc: Exception) -> web.Response | None:
     reason = unavailable_reason(exc)
     if reason is not None:
         STORAGE_FAILURES[reason] = count = STORAGE_FAILURES.get(reason, 0) + 1
+        telemetry.storage_failed(reason)  # authmount_storage_unavailable_total, readiness
         if count == 1 or count % 100 == 0:  # a failing disk must not flood the log
             log.error("storage_unavailable", reason=reason, count=count, error=str(exc)[:200], path=request.path)
         return error_response(503, [f"storage unavailable: {reason}"], {"Retry-After": "1"})

@@ -16,7 +16,9 @@ from plugin.framework import Backend, Connection, Operation, Request, Response, 
 from plugin.schema import parse_duration
 from server.acl.policies import PolicyStore
 from server.appkeys import (
+    AUDIT,
     CLUSTER_ID,
+    ISSUED,
     KEYRING,
     MOUNT,
     MOUNTS,
@@ -28,6 +30,8 @@ from server.appkeys import (
     TOKEN_RAW,
     TOKENS,
 )
+from server.audit import AuditBroker
+from server.http.audited import Exchange
 from server.http.errors import error_response
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import limited
@@ -43,6 +47,7 @@ from server.tokens.wrapping import Wrapping, wrap_envelope
 __all__ = [
     "auth_handler",
     "sys_handler",
+    "identity_handler",
     "AppCore",
     "envelope",
     "json_response",
@@ -261,7 +266,7 @@ async def authorize(
         raise PermissionDenied()
     tokens = request.app[TOKENS]
     entry = await tokens.authenticate(raw, remote_addr(request))
-    acl = await request.app[POLICIES].acl_for(entry.policies)
+    acl = await request.app[POLICIES].acl_for(await tokens.policies_of(entry))
     if allowed is not None:
         granted = await allowed(acl)
     else:
@@ -350,18 +355,26 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         return await help_reply(request, backend, route, rel, "auth/" + entry_path)
     if wrap_ttl is not None:
         refuse_unwrappable(route, "auth/" + entry_path + rel)
+    login = route is not None and route.spec.unauthenticated
+    exchange = Exchange(request, req, "auth/" + entry_path + rel, mount=mount.entry, login=login)
     entry = None
-    if route is None or not route.spec.unauthenticated:
-        sudo = route is not None and route.spec.sudo
-        entry = await _check_token(request, backend, req, "auth/" + entry_path + rel, sudo)
     try:
-        resp = await (backend.handle_request(req) if entry is not None else limited(request, backend, req))
-    finally:
-        await release(request, entry)
-    out = await respond(request, resp, mount, op, rel)
-    if wrap_ttl is None:
-        return out
-    return await wrap_reply(request, out, wrap_ttl, "auth/" + entry_path + rel)
+        if not login:
+            sudo = route is not None and route.spec.sudo
+            entry = await _check_token(request, backend, req, "auth/" + entry_path + rel, sudo)
+        try:
+            await exchange.requested(entry)
+            resp = await (backend.handle_request(req) if entry is not None else limited(request, backend, req))
+        finally:
+            await release(request, entry)
+        out = await respond(request, resp, mount, op, rel)
+        if wrap_ttl is not None:
+            out = await wrap_reply(request, out, wrap_ttl, "auth/" + entry_path + rel)
+    except Exception as exc:
+        await exchange.failed(exc)
+        raise
+    await exchange.responded(resp, out)
+    return out
 
 
 async def _check_token(request: web.Request, backend: Backend, req: Request, full: str, sudo: bool) -> Any:
@@ -429,6 +442,10 @@ class AppCore:
     def storage(self) -> Engine:
         return self._app[STORAGE]
 
+    @property
+    def audit(self) -> AuditBroker:
+        return self._app[AUDIT]
+
 
 def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """``/v1/sys/{path}`` served by ``backend``, the way ``auth_handler`` serves a mount: one
@@ -453,21 +470,64 @@ def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.St
         if wrap_ttl is not None:
             refuse_unwrappable(route, "sys/" + rel)
         req.path = route.path
-        entry = None
-        if not route.spec.unauthenticated:
-            entry = await _check_token(request, backend, req, acl_path(route), route.spec.sudo)
-        else:
-            # What the caller sent as its token, for a path that reads it without using it
-            # (``sys/wrapping/lookup`` of the calling wrapping token).
-            req.token = {"entry": None, "raw": request_token(request) or ""}
-        try:
-            resp = await backend.handle_request(req)
-        finally:
-            await release(request, entry)
         spec = route.spec
-        return _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top)
+        # The status paths that need no token are not audited (as in Vault).
+        exchange = Exchange(request, req, "sys/" + req.path, mount=None, login=False,
+                            audited=not spec.unauthenticated)
+        entry = None
+        try:
+            if not spec.unauthenticated:
+                entry = await _check_token(request, backend, req, acl_path(route), spec.sudo)
+            else:
+                # What the caller sent as its token, for a path that reads it without using it
+                # (``sys/wrapping/lookup`` of the calling wrapping token).
+                req.token = {"entry": None, "raw": request_token(request) or ""}
+            try:
+                await exchange.requested(entry)
+                resp = await backend.handle_request(req)
+            finally:
+                await release(request, entry)
+            out = _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top)
+        except Exception as exc:
+            await exchange.failed(exc)
+            raise
+        await exchange.responded(resp, out)
+        return out
 
     return sys_route
+
+
+def identity_handler(backend: Backend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``/v1/identity/{path}`` served by ``backend`` (``server.identity.backend``) the way
+    ``sys_handler`` serves the sys paths: one resolve, then the token and the ACL on
+    ``identity/<canonical path>``, then the handler."""
+
+    async def identity_route(request: web.Request) -> web.StreamResponse:
+        rel = request.match_info["path"]
+        op, data = await read_operation(request)
+        req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers))
+        try:
+            route = req.route = backend.resolve(rel)
+        except UnsupportedPath:
+            raise no_route("identity/" + rel) from None
+        req.path = route.path
+        exchange = Exchange(request, req, "identity/" + req.path, mount=None, login=False, point="identity/",
+                            kind="identity")
+        try:
+            entry = await _check_token(request, backend, req, "identity/" + route.path.rstrip("/"), route.spec.sudo)
+            try:
+                await exchange.requested(entry)
+                resp = await backend.handle_request(req)
+            finally:
+                await release(request, entry)
+            out = _reply(request, resp, copy_top=False)
+        except Exception as exc:
+            await exchange.failed(exc)
+            raise
+        await exchange.responded(resp, out)
+        return out
+
+    return identity_route
 
 
 def _reply(request: web.Request, resp: Response | None, *, copy_top: bool) -> web.StreamResponse:
@@ -511,6 +571,7 @@ async def respond(
             path="auth/" + mount.entry.path + rel if rel else None,
         )
         warnings.extend(issue_warnings)
+        request[ISSUED] = auth_block  # the audit log's response entry (server.http.audited)
     out = envelope(request, resp.data, auth=auth_block, warnings=warnings, mount_type=mount.entry.type)
     if resp.status:
         out.set_status(resp.status)

@@ -55,10 +55,12 @@ _IDLE_DROPS = 2
 class QuotaExceeded(RateLimited):
     """Vault's 429 ``request path "<path>": rate limit quota exceeded``, with ``Retry-After``."""
 
-    def __init__(self, path: str, retry_after: float) -> None:
+    def __init__(self, path: str, retry_after: float, limit: str = "per_ip") -> None:
         super().__init__(f'request path "{path}": rate limit quota exceeded')
         #: Sent as response headers by server/errors.py.
         self.headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
+        #: Which limit refused it (the ``authmount_rate_limited`` label): ``per_ip`` or ``concurrency``.
+        self.limit = limit
 
 
 class TokenBuckets:
@@ -227,7 +229,7 @@ class LoginLimiter:
         if slots is None:
             return await backend.handle_request(req)
         if not slots.try_acquire() and not await slots.wait(self.queue_wait):
-            raise QuotaExceeded(path, 1)
+            raise QuotaExceeded(path, 1, "concurrency")
         try:
             return await backend.handle_request(req)
         finally:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server.appkeys import IDENTITY, TOKENS
 from server.http.errors import error_response
-from server.http.handlers import AppCore, auth_handler, no_route, sys_handler
+from server.http.handlers import AppCore, auth_handler, identity_handler, no_route, sys_handler
 from server.http.log import handled
+from server.identity.backend import IdentityBackend
 from server.sys.backend import SysBackend
 
 __all__ = ["setup_routes"]
@@ -21,7 +23,10 @@ def setup_routes(app: web.Application) -> None:
     never reaches aiohttp's own 404/405 handlers.
     """
     r = app.router
-    r.add_route("*", r"/v1/sys/{path:[\s\S]*}", handled(sys_handler(SysBackend(AppCore(app)))))
+    identity = IdentityBackend(lambda: app[IDENTITY], lambda accessor, name: app[TOKENS].entity_id(accessor, name))
+    sys_backend = SysBackend(AppCore(app), documented={"identity": identity})
+    r.add_route("*", r"/v1/sys/{path:[\s\S]*}", handled(sys_handler(sys_backend)))
+    r.add_route("*", r"/v1/identity/{path:[\s\S]*}", handled(identity_handler(identity)))
     r.add_route("*", "/v1/auth/{path:.+}", handled(auth_handler))
     r.add_route("*", "/v1/{tail:.*}", handled(_no_handler))
     r.add_route("*", r"/{tail:[\s\S]*}", handled(_not_found))  # "." would miss a %0a

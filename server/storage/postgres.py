@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from psycopg import pq
 from psycopg.rows import TupleRow
 
 from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
+from server import telemetry
 from server.storage.keyrange import collect_children, list_children, prefix_end
 
 __all__ = ["PostgresStorage", "CHANNEL"]
@@ -299,10 +301,13 @@ class PostgresStorage:
     async def _write_puts(self, batch: builtins.list[tuple[str, str, asyncio.Future[None]]]) -> None:
         latest = {key: text for key, text, _fut in batch}  # the same key twice: last wins
         try:
+            started = time.perf_counter()
             async with self._pool.connection() as conn:
                 await conn.execute(
                     _PUT_MANY, self._params(keys=list(latest), values=list(latest.values()))
                 )
+            telemetry.STORAGE_COMMIT.observe(time.perf_counter() - started)
+            telemetry.STORAGE_BATCH.observe(len(batch))
         except psycopg.Error as exc:
             if len(batch) == 1:
                 if not batch[0][2].done():

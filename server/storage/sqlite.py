@@ -9,11 +9,13 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, TypeVarTuple, cast
 
 from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
+from server import telemetry
 from server.storage.keyrange import collect_children, prefix_end
 from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Op, Result
 from server.storage.sqlite_checkpoint import Checkpointer
@@ -390,8 +392,11 @@ class SQLiteStorage:
                 running = False
             if batch:
                 self.checkpointer.begin()  # waits only while a RESTART holds the write lock
+                started = time.perf_counter()
                 try:
                     results = Batch(self, conn).run(batch)
+                    telemetry.STORAGE_COMMIT.observe(time.perf_counter() - started)
+                    telemetry.STORAGE_BATCH.observe(len(batch))
                 except Exception as exc:  # noqa: BLE001 - never leave a caller waiting
                     results = [(False, exc)] * len(batch)
                     try:

@@ -8,13 +8,17 @@ the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handl
 
 One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
 and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
-``fingerprint`` (fingerprints of secrets), ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
+``fingerprint`` (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited
+headers), ``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
 """
 
 from __future__ import annotations
 
-from plugin.framework import Backend
-from server.sys import auth, capabilities, fingerprint, keys, openapi, policies, status, wrapping
+import dataclasses
+from collections.abc import Mapping
+
+from plugin.framework import Backend, Route
+from server.sys import audit, auth, capabilities, fingerprint, keys, metrics, openapi, policies, status, wrapping
 from server.sys.core import SysCore
 
 __all__ = ["SysBackend"]
@@ -29,9 +33,11 @@ class SysBackend(Backend):
 
     type_name = "system"
 
-    def __init__(self, core: SysCore) -> None:
+    def __init__(self, core: SysCore, *, documented: Mapping[str, Backend] | None = None) -> None:
         super().__init__()
         self.core = core
+        #: Other top-level backends (``identity``) whose paths the OpenAPI document lists.
+        self.documented: dict[str, Backend] = dict(documented or {})
         self.paths = [
             *status.paths(self),
             *auth.paths(self),
@@ -39,6 +45,20 @@ class SysBackend(Backend):
             *capabilities.paths(self),
             *keys.paths(self),
             *fingerprint.paths(self),
+            *audit.paths(self),
+            *metrics.paths(self),
             *openapi.paths(self),
             *wrapping.paths(self),
         ]
+        self._open_metrics: Route | None = None
+
+    def resolve(self, path: str) -> Route:
+        """``Backend.resolve``; ``metrics`` resolves to an unauthenticated twin of its path when
+        the setting ``telemetry.unauthenticated_metrics_access`` is on (read per request)."""
+        route = super().resolve(path)
+        if route.path == "metrics" and self.core.settings.telemetry.unauthenticated_metrics_access:
+            if self._open_metrics is None or self._open_metrics.spec.operations is not route.spec.operations:
+                spec = dataclasses.replace(route.spec, unauthenticated=True)
+                self._open_metrics = Route(spec, route.path, route.captures)
+            return self._open_metrics
+        return route

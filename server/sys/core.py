@@ -10,6 +10,7 @@ import orjson
 
 from plugin.framework import PathSpec, Response, Route
 from server.acl.policies import PolicyStore
+from server.audit import AuditBroker
 from server.keyring import Keyring
 from server.mounts import MountTable
 from server.settings import Settings
@@ -57,6 +58,9 @@ class SysCore(Protocol):
 
     @property
     def storage(self) -> Engine: ...
+
+    @property
+    def audit(self) -> AuditBroker: ...
 
 
 def acl_path(route: Route) -> str:

@@ -23,6 +23,8 @@ _DOC_PATH = "internal/specs/openapi"
 def document(b: SysBackend) -> dict[str, Any]:
     """The OpenAPI document: the sys paths, then each mount's, by mount path."""
     paths: dict[str, Any] = b.openapi_paths("sys")
+    for prefix, backend in sorted(b.documented.items()):
+        paths.update(backend.openapi_paths(prefix))
     for path, mount in sorted(b.core.mounts.mounts.items()):
         try:
             paths.update(mount.backend.openapi_paths("auth/" + path))

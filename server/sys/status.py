@@ -1,16 +1,26 @@
 """``sys/health``, ``sys/seal-status``, ``sys/init``, ``sys/leader``: the unauthenticated status
 paths. authmount has no seal and no leader election, so it is always initialized, unsealed
-and active, and answers as a Vault without HA does."""
+and active, and answers as a Vault without HA does.
+
+``sys/health`` takes Vault's status-code parameters (``activecode``, ``standbyok``, ...) and
+adds readiness: a node whose storage failed (and a probe write still fails), or whose audit
+devices all fail (requests would fail closed), answers ``unreadycode`` (default 503) with
+``"ready": false`` and the problems, so a load balancer takes it out until it recovers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from plugin.errors import InvalidRequest
 from plugin.framework import Handler, Operation, Request, Response
-from plugin.schema import FieldSet
-from server.sys.core import SysPath, raw_json
+from plugin.schema import Field, FieldSet, FieldType
+from server import telemetry
+from server.storage import unavailable_reason
+from server.sys.core import SysCore, SysPath, raw_json
 
 if TYPE_CHECKING:
     from server.sys.backend import SysBackend
@@ -26,12 +36,74 @@ except metadata.PackageNotFoundError:  # a source tree on sys.path without an in
 _STORAGE_TYPE = {"memory": "inmem", "sqlite": "sqlite", "postgres": "postgresql"}
 
 
+#: Written by readiness after a storage failure, to see whether storage works again.
+PROBE_KEY = "core/readiness-probe"
+
+
+async def _probe_storage(core: SysCore) -> str:
+    """'' when storage works: nothing failed since the last probe, or a probe write now succeeds."""
+    reason = telemetry.storage_failure()
+    if not reason:
+        return ""
+    try:
+        async with asyncio.timeout(2.0):
+            await core.storage.put(PROBE_KEY, {"at": time.time()})
+    except Exception as exc:  # the probe's failure is the answer
+        return f"storage: {unavailable_reason(exc) or reason}"
+    telemetry.storage_recovered()
+    return ""
+
+
+def _status_code(name: str) -> Any:
+    def parse(raw: Any) -> int:
+        try:
+            code = int(raw)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"invalid value for {name}: {str(raw)[:16]!r}") from None
+        if not 100 <= code <= 599:
+            raise InvalidRequest(f"invalid value for {name}: {code} is not an HTTP status code")
+        return code
+
+    return parse
+
+
+def _code(name: str, default: int, meaning: str) -> Field:
+    return Field(FieldType.INT, f"Status code when {meaning} (default {default}).", default=default,
+                 parse=_status_code(name))
+
+
+#: ``sys/health``'s query parameters: Vault's, plus ``unreadycode``. The states authmount is
+#: never in (standby, sealed, uninitialized, ...) are accepted and checked, without effect.
+HEALTH_FIELDS = FieldSet({
+    "standbyok": Field(FieldType.BOOL, "Vault: a standby answers activecode (authmount has no standby).",
+                       default=False),
+    "perfstandbyok": Field(FieldType.BOOL, "Vault: a performance standby answers activecode.", default=False),
+    "activecode": _code("activecode", 200, "the node is active, unsealed and ready"),
+    "standbycode": _code("standbycode", 429, "the node is a standby (never)"),
+    "drsecondarycode": _code("drsecondarycode", 472, "the node is a DR secondary (never)"),
+    "performancestandbycode": _code("performancestandbycode", 473, "the node is a performance standby (never)"),
+    "haunhealthycode": _code("haunhealthycode", 474, "the node is unhealthy in an HA cluster (never)"),
+    "sealedcode": _code("sealedcode", 503, "the node is sealed (never)"),
+    "uninitcode": _code("uninitcode", 501, "the node is not initialized (never)"),
+    "removedcode": _code("removedcode", 530, "the node was removed from its cluster (never)"),
+    "unreadycode": _code("unreadycode", 503, "the node is not ready: storage failed and a probe write still "
+                         "fails, or every audit device fails (authmount)"),
+})
+
+
 def paths(b: SysBackend) -> list[SysPath]:
     """The status paths: bare JSON bodies (no envelope), no token needed, reads only."""
     core = b.core
 
     async def health(req: Request, values: dict[str, Any]) -> Response:
-        return raw_json({
+        problems = []
+        storage_problem = await _probe_storage(core)
+        if storage_problem:
+            problems.append(storage_problem)
+        audit_problem = await core.audit.problem()
+        if audit_problem:
+            problems.append(audit_problem)
+        resp = raw_json({
             "initialized": True,
             "sealed": False,
             "standby": False,
@@ -42,7 +114,11 @@ def paths(b: SysBackend) -> list[SysPath]:
             "version": VERSION,
             "cluster_name": core.settings.cluster_name,
             "cluster_id": core.cluster_id,
+            "ready": not problems,
+            **({"problems": problems} if problems else {}),
         })
+        resp.status = values.get("unreadycode", 503) if problems else values.get("activecode", 200)
+        return resp
 
     async def seal_status(req: Request, values: dict[str, Any]) -> Response:
         settings = core.settings
@@ -80,8 +156,8 @@ def paths(b: SysBackend) -> list[SysPath]:
         return {Operation.READ: handler, Operation.LIST: handler}  # LIST answers as GET
 
     return [
-        SysPath("health", FieldSet({}), read(health), "Health status: always initialized, unsealed and active.",
-                unauthenticated=True),
+        SysPath("health", HEALTH_FIELDS, read(health), "Health status: always initialized, unsealed and active; "
+                "readiness of storage and audit.", unauthenticated=True),
         SysPath("seal-status", FieldSet({}), read(seal_status),
                 "Seal status (vault status): never sealed, authmount has no seal.", unauthenticated=True),
         SysPath("init", FieldSet({}), read(init_status),

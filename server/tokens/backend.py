@@ -182,7 +182,7 @@ class TokenBackend(Backend):
             return True
         if self.policies is None:
             return False
-        acl = await self.policies.acl_for(caller.policies)
+        acl = await self.policies.acl_for(await self.store.policies_of(caller))
         return bool(acl.allows(self._mount_path(req) + req.path, "sudo"))
 
     async def _renew_target(self, entry: TokenEntry, req: Request) -> tuple[MountInfo, RenewHook | None]:
@@ -298,24 +298,29 @@ class TokenBackend(Backend):
         return ttl, warnings
 
     # -- lookup --------------------------------------------------------------------------
+    async def _data(self, entry: TokenEntry, raw: str) -> Response:
+        """A lookup's answer, with the identity policies the token has at this moment."""
+        identity = await self.store.identity_policies(entry)
+        return Response(data=self.store.lookup_data(entry, raw, identity_policies=identity))
+
     async def _lookup_self(self, req: Request, values: dict[str, Any]) -> Response:
         caller, raw = self._caller(req)
-        return Response(data=self.store.lookup_data(caller, raw))
+        return await self._data(caller, raw)
 
     async def _lookup(self, req: Request, values: dict[str, Any]) -> Response:
         caller, raw_caller = self._caller(req)
         raw = values.get("token") or ""
         if not raw or raw == raw_caller:
-            return Response(data=self.store.lookup_data(caller, raw_caller))
+            return await self._data(caller, raw_caller)
         entry = await self.store.lookup(raw)
         if entry is None:
             raise PermissionDenied("bad token")
-        return Response(data=self.store.lookup_data(entry, raw))
+        return await self._data(entry, raw)
 
     async def _lookup_accessor(self, req: Request, values: dict[str, Any]) -> Response:
         self._caller(req)
         entry = await entry_by_accessor(self.store, values.get("accessor"))
-        return Response(data=self.store.lookup_data(entry, ""))
+        return await self._data(entry, "")
 
     # -- renew ---------------------------------------------------------------------------
     async def _renew_self(self, req: Request, values: dict[str, Any]) -> Response:

@@ -8,6 +8,7 @@ import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from time import perf_counter  # timers (tests replace the module's time)
 from typing import Any
 
 import orjson
@@ -19,7 +20,9 @@ from plugin.framework import Auth
 from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.sealing import Sealer
 from plugin.storage import Storage
+from server import telemetry
 from server.acl.policies import RESPONSE_WRAPPING
+from server.identity.store import IdentityStore
 from server.keyring import PROCESS_SEALER
 from server.storage import Engine
 from server.tokens.batch import decode_batch, encode_batch
@@ -43,7 +46,8 @@ from server.tokens.keys import BATCH_KEY, SALT_KEY, BatchKeys, load_batch_keys, 
 from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl, rfc3339
 
 __all__ = [
-    "TokenStore", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX", "EPOCH_PREFIX", "WRAP_PREFIX",
+    "TokenStore", "TokenUsage", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX",
+    "EPOCH_PREFIX", "WRAP_PREFIX",
 ]
 
 log = structlog.get_logger(__name__)
@@ -103,6 +107,29 @@ async def _id_keys(storage: Storage) -> AsyncIterator[str]:
         after = page[-1]
 
 
+class TokenUsage:
+    """Counts of live tokens (``TokenStore.usage``)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.leases = 0
+        self.by_accessor: dict[str, int] = {}
+        self.by_policy: dict[str, int] = {}
+        self.by_ttl: dict[str, int] = {}
+
+    def add(self, data: dict[str, Any]) -> None:
+        self.total += 1
+        ttl = int(data.get("ttl") or 0)
+        if ttl:
+            self.leases += 1
+        acc = str(data.get("mount_accessor") or "")
+        self.by_accessor[acc] = self.by_accessor.get(acc, 0) + 1
+        for policy in data.get("policies") or ():
+            self.by_policy[policy] = self.by_policy.get(policy, 0) + 1
+        bucket = telemetry.ttl_bucket(ttl)
+        self.by_ttl[bucket] = self.by_ttl.get(bucket, 0) + 1
+
+
 class TokenStore:
     """Issue, look up, use, renew and revoke tokens.
 
@@ -136,8 +163,15 @@ class TokenStore:
         sweep_interval: float = 60.0,
         sealer: Sealer | None = None,
         mount_exists: Callable[[str], bool] | None = None,
+        on_mint: Callable[[TokenEntry], None] | None = None,
+        identity: IdentityStore | None = None,
     ) -> None:
         self.storage = storage
+        #: Called with every token minted (the ``vault_token_creation`` metric).
+        self.on_mint = on_mint
+        #: Entities and groups: a login creates or refreshes its entity, and a token's
+        #: identity policies (its entity's groups' policies) are judged at each use.
+        self.identity = identity
         #: Seals the salt and batch keys at rest (the server's keyring; tests: one
         #: process-wide ephemeral sealer, so stores sharing a storage agree).
         self.sealer: Sealer = sealer or PROCESS_SEALER
@@ -213,9 +247,15 @@ class TokenStore:
 
     def entity_id(self, mount_accessor: str, alias_name: str) -> str:
         """A stable UUID per (mount accessor, alias name), derived without storage."""
+        return self._derived_id(f"{mount_accessor}:{alias_name}")
+
+    def entity_alias_id(self, mount_accessor: str, alias_name: str) -> str:
+        """The id of the entity alias of (mount accessor, alias name), derived like its entity's."""
+        return self._derived_id(f"alias:{mount_accessor}:{alias_name}")
+
+    def _derived_id(self, name: str) -> str:
         self._ready()
         assert self._entity_ns is not None
-        name = f"{mount_accessor}:{alias_name}"
         cached = self._entity_ids.get(name)
         if cached is not None:
             return cached
@@ -258,6 +298,13 @@ class TokenStore:
         token_type = resolve_token_type(auth.token_type, mount.token_type)
         if auth.num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
+        entity_id = self.entity_id(mount.accessor, auth.alias.name) if auth.alias else ""
+        identity_policies: list[str] = []
+        if self.identity is not None and auth.alias is not None:
+            identity_policies = await self.identity.login(
+                entity_id, self.entity_alias_id(mount.accessor, auth.alias.name), mount.accessor, auth.alias,
+                auth.group_aliases,
+            )
         now = self.clock()
         ttl, warnings = calculate_ttl(
             now=now,
@@ -285,11 +332,11 @@ class TokenStore:
             bound_cidrs=parse_cidrs(auth.bound_cidrs),
             type=token_type,
             renewable=auth.renewable and token_type == "service",
-            entity_id=self.entity_id(mount.accessor, auth.alias.name) if auth.alias else "",
+            entity_id=entity_id,
             internal_data=dict(auth.internal_data),
         )
         raw = await self.mint(entry, parent=parent)
-        return self.auth_block(entry, raw), warnings
+        return self.auth_block(entry, raw, identity_policies=identity_policies), warnings
 
     async def mint(self, entry: TokenEntry, *, parent: TokenEntry | None = None) -> str:
         """Give ``entry`` an id and accessor, persist it (service) and return the raw token.
@@ -305,6 +352,8 @@ class TokenStore:
             entry.parent, entry.orphan = None, True
         if entry.ttl == 0:
             entry.renewable = False
+        if self.on_mint is not None:
+            self.on_mint(entry)
         if entry.type == "batch":
             return self._mint_batch(entry)
         selector, raw, entry.accessor = mint_ids(self.clock(), entry.expire_time)
@@ -357,12 +406,15 @@ class TokenStore:
         await self.storage.put(ID_PREFIX + entry.id_hash, entry.to_dict())
         return token_id
 
-    def auth_block(self, entry: TokenEntry, raw: str, *, lease_duration: int | None = None) -> dict[str, Any]:
-        """The Vault envelope's ``auth`` object for ``entry``."""
+    def auth_block(
+        self, entry: TokenEntry, raw: str, *, lease_duration: int | None = None, identity_policies: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The Vault envelope's ``auth`` object for ``entry``: ``policies`` are the token's
+        and its identity policies (``identity_policies``, left out when there are none)."""
         block: dict[str, Any] = {
             "client_token": raw,
             "accessor": entry.accessor,
-            "policies": list(entry.policies),
+            "policies": sanitize_policies([*entry.policies, *identity_policies]) if identity_policies else list(entry.policies),
             "token_policies": list(entry.policies),
             "metadata": dict(entry.meta) or None,
             "lease_duration": entry.ttl if lease_duration is None else lease_duration,
@@ -373,7 +425,25 @@ class TokenStore:
             "mfa_requirement": None,
             "num_uses": entry.num_uses,
         }
+        if identity_policies:
+            block["identity_policies"] = list(identity_policies)
         return block
+
+    # -- identity policies ---------------------------------------------------------------
+    async def identity_policies(self, entry: TokenEntry) -> list[str]:
+        """The policies ``entry`` gets from its entity's groups now (empty without an entity,
+        and without any lookup when no group grants a policy)."""
+        if self.identity is None or not entry.entity_id:
+            return []
+        return await self.identity.policies_for(entry.entity_id)
+
+    async def policies_of(self, entry: TokenEntry) -> list[str]:
+        """Every policy the ACL judges ``entry`` by: its own and its identity policies, as
+        they are at this use (a group's policy change applies at the next use, as in Vault)."""
+        extra = await self.identity_policies(entry)
+        if not extra:
+            return entry.policies
+        return sanitize_policies([*entry.policies, *extra])
 
     # -- batch tokens --------------------------------------------------------------------
     def _mint_batch(self, entry: TokenEntry) -> str:
@@ -425,6 +495,13 @@ class TokenStore:
     # -- lookup and use ------------------------------------------------------------------
     async def lookup(self, raw_token: str) -> TokenEntry | None:
         """The live entry of a token, or None (unknown, expired, revoked). Uses nothing."""
+        start = perf_counter()
+        try:
+            return await self._lookup(raw_token)
+        finally:
+            telemetry.TOKEN_LOOKUP.observe(telemetry.ms_since(start))
+
+    async def _lookup(self, raw_token: str) -> TokenEntry | None:
         self._ready()
         if not isinstance(raw_token, str) or not raw_token or len(raw_token) > _MAX_TOKEN_LEN:
             return None
@@ -639,7 +716,9 @@ class TokenStore:
         await self.storage.update(ID_PREFIX + entry.id_hash, extend)
         if not kept:
             raise PermissionDenied()
-        return self.auth_block(TokenEntry.from_dict(kept[0]), raw_token, lease_duration=ttl), warnings
+        renewed = TokenEntry.from_dict(kept[0])
+        block = self.auth_block(renewed, raw_token, lease_duration=ttl, identity_policies=await self.identity_policies(renewed))
+        return block, warnings
 
     # -- revocation ----------------------------------------------------------------------
     async def revoke(self, entry: TokenEntry) -> int:
@@ -707,12 +786,37 @@ class TokenStore:
                     out.append(entry.accessor)
         return sorted(out)
 
+    async def usage(self) -> TokenUsage:
+        """Live service tokens counted by mount accessor, policy and creation TTL (a full
+        scan, paged, letting requests run: the usage gauges)."""
+        usage = TokenUsage()
+        n = 0
+        now = self.clock()
+        async for key in _id_keys(self.storage):
+            await _pause(n)
+            n += 1
+            data = await self.storage.get(ID_PREFIX + key)
+            if data is None or data.get("num_uses", 0) < 0:
+                continue
+            expire = data.get("expire_time") or 0
+            if expire and now >= expire:
+                continue
+            usage.add(data)
+        return usage
+
     async def _children(self, id_hash: str) -> list[str]:
         return [c for c in await self.storage.list(f"{PARENT_PREFIX}{id_hash}/") if not c.endswith("/")]
 
     async def _revoke_tree(self, id_hash: str) -> int:
         # The parent goes first so it stops working at once; children of a missing
         # parent are refused on use anyway (see _check_live).
+        start = perf_counter()
+        try:
+            return await self._revoke_all(id_hash)
+        finally:
+            telemetry.TOKEN_REVOKE.observe(telemetry.ms_since(start))
+
+    async def _revoke_all(self, id_hash: str) -> int:
         count, stack, seen = 0, [id_hash], set()
         while stack:
             h = stack.pop()
@@ -799,8 +903,12 @@ class TokenStore:
                 log.exception("token_sweep_failed")
 
     # -- presentation --------------------------------------------------------------------
-    def lookup_data(self, entry: TokenEntry, raw_token: str = "") -> dict[str, Any]:
-        """``data`` of lookup / lookup-self / lookup-accessor (docs/reference/vault-api.md 10.5)."""
+    def lookup_data(
+        self, entry: TokenEntry, raw_token: str = "", *, identity_policies: list[str] | None = None
+    ) -> dict[str, Any]:
+        """``data`` of lookup / lookup-self / lookup-accessor (docs/reference/vault-api.md 10.5):
+        ``policies`` are the token's own; ``identity_policies`` (those of its entity's groups
+        now, from ``identity_policies()``) are listed apart, as in Vault, when there are any."""
         now = self.clock()
         remaining = max(0, int(entry.expire_time - now)) if entry.expire_time else 0
         out: dict[str, Any] = {
@@ -822,6 +930,9 @@ class TokenStore:
             "ttl": remaining,
             "type": entry.type,
         }
+        if identity_policies:
+            out["identity_policies"] = list(identity_policies)
+            out["external_namespace_policies"] = {}  # Vault's companion key (no namespaces here)
         if entry.period:
             out["period"] = entry.period
         if entry.bound_cidrs:

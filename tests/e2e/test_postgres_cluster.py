@@ -146,6 +146,30 @@ def test_policy_change_on_a_enforced_on_b(cluster: tuple[Node, Node]) -> None:
     assert b.ok("GET", "auth/token/lookup-self", token=token)["data"]["policies"] == ["default", "svc"]
 
 
+def test_identity_groups_across_nodes(cluster: tuple[Node, Node]) -> None:
+    """Groups written on A grant on B; a change on A applies to B's live token at its next
+    use; a later login on A that drops the group is seen by the token on B."""
+    a, b = cluster
+    a.ok("POST", "sys/policy/grp-read", json={"policy": f'path "auth/{MOUNT}/role/*" {{ capabilities = ["read"] }}'})
+    a.ok("POST", f"auth/{MOUNT}/role/grp", json={"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+                                                 "groups_claim": "groups", "token_policies": ["svc"]})
+    accessor = a.ok("GET", "sys/auth")["data"][f"{MOUNT}/"]["accessor"]
+    gid = a.ok("POST", "identity/group", json={"name": "readers", "type": "external",
+                                              "policies": ["grp-read"]})["data"]["id"]
+    a.ok("POST", "identity/group-alias", json={"name": "idp-readers", "mount_accessor": accessor, "canonical_id": gid})
+    eventually(lambda: b.login("grp", sub="gina", groups=["idp-readers"]).json().get("auth", {}).get(
+        "identity_policies") == ["grp-read"])
+    token = b.login("grp", sub="gina", groups=["idp-readers"]).json()["auth"]["client_token"]
+    assert b.call("GET", f"auth/{MOUNT}/role/svc", token=token).status_code == 200
+    a.ok("POST", f"identity/group/id/{gid}", json={"policies": ["nothing"]})
+    eventually(lambda: b.call("GET", f"auth/{MOUNT}/role/svc", token=token).status_code == 403)
+    a.ok("POST", f"identity/group/id/{gid}", json={"policies": ["grp-read"]})
+    eventually(lambda: b.call("GET", f"auth/{MOUNT}/role/svc", token=token).status_code == 200)
+    assert a.login("grp", sub="gina", groups=["other"]).status_code == 200  # the entity leaves the group
+    eventually(lambda: b.call("GET", f"auth/{MOUNT}/role/svc", token=token).status_code == 403)
+    a.ok("DELETE", f"identity/group/id/{gid}")
+
+
 def test_token_from_a_lookup_renew_revoke_on_b(cluster: tuple[Node, Node]) -> None:
     a, b = cluster
     auth = a.login().json()["auth"]

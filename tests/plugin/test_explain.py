@@ -59,7 +59,7 @@ async def test_success(h: Harness) -> None:
     # One outcome per validator, in the validators' order: the list is the single source.
     assert [c["check"] for c in data["checks"]] == [c.name for c in CHECKS]
     skipped = {c["check"] for c in data["checks"] if c.get("skipped")}
-    assert skipped == {"bound_cidrs", "subject", "max_token_age"}  # the role binds neither
+    assert skipped == {"bound_cidrs", "subject", "max_token_age", "token_policies"}  # the role binds neither
     assert data["claims"]["sub"] == "ci-bot"
     assert data["identity"] == {"alias_name": "ci-bot", "metadata": {"repo": "org/app", "role": "ci"}, "groups": ["ci"]}
 

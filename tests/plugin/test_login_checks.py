@@ -134,6 +134,10 @@ CASES: dict[str, Case] = {
         "bound_claims", 'error validating claims: claim "org" is "acme"',
         role={"bound_claims": {"ref": "main", "org": "secret-org-x"}}, secrets=("secret-org-x",),
     ),
+    "token_policies": Case(
+        "token_policies", 'error templating token_policies: claim "project" not found in token',
+        role={"token_policies": ["p-{{ .project }}"], "token_policies_template_claims": True},
+    ),
 }
 
 

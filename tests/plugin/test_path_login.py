@@ -505,10 +505,12 @@ def test_unauthenticated_paths_exact() -> None:
 
     b = JWTAuthBackend()
     assert b.is_unauthenticated("login")
-    for path in ("config", "role", "role/x", "role/x/explain", "login/x"):
+    assert b.is_unauthenticated("cel/login")
+    for path in ("config", "role", "role/x", "role/x/explain", "login/x", "cel/role/", "cel/role/x",
+                 "cel/role/x/explain", "cel/login/x"):
         assert not b.is_unauthenticated(path)
     names = {s.pattern for s in b.paths if s.unauthenticated}
-    assert names <= {"login", "oidc/auth_url", "oidc/callback"}
+    assert names <= {"login", "oidc/auth_url", "oidc/callback", "cel/login"}
 
 
 def test_registered() -> None:

@@ -166,7 +166,7 @@ async def test_read_exact(h: Harness) -> None:
         "role_type": "jwt", "bound_claims_type": "string", "bound_claims": None, "claim_mappings": None,
         "list_claim_mappings": None, "bound_subject": "testsub", "bound_audiences": ["vault"],
         "allowed_redirect_uris": ["http://127.0.0.1"], "oidc_scopes": ["email", "profile"], "user_claim": "user",
-        "user_claim_json_pointer": False, "groups_claim": "groups",
+        "user_claim_json_pointer": False, "groups_claim": "groups", "token_policies_template_claims": False,
         "token_policies": ["test"], "policies": ["test"], "token_period": 3, "period": 3, "token_ttl": 1, "ttl": 1,
         "token_num_uses": 12, "num_uses": 12, "token_max_ttl": 5, "max_ttl": 5,
         "expiration_leeway": 500, "not_before_leeway": 500, "clock_skew_leeway": 100, "verbose_oidc_logging": False,

@@ -149,7 +149,8 @@ async def test_reload_applies_log_level_rate_limits_and_seeds_and_names_what_nee
         assert buckets is not None and buckets.burst == 7
         assert '"update"' in (await app[POLICIES].get("deploy") or "")
         assert await reload_settings(app, new, new) == ["seed: no changes", "audit: reopened"]
-        assert len(app[RELOAD_HOOKS]) == 4
+        # the built-in hooks (log level, rate limits, seed, audit devices) and the test's
+        assert len(app[RELOAD_HOOKS]) == 5
 
 
 async def test_a_failing_reload_hook_is_reported_and_the_others_run() -> None:

@@ -86,9 +86,13 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     sudo = {p for p, s in specs.items() if s.sudo}
     assert unauthenticated == {"health", "seal-status", "init", "leader", "wrapping/lookup"}
     # sys/mounts/auth/<path>/tune changes what sys/auth/<path>/tune does: sudo on both
-    assert {p.split("/")[0] for p in sudo} == {"auth", "mounts", "policies", "policy", "rotate", "key-status"}
+    assert {p.split("/")[0] for p in sudo} == {
+        "auth", "mounts", "policies", "policy", "rotate", "key-status", "audit", "config",
+    }
     assert not specs["mounts"].sudo  # the read-only listing
-    assert not any(p.startswith(("auth", "polic")) for p in set(specs) - sudo)
+    assert not any(p.startswith(("auth", "polic", "audit/", "config/")) for p in set(specs) - sudo)
+    # Vault: audit-hash needs update on its path, not sudo; metrics needs read.
+    assert not specs[r"audit-hash/(?P<path>[\s\S]+)"].sudo and not specs["metrics"].sudo
 
 
 def test_tune_path_takes_the_tune_declaration() -> None:
@@ -109,7 +113,9 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
     documented = {path: ops for path, ops in body["paths"].items() if path.startswith("/sys/")}
     assert set(documented) == {_route(spec.pattern) for spec in _backend().paths}
     # Every documented operation reaches its handler: no 404 (no handler) and no 405.
-    fill = {"{path}": "jwt", "{name}": "default"}
+    fill = {"{path}": "jwt", "{name}": "default", "{header}": "x-team"}
+    resp = await client.post("/v1/sys/config/auditing/request-headers/x-team", json={"hmac": True}, headers=H)
+    assert resp.status == 204, await resp.text()  # a header to read
     for path, ops in documented.items():
         url = "/v1" + re.sub(r"\{\w+\}", lambda m: fill[m.group(0)], path)
         for verb, op in ops.items():

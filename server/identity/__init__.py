@@ -1,0 +1,1 @@
+"""The ``identity/`` paths and the identity store (entities, groups, group aliases)."""

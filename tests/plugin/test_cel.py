@@ -1,0 +1,307 @@
+"""CEL roles (OpenBao's ``cel/role`` and ``cel/login``): programs compiled once at role write,
+evaluated within a step budget, a CPU limit and a value-size limit; hostile programs and
+hostile tokens are 400s naming why (docs/vault-differences.md row 32)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import pytest
+
+from plugin.cel import COST_LIMIT, MAX_EXPRESSION, MAX_VARIABLES, CelProgram, compile_program, to_python
+from plugin.errors import InvalidRequest, PluginError
+from plugin.framework import Auth, Operation, Request
+from plugin.path_cel import cel_auth
+from tests.plugin.fakes import Harness
+from tests.plugin.keyfactory import ec_key, make_token
+
+KEY = ec_key()
+CLAIMS: dict[str, Any] = {
+    "sub": "ci", "ref": "v1.2.0", "groups": ["a", "b", "c"], "team": "payments", "n": list(range(300)),
+    "s": "x" * 20000, "nested": {"k": "v"},
+}
+
+
+def raises(match: str) -> AbstractContextManager[Any]:
+    return pytest.raises(InvalidRequest, match=match)
+
+
+def evaluate(expression: str, variables: list[dict[str, str]] | None = None, **claims: Any) -> Any:
+    program = compile_program(CelProgram.from_raw({"expression": expression, "variables": variables or []}))
+    return to_python(program.evaluate({**CLAIMS, **claims}, time.time(), "update"))
+
+
+@pytest.mark.parametrize(
+    ("expression", "claims", "expected"),
+    [
+        ("claims.ref.matches('^v[0-9]+[.][0-9]+[.][0-9]+$')", {}, nullcontext(True)),
+        ("claims.ref.matches('^v[0-9]+[.][0-9]+[.][0-9]+$')", {"ref": "v1.2.0-rc.2"}, nullcontext(False)),
+        ("!claims.ref.startsWith('dependabot/')", {"ref": "dependabot/npm/x"}, nullcontext(False)),
+        ("'a' in claims.groups && 'b' in claims.groups", {}, nullcontext(True)),
+        ("['a', 'z'].all(g, g in claims.groups)", {}, nullcontext(False)),
+        ("claims.groups.exists(g, g.startsWith('c'))", {}, nullcontext(True)),
+        ("has(claims.nested.k) && !has(claims.nested.q)", {}, nullcontext(True)),
+        ("claims.team.upperAscii() + '-' + claims.ref.split('.').join('_')", {}, nullcontext("PAYMENTS-v1_2_0")),
+        ("now > timestamp('2020-01-01T00:00:00Z') && operation == 'update'", {}, nullcontext(True)),
+        ("claims.ref.matches('(a+)+$')", {"ref": "a" * 5000 + "!"}, nullcontext(False)),  # RE2: linear
+        ("claims.missing == 1", {}, raises("CEL program failed: expression: no such member")),
+        ("1 / 0 == 1", {}, raises("CEL program failed: expression: .*divide by zero")),
+        ("claims.n.all(a, claims.n.all(b, claims.n.all(c, a + b + c >= 0)))", {},
+         raises("CEL program failed: the program exceeded its (cost|time) limit")),
+        ("claims.n.map(a, claims.n.map(b, a * b)).size() > 0", {},
+         raises("CEL program failed: the program exceeded its (cost|time) limit")),
+        ("size(claims.s + claims.s + claims.s + claims.s) > 0", {},
+         raises("CEL program failed: the program built a value larger than 65536 elements")),
+    ],
+    ids=[
+        "release-tag", "rc-tag-refused", "not-dependabot", "list-has-both", "all-of", "exists", "has",
+        "string-extensions", "now-and-operation", "regex-no-backtracking", "missing-claim", "divide-by-zero",
+        "cubic-loop", "quadratic-map", "string-blowup",
+    ],
+)
+def test_evaluate(expression: str, claims: dict[str, Any], expected: AbstractContextManager[Any]) -> None:
+    started = time.thread_time()
+    with expected as e:
+        assert evaluate(expression, **claims) == e
+    assert time.thread_time() - started < 1.0  # every refusal comes fast, whatever the program
+
+
+def test_variables_are_evaluated_in_order_and_doubling_is_stopped() -> None:
+    assert evaluate("b", [{"name": "a", "expression": "claims.team"}, {"name": "b", "expression": "a + a"}]) == (
+        "paymentspayments"
+    )
+    doubling = [{"name": "v0", "expression": "claims.team"}]
+    doubling += [{"name": f"v{i}", "expression": f"v{i - 1} + v{i - 1}"} for i in range(1, MAX_VARIABLES)]
+    with raises("the program built a value larger than"):
+        evaluate(f"size(v{MAX_VARIABLES - 1}) > 0", doubling)
+
+
+@pytest.mark.parametrize(
+    ("program", "message"),
+    [
+        ({"expression": "claims.x +"}, "cel_program: expression: invalid CEL syntax"),
+        ({"expression": "nope == 1"}, "undeclared reference to 'nope'"),
+        ({"expression": ".claims"}, "undeclared reference to '.claims'"),
+        ({"expression": "claims.groups.exists(g, g == h)"}, "undeclared reference to 'h'"),
+        ({"expression": "claims.x.lowerascii()"}, "undeclared reference to function 'lowerascii'"),
+        ({"expression": "system('ls')"}, "undeclared reference to function 'system'"),
+        ({"expression": "claims.groups.exists(1, true)"}, r"exists\(\) takes a variable name and an expression"),
+        ({"expression": "pb.Auth{entity_id: 'x'}"}, "pb.Auth.entity_id is set by the server"),
+        ({"expression": "pb.Auth{identity_policies: ['admin']}"}, "pb.Auth.identity_policies is set by the server"),
+        ({"expression": "pb.Auth{client_token: 'x'}"}, "pb.Auth.client_token is set by the server"),
+        ({"expression": "pb.Auth{nope: 1}"}, "pb.Auth has no field 'nope'"),
+        ({"expression": "pb.Auth{policies: [], policies: []}"}, "a field of pb.Auth is set twice"),
+        ({"expression": "pb.Secret{}"}, "unknown message type 'pb.Secret'"),
+        ({"expression": "google.protobuf.Struct{}"}, "unknown message type 'google.protobuf.Struct'"),
+        ({"expression": "[" + ",".join(["1"] * 1500) + "]"}, "too large"),
+        ({"expression": "1" + " + 1" * 1000}, "nested too deep"),
+        ({"expression": "(" * 40 + "1" + ")" * 40}, "nested too deep"),
+        ({"expression": "1" * (MAX_EXPRESSION + 1)}, f"longer than {MAX_EXPRESSION} characters"),
+        ({"expression": "a", "variables": [{"name": "a", "expression": "b"}, {"name": "b", "expression": "1"}]},
+         "variable 'a': undeclared reference to 'b'"),
+        ({"expression": "1", "variables": [{"name": "claims", "expression": "1"}]}, "reserved variable name"),
+        ({"expression": "1", "variables": [{"name": "a b", "expression": "1"}]}, "invalid or reserved"),
+        ({"expression": "1", "variables": [{"name": "a", "expression": "1"}] * 2}, "defined twice"),
+        ({"expression": "1", "variables": [{"name": f"v{i}", "expression": "1"} for i in range(MAX_VARIABLES + 1)]},
+         f"at most {MAX_VARIABLES} variables"),
+        ({"expression": ""}, "cel_program.expression cannot be empty"),
+        ({"expression": "1", "extra": 1}, "unknown keys"),
+    ],
+    ids=[
+        "syntax", "undeclared", "leading-dot", "macro-scope", "unknown-method", "unknown-function", "macro-var",
+        "entity-id", "identity-policies", "client-token", "unknown-field", "field-twice", "unknown-type",
+        "struct-type", "huge-tree", "long-chain", "deep-nesting", "long", "forward-variable", "reserved-name", "bad-name",
+        "duplicate-variable", "too-many-variables", "empty", "unknown-key",
+    ],
+)
+def test_compile_refusals(program: dict[str, Any], message: str) -> None:
+    started = time.thread_time()
+    with raises(message):
+        compile_program(CelProgram.from_raw(program))
+    assert time.thread_time() - started < 1.0
+
+
+def _auth(expression: str, **claims: Any) -> Auth:
+    from plugin.path_cel import CelRole
+
+    program = CelProgram.from_raw({"expression": expression})
+    value = compile_program(program).evaluate({**CLAIMS, **claims}, time.time(), "update")
+    return cel_auth(CelRole(name="r", cel_program=program, message="not allowed here"), value)
+
+
+@pytest.mark.parametrize(
+    ("expression", "claims", "expected"),
+    [
+        ("false", {}, raises("CEL role 'r' blocked authorization: not allowed here")),
+        ("'go away'", {}, raises("CEL role 'r' blocked authorization with message: go away")),
+        ("true", {}, raises(r"CEL role 'r' returned true: return pb.Auth\{...\} to log in")),
+        ("42", {}, raises("CEL role 'r' returned unexpected type")),
+        ("pb.Auth{policies: ['team-' + claims.team]}", {"team": "*"}, raises("which is not a policy name")),
+        ("pb.Auth{policies: ['team-' + claims.team]}", {"team": "a/b"}, raises("which is not a policy name")),
+        ("pb.Auth{policies: [claims.team]}", {"team": "Root"}, raises("auth methods cannot create root tokens")),
+        ("pb.Auth{token_policies: [claims.team]}", {"team": "root"}, raises("auth methods cannot create root tokens")),
+        ("pb.Auth{policies: [1]}", {}, raises("pb.Auth.policies must be a list of strings")),
+        ("pb.Auth{period: 3600}", {}, raises("pb.Auth.period is in nanoseconds")),
+        ("pb.Auth{token_type: 9}", {}, raises("unknown token type")),
+        ("pb.Auth{num_uses: -1}", {}, raises("num_uses must be a non-negative integer")),
+        ("pb.Auth{alias: logical.Alias{name: ''}}", {}, raises("logical.Alias needs a non-empty name")),
+        ("pb.Auth{metadata: {'a': 1}}", {}, raises("pb.Auth.metadata must be a map of strings to strings")),
+        ("pb.Auth{bound_cidrs: ['not a cidr']}", {}, raises("error parsing address")),
+    ],
+    ids=[
+        "false-with-message", "string", "true", "number", "star-policy", "slash-policy", "root", "root-token-policies",
+        "non-string-policy", "period-in-seconds", "token-type", "num-uses", "empty-alias", "metadata-values",
+        "bad-cidr",
+    ],
+)
+def test_program_answers_refused(expression: str, claims: dict[str, Any], expected: AbstractContextManager[Any]) -> None:
+    with expected:
+        _auth(expression, **claims)
+
+
+def test_program_answer_becomes_the_auth() -> None:
+    auth = _auth(
+        "pb.Auth{policies: ['team-' + claims.team], token_policies: ['base'], display_name: 'ci-bot', "
+        "metadata: {'ref': claims.ref}, alias: logical.Alias{name: claims.sub, metadata: {'k': 'v'}}, "
+        "group_aliases: claims.groups.map(g, logical.Alias{name: g}), period: duration('1h'), "
+        "explicit_max_ttl: 7200000000000, lease_options: pb.LeaseOptions{TTL: duration('10m')}, num_uses: 3, "
+        "bound_cidrs: ['10.0.0.0/8'], token_type: 1, no_default_policy: true}"
+    )
+    assert auth.policies == ["base", "team-payments"]
+    assert (auth.display_name, auth.metadata) == ("ci-bot", {"ref": "v1.2.0", "role": "r"})
+    assert auth.alias is not None and (auth.alias.name, auth.alias.metadata) == ("ci", {"k": "v"})
+    assert auth.group_aliases == ["a", "b", "c"]
+    assert (auth.period, auth.explicit_max_ttl, auth.ttl, auth.num_uses) == (3600, 7200, 600, 3)
+    assert (auth.bound_cidrs, auth.token_type, auth.no_default_policy) == (["10.0.0.0/8"], "service", True)
+    assert auth.internal_data == {"role": "r", "role_type": "cel"}
+
+
+# ---------------------------------------------------------------------------
+# Over the backend: role CRUD, login, explain, renewal
+
+PROGRAM = {
+    "variables": [{"name": "release", "expression": "claims.ref.matches('^v[0-9]+[.][0-9]+[.][0-9]+$')"}],
+    "expression": "release ? pb.Auth{policies: ['release-' + claims.team], alias: logical.Alias{name: claims.sub}}"
+                  " : false",
+}
+
+
+def token(h: Harness, **claims: Any) -> str:
+    now = int(h.clock.now)
+    return make_token({"sub": "ci", "aud": "vault", "iat": now, "exp": now + 300, "ref": "v1.2.0",
+                       "team": "payments", **claims}, key=KEY)
+
+
+@pytest.fixture
+async def h() -> Harness:
+    h = Harness()
+    await h.write("config", {"jwt_validation_pubkeys": [KEY.pem]})
+    resp = await h.write("cel/role/release", {"cel_program": PROGRAM, "bound_audiences": "vault",
+                                              "message": "only release tags"})
+    assert resp is not None and resp.data is not None
+    assert resp.data == {
+        "name": "release", "cel_program": PROGRAM, "message": "only release tags", "expiration_leeway": 150,
+        "not_before_leeway": 150, "clock_skew_leeway": 60, "bound_audiences": ["vault"],
+    }
+    return h
+
+
+async def test_login(h: Harness) -> None:
+    resp = await h.call(Operation.UPDATE, "cel/login", {"role": "release", "jwt": token(h)}, remote_addr="127.0.0.1")
+    assert resp is not None and resp.auth is not None
+    assert resp.auth.policies == ["release-payments"]
+    assert resp.auth.alias is not None and resp.auth.alias.name == "ci"
+
+
+@pytest.mark.parametrize(
+    ("claims", "check", "message"),
+    [
+        ({"ref": "v1.2.0-rc.2"}, "cel_program", "CEL role 'release' blocked authorization: only release tags"),
+        ({"team": "../admin"}, "cel_program", "not a policy name"),
+        ({"aud": "other"}, "audience", "invalid audience"),
+        ({"exp": 1}, "time", "token is expired"),
+    ],
+    ids=["program-refuses", "policy-injection", "audience", "expired"],
+)
+async def test_login_refused(h: Harness, claims: dict[str, Any], check: str, message: str) -> None:
+    with pytest.raises(PluginError, match=message) as exc:
+        await h.write("cel/login", {"role": "release", "jwt": token(h, **claims)})
+    assert exc.value.check == check
+
+
+async def test_unknown_role_and_missing_token(h: Harness) -> None:
+    with raises('role "nope" could not be found'):
+        await h.write("cel/login", {"role": "nope", "jwt": token(h)})
+    with raises("missing token"):
+        await h.write("cel/login", {"role": "release"})
+    with raises("missing required field 'cel_program'"):
+        await h.write("cel/role/x", {"message": "m"})
+
+
+async def test_explain_shows_the_programs_outcome(h: Harness) -> None:
+    resp = await h.write("cel/role/release/explain", {"jwt": token(h, ref="v1.2.0-rc.2")})
+    assert resp is not None and resp.data is not None and resp.auth is None
+    assert resp.data["would_succeed"] is False and resp.data["result"] is False
+    assert [c["check"] for c in resp.data["checks"]] == ["parse", "algorithm", "signature", "issuer", "audience",
+                                                         "time", "cel_program"]
+    ok = await h.write("cel/role/release/explain", {"jwt": token(h)})
+    assert ok is not None and ok.data is not None
+    assert ok.data["would_succeed"] is True
+    assert ok.data["result"] == {"policies": ["release-payments"], "alias": {"name": "ci"}}
+    assert ok.data["auth"]["policies"] == ["release-payments"]
+
+
+async def test_list_read_delete_and_renewal(h: Harness) -> None:
+    await h.write("cel/role/other", {"cel_program": {"expression": "false"}})
+    listed = await h.call(Operation.LIST, "cel/role/")
+    assert listed is not None and listed.data == {"keys": ["other", "release"]}
+    page = await h.call(Operation.LIST, "cel/role/", {"after": "other", "limit": 5})
+    assert page is not None and page.data == {"keys": ["release"]}
+    resp = await h.call(Operation.UPDATE, "cel/login", {"role": "release", "jwt": token(h)})
+    assert resp is not None and resp.auth is not None
+    renew = Request(Operation.RENEW, "cel/login", storage=h.storage, system=h.system, auth=resp.auth)
+    renewed = await h.backend.handle_request(renew)
+    assert renewed is not None and renewed.auth is not None and renewed.auth.policies == ["release-payments"]
+    await h.call(Operation.DELETE, "cel/role/release")
+    assert await h.backend.cel_role(h.storage, "release") is None
+    with raises("CEL role release does not exist during renewal"):
+        await h.backend.handle_request(renew)
+
+
+async def test_a_stored_program_is_compiled_once(h: Harness) -> None:
+    h.backend.invalidate("cel/role/release")  # as if another node wrote it
+    first = await h.backend.cel_role(h.storage, "release")
+    second = await h.backend.cel_role(h.storage, "release")
+    assert first is not None and second is not None and first[1] is second[1]
+
+
+def test_cost_limit_is_a_step_budget() -> None:
+    assert COST_LIMIT == 10_000
+
+
+def test_a_slow_garbage_collection_does_not_count_against_the_program() -> None:
+    """The CPU limit measures the program: a full collection of a big process starting during
+    it (it did in the test suite, 50+ ms) must not refuse a cheap login. Here every collection
+    burns 60 ms of this thread's CPU, more than the whole limit, and collections are due every
+    50 allocations: the program still succeeds, and the collector is back after."""
+    import gc
+
+    program = compile_program(CelProgram.from_raw({"expression": "[1, 2, 3].map(x, [x, x, x]).size() == 3"}))
+
+    def slow(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            end = time.thread_time() + 0.06
+            while time.thread_time() < end:
+                pass
+
+    before = gc.get_threshold()
+    gc.set_threshold(50, 1, 1)
+    gc.callbacks.append(slow)
+    try:
+        assert to_python(program.evaluate(CLAIMS, time.time(), "update")) is True
+    finally:
+        gc.callbacks.remove(slow)
+        gc.set_threshold(*before)
+    assert gc.isenabled()

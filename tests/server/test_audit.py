@@ -1,0 +1,499 @@
+"""Audit devices: Vault's entry format and hashing, the sys/audit API, fail closed, sockets.
+
+Entries are checked as Vault writes them (compared with OpenBao 2.7.2 for the same requests,
+docs/vault-differences.md row 22): one request and one response line per request, every
+string of request and response data hashed with the device's salt, tokens and accessors
+hashed wherever they appear, the caller's identity readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+
+from plugin.sealing import is_sealed
+from plugin.storage import InMemoryStorage
+from server.app import create_app
+from server.appkeys import AUDIT, STORAGE
+from server.audit.broker import AUDIT_KEY
+from server.audit.entry import Format, Hasher, Record, hash_data, response_entry
+from server.http.listverb import make_test_server
+from server.settings import AuditSeed, Settings, StorageSettings
+from server.tokens.store import ID_PREFIX
+from tests.plugin.keyfactory import make_token, rsa_key
+from tests.server.httpkit import Client, app_of
+
+ROOT = "root-token-for-audit-tests"
+H = {"X-Vault-Token": ROOT}
+KEY = rsa_key(kid="audit")
+ISS = "https://ci.example.com"
+FAR = 4102444800
+
+
+def jwt(sub: str = "repo:org/app", aud: str = "authmount", **extra: Any) -> str:
+    return make_token({"iss": ISS, "sub": sub, "aud": aud, "iat": int(time.time()), "exp": FAR, **extra}, key=KEY)
+
+
+# -- hashing (table-driven) ---------------------------------------------------------------------
+def _h(value: str) -> str:
+    return "H(" + value + ")"
+
+
+@pytest.mark.parametrize(
+    ("data", "keep", "expected"),
+    [
+        ({"a": "x"}, (), {"a": "H(x)"}),
+        ({"n": 3, "f": 1.5, "b": True, "z": None}, (), {"n": 3, "f": 1.5, "b": True, "z": None}),
+        ({"l": ["x", 1, ["y"]]}, (), {"l": ["H(x)", 1, ["H(y)"]]}),
+        ({"m": {"k": "v", "n": {"d": "e"}}}, (), {"m": {"k": "H(v)", "n": {"d": "H(e)"}}}),
+        ({"role": "ci", "jwt": "eyJ"}, ("role",), {"role": "ci", "jwt": "H(eyJ)"}),
+        ({"policies": ["a", "b"]}, ("policies",), {"policies": ["a", "b"]}),
+        # a kept key at any depth keeps its strings; a map under a kept key is still walked
+        ({"meta": {"role": "ci", "x": "y"}}, ("role",), {"meta": {"role": "ci", "x": "H(y)"}}),
+        ({"role": {"inner": "v"}}, ("role",), {"role": {"inner": "H(v)"}}),
+    ],
+)
+def test_hash_data(data: dict[str, Any], keep: tuple[str, ...], expected: dict[str, Any]) -> None:
+    assert hash_data(data, _h, frozenset(keep)) == expected
+
+
+def test_hasher_is_vaults_identified_hmac() -> None:
+    salt = os.urandom(32)
+    want = "hmac-sha256:" + hmac.new(salt, b"hvs.token", hashlib.sha256).hexdigest()
+    h = Hasher(salt)
+    assert h("hvs.token") == want and h("hvs.token") == want  # the keyed state is copied, not used up
+
+
+def _record(**fields: Any) -> Record:
+    rec = Record()
+    rec.operation, rec.path, rec.mount_point, rec.mount_type, rec.mount_class = (
+        "list", "auth/jwt/role/", "auth/jwt/", "jwt", "auth",
+    )
+    for name, value in fields.items():
+        setattr(rec, name, value)
+    return rec
+
+
+@pytest.mark.parametrize(
+    ("options", "check"),
+    [
+        ({}, lambda e: e["response"]["data"] == {"keys": ["H(a)", "H(b)"], "accessor": "H(acc)"}),
+        ({"elide_list_responses": True}, lambda e: e["response"]["data"]["keys"] == 2),
+        ({"hmac_accessor": False}, lambda e: e["response"]["data"]["accessor"] == "H(acc)"),  # data: still hashed
+        ({"hmac_accessor": False}, lambda e: e["response"]["auth"]["accessor"] == "issued-acc"),
+        ({"hmac_accessor": True}, lambda e: e["response"]["auth"]["accessor"] == "H(issued-acc)"),
+        ({"log_raw": True}, lambda e: e["response"]["auth"]["client_token"] == "hvs.issued"
+         and e["response"]["data"]["keys"] == ["a", "b"]),
+        ({}, lambda e: e["response"]["auth"]["client_token"] == "H(hvs.issued)"
+         and e["response"]["auth"]["display_name"] == "jwt-alice"),
+    ],
+)
+def test_device_options(options: dict[str, Any], check: Any) -> None:
+    rec = _record(is_list=True, response_data={"keys": ["a", "b"], "accessor": "acc"})
+    rec.response_auth = ({"client_token": "hvs.issued", "accessor": "issued-acc", "policies": ["p"],
+                          "token_type": "service", "lease_duration": 60}, "jwt-alice")
+    entry = response_entry(rec, Format(_h, **options), "now")
+    assert check(entry), entry
+
+
+# -- through the server --------------------------------------------------------------------------
+def _settings(**extra: Any) -> Settings:
+    return Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT, **extra)
+
+
+async def _client(aiohttp_client: AiohttpClient, settings: Settings | None = None, **kwargs: Any) -> Client:
+    client: Client = await aiohttp_client(make_test_server(create_app(settings or _settings(), **kwargs)))
+    for path, body in (
+        ("sys/auth/jwt", {"type": "jwt"}),
+        ("auth/jwt/config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISS}),
+        ("auth/jwt/role/ci", {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["authmount"],
+                              "token_policies": ["deploy"]}),
+    ):
+        resp = await client.post("/v1/" + path, json=body, headers=H)
+        assert resp.status in (200, 204), await resp.text()
+    return client
+
+
+async def _enable(client: Client, path: str, status: int = 204, **body: Any) -> dict[str, Any]:
+    resp = await client.post(f"/v1/sys/audit/{path}", json=body, headers=H)
+    assert resp.status == status, await resp.text()
+    return await resp.json() if status != 204 else {}
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def _login(client: Client, token: str, role: str = "ci") -> tuple[int, dict[str, Any]]:
+    resp = await client.post("/v1/auth/jwt/login", json={"role": role, "jwt": token})
+    return resp.status, await resp.json()
+
+
+async def test_every_request_has_both_entries_and_no_raw_secret(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    good = jwt()
+    status, body = await _login(client, good)
+    assert status == 200
+    token, accessor = body["auth"]["client_token"], body["auth"]["accessor"]
+    assert (await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})).status == 200
+    bad = jwt(aud="elsewhere")
+    assert (await _login(client, bad))[0] == 400
+    assert (await client.post("/v1/auth/token/revoke-self", headers={"X-Vault-Token": token})).status == 204
+    text = log.read_text()
+    for secret in (good, bad, token, accessor, ROOT, KEY.pem.split("\n")[1]):
+        assert secret not in text
+    entries = _entries(log)
+    assert entries[0]["request"]["path"] == "sys/audit/test"  # written when the device was enabled
+    # The enabling request's response entry goes to the new device (as in Vault), its request
+    # entry went to the devices of that moment (none).
+    assert (entries[1]["type"], entries[1]["request"]["path"]) == ("response", "sys/audit/file")
+    by_id: dict[str, list[str]] = {}
+    for e in entries[2:]:
+        by_id.setdefault(e["request"]["id"], []).append(e["type"])
+    assert len(by_id) == 4 and all(kinds == ["request", "response"] for kinds in by_id.values()), by_id
+    # sys/audit-hash finds the token's requests: login response, lookup and revoke requests.
+    resp = await client.post("/v1/sys/audit-hash/file", json={"input": token}, headers=H)
+    hashed = (await resp.json())["data"]["hash"]
+    login = next(e for e in entries if e["type"] == "response" and e["request"]["path"] == "auth/jwt/login"
+                 and "auth" in e["response"])
+    assert login["response"]["auth"]["client_token"] == hashed
+    assert login["response"]["auth"]["display_name"] == "jwt-repo:org/app"
+    assert login["response"]["auth"]["policies"] == ["default", "deploy"]
+    assert login["auth"] == {"token_type": "default", "policy_results": {"allowed": True}}
+    assert login["request"]["data"]["jwt"].startswith("hmac-sha256:")
+    used = [e for e in entries if e["request"].get("client_token") == hashed]
+    assert {e["request"]["path"] for e in used} == {"auth/token/lookup-self", "auth/token/revoke-self"}
+    assert all(e["auth"]["display_name"] == "jwt-repo:org/app" and e["auth"]["metadata"] == {"role": "ci"}
+               for e in used)
+
+
+async def test_refused_login_carries_reason_role_and_hashed_claims(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    cases = [
+        (jwt(aud="elsewhere"), "ci", {"reason": "audience", "role": "ci"}),
+        (jwt(iss="https://evil.example.com"), "ci", {"reason": "issuer", "role": "ci"}),
+        (make_token({"iss": ISS, "sub": "repo:org/app", "aud": "authmount", "iat": int(time.time()), "exp": FAR},
+                    key=rsa_key(kid="audit", slot=1)), "ci", {"reason": "signature", "role": "ci"}),
+        (jwt(), "nope", {"reason": "invalid_request"}),  # an unknown role is not named
+        ("not-a-jwt", "ci", {"reason": "parse", "role": "ci"}),
+    ]
+    for token, role, _ in cases:
+        assert (await _login(client, token, role))[0] == 400
+    failures = [e["response"]["login_failure"] for e in _entries(log)
+                if e["type"] == "response" and "login_failure" in e.get("response", {})]
+    assert len(failures) == len(cases)
+    hash_of = {}
+    for value in (ISS, "https://evil.example.com", "repo:org/app"):
+        resp = await client.post("/v1/sys/audit-hash/file", json={"input": value}, headers=H)
+        hash_of[value] = (await resp.json())["data"]["hash"]
+    for failure, (_token, _role, want) in zip(failures, cases, strict=True):
+        assert {k: v for k, v in failure.items() if k not in ("iss", "sub")} == want
+        if want["reason"] not in ("parse", "invalid_request"):  # the token's claims, hashed
+            assert failure["sub"] == hash_of["repo:org/app"]
+            assert failure["iss"] in (hash_of[ISS], hash_of["https://evil.example.com"])
+        else:
+            assert "sub" not in failure
+
+
+async def test_non_hmac_keys_of_the_mount(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    resp = await client.post("/v1/sys/auth/jwt/tune", json={"audit_non_hmac_request_keys": ["role"],
+                                                             "audit_non_hmac_response_keys": ["keys"]}, headers=H)
+    assert resp.status == 204
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    await _login(client, jwt())
+    assert (await client.get("/v1/auth/jwt/role?list=true", headers=H)).status == 200
+    entries = _entries(log)
+    login = next(e for e in entries if e["request"]["path"] == "auth/jwt/login")
+    assert login["request"]["data"]["role"] == "ci" and login["request"]["data"]["jwt"].startswith("hmac-sha256:")
+    listed = next(e for e in entries if e["type"] == "response" and e["request"]["operation"] == "list")
+    assert listed["response"]["data"]["keys"] == ["ci"]
+
+
+async def test_error_entries_follow_vault(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    assert (await client.get("/v1/auth/token/lookup-self", headers={"X-Vault-Token": "bogus"})).status == 403
+    denied = [e for e in _entries(log) if e["request"]["path"] == "auth/token/lookup-self"]
+    assert [e["type"] for e in denied] == ["request", "response"]
+    assert all(e["error"] == "permission denied" for e in denied)  # 403: top-level error in both
+    assert denied[0]["request"]["client_token"].startswith("hmac-sha256:")
+    assert denied[1]["response"]["data"]["error"].startswith("hmac-sha256:")
+    await _login(client, jwt(aud="x"))
+    refused = [e for e in _entries(log) if e["request"]["path"] == "auth/jwt/login"][-1]
+    assert "error" not in refused  # a 400: the message only in response.data.error, hashed (Vault)
+    assert refused["response"]["data"]["error"].startswith("hmac-sha256:")
+
+
+async def test_status_paths_are_not_audited(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    assert (await client.get("/v1/sys/health")).status == 200
+    assert not any(e["request"]["path"] == "sys/health" for e in _entries(log))
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("x", {"type": "syslog"}, "unknown audit device type 'syslog' (file or socket)"),
+        ("x", {"type": "file"}, "file_path is required"),
+        ("x", {"type": "file", "options": {"file_path": "/tmp/x", "colour": "red"}},
+         "unknown options for a file audit device: colour"),
+        ("x", {"type": "file", "options": {"file_path": "/tmp/x", "mode": "rwx"}},
+         "invalid value for option 'mode': 'rwx' is not an octal file mode"),
+        ("x", {"type": "file", "options": {"file_path": "/tmp/x", "format": "jsonx"}},
+         "invalid value for option 'format': only json is supported"),
+        ("x", {"type": "file", "options": {"file_path": "/tmp/x", "log_raw": "maybe"}},
+         "invalid value for option 'log_raw': 'maybe' is not a boolean"),
+        ("x", {"type": "socket"}, "address is required"),
+        ("x", {"type": "socket", "options": {"address": "nowhere"}}, "invalid value for option 'address': must be "
+         "host:port"),
+        ("x", {"type": "socket", "options": {"address": "127.0.0.1:1", "socket_type": "sctp"}},
+         "invalid value for option 'socket_type': 'sctp' (tcp, udp or unix)"),
+        ("x", {"type": "file", "options": {"file_path": "/"}}, 'audit device "x/" cannot write: Is a directory'),
+        ("x", {"type": "socket", "options": {"address": "127.0.0.1:1"}}, 'audit device "x/" cannot write: '),
+        ("%20x", {"type": "file", "options": {"file_path": "/tmp/x"}}, "invalid mount path ' x'"),
+    ],
+)
+async def test_enable_refusals(aiohttp_client: AiohttpClient, path: str, body: dict[str, Any], message: str) -> None:
+    client = await _client(aiohttp_client)
+    errors = (await _enable(client, path, status=400, **body))["errors"]
+    assert errors[0].startswith(message), errors
+    assert (await (await client.get("/v1/sys/audit", headers=H)).json())["data"] == {}
+
+
+async def test_devices_are_listed_disabled_and_need_sudo(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    await _enable(client, "one", type="file", description="d", options={"file_path": str(tmp_path / "1")})
+    assert (await _enable(client, "one/", status=400, type="file", options={"file_path": str(tmp_path / "2")}))[
+        "errors"] == ["path already in use"]
+    listed = (await (await client.get("/v1/sys/audit", headers=H)).json())["data"]
+    assert listed == {"one/": {"type": "file", "description": "d", "options": {"file_path": str(tmp_path / "1")},
+                               "path": "one/", "local": False}}
+    # a token whose policy grants update but not sudo is refused
+    await client.put("/v1/sys/policies/acl/audit-no-sudo", headers=H, json={
+        "policy": 'path "sys/audit*" { capabilities = ["create", "read", "update", "delete", "list"] }'})
+    resp = await client.post("/v1/auth/token/create", headers=H, json={"policies": ["audit-no-sudo"]})
+    weak = {"X-Vault-Token": (await resp.json())["auth"]["client_token"]}
+    assert (await client.get("/v1/sys/audit", headers=weak)).status == 403
+    assert (await client.delete("/v1/sys/audit/one", headers=weak)).status == 403
+    assert (await client.post("/v1/sys/audit-hash/one", headers=weak, json={"input": "x"})).status == 200
+    assert (await client.delete("/v1/sys/audit/one", headers=H)).status == 204
+    assert (await (await client.get("/v1/sys/audit", headers=H)).json())["data"] == {}
+    assert (await client.post("/v1/sys/audit-hash/one", headers=H, json={"input": "x"})).status == 400
+
+
+async def test_salts_are_sealed_and_per_device(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    for name in ("a", "b"):
+        await _enable(client, name, type="file", options={"file_path": str(tmp_path / name)})
+    stored = await app_of(client)[STORAGE].get(AUDIT_KEY)
+    assert stored is not None
+    salts = [e["salt"] for e in stored["entries"]]
+    assert len(set(salts)) == 2 and all(is_sealed(s) for s in salts)
+    hashes = set()
+    for name in ("a", "b"):
+        resp = await client.post(f"/v1/sys/audit-hash/{name}", json={"input": "same"}, headers=H)
+        hashes.add((await resp.json())["data"]["hash"])
+    assert len(hashes) == 2
+    for name, device in app_of(client)[AUDIT].devices.items():
+        assert device.salt.hex() not in json.dumps(stored), name
+
+
+async def test_fail_closed_no_token_is_issued(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    storage = InMemoryStorage()
+    client = await _client(aiohttp_client, storage=storage)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    before = await storage.list(ID_PREFIX)
+    log.unlink()
+    log.symlink_to("/dev/full")  # every write fails with ENOSPC
+    app_of(client)[AUDIT].reopen()  # what SIGHUP does
+    status, body = await _login(client, jwt())
+    assert status == 503 and body["errors"] == ["audit unavailable: no audit device could record the request"]
+    assert await storage.list(ID_PREFIX) == before  # nothing was issued
+    health = await client.get("/v1/sys/health")
+    assert health.status == 503 and (await health.json())["ready"] is False
+    assert (await client.get("/v1/sys/health?unreadycode=200")).status == 200
+    log.unlink()  # repaired: the next request (or readiness probe) reopens the file
+    app_of(client)[AUDIT].reopen()
+    status, _ = await _login(client, jwt())
+    assert status == 200
+    assert (await client.get("/v1/sys/health")).status == 200
+
+
+async def test_one_working_device_is_enough(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    broken, good = tmp_path / "broken.log", tmp_path / "good.log"
+    await _enable(client, "broken", type="file", options={"file_path": str(broken)})
+    await _enable(client, "good", type="file", options={"file_path": str(good)})
+    broken.unlink()
+    broken.symlink_to("/dev/full")
+    app_of(client)[AUDIT].reopen()
+    assert (await _login(client, jwt()))[0] == 200
+    assert any(e["request"]["path"] == "auth/jwt/login" for e in _entries(good))
+
+
+async def test_a_login_whose_response_entry_fails_is_revoked(
+    aiohttp_client: AiohttpClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = InMemoryStorage()
+    client = await _client(aiohttp_client, storage=storage)
+    await _enable(client, "file", type="file", options={"file_path": str(tmp_path / "audit.log")})
+    before = await storage.list(ID_PREFIX)
+    device = app_of(client)[AUDIT].devices["file/"]
+    real = device.sink.write_now
+
+    def fail_responses(data: bytes) -> None:
+        if b'"type":"response"' in data:
+            raise OSError(28, "No space left on device")
+        real(data)
+
+    monkeypatch.setattr(device.sink, "write_now", fail_responses)
+    status, body = await _login(client, jwt())
+    assert status == 503 and "auth" not in body
+    assert await storage.list(ID_PREFIX) == before  # minted, then revoked before the answer
+
+
+async def test_socket_device(aiohttp_client: AiohttpClient) -> None:
+    lines: asyncio.Queue[bytes] = asyncio.Queue()
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while line := await reader.readline():
+            await lines.put(line)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await _client(aiohttp_client)
+        await _enable(client, "sock", type="socket", options={"address": f"127.0.0.1:{port}"})
+        assert (await _login(client, jwt()))[0] == 200
+        got = [json.loads(await asyncio.wait_for(lines.get(), 5)) for _ in range(4)]
+        # the test entry, the enabling request's response, the login's request and response
+        assert [(e["type"], e["request"]["path"]) for e in got] == [
+            ("request", "sys/audit/test"), ("response", "sys/audit/sock"), ("request", "auth/jwt/login"),
+            ("response", "auth/jwt/login")]
+        assert got[3]["response"]["auth"]["client_token"].startswith("hmac-sha256:")
+    finally:
+        server.close()
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()
+        await server.wait_closed()
+
+
+async def test_socket_device_reconnects_and_fails_closed(aiohttp_client: AiohttpClient) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while await reader.readline():
+            pass
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = await _client(aiohttp_client)
+    await _enable(client, "sock", type="socket", options={"address": f"127.0.0.1:{port}", "write_timeout": "1s"})
+    server.close()
+    for writer in accepted:  # the listener goes away with its connection
+        writer.close()
+        await writer.wait_closed()
+    await server.wait_closed()
+    await asyncio.sleep(0.05)
+    status = 200
+    for _ in range(3):  # the listener is gone: once the peer's close is seen, logins fail closed
+        status = (await _login(client, jwt()))[0]
+        await asyncio.sleep(0.05)
+    assert status == 503
+    accepted.clear()
+    again = await asyncio.start_server(sink, "127.0.0.1", port)
+    try:
+        await asyncio.sleep(0.6)  # past the reconnect back-off
+        assert (await _login(client, jwt()))[0] == 200
+    finally:
+        again.close()
+        for writer in accepted:
+            writer.close()
+            await writer.wait_closed()
+        await again.wait_closed()
+
+
+async def test_sighup_reopens_a_rotated_file(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    rotated = tmp_path / "audit.log.1"
+    log.rename(rotated)  # logrotate
+    await _login(client, jwt())
+    app_of(client)[AUDIT].reopen()
+    await _login(client, jwt())
+    assert sum(e["request"]["path"] == "auth/jwt/login" for e in _entries(rotated)) == 2  # before SIGHUP
+    assert sum(e["request"]["path"] == "auth/jwt/login" for e in _entries(log)) == 2  # after
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_settings_declared_device_keeps_its_salt(
+    aiohttp_client: AiohttpClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTHMOUNT_STORAGE_KEY", base64.b64encode(bytes(32)).decode())  # one key for both starts
+    storage = InMemoryStorage()
+    seed = AuditSeed(path="declared", type="file", options={"file_path": str(tmp_path / "a.log")})
+    client = await _client(aiohttp_client, _settings(audit=(seed,)), storage=storage)
+    first = app_of(client)[AUDIT].devices["declared/"].salt
+    await client.close()
+    moved = AuditSeed(path="declared", type="file", options={"file_path": str(tmp_path / "b.log"), "log_raw": True})
+    client = await aiohttp_client(make_test_server(create_app(_settings(audit=(moved,)), storage=storage)))
+    device = app_of(client)[AUDIT].devices["declared/"]
+    assert device.salt == first and device.options == {"file_path": str(tmp_path / "b.log"), "log_raw": "true"}
+    assert (tmp_path / "b.log").exists()
+
+
+async def test_audited_request_headers(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    for name, body in (("X-Team", {"hmac": False}), ("authorization", {"hmac": False})):
+        assert (await client.post(f"/v1/sys/config/auditing/request-headers/{name}", json=body,
+                                  headers=H)).status == 204
+    listed = await (await client.get("/v1/sys/config/auditing/request-headers", headers=H)).json()
+    # credentials are always hashed, whatever was asked
+    assert listed["data"]["headers"] == {"x-team": {"hmac": False}, "authorization": {"hmac": True}}
+    resp = await client.get("/v1/auth/token/lookup-self", headers={"Authorization": f"Bearer {ROOT}",
+                                                                  "X-Team": "ops"})
+    assert resp.status == 200
+    entry = [e for e in _entries(log) if e["request"]["path"] == "auth/token/lookup-self"][-1]
+    assert entry["request"]["headers"]["x-team"] == ["ops"]
+    assert entry["request"]["headers"]["authorization"][0].startswith("hmac-sha256:")
+    assert ROOT not in log.read_text()
+
+
+async def test_identity_requests_are_audited(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    resp = await client.post("/v1/identity/group", json={"name": "ops", "type": "external", "policies": ["deploy"]},
+                             headers=H)
+    assert resp.status in (200, 204), await resp.text()
+    entries = [e for e in _entries(log) if e["request"]["path"] == "identity/group"]
+    assert [e["type"] for e in entries] == ["request", "response"]
+    assert entries[0]["request"]["mount_point"] == "identity/" and entries[0]["request"]["mount_type"] == "identity"
+    assert entries[0]["request"]["data"]["name"].startswith("hmac-sha256:")

@@ -1,0 +1,372 @@
+"""Identity over HTTP: external groups grant policies to the logins whose IdP groups their
+aliases name, judged at each use of the token; the identity/ API's shapes and refusals."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+
+from plugin.storage import InMemoryStorage
+from server.app import create_app
+from server.appkeys import IDENTITY
+from server.http.listverb import make_test_server
+from server.settings import Settings, StorageSettings
+from tests.plugin.keyfactory import make_token, rsa_key
+from tests.server.httpkit import Client, app_of
+
+ROOT = "root-token-for-identity-tests"
+H = {"X-Vault-Token": ROOT}
+KEY = rsa_key(kid="id")
+OPS_POLICY = 'path "auth/jwt/role/*" { capabilities = ["read"] }'
+
+
+class Api:
+    """A root client of one server with a ``jwt`` mount (role ``dev``: groups from ``groups``)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.accessor = ""
+
+    async def call(self, method: str, path: str, body: Any = None, token: str | None = ROOT) -> tuple[int, Any]:
+        headers = {"X-Vault-Token": token} if token else {}
+        resp = await self.client.request(method, "/v1/" + path, json=body, headers=headers)
+        text = await resp.text()
+        return resp.status, (await resp.json() if text else None)
+
+    async def ok(self, method: str, path: str, body: Any = None) -> Any:
+        status, out = await self.call(method, path, body)
+        assert status in (200, 204), (path, status, out)
+        return out
+
+    async def login(self, sub: str, groups: list[str], *, mount: str = "jwt", role: str = "dev") -> dict[str, Any]:
+        now = int(time.time())
+        jwt = make_token({"sub": sub, "groups": groups, "aud": "authmount", "iat": now, "exp": now + 300}, key=KEY)
+        status, out = await self.call("POST", f"auth/{mount}/login", {"role": role, "jwt": jwt}, token=None)
+        assert status == 200, out
+        auth: dict[str, Any] = out["auth"]
+        return auth
+
+    async def group(self, name: str, policies: list[str], alias: str, accessor: str = "") -> str:
+        out = await self.ok("POST", "identity/group", {"name": name, "type": "external", "policies": policies})
+        gid: str = out["data"]["id"]
+        await self.ok("POST", "identity/group-alias",
+                      {"name": alias, "mount_accessor": accessor or self.accessor, "canonical_id": gid})
+        return gid
+
+
+async def _mount(api: Api, path: str) -> str:
+    await api.ok("POST", f"sys/auth/{path}", {"type": "jwt"})
+    await api.ok("POST", f"auth/{path}/config", {"jwt_validation_pubkeys": [KEY.pem]})
+    for role, extra in (("dev", {}), ("batch", {"token_type": "batch"})):
+        await api.ok("POST", f"auth/{path}/role/{role}", {
+            "role_type": "jwt", "user_claim": "sub", "bound_audiences": "authmount", "groups_claim": "groups",
+            "token_policies": "dev", **extra,
+        })
+    out = await api.ok("GET", "sys/auth")
+    accessor: str = out["data"][f"{path}/"]["accessor"]
+    return accessor
+
+
+@pytest.fixture
+async def api(aiohttp_client: AiohttpClient) -> Api:
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
+    a = Api(client)
+    a.accessor = await _mount(a, "jwt")
+    await a.ok("POST", "sys/policies/acl/ops", {"policy": OPS_POLICY})
+    return a
+
+
+async def _can_read_role(api: Api, token: str) -> int:
+    status, _ = await api.call("GET", "auth/jwt/role/dev", token=token)
+    return status
+
+
+async def test_external_group_grants_its_policy_through_the_idp_group(api: Api) -> None:
+    await api.group("ops", ["ops"], "ops-idp")
+    auth = await api.login("alice", ["ops-idp", "other"])
+    assert auth["policies"] == ["default", "dev", "ops"]
+    assert auth["token_policies"] == ["default", "dev"]
+    assert auth["identity_policies"] == ["ops"]
+    assert await _can_read_role(api, auth["client_token"]) == 200
+    status, me = await api.call("GET", "auth/token/lookup-self", token=auth["client_token"])
+    assert status == 200
+    assert me["data"]["policies"] == ["default", "dev"]
+    assert me["data"]["identity_policies"] == ["ops"]
+    assert me["data"]["entity_id"] == auth["entity_id"]
+
+
+async def test_no_group_no_identity_policies(api: Api) -> None:
+    await api.group("ops", ["ops"], "ops-idp")
+    auth = await api.login("bob", ["elsewhere"])
+    assert auth["policies"] == auth["token_policies"] == ["default", "dev"]
+    assert "identity_policies" not in auth
+    assert await _can_read_role(api, auth["client_token"]) == 403
+    status, me = await api.call("GET", "auth/token/lookup-self", token=auth["client_token"])
+    assert "identity_policies" not in me["data"]
+
+
+async def test_group_policy_change_applies_at_the_next_use(api: Api) -> None:
+    gid = await api.group("ops", ["elsewhere"], "ops-idp")
+    token = (await api.login("alice", ["ops-idp"]))["client_token"]
+    assert await _can_read_role(api, token) == 403
+    await api.ok("POST", f"identity/group/id/{gid}", {"policies": ["ops"]})
+    assert await _can_read_role(api, token) == 200
+    status, caps = await api.call("POST", "sys/capabilities-self", {"paths": ["auth/jwt/role/x"]}, token=token)
+    assert caps["data"]["auth/jwt/role/x"] == ["read"]
+    await api.ok("POST", "identity/group/name/ops", {"policies": []})
+    assert await _can_read_role(api, token) == 403
+    await api.ok("POST", "identity/group/name/ops", {"policies": ["ops"]})
+    await api.ok("DELETE", f"identity/group/id/{gid}")
+    assert await _can_read_role(api, token) == 403
+
+
+async def test_batch_tokens_get_identity_policies_at_use(api: Api) -> None:
+    gid = await api.group("ops", ["ops"], "ops-idp")
+    auth = await api.login("alice", ["ops-idp"], role="batch")
+    assert auth["token_type"] == "batch" and auth["identity_policies"] == ["ops"]
+    assert await _can_read_role(api, auth["client_token"]) == 200
+    await api.ok("DELETE", f"identity/group/id/{gid}")
+    assert await _can_read_role(api, auth["client_token"]) == 403
+
+
+async def test_a_later_login_refreshes_the_entitys_memberships(api: Api) -> None:
+    """As in Vault: memberships belong to the entity, so a later login through the same mount
+    with other IdP groups changes what the earlier token gets."""
+    await api.group("ops", ["ops"], "ops-idp")
+    first = (await api.login("alice", ["ops-idp"]))["client_token"]
+    assert await _can_read_role(api, first) == 200
+    second = await api.login("alice", ["dev-idp"])
+    assert "identity_policies" not in second
+    assert await _can_read_role(api, first) == 403
+
+
+@pytest.mark.parametrize(
+    "idp_groups",
+    [["OPS-IDP"], ["ops-idp "], ["ops-idp/x"], ["*"], ["ops-*"], ["ops"]],
+    ids=["case", "trailing-space", "suffix", "star", "glob", "group-name-not-alias"],
+)
+async def test_idp_group_names_match_aliases_exactly(api: Api, idp_groups: list[str]) -> None:
+    await api.group("ops", ["ops"], "ops-idp")
+    auth = await api.login("mallory", idp_groups)
+    assert "identity_policies" not in auth
+
+
+async def test_group_alias_of_another_mount_does_not_match(api: Api) -> None:
+    other = await _mount(api, "other")
+    await api.group("ops", ["ops"], "ops-idp", accessor=other)
+    auth = await api.login("alice", ["ops-idp"])
+    assert "identity_policies" not in auth
+    assert await _can_read_role(api, auth["client_token"]) == 403
+    assert (await api.login("alice", ["ops-idp"], mount="other"))["identity_policies"] == ["ops"]
+    # one entity per alias name and mount
+    assert (await api.login("alice", [], mount="other"))["entity_id"] != auth["entity_id"]
+
+
+async def test_memberships_through_other_mounts_are_kept(api: Api) -> None:
+    """A login refreshes only the memberships of groups whose alias is on its own mount."""
+    identity = app_of(api.client)[IDENTITY]
+    gid = await api.group("ops", ["ops"], "ops-idp")
+    auth = await api.login("alice", ["ops-idp"])
+    entity = await identity.entity(auth["entity_id"])
+    assert entity is not None and entity.group_ids == [gid]
+    status, group = await api.call("GET", f"identity/group/id/{gid}")
+    assert group["data"]["member_entity_ids"] == [auth["entity_id"]]
+
+
+async def test_internal_group_members_get_its_policies(api: Api) -> None:
+    auth = await api.login("carol", [])
+    out = await api.ok("POST", "identity/group", {"name": "admins", "policies": "ops",
+                                                  "member_entity_ids": [auth["entity_id"]]})
+    assert await _can_read_role(api, auth["client_token"]) == 200
+    status, group = await api.call("GET", f"identity/group/id/{out['data']['id']}")
+    assert group["data"]["type"] == "internal"
+    assert group["data"]["member_entity_ids"] == [auth["entity_id"]]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("identity/group", {"name": "g", "type": "external", "policies": ["a", " Root "]},
+         "policies cannot contain root"),
+        ("identity/group", {"name": "g", "type": "weird"}, 'invalid group type "weird"'),
+        ("identity/group", {"name": "g", "type": "external", "member_entity_ids": ["x"]},
+         "member entities can't be set manually for external groups"),
+        ("identity/group", {"name": "g", "member_group_ids": ["x"]},
+         "member_group_ids: nested groups are not supported"),
+        ("identity/group", {"name": "a/b"}, 'invalid group name "a/b"'),
+        ("identity/group-alias", {"name": "x", "mount_accessor": "auth_jwt_nope", "canonical_id": "{ext}"},
+         'invalid mount accessor "auth_jwt_nope"'),
+        ("identity/group-alias", {"name": "x", "mount_accessor": "{acc}"},
+         "missing canonical_id: the ID of the external group the alias stands for"),
+        ("identity/group-alias", {"name": "", "mount_accessor": "{acc}", "canonical_id": "{ext}"},
+         "missing alias name"),
+        ("identity/group-alias", {"name": "x", "canonical_id": "{ext}"}, "missing mount_accessor"),
+        ("identity/group-alias", {"name": "x", "mount_accessor": "{acc}", "canonical_id": "{int}"},
+         "alias can't be set on an internal group"),
+        ("identity/group-alias", {"name": "x", "mount_accessor": "{acc}", "canonical_id": "nope"},
+         "invalid group ID given in 'canonical_id'"),
+        ("identity/group-alias", {"name": "EXT-IDP", "mount_accessor": "{acc}", "canonical_id": "{ext2}"},
+         "combination of mount and group alias name is already in use"),
+        ("identity/group-alias", {"name": "second", "mount_accessor": "{acc}", "canonical_id": "{ext}"},
+         'group "ext" already has an alias: update or delete it first'),
+        ("identity/group", {"name": "EXT", "type": "internal"}, "group type cannot be changed"),
+        ("identity/lookup/entity", {"id": "a", "name": "b"},
+         "exactly one of 'id', 'name', 'alias_id', or the pair 'alias_name' and 'alias_mount_accessor' must be given"),
+        ("identity/lookup/group", {"alias_name": "a"}, "both 'alias_name' and 'alias_mount_accessor' need to be set"),
+    ],
+    ids=[
+        "root-policy", "bad-type", "external-members", "nested-groups", "slash-name", "unknown-accessor",
+        "no-canonical-id", "no-alias-name", "no-accessor", "internal-group-alias", "unknown-group",
+        "alias-name-taken-any-case", "second-alias", "type-change", "lookup-two-keys", "lookup-half-pair",
+    ],
+)
+async def test_identity_writes_refused(api: Api, path: str, body: dict[str, Any], message: str) -> None:
+    ext = await api.group("ext", ["ops"], "ext-idp")
+    ext2 = (await api.ok("POST", "identity/group", {"name": "ext2", "type": "external"}))["data"]["id"]
+    internal = (await api.ok("POST", "identity/group", {"name": "int"}))["data"]["id"]
+    ids = {"{ext}": ext, "{ext2}": ext2, "{int}": internal, "{acc}": api.accessor}
+    body = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in body.items()}
+    status, out = await api.call("POST", path, body)
+    assert (status, out["errors"]) == (400, [message])
+
+
+async def test_group_shapes(api: Api) -> None:
+    out = await api.ok("POST", "identity/group", {"name": "Ops", "type": "external", "policies": ["Dev", " x "],
+                                                  "metadata": {"team": "a"}})
+    assert sorted(out["data"]) == ["id", "name"]
+    gid = out["data"]["id"]
+    assert await api.ok("POST", "identity/group", {"name": "ops", "metadata": {"team": "b"}}) is None  # update: 204
+    alias = await api.ok("POST", "identity/group-alias", {"name": "ops-idp", "mount_accessor": api.accessor,
+                                                          "canonical_id": gid})
+    assert alias["data"] == {"canonical_id": gid, "id": alias["data"]["id"]}
+    group = (await api.ok("GET", "identity/group/name/OPS"))["data"]
+    assert group["name"] == "ops" and group["policies"] == ["dev", "x"] and group["metadata"] == {"team": "b"}
+    assert sorted(group) == sorted([
+        "alias", "creation_time", "id", "last_update_time", "member_entity_ids", "member_group_ids", "metadata",
+        "modify_index", "name", "namespace_id", "parent_group_ids", "policies", "type",
+    ])
+    assert group["alias"]["mount_path"] == "auth/jwt/" and group["alias"]["mount_type"] == "jwt"
+    listed = (await api.ok("LIST", "identity/group/id"))["data"]
+    assert listed["keys"] == [gid] and listed["key_info"][gid]["name"] == "ops"
+    assert (await api.ok("LIST", "identity/group/name"))["data"]["keys"] == ["ops"]
+    aliases = (await api.ok("LIST", "identity/group-alias/id"))["data"]
+    assert aliases["key_info"][alias["data"]["id"]]["name"] == "ops-idp"
+    read = (await api.ok("GET", f"identity/group-alias/id/{alias['data']['id']}"))["data"]
+    assert read["canonical_id"] == gid and read["mount_accessor"] == api.accessor
+    # the alias moved to another name; deleted; the group stays
+    await api.ok("POST", f"identity/group-alias/id/{alias['data']['id']}", {"name": "renamed"})
+    assert (await api.ok("GET", f"identity/group/id/{gid}"))["data"]["alias"]["name"] == "renamed"
+    await api.ok("DELETE", f"identity/group-alias/id/{alias['data']['id']}")
+    assert (await api.ok("GET", f"identity/group/id/{gid}"))["data"]["alias"] == {}
+    await api.ok("DELETE", "identity/group/name/ops")
+    assert (await api.call("GET", f"identity/group/id/{gid}")) == (404, {"errors": []})
+    assert (await api.call("LIST", "identity/group/id")) == (404, {"errors": []})
+
+
+async def test_entities_made_at_login(api: Api) -> None:
+    gid = await api.group("ops", ["ops"], "ops-idp")
+    auth = await api.login("alice", ["ops-idp"])
+    eid = auth["entity_id"]
+    entity = (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]
+    assert entity["group_ids"] == entity["direct_group_ids"] == [gid]
+    assert entity["name"].startswith("entity_") and entity["policies"] == []
+    [alias] = entity["aliases"]
+    assert (alias["name"], alias["mount_accessor"], alias["canonical_id"]) == ("alice", api.accessor, eid)
+    assert alias["metadata"] == {"role": "dev"}
+    assert (await api.ok("GET", f"identity/entity/name/{entity['name']}"))["data"]["id"] == eid
+    assert (await api.ok("GET", f"identity/entity-alias/id/{alias['id']}"))["data"]["canonical_id"] == eid
+    assert (await api.ok("LIST", "identity/entity/id"))["data"]["keys"] == [eid]
+    assert (await api.ok("LIST", "identity/entity/name"))["data"]["keys"] == [entity["name"]]
+    assert list((await api.ok("LIST", "identity/entity-alias/id"))["data"]["key_info"]) == [alias["id"]]
+    found = await api.ok("POST", "identity/lookup/entity", {"alias_name": "alice", "alias_mount_accessor": api.accessor})
+    assert found["data"]["id"] == eid
+    group = await api.ok("POST", "identity/lookup/group", {"alias_name": "ops-idp", "alias_mount_accessor": api.accessor})
+    assert group["data"]["id"] == gid
+    assert await api.ok("POST", "identity/lookup/entity", {"name": "entity_0000000000000000"}) is None  # 204
+    # the same identity again: the same entity (ids are stable), no second one
+    assert (await api.login("alice", []))["entity_id"] == eid
+    await api.ok("DELETE", f"identity/entity/id/{eid}")
+    assert (await api.call("GET", f"identity/entity/id/{eid}"))[0] == 404
+    assert (await api.login("alice", ["ops-idp"]))["identity_policies"] == ["ops"]
+
+
+@pytest.mark.parametrize("path", ["identity/group/name/../../sys", "identity/entity/id/a%00b",
+                                  "identity/entity/name/entity_../x"])
+async def test_odd_names_are_not_found(api: Api, path: str) -> None:
+    status, _ = await api.call("GET", path)
+    assert status in (404, 405)
+
+
+async def test_identity_paths_need_a_token_and_the_acl(api: Api) -> None:
+    assert (await api.call("LIST", "identity/group/id", token=None))[0] == 403
+    token = (await api.login("alice", []))["client_token"]
+    assert (await api.call("POST", "identity/group", {"name": "x", "policies": "ops"}, token=token))[0] == 403
+    await api.ok("POST", "sys/policies/acl/groups", {"policy": 'path "identity/group/name/*" { capabilities = ["read"] }'})
+    await api.ok("POST", "identity/group", {"name": "readers", "policies": "groups",
+                                           "member_entity_ids": [(await api.login("alice", []))["entity_id"]]})
+    assert (await api.call("GET", "identity/group/name/readers", token=token))[0] == 200
+    assert (await api.call("GET", "identity/group/id/x", token=token))[0] == 403
+
+
+async def test_acl_judges_the_canonical_group_name(api: Api) -> None:
+    """A deny on one group's name path also covers other spellings of that name (row 19)."""
+    await api.ok("POST", "identity/group", {"name": "Admins", "policies": "ops"})
+    await api.ok("POST", "sys/policies/acl/groups", {"policy": (
+        'path "identity/group/name/*" { capabilities = ["read", "update"] }\n'
+        'path "identity/group/name/admins" { capabilities = ["deny"] }')})
+    auth = await api.login("eve", [])
+    await api.ok("POST", "identity/group", {"name": "readers", "policies": "groups",
+                                           "member_entity_ids": [auth["entity_id"]]})
+    for spelling in ("admins", "ADMINS", "Admins"):
+        status, _ = await api.call("GET", f"identity/group/name/{spelling}", token=auth["client_token"])
+        assert status == 403, spelling
+        status, _ = await api.call("POST", f"identity/group/name/{spelling}", {"policies": "root-ish"},
+                                   token=auth["client_token"])
+        assert status == 403, spelling
+    assert (await api.call("GET", "identity/group/name/READERS", token=auth["client_token"]))[0] == 200
+
+
+async def test_openapi_lists_identity_and_cel_paths(api: Api) -> None:
+    resp = await api.client.get("/v1/sys/internal/specs/openapi", headers=H)
+    paths = (await resp.json())["paths"]
+    assert {"/identity/group", "/identity/group/id/{id}", "/identity/group-alias",
+            "/identity/lookup/entity", "/auth/jwt/cel/role/{name}"} <= set(paths)
+    assert paths["/auth/jwt/cel/login"]["x-vault-unauthenticated"] is True
+    role = paths["/auth/jwt/role/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert role["properties"]["token_policies_template_claims"]["type"] == "boolean"
+    group = paths["/identity/group"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(group["properties"]) >= {"name", "type", "policies", "metadata", "member_entity_ids"}
+
+
+async def test_token_use_reads_no_entity_when_no_group_grants(aiohttp_client: AiohttpClient) -> None:
+    """A token of an identity is judged without any storage read for its entity while no
+    group grants a policy, and with at most one (a cache miss) when one does."""
+    storage = InMemoryStorage()
+    reads: list[str] = []
+    original = storage.get
+
+    async def counting_get(key: str) -> Any:
+        reads.append(key)
+        return await original(key)
+
+    storage.get = counting_get  # type: ignore[method-assign]
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    client: Client = await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
+    api = Api(client)
+    api.accessor = await _mount(api, "jwt")
+    token = (await api.login("alice", ["x"]))["client_token"]
+    reads.clear()
+    for _ in range(3):
+        await api.call("GET", "auth/token/lookup-self", token=token)
+    assert not [k for k in reads if k.startswith("identity/")]
+    await api.ok("POST", "sys/policies/acl/ops", {"policy": OPS_POLICY})
+    await api.group("ops", ["ops"], "x")
+    app_of(client)[IDENTITY]._entities.clear()  # a cold cache: the first use reads the entity once
+    reads.clear()
+    for _ in range(3):
+        assert await _can_read_role(api, token) == 403  # member only after its next login
+    assert len([k for k in reads if k.startswith("identity/entity/")]) == 1
