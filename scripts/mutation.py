@@ -87,6 +87,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/plugin/test_verbose_oidc_logging.py",
         "tests/server/test_login_errors.py",
         "tests/server/test_security_rules.py",
+        "tests/test_docs.py",
     ),
     "plugin/sealing.py": (
         "tests/plugin/test_sealing_rules.py",

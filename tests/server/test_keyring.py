@@ -354,6 +354,8 @@ async def test_reseal_walks_every_prefix_and_counts_what_it_sealed_again() -> No
         "auth/u1/role/r": {"nested": {"keys": [sealed("auth/u1/role/r", "keys", b"b"),
                                                sealed("auth/u1/role/r", "keys", b"c")]}},
         "auth/u2/whole": sealed("auth/u2/whole", "", b"d"),
+        # a mount path that sorts before any letter (the first page of a folder starts at "")
+        "auth/1password/config": {"secret": sealed("auth/1password/config", "secret", b"i")},
         "sys/token/salt": {"sealed": sealed("sys/token/salt", "sealed", b"e")},
         "sys/token/batch_key": {"keys": [{"sealed": sealed("sys/token/batch_key", "sealed", b"f"), "retire_at": 0}]},
         "sys/token/other": {"sealed": k.seal(b"g", "sys/token/other#sealed")},  # not below a prefix
@@ -366,8 +368,8 @@ async def test_reseal_walks_every_prefix_and_counts_what_it_sealed_again() -> No
     keyring_before = await storage.get("core/keyring")
     await k.rotate(storage)
     await storage.put("auth/u1/plain", {"name": "am1 is not a prefix here"})
-    # 5 rows with 6 values, the 1030 roles, and the fingerprint key (core/)
-    assert await reseal(storage, k) == 6 + 1030 + 1
+    # 6 rows with 7 values, the 1030 roles, and the fingerprint key (core/)
+    assert await reseal(storage, k) == 7 + 1030 + 1
     for context, plain in old.items():
         key, _, field = context.partition("#")
         row = await storage.get(key)
