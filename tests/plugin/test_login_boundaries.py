@@ -206,6 +206,10 @@ GLOBS: list[tuple[str, Any, bool]] = [
     ("ab*bc", "abbc", True),
     ("a*a", "a", False),
     ("a**c", "ac", True),
+    ("a*b*b", "ab", False),  # a middle part is used up once found
+    ("a*b*b", "abb", True),
+    ("*x*x*", "x", False),
+    ("*x*x*", "xx", True),
     ("*c", "abc", True),
     ("*c", "abcd", False),
     ("a*", "a", True),
