@@ -513,6 +513,30 @@ def test_unauthenticated_paths_exact() -> None:
     assert names <= {"login", "oidc/auth_url", "oidc/callback", "cel/login"}
 
 
+@pytest.mark.parametrize(
+    ("path", "route", "summary", "description"),
+    [
+        ("login", "/auth/jwt/login", "Authenticates to Vault using a JWT (or OIDC) token.",  # Vault's synopsis
+         "Validates the JWT against the role and the mount's key source and issues a token."),
+        ("role/r/explain", "/auth/jwt/role/{name}/explain",
+         "Explain how a login with this role and JWT would go, without issuing a token.",
+         "Runs every login check for the given JWT and returns each outcome."),
+    ],
+    ids=["login", "explain"],
+)
+def test_path_help(path: str, route: str, summary: str, description: str) -> None:
+    """What ``vault path-help`` and the OpenAPI document say of the login paths."""
+    from plugin.backend import JWTAuthBackend
+
+    b = JWTAuthBackend()
+    found = b.resolve(path)
+    assert found is not None
+    doc = b.help(found, path, "auth/jwt/")
+    assert doc["openapi"][route]["post"]["summary"] == summary
+    assert doc["openapi"][route]["post"]["description"] == description
+    assert summary in doc["help"] and description in doc["help"]
+
+
 def test_registered() -> None:
     from plugin.registry import factory_for
 
