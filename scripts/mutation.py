@@ -145,6 +145,12 @@ MODULES: dict[str, tuple[str, ...]] = {
     "server/http/connguard.py": (
         "tests/server/test_connguard.py",
     ),
+    "server/audit/entry.py": (
+        "tests/server/test_audit.py",
+    ),
+    "plugin/cel.py": (
+        "tests/plugin/test_cel.py",
+    ),
     "server/tokens/entry.py": (
         "tests/server/test_tokens.py",
         "tests/server/test_token_rules.py",
