@@ -345,6 +345,10 @@ MORE_REFUSALS: list[tuple[str, Any, str]] = [
     ("after a message", {"expression": "pb.Auth{policies: []} == nope"}, "undeclared reference to 'nope'"),
     ("before a message", {"expression": "nope == pb.Auth{policies: []}"}, "undeclared reference to 'nope'"),
     ("after a message type", {"expression": "type(claims) == pb.Auth || nope"}, "undeclared reference to 'nope'"),
+    # a message type's package is no value: anything but a known type under it fails every login
+    ("an unknown name under pb", {"expression": "pb.Foo == 1"}, "undeclared reference to 'pb'"),
+    ("pb alone", {"expression": "pb == 1"}, "undeclared reference to 'pb'"),
+    ("an unknown name under logical", {"expression": "logical.X"}, "undeclared reference to 'logical'"),
     ("the accessor", {"expression": "pb.Auth{accessor: 'x'}"}, "pb.Auth.accessor is set by the server"),
     ("the internal data", {"expression": "pb.Auth{internal_data: {}}"}, "pb.Auth.internal_data is set by the server"),
     ("4097 characters", {"expression": "'" + "x" * 4095 + "'"}, "longer than 4096 characters"),
@@ -391,6 +395,7 @@ ACCEPTED: list[tuple[str, str, Any]] = [
     ("an empty message", "pb.Auth{}", {}),
     ("lease options", "pb.LeaseOptions{TTL: 5, MaxTTL: 6, renewable: true}", {"TTL": 5, "MaxTTL": 6, "renewable": True}),
     ("an alias", "logical.Alias{name: 'n', metadata: {'k': 'v'}}", {"name": "n", "metadata": {"k": "v"}}),
+    ("message types as values", "pb.Auth == pb.Auth && logical.Alias != pb.Auth && type(claims) != pb.Auth", True),
 ]
 
 
@@ -412,6 +417,8 @@ EVALUATION_ERRORS: list[tuple[str, str, list[dict[str, str]], str]] = [
     ("after a variable", "a == claims.missing", [{"name": "a", "expression": "1"}],
      "expression: no such member in mapping: 'missing'"),
     ("divide by zero", "1 / 0 == 1", [], "expression: modulus or divide by zero"),
+    ("a long reason is cut to 300 characters", "claims." + "k" * 400 + " == 1", [],
+     "expression: " + ("no such member in mapping: '" + "k" * 400)[:300]),
     ("an extension given a number", "claims.ref.split(1).size() > 0", [], "expression: no such overload"),
     ("join given a string", "'ab'.join('-') == ''", [], "expression: no such overload"),
     ("join given numbers", "['a', 1].join('-') == ''", [], "expression: no such overload"),
