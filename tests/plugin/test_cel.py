@@ -345,6 +345,12 @@ MORE_REFUSALS: list[tuple[str, Any, str]] = [
     ("after a message", {"expression": "pb.Auth{policies: []} == nope"}, "undeclared reference to 'nope'"),
     ("before a message", {"expression": "nope == pb.Auth{policies: []}"}, "undeclared reference to 'nope'"),
     ("after a message type", {"expression": "type(claims) == pb.Auth || nope"}, "undeclared reference to 'nope'"),
+    ("before a message type", {"expression": "nope || type(claims) == pb.Auth"}, "undeclared reference to 'nope'"),
+    ("a function called with a leading dot", {"expression": ".system('ls')"},
+     "undeclared reference to function 'system'"),
+    ("301 parse levels", {"expression": "(" * 30 + "1" + ")" * 30}, "nested too deep (more than 300 parse levels)"),
+    ("4001 parse nodes", {"expression": "size([---" + ",".join(["1"] * 394) + "])" + " + 1" * 5},
+     "too large (more than 4000 parse nodes)"),
     # a message type's package is no value: anything but a known type under it fails every login
     ("an unknown name under pb", {"expression": "pb.Foo == 1"}, "undeclared reference to 'pb'"),
     ("pb alone", {"expression": "pb == 1"}, "undeclared reference to 'pb'"),
@@ -379,6 +385,8 @@ def test_reserved_variable_names(name: str) -> None:
 #: Programs at the limits, and every extension function, that must compile and run.
 ACCEPTED: list[tuple[str, str, Any]] = [
     ("4096 characters", "'" + "x" * 4094 + "'", "x" * 4094),
+    ("300 parse levels", "(" * 29 + "1" + ")" * 29, 1),  # 29 parentheses: 300 levels, 30: 310
+    ("4000 parse nodes", "size([" + ",".join(["1"] * 395) + "])" + " + 1" * 4, 399),
     ("a value of exactly 65536 characters", "size(claims.s + claims.s + claims.s + claims.s)", 65536),
     ("lowerAscii", "'PaYmEnTs-É'.lowerAscii()", "payments-É"),
     ("upperAscii", "'payments-é'.upperAscii()", "PAYMENTS-é"),
