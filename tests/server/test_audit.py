@@ -264,6 +264,38 @@ def test_stamp_is_rfc3339_with_microseconds() -> None:
     assert before - 1e-6 <= when <= after + 1e-6
 
 
+def test_remaining_uses_of_a_token_whose_last_use_this_is() -> None:
+    """A token whose last use is this request is stored with -1 (revocation pending): 0 uses remain."""
+    rec = _full_record()
+    rec.token = _token()
+    rec.token.num_uses = -1
+    assert request_entry(rec, Format(_h), "T")["auth"]["remaining_uses"] == 0
+
+
+@pytest.mark.parametrize("is_list", [True, False], ids=["a LIST", "not a LIST"])
+def test_elide_list_responses_counts_keys_and_key_info_of_lists_only(is_list: bool) -> None:
+    data = {"keys": ["a", "b", "c"], "key_info": {"a": {"x": 1}, "b": {"x": 2}}, "other": ["z"]}
+    rec = _record(response_data=data)
+    if is_list:
+        rec.is_list = True
+    got = response_entry(rec, Format(_h, elide_list_responses=True), "T")["response"]["data"]
+    if is_list:
+        assert got == {"keys": 3, "key_info": 2, "other": ["H(z)"]}
+    else:
+        assert got == {"keys": ["H(a)", "H(b)", "H(c)"], "key_info": {"a": {"x": 1}, "b": {"x": 2}}, "other": ["H(z)"]}
+
+
+def test_stamp_never_shows_a_seventh_digit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last microsecond of a second is .999999, not .1000000."""
+    import types
+
+    from server.audit import entry
+
+    monkeypatch.setattr(entry, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.9999995))
+    monkeypatch.setattr(entry, "_stamp_second", -1)
+    assert stamp() == "2023-11-14T22:13:20.999999Z"
+
+
 # -- through the server --------------------------------------------------------------------------
 def _settings(**extra: Any) -> Settings:
     return Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT, **extra)
