@@ -2,7 +2,7 @@
 
 Usage::
 
-    scripts/mutation                         # the default module set (about 30 min on 2 cores)
+    scripts/mutation                         # the default module set (about an hour of CPU, fresh)
     scripts/mutation plugin/keys.py          # some modules, with their tests from MODULES
     scripts/mutation server/tokens/backend.py=tests/server/test_token_backend.py
     scripts/mutation -j 1 --html --fresh plugin/cidrutil.py
