@@ -51,7 +51,7 @@ SKIPPED = {
     ("docs/api.md", "needs an OIDC identity provider and a browser (tests/e2e/test_oidc_e2e.py runs the flow)"),
     ("docs/operations.md", "needs the server stopped (tests/e2e/test_operator_e2e.py runs it)"),
     ("docs/performance.md", "runs the benchmark (minutes, all cores)"),
-    ("docs/mutation.md", "runs the mutation campaign (about half an hour of both cores)"),
+    ("docs/mutation.md", "runs the mutation campaign (about an hour of CPU)"),
 }
 
 
