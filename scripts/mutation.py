@@ -131,6 +131,8 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_token_selectors.py",
         "tests/server/test_security_rules.py",
         "tests/server/test_token_backend.py",
+        "tests/server/test_metrics.py",
+        "tests/server/test_identity.py",
     ),
     "server/tokens/keys.py": (
         "tests/server/test_token_keys.py",
