@@ -66,6 +66,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/plugin/test_jwk_rules.py",
         "tests/plugin/test_attacks.py",
         "tests/plugin/test_path_config.py",
+        "tests/server/test_metrics.py",
     ),
     "plugin/claims.py": (
         "tests/plugin/test_claims.py",
@@ -133,6 +134,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_token_backend.py",
         "tests/server/test_metrics.py",
         "tests/server/test_identity.py",
+        "tests/server/test_wrapping.py",
     ),
     "server/tokens/keys.py": (
         "tests/server/test_token_keys.py",
