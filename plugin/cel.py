@@ -392,7 +392,7 @@ def _compile_one(expression: str, scope: frozenset[str], where: str) -> _Runner:
             raise InvalidRequest(f"{where}: nested too deep (more than {MAX_DEPTH} parse levels)")
         if nodes > MAX_NODES:
             raise InvalidRequest(f"{where}: too large (more than {MAX_NODES} parse nodes)")
-    _check_names(ast, scope | {"pb", "logical"}, where)
+    _check_names(ast, scope, where)
     return cast(_Runner, _ENV.program(ast, functions=EXTENSIONS))
 
 

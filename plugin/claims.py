@@ -121,26 +121,22 @@ def set_claim(claims: dict[str, Any], name: str, value: Any) -> bool:
 
 
 def glob_match(pattern: str, subject: str) -> bool:
-    """True when ``subject`` matches ``pattern`` with go-glob semantics."""
-    if pattern == "":
-        return subject == ""
-    if pattern == "*":
-        return True
+    """True when ``subject`` matches ``pattern`` with go-glob semantics: the text before the
+    first ``*`` is a prefix, the text after the last one a suffix of what the middle parts,
+    each found leftmost in turn, leave over."""
     parts = pattern.split("*")
     if len(parts) == 1:
         return subject == pattern
-    leading = pattern.startswith("*")
-    trailing = pattern.endswith("*")
-    end = len(parts) - 1
-    for i in range(end):
-        idx = subject.find(parts[i])
-        if i == 0:
-            if not leading and idx != 0:
-                return False
-        elif idx < 0:
+    first, last = parts[0], parts[-1]
+    if not subject.startswith(first):
+        return False
+    rest = subject[len(first) :]
+    for part in parts[1:-1]:
+        idx = rest.find(part)
+        if idx < 0:
             return False
-        subject = subject[idx + len(parts[i]) :]
-    return trailing or subject.endswith(parts[end])
+        rest = rest[idx + len(part) :]
+    return rest.endswith(last)
 
 
 # ---------------------------------------------------------------------------

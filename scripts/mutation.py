@@ -2,7 +2,7 @@
 
 Usage::
 
-    scripts/mutation                         # the default module set (about 30 min on 2 cores)
+    scripts/mutation                         # the default module set (about an hour of CPU, fresh)
     scripts/mutation plugin/keys.py          # some modules, with their tests from MODULES
     scripts/mutation server/tokens/backend.py=tests/server/test_token_backend.py
     scripts/mutation -j 1 --html --fresh plugin/cidrutil.py
@@ -66,21 +66,45 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/plugin/test_jwk_rules.py",
         "tests/plugin/test_attacks.py",
         "tests/plugin/test_path_config.py",
+        "tests/server/test_metrics.py",
     ),
     "plugin/claims.py": (
         "tests/plugin/test_claims.py",
+        "tests/plugin/test_login_checks.py",
         "tests/plugin/test_login_boundaries.py",
         "tests/plugin/test_path_login.py",
         "tests/plugin/test_explain.py",
         "tests/plugin/test_path_oidc.py",
+        "tests/plugin/test_verbose_oidc_logging.py",
     ),
     "plugin/path_login.py": (
+        "tests/plugin/test_login_checks.py",
         "tests/plugin/test_login_boundaries.py",
         "tests/plugin/test_path_login.py",
         "tests/plugin/test_explain.py",
         "tests/plugin/test_claims.py",
         "tests/plugin/test_attacks.py",
+        "tests/plugin/test_path_oidc.py",
+        "tests/plugin/test_verbose_oidc_logging.py",
+        "tests/server/test_login_errors.py",
         "tests/server/test_security_rules.py",
+        "tests/test_docs.py",
+    ),
+    "plugin/sealing.py": (
+        "tests/plugin/test_sealing_rules.py",
+        "tests/server/test_keyring.py",
+        "tests/plugin/test_oidc_state.py",
+        "tests/plugin/test_path_config.py",
+    ),
+    "plugin/oidc_state.py": (
+        "tests/plugin/test_oidc_state_rules.py",
+        "tests/plugin/test_oidc_state.py",
+        "tests/plugin/test_path_oidc.py",
+    ),
+    "plugin/oidc_redirect.py": (
+        "tests/plugin/test_oidc_redirect_rules.py",
+        "tests/plugin/test_oidc_state.py",
+        "tests/plugin/test_path_oidc.py",
     ),
     "plugin/cidrutil.py": (
         "tests/plugin/test_shared_rules.py",
@@ -108,6 +132,28 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_token_selectors.py",
         "tests/server/test_security_rules.py",
         "tests/server/test_token_backend.py",
+        "tests/server/test_metrics.py",
+        "tests/server/test_identity.py",
+        "tests/server/test_wrapping.py",
+    ),
+    "server/tokens/keys.py": (
+        "tests/server/test_token_keys.py",
+        "tests/server/test_token_rules.py",
+        "tests/server/test_token_selectors.py",
+        "tests/server/test_tokens.py",
+    ),
+    "server/keyring.py": (
+        "tests/server/test_keyring.py",
+        "tests/server/test_seed_reload.py",
+    ),
+    "server/http/connguard.py": (
+        "tests/server/test_connguard.py",
+    ),
+    "server/audit/entry.py": (
+        "tests/server/test_audit.py",
+    ),
+    "plugin/cel.py": (
+        "tests/plugin/test_cel.py",
     ),
     "server/tokens/entry.py": (
         "tests/server/test_tokens.py",
@@ -172,10 +218,16 @@ class Job:
 # runner mutmut calls just asks the server over a Unix socket and exits with the answer.
 
 SOCKET_ENV = "AUTHMOUNT_MUTATION_SOCKET"
+#: The job's extra pytest arguments (``PYTEST_EXTRA``), as JSON: given to every pytest run.
+EXTRA_ENV = "AUTHMOUNT_MUTATION_EXTRA"
 PYTEST_ARGS = ("-x", "-q", "-p", "no:cacheprovider", "--assert=plain")
 
 
-def run_pytest(args: list[str]) -> int:
+def _extra() -> list[str]:
+    return list(json.loads(os.environ.get(EXTRA_ENV) or "[]"))
+
+
+def run_pytest(args: list[str], plugins: list[Any] | None = None) -> int:
     """pytest in this process; any failure (tests, collection, usage) is exit status 1.
 
     mutmut 2 counts only status 1 as "killed": a mutant that breaks an import makes pytest
@@ -183,8 +235,12 @@ def run_pytest(args: list[str]) -> int:
     """
     import pytest
 
-    code = pytest.main([*PYTEST_ARGS, *args])
+    code = pytest.main([*PYTEST_ARGS, *_extra(), *args], plugins=plugins)
     return 0 if code == 0 else 1
+
+
+#: pytest's exit status when every test it was given is deselected (``PYTEST_EXTRA``).
+_NO_TESTS = 5
 
 
 def run_client(args: list[str]) -> int:
@@ -229,11 +285,65 @@ def _third_party_modules(args: list[str], tree: Path) -> list[str]:
     return [n for n in data.decode().split("\n") if n]
 
 
-def _fork_pytest(args: list[str], cwd: str, conn: socket.socket, server: socket.socket) -> int:
+# Killers first, one test file at a time. pytest imports every test file named on its
+# command line before it runs a test, and importing a test file (with the project modules
+# and keys it builds) costs about as much as running its tests. So a child runs the selected
+# tests file by file and stops at the first failure, and the server orders the files and
+# the tests in them by how many mutants each test killed so far in this job (a test that
+# killed mutants on other lines is the likeliest to kill this one), else as the job lists
+# them.
+
+
+class _Killers:
+    """Records, in a child, which test failed first; counts, in the server, how often."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.failed: str = ""
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed and not self.failed:
+            self.failed = report.nodeid.split("[")[0]
+
+    def score(self, test: str) -> int:
+        if "::" in test:
+            return self.counts.get(test, 0)
+        return sum(n for t, n in self.counts.items() if t.split("::")[0] == test)
+
+    def stages(self, tests: list[str]) -> list[list[str]]:
+        """``tests`` grouped by file, killers first, in the order to run them."""
+        files: dict[str, list[str]] = {}
+        for test in tests:
+            files.setdefault(test.split("::")[0], []).append(test)
+        groups = [sorted(group, key=lambda t: -self.score(t)) for group in files.values()]
+        return sorted(groups, key=lambda g: -sum(self.score(t) for t in g))
+
+
+def _run_stages(stages: list[list[str]], report_fd: int) -> int:
+    """Run ``stages`` one pytest session each (in a child), stop at the first failure and
+    write the test that failed (if one did) to ``report_fd``."""
+    import pytest
+
+    for stage in stages:
+        killers = _Killers()
+        code = pytest.main([*PYTEST_ARGS, *_extra(), *stage], plugins=[killers])
+        if code not in (0, _NO_TESTS):
+            os.write(report_fd, killers.failed.encode())
+            return 1
+    return 0
+
+
+def _fork_pytest(
+    args: list[str], cwd: str, conn: socket.socket, server: socket.socket, killers: _Killers
+) -> tuple[int, str, int]:
+    """(exit status, the test that failed first, test files run) of ``args`` in a child."""
+    stages = killers.stages(args)
+    read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
+            os.close(read)
             server.close()
             conn.close()
             os.setpgid(0, 0)
@@ -241,25 +351,28 @@ def _fork_pytest(args: list[str], cwd: str, conn: socket.socket, server: socket.
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
             os.chdir(cwd)
-            code = run_pytest(args)
+            code = _run_stages(stages, write)
         finally:
             os._exit(code)
+    os.close(write)
     pidfd = os.pidfd_open(pid)
     try:
         while True:
             ready, _, _ = select.select([pidfd, conn.fileno()], [], [])
             if pidfd in ready:
                 _, status = os.waitpid(pid, 0)
-                return 0 if os.waitstatus_to_exitcode(status) == 0 else 1
+                failed = os.read(read, 1 << 16).decode(errors="replace")
+                return (0 if os.waitstatus_to_exitcode(status) == 0 else 1), failed, len(stages)
             if not conn.recv(1):  # the runner is gone: mutmut's timeout killed it
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 os.waitpid(pid, 0)
-                return 1
+                return 1, "", len(stages)
     finally:
         os.close(pidfd)
+        os.close(read)
 
 
 def serve(path: str, warm_args: list[str]) -> int:
@@ -268,7 +381,7 @@ def serve(path: str, warm_args: list[str]) -> int:
 
     sys.dont_write_bytecode = True  # a mutant's .pyc must never outlive it
     tree = Path.cwd().resolve()
-    for name in _third_party_modules(warm_args, tree):
+    for name in _third_party_modules([*_extra(), *warm_args], tree):
         try:
             importlib.import_module(name)
         except Exception:  # a module that only imports in its own context: the child will
@@ -287,6 +400,7 @@ def serve(path: str, warm_args: list[str]) -> int:
 
 
 def _serve_forever(server: socket.socket) -> None:
+    killers = _Killers()
     while True:
         conn, _ = server.accept()
         with conn:
@@ -294,7 +408,13 @@ def _serve_forever(server: socket.socket) -> None:
             if not line:
                 continue
             request = json.loads(line)
-            code = _fork_pytest(request["args"], request["cwd"], conn, server)
+            started = time.monotonic()
+            code, failed, files = _fork_pytest(request["args"], request["cwd"], conn, server, killers)
+            if failed:
+                killers.counts[failed] = killers.counts.get(failed, 0) + 1
+            outcome = f"killed by {failed}" if failed else ("killed" if code else "passed")
+            print(f"{time.monotonic() - started:6.2f}s {outcome} ({len(request['args'])} tests, {files} files)",
+                  flush=True)
             try:
                 conn.sendall(f"{code}\n".encode())
             except OSError:
@@ -477,7 +597,7 @@ _STOPPING = threading.Event()
 
 def _env(copy: Path) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
-    for name in ("VAULT_TOKEN", "VAULT_ADDR", SOCKET_ENV):
+    for name in ("VAULT_TOKEN", "VAULT_ADDR", SOCKET_ENV, EXTRA_ENV):
         env.pop(name, None)
     return env
 
@@ -555,7 +675,7 @@ def pre_mutation(context):
 
 
 def _runner(job: Job, tests: tuple[str, ...]) -> str:
-    return " ".join(shlex.quote(a) for a in [sys.executable, "scripts/mutation.py", "_pytest", *job.extra, *tests])
+    return " ".join(shlex.quote(a) for a in [sys.executable, "scripts/mutation.py", "_pytest", *tests])
 
 
 def _select_tests(job: Job, copy: Path, log: Any) -> bool:
@@ -595,8 +715,8 @@ def _start_server(job: Job, copy: Path, log: Any) -> tuple[subprocess.Popen[byte
     """The job's fork server, and the environment that points mutmut's runner at it."""
     path = copy / ".mutation.sock"
     path.unlink(missing_ok=True)
-    env = _env(copy)
-    proc = _spawn([sys.executable, "scripts/mutation.py", "_serve", str(path), *job.extra, *job.tests], copy, log, env)
+    env = dict(_env(copy), **{EXTRA_ENV: json.dumps(job.extra)})
+    proc = _spawn([sys.executable, "scripts/mutation.py", "_serve", str(path), *job.tests], copy, log, env)
     deadline = time.monotonic() + 120
     while not path.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -52,7 +52,7 @@ SKIPPED = {
     ("docs/api.md", "needs an OIDC identity provider and a user (tests/e2e/test_oidc_modes_e2e.py runs both modes with bao)"),
     ("docs/operations.md", "needs the server stopped (tests/e2e/test_operator_e2e.py runs it)"),
     ("docs/performance.md", "runs the benchmark (minutes, all cores)"),
-    ("docs/mutation.md", "runs the mutation campaign (about half an hour of both cores)"),
+    ("docs/mutation.md", "runs the mutation campaign (about an hour of CPU)"),
 }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from plugin.cel import COST_LIMIT, MAX_EXPRESSION, MAX_VARIABLES, CelProgram, compile_program, to_python
+from plugin.cel import COST_LIMIT, MAX_VARIABLES, CelProgram, compile_program, to_python
 from plugin.errors import InvalidRequest, PluginError
 from plugin.framework import Auth, Operation, Request
 from plugin.path_cel import cel_auth
@@ -81,33 +81,34 @@ def test_variables_are_evaluated_in_order_and_doubling_is_stopped() -> None:
 @pytest.mark.parametrize(
     ("program", "message"),
     [
-        ({"expression": "claims.x +"}, "cel_program: expression: invalid CEL syntax"),
-        ({"expression": "nope == 1"}, "undeclared reference to 'nope'"),
-        ({"expression": ".claims"}, "undeclared reference to '.claims'"),
-        ({"expression": "claims.groups.exists(g, g == h)"}, "undeclared reference to 'h'"),
-        ({"expression": "claims.x.lowerascii()"}, "undeclared reference to function 'lowerascii'"),
-        ({"expression": "system('ls')"}, "undeclared reference to function 'system'"),
-        ({"expression": "claims.groups.exists(1, true)"}, r"exists\(\) takes a variable name and an expression"),
-        ({"expression": "pb.Auth{entity_id: 'x'}"}, "pb.Auth.entity_id is set by the server"),
-        ({"expression": "pb.Auth{identity_policies: ['admin']}"}, "pb.Auth.identity_policies is set by the server"),
-        ({"expression": "pb.Auth{client_token: 'x'}"}, "pb.Auth.client_token is set by the server"),
-        ({"expression": "pb.Auth{nope: 1}"}, "pb.Auth has no field 'nope'"),
-        ({"expression": "pb.Auth{policies: [], policies: []}"}, "a field of pb.Auth is set twice"),
-        ({"expression": "pb.Secret{}"}, "unknown message type 'pb.Secret'"),
-        ({"expression": "google.protobuf.Struct{}"}, "unknown message type 'google.protobuf.Struct'"),
-        ({"expression": "[" + ",".join(["1"] * 1500) + "]"}, "too large"),
-        ({"expression": "1" + " + 1" * 1000}, "nested too deep"),
-        ({"expression": "(" * 40 + "1" + ")" * 40}, "nested too deep"),
-        ({"expression": "1" * (MAX_EXPRESSION + 1)}, f"longer than {MAX_EXPRESSION} characters"),
+        ({"expression": "claims.x +"}, "cel_program: expression: invalid CEL syntax: claims.x +"),
+        ({"expression": "nope == 1"}, "cel_program: expression: undeclared reference to 'nope'"),
+        ({"expression": ".claims"}, "cel_program: expression: undeclared reference to '.claims'"),
+        ({"expression": "claims.groups.exists(g, g == h)"}, "cel_program: expression: undeclared reference to 'h'"),
+        ({"expression": "claims.x.lowerascii()"}, "cel_program: expression: undeclared reference to function 'lowerascii'"),
+        ({"expression": "system('ls')"}, "cel_program: expression: undeclared reference to function 'system'"),
+        ({"expression": "claims.groups.exists(1, true)"}, "cel_program: expression: exists() takes a variable name and an expression"),
+        ({"expression": "pb.Auth{entity_id: 'x'}"}, "cel_program: expression: pb.Auth.entity_id is set by the server"),
+        ({"expression": "pb.Auth{identity_policies: ['admin']}"}, "cel_program: expression: pb.Auth.identity_policies is set by the server"),
+        ({"expression": "pb.Auth{client_token: 'x'}"}, "cel_program: expression: pb.Auth.client_token is set by the server"),
+        ({"expression": "pb.Auth{nope: 1}"}, "cel_program: expression: pb.Auth has no field 'nope'"),
+        ({"expression": "pb.Auth{policies: [], policies: []}"}, "cel_program: expression: a field of pb.Auth is set twice"),
+        ({"expression": "pb.Secret{}"}, "cel_program: expression: unknown message type 'pb.Secret' (pb.Auth, logical.Alias, pb.LeaseOptions)"),
+        ({"expression": "google.protobuf.Struct{}"}, "cel_program: expression: unknown message type 'google.protobuf.Struct' (pb.Auth, logical.Alias, "
+         "pb.LeaseOptions)"),
+        ({"expression": "[" + ",".join(["1"] * 1500) + "]"}, "cel_program: expression: too large (more than 4000 parse nodes)"),
+        ({"expression": "1" + " + 1" * 1000}, "cel_program: expression: nested too deep (more than 300 parse levels)"),
+        ({"expression": "(" * 40 + "1" + ")" * 40}, "cel_program: expression: nested too deep (more than 300 parse levels)"),
+        ({"expression": "1" * 4097}, "cel_program: expression: longer than 4096 characters"),
         ({"expression": "a", "variables": [{"name": "a", "expression": "b"}, {"name": "b", "expression": "1"}]},
-         "variable 'a': undeclared reference to 'b'"),
-        ({"expression": "1", "variables": [{"name": "claims", "expression": "1"}]}, "reserved variable name"),
-        ({"expression": "1", "variables": [{"name": "a b", "expression": "1"}]}, "invalid or reserved"),
-        ({"expression": "1", "variables": [{"name": "a", "expression": "1"}] * 2}, "defined twice"),
-        ({"expression": "1", "variables": [{"name": f"v{i}", "expression": "1"} for i in range(MAX_VARIABLES + 1)]},
-         f"at most {MAX_VARIABLES} variables"),
+         "cel_program: variable 'a': undeclared reference to 'b'"),
+        ({"expression": "1", "variables": [{"name": "claims", "expression": "1"}]}, "cel_program: variables[0]: invalid or reserved variable name 'claims'"),
+        ({"expression": "1", "variables": [{"name": "a b", "expression": "1"}]}, "cel_program: variables[0]: invalid or reserved variable name 'a b'"),
+        ({"expression": "1", "variables": [{"name": "a", "expression": "1"}] * 2}, "cel_program: variables[1]: variable 'a' is defined twice"),
+        ({"expression": "1", "variables": [{"name": f"v{i}", "expression": "1"} for i in range(33)]},
+         "cel_program: at most 32 variables"),
         ({"expression": ""}, "cel_program.expression cannot be empty"),
-        ({"expression": "1", "extra": 1}, "unknown keys"),
+        ({"expression": "1", "extra": 1}, "failed to decode 'cel_program': unknown keys ['extra']"),
     ],
     ids=[
         "syntax", "undeclared", "leading-dot", "macro-scope", "unknown-method", "unknown-function", "macro-var",
@@ -118,8 +119,9 @@ def test_variables_are_evaluated_in_order_and_doubling_is_stopped() -> None:
 )
 def test_compile_refusals(program: dict[str, Any], message: str) -> None:
     started = time.thread_time()
-    with raises(message):
+    with pytest.raises(InvalidRequest) as info:
         compile_program(CelProgram.from_raw(program))
+    assert info.value.messages == [message]
     assert time.thread_time() - started < 1.0
 
 
@@ -308,3 +310,167 @@ def test_a_slow_garbage_collection_does_not_count_against_the_program() -> None:
         gc.callbacks.remove(slow)
         gc.set_threshold(*before)
     assert gc.isenabled()
+
+
+#: More refusals at write, each with its whole message: the program's shape, every name the
+#: checker must visit (in either order of the operands), the limits at their exact values.
+MORE_REFUSALS: list[tuple[str, Any, str]] = [
+    ("not an object", [], "failed to decode 'cel_program': expected an object"),
+    ("no expression", {"variables": []}, "cel_program.expression cannot be empty"),
+    ("expression not a string", {"expression": 1}, "failed to decode 'cel_program': expression must be a string"),
+    ("variables not a list", {"expression": "1", "variables": "a"},
+     "failed to decode 'cel_program': variables must be a list"),
+    ("a variable not an object", {"expression": "1", "variables": [1]},
+     "failed to decode 'cel_program': variables[0] must be {name, expression}"),
+    ("a variable with another key", {"expression": "1", "variables": [{"name": "a", "expression": "1", "x": 1}]},
+     "failed to decode 'cel_program': variables[0] must be {name, expression}"),
+    ("a variable's expression not a string", {"expression": "1", "variables": [{"name": "a", "expression": 2}]},
+     "cel_program: variables[0].a: expression cannot be empty"),
+    ("a variable's expression empty", {"expression": "1", "variables": [{"name": "a", "expression": ""}]},
+     "cel_program: variables[0].a: expression cannot be empty"),
+    ("a function's argument", {"expression": "size(nope) > 0"}, "undeclared reference to 'nope'"),
+    ("after a function", {"expression": "size(claims.groups) > 0 && nope"}, "undeclared reference to 'nope'"),
+    ("before a function", {"expression": "nope && size(claims.groups) > 0"}, "undeclared reference to 'nope'"),
+    ("after a name", {"expression": "claims.a == 1 || nope"}, "undeclared reference to 'nope'"),
+    ("before a name", {"expression": "nope || claims.a == 1"}, "undeclared reference to 'nope'"),
+    ("a method's target", {"expression": "nope.startsWith('a')"}, "undeclared reference to 'nope'"),
+    ("a method's argument", {"expression": "claims.ref.startsWith(nope)"}, "undeclared reference to 'nope'"),
+    ("after a method", {"expression": "claims.ref.startsWith('a') && nope"}, "undeclared reference to 'nope'"),
+    ("before a method", {"expression": "nope && claims.ref.startsWith('a')"}, "undeclared reference to 'nope'"),
+    ("after a macro", {"expression": "claims.groups.all(g, g != '') && nope"}, "undeclared reference to 'nope'"),
+    ("a field access's target", {"expression": "nope.x == 1"}, "undeclared reference to 'nope'"),
+    ("after a field access", {"expression": "claims.x == 1 && nope"}, "undeclared reference to 'nope'"),
+    ("a message's first field", {"expression": "pb.Auth{policies: [nope]}"}, "undeclared reference to 'nope'"),
+    ("a message's second field", {"expression": "pb.Auth{policies: ['a'], display_name: nope}"},
+     "undeclared reference to 'nope'"),
+    ("a message's third field", {"expression": "pb.Auth{policies: ['a'], display_name: 'x', num_uses: nope}"},
+     "undeclared reference to 'nope'"),
+    ("after a message", {"expression": "pb.Auth{policies: []} == nope"}, "undeclared reference to 'nope'"),
+    ("before a message", {"expression": "nope == pb.Auth{policies: []}"}, "undeclared reference to 'nope'"),
+    ("after a message type", {"expression": "type(claims) == pb.Auth || nope"}, "undeclared reference to 'nope'"),
+    ("before a message type", {"expression": "nope || type(claims) == pb.Auth"}, "undeclared reference to 'nope'"),
+    ("a function called with a leading dot", {"expression": ".system('ls')"},
+     "undeclared reference to function 'system'"),
+    ("301 parse levels", {"expression": "(" * 30 + "1" + ")" * 30}, "nested too deep (more than 300 parse levels)"),
+    ("4001 parse nodes", {"expression": "size([---" + ",".join(["1"] * 394) + "])" + " + 1" * 5},
+     "too large (more than 4000 parse nodes)"),
+    # a message type's package is no value: anything but a known type under it fails every login
+    ("an unknown name under pb", {"expression": "pb.Foo == 1"}, "undeclared reference to 'pb'"),
+    ("pb alone", {"expression": "pb == 1"}, "undeclared reference to 'pb'"),
+    ("an unknown name under logical", {"expression": "logical.X"}, "undeclared reference to 'logical'"),
+    ("the accessor", {"expression": "pb.Auth{accessor: 'x'}"}, "pb.Auth.accessor is set by the server"),
+    ("the internal data", {"expression": "pb.Auth{internal_data: {}}"}, "pb.Auth.internal_data is set by the server"),
+    ("4097 characters", {"expression": "'" + "x" * 4095 + "'"}, "longer than 4096 characters"),
+    ("a long syntax error shows the line around the error", {"expression": "claims.x + " * 40},
+     "invalid CEL syntax: aims.x + claims.x + claims.x + claims.x + "),
+]
+
+
+@pytest.mark.parametrize(("program", "message"), [c[1:] for c in MORE_REFUSALS], ids=[c[0] for c in MORE_REFUSALS])
+def test_more_compile_refusals(program: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        compile_program(CelProgram.from_raw(program))
+    [got] = info.value.messages
+    if message.startswith(("failed to decode", "cel_program")):
+        assert got == message
+    else:
+        assert got == "cel_program: expression: " + message
+
+
+@pytest.mark.parametrize("name", ["claims", "now", "operation", "pb", "logical", "google", "true", "false", "null", "in",
+                                  "map", "filter", "all", "exists", "exists_one", "1a", ""])
+def test_reserved_variable_names(name: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        CelProgram.from_raw({"expression": "1", "variables": [{"name": name, "expression": "1"}]})
+    assert info.value.messages == [f"cel_program: variables[0]: invalid or reserved variable name {name!r}"]
+
+
+#: Programs at the limits, and every extension function, that must compile and run.
+ACCEPTED: list[tuple[str, str, Any]] = [
+    ("4096 characters", "'" + "x" * 4094 + "'", "x" * 4094),
+    ("300 parse levels", "(" * 29 + "1" + ")" * 29, 1),  # 29 parentheses: 300 levels, 30: 310
+    ("a value of exactly 65536 characters", "size(claims.s + claims.s + claims.s + claims.s)", 65536),
+    ("lowerAscii", "'PaYmEnTs-É'.lowerAscii()", "payments-É"),
+    ("upperAscii", "'payments-é'.upperAscii()", "PAYMENTS-é"),
+    ("trim", "'  a b  '.trim()", "a b"),
+    ("split", "'a.b.c'.split('.')", ["a", "b", "c"]),
+    ("join without a separator", "['a', 'b'].join()", "ab"),
+    ("join", "['a', 'b'].join('-')", "a-b"),
+    ("replace", "'v1.2.0'.replace('.', '-')", "v1-2-0"),
+    ("indexOf", "'v1.2.0'.indexOf('.')", 2),
+    ("dyn", "dyn(1) == 1", True),
+    ("filter", "claims.groups.filter(g, g != 'a')", ["b", "c"]),
+    ("exists_one", "claims.groups.exists_one(g, g == 'a')", True),
+    ("map", "claims.groups.map(g, g + g)", ["aa", "bb", "cc"]),
+    ("an empty message", "pb.Auth{}", {}),
+    ("lease options", "pb.LeaseOptions{TTL: 5, MaxTTL: 6, renewable: true}", {"TTL": 5, "MaxTTL": 6, "renewable": True}),
+    ("an alias", "logical.Alias{name: 'n', metadata: {'k': 'v'}}", {"name": "n", "metadata": {"k": "v"}}),
+    ("message types as values", "pb.Auth == pb.Auth && logical.Alias != pb.Auth && type(claims) != pb.Auth", True),
+]
+
+
+@pytest.mark.parametrize(("expression", "value"), [c[1:] for c in ACCEPTED], ids=[c[0] for c in ACCEPTED])
+def test_accepted_programs(expression: str, value: Any) -> None:
+    assert evaluate(expression, s="x" * 16384) == value
+
+
+def test_4000_parse_nodes_compile() -> None:
+    """The largest program the node limit takes compiles (only compiled: running its 395-element
+    list costs CPU time the time limit would count on a slow machine)."""
+    compile_program(CelProgram.from_raw({"expression": "size([" + ",".join(["1"] * 395) + "])" + " + 1" * 4}))
+
+
+def test_32_variables_are_allowed() -> None:
+    variables = [{"name": f"v{i}", "expression": f"{i}"} for i in range(32)]
+    assert evaluate("v0 + v31", variables) == 31
+
+
+#: Evaluation errors, with their whole message: where it failed and celpy's reason, short.
+EVALUATION_ERRORS: list[tuple[str, str, list[dict[str, str]], str]] = [
+    ("a missing claim", "claims.missing == 1", [], "expression: no such member in mapping: 'missing'"),
+    ("in a variable", "a", [{"name": "a", "expression": "claims.missing"}],
+     "variable 'a': no such member in mapping: 'missing'"),
+    ("after a variable", "a == claims.missing", [{"name": "a", "expression": "1"}],
+     "expression: no such member in mapping: 'missing'"),
+    ("divide by zero", "1 / 0 == 1", [], "expression: modulus or divide by zero"),
+    ("a long reason is cut to 300 characters", "claims." + "k" * 400 + " == 1", [],
+     "expression: " + ("no such member in mapping: '" + "k" * 400)[:300]),
+    ("an extension given a number", "claims.ref.split(1).size() > 0", [], "expression: no such overload"),
+    ("join given a string", "'ab'.join('-') == ''", [], "expression: no such overload"),
+    ("join given numbers", "['a', 1].join('-') == ''", [], "expression: no such overload"),
+    ("a value too large", "size(claims.s + claims.s + claims.s + claims.s + 'y') > 0", [],
+     "the program built a value larger than 65536 elements"),
+]
+
+
+@pytest.mark.parametrize(("expression", "variables", "message"), [c[1:] for c in EVALUATION_ERRORS],
+                         ids=[c[0] for c in EVALUATION_ERRORS])
+def test_evaluation_errors_in_full(expression: str, variables: list[dict[str, str]], message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        evaluate(expression, variables, s="x" * 16384)
+    assert info.value.messages == ["CEL program failed: " + message]
+
+
+def test_cost_limit_counts_every_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """10000 steps are allowed, not one more (the time limit lifted, so only the steps count):
+    ``all`` over 587 elements and ``&& true`` takes exactly 10000, over 588 it takes 17 more."""
+    from plugin import cel
+
+    monkeypatch.setattr(cel, "TIME_LIMIT", 60.0)
+    assert evaluate("claims.n.all(a, a >= 0) && true", n=list(range(587))) is True
+    assert evaluate("claims.n.all(a, a >= 0)", n=list(range(400))) is True  # 6813 steps
+    with pytest.raises(InvalidRequest) as info:
+        evaluate("claims.n.all(a, a >= 0) && true", n=list(range(588)))
+    assert info.value.messages == ["CEL program failed: the program exceeded its cost limit (10000 evaluation steps)"]
+
+
+def test_time_limit_is_50_ms_of_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the step budget lifted, a long program is stopped by the CPU limit, soon after it."""
+    from plugin import cel
+
+    monkeypatch.setattr(cel, "COST_LIMIT", 10**9)
+    started = time.thread_time()
+    with pytest.raises(InvalidRequest) as info:
+        evaluate("claims.n.all(a, claims.n.all(b, a + b >= 0))", n=list(range(2000)))
+    assert info.value.messages == ["CEL program failed: the program exceeded its time limit (0.05s)"]
+    assert time.thread_time() - started < 0.5

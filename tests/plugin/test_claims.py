@@ -301,7 +301,8 @@ def test_normalize_list(value: Any, want: Any) -> None:
         ("a*c", "abd", False), ("a?c", "abc", False), ("a?c", "a?c", True), ("[ab]", "a", False), ("A*", "abc", False),
         ("spiffe://example.org/ns/*/sa/*", "spiffe://example.org/ns/prod/sa/api", True),
         ("spiffe://example.org/ns/*/sa/*", "spiffe://evil.org/ns/prod/sa/api", False),
-        ("a*b*c", "aXbYc", True), ("a*b*c", "aXcYb", False),
+        ("a*b*c", "aXbYc", True), ("a*b*c", "aXcYb", False), ("a*b*b", "ab", False), ("*x*x*", "x", False),
+        ("*x*x*", "axbxc", True),
     ],
     ids=lambda v: repr(v),
 )
@@ -312,3 +313,85 @@ def test_glob_match(pattern: str, subject: str, want: bool) -> None:
 def test_show_escapes_and_truncates() -> None:
     assert cl.show("a\r\nb") == '"a\\r\\nb"'
     assert cl.show("x" * 500).endswith("...")
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("x" * 118, '"' + "x" * 118 + '"'),  # 120 characters: shown whole
+        ("x" * 119, '"' + "x" * 119 + "..."),  # 121: cut to 120 and marked
+        ("\u00e9", '"\\u00e9"'),  # ASCII only
+        ({"b": 1, "a": [2, None]}, '{"a": [2, null], "b": 1}'),  # keys sorted
+        (b"raw", "'bytes'"),  # not JSON: its type's name
+        ({1, 2}, "'set'"),
+    ],
+    ids=["120 chars", "121 chars", "non-ASCII", "object", "bytes", "set"],
+)
+def test_show(value: Any, shown: str) -> None:
+    assert cl.show(value) == shown
+
+
+@pytest.mark.parametrize(
+    ("name", "claims_after"),
+    [
+        ("/l/2", {"l": [1, 2], "s": "x", "n": None}),  # one past the end
+        ("/l/x", {"l": [1, 2], "s": "x", "n": None}),  # not an index
+        ("/l/-1", {"l": [1, 2], "s": "x", "n": None}),
+        ("/s/0", {"l": [1, 2], "s": "x", "n": None}),  # into a string
+        ("/n/a", {"l": [1, 2], "s": "x", "n": None}),  # into null
+        ("/m/a", {"l": [1, 2], "s": "x", "n": None}),  # absent parent
+    ],
+)
+def test_set_claim_refused(name: str, claims_after: dict[str, Any]) -> None:
+    claims = {"l": [1, 2], "s": "x", "n": None}
+    assert cl.set_claim(claims, name, 9) is False
+    assert claims == claims_after
+
+
+def test_set_claim_list_edges() -> None:
+    claims: dict[str, Any] = {"l": [1, 2]}
+    assert cl.set_claim(claims, "/l/0", "a") is True and cl.set_claim(claims, "/l/1", "b") is True
+    assert claims == {"l": ["a", "b"]}
+
+
+#: Each refusal's whole message (anyone sees it: no role value in it).
+REFUSALS: list[tuple[str, Any, str]] = [
+    ("user claim a number", lambda: cl.get_user_claim({"email": 42}, "email", False),
+     'claim "email" could not be converted to string (it is 42)'),
+    ("user claim a list", lambda: cl.get_user_claim({"email": ["a"]}, "email", False),
+     'claim "email" could not be converted to string (it is ["a"])'),
+    ("user claim empty", lambda: cl.get_user_claim({"email": ""}, "email", False), 'claim "email" is empty'),
+    ("user claim missing", lambda: cl.get_user_claim({}, "/e", True), 'claim "/e" not found in token'),
+    ("mapping an object", lambda: cl.extract_metadata({"d": {"x": 1}}, {"d": "m"}),
+     "error converting claim 'd' to string (it is {\"x\": 1})"),
+    ("list mapping a nested list", lambda: cl.extract_list_metadata({"g": ["a", ["b"]]}, {"g": "m"}),
+     "error converting claim 'g' to string list (it is [\"a\", [\"b\"]])"),
+    ("groups an object", lambda: cl.get_groups({"g": {"a": 1}}, "g"), '"g" claim could not be converted to string list'),
+    ("groups holding a number", lambda: cl.get_groups({"g": ["a", 1]}, "g"),
+     "value 1 in groups claim could not be parsed as string"),
+    ("groups missing", lambda: cl.get_groups({}, "/g/0"), 'failed to fetch groups: "/g/0" claim not found in token'),
+]
+
+
+@pytest.mark.parametrize(("call", "message"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS])
+def test_refusal_messages_in_full(call: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        call()
+    assert info.value.messages == [message] and info.value.expected == ""
+
+
+@pytest.mark.parametrize(
+    ("claims", "metadata", "lists"),
+    [
+        # an absent source is skipped, and the mappings after it still apply
+        ({"b": "x", "l": ["y"]}, {"b": "x"}, {"l": "y"}),
+        # numbers keep their fraction (mappings do not truncate as bound claims do)
+        ({"b": 1.5, "l": 2.5}, {"b": "1.5"}, {"l": "2.5"}),
+        ({"b": 3.0, "l": [1.5, 2.0, 7]}, {"b": "3"}, {"l": "1.5,2,7"}),
+    ],
+    ids=["absent first", "fractions", "whole floats"],
+)
+def test_mappings_after_an_absent_source(claims: dict[str, Any], metadata: dict[str, str],
+                                         lists: dict[str, str]) -> None:
+    assert cl.extract_metadata(claims, {"absent": "a", "/gone/0": "g", "b": "b"}) == metadata
+    assert cl.extract_list_metadata(claims, {"absent": "a", "/gone/0": "g", "l": "l"}) == lists

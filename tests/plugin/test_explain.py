@@ -130,8 +130,9 @@ async def test_bound_cidrs(h: Harness, extra: dict[str, Any], ok: bool, skipped:
     ids=["no-jwt", "unknown-role"],
 )
 async def test_request_errors(h: Harness, role: str, data: dict[str, Any], message: str) -> None:
-    with pytest.raises(InvalidRequest, match=message):
+    with pytest.raises(InvalidRequest) as info:
         await h.write(f"role/{role}/explain", data)
+    assert info.value.messages == [message]
 
 
 async def test_issues_nothing_and_needs_token(h: Harness) -> None:
@@ -159,3 +160,108 @@ async def test_unknown_kid_is_named_in_explain_and_in_the_login_error() -> None:
     with pytest.raises(InvalidRequest) as exc:
         await h.login({"role": "ci", "jwt": stranger})
     assert exc.value.messages == [signature["detail"]]
+
+
+def outcomes(data: dict[str, Any]) -> list[tuple[str, bool, str, bool]]:
+    """Every outcome as (check, ok, detail, skipped), in order."""
+    return [(c["check"], c["ok"], c["detail"], c.get("skipped", False)) for c in data["checks"]]
+
+
+async def test_every_outcome_of_a_passing_login_in_full(h: Harness) -> None:
+    """What explain says of each check, word for word (the role binds no subject, CIDR or age)."""
+    now = int(h.clock.now)
+    data = await explain(h, token(h))
+    assert data["would_succeed"] is True and data["role"] == "ci"
+    assert outcomes(data) == [
+        ("role_type", True, "jwt", False),
+        ("bound_cidrs", True, "the role has no token_bound_cidrs", True),
+        ("parse", True, "alg ES256", False),
+        ("algorithm", True, "ES256 is allowed", False),
+        ("signature", True, "verified", False),
+        ("issuer", True, "matches bound_issuer", False),
+        ("subject", True, "the role has no bound_subject", True),
+        ("audience", True, "matches bound_audiences", False),
+        ("time", True, f"valid from {now} until {now + 300}, now {now}", False),
+        ("max_token_age", True, "the role has no max_token_age", True),
+        ("distributed_claims", True, "the token names no distributed or aggregated claims", True),
+        ("user_claim", True, 'alias name "ci-bot"', False),
+        ("claim_mappings", True, "1 metadata keys", False),
+        ("groups", True, "1 groups", False),
+        ("bound_claims", True, "3 claims match", False),
+        ("token_policies", True, "the role's token_policies are not templates", True),
+    ]
+    assert "policies" not in data
+
+
+async def test_every_outcome_of_the_other_branches_in_full() -> None:
+    """The other side of each check: no bound issuer, a bound subject and CIDR, no audience,
+    max_token_age, no groups claim, no bound claims, templated policies, a token with a kid."""
+    h = Harness()
+    now = int(h.clock.now)
+    await h.write("config", {"jwt_validation_pubkeys": [KEY.pem]})
+    await h.write("role/r", {
+        "role_type": "jwt", "user_claim": "sub", "bound_subject": "ci-bot", "token_bound_cidrs": ["10.0.0.0/8"],
+        "max_token_age": 600, "token_policies": ["p-{{ .team }}", "base"], "token_policies_template_claims": True,
+    })
+    jwt = make_token({"sub": "ci-bot", "iat": now - 7, "team": "infra"}, key=KEY, kid="k-1")
+    data = await explain(h, jwt, role="r", remote_addr="10.1.2.3")
+    assert data["would_succeed"] is True and data["role"] == "r"
+    assert outcomes(data) == [
+        ("role_type", True, "jwt", False),
+        ("bound_cidrs", True, "the address is in token_bound_cidrs", False),
+        ("parse", True, "alg ES256, kid k-1", False),
+        ("algorithm", True, "ES256 is allowed", False),
+        ("signature", True, "verified", False),
+        ("issuer", True, "the config has no bound_issuer", True),
+        ("subject", True, "matches bound_subject", False),
+        ("audience", True, "no audience, none bound", False),
+        ("time", True, f"valid from {now - 7} until {now - 7 + 150}, now {now}", False),
+        ("max_token_age", True, "issued 7s ago", False),
+        ("distributed_claims", True, "the token names no distributed or aggregated claims", True),
+        ("user_claim", True, 'alias name "ci-bot"', False),
+        ("claim_mappings", True, "0 metadata keys", False),
+        ("groups", True, "the role has no groups_claim", True),
+        ("bound_claims", True, "the role has no bound_claims", True),
+        ("token_policies", True, 'policies ["base", "p-infra"]', False),
+    ]
+    assert data["policies"] == ["base", "p-infra"]
+    assert data["identity"] == {"alias_name": "ci-bot", "metadata": {"role": "r"}, "groups": []}
+    # Without remote_addr the CIDR check is not evaluated; outside the CIDRs it fails, saying where.
+    data = await explain(h, jwt, role="r")
+    assert outcomes(data)[1] == ("bound_cidrs", True, "not evaluated: no remote_addr given", True)
+    data = await explain(h, jwt, role="r", remote_addr="192.0.2.1")
+    assert outcomes(data)[1] == ("bound_cidrs", False, 'permission denied: 192.0.2.1 is not in ["10.0.0.0/8"]', False)
+    assert data["would_succeed"] is False
+
+
+async def test_refusals_in_full(h: Harness) -> None:
+    """The detail of a failed check: the message, then what the role or config expects."""
+    await h.write("config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": "https://idp",
+                             "jwt_supported_algs": ["RS256"]})
+    data = await explain(h, token(h, iss="https://other", ref="x", env="dev", team="ops", sub=7))
+    checks = {c[0]: c for c in outcomes(data)}
+    assert checks["parse"] == ("parse", False, 'error validating token: claim "sub" must be a string, got 7', False)
+    assert checks["signature"] == ("signature", True, "not evaluated: the algorithm is not allowed", True)
+    assert checks["issuer"] == (
+        "issuer", False,
+        'error validating token: invalid issuer (iss) claim: token has "https://other", expected "https://idp"', False,
+    )
+    # Every failed bound claim is in the detail, one after another.
+    assert checks["bound_claims"] == ("bound_claims", False, (
+        'error validating claims: claim "ref" is "x", role expects one of ["release/*", "main"]; '
+        'error validating claims: claim "env" is "dev", role expects one of ["prod"]; '
+        'error validating claims: claim "team" is "ops", role expects one of ["infra"]'
+    ), False)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [{"sub": None}, {"groups": [1]}, {"repo": ["a", ["b"]]}],
+    ids=["only the user claim fails", "only the groups fail", "only a claim mapping fails"],
+)
+async def test_no_identity_when_one_identity_check_fails(h: Harness, over: dict[str, Any]) -> None:
+    data = await explain(h, token(h, **over))
+    assert [c["check"] for c in data["checks"] if not c["ok"]] == [
+        {"sub": "user_claim", "groups": "groups", "repo": "claim_mappings"}[next(iter(over))]
+    ]
+    assert "identity" not in data

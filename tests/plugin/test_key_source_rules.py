@@ -355,3 +355,45 @@ def test_build_key_source_messages(config: dict[str, Any], message: str) -> None
     with pytest.raises(InvalidRequest) as exc:
         build_key_source(config, FakeFetcher())
     assert exc.value.messages == [message]
+
+
+class _Recorded:
+    """``Events`` that remember the key fetches (the ``authmount_key_fetches_total`` labels)."""
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, bool]] = []
+
+    def key_fetch(self, kind: str, ok: bool) -> None:
+        self.fetches.append((kind, ok))
+
+    def key_cache_hit(self) -> None:
+        pass
+
+    def key_set_fetched(self, url: str, at: float) -> None:
+        pass
+
+    def oidc_flow(self, stage: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("routes", "fetches"),
+    [
+        ({ISSUER + WELL_KNOWN: {"issuer": ISSUER, "jwks_uri": URL}, URL: "keys"}, [("discovery", True), ("jwks", True)]),
+        ({ISSUER + WELL_KNOWN: {"issuer": ISSUER, "jwks_uri": URL}}, [("discovery", True), ("jwks", False)]),
+        ({}, [("discovery", False)]),
+    ],
+    ids=["both fetched", "the key set fails", "discovery fails"],
+)
+async def test_key_fetch_events_name_the_source_and_the_outcome(routes: dict[str, Any],
+                                                                 fetches: list[tuple[str, bool]]) -> None:
+    key = ec_key()
+    if routes.get(URL) == "keys":
+        routes[URL] = jwks(key)
+    events = _Recorded()
+    src = DiscoveryKeySource(ISSUER, None, FakeFetcher(routes), clock=Clock(), events=events)
+    if fetches[-1][1]:
+        await src.verify(tok(key), ALL)
+    else:
+        assert (await fails(src, tok(key))).startswith(SIG)
+    assert events.fetches == fetches

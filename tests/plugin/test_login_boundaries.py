@@ -206,6 +206,10 @@ GLOBS: list[tuple[str, Any, bool]] = [
     ("ab*bc", "abbc", True),
     ("a*a", "a", False),
     ("a**c", "ac", True),
+    ("a*b*b", "ab", False),  # a middle part is used up once found
+    ("a*b*b", "abb", True),
+    ("*x*x*", "x", False),
+    ("*x*x*", "xx", True),
     ("*c", "abc", True),
     ("*c", "abcd", False),
     ("a*", "a", True),
@@ -357,6 +361,35 @@ async def test_max_token_age_of_one_second(skew: int, claims: dict[str, Any], ok
     h = await mount({"max_token_age": 1, "clock_skew_leeway": skew, "expiration_leeway": OFF,
                      "not_before_leeway": OFF})
     await check(h, token(**claims), ok, message)
+
+
+#: (case, role, claims, the whole message): what a refused time check says, word for word.
+TIME_MESSAGES: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
+    ("not yet valid", {"clock_skew_leeway": 10}, {"iat": DROP, "nbf": NOW + 11},
+     "error validating token: invalid not before (nbf) claim: token not yet valid "
+     f"(valid from {NOW + 11}, now {NOW}, clock skew leeway 10s)"),
+    ("expired", {"clock_skew_leeway": 10}, {"iat": DROP, "exp": NOW - 11},
+     "error validating token: invalid expiration time (exp) claim: token is expired "
+     f"(valid until {NOW - 11}, now {NOW}, clock skew leeway 10s)"),
+    ("issued in the future", {"clock_skew_leeway": OFF}, {"nbf": NOW, "iat": NOW + 1},
+     "error validating token: invalid issued at (iat) claim: token issued in the future "
+     f"(iat {NOW + 1}, now {NOW}, clock skew leeway 0s)"),
+    ("not a number", {}, {"exp": "1"}, 'error validating token: claim "exp" must be a JSON number, got "1"'),
+    ("a bool", {}, {"iat": True}, 'error validating token: claim "iat" must be a JSON number, got true'),
+    ("out of range", {}, {"nbf": -1}, 'error validating token: claim "nbf" is out of range'),
+    ("no time claim", {}, {"iat": DROP, "exp": DROP},
+     "error validating token: no issued at (iat), not before (nbf), or expiration time (exp) claims in token"),
+    ("too old", {"max_token_age": 1, "clock_skew_leeway": 5}, {"iat": NOW - 7},
+     "error validating token: token is too old: issued 7s ago, role max_token_age is 1s (clock skew leeway 5s)"),
+    ("max_token_age without iat", {"max_token_age": 1}, {"iat": DROP, "nbf": NOW},
+     "error validating token: the role's max_token_age requires an issued at (iat) claim"),
+]
+
+
+@pytest.mark.parametrize(("role", "claims", "message"), [c[1:] for c in TIME_MESSAGES], ids=[c[0] for c in TIME_MESSAGES])
+async def test_time_refusals_word_for_word(role: dict[str, Any], claims: dict[str, Any], message: str) -> None:
+    h = await mount(role)
+    assert await login(h, token(**claims)) == message
 
 
 async def test_no_max_token_age_means_any_age() -> None:

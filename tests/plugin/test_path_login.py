@@ -513,6 +513,30 @@ def test_unauthenticated_paths_exact() -> None:
     assert names <= {"login", "oidc/auth_url", "oidc/callback", "oidc/poll", "cel/login"}
 
 
+@pytest.mark.parametrize(
+    ("path", "route", "summary", "description"),
+    [
+        ("login", "/auth/jwt/login", "Authenticates to Vault using a JWT (or OIDC) token.",  # Vault's synopsis
+         "Validates the JWT against the role and the mount's key source and issues a token."),
+        ("role/r/explain", "/auth/jwt/role/{name}/explain",
+         "Explain how a login with this role and JWT would go, without issuing a token.",
+         "Runs every login check for the given JWT and returns each outcome."),
+    ],
+    ids=["login", "explain"],
+)
+def test_path_help(path: str, route: str, summary: str, description: str) -> None:
+    """What ``vault path-help`` and the OpenAPI document say of the login paths."""
+    from plugin.backend import JWTAuthBackend
+
+    b = JWTAuthBackend()
+    found = b.resolve(path)
+    assert found is not None
+    doc = b.help(found, path, "auth/jwt/")
+    assert doc["openapi"][route]["post"]["summary"] == summary
+    assert doc["openapi"][route]["post"]["description"] == description
+    assert summary in doc["help"] and description in doc["help"]
+
+
 def test_registered() -> None:
     from plugin.registry import factory_for
 
@@ -553,3 +577,57 @@ async def test_jwks_pairs_login_needs_kid() -> None:
         assert (await h.login({"role": "r", "jwt": make_token(tok, key=key)})).auth is not None
     assert "token missing kid header parameter" in await fails(h, make_token(tok, key=b.with_kid(None)), role="r")
     assert "no key found with kid" in await fails(h, make_token(tok, key=b.with_kid("zz")), role="r")
+
+
+#: (case, login data (None: a valid token with these claims changed), what the refusal records
+#: for the audit log and the login metrics: the role only when it exists, ``iss`` and ``sub``
+#: only when the token has them as strings).
+LOGIN_FACTS: list[tuple[str, dict[str, Any] | None, dict[str, Any], dict[str, str]]] = [
+    ("unknown role", {"role": "nope", "jwt": "x"}, {}, {}),
+    ("no token", {"role": "plugin-test"}, {}, {"role": "plugin-test"}),
+    ("not a JWT", {"role": "plugin-test", "jwt": "a.b"}, {}, {"role": "plugin-test"}),
+    ("a later check fails", None, {"color": "red"}, {"role": "plugin-test", "iss": ISSUER, "sub": SUB}),
+    ("only a subject", None, {"iss": None, "sub": "someone"}, {"role": "plugin-test", "sub": "someone"}),
+    ("a non-string subject", None, {"sub": 7}, {"role": "plugin-test", "iss": ISSUER}),
+    ("a non-string issuer", None, {"iss": ["x"]}, {"role": "plugin-test", "sub": SUB}),
+]
+
+
+@pytest.mark.parametrize(("data", "over", "facts"), [c[1:] for c in LOGIN_FACTS], ids=[c[0] for c in LOGIN_FACTS])
+async def test_refusal_records_role_issuer_and_subject(data: dict[str, Any] | None, over: dict[str, Any],
+                                                       facts: dict[str, str]) -> None:
+    h = await setup("static")
+    if data is None:
+        tok = claims(h)
+        tok.update(over)
+        data = {"role": "plugin-test", "jwt": make_token({k: v for k, v in tok.items() if v is not None}, key=KEY)}
+    with structlog.testing.capture_logs() as logs, pytest.raises(InvalidRequest) as info:
+        await h.login(data)
+    assert info.value.login == facts
+    assert [e["event"] for e in logs] == ["login_failed"]
+
+
+async def test_refused_without_a_known_role_records_none() -> None:
+    """``refused`` records a role only when the caller names one that exists."""
+    from plugin.framework import Request
+    from plugin.path_login import refused
+
+    h = Harness()
+    req = Request(operation=Operation.UPDATE, path="login", system=h.system)
+    exc = InvalidRequest("no")
+    refused(req, exc, "login_failed", claims={"iss": "i", "sub": "s"})
+    assert exc.login == {"iss": "i", "sub": "s"}
+
+
+@pytest.mark.parametrize("templated", [False, True], ids=["plain policies", "templated policies"])
+async def test_login_records_the_policy_templates_for_renewal(templated: bool) -> None:
+    h = await setup("static", role={"policies": ["base", "team-{{ .color }}"] if templated else ["base"],
+                                    "token_policies_template_claims": templated})
+    resp = await h.login({"role": "plugin-test", "jwt": make_token(claims(h), key=KEY)})
+    assert resp.auth is not None
+    if templated:
+        assert resp.auth.policies == ["base", "team-green"]
+        assert resp.auth.internal_data == {"role": "plugin-test", "policy_templates": ["base", "team-{{ .color }}"]}
+    else:
+        assert resp.auth.policies == ["base"]
+        assert resp.auth.internal_data == {"role": "plugin-test"}

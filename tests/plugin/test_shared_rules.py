@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugin.cidrutil import cidr_allows, parse_cidrs
+from plugin.cidrutil import cidr_allows, narrow_cidrs, parse_cidrs
 from plugin.errors import InvalidRequest
 from plugin.policyutil import refuse_root, sanitize_policies
 
@@ -64,3 +64,31 @@ def test_root_refusal_message_is_vaults() -> None:
     with pytest.raises(InvalidRequest) as exc:
         refuse_root([" Root "])
     assert exc.value.messages == ["auth methods cannot create root tokens"]
+
+
+#: (case, the creating token's CIDRs, the requested ones, the child's CIDRs; None: refused)
+NARROW: list[tuple[str, list[str], list[str], list[str] | None]] = [
+    ("no parent CIDRs", [], ["10.0.0.0/8"], ["10.0.0.0/8"]),
+    ("nothing requested", ["10.0.0.0/8"], [], ["10.0.0.0/8"]),
+    ("a subnet of the parent's", ["10.0.0.0/8"], ["10.1.0.0/16"], ["10.1.0.0/16"]),
+    ("a supernet of the parent's", ["10.1.0.0/16"], ["10.0.0.0/8"], ["10.1.0.0/16"]),
+    ("the parent's of another version first", ["2001:db8::/32", "10.0.0.0/8"], ["10.1.0.0/16"], ["10.1.0.0/16"]),
+    ("the first parent that holds it wins", ["10.0.0.0/8", "10.1.2.0/24"], ["10.1.0.0/16"], ["10.1.0.0/16"]),
+    ("each parent inside it", ["10.1.0.0/16", "10.2.0.0/16", "192.0.2.0/24"], ["10.0.0.0/8"],
+     ["10.1.0.0/16", "10.2.0.0/16"]),
+    ("no repeats", ["10.1.0.0/16"], ["10.0.0.0/8", "10.0.0.0/7"], ["10.1.0.0/16"]),
+    ("disjoint", ["10.0.0.0/8"], ["192.0.2.0/24"], None),
+    ("another version only", ["10.0.0.0/8"], ["2001:db8::/32"], None),
+]
+
+
+@pytest.mark.parametrize(("parent", "requested", "child"), [c[1:] for c in NARROW], ids=[c[0] for c in NARROW])
+def test_narrow_cidrs(parent: list[str], requested: list[str], child: list[str] | None) -> None:
+    if child is not None:
+        assert narrow_cidrs(parent, requested) == child
+        return
+    with pytest.raises(InvalidRequest) as info:
+        narrow_cidrs(parent, requested)
+    assert info.value.messages == [
+        f"bound_cidrs {requested} are outside the creating token's bound CIDRs {parent}"
+    ]

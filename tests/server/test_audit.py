@@ -26,9 +26,21 @@ from plugin.storage import InMemoryStorage
 from server.app import create_app
 from server.appkeys import AUDIT, STORAGE
 from server.audit.broker import AUDIT_KEY
-from server.audit.entry import Format, Hasher, Record, hash_data, response_entry
+from server.audit.entry import (
+    Format,
+    Hasher,
+    Record,
+    hash_data,
+    probe_record,
+    request_entry,
+    request_line,
+    response_entry,
+    response_line,
+    stamp,
+)
 from server.http.listverb import make_test_server
 from server.settings import AuditSeed, Settings, StorageSettings
+from server.tokens.entry import TokenEntry
 from server.tokens.store import ID_PREFIX
 from tests.plugin.keyfactory import make_token, rsa_key
 from tests.server.httpkit import Client, app_of
@@ -104,6 +116,184 @@ def test_device_options(options: dict[str, Any], check: Any) -> None:
                           "token_type": "service", "lease_duration": 60}, "jwt-alice")
     entry = response_entry(rec, Format(_h, **options), "now")
     assert check(entry), entry
+
+
+def _token() -> TokenEntry:
+    return TokenEntry(id_hash="h", accessor="acc-1", policies=["default", "dev"], meta={"role": "ci"},
+                      display_name="jwt-bot", creation_time=1_700_000_000, ttl=3600, num_uses=3, entity_id="ent-1")
+
+
+def _full_record() -> Record:
+    """An authenticated request with everything a Record can carry."""
+    rec = Record()
+    rec.request_id, rec.operation, rec.path = "req-1", "update", "auth/jwt/role/r"
+    rec.mount_point, rec.mount_type, rec.mount_accessor, rec.mount_class = "auth/jwt/", "jwt", "auth_jwt_1", "auth"
+    rec.remote_address, rec.remote_port = "10.0.0.1", 5000
+    rec.client_token, rec.token = "hvs.caller", _token()
+    rec.data = {"role_type": "jwt", "policies": ["a"], "ttl": 60}
+    rec.non_hmac_request = frozenset({"role_type"})
+    rec.headers = {"x-team": (["blue"], False), "x-secret": (["s"], True)}
+    rec.response_data = {"name": "r", "count": 2}
+    rec.non_hmac_response = frozenset({"name"})
+    rec.warnings = ["w1"]
+    return rec
+
+
+FULL_AUTH = {
+    "client_token": "H(hvs.caller)", "accessor": "H(acc-1)", "display_name": "jwt-bot",
+    "policies": ["default", "dev"], "token_policies": ["default", "dev"], "policy_results": {"allowed": True},
+    "metadata": {"role": "ci"}, "entity_id": "ent-1", "token_type": "service", "token_ttl": 3600,
+    "token_issue_time": "2023-11-14T22:13:20Z", "remaining_uses": 3,
+}
+FULL_REQUEST = {
+    "id": "req-1", "operation": "update", "mount_point": "auth/jwt/", "mount_type": "jwt",
+    "mount_accessor": "auth_jwt_1", "mount_class": "auth", "client_token": "H(hvs.caller)",
+    "client_token_accessor": "H(acc-1)", "namespace": {"id": "root"}, "path": "auth/jwt/role/r",
+    "data": {"role_type": "jwt", "policies": ["H(a)"], "ttl": 60}, "remote_address": "10.0.0.1", "remote_port": 5000,
+    "headers": {"x-team": ["blue"], "x-secret": ["H(s)"]},
+}
+MOUNT = {"mount_point": "auth/jwt/", "mount_type": "jwt", "mount_accessor": "auth_jwt_1", "mount_class": "auth"}
+
+
+def test_whole_entries_of_an_authenticated_request() -> None:
+    """Both entries, every field in Vault's place (key order included: the line is JSON as written)."""
+    rec = _full_record()
+    fmt = Format(_h)
+    assert request_entry(rec, fmt, "T") == {"time": "T", "type": "request", "auth": FULL_AUTH, "request": FULL_REQUEST}
+    response = response_entry(rec, fmt, "T")
+    assert response == {"time": "T", "type": "response", "auth": FULL_AUTH, "request": FULL_REQUEST, "response": {
+        **MOUNT, "data": {"name": "r", "count": 2}, "warnings": ["w1"]}}
+    assert list(response) == ["time", "type", "auth", "request", "response"]
+    assert list(response["auth"]) == list(FULL_AUTH) and list(response["request"]) == list(FULL_REQUEST)
+    line = response_line(rec, fmt, "T")
+    assert line.startswith(b'{"time":"T","type":"response","auth":{') and line.endswith(b"}\n")
+    assert line.count(b"\n") == 1
+
+
+def test_whole_entries_of_a_probe() -> None:
+    """What a device writes when it is enabled: the bare Record's defaults."""
+    fmt = Format(_h)
+    request = {"id": "", "operation": "update", "namespace": {"id": "root"}, "path": "sys/audit/test"}
+    assert request_entry(probe_record(), fmt, "T") == {"time": "T", "type": "request", "auth": {"token_type": "default"},
+                                                        "request": request}
+    assert response_entry(probe_record(), fmt, "T") == {
+        "time": "T", "type": "response", "auth": {"token_type": "default"}, "request": request, "response": {}}
+
+
+def test_whole_entries_of_logins() -> None:
+    """A login (no caller token), the token it issued, and a refused one with its failure."""
+    fmt = Format(_h)
+    rec = _record(operation="update", path="auth/jwt/login", data={"role": "ci", "jwt": "eyJ"})
+    rec.response_auth = ({"client_token": "hvs.new", "accessor": "acc-2", "policies": ["default"],
+                          "token_policies": ["default", "x"], "metadata": {"role": "ci"}, "entity_id": "ent-2",
+                          "token_type": "batch", "lease_duration": 60, "num_uses": 2}, "jwt-bot")
+    entry = response_entry(rec, fmt, "T")
+    assert entry["auth"] == {"token_type": "default", "policy_results": {"allowed": True}}
+    assert entry["request"] == {"id": "", "operation": "update", "mount_point": "auth/jwt/", "mount_type": "jwt",
+                                "mount_class": "auth", "namespace": {"id": "root"}, "path": "auth/jwt/login",
+                                "data": {"role": "H(ci)", "jwt": "H(eyJ)"}}
+    assert entry["response"] == {"mount_point": "auth/jwt/", "mount_type": "jwt", "mount_class": "auth", "auth": {
+        "client_token": "H(hvs.new)", "accessor": "H(acc-2)", "display_name": "jwt-bot", "policies": ["default"],
+        "token_policies": ["default", "x"], "metadata": {"role": "ci"}, "entity_id": "ent-2", "token_type": "batch",
+        "token_ttl": 60, "num_uses": 2}}
+    # an issued token with only what every one has
+    rec = _record(operation="update", path="auth/jwt/login")
+    rec.response_auth = ({"client_token": "hvs.new"}, "")
+    assert response_entry(rec, fmt, "T")["response"]["auth"] == {
+        "client_token": "H(hvs.new)", "policies": [], "token_policies": [], "token_type": "service"}
+    # refused: the error in the response data (hashed, a 400), the failure's claims hashed
+    rec = _record(operation="update", path="auth/jwt/login", error="error validating token: expired")
+    rec.login_failure = {"reason": "time", "role": "ci", "iss": "https://idp", "sub": "bot"}
+    entry = response_entry(rec, fmt, "T")
+    assert "error" not in entry
+    assert entry["response"]["data"] == {"error": "H(error validating token: expired)"}
+    assert entry["response"]["login_failure"] == {"reason": "time", "role": "ci", "iss": "H(https://idp)", "sub": "H(bot)"}
+    # a request that is not a login (a caller token was sent but refused) has no policy results
+    rec = _record(client_token="hvs.bad", allowed=False, request_error="permission denied",
+                  error="permission denied", error_top=True)
+    request, response = request_entry(rec, fmt, "T"), response_entry(rec, fmt, "T")
+    assert request["auth"] == response["auth"] == {"token_type": "default"}
+    assert request["error"] == response["error"] == "permission denied"
+    assert request["request"]["client_token"] == "H(hvs.bad)" and "client_token_accessor" not in request["request"]
+
+
+@pytest.mark.parametrize(
+    ("options", "check"),
+    [
+        ({"log_raw": True}, lambda q, r: q["auth"]["client_token"] == "hvs.caller" and q["auth"]["accessor"] == "acc-1"
+         and q["request"]["data"]["policies"] == ["a"] and q["request"]["headers"]["x-secret"] == ["s"]),
+        ({"hmac_accessor": False}, lambda q, r: q["auth"]["accessor"] == "acc-1"
+         and q["request"]["client_token_accessor"] == "acc-1" and q["auth"]["client_token"] == "H(hvs.caller)"),
+        ({}, lambda q, r: q["auth"]["accessor"] == "H(acc-1)" and r["response"]["data"]["name"] == "r"),
+    ],
+    ids=["log_raw", "hmac_accessor false", "defaults"],
+)
+def test_format_options_on_whole_entries(options: dict[str, Any], check: Any) -> None:
+    rec = _full_record()
+    fmt = Format(_h, **options)
+    assert check(request_entry(rec, fmt, "T"), response_entry(rec, fmt, "T"))
+
+
+def test_prefix_and_one_serialisation_per_format() -> None:
+    rec = _full_record()
+    plain, prefixed = Format(_h), Format(_h, prefix="AUDIT: ")
+    assert request_line(rec, prefixed, "T").startswith(b'AUDIT: {"time":"T","type":"request",')
+    assert request_line(rec, plain, "T").startswith(b'{"time":"T","type":"request",')
+    raw = Format(_h, log_raw=True)
+    assert request_entry(rec, raw, "T")["auth"]["client_token"] == "hvs.caller"  # not the plain format's block
+    assert request_entry(rec, plain, "T")["auth"]["client_token"] == "H(hvs.caller)"
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 200])
+def test_hasher_is_hmac_sha256_for_every_salt_length(size: int) -> None:
+    salt = bytes(range(256))[:size] if size <= 256 else os.urandom(size)
+    for value in ("hvs.token", "", "\u00e9", "\ud800 lone surrogate"):
+        want = hmac.new(salt, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+        assert Hasher(salt)(value) == "hmac-sha256:" + want
+
+
+def test_stamp_is_rfc3339_with_microseconds() -> None:
+    import re
+    from datetime import UTC, datetime
+
+    before = datetime.now(UTC).timestamp()
+    text = stamp()
+    after = datetime.now(UTC).timestamp()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text), text
+    when = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    assert before - 1e-6 <= when <= after + 1e-6
+
+
+def test_remaining_uses_of_a_token_whose_last_use_this_is() -> None:
+    """A token whose last use is this request is stored with -1 (revocation pending): 0 uses remain."""
+    rec = _full_record()
+    rec.token = _token()
+    rec.token.num_uses = -1
+    assert request_entry(rec, Format(_h), "T")["auth"]["remaining_uses"] == 0
+
+
+@pytest.mark.parametrize("is_list", [True, False], ids=["a LIST", "not a LIST"])
+def test_elide_list_responses_counts_keys_and_key_info_of_lists_only(is_list: bool) -> None:
+    data = {"keys": ["a", "b", "c"], "key_info": {"a": {"x": 1}, "b": {"x": 2}}, "other": ["z"]}
+    rec = _record(response_data=data)
+    if is_list:
+        rec.is_list = True
+    got = response_entry(rec, Format(_h, elide_list_responses=True), "T")["response"]["data"]
+    if is_list:
+        assert got == {"keys": 3, "key_info": 2, "other": ["H(z)"]}
+    else:
+        assert got == {"keys": ["H(a)", "H(b)", "H(c)"], "key_info": {"a": {"x": 1}, "b": {"x": 2}}, "other": ["H(z)"]}
+
+
+def test_stamp_never_shows_a_seventh_digit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last microsecond of a second is .999999, not .1000000."""
+    import types
+
+    from server.audit import entry
+
+    monkeypatch.setattr(entry, "time", types.SimpleNamespace(time=lambda: 1_700_000_000.9999995))
+    monkeypatch.setattr(entry, "_stamp_second", -1)
+    assert stamp() == "2023-11-14T22:13:20.999999Z"
 
 
 # -- through the server --------------------------------------------------------------------------

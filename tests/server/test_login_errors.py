@@ -6,6 +6,8 @@ expected values; ``login_errors_show_expected`` (development only) adds them.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pytest_aiohttp import AiohttpClient
 
@@ -21,7 +23,8 @@ KEY = rsa_key(kid="le")
 SECRET_SUBJECT = "repo:secret-org-x/deploy:ref:refs/heads/secret-branch-x"
 
 
-async def refused_login(aiohttp_client: AiohttpClient, show_expected: bool) -> tuple[int, list[str]]:
+async def jwt_server(aiohttp_client: AiohttpClient, show_expected: bool = False) -> Client:
+    """A server with a jwt mount: KEY's tokens, role ``r`` bound to SECRET_SUBJECT."""
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT,
                         login_errors_show_expected=show_expected)
     client: Client = await aiohttp_client(make_test_server(create_app(settings)))
@@ -32,6 +35,11 @@ async def refused_login(aiohttp_client: AiohttpClient, show_expected: bool) -> t
     ):
         resp = await client.post("/v1/" + path, json=body, headers=H)
         assert resp.status in (200, 204), await resp.text()
+    return client
+
+
+async def refused_login(aiohttp_client: AiohttpClient, show_expected: bool) -> tuple[int, list[str]]:
+    client = await jwt_server(aiohttp_client, show_expected)
     jwt = make_token({"sub": "repo:attacker/x", "exp": 4102444800}, key=KEY)
     resp = await client.post("/v1/auth/jwt/login", json={"role": "r", "jwt": jwt})
     return resp.status, (await resp.json())["errors"]
@@ -53,3 +61,20 @@ def test_setting_is_a_boolean() -> None:
     assert settings_from_mapping({"login_errors_show_expected": True}).login_errors_show_expected is True
     with pytest.raises(SettingsError, match="login_errors_show_expected: must be true or false"):
         settings_from_mapping({"login_errors_show_expected": "yes"})
+
+
+async def test_a_jwt_login_can_be_wrapped(aiohttp_client: AiohttpClient) -> None:
+    """``X-Vault-Wrap-TTL`` on a JWT login answers a wrapping token; unwrapping gives the login."""
+    client = await jwt_server(aiohttp_client)
+    now = int(time.time())
+    jwt = make_token({"sub": SECRET_SUBJECT, "iat": now, "exp": now + 300}, key=KEY)
+    resp = await client.post("/v1/auth/jwt/login", json={"role": "r", "jwt": jwt}, headers={"X-Vault-Wrap-TTL": "60"})
+    assert resp.status == 200, await resp.text()
+    out = await resp.json()
+    assert out["auth"] is None
+    info = out["wrap_info"]
+    assert info["creation_path"] == "auth/jwt/login" and info["ttl"] == 60
+    resp = await client.post("/v1/sys/wrapping/unwrap", headers={"X-Vault-Token": info["token"]})
+    assert resp.status == 200, await resp.text()
+    auth = (await resp.json())["auth"]
+    assert auth["metadata"] == {"role": "r"} and auth["client_token"]

@@ -227,6 +227,52 @@ async def test_batch_token_with_a_lone_surrogate_in_its_metadata(store: TokenSto
     assert entry.meta == {"odd": "\ud800x"} and entry.type == "batch"
 
 
+#: (case, policies, seconds from creation to expiry (None: none), the mount exists, refused for)
+FORGED: list[tuple[str, list[str], int | None, bool, str | None]] = [
+    ("as minting makes them", ["default", "dev"], 3600, True, None),
+    ("root policy", ["default", "root"], 3600, True, "root policy"),
+    ("root policy spelled otherwise", ["default", " ROOT "], 3600, True, "root policy"),
+    ("no expiry", ["default"], None, True, "expiry missing or beyond max_lease_ttl"),
+    ("expiry at max_lease_ttl + 1 s", ["default"], DEFAULT_MAX_TTL + 1, True, None),
+    ("expiry at max_lease_ttl + 2 s", ["default"], DEFAULT_MAX_TTL + 2, True, "expiry missing or beyond max_lease_ttl"),
+    ("a mount that no longer exists", ["default"], 3600, False, "mount does not exist"),
+]
+
+
+@pytest.mark.parametrize(("policies", "lifetime", "mount_exists", "refused"), [c[1:] for c in FORGED],
+                         ids=[c[0] for c in FORGED])
+async def test_a_batch_token_signed_with_the_key_is_still_checked(
+    store: TokenStore, policies: list[str], lifetime: int | None, mount_exists: bool, refused: str | None
+) -> None:
+    """A valid signature alone (a stolen key, a bug) yields no root policy, no expiry missing
+    or beyond max_lease_ttl, no token of a removed mount: lookup refuses it and logs why."""
+    from server.tokens.batch import encode_batch
+
+    assert store._batch is not None
+    store.mount_exists = lambda accessor: mount_exists and accessor == "auth_jwt_1"
+    entry = TokenEntry(id_hash="", accessor="", policies=policies, creation_time=int(T0), ttl=lifetime or 0,
+                       expire_time=T0 + lifetime if lifetime else 0, type="batch", mount_accessor="auth_jwt_1",
+                       renewable=False)
+    raw = encode_batch(entry, store._batch.signing)
+    with structlog.testing.capture_logs() as logs:
+        found = await store.lookup(raw)
+    refusals = [e for e in logs if e["event"] == "batch_token_refused"]
+    if refused is None:
+        assert found is not None and found.policies == policies and found.id_hash == store.hash(raw)
+        assert refusals == []
+    else:
+        assert found is None
+        assert refusals == [{"event": "batch_token_refused", "log_level": "error", "reason": refused,
+                             "mount_accessor": "auth_jwt_1"}]
+
+
+async def test_a_minted_batch_entry_is_named_by_its_token(store: TokenStore) -> None:
+    child = TokenEntry(id_hash="", accessor="", policies=["dev"], ttl=60, expire_time=T0 + 60, type="batch",
+                       creation_time=int(T0))
+    raw = await store.mint(child)
+    assert child.id_hash == store.hash(raw) != ""
+
+
 async def test_batch_token_length_boundary(store: TokenStore) -> None:
     """The longest batch token lookup takes (8192 characters) is minted and works; a longer
     one is refused at minting, naming its length."""
