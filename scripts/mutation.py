@@ -100,6 +100,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/plugin/test_oidc_state_rules.py",
         "tests/plugin/test_oidc_state.py",
         "tests/plugin/test_path_oidc.py",
+        "tests/plugin/test_oidc_modes.py",  # the direct and device modes' state fields, oidc/poll
     ),
     "plugin/oidc_redirect.py": (
         "tests/plugin/test_oidc_redirect_rules.py",
@@ -137,6 +138,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_wrapping.py",
     ),
     "server/tokens/keys.py": (
+        "tests/server/test_token_hmac.py",
         "tests/server/test_token_keys.py",
         "tests/server/test_token_rules.py",
         "tests/server/test_token_selectors.py",
@@ -166,6 +168,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_tokens.py",
     ),
     "server/tokens/batch.py": (
+        "tests/server/test_token_hmac.py",
         "tests/server/test_token_rules.py",
         "tests/server/test_tokens.py",
     ),
