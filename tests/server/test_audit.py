@@ -296,6 +296,20 @@ def test_stamp_never_shows_a_seventh_digit(monkeypatch: pytest.MonkeyPatch) -> N
     assert stamp() == "2023-11-14T22:13:20.999999Z"
 
 
+@pytest.mark.parametrize("log_raw", [False, True])
+def test_idp_tokens_of_a_login_response_are_hashed_in_its_metadata(log_raw: bool) -> None:
+    """Issue 12 (``oauth2_metadata``): the IdP tokens a login response adds to
+    ``auth.metadata`` are written hashed by every device, ``log_raw`` or not; the rest of
+    the metadata stays readable, as in Vault."""
+    rec = _record()
+    rec.response_auth = ({"client_token": "hvs.issued", "accessor": "acc", "policies": ["p"],
+                          "metadata": {"role": "r"}, "token_type": "service", "lease_duration": 60}, "jwt-alice")
+    rec.response_secrets = {"oauth2_access_token": "at-raw", "oauth2_id_token": "idt-raw"}
+    entry = response_entry(rec, Format(_h, log_raw=log_raw), "now")
+    meta = entry["response"]["auth"]["metadata"]
+    assert meta == {"role": "r", "oauth2_access_token": "H(at-raw)", "oauth2_id_token": "H(idt-raw)"}
+
+
 # -- through the server --------------------------------------------------------------------------
 def _settings(**extra: Any) -> Settings:
     return Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT, **extra)
