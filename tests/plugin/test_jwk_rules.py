@@ -66,6 +66,9 @@ DROPPED_FOR_USE = [
     ("key_ops a string", {"key_ops": "verify"}),
     ("key_ops null", {"key_ops": None}),
     ("use sig but key_ops encrypt", {"use": "sig", "key_ops": ["encrypt"]}),
+    # An encryption operation beside verify still refuses the key: each one of RFC 7517 4.3's.
+    *[(f"key_ops verify and {op}", {"key_ops": ["verify", op]})
+      for op in ("encrypt", "decrypt", "wrapKey", "unwrapKey", "deriveKey", "deriveBits")],
 ]
 
 
