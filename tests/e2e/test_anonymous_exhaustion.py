@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from tests.e2e.browser import CallbackListener, drive_login
-from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, idp_available, start_idp
+from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP
 from tests.e2e.serverproc import ServerProc, start_server
 
 pytestmark = pytest.mark.e2e
@@ -71,22 +71,6 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
-
-
-@pytest.fixture(scope="module")
-def listener() -> Iterator[CallbackListener]:
-    with CallbackListener() as lst:
-        yield lst
-
-
-@pytest.fixture(scope="module")
-def idp(tmp_path_factory: pytest.TempPathFactory, listener: CallbackListener) -> Iterator[IdP]:
-    reason = idp_available()
-    if reason:
-        pytest.skip(reason)
-    server = start_idp(tmp_path_factory.mktemp("idp"), redirect_uris=[listener.url])
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

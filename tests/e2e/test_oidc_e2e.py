@@ -18,7 +18,7 @@ import hvac.exceptions
 import pytest
 
 from tests.e2e.browser import CallbackListener, browser_available, browser_login, browser_session, drive_login
-from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, idp_available, start_idp
+from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, start_idp
 from tests.e2e.serverproc import ServerProc, as_json, start_server
 
 pytestmark = pytest.mark.e2e
@@ -35,22 +35,6 @@ MOUNT = "oidc"
 def _no_vault_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VAULT_TOKEN", raising=False)
     monkeypatch.delenv("VAULT_ADDR", raising=False)
-
-
-@pytest.fixture(scope="module")
-def listener() -> Iterator[CallbackListener]:
-    with CallbackListener() as lst:
-        yield lst
-
-
-@pytest.fixture(scope="module")
-def idp(tmp_path_factory: pytest.TempPathFactory, listener: CallbackListener) -> Iterator[IdP]:
-    reason = idp_available()
-    if reason:
-        pytest.skip(reason)
-    server = start_idp(tmp_path_factory.mktemp("idp"), redirect_uris=[listener.url])
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

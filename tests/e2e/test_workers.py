@@ -31,7 +31,7 @@ import pytest
 import requests
 
 from tests.e2e.browser import CallbackListener, drive_login
-from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, free_port, idp_available, start_idp
+from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, free_port
 from tests.e2e.serverproc import REPO_ROOT, ServerProc, launch, start_server
 from tests.e2e.workerconn import Pinned, pinned, wait_for_workers, worker_pids
 from tests.plugin.keyfactory import default_claims, make_token, rsa_key
@@ -379,22 +379,6 @@ def test_per_ip_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
 
 
 # -- OIDC ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def listener() -> Iterator[CallbackListener]:
-    with CallbackListener() as lst:
-        yield lst
-
-
-@pytest.fixture(scope="module")
-def idp(tmp_path_factory: pytest.TempPathFactory, listener: CallbackListener) -> Iterator[IdP]:
-    reason = idp_available()
-    if reason:
-        pytest.skip(reason)
-    server = start_idp(tmp_path_factory.mktemp("idp"), redirect_uris=[listener.url])
-    yield server
-    server.stop()
 
 
 def test_oidc_state_is_single_use_across_workers(idp: IdP, listener: CallbackListener, tmp_path: Path) -> None:
