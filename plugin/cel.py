@@ -197,7 +197,9 @@ class CelProgram:
             raise InvalidRequest("failed to decode 'cel_program': expression must be a string")
         if not expression:
             raise InvalidRequest("cel_program.expression cannot be empty")
-        items = raw.get("variables") or []
+        items = raw.get("variables")
+        if items is None:  # absent or null: no variables (OpenBao's nil slice)
+            items = []
         if not isinstance(items, list):
             raise InvalidRequest("failed to decode 'cel_program': variables must be a list")
         if len(items) > MAX_VARIABLES:

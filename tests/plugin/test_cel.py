@@ -320,6 +320,12 @@ MORE_REFUSALS: list[tuple[str, Any, str]] = [
     ("expression not a string", {"expression": 1}, "failed to decode 'cel_program': expression must be a string"),
     ("variables not a list", {"expression": "1", "variables": "a"},
      "failed to decode 'cel_program': variables must be a list"),
+    ("variables an empty object", {"expression": "1", "variables": {}},
+     "failed to decode 'cel_program': variables must be a list"),
+    ("variables an empty string", {"expression": "1", "variables": ""},
+     "failed to decode 'cel_program': variables must be a list"),
+    ("variables false", {"expression": "1", "variables": False},
+     "failed to decode 'cel_program': variables must be a list"),
     ("a variable not an object", {"expression": "1", "variables": [1]},
      "failed to decode 'cel_program': variables[0] must be {name, expression}"),
     ("a variable with another key", {"expression": "1", "variables": [{"name": "a", "expression": "1", "x": 1}]},
@@ -474,3 +480,11 @@ def test_time_limit_is_50_ms_of_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
         evaluate("claims.n.all(a, claims.n.all(b, a + b >= 0))", n=list(range(2000)))
     assert info.value.messages == ["CEL program failed: the program exceeded its time limit (0.05s)"]
     assert time.thread_time() - started < 0.5
+
+
+@pytest.mark.parametrize("raw", [{"expression": "true"}, {"expression": "true", "variables": None},
+                                 {"expression": "true", "variables": []}], ids=["absent", "null", "empty list"])
+def test_no_variables_is_absent_null_or_an_empty_list(raw: dict[str, Any]) -> None:
+    """Only these mean no variables; ``{}``, ``""`` or ``false`` are refused (OpenBao's JSON decoding)."""
+    program = CelProgram.from_raw(raw)
+    assert program.variables == () and program.to_json() == {"expression": "true"}
