@@ -14,7 +14,7 @@ from plugin.claim_sources import Sources, merge_userinfo, referenced_claims, res
 from plugin.errors import InvalidRequest, PluginError, UpstreamError
 from plugin.framework import FetchResult
 from tests.plugin.fakes import Harness
-from tests.plugin.keyfactory import FakeFetcher, ec_key, make_token
+from tests.plugin.keyfactory import FakeFetcher, ec_key, make_token, self_signed_cert_pem
 from tests.plugin.oidc_fakes import BOB
 from tests.plugin.oidc_fakes import Harness as OidcHarness
 
@@ -206,6 +206,85 @@ async def test_aggregated_claims_verify_with_the_mounts_keys() -> None:
              "_claim_sources": {"a": {"JWT": make_token({"groups": GROUPS, "exp": now - 3600}, key=KEY)}}}
     with pytest.raises(PluginError, match="the claims JWT is expired"):
         await h.login({"role": "r", "jwt": token(h, **stale)})
+
+
+def aggregated(**inner: Any) -> dict[str, Any]:
+    return {"_claim_names": {"groups": "a"},
+            "_claim_sources": {"a": {"JWT": make_token({"groups": GROUPS, **inner}, key=KEY)}}}
+
+
+@pytest.mark.parametrize(
+    ("exp_offset", "ok"),
+    [(None, True), (-60, True), (-61, False)],
+    ids=["no exp", "exp 60 s ago (the clock skew leeway)", "exp 61 s ago"],
+)
+async def test_a_claims_jwt_expires_with_the_clock_skew_leeway(exp_offset: int | None, ok: bool) -> None:
+    h = await jwt_harness(FakeFetcher())
+    inner = {} if exp_offset is None else {"exp": int(h.clock.now) + exp_offset}
+    if ok:
+        auth = (await h.login({"role": "r", "jwt": token(h, **aggregated(**inner))})).auth
+        assert auth is not None and auth.group_aliases == GROUPS
+    else:
+        with pytest.raises(InvalidRequest) as exc:
+            await h.login({"role": "r", "jwt": token(h, **aggregated(**inner))})
+        assert exc.value.messages == ['error resolving distributed claims: claim source "a": its JWT does not verify with the '
+                                      "mount's keys (the claims JWT is expired)"]
+
+
+async def test_every_failing_source_is_named() -> None:
+    other = "https://claims.example/teams"
+    h = await jwt_harness(FakeFetcher({SOURCE: FetchResult(503, {}, b""), other: FetchResult(500, {}, b"")}),
+                          claim_mappings={"team": "team"})
+    claims = {"_claim_names": {"groups": "src1", "team": "src2"},
+              "_claim_sources": {"src1": {"endpoint": SOURCE, "access_token": "t"},
+                                 "src2": {"endpoint": other, "access_token": "t"}}}
+    with pytest.raises(InvalidRequest) as exc:
+        await h.login({"role": "r", "jwt": token(h, **claims)})
+    assert exc.value.messages == ['error resolving distributed claims: claim source "src1": HTTP 503; '
+                                  'claim source "src2": HTTP 500']
+
+
+async def test_a_login_without_an_access_token_names_it() -> None:
+    fetcher = FakeFetcher({SOURCE: {"groups": GROUPS}})
+    h = await jwt_harness(fetcher)
+    with pytest.raises(InvalidRequest) as exc:
+        await h.login({"role": "r", "jwt": token(h, **distributed())})
+    assert exc.value.messages == ['error resolving distributed claims: claim source "src1": no access token for '
+                                  'its endpoint']
+    assert fetcher.calls == []
+
+
+async def test_sources_are_fetched_with_the_mounts_ca() -> None:
+    ca = self_signed_cert_pem(OTHER)
+    jwks_url = "https://idp.example/certs"
+    fetcher = FakeFetcher({SOURCE: {"groups": GROUPS}, jwks_url: {"keys": [KEY.jwk()]}})
+    h = Harness(fetcher=fetcher)
+    await h.write("config", {"jwks_url": jwks_url, "jwks_ca_pem": ca})
+    await h.write("role/r", {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
+                             "groups_claim": "groups", "resolve_distributed_claims": True})
+    await h.login({"role": "r", "jwt": token(h, **distributed(access_token="t"))})
+    assert [c[2]["ca_pem"] for c in fetcher.calls if c[1] == SOURCE] == [ca]
+
+
+@pytest.mark.parametrize(
+    ("role", "claims", "outcome"),
+    [
+        ({}, distributed(access_token="t"), {"ok": True, "detail": 'resolved ["groups"]'}),
+        ({"groups_claim": ""}, distributed(access_token="t"), {"ok": True, "detail": "the role reads none of them"}),
+        ({"resolve_distributed_claims": False}, distributed(access_token="t"),
+         {"ok": True, "skipped": True,
+          "detail": "the role does not resolve distributed claims (resolve_distributed_claims)"}),
+        ({}, {}, {"ok": True, "skipped": True, "detail": "the token names no distributed or aggregated claims"}),
+    ],
+    ids=["resolved", "reads none", "off", "nothing to resolve"],
+)
+async def test_what_explain_says_of_distributed_claims(role: dict[str, Any], claims: dict[str, Any],
+                                                        outcome: dict[str, Any]) -> None:
+    h = await jwt_harness(FakeFetcher({SOURCE: {"groups": GROUPS}}), **role)
+    resp = await h.write("role/r/explain", {"jwt": token(h, **claims)})
+    assert resp is not None and resp.data is not None
+    [found] = [c for c in resp.data["checks"] if c["check"] == "distributed_claims"]
+    assert found == {"check": "distributed_claims", **outcome}
 
 
 async def test_unresolved_claims_refuse_the_login_and_explain_says_why() -> None:

@@ -6,11 +6,13 @@ against, the discovery URL rules, and each failure message. Found by mutation te
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from plugin.errors import InvalidRequest, UpstreamError
 from plugin.framework import FetchResult
@@ -21,6 +23,7 @@ from plugin.keys import (
     KeySource,
     RemoteJWKS,
     build_key_source,
+    client_cert_of,
     fetch_discovery,
 )
 from tests.plugin.keyfactory import DROP, FakeFetcher, default_claims, ec_key, jwks, make_token, rsa_key
@@ -397,3 +400,121 @@ async def test_key_fetch_events_name_the_source_and_the_outcome(routes: dict[str
     else:
         assert (await fails(src, tok(key))).startswith(SIG)
     assert events.fetches == fetches
+
+
+# -- what GET config's key status and a refusal show ---------------------------------------------
+
+def rfc3339(when: float) -> str:
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_jwks_status_through_a_failure_a_recovery_and_a_failed_refresh() -> None:
+    key, clock = ec_key(kid="k"), Clock()
+    served: dict[str, Any] = {"doc": UpstreamError("down")}
+    src = build_key_source({"jwks_url": URL}, FakeFetcher({URL: lambda: served["doc"]}), clock=clock,
+                           mount="auth/jwt/")
+    [fresh] = src.status()
+    assert fresh == {"source": "jwks_url", "url": URL, "key_count": 0, "kids": [], "last_fetch": None,
+                     "last_error": None, "consecutive_failures": 0, "failures": 0, "next_refresh": "at first use"}
+    failed_at = clock.now
+    await fails(src, tok(key))
+    [status] = src.status()
+    assert status["key_count"] == 0 and status["last_error"] == "down"
+    assert status["next_refresh"] == rfc3339(failed_at + 10)  # the cooldown after a failure
+    clock.now += 10
+    served["doc"] = jwks(key)
+    with capture_logs() as logs:
+        await src.verify(tok(key), ALL)
+    assert [(e["event"], e["mount"]) for e in logs] == [("jwks_fetch_recovered", "auth/jwt/")]
+    fetched_at = clock.now
+    [status] = src.status()
+    assert status["key_count"] == 1 and status["next_refresh"] == rfc3339(fetched_at + 3600)
+    served["doc"] = UpstreamError("down again")
+    clock.now += 3605  # stale: the background refresh fails, the held keys still serve
+    await src.verify(tok(key), ALL)
+    await asyncio.sleep(0)
+    [status] = src.status()
+    assert status["key_count"] == 1 and status["last_error"] == "down again"
+    assert status["next_refresh"] == rfc3339(clock.now + 10)  # the cooldown, not the held set's age
+    await src.close()
+
+
+@pytest.mark.parametrize(
+    ("kids", "held"),
+    [
+        ([f"k{i:02}" for i in range(10)], ", ".join(f"k{i:02}" for i in range(10))),
+        ([f"k{i:02}" for i in range(11)], ", ".join(f"k{i:02}" for i in range(10)) + ", ..."),
+        (["x" * 64], "x" * 64),
+        (["x" * 65], '"' + "x" * 64 + '"...'),
+    ],
+    ids=["10 kids", "11 kids", "a 64-character kid", "a 65-character kid"],
+)
+async def test_the_kids_a_refusal_and_the_status_show(kids: list[str], held: str) -> None:
+    key, clock = ec_key(), Clock()
+    src = build_key_source({"jwks_url": URL}, FakeFetcher({URL: jwks(*[key.with_kid(k) for k in kids])}), clock=clock)
+    message = await fails(src, tok(key.with_kid("unknown")))
+    assert message == (SIG + f"failed to verify id token signature: no key with kid unknown: the key set from {URL} "
+                       f"holds kids [{held}] (fetched {rfc3339(clock.now)})")
+    [status] = src.status()
+    assert status["kids"] == kids[:10] and status["key_count"] == len(kids)
+
+
+async def test_pairs_refusal_names_an_endpoint_with_no_keys_yet() -> None:
+    a = ec_key(kid="a")
+    src = build_key_source({"jwks_pairs": [{"jwks_url": URL}, {"jwks_url": URL2}]},
+                           FakeFetcher({URL: jwks(a), URL2: UpstreamError("down")}), clock=Clock())
+    message = await fails(src, tok(ec_key(kid="z")))
+    assert message.endswith(f"; no key set from {URL2} yet; last refresh error: down")
+
+
+@pytest.mark.parametrize(("unusable", "ok"), [(99, True), (100, False)], ids=["99 before", "100 before"])
+async def test_only_the_first_100_jwks_of_a_set_count(unusable: int, ok: bool) -> None:
+    key = ec_key(kid="good")
+    doc = {"keys": [{"kty": "oct", "k": "c2VjcmV0"}] * unusable + [key.jwk()]}
+    src = build_key_source({"jwks_url": URL}, FakeFetcher({URL: doc}), clock=Clock())
+    if ok:
+        await src.verify(tok(key), ALL)
+    else:
+        assert (await fails(src, tok(key))).endswith("JWK set contains no usable signing keys")
+
+
+async def test_discovery_status_through_a_failure_and_a_recovery() -> None:
+    key, clock = ec_key(kid="k"), Clock()
+    served: dict[str, Any] = {"doc": UpstreamError("down")}
+    fetcher = FakeFetcher({ISSUER + WELL_KNOWN: lambda: served["doc"], URL: jwks(key)})
+    src = build_key_source({"oidc_discovery_url": ISSUER}, fetcher, clock=clock)
+    failed_at = clock.now
+    await fails(src, tok(key))
+    [doc] = src.status()
+    assert doc["next_refresh"] == rfc3339(failed_at + 10) and doc["last_error"].endswith("down")
+    clock.now += 10
+    served["doc"] = {"issuer": ISSUER, "jwks_uri": URL}
+    await src.verify(tok(key), ALL)
+    doc, _ = src.status()
+    assert doc["last_error"] is None and doc["consecutive_failures"] == 0 and doc["failures"] == 1
+
+
+async def test_a_discovered_key_set_keeps_the_mount_and_the_client_certificate() -> None:
+    cert = ("-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----")
+    fetcher = FakeFetcher({ISSUER + WELL_KNOWN: {"issuer": ISSUER, "jwks_uri": URL}, URL: UpstreamError("down")})
+    src = build_key_source({"oidc_discovery_url": ISSUER, "client_tls_cert": cert[0], "client_tls_key": cert[1]},
+                           fetcher, clock=Clock(), mount="auth/corp/")
+    with capture_logs() as logs:
+        await fails(src, tok(ec_key()))
+    assert [(e["event"], e["mount"]) for e in logs] == [("jwks_fetch_failed", "auth/corp/")]
+    assert [c[2]["client_cert"] for c in fetcher.calls] == [cert, cert]  # discovery and the key set
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({}, None),
+        ({"client_tls_cert": "c"}, None),
+        ({"client_tls_key": "k"}, None),
+        ({"client_tls_cert": "", "client_tls_key": "k"}, None),
+        ({"client_tls_cert": "c", "client_tls_key": "k"}, ("c", "k")),
+    ],
+    ids=["neither", "cert only", "key only", "empty cert", "both"],
+)
+def test_client_cert_of(config: dict[str, Any], expected: tuple[str, str] | None) -> None:
+    assert client_cert_of(config) == expected

@@ -477,13 +477,18 @@ async def test_chosen_root_id_layout_and_length(store: TokenStore) -> None:
     assert exc.value.messages == ["invalid root token id"]
 
 
-async def test_entity_ids_are_uuid5_of_mount_and_alias(clock: Clock) -> None:
-    """A known answer: entity ids must not change across versions or nodes (same salt)."""
+async def known_salt(clock: Clock) -> tuple[TokenStore, uuid.UUID]:
+    """A store whose salt is bytes 0..31, and the UUID namespace its ids derive from."""
     storage = InMemoryStorage()
     salt = bytes(range(32))
     await storage.put("sys/token/salt", {"value": base64.b64encode(salt).decode()})
-    store = await started(storage, clock)
     namespace = uuid.UUID(bytes=hmac.new(salt, b"entity-namespace", hashlib.sha256).digest()[:16])
+    return await started(storage, clock), namespace
+
+
+async def test_entity_ids_are_uuid5_of_mount_and_alias(clock: Clock) -> None:
+    """A known answer: entity ids must not change across versions or nodes (same salt)."""
+    store, namespace = await known_salt(clock)
     want = str(uuid.uuid5(namespace, "auth_jwt_1a2b3c4d:alice"))
     assert want == "5013f28c-2421-5960-bb4f-ca090a23b505"
     assert store.entity_id("auth_jwt_1a2b3c4d", "alice") == want
@@ -795,6 +800,7 @@ async def test_full_scans_let_requests_run(store: TokenStore, clock: Clock) -> N
     assert await counter.measure(store.list_accessors()) >= 3
     assert await counter.measure(store.sweep()) >= 3
     assert await counter.measure(store.revoke_mount("auth_nothing_here")) >= 3
+    assert await counter.measure(store.usage()) >= 3
 
 
 async def test_a_due_only_sweep_of_many_skipped_keys_lets_requests_run(store: TokenStore) -> None:
@@ -819,7 +825,9 @@ async def test_another_nodes_mount_revocation_is_seen_within_a_second(
     assert await here.lookup(raw) is not None  # the mount's epoch is now cached here
     clock.now += 1
     await there.revoke_mount(JWT.accessor)  # another node: this one is not told
-    mono.now += 1.001
+    mono.now += 1.0
+    assert await here.lookup(raw) is not None  # a second after its read: the cached epoch, no storage read
+    mono.now += 0.001
     assert await here.lookup(raw) is None
 
 
@@ -845,3 +853,146 @@ async def test_a_mount_revocation_kills_tokens_of_its_second(store: TokenStore) 
     raw, _ = await issued(store, token_type="batch")
     await store.revoke_mount(JWT.accessor)  # the same second as the token was issued
     assert await store.lookup(raw) is None
+
+
+# -- batch keys another node rotated, engines that cache nothing, usage, lookup output --------------
+
+async def test_batch_keys_another_node_rotated_are_read_again_at_most_once_a_second(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch token signed with a key this node has not seen makes it re-read the keys, at
+    most once a second however many unknown signatures arrive, at once when told the keys
+    changed (``invalidate``); tokens of the older keys keep working."""
+    import server.tokens.store as store_mod
+    from server.tokens.keys import BATCH_KEY
+
+    mono = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(store_mod, "time", SimpleNamespace(monotonic=lambda: mono.now, time=lambda: clock.now))
+    storage = InMemoryStorage()
+    here, there = await started(storage, clock), await started(storage, clock)
+    old, _ = await issued(here, token_type="batch")
+    await there.rotate_batch_key()
+    first, _ = await issued(there, token_type="batch")
+    assert await here.lookup(first) is not None  # unknown key: read again, found
+    await there.rotate_batch_key()
+    second, _ = await issued(there, token_type="batch")
+    mono.now += 1.0
+    assert await here.lookup(second) is None  # read a second ago: not again yet
+    mono.now += 0.001
+    assert await here.lookup(second) is not None
+    await there.rotate_batch_key()
+    third, _ = await issued(there, token_type="batch")
+    assert await here.lookup(third) is None
+    here.invalidate(BATCH_KEY)  # another node's write of the keys announced
+    assert await here.lookup(third) is not None
+    assert all([await here.lookup(t) for t in (old, first, second)])  # older keys still verify
+
+
+async def test_a_valid_batch_token_reads_no_keys(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.tokens.store as store_mod
+    from server.tokens.keys import BATCH_KEY
+
+    mono = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(store_mod, "time", SimpleNamespace(monotonic=lambda: mono.now, time=lambda: clock.now))
+    storage = InMemoryStorage()
+    store = await started(storage, clock)
+    raw, _ = await issued(store, token_type="batch")
+    reads: list[str] = []
+    real_get = storage.get
+
+    async def counted(key: str) -> Any:
+        reads.append(key)
+        return await real_get(key)
+
+    monkeypatch.setattr(storage, "get", counted)
+    mono.now += 60
+    assert await store.lookup(raw) is not None
+    assert BATCH_KEY not in reads
+
+
+async def test_the_store_is_given_which_mounts_exist(clock: Clock) -> None:
+    """``mount_exists`` (the server passes its mount table's): a batch token of a mount that
+    is gone is refused even with a good signature."""
+    storage = InMemoryStorage()
+    minted = await started(storage, clock)
+    raw, _ = await issued(minted, token_type="batch")
+    gone = await started(storage, clock, mount_exists=lambda accessor: False)
+    kept = await started(storage, clock, mount_exists=lambda accessor: accessor == JWT.accessor)
+    assert await gone.lookup(raw) is None and await kept.lookup(raw) is not None
+
+
+@pytest.mark.parametrize("cache_entries", [0, 32768], ids=["no value cache (SQLite workers)", "value cache"])
+async def test_tokens_on_sqlite_with_and_without_its_value_cache(
+    tmp_path: Path, clock: Clock, cache_entries: int
+) -> None:
+    """With ``--workers`` SQLite caches no value: every lookup reads its row."""
+    from server.storage import open_storage
+
+    storage = await open_storage({"type": "sqlite", "path": str(tmp_path / "t.db"),
+                                  "sqlite_cache_entries": cache_entries})
+    try:
+        store = await started(storage, clock)
+        raw, entry = await issued(store)
+        found = await store.lookup(raw)
+        assert found is not None and found.accessor == entry.accessor and found.policies == ["default", "dev"]
+        assert await store.lookup_accessor(entry.accessor) is not None
+        await store.revoke(found)
+        assert await store.lookup(raw) is None
+    finally:
+        await storage.close()
+
+
+async def test_usage_counts_live_tokens_by_mount(store: TokenStore, clock: Clock) -> None:
+    other = MountInfo(path="auth/gitlab/", accessor="auth_jwt_2", default_lease_ttl=60, max_lease_ttl=60)
+    await issued(store)
+    await issued(store)
+    await store.issue(login(), mount=other)
+    used, _ = await issued(store, num_uses=1)
+    assert await store.authenticate(used, None) is not None  # its last use: not live any more
+    await store.mint(TokenEntry(id_hash="", accessor="", policies=["p"], ttl=60, expire_time=clock.now,
+                                mount_accessor="auth_jwt_3"))  # expires this very second
+    await store.mint(TokenEntry(id_hash="", accessor="", policies=["p"], ttl=0, expire_time=0))  # of no mount
+    usage = await store.usage()
+    assert usage.by_accessor == {JWT.accessor: 2, "auth_jwt_2": 1, "": 1}
+    assert usage.total == 4
+
+
+def test_lookup_data_lists_identity_policies_as_vault(store: TokenStore) -> None:
+    entry = TokenEntry(id_hash="", accessor="a", policies=["default"], ttl=0, expire_time=0, creation_time=int(T0))
+    data = store.lookup_data(entry, "t", identity_policies=["team"])
+    assert data["identity_policies"] == ["team"] and data["external_namespace_policies"] == {}
+    assert "identity_policies" not in store.lookup_data(entry, "t")
+    assert "external_namespace_policies" not in store.lookup_data(entry, "t")
+
+
+async def test_entity_alias_ids_are_a_known_answer(clock: Clock) -> None:
+    """Like entity ids: derived from the salt, the same on every node and version."""
+    store, namespace = await known_salt(clock)
+    want = str(uuid.uuid5(namespace, "alias:auth_jwt_1a2b3c4d:alice"))
+    assert store.entity_alias_id("auth_jwt_1a2b3c4d", "alice") == want
+    assert want != store.entity_id("auth_jwt_1a2b3c4d", "alice")
+
+
+async def test_a_store_that_was_not_started_says_so() -> None:
+    store = TokenStore(InMemoryStorage())
+    with pytest.raises(RuntimeError, match=r"^TokenStore\.start\(\) was not awaited$"):
+        await store.lookup("hvs.x")
+    with pytest.raises(RuntimeError, match=r"^TokenStore\.start\(\) was not awaited$"):
+        store.entity_id("a", "b")
+    with pytest.raises(RuntimeError, match=r"^TokenStore\.start\(\) was not awaited$"):
+        store.hash("x")
+
+
+async def test_usage_skips_a_row_gone_between_the_scan_and_its_read(
+    store: TokenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw, gone = await issued(store)
+    await issued(store)
+    real_get = store.storage.get
+
+    async def get(key: str) -> Any:
+        return None if key == ID_PREFIX + gone.id_hash else await real_get(key)
+
+    monkeypatch.setattr(store.storage, "get", get)
+    usage = await store.usage()
+    assert usage.total == 1 and usage.by_accessor == {JWT.accessor: 1}
