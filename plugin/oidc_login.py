@@ -14,6 +14,7 @@ never stored in the clear and never logged.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,8 @@ __all__ = [
     "code_flow",
     "expired",
     "flow_stage",
+    "flow_step",
+    "note_refusal",
     "Seen",
     "exchange",
     "finish",
@@ -87,12 +90,34 @@ class Seen:
         return {"known_role": self.role, "claims": claims}
 
 
-def refusal_page(req: Request, exc: PluginError, seen: Seen, page: Response) -> Response:
-    """``page`` (an error page of the callback) for the refused login ``exc``: logged as
-    ``oidc_callback_failed``, reported as a failed or expired flow, and carried by the page
-    (``Response.refused``) so the audit log and the login metrics record its reason code."""
-    refused(req, exc, "oidc_callback_failed", **seen.facts())
+def note_refusal(req: Request, exc: PluginError, event: str, seen: Seen) -> None:
+    """A refused OIDC login: one ``event`` line (with what ``seen`` knows of the role and the
+    token; never the state, code, nonce or tokens) and the flow counted as failed or expired."""
+    refused(req, exc, event, **seen.facts())
     req.system.events.oidc_flow(flow_stage(exc))
+
+
+async def flow_step(
+    req: Request, event: str, seen: Seen, step: Awaitable[Response], *, waiting: Collection[list[str]] = ()
+) -> Response:
+    """Await ``step``, an OIDC request that finishes a login: its refusal is noted as ``event``
+    (unless its messages are one of ``waiting``: a poll that is not done yet), its success
+    counts the flow completed."""
+    try:
+        resp = await step
+    except PluginError as exc:
+        if exc.messages not in waiting:
+            note_refusal(req, exc, event, seen)
+        raise
+    req.system.events.oidc_flow("completed")
+    return resp
+
+
+def refusal_page(req: Request, exc: PluginError, seen: Seen, page: Response) -> Response:
+    """``page`` (an error page of the callback) for the refused login ``exc``: noted as
+    ``oidc_callback_failed`` and carried by the page (``Response.refused``) so the audit log
+    and the login metrics record its reason code."""
+    note_refusal(req, exc, "oidc_callback_failed", seen)
     page.refused = exc
     return page
 

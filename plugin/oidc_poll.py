@@ -43,7 +43,7 @@ from plugin.oidc_login import (
     exchange,
     expired,
     finish,
-    flow_stage,
+    flow_step,
     redeem_state,
     refusal_page,
     result_from_record,
@@ -189,15 +189,7 @@ def make_poll(backend: JWTAuthBackend) -> Handler:
 
     async def handler(req: Request, values: dict[str, Any]) -> Response:
         seen = Seen()
-        try:
-            resp = await _poll(backend, req, values, seen)
-        except PluginError as exc:
-            if exc.messages not in _WAITING:
-                refused(req, exc, "oidc_poll_failed", **seen.facts())  # never the state, nonce or tokens
-                req.system.events.oidc_flow(flow_stage(exc))
-            raise
-        req.system.events.oidc_flow("completed")
-        return resp
+        return await flow_step(req, "oidc_poll_failed", seen, _poll(backend, req, values, seen), waiting=_WAITING)
 
     return handler
 

@@ -40,7 +40,7 @@ from plugin.oidc_login import (
     code_flow,
     expired,
     finish,
-    flow_stage,
+    flow_step,
     implicit_flow,
     redeem_state,
     refusal_page,
@@ -52,7 +52,7 @@ from plugin.oidc_poll import NO_CODE, device_auth_url, direct_auth_fields, direc
 from plugin.oidc_redirect import parse_mount, split_namespace, valid_redirect
 from plugin.oidc_state import MAX_WIRE_BYTES, FlowState, take_result
 from plugin.path_config import JWTConfig
-from plugin.path_login import OIDC_REQUEST_CHECKS, LoginContext, refused, remote_addr, run_checks
+from plugin.path_login import OIDC_REQUEST_CHECKS, LoginContext, remote_addr, run_checks
 from plugin.schema import Field, FieldSet, FieldType, coerce
 
 if TYPE_CHECKING:
@@ -228,14 +228,7 @@ def _make_callback_get(backend: JWTAuthBackend) -> Handler:
         if state is not None and state.mode == "direct":
             return await direct_callback(backend, req, state, raw_state, values)  # an HTML page
         seen = Seen()
-        try:
-            resp = await _callback(backend, req, state, values, seen)
-        except PluginError as exc:
-            refused(req, exc, "oidc_callback_failed", **seen.facts())  # never the code, state or tokens
-            req.system.events.oidc_flow(flow_stage(exc))
-            raise
-        req.system.events.oidc_flow("completed")
-        return resp
+        return await flow_step(req, "oidc_callback_failed", seen, _callback(backend, req, state, values, seen))
 
     return handler
 
