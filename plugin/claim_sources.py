@@ -162,7 +162,7 @@ async def _verified(name: str, raw: str, src: Sources) -> dict[str, Any]:
     try:
         return await src.verify_jwt(raw)
     except PluginError as exc:
-        raise ValueError(f"claim source {_q(name)}: its JWT does not verify with the mount's keys ({'; '.join(exc.messages)})") from None
+        raise ValueError(f"claim source {_q(name)}: its JWT is refused ({'; '.join(exc.messages)})") from None
 
 
 async def resolve(claims: dict[str, Any], wanted: set[str], src: Sources) -> tuple[list[str], list[str]]:
