@@ -15,6 +15,7 @@ fails.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import stat
 import time
@@ -99,6 +100,8 @@ class FileSink(Sink):
         if not 0 <= self.mode <= 0o777:
             raise InvalidRequest(f"invalid value for option 'mode': {mode[:16]!r} is not an octal file mode")
         self._fd: int | None = None
+        #: The open destination is a regular file: it takes each line whole or is full.
+        self._regular = False
         self._retry_at = 0.0
 
     def open(self) -> None:
@@ -114,6 +117,7 @@ class FileSink(Sink):
             os.close(fd)
             raise
         old, self._fd = self._fd, fd
+        self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
         if old is not None:
             os.close(old)
 
@@ -131,8 +135,14 @@ class FileSink(Sink):
             assert fd is not None
         try:
             written = os.write(fd, data)
-            if written != len(data):  # a regular file takes it whole; anything else may not
-                view = memoryview(data)[written:]
+            if written != len(data):
+                if fd != 1 and self._regular:
+                    # A regular file takes a line whole unless it is full. Writing the rest
+                    # later could land after another worker's line: end the cut line here
+                    # (best effort) so the next line starts on its own, and fail the request.
+                    os.write(fd, b"\n")
+                    raise OSError(errno.ENOSPC, f"audit line cut at {written} of {len(data)} bytes (file full?)")
+                view = memoryview(data)[written:]  # a pipe or terminal: one writer, the rest follows
                 while view:
                     view = view[os.write(fd, view):]
         except OSError:

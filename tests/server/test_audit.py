@@ -732,3 +732,31 @@ async def test_entries_of_a_turn_land_before_another_node_disables_their_device(
     assert here.active == ()
     assert log_path.read_text().count('"path":"sys/auth"') == 1
     assert here.log_request(rec) is None  # and nothing is written there any more
+
+
+def test_a_line_cut_by_a_full_file_is_ended_and_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regular file that takes only part of a line (a full disk) never gets the rest later,
+    where another worker's line may have landed: the cut line is ended, the write fails (the
+    request is refused, fail closed), and the next line starts on its own."""
+    from server.audit import devices
+
+    sink = devices.FileSink({"file_path": str(tmp_path / "audit.log")})
+    sink.open()
+    real_write = os.write
+    line = b'{"type":"request","n":1}\n'
+    cut = {"once": True}
+
+    def short_write(fd: int, data: Any) -> int:
+        if cut["once"] and bytes(data) == line:  # only the sink's first line
+            cut["once"] = False
+            return real_write(fd, bytes(data[:10]))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short_write)
+    with pytest.raises(OSError, match=r"audit line cut at 10 of 25 bytes"):
+        sink.write_now(line)
+    with pytest.raises(OSError, match="retrying shortly"):  # the file is closed for the retry pause
+        sink.write_now(b"x\n")
+    sink.reopen()  # as SIGHUP (or the pause's end) does
+    sink.write_now(b'{"type":"request","n":2}\n')
+    assert (tmp_path / "audit.log").read_bytes() == line[:10] + b"\n" + b'{"type":"request","n":2}\n'
