@@ -204,8 +204,11 @@ def _load_jwks(doc: Any) -> tuple[list[VerifyKey], int]:
     return keys, usable
 
 
-class RemoteJWKS:
-    """One cached remote JWK set with lazy fetch, max age, single flight and cooldown."""
+class _Remote:
+    """What every remote fetch of a mount is given: the URL, its CA, the fetcher, the cache
+    settings (``_CacheArgs``), and a ``FailureStreak`` of its ``kind`` for the log and metrics."""
+
+    kind = ""
 
     def __init__(
         self,
@@ -227,14 +230,32 @@ class RemoteJWKS:
         self.max_age = max_age
         self.refresh_cooldown = refresh_cooldown
         self.client_cert = client_cert
+        self.mount = mount
         #: Fetches, cache hits and the fetch time of the key set in use (metrics).
         self.events = events
+        self.streak = FailureStreak(self.kind, url, mount, events)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """Set up the subclass's own state (the last step of ``__init__``)."""
+
+    def cache_args(self) -> _CacheArgs:
+        """These settings, for a fetch this one leads to (a discovered key set)."""
+        return {"clock": self.clock, "max_age": self.max_age, "refresh_cooldown": self.refresh_cooldown,
+                "client_cert": self.client_cert, "mount": self.mount, "events": self.events}
+
+
+class RemoteJWKS(_Remote):
+    """One cached remote JWK set with lazy fetch, max age, single flight and cooldown."""
+
+    kind = "jwks"
+
+    def _init_state(self) -> None:
         self.keys: list[VerifyKey] | None = None
         self.key_count = 0
         self.fetched_at = 0.0
         self.last_attempt: float | None = None
         self.last_error: str | None = None
-        self.streak = FailureStreak("jwks", url, mount, events)
         self._inflight: asyncio.Task[bool] | None = None
 
     # -- fetching ----------------------------------------------------------------------
@@ -437,39 +458,18 @@ async def fetch_discovery(
     return doc
 
 
-class DiscoveryKeySource(KeySource):
+class DiscoveryKeySource(_Remote, KeySource):
     """Keys from the ``jwks_uri`` of an OIDC discovery document (fetched once, lazily).
 
     A failed discovery fetch is remembered for the refresh cooldown, so logins cannot
     force a fetch each while the IdP is down.
     """
 
+    kind = "discovery"
     failure = _JWKS_FAILED
 
-    def __init__(
-        self,
-        url: str,
-        ca_pem: str | None,
-        fetcher: Fetcher,
-        *,
-        clock: Clock = time.time,
-        max_age: float = 3600,
-        refresh_cooldown: float = 10.0,
-        client_cert: ClientCert | None = None,
-        mount: str = "",
-        events: Events = NO_EVENTS,
-    ) -> None:
-        self.url = url
-        self.ca_pem = ca_pem or None
-        self.fetcher = fetcher
-        self.clock = clock
-        self.max_age = max_age
-        self.refresh_cooldown = refresh_cooldown
-        self.client_cert = client_cert
-        self.mount = mount
-        self.events = events
+    def _init_state(self) -> None:
         self.jwks: RemoteJWKS | None = None
-        self.streak = FailureStreak("discovery", url, mount, events)
         self._lock = asyncio.Lock()
         self._fetched_at: float | None = None
         self._failed_at: float | None = None
@@ -479,11 +479,7 @@ class DiscoveryKeySource(KeySource):
         jwks_uri = doc.get("jwks_uri")
         if not isinstance(jwks_uri, str):
             raise InvalidRequest("error checking oidc discovery URL: discovery document has no jwks_uri")
-        self.jwks = RemoteJWKS(
-            jwks_uri, self.ca_pem, self.fetcher,
-            clock=self.clock, max_age=self.max_age, refresh_cooldown=self.refresh_cooldown,
-            client_cert=self.client_cert, mount=self.mount, events=self.events,
-        )
+        self.jwks = RemoteJWKS(jwks_uri, self.ca_pem, self.fetcher, **self.cache_args())
         self._fetched_at, self._failed_at, self._failure = self.clock(), None, ""
         return self.jwks
 
