@@ -25,7 +25,15 @@ from plugin.errors import InvalidRequest, PluginError
 from plugin.framework import Request, Response
 from plugin.oidc_state import FlowState, redeem, sweep_used
 from plugin.path_config import JWTConfig
-from plugin.path_login import OIDC_CLAIM_CHECKS, LoginContext, login_auth, refused, run_checks
+from plugin.path_login import (
+    OIDC_CLAIM_CHECKS,
+    OIDC_REQUEST_CHECKS,
+    LoginContext,
+    login_auth,
+    refused,
+    remote_addr,
+    run_checks,
+)
 from plugin.path_role import Role
 from plugin.sealing import SealError
 
@@ -38,6 +46,7 @@ __all__ = [
     "FlowResult",
     "code_flow",
     "expired",
+    "flow_context",
     "flow_stage",
     "flow_step",
     "note_refusal",
@@ -88,6 +97,19 @@ class Seen:
         """``refused``'s ``known_role`` and ``claims``."""
         claims = self.ctx.claims if self.ctx is not None and self.ctx.claims is not None else self.claims
         return {"known_role": self.role, "claims": claims}
+
+
+async def flow_context(backend: JWTAuthBackend, req: Request, config: JWTConfig, state: FlowState, seen: Seen) -> LoginContext:
+    """The login context of a flow's ``state``: its role (refused when it is gone), noted in
+    ``seen`` for a refusal's record, with the role's request checks (bound CIDRs) passed
+    before the IdP is asked anything or a token is handed out."""
+    role = await backend.role(req.require_storage(), state.role)
+    if role is None:
+        raise InvalidRequest(f"{FAILED} Role could not be found")
+    seen.role = state.role
+    ctx = seen.ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
+    await run_checks(ctx, OIDC_REQUEST_CHECKS)
+    return ctx
 
 
 def note_refusal(req: Request, exc: PluginError, event: str, seen: Seen) -> None:

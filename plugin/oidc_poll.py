@@ -43,6 +43,7 @@ from plugin.oidc_login import (
     exchange,
     expired,
     finish,
+    flow_context,
     flow_step,
     redeem_state,
     refusal_page,
@@ -53,7 +54,7 @@ from plugin.oidc_login import (
 from plugin.oidc_pages import confirm_page, error_page, success_page
 from plugin.oidc_state import MAX_WIRE_BYTES, STATE_TTL, FlowState, has_result, take_result
 from plugin.path_config import JWTConfig
-from plugin.path_login import OIDC_REQUEST_CHECKS, LoginContext, refused, remote_addr, run_checks
+from plugin.path_login import LoginContext, refused
 from plugin.path_role import Role
 
 if TYPE_CHECKING:
@@ -206,12 +207,8 @@ async def _poll(backend: JWTAuthBackend, req: Request, values: dict[str, Any], s
         raise InvalidRequest(f"{FAILED} This login is not polled: its callback finishes it (callback_mode client).")
     if not state.client_nonce_hash or not state.client_nonce_matches(values.get("client_nonce") or ""):
         raise InvalidRequest("invalid client_nonce")
-    role = await backend.role(storage, state.role)
-    if role is None:
-        raise InvalidRequest(f"{FAILED} Role could not be found")
-    seen.role = state.role
-    ctx = seen.ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
-    await run_checks(ctx, OIDC_REQUEST_CHECKS)  # the poller receives the token
+    ctx = await flow_context(backend, req, config, state, seen)  # the poller receives the token
+    role = ctx.role
     if not config.is_oidc_flow:
         raise InvalidRequest(f"{FAILED} OIDC login is not configured for this mount")
     record = await storage.get(state.used_key)

@@ -40,6 +40,7 @@ from plugin.oidc_login import (
     code_flow,
     expired,
     finish,
+    flow_context,
     flow_step,
     implicit_flow,
     redeem_state,
@@ -52,7 +53,7 @@ from plugin.oidc_poll import NO_CODE, device_auth_url, direct_auth_fields, direc
 from plugin.oidc_redirect import parse_mount, split_namespace, valid_redirect
 from plugin.oidc_state import MAX_WIRE_BYTES, FlowState, take_result
 from plugin.path_config import JWTConfig
-from plugin.path_login import OIDC_REQUEST_CHECKS, LoginContext, remote_addr, run_checks
+from plugin.path_login import remote_addr
 from plugin.schema import Field, FieldSet, FieldType, coerce
 
 if TYPE_CHECKING:
@@ -248,12 +249,8 @@ async def _callback(
         raise InvalidRequest(f"{FAILED} This login has no callback: poll oidc/poll (callback_mode device).")
     if not state.client_nonce_matches(values.get("client_nonce") or ""):
         raise InvalidRequest("invalid client_nonce")
-    role = await backend.role(storage, state.role)
-    if role is None:
-        raise InvalidRequest(f"{FAILED} Role could not be found")
-    seen.role = state.role
-    ctx = seen.ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
-    await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
+    ctx = await flow_context(backend, req, config, state, seen)
+    role = ctx.role
     if not config.is_oidc_flow:
         raise InvalidRequest(f"{FAILED} OIDC login is not configured for this mount")
 
@@ -293,12 +290,7 @@ async def _form_post(
     storage = req.require_storage()
     if await storage.get(state.used_key) is not None:
         raise expired()
-    role = await backend.role(storage, state.role)
-    if role is None:
-        raise InvalidRequest(f"{FAILED} Role could not be found")
-    seen.role = state.role
-    ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req))
-    await run_checks(ctx, OIDC_REQUEST_CHECKS)  # before the IdP is asked anything
+    role = (await flow_context(backend, req, config, state, seen)).role
     result: FlowResult
     if code:
         result = await code_flow(backend, req, config, role, state, code)
