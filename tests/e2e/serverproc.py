@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,10 +52,22 @@ import yaml
 if TYPE_CHECKING:
     import hvac
 
-__all__ = ["ServerProc", "ServerStartError", "start_server", "dev_server", "as_json", "REPO_ROOT"]
+__all__ = ["ServerProc", "ServerStartError", "start_server", "dev_server", "as_json", "wait_for", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _counter = itertools.count(1)
+
+
+def wait_for(probe: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """The first truthy answer of ``probe``, asked every 50 ms (a line a process printed, a
+    file it wrote); AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("timed out")
 
 
 def as_json(answer: object) -> dict[str, Any]:

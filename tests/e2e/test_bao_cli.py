@@ -25,7 +25,7 @@ import requests
 
 from tests.e2e.browser import drive_login
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, free_port, idp_available, start_idp
-from tests.e2e.serverproc import ServerProc, start_server
+from tests.e2e.serverproc import ServerProc, start_server, wait_for
 from tests.plugin.keyfactory import KeyPair, default_claims, make_token, rsa_key
 
 pytestmark = pytest.mark.e2e
@@ -339,7 +339,7 @@ def test_oidc_login_through_the_cli_listener(bao: Bao, oidc: tuple[Any, int]) ->
         for reader in readers:
             reader.start()
         try:
-            url = _wait_for(lambda: next((m.group(0) for line in list(output)
+            url = wait_for(lambda: next((m.group(0) for line in list(output)
                                           if (m := re.search(re.escape(idp.issuer) + r"/auth\?\S+", line))), None))
             redirect = f"http://127.0.0.1:{port}/oidc/callback"
             query = drive_login(url, redirect, login="alice")
@@ -358,16 +358,6 @@ def test_oidc_login_through_the_cli_listener(bao: Bao, oidc: tuple[Any, int]) ->
     token = (bao.home / ".vault-token").read_text()
     looked = json.loads(bao("token", "lookup", "-format=json", token=token).stdout)["data"]
     assert looked["policies"] == ["default", "people"] and looked["meta"]["role"] == "web"
-
-
-def _wait_for(probe: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 # -- path-help ----------------------------------------------------------------------------------------------

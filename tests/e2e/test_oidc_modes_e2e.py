@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.e2e.browser import browser_available, drive_device_login, drive_login, hidden_fields
 from tests.e2e.idp import CLIENT_SECRET, IdP, idp_available, start_idp
 from tests.e2e.jsonserver import JSONServer
-from tests.e2e.serverproc import ServerProc, start_server
+from tests.e2e.serverproc import ServerProc, start_server, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +170,7 @@ class BaoLogin:
     def url(self, prefix: str) -> str:
         pattern = re.escape(prefix) + r"\S+"
         try:
-            return str(_wait_for(lambda: next((m.group(0) for line in list(self.output)
+            return str(wait_for(lambda: next((m.group(0) for line in list(self.output)
                                               if (m := re.search(pattern, line))), None)))
         except AssertionError:
             raise AssertionError("".join(self.output + self.stdout)) from None
@@ -192,16 +192,6 @@ class BaoLogin:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
-
-
-def _wait_for(probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def _auth_url(e: Env, role: str, *, mount: str = MOUNT, redirect: str | None = None, nonce: str = "n-1") -> dict[str, Any]:
@@ -353,7 +343,7 @@ def _click_and_wait(driver: Any, button: Any) -> None:
     the page next must not see the old one)."""
     before = driver.current_url, driver.page_source
     button.click()
-    _wait_for(lambda: (driver.current_url, driver.page_source) != before, timeout=60)
+    wait_for(lambda: (driver.current_url, driver.page_source) != before, timeout=60)
 
 
 @pytest.mark.skipif(browser_available() is not None, reason=str(browser_available()))
