@@ -8,12 +8,13 @@ node-oidc-provider dev login form; ``drive_login`` does the same with ``requests
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,20 +118,14 @@ def browser_login(auth_url: str, listener: CallbackListener, login: str = "alice
     return listener.wait(0)
 
 
-def browser_session(
-    auth_url: str, done: Callable[[WebDriver], bool], *, login: str = "alice", password: str = "x"
-) -> str:
-    """Open ``auth_url`` in a fresh headless Chromium, log in, wait until ``done(driver)``.
-
-    Returns the final page source (e.g. a form_post callback page).
-    """
+@contextlib.contextmanager
+def chromium(profile_parent: Path | None = None) -> Iterator[WebDriver]:
+    """A fresh headless Chromium (selenium WebDriver; pages time out after 60 s), its profile
+    in a new directory under ``profile_parent`` (default: the temporary directory), removed after."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    profile = tempfile.mkdtemp(prefix="authmount-chromium-")
+    profile = tempfile.mkdtemp(prefix="authmount-chromium-", dir=profile_parent)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in CHROME_FLAGS:
@@ -139,6 +134,24 @@ def browser_session(
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         driver.set_page_load_timeout(60)
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def browser_session(
+    auth_url: str, done: Callable[[WebDriver], bool], *, login: str = "alice", password: str = "x"
+) -> str:
+    """Open ``auth_url`` in a fresh headless Chromium, log in, wait until ``done(driver)``.
+
+    Returns the final page source (e.g. a form_post callback page).
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as driver:
         driver.get(auth_url)
         wait = WebDriverWait(driver, 60)
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[name=login]")))
@@ -147,9 +160,6 @@ def browser_session(
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait.until(done)
         return str(driver.page_source)
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def drive_login(auth_url: str, redirect_prefix: str, login: str = "alice") -> dict[str, str]:

@@ -19,12 +19,10 @@ OpenBao's ``bao`` CLI, unmodified.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +36,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.e2e.browser import browser_available, drive_device_login, drive_login, hidden_fields
+from tests.e2e.browser import browser_available, chromium, drive_device_login, drive_login, hidden_fields
 from tests.e2e.idp import CLIENT_SECRET, IdP, idp_available, start_idp
 from tests.e2e.jsonserver import JSONServer
 from tests.e2e.serverproc import ServerProc, start_server, wait_for
@@ -306,27 +304,6 @@ def test_direct_error_description_is_shown_escaped(env: Env) -> None:
     assert _poll(env, started["state"]).json()["errors"] == ["authorization_pending"]  # nothing was recorded
 
 
-@contextlib.contextmanager
-def chromium(e: Env) -> Iterator[Any]:
-    """A headless Chromium (selenium WebDriver) with its profile under the test's home."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    from tests.e2e.browser import CHROME_FLAGS, CHROMEDRIVER, CHROMIUM
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in CHROME_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-', dir=e.home)}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        driver.set_page_load_timeout(60)
-        yield driver
-    finally:
-        driver.quit()
-
-
 def _sign_in(driver: Any, login: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -357,7 +334,7 @@ def test_direct_confirmation_in_headless_chromium(env: Env) -> None:
     login = BaoLogin(env, MOUNT, "role=direct", "callbackmode=direct")
     try:
         url = login.url(env.idp.issuer + "/auth?")
-        with chromium(env) as driver:
+        with chromium(env.home) as driver:
             driver.get(url)
             _sign_in(driver, "alice")
             wait = WebDriverWait(driver, 60)
@@ -384,7 +361,7 @@ def test_device_login_through_the_bao_cli_in_headless_chromium(env: Env) -> None
     login = BaoLogin(env, MOUNT, "role=device", "callbackmode=device")
     try:
         url = login.url(env.idp.issuer + "/device?user_code=")
-        with chromium(env) as driver:
+        with chromium(env.home) as driver:
             driver.get(url)
             deadline = time.monotonic() + 90
             while "Sign-in Success" not in driver.page_source:
