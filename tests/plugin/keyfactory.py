@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from typing_extensions import TypeVar
 
 from plugin.errors import UpstreamError
-from plugin.framework import FetchResult
+from plugin.framework import FetchResult, NoEvents
 
 __all__ = [
     "DROP",
@@ -51,6 +51,7 @@ __all__ = [
     "sign",
     "self_signed_cert_pem",
     "FakeFetcher",
+    "RecordingEvents",
     "forge_hs256",
 ]
 
@@ -364,3 +365,19 @@ def forge_hs256(claims: dict[str, Any], secret: bytes | str, **kw: Any) -> str:
     """An HS256 token HMAC'd with ``secret`` (for key-confusion tests)."""
     return make_token(claims, key=secret, alg="HS256", **kw)
 
+
+class RecordingEvents(NoEvents):
+    """``Events`` that keep what a key source reports: each fetch's kind and outcome (the
+    ``authmount_key_fetches_total`` labels) and each key set installed."""
+
+    __slots__ = ("fetches", "fetched")
+
+    def __init__(self) -> None:
+        self.fetches: list[tuple[str, bool]] = []
+        self.fetched: list[tuple[str, float]] = []
+
+    def key_fetch(self, kind: str, ok: bool) -> None:
+        self.fetches.append((kind, ok))
+
+    def key_set_fetched(self, url: str, at: float) -> None:
+        self.fetched.append((url, at))

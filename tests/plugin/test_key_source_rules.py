@@ -26,7 +26,16 @@ from plugin.keys import (
     client_cert_of,
     fetch_discovery,
 )
-from tests.plugin.keyfactory import DROP, FakeFetcher, default_claims, ec_key, jwks, make_token, rsa_key
+from tests.plugin.keyfactory import (
+    DROP,
+    FakeFetcher,
+    RecordingEvents,
+    default_claims,
+    ec_key,
+    jwks,
+    make_token,
+    rsa_key,
+)
 
 URL = "https://idp.example.com/certs"
 ISSUER = "https://idp.example.com"
@@ -360,25 +369,6 @@ def test_build_key_source_messages(config: dict[str, Any], message: str) -> None
     assert exc.value.messages == [message]
 
 
-class _Recorded:
-    """``Events`` that remember the key fetches (the ``authmount_key_fetches_total`` labels)."""
-
-    def __init__(self) -> None:
-        self.fetches: list[tuple[str, bool]] = []
-
-    def key_fetch(self, kind: str, ok: bool) -> None:
-        self.fetches.append((kind, ok))
-
-    def key_cache_hit(self) -> None:
-        pass
-
-    def key_set_fetched(self, url: str, at: float) -> None:
-        pass
-
-    def oidc_flow(self, stage: str) -> None:
-        pass
-
-
 @pytest.mark.parametrize(
     ("routes", "fetches"),
     [
@@ -393,7 +383,7 @@ async def test_key_fetch_events_name_the_source_and_the_outcome(routes: dict[str
     key = ec_key()
     if routes.get(URL) == "keys":
         routes[URL] = jwks(key)
-    events = _Recorded()
+    events = RecordingEvents()
     src = DiscoveryKeySource(ISSUER, None, FakeFetcher(routes), clock=Clock(), events=events)
     if fetches[-1][1]:
         await src.verify(tok(key), ALL)

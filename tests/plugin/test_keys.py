@@ -10,10 +10,20 @@ from typing import Any
 import pytest
 
 from plugin.errors import InvalidRequest, UpstreamError
-from plugin.framework import FetchResult, NoEvents
+from plugin.framework import FetchResult
 from plugin.jose_verify import SUPPORTED_ALGS, ParsedToken, parse_token
 from plugin.keys import JWKSKeySource, KeySource, build_key_source, fetch_discovery
-from tests.plugin.keyfactory import FakeFetcher, KeyPair, Route, default_claims, ec_key, jwks, make_token, rsa_key
+from tests.plugin.keyfactory import (
+    FakeFetcher,
+    KeyPair,
+    RecordingEvents,
+    Route,
+    default_claims,
+    ec_key,
+    jwks,
+    make_token,
+    rsa_key,
+)
 
 JWKS_URL = "https://idp.example.com/certs"
 ISSUER = "https://idp.example.com"
@@ -30,22 +40,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class RecordingEvents(NoEvents):
-    """``Events`` that keep what a key source reports."""
-
-    __slots__ = ("fetches", "fetched")
-
-    def __init__(self) -> None:
-        self.fetches: list[tuple[str, bool]] = []
-        self.fetched: list[tuple[str, float]] = []
-
-    def key_fetch(self, kind: str, ok: bool) -> None:
-        self.fetches.append((kind, ok))
-
-    def key_set_fetched(self, url: str, at: float) -> None:
-        self.fetched.append((url, at))
 
 
 def tok(key: KeyPair | bytes | str | None, **kw: Any) -> ParsedToken:
