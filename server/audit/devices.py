@@ -111,13 +111,13 @@ class FileSink(Sink):
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, self.mode or 0o600)
         try:
-            if self.mode and stat.S_ISREG(os.fstat(fd).st_mode):
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            if self.mode and regular:
                 os.fchmod(fd, self.mode)
         except OSError:
             os.close(fd)
             raise
-        old, self._fd = self._fd, fd
-        self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        old, self._fd, self._regular = self._fd, fd, regular
         if old is not None:
             os.close(old)
 
@@ -136,7 +136,7 @@ class FileSink(Sink):
         try:
             written = os.write(fd, data)
             if written != len(data):
-                if fd != 1 and self._regular:
+                if self._regular:  # never for stdout, which open() leaves alone
                     # A regular file takes a line whole unless it is full. Writing the rest
                     # later could land after another worker's line: end the cut line here
                     # (best effort) so the next line starts on its own, and fail the request.
