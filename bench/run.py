@@ -108,6 +108,9 @@ CASES = [
     # Case 2 on one SQLite file shared by 2 workers (issue 11); case 2 is its 1-worker baseline.
     Case("8", "authmount login, SQLite, --workers 2", "authmount_sq2", "POST",
          "/v1/auth/jwt/login", body="login.json", check=_login_check("service")),
+    # Case 2m with 2 workers sharing one database in /dev/shm (issue 11): 7a's pair.
+    Case("8m", "authmount login, in memory, --workers 2", "authmount_mem2", "POST",
+         "/v1/auth/jwt/login", body="login.json", check=_login_check("service")),
 ]  # fmt: skip
 
 # server name -> (storage, one core?) of the OpenBao cases
@@ -127,7 +130,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load first (default 2)")
     p.add_argument("--connections", default="16,64", help="comma list (default 16,64)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians reported")
-    p.add_argument("--cases", default="1,2,2a,2m,3,4,5,6,7,7r,7a,7ra,8", help="comma list of case numbers")
+    p.add_argument("--cases", default="1,2,2a,2m,3,4,5,6,7,7r,7a,7ra,8,8m", help="comma list of case numbers")
     p.add_argument("--server-cpus", default="0", help="taskset list for servers (default 0)")
     p.add_argument("--client-cpus", default="1" if ncpu > 1 else "0", help="taskset list for wrk")
     p.add_argument("--workers-cpus", default=None,
@@ -154,6 +157,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.cases.append("6b")
     if "8" in args.cases and "2" not in args.cases:
         args.cases.append("2")  # the 1-worker baseline of 8
+    if "8m" in args.cases and "2m" not in args.cases:
+        args.cases.append("2m")  # the 1-worker baseline of 8m
     if args.workers_cpus is None:
         # Two workers need two cores; with only two, one is shared with wrk (noted in the report).
         others = [str(c) for c in range(ncpu) if str(c) not in args.client_cpus.split(",")]
@@ -188,7 +193,7 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys: BenchKeys, note
         servers["hello"] = start_pinned(
             "hello", [py, ceiling, "--mode", "hello", "--port", str(port)],
             cpus=args.server_cpus, port=port, log_dir=run_dir)  # fmt: skip
-    if wanted & {"authmount", "authmount_audit", "authmount_w2", "authmount_pg1", "authmount_sq2"}:
+    if wanted & {"authmount", "authmount_audit", "authmount_w2", "authmount_pg1", "authmount_sq2", "authmount_mem2"}:
         reason = authmount.available()
         if reason:
             notes.append(f"authmount cases skipped: {reason}")
@@ -213,8 +218,8 @@ def start_servers(args: argparse.Namespace, run_dir: Path, keys: BenchKeys, note
                               event_loop=args.event_loop, storage={"type": "memory"})
         servers["authmount_mem"] = srv
         authmount.configure_jwt_mount(srv, keys.public_pem)
-    if "authmount_sq2" in wanted:
-        _start_sqlite_workers(args, run_dir, keys, notes, servers)
+    if wanted & {"authmount_sq2", "authmount_mem2"}:
+        _start_sqlite_workers(args, run_dir, keys, notes, servers, wanted)
     if wanted & {"authmount_w2", "authmount_pg1"}:
         _start_postgres_cases(args, run_dir, keys, notes, servers, others, wanted)
     _start_openbao_cases(args, run_dir, keys, notes, servers, wanted)
@@ -254,25 +259,32 @@ def _start_openbao_cases(args: argparse.Namespace, run_dir: Path, keys: BenchKey
 
 
 def _start_sqlite_workers(args: argparse.Namespace, run_dir: Path, keys: BenchKeys, notes: list[str],
-                          servers: dict[str, Server]) -> None:  # fmt: skip
-    """Case 8: case 2's server with 2 workers sharing its SQLite file."""
+                          servers: dict[str, Server], wanted: set[str]) -> None:  # fmt: skip
+    """Case 8: case 2's server with 2 workers sharing its SQLite file; case 8m: case 2m's
+    (memory storage) with 2 workers sharing one database in shared memory."""
     if not authmount.supports_workers():
-        notes.append("case 8 skipped: `authmount server` has no --workers flag")
+        notes.append("cases 8/8m skipped: `authmount server` has no --workers flag")
         return
-    srv = authmount.start("authmount_sq2", run_dir, cpus=args.workers_cpus, log_level=args.log_level,
-                          event_loop=args.event_loop, workers=2)  # fmt: skip
-    servers["authmount_sq2"] = srv
-    authmount.configure_jwt_mount(srv, keys.public_pem)
-    notes.append(
-        f"case 8: case 2 (durable SQLite, service tokens) with `--workers 2` sharing one file, pinned to cores "
-        f"{args.workers_cpus}; case 2 (1 worker, cores {args.server_cpus}) is its baseline. CPU µs per login "
-        "sums every worker and the supervisor (`/proc`): flat CPU per login with twice the cores is what "
-        "scaling looks like when the load generator shares the machine."
-    )
+    for name, key, base, storage, what in (
+        ("authmount_sq2", "8", "2", None, "durable SQLite, service tokens, sharing one file"),
+        ("authmount_mem2", "8m", "2m", {"type": "memory"}, "memory storage, sharing one database in /dev/shm"),
+    ):
+        if name not in wanted:
+            continue
+        srv = authmount.start(name, run_dir, cpus=args.workers_cpus, log_level=args.log_level,
+                              event_loop=args.event_loop, workers=2, storage=storage)  # fmt: skip
+        servers[name] = srv
+        authmount.configure_jwt_mount(srv, keys.public_pem)
+        notes.append(
+            f"case {key}: case {base} ({what}) with `--workers 2`, pinned to cores {args.workers_cpus}; case "
+            f"{base} (1 worker, cores {args.server_cpus}) is its baseline. CPU µs per login sums every worker and "
+            "the supervisor (`/proc`): flat CPU per login with twice the cores is what scaling looks like when "
+            "the load generator shares the machine."
+        )
     if set(args.workers_cpus.split(",")) & set(args.client_cpus.split(",")):
         notes.append(
-            f"case 8: the 2 workers run on cores {args.workers_cpus}, sharing a core with wrk (cores "
-            f"{args.client_cpus}); req/s of 8 against 2 understates what 2 free cores would give."
+            f"cases 8/8m: the 2 workers run on cores {args.workers_cpus}, sharing a core with wrk (cores "
+            f"{args.client_cpus}); req/s against 1 worker understates what 2 free cores would give."
         )
 
 

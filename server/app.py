@@ -42,7 +42,7 @@ from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_f
 from server.mounts import MountEntry, MountTable, normalize_path
 from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
-from server.storage import Engine, open_storage
+from server.storage import Engine, open_storage, shared_memory
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
@@ -215,14 +215,18 @@ async def _open_keyring(settings: Settings, storage: Engine) -> Keyring:
     """The keyring, opened with the storage key (created with the keyring at first start).
 
     ``memory`` storage without ``AUTHMOUNT_STORAGE_KEY`` gets a key that lives as long as the
-    process (as does the storage).
+    process (as does the storage); its workers share one in their shared-memory directory.
 
     :raises StorageKeyError: the key is missing, malformed or not the keyring's.
     """
+    key_file = settings.storage.key_path
     if settings.storage.type == "memory" and not os.environ.get(ENV_KEY):
-        return await Keyring.open(storage, secrets.token_bytes(32))
+        directory = shared_memory.shared_dir()
+        if directory is None:
+            return await Keyring.open(storage, secrets.token_bytes(32))
+        key_file = shared_memory.key_path(directory)
     first = not await Keyring.exists(storage)
-    key, where = load_storage_key(key_file=settings.storage.key_path or None, create=first)
+    key, where = load_storage_key(key_file=key_file or None, create=first)
     keyring = await Keyring.open(storage, key)
     log.info("storage_key_loaded", source=where, created=first, fingerprint=key_fingerprint(key))
     return keyring

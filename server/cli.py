@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -29,6 +30,7 @@ from server.keyring import StorageKeyError
 from server.operator import generate_root, rekey
 from server.reload import ReloadHook, add_reload_hook, reload_settings
 from server.settings import Settings, SettingsError, dev_settings, load_settings, parse_workers, split_host_port
+from server.storage import shared_memory
 from server.supervisor import REPLACEMENT_ENV, WORKER_ENV, Supervisor, follow_supervisor, report_ready
 from server.sys.status import VERSION
 
@@ -98,8 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = os.environ.get(WORKER_ENV)
     configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1 and worker is None:
-        sqlite_path = settings.storage.path if settings.storage.type == "sqlite" else None
         args_list = list(argv) if argv is not None else sys.argv[1:]
+        if settings.storage.type == "memory":
+            return _supervise_memory(settings.workers, args_list)
+        sqlite_path = settings.storage.path if settings.storage.type == "sqlite" else None
         return Supervisor(settings.workers, args_list, sqlite_path=sqlite_path).run()
     if worker is not None:
         follow_supervisor()
@@ -290,13 +294,29 @@ def _workers_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _supervise_memory(count: int, argv: list[str]) -> int:
+    """Memory storage with several workers: they share one database in a private directory
+    in shared memory (``server.storage.shared_memory``), deleted when the server stops."""
+    try:
+        directory = shared_memory.make_dir()
+    except OSError as exc:
+        print(f"Error starting server: storage: shared memory for the workers: {exc}", file=sys.stderr)
+        return 1
+    os.environ[shared_memory.MEMORY_DIR_ENV] = directory  # the workers inherit it
+    try:
+        return Supervisor(count, argv, sqlite_path=shared_memory.db_path(directory)).run()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def _workers_problem(settings: Settings) -> str | None:
     if settings.workers < 1:
         return "must be at least 1"
     if settings.workers == 1:
         return None
-    if settings.storage.type == "memory":
-        return "more than one worker needs sqlite or postgres storage (memory storage lives in one process)"
+    if settings.dev:
+        return ("dev mode runs one process (each worker would make its own root token); for several workers "
+                "use a config file, with storage type memory for an in-memory server")
     if settings.host_port[1] == 0:
         return "more than one worker needs a fixed listen port"
     return None
@@ -304,6 +324,8 @@ def _workers_problem(settings: Settings) -> str | None:
 
 def _banner(settings: Settings, bound: str, root_token: str | None) -> None:
     storage = settings.storage.type + (f" ({settings.storage.path})" if settings.storage.type == "sqlite" else "")
+    if settings.storage.type == "memory" and shared_memory.shared_dir():
+        storage += f" (shared by the workers in {shared_memory.shared_dir()})"
     scheme = "https" if settings.tls else "http"
     lines = [
         "==> authmount server configuration:",

@@ -9,7 +9,8 @@ implements (a no-op where it means nothing). Every engine stores values the same
 Settings (``cfg`` is a mapping or an object with these attributes; YAML ``storage:``):
 
 ``type``
-    ``"sqlite"`` (default), ``"postgres"`` or ``"memory"``.
+    ``"sqlite"`` (default), ``"postgres"`` or ``"memory"`` (with ``--workers N``: one
+    SQLite database in shared memory, ``server.storage.shared_memory``).
 ``path``
     SQLite: the database file (default ``data/authmount.db``). The parent directory is
     created (mode 0700) and the file is created with mode 0600; ``<path>-wal``,
@@ -107,19 +108,24 @@ async def open_storage(cfg: object) -> Engine:
     """
     kind = str(_setting(cfg, "type", "sqlite")).lower()
     if kind == "memory":
-        return InMemoryStorage()
+        from server.storage.shared_memory import db_path, shared_dir
+
+        directory = shared_dir()
+        if directory is None:
+            return InMemoryStorage()
+        from server.storage.sqlite import SQLiteStorage
+
+        return await SQLiteStorage.open(db_path(directory), synchronous="OFF", owner_lock_fd=_inherited_lock(),
+                                        memory=True)
     if kind == "sqlite":
         from server.storage.sqlite import SQLiteStorage
-        from server.storage.sqlite_shared import LOCK_FD_ENV
 
-        inherited = os.environ.get(LOCK_FD_ENV)
-        if inherited is not None and not inherited.isdigit():
-            raise RuntimeError(f"{LOCK_FD_ENV} must be a descriptor number")
+        inherited = _inherited_lock()
         return await SQLiteStorage.open(
             str(_setting(cfg, "path", DEFAULT_SQLITE_PATH)),
             synchronous=str(_setting(cfg, "sqlite_synchronous", "FULL")),
             cache_entries=_non_negative(cfg, "sqlite_cache_entries", 32768),
-            owner_lock_fd=int(inherited) if inherited is not None else None,
+            owner_lock_fd=inherited,
         )
     if kind in ("postgres", "postgresql"):
         from server.storage.postgres import PostgresStorage
@@ -132,6 +138,16 @@ async def open_storage(cfg: object) -> Engine:
             raise ValueError("storage pool_size must be at least 1")
         return await PostgresStorage.open(str(dsn), pool_size=pool_size)
     raise ValueError(f"unknown storage type {kind!r} (expected memory, sqlite or postgres)")
+
+
+def _inherited_lock() -> int | None:
+    """The SQLite owner lock a ``--workers`` supervisor handed down, if any."""
+    from server.storage.sqlite_shared import LOCK_FD_ENV
+
+    inherited = os.environ.get(LOCK_FD_ENV)
+    if inherited is not None and not inherited.isdigit():
+        raise RuntimeError(f"{LOCK_FD_ENV} must be a descriptor number")
+    return int(inherited) if inherited is not None else None
 
 
 def unavailable_reason(exc: BaseException) -> str | None:

@@ -33,6 +33,8 @@ CACHE_BYTES = 8 * 1024 * 1024
 LIST_CHUNK = 1024
 
 _SYNC_MODES = ("FULL", "NORMAL", "EXTRA")
+#: Also accepted from ``open_storage`` for memory storage shared by workers (no disk at all).
+_SYNC_MEMORY = "OFF"
 _GET = "SELECT value FROM kv WHERE key = ?"
 _SCAN = "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key LIMIT ?"
 _SCAN_TO_END = "SELECT key FROM kv WHERE key >= ? ORDER BY key LIMIT ?"
@@ -91,10 +93,11 @@ class SQLiteStorage:
     shared = False
 
     def __init__(
-        self, path: str, synchronous: str = "FULL", cache_entries: int = 32768, *, owner_lock_fd: int | None = None
+        self, path: str, synchronous: str = "FULL", cache_entries: int = 32768, *, owner_lock_fd: int | None = None,
+        memory: bool = False,
     ) -> None:
         synchronous = synchronous.upper()
-        if synchronous not in _SYNC_MODES:
+        if synchronous not in _SYNC_MODES and not (synchronous == _SYNC_MEMORY and memory):
             raise ValueError(f"sqlite_synchronous must be one of {', '.join(_SYNC_MODES)}")
         self.path = path
         self.synchronous = synchronous
@@ -135,18 +138,21 @@ class SQLiteStorage:
 
     @classmethod
     async def open(
-        cls, path: str, synchronous: str = "FULL", cache_entries: int = 32768, *, owner_lock_fd: int | None = None
+        cls, path: str, synchronous: str = "FULL", cache_entries: int = 32768, *, owner_lock_fd: int | None = None,
+        memory: bool = False,
     ) -> SQLiteStorage:
         """Create the parent directory and file (mode 0600) if needed and open the store.
 
         ``cache_entries`` bounds the cache of recently written values (0 disables it).
         ``owner_lock_fd``: open the file in shared mode under this inherited owner lock
         (``sqlite_shared.owner_lock``, taken by the ``--workers`` supervisor).
+        ``memory``: the file is memory storage shared by workers (``shared_memory``), which
+        may use ``synchronous="OFF"``: it lives in shared memory, with no disk to wait for.
 
         :raises RuntimeError: another process (or another store object) has the file open,
             or ``owner_lock_fd`` is not the held lock of this file.
         """
-        store = cls(path, synchronous, cache_entries, owner_lock_fd=owner_lock_fd)
+        store = cls(path, synchronous, cache_entries, owner_lock_fd=owner_lock_fd, memory=memory)
         await store._start()
         return store
 

@@ -354,12 +354,14 @@ def test_workers_stopped_while_starting_exit_cleanly(tmp_path: Path, postgres_ds
             proc.wait()
 
 
-def test_workers_need_shared_storage(tmp_path: Path) -> None:
-    """Memory storage lives in one process: several workers would be several servers.
-    (SQLite and PostgreSQL workers: tests/e2e/test_workers.py.)"""
+def test_dev_mode_runs_one_process(tmp_path: Path) -> None:
+    """Each worker of a dev server would make its own root token, so dev mode refuses
+    ``--workers`` and says how to run in-memory workers instead. (SQLite, PostgreSQL and
+    memory workers: tests/e2e/test_workers.py.)"""
     result = run_cli("server", "--dev", "--workers", "2", cwd=tmp_path)
     assert result.returncode == 1
-    assert "workers: more than one worker needs sqlite or postgres storage" in result.stderr
+    assert "workers: dev mode runs one process" in result.stderr
+    assert "use a config file, with storage type memory" in result.stderr
 
 
 def test_second_process_on_same_sqlite_file_refused(tmp_path: Path) -> None:

@@ -582,3 +582,35 @@ def test_bad_workers_flag_is_refused(flag: str, message: str, tmp_path: Path) ->
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_memory_storage_is_shared_by_the_workers_and_gone_when_they_stop(tmp_path: Path) -> None:
+    """``storage: memory`` with ``--workers 2``: the workers share one database in a private
+    shared-memory directory (``/dev/shm``, mode 0700; the storage key beside it, 0600), so
+    what one writes the other uses, a token minted on one is revoked for both at once, and
+    the directory is gone when the server stops (server/storage/shared_memory.py)."""
+    config = {"listen_address": f"127.0.0.1:{free_port()}", "storage": {"type": "memory"},
+              "rate_limit": {"login_per_ip_per_second": 0}}
+    with start_server(config=config, workdir=tmp_path, args=["--workers", "2"]) as srv:
+        banner = next(line for line in srv.stdout_text().splitlines() if "Storage:" in line)
+        assert "Storage: memory (shared by the workers in " in banner, banner
+        directory = Path(banner.split(" in ", 1)[1].rstrip(")"))
+        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+            assert directory.parent == Path("/dev/shm"), directory
+        assert directory.stat().st_mode & 0o777 == 0o700
+        assert (directory / "storage.key").stat().st_mode & 0o777 == 0o600
+        assert (directory / "authmount.db").is_file()
+        assert not list(tmp_path.rglob("*.db")), "memory storage wrote a database into the working directory"
+        conns = pinned(srv)
+        assert len(conns) == 2, conns
+        a, b = conns.values()
+        set_up_mount(a)  # through worker A ...
+        for writer, reader in ((a, b), (b, a)):
+            token = writer.ok("POST", f"auth/{MOUNT}/login", token="", body=login_body())["auth"]["client_token"]
+            assert reader.ok("GET", "auth/token/lookup-self", token=token)["data"]["policies"] == ["default", "p"]
+            writer.ok("POST", "auth/token/revoke-self", token=token)
+            assert reader.call("GET", "auth/token/lookup-self", token=token)[0] == 403
+        for conn in conns.values():
+            conn.close()
+    assert srv.returncode == 0
+    assert not directory.exists(), "the shared-memory directory outlived the server"

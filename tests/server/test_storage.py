@@ -10,6 +10,7 @@ import math
 import os
 import random
 import stat
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -553,6 +554,48 @@ async def test_open_storage_rejects_bad_settings(cfg: dict[str, Any], tmp_path: 
 
 
 # -- memory engine specifics ----------------------------------------------------------------
+
+
+async def test_memory_storage_of_workers_is_one_sqlite_database_in_their_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A worker of ``storage: memory`` (the supervisor set AUTHMOUNT_MEMORY_DIR) opens the
+    shared database there, with synchronous=OFF (shared memory: no disk to wait for);
+    without the variable memory storage is the process's own dict, and a user's
+    ``sqlite_synchronous: OFF`` is still refused."""
+    from server.storage import shared_memory
+
+    assert isinstance(await open_storage({"type": "memory"}), InMemoryStorage)
+    monkeypatch.setenv(shared_memory.MEMORY_DIR_ENV, str(tmp_path))
+    store = await open_storage({"type": "memory"})
+    try:
+        assert isinstance(store, SQLiteStorage) and store.synchronous == "OFF"
+        assert store.path == str(tmp_path / "authmount.db")
+        await store.put("k", {"v": 1})
+    finally:
+        await store.close()
+    with pytest.raises(ValueError, match="sqlite_synchronous must be one of FULL, NORMAL, EXTRA"):
+        await open_storage({"type": "sqlite", "path": str(tmp_path / "u.db"), "sqlite_synchronous": "OFF"})
+    with pytest.raises(ValueError, match="sqlite_synchronous"):
+        SQLiteStorage(str(tmp_path / "v.db"), "OFF")  # only memory storage may go without syncs
+
+
+def test_memory_workers_directory_is_private_and_in_shared_memory(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """/dev/shm when it is there (a tmpfs: nothing reaches a disk), else the temp directory;
+    mode 0700 either way."""
+    from server.storage import shared_memory
+
+    made = Path(shared_memory.make_dir(str(tmp_path)))
+    assert made.parent == tmp_path and made.name.startswith("authmount-memory-")
+    assert made.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setattr(shared_memory, "SHM", str(tmp_path / "no-shm"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    fallback = Path(shared_memory.make_dir())
+    assert fallback.parent == tmp_path
+    monkeypatch.setattr(shared_memory, "SHM", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", "/nonexistent")
+    assert Path(shared_memory.make_dir()).parent == tmp_path  # SHM itself when it exists
 
 
 @pytest.mark.parametrize("slack", [0, 5, 4096], ids=["resort-always", "resort-often", "default"])
