@@ -21,7 +21,7 @@ import os
 import re
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import prometheus_client
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENT_TYPE", "MULTIPROCESS", "REGISTRY", "exposition", "metrics_json", "ms_since", "route_timer", "ttl_bucket", "MountEvents", "count_login",
-    "Observer", "flush_pending", "token_created", "storage_failed", "storage_failure", "storage_recovered", "process_exit", "usage_gauges",
+    "Observer", "flush_pending", "token_created", "storage_failed", "storage_failure", "storage_recovered", "process_exit", "usage_gauges", "set_usage",
 ]
 
 log = structlog.get_logger("authmount.telemetry")
@@ -357,10 +357,27 @@ async def usage_gauges(tokens: TokenStore, mounts: MountTable, period: float) ->
             EXPIRE_NUM_LEASES.set(usage.leases)
             for gauge, values in ((TOKEN_COUNT_BY_AUTH, by_auth), (TOKEN_COUNT_BY_POLICY, usage.by_policy),
                                   (TOKEN_COUNT_BY_TTL, usage.by_ttl)):
-                gauge.clear()
-                for label, count in values.items():
-                    gauge.labels(label, NAMESPACE).set(count)
+                set_usage(gauge, values)
         await asyncio.sleep(period)
+
+
+#: The labels each usage gauge was last set for (multi-process mode, see ``set_usage``).
+_USAGE_LABELS: dict[Gauge, set[str]] = {}
+
+
+def set_usage(gauge: Gauge, values: Mapping[str, int]) -> None:
+    """Set ``gauge`` to one series per label of ``values`` (and ``NAMESPACE``), dropping the
+    series of labels that are gone. prometheus-client cannot drop a series in multi-process
+    mode (``clear()`` warns and the value stays in the worker's file, so a policy whose last
+    token expired kept its old count), so with ``--workers`` a gone label is set to 0."""
+    if MULTIPROCESS:
+        for label in _USAGE_LABELS.get(gauge, set()) - values.keys():
+            gauge.labels(label, NAMESPACE).set(0)
+        _USAGE_LABELS[gauge] = set(values)
+    else:
+        gauge.clear()
+    for label, count in values.items():
+        gauge.labels(label, NAMESPACE).set(count)
 
 
 # -- storage ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from typing import Any
 
 import pytest
@@ -227,3 +228,21 @@ async def test_storage_failures_are_counted_and_readiness_probes(aiohttp_client:
     # the in-memory storage works: the readiness probe write succeeds and clears the failure
     assert (await client.get("/v1/sys/health")).status == 200
     assert telemetry.storage_failure() == ""
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["one-process", "workers"])
+def test_usage_gauge_drops_the_series_of_a_gone_label(monkeypatch: pytest.MonkeyPatch, multiprocess: bool) -> None:
+    """A policy whose last token expired leaves the gauge: its series is dropped in one
+    process, and set to 0 with --workers, where prometheus-client cannot drop a series (its
+    clear() only warned, and the old count stayed in the worker's file)."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    gauge = Gauge("t_by_policy", "test", ["policy", "namespace"], registry=registry)
+    monkeypatch.setattr(telemetry, "MULTIPROCESS", multiprocess)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not implemented in multi-process mode" warning
+        telemetry.set_usage(gauge, {"a": 2, "b": 1})
+        telemetry.set_usage(gauge, {"a": 1})
+    series = {s.labels["policy"]: s.value for m in registry.collect() for s in m.samples}
+    assert series == ({"a": 1, "b": 0} if multiprocess else {"a": 1})
