@@ -368,8 +368,9 @@ class AuditBroker:
 
     # -- writing ------------------------------------------------------------------------------
     def log_request(self, rec: Record) -> Awaitable[None] | None:
-        """Write the request entry of ``rec`` to every device: done on return (None) when
-        every device is a file; else await the result (a socket device).
+        """Write the request entry of ``rec`` to every device. None when no device is
+        enabled; else an awaitable that ends once the entry is written (files: the group
+        write after this turn of the event loop; a socket device: its own write).
 
         :raises AuditUnavailable: devices are enabled and none recorded it.
         """
