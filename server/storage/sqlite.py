@@ -20,7 +20,7 @@ from plugin.storage import Updater, check_key, check_page_args, check_prefix, de
 from server import telemetry
 from server.storage.keyrange import collect_children, prefix_end
 from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE, Batch, Op, Result
-from server.storage.sqlite_checkpoint import Checkpointer
+from server.storage.sqlite_checkpoint import Checkpointer, yield_to_event_loop
 from server.storage.sqlite_schema import migrate
 from server.storage.sqlite_shared import POLL_INTERVAL, ChangeLog, FileLock, adopt_owner_lock, owner_lock
 
@@ -430,6 +430,7 @@ class SQLiteStorage:
             pass
 
     def _writer_main(self, ready: asyncio.Future[None]) -> None:
+        yield_to_event_loop()
         conn: sqlite3.Connection | None = None
         wlock = self._writer_lock
         try:

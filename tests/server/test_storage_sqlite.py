@@ -347,3 +347,20 @@ async def test_sigkill_mid_migration_leaves_a_file_the_next_start_migrates(tmp_p
         assert len(await store.list("sys/token/id/")) == 3002
     finally:
         await store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+async def test_writer_and_checkpointer_never_preempt_the_event_loop(tmp_path: Path) -> None:
+    """The writer and checkpointer threads run as SCHED_BATCH: their wake-ups wait for the
+    event loop's thread instead of preempting it (sqlite_checkpoint.yield_to_event_loop);
+    the loop's own thread keeps the default policy."""
+    store = await SQLiteStorage.open(str(tmp_path / "s.db"))
+    try:
+        await store.put("k", 1)  # the checkpointer runs after a commit
+        assert store._thread is not None and store.checkpointer._thread is not None
+        for thread in (store._thread, store.checkpointer._thread):
+            assert thread.native_id is not None
+            assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH, thread.name
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    finally:
+        await store.close()
