@@ -266,6 +266,16 @@ class ListVerbRequestHandler(RequestHandler):
             return
         super().data_received(data)
 
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        # aiohttp's pre_shutdown marks every connection closing and wakes the idle ones; a
+        # connection whose first turn had not run yet then waits for a request, which
+        # aiohttp drops while closing, and shutdown waited for that wait the whole timeout
+        # (the client's request unanswered meanwhile). An idle connection has nothing to
+        # finish: wake it now, and it closes.
+        if not self._request_in_progress and self._waiter is not None:
+            self._waiter.cancel()
+        await super().shutdown(timeout)
+
     def _head_timed_out(self) -> None:
         self._head_timer = None
         if self.transport is not None:
