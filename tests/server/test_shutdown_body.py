@@ -50,8 +50,8 @@ async def test_connection_whose_first_turn_starts_after_shutdown_began_is_closed
     app.router.add_post("/", echo)
     runner = ListVerbAppRunner(app, shutdown_timeout=10)
     await runner.setup()
-    server = runner.server
-    assert server is not None
+    assert runner.server is not None
+    server: web.Server = runner.server
     loop = asyncio.get_running_loop()
 
     class RacingShutdown(ListVerbRequestHandler):
