@@ -479,8 +479,9 @@ class Settings:
     workers: int = setting(
         1, kind="int ≥ 1 or `auto`", parse=parse_workers,
         doc="Worker processes sharing the listen port (`SO_REUSEPORT`) and the storage (`sqlite`: one file in WAL "
-            "mode, `postgres`; `memory`: one database in shared memory, `/dev/shm`, deleted at stop; not with `--dev`); `auto`: the usable cores. A supervisor restarts a worker that "
-            "dies. Same as `--workers N|auto`. See [operations](operations.md#workers).",
+            "mode, `postgres`; `memory`: one database in shared memory, `/dev/shm`, deleted at stop; not with "
+            "`--dev`); `auto`: the usable cores. A supervisor restarts a worker that dies. Same as "
+            "`--workers N|auto`. See [operations](operations.md#workers).",
     )
     cluster_name: str = setting("authmount", kind="string", parse=_string, doc="Reported by `sys/health`.")
     shutdown_timeout: float = setting(30.0, kind="duration", parse=_seconds,

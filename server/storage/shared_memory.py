@@ -35,7 +35,12 @@ def make_dir(base: str | None = None) -> str:
 
 
 def shared_dir() -> str | None:
-    """The shared directory when this process is a worker of memory storage, else None."""
+    """The shared directory when this process is a worker of memory storage (its supervisor
+    set the variable), else None: outside a worker the variable means nothing."""
+    from server.supervisor import WORKER_ENV
+
+    if os.environ.get(WORKER_ENV) is None:
+        return None
     return os.environ.get(MEMORY_DIR_ENV) or None
 
 

@@ -559,14 +559,18 @@ async def test_open_storage_rejects_bad_settings(cfg: dict[str, Any], tmp_path: 
 async def test_memory_storage_of_workers_is_one_sqlite_database_in_their_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A worker of ``storage: memory`` (the supervisor set AUTHMOUNT_MEMORY_DIR) opens the
+    """A worker of ``storage: memory`` (its supervisor set AUTHMOUNT_MEMORY_DIR) opens the
     shared database there, with synchronous=OFF (shared memory: no disk to wait for);
     without the variable memory storage is the process's own dict, and a user's
     ``sqlite_synchronous: OFF`` is still refused."""
     from server.storage import shared_memory
+    from server.supervisor import WORKER_ENV
 
     assert isinstance(await open_storage({"type": "memory"}), InMemoryStorage)
     monkeypatch.setenv(shared_memory.MEMORY_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(WORKER_ENV, raising=False)
+    assert isinstance(await open_storage({"type": "memory"}), InMemoryStorage)  # not a worker: ignored
+    monkeypatch.setenv(WORKER_ENV, "0")
     store = await open_storage({"type": "memory"})
     try:
         assert isinstance(store, SQLiteStorage) and store.synchronous == "OFF"
