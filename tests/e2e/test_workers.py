@@ -5,7 +5,8 @@ used by the others (mounts, configs, roles, policies, audit devices within 100 m
 revoked token, a disabled mount's batch tokens at once), a ``num_uses`` token is used up
 across workers, concurrent writes on both never meet a lock error, audit lines of both
 never interleave (and SIGHUP reopens on both), the per-IP login limit is shared, an OIDC
-state is redeemed once, and a second server is still refused the file. On both engines ``kill -9`` of one worker loses no acknowledged login,
+state is redeemed once, and a second server is still refused the file. On every engine (memory
+storage included: its workers share a database in /dev/shm) ``kill -9`` of one worker loses no acknowledged login,
 the other worker keeps serving, and the supervisor starts a replacement; a killed
 supervisor takes its workers with it. Connections are pinned to a worker by finding, in
 ``/proc``, which process accepted them (``tests/e2e/workerconn.py``).
@@ -463,15 +464,18 @@ def _burst_until(srv: ServerProc, done: threading.Event, acknowledged: list[str]
     http.close()
 
 
-@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+@pytest.mark.parametrize("engine", ["sqlite", "postgres", "memory"])
 def test_kill_9_of_one_worker_mid_burst(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """A worker killed with SIGKILL during a login burst: no acknowledged token is lost,
     the other worker answers throughout (only connections the dead worker held fail), the
     supervisor starts a replacement that serves the same state, and a later SIGTERM still
-    stops everything with exit code 0."""
+    stops everything with exit code 0. Memory storage too: its database in /dev/shm outlives
+    a worker (``synchronous=OFF`` loses nothing to a process crash, only to a machine's)."""
     config = sqlite_config(tmp_path, free_port())
     if engine == "postgres":
         config["storage"] = {"type": "postgres", "dsn": request.getfixturevalue("postgres_dsn")}
+    elif engine == "memory":
+        config["storage"] = {"type": "memory"}
     threads = 6
     with start_server(config=config, workdir=tmp_path, args=["--workers", "2"]) as srv:
         assert srv.root_token
