@@ -5,10 +5,10 @@ used by the others (mounts, configs, roles, policies, audit devices within 100 m
 revoked token, a disabled mount's batch tokens at once), a ``num_uses`` token is used up
 across workers, concurrent writes on both never meet a lock error, audit lines of both
 never interleave (and SIGHUP reopens on both), the per-IP login limit is shared, an OIDC
-state is redeemed once, and a second server is still refused the file. On every engine (memory
-storage included: its workers share a database in /dev/shm) ``kill -9`` of one worker loses no acknowledged login,
-the other worker keeps serving, and the supervisor starts a replacement; a killed
-supervisor takes its workers with it. Connections are pinned to a worker by finding, in
+state is redeemed once, and a second server is still refused the file. On every engine
+(memory storage included: its workers share a database in /dev/shm) ``kill -9`` of one
+worker loses no acknowledged login, the other worker keeps serving, and the supervisor
+starts a replacement; a killed supervisor takes its workers with it. Connections are pinned to a worker by finding, in
 ``/proc``, which process accepted them (``tests/e2e/workerconn.py``).
 """
 
