@@ -108,7 +108,9 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
             sealer=keyring, mount_exists=lambda accessor: not mounts_ref or mounts_ref[0].has_accessor(accessor),
             on_mint=lambda entry: telemetry.token_created(entry, mounts_ref[0] if mounts_ref else None),
-            identity=identity, fresh_epochs=settings.storage.type == "sqlite" and storage.shared,
+            # Workers on one machine (a SQLite file, memory storage in /dev/shm) read a mount's
+            # revocation epoch at every use: the read is local. PostgreSQL nodes cache it.
+            identity=identity, fresh_epochs=storage.shared and settings.storage.type != "postgres",
         )
         policies = PolicyStore(storage)
         fetcher = AiohttpFetcher()

@@ -614,6 +614,16 @@ def test_memory_storage_is_shared_by_the_workers_and_gone_when_they_stop(tmp_pat
             assert reader.ok("GET", "auth/token/lookup-self", token=token)["data"]["policies"] == ["default", "p"]
             writer.ok("POST", "auth/token/revoke-self", token=token)
             assert reader.call("GET", "auth/token/lookup-self", token=token)[0] == 403
+            # A batch token has no row: the mount's revocation epoch, read at every use as
+            # with a file on disk, kills it on the other worker the moment the disable is
+            # acknowledged.
+            writer.ok("POST", "sys/auth/bt", body={"type": "jwt"})
+            writer.ok("POST", "auth/bt/config", body={"jwt_validation_pubkeys": [KEY.pem]})
+            writer.ok("POST", "auth/bt/role/svc", body={**ROLE, "token_type": "batch"})
+            batch = writer.ok("POST", "auth/bt/login", token="", body=login_body())["auth"]["client_token"]
+            seen_within(lambda: reader.call("GET", "auth/token/lookup-self", token=batch)[0] == 200)  # noqa: B023
+            writer.ok("DELETE", "sys/auth/bt")
+            assert reader.call("GET", "auth/token/lookup-self", token=batch)[0] == 403
         for conn in conns.values():
             conn.close()
     assert srv.returncode == 0
