@@ -43,6 +43,7 @@ from server.mounts import MountEntry, MountTable, normalize_path
 from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
+from server.storage.sqlite import SQLiteStorage
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
@@ -108,9 +109,9 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
             sealer=keyring, mount_exists=lambda accessor: not mounts_ref or mounts_ref[0].has_accessor(accessor),
             on_mint=lambda entry: telemetry.token_created(entry, mounts_ref[0] if mounts_ref else None),
-            # Workers on one machine (a SQLite file, memory storage in /dev/shm) read a mount's
-            # revocation epoch at every use: the read is local. PostgreSQL nodes cache it.
-            identity=identity, fresh_epochs=storage.shared and settings.storage.type != "postgres",
+            # Workers sharing a SQLite file (on disk, or memory storage's in /dev/shm) read a
+            # mount's revocation epoch at every use: the read is local. PostgreSQL nodes cache it.
+            identity=identity, fresh_epochs=storage.shared and isinstance(storage, SQLiteStorage),
         )
         policies = PolicyStore(storage)
         fetcher = AiohttpFetcher()
