@@ -324,8 +324,9 @@ def _workers_problem(settings: Settings) -> str | None:
 
 def _banner(settings: Settings, bound: str, root_token: str | None) -> None:
     storage = settings.storage.type + (f" ({settings.storage.path})" if settings.storage.type == "sqlite" else "")
-    if settings.storage.type == "memory" and shared_memory.shared_dir():
-        storage += f" (shared by the workers in {shared_memory.shared_dir()})"
+    shared = shared_memory.shared_dir() if settings.storage.type == "memory" else None
+    if shared:
+        storage += f" (shared by the workers in {shared})"
     scheme = "https" if settings.tls else "http"
     lines = [
         "==> authmount server configuration:",
