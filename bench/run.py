@@ -113,6 +113,9 @@ CASES = [
          "/v1/auth/jwt/login", body="login.json", check=_login_check("service")),
 ]  # fmt: skip
 
+#: case -> the 1-worker case its worker-scaling ratio divides by (run with it when left out)
+BASELINES = {"6": "6b", "8": "2", "8m": "2m"}
+
 # server name -> (storage, one core?) of the OpenBao cases
 OPENBAO = {
     "openbao_mem": ("memory", True),
@@ -153,12 +156,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)  # fmt: skip
     args.connections = [int(c) for c in args.connections.split(",") if c]
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    if "6" in args.cases and "6b" not in args.cases:
-        args.cases.append("6b")
-    if "8" in args.cases and "2" not in args.cases:
-        args.cases.append("2")  # the 1-worker baseline of 8
-    if "8m" in args.cases and "2m" not in args.cases:
-        args.cases.append("2m")  # the 1-worker baseline of 8m
+    for case, base in BASELINES.items():
+        if case in args.cases and base not in args.cases:
+            args.cases.append(base)
     if args.workers_cpus is None:
         # Two workers need two cores; with only two, one is shared with wrk (noted in the report).
         others = [str(c) for c in range(ncpu) if str(c) not in args.client_cpus.split(",")]
