@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -135,7 +135,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
-        factory = structlog.BytesLoggerFactory(file=_json_stream())
+        # BytesLogger calls only write and flush.
+        factory = structlog.BytesLoggerFactory(file=cast(BinaryIO, _OrderedStream(_json_stream())))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),  # _level_gate filters
@@ -198,6 +199,8 @@ def _flush(sink: Any) -> None:
     global _flush_pending
     _flush_pending = False
     try:
+        if _pending_lines:
+            _render_pending(sink)
         sink.flush()
     except (OSError, ValueError):  # a closed or broken stderr must not fail requests
         pass
@@ -207,11 +210,10 @@ _stamp_second = -1
 _stamp_prefix = ""
 
 
-def _timestamp() -> str:
-    """``datetime.now(UTC).isoformat()`` with ``Z`` (as structlog's TimeStamper), the
-    seconds part formatted once per second."""
+def _timestamp(now: float) -> str:
+    """``datetime.fromtimestamp(now, UTC).isoformat()`` with ``Z`` (as structlog's
+    TimeStamper), the seconds part formatted once per second."""
     global _stamp_second, _stamp_prefix
-    now = time.time()
     second = int(now)
     if second != _stamp_second:
         _stamp_second = second
@@ -220,30 +222,65 @@ def _timestamp() -> str:
     return f"{_stamp_prefix}.{micro:06d}Z" if micro else _stamp_prefix + "Z"
 
 
-def _write_request_line(
-    sink: Any, rid: str, method: str, path: str, mount: Any, remote: str, status: int, ms: float
-) -> None:
-    line = orjson.dumps({
-        "method": method,
-        "path": redact(path),
-        "mount": mount,  # server-set, never redacted (_SAFE_KEYS)
-        "remote_addr": remote,
-        "status": status,
-        "duration_ms": ms,
-        "event": "request",
-        "request_id": rid,
-        "level": "info",
-        "timestamp": _timestamp(),
-    }, option=orjson.OPT_APPEND_NEWLINE)
-    global _flush_pending
+#: Request lines taken but not yet rendered: (request id, method, path, mount, remote,
+#: status, seconds taken, time.time() at the end). Rendering them in a batch, when the
+#: buffer is flushed, runs the same code for many lines while it is hot in the CPU's caches;
+#: rendered one at a time between two requests' work it cost 12-15 us per request on the
+#: server (2-3 us in a loop of its own).
+_RequestLine = tuple[str, str, str, Any, str, int, float, float]
+_pending_lines: list[_RequestLine] = []
+#: Lines rendered at once at the latest (about 64 KiB of JSON, the buffer's size).
+MAX_PENDING_LINES = 256
+
+
+def _render_pending(sink: Any) -> None:
+    """Render the waiting request lines into ``sink``, in the order they were taken."""
+    global _pending_lines
+    lines, _pending_lines = _pending_lines, []
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     try:
-        sink.write(line)
-    except (OSError, ValueError):  # a closed or broken stderr must not fail the request
-        return
+        for rid, method, path, mount, remote, status, took, now in lines:
+            sink.write(dumps({
+                "method": method,
+                "path": redact(path),
+                "mount": mount,  # server-set, never redacted (_SAFE_KEYS)
+                "remote_addr": remote,
+                "status": status,
+                "duration_ms": round(took * 1000, 3),
+                "event": "request",
+                "request_id": rid,
+                "level": "info",
+                "timestamp": _timestamp(now),
+            }, option=newline))
+    except (OSError, ValueError):  # a closed or broken stderr must not fail requests
+        pass
+
+
+def _take_request_line(sink: Any, line: _RequestLine) -> None:
+    global _flush_pending
+    _pending_lines.append(line)
+    if len(_pending_lines) >= MAX_PENDING_LINES:
+        _render_pending(sink)
     if not _flush_pending:
         # One write(2) for all the lines of the next FLUSH_DELAY seconds.
         _flush_pending = True
         asyncio.get_running_loop().call_later(FLUSH_DELAY, _flush, sink)
+
+
+class _OrderedStream:
+    """structlog's stream: waiting request lines are rendered before a structlog line, so
+    the file keeps the order in which things happened."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> Any:
+        if _pending_lines:
+            _render_pending(self._stream)
+        return self._stream.write(data)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
 
 def flush_request_log() -> None:
@@ -287,13 +324,15 @@ def handled(handler: Handler) -> Handler:
 
 def _log_request(request: web.Request, rid: str, status: int, start: float) -> None:
     sink = _request_sink
+    if sink is None and _level > logging.INFO:
+        return  # request lines are info (structlog's chain would drop the line after building it)
     # The client as the request's checks saw it (after trusted-proxy handling), else the peer.
     remote = request.get(REMOTE_ADDR) or request.remote or ""
     if sink is not None:
-        _write_request_line(
-            sink, rid, request.method, request.path, request.get(MOUNT), remote, status,
-            round((time.perf_counter() - start) * 1000, 3),
-        )
+        _take_request_line(sink, (
+            rid, request.method, request.path, request.get(MOUNT), remote, status,
+            time.perf_counter() - start, time.time(),
+        ))
     else:
         _access.info(
             "request",

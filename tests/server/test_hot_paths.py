@@ -8,6 +8,7 @@ import collections
 import io
 import json
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_request_ids_are_distinct_uuid4() -> None:
 
 def test_timestamp_is_structlogs_iso_utc_format() -> None:
     before = datetime.now(UTC)
-    stamp = log._timestamp()
+    stamp = log._timestamp(time.time())
     after = datetime.now(UTC)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", stamp)
     parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
@@ -72,6 +73,7 @@ def test_redact_shortcut_agrees_with_the_regex(text: str) -> None:
 async def test_pre_rendered_request_line(aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
     sink = io.BytesIO()
     monkeypatch.setattr(log, "_request_sink", sink)
+    monkeypatch.setattr(log, "_pending_lines", [])
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -84,6 +86,8 @@ async def test_pre_rendered_request_line(aiohttp_client: AiohttpClient, monkeypa
             "/v1/auth/x/hvs.SECRETSECRETSECRET1", headers={"X-Vault-Token": "hvs.SECRETSECRETSECRET2"}
         )
         assert resp.status == 204
+    assert sink.getvalue() == b""  # taken, rendered when the buffer is flushed
+    log.flush_request_log()
     lines = sink.getvalue().splitlines()
     assert len(lines) == 2  # one line per request
     line = orjson.loads(lines[0])
@@ -95,6 +99,33 @@ async def test_pre_rendered_request_line(aiohttp_client: AiohttpClient, monkeypa
     assert line["path"] == "/v1/auth/x/<redacted>" and line["status"] == 204 and line["event"] == "request"
     assert line["remote_addr"] == "127.0.0.1"  # docs/troubleshooting.md sends operators to it
     assert b"SECRETSECRET" not in sink.getvalue()
+
+
+def test_request_lines_keep_their_order_with_structlog_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Request lines wait unrendered; a structlog line written through the same stream
+    renders them first, so the file keeps the order in which things happened."""
+    sink = io.BytesIO()
+    monkeypatch.setattr(log, "_pending_lines", [])
+    monkeypatch.setattr(log, "_flush_pending", True)  # no timer: the test has no running loop
+    ordered = log._OrderedStream(sink)
+    log._take_request_line(sink, ("r1", "GET", "/v1/sys/health", None, "127.0.0.1", 200, 0.0012345, time.time()))
+    ordered.write(b'{"event":"later"}\n')
+    log._take_request_line(sink, ("r2", "GET", "/v1/sys/health", None, "127.0.0.1", 200, 0.001, time.time()))
+    assert [orjson.loads(line)["event"] for line in sink.getvalue().splitlines()] == ["request", "later"]
+    assert orjson.loads(sink.getvalue().splitlines()[0])["duration_ms"] == 1.234
+    log._flush(sink)
+    assert [orjson.loads(line).get("request_id") for line in sink.getvalue().splitlines()] == ["r1", None, "r2"]
+
+
+def test_request_lines_are_rendered_at_most_max_pending_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = io.BytesIO()
+    monkeypatch.setattr(log, "_pending_lines", [])
+    monkeypatch.setattr(log, "_flush_pending", True)
+    for i in range(log.MAX_PENDING_LINES - 1):
+        log._take_request_line(sink, (f"r{i}", "GET", "/x", None, "", 200, 0.0, time.time()))
+    assert sink.getvalue() == b""
+    log._take_request_line(sink, ("last", "GET", "/x", None, "", 200, 0.0, time.time()))
+    assert sink.getvalue().count(b"\n") == log.MAX_PENDING_LINES and log._pending_lines == []
 
 
 
@@ -126,6 +157,7 @@ async def test_request_lines_are_flushed_within_the_delay_not_per_request(
     sink = io.BufferedWriter(raw, buffer_size=65536)
     monkeypatch.setattr(log, "_request_sink", sink)
     monkeypatch.setattr(log, "_flush_pending", False)
+    monkeypatch.setattr(log, "_pending_lines", [])
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=204)

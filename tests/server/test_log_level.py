@@ -57,3 +57,18 @@ def test_lines_logged_in_a_request_carry_its_id(restored: None, capsys: pytest.C
     logger.info("outside_any_request")
     lines = capsys.readouterr().err.splitlines()
     assert [("request_id=rid-0123" in line) for line in lines] == [True, False]
+
+
+def test_no_request_line_work_above_info(restored: None) -> None:
+    """Above info (and in the console format) the request line is not built at all: before,
+    structlog's chain built it and dropped it in ``_level_gate``, which cost as much as
+    writing it."""
+
+    class Untouchable:
+        def __getattr__(self, name: str) -> object:
+            raise AssertionError(f"request.{name} read for a line that is not logged")
+
+    log.configure_logging("warning", "console")
+    log._log_request(Untouchable(), "rid", 200, 0.0)  # type: ignore[arg-type]
+    log.configure_logging("warning", "json")
+    log._log_request(Untouchable(), "rid", 200, 0.0)  # type: ignore[arg-type]
