@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import json
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +60,9 @@ _JWK_CURVES: dict[str, tuple[ec.EllipticCurve, str, int]] = {
     "P-521": (ec.SECP521R1(), "ES512", 66),
 }
 _PSS_HASH: dict[str, Callable[[], hashes.HashAlgorithm]] = {"PS256": hashes.SHA256, "PS384": hashes.SHA384, "PS512": hashes.SHA512}
-_REGISTERED_CLAIMS = ("iss", "sub", "aud", "exp", "nbf", "iat", "jti")
+_REGISTERED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
+#: Each registered claim under its case-folded name (its own: they are lower-case ASCII).
+_REGISTERED_FOLDED = {name.casefold(): name for name in _REGISTERED_CLAIMS}
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _ASCII_WS = " \t\r\n\f\v"
 _PART_NAMES = ("header", "payload", "signature")
@@ -98,24 +101,36 @@ _TO_STD = bytes.maketrans(b"-_", b"+/")
 _TO_URL = bytes.maketrans(b"+/", b"-_")
 
 
+_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
+#: The last character of a part of 4n+2 characters carries 4 unused low bits, of 4n+3
+#: characters 2; a canonical encoder leaves them zero (else one value has several encodings).
+_CANONICAL_LAST = {
+    2: frozenset(c for i, c in enumerate(_B64URL_ALPHABET) if i & 0b1111 == 0),
+    3: frozenset(c for i, c in enumerate(_B64URL_ALPHABET) if i & 0b11 == 0),
+}
+
+
+def _b64url_canonical(part: str) -> bool:
+    """Whether ``part`` is canonical unpadded base64url: only the URL alphabet, no padding,
+    no length of 4n+1, zero unused bits in the last character. Exactly the strings that
+    decode and re-encode to themselves, checked without decoding (the signature is only
+    checked here; python-jose decodes it itself)."""
+    rem = len(part) % 4
+    if rem == 1 or _B64URL_RE.fullmatch(part) is None:
+        return False
+    last = _CANONICAL_LAST.get(rem)
+    return last is None or part[-1] in last
+
+
 def _b64url_strict(part: str) -> bytes | None:
     """Decode canonical unpadded base64url, or None if ``part`` is not exactly that."""
-    try:
-        raw = part.encode("ascii")
-    except UnicodeEncodeError:
-        return None
-    if not raw or len(raw) % 4 == 1:
-        return None
-    try:
-        data = binascii.a2b_base64(raw.translate(_TO_STD) + b"=" * (-len(raw) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    # Only canonical input survives the round trip: a character outside the base64url
-    # alphabet (skipped by the decoder), padding, or non-zero unused low bits in the last
-    # character (malleability) all re-encode differently.
-    if binascii.b2a_base64(data, newline=False).translate(_TO_URL).rstrip(b"=") != raw:
-        return None
-    return data
+    return _b64decode(part) if _b64url_canonical(part) else None
+
+
+def _b64decode(part: str) -> bytes:
+    """Decode a part ``_b64url_canonical`` accepted."""
+    return binascii.a2b_base64(part.encode("ascii").translate(_TO_STD) + b"=" * (-len(part) % 4))
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -196,16 +211,13 @@ def parse_token(token: object, *, max_length: int = 16384) -> ParsedToken:
         raise _fail("encrypted tokens (JWE) are not supported")
     if len(parts) != 3:
         raise _fail(f"token must have 3 dot-separated parts, found {len(parts)}")
-    decoded: list[bytes] = []
     for name, part in zip(_PART_NAMES, parts, strict=True):
         if not part:
             raise _fail(f"token {name} is empty")
-        data = _b64url_strict(part)
-        if data is None:
+        if not _b64url_canonical(part):
             raise _fail(f"token {name} is not canonical unpadded base64url")
-        decoded.append(data)
-    header = _strict_json_object(decoded[0], "header")
-    claims = _strict_json_object(decoded[1], "payload")
+    header = _strict_json_object(_b64decode(parts[0]), "header")
+    claims = _strict_json_object(_b64decode(parts[1]), "payload")
 
     alg = header.get("alg")
     if "alg" not in header or alg is None or alg == "":
@@ -222,13 +234,14 @@ def parse_token(token: object, *, max_length: int = 16384) -> ParsedToken:
         if len(kid) > MAX_KID_LENGTH:
             raise _fail(f"key ID (kid) header parameter is longer than {MAX_KID_LENGTH} characters")
     for key in claims:
-        folded = key.casefold()
-        for registered in _REGISTERED_CLAIMS:
-            if folded == registered and key != registered:
-                raise _fail(
-                    f"ambiguous claim: key {json.dumps(key)} collides with registered claim "
-                    f'"{registered}" under case folding'
-                )
+        if key in _REGISTERED_CLAIMS:
+            continue
+        registered = _REGISTERED_FOLDED.get(key.casefold())
+        if registered is not None:
+            raise _fail(
+                f"ambiguous claim: key {json.dumps(key)} collides with registered claim "
+                f'"{registered}" under case folding'
+            )
     return ParsedToken(raw=raw, header=header, claims=claims, alg=alg, kid=kid)
 
 

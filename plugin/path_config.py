@@ -258,13 +258,16 @@ class JWTConfig:
         return bool(self.oidc_discovery_url and self.oidc_client_id and credential)
 
 
-def allowed_algs(config: JWTConfig) -> list[str]:
+def allowed_algs(config: JWTConfig) -> tuple[str, ...]:
     """Algorithms JWT login accepts: ``jwt_supported_algs``, else the source's default set."""
     if config.jwt_supported_algs:
-        return list(config.jwt_supported_algs)
+        return tuple(config.jwt_supported_algs)
     if config.jwt_validation_hmac_secrets:
-        return ["HS256"]
-    return list(SUPPORTED_ALGS)
+        return _HMAC_DEFAULT
+    return SUPPORTED_ALGS
+
+
+_HMAC_DEFAULT = ("HS256",)
 
 
 def _check_algs(config: JWTConfig) -> None:

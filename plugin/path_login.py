@@ -199,7 +199,7 @@ def _validate_algorithm(ctx: LoginContext) -> str:
     if alg not in algs:
         raise InvalidRequest(
             "error validating token: invalid algorithm (alg) header parameter: token signed with "
-            f"unexpected algorithm {cl.show(alg)}, allowed: {cl.show(algs)}"
+            f"unexpected algorithm {cl.show(alg)}, allowed: {cl.show(list(algs))}"
         )
     return f"{alg} is allowed"
 

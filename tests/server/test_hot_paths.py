@@ -318,6 +318,33 @@ def test_non_canonical_base64url_is_refused(part: str) -> None:
     assert jv._b64url_strict(part) is None
 
 
+def _round_trip_canonical(part: str) -> bool:
+    """The definition: the text decodes and re-encodes to itself (the former implementation)."""
+    try:
+        raw = part.encode("ascii")
+        data = base64.b64decode(raw.translate(bytes.maketrans(b"-_", b"+/")) + b"=" * (-len(raw) % 4), validate=True)
+    except (UnicodeEncodeError, ValueError):
+        return False
+    return bool(raw) and len(raw) % 4 != 1 and base64.urlsafe_b64encode(data).rstrip(b"=") == raw
+
+
+def test_canonical_check_agrees_with_the_round_trip() -> None:
+    """``_b64url_canonical`` checks the alphabet and the last character's unused bits
+    instead of decoding; every string of the URL alphabet (plus a few others) up to 3
+    characters, and random longer ones, get the same answer as the round trip."""
+    import itertools
+    import random
+
+    chars = jv._B64URL_ALPHABET + "+/=. é"
+    cases = ["".join(p) for n in range(4) for p in itertools.product(chars, repeat=n)]
+    rng = random.Random(7)
+    cases += ["".join(rng.choice(jv._B64URL_ALPHABET if i % 5 else chars) for _ in range(rng.randrange(4, 60)))
+              for i in range(3000)]
+    for part in cases:
+        assert jv._b64url_canonical(part) == _round_trip_canonical(part), part
+        assert (jv._b64url_strict(part) is not None) == _round_trip_canonical(part), part
+
+
 @pytest.mark.parametrize("data", [b"", b"a", b"ab", b"abc", bytes(range(256))], ids=["0", "1", "2", "3", "256"])
 def test_canonical_base64url_decodes(data: bytes) -> None:
     text = _b64(data)
