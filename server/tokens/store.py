@@ -80,6 +80,8 @@ _MAX_PARENT_DEPTH = 32
 #: every interval once their minted expiry has passed. Bounded: ~2 MB at most.
 _SWEEP_HINTS = 16384
 _ENTITY_CACHE_SIZE = 4096
+#: Distinct granted policy lists remembered by ``_token_policies`` (cleared when full).
+_POLICY_CACHE_SIZE = 256
 #: Entries a full scan (sweep, mount revocation) handles between two event-loop turns.
 _SCAN_CHUNK = 64
 #: Keys the due-only sweep may skip (no read) between two event-loop turns.
@@ -197,6 +199,7 @@ class TokenStore:
         self._salt: bytes | None = None
         self._hmac: HmacSha256 | None = None  # keyed with the salt by start()
         self._entity_ids: dict[str, str] = {}
+        self._policy_lists: dict[tuple[str | bool, ...], tuple[str, ...]] = {}
         self._batch: BatchKeys | None = None
         self._batch_reloaded = 0.0
         self._entity_ns: uuid.UUID | None = None
@@ -256,6 +259,25 @@ class TokenStore:
             raise RuntimeError("TokenStore.start() was not awaited")
         return keyed.hexdigest(value.encode("utf-8", "surrogatepass"))
 
+    def _token_policies(self, granted: list[str], no_default: bool) -> list[str]:
+        """The policies of a token minted with ``granted``: sanitised, root refused, ``default``
+        added unless ``no_default``, internal ones refused. Remembered per distinct list (a
+        role's logins grant the same one again and again); a refusal is never remembered.
+
+        :raises InvalidRequest: root, or a policy that cannot be assigned.
+        """
+        key = (*granted, no_default)
+        cached = self._policy_lists.get(key)
+        if cached is None:
+            policies = refuse_root(granted)
+            if not no_default:
+                policies = sanitize_policies([*policies, "default"])
+            check_assignable(policies)
+            if len(self._policy_lists) >= _POLICY_CACHE_SIZE:
+                self._policy_lists.clear()
+            cached = self._policy_lists[key] = tuple(policies)
+        return list(cached)
+
     def entity_id(self, mount_accessor: str, alias_name: str) -> str:
         """A stable UUID per (mount accessor, alias name), derived without storage."""
         return self._derived_id(f"{mount_accessor}:{alias_name}")
@@ -302,10 +324,7 @@ class TokenStore:
 
         :raises InvalidRequest: ``auth methods cannot create root tokens`` and friends.
         """
-        policies = refuse_root(auth.policies)
-        if not auth.no_default_policy:
-            policies = sanitize_policies([*policies, "default"])
-        check_assignable(policies)
+        policies = self._token_policies(auth.policies, auth.no_default_policy)
         token_type = resolve_token_type(auth.token_type, mount.token_type)
         if auth.num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")

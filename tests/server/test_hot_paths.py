@@ -207,6 +207,35 @@ async def test_hash_and_entity_id_match_the_reference() -> None:
 
 
 @pytest.mark.parametrize(
+    "granted, no_default, expected",
+    [
+        ([" B ", "a", "b"], False, ["a", "b", "default"]),
+        (["b", "a"], True, ["a", "b"]),
+        ([], False, ["default"]),
+        (["root"], False, InvalidRequest),
+        (["Root "], True, InvalidRequest),
+        (["control-group"], False, InvalidRequest),
+    ],
+    ids=["sanitised", "no-default", "empty", "root", "root-spelling", "internal"],
+)
+async def test_token_policies_are_remembered_but_never_a_refusal(
+    granted: list[str], no_default: bool, expected: list[str] | type[Exception]
+) -> None:
+    """``_token_policies`` remembers each distinct granted list; every call still gets a
+    list of its own, and a refused list is refused again (nothing remembered for it)."""
+    store = TokenStore(InMemoryStorage())
+    for _ in range(3):
+        if isinstance(expected, list):
+            got = store._token_policies(granted, no_default)
+            assert got == expected
+            got.append("mutated")  # the caller's own list
+        else:
+            with pytest.raises(expected):
+                store._token_policies(granted, no_default)
+    assert len(store._policy_lists) == (1 if isinstance(expected, list) else 0)
+
+
+@pytest.mark.parametrize(
     "meta", [{"role": "r"}, {"name": "Zoë ✓ 名前"}, {"odd": "\ud800"}], ids=["ascii", "unicode", "lone-surrogate"]
 )
 def test_batch_token_round_trip(meta: dict[str, str]) -> None:
