@@ -266,7 +266,7 @@ class TokenStore:
 
         :raises InvalidRequest: root, or a policy that cannot be assigned.
         """
-        key = (*granted, no_default)
+        key: tuple[str | bool, ...] = (*granted, no_default)
         cached = self._policy_lists.get(key)
         if cached is None:
             policies = refuse_root(granted)
