@@ -158,7 +158,8 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     stripped = raw.lstrip()
     if not stripped:
         return {}
-    if request.content_type in _FORM_TYPES and not stripped.startswith(b"{"):
+    # A JSON object needs no look at the Content-Type (aiohttp parses it with the email package).
+    if not stripped.startswith(b"{") and request.content_type in _FORM_TYPES:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
