@@ -133,15 +133,18 @@ def start(
     event_loop: str = "asyncio",
     workers: int = 1,
     storage: dict[str, Any] | None = None,
+    tree: Path | None = None,
 ) -> Server:
     """Start authmount on a fresh SQLite file (or ``storage``); the root token goes into
-    server.extra."""
+    server.extra. ``tree``: run the server code of that checkout (``python -m server.cli``
+    from it, which puts it first on the module path) instead of the installed one."""
     port = free_port()
     config = write_config(workdir / name, port, log_level=log_level, storage=storage, event_loop=event_loop)
-    argv = [*server_argv(), "--config", str(config)]
+    launch = [sys.executable, "-m", "server.cli", "server"] if tree is not None else server_argv()
+    argv = [*launch, "--config", str(config)]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    server = start_pinned(name, argv, cpus=cpus, port=port, log_dir=workdir / name, cwd=ROOT)
+    server = start_pinned(name, argv, cpus=cpus, port=port, log_dir=workdir / name, cwd=tree or ROOT)
     try:
         server.extra["root_token"] = _root_token(server)
     except BaseException:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from bench import ab
 from bench.ceiling import make_hello_app, make_login_app
 from bench.jwks_server import make_app as make_jwks_app
 from bench.jwtgen import BenchKeys, make_keys
@@ -206,3 +209,21 @@ def test_openbao_case_starts_configures_and_logs_in(tmp_path: Path, keys: BenchK
     finally:
         server.stop()
     assert server.proc.poll() is not None
+
+
+def test_ab_summary_gives_medians_and_the_ratio() -> None:
+    lines = ab.summary({"A": [(1000.0, 200.0), (900.0, 220.0), (950.0, 210.0)], "B": [(1100.0, 190.0), (1000.0, 189.0)]})
+    assert lines[0] == "A: 950 req/s, CPU 210.0 us/request (median; runs 200 220 210)"
+    assert lines[1].startswith("B: 1,050 req/s, CPU 189.5 us/request")
+    assert lines[2] == "B/A CPU per request: 0.902"
+
+
+def test_ab_runs_two_trees_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    """HEAD in a temporary worktree against the working tree, one short round: both serve,
+    the worktree is gone afterwards."""
+    before = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout
+    assert ab.main(["health", "--a", "HEAD", "--b", ".", "--rounds", "1", "--duration", "1", "--warmup", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^A: [\d,]+ req/s, CPU [\d.]+ us/request", out, re.MULTILINE)
+    assert re.search(r"^B/A CPU per request: \d+\.\d{3}$", out, re.MULTILINE)
+    assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout == before

@@ -1,0 +1,154 @@
+"""A/B two trees of authmount on one request: both servers side by side, wrk runs alternating.
+
+Run: ``.venv/bin/python bench/ab.py batch --a main~1 --b . --rounds 8`` (``--a``/``--b``: a
+commit, checked out into a temporary git worktree, or ``.`` for the working tree). Cases:
+``login`` (SQLite service token), ``batch``, ``lookup`` (``auth/token/lookup-self``),
+``health`` (``sys/health``); ``--storage memory`` for the in-memory engine.
+
+Both servers run on the server core at once (an idle one costs nothing), so each round
+measures A and B within seconds of each other, in alternating order. The machine's
+background load moves between minutes more than a change of a few percent; alternating
+rounds and comparing medians is what lets such a change show (docs/performance.md,
+issue 11 round four). The figure is the server's CPU per request (user + system of every
+thread, from ``/proc``), which other load on the machine does not inflate the way it
+inflates latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import authmount
+from bench.jwtgen import BenchKeys, make_keys
+from bench.loadgen import ensure_wrk, run_wrk
+from bench.procs import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ("login", "batch", "lookup", "health")
+
+
+@dataclass(slots=True)
+class Target:
+    """One side's server and the request wrk sends it."""
+
+    label: str
+    server: Server
+    url: str
+    method: str
+    body: Path | None = None
+    token: Path | None = None
+
+
+@contextmanager
+def checkout(ref: str, workdir: Path) -> Iterator[Path]:
+    """The tree of ``ref``: the working tree for ``.``, else a temporary detached worktree."""
+    if ref == ".":
+        yield ROOT
+        return
+    path = workdir / f"tree-{len(list(workdir.iterdir()))}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(path), ref], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
+
+
+def start(label: str, tree: Path, case: str, storage: str, workdir: Path, keys: BenchKeys) -> Target:
+    """authmount from ``tree``, configured like bench/run.py's cases."""
+    server = authmount.start(label, workdir, cpus="0", log_level="info", tree=tree,
+                             storage={"type": "memory"} if storage == "memory" else None)
+    try:
+        authmount.configure_jwt_mount(server, keys.public_pem)
+        role = authmount.BATCH_ROLE if case == "batch" else authmount.ROLE
+        body = workdir / f"login-{label}.json"
+        body.write_text(json.dumps({"role": role, "jwt": keys.token}))
+        token = workdir / f"token-{label}.txt"
+        token.write_text(authmount.login(server.url, authmount.ROLE, keys.token)["client_token"])
+    except BaseException:
+        server.stop()
+        raise
+    if case in ("login", "batch"):
+        return Target(label, server, server.url + "/v1/auth/jwt/login", "POST", body=body)
+    if case == "lookup":
+        return Target(label, server, server.url + "/v1/auth/token/lookup-self", "GET", token=token)
+    return Target(label, server, server.url + "/v1/sys/health", "GET")
+
+
+def measure(target: Target, *, connections: int, duration: float, cpus: str) -> tuple[float, float]:
+    """One wrk run: (requests per second, server CPU microseconds per request)."""
+    before = target.server.cpu_seconds()
+    result = run_wrk(target.url, method=target.method, body_file=target.body, token_file=target.token,
+                     connections=connections, duration=duration, cpus=cpus)
+    used = target.server.cpu_seconds() - before
+    if result.errors or not result.requests:
+        raise RuntimeError(f"{target.label}: {result.errors} errors in {result.requests} requests")
+    return result.rps, used * 1e6 / result.requests
+
+
+def summary(runs: dict[str, list[tuple[float, float]]]) -> list[str]:
+    """Lines with each side's medians and the B/A ratio of CPU per request."""
+    lines, medians = [], {}
+    for label, values in runs.items():
+        rps = statistics.median(v[0] for v in values)
+        cpu = medians[label] = statistics.median(v[1] for v in values)
+        each = " ".join(f"{v[1]:.0f}" for v in values)
+        lines.append(f"{label}: {rps:,.0f} req/s, CPU {cpu:.1f} us/request (median; runs {each})")
+    lines.append(f"B/A CPU per request: {medians['B'] / medians['A']:.3f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run the rounds, print the summary."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("case", choices=CASES)
+    p.add_argument("--a", default="HEAD", help="commit for A, or . for the working tree (default HEAD)")
+    p.add_argument("--b", default=".", help="commit for B, or . for the working tree (default .)")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
+    p.add_argument("--warmup", type=float, default=2)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--storage", choices=("sqlite", "memory"), default="sqlite")
+    p.add_argument("--client-cpus", default="1")
+    args = p.parse_args(argv)
+    ensure_wrk()
+    keys = make_keys()
+    workdir = Path(tempfile.mkdtemp(prefix="authmount-ab-"))
+    trees = workdir / "trees"
+    trees.mkdir()
+    targets: list[Target] = []
+    try:
+        with checkout(args.a, trees) as tree_a, checkout(args.b, trees) as tree_b:
+            try:
+                for label, tree in (("A", tree_a), ("B", tree_b)):
+                    targets.append(start(label, tree, args.case, args.storage, workdir, keys))
+                    measure(targets[-1], connections=args.connections, duration=args.warmup, cpus=args.client_cpus)
+                runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+                for n in range(args.rounds):
+                    for target in targets if n % 2 == 0 else targets[::-1]:
+                        runs[target.label].append(measure(target, connections=args.connections,
+                                                          duration=args.duration, cpus=args.client_cpus))
+            finally:
+                for target in targets:
+                    target.server.stop()  # before their trees go
+        print(f"{args.case}: A = {args.a}, B = {args.b}, {args.rounds} rounds of {args.duration:g} s")
+        print("\n".join(summary(runs)))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
