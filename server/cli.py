@@ -297,6 +297,8 @@ def _workers_arg(text: str) -> int:
 def _supervise_memory(count: int, argv: list[str]) -> int:
     """Memory storage with several workers: they share one database in a private directory
     in shared memory (``server.storage.shared_memory``), deleted when the server stops."""
+    for stale in shared_memory.remove_stale():
+        print(f"Removed the shared-memory directory of a server no longer running: {stale}", file=sys.stderr)
     try:
         directory = shared_memory.make_dir()
     except OSError as exc:

@@ -16,10 +16,14 @@ only this server's processes can read it.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import stat
 import tempfile
+import time
 
-__all__ = ["MEMORY_DIR_ENV", "SHM", "make_dir", "shared_dir", "db_path", "key_path"]
+__all__ = ["MEMORY_DIR_ENV", "SHM", "make_dir", "remove_stale", "shared_dir", "db_path", "key_path"]
 
 #: The directory the workers share; set by the supervisor for its workers only.
 MEMORY_DIR_ENV = "AUTHMOUNT_MEMORY_DIR"
@@ -27,11 +31,71 @@ MEMORY_DIR_ENV = "AUTHMOUNT_MEMORY_DIR"
 SHM = "/dev/shm"
 
 
+PREFIX = "authmount-memory-"
+#: A directory younger than this is never taken for stale: its server may be starting
+#: (between making the directory and taking the owner lock in it).
+STALE_AFTER_SECONDS = 60.0
+
+
+def base_dir() -> str:
+    """Where the directories are made: ``/dev/shm``, else the system temporary directory."""
+    return SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK | os.X_OK) else tempfile.gettempdir()
+
+
 def make_dir(base: str | None = None) -> str:
     """A new private directory (mode 0700) for the workers' database, in shared memory."""
-    if base is None:
-        base = SHM if os.path.isdir(SHM) and os.access(SHM, os.W_OK | os.X_OK) else tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix="authmount-memory-", dir=base)
+    return tempfile.mkdtemp(prefix=PREFIX, dir=base or base_dir())
+
+
+def remove_stale(base: str | None = None, *, now: float | None = None) -> list[str]:
+    """Delete the directories of memory servers that are gone; return their paths.
+
+    A supervisor killed with SIGKILL (the OOM killer, a container runtime) cannot delete
+    its directory, and a container that restarts keeps its ``/dev/shm``, so each crash
+    would leave its tokens there until shared memory is full. A directory is stale when
+    it is this user's, older than ``STALE_AFTER_SECONDS``, and the owner lock of its
+    database is free: the supervisor and its workers hold that lock (``flock``) as long as
+    any of them runs, in whatever PID namespace, and the kernel drops it when the last one
+    dies. Anything else (a held lock, another owner, a symlink, a young directory) is left.
+    """
+    base = base or base_dir()
+    now = time.time() if now is None else now
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or now - info.st_mtime < STALE_AFTER_SECONDS:
+            continue
+        if _lock_is_free(db_path(path) + ".lock"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _lock_is_free(lock_path: str) -> bool:
+    """Whether nobody holds the owner lock at ``lock_path`` (a missing file: nobody). No
+    server takes it again once it is free: only the supervisor that made a directory (and
+    its workers) use it, and a new server makes a new one."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    os.close(fd)
+    return True
 
 
 def shared_dir() -> str | None:

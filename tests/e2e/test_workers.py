@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
+from server.storage.shared_memory import STALE_AFTER_SECONDS
 from tests.e2e.browser import CallbackListener, drive_login
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP, free_port
 from tests.e2e.serverproc import REPO_ROOT, ServerProc, launch, start_server
@@ -520,15 +521,21 @@ def test_kill_9_of_one_worker_mid_burst(engine: str, tmp_path: Path, request: py
     assert srv.returncode == 0
 
 
-def test_a_killed_supervisor_takes_its_workers_along(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["sqlite", "memory"])
+def test_a_killed_supervisor_takes_its_workers_along(tmp_path: Path, storage: str) -> None:
     """kill -9 of the supervisor: the workers stop themselves (they would otherwise hold
-    the port and the storage lock), so the same configuration starts again."""
+    the port and the storage lock), so the same configuration starts again. With memory
+    storage the killed supervisor could not delete its shared-memory directory: the next
+    start does, once its owner lock is free (server/storage/shared_memory.py)."""
     port = free_port()
-    config = sqlite_config(tmp_path, port)
+    config: dict[str, Any] = sqlite_config(tmp_path, port)
+    if storage == "memory":
+        config = {"listen_address": f"127.0.0.1:{port}", "storage": {"type": "memory"}}
     srv = launch(config=config, workdir=tmp_path, args=["--workers", "2"])
     try:
         srv.wait_ready(60)
         workers = wait_for_workers(srv, 2)
+        banner = next(line for line in srv.stdout_text().splitlines() if "Storage:" in line)
         srv.kill()
 
         def gone(pid: int) -> bool:
@@ -545,8 +552,16 @@ def test_a_killed_supervisor_takes_its_workers_along(tmp_path: Path) -> None:
         srv.kill()
         for pid in worker_pids(srv):
             os.kill(pid, signal.SIGKILL)
+    left = Path(banner.split(" in ", 1)[1].rstrip(")")) if storage == "memory" else None
+    if left is not None:
+        assert left.is_dir(), "a SIGKILLed supervisor cannot delete its directory"
+        aged = time.time() - 2 * STALE_AFTER_SECONDS  # a directory younger than that may be starting
+        os.utime(left, (aged, aged))
     with start_server(config=config, workdir=tmp_path, args=["--workers", "2"], root_token="unused") as again:
         assert len(wait_for_workers(again, 2)) == 2
+        if left is not None:
+            assert not left.exists(), "the stale shared-memory directory was not removed"
+            assert f"no longer running: {left}" in again.log_text() + again.stdout_text()
     assert again.returncode == 0
 
 

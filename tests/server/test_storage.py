@@ -602,6 +602,49 @@ def test_memory_workers_directory_is_private_and_in_shared_memory(monkeypatch: p
     assert Path(shared_memory.make_dir()).parent == tmp_path  # SHM itself when it exists
 
 
+def test_stale_memory_directories_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """A directory left by a SIGKILLed supervisor goes at the next start; one whose owner
+    lock is held (a running server, in any PID namespace), a young one (a server starting),
+    a symlink and other names stay."""
+    import fcntl
+    import time
+
+    from server.storage import shared_memory
+    from server.storage.sqlite_shared import owner_lock
+
+    old = time.time() - 2 * shared_memory.STALE_AFTER_SECONDS
+
+    def made(locked: bool, age: float = old) -> Path:
+        path = Path(shared_memory.make_dir(str(tmp_path)))
+        Path(shared_memory.db_path(str(path))).write_bytes(b"tokens")
+        fd = owner_lock(shared_memory.db_path(str(path)))
+        if not locked:
+            os.close(fd)  # the server is gone: the kernel dropped its lock
+        else:
+            held.append(fd)
+        os.utime(path, (age, age))
+        return path
+
+    held: list[int] = []
+    stale, no_lock = made(locked=False), Path(shared_memory.make_dir(str(tmp_path)))
+    os.utime(no_lock, (old, old))
+    live, young = made(locked=True), made(locked=False, age=time.time())
+    other = tmp_path / "something-else"
+    other.mkdir()
+    os.utime(other, (old, old))
+    (tmp_path / (shared_memory.PREFIX + "link")).symlink_to(stale)
+    try:
+        removed = shared_memory.remove_stale(str(tmp_path))
+        assert sorted(removed) == sorted([str(stale), str(no_lock)])
+        assert not stale.exists() and not no_lock.exists()
+        assert live.exists() and young.exists() and other.exists()
+        fcntl.flock(held[0], fcntl.LOCK_EX | fcntl.LOCK_NB)  # still ours: nothing took it
+    finally:
+        for fd in held:
+            os.close(fd)
+    assert shared_memory.remove_stale(str(tmp_path / "missing")) == []
+
+
 @pytest.mark.parametrize("slack", [0, 5, 4096], ids=["resort-always", "resort-often", "default"])
 async def test_memory_list_page_under_churn(monkeypatch: pytest.MonkeyPatch, slack: int) -> None:
     """The memory engine's sorted key list stays exact while keys are created, re-created,
