@@ -73,7 +73,7 @@ def test_redact_shortcut_agrees_with_the_regex(text: str) -> None:
 async def test_pre_rendered_request_line(aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch) -> None:
     sink = io.BytesIO()
     monkeypatch.setattr(log, "_request_sink", sink)
-    monkeypatch.setattr(log, "_pending_lines", [])
+    monkeypatch.setattr(log, "_pending_lines", collections.deque())
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=204)
@@ -105,7 +105,7 @@ def test_request_lines_keep_their_order_with_structlog_lines(monkeypatch: pytest
     """Request lines wait unrendered; a structlog line written through the same stream
     renders them first, so the file keeps the order in which things happened."""
     sink = io.BytesIO()
-    monkeypatch.setattr(log, "_pending_lines", [])
+    monkeypatch.setattr(log, "_pending_lines", collections.deque())
     monkeypatch.setattr(log, "_flush_pending", True)  # no timer: the test has no running loop
     ordered = log._OrderedStream(sink)
     log._take_request_line(sink, ("r1", "GET", "/v1/sys/health", None, "127.0.0.1", 200, 0.0012345, time.time()))
@@ -117,15 +117,54 @@ def test_request_lines_keep_their_order_with_structlog_lines(monkeypatch: pytest
     assert [orjson.loads(line).get("request_id") for line in sink.getvalue().splitlines()] == ["r1", None, "r2"]
 
 
+def test_request_lines_rendered_from_another_thread_are_never_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A structlog line logged on another thread (the SQLite writer's) renders the waiting
+    request lines while the event loop's thread keeps taking new ones: every line comes
+    out exactly once."""
+    import sys
+    import threading
+
+    monkeypatch.setattr(log, "_pending_lines", collections.deque())
+    monkeypatch.setattr(log, "_flush_pending", True)
+    monkeypatch.setattr(log, "MAX_PENDING_LINES", 10**9)  # only the other thread renders
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    out, guard = io.BytesIO(), threading.Lock()
+
+    class Locked:  # BufferedWriter is thread-safe; BytesIO needs the lock
+        def write(self, data: bytes) -> None:
+            with guard:
+                out.write(data)
+
+    sink, stop = Locked(), threading.Event()
+
+    def other_thread() -> None:
+        while not stop.is_set():
+            log._render_pending(sink)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        for i in range(20000):
+            log._take_request_line(sink, (f"r{i}", "GET", "/x", None, "", 200, 0.0, time.time()))
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    log._render_pending(sink)
+    ids = [orjson.loads(line)["request_id"] for line in out.getvalue().splitlines()]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(20000))
+
+
 def test_request_lines_are_rendered_at_most_max_pending_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     sink = io.BytesIO()
-    monkeypatch.setattr(log, "_pending_lines", [])
+    monkeypatch.setattr(log, "_pending_lines", collections.deque())
     monkeypatch.setattr(log, "_flush_pending", True)
     for i in range(log.MAX_PENDING_LINES - 1):
         log._take_request_line(sink, (f"r{i}", "GET", "/x", None, "", 200, 0.0, time.time()))
     assert sink.getvalue() == b""
     log._take_request_line(sink, ("last", "GET", "/x", None, "", 200, 0.0, time.time()))
-    assert sink.getvalue().count(b"\n") == log.MAX_PENDING_LINES and log._pending_lines == []
+    assert sink.getvalue().count(b"\n") == log.MAX_PENDING_LINES and not log._pending_lines
 
 
 
@@ -157,7 +196,7 @@ async def test_request_lines_are_flushed_within_the_delay_not_per_request(
     sink = io.BufferedWriter(raw, buffer_size=65536)
     monkeypatch.setattr(log, "_request_sink", sink)
     monkeypatch.setattr(log, "_flush_pending", False)
-    monkeypatch.setattr(log, "_pending_lines", [])
+    monkeypatch.setattr(log, "_pending_lines", collections.deque())
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=204)
