@@ -157,11 +157,11 @@ class Exchange:
         if rec is None and self.broker is not None and self.broker.active:
             rec = self.rec = self._record()  # the request enabled the first device: Vault logs its response
             self._caller(rec)
-        issued: dict[str, Any] | None = self.request.get(ISSUED)
         # A login refused with a page (the OIDC callback's): recorded like a raised refusal.
         refusal = resp.refused if resp is not None and self.login else None
         failure = refusal.login if refusal is not None else None
         if rec is not None:
+            issued: dict[str, Any] | None = self.request.get(ISSUED)
             if resp is not None:
                 rec.response_data = resp.data
                 rec.warnings = resp.warnings or None

@@ -307,6 +307,7 @@ def handled(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         rid = new_request_id()
         request[REQUEST_ID] = rid
+        request[REMOTE_ADDR] = ""  # found by handlers.remote_addr when a handler needs it
         _REQUEST_ID.set(rid)
         start = time.perf_counter()
         status = 500
@@ -333,7 +334,7 @@ def _log_request(request: web.Request, rid: str, status: int, start: float) -> N
     if sink is None and _level > logging.INFO:
         return  # request lines are info (structlog's chain would drop the line after building it)
     # The client as the request's checks saw it (after trusted-proxy handling), else the peer.
-    remote = request.get(REMOTE_ADDR) or request.remote or ""
+    remote = request[REMOTE_ADDR] or request.remote or ""
     if sink is not None:
         _take_request_line(sink, (
             rid, request.method, request.path, request.get(MOUNT), remote, status,
