@@ -6,6 +6,7 @@ import binascii
 import json
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
 from jose import jwk, jws
 from jose.backends.cryptography_backend import (
     CryptographyECKey,
@@ -281,11 +283,16 @@ def _keys_for_public_key(pub: Any, kid: str | None, *, pinned_alg: str | None = 
 
 def _load_pem(pem: str) -> Any:
     data = pem.strip().encode("utf-8")
-    if b"-----BEGIN CERTIFICATE-----" in data:
-        return x509.load_pem_x509_certificate(data).public_key()
-    if b"PRIVATE KEY-----" in data:
+    if b"PRIVATE KEY-----" in data and b"-----BEGIN CERTIFICATE-----" not in data:
         raise ValueError("data is a private key, a public key or certificate is required")
-    return serialization.load_pem_public_key(data)
+    # cryptography >= 51 warns when it loads a DSA key. The key type is refused right
+    # after with its own message; the warning would only be noise on stderr (or, where
+    # warnings are errors, replace that message).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return x509.load_pem_x509_certificate(data).public_key()
+        return serialization.load_pem_public_key(data)
 
 
 def keys_from_pems(pems: list[str]) -> list[VerifyKey]:

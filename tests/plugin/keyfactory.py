@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic
@@ -29,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.utils import CryptographyDeprecationWarning
 from typing_extensions import TypeVar
 
 from plugin.errors import UpstreamError
@@ -178,6 +180,19 @@ def ec_key(kid: str | None = None, *, crv: str = "P-256") -> KeyPair[ec.Elliptic
 def ed25519_key(kid: str | None = None) -> KeyPair[ed25519.Ed25519PrivateKey]:
     """A fresh Ed25519 key pair (alg EdDSA)."""
     return KeyPair(ed25519.Ed25519PrivateKey.generate(), "EdDSA", kid, "Ed25519")
+
+
+def dsa_public_pem(bits: int = 2048) -> str:
+    """A DSA public key (PEM), for the tests that it is refused. cryptography >= 51 warns
+    that DSA is deprecated: the warning is not what those tests are about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        from cryptography.hazmat.primitives.asymmetric import dsa
+
+        key = dsa.generate_private_key(bits)
+        return key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
 
 
 def jwks(*keys: object) -> dict[str, Any]:

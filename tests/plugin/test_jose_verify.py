@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448
+from cryptography.hazmat.primitives.asymmetric import ec, ed448
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from plugin import jose_verify as jv
@@ -17,6 +17,7 @@ from tests.plugin.keyfactory import (
     KeyPair,
     b64url,
     default_claims,
+    dsa_public_pem,
     ec_key,
     ed25519_key,
     jwks,
@@ -126,7 +127,7 @@ BAD_PEMS: list[tuple[str, Callable[[], object], str]] = [
     ("private key", lambda: rsa_key().private_pem, "private key"),
     ("secp256k1", lambda: _pem_of(ec.generate_private_key(ec.SECP256K1())), "curve secp256k1"),
     ("ed448", lambda: _pem_of(ed448.Ed448PrivateKey.generate()), "unsupported key type"),
-    ("dsa", lambda: _pem_of(dsa.generate_private_key(2048)), "unsupported key type"),
+    ("dsa", lambda: dsa_public_pem(2048), "unsupported key type DSAPublicKey"),
     ("truncated", lambda: rsa_key().pem[:100], "error parsing public key"),
     ("not a string", lambda: 42, "entry 0 is not a string"),
 ]

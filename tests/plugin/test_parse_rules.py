@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ed448
+from cryptography.hazmat.primitives.asymmetric import ed448
 
 from plugin import jose_verify as jv
 from plugin.errors import InvalidRequest
 from plugin.jsonlimits import MAX_JSON_DEPTH
-from tests.plugin.keyfactory import b64url, default_claims, ec_key, ed25519_key, make_token, rsa_key
+from tests.plugin.keyfactory import b64url, default_claims, dsa_public_pem, ec_key, ed25519_key, make_token, rsa_key
 
 EC = ec_key(kid="e")
 HEADER = b64url('{"alg":"ES256"}')
@@ -131,7 +131,7 @@ def _pem(private: Any) -> str:
     ("pem", "reason"),
     [
         (lambda: rsa_key().private_pem, "data is a private key, a public key or certificate is required"),
-        (lambda: _pem(dsa.generate_private_key(1024)), "unsupported key type DSAPublicKey"),
+        (lambda: dsa_public_pem(1024), "unsupported key type DSAPublicKey"),
         (lambda: _pem(ed448.Ed448PrivateKey.generate()), "unsupported key type Ed448PublicKey"),
         (lambda: 7, "entry 1 is not a string"),
     ],
