@@ -16,12 +16,13 @@ only this server's processes can read it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import stat
 import tempfile
 import time
+
+from server.storage.sqlite_shared import owner_lock
 
 __all__ = ["MEMORY_DIR_ENV", "SHM", "make_dir", "remove_stale", "shared_dir", "db_path", "key_path"]
 
@@ -73,28 +74,21 @@ def remove_stale(base: str | None = None, *, now: float | None = None) -> list[s
             continue
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or now - info.st_mtime < STALE_AFTER_SECONDS:
             continue
-        if _lock_is_free(db_path(path) + ".lock"):
+        if _owner_gone(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def _lock_is_free(lock_path: str) -> bool:
-    """Whether nobody holds the owner lock at ``lock_path`` (a missing file: nobody). No
-    server takes it again once it is free: only the supervisor that made a directory (and
-    its workers) use it, and a new server makes a new one."""
+def _owner_gone(directory: str) -> bool:
+    """Whether the owner lock of ``directory``'s database is free (``sqlite_shared.owner_lock``
+    takes it; a missing lock file is made, and goes with the directory). No server takes
+    it again once it is free: only the supervisor that made a directory (and its workers)
+    use it, and a new server makes a new one."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return True
-    except OSError:
+        os.close(owner_lock(db_path(directory)))
+    except (RuntimeError, OSError):  # held by a running server, or not ours to open
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return False
-    os.close(fd)
     return True
 
 
