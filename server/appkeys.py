@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from server.acl.policies import PolicyStore
     from server.audit import AuditBroker
     from server.http.fetcher import AiohttpFetcher
+    from server.http.routes import PrefixRouter
     from server.identity.store import IdentityStore
     from server.keyring import Keyring
     from server.mounts import MountTable
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT",
-    "CLUSTER_ID", "AUDIT", "RELOAD_HOOKS", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
+    "CLUSTER_ID", "AUDIT", "RELOAD_HOOKS", "REQUEST_HANDLER", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -39,6 +40,9 @@ AUDIT: web.AppKey[AuditBroker] = web.AppKey("audit")
 #: What SIGHUP runs: ``(server.reload.ReloadHook, names of the settings it applies)``, in
 #: order. Append with ``server.reload.add_reload_hook``.
 RELOAD_HOOKS: web.AppKey[list[tuple[Any, frozenset[str]]]] = web.AppKey("reload_hooks")
+#: What the server's connections hand each request to, in place of aiohttp's
+#: ``Application._handle`` (``server.http.routes.PrefixRouter``).
+REQUEST_HANDLER: web.AppKey[PrefixRouter] = web.AppKey("request_handler")
 
 # -- per-request storage ---------------------------------------------------------------
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")

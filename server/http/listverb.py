@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from server.appkeys import REQUEST_HANDLER
 from server.http.connguard import ConnectionGuard
 
 if TYPE_CHECKING:
@@ -302,7 +303,11 @@ class _ListVerbServer(web.Server):
 
 class ListVerbAppRunner(web.AppRunner):
     """An ``AppRunner`` whose connections understand the ``LIST`` verb, obey ``guard`` and
-    must send each request header within ``header_timeout`` (default ``HEADER_TIMEOUT``)."""
+    must send each request header within ``header_timeout`` (default ``HEADER_TIMEOUT``).
+
+    An application that sets ``REQUEST_HANDLER`` (``server.http.routes.PrefixRouter``) and
+    has no middlewares gets its requests through that handler instead of aiohttp's router.
+    """
 
     def __init__(
         self, app: web.Application, *, guard: ConnectionGuard | None = None, header_timeout: float | None = None,
@@ -315,6 +320,9 @@ class ListVerbAppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _ListVerbServer
+        handler = self._app.get(REQUEST_HANDLER)
+        if handler is not None and not self._app.middlewares:
+            server.request_handler = handler  # type: ignore[assignment]  # the app's request factory makes web.Requests
         server.guard = self.guard  # type: ignore[attr-defined]
         server.header_timeout = self.header_timeout  # type: ignore[attr-defined]
         return server
