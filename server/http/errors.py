@@ -8,6 +8,7 @@ from aiohttp import web
 
 from plugin.errors import PluginError
 from server import telemetry
+from server.http.reply import JSONReply
 from server.storage import unavailable_reason
 
 __all__ = ["error_response", "response_for", "STORAGE_FAILURES"]
@@ -19,12 +20,10 @@ STORAGE_FAILURES: dict[str, int] = {}
 
 def error_response(status: int, messages: list[str], headers: dict[str, str] | None = None) -> web.Response:
     """A Vault error body. ``Content-Type`` is exactly ``application/json`` (hvac needs it)."""
-    return web.Response(
-        status=status,
-        body=orjson.dumps({"errors": messages}),
-        content_type="application/json",
-        headers=headers,
-    )
+    reply = JSONReply(orjson.dumps({"errors": messages}), status)
+    if headers:
+        reply.headers.update(headers)
+    return reply
 
 
 def response_for(request: web.Request, exc: Exception) -> web.Response | None:

@@ -35,6 +35,7 @@ from server.http.audited import Exchange
 from server.http.errors import error_response
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import limited
+from server.http.reply import JSONReply
 from server.keyring import Keyring
 from server.mounts import Mount, MountTable
 from server.settings import Settings
@@ -81,7 +82,7 @@ _HIDDEN_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-
 
 def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
     """A JSON body with ``Content-Type: application/json`` exactly."""
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    return JSONReply(orjson.dumps(body), status)
 
 
 def envelope(
