@@ -1,7 +1,8 @@
 """A/B two trees of authmount on one request: both servers side by side, wrk runs alternating.
 
 Run: ``.venv/bin/python bench/ab.py batch --a main~1 --b . --rounds 8`` (``--a``/``--b``: a
-commit, checked out into a temporary git worktree, or ``.`` for the working tree). Cases:
+commit, checked out into a temporary git worktree, or ``.`` for the working tree; ``--more
+REF``, repeated, adds trees C, D, ... to the same rounds, e.g. to walk a range of history). Cases:
 ``login`` (SQLite service token), ``batch``, ``lookup`` (``auth/token/lookup-self``),
 ``health`` (``sys/health``); ``--storage memory`` for the in-memory engine.
 
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,14 +100,14 @@ def measure(target: Target, *, connections: int, duration: float, cpus: str) -> 
 
 
 def summary(runs: dict[str, list[tuple[float, float]]]) -> list[str]:
-    """Lines with each side's medians and the B/A ratio of CPU per request."""
+    """Lines with each tree's medians, then each later tree's ratio of CPU per request to A's."""
     lines, medians = [], {}
     for label, values in runs.items():
         rps = statistics.median(v[0] for v in values)
         cpu = medians[label] = statistics.median(v[1] for v in values)
         each = " ".join(f"{v[1]:.0f}" for v in values)
         lines.append(f"{label}: {rps:,.0f} req/s, CPU {cpu:.1f} us/request (median; runs {each})")
-    lines.append(f"B/A CPU per request: {medians['B'] / medians['A']:.3f}")
+    lines += [f"{label}/A CPU per request: {medians[label] / medians['A']:.3f}" for label in list(runs)[1:]]
     return lines
 
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("case", choices=CASES)
     p.add_argument("--a", default="HEAD", help="commit for A, or . for the working tree (default HEAD)")
     p.add_argument("--b", default=".", help="commit for B, or . for the working tree (default .)")
+    p.add_argument("--more", action="append", default=[], metavar="REF", help="a further tree (C, D, ...); repeatable")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
     p.add_argument("--warmup", type=float, default=2)
@@ -128,14 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="authmount-ab-"))
     trees = workdir / "trees"
     trees.mkdir()
+    refs = [args.a, args.b, *args.more]
+    labels = [chr(ord("A") + i) for i in range(len(refs))]
     targets: list[Target] = []
     try:
-        with checkout(args.a, trees) as tree_a, checkout(args.b, trees) as tree_b:
+        with ExitStack() as stack:
             try:
-                for label, tree in (("A", tree_a), ("B", tree_b)):
+                for label, ref in zip(labels, refs, strict=True):
+                    tree = stack.enter_context(checkout(ref, trees))
                     targets.append(start(label, tree, args.case, args.storage, workdir, keys))
                     measure(targets[-1], connections=args.connections, duration=args.warmup, cpus=args.client_cpus)
-                runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+                runs: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
                 for n in range(args.rounds):
                     for target in targets if n % 2 == 0 else targets[::-1]:
                         runs[target.label].append(measure(target, connections=args.connections,
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for target in targets:
                     target.server.stop()  # before their trees go
-        print(f"{args.case}: A = {args.a}, B = {args.b}, {args.rounds} rounds of {args.duration:g} s")
+        trees_named = ", ".join(f"{label} = {ref}" for label, ref in zip(labels, refs, strict=True))
+        print(f"{args.case}: {trees_named}, {args.rounds} rounds of {args.duration:g} s")
         print("\n".join(summary(runs)))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

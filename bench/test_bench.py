@@ -216,14 +216,18 @@ def test_ab_summary_gives_medians_and_the_ratio() -> None:
     assert lines[0] == "A: 950 req/s, CPU 210.0 us/request (median; runs 200 220 210)"
     assert lines[1].startswith("B: 1,050 req/s, CPU 189.5 us/request")
     assert lines[2] == "B/A CPU per request: 0.902"
+    more = ab.summary({"A": [(1.0, 200.0)], "B": [(1.0, 100.0)], "C": [(1.0, 250.0)]})
+    assert more[3:] == ["B/A CPU per request: 0.500", "C/A CPU per request: 1.250"]
 
 
-def test_ab_runs_two_trees_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
-    """HEAD in a temporary worktree against the working tree, one short round: both serve,
-    the worktree is gone afterwards."""
+def test_ab_runs_trees_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    """HEAD in a temporary worktree against the working tree and a third tree (``--more``),
+    one short round: all serve, the worktrees are gone afterwards."""
     before = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout
-    assert ab.main(["health", "--a", "HEAD", "--b", ".", "--rounds", "1", "--duration", "1", "--warmup", "0.5"]) == 0
+    assert ab.main(["health", "--a", "HEAD", "--b", ".", "--more", "HEAD", "--rounds", "1", "--duration", "1",
+                    "--warmup", "0.5"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^A: [\d,]+ req/s, CPU [\d.]+ us/request", out, re.MULTILINE)
     assert re.search(r"^B/A CPU per request: \d+\.\d{3}$", out, re.MULTILINE)
+    assert re.search(r"^C/A CPU per request: \d+\.\d{3}$", out, re.MULTILINE)
     assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout == before
