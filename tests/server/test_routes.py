@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import random
 import re
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -158,3 +159,24 @@ async def test_the_server_answers_odd_targets_as_with_aiohttps_router() -> None:
 
 def _stable(reply: bytes) -> bytes:
     return re.sub(rb'"(request_id|cluster_id|cluster_name)":"[^"]*"|"server_time_utc":\d+', b"", reply)
+
+
+async def test_an_application_with_middlewares_keeps_aiohttps_handling() -> None:
+    seen: list[str] = []
+
+    @web.middleware
+    async def note(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        seen.append(request.path)
+        return await handler(request)
+
+    app = _app()
+    app.middlewares.append(note)
+    server = make_test_server(app)
+    await server.start_server()
+    try:
+        assert server.runner is not None and server.runner.server is not None
+        assert not isinstance(server.runner.server.request_handler, PrefixRouter)
+        assert (await _raw(server.port or 0, "/v1/sys/health")).startswith(b"HTTP/1.1 200 ")
+        assert seen == ["/v1/sys/health"]
+    finally:
+        await server.close()
