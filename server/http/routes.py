@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
-from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo
+from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquote_path_safe
 
 from server.appkeys import IDENTITY, REQUEST_HANDLER, TOKENS
 from server.http.errors import error_response
@@ -80,6 +80,7 @@ class PrefixRouter:
         """The route of ``path`` (a request's ``rel_url.path_safe``) and its match value."""
         for prefix, key, pattern, route in self._table:
             if path.startswith(prefix) and pattern.fullmatch(path, len(prefix)) is not None:
+                # The router's own decoding of a match value (path_safe keeps %2F and %25).
                 return UrlMappingMatchInfo({key: _unquote_path_safe(path[len(prefix):])}, route)
         return None
 
@@ -96,13 +97,6 @@ class PrefixRouter:
             if resp is not None:
                 return resp
         return await match_info.handler(request)
-
-
-def _unquote_path_safe(value: str) -> str:
-    """A match value as aiohttp's router gives it: ``path_safe`` keeps ``%2F`` and ``%25``."""
-    if "%" not in value:
-        return value
-    return value.replace("%2F", "/").replace("%25", "%")
 
 
 async def _no_handler(request: web.Request) -> web.StreamResponse:
