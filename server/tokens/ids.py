@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import string
+import threading
 
 __all__ = [
     "TOKEN_LEN",
@@ -24,17 +25,50 @@ _B62_TABLE = bytes(ord(_B62[b % 62]) for b in range(256))
 _B62_REJECT = bytes(range(248, 256))
 
 
+#: Random bytes drawn per ``os.urandom`` call for the pool below; ~3,900 base62 characters,
+#: about a hundred minted tokens.
+_POOL_BYTES = 4096
+
+
+class _Pool(threading.local):
+    """Base62 characters drawn ahead, per thread (two threads never share a slice)."""
+
+    chars: bytes = b""
+    pos: int = 0
+
+
+_pool = _Pool()
+
+
+def _forget_pool() -> None:
+    """In a forked child: draw afresh (parent and child must never hand out the same bytes)."""
+    global _pool
+    _pool = _Pool()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def random_b62(n: int = 24) -> str:
     """``n`` uniformly random base62 characters from the OS CSPRNG (rejection sampling).
 
-    Each call asks the OS (``os.urandom``): a pool of pre-drawn bytes was measured at 1.97 us
-    against 2.18 us per 40 characters, 0.1 % of a login, not worth bytes that outlive their
-    use and a fork hook (docs/performance.md).
+    Drawn from a per-thread pool that one ``os.urandom`` call refills every ~3,900
+    characters. On the serving process a ``getrandom`` call per token cost 2.3-5 % of a
+    service login's CPU (``bench/ab.py login``, three runs; docs/performance.md), where a
+    loop of its own had shown 0.2 us. Each character is handed out once; a forked child
+    drops the parent's pool.
     """
-    out = b""
-    while len(out) < n:
-        out += os.urandom(n + 8).translate(_B62_TABLE, _B62_REJECT)
-    return out[:n].decode("ascii")
+    pool = _pool
+    pos = pool.pos
+    end = pos + n
+    chars = pool.chars
+    if end > len(chars):
+        chars = b""
+        while len(chars) < n:
+            chars += os.urandom(max(_POOL_BYTES, 2 * n)).translate(_B62_TABLE, _B62_REJECT)
+        pool.chars, pos, end = chars, 0, n
+    pool.pos = end
+    return chars[pos:end].decode("ascii")
 
 
 # ---------------------------------------------------------------------------------------

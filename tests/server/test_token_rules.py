@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -105,7 +106,53 @@ def test_random_b62_drops_the_bytes_that_would_bias_it(monkeypatch: pytest.Monke
     """Bytes 248-255 are dropped (62 * 4 = 248), every other byte b is character b % 62."""
     blocks = iter([bytes([247, 248, 249, 255, 0, 61]), bytes([62, 123, 124, 185, 186, 246, 250])])
     monkeypatch.setattr(os, "urandom", lambda n: next(blocks))
+    monkeypatch.setattr(ids, "_pool", ids._Pool())  # empty: the next draw asks the OS
     assert ids.random_b62(9) == "Z0Z0Z0Z0Y"
+
+
+def test_random_b62_hands_each_pooled_character_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool is refilled by one OS call when a draw does not fit; what is left of the old
+    pool is dropped, never handed out again; a draw longer than a pool still works."""
+    calls: list[int] = []
+    counter = iter(range(10**9))
+
+    def urandom(n: int) -> bytes:
+        calls.append(n)
+        return bytes(next(counter) % 248 for _ in range(n))  # no byte is dropped
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    monkeypatch.setattr(ids, "_pool", ids._Pool())
+    size = ids._POOL_BYTES
+    drawn = [ids.random_b62(40) for _ in range(size // 40 + 1)]
+    assert calls == [size, size]  # the 103rd draw did not fit in the first pool
+    text = "".join(drawn)
+    expected = bytes(i % 248 for i in range(size // 40 * 40)).translate(ids._B62_TABLE).decode()
+    assert text[: len(expected)] == expected
+    assert text[len(expected):] == bytes(i % 248 for i in range(size, size + 40)).translate(ids._B62_TABLE).decode()
+    assert len(ids.random_b62(3 * size)) == 3 * size and calls[-1] == 6 * size
+
+
+def test_threads_never_share_a_pool() -> None:
+    """Each thread draws from its own pool: two threads minting at once never get the same
+    characters (a shared position read by both before either moved it would hand them out twice)."""
+    out: dict[str, list[str]] = {}
+
+    def draw(name: str) -> None:
+        out[name] = [ids.random_b62(40) for _ in range(3000)]
+
+    threads = [threading.Thread(target=draw, args=(str(i),)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [value for values in out.values() for value in values]
+    assert len(every) == 12000 and len(set(every)) == len(every)
+    ids.random_b62()  # this thread's pool is not empty now
+    fresh: list[bytes] = []
+    thread = threading.Thread(target=lambda: fresh.append(ids._pool.chars))
+    thread.start()
+    thread.join()
+    assert ids._pool.chars and fresh == [b""]
 
 
 def test_random_b62_default_length_and_alphabet() -> None:
@@ -146,12 +193,13 @@ def _in_child(draw: Callable[[], bytes]) -> bytes:
 
 
 def test_a_forked_child_never_reuses_the_parents_bytes() -> None:
-    """Regression guard: ids come straight from the OS in every process (a pool of
-    pre-drawn bytes, removed, would have to be dropped in a forked child)."""
+    """The pool of pre-drawn characters is dropped in a forked child: without that, two
+    children forked from one parent would hand out the same token secrets."""
 
     def draw() -> bytes:
         return ids.random_b62(4).encode() + ids.random_b62(32).encode()
 
+    draw()  # the parent's pool is full when it forks
     first, second = _in_child(draw), _in_child(draw)
     mine = draw()
     assert len(first) == len(second) == 36
