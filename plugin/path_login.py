@@ -398,31 +398,38 @@ def _validate_token_policies(ctx: LoginContext) -> str | Skipped:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One login check: its name (the reason code) and its validator."""
+    """One login check: its name (the reason code) and its validator.
+
+    ``needed``, when given, says from the role and the config alone whether the check can
+    do anything: where it is false the validator would only return ``Skipped`` (a role
+    without ``bound_subject`` has no subject to check), so a login leaves the check out
+    (``login_plan``); explain still runs it and reports the skip.
+    """
 
     name: str
     validate: Callable[[LoginContext], str | Skipped | Awaitable[str | Skipped]]
+    needed: Callable[[Role, JWTConfig], bool] | None = None
 
 
 #: The login checks in order (4.2). Names are reason codes: keep them stable
 #: (docs/troubleshooting.md lists them).
 CHECKS: tuple[Check, ...] = (
     Check("role_type", _validate_role_type),
-    Check("bound_cidrs", _validate_bound_cidrs),
+    Check("bound_cidrs", _validate_bound_cidrs, lambda role, config: bool(role.token_bound_cidrs)),
     Check("parse", _validate_parse),
     Check("algorithm", _validate_algorithm),
     Check("signature", _validate_signature),
-    Check("issuer", _validate_issuer),
-    Check("subject", _validate_subject),
+    Check("issuer", _validate_issuer, lambda role, config: bool(config.bound_issuer)),
+    Check("subject", _validate_subject, lambda role, config: bool(role.bound_subject)),
     Check("audience", _validate_audience),
     Check("time", _validate_time),
-    Check("max_token_age", _validate_max_token_age),
-    Check("distributed_claims", _validate_distributed_claims),
+    Check("max_token_age", _validate_max_token_age, lambda role, config: role.max_token_age > 0),
+    Check("distributed_claims", _validate_distributed_claims, lambda role, config: role.resolve_distributed_claims),
     Check("user_claim", _validate_user_claim),
     Check("claim_mappings", _validate_claim_mappings),
     Check("groups", _validate_groups),
-    Check("bound_claims", _validate_bound_claims),
-    Check("token_policies", _validate_token_policies),
+    Check("bound_claims", _validate_bound_claims, lambda role, config: bool(role.bound_claims)),
+    Check("token_policies", _validate_token_policies, lambda role, config: role.token_policies_template_claims),
 )
 
 
@@ -457,13 +464,38 @@ class Outcome:
         return out
 
 
+#: (checks, role, config) -> the plan: keyed by the objects' ids, which the entry's own
+#: references keep from being reused. Roles and configs are cached objects that a write
+#: replaces, so a plan is found again until then; bounded, cleared when full.
+_PLANS: dict[tuple[int, int, int], tuple[tuple[Check, ...], Role, JWTConfig, tuple[Check, ...]]] = {}
+_MAX_PLANS = 256
+
+
+def login_plan(checks: tuple[Check, ...], role: Role, config: JWTConfig) -> tuple[Check, ...]:
+    """``checks`` without those the role and config make pointless (``Check.needed``): what
+    a login runs. Worked out once per role and config object, not per login."""
+    key = (id(checks), id(role), id(config))
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is checks and hit[1] is role and hit[2] is config:
+        return hit[3]
+    plan = tuple(c for c in checks if c.needed is None or c.needed(role, config))
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[key] = (checks, role, config, plan)
+    return plan
+
+
 async def run_checks(ctx: LoginContext, checks: tuple[Check, ...] = CHECKS, *, explain: bool = False) -> list[Outcome]:
     """Run ``checks`` in order.
 
-    A login (``explain`` False) raises the first failure, its ``check`` set to the check's
-    name, and returns an empty list. Explain records every outcome, a failure with its full
-    ``detail`` (what the role expects included).
+    A login (``explain`` False) runs only the checks its role and config need
+    (``login_plan``), raises the first failure, its ``check`` set to the check's name, and
+    returns an empty list. Explain runs them all and records every outcome, a failure with
+    its full ``detail`` (what the role expects included), a check that does not apply as
+    skipped.
     """
+    if not explain:
+        checks = login_plan(checks, ctx.role, ctx.config)
     outcomes: list[Outcome] = []
     for check in checks:
         try:
