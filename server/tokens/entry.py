@@ -84,6 +84,14 @@ class TokenEntry:
             out["internal_data"] = json.loads(json.dumps(data))
         return out
 
+    def stored(self) -> TokenEntry | dict[str, Any]:
+        """What ``Storage.put`` is given for this entry: the entry itself where orjson's
+        encoding of it (a dataclass: its fields in order) is the encoding of ``to_dict()``,
+        which saves building that dict on every service login; else ``to_dict()``."""
+        if all(type(k) is str and type(v) in _FLAT_TYPES for k, v in self.internal_data.items()):
+            return self
+        return self.to_dict()
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenEntry:
         """Inverse of ``to_dict``; unknown keys are ignored."""

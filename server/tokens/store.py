@@ -389,13 +389,13 @@ class TokenStore:
         selector, raw, entry.accessor = mint_ids(self.clock(), entry.expire_time)
         entry.id_hash, entry.verifier = selector, self.hash(raw)
         if entry.parent is None:
-            await self.storage.put(ID_PREFIX + selector, entry.to_dict())
+            await self.storage.put(ID_PREFIX + selector, entry.stored())
             return raw
         # Written concurrently so a group-committing engine needs one commit. If a write
         # fails the caller never sees the token; a stray entry just expires (and a child
         # without its parent index still dies with the parent: see _check_live).
         items: list[tuple[str, object]] = [
-            (ID_PREFIX + selector, entry.to_dict()),
+            (ID_PREFIX + selector, entry.stored()),
             (f"{PARENT_PREFIX}{entry.parent}/{selector}", 1),
         ]
         await self.storage.put_many(items)  # one queue hand-off, no task per write

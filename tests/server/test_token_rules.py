@@ -25,7 +25,7 @@ import structlog
 
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Alias, Auth
-from plugin.storage import InMemoryStorage
+from plugin.storage import InMemoryStorage, decode, encode
 from server.tokens import ids
 from server.tokens.batch import decode_batch
 from server.tokens.entry import MountInfo, TokenEntry, check_assignable, login_display_name, resolve_token_type
@@ -398,6 +398,32 @@ def test_to_dict_internal_data_is_what_json_gives(data: dict[Any, Any]) -> None:
     if "nested" in data:
         out["nested"]["x"].append(2)
         assert data["nested"] == {"x": [1]}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        TokenEntry(id_hash="h", accessor="a", policies=["p"]),
+        TokenEntry(id_hash="sel", accessor="acc", policies=["default", "ops"], meta={"role": "r", "sub": "é"},
+                   display_name="jwt-bob", path="auth/jwt/login", mount_accessor="auth_jwt_1", creation_time=17,
+                   ttl=60, expire_time=77.5, explicit_max_ttl=90, max_expire_time=107.25, period=0, num_uses=3,
+                   bound_cidrs=["10.0.0.0/8"], parent="p", orphan=False, type="service", renewable=False,
+                   entity_id="e", internal_data={"role": "r", "n": 1, "b": True, "none": None},
+                   last_renewal_time=5, revoke_pending_at=0.0, verifier="v" * 64),
+        TokenEntry(id_hash="h", accessor="a", policies=[], internal_data={"nested": {"x": [1]}}),
+        TokenEntry(id_hash="h", accessor="a", policies=[], internal_data={1: "an int key"}),
+        TokenEntry(id_hash="h", accessor="a", policies=[], internal_data={"t": (1, 2), "f": 0.5}),
+    ],
+    ids=["defaults", "every field", "nested", "int key", "tuple and float"],
+)
+def test_what_is_stored_is_to_dicts_encoding(entry: TokenEntry) -> None:
+    """``stored()`` hands storage the entry itself where orjson encodes it exactly as
+    ``to_dict()`` (flat internal data), else ``to_dict()``: the stored bytes are the same."""
+    stored = entry.stored()
+    assert encode(stored) == encode(entry.to_dict())
+    assert (stored is entry) == all(type(k) is str and not isinstance(v, (dict, list, tuple, float))
+                                    for k, v in entry.internal_data.items())
+    assert TokenEntry.from_dict(decode(encode(stored))) == TokenEntry.from_dict(entry.to_dict())
 
 
 @pytest.mark.parametrize(
