@@ -212,11 +212,17 @@ def parse_token(token: object, *, max_length: int = 16384) -> ParsedToken:
         raise _fail("encrypted tokens (JWE) are not supported")
     if len(parts) != 3:
         raise _fail(f"token must have 3 dot-separated parts, found {len(parts)}")
-    for name, part in zip(_PART_NAMES, parts, strict=True):
+    known = _VERIFIED_HEADERS.get(parts[0])
+    for name, part in zip(_PART_NAMES, parts, strict=True) if known is None else zip(_PART_NAMES[1:], parts[1:]):
         if not part:
             raise _fail(f"token {name} is empty")
         if not _b64url_canonical(part):
             raise _fail(f"token {name} is not canonical unpadded base64url")
+    if known is not None:  # passed every header check below when it was first seen
+        claims = _strict_json_object(_b64decode(parts[1]), "payload")
+        _check_claim_names(claims)
+        header, alg, kid = known
+        return ParsedToken(raw=raw, header=header, claims=claims, alg=alg, kid=kid)
     header = _strict_json_object(_b64decode(parts[0]), "header")
     claims = _strict_json_object(_b64decode(parts[1]), "payload")
 
@@ -234,6 +240,12 @@ def parse_token(token: object, *, max_length: int = 16384) -> ParsedToken:
             raise _fail("key ID (kid) header parameter must be a string")
         if len(kid) > MAX_KID_LENGTH:
             raise _fail(f"key ID (kid) header parameter is longer than {MAX_KID_LENGTH} characters")
+    _check_claim_names(claims)
+    return ParsedToken(raw=raw, header=header, claims=claims, alg=alg, kid=kid)
+
+
+def _check_claim_names(claims: dict[str, Any]) -> None:
+    """Refuse a claim whose name is a registered claim's under case folding ("EXP")."""
     for key in claims:
         if key in _REGISTERED_CLAIMS:
             continue
@@ -243,7 +255,23 @@ def parse_token(token: object, *, max_length: int = 16384) -> ParsedToken:
                 f"ambiguous claim: key {json.dumps(key)} collides with registered claim "
                 f'"{registered}" under case folding'
             )
-    return ParsedToken(raw=raw, header=header, claims=claims, alg=alg, kid=kid)
+
+
+#: The header parts of tokens whose signature verified, with what ``parse_token`` made of
+#: them (header, alg, kid): an issuer signs its tokens with one header, so ``parse_token``
+#: decodes and checks it once, not per login. Only a verified token adds one, so an
+#: anonymous caller cannot fill it; bounded, cleared when full. The header dicts are shared
+#: between parsed tokens: nothing may change them.
+_VERIFIED_HEADERS: dict[str, tuple[dict[str, Any], str, str | None]] = {}
+_MAX_VERIFIED_HEADERS = 64
+
+
+def _remember_header(token: ParsedToken) -> None:
+    part = token.raw[: token.raw.index(".")]
+    if part not in _VERIFIED_HEADERS:
+        if len(_VERIFIED_HEADERS) >= _MAX_VERIFIED_HEADERS:
+            _VERIFIED_HEADERS.clear()
+        _VERIFIED_HEADERS[part] = (token.header, token.alg, token.kid)
 
 
 # -- key construction ------------------------------------------------------------------
@@ -477,6 +505,7 @@ def verify_signature(
         tries += 1
         try:
             if _verify_one(token, key):
+                _remember_header(token)
                 return True
         except Exception:  # JOSEError, ValueError from malformed signatures: just "no"
             continue
