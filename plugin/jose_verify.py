@@ -213,16 +213,16 @@ def parse_token(token: object, *, max_length: int = 16384) -> ParsedToken:
     if len(parts) != 3:
         raise _fail(f"token must have 3 dot-separated parts, found {len(parts)}")
     known = _VERIFIED_HEADERS.get(parts[0])
-    for name, part in zip(_PART_NAMES, parts, strict=True) if known is None else zip(_PART_NAMES[1:], parts[1:]):
+    first = 0 if known is None else 1  # a remembered header passed every check when first seen
+    for name, part in zip(_PART_NAMES[first:], parts[first:], strict=True):
         if not part:
             raise _fail(f"token {name} is empty")
         if not _b64url_canonical(part):
             raise _fail(f"token {name} is not canonical unpadded base64url")
-    if known is not None:  # passed every header check below when it was first seen
+    if known is not None:
         claims = _strict_json_object(_b64decode(parts[1]), "payload")
         _check_claim_names(claims)
-        header, alg, kid = known
-        return ParsedToken(raw=raw, header=header, claims=claims, alg=alg, kid=kid)
+        return ParsedToken(raw=raw, header=known[0], claims=claims, alg=known[1], kid=known[2])
     header = _strict_json_object(_b64decode(parts[0]), "header")
     claims = _strict_json_object(_b64decode(parts[1]), "payload")
 
