@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from bench import ab
+from bench import ab, icount
 from bench.ceiling import make_hello_app, make_login_app
 from bench.jwks_server import make_app as make_jwks_app
 from bench.jwtgen import BenchKeys, make_keys
@@ -230,4 +230,26 @@ def test_ab_runs_trees_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"^A: [\d,]+ req/s, CPU [\d.]+ us/request", out, re.MULTILINE)
     assert re.search(r"^B/A CPU per request: \d+\.\d{3}$", out, re.MULTILINE)
     assert re.search(r"^C/A CPU per request: \d+\.\d{3}$", out, re.MULTILINE)
+    assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout == before
+
+
+def test_icount_summary_gives_medians_and_the_ratio() -> None:
+    lines = icount.summary({"A": [1000.0, 1010.0, 990.0], "B": [950.0, 960.0]})
+    assert lines[0] == "A: 1,000 instructions/request (runs 1,000 1,010 990)"
+    assert lines[1] == "B: 955 instructions/request (runs 950 960)"
+    assert lines[2] == "B/A instructions per request: 0.955"
+
+
+@pytest.mark.skipif(not icount.available(), reason="valgrind is not installed (a developer's tool: apt-get install valgrind)")
+def test_icount_counts_the_requests_of_two_trees(capsys: pytest.CaptureFixture[str]) -> None:
+    """HEAD against the working tree under callgrind: a plausible count per request for each
+    (a sys/health request executes some hundred thousand instructions), the same within a
+    few percent, and the worktree is gone afterwards."""
+    before = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout
+    assert icount.main(["health", "--a", "HEAD", "--b", ".", "--requests", "30"]) == 0
+    out = capsys.readouterr().out
+    counts = [float(m.replace(",", "")) for m in re.findall(r"^[AB]: ([\d,]+) instructions/request", out, re.MULTILINE)]
+    assert len(counts) == 2 and all(50_000 < c < 5_000_000 for c in counts), out
+    ratio = re.search(r"^B/A instructions per request: (\d+\.\d{3})$", out, re.MULTILINE)
+    assert ratio is not None and 0.8 < float(ratio.group(1)) < 1.25, out
     assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout == before
