@@ -360,11 +360,15 @@ def _validate_claim_mappings(ctx: LoginContext) -> str:
     return f"{len(metadata)} metadata keys"
 
 
+#: Returned (never raised) by every login of a role without ``groups_claim``: built once.
+_NO_GROUPS_CLAIM = Skipped("the role has no groups_claim")
+
+
 def _validate_groups(ctx: LoginContext) -> str | Skipped:
     claims = ctx.token_claims()
     if not ctx.role.groups_claim:
         ctx.groups = []
-        return Skipped("the role has no groups_claim")
+        return _NO_GROUPS_CLAIM
     ctx.groups = cl.get_groups(claims, ctx.role.groups_claim)
     return f"{len(ctx.groups)} groups"
 

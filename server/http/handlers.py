@@ -573,7 +573,6 @@ async def respond(
         auth_block, issue_warnings = await request.app[TOKENS].issue(
             resp.auth,
             mount=mount.token_info(),
-            remote_addr=remote_addr(request),
             path="auth/" + mount.entry.path + rel if rel else None,
         )
         warnings.extend(issue_warnings)

@@ -315,7 +315,6 @@ class TokenStore:
         *,
         mount: MountInfo,
         parent: TokenEntry | None = None,
-        remote_addr: str | None = None,
         path: str | None = None,
     ) -> tuple[dict[str, Any], list[str]]:
         """Mint a token from a backend's Auth. Returns (Vault ``auth`` block, warnings).
