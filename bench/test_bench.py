@@ -14,7 +14,7 @@ from bench.ceiling import make_hello_app, make_login_app
 from bench.jwks_server import make_app as make_jwks_app
 from bench.jwtgen import BenchKeys, make_keys
 from bench.loadgen import WrkResult, parse_output
-from bench.report import Measurement, ratios, replace_section, results_table
+from bench.report import HOWTO, Measurement, ratios, replace_section, results_table
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +253,10 @@ def test_icount_counts_the_requests_of_two_trees(capsys: pytest.CaptureFixture[s
     ratio = re.search(r"^B/A instructions per request: (\d+\.\d{3})$", out, re.MULTILINE)
     assert ratio is not None and 0.8 < float(ratio.group(1)) < 1.25, out
     assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout == before
+
+
+def test_the_docs_how_to_is_the_one_the_harness_writes() -> None:
+    """bench/run.py rewrites docs/performance.md's how-to from ``report.HOWTO``: an edit made
+    only in the doc would be undone by the next run (as the ``--more`` note once was)."""
+    doc = (ab.ROOT / "docs" / "performance.md").read_text()
+    assert replace_section(doc, "howto", HOWTO) == doc
