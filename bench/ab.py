@@ -113,18 +113,31 @@ def summary(runs: dict[str, list[tuple[float, float]]]) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse flags, run the rounds, print the summary."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def tree_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The flags every side-by-side tool shares: the case, the trees (``--a``, ``--b``,
+    ``--more``) and the storage engine."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("case", choices=CASES)
     p.add_argument("--a", default="HEAD", help="commit for A, or . for the working tree (default HEAD)")
     p.add_argument("--b", default=".", help="commit for B, or . for the working tree (default .)")
     p.add_argument("--more", action="append", default=[], metavar="REF", help="a further tree (C, D, ...); repeatable")
+    p.add_argument("--storage", choices=("sqlite", "memory"), default="sqlite")
+    return p
+
+
+def trees_of(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The refs ``tree_parser``'s flags named, and their labels A, B, C, ..."""
+    refs = [args.a, args.b, *args.more]
+    return refs, [chr(ord("A") + i) for i in range(len(refs))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run the rounds, print the summary."""
+    p = tree_parser(__doc__)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
     p.add_argument("--warmup", type=float, default=2)
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--storage", choices=("sqlite", "memory"), default="sqlite")
     p.add_argument("--client-cpus", default="1")
     args = p.parse_args(argv)
     ensure_wrk()
@@ -132,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="authmount-ab-"))
     trees = workdir / "trees"
     trees.mkdir()
-    refs = [args.a, args.b, *args.more]
-    labels = [chr(ord("A") + i) for i in range(len(refs))]
+    refs, labels = trees_of(args)
     targets: list[Target] = []
     try:
         with ExitStack() as stack:

@@ -20,7 +20,6 @@ requests is the figure.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import shutil
@@ -37,7 +36,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import authmount
-from bench.ab import CASES, checkout
+from bench.ab import checkout, tree_parser, trees_of
 from bench.jwtgen import BenchKeys, make_keys
 from bench.procs import Server, free_port, start_pinned
 
@@ -140,14 +139,9 @@ def summary(counts: dict[str, list[float]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, count every tree, print the summary."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("case", choices=CASES)
-    p.add_argument("--a", default="HEAD", help="commit for A, or . for the working tree (default HEAD)")
-    p.add_argument("--b", default=".", help="commit for B, or . for the working tree (default .)")
-    p.add_argument("--more", action="append", default=[], metavar="REF", help="a further tree (C, D, ...); repeatable")
+    p = tree_parser(__doc__)
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=1)
-    p.add_argument("--storage", choices=("sqlite", "memory"), default="sqlite")
     args = p.parse_args(argv)
     if not available():
         print("valgrind (callgrind) is not installed: apt-get install valgrind", file=sys.stderr)
@@ -156,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="authmount-icount-"))
     trees = workdir / "trees"
     trees.mkdir()
-    refs = [args.a, args.b, *args.more]
-    labels = [chr(ord("A") + i) for i in range(len(refs))]
+    refs, labels = trees_of(args)
     counts: dict[str, list[float]] = {label: [] for label in labels}
     try:
         with ExitStack() as stack:
