@@ -400,6 +400,10 @@ def test_to_dict_internal_data_is_what_json_gives(data: dict[Any, Any]) -> None:
         assert data["nested"] == {"x": [1]}
 
 
+#: Internal data with a key that is not a string (not what the type says; JSON turns it into one).
+INT_KEYED: dict[Any, Any] = {1: "an int key"}
+
+
 @pytest.mark.parametrize(
     "entry",
     [
@@ -411,7 +415,7 @@ def test_to_dict_internal_data_is_what_json_gives(data: dict[Any, Any]) -> None:
                    entity_id="e", internal_data={"role": "r", "n": 1, "b": True, "none": None},
                    last_renewal_time=5, revoke_pending_at=0.0, verifier="v" * 64),
         TokenEntry(id_hash="h", accessor="a", policies=[], internal_data={"nested": {"x": [1]}}),
-        TokenEntry(id_hash="h", accessor="a", policies=[], internal_data={1: "an int key"}),
+        TokenEntry(id_hash="h", accessor="a", policies=[], internal_data=INT_KEYED),
         TokenEntry(id_hash="h", accessor="a", policies=[], internal_data={"t": (1, 2), "f": 0.5}),
     ],
     ids=["defaults", "every field", "nested", "int key", "tuple and float"],
