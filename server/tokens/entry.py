@@ -78,7 +78,7 @@ class TokenEntry:
         out["meta"] = dict(self.meta)
         out["bound_cidrs"] = list(self.bound_cidrs)
         data = self.internal_data
-        if all(type(k) is str and type(v) in _FLAT_TYPES for k, v in data.items()):
+        if _flat(data):
             out["internal_data"] = dict(data)  # what a JSON round trip of flat scalars gives
         else:
             out["internal_data"] = json.loads(json.dumps(data))
@@ -88,9 +88,7 @@ class TokenEntry:
         """What ``Storage.put`` is given for this entry: the entry itself where orjson's
         encoding of it (a dataclass: its fields in order) is the encoding of ``to_dict()``,
         which saves building that dict on every service login; else ``to_dict()``."""
-        if all(type(k) is str and type(v) in _FLAT_TYPES for k, v in self.internal_data.items()):
-            return self
-        return self.to_dict()
+        return self if _flat(self.internal_data) else self.to_dict()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenEntry:
@@ -120,6 +118,13 @@ class TokenEntry:
 
 
 _FLAT_TYPES = (str, int, bool, type(None))
+
+
+def _flat(data: dict[str, Any]) -> bool:
+    """Whether ``data`` is string keys to flat scalars: JSON gives it back as it is."""
+    return all(type(k) is str and type(v) in _FLAT_TYPES for k, v in data.items())
+
+
 _ENTRY_ORDER = tuple(f.name for f in dataclasses.fields(TokenEntry))
 _ENTRY_FIELDS = frozenset(_ENTRY_ORDER)
 
