@@ -170,8 +170,10 @@ HANDLE_LOGIN_REQUEST = _request_timer(
     _ms("vault_core_handle_login_request", "Time to handle a login-type request (no token)"))
 TOKEN_LOOKUP = _request_timer(_ms("vault_token_lookup", "Time to look up a token"))
 TOKEN_REVOKE = _request_timer(_ms("vault_token_revoke", "Time to revoke a token and its children"))
-AUDIT_LOG_REQUEST = _ms("vault_audit_log_request", "Time to write a request entry to every audit device")
-AUDIT_LOG_RESPONSE = _ms("vault_audit_log_response", "Time to write a response entry to every audit device")
+AUDIT_LOG_REQUEST = _request_timer(
+    _ms("vault_audit_log_request", "Time to write a request entry to every audit device"))
+AUDIT_LOG_RESPONSE = _request_timer(
+    _ms("vault_audit_log_response", "Time to write a response entry to every audit device"))
 AUDIT_LOG_REQUEST_FAILURE = Counter(
     "vault_audit_log_request_failure", "Request entries no audit device could record (the request failed).",
     registry=REGISTRY,

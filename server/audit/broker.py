@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from plugin.errors import InvalidRequest, PluginError
 from plugin.sealing import Sealer
@@ -34,6 +34,7 @@ from server import telemetry
 from server.audit.devices import Sink, build_sink, option_bool
 from server.audit.entry import Format, Hasher, Record, probe_record, request_line, response_line, stamp
 from server.mounts import normalize_path
+from server.telemetry import Observer
 
 __all__ = ["AUDIT_KEY", "HEADERS_KEY", "SALT_CONTEXT", "AuditBroker", "AuditDevice", "AuditUnavailable"]
 
@@ -150,14 +151,16 @@ def device_path(raw: str) -> str:
 
 
 class _Batch:
-    """The file entries of one event-loop turn, per device, and the future their write resolves."""
+    """The file entries of one event-loop turn, per device, and the futures of the requests
+    waiting for their write (one each: a request cancelled cancels only its own)."""
 
-    __slots__ = ("devices", "lines", "done")
+    __slots__ = ("devices", "lines", "waiters", "flushed")
 
-    def __init__(self, devices: tuple[AuditDevice, ...], done: asyncio.Future[bool]) -> None:
+    def __init__(self, devices: tuple[AuditDevice, ...]) -> None:
         self.devices = devices
         self.lines: list[list[bytes]] = [[] for _ in devices]
-        self.done = done
+        self.waiters: list[asyncio.Future[bool]] = []
+        self.flushed = False
 
 
 class AuditBroker:
@@ -383,7 +386,7 @@ class AuditBroker:
         """
         return self._log(rec, response_line, telemetry.AUDIT_LOG_RESPONSE, telemetry.AUDIT_LOG_RESPONSE_FAILURE)
 
-    def _log(self, rec: Record, build: Line, timer: Histogram, failures: Counter) -> Awaitable[None] | None:
+    def _log(self, rec: Record, build: Line, timer: Observer, failures: Counter) -> Awaitable[None] | None:
         devices = self.active
         if not devices:
             return None
@@ -392,20 +395,22 @@ class AuditBroker:
         # Files only: group write. The entries of every request that reaches this point in one
         # turn of the event loop go out together, one write(2) per device, after that turn;
         # each request waits for it (fail closed) and nothing waits for another's lock.
+        loop = asyncio.get_running_loop()
         batch = self._batch
         if batch is None or batch.devices is not devices:
-            loop = asyncio.get_running_loop()
-            batch = self._batch = _Batch(devices, loop.create_future())
+            batch = self._batch = _Batch(devices)
             loop.call_soon(self._flush, batch)
         when = stamp()
         for lines, device in zip(batch.lines, devices, strict=True):
             lines.append(build(rec, device.fmt, when))
-        return self._group_wait(batch.done, timer, failures)
+        waiter = loop.create_future()
+        batch.waiters.append(waiter)
+        return self._group_wait(waiter, timer, failures)
 
     @staticmethod
-    async def _group_wait(done: asyncio.Future[bool], timer: Histogram, failures: Counter) -> None:
+    async def _group_wait(waiter: asyncio.Future[bool], timer: Observer, failures: Counter) -> None:
         start = time.perf_counter()
-        ok = await asyncio.shield(done)  # one request cancelled must not fail the others
+        ok = await waiter
         timer.observe(telemetry.ms_since(start))
         if not ok:
             failures.inc()
@@ -416,8 +421,9 @@ class AuditBroker:
         took them."""
         if self._batch is batch:
             self._batch = None
-        if batch.done.done():
+        if batch.flushed:
             return  # flushed early (the device table changed meanwhile)
+        batch.flushed = True
         ok = False
         active = self.active
         for lines, device in zip(batch.lines, batch.devices, strict=True):
@@ -425,12 +431,13 @@ class AuditBroker:
                 continue  # disabled (or the server stopped) since: its sink is closed
             if device.put(b"".join(lines) if len(lines) > 1 else lines[0]):
                 ok = True
-        if not batch.done.done():
-            batch.done.set_result(ok)
+        for waiter in batch.waiters:
+            if not waiter.done():  # a request cancelled while it waited
+                waiter.set_result(ok)
 
     @staticmethod
     async def _log_async(
-        devices: Iterable[AuditDevice], rec: Record, build: Line, timer: Histogram, failures: Counter
+        devices: Iterable[AuditDevice], rec: Record, build: Line, timer: Observer, failures: Counter
     ) -> None:
         start = time.perf_counter()
         when = stamp()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from pytest_aiohttp import AiohttpClient
 
@@ -732,6 +733,50 @@ async def test_entries_of_a_turn_land_before_another_node_disables_their_device(
     assert here.active == ()
     assert log_path.read_text().count('"path":"sys/auth"') == 1
     assert here.log_request(rec) is None  # and nothing is written there any more
+
+
+async def test_entries_of_one_turn_go_out_in_one_write_and_a_cancelled_request_fails_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entries logged in one turn of the event loop reach a file device in one write(2);
+    each request waits for that write on a future of its own, so one cancelled while it
+    waits (its client went away) neither cancels the write nor fails the others."""
+    from server.audit.broker import AuditBroker
+    from server.audit.entry import probe_record
+    from server.keyring import PROCESS_SEALER
+
+    broker = AuditBroker(InMemoryStorage(), PROCESS_SEALER)
+    log_path = tmp_path / "audit.log"
+    await broker.enable("file", "file", options={"file_path": str(log_path)})
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def counted(fd: int, data: Any) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counted)
+    async def request(path: str) -> None:
+        rec = probe_record()
+        rec.path = path
+        pending = broker.log_request(rec)
+        assert pending is not None
+        await pending
+
+    paths = [f"sys/n{i}" for i in range(5)]
+    waits = [asyncio.ensure_future(request(path)) for path in paths]
+    await asyncio.sleep(0)  # each logs its entry and waits; the turn's write comes after this
+    waits[2].cancel()
+    done = await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 5)  # none left waiting
+    assert [type(d).__name__ for d in done] == ["NoneType", "NoneType", "CancelledError", "NoneType", "NoneType"]
+    assert len(writes) == 1  # one write for the turn, the cancelled request's line in it
+    assert [orjson.loads(line)["request"]["path"] for line in writes[0].splitlines()] == paths
+    assert log_path.read_bytes().endswith(writes[0])
+    rec = probe_record()
+    pending = broker.log_request(rec)  # a later turn: a write of its own
+    assert pending is not None
+    await pending
+    assert len(writes) == 2
 
 
 def test_a_line_cut_by_a_full_file_is_ended_and_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
