@@ -425,15 +425,17 @@ class AuditBroker:
             return  # flushed early (the device table changed meanwhile)
         batch.flushed = True
         ok = False
-        active = self.active
-        for lines, device in zip(batch.lines, batch.devices, strict=True):
-            if not any(d is device for d in active):
-                continue  # disabled (or the server stopped) since: its sink is closed
-            if device.put(b"".join(lines) if len(lines) > 1 else lines[0]):
-                ok = True
-        for waiter in batch.waiters:
-            if not waiter.done():  # a request cancelled while it waited
-                waiter.set_result(ok)
+        try:
+            active = self.active
+            for lines, device in zip(batch.lines, batch.devices, strict=True):
+                if not any(d is device for d in active):
+                    continue  # disabled (or the server stopped) since: its sink is closed
+                if device.put(b"".join(lines) if len(lines) > 1 else lines[0]):
+                    ok = True
+        finally:  # whatever a sink raised, no request is left waiting
+            for waiter in batch.waiters:
+                if not waiter.done():  # a request cancelled while it waited
+                    waiter.set_result(ok)
 
     @staticmethod
     async def _log_async(

@@ -779,6 +779,36 @@ async def test_entries_of_one_turn_go_out_in_one_write_and_a_cancelled_request_f
     assert len(writes) == 2
 
 
+async def test_a_sink_that_raises_something_unexpected_fails_its_requests_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink raising something other than an OSError (a bug) neither leaves the requests of
+    its turn waiting for ever nor lets them through: they are refused (503), fail closed."""
+    from server.audit import devices
+    from server.audit.broker import AuditBroker, AuditUnavailable
+    from server.audit.entry import probe_record
+    from server.keyring import PROCESS_SEALER
+
+    broker = AuditBroker(InMemoryStorage(), PROCESS_SEALER)
+    await broker.enable("file", "file", options={"file_path": str(tmp_path / "audit.log")})
+
+    def broken(self: Any, data: bytes) -> None:
+        raise ValueError("a bug in the sink")
+
+    monkeypatch.setattr(devices.FileSink, "write_now", broken)
+    loop = asyncio.get_running_loop()
+    unexpected: list[BaseException | None] = []
+    loop.set_exception_handler(lambda _loop, context: unexpected.append(context.get("exception")))
+    try:
+        pending = broker.log_request(probe_record())
+        assert pending is not None
+        with pytest.raises(AuditUnavailable):
+            await asyncio.wait_for(pending, 5)
+    finally:
+        loop.set_exception_handler(None)
+    assert [type(e).__name__ for e in unexpected] == ["ValueError"]  # reported, as any callback's error
+
+
 def test_a_line_cut_by_a_full_file_is_ended_and_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A regular file that takes only part of a line (a full disk) never gets the rest later,
     where another worker's line may have landed: the cut line is ended, the write fails (the
