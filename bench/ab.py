@@ -109,8 +109,12 @@ def summary(runs: dict[str, list[tuple[float, float]]]) -> list[str]:
         cpu = medians[label] = statistics.median(v[1] for v in values)
         each = " ".join(f"{v[1]:.0f}" for v in values)
         lines.append(f"{label}: {rps:,.0f} req/s, CPU {cpu:.1f} us/request (median; runs {each})")
-    lines += [f"{label}/A CPU per request: {medians[label] / medians['A']:.3f}" for label in list(runs)[1:]]
-    return lines
+    return lines + ratio_lines(medians, "CPU per request")
+
+
+def ratio_lines(medians: dict[str, float], measure: str) -> list[str]:
+    """``B/A <measure>: 0.966``, and so on for every tree after A (``medians`` in label order)."""
+    return [f"{label}/A {measure}: {medians[label] / medians['A']:.3f}" for label in list(medians)[1:]]
 
 
 def tree_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -131,6 +135,24 @@ def trees_of(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return refs, [chr(ord("A") + i) for i in range(len(refs))]
 
 
+def trees_named(labels: list[str], refs: list[str]) -> str:
+    """``A = HEAD, B = .``: which tree each label is, for the report's first line."""
+    return ", ".join(f"{label} = {ref}" for label, ref in zip(labels, refs, strict=True))
+
+
+@contextmanager
+def workspace(prefix: str) -> Iterator[tuple[Path, Path]]:
+    """A temporary directory for one run and its ``trees`` folder (``checkout``'s), removed
+    afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    trees = workdir / "trees"
+    trees.mkdir()
+    try:
+        yield workdir, trees
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the rounds, print the summary."""
     p = tree_parser(__doc__)
@@ -142,12 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     ensure_wrk()
     keys = make_keys()
-    workdir = Path(tempfile.mkdtemp(prefix="authmount-ab-"))
-    trees = workdir / "trees"
-    trees.mkdir()
     refs, labels = trees_of(args)
     targets: list[Target] = []
-    try:
+    with workspace("authmount-ab-") as (workdir, trees):
         with ExitStack() as stack:
             try:
                 for label, ref in zip(labels, refs, strict=True):
@@ -162,11 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 for target in targets:
                     target.server.stop()  # before their trees go
-        trees_named = ", ".join(f"{label} = {ref}" for label, ref in zip(labels, refs, strict=True))
-        print(f"{args.case}: {trees_named}, {args.rounds} rounds of {args.duration:g} s")
+        print(f"{args.case}: {trees_named(labels, refs)}, {args.rounds} rounds of {args.duration:g} s")
         print("\n".join(summary(runs)))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

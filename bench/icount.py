@@ -26,7 +26,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -36,7 +35,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import authmount
-from bench.ab import checkout, tree_parser, trees_of
+from bench.ab import checkout, ratio_lines, tree_parser, trees_named, trees_of, workspace
 from bench.jwtgen import BenchKeys, make_keys
 from bench.procs import Server, free_port, start_pinned
 
@@ -133,8 +132,7 @@ def summary(counts: dict[str, list[float]]) -> list[str]:
     medians = {label: statistics.median(values) for label, values in counts.items()}
     lines = [f"{label}: {medians[label]:,.0f} instructions/request (runs {' '.join(f'{v:,.0f}' for v in values)})"
              for label, values in counts.items()]
-    lines += [f"{label}/A instructions per request: {medians[label] / medians['A']:.3f}" for label in list(counts)[1:]]
-    return lines
+    return lines + ratio_lines(medians, "instructions per request")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,23 +145,17 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind (callgrind) is not installed: apt-get install valgrind", file=sys.stderr)
         return 2
     keys = make_keys()
-    workdir = Path(tempfile.mkdtemp(prefix="authmount-icount-"))
-    trees = workdir / "trees"
-    trees.mkdir()
     refs, labels = trees_of(args)
     counts: dict[str, list[float]] = {label: [] for label in labels}
-    try:
+    with workspace("authmount-icount-") as (workdir, trees):
         with ExitStack() as stack:
             paths = [stack.enter_context(checkout(ref, trees)) for ref in refs]
             for n in range(args.repeat):
                 for label, tree in zip(labels, paths, strict=True):
                     counts[label].append(count(f"{label}{n}", tree, args.case, args.storage, args.requests,
                                                workdir, keys))
-        trees_named = ", ".join(f"{label} = {ref}" for label, ref in zip(labels, refs, strict=True))
-        print(f"{args.case}: {trees_named}, {args.requests} requests per run")
+        print(f"{args.case}: {trees_named(labels, refs)}, {args.requests} requests per run")
         print("\n".join(summary(counts)))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
