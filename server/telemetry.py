@@ -11,7 +11,8 @@ exported without the ``_total`` suffix, as Vault exports them. authmount's own s
 With ``--workers`` the supervisor gives every worker one ``PROMETHEUS_MULTIPROC_DIR``
 (prometheus-client's multi-process mode, chosen when that variable is set before this module
 is imported): each worker writes its values to files there, and ``sys/metrics`` answered by
-any worker adds up all of them.
+any worker adds up all of them. A worker writes its request path's observations there at
+most ``SHARED_FLUSH_DELAY`` after making them (at once when it answers the scrape itself).
 """
 
 from __future__ import annotations
@@ -100,14 +101,23 @@ _PENDING_TIMERS: list[_PendingTimer] = []
 _PENDING_COUNTS: dict[Any, int] = {}
 
 
+#: Multi-process mode (``--workers``): the longest a worker keeps the request path's
+#: observations before writing them to the shared files, where another worker's scrape
+#: reads them. Written one at a time they cost 26 us of CPU per login (two timers and two
+#: counters, each a locked write to a memory-mapped file; docs/performance.md, round eight).
+SHARED_FLUSH_DELAY = 0.1
+_flush_scheduled = False
+
+
 class _PendingTimer:
-    """A histogram observed on the event loop's request path, one process only: an
-    observation is a bucket index (``bisect``) and two additions to plain Python numbers;
-    ``flush_pending`` adds them to the Histogram's values (one locked add per bucket that
-    moved) before every exposition. prometheus-client's ``observe`` takes a lock per value
-    it moves and walks the bucket bounds in Python, for each of the 2-3 timers of every
-    request. Not thread-safe: only the event loop's thread observes these timers (the
-    SQLite writer thread's ``STORAGE_COMMIT`` is a plain Histogram)."""
+    """A histogram observed on the event loop's request path: an observation is a bucket
+    index (``bisect``) and two additions to plain Python numbers; ``flush_pending`` adds them
+    to the Histogram's values (one locked add per bucket that moved) before every exposition,
+    and with ``--workers`` also ``SHARED_FLUSH_DELAY`` after the first one waiting.
+    prometheus-client's ``observe`` takes a lock per value it moves (in multi-process mode a
+    write to a memory-mapped file) and walks the bucket bounds in Python, for each of the 2-3
+    timers of every request. Not thread-safe: only the event loop's thread observes these
+    timers (the SQLite writer thread's ``STORAGE_COMMIT`` is a plain Histogram)."""
 
     __slots__ = ("histogram", "_bounds", "_counts", "_sum", "_pending")
 
@@ -125,6 +135,8 @@ class _PendingTimer:
         if not self._pending:
             self._pending = True
             _PENDING_TIMERS.append(self)
+            if MULTIPROCESS and not _flush_scheduled:
+                _schedule_flush()
 
     def flush(self) -> None:
         counts, total = self._counts, self._sum
@@ -137,23 +149,37 @@ class _PendingTimer:
 
 
 def _request_timer(histogram: Histogram) -> Observer:
-    """``histogram`` observed through a ``_PendingTimer``; itself in multi-process mode, where
-    another worker may answer the scrape: each observation goes to the shared files at once."""
-    return histogram if MULTIPROCESS else _PendingTimer(histogram)
+    """``histogram`` observed through a ``_PendingTimer``."""
+    return _PendingTimer(histogram)
 
 
 def _count(child: Any) -> None:
-    """``child.inc()`` (a labelled Counter child), added at the next exposition in one process."""
-    if MULTIPROCESS:
-        child.inc()
-    else:
-        _PENDING_COUNTS[child] = _PENDING_COUNTS.get(child, 0) + 1
+    """``child.inc()`` (a labelled Counter child), added at the next exposition (with
+    ``--workers``, at the latest ``SHARED_FLUSH_DELAY`` later). Event loop thread only."""
+    _PENDING_COUNTS[child] = _PENDING_COUNTS.get(child, 0) + 1
+    if MULTIPROCESS and not _flush_scheduled:
+        _schedule_flush()
+
+
+def _schedule_flush() -> None:
+    """Multi-process mode: ``flush_pending`` in ``SHARED_FLUSH_DELAY`` seconds (at once
+    outside an event loop), one timer for whatever waits by then."""
+    global _flush_scheduled
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        flush_pending()
+        return
+    _flush_scheduled = True
+    loop.call_later(SHARED_FLUSH_DELAY, flush_pending)
 
 
 def flush_pending() -> None:
     """Add the request path's pending observations and increments to prometheus-client's
     values (``exposition`` and ``metrics_json`` call it first, so a scrape sees every request
     answered before it)."""
+    global _flush_scheduled
+    _flush_scheduled = False  # a timer still due finds nothing, or what came after this
     timers = _PENDING_TIMERS[:]
     _PENDING_TIMERS.clear()
     for timer in timers:
@@ -284,7 +310,7 @@ class MountEvents:
         KEY_FETCHES.labels(self.mount, kind, "ok" if ok else "error").inc()
 
     def key_cache_hit(self) -> None:
-        self._hits.inc()
+        _count(self._hits)
 
     def key_set_fetched(self, url: str, at: float) -> None:
         KEY_SET_FETCHED.labels(self.mount, url).set(at)
@@ -490,6 +516,8 @@ def _series(family: Metric) -> Iterator[tuple[dict[str, str], float, float]]:
 
 
 def process_exit() -> None:
-    """A worker stops: drop its live-gauge files (multi-process mode)."""
+    """A worker stops: write what waits to its files and drop its live-gauge files
+    (multi-process mode)."""
     if MULTIPROCESS:
+        flush_pending()
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

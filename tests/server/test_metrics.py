@@ -7,6 +7,7 @@ before and after what they do.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import warnings
@@ -246,3 +247,46 @@ def test_usage_gauge_drops_the_series_of_a_gone_label(monkeypatch: pytest.Monkey
         telemetry.set_usage(gauge, {"a": 1})
     series = {s.labels["policy"]: s.value for m in registry.collect() for s in m.samples}
     assert series == ({"a": 1, "b": 0} if multiprocess else {"a": 1})
+
+
+async def test_workers_write_observations_to_the_shared_files_within_the_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --workers another worker answers the scrape from the shared files, so a worker
+    writes what its request path observed there ``SHARED_FLUSH_DELAY`` after the first one
+    waiting, in one go, and at once at its exit; before, each observation was its own locked
+    write to a memory-mapped file (26 us of CPU per login)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
+
+    registry = CollectorRegistry()
+    hist = Histogram("t_shared_ms", "test", buckets=(1, 10), registry=registry)
+    counter = Counter("t_shared", "test", ["outcome"], registry=registry)
+    monkeypatch.setattr(telemetry, "MULTIPROCESS", True)
+    monkeypatch.setattr(telemetry, "SHARED_FLUSH_DELAY", 0.05)
+    telemetry.flush_pending()  # nothing of other tests waits, and no timer is due
+    timer = telemetry._request_timer(hist)
+
+    def written() -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels.get("le", s.labels.get("outcome", ""))): s.value
+                for m in registry.collect() for s in m.samples if not s.name.endswith("_created")}
+
+    success = counter.labels("success")
+    before = written()
+    for ms in (0.5, 5.0, 50.0):
+        timer.observe(ms)
+        telemetry._count(success)
+    assert written() == before  # waiting, not yet written
+    await asyncio.sleep(0.15)
+    after = written()
+    assert after[("t_shared_ms_bucket", "1.0")] == 1 and after[("t_shared_ms_bucket", "10.0")] == 2
+    assert after[("t_shared_ms_bucket", "+Inf")] == 3 and after[("t_shared_ms_sum", "")] == 55.5
+    assert after[("t_shared_total", "success")] == 3
+    # the next observation gets a timer of its own; a worker's exit writes what waits at once
+    timer.observe(2.0)
+    await asyncio.sleep(0.15)
+    assert written()[("t_shared_ms_count", "")] == 4
+    timer.observe(3.0)
+    monkeypatch.setattr(multiprocess, "mark_process_dead", lambda pid: None)
+    telemetry.process_exit()
+    assert written()[("t_shared_ms_count", "")] == 5
+    # outside an event loop there is no timer to wait for: written at once
+    await asyncio.to_thread(timer.observe, 4.0)
+    assert written()[("t_shared_ms_count", "")] == 6
