@@ -123,6 +123,9 @@ class SQLiteStorage:
         self._poll_failing = 0
         self.cache_entries = 0 if self.shared else cache_entries
         self.checkpointer = Checkpointer(path, shared=self.shared)
+        #: The writer runs as SCHED_BATCH and takes the default policy around each COMMIT
+        #: (``sqlite_checkpoint.wake_promptly``).
+        self.prompt_commit = False
         # Writes submitted during one event-loop iteration go to the writer as one list:
         # on a single busy core, waking the writer per write would commit 1-2 at a time.
         self._outbox: list[Op] = []
@@ -430,7 +433,7 @@ class SQLiteStorage:
             pass
 
     def _writer_main(self, ready: asyncio.Future[None]) -> None:
-        yield_to_event_loop()
+        self.prompt_commit = yield_to_event_loop()
         conn: sqlite3.Connection | None = None
         wlock = self._writer_lock
         try:

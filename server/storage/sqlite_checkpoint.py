@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import threading
@@ -12,7 +11,7 @@ import structlog
 
 from server.storage.sqlite_shared import FileLock
 
-__all__ = ["Checkpointer", "INTERVAL", "RESTART_FRAMES", "IDLE", "yield_to_event_loop"]
+__all__ = ["Checkpointer", "INTERVAL", "RESTART_FRAMES", "IDLE", "wake_promptly", "yield_to_event_loop"]
 
 #: Seconds between checkpoint rounds while commits come in.
 INTERVAL = 0.25
@@ -30,7 +29,7 @@ LEADER_RETRY = 1.0
 log = structlog.get_logger("authmount.storage")
 
 
-def yield_to_event_loop() -> None:
+def yield_to_event_loop() -> bool:
     """Schedule the calling thread (the writer, the checkpointer) as ``SCHED_BATCH`` (Linux):
     same CPU share, but its wake-ups do not preempt the event loop's thread. With the
     default policy every hand-off of a write woke the writer at once, which then waited
@@ -38,12 +37,29 @@ def yield_to_event_loop() -> None:
     core, and a commit per loop turn. Now the loop finishes its turn, and the writer commits
     what that turn and the next queued: writer CPU per service login 53-56 -> 24-27 µs,
     2 workers on one file -10 % CPU per login (docs/performance.md). Elsewhere, or if the
-    system refuses, nothing changes."""
-    policy = getattr(os, "SCHED_BATCH", None)
+    system refuses, nothing changes. True when the thread now runs as ``SCHED_BATCH``."""
+    return _set_policy(getattr(os, "SCHED_BATCH", None))
+
+
+def wake_promptly(on: bool) -> bool:
+    """The writer around its ``COMMIT`` (``on``), and after it (not ``on``): the default
+    policy meanwhile. When the commit's ``fsync`` returns, the writer then takes the core at
+    once to answer the batch's callers instead of waiting for the event loop's turn: on one
+    core a service login's group commit took 2.1-2.6 ms against 0.13-0.26 ms for the
+    ``fsync``, 6-11 % of the commits over 5 ms, and now 0.6 ms with none over 10 ms, with
+    fewer, larger commits (docs/performance.md, round eight). Only a thread that
+    ``yield_to_event_loop`` made ``SCHED_BATCH`` calls this. True when the policy changed."""
+    return _set_policy(getattr(os, "SCHED_OTHER" if on else "SCHED_BATCH", None))
+
+
+def _set_policy(policy: int | None) -> bool:
     if policy is None:  # pragma: no cover - not Linux
-        return
-    with contextlib.suppress(OSError):
+        return False
+    try:
         os.sched_setscheduler(0, policy, os.sched_param(0))  # 0: this thread
+    except OSError:
+        return False
+    return True
 
 
 class Checkpointer:
