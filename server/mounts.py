@@ -20,6 +20,7 @@ from plugin.sealing import Sealer
 from plugin.storage import PrefixedStorage, Storage
 from server.keyring import PROCESS_SEALER, PrefixSealer
 from server.storage import Engine
+from server.storage.refresh import Refresh
 from server.telemetry import MountEvents
 from server.tokens.entry import MountInfo
 
@@ -330,7 +331,7 @@ class MountTable:
         self._by_uuid: dict[str, Mount] = {}
         self._accessors: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
-        self._reload_task: asyncio.Task[None] | None = None
+        self._refresh = Refresh(self.reload, "mounts_reload_failed")
 
     # -- lookup ------------------------------------------------------------------------
     def match(self, path: str) -> tuple[Mount, str] | None:
@@ -415,8 +416,7 @@ class MountTable:
 
     async def close(self) -> None:
         """Release every backend."""
-        if self._reload_task is not None:
-            self._reload_task.cancel()
+        self._refresh.cancel()
         for mount in self.mounts.values():
             await _cleanup(mount)
 
@@ -570,9 +570,7 @@ class MountTable:
                 mount.backend.invalidate("")
 
     def _schedule_reload(self) -> None:
-        if self._reload_task is not None and not self._reload_task.done():
-            return
-        self._reload_task = asyncio.get_running_loop().create_task(self.reload())
+        self._refresh.request()  # a re-read running now may have read before this change
 
     async def match_fresh(self, path: str) -> tuple[Mount, str] | None:
         """``match``; on a miss with storage shared by several nodes, re-read the table and
@@ -581,7 +579,7 @@ class MountTable:
         found = self.match(path)
         if found is not None or not self.storage.shared:
             return found
-        await self._refresh()
+        await self._reread()
         return self.match(path)
 
     async def get_fresh(self, key: str) -> Mount | None:
@@ -590,14 +588,11 @@ class MountTable:
         mount = self.mounts.get(key)
         if mount is not None or not self.storage.shared:
             return mount
-        await self._refresh()
+        await self._reread()
         return self.mounts.get(key)
 
-    async def _refresh(self) -> None:
-        task = self._reload_task
-        if task is None or task.done():
-            task = self._reload_task = asyncio.get_running_loop().create_task(self.reload())
-        await asyncio.shield(task)
+    async def _reread(self) -> None:
+        await self._refresh.now()
 
     async def reload(self) -> None:
         """Re-read ``core/mounts`` and apply it (mounts removed elsewhere are cleaned up)."""

@@ -34,6 +34,7 @@ from server import telemetry
 from server.audit.devices import Sink, build_sink, option_bool
 from server.audit.entry import Format, Hasher, Record, probe_record, request_line, response_line, stamp
 from server.mounts import normalize_path
+from server.storage.refresh import Refresh
 from server.telemetry import Observer
 
 __all__ = ["AUDIT_KEY", "HEADERS_KEY", "SALT_CONTEXT", "AuditBroker", "AuditDevice", "AuditUnavailable"]
@@ -178,7 +179,7 @@ class AuditBroker:
         self._immediate = True
         self._batch: _Batch | None = None
         self._lock = asyncio.Lock()
-        self._reload: asyncio.Task[None] | None = None
+        self._refresh = Refresh(self.reload, "audit_reload_failed")
 
     # -- the table ----------------------------------------------------------------------------
     async def load(self) -> None:
@@ -489,8 +490,7 @@ class AuditBroker:
         """Another node changed the device table or the audited headers: reload."""
         if key not in (AUDIT_KEY, HEADERS_KEY, ""):
             return
-        if self._reload is None or self._reload.done():
-            self._reload = asyncio.get_running_loop().create_task(self.reload())
+        self._refresh.request()  # a re-read running now may have read before this change
 
     async def reload(self) -> None:
         async with self._lock:
@@ -498,8 +498,7 @@ class AuditBroker:
             self.headers = _header_table(await self.storage.get(HEADERS_KEY))
 
     async def close(self) -> None:
-        if self._reload is not None:
-            self._reload.cancel()
+        self._refresh.cancel()
         for device in self.active:
             await device.sink.close()
         self._install({})

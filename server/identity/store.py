@@ -41,6 +41,7 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Alias
 from plugin.policyutil import sanitize_policies
 from server.storage import Engine
+from server.storage.refresh import Refresh
 
 __all__ = [
     "ENTITY_PREFIX",
@@ -206,7 +207,7 @@ class IdentityStore:
         self._granting = False  # does any group grant a policy?
         self._entities: dict[str, Entity | None] = {}
         self._lock = asyncio.Lock()
-        self._reload_task: asyncio.Task[None] | None = None
+        self._refresh = Refresh(self.load, "identity_reload_failed")
         self.generation = 0
 
     # -- tables ---------------------------------------------------------------------------
@@ -255,20 +256,10 @@ class IdentityStore:
             return
         if not key:
             self._entities.clear()
-        task = self._reload_task
-        if task is None or task.done():
-            self._reload_task = asyncio.get_running_loop().create_task(self._reload())
-
-    async def _reload(self) -> None:
-        try:
-            await self.load()
-        except Exception:  # the next announcement or restart tries again
-            log.exception("identity_reload_failed")
+        self._refresh.request()  # a re-read running now may have read before this change
 
     async def close(self) -> None:
-        task, self._reload_task = self._reload_task, None
-        if task is not None and not task.done():
-            task.cancel()
+        self._refresh.cancel()
 
     # -- lookups ----------------------------------------------------------------------------
     def group_by_name(self, name: str) -> Group | None:

@@ -190,15 +190,14 @@ async def test_invalidation_reaches_backend_and_reloads_table() -> None:
     node_b = await make_table(storage)
     entry = await node_a.enable("jwt", "rec")
     node_b.invalidate(MOUNTS_KEY)
-    assert node_b._reload_task is not None
-    await node_b._reload_task
+    await node_b._refresh.now()
     mount_b = node_b.mounts["jwt/"]
     assert isinstance(mount_b.backend, RecordingBackend)
     node_b.invalidate(f"auth/{entry.uuid}/config")
     assert mount_b.backend.invalidated == ["config"]
     await node_a.disable("jwt")
     node_b.invalidate(MOUNTS_KEY)
-    await node_b._reload_task
+    await node_b._refresh.now()
     assert "jwt/" not in node_b.mounts and mount_b.backend.cleaned
 
 
