@@ -557,7 +557,7 @@ class MountTable:
     def invalidate(self, key: str) -> None:
         """Storage says another node changed ``key``: reload the table or tell the backend."""
         if key == MOUNTS_KEY or key == "":
-            self._schedule_reload()
+            self._refresh.request()  # a re-read running now may have read before this change
             if key == MOUNTS_KEY:
                 return
         if key.startswith("auth/"):
@@ -569,9 +569,6 @@ class MountTable:
             for mount in self.mounts.values():
                 mount.backend.invalidate("")
 
-    def _schedule_reload(self) -> None:
-        self._refresh.request()  # a re-read running now may have read before this change
-
     async def match_fresh(self, path: str) -> tuple[Mount, str] | None:
         """``match``; on a miss with storage shared by several nodes, re-read the table and
         try again, so a mount made on another node a moment ago is found at once (its
@@ -579,7 +576,7 @@ class MountTable:
         found = self.match(path)
         if found is not None or not self.storage.shared:
             return found
-        await self._reread()
+        await self._refresh.now()
         return self.match(path)
 
     async def get_fresh(self, key: str) -> Mount | None:
@@ -588,11 +585,8 @@ class MountTable:
         mount = self.mounts.get(key)
         if mount is not None or not self.storage.shared:
             return mount
-        await self._reread()
-        return self.mounts.get(key)
-
-    async def _reread(self) -> None:
         await self._refresh.now()
+        return self.mounts.get(key)
 
     async def reload(self) -> None:
         """Re-read ``core/mounts`` and apply it (mounts removed elsewhere are cleaned up)."""

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from plugin.errors import InvalidRequest
 from plugin.framework import Alias
 from plugin.policyutil import sanitize_policies
@@ -57,7 +55,6 @@ __all__ = [
     "now_rfc3339",
 ]
 
-log = structlog.get_logger(__name__)
 
 IDENTITY_PREFIX = "identity/"
 GROUP_PREFIX = "identity/group/"
