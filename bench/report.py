@@ -252,6 +252,7 @@ scripts/bench                                      # the one command: installs w
 .venv/bin/python bench/profile_login.py -n 3000 --memory      # where live memory grows per login
 .venv/bin/python bench/ab.py batch --a HEAD --b . --rounds 8   # A/B two trees, alternating rounds (--more REF: C, D, ...)
 .venv/bin/python bench/icount.py login --a HEAD --b . --repeat 2   # instructions per request under callgrind (needs valgrind)
+.venv/bin/python bench/floor.py --rounds 5             # the layers under a GET: a bare protocol, aiohttp's hello, authmount
 .venv/bin/python bench/run.py --cases 1,4 --duration 3 --no-write  # harness smoke test
 ```
 

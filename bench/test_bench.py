@@ -134,6 +134,55 @@ async def test_jwks_server_serves_keys_and_counts_hits(aiohttp_client: AiohttpCl
     assert (await (await client.get("/stats")).json())["hits"] == 1
 
 
+async def _exchange(port: int, raw: bytes) -> bytes:
+    """Send ``raw`` on one connection and read until the server closes it (or 2 s pass)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    chunks = []
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 2):
+            chunks.append(chunk)
+    except TimeoutError:
+        pass
+    writer.close()
+    return b"".join(chunks)
+
+
+async def test_floor_answers_each_request_with_the_hello() -> None:
+    import asyncio
+
+    from bench.ceiling import HELLO_BODY, serve_floor
+    from bench.procs import free_port
+
+    port = free_port()
+    task = asyncio.create_task(serve_floor("127.0.0.1", port))
+    try:
+        for _ in range(100):  # until it listens
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            break
+        get = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+        # Two pipelined requests, then one split across two writes, then Connection: close.
+        replies = await _exchange(port, get + get + b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert replies.count(b"HTTP/1.1 200 OK\r\n") == 3
+        assert replies.count(HELLO_BODY) == 3
+        head = replies.split(b"\r\n\r\n", 1)[0]
+        assert b"Content-Length: %d" % len(HELLO_BODY) in head and b"Date: " in head
+        # A body is refused and the connection closed; so is a malformed request line.
+        refused = await _exchange(port, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" + get)
+        assert refused.startswith(b"HTTP/1.1 400 ") and b"200 OK" not in refused
+        assert (await _exchange(port, b"NOT HTTP\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+    finally:
+        task.cancel()
+
+
 def test_process_tree_and_rss_of_this_process() -> None:
     import os
 

@@ -1,0 +1,129 @@
+"""The layers under a GET, side by side: what the HTTP stack costs before authmount's own work.
+
+Run: ``.venv/bin/python bench/floor.py --rounds 5``. Every server runs on the server core at
+once (an idle one costs nothing) and ``wrk`` runs alternate between them, as in
+``bench/ab.py``; the figure is the server's CPU per request (user + system, from ``/proc``),
+medians of the rounds. The ladder, on the asyncio loop and on uvloop:
+
+- **floor**: an asyncio protocol that parses with aiohttp's own C parser and writes the
+  hello's bytes (``bench/ceiling.py --mode floor``): sockets, the loop and the parser only;
+- **hello**: the bare aiohttp application (``--mode hello``, case 4's ceiling);
+- **authmount 404**: a path outside ``/v1/``, i.e. authmount's HTTP layer (request id, log
+  line, router, JSON error) and nothing behind it;
+- **sys/health** and **lookup-self**: two whole requests.
+
+What separates floor and hello is aiohttp's request machinery, which any aiohttp
+application pays; what separates hello and lookup-self is what the issue's ratio (lookup-self
+/ hello >= 0.5) measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import authmount
+from bench.ab import Target, workspace
+from bench.jwtgen import make_keys
+from bench.loadgen import ensure_wrk, run_wrk
+from bench.procs import free_port, start_pinned
+
+CEILING = str(Path(__file__).with_name("ceiling.py"))
+LOOPS = ("asyncio", "uvloop")
+
+
+def start_all(workdir: Path, loops: tuple[str, ...]) -> list[Target]:
+    """Every rung of the ladder on each of ``loops``, started and configured."""
+    keys = make_keys()
+    targets: list[Target] = []
+    try:
+        for loop in loops:
+            for mode in ("floor", "hello"):
+                port = free_port()
+                name = f"{mode} ({loop})"
+                server = start_pinned(
+                    f"{mode}-{loop}", [sys.executable, CEILING, "--mode", mode, "--port", str(port), "--loop", loop],
+                    cpus="0", port=port, log_dir=workdir / f"{mode}-{loop}",
+                )
+                targets.append(Target(name, server, server.url + "/hello", "GET"))
+        for loop in loops:
+            server = authmount.start(f"authmount-{loop}", workdir, cpus="0", log_level="info", event_loop=loop)
+            targets.append(Target(f"authmount 404 ({loop})", server, server.url + "/nothing", "GET"))
+            authmount.configure_jwt_mount(server, keys.public_pem)
+            token = workdir / f"token-{loop}.txt"
+            token.write_text(authmount.login(server.url, authmount.ROLE, keys.token)["client_token"])
+            targets.append(Target(f"sys/health ({loop})", server, server.url + "/v1/sys/health", "GET"))
+            targets.append(Target(f"lookup-self ({loop})", server, server.url + "/v1/auth/token/lookup-self",
+                                  "GET", token=token))
+    except BaseException:
+        stop_all(targets)
+        raise
+    return targets
+
+
+def measure(target: Target, *, connections: int, duration: float, cpus: str) -> float:
+    """One wrk run: the server's CPU microseconds per request. Every reply must be a 2xx,
+    except on the 404 rung, where every reply must be the 404."""
+    before = target.server.cpu_seconds()
+    result = run_wrk(target.url, method=target.method, body_file=None, token_file=target.token,
+                     connections=connections, duration=duration, cpus=cpus)
+    used = target.server.cpu_seconds() - before
+    refused = result.non_2xx if "404" not in target.label else result.requests - result.non_2xx
+    if not result.requests or refused or result.errors - result.non_2xx:
+        raise RuntimeError(f"{target.label}: {result.errors} errors in {result.requests} requests")
+    return used * 1e6 / result.requests
+
+
+def stop_all(targets: list[Target]) -> None:
+    """Stop each server once (an authmount server serves three rungs)."""
+    for server in {id(t.server): t.server for t in targets}.values():
+        server.stop()
+
+
+def table(runs: dict[str, list[float]]) -> list[str]:
+    """Markdown rows: each rung's median CPU per request and its rounds."""
+    rows = ["| server | CPU us per request (median) | rounds |", "|---|---:|---|"]
+    for name, values in runs.items():
+        rows.append(f"| {name} | {statistics.median(values):.1f} | {' '.join(f'{v:.0f}' for v in values)} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run the rounds, print the table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=4, help="seconds per wrk run (default 4)")
+    p.add_argument("--warmup", type=float, default=1)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--client-cpus", default="1")
+    p.add_argument("--loops", default=",".join(LOOPS), help="comma list of asyncio, uvloop")
+    args = p.parse_args(argv)
+    loops = tuple(x for x in args.loops.split(",") if x)
+    if not loops or set(loops) - set(LOOPS):
+        p.error(f"--loops: a comma list of {', '.join(LOOPS)}")
+    ensure_wrk()
+    with workspace("authmount-floor-") as (workdir, _):
+        targets = start_all(workdir, loops)
+        try:
+            for target in targets:
+                measure(target, connections=args.connections, duration=args.warmup, cpus=args.client_cpus)
+            runs: dict[str, list[float]] = {t.label: [] for t in targets}
+            for n in range(args.rounds):
+                shift = n % len(targets)  # a different rung goes first each round
+                for target in targets[shift:] + targets[:shift]:
+                    runs[target.label].append(measure(target, connections=args.connections,
+                                                      duration=args.duration, cpus=args.client_cpus))
+        finally:
+            stop_all(targets)
+    print(f"{args.rounds} rounds of {args.duration:g} s, {args.connections} connections")
+    print("\n".join(table(runs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
