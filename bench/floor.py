@@ -15,11 +15,18 @@ medians of the rounds. The ladder, on the asyncio loop and on uvloop:
 What separates floor and hello is aiohttp's request machinery, which any aiohttp
 application pays; what separates hello and lookup-self is what the issue's ratio (lookup-self
 / hello >= 0.5) measures.
+
+``--logins`` adds the login ceiling (case 1, uvloop) and authmount's batch and service
+logins (cases 3 and 2, on the asyncio server above), and prints the one-core ratios as CPU
+ratios (the ceiling's CPU per request over authmount's: what the req/s ratio is when the
+server core is saturated). Measured side by side, they do not move with the machine's speed
+between the minutes at which ``bench/run.py`` measures each case.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -29,16 +36,25 @@ if __package__ in (None, ""):
 
 from bench import authmount
 from bench.ab import Target, workspace
+from bench.ceiling import ROLE
 from bench.jwtgen import make_keys
 from bench.loadgen import ensure_wrk, run_wrk
 from bench.procs import free_port, start_pinned
 
 CEILING = str(Path(__file__).with_name("ceiling.py"))
 LOOPS = ("asyncio", "uvloop")
+LOGIN = "/v1/auth/jwt/login"
+#: (what, reference rung, authmount rung, target): the issue's one-core ratios, as CPU ratios.
+RATIOS = (
+    ("lookup-self / hello", "hello (uvloop)", "lookup-self (asyncio)", 0.50),
+    ("batch login / login ceiling", "login ceiling (uvloop)", "batch login", 0.75),
+    ("service login / login ceiling", "login ceiling (uvloop)", "service login", 0.60),
+)
 
 
-def start_all(workdir: Path, loops: tuple[str, ...]) -> list[Target]:
-    """Every rung of the ladder on each of ``loops``, started and configured."""
+def start_all(workdir: Path, loops: tuple[str, ...], logins: bool = False) -> list[Target]:
+    """Every rung of the ladder on each of ``loops``, started and configured (and the login
+    rungs with ``logins``)."""
     keys = make_keys()
     targets: list[Target] = []
     try:
@@ -60,6 +76,22 @@ def start_all(workdir: Path, loops: tuple[str, ...]) -> list[Target]:
             targets.append(Target(f"sys/health ({loop})", server, server.url + "/v1/sys/health", "GET"))
             targets.append(Target(f"lookup-self ({loop})", server, server.url + "/v1/auth/token/lookup-self",
                                   "GET", token=token))
+            if logins and loop == "asyncio":  # cases 2 and 3 run on the default loop
+                for label, role in (("batch login", authmount.BATCH_ROLE), ("service login", authmount.ROLE)):
+                    body = workdir / f"{role}.json"
+                    body.write_text(json.dumps({"role": role, "jwt": keys.token}))
+                    targets.append(Target(label, server, server.url + LOGIN, "POST", body=body))
+        if logins:
+            pem = workdir / "public.pem"
+            pem.write_text(keys.public_pem)
+            body = workdir / "ceiling.json"
+            body.write_text(json.dumps({"role": ROLE, "jwt": keys.token}))
+            port = free_port()
+            server = start_pinned(
+                "ceiling-login", [sys.executable, CEILING, "--mode", "login", "--port", str(port), "--pubkey", str(pem)],
+                cpus="0", port=port, log_dir=workdir / "ceiling-login",
+            )
+            targets.append(Target("login ceiling (uvloop)", server, server.url + LOGIN, "POST", body=body))
     except BaseException:
         stop_all(targets)
         raise
@@ -70,7 +102,7 @@ def measure(target: Target, *, connections: int, duration: float, cpus: str) -> 
     """One wrk run: the server's CPU microseconds per request. Every reply must be a 2xx,
     except on the 404 rung, where every reply must be the 404."""
     before = target.server.cpu_seconds()
-    result = run_wrk(target.url, method=target.method, body_file=None, token_file=target.token,
+    result = run_wrk(target.url, method=target.method, body_file=target.body, token_file=target.token,
                      connections=connections, duration=duration, cpus=cpus)
     used = target.server.cpu_seconds() - before
     refused = result.non_2xx if "404" not in target.label else result.requests - result.non_2xx
@@ -86,10 +118,15 @@ def stop_all(targets: list[Target]) -> None:
 
 
 def table(runs: dict[str, list[float]]) -> list[str]:
-    """Markdown rows: each rung's median CPU per request and its rounds."""
+    """Markdown rows: each rung's median CPU per request and its rounds, then the one-core
+    ratios whose both sides were measured."""
     rows = ["| server | CPU us per request (median) | rounds |", "|---|---:|---|"]
+    medians = {name: statistics.median(values) for name, values in runs.items()}
     for name, values in runs.items():
-        rows.append(f"| {name} | {statistics.median(values):.1f} | {' '.join(f'{v:.0f}' for v in values)} |")
+        rows.append(f"| {name} | {medians[name]:.1f} | {' '.join(f'{v:.0f}' for v in values)} |")
+    for label, reference, case, target in RATIOS:
+        if reference in medians and case in medians:
+            rows.append(f"{label}: {medians[reference] / medians[case]:.2f} (target {target})")
     return rows
 
 
@@ -102,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--client-cpus", default="1")
     p.add_argument("--loops", default=",".join(LOOPS), help="comma list of asyncio, uvloop")
+    p.add_argument("--logins", action="store_true", help="add the login ceiling and the batch and service logins")
     args = p.parse_args(argv)
     loops = tuple(x for x in args.loops.split(",") if x)
     if not loops or set(loops) - set(LOOPS):
         p.error(f"--loops: a comma list of {', '.join(LOOPS)}")
     ensure_wrk()
     with workspace("authmount-floor-") as (workdir, _):
-        targets = start_all(workdir, loops)
+        targets = start_all(workdir, loops, args.logins)
         try:
             for target in targets:
                 measure(target, connections=args.connections, duration=args.warmup, cpus=args.client_cpus)

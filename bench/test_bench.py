@@ -183,6 +183,17 @@ async def test_floor_answers_each_request_with_the_hello() -> None:
         task.cancel()
 
 
+def test_floor_table_gives_medians_and_the_ratios_it_can() -> None:
+    from bench.floor import table
+
+    rows = table({"hello (uvloop)": [40.0, 44.0, 38.0], "lookup-self (asyncio)": [100.0, 120.0, 110.0],
+                  "batch login": [300.0]})
+    assert rows[2] == "| hello (uvloop) | 40.0 | 40 44 38 |"
+    assert rows[3] == "| lookup-self (asyncio) | 110.0 | 100 120 110 |"
+    # Only the ratio whose both sides ran: no login ceiling, so no login ratio.
+    assert rows[5:] == ["lookup-self / hello: 0.36 (target 0.5)"]
+
+
 def test_process_tree_and_rss_of_this_process() -> None:
     import os
 
