@@ -1,10 +1,13 @@
 """The ceiling apps: bare aiohttp login (same body, same RS256 check, Vault-shaped reply) and hello.
 
-Run: ``python bench/ceiling.py --mode login|hello|floor --port N [--pubkey FILE]``.
+Run: ``python bench/ceiling.py --mode login|hello|floor|lowlevel --port N [--pubkey FILE]``.
 No mounts, no roles, no storage, no logging: what is left is aiohttp + JSON + python-jose,
 so authmount's login can be expressed as a fraction of this. ``floor`` is below any
 aiohttp application: an asyncio protocol that parses requests with aiohttp's own C parser
 and writes the hello's bytes (``bench/floor.py`` puts it beside the hello and authmount).
+``lowlevel`` is aiohttp's request machinery alone: its low-level ``web.Server`` (no
+application, no router) answering with authmount's one-step ``JSONReply``, the least an
+authmount request pays inside aiohttp.
 """
 
 from __future__ import annotations
@@ -160,18 +163,32 @@ async def serve_floor(host: str, port: int) -> None:
         await server.serve_forever()
 
 
+async def serve_lowlevel(host: str, port: int) -> None:
+    """Serve the hello from aiohttp's low-level ``web.Server`` with ``JSONReply`` until cancelled."""
+    from server.http.reply import JSONReply
+
+    async def hello(_request: web.BaseRequest) -> web.StreamResponse:
+        return JSONReply(HELLO_BODY)
+
+    handler = web.Server(hello, access_log=None)
+    server = await asyncio.get_running_loop().create_server(handler, host, port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse flags and serve one ceiling app until killed."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mode", choices=["login", "hello", "floor"], required=True)
+    parser.add_argument("--mode", choices=["login", "hello", "floor", "lowlevel"], required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pubkey", type=Path, help="PEM public key (login mode)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args(argv)
-    if args.mode == "floor":
+    if args.mode in ("floor", "lowlevel"):
+        serve = serve_floor if args.mode == "floor" else serve_lowlevel
         runner = uvloop.run if args.loop == "uvloop" else asyncio.run
-        runner(serve_floor(args.host, args.port))
+        runner(serve(args.host, args.port))
         return
     if args.mode == "login":
         if args.pubkey is None:

@@ -7,6 +7,8 @@ medians of the rounds. The ladder, on the asyncio loop and on uvloop:
 
 - **floor**: an asyncio protocol that parses with aiohttp's own C parser and writes the
   hello's bytes (``bench/ceiling.py --mode floor``): sockets, the loop and the parser only;
+- **lowlevel**: aiohttp's low-level server, no application or router, answering with
+  authmount's one-step ``JSONReply`` (``--mode lowlevel``): aiohttp's request machinery;
 - **hello**: the bare aiohttp application (``--mode hello``, case 4's ceiling);
 - **authmount 404**: a path outside ``/v1/``, i.e. authmount's HTTP layer (request id, log
   line, router, JSON error) and nothing behind it;
@@ -59,7 +61,7 @@ def start_all(workdir: Path, loops: tuple[str, ...], logins: bool = False) -> li
     targets: list[Target] = []
     try:
         for loop in loops:
-            for mode in ("floor", "hello"):
+            for mode in ("floor", "lowlevel", "hello"):
                 port = free_port()
                 name = f"{mode} ({loop})"
                 server = start_pinned(

@@ -151,6 +151,20 @@ async def _exchange(port: int, raw: bytes) -> bytes:
     return b"".join(chunks)
 
 
+async def _listening(port: int) -> None:
+    """Return once something accepts connections on ``port`` (2 s at most)."""
+    import asyncio
+
+    for _ in range(100):
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+
+
 async def test_floor_answers_each_request_with_the_hello() -> None:
     import asyncio
 
@@ -160,14 +174,7 @@ async def test_floor_answers_each_request_with_the_hello() -> None:
     port = free_port()
     task = asyncio.create_task(serve_floor("127.0.0.1", port))
     try:
-        for _ in range(100):  # until it listens
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
-            writer.close()
-            break
+        await _listening(port)
         get = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
         # Two pipelined requests, then one split across two writes, then Connection: close.
         replies = await _exchange(port, get + get + b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -181,6 +188,24 @@ async def test_floor_answers_each_request_with_the_hello() -> None:
         assert (await _exchange(port, b"NOT HTTP\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
     finally:
         task.cancel()
+
+
+async def test_lowlevel_answers_like_the_hello() -> None:
+    import asyncio
+
+    from bench.ceiling import HELLO_BODY, serve_lowlevel
+    from bench.procs import free_port
+
+    port = free_port()
+    task = asyncio.create_task(serve_lowlevel("127.0.0.1", port))
+    try:
+        await _listening(port)
+        get = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+        replies = await _exchange(port, get + b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    finally:
+        task.cancel()
+    assert replies.count(b"HTTP/1.1 200 OK\r\n") == 2 and replies.count(HELLO_BODY) == 2
+    assert b"Content-Type: application/json\r\n" in replies
 
 
 def test_floor_table_gives_medians_and_the_ratios_it_can() -> None:
