@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import subprocess
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_aiohttp import AiohttpClient
@@ -136,8 +140,6 @@ async def test_jwks_server_serves_keys_and_counts_hits(aiohttp_client: AiohttpCl
 
 async def _exchange(port: int, raw: bytes) -> bytes:
     """Send ``raw`` on one connection and read until the server closes it (or 2 s pass)."""
-    import asyncio
-
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw)
     await writer.drain()
@@ -151,59 +153,53 @@ async def _exchange(port: int, raw: bytes) -> bytes:
     return b"".join(chunks)
 
 
-async def _listening(port: int) -> None:
-    """Return once something accepts connections on ``port`` (2 s at most)."""
-    import asyncio
-
-    for _ in range(100):
-        try:
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        return
-
-
-async def test_floor_answers_each_request_with_the_hello() -> None:
-    import asyncio
-
-    from bench.ceiling import HELLO_BODY, serve_floor
+@contextlib.asynccontextmanager
+async def _serving(serve: Callable[[str, int], Coroutine[Any, Any, None]]) -> AsyncIterator[int]:
+    """Run ``serve`` (``bench.ceiling``'s ``serve_floor`` or ``serve_lowlevel``) on a free
+    port in this event loop; yield the port once it accepts connections."""
     from bench.procs import free_port
 
     port = free_port()
-    task = asyncio.create_task(serve_floor("127.0.0.1", port))
+    task = asyncio.create_task(serve("127.0.0.1", port))
     try:
-        await _listening(port)
-        get = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
-        # Two pipelined requests, then one split across two writes, then Connection: close.
-        replies = await _exchange(port, get + get + b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for _ in range(100):
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            break
+        yield port
+    finally:
+        task.cancel()
+
+
+GET_HELLO = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+GET_HELLO_CLOSE = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+async def test_floor_answers_each_request_with_the_hello() -> None:
+    from bench.ceiling import HELLO_BODY, serve_floor
+
+    async with _serving(serve_floor) as port:
+        # Three pipelined requests in one write, the last one closing the connection.
+        replies = await _exchange(port, GET_HELLO + GET_HELLO + GET_HELLO_CLOSE)
         assert replies.count(b"HTTP/1.1 200 OK\r\n") == 3
         assert replies.count(HELLO_BODY) == 3
         head = replies.split(b"\r\n\r\n", 1)[0]
         assert b"Content-Length: %d" % len(HELLO_BODY) in head and b"Date: " in head
         # A body is refused and the connection closed; so is a malformed request line.
-        refused = await _exchange(port, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" + get)
+        refused = await _exchange(port, b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" + GET_HELLO)
         assert refused.startswith(b"HTTP/1.1 400 ") and b"200 OK" not in refused
         assert (await _exchange(port, b"NOT HTTP\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
-    finally:
-        task.cancel()
 
 
 async def test_lowlevel_answers_like_the_hello() -> None:
-    import asyncio
-
     from bench.ceiling import HELLO_BODY, serve_lowlevel
-    from bench.procs import free_port
 
-    port = free_port()
-    task = asyncio.create_task(serve_lowlevel("127.0.0.1", port))
-    try:
-        await _listening(port)
-        get = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
-        replies = await _exchange(port, get + b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    finally:
-        task.cancel()
+    async with _serving(serve_lowlevel) as port:
+        replies = await _exchange(port, GET_HELLO + GET_HELLO_CLOSE)
     assert replies.count(b"HTTP/1.1 200 OK\r\n") == 2 and replies.count(HELLO_BODY) == 2
     assert b"Content-Type: application/json\r\n" in replies
 
