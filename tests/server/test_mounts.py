@@ -190,14 +190,18 @@ async def test_invalidation_reaches_backend_and_reloads_table() -> None:
     node_b = await make_table(storage)
     entry = await node_a.enable("jwt", "rec")
     node_b.invalidate(MOUNTS_KEY)
-    await node_b._refresh.now()
+    reload = node_b._refresh._task  # the invalidation itself started the re-read
+    assert reload is not None and not reload.done()
+    await reload
     mount_b = node_b.mounts["jwt/"]
     assert isinstance(mount_b.backend, RecordingBackend)
     node_b.invalidate(f"auth/{entry.uuid}/config")
     assert mount_b.backend.invalidated == ["config"]
     await node_a.disable("jwt")
     node_b.invalidate(MOUNTS_KEY)
-    await node_b._refresh.now()
+    reload = node_b._refresh._task
+    assert reload is not None and not reload.done()
+    await reload
     assert "jwt/" not in node_b.mounts and mount_b.backend.cleaned
 
 
