@@ -51,6 +51,7 @@ class Target:
     method: str
     body: Path | None = None
     token: Path | None = None
+    refused: bool = False  # every reply must be a non-2xx (a path that is not found)
 
 
 @contextmanager
@@ -91,12 +92,14 @@ def start(label: str, tree: Path, case: str, storage: str, workdir: Path, keys: 
 
 
 def measure(target: Target, *, connections: int, duration: float, cpus: str) -> tuple[float, float]:
-    """One wrk run: (requests per second, server CPU microseconds per request)."""
+    """One wrk run: (requests per second, server CPU microseconds per request). Every reply
+    must be a 2xx (a non-2xx for a ``refused`` target), with no socket error."""
     before = target.server.cpu_seconds()
     result = run_wrk(target.url, method=target.method, body_file=target.body, token_file=target.token,
                      connections=connections, duration=duration, cpus=cpus)
     used = target.server.cpu_seconds() - before
-    if result.errors or not result.requests:
+    wrong = result.requests - result.non_2xx if target.refused else result.non_2xx
+    if not result.requests or wrong or result.errors - result.non_2xx:
         raise RuntimeError(f"{target.label}: {result.errors} errors in {result.requests} requests")
     return result.rps, used * 1e6 / result.requests
 

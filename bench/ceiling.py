@@ -113,6 +113,8 @@ class FloorProtocol(asyncio.Protocol):
         b"Content-Length: %d\r\nServer: floor\r\nDate: " % len(HELLO_BODY)
     )
     REFUSED = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    _second = 0  # the second of the cached reply's Date
+    _cached = b""
 
     def __init__(self) -> None:
         from aiohttp.http_parser import HttpRequestParser
@@ -122,9 +124,6 @@ class FloorProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-
-    _second = 0
-    _cached = b""
 
     @classmethod
     def _reply(cls) -> bytes:

@@ -37,11 +37,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import authmount
-from bench.ab import Target, workspace
+from bench.ab import Target, measure, workspace
 from bench.ceiling import ROLE
 from bench.jwtgen import make_keys
-from bench.loadgen import ensure_wrk, run_wrk
-from bench.procs import free_port, start_pinned
+from bench.loadgen import ensure_wrk
+from bench.procs import Server, free_port, start_pinned
 
 CEILING = str(Path(__file__).with_name("ceiling.py"))
 LOOPS = ("asyncio", "uvloop")
@@ -62,16 +62,11 @@ def start_all(workdir: Path, loops: tuple[str, ...], logins: bool = False) -> li
     try:
         for loop in loops:
             for mode in ("floor", "lowlevel", "hello"):
-                port = free_port()
-                name = f"{mode} ({loop})"
-                server = start_pinned(
-                    f"{mode}-{loop}", [sys.executable, CEILING, "--mode", mode, "--port", str(port), "--loop", loop],
-                    cpus="0", port=port, log_dir=workdir / f"{mode}-{loop}",
-                )
-                targets.append(Target(name, server, server.url + "/hello", "GET"))
+                server = _ceiling(workdir, f"{mode}-{loop}", mode, "--loop", loop)
+                targets.append(Target(f"{mode} ({loop})", server, server.url + "/hello", "GET"))
         for loop in loops:
             server = authmount.start(f"authmount-{loop}", workdir, cpus="0", log_level="info", event_loop=loop)
-            targets.append(Target(f"authmount 404 ({loop})", server, server.url + "/nothing", "GET"))
+            targets.append(Target(f"authmount 404 ({loop})", server, server.url + "/nothing", "GET", refused=True))
             authmount.configure_jwt_mount(server, keys.public_pem)
             token = workdir / f"token-{loop}.txt"
             token.write_text(authmount.login(server.url, authmount.ROLE, keys.token)["client_token"])
@@ -88,11 +83,7 @@ def start_all(workdir: Path, loops: tuple[str, ...], logins: bool = False) -> li
             pem.write_text(keys.public_pem)
             body = workdir / "ceiling.json"
             body.write_text(json.dumps({"role": ROLE, "jwt": keys.token}))
-            port = free_port()
-            server = start_pinned(
-                "ceiling-login", [sys.executable, CEILING, "--mode", "login", "--port", str(port), "--pubkey", str(pem)],
-                cpus="0", port=port, log_dir=workdir / "ceiling-login",
-            )
+            server = _ceiling(workdir, "ceiling-login", "login", "--pubkey", str(pem))
             targets.append(Target("login ceiling (uvloop)", server, server.url + LOGIN, "POST", body=body))
     except BaseException:
         stop_all(targets)
@@ -100,21 +91,15 @@ def start_all(workdir: Path, loops: tuple[str, ...], logins: bool = False) -> li
     return targets
 
 
-def measure(target: Target, *, connections: int, duration: float, cpus: str) -> float:
-    """One wrk run: the server's CPU microseconds per request. Every reply must be a 2xx,
-    except on the 404 rung, where every reply must be the 404."""
-    before = target.server.cpu_seconds()
-    result = run_wrk(target.url, method=target.method, body_file=target.body, token_file=target.token,
-                     connections=connections, duration=duration, cpus=cpus)
-    used = target.server.cpu_seconds() - before
-    refused = result.non_2xx if "404" not in target.label else result.requests - result.non_2xx
-    if not result.requests or refused or result.errors - result.non_2xx:
-        raise RuntimeError(f"{target.label}: {result.errors} errors in {result.requests} requests")
-    return used * 1e6 / result.requests
+def _ceiling(workdir: Path, name: str, mode: str, *flags: str) -> Server:
+    """``bench/ceiling.py --mode mode *flags`` on the server core, on a free port."""
+    port = free_port()
+    return start_pinned(name, [sys.executable, CEILING, "--mode", mode, "--port", str(port), *flags],
+                        cpus="0", port=port, log_dir=workdir / name)
 
 
 def stop_all(targets: list[Target]) -> None:
-    """Stop each server once (an authmount server serves three rungs)."""
+    """Stop each server once (one authmount server serves several rungs)."""
     for server in {id(t.server): t.server for t in targets}.values():
         server.stop()
 
@@ -156,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in range(args.rounds):
                 shift = n % len(targets)  # a different rung goes first each round
                 for target in targets[shift:] + targets[:shift]:
-                    runs[target.label].append(measure(target, connections=args.connections,
-                                                      duration=args.duration, cpus=args.client_cpus))
+                    _, cpu = measure(target, connections=args.connections, duration=args.duration,
+                                     cpus=args.client_cpus)
+                    runs[target.label].append(cpu)
         finally:
             stop_all(targets)
     print(f"{args.rounds} rounds of {args.duration:g} s, {args.connections} connections")
