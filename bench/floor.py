@@ -39,7 +39,7 @@ if __package__ in (None, ""):
 from bench import authmount
 from bench.ab import Target, measure, workspace
 from bench.ceiling import ROLE
-from bench.jwtgen import make_keys
+from bench.jwtgen import BenchKeys, make_keys
 from bench.loadgen import ensure_wrk
 from bench.procs import Server, free_port, start_pinned
 
@@ -62,46 +62,101 @@ def start_all(workdir: Path, loops: tuple[str, ...], logins: bool = False) -> li
     try:
         for loop in loops:
             for mode in ("floor", "lowlevel", "hello"):
-                server = _ceiling(workdir, f"{mode}-{loop}", mode, "--loop", loop)
-                targets.append(Target(f"{mode} ({loop})", server, server.url + "/hello", "GET"))
+                targets.append(_bare(workdir, mode, loop))
         for loop in loops:
-            server = authmount.start(f"authmount-{loop}", workdir, cpus="0", log_level="info", event_loop=loop)
-            targets.append(Target(f"authmount 404 ({loop})", server, server.url + "/nothing", "GET", refused=True))
-            authmount.configure_jwt_mount(server, keys.public_pem)
-            token = workdir / f"token-{loop}.txt"
-            token.write_text(authmount.login(server.url, authmount.ROLE, keys.token)["client_token"])
-            targets.append(Target(f"sys/health ({loop})", server, server.url + "/v1/sys/health", "GET"))
-            targets.append(Target(f"lookup-self ({loop})", server, server.url + "/v1/auth/token/lookup-self",
-                                  "GET", token=token))
-            if logins and loop == "asyncio":  # cases 2 and 3 run on the default loop
-                for label, role in (("batch login", authmount.BATCH_ROLE), ("service login", authmount.ROLE)):
-                    body = workdir / f"{role}.json"
-                    body.write_text(json.dumps({"role": role, "jwt": keys.token}))
-                    targets.append(Target(label, server, server.url + LOGIN, "POST", body=body))
+            # cases 2 and 3 run on the default loop
+            targets += _authmount(workdir, keys, loop, logins=logins and loop == "asyncio", health=True)
         if logins:
-            pem = workdir / "public.pem"
-            pem.write_text(keys.public_pem)
-            body = workdir / "ceiling.json"
-            body.write_text(json.dumps({"role": ROLE, "jwt": keys.token}))
-            server = _ceiling(workdir, "ceiling-login", "login", "--pubkey", str(pem))
-            targets.append(Target("login ceiling (uvloop)", server, server.url + LOGIN, "POST", body=body))
+            targets.append(_login_ceiling(workdir, keys))
     except BaseException:
         stop_all(targets)
         raise
     return targets
 
 
-def _ceiling(workdir: Path, name: str, mode: str, *flags: str) -> Server:
-    """``bench/ceiling.py --mode mode *flags`` on the server core, on a free port."""
+def start_ratio_set(workdir: Path, cpus: str = "0") -> list[Target]:
+    """The five sides of the issue's one-core ratios and nothing else: the hello and the
+    login ceiling (uvloop), authmount's lookup-self, batch and service logins (asyncio), all
+    on the server cores ``cpus``."""
+    keys = make_keys()
+    targets: list[Target] = []
+    try:
+        targets.append(_bare(workdir, "hello", "uvloop", cpus))
+        targets.append(_login_ceiling(workdir, keys, cpus))
+        targets += [t for t in _authmount(workdir, keys, "asyncio", logins=True, health=False, cpus=cpus)
+                    if not t.label.startswith("authmount 404")]  # fmt: skip
+    except BaseException:
+        stop_all(targets)
+        raise
+    return targets
+
+
+def _bare(workdir: Path, mode: str, loop: str, cpus: str = "0") -> Target:
+    """One rung of ``bench/ceiling.py`` (floor, lowlevel, hello) answering ``GET /hello``."""
+    server = _ceiling(workdir, f"{mode}-{loop}", mode, "--loop", loop, cpus=cpus)
+    return Target(f"{mode} ({loop})", server, server.url + "/hello", "GET")
+
+
+def _authmount(workdir: Path, keys: BenchKeys, loop: str, *, logins: bool, health: bool,
+               cpus: str = "0") -> list[Target]:
+    """One authmount server on ``loop`` and its rungs: the 404, ``sys/health`` (``health``),
+    lookup-self, and with ``logins`` the batch and service logins."""
+    server = authmount.start(f"authmount-{loop}", workdir, cpus=cpus, log_level="info", event_loop=loop)
+    try:
+        authmount.configure_jwt_mount(server, keys.public_pem)
+        token = workdir / f"token-{loop}.txt"
+        token.write_text(authmount.login(server.url, authmount.ROLE, keys.token)["client_token"])
+    except BaseException:
+        server.stop()
+        raise
+    targets = [Target(f"authmount 404 ({loop})", server, server.url + "/nothing", "GET", refused=True)]
+    if health:
+        targets.append(Target(f"sys/health ({loop})", server, server.url + "/v1/sys/health", "GET"))
+    targets.append(Target(f"lookup-self ({loop})", server, server.url + "/v1/auth/token/lookup-self", "GET",
+                          token=token))  # fmt: skip
+    if logins:
+        for label, role in (("batch login", authmount.BATCH_ROLE), ("service login", authmount.ROLE)):
+            body = workdir / f"{role}.json"
+            body.write_text(json.dumps({"role": role, "jwt": keys.token}))
+            targets.append(Target(label, server, server.url + LOGIN, "POST", body=body))
+    return targets
+
+
+def _login_ceiling(workdir: Path, keys: BenchKeys, cpus: str = "0") -> Target:
+    """The login ceiling (case 1, uvloop) verifying ``keys``' token."""
+    pem = workdir / "public.pem"
+    pem.write_text(keys.public_pem)
+    body = workdir / "ceiling.json"
+    body.write_text(json.dumps({"role": ROLE, "jwt": keys.token}))
+    server = _ceiling(workdir, "ceiling-login", "login", "--pubkey", str(pem), cpus=cpus)
+    return Target("login ceiling (uvloop)", server, server.url + LOGIN, "POST", body=body)
+
+
+def _ceiling(workdir: Path, name: str, mode: str, *flags: str, cpus: str = "0") -> Server:
+    """``bench/ceiling.py --mode mode *flags`` on the server cores ``cpus``, on a free port."""
     port = free_port()
     return start_pinned(name, [sys.executable, CEILING, "--mode", mode, "--port", str(port), *flags],
-                        cpus="0", port=port, log_dir=workdir / name)
+                        cpus=cpus, port=port, log_dir=workdir / name)
 
 
 def stop_all(targets: list[Target]) -> None:
     """Stop each server once (one authmount server serves several rungs)."""
     for server in {id(t.server): t.server for t in targets}.values():
         server.stop()
+
+
+def run_rounds(targets: list[Target], *, rounds: int, duration: float, warmup: float, connections: int,
+               cpus: str) -> dict[str, list[tuple[float, float]]]:  # fmt: skip
+    """A warm-up run of each target, then ``rounds`` rounds of one ``wrk`` run each, a
+    different target first each round: (req/s, server CPU us per request) per run."""
+    for target in targets:
+        measure(target, connections=connections, duration=warmup, cpus=cpus)
+    runs: dict[str, list[tuple[float, float]]] = {t.label: [] for t in targets}
+    for n in range(rounds):
+        shift = n % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            runs[target.label].append(measure(target, connections=connections, duration=duration, cpus=cpus))
+    return runs
 
 
 def table(runs: dict[str, list[float]]) -> list[str]:
@@ -117,6 +172,21 @@ def table(runs: dict[str, list[float]]) -> list[str]:
     return rows
 
 
+def ratio_table(runs: dict[str, list[tuple[float, float]]]) -> list[str]:
+    """Markdown rows of the one-core ratios measured side by side: each ratio's median req/s
+    and CPU per request of both sides, the req/s ratio and the CPU ratio (the reference's CPU
+    per request over authmount's), against the target."""
+    rps = {name: statistics.median(v[0] for v in values) for name, values in runs.items()}
+    cpu = {name: statistics.median(v[1] for v in values) for name, values in runs.items()}
+    rows = ["| ratio | reference: req/s, CPU us/req | authmount: req/s, CPU us/req | req/s ratio | CPU ratio "
+            "| target |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for label, reference, case, target in RATIOS:
+        if reference in runs and case in runs:
+            rows.append(f"| {label} | {rps[reference]:,.0f}, {cpu[reference]:.1f} | {rps[case]:,.0f}, {cpu[case]:.1f} "
+                        f"| {rps[case] / rps[reference]:.2f} | {cpu[reference] / cpu[case]:.2f} | {target} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the rounds, print the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,27 +197,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cpus", default="1")
     p.add_argument("--loops", default=",".join(LOOPS), help="comma list of asyncio, uvloop")
     p.add_argument("--logins", action="store_true", help="add the login ceiling and the batch and service logins")
+    p.add_argument("--ratios", action="store_true",
+                   help="only the five sides of the one-core ratios, and the ratios' table (what bench/run.py adds)")
     args = p.parse_args(argv)
     loops = tuple(x for x in args.loops.split(",") if x)
     if not loops or set(loops) - set(LOOPS):
         p.error(f"--loops: a comma list of {', '.join(LOOPS)}")
     ensure_wrk()
     with workspace("authmount-floor-") as (workdir, _):
-        targets = start_all(workdir, loops, args.logins)
+        targets = start_ratio_set(workdir) if args.ratios else start_all(workdir, loops, args.logins)
         try:
-            for target in targets:
-                measure(target, connections=args.connections, duration=args.warmup, cpus=args.client_cpus)
-            runs: dict[str, list[float]] = {t.label: [] for t in targets}
-            for n in range(args.rounds):
-                shift = n % len(targets)  # a different rung goes first each round
-                for target in targets[shift:] + targets[:shift]:
-                    _, cpu = measure(target, connections=args.connections, duration=args.duration,
-                                     cpus=args.client_cpus)
-                    runs[target.label].append(cpu)
+            runs = run_rounds(targets, rounds=args.rounds, duration=args.duration, warmup=args.warmup,
+                              connections=args.connections, cpus=args.client_cpus)  # fmt: skip
         finally:
             stop_all(targets)
     print(f"{args.rounds} rounds of {args.duration:g} s, {args.connections} connections")
-    print("\n".join(table(runs)))
+    if args.ratios:
+        print("\n".join(ratio_table(runs)))
+    else:
+        print("\n".join(table({label: [v[1] for v in values] for label, values in runs.items()})))
     return 0
 
 

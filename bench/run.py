@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import authmount, openbao, scenarios
+from bench import authmount, floor, openbao, scenarios
 from bench.jwtgen import BenchKeys, make_keys, write_keys
 from bench.loadgen import ensure_wrk, run_wrk
 from bench.procs import Server, free_port, start_pinned
@@ -153,6 +153,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--slow-jwks", action="store_true",
                    help="only the slow-JWKS scenario: cached-kid logins while a refresh hangs")
     p.add_argument("--jwks-delay", type=float, default=5.0, help="slow JWKS response delay (s)")
+    p.add_argument("--ratio-rounds", type=int, default=6,
+                   help="rounds of the one-core ratios measured side by side after the cases (0: none)")
+    p.add_argument("--ratio-duration", type=float, default=4, help="seconds per run of those rounds (default 4)")
     args = p.parse_args(argv)  # fmt: skip
     args.connections = [int(c) for c in args.connections.split(",") if c]
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -381,6 +384,33 @@ def measure(args: argparse.Namespace, run_dir: Path, servers: dict[str, Server],
 
 
 
+def ratios_side_by_side(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The one-core ratios again, with their two sides running at once (``bench/floor.py
+    --ratios``): the cases above are measured a minute or more apart, and this machine's
+    speed moves within minutes. Lines for the report; none when left out."""
+    if args.ratio_rounds <= 0 or not {"1", "2", "3", "4", "5"} <= set(args.cases):
+        return []
+    conns = args.connections[0]
+    print(f"one-core ratios side by side: {args.ratio_rounds} rounds of {args.ratio_duration:g} s, "
+          f"{conns} connections", flush=True)  # fmt: skip
+    workdir = run_dir / "ratios"
+    workdir.mkdir()
+    targets = floor.start_ratio_set(workdir, cpus=args.server_cpus)
+    try:
+        runs = floor.run_rounds(targets, rounds=args.ratio_rounds, duration=args.ratio_duration,
+                                warmup=args.warmup, connections=conns, cpus=args.client_cpus)  # fmt: skip
+    finally:
+        floor.stop_all(targets)
+    return [
+        f"The five sides of the one-core ratios at once on cores {args.server_cpus} (`bench/floor.py --ratios`): "
+        f"{args.ratio_rounds} rounds of {args.ratio_duration:g} s at {conns} connections, the runs alternating "
+        "between them, medians. The CPU ratio is the reference's CPU per request over authmount's: what the "
+        "req/s ratio is when the server core is saturated.",
+        "",
+        *floor.ratio_table(runs),
+    ]
+
+
 def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
     """Cases 1-6: start, measure, report."""
     notes: list[str] = []
@@ -396,6 +426,7 @@ def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
             srv.stop()
         for other in others:
             other.stop()
+    paired = ratios_side_by_side(args, run_dir)
     info = machine()
     # Other work on the machine shows up here; a load well above 2 means the numbers are noisy.
     info["Load average 1/5/15 min (start, end)"] = (
@@ -414,6 +445,8 @@ def side_by_side(args: argparse.Namespace, run_dir: Path) -> int:
                        "harness is being checked.**"]  # fmt: skip
     body = header + ["", "### Machine", "", *machine_lines(info), "", "### Results", "",
                      *results_table(rows), "", "### Ratios", "", *ratio_lines(ratios(rows))]  # fmt: skip
+    if paired:
+        body += ["", "### One-core ratios, side by side", "", *paired]
     if notes:
         body += ["", "### Notes", "", *[f"- {n}" for n in notes]]
     text = "\n".join(body) + "\n"

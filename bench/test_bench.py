@@ -215,6 +215,20 @@ def test_floor_table_gives_medians_and_the_ratios_it_can() -> None:
     assert rows[5:] == ["lookup-self / hello: 0.36 (target 0.5)"]
 
 
+def test_floor_ratio_table_gives_both_ratios_of_the_pairs_that_ran() -> None:
+    from bench.floor import ratio_table
+
+    runs = {
+        "hello (uvloop)": [(20_000.0, 40.0), (22_000.0, 44.0), (18_000.0, 38.0)],
+        "lookup-self (asyncio)": [(9_000.0, 100.0), (8_000.0, 120.0), (8_500.0, 110.0)],
+        "service login": [(3_000.0, 300.0)],
+    }
+    rows = ratio_table(runs)
+    assert rows[0].startswith("| ratio | reference: req/s, CPU us/req |")
+    # Medians of each side: 20,000 req/s and 40.0 us against 8,500 and 110.0 us.
+    assert rows[2:] == ["| lookup-self / hello | 20,000, 40.0 | 8,500, 110.0 | 0.42 | 0.36 | 0.5 |"]
+
+
 def test_process_tree_and_rss_of_this_process() -> None:
     import os
 
