@@ -328,6 +328,20 @@ def test_ab_runs_trees_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
     assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout == before
 
 
+def test_floor_ratios_runs_the_five_sides_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench/floor.py --ratios`` (what ``bench/run.py`` ends with), one short round: the
+    five servers answer, and each of the three ratios has both its figures."""
+    from bench import floor
+
+    assert floor.main(["--ratios", "--rounds", "1", "--duration", "0.5", "--warmup", "0.3"]) == 0
+    out = capsys.readouterr().out
+    for label in ("lookup-self / hello", "batch login / login ceiling", "service login / login ceiling"):
+        row = re.search(rf"^\| {re.escape(label)} \| [\d,]+, [\d.]+ \| [\d,]+, [\d.]+ \| (\d+\.\d\d) \| (\d+\.\d\d) \| ",
+                        out, re.MULTILINE)  # fmt: skip
+        assert row, out
+        assert 0 < float(row[1]) < 2 and 0 < float(row[2]) < 2
+
+
 def test_icount_summary_gives_medians_and_the_ratio() -> None:
     lines = icount.summary({"A": [1000.0, 1010.0, 990.0], "B": [950.0, 960.0]})
     assert lines[0] == "A: 1,000 instructions/request (runs 1,000 1,010 990)"
