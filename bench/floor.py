@@ -22,7 +22,13 @@ application pays; what separates hello and lookup-self is what the issue's ratio
 logins (cases 3 and 2, on the asyncio server above), and prints the one-core ratios as CPU
 ratios (the ceiling's CPU per request over authmount's: what the req/s ratio is when the
 server core is saturated). Measured side by side, they do not move with the machine's speed
-between the minutes at which ``bench/run.py`` measures each case.
+between the minutes at which ``bench/run.py`` measures each case. ``--ratios`` runs only the
+five servers those ratios need and prints their table (``bench/run.py`` ends with it).
+
+``--durability`` runs the service login with SQLite's default ``synchronous=FULL`` (case 2),
+with ``NORMAL`` (no ``fsync`` at a commit: a power failure may lose the last commits, a killed
+process loses nothing), on ``memory`` storage, and the batch login, and prints how busy each
+kept the server core: what the durable commit's wait costs in req/s and in CPU per login.
 """
 
 from __future__ import annotations
@@ -89,6 +95,42 @@ def start_ratio_set(workdir: Path, cpus: str = "0") -> list[Target]:
         stop_all(targets)
         raise
     return targets
+
+
+def start_durability_set(workdir: Path, cpus: str = "0") -> list[Target]:
+    """The service login on SQLite ``FULL`` and ``NORMAL`` and on ``memory``, and the batch
+    login, one authmount server each on the server cores ``cpus``."""
+    keys = make_keys()
+    targets: list[Target] = []
+    sides = (
+        ("service login, SQLite FULL", "full", None, authmount.ROLE),
+        ("service login, SQLite NORMAL", "normal", {"type": "sqlite", "path": str(workdir / "normal.db"),
+                                                    "sqlite_synchronous": "NORMAL"}, authmount.ROLE),
+        ("service login, memory", "memory", {"type": "memory"}, authmount.ROLE),
+        ("batch login, SQLite FULL", "batch", None, authmount.BATCH_ROLE),
+    )  # fmt: skip
+    try:
+        for label, name, storage, role in sides:
+            server = authmount.start(f"authmount-{name}", workdir, cpus=cpus, log_level="info", storage=storage)
+            targets.append(Target(label, server, server.url + LOGIN, "POST", body=workdir / f"{name}.json"))
+            authmount.configure_jwt_mount(server, keys.public_pem)
+            (workdir / f"{name}.json").write_text(json.dumps({"role": role, "jwt": keys.token}))
+    except BaseException:
+        stop_all(targets)
+        raise
+    return targets
+
+
+def busy_table(runs: dict[str, list[tuple[float, float]]]) -> list[str]:
+    """Markdown rows: each server's median req/s, CPU per request and the share of the server
+    core it kept busy (req/s x CPU per request), with its rounds' CPU figures."""
+    rows = ["| server | req/s | CPU us per request | server core busy | rounds (CPU us) |", "|---|---:|---:|---:|---|"]
+    for name, values in runs.items():
+        rps = statistics.median(v[0] for v in values)
+        cpu = statistics.median(v[1] for v in values)
+        busy = statistics.median(v[0] * v[1] / 1e6 for v in values)
+        rows.append(f"| {name} | {rps:,.0f} | {cpu:.1f} | {busy:.2f} | {' '.join(f'{v[1]:.0f}' for v in values)} |")
+    return rows
 
 
 def _bare(workdir: Path, mode: str, loop: str, cpus: str = "0") -> Target:
@@ -199,20 +241,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logins", action="store_true", help="add the login ceiling and the batch and service logins")
     p.add_argument("--ratios", action="store_true",
                    help="only the five sides of the one-core ratios, and the ratios' table (what bench/run.py adds)")
+    p.add_argument("--durability", action="store_true",
+                   help="only the service login on SQLite FULL, NORMAL and memory, and the batch login")
     args = p.parse_args(argv)
     loops = tuple(x for x in args.loops.split(",") if x)
     if not loops or set(loops) - set(LOOPS):
         p.error(f"--loops: a comma list of {', '.join(LOOPS)}")
     ensure_wrk()
     with workspace("authmount-floor-") as (workdir, _):
-        targets = start_ratio_set(workdir) if args.ratios else start_all(workdir, loops, args.logins)
+        if args.durability:
+            targets = start_durability_set(workdir)
+        elif args.ratios:
+            targets = start_ratio_set(workdir)
+        else:
+            targets = start_all(workdir, loops, args.logins)
         try:
             runs = run_rounds(targets, rounds=args.rounds, duration=args.duration, warmup=args.warmup,
                               connections=args.connections, cpus=args.client_cpus)  # fmt: skip
         finally:
             stop_all(targets)
     print(f"{args.rounds} rounds of {args.duration:g} s, {args.connections} connections")
-    if args.ratios:
+    if args.durability:
+        print("\n".join(busy_table(runs)))
+    elif args.ratios:
         print("\n".join(ratio_table(runs)))
     else:
         print("\n".join(table({label: [v[1] for v in values] for label, values in runs.items()})))

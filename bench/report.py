@@ -254,6 +254,7 @@ scripts/bench                                      # the one command: installs w
 .venv/bin/python bench/icount.py login --a HEAD --b . --repeat 2   # instructions per request under callgrind (needs valgrind)
 .venv/bin/python bench/floor.py --rounds 5             # the layers under a GET: a bare protocol, aiohttp's hello, authmount
 .venv/bin/python bench/floor.py --ratios --rounds 6   # the one-core ratios, both sides at once (bench/run.py ends with it)
+.venv/bin/python bench/floor.py --durability --rounds 8   # the service login with and without the commit's fsync, side by side
 .venv/bin/python bench/run.py --cases 1,4 --duration 3 --no-write  # harness smoke test
 ```
 

@@ -229,6 +229,16 @@ def test_floor_ratio_table_gives_both_ratios_of_the_pairs_that_ran() -> None:
     assert rows[2:] == ["| lookup-self / hello | 20,000, 40.0 | 8,500, 110.0 | 0.42 | 0.36 | 0.5 |"]
 
 
+def test_floor_busy_table_gives_medians_and_the_share_of_the_core() -> None:
+    from bench.floor import busy_table
+
+    rows = busy_table({"service login, SQLite FULL": [(2_000.0, 450.0), (2_200.0, 420.0), (2_100.0, 440.0)],
+                       "batch login, SQLite FULL": [(3_000.0, 330.0)]})  # fmt: skip
+    # Busy is the median of each round's req/s x CPU per request (0.90, 0.924, 0.924).
+    assert rows[2] == "| service login, SQLite FULL | 2,100 | 440.0 | 0.92 | 450 420 440 |"
+    assert rows[3] == "| batch login, SQLite FULL | 3,000 | 330.0 | 0.99 | 330 |"
+
+
 def test_process_tree_and_rss_of_this_process() -> None:
     import os
 
