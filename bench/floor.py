@@ -239,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cpus", default="1")
     p.add_argument("--loops", default=",".join(LOOPS), help="comma list of asyncio, uvloop")
     p.add_argument("--logins", action="store_true", help="add the login ceiling and the batch and service logins")
-    p.add_argument("--ratios", action="store_true",
-                   help="only the five sides of the one-core ratios, and the ratios' table (what bench/run.py adds)")
-    p.add_argument("--durability", action="store_true",
-                   help="only the service login on SQLite FULL, NORMAL and memory, and the batch login")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--ratios", action="store_true",
+                      help="only the five sides of the one-core ratios, and the ratios' table (what bench/run.py adds)")
+    only.add_argument("--durability", action="store_true",
+                      help="only the service login on SQLite FULL, NORMAL and memory, and the batch login")
     args = p.parse_args(argv)
     loops = tuple(x for x in args.loops.split(",") if x)
     if not loops or set(loops) - set(LOOPS):

@@ -395,12 +395,16 @@ def ratios_side_by_side(args: argparse.Namespace, run_dir: Path) -> list[str]:
           f"{conns} connections", flush=True)  # fmt: skip
     workdir = run_dir / "ratios"
     workdir.mkdir()
-    targets = floor.start_ratio_set(workdir, cpus=args.server_cpus)
     try:
-        runs = floor.run_rounds(targets, rounds=args.ratio_rounds, duration=args.ratio_duration,
-                                warmup=args.warmup, connections=conns, cpus=args.client_cpus)  # fmt: skip
-    finally:
-        floor.stop_all(targets)
+        # A failure here must not lose the cases' report, which took the run's minutes.
+        targets = floor.start_ratio_set(workdir, cpus=args.server_cpus)
+        try:
+            runs = floor.run_rounds(targets, rounds=args.ratio_rounds, duration=args.ratio_duration,
+                                    warmup=args.warmup, connections=conns, cpus=args.client_cpus)  # fmt: skip
+        finally:
+            floor.stop_all(targets)
+    except (OSError, RuntimeError) as exc:
+        return [f"Not measured: {exc}"]
     return [
         f"The five sides of the one-core ratios at once on cores {args.server_cpus} (`bench/floor.py --ratios`): "
         f"{args.ratio_rounds} rounds of {args.ratio_duration:g} s at {conns} connections, the runs alternating "

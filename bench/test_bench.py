@@ -239,6 +239,23 @@ def test_floor_busy_table_gives_medians_and_the_share_of_the_core() -> None:
     assert rows[3] == "| batch login, SQLite FULL | 3,000 | 330.0 | 0.99 | 330 |"
 
 
+def test_run_measures_the_ratios_side_by_side_only_with_their_cases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench/run.py`` ends with ``floor.py --ratios`` when cases 1-5 all run; a failure there
+    becomes a line of the report instead of losing the cases' figures."""
+    from bench import floor, run
+
+    def fail(workdir: Path, cpus: str = "0") -> list[ab.Target]:
+        raise RuntimeError("ceiling exited with 1 before listening")
+
+    monkeypatch.setattr(floor, "start_ratio_set", fail)
+    assert run.ratios_side_by_side(run.parse_args(["--cases", "1,2,4"]), tmp_path) == []
+    assert run.ratios_side_by_side(run.parse_args(["--cases", "1,2,3,4,5", "--ratio-rounds", "0"]), tmp_path) == []
+    lines = run.ratios_side_by_side(run.parse_args(["--cases", "1,2,3,4,5"]), tmp_path)
+    assert lines == ["Not measured: ceiling exited with 1 before listening"]
+
+
 def test_process_tree_and_rss_of_this_process() -> None:
     import os
 
