@@ -71,7 +71,8 @@ def start_all(workdir: Path, loops: tuple[str, ...], logins: bool = False) -> li
                 targets.append(_bare(workdir, mode, loop))
         for loop in loops:
             # cases 2 and 3 run on the default loop
-            targets += _authmount(workdir, keys, loop, logins=logins and loop == "asyncio", health=True)
+            targets += _authmount(workdir, keys, loop, logins=logins and loop == "asyncio", health=True,
+                                  notfound=True)  # fmt: skip
         if logins:
             targets.append(_login_ceiling(workdir, keys))
     except BaseException:
@@ -89,8 +90,7 @@ def start_ratio_set(workdir: Path, cpus: str = "0") -> list[Target]:
     try:
         targets.append(_bare(workdir, "hello", "uvloop", cpus))
         targets.append(_login_ceiling(workdir, keys, cpus))
-        targets += [t for t in _authmount(workdir, keys, "asyncio", logins=True, health=False, cpus=cpus)
-                    if not t.label.startswith("authmount 404")]  # fmt: skip
+        targets += _authmount(workdir, keys, "asyncio", logins=True, health=False, notfound=False, cpus=cpus)
     except BaseException:
         stop_all(targets)
         raise
@@ -111,10 +111,11 @@ def start_durability_set(workdir: Path, cpus: str = "0") -> list[Target]:
     )  # fmt: skip
     try:
         for label, name, storage, role in sides:
+            body = workdir / f"{name}.json"
+            body.write_text(json.dumps({"role": role, "jwt": keys.token}))
             server = authmount.start(f"authmount-{name}", workdir, cpus=cpus, log_level="info", storage=storage)
-            targets.append(Target(label, server, server.url + LOGIN, "POST", body=workdir / f"{name}.json"))
+            targets.append(Target(label, server, server.url + LOGIN, "POST", body=body))
             authmount.configure_jwt_mount(server, keys.public_pem)
-            (workdir / f"{name}.json").write_text(json.dumps({"role": role, "jwt": keys.token}))
     except BaseException:
         stop_all(targets)
         raise
@@ -139,10 +140,10 @@ def _bare(workdir: Path, mode: str, loop: str, cpus: str = "0") -> Target:
     return Target(f"{mode} ({loop})", server, server.url + "/hello", "GET")
 
 
-def _authmount(workdir: Path, keys: BenchKeys, loop: str, *, logins: bool, health: bool,
+def _authmount(workdir: Path, keys: BenchKeys, loop: str, *, logins: bool, health: bool, notfound: bool,
                cpus: str = "0") -> list[Target]:
-    """One authmount server on ``loop`` and its rungs: the 404, ``sys/health`` (``health``),
-    lookup-self, and with ``logins`` the batch and service logins."""
+    """One authmount server on ``loop`` and its rungs: the 404 (``notfound``), ``sys/health``
+    (``health``), lookup-self, and with ``logins`` the batch and service logins."""
     server = authmount.start(f"authmount-{loop}", workdir, cpus=cpus, log_level="info", event_loop=loop)
     try:
         authmount.configure_jwt_mount(server, keys.public_pem)
@@ -151,7 +152,9 @@ def _authmount(workdir: Path, keys: BenchKeys, loop: str, *, logins: bool, healt
     except BaseException:
         server.stop()
         raise
-    targets = [Target(f"authmount 404 ({loop})", server, server.url + "/nothing", "GET", refused=True)]
+    targets = []
+    if notfound:
+        targets.append(Target(f"authmount 404 ({loop})", server, server.url + "/nothing", "GET", refused=True))
     if health:
         targets.append(Target(f"sys/health ({loop})", server, server.url + "/v1/sys/health", "GET"))
     targets.append(Target(f"lookup-self ({loop})", server, server.url + "/v1/auth/token/lookup-self", "GET",
