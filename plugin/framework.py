@@ -489,40 +489,68 @@ class Backend:
     # -- documentation -----------------------------------------------------------------
     def help(self, route: Route, path: str, mount_prefix: str) -> dict[str, Any]:
         """Vault's help document of ``route`` (``GET <path>?help=1``): the help text from
-        the PathSpec's summary, description and fields, and its OpenAPI ``paths`` entry."""
-        return pathdoc.help_document(route.spec, path, dict([_openapi_path(route.spec, mount_prefix)]))
+        the PathSpec's summary, description and fields, and an OpenAPI document of the one
+        path, keyed relative to the mount as Vault keys it (``/role/{name}``)."""
+        full, entry = _openapi_path(route.spec, mount_prefix)
+        relative = "/" + full.removeprefix("/" + mount_prefix.strip("/")).lstrip("/")
+        return pathdoc.help_document(route.spec, path, pathdoc.openapi_document({relative: entry}))
 
     def openapi_paths(self, mount_prefix: str) -> dict[str, Any]:
         """OpenAPI ``paths`` entries for this backend under ``/v1/<mount_prefix>``."""
         return dict(_openapi_path(spec, mount_prefix) for spec in self.paths)
 
 
+#: What each documented verb does, in Vault's words (the first part of an ``operationId``).
+_OPENAPI_VERBS = {
+    Operation.READ: ("get", "read"),
+    Operation.CREATE: ("post", "write"),
+    Operation.UPDATE: ("post", "write"),
+    Operation.DELETE: ("delete", "delete"),
+    Operation.LIST: ("get", "list"),
+}
+#: Every documented operation may answer with Vault's error body (``pathdoc.OPENAPI_COMPONENTS``).
+_OPENAPI_ERROR = {"description": "An error: the status names its kind, the body every message.",
+                  "content": {"application/json": {"schema": {"$ref": pathdoc.OPENAPI_ERRORS_REF}}}}
+_OPENAPI_RESPONSES = {
+    "get": {"200": {"description": "OK"}, "default": _OPENAPI_ERROR},
+    "post": {"200": {"description": "OK, with a body"}, "204": {"description": "OK, no body"},
+             "default": _OPENAPI_ERROR},
+    "delete": {"204": {"description": "OK, no body"}, "default": _OPENAPI_ERROR},
+}
 def _openapi_path(spec: PathSpec, mount_prefix: str) -> tuple[str, dict[str, Any]]:
-    """The OpenAPI ``paths`` entry (route, operations) of one PathSpec."""
+    """The OpenAPI ``paths`` entry (route, operations) of one PathSpec.
+
+    Valid OpenAPI 3.0: each ``{capture}`` of the route is a path parameter, each operation
+    has its ``responses`` and an ``operationId`` that is unique in the document (the verb
+    and the route, so two mounts of one type never share one, which Vault's do)."""
     route = "/" + mount_prefix.rstrip("/") + "/" + _pattern_to_route(spec.pattern)
-    ops: dict[str, Any] = {}
+    slug = re.sub(r"[^a-z0-9]+", "-", route.lower()).strip("-")
+    entry: dict[str, Any] = {}
+    captures = re.findall(r"\{(\w+)\}", route)
+    if captures:
+        entry["parameters"] = [{
+            "name": name, "in": "path", "required": True, "schema": {"type": "string"},
+            "description": spec.fields[name].description if name in spec.fields else "",
+        } for name in captures]
     body = {"content": {"application/json": {"schema": {"type": "object", "properties": spec.fields.openapi()}}}}
     for op in spec.operations:
-        verb = {
-            Operation.READ: "get",
-            Operation.CREATE: "post",
-            Operation.UPDATE: "post",
-            Operation.DELETE: "delete",
-            Operation.LIST: "get",
-        }.get(op)
-        if verb is None or verb in ops:
+        if op not in _OPENAPI_VERBS or _OPENAPI_VERBS[op][0] in entry:
             continue
-        entry: dict[str, Any] = {"summary": spec.summary, "description": spec.description}
+        verb, word = _OPENAPI_VERBS[op]
+        operation: dict[str, Any] = {"summary": spec.summary, "description": spec.description,
+                                     "operationId": f"{word}-{slug}", "tags": [route.split("/")[1]]}
         if verb == "post":
-            entry["requestBody"] = body
+            operation["requestBody"] = body
         if op is Operation.LIST:
-            entry["parameters"] = [{"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]
-        ops[verb] = entry
+            operation["parameters"] = [
+                {"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]
+        operation["responses"] = _OPENAPI_RESPONSES[verb]
+        entry[verb] = operation
     if spec.unauthenticated:
-        ops["x-vault-unauthenticated"] = True
+        entry["x-vault-unauthenticated"] = True
     if spec.sudo:
-        ops["x-vault-sudo"] = True
-    return route, ops
+        entry["x-vault-sudo"] = True
+    return route, entry
 
 
 def _match(specs: list[PathSpec], path: str) -> Route | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import textwrap
 from collections.abc import Iterable, Sequence
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest
@@ -16,7 +17,22 @@ from plugin.schema import FieldSet, FieldType
 if TYPE_CHECKING:
     from plugin.framework import PathSpec
 
-__all__ = ["IGNORED_WARNING", "closest", "suggestions", "ignored_warnings", "refusal", "help_text", "help_document"]
+__all__ = ["IGNORED_WARNING", "closest", "suggestions", "ignored_warnings", "refusal", "help_text", "help_document",
+           "VERSION", "OPENAPI_COMPONENTS", "OPENAPI_ERRORS_REF", "openapi_document"]
+
+try:  # the installed distribution's version (pyproject.toml), the one source of truth
+    VERSION = metadata.version("authmount")
+except metadata.PackageNotFoundError:  # a source tree on sys.path without an install
+    VERSION = "0.0.0+unknown"
+
+#: The ``components`` every OpenAPI document carries: Vault's error body, which every
+#: documented operation may answer with (its ``default`` response).
+OPENAPI_COMPONENTS: dict[str, Any] = {"schemas": {"Errors": {
+    "type": "object",
+    "properties": {"errors": {"type": "array", "items": {"type": "string"}}},
+    "required": ["errors"],
+}}}
+OPENAPI_ERRORS_REF = "#/components/schemas/Errors"
 
 #: Vault's own warning, kept word for word: clients match it.
 IGNORED_WARNING = "Endpoint ignored these unrecognized parameters: [{}]"
@@ -111,6 +127,22 @@ def help_text(spec: PathSpec, path: str) -> str:
     blocks.append("## DESCRIPTION")
     blocks.append(spec.description or spec.summary)
     return "\n\n".join(blocks).strip()
+
+
+def openapi_document(paths: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI 3.0 document of ``paths`` (entries built by ``framework``), with its
+    ``components``: valid against the OpenAPI 3.0 schema (tests/server/test_openapi.py)."""
+    return {
+        "openapi": "3.0.2",
+        "info": {
+            "title": "authmount",
+            "description": "HTTP API of authmount, a Vault-compatible JWT/OIDC auth server",
+            "version": VERSION,
+            "license": {"name": "MPL-2.0"},
+        },
+        "paths": paths,
+        "components": OPENAPI_COMPONENTS,
+    }
 
 
 def help_document(spec: PathSpec, path: str, openapi: dict[str, Any]) -> dict[str, Any]:

@@ -505,17 +505,26 @@ def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.St
 
 def identity_handler(backend: Backend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """``/v1/identity/{path}`` served by ``backend`` (``server.identity.backend``) the way
-    ``sys_handler`` serves the sys paths: one resolve, then the token and the ACL on
-    ``identity/<canonical path>``, then the handler."""
+    ``sys_handler`` serves the sys paths: a namespace or a wrap refused, ``?help=1``, one
+    resolve, then the token and the ACL on ``identity/<canonical path>``, then the handler."""
 
     async def identity_route(request: web.Request) -> web.StreamResponse:
         rel = request.match_info["path"]
+        refuse_namespace(request)
+        wrap_ttl = requested_wrap_ttl(request)
         op, data = await read_operation(request)
-        req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers))
+        req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers),
+                      refuse_unknown=request.app[SETTINGS].refuse_unknown_parameters)
         try:
             route = req.route = backend.resolve(rel)
         except UnsupportedPath:
+            if request.query.get("help"):
+                return await help_reply(request, backend, None, rel, "identity/")
             raise no_route("identity/" + rel) from None
+        if request.query.get("help"):
+            return await help_reply(request, backend, route, rel, "identity/")
+        if wrap_ttl is not None:
+            refuse_unwrappable(route, "identity/" + rel)
         req.path = route.path
         exchange = Exchange(request, req, "identity/" + req.path, mount=None, login=False, point="identity/",
                             kind="identity")

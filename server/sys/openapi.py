@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from plugin.framework import Operation, Request, Response
+from plugin.pathdoc import openapi_document
 from plugin.schema import FieldSet
 from server.sys.core import SysPath, raw_json
-from server.sys.status import VERSION
 
 if TYPE_CHECKING:
     from server.sys.backend import SysBackend
@@ -30,17 +30,7 @@ def document(b: SysBackend) -> dict[str, Any]:
             paths.update(mount.backend.openapi_paths("auth/" + path))
         except Exception:  # one broken backend must not hide the others
             continue
-    return {
-        "openapi": "3.0.2",
-        "info": {
-            "title": "authmount",
-            "description": "HTTP API of authmount, a Vault-compatible JWT/OIDC auth server",
-            "version": VERSION,
-            "license": {"name": "MPL-2.0"},
-        },
-        "paths": paths,
-        "x-generated-at": datetime.now(UTC).isoformat(),
-    }
+    return {**openapi_document(paths), "x-generated-at": datetime.now(UTC).isoformat()}
 
 
 def paths(b: SysBackend) -> list[SysPath]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest
 from plugin.framework import Handler, Operation, Request, Response
+from plugin.pathdoc import VERSION
 from plugin.schema import Field, FieldSet, FieldType
 from server import telemetry
 from server.storage import unavailable_reason
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["paths", "VERSION"]
 
-try:  # the installed distribution's version (pyproject.toml), the one source of truth
-    VERSION = metadata.version("authmount")
-except metadata.PackageNotFoundError:  # a source tree on sys.path without an install
-    VERSION = "0.0.0+unknown"
 
 #: What ``sys/seal-status`` reports as ``storage_type`` for each engine (Vault says "inmem").
 _STORAGE_TYPE = {"memory": "inmem", "sqlite": "sqlite", "postgres": "postgresql"}

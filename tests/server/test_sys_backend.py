@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import pytest
+from openapi_spec_validator import OpenAPIV30SpecValidator
 from pytest_aiohttp import AiohttpClient
 
 from plugin.errors import InvalidRequest, UnsupportedPath
@@ -119,7 +120,7 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
     for path, ops in documented.items():
         url = "/v1" + re.sub(r"\{\w+\}", lambda m: fill[m.group(0)], path)
         for verb, op in ops.items():
-            if verb.startswith("x-"):
+            if verb.startswith("x-") or verb == "parameters":
                 continue
             if verb == "delete":
                 url = url.replace("/jwt", "/spare").replace("/default", "/spare")
@@ -130,6 +131,35 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
     for path in ("/v1/sys/mounts/secret", "/v1/sys/wrapping/wrap", "/v1/sys/auth/", "/v1/sys/policies"):
         resp = await client.get(path, headers=H)
         assert resp.status == 404 and "no handler for route" in (await resp.json())["errors"][0]
+
+
+async def test_openapi_document_is_valid_openapi_3(client: Client) -> None:
+    """The document, and each path's help document, validate against the OpenAPI 3.0 schema:
+    path parameters declared, responses and operation ids present, ids unique across two
+    mounts of one type (OpenBao 2.7's document has 11 errors here, duplicate operation ids;
+    docs/vault-differences.md)."""
+    for path, kind in (("gitlab", "jwt"), ("sso", "oidc")):
+        assert (await client.post(f"/v1/sys/auth/{path}", json={"type": kind}, headers=H)).status == 204
+    doc = await (await client.get("/v1/sys/internal/specs/openapi", headers=H)).json()
+    assert [str(e.message) for e in OpenAPIV30SpecValidator(doc).iter_errors()] == []
+    ids = [op["operationId"] for entry in doc["paths"].values() for verb, op in entry.items()
+           if verb in ("get", "post", "delete")]
+    assert len(ids) == len(set(ids)) and "write-auth-gitlab-role-name" in ids and "write-auth-jwt-role-name" in ids
+    role = doc["paths"]["/auth/sso/role/{name}"]
+    assert role["parameters"] == [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+                                   "description": "Name of the role (lower-cased before the ACL check)."}]
+    assert "name" not in role["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert role["delete"]["responses"]["default"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Errors"}
+    fill = {"{path}": "jwt", "{name}": "default", "{header}": "x-team", "{id}": "x", "{role_name}": "x"}
+    for route in ("/sys/auth/{path}/tune", "/auth/jwt/role/{name}", "/auth/token/create/{role_name}",
+                  "/identity/group/id/{id}", "/sys/health"):
+        url = "/v1" + re.sub(r"\{\w+\}", lambda m: fill[m.group(0)], route) + "?help=1"
+        reply = await (await client.get(url, headers=H)).json()
+        assert "openapi" in reply, (route, reply)
+        help_doc = reply["openapi"]
+        assert [str(e.message) for e in OpenAPIV30SpecValidator(help_doc).iter_errors()] == [], route
+        assert len(help_doc["paths"]) == 1, route
 
 
 async def test_openapi_tune_fields_are_the_schema(client: Client) -> None:

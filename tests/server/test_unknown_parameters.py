@@ -63,8 +63,9 @@ TYPOS = [
      ["polcy: did you mean policy?"]),
     ("/v1/auth/token/create", {"policy": "default", "tll": "1h"}, "policy tll",
      ["policy: did you mean policies?", "tll: did you mean ttl?"]),
+    ("/v1/identity/group/name/dev", {"polices": ["x"]}, "polices", ["polices: did you mean policies?"]),
 ]
-TYPO_IDS = ["role", "config", "tune", "cli-tune", "enable", "enable-config", "policy", "token-create"]
+TYPO_IDS = ["role", "config", "tune", "cli-tune", "enable", "enable-config", "policy", "token-create", "group"]
 
 
 @pytest.mark.parametrize(("path", "body", "keys", "hints"), TYPOS, ids=TYPO_IDS)
@@ -96,6 +97,7 @@ async def test_the_setting_refuses_them_and_writes_nothing(
     assert (await client.get("/v1/auth/jwt/role/ci", headers=H)).status == 404
     assert (await client.get("/v1/auth/jwt/config", headers=H)).status in (404, 200)
     assert (await client.get("/v1/sys/policies/acl/dev", headers=H)).status == 404
+    assert (await client.get("/v1/identity/group/name/dev", headers=H)).status == 404
 
 
 async def test_the_setting_never_refuses_logins_or_reads(aiohttp_client: Any) -> None:
@@ -171,14 +173,15 @@ def test_an_unknown_setting_names_the_closest(raw: dict[str, Any], message: str)
     [(None, 200), ("", 200), ("root", 200), ("root/", 200), ("/root/", 200),
      ("team", 400), ("team/", 400), ("root/team", 400), ('a"b\t', 400)],
 )
-@pytest.mark.parametrize("path", ["/v1/auth/token/lookup-self", "/v1/sys/auth"])
+@pytest.mark.parametrize(("path", "found"), [("/v1/auth/token/lookup-self", 200), ("/v1/sys/auth", 200),
+                                           ("/v1/identity/group/name?list=true", 404)])  # no group: 404, as Vault
 async def test_a_namespace_other_than_root_is_refused(
-    aiohttp_client: Any, path: str, namespace: str | None, status: int
+    aiohttp_client: Any, path: str, found: int, namespace: str | None, status: int
 ) -> None:
     client = await start(aiohttp_client)
     headers = dict(H) if namespace is None else {**H, "X-Vault-Namespace": namespace}
     resp = await client.get(path, headers=headers)
-    assert resp.status == status
+    assert resp.status == (found if status == 200 else status)
     if status == 400:
         (error,) = (await resp.json())["errors"]
         assert error.startswith("namespace ") and "authmount serves only the root namespace" in error
@@ -194,6 +197,10 @@ async def test_a_namespace_is_refused_before_anything_is_written(aiohttp_client:
         'X-Vault-Namespace header, or "root")'
     ]
     assert (await client.get("/v1/auth/jwt/role/ci", headers=H)).status == 404
+    # identity/ too: a group meant for a namespace was once created in the root one
+    resp = await client.post("/v1/identity/group", json={"name": "ops"}, headers={**H, "X-Vault-Namespace": "team-a"})
+    assert resp.status == 400 and (await resp.json())["errors"][0].startswith('namespace "team-a" is not supported')
+    assert (await client.get("/v1/identity/group/name/ops", headers=H)).status == 404
 
 
 async def test_help_is_vaults_document_from_the_schema(aiohttp_client: Any) -> None:
@@ -206,12 +213,16 @@ async def test_help_is_vaults_document_from_the_schema(aiohttp_client: Any) -> N
     assert text.startswith("Request:        role/ci\nMatching Route: ^role/(?P<name>")
     assert "\n## PARAMETERS\n" in text and "\n    bound_claims (map)\n" in text and "\n## DESCRIPTION\n" in text
     assert "\n    bound_claims_type (string)\n\n        How to interpret" in text
-    assert list(doc["openapi"]) == ["/auth/jwt/role/{name}"]
+    # As Vault's: a whole OpenAPI document of the one path, keyed relative to the mount.
+    assert set(doc["openapi"]) == {"openapi", "info", "paths", "components"}
+    assert list(doc["openapi"]["paths"]) == ["/role/{name}"]
+    assert doc["openapi"]["paths"]["/role/{name}"]["post"]["operationId"] == "write-auth-jwt-role-name"
     # POST ?help=1 too, and nothing is written
     assert (await client.post("/v1/auth/jwt/role/ci?help=1", json=JWT_ROLE, headers=H)).status == 200
     assert (await client.get("/v1/auth/jwt/role/ci", headers=H)).status == 404
     sys_help = await (await client.get("/v1/sys/mounts/auth/jwt/tune?help=1", headers=H)).json()
     assert sys_help["help"].startswith("Request:        mounts/auth/jwt/tune\n")
+    assert list(sys_help["openapi"]["paths"]) == ["/mounts/auth/{path}/tune"]
 
 
 async def test_help_needs_a_valid_token_but_no_capability(aiohttp_client: Any) -> None:
@@ -226,6 +237,12 @@ async def test_help_needs_a_valid_token_but_no_capability(aiohttp_client: Any) -
     missing = await client.get("/v1/auth/jwt/nosuch?help=1", headers=H)
     assert missing.status == 404 and (await missing.json())["errors"] == ["unsupported path"]
     assert (await client.get("/v1/sys/nosuch?help=1", headers=H)).status == 404
+    group_help = await client.get("/v1/identity/group/name/ops?help=1", headers=H)  # was the group's read
+    assert group_help.status == 200
+    assert list((await group_help.json())["openapi"]["paths"]) == ["/group/name/{name}"]
+    assert (await client.get("/v1/identity/group/name/ops", headers=H)).status == 404  # help wrote nothing
+    assert (await client.get("/v1/identity/group/name/ops?help=1")).status == 403
+    assert (await client.get("/v1/identity/nosuch?help=1", headers=H)).status == 404
     assert (await client.get("/v1/auth/jwt/role/ci?help=", headers=H)).status == 404  # empty: a read
 
 

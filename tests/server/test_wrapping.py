@@ -204,6 +204,7 @@ async def test_the_response_goes_with_its_token(client: Client, storage: InMemor
         ("POST", "/v1/auth/w/hello", {}, "60s", "auth/w/hello: this response cannot be wrapped"),
         ("POST", "/v1/auth/w/silent", {}, "60s", "auth/w/silent: this response cannot be wrapped"),
         ("GET", "/v1/sys/auth", None, "60s", "sys/auth: this response cannot be wrapped"),
+        ("POST", "/v1/identity/group", {"name": "ops"}, "60s", "identity/group: this response cannot be wrapped"),
         ("POST", "/v1/sys/wrapping/unwrap", {"token": "x"}, "60s",
          "sys/wrapping/unwrap: this response cannot be wrapped"),
         ("POST", "/v1/auth/token/create", {}, "0", "invalid X-Vault-Wrap-TTL: must be positive"),
@@ -212,7 +213,7 @@ async def test_the_response_goes_with_its_token(client: Client, storage: InMemor
         ("POST", "/v1/auth/token/create", {}, "3h", "invalid X-Vault-Wrap-TTL: 10800s is above max_lease_ttl (7200s)"),
         ("POST", "/v1/auth/w/login", {}, "3h", "invalid X-Vault-Wrap-TTL: 10800s is above max_lease_ttl (7200s)"),
     ],
-    ids=["token-lookup", "mount-data", "issuing-path-without-auth", "sys", "unwrap", "zero-ttl", "negative-ttl",
+    ids=["token-lookup", "mount-data", "issuing-path-without-auth", "sys", "identity", "unwrap", "zero-ttl", "negative-ttl",
          "not-a-duration", "above-max-ttl", "login-above-max-ttl"],
 )
 async def test_what_cannot_be_wrapped_is_refused(
