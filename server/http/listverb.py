@@ -12,15 +12,19 @@ secret); even if it could, a marked GET only does what ``GET ?list=true`` alread
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from server.appkeys import REQUEST_HANDLER
 from server.http.connguard import ConnectionGuard
+from server.http.errors import error_response
 
 if TYPE_CHECKING:
     from aiohttp.test_utils import TestServer
@@ -40,12 +44,23 @@ _MARKER_LINE = f"{MARKER_HEADER}: {MARKER_VALUE}\r\n".encode()
 _MARKER_LOWER = MARKER_HEADER.lower().encode()
 
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _PASSTHROUGH = range(6)
+log = structlog.get_logger("authmount.http")
+#: Where a parser message starts quoting the request's bytes (``b'...'``, ``bytearray(b'...')``).
+_QUOTED_BYTES = re.compile(r"""bytearray\(|\bb['"]""")
+
 _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4096
 #: A request's header block must be complete this many seconds after its first byte
 #: (Vault's listener uses Go's ReadHeaderTimeout of 10 s); a client trickling headers
 #: (slowloris) otherwise holds a connection until the idle timeout.
 HEADER_TIMEOUT = 10.0
+
+
+def malformed_reason(exc: HttpProcessingError) -> str:
+    """The parser's reason for refusing a request, without the request's bytes: the first
+    line of its message (``Invalid header token``, ``Bad status line``), at most 80 characters."""
+    first = _QUOTED_BYTES.split(str(exc.message).split("\n", 1)[0], 1)[0].strip().rstrip(":").strip()
+    return (first or "unparseable request")[:80]
 
 
 def is_list_verb(headers: Mapping[str, str]) -> bool:
@@ -276,6 +291,26 @@ class ListVerbRequestHandler(RequestHandler):
         if not self._request_in_progress and self._waiter is not None:
             self._waiter.cancel()
         await super().shutdown(timeout)
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a request its parser refused (or to an error nothing else
+        caught), as Vault's JSON error body and one log line. aiohttp's own answer is
+        ``text/plain`` quoting the offending bytes, logged with a traceback at error level:
+        a client's malformed header line may hold its token, and any anonymous caller could
+        fill the log with tracebacks. The reason given is the parser's, without the bytes."""
+        if request.writer.output_size > 0:  # aiohttp's rule: a reply was started, the connection is broken
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        if isinstance(exc, HttpProcessingError) and 400 <= status < 500:
+            reason = malformed_reason(exc)
+            log.info("http_malformed", reason=reason, status=status, remote_addr=request.remote or "")
+            reply = error_response(status, [f"malformed HTTP request: {reason}"])
+        else:
+            log.error("internal_error", where="http", exc_info=exc)
+            reply = error_response(500, ["internal error"])
+        reply.force_close()
+        return reply
 
     def _head_timed_out(self) -> None:
         self._head_timer = None

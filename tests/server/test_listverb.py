@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import orjson
 import pytest
@@ -139,3 +140,44 @@ async def test_list_method_from_aiohttp_client(client: Client) -> None:
     resp = await client.request("LIST", "/v1/sys/policies/acl", headers={"X-Vault-Token": ROOT})
     assert resp.status == 200
     assert "a" in (await resp.json())["data"]["keys"]
+
+
+SECRET = "hvs.SECRETtokenSECRET"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (f"GET /v1/sys/health HTTP/1.1\r\nHost: t\r\nX-Vault-Token {SECRET}\r\n\r\n".encode(), "Invalid header token"),
+        (f"GET /v1/sys/health?token={SECRET}\x01 HTTP/1.1\r\nHost: t\r\n\r\n".encode(), "Invalid char in url"),
+        (f"GET /v1/{SECRET}\xfc HTTP/1.1\r\nHost: t\r\n\r\n".encode(), "Invalid char in url path"),
+        (f"GET /v1/{SECRET}{'a' * 9000} HTTP/1.1\r\nHost: t\r\n\r\n".encode(), "Got more than 8190 bytes"),
+        (f"GET /v1/sys/health HTTP/1.1\r\nX-Vault-Token: {SECRET}{'a' * 9000}\r\n\r\n".encode(), "Got more than 8190"),
+        (b"POST /v1/auth/jwt/login HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+         "Duplicate Content-Length"),
+        (b"POST /v1/auth/jwt/login HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "Invalid character in chunk"),
+        (f"{SECRET} / HTTP/1.1\r\n\r\n".encode(), "Invalid method encountered"),
+        (b"GET /v1/sys/health HTTP/1.1\r\n\r\n", "Missing 'Host' header"),
+    ],
+    ids=["header-without-colon", "control-char-in-target", "non-ascii-target", "long-target", "long-header",
+         "two-content-lengths", "bad-chunk-size", "bad-method", "no-host"],
+)
+async def test_a_request_the_parser_refuses_gets_a_json_400_that_quotes_nothing(
+    client: Client, raw: bytes, reason: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answered these ``text/plain`` quoting the offending bytes, and logged them
+    with a traceback at error level: a malformed header line with a token put the token in
+    the log, and any anonymous caller could fill the log with tracebacks."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(raw)
+        status, headers, body = await read_response(reader)
+        assert await reader.read() == b""  # and the connection is closed
+    finally:
+        writer.close()
+    assert status == 400 and headers["content-type"] == "application/json"
+    (error,) = orjson.loads(body)["errors"]
+    assert error.startswith("malformed HTTP request: " + reason) and SECRET not in error and len(error) < 110
+    out = capsys.readouterr().out
+    assert "http_malformed" in out and SECRET not in out and "Traceback" not in out
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp") and r.levelno >= logging.WARNING]
