@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import string
 from collections.abc import Iterator
@@ -200,3 +201,151 @@ def test_long_digit_durations_are_refused_with_a_400(server: ServerProc, path: s
         assert status == 400, (field, str(value)[:20], status, reply[:200])
         assert headers.get("content-type") == "application/json"
         assert "duration out of range" in json.loads(reply)["errors"][0], reply[:300]
+
+
+# -- every documented operation, with values of its declared types ----------------------------------
+#: Values for a path capture: real names, other spellings of them, and hostile ones.
+CAPTURES = ["jwt", "sso", "r", "R", "default", "ops", "x-team", "spare", "", "..", "%2F", "a%00b", " r", "r\t",
+            "A" * 300, "ünï", "jwt/", "a/b"]
+#: Typed values by OpenAPI type, each list's first ones the likeliest to pass coercion.
+TYPED: dict[str, list[Any]] = {
+    "string": ["", "x", "default", "r", "*", "sub", "vault", "jwt", "RS256", "glob", "1h", "ünï", "a" * 300,
+               "http://127.0.0.1:1/x", "https://127.0.0.1:1/.well-known", "a,b", "/sub", "root"],
+    "duration": ["1h", "30s", "0", 60, "system", "-5s", "1e3", "soon", 2**40, "9" * 40],
+    "boolean": [True, False, "true", "false", "1", "maybe", 1, None],
+    "integer": [0, 1, -1, 5, "5", "x", 2**63, 1.5],
+    "array": [[], ["a"], ["default", "x"], "a,b", [1, {}], ["*"], ["x"] * 200, [""], [None]],
+    "object": [{}, {"sub": "x"}, {"sub": ["*"]}, {"a": {"b": {}}}, "k=v", [], {"": ""}, {"x" * 300: 1}],
+}
+
+
+def _typed(rng: random.Random, schema: dict[str, Any]) -> Any:
+    """A value of the property's declared type (mostly), or any hostile value."""
+    if rng.random() < 0.25:
+        return rng.choice(VALUES)
+    kind = "duration" if schema.get("format") == "duration" else schema.get("type", "string")
+    return rng.choice(TYPED.get(kind, TYPED["string"]))
+
+
+class Campaign:
+    """The documented operations of a running server, and the state that the requests need
+    to stay meaningful: an admin token that the campaign may revoke and gets again, and the
+    ``jwt`` mount and its role, which the campaign may delete and gets again."""
+
+    def __init__(self, srv: ServerProc, workdir: Any) -> None:
+        self.srv = srv
+        self.port = int(srv.address.rsplit(":", 1)[1])
+        self.workdir = workdir
+        self.admin = ""
+        self.restore()
+        self.operations: list[tuple[str, str, dict[str, Any]]] = []
+
+    def document(self) -> None:
+        """Take the operations of the server's OpenAPI document as it is now."""
+        doc = self.call("GET", "/v1/sys/internal/specs/openapi")[2]
+        self.operations = [
+            (verb, route, op.get("requestBody", {}).get("content", {}).get("application/json", {})
+             .get("schema", {}).get("properties", {}))
+            for route, entry in json.loads(doc)["paths"].items()
+            for verb, op in entry.items() if verb in ("get", "post", "delete")
+        ]
+
+    def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        data = b"" if body is None else json.dumps(body).encode()
+        head = [f"{method} {path} HTTP/1.1", "Host: fuzz", "Connection: close", f"Content-Length: {len(data)}",
+                "Content-Type: application/json", f"X-Vault-Token: {token if token is not None else self.admin}"]
+        return exchange(self.port, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
+
+    def restore(self) -> None:
+        """An admin token that works, the jwt mount, its config and role ``r`` (the server's
+        root token itself is never sent by the campaign)."""
+        root = self.srv.root_token or ""
+        if not self.admin or self.call("GET", "/v1/auth/token/lookup-self")[0] != 200:
+            status, _, body = self.call("POST", "/v1/auth/token/create-orphan", {"policies": ["root"], "ttl": "24h"},
+                                        token=root)
+            assert status == 200, body
+            self.admin = json.loads(body)["auth"]["client_token"]
+        if self.call("GET", "/v1/sys/auth/jwt")[0] != 200:
+            assert self.call("POST", "/v1/sys/auth/jwt", {"type": "jwt"})[0] == 204
+        self.call("POST", "/v1/auth/jwt/config", {"jwt_validation_pubkeys": [KEY.pem]})
+        self.call("POST", "/v1/auth/jwt/role/r", {"role_type": "jwt", "bound_audiences": ["vault"],
+                                                  "user_claim": "sub", "policies": ["default"]})
+
+    def body(self, rng: random.Random, route: str, props: dict[str, Any]) -> Any:
+        if rng.random() < 0.08:
+            return rng.choice([[], "x", None, 5, {"x" * 5000: 1}])
+        names = list(props) + ["bogus_field"]
+        out = {name: _typed(rng, props.get(name, {})) for name in rng.sample(names, min(len(names), rng.randint(0, 6)))}
+        if route.startswith("/sys/audit/"):  # never outside the work dir, never a device that fails every request
+            out.update(type=rng.choice(["file", "file", "nosuch"]),
+                       options={"file_path": rng.choice([str(self.workdir / "audit.log"), "discard", ""])})
+        return out
+
+
+#: The routes whose GET shows what their POST writes: a refused write must leave it as it was.
+STATEFUL = re.compile(r"/(role|cel/role)/\{name\}$|^/sys/(policies/acl|policy)/\{name\}$|/tune$|"
+                      r"^/identity/group/(name/\{name\}|id/\{id\})$|^/auth/[^/]+/config$|request-headers/\{header\}$")
+
+
+def test_every_documented_operation_survives_random_values(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each request is an operation of the server's own OpenAPI document, with random path
+    captures and a body of the declared fields with values of their declared types (often
+    valid, so the request reaches the checks past coercion) or hostile ones, as an admin, a
+    bogus token or nobody. What must hold, besides the first campaign's rules: a write that
+    was refused (4xx) leaves what its path reads back exactly as it was."""
+    workdir = tmp_path_factory.mktemp("fuzz-openapi")
+    config = {"storage": {"type": "sqlite", "path": str(workdir / "fuzz.db")},
+              "rate_limit": {"login_per_ip_per_second": 0, "login_burst": 0}}
+    rng = random.Random(SEED + 1)
+    with start_server(config=config, workdir=workdir) as srv:
+        campaign = Campaign(srv, workdir)
+        assert campaign.call("POST", "/v1/sys/auth/sso", {"type": "oidc"})[0] == 204
+        assert campaign.call("POST", "/v1/identity/group/name/ops", {"policies": ["default"]})[0] in (200, 204)
+        campaign.document()
+        assert len(campaign.operations) > 100
+        statuses: dict[int, int] = {}
+        refused_writes = 0
+        for n in range(REQUESTS // 2):
+            if n % 100 == 0:
+                campaign.restore()
+            verb, route, props = rng.choice(campaign.operations)
+            path = re.sub(r"\{\w+\}", lambda _: rng.choice(CAPTURES), route)
+            method = verb.upper() if rng.random() < 0.9 else rng.choice(METHODS)
+            who = rng.choices(["admin", "bogus", "nobody"], weights=[8, 1, 1])[0]
+            body = campaign.body(rng, route, props) if method in ("POST", "PUT") else None
+            before = None
+            if STATEFUL.search(route) and method == "POST":
+                before = campaign.call("GET", "/v1" + path)
+                if before[0] == 403:  # an earlier request revoked the admin token
+                    campaign.restore()
+                    before = campaign.call("GET", "/v1" + path)
+            token = {"admin": campaign.admin, "bogus": "hvs.bogus", "nobody": ""}[who]
+            status, headers, reply = campaign.call(method, "/v1" + path, body, token=token)
+            where = f"request {n} (seed {SEED + 1}): {method} {path[:80]} body {json.dumps(body)[:200]}"
+            statuses[status] = statuses.get(status, 0) + 1
+            assert status < 500, f"{where} -> {status} {reply[:300]!r}"
+            if status >= 400 and method != "HEAD":
+                assert headers.get("content-type") == "application/json", where
+                assert isinstance(json.loads(reply)["errors"], list), where
+            if before is not None and 400 <= status < 500:
+                after = campaign.call("GET", "/v1" + path)
+                assert _shown(after) == _shown(before), f"{where}: refused ({status} {reply[:200]!r}) but changed"
+                refused_writes += 1
+            if status == 403 and token == campaign.admin:  # an earlier request revoked it
+                campaign.restore()
+        # The campaign got past validation (2xx) and into it (400), and checked refused writes.
+        assert statuses.get(200, 0) + statuses.get(204, 0) > REQUESTS // 20 and statuses.get(400, 0) > 0, statuses
+        assert refused_writes > 50, refused_writes
+        assert srv.client().sys.read_health_status(method="GET")["initialized"] is True
+        assert "internal_error" not in srv.log_text()
+
+
+def _shown(reply: tuple[int, dict[str, str], bytes]) -> tuple[int, Any]:
+    """What a GET shows, without what changes by itself (request ids, key-source fetch times)."""
+    status, _, body = reply
+    if status != 200:
+        return status, None
+    data = json.loads(body).get("data")
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k != "key_sources"}
+    return status, data
