@@ -150,6 +150,11 @@ async def test_the_server_answers_odd_targets_as_with_aiohttps_router() -> None:
         for target in RAW_TARGETS:
             theirs = await _raw(port, target)
             mine = await _raw(ours.port or 0, target)
+            if b"text/plain" in theirs and theirs.startswith(b"HTTP/1.0 400 "):
+                # The parser refused it (``*`` with GET): aiohttp's text/plain, ours Vault's JSON error.
+                assert mine.startswith(b"HTTP/1.0 400 Bad Request Content-Type: application/json "), (target, mine)
+                assert b'{"errors":["malformed HTTP request: ' in mine, (target, mine)
+                continue
             # Request ids and dates differ; compare status, content type and body without ids.
             assert _stable(mine) == _stable(theirs), target
     finally:
