@@ -47,7 +47,7 @@ REQUEST_HANDLER: web.AppKey[PrefixRouter] = web.AppKey("request_handler")
 # -- per-request storage ---------------------------------------------------------------
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 #: The mount path serving the request (for the request log line).
-MOUNT: web.RequestKey[str] = web.RequestKey("mount")
+MOUNT: web.RequestKey[str | None] = web.RequestKey("mount")
 #: The effective client address (after trusted-proxy handling), computed once.
 REMOTE_ADDR: web.RequestKey[str] = web.RequestKey("remote_addr")
 #: The caller's raw token once authenticated (handed to the token/ backend only).

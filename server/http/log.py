@@ -308,6 +308,7 @@ def handled(handler: Handler) -> Handler:
         rid = new_request_id()
         request[REQUEST_ID] = rid
         request[REMOTE_ADDR] = ""  # found by handlers.remote_addr when a handler needs it
+        request[MOUNT] = None  # set by auth_handler once the mount is found (no KeyError to catch for the rest)
         _REQUEST_ID.set(rid)
         start = time.perf_counter()
         status = 500
@@ -337,7 +338,7 @@ def _log_request(request: web.Request, rid: str, status: int, start: float) -> N
     remote = request[REMOTE_ADDR] or request.remote or ""
     if sink is not None:
         _take_request_line(sink, (
-            rid, request.method, request.path, request.get(MOUNT), remote, status,
+            rid, request.method, request.path, request[MOUNT], remote, status,
             time.perf_counter() - start, time.time(),
         ))
     else:
@@ -345,7 +346,7 @@ def _log_request(request: web.Request, rid: str, status: int, start: float) -> N
             "request",
             method=request.method,
             path=request.path,
-            mount=request.get(MOUNT),
+            mount=request[MOUNT],
             remote_addr=remote,
             status=status,
             duration_ms=round((time.perf_counter() - start) * 1000, 3),

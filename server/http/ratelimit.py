@@ -268,4 +268,4 @@ async def limited(request: web.Request, backend: Backend, req: Request) -> Respo
     if limiter is None:
         return await backend.handle_request(req)
     remote = req.connection.remote_addr if req.connection is not None else (request.remote or "")
-    return await limiter.run("auth/" + request.get(MOUNT, "") + req.path, remote, backend, req)
+    return await limiter.run("auth/" + (request.get(MOUNT) or "") + req.path, remote, backend, req)
