@@ -123,6 +123,16 @@ def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
+def check_reply(where: str, method: str, reply: tuple[int, dict[str, str], bytes], statuses: dict[int, int]) -> None:
+    """What every reply of a campaign must be: below 500, and an error is Vault's JSON body."""
+    status, headers, body = reply
+    statuses[status] = statuses.get(status, 0) + 1
+    assert status < 500, f"{where} -> {status} {body[:300]!r}"
+    if status >= 400 and method != "HEAD":
+        assert headers.get("content-type") == "application/json", where
+        assert isinstance(json.loads(body)["errors"], list), where
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     workdir = tmp_path_factory.mktemp("fuzz")
@@ -161,11 +171,7 @@ def test_random_requests_never_fail_the_server(server: ServerProc) -> None:
         raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         status, headers, reply = exchange(port, raw)
         where = f"request {n} (seed {SEED}): {method} {path[:80]} body {body[:120]!r}"
-        statuses[status] = statuses.get(status, 0) + 1
-        assert status < 500, f"{where} -> {status} {reply[:300]!r}"
-        if status >= 400 and method != "HEAD":
-            assert headers.get("content-type") == "application/json", where
-            assert isinstance(json.loads(reply)["errors"], list), where
+        check_reply(where, method, (status, headers, reply), statuses)
         if status == 200 and method in ("POST", "PUT") and path == LOGIN:
             assert login_jwt == jwt, f"{where}: a mutated JWT logged in"
             logins += 1
@@ -322,11 +328,7 @@ def test_every_documented_operation_survives_random_values(tmp_path_factory: pyt
             token = {"admin": campaign.admin, "bogus": "hvs.bogus", "nobody": ""}[who]
             status, headers, reply = campaign.call(method, "/v1" + path, body, token=token)
             where = f"request {n} (seed {SEED + 1}): {method} {path[:80]} body {json.dumps(body)[:200]}"
-            statuses[status] = statuses.get(status, 0) + 1
-            assert status < 500, f"{where} -> {status} {reply[:300]!r}"
-            if status >= 400 and method != "HEAD":
-                assert headers.get("content-type") == "application/json", where
-                assert isinstance(json.loads(reply)["errors"], list), where
+            check_reply(where, method, (status, headers, reply), statuses)
             if before is not None and 400 <= status < 500:
                 after = campaign.call("GET", "/v1" + path)
                 assert _shown(after) == _shown(before), f"{where}: refused ({status} {reply[:200]!r}) but changed"
