@@ -49,6 +49,7 @@ __all__ = [
     "auth_handler",
     "sys_handler",
     "identity_handler",
+    "builtin_handler",
     "AppCore",
     "envelope",
     "json_response",
@@ -453,12 +454,16 @@ class AppCore:
         return self._app[AUDIT]
 
 
-def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """``/v1/sys/{path}`` served by ``backend``, the way ``auth_handler`` serves a mount: one
-    resolve (names made canonical), then the token and the ACL on the canonical path (with
-    ``sudo`` where the path requires it) unless the path needs no token, then the handler."""
+def builtin_handler(
+    backend: Backend, point: str, kind: str, acl: Callable[[Route], str]
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``/v1/<point>{path}`` served by a backend built into the server (``sys/``,
+    ``identity/``), the way ``auth_handler`` serves a mount: a namespace or a wrap refused,
+    ``?help=1``, one resolve (names made canonical), then the token and the ACL on ``acl(route)``
+    (with ``sudo`` where the path requires it) unless the path needs no token, then the
+    handler. ``point`` and ``kind`` name the backend in audit entries and metrics."""
 
-    async def sys_route(request: web.Request) -> web.StreamResponse:
+    async def builtin_route(request: web.Request) -> web.StreamResponse:
         rel = request.match_info["path"]
         refuse_namespace(request)
         wrap_ttl = requested_wrap_ttl(request)
@@ -469,21 +474,21 @@ def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.St
             route = req.route = backend.resolve(rel)
         except UnsupportedPath:
             if request.query.get("help"):
-                return await help_reply(request, backend, None, rel, "sys/")
-            raise no_route("sys/" + rel) from None
+                return await help_reply(request, backend, None, rel, point)
+            raise no_route(point + rel) from None
         if request.query.get("help"):
-            return await help_reply(request, backend, route, rel, "sys/")
+            return await help_reply(request, backend, route, rel, point)
         if wrap_ttl is not None:
-            refuse_unwrappable(route, "sys/" + rel)
+            refuse_unwrappable(route, point + rel)
         req.path = route.path
         spec = route.spec
         # The status paths that need no token are not audited (as in Vault).
-        exchange = Exchange(request, req, "sys/" + req.path, mount=None, login=False,
-                            audited=not spec.unauthenticated)
+        exchange = Exchange(request, req, point + req.path, mount=None, login=False,
+                            audited=not spec.unauthenticated, point=point, kind=kind)
         entry = None
         try:
             if not spec.unauthenticated:
-                entry = await _check_token(request, backend, req, acl_path(route), spec.sudo)
+                entry = await _check_token(request, backend, req, acl(route), spec.sudo)
             else:
                 # What the caller sent as its token, for a path that reads it without using it
                 # (``sys/wrapping/lookup`` of the calling wrapping token).
@@ -500,49 +505,19 @@ def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.St
         await exchange.responded(resp, out)
         return out
 
-    return sys_route
+    return builtin_route
+
+
+def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``/v1/sys/{path}``: the ACL judges ``sys/`` + the canonical path, or the path's own
+    ``acl_path`` (``server.sys.core.acl_path``)."""
+    return builtin_handler(backend, "sys/", "system", acl_path)
 
 
 def identity_handler(backend: Backend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """``/v1/identity/{path}`` served by ``backend`` (``server.identity.backend``) the way
-    ``sys_handler`` serves the sys paths: a namespace or a wrap refused, ``?help=1``, one
-    resolve, then the token and the ACL on ``identity/<canonical path>``, then the handler."""
-
-    async def identity_route(request: web.Request) -> web.StreamResponse:
-        rel = request.match_info["path"]
-        refuse_namespace(request)
-        wrap_ttl = requested_wrap_ttl(request)
-        op, data = await read_operation(request)
-        req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers),
-                      refuse_unknown=request.app[SETTINGS].refuse_unknown_parameters)
-        try:
-            route = req.route = backend.resolve(rel)
-        except UnsupportedPath:
-            if request.query.get("help"):
-                return await help_reply(request, backend, None, rel, "identity/")
-            raise no_route("identity/" + rel) from None
-        if request.query.get("help"):
-            return await help_reply(request, backend, route, rel, "identity/")
-        if wrap_ttl is not None:
-            refuse_unwrappable(route, "identity/" + rel)
-        req.path = route.path
-        exchange = Exchange(request, req, "identity/" + req.path, mount=None, login=False, point="identity/",
-                            kind="identity")
-        try:
-            entry = await _check_token(request, backend, req, "identity/" + route.path.rstrip("/"), route.spec.sudo)
-            try:
-                await exchange.requested(entry)
-                resp = await backend.handle_request(req)
-            finally:
-                await release(request, entry)
-            out = _reply(request, resp, copy_top=False)
-        except Exception as exc:
-            await exchange.failed(exc)
-            raise
-        await exchange.responded(resp, out)
-        return out
-
-    return identity_route
+    """``/v1/identity/{path}`` served by ``server.identity.backend``: the ACL judges
+    ``identity/`` + the canonical path."""
+    return builtin_handler(backend, "identity/", "identity", lambda route: "identity/" + route.path.rstrip("/"))
 
 
 def _reply(request: web.Request, resp: Response | None, *, copy_top: bool) -> web.StreamResponse:
