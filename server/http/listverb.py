@@ -15,6 +15,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -306,9 +307,12 @@ class ListVerbRequestHandler(RequestHandler):
             reason = malformed_reason(exc)
             log.info("http_malformed", reason=reason, status=status, remote_addr=request.remote or "")
             reply = error_response(status, [f"malformed HTTP request: {reason}"])
-        else:
+        elif status == 500:
             log.error("internal_error", where="http", exc_info=exc)
             reply = error_response(500, ["internal error"])
+        else:  # aiohttp's 504 for a handler's unhandled TimeoutError
+            log.warning("http_error", status=status, error=type(exc).__name__ if exc is not None else None)
+            reply = error_response(status, [HTTPStatus(status).phrase.lower()])
         reply.force_close()
         return reply
 

@@ -7,6 +7,7 @@ import logging
 
 import orjson
 import pytest
+from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
@@ -181,3 +182,25 @@ async def test_a_request_the_parser_refuses_gets_a_json_400_that_quotes_nothing(
     out = capsys.readouterr().out
     assert "http_malformed" in out and SECRET not in out and "Traceback" not in out
     assert not [r for r in caplog.records if r.name.startswith("aiohttp") and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "error"),
+    [(RuntimeError("boom"), 500, "internal error"), (TimeoutError(), 504, "gateway timeout")],
+    ids=["unhandled-error", "unhandled-timeout"],
+)
+async def test_an_error_no_handler_caught_keeps_its_status_in_vaults_body(
+    aiohttp_client: AiohttpClient, exc: Exception, status: int, error: str
+) -> None:
+    """authmount's handlers turn every error into a reply themselves; what escapes one (a
+    bug) still gets aiohttp's status, with Vault's JSON body instead of text/plain."""
+
+    async def fail(request: web.Request) -> web.StreamResponse:
+        raise exc
+
+    app = web.Application()
+    app.router.add_get("/v1/fail", fail)
+    client = await aiohttp_client(make_test_server(app))
+    resp = await client.get("/v1/fail")
+    assert resp.status == status and resp.headers["Content-Type"] == "application/json"
+    assert await resp.json() == {"errors": [error]}
