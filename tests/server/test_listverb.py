@@ -200,7 +200,7 @@ async def test_an_error_no_handler_caught_keeps_its_status_in_vaults_body(
 
     app = web.Application()
     app.router.add_get("/v1/fail", fail)
-    client = await aiohttp_client(make_test_server(app))
+    client: Client = await aiohttp_client(make_test_server(app))
     resp = await client.get("/v1/fail")
     assert resp.status == status and resp.headers["Content-Type"] == "application/json"
     assert await resp.json() == {"errors": [error]}
