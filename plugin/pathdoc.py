@@ -136,7 +136,8 @@ def openapi_document(paths: dict[str, Any]) -> dict[str, Any]:
         "openapi": "3.0.2",
         "info": {
             "title": "authmount",
-            "description": "HTTP API of authmount, a Vault-compatible JWT/OIDC auth server",
+            "description": "HTTP API of authmount, a Vault-compatible JWT/OIDC auth server. "
+                           "All API routes are prefixed with `/v1/`.",
             "version": VERSION,
             "license": {"name": "MPL-2.0"},
         },

@@ -30,7 +30,10 @@ def document(b: SysBackend) -> dict[str, Any]:
             paths.update(mount.backend.openapi_paths("auth/" + path))
         except Exception:  # one broken backend must not hide the others
             continue
-    return {**openapi_document(paths), "x-generated-at": datetime.now(UTC).isoformat()}
+    # ``servers`` is relative to the document's own address, so a generated client or Swagger
+    # UI calls ``/v1/<route>`` without being told the prefix. (A help document has none: its
+    # routes are relative to the mount, as Vault's.)
+    return {**openapi_document(paths), "servers": [{"url": "/v1"}], "x-generated-at": datetime.now(UTC).isoformat()}
 
 
 def paths(b: SysBackend) -> list[SysPath]:

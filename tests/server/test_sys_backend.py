@@ -142,6 +142,7 @@ async def test_openapi_document_is_valid_openapi_3(client: Client) -> None:
         assert (await client.post(f"/v1/sys/auth/{path}", json={"type": kind}, headers=H)).status == 204
     doc = await (await client.get("/v1/sys/internal/specs/openapi", headers=H)).json()
     assert [str(e.message) for e in OpenAPIV30SpecValidator(doc).iter_errors()] == []
+    assert doc["servers"] == [{"url": "/v1"}]  # routes are relative to it
     ids = [op["operationId"] for entry in doc["paths"].values() for verb, op in entry.items()
            if verb in ("get", "post", "delete")]
     assert len(ids) == len(set(ids)) and "write-auth-gitlab-role-name" in ids and "write-auth-jwt-role-name" in ids
