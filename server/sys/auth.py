@@ -87,16 +87,25 @@ ENABLE_FIELDS = FieldSet({
 TUNE_PATH_FIELDS = FieldSet({"path": MOUNT_PATH, **TUNE_FIELDS.fields})
 
 
-def _system_mount(cluster_id: str) -> dict[str, Any]:
-    """The ``sys/`` entry of ``sys/mounts``: the only path authmount serves besides auth mounts."""
-    ident = uuid.uuid5(uuid.NAMESPACE_URL, "authmount:sys:" + cluster_id)
-    return {
-        "accessor": "system_" + ident.hex[:8], "config": {"default_lease_ttl": 0, "force_no_cache": False,
-                                                          "max_lease_ttl": 0},
-        "description": "system endpoints used for control, policy and debugging", "external_entropy_access": False,
-        "local": False, "options": None, "plugin_version": "", "running_plugin_version": "", "running_sha256": "",
-        "seal_wrap": False, "type": "system", "uuid": str(ident), "deprecation_status": "supported",
-    }
+#: The built-in backends ``sys/mounts`` lists, as Vault lists them: type and description.
+_BUILTIN_MOUNTS = {"identity/": ("identity", "identity store"),
+                   "sys/": ("system", "system endpoints used for control, policy and debugging")}
+
+
+def _builtin_mounts(cluster_id: str) -> dict[str, dict[str, Any]]:
+    """``sys/mounts``: the built-in backends authmount serves besides auth mounts (``identity/``
+    and ``sys/``; it has no secrets engines), each with an accessor and uuid stable per cluster."""
+    out = {}
+    for path, (kind, description) in _BUILTIN_MOUNTS.items():
+        ident = uuid.uuid5(uuid.NAMESPACE_URL, f"authmount:{path.rstrip('/')}:{cluster_id}")
+        out[path] = {
+            "accessor": f"{kind}_{ident.hex[:8]}",
+            "config": {"default_lease_ttl": 0, "force_no_cache": False, "max_lease_ttl": 0},
+            "description": description, "external_entropy_access": False, "local": False, "options": None,
+            "plugin_version": "", "running_plugin_version": "", "running_sha256": "", "seal_wrap": False,
+            "type": kind, "uuid": str(ident), "deprecation_status": "supported",
+        }
+    return out
 
 
 def paths(b: SysBackend) -> list[SysPath]:
@@ -144,7 +153,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         await core.mounts.tune(values["path"] + "/", {k: v for k, v in values.items() if k != "path"})
 
     async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
-        return Response(data={"sys/": _system_mount(core.cluster_id)})
+        return Response(data=_builtin_mounts(core.cluster_id))
 
     return [
         SysPath("auth", FieldSet({}), {Operation.READ: list_mounts, Operation.LIST: list_mounts},

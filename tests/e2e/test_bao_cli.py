@@ -122,8 +122,9 @@ def test_auth_enable_list_tune_disable(bao: Bao) -> None:
     for path in ("sys/mounts/auth/cli-jwt/tune", "sys/auth/cli-jwt/tune"):
         tune = json.loads(bao("read", "-format=json", path).stdout)["data"]
         assert (tune["default_lease_ttl"], tune["max_lease_ttl"], tune["description"]) == (3600, 7200, "tuned")
-    # `secrets list` reads sys/mounts: authmount serves no secrets engine, only sys/
-    assert re.search(r"^sys/\s+system\s", bao("secrets", "list").stdout, re.M)
+    # `secrets list` reads sys/mounts: authmount serves no secrets engine, only identity/ and sys/
+    listed = bao("secrets", "list").stdout
+    assert re.search(r"^sys/\s+system\s", listed, re.M) and re.search(r"^identity/\s+identity\s", listed, re.M)
 
     disabled = bao("auth", "disable", "cli-jwt")
     assert "Success! Disabled the auth method (if it existed) at: cli-jwt/" in disabled.stdout

@@ -246,13 +246,16 @@ async def test_help_needs_a_valid_token_but_no_capability(aiohttp_client: Any) -
     assert (await client.get("/v1/auth/jwt/role/ci?help=", headers=H)).status == 404  # empty: a read
 
 
-async def test_sys_mounts_lists_only_the_system_backend(aiohttp_client: Any) -> None:
+async def test_sys_mounts_lists_the_built_in_backends(aiohttp_client: Any) -> None:
+    """identity/ and sys/, as Vault lists them (authmount has no secrets engines)."""
     client = await start(aiohttp_client)
     resp = await client.get("/v1/sys/mounts", headers=H)
     body = await resp.json()
-    assert resp.status == 200 and list(body["data"]) == ["sys/"] and body["sys/"]["type"] == "system"
+    assert resp.status == 200 and list(body["data"]) == ["identity/", "sys/"]
+    assert body["sys/"]["type"] == "system" and body["identity/"]["type"] == "identity"
+    assert body["identity/"]["description"] == "identity store" and body["identity/"]["accessor"].startswith("identity_")
     again = await (await client.get("/v1/sys/mounts", headers=H)).json()
-    assert again["data"]["sys/"]["accessor"] == body["data"]["sys/"]["accessor"]
+    assert again["data"] == body["data"]  # accessors and uuids are stable
     assert (await client.post("/v1/sys/mounts", json={}, headers=H)).status == 405
 
 
