@@ -311,6 +311,8 @@ class AuditBroker:
             device = self.devices.get(norm)
             if device is None:
                 return False
+            if self._batch is not None:  # this turn's entries were built for it: write them before it closes
+                self._flush(self._batch)
             devices = {p: d for p, d in self.devices.items() if p != norm}
             self._install(devices)
         await device.sink.close()

@@ -735,6 +735,27 @@ async def test_entries_of_a_turn_land_before_another_node_disables_their_device(
     assert here.log_request(rec) is None  # and nothing is written there any more
 
 
+async def test_entries_of_a_turn_land_before_this_node_disables_their_device(tmp_path: Path) -> None:
+    """The same on the node that disables the device (``DELETE sys/audit/<path>`` while other
+    requests of the turn wait for their entries): found by a concurrent campaign, where a
+    login was refused with 503 and its token revoked because its device was disabled."""
+    from server.audit.broker import AuditBroker
+    from server.audit.entry import probe_record
+    from server.keyring import PROCESS_SEALER
+
+    broker = AuditBroker(InMemoryStorage(), PROCESS_SEALER)
+    log_path = tmp_path / "audit.log"
+    await broker.enable("file", "file", options={"file_path": str(log_path)})
+    rec = probe_record()
+    rec.path = "auth/jwt/login"
+    pending = broker.log_request(rec)
+    assert pending is not None
+    assert await broker.disable("file")  # in the same turn, before the group write
+    await pending  # recorded: no AuditUnavailable
+    assert log_path.read_text().count('"path":"auth/jwt/login"') == 1
+    assert broker.log_request(rec) is None
+
+
 async def test_entries_of_one_turn_go_out_in_one_write_and_a_cancelled_request_fails_no_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
