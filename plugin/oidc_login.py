@@ -35,7 +35,7 @@ from plugin.path_login import (
     run_checks,
 )
 from plugin.path_role import Role
-from plugin.sealing import SealError
+from plugin.sealing import NewerTermError, SealError
 
 if TYPE_CHECKING:
     from plugin.backend import JWTAuthBackend
@@ -293,6 +293,8 @@ def result_from_record(req: Request, state: FlowState, record: dict[str, Any]) -
     if isinstance(sealed, str):
         try:
             opened = json.loads(req.system.sealer.unseal(sealed, _context(state)))
+        except NewerTermError:
+            raise
         except (SealError, ValueError):
             raise expired() from None
         tokens = {k: v for k, v in opened.items() if k in _TOKEN_NAMES and isinstance(v, str)}

@@ -37,7 +37,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from plugin.sealing import Sealer
+from plugin.sealing import NewerTermError, Sealer
 from plugin.storage import Storage
 
 __all__ = [
@@ -186,6 +186,8 @@ class FlowState:
                 device_code=_text(body.get("d", "")),
                 requester=_text(body.get("i", "")),
             )
+        except NewerTermError:  # sealed by a node whose rotation this one has not read yet: not a forgery
+            raise
         except (ValueError, TypeError, KeyError, AttributeError):  # SealError is a ValueError
             return None
         if len(state.seed) != _SEED_BYTES or state.expires_at <= now:

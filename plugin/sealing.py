@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
-    "SealError", "Sealer", "EphemeralSealer", "is_sealed", "seal_bytes", "open_bytes", "fingerprint_bytes", "PREFIX",
+    "SealError", "NewerTermError", "Sealer", "EphemeralSealer", "is_sealed", "seal_bytes", "open_bytes", "fingerprint_bytes", "PREFIX",
     "FINGERPRINT_PREFIX",
 ]
 
@@ -42,6 +42,13 @@ _TAG = 16
 
 class SealError(ValueError):
     """A sealed value does not open: wrong context, unknown term, tampered or malformed."""
+
+
+class NewerTermError(SealError):
+    """A value sealed under a key term newer than any this process knows: another node (or
+    worker) rotated the keyring a moment ago and this one has not re-read it yet. Not a
+    forgery: callers that turn a ``SealError`` into "invalid" re-raise this one, and the
+    server re-reads the keyring and answers 503 so that the client retries."""
 
 
 class Sealer(Protocol):

@@ -42,6 +42,7 @@ import structlog
 
 from plugin.sealing import (
     EphemeralSealer,
+    NewerTermError,
     Sealer,
     SealError,
     b64d,
@@ -240,8 +241,17 @@ class Keyring:
         """Re-read the keyring (another node rotated it)."""
         stored = await storage.get(KEYRING_KEY)
         if stored is not None:
-            other = self._from_stored(self._storage_key, stored)
-            self._terms, self.active = other._terms, other.active
+            self._adopt(self._from_stored(self._storage_key, stored))
+
+    def _adopt(self, other: Keyring) -> None:
+        """Take ``other``'s terms unless this keyring is newer: terms are only ever added, and
+        the newest term is the active one, so the keyring with the highest term is the latest.
+        A reload that read storage before a rotation finished (this node's own, or a second
+        one elsewhere) must not take back the terms the rotation added: values sealed under
+        them would stop opening here until the next rotation."""
+        if max(other._terms) < max(self._terms):
+            return
+        self._terms, self.active = {**self._terms, **other._terms}, other.active
 
     async def rotate(self, storage: Storage, *, now: float | None = None) -> int:
         """Add a term and make it active; returns its number."""
@@ -256,8 +266,7 @@ class Keyring:
             return self._stored_form(self._storage_key, body)
 
         stored = await storage.update(KEYRING_KEY, add)
-        other = self._from_stored(self._storage_key, stored)
-        self._terms, self.active = other._terms, other.active
+        self._adopt(self._from_stored(self._storage_key, stored))
         return self.active
 
     async def rewrap(self, storage: Storage, new_storage_key: bytes) -> None:
@@ -323,11 +332,14 @@ class Keyring:
     def unseal(self, sealed: str, context: str) -> bytes:
         """The plaintext of a value ``seal`` made for ``context``.
 
+        :raises NewerTermError: sealed under a term newer than this keyring's (re-read it).
         :raises SealError: malformed, an unknown term, another context, tampered.
         """
         number, blob = parse_sealed(sealed)
         term = self._terms.get(number)
         if term is None:
+            if number > max(self._terms):
+                raise NewerTermError(f"sealed under term {number}, newer than this keyring's {max(self._terms)}")
             raise SealError(f"sealed under unknown term {number}")
         return open_bytes(term.key, blob, context)
 

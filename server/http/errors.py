@@ -7,11 +7,13 @@ import structlog
 from aiohttp import web
 
 from plugin.errors import PluginError
+from plugin.sealing import NewerTermError
 from server import telemetry
+from server.appkeys import KEYRING, STORAGE
 from server.http.reply import JSONReply
 from server.storage import unavailable_reason
 
-__all__ = ["error_response", "response_for", "STORAGE_FAILURES"]
+__all__ = ["error_response", "response_for", "reload_keyring", "STORAGE_FAILURES"]
 
 log = structlog.get_logger("authmount.errors")
 #: Storage failures answered 503 since start, by reason (logged: the first, then every 100th).
@@ -45,6 +47,10 @@ def response_for(request: web.Request, exc: Exception) -> web.Response | None:
         return error_response(exc.status, [exc.reason])
     if isinstance(exc, ConnectionResetError):
         return None
+    if isinstance(exc, NewerTermError):  # ``reload_keyring`` ran: the client's retry opens it
+        log.warning("keyring_newer_term", path=request.path, error=str(exc))
+        return error_response(503, ["storage unavailable: the keyring was rotated by another node; retry"],
+                              {"Retry-After": "1"})
     reason = unavailable_reason(exc)
     if reason is not None:
         STORAGE_FAILURES[reason] = count = STORAGE_FAILURES.get(reason, 0) + 1
@@ -54,3 +60,9 @@ def response_for(request: web.Request, exc: Exception) -> web.Response | None:
         return error_response(503, [f"storage unavailable: {reason}"], {"Retry-After": "1"})
     log.exception("internal_error", path=request.path, method=request.method)
     return error_response(500, ["internal error"])
+
+
+async def reload_keyring(request: web.Request) -> None:
+    """Re-read the keyring after a handler met a value sealed under a newer term (another
+    node or worker rotated it, and its announcement has not arrived here yet)."""
+    await request.app[KEYRING].reload(request.app[STORAGE])

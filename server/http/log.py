@@ -20,8 +20,9 @@ import orjson
 import structlog
 from aiohttp import web
 
+from plugin.sealing import NewerTermError
 from server.appkeys import MOUNT, REMOTE_ADDR, REQUEST_ID
-from server.http.errors import response_for
+from server.http.errors import reload_keyring, response_for
 
 __all__ = ["configure_logging", "set_log_level", "redact", "handled", "flush_request_log", "REQUEST_ID"]
 
@@ -316,6 +317,8 @@ def handled(handler: Handler) -> Handler:
             try:
                 resp = await handler(request)
             except Exception as exc:  # CancelledError is a BaseException: it passes through
+                if isinstance(exc, NewerTermError):
+                    await reload_keyring(request)
                 reply = response_for(request, exc)
                 if reply is None:
                     raise

@@ -18,12 +18,12 @@ from plugin.cidrutil import cidr_allows, parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth
 from plugin.policyutil import refuse_root, sanitize_policies
-from plugin.sealing import Sealer
+from plugin.sealing import NewerTermError, Sealer
 from plugin.storage import Storage
 from server import telemetry
 from server.acl.policies import RESPONSE_WRAPPING
 from server.identity.store import IdentityStore
-from server.keyring import PROCESS_SEALER
+from server.keyring import PROCESS_SEALER, Keyring
 from server.storage import Engine
 from server.tokens.batch import decode_batch, encode_batch
 from server.tokens.entry import (
@@ -240,12 +240,28 @@ class TokenStore:
     async def rotate_batch_key(self) -> None:
         """Sign new batch tokens with a new key; the old ones verify until their tokens
         have expired (``max_lease_ttl``)."""
-        self._batch = await rotate_batch_keys(self.storage, self.sealer, self.clock(), self.max_lease_ttl)
+        try:
+            self._batch = await rotate_batch_keys(self.storage, self.sealer, self.clock(), self.max_lease_ttl)
+        except NewerTermError:  # the new key is stored; a key another node added is sealed under its new term
+            await self._reload_keyring()
+            self._batch = await load_batch_keys(self.storage, self.sealer, self.clock())
 
     async def reload_batch_keys(self) -> None:
-        """Re-read the batch keys (another node rotated them)."""
+        """Re-read the batch keys (another node rotated them), and the keyring first if they
+        were sealed under a term this node has not read yet."""
+        try:
+            self._batch = await load_batch_keys(self.storage, self.sealer, self.clock())
+        except NewerTermError:
+            await self._reload_keyring()
+            self._batch = await load_batch_keys(self.storage, self.sealer, self.clock())
         self._batch_reloaded = time.monotonic()
-        self._batch = await load_batch_keys(self.storage, self.sealer, self.clock())
+
+    async def _reload_keyring(self) -> None:
+        """Re-read the keyring: another node rotated it, and its announcement has not arrived
+        yet. A sealer that is no keyring (tests' ephemeral one) has no newer term to find."""
+        if not isinstance(self.sealer, Keyring):
+            raise RuntimeError("a value is sealed under a newer term, and this store's sealer is no keyring")
+        await self.sealer.reload(self.storage)
 
     def _ready(self) -> bytes:
         if self._salt is None:

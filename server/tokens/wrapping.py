@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from plugin.errors import InvalidRequest
-from plugin.sealing import Sealer
+from plugin.sealing import NewerTermError
 from server.acl.policies import RESPONSE_WRAPPING
+from server.keyring import Keyring
 from server.tokens.entry import TokenEntry
 from server.tokens.store import WRAP_PREFIX, TokenStore
 from server.tokens.ttl import rfc3339
@@ -45,9 +46,9 @@ def wrap_envelope(info: dict[str, Any], request_id: str = "") -> dict[str, Any]:
 class Wrapping:
     """Wrap, look up, unwrap and rewrap responses over the token store and the keyring."""
 
-    def __init__(self, tokens: TokenStore, sealer: Sealer) -> None:
+    def __init__(self, tokens: TokenStore, keyring: Keyring) -> None:
         self.tokens = tokens
-        self.sealer = sealer
+        self.sealer = keyring
 
     async def wrap(
         self, body: bytes, *, ttl: int, creation_path: str, path: str, wrapped_accessor: str = ""
@@ -131,18 +132,27 @@ class Wrapping:
         )
 
     async def _take(self, entry: TokenEntry) -> tuple[bytes, dict[str, Any]]:
-        """Delete the record and return its opened response: atomic, so only one caller gets it."""
+        """Delete the record and return its opened response: atomic, so only one caller gets it.
+
+        The response is opened before the record goes, in the same update, so a response
+        that does not open is never lost with its record. One sealed under a key term another
+        node made a moment ago opens after this node re-reads the keyring (the wrapping
+        token's one use is spent by then: a retry by the client could not take it)."""
         key = WRAP_PREFIX + entry.id_hash
-        taken: list[dict[str, Any]] = []
+        taken: list[tuple[bytes, dict[str, Any]]] = []
 
         def take(old: Any) -> None:
             taken.clear()
             if old is not None:
-                taken.append(old)
+                taken.append((self.sealer.unseal(old["response"], key + "#response"), old))
             return None
 
-        await self.tokens.storage.update(key, take)
+        storage = self.tokens.storage
+        try:
+            await storage.update(key, take)
+        except NewerTermError:  # wrapped by another node since a rotation this one has not read yet
+            await self.sealer.reload(storage)
+            await storage.update(key, take)
         if not taken:
             raise InvalidRequest(INVALID)
-        record = taken[0]
-        return self.sealer.unseal(record["response"], key + "#response"), record
+        return taken[0]

@@ -6,14 +6,22 @@ import base64
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 import structlog
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from pytest_aiohttp import AiohttpClient
 
-from plugin.sealing import b64e, seal_bytes
+from plugin.sealing import NewerTermError, b64e, format_sealed, parse_sealed, seal_bytes
 from plugin.storage import InMemoryStorage
+from server.app import create_app
+from server.appkeys import KEYRING, STORAGE
+from server.http.listverb import make_test_server
+from server.http.log import handled
 from server.keyring import (
     ENV_KEY,
     KEYRING_KEY,
@@ -28,6 +36,10 @@ from server.keyring import (
     reseal,
     write_key_file,
 )
+from server.settings import Settings, StorageSettings
+from server.tokens.keys import rotate_batch_keys
+from server.tokens.store import TokenStore
+from tests.server.httpkit import Client, app_of
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -84,10 +96,45 @@ async def test_rotate_keeps_old_terms_readable_and_other_nodes_reload() -> None:
     assert await a.rotate(storage) == 2 and a.active == 2
     new = a.seal(b"new", "c")
     assert a.term_of(new) == 2 and a.unseal(old, "c") == b"old"
-    with pytest.raises(SealError, match="unknown term 2"):
+    with pytest.raises(NewerTermError, match="^sealed under term 2, newer than this keyring's 1$"):
         b.unseal(new, "c")
     await b.reload(storage)
     assert b.unseal(new, "c") == b"new" and b.active == 2
+
+
+async def test_a_term_older_than_the_newest_and_unknown_is_no_newer_term() -> None:
+    storage = InMemoryStorage()
+    a = await ring(storage)
+    await a.rotate(storage)
+    forged = format_sealed(0, parse_sealed(a.seal(b"x", "c"))[1])
+    with pytest.raises(SealError, match="^sealed under unknown term 0$") as raised:
+        a.unseal(forged, "c")
+    assert not isinstance(raised.value, NewerTermError)
+
+
+async def test_a_reload_that_read_before_a_rotation_does_not_take_its_term_back() -> None:
+    """Two rotations in a row elsewhere announce two reloads here; if the first one's read
+    (one term) finishes after the second's (two terms), the keyring kept the older snapshot
+    and values sealed under the newest term stopped opening on this node, until the next
+    rotation. Reloads and rotations now only ever add terms."""
+    storage = InMemoryStorage()
+    a, b = await ring(storage), await ring(storage)
+    stale = await storage.get(KEYRING_KEY)  # what b's first reload read
+    await a.rotate(storage)
+    await a.rotate(storage)
+    newest = a.seal(b"new", "c")
+    await b.reload(storage)  # the second reload, done first
+    assert b.active == 3 and b.unseal(newest, "c") == b"new"
+    fresh = await storage.get(KEYRING_KEY)
+    await storage.put(KEYRING_KEY, stale)  # the first reload, finishing late, reads the stale value
+    await b.reload(storage)
+    assert b.active == 3 and b.unseal(newest, "c") == b"new"
+    await storage.put(KEYRING_KEY, fresh)
+    # b's own rotation, concurrent with a reload of what was there before it
+    await b.rotate(storage)
+    await storage.put(KEYRING_KEY, fresh)
+    await b.reload(storage)
+    assert b.active == 4 and b.unseal(b.seal(b"mine", "c"), "c") == b"mine"
 
 
 async def test_rewrap_under_a_new_storage_key() -> None:
@@ -196,7 +243,7 @@ async def test_a_fingerprint_key_that_does_not_open_stops_the_start() -> None:
     await storage.put("core/fingerprint-key", {"sealed": "am1.9.AAAA"})
     with pytest.raises(StorageKeyError) as err:
         await ring(storage)
-    assert str(err.value) == "core/fingerprint-key does not open with this keyring: sealed under unknown term 9"
+    assert str(err.value) == "core/fingerprint-key does not open with this keyring: sealed under term 9, newer than this keyring's 1"
 
 
 def test_the_process_sealer_seals_and_opens() -> None:
@@ -218,7 +265,7 @@ async def test_unknown_terms_are_named() -> None:
     k = await ring()
     with pytest.raises(SealError) as err:
         k.unseal("am1.5." + "A" * 80, "c")
-    assert str(err.value) == "sealed under unknown term 5"
+    assert str(err.value) == "sealed under term 5, newer than this keyring's 1"
 
 
 async def test_rewrap_then_rotate_uses_the_new_storage_key() -> None:
@@ -402,3 +449,76 @@ async def test_reseal_leaves_a_value_that_does_not_open_and_logs_it() -> None:
     assert logs == [{"event": "reseal_failed", "log_level": "error", "key": "auth/u1/config", "field": "secret"}]
     row = await storage.get("auth/u1/config")
     assert row is not None and row["secret"] == moved and k.term_of(row["ok"]) == 2
+
+
+async def test_an_unwrap_of_a_response_sealed_under_a_term_this_node_has_not_read_yet(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """Another node rotated the keyring and wrapped a response under the new term a moment
+    ago, before its announcement reached this one. The unwrap here re-reads the keyring and
+    goes on. It was a 500 ``internal error``, and the response was gone: the record was
+    deleted before it was opened, and the wrapping token's one use spent."""
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id="root")
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
+    headers = {"X-Vault-Token": "root"}
+    resp = await client.post("/v1/auth/token/create", json={"ttl": "1h"}, headers={**headers, "X-Vault-Wrap-TTL": "5m"})
+    wrapping = (await resp.json())["wrap_info"]["token"]
+    app = app_of(client)
+    storage, here = app[STORAGE], app[KEYRING]
+    elsewhere = await Keyring.open(storage, here._storage_key)  # another node, same storage key
+    await elsewhere.rotate(storage)
+    (key,) = [k for k in await storage.list("sys/wrapping/")]
+    record = await storage.get("sys/wrapping/" + key)
+    assert isinstance(record, dict)
+    context = "sys/wrapping/" + key + "#response"
+    record["response"] = elsewhere.seal(elsewhere.unseal(record["response"], context), context)  # as wrapped there
+    await storage.put("sys/wrapping/" + key, record)
+    assert here.active == 1  # in-memory storage announces nothing: as if the announcement were on its way
+    resp = await client.post("/v1/sys/wrapping/unwrap", headers={"X-Vault-Token": wrapping})
+    assert resp.status == 200, await resp.text()  # the keyring was re-read and the unwrap went on
+    assert (await resp.json())["auth"]["client_token"].startswith("hvs.") and here.active == 2
+
+
+async def test_any_request_that_meets_a_newer_term_rereads_the_keyring_and_answers_503(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """What no path handles itself: the request edge re-reads the keyring and answers 503
+    with Retry-After (Vault's Go client and CLI retry a 503), so the retry opens the value.
+    (A batch token signed with a key another node made since its rotation meets this.)"""
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id="root")
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
+    app = app_of(client)
+    storage, here = app[STORAGE], app[KEYRING]
+    elsewhere = await Keyring.open(storage, here._storage_key)
+    await elsewhere.rotate(storage)
+    sealed = elsewhere.seal(b"made there", "c")
+
+    async def opens(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=here.unseal(sealed, "c"))
+
+    route = handled(opens)
+    resp = await route(make_mocked_request("GET", "/v1/x", app=app))
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1" and here.active == 2
+    resp = await route(make_mocked_request("GET", "/v1/x", app=app))
+    assert resp.status == 200 and isinstance(resp, web.Response) and resp.body == b"made there"
+
+
+async def test_batch_keys_sealed_under_a_term_this_node_has_not_read_yet() -> None:
+    """Another node rotated (keyring and batch key): this node's next batch-key read, or its
+    own rotation racing that one, re-reads the keyring first instead of failing."""
+    storage = InMemoryStorage()
+    here, elsewhere = await ring(storage), await ring(storage)
+    tokens = TokenStore(storage, sealer=here)
+    await tokens.start(sweep=False)
+    try:
+        await elsewhere.rotate(storage)
+        await rotate_batch_keys(storage, elsewhere, time.time(), 3600)
+        await tokens.reload_batch_keys()
+        assert here.active == 2
+        await elsewhere.rotate(storage)
+        await rotate_batch_keys(storage, elsewhere, time.time(), 3600)
+        here_before = here.active
+        await tokens.rotate_batch_key()  # its keyring adopts term 3 only through the retry
+        assert here_before == 2 and here.active == 3
+    finally:
+        await tokens.close()
