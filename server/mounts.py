@@ -260,11 +260,15 @@ class Mount:
 class MountSystemView:
     """The SystemView of one mount: live tuned TTLs, the shared fetcher, the clock."""
 
-    __slots__ = ("_table", "_path", "fetcher", "sealer", "events")
+    __slots__ = ("_table", "_path", "_mount", "fetcher", "sealer", "events")
 
     def __init__(self, table: MountTable, path: str, fetcher: Any, sealer: Sealer) -> None:
         self._table = table
         self._path = path
+        #: The mount this view belongs to (set once it is built): its entry, not the table's
+        #: entry at ``path``, which a request in flight no longer finds once the mount is
+        #: disabled (a ``KeyError``, a 500) or finds for another mount enabled there since.
+        self._mount: Mount | None = None
         self.fetcher = fetcher
         #: Seals under the mount's storage prefix, ``auth/<uuid>/<context>``.
         self.sealer = sealer
@@ -272,7 +276,8 @@ class MountSystemView:
         self.events = MountEvents("auth/" + path)
 
     def _entry(self) -> MountEntry:
-        return self._table.mounts[self._path].entry
+        mount = self._mount
+        return mount.entry if mount is not None else self._table.mounts[self._path].entry
 
     @property
     def default_lease_ttl(self) -> int:
@@ -390,7 +395,7 @@ class MountTable:
                 continue
             prefix = f"auth/{entry.uuid}/"
             system = MountSystemView(self, entry.path, self.fetcher, PrefixSealer(self.sealer, prefix))
-            new[entry.path] = Mount(entry, backend, PrefixedStorage(self.storage, prefix), system)
+            new[entry.path] = system._mount = Mount(entry, backend, PrefixedStorage(self.storage, prefix), system)
         gone = [m for p, m in self.mounts.items() if p not in new or new[p] is not m]
         self.mounts = new
         self._by_uuid = {m.entry.uuid: m for m in new.values()}

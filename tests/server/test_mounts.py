@@ -172,6 +172,23 @@ async def test_disable_deletes_storage_revokes_and_cleans_up() -> None:
     assert await table.disable("jwt") is False  # missing mount: not an error
 
 
+async def test_a_request_in_flight_keeps_its_mounts_system_view_after_a_disable() -> None:
+    """A role write that had its mount when it started read the mount's TTLs through its
+    SystemView after another request disabled the mount: a ``KeyError``, a 500 (found by a
+    concurrent campaign). The view now answers for its own mount, also when another mount
+    is enabled at the same path since."""
+    table = await make_table()
+    await table.enable("jwt", "rec")
+    await table.tune("jwt", {"max_lease_ttl": "2h", "default_lease_ttl": "1h"})
+    old = table.mounts["jwt/"].system
+    accessor = old.mount_accessor
+    assert await table.disable("jwt")
+    assert (old.default_lease_ttl, old.max_lease_ttl, old.mount_accessor) == (3600, 7200, accessor)
+    await table.enable("jwt", "rec")  # another mount at the same path
+    assert (old.max_lease_ttl, old.mount_accessor) == (7200, accessor)
+    assert table.mounts["jwt/"].system.max_lease_ttl == 32 * DAY
+
+
 async def test_failed_write_leaves_table_intact() -> None:
     table = await make_table()
     await table.enable("jwt", "rec")
