@@ -33,6 +33,7 @@ import pytest
 
 from tests.e2e.idp import free_port
 from tests.e2e.serverproc import ServerProc, start_server
+from tests.pg import PostgresServer
 from tests.plugin.keyfactory import default_claims, make_token, rsa_key
 
 pytestmark = pytest.mark.e2e
@@ -245,6 +246,8 @@ class Campaign:
     def __init__(self, srv: ServerProc, workdir: Any) -> None:
         self.srv = srv
         self.port = int(srv.address.rsplit(":", 1)[1])
+        #: Every request goes to one of these, at random (nodes of one cluster).
+        self.ports = [self.port]
         self.workdir = workdir
         self.admin = ""
         self.restore()
@@ -264,7 +267,8 @@ class Campaign:
         data = b"" if body is None else json.dumps(body).encode()
         head = [f"{method} {path} HTTP/1.1", "Host: fuzz", "Connection: close", f"Content-Length: {len(data)}",
                 "Content-Type: application/json", f"X-Vault-Token: {token if token is not None else self.admin}"]
-        return exchange(self.port, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        port = self.port if len(self.ports) == 1 else random.choice(self.ports)
+        return exchange(port, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
 
     def restore(self) -> None:
         """An admin token that works, the jwt mount, its config and role ``r`` (the server's
@@ -372,49 +376,67 @@ def test_concurrent_operations_on_two_workers(tmp_path: Path) -> None:
     SQLite file: writes on one worker meet the other's caches, rotations and device changes
     race requests in flight. Every reply stays below 500 and the log has no internal error.
     This campaign found a keyring reload that took a rotation's term back (``sys/rotate``
-    answered 500) and a login refused with 503 because its audit device was disabled while
-    it waited for its entry."""
+    answered 500), a login refused with 503 because its audit device was disabled while it
+    waited for its entry, and a role write that lost its mount's TTLs to a disable (500)."""
     config = {"storage": {"type": "sqlite", "path": str(tmp_path / "fuzz.db")},
               "rate_limit": {"login_per_ip_per_second": 0, "login_burst": 0},
               "listen_address": f"127.0.0.1:{free_port()}"}
-    jwt = make_token(default_claims(exp=int(default_claims()["exp"]) + 3600), key=KEY)
     with start_server(config=config, workdir=tmp_path, args=["--workers", "2"]) as srv:
-        campaign = Campaign(srv, tmp_path)
-        assert campaign.call("POST", "/v1/sys/auth/sso", {"type": "oidc"})[0] == 204
-        campaign.document()
-        statuses: dict[int, int] = {}
-        failures: list[str] = []
-        lock = threading.Lock()
+        run_concurrent_campaign(Campaign(srv, tmp_path), [srv])
 
-        def client(seed: int) -> None:
-            rng = random.Random(SEED + 100 + seed)
-            for n in range(REQUESTS // 40):
-                body: Any
-                if rng.random() < 0.2:
-                    method, path, body = "POST", "/auth/jwt/login", {"role": "r", "jwt": jwt}
-                    reply = campaign.call(method, "/v1" + path, body, token="")
-                else:
-                    verb, route, props = rng.choice(campaign.operations)
-                    path = re.sub(r"\{\w+\}", lambda _: rng.choice(["jwt", "sso", "r", "default", "ops", "x"]), route)
-                    method = verb.upper()
-                    body = campaign.body(rng, route, props) if method == "POST" else None
-                    reply = campaign.call(method, "/v1" + path, body)
-                with lock:
-                    try:
-                        check_reply(f"client {seed} request {n}: {method} {path}", method, reply, statuses)
-                        if n % 50 == 49:
-                            campaign.restore()
-                    except AssertionError as exc:
-                        failures.append(str(exc)[:400])
 
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        log = srv.log_text()
-        errors = [line[:3000] for line in log.splitlines() if "internal_error" in line]
-        assert failures == [], (failures[:5], errors[:2])
-        assert statuses.get(200, 0) > REQUESTS // 100, statuses  # a twentieth of the 8 x REQUESTS // 40
+def test_concurrent_operations_on_two_postgres_nodes(
+    postgres_server: PostgresServer, tmp_path: Path  # noqa: F811
+) -> None:
+    """The same against two nodes on one PostgreSQL database, each request to either node."""
+    config = {"storage": {"type": "postgres", "dsn": postgres_server.create_database()},
+              "rate_limit": {"login_per_ip_per_second": 0, "login_burst": 0}}
+    with start_server(config=config, workdir=tmp_path / "a") as a:
+        with start_server(config=config, workdir=tmp_path / "b", root_token=a.root_token) as b:
+            campaign = Campaign(a, tmp_path)
+            campaign.ports = [campaign.port, int(b.address.rsplit(":", 1)[1])]
+            run_concurrent_campaign(campaign, [a, b])
+
+
+def run_concurrent_campaign(campaign: Campaign, servers: list[ServerProc]) -> None:
+    """8 clients, ``REQUESTS // 40`` requests each; what every reply and the logs must be."""
+    jwt = make_token(default_claims(exp=int(default_claims()["exp"]) + 3600), key=KEY)
+    assert campaign.call("POST", "/v1/sys/auth/sso", {"type": "oidc"})[0] == 204
+    time.sleep(0.2)  # every node or worker sees the new mount before its paths are read
+    campaign.document()
+    statuses: dict[int, int] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = random.Random(SEED + 100 + seed)
+        for n in range(REQUESTS // 40):
+            body: Any
+            if rng.random() < 0.2:
+                method, path, body = "POST", "/auth/jwt/login", {"role": "r", "jwt": jwt}
+                reply = campaign.call(method, "/v1" + path, body, token="")
+            else:
+                verb, route, props = rng.choice(campaign.operations)
+                path = re.sub(r"\{\w+\}", lambda _: rng.choice(["jwt", "sso", "r", "default", "ops", "x"]), route)
+                method = verb.upper()
+                body = campaign.body(rng, route, props) if method == "POST" else None
+                reply = campaign.call(method, "/v1" + path, body)
+            with lock:
+                try:
+                    check_reply(f"client {seed} request {n}: {method} {path}", method, reply, statuses)
+                    if n % 50 == 49:
+                        campaign.restore()
+                except AssertionError as exc:
+                    failures.append(str(exc)[:400])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    errors = [line[:3000] for srv in servers for line in srv.log_text().splitlines() if "internal_error" in line]
+    assert failures == [], (failures[:5], errors[:2])
+    assert statuses.get(200, 0) > REQUESTS // 100, statuses  # a twentieth of the 8 x REQUESTS // 40
+    for srv in servers:
         assert srv.client().sys.read_health_status(method="GET")["initialized"] is True
-        assert errors == []
+    assert errors == []
