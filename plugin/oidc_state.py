@@ -37,7 +37,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from plugin.sealing import NewerTermError, Sealer
+from plugin.sealing import Sealer
 from plugin.storage import Storage
 
 __all__ = [
@@ -186,9 +186,10 @@ class FlowState:
                 device_code=_text(body.get("d", "")),
                 requester=_text(body.get("i", "")),
             )
-        except NewerTermError:  # sealed by a node whose rotation this one has not read yet: not a forgery
-            raise
         except (ValueError, TypeError, KeyError, AttributeError):  # SealError is a ValueError
+            # A ``NewerTermError`` too: the state is the caller's input, so a made-up term must
+            # not make this node re-read its keyring. A real state sealed in the moment after
+            # another node's rotation is refused as expired; the user starts the login again.
             return None
         if len(state.seed) != _SEED_BYTES or state.expires_at <= now:
             return None

@@ -64,5 +64,10 @@ def response_for(request: web.Request, exc: Exception) -> web.Response | None:
 
 async def reload_keyring(request: web.Request) -> None:
     """Re-read the keyring after a handler met a value sealed under a newer term (another
-    node or worker rotated it, and its announcement has not arrived here yet)."""
-    await request.app[KEYRING].reload(request.app[STORAGE])
+    node or worker rotated it, and its announcement has not arrived here yet). Only values
+    read from storage get there (an OIDC state, the one sealed value a caller sends, is
+    refused as expired instead), so no caller can make a node re-read it at will."""
+    try:
+        await request.app[KEYRING].reload(request.app[STORAGE])
+    except Exception as exc:  # the 503 goes out anyway; the announcement will reload it
+        log.warning("keyring_reload_failed", error=str(exc)[:200])

@@ -19,9 +19,9 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Operation
 from plugin.oidc_state import STATE_CONTEXT, USED_PREFIX, FlowState, sweep_used
 from plugin.path_oidc import LIMITS
-from plugin.sealing import EphemeralSealer, b64d, b64e, format_sealed, parse_sealed
+from plugin.sealing import EphemeralSealer, NewerTermError, b64d, b64e, format_sealed, parse_sealed
 from plugin.storage import InMemoryStorage
-from server.keyring import PrefixSealer
+from server.keyring import Keyring, PrefixSealer
 from tests.plugin.oidc_fakes import BOB, CLI_REDIRECT, REDIRECT, Harness, query
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -194,6 +194,19 @@ async def test_state_cannot_be_forged_or_tampered(h: Harness) -> None:
         assert FlowState.open(sealer, forged, h.clock.now) is None
         with pytest.raises(InvalidRequest, match="Expired or missing OAuth state"):
             await h.callback(state=forged, code="x")
+
+
+async def test_a_made_up_newer_term_is_an_expired_state_not_a_keyring_reload() -> None:
+    """The state is the caller's input: a term beyond any the keyring has (``NewerTermError``,
+    which makes the server re-read its keyring and answer 503 for values read from storage)
+    is refused like any forgery, so no anonymous caller can make a node re-read its keyring."""
+    storage = InMemoryStorage()
+    ring = await Keyring.open(storage, b"k" * 32)
+    sealed = ring.seal(b'{"k": "x"}', STATE_CONTEXT)
+    made_up = format_sealed(999_999, parse_sealed(sealed)[1])
+    with pytest.raises(NewerTermError):
+        ring.unseal(made_up, STATE_CONTEXT)
+    assert FlowState.open(ring, made_up, 0) is None
 
 
 async def test_state_cannot_move_to_another_mount() -> None:
