@@ -647,8 +647,11 @@ class TokenStore:
             value = await self.storage.get(EPOCH_PREFIX + acc)
             cached = (float(value) if value is not None else None, mono)
             self._epochs[acc] = cached
-        epoch = cached[0]
-        return epoch is not None and entry.creation_time <= epoch
+        # An accessor names one mount for good (enabling a path again makes a new one), so an
+        # epoch means the token's mount is gone, whenever the token was made: a login still
+        # running when its mount was disabled mints after the epoch, on a clock that may be
+        # another node's.
+        return cached[0] is not None
 
     async def authenticate(self, raw_token: str, remote_addr: str | None) -> TokenEntry:
         """Look up a token for a request: expiry, bound CIDRs, and consume one use.

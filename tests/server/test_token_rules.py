@@ -933,6 +933,19 @@ async def test_a_mount_revocation_kills_tokens_of_its_second(store: TokenStore) 
     assert await store.lookup(raw) is None
 
 
+@pytest.mark.parametrize("token_type", ["service", "batch"])
+async def test_a_token_minted_after_its_mount_was_disabled_is_dead(
+    store: TokenStore, clock: Clock, token_type: str
+) -> None:
+    """A login still running when an operator disabled its mount (to cut off a compromised
+    IdP) minted its token after the mount's epoch, so the token outlived the mount: only
+    tokens made up to the epoch were refused. An epoch now kills every token of its mount."""
+    await store.revoke_mount(JWT.accessor)
+    clock.now += 5  # later, or on a node whose clock runs ahead
+    block, _ = await store.issue(login(token_type=token_type), mount=JWT)
+    assert await store.lookup(block["client_token"]) is None
+
+
 # -- batch keys another node rotated, engines that cache nothing, usage, lookup output --------------
 
 async def test_batch_keys_another_node_rotated_are_read_again_at_most_once_a_second(
