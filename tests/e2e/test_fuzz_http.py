@@ -254,6 +254,11 @@ class Campaign:
         self.restore()
         self.operations: list[tuple[str, str, dict[str, Any]]] = []
 
+    def furnish(self) -> None:
+        """An OIDC mount beside the jwt one, and an identity group: more paths to document."""
+        assert self.call("POST", "/v1/sys/auth/sso", {"type": "oidc"})[0] == 204
+        assert self.call("POST", "/v1/identity/group/name/ops", {"policies": ["default"]})[0] in (200, 204)
+
     def document(self) -> None:
         """Take the operations of the server's OpenAPI document as it is now."""
         doc = self.call("GET", "/v1/sys/internal/specs/openapi")[2]
@@ -307,6 +312,11 @@ class Campaign:
         return out
 
 
+def sqlite_config(db: Path) -> dict[str, Any]:
+    """Settings of a campaign's server: a SQLite file, no rate limit."""
+    return {"storage": {"type": "sqlite", "path": str(db)}, "rate_limit": {"login_per_ip_per_second": 0, "login_burst": 0}}
+
+
 #: The routes whose GET shows what their POST writes: a refused write must leave it as it was.
 STATEFUL = re.compile(r"/(role|cel/role)/\{name\}$|^/sys/(policies/acl|policy)/\{name\}$|/tune$|"
                       r"^/identity/group/(name/\{name\}|id/\{id\})$|^/auth/[^/]+/config$|request-headers/\{header\}$")
@@ -319,13 +329,10 @@ def test_every_documented_operation_survives_random_values(tmp_path_factory: pyt
     bogus token or nobody. What must hold, besides the first campaign's rules: a write that
     was refused (4xx) leaves what its path reads back exactly as it was."""
     workdir = tmp_path_factory.mktemp("fuzz-openapi")
-    config = {"storage": {"type": "sqlite", "path": str(workdir / "fuzz.db")},
-              "rate_limit": {"login_per_ip_per_second": 0, "login_burst": 0}}
     rng = random.Random(SEED + 1)
-    with start_server(config=config, workdir=workdir) as srv:
+    with start_server(config=sqlite_config(workdir / "fuzz.db"), workdir=workdir) as srv:
         campaign = Campaign(srv, workdir)
-        assert campaign.call("POST", "/v1/sys/auth/sso", {"type": "oidc"})[0] == 204
-        assert campaign.call("POST", "/v1/identity/group/name/ops", {"policies": ["default"]})[0] in (200, 204)
+        campaign.furnish()
         campaign.document()
         assert len(campaign.operations) > 100
         statuses: dict[int, int] = {}
@@ -379,9 +386,7 @@ def test_concurrent_operations_on_two_workers(tmp_path: Path) -> None:
     This campaign found a keyring reload that took a rotation's term back (``sys/rotate``
     answered 500), a login refused with 503 because its audit device was disabled while it
     waited for its entry, and a role write that lost its mount's TTLs to a disable (500)."""
-    config = {"storage": {"type": "sqlite", "path": str(tmp_path / "fuzz.db")},
-              "rate_limit": {"login_per_ip_per_second": 0, "login_burst": 0},
-              "listen_address": f"127.0.0.1:{free_port()}"}
+    config = {**sqlite_config(tmp_path / "fuzz.db"), "listen_address": f"127.0.0.1:{free_port()}"}
     with start_server(config=config, workdir=tmp_path, args=["--workers", "2"]) as srv:
         run_concurrent_campaign(Campaign(srv, tmp_path), [srv])
 
@@ -402,7 +407,7 @@ def test_concurrent_operations_on_two_postgres_nodes(
 def run_concurrent_campaign(campaign: Campaign, servers: list[ServerProc]) -> None:
     """8 clients, ``REQUESTS // 40`` requests each; what every reply and the logs must be."""
     jwt = make_token(default_claims(exp=int(default_claims()["exp"]) + 3600), key=KEY)
-    assert campaign.call("POST", "/v1/sys/auth/sso", {"type": "oidc"})[0] == 204
+    campaign.furnish()
     time.sleep(0.2)  # every node or worker sees the new mount before its paths are read
     campaign.document()
     statuses: dict[int, int] = {}
@@ -454,13 +459,10 @@ def test_a_token_that_may_only_read_changes_nothing(tmp_path: Path) -> None:
     spelled in other cases, with slashes, escapes and dot segments: the database holds the
     same rows afterwards, byte for byte, and no spelling of the denied role reads it."""
     db = tmp_path / "acl.db"
-    config = {"storage": {"type": "sqlite", "path": str(db)},
-              "rate_limit": {"login_per_ip_per_second": 0, "login_burst": 0}}
     rng = random.Random(SEED + 2)
-    with start_server(config=config, workdir=tmp_path) as srv:
+    with start_server(config=sqlite_config(db), workdir=tmp_path) as srv:
         campaign = Campaign(srv, tmp_path)
-        assert campaign.call("POST", "/v1/sys/auth/sso", {"type": "oidc"})[0] == 204
-        assert campaign.call("POST", "/v1/identity/group/name/ops", {"policies": ["default"]})[0] in (200, 204)
+        campaign.furnish()
         for name, policy in (("reader", 'path "*" { capabilities = ["read", "list"] }'),
                              ("no-admin", 'path "auth/jwt/role/admin" { capabilities = ["deny"] }')):
             assert campaign.call("POST", f"/v1/sys/policies/acl/{name}", {"policy": policy})[0] == 204
