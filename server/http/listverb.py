@@ -39,22 +39,24 @@ __all__ = [
     "make_test_server",
 ]
 
+log = structlog.get_logger("authmount.http")
+
 MARKER_HEADER = "X-Authmount-List"
 MARKER_VALUE = secrets.token_hex(16)
 _MARKER_LINE = f"{MARKER_HEADER}: {MARKER_VALUE}\r\n".encode()
 _MARKER_LOWER = MARKER_HEADER.lower().encode()
 
 _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _PASSTHROUGH = range(6)
-log = structlog.get_logger("authmount.http")
-#: Where a parser message starts quoting the request's bytes (``b'...'``, ``bytearray(b'...')``).
-_QUOTED_BYTES = re.compile(r"""bytearray\(|\bb['"]""")
-
 _MAX_HEAD = 64 * 1024
 _MAX_LINE = 4096
 #: A request's header block must be complete this many seconds after its first byte
 #: (Vault's listener uses Go's ReadHeaderTimeout of 10 s); a client trickling headers
 #: (slowloris) otherwise holds a connection until the idle timeout.
 HEADER_TIMEOUT = 10.0
+
+
+#: Where a parser message starts quoting the request's bytes (``b'...'``, ``bytearray(b'...')``).
+_QUOTED_BYTES = re.compile(r"""bytearray\(|\bb['"]""")
 
 
 def malformed_reason(exc: HttpProcessingError) -> str:
