@@ -217,7 +217,7 @@ def parse_duration(value: Any, *, signed: bool = False) -> int:
     elif isinstance(value, str):
         seconds = _parse_duration_string(value.strip())
     else:
-        raise ValueError(f"unsupported type {type(value).__name__}")
+        raise ValueError(f"expected a duration, got {_json_type(value)}")
     if abs(seconds) > _MAX_SECONDS:
         raise ValueError("duration out of range")
     if seconds < 0 and not signed:

@@ -175,3 +175,30 @@ def test_field_parse_replaces_the_type_coercion(raw: Any, expected: Any) -> None
     with expected as value:
         assert FieldSet({"ttl": spec}).parse({"ttl": raw}) == ({"ttl": value}, [])
     assert spec.openapi()["format"] == "duration"  # the type still names the wire type
+
+
+@pytest.mark.parametrize(
+    ("ftype", "expected"),
+    [
+        (FieldType.STRING, "expected a string, got null"),
+        (FieldType.LOWER_STRING, "expected a string, got null"),
+        (FieldType.BOOL, "cannot parse as a boolean"),
+        (FieldType.INT, "cannot parse as an integer"),
+        (FieldType.DURATION, "expected a duration, got null"),
+        (FieldType.SIGNED_DURATION, "expected a duration, got null"),
+        (FieldType.COMMA_STRING_SLICE, []),
+        (FieldType.MAP, {}),
+    ],
+    ids=lambda v: v.value if isinstance(v, FieldType) else None,
+)
+def test_null_is_refused_for_scalars_and_empty_for_lists(ftype: FieldType, expected: Any) -> None:
+    """docs/vault-differences.md row 46: Vault takes a JSON null as the type's zero value
+    (``"token_num_uses": null`` is unlimited uses); authmount refuses it for a scalar, naming
+    the JSON type, never Python's (a duration said ``unsupported type NoneType``)."""
+    spec = Field(ftype, "A field.")
+    if isinstance(expected, str):
+        with pytest.raises(InvalidRequest) as raised:
+            coerce("f", spec, None)
+        assert str(raised.value) == f'Field validation failed: error converting input null for field "f": {expected}'
+    else:
+        assert coerce("f", spec, None) == expected
