@@ -285,7 +285,8 @@ def _fail(name: str, raw: Any, reason: str, sensitive: bool = False) -> InvalidR
     if sensitive:
         shown = "(sensitive value)"
     else:
-        shown = str(raw) if isinstance(raw, (str, int, float, bool)) else json.dumps(raw)[:200]
+        # as the caller wrote it: JSON for everything but a string (``true``, not Python's ``True``)
+        shown = raw if isinstance(raw, str) else json.dumps(raw)[:200]
     return InvalidRequest(
         f'Field validation failed: error converting input {shown} for field "{name}": {reason}'
     )

@@ -202,3 +202,15 @@ def test_null_is_refused_for_scalars_and_empty_for_lists(ftype: FieldType, expec
         assert str(raised.value) == f'Field validation failed: error converting input null for field "f": {expected}'
     else:
         assert coerce("f", spec, None) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [(True, "true"), (False, "false"), (None, "null"), (2**70, str(2**70)), (1.5, "1.5"), ("soon", "soon"),
+     ([1, "a"], '[1, "a"]')],
+)
+def test_the_input_is_echoed_as_json(raw: Any, shown: str) -> None:
+    """As the caller wrote it: a boolean was echoed as Python's ``True``."""
+    with pytest.raises(InvalidRequest, match="^Field validation failed: error converting input (.*) for field") as raised:
+        coerce("f", Field(FieldType.INT, "A number."), raw)
+    assert str(raised.value).startswith(f'Field validation failed: error converting input {shown} for field "f": ')
