@@ -180,6 +180,8 @@ class AuditBroker:
         self._batch: _Batch | None = None
         self._lock = asyncio.Lock()
         self._refresh = Refresh(self.reload, "audit_reload_failed")
+        #: False once ``close`` ran: a request still logging then fails closed.
+        self._open = True
 
     # -- the table ----------------------------------------------------------------------------
     async def load(self) -> None:
@@ -440,18 +442,24 @@ class AuditBroker:
                 if not waiter.done():  # a request cancelled while it waited
                     waiter.set_result(ok)
 
-    @staticmethod
     async def _log_async(
-        devices: Iterable[AuditDevice], rec: Record, build: Line, timer: Observer, failures: Counter
+        self, devices: Iterable[AuditDevice], rec: Record, build: Line, timer: Observer, failures: Counter
     ) -> None:
         start = time.perf_counter()
         when = stamp()
-        ok = False
+        ok = needed = False
         for device in devices:
+            if not any(d is device for d in self.active):
+                # Disabled since the request started: its sink is closed, and a write would
+                # open it again for a device nobody reads. The entry is no longer owed to it,
+                # unless the server is stopping (then the request fails closed).
+                needed = needed or not self._open
+                continue
+            needed = True
             if await device.write(build(rec, device.fmt, when)):
                 ok = True
         timer.observe(telemetry.ms_since(start))
-        if not ok:
+        if needed and not ok:
             failures.inc()
             raise AuditUnavailable()
 
@@ -500,6 +508,7 @@ class AuditBroker:
             self.headers = _header_table(await self.storage.get(HEADERS_KEY))
 
     async def close(self) -> None:
+        self._open = False
         self._refresh.cancel()
         for device in self.active:
             await device.sink.close()

@@ -856,3 +856,46 @@ def test_a_line_cut_by_a_full_file_is_ended_and_refused(tmp_path: Path, monkeypa
     sink.reopen()  # as SIGHUP (or the pause's end) does
     sink.write_now(b'{"type":"request","n":2}\n')
     assert (tmp_path / "audit.log").read_bytes() == line[:10] + b"\n" + b'{"type":"request","n":2}\n'
+
+
+async def test_a_socket_device_disabled_while_a_request_writes_to_it() -> None:
+    """A request that started with a socket device logs after the device was disabled: its
+    closed socket was opened again (a connection for a device nobody reads, open until
+    garbage collection). Now the entry is not owed to a disabled device; the request is
+    neither refused nor reconnects. While the server stops, it fails closed."""
+    from server.audit.broker import AuditBroker, AuditUnavailable
+    from server.audit.entry import probe_record
+    from server.keyring import PROCESS_SEALER
+
+    connections: list[asyncio.StreamWriter] = []
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while await reader.readline():
+            pass
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        broker = AuditBroker(InMemoryStorage(), PROCESS_SEALER)
+        await broker.enable("sock", "socket", options={"address": f"127.0.0.1:{port}"})
+        await asyncio.sleep(0.05)
+        opened = len(connections)
+        rec = probe_record()
+        pending = broker.log_request(rec)  # the request's write, not run yet
+        assert pending is not None
+        assert await broker.disable("sock")
+        await pending  # not refused
+        await asyncio.sleep(0.05)
+        assert len(connections) == opened  # and not reconnected
+        await broker.enable("sock2", "socket", options={"address": f"127.0.0.1:{port}"})
+        pending = broker.log_request(rec)
+        assert pending is not None
+        await broker.close()
+        with pytest.raises(AuditUnavailable):
+            await pending
+    finally:
+        server.close()
+        for writer in connections:
+            writer.close()
+        await server.wait_closed()
