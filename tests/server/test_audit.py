@@ -612,15 +612,21 @@ async def test_socket_device(aiohttp_client: AiohttpClient) -> None:
         await server.wait_closed()
 
 
-async def test_socket_device_reconnects_and_fails_closed(aiohttp_client: AiohttpClient) -> None:
-    accepted: list[asyncio.StreamWriter] = []
+async def draining_listener(accepted: list[asyncio.StreamWriter], port: int = 0) -> asyncio.Server:
+    """A TCP listener on loopback that reads and drops lines, keeping each connection in
+    ``accepted``."""
 
     async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(writer)
         while await reader.readline():
             pass
 
-    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    return await asyncio.start_server(sink, "127.0.0.1", port)
+
+
+async def test_socket_device_reconnects_and_fails_closed(aiohttp_client: AiohttpClient) -> None:
+    accepted: list[asyncio.StreamWriter] = []
+    server = await draining_listener(accepted)
     port = server.sockets[0].getsockname()[1]
     client = await _client(aiohttp_client)
     await _enable(client, "sock", type="socket", options={"address": f"127.0.0.1:{port}", "write_timeout": "1s"})
@@ -636,7 +642,7 @@ async def test_socket_device_reconnects_and_fails_closed(aiohttp_client: Aiohttp
         await asyncio.sleep(0.05)
     assert status == 503
     accepted.clear()
-    again = await asyncio.start_server(sink, "127.0.0.1", port)
+    again = await draining_listener(accepted, port)
     try:
         await asyncio.sleep(0.6)  # past the reconnect back-off
         assert (await _login(client, jwt()))[0] == 200
@@ -868,13 +874,7 @@ async def test_a_socket_device_disabled_while_a_request_writes_to_it() -> None:
     from server.keyring import PROCESS_SEALER
 
     connections: list[asyncio.StreamWriter] = []
-
-    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(writer)
-        while await reader.readline():
-            pass
-
-    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    server = await draining_listener(connections)
     port = server.sockets[0].getsockname()[1]
     try:
         broker = AuditBroker(InMemoryStorage(), PROCESS_SEALER)
