@@ -382,8 +382,6 @@ def measure(args: argparse.Namespace, run_dir: Path, servers: dict[str, Server],
     return [rows[(c.key, n)] for n in args.connections for c in cases if (c.key, n) in rows]
 
 
-
-
 def ratios_side_by_side(args: argparse.Namespace, run_dir: Path) -> list[str]:
     """The one-core ratios again, with their two sides running at once (``bench/floor.py
     --ratios``): the cases above are measured a minute or more apart, and this machine's

@@ -517,6 +517,8 @@ _OPENAPI_RESPONSES = {
              "default": _OPENAPI_ERROR},
     "delete": {"204": {"description": "OK, no body"}, "default": _OPENAPI_ERROR},
 }
+
+
 def _openapi_path(spec: PathSpec, mount_prefix: str) -> tuple[str, dict[str, Any]]:
     """The OpenAPI ``paths`` entry (route, operations) of one PathSpec.
 

@@ -131,7 +131,8 @@ def help_text(spec: PathSpec, path: str) -> str:
 
 def openapi_document(paths: dict[str, Any]) -> dict[str, Any]:
     """An OpenAPI 3.0 document of ``paths`` (entries built by ``framework``), with its
-    ``components``: valid against the OpenAPI 3.0 schema (tests/server/test_openapi.py)."""
+    ``components``: valid against the OpenAPI 3.0 schema (tests/server/test_sys_backend.py,
+    ``test_openapi_document_is_valid_openapi_3``)."""
     return {
         "openapi": "3.0.2",
         "info": {

@@ -29,8 +29,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
-    "SealError", "NewerTermError", "Sealer", "EphemeralSealer", "is_sealed", "seal_bytes", "open_bytes", "fingerprint_bytes", "PREFIX",
-    "FINGERPRINT_PREFIX",
+    "SealError", "NewerTermError", "Sealer", "EphemeralSealer", "is_sealed", "seal_bytes", "open_bytes",
+    "fingerprint_bytes", "PREFIX", "FINGERPRINT_PREFIX",
 ]
 
 PREFIX = "am1."
