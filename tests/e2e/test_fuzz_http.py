@@ -253,6 +253,7 @@ class Campaign:
         self.admin = ""
         self.restore()
         self.operations: list[tuple[str, str, dict[str, Any]]] = []
+        self.unauthenticated: set[str] = set()
 
     def furnish(self) -> None:
         """An OIDC mount beside the jwt one, and an identity group: more paths to document."""
@@ -260,14 +261,16 @@ class Campaign:
         assert self.call("POST", "/v1/identity/group/name/ops", {"policies": ["default"]})[0] in (200, 204)
 
     def document(self) -> None:
-        """Take the operations of the server's OpenAPI document as it is now."""
-        doc = self.call("GET", "/v1/sys/internal/specs/openapi")[2]
+        """Take the operations of the server's OpenAPI document as it is now, and the routes
+        that need no token."""
+        paths = json.loads(self.call("GET", "/v1/sys/internal/specs/openapi")[2])["paths"]
         self.operations = [
             (verb, route, op.get("requestBody", {}).get("content", {}).get("application/json", {})
              .get("schema", {}).get("properties", {}))
-            for route, entry in json.loads(doc)["paths"].items()
+            for route, entry in paths.items()
             for verb, op in entry.items() if verb in ("get", "post", "delete")
         ]
+        self.unauthenticated = {route for route, entry in paths.items() if entry.get("x-vault-unauthenticated")}
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
         data = b"" if body is None else json.dumps(body).encode()
@@ -474,8 +477,7 @@ def test_a_token_that_may_only_read_changes_nothing(tmp_path: Path) -> None:
         assert status == 200, created
         reader = json.loads(created)["auth"]["client_token"]
         # What an unauthenticated path writes (a login's token) is anyone's to write: left out.
-        unauthenticated = _unauthenticated_routes(campaign)
-        writes = [op for op in campaign.operations if op[0] != "get" and op[1] not in unauthenticated]
+        writes = [op for op in campaign.operations if op[0] != "get" and op[1] not in campaign.unauthenticated]
         time.sleep(0.3)  # the writes above have reached the file
         before = _rows(db)
         statuses: dict[int, int] = {}
@@ -494,11 +496,6 @@ def test_a_token_that_may_only_read_changes_nothing(tmp_path: Path) -> None:
         time.sleep(0.3)
         assert _rows(db) == before
         assert statuses.get(403, 0) > REQUESTS // 10, statuses
-
-
-def _unauthenticated_routes(campaign: Campaign) -> set[str]:
-    doc = json.loads(campaign.call("GET", "/v1/sys/internal/specs/openapi")[2])
-    return {route for route, entry in doc["paths"].items() if entry.get("x-vault-unauthenticated")}
 
 
 def _rows(db: Path) -> dict[str, bytes]:
