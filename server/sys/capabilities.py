@@ -101,6 +101,8 @@ _Target = Callable[[SysCore, dict[str, Any], TokenEntry], Awaitable[TokenEntry]]
 
 
 async def _caller(core: SysCore, values: dict[str, Any], caller: TokenEntry) -> TokenEntry:
+    if caller.num_uses < 0:  # on its last use the token is pending revocation: Vault's answer
+        raise InvalidRequest("invalid token")
     return caller
 
 

@@ -206,6 +206,13 @@ class TokenBackend(Backend):
 
     async def _create_common(self, req: Request, values: dict[str, Any], *, orphan: bool) -> Response:
         caller, _ = self._caller(req)
+        # Vault's order and texts. A token on its last use is already pending revocation; a
+        # use-limited one must not mint tokens without its limit (a one-use token would
+        # otherwise hand out an unlimited child, or an orphan that outlives it).
+        if caller.num_uses < 0:
+            raise InvalidRequest("parent token lookup failed: no parent found")
+        if caller.num_uses > 0:
+            raise InvalidRequest("restricted use token cannot generate child tokens")
         if values.get("id"):
             raise InvalidRequest("custom token IDs are not supported")
         if values.get("entity_alias"):
@@ -351,6 +358,8 @@ class TokenBackend(Backend):
         return Response(data={"keys": await self.store.list_accessors()})
 
     async def _renew_entry(self, req: Request, entry: TokenEntry, raw: str, increment: int) -> Response:
+        if entry.num_uses < 0:  # the caller's own token on its last use: pending revocation (Vault)
+            raise InvalidRequest("token not found")
         if entry.type == "batch":
             raise InvalidRequest("batch tokens cannot be renewed")
         mount, hook = await self._renew_target(entry, req)

@@ -715,7 +715,8 @@ class TokenStore:
         TTL is recomputed from the hook's Auth, counted from the original issue time.
 
         :raises InvalidRequest: ``batch tokens cannot be renewed``, ``lease is not renewable``,
-            ``past the max TTL, cannot renew``; or whatever the hook raises.
+            ``past the max TTL, cannot renew``, ``token not found`` (revoked, expired or used up
+            since it was looked up); or whatever the hook raises.
         """
         if entry.type == "batch":
             raise InvalidRequest("batch tokens cannot be renewed")
@@ -723,8 +724,8 @@ class TokenStore:
             raise InvalidRequest("lease is not renewable")
         data = await self.storage.get(ID_PREFIX + entry.id_hash)
         current = await self._check_live(TokenEntry.from_dict(data)) if data else None
-        if current is None:
-            raise PermissionDenied()
+        if current is None:  # revoked, expired or used up since the request looked it up
+            raise InvalidRequest("token not found")
         mount = mount or self.default_mount
         backend_ttl, period, backend_max = current.ttl, current.period, 0
         explicit = current.explicit_max_ttl
@@ -763,7 +764,7 @@ class TokenStore:
 
         await self.storage.update(ID_PREFIX + entry.id_hash, extend)
         if not kept:
-            raise PermissionDenied()
+            raise InvalidRequest("token not found")
         renewed = TokenEntry.from_dict(kept[0])
         block = self.auth_block(renewed, raw_token, lease_duration=ttl, identity_policies=await self.identity_policies(renewed))
         return block, warnings

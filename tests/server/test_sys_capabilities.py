@@ -70,6 +70,16 @@ async def test_deprecated_single_path_and_root(client: Client) -> None:
     assert status == 200 and body["capabilities"] == ["root"] and body["anything/at/all"] == ["root"]
 
 
+async def test_a_token_on_its_last_use_is_invalid_here(client: Client) -> None:
+    """OpenBao 2.7.2: a one-use token asking for its own capabilities is pending revocation
+    by then, and is answered ``400 invalid token``; with a use left it is answered."""
+    for uses, expected in ((1, (400, {"errors": ["invalid token"]})), (2, (200, ["deny"]))):
+        created = await client.post("/v1/auth/token/create", json={"num_uses": uses, "policies": ["default"]}, headers=H)
+        token = (await created.json())["auth"]["client_token"]
+        status, body = await _ask(client, "/v1/sys/capabilities-self", token, {"paths": ["sys/auth"]})
+        assert (status, body if status != 200 else body["capabilities"]) == expected
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

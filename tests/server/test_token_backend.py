@@ -237,6 +237,31 @@ async def test_renew_self_token_created(env: Env) -> None:
         await env.call(env.root, "renew", {"token": "hvs.doesnotexist0000000000"})
 
 
+@pytest.mark.parametrize(
+    ("uses", "message"),
+    [(1, "parent token lookup failed: no parent found"), (2, "restricted use token cannot generate child tokens")],
+    ids=["last use", "uses left"],
+)
+@pytest.mark.parametrize("path", ["create", "create-orphan"])
+async def test_a_use_limited_token_creates_no_tokens(env: Env, uses: int, message: str, path: str) -> None:
+    """A use-limited token cannot escape its limit by minting an unlimited child (or orphan);
+    OpenBao 2.7.2's texts, in its order (a last use is a token pending revocation)."""
+    block = await env.token(policies=["root"], num_uses=uses)
+    before = await env.store.list_accessors()
+    with pytest.raises(InvalidRequest) as exc:
+        await env.call(block["client_token"], path, {"policies": ["root"]})
+    assert exc.value.messages == [message]
+    assert await env.store.list_accessors() == ([a for a in before if a != block["accessor"]] if uses == 1 else before)
+
+
+@pytest.mark.parametrize("path", ["renew-self", "renew"])
+async def test_renewing_a_token_on_its_last_use_finds_no_token(env: Env, path: str) -> None:
+    block = await env.token(policies=["dev"], num_uses=1)
+    with pytest.raises(InvalidRequest) as exc:  # before the batch or renewable checks, as in Vault
+        await env.call(block["client_token"], path, {"token": block["client_token"]})
+    assert exc.value.messages == ["token not found"]
+
+
 async def test_renew_not_renewable(env: Env) -> None:
     block = await env.token(policies=["dev"], renewable=False)
     with pytest.raises(InvalidRequest, match="lease is not renewable"):

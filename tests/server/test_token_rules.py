@@ -718,7 +718,7 @@ async def test_renew_loses_a_race_with_a_last_use_or_a_revocation(clock: Clock, 
             await storage.put(key, {**row, "num_uses": -1, "revoke_pending_at": clock.now})
 
     storage.before_update = interfere
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(InvalidRequest, match="^token not found$"):  # Vault's text and 400
         await store.renew(entry, 600, mount=JWT)
     row = await storage.get(ID_PREFIX + entry.id_hash)
     assert row is None or row["expire_time"] == entry.expire_time
