@@ -10,9 +10,10 @@ from plugin.cidrutil import narrow_cidrs, parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation
 from plugin.framework import Backend, Operation, PathSpec, Request, Response
 from plugin.policyutil import sanitize_policies
-from plugin.schema import Field, FieldSet, FieldType, format_duration
+from plugin.schema import Field, FieldSet, FieldType
 from server.tokens.entry import MountInfo, RenewHook, TokenEntry, check_assignable
 from server.tokens.store import TokenStore
+from server.tokens.ttl import calculate_ttl
 
 __all__ = ["TokenBackend", "MountLookup", "mount_table_lookup", "entry_by_accessor"]
 
@@ -89,6 +90,7 @@ _CREATE = {
     "no_default_policy": _f(FieldType.BOOL, "Do not add the default policy.", False),
     "renewable": _f(FieldType.BOOL, "Whether the token can be renewed.", True),
     "ttl": _f(FieldType.DURATION, "Initial TTL; defaults to the token mount's default lease TTL.", 0),
+    "lease": _f(FieldType.DURATION, "Deprecated: the TTL when `ttl` is not given.", 0),
     "explicit_max_ttl": _f(FieldType.DURATION, "Hard lifetime cap that renewals cannot pass.", 0),
     "period": _f(FieldType.DURATION, "Make a periodic token renewed by this much (needs root or sudo).", 0),
     "display_name": _f(FieldType.STRING, "Name shown in lookups, prefixed with token-.", ""),
@@ -205,56 +207,62 @@ class TokenBackend(Backend):
         return await self._create_common(req, values, orphan=False)
 
     async def _create_common(self, req: Request, values: dict[str, Any], *, orphan: bool) -> Response:
+        """OpenBao's ``handleCreateCommon``, its checks in its order and with its texts
+        (tests/e2e/test_token_peer.py runs both servers side by side)."""
         caller, _ = self._caller(req)
-        # Vault's order and texts. A token on its last use is already pending revocation; a
-        # use-limited one must not mint tokens without its limit (a one-use token would
-        # otherwise hand out an unlimited child, or an orphan that outlives it).
-        if caller.num_uses < 0:
+        if caller.num_uses < 0:  # its last use: pending revocation
             raise InvalidRequest("parent token lookup failed: no parent found")
-        if caller.num_uses > 0:
+        if caller.type == "batch":  # not even an orphan: it would outlive the batch token
+            raise InvalidRequest("batch tokens cannot create more tokens")
+        if caller.num_uses > 0:  # a child would escape the use limit
             raise InvalidRequest("restricted use token cannot generate child tokens")
-        if values.get("id"):
-            raise InvalidRequest("custom token IDs are not supported")
+        sudo = await self._has_sudo(caller, req)
+        token_type = values.get("type") or "service"
+        explicit, num_uses, period = values.get("explicit_max_ttl", 0), values.get("num_uses", 0), values.get("period", 0)
+        renewable = bool(values.get("renewable", True))
+        if token_type == "batch":
+            bad = "explicit_max_ttl" if explicit else "num_uses" if num_uses else "period" if period else ""
+            if bad:
+                raise InvalidRequest(f'batch tokens cannot have "{bad}" set')
+            renewable = False
+        elif token_type != "service":
+            raise InvalidRequest(f'invalid token type "{values.get("type")}"')
+        if num_uses < 0:
+            raise InvalidRequest("number of uses cannot be negative")
         if values.get("entity_alias"):
             raise InvalidRequest("entity_alias requires a token role, which is not supported")
-        token_type = values.get("type") or "service"
-        if token_type not in ("service", "batch"):
-            raise InvalidRequest(f'invalid token type "{values.get("type")}"')
-        sudo = await self._has_sudo(caller, req)
-        if values.get("no_parent") and not orphan:
+        if values.get("id"):
+            raise InvalidRequest("custom token IDs are not supported")
+        policies = self._create_policies(values, caller, sudo)
+        if "root" in policies:
+            if not caller.is_root():
+                raise InvalidRequest("root tokens may not be created without parent token being root")
+            if token_type == "batch":
+                raise InvalidRequest("batch tokens cannot be root tokens")
+        if values.get("no_parent"):
             if not sudo:
                 raise InvalidRequest("root or sudo privileges required to create orphan token")
             orphan = True
-        if caller.type == "batch" and not orphan:
-            raise InvalidRequest("batch tokens cannot create non-orphan tokens")
-        num_uses = values.get("num_uses", 0)
-        if num_uses < 0:
-            raise InvalidRequest("number of uses cannot be negative")
-        period = values.get("period", 0)
         if period and not sudo:
             raise InvalidRequest("root or sudo privileges required to create periodic token")
-
-        no_default = bool(values.get("no_default_policy"))
-        requested = values.get("policies") or []
-        if not requested:
-            requested = [p for p in caller.policies if not (no_default and p == "default")]
-        policies = sanitize_policies(requested, add_default=not no_default)
-        if not sudo:
-            want = set(sanitize_policies(requested, add_default=False)) - {"default"}
-            have = set(caller.policies) - {"default"}
-            if not want <= have:
-                raise InvalidRequest("child policies must be subset of parent")
-        if "root" in policies and not caller.is_root():
-            raise InvalidRequest("root tokens may not be created without parent token being root")
-        check_assignable(policies)
-
         mount = self._token_mount(req)
-        ttl, warnings = self._create_ttl(values, policies, mount, caller)
-        renewable = bool(values.get("renewable", True)) and ttl != 0
+        now = self.store.clock()
+        ttl = values.get("ttl", 0) or values.get("lease", 0)
+        warnings: list[str] = []
+        if period or ttl or "root" not in policies:
+            ttl, warnings = calculate_ttl(
+                now=now, default_ttl=mount.default_lease_ttl, mount_max=mount.max_lease_ttl, backend_ttl=ttl,
+                period=period, explicit_max=explicit, start=int(now),
+            )
+        if ttl == 0 and explicit > 0:  # root tokens are bound by their explicit max TTL too
+            ttl = explicit
+        if ttl == 0:
+            if caller.ttl != 0:
+                raise InvalidRequest("expiring root tokens cannot create non-expiring root tokens")
+            renewable = False
         display = "token"
         if values.get("display_name"):
             display = _DISPLAY_SANITIZE.sub("-", "token-" + values["display_name"]).removesuffix("-")
-        now = self.store.clock()
         entry = TokenEntry(
             id_hash="",
             accessor="",
@@ -266,7 +274,7 @@ class TokenBackend(Backend):
             creation_time=int(now),
             ttl=ttl,
             expire_time=now + ttl if ttl else 0.0,
-            explicit_max_ttl=values.get("explicit_max_ttl", 0),
+            explicit_max_ttl=explicit,
             period=period,
             num_uses=num_uses,
             bound_cidrs=narrow_cidrs(caller.bound_cidrs, parse_cidrs(values.get("bound_cidrs") or [])),
@@ -275,34 +283,35 @@ class TokenBackend(Backend):
             entity_id=caller.entity_id,
         )
         raw = await self.store.mint(entry, parent=None if orphan else caller)
+        if self.policies is not None:
+            for name in policies:
+                if await self.policies.get(name) is None:
+                    warnings.append(f'Policy "{name}" does not exist')
         return Response(auth_block=self.store.auth_block(entry, raw), warnings=warnings)
 
     @staticmethod
-    def _create_ttl(values: dict[str, Any], policies: list[str], mount: MountInfo, caller: TokenEntry) -> tuple[int, list[str]]:
-        """Vault ``handleCreateCommon`` TTL rules (root tokens may be non-expiring)."""
-        warnings: list[str] = []
-        explicit = values.get("explicit_max_ttl", 0)
-        period = values.get("period", 0)
-        if period:
-            ttl = min(period, explicit) if explicit else period
+    def _create_policies(values: dict[str, Any], caller: TokenEntry, sudo: bool) -> list[str]:
+        """OpenBao's ``resolveTokenPolicies`` without token roles: the caller's policies when
+        none are asked for; otherwise a subset of them unless the caller has sudo; ``default``
+        added when the caller has it (or has sudo), and removed with ``no_default_policy``."""
+        no_default = bool(values.get("no_default_policy"))
+        requested = values.get("policies") or []
+        if not requested:
+            policies, add_default = list(caller.policies), False
+        elif not sudo:
+            want = set(sanitize_policies(requested)) - {"default"}
+            if not want <= set(sanitize_policies(caller.policies)) - {"default"}:
+                raise InvalidRequest("child policies must be subset of parent")
+            policies, add_default = requested, not no_default and "default" in caller.policies
         else:
-            ttl = values.get("ttl", 0)
-            if ttl == 0 and "root" not in policies:
-                ttl = mount.default_lease_ttl
-            max_ttl = mount.max_lease_ttl
-            if 0 < explicit < max_ttl:
-                max_ttl = explicit
-            if max_ttl and ttl > max_ttl:
-                warnings.append(
-                    f'TTL of "{format_duration(ttl)}" exceeded the effective max_ttl of '
-                    f'"{format_duration(max_ttl)}"; TTL value is capped accordingly'
-                )
-                ttl = max_ttl
-        if ttl == 0 and explicit > 0:
-            ttl = explicit
-        if ttl == 0 and caller.ttl != 0:
-            raise InvalidRequest("expiring root tokens cannot create non-expiring root tokens")
-        return ttl, warnings
+            policies, add_default = requested, not no_default
+        final = sanitize_policies(policies, add_default=add_default)
+        if "root" in final:  # Vault's SanitizePolicies: root stands alone
+            final = ["root"]
+        if no_default:
+            final = [p for p in final if p != "default"]
+        check_assignable(final)
+        return final
 
     # -- lookup --------------------------------------------------------------------------
     async def _data(self, entry: TokenEntry, raw: str) -> Response:

@@ -8,9 +8,21 @@ from functools import lru_cache
 from plugin.errors import InvalidRequest
 from plugin.schema import format_duration
 
-__all__ = ["DEFAULT_MAX_TTL", "calculate_ttl", "rfc3339"]
+__all__ = ["DEFAULT_MAX_TTL", "calculate_ttl", "human_duration", "rfc3339"]
 
 DEFAULT_MAX_TTL = 768 * 3600
+
+
+def human_duration(seconds: int) -> str:
+    """A duration as Vault's capping warnings print it (``humanDuration``): Go's form without
+    zero parts, ``1h`` for ``1h0m0s``, ``768h1s`` for ``768h0m1s``, ``10m`` for ``10m0s``."""
+    text = format_duration(seconds)
+    if text.endswith("m0s"):
+        text = text[:-2]
+    at = text.find("h0m")
+    if at > 0:
+        text = text[: at + 1] + text[at + 3 :]
+    return text
 
 
 def calculate_ttl(
@@ -41,8 +53,8 @@ def calculate_ttl(
     if period > 0:
         if period > max_ttl:
             warnings.append(
-                f'period of "{format_duration(period)}" exceeded the effective max_ttl of '
-                f'"{format_duration(max_ttl)}"; period value is capped accordingly'
+                f'period of "{human_duration(period)}" exceeded the effective max_ttl of '
+                f'"{human_duration(max_ttl)}"; period value is capped accordingly'
             )
             period = max_ttl
         ttl = period
@@ -58,8 +70,8 @@ def calculate_ttl(
             raise InvalidRequest("past the max TTL, cannot renew")
         if ttl > left:
             warnings.append(
-                f'TTL of "{format_duration(ttl)}" exceeded the effective max_ttl of '
-                f'"{format_duration(left)}"; TTL value is capped accordingly'
+                f'TTL of "{human_duration(ttl)}" exceeded the effective max_ttl of '
+                f'"{human_duration(left)}"; TTL value is capped accordingly'
             )
             ttl = left
     if ttl <= 0:

@@ -1,7 +1,12 @@
-"""Use-limited tokens against OpenBao: the same calls, by a token with one use left (the call
-is its last use) or two, on an authmount dev server and an OpenBao dev server (the peer,
-tests/e2e/baoproc.py). The status and the error texts must agree; where the two servers
-serve different paths (``sys/mounts`` lists OpenBao's secrets engines), only the status."""
+"""The token store against OpenBao, on an authmount dev server and an OpenBao dev server (the
+peer, tests/e2e/baoproc.py) side by side:
+
+- use-limited tokens: the same calls by a token with one use left (the call is its last use)
+  or two; the status and the error texts must agree;
+- token creation: ``create`` and ``create-orphan`` with each body of ``CREATE_BODIES``, by
+  root, a sudo token, a batch token and a token without sudo; the status, the error texts,
+  the warnings and the new token's policies, TTL, renewability, orphan flag, type, uses and
+  metadata must agree."""
 
 from __future__ import annotations
 
@@ -35,6 +40,34 @@ CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "auth/token/revoke-self", {}),
     ("POST", "auth/token/revoke", {"token": "SELF"}),
 ]
+POLICIES = {
+    "tokenadmin": 'path "auth/token/*" { capabilities = ["create", "update", "sudo"] }',
+    "creator": 'path "auth/token/create*" { capabilities = ["create", "update"] }',
+    "a": 'path "x" { capabilities = ["read"] }',
+}
+#: Who creates: the body of the ``auth/token/create`` that makes the caller (None: root).
+CREATORS: dict[str, dict[str, Any] | None] = {
+    "root": None,
+    "sudo": {"policies": ["tokenadmin"]},
+    "batch": {"policies": ["tokenadmin"], "type": "batch"},
+    "no sudo": {"policies": ["creator", "a"]},
+}
+CREATE_BODIES: list[dict[str, Any]] = [
+    {}, {"ttl": "1h"}, {"explicit_max_ttl": "10m", "ttl": "1h"}, {"period": "5m"},
+    {"period": "5m", "explicit_max_ttl": "1m"}, {"period": "800h"}, {"ttl": "100000h"}, {"ttl": "768h1s"},
+    {"ttl": "0"}, {"explicit_max_ttl": "1h"}, {"lease": "1h"}, {"lease": "1h", "ttl": "2h"},
+    {"policies": ["a"]}, {"policies": ["a", "b"]}, {"policies": ["root"]}, {"policies": ["root", "a"]},
+    {"policies": [" A "]}, {"policies": ["default"]}, {"policies": ["response-wrapping"]},
+    {"policies": ["tokenadmin"], "ttl": "90m"}, {"no_default_policy": True},
+    {"policies": ["default"], "no_default_policy": True}, {"policies": ["a"], "no_default_policy": True},
+    {"num_uses": 3}, {"num_uses": -1}, {"type": "batch"}, {"type": "batch", "num_uses": 2},
+    {"type": "batch", "period": "1m"}, {"type": "batch", "explicit_max_ttl": "1m"}, {"type": "batch", "policies": ["a"]},
+    {"type": "batch", "policies": ["a"], "num_uses": 2}, {"type": "batch", "renewable": True, "policies": ["a"]},
+    {"type": "service", "renewable": False}, {"no_parent": True}, {"no_parent": True, "policies": ["a"]},
+    {"display_name": "My App!"}, {"meta": {"k": "v"}},
+]
+#: What a create's answer is compared on, besides its status, errors and warnings.
+AUTH_FIELDS = ("policies", "lease_duration", "renewable", "orphan", "token_type", "num_uses", "metadata")
 #: Go's multierror wrapping of one error ("1 error occurred:\n\t* permission denied\n\n").
 _MULTI = re.compile(r"^1 error occurred:\n\t\* (.*)\n\n$", re.S)
 
@@ -57,6 +90,12 @@ def _token(url: str, root: str, uses: int, policies: list[str]) -> str:
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[ServerProc, BaoProc]]:
     with tempfile.TemporaryDirectory() as home, start_bao() as bao, start_server(dev=True, workdir=Path(home)) as ours:
+        assert ours.root_token is not None
+        for url, root in ((ours.url, ours.root_token), (bao.url, bao.root_token)):
+            for name, text in POLICIES.items():
+                resp = requests.put(f"{url}/v1/sys/policies/acl/{name}", json={"policy": text},
+                                    headers={"X-Vault-Token": root}, timeout=10)
+                assert resp.status_code == 204, resp.text
         yield ours, bao
 
 
@@ -72,3 +111,30 @@ def test_a_use_limited_token_as_openbao(
     got = _answer(ours.url, _token(ours.url, ours.root_token, uses, policies), method, path, body)
     peer = _answer(bao.url, _token(bao.url, bao.root_token, uses, policies), method, path, body)
     assert got == peer
+
+
+def _create(url: str, root: str, creator: dict[str, Any] | None, path: str, body: dict[str, Any]) -> tuple[Any, ...]:
+    caller = root
+    if creator is not None:
+        made = requests.post(f"{url}/v1/auth/token/create", json=creator, headers={"X-Vault-Token": root}, timeout=10)
+        caller = made.json()["auth"]["client_token"]
+    resp = requests.post(f"{url}/v1/{path}", json=body, headers={"X-Vault-Token": caller}, timeout=10)
+    answer = resp.json()
+    if "errors" in answer:
+        return resp.status_code, [_MULTI.sub(r"\1", e) for e in answer["errors"]]
+    auth = answer["auth"]
+    return resp.status_code, answer["warnings"], {k: auth[k] for k in AUTH_FIELDS}
+
+
+@pytest.mark.parametrize("path", ["auth/token/create", "auth/token/create-orphan"])
+@pytest.mark.parametrize("creator", list(CREATORS))
+def test_token_creation_as_openbao(servers: tuple[ServerProc, BaoProc], creator: str, path: str) -> None:
+    ours, bao = servers
+    assert ours.root_token is not None
+    mismatches = []
+    for body in CREATE_BODIES:
+        got = _create(ours.url, ours.root_token, CREATORS[creator], path, body)
+        peer = _create(bao.url, bao.root_token, CREATORS[creator], path, body)
+        if got != peer:
+            mismatches.append((body, got, peer))
+    assert mismatches == [], "\n".join(map(repr, mismatches))

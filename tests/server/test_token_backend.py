@@ -166,10 +166,9 @@ async def test_batch_tokens_via_create(env: Env) -> None:
         await env.token(type="batch")
     batch = await env.token(type="batch", policies=["dev"])
     assert batch["client_token"].startswith("hvb.") and batch["token_type"] == "batch" and batch["accessor"] == ""
-    with pytest.raises(InvalidRequest, match="batch tokens cannot create non-orphan tokens"):
-        await env.token(batch["client_token"], policies=["dev"])
-    resp = await env.call(batch["client_token"], "create-orphan", {"policies": ["dev"]})
-    assert resp is not None and resp.auth_block is not None
+    for path in ("create", "create-orphan"):  # not even an orphan, which would outlive it (OpenBao 2.7.2)
+        with pytest.raises(InvalidRequest, match="^batch tokens cannot create more tokens$"):
+            await env.call(batch["client_token"], path, {"policies": ["dev"]})
     with pytest.raises(InvalidRequest, match="batch tokens cannot be renewed"):
         await env.call(batch["client_token"], "renew-self")
     with pytest.raises(InvalidRequest, match="batch tokens cannot be revoked"):

@@ -102,11 +102,11 @@ async def test_issue_policies(store: TokenStore, policies: list[str], no_default
     [
         ({}, 3600, None),
         ({"ttl": 60}, 60, None),
-        ({"ttl": 9000}, 7200, 'TTL of "2h30m0s" exceeded the effective max_ttl of "2h0m0s"; TTL value is capped accordingly'),
-        ({"ttl": 900, "max_ttl": 600}, 600, 'TTL of "15m0s" exceeded the effective max_ttl of "10m0s"'),
+        ({"ttl": 9000}, 7200, 'TTL of "2h30m" exceeded the effective max_ttl of "2h"; TTL value is capped accordingly'),
+        ({"ttl": 900, "max_ttl": 600}, 600, 'TTL of "15m" exceeded the effective max_ttl of "10m"'),
         ({"ttl": 900, "explicit_max_ttl": 300}, 300, "exceeded the effective max_ttl"),
         ({"period": 120}, 120, None),
-        ({"period": 10000}, 7200, 'period of "2h46m40s" exceeded the effective max_ttl of "2h0m0s"'),
+        ({"period": 10000}, 7200, 'period of "2h46m40s" exceeded the effective max_ttl of "2h"'),
     ],
     ids=["mount-default", "role-ttl", "capped-by-mount-max", "capped-by-role-max", "capped-by-explicit", "period", "period-capped"],
 )
