@@ -347,7 +347,7 @@ class TokenBackend(Backend):
         caller, raw_caller = self._caller(req)
         raw = values.get("token") or ""
         if not raw:
-            raise InvalidRequest("missing token")
+            raise InvalidRequest("missing token ID")
         if raw == raw_caller:
             return await self._renew_entry(req, caller, raw, values.get("increment", 0))
         entry = await self.store.lookup(raw)
@@ -384,7 +384,7 @@ class TokenBackend(Backend):
         self._caller(req)
         raw = values.get("token") or ""
         if not raw:
-            raise InvalidRequest("missing token")
+            raise InvalidRequest("missing token ID")
         entry = await self.store.lookup(raw)
         if entry is not None:  # revoking an unknown token is not an error (Vault)
             await self.store.revoke(entry)
@@ -401,14 +401,15 @@ class TokenBackend(Backend):
 
     async def _revoke_orphan(self, req: Request, values: dict[str, Any]) -> None:
         caller, _ = self._caller(req)
-        if not await self._has_sudo(caller, req):
-            raise InvalidRequest("root or sudo privileges required to revoke and orphan")
         raw = values.get("token") or ""
         if not raw:
-            raise InvalidRequest("missing token")
+            raise InvalidRequest("missing token ID")
+        if not await self._has_sudo(caller, req):
+            raise InvalidRequest("root or sudo privileges required to revoke and orphan")
         entry = await self.store.lookup(raw)
-        if entry is not None:
-            await self.store.revoke_orphan(entry)
+        if entry is None:  # unlike revoke, which succeeds (Vault's two answers)
+            raise InvalidRequest("token to revoke not found")
+        await self.store.revoke_orphan(entry)
 
     async def _tidy(self, req: Request, values: dict[str, Any]) -> Response:
         self._caller(req)

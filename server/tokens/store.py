@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -959,7 +960,9 @@ class TokenStore:
         ``policies`` are the token's own; ``identity_policies`` (those of its entity's groups
         now, from ``identity_policies()``) are listed apart, as in Vault, when there are any."""
         now = self.clock()
-        remaining = max(0, int(entry.expire_time - now)) if entry.expire_time else 0
+        # Vault's leaseEntry.ttl: from now rounded to the second, so a token looked up in the
+        # second it was made shows its whole TTL (3600, not 3599).
+        remaining = max(0, int(entry.expire_time - math.floor(now + 0.5))) if entry.expire_time else 0
         out: dict[str, Any] = {
             "accessor": entry.accessor,
             "creation_time": entry.creation_time,

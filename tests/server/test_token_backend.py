@@ -340,6 +340,17 @@ async def test_revoke_orphan(env: Env) -> None:
     assert entry.orphan is True
     with pytest.raises(PermissionDenied):
         await env.store.authenticate(parent["client_token"], "127.0.0.1")
+    with pytest.raises(InvalidRequest) as exc:  # unlike revoke, which succeeds for an unknown token
+        await env.call(env.root, "revoke-orphan", {"token": parent["client_token"]})
+    assert exc.value.messages == ["token to revoke not found"]
+
+
+@pytest.mark.parametrize("path", ["renew", "revoke", "revoke-orphan"])
+async def test_a_missing_token_is_named_before_privileges(env: Env, path: str) -> None:
+    caller = await env.token(policies=["dev"])  # no sudo: revoke-orphan still names the missing token first
+    with pytest.raises(InvalidRequest) as exc:
+        await env.call(caller["client_token"], path, {})
+    assert exc.value.messages == ["missing token ID"]
 
 
 async def test_unknown_role_and_path(env: Env) -> None:

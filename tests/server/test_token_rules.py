@@ -752,6 +752,17 @@ async def test_lookup_data_shape(store: TokenStore, clock: Clock) -> None:
     assert store.lookup_data(after, raw)["ttl"] == 0  # less than a second left
 
 
+@pytest.mark.parametrize(("later", "ttl"), [(0.0, 600), (0.4, 600), (0.5, 599), (1.4, 599), (1.6, 598)])
+async def test_lookup_ttl_counts_from_now_rounded_to_the_second(
+    store: TokenStore, clock: Clock, later: float, ttl: int
+) -> None:
+    """Vault's ``leaseEntry.ttl``: the expiry less now rounded to the second, so a token looked
+    up in the second it was made shows its whole TTL, as ``creation_ttl`` does."""
+    raw, entry = await issued(store, ttl=600)
+    clock.now += later
+    assert store.lookup_data(entry, raw)["ttl"] == ttl
+
+
 async def test_lookup_data_of_a_periodic_token(store: TokenStore) -> None:
     raw, entry = await issued(store, period=120)
     data = store.lookup_data(entry, raw)
