@@ -59,7 +59,7 @@ def _token_type(raw: Any) -> str:
 
 def _listing_visibility(raw: Any) -> str:
     if raw not in LISTING_VISIBILITY:
-        raise InvalidRequest(f"invalid listing_visibility {raw!r}")
+        raise InvalidRequest(f"invalid listing_visibility {raw}")
     return str(raw)
 
 
@@ -88,7 +88,8 @@ MOUNT_CONFIG_FIELDS = FieldSet({
     ),
     "max_lease_ttl": Field(
         FieldType.DURATION,
-        "Maximum TTL of the tokens issued by this mount, at most the server's max_lease_ttl; 0 or 'system' means "
+        "Maximum TTL of the tokens issued by this mount; it overrides the server's max_lease_ttl (it may be longer, as "
+        "in Vault); 0 or 'system' means "
         "the server's value. Must not be below the default.",
         default=0, parse=_lease_ttl("max_lease_ttl"),
     ),
@@ -443,7 +444,7 @@ class MountTable:
         """
         norm = normalize_path(path)
         if not isinstance(type_name, str) or not type_name:
-            raise InvalidRequest("missing or invalid 'type'")
+            raise InvalidRequest("backend type must be specified as a string")
         if type_name == "token" or registry.factory_for(type_name) is None:
             raise InvalidRequest(
                 f"plugin not found in the catalog: {type_name} (available: {', '.join(registry.registered_types())})"
@@ -519,8 +520,8 @@ class MountTable:
         async with self._lock:
             mount = self.mounts.get(norm)
             if mount is None:
-                raise InvalidRequest(f"no mount at auth/{norm}")
-            cfg = self._validate_config(values, dict(mount.entry.config))
+                raise InvalidRequest(f'tune of path "auth/{norm}" failed: no mount entry found')
+            cfg = self._validate_config(values, dict(mount.entry.config), tune=True)
             description = mount.entry.description
             if "description" in values:
                 description = coerce("description", TUNE_FIELDS["description"], values["description"])
@@ -536,26 +537,30 @@ class MountTable:
                         e["description"] = description
                         e["options"] = options
                         return {"entries": entries}
-                raise InvalidRequest(f"no mount at auth/{norm}")
+                raise InvalidRequest(f'tune of path "auth/{norm}" failed: no mount entry found')
 
             stored = await self.storage.update(MOUNTS_KEY, change)
             self._apply(stored)
             return self.mounts[norm].entry
 
-    def _validate_config(self, values: Mapping[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    def _validate_config(self, values: Mapping[str, Any], base: dict[str, Any], *, tune: bool = False) -> dict[str, Any]:
         """``base`` changed by the ``MOUNT_CONFIG_FIELDS`` present in ``values`` (others are
-        ignored), checked against the server's TTLs.
+        ignored), with OpenBao's TTL checks: on enable, a default above the given max, or
+        above the server's max when no max is given; on tune, a max below the default when
+        both are set. A mount's max may exceed the server's, as in Vault (it overrides it).
 
         :raises InvalidRequest: a bad value, or TTLs out of order.
         """
         parsed, _ = MOUNT_CONFIG_FIELDS.parse({k: v for k, v in values.items() if k in MOUNT_CONFIG_FIELDS})
         cfg = dict(base) | parsed
-        dflt = cfg["default_lease_ttl"] or self.default_lease_ttl
-        mx = cfg["max_lease_ttl"] or self.max_lease_ttl
-        if cfg["max_lease_ttl"] > self.max_lease_ttl:
-            raise InvalidRequest("given max lease TTL greater than system max lease TTL")
-        if dflt > mx:
+        dflt, mx = cfg["default_lease_ttl"], cfg["max_lease_ttl"]
+        if tune:
+            if dflt and mx and mx < dflt:
+                raise InvalidRequest(f"backend max lease TTL of {mx} would be less than backend default lease TTL of {dflt}")
+        elif mx and dflt > mx:
             raise InvalidRequest("given default lease TTL greater than given max lease TTL")
+        elif not mx and dflt > self.max_lease_ttl:
+            raise InvalidRequest(f"given default lease TTL greater than system max lease TTL of {self.max_lease_ttl}")
         return cfg
 
     # -- other nodes -------------------------------------------------------------------

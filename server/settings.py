@@ -434,7 +434,7 @@ class Settings:
     default_lease_ttl: int = setting(DEFAULT_TTL, kind="duration", parse=_duration,
                                      doc="Token TTL when neither the role nor the mount sets one.")
     max_lease_ttl: int = setting(DEFAULT_TTL, kind="duration", parse=_duration,
-                                 doc="Upper bound of every token TTL; must be ≥ `default_lease_ttl`.")
+                                 doc="Upper bound of every token TTL, unless a mount's own `max_lease_ttl` (tune) overrides it; must be ≥ `default_lease_ttl`.")
     log_level: str = setting("info", kind=_one_of(LOG_LEVELS), parse=_choice(LOG_LEVELS, lower=True),
                              doc="Log verbosity (case-insensitive).")
     log_format: str = setting("json", kind=_one_of(LOG_FORMATS), parse=_choice(LOG_FORMATS, lower=True),

@@ -40,7 +40,7 @@ MOUNT_PATH = Field(
 
 
 def _as_given(raw: Any) -> Any:
-    """The mount table checks ``type`` itself (``missing or invalid 'type'``)."""
+    """The mount table checks ``type`` itself (``backend type must be specified as a string``)."""
     return raw
 
 
@@ -120,7 +120,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         norm = values["path"] + "/"
         mount = await core.mounts.get_fresh(norm)
         if mount is None:
-            raise InvalidRequest(f"No auth engine at auth/{norm}")
+            raise InvalidRequest(f"No auth engine at {norm}")
         return Response(data=mount.entry.public())
 
     async def enable(req: Request, values: dict[str, Any]) -> Response | None:

@@ -208,7 +208,7 @@ class TokenBackend(Backend):
 
     async def _create_common(self, req: Request, values: dict[str, Any], *, orphan: bool) -> Response:
         """OpenBao's ``handleCreateCommon``, its checks in its order and with its texts
-        (tests/e2e/test_token_peer.py runs both servers side by side)."""
+        (tests/e2e/test_openbao_differential.py runs both servers side by side)."""
         caller, _ = self._caller(req)
         if caller.num_uses < 0:  # its last use: pending revocation
             raise InvalidRequest("parent token lookup failed: no parent found")

@@ -129,8 +129,9 @@ async def test_persisted_and_reloaded() -> None:
     ("values", "expected"),
     [
         ({"default_lease_ttl": "1h", "max_lease_ttl": "2h"}, nullcontext((3600, 7200))),
-        ({"default_lease_ttl": "3h", "max_lease_ttl": "2h"}, pytest.raises(InvalidRequest, match="default lease TTL greater")),
-        ({"max_lease_ttl": "999h"}, pytest.raises(InvalidRequest, match="system max")),
+        ({"default_lease_ttl": "3h", "max_lease_ttl": "2h"}, pytest.raises(
+            InvalidRequest, match="^backend max lease TTL of 7200 would be less than backend default lease TTL of 10800$")),
+        ({"max_lease_ttl": "999h"}, nullcontext((32 * DAY, 999 * 3600))),  # a mount's max overrides the server's
         ({"token_type": "nope"}, pytest.raises(InvalidRequest, match="invalid value for 'token_type'")),
         ({"default_lease_ttl": "-1s"}, pytest.raises(InvalidRequest, match="negative")),
         ({"default_lease_ttl": "system"}, nullcontext((32 * DAY, 32 * DAY))),
@@ -148,6 +149,28 @@ async def test_tune(values: dict[str, Any], expected: Any) -> None:
         assert (mount.system.default_lease_ttl, mount.system.max_lease_ttl) == ttls
         return
     assert table.mounts["jwt/"].entry.config == before  # a failed tune changes nothing
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"default_lease_ttl": "3h", "max_lease_ttl": "2h"},
+         pytest.raises(InvalidRequest, match="^given default lease TTL greater than given max lease TTL$")),
+        ({"default_lease_ttl": "999h"},
+         pytest.raises(InvalidRequest, match="^given default lease TTL greater than system max lease TTL of 2764800$")),
+        ({"default_lease_ttl": "999h", "max_lease_ttl": "1000h"}, nullcontext((999 * 3600, 1000 * 3600))),
+        ({"max_lease_ttl": "999h"}, nullcontext((32 * DAY, 999 * 3600))),
+    ],
+    ids=["default > max", "default > system max", "both above system max", "max above system max"],
+)
+async def test_enable_checks_ttls_as_openbao(config: dict[str, Any], expected: Any) -> None:
+    """OpenBao 2.7.2's checks at enable; a tune checks only a max below the default."""
+    table = await make_table()
+    with expected as ttls:
+        entry = await table.enable("jwt", "rec", config=config)
+        assert table.effective_ttls(entry) == ttls
+        return
+    assert "jwt/" not in table.mounts
 
 
 async def test_disable_deletes_storage_revokes_and_cleans_up() -> None:
