@@ -389,11 +389,12 @@ class PolicyStore:
     async def delete(self, name: str) -> None:
         """Delete a policy (a missing one is fine).
 
-        :raises InvalidRequest: ``cannot delete "root" policy`` / ``"default"``.
+        :raises InvalidRequest: ``cannot delete "root" policy`` (and ``"response-wrapping"``) /
+            ``cannot delete default policy`` (Vault's texts).
         """
         name = self.normalize(name)
         if name in ("root", "default", RESPONSE_WRAPPING):
-            raise InvalidRequest(f'cannot delete "{name}" policy')
+            raise InvalidRequest("cannot delete default policy" if name == "default" else f'cannot delete "{name}" policy')
         await self.storage.delete(POLICY_PREFIX + name)
         self.invalidate()
 

@@ -8,6 +8,8 @@ legacy paths answer ``rules`` instead of ``policy`` and copy ``data`` to the top
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -39,6 +41,16 @@ def _policy_text(raw: Any) -> str:
     return raw
 
 
+def _unbase64(text: str) -> str:
+    """Vault: a policy that is valid standard base64 (padded; line breaks ignored, as Go's
+    decoder does) is decoded first, so a client can send one without escaping it."""
+    try:
+        raw = base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True)
+    except (binascii.Error, ValueError):
+        return text
+    return raw.decode("utf-8", errors="replace")
+
+
 POLICY_NAME = Field(
     FieldType.NAME, "Name of the policy (lower-cased, surrounding slashes dropped, before the ACL check).",
     canonical=_canonical_name,
@@ -46,7 +58,7 @@ POLICY_NAME = Field(
 #: ``sys/policies/acl/<name>`` and ``sys/policy/<name>``.
 POLICY_FIELDS = FieldSet({
     "name": POLICY_NAME,
-    "policy": Field(FieldType.STRING, "The policy document, in HCL or JSON (a JSON object is accepted too).",
+    "policy": Field(FieldType.STRING, "The policy document, in HCL or JSON (a JSON object is accepted too), or base64 of it.",
                     default="", parse=_policy_text),
     "rules": Field(FieldType.STRING, "Use 'policy' instead.", default="", alias_of="policy", deprecated=True,
                    parse=_policy_text),
@@ -76,7 +88,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         text = values.get("policy", values.get("rules"))
         if not text or not text.strip():
             raise InvalidRequest(_EMPTY)
-        await core.policies.put(values["name"], text)
+        await core.policies.put(values["name"], _unbase64(text))
 
     async def delete(req: Request, values: dict[str, Any]) -> None:
         await core.policies.delete(values["name"])

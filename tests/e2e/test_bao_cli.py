@@ -204,7 +204,7 @@ def test_policy_commands(bao: Bao) -> None:
     assert "Success! Deleted policy: ops2" in bao("policy", "delete", "ops2").stdout
     assert "ops2" not in bao("policy", "list").stdout.split()
     refused = bao("policy", "delete", "default", check=False)
-    assert refused.returncode == 2 and 'cannot delete "default" policy' in refused.stderr
+    assert refused.returncode == 2 and 'cannot delete default policy' in refused.stderr
 
 
 # -- tokens ------------------------------------------------------------------------------------------------

@@ -43,6 +43,11 @@ def test_legacy_policy_values(value: str, caps: list[str]) -> None:
     assert acl(f'path "a" {{ policy = "{value}" }}').capabilities("a") == caps
 
 
+def test_capabilities_are_read_case_insensitively() -> None:
+    """OpenBao refuses ``"READ"``; authmount reads it as ``read`` (docs/vault-differences.md row 48)."""
+    assert acl('path "a" { capabilities = ["READ", " List "] }').capabilities("a") == ["list", "read"]
+
+
 def test_patch_and_comments_are_accepted() -> None:
     """``patch`` loads (no authmount path uses it); a ``comment`` key is skipped, wherever it is."""
     a = acl('path "a" { comment = "why" capabilities = ["read", "patch"] }')
@@ -195,7 +200,7 @@ async def test_store_layout(store: PolicyStore) -> None:
         (lambda s: s.put("dev", " \n"), "'policy' parameter not supplied or empty"),
         (lambda s: s.put("dev", 'path "a" { capabilities = ["fly"] }'),
          'failed to parse policy: path "a": invalid capability "fly"'),
-        (lambda s: s.delete("Default"), 'cannot delete "default" policy'),
+        (lambda s: s.delete("Default"), 'cannot delete default policy'),
         (lambda s: s.delete("root"), 'cannot delete "root" policy'),
     ],
     ids=["put root", "put empty", "put invalid", "delete default", "delete root"],

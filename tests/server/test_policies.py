@@ -255,13 +255,15 @@ async def test_failed_parse_keeps_old_policy(store: PolicyStore) -> None:
         ("put", " ROOT ", pytest.raises(InvalidRequest, match='invalid policy name " ROOT ": leading or trailing')),
         ("put", "ROOT", pytest.raises(InvalidRequest, match='cannot update "root" policy')),
         ("delete", "root", pytest.raises(InvalidRequest, match='cannot delete "root" policy')),
-        ("delete", "Default", pytest.raises(InvalidRequest, match='cannot delete "default" policy')),
+        ("delete", "Default", pytest.raises(InvalidRequest, match='^cannot delete default policy$')),
+        ("delete", "response-wrapping", pytest.raises(InvalidRequest, match='^cannot delete "response-wrapping" policy$')),
         ("put", "default", nullcontext()),
         ("put", "a/b", pytest.raises(InvalidRequest, match='invalid policy name "a/b"')),
         ("put", "   ", pytest.raises(InvalidRequest, match="invalid policy name")),
         ("delete", "missing", nullcontext()),
     ],
-    ids=["put-root", "put-root-spaced", "put-root-upper", "delete-root", "delete-default", "put-default", "slash",
+    ids=["put-root", "put-root-spaced", "put-root-upper", "delete-root", "delete-default", "delete-wrapping",
+         "put-default", "slash",
          "blank", "delete-missing"],
 )
 async def test_builtin_policy_rules(store: PolicyStore, op: str, name: str, expected: Any) -> None:

@@ -3,6 +3,7 @@ OpenAPI document, sudo and unauthenticated paths as declared."""
 
 from __future__ import annotations
 
+import base64
 import re
 from contextlib import nullcontext
 from typing import Any
@@ -225,6 +226,25 @@ async def test_sys_replies_keep_their_shape(client: Client) -> None:
     # Unknown parameters are reported, as for mount paths.
     listed = await (await client.get("/v1/sys/auth?colour=blue", headers=H)).json()
     assert listed["warnings"] == ["Endpoint ignored these unrecognized parameters: [colour]"]
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "stored"),
+    [
+        (base64.b64encode(b'path "a" { capabilities = ["read"] }').decode(), 204, 'path "a" { capabilities = ["read"] }'),
+        ("cGF0aCAiYSIgeyBjYXBh\nYmlsaXRpZXMgPSBbInJlYWQiXSB9", 204, 'path "a" { capabilities = ["read"] }'),
+        ('path "a" { capabilities = ["read"] }', 204, 'path "a" { capabilities = ["read"] }'),
+        ("cGF0aA", 400, None),  # unpadded: not base64 to Go either, so parsed as HCL (and refused)
+        ("abcd", 400, None),  # base64 of three bytes that are no policy
+    ],
+    ids=["base64", "base64 with a line break", "plain", "unpadded", "garbage"],
+)
+async def test_a_policy_may_be_sent_in_base64(client: Client, sent: str, status: int, stored: str | None) -> None:
+    """Vault's API: the policy "can be base64-encoded to avoid string escaping"."""
+    resp = await client.put("/v1/sys/policies/acl/b64", json={"policy": sent}, headers=H)
+    assert resp.status == status, await resp.text()
+    read = await client.get("/v1/sys/policies/acl/b64", headers=H)
+    assert (await read.json())["data"]["policy"] == stored if stored else read.status == 404
 
 
 async def test_sudo_is_required_and_judged_on_the_canonical_path(client: Client) -> None:
