@@ -399,9 +399,10 @@ class PolicyStore:
         self.invalidate()
 
     async def list(self) -> list[str]:
-        """Every policy name, including ``default`` and ``root``, sorted."""
+        """Every policy name, including ``default``, sorted, and then ``root`` (Vault's order:
+        root is not a stored policy, its list appends it)."""
         names = {k for k in await self.storage.list(POLICY_PREFIX) if not k.endswith("/")}
-        return sorted(names | {"default", "root"})
+        return [*sorted((names | {"default"}) - {"root"}), "root"]
 
     async def _load(self, name: str, now: float) -> builtins.list[PathRule] | None:
         cached = self._rules.get(name)

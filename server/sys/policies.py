@@ -70,10 +70,10 @@ def paths(b: SysBackend) -> list[SysPath]:
     core = b.core
 
     async def names(req: Request, values: dict[str, Any]) -> Response:
-        return Response(data={"keys": sorted(await core.policies.list())})
+        return Response(data={"keys": await core.policies.list()})
 
     async def legacy_names(req: Request, values: dict[str, Any]) -> Response:
-        keys = sorted(await core.policies.list())
+        keys = await core.policies.list()
         return Response(data={"keys": keys, "policies": keys})
 
     async def read(req: Request, values: dict[str, Any]) -> Response | None:

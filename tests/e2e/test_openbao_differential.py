@@ -16,6 +16,7 @@ tests/e2e/baoproc.py) side by side:
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import tempfile
@@ -267,23 +268,68 @@ MOUNT_TEXTS_DIFFER: dict[int, str] = {
 TUNE_FIELDS = ("default_lease_ttl", "max_lease_ttl", "token_type", "description")
 
 
-def _mount_step(url: str, root: str, method: str, path: str, body: dict[str, Any] | None) -> tuple[Any, ...]:
+def _step(url: str, root: str, method: str, path: str, body: dict[str, Any] | None, fields: tuple[str, ...]) -> tuple[Any, ...]:
+    """One step by root: the status and the errors, or the ``fields`` of ``data``."""
     resp = requests.request(method, f"{url}/v1/{path}", json=body, headers={"X-Vault-Token": root}, timeout=10)
     if not resp.content:
         return (resp.status_code,)
     answer = resp.json()
     if "errors" in answer:
         return resp.status_code, [_MULTI.sub(r"\1", e) for e in answer["errors"]]
-    return resp.status_code, {k: answer["data"].get(k) for k in TUNE_FIELDS}
+    return resp.status_code, {k: answer["data"].get(k) for k in fields}
 
 
-def test_mounts_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+def _run_steps(servers: tuple[ServerProc, BaoProc], steps: list[tuple[str, str, dict[str, Any] | None]],
+               fields: tuple[str, ...], texts_differ: dict[int, str]) -> list[tuple[Any, ...]]:
+    """Both servers run ``steps`` in order; the steps whose answers differ (a step of
+    ``texts_differ`` only when the statuses do)."""
     ours, bao = servers
     assert ours.root_token is not None
     mismatches = []
-    for i, (method, path, body) in enumerate(MOUNT_STEPS):
-        got = _mount_step(ours.url, ours.root_token, method, path, body)
-        peer = _mount_step(bao.url, bao.root_token, method, path, body)
-        if got != peer and not (i in MOUNT_TEXTS_DIFFER and got[0] == peer[0]):
+    for i, (method, path, body) in enumerate(steps):
+        got = _step(ours.url, ours.root_token, method, path, body, fields)
+        peer = _step(bao.url, bao.root_token, method, path, body, fields)
+        if got != peer and not (i in texts_differ and got[0] == peer[0]):
             mismatches.append((i, method, path, body, got, peer))
+    return mismatches
+
+
+def test_mounts_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    mismatches = _run_steps(servers, MOUNT_STEPS, TUNE_FIELDS, MOUNT_TEXTS_DIFFER)
+    assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
+def _policy(text: str) -> dict[str, str]:
+    return {"policy": text}
+
+
+READ_A = 'path "a" { capabilities = ["read"] }'
+#: (method, path, body), in order.
+POLICY_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("PUT", "sys/policies/acl/p1", _policy('path "a/*" { capabilities = ["read"] }')), ("GET", "sys/policies/acl/P1", None),
+    ("PUT", "sys/policies/acl/P2", _policy(READ_A)), ("GET", "sys/policies/acl/p2", None),
+    ("PUT", "sys/policies/acl/p3", {}), ("PUT", "sys/policies/acl/p3", _policy("")),
+    ("PUT", "sys/policies/acl/p3", _policy('path "a" { policy = "write" }')), ("GET", "sys/policies/acl/p3", None),
+    ("PUT", "sys/policies/acl/p4", _policy('{"path":{"a":{"capabilities":["read"]}}}')), ("GET", "sys/policies/acl/p4", None),
+    ("PUT", "sys/policies/acl/p5", _policy(base64.b64encode(READ_A.encode()).decode())), ("GET", "sys/policies/acl/p5", None),
+    ("PUT", "sys/policies/acl/root", _policy(READ_A)), ("PUT", "sys/policies/acl/default", _policy(READ_A)),
+    ("GET", "sys/policies/acl/default", None), ("DELETE", "sys/policies/acl/default", None),
+    ("DELETE", "sys/policies/acl/root", None), ("DELETE", "sys/policies/acl/response-wrapping", None),
+    ("GET", "sys/policies/acl/root", None), ("DELETE", "sys/policies/acl/p1", None), ("DELETE", "sys/policies/acl/p1", None),
+    ("GET", "sys/policies/acl/p1", None), ("GET", "sys/policies/acl/nope", None),
+    ("PUT", "sys/policies/acl/p6", _policy(READ_A + '\npath "a" { capabilities = ["update"] }')),
+    ("PUT", "sys/policies/acl/p7", _policy('path "a" { capabilities = ["deny", "read"] }')),
+    ("PUT", "sys/policies/acl/p11", _policy('path "*" { capabilities = ["read"] }')),
+    ("PUT", "sys/policies/acl/p16", _policy('path "a" { }')), ("PUT", "sys/policies/acl/p17", _policy('name = "x"\n' + READ_A)),
+    ("PUT", "sys/policies/acl/p20", _policy(READ_A + "\n# comment\n/* c */")),
+    ("PUT", "sys/policies/acl/p22", _policy('path "a" { capabilities = [] }')),
+    ("PUT", "sys/policies/acl/a.b-c_d", _policy(READ_A)), ("PUT", "sys/policies/acl/a:b", _policy(READ_A)),
+    ("POST", "sys/policy/p19", _policy(READ_A)), ("DELETE", "sys/policy/p19", None),
+    ("LIST", "sys/policies/acl", None),
+]
+POLICY_TEXTS_DIFFER: dict[int, str] = {}
+
+
+def test_policies_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    mismatches = _run_steps(servers, POLICY_STEPS, ("name", "policy", "keys"), POLICY_TEXTS_DIFFER)
     assert mismatches == [], "\n".join(map(repr, mismatches))

@@ -228,6 +228,8 @@ async def test_store_round_trip_and_normalisation(store: PolicyStore) -> None:
     await store.delete("dev")
     assert await store.get("dev") is None
     assert await store.list() == ["default", "root"]
+    await store.put("zeta", 'path "z" { capabilities = ["read"] }')
+    assert await store.list() == ["default", "zeta", "root"]  # Vault appends root to the sorted names
 
 
 async def test_acl_cache_invalidated_on_write(store: PolicyStore) -> None:
