@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 import orjson
@@ -285,6 +285,20 @@ async def authorize(
     return entry
 
 
+async def refuse_unknown(request: web.Request, path: str, op: Operation) -> NoReturn:
+    """No handler serves ``path``. Vault checks the token and the ACL before it routes, so a
+    caller without a token, or one its policies do not allow ``path``, is told ``403
+    permission denied``, not which paths exist; only an allowed caller learns ``404``.
+
+    :raises PermissionDenied: as ``authorize``.
+    :raises UnsupportedPath: Vault's ``no handler for route``.
+    """
+    if "\n" not in path:  # a line break: no path of any server, so a 404 tells nothing
+        entry = await authorize(request, path, (_CAPABILITY[op],))
+        await release(request, entry)
+    raise no_route(path)
+
+
 async def release(request: web.Request, entry: Any) -> None:
     """Revoke a token whose last use this request was."""
     if entry is not None and getattr(entry, "num_uses", 0) == -1:
@@ -338,7 +352,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
     op, data = await read_operation(request)
     found = await request.app[MOUNTS].match_fresh(path)
     if found is None:
-        raise no_route("auth/" + path)
+        await refuse_unknown(request, "auth/" + path, op)
     mount, rel = found
     entry_path = mount.entry.path
     request[MOUNT] = entry_path
@@ -475,7 +489,7 @@ def builtin_handler(
         except UnsupportedPath:
             if request.query.get("help"):
                 return await help_reply(request, backend, None, rel, point)
-            raise no_route(point + rel) from None
+            await refuse_unknown(request, point + rel, op)
         if request.query.get("help"):
             return await help_reply(request, backend, route, rel, point)
         if wrap_ttl is not None:
@@ -618,7 +632,7 @@ async def help_reply(
 def requested_wrap_ttl(request: web.Request) -> int | None:
     """The ``X-Vault-Wrap-TTL`` asked for (seconds), or None.
 
-    :raises InvalidRequest: not a duration, not positive, or above the server's ``max_lease_ttl``.
+    :raises InvalidRequest: not a duration, negative, or above the server's ``max_lease_ttl``.
     """
     value = request.headers.get("X-Vault-Wrap-TTL", "").strip()
     if not value:
@@ -627,8 +641,8 @@ def requested_wrap_ttl(request: web.Request) -> int | None:
         ttl = parse_duration(value)
     except ValueError as exc:
         raise InvalidRequest(f"invalid X-Vault-Wrap-TTL: {exc}") from None
-    if ttl <= 0:
-        raise InvalidRequest("invalid X-Vault-Wrap-TTL: must be positive")
+    if ttl == 0:
+        return None  # Vault: a zero TTL asks for no wrapping
     ceiling = request.app[SETTINGS].max_lease_ttl
     if ttl > ceiling:
         raise InvalidRequest(f"invalid X-Vault-Wrap-TTL: {ttl}s is above max_lease_ttl ({ceiling}s)")

@@ -19,7 +19,7 @@ from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquo
 
 from server.appkeys import IDENTITY, REQUEST_HANDLER, TOKENS
 from server.http.errors import error_response
-from server.http.handlers import AppCore, auth_handler, identity_handler, no_route, sys_handler
+from server.http.handlers import AppCore, auth_handler, identity_handler, read_operation, refuse_unknown, sys_handler
 from server.http.log import handled
 from server.identity.backend import IdentityBackend
 from server.sys.backend import SysBackend
@@ -100,8 +100,10 @@ class PrefixRouter:
 
 
 async def _no_handler(request: web.Request) -> web.StreamResponse:
-    """Any other ``/v1/...`` path: Vault's "no handler for route" 404."""
-    raise no_route(request.match_info.get("tail", ""))
+    """Any other ``/v1/...`` path: Vault's "no handler for route" 404, to a caller whose
+    token allows the path (``refuse_unknown``)."""
+    op, _ = await read_operation(request)
+    await refuse_unknown(request, request.match_info.get("tail", ""), op)
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:

@@ -333,3 +333,32 @@ POLICY_TEXTS_DIFFER: dict[int, str] = {}
 def test_policies_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     mismatches = _run_steps(servers, POLICY_STEPS, ("name", "policy", "keys"), POLICY_TEXTS_DIFFER)
     assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
+#: (method, path, headers, body): requests whose status must agree; ``ROOT`` in a header is the
+#: server's root token.
+REQUESTS: list[tuple[str, str, dict[str, str], dict[str, Any] | None]] = [
+    ("GET", "auth/nothing/here", {}, None), ("GET", "sys/nothing", {}, None), ("GET", "secret/foo", {}, None),
+    ("POST", "auth/nothing/login", {}, {"jwt": "x"}), ("GET", "sys/nothing", {"X-Vault-Token": "hvs.nope"}, None),
+    ("GET", "auth/nothing/here", {"X-Vault-Token": "ROOT"}, None), ("GET", "sys/nothing", {"X-Vault-Token": "ROOT"}, None),
+    ("POST", "auth/token/create", {"X-Vault-Token": "ROOT", "X-Vault-Wrap-TTL": "0"}, {}),
+    ("POST", "auth/token/create", {"X-Vault-Token": "ROOT", "X-Vault-Wrap-TTL": "soon"}, {}),
+    ("GET", "auth/token/lookup-self", {"Authorization": "Bearer ROOT"}, None),
+    ("GET", "auth/token/lookup-self", {"X-Vault-Token": "ROOT", "Authorization": "Bearer nope"}, None),
+    ("GET", "auth/token/lookup-self", {"X-Vault-Token": "nope", "Authorization": "Bearer ROOT"}, None),
+    ("GET", "auth/token/lookup-self", {"X-Vault-Token": "ROOT", "X-Vault-Namespace": "root"}, None),
+    ("GET", "auth/token/lookup-self", {"X-Vault-Token": "ROOT", "X-Vault-Namespace": ""}, None),
+    ("GET", "sys/health", {}, None), ("GET", "sys/seal-status", {}, None), ("GET", "sys/leader", {}, None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body"), REQUESTS,
+                         ids=[f"{m} {p} {sorted(h)}" for m, p, h, _ in REQUESTS])
+def test_request_statuses_as_openbao(servers: tuple[ServerProc, BaoProc], method: str, path: str,
+                                     headers: dict[str, str], body: dict[str, Any] | None) -> None:
+    ours, bao = servers
+    statuses = []
+    for url, root in ((ours.url, ours.root_token), (bao.url, bao.root_token)):
+        sent = {k: v.replace("ROOT", str(root)) for k, v in headers.items()}
+        statuses.append(requests.request(method, f"{url}/v1/{path}", json=body, headers=sent, timeout=10).status_code)
+    assert statuses[0] == statuses[1]

@@ -271,6 +271,19 @@ async def test_unknown_mount_is_404_no_handler(client: Client) -> None:
     assert (await resp.json())["errors"] == ['no handler for route "auth/nothing/here". route entry not found.']
 
 
+@pytest.mark.parametrize("path", ["/v1/auth/nothing/here", "/v1/sys/nothing", "/v1/identity/nothing", "/v1/secret/foo"])
+async def test_an_unknown_path_is_404_only_to_a_caller_allowed_it(client: Client, path: str) -> None:
+    """Vault checks the token and the ACL before it routes: no token, a bad one or one whose
+    policies do not cover the path get 403, so an anonymous caller cannot map what exists."""
+    created = await client.post("/v1/auth/token/create", json={"policies": ["default"]}, headers=H)
+    plain = {"X-Vault-Token": (await created.json())["auth"]["client_token"]}
+    for headers, status in (({}, 403), ({"X-Vault-Token": "hvs.nope"}, 403), (plain, 403), (H, 404)):
+        resp = await client.get(path, headers=headers)
+        assert resp.status == status, (headers, await resp.text())
+        expected = ["permission denied"] if status == 403 else [f'no handler for route "{path[4:]}". route entry not found.']
+        assert (await resp.json())["errors"] == expected
+
+
 async def test_unknown_v1_path_is_404(client: Client) -> None:
     resp = await client.get("/v1/secret/foo", headers=H)
     assert resp.status == 404

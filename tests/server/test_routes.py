@@ -78,7 +78,7 @@ async def test_the_servers_connections_use_the_prefix_router(client: Client) -> 
     assert runner.server.request_handler is app_of(client)[REQUEST_HANDLER]
     resp = await client.get("/v1/sys/health")
     assert resp.status == 200
-    resp = await client.get("/v1/no/such/path")
+    resp = await client.get("/v1/no/such/path", headers={"X-Vault-Token": ROOT})
     assert resp.status == 404
     assert await resp.json() == {"errors": ["no handler for route \"no/such/path\". route entry not found."]}
 

@@ -207,13 +207,12 @@ async def test_the_response_goes_with_its_token(client: Client, storage: InMemor
         ("POST", "/v1/identity/group", {"name": "ops"}, "60s", "identity/group: this response cannot be wrapped"),
         ("POST", "/v1/sys/wrapping/unwrap", {"token": "x"}, "60s",
          "sys/wrapping/unwrap: this response cannot be wrapped"),
-        ("POST", "/v1/auth/token/create", {}, "0", "invalid X-Vault-Wrap-TTL: must be positive"),
         ("POST", "/v1/auth/token/create", {}, "-5s", "invalid X-Vault-Wrap-TTL: cannot provide negative value"),
         ("POST", "/v1/auth/token/create", {}, "soon", 'invalid X-Vault-Wrap-TTL: time: invalid duration "soon"'),
         ("POST", "/v1/auth/token/create", {}, "3h", "invalid X-Vault-Wrap-TTL: 10800s is above max_lease_ttl (7200s)"),
         ("POST", "/v1/auth/w/login", {}, "3h", "invalid X-Vault-Wrap-TTL: 10800s is above max_lease_ttl (7200s)"),
     ],
-    ids=["token-lookup", "mount-data", "issuing-path-without-auth", "sys", "identity", "unwrap", "zero-ttl", "negative-ttl",
+    ids=["token-lookup", "mount-data", "issuing-path-without-auth", "sys", "identity", "unwrap", "negative-ttl",
          "not-a-duration", "above-max-ttl", "login-above-max-ttl"],
 )
 async def test_what_cannot_be_wrapped_is_refused(
@@ -225,6 +224,15 @@ async def test_what_cannot_be_wrapped_is_refused(
     (error,) = (await resp.json())["errors"]
     assert error.startswith(message), error
     assert len(await app_of(client)[TOKENS].list_accessors()) == before  # nothing minted, nothing wrapped
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [("POST", "/v1/auth/token/create", {}), ("GET", "/v1/sys/auth", None)])
+async def test_a_zero_wrap_ttl_asks_for_no_wrapping(client: Client, method: str, path: str, body: Any) -> None:
+    """OpenBao 2.7.2 answers ``X-Vault-Wrap-TTL: 0`` unwrapped, even where it could wrap."""
+    resp = await client.request(method, path, json=body, headers={**H, "X-Vault-Wrap-TTL": "0"})
+    assert resp.status == 200
+    answer = await resp.json()
+    assert answer["wrap_info"] is None and (answer["auth"] is not None or answer["data"])
 
 
 async def test_wrapping_tokens_do_nothing_else(client: Client) -> None:
