@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from plugin.errors import InvalidRequest
+from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.sys.core import SysPath, raw_json
@@ -57,9 +57,11 @@ def paths(b: SysBackend) -> list[SysPath]:
         return await wrapping().entry(raw), True
 
     async def lookup(req: Request, values: dict[str, Any]) -> Response:
+        raw = values.get("token") or _caller(req)[1]
+        if not raw:  # OpenBao 2.7.2's answer to a lookup of nothing
+            raise PermissionDenied("error validating wrapping token: token is empty")
         w = wrapping()
-        entry = await w.entry(values.get("token") or _caller(req)[1])
-        return Response(data=await w.lookup(entry))
+        return Response(data=await w.lookup(await w.entry(raw)))
 
     async def unwrap(req: Request, values: dict[str, Any]) -> Response:
         entry, revoke = await target(req, values)
@@ -73,7 +75,7 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     u = Operation.UPDATE
     return [
-        SysPath("wrapping/lookup", WRAPPING_FIELDS, {u: lookup},
+        SysPath("wrapping/lookup", WRAPPING_FIELDS, {Operation.READ: lookup, u: lookup},
                 "Look up a wrapping token's creation path, time and TTL.", unauthenticated=True),
         SysPath("wrapping/unwrap", WRAPPING_FIELDS, {u: unwrap},
                 "Unwrap: return the wrapped response, once; the wrapping token is used up."),

@@ -362,3 +362,46 @@ def test_request_statuses_as_openbao(servers: tuple[ServerProc, BaoProc], method
         sent = {k: v.replace("ROOT", str(root)) for k, v in headers.items()}
         statuses.append(requests.request(method, f"{url}/v1/{path}", json=body, headers=sent, timeout=10).status_code)
     assert statuses[0] == statuses[1]
+
+
+def _wrapped(url: str, root: str) -> str:
+    resp = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
+                         headers={"X-Vault-Token": root, "X-Vault-Wrap-TTL": "5m"}, timeout=10)
+    return str(resp.json()["wrap_info"]["token"])
+
+
+#: (steps, each (method, path, caller, body)): ``W`` is a fresh wrapping token, ``ROOT`` the
+#: root token, None no token; the last step's status, errors and the keys of its answer count.
+WRAPPING: dict[str, list[tuple[str, str, str | None, dict[str, Any] | None]]] = {
+    "lookup by param": [("POST", "sys/wrapping/lookup", None, {"token": "W"})],
+    "lookup as caller": [("POST", "sys/wrapping/lookup", "W", {})],
+    "lookup GET as caller": [("GET", "sys/wrapping/lookup", "W", None)],
+    "lookup nothing": [("POST", "sys/wrapping/lookup", None, {})],
+    "lookup not wrapping": [("POST", "sys/wrapping/lookup", "ROOT", {"token": "ROOT"})],
+    "unwrap as caller": [("POST", "sys/wrapping/unwrap", "W", {})],
+    "unwrap by root": [("POST", "sys/wrapping/unwrap", "ROOT", {"token": "W"})],
+    "unwrap nothing": [("POST", "sys/wrapping/unwrap", "ROOT", {})],
+    "unwrap anonymous": [("POST", "sys/wrapping/unwrap", None, {"token": "W"})],
+    "unwrap twice": [("POST", "sys/wrapping/unwrap", "ROOT", {"token": "W"})] * 2,
+    "lookup after unwrap": [("POST", "sys/wrapping/unwrap", "ROOT", {"token": "W"}),
+                            ("POST", "sys/wrapping/lookup", None, {"token": "W"})],
+    "rewrap by root": [("POST", "sys/wrapping/rewrap", "ROOT", {"token": "W"})],
+    "rewrap as caller": [("POST", "sys/wrapping/rewrap", "W", {})],
+    "rewrap unknown": [("POST", "sys/wrapping/rewrap", "ROOT", {"token": "nope"})],
+    "wrapping token as a token": [("GET", "auth/token/lookup-self", "W", None)],
+}
+
+
+@pytest.mark.parametrize("scenario", list(WRAPPING))
+def test_wrapping_as_openbao(servers: tuple[ServerProc, BaoProc], scenario: str) -> None:
+    answers = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        names = {"W": _wrapped(url, root), "ROOT": root}
+        for method, path, caller, body in WRAPPING[scenario]:
+            sent = None if body is None else {k: names.get(v, v) for k, v in body.items()}
+            headers = {} if caller is None else {"X-Vault-Token": names[caller]}
+            resp = requests.request(method, f"{url}/v1/{path}", json=sent, headers=headers, timeout=10)
+        answer = resp.json() if resp.content else {}
+        answers.append((resp.status_code, [_MULTI.sub(r"\1", e) for e in answer.get("errors", [])],
+                        sorted(answer.get("data") or {}), sorted(answer.get("wrap_info") or {}), bool(answer.get("auth"))))
+    assert answers[0] == answers[1]

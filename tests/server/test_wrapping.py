@@ -125,9 +125,14 @@ async def test_lookup_uses_nothing_and_needs_no_token(client: Client) -> None:
         data = (await resp.json())["data"]
         assert data == {"creation_path": "auth/token/create", "creation_time": info["creation_time"],
                         "creation_ttl": 60}
-    # the calling token as the wrapping token, without using it up
+    # the calling token as the wrapping token, without using it up; a GET too, as in Vault
     resp = await client.post("/v1/sys/wrapping/lookup", headers={"X-Vault-Token": info["token"]})
     assert resp.status == 200
+    resp = await client.get("/v1/sys/wrapping/lookup", headers={"X-Vault-Token": info["token"]})
+    assert resp.status == 200 and (await resp.json())["data"]["creation_ttl"] == 60
+    nothing = await client.post("/v1/sys/wrapping/lookup", json={})
+    assert nothing.status == 403  # OpenBao 2.7.2's answer to a lookup of no token at all
+    assert (await nothing.json())["errors"] == ["error validating wrapping token: token is empty"]
     assert (await client.post("/v1/sys/wrapping/unwrap", json={"token": info["token"]}, headers=H)).status == 200
     gone = await client.post("/v1/sys/wrapping/lookup", json={"token": info["token"]})
     assert gone.status == 400 and (await gone.json())["errors"] == INVALID
