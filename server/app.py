@@ -129,7 +129,8 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             mounts = MountTable(
                 storage, default_lease_ttl=settings.default_lease_ttl, max_lease_ttl=settings.max_lease_ttl,
                 fetcher=fetcher, token_factory=_token_backend_factory(tokens, policies, lambda: app[MOUNTS]),
-                on_disable=revoke, verbose_login_errors=settings.login_errors_show_expected, sealer=keyring,
+                on_disable=revoke, retired=tokens.accessor_retired,
+                verbose_login_errors=settings.login_errors_show_expected, sealer=keyring,
             )
             mounts_ref.append(mounts)
             await mounts.load()

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,11 +304,17 @@ class MountSystemView:
         return time.time()
 
 
+class _AccessorTaken(Exception):
+    """A new mount drew the accessor of a mount in the table (``MountTable.enable``)."""
+
+
 class MountTable:
     """All auth mounts. ``token/`` always exists. Changes are persisted before they apply.
 
     ``token_factory`` builds the backend of the built-in ``token/`` mount; ``on_disable``
-    is awaited with the entry of a disabled mount (to revoke its tokens).
+    is awaited with the entry of a disabled mount (to revoke its tokens); ``retired``, awaited
+    with an accessor, says whether a disabled mount had it (its tokens are dead for good, so a
+    new mount must not take it).
     """
 
     def __init__(
@@ -320,6 +326,7 @@ class MountTable:
         fetcher: Any = None,
         token_factory: Callable[[], Backend] | None = None,
         on_disable: Callable[[MountEntry], Any] | None = None,
+        retired: Callable[[str], Awaitable[bool]] | None = None,
         verbose_login_errors: bool = False,
         sealer: Sealer | None = None,
     ) -> None:
@@ -331,6 +338,7 @@ class MountTable:
         self.fetcher = fetcher
         self.token_factory = token_factory or Backend
         self.on_disable = on_disable
+        self.retired = retired
         #: Settings ``login_errors_show_expected``, handed to every mount's SystemView.
         self.verbose_login_errors = verbose_login_errors
         self.mounts: dict[str, Mount] = {}
@@ -459,11 +467,22 @@ class MountTable:
                 existing = e["path"]
                 if existing.startswith(norm) or norm.startswith(existing):
                     raise InvalidRequest(f"path is already in use at {existing}")
+            if any(e.get("accessor") == entry.accessor for e in entries):  # a live mount's: draw again
+                raise _AccessorTaken()
             entries.append(entry.to_json())
             return {"entries": entries}
 
         async with self._lock:
-            stored = await self.storage.update(MOUNTS_KEY, add)
+            while True:
+                # An accessor names one mount for good: a disabled mount's revocation epoch
+                # would kill the tokens of a new mount that drew the same 32 random bits.
+                while self.retired is not None and await self.retired(entry.accessor):
+                    entry.accessor = self._new_entry(norm, type_name, description, cfg).accessor
+                try:
+                    stored = await self.storage.update(MOUNTS_KEY, add)
+                    break
+                except _AccessorTaken:
+                    entry.accessor = self._new_entry(norm, type_name, description, cfg).accessor
             self._apply(stored)
         log.info("mount_enabled", mount=norm, type=type_name, accessor=entry.accessor)
         return entry

@@ -804,6 +804,10 @@ class TokenStore:
             await self.storage.update(ID_PREFIX + child, orphan)
         await self._delete_one(entry.id_hash)
 
+    async def accessor_retired(self, mount_accessor: str) -> bool:
+        """Whether a disabled mount had this accessor (its revocation epoch is stored)."""
+        return await self.storage.get(EPOCH_PREFIX + mount_accessor) is not None
+
     async def revoke_mount(self, mount_accessor: str) -> int:
         """Revoke every token issued through a mount (when it is disabled).
 

@@ -173,6 +173,23 @@ async def test_enable_checks_ttls_as_openbao(config: dict[str, Any], expected: A
     assert "jwt/" not in table.mounts
 
 
+async def test_a_new_mount_never_takes_a_live_or_retired_accessor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An accessor names one mount for good: a new mount that draws the accessor of a live
+    mount, or of a disabled one (whose revocation epoch kills its tokens), draws again."""
+    retired_accessors = {"auth_rec_00000002"}
+
+    async def retired(accessor: str) -> bool:
+        return accessor in retired_accessors
+
+    table = await make_table(retired=retired)
+    draws = iter(["00000001", "00000001", "00000002", "00000001", "00000003"])
+    monkeypatch.setattr("server.mounts.secrets.token_hex", lambda n: next(draws))
+    first = await table.enable("a", "rec")
+    second = await table.enable("b", "rec")  # draws 1 (live), 2 (retired), 1 (live), then 3
+    assert (first.accessor, second.accessor) == ("auth_rec_00000001", "auth_rec_00000003")
+    assert table.has_accessor("auth_rec_00000003") and not table.has_accessor("auth_rec_00000002")
+
+
 async def test_disable_deletes_storage_revokes_and_cleans_up() -> None:
     storage = InMemoryStorage()
     revoked: list[str] = []

@@ -940,8 +940,10 @@ async def test_fresh_epochs_see_another_workers_mount_revocation_at_once(
 
 async def test_a_mount_revocation_kills_tokens_of_its_second(store: TokenStore) -> None:
     raw, _ = await issued(store, token_type="batch")
+    assert not await store.accessor_retired(JWT.accessor)
     await store.revoke_mount(JWT.accessor)  # the same second as the token was issued
     assert await store.lookup(raw) is None
+    assert await store.accessor_retired(JWT.accessor)  # a new mount may never take it
 
 
 @pytest.mark.parametrize("token_type", ["service", "batch"])
