@@ -31,15 +31,18 @@ __all__ = [
 
 MOUNTS_KEY = "core/mounts"
 TOKEN_TYPES = ("default-service", "default-batch", "service", "batch")
-_TOKEN_TYPE_ALIASES = {"default": "default-service"}
+_TOKEN_TYPE_ALIASES = {"default": "default-service", "": "default-service"}
 LISTING_VISIBILITY = ("", "unauth", "hidden")
+_TTL_FIELDS = ("default_lease_ttl", "max_lease_ttl")
 
 log = structlog.get_logger("authmount.mounts")
 
 
 # -- the tune fields: one declaration for validation, sys/auth, OpenAPI and the docs ------------
-def _lease_ttl(name: str) -> Callable[[Any], int]:
-    def parse(raw: Any) -> int:
+def _lease_ttl(name: str) -> Callable[[Any], int | None]:
+    def parse(raw: Any) -> int | None:
+        if raw == "":
+            return None  # Vault: on a tune, left as it is; on an enable, the server's value
         if raw in ("system", None):
             return 0
         try:
@@ -83,14 +86,15 @@ def _list_field(name: str, description: str) -> Field:
 MOUNT_CONFIG_FIELDS = FieldSet({
     "default_lease_ttl": Field(
         FieldType.DURATION,
-        "Default TTL of the tokens issued by this mount; 0 or 'system' means the server's default_lease_ttl.",
+        "Default TTL of the tokens issued by this mount; 0 or 'system' means the server's default_lease_ttl; "
+        "'' leaves it as it is on a tune (the Vault CLI sends it so).",
         default=0, parse=_lease_ttl("default_lease_ttl"),
     ),
     "max_lease_ttl": Field(
         FieldType.DURATION,
         "Maximum TTL of the tokens issued by this mount; it overrides the server's max_lease_ttl (it may be longer, as "
         "in Vault); 0 or 'system' means "
-        "the server's value. Must not be below the default.",
+        "the server's value; '' leaves it as it is on a tune. Must not be below the default.",
         default=0, parse=_lease_ttl("max_lease_ttl"),
     ),
     "force_no_cache": Field(FieldType.BOOL, "Stored and reported; authmount has no response cache.", default=False),
@@ -98,7 +102,7 @@ MOUNT_CONFIG_FIELDS = FieldSet({
         FieldType.STRING,
         "Type of the tokens logins issue: 'default-service' (a role's token_type decides, service when it says "
         "'default'), 'default-batch' (the same, batch by default), 'service' or 'batch' (forced whatever the role "
-        "says). 'default' is 'default-service'.",
+        "says). 'default' and '' are 'default-service'.",
         default="default-service", parse=_token_type,
     ),
     "listing_visibility": Field(
@@ -570,7 +574,11 @@ class MountTable:
 
         :raises InvalidRequest: a bad value, or TTLs out of order.
         """
-        parsed, _ = MOUNT_CONFIG_FIELDS.parse({k: v for k, v in values.items() if k in MOUNT_CONFIG_FIELDS})
+        given = {k: v for k, v in values.items() if k in MOUNT_CONFIG_FIELDS}
+        if tune:  # Vault: an empty TTL is left as it is (the CLI sends both TTLs on every tune)
+            given = {k: v for k, v in given.items() if not (k in _TTL_FIELDS and v in ("", None))}
+        parsed, _ = MOUNT_CONFIG_FIELDS.parse(given)
+        parsed = {k: 0 if k in _TTL_FIELDS and v is None else v for k, v in parsed.items()}
         cfg = dict(base) | parsed
         dflt, mx = cfg["default_lease_ttl"], cfg["max_lease_ttl"]
         if tune:

@@ -209,7 +209,8 @@ def _mount(spec: MountSeed, where: str, env: Mapping[str, str]) -> DesiredMount:
                           address=address, where=where, field="tune.description")
     _check_known(MOUNT_CONFIG_FIELDS, spec.tune, address=address, where=f"{where}.tune")
     for key, value in spec.tune.items():
-        tune[key] = _coerce(MOUNT_CONFIG_FIELDS, key, value, address=address, where=f"{where}.tune")
+        coerced = _coerce(MOUNT_CONFIG_FIELDS, key, value, address=address, where=f"{where}.tune")
+        tune[key] = 0 if coerced is None else coerced  # an empty TTL: the server's
     dflt, mx = tune["default_lease_ttl"], tune["max_lease_ttl"]
     if dflt and mx and dflt > mx:
         raise GitopsError("given default lease TTL greater than given max lease TTL",

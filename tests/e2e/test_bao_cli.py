@@ -122,6 +122,14 @@ def test_auth_enable_list_tune_disable(bao: Bao) -> None:
     for path in ("sys/mounts/auth/cli-jwt/tune", "sys/auth/cli-jwt/tune"):
         tune = json.loads(bao("read", "-format=json", path).stdout)["data"]
         assert (tune["default_lease_ttl"], tune["max_lease_ttl"], tune["description"]) == (3600, 7200, "tuned")
+    # A tune of one TTL leaves the other as it is: the CLI sends the other as "" (it was reset
+    # to the server's max); one that would put the max below the default is refused.
+    bao("auth", "tune", "-default-lease-ttl=30m", "cli-jwt/")
+    tune = json.loads(bao("read", "-format=json", "sys/auth/cli-jwt/tune").stdout)["data"]
+    assert (tune["default_lease_ttl"], tune["max_lease_ttl"], tune["description"]) == (1800, 7200, "tuned")
+    refused = bao("auth", "tune", "-max-lease-ttl=10m", "cli-jwt/", check=False)
+    assert refused.returncode == 2
+    assert "backend max lease TTL of 600 would be less than backend default lease TTL of 1800" in refused.stderr
     # `secrets list` reads sys/mounts: authmount serves no secrets engine, only identity/ and sys/
     listed = bao("secrets", "list").stdout
     assert re.search(r"^sys/\s+system\s", listed, re.M) and re.search(r"^identity/\s+identity\s", listed, re.M)

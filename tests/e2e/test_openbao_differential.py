@@ -260,6 +260,11 @@ MOUNT_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "sys/auth/token/tune", None),
     ("DELETE", "sys/auth/m8", None), ("DELETE", "sys/auth/m8", None), ("DELETE", "sys/auth/nope", None),
     ("DELETE", "sys/auth/token", None),
+    # what `vault auth tune -default-lease-ttl=...` sends: the other TTL as "" (left as it is)
+    ("POST", "sys/auth/m2/tune", {"default_lease_ttl": "1h", "max_lease_ttl": "2h"}),
+    ("POST", "sys/mounts/auth/m2/tune", {"default_lease_ttl": "15m", "max_lease_ttl": ""}), ("GET", "sys/auth/m2/tune", None),
+    ("POST", "sys/mounts/auth/m2/tune", {"default_lease_ttl": "", "max_lease_ttl": "", "token_type": ""}),
+    ("GET", "sys/auth/m2/tune", None),
 ]
 #: (step, why): where authmount's error text differs on purpose (the statuses agree).
 MOUNT_TEXTS_DIFFER: dict[int, str] = {

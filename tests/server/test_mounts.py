@@ -135,8 +135,9 @@ async def test_persisted_and_reloaded() -> None:
         ({"token_type": "nope"}, pytest.raises(InvalidRequest, match="invalid value for 'token_type'")),
         ({"default_lease_ttl": "-1s"}, pytest.raises(InvalidRequest, match="negative")),
         ({"default_lease_ttl": "system"}, nullcontext((32 * DAY, 32 * DAY))),
+        ({"default_lease_ttl": "1h", "max_lease_ttl": ""}, nullcontext((3600, 32 * DAY))),
     ],
-    ids=["ok", "default > max", "above system max", "bad token_type", "negative", "system resets"],
+    ids=["ok", "default > max", "above system max", "bad token_type", "negative", "system resets", "empty is kept"],
 )
 async def test_tune(values: dict[str, Any], expected: Any) -> None:
     table = await make_table()
@@ -149,6 +150,21 @@ async def test_tune(values: dict[str, Any], expected: Any) -> None:
         assert (mount.system.default_lease_ttl, mount.system.max_lease_ttl) == ttls
         return
     assert table.mounts["jwt/"].entry.config == before  # a failed tune changes nothing
+
+
+async def test_an_empty_value_on_a_tune_keeps_the_ttl_and_resets_the_token_type() -> None:
+    """Vault's tune: ``""`` leaves a TTL as it is (the CLI sends both TTLs on every tune);
+    ``token_type: ""`` is ``default-service``."""
+    table = await make_table()
+    await table.enable("jwt", "rec", config={"default_lease_ttl": "1h", "max_lease_ttl": "2h", "token_type": "batch"})
+    await table.tune("jwt", {"default_lease_ttl": "30m", "max_lease_ttl": ""})
+    entry = table.mounts["jwt/"].entry
+    assert table.effective_ttls(entry) == (1800, 7200) and entry.config["token_type"] == "batch"
+    await table.tune("jwt", {"default_lease_ttl": "", "max_lease_ttl": None, "token_type": ""})
+    assert table.effective_ttls(entry) == (1800, 7200)
+    assert table.mounts["jwt/"].entry.config["token_type"] == "default-service"
+    fresh = await table.enable("other", "rec", config={"default_lease_ttl": "", "token_type": ""})
+    assert table.effective_ttls(fresh) == (32 * DAY, 32 * DAY) and fresh.config["token_type"] == "default-service"
 
 
 @pytest.mark.parametrize(
