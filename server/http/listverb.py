@@ -80,12 +80,16 @@ class RequestFramer:
     steps aside for good (passthrough) and lets the real parser reject the stream.
     """
 
-    __slots__ = ("state", "buf", "remaining")
+    __slots__ = ("state", "buf", "remaining", "cuts")
 
     def __init__(self) -> None:
         self.state = _HEAD
         self.buf = b""
         self.remaining = 0
+        #: Offsets in the last ``feed``'s output where a request after the first begins (a
+        #: pipeline): the connection hands the parser one request at a time, so a malformed
+        #: request does not take the answers to the whole requests before it down with it.
+        self.cuts: list[int] = []
 
     def head_pending(self) -> bool:
         """True while an incomplete request header block is held back."""
@@ -93,6 +97,8 @@ class RequestFramer:
 
     def feed(self, data: bytes) -> bytes:
         """Consume ``data``; return what the HTTP parser should see now."""
+        if self.cuts:
+            self.cuts = []
         if self.state == _PASSTHROUGH:
             return data
         if self.buf:
@@ -118,6 +124,7 @@ class RequestFramer:
                     return head + data[i:]
                 out.append(head)
                 self._set_body(body_len)
+        done = sum(map(len, out))  # bytes of output so far
         while i < n:
             state = self.state
             if state == _HEAD:
@@ -126,18 +133,24 @@ class RequestFramer:
                     rest = data[i:]
                     if len(rest) > _MAX_HEAD or b"\n\n" in rest:
                         self.state = _PASSTHROUGH
+                        if done:
+                            self.cuts.append(done)
                         out.append(rest)
                     else:
                         self.buf = rest
                     break
                 head, body_len = self._head(data[i : end + 4])
+                if done and head:
+                    self.cuts.append(done)
                 out.append(head)
+                done += len(head)
                 i = end + 4
                 if self.state != _PASSTHROUGH:
                     self._set_body(body_len)
             elif state == _BODY or state == _CHUNK_DATA:
                 take = min(self.remaining, n - i)
                 out.append(data[i : i + take])
+                done += take
                 i += take
                 self.remaining -= take
                 if self.remaining == 0:
@@ -154,6 +167,7 @@ class RequestFramer:
                     break
                 line = data[i:end]
                 out.append(data[i : end + 2])
+                done += end + 2 - i
                 i = end + 2
                 if state == _TRAILER:
                     if not line:
@@ -270,6 +284,16 @@ class ListVerbRequestHandler(RequestHandler):
                 self._head_timer = None
             if not data:
                 return
+            cuts = self._framer.cuts
+            if cuts:  # a pipeline: one request at a time (see RequestFramer.cuts)
+                start = 0
+                for cut in cuts:
+                    self._feed(data[start:cut])
+                    start = cut
+                data = data[start:]
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         if (self._close or self._force_close) and self._request_in_progress:
             # Graceful shutdown marks every connection closing, and aiohttp then drops all
             # incoming bytes, including the rest of the body of the request being handled,

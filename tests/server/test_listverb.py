@@ -52,6 +52,17 @@ def test_framer_rewrites_only_request_lines(stream: bytes, expected: bytes) -> N
         assert feed_all([stream[:cut], stream[cut:]]) == expected, cut
 
 
+def test_framer_cuts_a_pipeline_at_each_request() -> None:
+    """``cuts`` are where each request after the first begins in ``feed``'s output, so the
+    parser is handed one request at a time."""
+    framer = RequestFramer()
+    out = framer.feed(POST_REQ + CHUNKED_REQ + LIST_REQ + GET_REQ[:10])
+    assert out == POST_REQ + CHUNKED_REQ + MARKED
+    assert framer.cuts == [len(POST_REQ), len(POST_REQ) + len(CHUNKED_REQ)]
+    assert framer.feed(GET_REQ[10:] + GET_REQ) == GET_REQ + GET_REQ and framer.cuts == [len(GET_REQ)]
+    assert framer.feed(LIST_REQ) == MARKED and framer.cuts == []  # one whole request: no cut
+
+
 def test_framer_byte_by_byte() -> None:
     stream = POST_REQ + CHUNKED_REQ + LIST_REQ
     assert feed_all([stream[i : i + 1] for i in range(len(stream))]) == POST_REQ + CHUNKED_REQ + MARKED
@@ -127,6 +138,31 @@ async def test_list_pipelined_after_body(client: Client) -> None:
         status, _, listing = await read_response(reader)
         assert status == 200
         assert "z" in orjson.loads(listing)["data"]["keys"]
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"GET /v1/sys/health HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
+     b"GET /v1/sys/health HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
+     b"GET /v1/sys/he\x01alth HTTP/1.1\r\nHost: t\r\n\r\n",
+     b"GET /v1/sys/health HTTP/1.1\n\nHost: t\r\n\r\n"],
+    ids=["header without a colon", "bad content-length", "control character", "bare line feeds"],
+)
+async def test_a_malformed_request_after_whole_ones_in_one_packet(client: Client, bad: bytes) -> None:
+    """Each whole request before a malformed one is answered, then the 400 (OpenBao 2.7.2 does
+    the same); aiohttp's parser, given the packet at once, dropped the answers before it."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        body = b'{"policy": "path \\"p\\" {capabilities=[\\"read\\"]}"}'
+        writer.write(req("LIST", "/v1/sys/policies/acl") + req("PUT", "/v1/sys/policies/acl/piped", body) + bad)
+        assert (await read_response(reader))[0] == 200
+        assert (await read_response(reader))[0] == 204
+        status, headers, answer = await read_response(reader)
+        assert status == 400 and headers["content-type"] == "application/json"
+        assert orjson.loads(answer)["errors"][0].startswith("malformed HTTP request: ")
+        assert await reader.read() == b""  # and the connection is closed
     finally:
         writer.close()
 
