@@ -12,7 +12,11 @@ tests/e2e/baoproc.py) side by side:
   texts, the warnings and the answer's fields (a TTL may differ by the second that passed).
   ``DELIBERATE`` lists where authmount answers otherwise on purpose;
 - mounts: the steps of ``MOUNT_STEPS`` (enable, read, tune, disable), in order, by root: the
-  status, the error texts and the TTLs, token type and description of each read."""
+  status, the error texts and the TTLs, token type and description of each read;
+- policies, wrapping and request statuses, in the same way;
+- JWT logins (``LOGINS``): one config and set of roles on both, then each token; the statuses
+  and the metadata keys must agree (the error texts differ on purpose: authmount's name the
+  value that failed, docs/troubleshooting.md)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import base64
 import json
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ import requests
 
 from tests.e2e.baoproc import BaoProc, start_bao
 from tests.e2e.serverproc import ServerProc, start_server
+from tests.plugin.keyfactory import DROP, ec_key, make_token, rsa_key
 
 pytestmark = pytest.mark.e2e
 
@@ -409,4 +415,101 @@ def test_wrapping_as_openbao(servers: tuple[ServerProc, BaoProc], scenario: str)
         answer = resp.json() if resp.content else {}
         answers.append((resp.status_code, [_MULTI.sub(r"\1", e) for e in answer.get("errors", [])],
                         sorted(answer.get("data") or {}), sorted(answer.get("wrap_info") or {}), bool(answer.get("auth"))))
+    assert answers[0] == answers[1]
+
+
+# -- JWT logins: the same config, roles and tokens on both servers; statuses must agree (the
+# texts differ on purpose: authmount's name the value that failed, docs/troubleshooting.md) --
+KEY, OTHER_KEY, EC_KEY = rsa_key(kid="k1"), rsa_key(kid="k2", slot=1), ec_key(kid="e1")
+ISSUER = "https://idp.example.com"
+LOGIN_ROLES: dict[str, dict[str, Any]] = {
+    "plain": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"]},
+    "bound": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], "bound_claims": {"team": ["t1"]}},
+    "subject": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], "bound_subject": "alice"},
+    "no-user": {"role_type": "jwt", "user_claim": "nonexistent", "bound_audiences": ["a"]},
+    "groups": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], "groups_claim": "groups"},
+    "browser": {"role_type": "oidc", "user_claim": "sub", "bound_audiences": ["a"],
+                "allowed_redirect_uris": ["http://localhost/cb"]},
+    "cidr": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], "token_bound_cidrs": ["10.0.0.0/8"]},
+    "mapped": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], "claim_mappings": {"email": "mail"}},
+    "pointer": {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], "bound_claims": {"/org/team": "t1"}},
+}
+
+
+def _jwt(key: Any = KEY, **kw: Any) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "a", "sub": "alice", "iat": now, "exp": now + 300, "nbf": now - 5,
+              "groups": ["g1"], "email": "a@example.com", "team": "t1"}
+    for name, value in kw.pop("claims", {}).items():
+        if value is DROP:
+            claims.pop(name, None)
+        else:
+            claims[name] = value
+    return make_token(claims, key=key, **kw)
+
+
+#: (role, token maker): a maker, so each server gets a token made just before its login.
+LOGINS: dict[str, tuple[str, Any]] = {
+    "valid": ("plain", lambda: _jwt()),
+    "expired": ("plain", lambda: _jwt(claims={"exp": int(time.time()) - 100})),
+    "not yet valid": ("plain", lambda: _jwt(claims={"nbf": int(time.time()) + 3600})),
+    "issued in the future": ("plain", lambda: _jwt(claims={"iat": int(time.time()) + 3600})),
+    "no exp": ("plain", lambda: _jwt(claims={"exp": DROP})),
+    "exp as a string": ("plain", lambda: _jwt(claims={"exp": str(int(time.time()) + 300)})),
+    "exp with a fraction": ("plain", lambda: _jwt(claims={"exp": time.time() + 300.5})),
+    "other audience": ("plain", lambda: _jwt(claims={"aud": "b"})),
+    "audience list": ("plain", lambda: _jwt(claims={"aud": ["b", "a"]})),
+    "no audience": ("plain", lambda: _jwt(claims={"aud": DROP})),
+    "other issuer": ("plain", lambda: _jwt(claims={"iss": "https://other"})),
+    "no sub": ("plain", lambda: _jwt(claims={"sub": DROP})),
+    "sub a number": ("plain", lambda: _jwt(claims={"sub": 5})),
+    "other key": ("plain", lambda: _jwt(key=OTHER_KEY)),
+    "unknown kid": ("plain", lambda: _jwt(kid="zz")),
+    "no kid": ("plain", lambda: _jwt(kid=DROP)),
+    "an EC key not configured": ("plain", lambda: _jwt(key=EC_KEY)),
+    "alg none": ("plain", lambda: make_token({"iss": ISSUER, "aud": "a", "sub": "x"}, key=None, alg="none")),
+    "HS256 keyed with the public key": ("plain", lambda: make_token(
+        {"iss": ISSUER, "aud": "a", "sub": "x", "exp": int(time.time()) + 300}, key=KEY.pem.encode(), alg="HS256")),
+    "crit header": ("plain", lambda: _jwt(header_overrides={"crit": ["exp"]})),
+    "not base64": ("plain", lambda: "x.y.z"),
+    "two parts": ("plain", lambda: "abc.def"),
+    "empty": ("plain", lambda: ""),
+    "bound claim differs": ("bound", lambda: _jwt(claims={"team": "t2"})),
+    "bound claim missing": ("bound", lambda: _jwt(claims={"team": DROP})),
+    "bound claim matches": ("bound", lambda: _jwt()),
+    "other subject": ("subject", lambda: _jwt(claims={"sub": "bob"})),
+    "user claim missing": ("no-user", lambda: _jwt()),
+    "groups missing": ("groups", lambda: _jwt(claims={"groups": DROP})),
+    "groups a string": ("groups", lambda: _jwt(claims={"groups": "g1"})),
+    "unknown role": ("nope", lambda: _jwt()),
+    "no role": ("", lambda: _jwt()),
+    "an oidc role": ("browser", lambda: _jwt()),
+    "outside the bound CIDRs": ("cidr", lambda: _jwt()),
+    "claim mapped": ("mapped", lambda: _jwt()),
+    "mapped claim missing": ("mapped", lambda: _jwt(claims={"email": DROP})),
+    "pointer matches": ("pointer", lambda: _jwt(claims={"org": {"team": "t1"}})),
+    "pointer differs": ("pointer", lambda: _jwt(claims={"org": {"team": "t2"}})),
+}
+
+
+@pytest.fixture(scope="module")
+def jwt_mounts(servers: tuple[ServerProc, BaoProc]) -> tuple[ServerProc, BaoProc]:
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        head = {"X-Vault-Token": root}
+        assert requests.post(f"{url}/v1/sys/auth/peer-jwt", json={"type": "jwt"}, headers=head, timeout=10).ok
+        config = {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISSUER}
+        assert requests.post(f"{url}/v1/auth/peer-jwt/config", json=config, headers=head, timeout=10).ok
+        for name, role in LOGIN_ROLES.items():
+            assert requests.post(f"{url}/v1/auth/peer-jwt/role/{name}", json=role, headers=head, timeout=10).ok
+    return servers
+
+
+@pytest.mark.parametrize("case", list(LOGINS))
+def test_login_statuses_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc], case: str) -> None:
+    role, make = LOGINS[case]
+    answers = []
+    for url in (jwt_mounts[0].url, jwt_mounts[1].url):
+        body = {"jwt": make(), **({"role": role} if role else {})}
+        resp = requests.post(f"{url}/v1/auth/peer-jwt/login", json=body, timeout=10)
+        answers.append((resp.status_code, sorted((resp.json().get("auth") or {}).get("metadata") or {})))
     assert answers[0] == answers[1]
