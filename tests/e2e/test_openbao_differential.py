@@ -16,7 +16,8 @@ tests/e2e/baoproc.py) side by side:
 - policies, wrapping and request statuses, in the same way;
 - JWT logins (``LOGINS``): one config and set of roles on both, then each token; the statuses
   and the metadata keys must agree (the error texts differ on purpose: authmount's name the
-  value that failed, docs/troubleshooting.md)."""
+  value that failed, docs/troubleshooting.md);
+- the OIDC flow's refusals (``OIDC_STEPS``) against node-oidc-provider: the statuses."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ import pytest
 import requests
 
 from tests.e2e.baoproc import BaoProc, start_bao
+from tests.e2e.browser import CallbackListener
+from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP
 from tests.e2e.serverproc import ServerProc, start_server
 from tests.plugin.keyfactory import DROP, ec_key, make_token, rsa_key
 
@@ -513,3 +516,41 @@ def test_login_statuses_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc], case:
         resp = requests.post(f"{url}/v1/auth/peer-jwt/login", json=body, timeout=10)
         answers.append((resp.status_code, sorted((resp.json().get("auth") or {}).get("metadata") or {})))
     assert answers[0] == answers[1]
+
+
+# -- the OIDC flow's refusals against a real IdP (node-oidc-provider) ------------------------------
+#: (method, path, body): each server's answer status must agree. An auth_url whose redirect URI
+#: the role does not allow is left out: OpenBao answers it 200 with an empty URL, authmount 400
+#: (docs/vault-differences.md row 6).
+OIDC_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "oidc/auth_url", {"role": "r", "redirect_uri": "CALLBACK"}),
+    ("POST", "oidc/auth_url", {"redirect_uri": "CALLBACK"}),
+    ("POST", "oidc/auth_url", {"role": "r"}),
+    ("POST", "oidc/auth_url", {"role": "nope", "redirect_uri": "CALLBACK"}),
+    ("POST", "oidc/auth_url", {"role": "r", "redirect_uri": "CALLBACK", "client_nonce": "abc"}),
+    ("GET", "oidc/callback?state=nope&code=x", None), ("GET", "oidc/callback?code=x", None),
+    ("GET", "oidc/callback?state=nope", None),
+    ("GET", "oidc/callback?state=nope&error=access_denied&error_description=no", None),
+    ("POST", "oidc/callback", {"state": "nope", "code": "x"}), ("POST", "oidc/poll", {"state": "nope"}),
+    ("POST", "login", {"role": "r", "jwt": "ID_TOKEN"}),
+]
+
+
+def test_oidc_refusals_as_openbao(servers: tuple[ServerProc, BaoProc], idp: IdP, listener: CallbackListener) -> None:
+    statuses: list[list[int]] = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        head = {"X-Vault-Token": root}
+        assert requests.post(f"{url}/v1/sys/auth/peer-oidc", json={"type": "oidc"}, headers=head, timeout=10).ok
+        config = {"oidc_discovery_url": idp.discovery_url, "oidc_client_id": CLIENT_ID,
+                  "oidc_client_secret": CLIENT_SECRET, "default_role": "r"}
+        assert requests.post(f"{url}/v1/auth/peer-oidc/config", json=config, headers=head, timeout=10).ok
+        role = {"role_type": "oidc", "user_claim": "sub", "allowed_redirect_uris": [listener.url],
+                "bound_audiences": [CLIENT_ID]}
+        assert requests.post(f"{url}/v1/auth/peer-oidc/role/r", json=role, headers=head, timeout=10).ok
+        got = []
+        for method, path, body in OIDC_STEPS:
+            names = {"CALLBACK": listener.url, "ID_TOKEN": idp.sign(idp.claims(aud=CLIENT_ID))}
+            sent = None if body is None else {k: names.get(v, v) for k, v in body.items()}
+            got.append(requests.request(method, f"{url}/v1/auth/peer-oidc/{path}", json=sent, timeout=10).status_code)
+        statuses.append(got)
+    assert statuses[0] == statuses[1], list(zip(OIDC_STEPS, *statuses, strict=True))
