@@ -11,7 +11,7 @@ from pytest_aiohttp import AiohttpClient
 
 from plugin.storage import InMemoryStorage
 from server.app import create_app
-from server.appkeys import IDENTITY
+from server.appkeys import IDENTITY, TOKENS
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import make_token, rsa_key
@@ -175,6 +175,16 @@ async def test_memberships_through_other_mounts_are_kept(api: Api) -> None:
     assert entity is not None and entity.group_ids == [gid]
     status, group = await api.call("GET", f"identity/group/id/{gid}")
     assert group["data"]["member_entity_ids"] == [auth["entity_id"]]
+
+
+async def test_an_internal_group_may_name_an_entity_before_its_first_login(api: Api) -> None:
+    """Entity IDs follow from the mount and the alias name, so an operator may add one before
+    the entity exists (OpenBao 2.7.2 answers an unknown member ID with 500)."""
+    future = app_of(api.client)[TOKENS].entity_id(api.accessor, "dave")
+    await api.ok("POST", "identity/group", {"name": "early", "policies": "ops", "member_entity_ids": [future]})
+    auth = await api.login("dave", [])
+    assert auth["entity_id"] == future and auth["identity_policies"] == ["ops"]
+    assert await _can_read_role(api, auth["client_token"]) == 200
 
 
 async def test_internal_group_members_get_its_policies(api: Api) -> None:
