@@ -334,6 +334,10 @@ def coerce(name: str, spec: Field, raw: Any) -> Any:
         raise _fail(name, raw, str(exc), spec.sensitive) from None
 
 
+_GO_TRUE = frozenset(("1", "t", "T", "TRUE", "true", "True"))
+_GO_FALSE = frozenset(("0", "f", "F", "FALSE", "false", "False", ""))
+
+
 def _coerce(ftype: FieldType, raw: Any) -> Any:
     if ftype in (FieldType.STRING, FieldType.NAME):
         return _weak_string(raw)
@@ -344,11 +348,10 @@ def _coerce(ftype: FieldType, raw: Any) -> Any:
             return raw
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             return raw != 0
-        if isinstance(raw, str):
-            low = raw.strip().lower()
-            if low in ("true", "1", "t", "yes"):
+        if isinstance(raw, str):  # Go's strconv.ParseBool (Vault's weak decoding), "" is false
+            if raw in _GO_TRUE:
                 return True
-            if low in ("false", "0", "f", "no", ""):
+            if raw in _GO_FALSE:
                 return False
         raise ValueError("cannot parse as a boolean")
     if ftype is FieldType.INT:
