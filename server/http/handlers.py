@@ -512,7 +512,7 @@ def builtin_handler(
                 resp = await backend.handle_request(req)
             finally:
                 await release(request, entry)
-            out = _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top)
+            out = _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top, mount_type=kind)
         except Exception as exc:
             await exchange.failed(exc)
             raise
@@ -534,13 +534,14 @@ def identity_handler(backend: Backend) -> Callable[[web.Request], Awaitable[web.
     return builtin_handler(backend, "identity/", "identity", lambda route: "identity/" + route.path.rstrip("/"))
 
 
-def _reply(request: web.Request, resp: Response | None, *, copy_top: bool) -> web.StreamResponse:
-    """A sys Response as HTTP: 204, a bare body, or the envelope."""
+def _reply(request: web.Request, resp: Response | None, *, copy_top: bool, mount_type: str) -> web.StreamResponse:
+    """A sys or identity Response as HTTP: 204, a bare body, or the envelope (``mount_type``
+    ``system`` or ``identity``, the types Vault's built-in mounts have)."""
     if resp is None:
         return web.Response(status=204)
     if resp.raw_body is not None:
         return _raw(resp)
-    out = envelope(request, resp.data, warnings=resp.warnings, copy_top=copy_top)
+    out = envelope(request, resp.data, warnings=resp.warnings, copy_top=copy_top, mount_type=mount_type)
     if resp.status:
         out.set_status(resp.status)
     for key, value in resp.headers.items():

@@ -216,6 +216,9 @@ async def test_tune_is_validated_by_the_declaration(
 async def test_sys_replies_keep_their_shape(client: Client) -> None:
     tune = await (await client.get("/v1/sys/auth/jwt/tune", headers=H)).json()
     assert tune["data"]["token_type"] == tune["token_type"] == "default-service"  # copied to the top
+    assert tune["mount_type"] == "system"  # Vault's type of its sys/ mount
+    created = await (await client.post("/v1/identity/group", json={"name": "shape"}, headers=H)).json()
+    assert created["mount_type"] == "identity" and created["data"]["name"] == "shape"
     acl = await (await client.get("/v1/sys/policies/acl/default", headers=H)).json()
     assert acl["data"]["name"] == "default" and "name" not in acl  # not copied
     legacy = await (await client.get("/v1/sys/policy/DEFAULT/", headers=H)).json()
