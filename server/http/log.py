@@ -18,11 +18,12 @@ from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from plugin.sealing import NewerTermError
 from server.appkeys import MOUNT, REMOTE_ADDR, REQUEST_ID
 from server.http.errors import reload_keyring, response_for
+from server.http.reply import NO_STORE
 
 __all__ = ["configure_logging", "set_log_level", "redact", "handled", "flush_request_log", "REQUEST_ID"]
 
@@ -324,6 +325,8 @@ def handled(handler: Handler) -> Handler:
                     raise
                 resp = reply
             status = resp.status
+            if hdrs.CACHE_CONTROL not in resp.headers:  # a JSONReply has it already
+                resp.headers[hdrs.CACHE_CONTROL] = NO_STORE
             return resp
         finally:
             _log_request(request, rid, status, start)

@@ -1,4 +1,5 @@
-"""``JSONReply``: a JSON response whose status line and headers are written as one string.
+"""``JSONReply``: a JSON response whose status line and headers are written as one string
+(``Content-Type: application/json`` and ``Cache-Control: no-store``).
 
 aiohttp prepares a response through a chain of coroutines (``prepare``, ``_start`` twice,
 ``_prepare_headers``, ``_write_headers``, the writer's ``write_headers``) that consult a
@@ -27,9 +28,12 @@ if TYPE_CHECKING:
     from aiohttp.abc import AbstractStreamWriter
     from aiohttp.web_request import BaseRequest
 
-__all__ = ["JSON", "JSONReply"]
+__all__ = ["JSON", "NO_STORE", "JSONReply"]
 
 JSON = "application/json"
+#: Every reply of the server says ``Cache-Control: no-store``, as Vault's do: a reply may hold
+#: a token, and no cache between the client and the server may keep it.
+NO_STORE = "no-store"
 #: aiohttp's response module, whose ``SERVER_SOFTWARE`` is the ``Server`` header at the time
 #: a response is prepared (``server.app.create_app`` replaces it).
 _AIOHTTP = vars(web_response)
@@ -46,6 +50,7 @@ class JSONReply(web.Response):
         # reply has one of each, so it sets what that __init__ would have set.
         headers: CIMultiDict[str] = CIMultiDict()
         headers[hdrs.CONTENT_TYPE] = JSON
+        headers[hdrs.CACHE_CONTROL] = NO_STORE
         web.StreamResponse.__init__(self, status=status, _real_headers=headers)
         self._body = body
         self._zlib_executor_size = MAX_SYNC_CHUNK_SIZE
@@ -58,7 +63,8 @@ class JSONReply(web.Response):
         body = self._body
         writer = cast(StreamWriter, request._payload_writer)
         if (
-            len(headers) != 1 or headers.get(hdrs.CONTENT_TYPE) is not JSON
+            len(headers) != 2 or headers.get(hdrs.CONTENT_TYPE) is not JSON
+            or headers.get(hdrs.CACHE_CONTROL) is not NO_STORE
             or type(body) is not bytes or must_be_empty_body(request.method, self._status)
             or self._cookies or self._compression or self._chunked
             or type(writer) is not StreamWriter or writer._on_headers_sent is not None
@@ -75,11 +81,11 @@ class JSONReply(web.Response):
             connection = "Connection: keep-alive\r\n" if version == HttpVersion10 else ""
         else:
             connection = "Connection: close\r\n" if version == HttpVersion11 else ""
-        # The order of web.Response's headers: Content-Type (its __init__), Content-Length
-        # (its _start), Date and Server (_prepare_headers), Connection.
+        # The order of web.Response's headers: Content-Type and Cache-Control (as set),
+        # Content-Length (its _start), Date and Server (_prepare_headers), Connection.
         head = (
             f"HTTP/{version[0]}.{version[1]} {self._status} {self._reason}\r\n"
-            f"Content-Type: {JSON}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: {JSON}\r\nCache-Control: {NO_STORE}\r\nContent-Length: {len(body)}\r\n"
             f"Date: {rfc822_formatted_time()}\r\nServer: {_AIOHTTP['SERVER_SOFTWARE']}\r\n{connection}\r\n"
         )
         await request._prepare_hook(self)

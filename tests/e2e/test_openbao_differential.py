@@ -371,10 +371,11 @@ REQUESTS: list[tuple[str, str, dict[str, str], dict[str, Any] | None]] = [
 def test_request_statuses_as_openbao(servers: tuple[ServerProc, BaoProc], method: str, path: str,
                                      headers: dict[str, str], body: dict[str, Any] | None) -> None:
     ours, bao = servers
-    statuses = []
+    statuses: list[tuple[int, str | None]] = []
     for url, root in ((ours.url, ours.root_token), (bao.url, bao.root_token)):
         sent = {k: v.replace("ROOT", str(root)) for k, v in headers.items()}
-        statuses.append(requests.request(method, f"{url}/v1/{path}", json=body, headers=sent, timeout=10).status_code)
+        resp = requests.request(method, f"{url}/v1/{path}", json=body, headers=sent, timeout=10)
+        statuses.append((resp.status_code, resp.headers.get("Cache-Control")))  # no-store, always
     assert statuses[0] == statuses[1]
 
 

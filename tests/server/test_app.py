@@ -265,6 +265,19 @@ async def test_body_too_large_is_413_json(aiohttp_client: AiohttpClient) -> None
     assert (await resp.json())["errors"] == ["http: request body too large"]
 
 
+async def test_every_reply_says_no_store(client: Client) -> None:
+    """Vault's ``Cache-Control: no-store`` on every reply: a reply may hold a token, and no
+    cache between client and server may keep it."""
+    replies = [
+        await client.post("/v1/auth/token/create", json={}, headers=H),  # a token: the one-step JSON reply
+        await client.put("/v1/sys/policies/acl/cc", json={"policy": 'path "a" { capabilities = ["read"] }'}, headers=H),
+        await client.head("/v1/sys/health"), await client.get("/v1/sys/auth"), await client.get("/nothing"),
+        await client.post("/v1/auth/token/create", json={"ttl": "soon"}, headers=H),
+    ]
+    assert [r.status for r in replies] == [200, 204, 200, 403, 404, 400]
+    assert all(r.headers.get("Cache-Control") == "no-store" for r in replies), [dict(r.headers) for r in replies]
+
+
 async def test_unknown_mount_is_404_no_handler(client: Client) -> None:
     resp = await client.get("/v1/auth/nothing/here", headers=H)
     assert resp.status == 404

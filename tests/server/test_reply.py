@@ -19,7 +19,9 @@ Make = Callable[[bytes, int], web.Response]
 
 
 def _aiohttp(body: bytes, status: int) -> web.Response:
-    return web.Response(body=body, status=status, content_type=JSON)
+    reply = web.Response(body=body, status=status, content_type=JSON)
+    reply.headers["Cache-Control"] = "no-store"
+    return reply
 
 
 async def _serve(make: Make, made: list[web.Response], status: int = 200,
