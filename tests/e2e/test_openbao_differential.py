@@ -17,7 +17,8 @@ tests/e2e/baoproc.py) side by side:
 - JWT logins (``LOGINS``): one config and set of roles on both, then each token; the statuses
   and the metadata keys must agree (the error texts differ on purpose: authmount's name the
   value that failed, docs/troubleshooting.md);
-- the OIDC flow's refusals (``OIDC_STEPS``) against node-oidc-provider: the statuses."""
+- the OIDC flow's refusals (``OIDC_STEPS``) against node-oidc-provider: the statuses;
+- login tokens renewed (``RENEW_ROLES``): the TTLs and the capping warnings."""
 
 from __future__ import annotations
 
@@ -587,3 +588,36 @@ IDENTITY_TEXTS_DIFFER: dict[int, str] = {
 def test_identity_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     mismatches = _run_steps(servers, IDENTITY_STEPS, ("name", "type", "policies"), IDENTITY_TEXTS_DIFFER)
     assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
+#: Roles of a mount tuned to a 3 h max, and the increments each login token is renewed by:
+#: the login's TTL, the renewal's TTL and its capping warnings (Vault's humanDuration) agree.
+RENEW_ROLES: dict[str, dict[str, Any]] = {
+    "ttl": {"token_ttl": "1h", "token_max_ttl": "2h"}, "period": {"token_period": "30m"},
+    "explicit": {"token_ttl": "1h", "token_explicit_max_ttl": "90m"}, "none": {}, "batch": {"token_type": "batch"},
+    "uses": {"token_num_uses": 2}, "short": {"token_ttl": "10m"},
+}
+
+
+@pytest.mark.parametrize("increment", [None, "10m", "5h"])
+@pytest.mark.parametrize("role", list(RENEW_ROLES))
+def test_login_renewals_as_openbao(servers: tuple[ServerProc, BaoProc], role: str, increment: str | None) -> None:
+    answers = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        head = {"X-Vault-Token": root}
+        mount = f"{url}/v1/auth/peer-renew"
+        if requests.get(f"{url}/v1/sys/auth/peer-renew", headers=head, timeout=10).status_code != 200:
+            requests.post(f"{url}/v1/sys/auth/peer-renew", json={"type": "jwt", "config": {"max_lease_ttl": "3h"}},
+                          headers=head, timeout=10).raise_for_status()
+            requests.post(f"{mount}/config", json={"jwt_validation_pubkeys": [KEY.pem]}, headers=head,
+                          timeout=10).raise_for_status()
+        body = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], **RENEW_ROLES[role]}
+        requests.post(f"{mount}/role/{role}", json=body, headers=head, timeout=10).raise_for_status()
+        login = requests.post(f"{mount}/login", json={"role": role, "jwt": _jwt(claims={"iss": "x"})}, timeout=10)
+        auth = login.json()["auth"]
+        renewed = requests.post(f"{url}/v1/auth/token/renew-self", json={} if increment is None else {"increment": increment},
+                                headers={"X-Vault-Token": auth["client_token"]}, timeout=10)
+        answer = renewed.json()
+        answers.append((auth["lease_duration"], auth["renewable"], renewed.status_code, answer.get("errors"),
+                        (answer.get("auth") or {}).get("lease_duration"), answer.get("warnings")))
+    assert answers[0] == answers[1]
