@@ -81,8 +81,8 @@ async def _apply(store: IdentityStore, alias: GroupAlias | None, values: dict[st
 def paths(b: IdentityBackend) -> list[PathSpec]:
     """The group alias paths."""
 
-    def by_id(values: dict[str, Any]) -> GroupAlias:
-        alias = b.store.aliases.get(values["id"])
+    async def by_id(values: dict[str, Any]) -> GroupAlias:
+        alias = await b.store.find_alias(values["id"])
         if alias is None:
             raise NotFound()
         return alias
@@ -90,7 +90,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
     async def register(req: Request, values: dict[str, Any]) -> Response:
         existing = None
         if values.get("id"):
-            existing = b.store.aliases.get(values["id"])
+            existing = await b.store.find_alias(values["id"])
             if existing is None:
                 raise InvalidRequest("invalid group alias ID")
         return await _apply(b.store, existing, values)
@@ -104,13 +104,13 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         return Response(data={"keys": keys, "key_info": info})
 
     async def read(req: Request, values: dict[str, Any]) -> Response:
-        return Response(data=alias_data(b.store, by_id(values)))
+        return Response(data=alias_data(b.store, await by_id(values)))
 
     async def update(req: Request, values: dict[str, Any]) -> Response:
-        return await _apply(b.store, by_id(values), values)
+        return await _apply(b.store, await by_id(values), values)
 
     async def delete(req: Request, values: dict[str, Any]) -> None:
-        alias = b.store.aliases.get(values["id"])
+        alias = await b.store.find_alias(values["id"])
         if alias is not None:
             await b.store.delete_alias(alias)
 

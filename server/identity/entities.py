@@ -179,11 +179,11 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         store, way = b.store, _one_way(values)
         group: Group | None
         if way == "id":
-            group = store.groups.get(values["id"])
+            group = await store.find_group(gid=values["id"])
         elif way == "name":
-            group = store.group_by_name(values["name"])
+            group = await store.find_group(name=values["name"])
         elif way == "alias_id":
-            alias = store.aliases.get(values["alias_id"])
+            alias = await store.find_alias(values["alias_id"])
             group = store.groups.get(alias.canonical_id) if alias is not None else None
         else:
             alias = store.alias_by_name(values["alias_mount_accessor"], values["alias_name"])

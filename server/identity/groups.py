@@ -120,24 +120,24 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
     """The group paths; LISTs first (``group/id/`` is the list, ``group/id/<id>`` a group)."""
 
     async def by_id(values: dict[str, Any]) -> Group:
-        group = b.store.groups.get(values["id"])
+        group = await b.store.find_group(gid=values["id"])
         if group is None:
             raise NotFound()
         return group
 
     async def by_name(values: dict[str, Any]) -> Group:
-        group = b.store.group_by_name(values["name"])
+        group = await b.store.find_group(name=values["name"])
         if group is None:
             raise NotFound()
         return group
 
     async def register(req: Request, values: dict[str, Any]) -> Response | None:
         store = b.store
-        existing = store.groups.get(values["id"]) if values.get("id") else None
+        existing = await store.find_group(gid=values["id"]) if values.get("id") else None
         if values.get("id") and existing is None:
             raise InvalidRequest("group not found for the given id")
         if existing is None and values.get("name"):
-            existing = store.group_by_name(values["name"])
+            existing = await store.find_group(name=values["name"])
         return await _apply(store, existing, values)
 
     async def list_ids(req: Request, values: dict[str, Any]) -> Response:
@@ -167,16 +167,16 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         return await _apply(b.store, await by_id(values), values)
 
     async def write_name(req: Request, values: dict[str, Any]) -> Response | None:
-        existing = b.store.group_by_name(values["name"])
+        existing = await b.store.find_group(name=values["name"])
         return await _apply(b.store, existing, values)
 
     async def delete_id(req: Request, values: dict[str, Any]) -> None:
-        group = b.store.groups.get(values["id"])
+        group = await b.store.find_group(gid=values["id"])
         if group is not None:
             await b.store.delete_group(group)
 
     async def delete_name(req: Request, values: dict[str, Any]) -> None:
-        group = b.store.group_by_name(values["name"])
+        group = await b.store.find_group(name=values["name"])
         if group is not None:
             await b.store.delete_group(group)
 

@@ -259,6 +259,28 @@ class IdentityStore:
         self._refresh.cancel()
 
     # -- lookups ----------------------------------------------------------------------------
+    async def find_group(self, *, gid: str | None = None, name: str | None = None) -> Group | None:
+        """The group with ``gid`` (or ``name``). On storage shared with other nodes or workers
+        a miss re-reads the groups first: the group may be one another node wrote a moment
+        ago, before its announcement arrived (what ``MountTable.match_fresh`` does for mounts),
+        so a client's read, update or delete after its create never misses it."""
+        group = self._group(gid, name)
+        if group is None and self.storage.shared:
+            await self._refresh.now()
+            group = self._group(gid, name)
+        return group
+
+    async def find_alias(self, aid: str) -> GroupAlias | None:
+        """The group alias with ``aid``, re-read on a miss as ``find_group`` does."""
+        alias = self.aliases.get(aid)
+        if alias is None and self.storage.shared:
+            await self._refresh.now()
+            alias = self.aliases.get(aid)
+        return alias
+
+    def _group(self, gid: str | None, name: str | None) -> Group | None:
+        return self.groups.get(gid) if gid is not None else self.group_by_name(name or "")
+
     def group_by_name(self, name: str) -> Group | None:
         gid = self._group_names.get(name.lower())
         return self.groups.get(gid) if gid is not None else None
@@ -419,7 +441,7 @@ class IdentityStore:
         async with self._lock:
             if self.mounts(alias.mount_accessor) is None:
                 raise InvalidRequest(f'invalid mount accessor "{alias.mount_accessor}"')
-            group = self.groups.get(alias.canonical_id)
+            group = await self.find_group(gid=alias.canonical_id)  # made on another node a moment ago?
             if group is None:
                 raise InvalidRequest("invalid group ID given in 'canonical_id'")
             if group.type != "external":

@@ -218,6 +218,12 @@ def _token_call(url: str, root: str, caller: dict[str, Any] | str | None, target
     return resp.status_code, answer["warnings"], fields
 
 
+#: Tries of a case whose answers differ: a renewal capped by a token's max TTL counts what is
+#: left from its creation second, so a second that turns between the login and the renewal on
+#: one server only shifts its answer (and its warning) by a second; a real difference repeats.
+ATTEMPTS = 3
+
+
 def _same(got: tuple[Any, ...], peer: tuple[Any, ...]) -> bool:
     """Equal answers, a TTL allowed to differ by one second (the two calls are not at once)."""
     if len(got) == 3 and len(peer) == 3 and got[:2] == peer[:2]:
@@ -236,11 +242,12 @@ def test_token_calls_as_openbao(servers: tuple[ServerProc, BaoProc], caller: str
         for method, path, body in TOKEN_CALLS:
             if caller == "root" and path == "auth/token/revoke-self":
                 continue  # the servers' root tokens serve the other cases
-            got = _token_call(ours.url, ours.root_token, CALLERS[caller], target, method, path, body)
-            peer = _token_call(bao.url, bao.root_token, CALLERS[caller], target, method, path, body)
-            if path in DELIBERATE and got[0] == peer[0]:
-                continue
-            if not _same(got, peer):
+            for _ in range(ATTEMPTS):
+                got = _token_call(ours.url, str(ours.root_token), CALLERS[caller], target, method, path, body)
+                peer = _token_call(bao.url, bao.root_token, CALLERS[caller], target, method, path, body)
+                if _same(got, peer) or (path in DELIBERATE and got[0] == peer[0]):
+                    break
+            else:
                 mismatches.append((target_name, method, path, body, got, peer))
     assert mismatches == [], "\n".join(map(repr, mismatches))
 
@@ -346,7 +353,15 @@ POLICY_TEXTS_DIFFER: dict[int, str] = {}
 
 
 def test_policies_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
-    mismatches = _run_steps(servers, POLICY_STEPS, ("name", "policy", "keys"), POLICY_TEXTS_DIFFER)
+    nodes = ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token))
+    defaults = [requests.get(f"{url}/v1/sys/policies/acl/default", headers={"X-Vault-Token": root},
+                             timeout=10).json()["data"]["policy"] for url, root in nodes]
+    try:
+        mismatches = _run_steps(servers, POLICY_STEPS, ("name", "policy", "keys"), POLICY_TEXTS_DIFFER)
+    finally:  # the steps rewrite the default policy: the tests after this one need it back
+        for (url, root), text in zip(nodes, defaults, strict=True):
+            requests.put(f"{url}/v1/sys/policies/acl/default", json={"policy": text},
+                         headers={"X-Vault-Token": root}, timeout=10).raise_for_status()
     assert mismatches == [], "\n".join(map(repr, mismatches))
 
 
@@ -602,22 +617,30 @@ RENEW_ROLES: dict[str, dict[str, Any]] = {
 @pytest.mark.parametrize("increment", [None, "10m", "5h"])
 @pytest.mark.parametrize("role", list(RENEW_ROLES))
 def test_login_renewals_as_openbao(servers: tuple[ServerProc, BaoProc], role: str, increment: str | None) -> None:
-    answers = []
-    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
-        head = {"X-Vault-Token": root}
-        mount = f"{url}/v1/auth/peer-renew"
-        if requests.get(f"{url}/v1/sys/auth/peer-renew", headers=head, timeout=10).status_code != 200:
-            requests.post(f"{url}/v1/sys/auth/peer-renew", json={"type": "jwt", "config": {"max_lease_ttl": "3h"}},
-                          headers=head, timeout=10).raise_for_status()
-            requests.post(f"{mount}/config", json={"jwt_validation_pubkeys": [KEY.pem]}, headers=head,
-                          timeout=10).raise_for_status()
-        body = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], **RENEW_ROLES[role]}
-        requests.post(f"{mount}/role/{role}", json=body, headers=head, timeout=10).raise_for_status()
-        login = requests.post(f"{mount}/login", json={"role": role, "jwt": _jwt(claims={"iss": "x"})}, timeout=10)
-        auth = login.json()["auth"]
-        renewed = requests.post(f"{url}/v1/auth/token/renew-self", json={} if increment is None else {"increment": increment},
-                                headers={"X-Vault-Token": auth["client_token"]}, timeout=10)
-        answer = renewed.json()
-        answers.append((auth["lease_duration"], auth["renewable"], renewed.status_code, answer.get("errors"),
-                        (answer.get("auth") or {}).get("lease_duration"), answer.get("warnings")))
+    for _ in range(ATTEMPTS):  # see ATTEMPTS
+        answers = [_renew(url, root, role, increment) for url, root in
+                   ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token))]
+        if answers[0] == answers[1]:
+            break
     assert answers[0] == answers[1]
+
+
+def _renew(url: str, root: str, role: str, increment: str | None) -> tuple[Any, ...]:
+    """Log in with ``role`` on the renewal mount (made on first use) and renew the token."""
+    head = {"X-Vault-Token": root}
+    mount = f"{url}/v1/auth/peer-renew"
+    if requests.get(f"{url}/v1/sys/auth/peer-renew", headers=head, timeout=10).status_code != 200:
+        requests.post(f"{url}/v1/sys/auth/peer-renew", json={"type": "jwt", "config": {"max_lease_ttl": "3h"}},
+                      headers=head, timeout=10).raise_for_status()
+        requests.post(f"{mount}/config", json={"jwt_validation_pubkeys": [KEY.pem]}, headers=head,
+                      timeout=10).raise_for_status()
+    body = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], **RENEW_ROLES[role]}
+    requests.post(f"{mount}/role/{role}", json=body, headers=head, timeout=10).raise_for_status()
+    login = requests.post(f"{mount}/login", json={"role": role, "jwt": _jwt(claims={"iss": "x"})}, timeout=10)
+    auth = login.json()["auth"]
+    renewed = requests.post(f"{url}/v1/auth/token/renew-self", json={} if increment is None else {"increment": increment},
+                            headers={"X-Vault-Token": auth["client_token"]}, timeout=10)
+    answer = renewed.json()
+    assert renewed.status_code != 403, answer  # the default policy lets a token renew itself
+    return (auth["lease_duration"], auth["renewable"], renewed.status_code, answer.get("errors"),
+            (answer.get("auth") or {}).get("lease_duration"), answer.get("warnings"))

@@ -4,15 +4,18 @@ aliases name, judged at each use of the token; the identity/ API's shapes and re
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from plugin.errors import InvalidRequest
 from plugin.storage import InMemoryStorage
 from server.app import create_app
 from server.appkeys import IDENTITY, TOKENS
 from server.http.listverb import make_test_server
+from server.identity.store import Group, GroupAlias, IdentityStore, MountRef, new_id
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import make_token, rsa_key
 from tests.server.httpkit import Client, app_of
@@ -381,3 +384,30 @@ async def test_token_use_reads_no_entity_when_no_group_grants(aiohttp_client: Ai
     for _ in range(3):
         assert await _can_read_role(api, token) == 403  # member only after its next login
     assert len([k for k in reads if k.startswith("identity/entity/")]) == 1
+
+
+class SharedStorage(InMemoryStorage):
+    """Storage written by several nodes whose change notifications never arrive."""
+
+    shared = True
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared storage", "single node"])
+async def test_a_group_made_on_another_node_is_found_on_a_miss(shared: bool) -> None:
+    """Worker B must not answer 404 (or delete nothing, or refuse an alias of it) for a group
+    worker A has just made while A's announcement is still on the way: a client's next
+    request after a create, on a new connection, may reach B. With one node a miss is a miss."""
+    storage = SharedStorage() if shared else InMemoryStorage()
+    a, b, c = (IdentityStore(storage, mounts=lambda accessor: MountRef(accessor, "auth/jwt/", "jwt")) for _ in range(3))
+    for store in (a, b, c):
+        await store.load()
+    group = Group(id=new_id(), name="Fresh", type="external")
+    await a.write_group(group, created=True)
+    alias = GroupAlias(id=new_id(), name="idp-fresh", mount_accessor="auth_jwt_00000001", canonical_id=group.id)
+    assert b.groups.get(group.id) is None and c.groups.get(group.id) is None  # no announcement arrived
+    with nullcontext() if shared else pytest.raises(InvalidRequest, match="invalid group ID given in 'canonical_id'"):
+        await b.write_alias(alias, created=True)  # b re-reads on the miss and finds a's group
+    assert ((await c.find_group(gid=group.id)) is not None) is shared
+    assert ((await c.find_group(name="fresh")) is not None) is shared
+    assert ((await c.find_alias(alias.id)) is not None) is shared
+    assert await c.find_group(gid="nope") is None and await c.find_alias("nope") is None
