@@ -402,11 +402,19 @@ def path_role(backend: JWTAuthBackend) -> PathSpec:
     async def write(req: Request, values: dict[str, Any]) -> Response | None:
         name = values["name"]
         storage = req.require_storage()
-        existing = await backend.role(storage, name)
-        role = copy.deepcopy(existing) if existing is not None else Role()
         max_lease = int(getattr(req.system, "max_lease_ttl", 0) or 0)
-        warnings = apply_role_write(role, values, max_lease_ttl=max_lease)
-        await storage.put(ROLE_PREFIX + name, role.to_storage())
+        written: list[tuple[Role, list[str]]] = []
+
+        def merge(old: Any) -> Any:
+            # Into the stored role, not this node's cached copy: another node's write a moment
+            # ago (its announcement still on the way) is kept, not written over.
+            role = Role.from_storage(old) if old is not None else Role()
+            warnings = apply_role_write(role, values, max_lease_ttl=max_lease)
+            written[:] = [(role, warnings)]
+            return role.to_storage()
+
+        await storage.update(ROLE_PREFIX + name, merge)
+        role, warnings = written[0]
         backend.install_role(name, role)
         return Response(data=None, warnings=warnings) if warnings else None
 

@@ -544,21 +544,21 @@ class MountTable:
             mount = self.mounts.get(norm)
             if mount is None:
                 raise InvalidRequest(f'tune of path "auth/{norm}" failed: no mount entry found')
-            cfg = self._validate_config(values, dict(mount.entry.config), tune=True)
-            description = mount.entry.description
+            description = None
             if "description" in values:
                 description = coerce("description", TUNE_FIELDS["description"], values["description"])
-            options = dict(mount.entry.options)
-            if "options" in values:
-                options.update(coerce("options", TUNE_FIELDS["options"], values["options"]))
+            added = coerce("options", TUNE_FIELDS["options"], values["options"]) if "options" in values else {}
 
             def change(old: Any) -> Any:
+                # On the stored entry, not this node's copy: another node's tune a moment ago
+                # (its announcement still on the way) is kept, not written over.
                 entries = list((old or {}).get("entries", []))
                 for e in entries:
                     if e["path"] == norm:
-                        e["config"] = cfg
-                        e["description"] = description
-                        e["options"] = options
+                        stored = MountEntry.from_json(e)
+                        e["config"] = self._validate_config(values, stored.config, tune=True)
+                        e["description"] = stored.description if description is None else description
+                        e["options"] = stored.options | added
                         return {"entries": entries}
                 raise InvalidRequest(f'tune of path "auth/{norm}" failed: no mount entry found')
 

@@ -315,6 +315,23 @@ async def test_cache_invalidated_on_write(h: Harness) -> None:
     assert first.bound_subject == "s" and second.bound_subject == "t"
 
 
+async def test_an_update_merges_into_the_stored_role_not_a_stale_copy(h: Harness) -> None:
+    """Two nodes, one storage: node B's cached copy of a role misses node A's write of a
+    moment ago (its announcement on the way); B's update merges into the stored role, so A's
+    change is kept, not written over."""
+    other = Harness()
+    other.storage = h.storage
+    await h.write("role/r", {**JWT, "bound_subject": "s"})
+    assert (await other.backend.role(other.storage, "r")) is not None  # B caches the role
+    await h.write("role/r", {**JWT, "token_ttl": "1h"})  # A's change B has not heard of
+    await other.write("role/r", {**JWT, "bound_subject": "t"})
+    role = await stored(h, "r")
+    assert (role["token_ttl"], role["bound_subject"]) == (3600, "t")
+    with pytest.raises(InvalidRequest, match="^'token_ttl' cannot be greater than 'token_max_ttl'$"):
+        await other.write("role/r", {**JWT, "token_max_ttl": "30m"})  # judged with the stored 1 h TTL
+    assert (await stored(h, "r"))["token_max_ttl"] == 0  # and nothing was written
+
+
 HOSTILE: list[Any] = [None, {}, [], [[]], {"a": {"b": []}}, [None], 1e308, -(2**70), True, "x" * 5000, "a=b", ["k=v", 3]]
 
 

@@ -294,6 +294,28 @@ class SharedStorage(InMemoryStorage):
     shared = True
 
 
+async def test_a_tune_keeps_another_nodes_tune_it_has_not_heard_of() -> None:
+    """Node B tunes from the stored entry, not from its own copy: node A's tune a moment
+    before (its announcement still on the way) is kept, not written over with B's old values."""
+    storage = SharedStorage()
+    a, b = await make_table(storage), await make_table(storage)
+    await a.enable("jwt", "rec", config={"default_lease_ttl": "1h", "max_lease_ttl": "2h"}, description="first")
+    await b.reload()
+    await a.tune("jwt", {"default_lease_ttl": "30m", "options": {"a": "1"}})
+    assert b.mounts["jwt/"].entry.config["default_lease_ttl"] == 3600  # b has not heard
+    entry = await b.tune("jwt", {"description": "second", "options": {"b": "2"}})
+    assert (entry.config["default_lease_ttl"], entry.config["max_lease_ttl"]) == (1800, 7200)
+    assert entry.description == "second" and entry.options == {"a": "1", "b": "2"}
+    before = await storage.get(MOUNTS_KEY)
+    with pytest.raises(InvalidRequest, match="^backend max lease TTL of 900 would be less than .* of 1800$"):
+        await b.tune("jwt", {"max_lease_ttl": "15m"})  # judged against the stored 30 m default
+    assert await storage.get(MOUNTS_KEY) == before  # a refused tune writes nothing
+    await a.tune("jwt", {"default_lease_ttl": "2h"})
+    assert b.mounts["jwt/"].entry.config["default_lease_ttl"] == 1800  # b has not heard
+    with pytest.raises(InvalidRequest, match="^backend max lease TTL of 5400 would be less than .* of 7200$"):
+        await b.tune("jwt", {"max_lease_ttl": "90m"})  # fine by b's copy; the stored 2 h default counts
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["shared storage", "single node"])
 async def test_a_mount_made_on_another_node_is_found_on_a_miss(shared: bool) -> None:
     """Node B must not answer 404 for a mount node A has just made while A's notification is

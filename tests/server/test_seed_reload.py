@@ -76,7 +76,14 @@ async def test_a_second_start_writes_nothing_and_drift_is_corrected() -> None:
         writes.append(key)
         await put(key, value)
 
+    update = storage.update
+
+    async def counting_update(key: str, fn: Any) -> Any:  # a role write merges into the stored role
+        writes.append(key)
+        return await update(key, fn)
+
     storage.put = counting_put  # type: ignore[method-assign]
+    storage.update = counting_update  # type: ignore[method-assign]
     async with started(seeded(), storage) as app:
         mount = app[MOUNTS].mounts["ci/jwt/"]
         role = await mount.storage.get("role/deploy")
