@@ -86,19 +86,30 @@ async def group_data(store: IdentityStore, group: Group) -> dict[str, Any]:
 
 async def _apply(store: IdentityStore, group: Group | None, values: dict[str, Any]) -> Response | None:
     """Create (``group`` None) or update a group from a write's ``values``."""
-    created = group is None
     if values.get("name") == "":  # sent empty (Vault refuses it); left out, a name is made up
         raise InvalidRequest("empty group name")
     if group is None:
         gid = new_id()
-        group = Group(id=gid, name=values.get("name") or "group_" + gid.replace("-", "")[:16])
-        group.type = values.get("type") or "internal"
-    else:
-        group = Group.from_storage(group.to_storage())
-        if values.get("type") and values["type"] != group.type:
-            raise InvalidRequest("group type cannot be changed")
-        if values.get("name"):
-            group.name = values["name"]
+        fresh = Group(id=gid, name=values.get("name") or "group_" + gid.replace("-", "")[:16])
+        fresh.type = values.get("type") or "internal"
+        created = _changed(fresh, values)
+        await store.write_group(created, created=True)
+        return Response(data={"id": created.id, "name": created.name})
+    await store.write_group(_changed(group, values), created=False, change=lambda stored: _changed(stored, values))
+    return None
+
+
+def _changed(group: Group, values: dict[str, Any]) -> Group:
+    """A copy of ``group`` with a write's ``values`` (a pure function: the storage update of
+    ``IdentityStore.write_group`` runs it again on the stored group).
+
+    :raises InvalidRequest: Vault's messages for a value the group cannot take.
+    """
+    group = Group.from_storage(group.to_storage())
+    if values.get("type") and values["type"] != group.type:
+        raise InvalidRequest("group type cannot be changed")
+    if values.get("name"):
+        group.name = values["name"]
     if "policies" in values:
         group.policies = group_policies(values["policies"])
     if "metadata" in values:
@@ -112,8 +123,7 @@ async def _apply(store: IdentityStore, group: Group | None, values: dict[str, An
         group.member_entity_ids = members
     if group.name != group.name.strip() or not group.name or len(group.name) > 256 or "/" in group.name:
         raise InvalidRequest(f'invalid group name "{group.name}"')
-    await store.write_group(group, created=created)
-    return Response(data={"id": group.id, "name": group.name}) if created else None
+    return group
 
 
 def paths(b: IdentityBackend) -> list[PathSpec]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from plugin.errors import InvalidRequest
+from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Alias
 from plugin.policyutil import sanitize_policies
 from server.storage import Engine
@@ -402,21 +402,44 @@ class IdentityStore:
         return alias.mount_accessor if alias is not None else ""
 
     # -- writes ---------------------------------------------------------------------------------
-    async def write_group(self, group: Group, *, created: bool) -> None:
+    async def write_group(
+        self, group: Group, *, created: bool, change: Callable[[Group], Group] | None = None
+    ) -> None:
         """Store ``group`` (names unique case-insensitively), then refresh the tables.
 
-        :raises InvalidRequest: ``group name is already in use``.
+        An update passes ``change``, the write's changes as a function of the group: they are
+        made again to the stored group inside the storage update, so another node's change
+        of a moment ago (its announcement still on the way: policies, an alias) is kept, not
+        written over with this node's copy. ``group`` is that copy changed, for the name check.
+
+        :raises InvalidRequest: ``group name is already in use``, or what ``change`` raises.
+        :raises NotFound: the group was deleted meanwhile.
         """
         async with self._lock:
             other = self._group_names.get(group.name.lower())
             if other is not None and other != group.id:
                 raise InvalidRequest("group name is already in use")
             stamp = now_rfc3339()
-            if created:
-                group.creation_time = stamp
-            group.last_update_time = stamp
-            group.modify_index += 1
-            await self.storage.put(GROUP_PREFIX + group.id, group.to_storage())
+            if change is None:
+                if created:
+                    group.creation_time = stamp
+                group.last_update_time = stamp
+                group.modify_index += 1
+                await self.storage.put(GROUP_PREFIX + group.id, group.to_storage())
+            else:
+                written: list[Group] = []
+
+                def merge(old: Any) -> Any:
+                    if not isinstance(old, dict):
+                        raise NotFound()
+                    new = change(Group.from_storage(old))
+                    new.last_update_time = stamp
+                    new.modify_index += 1
+                    written[:] = [new]
+                    return new.to_storage()
+
+                await self.storage.update(GROUP_PREFIX + group.id, merge)
+                group = written[0]
             self.groups[group.id] = group
             self._reinstall()
 

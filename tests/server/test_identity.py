@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from plugin.errors import InvalidRequest
+from plugin.errors import InvalidRequest, NotFound
 from plugin.storage import InMemoryStorage
 from server.app import create_app
 from server.appkeys import IDENTITY, TOKENS
@@ -411,3 +411,38 @@ async def test_a_group_made_on_another_node_is_found_on_a_miss(shared: bool) -> 
     assert ((await c.find_group(name="fresh")) is not None) is shared
     assert ((await c.find_alias(alias.id)) is not None) is shared
     assert await c.find_group(gid="nope") is None and await c.find_alias("nope") is None
+
+
+async def test_a_group_update_keeps_another_nodes_change_it_has_not_heard_of() -> None:
+    """Node B updates a group by running the write's changes on the stored group, not on its
+    own copy: node A's change of a moment ago (its announcement on the way) is kept."""
+    storage = SharedStorage()
+    a, b = (IdentityStore(storage, mounts=lambda accessor: MountRef(accessor, "auth/jwt/", "jwt")) for _ in range(2))
+    await a.load()
+    group = Group(id=new_id(), name="ops", type="internal")
+    await a.write_group(group, created=True)
+    await b.load()
+
+    def with_policies(g: Group) -> Group:
+        g = Group.from_storage(g.to_storage())
+        g.policies = ["p1"]
+        return g
+
+    def with_metadata(g: Group) -> Group:
+        g = Group.from_storage(g.to_storage())
+        g.metadata = {"team": "ops"}
+        return g
+
+    await a.write_group(with_policies(group), created=False, change=with_policies)
+    stale = b.groups[group.id]
+    assert stale.policies == []  # b has not heard
+    await b.write_group(with_metadata(stale), created=False, change=with_metadata)
+    raw = await storage.get("identity/group/" + group.id)
+    assert isinstance(raw, dict)
+    stored = Group.from_storage(raw)
+    assert (stored.policies, stored.metadata, stored.modify_index) == (["p1"], {"team": "ops"}, 3)
+    assert b.groups[group.id].policies == ["p1"]  # b's copy is the stored group now
+    await a.delete_group(group)
+    with pytest.raises(NotFound):  # deleted meanwhile: not written back
+        await b.write_group(with_metadata(stale), created=False, change=with_metadata)
+    assert await storage.get("identity/group/" + group.id) is None
