@@ -62,7 +62,7 @@ async def _identity(storage: Any, mode: str) -> IdentityStore | None:
     identity = IdentityStore(storage, mounts=lambda accessor: MountRef(accessor, MOUNT.path, "jwt"))
     await identity.load()
     if mode == "groups":
-        await identity.write_group(Group(id="g-ops", name="ops", type="external", policies=["ops"]), created=True)
+        await identity.write_group(Group(id="g-ops", name="ops", type="external", policies=["ops"]))
         await identity.write_alias(GroupAlias(id="a-ops", name="ops-idp", mount_accessor=MOUNT.accessor,
                                               canonical_id="g-ops"), created=True)
     return identity

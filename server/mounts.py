@@ -308,6 +308,11 @@ class MountSystemView:
         return time.time()
 
 
+def _new_accessor(type_name: str) -> str:
+    """A mount accessor as Vault makes them: ``auth_<type>_`` and 8 random hex digits."""
+    return f"auth_{type_name}_{secrets.token_hex(4)}"
+
+
 class _AccessorTaken(Exception):
     """A new mount drew the accessor of a mount in the table (``MountTable.enable``)."""
 
@@ -428,7 +433,7 @@ class MountTable:
     def _new_entry(self, path: str, type_name: str, description: str, config: dict[str, Any]) -> MountEntry:
         return MountEntry(
             path=path, type=type_name, description=description,
-            accessor=f"auth_{type_name}_{secrets.token_hex(4)}", uuid=str(uuid.uuid4()),
+            accessor=_new_accessor(type_name), uuid=str(uuid.uuid4()),
             config=_default_config() | config,
         )
 
@@ -481,12 +486,12 @@ class MountTable:
                 # An accessor names one mount for good: a disabled mount's revocation epoch
                 # would kill the tokens of a new mount that drew the same 32 random bits.
                 while self.retired is not None and await self.retired(entry.accessor):
-                    entry.accessor = self._new_entry(norm, type_name, description, cfg).accessor
+                    entry.accessor = _new_accessor(type_name)
                 try:
                     stored = await self.storage.update(MOUNTS_KEY, add)
                     break
                 except _AccessorTaken:
-                    entry.accessor = self._new_entry(norm, type_name, description, cfg).accessor
+                    entry.accessor = _new_accessor(type_name)
             self._apply(stored)
         log.info("mount_enabled", mount=norm, type=type_name, accessor=entry.accessor)
         return entry

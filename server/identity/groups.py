@@ -93,9 +93,9 @@ async def _apply(store: IdentityStore, group: Group | None, values: dict[str, An
         fresh = Group(id=gid, name=values.get("name") or "group_" + gid.replace("-", "")[:16])
         fresh.type = values.get("type") or "internal"
         created = _changed(fresh, values)
-        await store.write_group(created, created=True)
+        await store.write_group(created)
         return Response(data={"id": created.id, "name": created.name})
-    await store.write_group(_changed(group, values), created=False, change=lambda stored: _changed(stored, values))
+    await store.write_group(_changed(group, values), change=lambda stored: _changed(stored, values))
     return None
 
 

@@ -402,15 +402,14 @@ class IdentityStore:
         return alias.mount_accessor if alias is not None else ""
 
     # -- writes ---------------------------------------------------------------------------------
-    async def write_group(
-        self, group: Group, *, created: bool, change: Callable[[Group], Group] | None = None
-    ) -> None:
+    async def write_group(self, group: Group, *, change: Callable[[Group], Group] | None = None) -> None:
         """Store ``group`` (names unique case-insensitively), then refresh the tables.
 
-        An update passes ``change``, the write's changes as a function of the group: they are
-        made again to the stored group inside the storage update, so another node's change
-        of a moment ago (its announcement still on the way: policies, an alias) is kept, not
-        written over with this node's copy. ``group`` is that copy changed, for the name check.
+        Without ``change`` it is a new group. An update passes ``change``, the write's changes
+        as a function of the group: they are made again to the stored group inside the
+        storage update, so another node's change of a moment ago (its announcement still on
+        the way: policies, an alias) is kept, not written over with this node's copy.
+        ``group`` is that copy changed, for the name check.
 
         :raises InvalidRequest: ``group name is already in use``, or what ``change`` raises.
         :raises NotFound: the group was deleted meanwhile.
@@ -421,9 +420,7 @@ class IdentityStore:
                 raise InvalidRequest("group name is already in use")
             stamp = now_rfc3339()
             if change is None:
-                if created:
-                    group.creation_time = stamp
-                group.last_update_time = stamp
+                group.creation_time = group.last_update_time = stamp
                 group.modify_index += 1
                 await self.storage.put(GROUP_PREFIX + group.id, group.to_storage())
             else:

@@ -90,12 +90,16 @@ AUTH_FIELDS = ("policies", "lease_duration", "renewable", "orphan", "token_type"
 _MULTI = re.compile(r"^1 error occurred:\n\t\* (.*)\n\n$", re.S)
 
 
+def _errors(answer: dict[str, Any]) -> list[str]:
+    """An answer's ``errors``, each without Go's multierror wrapping."""
+    return [_MULTI.sub(r"\1", e) for e in answer.get("errors", [])]
+
+
 def _answer(url: str, token: str, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, list[str]]:
     if body is not None:
         body = json.loads(json.dumps(body).replace("SELF", token))
     resp = requests.request(method, f"{url}/v1/{path}", json=body, headers={"X-Vault-Token": token}, timeout=10)
-    errors = resp.json().get("errors", []) if resp.content else []
-    return resp.status_code, [_MULTI.sub(r"\1", e) for e in errors]
+    return resp.status_code, _errors(resp.json() if resp.content else {})
 
 
 def _token(url: str, root: str, uses: int, policies: list[str]) -> str:
@@ -139,7 +143,7 @@ def _create(url: str, root: str, creator: dict[str, Any] | None, path: str, body
     resp = requests.post(f"{url}/v1/{path}", json=body, headers={"X-Vault-Token": caller}, timeout=10)
     answer = resp.json()
     if "errors" in answer:
-        return resp.status_code, [_MULTI.sub(r"\1", e) for e in answer["errors"]]
+        return resp.status_code, _errors(answer)
     auth = answer["auth"]
     return resp.status_code, answer["warnings"], {k: auth[k] for k in AUTH_FIELDS}
 
@@ -213,7 +217,7 @@ def _token_call(url: str, root: str, caller: dict[str, Any] | str | None, target
         return (resp.status_code,)
     answer = resp.json()
     if "errors" in answer:
-        return resp.status_code, [_MULTI.sub(r"\1", e) for e in answer["errors"]]
+        return resp.status_code, _errors(answer)
     fields = {f"{part}.{k}": (answer.get(part) or {}).get(k) for part, keys in ANSWER_FIELDS.items() for k in keys}
     return resp.status_code, answer["warnings"], fields
 
@@ -297,7 +301,7 @@ def _step(url: str, root: str, method: str, path: str, body: dict[str, Any] | No
         return (resp.status_code,)
     answer = resp.json()
     if "errors" in answer:
-        return resp.status_code, [_MULTI.sub(r"\1", e) for e in answer["errors"]]
+        return resp.status_code, _errors(answer)
     return resp.status_code, {k: answer["data"].get(k) for k in fields}
 
 
@@ -433,7 +437,7 @@ def test_wrapping_as_openbao(servers: tuple[ServerProc, BaoProc], scenario: str)
             headers = {} if caller is None else {"X-Vault-Token": names[caller]}
             resp = requests.request(method, f"{url}/v1/{path}", json=sent, headers=headers, timeout=10)
         answer = resp.json() if resp.content else {}
-        answers.append((resp.status_code, [_MULTI.sub(r"\1", e) for e in answer.get("errors", [])],
+        answers.append((resp.status_code, _errors(answer),
                         sorted(answer.get("data") or {}), sorted(answer.get("wrap_info") or {}), bool(answer.get("auth"))))
     assert answers[0] == answers[1]
 

@@ -402,7 +402,7 @@ async def test_a_group_made_on_another_node_is_found_on_a_miss(shared: bool) -> 
     for store in (a, b, c):
         await store.load()
     group = Group(id=new_id(), name="Fresh", type="external")
-    await a.write_group(group, created=True)
+    await a.write_group(group)
     alias = GroupAlias(id=new_id(), name="idp-fresh", mount_accessor="auth_jwt_00000001", canonical_id=group.id)
     assert b.groups.get(group.id) is None and c.groups.get(group.id) is None  # no announcement arrived
     with nullcontext() if shared else pytest.raises(InvalidRequest, match="invalid group ID given in 'canonical_id'"):
@@ -420,7 +420,7 @@ async def test_a_group_update_keeps_another_nodes_change_it_has_not_heard_of() -
     a, b = (IdentityStore(storage, mounts=lambda accessor: MountRef(accessor, "auth/jwt/", "jwt")) for _ in range(2))
     await a.load()
     group = Group(id=new_id(), name="ops", type="internal")
-    await a.write_group(group, created=True)
+    await a.write_group(group)
     await b.load()
 
     def with_policies(g: Group) -> Group:
@@ -433,10 +433,10 @@ async def test_a_group_update_keeps_another_nodes_change_it_has_not_heard_of() -
         g.metadata = {"team": "ops"}
         return g
 
-    await a.write_group(with_policies(group), created=False, change=with_policies)
+    await a.write_group(with_policies(group), change=with_policies)
     stale = b.groups[group.id]
     assert stale.policies == []  # b has not heard
-    await b.write_group(with_metadata(stale), created=False, change=with_metadata)
+    await b.write_group(with_metadata(stale), change=with_metadata)
     raw = await storage.get("identity/group/" + group.id)
     assert isinstance(raw, dict)
     stored = Group.from_storage(raw)
@@ -444,5 +444,5 @@ async def test_a_group_update_keeps_another_nodes_change_it_has_not_heard_of() -
     assert b.groups[group.id].policies == ["p1"]  # b's copy is the stored group now
     await a.delete_group(group)
     with pytest.raises(NotFound):  # deleted meanwhile: not written back
-        await b.write_group(with_metadata(stale), created=False, change=with_metadata)
+        await b.write_group(with_metadata(stale), change=with_metadata)
     assert await storage.get("identity/group/" + group.id) is None
