@@ -8,12 +8,13 @@ as in Vault: the creating write answers ``{"id", "name"}``, an update answers 20
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
-from server.identity.store import GROUP_TYPES, Group, IdentityStore, group_policies, new_id
+from server.identity.store import GROUP_TYPES, Group, IdentityStore, NameInUse, group_policies, new_id
 
 if TYPE_CHECKING:
     from server.identity.backend import IdentityBackend
@@ -99,6 +100,28 @@ async def _apply(store: IdentityStore, group: Group | None, values: dict[str, An
     return None
 
 
+#: Seconds between the looks for the group that won a name (its write takes a commit or two).
+_WINNER_PAUSES = (0.0, 0.01, 0.02, 0.05, 0.1)
+
+
+async def _upsert(store: IdentityStore, existing: Group | None, values: dict[str, Any]) -> Response | None:
+    """Update ``existing``, or create a group named as ``values`` say. A create that lost its
+    name to another request of a moment ago (on this node, or on another one before this node
+    heard of it) updates the group that request made: with Vault's one lock, the later of two
+    registers of a name finds the first's group and updates it."""
+    try:
+        return await _apply(store, existing, values)
+    except NameInUse:
+        if existing is not None or not values.get("name"):
+            raise
+        for pause in _WINNER_PAUSES:  # the winner claims the name before it writes its group
+            await asyncio.sleep(pause)
+            winner = await store.find_group(name=values["name"])
+            if winner is not None:
+                return await _apply(store, winner, values)
+        raise
+
+
 def _changed(group: Group, values: dict[str, Any]) -> Group:
     """A copy of ``group`` with a write's ``values`` (a pure function: the storage update of
     ``IdentityStore.write_group`` runs it again on the stored group).
@@ -148,7 +171,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             raise InvalidRequest("group not found for the given id")
         if existing is None and values.get("name"):
             existing = await store.find_group(name=values["name"])
-        return await _apply(store, existing, values)
+        return await _upsert(store, existing, values)
 
     async def list_ids(req: Request, values: dict[str, Any]) -> Response:
         store = b.store
@@ -178,7 +201,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
 
     async def write_name(req: Request, values: dict[str, Any]) -> Response | None:
         existing = await b.store.find_group(name=values["name"])
-        return await _apply(b.store, existing, values)
+        return await _upsert(b.store, existing, values)
 
     async def delete_id(req: Request, values: dict[str, Any]) -> None:
         group = await b.store.find_group(gid=values["id"])

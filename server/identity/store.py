@@ -12,7 +12,10 @@ Storage layout (root storage):
   memberships, refreshed by each login through that mount (Vault's
   ``refreshExternalGroupMembershipsByEntityID``);
 - ``identity/entity-alias/<alias id>`` → ``{"entity_id": ...}``;
-- ``identity/member/<group id>/<entity id>`` → 1, the members of an external group.
+- ``identity/member/<group id>/<entity id>`` → 1, the members of an external group;
+- ``identity/group-name/<hash>`` and ``identity/group-alias-name/<hash>`` → ``{"id", "at"}``,
+  the claim of a group name (lower-cased) and of a group alias name on a mount: the one
+  writer of a name among nodes and workers (``IdentityStore._claim``).
 
 Groups and group aliases are few and written by operators: all of them are held in memory,
 re-read after a local write and when another node announces one (``invalidate``). Entities
@@ -22,15 +25,19 @@ at their next use, as in Vault. When no group grants a policy the answer is know
 looking at the entity, and otherwise only a cache miss reads the entity's row.
 
 Group names and group alias names are unique case-insensitively (as Vault's); a login's IdP
-group names match aliases exactly (docs/vault-differences.md row 30).
+group names match aliases exactly (docs/vault-differences.md row 30). The in-memory tables
+refuse a name this node knows is taken; a storage update of the name's claim decides between
+nodes or workers that create (or rename to) one name at the same moment, before either has
+heard of the other's group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +59,7 @@ __all__ = [
     "IdentityStore",
     "MountRef",
     "MountLookup",
+    "NameInUse",
     "now_rfc3339",
 ]
 
@@ -62,6 +70,12 @@ GROUP_ALIAS_PREFIX = "identity/group-alias/"
 ENTITY_PREFIX = "identity/entity/"
 ENTITY_ALIAS_PREFIX = "identity/entity-alias/"
 MEMBER_PREFIX = "identity/member/"
+GROUP_NAME_PREFIX = "identity/group-name/"
+ALIAS_NAME_PREFIX = "identity/group-alias-name/"
+#: A name's claim whose holder does not (or no longer) hold the name is taken over only once
+#: it is this old (seconds): a write in flight claims the name before its row exists, and
+#: only a node that died between the two leaves a claim behind.
+CLAIM_GRACE = 60.0
 #: Entities whose memberships are kept in memory (a miss reads the entity's row once).
 ENTITY_CACHE_SIZE = 16384
 GROUP_TYPES = ("external", "internal")
@@ -187,6 +201,46 @@ def group_policies(raw: Iterable[str]) -> list[str]:
     if "root" in policies:
         raise InvalidRequest("policies cannot contain root")
     return policies
+
+
+class NameInUse(InvalidRequest):
+    """``group name is already in use`` (Vault's message)."""
+
+    def __init__(self) -> None:
+        super().__init__("group name is already in use")
+
+
+class _Held(Exception):
+    """A unique name is claimed by another object (``holder``), claimed ``age`` seconds ago."""
+
+    def __init__(self, holder: str, age: float) -> None:
+        super().__init__(holder)
+        self.holder, self.age = holder, age
+
+
+class _Unclaimed(Exception):
+    """A group update would write a name this write has not claimed (``name``, lower-cased)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _AliasUnknown(Exception):
+    """The stored group names an alias (``alias_id``) this node has not read yet."""
+
+    def __init__(self, alias_id: str) -> None:
+        super().__init__(alias_id)
+        self.alias_id = alias_id
+
+
+def _name_key(prefix: str, *parts: str) -> str:
+    """The claim key of a unique name (its parts hashed: names may hold any character)."""
+    return prefix + hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def _alias_key(accessor: str, name: str) -> str:
+    return _name_key(ALIAS_NAME_PREFIX, accessor, name.lower())
 
 
 class IdentityStore:
@@ -401,6 +455,85 @@ class IdentityStore:
         alias = self.aliases.get(group.alias_id) if group is not None and group.alias_id else None
         return alias.mount_accessor if alias is not None else ""
 
+    # -- unique names -----------------------------------------------------------------------
+    async def _claim(self, key: str, owner: str, holds: Callable[[str], Awaitable[bool]]) -> bool:
+        """Make ``owner`` (an object id) the holder of the unique name whose claim is at
+        ``key``. The claim is a storage update, so of two nodes or workers claiming one name
+        at once exactly one gets it. A holder that does not hold the name (``holds`` false: its
+        row is gone or names something else) is replaced once its claim is ``CLAIM_GRACE``
+        old. Returns whether the claim is new: a write that fails after it releases it.
+
+        :raises _Held: another object holds the name.
+        """
+        stale: str | None = None
+        for _ in range(4):
+            try:
+                return await self._claim_once(key, owner, stale)
+            except _Held as held:
+                if held.age < CLAIM_GRACE or await holds(held.holder):
+                    raise
+                stale = held.holder
+        raise _Held(stale or "", 0.0)  # the name keeps changing hands: in use
+
+    async def _claim_once(self, key: str, owner: str, stale: str | None) -> bool:
+        """One storage update of ``_claim`` (``stale``: a holder to replace)."""
+        prior: list[object] = []
+        now = time.time()
+
+        def take(old: Any) -> Any:
+            holder = old.get("id") if isinstance(old, dict) else None
+            if holder is not None and holder != owner and holder != stale:
+                at = old.get("at")
+                raise _Held(str(holder), now - (at if isinstance(at, (int, float)) else 0.0))
+            prior.append(holder)
+            return old if holder == owner else {"id": owner, "at": now}
+
+        await self.storage.update(key, take)
+        return prior[-1] != owner
+
+    async def _release(self, key: str, owner: str) -> None:
+        """Drop ``owner``'s claim at ``key`` (a claim someone else took over stays)."""
+
+        def drop(old: Any) -> Any:
+            return None if isinstance(old, dict) and old.get("id") == owner else old
+
+        await self.storage.update(key, drop)
+
+    async def _holds_group_name(self, gid: str, lowered: str) -> bool:
+        raw = await self.storage.get(GROUP_PREFIX + gid) if _plain(gid) else None
+        return isinstance(raw, dict) and str(raw.get("name", "")).lower() == lowered
+
+    async def _holds_alias_name(self, aid: str, accessor: str, lowered: str) -> bool:
+        raw = await self.storage.get(GROUP_ALIAS_PREFIX + aid) if _plain(aid) else None
+        return (
+            isinstance(raw, dict) and raw.get("mount_accessor") == accessor
+            and str(raw.get("name", "")).lower() == lowered
+        )
+
+    async def _taken(self, holder: Callable[[], str | None], owner: str) -> bool:
+        """Does the tables' ``holder()`` of a name say another object than ``owner`` has it?
+        On shared storage a yes is checked again after a re-read: the other may be gone (or
+        renamed) on another node a moment ago. (A no is the storage claim's to confirm.)"""
+        other = holder()
+        if other is None or other == owner:
+            return False
+        if self.storage.shared:
+            await self._refresh.now()
+            other = holder()
+        return other is not None and other != owner
+
+    async def _claim_group_name(self, gid: str, lowered: str) -> bool:
+        """Claim a group name (lower-cased) for ``gid``; see ``_claim``.
+
+        :raises NameInUse: another group holds it.
+        """
+        try:
+            return await self._claim(
+                _name_key(GROUP_NAME_PREFIX, lowered), gid, lambda holder: self._holds_group_name(holder, lowered),
+            )
+        except _Held:
+            raise NameInUse() from None
+
     # -- writes ---------------------------------------------------------------------------------
     async def write_group(self, group: Group, *, change: Callable[[Group], Group] | None = None) -> None:
         """Store ``group`` (names unique case-insensitively), then refresh the tables.
@@ -409,50 +542,100 @@ class IdentityStore:
         as a function of the group: they are made again to the stored group inside the
         storage update, so another node's change of a moment ago (its announcement still on
         the way: policies, an alias) is kept, not written over with this node's copy.
-        ``group`` is that copy changed, for the name check.
+        ``group`` is that copy changed, for the name check. A new name is claimed first
+        (``_claim``) and the old one released after the write.
 
         :raises InvalidRequest: ``group name is already in use``, or what ``change`` raises.
         :raises NotFound: the group was deleted meanwhile.
         """
         async with self._lock:
-            other = self._group_names.get(group.name.lower())
-            if other is not None and other != group.id:
-                raise InvalidRequest("group name is already in use")
-            stamp = now_rfc3339()
-            if change is None:
-                group.creation_time = group.last_update_time = stamp
-                group.modify_index += 1
-                await self.storage.put(GROUP_PREFIX + group.id, group.to_storage())
-            else:
-                written: list[Group] = []
+            lowered = group.name.lower()
+            if await self._taken(lambda: self._group_names.get(lowered), group.id):
+                raise NameInUse()
+            known = self.groups.get(group.id)
+            held: set[str] = set()  # the names whose claim this write holds
+            fresh: list[str] = []  # those of them it claimed anew: released if the write fails
 
-                def merge(old: Any) -> Any:
-                    if not isinstance(old, dict):
-                        raise NotFound()
-                    new = change(Group.from_storage(old))
-                    new.last_update_time = stamp
-                    new.modify_index += 1
-                    written[:] = [new]
-                    return new.to_storage()
+            async def claim(name: str) -> None:
+                if await self._claim_group_name(group.id, name):
+                    fresh.append(name)
+                held.add(name)
 
-                await self.storage.update(GROUP_PREFIX + group.id, merge)
-                group = written[0]
-            self.groups[group.id] = group
+            try:
+                if change is None or known is None or known.name.lower() != lowered:
+                    await claim(lowered)
+                try:
+                    written, old_name = await self._store_group(group, change, held)
+                except _Unclaimed as unclaimed:  # renamed on another node meanwhile
+                    await claim(unclaimed.name)
+                    written, old_name = await self._store_group(group, change, held)
+            except Exception as exc:
+                for name in fresh:
+                    await self._release(_name_key(GROUP_NAME_PREFIX, name), group.id)
+                if isinstance(exc, _Unclaimed):
+                    raise InvalidRequest("the group was renamed by another request meanwhile: try again") from None
+                raise
+            if old_name and old_name != written.name.lower():
+                await self._release(_name_key(GROUP_NAME_PREFIX, old_name), group.id)
+            self.groups[written.id] = written
             self._reinstall()
 
+    async def _store_group(self, group: Group, change: Callable[[Group], Group] | None, names: set[str]) -> tuple[Group, str]:
+        """Write a new group (``change`` None) or run ``change`` on the stored one; return the
+        group written and the name it had before (lower-cased; "" for a new group).
+
+        :raises _Unclaimed: the update would write a name not in ``names`` (claimed).
+        """
+        stamp = now_rfc3339()
+        if change is None:
+            group.creation_time = group.last_update_time = stamp
+            group.modify_index += 1
+            await self.storage.put(GROUP_PREFIX + group.id, group.to_storage())
+            return group, ""
+        written: list[tuple[Group, str]] = []
+
+        def merge(old: Any) -> Any:
+            if not isinstance(old, dict):
+                raise NotFound()
+            before = Group.from_storage(old)
+            new = change(before)
+            name = new.name.lower()
+            if name != before.name.lower() and name not in names:
+                raise _Unclaimed(name)
+            new.last_update_time = stamp
+            new.modify_index += 1
+            written[:] = [(new, before.name.lower())]
+            return new.to_storage()
+
+        await self.storage.update(GROUP_PREFIX + group.id, merge)
+        return written[0]
+
     async def delete_group(self, group: Group) -> None:
-        """Delete a group, its alias and its membership rows."""
+        """Delete a group, its alias, its membership rows and its names' claims."""
         async with self._lock:
+            stored = await self.storage.get(GROUP_PREFIX + group.id)  # renamed elsewhere meanwhile?
+            names = {group.name.lower()}
+            if isinstance(stored, dict):
+                names.add(str(stored.get("name", "")).lower())
             if group.alias_id:
+                alias = self.aliases.get(group.alias_id)
                 await self.storage.delete(GROUP_ALIAS_PREFIX + group.alias_id)
+                if alias is not None:
+                    await self._release(_alias_key(alias.mount_accessor, alias.name), alias.id)
                 self.aliases.pop(group.alias_id, None)
             await self.storage.delete(GROUP_PREFIX + group.id)
             await self.storage.delete_prefix(f"{MEMBER_PREFIX}{group.id}/")
+            for name in names:
+                await self._release(_name_key(GROUP_NAME_PREFIX, name), group.id)
             self.groups.pop(group.id, None)
             self._reinstall()
 
     async def write_alias(self, alias: GroupAlias, *, created: bool) -> None:
         """Store a group alias on its (external) group.
+
+        The alias's name on its mount is claimed first (``_claim``); then the alias row is
+        written and the group made to name it in a storage update of the stored group, which
+        refuses a group that another node gave another alias a moment ago.
 
         :raises InvalidRequest: Vault's messages: an unknown mount accessor or group, an
             internal group, a name already used on that mount, a group that already has
@@ -466,46 +649,107 @@ class IdentityStore:
                 raise InvalidRequest("invalid group ID given in 'canonical_id'")
             if group.type != "external":
                 raise InvalidRequest("alias can't be set on an internal group")
-            other = self._alias_names.get((alias.mount_accessor, alias.name.lower()))
-            if other is not None and other != alias.id:
-                raise InvalidRequest("combination of mount and group alias name is already in use")
+            in_use = InvalidRequest("combination of mount and group alias name is already in use")
+            if await self._taken(lambda: self._alias_names.get((alias.mount_accessor, alias.name.lower())), alias.id):
+                raise in_use
             if group.alias_id and group.alias_id != alias.id and group.alias_id in self.aliases:
                 raise InvalidRequest(f'group "{group.name}" already has an alias: update or delete it first')
             previous = self.aliases.get(alias.id)
+            key = _alias_key(alias.mount_accessor, alias.name)
+            old_key = _alias_key(previous.mount_accessor, previous.name) if previous is not None else key
+            lowered = alias.name.lower()
+            try:
+                claimed = key != old_key or created or previous is None
+                claimed = claimed and await self._claim(
+                    key, alias.id, lambda holder: self._holds_alias_name(holder, alias.mount_accessor, lowered),
+                )
+            except _Held:
+                raise in_use from None
             stamp = now_rfc3339()
             if created:
                 alias.creation_time = stamp
             alias.last_update_time = stamp
-            items: list[tuple[str, object]] = [(GROUP_ALIAS_PREFIX + alias.id, alias.to_storage())]
+            try:
+                await self.storage.put(GROUP_ALIAS_PREFIX + alias.id, alias.to_storage())
+                group = await self._attach(group, alias.id, stamp)
+            except Exception:
+                if previous is not None:
+                    await self.storage.put(GROUP_ALIAS_PREFIX + alias.id, previous.to_storage())
+                else:
+                    await self.storage.delete(GROUP_ALIAS_PREFIX + alias.id)
+                if claimed:
+                    await self._release(key, alias.id)
+                raise
+            self.groups[group.id] = group
             if previous is not None and previous.canonical_id != alias.canonical_id:
-                old_group = self.groups.get(previous.canonical_id)
-                if old_group is not None and old_group.alias_id == alias.id:
-                    old_group = Group.from_storage(old_group.to_storage())
-                    old_group.alias_id = ""
-                    items.append((GROUP_PREFIX + old_group.id, old_group.to_storage()))
+                old_group = await self._detach(previous.canonical_id, alias.id, stamp)
+                if old_group is not None:
                     self.groups[old_group.id] = old_group
-            if group.alias_id != alias.id:
-                group = Group.from_storage(group.to_storage())
-                group.alias_id = alias.id
-                group.last_update_time = stamp
-                group.modify_index += 1
-                items.append((GROUP_PREFIX + group.id, group.to_storage()))
-                self.groups[group.id] = group
-            await self.storage.put_many(items)
+            if key != old_key:
+                await self._release(old_key, alias.id)
             self.aliases[alias.id] = alias
             self._reinstall()
 
+    async def _attach(self, group: Group, alias_id: str, stamp: str) -> Group:
+        """Make the stored ``group`` name the alias ``alias_id``; return the group written.
+
+        :raises InvalidRequest: the group is gone, or has another alias (also one another
+            node wrote a moment ago: an alias id this node does not know is re-read first,
+            and only one still unknown then is taken for a leftover and replaced).
+        """
+        try:
+            return await self._attach_once(group.id, alias_id, stamp, replace_unknown=False)
+        except _AliasUnknown:
+            await self._refresh.now()
+            return await self._attach_once(group.id, alias_id, stamp, replace_unknown=True)
+
+    async def _attach_once(self, gid: str, alias_id: str, stamp: str, *, replace_unknown: bool) -> Group:
+        known = frozenset(self.aliases)
+        written: list[Group] = []
+
+        def attach(old: Any) -> Any:
+            if not isinstance(old, dict):
+                raise InvalidRequest("invalid group ID given in 'canonical_id'")
+            g = Group.from_storage(old)
+            if g.alias_id != alias_id:
+                if g.alias_id and g.alias_id in known:
+                    raise InvalidRequest(f'group "{g.name}" already has an alias: update or delete it first')
+                if g.alias_id and not replace_unknown:
+                    raise _AliasUnknown(g.alias_id)
+                g.alias_id = alias_id
+                g.last_update_time = stamp
+                g.modify_index += 1
+            written[:] = [g]
+            return g.to_storage()
+
+        await self.storage.update(GROUP_PREFIX + gid, attach)
+        return written[0]
+
+    async def _detach(self, gid: str, alias_id: str, stamp: str) -> Group | None:
+        """Make the stored group ``gid`` name no alias if it names ``alias_id``; return the
+        group written (None: gone, or naming another alias)."""
+        written: list[Group] = []
+
+        def detach(old: Any) -> Any:
+            if not isinstance(old, dict) or old.get("alias_id") != alias_id:
+                return old
+            g = Group.from_storage(old)
+            g.alias_id = ""
+            g.last_update_time = stamp
+            g.modify_index += 1
+            written[:] = [g]
+            return g.to_storage()
+
+        await self.storage.update(GROUP_PREFIX + gid, detach)
+        return written[0] if written else None
+
     async def delete_alias(self, alias: GroupAlias) -> None:
         async with self._lock:
-            group = self.groups.get(alias.canonical_id)
-            if group is not None and group.alias_id == alias.id:
-                group = Group.from_storage(group.to_storage())
-                group.alias_id = ""
-                group.last_update_time = now_rfc3339()
-                group.modify_index += 1
-                await self.storage.put(GROUP_PREFIX + group.id, group.to_storage())
+            group = await self._detach(alias.canonical_id, alias.id, now_rfc3339())
+            if group is not None:
                 self.groups[group.id] = group
             await self.storage.delete(GROUP_ALIAS_PREFIX + alias.id)
+            await self._release(_alias_key(alias.mount_accessor, alias.name), alias.id)
             self.aliases.pop(alias.id, None)
             self._reinstall()
 

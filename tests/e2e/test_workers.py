@@ -293,6 +293,69 @@ def test_concurrent_writes_on_both_workers_never_reach_a_lock_error(workers: Wor
     assert "database is locked" not in log and "database is busy" not in log
 
 
+def test_one_name_written_on_both_workers_at_once_is_one_group_and_one_alias(workers: Workers) -> None:
+    """Clients register the same group name on both workers at the same moment (neither worker
+    has heard of the other's group yet): one group per name, and every register succeeds, the
+    later ones updating the first's group as on one Vault node. Then aliases of one name on
+    one mount for two groups, on both workers at once: one is stored, the other refused with
+    Vault's message."""
+    accessor = workers.a.ok("GET", "sys/auth")["data"][f"{MOUNT}/"]["accessor"]
+    rounds, per_worker = 12, 2
+    barrier = threading.Barrier(2 * per_worker)
+    statuses: list[int] = []
+    alias_results: list[tuple[int, Any]] = []
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        conns = pinned(workers.srv)
+        conn = list(conns.values())[worker]
+        try:
+            for n in range(rounds):
+                barrier.wait()
+                status, _ = conn.call("POST", "identity/group", body={"name": f"race-{n}", "type": "external"})
+                with lock:
+                    statuses.append(status)
+            barrier.wait()
+            status, _ = conn.call("POST", "identity/group", body={"name": f"aliased-{worker}-{id(conn)}", "type": "external"})
+            assert status == 200
+            gid = conn.ok("GET", f"identity/group/name/aliased-{worker}-{id(conn)}")["data"]["id"]
+            barrier.wait()
+            result = conn.call("POST", "identity/group-alias", body={"name": "idp-race", "mount_accessor": accessor, "canonical_id": gid})
+            with lock:
+                alias_results.append(result)
+        finally:
+            for c in conns.values():
+                c.close()
+
+    with ThreadPoolExecutor(2 * per_worker) as pool:
+        list(pool.map(client, [0, 1] * per_worker))
+    assert sorted(set(statuses)) in ([200, 204], [200]), statuses
+    assert statuses.count(200) == rounds  # one create per name; the rest updated it
+    want = sorted(f"race-{n}" for n in range(rounds))
+    for conn in (workers.a, workers.b):  # each worker lists what both wrote within the bound
+        names: list[str] = []
+
+        def listed(conn: Pinned = conn, names: list[str] = names) -> bool:
+            names[:] = conn.ok("LIST", "identity/group/name")["data"]["keys"]
+            return sorted(n for n in names if n.startswith("race-")) == want
+
+        assert seen_within(listed) <= BOUND
+        assert len(conn.ok("LIST", "identity/group/id")["data"]["keys"]) == len(names)
+    stored = [r for r in alias_results if r[0] == 200]
+    refused = [r for r in alias_results if r[0] != 200]
+    assert len(stored) == 1, alias_results
+    assert {(s, tuple(b["errors"])) for s, b in refused} == {
+        (400, ("combination of mount and group alias name is already in use",)),
+    }
+    for conn in (workers.a, workers.b):
+
+        def one_alias(conn: Pinned = conn) -> bool:
+            status, body = conn.call("LIST", "identity/group-alias/id")
+            return status == 200 and [a["name"] for a in body["data"]["key_info"].values()].count("idp-race") == 1
+
+        assert seen_within(one_alias) <= BOUND
+
+
 def test_audit_lines_from_both_workers_never_interleave_and_sighup_reopens(workers: Workers) -> None:
     """Both workers append to one audit file at once (each turn's lines in one ``O_APPEND``
     write): every line is whole JSON, every acknowledged request has its request and its

@@ -281,6 +281,25 @@ async def test_group_shapes(api: Api) -> None:
     assert (await api.call("LIST", "identity/group/id")) == (404, {"errors": []})
 
 
+@pytest.mark.parametrize("path", ["identity/group", "identity/group/name/Race"])
+async def test_registers_of_one_name_at_once_make_one_group_and_update_it(
+    aiohttp_client: AiohttpClient, tmp_path: Any, path: str,
+) -> None:
+    """Six registers of one name at the same moment on a SQLite server (each write waits for
+    its commit, so all six look the name up before the first group is stored): the first
+    creates the group (200), the others find it and update it (204), as with Vault's one
+    lock; none is refused."""
+    import asyncio
+
+    storage = StorageSettings(type="sqlite", path=str(tmp_path / "id.db"))
+    client: Client = await aiohttp_client(make_test_server(create_app(Settings(storage=storage, dev=True, dev_root_token_id=ROOT))))
+    api = Api(client)
+    bodies = [{"name": "Race", "type": "external", "metadata": {"n": str(i)}} for i in range(6)]
+    results = await asyncio.gather(*(api.call("POST", path, body) for body in bodies))
+    assert sorted(status for status, _ in results) == [200, 204, 204, 204, 204, 204], results
+    assert [n.lower() for n in (await api.ok("LIST", "identity/group/name"))["data"]["keys"]] == ["race"]
+
+
 async def test_entities_made_at_login(api: Api) -> None:
     gid = await api.group("ops", ["ops"], "ops-idp")
     auth = await api.login("alice", ["ops-idp"])
@@ -446,3 +465,134 @@ async def test_a_group_update_keeps_another_nodes_change_it_has_not_heard_of() -
     with pytest.raises(NotFound):  # deleted meanwhile: not written back
         await b.write_group(with_metadata(stale), change=with_metadata)
     assert await storage.get("identity/group/" + group.id) is None
+
+
+def _nodes(storage: InMemoryStorage, count: int = 2) -> list[IdentityStore]:
+    return [IdentityStore(storage, mounts=lambda accessor: MountRef(accessor, "auth/jwt/", "jwt")) for _ in range(count)]
+
+
+def _renamed(name: str) -> Any:
+    def change(g: Group) -> Group:
+        g = Group.from_storage(g.to_storage())
+        g.name = name
+        return g
+
+    return change
+
+
+async def _stored_groups(storage: InMemoryStorage) -> list[str]:
+    names = []
+    for key in await storage.list("identity/group/"):
+        raw = await storage.get("identity/group/" + key)
+        assert isinstance(raw, dict)
+        names.append(raw["name"])
+    return sorted(names)
+
+
+async def test_two_nodes_creating_one_group_name_at_once_make_one_group() -> None:
+    """Neither node has heard of the other's group (announcements on the way): the name's
+    claim in storage decides, case-insensitively, for creates and renames alike. Renaming or
+    deleting a group frees its name for the other node."""
+    storage = SharedStorage()
+    a, b, c = _nodes(storage, 3)
+    for store in (a, b, c):
+        await store.load()
+    ops = Group(id=new_id(), name="ops", type="internal")
+    await a.write_group(ops)
+    with pytest.raises(InvalidRequest, match="^group name is already in use$"):
+        await b.write_group(Group(id=new_id(), name="OPS", type="internal"))
+    other = Group(id=new_id(), name="dev", type="internal")
+    await b.write_group(other)
+    with pytest.raises(InvalidRequest, match="^group name is already in use$"):  # a rename to a taken name
+        await b.write_group(_renamed("Ops")(other), change=_renamed("Ops"))
+    assert await _stored_groups(storage) == ["dev", "ops"]
+    await a.write_group(_renamed("ops2")(ops), change=_renamed("ops2"))  # frees "ops"
+    await c.write_group(Group(id=new_id(), name="Ops", type="internal"))  # c never held the old name
+    with pytest.raises(InvalidRequest, match="^group name is already in use$"):
+        await b.write_group(Group(id=new_id(), name="ops2", type="internal"))
+    await a.delete_group(a.groups[ops.id])  # frees "ops2"
+    await b.write_group(Group(id=new_id(), name="ops2", type="internal"))
+    assert await _stored_groups(storage) == ["Ops", "dev", "ops2"]
+
+
+async def test_a_group_name_claim_left_by_a_dead_write_is_taken_over_after_the_grace() -> None:
+    """A node that died between claiming a name and writing its group leaves a claim whose
+    holder holds nothing: refused while the write may still be on its way, replaced after
+    ``CLAIM_GRACE``. A failed write releases its claim itself."""
+    from server.identity import store as store_module
+
+    storage = SharedStorage()
+    (a,) = _nodes(storage, 1)
+    await a.load()
+    key = store_module._name_key(store_module.GROUP_NAME_PREFIX, "ops")
+    await storage.put(key, {"id": new_id(), "at": time.time()})
+    with pytest.raises(InvalidRequest, match="^group name is already in use$"):
+        await a.write_group(Group(id=new_id(), name="ops", type="internal"))
+    await storage.put(key, {"id": new_id(), "at": time.time() - store_module.CLAIM_GRACE - 1})
+    group = Group(id=new_id(), name="ops", type="internal")
+    await a.write_group(group)
+    assert await storage.get(key) == {"id": group.id, "at": pytest.approx(time.time(), abs=5)}
+
+    class Failing(SharedStorage):
+        async def put(self, key: str, value: object) -> None:
+            if key.startswith("identity/group/"):
+                raise OSError("disk full")
+            await super().put(key, value)
+
+    failing = Failing()
+    (f,) = _nodes(failing, 1)
+    await f.load()
+    with pytest.raises(OSError, match="disk full"):
+        await f.write_group(Group(id=new_id(), name="dev", type="internal"))
+    assert await failing.list("identity/") == []  # no group, and no claim left behind
+
+
+async def test_two_nodes_aliasing_at_once_give_one_group_one_alias_and_a_name_one_alias() -> None:
+    """Group alias names are unique per mount, and a group has one alias, across nodes that
+    have not heard of each other's alias: the second is refused with Vault's message."""
+    storage = SharedStorage()
+    a, b = _nodes(storage)
+    g1, g2 = Group(id=new_id(), name="g1", type="external"), Group(id=new_id(), name="g2", type="external")
+    await a.load()
+    await a.write_group(g1)
+    await a.write_group(g2)
+    await b.load()
+    accessor = "auth_jwt_00000001"
+    await a.write_alias(GroupAlias(id=new_id(), name="idp-ops", mount_accessor=accessor, canonical_id=g1.id), created=True)
+    with pytest.raises(InvalidRequest, match="^combination of mount and group alias name is already in use$"):
+        await b.write_alias(GroupAlias(id=new_id(), name="IDP-OPS", mount_accessor=accessor, canonical_id=g2.id), created=True)
+    with pytest.raises(InvalidRequest, match='^group "g1" already has an alias: update or delete it first$'):
+        await b.write_alias(GroupAlias(id=new_id(), name="idp-other", mount_accessor=accessor, canonical_id=g1.id), created=True)
+    assert len(await storage.list("identity/group-alias/")) == 1
+    assert len(await storage.list("identity/group-alias-name/")) == 1  # the refused ones left no claim
+    # The same name on another mount is another alias.
+    await b.write_alias(GroupAlias(id=new_id(), name="idp-ops", mount_accessor="auth_jwt_00000002", canonical_id=g2.id), created=True)
+    # Deleting the alias frees its name and its group.
+    await b.load()
+    first = next(al for al in b.aliases.values() if al.canonical_id == g1.id)
+    await b.delete_alias(first)
+    await a.write_alias(GroupAlias(id=new_id(), name="idp-ops", mount_accessor=accessor, canonical_id=g1.id), created=True)
+    raw = await storage.get("identity/group/" + g1.id)
+    assert isinstance(raw, dict) and raw["alias_id"] in a.aliases
+
+
+async def test_a_stale_node_writing_back_the_old_name_claims_it_again() -> None:
+    """Node A renames x to y; node B, which has not heard, writes the group with the name x it
+    knows (an update that sends its name): x is claimed again before it is written, and y
+    is freed, so both names stay right for every node."""
+    from server.identity import store as store_module
+
+    storage = SharedStorage()
+    a, b, c = _nodes(storage, 3)
+    await a.load()
+    group = Group(id=new_id(), name="x", type="internal")
+    await a.write_group(group)
+    await b.load()
+    await a.write_group(_renamed("y")(group), change=_renamed("y"))
+    stale = b.groups[group.id]
+    await b.write_group(_renamed("x")(stale), change=_renamed("x"))
+    assert await _stored_groups(storage) == ["x"]
+    claims = {name: await storage.get(store_module._name_key(store_module.GROUP_NAME_PREFIX, name)) for name in "xy"}
+    assert claims["x"] is not None and claims["x"]["id"] == group.id and claims["y"] is None
+    await c.load()
+    await c.write_group(Group(id=new_id(), name="y", type="internal"))
