@@ -313,6 +313,10 @@ def _new_accessor(type_name: str) -> str:
     return f"auth_{type_name}_{secrets.token_hex(4)}"
 
 
+class _NotMounted(Exception):
+    """``disable``'s storage update found no mount at the path: nothing is written."""
+
+
 class _AccessorTaken(Exception):
     """A new mount drew the accessor of a mount in the table (``MountTable.enable``)."""
 
@@ -499,30 +503,40 @@ class MountTable:
     async def disable(self, path: str) -> bool:
         """Unmount: persist, revoke the mount's tokens, delete its storage, clean up.
 
-        Returns False when nothing was mounted there (not an error, like Vault).
+        Returns False when nothing was mounted there (not an error, like Vault). The stored
+        table decides, not this node's copy: a mount another node made a moment ago (its
+        announcement still on the way) is disabled, and of two nodes disabling one mount
+        at once only one revokes its tokens.
 
         :raises InvalidRequest: for ``token/``.
         """
         norm = normalize_path(path)
         if norm == "token/":
             raise InvalidRequest("token credential backend cannot be disabled")
+        removed: list[MountEntry] = []
+
+        def remove(old: Any) -> Any:
+            entries = list((old or {}).get("entries", []))
+            kept = [e for e in entries if e["path"] != norm]
+            if len(kept) == len(entries):
+                raise _NotMounted()  # nothing to write
+            removed[:] = [MountEntry.from_json(e) for e in entries if e["path"] == norm]
+            return {"entries": kept}
+
         async with self._lock:
-            mount = self.mounts.get(norm)
-            if mount is None:
-                return False
-
-            def remove(old: Any) -> Any:
-                entries = [e for e in (old or {}).get("entries", []) if e["path"] != norm]
-                return {"entries": entries}
-
-            stored = await self.storage.update(MOUNTS_KEY, remove)
-            self._apply(stored)
-        if self.on_disable is not None:
-            await self.on_disable(mount.entry)
-        await self.storage.delete_prefix(f"auth/{mount.entry.uuid}/")
-        await _cleanup(mount)
-        log.info("mount_disabled", mount=norm, accessor=mount.entry.accessor)
-        return True
+            try:
+                gone = self._apply(await self.storage.update(MOUNTS_KEY, remove))
+            except _NotMounted:  # this node's copy may still show it (disabled elsewhere)
+                gone = self._apply(await self.storage.get(MOUNTS_KEY)) if norm in self.mounts else []
+        if removed:
+            entry = removed[0]
+            if self.on_disable is not None:
+                await self.on_disable(entry)
+            await self.storage.delete_prefix(f"auth/{entry.uuid}/")
+            log.info("mount_disabled", mount=norm, accessor=entry.accessor)
+        for mount in gone:
+            await _cleanup(mount)
+        return bool(removed)
 
     def tune_info(self, mount: Mount) -> dict[str, Any]:
         """The flat ``sys/auth/<path>/tune`` read body (effective TTLs)."""
@@ -545,10 +559,7 @@ class MountTable:
         :raises InvalidRequest: unknown mount or a bad value (nothing is changed then).
         """
         norm = normalize_path(path)
-        async with self._lock:
-            mount = self.mounts.get(norm)
-            if mount is None:
-                raise InvalidRequest(f'tune of path "auth/{norm}" failed: no mount entry found')
+        async with self._lock:  # the stored table decides whether the mount exists (as disable)
             description = None
             if "description" in values:
                 description = coerce("description", TUNE_FIELDS["description"], values["description"])

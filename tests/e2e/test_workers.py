@@ -293,6 +293,33 @@ def test_concurrent_writes_on_both_workers_never_reach_a_lock_error(workers: Wor
     assert "database is locked" not in log and "database is busy" not in log
 
 
+def test_a_mount_made_on_one_worker_is_tuned_and_disabled_on_the_other_at_once(workers: Workers) -> None:
+    """Enable on A, then at once tune and disable on B (a client whose next request lands on
+    the other worker): B acts on the stored table, where its own copy, not yet told of the
+    mount, made the tune a refusal and the disable a silent 204 that left the mount in place."""
+    for n in range(5):
+        path = f"fresh{n}"
+        workers.a.ok("POST", f"sys/auth/{path}", body={"type": "jwt"})
+        workers.b.ok("POST", f"sys/auth/{path}/tune", body={"default_lease_ttl": "42m"})
+        assert workers.b.ok("GET", f"sys/auth/{path}/tune")["data"]["default_lease_ttl"] == 42 * 60
+
+        def tuned(path: str = path) -> bool:
+            return bool(workers.a.ok("GET", f"sys/auth/{path}/tune")["data"]["default_lease_ttl"] == 42 * 60)
+
+        assert seen_within(tuned) <= BOUND
+        path2 = f"gone{n}"
+        workers.a.ok("POST", f"sys/auth/{path2}", body={"type": "jwt"})
+        assert workers.b.call("DELETE", f"sys/auth/{path2}")[0] == 204
+        gone = (400, {"errors": [f"No auth engine at {path2}/"]})
+        assert workers.b.call("GET", f"sys/auth/{path2}") == gone
+
+        def disabled(path2: str = path2, gone: tuple[int, Any] = gone) -> bool:
+            return workers.a.call("GET", f"sys/auth/{path2}") == gone
+
+        assert seen_within(disabled) <= BOUND
+        workers.a.ok("DELETE", f"sys/auth/{path}")
+
+
 def test_one_name_written_on_both_workers_at_once_is_one_group_and_one_alias(workers: Workers) -> None:
     """Clients register the same group name on both workers at the same moment (neither worker
     has heard of the other's group yet): one group per name, and every register succeeds, the

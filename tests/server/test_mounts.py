@@ -341,3 +341,37 @@ async def test_a_mount_made_on_another_node_is_found_on_a_miss(shared: bool) -> 
     storage.get = counting_get  # type: ignore[method-assign]
     await asyncio.gather(*(b.match_fresh("missing/login") for _ in range(20)))
     assert reads == (1 if shared else 0)
+
+
+async def test_disable_and_tune_judge_the_stored_table_not_the_nodes_copy() -> None:
+    """Node B disables and tunes a mount node A made a moment ago (no announcement reached
+    B): both act on it, where B's copy alone made the disable a silent no-op (204, the mount
+    left in place) and the tune a refusal. Of two nodes disabling one mount, one does it:
+    its tokens are revoked once."""
+    storage = SharedStorage()
+    disabled: list[list[str]] = [[], []]
+    a, b = await make_table(storage), await make_table(storage)
+    for table, seen in zip((a, b), disabled, strict=True):
+
+        async def on_disable(entry: MountEntry, seen: list[str] = seen) -> None:
+            seen.append(entry.accessor)
+
+        table.on_disable = on_disable
+    entry = await a.enable("ci/jwt", "rec", config={"default_lease_ttl": "1h"})
+    await storage.put(f"auth/{entry.uuid}/role/x", {"k": 1})
+    assert b.get("ci/jwt/") is None  # b has not heard
+    tuned = await b.tune("ci/jwt", {"default_lease_ttl": "30m"})
+    assert tuned.config["default_lease_ttl"] == 1800 and tuned.accessor == entry.accessor
+    await a.enable("other", "rec")
+    assert await b.disable("other") is True
+    stored = await storage.get(MOUNTS_KEY)
+    assert isinstance(stored, dict) and [e["path"] for e in stored["entries"]] == ["token/", "ci/jwt/"]
+    assert (await a.disable("ci/jwt"), await b.disable("ci/jwt")) == (True, False)
+    assert disabled[0] == [entry.accessor] and len(disabled[1]) == 1  # b disabled "other" only
+    assert await storage.list(f"auth/{entry.uuid}/") == []
+    before = await storage.get(MOUNTS_KEY)
+    assert await b.disable("ci/jwt") is False
+    with pytest.raises(InvalidRequest, match='^tune of path "auth/ci/jwt/" failed: no mount entry found$'):
+        await b.tune("ci/jwt", {"default_lease_ttl": "1m"})
+    assert await storage.get(MOUNTS_KEY) == before  # neither wrote anything
+    assert b.get("ci/jwt/") is None and a.get("ci/jwt/") is None
