@@ -210,6 +210,10 @@ class NameInUse(InvalidRequest):
         super().__init__("group name is already in use")
 
 
+class _EntityGone(Exception):
+    """The entity a login refreshes was deleted meanwhile."""
+
+
 class _Held(Exception):
     """A unique name is claimed by another object (``holder``), claimed ``age`` seconds ago."""
 
@@ -414,34 +418,27 @@ class IdentityStore:
         group aliases); return the entity's identity policies. Writes only what changed."""
         now_groups = {gid for n in group_names if (gid := self._alias_groups.get((accessor, n))) is not None}
         entity = await self.entity(entity_id)
-        created = entity is None
+        if entity is not None:
+            kept = {g for g in entity.group_ids if g in self.groups and self._alias_mount(g) not in ("", accessor)}
+            if sorted(kept | now_groups) != entity.group_ids or entity.alias_metadata != alias.metadata:
+                try:
+                    entity = await self._refresh_entity(entity_id, accessor, now_groups, dict(alias.metadata))
+                except _EntityGone:  # deleted meanwhile: this login makes it again
+                    entity = None
         if entity is None:
             stamp = now_rfc3339()
             entity = Entity(
                 id=entity_id, name=entity_name(entity_id), alias_id=alias_id, alias_name=alias.name,
-                mount_accessor=accessor, alias_metadata=dict(alias.metadata), creation_time=stamp,
-                last_update_time=stamp,
+                mount_accessor=accessor, alias_metadata=dict(alias.metadata), group_ids=sorted(now_groups),
+                creation_time=stamp, last_update_time=stamp,
             )
-            old_groups: list[str] = []
-        else:
-            old_groups = list(entity.group_ids)
-        kept = {g for g in old_groups if g in self.groups and self._alias_mount(g) not in ("", accessor)}
-        new_groups = sorted(kept | now_groups)
-        if created or new_groups != old_groups or entity.alias_metadata != alias.metadata:
-            fresh = Entity.from_storage(entity.to_storage())
-            fresh.group_ids, fresh.alias_metadata = new_groups, dict(alias.metadata)
-            if not created:
-                fresh.last_update_time = now_rfc3339()
-            items: list[tuple[str, object]] = [(ENTITY_PREFIX + entity_id, fresh.to_storage())]
-            if created:
-                items.append((ENTITY_ALIAS_PREFIX + alias_id, {"entity_id": entity_id}))
-            items.extend((f"{MEMBER_PREFIX}{g}/{entity_id}", 1) for g in new_groups if g not in old_groups)
+            items: list[tuple[str, object]] = [
+                (ENTITY_PREFIX + entity_id, entity.to_storage()),
+                (ENTITY_ALIAS_PREFIX + alias_id, {"entity_id": entity_id}),
+            ]
+            items.extend((f"{MEMBER_PREFIX}{g}/{entity_id}", 1) for g in entity.group_ids)
             await self.storage.put_many(items)
-            for g in old_groups:
-                if g not in new_groups:
-                    await self.storage.delete(f"{MEMBER_PREFIX}{g}/{entity_id}")
-            self._remember(entity_id, fresh)
-            entity = fresh
+            self._remember(entity_id, entity)
         if not self._granting:
             return []
         out: set[str] = set()
@@ -449,6 +446,37 @@ class IdentityStore:
             out.update(self.groups[gid].policies)
         out.discard("root")
         return sorted(out)
+
+    async def _refresh_entity(self, entity_id: str, accessor: str, now_groups: set[str], metadata: dict[str, str]) -> Entity:
+        """Store a login's changes to an existing entity: its groups through ``accessor`` are
+        ``now_groups`` and its alias metadata ``metadata``. The change runs on the stored
+        entity, so the groups another node's login through another mount gave it a moment
+        ago (its announcement still on the way) are kept; then the membership rows follow."""
+        mounts = {gid: self._alias_mount(gid) for gid in self.groups}  # read by the storage's writer
+        stamp = now_rfc3339()
+        before: list[list[str]] = []
+        written: list[Entity] = []
+
+        def change(old: Any) -> Any:
+            if not isinstance(old, dict):
+                raise _EntityGone()
+            stored = Entity.from_storage(old)
+            kept = {g for g in stored.group_ids if mounts.get(g, "") not in ("", accessor)}
+            fresh = Entity.from_storage(old)
+            fresh.group_ids, fresh.alias_metadata, fresh.last_update_time = sorted(kept | now_groups), metadata, stamp
+            before[:], written[:] = [stored.group_ids], [fresh]
+            return fresh.to_storage()
+
+        await self.storage.update(ENTITY_PREFIX + entity_id, change)
+        fresh, old_groups = written[0], before[0]
+        added = [(f"{MEMBER_PREFIX}{g}/{entity_id}", 1) for g in fresh.group_ids if g not in old_groups]
+        if added:
+            await self.storage.put_many(added)
+        for g in old_groups:
+            if g not in fresh.group_ids:
+                await self.storage.delete(f"{MEMBER_PREFIX}{g}/{entity_id}")
+        self._remember(entity_id, fresh)
+        return fresh
 
     def _alias_mount(self, group_id: str) -> str:
         group = self.groups.get(group_id)

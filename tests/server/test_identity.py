@@ -596,3 +596,39 @@ async def test_a_stale_node_writing_back_the_old_name_claims_it_again() -> None:
     assert claims["x"] is not None and claims["x"]["id"] == group.id and claims["y"] is None
     await c.load()
     await c.write_group(Group(id=new_id(), name="y", type="internal"))
+
+
+async def test_a_login_keeps_the_groups_another_nodes_login_gave_the_entity_a_moment_ago() -> None:
+    """Node A's login through mount 2 puts the entity in group g2; node B, not yet told,
+    refreshes the entity at a login through mount 1 (new metadata): B's change runs on the
+    stored entity, so g2 stays (B's copy would have dropped it, and its policies with it).
+    An entity deleted on another node meanwhile is made again by the login."""
+    from plugin.framework import Alias
+
+    storage = SharedStorage()
+    a, b = _nodes(storage)
+    await a.load()
+    m1, m2 = "auth_jwt_00000001", "auth_jwt_00000002"
+    groups = {}
+    for name, accessor in (("g1", m1), ("g2", m2)):
+        group = Group(id=new_id(), name=name, type="external", policies=[name])
+        await a.write_group(group)
+        await a.write_alias(GroupAlias(id=new_id(), name=f"idp-{name}", mount_accessor=accessor, canonical_id=group.id), created=True)
+        groups[name] = group.id
+    await b.load()
+    eid, alias_id = new_id(), new_id()
+    assert await b.login(eid, alias_id, m1, Alias("alice", {"v": "1"}), ["idp-g1"]) == ["g1"]
+    assert await a.login(eid, alias_id, m2, Alias("alice", {"v": "1"}), ["idp-g2"]) == ["g1", "g2"]
+    assert await b.login(eid, alias_id, m1, Alias("alice", {"v": "2"}), ["idp-g1"]) == ["g1", "g2"]
+    raw = await storage.get("identity/entity/" + eid)
+    assert isinstance(raw, dict) and raw["group_ids"] == sorted(groups.values()) and raw["alias_metadata"] == {"v": "2"}
+    assert await storage.list(f"identity/member/{groups['g2']}/") == [eid]
+    # Leaving g1 (a login through mount 1 without it) drops its membership row too.
+    assert await b.login(eid, alias_id, m1, Alias("alice", {"v": "2"}), []) == ["g2"]
+    assert await storage.list(f"identity/member/{groups['g1']}/") == []
+    entity = await a.entity(eid)
+    assert entity is not None
+    await a.delete_entity(entity)
+    assert await b.login(eid, alias_id, m1, Alias("alice", {"v": "3"}), ["idp-g1"]) == ["g1"]
+    raw = await storage.get("identity/entity/" + eid)
+    assert isinstance(raw, dict) and raw["group_ids"] == [groups["g1"]] and raw["alias_metadata"] == {"v": "3"}
