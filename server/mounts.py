@@ -626,20 +626,13 @@ class MountTable:
         """``match``; on a miss with storage shared by several nodes, re-read the table and
         try again, so a mount made on another node a moment ago is found at once (its
         notification may still be on the way). Concurrent misses share one read."""
-        found = self.match(path)
-        if found is not None or not self.storage.shared:
-            return found
-        await self._refresh.now()
-        return self.match(path)
+        found = self.match(path)  # every request through a mount: a hit creates no coroutine
+        return found if found is not None else await self._refresh.unless(lambda: self.match(path), shared=self.storage.shared)
 
     async def get_fresh(self, key: str) -> Mount | None:
         """The mount at the normalised path ``key`` (``"jwt/"``), with the same re-read on
         a miss as ``match_fresh``."""
-        mount = self.mounts.get(key)
-        if mount is not None or not self.storage.shared:
-            return mount
-        await self._refresh.now()
-        return self.mounts.get(key)
+        return await self._refresh.unless(lambda: self.mounts.get(key), shared=self.storage.shared)
 
     async def reload(self) -> None:
         """Re-read ``core/mounts`` and apply it (mounts removed elsewhere are cleaned up)."""

@@ -322,19 +322,11 @@ class IdentityStore:
         a miss re-reads the groups first: the group may be one another node wrote a moment
         ago, before its announcement arrived (what ``MountTable.match_fresh`` does for mounts),
         so a client's read, update or delete after its create never misses it."""
-        group = self._group(gid, name)
-        if group is None and self.storage.shared:
-            await self._refresh.now()
-            group = self._group(gid, name)
-        return group
+        return await self._refresh.unless(lambda: self._group(gid, name), shared=self.storage.shared)
 
     async def find_alias(self, aid: str) -> GroupAlias | None:
         """The group alias with ``aid``, re-read on a miss as ``find_group`` does."""
-        alias = self.aliases.get(aid)
-        if alias is None and self.storage.shared:
-            await self._refresh.now()
-            alias = self.aliases.get(aid)
-        return alias
+        return await self._refresh.unless(lambda: self.aliases.get(aid), shared=self.storage.shared)
 
     def _group(self, gid: str | None, name: str | None) -> Group | None:
         return self.groups.get(gid) if gid is not None else self.group_by_name(name or "")

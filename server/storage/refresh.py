@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
 __all__ = ["Refresh"]
 
 log = structlog.get_logger("authmount.storage")
+
+_T = TypeVar("_T")
 
 
 class Refresh:
@@ -56,6 +59,17 @@ class Refresh:
         await asyncio.shield(self.request())
         if self._error is not None:
             raise self._error
+
+    async def unless(self, lookup: Callable[[], _T | None], *, shared: bool) -> _T | None:
+        """``lookup()``; on a miss with storage that other nodes or workers write (``shared``),
+        re-read (``now``) and look again: what another node wrote a moment ago is found
+        before its announcement arrives. With one node a miss is a miss and reads nothing.
+        Concurrent misses share one re-read."""
+        found = lookup()
+        if found is None and shared:
+            await self.now()
+            found = lookup()
+        return found
 
     def cancel(self) -> None:
         """Stop (the owner closes)."""

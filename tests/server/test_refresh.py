@@ -36,6 +36,24 @@ async def test_an_announcement_during_a_run_makes_one_more_run() -> None:
     assert started == [0, 1, 2]
 
 
+@pytest.mark.parametrize(("present", "shared", "runs", "found"), [
+    (True, True, 0, "x"),  # a hit reads nothing
+    (False, False, 0, None),  # one node: a miss is a miss
+    (False, True, 1, "x"),  # shared storage: a miss re-reads once, then looks again
+])
+async def test_unless_re_reads_only_on_a_miss_of_shared_storage(present: bool, shared: bool, runs: int, found: str | None) -> None:
+    table: dict[str, str] = {"k": "x"} if present else {}
+    reads: list[int] = []
+
+    async def reload() -> None:
+        reads.append(1)
+        table["k"] = "x"  # another node wrote it
+
+    refresh = Refresh(reload, "test_reload_failed")
+    assert await refresh.unless(lambda: table.get("k"), shared=shared) == found
+    assert len(reads) == runs
+
+
 async def test_now_raises_what_its_run_raised_and_a_later_run_recovers() -> None:
     fail = [True]
 
