@@ -276,7 +276,7 @@ class Campaign:
         data = b"" if body is None else json.dumps(body).encode()
         head = [f"{method} {path} HTTP/1.1", "Host: fuzz", "Connection: close", f"Content-Length: {len(data)}",
                 "Content-Type: application/json", f"X-Vault-Token: {token if token is not None else self.admin}"]
-        port = self.port if len(self.ports) == 1 else random.choice(self.ports)
+        port = self.ports[0] if len(self.ports) == 1 else random.choice(self.ports)
         return exchange(port, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
 
     def restore(self) -> None:
@@ -449,6 +449,37 @@ def run_concurrent_campaign(campaign: Campaign, servers: list[ServerProc]) -> No
     for srv in servers:
         assert srv.client().sys.read_health_status(method="GET")["initialized"] is True
     assert errors == []
+    time.sleep(0.3)  # every change has reached every node or worker
+    campaign.restore()
+    for port in campaign.ports:
+        assert_identity_invariants(campaign, port)
+
+
+def assert_identity_invariants(campaign: Campaign, port: int) -> None:
+    """What no interleaving of requests may break, as one node shows it: group names unique
+    (case-insensitively), group alias names unique per mount, one alias per group, and every
+    alias naming a group that names it back."""
+    ports, campaign.ports = campaign.ports, [port]
+    try:
+        groups = _listed(campaign, "/v1/identity/group/id")
+        aliases = _listed(campaign, "/v1/identity/group-alias/id")
+        names = [info["name"].lower() for info in groups.values()]
+        assert len(names) == len(set(names)), sorted(names)
+        alias_names = [(info["mount_accessor"], info["name"].lower()) for info in aliases.values()]
+        assert len(alias_names) == len(set(alias_names)), sorted(alias_names)
+        owners = [info["canonical_id"] for info in aliases.values()]
+        assert len(owners) == len(set(owners)), sorted(owners)
+        for aid, info in aliases.items():
+            status, _, body = campaign.call("GET", f"/v1/identity/group/id/{info['canonical_id']}")
+            assert status == 200 and json.loads(body)["data"]["alias"].get("id") == aid, (aid, info, status, body[:300])
+    finally:
+        campaign.ports = ports
+
+
+def _listed(campaign: Campaign, path: str) -> dict[str, Any]:
+    status, _, body = campaign.call("LIST", path)
+    assert status in (200, 404), (path, status, body[:300])
+    return json.loads(body)["data"]["key_info"] if status == 200 else {}
 
 
 #: Path captures for the ACL campaign: the names its policies grant or deny, spelled otherwise.
