@@ -76,10 +76,12 @@ async def test_jwt_read_exact(h: Harness) -> None:
         {"jwt_validation_pubkeys": [PEM], "jwks_url": CERTS},
         {"jwt_validation_pubkeys": [PEM], "jwt_validation_hmac_secrets": [SECRET]},
         {"jwks_url": CERTS, "jwks_pairs": [{"jwks_url": CERTS}]},
+        # OpenBao 2.7.2 stores this one (its check leaves jwks_pairs out): docs/vault-differences.md row 51
+        {"jwt_validation_pubkeys": [PEM], "jwks_pairs": [{"jwks_url": CERTS}]},
         {},
         {"bound_issuer": "x"},
     ],
-    ids=["three", "pubkeys+jwks", "pubkeys+hmac", "jwks+pairs", "none", "only-issuer"],
+    ids=["three", "pubkeys+jwks", "pubkeys+hmac", "jwks+pairs", "pubkeys+pairs", "none", "only-issuer"],
 )
 async def test_exactly_one_key_source(h: Harness, data: dict[str, Any]) -> None:
     with pytest.raises(InvalidRequest) as info:
