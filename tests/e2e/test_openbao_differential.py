@@ -18,6 +18,10 @@ tests/e2e/baoproc.py) side by side:
   and the metadata keys must agree (the error texts differ on purpose: authmount's name the
   value that failed, docs/troubleshooting.md);
 - the OIDC flow's refusals (``OIDC_STEPS``) against node-oidc-provider: the statuses;
+- role and config writes (``ROLE_BODIES``, ``CONFIG_BODIES``): the statuses, and every field
+  both servers read back of what was stored (the refusals' texts differ: authmount's name
+  the field and value, docs/troubleshooting.md; bodies with unknown fields, PKCS#1 keys and
+  jwks_pairs beside another key source are left out: docs/vault-differences.md rows 25, 50, 51);
 - login tokens renewed (``RENEW_ROLES``): the TTLs and the capping warnings."""
 
 from __future__ import annotations
@@ -648,3 +652,127 @@ def _renew(url: str, root: str, role: str, increment: str | None) -> tuple[Any, 
     assert renewed.status_code != 403, answer  # the default policy lets a token renew itself
     return (auth["lease_duration"], auth["renewable"], renewed.status_code, answer.get("errors"),
             (answer.get("auth") or {}).get("lease_duration"), answer.get("warnings"))
+
+
+# -- role and config writes: the same bodies on both servers; the statuses must agree, and what
+# a stored role or config reads back must agree in every field both servers return ------------
+_ROLE_BASE = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"]}
+
+
+def _role(**changes: Any) -> dict[str, Any]:
+    body = dict(_ROLE_BASE)
+    for name, value in changes.items():
+        if value is DROP:
+            body.pop(name, None)
+        else:
+            body[name] = value
+    return body
+
+
+ROLE_BODIES: dict[str, dict[str, Any]] = {
+    "plain": _role(), "no role_type": _role(role_type=DROP), "no user_claim": _role(user_claim=DROP),
+    "empty user_claim": _role(user_claim=""), "no audiences": _role(bound_audiences=DROP),
+    "empty audiences": _role(bound_audiences=[]), "oidc without redirects": _role(role_type="oidc"),
+    "oidc": _role(role_type="oidc", allowed_redirect_uris=["http://x/cb"]), "odd role_type": _role(role_type="weird"),
+    "ttl over max": _role(token_ttl="2h", token_max_ttl="1h"), "negative ttl": _role(token_ttl="-1"),
+    "long period": _role(token_period="800h"), "period": _role(token_period="1h"),
+    "explicit max under ttl": _role(token_explicit_max_ttl="1h", token_ttl="2h"),
+    "negative uses": _role(token_num_uses=-1), "uses not a number": _role(token_num_uses="x"),
+    "batch with uses": _role(token_type="batch", token_num_uses=2), "batch with period": _role(token_type="batch", token_period="1h"),
+    "odd token_type": _role(token_type="nope"), "token_type default": _role(token_type="default"),
+    "token_type default-batch": _role(token_type="default-batch"), "root policy": _role(token_policies=["root"]),
+    "policies normalised": _role(token_policies=["a", "B "]), "policies and token_policies": _role(policies=["p"], token_policies=["q"]),
+    "bound claim number": _role(bound_claims={"a": 1}), "bound claim list": _role(bound_claims={"a": [1, "x"]}),
+    "bound claim object": _role(bound_claims={"a": {"b": 1}}), "glob": _role(bound_claims={"a": "x*"}, bound_claims_type="glob"),
+    "glob of a number": _role(bound_claims={"a": 1}, bound_claims_type="glob"), "odd claims type": _role(bound_claims_type="regex"),
+    "bound_claims a string": _role(bound_claims="x"), "two claims one name": _role(claim_mappings={"a": "b", "c": "b"}),
+    "mapping to nothing": _role(claim_mappings={"a": ""}), "mapping to a number": _role(claim_mappings={"a": 1}),
+    "pointer user claim": _role(user_claim_json_pointer=True, user_claim="/a/b"),
+    "pointer without slash": _role(user_claim_json_pointer=True, user_claim="a/b"), "pointer groups": _role(groups_claim="/a/b"),
+    "leeway -1": _role(expiration_leeway="-1"), "leeway -2": _role(expiration_leeway="-2"),
+    "leeway not a duration": _role(clock_skew_leeway="abc"), "negative nbf leeway": _role(not_before_leeway=-5),
+    "max_age": _role(max_age="10s"), "negative max_age": _role(max_age="-1"), "scopes a string": _role(oidc_scopes="a,b"),
+    "device mode": _role(callback_mode="device"), "odd mode": _role(callback_mode="weird"),
+    "oidc device": _role(role_type="oidc", allowed_redirect_uris=["x"], callback_mode="device"),
+    "bad CIDR": _role(token_bound_cidrs=["nope"]), "address as CIDR": _role(token_bound_cidrs=["10.0.0.1"]),
+    "both CIDR fields": _role(bound_cidrs=["10.0.0.0/8"], token_bound_cidrs=["10.0.0.0/16"]),
+    "verbose": _role(verbose_oidc_logging=True), "verbose maybe": _role(verbose_oidc_logging="maybe"),
+    "subject a number": _role(bound_subject=1), "old num_uses": _role(num_uses=3), "old ttl": _role(ttl="1h", token_ttl="2h"),
+    "no default yes": _role(token_no_default_policy="yes"), "audiences a string": _role(bound_audiences="a, b"),
+    "redirects a string": _role(allowed_redirect_uris="http://a,http://b"),
+    "oauth2 metadata": _role(oauth2_metadata=["id_token"]), "odd oauth2 metadata": _role(oauth2_metadata=["weird"]),
+}
+def _write_and_read(url: str, root: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    head = {"X-Vault-Token": root}
+    resp = requests.post(f"{url}/v1/{path}", json=body, headers=head, timeout=10)
+    if resp.status_code >= 300:
+        return resp.status_code, None
+    read = requests.get(f"{url}/v1/{path}", headers=head, timeout=10)
+    assert read.status_code == 200, read.text
+    return resp.status_code, read.json()["data"]
+
+
+def _shared_fields(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> dict[str, tuple[Any, Any]]:
+    """The fields both read-backs have, where they differ. (Each also has fields of its own:
+    OpenBao's newer ``token_strictly_bind_ip`` and config ``status``, authmount's extensions
+    such as ``max_token_age`` and ``key_sources``; docs/vault-differences.md.)"""
+    if ours is None or peer is None:
+        return {}
+    return {k: (ours[k], peer[k]) for k in sorted(set(ours) & set(peer)) if ours[k] != peer[k]}
+
+
+@pytest.fixture(scope="module")
+def role_mounts(servers: tuple[ServerProc, BaoProc]) -> tuple[ServerProc, BaoProc]:
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        head = {"X-Vault-Token": root}
+        assert requests.post(f"{url}/v1/sys/auth/peer-roles", json={"type": "jwt"}, headers=head, timeout=10).ok
+        config = {"jwt_validation_pubkeys": [KEY.pem]}
+        assert requests.post(f"{url}/v1/auth/peer-roles/config", json=config, headers=head, timeout=10).ok
+    return servers
+
+
+@pytest.mark.parametrize("case", list(ROLE_BODIES))
+def test_role_writes_as_openbao(role_mounts: tuple[ServerProc, BaoProc], case: str) -> None:
+    ours, bao = role_mounts
+    name = re.sub(r"\W", "-", case)
+    got = _write_and_read(ours.url, str(ours.root_token), f"auth/peer-roles/role/{name}", ROLE_BODIES[case])
+    peer = _write_and_read(bao.url, bao.root_token, f"auth/peer-roles/role/{name}", ROLE_BODIES[case])
+    assert got[0] == peer[0], (got, peer)
+    assert _shared_fields(got[1], peer[1]) == {}
+
+
+_CONFIG_BASE = {"jwt_validation_pubkeys": [KEY.pem]}
+CONFIG_BODIES: dict[str, dict[str, Any]] = {
+    "pubkeys": _CONFIG_BASE, "nothing": {}, "pubkeys and jwks_url": {**_CONFIG_BASE, "jwks_url": "https://x/keys"},
+    "pubkeys and discovery": {**_CONFIG_BASE, "oidc_discovery_url": "https://x"},
+    "empty pubkeys": {"jwt_validation_pubkeys": []}, "garbage pubkey": {"jwt_validation_pubkeys": ["garbage"]},
+    "RSA and EC keys": {"jwt_validation_pubkeys": [KEY.pem, EC_KEY.pem]},
+    "pubkeys a string": {"jwt_validation_pubkeys": KEY.pem}, "one alg": {**_CONFIG_BASE, "jwt_supported_algs": ["RS256"]},
+    "odd alg": {**_CONFIG_BASE, "jwt_supported_algs": ["XX"]}, "algs a string": {**_CONFIG_BASE, "jwt_supported_algs": "RS256,ES256"},
+    "HS256 with keys": {**_CONFIG_BASE, "jwt_supported_algs": ["HS256"]}, "alg none": {**_CONFIG_BASE, "jwt_supported_algs": ["none"]},
+    "bound issuer": {**_CONFIG_BASE, "bound_issuer": "https://i"}, "default role": {**_CONFIG_BASE, "default_role": "r"},
+    "client id alone": {**_CONFIG_BASE, "oidc_client_id": "id"}, "secret alone": {**_CONFIG_BASE, "oidc_client_secret": "s"},
+    "client without discovery": {**_CONFIG_BASE, "oidc_client_id": "id", "oidc_client_secret": "s"},
+    "garbage jwks CA": {**_CONFIG_BASE, "jwks_ca_pem": "garbage"},
+    "garbage discovery CA": {**_CONFIG_BASE, "oidc_discovery_ca_pem": "garbage"},
+    "form_post": {**_CONFIG_BASE, "oidc_response_mode": "form_post"}, "odd mode": {**_CONFIG_BASE, "oidc_response_mode": "weird"},
+    "id_token type": {**_CONFIG_BASE, "oidc_response_types": ["id_token"]},
+    "code type": {**_CONFIG_BASE, "oidc_response_types": ["code"]}, "odd type": {**_CONFIG_BASE, "oidc_response_types": ["weird"]},
+    "namespace off": {**_CONFIG_BASE, "namespace_in_state": False},
+    "azure provider": {**_CONFIG_BASE, "provider_config": {"provider": "azure"}},
+    "odd provider": {**_CONFIG_BASE, "provider_config": {"provider": "weird"}},
+    "one key twice": {"jwt_validation_pubkeys": [KEY.pem, KEY.pem]},
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_BODIES))
+def test_config_writes_as_openbao(servers: tuple[ServerProc, BaoProc], case: str) -> None:
+    ours, bao = servers
+    for server, root in ((ours, str(ours.root_token)), (bao, bao.root_token)):
+        head = {"X-Vault-Token": root}
+        requests.delete(f"{server.url}/v1/sys/auth/peer-config", headers=head, timeout=10)
+        assert requests.post(f"{server.url}/v1/sys/auth/peer-config", json={"type": "jwt"}, headers=head, timeout=10).ok
+    got = _write_and_read(ours.url, str(ours.root_token), "auth/peer-config/config", CONFIG_BODIES[case])
+    peer = _write_and_read(bao.url, bao.root_token, "auth/peer-config/config", CONFIG_BODIES[case])
+    assert got[0] == peer[0], (got, peer)
+    assert _shared_fields(got[1], peer[1]) == {}
