@@ -42,7 +42,7 @@ from tests.e2e.baoproc import BaoProc, start_bao
 from tests.e2e.browser import CallbackListener
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, IdP
 from tests.e2e.serverproc import ServerProc, start_server
-from tests.plugin.keyfactory import DROP, ec_key, make_token, rsa_key
+from tests.plugin.keyfactory import DROP, changed, ec_key, make_token, rsa_key
 
 pytestmark = pytest.mark.e2e
 
@@ -468,12 +468,7 @@ def _jwt(key: Any = KEY, **kw: Any) -> str:
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": "a", "sub": "alice", "iat": now, "exp": now + 300, "nbf": now - 5,
               "groups": ["g1"], "email": "a@example.com", "team": "t1"}
-    for name, value in kw.pop("claims", {}).items():
-        if value is DROP:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
-    return make_token(claims, key=key, **kw)
+    return make_token(changed(claims, kw.pop("claims", {})), key=key, **kw)
 
 
 #: (role, token maker): a maker, so each server gets a token made just before its login.
@@ -660,13 +655,7 @@ _ROLE_BASE = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"]}
 
 
 def _role(**changes: Any) -> dict[str, Any]:
-    body = dict(_ROLE_BASE)
-    for name, value in changes.items():
-        if value is DROP:
-            body.pop(name, None)
-        else:
-            body[name] = value
-    return body
+    return changed(_ROLE_BASE, changes)
 
 
 ROLE_BODIES: dict[str, dict[str, Any]] = {

@@ -38,6 +38,7 @@ from plugin.framework import FetchResult, NoEvents
 
 __all__ = [
     "DROP",
+    "changed",
     "Answer",
     "KeyPair",
     "PrivateKey",
@@ -59,6 +60,17 @@ __all__ = [
 
 #: Use as a value in ``header_overrides`` to remove that header parameter.
 DROP = object()
+
+
+def changed(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (not changed) with ``changes`` applied; a value of ``DROP`` removes its name."""
+    out = dict(base)
+    for name, value in changes.items():
+        if value is DROP:
+            out.pop(name, None)
+        else:
+            out[name] = value
+    return out
 
 _HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
     "256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512,
@@ -151,12 +163,7 @@ class KeyPair(Generic[K]):
             out = {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
         if self.kid is not None:
             out["kid"] = self.kid
-        for name, value in extra.items():
-            if value is DROP:
-                out.pop(name, None)
-            else:
-                out[name] = value
-        return out
+        return changed(out, extra)
 
 
 @functools.cache
@@ -211,12 +218,7 @@ def default_claims(now: float | None = None, **overrides: Any) -> dict[str, Any]
         "nbf": now,
         "exp": now + 300,
     }
-    for name, value in overrides.items():
-        if value is DROP:
-            claims.pop(name, None)
-        else:
-            claims[name] = value
-    return claims
+    return changed(claims, overrides)
 
 
 def sign(signing_input: bytes, key: KeyPair | bytes | str, alg: str) -> bytes:
@@ -276,12 +278,7 @@ def make_token(
             kid = key.kid
         if kid is not None and kid is not DROP:
             header["kid"] = kid
-        for name, value in (header_overrides or {}).items():
-            if value is DROP:
-                header.pop(name, None)
-            else:
-                header[name] = value
-        raw_header = json.dumps(header).encode("utf-8")
+        raw_header = json.dumps(changed(header, header_overrides or {})).encode("utf-8")
     signing_input = f"{b64url(raw_header)}.{b64url(payload)}".encode("ascii")
     if signature is None:
         signature = b"" if key is None else sign(signing_input, key, alg)

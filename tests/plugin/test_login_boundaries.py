@@ -17,7 +17,7 @@ import structlog
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError
 from plugin.framework import Operation
 from tests.plugin.fakes import Clock, Harness
-from tests.plugin.keyfactory import DROP, b64url, ec_key, ed25519_key, make_token, rsa_key
+from tests.plugin.keyfactory import DROP, b64url, changed, ec_key, ed25519_key, make_token, rsa_key
 
 KEY = ec_key()
 NOW = 1_700_000_000
@@ -36,13 +36,7 @@ async def mount(role: dict[str, Any] | None = None, *, now: float = NOW) -> Harn
 
 def token(**claims: Any) -> str:
     """A token signed by KEY: ``sub`` alice, ``iat`` NOW, ``exp`` NOW + 300, then ``claims``."""
-    body: dict[str, Any] = {"sub": "alice", "iat": NOW, "exp": NOW + 300}
-    for name, value in claims.items():
-        if value is DROP:
-            body.pop(name, None)
-        else:
-            body[name] = value
-    return make_token(body, key=KEY)
+    return make_token(changed({"sub": "alice", "iat": NOW, "exp": NOW + 300}, claims), key=KEY)
 
 
 async def login(h: Harness, jwt: Any, *, remote_addr: str | None = "127.0.0.1") -> str | None:
