@@ -89,6 +89,8 @@ async def test_create_inherits_caller_policies(env: Env) -> None:
         (["dev", "ops"], {"policies": ["dev"]}, nullcontext(["default", "dev"])),
         (["dev"], {"policies": ["dev", "default"]}, nullcontext(["default", "dev"])),
         (["dev"], {"policies": ["DEV "]}, nullcontext(["default", "dev"])),
+        # A string is split on commas, as every policies field (docs/vault-differences.md row 52).
+        (["dev", "ops"], {"policies": "dev, ops"}, nullcontext(["default", "dev", "ops"])),
         (["dev"], {"policies": ["ops"]}, pytest.raises(InvalidRequest, match="child policies must be subset of parent")),
         (["dev"], {"policies": ["root"]}, pytest.raises(InvalidRequest, match="child policies must be subset of parent")),
         (["dev", "tokenadmin"], {"policies": ["ops"]}, nullcontext(["default", "ops"])),
@@ -101,7 +103,7 @@ async def test_create_inherits_caller_policies(env: Env) -> None:
         (["dev"], {"policies": ["response-wrapping"], "no_default_policy": True}, pytest.raises(InvalidRequest)),
         (["dev"], {"bound_cidrs": "10.0.0.0/99"}, pytest.raises(InvalidRequest, match='error parsing address "10.0.0.0/99"')),
     ],
-    ids=["subset", "default-always-allowed", "normalised", "not-subset", "root-not-subset", "sudo-any",
+    ids=["subset", "default-always-allowed", "normalised", "comma-string", "not-subset", "root-not-subset", "sudo-any",
          "sudo-not-root", "orphan-needs-sudo", "period-needs-sudo", "negative-uses", "bad-type",
          "custom-id", "not-assignable", "bad-cidr"],
 )
