@@ -170,6 +170,39 @@ def test_identity_groups_across_nodes(cluster: tuple[Node, Node]) -> None:
     a.ok("DELETE", f"identity/group/id/{gid}")
 
 
+def test_one_group_name_registered_on_both_nodes_at_once_is_one_group(cluster: tuple[Node, Node]) -> None:
+    """Registers of one new name sent to both nodes at the same moment (neither has heard of
+    the other's group): one group per name, each register answered 200 (the first) or 204
+    (the later ones update it); the name's claim is a PostgreSQL row update."""
+    a, b = cluster
+    rounds, per_node = 8, 3
+    barrier = threading.Barrier(2 * per_node)
+
+    def client(i: int) -> list[int]:
+        node = (a, b)[i % 2]
+        session = requests.Session()  # a connection of its own
+        statuses = []
+        for n in range(rounds):
+            barrier.wait()
+            resp = session.post(f"{node.srv.url}/v1/identity/group", json={"name": f"pg-race-{n}"},
+                                headers={"X-Vault-Token": node.root}, timeout=TIMEOUT)
+            statuses.append(resp.status_code)
+        return statuses
+
+    with ThreadPoolExecutor(2 * per_node) as pool:
+        statuses = [s for result in pool.map(client, range(2 * per_node)) for s in result]
+    assert statuses.count(200) == rounds and statuses.count(204) == rounds * (2 * per_node - 1), statuses
+    want = sorted(f"pg-race-{n}" for n in range(rounds))
+    for node in (a, b):
+
+        def listed(node: Node = node) -> bool:
+            return sorted(k for k in node.ok("LIST", "identity/group/name")["data"]["keys"] if k.startswith("pg-race-")) == want
+
+        eventually(listed)
+    for n in range(rounds):
+        a.ok("DELETE", f"identity/group/name/pg-race-{n}")
+
+
 def test_token_from_a_lookup_renew_revoke_on_b(cluster: tuple[Node, Node]) -> None:
     a, b = cluster
     auth = a.login().json()["auth"]
