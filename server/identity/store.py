@@ -343,9 +343,13 @@ class IdentityStore:
         return self.aliases.get(group.alias_id) if group.alias_id else None
 
     async def entity(self, entity_id: str) -> Entity | None:
-        """The entity with ``entity_id`` (cached; a miss reads its row)."""
+        """The entity with ``entity_id`` (cached; a miss reads its row). On storage shared with
+        other nodes or workers a remembered absence is read again: another node's login may
+        have made the entity a moment ago (its announcement still on the way)."""
         if entity_id in self._entities:
-            return self._entities[entity_id]
+            cached = self._entities[entity_id]
+            if cached is not None or not self.storage.shared:
+                return cached
         raw = await self.storage.get(ENTITY_PREFIX + entity_id) if _plain(entity_id) else None
         found = Entity.from_storage(raw) if isinstance(raw, dict) else None
         self._remember(entity_id, found)
@@ -775,8 +779,11 @@ class IdentityStore:
 
     async def delete_entity(self, entity: Entity) -> None:
         """Delete an entity, its alias row and its membership rows (its next login makes it
-        again; its tokens keep their token policies and lose their identity policies)."""
-        for g in entity.group_ids:
+        again; its tokens keep their token policies and lose their identity policies). The
+        membership rows of the stored entity go too, also those another node's login added."""
+        stored = await self.storage.get(ENTITY_PREFIX + entity.id)
+        groups = set(entity.group_ids) | set(Entity.from_storage(stored).group_ids if isinstance(stored, dict) else ())
+        for g in sorted(groups):
             await self.storage.delete(f"{MEMBER_PREFIX}{g}/{entity.id}")
         await self.storage.delete(ENTITY_ALIAS_PREFIX + entity.alias_id)
         await self.storage.delete(ENTITY_PREFIX + entity.id)

@@ -632,3 +632,44 @@ async def test_a_login_keeps_the_groups_another_nodes_login_gave_the_entity_a_mo
     assert await b.login(eid, alias_id, m1, Alias("alice", {"v": "3"}), ["idp-g1"]) == ["g1"]
     raw = await storage.get("identity/entity/" + eid)
     assert isinstance(raw, dict) and raw["group_ids"] == [groups["g1"]] and raw["alias_metadata"] == {"v": "3"}
+
+
+async def test_another_nodes_entity_is_found_and_deleted_whole() -> None:
+    """Node B remembered that an entity did not exist; node A's login then made it: B reads
+    it again instead of answering from its memory (shared storage only). B's delete, from
+    its copy that lacks the group A's next login added, removes every membership row."""
+    from plugin.framework import Alias
+
+    storage = SharedStorage()
+    a, b = _nodes(storage)
+    await a.load()
+    m1, m2 = "auth_jwt_00000001", "auth_jwt_00000002"
+    gids = []
+    for name, accessor in (("g1", m1), ("g2", m2)):
+        group = Group(id=new_id(), name=name, type="external")
+        await a.write_group(group)
+        await a.write_alias(GroupAlias(id=new_id(), name=f"idp-{name}", mount_accessor=accessor, canonical_id=group.id), created=True)
+        gids.append(group.id)
+    await b.load()
+    eid, alias_id = new_id(), new_id()
+    assert await b.entity(eid) is None
+    await a.login(eid, alias_id, m1, Alias("alice"), ["idp-g1"])
+    seen = await b.entity(eid)
+    assert seen is not None and seen.group_ids == [gids[0]]
+    await a.login(eid, alias_id, m2, Alias("alice"), ["idp-g2"])
+    await b.delete_entity(seen)
+    assert [await storage.list(f"identity/member/{g}/") for g in gids] == [[], []]
+    assert await storage.get("identity/entity/" + eid) is None
+    single = InMemoryStorage()
+    (c,) = _nodes(single, 1)
+    await c.load()
+    assert await c.entity(eid) is None
+    reads: list[str] = []
+    original = single.get
+
+    async def counting_get(key: str) -> Any:
+        reads.append(key)
+        return await original(key)
+
+    single.get = counting_get  # type: ignore[method-assign]
+    assert await c.entity(eid) is None and reads == []  # one node: the remembered absence stands
