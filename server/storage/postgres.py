@@ -18,6 +18,7 @@ from psycopg.rows import TupleRow
 from plugin.storage import Updater, check_key, check_page_args, check_prefix, decode, encode, page_floor
 from server import telemetry
 from server.storage.keyrange import collect_children, list_children, prefix_end
+from server.storage.writes import put_each
 
 __all__ = ["PostgresStorage", "CHANNEL"]
 
@@ -258,19 +259,7 @@ class PostgresStorage:
         is written if a value cannot be encoded; otherwise returns once every write is
         committed and raises the first failure (after all have finished)."""
         self._check()
-        encoded = []
-        for key, value in items:
-            check_key(key)
-            encoded.append((key, encode(value).decode()))
-        futures = [self._enqueue(key, text) for key, text in encoded]
-        error: BaseException | None = None
-        for fut in futures:
-            try:
-                await fut
-            except Exception as exc:  # noqa: BLE001 - wait for the others, then raise
-                error = error or exc
-        if error is not None:
-            raise error
+        await put_each(items, lambda key, blob: self._enqueue(key, blob.decode()))
 
     def _enqueue(self, key: str, text: str) -> asyncio.Future[None]:
         """Queue a put for the next batch; the future resolves once it is committed."""

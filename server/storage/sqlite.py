@@ -23,6 +23,7 @@ from server.storage.sqlite_batch import DELETE, DELETE_PREFIX, PUT, STOP, UPDATE
 from server.storage.sqlite_checkpoint import Checkpointer, yield_to_event_loop
 from server.storage.sqlite_schema import migrate
 from server.storage.sqlite_shared import POLL_INTERVAL, ChangeLog, FileLock, adopt_owner_lock, owner_lock
+from server.storage.writes import put_each
 
 __all__ = ["SQLiteStorage", "CACHE_BYTES"]
 
@@ -364,19 +365,7 @@ class SQLiteStorage:
         usually covers them all. Returns once every write is durable; raises the first
         failure (after all have finished). Nothing is written if a value cannot be encoded.
         """
-        encoded = []
-        for key, value in items:
-            check_key(key)
-            encoded.append((key, encode(value)))
-        futures = [self._submit(PUT, key, blob) for key, blob in encoded]
-        error: BaseException | None = None
-        for fut in futures:
-            try:
-                await fut
-            except Exception as exc:  # noqa: BLE001 - wait for the others, then raise
-                error = error or exc
-        if error is not None:
-            raise error
+        await put_each(items, lambda key, blob: self._submit(PUT, key, blob))
 
     async def delete(self, key: str) -> None:
         """Delete ``key`` (missing is fine); returns once durable."""
