@@ -635,21 +635,22 @@ class IdentityStore:
         return written[0]
 
     async def delete_group(self, group: Group) -> None:
-        """Delete a group, its alias, its membership rows and its names' claims."""
+        """Delete a group, its alias, its membership rows and its names' claims. The stored
+        group counts as well as this node's copy: its name and alias may be another node's
+        change of a moment ago (an alias left behind would hold its name for good)."""
         async with self._lock:
-            stored = await self.storage.get(GROUP_PREFIX + group.id)  # renamed elsewhere meanwhile?
-            names = {group.name.lower()}
-            if isinstance(stored, dict):
-                names.add(str(stored.get("name", "")).lower())
-            if group.alias_id:
-                alias = self.aliases.get(group.alias_id)
-                await self.storage.delete(GROUP_ALIAS_PREFIX + group.alias_id)
+            raw = await self.storage.get(GROUP_PREFIX + group.id)
+            stored = Group.from_storage(raw) if isinstance(raw, dict) else group
+            for aid in {group.alias_id, stored.alias_id} - {""}:
+                alias_raw = await self.storage.get(GROUP_ALIAS_PREFIX + aid) if _plain(aid) else None
+                alias = GroupAlias.from_storage(alias_raw) if isinstance(alias_raw, dict) else self.aliases.get(aid)
+                await self.storage.delete(GROUP_ALIAS_PREFIX + aid)
                 if alias is not None:
-                    await self._release(_alias_key(alias.mount_accessor, alias.name), alias.id)
-                self.aliases.pop(group.alias_id, None)
+                    await self._release(_alias_key(alias.mount_accessor, alias.name), aid)
+                self.aliases.pop(aid, None)
             await self.storage.delete(GROUP_PREFIX + group.id)
             await self.storage.delete_prefix(f"{MEMBER_PREFIX}{group.id}/")
-            for name in names:
+            for name in {group.name.lower(), stored.name.lower()}:
                 await self._release(_name_key(GROUP_NAME_PREFIX, name), group.id)
             self.groups.pop(group.id, None)
             self._reinstall()

@@ -673,3 +673,24 @@ async def test_another_nodes_entity_is_found_and_deleted_whole() -> None:
 
     single.get = counting_get  # type: ignore[method-assign]
     assert await c.entity(eid) is None and reads == []  # one node: the remembered absence stands
+
+
+async def test_deleting_a_group_deletes_the_alias_another_node_gave_it() -> None:
+    """Node B deletes a group from its copy, which has no alias: node A aliased it a moment
+    ago. The stored group's alias goes too, and its name is free again (a left-behind alias
+    row would have held the name for good)."""
+    storage = SharedStorage()
+    a, b = _nodes(storage)
+    await a.load()
+    group = Group(id=new_id(), name="g", type="external")
+    await a.write_group(group)
+    await b.load()
+    accessor = "auth_jwt_00000001"
+    await a.write_alias(GroupAlias(id=new_id(), name="idp-g", mount_accessor=accessor, canonical_id=group.id), created=True)
+    stale = b.groups[group.id]
+    assert stale.alias_id == ""  # b has not heard
+    await b.delete_group(stale)
+    assert await storage.list("identity/") == []  # group, alias, claims: nothing left
+    other = Group(id=new_id(), name="h", type="external")
+    await b.write_group(other)
+    await b.write_alias(GroupAlias(id=new_id(), name="idp-g", mount_accessor=accessor, canonical_id=other.id), created=True)
