@@ -769,12 +769,19 @@ class IdentityStore:
         return written[0] if written else None
 
     async def delete_alias(self, alias: GroupAlias) -> None:
+        """Delete a group alias, detach it from its group and free its name. The stored alias
+        counts as well as this node's copy (another node may have moved or renamed it)."""
         async with self._lock:
-            group = await self._detach(alias.canonical_id, alias.id, now_rfc3339())
-            if group is not None:
-                self.groups[group.id] = group
+            raw = await self.storage.get(GROUP_ALIAS_PREFIX + alias.id)
+            versions = [alias] + ([GroupAlias.from_storage(raw)] if isinstance(raw, dict) else [])
+            stamp = now_rfc3339()
+            for gid in {v.canonical_id for v in versions}:
+                group = await self._detach(gid, alias.id, stamp)
+                if group is not None:
+                    self.groups[group.id] = group
             await self.storage.delete(GROUP_ALIAS_PREFIX + alias.id)
-            await self._release(_alias_key(alias.mount_accessor, alias.name), alias.id)
+            for key in {_alias_key(v.mount_accessor, v.name) for v in versions}:
+                await self._release(key, alias.id)
             self.aliases.pop(alias.id, None)
             self._reinstall()
 

@@ -694,3 +694,24 @@ async def test_deleting_a_group_deletes_the_alias_another_node_gave_it() -> None
     other = Group(id=new_id(), name="h", type="external")
     await b.write_group(other)
     await b.write_alias(GroupAlias(id=new_id(), name="idp-g", mount_accessor=accessor, canonical_id=other.id), created=True)
+
+
+async def test_deleting_an_alias_another_node_renamed_frees_its_new_name() -> None:
+    """Node A renames an alias; node B deletes it from its copy with the old name: the new
+    name's claim goes too, so the name can be used at once."""
+    storage = SharedStorage()
+    a, b = _nodes(storage)
+    await a.load()
+    group = Group(id=new_id(), name="g", type="external")
+    await a.write_group(group)
+    accessor = "auth_jwt_00000001"
+    alias = GroupAlias(id=new_id(), name="old", mount_accessor=accessor, canonical_id=group.id)
+    await a.write_alias(alias, created=True)
+    await b.load()
+    renamed = GroupAlias.from_storage(alias.to_storage())
+    renamed.name = "new"
+    await a.write_alias(renamed, created=False)
+    await b.delete_alias(b.aliases[alias.id])
+    assert await storage.list("identity/group-alias-name/") == []
+    raw = await storage.get("identity/group/" + group.id)
+    assert isinstance(raw, dict) and raw["alias_id"] == ""
