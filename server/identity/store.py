@@ -15,7 +15,7 @@ Storage layout (root storage):
 - ``identity/member/<group id>/<entity id>`` → 1, the members of an external group;
 - ``identity/group-name/<hash>`` and ``identity/group-alias-name/<hash>`` → ``{"id", "at"}``,
   the claim of a group name (lower-cased) and of a group alias name on a mount: the one
-  writer of a name among nodes and workers (``IdentityStore._claim``).
+  writer of a name among nodes and workers (``server.identity.names``).
 
 Groups and group aliases are few and written by operators: all of them are held in memory,
 re-read after a local write and when another node announces one (``invalidate``). Entities
@@ -34,10 +34,9 @@ heard of the other's group.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Alias
 from plugin.policyutil import sanitize_policies
+from server.identity.names import Held, NameClaims, name_key
 from server.storage import Engine
 from server.storage.refresh import Refresh
 
@@ -72,10 +72,6 @@ ENTITY_ALIAS_PREFIX = "identity/entity-alias/"
 MEMBER_PREFIX = "identity/member/"
 GROUP_NAME_PREFIX = "identity/group-name/"
 ALIAS_NAME_PREFIX = "identity/group-alias-name/"
-#: A name's claim whose holder does not (or no longer) hold the name is taken over only once
-#: it is this old (seconds): a write in flight claims the name before its row exists, and
-#: only a node that died between the two leaves a claim behind.
-CLAIM_GRACE = 60.0
 #: Entities whose memberships are kept in memory (a miss reads the entity's row once).
 ENTITY_CACHE_SIZE = 16384
 GROUP_TYPES = ("external", "internal")
@@ -214,14 +210,6 @@ class _EntityGone(Exception):
     """The entity a login refreshes was deleted meanwhile."""
 
 
-class _Held(Exception):
-    """A unique name is claimed by another object (``holder``), claimed ``age`` seconds ago."""
-
-    def __init__(self, holder: str, age: float) -> None:
-        super().__init__(holder)
-        self.holder, self.age = holder, age
-
-
 class _Unclaimed(Exception):
     """A group update would write a name this write has not claimed (``name``, lower-cased)."""
 
@@ -238,13 +226,8 @@ class _AliasUnknown(Exception):
         self.alias_id = alias_id
 
 
-def _name_key(prefix: str, *parts: str) -> str:
-    """The claim key of a unique name (its parts hashed: names may hold any character)."""
-    return prefix + hashlib.sha256("\x00".join(parts).encode()).hexdigest()
-
-
 def _alias_key(accessor: str, name: str) -> str:
-    return _name_key(ALIAS_NAME_PREFIX, accessor, name.lower())
+    return name_key(ALIAS_NAME_PREFIX, accessor, name.lower())
 
 
 class IdentityStore:
@@ -263,6 +246,7 @@ class IdentityStore:
         self._entities: dict[str, Entity | None] = {}
         self._lock = asyncio.Lock()
         self._refresh = Refresh(self.load, "identity_reload_failed")
+        self._names = NameClaims(storage)
         self.generation = 0
 
     # -- tables ---------------------------------------------------------------------------
@@ -480,49 +464,6 @@ class IdentityStore:
         return alias.mount_accessor if alias is not None else ""
 
     # -- unique names -----------------------------------------------------------------------
-    async def _claim(self, key: str, owner: str, holds: Callable[[str], Awaitable[bool]]) -> bool:
-        """Make ``owner`` (an object id) the holder of the unique name whose claim is at
-        ``key``. The claim is a storage update, so of two nodes or workers claiming one name
-        at once exactly one gets it. A holder that does not hold the name (``holds`` false: its
-        row is gone or names something else) is replaced once its claim is ``CLAIM_GRACE``
-        old. Returns whether the claim is new: a write that fails after it releases it.
-
-        :raises _Held: another object holds the name.
-        """
-        stale: str | None = None
-        for _ in range(4):
-            try:
-                return await self._claim_once(key, owner, stale)
-            except _Held as held:
-                if held.age < CLAIM_GRACE or await holds(held.holder):
-                    raise
-                stale = held.holder
-        raise _Held(stale or "", 0.0)  # the name keeps changing hands: in use
-
-    async def _claim_once(self, key: str, owner: str, stale: str | None) -> bool:
-        """One storage update of ``_claim`` (``stale``: a holder to replace)."""
-        prior: list[object] = []
-        now = time.time()
-
-        def take(old: Any) -> Any:
-            holder = old.get("id") if isinstance(old, dict) else None
-            if holder is not None and holder != owner and holder != stale:
-                at = old.get("at")
-                raise _Held(str(holder), now - (at if isinstance(at, (int, float)) else 0.0))
-            prior.append(holder)
-            return old if holder == owner else {"id": owner, "at": now}
-
-        await self.storage.update(key, take)
-        return prior[-1] != owner
-
-    async def _release(self, key: str, owner: str) -> None:
-        """Drop ``owner``'s claim at ``key`` (a claim someone else took over stays)."""
-
-        def drop(old: Any) -> Any:
-            return None if isinstance(old, dict) and old.get("id") == owner else old
-
-        await self.storage.update(key, drop)
-
     async def _holds_group_name(self, gid: str, lowered: str) -> bool:
         raw = await self.storage.get(GROUP_PREFIX + gid) if _plain(gid) else None
         return isinstance(raw, dict) and str(raw.get("name", "")).lower() == lowered
@@ -547,15 +488,15 @@ class IdentityStore:
         return other is not None and other != owner
 
     async def _claim_group_name(self, gid: str, lowered: str) -> bool:
-        """Claim a group name (lower-cased) for ``gid``; see ``_claim``.
+        """Claim a group name (lower-cased) for ``gid`` (``NameClaims.claim``).
 
         :raises NameInUse: another group holds it.
         """
         try:
-            return await self._claim(
-                _name_key(GROUP_NAME_PREFIX, lowered), gid, lambda holder: self._holds_group_name(holder, lowered),
+            return await self._names.claim(
+                name_key(GROUP_NAME_PREFIX, lowered), gid, lambda holder: self._holds_group_name(holder, lowered),
             )
-        except _Held:
+        except Held:
             raise NameInUse() from None
 
     # -- writes ---------------------------------------------------------------------------------
@@ -567,7 +508,7 @@ class IdentityStore:
         storage update, so another node's change of a moment ago (its announcement still on
         the way: policies, an alias) is kept, not written over with this node's copy.
         ``group`` is that copy changed, for the name check. A new name is claimed first
-        (``_claim``) and the old one released after the write.
+        (``server.identity.names``) and the old one released after the write.
 
         :raises InvalidRequest: ``group name is already in use``, or what ``change`` raises.
         :raises NotFound: the group was deleted meanwhile.
@@ -595,12 +536,12 @@ class IdentityStore:
                     written, old_name = await self._store_group(group, change, held)
             except Exception as exc:
                 for name in fresh:
-                    await self._release(_name_key(GROUP_NAME_PREFIX, name), group.id)
+                    await self._names.release(name_key(GROUP_NAME_PREFIX, name), group.id)
                 if isinstance(exc, _Unclaimed):
                     raise InvalidRequest("the group was renamed by another request meanwhile: try again") from None
                 raise
             if old_name and old_name != written.name.lower():
-                await self._release(_name_key(GROUP_NAME_PREFIX, old_name), group.id)
+                await self._names.release(name_key(GROUP_NAME_PREFIX, old_name), group.id)
             self.groups[written.id] = written
             self._reinstall()
 
@@ -646,19 +587,19 @@ class IdentityStore:
                 alias = GroupAlias.from_storage(alias_raw) if isinstance(alias_raw, dict) else self.aliases.get(aid)
                 await self.storage.delete(GROUP_ALIAS_PREFIX + aid)
                 if alias is not None:
-                    await self._release(_alias_key(alias.mount_accessor, alias.name), aid)
+                    await self._names.release(_alias_key(alias.mount_accessor, alias.name), aid)
                 self.aliases.pop(aid, None)
             await self.storage.delete(GROUP_PREFIX + group.id)
             await self.storage.delete_prefix(f"{MEMBER_PREFIX}{group.id}/")
             for name in {group.name.lower(), stored.name.lower()}:
-                await self._release(_name_key(GROUP_NAME_PREFIX, name), group.id)
+                await self._names.release(name_key(GROUP_NAME_PREFIX, name), group.id)
             self.groups.pop(group.id, None)
             self._reinstall()
 
     async def write_alias(self, alias: GroupAlias, *, created: bool) -> None:
         """Store a group alias on its (external) group.
 
-        The alias's name on its mount is claimed first (``_claim``); then the alias row is
+        The alias's name on its mount is claimed first (``server.identity.names``); then the alias row is
         written and the group made to name it in a storage update of the stored group, which
         refuses a group that another node gave another alias a moment ago.
 
@@ -685,10 +626,10 @@ class IdentityStore:
             lowered = alias.name.lower()
             try:
                 claimed = key != old_key or created or previous is None
-                claimed = claimed and await self._claim(
+                claimed = claimed and await self._names.claim(
                     key, alias.id, lambda holder: self._holds_alias_name(holder, alias.mount_accessor, lowered),
                 )
-            except _Held:
+            except Held:
                 raise in_use from None
             stamp = now_rfc3339()
             if created:
@@ -703,7 +644,7 @@ class IdentityStore:
                 else:
                     await self.storage.delete(GROUP_ALIAS_PREFIX + alias.id)
                 if claimed:
-                    await self._release(key, alias.id)
+                    await self._names.release(key, alias.id)
                 raise
             self.groups[group.id] = group
             if previous is not None and previous.canonical_id != alias.canonical_id:
@@ -711,7 +652,7 @@ class IdentityStore:
                 if old_group is not None:
                     self.groups[old_group.id] = old_group
             if key != old_key:
-                await self._release(old_key, alias.id)
+                await self._names.release(old_key, alias.id)
             self.aliases[alias.id] = alias
             self._reinstall()
 
@@ -781,7 +722,7 @@ class IdentityStore:
                     self.groups[group.id] = group
             await self.storage.delete(GROUP_ALIAS_PREFIX + alias.id)
             for key in {_alias_key(v.mount_accessor, v.name) for v in versions}:
-                await self._release(key, alias.id)
+                await self._names.release(key, alias.id)
             self.aliases.pop(alias.id, None)
             self._reinstall()
 

@@ -15,7 +15,8 @@ from plugin.storage import InMemoryStorage
 from server.app import create_app
 from server.appkeys import IDENTITY, TOKENS
 from server.http.listverb import make_test_server
-from server.identity.store import Group, GroupAlias, IdentityStore, MountRef, new_id
+from server.identity.names import CLAIM_GRACE, name_key
+from server.identity.store import GROUP_NAME_PREFIX, Group, GroupAlias, IdentityStore, MountRef, new_id
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import make_token, rsa_key
 from tests.server.httpkit import Client, app_of
@@ -519,16 +520,14 @@ async def test_a_group_name_claim_left_by_a_dead_write_is_taken_over_after_the_g
     """A node that died between claiming a name and writing its group leaves a claim whose
     holder holds nothing: refused while the write may still be on its way, replaced after
     ``CLAIM_GRACE``. A failed write releases its claim itself."""
-    from server.identity import store as store_module
-
     storage = SharedStorage()
     (a,) = _nodes(storage, 1)
     await a.load()
-    key = store_module._name_key(store_module.GROUP_NAME_PREFIX, "ops")
+    key = name_key(GROUP_NAME_PREFIX, "ops")
     await storage.put(key, {"id": new_id(), "at": time.time()})
     with pytest.raises(InvalidRequest, match="^group name is already in use$"):
         await a.write_group(Group(id=new_id(), name="ops", type="internal"))
-    await storage.put(key, {"id": new_id(), "at": time.time() - store_module.CLAIM_GRACE - 1})
+    await storage.put(key, {"id": new_id(), "at": time.time() - CLAIM_GRACE - 1})
     group = Group(id=new_id(), name="ops", type="internal")
     await a.write_group(group)
     assert await storage.get(key) == {"id": group.id, "at": pytest.approx(time.time(), abs=5)}
@@ -580,8 +579,6 @@ async def test_a_stale_node_writing_back_the_old_name_claims_it_again() -> None:
     """Node A renames x to y; node B, which has not heard, writes the group with the name x it
     knows (an update that sends its name): x is claimed again before it is written, and y
     is freed, so both names stay right for every node."""
-    from server.identity import store as store_module
-
     storage = SharedStorage()
     a, b, c = _nodes(storage, 3)
     await a.load()
@@ -592,7 +589,7 @@ async def test_a_stale_node_writing_back_the_old_name_claims_it_again() -> None:
     stale = b.groups[group.id]
     await b.write_group(_renamed("x")(stale), change=_renamed("x"))
     assert await _stored_groups(storage) == ["x"]
-    claims = {name: await storage.get(store_module._name_key(store_module.GROUP_NAME_PREFIX, name)) for name in "xy"}
+    claims = {name: await storage.get(name_key(GROUP_NAME_PREFIX, name)) for name in "xy"}
     assert claims["x"] is not None and claims["x"]["id"] == group.id and claims["y"] is None
     await c.load()
     await c.write_group(Group(id=new_id(), name="y", type="internal"))
