@@ -633,10 +633,8 @@ class TokenStore:
     async def _parent_alive(self, parent_hash: str, depth: int) -> bool:
         if depth > _MAX_PARENT_DEPTH:
             return False
-        data = await self.storage.get(ID_PREFIX + parent_hash)
-        if data is None:
-            return False
-        return await self._check_live(TokenEntry.from_dict(data), depth) is not None
+        parent = await self._load(parent_hash)  # decoded once per stored version (``_decoded_entry``)
+        return parent is not None and await self._check_live(parent, depth) is not None
 
     async def _mount_revoked(self, entry: TokenEntry) -> bool:
         acc = entry.mount_accessor

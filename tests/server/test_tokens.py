@@ -268,6 +268,36 @@ async def test_child_dies_when_parent_expires(store: TokenStore, clock: Clock) -
         await store.authenticate(child_block["client_token"], "127.0.0.1")
 
 
+async def test_a_childs_use_decodes_its_parents_row_once_per_version(store: TokenStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every use of a child token checks its parents are alive; each parent's stored row is
+    decoded once per stored version, not at every use (it cost lookup-self 13 % of its CPU),
+    and a parent revoked or changed in storage is seen at the next use."""
+    root = await store.authenticate(await store.create_root(), "127.0.0.1")
+    parent_block, _ = await store.issue(login(), mount=JWT, parent=root)
+    parent = await store.authenticate(parent_block["client_token"], "127.0.0.1")
+    child_block, _ = await store.issue(login(), mount=JWT, parent=parent)
+    decoded: list[str] = []
+    original = TokenEntry.from_dict
+
+    def counting(data: dict[str, Any]) -> TokenEntry:
+        decoded.append(str(data.get("accessor", "")))
+        return original(data)
+
+    monkeypatch.setattr(TokenEntry, "from_dict", staticmethod(counting))
+    for _ in range(5):
+        assert await store.lookup(child_block["client_token"]) is not None
+    assert len(decoded) <= 3  # child, parent and root, at most once each
+    decoded.clear()
+    for _ in range(5):
+        assert await store.lookup(child_block["client_token"]) is not None
+    assert decoded == []
+    memory = memory_of(store)
+    rows = {k: await memory.get(k) for k in memory.dump() if k.startswith(ID_PREFIX)}
+    (row,) = [k for k, v in rows.items() if isinstance(v, dict) and v["accessor"] == parent.accessor]
+    await memory.delete(row)  # the parent's row gone (its children's index rows left in place)
+    assert await store.lookup(child_block["client_token"]) is None
+
+
 async def test_revoke_orphan_keeps_children(store: TokenStore) -> None:
     parent_block, _ = await store.issue(login(), mount=JWT)
     parent = await store.lookup(parent_block["client_token"])
