@@ -3,8 +3,9 @@
 Run: ``.venv/bin/python bench/ab.py batch --a main~1 --b . --rounds 8`` (``--a``/``--b``: a
 commit, checked out into a temporary git worktree, or ``.`` for the working tree; ``--more
 REF``, repeated, adds trees C, D, ... to the same rounds, e.g. to walk a range of history). Cases:
-``login`` (SQLite service token), ``audit`` (the same with a file audit device), ``batch``, ``lookup`` (``auth/token/lookup-self``),
-``health`` (``sys/health``); ``--storage memory`` for the in-memory engine.
+``login`` (SQLite service token), ``audit`` (the same with a file audit device), ``batch``, ``lookup`` (``auth/token/lookup-self``
+of a login's token), ``child`` (the same of a token made by ``auth/token/create``, which has a
+parent), ``health`` (``sys/health``); ``--storage memory`` for the in-memory engine.
 
 Both servers run on the server core at once (an idle one costs nothing), so each round
 measures A and B within seconds of each other, in alternating order. The machine's
@@ -38,7 +39,7 @@ from bench.loadgen import ensure_wrk, run_wrk
 from bench.procs import Server
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ("login", "audit", "batch", "lookup", "health")
+CASES = ("login", "audit", "batch", "lookup", "child", "health")
 
 
 @dataclass(slots=True)
@@ -78,7 +79,10 @@ def start(label: str, tree: Path, case: str, storage: str, workdir: Path, keys: 
         body = workdir / f"login-{label}.json"
         body.write_text(json.dumps({"role": role, "jwt": keys.token}))
         token = workdir / f"token-{label}.txt"
-        token.write_text(authmount.login(server.url, authmount.ROLE, keys.token)["client_token"])
+        if case == "child":
+            token.write_text(authmount.child_token(server))
+        else:
+            token.write_text(authmount.login(server.url, authmount.ROLE, keys.token)["client_token"])
         if case == "audit":
             authmount.enable_file_audit(server, workdir / f"audit-{label}.log")
     except BaseException:
@@ -86,7 +90,7 @@ def start(label: str, tree: Path, case: str, storage: str, workdir: Path, keys: 
         raise
     if case in ("login", "audit", "batch"):
         return Target(label, server, server.url + "/v1/auth/jwt/login", "POST", body=body)
-    if case == "lookup":
+    if case in ("lookup", "child"):
         return Target(label, server, server.url + "/v1/auth/token/lookup-self", "GET", token=token)
     return Target(label, server, server.url + "/v1/sys/health", "GET")
 

@@ -183,6 +183,14 @@ def login(base: str, role: str, jwt: str, mount: str = "jwt") -> dict[str, Any]:
     return auth
 
 
+def child_token(server: Server) -> str:
+    """A token made by ``auth/token/create`` with the root token (so it has a parent, whose
+    liveness every use checks; a login's token has none)."""
+    reply = _must(server.url, "POST", "/v1/auth/token/create", server.extra["root_token"],
+                  {"policies": ["default"], "ttl": "24h"})
+    return str(reply["auth"]["client_token"])
+
+
 def start_postgres(cpus: str, durable: bool = True) -> PostgresServer:
     """A throw-away PostgreSQL (tests/pg.py) pinned to ``cpus``; durable settings by default.
 

@@ -355,6 +355,14 @@ def test_ab_runs_trees_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
     assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ab.ROOT).stdout == before
 
 
+def test_ab_child_case_looks_up_a_token_with_a_parent(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench/ab.py child``: lookup-self of a token ``auth/token/create`` made, one short round
+    (every reply a 200: ``measure`` refuses a run with errors)."""
+    assert ab.main(["child", "--a", ".", "--b", ".", "--rounds", "1", "--duration", "1", "--warmup", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("child: A = ., B = .") and re.search(r"^B/A CPU per request: \d+\.\d{3}$", out, re.MULTILINE)
+
+
 def test_floor_ratios_runs_the_five_sides_at_once(capsys: pytest.CaptureFixture[str]) -> None:
     """``bench/floor.py --ratios`` (what ``bench/run.py`` ends with), one short round: the
     five servers answer, and each of the three ratios has both its figures."""
