@@ -250,7 +250,7 @@ scripts/bench                                      # the one command: installs w
 .venv/bin/python bench/run.py --slow-jwks          # cached-kid logins while a JWKS refresh hangs
 .venv/bin/python bench/profile_login.py -n 2000 --write-doc   # where the time goes per login
 .venv/bin/python bench/profile_login.py -n 3000 --memory      # where live memory grows per login
-.venv/bin/python bench/ab.py batch --a HEAD --b . --rounds 8   # A/B two trees, alternating rounds (--more REF: C, D, ...)
+.venv/bin/python bench/ab.py batch --a HEAD --b . --rounds 8   # A/B two trees, alternating rounds (--more REF: C, D, ...; cases login audit batch lookup child health)
 .venv/bin/python bench/icount.py login --a HEAD --b . --repeat 2   # instructions per request under callgrind (needs valgrind)
 .venv/bin/python bench/floor.py --rounds 5             # the layers under a GET: a bare protocol, aiohttp's hello, authmount
 .venv/bin/python bench/floor.py --ratios --rounds 6   # the one-core ratios, both sides at once (bench/run.py ends with it)
