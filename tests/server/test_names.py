@@ -16,18 +16,25 @@ async def _holds(result: bool) -> bool:
     return result
 
 
+#: A claim's ``at`` as seconds before the test runs (parametrize runs at collection, minutes
+#: before the test in a whole suite: absolute times would have aged by then).
+YOUNG, OLD = 0.0, CLAIM_GRACE + 1
+
+
 @pytest.mark.parametrize(("stored", "holder_holds", "outcome"), [
     (None, False, "new"),  # free
     ({"id": "me", "at": 1.0}, False, "mine"),  # already this owner's: not new
-    ({"id": "other", "at": time.time()}, True, "held"),
-    ({"id": "other", "at": time.time()}, False, "held"),  # young: a write may be on its way
-    ({"id": "other", "at": time.time() - CLAIM_GRACE - 1}, True, "held"),  # old, and the holder has the name
-    ({"id": "other", "at": time.time() - CLAIM_GRACE - 1}, False, "new"),  # old and stale: replaced
+    ({"id": "other", "age": YOUNG}, True, "held"),
+    ({"id": "other", "age": YOUNG}, False, "held"),  # young: a write may be on its way
+    ({"id": "other", "age": OLD}, True, "held"),  # old, and the holder has the name
+    ({"id": "other", "age": OLD}, False, "new"),  # old and stale: replaced
     ({"id": "other"}, False, "new"),  # no time: as old as can be
     ("garbage", False, "new"),  # not a claim
 ], ids=["free", "mine", "held", "young-stale", "old-held", "old-stale", "no-time", "garbage"])
 async def test_claim(stored: object, holder_holds: bool, outcome: str) -> None:
     storage = InMemoryStorage()
+    if isinstance(stored, dict) and "age" in stored:
+        stored = {"id": stored["id"], "at": time.time() - stored["age"]}
     if stored is not None:
         await storage.put(KEY, stored)
     asked: list[str] = []
