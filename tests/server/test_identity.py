@@ -20,6 +20,7 @@ from server.identity.store import GROUP_NAME_PREFIX, Group, GroupAlias, Identity
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import make_token, rsa_key
 from tests.server.httpkit import Client, app_of
+from tests.server.tokenkit import count_reads
 
 ROOT = "root-token-for-identity-tests"
 H = {"X-Vault-Token": ROOT}
@@ -380,14 +381,7 @@ async def test_token_use_reads_no_entity_when_no_group_grants(aiohttp_client: Ai
     """A token of an identity is judged without any storage read for its entity while no
     group grants a policy, and with at most one (a cache miss) when one does."""
     storage = InMemoryStorage()
-    reads: list[str] = []
-    original = storage.get
-
-    async def counting_get(key: str) -> Any:
-        reads.append(key)
-        return await original(key)
-
-    storage.get = counting_get  # type: ignore[method-assign]
+    reads = count_reads(storage)
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
     client: Client = await aiohttp_client(make_test_server(create_app(settings, storage=storage)))
     api = Api(client)
@@ -661,14 +655,7 @@ async def test_another_nodes_entity_is_found_and_deleted_whole() -> None:
     (c,) = _nodes(single, 1)
     await c.load()
     assert await c.entity(eid) is None
-    reads: list[str] = []
-    original = single.get
-
-    async def counting_get(key: str) -> Any:
-        reads.append(key)
-        return await original(key)
-
-    single.get = counting_get  # type: ignore[method-assign]
+    reads = count_reads(single)
     assert await c.entity(eid) is None and reads == []  # one node: the remembered absence stands
 
 

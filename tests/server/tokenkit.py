@@ -1,7 +1,10 @@
 """What the token-store tests share: a mount, a start time and a settable clock (the
-``clock`` and ``store`` fixtures are in ``conftest.py``)."""
+``clock`` and ``store`` fixtures are in ``conftest.py``); and ``count_reads``, which the
+server tests use to see what a step reads from storage."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from plugin.storage import InMemoryStorage
 from server.tokens.entry import MountInfo
@@ -15,6 +18,19 @@ def memory_of(store: TokenStore) -> InMemoryStorage:
     """The in-memory storage under ``store`` (the ``store`` fixture's), to ``dump()`` it."""
     assert isinstance(store.storage, InMemoryStorage), f"not in-memory storage: {store.storage!r}"
     return store.storage
+
+
+def count_reads(storage: InMemoryStorage) -> list[str]:
+    """The keys ``storage.get`` is called with from now on, in order (a list that grows)."""
+    reads: list[str] = []
+    original = storage.get
+
+    async def counting_get(key: str) -> Any:
+        reads.append(key)
+        return await original(key)
+
+    storage.get = counting_get  # type: ignore[method-assign]
+    return reads
 
 
 class Clock:
