@@ -41,12 +41,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Alias
 from plugin.policyutil import sanitize_policies
 from server.identity.names import Held, NameClaims, name_key
 from server.storage import Engine
 from server.storage.refresh import Refresh
+
+log = structlog.get_logger("authmount.identity")
 
 __all__ = [
     "ENTITY_PREFIX",
@@ -247,6 +251,7 @@ class IdentityStore:
         self._lock = asyncio.Lock()
         self._refresh = Refresh(self.load, "identity_reload_failed")
         self._names = NameClaims(storage)
+        self._duplicates: dict[str, list[str]] = {}  # group names more than one group has, as last logged
         self.generation = 0
 
     # -- tables ---------------------------------------------------------------------------
@@ -264,6 +269,21 @@ class IdentityStore:
             if isinstance(raw, dict):
                 aliases[key] = GroupAlias.from_storage(raw)
         self._install(groups, aliases)
+        self._warn_duplicates()
+
+    def _warn_duplicates(self) -> None:
+        """Log the group names more than one group has (once per change of that set). Two
+        nodes could make them before names were claimed in storage; updates of all but one
+        of such groups are refused (``group name is already in use``) until they are renamed
+        or deleted, and a lookup by name finds only one of them."""
+        seen: dict[str, list[str]] = {}
+        for g in self.groups.values():
+            seen.setdefault(g.name.lower(), []).append(g.id)
+        duplicates = {name: sorted(ids) for name, ids in seen.items() if len(ids) > 1}
+        if duplicates and duplicates != self._duplicates:
+            log.warning("identity_duplicate_group_names", groups=duplicates,
+                        fix="rename or delete all but one group of each name (identity/group/id/<id>)")
+        self._duplicates = duplicates
 
     def _install(self, groups: dict[str, Group], aliases: dict[str, GroupAlias]) -> None:
         self.groups, self.aliases = groups, aliases

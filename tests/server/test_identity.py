@@ -466,6 +466,12 @@ def _nodes(storage: InMemoryStorage, count: int = 2) -> list[IdentityStore]:
     return [IdentityStore(storage, mounts=lambda accessor: MountRef(accessor, "auth/jwt/", "jwt")) for _ in range(count)]
 
 
+def _with_policies(g: Group) -> Group:
+    g = Group.from_storage(g.to_storage())
+    g.policies = ["p1"]
+    return g
+
+
 def _renamed(name: str) -> Any:
     def change(g: Group) -> Group:
         g = Group.from_storage(g.to_storage())
@@ -699,3 +705,33 @@ async def test_deleting_an_alias_another_node_renamed_frees_its_new_name() -> No
     assert await storage.list("identity/group-alias-name/") == []
     raw = await storage.get("identity/group/" + group.id)
     assert isinstance(raw, dict) and raw["alias_id"] == ""
+
+
+async def test_group_names_held_twice_are_logged_once() -> None:
+    """Groups that share a name (made by two nodes before names were claimed in storage) are
+    named in one warning at load, with the fix; a load that finds the same set says nothing
+    again, and one that finds them fixed says nothing."""
+    import structlog
+
+    storage = InMemoryStorage()
+    a, b = new_id(), new_id()
+    for gid, name in ((a, "ops"), (b, "OPS"), (new_id(), "dev")):
+        await storage.put("identity/group/" + gid, Group(id=gid, name=name).to_storage())
+    (store,) = _nodes(storage, 1)
+    with structlog.testing.capture_logs() as logs:
+        await store.load()
+        await store.load()
+    warnings = [entry for entry in logs if entry["event"] == "identity_duplicate_group_names"]
+    assert len(warnings) == 1 and warnings[0]["groups"] == {"ops": sorted([a, b])}
+    assert "rename or delete" in warnings[0]["fix"]
+    found = store.group_by_name("ops")
+    assert found is not None
+    other = store.groups[b if found.id == a else a]  # what the name does not find
+    with pytest.raises(InvalidRequest, match="^group name is already in use$"):
+        await store.write_group(_with_policies(other), change=_with_policies)
+    await store.write_group(_renamed("ops-2")(other), change=_renamed("ops-2"))  # the fix the warning names
+    assert sorted(g.name for g in store.groups.values()) == sorted(["dev", found.name, "ops-2"])
+    await storage.delete("identity/group/" + b)
+    with structlog.testing.capture_logs() as logs:
+        await store.load()
+    assert [entry for entry in logs if entry["event"] == "identity_duplicate_group_names"] == []
