@@ -230,6 +230,10 @@ class _AliasUnknown(Exception):
         self.alias_id = alias_id
 
 
+def _group_key(lowered: str) -> str:
+    return name_key(GROUP_NAME_PREFIX, lowered)
+
+
 def _alias_key(accessor: str, name: str) -> str:
     return name_key(ALIAS_NAME_PREFIX, accessor, name.lower())
 
@@ -405,7 +409,9 @@ class IdentityStore:
         as they are now (empty, without any lookup, when no group grants a policy)."""
         if not self._granting or not entity_id:
             return []
-        entity = await self.entity(entity_id)
+        return self._policies_of(await self.entity(entity_id), entity_id)
+
+    def _policies_of(self, entity: Entity | None, entity_id: str) -> list[str]:
         out: set[str] = set()
         for gid in self.entity_groups(entity, entity_id):
             out.update(self.groups[gid].policies)
@@ -419,7 +425,7 @@ class IdentityStore:
         now_groups = {gid for n in group_names if (gid := self._alias_groups.get((accessor, n))) is not None}
         entity = await self.entity(entity_id)
         if entity is not None:
-            kept = {g for g in entity.group_ids if g in self.groups and self._alias_mount(g) not in ("", accessor)}
+            kept = _through_other_mounts(entity.group_ids, accessor, self._alias_mount)
             if sorted(kept | now_groups) != entity.group_ids or entity.alias_metadata != alias.metadata:
                 try:
                     entity = await self._refresh_entity(entity_id, accessor, now_groups, dict(alias.metadata))
@@ -439,13 +445,7 @@ class IdentityStore:
             items.extend((f"{MEMBER_PREFIX}{g}/{entity_id}", 1) for g in entity.group_ids)
             await self.storage.put_many(items)
             self._remember(entity_id, entity)
-        if not self._granting:
-            return []
-        out: set[str] = set()
-        for gid in self.entity_groups(entity, entity_id):
-            out.update(self.groups[gid].policies)
-        out.discard("root")
-        return sorted(out)
+        return self._policies_of(entity, entity_id) if self._granting else []
 
     async def _refresh_entity(self, entity_id: str, accessor: str, now_groups: set[str], metadata: dict[str, str]) -> Entity:
         """Store a login's changes to an existing entity: its groups through ``accessor`` are
@@ -461,7 +461,7 @@ class IdentityStore:
             if not isinstance(old, dict):
                 raise _EntityGone()
             stored = Entity.from_storage(old)
-            kept = {g for g in stored.group_ids if mounts.get(g, "") not in ("", accessor)}
+            kept = _through_other_mounts(stored.group_ids, accessor, lambda g: mounts.get(g, ""))
             fresh = Entity.from_storage(old)
             fresh.group_ids, fresh.alias_metadata, fresh.last_update_time = sorted(kept | now_groups), metadata, stamp
             before[:], written[:] = [stored.group_ids], [fresh]
@@ -514,7 +514,7 @@ class IdentityStore:
         """
         try:
             return await self._names.claim(
-                name_key(GROUP_NAME_PREFIX, lowered), gid, lambda holder: self._holds_group_name(holder, lowered),
+                _group_key(lowered), gid, lambda holder: self._holds_group_name(holder, lowered),
             )
         except Held:
             raise NameInUse() from None
@@ -556,12 +556,12 @@ class IdentityStore:
                     written, old_name = await self._store_group(group, change, held)
             except Exception as exc:
                 for name in fresh:
-                    await self._names.release(name_key(GROUP_NAME_PREFIX, name), group.id)
+                    await self._names.release(_group_key(name), group.id)
                 if isinstance(exc, _Unclaimed):
                     raise InvalidRequest("the group was renamed by another request meanwhile: try again") from None
                 raise
             if old_name and old_name != written.name.lower():
-                await self._names.release(name_key(GROUP_NAME_PREFIX, old_name), group.id)
+                await self._names.release(_group_key(old_name), group.id)
             self.groups[written.id] = written
             self._reinstall()
 
@@ -603,16 +603,11 @@ class IdentityStore:
             raw = await self.storage.get(GROUP_PREFIX + group.id)
             stored = Group.from_storage(raw) if isinstance(raw, dict) else group
             for aid in {group.alias_id, stored.alias_id} - {""}:
-                alias_raw = await self.storage.get(GROUP_ALIAS_PREFIX + aid) if _plain(aid) else None
-                alias = GroupAlias.from_storage(alias_raw) if isinstance(alias_raw, dict) else self.aliases.get(aid)
-                await self.storage.delete(GROUP_ALIAS_PREFIX + aid)
-                if alias is not None:
-                    await self._names.release(_alias_key(alias.mount_accessor, alias.name), aid)
-                self.aliases.pop(aid, None)
+                await self._drop_alias(aid, await self._alias_versions(aid, self.aliases.get(aid)))
             await self.storage.delete(GROUP_PREFIX + group.id)
             await self.storage.delete_prefix(f"{MEMBER_PREFIX}{group.id}/")
             for name in {group.name.lower(), stored.name.lower()}:
-                await self._names.release(name_key(GROUP_NAME_PREFIX, name), group.id)
+                await self._names.release(_group_key(name), group.id)
             self.groups.pop(group.id, None)
             self._reinstall()
 
@@ -733,18 +728,27 @@ class IdentityStore:
         """Delete a group alias, detach it from its group and free its name. The stored alias
         counts as well as this node's copy (another node may have moved or renamed it)."""
         async with self._lock:
-            raw = await self.storage.get(GROUP_ALIAS_PREFIX + alias.id)
-            versions = [alias] + ([GroupAlias.from_storage(raw)] if isinstance(raw, dict) else [])
+            versions = await self._alias_versions(alias.id, alias)
             stamp = now_rfc3339()
             for gid in {v.canonical_id for v in versions}:
                 group = await self._detach(gid, alias.id, stamp)
                 if group is not None:
                     self.groups[group.id] = group
-            await self.storage.delete(GROUP_ALIAS_PREFIX + alias.id)
-            for key in {_alias_key(v.mount_accessor, v.name) for v in versions}:
-                await self._names.release(key, alias.id)
-            self.aliases.pop(alias.id, None)
+            await self._drop_alias(alias.id, versions)
             self._reinstall()
+
+    async def _alias_versions(self, aid: str, known: GroupAlias | None) -> list[GroupAlias]:
+        """This node's copy of alias ``aid`` (``known``) and the stored one, those that exist."""
+        raw = await self.storage.get(GROUP_ALIAS_PREFIX + aid) if _plain(aid) else None
+        stored = GroupAlias.from_storage(raw) if isinstance(raw, dict) else None
+        return [v for v in (known, stored) if v is not None]
+
+    async def _drop_alias(self, aid: str, versions: list[GroupAlias]) -> None:
+        """Delete alias ``aid``'s row and release the name of each of its ``versions``."""
+        await self.storage.delete(GROUP_ALIAS_PREFIX + aid)
+        for key in {_alias_key(v.mount_accessor, v.name) for v in versions}:
+            await self._names.release(key, aid)
+        self.aliases.pop(aid, None)
 
     async def delete_entity(self, entity: Entity) -> None:
         """Delete an entity, its alias row and its membership rows (its next login makes it
@@ -757,6 +761,13 @@ class IdentityStore:
         await self.storage.delete(ENTITY_ALIAS_PREFIX + entity.alias_id)
         await self.storage.delete(ENTITY_PREFIX + entity.id)
         self._remember(entity.id, None)
+
+
+def _through_other_mounts(group_ids: Iterable[str], accessor: str, mount_of: Callable[[str], str]) -> set[str]:
+    """The groups of ``group_ids`` whose alias is on a mount other than ``accessor``: a login
+    through ``accessor`` keeps those memberships (``mount_of``: a group's alias mount, ""
+    for a group that is gone or has no alias)."""
+    return {g for g in group_ids if mount_of(g) not in ("", accessor)}
 
 
 def new_id() -> str:
