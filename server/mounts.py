@@ -15,6 +15,7 @@ import structlog
 from plugin import registry
 from plugin.errors import InvalidRequest
 from plugin.framework import Backend, Operation, Request
+from plugin.pathdoc import VERSION
 from plugin.schema import Field, FieldSet, FieldType, coerce, parse_duration
 from plugin.sealing import Sealer
 from plugin.storage import PrefixedStorage, Storage
@@ -152,6 +153,11 @@ TUNE_FIELDS = FieldSet({
 })
 
 
+#: ``running_plugin_version`` of every mount: authmount's own version, built in (OpenBao shows
+#: ``v2.7.2+builtin.bao``, Vault ``v1.x.y+builtin.vault``).
+RUNNING_VERSION = f"v{VERSION}+builtin.authmount"
+
+
 def normalize_path(path: str) -> str:
     """The one spelling of a mount path that is stored and that the ACL judges: no leading
     ``/``, one trailing ``/`` (Vault's mount path rule). Callers on the HTTP edge apply it
@@ -214,13 +220,17 @@ class MountEntry:
         for key in ("listing_visibility", *_LIST_KEYS):
             if cfg.get(key):
                 out_cfg[key] = cfg[key]
-        return {
+        builtin = self.type == "token"  # Vault's own token store, not a plugin of its catalogue
+        out: dict[str, Any] = {
             "accessor": self.accessor, "config": out_cfg, "description": self.description,
-            "local": self.local, "options": self.options or None, "plugin_version": "",
-            "running_plugin_version": "", "running_sha256": "", "seal_wrap": self.seal_wrap,
+            # An enabled auth method's options are an object even when empty; the token store has none.
+            "local": self.local, "options": None if builtin else dict(self.options), "plugin_version": "",
+            "running_plugin_version": RUNNING_VERSION, "running_sha256": "", "seal_wrap": self.seal_wrap,
             "external_entropy_access": False, "type": self.type, "uuid": self.uuid,
-            "deprecation_status": "supported",
         }
+        if not builtin:  # only a catalogued plugin has a deprecation status (OpenBao 2.7.2)
+            out["deprecation_status"] = "supported"
+        return out
 
 
 def _default_config() -> dict[str, Any]:
@@ -551,6 +561,8 @@ class MountTable:
         for key in ("listing_visibility", *_LIST_KEYS):
             if cfg.get(key):
                 out[key] = cfg[key]
+        if mount.entry.options:  # as Vault: only a mount that has options shows them
+            out["options"] = dict(mount.entry.options)
         return out
 
     async def tune(self, path: str, values: Mapping[str, Any]) -> MountEntry:

@@ -18,7 +18,7 @@ from plugin import pathdoc
 from plugin.errors import InvalidRequest
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
-from server.mounts import MOUNT_CONFIG_FIELDS, TUNE_FIELDS, normalize_path
+from server.mounts import MOUNT_CONFIG_FIELDS, RUNNING_VERSION, TUNE_FIELDS, normalize_path
 from server.sys.core import SysPath
 
 if TYPE_CHECKING:
@@ -87,23 +87,25 @@ ENABLE_FIELDS = FieldSet({
 TUNE_PATH_FIELDS = FieldSet({"path": MOUNT_PATH, **TUNE_FIELDS.fields})
 
 
-#: The built-in backends ``sys/mounts`` lists, as Vault lists them: type and description.
-_BUILTIN_MOUNTS = {"identity/": ("identity", "identity store"),
-                   "sys/": ("system", "system endpoints used for control, policy and debugging")}
+#: The built-in backends ``sys/mounts`` lists, as Vault lists them: type, description, the
+#: request headers passed through to them, and whether they are seal-wrapped.
+_BUILTIN_MOUNTS = {"identity/": ("identity", "identity store", "Authorization", False),
+                   "sys/": ("system", "system endpoints used for control, policy and debugging", "Accept", True)}
 
 
 def _builtin_mounts(cluster_id: str) -> dict[str, dict[str, Any]]:
     """``sys/mounts``: the built-in backends authmount serves besides auth mounts (``identity/``
     and ``sys/``; it has no secrets engines), each with an accessor and uuid stable per cluster."""
     out = {}
-    for path, (kind, description) in _BUILTIN_MOUNTS.items():
+    for path, (kind, description, passthrough, seal_wrap) in _BUILTIN_MOUNTS.items():
         ident = uuid.uuid5(uuid.NAMESPACE_URL, f"authmount:{path.rstrip('/')}:{cluster_id}")
         out[path] = {
             "accessor": f"{kind}_{ident.hex[:8]}",
-            "config": {"default_lease_ttl": 0, "force_no_cache": False, "max_lease_ttl": 0},
+            "config": {"default_lease_ttl": 0, "force_no_cache": False, "max_lease_ttl": 0,
+                       "passthrough_request_headers": [passthrough]},
             "description": description, "external_entropy_access": False, "local": False, "options": None,
-            "plugin_version": "", "running_plugin_version": "", "running_sha256": "", "seal_wrap": False,
-            "type": kind, "uuid": str(ident), "deprecation_status": "supported",
+            "plugin_version": "", "running_plugin_version": RUNNING_VERSION, "running_sha256": "",
+            "seal_wrap": seal_wrap, "type": kind, "uuid": str(ident),
         }
     return out
 
