@@ -16,7 +16,8 @@ _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 def parse_cidrs(values: list[str]) -> list[str]:
     """Validate IPs and CIDRs; return them trimmed but otherwise as given (host bits kept,
-    as Vault shows them; a bare address is a /32 or /128). Empty entries are dropped.
+    as Vault shows them; a bare address is a /32 or /128, and a /32 or /128 is shown as
+    the bare address, as Vault's sockaddr does). Empty entries are dropped.
 
     :raises InvalidRequest: ``error parsing address "<x>": <reason>`` for the first value
         that is neither (an IPv6 zone, ``fe80::1%eth0``, is no CIDR either).
@@ -29,10 +30,11 @@ def parse_cidrs(values: list[str]) -> list[str]:
         try:
             if "%" in text:
                 raise ValueError("an IPv6 zone is not allowed in a bound CIDR")
-            _network(text)
+            net = _network(text)
         except ValueError as exc:
             raise InvalidRequest(f'error parsing address "{text}": {exc}') from None
-        out.append(text)
+        address, slash, _ = text.partition("/")
+        out.append(address if slash and net.prefixlen == net.max_prefixlen else text)
     return out
 
 

@@ -465,12 +465,10 @@ def _api_paths() -> list[str]:
     from server.sys.backend import SysBackend
 
     out = ["sys/" + spec.pattern for spec in SysBackend(core=None).paths]  # type: ignore[arg-type]
-    tokens = ast.parse((ROOT / "server" / "tokens" / "backend.py").read_text(encoding="utf-8"))
-    for node in ast.walk(tokens):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PathSpec" and node.args:
-            first = node.args[0]
-            if isinstance(first, ast.Constant) and isinstance(first.value, str):
-                out.append("auth/token/" + first.value)
+    from server.tokens.backend import TokenBackend
+
+    for spec in TokenBackend(None).paths:  # type: ignore[arg-type]
+        out.append("auth/token/" + spec.pattern)
     from plugin.backend import JWTAuthBackend
 
     for spec in JWTAuthBackend("jwt").paths:

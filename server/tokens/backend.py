@@ -12,6 +12,15 @@ from plugin.framework import Backend, Operation, PathSpec, Request, Response
 from plugin.policyutil import sanitize_policies
 from plugin.schema import Field, FieldSet, FieldType
 from server.tokens.entry import MountInfo, RenewHook, TokenEntry, check_assignable
+from server.tokens.roles import (
+    ROLE_NAME_RE,
+    TokenRole,
+    check_entity_alias,
+    load_role,
+    role_paths,
+    role_policies,
+    role_ttls,
+)
 from server.tokens.store import TokenStore
 from server.tokens.ttl import calculate_ttl
 
@@ -131,12 +140,13 @@ class TokenBackend(Backend):
                      issues_token=True),
             PathSpec("create", FieldSet(dict(_CREATE)), {u: self._create}, "Create a child token.", issues_token=True),
             PathSpec(
-                r"create/(?P<role_name>.+)",
+                rf"create/(?P<role_name>{ROLE_NAME_RE})",
                 FieldSet({**_CREATE, "role_name": _f(FieldType.NAME, "Token role.")}),
                 {u: self._create_role},
-                "Create a token from a token role (not supported).",
+                "Create a token from a token role.",
                 issues_token=True,
             ),
+            *role_paths(),
             PathSpec("lookup-self", FieldSet(dict(_TOKEN)), {Operation.READ: self._lookup_self, u: self._lookup_self}, "Look up the calling token."),
             PathSpec("lookup", FieldSet(dict(_TOKEN)), {Operation.READ: self._lookup, u: self._lookup}, "Look up a token."),
             PathSpec("lookup-accessor", FieldSet(dict(_ACCESSOR)), {u: self._lookup_accessor}, "Look up a token by accessor."),
@@ -190,15 +200,34 @@ class TokenBackend(Backend):
     async def _renew_target(self, entry: TokenEntry, req: Request) -> tuple[MountInfo, RenewHook | None]:
         token_mount = self._token_mount(req)
         if not entry.mount_accessor or entry.mount_accessor == token_mount.accessor or entry.path.startswith("auth/token/"):
-            return token_mount, None
+            return token_mount, (self._role_renewal(req) if entry.role else None)
         found = await self.mount_lookup(entry.mount_accessor) if self.mount_lookup else None
         if found is None:
             raise InvalidRequest("the auth method that issued this token is not available for renewal")
         return found
 
+    @staticmethod
+    def _role_renewal(req: Request) -> RenewHook:
+        """A token made against a role renews with the role's period and explicit max TTL as
+        they are now (Vault's ``authRenew``); a deleted role renews nothing."""
+
+        async def hook(entry: TokenEntry) -> Any:
+            role = await load_role(req, entry.role)
+            if role is None:
+                raise InvalidRequest(f'original token role "{entry.role}" could not be found, not renewing')
+            auth = entry.to_auth()
+            auth.period, auth.explicit_max_ttl = role.token_period, role.token_explicit_max_ttl
+            return auth
+
+        return hook
+
     # -- create --------------------------------------------------------------------------
     async def _create_role(self, req: Request, values: dict[str, Any]) -> Response:
-        raise InvalidRequest(f"unknown role {values.get('role_name', '')}")
+        name = values["role_name"]
+        role = await load_role(req, name)
+        if role is None:
+            raise InvalidRequest(f"unknown role {name}")
+        return await self._create_common(req, values, orphan=False, role=role)
 
     async def _create_orphan(self, req: Request, values: dict[str, Any]) -> Response:
         return await self._create_common(req, values, orphan=True)
@@ -206,7 +235,9 @@ class TokenBackend(Backend):
     async def _create(self, req: Request, values: dict[str, Any]) -> Response:
         return await self._create_common(req, values, orphan=False)
 
-    async def _create_common(self, req: Request, values: dict[str, Any], *, orphan: bool) -> Response:
+    async def _create_common(
+        self, req: Request, values: dict[str, Any], *, orphan: bool, role: TokenRole | None = None
+    ) -> Response:
         """OpenBao's ``handleCreateCommon``, its checks in its order and with its texts
         (tests/e2e/test_openbao_differential.py runs both servers side by side)."""
         caller, _ = self._caller(req)
@@ -217,7 +248,11 @@ class TokenBackend(Backend):
         if caller.num_uses > 0:  # a child would escape the use limit
             raise InvalidRequest("restricted use token cannot generate child tokens")
         sudo = await self._has_sudo(caller, req)
-        token_type = values.get("type") or "service"
+        token_type = values.get("type", "")
+        if role is not None and role.token_type != "default-service":
+            # A role's own type wins; default-batch only fills in a request that names none.
+            token_type = token_type or "batch" if role.token_type == "default-batch" else role.token_type
+        token_type = token_type or "service"
         explicit, num_uses, period = values.get("explicit_max_ttl", 0), values.get("num_uses", 0), values.get("period", 0)
         renewable = bool(values.get("renewable", True))
         if token_type == "batch":
@@ -230,36 +265,58 @@ class TokenBackend(Backend):
         if num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
         if values.get("entity_alias"):
-            raise InvalidRequest("entity_alias requires a token role, which is not supported")
+            check_entity_alias(role, values["entity_alias"])
+        path = self._mount_path(req) + req.path
+        if role is not None:
+            renewable = renewable and role.renewable
+            # A batch token keeps no use count: OpenBao reports the role's and never counts it.
+            if role.token_num_uses and token_type != "batch" and (not num_uses or role.token_num_uses < num_uses):
+                num_uses = role.token_num_uses
+            if role.path_suffix:
+                path = f"{path}/{role.path_suffix}"
         if values.get("id"):
             raise InvalidRequest("custom token IDs are not supported")
-        policies = self._create_policies(values, caller, sudo)
+        policies = self._create_policies(values, caller, sudo, role)
         if "root" in policies:
             if not caller.is_root():
                 raise InvalidRequest("root tokens may not be created without parent token being root")
             if token_type == "batch":
                 raise InvalidRequest("batch tokens cannot be root tokens")
-        if values.get("no_parent"):
-            if not sudo:
-                raise InvalidRequest("root or sudo privileges required to create orphan token")
-            orphan = True
+        requested_cidrs = parse_cidrs(values.get("bound_cidrs") or [])
+        if role is not None:
+            orphan = role.orphan
+            # A role's CIDRs replace the caller's (Vault: roles may widen them on purpose).
+            bound = narrow_cidrs(role.token_bound_cidrs, requested_cidrs)
+        else:
+            if values.get("no_parent"):
+                if not sudo:
+                    raise InvalidRequest("root or sudo privileges required to create orphan token")
+                orphan = True
+            bound = narrow_cidrs(caller.bound_cidrs, requested_cidrs)
         if period and not sudo:
             raise InvalidRequest("root or sudo privileges required to create periodic token")
+        warnings: list[str] = []
+        # The token keeps the request's own explicit max TTL and period; a role's count in the
+        # TTL now and at every renewal, as the role is then (Vault).
+        max_ttl, every = explicit, period
+        if role is not None and token_type != "batch":
+            max_ttl, every, warnings = role_ttls(role, explicit, period)
         mount = self._token_mount(req)
         now = self.store.clock()
         ttl = values.get("ttl", 0) or values.get("lease", 0)
-        warnings: list[str] = []
-        if period or ttl or "root" not in policies:
-            ttl, warnings = calculate_ttl(
+        if every or ttl or "root" not in policies:
+            ttl, capped = calculate_ttl(
                 now=now, default_ttl=mount.default_lease_ttl, mount_max=mount.max_lease_ttl, backend_ttl=ttl,
-                period=period, explicit_max=explicit, start=int(now),
+                period=every, explicit_max=max_ttl, start=int(now),
             )
-        if ttl == 0 and explicit > 0:  # root tokens are bound by their explicit max TTL too
-            ttl = explicit
+            warnings += capped
+        if ttl == 0 and max_ttl > 0:  # root tokens are bound by their explicit max TTL too
+            ttl = max_ttl
         if ttl == 0:
             if caller.ttl != 0:
                 raise InvalidRequest("expiring root tokens cannot create non-expiring root tokens")
             renewable = False
+            bound = []  # a token that never expires is not CIDR-bound either (Vault)
         display = "token"
         if values.get("display_name"):
             display = _DISPLAY_SANITIZE.sub("-", "token-" + values["display_name"]).removesuffix("-")
@@ -269,7 +326,7 @@ class TokenBackend(Backend):
             policies=policies,
             meta=dict(values.get("meta") or {}),
             display_name=display,
-            path=self._mount_path(req) + req.path,
+            path=path,
             mount_accessor=mount.accessor,
             creation_time=int(now),
             ttl=ttl,
@@ -277,10 +334,11 @@ class TokenBackend(Backend):
             explicit_max_ttl=explicit,
             period=period,
             num_uses=num_uses,
-            bound_cidrs=narrow_cidrs(caller.bound_cidrs, parse_cidrs(values.get("bound_cidrs") or [])),
+            bound_cidrs=bound,
             type=token_type,
             renewable=renewable,
-            entity_id=caller.entity_id,
+            entity_id="" if orphan else caller.entity_id,  # Vault: only a child shares its parent's entity
+            role=role.name if role is not None else "",
         )
         raw = await self.store.mint(entry, parent=None if orphan else caller)
         if self.policies is not None:
@@ -290,13 +348,17 @@ class TokenBackend(Backend):
         return Response(auth_block=self.store.auth_block(entry, raw), warnings=warnings)
 
     @staticmethod
-    def _create_policies(values: dict[str, Any], caller: TokenEntry, sudo: bool) -> list[str]:
-        """OpenBao's ``resolveTokenPolicies`` without token roles: the caller's policies when
-        none are asked for; otherwise a subset of them unless the caller has sudo; ``default``
-        added when the caller has it (or has sudo), and removed with ``no_default_policy``."""
+    def _create_policies(values: dict[str, Any], caller: TokenEntry, sudo: bool, role: TokenRole | None) -> list[str]:
+        """OpenBao's ``resolveTokenPolicies``: a role's allowed and disallowed policies when it
+        has any (``role_policies``); else the caller's policies when none are asked for;
+        otherwise a subset of them unless the caller has sudo; ``default`` added when the
+        caller has it (or has sudo), and removed with ``no_default_policy``."""
         no_default = bool(values.get("no_default_policy"))
         requested = values.get("policies") or []
-        if not requested:
+        by_role = role_policies(role, requested, caller.policies, no_default) if role is not None else None
+        if by_role is not None:
+            policies, add_default = by_role, False
+        elif not requested:
             policies, add_default = list(caller.policies), False
         elif not sudo:
             want = set(sanitize_policies(requested)) - {"default"}

@@ -37,6 +37,8 @@ def encode_batch(entry: TokenEntry, key: bytes) -> str:
         "o": entry.parent,
         "n": random_b62(8),  # two identical logins in one second still differ
     }
+    if entry.role:
+        payload["r"] = entry.role
     try:
         encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # e.g. a lone surrogate orjson refuses; json escapes it
@@ -94,6 +96,7 @@ def decode_batch(raw: str, keys: tuple[bytes, ...]) -> TokenEntry | None:
             type="batch",
             renewable=False,
             entity_id=p["i"],
+            role=p.get("r", ""),
         )
     except (ValueError, KeyError, TypeError):
         # Only reachable with a valid signature, i.e. a bug on our side, not an attacker.

@@ -69,6 +69,7 @@ class TokenEntry:
     last_renewal_time: int = 0
     revoke_pending_at: float = 0.0  # when num_uses reached -1
     verifier: str = ""  # HMAC of the raw token (selector rows); "" for HMAC-keyed rows
+    role: str = ""  # the token role it was created against (auth/token/create/<role>)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (what is stored, and what ``Request.token`` carries)."""

@@ -461,7 +461,7 @@ class TokenStore:
             "client_token": raw,
             "accessor": entry.accessor,
             "policies": sanitize_policies([*entry.policies, *identity_policies]) if identity_policies else list(entry.policies),
-            "token_policies": list(entry.policies),
+            "token_policies": list(entry.policies) or None,  # OpenBao: null when there are none
             "metadata": dict(entry.meta) or None,
             "lease_duration": entry.ttl if lease_duration is None else lease_duration,
             "renewable": entry.renewable,
@@ -989,6 +989,8 @@ class TokenStore:
             out["external_namespace_policies"] = {}  # Vault's companion key (no namespaces here)
         if entry.period:
             out["period"] = entry.period
+        if entry.role:
+            out["role"] = entry.role
         if entry.bound_cidrs:
             out["bound_cidrs"] = list(entry.bound_cidrs)
         if entry.last_renewal_time:

@@ -275,6 +275,31 @@ def test_token_lifecycle(vault: ServerProc) -> None:
         root.auth.token.lookup_accessor(other["accessor"])
 
 
+def test_token_roles(vault: ServerProc) -> None:
+    """hvac's token role calls: a role lets a token without those policies create tokens with
+    them; the new token's lookup names its role."""
+    root = vault.client()
+    root.sys.create_or_update_policy(name="deployer", policy='path "auth/token/create/ci" { capabilities = ["update"] }')
+    root.auth.token.create_or_update_role("ci", allowed_policies=["p1", "p2"], orphan=True, token_period="1h")
+    role = root.auth.token.read_role("ci")["data"]
+    assert role["allowed_policies"] == ["p1", "p2"] and role["orphan"] is True and role["token_period"] == 3600
+    assert root.auth.token.list_roles()["data"]["keys"] == ["ci"]
+    deployer = vault.client(token=root.auth.token.create(policies=["deployer"], ttl="1h")["auth"]["client_token"])
+    made = deployer.auth.token.create(role_name="ci", policies=["p2"])["auth"]
+    assert made["policies"] == ["default", "p2"] and made["orphan"] is True and made["lease_duration"] == 3600
+    looked = root.auth.token.lookup(made["client_token"])["data"]
+    assert looked["role"] == "ci" and looked["path"] == "auth/token/create/ci"
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="must be subset of the role's allowed policies"):
+        deployer.auth.token.create(role_name="ci", policies=["p3"])
+    with pytest.raises(hvac.exceptions.Forbidden):  # the ACL names the role: another is not allowed
+        root.auth.token.create_or_update_role("other")
+        deployer.auth.token.create(role_name="other")
+    root.auth.token.delete_role("ci")
+    root.auth.token.delete_role("other")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.auth.token.read_role("ci")
+
+
 def test_is_authenticated(vault: ServerProc) -> None:
     assert vault.client().is_authenticated() is True
     assert vault.client(token="hvs.bogus").is_authenticated() is False

@@ -35,10 +35,12 @@ class Env:
 
     def __init__(self, store: TokenStore, policies: PolicyStore, backend: TokenBackend, root: str, clock: Clock) -> None:
         self.store, self.policies, self.backend, self.root, self.clock = store, policies, backend, root, clock
+        self.mount_storage = InMemoryStorage()  # the token mount's own storage (its roles)
 
     async def call(self, raw: str, path: str, data: dict[str, Any] | None = None, op: Operation = Operation.UPDATE) -> Response | None:
         entry = await self.store.authenticate(raw, "127.0.0.1")
-        req = Request(operation=op, path=path, data=data or {}, system=SYSTEM, token={"entry": entry, "raw": raw})
+        req = Request(operation=op, path=path, data=data or {}, system=SYSTEM, storage=self.mount_storage,
+                      token={"entry": entry, "raw": raw})
         try:
             return await self.backend.handle_request(req)
         finally:
@@ -359,7 +361,7 @@ async def test_unknown_role_and_path(env: Env) -> None:
     with pytest.raises(InvalidRequest, match="unknown role ci"):
         await env.call(env.root, "create/ci", {})
     with pytest.raises(UnsupportedPath):
-        await env.call(env.root, "roles", {})
+        await env.call(env.root, "roles/a/b", {})
 
 
 async def test_tidy(env: Env) -> None:

@@ -362,7 +362,7 @@ DEFAULTS = {
     "mount_accessor": "", "creation_time": 0, "ttl": 0, "expire_time": 0.0, "explicit_max_ttl": 0,
     "max_expire_time": 0.0, "period": 0, "num_uses": 0, "bound_cidrs": [], "parent": None, "orphan": True,
     "type": "service", "renewable": True, "entity_id": "", "internal_data": {}, "last_renewal_time": 0,
-    "revoke_pending_at": 0.0, "verifier": "",
+    "revoke_pending_at": 0.0, "verifier": "", "role": "",
 }
 
 
