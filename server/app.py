@@ -321,7 +321,8 @@ async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
     settings = settings if settings is not None else app[SETTINGS]
     server = AppServer(app)
     try:
-        desired = from_sections(settings.mounts, settings.policies, source=settings.source or "settings")
+        desired = from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles,
+                                source=settings.source or "settings")
         plan = await make_plan(desired, server)
         await apply_plan(plan, server)
     except (GitopsError, ServerError) as exc:

@@ -496,6 +496,12 @@ class Settings:
         kind="mapping", factory=dict, parse=_policies,
         doc="`{policy name: HCL or JSON text}` (a YAML mapping is taken as JSON), applied with `mounts`.",
     )
+    #: ``{token role name: fields}`` written at every start.
+    token_roles: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_roles,
+        doc="Token roles (`auth/token/roles/<name>`: `{role name: fields}`, the fields of the API write), "
+            "applied with `mounts`.",
+    )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),
         section=RateLimitSettings, shown="on, values below",

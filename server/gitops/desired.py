@@ -1,5 +1,5 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
-``mounts`` and ``policies`` sections, validated by the same field schemas and checks as the
+``mounts``, ``policies`` and ``token_roles`` sections, validated by the same field schemas and checks as the
 API writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
@@ -32,6 +32,7 @@ from plugin.schema import Field, FieldSet, FieldType, coerce
 from server.acl.policies import PolicyError, canonical_policy_name, parse_policy
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 from server.settings import MountSeed, SettingsError, settings_from_mapping
+from server.tokens import roles as token_roles
 
 __all__ = [
     "GitopsError",
@@ -44,6 +45,8 @@ __all__ = [
     "ROLE_KEYS",
     "CONFIG_KEYS",
     "TUNE_KEYS",
+    "TOKEN_ROLE_KEYS",
+    "TOKEN_ROLE_DEFAULTS",
     "SENSITIVE",
     "empty",
 ]
@@ -55,6 +58,11 @@ CONFIG_KEYS = tuple(n for n, f in CONFIG_FIELDS.items() if not f.sensitive)
 SENSITIVE = tuple(n for n, f in CONFIG_FIELDS.items() if f.sensitive)
 #: A mount's tune values (its description is a key of the mount).
 TUNE_KEYS = tuple(MOUNT_CONFIG_FIELDS)
+#: A token role's fields compared and written: all but the name and the deprecated spellings.
+TOKEN_ROLE_KEYS = tuple(n for n, f in token_roles.ROLE_FIELDS.items()
+                        if f.type is not FieldType.NAME and n not in token_roles.DEPRECATED)
+#: A token role's values as a new role has them (the GET leaves out an unset CIDR list and use count).
+TOKEN_ROLE_DEFAULTS = {k: token_roles.ROLE_FIELDS[k].default_value() for k in TOKEN_ROLE_KEYS}
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
 
@@ -132,6 +140,8 @@ class Desired:
     policies: dict[str, str] = field(default_factory=dict)
     #: Where each policy is in the file (``policies.deploy``).
     policy_where: dict[str, str] = field(default_factory=dict)
+    #: Token roles by name (names are case-sensitive, as Vault's).
+    token_roles: dict[str, DesiredRole] = field(default_factory=dict)
 
 
 def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desired:
@@ -151,7 +161,7 @@ def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desi
         settings = settings_from_mapping(raw if raw is not None else {})
     except SettingsError as exc:
         raise GitopsError(str(exc), source=source) from exc
-    return from_sections(settings.mounts, settings.policies, source=source, env=env)
+    return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, source=source, env=env)
 
 
 def from_sections(
@@ -159,9 +169,10 @@ def from_sections(
     policies: Mapping[str, str],
     *,
     source: str,
+    token_roles: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Desired:
-    """Validate parsed ``mounts`` and ``policies`` sections (``Settings``' own).
+    """Validate parsed ``mounts``, ``policies`` and ``token_roles`` sections (``Settings``' own).
 
     :raises GitopsError: the first problem, naming ``source``, the object and the field.
     """
@@ -186,6 +197,8 @@ def from_sections(
                                   address=f"policy {canonical}", where=where)
             desired.policies[canonical] = text
             desired.policy_where[canonical] = where
+        for name, values in (token_roles or {}).items():
+            desired.token_roles[name] = _token_role(str(name), dict(values), f"token_roles.{name}", environ)
     except GitopsError as exc:
         raise exc.located(source=source) from None
     return desired
@@ -267,6 +280,25 @@ def _role(
     public = role.public()
     body = {k: _written(ROLE_FIELDS[k], public.get(k)) for k in ROLE_KEYS}
     return DesiredRole(name=canonical, where=where, public={k: public.get(k) for k in ROLE_KEYS}, body=body)
+
+
+def _token_role(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
+    address = f"token-role {name}"
+    if not re.fullmatch(token_roles.ROLE_NAME_RE, name):
+        raise GitopsError(f"invalid token role name {name!r}", address=address, where=where)
+    _check_known(token_roles.ROLE_FIELDS, values, address=address, where=where)
+    coerced: dict[str, Any] = {}
+    for key, value in values.items():
+        value = _resolve(value, address=address, where=where, field=key, env=env)
+        coerced[key] = _coerce(token_roles.ROLE_FIELDS, key, value, address=address, where=where)
+    role = token_roles.TokenRole(name=name)
+    try:
+        token_roles.apply_role_write(role, coerced, max_lease_ttl=0)
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where) from None
+    public = {**TOKEN_ROLE_DEFAULTS, **{k: v for k, v in role.public().items() if k in TOKEN_ROLE_KEYS}}
+    body = {k: _written(token_roles.ROLE_FIELDS[k], public[k]) for k in TOKEN_ROLE_KEYS}
+    return DesiredRole(name=name, where=where, public=public, body=body)
 
 
 def _written(spec: Field, value: Any) -> Any:

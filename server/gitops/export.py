@@ -1,5 +1,5 @@
 """``authmount export``: a server's live state as an apply file (the settings file's
-``mounts`` and ``policies``), from authmount, Vault or OpenBao (the same API).
+``mounts``, ``policies`` and ``token_roles``), from authmount, Vault or OpenBao (the same API).
 
 Only values that differ from a field's default are written, durations as ``20m``/``1h``.
 Secrets are never readable: each one that is set is written as ``${env:NAME}``, which
@@ -20,9 +20,10 @@ from plugin import registry
 from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS, KEY_SOURCES, PROVIDER_SECRETS
 from plugin.path_role import ROLE_FIELDS, Role
 from plugin.schema import Field, FieldType
-from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TUNE_KEYS, empty
+from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TOKEN_ROLE_DEFAULTS, TOKEN_ROLE_KEYS, TUNE_KEYS, empty
 from server.gitops.live import Server
 from server.mounts import MOUNT_CONFIG_FIELDS
+from server.tokens import roles as token_roles
 
 __all__ = ["Export", "export_state", "dump_yaml", "env_name"]
 
@@ -114,6 +115,18 @@ async def export_state(server: Server) -> Export:
     if policies:
         out.document["policies"] = policies
     out.notes.append("not exported: the built-in policies default and root (declare default to manage it)")
+    made_by_roles: dict[str, Any] = {}
+    for name in sorted(await server.keys("auth/token/roles")):
+        data = await server.read(f"auth/token/roles/{name}")
+        if data is not None:
+            where = f"token_roles.{name}"
+            made_by_roles[name] = {
+                k: _value(token_roles.ROLE_FIELDS[k], data[k]) for k in TOKEN_ROLE_KEYS
+                if k in data and _differs(data[k], TOKEN_ROLE_DEFAULTS[k])
+            }
+            _unknown({k: v for k, v in data.items() if k != "name"}, token_roles.ROLE_FIELDS.fields, where, out)
+    if made_by_roles:
+        out.document["token_roles"] = made_by_roles
     return out
 
 

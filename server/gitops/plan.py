@@ -23,6 +23,8 @@ from plugin.path_role import Role
 from server.gitops.desired import (
     CONFIG_KEYS,
     ROLE_KEYS,
+    TOKEN_ROLE_DEFAULTS,
+    TOKEN_ROLE_KEYS,
     TUNE_KEYS,
     Desired,
     DesiredConfig,
@@ -130,7 +132,7 @@ class Plan:
 @dataclass(frozen=True, slots=True)
 class Target:
     """``--target kind:name``: ``mount:jwt`` (the mount, its config and its roles),
-    ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``."""
+    ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``, ``token-role:ci``."""
 
     kind: str
     name: str
@@ -148,8 +150,8 @@ def parse_target(text: str) -> Target:
     """
     kind, sep, name = text.partition(":")
     if not sep or not name.strip("/"):
-        raise ValueError(f"invalid target {text!r}: use mount:<path>, config:<path>, role:<path>/<name> or "
-                         "policy:<name>")
+        raise ValueError(f"invalid target {text!r}: use mount:<path>, config:<path>, role:<path>/<name>, "
+                         "policy:<name> or token-role:<name>")
     if kind in ("mount", "config"):
         return Target(kind, normalize_path(name))
     if kind == "role":
@@ -159,7 +161,9 @@ def parse_target(text: str) -> Target:
         return Target(kind, normalize_path(mount) + role.lower())
     if kind == "policy":
         return Target(kind, name.lower())
-    raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy")
+    if kind == "token-role":
+        return Target(kind, name)  # token role names keep their case, as Vault's
+    raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role")
 
 
 def _selected(targets: Sequence[Target], kind: str, name: str) -> bool:
@@ -219,6 +223,7 @@ async def make_plan(
     live_mounts = await server.mounts()
 
     await _plan_policies(plan, desired, server, prune=prune, targets=targets)
+    await _plan_token_roles(plan, desired, server, prune=prune, targets=targets)
     for path, mount in desired.mounts.items():
         await _plan_mount(plan, mount, live_mounts.get(path), server, prune=prune, targets=targets)
     for path, live in sorted(live_mounts.items()):
@@ -231,10 +236,11 @@ async def make_plan(
             plan.changes.append(Change("delete", "mount", address, "", _disable(path), mount=path))
         else:
             plan.extras.append(address)
-    # Deletions last: roles of kept mounts, then mounts, then policies.
+    # Deletions last: roles of kept mounts and token roles, then mounts, then policies.
     last = {("delete", "mount"): 1, ("delete", "policy"): 2}
     plan.changes.sort(key=lambda c: last.get((c.action, c.kind), 0))
     known = [("policy", n) for n in desired.policies] + [("mount", p) for p in live_mounts]
+    known += [("token-role", n) for n in desired.token_roles]
     for mount in desired.mounts.values():
         known += [("mount", mount.path), *_children(mount)]
     for address in [c.address for c in plan.changes] + plan.extras:
@@ -271,6 +277,32 @@ async def _plan_policies(
             plan.changes.append(Change("delete", "policy", f"policy {name}", "", _delete_policy(name)))
         else:
             plan.extras.append(f"policy {name}")
+
+
+async def _plan_token_roles(
+    plan: Plan, desired: Desired, server: Server, *, prune: bool, targets: Sequence[Target]
+) -> None:
+    live_names = set(await server.keys("auth/token/roles"))
+    for name, role in desired.token_roles.items():
+        if not _selected(targets, "token-role", name):
+            continue
+        address, path = f"token-role {name}", f"auth/token/roles/{name}"
+        current = await server.read(path) if name in live_names else None
+        if current is None:
+            fields = _created(TOKEN_ROLE_KEYS, role.public, TOKEN_ROLE_DEFAULTS)
+            plan.changes.append(Change("create", "token-role", address, role.where, _write(path, role.body), fields))
+            continue
+        fields = _diff(TOKEN_ROLE_KEYS, {**TOKEN_ROLE_DEFAULTS, **current}, role.public)
+        if fields:
+            plan.changes.append(Change("update", "token-role", address, role.where, _write(path, role.body), fields))
+    for name in sorted(live_names - set(desired.token_roles)):
+        if not _selected(targets, "token-role", name):
+            continue
+        if prune:
+            plan.changes.append(Change("delete", "token-role", f"token-role {name}", "",
+                                       _delete(f"auth/token/roles/{name}")))
+        else:
+            plan.extras.append(f"token-role {name}")
 
 
 async def _plan_mount(

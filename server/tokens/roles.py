@@ -17,7 +17,7 @@ from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.policyutil import sanitize_policies
 from plugin.schema import Field, FieldSet, FieldType
 
-__all__ = ["TokenRole", "ROLE_PREFIX", "ROLE_FIELDS", "role_paths", "load_role", "role_policies", "role_ttls",
+__all__ = ["TokenRole", "ROLE_PREFIX", "ROLE_FIELDS", "ROLE_NAME_RE", "DEPRECATED", "apply_role_write", "role_paths", "load_role", "role_policies", "role_ttls",
            "check_entity_alias"]
 
 #: Where a role is stored in the token mount's storage.
@@ -61,6 +61,10 @@ ROLE_FIELDS = FieldSet({
     "explicit_max_ttl": _f(FieldType.DURATION, "Deprecated: use token_explicit_max_ttl.", 0),
     "bound_cidrs": _f(FieldType.COMMA_STRING_SLICE, "Deprecated: use token_bound_cidrs."),
 })
+
+
+#: The deprecated spellings of ``token_period``, ``token_explicit_max_ttl`` and ``token_bound_cidrs``.
+DEPRECATED = ("period", "explicit_max_ttl", "bound_cidrs")
 
 
 @dataclass

@@ -119,6 +119,11 @@ def _configure(address: str) -> None:
     _vault(address, "PUT", "sys/policies/acl/deploy",
            {"policy": 'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}\n'})
     _vault(address, "PUT", "sys/policies/acl/ops", {"policy": 'path "sys/auth" { capabilities = ["read", "sudo"] }'})
+    _vault(address, "POST", "auth/token/roles/nomad-cluster", {
+        "allowed_policies": ["deploy"], "disallowed_policies": ["ops"], "orphan": True, "token_period": "72h",
+        "path_suffix": "v1.0", "token_explicit_max_ttl": "0", "renewable": True,
+    })
+    _vault(address, "POST", "auth/token/roles/ci-batch", {"token_type": "batch", "orphan": True, "renewable": False})
 
 
 def _body(text: str) -> str:
@@ -136,6 +141,10 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     assert doc["mounts"][0]["tune"] == {"default_lease_ttl": "20m", "max_lease_ttl": "1h"}
     assert [m["path"] for m in doc["mounts"]] == ["ci/jwt", "oidc"]
     assert sorted(doc["policies"]) == ["deploy", "ops"]
+    assert doc["token_roles"]["nomad-cluster"] == {
+        "allowed_policies": ["deploy"], "disallowed_policies": ["ops"], "orphan": True, "path_suffix": "v1.0",
+        "token_period": "72h",
+    }
     # The file describes OpenBao exactly: planned against it, nothing to change.
     against_bao = authmount("apply", "-f", "bao.yaml", "--dry-run", "--detailed-exitcode", cwd=tmp_path,
                             address=openbao, token="root")
@@ -144,7 +153,7 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     with start_server(dev=True, workdir=tmp_path) as srv:
         first = authmount("apply", "-f", "bao.yaml", cwd=tmp_path, address=srv.url, token=srv.root_token or "")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Apply complete: 7 created, 0 updated, 0 deleted." in first.stdout
+        assert "Apply complete: 9 created, 0 updated, 0 deleted." in first.stdout
         again = authmount("apply", "-f", "bao.yaml", "--detailed-exitcode", cwd=tmp_path, address=srv.url,
                           token=srv.root_token or "")
         assert again.returncode == 0 and "no changes" in again.stdout, again.stdout
@@ -154,6 +163,10 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
         # and the migrated role behaves: its batch tokens and glob claims are authmount's now
         client = srv.client()
         assert client.auth.jwt.read_role("deploy", path="ci/jwt")["data"]["token_type"] == "batch"
+        # and so do the token roles: a token of the Nomad role
+        made = client.auth.token.create(role_name="nomad-cluster")["auth"]
+        assert made["policies"] == ["default", "deploy"] and made["orphan"] is True
+        assert made["lease_duration"] == 72 * 3600
 
 
 @pytest.fixture

@@ -63,7 +63,8 @@ def document(**changes: Any) -> dict[str, Any]:
 
 def desired(doc: dict[str, Any], secret: str = SECRET) -> Desired:
     settings = settings_from_mapping(doc)
-    return from_sections(settings.mounts, settings.policies, source="gitops.yaml", env={"HMAC_SECRET": secret})
+    return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, source="gitops.yaml",
+                         env={"HMAC_SECRET": secret})
 
 
 @pytest.fixture
@@ -394,3 +395,61 @@ async def test_export_from_a_vault_names_what_it_cannot_carry() -> None:
         "not exported: the built-in policies default and root (declare default to manage it)",
     ]
 
+
+
+# -- token roles -----------------------------------------------------------------------------
+TOKEN_ROLES = {
+    "ci": {"allowed_policies": ["deploy"], "orphan": True, "token_period": "1h", "path_suffix": "v1.0"},
+    "Batch": {"token_type": "batch", "orphan": True, "renewable": False, "token_bound_cidrs": ["10.0.0.0/8"]},
+}
+
+
+async def test_token_roles_are_applied_compared_and_pruned(server: HttpServer, client: Client) -> None:
+    """Token roles in the file: created, then no changes, drift corrected field by field, a
+    role not in the file listed, deleted only with prune; names keep their case."""
+    plan = await applied(server, {"token_roles": TOKEN_ROLES})
+    assert [(c.action, c.address) for c in plan.changes] == [("create", "token-role ci"),
+                                                             ("create", "token-role Batch")]
+    assert fields_of(plan, "token-role ci")["token_period"] == ("", "3600")
+    role = (await (await client.get("/v1/auth/token/roles/Batch", headers=H)).json())["data"]
+    assert role["token_type"] == "batch" and role["token_bound_cidrs"] == ["10.0.0.0/8"]
+    assert (await make_plan(desired({"token_roles": TOKEN_ROLES}), server)).changes == []
+    await client.post("/v1/auth/token/roles/ci", headers=H, json={"allowed_policies": ["deploy", "admin"],
+                                                                   "token_num_uses": 2})
+    await client.post("/v1/auth/token/roles/extra", headers=H, json={})
+    plan = await make_plan(desired({"token_roles": TOKEN_ROLES}), server)
+    assert fields_of(plan, "token-role ci") == {"allowed_policies": ('["admin", "deploy"]', '["deploy"]'),
+                                                "token_num_uses": ("2", "0")}
+    assert plan.extras == ["token-role extra"]
+    await apply_plan(await make_plan(desired({"token_roles": TOKEN_ROLES}), server, prune=True), server)
+    assert (await make_plan(desired({"token_roles": TOKEN_ROLES}), server, prune=True)).changes == []
+    keys = (await (await client.request("LIST", "/v1/auth/token/roles", headers=H)).json())["data"]["keys"]
+    assert sorted(keys) == ["Batch", "ci"]
+    narrowed = await make_plan(desired({"token_roles": {}}), server, prune=True,
+                               targets=[parse_target("token-role:Batch")])
+    assert [(c.action, c.address) for c in narrowed.changes] == [("delete", "token-role Batch")]
+
+
+@pytest.mark.parametrize(("roles", "message"), [
+    ({"ci": {"allowed_policy": ["a"]}}, "gitops.yaml: token_roles.ci: unrecognized parameters: [allowed_policy]; "
+                                         "allowed_policy: did you mean allowed_policies?"),
+    ({"ci": {"token_type": "batch"}}, "'token_type' cannot be 'batch' when role is set to generate non-orphan tokens"),
+    ({"a b": {}}, "invalid token role name 'a b'"),
+])
+async def test_an_invalid_token_role_is_refused_before_any_write(
+    server: HttpServer, client: Client, roles: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(GitopsError) as exc:
+        desired({"token_roles": roles})
+    assert message in str(exc.value)
+    assert (await client.request("LIST", "/v1/auth/token/roles", headers=H)).status == 404
+
+
+async def test_token_roles_export_and_apply_round_trip(server: HttpServer, client: Client) -> None:
+    await applied(server, {"token_roles": TOKEN_ROLES})
+    exported = await export_state(server)
+    assert exported.document["token_roles"] == {
+        "Batch": {"orphan": True, "renewable": False, "token_type": "batch", "token_bound_cidrs": ["10.0.0.0/8"]},
+        "ci": {"allowed_policies": ["deploy"], "orphan": True, "path_suffix": "v1.0", "token_period": "1h"},
+    }
+    assert (await make_plan(desired(exported.document), server)).changes == []

@@ -181,3 +181,12 @@ async def test_seed_is_callable_again_and_returns_its_plan() -> None:
     async with started(seeded(), InMemoryStorage()) as app:
         plan = await seed(app)
         assert plan.changes == [] and "no changes" in plan.render()
+
+
+async def test_token_roles_are_seeded_and_seeding_again_writes_nothing() -> None:
+    settings = seeded(token_roles={"ci": {"allowed_policies": ["deploy"], "orphan": True, "token_period": "1h"}})
+    async with started(settings, InMemoryStorage()) as app:
+        token_mount = app[MOUNTS].mounts["token/"]
+        stored = await token_mount.storage.get("role/ci")
+        assert stored is not None and stored["allowed_policies"] == ["deploy"] and stored["token_period"] == 3600
+        assert (await seed(app)).changes == []  # seeded again: nothing to write
