@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,18 +53,29 @@ class Env:
         return resp.auth_block
 
 
-@pytest.fixture
-async def env() -> Any:
+@asynccontextmanager
+async def token_env(policies: dict[str, str]) -> AsyncIterator[Env]:
+    """A token store on memory storage with these policies written, its backend and a root token."""
     clock = Clock()
     store = TokenStore(InMemoryStorage(), clock=clock)
     await store.start(sweep=False)
-    policies = PolicyStore(store.storage)
-    await policies.put("dev", 'path "secret/*" { capabilities = ["read"] }')
-    await policies.put("ops", 'path "ops/*" { capabilities = ["read"] }')
-    await policies.put("tokenadmin", 'path "auth/token/*" { capabilities = ["create", "update", "sudo"] }')
-    backend = TokenBackend(store, policies=policies)
-    yield Env(store, policies, backend, await store.create_root(), clock)
-    await store.close()
+    policy_store = PolicyStore(store.storage)
+    for name, text in policies.items():
+        await policy_store.put(name, text)
+    try:
+        yield Env(store, policy_store, TokenBackend(store, policies=policy_store), await store.create_root(), clock)
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[Env]:
+    async with token_env({
+        "dev": 'path "secret/*" { capabilities = ["read"] }',
+        "ops": 'path "ops/*" { capabilities = ["read"] }',
+        "tokenadmin": 'path "auth/token/*" { capabilities = ["create", "update", "sudo"] }',
+    }) as made:
+        yield made
 
 
 async def test_hvac_create_as_root(env: Env) -> None:

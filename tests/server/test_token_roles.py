@@ -4,34 +4,26 @@ checked side by side in tests/e2e/test_openbao_differential.py."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation
-from plugin.storage import InMemoryStorage
-from server.acl.policies import PolicyStore
-from server.tokens.backend import TokenBackend
 from server.tokens.batch import decode_batch, encode_batch
 from server.tokens.entry import TokenEntry
-from server.tokens.store import TokenStore
-from tests.server.test_token_backend import Clock, Env
+from tests.server.test_token_backend import Env, token_env
 
 READ_X = 'path "x" { capabilities = ["read"] }'
 
 
 @pytest.fixture
-async def env() -> Any:
-    clock = Clock()
-    store = TokenStore(InMemoryStorage(), clock=clock)
-    await store.start(sweep=False)
-    policies = PolicyStore(store.storage)
-    for name in ("a", "b", "c-1", "c-2", "p"):
-        await policies.put(name, READ_X)
-    await policies.put("creator", 'path "auth/token/*" { capabilities = ["create", "update", "read"] }')
-    yield Env(store, policies, TokenBackend(store, policies=policies), await store.create_root(), clock)
-    await store.close()
+async def env() -> AsyncIterator[Env]:
+    policies = dict.fromkeys(("a", "b", "c-1", "c-2", "p"), READ_X)
+    policies["creator"] = 'path "auth/token/*" { capabilities = ["create", "update", "read"] }'
+    async with token_env(policies) as made:
+        yield made
 
 
 async def _role(env: Env, name: str, body: dict[str, Any]) -> list[str]:
