@@ -22,11 +22,12 @@ __all__ = ["TokenRole", "ROLE_PREFIX", "ROLE_FIELDS", "ROLE_NAME_RE", "DEPRECATE
 
 #: Where a role is stored in the token mount's storage.
 ROLE_PREFIX = "role/"
-#: Vault's ``framework.GenericNameRegex``: word characters, and ``-`` or ``.`` inside.
-ROLE_NAME_RE = r"\w(?:[\w.-]*\w)?"
+#: Vault's ``framework.GenericNameRegex``: (ASCII, as Go's ``\w``) word characters, and ``-``
+#: or ``.`` inside.
+ROLE_NAME_RE = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 #: A path suffix must contain such a run of three characters or more (Vault searches, it
-#: does not anchor: ``v1/a`` passes).
-_PATH_SUFFIX = re.compile(r"\w[\w.-]+\w")
+#: does not anchor: ``v1.0/a`` passes).
+_PATH_SUFFIX = re.compile(r"\w[\w.-]+\w", re.ASCII)
 _TOKEN_TYPES = {"service": "service", "batch": "batch", "default-service": "default-service",
                 "default-batch": "default-batch"}
 
