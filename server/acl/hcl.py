@@ -60,7 +60,11 @@ def _tokenize(text: str) -> list[_Tok]:
                 raise HCLError(f"invalid string escape on line {line}") from None
             out.append(_Tok("string", value, line))
         elif kind == "number":
-            out.append(_Tok("number", float(raw) if any(c in raw for c in ".eE") else int(raw), line))
+            try:
+                number: Any = float(raw) if any(c in raw for c in ".eE") else int(raw)
+            except ValueError:  # more digits than Python converts (4300): no policy needs such a number
+                raise HCLError(f"number too long on line {line}") from None
+            out.append(_Tok("number", number, line))
         elif kind == "ident":
             if raw in ("true", "false"):
                 out.append(_Tok("bool", raw == "true", line))

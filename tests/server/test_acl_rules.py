@@ -280,6 +280,8 @@ HCL_ERRORS: list[tuple[str, str, str]] = [
     ("JSON that does not parse", "{bad",
      "invalid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
     ("JSON nested too deeply", '{"a":' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON: nesting too deep"),
+    # More digits than Python converts: a ValueError, which was a 500.
+    ("a number of 4301 digits", "x = " + "9" * 4301, "number too long on line 1"),
 ]
 
 
