@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from plugin import jsonlimits
 from plugin.errors import InvalidRequest
 from plugin.sealing import Sealer, is_sealed
 
@@ -192,7 +193,9 @@ _GO_UNITS = {
     "h": 3600.0,
 }
 _GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_MAX_SECONDS = 2**53  # far beyond any sane TTL; keeps arithmetic exact
+#: The longest duration: what Go's ``time.Duration`` (int64 nanoseconds) holds, about 292 years,
+#: as Vault refuses longer ones (an expiry then always has a four-digit year).
+_MAX_SECONDS = (2**63 - 1) // 1_000_000_000
 #: An int field holds what Vault's (Go's) int holds, and what storage can encode.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 
@@ -280,13 +283,19 @@ def format_duration(seconds: int) -> str:
 # Coercion
 
 
+#: How much of a refused input an error message repeats.
+_SHOWN_INPUT = 200
+
+
 def _fail(name: str, raw: Any, reason: str, sensitive: bool = False) -> InvalidRequest:
     # a sensitive value (a JWT, a client secret) is never echoed, whatever its shape
     if sensitive:
         shown = "(sensitive value)"
     else:
-        # as the caller wrote it: JSON for everything but a string (``true``, not Python's ``True``)
-        shown = raw if isinstance(raw, str) else json.dumps(raw)[:200]
+        # as the caller wrote it: JSON for everything but a string (``true``, not Python's
+        # ``True``); a long one cut, so an answer never repeats a whole large body
+        text = raw if isinstance(raw, str) else json.dumps(raw)
+        shown = text if len(text) <= _SHOWN_INPUT else f"{text[:_SHOWN_INPUT]}… ({len(text)} characters)"
     return InvalidRequest(
         f'Field validation failed: error converting input {shown} for field "{name}": {reason}'
     )
@@ -386,7 +395,7 @@ def _coerce(ftype: FieldType, raw: Any) -> Any:
             return {}
         if isinstance(raw, str):
             try:
-                raw = json.loads(raw)
+                raw = jsonlimits.loads(raw)  # nested too deeply: a ValueError too, not a RecursionError
             except ValueError:
                 raise ValueError("expected a JSON object") from None
         if not isinstance(raw, dict):
@@ -411,7 +420,7 @@ def _coerce(ftype: FieldType, raw: Any) -> Any:
             return []
         if isinstance(raw, str):
             try:
-                raw = json.loads(raw)
+                raw = jsonlimits.loads(raw)  # nested too deeply: a ValueError too, not a RecursionError
             except ValueError:
                 raise ValueError("expected a JSON array") from None
         if not isinstance(raw, list):

@@ -81,7 +81,11 @@ def calculate_ttl(
 
 @lru_cache(maxsize=4096)
 def rfc3339(ts: float) -> str:
-    """Unix seconds → RFC 3339 in UTC, the way Go marshals ``time.Time``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    """Unix seconds → RFC 3339 in UTC, the way Go marshals ``time.Time``; a time past the
+    year 9999 (which no TTL reaches: durations end at 292 years) is shown as its last second."""
+    return datetime.fromtimestamp(min(ts, _LAST_SECOND), UTC).isoformat().replace("+00:00", "Z")
+
+
+_LAST_SECOND = 253402300799.0  # 9999-12-31T23:59:59Z
 
 

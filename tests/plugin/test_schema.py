@@ -78,7 +78,15 @@ def test_coerce(ftype: FieldType, raw: Any, expect: Any) -> None:
 
 
 LONG_DURATIONS = ["9" * 400, "9" * 400 + "s", "-" + "9" * 400 + "s", "1" + "0" * 300 + "h", "9" * 5000,
-                  "9" * 400 + "d", "9" * 63 + "h", "1." + "9" * 400 + "s", "9223372036854775807s"]
+                  "9" * 400 + "d", "9" * 63 + "h", "1." + "9" * 400 + "s", "9223372036854775807s",
+                  # past what Go's time.Duration holds (about 292 years): Vault refuses it too
+                  "9223372037", "9223372037s", "2562048h", "106752d", "300000000000"]
+
+
+@pytest.mark.parametrize("raw", ["9223372036", "9223372036s", "2562047h", "106751d"])
+def test_the_longest_duration_is_gos(raw: str) -> None:
+    """A token may live 292 years at most, so its expiry always has a four-digit year."""
+    assert coerce("ttl", Field(T.DURATION, "d"), raw) <= 9223372036
 
 
 @pytest.mark.parametrize("ftype", [T.DURATION, T.SIGNED_DURATION])
@@ -223,3 +231,14 @@ def test_the_input_is_echoed_as_json(raw: Any, shown: str) -> None:
     with pytest.raises(InvalidRequest, match="^Field validation failed: error converting input (.*) for field") as raised:
         coerce("f", Field(FieldType.INT, "A number."), raw)
     assert str(raised.value).startswith(f'Field validation failed: error converting input {shown} for field "f": ')
+
+
+@pytest.mark.parametrize(("ftype", "kind"), [(T.MAP, "object"), (T.SLICE, "array")])
+@pytest.mark.parametrize("depth", [150, 5000])
+def test_a_json_string_nested_too_deeply_is_a_400(ftype: FieldType, kind: str, depth: int) -> None:
+    """A map or list field given as a JSON string: a deep one raised RecursionError (a 500)."""
+    with pytest.raises(InvalidRequest) as exc:
+        coerce("provider_config", Field(ftype, "d"), "[" * depth + "]" * depth)
+    message = str(exc.value)
+    assert message.endswith(f'for field "provider_config": expected a JSON {kind}')
+    assert f"… ({2 * depth} characters)" in message and len(message) < 400  # the input is cut

@@ -303,6 +303,13 @@ def test_rfc3339(ts: float) -> None:
     assert ttl.rfc3339(ts) == datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
+@pytest.mark.parametrize("ts", [253402300800.0, 1e13, 9e15])
+def test_rfc3339_past_the_year_9999_is_its_last_second(ts: float) -> None:
+    """``datetime`` ends with the year 9999: a lookup of a token expiring later was a 500.
+    Durations now end at Go's 292 years, so no expiry gets there; the display holds anyway."""
+    assert ttl.rfc3339(ts) == "9999-12-31T23:59:59Z"
+
+
 # -- SQLite engine -------------------------------------------------------------------------------
 
 
