@@ -433,8 +433,8 @@ class AuditBroker:
         try:
             active = self.active
             for lines, device in zip(batch.lines, batch.devices, strict=True):
-                if not any(d is device for d in active):
-                    continue  # disabled (or the server stopped) since: its sink is closed
+                if not lines or not any(d is device for d in active):
+                    continue  # no entry (its building failed), or disabled since: its sink is closed
                 if device.put(b"".join(lines) if len(lines) > 1 else lines[0]):
                     ok = True
         finally:  # whatever a sink raised, no request is left waiting

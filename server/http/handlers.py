@@ -10,9 +10,11 @@ from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.framework import Backend, Connection, Operation, Request, Response, Route
+from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
 from plugin.schema import parse_duration
 from server.acl.policies import PolicyStore
 from server.appkeys import (
@@ -157,6 +159,12 @@ async def read_body(request: web.Request) -> dict[str, Any]:
                 raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge → 413
         except TimeoutError:
             raise web.HTTPRequestTimeout(reason="request body not received in time") from None
+        except RequestPayloadError:  # a body its Content-Encoding cannot decode (bad gzip)
+            encoding = request.headers.get("Content-Encoding", "")[:32]
+            refused = InvalidRequest(f"error reading the request body: it is not valid {encoding!r}")
+            # aiohttp closes the connection after the answer (the rest of the body is unreadable): say so.
+            refused.headers = {"Connection": "close"}  # type: ignore[attr-defined]
+            raise refused from None
     stripped = raw.lstrip()
     if not stripped:
         return {}
@@ -167,6 +175,10 @@ async def read_body(request: web.Request) -> dict[str, Any]:
         except UnicodeDecodeError as exc:
             raise InvalidRequest("error parsing form: invalid UTF-8") from exc
         return _multi(parse_qsl(text, keep_blank_values=True))
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and too_deep(raw.decode("utf-8", "replace")):
+        # Deeper than anything the API takes; orjson would read it, then fail to write it
+        # to storage or the audit log (its limit is 255 levels).
+        raise InvalidRequest(f"error parsing JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from server.appkeys import REQUEST_HANDLER
 from server.http.connguard import ConnectionGuard
@@ -318,6 +318,16 @@ class ListVerbRequestHandler(RequestHandler):
         if not self._request_in_progress and self._waiter is not None:
             self._waiter.cancel()
         await super().shutdown(timeout)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A body its ``Content-Encoding`` cannot decode (bad gzip) was answered 400 by the
+        handler; aiohttp then meets the same error again while it reads the rest of the body,
+        and closes the connection. That is one log line, not a traceback any caller could
+        fill the log with."""
+        if isinstance(kw.get("exc_info"), RequestPayloadError):
+            log.info("http_malformed", reason="request body could not be decoded", status=400)
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None

@@ -806,6 +806,31 @@ async def test_entries_of_one_turn_go_out_in_one_write_and_a_cancelled_request_f
     assert len(writes) == 2
 
 
+async def test_an_entry_that_cannot_be_built_leaves_the_turn_writing_the_others(tmp_path: Path) -> None:
+    """A request whose entry could not be built (a value orjson refuses: a 500 for that
+    request) opened the turn's batch first; its flush then met an empty batch (IndexError in
+    the loop's callback). The next request's entry still goes out."""
+    from server.audit.broker import AuditBroker
+    from server.audit.entry import probe_record
+    from server.keyring import PROCESS_SEALER
+
+    broker = AuditBroker(InMemoryStorage(), PROCESS_SEALER)
+    log_path = tmp_path / "audit.log"
+    await broker.enable("file", "file", options={"file_path": str(log_path)})
+    before = log_path.read_text().count("\n")  # enabling writes a test entry
+    bad = probe_record()
+    bad.data = {"x": {"a": 2**70}}  # no JSON integer orjson writes
+    with pytest.raises(TypeError):
+        broker.log_request(bad)
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+    await asyncio.sleep(0)  # the empty batch's flush runs
+    pending = broker.log_request(probe_record())
+    assert pending is not None
+    await pending
+    assert loop_errors == [] and log_path.read_text().count("\n") == before + 1
+
+
 async def test_a_sink_that_raises_something_unexpected_fails_its_requests_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
