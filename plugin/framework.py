@@ -13,12 +13,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from plugin import pathdoc
 from plugin.errors import NotFound, PluginError, UnsupportedOperation, UnsupportedPath
-from plugin.schema import FieldSet
+from plugin.schema import FieldSet, FieldType
 from plugin.sealing import EphemeralSealer, Sealer
 from plugin.storage import Storage
 
@@ -326,6 +327,9 @@ class PathSpec:
     sudo: bool = False
     #: If set, CREATE vs UPDATE is decided by this; else writes are UPDATE.
     existence_check: Callable[[Request, dict[str, Any]], Awaitable[bool]] | None = None
+    #: Success statuses besides 200/204 a handler answers (``auth/token/tidy``: 202), for the
+    #: OpenAPI document.
+    statuses: tuple[int, ...] = ()
     compiled: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -515,8 +519,11 @@ _OPENAPI_RESPONSES = {
     "get": {"200": {"description": "OK"}, "default": _OPENAPI_ERROR},
     "post": {"200": {"description": "OK, with a body"}, "204": {"description": "OK, no body"},
              "default": _OPENAPI_ERROR},
-    "delete": {"204": {"description": "OK, no body"}, "default": _OPENAPI_ERROR},
+    # 200: with warnings (an ignored parameter, say)
+    "delete": {"200": {"description": "OK, with warnings"}, "204": {"description": "OK, no body"},
+               "default": _OPENAPI_ERROR},
 }
+_NAMED_GROUP = re.compile(r"\(\?P<(\w+)>")
 
 
 def _openapi_path(spec: PathSpec, mount_prefix: str) -> tuple[str, dict[str, Any]]:
@@ -530,11 +537,17 @@ def _openapi_path(spec: PathSpec, mount_prefix: str) -> tuple[str, dict[str, Any
     entry: dict[str, Any] = {}
     captures = re.findall(r"\{(\w+)\}", route)
     if captures:
+        groups = _group_patterns(spec.pattern)
         entry["parameters"] = [{
-            "name": name, "in": "path", "required": True, "schema": {"type": "string"},
+            "name": name, "in": "path", "required": True,
+            "schema": {"type": "string", **({"pattern": f"^{groups[name]}$"} if name in groups else {})},
             "description": spec.fields[name].description if name in spec.fields else "",
         } for name in captures]
-    body = {"content": {"application/json": {"schema": {"type": "object", "properties": spec.fields.openapi()}}}}
+    schema: dict[str, Any] = {"type": "object", "properties": spec.fields.openapi()}
+    required = [n for n, f in spec.fields.items() if f.required and f.type is not FieldType.NAME]
+    if required:
+        schema["required"] = required
+    body = {"content": {"application/json": {"schema": schema}}}
     for op in spec.operations:
         if op not in _OPENAPI_VERBS or _OPENAPI_VERBS[op][0] in entry:
             continue
@@ -547,6 +560,9 @@ def _openapi_path(spec: PathSpec, mount_prefix: str) -> tuple[str, dict[str, Any
             operation["parameters"] = [
                 {"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]
         operation["responses"] = _OPENAPI_RESPONSES[verb]
+        if spec.statuses and verb == "post":
+            extra = {str(code): {"description": HTTPStatus(code).phrase} for code in spec.statuses}
+            operation["responses"] = {**_OPENAPI_RESPONSES[verb], **extra}
         entry[verb] = operation
     if spec.unauthenticated:
         entry["x-vault-unauthenticated"] = True
@@ -581,6 +597,21 @@ def _route(spec: PathSpec, m: re.Match[str]) -> Route:
     for start, end, fixed in sorted(changes, reverse=True):
         path = path[:start] + fixed + path[end:]
     return Route(spec, path, MappingProxyType(captures))
+
+
+def _group_patterns(pattern: str) -> dict[str, str]:
+    """Each named group's own pattern: ``role/(?P<name>\\w+)`` → ``{"name": "\\w+"}``."""
+    out: dict[str, str] = {}
+    for m in _NAMED_GROUP.finditer(pattern):
+        depth, j = 1, m.end()
+        while j < len(pattern) and depth:
+            if pattern[j] == "\\":
+                j += 2
+                continue
+            depth += {"(": 1, ")": -1}.get(pattern[j], 0)
+            j += 1
+        out[m.group(1)] = pattern[m.end():j - 1]
+    return out
 
 
 def _pattern_to_route(pattern: str) -> str:

@@ -98,7 +98,10 @@ class Field:
         out: dict[str, Any] = dict(_OPENAPI_TYPES[self.type])
         out["description"] = self.description
         if self.default is not None:
-            out["default"] = self.default
+            is_duration = self.type in (FieldType.DURATION, FieldType.SIGNED_DURATION)
+            # a duration is documented as a string: its default too ("0s", not 0)
+            out["default"] = format_duration(self.default) if is_duration and isinstance(self.default, int) \
+                else self.default
         if self.deprecated:
             out["deprecated"] = True
         if self.sensitive:

@@ -158,7 +158,7 @@ class TokenBackend(Backend):
             PathSpec("revoke", FieldSet(dict(_TOKEN)), {u: self._revoke}, "Revoke a token and its children."),
             PathSpec("revoke-accessor", FieldSet(dict(_ACCESSOR)), {u: self._revoke_accessor}, "Revoke a token by accessor."),
             PathSpec("revoke-orphan", FieldSet(dict(_TOKEN)), {u: self._revoke_orphan}, "Revoke a token, orphaning its children."),
-            PathSpec("tidy", FieldSet({}), {u: self._tidy}, "Remove expired token entries now."),
+            PathSpec("tidy", FieldSet({}), {u: self._tidy}, "Remove expired token entries now.", statuses=(202,)),
         ]
 
     # -- helpers -------------------------------------------------------------------------
