@@ -134,6 +134,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         _redact_processor,
     ]
     if fmt == "console":
+        processors.append(_escape_controls)
         processors.append(structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback))
         factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
     else:
@@ -152,6 +153,19 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     if _request_sink is not None:
         atexit.unregister(flush_request_log)  # configured more than once (tests): flush once
         atexit.register(flush_request_log)
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_controls(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Control characters in logged values (a caller's path or role name) as ``\\xNN``: the
+    console renderer writes a value without spaces as it is, and an escape sequence from an
+    anonymous caller would reach the operator's terminal. Tracebacks keep their lines."""
+    for key, value in event.items():
+        if key != "exception" and isinstance(value, str) and _CONTROLS.search(value):
+            event[key] = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+    return event
 
 
 def _json_stream() -> Any:

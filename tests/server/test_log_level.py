@@ -72,3 +72,13 @@ def test_no_request_line_work_above_info(restored: None) -> None:
     log._log_request(Untouchable(), "rid", 200, 0.0)  # type: ignore[arg-type]
     log.configure_logging("warning", "json")
     log._log_request(Untouchable(), "rid", 200, 0.0)  # type: ignore[arg-type]
+
+
+def test_the_console_format_escapes_control_characters(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """A caller's path or role name with an escape sequence reached the terminal as it was
+    (the console renderer writes a value without spaces unquoted); the JSON format escaped it."""
+    log.configure_logging("info", "console")
+    structlog.get_logger("authmount.test").info("request", path="/v1/auth/\x1b[2Jx\x07", role="a\x00b")
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\x00" not in err
+    assert "path=/v1/auth/\\x1b[2Jx\\x07" in err and "role=a\\x00b" in err
