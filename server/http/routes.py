@@ -11,6 +11,7 @@ aiohttp's own resolution).
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Awaitable, Callable
 
@@ -52,7 +53,9 @@ def setup_routes(app: web.Application) -> None:
     identity = IdentityBackend(lambda: app[IDENTITY], lambda accessor, name: app[TOKENS].entity_id(accessor, name))
     sys_backend = SysBackend(AppCore(app), documented={"identity": identity})
     handlers: tuple[Handler, ...] = (
-        sys_handler(sys_backend), identity_handler(identity), auth_handler, _no_handler, _not_found,
+        *(_clean_paths_only(h) for h in (sys_handler(sys_backend), identity_handler(identity), auth_handler,
+                                         _no_handler)),
+        _not_found,
     )
     table = []
     for (prefix, key, pattern), handler in zip(ROUTES, handlers, strict=True):
@@ -97,6 +100,32 @@ class PrefixRouter:
             if resp is not None:
                 return resp
         return await match_info.handler(request)
+
+
+_WRITES = frozenset({"POST", "PUT"})
+
+
+def _clean_paths_only(handler: Handler) -> Handler:
+    """``handler`` for a clean path; a path with an empty, ``.`` or ``..`` segment
+    (``/v1//sys/auth``, ``/v1/auth/jwt//login``) is redirected (307: the method and body are
+    kept) to its clean form, as Vault's HTTP server does, before anything reads it: so no
+    such path is routed one way here and another way there. A write to a path ending in
+    ``/`` is refused, as Vault refuses it."""
+
+    async def clean(request: web.Request) -> web.StreamResponse:
+        raw, mark, query = request.raw_path.partition("?")
+        if "//" in raw or "/." in raw:
+            cleaned = posixpath.normpath(raw) + ("/" if raw.endswith("/") and raw != "/" else "")
+            if cleaned != raw:
+                return web.Response(status=307, headers={hdrs.LOCATION: cleaned + mark + query})
+        if raw.endswith("/") and request.method in _WRITES:
+            # Vault refuses these before it looks at the token (a key or a directory?).
+            return error_response(400, ["cannot write to a path ending in '/'"])
+        return await handler(request)
+
+    clean.__name__ = getattr(handler, "__name__", "handler")
+    clean.__doc__ = handler.__doc__
+    return clean
 
 
 async def _no_handler(request: web.Request) -> web.StreamResponse:

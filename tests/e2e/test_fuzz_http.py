@@ -519,7 +519,9 @@ def test_a_token_that_may_only_read_changes_nothing(tmp_path: Path) -> None:
             body = campaign.body(rng, route, props) if method in ("POST", "PUT", "PATCH") else None
             reply = campaign.call(method, "/v1" + path, body, token=reader)
             check_reply(f"request {n}: {method} {path}", method, reply, statuses)
-            assert reply[0] >= 400, f"request {n}: {method} {path} {json.dumps(body)[:200]} -> {reply[0]} {reply[2][:200]!r}"
+            # refused, or (a dot segment, an empty one) redirected to the clean path, unread
+            assert reply[0] >= 400 or reply[0] == 307, \
+                f"request {n}: {method} {path} {json.dumps(body)[:200]} -> {reply[0]} {reply[2][:200]!r}"
         for spelling in ("admin", "ADMIN", "Admin", "admin/", "%61dmin", "ADMIN/", "admin%2F"):
             status = campaign.call("GET", f"/v1/auth/jwt/role/{spelling}", token=reader)[0]
             assert status in (400, 403, 404), (spelling, status)

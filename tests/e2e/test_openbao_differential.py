@@ -29,6 +29,7 @@ tests/e2e/baoproc.py) side by side:
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import tempfile
@@ -460,6 +461,31 @@ def test_token_roles_as_openbao(servers: tuple[ServerProc, BaoProc], index: int)
                 made += [_made_by_role(url, root, caller, name, create) for create in TOKEN_ROLE_CREATES]
         results.append((written.status_code, errors, answer.get("warnings"), role, made))
     assert results[0] == results[1]
+
+
+#: Request targets with empty or dot segments: both servers redirect each to its clean form.
+UNCLEAN_TARGETS = ["/v1//sys/auth", "/v1/sys//auth?list=true", "/v1/./sys/auth", "/v1/sys/../sys/auth",
+                   "/v1/auth/token//lookup-self", "/v1/auth/jwt//login", "//v1/sys/health", "/v1/sys/auth/"]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_unclean_paths_as_openbao(servers: tuple[ServerProc, BaoProc], method: str) -> None:
+    """The status and ``Location`` of each target in ``UNCLEAN_TARGETS``, sent as written."""
+    answers = []
+    for url in (servers[0].url, servers[1].url):
+        host, _, port = url.removeprefix("http://").partition(":")
+        seen = []
+        for target in UNCLEAN_TARGETS:
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            try:
+                conn.request(method, target, body=b"{}" if method == "POST" else None)
+                reply = conn.getresponse()
+                reply.read()
+                seen.append((target, reply.status, reply.getheader("Location")))
+            finally:
+                conn.close()
+        answers.append(seen)
+    assert answers[0] == answers[1]
 
 
 def _policy(text: str) -> dict[str, str]:

@@ -185,3 +185,44 @@ async def test_an_application_with_middlewares_keeps_aiohttps_handling() -> None
         assert seen == ["/v1/sys/health"]
     finally:
         await server.close()
+
+
+
+async def _head(port: int, method: str, target: str) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    """The status line, headers and body of one raw request (the target sent as written:
+    aiohttp's client would resolve its dot segments)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        body = b"{}" if method == "POST" else b""
+        writer.write(f"{method} {target} HTTP/1.1\r\nHost: h\r\nContent-Length: {len(body)}\r\n"
+                     "Connection: close\r\n\r\n".encode() + body)
+        reply = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, rest = reply.partition(b"\r\n\r\n")
+    status, *lines = head.split(b"\r\n")
+    return status, {k.lower(): v for k, _, v in (line.partition(b": ") for line in lines)}, rest
+
+
+@pytest.mark.parametrize(("target", "location"), [
+    ("/v1//sys/auth", "/v1/sys/auth"), ("/v1/sys//auth?list=true&x=%20y", "/v1/sys/auth?list=true&x=%20y"),
+    ("/v1/./sys/auth", "/v1/sys/auth"), ("/v1/sys/../sys/auth", "/v1/sys/auth"),
+    ("/v1/auth/jwt//role/", "/v1/auth/jwt/role/"), ("/v1/auth/token//lookup-self", "/v1/auth/token/lookup-self"),
+    ("/v1/identity//group/name", "/v1/identity/group/name"), ("/v1/nope//x", "/v1/nope/x"),
+])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_an_unclean_path_is_redirected_to_its_clean_form(
+    client: Client, method: str, target: str, location: str
+) -> None:
+    """As Vault's HTTP server: 307 (method and body kept) to the path without empty, ``.`` or
+    ``..`` segments, before any token is looked at; a route handled the rest only by chance
+    (``sys/auth/jwt//tune`` worked, ``auth/jwt//role/x`` was a 404)."""
+    status, headers, body = await _head(client.server.port or 0, method, target)
+    assert status == b"HTTP/1.1 307 Temporary Redirect" and headers[b"location"] == location.encode()
+    assert body == b""
+
+
+@pytest.mark.parametrize("target", ["/v1/sys/health", "/v1/sys/auth/", "/v1/auth/a/.well-known", "//v1/sys/health"])
+async def test_a_clean_path_is_not_redirected(client: Client, target: str) -> None:
+    status, headers, _ = await _head(client.server.port or 0, "GET", target)
+    assert not status.startswith(b"HTTP/1.1 307") and b"location" not in headers
