@@ -17,8 +17,19 @@ from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.policyutil import sanitize_policies
 from plugin.schema import Field, FieldSet, FieldType
 
-__all__ = ["TokenRole", "ROLE_PREFIX", "ROLE_FIELDS", "ROLE_NAME_RE", "DEPRECATED", "apply_role_write", "role_paths", "load_role", "role_policies", "role_ttls",
-           "check_entity_alias"]
+__all__ = [
+    "TokenRole",
+    "ROLE_PREFIX",
+    "ROLE_FIELDS",
+    "ROLE_NAME_RE",
+    "DEPRECATED",
+    "apply_role_write",
+    "role_paths",
+    "load_role",
+    "role_policies",
+    "role_ttls",
+    "check_entity_alias",
+]
 
 #: Where a role is stored in the token mount's storage.
 ROLE_PREFIX = "role/"
