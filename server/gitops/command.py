@@ -37,24 +37,25 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``apply`` and ``export`` on the CLI's subcommands."""
     ap = sub.add_parser(
-        "apply", help="make a server match a YAML file (mounts, configs, roles, policies)",
-        description="Compare the server with FILE (the settings file's mounts and policies), print the plan and "
-                    "apply it. The token comes from VAULT_TOKEN or ~/.vault-token.",
+        "apply", help="make a server match a YAML file (mounts, configs, roles, policies, token roles)",
+        description="Compare the server with FILE (the settings file's mounts, policies and token_roles), print the "
+                    "plan and apply it. The token comes from VAULT_TOKEN or ~/.vault-token.",
     )
     ap.add_argument("-f", "--file", "-file", required=True, metavar="FILE", help="the YAML file to apply")
     ap.add_argument("--dry-run", "-dry-run", action="store_true", help="print the plan, change nothing")
     ap.add_argument("--detailed-exitcode", "-detailed-exitcode", action="store_true",
                     help="exit 0 when there is nothing to change, 2 when there is (1 on errors)")
     ap.add_argument("--prune", "-prune", action="store_true",
-                    help="delete mounts, roles and policies the file does not declare (else they are listed)")
+                    help="delete mounts, roles, policies and token roles the file does not declare (else they "
+                         "are listed)")
     ap.add_argument("--target", "-target", action="append", default=[], metavar="KIND:NAME",
                     help="only this object: mount:<path> (with its config and roles), config:<path>, "
-                         "role:<path>/<name>, policy:<name>; repeatable")
+                         "role:<path>/<name>, policy:<name>, token-role:<name>; repeatable")
     _connection_options(ap)
     ex = sub.add_parser(
-        "export", help="write a server's mounts, configs, roles and policies as an apply file",
-        description="Read authmount, Vault or OpenBao over the HTTP API and write its jwt/oidc mounts and policies "
-                    "as YAML for 'authmount apply'. Secrets are written as ${env:NAME} references.",
+        "export", help="write a server's mounts, configs, roles, policies and token roles as an apply file",
+        description="Read authmount, Vault or OpenBao over the HTTP API and write its jwt/oidc mounts, policies and "
+                    "token roles as YAML for 'authmount apply'. Secrets are written as ${env:NAME} references.",
     )
     ex.add_argument("-o", "--output", "-output", metavar="FILE", help="write to FILE instead of stdout")
     _connection_options(ex)
