@@ -8,7 +8,7 @@ from typing import Any
 
 from plugin.cidrutil import narrow_cidrs, parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation
-from plugin.framework import Backend, Operation, PathSpec, Request, Response
+from plugin.framework import Alias, Backend, Operation, PathSpec, Request, Response
 from plugin.policyutil import sanitize_policies
 from plugin.schema import Field, FieldSet, FieldType
 from server.tokens.entry import MountInfo, RenewHook, TokenEntry, check_assignable
@@ -106,7 +106,8 @@ _CREATE = {
     "num_uses": _f(FieldType.INT, "Maximum number of uses; 0 is unlimited.", 0),
     "type": _f(FieldType.LOWER_STRING, "service (default) or batch.", "service"),
     "bound_cidrs": _f(FieldType.COMMA_STRING_SLICE, "Client CIDRs allowed to use the token."),
-    "entity_alias": _f(FieldType.STRING, "Not supported (needs token roles); must be empty.", ""),
+    "entity_alias": _f(FieldType.STRING, "An entity alias on the token mount the token's identity comes from "
+                       "(with a role that allows it).", ""),
     "id": _f(FieldType.STRING, "Not supported: custom token IDs; must be empty.", ""),
 }
 
@@ -221,6 +222,19 @@ class TokenBackend(Backend):
 
         return hook
 
+    async def _alias_entity(self, req: Request, name: str) -> str:
+        """The entity of the alias ``name`` on the token mount, made at its first use as a
+        login makes one (Vault's ``CreateOrFetchEntity``); its groups' policies then apply to
+        the tokens that carry it."""
+        accessor = self._token_mount(req).accessor
+        if not accessor:
+            raise InvalidRequest("auth token mount accessor not found")
+        entity_id = self.store.entity_id(accessor, name)
+        if self.store.identity is not None:
+            alias_id = self.store.entity_alias_id(accessor, name)
+            await self.store.identity.login(entity_id, alias_id, accessor, Alias(name=name), ())
+        return entity_id
+
     # -- create --------------------------------------------------------------------------
     async def _create_role(self, req: Request, values: dict[str, Any]) -> Response:
         name = values["role_name"]
@@ -264,8 +278,9 @@ class TokenBackend(Backend):
             raise InvalidRequest(f'invalid token type "{values.get("type")}"')
         if num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
+        alias_entity = ""
         if values.get("entity_alias"):
-            check_entity_alias(role, values["entity_alias"])
+            alias_entity = await self._alias_entity(req, check_entity_alias(role, values["entity_alias"]))
         path = self._mount_path(req) + req.path
         if role is not None:
             renewable = renewable and role.renewable
@@ -337,7 +352,8 @@ class TokenBackend(Backend):
             bound_cidrs=bound,
             type=token_type,
             renewable=renewable,
-            entity_id="" if orphan else caller.entity_id,  # Vault: only a child shares its parent's entity
+            # Vault: an entity alias's entity, else only a child shares its parent's entity
+            entity_id=alias_entity or ("" if orphan else caller.entity_id),
             role=role.name if role is not None else "",
         )
         raw = await self.store.mint(entry, parent=None if orphan else caller)

@@ -292,11 +292,11 @@ def role_policies(role: TokenRole, requested: list[str], parent: list[str], no_d
     return final
 
 
-def check_entity_alias(role: TokenRole | None, alias: str) -> None:
-    """Vault's checks of ``entity_alias`` on token create. Every check passed, authmount still
-    refuses: it does not make entities for the token store's aliases.
+def check_entity_alias(role: TokenRole | None, alias: str) -> str:
+    """Vault's checks of ``entity_alias`` on token create: a role must allow the alias (its
+    ``allowed_entity_aliases``, globs too, compared in lower case). Returns the alias as given.
 
-    :raises InvalidRequest: always, with the check that failed.
+    :raises InvalidRequest: without a role, or an alias the role does not allow.
     """
     if role is None:
         raise InvalidRequest("'entity_alias' is only allowed in combination with token role")
@@ -304,7 +304,7 @@ def check_entity_alias(role: TokenRole | None, alias: str) -> None:
     name = alias.lower()
     if name not in allowed and not _in_globs(allowed, name):
         raise InvalidRequest("invalid 'entity_alias' value")
-    raise InvalidRequest("creating a token with an entity alias is not supported")
+    return alias
 
 
 def _go_quoted(names: list[str]) -> str:

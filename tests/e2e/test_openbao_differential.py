@@ -413,7 +413,7 @@ TOKEN_ROLE_CREATES: list[dict[str, Any]] = [
     {}, {"policies": ["a"]}, {"policies": ["c-1"]}, {"policies": ["a", "c-2"]}, {"policies": ["default"]},
     {"no_default_policy": True}, {"ttl": "1h"}, {"explicit_max_ttl": "5m"}, {"period": "30m"}, {"num_uses": 5},
     {"type": "batch"}, {"type": "service"}, {"renewable": False}, {"no_parent": True}, {"entity_alias": "nope"},
-    {"policies": ["root"]},
+    {"entity_alias": "Bar-1"}, {"policies": ["root"]},
 ]
 #: Roles whose refusals' texts differ: a bad CIDR is named with Python's reason, not Go's.
 TOKEN_ROLE_TEXTS_DIFFER = {29}
@@ -431,6 +431,7 @@ def _made_by_role(url: str, root: str, caller: str, role: str, body: dict[str, A
     looked = requests.post(f"{url}/v1/auth/token/lookup", json={"token": auth["client_token"]},
                            headers={"X-Vault-Token": root}, timeout=10).json()["data"]
     fields = {k: auth.get(k) for k in _ROLE_AUTH}
+    fields["has entity"] = bool(auth.get("entity_id"))  # ids are each server's own
     if auth["token_type"] == "batch":  # row 53: OpenBao answers the role's use count a batch token lacks
         fields.pop("num_uses")
     return 200, fields, answer.get("warnings"), {k: looked.get(k) for k in _ROLE_LOOKUP}
@@ -461,6 +462,25 @@ def test_token_roles_as_openbao(servers: tuple[ServerProc, BaoProc], index: int)
                 made += [_made_by_role(url, root, caller, name, create) for create in TOKEN_ROLE_CREATES]
         results.append((written.status_code, errors, answer.get("warnings"), role, made))
     assert results[0] == results[1]
+
+
+def test_a_token_roles_entity_alias_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """A token made against a role with an allowed ``entity_alias`` gets the entity of that
+    alias on the token mount: the same entity at every use, an alias named as given."""
+    shapes = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        head = {"X-Vault-Token": root}
+        assert requests.post(f"{url}/v1/auth/token/roles/aliased", json={"allowed_entity_aliases": ["ci-*"]},
+                             headers=head, timeout=10).status_code == 204
+        made = [requests.post(f"{url}/v1/auth/token/create/aliased", json={"entity_alias": "ci-Deploy"},
+                              headers=head, timeout=10).json()["auth"] for _ in range(2)]
+        entity = requests.get(f"{url}/v1/identity/entity/id/{made[0]['entity_id']}", headers=head,
+                              timeout=10).json()["data"]
+        token_mount = requests.get(f"{url}/v1/sys/auth", headers=head, timeout=10).json()["data"]["token/"]
+        [alias] = entity["aliases"]
+        shapes.append((made[0]["entity_id"] == made[1]["entity_id"] != "", alias["name"], alias["mount_type"],
+                       alias["mount_accessor"] == token_mount["accessor"], alias["mount_path"]))
+    assert shapes[0] == shapes[1] == (True, "ci-Deploy", "token", True, "auth/token/")
 
 
 #: Request targets with empty or dot segments: both servers redirect each to its clean form.

@@ -240,9 +240,8 @@ async def test_renewal_follows_the_role_as_it_is_now(env: Env) -> None:
     (None, "foo", "'entity_alias' is only allowed in combination with token role"),
     ({}, "foo", "invalid 'entity_alias' value"),
     ({"allowed_entity_aliases": ["bar*"]}, "foo", "invalid 'entity_alias' value"),
-    ({"allowed_entity_aliases": ["bar*"]}, "Bar-1", "creating a token with an entity alias is not supported"),
 ])
-async def test_entity_aliases_are_checked_then_refused(
+async def test_an_entity_alias_needs_a_role_that_allows_it(
     env: Env, role: dict[str, Any] | None, alias: str, message: str
 ) -> None:
     if role is not None:
@@ -250,6 +249,17 @@ async def test_entity_aliases_are_checked_then_refused(
     with pytest.raises(InvalidRequest) as exc:
         await env.call(env.root, "create/ci" if role is not None else "create", {"entity_alias": alias})
     assert exc.value.messages == [message]
+
+
+async def test_an_allowed_entity_alias_gives_the_token_its_entity(env: Env) -> None:
+    """The alias (compared in lower case, kept as given) names an entity on the token mount,
+    the same one at every use, even for a child of a token with another entity."""
+    await _role(env, "ci", {"allowed_entity_aliases": ["bar*"]})
+    first, _ = await _create(env, env.root, "ci", {"entity_alias": "Bar-1"})
+    again, _ = await _create(env, env.root, "ci", {"entity_alias": "Bar-1"})
+    other, _ = await _create(env, env.root, "ci", {"entity_alias": "bar-2"})
+    expected = env.store.entity_id("auth_token_00000001", "Bar-1")
+    assert first["entity_id"] == again["entity_id"] == expected and other["entity_id"] not in ("", expected)
 
 
 async def test_an_orphan_has_no_entity(env: Env) -> None:
