@@ -256,6 +256,25 @@ def test_token_commands(bao: Bao) -> None:
     assert bao("token", "lookup", last["client_token"], check=False).returncode == 2
 
 
+def test_token_roles(bao: Bao) -> None:
+    """``bao write auth/token/roles/<name>``, ``bao read``/``list`` of it, and ``bao token create -role``."""
+    written = bao("write", "auth/token/roles/ci", "allowed_policies=default,deploy", "orphan=true",
+                  "token_period=1h", "path_suffix=v1.0")
+    assert "Success! Data written to: auth/token/roles/ci" in written.stdout
+    role = json.loads(bao("read", "-format=json", "auth/token/roles/ci").stdout)["data"]
+    assert role["allowed_policies"] == ["default", "deploy"] and role["token_period"] == 3600
+    assert bao("list", "auth/token/roles").stdout.split()[-1] == "ci"
+    made = json.loads(bao("token", "create", "-role=ci", "-policy=deploy", "-format=json").stdout)
+    assert made["auth"]["policies"] == ["default", "deploy"] and made["auth"]["orphan"] is True
+    assert made["warnings"] == ['Policy "deploy" does not exist']
+    looked = json.loads(bao("token", "lookup", "-format=json", made["auth"]["client_token"]).stdout)["data"]
+    assert looked["role"] == "ci" and looked["path"] == "auth/token/create/ci/v1.0"
+    refused = bao("token", "create", "-role=ci", "-policy=admin", check=False)
+    assert refused.returncode == 2 and "must be subset of the role's allowed policies" in refused.stderr
+    bao("delete", "auth/token/roles/ci")
+    assert bao("token", "create", "-role=ci", check=False).returncode == 2
+
+
 # -- login: a token, a JWT, OIDC ----------------------------------------------------------------------------
 def test_login_with_a_token_stores_it_in_the_token_helper(bao: Bao) -> None:
     token = json.loads(bao("token", "create", "-policy=default", "-format=json").stdout)["auth"]["client_token"]
