@@ -45,6 +45,7 @@ class FieldType(Enum):
     NAME = "name"  # a value captured from the URL path
 
 
+_DURATION_PATTERN = r"^([-+]?(\d+d?|((\d+(\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h))+))?$"
 _OPENAPI_TYPES: dict[FieldType, dict[str, Any]] = {
     FieldType.STRING: {"type": "string"},
     FieldType.LOWER_STRING: {"type": "string"},
@@ -52,8 +53,10 @@ _OPENAPI_TYPES: dict[FieldType, dict[str, Any]] = {
     FieldType.BOOL: {"type": "boolean"},
     FieldType.INT: {"type": "integer"},
     FieldType.COMMA_STRING_SLICE: {"type": "array", "items": {"type": "string"}},
-    FieldType.DURATION: {"type": "string", "format": "duration"},
-    FieldType.SIGNED_DURATION: {"type": "string", "format": "duration"},
+    # Seconds, or a Go duration ("1h30m", "90s") or days ("2d"); not JSON Schema's ISO 8601
+    # "duration" format ("PT1H"), which the server does not read.
+    FieldType.DURATION: {"type": "string", "pattern": _DURATION_PATTERN},
+    FieldType.SIGNED_DURATION: {"type": "string", "pattern": _DURATION_PATTERN},
     FieldType.MAP: {"type": "object"},
     FieldType.KV_PAIRS: {"type": "object", "additionalProperties": {"type": "string"}},
     FieldType.SLICE: {"type": "array"},

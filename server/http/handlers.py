@@ -139,6 +139,15 @@ def _multi(pairs: Any) -> dict[str, Any]:
     return out
 
 
+def _joined(pairs: Any) -> dict[str, str]:
+    """A form body's fields: a key given more than once is its values joined with commas, as
+    Vault reads forms (every list field splits them again); a query string keeps a list."""
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
 async def read_body(request: web.Request) -> dict[str, Any]:
     """The JSON object (or form) body of a write; ``{}`` when empty.
 
@@ -174,7 +183,7 @@ async def read_body(request: web.Request) -> dict[str, Any]:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidRequest("error parsing form: invalid UTF-8") from exc
-        return _multi(parse_qsl(text, keep_blank_values=True))
+        return _joined(parse_qsl(text, keep_blank_values=True))
     # Nested deeper than anything the API takes: orjson would read it, then fail to write it to
     # storage or the audit log (its limit is 255 levels). A login's body, one object of strings,
     # passes the first test with two memchr scans, without counting.

@@ -69,9 +69,9 @@ ROLE_FIELDS = FieldSet({
     "token_bound_cidrs": _f(FieldType.COMMA_STRING_SLICE, "Client CIDRs the role's tokens may be used from."),
     "token_no_default_policy": _f(FieldType.BOOL, "Do not add the default policy.", False),
     "token_num_uses": _f(FieldType.INT, "Maximum uses of the role's tokens; 0 is unlimited.", 0),
-    "period": _f(FieldType.DURATION, "Deprecated: use token_period.", 0),
-    "explicit_max_ttl": _f(FieldType.DURATION, "Deprecated: use token_explicit_max_ttl.", 0),
-    "bound_cidrs": _f(FieldType.COMMA_STRING_SLICE, "Deprecated: use token_bound_cidrs."),
+    "period": Field(FieldType.DURATION, "Use token_period instead.", default=0, deprecated=True),
+    "explicit_max_ttl": Field(FieldType.DURATION, "Use token_explicit_max_ttl instead.", default=0, deprecated=True),
+    "bound_cidrs": Field(FieldType.COMMA_STRING_SLICE, "Use token_bound_cidrs instead.", deprecated=True),
 })
 
 
