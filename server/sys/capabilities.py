@@ -60,7 +60,7 @@ _TOKEN = {"token": Field(FieldType.STRING, "The token to report on.", sensitive=
 #: always for the calling token.
 _SELF_TOKEN = {"token": Field(FieldType.STRING, "Ignored: the answer is for the calling token (the Vault CLI "
                               "sends it).", sensitive=True)}
-_ACCESSOR = {"accessor": Field(FieldType.STRING, "Accessor of the token to report on.",
+_ACCESSOR = {"accessor": Field(FieldType.STRING, "Accessor of the token to report on.", required=True,
                                parse=_required("missing accessor"))}
 
 

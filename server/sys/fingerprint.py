@@ -48,7 +48,7 @@ def _values(raw: Any) -> dict[str, Any]:
 
 FINGERPRINT_FIELDS = FieldSet({
     "path": Field(FieldType.STRING, "The API path the secrets are written to, e.g. auth/jwt/config.", default="",
-                  parse=_path),
+                  required=True, parse=_path),
     "values": Field(FieldType.MAP, "{field: value}: the secrets to fingerprint (a provider credential as "
                     "provider_config.<key>).", default={}, parse=_values),
 })

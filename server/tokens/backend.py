@@ -90,7 +90,7 @@ def _f(ftype: FieldType, description: str, default: Any = None) -> Field:
 
 
 _TOKEN = {"token": _f(FieldType.STRING, "The token (defaults to the calling token for lookup).")}
-_ACCESSOR = {"accessor": _f(FieldType.STRING, "Accessor of the token.")}
+_ACCESSOR = {"accessor": Field(FieldType.STRING, "Accessor of the token.", required=True)}
 _INCREMENT = {"increment": _f(FieldType.DURATION, "Requested lease extension; 0 means the token's own TTL.", 0)}
 _CREATE = {
     "policies": _f(FieldType.COMMA_STRING_SLICE, "Policies of the token; defaults to the caller's."),

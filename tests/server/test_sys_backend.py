@@ -180,6 +180,10 @@ async def test_openapi_says_what_the_server_answers(client: Client) -> None:
     assert tune["properties"]["default_lease_ttl"]["default"] == "0s"
     cel = paths["/auth/schem/cel/role/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert cel["required"] == ["cel_program"]
+    for route in ("/auth/token/lookup-accessor", "/auth/token/renew-accessor", "/sys/capabilities-accessor",
+                  "/sys/fingerprint"):
+        body = paths[route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["required"] == (["path"] if route == "/sys/fingerprint" else ["accessor"]), route
     [param] = paths["/auth/token/roles/{role_name}"]["parameters"]
     assert param["schema"]["pattern"] == "^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$"
 
