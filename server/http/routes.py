@@ -115,7 +115,8 @@ def _clean_paths_only(handler: Handler) -> Handler:
     async def clean(request: web.Request) -> web.StreamResponse:
         raw, mark, query = request.raw_path.partition("?")
         if "//" in raw or "/." in raw:
-            cleaned = posixpath.normpath(raw) + ("/" if raw.endswith("/") and raw != "/" else "")
+            # One leading slash, whatever the path held: "//host" would send the client to another host.
+            cleaned = "/" + posixpath.normpath(raw).lstrip("/") + ("/" if raw.endswith("/") and raw != "/" else "")
             if cleaned != raw:
                 return web.Response(status=307, headers={hdrs.LOCATION: cleaned + mark + query})
         if raw.endswith("/") and request.method in _WRITES:

@@ -209,6 +209,8 @@ async def _head(port: int, method: str, target: str) -> tuple[bytes, dict[bytes,
     ("/v1/./sys/auth", "/v1/sys/auth"), ("/v1/sys/../sys/auth", "/v1/sys/auth"),
     ("/v1/auth/jwt//role/", "/v1/auth/jwt/role/"), ("/v1/auth/token//lookup-self", "/v1/auth/token/lookup-self"),
     ("/v1/identity//group/name", "/v1/identity/group/name"), ("/v1/nope//x", "/v1/nope/x"),
+    # never to another host: a protocol-relative "//evil.example" would be one
+    ("/v1/..//evil.example/x", "/evil.example/x"), ("/v1/../..//evil.example", "/evil.example"),
 ])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_an_unclean_path_is_redirected_to_its_clean_form(
