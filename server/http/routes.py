@@ -105,6 +105,10 @@ class PrefixRouter:
 _WRITES = frozenset({"POST", "PUT"})
 
 
+async def _answer(reply: web.StreamResponse) -> web.StreamResponse:
+    return reply
+
+
 def _clean_paths_only(handler: Handler) -> Handler:
     """``handler`` for a clean path; a path with an empty, ``.`` or ``..`` segment
     (``/v1//sys/auth``, ``/v1/auth/jwt//login``) is redirected (307: the method and body are
@@ -112,17 +116,18 @@ def _clean_paths_only(handler: Handler) -> Handler:
     such path is routed one way here and another way there. A write to a path ending in
     ``/`` is refused, as Vault refuses it."""
 
-    async def clean(request: web.Request) -> web.StreamResponse:
+    def clean(request: web.Request) -> Awaitable[web.StreamResponse]:
+        # A plain function handing back the handler's coroutine: no coroutine of its own per request.
         raw, mark, query = request.raw_path.partition("?")
         if "//" in raw or "/." in raw:
             # One leading slash, whatever the path held: "//host" would send the client to another host.
             cleaned = "/" + posixpath.normpath(raw).lstrip("/") + ("/" if raw.endswith("/") and raw != "/" else "")
             if cleaned != raw:
-                return web.Response(status=307, headers={hdrs.LOCATION: cleaned + mark + query})
+                return _answer(web.Response(status=307, headers={hdrs.LOCATION: cleaned + mark + query}))
         if raw.endswith("/") and request.method in _WRITES:
             # Vault refuses these before it looks at the token (a key or a directory?).
-            return error_response(400, ["cannot write to a path ending in '/'"])
-        return await handler(request)
+            return _answer(error_response(400, ["cannot write to a path ending in '/'"]))
+        return handler(request)
 
     clean.__name__ = getattr(handler, "__name__", "handler")
     clean.__doc__ = handler.__doc__
