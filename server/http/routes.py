@@ -14,6 +14,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquote_path_safe
@@ -103,6 +104,8 @@ class PrefixRouter:
 
 
 _WRITES = frozenset({"POST", "PUT"})
+#: What a redirect's path keeps unescaped: RFC 3986 path characters, and "%" of escapes already there.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 async def _answer(reply: web.StreamResponse) -> web.StreamResponse:
@@ -118,12 +121,18 @@ def _clean_paths_only(handler: Handler) -> Handler:
 
     def clean(request: web.Request) -> Awaitable[web.StreamResponse]:
         # A plain function handing back the handler's coroutine: no coroutine of its own per request.
-        raw, mark, query = request.raw_path.partition("?")
+        url = request.rel_url  # the path alone, also of an absolute-form target
+        raw = url.raw_path
         if "//" in raw or "/." in raw:
-            # One leading slash, whatever the path held: "//host" would send the client to another host.
-            cleaned = "/" + posixpath.normpath(raw).lstrip("/") + ("/" if raw.endswith("/") and raw != "/" else "")
+            # One leading slash, whatever the path held: "//host" would send the client to another
+            # host. A last "." or ".." segment names a directory: the slash stays (URL resolution).
+            tail = "/" if raw.endswith(("/", "/.", "/..")) and raw != "/" else ""
+            body = posixpath.normpath(raw).strip("/")
+            # Escaped as a URL path (existing escapes kept): a "\\" must not reach a browser raw.
+            cleaned = quote("/" + body + (tail if body else ""), safe=_PATH_SAFE)
             if cleaned != raw:
-                return _answer(web.Response(status=307, headers={hdrs.LOCATION: cleaned + mark + query}))
+                query = url.raw_query_string
+                return _answer(web.Response(status=307, headers={hdrs.LOCATION: cleaned + ("?" + query if query else "")}))
         if raw.endswith("/") and request.method in _WRITES:
             # Vault refuses these before it looks at the token (a key or a directory?).
             return _answer(error_response(400, ["cannot write to a path ending in '/'"]))

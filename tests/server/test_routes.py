@@ -209,8 +209,12 @@ async def _head(port: int, method: str, target: str) -> tuple[bytes, dict[bytes,
     ("/v1/./sys/auth", "/v1/sys/auth"), ("/v1/sys/../sys/auth", "/v1/sys/auth"),
     ("/v1/auth/jwt//role/", "/v1/auth/jwt/role/"), ("/v1/auth/token//lookup-self", "/v1/auth/token/lookup-self"),
     ("/v1/identity//group/name", "/v1/identity/group/name"), ("/v1/nope//x", "/v1/nope/x"),
-    # never to another host: a protocol-relative "//evil.example" would be one
+    # never to another host: a protocol-relative "//evil.example" would be one, and so would
+    # "/\\evil.example" to a browser (the backslash is escaped)
     ("/v1/..//evil.example/x", "/evil.example/x"), ("/v1/../..//evil.example", "/evil.example"),
+    ("/v1/../\\evil.example/", "/%5Cevil.example/"), ("/v1/..", "/"), ("/v1/../", "/"),
+    # a last "." or ".." segment names a directory (OpenBao 2.7.2 keeps the slash too)
+    ("/v1/sys/mounts/..", "/v1/sys/"), ("/v1/.", "/v1/"),
 ])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_an_unclean_path_is_redirected_to_its_clean_form(
@@ -224,7 +228,8 @@ async def test_an_unclean_path_is_redirected_to_its_clean_form(
     assert body == b""
 
 
-@pytest.mark.parametrize("target", ["/v1/sys/health", "/v1/sys/auth/", "/v1/auth/a/.well-known", "//v1/sys/health"])
+@pytest.mark.parametrize("target", ["/v1/sys/health", "/v1/sys/auth/", "/v1/auth/a/.well-known", "//v1/sys/health",
+                                    "http://h/v1/sys/health"])  # an absolute-form target: its path is clean
 async def test_a_clean_path_is_not_redirected(client: Client, target: str) -> None:
     status, headers, _ = await _head(client.server.port or 0, "GET", target)
     assert not status.startswith(b"HTTP/1.1 307") and b"location" not in headers
