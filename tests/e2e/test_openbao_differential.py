@@ -485,7 +485,8 @@ def test_a_token_roles_entity_alias_as_openbao(servers: tuple[ServerProc, BaoPro
 
 #: Request targets with empty or dot segments: both servers redirect each to its clean form.
 UNCLEAN_TARGETS = ["/v1//sys/auth", "/v1/sys//auth?list=true", "/v1/./sys/auth", "/v1/sys/../sys/auth",
-                   "/v1/auth/token//lookup-self", "/v1/auth/jwt//login", "//v1/sys/health", "/v1/sys/auth/"]
+                   "/v1/auth/token//lookup-self", "/v1/auth/jwt//login", "//v1/sys/health", "/v1/sys/auth/",
+                   "/v1/sys/mounts/..", "/v1/.", "/v1/../\\evil.example/"]
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
