@@ -599,9 +599,10 @@ def _route(spec: PathSpec, m: re.Match[str]) -> Route:
     return Route(spec, path, MappingProxyType(captures))
 
 
-def _group_patterns(pattern: str) -> dict[str, str]:
-    """Each named group's own pattern: ``role/(?P<name>\\w+)`` → ``{"name": "\\w+"}``."""
-    out: dict[str, str] = {}
+def _named_groups(pattern: str) -> list[tuple[str, int, int, int]]:
+    """Each named group of ``pattern``: its name, where ``(?P<name>`` starts, where the group's
+    own pattern starts, and the end of its closing parenthesis (escaped parentheses skipped)."""
+    out: list[tuple[str, int, int, int]] = []
     for m in _NAMED_GROUP.finditer(pattern):
         depth, j = 1, m.end()
         while j < len(pattern) and depth:
@@ -610,25 +611,24 @@ def _group_patterns(pattern: str) -> dict[str, str]:
                 continue
             depth += {"(": 1, ")": -1}.get(pattern[j], 0)
             j += 1
-        out[m.group(1)] = pattern[m.end():j - 1]
+        out.append((m.group(1), m.start(), m.end(), j))
     return out
+
+
+def _group_patterns(pattern: str) -> dict[str, str]:
+    """Each named group's own pattern: ``role/(?P<name>\\w+)`` → ``{"name": "\\w+"}``."""
+    return {name: pattern[inner:end - 1] for name, _, inner, end in _named_groups(pattern)}
 
 
 def _pattern_to_route(pattern: str) -> str:
     """Turn ``role/(?P<name>\\w(...)?)`` into ``role/{name}`` for documentation."""
     out: list[str] = []
     i = 0
-    while i < len(pattern):
-        m = re.compile(r"\(\?P<(\w+)>").match(pattern, i)
-        if m is None:
-            out.append(pattern[i])
-            i += 1
-            continue
-        depth, j = 1, m.end()
-        while j < len(pattern) and depth:
-            depth += {"(": 1, ")": -1}.get(pattern[j], 0)
-            j += 1
-        out.append("{" + m.group(1) + "}")
-        i = j
+    for name, start, _, end in _named_groups(pattern):
+        if start < i:
+            continue  # a group inside the one just replaced
+        out += [pattern[i:start], "{" + name + "}"]
+        i = end
+    out.append(pattern[i:])
     route = "".join(out)
     return route.replace("/?$", "").replace("$", "").replace("^", "").replace("/?", "").removesuffix("/*")
