@@ -242,11 +242,7 @@ def _mount(spec: MountSeed, where: str, env: Mapping[str, str]) -> DesiredMount:
 
 def _config(values: dict[str, Any], mount: str, where: str, env: Mapping[str, str]) -> DesiredConfig:
     address = f"config {mount}"
-    _check_known(CONFIG_FIELDS, values, address=address, where=where)
-    coerced: dict[str, Any] = {}
-    for key, value in values.items():
-        value = _resolve(value, address=address, where=where, field=key, env=env)
-        coerced[key] = _coerce(CONFIG_FIELDS, key, value, address=address, where=where)
+    coerced = _coerce_all(CONFIG_FIELDS, values, address=address, where=where, env=env)
     try:
         config = check_offline(coerced)
     except InvalidRequest as exc:
@@ -267,11 +263,7 @@ def _role(
     address = f"role {mount}{canonical}"
     if not _ROLE_NAME.fullmatch(name):
         raise GitopsError(f"invalid role name {name!r}", address=address, where=where)
-    _check_known(ROLE_FIELDS, values, address=address, where=where)
-    coerced: dict[str, Any] = {}
-    for key, value in values.items():
-        value = _resolve(value, address=address, where=where, field=key, env=env)
-        coerced[key] = _coerce(ROLE_FIELDS, key, value, address=address, where=where)
+    coerced = _coerce_all(ROLE_FIELDS, values, address=address, where=where, env=env)
     role = Role()
     try:
         apply_role_write(role, coerced, max_lease_ttl=max_lease_ttl)
@@ -286,11 +278,7 @@ def _token_role(name: str, values: dict[str, Any], where: str, env: Mapping[str,
     address = f"token-role {name}"
     if not re.fullmatch(token_roles.ROLE_NAME_RE, name):
         raise GitopsError(f"invalid token role name {name!r}", address=address, where=where)
-    _check_known(token_roles.ROLE_FIELDS, values, address=address, where=where)
-    coerced: dict[str, Any] = {}
-    for key, value in values.items():
-        value = _resolve(value, address=address, where=where, field=key, env=env)
-        coerced[key] = _coerce(token_roles.ROLE_FIELDS, key, value, address=address, where=where)
+    coerced = _coerce_all(token_roles.ROLE_FIELDS, values, address=address, where=where, env=env)
     role = token_roles.TokenRole(name=name)
     try:
         token_roles.apply_role_write(role, coerced, max_lease_ttl=0)
@@ -329,6 +317,16 @@ def _policy(name: str, text: str, where: str) -> str:
 
 
 # -- values ------------------------------------------------------------------------------
+def _coerce_all(
+    fields: FieldSet, values: Mapping[str, Any], *, address: str, where: str, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """An object's values from the file, as the API's write would take them: unknown keys
+    refused, ``${env:NAME}`` references resolved, each value through its field."""
+    _check_known(fields, values, address=address, where=where)
+    return {key: _coerce(fields, key, _resolve(value, address=address, where=where, field=key, env=env),
+                         address=address, where=where) for key, value in values.items()}
+
+
 def _check_known(fields: FieldSet, values: Mapping[str, Any], *, address: str, where: str) -> None:
     """Refuse keys ``fields`` does not declare, as the API does with
     ``refuse_unknown_parameters``: ``unrecognized parameters: [a b]; a: did you mean x?``."""
