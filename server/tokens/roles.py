@@ -129,11 +129,6 @@ class TokenRole:
         return out
 
 
-def _dedupe_lower(values: list[str]) -> list[str]:
-    """Vault's ``strutil.RemoveDuplicates(values, true)``: trimmed, lower-cased, sorted, unique."""
-    return sorted({v.strip().lower() for v in values if v.strip()})
-
-
 def apply_role_write(role: TokenRole, values: dict[str, Any], *, max_lease_ttl: int) -> list[str]:
     """Apply the given fields to ``role`` (a new role starts from the defaults, so a field not
     given keeps what is stored); returns the warnings.
@@ -151,12 +146,11 @@ def apply_role_write(role: TokenRole, values: dict[str, Any], *, max_lease_ttl: 
         role.path_suffix = suffix
     if ".." in role.path_suffix:
         raise InvalidRequest("error registering path suffix: path cannot contain parent references")
-    for key in ("allowed_policies", "allowed_policies_glob"):
+    # Vault's SanitizePolicies and RemoveDuplicates(..., true) give the same normal form:
+    # trimmed, lower-cased, without empties, unique, sorted. Stored so, read so.
+    for key in ("allowed_policies", "allowed_policies_glob", "disallowed_policies", "disallowed_policies_glob"):
         if key in values:
             setattr(role, key, sanitize_policies(values[key]))
-    for key in ("disallowed_policies", "disallowed_policies_glob"):
-        if key in values:
-            setattr(role, key, _dedupe_lower(values[key]))
     # Vault parses the token fields with the type set aside (its own values checked after).
     parsing_type = "default" if "token_type" in values else role.token_type
     _parse_token_fields(role, values, parsing_type)
@@ -196,7 +190,7 @@ def apply_role_write(role: TokenRole, values: dict[str, Any], *, max_lease_ttl: 
             if bad:
                 raise InvalidRequest(f"'token_type' cannot be 'batch' when role is set to generate {reason}")
     if "allowed_entity_aliases" in values:
-        role.allowed_entity_aliases = _dedupe_lower(values["allowed_entity_aliases"])
+        role.allowed_entity_aliases = sanitize_policies(values["allowed_entity_aliases"])  # the same normal form
     return warnings
 
 
@@ -276,7 +270,7 @@ def role_policies(role: TokenRole, requested: list[str], parent: list[str], no_d
         if not final:
             final = allowed
         else:
-            globs = sanitize_policies(role.allowed_policies_glob)
+            globs = role.allowed_policies_glob  # stored in normal form
             for name in final:
                 if name not in allowed and not _in_globs(globs, name):
                     raise InvalidRequest(
@@ -285,9 +279,8 @@ def role_policies(role: TokenRole, requested: list[str], parent: list[str], no_d
     elif not final:
         final = sanitize_policies(parent, add_default=add_default)
     if role.disallowed_policies or role.disallowed_policies_glob:
-        banned, banned_globs = _dedupe_lower(role.disallowed_policies), _dedupe_lower(role.disallowed_policies_glob)
-        for name in final:
-            if name in banned or _in_globs(banned_globs, name):
+        for name in final:  # the lists are stored in normal form
+            if name in role.disallowed_policies or _in_globs(role.disallowed_policies_glob, name):
                 raise InvalidRequest(f'token policy "{name}" is disallowed by this role')
     return final
 
