@@ -136,11 +136,23 @@ def _clean_paths_only(handler: Handler) -> Handler:
         if raw.endswith("/") and request.method in _WRITES:
             # Vault refuses these before it looks at the token (a key or a directory?).
             return _answer(error_response(400, ["cannot write to a path ending in '/'"]))
+        if "%" in raw and is_relative_path(url.path.removeprefix("/v1/")):
+            # Dot segments spelt with escapes (%2e%2e, ..%2f) survive the redirect above; as
+            # the decoded path they would name another path than the one the ACL is shown.
+            return _answer(error_response(400, ["relative paths not supported"]))
         return handler(request)
 
     clean.__name__ = getattr(handler, "__name__", "handler")
     clean.__doc__ = handler.__doc__
     return clean
+
+
+def is_relative_path(path: str) -> bool:
+    """Whether the decoded request path (after ``/v1/``) has a ``.`` or ``..`` segment:
+    OpenBao's ``logical.IsRelativePath``, which ignores empty segments (``//``)."""
+    if path in (".", "..") or path.startswith(("./", "../")) or path.endswith(("/.", "/..")):
+        return True
+    return "/./" in path or "/../" in path
 
 
 async def _no_handler(request: web.Request) -> web.StreamResponse:
