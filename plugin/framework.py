@@ -444,6 +444,8 @@ class Backend:
         req.path = route.path
         captures = req.captures = dict(route.captures)
         data = dict(req.data)
+        # Body values the path's own captures win over (Vault warns of them; null is no value).
+        replaced = sorted(k for k in captures if data.get(k) is not None) if captures else None
         data.update(captures)
         values, unknown = spec.fields.parse(data)
         op = req.operation
@@ -469,6 +471,8 @@ class Backend:
                 resp = Response()
             if resp.raw_body is None:
                 resp.warnings.extend(pathdoc.ignored_warnings(unknown, spec.fields))
+        if replaced and resp is not None and resp.raw_body is None:
+            resp.warnings.append(pathdoc.REPLACED_WARNING.format(" ".join(replaced)))
         return resp
 
     # -- hooks -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from plugin.schema import FieldSet, FieldType
 if TYPE_CHECKING:
     from plugin.framework import PathSpec
 
-__all__ = ["IGNORED_WARNING", "closest", "suggestions", "ignored_warnings", "refusal", "help_text", "help_document",
+__all__ = ["IGNORED_WARNING", "REPLACED_WARNING", "closest", "suggestions", "ignored_warnings", "refusal", "help_text", "help_document",
            "VERSION", "OPENAPI_COMPONENTS", "OPENAPI_ERRORS_REF", "openapi_document"]
 
 try:  # the installed distribution's version (pyproject.toml), the one source of truth
@@ -36,6 +36,8 @@ OPENAPI_ERRORS_REF = "#/components/schemas/Errors"
 
 #: Vault's own warning, kept word for word: clients match it.
 IGNORED_WARNING = "Endpoint ignored these unrecognized parameters: [{}]"
+#: Vault's warning when a body parameter is also captured from the path (the path's wins).
+REPLACED_WARNING = "Endpoint replaced the value of these parameters with the values captured from the endpoint's path: [{}]"
 #: How alike a name must be to be suggested (difflib's ratio; "bound_claim" and
 #: "bound_claims" score 0.96, "token_policy" and "token_policies" 0.85).
 SIMILARITY = 0.6

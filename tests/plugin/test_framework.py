@@ -126,6 +126,32 @@ async def test_unrecognized_parameters(
         assert resp is not None and resp.warnings == outcome
 
 
+_REPLACED = "Endpoint replaced the value of these parameters with the values captured from the endpoint's path: [{}]"
+
+
+@pytest.mark.parametrize(
+    ("operation", "data", "warnings"),
+    [
+        (Operation.READ, {"name": "other"}, [_REPLACED.format("name")]),
+        (Operation.READ, {"name": "r"}, [_REPLACED.format("name")]),  # the same value: Vault warns too
+        (Operation.READ, {"name": None}, []),  # JSON null is no value (Go's raw[k] != nil)
+        (Operation.READ, {"colour": 1, "name": "x"}, [_IGNORED.format("colour"), _REPLACED.format("name")]),
+        (Operation.UPDATE, {"name": "other"}, None),  # a 204 says nothing, as in Vault
+    ],
+    ids=["other-value", "same-value", "null", "after-ignored", "no-body-no-warning"],
+)
+async def test_a_body_value_the_path_replaces_is_warned_of(
+    operation: Operation, data: dict[str, Any], warnings: list[str] | None
+) -> None:
+    """Vault's framework warning, word for word: the path's capture wins over the body's
+    value (``auth/token/create/<role_name>`` with ``role_name`` in the body), and says so."""
+    resp = await _typo_backend().handle_request(Request(operation=operation, path="role/r", data=data))
+    if warnings is None:
+        assert resp is None
+    else:
+        assert resp is not None and resp.warnings == warnings and resp.data == {"ok": True}
+
+
 def test_help_text_is_vaults_document_from_the_schema() -> None:
     spec = PathSpec(r"role/(?P<name>\w+)", _TYPO_FIELDS, {Operation.READ: _handler}, "Manage a role.",
                     "Roles bind tokens to policies.")
