@@ -104,7 +104,7 @@ _CREATE = {
     "period": _f(FieldType.DURATION, "Make a periodic token renewed by this much (needs root or sudo).", 0),
     "display_name": _f(FieldType.STRING, "Name shown in lookups, prefixed with token-.", ""),
     "num_uses": _f(FieldType.INT, "Maximum number of uses; 0 is unlimited.", 0),
-    "type": _f(FieldType.LOWER_STRING, "service (default) or batch.", "service"),
+    "type": _f(FieldType.STRING, "service (default) or batch; case matters, as in Vault.", "service"),
     "bound_cidrs": _f(FieldType.COMMA_STRING_SLICE, "Client CIDRs allowed to use the token."),
     "entity_alias": _f(FieldType.STRING, "An entity alias on the token mount the token's identity comes from "
                        "(with a role that allows it).", ""),
@@ -275,7 +275,7 @@ class TokenBackend(Backend):
                 raise InvalidRequest(f'batch tokens cannot have "{bad}" set')
             renewable = False
         elif token_type != "service":
-            raise InvalidRequest(f'invalid token type "{values.get("type")}"')
+            raise InvalidRequest("invalid 'token_type' value")  # OpenBao's text; "Batch" too: case matters
         if num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
         alias_entity = ""

@@ -89,7 +89,7 @@ CREATE_BODIES: list[dict[str, Any]] = [
     {"type": "batch", "period": "1m"}, {"type": "batch", "explicit_max_ttl": "1m"}, {"type": "batch", "policies": ["a"]},
     {"type": "batch", "policies": ["a"], "num_uses": 2}, {"type": "batch", "renewable": True, "policies": ["a"]},
     {"type": "service", "renewable": False}, {"no_parent": True}, {"no_parent": True, "policies": ["a"]},
-    {"display_name": "My App!"}, {"meta": {"k": "v"}},
+    {"display_name": "My App!"}, {"meta": {"k": "v"}}, {"type": "BATCH"}, {"type": "Service"}, {"type": "weird"},
 ]
 #: What a create's answer is compared on, besides its status, errors and warnings.
 AUTH_FIELDS = ("policies", "lease_duration", "renewable", "orphan", "token_type", "num_uses", "metadata")
@@ -413,7 +413,7 @@ TOKEN_ROLE_CREATES: list[dict[str, Any]] = [
     {}, {"policies": ["a"]}, {"policies": ["c-1"]}, {"policies": ["a", "c-2"]}, {"policies": ["default"]},
     {"no_default_policy": True}, {"ttl": "1h"}, {"explicit_max_ttl": "5m"}, {"period": "30m"}, {"num_uses": 5},
     {"type": "batch"}, {"type": "service"}, {"renewable": False}, {"no_parent": True}, {"entity_alias": "nope"},
-    {"entity_alias": "Bar-1"}, {"policies": ["root"]},
+    {"entity_alias": "Bar-1"}, {"policies": ["root"]}, {"role_name": "other"}, {"role_name": None},
 ]
 #: Roles whose refusals' texts differ: a bad CIDR is named with Python's reason, not Go's.
 TOKEN_ROLE_TEXTS_DIFFER = {29}
@@ -486,12 +486,16 @@ def test_a_token_roles_entity_alias_as_openbao(servers: tuple[ServerProc, BaoPro
 #: Request targets with empty or dot segments: both servers redirect each to its clean form.
 UNCLEAN_TARGETS = ["/v1//sys/auth", "/v1/sys//auth?list=true", "/v1/./sys/auth", "/v1/sys/../sys/auth",
                    "/v1/auth/token//lookup-self", "/v1/auth/jwt//login", "//v1/sys/health", "/v1/sys/auth/",
-                   "/v1/sys/mounts/..", "/v1/.", "/v1/../\\evil.example/"]
+                   "/v1/sys/mounts/..", "/v1/.", "/v1/../\\evil.example/",
+                   # dot segments spelt with escapes: not redirected, refused
+                   "/v1/sys/%2e%2e/sys/auth", "/v1/auth/token/lookup-self/%2E", "/v1/sys/auth/%2e",
+                   "/v1/sys/policies/acl/a%2f..%2fb", "/v1/auth/jwt/role/.%2fx", "/v1/sys/policies/acl/a%2e%2e"]
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_unclean_paths_as_openbao(servers: tuple[ServerProc, BaoProc], method: str) -> None:
-    """The status and ``Location`` of each target in ``UNCLEAN_TARGETS``, sent as written."""
+    """The status and ``Location`` of each target in ``UNCLEAN_TARGETS``, sent as written,
+    and the errors of a 400."""
     answers = []
     for url in (servers[0].url, servers[1].url):
         host, _, port = url.removeprefix("http://").partition(":")
@@ -501,8 +505,9 @@ def test_unclean_paths_as_openbao(servers: tuple[ServerProc, BaoProc], method: s
             try:
                 conn.request(method, target, body=b"{}" if method == "POST" else None)
                 reply = conn.getresponse()
-                reply.read()
-                seen.append((target, reply.status, reply.getheader("Location")))
+                body = reply.read()
+                errors = json.loads(body)["errors"] if reply.status == 400 else None
+                seen.append((target, reply.status, reply.getheader("Location"), errors))
             finally:
                 conn.close()
         answers.append(seen)

@@ -112,13 +112,15 @@ async def test_create_inherits_caller_policies(env: Env) -> None:
         (["dev"], {"no_parent": True}, pytest.raises(InvalidRequest, match="root or sudo privileges required to create orphan token")),
         (["dev"], {"period": "1h"}, pytest.raises(InvalidRequest, match="root or sudo privileges required to create periodic token")),
         (["dev"], {"num_uses": -1}, pytest.raises(InvalidRequest, match="number of uses cannot be negative")),
-        (["dev"], {"type": "weird"}, pytest.raises(InvalidRequest, match='invalid token type "weird"')),
+        (["dev"], {"type": "weird"}, pytest.raises(InvalidRequest, match="invalid 'token_type' value")),
+        # Case matters, as in OpenBao (it was lower-cased before).
+        (["dev"], {"type": "BATCH"}, pytest.raises(InvalidRequest, match="invalid 'token_type' value")),
         (["dev"], {"id": "my-token"}, pytest.raises(InvalidRequest, match="custom token IDs are not supported")),
         (["dev"], {"policies": ["response-wrapping"], "no_default_policy": True}, pytest.raises(InvalidRequest)),
         (["dev"], {"bound_cidrs": "10.0.0.0/99"}, pytest.raises(InvalidRequest, match='error parsing address "10.0.0.0/99"')),
     ],
     ids=["subset", "default-always-allowed", "normalised", "comma-string", "not-subset", "root-not-subset", "sudo-any",
-         "sudo-not-root", "orphan-needs-sudo", "period-needs-sudo", "negative-uses", "bad-type",
+         "sudo-not-root", "orphan-needs-sudo", "period-needs-sudo", "negative-uses", "bad-type", "type-case",
          "custom-id", "not-assignable", "bad-cidr"],
 )
 async def test_create_rules(env: Env, caller_policies: list[str], data: dict[str, Any], expected: Any) -> None:
