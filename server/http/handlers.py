@@ -505,6 +505,8 @@ def builtin_handler(
         refuse_namespace(request)
         wrap_ttl = requested_wrap_ttl(request)
         op, data = await read_operation(request)
+        if op is Operation.LIST and rel and not rel.endswith("/"):
+            rel += "/"  # as Vault's HTTP layer: a LIST names a directory (sys/leases/lookup/*)
         req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers),
                       refuse_unknown=request.app[SETTINGS].refuse_unknown_parameters)
         try:

@@ -8,7 +8,7 @@ the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handl
 
 One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
 and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
-``fingerprint`` (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited
+``fingerprint`` (fingerprints of secrets), ``leases`` (revoke tokens by creation path), ``audit`` (audit devices, audit-hash, audited
 headers), ``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
 """
 
@@ -18,7 +18,19 @@ import dataclasses
 from collections.abc import Mapping
 
 from plugin.framework import Backend, Route
-from server.sys import audit, auth, capabilities, fingerprint, keys, metrics, openapi, policies, status, wrapping
+from server.sys import (
+    audit,
+    auth,
+    capabilities,
+    fingerprint,
+    keys,
+    leases,
+    metrics,
+    openapi,
+    policies,
+    status,
+    wrapping,
+)
 from server.sys.core import SysCore
 
 __all__ = ["SysBackend"]
@@ -44,6 +56,7 @@ class SysBackend(Backend):
             *policies.paths(self),
             *capabilities.paths(self),
             *keys.paths(self),
+            *leases.paths(self),
             *fingerprint.paths(self),
             *audit.paths(self),
             *metrics.paths(self),

@@ -206,6 +206,7 @@ class TokenStore:
         self._entity_ns: uuid.UUID | None = None
         self._epochs: dict[str, tuple[float | None, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()  # revocations answered 202
         # Decoded entries keyed on the exact bytes object the storage holds in memory
         # (``peek_cached``): a write stores new bytes, so a hit is never stale.
         self._decoded: dict[str, tuple[bytes, TokenEntry]] = {}
@@ -222,10 +223,13 @@ class TokenStore:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="token-sweeper")
 
     async def close(self) -> None:
-        """Stop the sweeper."""
-        task, self._sweeper = self._sweeper, None
-        if task is not None:
+        """Stop the sweeper and any background revocation (one stopped half-way is not
+        resumed: the same ``revoke-prefix`` again finishes it)."""
+        tasks = [t for t in (self._sweeper, *self._background) if t is not None]
+        self._sweeper = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             try:
                 await task
             except asyncio.CancelledError:
@@ -815,24 +819,89 @@ class TokenStore:
         now = self.clock()
         await self.storage.put(EPOCH_PREFIX + mount_accessor, now)
         self._epochs[mount_accessor] = (now, time.monotonic())
-        count = n = 0
-        async for key in _id_keys(self.storage):
-            await _pause(n)
-            n += 1
-            data = await self.storage.get(ID_PREFIX + key)
-            if data is not None and data.get("mount_accessor") == mount_accessor:
+        count = 0
+        async for key, data in self._rows():
+            if data.get("mount_accessor") == mount_accessor:
                 count += await self._revoke_tree(key)
         return count
 
-    async def list_accessors(self) -> list[str]:
-        """Accessors of every live service token (a full scan; for operators)."""
-        out: list[str] = []
+    async def _rows(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Every token row as ``(row id, stored data)``: a full scan, paged, letting requests run."""
         n = 0
         async for key in _id_keys(self.storage):
             await _pause(n)
             n += 1
             data = await self.storage.get(ID_PREFIX + key)
-            if data is not None and data.get("accessor") and data.get("num_uses", 0) >= 0:
+            if data is not None:
+                yield key, data
+
+    @staticmethod
+    def lease_id(entry: TokenEntry) -> str:
+        """The token's lease id, as Vault names a token's lease: its creation path, then its
+        row id (a selector, which its accessor shows too, or an HMAC; never the token)."""
+        return f"{entry.path}/{entry.id_hash}"
+
+    async def lease_ids(self, prefix: str) -> list[str]:
+        """``LIST sys/leases/lookup/<prefix>``: the names one level below ``prefix`` (whole
+        segments) of every live service token's lease id, directories ending in ``/``."""
+        under = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        now = self.clock()
+        names: set[str] = set()
+        async for key, data in self._rows():
+            lease = f"{data.get('path', '')}/{key}"
+            if not lease.startswith(under) or data.get("num_uses", 0) < 0:
+                continue
+            if data.get("expire_time") and now >= data["expire_time"]:
+                continue
+            rest = lease[len(under):]
+            cut = rest.find("/")
+            names.add(rest if cut < 0 else rest[:cut + 1])
+        return sorted(names)
+
+    async def lease_entry(self, lease_id: str) -> TokenEntry | None:
+        """The live token a lease id names, or None (unknown, another path, or dead)."""
+        path, _, row_id = lease_id.rpartition("/")
+        if not path or not row_id or len(lease_id) > 1024:
+            return None
+        entry = await self._load(row_id)
+        if entry is None or entry.path != path:
+            return None
+        return await self._check_live(entry)
+
+    async def revoke_prefix(self, prefix: str) -> int:
+        """Revoke every service token whose creation path lies under ``prefix``, each with
+        its children; returns how many entries were removed (``sys/leases/revoke-prefix``).
+
+        Whole segments, as Vault matches lease ids: ``auth/jwt`` (or ``auth/jwt/``) covers
+        ``auth/jwt/login``, not ``auth/jwt2/login``. Batch tokens hold no row and no lease:
+        they are left, as in Vault. A full scan, paged, letting requests run.
+        """
+        under = prefix if prefix.endswith("/") else prefix + "/"
+        count = 0
+        async for key, data in self._rows():
+            if f"{data.get('path', '')}/".startswith(under):
+                count += await self._revoke_tree(key)
+        return count
+
+    def revoke_prefix_later(self, prefix: str) -> None:
+        """``revoke_prefix`` in the background (``sync: false``), logged when done."""
+
+        async def run() -> None:
+            try:
+                count = await self.revoke_prefix(prefix)
+                log.info("tokens_revoked_by_prefix", prefix=prefix, revoked=count)
+            except Exception:  # logged, not lost: the caller has had its 202
+                log.exception("revoke_prefix_failed", prefix=prefix)
+
+        task = asyncio.create_task(run(), name="revoke-prefix")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def list_accessors(self) -> list[str]:
+        """Accessors of every live service token (a full scan; for operators)."""
+        out: list[str] = []
+        async for _, data in self._rows():
+            if data.get("accessor") and data.get("num_uses", 0) >= 0:
                 entry = TokenEntry.from_dict(data)
                 if not entry.expire_time or self.clock() < entry.expire_time:
                     out.append(entry.accessor)
@@ -842,13 +911,9 @@ class TokenStore:
         """Live service tokens counted by mount accessor, policy and creation TTL (a full
         scan, paged, letting requests run: the usage gauges)."""
         usage = TokenUsage()
-        n = 0
         now = self.clock()
-        async for key in _id_keys(self.storage):
-            await _pause(n)
-            n += 1
-            data = await self.storage.get(ID_PREFIX + key)
-            if data is None or data.get("num_uses", 0) < 0:
+        async for _, data in self._rows():
+            if data.get("num_uses", 0) < 0:
                 continue
             expire = data.get("expire_time") or 0
             if expire and now >= expire:

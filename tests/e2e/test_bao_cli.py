@@ -307,6 +307,43 @@ def test_jwt_login(bao: Bao, key: KeyPair) -> None:
     assert "rol: did you mean role?" in " ".join(warned.stderr.split())
 
 
+
+def test_revoking_every_token_of_a_mount(bao: Bao, key: KeyPair) -> None:
+    """The incident commands: ``lease revoke -prefix``, ``token revoke -mode=path``, ``list
+    sys/leases/lookup/...``, ``lease lookup`` and ``lease revoke <id>``, as against Vault."""
+    mount_jwt(bao, "incident", key)
+    (bao.home / "token.jwt").write_text(jwt_for(key))
+
+    def login() -> str:
+        out = bao("write", "-field=token", "auth/incident/login", "role=dev", "jwt=@token.jwt", token="").stdout
+        assert out.startswith("hvs.")
+        return out
+
+    def alive(token: str) -> bool:
+        return bao("token", "lookup", token, check=False).returncode == 0
+
+    first, second = login(), login()
+    other = json.loads(bao("token", "create", "-policy=default", "-format=json").stdout)["auth"]["client_token"]
+    assert bao("list", "sys/leases/lookup/auth/incident/").stdout.split()[-1] == "login/"
+    ids = bao("list", "-format=json", "sys/leases/lookup/auth/incident/login").stdout
+    (one, two) = json.loads(ids)
+    looked = json.loads(bao("lease", "lookup", "-format=json", f"auth/incident/login/{one}").stdout)["data"]
+    assert looked["path"] == "auth/incident/login" and looked["renewable"] is True and 0 < looked["ttl"] <= 3600
+    revoked = bao("lease", "revoke", f"auth/incident/login/{one}")
+    assert "All revocation operations queued successfully!" in revoked.stdout
+    assert [alive(first), alive(second)].count(True) == 1
+    out = bao("lease", "revoke", "-prefix", "auth/incident")
+    assert "All revocation operations queued successfully!" in out.stdout
+    assert not alive(first) and not alive(second) and alive(other)
+    third = login()
+    assert "Success! Revoked token (if it existed)" in bao("token", "revoke", "-mode=path", "auth/incident/login").stdout
+    assert not alive(third) and alive(other)
+    fourth = login()
+    forced = bao("lease", "revoke", "-force", "-prefix", "auth/incident/login")
+    assert "Force revoked any leases with prefix: auth/incident/login" in forced.stdout
+    assert not alive(fourth) and alive(other)
+    assert bao("list", "sys/leases/lookup/auth/incident/", check=False).returncode == 2  # nothing left: 404
+
 def test_a_glob_role_update_keeps_its_globs(bao: Bao, key: KeyPair) -> None:
     """OpenBao 2.7.2 (measured) resets ``bound_claims_type`` to ``string`` on an update that
     leaves it out: this role's ``refs/*`` would then only match the literal text, and every

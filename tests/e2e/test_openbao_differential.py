@@ -723,6 +723,83 @@ def test_login_statuses_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc], case:
     assert answers[0] == answers[1]
 
 
+
+#: (path, body) of each revocation, run on a fresh set of tokens: logins through the jwt mount,
+#: tokens made by a token role, and a child of one of those made through auth/token/create.
+LEASE_REVOCATIONS: list[tuple[str, dict[str, Any]]] = [
+    ("sys/leases/revoke-prefix/auth/peer-jwt", {}), ("sys/leases/revoke-prefix/auth/peer-jwt/login", {}),
+    ("sys/leases/revoke-prefix/auth/peer", {}), ("sys/leases/revoke-force/auth/peer-jwt", {}),
+    ("sys/leases/revoke-force/auth/peer-jwt/", {}),
+    ("sys/leases/revoke-prefix/auth/token/create/lr", {}), ("sys/leases/revoke-prefix/auth/token/create/lr/sfx", {}),
+    ("sys/leases/revoke-prefix/auth/token/create/l", {}), ("sys/leases/revoke-prefix/auth/nope", {"sync": True}),
+]
+
+
+def _lease_family(url: str, root: str) -> dict[str, str]:
+    head = {"X-Vault-Token": root}
+
+    def made_by(path: str, body: dict[str, Any], token: str | None = None) -> str:
+        resp = requests.post(f"{url}/v1/{path}", json=body, timeout=10,
+                             headers=head if token is None else {"X-Vault-Token": token} if token else {})
+        assert resp.status_code == 200, (url, path, resp.text)
+        return str(resp.json()["auth"]["client_token"])
+
+    made = {f"login {i}": made_by("auth/peer-jwt/login", {"role": "plain", "jwt": _jwt()}, "") for i in range(2)}
+    made["role 0"] = made_by("auth/token/create/lr", {"policies": ["creator"]})
+    made["role 1"] = made_by("auth/token/create/lr", {})
+    made["child of a role token"] = made_by("auth/token/create", {"policies": ["default"], "ttl": "10m"}, made["role 0"])
+    made["batch"] = made_by("auth/token/create", {"type": "batch", "policies": ["default"]})
+    return made
+
+
+@pytest.mark.parametrize(("path", "body"), LEASE_REVOCATIONS)
+def test_revoke_prefix_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc], path: str, body: dict[str, Any]) -> None:
+    """The answer, and which tokens still work, after each revocation by prefix: whole segments,
+    children with their parent, batch tokens left. (OpenBao's dev root token was made through
+    auth/token/create, so no prefix here covers that path.)"""
+    answers = []
+    for url, root in ((jwt_mounts[0].url, str(jwt_mounts[0].root_token)), (jwt_mounts[1].url, jwt_mounts[1].root_token)):
+        head = {"X-Vault-Token": root}
+        role = {"allowed_policies": ["default", "creator"], "path_suffix": "sfx"}
+        assert requests.post(f"{url}/v1/auth/token/roles/lr", json=role, headers=head, timeout=10).status_code == 204
+        made = _lease_family(url, root)
+        resp = requests.put(f"{url}/v1/{path}", json=body, headers=head, timeout=10)
+        alive = {name: requests.get(f"{url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token},
+                                    timeout=10).status_code for name, token in made.items()}
+        answers.append((resp.status_code, _errors(resp.json()) if resp.text else None, alive))
+    assert answers[0] == answers[1]
+
+
+def test_lease_lookups_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> None:
+    """The lease listing under a login path and a token role's path (ids replaced), a lease's
+    lookup (fields and their types), its revocation by id, and the refusals."""
+    answers = []
+    for url, root in ((jwt_mounts[0].url, str(jwt_mounts[0].root_token)), (jwt_mounts[1].url, jwt_mounts[1].root_token)):
+        head = {"X-Vault-Token": root}
+        role = {"allowed_policies": ["default"], "path_suffix": "sfx"}
+        assert requests.post(f"{url}/v1/auth/token/roles/lk", json=role, headers=head, timeout=10).status_code == 204
+        token = requests.post(f"{url}/v1/auth/token/create/lk", json={}, headers=head, timeout=10).json()["auth"]["client_token"]
+        seen: list[Any] = []
+        for prefix in ("auth/token/create/lk", "auth/token/create/lk/", "auth/token/create/lk/sfx/", "auth/token/create/l",
+                       "auth/peer-jwt/"):
+            resp = requests.request("LIST", f"{url}/v1/sys/leases/lookup/{prefix}", headers=head, timeout=10)
+            keys = (resp.json().get("data") or {}).get("keys", []) if resp.text else []
+            seen.append((prefix, resp.status_code, [k if k.endswith("/") else "ID" for k in keys]))
+        listing = requests.request("LIST", f"{url}/v1/sys/leases/lookup/auth/token/create/lk/sfx/", headers=head, timeout=10)
+        lease = "auth/token/create/lk/sfx/" + listing.json()["data"]["keys"][0]
+        data = requests.put(f"{url}/v1/sys/leases/lookup", json={"lease_id": lease}, headers=head, timeout=10).json()["data"]
+        seen.append(sorted((k, type(v).__name__) for k, v in data.items()))
+        seen.append((data["path"], data["renewable"], data["ttl"] > 0, data["id"] == lease))
+        for method, path, body in (("PUT", "sys/leases/revoke/" + lease, {}), ("PUT", "sys/leases/lookup", {"lease_id": lease}),
+                                   ("PUT", "sys/leases/lookup", {}), ("PUT", "sys/leases/revoke", {}),
+                                   ("PUT", "sys/leases/revoke", {"lease_id": "auth/token/create/lk/sfx/nope"}),
+                                   ("GET", "sys/leases/lookup", None)):
+            resp = requests.request(method, f"{url}/v1/{path}", json=body, headers=head, timeout=10)
+            seen.append((path.replace(lease, "LEASE"), resp.status_code, _errors(resp.json()) if resp.text else None))
+        seen.append(requests.get(f"{url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}, timeout=10).status_code)
+        answers.append(seen)
+    assert answers[0] == answers[1]
+
 # -- the OIDC flow's refusals against a real IdP (node-oidc-provider) ------------------------------
 #: (method, path, body): each server's answer status must agree. An auth_url whose redirect URI
 #: the role does not allow is left out: OpenBao answers it 200 with an empty URL, authmount 400

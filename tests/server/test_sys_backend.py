@@ -89,8 +89,11 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     assert unauthenticated == {"health", "seal-status", "init", "leader", "wrapping/lookup"}
     # sys/mounts/auth/<path>/tune changes what sys/auth/<path>/tune does: sudo on both
     assert {p.split("/")[0] for p in sudo} == {
-        "auth", "mounts", "policies", "policy", "rotate", "key-status", "audit", "config",
+        "auth", "mounts", "policies", "policy", "rotate", "key-status", "audit", "config", "leases",
     }
+    # Vault's root paths: the prefix revocations and the lease listing, not lookup or revoke of one lease
+    assert {p for p in sudo if p.startswith("leases")} == {
+        "leases/lookup/(?P<prefix>.*)", "leases/revoke-prefix/(?P<prefix>.+)", "leases/revoke-force/(?P<prefix>.+)"}
     assert not specs["mounts"].sudo  # the read-only listing
     assert not any(p.startswith(("auth", "polic", "audit/", "config/")) for p in set(specs) - sudo)
     # Vault: audit-hash needs update on its path, not sudo; metrics needs read.
@@ -115,11 +118,18 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
     documented = {path: ops for path, ops in body["paths"].items() if path.startswith("/sys/")}
     assert set(documented) == {_route(spec.pattern) for spec in _backend().paths}
     # Every documented operation reaches its handler: no 404 (no handler) and no 405.
-    fill = {"{path}": "jwt", "{name}": "default", "{header}": "x-team"}
+    # (revocations by prefix name no token, so the root token of the requests lives on)
+    fill = {"{path}": "jwt", "{name}": "default", "{header}": "x-team", "{prefix}": "auth/token",
+            "{url_lease_id}": "auth/nope/x", "revoke-{prefix}": "auth/nope"}
     resp = await client.post("/v1/sys/config/auditing/request-headers/x-team", json={"hmac": True}, headers=H)
     assert resp.status == 204, await resp.text()  # a header to read
     for path, ops in documented.items():
-        url = "/v1" + re.sub(r"\{\w+\}", lambda m: fill[m.group(0)], path)
+        kind = "revoke-" if "revoke" in path else ""
+
+        def value(m: re.Match[str], kind: str = kind) -> str:
+            return fill.get(kind + m.group(0)) or fill[m.group(0)]
+
+        url = "/v1" + re.sub(r"\{\w+\}", value, path)
         for verb, op in ops.items():
             if verb.startswith("x-") or verb == "parameters":
                 continue

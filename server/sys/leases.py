@@ -1,0 +1,120 @@
+"""``sys/leases/*`` over the only leases authmount has, tokens' own: revoke every token
+issued under a path, the way Vault operators do after an incident (``vault lease revoke
+-prefix auth/gitlab/login``, ``vault token revoke -mode=path auth/gitlab``), and list, look up
+and revoke single token leases (``vault list sys/leases/lookup/auth/jwt/login``,
+``vault lease lookup``, ``vault lease revoke <lease id>``).
+
+A token's lease id is its creation path and its row id (``TokenStore.lease_id``), as Vault
+names it by path and a hash of the token; the token itself is never in it.
+
+The only leases authmount has are tokens' own, so a prefix names token creation paths
+(``auth/jwt/login``, ``auth/token/create``, ``auth/token/create/<role>``) and is matched by
+whole segments, as Vault matches lease ids: ``auth/jwt`` covers ``auth/jwt/login``, never
+``auth/jwt2/login``. Each token revoked takes its children with it (whatever path made them);
+batch tokens have no lease and are left, as in Vault (disable the mount to kill them). The
+prefix paths and the listing need ``sudo``, as in Vault. ``sync: false`` answers ``202`` at
+once and revokes in the background.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from plugin.errors import InvalidRequest, NotFound
+from plugin.framework import Operation, Request, Response
+from plugin.schema import Field, FieldSet, FieldType
+from server.sys.core import SysPath
+from server.tokens.ttl import rfc3339
+
+if TYPE_CHECKING:
+    from server.sys.backend import SysBackend
+
+__all__ = ["paths"]
+
+log = structlog.get_logger("authmount.leases")
+
+_PREFIX = Field(FieldType.NAME, "The creation path whose tokens are revoked (whole segments: "
+                "auth/jwt covers auth/jwt/login).", required=True)
+
+
+def paths(b: SysBackend) -> list[SysPath]:
+    core = b.core
+
+    async def revoke_prefix(req: Request, values: dict[str, Any]) -> Response | None:
+        prefix = values["prefix"]
+        if not values.get("sync", True):
+            core.tokens.revoke_prefix_later(prefix)
+            return Response(status=202, raw_body=b"", content_type="application/json")  # Vault: no body
+        count = await core.tokens.revoke_prefix(prefix)
+        log.info("tokens_revoked_by_prefix", prefix=prefix, revoked=count)
+        return None
+
+    async def revoke_force(req: Request, values: dict[str, Any]) -> None:
+        # Vault's force skips a secrets engine's failing revocation; a token's has none to skip.
+        count = await core.tokens.revoke_prefix(values["prefix"])
+        log.info("tokens_revoked_by_prefix", prefix=values["prefix"], revoked=count, force=True)
+
+    async def list_leases(req: Request, values: dict[str, Any]) -> Response:
+        keys = await core.tokens.lease_ids(values.get("prefix", ""))
+        if not keys:
+            raise NotFound()  # an empty listing is a 404, as every LIST
+        return Response(data={"keys": keys})
+
+    async def lookup(req: Request, values: dict[str, Any]) -> Response:
+        lease_id = values.get("lease_id", "")
+        if not lease_id:
+            raise InvalidRequest("lease_id must be specified")
+        entry = await core.tokens.lease_entry(lease_id)
+        if entry is None:
+            raise InvalidRequest("invalid lease")
+        now = core.tokens.clock()
+        expires = entry.expire_time
+        return Response(data={
+            "id": lease_id,
+            "issue_time": rfc3339(entry.creation_time),
+            "expire_time": rfc3339(expires) if expires else None,
+            "last_renewal": rfc3339(entry.last_renewal_time) if entry.last_renewal_time else None,
+            "ttl": max(0, int(expires - math.floor(now + 0.5))) if expires else 0,
+            "renewable": bool(entry.renewable and expires and entry.type == "service"),
+            "path": entry.path,
+        })
+
+    async def revoke(req: Request, values: dict[str, Any]) -> Response | None:
+        lease_id = values.get("lease_id") or values.get("url_lease_id") or ""
+        if not lease_id:
+            raise InvalidRequest("lease_id must be specified")
+        entry = await core.tokens.lease_entry(lease_id)
+        if entry is not None:  # an unknown or dead lease is revoked already, as Vault answers it
+            await core.tokens.revoke(entry)
+        return None if values.get("sync", True) else Response(status=202, raw_body=b"", content_type="application/json")
+
+    sync = Field(FieldType.BOOL, "Revoke before answering (204); false: answer 202 (revoked all the same).",
+                 default=True)
+    lease_id = Field(FieldType.STRING, "The lease id: a token's creation path and row id "
+                     "(from LIST sys/leases/lookup/<prefix>).", default="")
+    return [
+        SysPath("leases/lookup/(?P<prefix>.*)", FieldSet({
+            "prefix": Field(FieldType.NAME, "The path whose lease ids are listed, one level down.", default=""),
+        }), {Operation.LIST: list_leases}, "List token lease ids under a creation path.", sudo=True),
+        SysPath("leases/lookup", FieldSet({"lease_id": lease_id}), {Operation.UPDATE: lookup},
+                "A token lease's issue and expiry times and TTL."),
+        SysPath("leases/revoke", FieldSet({"lease_id": lease_id, "sync": sync}), {Operation.UPDATE: revoke},
+                "Revoke the token a lease id names, and its children.", statuses=(202,)),
+        SysPath("leases/revoke/(?P<url_lease_id>.+)", FieldSet({
+            "url_lease_id": Field(FieldType.NAME, "The lease id, in the path.", default=""),
+            "lease_id": lease_id,
+            "sync": sync,
+        }), {Operation.UPDATE: revoke}, "Revoke the token a lease id names, and its children.", statuses=(202,)),
+        SysPath("leases/revoke-prefix/(?P<prefix>.+)", FieldSet({
+            "prefix": _PREFIX,
+            "sync": Field(FieldType.BOOL, "Revoke before answering (204); false: answer 202 and revoke in "
+                          "the background.", default=True),
+        }), {Operation.UPDATE: revoke_prefix},
+            "Revoke every token created under a path, and its children.", sudo=True, statuses=(202,)),
+        SysPath("leases/revoke-force/(?P<prefix>.+)", FieldSet({"prefix": _PREFIX}), {Operation.UPDATE: revoke_force},
+                "Revoke every token created under a path, and its children (as revoke-prefix: a token's "
+                "revocation has no backend step to skip).", sudo=True),
+    ]
