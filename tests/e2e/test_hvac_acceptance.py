@@ -211,6 +211,36 @@ def test_jwt_login_lookup_token_meta_role(vault: ServerProc, idp: LocalIdP, moun
     assert as_json(client.lookup_token())["data"]["meta"]["role"] == LOGIN_ROLE
 
 
+
+def test_leases_of_a_mounts_logins(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
+    """hvac's lease calls over login tokens: ``list_leases``, ``read_lease``, ``revoke_lease``,
+    ``revoke_prefix`` and ``revoke_force``."""
+    root = vault.client()
+    configure_jwks(root, idp, mount)
+    create_login_role(root, mount)
+
+    def login() -> str:
+        return str(vault.client(token="").auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(), path=mount)["auth"]["client_token"])
+
+    def alive(token: str) -> bool:
+        return bool(vault.client(token=token).is_authenticated())
+
+    tokens = [login(), login()]
+    assert as_json(root.sys.list_leases(f"auth/{mount}"))["data"]["keys"] == ["login/"]
+    ids = as_json(root.sys.list_leases(f"auth/{mount}/login"))["data"]["keys"]
+    assert len(ids) == 2
+    lease = as_json(root.sys.read_lease(f"auth/{mount}/login/{ids[0]}"))["data"]
+    assert lease["path"] == f"auth/{mount}/login" and lease["renewable"] is True
+    assert root.sys.revoke_lease(f"auth/{mount}/login/{ids[0]}").status_code == 204
+    assert sorted(alive(t) for t in tokens) == [False, True]
+    assert root.sys.revoke_prefix(f"auth/{mount}").status_code == 204
+    assert not any(alive(t) for t in tokens)
+    last = login()
+    assert root.sys.revoke_force(f"auth/{mount}/login").status_code == 204
+    assert not alive(last) and alive(ROOT)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.sys.list_leases(f"auth/{mount}")  # nothing left
+
 def test_jwt_login_url_like_user_claim(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
     root = vault.client()
     configure_jwks(root, idp, mount)
