@@ -296,11 +296,14 @@ async def authorize(
         raise PermissionDenied()
     tokens = request.app[TOKENS]
     entry = await tokens.authenticate(raw, remote_addr(request))
-    acl = await request.app[POLICIES].acl_for(await tokens.policies_of(entry))
-    if allowed is not None:
-        granted = await allowed(acl)
+    if tokens.entity_disabled(entry):  # as Vault: a disabled entity's tokens do nothing
+        granted = False
     else:
-        granted = all(acl.allows(path, cap) for cap in capabilities)
+        acl = await request.app[POLICIES].acl_for(await tokens.policies_of(entry))
+        if allowed is not None:
+            granted = await allowed(acl)
+        else:
+            granted = all(acl.allows(path, cap) for cap in capabilities)
     if not granted:
         await release(request, entry)
         raise PermissionDenied()

@@ -1,6 +1,8 @@
 """``identity/entity/id|name/<...>``, ``identity/entity-alias/id/<id>``, their LISTs, and
 ``identity/lookup/entity|group``: entities are made by logins (one per alias name and mount)
-and read here; an entity may be deleted (its next login makes it again)."""
+and read here; an operator may give one ``policies`` (granted to its tokens at each use, as a
+group's are), ``metadata`` and ``disabled`` (its tokens and logins refused), and may delete
+one (its next login makes it again, without what was set on it)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Handler, Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.identity.groups import group_data
-from server.identity.store import Entity, Group, IdentityStore
+from server.identity.store import Entity, EntityAttrs, Group, IdentityStore, group_policies
 
 if TYPE_CHECKING:
     from server.identity.backend import IdentityBackend
@@ -55,24 +57,56 @@ def entity_alias_data(store: IdentityStore, entity: Entity) -> dict[str, Any]:
     return out
 
 
+#: What an entity write takes (``identity/entity``, ``identity/entity/id|name/<...>``).
+ENTITY_FIELDS = FieldSet({
+    "id": Field(_S, "ID of the entity to update (entities are made by their first login).", default=""),
+    "name": Field(_S, "Name of the entity to update (its name is made from its id: entity_<16 hex digits>; "
+                      "it cannot be changed).", default=""),
+    "policies": Field(FieldType.COMMA_STRING_SLICE, "Policies granted to the entity's tokens, in addition to "
+                      "their own and their groups', at each use of the tokens. 'root' is refused."),
+    "metadata": Field(FieldType.KV_PAIRS, "Metadata (string keys and values) attached to the entity."),
+    "disabled": Field(FieldType.BOOL, "Refuse every use of the entity's tokens, and its logins, until set false "
+                      "again (nothing is revoked).", default=False),
+})
+
+
 def entity_data(store: IdentityStore, entity: Entity) -> dict[str, Any]:
     """An entity as Vault reads it."""
     groups = store.entity_groups(entity, entity.id)
+    attrs = store.entity_attrs.get(entity.id) or EntityAttrs()
     return {
         "aliases": [_alias(store, entity)],
         "creation_time": entity.creation_time,
         "direct_group_ids": groups,
-        "disabled": False,
+        "disabled": attrs.disabled,
         "group_ids": groups,
         "id": entity.id,
         "inherited_group_ids": [],
-        "last_update_time": entity.last_update_time,
+        "last_update_time": max(entity.last_update_time, attrs.last_update_time),
         "merged_entity_ids": None,
-        "metadata": None,
+        "metadata": dict(attrs.metadata) or None,
         "name": entity.name,
         "namespace_id": "root",
-        "policies": [],
+        "policies": list(attrs.policies),
     }
+
+
+def _attrs_change(values: dict[str, Any]) -> Any:
+    """What an entity write changes (a function of the stored attributes).
+
+    :raises InvalidRequest: ``policies cannot contain root`` (Vault's message).
+    """
+    policies = group_policies(values["policies"]) if "policies" in values else None
+
+    def change(attrs: EntityAttrs) -> None:
+        if policies is not None:
+            attrs.policies = policies
+        if "metadata" in values:
+            attrs.metadata = dict(values["metadata"])
+        if "disabled" in values:
+            attrs.disabled = bool(values["disabled"])
+
+    return change
 
 
 def _one_way(values: dict[str, Any]) -> str:
@@ -142,6 +176,31 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         if entity is not None:
             await b.store.delete_entity(entity)
 
+    async def write(entity: Entity | None, values: dict[str, Any], missing: str) -> None:
+        if entity is None:
+            # Vault would make a new entity here; authmount's are made by their first login (one
+            # per alias name and mount, its id derived from them), so none can be made ahead.
+            raise InvalidRequest(f"{missing}: entities are made by their first login here (look one up with "
+                                 "identity/lookup/entity and alias_name + alias_mount_accessor)")
+        if values.get("name") and values["name"] != entity.name:
+            raise InvalidRequest(f"an entity's name cannot be changed here (it is {entity.name}, made from its id)")
+        await b.store.write_entity_attrs(entity.id, _attrs_change(values))
+
+    async def write_id(req: Request, values: dict[str, Any]) -> None:
+        await write(await b.store.entity(values["id"]), values, "entity not found from id")
+
+    async def write_name(req: Request, values: dict[str, Any]) -> None:
+        await write(await b.store.entity_by_name(values["name"]), values, "entity not found from name")
+
+    async def write_entity(req: Request, values: dict[str, Any]) -> None:
+        """``identity/entity``: an update of the entity ``id`` (else ``name``) names."""
+        if values.get("id"):
+            await write_id(req, values)
+        elif values.get("name"):
+            await write_name(req, values)
+        else:
+            await write(None, values, "entity not found")
+
     async def list_aliases(req: Request, values: dict[str, Any]) -> Response:
         store = b.store
         info: dict[str, Any] = {}
@@ -190,16 +249,21 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             group = store.groups.get(alias.canonical_id) if alias is not None else None
         return Response(data=await group_data(store, group)) if group is not None else None
 
-    by_id = FieldSet({"id": Field(FieldType.NAME, "ID of the entity.")})
-    by_name = FieldSet({"name": Field(FieldType.NAME, "Name of the entity (lower-cased before the ACL check).",
-                                      canonical=str.lower)})
-    read_del: dict[Operation, Handler] = {Operation.READ: read_id, Operation.DELETE: delete_id}
+    by_id = FieldSet({**ENTITY_FIELDS.fields, "id": Field(FieldType.NAME, "ID of the entity.")})
+    by_name = FieldSet({**ENTITY_FIELDS.fields, "name": Field(FieldType.NAME, "Name of the entity (lower-cased "
+                                                              "before the ACL check).", canonical=str.lower)})
+    by_id_ops: dict[Operation, Handler] = {Operation.READ: read_id, Operation.UPDATE: write_id, Operation.DELETE: delete_id}
+    by_name_ops: dict[Operation, Handler] = {Operation.READ: read_name, Operation.UPDATE: write_name,
+                                             Operation.DELETE: delete_name}
     return [
+        PathSpec("entity", ENTITY_FIELDS, {Operation.UPDATE: write_entity},
+                 "Update an entity's policies, metadata or disabled flag (by id, or by name)."),
         PathSpec("entity/id/?", FieldSet({}), {Operation.LIST: list_ids}, "List entities by id."),
-        PathSpec(f"entity/id/(?P<id>{_KEY})", by_id, read_del, "Read or delete an entity by id."),
+        PathSpec(f"entity/id/(?P<id>{_KEY})", by_id, by_id_ops,
+                 "Read, update (policies, metadata, disabled) or delete an entity by id."),
         PathSpec("entity/name/?", FieldSet({}), {Operation.LIST: list_names}, "List entities by name."),
-        PathSpec(f"entity/name/(?P<name>{_KEY})", by_name, {Operation.READ: read_name, Operation.DELETE: delete_name},
-                 "Read or delete an entity by name."),
+        PathSpec(f"entity/name/(?P<name>{_KEY})", by_name, by_name_ops,
+                 "Read, update (policies, metadata, disabled) or delete an entity by name."),
         PathSpec("entity-alias/id/?", FieldSet({}), {Operation.LIST: list_aliases}, "List entity aliases by id."),
         PathSpec(f"entity-alias/id/(?P<id>{_KEY})", FieldSet({"id": Field(FieldType.NAME, "ID of the alias.")}),
                  {Operation.READ: read_alias}, "Read an entity alias by id."),

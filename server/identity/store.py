@@ -12,17 +12,22 @@ Storage layout (root storage):
   memberships, refreshed by each login through that mount (Vault's
   ``refreshExternalGroupMembershipsByEntityID``);
 - ``identity/entity-alias/<alias id>`` → ``{"entity_id": ...}``;
+- ``identity/entity-attrs/<entity id>`` → what an operator set on an entity: its
+  ``policies``, ``metadata`` and ``disabled`` (a row apart from the entity's, which logins
+  rewrite; few, and all held in memory like the groups);
 - ``identity/member/<group id>/<entity id>`` → 1, the members of an external group;
 - ``identity/group-name/<hash>`` and ``identity/group-alias-name/<hash>`` → ``{"id", "at"}``,
   the claim of a group name (lower-cased) and of a group alias name on a mount: the one
   writer of a name among nodes and workers (``server.identity.names``).
 
-Groups and group aliases are few and written by operators: all of them are held in memory,
+Groups, group aliases and entity attributes are few and written by operators: all of them are held in memory,
 re-read after a local write and when another node announces one (``invalidate``). Entities
 are many: a bounded cache holds those used lately. A token's identity policies are judged at
 each use from these tables (``policies_for``): a group's policy change applies to live tokens
-at their next use, as in Vault. When no group grants a policy the answer is known without
-looking at the entity, and otherwise only a cache miss reads the entity's row.
+at their next use, as in Vault, and so do an entity's own policies and its ``disabled``
+flag (a disabled entity's tokens are refused, and so are its logins). When no group grants a
+policy the answer is known without looking at the entity, and otherwise only a cache miss
+reads the entity's row.
 
 Group names and group alias names are unique case-insensitively (as Vault's); a login's IdP
 group names match aliases exactly (docs/vault-differences.md row 30). The in-memory tables
@@ -43,7 +48,7 @@ from typing import Any
 
 import structlog
 
-from plugin.errors import InvalidRequest, NotFound
+from plugin.errors import InvalidRequest, NotFound, PermissionDenied
 from plugin.framework import Alias
 from plugin.policyutil import sanitize_policies
 from server.identity.names import Held, NameClaims, name_key
@@ -58,6 +63,7 @@ __all__ = [
     "GROUP_ALIAS_PREFIX",
     "IDENTITY_PREFIX",
     "Entity",
+    "EntityAttrs",
     "Group",
     "GroupAlias",
     "IdentityStore",
@@ -73,6 +79,7 @@ GROUP_PREFIX = "identity/group/"
 GROUP_ALIAS_PREFIX = "identity/group-alias/"
 ENTITY_PREFIX = "identity/entity/"
 ENTITY_ALIAS_PREFIX = "identity/entity-alias/"
+ENTITY_ATTRS_PREFIX = "identity/entity-attrs/"
 MEMBER_PREFIX = "identity/member/"
 GROUP_NAME_PREFIX = "identity/group-name/"
 ALIAS_NAME_PREFIX = "identity/group-alias-name/"
@@ -181,6 +188,26 @@ class Entity:
         return cls(**{k: v for k, v in raw.items() if k in _ENTITY_FIELDS})
 
 
+@dataclass(slots=True)
+class EntityAttrs:
+    """What an operator set on an entity (``identity/entity/id/<id>``): Vault's entity
+    ``policies`` (granted to its tokens at each use), ``metadata`` and ``disabled``."""
+
+    policies: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    disabled: bool = False
+    last_update_time: str = ""
+
+    def to_storage(self) -> dict[str, Any]:
+        return {"policies": list(self.policies), "metadata": dict(self.metadata), "disabled": self.disabled,
+                "last_update_time": self.last_update_time}
+
+    @classmethod
+    def from_storage(cls, raw: dict[str, Any]) -> EntityAttrs:
+        return cls(**{k: v for k, v in raw.items() if k in _ATTRS_FIELDS})
+
+
+_ATTRS_FIELDS = frozenset(EntityAttrs.__dataclass_fields__)
 _GROUP_FIELDS = frozenset(Group.__dataclass_fields__)
 _ALIAS_FIELDS = frozenset(GroupAlias.__dataclass_fields__)
 _ENTITY_FIELDS = frozenset(Entity.__dataclass_fields__)
@@ -250,7 +277,9 @@ class IdentityStore:
         self._alias_names: dict[tuple[str, str], str] = {}  # (accessor, lower-cased name) -> alias id
         self._alias_groups: dict[tuple[str, str], str] = {}  # (accessor, exact name) -> group id
         self._internal: dict[str, tuple[str, ...]] = {}  # entity id -> internal group ids
-        self._granting = False  # does any group grant a policy?
+        self._granting = False  # does any group or entity grant a policy?
+        self.entity_attrs: dict[str, EntityAttrs] = {}
+        self._disabled: frozenset[str] = frozenset()  # ids of disabled entities
         self._entities: dict[str, Entity | None] = {}
         self._lock = asyncio.Lock()
         self._refresh = Refresh(self.load, "identity_reload_failed")
@@ -272,6 +301,12 @@ class IdentityStore:
             raw = await self.storage.get(GROUP_ALIAS_PREFIX + key)
             if isinstance(raw, dict):
                 aliases[key] = GroupAlias.from_storage(raw)
+        attrs: dict[str, EntityAttrs] = {}
+        for key in await self.storage.list(ENTITY_ATTRS_PREFIX):
+            raw = await self.storage.get(ENTITY_ATTRS_PREFIX + key)
+            if isinstance(raw, dict):
+                attrs[key] = EntityAttrs.from_storage(raw)
+        self.entity_attrs = attrs
         self._install(groups, aliases)
         self._warn_duplicates()
 
@@ -304,7 +339,9 @@ class IdentityStore:
                 for member in g.member_entity_ids:
                     internal.setdefault(member, []).append(g.id)
         self._internal = {k: tuple(v) for k, v in internal.items()}
-        self._granting = any(g.policies for g in groups.values())
+        attrs = self.entity_attrs
+        self._granting = any(g.policies for g in groups.values()) or any(a.policies for a in attrs.values())
+        self._disabled = frozenset(eid for eid, a in attrs.items() if a.disabled)
         self.generation += 1
 
     def _reinstall(self) -> None:
@@ -315,7 +352,7 @@ class IdentityStore:
         if key.startswith(ENTITY_PREFIX):
             self._entities.pop(key[len(ENTITY_PREFIX):], None)
             return
-        if key and not key.startswith((GROUP_PREFIX, GROUP_ALIAS_PREFIX)):
+        if key and not key.startswith((GROUP_PREFIX, GROUP_ALIAS_PREFIX, ENTITY_ATTRS_PREFIX)):
             return
         if not key:
             self._entities.clear()
@@ -411,8 +448,13 @@ class IdentityStore:
             return []
         return self._policies_of(await self.entity(entity_id), entity_id)
 
+    def disabled(self, entity_id: str) -> bool:
+        """Whether an operator disabled the entity (its tokens and logins are refused)."""
+        return entity_id in self._disabled
+
     def _policies_of(self, entity: Entity | None, entity_id: str) -> list[str]:
-        out: set[str] = set()
+        attrs = self.entity_attrs.get(entity_id)
+        out: set[str] = set(attrs.policies) if attrs is not None else set()
         for gid in self.entity_groups(entity, entity_id):
             out.update(self.groups[gid].policies)
         out.discard("root")  # refused at every group write; never granted whatever is stored
@@ -421,7 +463,12 @@ class IdentityStore:
     async def login(self, entity_id: str, alias_id: str, accessor: str, alias: Alias, group_names: Iterable[str]) -> list[str]:
         """Create or refresh the entity of a login and its external group memberships through
         the mount with ``accessor`` (``group_names`` are the IdP's group names, the Auth's
-        group aliases); return the entity's identity policies. Writes only what changed."""
+        group aliases); return the entity's identity policies. Writes only what changed.
+
+        :raises PermissionDenied: the entity is disabled (Vault refuses its logins too).
+        """
+        if entity_id in self._disabled:
+            raise PermissionDenied()
         now_groups = {gid for n in group_names if (gid := self._alias_groups.get((accessor, n))) is not None}
         entity = await self.entity(entity_id)
         if entity is not None:
@@ -761,6 +808,28 @@ class IdentityStore:
         await self.storage.delete(ENTITY_ALIAS_PREFIX + entity.alias_id)
         await self.storage.delete(ENTITY_PREFIX + entity.id)
         self._remember(entity.id, None)
+        if await self.storage.get(ENTITY_ATTRS_PREFIX + entity.id) is not None or entity.id in self.entity_attrs:
+            await self.storage.delete(ENTITY_ATTRS_PREFIX + entity.id)
+            self.entity_attrs.pop(entity.id, None)
+            self._reinstall()
+
+    async def write_entity_attrs(self, entity_id: str, change: Callable[[EntityAttrs], None]) -> EntityAttrs:
+        """Apply ``change`` to what an operator set on the entity (its stored row, so a change
+        another node made a moment ago is kept) and hold the result in memory."""
+        stamp = now_rfc3339()
+        written: list[EntityAttrs] = []
+
+        def apply(old: Any) -> Any:
+            attrs = EntityAttrs.from_storage(old) if isinstance(old, dict) else EntityAttrs()
+            change(attrs)
+            attrs.last_update_time = stamp
+            written[:] = [attrs]
+            return attrs.to_storage()
+
+        await self.storage.update(ENTITY_ATTRS_PREFIX + entity_id, apply)
+        self.entity_attrs[entity_id] = written[0]
+        self._reinstall()
+        return written[0]
 
 
 def _through_other_mounts(group_ids: Iterable[str], accessor: str, mount_of: Callable[[str], str]) -> set[str]:

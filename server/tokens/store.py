@@ -487,6 +487,10 @@ class TokenStore:
             return []
         return await self.identity.policies_for(entry.entity_id)
 
+    def entity_disabled(self, entry: TokenEntry) -> bool:
+        """Whether ``entry``'s entity is disabled: Vault refuses every use of such a token."""
+        return bool(entry.entity_id) and self.identity is not None and self.identity.disabled(entry.entity_id)
+
     async def policies_of(self, entry: TokenEntry) -> list[str]:
         """Every policy the ACL judges ``entry`` by: its own and its identity policies, as
         they are at this use (a group's policy change applies at the next use, as in Vault)."""

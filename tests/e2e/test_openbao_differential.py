@@ -724,6 +724,62 @@ def test_login_statuses_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc], case:
 
 
 
+
+#: (method, path, body) against the entity of a login (EID, NAME) and its token (T), in order;
+#: a path starting with "login" logs in again as that entity. Compared: statuses, errors (except
+#: where authmount explains more: ENTITY_TEXTS_DIFFER), and the fields named in ENTITY_FIELDS.
+ENTITY_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "identity/entity/id/EID", {"policies": ["Ent", "ent"], "metadata": {"team": "a"}}),
+    ("GET", "auth/token/lookup-self T", None), ("GET", "identity/entity/id/EID", None),
+    ("POST", "identity/entity/id/EID", {"policies": ["root"]}), ("POST", "identity/entity/id/EID", {"metadata": "x=y"}),
+    ("GET", "identity/entity/name/NAME", None), ("POST", "identity/entity/name/NAME", {"disabled": True}),
+    ("GET", "auth/token/lookup-self T", None), ("POST", "auth/token/renew-self T", {}),
+    ("POST", "sys/capabilities-self T", {"paths": ["secret/x"]}), ("POST", "sys/capabilities", {"token": "T", "paths": ["x"]}),
+    ("POST", "auth/token/lookup", {"token": "T"}), ("POST", "login", None), ("GET", "identity/entity/id/EID", None),
+    ("POST", "identity/entity", {"id": "EID", "disabled": False}), ("GET", "auth/token/lookup-self T", None),
+    ("POST", "login", None), ("POST", "identity/entity", {"name": "NAME", "policies": "ent,other"}),
+    ("GET", "auth/token/lookup-self T", None), ("POST", "identity/entity/id/EID", {"disabled": "maybe"}),
+    ("POST", "identity/entity/id/nope-nope", {"policies": ["x"]}), ("GET", "identity/entity/id/EID", None),
+]
+ENTITY_FIELDS = ("policies", "metadata", "disabled", "identity_policies")
+#: Steps whose refusal is worded otherwise (the statuses agree): a bad boolean named in
+#: authmount's words for every field, and an unknown entity with how to find a login's entity.
+ENTITY_TEXTS_DIFFER = {19, 20}
+
+
+def test_entity_policies_and_disabled_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> None:
+    """An operator's writes to the entity of a login, and what its token and its logins get:
+    the entity's own policies at the token's next use, and a disabled entity's token and
+    logins refused until it is enabled again."""
+    answers = []
+    for url, root in ((jwt_mounts[0].url, str(jwt_mounts[0].root_token)), (jwt_mounts[1].url, jwt_mounts[1].root_token)):
+        head = {"X-Vault-Token": root}
+
+        def login(url: str = url) -> requests.Response:
+            jwt = _jwt(claims={"sub": "entity-steps"})
+            return requests.post(f"{url}/v1/auth/peer-jwt/login", json={"role": "plain", "jwt": jwt}, timeout=10)
+
+        auth = login().json()["auth"]
+        token, eid = auth["client_token"], auth["entity_id"]
+        name = requests.get(f"{url}/v1/identity/entity/id/{eid}", headers=head, timeout=10).json()["data"]["name"]
+        seen: list[Any] = []
+        for index, (method, path, body) in enumerate(ENTITY_STEPS):
+            if path == "login":
+                resp = login()
+            else:
+                path, _, who = path.partition(" ")
+                text = json.dumps(body).replace("EID", eid).replace("NAME", name).replace('"T"', json.dumps(token))
+                resp = requests.request(method, f"{url}/v1/{path.replace('EID', eid).replace('NAME', name)}",
+                                        json=json.loads(text), headers={"X-Vault-Token": token} if who else head, timeout=10)
+            answer = resp.json() if resp.text else {}
+            if "errors" in answer:
+                seen.append((index, resp.status_code, None if index in ENTITY_TEXTS_DIFFER else _errors(answer)))
+            else:
+                data = answer.get("data") or {}
+                seen.append((index, resp.status_code, {k: data.get(k) for k in ENTITY_FIELDS if k in data}))
+        answers.append(seen)
+    assert answers[0] == answers[1]
+
 #: (path, body) of each revocation, run on a fresh set of tokens: logins through the jwt mount,
 #: tokens made by a token role, and a child of one of those made through auth/token/create.
 LEASE_REVOCATIONS: list[tuple[str, dict[str, Any]]] = [

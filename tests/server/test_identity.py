@@ -16,7 +16,16 @@ from server.app import create_app
 from server.appkeys import IDENTITY, TOKENS
 from server.http.listverb import make_test_server
 from server.identity.names import CLAIM_GRACE, name_key
-from server.identity.store import GROUP_NAME_PREFIX, Group, GroupAlias, IdentityStore, MountRef, new_id
+from server.identity.store import (
+    ENTITY_ATTRS_PREFIX,
+    GROUP_NAME_PREFIX,
+    EntityAttrs,
+    Group,
+    GroupAlias,
+    IdentityStore,
+    MountRef,
+    new_id,
+)
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import make_token, rsa_key
 from tests.server.httpkit import Client, app_of
@@ -735,3 +744,141 @@ async def test_group_names_held_twice_are_logged_once() -> None:
     with structlog.testing.capture_logs() as logs:
         await store.load()
     assert [entry for entry in logs if entry["event"] == "identity_duplicate_group_names"] == []
+
+
+# -- what an operator sets on an entity: policies, metadata, disabled ---------------------------------
+async def test_an_entitys_own_policies_apply_to_its_tokens_at_the_next_use(api: Api) -> None:
+    """Vault's entity ``policies``: granted to every token of the entity (its login's and its
+    children's), beside its groups', changed for live tokens at their next use."""
+    await api.group("grp", ["grp-policy"], "grp-idp")
+    auth = await api.login("alice", ["grp-idp"])
+    token, eid = auth["client_token"], auth["entity_id"]
+    child = (await api.ok("POST", "auth/token/create", {"policies": ["dev"]}))["auth"]["client_token"]
+    assert await _can_read_role(api, token) == 403
+    name = (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]["name"]
+    assert await api.ok("POST", f"identity/entity/id/{eid}", {"policies": ["OPS", "ops"], "metadata": {"team": "a"}}) is None
+    assert await _can_read_role(api, token) == 200
+    _, me = await api.call("GET", "auth/token/lookup-self", token=token)
+    assert me["data"]["identity_policies"] == ["grp-policy", "ops"] and me["data"]["policies"] == ["default", "dev"]
+    data = (await api.ok("GET", f"identity/entity/name/{name}"))["data"]
+    assert (data["policies"], data["metadata"], data["disabled"]) == (["ops"], {"team": "a"}, False)
+    assert data["last_update_time"] >= data["creation_time"]
+    # by name, and through identity/entity (id first, else name); the fields not sent are kept
+    await api.ok("POST", f"identity/entity/name/{name.upper()}", {"policies": "ops,extra"})
+    await api.ok("POST", "identity/entity", {"name": name, "metadata": "k=v"})
+    data = (await api.ok("POST", "identity/lookup/entity", {"id": eid}))["data"]
+    assert (data["policies"], data["metadata"]) == (["extra", "ops"], {"k": "v"})
+    await api.ok("POST", "identity/entity", {"id": eid, "policies": []})
+    assert await _can_read_role(api, token) == 403
+    assert (await api.login("alice", ["grp-idp"]))["identity_policies"] == ["grp-policy"]
+    _, me = await api.call("GET", "auth/token/lookup-self", token=child)  # the root's child: no entity
+    assert "identity_policies" not in me["data"]
+
+
+async def test_a_disabled_entitys_tokens_and_logins_are_refused_until_enabled(api: Api) -> None:
+    """As Vault: every use of its tokens is refused (service and batch), and so are its logins;
+    nothing is revoked, so they work again once the entity is enabled."""
+    auth = await api.login("bob", [])
+    token, eid = auth["client_token"], auth["entity_id"]
+    batch = (await api.login("bob", [], role="batch"))["client_token"]
+    other = (await api.login("carol", []))["client_token"]
+    await api.ok("POST", f"identity/entity/id/{eid}", {"disabled": True})
+    for t in (token, batch):
+        assert await api.call("GET", "auth/token/lookup-self", token=t) == (403, {"errors": ["permission denied"]})
+        assert (await api.call("POST", "auth/token/renew-self", {}, token=t))[0] == 403
+        assert (await api.call("POST", "sys/capabilities-self", {"paths": ["x"]}, token=t))[0] == 403
+    assert await api.call("POST", "sys/capabilities", {"token": token, "paths": ["x"]}) == (400, {"errors": ["invalid token"]})
+    assert (await api.call("POST", "auth/token/lookup", {"token": token}))[0] == 200  # root may still look
+    now = int(time.time())
+    jwt = make_token({"sub": "bob", "groups": [], "aud": "authmount", "iat": now, "exp": now + 300}, key=KEY)
+    refused = await api.call("POST", "auth/jwt/login", {"role": "dev", "jwt": jwt}, token=None)
+    assert refused == (403, {"errors": ["permission denied"]})
+    assert (await api.call("GET", "auth/token/lookup-self", token=other))[0] == 200  # another entity
+    assert (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]["disabled"] is True
+    await api.ok("POST", f"identity/entity/id/{eid}", {"disabled": False})
+    for t in (token, batch):
+        assert (await api.call("GET", "auth/token/lookup-self", token=t))[0] == 200
+    assert (await api.login("bob", []))["entity_id"] == eid
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("identity/entity/id/{eid}", {"policies": ["Root"]}, "policies cannot contain root"),
+        ("identity/entity/id/nope", {"policies": ["ops"]},
+         "entity not found from id: entities are made by their first login here (look one up with "
+         "identity/lookup/entity and alias_name + alias_mount_accessor)"),
+        ("identity/entity/name/entity_0000000000000000", {"policies": ["ops"]},
+         "entity not found from name: entities are made by their first login here (look one up with "
+         "identity/lookup/entity and alias_name + alias_mount_accessor)"),
+        ("identity/entity", {"name": "alice", "policies": ["ops"]},
+         "entity not found from name: entities are made by their first login here (look one up with "
+         "identity/lookup/entity and alias_name + alias_mount_accessor)"),
+        ("identity/entity", {"policies": ["ops"]},
+         "entity not found: entities are made by their first login here (look one up with "
+         "identity/lookup/entity and alias_name + alias_mount_accessor)"),
+        ("identity/entity/id/{eid}", {"name": "alice"}, "an entity's name cannot be changed here (it is {name}, made "
+                                                        "from its id)"),
+        ("identity/entity/id/{eid}", {"disabled": "maybe"}, None),
+    ],
+    ids=["root-policy", "unknown-id", "unknown-name", "create-by-name", "create", "rename", "bad-bool"],
+)
+async def test_entity_writes_refused(api: Api, path: str, body: dict[str, Any], message: str | None) -> None:
+    """A refused write leaves the entity as it was."""
+    auth = await api.login("dave", [])
+    eid = auth["entity_id"]
+    name = (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]["name"]
+    await api.ok("POST", f"identity/entity/id/{eid}", {"policies": ["ops"]})
+    status, out = await api.call("POST", path.format(eid=eid), body)
+    assert status == 400
+    if message is not None:
+        assert out["errors"] == [message.format(name=name)]
+    data = (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]
+    assert (data["policies"], data["disabled"], data["name"]) == (["ops"], False, name)
+    assert await _can_read_role(api, auth["client_token"]) == 200
+
+
+async def test_a_deleted_entity_loses_what_was_set_on_it(api: Api) -> None:
+    auth = await api.login("erin", [])
+    eid = auth["entity_id"]
+    await api.ok("POST", f"identity/entity/id/{eid}", {"policies": ["ops"], "disabled": True})
+    await api.ok("DELETE", f"identity/entity/id/{eid}")
+    again = await api.login("erin", [])  # no longer disabled: the next login makes it again
+    assert again["entity_id"] == eid and "identity_policies" not in again
+    assert await _can_read_role(api, again["client_token"]) == 403
+    data = (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]
+    assert (data["policies"], data["metadata"], data["disabled"]) == ([], None, False)
+
+
+async def test_another_nodes_entity_attributes_apply_once_announced() -> None:
+    """What node A sets on an entity reaches node B when A's write is announced (B re-reads
+    its tables, as for groups); a change of one attribute keeps another node's change of another."""
+    storage = SharedStorage()
+    a, b = (IdentityStore(storage, mounts=lambda accessor: MountRef(accessor, "auth/jwt/", "jwt")) for _ in range(2))
+    for store in (a, b):
+        await store.load()
+    eid = new_id()
+
+    def set_policies(attrs: EntityAttrs) -> None:
+        attrs.policies = ["ops"]
+
+    def disable(attrs: EntityAttrs) -> None:
+        attrs.disabled = True
+
+    await a.write_entity_attrs(eid, set_policies)
+    assert await a.policies_for(eid) == ["ops"] and await b.policies_for(eid) == []  # not announced yet
+    await b.write_entity_attrs(eid, disable)  # b's change runs on the stored row: a's policies stay
+    assert b.disabled(eid) and await b.policies_for(eid) == ["ops"]
+    b.invalidate(ENTITY_ATTRS_PREFIX + eid)
+    a.invalidate(ENTITY_ATTRS_PREFIX + eid)
+    await a.load()  # what the announcement's re-read does
+    assert a.disabled(eid) and await a.policies_for(eid) == ["ops"]
+
+
+async def test_a_token_role_cannot_hand_out_a_disabled_entitys_alias(api: Api) -> None:
+    await api.ok("POST", "auth/token/roles/aliased", {"allowed_entity_aliases": ["ci-*"]})
+    made = (await api.ok("POST", "auth/token/create/aliased", {"entity_alias": "ci-x"}))["auth"]
+    await api.ok("POST", f"identity/entity/id/{made['entity_id']}", {"disabled": True})
+    refused = await api.call("POST", "auth/token/create/aliased", {"entity_alias": "ci-x"})
+    assert refused == (403, {"errors": ["entity from given entity alias is disabled"]})  # OpenBao's text
+    assert (await api.call("POST", "auth/token/create/aliased", {"entity_alias": "ci-y"}))[0] == 200
