@@ -2,7 +2,8 @@
 issued under a path, the way Vault operators do after an incident (``vault lease revoke
 -prefix auth/gitlab/login``, ``vault token revoke -mode=path auth/gitlab``), and list, look up
 and revoke single token leases (``vault list sys/leases/lookup/auth/jwt/login``,
-``vault lease lookup``, ``vault lease revoke <lease id>``).
+``vault lease lookup``, ``vault lease revoke <lease id>``). ``sys/leases/renew`` refuses a
+token's lease as Vault does (tokens are renewed through ``auth/token/renew*``).
 
 A token's lease id is its creation path and its row id (``TokenStore.lease_id``), as Vault
 names it by path and a hash of the token; the token itself is never in it.
@@ -82,6 +83,18 @@ def paths(b: SysBackend) -> list[SysPath]:
             "path": entry.path,
         })
 
+    async def renew(req: Request, values: dict[str, Any]) -> None:
+        """Vault renews no token here (``auth/token/renew*`` does): its refusals, in its order."""
+        lease_id = values.get("lease_id") or values.get("url_lease_id") or ""
+        if not lease_id:
+            raise InvalidRequest("lease_id must be specified")
+        entry = await core.tokens.lease_entry(lease_id)
+        if entry is None:
+            raise InvalidRequest("lease not found")
+        if not entry.expire_time or not entry.renewable:
+            raise InvalidRequest("lease is not renewable")
+        raise InvalidRequest("tokens cannot be renewed through this endpoint")
+
     async def revoke(req: Request, values: dict[str, Any]) -> Response | None:
         lease_id = values.get("lease_id") or values.get("url_lease_id") or ""
         if not lease_id:
@@ -93,6 +106,7 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     sync = Field(FieldType.BOOL, "Revoke before answering (204); false: answer 202 (revoked all the same).",
                  default=True)
+    increment = Field(FieldType.DURATION, "Ignored: tokens are renewed through auth/token/renew.", default=0)
     lease_id = Field(FieldType.STRING, "The lease id: a token's creation path and row id "
                      "(from LIST sys/leases/lookup/<prefix>).", default="")
     return [
@@ -101,6 +115,13 @@ def paths(b: SysBackend) -> list[SysPath]:
         }), {Operation.LIST: list_leases}, "List token lease ids under a creation path.", sudo=True),
         SysPath("leases/lookup", FieldSet({"lease_id": lease_id}), {Operation.UPDATE: lookup},
                 "A token lease's issue and expiry times and TTL."),
+        SysPath("leases/renew", FieldSet({"lease_id": lease_id, "increment": increment}), {Operation.UPDATE: renew},
+                "Refused for tokens, as in Vault: renew a token with auth/token/renew or renew-accessor."),
+        SysPath("leases/renew/(?P<url_lease_id>.+)", FieldSet({
+            "url_lease_id": Field(FieldType.NAME, "The lease id, in the path.", default=""),
+            "lease_id": lease_id,
+            "increment": increment,
+        }), {Operation.UPDATE: renew}, "Refused for tokens, as in Vault: renew a token with auth/token/renew."),
         SysPath("leases/revoke", FieldSet({"lease_id": lease_id, "sync": sync}), {Operation.UPDATE: revoke},
                 "Revoke the token a lease id names, and its children.", statuses=(202,)),
         SysPath("leases/revoke/(?P<url_lease_id>.+)", FieldSet({

@@ -843,11 +843,14 @@ def test_lease_lookups_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> Non
             seen.append((prefix, resp.status_code, [k if k.endswith("/") else "ID" for k in keys]))
         listing = requests.request("LIST", f"{url}/v1/sys/leases/lookup/auth/token/create/lk/sfx/", headers=head, timeout=10)
         lease = "auth/token/create/lk/sfx/" + listing.json()["data"]["keys"][0]
+        renewed = requests.put(f"{url}/v1/sys/leases/renew", json={"lease_id": lease, "increment": 60}, headers=head, timeout=10)
+        seen.append((renewed.status_code, _errors(renewed.json())))
         data = requests.put(f"{url}/v1/sys/leases/lookup", json={"lease_id": lease}, headers=head, timeout=10).json()["data"]
         seen.append(sorted((k, type(v).__name__) for k, v in data.items()))
         seen.append((data["path"], data["renewable"], data["ttl"] > 0, data["id"] == lease))
         for method, path, body in (("PUT", "sys/leases/revoke/" + lease, {}), ("PUT", "sys/leases/lookup", {"lease_id": lease}),
                                    ("PUT", "sys/leases/lookup", {}), ("PUT", "sys/leases/revoke", {}),
+                                   ("PUT", "sys/leases/renew", {}), ("PUT", "sys/leases/renew", {"lease_id": "auth/x/y"}),
                                    ("PUT", "sys/leases/revoke", {"lease_id": "auth/token/create/lk/sfx/nope"}),
                                    ("GET", "sys/leases/lookup", None)):
             resp = requests.request(method, f"{url}/v1/{path}", json=body, headers=head, timeout=10)

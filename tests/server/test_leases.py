@@ -157,6 +157,9 @@ async def test_leases_are_listed_looked_up_and_revoked_one_by_one(client: Client
         # an unknown lease is revoked already, as Vault answers it
         ("PUT", "sys/leases/revoke", {"lease_id": "auth/token/create/nope"}, (204, None)),
         ("PUT", "sys/leases/revoke/auth/token/create/nope", {}, (204, None)),
+        ("PUT", "sys/leases/renew", {}, (400, {"errors": ["lease_id must be specified"]})),
+        ("PUT", "sys/leases/renew", {"lease_id": "auth/token/create/nope"}, (400, {"errors": ["lease not found"]})),
+        ("PUT", "sys/leases/renew/auth/token/create/nope", {}, (400, {"errors": ["lease not found"]})),
         ("GET", "sys/leases/lookup", None, (405, {"errors": ["unsupported operation"]})),
         ("GET", "sys/leases/revoke-prefix/auth/token", None, (405, {"errors": ["unsupported operation"]})),
         ("DELETE", "sys/leases/revoke-prefix/auth/token", None, (405, {"errors": ["unsupported operation"]})),
@@ -221,3 +224,20 @@ class _Envelope:
 
     def __repr__(self) -> str:
         return f"<keys {self.keys}>"
+
+
+async def test_a_token_lease_is_not_renewed_through_sys_leases(client: Client) -> None:
+    """As Vault: tokens are renewed through auth/token/renew*, and sys/leases/renew says so."""
+    renewable = await _token(client, ROOT, {"ttl": "1h"})
+    await _token(client, ROOT, {"ttl": "1h", "renewable": False})
+    status, answer = await _call(client, ROOT, "LIST", "sys/leases/lookup/auth/token/create/")
+    seen = []
+    for lease_id in answer["data"]["keys"]:
+        status, out = await _call(client, ROOT, "PUT", "sys/leases/renew", {"lease_id": f"auth/token/create/{lease_id}",
+                                                                              "increment": "1h"})
+        seen.append((status, out["errors"][0]))
+    assert sorted(seen) == [(400, "lease is not renewable"), (400, "tokens cannot be renewed through this endpoint")]
+    status, out = await _call(client, ROOT, "LIST", "sys/leases/lookup/auth/token/root/")
+    assert await _call(client, ROOT, "PUT", f"sys/leases/renew/auth/token/root/{out['data']['keys'][0]}", {}) == (
+        400, {"errors": ["lease is not renewable"]})  # the root token never expires
+    assert await _alive(client, renewable)
