@@ -865,7 +865,9 @@ class TokenStore:
     async def lease_entry(self, lease_id: str) -> TokenEntry | None:
         """The live token a lease id names, or None (unknown, another path, or dead)."""
         path, _, row_id = lease_id.rpartition("/")
-        if not path or not row_id or len(lease_id) > 1024:
+        # A row id is a selector (base62) or an HMAC (hex): anything else names no row, and
+        # must not reach the storage as part of a key (a NUL is refused there).
+        if not path or len(lease_id) > 1024 or not (0 < len(row_id) <= 128 and row_id.isascii() and row_id.isalnum()):
             return None
         entry = await self._load(row_id)
         if entry is None or entry.path != path:

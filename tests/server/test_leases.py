@@ -160,6 +160,12 @@ async def test_leases_are_listed_looked_up_and_revoked_one_by_one(client: Client
         ("PUT", "sys/leases/renew", {}, (400, {"errors": ["lease_id must be specified"]})),
         ("PUT", "sys/leases/renew", {"lease_id": "auth/token/create/nope"}, (400, {"errors": ["lease not found"]})),
         ("PUT", "sys/leases/renew/auth/token/create/nope", {}, (400, {"errors": ["lease not found"]})),
+        # a row id that is no selector or HMAC names nothing: never part of a storage key (a NUL
+        # was a 500 from SQLite's key check)
+        ("PUT", "sys/leases/lookup", {"lease_id": "auth/x/\u0000"}, (400, {"errors": ["invalid lease"]})),
+        ("PUT", "sys/leases/revoke", {"lease_id": "auth/x/a\u0000b"}, (204, None)),
+        ("PUT", "sys/leases/renew", {"lease_id": "auth/x/%2e"}, (400, {"errors": ["lease not found"]})),
+        ("PUT", "sys/leases/lookup", {"lease_id": "auth/x/" + "a" * 129}, (400, {"errors": ["invalid lease"]})),
         ("GET", "sys/leases/lookup", None, (405, {"errors": ["unsupported operation"]})),
         ("GET", "sys/leases/revoke-prefix/auth/token", None, (405, {"errors": ["unsupported operation"]})),
         ("DELETE", "sys/leases/revoke-prefix/auth/token", None, (405, {"errors": ["unsupported operation"]})),
