@@ -302,6 +302,10 @@ class ACL:
         self._globs = sorted(globs, key=PathRule.priority, reverse=True)
 
     def _match(self, path: str, list_op: bool) -> frozenset[str] | None:
+        """The capabilities of the rule that governs ``path``, in Vault's order
+        (``AllowOperation``): the exact rule; for a LIST, the exact rule of the path without
+        its trailing ``/``; the most specific glob; for a LIST, the most specific glob of the
+        path without its trailing ``/``."""
         caps = self._exact.get(path)
         if caps is None and list_op:
             caps = self._exact.get(path.rstrip("/"))
@@ -310,14 +314,21 @@ class ACL:
         for rule in self._globs:
             if rule.matches(path):
                 return rule.capabilities
+        if list_op and path.endswith("/"):
+            trimmed = path.rstrip("/")
+            for rule in self._globs:
+                if rule.matches(trimmed):
+                    return rule.capabilities
         return None
 
-    def allows(self, path: str, capability: str) -> bool:
+    def allows(self, path: str, capability: str, *, listing: bool | None = None) -> bool:
         """``path`` is the request path without ``/v1/`` (e.g. ``auth/jwt/role/x``).
-        ``capability`` is one of create/read/update/delete/list/sudo."""
+        ``capability`` is one of create/read/update/delete/list/sudo. ``listing``: the request
+        is a LIST (the rule is found as Vault finds a LIST's, also for its ``sudo``); by
+        default, whether ``capability`` is ``list``."""
         if self.root:
             return True
-        caps = self._match(path.lstrip("/"), capability == "list")
+        caps = self._match(path.lstrip("/"), capability == "list" if listing is None else listing)
         return caps is not None and "deny" not in caps and capability in caps
 
     def capabilities(self, path: str) -> list[str]:

@@ -303,7 +303,8 @@ async def authorize(
         if allowed is not None:
             granted = await allowed(acl)
         else:
-            granted = all(acl.allows(path, cap) for cap in capabilities)
+            listing = "list" in capabilities  # a LIST's sudo is judged on the LIST's rule
+            granted = all(acl.allows(path, cap, listing=listing) for cap in capabilities)
     if not granted:
         await release(request, entry)
         raise PermissionDenied()
@@ -530,7 +531,10 @@ def builtin_handler(
         entry = None
         try:
             if not spec.unauthenticated:
-                entry = await _check_token(request, backend, req, acl(route), spec.sudo)
+                judged = acl(route)
+                if op is Operation.LIST and not judged.endswith("/"):
+                    judged += "/"  # as Vault judges a LIST: the directory (sys/policies/acl/)
+                entry = await _check_token(request, backend, req, judged, spec.sudo)
             else:
                 # What the caller sent as its token, for a path that reads it without using it
                 # (``sys/wrapping/lookup`` of the calling wrapping token).

@@ -725,6 +725,37 @@ def test_login_statuses_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc], case:
 
 
 
+
+#: Policies for LISTs, each over the same four directories: a glob under the directory, the
+#: directory without its slash, the directory with its slash.
+LIST_POLICIES = {
+    "list-glob": ("{}/*", ["list", "sudo"]), "list-bare": ("{}", ["list", "sudo"]), "list-slash": ("{}/", ["list", "sudo"]),
+}
+LIST_DIRS = ("sys/policies/acl", "identity/group/id", "auth/peer-jwt/role", "sys/leases/lookup")
+
+
+def test_list_acl_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> None:
+    """Which rule judges a LIST (with and without the trailing slash), also for the sudo a LIST
+    of sys/policies/acl needs: each policy over each directory, side by side."""
+    answers = []
+    for url, root in ((jwt_mounts[0].url, str(jwt_mounts[0].root_token)), (jwt_mounts[1].url, jwt_mounts[1].root_token)):
+        head = {"X-Vault-Token": root}
+        assert requests.post(f"{url}/v1/identity/group", json={"name": "list-acl"}, headers=head, timeout=10).ok
+        seen = {}
+        for name, (pattern, caps) in LIST_POLICIES.items():
+            text = "\n".join(f'path "{pattern.format(d)}" {{ capabilities = {json.dumps(caps)} }}' for d in LIST_DIRS)
+            assert requests.put(f"{url}/v1/sys/policies/acl/{name}", json={"policy": text}, headers=head,
+                                timeout=10).status_code == 204
+            token = requests.post(f"{url}/v1/auth/token/create", json={"policies": [name]}, headers=head,
+                                  timeout=10).json()["auth"]["client_token"]
+            for d in LIST_DIRS:
+                for path in (d, d + "/"):
+                    resp = requests.request("LIST", f"{url}/v1/{path}", headers={"X-Vault-Token": token}, timeout=10)
+                    seen[name, path] = resp.status_code
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    assert answers[0]["list-glob", "sys/policies/acl"] == 200 and answers[0]["list-slash", "identity/group/id"] == 200
+
 #: (method, path, body) against the entity of a login (EID, NAME) and its token (T), in order;
 #: a path starting with "login" logs in again as that entity. Compared: statuses, errors (except
 #: where authmount explains more: ENTITY_TEXTS_DIFFER), and the fields named in ENTITY_FIELDS.

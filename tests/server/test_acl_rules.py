@@ -153,6 +153,35 @@ def test_list_falls_back_to_the_path_without_its_slash() -> None:
     assert a.capabilities("dirX/") == ["list"]
 
 
+
+@pytest.mark.parametrize(
+    ("policy", "allowed"),
+    [
+        ((("x/", {"list"}), ("x", {"read"})), True),  # the exact rule of the path as asked first
+        ((("x", {"update"}), ("x/*", {"list"})), False),  # then the exact rule without the slash
+        ((("x/*", {"list"}),), True),  # then the globs on the path as asked
+        ((("a/+", {"list"}),), True),  # then the globs on the path without its slash
+        ((("a/+/", {"read"}), ("a/+", {"list"})), False),  # a glob of the path as asked wins
+        ((("a/b/c", {"list"}),), False),
+    ],
+    ids=["exact-slash", "exact-trimmed-before-glob", "glob", "glob-trimmed", "glob-before-glob-trimmed", "none"],
+)
+def test_a_list_finds_its_rule_in_vaults_order(policy: tuple[tuple[str, set[str]], ...], allowed: bool) -> None:
+    """OpenBao's ``AllowOperation`` for a LIST of ``x/`` (``a/b/``): the exact rule, the exact
+    rule without the slash, the globs, the globs of the path without the slash. The path
+    without the slash was only tried as an exact rule (LIST sys/policies/acl with a policy
+    on sys/policies/acl/* was refused: docs/vault-differences.md names no such difference)."""
+    a = rules(*policy)
+    assert a.allows("a/b/" if policy[0][0].startswith("a/") else "x/", "list") is allowed
+
+
+def test_a_lists_sudo_is_judged_on_the_lists_rule() -> None:
+    """A LIST that needs sudo (sys/policies/acl) takes list and sudo from the one rule a LIST
+    finds: an exact rule on the path without its slash grants both."""
+    a = rules(("sys/policies/acl", {"list", "sudo"}))
+    assert a.allows("sys/policies/acl/", "list") and a.allows("sys/policies/acl/", "sudo", listing=True)
+    assert not a.allows("sys/policies/acl/", "sudo")  # not a LIST: the path as asked only
+
 def test_capabilities_prefer_the_path_as_given() -> None:
     a = rules(("a/b", {"read"}), ("a/*", {"list"}))
     assert a.capabilities("a/b/") == ["list"]
