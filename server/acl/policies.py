@@ -335,8 +335,9 @@ class ACL:
         """What ``sys/capabilities-self`` reports: sorted names, ``["root"]`` or ``["deny"]``."""
         if self.root:
             return ["root"]
-        path = path.lstrip("/")
-        caps = self._match(path, False) or self._match(path, True)
+        # OpenBao's Capabilities: the rule a LIST of the path finds (an exact rule on the path
+        # without its trailing slash comes before the globs).
+        caps = self._match(path.lstrip("/"), True)
         if not caps or "deny" in caps:
             return ["deny"]
         return sorted(caps)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import random
 import re
 import tempfile
 import time
@@ -755,6 +756,52 @@ def test_list_acl_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> None:
         answers.append(seen)
     assert answers[0] == answers[1]
     assert answers[0]["list-glob", "sys/policies/acl"] == 200 and answers[0]["list-slash", "identity/group/id"] == 200
+
+
+def _random_policy_case(rng: random.Random) -> tuple[str, list[str]]:
+    """A policy of 1-4 rules over short paths (exact, ``+`` segments, ``*`` suffixes, trailing
+    slashes) and 12 request paths over the same segments."""
+    def path(glob: bool) -> str:
+        segs = [rng.choice(("a", "b", "ab", "c", "+") if glob else ("a", "b", "ab", "c", "abc"))
+                for _ in range(rng.randint(1, 4))]
+        if glob and rng.random() < 0.4:  # "*" only at the end (before it, refused: row 48)
+            return "/".join(segs) + "*"
+        return "/".join(segs) + ("/" if rng.random() < 0.2 else "")
+
+    caps = ("read", "list", "update", "create", "delete", "sudo", "deny")
+    text = "\n".join(f'path "{path(True)}" {{ capabilities = {json.dumps(rng.sample(caps, rng.randint(1, 3)))} }}'
+                     for _ in range(rng.randint(1, 4)))
+    return text, sorted({path(False) for _ in range(12)})
+
+
+def test_capabilities_of_random_policies_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """40 random policies, each asked for its capabilities on 12 paths (sys/capabilities-self):
+    which rule governs a path (exact, ``+``, ``*``, priority, a trailing slash) as OpenBao
+    finds it. It found that a path with a trailing slash took a glob before the exact rule of
+    the path without it."""
+    rng = random.Random(20261206)
+    found = [  # what the fuzz found, first: the exact rule without the slash before a glob
+        ('path "c" { capabilities = ["read", "delete"] }\npath "+/" { capabilities = ["create"] }', ["c", "c/", "d/"]),
+        ('path "a/b" { capabilities = ["read"] }\npath "a/*" { capabilities = ["list"] }', ["a/b", "a/b/", "a/c/"]),
+    ]
+    mismatches = []
+    for text, paths in [*found, *(_random_policy_case(rng) for _ in range(40))]:
+        answers: list[Any] = []
+        for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+            head = {"X-Vault-Token": root}
+            written = requests.put(f"{url}/v1/sys/policies/acl/fuzzed", json={"policy": text}, headers=head, timeout=10)
+            if written.status_code != 204:  # refused ("+*" is no segment): both must refuse it
+                answers.append(written.status_code)
+                continue
+            token = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["fuzzed"]}, headers=head,
+                                  timeout=10).json()["auth"]["client_token"]
+            data = requests.post(f"{url}/v1/sys/capabilities-self", json={"paths": paths},
+                                 headers={"X-Vault-Token": token}, timeout=10).json()["data"]
+            answers.append({p: data[p] for p in paths})
+        if answers[0] != answers[1]:
+            mismatches.append((text, answers if not isinstance(answers[0], dict) or not isinstance(answers[1], dict)
+                               else {p: (answers[0][p], answers[1][p]) for p in paths if answers[0][p] != answers[1][p]}))
+    assert mismatches == [], "\n".join(map(repr, mismatches))
 
 #: (method, path, body) against the entity of a login (EID, NAME) and its token (T), in order;
 #: a path starting with "login" logs in again as that entity. Compared: statuses, errors (except

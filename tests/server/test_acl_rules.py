@@ -182,10 +182,14 @@ def test_a_lists_sudo_is_judged_on_the_lists_rule() -> None:
     assert a.allows("sys/policies/acl/", "list") and a.allows("sys/policies/acl/", "sudo", listing=True)
     assert not a.allows("sys/policies/acl/", "sudo")  # not a LIST: the path as asked only
 
-def test_capabilities_prefer_the_path_as_given() -> None:
+def test_capabilities_are_the_rule_a_list_finds() -> None:
+    """OpenBao's ``Capabilities`` looks the path up as a LIST: for ``a/b/`` the exact rule on
+    ``a/b`` comes before the glob ``a/*`` (this test expected ``list`` until a side-by-side
+    fuzz of sys/capabilities-self against OpenBao 2.7.2 said ``read``)."""
     a = rules(("a/b", {"read"}), ("a/*", {"list"}))
-    assert a.capabilities("a/b/") == ["list"]
+    assert a.capabilities("a/b/") == ["read"] and a.capabilities("a/c/") == ["list"]
     assert rules(("a/b", {"read"})).capabilities("a/b/") == ["read"]
+    assert rules(("c", {"read", "delete"}), ("+/", {"create"})).capabilities("c/") == ["delete", "read"]
 
 
 # -- canonical names ------------------------------------------------------------------------------
