@@ -1,5 +1,6 @@
 """``sys/policies/acl[/<name>]`` and the legacy ``sys/policy[/<name>]``: ACL policies in HCL
-or JSON, sudo on every path.
+or JSON. As in Vault, each needs its capability on the path and no ``sudo`` (OpenBao's root
+paths do not include them: a Vault policy that manages policies works here unchanged).
 
 The policy name is a path field made canonical (``canonical_policy_name``: lower-case,
 surrounding ``/`` dropped) before the ACL check, which judges the name that is stored. The
@@ -95,11 +96,11 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     one = {Operation.UPDATE: write, Operation.DELETE: delete}
     return [
-        SysPath("policies/acl/?", FieldSet({}), {Operation.LIST: names}, "List ACL policies.", sudo=True),
+        SysPath("policies/acl/?", FieldSet({}), {Operation.LIST: names}, "List ACL policies."),
         SysPath(r"policies/acl/(?P<name>[\s\S]+)", POLICY_FIELDS, {Operation.READ: read, **one},
-                "Read, write or delete an ACL policy.", sudo=True),
+                "Read, write or delete an ACL policy."),
         SysPath("policy/?", FieldSet({}), {Operation.READ: legacy_names, Operation.LIST: legacy_names},
-                "List policies (legacy: keys and policies).", sudo=True, copy_top=True),
+                "List policies (legacy: keys and policies).", copy_top=True),
         SysPath(r"policy/(?P<name>[\s\S]+)", POLICY_FIELDS, {Operation.READ: legacy_read, **one},
-                "Read (legacy: rules), write or delete a policy.", sudo=True, copy_top=True),
+                "Read (legacy: rules), write or delete a policy.", copy_top=True),
     ]

@@ -758,6 +758,30 @@ def test_list_acl_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> None:
     assert answers[0]["list-glob", "sys/policies/acl"] == 200 and answers[0]["list-slash", "identity/group/id"] == 200
 
 
+
+#: A policy that manages policies as Vault's guides write one, without sudo, and what its token
+#: may do: OpenBao's root paths hold no policy path.
+POLICY_MANAGER = ('path "sys/policies/acl/*" { capabilities = ["create", "read", "update", "delete", "list"] }\n'
+                  'path "sys/policies/acl" { capabilities = ["list"] }\npath "sys/policy/*" { capabilities = ["read"] }')
+POLICY_MANAGER_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("PUT", "sys/policies/acl/managed", _policy(READ_A)), ("GET", "sys/policies/acl/managed", None),
+    ("LIST", "sys/policies/acl", None), ("GET", "sys/policy/managed", None), ("PUT", "sys/policy/managed", _policy(READ_A)),
+    ("GET", "sys/policy", None), ("DELETE", "sys/policies/acl/managed", None),
+]
+
+
+def test_a_policy_manager_without_sudo_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    answers = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        head = {"X-Vault-Token": root}
+        assert requests.put(f"{url}/v1/sys/policies/acl/manager", json=_policy(POLICY_MANAGER), headers=head,
+                            timeout=10).status_code == 204
+        token = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["manager"]}, headers=head,
+                              timeout=10).json()["auth"]["client_token"]
+        answers.append([requests.request(m, f"{url}/v1/{p}", json=b, headers={"X-Vault-Token": token}, timeout=10).status_code
+                        for m, p, b in POLICY_MANAGER_STEPS])
+    assert answers[0] == answers[1] == [204, 200, 200, 200, 403, 403, 204]
+
 def _random_policy_case(rng: random.Random) -> tuple[str, list[str]]:
     """A policy of 1-4 rules over short paths (exact, ``+`` segments, ``*`` suffixes, trailing
     slashes) and 12 request paths over the same segments."""

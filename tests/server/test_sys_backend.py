@@ -89,13 +89,15 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     assert unauthenticated == {"health", "seal-status", "init", "leader", "wrapping/lookup"}
     # sys/mounts/auth/<path>/tune changes what sys/auth/<path>/tune does: sudo on both
     assert {p.split("/")[0] for p in sudo} == {
-        "auth", "mounts", "policies", "policy", "rotate", "key-status", "audit", "config", "leases",
+        "auth", "mounts", "rotate", "key-status", "audit", "config", "leases",
     }
+    # OpenBao's root paths hold no policy path: a Vault policy that manages policies works here
+    assert not any(s.sudo for p, s in specs.items() if p.startswith("polic"))
     # Vault's root paths: the prefix revocations and the lease listing, not lookup or revoke of one lease
     assert {p for p in sudo if p.startswith("leases")} == {
         "leases/lookup/(?P<prefix>.*)", "leases/revoke-prefix/(?P<prefix>.+)", "leases/revoke-force/(?P<prefix>.+)"}
     assert not specs["mounts"].sudo  # the read-only listing
-    assert not any(p.startswith(("auth", "polic", "audit/", "config/")) for p in set(specs) - sudo)
+    assert not any(p.startswith(("auth", "audit/", "config/")) for p in set(specs) - sudo)
     # Vault: audit-hash needs update on its path, not sudo; metrics needs read.
     assert not specs[r"audit-hash/(?P<path>[\s\S]+)"].sudo and not specs["metrics"].sudo
 
@@ -290,8 +292,24 @@ async def test_sudo_is_required_and_judged_on_the_canonical_path(client: Client)
     created = await (await client.post("/v1/auth/token/create", json={"policies": ["nosudo"]}, headers=H)).json()
     token = {"X-Vault-Token": created["auth"]["client_token"]}
     assert (await client.get("/v1/sys/auth/jwt/tune", headers=token)).status == 403
-    assert (await client.get("/v1/sys/policy/default", headers=token)).status == 403
     sudo = policy.replace('"update"]', '"update", "sudo"]')
     assert (await client.put("/v1/sys/policies/acl/nosudo", json={"policy": sudo}, headers=H)).status == 204
     assert (await client.get("/v1/sys/auth//jwt//tune", headers=token)).status == 200
-    assert (await client.get("/v1/sys/policy/default", headers=token)).status == 403  # still no sudo there
+
+
+async def test_policy_paths_need_their_capability_and_no_sudo(client: Client) -> None:
+    """As in Vault (OpenBao's root paths hold no policy path): a policy-manager policy without
+    sudo manages policies, and one without the capability does not (it needed sudo here)."""
+    manager = ('path "sys/policies/acl/*" { capabilities = ["create", "read", "update", "delete", "list"] }\n'
+               'path "sys/policies/acl" { capabilities = ["list"] }\npath "sys/policy/*" { capabilities = ["read"] }')
+    assert (await client.put("/v1/sys/policies/acl/manager", json={"policy": manager}, headers=H)).status == 204
+    created = await (await client.post("/v1/auth/token/create", json={"policies": ["manager"]}, headers=H)).json()
+    token = {"X-Vault-Token": created["auth"]["client_token"]}
+    body = {"policy": 'path "a" { capabilities = ["read"] }'}
+    assert (await client.put("/v1/sys/policies/acl/made", json=body, headers=token)).status == 204
+    assert (await client.get("/v1/sys/policies/acl/made", headers=token)).status == 200
+    assert (await client.request("LIST", "/v1/sys/policies/acl", headers=token)).status == 200
+    assert (await client.get("/v1/sys/policy/made", headers=token)).status == 200
+    assert (await client.put("/v1/sys/policy/made", json=body, headers=token)).status == 403  # read only there
+    assert (await client.get("/v1/sys/policy", headers=token)).status == 403  # no rule on sys/policy
+    assert (await client.delete("/v1/sys/policies/acl/made", headers=token)).status == 204
