@@ -1,5 +1,6 @@
 """``sys/auth`` (list), ``sys/auth/<path>`` (enable, read, disable) and
-``sys/auth/<path>/tune`` (read, change): the auth mount table, sudo on every path. Also
+``sys/auth/<path>/tune`` (read, change): the auth mount table, sudo on every path but the
+listing (Vault's root path is ``auth/*``: ``vault auth list`` needs only ``read``). Also
 ``sys/mounts/auth/<path>/tune``, where the Vault CLI's ``auth tune`` sends the same change
 (sudo there too, so no path tunes a mount for less), and the read-only ``sys/mounts``.
 
@@ -159,7 +160,7 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     return [
         SysPath("auth", FieldSet({}), {Operation.READ: list_mounts, Operation.LIST: list_mounts},
-                "List auth mounts.", sudo=True, copy_top=True),
+                "List auth mounts.", copy_top=True),  # no sudo, as in Vault (its root path is auth/*)
         SysPath(r"auth/(?P<path>[\s\S]+?)/tune/*", TUNE_PATH_FIELDS,
                 {Operation.READ: read_tune, Operation.UPDATE: tune},
                 "Read or change a mount's tuning.", sudo=True, copy_top=True),
