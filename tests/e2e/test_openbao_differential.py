@@ -829,6 +829,62 @@ def test_capabilities_of_random_policies_as_openbao(servers: tuple[ServerProc, B
                                else {p: (answers[0][p], answers[1][p]) for p in paths if answers[0][p] != answers[1][p]}))
     assert mismatches == [], "\n".join(map(repr, mismatches))
 
+
+#: Requests whose ACL judgement (refused with 403 or not) is compared under random policies;
+#: sys/mounts/auth/<path>/tune is left out (sudo here, not in OpenBao: row 29).
+JUDGED_REQUESTS: list[tuple[str, str]] = [
+    ("GET", "auth/peer-jwt/role/fz-r1"), ("LIST", "auth/peer-jwt/role"), ("LIST", "auth/peer-jwt/role/"),
+    ("GET", "auth/peer-jwt/config"), ("DELETE", "auth/peer-jwt/role/fz-zz"), ("POST", "auth/peer-jwt/role/fz-r1"),
+    ("GET", "sys/policies/acl/default"), ("LIST", "sys/policies/acl"), ("GET", "identity/group/name/fz-g1"),
+    ("LIST", "identity/group/name"), ("GET", "sys/auth"), ("GET", "sys/auth/peer-jwt"), ("GET", "sys/auth/peer-jwt/tune"),
+    ("LIST", "auth/token/accessors"), ("GET", "sys/mounts"), ("GET", "sys/audit"), ("LIST", "sys/leases/lookup/auth/"),
+    ("POST", "sys/leases/revoke-prefix/auth/fz-nope"), ("GET", "auth/token/roles/fz-tr"), ("LIST", "auth/token/roles"),
+    ("POST", "auth/token/lookup-accessor"), ("GET", "identity/entity/id/fz-nope"), ("POST", "identity/group/name/fz-g1"),
+    ("GET", "sys/config/auditing/request-headers"), ("POST", "sys/capabilities"), ("DELETE", "sys/policies/acl/fz-zz"),
+]
+_JUDGED_SEGMENTS = ("auth", "sys", "identity", "peer-jwt", "role", "config", "fz-r1", "policies", "acl", "default", "group",
+                    "name", "fz-g1", "token", "accessors", "mounts", "tune", "leases", "lookup", "roles", "audit", "entity",
+                    "id", "auditing", "capabilities", "+")
+
+
+def test_request_judgements_under_random_policies_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> None:
+    """30 random policies over the segments of 26 requests (exact, ``+``, ``*``, trailing
+    slashes, deny, sudo): which requests each lets through, side by side. It found that
+    OpenBao needs no sudo on the policy paths nor on the sys/auth listing."""
+    rng = random.Random(61206)
+    caps = ("read", "list", "update", "create", "delete", "sudo", "deny")
+
+    def rule() -> str:
+        segs = [rng.choice(("auth", "sys", "identity", "+"))] + [rng.choice(_JUDGED_SEGMENTS) for _ in range(rng.randint(0, 3))]
+        # "+*" is no whole segment (refused here, literal in OpenBao: row 48)
+        path = "/".join(segs) + rng.choice(("", "", "/*", "/") if segs[-1] == "+" else ("", "", "*", "/*", "/"))
+        return f'path "{path}" {{ capabilities = {json.dumps(rng.sample(caps, rng.randint(1, 3)))} }}'
+
+    for url, root in ((jwt_mounts[0].url, str(jwt_mounts[0].root_token)), (jwt_mounts[1].url, jwt_mounts[1].root_token)):
+        assert requests.post(f"{url}/v1/identity/group", json={"name": "fz-g1"}, headers={"X-Vault-Token": root},
+                             timeout=10).ok
+    found = ['path "sys/*" { capabilities = ["read"] }',  # what the fuzz found first
+             'path "sys/policies/acl*" { capabilities = ["list", "read", "delete"] }']
+    mismatches = []
+    for text in [*found, *("\n".join(rule() for _ in range(rng.randint(1, 4))) for _ in range(30))]:
+        answers = []
+        for url, root in ((jwt_mounts[0].url, str(jwt_mounts[0].root_token)), (jwt_mounts[1].url, jwt_mounts[1].root_token)):
+            head = {"X-Vault-Token": root}
+            assert requests.put(f"{url}/v1/sys/policies/acl/judged", json={"policy": text}, headers=head,
+                                timeout=10).status_code == 204
+            token = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["judged"], "no_default_policy": True},
+                                  headers=head, timeout=10).json()["auth"]["client_token"]
+            refused = []
+            for method, path in JUDGED_REQUESTS:
+                body = ({"role_type": "jwt", "user_claim": "sub", "bound_audiences": "a"} if "role/" in path else {}) \
+                    if method == "POST" else None
+                resp = requests.request(method, f"{url}/v1/{path}", json=body, headers={"X-Vault-Token": token}, timeout=10)
+                refused.append(resp.status_code == 403)
+            answers.append(refused)
+        if answers[0] != answers[1]:
+            mismatches.append((text, [(req, a, b) for req, a, b in zip(JUDGED_REQUESTS, *answers, strict=True) if a != b]))
+    assert mismatches == [], "\n".join(map(repr, mismatches))
+
 #: (method, path, body) against the entity of a login (EID, NAME) and its token (T), in order;
 #: a path starting with "login" logs in again as that entity. Compared: statuses, errors (except
 #: where authmount explains more: ENTITY_TEXTS_DIFFER), and the fields named in ENTITY_FIELDS.
