@@ -89,6 +89,16 @@ POLICY_ERRORS: list[tuple[str, str, str]] = [
     ("top-level key unknown", 'paths "a" { capabilities = [] }', 'invalid key "paths" (did you mean path?)'),
     ("path not a block", '{"path": 5}', '"path" must be a block'),
     ("HCL error", 'path "a" {', "expected a key but found end of input on line 1"),
+    # OpenBao 2.7.2 stores these and ignores what follows (docs/vault-differences.md row 55): a
+    # rule after them, a deny too, would never apply
+    ("JSON then HCL", '{"path": {"g": {"capabilities": ["read"]}}}\npath "g" { capabilities = ["deny"] }',
+     "invalid JSON: text follows the policy's JSON object (line 2 column 1): a policy is one JSON object, or HCL"),
+    ("two JSON objects", '{"path": {"g": {"capabilities": ["read"]}}} {"path": {"g": {"capabilities": ["deny"]}}}',
+     "invalid JSON: text follows the policy's JSON object (line 1 column 45): a policy is one JSON object, or HCL"),
+    ("a comment eats a path's label", 'path "h" { capabilities = ["read"] }\npath//"a/b" { capabilities = ["read"] }\n'
+     'path "e" { capabilities = ["deny"] }', "expected '=' or '{' after 'path' but found 'path' on line 3"),
+    ("quotes inside a label", 'path ""x"/*" { capabilities = ["update"] }',
+     "expected '=' or '{' after 'path' but found 'x' on line 1"),
 ]
 
 
