@@ -338,7 +338,9 @@ def apply_role_write(role: Role, values: dict[str, Any], *, max_lease_ttl: int) 
             setattr(role, name, copy.deepcopy(values[name]))
     # Vault resets an omitted bound_claims_type to "string", so an update of a glob role
     # that leaves it out turns its globs into exact values (logins then fail); kept here.
-    bound_claims_type = values.get("bound_claims_type") or role.bound_claims_type or "string"
+    # An empty value sent is no type (OpenBao refuses it too); only a value left out keeps the role's.
+    given = values.get("bound_claims_type")
+    bound_claims_type = given if given is not None else role.bound_claims_type or "string"
     if bound_claims_type not in ("string", "glob"):
         raise InvalidRequest(f"invalid 'bound_claims_type': {bound_claims_type}")
     role.bound_claims_type = bound_claims_type

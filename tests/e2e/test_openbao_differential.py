@@ -1141,6 +1141,7 @@ def _role(**changes: Any) -> dict[str, Any]:
 
 ROLE_BODIES: dict[str, dict[str, Any]] = {
     "plain": _role(), "no role_type": _role(role_type=DROP), "no user_claim": _role(user_claim=DROP),
+    "empty bound_claims_type": _role(bound_claims_type=""),
     "empty user_claim": _role(user_claim=""), "no audiences": _role(bound_audiences=DROP),
     "empty audiences": _role(bound_audiences=[]), "oidc without redirects": _role(role_type="oidc"),
     "oidc": _role(role_type="oidc", allowed_redirect_uris=["http://x/cb"]), "odd role_type": _role(role_type="weird"),
