@@ -77,6 +77,8 @@ DECODED_ENTRIES = 1024
 _EPOCH_CACHE_SECONDS = 1.0
 _PENDING_GRACE = 30.0  # seconds a num_uses-exhausted entry may linger before the sweeper drops it
 _MAX_PARENT_DEPTH = 32
+#: Token trees revoked at once by a revocation of many (a mount disabled, ``revoke-prefix``).
+REVOKE_BATCH = 64
 #: Renewed tokens the sweeper remembers (selector → expiry) so it does not re-read them
 #: every interval once their minted expiry has passed. Bounded: ~2 MB at most.
 _SWEEP_HINTS = 16384
@@ -823,10 +825,18 @@ class TokenStore:
         now = self.clock()
         await self.storage.put(EPOCH_PREFIX + mount_accessor, now)
         self._epochs[mount_accessor] = (now, time.monotonic())
+        return await self._revoke_trees([key async for key, data in self._rows()
+                                         if data.get("mount_accessor") == mount_accessor])
+
+    async def _revoke_trees(self, keys: list[str]) -> int:
+        """Revoke the trees of ``keys``, ``REVOKE_BATCH`` at once: their deletes share the
+        storage's commits (one by one, each waited for its own: 3.6 ms a token, 36 s for
+        10,000 on SQLite)."""
         count = 0
-        async for key, data in self._rows():
-            if data.get("mount_accessor") == mount_accessor:
-                count += await self._revoke_tree(key)
+        for start in range(0, len(keys), REVOKE_BATCH):
+            # A tree already gone with its parent's (both under the prefix) removes nothing.
+            done = await asyncio.gather(*(self._revoke_tree(k) for k in keys[start:start + REVOKE_BATCH]))
+            count += sum(done)
         return count
 
     async def _rows(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
@@ -883,11 +893,8 @@ class TokenStore:
         they are left, as in Vault. A full scan, paged, letting requests run.
         """
         under = prefix if prefix.endswith("/") else prefix + "/"
-        count = 0
-        async for key, data in self._rows():
-            if f"{data.get('path', '')}/".startswith(under):
-                count += await self._revoke_tree(key)
-        return count
+        return await self._revoke_trees([key async for key, data in self._rows()
+                                         if f"{data.get('path', '')}/".startswith(under)])
 
     def revoke_prefix_later(self, prefix: str) -> None:
         """``revoke_prefix`` in the background (``sync: false``), logged when done."""
