@@ -5,7 +5,7 @@ and revoke single token leases (``vault list sys/leases/lookup/auth/jwt/login``,
 ``vault lease lookup``, ``vault lease revoke <lease id>``). ``sys/leases/renew`` refuses a
 token's lease as Vault does (tokens are renewed through ``auth/token/renew*``).
 
-A token's lease id is its creation path and its row id (``TokenStore.lease_id``), as Vault
+A token's lease id is its creation path and its row id (``TokenStore.lease_ids``), as Vault
 names it by path and a hash of the token; the token itself is never in it.
 
 The only leases authmount has are tokens' own, so a prefix names token creation paths
@@ -19,7 +19,6 @@ once and revokes in the background.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -28,7 +27,7 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.sys.core import SysPath
-from server.tokens.ttl import rfc3339
+from server.tokens.ttl import remaining_ttl, rfc3339
 
 if TYPE_CHECKING:
     from server.sys.backend import SysBackend
@@ -71,14 +70,13 @@ def paths(b: SysBackend) -> list[SysPath]:
         entry = await core.tokens.lease_entry(lease_id)
         if entry is None:
             raise InvalidRequest("invalid lease")
-        now = core.tokens.clock()
         expires = entry.expire_time
         return Response(data={
             "id": lease_id,
             "issue_time": rfc3339(entry.creation_time),
             "expire_time": rfc3339(expires) if expires else None,
             "last_renewal": rfc3339(entry.last_renewal_time) if entry.last_renewal_time else None,
-            "ttl": max(0, int(expires - math.floor(now + 0.5))) if expires else 0,
+            "ttl": remaining_ttl(expires, core.tokens.clock()),
             "renewable": bool(entry.renewable and expires and entry.type == "service"),
             "path": entry.path,
         })

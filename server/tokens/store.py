@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -52,7 +51,7 @@ from server.tokens.keys import (
     load_salt,
     rotate_batch_keys,
 )
-from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl, rfc3339
+from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl, remaining_ttl, rfc3339
 
 __all__ = [
     "TokenStore", "TokenUsage", "SALT_KEY", "BATCH_KEY", "ID_PREFIX", "ACCESSOR_PREFIX", "PARENT_PREFIX",
@@ -849,15 +848,14 @@ class TokenStore:
             if data is not None:
                 yield key, data
 
-    @staticmethod
-    def lease_id(entry: TokenEntry) -> str:
-        """The token's lease id, as Vault names a token's lease: its creation path, then its
-        row id (a selector, which its accessor shows too, or an HMAC; never the token)."""
-        return f"{entry.path}/{entry.id_hash}"
-
     async def lease_ids(self, prefix: str) -> list[str]:
         """``LIST sys/leases/lookup/<prefix>``: the names one level below ``prefix`` (whole
-        segments) of every live service token's lease id, directories ending in ``/``."""
+        segments) of every live service token's lease id, directories ending in ``/``.
+
+        A token's lease id is its creation path, then its row id, as Vault names a token's
+        lease by its path and a hash of it: a selector (which its accessor shows too) or an
+        HMAC, never the token.
+        """
         under = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         now = self.clock()
         names: set[str] = set()
@@ -1039,10 +1037,7 @@ class TokenStore:
         """``data`` of lookup / lookup-self / lookup-accessor (docs/reference/vault-api.md 10.5):
         ``policies`` are the token's own; ``identity_policies`` (those of its entity's groups
         now, from ``identity_policies()``) are listed apart, as in Vault, when there are any."""
-        now = self.clock()
-        # Vault's leaseEntry.ttl: from now rounded to the second, so a token looked up in the
-        # second it was made shows its whole TTL (3600, not 3599).
-        remaining = max(0, int(entry.expire_time - math.floor(now + 0.5))) if entry.expire_time else 0
+        remaining = remaining_ttl(entry.expire_time, self.clock())
         out: dict[str, Any] = {
             "accessor": entry.accessor,
             "creation_time": entry.creation_time,

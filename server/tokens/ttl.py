@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from functools import lru_cache
 
 from plugin.errors import InvalidRequest
 from plugin.schema import format_duration
 
-__all__ = ["DEFAULT_MAX_TTL", "calculate_ttl", "human_duration", "rfc3339"]
+__all__ = ["DEFAULT_MAX_TTL", "calculate_ttl", "human_duration", "remaining_ttl", "rfc3339"]
 
 DEFAULT_MAX_TTL = 768 * 3600
 
@@ -80,6 +81,13 @@ def calculate_ttl(
 
 
 @lru_cache(maxsize=4096)
+def remaining_ttl(expire_time: float, now: float) -> int:
+    """Seconds left until ``expire_time`` as Vault's ``leaseEntry.ttl`` counts them: from now
+    rounded to the second, so a token looked up in the second it was made shows its whole
+    TTL (3600, not 3599); 0 for a token that never expires."""
+    return max(0, int(expire_time - math.floor(now + 0.5))) if expire_time else 0
+
+
 def rfc3339(ts: float) -> str:
     """Unix seconds → RFC 3339 in UTC, the way Go marshals ``time.Time``; a time past the
     year 9999 (which no TTL reaches: durations end at 292 years) is shown as its last second."""
