@@ -312,6 +312,12 @@ def _load_pem(pem: str) -> Any:
     data = pem.strip().encode("utf-8")
     if b"PRIVATE KEY-----" in data and b"-----BEGIN CERTIFICATE-----" not in data:
         raise ValueError("data is a private key, a public key or certificate is required")
+    end = data.find(b"-----END ")
+    close = data.find(b"-----", end + 9) if end >= 0 else -1
+    if close >= 0 and data[close + 5:].strip():
+        # OpenBao's refusal and text: a second key pasted into the same entry would be
+        # silently left out (cryptography reads the first block only).
+        raise ValueError("unexpected trailing data after parsed PEM block")
     # cryptography >= 51 warns when it loads a DSA key. The key type is refused right
     # after with its own message; the warning would only be noise on stderr (or, where
     # warnings are errors, replace that message).

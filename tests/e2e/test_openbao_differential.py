@@ -1218,6 +1218,8 @@ CONFIG_BODIES: dict[str, dict[str, Any]] = {
     "pubkeys and discovery": {**_CONFIG_BASE, "oidc_discovery_url": "https://x"},
     "empty pubkeys": {"jwt_validation_pubkeys": []}, "garbage pubkey": {"jwt_validation_pubkeys": ["garbage"]},
     "RSA and EC keys": {"jwt_validation_pubkeys": [KEY.pem, EC_KEY.pem]},
+    "two keys in one entry": {"jwt_validation_pubkeys": [KEY.pem + EC_KEY.pem]},
+    "text after a key": {"jwt_validation_pubkeys": [KEY.pem + "x"]},
     "pubkeys a string": {"jwt_validation_pubkeys": KEY.pem}, "one alg": {**_CONFIG_BASE, "jwt_supported_algs": ["RS256"]},
     "odd alg": {**_CONFIG_BASE, "jwt_supported_algs": ["XX"]}, "algs a string": {**_CONFIG_BASE, "jwt_supported_algs": "RS256,ES256"},
     "HS256 with keys": {**_CONFIG_BASE, "jwt_supported_algs": ["HS256"]}, "alg none": {**_CONFIG_BASE, "jwt_supported_algs": ["none"]},

@@ -343,3 +343,22 @@ def test_unsupported_curve_point_is_named() -> None:
         jv.keys_from_pems([pem])
     assert exc.value.messages == ["error parsing public key: EC curve secp256k1 is not supported"]
 
+
+
+@pytest.mark.parametrize(
+    ("make", "refused"),
+    [(lambda a, b: a, False), (lambda a, b: a + "\n\n", False), (lambda a, b: "a note\n" + a, False),
+     (lambda a, b: a + "x", True), (lambda a, b: a + b, True), (lambda a, b: a + "\n" + a, True)],
+    ids=["one-key", "trailing-blank-lines", "leading-text", "trailing-text", "two-keys-in-one-entry", "one-key-twice"],
+)
+def test_a_pem_entry_holds_one_block(make: Any, refused: bool) -> None:
+    """As OpenBao (``unexpected trailing data after parsed PEM block``): a second key pasted
+    into the same entry was read as the first alone, the second silently left out (found by a
+    side-by-side fuzz of config writes)."""
+    pem = make(rsa_key().pem, ec_key().pem)
+    if refused:
+        with pytest.raises(InvalidRequest) as exc:
+            jv.keys_from_pems([pem])
+        assert exc.value.messages == ["error parsing public key: unexpected trailing data after parsed PEM block"]
+    else:
+        assert len(jv.keys_from_pems([pem])) == 6
