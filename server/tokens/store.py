@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from time import perf_counter  # timers (tests replace the module's time)
 from typing import Any
 
@@ -207,7 +207,8 @@ class TokenStore:
         self._entity_ns: uuid.UUID | None = None
         self._epochs: dict[str, tuple[float | None, float]] = {}
         self._sweeper: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()  # revocations answered 202
+        self._background: set[asyncio.Task[None]] = set()  # revocations and tidies answered 202
+        self._tidy: asyncio.Task[None] | None = None
         # Decoded entries keyed on the exact bytes object the storage holds in memory
         # (``peek_cached``): a write stores new bytes, so a hit is never stale.
         self._decoded: dict[str, tuple[bytes, TokenEntry]] = {}
@@ -904,9 +905,29 @@ class TokenStore:
             except Exception:  # logged, not lost: the caller has had its 202
                 log.exception("revoke_prefix_failed", prefix=prefix)
 
-        task = asyncio.create_task(run(), name="revoke-prefix")
+        self._in_background(run(), "revoke-prefix")
+
+    def tidy_later(self) -> bool:
+        """A full sweep in the background (``auth/token/tidy``, as Vault runs its tidy);
+        False, and nothing started, while one runs."""
+        if self._tidy is not None and not self._tidy.done():
+            return False
+
+        async def run() -> None:
+            try:
+                log.info("token_tidy_done", removed=await self.sweep())
+            except Exception:  # logged, not lost: the caller has had its 202
+                log.exception("token_tidy_failed")
+
+        self._tidy = self._in_background(run(), "token-tidy")
+        return True
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``work`` as a task ``close`` cancels."""
+        task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def list_accessors(self) -> list[str]:
         """Accessors of every live service token (a full scan; for operators)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, nullcontext
 from types import SimpleNamespace
@@ -381,9 +382,41 @@ async def test_unknown_role_and_path(env: Env) -> None:
 async def test_tidy(env: Env) -> None:
     block = await env.token(policies=["dev"], ttl="1m")
     env.clock.now += 120
+    rows = [k for k in await env.store.storage.list("sys/token/id/") if not k.endswith("/")]
     resp = await env.call(env.root, "tidy")
     assert resp is not None and resp.status == 202 and "Tidy operation" in resp.warnings[0]
+    assert env.store._tidy is not None
+    await env.store._tidy  # it runs in the background, as Vault's
+    left = [k for k in await env.store.storage.list("sys/token/id/") if not k.endswith("/")]
+    assert len(left) == len(rows) - 1  # the expired token's row went (only its own)
     assert await env.store.lookup_accessor(block["accessor"]) is None
+
+
+async def test_one_tidy_at_a_time(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As OpenBao: a tidy asked for while one runs starts nothing and says so (200); the answer
+    never waits for the sweep (which took 4 ms a token when many had expired)."""
+    release = asyncio.Event()
+    sweeps = 0
+
+    async def slow_sweep(*, due_only: bool = False) -> int:
+        nonlocal sweeps
+        sweeps += 1
+        await release.wait()
+        return 0
+
+    monkeypatch.setattr(env.store, "sweep", slow_sweep)
+    first = await env.call(env.root, "tidy")
+    assert first is not None and first.status == 202
+    second = await env.call(env.root, "tidy")
+    assert second is not None and second.status is None and second.warnings == ["Tidy operation already in progress."]
+    release.set()
+    assert env.store._tidy is not None
+    await env.store._tidy
+    third = await env.call(env.root, "tidy")
+    assert third is not None and third.status == 202
+    assert env.store._tidy is not None
+    await env.store._tidy
+    assert sweeps == 2
 
 
 async def test_missing_caller_token_denied(env: Env) -> None:
