@@ -433,6 +433,8 @@ async def _check_token(request: web.Request, backend: Backend, req: Request, ful
     :raises PermissionDenied: missing/invalid token or an ACL denial.
     """
     op = req.operation
+    if op is Operation.LIST and not full.endswith("/"):
+        full += "/"  # as Vault judges a LIST: the directory (sys/policies/acl/)
     if op is Operation.UPDATE:
 
         async def may_write(acl: Any) -> bool:
@@ -531,10 +533,7 @@ def builtin_handler(
         entry = None
         try:
             if not spec.unauthenticated:
-                judged = acl(route)
-                if op is Operation.LIST and not judged.endswith("/"):
-                    judged += "/"  # as Vault judges a LIST: the directory (sys/policies/acl/)
-                entry = await _check_token(request, backend, req, judged, spec.sudo)
+                entry = await _check_token(request, backend, req, acl(route), spec.sudo)
             else:
                 # What the caller sent as its token, for a path that reads it without using it
                 # (``sys/wrapping/lookup`` of the calling wrapping token).
