@@ -178,12 +178,11 @@ def parse(text: str) -> dict[str, Any]:
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if exc.msg == "Extra data":  # OpenBao stores such a text and ignores the rest: its rules too
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError) and exc.msg == "Extra data":
+                # OpenBao stores such a text and ignores the rest: its rules too
                 raise HCLError(f"invalid JSON: text follows the policy's JSON object (line {exc.lineno} column "
                                f"{exc.colno}): a policy is one JSON object, or HCL") from None
-            raise HCLError(f"invalid JSON: {exc}") from None
-        except ValueError as exc:
             raise HCLError(f"invalid JSON: {exc}") from None
         except RecursionError:
             raise HCLError("invalid JSON: nesting too deep") from None

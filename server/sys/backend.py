@@ -8,8 +8,9 @@ the token and the ACL on ``server.sys.core.acl_path(route)``, then calls ``handl
 
 One module per path group: ``status`` (health, seal-status, init, leader), ``auth`` (mounts
 and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
-``fingerprint`` (fingerprints of secrets), ``leases`` (revoke tokens by creation path), ``audit`` (audit devices, audit-hash, audited
-headers), ``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
+``leases`` (tokens' leases: revocation by creation path, lookup), ``fingerprint``
+(fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited headers),
+``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
 """
 
 from __future__ import annotations
