@@ -225,8 +225,8 @@ class TokenStore:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="token-sweeper")
 
     async def close(self) -> None:
-        """Stop the sweeper and any background revocation (one stopped half-way is not
-        resumed: the same ``revoke-prefix`` again finishes it)."""
+        """Stop the sweeper and any background revocation or tidy (one stopped half-way is
+        not resumed: the same ``revoke-prefix`` or tidy again finishes it)."""
         tasks = [t for t in (self._sweeper, *self._background) if t is not None]
         self._sweeper = None
         for task in tasks:
@@ -899,13 +899,9 @@ class TokenStore:
         """``revoke_prefix`` in the background (``sync: false``), logged when done."""
 
         async def run() -> None:
-            try:
-                count = await self.revoke_prefix(prefix)
-                log.info("tokens_revoked_by_prefix", prefix=prefix, revoked=count)
-            except Exception:  # logged, not lost: the caller has had its 202
-                log.exception("revoke_prefix_failed", prefix=prefix)
+            log.info("tokens_revoked_by_prefix", prefix=prefix, revoked=await self.revoke_prefix(prefix))
 
-        self._in_background(run(), "revoke-prefix")
+        self._in_background(run(), "revoke-prefix", "revoke_prefix_failed", prefix=prefix)
 
     def tidy_later(self) -> bool:
         """A full sweep in the background (``auth/token/tidy``, as Vault runs its tidy);
@@ -914,17 +910,23 @@ class TokenStore:
             return False
 
         async def run() -> None:
-            try:
-                log.info("token_tidy_done", removed=await self.sweep())
-            except Exception:  # logged, not lost: the caller has had its 202
-                log.exception("token_tidy_failed")
+            log.info("token_tidy_done", removed=await self.sweep())
 
-        self._tidy = self._in_background(run(), "token-tidy")
+        self._tidy = self._in_background(run(), "token-tidy", "token_tidy_failed")
         return True
 
-    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Run ``work`` as a task ``close`` cancels."""
-        task = asyncio.create_task(work, name=name)
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str, failed: str,
+                       **context: Any) -> asyncio.Task[None]:
+        """Run ``work`` as a task ``close`` cancels; its failure is logged as ``failed`` (with
+        ``context``), not lost: the caller has had its 202."""
+
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception(failed, **context)
+
+        task = asyncio.create_task(logged(), name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
