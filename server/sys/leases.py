@@ -40,6 +40,22 @@ _PREFIX = Field(FieldType.NAME, "The creation path whose tokens are revoked (who
                 "auth/jwt covers auth/jwt/login).", required=True)
 
 
+def _accepted() -> Response:
+    """Vault's 202 of a revocation left to the background: no body."""
+    return Response(status=202, raw_body=b"", content_type="application/json")
+
+
+def _lease_id(values: dict[str, Any]) -> str:
+    """The lease id of a request, in its body or its path.
+
+    :raises InvalidRequest: ``lease_id must be specified`` (Vault's text).
+    """
+    lease_id = values.get("lease_id") or values.get("url_lease_id") or ""
+    if not lease_id:
+        raise InvalidRequest("lease_id must be specified")
+    return str(lease_id)
+
+
 def paths(b: SysBackend) -> list[SysPath]:
     core = b.core
 
@@ -47,7 +63,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         prefix = values["prefix"]
         if not values.get("sync", True):
             core.tokens.revoke_prefix_later(prefix)
-            return Response(status=202, raw_body=b"", content_type="application/json")  # Vault: no body
+            return _accepted()
         count = await core.tokens.revoke_prefix(prefix)
         log.info("tokens_revoked_by_prefix", prefix=prefix, revoked=count)
         return None
@@ -64,9 +80,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         return Response(data={"keys": keys})
 
     async def lookup(req: Request, values: dict[str, Any]) -> Response:
-        lease_id = values.get("lease_id", "")
-        if not lease_id:
-            raise InvalidRequest("lease_id must be specified")
+        lease_id = _lease_id(values)
         entry = await core.tokens.lease_entry(lease_id)
         if entry is None:
             raise InvalidRequest("invalid lease")
@@ -83,10 +97,7 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     async def renew(req: Request, values: dict[str, Any]) -> None:
         """Vault renews no token here (``auth/token/renew*`` does): its refusals, in its order."""
-        lease_id = values.get("lease_id") or values.get("url_lease_id") or ""
-        if not lease_id:
-            raise InvalidRequest("lease_id must be specified")
-        entry = await core.tokens.lease_entry(lease_id)
+        entry = await core.tokens.lease_entry(_lease_id(values))
         if entry is None:
             raise InvalidRequest("lease not found")
         if not entry.expire_time or not entry.renewable:
@@ -94,13 +105,10 @@ def paths(b: SysBackend) -> list[SysPath]:
         raise InvalidRequest("tokens cannot be renewed through this endpoint")
 
     async def revoke(req: Request, values: dict[str, Any]) -> Response | None:
-        lease_id = values.get("lease_id") or values.get("url_lease_id") or ""
-        if not lease_id:
-            raise InvalidRequest("lease_id must be specified")
-        entry = await core.tokens.lease_entry(lease_id)
+        entry = await core.tokens.lease_entry(_lease_id(values))
         if entry is not None:  # an unknown or dead lease is revoked already, as Vault answers it
             await core.tokens.revoke(entry)
-        return None if values.get("sync", True) else Response(status=202, raw_body=b"", content_type="application/json")
+        return None if values.get("sync", True) else _accepted()
 
     sync = Field(FieldType.BOOL, "Revoke before answering (204); false: answer 202 (revoked all the same).",
                  default=True)
