@@ -279,7 +279,6 @@ class IdentityStore:
         self._internal: dict[str, tuple[str, ...]] = {}  # entity id -> internal group ids
         self._granting = False  # does any group or entity grant a policy?
         self.entity_attrs: dict[str, EntityAttrs] = {}
-        self._disabled: frozenset[str] = frozenset()  # ids of disabled entities
         self._entities: dict[str, Entity | None] = {}
         self._lock = asyncio.Lock()
         self._refresh = Refresh(self.load, "identity_reload_failed")
@@ -339,9 +338,8 @@ class IdentityStore:
                 for member in g.member_entity_ids:
                     internal.setdefault(member, []).append(g.id)
         self._internal = {k: tuple(v) for k, v in internal.items()}
-        attrs = self.entity_attrs
-        self._granting = any(g.policies for g in groups.values()) or any(a.policies for a in attrs.values())
-        self._disabled = frozenset(eid for eid, a in attrs.items() if a.disabled)
+        self._granting = (any(g.policies for g in groups.values())
+                          or any(a.policies for a in self.entity_attrs.values()))
         self.generation += 1
 
     def _reinstall(self) -> None:
@@ -450,7 +448,8 @@ class IdentityStore:
 
     def disabled(self, entity_id: str) -> bool:
         """Whether an operator disabled the entity (its tokens and logins are refused)."""
-        return entity_id in self._disabled
+        attrs = self.entity_attrs.get(entity_id)
+        return attrs is not None and attrs.disabled
 
     def _policies_of(self, entity: Entity | None, entity_id: str) -> list[str]:
         attrs = self.entity_attrs.get(entity_id)
@@ -467,7 +466,7 @@ class IdentityStore:
 
         :raises PermissionDenied: the entity is disabled (Vault refuses its logins too).
         """
-        if entity_id in self._disabled:
+        if self.disabled(entity_id):
             raise PermissionDenied()
         now_groups = {gid for n in group_names if (gid := self._alias_groups.get((accessor, n))) is not None}
         entity = await self.entity(entity_id)
