@@ -44,6 +44,7 @@ from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
 from server.storage.sqlite import SQLiteStorage
+from server.sys import remount
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
@@ -146,8 +147,10 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             await seed_audit(app, settings)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
             period = settings.telemetry.usage_gauge_period
-            if period > 0 and os.environ.get(WORKER_ENV, "0") == "0":  # one process computes them
-                gauges = asyncio.get_running_loop().create_task(telemetry.usage_gauges(tokens, mounts, period))
+            if os.environ.get(WORKER_ENV, "0") == "0":  # one process of a node does these
+                remount.resume(mounts, tokens, storage)  # mount moves whose revocation a stop cut short
+                if period > 0:
+                    gauges = asyncio.get_running_loop().create_task(telemetry.usage_gauges(tokens, mounts, period))
             log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type,
                      audit_devices=sorted(audit.devices))
             yield

@@ -189,14 +189,20 @@ class MountEntry:
     local: bool = False
     seal_wrap: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    #: Moves of this mount whose tokens are still being revoked: ``{"id": <migration id>,
+    #: "from": <old path>}`` each, stored with the move itself so that a restart finishes them.
+    moves: list[dict[str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
-        return {
+        out = {
             "path": self.path, "type": self.type, "accessor": self.accessor, "uuid": self.uuid,
             "description": self.description, "config": dict(self.config), "local": self.local,
             "seal_wrap": self.seal_wrap, "options": dict(self.options),
         }
+        if self.moves:
+            out["moves"] = [dict(m) for m in self.moves]
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> MountEntry:
@@ -205,7 +211,7 @@ class MountEntry:
             path=raw["path"], type=raw["type"], accessor=raw["accessor"], uuid=raw["uuid"],
             description=raw.get("description", ""), config=_default_config() | dict(raw.get("config") or {}),
             local=bool(raw.get("local", False)), seal_wrap=bool(raw.get("seal_wrap", False)),
-            options=dict(raw.get("options") or {}),
+            options=dict(raw.get("options") or {}), moves=[dict(m) for m in raw.get("moves") or ()],
         )
 
     def public(self) -> dict[str, Any]:
@@ -321,6 +327,12 @@ class MountSystemView:
 def _new_accessor(type_name: str) -> str:
     """A mount accessor as Vault makes them: ``auth_<type>_`` and 8 random hex digits."""
     return f"auth_{type_name}_{secrets.token_hex(4)}"
+
+
+def _is_token_path(norm: str) -> bool:
+    """Whether a normalised path is the token store's or below it (whole segments: Vault's
+    string prefix ``auth/token`` also holds ``auth/tokens-ci`` fast)."""
+    return norm.split("/", 1)[0] == "token"
 
 
 class _NotMounted(Exception):
@@ -593,6 +605,62 @@ class MountTable:
             stored = await self.storage.update(MOUNTS_KEY, change)
             self._apply(stored)
             return self.mounts[norm].entry
+
+    async def move(self, src: str, dst: str, migration_id: str) -> MountEntry:
+        """Move the mount at ``src`` to ``dst`` (``sys/remount``): its accessor, uuid, storage,
+        config and roles go with it; the move is stored with ``migration_id`` in the entry's
+        ``moves`` until ``moved`` says its old tokens are revoked.
+
+        :raises InvalidRequest: Vault's texts: no mount at exactly ``src``, ``token/`` on either
+            side, or ``dst`` overlapping a mount (``src`` itself included, as in Vault).
+        """
+        src, dst = normalize_path(src), normalize_path(dst)
+        if _is_token_path(src):
+            raise InvalidRequest(f'cannot remount "auth/{src}"')
+        if _is_token_path(dst):
+            raise InvalidRequest(f'cannot remount to destination "auth/{dst}"')
+        moved: list[MountEntry] = []
+
+        def change(old: Any) -> Any:
+            entries = list((old or {}).get("entries", []))
+            index = next((i for i, e in enumerate(entries) if e["path"] == src), None)
+            if index is None:  # the stored table decides (a mount made elsewhere a moment ago counts)
+                raise InvalidRequest(f'no matching mount at "auth/{src}"')
+            for e in entries:
+                if e["path"].startswith(dst) or dst.startswith(e["path"]):
+                    raise InvalidRequest(f'path already in use at "auth/{e["path"]}"')
+            entry = MountEntry.from_json(entries[index])
+            entry.path = dst
+            entry.moves.append({"id": migration_id, "from": src})
+            entries[index] = entry.to_json()
+            moved[:] = [entry]
+            return {"entries": entries}
+
+        async with self._lock:
+            gone = self._apply(await self.storage.update(MOUNTS_KEY, change))
+        for mount in gone:
+            await _cleanup(mount)
+        log.info("mount_moved", mount=dst, moved_from=src, accessor=moved[0].accessor, migration_id=migration_id)
+        return moved[0]
+
+    async def moved(self, accessor: str, migration_id: str) -> None:
+        """The tokens of move ``migration_id`` are revoked: drop it from its mount's ``moves``
+        (nothing, when the mount has been disabled since)."""
+        def change(old: Any) -> Any:
+            entries = list((old or {}).get("entries", []))
+            for i, e in enumerate(entries):
+                if e.get("accessor") == accessor and any(m.get("id") == migration_id for m in e.get("moves") or ()):
+                    entry = MountEntry.from_json(e)
+                    entry.moves = [m for m in entry.moves if m.get("id") != migration_id]
+                    entries[i] = entry.to_json()
+                    return {"entries": entries}
+            raise _NotMounted()
+
+        async with self._lock:
+            try:
+                self._apply(await self.storage.update(MOUNTS_KEY, change))
+            except _NotMounted:
+                pass
 
     def _validate_config(self, values: Mapping[str, Any], base: dict[str, Any], *, tune: bool = False) -> dict[str, Any]:
         """``base`` changed by the ``MOUNT_CONFIG_FIELDS`` present in ``values`` (others are

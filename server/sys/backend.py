@@ -29,6 +29,7 @@ from server.sys import (
     metrics,
     openapi,
     policies,
+    remount,
     status,
     wrapping,
 )
@@ -58,6 +59,7 @@ class SysBackend(Backend):
             *capabilities.paths(self),
             *keys.paths(self),
             *leases.paths(self),
+            *remount.paths(self),
             *fingerprint.paths(self),
             *audit.paths(self),
             *metrics.paths(self),

@@ -895,13 +895,21 @@ class TokenStore:
         return await self._revoke_trees([key async for key, data in self._rows()
                                          if f"{data.get('path', '')}/".startswith(under)])
 
+    async def revoke_moved(self, old_path: str, mount_accessor: str) -> int:
+        """Revoke the service tokens a moved mount issued at its old path (``auth/jwt/``), each
+        with its children (``sys/remount``: Vault revokes a moved mount's leases). Only the
+        mount's own, by its accessor: a mount enabled at the old path since keeps its tokens."""
+        return await self._revoke_trees([key async for key, data in self._rows()
+                                         if data.get("mount_accessor") == mount_accessor
+                                         and f"{data.get('path', '')}/".startswith(old_path)])
+
     def revoke_prefix_later(self, prefix: str) -> None:
         """``revoke_prefix`` in the background (``sync: false``), logged when done."""
 
         async def run() -> None:
             log.info("tokens_revoked_by_prefix", prefix=prefix, revoked=await self.revoke_prefix(prefix))
 
-        self._in_background(run(), "revoke-prefix", "revoke_prefix_failed", prefix=prefix)
+        self.in_background(run(), "revoke-prefix", "revoke_prefix_failed", prefix=prefix)
 
     def tidy_later(self) -> bool:
         """A full sweep in the background (``auth/token/tidy``, as Vault runs its tidy);
@@ -912,13 +920,14 @@ class TokenStore:
         async def run() -> None:
             log.info("token_tidy_done", removed=await self.sweep())
 
-        self._tidy = self._in_background(run(), "token-tidy", "token_tidy_failed")
+        self._tidy = self.in_background(run(), "token-tidy", "token_tidy_failed")
         return True
 
-    def _in_background(self, work: Coroutine[Any, Any, None], name: str, failed: str,
+    def in_background(self, work: Coroutine[Any, Any, None], name: str, failed: str,
                        **context: Any) -> asyncio.Task[None]:
         """Run ``work`` as a task ``close`` cancels; its failure is logged as ``failed`` (with
-        ``context``), not lost: the caller has had its 202."""
+        ``context``), not lost: the caller has had its answer (a revocation the answer left
+        to the background)."""
 
         async def logged() -> None:
             try:

@@ -344,6 +344,25 @@ def test_revoking_every_token_of_a_mount(bao: Bao, key: KeyPair) -> None:
     assert not alive(fourth) and alive(other)
     assert bao("list", "sys/leases/lookup/auth/incident/", check=False).returncode == 2  # nothing left: 404
 
+def test_auth_move(bao: Bao, key: KeyPair) -> None:
+    """``bao auth move``: the mount keeps its config and roles at the new path (the CLI reads
+    the status once, which already says success), and its old tokens are revoked."""
+    mount_jwt(bao, "moving", key)
+    (bao.home / "token.jwt").write_text(jwt_for(key))
+    old = bao("write", "-field=token", "auth/moving/login", "role=dev", "jwt=@token.jwt", token="").stdout
+    accessor = json.loads(bao("auth", "list", "-format=json").stdout)["moving/"]["accessor"]
+    out = bao("auth", "move", "auth/moving", "auth/moved")
+    assert "Success! Finished moving auth method auth/moving/ to auth/moved/" in out.stdout, out.stdout
+    assert "Waiting for terminal status" not in out.stdout
+    mounts = json.loads(bao("auth", "list", "-format=json").stdout)
+    assert "moving/" not in mounts and mounts["moved/"]["accessor"] == accessor
+    new = bao("write", "-field=token", "auth/moved/login", "role=dev", "jwt=@token.jwt", token="").stdout
+    assert bao("token", "lookup", old, check=False).returncode == 2
+    assert json.loads(bao("token", "lookup", "-format=json", new).stdout)["data"]["path"] == "auth/moved/login"
+    refused = bao("auth", "move", "auth/moving", "auth/elsewhere", check=False)
+    assert refused.returncode == 2 and 'no matching mount at "auth/moving/"' in refused.stderr
+
+
 def test_a_glob_role_update_keeps_its_globs(bao: Bao, key: KeyPair) -> None:
     """OpenBao 2.7.2 (measured) resets ``bound_claims_type`` to ``string`` on an update that
     leaves it out: this role's ``refs/*`` would then only match the literal text, and every

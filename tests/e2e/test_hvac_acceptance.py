@@ -241,6 +241,29 @@ def test_leases_of_a_mounts_logins(vault: ServerProc, idp: LocalIdP, mount: str)
     with pytest.raises(hvac.exceptions.InvalidPath):
         root.sys.list_leases(f"auth/{mount}")  # nothing left
 
+def test_move_backend(vault: ServerProc, idp: LocalIdP) -> None:
+    """hvac's ``sys.move_backend`` (``sys/remount``), then its status read as hvac reads any
+    path: the mount answers at the new path with its config and roles; its old token is dead."""
+    root = vault.client()
+    root.sys.enable_auth_method("jwt", path="hvac-move-a")
+    configure_jwks(root, idp, "hvac-move-a")
+    create_login_role(root, "hvac-move-a")
+    old = vault.client(token="").auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(), path="hvac-move-a")["auth"]
+    try:
+        moved = as_json(root.sys.move_backend("auth/hvac-move-a", "auth/hvac-move-b"))
+        status = as_json(root.read(f"sys/remount/status/{moved['data']['migration_id']}"))["data"]["migration_info"]
+        assert status == {"source_mount": "auth/hvac-move-a/", "target_mount": "auth/hvac-move-b/", "status": "success"}
+        assert root.auth.jwt.read_config(path="hvac-move-b")["data"]["jwks_url"] == idp.jwks_url
+        client = vault.client(token="")
+        client.auth.jwt.jwt_login(role=LOGIN_ROLE, jwt=idp.token(), path="hvac-move-b")
+        assert as_json(client.lookup_token())["data"]["path"] == "auth/hvac-move-b/login"
+        assert not vault.client(token=old["client_token"]).is_authenticated()
+        with pytest.raises(hvac.exceptions.InvalidRequest, match='no matching mount at "auth/hvac-move-a/"'):
+            root.sys.move_backend("auth/hvac-move-a", "auth/hvac-move-c")
+    finally:
+        root.sys.disable_auth_method("hvac-move-b")
+
+
 def test_jwt_login_url_like_user_claim(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
     root = vault.client()
     configure_jwks(root, idp, mount)

@@ -320,6 +320,29 @@ def test_a_mount_made_on_one_worker_is_tuned_and_disabled_on_the_other_at_once(w
         workers.a.ok("DELETE", f"sys/auth/{path}")
 
 
+def test_a_mount_moved_on_one_worker_is_served_at_its_new_path_by_the_other_at_once(workers: Workers) -> None:
+    """``sys/remount`` on B of a mount A made: A logs in at the new path and reads the move's
+    status on its next request, refuses the old path's token, and stops serving the old path
+    within the bound."""
+    workers.a.ok("POST", "sys/auth/mv-a", body={"type": "jwt"})
+    workers.a.ok("POST", "auth/mv-a/config", body={"jwt_validation_pubkeys": [KEY.pem]})
+    workers.a.ok("POST", "auth/mv-a/role/svc", body=ROLE)
+    old = workers.a.ok("POST", "auth/mv-a/login", token="", body=login_body())["auth"]["client_token"]
+    moved = workers.b.ok("POST", "sys/remount", body={"from": "auth/mv-a", "to": "auth/mv-b"})
+    status = workers.a.ok("GET", f"sys/remount/status/{moved['data']['migration_id']}")["data"]["migration_info"]
+    assert status == {"source_mount": "auth/mv-a/", "target_mount": "auth/mv-b/", "status": "success"}
+    new = workers.a.ok("POST", "auth/mv-b/login", token="", body=login_body())["auth"]["client_token"]
+    assert workers.a.call("GET", "auth/token/lookup-self", token=old)[0] == 403
+
+    def old_path_gone() -> bool:
+        return workers.a.call("POST", "auth/mv-a/login", token="", body=login_body())[0] != 200
+
+    assert seen_within(old_path_gone) <= BOUND
+    time.sleep(1.5)  # the second sweep: only the old path's tokens
+    assert workers.b.call("GET", "auth/token/lookup-self", token=new)[0] == 200
+    workers.a.ok("DELETE", "sys/auth/mv-b")
+
+
 def test_one_name_written_on_both_workers_at_once_is_one_group_and_one_alias(workers: Workers) -> None:
     """Clients register the same group name on both workers at the same moment (neither worker
     has heard of the other's group yet): one group per name, and every register succeeds, the

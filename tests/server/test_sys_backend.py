@@ -89,8 +89,9 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     assert unauthenticated == {"health", "seal-status", "init", "leader", "wrapping/lookup"}
     # sys/mounts/auth/<path>/tune changes what sys/auth/<path>/tune does: sudo on both
     assert {p.split("/")[0] for p in sudo} == {
-        "auth", "mounts", "rotate", "key-status", "audit", "config", "leases",
+        "auth", "mounts", "rotate", "key-status", "audit", "config", "leases", "remount",
     }
+    assert specs["remount"].sudo and not specs["remount/status/(?P<migration_id>.+)"].sudo  # as in OpenBao
     # OpenBao's root paths hold no policy path: a Vault policy that manages policies works here
     assert not any(s.sudo for p, s in specs.items() if p.startswith("polic"))
     # Vault's root paths: the prefix revocations and the lease listing, not lookup or revoke of one lease
@@ -126,6 +127,9 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
             "{url_lease_id}": "auth/nope/x", "revoke-{prefix}": "auth/nope"}
     resp = await client.post("/v1/sys/config/auditing/request-headers/x-team", json={"hmac": True}, headers=H)
     assert resp.status == 204, await resp.text()  # a header to read
+    assert (await client.post("/v1/sys/auth/mv", json={"type": "jwt"}, headers=H)).status == 204
+    resp = await client.post("/v1/sys/remount", json={"from": "auth/mv", "to": "auth/mv2"}, headers=H)
+    fill["{migration_id}"] = (await resp.json())["data"]["migration_id"]  # a move to read
     for path, ops in documented.items():
         kind = "revoke-" if "revoke" in path else ""
 
