@@ -64,16 +64,20 @@ def _path(raw: Any) -> str:
     return raw
 
 
-def _mount_path(full: str, side: str) -> str:
-    """``auth/jwt`` (or ``/auth/jwt/``) as the mount table names it: ``jwt/``.
-
-    :raises InvalidRequest: a path the table would refuse, named as Vault names it.
-    """
-    rel = full.strip("/").removeprefix("auth/")
+def _mount_path(full: str) -> str | None:
+    """``auth/jwt/`` as the mount table names it (``jwt/``), or None when the table would
+    not name it so (an empty, ``.`` or ``..`` segment, a character a mount path refuses)."""
+    rel = full.removeprefix("auth/")
     try:
-        return normalize_path(rel)
-    except InvalidRequest as exc:
-        raise InvalidRequest(f"invalid {side} mount: {exc}") from exc
+        return rel if normalize_path(rel) == rel else None
+    except InvalidRequest:
+        return None
+
+
+def _sanitized(path: str) -> str:
+    """Vault's ``sanitizePath``: one leading ``/`` dropped, a trailing ``/`` added if missing."""
+    path = path.removeprefix("/")
+    return path if path.endswith("/") else path + "/"
 
 
 def _sides(values: dict[str, Any]) -> tuple[str, str]:
@@ -87,7 +91,7 @@ def _sides(values: dict[str, Any]) -> tuple[str, str]:
     for name, value in (("from", src), ("to", dst)):
         if value != value.strip(" "):
             raise InvalidRequest(f"'{name}' path cannot contain trailing whitespace")
-    src_full, dst_full = src.lstrip("/").rstrip("/") + "/", dst.lstrip("/").rstrip("/") + "/"
+    src_full, dst_full = (_sanitized(src), _sanitized(dst))
     if not src_full.startswith("auth/"):
         # Vault takes it for a secrets engine (authmount has none): its refusals, in its order.
         for prefix in _PROTECTED:
@@ -101,7 +105,12 @@ def _sides(values: dict[str, Any]) -> tuple[str, str]:
         raise InvalidRequest(f'cannot remount auth mount to non-auth mount "{dst_full}"')
     if dst_full == "auth/":
         raise InvalidRequest(f'invalid destination mount path "{dst}"')
-    return _mount_path(src_full, "source"), _mount_path(dst_full, "destination")
+    src_path, dst_path = _mount_path(src_full), _mount_path(dst_full)
+    if src_path is None:  # no mount has such a path
+        raise InvalidRequest(f'no matching mount at "{src_full}"')
+    if dst_path is None:
+        raise InvalidRequest(f"invalid destination mount: invalid mount path '{dst}'")
+    return src_path, dst_path
 
 
 async def _set_status(storage: Engine, migration_id: str, status: str) -> None:
