@@ -166,9 +166,11 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
 
     async def register(req: Request, values: dict[str, Any]) -> Response | None:
         store = b.store
+        if "id" in values and not values["id"]:
+            raise InvalidRequest("empty group ID")  # OpenBao's answer: a given id names a group
         existing = await store.find_group(gid=values["id"]) if values.get("id") else None
         if values.get("id") and existing is None:
-            raise InvalidRequest("group not found for the given id")
+            raise InvalidRequest("invalid group ID")
         if existing is None and values.get("name"):
             existing = await store.find_group(name=values["name"])
         return await _upsert(store, existing, values)

@@ -93,6 +93,8 @@ def scenario(p: Peer) -> None:
     p.call("alias name taken", "POST", "identity/group-alias",
            {"name": "OPS-IDP", "mount_accessor": accessor, "canonical_id": gid})
     p.call("group root policy", "POST", "identity/group", {"name": "r", "policies": ["root"]})
+    p.call("group empty id", "POST", "identity/group", {"id": "", "name": "fresh"})
+    p.call("group unknown id", "POST", "identity/group", {"id": "nope", "name": "ops"})
     p.call("group external members", "POST", "identity/group",
            {"name": "e", "type": "external", "member_entity_ids": ["x"]})
     internal = p.call("group internal", "POST", "identity/group", {"name": "int"})["data"]["id"]

@@ -223,6 +223,9 @@ async def test_internal_group_members_get_its_policies(api: Api) -> None:
          "member_group_ids: nested groups are not supported"),
         ("identity/group", {"name": "a/b"}, 'invalid group name "a/b"'),
         ("identity/group", {"name": ""}, "empty group name"),  # OpenBao's answer; left out, a name is made up
+        ("identity/group", {"id": ""}, "empty group ID"),  # OpenBao's answer: a given id names a group
+        ("identity/group", {"id": "", "name": "x"}, "empty group ID"),
+        ("identity/group", {"id": "nope", "name": "ext"}, "invalid group ID"),
         ("identity/group-alias", {"name": "x", "mount_accessor": "auth_jwt_nope", "canonical_id": "{ext}"},
          'invalid mount accessor "auth_jwt_nope"'),
         ("identity/group-alias", {"name": "x", "mount_accessor": "{acc}"},
@@ -244,7 +247,8 @@ async def test_internal_group_members_get_its_policies(api: Api) -> None:
         ("identity/lookup/group", {"alias_name": "a"}, "both 'alias_name' and 'alias_mount_accessor' need to be set"),
     ],
     ids=[
-        "root-policy", "bad-type", "external-members", "nested-groups", "slash-name", "empty-name", "unknown-accessor",
+        "root-policy", "bad-type", "external-members", "nested-groups", "slash-name", "empty-name", "empty-id",
+        "empty-id-with-name", "unknown-id", "unknown-accessor",
         "no-canonical-id", "no-alias-name", "no-accessor", "internal-group-alias", "unknown-group",
         "alias-name-taken-any-case", "second-alias", "type-change", "lookup-two-keys", "lookup-half-pair",
     ],
