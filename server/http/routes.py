@@ -51,7 +51,8 @@ def setup_routes(app: web.Application) -> None:
     and the last route catches every other path, so no middleware is needed: a request
     never reaches aiohttp's own 404/405 handlers.
     """
-    identity = IdentityBackend(lambda: app[IDENTITY], lambda accessor, name: app[TOKENS].entity_id(accessor, name))
+    identity = IdentityBackend(lambda: app[IDENTITY], lambda accessor, name: (
+        app[TOKENS].entity_id(accessor, name), app[TOKENS].entity_alias_id(accessor, name)))
     sys_backend = SysBackend(AppCore(app), documented={"identity": identity})
     handlers: tuple[Handler, ...] = (
         *(_clean_paths_only(h) for h in (sys_handler(sys_backend), identity_handler(identity), auth_handler,

@@ -21,19 +21,25 @@ __all__ = ["IdentityBackend"]
 class IdentityBackend(Backend):
     """The identity paths over the running server's identity store.
 
-    ``store`` and ``entity_id`` are read when a request comes (the backend is built with the
-    routes, before the server's state exists): ``entity_id(accessor, alias name)`` is the
-    token store's derivation of an entity's id.
+    ``store`` and ``derived`` are read when a request comes (the backend is built with the
+    routes, before the server's state exists): ``derived(accessor, alias name)`` is the token
+    store's derivation of the (entity id, entity alias id) a login makes.
     """
 
     type_name = "identity"
 
-    def __init__(self, store: Callable[[], IdentityStore], entity_id: Callable[[str, str], str]) -> None:
+    def __init__(self, store: Callable[[], IdentityStore], derived: Callable[[str, str], tuple[str, str]]) -> None:
         super().__init__()
         self._store = store
-        self.entity_id = entity_id
+        self.derived = derived
         self.paths = [*groups.paths(self), *aliases.paths(self), *entities.paths(self)]
 
     @property
     def store(self) -> IdentityStore:
         return self._store()
+
+    def entity_of(self, accessor: str, name: str) -> tuple[str, str]:
+        """The (entity id, entity alias id) a login through ``accessor`` named ``name`` gets:
+        an operator's entity alias decides, else the derived pair (``TokenStore.entity_of``)."""
+        written = self.store.login_alias(accessor, name)
+        return (written.canonical_id, written.id) if written is not None else self.derived(accessor, name)

@@ -1,18 +1,36 @@
-"""``identity/entity/id|name/<...>``, ``identity/entity-alias/id/<id>``, their LISTs, and
-``identity/lookup/entity|group``: entities are made by logins (one per alias name and mount)
-and read here; an operator may give one ``policies`` (granted to its tokens at each use, as a
-group's are), ``metadata`` and ``disabled`` (its tokens and logins refused), and may delete
-one (its next login makes it again, without what was set on it)."""
+"""``identity/entity``, ``identity/entity/id|name/<...>``, ``identity/entity-alias``,
+``identity/entity-alias/id/<id>``, their LISTs, and ``identity/lookup/entity|group``.
+
+A login makes an entity for its alias name and mount when no operator's entity alias names
+them (its id derived from the two). An operator may also make entities ahead of any login
+(``identity/entity`` with a new name: the Terraform provider's ``vault_identity_entity``) and
+give them entity aliases (``identity/entity-alias``: ``vault_identity_entity_alias``): the
+logins through the alias's mount with its name then get that entity, so one person's logins
+through several mounts share one entity. An entity alias written for a name and mount a login
+has already used is that login's alias moved to the given entity, as in Vault. Every entity
+may be given ``policies`` (granted to its tokens at each use, as a group's are), ``metadata``
+and ``disabled`` (its tokens and logins refused), and deleted (with the operator's aliases of
+it; a login-made one is made again by its next login, without what was set on it)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Handler, Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
-from server.identity.groups import group_data
-from server.identity.store import Entity, EntityAttrs, Group, IdentityStore, group_policies
+from server.identity.groups import WINNER_PAUSES, group_data
+from server.identity.store import (
+    Entity,
+    EntityAlias,
+    EntityAttrs,
+    EntityNameInUse,
+    Group,
+    IdentityStore,
+    group_policies,
+    new_id,
+)
 
 if TYPE_CHECKING:
     from server.identity.backend import IdentityBackend
@@ -31,37 +49,53 @@ LOOKUP_FIELDS = FieldSet({
 })
 
 
-def _alias(store: IdentityStore, entity: Entity, *, listing: bool = False) -> dict[str, Any]:
-    mount = store.mounts(entity.mount_accessor)
+def _login_alias(entity: Entity) -> EntityAlias:
+    """The alias a login made with ``entity``, in the shape of an operator's."""
+    return EntityAlias(id=entity.alias_id, name=entity.alias_name, mount_accessor=entity.mount_accessor,
+                       canonical_id=entity.id, custom_metadata=None, metadata=dict(entity.alias_metadata),
+                       creation_time=entity.creation_time, last_update_time=entity.last_update_time)
+
+
+def _alias(store: IdentityStore, alias: EntityAlias, *, listing: bool = False) -> dict[str, Any]:
+    mount = store.mounts(alias.mount_accessor)
     out: dict[str, Any] = {
-        "id": entity.alias_id,
-        "mount_accessor": entity.mount_accessor,
+        "id": alias.id,
+        "mount_accessor": alias.mount_accessor,
         "mount_path": mount.path if mount else "",
         "mount_type": mount.type if mount else "",
-        "name": entity.alias_name,
+        "name": alias.name,
     }
     if listing:
         return out
     out.update({
-        "canonical_id": entity.id, "creation_time": entity.creation_time, "custom_metadata": None,
-        "last_update_time": entity.last_update_time, "local": False, "merged_from_canonical_ids": None,
-        "metadata": dict(entity.alias_metadata) or None,
+        "canonical_id": alias.canonical_id, "creation_time": alias.creation_time,
+        "custom_metadata": dict(alias.custom_metadata) if alias.custom_metadata is not None else None,
+        "last_update_time": alias.last_update_time,
+        "local": False, "merged_from_canonical_ids": None, "metadata": dict(alias.metadata) or None,
     })
     return out
 
 
-def entity_alias_data(store: IdentityStore, entity: Entity) -> dict[str, Any]:
+def _aliases(store: IdentityStore, entity: Entity) -> list[EntityAlias]:
+    """An entity's aliases: the one a login made it with (unless an operator's alias took its
+    id: moved, or rewritten), then the operators'."""
+    own = [_login_alias(entity)] if entity.alias_id and entity.alias_id not in store.entity_aliases else []
+    return own + store.aliases_of(entity.id)
+
+
+def entity_alias_data(store: IdentityStore, alias: EntityAlias) -> dict[str, Any]:
     """``identity/entity-alias/id/<id>``."""
-    out = _alias(store, entity)
+    out = _alias(store, alias)
     out["namespace_id"] = "root"
     return out
 
 
 #: What an entity write takes (``identity/entity``, ``identity/entity/id|name/<...>``).
 ENTITY_FIELDS = FieldSet({
-    "id": Field(_S, "ID of the entity to update (entities are made by their first login).", default=""),
-    "name": Field(_S, "Name of the entity to update (its name is made from its id: entity_<16 hex digits>; "
-                      "it cannot be changed).", default=""),
+    "id": Field(_S, "ID of the entity to update (none: the entity with this name, or a new one).", default=""),
+    "name": Field(_S, "Name of the entity (unique, case-insensitively; a new entity without one is named "
+                      "entity_<16 hex digits of its id>). The name of an entity a login made cannot be changed.",
+                  default=""),
     "policies": Field(FieldType.COMMA_STRING_SLICE, "Policies granted to the entity's tokens, in addition to "
                       "their own and their groups', at each use of the tokens. 'root' is refused."),
     "metadata": Field(FieldType.KV_PAIRS, "Metadata (string keys and values) attached to the entity."),
@@ -75,7 +109,7 @@ def entity_data(store: IdentityStore, entity: Entity) -> dict[str, Any]:
     groups = store.entity_groups(entity, entity.id)
     attrs = store.entity_attrs.get(entity.id) or EntityAttrs()
     return {
-        "aliases": [_alias(store, entity)],
+        "aliases": [_alias(store, a) for a in _aliases(store, entity)],
         "creation_time": entity.creation_time,
         "direct_group_ids": groups,
         "disabled": attrs.disabled,
@@ -122,6 +156,26 @@ def _one_way(values: dict[str, Any]) -> str:
     return given[0]
 
 
+#: What an entity alias write takes (``identity/entity-alias``, ``identity/entity-alias/id/<id>``).
+ENTITY_ALIAS_FIELDS = FieldSet({
+    "id": Field(_S, "ID of the entity alias to update (none: the alias of this name and mount, or a new one).",
+                default=""),
+    "name": Field(_S, "The alias name logins through the mount give (the role's user_claim value, matched "
+                      "exactly).", default=""),
+    "mount_accessor": Field(_S, "Accessor of the auth mount whose logins the alias matches.", default=""),
+    "canonical_id": Field(_S, "ID of the entity the alias stands for (none, on create: a new entity).", default=""),
+    "custom_metadata": Field(FieldType.KV_PAIRS, "Metadata (string keys and values) an operator keeps on the "
+                             "alias: at most 64 keys of at most 128 characters, values of at most 512."),
+})
+_MAX_ALIAS_NAME = 1024
+
+
+def _custom_metadata(raw: dict[str, str]) -> dict[str, str]:
+    if len(raw) > 64 or any(len(k) > 128 or len(v) > 512 for k, v in raw.items()):
+        raise InvalidRequest("custom_metadata: at most 64 keys of at most 128 characters, values of at most 512")
+    return dict(raw)
+
+
 def paths(b: IdentityBackend) -> list[PathSpec]:
     """Entity, entity alias and lookup paths."""
 
@@ -146,7 +200,8 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         for eid in keys:
             entity = await store.entity(eid)
             if entity is not None:
-                info[eid] = {"aliases": [_alias(store, entity, listing=True)], "name": entity.name}
+                info[eid] = {"aliases": [_alias(store, a, listing=True) for a in _aliases(store, entity)],
+                             "name": entity.name}
         return Response(data={"keys": keys, "key_info": info})
 
     async def list_names(req: Request, values: dict[str, Any]) -> Response:
@@ -176,30 +231,134 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         if entity is not None:
             await b.store.delete_entity(entity)
 
-    async def write(entity: Entity | None, values: dict[str, Any], missing: str) -> None:
+    async def write(entity: Entity | None, values: dict[str, Any]) -> Response | None:
+        """Vault's ``handleEntityUpdateCommon``: update ``entity`` (renamed to ``name`` if
+        given), or make a new entity (200 with its id and name)."""
+        store, name = b.store, values.get("name", "")
+        change = _attrs_change(values)
         if entity is None:
-            # Vault would make a new entity here; authmount's are made by their first login (one
-            # per alias name and mount, its id derived from them), so none can be made ahead.
-            raise InvalidRequest(f"{missing}: entities are made by their first login here (look one up with "
-                                 "identity/lookup/entity and alias_name + alias_mount_accessor)")
-        if values.get("name") and values["name"] != entity.name:
-            raise InvalidRequest(f"an entity's name cannot be changed here (it is {entity.name}, made from its id)")
-        await b.store.write_entity_attrs(entity.id, _attrs_change(values))
+            try:
+                made = await store.create_entity(name, change)
+                return Response(data={"aliases": None, "id": made.id, "name": made.name})
+            except EntityNameInUse:  # made by a request at the same moment: update it (Vault's one lock)
+                for pause in WINNER_PAUSES:  # the winner claims the name before it writes its entity
+                    await asyncio.sleep(pause)
+                    entity = await store.entity_by_name(name)
+                    if entity is not None:
+                        break
+                else:
+                    raise
 
-    async def write_id(req: Request, values: dict[str, Any]) -> None:
-        await write(await b.store.entity(values["id"]), values, "entity not found from id")
+        if name and name != entity.name and (not entity.alias_id or name.lower() != entity.name.lower()):
+            entity = await store.rename_entity(entity, name)
+        await store.write_entity_attrs(entity.id, change)
+        return None
 
-    async def write_name(req: Request, values: dict[str, Any]) -> None:
-        await write(await b.store.entity_by_name(values["name"]), values, "entity not found from name")
+    async def write_id(req: Request, values: dict[str, Any]) -> Response | None:
+        entity = await b.store.entity(values["id"])
+        if entity is None:
+            raise InvalidRequest("entity not found from id")
+        return await write(entity, values)
 
-    async def write_entity(req: Request, values: dict[str, Any]) -> None:
-        """``identity/entity``: an update of the entity ``id`` (else ``name``) names."""
+    async def write_name(req: Request, values: dict[str, Any]) -> Response | None:
+        """``identity/entity/name/<name>``: the entity of that name (not renamed: the path's
+        name is lower-cased), made if there is none."""
+        entity = await b.store.entity_by_name(values["name"])
+        return await write(entity, {k: v for k, v in values.items() if k != "name"} if entity else values)
+
+    async def write_entity(req: Request, values: dict[str, Any]) -> Response | None:
+        """``identity/entity``: the entity ``id`` names, else the one ``name`` names, else a
+        new one (Vault's order: an ``id`` and a ``name`` of two entities is a clash)."""
+        store = b.store
+        entity = None
         if values.get("id"):
-            await write_id(req, values)
-        elif values.get("name"):
-            await write_name(req, values)
-        else:
-            await write(None, values, "entity not found")
+            entity = await store.entity(values["id"])
+            if entity is None:
+                raise InvalidRequest("entity not found from id")
+        if values.get("name"):
+            named = await store.entity_by_name(values["name"])
+            if named is not None and entity is None:
+                entity = named
+            elif named is not None and entity is not None and named.id != entity.id:
+                raise InvalidRequest("entity name is already in use")
+        return await write(entity, values)
+
+    # -- entity aliases ----------------------------------------------------------------------
+    async def alias_by_id(alias_id: str) -> tuple[EntityAlias, bool] | None:
+        """The alias with ``alias_id`` and whether it is an operator's (else a login's)."""
+        store = b.store
+        written = await store.find_entity_alias(alias_id)
+        if written is not None:
+            return written, True
+        entity = await store.entity_by_alias_id(alias_id)
+        if entity is not None and entity.alias_id == alias_id:
+            return _login_alias(entity), False
+        return None
+
+    async def create_alias(values: dict[str, Any], name: str, accessor: str) -> Response:
+        store = b.store
+        canonical = values.get("canonical_id", "")
+        custom = _custom_metadata(values.get("custom_metadata", {}))
+        made = None
+        if not canonical:  # Vault makes the entity too
+            made = await store.create_entity("", lambda attrs: None)
+            canonical = made.id
+        alias = EntityAlias(id=new_id(), name=name, mount_accessor=accessor, canonical_id=canonical,
+                            custom_metadata=custom)
+        try:
+            written = await store.write_entity_alias(alias, created=True)
+        except Exception:
+            if made is not None:  # not left behind without its alias
+                await store.delete_entity(made)
+            raise
+        return Response(data={"canonical_id": written.canonical_id, "id": written.id})
+
+    async def _check_alias(name: str, accessor: str) -> None:
+        if len(name) > _MAX_ALIAS_NAME or any(not c.isprintable() for c in name):
+            raise InvalidRequest("invalid alias name")
+        if b.store.mounts(accessor) is None:
+            raise InvalidRequest(f'invalid mount accessor "{accessor}"')
+
+    async def update_alias(current: EntityAlias, values: dict[str, Any]) -> Response | None:
+        """Vault's ``handleAliasUpdate``: a change of name, mount, custom metadata or entity
+        (a login's alias changed becomes an operator's, with its id)."""
+        store = b.store
+        name = values.get("name") or current.name
+        accessor = values.get("mount_accessor") or current.mount_accessor
+        canonical = values.get("canonical_id") or current.canonical_id
+        custom = _custom_metadata(values["custom_metadata"]) if "custom_metadata" in values else current.custom_metadata
+        if (name, accessor, canonical, custom) == (current.name, current.mount_accessor, current.canonical_id,
+                                                   current.custom_metadata):
+            return None  # nothing to change: idempotent, as in Vault
+        await _check_alias(name, accessor)
+        if canonical != current.canonical_id and await store.entity(canonical) is None:
+            raise InvalidRequest("given 'canonical_id' is not associated with an entity")
+        alias = EntityAlias(id=current.id, name=name, mount_accessor=accessor, canonical_id=canonical,
+                            custom_metadata=custom, metadata=dict(current.metadata),
+                            creation_time=current.creation_time)
+        written = await store.write_entity_alias(alias, created=False, moved=canonical != current.canonical_id)
+        return Response(data={"canonical_id": written.canonical_id, "id": written.id})
+
+    async def register_alias(req: Request, values: dict[str, Any]) -> Response | None:
+        """``identity/entity-alias``: the alias ``id`` names, else the one of ``name`` on
+        ``mount_accessor`` (an operator's, or a login's), else a new one."""
+        if values.get("id"):
+            found = await alias_by_id(values["id"])
+            if found is None:
+                raise InvalidRequest("invalid alias ID provided")
+            return await update_alias(found[0], values)
+        name, accessor = values.get("name", ""), values.get("mount_accessor", "")
+        if not name or not accessor:
+            raise InvalidRequest("'id' or 'mount_accessor' and 'name' must be provided")
+        await _check_alias(name, accessor)
+        written = b.store.login_alias(accessor, name)
+        if written is not None:
+            return await update_alias(written, values)
+        entity_id, alias_id = b.derived(accessor, name)
+        entity = await b.store.entity(entity_id)
+        if entity is not None and entity.alias_id == alias_id:  # a login has used it: that alias moves
+            return await update_alias(_login_alias(entity), values)
+        return await create_alias(values, name, accessor)
 
     async def list_aliases(req: Request, values: dict[str, Any]) -> Response:
         store = b.store
@@ -207,19 +366,37 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         for eid in await store.entity_ids():
             entity = await store.entity(eid)
             if entity is not None:
-                data = _alias(store, entity)
-                info[entity.alias_id] = {k: data[k] for k in (
-                    "canonical_id", "custom_metadata", "local", "metadata", "mount_accessor", "mount_path",
-                    "mount_type", "name")}
+                for alias in _aliases(store, entity):
+                    data = _alias(store, alias)
+                    info[alias.id] = {k: data[k] for k in (
+                        "canonical_id", "custom_metadata", "local", "metadata", "mount_accessor", "mount_path",
+                        "mount_type", "name")}
         if not info:
             raise NotFound()
         return Response(data={"keys": sorted(info), "key_info": info})
 
     async def read_alias(req: Request, values: dict[str, Any]) -> Response:
-        entity = await b.store.entity_by_alias_id(values["id"])
-        if entity is None:
+        found = await alias_by_id(values["id"])
+        if found is None:
             raise NotFound()
-        return Response(data=entity_alias_data(b.store, entity))
+        return Response(data=entity_alias_data(b.store, found[0]))
+
+    async def write_alias(req: Request, values: dict[str, Any]) -> Response | None:
+        found = await alias_by_id(values["id"])
+        if found is None:
+            raise InvalidRequest("invalid alias ID provided")
+        return await update_alias(found[0], values)
+
+    async def delete_alias(req: Request, values: dict[str, Any]) -> None:
+        found = await alias_by_id(values["id"])
+        if found is None:
+            return
+        alias, operator = found
+        if not operator:
+            raise InvalidRequest("the alias a login made goes with its entity: delete the entity "
+                                 f"(identity/entity/id/{alias.canonical_id}), or move the alias to another "
+                                 "entity (canonical_id)")
+        await b.store.delete_entity_alias(alias)
 
     async def lookup_entity(req: Request, values: dict[str, Any]) -> Response | None:
         store, way = b.store, _one_way(values)
@@ -231,7 +408,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         elif way == "alias_id":
             entity = await store.entity_by_alias_id(values["alias_id"])
         else:
-            entity = await store.entity(b.entity_id(values["alias_mount_accessor"], values["alias_name"]))
+            entity = await store.entity(b.entity_of(values["alias_mount_accessor"], values["alias_name"])[0])
         return Response(data=entity_data(store, entity)) if entity is not None else None
 
     async def lookup_group(req: Request, values: dict[str, Any]) -> Response | None:
@@ -252,21 +429,26 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
     by_id = FieldSet({**ENTITY_FIELDS.fields, "id": Field(FieldType.NAME, "ID of the entity.")})
     by_name = FieldSet({**ENTITY_FIELDS.fields, "name": Field(FieldType.NAME, "Name of the entity (lower-cased "
                                                               "before the ACL check).", canonical=str.lower)})
+    alias_by = FieldSet({**ENTITY_ALIAS_FIELDS.fields, "id": Field(FieldType.NAME, "ID of the entity alias.")})
     by_id_ops: dict[Operation, Handler] = {Operation.READ: read_id, Operation.UPDATE: write_id, Operation.DELETE: delete_id}
     by_name_ops: dict[Operation, Handler] = {Operation.READ: read_name, Operation.UPDATE: write_name,
                                              Operation.DELETE: delete_name}
+    alias_ops: dict[Operation, Handler] = {Operation.READ: read_alias, Operation.UPDATE: write_alias,
+                                           Operation.DELETE: delete_alias}
     return [
         PathSpec("entity", ENTITY_FIELDS, {Operation.UPDATE: write_entity},
-                 "Update an entity's policies, metadata or disabled flag (by id, or by name)."),
+                 "Create an entity, or update one (by id, or by name): policies, metadata, disabled, name."),
         PathSpec("entity/id/?", FieldSet({}), {Operation.LIST: list_ids}, "List entities by id."),
         PathSpec(f"entity/id/(?P<id>{_KEY})", by_id, by_id_ops,
-                 "Read, update (policies, metadata, disabled) or delete an entity by id."),
+                 "Read, update (policies, metadata, disabled, name) or delete an entity by id."),
         PathSpec("entity/name/?", FieldSet({}), {Operation.LIST: list_names}, "List entities by name."),
         PathSpec(f"entity/name/(?P<name>{_KEY})", by_name, by_name_ops,
-                 "Read, update (policies, metadata, disabled) or delete an entity by name."),
+                 "Read, create or update (policies, metadata, disabled) or delete an entity by name."),
+        PathSpec("entity-alias", ENTITY_ALIAS_FIELDS, {Operation.UPDATE: register_alias},
+                 "Create an entity alias (or update the one with this id, or this name and mount)."),
         PathSpec("entity-alias/id/?", FieldSet({}), {Operation.LIST: list_aliases}, "List entity aliases by id."),
-        PathSpec(f"entity-alias/id/(?P<id>{_KEY})", FieldSet({"id": Field(FieldType.NAME, "ID of the alias.")}),
-                 {Operation.READ: read_alias}, "Read an entity alias by id."),
+        PathSpec(f"entity-alias/id/(?P<id>{_KEY})", alias_by, alias_ops,
+                 "Read, update (name, mount, entity, custom metadata) or delete an entity alias by id."),
         PathSpec("lookup/entity", LOOKUP_FIELDS, {Operation.UPDATE: lookup_entity},
                  "Look an entity up by id, name, alias id, or alias name and mount accessor."),
         PathSpec("lookup/group", LOOKUP_FIELDS, {Operation.UPDATE: lookup_group},

@@ -101,7 +101,7 @@ async def _apply(store: IdentityStore, group: Group | None, values: dict[str, An
 
 
 #: Seconds between the looks for the group that won a name (its write takes a commit or two).
-_WINNER_PAUSES = (0.0, 0.01, 0.02, 0.05, 0.1)
+WINNER_PAUSES = (0.0, 0.01, 0.02, 0.05, 0.1)
 
 
 async def _upsert(store: IdentityStore, existing: Group | None, values: dict[str, Any]) -> Response | None:
@@ -114,7 +114,7 @@ async def _upsert(store: IdentityStore, existing: Group | None, values: dict[str
     except NameInUse:
         if existing is not None or not values.get("name"):
             raise
-        for pause in _WINNER_PAUSES:  # the winner claims the name before it writes its group
+        for pause in WINNER_PAUSES:  # the winner claims the name before it writes its group
             await asyncio.sleep(pause)
             winner = await store.find_group(name=values["name"])
             if winner is not None:

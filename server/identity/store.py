@@ -7,11 +7,17 @@ Storage layout (root storage):
 - ``identity/group/<id>`` → a group (name, type, policies, metadata, its alias id, and for
   internal groups ``member_entity_ids``);
 - ``identity/group-alias/<id>`` → a group alias (name, mount accessor, canonical id);
-- ``identity/entity/<id>`` → an entity: its one alias (one entity per alias name and mount,
-  id ``TokenStore.entity_id(accessor, name)``) and ``group_ids``, its external group
-  memberships, refreshed by each login through that mount (Vault's
-  ``refreshExternalGroupMembershipsByEntityID``);
-- ``identity/entity-alias/<alias id>`` → ``{"entity_id": ...}``;
+- ``identity/entity/<id>`` → an entity: the alias a login made it with (one entity per alias
+  name and mount, id ``TokenStore.entity_id(accessor, name)``; none for an entity an operator
+  made) and ``group_ids``, its external group memberships, refreshed by each login through
+  a mount (Vault's ``refreshExternalGroupMembershipsByEntityID``);
+- ``identity/entity-alias/<alias id>`` → ``{"entity_id": ...}``, the alias a login made;
+- ``identity/entity-made/<entity id>`` → 1, the entities operators made (their names are
+  held in memory), and ``identity/entity-name/<hash>``, the claim of such a name;
+- ``identity/entity-alias-op/<alias id>`` → an entity alias an operator wrote (name, mount
+  accessor, canonical id, custom metadata, its latest login's metadata): logins through the
+  mount with that name get its entity (``TokenStore.entity_of``), and
+  ``identity/entity-alias-name/<hash>``, the claim of its (accessor, name);
 - ``identity/entity-attrs/<entity id>`` → what an operator set on an entity: its
   ``policies``, ``metadata`` and ``disabled`` (a row apart from the entity's, which logins
   rewrite; few, and all held in memory like the groups);
@@ -20,7 +26,8 @@ Storage layout (root storage):
   the claim of a group name (lower-cased) and of a group alias name on a mount: the one
   writer of a name among nodes and workers (``server.identity.names``).
 
-Groups, group aliases and entity attributes are few and written by operators: all of them are held in memory,
+Groups, group aliases, entity attributes, operators' entity aliases and the names of the
+entities operators made are few and written by operators: all of them are held in memory,
 re-read after a local write and when another node announces one (``invalidate``). Entities
 are many: a bounded cache holds those used lately. A token's identity policies are judged at
 each use from these tables (``policies_for``): a group's policy change applies to live tokens
@@ -39,6 +46,7 @@ heard of the other's group.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -63,7 +71,9 @@ __all__ = [
     "GROUP_ALIAS_PREFIX",
     "IDENTITY_PREFIX",
     "Entity",
+    "EntityAlias",
     "EntityAttrs",
+    "EntityNameInUse",
     "Group",
     "GroupAlias",
     "IdentityStore",
@@ -80,6 +90,10 @@ GROUP_ALIAS_PREFIX = "identity/group-alias/"
 ENTITY_PREFIX = "identity/entity/"
 ENTITY_ALIAS_PREFIX = "identity/entity-alias/"
 ENTITY_ATTRS_PREFIX = "identity/entity-attrs/"
+ENTITY_MADE_PREFIX = "identity/entity-made/"
+ENTITY_NAME_PREFIX = "identity/entity-name/"
+ENTITY_OP_ALIAS_PREFIX = "identity/entity-alias-op/"
+ENTITY_OP_ALIAS_NAME_PREFIX = "identity/entity-alias-name/"
 MEMBER_PREFIX = "identity/member/"
 GROUP_NAME_PREFIX = "identity/group-name/"
 ALIAS_NAME_PREFIX = "identity/group-alias-name/"
@@ -207,6 +221,37 @@ class EntityAttrs:
         return cls(**{k: v for k, v in raw.items() if k in _ATTRS_FIELDS})
 
 
+@dataclass(slots=True)
+class EntityAlias:
+    """An entity alias an operator wrote (``identity/entity-alias``): the logins through
+    ``mount_accessor`` whose alias name is exactly ``name`` get the entity ``canonical_id``
+    (one made by an operator, or one a login made: a person's second mount joins the entity
+    of the first). ``metadata`` is the alias metadata of its latest login."""
+
+    id: str
+    name: str
+    mount_accessor: str
+    canonical_id: str
+    #: None for a login's alias an operator moved without giving it any (Vault shows null there).
+    custom_metadata: dict[str, str] | None = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    creation_time: str = ""
+    last_update_time: str = ""
+
+    def to_storage(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "mount_accessor": self.mount_accessor, "canonical_id": self.canonical_id,
+            "custom_metadata": dict(self.custom_metadata) if self.custom_metadata is not None else None,
+            "metadata": dict(self.metadata), "creation_time": self.creation_time,
+            "last_update_time": self.last_update_time,
+        }
+
+    @classmethod
+    def from_storage(cls, raw: dict[str, Any]) -> EntityAlias:
+        return cls(**{k: v for k, v in raw.items() if k in _OP_ALIAS_FIELDS})
+
+
+_OP_ALIAS_FIELDS = frozenset(EntityAlias.__dataclass_fields__)
 _ATTRS_FIELDS = frozenset(EntityAttrs.__dataclass_fields__)
 _GROUP_FIELDS = frozenset(Group.__dataclass_fields__)
 _ALIAS_FIELDS = frozenset(GroupAlias.__dataclass_fields__)
@@ -235,6 +280,13 @@ class NameInUse(InvalidRequest):
 
     def __init__(self) -> None:
         super().__init__("group name is already in use")
+
+
+class EntityNameInUse(InvalidRequest):
+    """``entity name is already in use`` (Vault's message)."""
+
+    def __init__(self) -> None:
+        super().__init__("entity name is already in use")
 
 
 class _EntityGone(Exception):
@@ -279,6 +331,11 @@ class IdentityStore:
         self._internal: dict[str, tuple[str, ...]] = {}  # entity id -> internal group ids
         self._granting = False  # does any group or entity grant a policy?
         self.entity_attrs: dict[str, EntityAttrs] = {}
+        #: Entity aliases operators wrote, by id; ``_login_aliases`` by (accessor, exact name).
+        self.entity_aliases: dict[str, EntityAlias] = {}
+        self._login_aliases: dict[tuple[str, str], EntityAlias] = {}
+        #: Operator-made entities: lower-cased name -> id.
+        self._entity_names: dict[str, str] = {}
         self._entities: dict[str, Entity | None] = {}
         self._lock = asyncio.Lock()
         self._refresh = Refresh(self.load, "identity_reload_failed")
@@ -306,6 +363,19 @@ class IdentityStore:
             if isinstance(raw, dict):
                 attrs[key] = EntityAttrs.from_storage(raw)
         self.entity_attrs = attrs
+        op_aliases: dict[str, EntityAlias] = {}
+        for key in await self.storage.list(ENTITY_OP_ALIAS_PREFIX):
+            raw = await self.storage.get(ENTITY_OP_ALIAS_PREFIX + key)
+            if isinstance(raw, dict):
+                op_aliases[key] = EntityAlias.from_storage(raw)
+        names: dict[str, str] = {}
+        for key in await self.storage.list(ENTITY_MADE_PREFIX):
+            raw = await self.storage.get(ENTITY_PREFIX + key) if _plain(key) else None
+            if isinstance(raw, dict):
+                made = Entity.from_storage(raw)
+                names[made.name.lower()] = made.id
+                self._remember(made.id, made)
+        self.entity_aliases, self._entity_names = op_aliases, names
         self._install(groups, aliases)
         self._warn_duplicates()
 
@@ -338,6 +408,7 @@ class IdentityStore:
                 for member in g.member_entity_ids:
                     internal.setdefault(member, []).append(g.id)
         self._internal = {k: tuple(v) for k, v in internal.items()}
+        self._login_aliases = {(a.mount_accessor, a.name): a for a in self.entity_aliases.values()}
         self._granting = (any(g.policies for g in groups.values())
                           or any(a.policies for a in self.entity_attrs.values()))
         self.generation += 1
@@ -350,7 +421,8 @@ class IdentityStore:
         if key.startswith(ENTITY_PREFIX):
             self._entities.pop(key[len(ENTITY_PREFIX):], None)
             return
-        if key and not key.startswith((GROUP_PREFIX, GROUP_ALIAS_PREFIX, ENTITY_ATTRS_PREFIX)):
+        if key and not key.startswith((GROUP_PREFIX, GROUP_ALIAS_PREFIX, ENTITY_ATTRS_PREFIX, ENTITY_OP_ALIAS_PREFIX,
+                                       ENTITY_MADE_PREFIX)):
             return
         if not key:
             self._entities.clear()
@@ -404,14 +476,34 @@ class IdentityStore:
             del cache[next(iter(cache))]  # the oldest insertion
         cache[entity_id] = entity
 
+    def login_alias(self, accessor: str, name: str) -> EntityAlias | None:
+        """The operator's entity alias for logins through ``accessor`` named ``name``."""
+        return self._login_aliases.get((accessor, name))
+
+    def aliases_of(self, entity_id: str) -> list[EntityAlias]:
+        """The operators' entity aliases of an entity, by id."""
+        return sorted((a for a in self.entity_aliases.values() if a.canonical_id == entity_id), key=lambda a: a.id)
+
+    async def find_entity_alias(self, alias_id: str) -> EntityAlias | None:
+        """The operator's entity alias with ``alias_id``, re-read on a miss as ``find_group``."""
+        return await self._refresh.unless(lambda: self.entity_aliases.get(alias_id), shared=self.storage.shared)
+
     async def entity_by_alias_id(self, alias_id: str) -> Entity | None:
+        written = await self.find_entity_alias(alias_id)
+        if written is not None:
+            return await self.entity(written.canonical_id)
         raw = await self.storage.get(ENTITY_ALIAS_PREFIX + alias_id) if _plain(alias_id) else None
         if not isinstance(raw, dict):
             return None
         return await self.entity(str(raw.get("entity_id", "")))
 
     async def entity_by_name(self, name: str) -> Entity | None:
-        """Entity names are ``entity_`` + the id's first 16 hex digits: one range scan."""
+        """An operator-made entity's name is in memory; every other entity's is ``entity_`` +
+        the id's first 16 hex digits: one range scan."""
+        lowered = name.lower()
+        if not _DERIVED_NAME.fullmatch(lowered):  # never a name of that form: one an operator gave
+            made = await self._refresh.unless(lambda: self._entity_names.get(lowered), shared=self.storage.shared)
+            return await self.entity(made) if made is not None else None
         digits = name.removeprefix("entity_")
         if name == digits or len(digits) != 16 or not all(c in "0123456789abcdef" for c in digits):
             return None
@@ -469,12 +561,18 @@ class IdentityStore:
         if self.disabled(entity_id):
             raise PermissionDenied()
         now_groups = {gid for n in group_names if (gid := self._alias_groups.get((accessor, n))) is not None}
+        written = self._login_aliases.get((accessor, alias.name))  # an operator's alias: its row keeps the metadata
+        if written is not None and written.id != alias_id:
+            written = None
+        if written is not None and written.metadata != alias.metadata:
+            await self._alias_metadata(written, dict(alias.metadata))
         entity = await self.entity(entity_id)
         if entity is not None:
             kept = _through_other_mounts(entity.group_ids, accessor, self._alias_mount)
-            if sorted(kept | now_groups) != entity.group_ids or entity.alias_metadata != alias.metadata:
+            metadata = None if written is not None else dict(alias.metadata)
+            if sorted(kept | now_groups) != entity.group_ids or metadata not in (None, entity.alias_metadata):
                 try:
-                    entity = await self._refresh_entity(entity_id, accessor, now_groups, dict(alias.metadata))
+                    entity = await self._refresh_entity(entity_id, accessor, now_groups, metadata)
                 except _EntityGone:  # deleted meanwhile: this login makes it again
                     entity = None
         if entity is None:
@@ -484,18 +582,22 @@ class IdentityStore:
                 mount_accessor=accessor, alias_metadata=dict(alias.metadata), group_ids=sorted(now_groups),
                 creation_time=stamp, last_update_time=stamp,
             )
-            items: list[tuple[str, object]] = [
-                (ENTITY_PREFIX + entity_id, entity.to_storage()),
-                (ENTITY_ALIAS_PREFIX + alias_id, {"entity_id": entity_id}),
-            ]
+            if written is not None:  # its operator's alias outlived it (deleted on another node meanwhile)
+                entity.alias_id = entity.alias_name = entity.mount_accessor = ""
+                entity.alias_metadata = {}
+            items: list[tuple[str, object]] = [(ENTITY_PREFIX + entity_id, entity.to_storage())]
+            if written is None:
+                items.append((ENTITY_ALIAS_PREFIX + alias_id, {"entity_id": entity_id}))
             items.extend((f"{MEMBER_PREFIX}{g}/{entity_id}", 1) for g in entity.group_ids)
             await self.storage.put_many(items)
             self._remember(entity_id, entity)
         return self._policies_of(entity, entity_id) if self._granting else []
 
-    async def _refresh_entity(self, entity_id: str, accessor: str, now_groups: set[str], metadata: dict[str, str]) -> Entity:
+    async def _refresh_entity(self, entity_id: str, accessor: str, now_groups: set[str],
+                              metadata: dict[str, str] | None) -> Entity:
         """Store a login's changes to an existing entity: its groups through ``accessor`` are
-        ``now_groups`` and its alias metadata ``metadata``. The change runs on the stored
+        ``now_groups`` and its alias metadata ``metadata`` (None: kept, the login came through
+        an operator's alias, whose row holds it). The change runs on the stored
         entity, so the groups another node's login through another mount gave it a moment
         ago (its announcement still on the way) are kept; then the membership rows follow."""
         mounts = {gid: self._alias_mount(gid) for gid in self.groups}  # read by the storage's writer
@@ -509,7 +611,9 @@ class IdentityStore:
             stored = Entity.from_storage(old)
             kept = _through_other_mounts(stored.group_ids, accessor, lambda g: mounts.get(g, ""))
             fresh = Entity.from_storage(old)
-            fresh.group_ids, fresh.alias_metadata, fresh.last_update_time = sorted(kept | now_groups), metadata, stamp
+            fresh.group_ids, fresh.last_update_time = sorted(kept | now_groups), stamp
+            if metadata is not None:
+                fresh.alias_metadata = metadata
             before[:], written[:] = [stored.group_ids], [fresh]
             return fresh.to_storage()
 
@@ -797,9 +901,17 @@ class IdentityStore:
         self.aliases.pop(aid, None)
 
     async def delete_entity(self, entity: Entity) -> None:
-        """Delete an entity, its alias row and its membership rows (its next login makes it
-        again; its tokens keep their token policies and lose their identity policies). The
-        membership rows of the stored entity go too, also those another node's login added."""
+        """Delete an entity, its alias row, the operators' aliases of it, its name's claim and
+        its membership rows (a login made it: its next login makes it again; its tokens keep
+        their token policies and lose their identity policies). The membership rows of the
+        stored entity go too, also those another node's login added."""
+        for written in self.aliases_of(entity.id):
+            await self.delete_entity_alias(written)
+        if await self.storage.get(ENTITY_MADE_PREFIX + entity.id) is not None:
+            await self.storage.delete(ENTITY_MADE_PREFIX + entity.id)
+            await self._names.release(name_key(ENTITY_NAME_PREFIX, entity.name.lower()), entity.id)
+            if self._entity_names.get(entity.name.lower()) == entity.id:
+                del self._entity_names[entity.name.lower()]
         stored = await self.storage.get(ENTITY_PREFIX + entity.id)
         groups = set(entity.group_ids) | set(Entity.from_storage(stored).group_ids if isinstance(stored, dict) else ())
         for g in sorted(groups):
@@ -810,6 +922,184 @@ class IdentityStore:
         if await self.storage.get(ENTITY_ATTRS_PREFIX + entity.id) is not None or entity.id in self.entity_attrs:
             await self.storage.delete(ENTITY_ATTRS_PREFIX + entity.id)
             self.entity_attrs.pop(entity.id, None)
+            self._reinstall()
+
+    # -- entities and entity aliases an operator writes ---------------------------------------
+    async def _claim_entity_name(self, entity_id: str, name: str) -> bool:
+        """Claim an operator-made entity's name (lower-cased) for ``entity_id``.
+
+        :raises InvalidRequest: ``entity name is already in use`` (Vault's message), also for
+            the ``entity_<16 hex digits>`` form, which names the entity with those digits.
+        """
+        lowered = name.lower()
+        in_use = EntityNameInUse()
+        if _DERIVED_NAME.fullmatch(lowered) and lowered != entity_name(entity_id):
+            raise in_use
+        if await self._taken(lambda: self._entity_names.get(lowered), entity_id):
+            raise in_use
+
+        async def holds(holder: str) -> bool:
+            raw = await self.storage.get(ENTITY_PREFIX + holder) if _plain(holder) else None
+            return isinstance(raw, dict) and str(raw.get("name", "")).lower() == lowered
+
+        try:
+            return await self._names.claim(name_key(ENTITY_NAME_PREFIX, lowered), entity_id, holds)
+        except Held:
+            raise in_use from None
+
+    async def create_entity(self, name: str, change: Callable[[EntityAttrs], None]) -> Entity:
+        """Make an entity ahead of any login (``identity/entity`` with a new or no name):
+        logins reach it through the entity aliases an operator gives it.
+
+        :raises InvalidRequest: ``entity name is already in use``.
+        """
+        async with self._lock:
+            entity_id = new_id()
+            name = name or entity_name(entity_id)
+            claimed = await self._claim_entity_name(entity_id, name)
+            stamp = now_rfc3339()
+            entity = Entity(id=entity_id, name=name, alias_id="", alias_name="", mount_accessor="",
+                            creation_time=stamp, last_update_time=stamp)
+            attrs = EntityAttrs(last_update_time=stamp)
+            change(attrs)
+            try:
+                await self.storage.put_many([
+                    (ENTITY_PREFIX + entity_id, entity.to_storage()),
+                    (ENTITY_ATTRS_PREFIX + entity_id, attrs.to_storage()),
+                    (ENTITY_MADE_PREFIX + entity_id, 1),
+                ])
+            except Exception:
+                if claimed:
+                    await self._names.release(name_key(ENTITY_NAME_PREFIX, name.lower()), entity_id)
+                raise
+            self._remember(entity_id, entity)
+            self._entity_names[name.lower()] = entity_id
+            self.entity_attrs[entity_id] = attrs
+            self._reinstall()
+            return entity
+
+    async def rename_entity(self, entity: Entity, name: str) -> Entity:
+        """Give an operator-made entity another name (a login-made one's is made from its id).
+
+        :raises InvalidRequest: a login-made entity, or ``entity name is already in use``.
+        """
+        if entity.alias_id:
+            raise InvalidRequest(f"the name of an entity a login made cannot be changed (it is {entity.name}, "
+                                 "made from its id)")
+        async with self._lock:
+            old, lowered = entity.name.lower(), name.lower()
+            claimed = lowered != old and await self._claim_entity_name(entity.id, name)
+            stamp = now_rfc3339()
+            written: list[Entity] = []
+
+            def rename(raw: Any) -> Any:
+                if not isinstance(raw, dict):
+                    raise NotFound()
+                fresh = Entity.from_storage(raw)
+                fresh.name, fresh.last_update_time = name, stamp
+                written[:] = [fresh]
+                return fresh.to_storage()
+
+            try:
+                await self.storage.update(ENTITY_PREFIX + entity.id, rename)
+                await self.storage.put(ENTITY_MADE_PREFIX + entity.id, 1)  # other nodes re-read the names
+            except Exception:
+                if claimed:
+                    await self._names.release(name_key(ENTITY_NAME_PREFIX, lowered), entity.id)
+                raise
+            if lowered != old:
+                await self._names.release(name_key(ENTITY_NAME_PREFIX, old), entity.id)
+                if self._entity_names.get(old) == entity.id:
+                    del self._entity_names[old]
+            self._entity_names[lowered] = entity.id
+            self._remember(entity.id, written[0])
+            return written[0]
+
+    async def write_entity_alias(self, alias: EntityAlias, *, created: bool, moved: bool = False) -> EntityAlias:
+        """Store an operator's entity alias (``created``: a new one; ``moved``: an update that
+        gives it another entity): from now on the logins through its mount with its name get
+        its entity (on every node once it has heard of the write: within the bound of
+        docs/operations.md).
+
+        :raises InvalidRequest: Vault's messages (create's or update's): an unknown mount
+            accessor or entity, a name another alias has on that mount, an entity that has an
+            alias on that mount.
+        """
+        async with self._lock:
+            if self.mounts(alias.mount_accessor) is None:
+                raise InvalidRequest(f'invalid mount accessor "{alias.mount_accessor}"')
+            entity = await self.entity(alias.canonical_id)
+            if entity is None:
+                raise InvalidRequest("invalid canonical ID" if created else
+                                     "given 'canonical_id' is not associated with an entity")
+            key = (alias.mount_accessor, alias.name)
+            in_use = InvalidRequest("alias with combination of mount accessor and name already exists")
+            if await self._taken(lambda: a.id if (a := self._login_aliases.get(key)) is not None else None, alias.id):
+                raise in_use
+            own = entity.alias_id and entity.mount_accessor == alias.mount_accessor
+            own = own and entity.alias_id != alias.id and entity.alias_id not in self.entity_aliases
+            if own or any(a.mount_accessor == alias.mount_accessor and a.id != alias.id
+                          for a in self.aliases_of(entity.id)):
+                raise InvalidRequest(  # Vault's three texts, trailing spaces included
+                    "Alias already exists for requested entity and mount accessor" if created else
+                    "Alias cannot be updated as the given entity already has an alias for this mount " if moved else
+                    "Alias cannot be updated as the entity already has an alias for the given 'mount_accessor' ")
+            previous = self.entity_aliases.get(alias.id)
+            claim_key = name_key(ENTITY_OP_ALIAS_NAME_PREFIX, *key)
+            old_key = (name_key(ENTITY_OP_ALIAS_NAME_PREFIX, previous.mount_accessor, previous.name)
+                       if previous is not None else "")
+
+            async def holds(holder: str) -> bool:
+                raw = await self.storage.get(ENTITY_OP_ALIAS_PREFIX + holder) if _plain(holder) else None
+                return isinstance(raw, dict) and (raw.get("mount_accessor"), raw.get("name")) == key
+
+            try:
+                claimed = claim_key != old_key and await self._names.claim(claim_key, alias.id, holds)
+            except Held:
+                raise in_use from None
+            stamp = now_rfc3339()
+            alias.creation_time = stamp if created or previous is None else previous.creation_time
+            alias.last_update_time = stamp
+            try:
+                await self.storage.put(ENTITY_OP_ALIAS_PREFIX + alias.id, alias.to_storage())
+            except Exception:
+                if claimed:
+                    await self._names.release(claim_key, alias.id)
+                raise
+            if old_key and old_key != claim_key:
+                await self._names.release(old_key, alias.id)
+            self.entity_aliases[alias.id] = alias
+            self._reinstall()
+            return alias
+
+    async def _alias_metadata(self, alias: EntityAlias, metadata: dict[str, str]) -> None:
+        """A login through an operator's alias brought other alias metadata: keep it on the row."""
+        written: list[EntityAlias] = []
+
+        def change(raw: Any) -> Any:
+            if not isinstance(raw, dict):
+                return raw  # deleted meanwhile
+            fresh = EntityAlias.from_storage(raw)
+            fresh.metadata = metadata
+            fresh.custom_metadata = fresh.custom_metadata or None  # as Vault shows it once a login rewrote it
+            written[:] = [fresh]
+            return fresh.to_storage()
+
+        await self.storage.update(ENTITY_OP_ALIAS_PREFIX + alias.id, change)
+        if written and self.entity_aliases.get(alias.id) is alias:
+            self.entity_aliases[alias.id] = written[0]
+            self._reinstall()
+
+    async def delete_entity_alias(self, alias: EntityAlias) -> None:
+        """Delete an operator's entity alias: logins through its mount with its name get the
+        entity a login makes for them again."""
+        async with self._lock:
+            raw = await self.storage.get(ENTITY_OP_ALIAS_PREFIX + alias.id)
+            versions = [alias, *([EntityAlias.from_storage(raw)] if isinstance(raw, dict) else [])]
+            await self.storage.delete(ENTITY_OP_ALIAS_PREFIX + alias.id)
+            for key in {name_key(ENTITY_OP_ALIAS_NAME_PREFIX, v.mount_accessor, v.name) for v in versions}:
+                await self._names.release(key, alias.id)
+            self.entity_aliases.pop(alias.id, None)
             self._reinstall()
 
     async def write_entity_attrs(self, entity_id: str, change: Callable[[EntityAttrs], None]) -> EntityAttrs:
@@ -841,6 +1131,10 @@ def _through_other_mounts(group_ids: Iterable[str], accessor: str, mount_of: Cal
 def new_id() -> str:
     """A random identity object id (a UUID, as Vault's)."""
     return str(uuid.uuid4())
+
+
+#: The form of the names entities get from their ids (``entity_name``): not an operator's to give.
+_DERIVED_NAME = re.compile(r"entity_[0-9a-f]{16}")
 
 
 def _plain(value: str) -> bool:

@@ -229,11 +229,10 @@ class TokenBackend(Backend):
         accessor = self._token_mount(req).accessor
         if not accessor:
             raise InvalidRequest("auth token mount accessor not found")
-        entity_id = self.store.entity_id(accessor, name)
+        entity_id, alias_id = self.store.entity_of(accessor, name)
         if self.store.identity is not None:
             if self.store.identity.disabled(entity_id):
                 raise PermissionDenied("entity from given entity alias is disabled")  # OpenBao's text
-            alias_id = self.store.entity_alias_id(accessor, name)
             await self.store.identity.login(entity_id, alias_id, accessor, Alias(name=name), ())
         return entity_id
 

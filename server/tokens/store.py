@@ -301,6 +301,15 @@ class TokenStore:
             cached = self._policy_lists[key] = tuple(policies)
         return list(cached)
 
+    def entity_of(self, mount_accessor: str, alias_name: str) -> tuple[str, str]:
+        """The (entity id, entity alias id) of a login's alias: an operator's entity alias
+        (``identity/entity-alias``) decides, else both are derived from the mount and name."""
+        if self.identity is not None:
+            written = self.identity.login_alias(mount_accessor, alias_name)
+            if written is not None:
+                return written.canonical_id, written.id
+        return self.entity_id(mount_accessor, alias_name), self.entity_alias_id(mount_accessor, alias_name)
+
     def entity_id(self, mount_accessor: str, alias_name: str) -> str:
         """A stable UUID per (mount accessor, alias name), derived without storage."""
         return self._derived_id(f"{mount_accessor}:{alias_name}")
@@ -350,12 +359,11 @@ class TokenStore:
         token_type = resolve_token_type(auth.token_type, mount.token_type)
         if auth.num_uses < 0:
             raise InvalidRequest("number of uses cannot be negative")
-        entity_id = self.entity_id(mount.accessor, auth.alias.name) if auth.alias else ""
+        entity_id, alias_id = self.entity_of(mount.accessor, auth.alias.name) if auth.alias else ("", "")
         identity_policies: list[str] = []
         if self.identity is not None and auth.alias is not None:
             identity_policies = await self.identity.login(
-                entity_id, self.entity_alias_id(mount.accessor, auth.alias.name), mount.accessor, auth.alias,
-                auth.group_aliases,
+                entity_id, alias_id, mount.accessor, auth.alias, auth.group_aliases,
             )
         now = self.clock()
         ttl, warnings = calculate_ttl(

@@ -343,6 +343,24 @@ def test_a_mount_moved_on_one_worker_is_served_at_its_new_path_by_the_other_at_o
     workers.a.ok("DELETE", "sys/auth/mv-b")
 
 
+def test_an_entity_alias_written_on_one_worker_is_followed_by_the_other_within_the_bound(workers: Workers) -> None:
+    """An entity and its alias made on A: B's logins with that name get the entity within
+    the bound, and B finds both at once when asked for them."""
+    accessor = workers.a.ok("GET", "sys/auth")["data"][f"{MOUNT}/"]["accessor"]
+    entity = workers.a.ok("POST", "identity/entity", body={"name": "wk-bot", "policies": ["bot"]})["data"]["id"]
+    alias = workers.a.ok("POST", "identity/entity-alias",
+                         body={"name": "wk-bot-sub", "mount_accessor": accessor, "canonical_id": entity})["data"]["id"]
+    assert workers.b.ok("GET", f"identity/entity-alias/id/{alias}")["data"]["canonical_id"] == entity
+    assert workers.b.ok("GET", "identity/entity/name/wk-bot")["data"]["id"] == entity
+
+    def reached() -> bool:
+        status, body = workers.b.call("POST", f"auth/{MOUNT}/login", token="", body=login_body(sub="wk-bot-sub"))
+        return status == 200 and body["auth"]["entity_id"] == entity
+
+    assert seen_within(reached) <= BOUND
+    workers.b.ok("DELETE", f"identity/entity/id/{entity}")
+
+
 def test_one_name_written_on_both_workers_at_once_is_one_group_and_one_alias(workers: Workers) -> None:
     """Clients register the same group name on both workers at the same moment (neither worker
     has heard of the other's group yet): one group per name, and every register succeeds, the

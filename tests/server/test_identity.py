@@ -809,23 +809,16 @@ async def test_a_disabled_entitys_tokens_and_logins_are_refused_until_enabled(ap
     ("path", "body", "message"),
     [
         ("identity/entity/id/{eid}", {"policies": ["Root"]}, "policies cannot contain root"),
-        ("identity/entity/id/nope", {"policies": ["ops"]},
-         "entity not found from id: entities are made by their first login here (look one up with "
-         "identity/lookup/entity and alias_name + alias_mount_accessor)"),
-        ("identity/entity/name/entity_0000000000000000", {"policies": ["ops"]},
-         "entity not found from name: entities are made by their first login here (look one up with "
-         "identity/lookup/entity and alias_name + alias_mount_accessor)"),
-        ("identity/entity", {"name": "alice", "policies": ["ops"]},
-         "entity not found from name: entities are made by their first login here (look one up with "
-         "identity/lookup/entity and alias_name + alias_mount_accessor)"),
-        ("identity/entity", {"policies": ["ops"]},
-         "entity not found: entities are made by their first login here (look one up with "
-         "identity/lookup/entity and alias_name + alias_mount_accessor)"),
-        ("identity/entity/id/{eid}", {"name": "alice"}, "an entity's name cannot be changed here (it is {name}, made "
-                                                        "from its id)"),
+        ("identity/entity/id/nope", {"policies": ["ops"]}, "entity not found from id"),
+        ("identity/entity", {"id": "nope", "policies": ["ops"]}, "entity not found from id"),
+        ("identity/entity/id/{eid}", {"name": "alice"}, "the name of an entity a login made cannot be changed (it "
+                                                        "is {name}, made from its id)"),
+        ("identity/entity", {"id": "{eid}", "name": "{other}"}, "entity name is already in use"),
+        ("identity/entity", {"name": "entity_0123456789abcdef"}, "entity name is already in use"),
         ("identity/entity/id/{eid}", {"disabled": "maybe"}, None),
     ],
-    ids=["root-policy", "unknown-id", "unknown-name", "create-by-name", "create", "rename", "bad-bool"],
+    ids=["root-policy", "unknown-id", "unknown-id-given", "rename-login-made", "name-of-another", "derived-form-name",
+         "bad-bool"],
 )
 async def test_entity_writes_refused(api: Api, path: str, body: dict[str, Any], message: str | None) -> None:
     """A refused write leaves the entity as it was."""
@@ -833,6 +826,9 @@ async def test_entity_writes_refused(api: Api, path: str, body: dict[str, Any], 
     eid = auth["entity_id"]
     name = (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]["name"]
     await api.ok("POST", f"identity/entity/id/{eid}", {"policies": ["ops"]})
+    await api.ok("POST", "identity/entity", {"name": "carol"})
+    body = {k: v.format(eid=eid, other="Carol") if isinstance(v, str) else v for k, v in body.items()}
+    entities = (await api.ok("LIST", "identity/entity/id"))["data"]["keys"]
     status, out = await api.call("POST", path.format(eid=eid), body)
     assert status == 400
     if message is not None:
@@ -840,6 +836,7 @@ async def test_entity_writes_refused(api: Api, path: str, body: dict[str, Any], 
     data = (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]
     assert (data["policies"], data["disabled"], data["name"]) == (["ops"], False, name)
     assert await _can_read_role(api, auth["client_token"]) == 200
+    assert (await api.ok("LIST", "identity/entity/id"))["data"]["keys"] == entities  # none made
 
 
 async def test_a_deleted_entity_loses_what_was_set_on_it(api: Api) -> None:
