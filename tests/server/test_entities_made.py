@@ -210,3 +210,27 @@ async def test_an_alias_written_on_another_node_is_used_once_announced() -> None
     assert (await a.entity(entity.id)) is not None
     await a.load()
     assert a.entity_aliases[alias.id].metadata == {"k": "v"}
+
+
+async def test_alias_names_match_logins_exactly(api: Api) -> None:
+    """Decision (row 57): Vault folds case, so the alias ``kim`` would take a login whose
+    ``sub`` is ``Kim`` (another person, for an IdP whose subjects are case-sensitive)."""
+    eid = (await api.ok("POST", "identity/entity", {"name": "kim"}))["data"]["id"]
+    await api.ok("POST", "identity/entity-alias", {"name": "kim", "mount_accessor": api.accessors["jwt"],
+                                                   "canonical_id": eid})
+    assert (await api.login("kim"))["entity_id"] == eid
+    assert (await api.login("Kim"))["entity_id"] != eid
+    other = (await api.ok("POST", "identity/entity", {"name": "kim2"}))["data"]["id"]
+    second = await api.ok("POST", "identity/entity-alias", {"name": "KIM", "mount_accessor": api.accessors["jwt"],
+                                                            "canonical_id": other})
+    assert second["data"]["canonical_id"] == other  # a second alias, not kim's moved
+    assert (await api.login("kim"))["entity_id"] == eid and (await api.login("KIM"))["entity_id"] == other
+
+
+async def test_writing_an_alias_again_by_name_keeps_its_custom_metadata(api: Api) -> None:
+    """Decision (row 57): Vault's write by name and mount without ``custom_metadata`` wipes it."""
+    body = {"name": "lee", "mount_accessor": api.accessors["jwt"]}
+    made = await api.ok("POST", "identity/entity-alias", {**body, "custom_metadata": {"team": "a"}})
+    assert await api.call("POST", "identity/entity-alias", body) == (204, None)
+    alias = (await api.ok("GET", f"identity/entity-alias/id/{made['data']['id']}"))["data"]
+    assert alias["custom_metadata"] == {"team": "a"}
