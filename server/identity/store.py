@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -64,6 +64,8 @@ from server.storage import Engine
 from server.storage.refresh import Refresh
 
 log = structlog.get_logger("authmount.identity")
+
+_Row = TypeVar("_Row")
 
 __all__ = [
     "ENTITY_PREFIX",
@@ -345,29 +347,12 @@ class IdentityStore:
 
     # -- tables ---------------------------------------------------------------------------
     async def load(self) -> None:
-        """Read every group and group alias into memory (at start, and after another node
-        wrote one)."""
-        groups: dict[str, Group] = {}
-        for key in await self.storage.list(GROUP_PREFIX):
-            raw = await self.storage.get(GROUP_PREFIX + key)
-            if isinstance(raw, dict):
-                groups[key] = Group.from_storage(raw)
-        aliases: dict[str, GroupAlias] = {}
-        for key in await self.storage.list(GROUP_ALIAS_PREFIX):
-            raw = await self.storage.get(GROUP_ALIAS_PREFIX + key)
-            if isinstance(raw, dict):
-                aliases[key] = GroupAlias.from_storage(raw)
-        attrs: dict[str, EntityAttrs] = {}
-        for key in await self.storage.list(ENTITY_ATTRS_PREFIX):
-            raw = await self.storage.get(ENTITY_ATTRS_PREFIX + key)
-            if isinstance(raw, dict):
-                attrs[key] = EntityAttrs.from_storage(raw)
-        self.entity_attrs = attrs
-        op_aliases: dict[str, EntityAlias] = {}
-        for key in await self.storage.list(ENTITY_OP_ALIAS_PREFIX):
-            raw = await self.storage.get(ENTITY_OP_ALIAS_PREFIX + key)
-            if isinstance(raw, dict):
-                op_aliases[key] = EntityAlias.from_storage(raw)
+        """Read every group, group alias, entity attribute row, operator's entity alias and
+        operator-made entity's name into memory (at start, and after another node wrote one)."""
+        groups = await self._table(GROUP_PREFIX, Group.from_storage)
+        aliases = await self._table(GROUP_ALIAS_PREFIX, GroupAlias.from_storage)
+        self.entity_attrs = await self._table(ENTITY_ATTRS_PREFIX, EntityAttrs.from_storage)
+        op_aliases = await self._table(ENTITY_OP_ALIAS_PREFIX, EntityAlias.from_storage)
         names: dict[str, str] = {}
         for key in await self.storage.list(ENTITY_MADE_PREFIX):
             raw = await self.storage.get(ENTITY_PREFIX + key) if _plain(key) else None
@@ -378,6 +363,16 @@ class IdentityStore:
         self.entity_aliases, self._entity_names = op_aliases, names
         self._install(groups, aliases)
         self._warn_duplicates()
+
+    async def _table(self, prefix: str, build: Callable[[dict[str, Any]], _Row]) -> dict[str, _Row]:
+        """Every row under ``prefix``, built by ``build``, by key (rows that are not objects
+        are left out)."""
+        out: dict[str, _Row] = {}
+        for key in await self.storage.list(prefix):
+            raw = await self.storage.get(prefix + key)
+            if isinstance(raw, dict):
+                out[key] = build(raw)
+        return out
 
     def _warn_duplicates(self) -> None:
         """Log the group names more than one group has (once per change of that set). Two

@@ -18,29 +18,18 @@ from server.app import create_app
 from server.http.listverb import make_test_server
 from server.identity.store import EntityAlias, IdentityStore, MountRef, new_id
 from server.settings import Settings, StorageSettings
-from tests.plugin.keyfactory import make_token, rsa_key
+from tests.plugin.keyfactory import make_token
 from tests.server.httpkit import Client
-from tests.server.test_identity import SharedStorage
-
-ROOT = "root-token-for-entity-tests"
-KEY = rsa_key(kid="made")
+from tests.server.test_identity import KEY, ROOT, SharedStorage
+from tests.server.test_identity import Api as IdentityApi
 
 
-class Api:
+class Api(IdentityApi):
+    """``test_identity``'s root client, with jwt mounts of this module's key."""
+
     def __init__(self, client: Client) -> None:
-        self.client = client
+        super().__init__(client)
         self.accessors: dict[str, str] = {}
-
-    async def call(self, method: str, path: str, body: Any = None, token: str | None = ROOT) -> tuple[int, Any]:
-        headers = {"X-Vault-Token": token} if token else {}
-        resp = await self.client.request(method, "/v1/" + path, json=body, headers=headers)
-        text = await resp.text()
-        return resp.status, (await resp.json() if text else None)
-
-    async def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, out = await self.call(method, path, body)
-        assert status in (200, 204), (path, status, out)
-        return out
 
     async def mount(self, path: str) -> str:
         await self.ok("POST", f"sys/auth/{path}", {"type": "jwt"})
@@ -49,14 +38,6 @@ class Api:
                                                         "bound_audiences": "authmount", "token_policies": "dev"})
         self.accessors[path] = (await self.ok("GET", "sys/auth"))["data"][f"{path}/"]["accessor"]
         return self.accessors[path]
-
-    async def login(self, sub: str, mount: str = "jwt") -> dict[str, Any]:
-        now = int(time.time())
-        jwt = make_token({"sub": sub, "aud": "authmount", "iat": now, "exp": now + 300}, key=KEY)
-        status, out = await self.call("POST", f"auth/{mount}/login", {"role": "dev", "jwt": jwt}, token=None)
-        assert status == 200, out
-        auth: dict[str, Any] = out["auth"]
-        return auth
 
 
 def _settings(db: Path) -> Settings:
@@ -78,13 +59,13 @@ async def test_a_persons_logins_through_two_mounts_share_the_entity_made_for_the
     for mount in ("jwt", "jwt2"):
         await api.ok("POST", "identity/entity-alias", {"name": "alice@corp", "mount_accessor": api.accessors[mount],
                                                        "canonical_id": eid})
-    first, second = await api.login("alice@corp"), await api.login("alice@corp", "jwt2")
+    first, second = await api.login("alice@corp", []), await api.login("alice@corp", [], mount="jwt2")
     assert first["entity_id"] == second["entity_id"] == eid
     assert first["identity_policies"] == ["ops"]
     await api.ok("POST", f"identity/entity/id/{eid}", {"policies": ["ops", "audit"]})
     status, me = await api.call("GET", "auth/token/lookup-self", token=second["client_token"])
     assert me["data"]["identity_policies"] == ["audit", "ops"]
-    other = await api.login("bob@corp")
+    other = await api.login("bob@corp", [])
     assert other["entity_id"] != eid and not other.get("identity_policies")
     await api.ok("POST", "identity/entity/name/ALICE", {"disabled": True})
     assert (await api.call("GET", "auth/token/lookup-self", token=first["client_token"]))[0] == 403
@@ -94,17 +75,17 @@ async def test_a_persons_logins_through_two_mounts_share_the_entity_made_for_the
 
 
 async def test_an_alias_deleted_gives_its_logins_back_to_the_entity_a_login_makes(api: Api) -> None:
-    made_by_login = (await api.login("carol"))["entity_id"]
+    made_by_login = (await api.login("carol", []))["entity_id"]
     eid = (await api.ok("POST", "identity/entity", {"name": "carol"}))["data"]["id"]
     moved = await api.ok("POST", "identity/entity-alias",
                          {"name": "carol", "mount_accessor": api.accessors["jwt"], "canonical_id": eid})
-    assert (await api.login("carol"))["entity_id"] == eid
+    assert (await api.login("carol", []))["entity_id"] == eid
     await api.ok("DELETE", f"identity/entity-alias/id/{moved['data']['id']}")
-    assert (await api.login("carol"))["entity_id"] == made_by_login
+    assert (await api.login("carol", []))["entity_id"] == made_by_login
 
 
 async def test_a_login_made_alias_cannot_be_deleted_alone(api: Api) -> None:
-    auth = await api.login("dave")
+    auth = await api.login("dave", [])
     alias_id = (await api.ok("GET", f"identity/entity/id/{auth['entity_id']}"))["data"]["aliases"][0]["id"]
     status, out = await api.call("DELETE", f"identity/entity-alias/id/{alias_id}")
     assert status == 400 and out["errors"][0].startswith("the alias a login made goes with its entity")
@@ -117,7 +98,7 @@ async def test_deleting_an_entity_deletes_its_aliases_and_frees_its_name(api: Ap
                          {"name": "erin", "mount_accessor": api.accessors["jwt"], "canonical_id": eid})
     await api.ok("DELETE", "identity/entity/name/erin")
     assert (await api.call("GET", f"identity/entity-alias/id/{alias['data']['id']}"))[0] == 404
-    assert (await api.login("erin"))["entity_id"] != eid
+    assert (await api.login("erin", []))["entity_id"] != eid
     again = await api.ok("POST", "identity/entity", {"name": "Erin"})
     assert again["data"]["id"] != eid and again["data"]["name"] == "Erin"
 
@@ -174,7 +155,7 @@ async def test_entities_and_aliases_survive_a_restart(aiohttp_client: AiohttpCli
     await first.ok("POST", "identity/entity-alias", {"name": "gina", "mount_accessor": accessor, "canonical_id": eid})
     await first.client.close()
     second = Api(await aiohttp_client(make_test_server(create_app(_settings(db)))))
-    assert (await second.login("gina"))["entity_id"] == eid
+    assert (await second.login("gina", []))["entity_id"] == eid
     assert (await second.ok("GET", "identity/entity/name/gina"))["data"]["id"] == eid
     status, _ = await second.call("POST", "identity/entity", {"name": "GINA", "metadata": {"a": "b"}})
     assert status == 204  # the name is still taken: an update
@@ -218,13 +199,13 @@ async def test_alias_names_match_logins_exactly(api: Api) -> None:
     eid = (await api.ok("POST", "identity/entity", {"name": "kim"}))["data"]["id"]
     await api.ok("POST", "identity/entity-alias", {"name": "kim", "mount_accessor": api.accessors["jwt"],
                                                    "canonical_id": eid})
-    assert (await api.login("kim"))["entity_id"] == eid
-    assert (await api.login("Kim"))["entity_id"] != eid
+    assert (await api.login("kim", []))["entity_id"] == eid
+    assert (await api.login("Kim", []))["entity_id"] != eid
     other = (await api.ok("POST", "identity/entity", {"name": "kim2"}))["data"]["id"]
     second = await api.ok("POST", "identity/entity-alias", {"name": "KIM", "mount_accessor": api.accessors["jwt"],
                                                             "canonical_id": other})
     assert second["data"]["canonical_id"] == other  # a second alias, not kim's moved
-    assert (await api.login("kim"))["entity_id"] == eid and (await api.login("KIM"))["entity_id"] == other
+    assert (await api.login("kim", []))["entity_id"] == eid and (await api.login("KIM", []))["entity_id"] == other
 
 
 async def test_writing_an_alias_again_by_name_keeps_its_custom_metadata(api: Api) -> None:
