@@ -633,8 +633,9 @@ class TokenStore:
             return None
         return selector
 
-    async def _check_live(self, entry: TokenEntry, depth: int = 0) -> TokenEntry | None:
-        """Expiry, pending revocation, disabled mount and dead parents; revokes lazily."""
+    async def _check_live(self, entry: TokenEntry, depth: int = 0, *, revoke: bool = True) -> TokenEntry | None:
+        """Expiry, pending revocation, disabled mount and dead parents; revokes lazily (a dead
+        service token's tree, unless ``revoke`` is false: the caller revokes it)."""
         if entry.num_uses < 0:
             return None
         dead = (
@@ -643,7 +644,7 @@ class TokenStore:
             or (entry.parent is not None and not await self._parent_alive(entry.parent, depth + 1))
         )
         if dead:
-            if entry.type == "service":
+            if revoke and entry.type == "service":
                 await self._revoke_tree(entry.id_hash)
             return None
         return entry
@@ -1026,6 +1027,7 @@ class TokenStore:
         start, end, cutoff = due_cutoff(now)
         hints = self._sweep_hints
         read = n = 0
+        dead: list[str] = []  # revoked REVOKE_BATCH at once: their deletes share commits
         async for key in _id_keys(self.storage):
             if n % _SKIP_CHUNK == _SKIP_CHUNK - 1:
                 await asyncio.sleep(0)  # ~1 ms of skipped keys: let requests run
@@ -1050,12 +1052,18 @@ class TokenStore:
                 if now - entry.revoke_pending_at > _PENDING_GRACE:
                     count += await self._revoke_tree(key)
                 continue
-            if await self._check_live(entry) is None:
+            if await self._check_live(entry, revoke=False) is None:
                 count += 1
+                if entry.type == "service":
+                    dead.append(entry.id_hash)
+                if len(dead) >= REVOKE_BATCH:
+                    await self._revoke_trees(dead)
+                    dead = []
             elif due_only and len(key) == SELECTOR_LEN and entry.expire_time:
                 if len(hints) >= _SWEEP_HINTS:
                     hints.clear()
                 hints[key] = entry.expire_time
+        await self._revoke_trees(dead)
         return count
 
     async def _sweep_loop(self) -> None:

@@ -268,6 +268,22 @@ async def test_child_dies_when_parent_expires(store: TokenStore, clock: Clock) -
         await store.authenticate(child_block["client_token"], "127.0.0.1")
 
 
+async def test_a_sweep_removes_a_backlog_of_expired_trees_in_batches(store: TokenStore, clock: Clock) -> None:
+    """More dead tokens than one revocation batch (64), each with a live-TTL child: the sweep
+    counts each dead token it finds once and leaves no row behind; a token still in its TTL
+    stays."""
+    parents = [(await store.issue(login(ttl=60), mount=JWT))[0]["client_token"] for _ in range(150)]
+    for raw in parents[:20]:
+        parent = await store.authenticate(raw, "127.0.0.1")
+        await store.issue(login(ttl=30), mount=JWT, parent=parent)
+    keep, _ = await store.issue(login(ttl=7200), mount=JWT)
+    clock.now += 120
+    removed = await store.sweep()
+    assert 150 <= removed <= 170  # a child may be found dead before its parent's tree is gone
+    assert await store.storage.list("sys/token/id/") == [keep["client_token"][4:4 + SELECTOR_LEN]]
+    assert (await store.authenticate(keep["client_token"], "127.0.0.1")).ttl == 7200
+
+
 async def test_a_childs_use_decodes_its_parents_row_once_per_version(store: TokenStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every use of a child token checks its parents are alive; each parent's stored row is
     decoded once per stored version, not at every use (it cost lookup-self 13 % of its CPU),
