@@ -325,7 +325,7 @@ async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
     server = AppServer(app)
     try:
         desired = from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles,
-                                source=settings.source or "settings")
+                                groups=settings.groups, source=settings.source or "settings")
         plan = await make_plan(desired, server)
         await apply_plan(plan, server)
     except (GitopsError, ServerError) as exc:

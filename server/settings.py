@@ -225,9 +225,17 @@ def _optional_mapping(raw: Any, key: str) -> dict[str, Any] | None:
 
 
 def _roles(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    return _named_mappings(raw, key, "role names")
+
+
+def _groups(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    return _named_mappings(raw, key, "group names")
+
+
+def _named_mappings(raw: Any, key: str, what: str) -> dict[str, dict[str, Any]]:
     value = raw or {}
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
-        raise SettingsError(f"{key}: must map role names to mappings")
+        raise SettingsError(f"{key}: must map {what} to mappings")
     return {str(k): dict(v) for k, v in value.items()}
 
 
@@ -501,6 +509,13 @@ class Settings:
         kind="mapping", factory=dict, parse=_roles,
         doc="Token roles (`auth/token/roles/<name>`: `{role name: fields}`, the fields of the API write), "
             "applied with `mounts`.",
+    )
+    #: ``{group name: fields}`` written at every start.
+    groups: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_groups,
+        doc="Identity groups (`identity/group`: `{group name: type, policies, metadata, member_entity_ids, "
+            "alias}`; `alias` is `{mount: <mount path>, name: <the IdP's group name>}` for an external group), "
+            "applied with `mounts` (see section 5).",
     )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),

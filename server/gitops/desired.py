@@ -1,5 +1,5 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
-``mounts``, ``policies`` and ``token_roles`` sections, validated by the same field schemas and checks as the
+``mounts``, ``policies``, ``token_roles`` and ``groups`` sections, validated by the same field schemas and checks as the
 API writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
@@ -30,6 +30,8 @@ from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
 from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
 from plugin.schema import Field, FieldSet, FieldType, coerce
 from server.acl.policies import PolicyError, canonical_policy_name, parse_policy
+from server.identity.groups import GROUP_FIELDS, changed_group
+from server.identity.store import Group
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 from server.settings import MountSeed, SettingsError, settings_from_mapping
 from server.tokens import roles as token_roles
@@ -40,6 +42,9 @@ __all__ = [
     "DesiredMount",
     "DesiredConfig",
     "DesiredRole",
+    "DesiredGroup",
+    "GroupAliasSpec",
+    "GROUP_KEYS",
     "load_file",
     "from_sections",
     "ROLE_KEYS",
@@ -63,6 +68,10 @@ TOKEN_ROLE_KEYS = tuple(n for n, f in token_roles.ROLE_FIELDS.items()
                         if f.type is not FieldType.NAME and n not in token_roles.DEPRECATED)
 #: A token role's values as a new role has them (the GET leaves out an unset CIDR list and use count).
 TOKEN_ROLE_DEFAULTS = {k: token_roles.ROLE_FIELDS[k].default_value() for k in TOKEN_ROLE_KEYS}
+#: An identity group's fields compared and written (its name is its key; its alias apart).
+GROUP_KEYS = ("type", "policies", "metadata", "member_entity_ids")
+_GROUP_FIELDS = FieldSet({**{k: GROUP_FIELDS[k] for k in GROUP_KEYS},
+                          "alias": Field(FieldType.MAP, "The group alias of an external group: {mount, name}.")})
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
 
@@ -131,6 +140,25 @@ class DesiredMount:
     roles: dict[str, DesiredRole] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class GroupAliasSpec:
+    """An external group's alias: the IdP's group name on the mount at ``mount`` (``oidc/``)."""
+
+    mount: str
+    name: str
+
+
+@dataclass(slots=True)
+class DesiredGroup:
+    """An identity group as its GET shows it (``public``: ``GROUP_KEYS``, empty values as
+    empty lists and maps) and its alias."""
+
+    name: str
+    where: str
+    public: dict[str, Any]
+    alias: GroupAliasSpec | None = None
+
+
 @dataclass(slots=True)
 class Desired:
     """Everything a file declares, validated. ``source`` names the file in messages."""
@@ -142,6 +170,8 @@ class Desired:
     policy_where: dict[str, str] = field(default_factory=dict)
     #: Token roles by name (names are case-sensitive, as Vault's).
     token_roles: dict[str, DesiredRole] = field(default_factory=dict)
+    #: Identity groups by lower-cased name (names are case-insensitive, as Vault's).
+    groups: dict[str, DesiredGroup] = field(default_factory=dict)
 
 
 def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desired:
@@ -161,7 +191,8 @@ def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desi
         settings = settings_from_mapping(raw if raw is not None else {})
     except SettingsError as exc:
         raise GitopsError(str(exc), source=source) from exc
-    return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, source=source, env=env)
+    return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
+                         source=source, env=env)
 
 
 def from_sections(
@@ -170,9 +201,11 @@ def from_sections(
     *,
     source: str,
     token_roles: Mapping[str, Mapping[str, Any]] | None = None,
+    groups: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Desired:
-    """Validate parsed ``mounts``, ``policies`` and ``token_roles`` sections (``Settings``' own).
+    """Validate parsed ``mounts``, ``policies``, ``token_roles`` and ``groups`` sections
+    (``Settings``' own).
 
     :raises GitopsError: the first problem, naming ``source``, the object and the field.
     """
@@ -199,6 +232,12 @@ def from_sections(
             desired.policy_where[canonical] = where
         for name, values in (token_roles or {}).items():
             desired.token_roles[name] = _token_role(str(name), dict(values), f"token_roles.{name}", environ)
+        for name, values in (groups or {}).items():
+            group = _group(str(name), dict(values), f"groups.{name}", environ)
+            if group.name.lower() in desired.groups:
+                raise GitopsError("declared twice (group names are case-insensitive)",
+                                  address=f"group {group.name}", where=group.where)
+            desired.groups[group.name.lower()] = group
     except GitopsError as exc:
         raise exc.located(source=source) from None
     return desired
@@ -287,6 +326,39 @@ def _token_role(name: str, values: dict[str, Any], where: str, env: Mapping[str,
     public = {**TOKEN_ROLE_DEFAULTS, **{k: v for k, v in role.public().items() if k in TOKEN_ROLE_KEYS}}
     body = {k: _written(token_roles.ROLE_FIELDS[k], public[k]) for k in TOKEN_ROLE_KEYS}
     return DesiredRole(name=name, where=where, public=public, body=body)
+
+
+def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredGroup:
+    """An identity group: the API's own checks (``changed_group``) on its fields; its type is
+    ``external`` when it has an alias and none is given, else ``internal`` (Vault's default)."""
+    address = f"group {name}"
+    coerced = _coerce_all(_GROUP_FIELDS, values, address=address, where=where, env=env)
+    alias = None
+    if "alias" in coerced:
+        raw = coerced.pop("alias")
+        unknown = sorted(set(raw) - {"mount", "name"})
+        if unknown or not isinstance(raw.get("mount"), str) or not isinstance(raw.get("name"), str) \
+                or not raw["name"] or not raw["mount"]:
+            raise GitopsError("alias: give {mount: <mount path>, name: <the IdP's group name>}"
+                              + (f" (unknown keys: {', '.join(unknown)})" if unknown else ""),
+                              address=address, where=where, field="alias")
+        try:
+            alias = GroupAliasSpec(mount=normalize_path(raw["mount"]), name=raw["name"])
+        except InvalidRequest as exc:
+            raise GitopsError(str(exc), address=address, where=where, field="alias.mount") from None
+        if len(alias.name) > 1024 or any(not c.isprintable() for c in alias.name):
+            raise GitopsError("invalid alias name", address=address, where=where, field="alias.name")
+    kind = coerced.get("type") or ("external" if alias is not None else "internal")
+    if alias is not None and kind != "external":
+        raise GitopsError("an alias is for an external group (type: external)", address=address, where=where,
+                          field="alias")
+    try:
+        group = changed_group(Group(id="", name=name, type=kind), {**coerced, "name": name})
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where) from None
+    public = {"type": group.type, "policies": list(group.policies), "metadata": dict(group.metadata),
+              "member_entity_ids": list(group.member_entity_ids)}
+    return DesiredGroup(name=name, where=where, public=public, alias=alias)
 
 
 def _written(spec: Field, value: Any) -> Any:

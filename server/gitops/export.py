@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import yaml
 
@@ -127,7 +128,35 @@ async def export_state(server: Server) -> Export:
             _unknown({k: v for k, v in data.items() if k != "name"}, token_roles.ROLE_FIELDS.fields, where, out)
     if made_by_roles:
         out.document["token_roles"] = made_by_roles
+    groups: dict[str, Any] = {}
+    for name in sorted(await server.keys("identity/group/name"), key=str.lower):
+        data = await server.read(f"identity/group/name/{quote(name, safe='')}")
+        if data is not None:
+            groups[name] = _group(data, f"groups.{name}", out)
+    if groups:
+        out.document["groups"] = groups
     return out
+
+
+def _group(data: dict[str, Any], where: str, out: Export) -> dict[str, Any]:
+    """A group as the file declares it: what is not empty, its type when there is nothing
+    to say it, and its alias by mount path (an alias on a mount not exported is named)."""
+    entry: dict[str, Any] = {}
+    alias = data.get("alias") or {}
+    if data.get("type") == "external" and not alias.get("name"):
+        entry["type"] = "external"
+    for key in ("policies", "metadata", "member_entity_ids"):
+        if data.get(key):
+            entry[key] = data[key]
+    if alias.get("name"):
+        mount = str(alias.get("mount_path") or "").removeprefix("auth/").rstrip("/")
+        entry["alias"] = {"mount": mount, "name": alias["name"]}
+        if alias.get("mount_type") not in ("jwt", "oidc"):
+            out.notes.append(f"{where}.alias: on {alias.get('mount_path') or 'an unknown mount'} "
+                             f"({alias.get('mount_type') or 'unknown type'}), which is not exported")
+    if data.get("member_group_ids"):
+        out.notes.append(f"{where}: member_group_ids (nested groups) left out")
+    return entry
 
 
 def _config(data: dict[str, Any], mount: str, where: str, out: Export) -> dict[str, Any]:

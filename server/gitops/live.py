@@ -16,8 +16,9 @@ import aiohttp
 from aiohttp import web
 
 from plugin.errors import NotFound, PluginError
-from plugin.framework import Connection, Operation, Request
+from plugin.framework import Backend, Connection, Operation, Request
 from server.appkeys import MOUNTS, POLICIES
+from server.identity.backend import app_identity_backend
 from server.mounts import Mount
 
 __all__ = ["ServerError", "LiveMount", "Server", "HttpServer", "AppServer"]
@@ -39,6 +40,7 @@ class LiveMount:
     type: str
     description: str
     config: dict[str, Any]
+    accessor: str = ""
 
 
 class Server(Protocol):
@@ -168,7 +170,7 @@ class HttpServer:
         for path, info in data.items():
             if isinstance(info, dict) and path.endswith("/"):
                 out[path] = LiveMount(path, str(info.get("type", "")), str(info.get("description") or ""),
-                                      dict(info.get("config") or {}))
+                                      dict(info.get("config") or {}), str(info.get("accessor") or ""))
         return out
 
     async def read(self, path: str) -> dict[str, Any] | None:
@@ -227,6 +229,7 @@ class AppServer:
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
+        self._identity = app_identity_backend(app)
 
     @property
     def name(self) -> str:
@@ -239,11 +242,17 @@ class AppServer:
         return found
 
     async def _call(self, op: Operation, path: str, data: dict[str, Any] | None = None) -> Any:
-        mount, rel = self._mount(path)
-        req = Request(operation=op, path=rel, data=dict(data or {}), storage=mount.storage, system=mount.system,
-                      connection=Connection("127.0.0.1"))
+        if path.startswith("identity/"):  # the identity backend, as the API serves it
+            backend: Backend = self._identity
+            req = Request(operation=op, path=path.removeprefix("identity/"), data=dict(data or {}),
+                          connection=Connection("127.0.0.1"))
+        else:
+            mount, rel = self._mount(path)
+            backend = mount.backend
+            req = Request(operation=op, path=rel, data=dict(data or {}), storage=mount.storage, system=mount.system,
+                          connection=Connection("127.0.0.1"))
         try:
-            return await mount.backend.handle_request(req)
+            return await backend.handle_request(req)
         except NotFound:
             return None
         except PluginError as exc:
@@ -253,7 +262,8 @@ class AppServer:
         out = {}
         for path, mount in self._app[MOUNTS].mounts.items():
             info = mount.entry.public()
-            out[path] = LiveMount(path, mount.entry.type, mount.entry.description, dict(info["config"]))
+            out[path] = LiveMount(path, mount.entry.type, mount.entry.description, dict(info["config"]),
+                                  mount.entry.accessor)
         return out
 
     async def read(self, path: str) -> dict[str, Any] | None:

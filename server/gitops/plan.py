@@ -16,18 +16,21 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from plugin import registry
 from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS
 from plugin.path_role import Role
 from server.gitops.desired import (
     CONFIG_KEYS,
+    GROUP_KEYS,
     ROLE_KEYS,
     TOKEN_ROLE_DEFAULTS,
     TOKEN_ROLE_KEYS,
     TUNE_KEYS,
     Desired,
     DesiredConfig,
+    DesiredGroup,
     DesiredMount,
     DesiredRole,
     GitopsError,
@@ -132,7 +135,7 @@ class Plan:
 @dataclass(frozen=True, slots=True)
 class Target:
     """``--target kind:name``: ``mount:jwt`` (the mount, its config and its roles),
-    ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``, ``token-role:ci``."""
+    ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``, ``token-role:ci``, ``group:ops``."""
 
     kind: str
     name: str
@@ -151,7 +154,7 @@ def parse_target(text: str) -> Target:
     kind, sep, name = text.partition(":")
     if not sep or not name.strip("/"):
         raise ValueError(f"invalid target {text!r}: use mount:<path>, config:<path>, role:<path>/<name>, "
-                         "policy:<name> or token-role:<name>")
+                         "policy:<name>, token-role:<name> or group:<name>")
     if kind in ("mount", "config"):
         return Target(kind, normalize_path(name))
     if kind == "role":
@@ -163,7 +166,9 @@ def parse_target(text: str) -> Target:
         return Target(kind, name.lower())
     if kind == "token-role":
         return Target(kind, name)  # token role names keep their case, as Vault's
-    raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role")
+    if kind == "group":
+        return Target(kind, name.lower())  # group names are case-insensitive, as Vault's
+    raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group")
 
 
 def _selected(targets: Sequence[Target], kind: str, name: str) -> bool:
@@ -226,6 +231,7 @@ async def make_plan(
     await _plan_token_roles(plan, desired, server, prune=prune, targets=targets)
     for path, mount in desired.mounts.items():
         await _plan_mount(plan, mount, live_mounts.get(path), server, prune=prune, targets=targets)
+    await _plan_groups(plan, desired, server, live_mounts, prune=prune, targets=targets)
     for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
@@ -236,11 +242,11 @@ async def make_plan(
             plan.changes.append(Change("delete", "mount", address, "", _disable(path), mount=path))
         else:
             plan.extras.append(address)
-    # Deletions last: roles of kept mounts and token roles, then mounts, then policies.
+    # Deletions last: roles of kept mounts, token roles and groups, then mounts, then policies.
     last = {("delete", "mount"): 1, ("delete", "policy"): 2}
     plan.changes.sort(key=lambda c: last.get((c.action, c.kind), 0))
     known = [("policy", n) for n in desired.policies] + [("mount", p) for p in live_mounts]
-    known += [("token-role", n) for n in desired.token_roles]
+    known += [("token-role", n) for n in desired.token_roles] + [("group", n) for n in desired.groups]
     for mount in desired.mounts.values():
         known += [("mount", mount.path), *_children(mount)]
     for address in [c.address for c in plan.changes] + plan.extras:
@@ -296,13 +302,97 @@ async def _plan_token_roles(
         if fields:
             plan.changes.append(Change("update", "token-role", address, role.where, _write(path, role.body), fields))
     for name in sorted(live_names - set(desired.token_roles)):
-        if not _selected(targets, "token-role", name):
+        if _selected(targets, "token-role", name):
+            _undeclared(plan, "token-role", name, f"auth/token/roles/{name}", prune=prune)
+
+
+def _live_group(data: dict[str, Any]) -> dict[str, Any]:
+    """A group's GET in the desired form (an unset list or map as an empty one)."""
+    return {"type": data.get("type") or "internal", "policies": list(data.get("policies") or []),
+            "metadata": dict(data.get("metadata") or {}),
+            "member_entity_ids": sorted(data.get("member_entity_ids") or [])}
+
+
+def _alias_shown(mount: str, name: str) -> str:
+    return _shown({"mount": mount, "name": name}) if name else _NONE
+
+
+async def _plan_groups(
+    plan: Plan, desired: Desired, server: Server, live_mounts: dict[str, LiveMount], *, prune: bool,
+    targets: Sequence[Target],
+) -> None:
+    """Identity groups, after the mounts their aliases name (a mount this run makes has no
+    accessor before it is made: the alias's write looks it up)."""
+    live_names = {n.lower(): n for n in await server.keys("identity/group/name")}
+    for key, group in desired.groups.items():
+        if not _selected(targets, "group", key):
             continue
-        if prune:
-            plan.changes.append(Change("delete", "token-role", f"token-role {name}", "",
-                                       _delete(f"auth/token/roles/{name}")))
-        else:
-            plan.extras.append(f"token-role {name}")
+        address = f"group {group.name}"
+        if group.alias is not None and group.alias.mount not in live_mounts and group.alias.mount not in desired.mounts:
+            raise GitopsError(f"no mount at {group.alias.mount} on the server or in the file",
+                              source=desired.source, address=address, where=group.where, field="alias.mount")
+        current = await server.read(f"identity/group/name/{quote(live_names[key], safe='')}") if key in live_names \
+            else None
+        wanted_alias = _alias_shown(group.alias.mount, group.alias.name) if group.alias else _NONE
+        if current is None:
+            fields = [FieldChange(k, "", _shown(group.public[k])) for k in GROUP_KEYS
+                      if k == "type" or not empty(group.public[k])]
+            if group.alias is not None:
+                fields.append(FieldChange("alias", "", wanted_alias))
+            plan.changes.append(Change("create", "group", address, group.where, _write_group(group), fields))
+            continue
+        live = _live_group(current)
+        if live["type"] != group.public["type"]:
+            raise GitopsError(f"its type is {live['type']} on the server and {group.public['type']} in the file: a "
+                              "group's type cannot change (delete the group first)", source=desired.source,
+                              address=address, where=group.where, field="type")
+        fields = _diff(GROUP_KEYS, live, group.public)
+        if current.get("name") != group.name:
+            fields.insert(0, FieldChange("name", _shown(current.get("name")), _shown(group.name)))
+        alias = current.get("alias") or {}
+        live_mount = str(alias.get("mount_path") or "").removeprefix("auth/")
+        live_alias = _alias_shown(live_mount, str(alias.get("name") or ""))
+        if live_alias != wanted_alias:
+            fields.append(FieldChange("alias", live_alias, wanted_alias))
+        if fields:
+            plan.changes.append(Change("update", "group", address, group.where, _write_group(group), fields))
+    for key, name in sorted(live_names.items()):
+        if key not in desired.groups and _selected(targets, "group", key):
+            _undeclared(plan, "group", name, f"identity/group/name/{quote(name, safe='')}", prune=prune)
+
+
+def _undeclared(plan: Plan, kind: str, name: str, path: str, *, prune: bool) -> None:
+    """An object the file does not declare (at API ``path``): deleted with ``prune``, else listed."""
+    address = f"{kind} {name}"
+    if prune:
+        plan.changes.append(Change("delete", kind, address, "", _delete(path)))
+    else:
+        plan.extras.append(address)
+
+
+def _write_group(group: DesiredGroup) -> Callable[[Server], Awaitable[list[str]]]:
+    """Write the group whole (by name: made if missing), then make its alias what the file
+    says (written, moved to the file's mount or name, or deleted)."""
+
+    async def run(server: Server) -> list[str]:
+        warnings = await server.write("identity/group", {"name": group.name, **group.public})
+        current = await server.read(f"identity/group/name/{quote(group.name, safe='')}") or {}
+        alias = current.get("alias") or {}
+        if group.alias is None:
+            if alias.get("id"):
+                await server.delete(f"identity/group-alias/id/{quote(str(alias['id']), safe='')}")
+            return warnings
+        mount = (await server.mounts()).get(group.alias.mount)
+        if mount is None or not mount.accessor:
+            raise ServerError(f"no mount at {group.alias.mount}")
+        body = {"name": group.alias.name, "mount_accessor": mount.accessor, "canonical_id": current.get("id")}
+        if not alias.get("id"):
+            warnings += await server.write("identity/group-alias", body)
+        elif (alias.get("name"), alias.get("mount_accessor")) != (group.alias.name, mount.accessor):
+            warnings += await server.write(f"identity/group-alias/id/{quote(str(alias['id']), safe='')}", body)
+        return warnings
+
+    return run
 
 
 async def _plan_mount(

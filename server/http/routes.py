@@ -19,11 +19,11 @@ from urllib.parse import quote
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquote_path_safe
 
-from server.appkeys import IDENTITY, REQUEST_HANDLER, TOKENS
+from server.appkeys import REQUEST_HANDLER
 from server.http.errors import error_response
 from server.http.handlers import AppCore, auth_handler, identity_handler, read_operation, refuse_unknown, sys_handler
 from server.http.log import handled
-from server.identity.backend import IdentityBackend
+from server.identity.backend import app_identity_backend
 from server.sys.backend import SysBackend
 
 __all__ = ["ROUTES", "PrefixRouter", "setup_routes"]
@@ -51,8 +51,7 @@ def setup_routes(app: web.Application) -> None:
     and the last route catches every other path, so no middleware is needed: a request
     never reaches aiohttp's own 404/405 handlers.
     """
-    identity = IdentityBackend(lambda: app[IDENTITY], lambda accessor, name: (
-        app[TOKENS].entity_id(accessor, name), app[TOKENS].entity_alias_id(accessor, name)))
+    identity = app_identity_backend(app)
     sys_backend = SysBackend(AppCore(app), documented={"identity": identity})
     handlers: tuple[Handler, ...] = (
         *(_clean_paths_only(h) for h in (sys_handler(sys_backend), identity_handler(identity), auth_handler,

@@ -10,12 +10,17 @@ store behind them is ``server.identity.store.IdentityStore``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from plugin.framework import Backend
+from server.appkeys import IDENTITY, TOKENS
 from server.identity import aliases, entities, groups
 from server.identity.store import IdentityStore
 
-__all__ = ["IdentityBackend"]
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["IdentityBackend", "app_identity_backend"]
 
 
 class IdentityBackend(Backend):
@@ -43,3 +48,10 @@ class IdentityBackend(Backend):
         an operator's entity alias decides, else the derived pair (``TokenStore.entity_of``)."""
         written = self.store.login_alias(accessor, name)
         return (written.canonical_id, written.id) if written is not None else self.derived(accessor, name)
+
+
+def app_identity_backend(app: web.Application) -> IdentityBackend:
+    """The identity backend of a running application: its store and the token store's
+    derivation, read when a request comes (the routes are built before the state exists)."""
+    return IdentityBackend(lambda: app[IDENTITY], lambda accessor, name: (
+        app[TOKENS].entity_id(accessor, name), app[TOKENS].entity_alias_id(accessor, name)))

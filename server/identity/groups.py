@@ -19,7 +19,7 @@ from server.identity.store import GROUP_TYPES, Group, IdentityStore, NameInUse, 
 if TYPE_CHECKING:
     from server.identity.backend import IdentityBackend
 
-__all__ = ["GROUP_FIELDS", "paths", "group_data"]
+__all__ = ["GROUP_FIELDS", "WINNER_PAUSES", "changed_group", "paths", "group_data"]
 
 _S, _CSS = FieldType.STRING, FieldType.COMMA_STRING_SLICE
 #: A group's id or name in a path (ids are UUIDs; names are matched case-insensitively).
@@ -93,10 +93,10 @@ async def _apply(store: IdentityStore, group: Group | None, values: dict[str, An
         gid = new_id()
         fresh = Group(id=gid, name=values.get("name") or "group_" + gid.replace("-", "")[:16])
         fresh.type = values.get("type") or "internal"
-        created = _changed(fresh, values)
+        created = changed_group(fresh, values)
         await store.write_group(created)
         return Response(data={"id": created.id, "name": created.name})
-    await store.write_group(_changed(group, values), change=lambda stored: _changed(stored, values))
+    await store.write_group(changed_group(group, values), change=lambda stored: changed_group(stored, values))
     return None
 
 
@@ -122,7 +122,7 @@ async def _upsert(store: IdentityStore, existing: Group | None, values: dict[str
         raise
 
 
-def _changed(group: Group, values: dict[str, Any]) -> Group:
+def changed_group(group: Group, values: dict[str, Any]) -> Group:
     """A copy of ``group`` with a write's ``values`` (a pure function: the storage update of
     ``IdentityStore.write_group`` runs it again on the stored group).
 

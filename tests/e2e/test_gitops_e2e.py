@@ -124,6 +124,12 @@ def _configure(address: str) -> None:
         "path_suffix": "v1.0", "token_explicit_max_ttl": "0", "renewable": True,
     })
     _vault(address, "POST", "auth/token/roles/ci-batch", {"token_type": "batch", "orphan": True, "renewable": False})
+    accessor = _vault(address, "GET", "sys/auth").json()["data"]["ci/jwt/"]["accessor"]
+    group = _vault(address, "POST", "identity/group", {"name": "Release", "type": "external", "policies": ["deploy"],
+                                                       "metadata": {"team": "ci"}}).json()["data"]["id"]
+    _vault(address, "POST", "identity/group-alias", {"name": "refs/heads/main", "mount_accessor": accessor,
+                                                     "canonical_id": group})
+    _vault(address, "POST", "identity/group", {"name": "operators", "policies": ["ops"]})
 
 
 def _body(text: str) -> str:
@@ -141,6 +147,11 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     assert doc["mounts"][0]["tune"] == {"default_lease_ttl": "20m", "max_lease_ttl": "1h"}
     assert [m["path"] for m in doc["mounts"]] == ["ci/jwt", "oidc"]
     assert sorted(doc["policies"]) == ["deploy", "ops"]
+    assert doc["groups"] == {
+        "operators": {"policies": ["ops"]},
+        "Release": {"policies": ["deploy"], "metadata": {"team": "ci"},
+                    "alias": {"mount": "ci/jwt", "name": "refs/heads/main"}},
+    }
     assert doc["token_roles"]["nomad-cluster"] == {
         "allowed_policies": ["deploy"], "disallowed_policies": ["ops"], "orphan": True, "path_suffix": "v1.0",
         "token_period": "72h",
@@ -153,7 +164,7 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     with start_server(dev=True, workdir=tmp_path) as srv:
         first = authmount("apply", "-f", "bao.yaml", cwd=tmp_path, address=srv.url, token=srv.root_token or "")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Apply complete: 9 created, 0 updated, 0 deleted." in first.stdout
+        assert "Apply complete: 11 created, 0 updated, 0 deleted." in first.stdout
         again = authmount("apply", "-f", "bao.yaml", "--detailed-exitcode", cwd=tmp_path, address=srv.url,
                           token=srv.root_token or "")
         assert again.returncode == 0 and "no changes" in again.stdout, again.stdout

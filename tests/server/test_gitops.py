@@ -63,8 +63,8 @@ def document(**changes: Any) -> dict[str, Any]:
 
 def desired(doc: dict[str, Any], secret: str = SECRET) -> Desired:
     settings = settings_from_mapping(doc)
-    return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, source="gitops.yaml",
-                         env={"HMAC_SECRET": secret})
+    return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
+                         source="gitops.yaml", env={"HMAC_SECRET": secret})
 
 
 @pytest.fixture
@@ -453,3 +453,121 @@ async def test_token_roles_export_and_apply_round_trip(server: HttpServer, clien
         "ci": {"allowed_policies": ["deploy"], "orphan": True, "path_suffix": "v1.0", "token_period": "1h"},
     }
     assert (await make_plan(desired(exported.document), server)).changes == []
+
+
+# -- identity groups -----------------------------------------------------------------------------
+GROUPS: dict[str, dict[str, Any]] = {
+    "Platform-Admins": {"policies": ["admin", "Audit"], "metadata": {"team": "platform"},
+                        "alias": {"mount": "ci/jwt", "name": "platform-admins@corp"}},
+    "readers": {"policies": ["read"]},
+    "ops": {"type": "external", "policies": ["ops"]},
+}
+
+
+async def _group(client: Client, name: str) -> dict[str, Any]:
+    resp = await client.get(f"/v1/identity/group/name/{name}", headers=H)
+    assert resp.status == 200, await resp.text()
+    data: dict[str, Any] = (await resp.json())["data"]
+    return data
+
+
+async def test_groups_with_aliases_are_applied_compared_and_pruned(server: HttpServer, client: Client) -> None:
+    """An external group and its alias on a mount the same run makes (its accessor looked up
+    at the write), an internal group, an external one without alias: created after the
+    mounts, then no changes; drift in policies and the alias shown field by field and
+    corrected; a group not in the file listed, deleted only with prune."""
+    doc = document(groups=GROUPS)
+    plan = await applied(server, doc)
+    assert [c.address for c in plan.changes if c.kind == "group"] == [
+        "group Platform-Admins", "group readers", "group ops"]
+    assert [c.kind for c in plan.changes].index("group") > [c.kind for c in plan.changes].index("mount")
+    assert fields_of(plan, "group Platform-Admins")["alias"] == ("", '{"mount": "ci/jwt/", "name": '
+                                                                    '"platform-admins@corp"}')
+    admins = await _group(client, "platform-admins")
+    accessor = (await (await client.get("/v1/sys/auth", headers=H)).json())["data"]["ci/jwt/"]["accessor"]
+    assert (admins["name"], admins["type"], admins["policies"]) == ("Platform-Admins", "external", ["admin", "audit"])
+    assert (admins["alias"]["name"], admins["alias"]["mount_accessor"]) == ("platform-admins@corp", accessor)
+    assert (await _group(client, "readers"))["type"] == "internal"
+    assert (await make_plan(desired(doc), server)).changes == []
+
+    await client.post(f"/v1/identity/group/id/{admins['id']}", headers=H, json={"policies": ["admin"]})
+    await client.post(f"/v1/identity/group-alias/id/{admins['alias']['id']}", headers=H,
+                      json={"name": "someone-else", "mount_accessor": accessor, "canonical_id": admins["id"]})
+    await client.post("/v1/identity/group", headers=H, json={"name": "extra"})
+    plan = await make_plan(desired(doc), server)
+    assert fields_of(plan, "group Platform-Admins") == {
+        "policies": ('["admin"]', '["admin", "audit"]'),
+        "alias": ('{"mount": "ci/jwt/", "name": "someone-else"}', '{"mount": "ci/jwt/", "name": "platform-admins@corp"}'),
+    }
+    assert plan.extras == ["group extra"]
+    await apply_plan(await make_plan(desired(doc), server, prune=True), server)
+    assert (await make_plan(desired(doc), server, prune=True)).changes == []
+    fixed = await _group(client, "platform-admins")
+    assert fixed["alias"]["id"] == admins["alias"]["id"] and fixed["alias"]["name"] == "platform-admins@corp"
+    assert (await client.get("/v1/identity/group/name/extra", headers=H)).status == 404
+
+    without_alias = {**GROUPS, "Platform-Admins": {k: v for k, v in GROUPS["Platform-Admins"].items() if k != "alias"}}
+    without_alias["Platform-Admins"]["type"] = "external"
+    plan = await applied(server, document(groups=without_alias))
+    assert fields_of(plan, "group Platform-Admins") == {"alias": ('{"mount": "ci/jwt/", "name": '
+                                                                  '"platform-admins@corp"}', "(none)")}
+    assert (await _group(client, "platform-admins"))["alias"] == {}
+    narrowed = await make_plan(desired(document(groups={})), server, prune=True, targets=[parse_target("group:OPS")])
+    assert [(c.action, c.address) for c in narrowed.changes] == [("delete", "group ops")]
+
+
+@pytest.mark.parametrize(("groups", "message"), [
+    ({"g": {"policy": ["a"]}}, "gitops.yaml: groups.g: unrecognized parameters: [policy]; policy: did you mean "
+                               "policies?"),
+    ({"g": {"policies": ["root"]}}, "policies cannot contain root"),
+    ({"g": {"type": "weird"}}, 'invalid group type "weird"'),
+    ({"g": {"type": "internal", "alias": {"mount": "ci/jwt", "name": "x"}}}, "an alias is for an external group"),
+    ({"g": {"alias": {"mount": "ci/jwt"}}}, "alias: give {mount: <mount path>, name: <the IdP's group name>}"),
+    ({"g": {"alias": {"mount": "ci/jwt", "name": "x", "mnt": "y"}}}, "(unknown keys: mnt)"),
+    ({"g": {"alias": {"mount": "nowhere", "name": "x"}}}, "gitops.yaml: groups.g.alias.mount: no mount at nowhere/ on "
+                                                          "the server or in the file"),
+    ({"g": {"type": "external", "member_entity_ids": ["x"]}}, "member entities can't be set manually"),
+    ({"a/b": {}}, 'invalid group name "a/b"'),
+    ({"g": {}, "G": {}}, "declared twice (group names are case-insensitive)"),
+])
+async def test_an_invalid_group_is_refused_before_any_write(
+    server: HttpServer, client: Client, groups: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(GitopsError) as exc:
+        await make_plan(desired(document(groups=groups)), server)
+    assert message in str(exc.value)
+    assert (await client.request("LIST", "/v1/identity/group/id", headers=H)).status == 404
+    assert (await client.get("/v1/sys/auth/ci/jwt", headers=H)).status == 400  # no mount made either
+
+
+async def test_a_groups_type_cannot_change(server: HttpServer, client: Client) -> None:
+    await applied(server, document(groups={"g": {}}))
+    with pytest.raises(GitopsError, match="its type is internal on the server and external in the file"):
+        await make_plan(desired(document(groups={"g": {"type": "external"}})), server)
+
+
+async def test_groups_export_and_apply_round_trip(server: HttpServer, client: Client) -> None:
+    await applied(server, document(groups=GROUPS))
+    exported = await export_state(server)
+    assert exported.document["groups"] == {
+        "ops": {"type": "external", "policies": ["ops"]},
+        "Platform-Admins": {"policies": ["admin", "audit"], "metadata": {"team": "platform"},
+                            "alias": {"mount": "ci/jwt", "name": "platform-admins@corp"}},
+        "readers": {"policies": ["read"]},
+    }
+    assert (await make_plan(desired({"groups": exported.document["groups"]}), server)).changes == []
+
+
+async def test_the_settings_groups_are_applied_at_start(aiohttp_client: AiohttpClient) -> None:
+    """Seeding writes groups through the identity backend itself (``AppServer``), the alias on
+    a mount the same seeding makes."""
+    settings = dataclasses.replace(settings_from_mapping({
+        "storage": {"type": "memory"},
+        "mounts": [{"path": "sso", "type": "oidc"}],
+        "groups": {"admins": {"policies": ["admin"], "alias": {"mount": "sso", "name": "admins@corp"}}},
+    }), dev=True, dev_root_token_id=ROOT)
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
+    group = await _group(client, "admins")
+    accessor = (await (await client.get("/v1/sys/auth", headers=H)).json())["data"]["sso/"]["accessor"]
+    assert (group["policies"], group["alias"]["name"], group["alias"]["mount_accessor"]) == (
+        ["admin"], "admins@corp", accessor)
