@@ -190,3 +190,15 @@ async def test_token_roles_are_seeded_and_seeding_again_writes_nothing() -> None
         stored = await token_mount.storage.get("role/ci")
         assert stored is not None and stored["allowed_policies"] == ["deploy"] and stored["token_period"] == 3600
         assert (await seed(app)).changes == []  # seeded again: nothing to write
+
+
+async def test_reload_applies_token_roles_and_groups_without_asking_for_a_restart() -> None:
+    """``token_roles`` and ``groups`` are seeded again on SIGHUP like ``mounts`` (they were
+    applied, yet reported as needing a restart)."""
+    old = seeded()
+    new = seeded(token_roles={"ci": {"orphan": True}},
+                 groups={"release": {"policies": ["deploy"], "alias": {"mount": "ci/jwt", "name": "main"}}})
+    async with started(old, InMemoryStorage()) as app:
+        changes = await reload_settings(app, old, new)
+        assert changes == ["seed: create token-role ci", "seed: create group release"]
+        assert await reload_settings(app, new, new) == ["seed: no changes"]
