@@ -306,14 +306,15 @@ def _replace_secret_file(path: str, text: str) -> None:
 
 
 async def _reseed(app: web.Application, old: Settings, new: Settings) -> list[str]:
-    """SIGHUP: apply the file's mounts, policies, token roles and groups again (drift made
+    """SIGHUP: apply the file's mounts, policies, token roles, groups and entities again (drift made
     through the API is corrected, as at start)."""
     plan = await seed(app, new)
     return [f"seed: {c.action} {c.address}" for c in plan.changes] or ["seed: no changes"]
 
 
 async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
-    """Apply the settings' ``mounts``, ``policies``, ``token_roles`` and ``groups`` to this server: ``authmount apply``
+    """Apply the settings' ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities`` to this server:
+    ``authmount apply``
     without prune, through the same write paths as the API (``server.gitops``). Only what
     differs is written; a mount whose config or a role fails is not left half-made. Returns
     the plan that was applied (SIGHUP logs it).
@@ -325,7 +326,7 @@ async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
     server = AppServer(app)
     try:
         desired = from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles,
-                                groups=settings.groups, source=settings.source or "settings")
+                                groups=settings.groups, entities=settings.entities, source=settings.source or "settings")
         plan = await make_plan(desired, server)
         await apply_plan(plan, server)
     except (GitopsError, ServerError) as exc:

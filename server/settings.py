@@ -232,6 +232,10 @@ def _groups(raw: Any, key: str) -> dict[str, dict[str, Any]]:
     return _named_mappings(raw, key, "group names")
 
 
+def _entities(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    return _named_mappings(raw, key, "entity names")
+
+
 def _named_mappings(raw: Any, key: str, what: str) -> dict[str, dict[str, Any]]:
     value = raw or {}
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
@@ -516,6 +520,13 @@ class Settings:
         doc="Identity groups (`identity/group`: `{group name: type, policies, metadata, member_entity_ids, "
             "alias}`; `alias` is `{mount: <mount path>, name: <the IdP's group name>}` for an external group), "
             "applied with `mounts` (see section 5).",
+    )
+    #: ``{entity name: fields}`` written at every start.
+    entities: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_entities,
+        doc="Identity entities made by name (`identity/entity`: `{entity name: policies, metadata, disabled, "
+            "aliases}`; `aliases` is a list of `{mount: <mount path>, name: <the login's alias name>}`: the "
+            "logins through that mount with that name get the entity), applied with `mounts` (see section 5).",
     )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),

@@ -1,5 +1,5 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
-``mounts``, ``policies``, ``token_roles`` and ``groups`` sections, validated by the same field schemas and checks as the
+``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities`` sections, validated by the same field schemas and checks as the
 API writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
@@ -30,8 +30,9 @@ from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
 from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
 from plugin.schema import Field, FieldSet, FieldType, coerce
 from server.acl.policies import PolicyError, canonical_policy_name, parse_policy
+from server.identity.entities import ENTITY_FIELDS
 from server.identity.groups import GROUP_FIELDS, changed_group
-from server.identity.store import Group
+from server.identity.store import DERIVED_NAME, Group, group_policies
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 from server.settings import MountSeed, SettingsError, settings_from_mapping
 from server.tokens import roles as token_roles
@@ -43,7 +44,9 @@ __all__ = [
     "DesiredConfig",
     "DesiredRole",
     "DesiredGroup",
-    "GroupAliasSpec",
+    "DesiredEntity",
+    "ENTITY_KEYS",
+    "AliasSpec",
     "GROUP_KEYS",
     "load_file",
     "from_sections",
@@ -72,6 +75,10 @@ TOKEN_ROLE_DEFAULTS = {k: token_roles.ROLE_FIELDS[k].default_value() for k in TO
 GROUP_KEYS = ("type", "policies", "metadata", "member_entity_ids")
 _GROUP_FIELDS = FieldSet({**{k: GROUP_FIELDS[k] for k in GROUP_KEYS},
                           "alias": Field(FieldType.MAP, "The group alias of an external group: {mount, name}.")})
+#: An entity's fields compared and written (its name is its key; its aliases apart).
+ENTITY_KEYS = ("policies", "metadata", "disabled")
+_ENTITY_FIELDS = FieldSet({**{k: ENTITY_FIELDS[k] for k in ENTITY_KEYS},
+                           "aliases": Field(FieldType.SLICE, "The entity's aliases: [{mount, name}].")})
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
 
@@ -141,7 +148,7 @@ class DesiredMount:
 
 
 @dataclass(frozen=True, slots=True)
-class GroupAliasSpec:
+class AliasSpec:
     """An external group's alias: the IdP's group name on the mount at ``mount`` (``oidc/``)."""
 
     mount: str
@@ -156,7 +163,17 @@ class DesiredGroup:
     name: str
     where: str
     public: dict[str, Any]
-    alias: GroupAliasSpec | None = None
+    alias: AliasSpec | None = None
+
+
+@dataclass(slots=True)
+class DesiredEntity:
+    """An entity an operator makes, by name: ``public`` (``ENTITY_KEYS``) and its aliases."""
+
+    name: str
+    where: str
+    public: dict[str, Any]
+    aliases: tuple[AliasSpec, ...] = ()
 
 
 @dataclass(slots=True)
@@ -172,6 +189,8 @@ class Desired:
     token_roles: dict[str, DesiredRole] = field(default_factory=dict)
     #: Identity groups by lower-cased name (names are case-insensitive, as Vault's).
     groups: dict[str, DesiredGroup] = field(default_factory=dict)
+    #: Entities by lower-cased name (names are case-insensitive, as Vault's).
+    entities: dict[str, DesiredEntity] = field(default_factory=dict)
 
 
 def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desired:
@@ -192,7 +211,7 @@ def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desi
     except SettingsError as exc:
         raise GitopsError(str(exc), source=source) from exc
     return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
-                         source=source, env=env)
+                         entities=settings.entities, source=source, env=env)
 
 
 def from_sections(
@@ -202,10 +221,11 @@ def from_sections(
     source: str,
     token_roles: Mapping[str, Mapping[str, Any]] | None = None,
     groups: Mapping[str, Mapping[str, Any]] | None = None,
+    entities: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Desired:
-    """Validate parsed ``mounts``, ``policies``, ``token_roles`` and ``groups`` sections
-    (``Settings``' own).
+    """Validate parsed ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities``
+    sections (``Settings``' own).
 
     :raises GitopsError: the first problem, naming ``source``, the object and the field.
     """
@@ -238,6 +258,18 @@ def from_sections(
                 raise GitopsError("declared twice (group names are case-insensitive)",
                                   address=f"group {group.name}", where=group.where)
             desired.groups[group.name.lower()] = group
+        used: dict[AliasSpec, str] = {}
+        for name, values in (entities or {}).items():
+            entity = _entity(str(name), dict(values), f"entities.{name}", environ)
+            if entity.name.lower() in desired.entities:
+                raise GitopsError("declared twice (entity names are case-insensitive)",
+                                  address=f"entity {entity.name}", where=entity.where)
+            for alias in entity.aliases:
+                if alias in used:
+                    raise GitopsError(f"alias {alias.name} on {alias.mount} is also {used[alias]}'s",
+                                      address=f"entity {entity.name}", where=entity.where, field="aliases")
+                used[alias] = entity.name
+            desired.entities[entity.name.lower()] = entity
     except GitopsError as exc:
         raise exc.located(source=source) from None
     return desired
@@ -333,21 +365,8 @@ def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]
     ``external`` when it has an alias and none is given, else ``internal`` (Vault's default)."""
     address = f"group {name}"
     coerced = _coerce_all(_GROUP_FIELDS, values, address=address, where=where, env=env)
-    alias = None
-    if "alias" in coerced:
-        raw = coerced.pop("alias")
-        unknown = sorted(set(raw) - {"mount", "name"})
-        if unknown or not isinstance(raw.get("mount"), str) or not isinstance(raw.get("name"), str) \
-                or not raw["name"] or not raw["mount"]:
-            raise GitopsError("alias: give {mount: <mount path>, name: <the IdP's group name>}"
-                              + (f" (unknown keys: {', '.join(unknown)})" if unknown else ""),
-                              address=address, where=where, field="alias")
-        try:
-            alias = GroupAliasSpec(mount=normalize_path(raw["mount"]), name=raw["name"])
-        except InvalidRequest as exc:
-            raise GitopsError(str(exc), address=address, where=where, field="alias.mount") from None
-        if len(alias.name) > 1024 or any(not c.isprintable() for c in alias.name):
-            raise GitopsError("invalid alias name", address=address, where=where, field="alias.name")
+    alias = _alias(coerced.pop("alias"), "alias", "the IdP's group name", address, where) if "alias" in coerced \
+        else None
     kind = coerced.get("type") or ("external" if alias is not None else "internal")
     if alias is not None and kind != "external":
         raise GitopsError("an alias is for an external group (type: external)", address=address, where=where,
@@ -359,6 +378,52 @@ def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]
     public = {"type": group.type, "policies": list(group.policies), "metadata": dict(group.metadata),
               "member_entity_ids": list(group.member_entity_ids)}
     return DesiredGroup(name=name, where=where, public=public, alias=alias)
+
+
+def _alias(raw: Any, key: str, what: str, address: str, where: str) -> AliasSpec:
+    """``{mount: <mount path>, name: <what>}``, its mount path normalised.
+
+    :raises GitopsError: another shape, a bad mount path, or a name over 1024 characters or
+        with a control character.
+    """
+    unknown = sorted(set(raw) - {"mount", "name"}) if isinstance(raw, dict) else []
+    if not isinstance(raw, dict) or unknown or not isinstance(raw.get("mount"), str) \
+            or not isinstance(raw.get("name"), str) or not raw["name"] or not raw["mount"]:
+        raise GitopsError(f"{key}: give {{mount: <mount path>, name: <{what}>}}"
+                          + (f" (unknown keys: {', '.join(unknown)})" if unknown else ""),
+                          address=address, where=where, field=key)
+    try:
+        alias = AliasSpec(mount=normalize_path(raw["mount"]), name=raw["name"])
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where, field=f"{key}.mount") from None
+    if len(alias.name) > 1024 or any(not c.isprintable() for c in alias.name):
+        raise GitopsError("invalid alias name", address=address, where=where, field=f"{key}.name")
+    return alias
+
+
+def _entity(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredEntity:
+    """An entity made by name: the API's checks of its fields, its name (not the form
+    ``entity_<16 hex digits>``, which names the entity with those digits) and its aliases
+    (one per mount, as the API allows)."""
+    address = f"entity {name}"
+    if name != name.strip() or not name or len(name) > 256 or "/" in name or any(c.isspace() for c in name) \
+            or DERIVED_NAME.fullmatch(name.lower()):
+        raise GitopsError(f"invalid entity name {name!r}", address=address, where=where)
+    coerced = _coerce_all(_ENTITY_FIELDS, values, address=address, where=where, env=env)
+    aliases = tuple(_alias(raw, f"aliases[{i}]", "the login's alias name", address, where)
+                    for i, raw in enumerate(coerced.pop("aliases", None) or []))
+    mounts = [a.mount for a in aliases]
+    for mount in mounts:
+        if mounts.count(mount) > 1:
+            raise GitopsError(f"two aliases on {mount}: an entity has one alias per mount", address=address,
+                              where=where, field="aliases")
+    try:
+        policies = group_policies(coerced.get("policies", []))
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where, field="policies") from None
+    public = {"policies": policies, "metadata": dict(coerced.get("metadata") or {}),
+              "disabled": bool(coerced.get("disabled", False))}
+    return DesiredEntity(name=name, where=where, public=public, aliases=aliases)
 
 
 def _written(spec: Field, value: Any) -> Any:

@@ -23,6 +23,7 @@ from plugin.path_role import ROLE_FIELDS, Role
 from plugin.schema import Field, FieldType
 from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TOKEN_ROLE_DEFAULTS, TOKEN_ROLE_KEYS, TUNE_KEYS, empty
 from server.gitops.live import Server
+from server.gitops.plan import made_by_login
 from server.mounts import MOUNT_CONFIG_FIELDS
 from server.tokens import roles as token_roles
 
@@ -135,7 +136,34 @@ async def export_state(server: Server) -> Export:
             groups[name] = _group(data, f"groups.{name}", out)
     if groups:
         out.document["groups"] = groups
+    entities: dict[str, Any] = {}
+    for name in sorted(await server.keys("identity/entity/name"), key=str.lower):
+        if made_by_login(name):
+            continue
+        data = await server.read(f"identity/entity/name/{quote(name, safe='')}")
+        if data is not None:
+            entities[name] = _entity(data, f"entities.{name}", out)
+    if entities:
+        out.document["entities"] = entities
     return out
+
+
+def _entity(data: dict[str, Any], where: str, out: Export) -> dict[str, Any]:
+    """An entity as the file declares it: what is set, and its aliases by mount path."""
+    entry: dict[str, Any] = {k: data[k] for k in ("policies", "metadata") if data.get(k)}
+    if data.get("disabled"):
+        entry["disabled"] = True
+    aliases = []
+    for alias in data.get("aliases") or []:
+        mount = str(alias.get("mount_path") or "").removeprefix("auth/").rstrip("/")
+        if alias.get("mount_type") not in ("jwt", "oidc"):
+            out.notes.append(f"{where}: alias {alias.get('name')} on {alias.get('mount_path') or 'an unknown mount'} "
+                             f"({alias.get('mount_type') or 'unknown type'}), which is not exported")
+            continue
+        aliases.append({"mount": mount, "name": alias.get("name")})
+    if aliases:
+        entry["aliases"] = sorted(aliases, key=lambda a: (a["mount"], str(a["name"])))
+    return entry
 
 
 def _group(data: dict[str, Any], where: str, out: Export) -> dict[str, Any]:

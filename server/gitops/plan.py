@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS
 from plugin.path_role import Role
 from server.gitops.desired import (
     CONFIG_KEYS,
+    ENTITY_KEYS,
     GROUP_KEYS,
     ROLE_KEYS,
     TOKEN_ROLE_DEFAULTS,
@@ -30,6 +32,7 @@ from server.gitops.desired import (
     TUNE_KEYS,
     Desired,
     DesiredConfig,
+    DesiredEntity,
     DesiredGroup,
     DesiredMount,
     DesiredRole,
@@ -39,7 +42,8 @@ from server.gitops.desired import (
 from server.gitops.live import LiveMount, Server, ServerError
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 
-__all__ = ["SENSITIVE", "FieldChange", "Change", "Plan", "Target", "parse_target", "make_plan", "apply_plan"]
+__all__ = ["SENSITIVE", "FieldChange", "Change", "Plan", "Target", "parse_target", "make_plan", "apply_plan",
+           "made_by_login"]
 
 #: How a secret's value is shown.
 SENSITIVE = "(sensitive)"
@@ -135,7 +139,8 @@ class Plan:
 @dataclass(frozen=True, slots=True)
 class Target:
     """``--target kind:name``: ``mount:jwt`` (the mount, its config and its roles),
-    ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``, ``token-role:ci``, ``group:ops``."""
+    ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``, ``token-role:ci``, ``group:ops``,
+    ``entity:alice``."""
 
     kind: str
     name: str
@@ -154,7 +159,7 @@ def parse_target(text: str) -> Target:
     kind, sep, name = text.partition(":")
     if not sep or not name.strip("/"):
         raise ValueError(f"invalid target {text!r}: use mount:<path>, config:<path>, role:<path>/<name>, "
-                         "policy:<name>, token-role:<name> or group:<name>")
+                         "policy:<name>, token-role:<name>, group:<name> or entity:<name>")
     if kind in ("mount", "config"):
         return Target(kind, normalize_path(name))
     if kind == "role":
@@ -166,9 +171,10 @@ def parse_target(text: str) -> Target:
         return Target(kind, name.lower())
     if kind == "token-role":
         return Target(kind, name)  # token role names keep their case, as Vault's
-    if kind == "group":
-        return Target(kind, name.lower())  # group names are case-insensitive, as Vault's
-    raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group")
+    if kind in ("group", "entity"):
+        return Target(kind, name.lower())  # names are case-insensitive, as Vault's
+    raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group, "
+                     "entity")
 
 
 def _selected(targets: Sequence[Target], kind: str, name: str) -> bool:
@@ -232,6 +238,7 @@ async def make_plan(
     for path, mount in desired.mounts.items():
         await _plan_mount(plan, mount, live_mounts.get(path), server, prune=prune, targets=targets)
     await _plan_groups(plan, desired, server, live_mounts, prune=prune, targets=targets)
+    await _plan_entities(plan, desired, server, live_mounts, prune=prune, targets=targets)
     for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
@@ -247,6 +254,7 @@ async def make_plan(
     plan.changes.sort(key=lambda c: last.get((c.action, c.kind), 0))
     known = [("policy", n) for n in desired.policies] + [("mount", p) for p in live_mounts]
     known += [("token-role", n) for n in desired.token_roles] + [("group", n) for n in desired.groups]
+    known += [("entity", n) for n in desired.entities]
     for mount in desired.mounts.values():
         known += [("mount", mount.path), *_children(mount)]
     for address in [c.address for c in plan.changes] + plan.extras:
@@ -359,6 +367,84 @@ async def _plan_groups(
     for key, name in sorted(live_names.items()):
         if key not in desired.groups and _selected(targets, "group", key):
             _undeclared(plan, "group", name, f"identity/group/name/{quote(name, safe='')}", prune=prune)
+
+
+def made_by_login(name: str) -> bool:
+    """Whether an entity's name is the one it got from its id (``entity_`` and hex digits;
+    OpenBao adds its namespace, ``.root``): an entity a login made, not apply's to manage."""
+    return re.fullmatch(r"entity_[0-9a-f]+(\.[\w-]+)?", name.lower()) is not None
+
+
+def _alias_set(aliases: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    """Aliases read from the server as the file names them, sorted: ``{mount, name}``."""
+    return sorted(({"mount": str(a.get("mount_path") or "").removeprefix("auth/"), "name": str(a.get("name") or "")}
+                   for a in aliases), key=lambda a: (a["mount"], a["name"]))
+
+
+async def _plan_entities(
+    plan: Plan, desired: Desired, server: Server, live_mounts: dict[str, LiveMount], *, prune: bool,
+    targets: Sequence[Target],
+) -> None:
+    """Entities an operator makes by name, with their aliases (after the mounts they name).
+    The entities logins made (named ``entity_`` and hex digits) are never listed or pruned."""
+    live_names = {n.lower(): n for n in await server.keys("identity/entity/name") if not made_by_login(n)}
+    for key, entity in desired.entities.items():
+        if not _selected(targets, "entity", key):
+            continue
+        address = f"entity {entity.name}"
+        for alias in entity.aliases:
+            if alias.mount not in live_mounts and alias.mount not in desired.mounts:
+                raise GitopsError(f"no mount at {alias.mount} on the server or in the file", source=desired.source,
+                                  address=address, where=entity.where, field="aliases")
+        wanted = sorted(({"mount": a.mount, "name": a.name} for a in entity.aliases),
+                        key=lambda a: (a["mount"], a["name"]))
+        current = await server.read(f"identity/entity/name/{quote(live_names[key], safe='')}") if key in live_names \
+            else None
+        if current is None:
+            fields = [FieldChange(k, "", _shown(entity.public[k])) for k in ENTITY_KEYS if not empty(entity.public[k])]
+            if wanted:
+                fields.append(FieldChange("aliases", "", _shown(wanted)))
+            plan.changes.append(Change("create", "entity", address, entity.where, _write_entity(entity), fields))
+            continue
+        live = {"policies": list(current.get("policies") or []), "metadata": dict(current.get("metadata") or {}),
+                "disabled": bool(current.get("disabled"))}
+        fields = _diff(ENTITY_KEYS, live, entity.public)
+        if current.get("name") != entity.name:
+            fields.insert(0, FieldChange("name", _shown(current.get("name")), _shown(entity.name)))
+        have = _alias_set(current.get("aliases") or [])
+        if have != wanted:
+            fields.append(FieldChange("aliases", _shown(have), _shown(wanted)))
+        if fields:
+            plan.changes.append(Change("update", "entity", address, entity.where, _write_entity(entity), fields))
+    for key, name in sorted(live_names.items()):
+        if key not in desired.entities and _selected(targets, "entity", key):
+            _undeclared(plan, "entity", name, f"identity/entity/name/{quote(name, safe='')}", prune=prune)
+
+
+def _write_entity(entity: DesiredEntity) -> Callable[[Server], Awaitable[list[str]]]:
+    """Write the entity whole (by name: made if missing), then its aliases: each the file
+    names and the entity lacks is written (one a login used, or another entity had, moves
+    here), each it has and the file does not name is deleted."""
+
+    async def run(server: Server) -> list[str]:
+        warnings = await server.write("identity/entity", {"name": entity.name, **entity.public})
+        current = await server.read(f"identity/entity/name/{quote(entity.name, safe='')}") or {}
+        have = {(a["mount"], a["name"]): str(alias.get("id"))
+                for alias in current.get("aliases") or [] for a in _alias_set([alias])}
+        wanted = {(a.mount, a.name) for a in entity.aliases}
+        for (mount, name), alias_id in sorted(have.items()):
+            if (mount, name) not in wanted:
+                await server.delete(f"identity/entity-alias/id/{quote(alias_id, safe='')}")
+        mounts = await server.mounts() if wanted - set(have) else {}
+        for mount, name in sorted(wanted - set(have)):
+            found = mounts.get(mount)
+            if found is None or not found.accessor:
+                raise ServerError(f"no mount at {mount}")
+            warnings += await server.write("identity/entity-alias", {
+                "name": name, "mount_accessor": found.accessor, "canonical_id": current.get("id")})
+        return warnings
+
+    return run
 
 
 def _undeclared(plan: Plan, kind: str, name: str, path: str, *, prune: bool) -> None:

@@ -76,6 +76,7 @@ __all__ = [
     "EntityAlias",
     "EntityAttrs",
     "EntityNameInUse",
+    "DERIVED_NAME",
     "Group",
     "GroupAlias",
     "IdentityStore",
@@ -496,7 +497,7 @@ class IdentityStore:
         """An operator-made entity's name is in memory; every other entity's is ``entity_`` +
         the id's first 16 hex digits: one range scan."""
         lowered = name.lower()
-        if not _DERIVED_NAME.fullmatch(lowered):  # never a name of that form: one an operator gave
+        if not DERIVED_NAME.fullmatch(lowered):  # never a name of that form: one an operator gave
             made = await self._refresh.unless(lambda: self._entity_names.get(lowered), shared=self.storage.shared)
             return await self.entity(made) if made is not None else None
         digits = name.removeprefix("entity_")
@@ -928,7 +929,7 @@ class IdentityStore:
         """
         lowered = name.lower()
         in_use = EntityNameInUse()
-        if _DERIVED_NAME.fullmatch(lowered) and lowered != entity_name(entity_id):
+        if DERIVED_NAME.fullmatch(lowered) and lowered != entity_name(entity_id):
             raise in_use
         if await self._taken(lambda: self._entity_names.get(lowered), entity_id):
             raise in_use
@@ -1129,7 +1130,7 @@ def new_id() -> str:
 
 
 #: The form of the names entities get from their ids (``entity_name``): not an operator's to give.
-_DERIVED_NAME = re.compile(r"entity_[0-9a-f]{16}")
+DERIVED_NAME = re.compile(r"entity_[0-9a-f]{16}")
 
 
 def _plain(value: str) -> bool:

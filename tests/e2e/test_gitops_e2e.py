@@ -130,6 +130,10 @@ def _configure(address: str) -> None:
     _vault(address, "POST", "identity/group-alias", {"name": "refs/heads/main", "mount_accessor": accessor,
                                                      "canonical_id": group})
     _vault(address, "POST", "identity/group", {"name": "operators", "policies": ["ops"]})
+    alice = _vault(address, "POST", "identity/entity", {"name": "alice", "policies": ["ops"],
+                                                        "metadata": {"team": "platform"}}).json()["data"]["id"]
+    _vault(address, "POST", "identity/entity-alias", {"name": "alice@corp", "mount_accessor": accessor,
+                                                      "canonical_id": alice})
 
 
 def _body(text: str) -> str:
@@ -152,6 +156,8 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
         "Release": {"policies": ["deploy"], "metadata": {"team": "ci"},
                     "alias": {"mount": "ci/jwt", "name": "refs/heads/main"}},
     }
+    assert doc["entities"] == {"alice": {"policies": ["ops"], "metadata": {"team": "platform"},
+                                         "aliases": [{"mount": "ci/jwt", "name": "alice@corp"}]}}
     assert doc["token_roles"]["nomad-cluster"] == {
         "allowed_policies": ["deploy"], "disallowed_policies": ["ops"], "orphan": True, "path_suffix": "v1.0",
         "token_period": "72h",
@@ -164,7 +170,7 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     with start_server(dev=True, workdir=tmp_path) as srv:
         first = authmount("apply", "-f", "bao.yaml", cwd=tmp_path, address=srv.url, token=srv.root_token or "")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Apply complete: 11 created, 0 updated, 0 deleted." in first.stdout
+        assert "Apply complete: 12 created, 0 updated, 0 deleted." in first.stdout
         again = authmount("apply", "-f", "bao.yaml", "--detailed-exitcode", cwd=tmp_path, address=srv.url,
                           token=srv.root_token or "")
         assert again.returncode == 0 and "no changes" in again.stdout, again.stdout

@@ -28,12 +28,13 @@ from server.gitops.live import LiveMount
 from server.gitops.plan import Plan
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings, settings_from_mapping
-from tests.plugin.keyfactory import ec_key
+from tests.plugin.keyfactory import default_claims, ec_key, make_token
 from tests.server.httpkit import Client
 
 ROOT = "root-token-for-gitops"
 H = {"X-Vault-Token": ROOT}
-PEM = ec_key().pem
+KEY = ec_key()
+PEM = KEY.pem
 SECRET = "0123456789abcdef0123456789abcdef-one"
 OTHER_SECRET = "0123456789abcdef0123456789abcdef-two"
 
@@ -64,7 +65,7 @@ def document(**changes: Any) -> dict[str, Any]:
 def desired(doc: dict[str, Any], secret: str = SECRET) -> Desired:
     settings = settings_from_mapping(doc)
     return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
-                         source="gitops.yaml", env={"HMAC_SECRET": secret})
+                         entities=settings.entities, source="gitops.yaml", env={"HMAC_SECRET": secret})
 
 
 @pytest.fixture
@@ -464,11 +465,16 @@ GROUPS: dict[str, dict[str, Any]] = {
 }
 
 
-async def _group(client: Client, name: str) -> dict[str, Any]:
-    resp = await client.get(f"/v1/identity/group/name/{name}", headers=H)
+async def _identity(client: Client, path: str) -> dict[str, Any]:
+    """``GET identity/<path>``'s data (``group/name/ops``, ``entity/name/alice``)."""
+    resp = await client.get(f"/v1/identity/{path}", headers=H)
     assert resp.status == 200, await resp.text()
     data: dict[str, Any] = (await resp.json())["data"]
     return data
+
+
+async def _group(client: Client, name: str) -> dict[str, Any]:
+    return await _identity(client, f"group/name/{name}")
 
 
 async def test_groups_with_aliases_are_applied_compared_and_pruned(server: HttpServer, client: Client) -> None:
@@ -516,7 +522,8 @@ async def test_groups_with_aliases_are_applied_compared_and_pruned(server: HttpS
     assert [(c.action, c.address) for c in narrowed.changes] == [("delete", "group ops")]
 
 
-@pytest.mark.parametrize(("groups", "message"), [
+#: (objects, message): identity objects a file declares wrongly, groups then entities.
+GROUP_REFUSALS: list[tuple[dict[str, Any], str]] = [
     ({"g": {"policy": ["a"]}}, "gitops.yaml: groups.g: unrecognized parameters: [policy]; policy: did you mean "
                                "policies?"),
     ({"g": {"policies": ["root"]}}, "policies cannot contain root"),
@@ -529,15 +536,7 @@ async def test_groups_with_aliases_are_applied_compared_and_pruned(server: HttpS
     ({"g": {"type": "external", "member_entity_ids": ["x"]}}, "member entities can't be set manually"),
     ({"a/b": {}}, 'invalid group name "a/b"'),
     ({"g": {}, "G": {}}, "declared twice (group names are case-insensitive)"),
-])
-async def test_an_invalid_group_is_refused_before_any_write(
-    server: HttpServer, client: Client, groups: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(GitopsError) as exc:
-        await make_plan(desired(document(groups=groups)), server)
-    assert message in str(exc.value)
-    assert (await client.request("LIST", "/v1/identity/group/id", headers=H)).status == 404
-    assert (await client.get("/v1/sys/auth/ci/jwt", headers=H)).status == 400  # no mount made either
+]
 
 
 async def test_a_groups_type_cannot_change(server: HttpServer, client: Client) -> None:
@@ -571,3 +570,112 @@ async def test_the_settings_groups_are_applied_at_start(aiohttp_client: AiohttpC
     accessor = (await (await client.get("/v1/sys/auth", headers=H)).json())["data"]["sso/"]["accessor"]
     assert (group["policies"], group["alias"]["name"], group["alias"]["mount_accessor"]) == (
         ["admin"], "admins@corp", accessor)
+
+
+# -- entities ---------------------------------------------------------------------------------------
+ENTITIES: dict[str, dict[str, Any]] = {
+    "Alice": {"policies": ["ops"], "metadata": {"team": "platform"},
+              "aliases": [{"mount": "ci/jwt", "name": "alice@corp"}, {"mount": "hmac", "name": "alice"}]},
+    "svc-deploy": {"policies": ["deploy"], "disabled": True},
+}
+
+
+async def _entity(client: Client, name: str) -> dict[str, Any]:
+    return await _identity(client, f"entity/name/{name}")
+
+
+async def test_entities_with_aliases_are_applied_compared_and_pruned(server: HttpServer, client: Client) -> None:
+    """People and workloads declared by name with their aliases on two mounts the same run
+    makes: created, then no changes; an alias a login already used moves to the entity;
+    drift shown and corrected; the entities logins made are never listed or pruned."""
+    plan = await applied(server, document(entities=ENTITIES))
+    assert [c.address for c in plan.changes if c.kind == "entity"] == ["entity Alice", "entity svc-deploy"]
+    alice = await _entity(client, "alice")
+    assert (alice["name"], alice["policies"], alice["metadata"]) == ("Alice", ["ops"], {"team": "platform"})
+    assert sorted((a["mount_path"], a["name"]) for a in alice["aliases"]) == [
+        ("auth/ci/jwt/", "alice@corp"), ("auth/hmac/", "alice")]
+    assert (await _entity(client, "svc-deploy"))["disabled"] is True
+    assert (await make_plan(desired(document(entities=ENTITIES)), server)).changes == []
+
+    # drift: a policy, an alias deleted, an entity made through the API
+    await client.post(f"/v1/identity/entity/id/{alice['id']}", headers=H, json={"policies": ["ops", "extra"]})
+    hmac_alias = next(a for a in alice["aliases"] if a["mount_path"] == "auth/hmac/")
+    await client.delete(f"/v1/identity/entity-alias/id/{hmac_alias['id']}", headers=H)
+    await client.post("/v1/identity/entity", headers=H, json={"name": "bob"})
+    await client.post("/v1/identity/entity", headers=H, json={})  # named entity_<hex>: never apply's
+    plan = await make_plan(desired(document(entities=ENTITIES)), server)
+    assert fields_of(plan, "entity Alice") == {
+        "policies": ('["extra", "ops"]', '["ops"]'),
+        "aliases": ('[{"mount": "ci/jwt/", "name": "alice@corp"}]',
+                    '[{"mount": "ci/jwt/", "name": "alice@corp"}, {"mount": "hmac/", "name": "alice"}]'),
+    }
+    assert plan.extras == ["entity bob"]
+    await apply_plan(await make_plan(desired(document(entities=ENTITIES)), server, prune=True), server)
+    assert (await make_plan(desired(document(entities=ENTITIES)), server, prune=True)).changes == []
+    names = (await (await client.request("LIST", "/v1/identity/entity/name", headers=H)).json())["data"]["keys"]
+    assert sorted(n for n in names if not n.startswith("entity_")) == ["Alice", "svc-deploy"] and len(names) == 3
+
+    fewer = {"Alice": {**ENTITIES["Alice"], "aliases": [{"mount": "hmac", "name": "alice"}]}}
+    plan = await applied(server, document(entities=fewer), prune=True)
+    assert [(c.action, c.address) for c in plan.changes] == [("update", "entity Alice"),
+                                                           ("delete", "entity svc-deploy")]
+    assert [a["mount_path"] for a in (await _entity(client, "alice"))["aliases"]] == ["auth/hmac/"]
+
+
+ENTITY_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    ({"e": {"policy": ["a"]}}, "gitops.yaml: entities.e: unrecognized parameters: [policy]; policy: did you mean "
+                               "policies?"),
+    ({"e": {"policies": ["root"]}}, "policies cannot contain root"),
+    ({"e": {"aliases": [{"mount": "ci/jwt"}]}}, "aliases[0]: give {mount: <mount path>, name: <the login's alias "
+                                                "name>}"),
+    ({"e": {"aliases": [{"mount": "ci/jwt", "name": "a"}, {"mount": "ci/jwt/", "name": "b"}]}},
+     "two aliases on ci/jwt/: an entity has one alias per mount"),
+    ({"e": {"aliases": [{"mount": "ci/jwt", "name": "a"}]}, "f": {"aliases": [{"mount": "ci/jwt", "name": "a"}]}},
+     "alias a on ci/jwt/ is also e's"),
+    ({"e": {"aliases": [{"mount": "nowhere", "name": "a"}]}}, "no mount at nowhere/ on the server or in the file"),
+    ({"entity_0123456789abcdef": {}}, "invalid entity name 'entity_0123456789abcdef'"),
+    ({"a b": {}}, "invalid entity name 'a b'"),
+    ({"e": {}, "E": {}}, "declared twice (entity names are case-insensitive)"),
+]
+
+
+@pytest.mark.parametrize(("section", "objects", "message"), [
+    *(("groups", o, m) for o, m in GROUP_REFUSALS), *(("entities", o, m) for o, m in ENTITY_REFUSALS)])
+async def test_an_invalid_identity_object_is_refused_before_any_write(
+    server: HttpServer, client: Client, section: str, objects: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(GitopsError) as exc:
+        await make_plan(desired(document(**{section: objects})), server)
+    assert message in str(exc.value)
+    for listing in ("group/id", "entity/id"):
+        assert (await client.request("LIST", f"/v1/identity/{listing}", headers=H)).status == 404
+    assert (await client.get("/v1/sys/auth/ci/jwt", headers=H)).status == 400  # no mount made either
+
+
+async def test_entities_export_and_apply_round_trip(server: HttpServer, client: Client) -> None:
+    await applied(server, document(entities=ENTITIES))
+    exported = await export_state(server)
+    assert exported.document["entities"] == {
+        "Alice": {"policies": ["ops"], "metadata": {"team": "platform"},
+                  "aliases": [{"mount": "ci/jwt", "name": "alice@corp"}, {"mount": "hmac", "name": "alice"}]},
+        "svc-deploy": {"policies": ["deploy"], "disabled": True},
+    }
+    assert (await make_plan(desired({"entities": exported.document["entities"]}), server)).changes == []
+
+
+async def test_an_entity_alias_a_login_already_used_moves_to_the_declared_entity(
+    server: HttpServer, client: Client
+) -> None:
+    await applied(server, document())
+
+    async def login() -> str:
+        claims = {k: v for k, v in default_claims(sub="reader", iss="https://ci.example.com").items() if k != "aud"}
+        jwt = make_token(claims, key=KEY)
+        resp = await client.post("/v1/auth/ci/jwt/login", json={"role": "read", "jwt": jwt})
+        assert resp.status == 200, await resp.text()
+        return str((await resp.json())["auth"]["entity_id"])
+
+    made_by_login = await login()
+    await applied(server, document(entities={"reader-bot": {"aliases": [{"mount": "ci/jwt", "name": "reader"}]}}))
+    declared = (await _entity(client, "reader-bot"))["id"]
+    assert declared != made_by_login and await login() == declared
