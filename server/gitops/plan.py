@@ -401,7 +401,8 @@ async def _plan_entities(
         current = await server.read(f"identity/entity/name/{quote(live_names[key], safe='')}") if key in live_names \
             else None
         if current is None:
-            fields = [FieldChange(k, "", _shown(entity.public[k])) for k in ENTITY_KEYS if not empty(entity.public[k])]
+            fields = [FieldChange(k, "", _shown(entity.public[k])) for k in ENTITY_KEYS
+                      if entity.public[k] and not empty(entity.public[k])]
             if wanted:
                 fields.append(FieldChange("aliases", "", _shown(wanted)))
             plan.changes.append(Change("create", "entity", address, entity.where, _write_entity(entity), fields))
