@@ -481,8 +481,14 @@ class IdentityStore:
         return sorted((a for a in self.entity_aliases.values() if a.canonical_id == entity_id), key=lambda a: a.id)
 
     async def find_entity_alias(self, alias_id: str) -> EntityAlias | None:
-        """The operator's entity alias with ``alias_id``, re-read on a miss as ``find_group``."""
-        return await self._refresh.unless(lambda: self.entity_aliases.get(alias_id), shared=self.storage.shared)
+        """The operator's entity alias with ``alias_id``. On storage shared with other nodes a
+        miss reads the alias's row (one written elsewhere a moment ago; its announcement is
+        on the way), not every table: most ids asked for are those of logins' aliases."""
+        found = self.entity_aliases.get(alias_id)
+        if found is not None or not self.storage.shared or not _plain(alias_id):
+            return found
+        raw = await self.storage.get(ENTITY_OP_ALIAS_PREFIX + alias_id)
+        return EntityAlias.from_storage(raw) if isinstance(raw, dict) else None
 
     async def entity_by_alias_id(self, alias_id: str) -> Entity | None:
         written = await self.find_entity_alias(alias_id)
@@ -498,8 +504,12 @@ class IdentityStore:
         the id's first 16 hex digits: one range scan."""
         lowered = name.lower()
         if not DERIVED_NAME.fullmatch(lowered):  # never a name of that form: one an operator gave
-            made = await self._refresh.unless(lambda: self._entity_names.get(lowered), shared=self.storage.shared)
-            return await self.entity(made) if made is not None else None
+            made = self._entity_names.get(lowered)
+            if made is None and self.storage.shared:  # made elsewhere a moment ago? Its name's claim says
+                claim = await self.storage.get(name_key(ENTITY_NAME_PREFIX, lowered))
+                made = str(claim.get("id")) if isinstance(claim, dict) and claim.get("id") else None
+            entity = await self.entity(made) if made is not None else None
+            return entity if entity is not None and entity.name.lower() == lowered else None
         digits = name.removeprefix("entity_")
         if name == digits or len(digits) != 16 or not all(c in "0123456789abcdef" for c in digits):
             return None

@@ -182,6 +182,9 @@ async def test_an_alias_written_on_another_node_is_used_once_announced() -> None
     alias = EntityAlias(id=new_id(), name="hank", mount_accessor="auth_jwt_00000001", canonical_id=entity.id)
     await a.write_entity_alias(alias, created=True)
     assert b.login_alias("auth_jwt_00000001", "hank") is None  # no announcement arrived yet
+    # Asked for them, b reads the one row each (the name's claim, the alias), not every table.
+    assert (await b.entity_by_name("HANK")) == entity and (await b.find_entity_alias(alias.id)) == alias
+    assert b.entity_aliases == {} and await b.entity_by_name("nobody") is None
     twin = EntityAlias(id=new_id(), name="hank", mount_accessor="auth_jwt_00000001", canonical_id=entity.id)
     with pytest.raises(Exception, match="alias with combination of mount accessor and name already exists"):
         await b.write_entity_alias(twin, created=True)  # b re-reads on the clash and finds a's
