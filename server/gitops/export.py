@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 import yaml
 
@@ -23,7 +22,7 @@ from plugin.path_role import ROLE_FIELDS, Role
 from plugin.schema import Field, FieldType
 from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TOKEN_ROLE_DEFAULTS, TOKEN_ROLE_KEYS, TUNE_KEYS, empty
 from server.gitops.live import Server
-from server.gitops.plan import made_by_login
+from server.gitops.plan import live_identity, made_by_login
 from server.mounts import MOUNT_CONFIG_FIELDS
 from server.tokens import roles as token_roles
 
@@ -131,7 +130,7 @@ async def export_state(server: Server) -> Export:
         out.document["token_roles"] = made_by_roles
     groups: dict[str, Any] = {}
     for name in sorted(await server.keys("identity/group/name"), key=str.lower):
-        data = await server.read(f"identity/group/name/{quote(name, safe='')}")
+        data = await live_identity(server, "group", name)
         if data is not None:
             groups[name] = _group(data, f"groups.{name}", out)
     if groups:
@@ -140,7 +139,7 @@ async def export_state(server: Server) -> Export:
     for name in sorted(await server.keys("identity/entity/name"), key=str.lower):
         if made_by_login(name):
             continue
-        data = await server.read(f"identity/entity/name/{quote(name, safe='')}")
+        data = await live_identity(server, "entity", name)
         if data is not None:
             entities[name] = _entity(data, f"entities.{name}", out)
     if entities:

@@ -59,6 +59,10 @@ class Server(Protocol):
 
     async def write(self, path: str, data: dict[str, Any]) -> list[str]: ...
 
+    async def lookup(self, path: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        """A write that answers data (``identity/lookup/group``); None when it answers none."""
+        ...
+
     async def delete(self, path: str) -> None: ...
 
     async def enable(self, path: str, type_name: str, description: str, tune: dict[str, Any]) -> None: ...
@@ -186,6 +190,9 @@ class HttpServer:
         warnings = (answer or {}).get("warnings") or []
         return [str(w) for w in warnings]
 
+    async def lookup(self, path: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        return await self._data("POST", path, data)
+
     async def delete(self, path: str) -> None:
         await self._call("DELETE", path)
 
@@ -277,6 +284,10 @@ class AppServer:
     async def write(self, path: str, data: dict[str, Any]) -> list[str]:
         resp = await self._call(Operation.UPDATE, path, data)
         return [] if resp is None else list(resp.warnings)
+
+    async def lookup(self, path: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        resp = await self._call(Operation.UPDATE, path, data)
+        return None if resp is None or resp.data is None else dict(resp.data)
 
     async def delete(self, path: str) -> None:
         await self._call(Operation.DELETE, path)

@@ -43,7 +43,7 @@ from server.gitops.live import LiveMount, Server, ServerError
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 
 __all__ = ["SENSITIVE", "FieldChange", "Change", "Plan", "Target", "parse_target", "make_plan", "apply_plan",
-           "made_by_login"]
+           "made_by_login", "live_identity"]
 
 #: How a secret's value is shown.
 SENSITIVE = "(sensitive)"
@@ -314,6 +314,12 @@ async def _plan_token_roles(
             _undeclared(plan, "token-role", name, f"auth/token/roles/{name}", prune=prune)
 
 
+async def live_identity(server: Server, kind: str, name: str) -> dict[str, Any] | None:
+    """The group or entity named ``name`` (``identity/lookup/<kind>``: any name, also one with a
+    space, which no ``identity/<kind>/name/<name>`` path of every server takes)."""
+    return await server.lookup(f"identity/lookup/{kind}", {"name": name})
+
+
 def _live_group(data: dict[str, Any]) -> dict[str, Any]:
     """A group's GET in the desired form (an unset list or map as an empty one)."""
     return {"type": data.get("type") or "internal", "policies": list(data.get("policies") or []),
@@ -339,8 +345,7 @@ async def _plan_groups(
         if group.alias is not None and group.alias.mount not in live_mounts and group.alias.mount not in desired.mounts:
             raise GitopsError(f"no mount at {group.alias.mount} on the server or in the file",
                               source=desired.source, address=address, where=group.where, field="alias.mount")
-        current = await server.read(f"identity/group/name/{quote(live_names[key], safe='')}") if key in live_names \
-            else None
+        current = await live_identity(server, "group", live_names[key]) if key in live_names else None
         wanted_alias = _alias_shown(group.alias.mount, group.alias.name) if group.alias else _NONE
         if current is None:
             fields = [FieldChange(k, "", _shown(group.public[k])) for k in GROUP_KEYS
@@ -366,7 +371,10 @@ async def _plan_groups(
             plan.changes.append(Change("update", "group", address, group.where, _write_group(group), fields))
     for key, name in sorted(live_names.items()):
         if key not in desired.groups and _selected(targets, "group", key):
-            _undeclared(plan, "group", name, f"identity/group/name/{quote(name, safe='')}", prune=prune)
+            found = await live_identity(server, "group", name)
+            if found is not None:
+                _undeclared(plan, "group", name, f"identity/group/id/{quote(str(found.get('id')), safe='')}",
+                            prune=prune)
 
 
 def made_by_login(name: str) -> bool:
@@ -398,8 +406,7 @@ async def _plan_entities(
                                   address=address, where=entity.where, field="aliases")
         wanted = sorted(({"mount": a.mount, "name": a.name} for a in entity.aliases),
                         key=lambda a: (a["mount"], a["name"]))
-        current = await server.read(f"identity/entity/name/{quote(live_names[key], safe='')}") if key in live_names \
-            else None
+        current = await live_identity(server, "entity", live_names[key]) if key in live_names else None
         if current is None:
             fields = [FieldChange(k, "", _shown(entity.public[k])) for k in ENTITY_KEYS
                       if entity.public[k] and not empty(entity.public[k])]
@@ -419,7 +426,10 @@ async def _plan_entities(
             plan.changes.append(Change("update", "entity", address, entity.where, _write_entity(entity), fields))
     for key, name in sorted(live_names.items()):
         if key not in desired.entities and _selected(targets, "entity", key):
-            _undeclared(plan, "entity", name, f"identity/entity/name/{quote(name, safe='')}", prune=prune)
+            found = await live_identity(server, "entity", name)
+            if found is not None:
+                _undeclared(plan, "entity", name, f"identity/entity/id/{quote(str(found.get('id')), safe='')}",
+                            prune=prune)
 
 
 def _write_entity(entity: DesiredEntity) -> Callable[[Server], Awaitable[list[str]]]:
@@ -429,7 +439,7 @@ def _write_entity(entity: DesiredEntity) -> Callable[[Server], Awaitable[list[st
 
     async def run(server: Server) -> list[str]:
         warnings = await server.write("identity/entity", {"name": entity.name, **entity.public})
-        current = await server.read(f"identity/entity/name/{quote(entity.name, safe='')}") or {}
+        current = await live_identity(server, "entity", entity.name) or {}
         have = {(a["mount"], a["name"]): str(alias.get("id"))
                 for alias in current.get("aliases") or [] for a in _alias_set([alias])}
         wanted = {(a.mount, a.name) for a in entity.aliases}
@@ -463,7 +473,7 @@ def _write_group(group: DesiredGroup) -> Callable[[Server], Awaitable[list[str]]
 
     async def run(server: Server) -> list[str]:
         warnings = await server.write("identity/group", {"name": group.name, **group.public})
-        current = await server.read(f"identity/group/name/{quote(group.name, safe='')}") or {}
+        current = await live_identity(server, "group", group.name) or {}
         alias = current.get("alias") or {}
         if group.alias is None:
             if alias.get("id"):

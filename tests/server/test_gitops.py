@@ -679,3 +679,22 @@ async def test_an_entity_alias_a_login_already_used_moves_to_the_declared_entity
     await applied(server, document(entities={"reader-bot": {"aliases": [{"mount": "ci/jwt", "name": "reader"}]}}))
     declared = (await _entity(client, "reader-bot"))["id"]
     assert declared != made_by_login and await login() == declared
+
+
+async def test_identity_names_with_spaces_and_other_characters_apply_and_export(server: HttpServer) -> None:
+    """Names a ``identity/<kind>/name/<name>`` path would not take (a space) or would take
+    quoted (``%``, ``?``, non-ASCII): apply finds them by lookup, so a second run has no
+    changes, and export writes them back."""
+    groups = {"Release Team": {"policies": ["a"], "alias": {"mount": "ci/jwt", "name": "Release Team@corp"}},
+              "ünïcode": {"policies": ["b"]}, "pct%20x": {}, "q?x": {}}
+    entities = {"Zoë": {"policies": ["c"], "aliases": [{"mount": "ci/jwt", "name": "zoe@corp"}]}}
+    doc = document(groups=groups, entities=entities)
+    await applied(server, doc)
+    assert (await make_plan(desired(doc), server)).changes == []
+    exported = await export_state(server)
+    assert set(exported.document["groups"]) == set(groups) and set(exported.document["entities"]) == {"Zoë"}
+    plan = await make_plan(desired(document(groups={}, entities={})), server, prune=True)
+    assert sorted(c.address for c in plan.changes if c.action == "delete" and c.kind in ("group", "entity")) == [
+        "entity Zoë", "group Release Team", "group pct%20x", "group q?x", "group ünïcode"]
+    await apply_plan(plan, server)
+    assert (await export_state(server)).document.get("groups") is None
