@@ -306,18 +306,17 @@ def _replace_secret_file(path: str, text: str) -> None:
 
 
 async def _reseed(app: web.Application, old: Settings, new: Settings) -> list[str]:
-    """SIGHUP: apply the file's mounts, policies, token roles, groups and entities again (drift made
-    through the API is corrected, as at start)."""
+    """SIGHUP: apply the file's mounts, policies, token roles, groups and entities again
+    (drift made through the API is corrected, as at start)."""
     plan = await seed(app, new)
     return [f"seed: {c.action} {c.address}" for c in plan.changes] or ["seed: no changes"]
 
 
 async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
-    """Apply the settings' ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities`` to this server:
-    ``authmount apply``
-    without prune, through the same write paths as the API (``server.gitops``). Only what
-    differs is written; a mount whose config or a role fails is not left half-made. Returns
-    the plan that was applied (SIGHUP logs it).
+    """Apply the settings' ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities``
+    to this server: ``authmount apply`` without prune, through the same write paths as the API
+    (``server.gitops``). Only what differs is written; a mount whose config or a role fails is
+    not left half-made. Returns the plan that was applied (SIGHUP logs it).
 
     :raises StartupError: naming the file, the object and the field
         (``seed.yaml: role jwt/ci (mounts[0].roles.ci.token_ttl): ...``).

@@ -933,7 +933,7 @@ class TokenStore:
         return True
 
     def in_background(self, work: Coroutine[Any, Any, None], name: str, failed: str,
-                       **context: Any) -> asyncio.Task[None]:
+                      **context: Any) -> asyncio.Task[None]:
         """Run ``work`` as a task ``close`` cancels; its failure is logged as ``failed`` (with
         ``context``), not lost: the caller has had its answer (a revocation the answer left
         to the background)."""
