@@ -156,5 +156,12 @@ def _operations(work: Path, stdout: str) -> None:
                           check=True).stdout.strip() != "0"
 
 
+def _api(work: Path, stdout: str) -> None:
+    # sys/remount's status right after the move, and a login through an operator's entity alias
+    assert '{"source_mount":"auth/ci-old/","target_mount":"auth/ci-new/","status":"success"}' in stdout
+    assert '{"identity_policies":["audit","deployer","release"],"same":true}' in stdout
+
+
 #: What running a document's examples must have done, beyond exiting 0.
-CHECKS: dict[str, Callable[[Path, str], None]] = {"README.md": _readme, "docs/operations.md": _operations}
+CHECKS: dict[str, Callable[[Path, str], None]] = {"README.md": _readme, "docs/operations.md": _operations,
+                                                  "docs/api.md": _api}
