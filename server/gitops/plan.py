@@ -336,8 +336,13 @@ async def _plan_groups(
     targets: Sequence[Target],
 ) -> None:
     """Identity groups, after the mounts their aliases name (a mount this run makes has no
-    accessor before it is made: the alias's write looks it up)."""
+    accessor before it is made: the alias's write looks it up). An alias whose name another
+    group of the file takes (two groups may swap theirs) is deleted before the first group is
+    written, so that the name is free when it is written again; any other changed alias is
+    updated in place (its id kept)."""
     live_names = {n.lower(): n for n in await server.keys("identity/group/name")}
+    first, releases = len(plan.changes), []
+    taken = {(g.alias.mount, g.alias.name.lower()): key for key, g in desired.groups.items() if g.alias is not None}
     for key, group in desired.groups.items():
         if not _selected(targets, "group", key):
             continue
@@ -367,8 +372,12 @@ async def _plan_groups(
         live_alias = _alias_shown(live_mount, str(alias.get("name") or ""))
         if live_alias != wanted_alias:
             fields.append(FieldChange("alias", live_alias, wanted_alias))
+            if alias.get("id") and taken.get((live_mount, str(alias.get("name") or "").lower()), key) != key:
+                releases.append(str(alias["id"]))
         if fields:
             plan.changes.append(Change("update", "group", address, group.where, _write_group(group), fields))
+    if releases:
+        plan.changes[first].run = _releasing(releases, plan.changes[first].run)
     for key, name in sorted(live_names.items()):
         if key not in desired.groups and _selected(targets, "group", key):
             found = await live_identity(server, "group", name)
@@ -467,12 +476,26 @@ def _undeclared(plan: Plan, kind: str, name: str, path: str, *, prune: bool) -> 
         plan.extras.append(address)
 
 
+def _releasing(alias_ids: list[str], then: Callable[[Server], Awaitable[list[str]]]) -> Callable[[Server], Awaitable[list[str]]]:
+    """``then``, after deleting the group aliases ``alias_ids`` (their groups write them again)."""
+
+    async def run(server: Server) -> list[str]:
+        for alias_id in alias_ids:
+            await server.delete(f"identity/group-alias/id/{quote(alias_id, safe='')}")
+        return await then(server)
+
+    return run
+
+
 def _write_group(group: DesiredGroup) -> Callable[[Server], Awaitable[list[str]]]:
     """Write the group whole (by name: made if missing), then make its alias what the file
     says (written, moved to the file's mount or name, or deleted)."""
 
     async def run(server: Server) -> list[str]:
-        warnings = await server.write("identity/group", {"name": group.name, **group.public})
+        body = {"name": group.name, **group.public}
+        if group.public["type"] == "external":  # Vault refuses the field for one, even empty
+            del body["member_entity_ids"]
+        warnings = await server.write("identity/group", body)
         current = await live_identity(server, "group", group.name) or {}
         alias = current.get("alias") or {}
         if group.alias is None:

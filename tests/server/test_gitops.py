@@ -698,3 +698,15 @@ async def test_identity_names_with_spaces_and_other_characters_apply_and_export(
         "entity Zoë", "group Release Team", "group pct%20x", "group q?x", "group ünïcode"]
     await apply_plan(plan, server)
     assert (await export_state(server)).document.get("groups") is None
+
+
+async def test_groups_that_swap_their_aliases_apply_in_one_run(server: HttpServer, client: Client) -> None:
+    """A name one group gives up and another takes in the same file (here two groups swap):
+    the changed aliases are deleted first, so no write finds its name taken."""
+    before = {"a": {"alias": {"mount": "ci/jwt", "name": "x"}}, "b": {"alias": {"mount": "ci/jwt", "name": "y"}}}
+    after = {"a": {"alias": {"mount": "ci/jwt", "name": "y"}}, "b": {"alias": {"mount": "ci/jwt", "name": "x"}}}
+    await applied(server, document(groups=before))
+    plan = await applied(server, document(groups=after))
+    assert [c.address for c in plan.changes] == ["group a", "group b"]
+    assert [(await _group(client, g))["alias"]["name"] for g in ("a", "b")] == ["y", "x"]
+    assert (await make_plan(desired(document(groups=after)), server)).changes == []
