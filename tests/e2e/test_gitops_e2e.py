@@ -6,6 +6,7 @@ errors at start."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -267,3 +268,68 @@ def test_a_failing_seed_names_file_object_and_field_and_leaves_no_mount(tmp_path
         methods = srv.client().sys.list_auth_methods()["data"]
         assert sorted(methods) == ["jwt/", "token/"]
         assert srv.client().read("auth/jwt/config") is None  # the refused config left nothing
+
+
+def _random_identity_file(rng: random.Random) -> dict[str, Any]:
+    """Groups (external ones keep their type from file to file, their aliases unique per
+    mount) and entities (one alias per mount, unique), on the mounts ``jwt`` and ``oidc``."""
+    names = ["a@x", "b@x", "refs/heads/main", "c"]
+    groups: dict[str, Any] = {}
+    taken: set[tuple[str, str]] = set()
+    for name in rng.sample(["ops", "Ops Team", "release", "r2", "ünï"], rng.randint(0, 5)):
+        group: dict[str, Any] = {}
+        if rng.random() < 0.7:
+            group["policies"] = rng.sample(["p1", "p2", "P3"], rng.randint(0, 2))
+        if rng.random() < 0.3:
+            group["metadata"] = {"k": rng.choice(["v", "w"])}
+        if name in ("ops", "release", "ünï"):
+            alias = (rng.choice(["jwt", "oidc"]), rng.choice(names))
+            if rng.random() < 0.6 and (alias[0], alias[1].lower()) not in taken:
+                taken.add((alias[0], alias[1].lower()))
+                group["alias"] = {"mount": alias[0], "name": alias[1]}
+            else:
+                group["type"] = "external"
+        groups[name] = group
+    entities: dict[str, Any] = {}
+    used: set[tuple[str, str]] = set()
+    for name in rng.sample(["alice", "Bob", "carl", "svc-x"], rng.randint(0, 4)):
+        entity: dict[str, Any] = {}
+        if rng.random() < 0.6:
+            entity["policies"] = rng.sample(["p1", "p2"], rng.randint(0, 2))
+        if rng.random() < 0.3:
+            entity["disabled"] = rng.random() < 0.5
+        aliases = []
+        for mount in rng.sample(["jwt", "oidc"], rng.randint(0, 2)):
+            alias_name = rng.choice(names)
+            if (mount, alias_name.lower()) not in used:
+                used.add((mount, alias_name.lower()))
+                aliases.append({"mount": mount, "name": alias_name})
+        if aliases:
+            entity["aliases"] = aliases
+        entities[name] = entity
+    return {"mounts": [{"path": "jwt", "type": "jwt"}, {"path": "oidc", "type": "oidc"}], "groups": groups,
+            "entities": entities}
+
+
+def test_random_identity_files_make_the_same_groups_and_entities_on_openbao(openbao: str, tmp_path: Path) -> None:
+    """Five identity files in a row, each applied with --prune to OpenBao and to authmount:
+    both apply it, a second run has nothing to change, and both export the same groups and
+    entities (names case-folded: OpenBao's LIST spells them as stored)."""
+    rng = random.Random(20261206)
+    with start_server(dev=True, workdir=tmp_path) as srv:
+        servers = {"openbao": (openbao, "root"), "authmount": (srv.url, srv.root_token or "")}
+        for n in range(5):
+            path = tmp_path / f"identity-{n}.yaml"
+            path.write_text(yaml.safe_dump(_random_identity_file(rng), allow_unicode=True), encoding="utf-8")
+            exported = {}
+            for name, (address, token) in servers.items():
+                applied = authmount("apply", "-f", str(path), "--prune", cwd=tmp_path, address=address, token=token)
+                assert applied.returncode == 0, (n, name, applied.stdout + applied.stderr)
+                again = authmount("apply", "-f", str(path), "--prune", "--dry-run", "--detailed-exitcode",
+                                  cwd=tmp_path, address=address, token=token)
+                assert again.returncode == 0, (n, name, again.stdout)
+                out = authmount("export", cwd=tmp_path, address=address, token=token)
+                doc = yaml.safe_load(out.stdout) or {}
+                exported[name] = {section: {k.lower(): v for k, v in (doc.get(section) or {}).items()}
+                                  for section in ("groups", "entities")}
+            assert exported["openbao"] == exported["authmount"], n
