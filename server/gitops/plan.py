@@ -378,12 +378,17 @@ async def _plan_groups(
             plan.changes.append(Change("update", "group", address, group.where, _write_group(group), fields))
     if releases:
         plan.changes[first].run = _releasing(releases, plan.changes[first].run)
+    writes = plan.changes[first:]
+    del plan.changes[first:]
     for key, name in sorted(live_names.items()):
         if key not in desired.groups and _selected(targets, "group", key):
             found = await live_identity(server, "group", name)
             if found is not None:
                 _undeclared(plan, "group", name, f"identity/group/id/{quote(str(found.get('id')), safe='')}",
                             prune=prune)
+    # The groups --prune deletes go first: an alias name one of them holds may be one the file
+    # gives another group.
+    plan.changes.extend(writes)
 
 
 def made_by_login(name: str) -> bool:

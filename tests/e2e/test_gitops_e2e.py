@@ -5,6 +5,7 @@ errors at start."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 import requests
 import yaml
 
+from server.gitops import HttpServer, apply_plan, export_state, from_sections, make_plan
+from server.settings import settings_from_mapping
 from tests.e2e.serverproc import REPO_ROOT, ServerProc, start_server
 from tests.plugin.keyfactory import ec_key
 
@@ -312,24 +315,29 @@ def _random_identity_file(rng: random.Random) -> dict[str, Any]:
 
 
 def test_random_identity_files_make_the_same_groups_and_entities_on_openbao(openbao: str, tmp_path: Path) -> None:
-    """Five identity files in a row, each applied with --prune to OpenBao and to authmount:
-    both apply it, a second run has nothing to change, and both export the same groups and
-    entities (names case-folded: OpenBao's LIST spells them as stored)."""
+    """Fifteen identity files in a row, each applied with prune to OpenBao and to authmount (a
+    real process each, through ``server.gitops`` as the CLI runs it): both apply it, a second
+    plan has nothing to change, and both export the same groups and entities (names
+    case-folded: OpenBao's LIST spells them as stored)."""
     rng = random.Random(20261206)
+
+    async def run(address: str, token: str, files: list[dict[str, Any]]) -> list[Any]:
+        seen = []
+        async with HttpServer(address, token) as server:
+            for n, document in enumerate(files):
+                settings = settings_from_mapping(document)
+                desired = from_sections(settings.mounts, {}, groups=settings.groups, entities=settings.entities,
+                                        source=f"identity-{n}.yaml")
+                await apply_plan(await make_plan(desired, server, prune=True), server)
+                again = await make_plan(desired, server, prune=True)
+                exported = (await export_state(server)).document
+                seen.append(([c.address for c in again.changes],
+                             {section: {k.lower(): v for k, v in (exported.get(section) or {}).items()}
+                              for section in ("groups", "entities")}))
+        return seen
+
+    files = [_random_identity_file(rng) for _ in range(15)]
     with start_server(dev=True, workdir=tmp_path) as srv:
-        servers = {"openbao": (openbao, "root"), "authmount": (srv.url, srv.root_token or "")}
-        for n in range(5):
-            path = tmp_path / f"identity-{n}.yaml"
-            path.write_text(yaml.safe_dump(_random_identity_file(rng), allow_unicode=True), encoding="utf-8")
-            exported = {}
-            for name, (address, token) in servers.items():
-                applied = authmount("apply", "-f", str(path), "--prune", cwd=tmp_path, address=address, token=token)
-                assert applied.returncode == 0, (n, name, applied.stdout + applied.stderr)
-                again = authmount("apply", "-f", str(path), "--prune", "--dry-run", "--detailed-exitcode",
-                                  cwd=tmp_path, address=address, token=token)
-                assert again.returncode == 0, (n, name, again.stdout)
-                out = authmount("export", cwd=tmp_path, address=address, token=token)
-                doc = yaml.safe_load(out.stdout) or {}
-                exported[name] = {section: {k.lower(): v for k, v in (doc.get(section) or {}).items()}
-                                  for section in ("groups", "entities")}
-            assert exported["openbao"] == exported["authmount"], n
+        ours = asyncio.run(run(srv.url, srv.root_token or "", files))
+    theirs = asyncio.run(run(openbao, "root", files))
+    assert all(not again for again, _ in ours) and ours == theirs

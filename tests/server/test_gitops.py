@@ -710,3 +710,13 @@ async def test_groups_that_swap_their_aliases_apply_in_one_run(server: HttpServe
     assert [c.address for c in plan.changes] == ["group a", "group b"]
     assert [(await _group(client, g))["alias"]["name"] for g in ("a", "b")] == ["y", "x"]
     assert (await make_plan(desired(document(groups=after)), server)).changes == []
+
+
+async def test_a_group_pruned_gives_up_its_alias_name_to_another_in_the_same_run(
+    server: HttpServer, client: Client
+) -> None:
+    await applied(server, document(groups={"old": {"alias": {"mount": "ci/jwt", "name": "admins"}}}))
+    plan = await applied(server, document(groups={"new": {"alias": {"mount": "ci/jwt", "name": "admins"}}}),
+                         prune=True)
+    assert [(c.action, c.address) for c in plan.changes] == [("delete", "group old"), ("create", "group new")]
+    assert (await _group(client, "new"))["alias"]["name"] == "admins"
