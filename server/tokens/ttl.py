@@ -80,7 +80,6 @@ def calculate_ttl(
     return ttl, warnings
 
 
-@lru_cache(maxsize=4096)
 def remaining_ttl(expire_time: float, now: float) -> int:
     """Seconds left until ``expire_time`` as Vault's ``leaseEntry.ttl`` counts them: from now
     rounded to the second, so a token looked up in the second it was made shows its whole
@@ -88,6 +87,7 @@ def remaining_ttl(expire_time: float, now: float) -> int:
     return max(0, int(expire_time - math.floor(now + 0.5))) if expire_time else 0
 
 
+@lru_cache(maxsize=4096)
 def rfc3339(ts: float) -> str:
     """Unix seconds → RFC 3339 in UTC, the way Go marshals ``time.Time``; a time past the
     year 9999 (which no TTL reaches: durations end at 292 years) is shown as its last second."""
