@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -380,12 +380,7 @@ async def _plan_groups(
         plan.changes[first].run = _releasing(releases, plan.changes[first].run)
     writes = plan.changes[first:]
     del plan.changes[first:]
-    for key, name in sorted(live_names.items()):
-        if key not in desired.groups and _selected(targets, "group", key):
-            found = await live_identity(server, "group", name)
-            if found is not None:
-                _undeclared(plan, "group", name, f"identity/group/id/{quote(str(found.get('id')), safe='')}",
-                            prune=prune)
+    await _undeclared_identity(plan, server, "group", live_names, desired.groups, targets, prune=prune)
     # The groups --prune deletes go first: an alias name one of them holds may be one the file
     # gives another group.
     plan.changes.extend(writes)
@@ -438,12 +433,7 @@ async def _plan_entities(
             fields.append(FieldChange("aliases", _shown(have), _shown(wanted)))
         if fields:
             plan.changes.append(Change("update", "entity", address, entity.where, _write_entity(entity), fields))
-    for key, name in sorted(live_names.items()):
-        if key not in desired.entities and _selected(targets, "entity", key):
-            found = await live_identity(server, "entity", name)
-            if found is not None:
-                _undeclared(plan, "entity", name, f"identity/entity/id/{quote(str(found.get('id')), safe='')}",
-                            prune=prune)
+    await _undeclared_identity(plan, server, "entity", live_names, desired.entities, targets, prune=prune)
 
 
 def _write_entity(entity: DesiredEntity) -> Callable[[Server], Awaitable[list[str]]]:
@@ -470,6 +460,20 @@ def _write_entity(entity: DesiredEntity) -> Callable[[Server], Awaitable[list[st
         return warnings
 
     return run
+
+
+async def _undeclared_identity(
+    plan: Plan, server: Server, kind: str, live_names: dict[str, str], declared: Container[str],
+    targets: Sequence[Target], *, prune: bool,
+) -> None:
+    """The groups or entities (``kind``) on the server, by lower-cased name, that the file
+    does not declare: listed, or with ``prune`` deleted by id (a name need not fit a path)."""
+    for key, name in sorted(live_names.items()):
+        if key not in declared and _selected(targets, kind, key):
+            found = await live_identity(server, kind, name)
+            if found is not None:
+                _undeclared(plan, kind, name, f"identity/{kind}/id/{quote(str(found.get('id')), safe='')}",
+                            prune=prune)
 
 
 def _undeclared(plan: Plan, kind: str, name: str, path: str, *, prune: bool) -> None:

@@ -320,6 +320,14 @@ def _alias_key(accessor: str, name: str) -> str:
     return name_key(ALIAS_NAME_PREFIX, accessor, name.lower())
 
 
+def _entity_name_key(lowered: str) -> str:
+    return name_key(ENTITY_NAME_PREFIX, lowered)
+
+
+def _entity_alias_key(accessor: str, name: str) -> str:
+    return name_key(ENTITY_OP_ALIAS_NAME_PREFIX, accessor, name)  # exact: entity alias names match exactly
+
+
 class IdentityStore:
     """Entities, groups and group aliases (see the module docstring for the layout)."""
 
@@ -506,7 +514,7 @@ class IdentityStore:
         if not DERIVED_NAME.fullmatch(lowered):  # never a name of that form: one an operator gave
             made = self._entity_names.get(lowered)
             if made is None and self.storage.shared:  # made elsewhere a moment ago? Its name's claim says
-                claim = await self.storage.get(name_key(ENTITY_NAME_PREFIX, lowered))
+                claim = await self.storage.get(_entity_name_key(lowered))
                 made = str(claim.get("id")) if isinstance(claim, dict) and claim.get("id") else None
             entity = await self.entity(made) if made is not None else None
             return entity if entity is not None and entity.name.lower() == lowered else None
@@ -915,7 +923,7 @@ class IdentityStore:
             await self.delete_entity_alias(written)
         if await self.storage.get(ENTITY_MADE_PREFIX + entity.id) is not None:
             await self.storage.delete(ENTITY_MADE_PREFIX + entity.id)
-            await self._names.release(name_key(ENTITY_NAME_PREFIX, entity.name.lower()), entity.id)
+            await self._names.release(_entity_name_key(entity.name.lower()), entity.id)
             if self._entity_names.get(entity.name.lower()) == entity.id:
                 del self._entity_names[entity.name.lower()]
         stored = await self.storage.get(ENTITY_PREFIX + entity.id)
@@ -949,7 +957,7 @@ class IdentityStore:
             return isinstance(raw, dict) and str(raw.get("name", "")).lower() == lowered
 
         try:
-            return await self._names.claim(name_key(ENTITY_NAME_PREFIX, lowered), entity_id, holds)
+            return await self._names.claim(_entity_name_key(lowered), entity_id, holds)
         except Held:
             raise in_use from None
 
@@ -976,7 +984,7 @@ class IdentityStore:
                 ])
             except Exception:
                 if claimed:
-                    await self._names.release(name_key(ENTITY_NAME_PREFIX, name.lower()), entity_id)
+                    await self._names.release(_entity_name_key(name.lower()), entity_id)
                 raise
             self._remember(entity_id, entity)
             self._entity_names[name.lower()] = entity_id
@@ -1011,10 +1019,10 @@ class IdentityStore:
                 await self.storage.put(ENTITY_MADE_PREFIX + entity.id, 1)  # other nodes re-read the names
             except Exception:
                 if claimed:
-                    await self._names.release(name_key(ENTITY_NAME_PREFIX, lowered), entity.id)
+                    await self._names.release(_entity_name_key(lowered), entity.id)
                 raise
             if lowered != old:
-                await self._names.release(name_key(ENTITY_NAME_PREFIX, old), entity.id)
+                await self._names.release(_entity_name_key(old), entity.id)
                 if self._entity_names.get(old) == entity.id:
                     del self._entity_names[old]
             self._entity_names[lowered] = entity.id
@@ -1051,8 +1059,8 @@ class IdentityStore:
                     "Alias cannot be updated as the given entity already has an alias for this mount " if moved else
                     "Alias cannot be updated as the entity already has an alias for the given 'mount_accessor' ")
             previous = self.entity_aliases.get(alias.id)
-            claim_key = name_key(ENTITY_OP_ALIAS_NAME_PREFIX, *key)
-            old_key = (name_key(ENTITY_OP_ALIAS_NAME_PREFIX, previous.mount_accessor, previous.name)
+            claim_key = _entity_alias_key(*key)
+            old_key = (_entity_alias_key(previous.mount_accessor, previous.name)
                        if previous is not None else "")
 
             async def holds(holder: str) -> bool:
@@ -1103,7 +1111,7 @@ class IdentityStore:
             raw = await self.storage.get(ENTITY_OP_ALIAS_PREFIX + alias.id)
             versions = [alias, *([EntityAlias.from_storage(raw)] if isinstance(raw, dict) else [])]
             await self.storage.delete(ENTITY_OP_ALIAS_PREFIX + alias.id)
-            for key in {name_key(ENTITY_OP_ALIAS_NAME_PREFIX, v.mount_accessor, v.name) for v in versions}:
+            for key in {_entity_alias_key(v.mount_accessor, v.name) for v in versions}:
                 await self._names.release(key, alias.id)
             self.entity_aliases.pop(alias.id, None)
             self._reinstall()

@@ -834,8 +834,11 @@ class TokenStore:
         now = self.clock()
         await self.storage.put(EPOCH_PREFIX + mount_accessor, now)
         self._epochs[mount_accessor] = (now, time.monotonic())
-        return await self._revoke_trees([key async for key, data in self._rows()
-                                         if data.get("mount_accessor") == mount_accessor])
+        return await self._revoke_where(lambda data: data.get("mount_accessor") == mount_accessor)
+
+    async def _revoke_where(self, chosen: Callable[[dict[str, Any]], bool]) -> int:
+        """Revoke the tree of every token whose stored row ``chosen`` picks (a full scan)."""
+        return await self._revoke_trees([key async for key, data in self._rows() if chosen(data)])
 
     async def _revoke_trees(self, keys: list[str]) -> int:
         """Revoke the trees of ``keys``, ``REVOKE_BATCH`` at once: their deletes share the
@@ -901,16 +904,14 @@ class TokenStore:
         they are left, as in Vault. A full scan, paged, letting requests run.
         """
         under = prefix if prefix.endswith("/") else prefix + "/"
-        return await self._revoke_trees([key async for key, data in self._rows()
-                                         if f"{data.get('path', '')}/".startswith(under)])
+        return await self._revoke_where(lambda data: f"{data.get('path', '')}/".startswith(under))
 
     async def revoke_moved(self, old_path: str, mount_accessor: str) -> int:
         """Revoke the service tokens a moved mount issued at its old path (``auth/jwt/``), each
         with its children (``sys/remount``: Vault revokes a moved mount's leases). Only the
         mount's own, by its accessor: a mount enabled at the old path since keeps its tokens."""
-        return await self._revoke_trees([key async for key, data in self._rows()
-                                         if data.get("mount_accessor") == mount_accessor
-                                         and f"{data.get('path', '')}/".startswith(old_path)])
+        return await self._revoke_where(lambda data: data.get("mount_accessor") == mount_accessor
+                                        and f"{data.get('path', '')}/".startswith(old_path))
 
     def revoke_prefix_later(self, prefix: str) -> None:
         """``revoke_prefix`` in the background (``sync: false``), logged when done."""
