@@ -22,7 +22,7 @@ from plugin.path_role import ROLE_FIELDS, Role
 from plugin.schema import Field, FieldType
 from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TOKEN_ROLE_DEFAULTS, TOKEN_ROLE_KEYS, TUNE_KEYS, empty
 from server.gitops.live import Server
-from server.gitops.plan import live_identity, made_by_login
+from server.gitops.plan import live_identity, made_by_login, managed_alias
 from server.mounts import MOUNT_CONFIG_FIELDS
 from server.tokens import roles as token_roles
 
@@ -152,17 +152,20 @@ def _entity(data: dict[str, Any], where: str, out: Export) -> dict[str, Any]:
     entry: dict[str, Any] = {k: data[k] for k in ("policies", "metadata") if data.get(k)}
     if data.get("disabled"):
         entry["disabled"] = True
-    aliases = []
-    for alias in data.get("aliases") or []:
-        mount = str(alias.get("mount_path") or "").removeprefix("auth/").rstrip("/")
-        if alias.get("mount_type") not in ("jwt", "oidc"):
-            out.notes.append(f"{where}: alias {alias.get('name')} on {alias.get('mount_path') or 'an unknown mount'} "
-                             f"({alias.get('mount_type') or 'unknown type'}), which is not exported")
-            continue
-        aliases.append({"mount": mount, "name": alias.get("name")})
+    aliases = [named for alias in data.get("aliases") or [] if (named := _alias_entry(alias, where, out))]
     if aliases:
         entry["aliases"] = sorted(aliases, key=lambda a: (a["mount"], str(a["name"])))
     return entry
+
+
+def _alias_entry(alias: dict[str, Any], where: str, out: Export) -> dict[str, Any] | None:
+    """A group's or an entity's alias as the file names it (``{mount, name}``), or None, named
+    on stderr, when it is on a mount apply does not manage (``plan.managed_alias``)."""
+    if not managed_alias(alias):
+        out.notes.append(f"{where}: alias {alias.get('name')} on {alias.get('mount_path') or 'an unknown mount'} "
+                         f"({alias.get('mount_type') or 'unknown type'}), which is not exported")
+        return None
+    return {"mount": str(alias.get("mount_path") or "").removeprefix("auth/").rstrip("/"), "name": alias.get("name")}
 
 
 def _group(data: dict[str, Any], where: str, out: Export) -> dict[str, Any]:
@@ -170,17 +173,14 @@ def _group(data: dict[str, Any], where: str, out: Export) -> dict[str, Any]:
     to say it, and its alias by mount path (an alias on a mount not exported is named)."""
     entry: dict[str, Any] = {}
     alias = data.get("alias") or {}
-    if data.get("type") == "external" and not alias.get("name"):
+    exported = _alias_entry(alias, where, out) if alias.get("name") else None
+    if data.get("type") == "external" and exported is None:
         entry["type"] = "external"
     for key in ("policies", "metadata", "member_entity_ids"):
         if data.get(key):
             entry[key] = data[key]
-    if alias.get("name"):
-        mount = str(alias.get("mount_path") or "").removeprefix("auth/").rstrip("/")
-        entry["alias"] = {"mount": mount, "name": alias["name"]}
-        if alias.get("mount_type") not in ("jwt", "oidc"):
-            out.notes.append(f"{where}.alias: on {alias.get('mount_path') or 'an unknown mount'} "
-                             f"({alias.get('mount_type') or 'unknown type'}), which is not exported")
+    if exported is not None:
+        entry["alias"] = exported
     if data.get("member_group_ids"):
         out.notes.append(f"{where}: member_group_ids (nested groups) left out")
     return entry

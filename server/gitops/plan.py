@@ -43,7 +43,7 @@ from server.gitops.live import LiveMount, Server, ServerError
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 
 __all__ = ["SENSITIVE", "FieldChange", "Change", "Plan", "Target", "parse_target", "make_plan", "apply_plan",
-           "made_by_login", "live_identity"]
+           "made_by_login", "live_identity", "managed_alias", "ALIAS_MOUNT_TYPES"]
 
 #: How a secret's value is shown.
 SENSITIVE = "(sensitive)"
@@ -367,7 +367,7 @@ async def _plan_groups(
         fields = _diff(GROUP_KEYS, live, group.public)
         if current.get("name") != group.name:
             fields.insert(0, FieldChange("name", _shown(current.get("name")), _shown(group.name)))
-        alias = current.get("alias") or {}
+        alias = managed_alias(current.get("alias"))
         live_mount = str(alias.get("mount_path") or "").removeprefix("auth/")
         live_alias = _alias_shown(live_mount, str(alias.get("name") or ""))
         if live_alias != wanted_alias:
@@ -392,10 +392,22 @@ def made_by_login(name: str) -> bool:
     return re.fullmatch(r"entity_[0-9a-f]+(\.[\w-]+)?", name.lower()) is not None
 
 
+#: The mounts an identity alias in a file may name: those authmount has (``token`` is built
+#: in). An alias on another kind (Vault's ``userpass``) is neither compared, written nor
+#: deleted by apply, nor exported, as the mounts of other kinds are not.
+ALIAS_MOUNT_TYPES = ("jwt", "oidc", "token")
+
+
+def managed_alias(alias: dict[str, Any] | None) -> dict[str, Any]:
+    """A group's alias as read from the server, or ``{}`` when there is none apply manages."""
+    return alias if alias and alias.get("mount_type") in ALIAS_MOUNT_TYPES else {}
+
+
 def _alias_set(aliases: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
-    """Aliases read from the server as the file names them, sorted: ``{mount, name}``."""
+    """Aliases read from the server as the file names them, sorted (``{mount, name}``); those
+    on mounts apply does not manage are left out."""
     return sorted(({"mount": str(a.get("mount_path") or "").removeprefix("auth/"), "name": str(a.get("name") or "")}
-                   for a in aliases), key=lambda a: (a["mount"], a["name"]))
+                   for a in aliases if managed_alias(a)), key=lambda a: (a["mount"], a["name"]))
 
 
 async def _plan_entities(
@@ -506,7 +518,7 @@ def _write_group(group: DesiredGroup) -> Callable[[Server], Awaitable[list[str]]
             del body["member_entity_ids"]
         warnings = await server.write("identity/group", body)
         current = await live_identity(server, "group", group.name) or {}
-        alias = current.get("alias") or {}
+        alias = managed_alias(current.get("alias"))
         if group.alias is None:
             if alias.get("id"):
                 await server.delete(f"identity/group-alias/id/{quote(str(alias['id']), safe='')}")

@@ -134,6 +134,9 @@ def _configure(address: str) -> None:
     _vault(address, "POST", "identity/group-alias", {"name": "refs/heads/main", "mount_accessor": accessor,
                                                      "canonical_id": group})
     _vault(address, "POST", "identity/group", {"name": "operators", "policies": ["ops"]})
+    people = _vault(address, "GET", "sys/auth").json()["data"]["people/"]["accessor"]
+    humans = _vault(address, "POST", "identity/group", {"name": "humans", "type": "external"}).json()["data"]["id"]
+    _vault(address, "POST", "identity/group-alias", {"name": "staff", "mount_accessor": people, "canonical_id": humans})
     alice = _vault(address, "POST", "identity/entity", {"name": "alice", "policies": ["ops"],
                                                         "metadata": {"team": "platform"}}).json()["data"]["id"]
     _vault(address, "POST", "identity/entity-alias", {"name": "alice@corp", "mount_accessor": accessor,
@@ -155,7 +158,10 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     assert doc["mounts"][0]["tune"] == {"default_lease_ttl": "20m", "max_lease_ttl": "1h"}
     assert [m["path"] for m in doc["mounts"]] == ["ci/jwt", "oidc"]
     assert sorted(doc["policies"]) == ["deploy", "ops"]
+    # an alias on a mount apply does not manage is left out, as that mount is
+    assert "note: groups.humans: alias staff on auth/people/ (userpass), which is not exported" in exported.stderr
     assert doc["groups"] == {
+        "humans": {"type": "external"},
         "operators": {"policies": ["ops"]},
         "Release": {"policies": ["deploy"], "metadata": {"team": "ci"},
                     "alias": {"mount": "ci/jwt", "name": "refs/heads/main"}},
@@ -174,7 +180,7 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     with start_server(dev=True, workdir=tmp_path) as srv:
         first = authmount("apply", "-f", "bao.yaml", cwd=tmp_path, address=srv.url, token=srv.root_token or "")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Apply complete: 12 created, 0 updated, 0 deleted." in first.stdout
+        assert "Apply complete: 13 created, 0 updated, 0 deleted." in first.stdout
         again = authmount("apply", "-f", "bao.yaml", "--detailed-exitcode", cwd=tmp_path, address=srv.url,
                           token=srv.root_token or "")
         assert again.returncode == 0 and "no changes" in again.stdout, again.stdout
