@@ -56,6 +56,9 @@ class PluginError(Exception):
         #: login metrics record of it: ``role`` (a role that exists), ``iss`` and ``sub`` (the
         #: token's, when it parsed; the server hashes them). None for other errors.
         self.login: dict[str, str] | None = None
+        #: What the error body carries beside ``errors`` as ``data`` (Vault's entity merge
+        #: lists the clashing aliases there); None for nearly every error.
+        self.data: object = None
         super().__init__("; ".join(messages))
 
     @property

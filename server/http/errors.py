@@ -20,9 +20,12 @@ log = structlog.get_logger("authmount.errors")
 STORAGE_FAILURES: dict[str, int] = {}
 
 
-def error_response(status: int, messages: list[str], headers: dict[str, str] | None = None) -> web.Response:
-    """A Vault error body. ``Content-Type`` is exactly ``application/json`` (hvac needs it)."""
-    reply = JSONReply(orjson.dumps({"errors": messages}), status)
+def error_response(status: int, messages: list[str], headers: dict[str, str] | None = None,
+                   data: object = None) -> web.Response:
+    """A Vault error body (with ``data`` beside ``errors`` when given). ``Content-Type`` is
+    exactly ``application/json`` (hvac needs it)."""
+    body = {"errors": messages} if data is None else {"errors": messages, "data": data}
+    reply = JSONReply(orjson.dumps(body), status)
     if headers:
         reply.headers.update(headers)
     return reply
@@ -34,7 +37,7 @@ def response_for(request: web.Request, exc: Exception) -> web.Response | None:
     Call it inside the ``except`` block (an unexpected error is logged with its traceback).
     """
     if isinstance(exc, PluginError):
-        return error_response(exc.status, exc.messages, getattr(exc, "headers", None))  # Retry-After on 429
+        return error_response(exc.status, exc.messages, getattr(exc, "headers", None), exc.data)  # Retry-After on 429
     if isinstance(exc, web.HTTPException):
         if exc.status < 400:
             return None

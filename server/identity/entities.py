@@ -71,7 +71,7 @@ def _alias(store: IdentityStore, alias: EntityAlias, *, listing: bool = False) -
         "canonical_id": alias.canonical_id, "creation_time": alias.creation_time,
         "custom_metadata": dict(alias.custom_metadata) if alias.custom_metadata is not None else None,
         "last_update_time": alias.last_update_time,
-        "local": False, "merged_from_canonical_ids": None, "metadata": dict(alias.metadata) or None,
+        "local": False, "merged_from_canonical_ids": list(alias.merged_from_canonical_ids) or None, "metadata": dict(alias.metadata) or None,
     })
     return out
 
@@ -117,7 +117,7 @@ def entity_data(store: IdentityStore, entity: Entity) -> dict[str, Any]:
         "id": entity.id,
         "inherited_group_ids": [],
         "last_update_time": max(entity.last_update_time, attrs.last_update_time),
-        "merged_entity_ids": None,
+        "merged_entity_ids": list(attrs.merged_entity_ids) or None,
         "metadata": dict(attrs.metadata) or None,
         "name": entity.name,
         "namespace_id": "root",
@@ -174,6 +174,39 @@ def _custom_metadata(raw: dict[str, str]) -> dict[str, str]:
     if len(raw) > 64 or any(len(k) > 128 or len(v) > 512 for k, v in raw.items()):
         raise InvalidRequest("custom_metadata: at most 64 keys of at most 128 characters, values of at most 512")
     return dict(raw)
+
+
+#: ``identity/entity/merge``.
+MERGE_FIELDS = FieldSet({
+    "from_entity_ids": Field(FieldType.COMMA_STRING_SLICE, "IDs of the entities to merge into to_entity_id (they "
+                             "are deleted; their aliases, group memberships and tokens go to it)."),
+    "to_entity_id": Field(_S, "ID of the entity the others are merged into.", default=""),
+    "conflicting_alias_ids_to_keep": Field(FieldType.COMMA_STRING_SLICE, "Where to_entity_id and the one entity "
+                                           "merged from have aliases on one mount: the alias ids to keep (the "
+                                           "other alias of each such pair is deleted)."),
+    "force": Field(FieldType.BOOL, "Vault's choice for clashing MFA secrets; authmount keeps none, so it changes "
+                   "nothing.", default=False),
+})
+#: ``identity/entity/batch-delete``.
+BATCH_DELETE_FIELDS = FieldSet({
+    "entity_ids": Field(FieldType.COMMA_STRING_SLICE, "IDs of the entities to delete (unknown ids are skipped)."),
+})
+MAX_BATCH = 10_000
+
+
+class MergeClash(InvalidRequest):
+    """Vault's refusal of a merge whose entities have aliases on one mount: the message,
+    and ``data`` listing both aliases of each clash (the Vault UI shows them)."""
+
+    def __init__(self, message: str, clashes: list[dict[str, str]]) -> None:
+        super().__init__(message)
+        self.data = clashes
+
+
+def _clash_message(lines: list[str]) -> str:
+    """Vault's text of several errors (hashicorp/go-multierror's format)."""
+    points = "\n\t".join(f"* {line}" for line in lines)
+    return f"{len(lines)} errors occurred:\n\t{points}\n\n"
 
 
 def paths(b: IdentityBackend) -> list[PathSpec]:
@@ -282,6 +315,94 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             elif named is not None and entity is not None and named.id != entity.id:
                 raise InvalidRequest("entity name is already in use")
         return await write(entity, values)
+
+    async def batch_delete(req: Request, values: dict[str, Any]) -> None:
+        """Vault's ``entity/batch-delete``: each id as ``entity/id/<id>`` DELETE (an unknown one
+        is skipped)."""
+        ids = values.get("entity_ids") or []
+        if not ids:
+            raise InvalidRequest("missing entity ids to delete")
+        if len(ids) > MAX_BATCH:
+            raise InvalidRequest(f"at most {MAX_BATCH} entity ids at once (given {len(ids)})")
+        for eid in dict.fromkeys(ids):
+            entity = await b.store.entity(eid)
+            if entity is not None:
+                await b.store.delete_entity(entity)
+
+    def _clash(entity: Entity, alias: EntityAlias) -> dict[str, str]:
+        mount = b.store.mounts(alias.mount_accessor)
+        return {"alias": alias.name, "entity": entity.name, "entity_id": entity.id,
+                "mount": mount.type if mount else "", "mount_path": mount.path if mount else ""}
+
+    async def merge(req: Request, values: dict[str, Any]) -> None:
+        """Vault's ``entity/merge``: its checks, texts and order, and one more: two entities
+        merged from may never bring aliases on one mount (Vault lets them when the entity
+        merged into has no alias, which leaves it with two on that mount)."""
+        store = b.store
+        to_id = values.get("to_entity_id", "")
+        if not to_id:
+            raise InvalidRequest("missing entity id to merge to")
+        from_ids = values.get("from_entity_ids") or []
+        if not from_ids:
+            raise InvalidRequest("missing entity ids to merge from")
+        keep = set(values.get("conflicting_alias_ids_to_keep") or [])
+        into = await store.entity(to_id)
+        if into is None:
+            raise InvalidRequest("entity id to merge to is invalid")
+        if len(from_ids) > 1 and len(keep) > 1:
+            raise InvalidRequest("aliases conflicts cannot be resolved with multiple from entity ids - merge one "
+                                 "entity at a time")
+        into_aliases = _aliases(store, into)
+        by_mount = {a.mount_accessor: a for a in into_aliases}
+        sources: list[Entity] = []
+        brought: dict[str, str] = {}  # mount accessor -> the entity merged from whose alias it is
+        lines: list[str] = []
+        clashes: list[dict[str, str]] = []
+        for fid in dict.fromkeys(from_ids):
+            if fid == into.id:
+                raise InvalidRequest("to_entity_id should not be present in from_entity_ids")
+            source = await store.entity(fid)
+            if source is None:
+                raise InvalidRequest("entity id to merge from is invalid")
+            sources.append(source)
+            for alias in _aliases(store, source):
+                if brought.setdefault(alias.mount_accessor, fid) != fid:
+                    raise InvalidRequest(f"mount accessor {alias.mount_accessor} found in multiple fromEntities, "
+                                         "merge should be done with one fromEntity at a time")
+                theirs = by_mount.get(alias.mount_accessor)
+                if theirs is not None and not keep:
+                    lines.append(f"mountAccessor: {alias.mount_accessor}, toEntity ID: {into.id}, fromEntity ID: "
+                                 f"{fid}, conflicting toEntity alias ID: {theirs.id}, conflicting fromEntity alias "
+                                 f"ID: {alias.id}")
+                    clashes += [_clash(into, theirs), _clash(source, alias)]
+        if lines:
+            raise MergeClash(_clash_message([
+                "toEntity and at least one fromEntity have aliases with the same mount accessor, repeat the merge "
+                "request specifying exactly one fromEntity, clashes: ", *lines]), clashes)
+        plans: list[tuple[Entity, list[EntityAlias], list[EntityAlias]]] = []
+        for source in sources:
+            moves: list[EntityAlias] = []
+            drops: list[EntityAlias] = []
+            for alias in _aliases(store, source):
+                theirs = by_mount.get(alias.mount_accessor)
+                if theirs is None:
+                    moves.append(alias)
+                elif theirs.id in keep:
+                    if alias.id in store.entity_aliases:  # a login's alias goes with its entity
+                        drops.append(alias)
+                elif alias.id in keep:
+                    if theirs.id not in store.entity_aliases:
+                        raise InvalidRequest(
+                            f"alias {theirs.id} is the one a login made entity {into.id} with, and goes only with "
+                            f"it: keep it, or merge the other way (to_entity_id {source.id})")
+                    drops.append(theirs)
+                    moves.append(alias)
+                else:
+                    raise InvalidRequest("conflicting mount accessors in following alias IDs and neither were "
+                                         f"present in conflicting_alias_ids_to_keep: {alias.id}, {theirs.id}")
+            plans.append((source, moves, drops))
+        for source, moves, drops in plans:
+            await store.merge_entity(into, source, moves, drops)
 
     # -- entity aliases ----------------------------------------------------------------------
     async def alias_by_id(alias_id: str) -> tuple[EntityAlias, bool] | None:
@@ -438,6 +559,10 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
     return [
         PathSpec("entity", ENTITY_FIELDS, {Operation.UPDATE: write_entity},
                  "Create an entity, or update one (by id, or by name): policies, metadata, disabled, name."),
+        PathSpec("entity/merge/?", MERGE_FIELDS, {Operation.UPDATE: merge},
+                 "Merge entities into one: their aliases, group memberships and tokens go to it."),
+        PathSpec("entity/batch-delete", BATCH_DELETE_FIELDS, {Operation.UPDATE: batch_delete},
+                 "Delete several entities at once."),
         PathSpec("entity/id/?", FieldSet({}), {Operation.LIST: list_ids}, "List entities by id."),
         PathSpec(f"entity/id/(?P<id>{_KEY})", by_id, by_id_ops,
                  "Read, update (policies, metadata, disabled, name) or delete an entity by id."),

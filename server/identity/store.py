@@ -214,10 +214,13 @@ class EntityAttrs:
     metadata: dict[str, str] = field(default_factory=dict)
     disabled: bool = False
     last_update_time: str = ""
+    #: The entities merged into this one (``identity/entity/merge``): their tokens get this
+    #: entity's policies, groups and ``disabled``.
+    merged_entity_ids: list[str] = field(default_factory=list)
 
     def to_storage(self) -> dict[str, Any]:
         return {"policies": list(self.policies), "metadata": dict(self.metadata), "disabled": self.disabled,
-                "last_update_time": self.last_update_time}
+                "last_update_time": self.last_update_time, "merged_entity_ids": list(self.merged_entity_ids)}
 
     @classmethod
     def from_storage(cls, raw: dict[str, Any]) -> EntityAttrs:
@@ -240,13 +243,15 @@ class EntityAlias:
     metadata: dict[str, str] = field(default_factory=dict)
     creation_time: str = ""
     last_update_time: str = ""
+    #: The entities the alias belonged to before merges moved it (``identity/entity/merge``).
+    merged_from_canonical_ids: list[str] = field(default_factory=list)
 
     def to_storage(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "mount_accessor": self.mount_accessor, "canonical_id": self.canonical_id,
             "custom_metadata": dict(self.custom_metadata) if self.custom_metadata is not None else None,
             "metadata": dict(self.metadata), "creation_time": self.creation_time,
-            "last_update_time": self.last_update_time,
+            "last_update_time": self.last_update_time, "merged_from_canonical_ids": list(self.merged_from_canonical_ids),
         }
 
     @classmethod
@@ -340,6 +345,7 @@ class IdentityStore:
         self._alias_names: dict[tuple[str, str], str] = {}  # (accessor, lower-cased name) -> alias id
         self._alias_groups: dict[tuple[str, str], str] = {}  # (accessor, exact name) -> group id
         self._internal: dict[str, tuple[str, ...]] = {}  # entity id -> internal group ids
+        self._merged: dict[str, str] = {}  # id of an entity merged into another -> that entity's id
         self._granting = False  # does any group or entity grant a policy?
         self.entity_attrs: dict[str, EntityAttrs] = {}
         #: Entity aliases operators wrote, by id; ``_login_aliases`` by (accessor, exact name).
@@ -413,6 +419,7 @@ class IdentityStore:
                     internal.setdefault(member, []).append(g.id)
         self._internal = {k: tuple(v) for k, v in internal.items()}
         self._login_aliases = {(a.mount_accessor, a.name): a for a in self.entity_aliases.values()}
+        self._merged = {m: eid for eid, attrs in self.entity_attrs.items() for m in attrs.merged_entity_ids}
         self._granting = (any(g.policies for g in groups.values())
                           or any(a.policies for a in self.entity_attrs.values()))
         self.generation += 1
@@ -550,12 +557,23 @@ class IdentityStore:
         as they are now (empty, without any lookup, when no group grants a policy)."""
         if not self._granting or not entity_id:
             return []
-        return self._policies_of(await self.entity(entity_id), entity_id)
+        entity = await self.entity(entity_id)
+        if entity is None and entity_id in self._merged:  # merged into another: that one's, as in Vault
+            entity_id = self._merged[entity_id]
+            entity = await self.entity(entity_id)
+        return self._policies_of(entity, entity_id)
 
     def disabled(self, entity_id: str) -> bool:
-        """Whether an operator disabled the entity (its tokens and logins are refused)."""
+        """Whether an operator disabled the entity (its tokens and logins are refused), or the
+        entity it was merged into."""
         attrs = self.entity_attrs.get(entity_id)
+        if attrs is None and entity_id in self._merged:
+            attrs = self.entity_attrs.get(self._merged[entity_id])
         return attrs is not None and attrs.disabled
+
+    def merged_into(self, entity_id: str) -> str:
+        """The entity ``entity_id`` was merged into ("": none)."""
+        return self._merged.get(entity_id, "")
 
     def _policies_of(self, entity: Entity | None, entity_id: str) -> list[str]:
         attrs = self.entity_attrs.get(entity_id)
@@ -1115,6 +1133,66 @@ class IdentityStore:
                 await self._names.release(key, alias.id)
             self.entity_aliases.pop(alias.id, None)
             self._reinstall()
+
+    async def merge_entity(self, into: Entity, source: Entity, moves: list[EntityAlias],
+                           drops: list[EntityAlias]) -> None:
+        """Merge ``source`` into ``into`` (``identity/entity/merge``, one source; the caller
+        checked the aliases): delete the operators' aliases in ``drops``, give ``into`` the
+        aliases in ``moves`` (``source``'s, a login's one included, which becomes an
+        operator's with its id), its places in internal groups and the external groups it
+        has through the moved aliases' mounts, then record the merge on ``into`` (the tokens
+        of ``source`` get ``into``'s policies, groups and ``disabled`` from then on) and delete
+        ``source``. Each step is a write of its own, in this order, so a merge cut short
+        (a crash, a storage failure) is finished by sending it again."""
+        for alias in drops:
+            await self.delete_entity_alias(alias)
+        for alias in moves:
+            await self.write_entity_alias(EntityAlias(
+                id=alias.id, name=alias.name, mount_accessor=alias.mount_accessor, canonical_id=into.id,
+                custom_metadata=alias.custom_metadata, metadata=dict(alias.metadata),
+                merged_from_canonical_ids=[*alias.merged_from_canonical_ids, source.id],
+            ), created=False, moved=True)
+        for gid in self._internal.get(source.id, ()):
+            group = self.groups.get(gid)
+            if group is None:
+                continue
+
+            def swap(g: Group) -> Group:
+                g = Group.from_storage(g.to_storage())
+                g.member_entity_ids = sorted({*g.member_entity_ids, into.id} - {source.id})
+                return g
+
+            await self.write_group(swap(group), change=swap)
+        moved_mounts = {a.mount_accessor for a in moves}
+        stored = await self.storage.get(ENTITY_PREFIX + source.id)
+        source_groups = Entity.from_storage(stored).group_ids if isinstance(stored, dict) else source.group_ids
+        joined = {g for g in source_groups if self._alias_mount(g) in moved_mounts}
+        if joined:
+            await self._join_groups(into.id, joined)
+        merged = [*self.entity_attrs.get(source.id, EntityAttrs()).merged_entity_ids, source.id]
+
+        def record(attrs: EntityAttrs) -> None:
+            attrs.merged_entity_ids = [*attrs.merged_entity_ids, *(m for m in merged if m not in attrs.merged_entity_ids)]
+
+        await self.write_entity_attrs(into.id, record)
+        await self.delete_entity(source)
+
+    async def _join_groups(self, entity_id: str, group_ids: set[str]) -> None:
+        """Add external groups to an entity's row (its next login through their mount judges
+        them again) and their membership rows."""
+        written: list[Entity] = []
+
+        def join(old: Any) -> Any:
+            if not isinstance(old, dict):
+                raise NotFound()
+            fresh = Entity.from_storage(old)
+            fresh.group_ids, fresh.last_update_time = sorted({*fresh.group_ids, *group_ids}), now_rfc3339()
+            written[:] = [fresh]
+            return fresh.to_storage()
+
+        await self.storage.update(ENTITY_PREFIX + entity_id, join)
+        await self.storage.put_many([(f"{MEMBER_PREFIX}{g}/{entity_id}", 1) for g in sorted(group_ids)])
+        self._remember(entity_id, written[0])
 
     async def write_entity_attrs(self, entity_id: str, change: Callable[[EntityAttrs], None]) -> EntityAttrs:
         """Apply ``change`` to what an operator set on the entity (its stored row, so a change

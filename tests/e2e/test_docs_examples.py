@@ -160,6 +160,7 @@ def _api(work: Path, stdout: str) -> None:
     # sys/remount's status right after the move, and a login through an operator's entity alias
     assert '{"source_mount":"auth/ci-old/","target_mount":"auth/ci-new/","status":"success"}' in stdout
     assert '{"identity_policies":["audit","deployer","release"],"same":true}' in stdout
+    assert '{"aliases":["x"],"merged":true}' in stdout  # an entity merge
 
 
 #: What running a document's examples must have done, beyond exiting 0.
