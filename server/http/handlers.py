@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
@@ -148,10 +149,58 @@ def _joined(pairs: Any) -> dict[str, str]:
     return out
 
 
+#: ``Content-Encoding`` values a body may have, and the zlib window bits that decode them
+#: (``deflate``: the zlib format, or raw deflate as many clients send it).
+_ENCODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+def decoded_body(raw: bytes, encoding: str, limit: int) -> bytes:
+    """``raw`` decoded from its ``Content-Encoding`` (none, ``identity`` and values that are
+    no encoding pass as they are: Vault reads such bodies as they come). A stream must be
+    whole: cut short, with bytes after its end, or not of that encoding at all, it is refused
+    (aiohttp's own decoding took a truncated gzip stream as the part it held, and a few bytes
+    of garbage as an empty body). The decoded body is bounded by ``limit`` too (0: none).
+
+    :raises InvalidRequest: the body is not a whole stream of its encoding, or the encoding
+        is one authmount does not read (``br``, ``zstd``, ``compress``).
+    :raises web.HTTPRequestEntityTooLarge: decoded, it is larger than ``limit``.
+    """
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return raw
+    bits = _ENCODINGS.get(name)
+    if bits is None:
+        if name in ("br", "zstd", "compress", "x-compress"):
+            raise InvalidRequest(f"error reading the request body: Content-Encoding {name!r} is not supported "
+                                 "(gzip and deflate are)")
+        return raw
+    out = _inflate(raw, bits, limit)
+    if out is None and name == "deflate":
+        out = _inflate(raw, -15, limit)  # raw deflate, without the zlib header
+    if out is None:
+        raise InvalidRequest(f"error reading the request body: it is not valid {name!r}")
+    return out
+
+
+def _inflate(raw: bytes, bits: int, limit: int) -> bytes | None:
+    """The one whole stream ``raw`` holds, or None."""
+    stream = zlib.decompressobj(wbits=bits)
+    try:
+        out = stream.decompress(raw, limit + 1 if limit > 0 else 0)
+    except zlib.error:
+        return None
+    if 0 < limit < len(out):
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(out))
+    if not stream.eof or stream.unused_data or stream.unconsumed_tail:
+        return None
+    return out
+
+
 async def read_body(request: web.Request) -> dict[str, Any]:
     """The JSON object (or form) body of a write; ``{}`` when empty.
 
-    :raises InvalidRequest: ``error parsing JSON`` for malformed or non-object JSON.
+    :raises InvalidRequest: ``error parsing JSON`` for malformed or non-object JSON; a body
+        its ``Content-Encoding`` does not decode (``decoded_body``).
     """
     if not request.body_exists:
         return {}
@@ -168,12 +217,13 @@ async def read_body(request: web.Request) -> dict[str, Any]:
                 raw = await request.read()  # over client_max_size: HTTPRequestEntityTooLarge → 413
         except TimeoutError:
             raise web.HTTPRequestTimeout(reason="request body not received in time") from None
-        except RequestPayloadError:  # a body its Content-Encoding cannot decode (bad gzip)
-            encoding = request.headers.get("Content-Encoding", "")[:32]
-            refused = InvalidRequest(f"error reading the request body: it is not valid {encoding!r}")
-            # aiohttp closes the connection after the answer (the rest of the body is unreadable): say so.
+        except RequestPayloadError:  # the body's framing broke (a chunk cut short): nothing more can be read
+            refused = InvalidRequest("error reading the request body")
             refused.headers = {"Connection": "close"}  # type: ignore[attr-defined]
             raise refused from None
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is not None:
+        raw = decoded_body(raw, encoding[:32], request.client_max_size)
     stripped = raw.lstrip()
     if not stripped:
         return {}

@@ -320,10 +320,10 @@ class ListVerbRequestHandler(RequestHandler):
         await super().shutdown(timeout)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
-        """A body its ``Content-Encoding`` cannot decode (bad gzip) was answered 400 by the
-        handler; aiohttp then meets the same error again while it reads the rest of the body,
-        and closes the connection. That is one log line, not a traceback any caller could
-        fill the log with."""
+        """A body whose framing broke (a chunk cut short) was answered 400 by the handler;
+        aiohttp then meets the same error again while it reads the rest of the body, and
+        closes the connection. That is one log line, not a traceback any caller could fill
+        the log with."""
         if isinstance(kw.get("exc_info"), RequestPayloadError):
             log.info("http_malformed", reason="request body could not be decoded", status=400)
             return
@@ -371,8 +371,11 @@ class _ListVerbServer(web.Server):
     header_timeout: float | None = None
 
     def __call__(self) -> RequestHandler:
+        # Bodies are decoded by ``handlers.read_body`` (``decoded_body``), which refuses a
+        # stream cut short; aiohttp's own decoding took one as the part it held.
         return ListVerbRequestHandler(
-            self, loop=self._loop, guard=self.guard, header_timeout=self.header_timeout, **self._kwargs
+            self, loop=self._loop, guard=self.guard, header_timeout=self.header_timeout,
+            **{**self._kwargs, "auto_decompress": False},
         )
 
 
