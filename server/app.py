@@ -115,6 +115,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             identity=identity, fresh_epochs=storage.shared and isinstance(storage, SQLiteStorage),
         )
         policies = PolicyStore(storage)
+        policies.identity = identity.template_view  # fills the identity templates of policies
         fetcher = AiohttpFetcher()
         audit = AuditBroker(storage, keyring)
         mounts: MountTable | None = None

@@ -200,17 +200,39 @@ def _cidrs(raw: Any, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Ne
     return tuple(out)
 
 
-def _policies(raw: Any, key: str) -> dict[str, str]:
+#: The keys of a policy given with its template flags (``{policy: text, allow_...: bool}``).
+POLICY_FLAG_KEYS = ("allow_slashes_in_identity_templates", "allow_wildcards_in_identity_templates")
+
+
+def _policies(raw: Any, key: str) -> dict[str, Any]:
+    """``{name: text}``; a mapping value is the policy as JSON, unless it has a ``policy`` key:
+    then it is ``{policy: text, allow_slashes_in_identity_templates: bool, ...}``."""
     if not isinstance(raw, Mapping):
         raise SettingsError(f"{key}: must map policy names to HCL or JSON text")
-    out = {}
+    out: dict[str, Any] = {}
     for name, text in raw.items():
-        if isinstance(text, Mapping):
-            text = json.dumps(text)
-        if not isinstance(text, str):
-            raise SettingsError(f"{key}.{name}: must be HCL or JSON text")
-        out[str(name)] = text
+        if isinstance(text, Mapping) and "policy" in text:
+            unknown = sorted(set(map(str, text)) - {"policy", *POLICY_FLAG_KEYS})
+            if unknown:
+                raise SettingsError(f"{key}.{name}: unknown key {unknown[0]!r} (a policy with its flags takes "
+                                    f"policy, {', '.join(POLICY_FLAG_KEYS)})")
+            flags = {}
+            for flag in POLICY_FLAG_KEYS:
+                if not isinstance(text.get(flag, False), bool):
+                    raise SettingsError(f"{key}.{name}.{flag}: must be true or false")
+                flags[flag] = bool(text.get(flag, False))
+            out[str(name)] = {"policy": _policy_text(text["policy"], f"{key}.{name}.policy"), **flags}
+        else:
+            out[str(name)] = _policy_text(text, f"{key}.{name}")
     return out
+
+
+def _policy_text(text: Any, key: str) -> str:
+    if isinstance(text, Mapping):
+        return json.dumps(text)
+    if not isinstance(text, str):
+        raise SettingsError(f"{key}: must be HCL or JSON text")
+    return text
 
 
 def _mapping_or_empty(raw: Any, key: str) -> dict[str, Any]:
@@ -503,10 +525,12 @@ class Settings:
         doc="Auth mounts applied at every start and on SIGHUP, as `authmount apply` without prune (only what "
             "differs is written, through the same write paths as the API; see section 5). Keys below.",
     )
-    #: ``{policy name: HCL or JSON text}`` written at every start.
-    policies: Mapping[str, str] = setting(
+    #: ``{policy name: HCL or JSON text}`` (or ``{policy, allow_...}``) written at every start.
+    policies: Mapping[str, Any] = setting(
         kind="mapping", factory=dict, parse=_policies,
-        doc="`{policy name: HCL or JSON text}` (a YAML mapping is taken as JSON), applied with `mounts`.",
+        doc="`{policy name: HCL or JSON text}` (a YAML mapping is taken as JSON), applied with `mounts`; with "
+            "OpenBao's template flags, `{policy name: {policy: text, allow_slashes_in_identity_templates: bool, "
+            "allow_wildcards_in_identity_templates: bool}}`.",
     )
     #: ``{token role name: fields}`` written at every start.
     token_roles: Mapping[str, Mapping[str, Any]] = setting(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from plugin.errors import InvalidRequest
 from plugin.pathdoc import closest
 from plugin.storage import Storage
 from server.acl.hcl import HCLError, parse
+from server.acl.templating import IdentityView, TemplateError, blocked_by, has_templates, populate, template_names
 
 __all__ = [
     "CAPABILITIES",
@@ -61,7 +62,7 @@ path "sys/wrapping/unwrap" {
 """
 _NAME_RE = re.compile(r"[^/\x00-\x1f\x7f]{1,128}")
 
-# Vault's built-in default policy (identity templating lines omitted: no identity store).
+# Vault's built-in default policy (OpenBao 2.7.2's text).
 DEFAULT_POLICY = """\
 # Allow tokens to look up their own properties
 path "auth/token/lookup-self" {
@@ -81,6 +82,14 @@ path "auth/token/revoke-self" {
 # Allow a token to look up its own capabilities on a path
 path "sys/capabilities-self" {
     capabilities = ["update"]
+}
+
+# Allow a token to look up its own entity by id or name
+path "identity/entity/id/{{identity.entity.id}}" {
+  capabilities = ["read"]
+}
+path "identity/entity/name/{{identity.entity.name}}" {
+  capabilities = ["read"]
 }
 
 # Allow a token to look up its resultant ACL from all policies
@@ -168,6 +177,11 @@ class PathRule:
         return self.pattern.endswith("*")
 
     @property
+    def templated(self) -> bool:
+        """The path has identity templates (``server.acl.templating``), filled per token."""
+        return has_templates(self.pattern)
+
+    @property
     def is_exact(self) -> bool:
         return not self.is_prefix and "+" not in self.pattern.split("/")
 
@@ -213,13 +227,23 @@ def _did_you_mean(key: str, known: tuple[str, ...]) -> str:
 
 def _validate_pattern(pattern: str) -> str:
     pattern = pattern.lstrip("/")
-    if "{{" in pattern:
-        raise PolicyError(f'path "{pattern}": templated policy paths are not supported')
-    if "+*" in pattern:
+    if has_templates(pattern):
+        try:
+            template_names(pattern)
+        except TemplateError as exc:
+            raise PolicyError(f'path "{pattern}": failed to validate policy templating: {exc}') from None
+        _validate_glob(pattern, "x".join(part.split("}}")[-1] for part in pattern.split("{{")))
+        return pattern
+    return _validate_glob(pattern, pattern)
+
+
+def _validate_glob(pattern: str, shape: str) -> str:
+    """Check the globs of ``shape``: ``pattern`` with any templates taken out."""
+    if "+*" in shape:
         raise PolicyError(f"path \"{pattern}\": invalid use of wildcards ('+*' is forbidden)")
-    if "*" in pattern[:-1]:
+    if "*" in shape[:-1]:
         raise PolicyError(f'path "{pattern}": the "*" glob is only allowed at the end of a path')
-    body = pattern[:-1] if pattern.endswith("*") else pattern
+    body = shape[:-1] if shape.endswith("*") else shape
     for seg in body.split("/"):
         if "+" in seg and seg != "+":
             raise PolicyError(f'path "{pattern}": the "+" wildcard must be a whole path segment')
@@ -346,19 +370,47 @@ class ACL:
 ROOT_ACL = ACL(root=True)
 
 
+#: A policy's flags of OpenBao (``sys/policies/acl`` fields): what a value filled into an
+#: identity template may hold.
+TEMPLATE_FLAGS = ("allow_slashes_in_identity_templates", "allow_wildcards_in_identity_templates")
+#: Filled ACLs kept (policy names, identity): beyond it the cache starts again.
+_FILLED_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """A policy's rules as parsed: those without templates, and those with them (each with
+    the characters its values may not hold, and its literal start: ``_literal_start``)."""
+
+    plain: tuple[PathRule, ...]
+    templated: tuple[tuple[PathRule, str, str], ...]
+
+
+def _literal_start(pattern: str) -> str:
+    """What every path a filled-in ``pattern`` matches starts with: the pattern up to its
+    first template or ``+`` segment."""
+    start = pattern.split("{{", 1)[0]
+    segments = start.split("/")
+    return "/".join(segments[:segments.index("+")]) if "+" in segments else start
+
+
 class PolicyStore:
     """Policies stored at ``sys/policy/<name>``; ``root``, ``default`` and
     ``response-wrapping`` (the policy of wrapping tokens, never assignable) are built in.
 
     Parsed policies and ACLs are cached; local writes clear the caches at once, and
-    entries expire after ``cache_ttl`` seconds so writes on other nodes are seen.
+    entries expire after ``cache_ttl`` seconds so writes on other nodes are seen. A set of
+    policies with identity templates has its ACL filled per identity (``identity``, set by
+    the app: an entity id to what templates read of it), cached by what was read.
     """
 
     def __init__(self, storage: Storage, *, cache_ttl: float = 1.0) -> None:
         self.storage = storage
         self.cache_ttl = cache_ttl
-        self._rules: dict[str, tuple[list[PathRule] | None, float]] = {}
-        self._acls: dict[tuple[str, ...], tuple[ACL, float]] = {}
+        self._rules: dict[str, tuple[_Loaded | None, float]] = {}
+        self._acls: dict[tuple[str, ...], tuple[ACL, _Loaded, tuple[str, ...], float]] = {}
+        self._filled: dict[tuple[tuple[str, ...], IdentityView], tuple[ACL, float]] = {}
+        self.identity: Callable[[str], Awaitable[IdentityView | None]] | None = None
 
     normalize = staticmethod(canonical_policy_name)
 
@@ -367,21 +419,29 @@ class PolicyStore:
         if key is None or key.startswith(POLICY_PREFIX):
             self._rules.clear()
             self._acls.clear()
+            self._filled.clear()
 
     async def get(self, name: str) -> str | None:
         """The policy text, or None. ``root`` has empty rules; ``default`` is built in."""
+        found = await self.entry(name)
+        return None if found is None else found[0]
+
+    async def entry(self, name: str) -> tuple[str, dict[str, bool]] | None:
+        """The policy text and its template flags (``TEMPLATE_FLAGS``), or None."""
         name = self.normalize(name)
+        flags = dict.fromkeys(TEMPLATE_FLAGS, False)
         if name == "root":
-            return ""
+            return "", flags
         if name == RESPONSE_WRAPPING:
-            return RESPONSE_WRAPPING_POLICY
+            return RESPONSE_WRAPPING_POLICY, flags
         stored = await self.storage.get(POLICY_PREFIX + name)
         if stored is not None:
-            return str(stored.get("policy", ""))
-        return DEFAULT_POLICY if name == "default" else None
+            return str(stored.get("policy", "")), {k: bool(stored.get(k, False)) for k in TEMPLATE_FLAGS}
+        return (DEFAULT_POLICY, flags) if name == "default" else None
 
-    async def put(self, name: str, text: str) -> None:
-        """Validate and store a policy; on any error the previous version stays.
+    async def put(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
+        """Validate and store a policy (with its template ``flags``, all false by default);
+        on any error the previous version stays.
 
         :raises InvalidRequest: ``cannot update "root" policy`` or
             ``failed to parse policy: <reason>``.
@@ -395,7 +455,9 @@ class PolicyStore:
             parse_policy(text)
         except PolicyError as exc:
             raise InvalidRequest(f"failed to parse policy: {exc}") from None
-        await self.storage.put(POLICY_PREFIX + name, {"name": name, "policy": text})
+        row: dict[str, Any] = {"name": name, "policy": text}
+        row.update({k: True for k, v in (flags or {}).items() if k in TEMPLATE_FLAGS and v})
+        await self.storage.put(POLICY_PREFIX + name, row)
         self.invalidate()
 
     async def delete(self, name: str) -> None:
@@ -416,22 +478,31 @@ class PolicyStore:
         names = {k for k in await self.storage.list(POLICY_PREFIX) if not k.endswith("/")}
         return [*sorted((names | {"default"}) - {"root"}), "root"]
 
-    async def _load(self, name: str, now: float) -> builtins.list[PathRule] | None:
+    async def _load(self, name: str, now: float) -> _Loaded | None:
         cached = self._rules.get(name)
         if cached is not None and now - cached[1] <= self.cache_ttl:
             return cached[0]
-        text = await self.get(name)
-        rules: list[PathRule] | None = None
-        if text is not None:
+        found = await self.entry(name)
+        loaded: _Loaded | None = None
+        if found is not None:
+            text, flags = found
             try:
                 rules = parse_policy(text)
             except PolicyError:
                 log.error("stored_policy_invalid", policy=name)
-        self._rules[name] = (rules, now)
-        return rules
+            else:
+                blocked = blocked_by(*(flags[k] for k in TEMPLATE_FLAGS))
+                loaded = _Loaded(tuple(r for r in rules if not r.templated),
+                                 tuple((r, blocked, _literal_start(r.pattern)) for r in rules if r.templated))
+        self._rules[name] = (loaded, now)
+        return loaded
 
-    async def acl_for(self, policies: builtins.list[str]) -> ACL:
-        """Build (and cache until a policy write) the ACL for these policy names.
+    async def acl_for(self, policies: builtins.list[str], entity_id: str = "", path: str | None = None) -> ACL:
+        """Build (and cache until a policy write) the ACL for these policy names, for a token
+        of the entity ``entity_id`` (fills the policies' identity templates; none: their
+        paths are left out). ``path``: the ACL judges only that path, so templates whose
+        filled-in paths cannot match it are not filled (the default policy's two paths
+        with templates cost a request elsewhere nothing).
 
         Unknown policy names contribute nothing, as in Vault.
         """
@@ -440,13 +511,48 @@ class PolicyStore:
             return ROOT_ACL
         now = time.monotonic()
         cached = self._acls.get(names)
-        if cached is not None and now - cached[1] <= self.cache_ttl:
-            return cached[0]
-        rules: list[PathRule] = []
-        for name in names:
-            if not _NAME_RE.fullmatch(name):
+        if cached is None or now - cached[3] > self.cache_ttl:
+            plain: list[PathRule] = []
+            templated: list[tuple[PathRule, str, str]] = []
+            for name in names:
+                if not _NAME_RE.fullmatch(name):
+                    continue
+                loaded = await self._load(name, now)
+                if loaded is not None:
+                    plain.extend(loaded.plain)
+                    templated.extend(loaded.templated)
+            starts = tuple({start for _, _, start in templated})
+            cached = (ACL(plain), _Loaded(tuple(plain), tuple(templated)), starts, now)
+            self._acls[names] = cached
+        acl, loaded, starts, _ = cached
+        # Without templates, or for a path no filled-in template could match: the plain ACL.
+        if not starts or not entity_id or (path is not None and not path.startswith(starts)):
+            return acl
+        return await self._filled_acl(names, loaded, entity_id, now)
+
+    async def _filled_acl(self, names: tuple[str, ...], loaded: _Loaded, entity_id: str, now: float) -> ACL:
+        """The ACL of ``names`` with the templates filled for the entity (cached by what was
+        read of it, so a change of its aliases, metadata or groups is seen at once)."""
+        if self.identity is None:
+            return self._acls[names][0]
+        who = await self.identity(entity_id)
+        if who is None:
+            return self._acls[names][0]
+        key = (names, who)
+        hit = self._filled.get(key)
+        if hit is not None and now - hit[1] <= self.cache_ttl:
+            return hit[0]
+        rules = list(loaded.plain)
+        for rule, blocked, _ in loaded.templated:
+            path = populate(rule.pattern, who, blocked)
+            if path is None:
                 continue
-            rules.extend(await self._load(name, now) or [])
+            try:
+                rules.append(PathRule(_validate_pattern(path), rule.capabilities))
+            except PolicyError:  # a value with wildcards the policy allows made a glob Vault refuses
+                continue
         acl = ACL(rules)
-        self._acls[names] = (acl, now)
+        if len(self._filled) >= _FILLED_CACHE_SIZE:
+            self._filled.clear()
+        self._filled[key] = (acl, now)
         return acl

@@ -34,7 +34,7 @@ from server.identity.entities import ENTITY_FIELDS
 from server.identity.groups import GROUP_FIELDS, changed_group
 from server.identity.store import DERIVED_NAME, Group, group_policies
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
-from server.settings import MountSeed, SettingsError, settings_from_mapping
+from server.settings import POLICY_FLAG_KEYS, MountSeed, SettingsError, settings_from_mapping
 from server.tokens import roles as token_roles
 
 __all__ = [
@@ -183,6 +183,8 @@ class Desired:
     source: str
     mounts: dict[str, DesiredMount] = field(default_factory=dict)
     policies: dict[str, str] = field(default_factory=dict)
+    #: Each policy's template flags (``POLICY_FLAG_KEYS``: all false unless the file sets one).
+    policy_flags: dict[str, dict[str, bool]] = field(default_factory=dict)
     #: Where each policy is in the file (``policies.deploy``).
     policy_where: dict[str, str] = field(default_factory=dict)
     #: Token roles by name (names are case-sensitive, as Vault's).
@@ -216,7 +218,7 @@ def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desi
 
 def from_sections(
     mounts: tuple[MountSeed, ...] | list[MountSeed],
-    policies: Mapping[str, str],
+    policies: Mapping[str, Any],
     *,
     source: str,
     token_roles: Mapping[str, Mapping[str, Any]] | None = None,
@@ -242,13 +244,16 @@ def from_sections(
                     raise GitopsError(f"nested in {path} ({seen.where}): mounts cannot nest",
                                       address=f"mount {mount.path}", where=mount.where, field="path")
             desired.mounts[mount.path] = mount
-        for name, text in policies.items():
+        for name, value in policies.items():
             where = f"policies.{name}"
+            text = value["policy"] if isinstance(value, Mapping) else value
             canonical = _policy(name, text, where)
             if canonical in desired.policies:
                 raise GitopsError("declared twice (policy names are case-insensitive)",
                                   address=f"policy {canonical}", where=where)
             desired.policies[canonical] = text
+            desired.policy_flags[canonical] = {
+                k: bool(value.get(k, False)) if isinstance(value, Mapping) else False for k in POLICY_FLAG_KEYS}
             desired.policy_where[canonical] = where
         for name, values in (token_roles or {}).items():
             desired.token_roles[name] = _token_role(str(name), dict(values), f"token_roles.{name}", environ)

@@ -106,13 +106,14 @@ async def export_state(server: Server) -> Export:
         mounts.append(entry)
     if mounts:
         out.document["mounts"] = mounts
-    policies: dict[str, str] = {}
+    policies: dict[str, Any] = {}
     for name in sorted(await server.policies()):
         if name in ("root", "default"):
             continue
-        text = await server.read_policy(name)
-        if text is not None:
-            policies[name] = text
+        found = await server.read_policy(name)
+        if found is not None:
+            text, flags = found
+            policies[name] = {"policy": text, **{k: v for k, v in flags.items() if v}} if any(flags.values()) else text
     if policies:
         out.document["policies"] = policies
     out.notes.append("not exported: the built-in policies default and root (declare default to manage it)")

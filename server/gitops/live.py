@@ -20,6 +20,7 @@ from plugin.framework import Backend, Connection, Operation, Request
 from server.appkeys import MOUNTS, POLICIES
 from server.identity.backend import app_identity_backend
 from server.mounts import Mount
+from server.settings import POLICY_FLAG_KEYS
 
 __all__ = ["ServerError", "LiveMount", "Server", "HttpServer", "AppServer"]
 
@@ -73,9 +74,11 @@ class Server(Protocol):
 
     async def policies(self) -> list[str]: ...
 
-    async def read_policy(self, name: str) -> str | None: ...
+    async def read_policy(self, name: str) -> tuple[str, dict[str, bool]] | None:
+        """The policy's text and its template flags (false where the server has none: Vault)."""
 
-    async def write_policy(self, name: str, text: str) -> None: ...
+    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
+        """Write a policy (with its template flags when given)."""
 
     async def delete_policy(self, name: str) -> None: ...
 
@@ -209,12 +212,14 @@ class HttpServer:
     async def policies(self) -> list[str]:
         return await self.keys("sys/policies/acl")
 
-    async def read_policy(self, name: str) -> str | None:
+    async def read_policy(self, name: str) -> tuple[str, dict[str, bool]] | None:
         data = await self._data("GET", f"sys/policies/acl/{quote(name, safe='')}")
-        return None if data is None else str(data.get("policy", ""))
+        if data is None:
+            return None
+        return str(data.get("policy", "")), {k: data.get(k) is True for k in POLICY_FLAG_KEYS}
 
-    async def write_policy(self, name: str, text: str) -> None:
-        await self._call("PUT", f"sys/policies/acl/{quote(name, safe='')}", {"policy": text})
+    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
+        await self._call("PUT", f"sys/policies/acl/{quote(name, safe='')}", {"policy": text, **(flags or {})})
 
     async def delete_policy(self, name: str) -> None:
         await self._call("DELETE", f"sys/policies/acl/{quote(name, safe='')}")
@@ -319,12 +324,12 @@ class AppServer:
     async def policies(self) -> list[str]:
         return await self._app[POLICIES].list()
 
-    async def read_policy(self, name: str) -> str | None:
-        return await self._app[POLICIES].get(name)
+    async def read_policy(self, name: str) -> tuple[str, dict[str, bool]] | None:
+        return await self._app[POLICIES].entry(name)
 
-    async def write_policy(self, name: str, text: str) -> None:
+    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
         try:
-            await self._app[POLICIES].put(name, text)
+            await self._app[POLICIES].put(name, text, flags)
         except PluginError as exc:
             raise ServerError(str(exc), exc.status) from None
 

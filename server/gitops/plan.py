@@ -274,15 +274,23 @@ async def _plan_policies(
         if not _selected(targets, "policy", name):
             continue
         where = desired.policy_where[name]
+        flags = desired.policy_flags.get(name) or {}
         current = await server.read_policy(name) if name in live_names or name == "default" else None
         if current is None:
-            change = Change("create", "policy", f"policy {name}", where, _write_policy(name, text))
+            sent = flags if any(flags.values()) else None
+            change = Change("create", "policy", f"policy {name}", where, _write_policy(name, text, sent))
             change.text_diff = [f"+ {line}" for line in text.splitlines()]
+            change.text_diff += [f"+ {k}: true" for k, v in flags.items() if v]
             plan.changes.append(change)
-        elif current != text:
-            change = Change("update", "policy", f"policy {name}", where, _write_policy(name, text))
-            diff = difflib.unified_diff(current.splitlines(), text.splitlines(), lineterm="", n=1)
-            change.text_diff = [line for line in diff if not line.startswith(("---", "+++"))]
+            continue
+        live_text, live_flags = current
+        flag_lines = [f"~ {k}: {str(live_flags.get(k, False)).lower()} -> {str(v).lower()}"
+                      for k, v in flags.items() if live_flags.get(k, False) != v]
+        if live_text != text or flag_lines:
+            sent = flags if any(flags.values()) or any(live_flags.values()) else None
+            change = Change("update", "policy", f"policy {name}", where, _write_policy(name, text, sent))
+            diff = difflib.unified_diff(live_text.splitlines(), text.splitlines(), lineterm="", n=1)
+            change.text_diff = [line for line in diff if not line.startswith(("---", "+++"))] + flag_lines
             plan.changes.append(change)
     for name in sorted(live_names - set(desired.policies) - set(_BUILTIN_POLICIES)):
         if not _selected(targets, "policy", name):
@@ -692,9 +700,9 @@ def _delete(path: str) -> Callable[[Server], Awaitable[list[str]]]:
     return run
 
 
-def _write_policy(name: str, text: str) -> Callable[[Server], Awaitable[list[str]]]:
+def _write_policy(name: str, text: str, flags: dict[str, bool] | None) -> Callable[[Server], Awaitable[list[str]]]:
     async def run(server: Server) -> list[str]:
-        await server.write_policy(name, text)
+        await server.write_policy(name, text, flags)
         return []
 
     return run

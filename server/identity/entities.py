@@ -29,6 +29,7 @@ from server.identity.store import (
     Group,
     IdentityStore,
     group_policies,
+    login_made_alias,
     new_id,
 )
 
@@ -49,13 +50,6 @@ LOOKUP_FIELDS = FieldSet({
 })
 
 
-def _login_alias(entity: Entity) -> EntityAlias:
-    """The alias a login made with ``entity``, in the shape of an operator's."""
-    return EntityAlias(id=entity.alias_id, name=entity.alias_name, mount_accessor=entity.mount_accessor,
-                       canonical_id=entity.id, custom_metadata=None, metadata=dict(entity.alias_metadata),
-                       creation_time=entity.creation_time, last_update_time=entity.last_update_time)
-
-
 def _alias(store: IdentityStore, alias: EntityAlias, *, listing: bool = False) -> dict[str, Any]:
     mount = store.mounts(alias.mount_accessor)
     out: dict[str, Any] = {
@@ -74,13 +68,6 @@ def _alias(store: IdentityStore, alias: EntityAlias, *, listing: bool = False) -
         "local": False, "merged_from_canonical_ids": list(alias.merged_from_canonical_ids) or None, "metadata": dict(alias.metadata) or None,
     })
     return out
-
-
-def _aliases(store: IdentityStore, entity: Entity) -> list[EntityAlias]:
-    """An entity's aliases: the one a login made it with (unless an operator's alias took its
-    id: moved, or rewritten), then the operators'."""
-    own = [_login_alias(entity)] if entity.alias_id and entity.alias_id not in store.entity_aliases else []
-    return own + store.aliases_of(entity.id)
 
 
 def entity_alias_data(store: IdentityStore, alias: EntityAlias) -> dict[str, Any]:
@@ -109,7 +96,7 @@ def entity_data(store: IdentityStore, entity: Entity) -> dict[str, Any]:
     groups = store.entity_groups(entity, entity.id)
     attrs = store.entity_attrs.get(entity.id) or EntityAttrs()
     return {
-        "aliases": [_alias(store, a) for a in _aliases(store, entity)],
+        "aliases": [_alias(store, a) for a in store.entity_alias_list(entity)],
         "creation_time": entity.creation_time,
         "direct_group_ids": groups,
         "disabled": attrs.disabled,
@@ -233,7 +220,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         for eid in keys:
             entity = await store.entity(eid)
             if entity is not None:
-                info[eid] = {"aliases": [_alias(store, a, listing=True) for a in _aliases(store, entity)],
+                info[eid] = {"aliases": [_alias(store, a, listing=True) for a in store.entity_alias_list(entity)],
                              "name": entity.name}
         return Response(data={"keys": keys, "key_info": info})
 
@@ -352,7 +339,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         if len(from_ids) > 1 and len(keep) > 1:
             raise InvalidRequest("aliases conflicts cannot be resolved with multiple from entity ids - merge one "
                                  "entity at a time")
-        into_aliases = _aliases(store, into)
+        into_aliases = store.entity_alias_list(into)
         by_mount = {a.mount_accessor: a for a in into_aliases}
         sources: list[Entity] = []
         brought: dict[str, str] = {}  # mount accessor -> the entity merged from whose alias it is
@@ -365,7 +352,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             if source is None:
                 raise InvalidRequest("entity id to merge from is invalid")
             sources.append(source)
-            for alias in _aliases(store, source):
+            for alias in store.entity_alias_list(source):
                 if brought.setdefault(alias.mount_accessor, fid) != fid:
                     raise InvalidRequest(f"mount accessor {alias.mount_accessor} found in multiple fromEntities, "
                                          "merge should be done with one fromEntity at a time")
@@ -383,7 +370,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         for source in sources:
             moves: list[EntityAlias] = []
             drops: list[EntityAlias] = []
-            for alias in _aliases(store, source):
+            for alias in store.entity_alias_list(source):
                 theirs = by_mount.get(alias.mount_accessor)
                 if theirs is None:
                     moves.append(alias)
@@ -413,7 +400,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             return written, True
         entity = await store.entity_by_alias_id(alias_id)
         if entity is not None and entity.alias_id == alias_id:
-            return _login_alias(entity), False
+            return login_made_alias(entity), False
         return None
 
     async def create_alias(values: dict[str, Any], name: str, accessor: str) -> Response:
@@ -478,7 +465,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         entity_id, alias_id = b.derived(accessor, name)
         entity = await b.store.entity(entity_id)
         if entity is not None and entity.alias_id == alias_id:  # a login has used it: that alias moves
-            return await update_alias(_login_alias(entity), values)
+            return await update_alias(login_made_alias(entity), values)
         return await create_alias(values, name, accessor)
 
     async def list_aliases(req: Request, values: dict[str, Any]) -> Response:
@@ -487,7 +474,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         for eid in await store.entity_ids():
             entity = await store.entity(eid)
             if entity is not None:
-                for alias in _aliases(store, entity):
+                for alias in store.entity_alias_list(entity):
                     data = _alias(store, alias)
                     info[alias.id] = {k: data[k] for k in (
                         "canonical_id", "custom_metadata", "local", "metadata", "mount_accessor", "mount_path",

@@ -59,6 +59,7 @@ import structlog
 from plugin.errors import InvalidRequest, NotFound, PermissionDenied
 from plugin.framework import Alias
 from plugin.policyutil import sanitize_policies
+from server.acl.templating import AliasView, GroupView, IdentityView
 from server.identity.names import Held, NameClaims, name_key
 from server.storage import Engine
 from server.storage.refresh import Refresh
@@ -264,6 +265,13 @@ _ATTRS_FIELDS = frozenset(EntityAttrs.__dataclass_fields__)
 _GROUP_FIELDS = frozenset(Group.__dataclass_fields__)
 _ALIAS_FIELDS = frozenset(GroupAlias.__dataclass_fields__)
 _ENTITY_FIELDS = frozenset(Entity.__dataclass_fields__)
+
+
+def login_made_alias(entity: Entity) -> EntityAlias:
+    """The alias a login made ``entity`` with, in the shape of an operator's."""
+    return EntityAlias(id=entity.alias_id, name=entity.alias_name, mount_accessor=entity.mount_accessor,
+                       canonical_id=entity.id, custom_metadata=None, metadata=dict(entity.alias_metadata),
+                       creation_time=entity.creation_time, last_update_time=entity.last_update_time)
 
 
 def entity_name(entity_id: str) -> str:
@@ -582,6 +590,30 @@ class IdentityStore:
             out.update(self.groups[gid].policies)
         out.discard("root")  # refused at every group write; never granted whatever is stored
         return sorted(out)
+
+    def entity_alias_list(self, entity: Entity) -> list[EntityAlias]:
+        """An entity's aliases: the one a login made it with (unless an operator's alias took
+        its id: moved, or rewritten), then the operators'."""
+        own = [login_made_alias(entity)] if entity.alias_id and entity.alias_id not in self.entity_aliases else []
+        return own + self.aliases_of(entity.id)
+
+    async def template_view(self, entity_id: str) -> IdentityView | None:
+        """What a policy's identity templates read of the entity (``server.acl.templating``),
+        as it is now; None for no entity (or one deleted)."""
+        entity = await self.entity(entity_id)
+        if entity is None and entity_id in self._merged:
+            entity = await self.entity(self._merged[entity_id])
+        if entity is None:
+            return None
+        attrs = self.entity_attrs.get(entity.id)
+        aliases: dict[str, AliasView] = {}
+        for a in self.entity_alias_list(entity):
+            aliases.setdefault(a.mount_accessor, AliasView(a.id, a.name, IdentityView.items(a.metadata),
+                                                           IdentityView.items(a.custom_metadata)))
+        groups = tuple(GroupView(g.id, g.name, IdentityView.items(g.metadata))
+                       for gid in self.entity_groups(entity, entity.id) if (g := self.groups.get(gid)) is not None)
+        return IdentityView(entity.id, entity.name, IdentityView.items(attrs.metadata if attrs else None),
+                            tuple(sorted(aliases.items())), groups)
 
     async def login(self, entity_id: str, alias_id: str, accessor: str, alias: Alias, group_names: Iterable[str]) -> list[str]:
         """Create or refresh the entity of a login and its external group memberships through

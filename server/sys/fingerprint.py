@@ -72,7 +72,9 @@ def paths(b: SysBackend) -> list[SysPath]:
             raise InvalidRequest(f'unsupported path "{path}"') from None
         full = "auth/" + mount.entry.path + route.path
         entry = (req.token or {}).get("entry")
-        acl = await core.policies.acl_for(list(getattr(entry, "policies", [])))
+        if entry is None:
+            raise PermissionDenied()
+        acl = await core.policies.acl_for(await core.tokens.policies_of(entry), entry.entity_id, full)
         if not acl.allows(full, "update"):
             raise PermissionDenied()
         fields = route.spec.fields

@@ -18,7 +18,7 @@ import orjson
 from plugin.errors import InvalidRequest
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
-from server.acl.policies import canonical_policy_name
+from server.acl.policies import TEMPLATE_FLAGS, canonical_policy_name
 from server.sys.core import SysPath
 
 if TYPE_CHECKING:
@@ -63,6 +63,12 @@ POLICY_FIELDS = FieldSet({
                     default="", parse=_policy_text),
     "rules": Field(FieldType.STRING, "Use 'policy' instead.", default="", alias_of="policy", deprecated=True,
                    parse=_policy_text),
+    "allow_slashes_in_identity_templates": Field(
+        FieldType.BOOL, "Let a value filled into an identity template of the policy's paths hold '/' (OpenBao's "
+        "flag; by default such a path is left out for that token).", default=False),
+    "allow_wildcards_in_identity_templates": Field(
+        FieldType.BOOL, "Let a value filled into an identity template hold '*' or '+' (OpenBao's flag).",
+        default=False),
 })
 
 
@@ -78,18 +84,24 @@ def paths(b: SysBackend) -> list[SysPath]:
         return Response(data={"keys": keys, "policies": keys})
 
     async def read(req: Request, values: dict[str, Any]) -> Response | None:
-        text = await core.policies.get(values["name"])
-        return None if text is None else Response(data={"name": values["name"], "policy": text})
+        found = await core.policies.entry(values["name"])
+        if found is None:
+            return None
+        text, flags = found
+        return Response(data={"name": values["name"], "policy": text, **flags})
 
     async def legacy_read(req: Request, values: dict[str, Any]) -> Response | None:
-        text = await core.policies.get(values["name"])
-        return None if text is None else Response(data={"name": values["name"], "rules": text})
+        found = await core.policies.entry(values["name"])
+        if found is None:
+            return None
+        text, flags = found
+        return Response(data={"name": values["name"], "rules": text, **flags})
 
     async def write(req: Request, values: dict[str, Any]) -> None:
         text = values.get("policy", values.get("rules"))
         if not text or not text.strip():
             raise InvalidRequest(_EMPTY)
-        await core.policies.put(values["name"], _unbase64(text))
+        await core.policies.put(values["name"], _unbase64(text), {k: bool(values.get(k)) for k in TEMPLATE_FLAGS})
 
     async def delete(req: Request, values: dict[str, Any]) -> None:
         await core.policies.delete(values["name"])

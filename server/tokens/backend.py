@@ -195,8 +195,9 @@ class TokenBackend(Backend):
             return True
         if self.policies is None:
             return False
-        acl = await self.policies.acl_for(await self.store.policies_of(caller))
-        return bool(acl.allows(self._mount_path(req) + req.path, "sudo"))
+        path = self._mount_path(req) + req.path
+        acl = await self.policies.acl_for(await self.store.policies_of(caller), caller.entity_id, path.lstrip("/"))
+        return bool(acl.allows(path, "sudo"))
 
     async def _renew_target(self, entry: TokenEntry, req: Request) -> tuple[MountInfo, RenewHook | None]:
         token_mount = self._token_mount(req)

@@ -161,6 +161,7 @@ def _api(work: Path, stdout: str) -> None:
     assert '{"source_mount":"auth/ci-old/","target_mount":"auth/ci-new/","status":"success"}' in stdout
     assert '{"identity_policies":["audit","deployer","release"],"same":true}' in stdout
     assert '{"aliases":["x"],"merged":true}' in stdout  # an entity merge
+    assert '{"allow_slashes_in_identity_templates":true,"allow_wildcards_in_identity_templates":false}' in stdout
 
 
 #: What running a document's examples must have done, beyond exiting 0.

@@ -17,6 +17,7 @@ from plugin.errors import InvalidRequest
 from plugin.storage import InMemoryStorage
 from server.acl.hcl import HCLError, parse
 from server.acl.policies import ACL, PathRule, PolicyError, PolicyStore, canonical_policy_name, parse_policy
+from server.acl.templating import KNOWN
 
 
 def acl(text: str) -> ACL:
@@ -67,8 +68,25 @@ def test_unsupported_keys_are_refused_by_name(key: str) -> None:
 
 
 POLICY_ERRORS: list[tuple[str, str, str]] = [
-    ("template", 'path "a/{{identity.entity.id}}" { capabilities = ["read"] }',
-     'path "a/{{identity.entity.id}}": templated policy paths are not supported'),
+    ("unbalanced template", 'path "a/{{identity.entity.id}" { capabilities = ["read"] }',
+     'path "a/{{identity.entity.id}": failed to validate policy templating: unbalanced templating characters'),
+    ("closing braces first", 'path "a/}}{{identity.entity.id}}" { capabilities = ["read"] }',
+     'path "a/}}{{identity.entity.id}}": failed to validate policy templating: unbalanced templating characters'),
+    ("unknown template", 'path "a/{{identity.entity.idd}}" { capabilities = ["read"] }',
+     'path "a/{{identity.entity.idd}}": failed to validate policy templating: unknown template "identity.entity.idd" '
+     '(known: identity.entity.id, identity.entity.name, identity.entity.metadata.<key>, '
+     'identity.entity.aliases.<mount accessor>.id|name|metadata.<key>|custom_metadata.<key>, '
+     'identity.groups.ids.<group id>.id|name|metadata.<key>, identity.groups.names.<group name>.id|name|metadata.<key>)'),
+    ("a whole map", 'path "a/{{identity.entity.metadata}}" { capabilities = ["read"] }',
+     'path "a/{{identity.entity.metadata}}": failed to validate policy templating: unknown template '
+     '"identity.entity.metadata" (known: ' + ", ".join(KNOWN) + ")"),
+    ("time template", 'path "a/{{time.now}}" { capabilities = ["read"] }',
+     'path "a/{{time.now}}": failed to validate policy templating: the template "time.now" is not supported: '
+     'only identity templates are'),
+    ("glob beside a template", 'path "a/{{identity.entity.id}}*/b" { capabilities = ["read"] }',
+     'path "a/{{identity.entity.id}}*/b": the "*" glob is only allowed at the end of a path'),
+    ("plus glued to a template", 'path "a/+{{identity.entity.id}}" { capabilities = ["read"] }',
+     'path "a/+{{identity.entity.id}}": the "+" wildcard must be a whole path segment'),
     ("plus star", 'path "a/+*" { capabilities = ["read"] }', "path \"a/+*\": invalid use of wildcards ('+*' is forbidden)"),
     ("star inside", 'path "a*/b" { capabilities = ["read"] }', 'path "a*/b": the "*" glob is only allowed at the end of a path'),
     ("partial plus", 'path "a/b+c" { capabilities = ["read"] }',

@@ -5,6 +5,7 @@ validation before any write, stopping (and rolling a new mount back) at a refuse
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,7 +28,7 @@ from server.gitops.desired import Desired
 from server.gitops.live import LiveMount
 from server.gitops.plan import Plan
 from server.http.listverb import make_test_server
-from server.settings import Settings, StorageSettings, settings_from_mapping
+from server.settings import Settings, SettingsError, StorageSettings, settings_from_mapping
 from tests.plugin.keyfactory import default_claims, ec_key, make_token
 from tests.server.httpkit import Client
 
@@ -720,3 +721,47 @@ async def test_a_group_pruned_gives_up_its_alias_name_to_another_in_the_same_run
                          prune=True)
     assert [(c.action, c.address) for c in plan.changes] == [("delete", "group old"), ("create", "group new")]
     assert (await _group(client, "new"))["alias"]["name"] == "admins"
+
+
+# -- policies with identity templates and their flags ------------------------------------------
+TEMPLATED = 'path "auth/ci/jwt/role/{{identity.entity.aliases.auth_jwt_1.metadata.project}}" { capabilities = ["read"] }\n'
+
+
+async def test_a_policys_template_flags_are_applied_compared_and_exported(server: HttpServer, client: Client) -> None:
+    """``{policy, allow_slashes_in_identity_templates, ...}`` in the file: written with the
+    policy, a flag changed on the server is drift shown as its own line, and export writes
+    the flags back (a policy with none stays plain text)."""
+    flagged = {"policy": TEMPLATED, "allow_slashes_in_identity_templates": True}
+    doc = document(policies={"deploy": TEMPLATED, "tmpl": flagged})
+    plan = await applied(server, doc)
+    [change] = [c for c in plan.changes if c.address == "policy tmpl"]
+    assert change.text_diff[-1] == "+ allow_slashes_in_identity_templates: true"
+    read = (await (await client.get("/v1/sys/policies/acl/tmpl", headers=H)).json())["data"]
+    assert read["allow_slashes_in_identity_templates"] is True and read["allow_wildcards_in_identity_templates"] is False
+    assert (await make_plan(desired(doc), server)).changes == []
+    await client.put("/v1/sys/policies/acl/tmpl", headers=H, json={"policy": TEMPLATED})  # the flag dropped
+    drift = await make_plan(desired(doc), server)
+    assert [(c.action, c.address, c.text_diff) for c in drift.changes] == [
+        ("update", "policy tmpl", ["~ allow_slashes_in_identity_templates: false -> true"])]
+    await apply_plan(drift, server)
+    exported = (await export_state(server)).document["policies"]
+    assert exported == {"deploy": TEMPLATED, "tmpl": flagged}
+    unflagged = document(policies={"deploy": TEMPLATED, "tmpl": TEMPLATED})
+    back = await applied(server, unflagged)
+    assert [c.text_diff for c in back.changes if c.address == "policy tmpl"] == [
+        ["~ allow_slashes_in_identity_templates: true -> false"]]
+    assert (await (await client.get("/v1/sys/policies/acl/tmpl", headers=H)).json())["data"][
+        "allow_slashes_in_identity_templates"] is False
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"policy": TEMPLATED, "allow_slashes": True},
+     "policies.tmpl: unknown key 'allow_slashes' (a policy with its flags takes policy, "
+     "allow_slashes_in_identity_templates, allow_wildcards_in_identity_templates)"),
+    ({"policy": TEMPLATED, "allow_wildcards_in_identity_templates": "yes"},
+     "policies.tmpl.allow_wildcards_in_identity_templates: must be true or false"),
+    ({"policy": 5}, "policies.tmpl.policy: must be HCL or JSON text"),
+])
+def test_a_policys_flags_are_checked(value: Any, message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        settings_from_mapping(document(policies={"tmpl": value}))

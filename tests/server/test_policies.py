@@ -91,7 +91,7 @@ def test_hcl_errors(text: str, message: str) -> None:
         ('path "a" { denied_parameters = { "x" = [] } }', '"denied_parameters" is not supported'),
         ('path "a" { policy = "admin" }', 'invalid policy "admin"'),
         ('paths "a" { capabilities = [] }', 'invalid key "paths"'),
-        ('path "identity/entity/id/{{identity.entity.id}}" { capabilities = ["read"] }', "templated"),
+        ('path "identity/entity/id/{{identity.entity.ids}}" { capabilities = ["read"] }', "unknown template"),
         ("{not json", "invalid JSON"),
         ('{"path": ' + "[" * 100000 + "]" * 100000 + "}", "nesting too deep"),
         ('{"path": {"a": "read"}}', 'path "a": expected a block'),

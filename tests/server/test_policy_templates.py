@@ -1,0 +1,132 @@
+"""Identity templates in ACL policy paths (``server.acl.templating``): each template's value,
+the paths left out, what a token may do at once after its entity changed, the default
+policy's own-entity paths, merged entities, and that a request no template could concern
+never reads the identity. What tokens may do is compared with OpenBao 2.7.2 in
+tests/e2e/test_identity_peer.py (``test_templated_policies_as_openbao``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+
+from server.acl.policies import PolicyStore
+from server.acl.templating import AliasView, GroupView, IdentityView, blocked_by, populate
+from server.app import create_app
+from server.http.listverb import make_test_server
+from server.settings import Settings, StorageSettings
+from tests.server.test_identity import ROOT, Api, _mount
+
+WHO = IdentityView(
+    id="e-1", name="carol", metadata=(("empty", ""), ("team", "red")),
+    aliases=(("auth_jwt_1", AliasView("a-1", "carol@x", (("project", "grp/web"),), (("c", "cm"),))),),
+    groups=(GroupView("g-1", "devs", (("tier", "gold"),)),),
+)
+DEFAULT = blocked_by(False, False)
+
+
+@pytest.mark.parametrize(("pattern", "blocked", "filled"), [
+    ("x/{{identity.entity.id}}", DEFAULT, "x/e-1"),
+    ("x/{{ identity.entity.name }}/*", DEFAULT, "x/carol/*"),
+    ("x/{{identity.entity.metadata.team}}-{{identity.entity.name}}", DEFAULT, "x/red-carol"),
+    ("x/{{identity.entity.metadata.empty}}/y", DEFAULT, "x//y"),  # a key that is there, empty: as Vault
+    ("x/{{identity.entity.metadata.nope}}", DEFAULT, None),
+    ("x/{{identity.entity.aliases.auth_jwt_1.name}}", DEFAULT, "x/carol@x"),
+    ("x/{{identity.entity.aliases.auth_jwt_1.id}}", DEFAULT, "x/a-1"),
+    ("x/{{identity.entity.aliases.auth_jwt_1.custom_metadata.c}}", DEFAULT, "x/cm"),
+    ("x/{{identity.entity.aliases.auth_jwt_1.metadata.project}}", DEFAULT, None),  # a '/'
+    ("x/{{identity.entity.aliases.auth_jwt_1.metadata.project}}", blocked_by(True, False), "x/grp/web"),
+    ("x/{{identity.entity.aliases.auth_jwt_2.name}}", DEFAULT, None),
+    ("x/{{identity.groups.names.devs.id}}", DEFAULT, "x/g-1"),
+    ("x/{{identity.groups.ids.g-1.name}}", DEFAULT, "x/devs"),
+    ("x/{{identity.groups.names.devs.metadata.tier}}", DEFAULT, "x/gold"),
+    ("x/{{identity.groups.names.ops.id}}", DEFAULT, None),
+])
+def test_filled_templates(pattern: str, blocked: str, filled: str | None) -> None:
+    assert populate(pattern, WHO, blocked) == filled
+
+
+@pytest.mark.parametrize("value", ["a*", "a+b", "{{identity.entity.id}}", "a}}"])
+def test_values_that_are_never_filled_in(value: str) -> None:
+    """Globs (unless the policy allows them) and template braces in a value leave the path out."""
+    who = IdentityView(id="e", name=value)
+    assert populate("x/{{identity.entity.name}}", who, DEFAULT) is None
+    assert populate("x/{{identity.entity.name}}", None, DEFAULT) is None  # no entity
+
+
+async def _api(aiohttp_client: AiohttpClient) -> tuple[Api, str]:
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    api = Api(await aiohttp_client(make_test_server(create_app(settings))))
+    return api, await _mount(api, "jwt")
+
+
+async def _can(api: Api, token: str, path: str) -> Any:
+    out = (await api.call("POST", "sys/capabilities-self", {"paths": [path]}, token=token))[1]
+    return out["data"][path]
+
+
+async def test_a_change_of_the_entity_applies_at_once(aiohttp_client: AiohttpClient) -> None:
+    """The filled ACL is kept by what was read of the entity, so a change of its metadata
+    (or aliases, or groups) applies to the token's next request, not a second later."""
+    api, _ = await _api(aiohttp_client)
+    await api.ok("POST", "sys/policies/acl/dev", {
+        "policy": 'path "auth/jwt/role/team-{{identity.entity.metadata.team}}" { capabilities = ["read"] }'})
+    login = await api.login("carol", [])
+    eid, token = login["entity_id"], login["client_token"]
+    await api.ok("POST", f"identity/entity/id/{eid}", {"metadata": {"team": "red"}})
+    assert await _can(api, token, "auth/jwt/role/team-red") == ["read"]
+    await api.ok("POST", f"identity/entity/id/{eid}", {"metadata": {"team": "blue"}})
+    assert await _can(api, token, "auth/jwt/role/team-red") == ["deny"]
+    assert (await api.call("GET", "auth/jwt/role/team-blue", token=token))[0] == 404  # allowed: no such role
+
+
+async def test_the_default_policy_lets_a_token_read_its_own_entity(aiohttp_client: AiohttpClient) -> None:
+    """Vault's default policy: ``identity/entity/id/{{identity.entity.id}}`` and
+    ``.../name/{{identity.entity.name}}``; a merged entity's token reads the entity it went into."""
+    api, _ = await _api(aiohttp_client)
+    mine, other = await api.login("dora", []), await api.login("eve", [])
+    token, eid = mine["client_token"], mine["entity_id"]
+    name = (await api.ok("GET", f"identity/entity/id/{eid}"))["data"]["name"]
+    assert (await api.call("GET", f"identity/entity/id/{eid}", token=token))[0] == 200
+    assert (await api.call("GET", f"identity/entity/name/{name}", token=token))[0] == 200
+    assert (await api.call("GET", f"identity/entity/id/{other['entity_id']}", token=token))[0] == 403
+    keep = (await api.ok("GET", f"identity/entity/id/{other['entity_id']}"))["data"]["aliases"][0]["id"]
+    await api.ok("POST", "identity/entity/merge", {"to_entity_id": other["entity_id"], "from_entity_ids": [eid],
+                                                   "conflicting_alias_ids_to_keep": [keep]})
+    assert (await api.call("GET", f"identity/entity/id/{other['entity_id']}", token=token))[0] == 200
+
+
+async def test_a_request_no_template_concerns_reads_no_identity(
+    aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every token has the default policy, whose two templated paths are under
+    ``identity/entity/``: the other requests of a token (its lookup-self, a login's role read)
+    are judged without looking its entity up."""
+    api, _ = await _api(aiohttp_client)
+    login = await api.login("fay", [])
+    token, eid = login["client_token"], login["entity_id"]
+    asked: list[str] = []
+    real = PolicyStore._filled_acl
+
+    async def counting(self: PolicyStore, names: Any, loaded: Any, entity_id: str, now: float) -> Any:
+        asked.append(entity_id)
+        return await real(self, names, loaded, entity_id, now)
+
+    monkeypatch.setattr(PolicyStore, "_filled_acl", counting)
+    assert (await api.call("GET", "auth/token/lookup-self", token=token))[0] == 200
+    assert (await api.call("GET", "auth/jwt/role/dev", token=token))[0] == 403
+    assert asked == []
+    assert (await api.call("GET", f"identity/entity/id/{eid}", token=token))[0] == 200
+    assert asked == [eid]
+
+
+async def test_policy_flags_are_stored_and_read(aiohttp_client: AiohttpClient) -> None:
+    api, _ = await _api(aiohttp_client)
+    text = 'path "auth/jwt/role/{{identity.entity.name}}" { capabilities = ["read"] }'
+    await api.ok("POST", "sys/policies/acl/t", {"policy": text, "allow_slashes_in_identity_templates": True})
+    data = (await api.ok("GET", "sys/policies/acl/t"))["data"]
+    assert (data["allow_slashes_in_identity_templates"], data["allow_wildcards_in_identity_templates"]) == (True, False)
+    await api.ok("POST", "sys/policies/acl/t", {"policy": text})  # a write without them: false again, as OpenBao
+    data = (await api.ok("GET", "sys/policies/acl/t"))["data"]
+    assert data["allow_slashes_in_identity_templates"] is False
