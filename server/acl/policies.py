@@ -528,16 +528,16 @@ class PolicyStore:
         # Without templates, or for a path no filled-in template could match: the plain ACL.
         if not starts or not entity_id or (path is not None and not path.startswith(starts)):
             return acl
-        return await self._filled_acl(names, loaded, entity_id, now)
+        return await self._filled_acl(names, acl, loaded, entity_id, now)
 
-    async def _filled_acl(self, names: tuple[str, ...], loaded: _Loaded, entity_id: str, now: float) -> ACL:
+    async def _filled_acl(self, names: tuple[str, ...], plain: ACL, loaded: _Loaded, entity_id: str,
+                          now: float) -> ACL:
         """The ACL of ``names`` with the templates filled for the entity (cached by what was
-        read of it, so a change of its aliases, metadata or groups is seen at once)."""
-        if self.identity is None:
-            return self._acls[names][0]
-        who = await self.identity(entity_id)
+        read of it, so a change of its aliases, metadata or groups is seen at once); ``plain``
+        for no entity."""
+        who = await self.identity(entity_id) if self.identity is not None else None
         if who is None:
-            return self._acls[names][0]
+            return plain
         key = (names, who)
         hit = self._filled.get(key)
         if hit is not None and now - hit[1] <= self.cache_ttl:

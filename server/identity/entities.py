@@ -65,7 +65,8 @@ def _alias(store: IdentityStore, alias: EntityAlias, *, listing: bool = False) -
         "canonical_id": alias.canonical_id, "creation_time": alias.creation_time,
         "custom_metadata": dict(alias.custom_metadata) if alias.custom_metadata is not None else None,
         "last_update_time": alias.last_update_time,
-        "local": False, "merged_from_canonical_ids": list(alias.merged_from_canonical_ids) or None, "metadata": dict(alias.metadata) or None,
+        "local": False, "merged_from_canonical_ids": list(alias.merged_from_canonical_ids) or None,
+        "metadata": dict(alias.metadata) or None,
     })
     return out
 

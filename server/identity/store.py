@@ -579,10 +579,6 @@ class IdentityStore:
             attrs = self.entity_attrs.get(self._merged[entity_id])
         return attrs is not None and attrs.disabled
 
-    def merged_into(self, entity_id: str) -> str:
-        """The entity ``entity_id`` was merged into ("": none)."""
-        return self._merged.get(entity_id, "")
-
     def _policies_of(self, entity: Entity | None, entity_id: str) -> list[str]:
         attrs = self.entity_attrs.get(entity_id)
         out: set[str] = set(attrs.policies) if attrs is not None else set()

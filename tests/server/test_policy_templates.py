@@ -109,9 +109,9 @@ async def test_a_request_no_template_concerns_reads_no_identity(
     asked: list[str] = []
     real = PolicyStore._filled_acl
 
-    async def counting(self: PolicyStore, names: Any, loaded: Any, entity_id: str, now: float) -> Any:
+    async def counting(self: PolicyStore, names: Any, plain: Any, loaded: Any, entity_id: str, now: float) -> Any:
         asked.append(entity_id)
-        return await real(self, names, loaded, entity_id, now)
+        return await real(self, names, plain, loaded, entity_id, now)
 
     monkeypatch.setattr(PolicyStore, "_filled_acl", counting)
     assert (await api.call("GET", "auth/token/lookup-self", token=token))[0] == 200
