@@ -361,6 +361,38 @@ def test_an_entity_alias_written_on_one_worker_is_followed_by_the_other_within_t
     workers.b.ok("DELETE", f"identity/entity/id/{entity}")
 
 
+def test_a_merge_and_a_templated_policy_on_one_worker_are_followed_by_the_other_within_the_bound(
+    workers: Workers,
+) -> None:
+    """An entity merged on A: B gives the tokens of the entity merged from the policies of
+    the one merged into within the bound. A policy with an identity template written on A,
+    then the entity's metadata changed on A: B's answers follow each within the bound."""
+    a, b = workers.a, workers.b
+    into = a.ok("POST", "identity/entity", body={"name": "wk-into", "policies": ["merged-in"]})["data"]["id"]
+    login = b.ok("POST", f"auth/{MOUNT}/login", token="", body=login_body(sub="wk-merged"))["auth"]
+    token, source = login["client_token"], login["entity_id"]
+
+    def identity_policies() -> list[str]:
+        return list(b.ok("GET", "auth/token/lookup-self", token=token)["data"].get("identity_policies") or [])
+
+    assert identity_policies() == []
+    a.ok("POST", "identity/entity/merge", body={"to_entity_id": into, "from_entity_ids": [source]})
+    delays = {"merge": seen_within(lambda: identity_policies() == ["merged-in"])}
+
+    def caps(path: str) -> list[str]:
+        return list(b.ok("POST", "sys/capabilities-self", token=token, body={"paths": [path]})["capabilities"])
+
+    a.ok("PUT", "sys/policies/acl/p", body={"policy": 'path "secret/{{identity.entity.metadata.team}}" '
+                                                      '{ capabilities = ["read"] }'})
+    a.ok("POST", f"identity/entity/id/{into}", body={"metadata": {"team": "red"}})
+    delays["template"] = seen_within(lambda: caps("secret/red") == ["read"])
+    a.ok("POST", f"identity/entity/id/{into}", body={"metadata": {"team": "blue"}})
+    delays["metadata"] = seen_within(lambda: caps("secret/blue") == ["read"] and caps("secret/red") == ["deny"])
+    a.ok("DELETE", f"identity/entity/id/{into}")
+    a.ok("PUT", "sys/policies/acl/p", body={"policy": 'path "secret/x" { capabilities = ["list"] }'})
+    assert max(delays.values()) <= BOUND, delays
+
+
 def test_one_name_written_on_both_workers_at_once_is_one_group_and_one_alias(workers: Workers) -> None:
     """Clients register the same group name on both workers at the same moment (neither worker
     has heard of the other's group yet): one group per name, and every register succeeds, the
