@@ -10,7 +10,7 @@ One module per path group: ``status`` (health, seal-status, init, leader), ``aut
 and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
 ``leases`` (tokens' leases: revocation by creation path, lookup), ``fingerprint``
 (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited headers),
-``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap).
+``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap), ``tools`` (hash, random).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from server.sys import (
     policies,
     remount,
     status,
+    tools,
     wrapping,
 )
 from server.sys.core import SysCore
@@ -65,6 +66,7 @@ class SysBackend(Backend):
             *metrics.paths(self),
             *openapi.paths(self),
             *wrapping.paths(self),
+            *tools.paths(self),
         ]
         self._open_metrics: Route | None = None
 

@@ -1325,3 +1325,48 @@ def test_config_writes_as_openbao(servers: tuple[ServerProc, BaoProc], case: str
     peer = _write_and_read(bao.url, bao.root_token, "auth/peer-config/config", CONFIG_BODIES[case])
     assert got[0] == peer[0], (got, peer)
     assert _shared_fields(got[1], peer[1]) == {}
+
+
+# -- sys/tools ---------------------------------------------------------------------------------
+TOOL_CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("tools/hash", {"input": "aGVsbG8="}), ("tools/hash/sha3-512", {"input": "aGVsbG8=", "format": "base64"}),
+    ("tools/hash", {"input": "aGVsbG8=", "algorithm": "md5"}), ("tools/hash", {}),
+    ("tools/hash", {"input": "aGVsbG8=", "format": "raw"}), ("tools/hash", {"input": "!!", "format": "raw"}),
+    ("tools/hash/sha2-224", {"input": "aGVs\nbG8=", "algorithm": "sha2-512"}), ("tools/hash/nope/x", {"input": ""}),
+    ("tools/random/16", {"format": "hex"}), ("tools/random/seal", {}), ("tools/random/all/8", {}),
+    ("tools/random/x", {}), ("tools/random/platform/abc", {}), ("tools/random/0", {}), ("tools/random", {"bytes": 0}),
+    ("tools/random", {"bytes": 131073}), ("tools/random/131072", {}), ("tools/random", {"format": "raw"}),
+    ("tools/random/nope/4", {}), ("tools/random", {"source": "seal", "bytes": 4}), ("tools/random/-5", {}),
+    ("tools/random/99999999999999999999", {}), ("tools/random/+4", {}), ("tools/random/a.b", {}),
+    ("tools/random/seal/0", {"format": "x"}),
+]
+
+
+def _tool(url: str, token: str, path: str, body: dict[str, Any]) -> tuple[Any, ...]:
+    resp = requests.post(f"{url}/v1/sys/{path}", json=body, headers={"X-Vault-Token": token}, timeout=10)
+    out = resp.json() if resp.content else {}
+    data = {k: len(v) if k == "random_bytes" else v for k, v in (out.get("data") or {}).items()}
+    return resp.status_code, _errors(out), data, out.get("warnings")
+
+
+def test_tools_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """``sys/tools/hash`` and ``sys/tools/random``: every answer (status, error text, the sum,
+    the length of the random bytes, warnings) is OpenBao's, for fixed calls and for 300 random
+    strings given as base64 input (the offset Go's decoder stops at is in the text)."""
+    ours, bao = servers
+    rng = random.Random(7)
+    calls = list(TOOL_CALLS)
+    for _ in range(300):
+        text = "".join(rng.choice("QUJD+/=\n\r$a") for _ in range(rng.randint(0, 14)))
+        calls.append(("tools/hash", {"input": text}))
+    mismatches = []
+    for path, body in calls:
+        got = _tool(ours.url, ours.root_token or "", path, body)
+        want = _tool(bao.url, bao.root_token, path, body)
+        if got != want:
+            mismatches.append((path, body, got, want))
+    assert mismatches == [], "\n".join(map(repr, mismatches[:10]))
+    default = {u: _token(u, r, 0, ["default"]) for u, r in ((ours.url, ours.root_token or ""), (bao.url, bao.root_token))}
+    # The default policy grants hash, not random.
+    assert [_tool(u, t, "tools/hash", {"input": "YQ=="})[0] for u, t in default.items()] == [200, 200]
+    assert [_tool(u, t, "tools/random", {})[0] for u, t in default.items()] == [403, 403]
