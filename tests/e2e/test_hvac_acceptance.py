@@ -9,6 +9,8 @@ token. The "IdP" is a loopback Python HTTP server serving a discovery document a
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -537,15 +539,12 @@ def test_response_wrapping_with_hvac(vault: ServerProc, idp: LocalIdP, mount: st
 def test_hash_and_random_bytes(vault: ServerProc) -> None:
     """``sys/tools/hash`` with a token of the default policy (which grants it) and
     ``sys/tools/random/<bytes>`` through hvac's generic writes (hvac has no method for them)."""
-    import base64
-    import hashlib
-
     client = vault.client()
     token = client.auth.token.create(policies=["default"])["auth"]["client_token"]
     user = vault.client(token=token)
-    out = user.write_data("sys/tools/hash/sha2-384", data={"input": base64.b64encode(b"authmount").decode()})
+    out = as_json(user.write_data("sys/tools/hash/sha2-384", data={"input": base64.b64encode(b"authmount").decode()}))
     assert out["data"]["sum"] == hashlib.sha384(b"authmount").hexdigest()
-    random_bytes = client.write_data("sys/tools/random/24", data={"format": "hex"})["data"]["random_bytes"]
+    random_bytes = as_json(client.write_data("sys/tools/random/24", data={"format": "hex"}))["data"]["random_bytes"]
     assert len(bytes.fromhex(random_bytes)) == 24
     with pytest.raises(hvac.exceptions.Forbidden):
         user.write_data("sys/tools/random", data={})
