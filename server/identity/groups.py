@@ -27,10 +27,11 @@ _KEY = r"[^/\s]{1,256}"
 
 
 def _group_type(raw: Any) -> str:
-    value = raw.strip().lower() if isinstance(raw, str) else raw
-    if value not in ("", *GROUP_TYPES):
+    """``internal``, ``external``, or ``""`` (a new group: internal), spelt exactly (OpenBao
+    2.7.2 refuses ``INTERNAL`` too)."""
+    if raw not in ("", *GROUP_TYPES):
         raise InvalidRequest(f'invalid group type "{raw}"')
-    return str(value)
+    return str(raw)
 
 
 GROUP_FIELDS = FieldSet({
@@ -93,7 +94,7 @@ async def _apply(store: IdentityStore, group: Group | None, values: dict[str, An
         gid = new_id()
         fresh = Group(id=gid, name=values.get("name") or "group_" + gid.replace("-", "")[:16])
         fresh.type = values.get("type") or "internal"
-        created = changed_group(fresh, values)
+        created = changed_group(fresh, {k: v for k, v in values.items() if k != "type"})
         await store.write_group(created)
         return Response(data={"id": created.id, "name": created.name})
     await store.write_group(changed_group(group, values), change=lambda stored: changed_group(stored, values))
@@ -129,7 +130,7 @@ def changed_group(group: Group, values: dict[str, Any]) -> Group:
     :raises InvalidRequest: Vault's messages for a value the group cannot take.
     """
     group = Group.from_storage(group.to_storage())
-    if values.get("type") and values["type"] != group.type:
+    if "type" in values and values["type"] != group.type:  # "" too, as OpenBao
         raise InvalidRequest("group type cannot be changed")
     if values.get("name"):
         group.name = values["name"]

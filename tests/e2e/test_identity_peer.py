@@ -98,6 +98,11 @@ def scenario(p: Peer) -> None:
     p.call("group unknown id", "POST", "identity/group", {"id": "nope", "name": "ops"})
     p.call("group external members", "POST", "identity/group",
            {"name": "e", "type": "external", "member_entity_ids": ["x"]})
+    p.call("group type in capitals", "POST", "identity/group", {"name": "caps", "type": "INTERNAL"})
+    p.call("group type empty on update", "POST", f"identity/group/id/{gid}", {"type": ""})
+    p.call("group type in capitals on update", "POST", f"identity/group/id/{gid}", {"type": "EXTERNAL"})
+    p.call("group type unchanged on update", "POST", f"identity/group/id/{gid}", {"type": "external"})
+    p.call("group type empty on create", "POST", "identity/group", {"name": "untyped", "type": ""})
     internal = p.call("group internal", "POST", "identity/group", {"name": "int"})["data"]["id"]
     p.call("alias internal group", "POST", "identity/group-alias",
            {"name": "y", "mount_accessor": accessor, "canonical_id": internal})
