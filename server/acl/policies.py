@@ -28,6 +28,7 @@ __all__ = [
     "PolicyStore",
     "canonical_policy_name",
     "parse_policy",
+    "resultant",
 ]
 
 log = structlog.get_logger(__name__)
@@ -62,8 +63,8 @@ path "sys/wrapping/unwrap" {
 """
 _NAME_RE = re.compile(r"[^/\x00-\x1f\x7f]{1,128}")
 
-# Vault's built-in default policy (OpenBao 2.7.2's text).
-DEFAULT_POLICY = """\
+# Vault's built-in default policy (OpenBao 2.7.2's text, to the byte).
+DEFAULT_POLICY = """
 # Allow tokens to look up their own properties
 path "auth/token/lookup-self" {
     capabilities = ["read"]
@@ -92,20 +93,22 @@ path "identity/entity/name/{{identity.entity.name}}" {
   capabilities = ["read"]
 }
 
-# Allow a token to look up its resultant ACL from all policies
+
+# Allow a token to look up its resultant ACL from all policies. This is useful
+# for UIs. It is an internal path because the format may change at any time
+# based on how the internal ACL features and capabilities change.
 path "sys/internal/ui/resultant-acl" {
     capabilities = ["read"]
 }
 
-# Allow a token to renew a lease via lease_id in the request body
-path "sys/renew" {
-    capabilities = ["update"]
-}
+# Allow a token to renew a lease via lease_id in the request body; old path for
+# old clients, new path for newer
 path "sys/leases/renew" {
     capabilities = ["update"]
 }
 
-# Allow looking up lease properties
+# Allow looking up lease properties. This requires knowing the lease ID ahead
+# of time and does not divulge any sensitive information.
 path "sys/leases/lookup" {
     capabilities = ["update"]
 }
@@ -120,12 +123,15 @@ path "sys/wrapping/wrap" {
     capabilities = ["update"]
 }
 
-# Allow a token to look up the creation time and TTL of a response-wrapping token
+# Allow a token to look up the creation time and TTL of a given
+# response-wrapping token
 path "sys/wrapping/lookup" {
     capabilities = ["update"]
 }
 
-# Allow a token to unwrap a response-wrapping token
+# Allow a token to unwrap a response-wrapping token. This is a convenience to
+# avoid client token swapping since this is also part of the response wrapping
+# policy.
 path "sys/wrapping/unwrap" {
     capabilities = ["update"]
 }
@@ -138,7 +144,7 @@ path "sys/tools/hash/*" {
     capabilities = ["update"]
 }
 
-# Allow a token to make requests to the Authorization Endpoint for OIDC providers
+# Allow a token to make requests to the Authorization Endpoint for OIDC providers.
 path "identity/oidc/provider/+/authorize" {
     capabilities = ["read", "update"]
 }
@@ -365,6 +371,27 @@ class ACL:
         if not caps or "deny" in caps:
             return ["deny"]
         return sorted(caps)
+
+
+#: Vault's order of capabilities in ``sys/internal/ui/resultant-acl`` (its bitmap's).
+_BITMAP_ORDER = ("create", "delete", "list", "read", "sudo", "update", "patch")
+
+
+def resultant(acl: ACL) -> dict[str, Any]:
+    """``sys/internal/ui/resultant-acl``'s ``data`` (OpenBao's shape): the exact paths and the
+    globs ending in ``*`` (without it) with their capabilities in Vault's order, ``["deny"]``
+    for a denial; paths with a ``+`` segment are not listed (Vault's tree holds them apart)."""
+    if acl.root:
+        return {"root": True}
+
+    def caps(granted: frozenset[str]) -> dict[str, list[str]]:
+        ordered = [c for c in _BITMAP_ORDER if c in granted]
+        return {"capabilities": ["deny"] if "deny" in granted or not ordered else ordered}
+
+    exact = {path: caps(granted) for path, granted in sorted(acl._exact.items())}
+    globs = {rule.pattern[:-1]: caps(rule.capabilities) for rule in sorted(acl._globs, key=lambda r: r.pattern)
+             if rule.is_prefix and "+" not in rule.pattern[:-1].split("/")}
+    return {"exact_paths": exact, "glob_paths": globs, "root": False}
 
 
 ROOT_ACL = ACL(root=True)

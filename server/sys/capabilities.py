@@ -1,6 +1,7 @@
 """``sys/capabilities-self``, ``sys/capabilities`` and ``sys/capabilities-accessor``: what a
 token's policies allow on given paths (``vault token capabilities``, hvac
-``sys.get_capabilities``), computed by the same ACL that authorizes requests.
+``sys.get_capabilities``), computed by the same ACL that authorizes requests; and
+``sys/internal/ui/resultant-acl``, the calling token's whole ACL (the default policy grants it).
 
 Each path asked about is first made canonical the way a request to it would be (through
 the mount's backend for ``auth/...``, through the sys backend for ``sys/...``), so the answer
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from plugin.errors import InvalidRequest, PluginError
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
+from server.acl.policies import resultant
 from server.sys.core import SysCore, SysPath, acl_path
 from server.tokens.backend import entry_by_accessor
 from server.tokens.entry import TokenEntry
@@ -140,6 +142,11 @@ def paths(b: SysBackend) -> list[SysPath]:
 
         return {Operation.UPDATE: handler}
 
+    async def resultant_acl(req: Request, values: dict[str, Any]) -> Response:
+        entry: TokenEntry = (req.token or {})["entry"]
+        acl = await core.policies.acl_for(await core.tokens.policies_of(entry), entry.entity_id)
+        return Response(data=resultant(acl))
+
     return [
         SysPath("capabilities-self", FieldSet({**_PATHS, **_SELF_TOKEN}), answer(_caller),
                 "The calling token's capabilities on the given paths.", copy_top=True),
@@ -147,4 +154,6 @@ def paths(b: SysBackend) -> list[SysPath]:
                 "Another token's capabilities on the given paths.", copy_top=True),
         SysPath("capabilities-accessor", FieldSet({**_PATHS, **_ACCESSOR}), answer(_by_accessor),
                 "The capabilities of the token with this accessor on the given paths.", copy_top=True),
+        SysPath("internal/ui/resultant-acl", FieldSet({}), {Operation.READ: resultant_acl},
+                "The calling token's ACL: its exact paths and globs with their capabilities."),
     ]

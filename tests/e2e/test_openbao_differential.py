@@ -1124,7 +1124,7 @@ def test_oidc_refusals_as_openbao(servers: tuple[ServerProc, BaoProc], idp: IdP,
         role = {"role_type": "oidc", "user_claim": "sub", "allowed_redirect_uris": [listener.url],
                 "bound_audiences": [CLIENT_ID]}
         assert requests.post(f"{url}/v1/auth/peer-oidc/role/r", json=role, headers=head, timeout=10).ok
-        got = []
+        got: list[Any] = []
         for method, path, body in OIDC_STEPS:
             names = {"CALLBACK": listener.url, "ID_TOKEN": idp.sign(idp.claims(aud=CLIENT_ID))}
             sent = None if body is None else {k: names.get(v, v) for k, v in body.items()}
@@ -1370,3 +1370,36 @@ def test_tools_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     # The default policy grants hash, not random.
     assert [_tool(u, t, "tools/hash", {"input": "YQ=="})[0] for u, t in default.items()] == [200, 200]
     assert [_tool(u, t, "tools/random", {})[0] for u, t in default.items()] == [403, 403]
+
+
+RESULTANT_POLICY = """
+path "a/b" { capabilities = ["read", "update"] }
+path "a/c/*" { capabilities = ["deny"] }
+path "x/+/y" { capabilities = ["list"] }
+path "z*" { capabilities = ["sudo", "create", "patch"] }
+path "auth/{{identity.entity.id}}" { capabilities = ["read"] }
+path "a/b" { capabilities = ["delete"] }
+path "q" { capabilities = [] }
+"""
+
+
+def test_resultant_acl_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """``sys/internal/ui/resultant-acl`` (the default policy grants it; Vault's UI reads it):
+    the same exact paths, globs, capabilities in Vault's order, denials, left-out ``+`` and
+    unfilled template paths, and ``root`` for a root token; the default policy is
+    OpenBao's, so its paths are the same too."""
+    ours, bao = servers
+    answers = []
+    for url, root in ((ours.url, ours.root_token or ""), (bao.url, bao.root_token)):
+        requests.put(f"{url}/v1/sys/policies/acl/resultant", json={"policy": RESULTANT_POLICY},
+                     headers={"X-Vault-Token": root}, timeout=10).raise_for_status()
+        token = _token(url, root, 0, ["resultant"])
+        got: list[Any] = []
+        for caller in (token, root):
+            resp = requests.get(f"{url}/v1/sys/internal/ui/resultant-acl", headers={"X-Vault-Token": caller}, timeout=10)
+            got.append((resp.status_code, resp.json()["data"]))
+        got.append(requests.get(f"{url}/v1/sys/internal/ui/resultant-acl", timeout=10).status_code)
+        got.append(requests.get(f"{url}/v1/sys/policies/acl/default", headers={"X-Vault-Token": root},
+                                timeout=10).json()["data"]["policy"])
+        answers.append(got)
+    assert answers[0] == answers[1]

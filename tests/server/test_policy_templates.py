@@ -130,3 +130,18 @@ async def test_policy_flags_are_stored_and_read(aiohttp_client: AiohttpClient) -
     await api.ok("POST", "sys/policies/acl/t", {"policy": text})  # a write without them: false again, as OpenBao
     data = (await api.ok("GET", "sys/policies/acl/t"))["data"]
     assert data["allow_slashes_in_identity_templates"] is False
+
+
+async def test_the_resultant_acl_shows_the_filled_paths(aiohttp_client: AiohttpClient) -> None:
+    """``sys/internal/ui/resultant-acl`` lists a template's path as filled for the calling
+    token (the default policy's own entity, by id and by name, too)."""
+    api, _ = await _api(aiohttp_client)
+    await api.ok("POST", "sys/policies/acl/dev", {
+        "policy": 'path "auth/jwt/role/{{identity.entity.name}}/*" { capabilities = ["read", "list"] }'})
+    login = await api.login("gil", [])
+    name = (await api.ok("GET", f"identity/entity/id/{login['entity_id']}"))["data"]["name"]
+    status, out = await api.call("GET", "sys/internal/ui/resultant-acl", token=login["client_token"])
+    assert status == 200 and out["data"]["root"] is False
+    assert out["data"]["glob_paths"][f"auth/jwt/role/{name}/"] == {"capabilities": ["list", "read"]}
+    assert out["data"]["exact_paths"][f"identity/entity/id/{login['entity_id']}"] == {"capabilities": ["read"]}
+    assert out["data"]["exact_paths"][f"identity/entity/name/{name}"] == {"capabilities": ["read"]}
