@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import hvac
@@ -295,6 +295,21 @@ class Observer:
         return out
 
 
+def run_both(dev_server: ServerProc, bao: BaoProc, scenario: Callable[[Observer], None],
+             deliberate: dict[str, tuple[int, int]]) -> Observer:
+    """Run ``scenario`` against authmount and OpenBao; every step must agree (ids as labels)
+    but the ``deliberate`` ones, whose (authmount, OpenBao) statuses are given. Returns
+    authmount's observer."""
+    assert dev_server.root_token is not None
+    ours, theirs = Observer(dev_server.url, dev_server.root_token), Observer(bao.url, bao.root_token)
+    scenario(ours)
+    scenario(theirs)
+    mismatches = [(a, b) for a, b in zip(ours.seen, theirs.seen, strict=True)
+                  if a != b and deliberate.get(a[0]) != (a[1], b[1])]
+    assert mismatches == [], "\n".join(f"ours:   {a}\ntheirs: {b}" for a, b in mismatches)
+    return ours
+
+
 def entity_scenario(o: Observer) -> None:
     """Entities made ahead of logins and entity aliases (Terraform's ``vault_identity_entity``
     and ``vault_identity_entity_alias``), against either server."""
@@ -390,13 +405,7 @@ ENTITY_DELIBERATE: dict[str, tuple[int, int]] = {
 def test_entities_and_entity_aliases_as_openbao(dev_server: ServerProc, bao: BaoProc) -> None:
     """Each step's status, error texts and shown fields (ids as labels) agree with OpenBao
     2.7.2, where logins through a name no operator's alias names get the same answers too."""
-    assert dev_server.root_token is not None
-    ours, theirs = Observer(dev_server.url, dev_server.root_token), Observer(bao.url, bao.root_token)
-    entity_scenario(ours)
-    entity_scenario(theirs)
-    mismatches = [(a, b) for a, b in zip(ours.seen, theirs.seen, strict=True)
-                  if a != b and ENTITY_DELIBERATE.get(a[0]) != (a[1], b[1])]
-    assert mismatches == [], "\n".join(f"ours:   {a}\ntheirs: {b}" for a, b in mismatches)
+    run_both(dev_server, bao, entity_scenario, ENTITY_DELIBERATE)
 
 
 def merge_scenario(o: Observer) -> None:
@@ -512,14 +521,8 @@ MERGE_OURS = {"carl's aliases after the merge": ["carl"], "erin's aliases after 
 def test_entity_merges_as_openbao(dev_server: ServerProc, bao: BaoProc) -> None:
     """Each merge and batch-delete step's status, error texts and shown fields (ids as
     labels) agree with OpenBao 2.7.2, but for the two merges authmount refuses on purpose."""
-    assert dev_server.root_token is not None
-    ours, theirs = Observer(dev_server.url, dev_server.root_token), Observer(bao.url, bao.root_token)
-    merge_scenario(ours)
-    merge_scenario(theirs)
+    ours = run_both(dev_server, bao, merge_scenario, MERGE_DELIBERATE)
     assert {step: shown for step, _, shown in ours.seen if step in MERGE_OURS} == MERGE_OURS
-    mismatches = [(a, b) for a, b in zip(ours.seen, theirs.seen, strict=True)
-                  if a != b and MERGE_DELIBERATE.get(a[0]) != (a[1], b[1])]
-    assert mismatches == [], "\n".join(f"ours:   {a}\ntheirs: {b}" for a, b in mismatches)
 
 
 def test_hvac_entities_and_entity_aliases(dev_server: ServerProc) -> None:
@@ -650,13 +653,7 @@ def test_templated_policies_as_openbao(dev_server: ServerProc, bao: BaoProc) -> 
     """What tokens may do under a policy with identity templates (entity, aliases, metadata,
     custom metadata, groups by name and id; the default policy's own entity paths), with
     OpenBao's flags for slashes and wildcards in filled values, agrees with OpenBao 2.7.2."""
-    assert dev_server.root_token is not None
-    ours, theirs = Observer(dev_server.url, dev_server.root_token), Observer(bao.url, bao.root_token)
-    templated_scenario(ours)
-    templated_scenario(theirs)
-    mismatches = [(a, b) for a, b in zip(ours.seen, theirs.seen, strict=True)
-                  if a != b and TEMPLATED_DELIBERATE.get(a[0]) != (a[1], b[1])]
-    assert mismatches == [], "\n".join(f"ours:   {a}\ntheirs: {b}" for a, b in mismatches)
+    ours = run_both(dev_server, bao, templated_scenario, TEMPLATED_DELIBERATE)
     for step, expected in TEMPLATED_OURS.items():
         shown = next(s for name, _, s in ours.seen if name == step)
         assert {p: caps for p, caps in shown.items() if caps != ["deny"]} == expected, step
