@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,8 @@ _HASHES: dict[str, Callable[[bytes], Any]] = {
     "sha2-512": hashlib.sha512, "sha3-224": hashlib.sha3_224, "sha3-256": hashlib.sha3_256,
     "sha3-384": hashlib.sha3_384, "sha3-512": hashlib.sha3_512,
 }
-_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
-_NEWLINES = (0x0A, 0x0D)
+#: A byte neither of the base64 alphabet nor a line break.
+_OTHER = re.compile(rb"[^A-Za-z0-9+/\r\n]")
 
 
 class B64Error(ValueError):
@@ -47,47 +48,40 @@ class B64Error(ValueError):
 def go_b64decode(text: str) -> bytes:
     """Go's ``base64.StdEncoding.DecodeString``: padded standard base64, line breaks skipped.
 
+    Go reads 4-character quanta (``decodeQuantum``); where it stops depends only on the first
+    byte that is neither of the alphabet nor a line break and on how many alphabet bytes came
+    before it, so that is found with C-speed scans, whatever the input's length.
+
     :raises B64Error: where Go's decoder fails (the same offset).
     """
     src = text.encode("utf-8", "surrogateescape")
-    si, n = 0, len(src)
-    while True:  # one 4-character quantum per turn, as Go's decodeQuantum
-        got = 0
-        j = 0
-        while j < 4:
-            if si == n:
-                if j == 0:
-                    return _decode(src)
-                raise B64Error(si - j)
-            ch = src[si]
-            si += 1
-            if ch in _ALPHABET:
-                j += 1
-                got += 1
-                continue
-            if ch in _NEWLINES:
-                continue
-            if ch != 0x3D:  # '='
-                raise B64Error(si - 1)
-            if j in (0, 1):
-                raise B64Error(si - 1)
-            if j == 2:  # "==" is expected: the first is consumed
-                while si < n and src[si] in _NEWLINES:
-                    si += 1
-                if si == n:
-                    raise B64Error(n)
-                if src[si] != 0x3D:
-                    raise B64Error(si - 1)
-                si += 1
-            while si < n and src[si] in _NEWLINES:
-                si += 1
-            if si < n:
-                raise B64Error(si)
-            return _decode(src)
+    n = len(src)
+    found = _OTHER.search(src)
+    end = found.start() if found is not None else n
+    before = src[:end]
+    j = (end - before.count(b"\n") - before.count(b"\r")) % 4  # characters of the last quantum
+    if found is None:
+        if j:
+            raise B64Error(n - j)
+        return _decode(src)
+    if src[end] != 0x3D or j in (0, 1):  # not '=', or padding where none can be
+        raise B64Error(end)
+    si = end + 1
+    if j == 2:  # "==" is expected: the first is consumed
+        si = n - len(src[si:].lstrip(b"\r\n"))
+        if si == n:
+            raise B64Error(n)
+        if src[si] != 0x3D:
+            raise B64Error(si - 1)
+        si += 1
+    si = n - len(src[si:].lstrip(b"\r\n"))
+    if si < n:
+        raise B64Error(si)
+    return _decode(src)
 
 
 def _decode(src: bytes) -> bytes:
-    return base64.b64decode(bytes(b for b in src if b not in _NEWLINES))
+    return base64.b64decode(src.replace(b"\n", b"").replace(b"\r", b""))
 
 
 def _atoi(text: str) -> int:
