@@ -95,15 +95,16 @@ ENTITY_FIELDS = FieldSet({
 def entity_data(store: IdentityStore, entity: Entity) -> dict[str, Any]:
     """An entity as Vault reads it."""
     groups = store.entity_groups(entity, entity.id)
+    inherited = store.inherited_groups(groups)
     attrs = store.entity_attrs.get(entity.id) or EntityAttrs()
     return {
         "aliases": [_alias(store, a) for a in store.entity_alias_list(entity)],
         "creation_time": entity.creation_time,
         "direct_group_ids": groups,
         "disabled": attrs.disabled,
-        "group_ids": groups,
+        "group_ids": groups + inherited,
         "id": entity.id,
-        "inherited_group_ids": [],
+        "inherited_group_ids": inherited,
         "last_update_time": max(entity.last_update_time, attrs.last_update_time),
         "merged_entity_ids": list(attrs.merged_entity_ids) or None,
         "metadata": dict(attrs.metadata) or None,

@@ -141,6 +141,8 @@ class Group:
     creation_time: str = ""
     last_update_time: str = ""
     modify_index: int = 0
+    #: Nested groups (internal groups only): their members get this group's policies too.
+    member_group_ids: list[str] = field(default_factory=list)
 
     def to_storage(self) -> dict[str, Any]:
         return {
@@ -148,6 +150,7 @@ class Group:
             "metadata": dict(self.metadata), "member_entity_ids": list(self.member_entity_ids),
             "alias_id": self.alias_id, "creation_time": self.creation_time,
             "last_update_time": self.last_update_time, "modify_index": self.modify_index,
+            "member_group_ids": list(self.member_group_ids),
         }
 
     @classmethod
@@ -353,6 +356,8 @@ class IdentityStore:
         self._alias_names: dict[tuple[str, str], str] = {}  # (accessor, lower-cased name) -> alias id
         self._alias_groups: dict[tuple[str, str], str] = {}  # (accessor, exact name) -> group id
         self._internal: dict[str, tuple[str, ...]] = {}  # entity id -> internal group ids
+        self._parents: dict[str, tuple[str, ...]] = {}  # group id -> the groups it is a member group of
+        self._ancestors: dict[str, tuple[str, ...]] = {}  # group id -> every group above it, nearest first
         self._merged: dict[str, str] = {}  # id of an entity merged into another -> that entity's id
         self._granting = False  # does any group or entity grant a policy?
         self.entity_attrs: dict[str, EntityAttrs] = {}
@@ -426,6 +431,13 @@ class IdentityStore:
                 for member in g.member_entity_ids:
                     internal.setdefault(member, []).append(g.id)
         self._internal = {k: tuple(v) for k, v in internal.items()}
+        parents: dict[str, list[str]] = {}
+        for g in groups.values():
+            for member in g.member_group_ids:
+                if member in groups and member != g.id:
+                    parents.setdefault(member, []).append(g.id)
+        self._parents = {k: tuple(sorted(v)) for k, v in parents.items()}
+        self._ancestors = {gid: self._above(gid) for gid in self._parents}
         self._login_aliases = {(a.mount_accessor, a.name): a for a in self.entity_aliases.values()}
         self._merged = {m: eid for eid, attrs in self.entity_attrs.items() for m in attrs.merged_entity_ids}
         self._granting = (any(g.policies for g in groups.values())
@@ -559,6 +571,44 @@ class IdentityStore:
         ids.extend(self._internal.get(entity_id, ()))
         return sorted(set(ids))
 
+    def inherited_groups(self, direct: Iterable[str]) -> list[str]:
+        """The groups above ``direct`` through nested groups (``member_group_ids``), without
+        ``direct`` itself, nearest first (Vault's walk up from each group): their policies
+        apply to the members of ``direct`` too."""
+        direct = list(direct)
+        out: dict[str, None] = {}
+        for gid in direct:
+            out.update(dict.fromkeys(self._ancestors.get(gid, ())))
+        return [g for g in out if g not in direct]
+
+    def parent_groups(self, group_id: str) -> list[str]:
+        """The groups that have ``group_id`` among their ``member_group_ids``."""
+        return list(self._parents.get(group_id, ()))
+
+    def below(self, group_id: str) -> set[str]:
+        """Every group under ``group_id`` through ``member_group_ids`` (itself included)."""
+        seen: set[str] = set()
+        todo = [group_id]
+        while todo:
+            gid = todo.pop()
+            group = self.groups.get(gid)
+            if gid in seen or group is None:
+                continue
+            seen.add(gid)
+            todo.extend(group.member_group_ids)
+        return seen
+
+    def _above(self, group_id: str) -> tuple[str, ...]:
+        """The groups above ``group_id``, depth first from its parents (Vault's order)."""
+        seen: dict[str, None] = {group_id: None}
+        todo = list(reversed(self._parents.get(group_id, ())))
+        while todo:
+            gid = todo.pop()
+            if gid not in seen:
+                seen[gid] = None
+                todo.extend(reversed(self._parents.get(gid, ())))
+        return tuple(seen)[1:]  # a cycle written by two nodes at once grants nothing more
+
     # -- what tokens get ----------------------------------------------------------------------
     async def policies_for(self, entity_id: str) -> list[str]:
         """The identity policies of a token with ``entity_id``: those of the entity's groups,
@@ -582,7 +632,8 @@ class IdentityStore:
     def _policies_of(self, entity: Entity | None, entity_id: str) -> list[str]:
         attrs = self.entity_attrs.get(entity_id)
         out: set[str] = set(attrs.policies) if attrs is not None else set()
-        for gid in self.entity_groups(entity, entity_id):
+        direct = self.entity_groups(entity, entity_id)
+        for gid in (*direct, *self.inherited_groups(direct)) if self._ancestors else direct:
             out.update(self.groups[gid].policies)
         out.discard("root")  # refused at every group write; never granted whatever is stored
         return sorted(out)
@@ -606,8 +657,9 @@ class IdentityStore:
         for a in self.entity_alias_list(entity):
             aliases.setdefault(a.mount_accessor, AliasView(a.id, a.name, IdentityView.items(a.metadata),
                                                            IdentityView.items(a.custom_metadata)))
+        direct = self.entity_groups(entity, entity.id)
         groups = tuple(GroupView(g.id, g.name, IdentityView.items(g.metadata))
-                       for gid in self.entity_groups(entity, entity.id) if (g := self.groups.get(gid)) is not None)
+                       for gid in (*direct, *self.inherited_groups(direct)) if (g := self.groups.get(gid)) is not None)
         return IdentityView(entity.id, entity.name, IdentityView.items(attrs.metadata if attrs else None),
                             tuple(sorted(aliases.items())), groups)
 

@@ -219,8 +219,7 @@ async def test_internal_group_members_get_its_policies(api: Api) -> None:
         ("identity/group", {"name": "g", "type": "weird"}, 'invalid group type "weird"'),
         ("identity/group", {"name": "g", "type": "external", "member_entity_ids": ["x"]},
          "member entities can't be set manually for external groups"),
-        ("identity/group", {"name": "g", "member_group_ids": ["x"]},
-         "member_group_ids: nested groups are not supported"),
+        ("identity/group", {"name": "g", "member_group_ids": ["x"]}, 'invalid member group ID "x"'),
         ("identity/group", {"name": "a/b"}, 'invalid group name "a/b"'),
         ("identity/group", {"name": ""}, "empty group name"),  # OpenBao's answer; left out, a name is made up
         ("identity/group", {"id": ""}, "empty group ID"),  # OpenBao's answer: a given id names a group
@@ -883,3 +882,65 @@ async def test_a_token_role_cannot_hand_out_a_disabled_entitys_alias(api: Api) -
     refused = await api.call("POST", "auth/token/create/aliased", {"entity_alias": "ci-x"})
     assert refused == (403, {"errors": ["entity from given entity alias is disabled"]})  # OpenBao's text
     assert (await api.call("POST", "auth/token/create/aliased", {"entity_alias": "ci-y"}))[0] == 200
+
+
+# -- nested groups -----------------------------------------------------------------------------
+async def _policies(api: Api, token: str) -> Any:
+    status, out = await api.call("GET", "auth/token/lookup-self", token=token)
+    assert status == 200, out
+    return out["data"].get("identity_policies") or []
+
+
+async def test_nested_groups_pass_their_policies_down(api: Api) -> None:
+    """The pattern nesting is for: an external group of IdP logins, a member group of an
+    internal group that carries the policies, itself in a third. The login's token gets all
+    three groups' policies at each use; taking a group out of the nesting, or deleting it,
+    applies at the next use; the entity shows the groups above its own."""
+    ext = await api.group("idp-devs", ["ext"], "devs")
+    team = (await api.ok("POST", "identity/group", {"name": "team", "policies": ["team"],
+                                                    "member_group_ids": [ext]}))["data"]["id"]
+    org = (await api.ok("POST", "identity/group", {"name": "org", "policies": ["org"],
+                                                   "member_group_ids": [team]}))["data"]["id"]
+    auth = await api.login("nia", ["devs"])
+    assert auth["identity_policies"] == ["ext", "org", "team"]
+    entity = (await api.ok("GET", f"identity/entity/id/{auth['entity_id']}"))["data"]
+    assert (entity["direct_group_ids"], entity["inherited_group_ids"]) == ([ext], [team, org])
+    assert entity["group_ids"] == [ext, team, org]
+    read = (await api.ok("GET", f"identity/group/id/{team}"))["data"]
+    assert (read["member_group_ids"], read["parent_group_ids"]) == ([ext], [org])
+    await api.ok("POST", f"identity/group/id/{org}", {"member_group_ids": []})
+    assert await _policies(api, auth["client_token"]) == ["ext", "team"]
+    await api.ok("POST", f"identity/group/id/{org}", {"member_group_ids": [team]})
+    assert await _policies(api, auth["client_token"]) == ["ext", "org", "team"]
+    await api.ok("DELETE", f"identity/group/id/{team}")  # the middle one: org no longer reaches ext
+    assert await _policies(api, auth["client_token"]) == ["ext"]
+    assert (await api.ok("GET", f"identity/group/id/{org}"))["data"]["member_group_ids"] is None
+
+
+async def test_an_internal_member_group_passes_its_parents_policies_to_its_entities(api: Api) -> None:
+    entity = (await api.login("oli", []))["entity_id"]
+    child = (await api.ok("POST", "identity/group", {"name": "child", "member_entity_ids": [entity]}))["data"]["id"]
+    await api.ok("POST", "identity/group", {"name": "parent", "policies": ["ops"], "member_group_ids": [child]})
+    token = (await api.login("oli", []))["client_token"]
+    assert await _policies(api, token) == ["ops"]
+    assert await _can_read_role(api, token) == 200
+
+
+@pytest.mark.parametrize(("target", "members", "message"), [
+    ("ext", ["team"], "member groups can't be set for external groups"),
+    ("team", ["nope"], 'invalid member group ID "nope"'),
+    ("team", ["team"], 'member group ID "{team}" is same as the ID of the group'),
+    ("ext", ["org"], "member groups can't be set for external groups"),
+    ("team", ["org"], 'cyclic relationship detected for member group ID "{org}"'),
+    ("org", ["org", "team"], 'member group ID "{org}" is same as the ID of the group'),
+])
+async def test_nesting_refusals_change_nothing(api: Api, target: str, members: list[str], message: str) -> None:
+    ids = {"ext": await api.group("ext", [], "e")}
+    ids["team"] = (await api.ok("POST", "identity/group", {"name": "team", "member_group_ids": [ids["ext"]]}))["data"]["id"]
+    ids["org"] = (await api.ok("POST", "identity/group", {"name": "org", "member_group_ids": [ids["team"]]}))["data"]["id"]
+    before = {k: (await api.ok("GET", f"identity/group/id/{v}"))["data"] for k, v in ids.items()}
+    status, out = await api.call("POST", f"identity/group/id/{ids[target]}",
+                                 {"member_group_ids": [ids.get(m, m) for m in members]})
+    assert (status, out["errors"]) == (400, [message.format(**ids)])
+    after = {k: (await api.ok("GET", f"identity/group/id/{v}"))["data"] for k, v in ids.items()}
+    assert after == before
