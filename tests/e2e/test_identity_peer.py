@@ -725,3 +725,23 @@ def test_nested_groups_as_openbao(dev_server: ServerProc, bao: BaoProc) -> None:
                         "the internal group after": {"name": "team", "member_group_ids": ["ID1"],
                                                      "parent_group_ids": None, "policies": ["team"],
                                                      "type": "internal"}}
+
+
+def test_hvac_nested_groups(dev_server: ServerProc) -> None:
+    """hvac's ``create_or_update_group`` with ``member_group_ids`` (what Terraform's
+    ``vault_identity_group`` sends): a login in the inner group gets the outer group's policy."""
+    client = dev_server.client()
+    client.sys.enable_auth_method("jwt", path="jwt-nest")
+    accessor = as_json(client.sys.list_auth_methods())["data"]["jwt-nest/"]["accessor"]
+    client.write_data("auth/jwt-nest/config", data={"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISSUER})
+    client.write_data("auth/jwt-nest/role/dev", data={"role_type": "jwt", "user_claim": "sub", "groups_claim": "groups",
+                                                      "bound_audiences": "authmount", "token_policies": "dev"})
+    identity = client.secrets.identity
+    inner = as_json(identity.create_or_update_group(name="idp-ops", group_type="external"))["data"]["id"]
+    identity.create_or_update_group_alias(name="ops", mount_accessor=accessor, canonical_id=inner)
+    outer = as_json(identity.create_or_update_group(name="ops-policies", policies=["ops"],
+                                                    member_group_ids=[inner]))["data"]["id"]
+    assert as_json(identity.read_group(group_id=inner))["data"]["parent_group_ids"] == [outer]
+    login = as_json(client.auth.jwt.jwt_login(role="dev", jwt=jwt(sub="pat", groups=["ops"]), path="jwt-nest",
+                                              use_token=False))
+    assert login["auth"]["identity_policies"] == ["ops"]
