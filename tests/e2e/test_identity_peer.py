@@ -310,17 +310,23 @@ def run_both(dev_server: ServerProc, bao: BaoProc, scenario: Callable[[Observer]
     return ours
 
 
-def entity_scenario(o: Observer) -> None:
-    """Entities made ahead of logins and entity aliases (Terraform's ``vault_identity_entity``
-    and ``vault_identity_entity_alias``), against either server."""
+def jwt_mounts(o: Observer, *mounts: str, **role: Any) -> dict[str, str]:
+    """Enable jwt ``mounts`` with this module's key and a role ``dev`` (``role``: more fields);
+    their accessors by mount."""
     accessors = {}
-    for mount in ("jwt", "jwt2"):
+    for mount in mounts:
         o.call(f"enable {mount}", "POST", f"sys/auth/{mount}", {"type": "jwt"})
         accessors[mount] = o.call("mounts", "GET", "sys/auth")["data"][f"{mount}/"]["accessor"]
         o.call("config", "POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISSUER})
         o.call("role", "POST", f"auth/{mount}/role/dev", {
-            "role_type": "jwt", "user_claim": "sub", "bound_audiences": "authmount", "token_policies": "dev",
-            "claim_mappings": {"email": "email"}})
+            "role_type": "jwt", "user_claim": "sub", "bound_audiences": "authmount", "token_policies": "dev", **role})
+    return accessors
+
+
+def entity_scenario(o: Observer) -> None:
+    """Entities made ahead of logins and entity aliases (Terraform's ``vault_identity_entity``
+    and ``vault_identity_entity_alias``), against either server."""
+    accessors = jwt_mounts(o, "jwt", "jwt2", claim_mappings={"email": "email"})
     acc, acc2 = accessors["jwt"], accessors["jwt2"]
     entity_view = ("name", "policies", "metadata", "disabled", "aliases", "group_ids")
 
@@ -412,14 +418,7 @@ def merge_scenario(o: Observer) -> None:
     """Entity merges (``identity/entity/merge``) and batch deletes, against either server: one
     person's entities of two mounts merged, what tokens and logins get afterwards, each
     refusal, clashing aliases resolved, then the merges authmount refuses on purpose."""
-    accessors = {}
-    for mount in ("jwt", "jwt2"):
-        o.call(f"enable {mount}", "POST", f"sys/auth/{mount}", {"type": "jwt"})
-        accessors[mount] = o.call("mounts", "GET", "sys/auth")["data"][f"{mount}/"]["accessor"]
-        o.call("config", "POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISSUER})
-        o.call("role", "POST", f"auth/{mount}/role/dev", {
-            "role_type": "jwt", "user_claim": "sub", "bound_audiences": "authmount", "token_policies": "dev"})
-    acc = accessors["jwt"]
+    acc = jwt_mounts(o, "jwt", "jwt2")["jwt"]
     view = ("name", "policies", "aliases", "group_ids", "merged_entity_ids", "disabled")
 
     def login(step: str, mount: str, sub: str) -> dict[str, Any]:
@@ -600,12 +599,7 @@ path "auth/jwt/role/no-{{identity.entity.aliases.nope.name}}" { capabilities = [
 def templated_scenario(o: Observer) -> None:
     """Identity templates in policy paths: what each token may do, asked of
     ``sys/capabilities-self`` on the paths its templates fill and on some they must not."""
-    o.call("enable jwt", "POST", "sys/auth/jwt", {"type": "jwt"})
-    acc = o.call("mounts", "GET", "sys/auth")["data"]["jwt/"]["accessor"]
-    o.call("config", "POST", "auth/jwt/config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISSUER})
-    o.call("role", "POST", "auth/jwt/role/dev", {
-        "role_type": "jwt", "user_claim": "sub", "bound_audiences": "authmount", "token_policies": "tmpl",
-        "claim_mappings": {"project": "project"}})
+    acc = jwt_mounts(o, "jwt", token_policies="tmpl", claim_mappings={"project": "project"})["jwt"]
     carol = o.call("carol", "POST", "identity/entity", {"name": "carol", "metadata": {"team": "red"}},
                    show=("id",))["data"]["id"]
     alias = o.call("carol's alias", "POST", "identity/entity-alias", {
@@ -675,12 +669,7 @@ def nested_scenario(o: Observer) -> None:
     """Nested groups (``member_group_ids``), against either server: an external group of IdP
     logins nested in an internal group that carries the policies, a third level, what the
     groups and the entity show, what a login's token gets, and each refusal."""
-    o.call("enable jwt", "POST", "sys/auth/jwt", {"type": "jwt"})
-    acc = o.call("mounts", "GET", "sys/auth")["data"]["jwt/"]["accessor"]
-    o.call("config", "POST", "auth/jwt/config", {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISSUER})
-    o.call("role", "POST", "auth/jwt/role/dev", {
-        "role_type": "jwt", "user_claim": "sub", "bound_audiences": "authmount", "token_policies": "dev",
-        "groups_claim": "groups"})
+    acc = jwt_mounts(o, "jwt", groups_claim="groups")["jwt"]
     view = ("name", "member_group_ids", "parent_group_ids", "policies", "type")
     idp = o.call("external group", "POST", "identity/group", {"name": "idp-devs", "type": "external",
                                                               "policies": ["ext"]}, show=("id",))["data"]["id"]
