@@ -542,7 +542,8 @@ class Settings:
     groups: Mapping[str, Mapping[str, Any]] = setting(
         kind="mapping", factory=dict, parse=_groups,
         doc="Identity groups (`identity/group`: `{group name: type, policies, metadata, member_entity_ids, "
-            "alias}`; `alias` is `{mount: <mount path>, name: <the IdP's group name>}` for an external group), "
+            "member_groups, alias}`; `member_groups` names the groups nested in an internal one; `alias` is "
+            "`{mount: <mount path>, name: <the IdP's group name>}` for an external group), "
             "applied with `mounts` (see section 5).",
     )
     #: ``{entity name: fields}`` written at every start.

@@ -74,7 +74,9 @@ TOKEN_ROLE_DEFAULTS = {k: token_roles.ROLE_FIELDS[k].default_value() for k in TO
 #: An identity group's fields compared and written (its name is its key; its alias apart).
 GROUP_KEYS = ("type", "policies", "metadata", "member_entity_ids")
 _GROUP_FIELDS = FieldSet({**{k: GROUP_FIELDS[k] for k in GROUP_KEYS},
-                          "alias": Field(FieldType.MAP, "The group alias of an external group: {mount, name}.")})
+                          "alias": Field(FieldType.MAP, "The group alias of an external group: {mount, name}."),
+                          "member_groups": Field(FieldType.COMMA_STRING_SLICE, "Names of the groups nested in an "
+                                                 "internal group (the API's member_group_ids, by name).")})
 #: An entity's fields compared and written (its name is its key; its aliases apart).
 ENTITY_KEYS = ("policies", "metadata", "disabled")
 _ENTITY_FIELDS = FieldSet({**{k: ENTITY_FIELDS[k] for k in ENTITY_KEYS},
@@ -164,6 +166,8 @@ class DesiredGroup:
     where: str
     public: dict[str, Any]
     alias: AliasSpec | None = None
+    #: The names of its member groups (``member_group_ids`` by name), as the file spells them.
+    member_groups: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -376,13 +380,20 @@ def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]
     if alias is not None and kind != "external":
         raise GitopsError("an alias is for an external group (type: external)", address=address, where=where,
                           field="alias")
+    members = tuple({m.lower(): m for m in coerced.pop("member_groups", []) if m}.values())
+    if members and kind == "external":
+        raise GitopsError("member groups can't be set for external groups", address=address, where=where,
+                          field="member_groups")
+    if name.lower() in (m.lower() for m in members):
+        raise GitopsError("a group cannot be its own member group", address=address, where=where,
+                          field="member_groups")
     try:
         group = changed_group(Group(id="", name=name, type=kind), {**coerced, "name": name})
     except InvalidRequest as exc:
         raise GitopsError(str(exc), address=address, where=where) from None
     public = {"type": group.type, "policies": list(group.policies), "metadata": dict(group.metadata),
               "member_entity_ids": list(group.member_entity_ids)}
-    return DesiredGroup(name=name, where=where, public=public, alias=alias)
+    return DesiredGroup(name=name, where=where, public=public, alias=alias, member_groups=members)
 
 
 def _alias(raw: Any, key: str, what: str, address: str, where: str) -> AliasSpec:

@@ -134,6 +134,11 @@ async def export_state(server: Server) -> Export:
         data = await live_identity(server, "group", name)
         if data is not None:
             groups[name] = _group(data, f"groups.{name}", out)
+            members = [await server.lookup("identity/lookup/group", {"id": gid})
+                       for gid in data.get("member_group_ids") or []]
+            names = sorted((str(m["name"]) for m in members if m and m.get("name")), key=str.lower)
+            if names:
+                groups[name]["member_groups"] = names
     if groups:
         out.document["groups"] = groups
     entities: dict[str, Any] = {}
@@ -182,8 +187,6 @@ def _group(data: dict[str, Any], where: str, out: Export) -> dict[str, Any]:
             entry[key] = data[key]
     if exported is not None:
         entry["alias"] = exported
-    if data.get("member_group_ids"):
-        out.notes.append(f"{where}: member_group_ids (nested groups) left out")
     return entry
 
 

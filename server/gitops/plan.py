@@ -386,12 +386,59 @@ async def _plan_groups(
             plan.changes.append(Change("update", "group", address, group.where, _write_group(group), fields))
     if releases:
         plan.changes[first].run = _releasing(releases, plan.changes[first].run)
+    await _plan_member_groups(plan, desired, server, live_names, targets)
     writes = plan.changes[first:]
     del plan.changes[first:]
     await _undeclared_identity(plan, server, "group", live_names, desired.groups, targets, prune=prune)
     # The groups --prune deletes go first: an alias name one of them holds may be one the file
     # gives another group.
     plan.changes.extend(writes)
+
+
+async def _plan_member_groups(
+    plan: Plan, desired: Desired, server: Server, live_names: dict[str, str], targets: Sequence[Target]
+) -> None:
+    """Each group's member groups, by name, after every group is written (a member group may
+    be one this run makes). A group of the file nests the groups its ``member_groups`` names,
+    and only those."""
+    names_of: dict[str, str] = {}  # a live group's id -> its name
+
+    async def live_members(key: str) -> list[str]:
+        current = await live_identity(server, "group", live_names[key]) if key in live_names else None
+        out = []
+        for gid in (current or {}).get("member_group_ids") or []:
+            if gid not in names_of:
+                found = await server.lookup("identity/lookup/group", {"id": gid})
+                names_of[gid] = str((found or {}).get("name") or gid)
+            out.append(names_of[gid])
+        return out
+
+    for key, group in desired.groups.items():
+        if not _selected(targets, "group", key):
+            continue
+        address = f"group {group.name}"
+        for member in group.member_groups:
+            if member.lower() not in desired.groups and member.lower() not in live_names:
+                raise GitopsError(f"no group {member} on the server or in the file", source=desired.source,
+                                  address=address, where=group.where, field="member_groups")
+        before = sorted(await live_members(key), key=str.lower)
+        after = sorted(group.member_groups, key=str.lower)
+        if [m.lower() for m in before] != [m.lower() for m in after]:
+            field = FieldChange("member_groups", _shown(before) if before else _NONE, _shown(after) if after else _NONE)
+            plan.changes.append(Change("update", "group", address, group.where, _write_member_groups(group), [field]))
+
+
+def _write_member_groups(group: DesiredGroup) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        ids = []
+        for member in group.member_groups:
+            found = await live_identity(server, "group", member)
+            if not found or not found.get("id"):
+                raise ServerError(f"no group {member}")
+            ids.append(str(found["id"]))
+        return await server.write("identity/group", {"name": group.name, "member_group_ids": ids})
+
+    return run
 
 
 def made_by_login(name: str) -> bool:

@@ -281,7 +281,8 @@ def test_a_failing_seed_names_file_object_and_field_and_leaves_no_mount(tmp_path
 
 def _random_identity_file(rng: random.Random) -> dict[str, Any]:
     """Groups (external ones keep their type from file to file, their aliases unique per
-    mount) and entities (one alias per mount, unique), on the mounts ``jwt`` and ``oidc``."""
+    mount; internal ones nest others, by name) and entities (one alias per mount, unique), on
+    the mounts ``jwt`` and ``oidc``."""
     names = ["a@x", "b@x", "refs/heads/main", "c"]
     groups: dict[str, Any] = {}
     taken: set[tuple[str, str]] = set()
@@ -299,6 +300,15 @@ def _random_identity_file(rng: random.Random) -> dict[str, Any]:
             else:
                 group["type"] = "external"
         groups[name] = group
+    # Nesting goes one way through a fixed order of the names, so no file, nor a file after
+    # another, makes a cycle.
+    order = ["ops", "Ops Team", "release", "r2", "ünï"]
+    for name, group in groups.items():
+        if "alias" in group or group.get("type") == "external" or rng.random() < 0.4:
+            continue
+        later = [n for n in order[order.index(name) + 1:] if n in groups]
+        if later:
+            group["member_groups"] = rng.sample(later, rng.randint(1, len(later)))
     entities: dict[str, Any] = {}
     used: set[tuple[str, str]] = set()
     for name in rng.sample(["alice", "Bob", "carl", "svc-x"], rng.randint(0, 4)):

@@ -765,3 +765,52 @@ async def test_a_policys_template_flags_are_applied_compared_and_exported(server
 def test_a_policys_flags_are_checked(value: Any, message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
         settings_from_mapping(document(policies={"tmpl": value}))
+
+
+# -- nested groups by name -----------------------------------------------------------------------
+async def test_nested_groups_are_applied_by_name_compared_and_exported(server: HttpServer, client: Client) -> None:
+    """``member_groups`` names the groups nested in an internal group, also one the same run
+    makes (declared after it in the file): written after every group, a nesting changed over
+    the API is drift, and export writes the names back; a group left without ``member_groups``
+    holds none."""
+    groups = {
+        "org": {"policies": ["org"], "member_groups": ["team"]},
+        "team": {"policies": ["team"], "member_groups": ["IDP-devs"]},
+        "idp-devs": {"type": "external"},
+    }
+    doc = document(groups=groups)
+    plan = await applied(server, doc)
+    nested = [(c.action, c.address, [(f.name, f.after) for f in c.fields]) for c in plan.changes
+              if any(f.name == "member_groups" for f in c.fields)]
+    assert nested == [("update", "group org", [("member_groups", '["team"]')]),
+                      ("update", "group team", [("member_groups", '["IDP-devs"]')])]
+    team = await _group(client, "team")
+    idp = await _group(client, "idp-devs")
+    assert team["member_group_ids"] == [idp["id"]] and team["parent_group_ids"] == [(await _group(client, "org"))["id"]]
+    assert (await make_plan(desired(doc), server)).changes == []
+    await client.post(f"/v1/identity/group/id/{team['id']}", headers=H, json={"member_group_ids": []})
+    drift = await make_plan(desired(doc), server)
+    assert [(c.address, [(f.name, f.before, f.after) for f in c.fields]) for c in drift.changes] == [
+        ("group team", [("member_groups", "(none)", '["IDP-devs"]')])]
+    await apply_plan(drift, server)
+    exported = (await export_state(server)).document["groups"]
+    assert (exported["org"]["member_groups"], exported["team"]["member_groups"]) == (["team"], ["idp-devs"])
+    flat = await applied(server, document(groups={**groups, "org": {"policies": ["org"]}}))
+    assert [c.address for c in flat.changes] == ["group org"]
+    assert (await _group(client, "org"))["member_group_ids"] is None
+
+
+@pytest.mark.parametrize(("groups", "message"), [
+    ({"e": {"type": "external", "member_groups": ["x"]}}, "groups.e.member_groups: member groups can't be set for "
+                                                          "external groups"),
+    ({"g": {"member_groups": ["G"]}}, "groups.g.member_groups: a group cannot be its own member group"),
+])
+def test_nesting_a_file_cannot_hold_is_refused(groups: dict[str, Any], message: str) -> None:
+    with pytest.raises(GitopsError, match=re.escape(message)):
+        desired(document(groups=groups))
+
+
+async def test_a_member_group_that_is_nowhere_is_refused_before_any_write(server: HttpServer, client: Client) -> None:
+    with pytest.raises(GitopsError, match=re.escape("groups.g.member_groups: no group ghost on the server or in the file")):
+        await make_plan(desired(document(groups={"g": {"member_groups": ["ghost"]}})), server)
+    assert (await client.get("/v1/identity/group/name/g", headers=H)).status == 404
