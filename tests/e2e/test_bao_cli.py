@@ -10,6 +10,8 @@ node-oidc-provider (``tests/idp``), the login form driven with ``requests``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -496,3 +498,29 @@ def test_a_namespace_is_refused(bao: Bao) -> None:
     assert refused.returncode == 2 and "Code: 400" in refused.stderr
     assert 'namespace "team-a" is not supported: authmount serves only the root namespace' in refused.stderr
     assert bao("token", "lookup", env={"BAO_NAMESPACE": "root", "VAULT_NAMESPACE": "root"}).returncode == 0
+
+
+# -- identity merges, nested groups, templated policies and tools through the CLI ------------------
+def test_identity_templates_and_tools(bao: Bao, key: KeyPair) -> None:
+    """``bao write identity/entity/merge``, a nested group, a policy with an identity template
+    the login's token then uses, ``sys/tools/hash`` and ``sys/tools/random``."""
+    mount_jwt(bao, "jwt-tpl", key)
+    accessor = json.loads(bao("auth", "list", "-format=json").stdout)["jwt-tpl/"]["accessor"]
+    template = "{{identity.entity.aliases." + accessor + ".name}}"
+    bao("policy", "write", "dev", "-", stdin=f'path "auth/jwt-tpl/role/{template}" {{ capabilities = ["read"] }}')
+    bao("write", "auth/jwt-tpl/role/quinn", "role_type=jwt", "user_claim=sub", "bound_audiences=authmount")
+    login = json.loads(bao("write", "-format=json", "auth/jwt-tpl/login", "role=dev",
+                           f"jwt={jwt_for(key, sub='quinn')}", token="").stdout)["auth"]
+    user = Bao(bao.srv, bao.home, login["client_token"])
+    assert json.loads(user("read", "-format=json", "auth/jwt-tpl/role/quinn").stdout)["data"]["user_claim"] == "sub"
+    assert user("read", "auth/jwt-tpl/role/dev", check=False).returncode == 2  # not its name: denied
+    other = bao("write", "-field=id", "identity/entity", "name=quinn-too").stdout.strip()
+    bao("write", "identity/entity/merge", f"from_entity_ids={other}", f"to_entity_id={login['entity_id']}")
+    merged = json.loads(bao("read", "-format=json", f"identity/entity/id/{login['entity_id']}").stdout)["data"]
+    assert merged["merged_entity_ids"] == [other]
+    inner = bao("write", "-field=id", "identity/group", "name=cli-inner", f"member_entity_ids={login['entity_id']}")
+    bao("write", "identity/group", "name=cli-outer", "policies=ops", f"member_group_ids={inner.stdout.strip()}")
+    assert json.loads(user("token", "lookup", "-format=json").stdout)["data"]["identity_policies"] == ["ops"]
+    digest = bao("write", "-field=sum", "sys/tools/hash/sha2-256", f"input={base64.b64encode(b'hi').decode()}")
+    assert digest.stdout.strip() == hashlib.sha256(b"hi").hexdigest()
+    assert len(bao("write", "-field=random_bytes", "sys/tools/random/8", "format=hex").stdout.strip()) == 16
