@@ -343,7 +343,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
                                  "entity at a time")
         into_aliases = store.entity_alias_list(into)
         by_mount = {a.mount_accessor: a for a in into_aliases}
-        sources: list[Entity] = []
+        sources: list[tuple[Entity, list[EntityAlias]]] = []  # each with its aliases
         brought: dict[str, str] = {}  # mount accessor -> the entity merged from whose alias it is
         lines: list[str] = []
         clashes: list[dict[str, str]] = []
@@ -353,8 +353,8 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             source = await store.entity(fid)
             if source is None:
                 raise InvalidRequest("entity id to merge from is invalid")
-            sources.append(source)
-            for alias in store.entity_alias_list(source):
+            sources.append((source, store.entity_alias_list(source)))
+            for alias in sources[-1][1]:
                 if brought.setdefault(alias.mount_accessor, fid) != fid:
                     raise InvalidRequest(f"mount accessor {alias.mount_accessor} found in multiple fromEntities, "
                                          "merge should be done with one fromEntity at a time")
@@ -369,10 +369,10 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
                 "toEntity and at least one fromEntity have aliases with the same mount accessor, repeat the merge "
                 "request specifying exactly one fromEntity, clashes: ", *lines]), clashes)
         plans: list[tuple[Entity, list[EntityAlias], list[EntityAlias]]] = []
-        for source in sources:
+        for source, source_aliases in sources:
             moves: list[EntityAlias] = []
             drops: list[EntityAlias] = []
-            for alias in store.entity_alias_list(source):
+            for alias in source_aliases:
                 theirs = by_mount.get(alias.mount_accessor)
                 if theirs is None:
                     moves.append(alias)

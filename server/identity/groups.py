@@ -91,18 +91,17 @@ async def _apply(store: IdentityStore, group: Group | None, values: dict[str, An
     """Create (``group`` None) or update a group from a write's ``values``."""
     if values.get("name") == "":  # sent empty (Vault refuses it); left out, a name is made up
         raise InvalidRequest("empty group name")
-    if values.get("member_group_ids"):
-        if (group.type if group is not None else values.get("type") or "internal") == "external":
-            raise InvalidRequest("member groups can't be set for external groups")
-        _check_member_groups(store, group.id if group is not None else "", values["member_group_ids"])
     if group is None:
         gid = new_id()
         fresh = Group(id=gid, name=values.get("name") or "group_" + gid.replace("-", "")[:16])
         fresh.type = values.get("type") or "internal"
         created = changed_group(fresh, {k: v for k, v in values.items() if k != "type"})
+        _check_member_groups(store, "", values.get("member_group_ids") or [])
         await store.write_group(created)
         return Response(data={"id": created.id, "name": created.name})
-    await store.write_group(changed_group(group, values), change=lambda stored: changed_group(stored, values))
+    changed = changed_group(group, values)
+    _check_member_groups(store, group.id, values.get("member_group_ids") or [])
+    await store.write_group(changed, change=lambda stored: changed_group(stored, values))
     return None
 
 
@@ -129,8 +128,8 @@ async def _upsert(store: IdentityStore, existing: Group | None, values: dict[str
 
 
 def _check_member_groups(store: IdentityStore, group_id: str, wanted: list[str]) -> None:
-    """OpenBao's checks of nested groups, in its order, as 400s (OpenBao answers the first two
-    with a 500).
+    """OpenBao's checks of nested groups against the groups there are, after the write's own
+    (``changed_group``), in its order, as 400s (OpenBao answers the first two with a 500).
 
     :raises InvalidRequest: an unknown group, the group itself, or a cycle.
     """

@@ -575,6 +575,8 @@ class IdentityStore:
         """The groups above ``direct`` through nested groups (``member_group_ids``), without
         ``direct`` itself, nearest first (Vault's walk up from each group): their policies
         apply to the members of ``direct`` too."""
+        if not self._ancestors:  # no group nests another
+            return []
         direct = list(direct)
         out: dict[str, None] = {}
         for gid in direct:
@@ -609,16 +611,27 @@ class IdentityStore:
                 todo.extend(reversed(self._parents.get(gid, ())))
         return tuple(seen)[1:]  # a cycle written by two nodes at once grants nothing more
 
+    def all_groups(self, entity: Entity | None, entity_id: str) -> list[str]:
+        """The entity's groups and, after them, those above them through nested groups."""
+        direct = self.entity_groups(entity, entity_id)
+        return [*direct, *self.inherited_groups(direct)]
+
     # -- what tokens get ----------------------------------------------------------------------
+    async def _token_entity(self, entity_id: str) -> tuple[str, Entity | None]:
+        """The entity a token of ``entity_id`` stands for: that one, or the one it was merged
+        into (as in Vault), with its id."""
+        entity = await self.entity(entity_id)
+        if entity is None and entity_id in self._merged:
+            entity_id = self._merged[entity_id]
+            entity = await self.entity(entity_id)
+        return entity_id, entity
+
     async def policies_for(self, entity_id: str) -> list[str]:
         """The identity policies of a token with ``entity_id``: those of the entity's groups,
         as they are now (empty, without any lookup, when no group grants a policy)."""
         if not self._granting or not entity_id:
             return []
-        entity = await self.entity(entity_id)
-        if entity is None and entity_id in self._merged:  # merged into another: that one's, as in Vault
-            entity_id = self._merged[entity_id]
-            entity = await self.entity(entity_id)
+        entity_id, entity = await self._token_entity(entity_id)
         return self._policies_of(entity, entity_id)
 
     def disabled(self, entity_id: str) -> bool:
@@ -632,8 +645,7 @@ class IdentityStore:
     def _policies_of(self, entity: Entity | None, entity_id: str) -> list[str]:
         attrs = self.entity_attrs.get(entity_id)
         out: set[str] = set(attrs.policies) if attrs is not None else set()
-        direct = self.entity_groups(entity, entity_id)
-        for gid in (*direct, *self.inherited_groups(direct)) if self._ancestors else direct:
+        for gid in self.all_groups(entity, entity_id):
             out.update(self.groups[gid].policies)
         out.discard("root")  # refused at every group write; never granted whatever is stored
         return sorted(out)
@@ -647,9 +659,7 @@ class IdentityStore:
     async def template_view(self, entity_id: str) -> IdentityView | None:
         """What a policy's identity templates read of the entity (``server.acl.templating``),
         as it is now; None for no entity (or one deleted)."""
-        entity = await self.entity(entity_id)
-        if entity is None and entity_id in self._merged:
-            entity = await self.entity(self._merged[entity_id])
+        entity = (await self._token_entity(entity_id))[1]
         if entity is None:
             return None
         attrs = self.entity_attrs.get(entity.id)
@@ -657,9 +667,8 @@ class IdentityStore:
         for a in self.entity_alias_list(entity):
             aliases.setdefault(a.mount_accessor, AliasView(a.id, a.name, IdentityView.items(a.metadata),
                                                            IdentityView.items(a.custom_metadata)))
-        direct = self.entity_groups(entity, entity.id)
         groups = tuple(GroupView(g.id, g.name, IdentityView.items(g.metadata))
-                       for gid in (*direct, *self.inherited_groups(direct)) if (g := self.groups.get(gid)) is not None)
+                       for gid in self.all_groups(entity, entity.id) if (g := self.groups.get(gid)) is not None)
         return IdentityView(entity.id, entity.name, IdentityView.items(attrs.metadata if attrs else None),
                             tuple(sorted(aliases.items())), groups)
 
