@@ -553,7 +553,7 @@ class PolicyStore:
             self._acls[names] = cached
         acl, loaded, starts, _ = cached
         # Without templates, or for a path no filled-in template could match: the plain ACL.
-        if not starts or not entity_id or (path is not None and not path.startswith(starts)):
+        if not starts or not entity_id or (path is not None and not path.lstrip("/").startswith(starts)):
             return acl
         return await self._filled_acl(names, acl, loaded, entity_id, now)
 

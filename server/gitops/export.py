@@ -130,15 +130,16 @@ async def export_state(server: Server) -> Export:
     if made_by_roles:
         out.document["token_roles"] = made_by_roles
     groups: dict[str, Any] = {}
+    read: dict[str, dict[str, Any]] = {}
     for name in sorted(await server.keys("identity/group/name"), key=str.lower):
         data = await live_identity(server, "group", name)
         if data is not None:
-            groups[name] = _group(data, f"groups.{name}", out)
-            members = [await server.lookup("identity/lookup/group", {"id": gid})
-                       for gid in data.get("member_group_ids") or []]
-            names = sorted((str(m["name"]) for m in members if m and m.get("name")), key=str.lower)
-            if names:
-                groups[name]["member_groups"] = names
+            groups[name], read[name] = _group(data, f"groups.{name}", out), data
+    names_of = {str(data.get("id")): name for name, data in read.items()}  # member groups by name
+    for name, data in read.items():
+        members = sorted((names_of[g] for g in data.get("member_group_ids") or [] if g in names_of), key=str.lower)
+        if members:
+            groups[name]["member_groups"] = members
     if groups:
         out.document["groups"] = groups
     entities: dict[str, Any] = {}

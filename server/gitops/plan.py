@@ -349,7 +349,7 @@ async def _plan_groups(
     written, so that the name is free when it is written again; any other changed alias is
     updated in place (its id kept)."""
     live_names = {n.lower(): n for n in await server.keys("identity/group/name")}
-    first, releases = len(plan.changes), []
+    first, releases, currents = len(plan.changes), [], {}
     taken = {(g.alias.mount, g.alias.name.lower()): key for key, g in desired.groups.items() if g.alias is not None}
     for key, group in desired.groups.items():
         if not _selected(targets, "group", key):
@@ -359,6 +359,7 @@ async def _plan_groups(
             raise GitopsError(f"no mount at {group.alias.mount} on the server or in the file",
                               source=desired.source, address=address, where=group.where, field="alias.mount")
         current = await live_identity(server, "group", live_names[key]) if key in live_names else None
+        currents[key] = current
         wanted_alias = _alias_shown(group.alias.mount, group.alias.name) if group.alias else _NONE
         if current is None:
             fields = [FieldChange(k, "", _shown(group.public[k])) for k in GROUP_KEYS
@@ -386,7 +387,7 @@ async def _plan_groups(
             plan.changes.append(Change("update", "group", address, group.where, _write_group(group), fields))
     if releases:
         plan.changes[first].run = _releasing(releases, plan.changes[first].run)
-    await _plan_member_groups(plan, desired, server, live_names, targets)
+    await _plan_member_groups(plan, desired, server, live_names, currents)
     writes = plan.changes[first:]
     del plan.changes[first:]
     await _undeclared_identity(plan, server, "group", live_names, desired.groups, targets, prune=prune)
@@ -396,32 +397,27 @@ async def _plan_groups(
 
 
 async def _plan_member_groups(
-    plan: Plan, desired: Desired, server: Server, live_names: dict[str, str], targets: Sequence[Target]
+    plan: Plan, desired: Desired, server: Server, live_names: dict[str, str],
+    currents: dict[str, dict[str, Any] | None],
 ) -> None:
     """Each group's member groups, by name, after every group is written (a member group may
     be one this run makes). A group of the file nests the groups its ``member_groups`` names,
-    and only those."""
+    and only those. ``currents``: the selected groups as ``_plan_groups`` read them."""
     names_of: dict[str, str] = {}  # a live group's id -> its name
-
-    async def live_members(key: str) -> list[str]:
-        current = await live_identity(server, "group", live_names[key]) if key in live_names else None
-        out = []
-        for gid in (current or {}).get("member_group_ids") or []:
-            if gid not in names_of:
-                found = await server.lookup("identity/lookup/group", {"id": gid})
-                names_of[gid] = str((found or {}).get("name") or gid)
-            out.append(names_of[gid])
-        return out
-
-    for key, group in desired.groups.items():
-        if not _selected(targets, "group", key):
-            continue
+    for key, current in currents.items():
+        group = desired.groups[key]
         address = f"group {group.name}"
         for member in group.member_groups:
             if member.lower() not in desired.groups and member.lower() not in live_names:
                 raise GitopsError(f"no group {member} on the server or in the file", source=desired.source,
                                   address=address, where=group.where, field="member_groups")
-        before = sorted(await live_members(key), key=str.lower)
+        before = []
+        for gid in (current or {}).get("member_group_ids") or []:
+            if gid not in names_of:
+                found = await server.lookup("identity/lookup/group", {"id": gid})
+                names_of[gid] = str((found or {}).get("name") or gid)
+            before.append(names_of[gid])
+        before.sort(key=str.lower)
         after = sorted(group.member_groups, key=str.lower)
         if [m.lower() for m in before] != [m.lower() for m in after]:
             field = FieldChange("member_groups", _shown(before) if before else _NONE, _shown(after) if after else _NONE)

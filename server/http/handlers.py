@@ -349,7 +349,7 @@ async def authorize(
     if tokens.entity_disabled(entry):  # as Vault: a disabled entity's tokens do nothing
         granted = False
     else:
-        acl = await request.app[POLICIES].acl_for(await tokens.policies_of(entry), entry.entity_id, path.lstrip("/"))
+        acl = await request.app[POLICIES].acl_for(await tokens.policies_of(entry), entry.entity_id, path)
         if allowed is not None:
             granted = await allowed(acl)
         else:
