@@ -24,6 +24,7 @@ import yaml
 
 from plugin.pathdoc import closest
 from plugin.schema import parse_duration
+from server.acl.policies import TEMPLATE_FLAGS
 
 __all__ = [
     "SettingsError",
@@ -200,8 +201,6 @@ def _cidrs(raw: Any, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Ne
     return tuple(out)
 
 
-#: The keys of a policy given with its template flags (``{policy: text, allow_...: bool}``).
-POLICY_FLAG_KEYS = ("allow_slashes_in_identity_templates", "allow_wildcards_in_identity_templates")
 
 
 def _policies(raw: Any, key: str) -> dict[str, Any]:
@@ -212,12 +211,12 @@ def _policies(raw: Any, key: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, text in raw.items():
         if isinstance(text, Mapping) and "policy" in text:
-            unknown = sorted(set(map(str, text)) - {"policy", *POLICY_FLAG_KEYS})
+            unknown = sorted(set(map(str, text)) - {"policy", *TEMPLATE_FLAGS})
             if unknown:
                 raise SettingsError(f"{key}.{name}: unknown key {unknown[0]!r} (a policy with its flags takes "
-                                    f"policy, {', '.join(POLICY_FLAG_KEYS)})")
+                                    f"policy, {', '.join(TEMPLATE_FLAGS)})")
             flags = {}
-            for flag in POLICY_FLAG_KEYS:
+            for flag in TEMPLATE_FLAGS:
                 if not isinstance(text.get(flag, False), bool):
                     raise SettingsError(f"{key}.{name}.{flag}: must be true or false")
                 flags[flag] = bool(text.get(flag, False))

@@ -29,12 +29,12 @@ from plugin.errors import InvalidRequest
 from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
 from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
 from plugin.schema import Field, FieldSet, FieldType, coerce
-from server.acl.policies import PolicyError, canonical_policy_name, parse_policy
+from server.acl.policies import TEMPLATE_FLAGS, PolicyError, canonical_policy_name, parse_policy
 from server.identity.entities import ENTITY_FIELDS
 from server.identity.groups import GROUP_FIELDS, changed_group
 from server.identity.store import DERIVED_NAME, Group, group_policies
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
-from server.settings import POLICY_FLAG_KEYS, MountSeed, SettingsError, settings_from_mapping
+from server.settings import MountSeed, SettingsError, settings_from_mapping
 from server.tokens import roles as token_roles
 
 __all__ = [
@@ -187,7 +187,7 @@ class Desired:
     source: str
     mounts: dict[str, DesiredMount] = field(default_factory=dict)
     policies: dict[str, str] = field(default_factory=dict)
-    #: Each policy's template flags (``POLICY_FLAG_KEYS``: all false unless the file sets one).
+    #: Each policy's template flags (``TEMPLATE_FLAGS``: all false unless the file sets one).
     policy_flags: dict[str, dict[str, bool]] = field(default_factory=dict)
     #: Where each policy is in the file (``policies.deploy``).
     policy_where: dict[str, str] = field(default_factory=dict)
@@ -257,7 +257,7 @@ def from_sections(
                                   address=f"policy {canonical}", where=where)
             desired.policies[canonical] = text
             desired.policy_flags[canonical] = {
-                k: bool(value.get(k, False)) if isinstance(value, Mapping) else False for k in POLICY_FLAG_KEYS}
+                k: bool(value.get(k, False)) if isinstance(value, Mapping) else False for k in TEMPLATE_FLAGS}
             desired.policy_where[canonical] = where
         for name, values in (token_roles or {}).items():
             desired.token_roles[name] = _token_role(str(name), dict(values), f"token_roles.{name}", environ)

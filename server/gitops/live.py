@@ -17,10 +17,10 @@ from aiohttp import web
 
 from plugin.errors import NotFound, PluginError
 from plugin.framework import Backend, Connection, Operation, Request
+from server.acl.policies import TEMPLATE_FLAGS
 from server.appkeys import MOUNTS, POLICIES
 from server.identity.backend import app_identity_backend
 from server.mounts import Mount
-from server.settings import POLICY_FLAG_KEYS
 
 __all__ = ["ServerError", "LiveMount", "Server", "HttpServer", "AppServer"]
 
@@ -216,7 +216,7 @@ class HttpServer:
         data = await self._data("GET", f"sys/policies/acl/{quote(name, safe='')}")
         if data is None:
             return None
-        return str(data.get("policy", "")), {k: data.get(k) is True for k in POLICY_FLAG_KEYS}
+        return str(data.get("policy", "")), {k: data.get(k) is True for k in TEMPLATE_FLAGS}
 
     async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
         await self._call("PUT", f"sys/policies/acl/{quote(name, safe='')}", {"policy": text, **(flags or {})})
