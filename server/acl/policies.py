@@ -5,16 +5,19 @@ from __future__ import annotations
 import builtins
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from plugin.errors import InvalidRequest
 from plugin.pathdoc import closest
+from plugin.schema import FieldSet
 from plugin.storage import Storage
 from server.acl.hcl import HCLError, parse
+from server.acl.parameters import KEYS as PARAMETER_KEYS
+from server.acl.parameters import Params, merge_params, parse_params
 from server.acl.templating import IdentityView, TemplateError, blocked_by, has_templates, populate, template_names
 
 __all__ = [
@@ -44,14 +47,14 @@ _LEGACY = {
 }
 _IGNORED_KEYS = ("comment",)
 _UNSUPPORTED_KEYS = (
-    "allowed_parameters",
-    "denied_parameters",
-    "required_parameters",
     "min_wrapping_ttl",
     "max_wrapping_ttl",
     "mfa_methods",
     "control_group",
     "subscribe_event_types",
+    "pagination_limit",
+    "expiration",
+    "list_scan_response_keys_filter_path",
 )
 #: The only policy of a response-wrapping token (``server.tokens.wrapping``): it may unwrap
 #: itself, nothing else. Built in and immutable, as in Vault.
@@ -173,10 +176,11 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PathRule:
-    """One ``path`` block: its pattern and capabilities."""
+    """One ``path`` block: its pattern, capabilities and parameter constraints (None: none)."""
 
     pattern: str
     capabilities: frozenset[str]
+    params: Params | None = field(default=None, compare=False)
 
     @property
     def is_prefix(self) -> bool:
@@ -223,7 +227,7 @@ class PathRule:
 
 
 #: The keys of a ``path`` block a policy may use (for "did you mean" on an invalid key).
-_BLOCK_KEYS = ("capabilities", "policy", *_IGNORED_KEYS)
+_BLOCK_KEYS = ("capabilities", "policy", *PARAMETER_KEYS, *_IGNORED_KEYS)
 
 
 def _did_you_mean(key: str, known: tuple[str, ...]) -> str:
@@ -264,7 +268,7 @@ def _rule(pattern: Any, body: Any) -> PathRule:
         raise PolicyError(f'path "{pattern}": expected a block')
     caps: set[str] = set()
     for key, value in body.items():
-        if key in _IGNORED_KEYS:
+        if key in _IGNORED_KEYS or key in PARAMETER_KEYS:
             continue
         if key in _UNSUPPORTED_KEYS:
             raise PolicyError(f'path "{pattern}": "{key}" is not supported')
@@ -282,7 +286,12 @@ def _rule(pattern: Any, body: Any) -> PathRule:
                 caps.add(cap)
         else:
             raise PolicyError(f'path "{pattern}": invalid key "{key}"' + _did_you_mean(key, _BLOCK_KEYS))
-    return PathRule(pattern, frozenset(caps))
+    try:
+        params = parse_params(body, pattern)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
+    # A denial has no parameters to judge (Vault skips them too).
+    return PathRule(pattern, frozenset(caps), None if "deny" in caps else params)
 
 
 def parse_policy(text: str) -> list[PathRule]:
@@ -317,38 +326,45 @@ class ACL:
 
     def __init__(self, rules: Iterable[PathRule] = (), *, root: bool = False) -> None:
         self.root = root
-        merged: dict[str, set[str]] = {}
+        merged: dict[str, tuple[set[str], list[Params]]] = {}
         for r in rules:
-            merged.setdefault(r.pattern, set()).update(r.capabilities)
-        self._exact: dict[str, frozenset[str]] = {}
+            caps, params = merged.setdefault(r.pattern, (set(), []))
+            caps.update(r.capabilities)
+            if r.params is not None:
+                params.append(r.params)
+        self._exact: dict[str, PathRule] = {}
         globs: list[PathRule] = []
-        for pattern, caps in merged.items():
-            final = frozenset({"deny"}) if "deny" in caps else frozenset(caps)
-            rule = PathRule(pattern, final)
+        for pattern, (caps, params) in merged.items():
+            # Vault's merge: a deny anywhere is the rule's only capability; the parameter
+            # constraints of every policy that grants the path add up (``merge_params``).
+            rule = (PathRule(pattern, frozenset({"deny"})) if "deny" in caps
+                    else PathRule(pattern, frozenset(caps), merge_params(params)))
             if rule.is_exact:
-                self._exact[pattern] = final
+                self._exact[pattern] = rule
             else:
                 globs.append(rule)
         self._globs = sorted(globs, key=PathRule.priority, reverse=True)
+        #: Whether any rule constrains parameters (else ``permits`` has nothing to look up).
+        self.constrained = any(r.params is not None for r in (*self._exact.values(), *globs))
 
-    def _match(self, path: str, list_op: bool) -> frozenset[str] | None:
-        """The capabilities of the rule that governs ``path``, in Vault's order
-        (``AllowOperation``): the exact rule; for a LIST, the exact rule of the path without
-        its trailing ``/``; the most specific glob; for a LIST, the most specific glob of the
-        path without its trailing ``/``."""
-        caps = self._exact.get(path)
-        if caps is None and list_op:
-            caps = self._exact.get(path.rstrip("/"))
-        if caps is not None:
-            return caps
+    def _match(self, path: str, list_op: bool) -> PathRule | None:
+        """The rule that governs ``path``, in Vault's order (``AllowOperation``): the exact
+        rule; for a LIST, the exact rule of the path without its trailing ``/``; the most
+        specific glob; for a LIST, the most specific glob of the path without its trailing
+        ``/``."""
+        rule = self._exact.get(path)
+        if rule is None and list_op:
+            rule = self._exact.get(path.rstrip("/"))
+        if rule is not None:
+            return rule
         for rule in self._globs:
             if rule.matches(path):
-                return rule.capabilities
+                return rule
         if list_op and path.endswith("/"):
             trimmed = path.rstrip("/")
             for rule in self._globs:
                 if rule.matches(trimmed):
-                    return rule.capabilities
+                    return rule
         return None
 
     def allows(self, path: str, capability: str, *, listing: bool | None = None) -> bool:
@@ -358,8 +374,17 @@ class ACL:
         default, whether ``capability`` is ``list``."""
         if self.root:
             return True
-        caps = self._match(path.lstrip("/"), capability == "list" if listing is None else listing)
-        return caps is not None and "deny" not in caps and capability in caps
+        rule = self._match(path.lstrip("/"), capability == "list" if listing is None else listing)
+        return rule is not None and "deny" not in rule.capabilities and capability in rule.capabilities
+
+    def permits(self, path: str, data: Mapping[str, Any], fields: FieldSet | None) -> bool:
+        """Whether a read or write of ``path`` with the parameters ``data`` passes the
+        parameter constraints of the rule that governs it (``server.acl.parameters``);
+        ``fields``: the path's fields, which say how the backend takes each value."""
+        if self.root or not self.constrained:
+            return True
+        rule = self._match(path.lstrip("/"), False)
+        return rule is None or rule.params is None or rule.params.admit(data, fields)
 
     def capabilities(self, path: str) -> list[str]:
         """What ``sys/capabilities-self`` reports: sorted names, ``["root"]`` or ``["deny"]``."""
@@ -367,10 +392,10 @@ class ACL:
             return ["root"]
         # OpenBao's Capabilities: the rule a LIST of the path finds (an exact rule on the path
         # without its trailing slash comes before the globs).
-        caps = self._match(path.lstrip("/"), True)
-        if not caps or "deny" in caps:
+        rule = self._match(path.lstrip("/"), True)
+        if rule is None or not rule.capabilities or "deny" in rule.capabilities:
             return ["deny"]
-        return sorted(caps)
+        return sorted(rule.capabilities)
 
 
 #: Vault's order of capabilities in ``sys/internal/ui/resultant-acl`` (its bitmap's).
@@ -384,12 +409,13 @@ def resultant(acl: ACL) -> dict[str, Any]:
     if acl.root:
         return {"root": True}
 
-    def caps(granted: frozenset[str]) -> dict[str, list[str]]:
-        ordered = [c for c in _BITMAP_ORDER if c in granted]
-        return {"capabilities": ["deny"] if "deny" in granted or not ordered else ordered}
+    def shown(rule: PathRule) -> dict[str, Any]:
+        ordered = [c for c in _BITMAP_ORDER if c in rule.capabilities]
+        out: dict[str, Any] = {"capabilities": ["deny"] if "deny" in rule.capabilities or not ordered else ordered}
+        return out | rule.params.shown() if rule.params is not None else out
 
-    exact = {path: caps(granted) for path, granted in sorted(acl._exact.items())}
-    globs = {rule.pattern[:-1]: caps(rule.capabilities) for rule in sorted(acl._globs, key=lambda r: r.pattern)
+    exact = {path: shown(rule) for path, rule in sorted(acl._exact.items())}
+    globs = {rule.pattern[:-1]: shown(rule) for rule in sorted(acl._globs, key=lambda r: r.pattern)
              if rule.is_prefix and "+" not in rule.pattern[:-1].split("/")}
     return {"exact_paths": exact, "glob_paths": globs, "root": False}
 
@@ -575,7 +601,7 @@ class PolicyStore:
             if path is None:
                 continue
             try:
-                rules.append(PathRule(_validate_pattern(path), rule.capabilities))
+                rules.append(PathRule(_validate_pattern(path), rule.capabilities, rule.params))
             except PolicyError:  # a value with wildcards the policy allows made a glob Vault refuses
                 continue
         acl = ACL(rules)

@@ -162,6 +162,7 @@ def _api(work: Path, stdout: str) -> None:
     assert '{"identity_policies":["audit","deployer","release"],"same":true}' in stdout
     assert '{"aliases":["x"],"merged":true}' in stdout  # an entity merge
     assert '{"allow_slashes_in_identity_templates":true,"allow_wildcards_in_identity_templates":false}' in stdout
+    assert "escalation: 403" in stdout and '["team-a-deploy"]' in stdout  # a policy's parameter constraints
 
 
 #: What running a document's examples must have done, beyond exiting 0.

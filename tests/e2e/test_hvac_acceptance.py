@@ -377,6 +377,38 @@ def test_policy_crud(vault: ServerProc) -> None:
     assert "hvac-policy" not in policies and "hvac-json" not in policies
 
 
+
+def test_delegated_role_writes_with_hvac(vault: ServerProc, mount: str) -> None:
+    """A team's token writes its own roles with hvac's ``create_role`` under a policy with
+    parameter constraints (hvac sends ``name``, ``bound_claims_type`` and ``verbose_oidc_logging``
+    in the body too, so the policy allows them); a role granting a policy the
+    team may not grant is ``Forbidden``, as a list (hvac's form) and as a comma-separated string,
+    and the role stays as it was (row 61)."""
+    root = vault.client()
+    root.sys.create_or_update_policy(name="hvac-team", policy=f'''
+path "auth/{mount}/role/team-*" {{
+  capabilities = ["create", "update", "read"]
+  allowed_parameters = {{
+    "name" = []
+    "role_type" = ["jwt"]
+    "user_claim" = []
+    "bound_audiences" = []
+    "allowed_redirect_uris" = []
+    "bound_claims_type" = ["string"]
+    "verbose_oidc_logging" = [false]
+    "token_policies" = ["team-*"]
+  }}
+}}''')
+    team = vault.client(token=as_json(root.auth.token.create(policies=["hvac-team"]))["auth"]["client_token"])
+    create_login_role(team, mount, name="team-app", token_policies=["team-deploy"])
+    for policies in (["team-deploy", "admin"], "team-deploy,admin"):
+        with pytest.raises(hvac.exceptions.Forbidden):
+            create_login_role(team, mount, name="team-app", token_policies=policies)
+    with pytest.raises(hvac.exceptions.Forbidden):
+        create_login_role(team, mount, name="team-app", token_policies=["team-deploy"], bound_subject="x")
+    assert root.auth.jwt.read_role(name="team-app", path=mount)["data"]["token_policies"] == ["team-deploy"]
+    assert as_json(team.auth.jwt.read_role(name="team-app", path=mount))["data"]["role_type"] == "jwt"
+
 def test_tune_auth_method(vault: ServerProc, mount: str) -> None:
     client = vault.client()
     client.sys.tune_auth_method(mount, default_lease_ttl="1h", max_lease_ttl="2h", description="tuned")

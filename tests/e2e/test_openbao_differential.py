@@ -1403,3 +1403,94 @@ def test_resultant_acl_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
                                 timeout=10).json()["data"]["policy"])
         answers.append(got)
     assert answers[0] == answers[1]
+
+
+#: A team's delegation: its roles on the ``peer-roles`` mount within constraints, roles without
+#: the admin policy, tokens without root, and a path where every parameter is denied.
+DELEGATION = '''
+path "auth/peer-roles/role/team-*" {
+  capabilities = ["create", "update", "read"]
+  allowed_parameters = {
+    "token_policies" = ["team-*", "default"]
+    "role_type" = ["jwt"]
+    "user_claim" = []
+    "bound_audiences" = []
+    "bound_subject" = ["*@example.com", "ci"]
+    "token_ttl" = ["1h"]
+    "token_no_default_policy" = [true]
+  }
+  denied_parameters = { "token_policies" = ["team-admin"] "bound_subject" = ["root@example.com"] }
+  required_parameters = ["role_type"]
+}
+path "auth/peer-roles/role/sealed-*" { capabilities = ["create", "update", "read"] denied_parameters = { "*" = [] } }
+path "auth/peer-roles/role/open-*" {
+  capabilities = ["create", "update", "read"]
+  denied_parameters = { "token_policies" = ["admin"] }
+}
+path "auth/token/create" { capabilities = ["update"] denied_parameters = { "policies" = ["root"] } }
+'''
+_ROLE = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": "a"}
+#: (case, path, body): writes by a token of DELEGATION, refused (403) or not as OpenBao 2.7.2 does
+#: but the cases of DELEGATION_DIFFERS.
+DELEGATION_WRITES: list[tuple[str, str, dict[str, Any]]] = [
+    ("within the constraints", "role/team-a", {**_ROLE, "token_policies": "team-a"}),
+    ("the required name missing", "role/team-a", {"user_claim": "sub", "bound_audiences": "a"}),
+    ("a value not allowed", "role/team-a", {**_ROLE, "role_type": "oidc"}),
+    ("a name not allowed", "role/team-a", {**_ROLE, "groups_claim": "groups"}),
+    ("a glob at the start", "role/team-a", {**_ROLE, "bound_subject": "ann@example.com"}),
+    ("a denied value", "role/team-a", {**_ROLE, "bound_subject": "root@example.com"}),
+    ("a denied policy", "role/team-a", {**_ROLE, "token_policies": "team-admin"}),
+    ("a name in another case", "role/team-a", {**_ROLE, "Bound_Subject": "root@example.com"}),
+    ("every name denied", "role/sealed-a", _ROLE),
+    ("a token with the denied policy", "token", {"policies": "root"}),
+    ("a token without it", "token", {"policies": "default"}),
+    # Vault compares a list with each listed value as a whole (a list is no string), a
+    # comma-separated string as one string, the legacy name as another name, and values as
+    # sent: row 61.
+    ("a list of allowed policies", "role/team-a", {**_ROLE, "token_policies": ["team-a", "default"]}),
+    ("a string hiding a policy not allowed", "role/team-a", {**_ROLE, "token_policies": "team-a,admin"}),
+    ("the denied policy alone", "role/open-a", {**_ROLE, "token_policies": "admin"}),
+    ("the denied policy in a list", "role/open-a", {**_ROLE, "token_policies": ["admin"]}),
+    ("the denied policy in a string", "role/open-a", {**_ROLE, "token_policies": "x,admin"}),
+    ("the denied policy in another case", "role/open-a", {**_ROLE, "token_policies": "Admin"}),
+    ("the denied policy under the legacy name", "role/open-a", {**_ROLE, "policies": "admin"}),
+    ("the legacy name with an allowed policy", "role/team-a", {**_ROLE, "policies": "team-a"}),
+    ("a duration spelt otherwise", "role/team-a", {**_ROLE, "token_ttl": "60m"}),
+    ("a boolean as a string", "role/team-a", {**_ROLE, "token_no_default_policy": "true"}),
+    ("a token with the denied policy in a list", "token", {"policies": ["root"]}),
+]
+#: Case -> (authmount's status, OpenBao's): row 61.
+DELEGATION_DIFFERS = {
+    "a list of allowed policies": (204, 403), "a string hiding a policy not allowed": (403, 204),
+    "the denied policy in a list": (403, 204), "the denied policy in a string": (403, 204),
+    "the denied policy in another case": (403, 204), "the denied policy under the legacy name": (403, 204),
+    "the legacy name with an allowed policy": (204, 403), "a duration spelt otherwise": (204, 403),
+    "a boolean as a string": (204, 403), "a token with the denied policy in a list": (403, 400),
+}
+
+
+def test_parameter_constraints_as_openbao(role_mounts: tuple[ServerProc, BaoProc]) -> None:
+    """A policy with ``allowed_parameters``, ``denied_parameters`` and ``required_parameters``
+    lets the same writes through as OpenBao 2.7.2, and shows the same resultant ACL; where a
+    value is judged as the backend takes it, the statuses differ as DELEGATION_DIFFERS says."""
+    seen: list[dict[str, Any]] = []
+    for url, root in ((role_mounts[0].url, str(role_mounts[0].root_token)), (role_mounts[1].url, role_mounts[1].root_token)):
+        head = {"X-Vault-Token": root}
+        assert requests.put(f"{url}/v1/sys/policies/acl/delegation", json={"policy": DELEGATION}, headers=head,
+                            timeout=10).status_code == 204
+        token = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["delegation"]}, headers=head,
+                              timeout=10).json()["auth"]["client_token"]
+        statuses = {}
+        for case, path, body in DELEGATION_WRITES:
+            full = "auth/token/create" if path == "token" else f"auth/peer-roles/{path}"
+            statuses[case] = requests.post(f"{url}/v1/{full}", json=body, headers={"X-Vault-Token": token},
+                                           timeout=10).status_code
+        acl = requests.get(f"{url}/v1/sys/internal/ui/resultant-acl", headers={"X-Vault-Token": token},
+                           timeout=10).json()["data"]
+        seen.append({"statuses": statuses, "acl": {p: acl["glob_paths"][p] for p in sorted(acl["glob_paths"])},
+                     "create": acl["exact_paths"]["auth/token/create"]})
+    ours, theirs = seen
+    assert ours["acl"] == theirs["acl"] and ours["create"] == theirs["create"]
+    differ = {case: (ours["statuses"][case], theirs["statuses"][case]) for case, _, _ in DELEGATION_WRITES
+              if ours["statuses"][case] != theirs["statuses"][case]}
+    assert differ == DELEGATION_DIFFERS
