@@ -1,5 +1,7 @@
-"""Parameter constraints of a policy path: ``allowed_parameters``, ``denied_parameters`` and
-``required_parameters`` (Vault's, with its order of checks and its merge of several policies).
+"""What a policy path asks of a request beyond its capabilities: parameter constraints
+(``allowed_parameters``, ``denied_parameters``, ``required_parameters``) and response wrapping
+(``min_wrapping_ttl``, ``max_wrapping_ttl``: the request must be wrapped, for that long).
+Vault's, with its order of checks and its merge of several policies.
 
 Vault compares a request's raw values with the policy's: a list against each listed value as
 a whole, a string by glob (``prefix*``, ``*suffix``), anything else by type and value. So on
@@ -25,12 +27,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from plugin.errors import InvalidRequest
-from plugin.schema import FieldSet, FieldType, coerce
+from plugin.schema import FieldSet, FieldType, coerce, parse_duration
 
 __all__ = ["KEYS", "Params", "merge_params", "parse_params"]
 
 #: The keys of a ``path`` block this module reads.
-KEYS = ("allowed_parameters", "denied_parameters", "required_parameters")
+KEYS = ("allowed_parameters", "denied_parameters", "required_parameters", "min_wrapping_ttl", "max_wrapping_ttl")
 _LISTS = (FieldType.COMMA_STRING_SLICE, FieldType.SLICE)
 #: What a field's coercion raises for a value it does not take.
 _NOT_TAKEN = (InvalidRequest, ValueError, TypeError)
@@ -38,20 +40,26 @@ _NOT_TAKEN = (InvalidRequest, ValueError, TypeError)
 
 class Params:
     """The constraints of one path: names (lower-case) to the values allowed or denied (an
-    empty tuple: any value), and the names a request must carry."""
+    empty tuple: any value), the names a request must carry, and the least and most seconds
+    a request must ask its response wrapped for (0: no bound)."""
 
-    __slots__ = ("allowed", "denied", "required")
+    __slots__ = ("allowed", "denied", "required", "min_wrap", "max_wrap")
 
     def __init__(self, allowed: dict[str, tuple[Any, ...]], denied: dict[str, tuple[Any, ...]],
-                 required: tuple[str, ...]) -> None:
+                 required: tuple[str, ...], min_wrap: int = 0, max_wrap: int = 0) -> None:
         self.allowed, self.denied, self.required = allowed, denied, required
+        self.min_wrap, self.max_wrap = min_wrap, max_wrap
 
     def __bool__(self) -> bool:
-        return bool(self.allowed or self.denied or self.required)
+        return bool(self.allowed or self.denied or self.required or self.min_wrap or self.max_wrap)
 
     def shown(self) -> dict[str, Any]:
         """The constraints as ``sys/internal/ui/resultant-acl`` shows them (OpenBao's keys)."""
         out: dict[str, Any] = {}
+        if self.min_wrap:
+            out["min_wrapping_ttl"] = self.min_wrap
+        if self.max_wrap:
+            out["max_wrapping_ttl"] = self.max_wrap
         if self.allowed:
             out["allowed_parameters"] = {k: list(v) for k, v in self.allowed.items()}
         if self.denied:
@@ -59,6 +67,16 @@ class Params:
         if self.required:
             out["required_parameters"] = list(self.required)
         return out
+
+    def wraps(self, wrap_ttl: int | None) -> bool:
+        """Whether a request asking its response wrapped for ``wrap_ttl`` seconds (None: not
+        wrapped) is within the wrapping bounds (Vault: both bounds, when several policies
+        gave a maximum below the minimum, refuse everything)."""
+        if self.max_wrap and (wrap_ttl is None or wrap_ttl > self.max_wrap):
+            return False
+        if self.min_wrap and (wrap_ttl is None or wrap_ttl < self.min_wrap):
+            return False
+        return not (self.min_wrap and self.max_wrap and self.max_wrap < self.min_wrap)
 
     def admit(self, data: Mapping[str, Any], fields: FieldSet | None) -> bool:
         """Whether a read or write with these parameters passes, in Vault's order: every
@@ -205,27 +223,44 @@ def _required(value: Any, path: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(v) for v in value))
 
 
+def _wrap_ttl(body: Mapping[str, Any], key: str) -> int:
+    if key not in body:
+        return 0
+    try:
+        return parse_duration(body[key])
+    except ValueError as exc:
+        raise ValueError(f"error parsing {key}: {exc}") from None
+
+
 def parse_params(body: Mapping[str, Any], path: str) -> Params | None:
     """The constraints a ``path`` block's ``body`` sets, or None.
 
-    :raises ValueError: a constraint of the wrong shape; the message names the path and key.
+    :raises ValueError: a constraint of the wrong shape; the message names the path and key
+        (Vault's texts for the wrapping bounds).
     """
+    min_wrap, max_wrap = _wrap_ttl(body, "min_wrapping_ttl"), _wrap_ttl(body, "max_wrapping_ttl")
+    if min_wrap and max_wrap and max_wrap < min_wrap:
+        raise ValueError("max_wrapping_ttl cannot be less than min_wrapping_ttl")
     allowed = _name_map(body["allowed_parameters"], "allowed_parameters", path) if "allowed_parameters" in body else {}
     denied = _name_map(body["denied_parameters"], "denied_parameters", path) if "denied_parameters" in body else {}
     required = _required(body["required_parameters"], path) if "required_parameters" in body else ()
-    params = Params(allowed, denied, required)
+    params = Params(allowed, denied, required, min_wrap, max_wrap)
     return params if params else None
 
 
 def merge_params(found: Iterable[Params]) -> Params | None:
     """The constraints of one path granted by several policies (Vault's ``NewACL``): allowed
     and denied values of a name add up, and any value of a name in one makes it any value;
-    the required names add up."""
+    the required names add up; of the wrapping bounds each policy sets, the least minimum
+    and the least maximum."""
     merged: Params | None = None
     for params in found:
         if merged is None:
-            merged = Params(dict(params.allowed), dict(params.denied), params.required)
+            merged = Params(dict(params.allowed), dict(params.denied), params.required, params.min_wrap,
+                            params.max_wrap)
             continue
+        merged.min_wrap = min(filter(None, (merged.min_wrap, params.min_wrap)), default=0)
+        merged.max_wrap = min(filter(None, (merged.max_wrap, params.max_wrap)), default=0)
         for mine, theirs in ((merged.allowed, params.allowed), (merged.denied, params.denied)):
             for name, values in theirs.items():
                 before = mine.get(name)

@@ -47,8 +47,6 @@ _LEGACY = {
 }
 _IGNORED_KEYS = ("comment",)
 _UNSUPPORTED_KEYS = (
-    "min_wrapping_ttl",
-    "max_wrapping_ttl",
     "mfa_methods",
     "control_group",
     "subscribe_event_types",
@@ -377,14 +375,20 @@ class ACL:
         rule = self._match(path.lstrip("/"), capability == "list" if listing is None else listing)
         return rule is not None and "deny" not in rule.capabilities and capability in rule.capabilities
 
-    def permits(self, path: str, data: Mapping[str, Any], fields: FieldSet | None) -> bool:
-        """Whether a read or write of ``path`` with the parameters ``data`` passes the
-        parameter constraints of the rule that governs it (``server.acl.parameters``);
-        ``fields``: the path's fields, which say how the backend takes each value."""
+    def permits(self, path: str, data: Mapping[str, Any] | None, fields: FieldSet | None, *,
+                wrap_ttl: int | None = None, listing: bool = False) -> bool:
+        """Whether a request to ``path`` passes what the rule that governs it asks beyond
+        capabilities (``server.acl.parameters``): its response wrapped for ``wrap_ttl``
+        seconds (None: not wrapped) within the rule's bounds, and, for a read or write, its
+        parameters ``data`` within the rule's constraints (None: a LIST or DELETE, whose
+        parameters are not judged); ``fields``: the path's fields, which say how the backend
+        takes each value; ``listing``: the request is a LIST (its rule is found as a LIST's)."""
         if self.root or not self.constrained:
             return True
-        rule = self._match(path.lstrip("/"), False)
-        return rule is None or rule.params is None or rule.params.admit(data, fields)
+        rule = self._match(path.lstrip("/"), listing)
+        if rule is None or rule.params is None:
+            return True
+        return rule.params.wraps(wrap_ttl) and (data is None or rule.params.admit(data, fields))
 
     def capabilities(self, path: str) -> list[str]:
         """What ``sys/capabilities-self`` reports: sorted names, ``["root"]`` or ``["deny"]``."""

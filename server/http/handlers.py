@@ -331,14 +331,14 @@ def remote_addr(request: web.Request) -> str:
 
 async def authorize(
     request: web.Request, path: str, capabilities: Sequence[str] = (), *, allowed: Any = None,
-    params: Request | None = None,
+    judged: Request | None = None,
 ) -> Any:
     """Authenticate the caller's token and check every capability on ``path``.
 
     ``allowed``, when given, is an async callable ``(acl) -> bool`` that decides instead of
-    ``capabilities`` (writes: create vs update). ``params``: a read or write whose
-    parameters the governing rule's constraints judge too (``ACL.permits``, with the
-    route's fields). Returns the TokenEntry. The caller must
+    ``capabilities`` (writes: create vs update). ``judged``: the request whose wrapping
+    and (for a read or write) parameters the governing rule's constraints judge too
+    (``ACL.permits``, with the route's fields). Returns the TokenEntry. The caller must
     ``release`` it after the request when ``num_uses == -1`` (its last use); ``authorize``
     does so itself on denial.
 
@@ -358,9 +358,12 @@ async def authorize(
         else:
             listing = "list" in capabilities  # a LIST's sudo is judged on the LIST's rule
             granted = all(acl.allows(path, cap, listing=listing) for cap in capabilities)
-        if granted and params is not None and acl.constrained:
-            route = params.route
-            granted = acl.permits(path, params.data, route.spec.fields if route is not None else None)
+        if granted and judged is not None and acl.constrained:
+            op, route = judged.operation, judged.route
+            # Vault judges the parameters of reads and writes only (not of a LIST or a DELETE).
+            data = judged.data if op is Operation.READ or op is Operation.UPDATE else None
+            granted = acl.permits(path, data, route.spec.fields if route is not None else None,
+                                  wrap_ttl=requested_wrap_ttl(request), listing=op is Operation.LIST)
     if not granted:
         await release(request, entry)
         raise PermissionDenied()
@@ -491,8 +494,6 @@ async def _check_token(request: web.Request, backend: Backend, req: Request, ful
     op = req.operation
     if op is Operation.LIST and not full.endswith("/"):
         full += "/"  # as Vault judges a LIST: the directory (sys/policies/acl/)
-    # Vault judges the parameters of reads and writes only (not of a LIST or a DELETE).
-    params = req if op is Operation.READ or op is Operation.UPDATE else None
     if op is Operation.UPDATE:
 
         async def may_write(acl: Any) -> bool:
@@ -503,10 +504,10 @@ async def _check_token(request: web.Request, backend: Backend, req: Request, ful
             )
             return granted and (not sudo or acl.allows(full, "sudo"))
 
-        entry = await authorize(request, full, allowed=may_write, params=params)
+        entry = await authorize(request, full, allowed=may_write, judged=req)
     else:
         entry = await authorize(request, full, (_CAPABILITY[op], "sudo") if sudo else (_CAPABILITY[op],),
-                                params=params)
+                                judged=req)
     req.token = {"entry": entry, "raw": request[TOKEN_RAW]}
     return entry
 

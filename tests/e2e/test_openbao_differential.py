@@ -1494,3 +1494,26 @@ def test_parameter_constraints_as_openbao(role_mounts: tuple[ServerProc, BaoProc
     differ = {case: (ours["statuses"][case], theirs["statuses"][case]) for case, _, _ in DELEGATION_WRITES
               if ours["statuses"][case] != theirs["statuses"][case]}
     assert differ == DELEGATION_DIFFERS
+
+
+def test_wrapping_bounds_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """A policy's ``min_wrapping_ttl``/``max_wrapping_ttl`` (token creation only wrapped, for
+    one to ten minutes): the same creations refused as OpenBao 2.7.2, the same resultant ACL."""
+    text = 'path "auth/token/create" { capabilities = ["update"] min_wrapping_ttl = "1m" max_wrapping_ttl = 600 }'
+    seen = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        head = {"X-Vault-Token": root}
+        assert requests.put(f"{url}/v1/sys/policies/acl/orchestrator", json={"policy": text}, headers=head,
+                            timeout=10).status_code == 204
+        token = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["orchestrator"]}, headers=head,
+                              timeout=10).json()["auth"]["client_token"]
+        statuses = []
+        for wrap in (None, "30s", "1m", "5m", "600", "11m"):
+            headers = {"X-Vault-Token": token, **({"X-Vault-Wrap-TTL": wrap} if wrap else {})}
+            resp = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]}, headers=headers, timeout=10)
+            statuses.append((wrap, resp.status_code, (resp.json().get("wrap_info") or {}).get("ttl")))
+        acl = requests.get(f"{url}/v1/sys/internal/ui/resultant-acl", headers={"X-Vault-Token": token},
+                           timeout=10).json()["data"]["exact_paths"]["auth/token/create"]
+        seen.append((statuses, acl))
+    assert seen[0] == seen[1]
+    assert [status for _, status, _ in seen[0][0]] == [403, 403, 200, 200, 200, 403]

@@ -218,3 +218,63 @@ path "auth/jwt/role/team-old" { capabilities = ["delete", "read"] required_param
     await api.ok("POST", "auth/jwt/role/team-old", role)
     assert (await api.call("DELETE", "auth/jwt/role/team-old", token=token))[0] == 204
     assert (await api.call("GET", "auth/jwt/role/team-old", token=token))[0] == 403  # required: nothing
+
+
+#: (case, body, wrap TTL asked or None, admitted) under a rule's wrapping bounds.
+WRAP_CASES: list[tuple[str, str, int | None, bool]] = [
+    ("no bounds", 'allowed_parameters = { "a" = [] }', None, True),
+    ("a minimum, not wrapped", 'min_wrapping_ttl = "1m"', None, False),
+    ("a minimum, wrapped for less", 'min_wrapping_ttl = "1m"', 30, False),
+    ("a minimum, wrapped for it", 'min_wrapping_ttl = "1m"', 60, True),
+    ("a maximum, not wrapped", "max_wrapping_ttl = 600", None, False),
+    ("a maximum, wrapped for more", "max_wrapping_ttl = 600", 601, False),
+    ("a maximum, wrapped within", 'max_wrapping_ttl = "600"', 120, True),
+    ("both, within", 'min_wrapping_ttl = "1m" max_wrapping_ttl = "10m"', 300, True),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "wrap", "admitted"), WRAP_CASES, ids=[c[0] for c in WRAP_CASES])
+def test_wrapping_bounds(case: str, body: str, wrap: int | None, admitted: bool) -> None:
+    acl = ACL(parse_policy(f'path "a" {{ capabilities = ["update", "list"] {body} }}'))
+    assert acl.permits("a", {}, None, wrap_ttl=wrap) is admitted
+    assert acl.permits("a", None, None, wrap_ttl=wrap, listing=True) is admitted  # a LIST too (Vault)
+
+
+def test_wrapping_bounds_parse_and_merge_as_vault() -> None:
+    """Durations in Vault's forms, shown in seconds; Vault's texts for a bad one and for a
+    maximum below the minimum; several policies: the least minimum and the least maximum,
+    and a maximum below the minimum after the merge refuses everything."""
+    [rule] = parse_policy('path "a" { capabilities = ["update"] min_wrapping_ttl = "1m" max_wrapping_ttl = 3600 }')
+    assert rule.params is not None and rule.params.shown() == {"min_wrapping_ttl": 60, "max_wrapping_ttl": 3600}
+    for body, message in (('min_wrapping_ttl = "soon"', "error parsing min_wrapping_ttl: "),
+                          ('min_wrapping_ttl = "2m" max_wrapping_ttl = "1m"',
+                           "max_wrapping_ttl cannot be less than min_wrapping_ttl")):
+        with pytest.raises(PolicyError, match=message):
+            parse_policy(f'path "a" {{ capabilities = ["update"] {body} }}')
+    acl = ACL([*parse_policy('path "a" { capabilities = ["update"] min_wrapping_ttl = "5m" max_wrapping_ttl = "10m" }'),
+               *parse_policy('path "a" { capabilities = ["read"] min_wrapping_ttl = "1m" max_wrapping_ttl = "2m" }')])
+    assert resultant(acl)["exact_paths"]["a"] == {"capabilities": ["read", "update"], "min_wrapping_ttl": 60,
+                                                  "max_wrapping_ttl": 120}
+    assert acl.permits("a", {}, None, wrap_ttl=90) and not acl.permits("a", {}, None, wrap_ttl=300)
+    crossed = ACL([*parse_policy('path "a" { capabilities = ["update"] min_wrapping_ttl = "5m" }'),
+                   *parse_policy('path "a" { capabilities = ["update"] max_wrapping_ttl = "2m" }')])
+    assert not any(crossed.permits("a", {}, None, wrap_ttl=t) for t in (None, 60, 120, 300, 600))
+
+
+async def test_a_policy_that_makes_token_creation_wrapped(aiohttp_client: AiohttpClient) -> None:
+    """Vault's trusted-orchestrator pattern: a token may create tokens only wrapped, for at most
+    ten minutes; unwrapped or for longer is ``403 permission denied``."""
+    api, _ = await _api(aiohttp_client)
+    await api.ok("PUT", "sys/policies/acl/orchestrator", {"policy": (
+        'path "auth/token/create" { capabilities = ["update"] min_wrapping_ttl = "1m" max_wrapping_ttl = "10m" }')})
+    token = (await api.ok("POST", "auth/token/create", {"policies": ["orchestrator"]}))["auth"]["client_token"]
+
+    async def create(wrap: str | None) -> tuple[int, Any]:
+        headers = {"X-Vault-Token": token, **({"X-Vault-Wrap-TTL": wrap} if wrap else {})}
+        resp = await api.client.post("/v1/auth/token/create", json={"policies": ["default"]}, headers=headers)
+        return resp.status, await resp.json()
+
+    assert await create(None) == (403, {"errors": ["permission denied"]})
+    assert (await create("30s"))[0] == 403 and (await create("11m"))[0] == 403
+    status, out = await create("5m")
+    assert status == 200 and out["auth"] is None and out["wrap_info"]["ttl"] == 300

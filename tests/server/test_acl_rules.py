@@ -56,7 +56,7 @@ def test_patch_and_comments_are_accepted() -> None:
     assert acl('path "a" { capabilities = ["read"] comment = "why" }').capabilities("a") == ["read"]
 
 
-UNSUPPORTED = ["min_wrapping_ttl", "max_wrapping_ttl", "mfa_methods", "control_group", "subscribe_event_types",
+UNSUPPORTED = ["mfa_methods", "control_group", "subscribe_event_types",
                "pagination_limit", "expiration", "list_scan_response_keys_filter_path"]
 
 

@@ -88,7 +88,7 @@ def test_hcl_errors(text: str, message: str) -> None:
         ('path "a/b+c/d" { capabilities = ["read"] }', 'the "\\+" wildcard must be a whole path segment'),
         ('path "a" { capabilities = "read" }', "capabilities must be a list of strings"),
         ('path "a" { colour = "red" }', 'path "a": invalid key "colour"'),
-        ('path "a" { max_wrapping_ttl = "1h" }', '"max_wrapping_ttl" is not supported'),
+        ('path "a" { mfa_methods = ["m"] }', '"mfa_methods" is not supported'),
         ('path "a" { policy = "admin" }', 'invalid policy "admin"'),
         ('paths "a" { capabilities = [] }', 'invalid key "paths"'),
         ('path "identity/entity/id/{{identity.entity.ids}}" { capabilities = ["read"] }', "unknown template"),
