@@ -217,6 +217,31 @@ def test_policy_commands(bao: Bao) -> None:
     assert refused.returncode == 2 and 'cannot delete default policy' in refused.stderr
 
 
+
+def test_a_policy_with_parameter_constraints(bao: Bao, key: KeyPair) -> None:
+    """``vault write`` sends every value as a string (``token_policies=a,b``): a team token
+    under ``allowed_parameters`` writes its role, and one more policy hidden in the string is
+    refused (row 61); ``vault token create -wrap-ttl`` under ``min_wrapping_ttl``."""
+    mount_jwt(bao, "delegated", key)
+    bao("policy", "write", "team", "-", stdin='''
+path "auth/delegated/role/team-*" {
+  capabilities = ["create", "update", "read"]
+  allowed_parameters = { "role_type" = ["jwt"] "user_claim" = [] "bound_audiences" = [] "token_policies" = ["team-*"] }
+}
+path "auth/token/create" { capabilities = ["update"] min_wrapping_ttl = "1m" }''')
+    team = json.loads(bao("token", "create", "-policy=team", "-format=json").stdout)["auth"]["client_token"]
+    bao("write", "auth/delegated/role/team-app", "role_type=jwt", "user_claim=sub", "bound_audiences=authmount",
+        "token_policies=team-deploy,team-read", token=team)
+    refused = bao("write", "auth/delegated/role/team-app", "role_type=jwt", "token_policies=team-deploy,admin",
+                  token=team, check=False)
+    assert refused.returncode == 2 and "permission denied" in refused.stderr
+    role = json.loads(bao("read", "-format=json", "auth/delegated/role/team-app").stdout)["data"]
+    assert role["token_policies"] == ["team-deploy", "team-read"]
+    unwrapped = bao("token", "create", "-policy=default", token=team, check=False)
+    assert unwrapped.returncode == 2 and "permission denied" in unwrapped.stderr
+    wrapped = json.loads(bao("token", "create", "-policy=default", "-wrap-ttl=2m", "-format=json", token=team).stdout)
+    assert wrapped["wrap_info"]["ttl"] == 120
+
 # -- tokens ------------------------------------------------------------------------------------------------
 def test_token_commands(bao: Bao) -> None:
     bao("policy", "write", "dev", "-", stdin='path "auth/crud/role/*" { capabilities = ["read", "list"] }\n'
