@@ -278,3 +278,17 @@ async def test_a_policy_that_makes_token_creation_wrapped(aiohttp_client: Aiohtt
     assert (await create("30s"))[0] == 403 and (await create("11m"))[0] == 403
     status, out = await create("5m")
     assert status == 200 and out["auth"] is None and out["wrap_info"]["ttl"] == 300
+
+
+async def test_a_templated_path_keeps_its_constraints(aiohttp_client: AiohttpClient) -> None:
+    """A path with identity templates is filled per token with its constraints: each user
+    writes the role named after it, without the admin policy."""
+    api, accessor = await _api(aiohttp_client)
+    await api.ok("PUT", "sys/policies/acl/dev", {"policy": (
+        f'path "auth/jwt/role/{{{{identity.entity.aliases.{accessor}.name}}}}" {{ capabilities = ["create", "update"] '
+        'denied_parameters = { "token_policies" = ["admin"] } }')})
+    token = (await api.login("carol", []))["client_token"]
+    role = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": "authmount"}
+    assert (await api.call("POST", "auth/jwt/role/carol", {**role, "token_policies": "x"}, token=token))[0] == 204
+    assert (await api.call("POST", "auth/jwt/role/carol", {**role, "token_policies": "x,admin"}, token=token))[0] == 403
+    assert (await api.call("POST", "auth/jwt/role/dave", role, token=token))[0] == 403
