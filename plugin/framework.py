@@ -320,9 +320,13 @@ class PathSpec:
     description: str = ""
     #: No token needed (login-type paths; Vault's ``PathsSpecial.Unauthenticated``).
     unauthenticated: bool = False
-    #: Its responses carry a new token (logins, token creation): the only responses the
-    #: server wraps for ``X-Vault-Wrap-TTL``; a wrap asked of any other path is refused.
+    #: Its responses carry a new token (logins, token creation), or exist to be wrapped
+    #: (``sys/wrapping/wrap``): the only responses the server wraps for ``X-Vault-Wrap-TTL``;
+    #: a wrap asked of any other path is refused.
     issues_token: bool = False
+    #: The handler takes the request's data as it is (``req.data``): no field is declared
+    #: for it, and no parameter is unknown (``sys/wrapping/wrap`` wraps whatever it is sent).
+    free_form: bool = False
     #: The token's policy must also grant ``sudo`` on the path (Vault's ``PathsSpecial.Root``).
     sudo: bool = False
     #: If set, CREATE vs UPDATE is decided by this; else writes are UPDATE.
@@ -448,6 +452,8 @@ class Backend:
         replaced = sorted(k for k in captures if data.get(k) is not None) if captures else None
         data.update(captures)
         values, unknown = spec.fields.parse(data)
+        if spec.free_form:
+            unknown = []
         op = req.operation
         if unknown and req.refuse_unknown and op in _WRITES and not spec.unauthenticated:
             raise pathdoc.refusal(unknown, spec.fields)

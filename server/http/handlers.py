@@ -604,6 +604,8 @@ def builtin_handler(
             finally:
                 await release(request, entry)
             out = _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top, mount_type=kind)
+            if wrap_ttl is not None:
+                out = await wrap_reply(request, out, wrap_ttl, point + req.path, data=spec.free_form)
         except Exception as exc:
             await exchange.failed(exc)
             raise
@@ -751,20 +753,26 @@ def refuse_unwrappable(route: Route | None, path: str) -> None:
         raise InvalidRequest(_UNWRAPPABLE.format(path))
 
 
-_UNWRAPPABLE = "{}: this response cannot be wrapped (X-Vault-Wrap-TTL): only logins and token creation are wrapped"
+_UNWRAPPABLE = ("{}: this response cannot be wrapped (X-Vault-Wrap-TTL): only logins, token creation and "
+                "sys/wrapping/wrap are wrapped")
 
 
-async def wrap_reply(request: web.Request, out: web.StreamResponse, ttl: int, path: str) -> web.StreamResponse:
-    """Keep ``out``, the response a login or token creation would have sent, behind a new
-    single-use wrapping token (``server.tokens.wrapping``) and answer with its ``wrap_info``.
+async def wrap_reply(request: web.Request, out: web.StreamResponse, ttl: int, path: str, *,
+                     data: bool = False) -> web.StreamResponse:
+    """Keep ``out``, the response a login or a token creation would have sent (``data``: or the
+    data ``sys/wrapping/wrap`` answers), behind a new single-use wrapping token
+    (``server.tokens.wrapping``) and answer with its ``wrap_info``.
 
-    :raises InvalidRequest: ``out`` carries no token (nothing is answered unwrapped).
+    :raises InvalidRequest: ``out`` carries no token (nor, with ``data``, data): nothing is
+        answered unwrapped.
     """
     body = out.body if isinstance(out, web.Response) else None
     parsed = orjson.loads(body) if isinstance(body, bytes) and out.content_type == "application/json" else None
-    auth = parsed.get("auth") if isinstance(parsed, dict) and out.status == 200 else None
-    if not isinstance(auth, dict) or not isinstance(body, bytes):
+    sent = parsed if isinstance(parsed, dict) and out.status == 200 else {}
+    auth = sent.get("auth")
+    if not isinstance(body, bytes) or not (isinstance(auth, dict) or data and isinstance(sent.get("data"), dict)):
         raise InvalidRequest(_UNWRAPPABLE.format(path))
+    auth = auth if isinstance(auth, dict) else {}
     wrapping = Wrapping(request.app[TOKENS], request.app[KEYRING])
     info = await wrapping.wrap(body, ttl=ttl, creation_path=path, path=path,
                                wrapped_accessor=str(auth.get("accessor") or ""))

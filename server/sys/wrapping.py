@@ -1,17 +1,21 @@
-"""``sys/wrapping/lookup``, ``sys/wrapping/unwrap`` and ``sys/wrapping/rewrap``: the wrapping
-tokens that ``X-Vault-Wrap-TTL`` on a login or a token creation returns
+"""``sys/wrapping/wrap``, ``lookup``, ``unwrap`` and ``rewrap``: the wrapping tokens that
+``X-Vault-Wrap-TTL`` on a login, a token creation or ``sys/wrapping/wrap`` returns
 (``server.tokens.wrapping``).
 
 The wrapping token is the ``token`` parameter, or the calling token itself (``vault unwrap``
 without an argument). ``lookup`` needs no token (Vault's rule): it uses nothing up. ``unwrap``
 and ``rewrap`` use the wrapping token up: given as ``token``, it is revoked here; given as
 the calling token, its one use was this request and the server revokes it after.
-``sys/wrapping/wrap`` (wrapping arbitrary data) is not served.
+``wrap`` answers the data it is sent, which the server wraps (Vault Agent's sinks with
+``wrap_ttl`` hand their token over so); it wraps at most ``MAX_WRAPPED_BYTES`` of JSON: a
+wrapping token hands a token or a credential over, it is no store.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Operation, Request, Response
@@ -23,7 +27,10 @@ from server.tokens.wrapping import INVALID, Wrapping, is_wrapping, wrap_envelope
 if TYPE_CHECKING:
     from server.sys.backend import SysBackend
 
-__all__ = ["paths", "WRAPPING_FIELDS"]
+__all__ = ["MAX_WRAPPED_BYTES", "paths", "WRAPPING_FIELDS"]
+
+#: The most JSON ``sys/wrapping/wrap`` wraps (Vault Agent's sink wraps a token: ~150 bytes).
+MAX_WRAPPED_BYTES = 16384
 
 WRAPPING_FIELDS = FieldSet({
     "token": Field(FieldType.STRING, "The wrapping token; defaults to the calling token.", default="",
@@ -39,7 +46,7 @@ def _caller(req: Request) -> tuple[TokenEntry | None, str]:
 
 
 def paths(b: SysBackend) -> list[SysPath]:
-    """The three paths; ``lookup`` needs no token."""
+    """The four paths; ``lookup`` needs no token."""
     core = b.core
 
     def wrapping() -> Wrapping:
@@ -73,8 +80,20 @@ def paths(b: SysBackend) -> list[SysPath]:
         info = await wrapping().rewrap(entry, revoke=revoke)
         return raw_json(wrap_envelope(info))
 
+    async def wrap(req: Request, values: dict[str, Any]) -> Response:
+        if not req.headers.get("x-vault-wrap-ttl", "").strip():  # the server wraps what this answers
+            raise InvalidRequest("endpoint requires response wrapping to be used")
+        size = len(orjson.dumps(req.data))
+        if size > MAX_WRAPPED_BYTES:
+            raise InvalidRequest(f"the data to wrap is {size} bytes of JSON: at most {MAX_WRAPPED_BYTES} are wrapped "
+                                 "(a wrapping token hands a token or a credential over; it is no store)")
+        return Response(data=dict(req.data))
+
     u = Operation.UPDATE
     return [
+        SysPath("wrapping/wrap", FieldSet({}), {u: wrap},
+                "Wrap the data sent (any JSON object) behind a new wrapping token; needs X-Vault-Wrap-TTL.",
+                issues_token=True, free_form=True),
         SysPath("wrapping/lookup", WRAPPING_FIELDS, {Operation.READ: lookup, u: lookup},
                 "Look up a wrapping token's creation path, time and TTL.", unauthenticated=True),
         SysPath("wrapping/unwrap", WRAPPING_FIELDS, {u: unwrap},

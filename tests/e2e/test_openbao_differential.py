@@ -1552,3 +1552,36 @@ def test_random_parameter_constraints_as_openbao(role_mounts: tuple[ServerProc, 
                             for i, body in enumerate(bodies)])
         mismatches += [(text, body, ours) for body, ours, theirs in zip(bodies, *refused, strict=True) if ours != theirs]
     assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
+def test_wrapping_data_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """``sys/wrapping/wrap`` (what Vault Agent's sinks with ``wrap_ttl`` call): refused without a
+    wrap TTL and for a GET, a default-policy token wraps any JSON object, the unwrap hands it
+    back once; the same statuses, texts and shapes as OpenBao 2.7.2."""
+    seen = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
+                             headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+        steps: list[tuple[Any, ...]] = []
+
+        def call(method: str, path: str, body: Any = None, token: str = user, wrap: str = "", url: str = url,
+                 steps: list[tuple[Any, ...]] = steps) -> dict[str, Any]:
+            headers = {"X-Vault-Token": token, **({"X-Vault-Wrap-TTL": wrap} if wrap else {})}
+            resp = requests.request(method, f"{url}/v1/{path}", json=body, headers=headers, timeout=10)
+            out: dict[str, Any] = resp.json() if resp.content else {}
+            data = {k: v for k, v in (out.get("data") or {}).items() if k != "creation_time"}
+            steps.append((resp.status_code, _errors(out), data, sorted(out.get("wrap_info") or {})))
+            return out
+
+        call("POST", "sys/wrapping/wrap", {"token": "abc"})
+        call("GET", "sys/wrapping/wrap", wrap="1m")
+        wrapped = call("POST", "sys/wrapping/wrap", {"token": "abc", "n": [1, 2], "o": {"k": "v"}}, wrap="2m")
+        info = wrapped["wrap_info"]
+        steps.append((info["ttl"], info["creation_path"]))
+        call("POST", "sys/wrapping/lookup", {"token": info["token"]})
+        call("POST", "sys/wrapping/unwrap", {}, token=info["token"])
+        call("POST", "sys/wrapping/unwrap", {"token": info["token"]})
+        seen.append(steps)
+    assert seen[0] == seen[1]
+    assert seen[0][4][2] == {"creation_path": "sys/wrapping/wrap", "creation_ttl": 120}  # the lookup
+    assert seen[0][5][2] == {"token": "abc", "n": [1, 2], "o": {"k": "v"}}  # the unwrap

@@ -72,7 +72,8 @@ def _backend() -> SysBackend:
         ("mounts/auth/jwt", pytest.raises(UnsupportedPath)),
         ("mounts/secret", pytest.raises(UnsupportedPath)),
         ("wrapping/unwrap", nullcontext("sys/wrapping/unwrap")),
-        ("wrapping/wrap", pytest.raises(UnsupportedPath)),
+        ("wrapping/wrap", nullcontext("sys/wrapping/wrap")),
+        ("wrapping/nothing", pytest.raises(UnsupportedPath)),
         ("auth/", pytest.raises(UnsupportedPath)),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -147,7 +148,7 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
             resp = await client.request(verb.upper(), url + query, json={} if verb == "post" else None, headers=H)
             assert resp.status not in (404, 405), (verb, url, resp.status, await resp.text())
     # A path the sys backend does not declare is not served.
-    for path in ("/v1/sys/mounts/secret", "/v1/sys/wrapping/wrap", "/v1/sys/auth/", "/v1/sys/policies"):
+    for path in ("/v1/sys/mounts/secret", "/v1/sys/wrapping/nothing", "/v1/sys/auth/", "/v1/sys/policies"):
         resp = await client.get(path, headers=H)
         assert resp.status == 404 and "no handler for route" in (await resp.json())["errors"][0]
 

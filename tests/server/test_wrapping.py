@@ -1,5 +1,5 @@
-"""Response wrapping: ``X-Vault-Wrap-TTL`` on a login or a token creation answers a single-use
-wrapping token; ``sys/wrapping/lookup|unwrap|rewrap`` in Vault's shapes; anything else asked to
+"""Response wrapping: ``X-Vault-Wrap-TTL`` on a login, a token creation or
+``sys/wrapping/wrap`` answers a single-use wrapping token; ``sys/wrapping/lookup|unwrap|rewrap`` in Vault's shapes; anything else asked to
 be wrapped is refused with a 400, never answered unwrapped. The response is stored sealed, the
 wrapping token only as an HMAC."""
 
@@ -21,6 +21,7 @@ from server.app import create_app
 from server.appkeys import TOKENS
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
+from server.sys.wrapping import MAX_WRAPPED_BYTES
 from server.tokens.store import ID_PREFIX, WRAP_PREFIX
 from tests.server.httpkit import Client, app_of
 
@@ -269,3 +270,31 @@ async def test_an_empty_wrap_ttl_header_asks_for_nothing(client: Client) -> None
                              headers={**H, "X-Vault-Wrap-TTL": " "})
     body = await resp.json()
     assert resp.status == 200 and body["wrap_info"] is None and body["auth"]["client_token"]
+
+
+async def test_wrapping_data(client: Client, storage: InMemoryStorage) -> None:
+    """``sys/wrapping/wrap`` (Vault Agent's sinks with ``wrap_ttl``): any JSON object sent, kept
+    sealed behind a wrapping token that a default-policy token gets; no parameter is unknown;
+    the wrap TTL is required; at most ``MAX_WRAPPED_BYTES`` of JSON, so it is no store."""
+    user = (await (await client.post("/v1/auth/token/create", json={"policies": ["default"]}, headers=H)).json())
+    head = {"X-Vault-Token": user["auth"]["client_token"]}
+    secret = {"token": "hvs.agent-token", "list": [1, 2], "nested": {"k": "v"}}
+    resp = await client.post("/v1/sys/wrapping/wrap", json=secret, headers={**head, "X-Vault-Wrap-TTL": "90s"})
+    assert resp.status == 200
+    out = await resp.json()
+    info = out["wrap_info"]
+    assert out["data"] is None and out["warnings"] is None
+    assert info["creation_path"] == "sys/wrapping/wrap" and info["ttl"] == 90 and "wrapped_accessor" not in info
+    stored = [repr(await storage.get(k)) for k in await _all_keys(storage) if k.startswith(WRAP_PREFIX)]
+    assert stored and not any("hvs.agent-token" in text for text in stored)  # sealed
+    resp = await client.post("/v1/sys/wrapping/unwrap", json={}, headers={"X-Vault-Token": info["token"]})
+    assert (await resp.json())["data"] == secret
+
+    resp = await client.post("/v1/sys/wrapping/wrap", json=secret, headers=head)
+    assert resp.status == 400 and (await resp.json())["errors"] == ["endpoint requires response wrapping to be used"]
+    big = {"blob": "x" * MAX_WRAPPED_BYTES}
+    resp = await client.post("/v1/sys/wrapping/wrap", json=big, headers={**head, "X-Vault-Wrap-TTL": "90s"})
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0].startswith(f"the data to wrap is {MAX_WRAPPED_BYTES + 11} bytes of JSON")
+    resp = await client.post("/v1/sys/wrapping/wrap", json={}, headers={**head, "X-Vault-Wrap-TTL": "90s"})
+    assert resp.status == 200 and (await resp.json())["wrap_info"]["ttl"] == 90
