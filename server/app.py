@@ -44,7 +44,7 @@ from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
 from server.storage.sqlite import SQLiteStorage
-from server.sys import remount
+from server.sys import remount, versions
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
@@ -143,6 +143,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             app[STARTED_AT] = time.time()
             cluster = await storage.update(CLUSTER_KEY, lambda old: old or {"id": str(uuid.uuid4())})
             app[CLUSTER_ID] = cluster["id"]
+            await versions.record(storage)
             _watch(storage, mounts, policies, tokens, keyring, identity, audit)
             await seed(app)
             await seed_audit(app, settings)

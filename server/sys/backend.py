@@ -10,7 +10,8 @@ One module per path group: ``status`` (health, seal-status, init, leader), ``aut
 and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, key-status),
 ``leases`` (tokens' leases: revocation by creation path, lookup), ``fingerprint``
 (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited headers),
-``metrics``, ``openapi``, ``wrapping`` (lookup, unwrap, rewrap), ``tools`` (hash, random).
+``metrics``, ``openapi``, ``wrapping`` (wrap, lookup, unwrap, rewrap), ``tools`` (hash, random),
+``versions`` (version-history).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from server.sys import (
     remount,
     status,
     tools,
+    versions,
     wrapping,
 )
 from server.sys.core import SysCore
@@ -67,6 +69,7 @@ class SysBackend(Backend):
             *openapi.paths(self),
             *wrapping.paths(self),
             *tools.paths(self),
+            *versions.paths(self),
         ]
         self._open_metrics: Route | None = None
 

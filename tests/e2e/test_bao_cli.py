@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import requests
 
+from plugin.pathdoc import VERSION
 from tests.e2e.browser import drive_login
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, free_port, idp_available, start_idp
 from tests.e2e.serverproc import ServerProc, start_server, wait_for
@@ -107,6 +108,8 @@ def test_status(bao: Bao) -> None:
     assert re.search(r"^Initialized\s+true$", table, re.M) and re.search(r"^Sealed\s+false$", table, re.M)
     status = json.loads(bao("status", "-format=json").stdout)
     assert status["initialized"] is True and status["sealed"] is False and status["storage_type"] == "inmem"
+    history = bao("version-history").stdout  # the running version, with when it first started
+    assert re.search(rf"^{re.escape(VERSION)}\s+\d{{4}}-\d\d-\d\dT\S+Z\s+n/a$", history, re.M), history
 
 
 def test_auth_enable_list_tune_disable(bao: Bao) -> None:

@@ -1585,3 +1585,25 @@ def test_wrapping_data_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     assert seen[0] == seen[1]
     assert seen[0][4][2] == {"creation_path": "sys/wrapping/wrap", "creation_ttl": 120}  # the lookup
     assert seen[0][5][2] == {"token": "abc", "n": [1, 2], "o": {"k": "v"}}  # the unwrap
+
+
+def test_version_history_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """``sys/version-history``: the same statuses (LIST, ``?list=true``, a trailing slash, a GET,
+    a default-policy token) and the same shape of one version as OpenBao 2.7.2."""
+    seen = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
+                             headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+        statuses = [requests.request(method, f"{url}/v1/{path}", headers={"X-Vault-Token": token}, timeout=10).status_code
+                    for method, path, token in (("LIST", "sys/version-history", root),
+                                                ("GET", "sys/version-history?list=true", root),
+                                                ("LIST", "sys/version-history/", root), ("GET", "sys/version-history", root),
+                                                ("LIST", "sys/version-history", user))]
+        data = requests.request("LIST", f"{url}/v1/sys/version-history", headers={"X-Vault-Token": root},
+                                timeout=10).json()["data"]
+        [version] = data["keys"]
+        info = data["key_info"][version]
+        seen.append((statuses, sorted(info), info["previous_version"], re.fullmatch(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["timestamp_installed"]) is not None))
+    assert seen[0] == seen[1] == ([200, 200, 200, 405, 403], ["commit_date", "previous_version", "timestamp_installed"],
+                                  None, True)
