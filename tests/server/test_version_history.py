@@ -23,7 +23,7 @@ async def test_each_version_is_recorded_once(monkeypatch: pytest.MonkeyPatch) ->
     nothing and keeps when a version first ran (Vault's rule); nothing is written then."""
     storage = InMemoryStorage()
     clock = iter([1_700_000_000, 1_700_086_400, 1_700_172_800])
-    monkeypatch.setattr(versions.time, "time", lambda: next(clock))
+    monkeypatch.setattr("server.sys.versions.time.time", lambda: next(clock))
     await versions.record(storage, "0.1.0")
     await versions.record(storage, "0.2.0")
     writes: list[str] = []
