@@ -92,7 +92,8 @@ class Params:
         if self.denied:
             if "*" in self.denied:
                 return False
-            if any(one.listed_in(self.denied[name]) for one in judged for name in one.names if name in self.denied):
+            if any(one.listed_in(self.denied[name], denied=True) for one in judged for name in one.names
+                   if name in self.denied):
                 return False
         if not self.allowed or (len(self.allowed) == 1 and "*" in self.allowed):
             return True
@@ -100,7 +101,7 @@ class Params:
             listed = [self.allowed[name] for name in one.names if name in self.allowed]
             if not listed and "*" not in self.allowed:
                 return False
-            if listed and not any(one.all_listed_in(values) for values in listed):
+            if listed and not any(one.listed_in(values, denied=False) for values in listed):
                 return False
         return True
 
@@ -152,30 +153,19 @@ class _Judged:
                 out.append(listed)
         return out, empty
 
-    def listed_in(self, values: tuple[Any, ...]) -> bool:
-        """Whether a denied list ``values`` (empty: any value) holds this value, one of a
-        list's values, or an empty list's empty value; strings in any case (a policy name
-        sent as ``Admin`` is the policy ``admin`` at login)."""
+    def listed_in(self, values: tuple[Any, ...], *, denied: bool) -> bool:
+        """Whether ``values`` (empty: any value) lists this value, or an empty list's empty
+        value; of a list's values, ``denied``: any one (strings in any case: a policy name
+        sent as ``Admin`` is the policy ``admin`` at login), else every one."""
         if not values:
             return True
         listed, empty = self._listed(values)
-        if any(_matches(item, self.whole, fold=True) for item in listed):
+        if any(_matches(item, self.whole, fold=denied) for item in listed):
             return True
         if self.is_list and not self.values:
             return empty
-        return any(_matches(item, one, fold=True) for one in self.values for item in listed)
-
-    def all_listed_in(self, values: tuple[Any, ...]) -> bool:
-        """Whether an allowed list ``values`` (empty: any value) holds this value, every one
-        of a list's values, or an empty list's empty value."""
-        if not values:
-            return True
-        listed, empty = self._listed(values)
-        if any(_matches(item, self.whole) for item in listed):
-            return True
-        if self.is_list and not self.values:
-            return empty
-        return all(any(_matches(item, one) for item in listed) for one in self.values)
+        found = (any(_matches(item, one, fold=denied) for item in listed) for one in self.values)
+        return any(found) if denied else all(found)
 
 
 def _matches(listed: Any, value: Any, *, fold: bool = False) -> bool:
