@@ -25,7 +25,15 @@ from server.sys.core import SysCore, SysPath, raw_json
 if TYPE_CHECKING:
     from server.sys.backend import SysBackend
 
-__all__ = ["paths", "VERSION"]
+__all__ = ["API_VERSION", "REPORTED_VERSION", "paths", "VERSION"]
+
+#: The OpenBao release whose HTTP API authmount follows (tests/e2e compare the two side by side).
+API_VERSION = "2.7.2"
+#: The ``version`` of ``sys/health``, ``sys/seal-status`` and ``sys/version-history``: the API
+#: level, then authmount's own version as semver build metadata. Clients gate features on this
+#: number (Terraform's Vault provider skips a JWT config's ``jwks_pairs`` below Vault 1.16), so
+#: it must read as the API served, not as authmount's 0.x (vault-differences row 63).
+REPORTED_VERSION = f"{API_VERSION}+authmount.{VERSION}"
 
 
 #: What ``sys/seal-status`` reports as ``storage_type`` for each engine (Vault says "inmem").
@@ -107,7 +115,7 @@ def paths(b: SysBackend) -> list[SysPath]:
             "replication_performance_mode": "disabled",
             "replication_dr_mode": "disabled",
             "server_time_utc": int(time.time()),
-            "version": VERSION,
+            "version": REPORTED_VERSION,
             "cluster_name": core.settings.cluster_name,
             "cluster_id": core.cluster_id,
             "ready": not problems,
@@ -126,7 +134,7 @@ def paths(b: SysBackend) -> list[SysPath]:
             "n": 1,
             "progress": 0,
             "nonce": "",
-            "version": VERSION,
+            "version": REPORTED_VERSION,
             "migration": False,
             "cluster_name": settings.cluster_name,
             "cluster_id": core.cluster_id,

@@ -1,5 +1,6 @@
-"""``sys/version-history`` (``vault version-history``): the authmount versions that have run on
-this storage, each with when it first started, oldest first (Vault's and OpenBao's shape).
+"""``sys/version-history`` (``vault version-history``): the versions that have run on this
+storage (``REPORTED_VERSION``: the API level, then authmount's version), each with when it
+first started, oldest first (Vault's and OpenBao's shape).
 
 Every server process records its version at start (``record``), once per version: a node
 started again, or a second node of the same version, changes nothing; a downgrade keeps the
@@ -13,10 +14,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from plugin.framework import Operation, Request, Response
-from plugin.pathdoc import VERSION
 from plugin.schema import FieldSet
 from plugin.storage import Storage
 from server.sys.core import SysPath
+from server.sys.status import REPORTED_VERSION
 from server.tokens.ttl import rfc3339
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ __all__ = ["VERSIONS_KEY", "paths", "record"]
 VERSIONS_KEY = "core/versions"
 
 
-async def record(storage: Storage, version: str = VERSION) -> None:
+async def record(storage: Storage, version: str = REPORTED_VERSION) -> None:
     """Add ``version`` to the history, unless it is there (then nothing is written)."""
     if version in (await storage.get(VERSIONS_KEY) or {}):
         return

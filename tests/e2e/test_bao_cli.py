@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import requests
 
-from plugin.pathdoc import VERSION
+from server.sys.status import REPORTED_VERSION as VERSION
 from tests.e2e.browser import drive_login
 from tests.e2e.idp import CLIENT_ID, CLIENT_SECRET, free_port, idp_available, start_idp
 from tests.e2e.serverproc import ServerProc, start_server, wait_for

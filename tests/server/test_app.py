@@ -18,6 +18,7 @@ from pytest_aiohttp import AiohttpClient
 from plugin import registry
 from plugin.errors import InvalidRequest
 from plugin.framework import Auth, Backend, Operation, PathSpec, Request, Response
+from plugin.pathdoc import VERSION
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.storage import InMemoryStorage
 from server import telemetry
@@ -173,6 +174,8 @@ async def test_seal_status_names_the_cluster_and_version(client: Client) -> None
     health = await (await client.get("/v1/sys/health")).json()
     seal = await (await client.get("/v1/sys/seal-status")).json()
     assert seal["cluster_id"] == health["cluster_id"] and seal["version"] == health["version"]
+    # The API level, then authmount's version (Terraform gates jwks_pairs on Vault >= 1.16: row 63).
+    assert health["version"] == f"2.7.2+authmount.{VERSION}"
 
 
 # -- envelope and adapter ------------------------------------------------------------------

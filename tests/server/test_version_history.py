@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from plugin.pathdoc import VERSION
 from plugin.storage import InMemoryStorage
 from server.app import create_app
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
 from server.sys import versions
+from server.sys.status import REPORTED_VERSION as VERSION
 
 ROOT = "root-token-for-tests"
 
