@@ -243,7 +243,7 @@ def test_version_matches_the_installed_distribution_and_sys_health(tmp_path: Pat
     assert result.stdout == f"authmount v{metadata.version('authmount')}\n"
     from server.sys.status import VERSION
 
-    assert VERSION == metadata.version("authmount")  # what sys/health reports
+    assert VERSION == metadata.version("authmount")  # sys/health reports it after the API level (row 63)
 
 
 def test_missing_mode_is_usage_error(tmp_path: Path) -> None:
