@@ -23,6 +23,7 @@ from server.appkeys import (
     FETCHER,
     IDENTITY,
     KEYRING,
+    LISTEN_ADDRESS,
     MOUNTS,
     POLICIES,
     RELOAD_HOOKS,
@@ -40,11 +41,13 @@ from server.http.routes import setup_routes
 from server.identity.store import IdentityStore, MountRef
 from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
 from server.mounts import MountEntry, MountTable, normalize_path
+from server.nodes import NodeEcho
 from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
 from server.storage.sqlite import SQLiteStorage
 from server.sys import remount, versions
+from server.sys.status import REPORTED_VERSION
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
 
@@ -120,6 +123,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
         audit = AuditBroker(storage, keyring)
         mounts: MountTable | None = None
         gauges: asyncio.Task[None] | None = None
+        echo: NodeEcho | None = None
         try:
             await tokens.start()
             await audit.load()
@@ -150,6 +154,9 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
             period = settings.telemetry.usage_gauge_period
             if os.environ.get(WORKER_ENV, "0") == "0":  # one process of a node does these
+                echo = NodeEcho(storage, app.get(LISTEN_ADDRESS) or settings.host_port, tls=settings.tls,
+                                version=REPORTED_VERSION)
+                await echo.start()
                 remount.resume(mounts, tokens, storage)  # mount moves whose revocation a stop cut short
                 if period > 0:
                     gauges = asyncio.get_running_loop().create_task(telemetry.usage_gauges(tokens, mounts, period))
@@ -159,6 +166,8 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
         finally:
             if gauges is not None:
                 gauges.cancel()
+            if echo is not None:
+                await echo.stop()
             await audit.close()
             if mounts is not None:
                 await mounts.close()

@@ -35,6 +35,9 @@ FETCHER: web.AppKey[AiohttpFetcher] = web.AppKey("fetcher")
 ROOT_TOKEN: web.AppKey[str | None] = web.AppKey("root_token")
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at")
 CLUSTER_ID: web.AppKey[str] = web.AppKey("cluster_id")
+#: The (host, port) the server's socket is bound to (set by ``authmount server`` before the
+#: start; without it, the settings' ``listen_address``).
+LISTEN_ADDRESS: web.AppKey[tuple[str, int]] = web.AppKey("listen_address")
 #: The audit devices (server.audit.AuditBroker).
 AUDIT: web.AppKey[AuditBroker] = web.AppKey("audit")
 #: What SIGHUP runs: ``(server.reload.ReloadHook, names of the settings it applies)``, in

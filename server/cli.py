@@ -20,7 +20,7 @@ import structlog
 
 from server import telemetry
 from server.app import StartupError, create_app
-from server.appkeys import ROOT_TOKEN
+from server.appkeys import LISTEN_ADDRESS, ROOT_TOKEN
 from server.gitops.command import add_commands, run_apply, run_export
 from server.http.connguard import ConnectionGuard, descriptor_budget, raise_descriptor_limit
 from server.http.listverb import ListVerbAppRunner
@@ -185,6 +185,7 @@ async def serve(
     # would then never show) the root token.
     sock = _bind(*settings.host_port, reuse_port=reuse_port)
     app = create_app(settings)
+    app[LISTEN_ADDRESS] = sock.getsockname()[:2]  # the port a ":0" listen address got
     if tls is not None:
         add_reload_hook(app, _tls_reloader(tls), settings=frozenset({"tls_cert_file", "tls_key_file"}))
     current = [settings]

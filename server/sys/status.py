@@ -19,6 +19,7 @@ from plugin.framework import Handler, Operation, Request, Response
 from plugin.pathdoc import VERSION
 from plugin.schema import Field, FieldSet, FieldType
 from server import telemetry
+from server.nodes import live_nodes
 from server.storage import unavailable_reason
 from server.sys.core import SysCore, SysPath, raw_json
 
@@ -156,6 +157,9 @@ def paths(b: SysBackend) -> list[SysPath]:
             "performance_standby_last_remote_wal": 0,
         })
 
+    async def ha_status(req: Request, values: dict[str, Any]) -> Response:
+        return Response(data={"nodes": await live_nodes(core.storage)})
+
     def read(handler: Handler) -> dict[Operation, Handler]:
         return {Operation.READ: handler, Operation.LIST: handler}  # LIST answers as GET
 
@@ -169,4 +173,6 @@ def paths(b: SysBackend) -> list[SysPath]:
                 unauthenticated=True),
         SysPath("leader", FieldSet({}), read(leader),
                 "HA status: no leader election, every node serves every request.", unauthenticated=True),
+        SysPath("ha-status", FieldSet({}), {Operation.READ: ha_status},
+                "The nodes serving this storage (each active), with the version each runs.", copy_top=True),
     ]

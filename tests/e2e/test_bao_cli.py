@@ -108,6 +108,8 @@ def test_status(bao: Bao) -> None:
     assert re.search(r"^Initialized\s+true$", table, re.M) and re.search(r"^Sealed\s+false$", table, re.M)
     status = json.loads(bao("status", "-format=json").stdout)
     assert status["initialized"] is True and status["sealed"] is False and status["storage_type"] == "inmem"
+    members = bao("operator", "members").stdout  # this node, serving (sys/ha-status)
+    assert re.search(rf"^\S+\s+{re.escape(bao.srv.url)}\s+n/a\s+true\s+{re.escape(VERSION)}\s", members, re.M), members
     history = bao("version-history").stdout  # the running version, with when it first started
     assert re.search(rf"^{re.escape(VERSION)}\s+\d{{4}}-\d\d-\d\dT\S+Z\s+n/a$", history, re.M), history
 

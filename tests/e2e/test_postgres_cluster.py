@@ -101,6 +101,15 @@ def test_mount_config_role_from_a_work_on_b(cluster: tuple[Node, Node]) -> None:
     assert resp.json()["auth"]["policies"] == ["default", "svc"]
 
 
+
+def test_each_node_lists_both(cluster: tuple[Node, Node]) -> None:
+    """``sys/ha-status`` (``vault operator members``) on either node lists both, by the address
+    each serves, with the version each runs."""
+    for node in cluster:
+        nodes = node.ok("GET", "sys/ha-status")["data"]["nodes"]
+        assert sorted(n["api_address"] for n in nodes) == sorted(n.srv.url for n in cluster)
+        assert all(n["active_node"] and n["version"].startswith("2.7.2+authmount.") for n in nodes)
+
 def test_role_change_on_a_takes_effect_on_b(cluster: tuple[Node, Node]) -> None:
     a, b = cluster
     a.ok("POST", f"auth/{MOUNT}/role/moving",

@@ -1,0 +1,104 @@
+"""The nodes serving one storage, for ``sys/ha-status`` (``vault operator members``).
+
+Every node (its first worker) writes a row ``core/nodes/<host>-<port>`` at start and every
+``ECHO_INTERVAL`` seconds after: its host name, the address it serves, the version it runs,
+when it started and when it last wrote (``last_echo``). A node that stops deletes its row; one
+that died is no longer listed once its row is ``STALE_AFTER`` seconds old, and its row is
+deleted by the next node start after ``FORGET_AFTER``. So during a rolling
+upgrade the list shows which node runs which version (docs/operations.md, "Upgrade").
+
+authmount has no active and standby nodes: every node serves every request, so each one is
+listed with ``active_node: true``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any
+
+import structlog
+
+from plugin.storage import Storage
+from server.tokens.ttl import rfc3339
+
+__all__ = ["ECHO_INTERVAL", "FORGET_AFTER", "NODES_PREFIX", "STALE_AFTER", "NodeEcho", "live_nodes"]
+
+log = structlog.get_logger(__name__)
+
+NODES_PREFIX = "core/nodes/"
+#: Seconds between a node's writes of its row.
+ECHO_INTERVAL = 10.0
+#: A row older than this is a node that stopped without deleting it.
+STALE_AFTER = 3 * ECHO_INTERVAL
+#: A node's start deletes the rows of nodes that stopped this long ago (pods come and go).
+FORGET_AFTER = 3600.0
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::", "[::]")
+
+
+class NodeEcho:
+    """This node's row: written at ``start``, again every ``ECHO_INTERVAL``, deleted at ``stop``.
+
+    ``address`` is the ``host:port`` the node listens on; a wildcard host is shown as the
+    machine's host name, as a client would reach it. ``version``: what ``sys/health`` reports.
+    """
+
+    def __init__(self, storage: Storage, address: tuple[str, int], *, tls: bool, version: str) -> None:
+        self.storage, self.version = storage, version
+        self.hostname = socket.gethostname()
+        host, port = address
+        shown = self.hostname if _wildcard(host) else host
+        shown = f"[{shown}]" if ":" in shown else shown
+        self.api_address = f"{'https' if tls else 'http'}://{shown}:{port}"
+        self.key = NODES_PREFIX + f"{self.hostname}-{port}".replace("/", "_")
+        self.started = time.time()
+        self._task: asyncio.Task[None] | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {"hostname": self.hostname, "api_address": self.api_address, "version": self.version,
+                "started": self.started, "last_echo": time.time()}
+
+    async def start(self) -> None:
+        """Write the row now, then every ``ECHO_INTERVAL`` seconds in the background; forget
+        the nodes that stopped over ``FORGET_AFTER`` seconds ago."""
+        await self.storage.put(self.key, self.row())
+        now = time.time()
+        for key in await self.storage.list(NODES_PREFIX):
+            row = await self.storage.get(NODES_PREFIX + key)
+            if not isinstance(row, dict) or now - float(row.get("last_echo", 0)) > FORGET_AFTER:
+                await self.storage.delete(NODES_PREFIX + key)
+        self._task = asyncio.get_running_loop().create_task(self._echo())
+
+    async def _echo(self) -> None:
+        while True:
+            await asyncio.sleep(ECHO_INTERVAL)
+            try:
+                await self.storage.put(self.key, self.row())
+            except Exception as exc:  # storage down: the next echo tries again; requests report it
+                log.warning("node_echo_failed", error=str(exc))
+
+    async def stop(self) -> None:
+        """Stop echoing and delete the row (best effort: a failure leaves it to go stale)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await self.storage.delete(self.key)
+        except Exception as exc:
+            log.warning("node_row_not_deleted", error=str(exc))
+
+
+async def live_nodes(storage: Storage) -> list[dict[str, Any]]:
+    """``sys/ha-status``'s ``nodes``: every row younger than ``STALE_AFTER``, by host and address."""
+    now = time.time()
+    rows = [await storage.get(NODES_PREFIX + key) for key in await storage.list(NODES_PREFIX)]
+    live = [r for r in rows if isinstance(r, dict) and now - float(r.get("last_echo", 0)) <= STALE_AFTER]
+    return [{"hostname": r.get("hostname", ""), "api_address": r.get("api_address", ""), "cluster_address": "",
+             "active_node": True, "last_echo": rfc3339(float(r["last_echo"])), "version": r.get("version", "")}
+            for r in sorted(live, key=lambda r: (str(r.get("hostname")), str(r.get("api_address"))))]
