@@ -1607,3 +1607,20 @@ def test_version_history_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None
             r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["timestamp_installed"]) is not None))
     assert seen[0] == seen[1] == ([200, 200, 200, 405, 403], ["commit_date", "previous_version", "timestamp_installed"],
                                   None, True)
+
+
+def test_ha_status_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """``sys/ha-status`` (``vault operator members``): the same statuses (root, a default-policy
+    token, no token, LIST, POST) and node fields as OpenBao 2.7.2, each server listing itself."""
+    seen = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
+                             headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+        statuses = [requests.request(method, f"{url}/v1/sys/ha-status", headers={"X-Vault-Token": token} if token else {},
+                                     timeout=10).status_code
+                    for method, token in (("GET", root), ("GET", user), ("GET", ""), ("LIST", root), ("POST", root))]
+        body = requests.get(f"{url}/v1/sys/ha-status", headers={"X-Vault-Token": root}, timeout=10).json()
+        [node] = body["data"]["nodes"]
+        seen.append((statuses, sorted(node), node["api_address"] == url, node["active_node"], body["nodes"] == [node]))
+    assert seen[0] == seen[1] == ([200, 403, 403, 404, 405], ["active_node", "api_address", "cluster_address",
+                                                             "hostname", "last_echo", "version"], True, True, True)
