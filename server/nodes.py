@@ -41,6 +41,12 @@ def _wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::", "[::]")
 
 
+def _echoed(row: Any) -> float:
+    """When a row was last written (0: not a row this module wrote)."""
+    echo = row.get("last_echo") if isinstance(row, dict) else None
+    return float(echo) if isinstance(echo, (int, float)) and not isinstance(echo, bool) else 0.0
+
+
 class NodeEcho:
     """This node's row: written at ``start``, again every ``ECHO_INTERVAL``, deleted at ``stop``.
 
@@ -69,8 +75,7 @@ class NodeEcho:
         await self.storage.put(self.key, self.row())
         now = time.time()
         for key in await self.storage.list(NODES_PREFIX):
-            row = await self.storage.get(NODES_PREFIX + key)
-            if not isinstance(row, dict) or now - float(row.get("last_echo", 0)) > FORGET_AFTER:
+            if now - _echoed(await self.storage.get(NODES_PREFIX + key)) > FORGET_AFTER:
                 await self.storage.delete(NODES_PREFIX + key)
         self._task = asyncio.get_running_loop().create_task(self._echo())
 
@@ -98,7 +103,7 @@ async def live_nodes(storage: Storage) -> list[dict[str, Any]]:
     """``sys/ha-status``'s ``nodes``: every row younger than ``STALE_AFTER``, by host and address."""
     now = time.time()
     rows = [await storage.get(NODES_PREFIX + key) for key in await storage.list(NODES_PREFIX)]
-    live = [r for r in rows if isinstance(r, dict) and now - float(r.get("last_echo", 0)) <= STALE_AFTER]
+    live = [r for r in rows if isinstance(r, dict) and now - _echoed(r) <= STALE_AFTER]
     return [{"hostname": r.get("hostname", ""), "api_address": r.get("api_address", ""), "cluster_address": "",
-             "active_node": True, "last_echo": rfc3339(float(r["last_echo"])), "version": r.get("version", "")}
+             "active_node": True, "last_echo": rfc3339(_echoed(r)), "version": r.get("version", "")}
             for r in sorted(live, key=lambda r: (str(r.get("hostname")), str(r.get("api_address"))))]

@@ -26,7 +26,7 @@ def _settings() -> Settings:
 async def test_the_nodes_of_one_storage(aiohttp_client: Any) -> None:
     """This node (a wildcard listen address shown as the host name) and another live node are
     listed, sorted, each active with its version; a node whose row went stale is not; a row
-    of a node gone over an hour is deleted at the next start; the node deletes its own row
+    of a node gone over an hour (or no row of a node) is deleted at the next start; the node deletes its own row
     when it stops. No token, or one without ``read``, is a 403."""
     storage = InMemoryStorage()
     now = time.time()
@@ -35,6 +35,7 @@ async def test_the_nodes_of_one_storage(aiohttp_client: Any) -> None:
     await storage.put(NODES_PREFIX + "aaa-node-8200", other)
     await storage.put(NODES_PREFIX + "gone-8200", {**other, "hostname": "gone", "last_echo": now - STALE_AFTER - 1})
     await storage.put(NODES_PREFIX + "long-gone-8200", {**other, "hostname": "long-gone", "last_echo": now - 7200})
+    await storage.put(NODES_PREFIX + "garbled", {"last_echo": "soon"})  # no row of a node: deleted too
     client = await aiohttp_client(make_test_server(create_app(_settings(), storage=storage)))
     resp = await client.get("/v1/sys/ha-status", headers=H)
     assert resp.status == 200
