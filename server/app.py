@@ -25,6 +25,7 @@ from server.appkeys import (
     KEYRING,
     LISTEN_ADDRESS,
     MOUNTS,
+    NODE,
     POLICIES,
     RELOAD_HOOKS,
     ROOT_TOKEN,
@@ -41,7 +42,7 @@ from server.http.routes import setup_routes
 from server.identity.store import IdentityStore, MountRef
 from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
 from server.mounts import MountEntry, MountTable, normalize_path
-from server.nodes import NodeEcho
+from server.nodes import Node
 from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
@@ -123,7 +124,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
         audit = AuditBroker(storage, keyring)
         mounts: MountTable | None = None
         gauges: asyncio.Task[None] | None = None
-        echo: NodeEcho | None = None
+        node: Node | None = None
         try:
             await tokens.start()
             await audit.load()
@@ -153,10 +154,12 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             await seed_audit(app, settings)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
             period = settings.telemetry.usage_gauge_period
+            # Nodes share only PostgreSQL storage (SQLite's workers are one node's).
+            node = app[NODE] = Node(storage, app.get(LISTEN_ADDRESS) or settings.host_port, tls=settings.tls,
+                                    version=REPORTED_VERSION,
+                                    shared=storage.shared and not isinstance(storage, SQLiteStorage))
             if os.environ.get(WORKER_ENV, "0") == "0":  # one process of a node does these
-                echo = NodeEcho(storage, app.get(LISTEN_ADDRESS) or settings.host_port, tls=settings.tls,
-                                version=REPORTED_VERSION)
-                await echo.start()
+                await node.start()
                 remount.resume(mounts, tokens, storage)  # mount moves whose revocation a stop cut short
                 if period > 0:
                     gauges = asyncio.get_running_loop().create_task(telemetry.usage_gauges(tokens, mounts, period))
@@ -166,8 +169,8 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
         finally:
             if gauges is not None:
                 gauges.cancel()
-            if echo is not None:
-                await echo.stop()
+            if node is not None:
+                await node.stop()
             await audit.close()
             if mounts is not None:
                 await mounts.close()

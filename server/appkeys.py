@@ -14,13 +14,14 @@ if TYPE_CHECKING:
     from server.identity.store import IdentityStore
     from server.keyring import Keyring
     from server.mounts import MountTable
+    from server.nodes import Node
     from server.settings import Settings
     from server.storage import Engine
     from server.tokens.store import TokenStore
 
 __all__ = [
     "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT",
-    "CLUSTER_ID", "AUDIT", "RELOAD_HOOKS", "REQUEST_HANDLER", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
+    "CLUSTER_ID", "LISTEN_ADDRESS", "NODE", "AUDIT", "RELOAD_HOOKS", "REQUEST_HANDLER", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
 ]
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -38,6 +39,8 @@ CLUSTER_ID: web.AppKey[str] = web.AppKey("cluster_id")
 #: The (host, port) the server's socket is bound to (set by ``authmount server`` before the
 #: start; without it, the settings' ``listen_address``).
 LISTEN_ADDRESS: web.AppKey[tuple[str, int]] = web.AppKey("listen_address")
+#: This node, and the others serving the storage (server.nodes.Node: sys/ha-status).
+NODE: web.AppKey[Node] = web.AppKey("node")
 #: The audit devices (server.audit.AuditBroker).
 AUDIT: web.AppKey[AuditBroker] = web.AppKey("audit")
 #: What SIGHUP runs: ``(server.reload.ReloadHook, names of the settings it applies)``, in

@@ -1,11 +1,16 @@
 """The nodes serving one storage, for ``sys/ha-status`` (``vault operator members``).
 
-Every node (its first worker) writes a row ``core/nodes/<host>-<port>`` at start and every
-``ECHO_INTERVAL`` seconds after: its host name, the address it serves, the version it runs,
-when it started and when it last wrote (``last_echo``). A node that stops deletes its row; one
-that died is no longer listed once its row is ``STALE_AFTER`` seconds old, and its row is
-deleted by the next node start after ``FORGET_AFTER``. So during a rolling
-upgrade the list shows which node runs which version (docs/operations.md, "Upgrade").
+On storage several nodes share (PostgreSQL), every node (its first worker) writes a row
+``core/nodes/<host>-<port>`` at start and every ``ECHO_INTERVAL`` seconds after: its host name,
+the address it serves, the version it runs, when it started and when it last wrote
+(``last_echo``). A node that stops deletes its row; one that died is no longer listed once its
+row is ``STALE_AFTER`` seconds old, and its row is deleted by the next node start after
+``FORGET_AFTER``. So during a rolling upgrade the list shows which node runs which version
+(docs/operations.md, "Upgrade").
+
+On SQLite (one node, however many workers) and in memory nothing is written: the node lists
+itself. An idle embedded server writes nothing, and a flood of anonymous requests commits
+nothing (tests/e2e/test_anonymous_exhaustion.py).
 
 authmount has no active and standby nodes: every node serves every request, so each one is
 listed with ``active_node: true``.
@@ -24,7 +29,7 @@ import structlog
 from plugin.storage import Storage
 from server.tokens.ttl import rfc3339
 
-__all__ = ["ECHO_INTERVAL", "FORGET_AFTER", "NODES_PREFIX", "STALE_AFTER", "NodeEcho", "live_nodes"]
+__all__ = ["ECHO_INTERVAL", "FORGET_AFTER", "NODES_PREFIX", "STALE_AFTER", "Node"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,15 +52,23 @@ def _echoed(row: Any) -> float:
     return float(echo) if isinstance(echo, (int, float)) and not isinstance(echo, bool) else 0.0
 
 
-class NodeEcho:
-    """This node's row: written at ``start``, again every ``ECHO_INTERVAL``, deleted at ``stop``.
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as ``sys/ha-status`` lists it (OpenBao's fields)."""
+    return {"hostname": row.get("hostname", ""), "api_address": row.get("api_address", ""), "cluster_address": "",
+            "active_node": True, "last_echo": rfc3339(_echoed(row)), "version": row.get("version", "")}
+
+
+class Node:
+    """This node, and the others on storage they share (``shared``: PostgreSQL).
 
     ``address`` is the ``host:port`` the node listens on; a wildcard host is shown as the
     machine's host name, as a client would reach it. ``version``: what ``sys/health`` reports.
+    ``start`` (the node's first worker) writes its row, echoes it and ``stop`` deletes it, on
+    shared storage only.
     """
 
-    def __init__(self, storage: Storage, address: tuple[str, int], *, tls: bool, version: str) -> None:
-        self.storage, self.version = storage, version
+    def __init__(self, storage: Storage, address: tuple[str, int], *, tls: bool, version: str, shared: bool) -> None:
+        self.storage, self.version, self.shared = storage, version, shared
         self.hostname = socket.gethostname()
         host, port = address
         shown = self.hostname if _wildcard(host) else host
@@ -72,6 +85,8 @@ class NodeEcho:
     async def start(self) -> None:
         """Write the row now, then every ``ECHO_INTERVAL`` seconds in the background; forget
         the nodes that stopped over ``FORGET_AFTER`` seconds ago."""
+        if not self.shared:
+            return
         await self.storage.put(self.key, self.row())
         now = time.time()
         for key in await self.storage.list(NODES_PREFIX):
@@ -89,21 +104,22 @@ class NodeEcho:
 
     async def stop(self) -> None:
         """Stop echoing and delete the row (best effort: a failure leaves it to go stale)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         try:
             await self.storage.delete(self.key)
         except Exception as exc:
             log.warning("node_row_not_deleted", error=str(exc))
 
-
-async def live_nodes(storage: Storage) -> list[dict[str, Any]]:
-    """``sys/ha-status``'s ``nodes``: every row younger than ``STALE_AFTER``, by host and address."""
-    now = time.time()
-    rows = [await storage.get(NODES_PREFIX + key) for key in await storage.list(NODES_PREFIX)]
-    live = [r for r in rows if isinstance(r, dict) and now - _echoed(r) <= STALE_AFTER]
-    return [{"hostname": r.get("hostname", ""), "api_address": r.get("api_address", ""), "cluster_address": "",
-             "active_node": True, "last_echo": rfc3339(_echoed(r)), "version": r.get("version", "")}
-            for r in sorted(live, key=lambda r: (str(r.get("hostname")), str(r.get("api_address"))))]
+    async def members(self) -> list[dict[str, Any]]:
+        """``sys/ha-status``'s ``nodes``: on shared storage every row younger than
+        ``STALE_AFTER``, by host and address; else this node."""
+        if not self.shared:
+            return [_shown(self.row())]
+        now = time.time()
+        rows = [await self.storage.get(NODES_PREFIX + key) for key in await self.storage.list(NODES_PREFIX)]
+        live = [r for r in rows if isinstance(r, dict) and now - _echoed(r) <= STALE_AFTER]
+        return [_shown(r) for r in sorted(live, key=lambda r: (str(r.get("hostname")), str(r.get("api_address"))))]

@@ -25,6 +25,7 @@ from server.appkeys import (
     KEYRING,
     MOUNT,
     MOUNTS,
+    NODE,
     POLICIES,
     REMOTE_ADDR,
     REQUEST_ID,
@@ -41,6 +42,7 @@ from server.http.ratelimit import limited
 from server.http.reply import JSONReply
 from server.keyring import Keyring
 from server.mounts import Mount, MountTable
+from server.nodes import Node
 from server.settings import Settings
 from server.storage import Engine
 from server.sys.backend import SysBackend
@@ -555,6 +557,10 @@ class AppCore:
     @property
     def audit(self) -> AuditBroker:
         return self._app[AUDIT]
+
+    @property
+    def node(self) -> Node:
+        return self._app[NODE]
 
 
 def builtin_handler(

@@ -13,6 +13,7 @@ from server.acl.policies import PolicyStore
 from server.audit import AuditBroker
 from server.keyring import Keyring
 from server.mounts import MountTable
+from server.nodes import Node
 from server.settings import Settings
 from server.storage import Engine
 from server.tokens.store import TokenStore
@@ -61,6 +62,9 @@ class SysCore(Protocol):
 
     @property
     def audit(self) -> AuditBroker: ...
+
+    @property
+    def node(self) -> Node: ...
 
 
 def acl_path(route: Route) -> str:

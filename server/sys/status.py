@@ -19,7 +19,6 @@ from plugin.framework import Handler, Operation, Request, Response
 from plugin.pathdoc import VERSION
 from plugin.schema import Field, FieldSet, FieldType
 from server import telemetry
-from server.nodes import live_nodes
 from server.storage import unavailable_reason
 from server.sys.core import SysCore, SysPath, raw_json
 
@@ -158,7 +157,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         })
 
     async def ha_status(req: Request, values: dict[str, Any]) -> Response:
-        return Response(data={"nodes": await live_nodes(core.storage)})
+        return Response(data={"nodes": await core.node.members()})
 
     def read(handler: Handler) -> dict[Operation, Handler]:
         return {Operation.READ: handler, Operation.LIST: handler}  # LIST answers as GET
