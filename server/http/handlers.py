@@ -606,6 +606,8 @@ def builtin_handler(
                 req.token = {"entry": None, "raw": request_token(request) or ""}
             try:
                 await exchange.requested(entry)
+                if spec.free_form and wrap_ttl is None:  # it answers what it was sent: only ever wrapped
+                    raise InvalidRequest("endpoint requires response wrapping to be used")
                 resp = await backend.handle_request(req)
             finally:
                 await release(request, entry)

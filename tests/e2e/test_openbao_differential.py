@@ -1574,6 +1574,7 @@ def test_wrapping_data_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
             return out
 
         call("POST", "sys/wrapping/wrap", {"token": "abc"})
+        call("POST", "sys/wrapping/wrap", {"token": "abc"}, wrap="0")  # a zero TTL asks for no wrapping
         call("GET", "sys/wrapping/wrap", wrap="1m")
         wrapped = call("POST", "sys/wrapping/wrap", {"token": "abc", "n": [1, 2], "o": {"k": "v"}}, wrap="2m")
         info = wrapped["wrap_info"]
@@ -1583,8 +1584,9 @@ def test_wrapping_data_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
         call("POST", "sys/wrapping/unwrap", {"token": info["token"]})
         seen.append(steps)
     assert seen[0] == seen[1]
-    assert seen[0][4][2] == {"creation_path": "sys/wrapping/wrap", "creation_ttl": 120}  # the lookup
-    assert seen[0][5][2] == {"token": "abc", "n": [1, 2], "o": {"k": "v"}}  # the unwrap
+    assert seen[0][1][:2] == (400, ["endpoint requires response wrapping to be used"])  # the zero TTL
+    assert seen[0][5][2] == {"creation_path": "sys/wrapping/wrap", "creation_ttl": 120}  # the lookup
+    assert seen[0][6][2] == {"token": "abc", "n": [1, 2], "o": {"k": "v"}}  # the unwrap
 
 
 def test_version_history_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:

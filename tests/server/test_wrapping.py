@@ -290,8 +290,9 @@ async def test_wrapping_data(client: Client, storage: InMemoryStorage) -> None:
     resp = await client.post("/v1/sys/wrapping/unwrap", json={}, headers={"X-Vault-Token": info["token"]})
     assert (await resp.json())["data"] == secret
 
-    resp = await client.post("/v1/sys/wrapping/wrap", json=secret, headers=head)
-    assert resp.status == 400 and (await resp.json())["errors"] == ["endpoint requires response wrapping to be used"]
+    for asked in ({}, {"X-Vault-Wrap-TTL": "0"}):  # a zero TTL asks for no wrapping (Vault)
+        resp = await client.post("/v1/sys/wrapping/wrap", json=secret, headers={**head, **asked})
+        assert resp.status == 400 and (await resp.json())["errors"] == ["endpoint requires response wrapping to be used"]
     big = {"blob": "x" * MAX_WRAPPED_BYTES}
     resp = await client.post("/v1/sys/wrapping/wrap", json=big, headers={**head, "X-Vault-Wrap-TTL": "90s"})
     assert resp.status == 400
