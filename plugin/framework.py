@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from http import HTTPStatus
@@ -295,6 +295,10 @@ class Response:
     #: its ``login`` set by ``path_login.refused``: the audit log and the login metrics
     #: record it as they record a raised refusal.
     refused: PluginError | None = None
+    #: A body written as it comes (``sys/monitor``'s log lines), with ``content_type``: the
+    #: server writes each chunk at once and ends when the iterator does or the client leaves.
+    #: An empty chunk writes nothing; it lets the server check that the client is still there.
+    stream: AsyncGenerator[bytes, None] | None = None
 
     def add_warning(self, message: str) -> None:
         self.warnings.append(message)

@@ -35,6 +35,7 @@ from server.appkeys import (
     TOKENS,
 )
 from server.audit import AuditBroker
+from server.diagnostics import LOG_HUB
 from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan, from_sections, make_plan
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
@@ -88,7 +89,13 @@ def create_app(settings: Settings, *, storage: Engine | None = None) -> web.Appl
     setup_ratelimit(app)
     setup_routes(app)  # each handler wrapped with the request log + JSON errors: no middleware
     app.cleanup_ctx.append(_core_context(storage))
+    app.on_shutdown.append(_end_monitors)
     return app
+
+
+async def _end_monitors(app: web.Application) -> None:
+    """A stopping server ends its log monitors' streams (else shutdown would wait for them)."""
+    LOG_HUB.close_all()
 
 
 def _core_context(given_storage: Engine | None) -> Callable[[web.Application], AsyncIterator[None]]:

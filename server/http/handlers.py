@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import zlib
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
@@ -39,7 +39,7 @@ from server.http.audited import Exchange
 from server.http.errors import error_response
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import limited
-from server.http.reply import JSONReply
+from server.http.reply import NO_STORE, JSONReply
 from server.keyring import Keyring
 from server.mounts import Mount, MountTable
 from server.nodes import Node
@@ -611,7 +611,10 @@ def builtin_handler(
                 resp = await backend.handle_request(req)
             finally:
                 await release(request, entry)
-            out = _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top, mount_type=kind)
+            if resp is not None and resp.stream is not None:
+                out = await stream_reply(request, resp.stream, resp.content_type)
+            else:
+                out = _reply(request, resp, copy_top=isinstance(spec, SysPath) and spec.copy_top, mount_type=kind)
             if wrap_ttl is not None:
                 out = await wrap_reply(request, out, wrap_ttl, point + req.path, data=spec.free_form)
         except Exception as exc:
@@ -647,6 +650,27 @@ def _reply(request: web.Request, resp: Response | None, *, copy_top: bool, mount
         out.set_status(resp.status)
     for key, value in resp.headers.items():
         out.headers[key] = value
+    return out
+
+
+async def stream_reply(request: web.Request, stream: AsyncGenerator[bytes, None], content_type: str | None) -> web.StreamResponse:
+    """A Response's ``stream`` written as it comes (``sys/monitor``), chunked; it ends when the
+    stream does (the server stopping) or when the client has gone, which an empty chunk lets
+    it see while there is nothing to write."""
+    out = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type or "application/octet-stream",
+                                      hdrs.CACHE_CONTROL: NO_STORE})
+    try:
+        await out.prepare(request)
+        async for chunk in stream:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            if chunk:
+                await out.write(chunk)
+    except ConnectionError:  # the client went away mid-write (aiohttp's reset error is one)
+        pass
+    finally:
+        await stream.aclose()
     return out
 
 

@@ -22,6 +22,7 @@ from aiohttp import hdrs, web
 
 from plugin.sealing import NewerTermError
 from server.appkeys import MOUNT, REMOTE_ADDR, REQUEST_ID
+from server.diagnostics import IN_FLIGHT, LOG_HUB
 from server.http.errors import reload_keyring, response_for
 from server.http.reply import NO_STORE
 
@@ -100,9 +101,21 @@ def _add_request_id(_logger: Any, _name: str, event_dict: MutableMapping[str, An
 
 
 def _level_gate(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Drop events below the level in effect. Loggers are cached on first use, so the level
-    is checked here (one lookup per event) instead of being built into the cached logger,
-    which a later level change could not reach."""
+    """Drop events below the level in effect and below every log monitor's
+    (``server.diagnostics``). Loggers are cached on first use, so the level is checked here
+    (one lookup per event) instead of being built into the cached logger, which a later level
+    change could not reach."""
+    level = _LEVELS.get(name, logging.INFO)
+    if level < _level and level < LOG_HUB.level:
+        raise structlog.DropEvent
+    return event_dict
+
+
+def _monitor_tap(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Hand the finished event (redacted) to the log monitors (``sys/monitor``), then drop it
+    if it is below the level the log itself takes (a monitor asked for more)."""
+    if LOG_HUB.monitors:
+        LOG_HUB.publish(event_dict)
     if _LEVELS.get(name, logging.INFO) < _level:
         raise structlog.DropEvent
     return event_dict
@@ -132,6 +145,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         _redact_processor,
+        _monitor_tap,
     ]
     if fmt == "console":
         processors.append(_escape_controls)
@@ -327,6 +341,7 @@ def handled(handler: Handler) -> Handler:
         request[MOUNT] = None  # set by auth_handler once the mount is found (no KeyError to catch for the rest)
         _REQUEST_ID.set(rid)
         start = time.perf_counter()
+        IN_FLIGHT[rid] = (request, start)  # sys/in-flight-req
         status = 500
         try:
             try:
@@ -343,6 +358,7 @@ def handled(handler: Handler) -> Handler:
                 resp.headers[hdrs.CACHE_CONTROL] = NO_STORE
             return resp
         finally:
+            del IN_FLIGHT[rid]
             _log_request(request, rid, status, start)
 
     wrapped.__name__ = getattr(handler, "__name__", "handler")
@@ -353,10 +369,14 @@ def handled(handler: Handler) -> Handler:
 def _log_request(request: web.Request, rid: str, status: int, start: float) -> None:
     sink = _request_sink
     if sink is None and _level > logging.INFO:
+        if LOG_HUB.level <= logging.INFO:
+            _monitor_request(request, rid, status, start)
         return  # request lines are info (structlog's chain would drop the line after building it)
     # The client as the request's checks saw it (after trusted-proxy handling), else the peer.
     remote = request[REMOTE_ADDR] or request.remote or ""
     if sink is not None:
+        if LOG_HUB.level <= logging.INFO:  # (through structlog below, the chain's tap hands it over)
+            _monitor_request(request, rid, status, start)
         _take_request_line(sink, (
             rid, request.method, request.path, request[MOUNT], remote, status,
             time.perf_counter() - start, time.time(),
@@ -371,3 +391,13 @@ def _log_request(request: web.Request, rid: str, status: int, start: float) -> N
             status=status,
             duration_ms=round((time.perf_counter() - start) * 1000, 3),
         )
+
+
+def _monitor_request(request: web.Request, rid: str, status: int, start: float) -> None:
+    """A request line for the log monitors, with the fields and redaction of the log file's."""
+    LOG_HUB.publish({
+        "method": request.method, "path": redact(request.path), "mount": request[MOUNT],
+        "remote_addr": request[REMOTE_ADDR] or request.remote or "", "status": status,
+        "duration_ms": round((time.perf_counter() - start) * 1000, 3), "event": "request",
+        "request_id": rid, "level": "info", "timestamp": _timestamp(time.time()),
+    })

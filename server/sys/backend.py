@@ -11,7 +11,8 @@ and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, ke
 ``leases`` (tokens' leases: revocation by creation path, lookup), ``fingerprint``
 (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited headers),
 ``metrics``, ``openapi``, ``wrapping`` (wrap, lookup, unwrap, rewrap), ``tools`` (hash, random),
-``versions`` (version-history).
+``versions`` (version-history), ``debug`` (what ``vault debug`` and ``vault monitor``
+read: monitor, in-flight-req, host-info, config/state/sanitized).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from server.sys import (
     audit,
     auth,
     capabilities,
+    debug,
     fingerprint,
     keys,
     leases,
@@ -70,6 +72,7 @@ class SysBackend(Backend):
             *wrapping.paths(self),
             *tools.paths(self),
             *versions.paths(self),
+            *debug.paths(self),
         ]
         self._open_metrics: Route | None = None
 

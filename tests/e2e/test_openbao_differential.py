@@ -1626,3 +1626,47 @@ def test_ha_status_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
         seen.append((statuses, sorted(node), node["api_address"] == url, node["active_node"], body["nodes"] == [node]))
     assert seen[0] == seen[1] == ([200, 403, 403, 404, 405], ["active_node", "api_address", "cluster_address",
                                                              "hostname", "last_echo", "version"], True, True, True)
+
+
+def test_what_vault_debug_reads_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """``sys/host-info``, ``sys/in-flight-req``, ``sys/config/state/sanitized`` and ``sys/monitor``
+    (``vault debug``, ``vault monitor``): the same statuses (root, a default-policy token, no
+    token, POST, a bad level or format, which both refuse first with Vault's words) and the
+    same shapes as OpenBao 2.7.2. ``sys/replication/status`` is where the two differ (OpenBao:
+    404; vault-differences row 64)."""
+    seen = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
+                             headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+        statuses, errors = [], []
+        for method, path, token in (
+            ("GET", "sys/host-info", root), ("GET", "sys/host-info", user), ("GET", "sys/host-info", ""),
+            ("POST", "sys/host-info", root), ("GET", "sys/in-flight-req", root), ("GET", "sys/in-flight-req", user),
+            ("GET", "sys/config/state/sanitized", root), ("GET", "sys/config/state/sanitized", user),
+            ("GET", "sys/monitor?log_level=bogus", root), ("GET", "sys/monitor?log_format=xml", root),
+            ("GET", "sys/monitor", user),
+        ):
+            resp = requests.request(method, f"{url}/v1/{path}", headers={"X-Vault-Token": token} if token else {},
+                                    timeout=10)
+            statuses.append(resp.status_code)
+            if path.startswith("sys/monitor?"):
+                errors.append(resp.json()["errors"][0].split(" '")[0].split(":")[0])
+        with requests.get(f"{url}/v1/sys/monitor?log_level=info", headers={"X-Vault-Token": root}, stream=True,
+                          timeout=10) as monitor:
+            streaming = monitor.status_code
+        host = requests.get(f"{url}/v1/sys/host-info", headers={"X-Vault-Token": root}, timeout=10).json()["data"]
+        shapes = (sorted(host),
+                  {"hostname", "uptime", "bootTime", "procs", "os", "platform", "platformVersion", "kernelVersion",
+                   "kernelArch", "hostid"} <= set(host["host"]),
+                  {"total", "available", "used", "usedPercent", "free"} <= set(host["memory"]),
+                  {"path", "total", "free", "used", "usedPercent"} <= set(host["disk"][0]),
+                  sorted(host["cpu_times"][0]) == sorted(["cpu", "user", "system", "idle", "nice", "iowait", "irq",
+                                                          "softirq", "steal", "guest", "guestNice"]),
+                  {"cpu", "vendorId", "family", "model", "modelName", "mhz", "cacheSize", "flags"} <= set(host["cpu"][0]))
+        flight = requests.get(f"{url}/v1/sys/in-flight-req", headers={"X-Vault-Token": root}, timeout=10)
+        [entry] = flight.json().values()
+        seen.append((statuses, errors, streaming, shapes, flight.headers["Content-Type"], sorted(entry),
+                     entry["request_path"], entry["client_remote_address"].startswith("127.0.0.1:")))
+    assert seen[0] == seen[1], seen
+    assert seen[0][:3] == ([200, 403, 403, 405, 200, 403, 200, 403, 400, 400, 403],
+                           ["unknown log level", "unknown log format"], 200)

@@ -87,7 +87,7 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     specs = {spec.pattern: spec for spec in _backend().paths}
     unauthenticated = {p for p, s in specs.items() if s.unauthenticated}
     sudo = {p for p, s in specs.items() if s.sudo}
-    assert unauthenticated == {"health", "seal-status", "init", "leader", "wrapping/lookup"}
+    assert unauthenticated == {"health", "seal-status", "init", "leader", "wrapping/lookup", "replication/status"}
     # sys/mounts/auth/<path>/tune changes what sys/auth/<path>/tune does: sudo on both
     assert {p.split("/")[0] for p in sudo} == {
         "auth", "mounts", "rotate", "key-status", "audit", "config", "leases", "remount",
@@ -99,7 +99,8 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     assert {p for p in sudo if p.startswith("leases")} == {
         "leases/lookup/(?P<prefix>.*)", "leases/revoke-prefix/(?P<prefix>.+)", "leases/revoke-force/(?P<prefix>.+)"}
     assert not specs["mounts"].sudo  # the read-only listing
-    assert not any(p.startswith(("auth/", "audit/", "config/")) for p in set(specs) - sudo)
+    # Vault's root paths: config/auditing/*, not config/state (vault debug reads it with read alone)
+    assert {p for p in set(specs) - sudo if p.startswith(("auth/", "audit/", "config/"))} == {"config/state/sanitized"}
     assert not specs["auth"].sudo  # the listing: Vault's root path is auth/*, not auth
     # Vault: audit-hash needs update on its path, not sudo; metrics needs read.
     assert not specs[r"audit-hash/(?P<path>[\s\S]+)"].sudo and not specs["metrics"].sudo
