@@ -211,13 +211,14 @@ def _peer(request: Any) -> str:
     return ""
 
 
-def in_flight() -> dict[str, Any]:
+def in_flight(redact: Callable[[str], str]) -> dict[str, Any]:
     """Vault's ``sys/in-flight-req`` body: each request by its id, with ``start_time``,
-    ``client_remote_address`` (the peer, ``host:port``), ``request_path``,
-    ``request_method`` and ``client_id`` (empty: authmount counts no clients)."""
+    ``client_remote_address`` (the peer, ``host:port``), ``request_path`` (through ``redact``,
+    as the log shows it: a legacy path may hold a token), ``request_method`` and
+    ``client_id`` (empty: authmount counts no clients)."""
     offset = time.time() - time.perf_counter()
     return {rid: {"start_time": _rfc3339(offset + start), "client_remote_address": _peer(request),
-                  "request_path": request.path, "request_method": request.method, "client_id": ""}
+                  "request_path": redact(request.path), "request_method": request.method, "client_id": ""}
             for rid, (request, start) in list(IN_FLIGHT.items())}
 
 

@@ -15,6 +15,7 @@ from plugin.errors import InvalidRequest, RateLimited
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server import diagnostics
+from server.http.log import redact
 from server.sys.core import SysPath, raw_json
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         return Response(stream=stream.lines(), content_type="text/plain; charset=utf-8")
 
     async def in_flight(req: Request, values: dict[str, Any]) -> Response:
-        return raw_json(diagnostics.in_flight())
+        return raw_json(diagnostics.in_flight(redact))
 
     async def host_info(req: Request, values: dict[str, Any]) -> Response:
         data, warnings = await asyncio.to_thread(diagnostics.host_info)

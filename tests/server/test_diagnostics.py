@@ -268,10 +268,23 @@ async def test_in_flight_requests(logged: None, aiohttp_client: Any) -> None:
     monitor.close()
     await client.server.app.shutdown()
     for _ in range(50):
-        if not diagnostics.in_flight():
+        if not diagnostics.IN_FLIGHT:
             break
         await asyncio.sleep(0.05)
-    assert diagnostics.in_flight() == {}
+    assert diagnostics.IN_FLIGHT == {}
+
+
+async def test_in_flight_paths_are_redacted(aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A legacy path holds a token (``auth/token/lookup/<token>``): shown as the log shows it."""
+
+    class Slow:
+        path, method, transport = "/v1/auth/token/lookup/hvs.CAESIJ0123456789abcdefghijkl", "GET", None
+
+    monkeypatch.setitem(diagnostics.IN_FLIGHT, "rid-slow", (Slow(), 0.0))
+    client = await _client(aiohttp_client)
+    body = await (await client.get("/v1/sys/in-flight-req", headers=HEAD)).json()
+    assert body["rid-slow"]["request_path"] == "/v1/auth/token/lookup/<redacted>"
+    assert body["rid-slow"]["client_remote_address"] == ""
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="read from /proc")
