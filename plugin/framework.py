@@ -331,6 +331,9 @@ class PathSpec:
     #: The handler takes the request's data as it is (``req.data``): no field is declared
     #: for it, and no parameter is unknown (``sys/wrapping/wrap`` wraps whatever it is sent).
     free_form: bool = False
+    #: A write's body is not read (nor parsed as JSON): the handler answers without it
+    #: (``sys/storage/raft/snapshot``'s restore, a gzipped tar, refused with advice).
+    ignores_body: bool = False
     #: The token's policy must also grant ``sudo`` on the path (Vault's ``PathsSpecial.Root``).
     sudo: bool = False
     #: If set, CREATE vs UPDATE is decided by this; else writes are UPDATE.

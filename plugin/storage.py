@@ -346,6 +346,14 @@ class InMemoryStorage:
     def set_unannounced_prefixes(self, prefixes: Sequence[str]) -> None:
         """Accepted for interface parity; nothing is announced."""
 
+    async def export_rows(self, write: Callable[[str, bytes], None]) -> int:
+        """``write(key, stored bytes)`` for every key, in key order, at one instant (no
+        await between rows); the number of rows."""
+        self._check()
+        for key in sorted(self._data):
+            write(key, self._data[key])
+        return len(self._data)
+
     def dump(self) -> dict[str, Any]:
         """Every key with a fresh copy of its value, in key order (tests, debugging)."""
         self._check()

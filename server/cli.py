@@ -1,6 +1,6 @@
 """The ``authmount`` command: ``server`` (``--config F``, ``--dev``, both: the file on top of
 dev defaults), ``apply``/``export`` (configuration as code, ``server.gitops``) and
-``operator`` (maintenance with the server stopped: ``rekey``, ``generate-root``)."""
+``operator`` (maintenance with the server stopped: ``rekey``, ``generate-root``, ``restore``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -30,6 +31,7 @@ from server.keyring import StorageKeyError
 from server.operator import generate_root, rekey
 from server.reload import ReloadHook, add_reload_hook, reload_settings
 from server.settings import Settings, SettingsError, dev_settings, load_settings, parse_workers, split_host_port
+from server.snapshot import restore
 from server.storage import shared_memory
 from server.supervisor import REPLACEMENT_ENV, WORKER_ENV, Supervisor, follow_supervisor, report_ready
 from server.sys.status import VERSION
@@ -68,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where to write the new storage key (must not exist)")
     gr = ops.add_parser("generate-root", help="create a new root token (a lost one's recovery) and print it once")
     gr.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
+    rs = ops.add_parser("restore", help="replace the whole storage with a snapshot (vault operator raft snapshot save)")
+    rs.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
+    rs.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot file (checked whole before anything is written)")
     add_commands(sub)
     return parser
 
@@ -155,6 +160,9 @@ def _operator(args: argparse.Namespace) -> int:
             print("New root token (shown only once; it is stored hashed). Older root tokens stay valid.")
             print()
             print(f"Root Token: {token}")
+            return 0
+        if args.operation == "restore":
+            print(restore(settings, Path(args.snapshot)))
             return 0
         print(asyncio.run(rekey(settings, args.new_key_file)))
     except SettingsError as exc:

@@ -576,7 +576,11 @@ def builtin_handler(
         rel = request.match_info["path"]
         refuse_namespace(request)
         wrap_ttl = requested_wrap_ttl(request)
-        op, data = await read_operation(request)
+        data: dict[str, Any]
+        if request.method in _WRITES and _ignores_body(backend, rel):
+            op, data = Operation.UPDATE, {}
+        else:
+            op, data = await read_operation(request)
         if op is Operation.LIST and rel and not rel.endswith("/"):
             rel += "/"  # as Vault's HTTP layer: a LIST names a directory (sys/leases/lookup/*)
         req = Request(operation=op, path=rel, data=data, headers=BackendHeaders(request.headers),
@@ -624,6 +628,17 @@ def builtin_handler(
         return out
 
     return builtin_route
+
+
+_WRITES = frozenset({"POST", "PUT"})
+
+
+def _ignores_body(backend: Backend, rel: str) -> bool:
+    """Whether a write to ``rel`` goes to a path that does not read its body."""
+    try:
+        return backend.resolve(rel).spec.ignores_body
+    except PluginError:
+        return False
 
 
 def sys_handler(backend: SysBackend) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -79,6 +79,11 @@ class Engine(Storage, Protocol):
         """Keys under ``prefixes`` are cached by no node: their writes need not be
         announced to other nodes (only shared engines announce anything)."""
 
+    async def export_rows(self, write: Callable[[str, bytes], None]) -> int:
+        """Call ``write(key, stored bytes)`` for every key, in key order, from one consistent
+        read (a snapshot: ``server.snapshot``), possibly on another thread; the number of
+        rows. Writes go on meanwhile."""
+
     async def close(self) -> None:
         """Finish pending writes and release the engine; later calls raise ``RuntimeError``."""
 

@@ -7,7 +7,7 @@ import builtins
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -408,6 +408,34 @@ class PostgresStorage:
                     return
                 _log.warning("storage_listen_lost", error=str(exc))
                 await asyncio.sleep(_RECONNECT_DELAY)
+
+    async def export_rows(self, write: Callable[[str, bytes], None]) -> int:
+        """Every row in key order from one REPEATABLE READ transaction (one snapshot of the
+        table, whatever the nodes write meanwhile), read through a server-side cursor."""
+        self._check()
+        count = 0
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            async with conn.cursor(name="authmount_snapshot") as cur:
+                await cur.execute("SELECT key, value::text FROM authmount_kv ORDER BY key")
+                async for key, text in cur:
+                    write(key, text.encode())
+                    count += 1
+        return count
+
+    async def replace_rows(self, rows: Iterable[tuple[str, bytes]]) -> int:
+        """Make ``rows`` the whole table in one transaction (a failure part-way leaves it as it
+        was); the number of rows written. Only with every node stopped."""
+        self._check()
+        count = 0
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE authmount_kv IN ACCESS EXCLUSIVE MODE")
+            await conn.execute("DELETE FROM authmount_kv")
+            async with conn.cursor().copy("COPY authmount_kv (key, value) FROM STDIN") as copy:
+                for key, value in rows:
+                    await copy.write_row((key, value.decode()))
+                    count += 1
+        return count
 
     async def close(self) -> None:
         """Stop listening and close every pooled connection."""

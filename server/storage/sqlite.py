@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, TypeVarTuple, cast
 
 import structlog
@@ -25,7 +25,7 @@ from server.storage.sqlite_schema import migrate
 from server.storage.sqlite_shared import POLL_INTERVAL, ChangeLog, FileLock, adopt_owner_lock, owner_lock
 from server.storage.writes import put_each
 
-__all__ = ["SQLiteStorage", "CACHE_BYTES"]
+__all__ = ["SQLiteStorage", "CACHE_BYTES", "dump_rows", "replace_rows"]
 
 #: Upper bound of the value cache's content, whatever ``cache_entries`` says.
 CACHE_BYTES = 8 * 1024 * 1024
@@ -336,6 +336,13 @@ class SQLiteStorage:
                     raise RuntimeError("storage is closed")
         return out
 
+    async def export_rows(self, write: Callable[[str, bytes], None]) -> int:
+        """Every row in key order from one read transaction of a connection of its own, on
+        a worker thread (WAL: the transaction sees one commit's state while writes go on)."""
+        if self._closed:
+            raise RuntimeError("storage is closed")
+        return await asyncio.to_thread(dump_rows, self.path, write)
+
     # -- writes (queued to the writer thread) ----------------------------------------
 
     def _submit(self, op: int, key: str, arg: bytes | Updater[object] | None) -> asyncio.Future[Any]:
@@ -560,3 +567,55 @@ def _resolve(batch: list[Op], results: list[Result]) -> None:
             fut.set_result(value)
         else:
             fut.set_exception(value)
+
+
+def dump_rows(path: str, write: Callable[[str, bytes], None]) -> int:
+    """``write(key, value)`` for every row of the SQLite file at ``path``, in key order, from
+    one read transaction; the number of rows."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA query_only = 1")
+        conn.execute("BEGIN")
+        count = 0
+        for key, value in conn.execute("SELECT key, value FROM kv ORDER BY key"):
+            write(key, bytes(value))
+            count += 1
+        conn.execute("COMMIT")
+        return count
+    finally:
+        conn.close()
+
+
+def replace_rows(path: str, rows: Iterable[tuple[str, bytes]]) -> int:
+    """Make ``rows`` the whole content of the SQLite file at ``path`` (created if missing), in
+    one transaction: a failure part-way leaves the file as it was. Only with no server on the
+    file (its owner lock is taken for the while); the number of rows written.
+
+    :raises RuntimeError: a server has the file open.
+    """
+    fd = owner_lock(path)
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            migrate(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM kv")
+                if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kv_log'").fetchone():
+                    conn.execute("DELETE FROM kv_log")  # the workers' change log: nothing to replay
+                count = 0
+                for key, value in rows:
+                    conn.execute("INSERT INTO kv (key, value) VALUES (?, ?)", (key, value))
+                    count += 1
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return count
+        finally:
+            conn.close()
+    finally:
+        os.close(fd)

@@ -12,7 +12,8 @@ and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, ke
 (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited headers),
 ``metrics``, ``openapi``, ``wrapping`` (wrap, lookup, unwrap, rewrap), ``tools`` (hash, random),
 ``versions`` (version-history), ``debug`` (what ``vault debug`` and ``vault monitor``
-read: monitor, in-flight-req, host-info, config/state/sanitized).
+read: monitor, in-flight-req, host-info, config/state/sanitized), ``snapshot``
+(storage/raft/snapshot).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from server.sys import (
     openapi,
     policies,
     remount,
+    snapshot,
     status,
     tools,
     versions,
@@ -73,6 +75,7 @@ class SysBackend(Backend):
             *tools.paths(self),
             *versions.paths(self),
             *debug.paths(self),
+            *snapshot.paths(self),
         ]
         self._open_metrics: Route | None = None
 

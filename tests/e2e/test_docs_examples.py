@@ -27,6 +27,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ SKIPPED = {
     ("docs/api.md", "needs an OIDC identity provider and a browser (tests/e2e/test_oidc_e2e.py runs the flow)"),
     ("docs/api.md", "needs an OIDC identity provider and a user (tests/e2e/test_oidc_modes_e2e.py runs both modes with bao)"),
     ("docs/operations.md", "needs the server stopped (tests/e2e/test_operator_e2e.py runs it)"),
+    ("docs/operations.md", "needs the server stopped (tests/e2e/test_snapshot_e2e.py runs it)"),
     ("docs/operations.md", "streams until interrupted (tests/e2e/test_bao_cli.py runs bao monitor)"),
     ("docs/operations.md", "runs for the capture's duration (tests/e2e/test_bao_cli.py runs bao debug)"),
     ("docs/performance.md", "runs the benchmark (minutes, all cores)"),
@@ -98,7 +100,7 @@ def test_every_example_is_run_or_listed() -> None:
     assert len(ALL) > 10
     skipped = sorted((b.doc, b.why) for b in ALL if b.mark == "skip")
     assert sorted(set(skipped)) == sorted(SKIPPED), skipped  # a new skip must be listed here
-    assert len(skipped) == 10
+    assert len(skipped) == 11
     for b in ALL:
         if b.mark == "env":
             assert all(line.startswith("export VAULT_") for line in b.code.splitlines() if line.strip()), b
@@ -156,6 +158,10 @@ def _operations(work: Path, stdout: str) -> None:
     assert stat.S_IMODE((work / "backup").stat().st_mode) == 0o700
     assert subprocess.run(["sqlite3", str(backup), "SELECT count(*) FROM kv"], capture_output=True, text=True,
                           check=True).stdout.strip() != "0"
+    [snap] = list((work / "snapshots").iterdir())  # bao operator raft snapshot save
+    assert stat.S_IMODE(snap.stat().st_mode) == 0o600
+    with tarfile.open(snap, mode="r:gz") as tar:
+        assert tar.getnames() == ["meta.json", "state.jsonl", "SHA256SUMS", "SHA256SUMS.sealed"]
 
 
 def _api(work: Path, stdout: str) -> None:

@@ -1,0 +1,43 @@
+"""``sys/storage/raft/snapshot``: a snapshot of the whole storage (``server.snapshot``),
+streamed, what ``vault operator raft snapshot save`` reads, on every engine (``read`` on the
+path, as in Vault). A snapshot is restored with every server stopped (``authmount operator
+restore``): a write here is refused with that advice, not half-applied under running nodes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from plugin.errors import InvalidRequest
+from plugin.framework import Operation, Request, Response
+from plugin.schema import FieldSet
+from server import snapshot
+from server.sys.core import SysPath
+from server.sys.status import REPORTED_VERSION
+
+if TYPE_CHECKING:
+    from server.sys.backend import SysBackend
+
+__all__ = ["paths"]
+
+RESTORE_ADVICE = ("a snapshot is restored with every authmount server stopped: authmount operator restore "
+                  "--config <settings> <file> (docs/operations.md#backup)")
+
+
+def paths(b: SysBackend) -> list[SysPath]:
+    async def save(req: Request, values: dict[str, Any]) -> Response:
+        core = b.core
+        taken = await snapshot.take(core.storage, core.keyring, cluster_id=core.cluster_id, version=REPORTED_VERSION,
+                                    engine=core.settings.storage.type)
+        return Response(stream=snapshot.chunks(taken), content_type="application/gzip")
+
+    async def restore(req: Request, values: dict[str, Any]) -> Response:
+        raise InvalidRequest(RESTORE_ADVICE)
+
+    return [
+        SysPath("storage/raft/snapshot", FieldSet({}), {Operation.READ: save, Operation.UPDATE: restore},
+                "A snapshot of the whole storage (vault operator raft snapshot save); restored offline.",
+                ignores_body=True),
+        SysPath("storage/raft/snapshot-force", FieldSet({}), {Operation.UPDATE: restore},
+                "Restored offline: authmount operator restore.", ignores_body=True),
+    ]
