@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from plugin.errors import InvalidRequest
+from plugin.errors import InvalidRequest, PluginError
 from plugin.framework import Operation, Request, Response
 from plugin.schema import FieldSet
 from server import snapshot
@@ -24,11 +24,21 @@ RESTORE_ADVICE = ("a snapshot is restored with every authmount server stopped: a
                   "--config <settings> <file> (docs/operations.md#backup)")
 
 
+class SnapshotUnavailable(PluginError):
+    """The snapshot could not be built (its temporary file: a full disk)."""
+
+    status = 503
+    headers = {"Retry-After": "60"}
+
+
 def paths(b: SysBackend) -> list[SysPath]:
     async def save(req: Request, values: dict[str, Any]) -> Response:
         core = b.core
-        taken = await snapshot.take(core.storage, core.keyring, cluster_id=core.cluster_id, version=REPORTED_VERSION,
-                                    engine=core.settings.storage.type)
+        try:
+            taken = await snapshot.take(core.storage, core.keyring, cluster_id=core.cluster_id,
+                                        version=REPORTED_VERSION, engine=core.settings.storage.type)
+        except OSError as exc:  # the temporary file (a storage failure is the engine's own error: 503)
+            raise SnapshotUnavailable(f"snapshot: cannot write its temporary file: {exc.strerror or exc}") from None
         return Response(stream=snapshot.chunks(taken), content_type="application/gzip")
 
     async def restore(req: Request, values: dict[str, Any]) -> Response:

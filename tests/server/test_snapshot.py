@@ -253,3 +253,18 @@ async def test_the_snapshot_path(aiohttp_client: Any, tmp_path: Path) -> None:
         assert (await refused.json())["errors"] == [
             "a snapshot is restored with every authmount server stopped: authmount operator restore "
             "--config <settings> <file> (docs/operations.md#backup)"]
+
+
+async def test_a_full_disk_is_a_503_not_a_500(aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot is built in a temporary file; a full disk there is said, with Retry-After."""
+
+    class Full(io.BytesIO):
+        def write(self, data: Any) -> int:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("server.snapshot.tempfile.SpooledTemporaryFile", lambda **kw: Full())
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    client = await aiohttp_client(make_test_server(create_app(settings)))
+    resp = await client.get("/v1/sys/storage/raft/snapshot", headers={"X-Vault-Token": ROOT})
+    assert (resp.status, resp.headers["Retry-After"]) == (503, "60")
+    assert await resp.json() == {"errors": ["snapshot: cannot write its temporary file: No space left on device"]}
