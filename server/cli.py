@@ -1,6 +1,7 @@
 """The ``authmount`` command: ``server`` (``--config F``, ``--dev``, both: the file on top of
 dev defaults), ``apply``/``export`` (configuration as code, ``server.gitops``) and
-``operator`` (maintenance with the server stopped: ``rekey``, ``generate-root``, ``restore``)."""
+``operator`` (maintenance with the server stopped: ``rekey``, ``generate-root``, ``restore``;
+and ``diagnose``, which may run beside the server)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import structlog
 from server import telemetry
 from server.app import StartupError, create_app
 from server.appkeys import LISTEN_ADDRESS, ROOT_TOKEN
+from server.diagnose import diagnose, render
 from server.gitops.command import add_commands, run_apply, run_export
 from server.http.connguard import ConnectionGuard, descriptor_budget, raise_descriptor_limit
 from server.http.listverb import ListVerbAppRunner
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers", type=_workers_arg, metavar="N|auto",
                      help="serve with N processes sharing the port (SO_REUSEPORT) and the storage (SQLite or "
                           "PostgreSQL); auto: one per usable core")
-    op = sub.add_parser("operator", help="maintenance with the server stopped")
+    op = sub.add_parser("operator", help="maintenance with the server stopped, and its checks")
     ops = op.add_subparsers(dest="operation", required=True)
     rk = ops.add_parser("rekey", help="seal the keyring under a new storage key")
     rk.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
@@ -70,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="where to write the new storage key (must not exist)")
     gr = ops.add_parser("generate-root", help="create a new root token (a lost one's recovery) and print it once")
     gr.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
+    dg = ops.add_parser("diagnose", help="check a settings file as a start would, without serving (vault operator "
+                                         "diagnose); the server may be running")
+    dg.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
     rs = ops.add_parser("restore", help="replace the whole storage with a snapshot (vault operator raft snapshot save)")
     rs.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
     rs.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot file (checked whole before anything is written)")
@@ -153,6 +158,10 @@ def _settings_loader(args: argparse.Namespace) -> Callable[[], Settings]:
 
 
 def _operator(args: argparse.Namespace) -> int:
+    if args.operation == "diagnose":
+        checks = diagnose(args.config)
+        print(render(checks))
+        return 1 if any(c.status == "fail" for c in checks) else 0
     try:
         settings = load_settings(args.config)
         if args.operation == "generate-root":

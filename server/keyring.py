@@ -218,7 +218,7 @@ class Keyring:
         fresh = cls._stored_form(storage_key, first)
         # update() so two nodes starting together agree on one keyring.
         stored = await storage.update(KEYRING_KEY, lambda old: old if old else fresh)
-        ring = cls._from_stored(storage_key, stored)
+        ring = cls.from_stored(storage_key, stored)
         ring._fingerprint_key = await ring._load_fingerprint_key(storage)
         return ring
 
@@ -241,7 +241,7 @@ class Keyring:
         """Re-read the keyring (another node rotated it)."""
         stored = await storage.get(KEYRING_KEY)
         if stored is not None:
-            self._adopt(self._from_stored(self._storage_key, stored))
+            self._adopt(self.from_stored(self._storage_key, stored))
 
     def _adopt(self, other: Keyring) -> None:
         """Take ``other``'s terms unless this keyring is newer: terms are only ever added, and
@@ -258,7 +258,7 @@ class Keyring:
         created = time.time() if now is None else now
 
         def add(old: Any) -> Any:
-            ring = self._from_stored(self._storage_key, old)
+            ring = self.from_stored(self._storage_key, old)
             number = max(ring._terms) + 1
             body = ring._body()
             body["terms"][str(number)] = {"key": b64e(secrets.token_bytes(KEY_BYTES)), "created": created}
@@ -266,14 +266,14 @@ class Keyring:
             return self._stored_form(self._storage_key, body)
 
         stored = await storage.update(KEYRING_KEY, add)
-        self._adopt(self._from_stored(self._storage_key, stored))
+        self._adopt(self.from_stored(self._storage_key, stored))
         return self.active
 
     async def rewrap(self, storage: Storage, new_storage_key: bytes) -> None:
         """Seal the keyring under ``new_storage_key`` (the data keys stay)."""
 
         def swap(old: Any) -> Any:
-            ring = self._from_stored(self._storage_key, old)
+            ring = self.from_stored(self._storage_key, old)
             return self._stored_form(new_storage_key, ring._body())
 
         await storage.update(KEYRING_KEY, swap)
@@ -302,7 +302,12 @@ class Keyring:
         return {"v": 1, "storage_key": key_fingerprint(storage_key), "sealed": b64e(blob)}
 
     @classmethod
-    def _from_stored(cls, storage_key: bytes, stored: Any) -> Keyring:
+    def from_stored(cls, storage_key: bytes, stored: Any) -> Keyring:
+        """The keyring as stored at ``KEYRING_KEY``, opened with ``storage_key`` (no storage
+        read: a snapshot's row, or one read by ``authmount operator diagnose``).
+
+        :raises StorageKeyError: not a keyring, or sealed under another storage key.
+        """
         if not isinstance(stored, dict) or stored.get("v") != 1 or not isinstance(stored.get("sealed"), str):
             raise StorageKeyError(f"{KEYRING_KEY} in storage is not a keyring this version can read")
         if stored.get("storage_key") != key_fingerprint(storage_key):

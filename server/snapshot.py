@@ -33,8 +33,8 @@ from typing import IO, Any
 
 import orjson
 
-from plugin.storage import InMemoryStorage, check_key
-from server.keyring import FINGERPRINT_KEY, KEYRING_KEY, Keyring, SealError, StorageKeyError, load_storage_key
+from plugin.storage import check_key
+from server.keyring import KEYRING_KEY, Keyring, SealError, StorageKeyError, load_storage_key
 from server.nodes import NODES_PREFIX, STALE_AFTER, last_echo
 from server.settings import Settings
 from server.storage import Engine, open_storage
@@ -203,7 +203,7 @@ def _check_rows(state: IO[bytes], path: Path, meta: dict[str, Any]) -> dict[str,
         if key <= previous:
             raise SnapshotError(f"state.jsonl line {count}: key {key!r} out of order or repeated")
         previous = key
-        if key in (KEYRING_KEY, FINGERPRINT_KEY):
+        if key == KEYRING_KEY:
             ring[key] = value
     if count != meta.get("keys"):
         raise SnapshotError(f"{path}: state.jsonl holds {count} rows, meta.json says {meta.get('keys')!r}")
@@ -213,14 +213,8 @@ def _check_rows(state: IO[bytes], path: Path, meta: dict[str, Any]) -> dict[str,
 def _check_seal(ring_rows: dict[str, Any], storage_key: bytes, sealed: bytes, sums: bytes, path: Path) -> None:
     if KEYRING_KEY not in ring_rows:
         raise SnapshotError(f"{path}: the snapshot holds no keyring ({KEYRING_KEY})")
-    async def ring() -> Keyring:
-        held = InMemoryStorage()
-        for key, value in ring_rows.items():
-            await held.put(key, value)
-        return await Keyring.open(held, storage_key)
-
     try:
-        keyring = asyncio.run(ring())
+        keyring = Keyring.from_stored(storage_key, ring_rows[KEYRING_KEY])
     except StorageKeyError as exc:
         raise SnapshotError(f"{path}: the storage key does not open this snapshot's keyring ({exc}); "
                             f"restore with the key that was in use when it was taken") from None

@@ -158,6 +158,9 @@ def _operations(work: Path, stdout: str) -> None:
     assert stat.S_IMODE((work / "backup").stat().st_mode) == 0o700
     assert subprocess.run(["sqlite3", str(backup), "SELECT count(*) FROM kv"], capture_output=True, text=True,
                           check=True).stdout.strip() != "0"
+    # authmount operator diagnose beside the running server
+    assert "[ ok   ] storage: sqlite: data/authmount.db, " in stdout and ", a server is using it" in stdout
+    assert "[ ok   ] storage key: data/authmount.key (" in stdout and " 0 failed, " in stdout
     [snap] = list((work / "snapshots").iterdir())  # bao operator raft snapshot save
     assert stat.S_IMODE(snap.stat().st_mode) == 0o600
     with tarfile.open(snap, mode="r:gz") as tar:
