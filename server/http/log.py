@@ -273,23 +273,29 @@ def _render_pending(sink: Any) -> None:
     try:
         while pending:
             try:
-                rid, method, path, mount, remote, status, took, now = pending.popleft()
+                line = pending.popleft()
             except IndexError:  # another thread took the last one
                 break
-            sink.write(dumps({
-                "method": method,
-                "path": redact(path),
-                "mount": mount,  # server-set, never redacted (_SAFE_KEYS)
-                "remote_addr": remote,
-                "status": status,
-                "duration_ms": round(took * 1000, 3),
-                "event": "request",
-                "request_id": rid,
-                "level": "info",
-                "timestamp": _timestamp(now),
-            }, option=newline))
+            sink.write(dumps(_request_event(*line), option=newline))
     except (OSError, ValueError):  # a closed or broken stderr must not fail requests
         pass
+
+
+def _request_event(rid: str, method: str, path: str, mount: Any, remote: str, status: int, took: float,
+                   now: float) -> dict[str, Any]:
+    """A request line's fields, in the log's order (the file's lines and the monitors')."""
+    return {
+        "method": method,
+        "path": redact(path),
+        "mount": mount,  # server-set, never redacted (_SAFE_KEYS)
+        "remote_addr": remote,
+        "status": status,
+        "duration_ms": round(took * 1000, 3),
+        "event": "request",
+        "request_id": rid,
+        "level": "info",
+        "timestamp": _timestamp(now),
+    }
 
 
 def _take_request_line(sink: Any, line: _RequestLine) -> None:
@@ -395,9 +401,6 @@ def _log_request(request: web.Request, rid: str, status: int, start: float) -> N
 
 def _monitor_request(request: web.Request, rid: str, status: int, start: float) -> None:
     """A request line for the log monitors, with the fields and redaction of the log file's."""
-    LOG_HUB.publish({
-        "method": request.method, "path": redact(request.path), "mount": request[MOUNT],
-        "remote_addr": request[REMOTE_ADDR] or request.remote or "", "status": status,
-        "duration_ms": round((time.perf_counter() - start) * 1000, 3), "event": "request",
-        "request_id": rid, "level": "info", "timestamp": _timestamp(time.time()),
-    })
+    LOG_HUB.publish(_request_event(rid, request.method, request.path, request[MOUNT],
+                                   request[REMOTE_ADDR] or request.remote or "", status,
+                                   time.perf_counter() - start, time.time()))
