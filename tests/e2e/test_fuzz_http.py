@@ -267,7 +267,7 @@ class Campaign:
         self.operations = [
             (verb, route, op.get("requestBody", {}).get("content", {}).get("application/json", {})
              .get("schema", {}).get("properties", {}))
-            for route, entry in paths.items()
+            for route, entry in paths.items() if route not in STREAMING
             for verb, op in entry.items() if verb in ("get", "post", "delete")
         ]
         self.unauthenticated = {route for route, entry in paths.items() if entry.get("x-vault-unauthenticated")}
@@ -320,6 +320,9 @@ def sqlite_config(db: Path) -> dict[str, Any]:
     return {"storage": {"type": "sqlite", "path": str(db)}, "rate_limit": {"login_per_ip_per_second": 0, "login_burst": 0}}
 
 
+#: Routes that answer with a stream until the client leaves (``vault monitor``): not one
+#: request and one reply (tests/server/test_diagnostics.py covers them).
+STREAMING = frozenset({"/sys/monitor"})
 #: The routes whose GET shows what their POST writes: a refused write must leave it as it was.
 STATEFUL = re.compile(r"/(role|cel/role)/\{name\}$|^/sys/(policies/acl|policy)/\{name\}$|/tune$|"
                       r"^/identity/group/(name/\{name\}|id/\{id\})$|^/auth/[^/]+/config$|request-headers/\{header\}$")
