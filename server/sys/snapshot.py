@@ -6,9 +6,10 @@ restore``): a write here is refused with that advice, not half-applied under run
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator
+from typing import IO, TYPE_CHECKING, Any
 
-from plugin.errors import InvalidRequest, PluginError
+from plugin.errors import InvalidRequest, PluginError, RateLimited
 from plugin.framework import Operation, Request, Response
 from plugin.schema import FieldSet
 from server import snapshot
@@ -32,14 +33,31 @@ class SnapshotUnavailable(PluginError):
 
 
 def paths(b: SysBackend) -> list[SysPath]:
+    taking: list[bool] = []  # one snapshot at a time per process: each copies the whole storage
+
     async def save(req: Request, values: dict[str, Any]) -> Response:
         core = b.core
+        if taking:
+            raise RateLimited("a snapshot is being taken on this server; try again when it is done")
+        taking.append(True)
         try:
             taken = await snapshot.take(core.storage, core.keyring, cluster_id=core.cluster_id,
                                         version=REPORTED_VERSION, engine=core.settings.storage.type)
         except OSError as exc:  # the temporary file (a storage failure is the engine's own error: 503)
+            taking.clear()
             raise SnapshotUnavailable(f"snapshot: cannot write its temporary file: {exc.strerror or exc}") from None
-        return Response(stream=snapshot.chunks(taken), content_type="application/gzip")
+        except BaseException:
+            taking.clear()
+            raise
+        return Response(stream=sent(taken), content_type="application/gzip")
+
+    async def sent(taken: IO[bytes]) -> AsyncGenerator[bytes, None]:
+        """The snapshot's chunks; the next snapshot may start once this one is sent (or left)."""
+        try:
+            async for chunk in snapshot.chunks(taken):
+                yield chunk
+        finally:
+            taking.clear()
 
     async def restore(req: Request, values: dict[str, Any]) -> Response:
         raise InvalidRequest(RESTORE_ADVICE)

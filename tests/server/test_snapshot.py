@@ -268,3 +268,32 @@ async def test_a_full_disk_is_a_503_not_a_500(aiohttp_client: Any, monkeypatch: 
     resp = await client.get("/v1/sys/storage/raft/snapshot", headers={"X-Vault-Token": ROOT})
     assert (resp.status, resp.headers["Retry-After"]) == (503, "60")
     assert await resp.json() == {"errors": ["snapshot: cannot write its temporary file: No space left on device"]}
+
+
+async def test_one_snapshot_at_a_time(aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each snapshot copies the whole storage to a temporary file: a second one while the first
+    is being sent is refused (429), and the next after it is served."""
+    release = asyncio.Event()
+    real_chunks = snapshot.chunks
+
+    async def slow(taken: Any) -> Any:  # the first chunk, then the rest once released
+        first = True
+        async for chunk in real_chunks(taken):
+            yield chunk
+            if first:
+                first = False
+                await release.wait()
+
+    monkeypatch.setattr(snapshot, "chunks", slow)
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    client = await aiohttp_client(make_test_server(create_app(settings)))
+    head = {"X-Vault-Token": ROOT}
+    first = await client.get("/v1/sys/storage/raft/snapshot", headers=head)
+    assert first.status == 200
+    second = await client.get("/v1/sys/storage/raft/snapshot", headers=head)
+    assert second.status == 429 and (await second.json())["errors"] == [
+        "a snapshot is being taken on this server; try again when it is done"]
+    release.set()
+    assert gzip.decompress(await first.read())[:9] == b"meta.json"
+    third = await client.get("/v1/sys/storage/raft/snapshot", headers=head)
+    assert third.status == 200 and gzip.decompress(await third.read())[:9] == b"meta.json"
