@@ -266,7 +266,8 @@ async def _restore_postgres(settings: Settings, snapshot: Snapshot) -> int:
             if now - last_echo(row) <= STALE_AFTER:
                 live.append(name)
         if live:
-            raise RuntimeError(f"nodes are serving this storage ({', '.join(sorted(live))}): stop every node first")
+            raise RuntimeError(f"nodes are serving this storage ({', '.join(sorted(live))}): stop every node first "
+                               f"(a node killed less than {STALE_AFTER:.0f} s ago still counts: wait)")
         return await storage.replace_rows(snapshot.rows())
     finally:
         await storage.close()

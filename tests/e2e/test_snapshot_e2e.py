@@ -89,6 +89,8 @@ def test_save_with_the_cli_then_restore_offline(tmp_path: Path, postgres_server:
         assert "on sqlite" in moved.stdout and "into postgres storage" in moved.stdout
         with start_server(config=pg, workdir=work, root_token=root) as srv:
             _check_restored(srv, root, kept, late)
+            serving = _restore(pg, snap, work)  # a node echoes into the storage it serves
+            assert serving.returncode == 1 and "nodes are serving this storage" in serving.stderr
     finally:
         postgres_server.drop_database(dsn)
 
