@@ -35,7 +35,7 @@ from server.appkeys import (
     TOKENS,
 )
 from server.audit import AuditBroker
-from server.diagnostics import LOG_HUB
+from server.diagnostics import LOG_HUB, LogRelay
 from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan, from_sections, make_plan
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
@@ -48,6 +48,7 @@ from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
 from server.storage.sqlite import SQLiteStorage
+from server.supervisor import MONITOR_DIR_ENV, WORKER_ENV
 from server.sys import remount, versions
 from server.sys.status import REPORTED_VERSION
 from server.tokens.backend import TokenBackend
@@ -56,8 +57,6 @@ from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, Token
 __all__ = ["create_app", "seed", "seed_audit", "StartupError", "SettingsError", "INIT_KEY", "CLUSTER_KEY", "WORKER_ENV"]
 
 INIT_KEY = "core/init"
-#: Set by ``authmount server --workers N`` in each worker's environment: its index.
-WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
 CLUSTER_KEY = "core/cluster"
 
 log = structlog.get_logger("authmount.app")
@@ -89,8 +88,16 @@ def create_app(settings: Settings, *, storage: Engine | None = None) -> web.Appl
     setup_ratelimit(app)
     setup_routes(app)  # each handler wrapped with the request log + JSON errors: no middleware
     app.cleanup_ctx.append(_core_context(storage))
+    app.on_startup.append(_relay_monitors)
     app.on_shutdown.append(_end_monitors)
     return app
+
+
+async def _relay_monitors(app: web.Application) -> None:
+    """A worker of ``--workers N`` relays log lines to the other workers' monitors."""
+    directory = os.environ.get(MONITOR_DIR_ENV)
+    if directory and LOG_HUB.relay is None:
+        LOG_HUB.relay = LogRelay(LOG_HUB, directory, int(os.environ.get(WORKER_ENV, "0")))
 
 
 async def _end_monitors(app: web.Application) -> None:

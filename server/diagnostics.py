@@ -3,9 +3,9 @@ is written (``sys/monitor``, ``vault monitor``), the requests it is answering
 (``sys/in-flight-req``), the host it runs on (``sys/host-info``) and its settings without
 secrets (``sys/config/state/sanitized``), which is what ``vault debug`` collects.
 
-All of it is per process: with ``--workers N`` a monitor streams the log of the worker that
-answered it, and each worker has its own requests in flight, as each Vault node has its own
-(docs/operations.md, "Watching a running server").
+With ``--workers N`` a monitor on any worker streams every worker's lines (``LogRelay``);
+the rest is per process: each worker has its own requests in flight, as each Vault node has
+its own (docs/operations.md, "Watching a running server").
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 __all__ = [
-    "LOG_HUB", "IN_FLIGHT", "LogHub", "Monitor", "TooManyMonitors", "MONITOR_LEVELS", "MONITOR_FORMATS",
+    "LOG_HUB", "IN_FLIGHT", "LogHub", "LogRelay", "Monitor", "TooManyMonitors", "MONITOR_LEVELS", "MONITOR_FORMATS",
     "MAX_MONITORS", "MONITOR_BUFFER", "render_standard", "in_flight", "host_info", "sanitized_settings",
 ]
 
@@ -151,14 +151,19 @@ class Monitor:
         return orjson.dumps(event).decode() if self.json else render_standard(event)
 
 
+_NONE = logging.CRITICAL + 10  # above every level: no monitor wants anything
+
+
 class LogHub:
-    """The monitors of this process. ``level`` is the lowest level any of them asks for
-    (above every level when there is none): the log's gate lets those events through to
-    ``publish`` even when the log file takes only higher ones."""
+    """The monitors of this process. ``level`` is the lowest level any of them asks for, or
+    a monitor of another worker (``relay``); above every level when there is none: the log's
+    gate lets those events through to ``publish`` even when the log file takes only higher
+    ones."""
 
     def __init__(self) -> None:
         self.monitors: tuple[Monitor, ...] = ()
-        self.level = logging.CRITICAL + 10
+        self.level = _NONE
+        self.relay: LogRelay | None = None
 
     def open(self, level: int, json: bool) -> Monitor:
         """A new monitor. :raises TooManyMonitors: ``MAX_MONITORS`` are open."""
@@ -174,18 +179,144 @@ class LogHub:
     def close_all(self) -> None:
         for monitor in self.monitors:
             monitor.close()
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None
+            self.refresh()
 
     def _set(self, monitors: tuple[Monitor, ...]) -> None:
         # One tuple, replaced whole: a thread that publishes iterates a snapshot.
         self.monitors = monitors
-        self.level = min((m.level for m in monitors), default=logging.CRITICAL + 10)
+        if self.relay is not None:
+            self.relay.listen(min((m.level for m in monitors), default=None))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """``level`` again, from this process's monitors and the other workers' (``relay``)."""
+        remote = min((level for _, level in self.relay.peers), default=_NONE) if self.relay is not None else _NONE
+        self.level = min(min((m.level for m in self.monitors), default=_NONE), remote)
 
     def publish(self, event: Mapping[str, Any]) -> None:
-        """Hand one rendered-to-be event (its ``level`` a name) to every monitor that wants it."""
+        """Hand one rendered-to-be event (its ``level`` a name) to every monitor that wants it,
+        here and, through ``relay``, in the other workers."""
         number = _LEVEL_NUMBERS.get(str(event.get("level", "info")), logging.INFO)
+        relay = self.relay
+        if relay is not None:
+            event = {**event, "worker": relay.worker}
+            relay.send(event, number)
+        self.publish_here(event, number)
+
+    def publish_here(self, event: Mapping[str, Any], number: int) -> None:
         for monitor in self.monitors:
             if number >= monitor.level:
                 monitor.offer(event)
+
+
+class LogRelay:
+    """How the workers of one server (``--workers N``) see each other's log lines, so that a
+    monitor on any worker streams all of them.
+
+    A worker with a monitor binds a Unix datagram socket in the supervisor's directory, named
+    after its pid and the lowest level its monitors want (``<pid>-<level>.sock``). Every
+    worker lists the directory once a second (``scan``) and sends each line at or above a
+    peer's level to it, one datagram a line, never waiting: a line that finds the peer's
+    buffer full, or a peer gone, is dropped. Received lines are handed to this worker's
+    monitors only (never sent on)."""
+
+    SCAN_INTERVAL = 1.0
+
+    def __init__(self, hub: LogHub, directory: str, worker: int, *, ident: int | None = None) -> None:
+        self.hub, self.directory, self.worker = hub, directory, worker
+        self.ident = os.getpid() if ident is None else ident  # the pid (tests: two relays in one process)
+        self.peers: tuple[tuple[str, int], ...] = ()
+        self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._out.setblocking(False)
+        self._in: socket.socket | None = None
+        self._in_path = ""
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self.dropped = 0
+        self.scan()
+
+    def scan(self) -> None:
+        """The peers listening now (their socket files), then again in ``SCAN_INTERVAL``."""
+        mine, peers = f"{self.ident}-", []
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            names = []
+        for name in names:
+            pid, _, rest = name.partition("-")
+            level = rest.removesuffix(".sock")
+            if name.startswith(mine) or not (pid.isdigit() and level.isdigit() and rest.endswith(".sock")):
+                continue
+            peers.append((os.path.join(self.directory, name), int(level)))
+        self.peers = tuple(peers)
+        self.hub.refresh()
+        self._timer = self._loop.call_later(self.SCAN_INTERVAL, self.scan)
+
+    def send(self, event: Mapping[str, Any], number: int) -> None:
+        """One line to every peer that wants its level (any thread)."""
+        data = b""
+        for path, level in self.peers:
+            if number < level:
+                continue
+            data = data or orjson.dumps(event, default=str)
+            try:
+                self._out.sendto(data, path)
+            except OSError:  # full (a slow peer), gone (a worker restarted), too long
+                self.dropped += 1
+
+    def listen(self, level: int | None) -> None:
+        """Receive the other workers' lines at ``level`` and above (None: stop)."""
+        path = os.path.join(self.directory, f"{self.ident}-{level}.sock") if level is not None else ""
+        if path == self._in_path:
+            return
+        self._stop_listening()
+        if not path:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(path)
+        except OSError:
+            sock.close()
+            return  # this worker's monitors then see its own lines only
+        sock.setblocking(False)
+        self._in, self._in_path = sock, path
+        self._loop.add_reader(sock.fileno(), self._received)
+
+    def _received(self) -> None:
+        sock = self._in
+        while sock is not None:
+            try:
+                data = sock.recv(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                self.hub.publish_here(event, _LEVEL_NUMBERS.get(str(event.get("level", "info")), logging.INFO))
+
+    def _stop_listening(self) -> None:
+        if self._in is not None:
+            self._loop.remove_reader(self._in.fileno())
+            self._in.close()
+            self._in = None
+            try:
+                os.unlink(self._in_path)
+            except OSError:
+                pass
+            self._in_path = ""
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._stop_listening()
+        self._out.close()
 
 
 #: This process's monitors (the log is configured per process: ``server.http.log``).

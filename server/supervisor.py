@@ -55,6 +55,7 @@ __all__ = [
     "WORKER_ENV",
     "READY_ENV",
     "METRICS_DIR_ENV",
+    "MONITOR_DIR_ENV",
     "SUPERVISOR_ENV",
     "REPLACEMENT_ENV",
     "report_ready",
@@ -67,6 +68,8 @@ __all__ = [
 WORKER_ENV = "AUTHMOUNT_WORKER_INDEX"
 #: prometheus-client's multi-process directory, shared by the workers.
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Where the workers' log monitors listen for each other's lines (``server.diagnostics.LogRelay``).
+MONITOR_DIR_ENV = "AUTHMOUNT_MONITOR_DIR"
 #: The write end of the pipe on which a worker reports that it listens.
 READY_ENV = "AUTHMOUNT_WORKER_READY_FD"
 #: The supervisor's pid (a worker whose parent is already gone stops at once).
@@ -108,6 +111,7 @@ class Supervisor:
     first_error: int = 0
     _lock_fd: int | None = None
     _metrics_dir: str = ""
+    _monitor_dir: str = ""
     _table_fd: int | None = None  # the workers' shared rate-limit buckets
     _hangups: int = 0
     _forwarded: set[int] = field(default_factory=set)  # pids already sent the stop signal
@@ -133,6 +137,7 @@ class Supervisor:
         made_dir = not self._metrics_dir
         if made_dir:
             self._metrics_dir = tempfile.mkdtemp(prefix="authmount-metrics-")
+        self._monitor_dir = tempfile.mkdtemp(prefix="authmount-monitors-")  # 0700
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hangup)
@@ -165,6 +170,7 @@ class Supervisor:
                 os.close(self._table_fd)
             if made_dir:
                 shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            shutil.rmtree(self._monitor_dir, ignore_errors=True)
         return self.first_error
 
     # -- signals -------------------------------------------------------------------------
@@ -206,6 +212,7 @@ class Supervisor:
         env[READY_ENV] = str(write_fd)
         env[SUPERVISOR_ENV] = str(os.getpid())
         env[METRICS_DIR_ENV] = self._metrics_dir
+        env[MONITOR_DIR_ENV] = self._monitor_dir
         env.pop(REPLACEMENT_ENV, None)
         if slot.generation:
             env[REPLACEMENT_ENV] = "1"

@@ -114,9 +114,10 @@ def _level_gate(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -
 def _monitor_tap(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Hand the finished event (redacted) to the log monitors (``sys/monitor``), then drop it
     if it is below the level the log itself takes (a monitor asked for more)."""
-    if LOG_HUB.monitors:
+    level = _LEVELS.get(name, logging.INFO)
+    if level >= LOG_HUB.level:  # a monitor here or in another worker wants it
         LOG_HUB.publish(event_dict)
-    if _LEVELS.get(name, logging.INFO) < _level:
+    if level < _level:
         raise structlog.DropEvent
     return event_dict
 

@@ -1,7 +1,8 @@
 """What ``vault debug`` and ``vault monitor`` read (``server.diagnostics``): ``sys/monitor``
 (the log as it is written, streamed), ``sys/in-flight-req``, ``sys/host-info`` and
 ``sys/config/state/sanitized``, each needing ``read`` on its path (none is in Vault's
-unauthenticated or sudo lists) and answering for the process that serves the request; and
+unauthenticated or sudo lists) and answering for the process that serves the request (a
+monitor streams every worker's lines: ``server.diagnostics.LogRelay``); and
 ``sys/replication/status`` (no token, as in Vault), which ``vault debug`` also polls: a 404
 there ends every other capture of a default run (OpenBao 2.7.2 answers 404).
 """

@@ -524,6 +524,33 @@ def test_audit_lines_from_both_workers_never_interleave_and_sighup_reopens(worke
         a.ok("DELETE", "sys/audit/shared")
 
 
+def test_a_monitor_streams_every_workers_lines(workers: Workers) -> None:
+    """``vault monitor`` lands on one worker and streams both workers' lines (each marked
+    with its worker), as it streams a single process's. The other worker finds the monitor
+    within its scan interval (a second): the requests are sent again until both are seen."""
+    seen: dict[str, int] = {}
+    with requests.get(f"{workers.srv.url}/v1/sys/monitor?log_format=json", stream=True, timeout=30,
+                      headers={"X-Vault-Token": workers.srv.root_token or ""}) as monitor:
+        assert monitor.status_code == 200
+
+        def read() -> None:
+            for line in monitor.iter_lines(chunk_size=1):  # a line as soon as it comes
+                event = json.loads(line)
+                if event.get("path") in ("/v1/sys/leader", "/v1/sys/init"):
+                    seen[event["path"]] = event["worker"]
+                if len(seen) == 2:
+                    return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + TIMEOUT
+        while reader.is_alive() and time.monotonic() < deadline:
+            workers.a.call("GET", "sys/leader")  # each path on its own worker
+            workers.b.call("GET", "sys/init")
+            reader.join(0.2)
+    assert set(seen) == {"/v1/sys/leader", "/v1/sys/init"} and seen["/v1/sys/leader"] != seen["/v1/sys/init"], seen
+
+
 def test_per_ip_rate_limit_is_shared_by_the_workers(tmp_path: Path) -> None:
     """``login_per_ip_per_second: 1, login_burst: 6``: a client whose logins alternate
     between the two workers gets 6 (plus what one second refills), not 6 per worker."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,7 +21,7 @@ import structlog
 
 from server import diagnostics
 from server.app import create_app
-from server.diagnostics import LOG_HUB, LogHub, render_standard
+from server.diagnostics import LOG_HUB, LogHub, LogRelay, render_standard
 from server.http import log
 from server.http.listverb import make_test_server
 from server.settings import AuditSeed, MountSeed, Settings, StorageSettings
@@ -175,6 +177,34 @@ async def test_at_most_max_monitors() -> None:
     hub.remove(opened[0])
     hub.open(logging.ERROR, json=True)
     assert hub.level == logging.INFO
+
+
+async def test_workers_see_each_others_lines(tmp_path: Path) -> None:
+    """``--workers N``: a monitor on one worker streams the others' lines too (each line once,
+    marked with its worker), at its level; a worker without monitors listens on nothing."""
+    first, second = LogHub(), LogHub()
+    first.relay = LogRelay(first, str(tmp_path), 0, ident=1001)
+    second.relay = LogRelay(second, str(tmp_path), 1, ident=1002)
+    try:
+        monitor = first.open(logging.INFO, json=True)
+        assert os.listdir(tmp_path) == ["1001-20.sock"]  # its level in its name
+        second.relay.scan()
+        assert second.level == logging.INFO  # the other worker's monitor makes it publish info
+        second.publish({"event": "on_worker_1", "level": "info"})
+        second.publish({"event": "debug_on_worker_1", "level": "debug"})  # below the monitor's level: not sent
+        first.publish({"event": "on_worker_0", "level": "warning"})
+        lines = monitor.lines()
+        got: list[dict[str, Any]] = []
+        while len(got) < 2:
+            got += [orjson.loads(line) for line in (await _drain(lines)).splitlines()]
+        assert sorted((e["event"], e["worker"]) for e in got) == [("on_worker_0", 0), ("on_worker_1", 1)]
+        await lines.aclose()
+        assert os.listdir(tmp_path) == []  # the last monitor gone: the socket too
+        second.relay.scan()
+        assert second.level > logging.CRITICAL
+    finally:
+        first.close_all()
+        second.close_all()
 
 
 # -- sys/monitor over HTTP --------------------------------------------------------------------
