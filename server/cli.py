@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     rs = ops.add_parser("restore", help="replace the whole storage with a snapshot (vault operator raft snapshot save)")
     rs.add_argument("--config", "-config", metavar="FILE", required=True, help="the server's YAML settings file")
     rs.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot file (checked whole before anything is written)")
+    rs.add_argument("--check", "-check", action="store_true",
+                    help="check the snapshot whole and write nothing (the server may run)")
     add_commands(sub)
     return parser
 
@@ -171,7 +173,7 @@ def _operator(args: argparse.Namespace) -> int:
             print(f"Root Token: {token}")
             return 0
         if args.operation == "restore":
-            print(restore(settings, Path(args.snapshot)))
+            print(restore(settings, Path(args.snapshot), check_only=args.check))
             return 0
         print(asyncio.run(rekey(settings, args.new_key_file)))
     except SettingsError as exc:

@@ -226,30 +226,35 @@ def _check_seal(ring_rows: dict[str, Any], storage_key: bytes, sealed: bytes, su
         raise SnapshotError(f"{path}: SHA256SUMS.sealed does not match SHA256SUMS (changed after it was taken)")
 
 
-def restore(settings: Settings, path: Path) -> str:
+def restore(settings: Settings, path: Path, *, check_only: bool = False) -> str:
     """Replace the whole storage of ``settings`` with the snapshot at ``path``, every server
-    stopped; a line to print.
+    stopped; a line to print. ``check_only``: check the snapshot whole and write nothing (a
+    backup tested while the server runs).
 
     :raises SnapshotError: the snapshot fails a check (nothing was written).
     :raises StorageKeyError: the storage key is missing.
     :raises RuntimeError: memory storage, or a server is using the storage.
     """
     stype = settings.storage.type
-    if stype == "memory":
+    if stype == "memory" and not check_only:
         raise RuntimeError("memory storage holds nothing once its server stops: restore into sqlite or postgres")
     key, _ = load_storage_key(key_file=settings.storage.key_path or None, create=False)
     snapshot = read(path, key)
     try:
+        meta = snapshot.meta
+        taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(meta.get("created", 0))))
+        origin = (f"taken {taken} by authmount {meta.get('authmount_version')} on {meta.get('storage_type')}, "
+                  f"cluster {meta.get('cluster_id')}")
+        if check_only:
+            return (f"{path}: a sound snapshot of {meta.get('keys')} rows ({origin}), sealed under this storage "
+                    f"key; nothing was written.")
         if stype == "sqlite":
             count = sqlite_replace_rows(settings.storage.path, snapshot.rows())
         else:
             count = asyncio.run(_restore_postgres(settings, snapshot))
     finally:
         snapshot.state.close()
-    meta = snapshot.meta
-    taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(meta.get("created", 0))))
-    return (f"Restored {count} rows from {path} (taken {taken} by authmount {meta.get('authmount_version')} on "
-            f"{meta.get('storage_type')}, cluster {meta.get('cluster_id')}) into {stype} storage. "
+    return (f"Restored {count} rows from {path} ({origin}) into {stype} storage. "
             f"Tokens issued after it was taken are gone; start the server.")
 
 

@@ -34,10 +34,10 @@ def _ok(srv: ServerProc, token: str, method: str, path: str, body: dict[str, Any
     return resp.json() if resp.status_code == 200 else None
 
 
-def _restore(config: Path, snap: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _restore(config: Path, snap: Path, cwd: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     env = {"PYTHONPATH": str(REPO_ROOT), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cwd)}
-    return subprocess.run([sys.executable, "-m", "server.cli", "operator", "restore", "--config", str(config), str(snap)],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "server.cli", "operator", "restore", *flags, "--config", str(config),
+                           str(snap)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
 def _new_token(srv: ServerProc, root: str, policy: str) -> str:
@@ -69,6 +69,9 @@ def test_save_with_the_cli_then_restore_offline(tmp_path: Path, postgres_server:
         late = _new_token(srv, root, "late")
         busy = _restore(config, snap, work)
         assert busy.returncode == 1 and "is in use by another process" in busy.stderr
+        checked = _restore(config, snap, work, "--check")  # a backup tested beside the running server
+        assert checked.returncode == 0 and "a sound snapshot of " in checked.stdout, checked.stderr
+        assert "nothing was written" in checked.stdout
         refused = subprocess.run([str(BAO), "operator", "raft", "snapshot", "restore", str(snap)], env=env,
                                  capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0 and "authmount operator restore" in refused.stderr
