@@ -66,7 +66,7 @@ def diagnose(path: str | Path) -> list[Check]:
     except SettingsError as exc:
         return [Check("settings", "fail", str(exc))]
     checks = [Check("settings", "ok", f"read from {path}")]
-    for check in (_tls, _listener, _connections, _storage, _seeds, _audit):
+    for check in (_tls, _listener, _proxies, _connections, _storage, _seeds, _audit):
         checks.extend(check(settings))
     return checks
 
@@ -129,6 +129,21 @@ def _listener(settings: Settings) -> list[Check]:
     return [Check("listener", "ok", f"{address} is free")]
 
 
+#: A trusted proxy network this wide takes in clients, not proxies.
+_WIDEST_PROXY_NET = {4: 8, 6: 32}
+
+
+def _proxies(settings: Settings) -> list[Check]:
+    wide = [str(net) for net in settings.trusted_proxies if net.prefixlen < _WIDEST_PROXY_NET[net.version]]
+    if wide:
+        return [Check("trusted proxies", "warn", f"{', '.join(wide)}: any client there may set X-Forwarded-For, and "
+                                                 f"the per-IP limits, bound CIDRs and the audit log then judge the "
+                                                 f"address it claims; name the proxies' own addresses")]
+    if settings.trusted_proxies:
+        return [Check("trusted proxies", "ok", ", ".join(str(net) for net in settings.trusted_proxies))]
+    return []
+
+
 def _connections(settings: Settings) -> list[Check]:
     soft = raise_descriptor_limit()
     budget = descriptor_budget(soft, settings.max_connections)
@@ -148,8 +163,12 @@ def _storage(settings: Settings) -> list[Check]:
     except (OSError, sqlite3.Error, psycopg.Error, RuntimeError) as exc:
         return [Check("storage", "fail", f"{stype}: {str(exc).strip()[:300]}")]
     detail, rows, ring = found
-    checks = [Check("storage", "ok", detail)]
-    checks.append(_key(settings, rows, ring))
+    checks = [Check("storage", "ok", detail), _key(settings, rows, ring)]
+    token_file = settings.initial_root_token_file
+    if ring is None and token_file and Path(token_file).exists() and not settings.dev:
+        checks.append(Check("initial root token file", "fail",
+                            f"{token_file} exists; the first start writes a new root token there and refuses to "
+                            f"overwrite a file: move it away"))
     return checks
 
 

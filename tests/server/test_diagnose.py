@@ -176,3 +176,24 @@ def test_the_command_fails_on_a_failed_check(tmp_path: Path, capsys: pytest.Capt
     bad = _write(tmp_path, {"listen_address": "no-such-host.invalid:8200"})
     assert main(["operator", "diagnose", "--config", str(bad)]) == 1
     assert "[ fail ] listener:" in capsys.readouterr().out
+
+
+def test_trusted_proxies_that_take_in_clients(tmp_path: Path) -> None:
+    """A trusted proxy network as wide as 0.0.0.0/0 lets any client there claim any address."""
+    check = _by_name(diagnose(_write(tmp_path, {"trusted_proxies": ["10.0.0.0/8", "192.168.1.0/24"]})),
+                     "trusted proxies")
+    assert check == Check("trusted proxies", "ok", "10.0.0.0/8, 192.168.1.0/24")
+    check = _by_name(diagnose(_write(tmp_path, {"trusted_proxies": ["0.0.0.0/0", "::/0", "10.1.2.3/32"]})),
+                     "trusted proxies")
+    assert check.status == "warn" and check.detail.startswith("0.0.0.0/0, ::/0: any client there may set")
+    assert not [c for c in diagnose(_write(tmp_path, {})) if c.name == "trusted proxies"]
+
+
+def test_a_first_start_would_refuse_an_existing_root_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "root-token"
+    token_file.write_text("old")
+    settings = {"storage": {"type": "sqlite", "path": str(tmp_path / "a.db")}, "initial_root_token_file": str(token_file)}
+    check = _by_name(diagnose(_write(tmp_path, settings)), "initial root token file")
+    assert check.status == "fail" and "move it away" in check.detail
+    token_file.unlink()
+    assert not [c for c in diagnose(_write(tmp_path, settings)) if c.name == "initial root token file"]
