@@ -18,7 +18,6 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,8 +161,8 @@ def _storage(settings: Settings) -> list[Check]:
         found = _read_sqlite(settings) if stype == "sqlite" else asyncio.run(_read_postgres(settings.storage.dsn))
     except (OSError, sqlite3.Error, psycopg.Error, RuntimeError) as exc:
         return [Check("storage", "fail", f"{stype}: {str(exc).strip()[:300]}")]
-    detail, rows, ring = found
-    checks = [Check("storage", "ok", detail), _key(settings, rows, ring)]
+    detail, ring = found
+    checks = [Check("storage", "ok", detail), _key(settings, ring)]
     token_file = settings.initial_root_token_file
     if ring is None and token_file and Path(token_file).exists() and not settings.dev:
         checks.append(Check("initial root token file", "fail",
@@ -172,14 +171,14 @@ def _storage(settings: Settings) -> list[Check]:
     return checks
 
 
-def _read_sqlite(settings: Settings) -> tuple[str, int, Any]:
+def _read_sqlite(settings: Settings) -> tuple[str, Any]:
     path = Path(settings.storage.path)
     if not path.exists():
         parent = path.parent if str(path.parent) else Path(".")
         existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
         if not os.access(existing, os.W_OK):
             raise OSError(f"{path} does not exist and {existing} is not writable: the server cannot create it")
-        return f"sqlite: {path} does not exist yet (created at the first start)", 0, None
+        return f"sqlite: {path} does not exist yet (created at the first start)", None
     try:
         os.close(owner_lock(str(path)))
         user = "no server is using it"
@@ -191,21 +190,21 @@ def _read_sqlite(settings: Settings) -> tuple[str, int, Any]:
         ring = conn.execute("SELECT value FROM kv WHERE key = ?", (KEYRING_KEY,)).fetchone()
     finally:
         conn.close()
-    return f"sqlite: {path}, {rows} rows, {user}", rows, orjson.loads(ring[0]) if ring else None
+    return f"sqlite: {path}, {rows} rows, {user}", orjson.loads(ring[0]) if ring else None
 
 
-async def _read_postgres(dsn: str) -> tuple[str, int, Any]:
+async def _read_postgres(dsn: str) -> tuple[str, Any]:
     async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
         table = await (await conn.execute("SELECT to_regclass('authmount_kv')")).fetchone()
         if table is None or table[0] is None:
-            return "postgres: connected; no table yet (created at the first start)", 0, None
+            return "postgres: connected; no table yet (created at the first start)", None
         count = await (await conn.execute("SELECT count(*) FROM authmount_kv")).fetchone()
         ring = await (await conn.execute("SELECT value::text FROM authmount_kv WHERE key = %s", (KEYRING_KEY,))).fetchone()
     rows = int(count[0]) if count else 0
-    return f"postgres: connected, {rows} rows", rows, orjson.loads(ring[0]) if ring else None
+    return f"postgres: connected, {rows} rows", orjson.loads(ring[0]) if ring else None
 
 
-def _key(settings: Settings, rows: int, ring: Any) -> Check:
+def _key(settings: Settings, ring: Any) -> Check:
     key_file = settings.storage.key_path or None
     try:
         key, where = load_storage_key(key_file=key_file, create=False)
@@ -265,10 +264,10 @@ def _writable(name: str, target: str) -> Check:
     return Check(name, "ok", f"file {path} writable")
 
 
-def _reachable(name: str, address: str, connect: Callable[..., socket.socket] = socket.create_connection) -> Check:
+def _reachable(name: str, address: str) -> Check:
     host, _, port = address.rpartition(":")
     try:
-        connect((host.strip("[]"), int(port)), timeout=2).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
     except (OSError, ValueError) as exc:
         return Check(name, "warn", f"socket {address} does not answer now ({exc}): audited requests fail until it does")
     return Check(name, "ok", f"socket {address} answers")
