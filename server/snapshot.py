@@ -39,6 +39,7 @@ from server.nodes import NODES_PREFIX, STALE_AFTER, last_echo
 from server.settings import Settings
 from server.storage import Engine, open_storage
 from server.storage.sqlite import replace_rows as sqlite_replace_rows
+from server.sys.status import REPORTED_VERSION
 
 __all__ = ["FORMAT", "SnapshotError", "take", "chunks", "read", "restore", "Snapshot"]
 
@@ -185,12 +186,33 @@ def read(path: Path, storage_key: bytes) -> Snapshot:
         if meta.get("version") != FORMAT_VERSION:
             raise SnapshotError(f"{path}: snapshot format version {meta.get('version')!r}; this authmount reads "
                                 f"version {FORMAT_VERSION}")
+        _check_version(meta, path)
         ring_rows = _check_rows(state, path, meta)
         _check_seal(ring_rows, storage_key, found["SHA256SUMS.sealed"], sums, path)
     except BaseException:
         state.close()
         raise
     return Snapshot(meta, state)
+
+
+def _release(version: Any) -> tuple[int, ...]:
+    """authmount's own release in a reported version (``2.7.2+authmount.0.1.0`` -> (0, 1, 0))."""
+    text = str(version).rpartition("+authmount.")[2]
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return ()
+
+
+def _check_version(meta: dict[str, Any], path: Path) -> None:
+    """A snapshot taken by a newer authmount may hold rows this one does not know how to read
+    (docs/operations.md, "Upgrade"): restoring it would be a downgrade."""
+    theirs, ours = _release(meta.get("authmount_version")), _release(REPORTED_VERSION)
+    if not theirs:
+        raise SnapshotError(f"{path}: meta.json names no authmount version ({meta.get('authmount_version')!r})")
+    if theirs > ours:
+        raise SnapshotError(f"{path}: taken by authmount {meta.get('authmount_version')}, newer than this "
+                            f"{REPORTED_VERSION}: restore it with that version or a later one")
 
 
 def _check_rows(state: IO[bytes], path: Path, meta: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ async def _filled(rows: dict[str, Any]) -> tuple[InMemoryStorage, Keyring]:
 
 async def _snapshot_bytes(rows: dict[str, Any]) -> tuple[bytes, InMemoryStorage]:
     storage, keyring = await _filled(rows)
-    taken = await snapshot.take(storage, keyring, cluster_id="c-1", version="2.7.2+authmount.test", engine="memory")
+    taken = await snapshot.take(storage, keyring, cluster_id="c-1", version="2.7.2+authmount.0.0.1", engine="memory")
     return b"".join([chunk async for chunk in snapshot.chunks(taken)]), storage
 
 
@@ -73,7 +73,7 @@ async def test_a_snapshot_holds_every_row_and_reads_back(tmp_path: Path) -> None
     meta = orjson.loads(members["meta.json"])
     assert {k: meta[k] for k in ("format", "version", "cluster_id", "storage_type", "authmount_version")} == {
         "format": "authmount-snapshot", "version": 1, "cluster_id": "c-1", "storage_type": "memory",
-        "authmount_version": "2.7.2+authmount.test"}
+        "authmount_version": "2.7.2+authmount.0.0.1"}
     stored: list[tuple[str, bytes]] = []
     await storage.export_rows(lambda k, v: stored.append((k, v)))
     assert meta["keys"] == len(stored) == len(ROWS) + 2  # the keyring and the fingerprint key
@@ -126,6 +126,11 @@ def _count(m: dict[str, bytes], k: Keyring) -> bytes:
     return _pack(_resealed(m, m["state.jsonl"], k, orjson.dumps({**meta, "keys": meta["keys"] + 1})))
 
 
+def _newer(m: dict[str, bytes], k: Keyring) -> bytes:
+    meta = orjson.loads(m["meta.json"])
+    return _pack(_resealed(m, m["state.jsonl"], k, orjson.dumps({**meta, "authmount_version": "2.7.2+authmount.99.0.0"})))
+
+
 def _format(m: dict[str, bytes], k: Keyring) -> bytes:
     meta = orjson.loads(m["meta.json"])
     return _pack(_resealed(m, m["state.jsonl"], k, orjson.dumps({**meta, "version": 2})))
@@ -144,6 +149,7 @@ TAMPERED: list[tuple[str, Tamper, str]] = [
     ("not a pair", _bad_line, "not a [key, value] pair"),
     ("a row count that differs", _count, "meta.json says"),
     ("a newer format", _format, "snapshot format version 2; this authmount reads version 1"),
+    ("a newer authmount", _newer, "taken by authmount 2.7.2+authmount.99.0.0, newer than this"),
 ]
 
 
