@@ -255,6 +255,13 @@ STORAGE_BATCH = Histogram("authmount_storage_commit_batch_size", "Writes per SQL
                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=REGISTRY)
 AUDIT_DEVICE_FAILURES = Counter("authmount_audit_device_failures", "Entries an audit device failed to write.",
                                 ["device"], registry=REGISTRY)
+SNAPSHOTS = Counter("authmount_snapshots", "Snapshots through sys/storage/raft/snapshot by result: ok (sent whole), "
+                    "failed (not built), cut (the client left before the end).", ["result"], registry=REGISTRY)
+SNAPSHOT_SENT = Gauge(
+    "authmount_snapshot_last_success_timestamp_seconds", "When the last snapshot was sent whole (Unix time; with "
+    "--workers the latest of the workers'). Alert on time() minus this.", registry=REGISTRY,
+    multiprocess_mode="max",
+)
 
 
 _LOGIN_COUNTERS: dict[tuple[str, str, str], Any] = {}

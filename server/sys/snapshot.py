@@ -6,13 +6,14 @@ restore``): a write here is refused with that advice, not half-applied under run
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator
 from typing import IO, TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest, PluginError, RateLimited
 from plugin.framework import Operation, Request, Response
 from plugin.schema import FieldSet
-from server import snapshot
+from server import snapshot, telemetry
 from server.sys.core import SysPath
 from server.sys.status import REPORTED_VERSION
 
@@ -45,19 +46,27 @@ def paths(b: SysBackend) -> list[SysPath]:
                                         version=REPORTED_VERSION, engine=core.settings.storage.type)
         except OSError as exc:  # the temporary file (a storage failure is the engine's own error: 503)
             taking.clear()
+            telemetry.SNAPSHOTS.labels("failed").inc()
             raise SnapshotUnavailable(f"snapshot: cannot write its temporary file: {exc.strerror or exc}") from None
         except BaseException:
             taking.clear()
+            telemetry.SNAPSHOTS.labels("failed").inc()
             raise
         return Response(stream=sent(taken), content_type="application/gzip")
 
     async def sent(taken: IO[bytes]) -> AsyncGenerator[bytes, None]:
-        """The snapshot's chunks; the next snapshot may start once this one is sent (or left)."""
+        """The snapshot's chunks; the next snapshot may start once this one is sent (or left).
+        Counted when its last chunk was handed on (``authmount_snapshots_total``)."""
+        whole = False
         try:
             async for chunk in snapshot.chunks(taken):
                 yield chunk
+            whole = True
         finally:
             taking.clear()
+            telemetry.SNAPSHOTS.labels("ok" if whole else "cut").inc()
+            if whole:
+                telemetry.SNAPSHOT_SENT.set(time.time())
 
     async def restore(req: Request, values: dict[str, Any]) -> Response:
         raise InvalidRequest(RESTORE_ADVICE)

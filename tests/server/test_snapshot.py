@@ -11,6 +11,7 @@ import io
 import re
 import secrets
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import orjson
 import pytest
 
 from plugin.storage import InMemoryStorage
-from server import snapshot
+from server import snapshot, telemetry
 from server.app import create_app
 from server.http.listverb import make_test_server
 from server.keyring import Keyring, load_storage_key
@@ -271,8 +272,10 @@ async def test_a_full_disk_is_a_503_not_a_500(aiohttp_client: Any, monkeypatch: 
     monkeypatch.setattr("server.snapshot.tempfile.SpooledTemporaryFile", lambda **kw: Full())
     settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
     client = await aiohttp_client(make_test_server(create_app(settings)))
+    failed = telemetry.REGISTRY.get_sample_value("authmount_snapshots_total", {"result": "failed"}) or 0.0
     resp = await client.get("/v1/sys/storage/raft/snapshot", headers={"X-Vault-Token": ROOT})
     assert (resp.status, resp.headers["Retry-After"]) == (503, "60")
+    assert telemetry.REGISTRY.get_sample_value("authmount_snapshots_total", {"result": "failed"}) == failed + 1
     assert await resp.json() == {"errors": ["snapshot: cannot write its temporary file: No space left on device"]}
 
 
@@ -299,7 +302,16 @@ async def test_one_snapshot_at_a_time(aiohttp_client: Any, monkeypatch: pytest.M
     second = await client.get("/v1/sys/storage/raft/snapshot", headers=head)
     assert second.status == 429 and (await second.json())["errors"] == [
         "a snapshot is being taken on this server; try again when it is done"]
+    before = _snapshot_counts()
     release.set()
     assert gzip.decompress(await first.read())[:9] == b"meta.json"
     third = await client.get("/v1/sys/storage/raft/snapshot", headers=head)
     assert third.status == 200 and gzip.decompress(await third.read())[:9] == b"meta.json"
+    after = _snapshot_counts()
+    assert after["ok"] - before["ok"] == 2 and after["sent"] >= time.time() - 5  # what a backup alert reads
+
+
+def _snapshot_counts() -> dict[str, float]:
+    registry = telemetry.REGISTRY
+    return {"ok": registry.get_sample_value("authmount_snapshots_total", {"result": "ok"}) or 0.0,
+            "sent": registry.get_sample_value("authmount_snapshot_last_success_timestamp_seconds") or 0.0}
