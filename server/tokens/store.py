@@ -396,6 +396,14 @@ class TokenStore:
             internal_data=dict(auth.internal_data),
         )
         raw = await self.mint(entry, parent=parent)
+        if mount.accessor and self.mount_exists is not None and not self.mount_exists(mount.accessor):
+            # The mount was disabled while this login ran. A disable takes the mount out of the
+            # table before it revokes its tokens, so a token written before this check is found
+            # by that revocation; this one may have come after it: never hand out a dead token.
+            if entry.type != "batch":
+                await self._delete_one(entry.id_hash)
+            raise InvalidRequest(f"auth/{mount.path.removeprefix('auth/')} was disabled during this login; no token "
+                                 f"was issued")
         return self.auth_block(entry, raw, identity_policies=identity_policies), warnings
 
     async def mint(self, entry: TokenEntry, *, parent: TokenEntry | None = None) -> str:

@@ -1025,6 +1025,28 @@ async def test_the_store_is_given_which_mounts_exist(clock: Clock) -> None:
     assert await gone.lookup(raw) is None and await kept.lookup(raw) is not None
 
 
+@pytest.mark.parametrize("token_type", ["service", "batch"])
+async def test_a_login_that_outlives_its_mount_gets_no_token(clock: Clock, token_type: str) -> None:
+    """A mount disabled while a login ran (it leaves the table, then its tokens are revoked):
+    the login's token may be written after that revocation's scan, so the login is refused and
+    its row removed, where it used to answer 200 with a token dead at its first use."""
+    storage = InMemoryStorage()
+    mounted = {JWT.accessor}
+    store = await started(storage, clock, mount_exists=lambda accessor: accessor in mounted)
+    real_mint = store.mint
+
+    async def disabled_meanwhile(entry: TokenEntry, **kw: Any) -> str:
+        raw = await real_mint(entry, **kw)
+        mounted.discard(JWT.accessor)  # the disable took the mount out of the table meanwhile
+        return raw
+
+    store.mint = disabled_meanwhile  # type: ignore[method-assign]
+    before = set(await storage.list(""))
+    with pytest.raises(InvalidRequest, match=r"^auth/jwt/ was disabled during this login; no token was issued$"):
+        await store.issue(login(token_type=token_type), mount=JWT)
+    assert set(await storage.list("")) == before and await storage.list(ID_PREFIX) == []
+
+
 @pytest.mark.parametrize("cache_entries", [0, 32768], ids=["no value cache (SQLite workers)", "value cache"])
 async def test_tokens_on_sqlite_with_and_without_its_value_cache(
     tmp_path: Path, clock: Clock, cache_entries: int
