@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime
@@ -29,7 +31,7 @@ import orjson
 
 __all__ = [
     "LOG_HUB", "IN_FLIGHT", "LogHub", "LogRelay", "Monitor", "TooManyMonitors", "MONITOR_LEVELS", "MONITOR_FORMATS",
-    "MAX_MONITORS", "MONITOR_BUFFER", "render_standard", "in_flight", "host_info", "sanitized_settings",
+    "MAX_MONITORS", "MONITOR_BUFFER", "render_standard", "in_flight", "host_info", "sanitized_settings", "stacks",
 ]
 
 #: Vault's monitor levels to the log's (authmount logs nothing below debug: trace is debug).
@@ -351,6 +353,27 @@ def in_flight(redact: Callable[[str], str]) -> dict[str, Any]:
     return {rid: {"start_time": _rfc3339(offset + start), "client_remote_address": _peer(request),
                   "request_path": redact(request.path), "request_method": request.method, "client_id": ""}
             for rid, (request, start) in list(IN_FLIGHT.items())}
+
+
+# -- sys/pprof/goroutine?debug=2 --------------------------------------------------------------
+def stacks() -> str:
+    """Every thread's stack and every asyncio task's, as text (Go's ``goroutine?debug=2``, which
+    ``vault debug`` writes to ``goroutines.txt``): where a stuck request or a hanging fetch waits."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    parts = []
+    for ident, frame in sorted(sys._current_frames().items()):
+        lines = "".join(traceback.format_stack(frame))
+        parts.append(f"thread {ident} {names.get(ident, '?')!r}:\n{lines}")
+    try:
+        tasks = sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
+    except RuntimeError:  # no running loop
+        tasks = []
+    for task in tasks:
+        buffer = io.StringIO()
+        task.print_stack(file=buffer)
+        state = "done" if task.done() else "pending"
+        parts.append(f"task {task.get_name()!r} [{state}]:\n{buffer.getvalue()}")
+    return "\n".join(parts)
 
 
 # -- sys/host-info ----------------------------------------------------------------------------

@@ -22,13 +22,19 @@ from server.sys.core import SysPath, raw_json
 if TYPE_CHECKING:
     from server.sys.backend import SysBackend
 
-__all__ = ["paths", "MONITOR_FIELDS"]
+__all__ = ["paths", "MONITOR_FIELDS", "PPROF_FIELDS"]
 
 MONITOR_FIELDS = FieldSet({
     "log_level": Field(FieldType.STRING, "Lowest level streamed: trace (as debug), debug, info, warn, error.",
                        default="info"),
     "log_format": Field(FieldType.STRING, "standard (Vault's text lines) or json (the log file's lines).",
                         default="standard"),
+})
+
+
+PPROF_FIELDS = FieldSet({
+    "target": Field(FieldType.NAME, "The profile: only goroutine (with debug=2) is served."),
+    "debug": Field(FieldType.INT, "2: the stacks as text (the only form served).", default=0),
 })
 
 
@@ -57,6 +63,13 @@ def paths(b: SysBackend) -> list[SysPath]:
     async def sanitized(req: Request, values: dict[str, Any]) -> Response:
         return Response(data=diagnostics.sanitized_settings(b.core.settings))
 
+    async def pprof(req: Request, values: dict[str, Any]) -> Response:
+        if values.get("target") == "goroutine" and values.get("debug") == 2:
+            return Response(raw_body=diagnostics.stacks().encode(), content_type="text/plain; charset=utf-8")
+        raise InvalidRequest(f"sys/pprof/{str(values.get('target', ''))[:64]}: Go's profiles have no Python counterpart; "
+                       f"sys/pprof/goroutine?debug=2 gives every thread's and task's stack, and py-spy profiles "
+                       f"the process (docs/operations.md)")
+
     async def replication(req: Request, values: dict[str, Any]) -> Response:
         return Response(data={"dr": {"mode": "disabled"}, "performance": {"mode": "disabled"}})
 
@@ -69,6 +82,8 @@ def paths(b: SysBackend) -> list[SysPath]:
                 "The host: CPUs, CPU times, the root file system, memory, and the system (vault debug)."),
         SysPath("config/state/sanitized", FieldSet({}), {Operation.READ: sanitized},
                 "The settings in effect, without secrets (vault debug)."),
+        SysPath("pprof/(?P<target>.*)", PPROF_FIELDS, {Operation.READ: pprof},
+                "goroutine?debug=2: every thread's and asyncio task's stack (vault debug's goroutines.txt)."),
         SysPath("replication/status", FieldSet({}), {Operation.READ: replication},
                 "Replication (none: every node serves the shared storage), as Vault's community edition answers.",
                 unauthenticated=True),

@@ -566,7 +566,7 @@ def _in_flight_paths(srv: ServerProc) -> list[str]:
 def test_bao_monitor_and_debug(bao: Bao, srv: ServerProc, key: KeyPair) -> None:
     """``bao monitor -log-level=debug`` streams the server's log as it is written (Vault's
     text lines, the JWT redacted) and is let go when the CLI stops; ``bao debug`` with its
-    default targets captures everything but Go's pprof profiles (against OpenBao 2.7.2 its
+    default targets captures everything but Go's binary pprof profiles (against OpenBao 2.7.2 its
     ``sys/replication/status`` 404 ends every other capture at once)."""
     monitor = subprocess.Popen([str(BAO), "monitor", "-log-level=debug"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=bao.env(), cwd=bao.home)
@@ -591,7 +591,11 @@ def test_bao_monitor_and_debug(bao: Bao, srv: ServerProc, key: KeyPair) -> None:
     assert "Success! Bundle written to" in done.stdout
     bundle = bao.home / "bundle"
     index = json.loads((bundle / "index.json").read_text())
+    # Go's binary profiles are refused; the goroutine text is every thread's and task's stack
     assert {e["target"].split(".")[0] for e in index["errors"]} == {"pprof"}, index["errors"]
+    assert "pprof.goroutines-text" not in {e["target"] for e in index["errors"]}
+    stacks = list(bundle.glob("*/goroutines.txt"))  # one per interval
+    assert stacks and all("'MainThread':" in f.read_text() for f in stacks)
     assert set(index["output"]["files"]) >= {"config.json", "host_info.json", "metrics.json", "replication_status.json",
                                              "requests.json", "server_status.json"}
     config = json.loads((bundle / "config.json").read_text())[0]["config"]

@@ -366,6 +366,34 @@ async def test_sanitized_config_shows_no_secret(aiohttp_client: Any, tmp_path: A
     assert "dev_root_token_id" not in data and ROOT not in orjson.dumps(data).decode()
 
 
+async def test_every_stack_for_vault_debug(aiohttp_client: Any) -> None:
+    """``sys/pprof/goroutine?debug=2`` (``vault debug`` writes it to ``goroutines.txt``): every
+    thread's and asyncio task's stack, a stuck one with the line it waits on; Go's binary
+    profiles are a 400 that says what is served instead (OpenBao serves Go's pprof)."""
+    client = await _client(aiohttp_client)
+    stuck = asyncio.Event()
+
+    async def hanging_fetch() -> None:
+        await stuck.wait()
+
+    task = asyncio.get_running_loop().create_task(hanging_fetch(), name="hanging-fetch")
+    try:
+        resp = await client.get("/v1/sys/pprof/goroutine?debug=2", headers=HEAD)
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+        text = await resp.text()
+        assert "thread " in text and "'MainThread':" in text
+        assert "task 'hanging-fetch' [pending]:" in text and "in hanging_fetch" in text
+    finally:
+        stuck.set()
+        await task
+    for path in ("sys/pprof/heap", "sys/pprof/goroutine", "sys/pprof/profile?seconds=5"):
+        resp = await client.get(f"/v1/{path}", headers=HEAD)
+        assert resp.status == 400 and "sys/pprof/goroutine?debug=2 gives every thread's and task's stack" in (
+            await resp.json())["errors"][0]
+    token = await _token(client, [])
+    assert (await client.get("/v1/sys/pprof/goroutine?debug=2", headers={"X-Vault-Token": token})).status == 403
+
+
 async def test_replication_status_needs_no_token(aiohttp_client: Any) -> None:
     """As Vault's community edition answers it (OpenBao 2.7.2: 404, which ends every other
     capture of a default ``vault debug`` run)."""
