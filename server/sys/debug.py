@@ -82,7 +82,7 @@ def paths(b: SysBackend) -> list[SysPath]:
                 "The host: CPUs, CPU times, the root file system, memory, and the system (vault debug)."),
         SysPath("config/state/sanitized", FieldSet({}), {Operation.READ: sanitized},
                 "The settings in effect, without secrets (vault debug)."),
-        SysPath("pprof/(?P<target>.*)", PPROF_FIELDS, {Operation.READ: pprof},
+        SysPath("pprof/(?P<target>[^/]+)", PPROF_FIELDS, {Operation.READ: pprof},
                 "goroutine?debug=2: every thread's and asyncio task's stack (vault debug's goroutines.txt)."),
         SysPath("replication/status", FieldSet({}), {Operation.READ: replication},
                 "Replication (none: every node serves the shared storage), as Vault's community edition answers.",

@@ -321,3 +321,17 @@ async def test_policy_paths_need_their_capability_and_no_sudo(client: Client) ->
     assert (await client.put("/v1/sys/policy/made", json=body, headers=token)).status == 403  # read only there
     assert (await client.get("/v1/sys/policy", headers=token)).status == 403  # no rule on sys/policy
     assert (await client.delete("/v1/sys/policies/acl/made", headers=token)).status == 204
+
+
+async def test_head_is_get_without_a_body(client: Client) -> None:
+    """HEAD on any path answers as GET would, without the body (RFC 9110: a server that
+    supports GET supports HEAD); OpenBao 2.7.2 answers 405 but for ``sys/health``
+    (vault-differences row 66)."""
+    for path in ("sys/auth", "sys/mounts", "sys/policies/acl/default", "auth/token/lookup-self", "sys/host-info"):
+        got = await client.get(f"/v1/{path}", headers=H)
+        head = await client.head(f"/v1/{path}", headers=H)
+        assert (head.status, head.headers["Content-Type"]) == (got.status, got.headers["Content-Type"]) == (
+            200, "application/json"), path
+        assert await head.read() == b""
+    denied = await client.head("/v1/sys/auth")
+    assert denied.status == 403
