@@ -31,7 +31,6 @@ MONITOR_FIELDS = FieldSet({
                         default="standard"),
 })
 
-
 PPROF_FIELDS = FieldSet({
     "target": Field(FieldType.NAME, "The profile: only goroutine (with debug=2) is served."),
     "debug": Field(FieldType.INT, "2: the stacks as text (the only form served).", default=0),
@@ -66,9 +65,10 @@ def paths(b: SysBackend) -> list[SysPath]:
     async def pprof(req: Request, values: dict[str, Any]) -> Response:
         if values.get("target") == "goroutine" and values.get("debug") == 2:
             return Response(raw_body=diagnostics.stacks().encode(), content_type="text/plain; charset=utf-8")
-        raise InvalidRequest(f"sys/pprof/{str(values.get('target', ''))[:64]}: Go's profiles have no Python counterpart; "
-                       f"sys/pprof/goroutine?debug=2 gives every thread's and task's stack, and py-spy profiles "
-                       f"the process (docs/operations.md)")
+        target = str(values.get("target", ""))[:64]
+        raise InvalidRequest(f"sys/pprof/{target}: Go's profiles have no Python counterpart; "
+                             f"sys/pprof/goroutine?debug=2 gives every thread's and task's stack, and py-spy "
+                             f"profiles the process (docs/operations.md)")
 
     async def replication(req: Request, values: dict[str, Any]) -> Response:
         return Response(data={"dr": {"mode": "disabled"}, "performance": {"mode": "disabled"}})
