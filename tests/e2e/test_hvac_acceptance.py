@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import re
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -359,6 +361,20 @@ def test_is_authenticated(vault: ServerProc) -> None:
     assert vault.client().is_authenticated() is True
     assert vault.client(token="hvs.bogus").is_authenticated() is False
     assert hvac.Client(url=vault.url).is_authenticated() is False  # no token at all
+
+
+# -- backups --------------------------------------------------------------------------------
+def test_raft_snapshot_with_hvac(vault: ServerProc) -> None:
+    """``client.sys.take_raft_snapshot()`` gets the snapshot (a gzipped tar ending with the
+    ``SHA256SUMS.sealed`` the Vault CLI checks); ``restore_raft_snapshot`` is refused with the
+    offline way (docs/operations.md#backup)."""
+    client = vault.client()
+    resp = client.sys.take_raft_snapshot()
+    assert resp.status_code == 200 and resp.headers["Content-Type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(resp.content), mode="r:gz") as tar:
+        assert tar.getnames() == ["meta.json", "state.jsonl", "SHA256SUMS", "SHA256SUMS.sealed"]
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="authmount operator restore"):
+        client.sys.restore_raft_snapshot(resp.content)
 
 
 # -- policies and tuning ---------------------------------------------------------------
