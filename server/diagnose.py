@@ -33,6 +33,8 @@ from server.http.connguard import descriptor_budget, raise_descriptor_limit
 from server.http.tls import server_context
 from server.keyring import KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
 from server.settings import Settings, SettingsError, load_settings
+from server.storage.postgres import PostgresStorage
+from server.storage.sqlite import peek as sqlite_peek
 from server.storage.sqlite_shared import owner_lock
 
 __all__ = ["Check", "diagnose", "render", "EXPIRY_WARNING_DAYS"]
@@ -184,24 +186,16 @@ def _read_sqlite(settings: Settings) -> tuple[str, Any]:
         user = "no server is using it"
     except RuntimeError:
         user = "a server is using it"
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT count(*) FROM kv").fetchone()[0]
-        ring = conn.execute("SELECT value FROM kv WHERE key = ?", (KEYRING_KEY,)).fetchone()
-    finally:
-        conn.close()
-    return f"sqlite: {path}, {rows} rows, {user}", orjson.loads(ring[0]) if ring else None
+    rows, ring = sqlite_peek(str(path), KEYRING_KEY)
+    return f"sqlite: {path}, {rows} rows, {user}", orjson.loads(ring) if ring else None
 
 
 async def _read_postgres(dsn: str) -> tuple[str, Any]:
-    async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
-        table = await (await conn.execute("SELECT to_regclass('authmount_kv')")).fetchone()
-        if table is None or table[0] is None:
-            return "postgres: connected; no table yet (created at the first start)", None
-        count = await (await conn.execute("SELECT count(*) FROM authmount_kv")).fetchone()
-        ring = await (await conn.execute("SELECT value::text FROM authmount_kv WHERE key = %s", (KEYRING_KEY,))).fetchone()
-    rows = int(count[0]) if count else 0
-    return f"postgres: connected, {rows} rows", orjson.loads(ring[0]) if ring else None
+    found = await PostgresStorage.peek(dsn, KEYRING_KEY)
+    if found is None:
+        return "postgres: connected; no table yet (created at the first start)", None
+    rows, ring = found
+    return f"postgres: connected, {rows} rows", orjson.loads(ring) if ring else None
 
 
 def _key(settings: Settings, ring: Any) -> Check:

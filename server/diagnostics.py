@@ -23,11 +23,12 @@ import time
 import traceback
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from server.tokens.ttl import rfc3339
 
 __all__ = [
     "LOG_HUB", "IN_FLIGHT", "LogHub", "LogRelay", "Monitor", "TooManyMonitors", "MONITOR_LEVELS", "MONITOR_FORMATS",
@@ -148,7 +149,7 @@ class Monitor:
 
     def _dropped_line(self, count: int) -> str:
         event = {"event": "monitor_dropped_lines", "dropped": count, "level": "warning",
-                 "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                 "timestamp": rfc3339(time.time()),
                  "note": f"the client read too slowly: {count} lines were dropped (at most {MONITOR_BUFFER} wait)"}
         return orjson.dumps(event).decode() if self.json else render_standard(event)
 
@@ -331,10 +332,6 @@ LOG_HUB = LogHub()
 IN_FLIGHT: dict[str, tuple[Any, float]] = {}
 
 
-def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _peer(request: Any) -> str:
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
@@ -350,7 +347,7 @@ def in_flight(redact: Callable[[str], str]) -> dict[str, Any]:
     as the log shows it: a legacy path may hold a token), ``request_method`` and
     ``client_id`` (empty: authmount counts no clients)."""
     offset = time.time() - time.perf_counter()
-    return {rid: {"start_time": _rfc3339(offset + start), "client_remote_address": _peer(request),
+    return {rid: {"start_time": rfc3339(offset + start), "client_remote_address": _peer(request),
                   "request_path": redact(request.path), "request_method": request.method, "client_id": ""}
             for rid, (request, start) in list(IN_FLIGHT.items())}
 
@@ -500,7 +497,7 @@ def host_info() -> tuple[dict[str, Any], list[str]]:
             data[name] = read()
         except (OSError, ValueError, IndexError) as exc:
             warnings.append(f"host info: error collecting {name} information: {exc}")
-    data["timestamp"] = _rfc3339(time.time())
+    data["timestamp"] = rfc3339(time.time())
     return data, warnings
 
 

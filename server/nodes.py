@@ -29,7 +29,7 @@ import structlog
 from plugin.storage import Storage
 from server.tokens.ttl import rfc3339
 
-__all__ = ["ECHO_INTERVAL", "FORGET_AFTER", "NODES_PREFIX", "STALE_AFTER", "Node", "last_echo"]
+__all__ = ["ECHO_INTERVAL", "FORGET_AFTER", "NODES_PREFIX", "STALE_AFTER", "Node", "live_rows"]
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,7 @@ def _wildcard(host: str) -> bool:
     return host in ("", "0.0.0.0", "::", "[::]")
 
 
-def last_echo(row: Any) -> float:
+def _echoed(row: Any) -> float:
     """When a row was last written (0: not a row this module wrote)."""
     echo = row.get("last_echo") if isinstance(row, dict) else None
     return float(echo) if isinstance(echo, (int, float)) and not isinstance(echo, bool) else 0.0
@@ -55,7 +55,7 @@ def last_echo(row: Any) -> float:
 def _shown(row: dict[str, Any]) -> dict[str, Any]:
     """A row as ``sys/ha-status`` lists it (OpenBao's fields)."""
     return {"hostname": row.get("hostname", ""), "api_address": row.get("api_address", ""), "cluster_address": "",
-            "active_node": True, "last_echo": rfc3339(last_echo(row)), "version": row.get("version", "")}
+            "active_node": True, "last_echo": rfc3339(_echoed(row)), "version": row.get("version", "")}
 
 
 class Node:
@@ -90,7 +90,7 @@ class Node:
         await self.storage.put(self.key, self.row())
         now = time.time()
         for key in await self.storage.list(NODES_PREFIX):
-            if now - last_echo(await self.storage.get(NODES_PREFIX + key)) > FORGET_AFTER:
+            if now - _echoed(await self.storage.get(NODES_PREFIX + key)) > FORGET_AFTER:
                 await self.storage.delete(NODES_PREFIX + key)
         self._task = asyncio.get_running_loop().create_task(self._echo())
 
@@ -119,7 +119,13 @@ class Node:
         ``STALE_AFTER``, by host and address; else this node."""
         if not self.shared:
             return [_shown(self.row())]
-        now = time.time()
-        rows = [await self.storage.get(NODES_PREFIX + key) for key in await self.storage.list(NODES_PREFIX)]
-        live = [r for r in rows if isinstance(r, dict) and now - last_echo(r) <= STALE_AFTER]
+        live = await live_rows(self.storage)
         return [_shown(r) for r in sorted(live, key=lambda r: (str(r.get("hostname")), str(r.get("api_address"))))]
+
+
+async def live_rows(storage: Storage) -> list[dict[str, Any]]:
+    """The rows of the nodes that echoed in the last ``STALE_AFTER`` seconds (shared storage;
+    ``authmount operator restore`` refuses while there is one)."""
+    now = time.time()
+    rows = [await storage.get(NODES_PREFIX + key) for key in await storage.list(NODES_PREFIX)]
+    return [r for r in rows if isinstance(r, dict) and now - _echoed(r) <= STALE_AFTER]

@@ -35,7 +35,7 @@ import orjson
 
 from plugin.storage import check_key
 from server.keyring import KEYRING_KEY, Keyring, SealError, StorageKeyError, load_storage_key
-from server.nodes import NODES_PREFIX, STALE_AFTER, last_echo
+from server.nodes import STALE_AFTER, live_rows
 from server.settings import Settings
 from server.storage import Engine, open_storage
 from server.storage.sqlite import replace_rows as sqlite_replace_rows
@@ -286,14 +286,9 @@ async def _restore_postgres(settings: Settings, snapshot: Snapshot) -> int:
     storage = await open_storage(settings.storage.as_mapping())
     try:
         assert isinstance(storage, PostgresStorage)
-        now = time.time()
-        live = []
-        for name in await storage.list(NODES_PREFIX):
-            row = await storage.get(NODES_PREFIX + name)
-            if now - last_echo(row) <= STALE_AFTER:
-                live.append(name)
+        live = sorted(str(row.get("api_address", "")) for row in await live_rows(storage))
         if live:
-            raise RuntimeError(f"nodes are serving this storage ({', '.join(sorted(live))}): stop every node first "
+            raise RuntimeError(f"nodes are serving this storage ({', '.join(live)}): stop every node first "
                                f"(a node killed less than {STALE_AFTER:.0f} s ago still counts: wait)")
         return await storage.replace_rows(snapshot.rows())
     finally:

@@ -86,6 +86,10 @@ BODY_READ_TIMEOUT = 10.0
 _HIDDEN_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-authorization", MARKER_HEADER.lower()})
 
 
+#: The methods that write (Vault's UPDATE, or CREATE by existence).
+WRITES = frozenset({"POST", "PUT"})
+
+
 def json_response(body: dict[str, Any], status: int = 200) -> web.Response:
     """A JSON body with ``Content-Type: application/json`` exactly."""
     return JSONReply(orjson.dumps(body), status)
@@ -577,7 +581,7 @@ def builtin_handler(
         refuse_namespace(request)
         wrap_ttl = requested_wrap_ttl(request)
         data: dict[str, Any]
-        if request.method in _WRITES and _ignores_body(backend, rel):
+        if request.method in WRITES and _ignores_body(backend, rel):
             op, data = Operation.UPDATE, {}
         else:
             op, data = await read_operation(request)
@@ -628,9 +632,6 @@ def builtin_handler(
         return out
 
     return builtin_route
-
-
-_WRITES = frozenset({"POST", "PUT"})
 
 
 def _ignores_body(backend: Backend, rel: str) -> bool:

@@ -21,7 +21,15 @@ from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquo
 
 from server.appkeys import REQUEST_HANDLER
 from server.http.errors import error_response
-from server.http.handlers import AppCore, auth_handler, identity_handler, read_operation, refuse_unknown, sys_handler
+from server.http.handlers import (
+    WRITES,
+    AppCore,
+    auth_handler,
+    identity_handler,
+    read_operation,
+    refuse_unknown,
+    sys_handler,
+)
 from server.http.log import handled
 from server.identity.backend import app_identity_backend
 from server.sys.backend import SysBackend
@@ -103,7 +111,6 @@ class PrefixRouter:
         return await match_info.handler(request)
 
 
-_WRITES = frozenset({"POST", "PUT"})
 #: What a redirect's path keeps unescaped: RFC 3986 path characters, and "%" of escapes already there.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
@@ -133,7 +140,7 @@ def _clean_paths_only(handler: Handler) -> Handler:
             if cleaned != raw:
                 query = url.raw_query_string
                 return _answer(web.Response(status=307, headers={hdrs.LOCATION: cleaned + ("?" + query if query else "")}))
-        if raw.endswith("/") and request.method in _WRITES:
+        if raw.endswith("/") and request.method in WRITES:
             # Vault refuses these before it looks at the token (a key or a directory?).
             return _answer(error_response(400, ["cannot write to a path ending in '/'"]))
         if "%" in raw and is_relative_path(url.path.removeprefix("/v1/")):

@@ -409,6 +409,19 @@ class PostgresStorage:
                 _log.warning("storage_listen_lost", error=str(exc))
                 await asyncio.sleep(_RECONNECT_DELAY)
 
+    @staticmethod
+    async def peek(dsn: str, key: str) -> tuple[int, bytes | None] | None:
+        """The number of rows and the stored value of ``key`` (as JSON text), through a
+        connection of its own, beside running nodes; None when the table does not exist yet
+        (``authmount operator diagnose``)."""
+        async with await psycopg.AsyncConnection.connect(dsn, connect_timeout=5) as conn:
+            table = await (await conn.execute("SELECT to_regclass('authmount_kv')")).fetchone()
+            if table is None or table[0] is None:
+                return None
+            count = await (await conn.execute("SELECT count(*) FROM authmount_kv")).fetchone()
+            found = await (await conn.execute("SELECT value::text FROM authmount_kv WHERE key = %s", (key,))).fetchone()
+        return (int(count[0]) if count else 0), (found[0].encode() if found else None)
+
     async def export_rows(self, write: Callable[[str, bytes], None]) -> int:
         """Every row in key order from one REPEATABLE READ transaction (one snapshot of the
         table, whatever the nodes write meanwhile), read through a server-side cursor."""

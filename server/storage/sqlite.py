@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, TypeVarTuple, cast
 
 import structlog
@@ -25,7 +26,7 @@ from server.storage.sqlite_schema import migrate
 from server.storage.sqlite_shared import POLL_INTERVAL, ChangeLog, FileLock, adopt_owner_lock, owner_lock
 from server.storage.writes import put_each
 
-__all__ = ["SQLiteStorage", "CACHE_BYTES", "dump_rows", "replace_rows"]
+__all__ = ["SQLiteStorage", "CACHE_BYTES", "dump_rows", "peek", "replace_rows"]
 
 #: Upper bound of the value cache's content, whatever ``cache_entries`` says.
 CACHE_BYTES = 8 * 1024 * 1024
@@ -584,6 +585,18 @@ def dump_rows(path: str, write: Callable[[str, bytes], None]) -> int:
         return count
     finally:
         conn.close()
+
+
+def peek(path: str, key: str) -> tuple[int, bytes | None]:
+    """The number of rows of the SQLite file at ``path`` and the stored value of ``key``,
+    read-only, beside a server that has the file open (``authmount operator diagnose``)."""
+    conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT count(*) FROM kv").fetchone()[0]
+        found = conn.execute(_GET, (key,)).fetchone()
+    finally:
+        conn.close()
+    return int(rows), bytes(found[0]) if found else None
 
 
 def replace_rows(path: str, rows: Iterable[tuple[str, bytes]]) -> int:

@@ -121,6 +121,14 @@ def _token(url: str, root: str, uses: int, policies: list[str]) -> str:
     return str(resp.json()["auth"]["client_token"])
 
 
+def _policy_token(url: str, root: str, name: str, text: str) -> str:
+    """A token of the policy ``name``, written with ``text`` first."""
+    resp = requests.put(f"{url}/v1/sys/policies/acl/{name}", json={"policy": text}, headers={"X-Vault-Token": root},
+                        timeout=10)
+    assert resp.status_code == 204, resp.text
+    return _token(url, root, 0, [name])
+
+
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[ServerProc, BaoProc]]:
     with tempfile.TemporaryDirectory() as home, start_bao() as bao, start_server(dev=True, workdir=Path(home)) as ours:
@@ -1395,9 +1403,7 @@ def test_resultant_acl_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     ours, bao = servers
     answers = []
     for url, root in ((ours.url, ours.root_token or ""), (bao.url, bao.root_token)):
-        requests.put(f"{url}/v1/sys/policies/acl/resultant", json={"policy": RESULTANT_POLICY},
-                     headers={"X-Vault-Token": root}, timeout=10).raise_for_status()
-        token = _token(url, root, 0, ["resultant"])
+        token = _policy_token(url, root, "resultant", RESULTANT_POLICY)
         got: list[Any] = []
         for caller in (token, root):
             resp = requests.get(f"{url}/v1/sys/internal/ui/resultant-acl", headers={"X-Vault-Token": caller}, timeout=10)
@@ -1479,11 +1485,7 @@ def test_parameter_constraints_as_openbao(role_mounts: tuple[ServerProc, BaoProc
     value is judged as the backend takes it, the statuses differ as DELEGATION_DIFFERS says."""
     seen: list[dict[str, Any]] = []
     for url, root in ((role_mounts[0].url, str(role_mounts[0].root_token)), (role_mounts[1].url, role_mounts[1].root_token)):
-        head = {"X-Vault-Token": root}
-        assert requests.put(f"{url}/v1/sys/policies/acl/delegation", json={"policy": DELEGATION}, headers=head,
-                            timeout=10).status_code == 204
-        token = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["delegation"]}, headers=head,
-                              timeout=10).json()["auth"]["client_token"]
+        token = _policy_token(url, root, "delegation", DELEGATION)
         statuses = {}
         for case, path, body in DELEGATION_WRITES:
             full = "auth/token/create" if path == "token" else f"auth/peer-roles/{path}"
@@ -1506,11 +1508,7 @@ def test_wrapping_bounds_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None
     text = 'path "auth/token/create" { capabilities = ["update"] min_wrapping_ttl = "1m" max_wrapping_ttl = 600 }'
     seen = []
     for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
-        head = {"X-Vault-Token": root}
-        assert requests.put(f"{url}/v1/sys/policies/acl/orchestrator", json={"policy": text}, headers=head,
-                            timeout=10).status_code == 204
-        token = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["orchestrator"]}, headers=head,
-                              timeout=10).json()["auth"]["client_token"]
+        token = _policy_token(url, root, "orchestrator", text)
         statuses = []
         for wrap in (None, "30s", "1m", "5m", "600", "11m"):
             headers = {"X-Vault-Token": token, **({"X-Vault-Wrap-TTL": wrap} if wrap else {})}
@@ -1564,8 +1562,7 @@ def test_wrapping_data_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     back once; the same statuses, texts and shapes as OpenBao 2.7.2."""
     seen = []
     for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
-        user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
-                             headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+        user = _token(url, root, 0, ["default"])
         steps: list[tuple[Any, ...]] = []
 
         def call(method: str, path: str, body: Any = None, token: str = user, wrap: str = "", url: str = url,
@@ -1598,8 +1595,7 @@ def test_version_history_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None
     a default-policy token) and the same shape of one version as OpenBao 2.7.2."""
     seen = []
     for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
-        user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
-                             headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+        user = _token(url, root, 0, ["default"])
         statuses = [requests.request(method, f"{url}/v1/{path}", headers={"X-Vault-Token": token}, timeout=10).status_code
                     for method, path, token in (("LIST", "sys/version-history", root),
                                                 ("GET", "sys/version-history?list=true", root),
@@ -1620,8 +1616,7 @@ def test_ha_status_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     token, no token, LIST, POST) and node fields as OpenBao 2.7.2, each server listing itself."""
     seen = []
     for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
-        user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
-                             headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+        user = _token(url, root, 0, ["default"])
         statuses = [requests.request(method, f"{url}/v1/sys/ha-status", headers={"X-Vault-Token": token} if token else {},
                                      timeout=10).status_code
                     for method, token in (("GET", root), ("GET", user), ("GET", ""), ("LIST", root), ("POST", root))]
@@ -1640,8 +1635,7 @@ def test_what_vault_debug_reads_as_openbao(servers: tuple[ServerProc, BaoProc]) 
     404; vault-differences row 64)."""
     seen = []
     for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
-        user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
-                             headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+        user = _token(url, root, 0, ["default"])
         statuses, errors = [], []
         for method, path, token in (
             ("GET", "sys/host-info", root), ("GET", "sys/host-info", user), ("GET", "sys/host-info", ""),
@@ -1690,8 +1684,7 @@ def test_snapshots_as_openbao(servers: tuple[ServerProc, BaoProc], tmp_path: Pat
     try:
         seen: list[tuple[Any, ...]] = []
         for url, root in ((servers[0].url, str(servers[0].root_token)), (raft.url, str(raft.extra["root_token"]))):
-            user = requests.post(f"{url}/v1/auth/token/create", json={"policies": ["default"]},
-                                 headers={"X-Vault-Token": root}, timeout=10).json()["auth"]["client_token"]
+            user = _token(url, root, 0, ["default"])
             statuses = [requests.get(f"{url}/v1/sys/storage/raft/snapshot", timeout=30,
                                      headers={"X-Vault-Token": token} if token else {}).status_code
                         for token in (root, user, "")]
