@@ -365,9 +365,10 @@ class Keyring:
             return None
 
 
-#: Where sealed values live: every auth mount's storage, the token store's secrets, and
-#: ``core/`` (the keyring itself is sealed under the storage key, not a term, and skipped).
-RESEAL_PREFIXES = ("auth/", "core/", "sys/token/salt", "sys/token/batch_key")
+#: Where sealed values live: every auth mount's storage, the token store's secrets, the
+#: identity tokens' private keys, and ``core/`` (the keyring itself is sealed under the
+#: storage key, not a term, and skipped).
+RESEAL_PREFIXES = ("auth/", "core/", "sys/token/salt", "sys/token/batch_key", "identity/oidc/key/")
 
 
 async def reseal(storage: Storage, keyring: Keyring, prefixes: tuple[str, ...] = RESEAL_PREFIXES) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -106,6 +107,23 @@ def _string(raw: Any, key: str) -> str:
     if not isinstance(raw, str):
         raise SettingsError(f"{key}: must be a string")
     return raw
+
+
+def _api_addr(raw: Any, key: str) -> str:
+    """A URL of scheme, host and optional port (a trailing ``/`` dropped), or ``""``."""
+    text = _string(raw, key).rstrip("/")
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not (parts.path or parts.query
+                                                                                   or parts.fragment or parts.username)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SettingsError(f"{key}: must be a URL of scheme, host and optional port (https://authmount.example.com:8200)")
+    return text
 
 
 def _bool(raw: Any, key: str) -> bool:
@@ -439,6 +457,13 @@ class Settings:
         "127.0.0.1:8200", kind="`host:port`", parse=_address,
         doc="Where the HTTP API listens (`[v6]:port` for IPv6; port 0 picks a free port, printed in the banner). "
             "`--listen-address` or `AUTHMOUNT_LISTEN_ADDRESS` override it. Plain HTTP unless `tls_cert_file` is set.",
+    )
+    api_addr: str = setting(
+        "", kind="URL", parse=_api_addr,
+        doc="The address clients reach this server at, as a URL of scheme, host and optional port (Vault's setting "
+            "of that name; `https://authmount.example.com:8200` behind a load balancer). The default issuer of "
+            "identity tokens (`identity/oidc/config`). Empty: `http(s)://` + `listen_address`, or none when that "
+            "is every address (`0.0.0.0`).",
     )
     tls_cert_file: str = setting(
         "", kind="path", parse=_string,

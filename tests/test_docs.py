@@ -475,14 +475,14 @@ def _api_paths() -> list[str]:
         out.append("auth/<mount>/" + spec.pattern)
     from server.identity.backend import IdentityBackend
 
-    for spec in IdentityBackend(lambda: None, lambda a, n: "").paths:  # type: ignore[arg-type, return-value]
+    for spec in IdentityBackend(lambda: None, lambda a, n: "", lambda: None, lambda: "").paths:  # type: ignore[arg-type, return-value]
         out.append("identity/" + spec.pattern)
     return sorted(set(out))
 
 
 def _doc_form(pattern: str) -> str:
     text = re.sub(r"\(\?P<(\w+)>(?:[^()]|\((?:[^()])*\))*\)", r"<\1>", pattern)
-    return text.removesuffix("/*").removesuffix("/?").removesuffix("?")
+    return text.replace("\\.", ".").removesuffix("/*").removesuffix("/?").removesuffix("?")
 
 
 @pytest.mark.parametrize("path", _api_paths())

@@ -13,8 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from plugin.framework import Backend
-from server.appkeys import IDENTITY, TOKENS
-from server.identity import aliases, entities, groups
+from plugin.sealing import Sealer
+from server.appkeys import IDENTITY, KEYRING, LISTEN_ADDRESS, SETTINGS, TOKENS
+from server.identity import aliases, entities, groups, oidc
 from server.identity.store import IdentityStore
 
 if TYPE_CHECKING:
@@ -26,18 +27,23 @@ __all__ = ["IdentityBackend", "app_identity_backend"]
 class IdentityBackend(Backend):
     """The identity paths over the running server's identity store.
 
-    ``store`` and ``derived`` are read when a request comes (the backend is built with the
-    routes, before the server's state exists): ``derived(accessor, alias name)`` is the token
-    store's derivation of the (entity id, entity alias id) a login makes.
+    ``store``, ``derived``, ``sealer`` and ``api_addr`` are read when a request comes (the
+    backend is built with the routes, before the server's state exists): ``derived(accessor,
+    alias name)`` is the token store's derivation of the (entity id, entity alias id) a login
+    makes; ``sealer`` seals the identity tokens' private keys; ``api_addr`` is the server's
+    address as its clients reach it (the identity tokens' default issuer).
     """
 
     type_name = "identity"
 
-    def __init__(self, store: Callable[[], IdentityStore], derived: Callable[[str, str], tuple[str, str]]) -> None:
+    def __init__(self, store: Callable[[], IdentityStore], derived: Callable[[str, str], tuple[str, str]],
+                 sealer: Callable[[], Sealer], api_addr: Callable[[], str]) -> None:
         super().__init__()
         self._store = store
         self.derived = derived
-        self.paths = [*groups.paths(self), *aliases.paths(self), *entities.paths(self)]
+        self.sealer = sealer
+        self.api_addr = api_addr
+        self.paths = [*groups.paths(self), *aliases.paths(self), *entities.paths(self), *oidc.paths(self)]
 
     @property
     def store(self) -> IdentityStore:
@@ -51,7 +57,22 @@ class IdentityBackend(Backend):
 
 
 def app_identity_backend(app: web.Application) -> IdentityBackend:
-    """The identity backend of a running application: its store and the token store's
-    derivation, read when a request comes (the routes are built before the state exists)."""
+    """The identity backend of a running application: its store, the token store's
+    derivation, the keyring and the API address, read when a request comes (the routes are
+    built before the state exists)."""
     return IdentityBackend(lambda: app[IDENTITY], lambda accessor, name: (
-        app[TOKENS].entity_id(accessor, name), app[TOKENS].entity_alias_id(accessor, name)))
+        app[TOKENS].entity_id(accessor, name), app[TOKENS].entity_alias_id(accessor, name)),
+        lambda: app[KEYRING], lambda: api_addr(app))
+
+
+def api_addr(app: web.Application) -> str:
+    """The setting ``api_addr``, else ``http(s)://`` + the address the server listens on
+    (``""`` when that is every address: no one address reaches it)."""
+    settings = app[SETTINGS]
+    if settings.api_addr:
+        return settings.api_addr
+    host, port = app[LISTEN_ADDRESS] if LISTEN_ADDRESS in app else settings.host_port
+    if host in ("", "0.0.0.0", "::"):
+        return ""
+    scheme = "https" if settings.tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"

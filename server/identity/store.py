@@ -100,6 +100,8 @@ ENTITY_OP_ALIAS_PREFIX = "identity/entity-alias-op/"
 ENTITY_OP_ALIAS_NAME_PREFIX = "identity/entity-alias-name/"
 MEMBER_PREFIX = "identity/member/"
 GROUP_NAME_PREFIX = "identity/group-name/"
+#: Identity tokens' config, keys and roles (``server.identity.oidc``).
+OIDC_PREFIX = "identity/oidc/"
 ALIAS_NAME_PREFIX = "identity/group-alias-name/"
 #: Entities whose memberships are kept in memory (a miss reads the entity's row once).
 ENTITY_CACHE_SIZE = 16384
@@ -372,6 +374,9 @@ class IdentityStore:
         self._names = NameClaims(storage)
         self._duplicates: dict[str, list[str]] = {}  # group names more than one group has, as last logged
         self.generation = 0
+        #: Moved on by every write under ``identity/oidc/`` (here or announced by another node):
+        #: the identity tokens' public key set is built again (``server.identity.oidc``).
+        self.oidc_generation = 0
 
     # -- tables ---------------------------------------------------------------------------
     async def load(self) -> None:
@@ -449,6 +454,8 @@ class IdentityStore:
 
     def invalidate(self, key: str) -> None:
         """Another node wrote ``key`` (``""``: anything may have changed)."""
+        if not key or key.startswith(OIDC_PREFIX):
+            self.oidc_generation += 1
         if key.startswith(ENTITY_PREFIX):
             self._entities.pop(key[len(ENTITY_PREFIX):], None)
             return

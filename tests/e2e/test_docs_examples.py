@@ -174,6 +174,10 @@ def _api(work: Path, stdout: str) -> None:
     assert '{"aliases":["x"],"merged":true}' in stdout  # an entity merge
     assert '{"allow_slashes_in_identity_templates":true,"allow_wildcards_in_identity_templates":false}' in stdout
     assert "escalation: 403" in stdout and '["team-a-deploy"]' in stdout  # a policy's parameter constraints
+    # an identity token: its claims, the key set (the signing key and the next), introspection
+    assert '{"aud":"deploy-service","groups":["release"],"namespace":"root"}' in stdout
+    assert '[{"kty":"RSA","alg":"RS256","use":"sig"},{"kty":"RSA","alg":"RS256","use":"sig"}]' in stdout
+    assert '{"active":true}' in stdout
 
 
 #: What running a document's examples must have done, beyond exiting 0.

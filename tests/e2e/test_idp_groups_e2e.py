@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import hvac
 import hvac.exceptions
+import jwt
 import pytest
 
 from tests.e2e.browser import CallbackListener, drive_login
@@ -114,3 +115,38 @@ def test_alias_on_another_mount_grants_nothing(vault: ServerProc, idp: IdP) -> N
     auth = as_json(anon.auth.jwt.jwt_login(role="machine", jwt=idp.client_credentials_token(), path="machines",
                                            use_token=False))["auth"]
     assert auth["identity_policies"] == ["admins-read"]
+
+
+def test_an_oidc_login_gets_an_identity_token_a_service_verifies(vault: ServerProc, listener: CallbackListener) -> None:
+    """alice logs in through the browser flow, asks (hvac) for an identity token of the role
+    ``svc`` whose template adds her groups and her IdP user name, and a service verifies it
+    with PyJWT against the key set it finds through the discovery document, over HTTP."""
+    root = vault.client()
+    identity = root.secrets.identity
+    accessor = _accessor(root, MOUNT)
+    gid = as_json(identity.create_or_update_group(name="idp-dev", group_type="external"))["data"]["id"]
+    identity.create_or_update_group_alias(name="dev", mount_accessor=accessor, canonical_id=gid)
+    identity.create_named_key(name="svc-key", algorithm="ES256", allowed_client_ids=["svc"], verification_ttl="2h")
+    template = ('{"groups": {{identity.entity.groups.names}}, '
+                f'"login": {{{{identity.entity.aliases.{accessor}.name}}}}}}')
+    identity.create_or_update_role(name="svc", key="svc-key", template=template, client_id="svc", ttl="30m")
+    root.sys.create_or_update_acl_policy("people", 'path "identity/oidc/token/svc" { capabilities = ["read"] }')
+    alice = _oidc_login(vault, listener, "alice")
+    signed = as_json(vault.client(token=alice["client_token"]).secrets.identity.generate_signed_id_token(name="svc"))
+    token = signed["data"]["token"]
+    assert (signed["data"]["client_id"], signed["data"]["ttl"]) == ("svc", 1800)
+
+    discovery = as_json(vault.client(token="").secrets.identity.read_well_known_configurations())
+    assert discovery["issuer"] == f"{vault.url}/v1/identity/oidc"
+    key = jwt.PyJWKClient(discovery["jwks_uri"]).get_signing_key_from_jwt(token)
+    claims = jwt.decode(token, key, algorithms=["ES256"], audience="svc", issuer=discovery["issuer"])
+    assert claims["sub"] == alice["entity_id"] and "idp-dev" in claims["groups"]
+    alias = as_json(identity.read_entity(entity_id=alice["entity_id"]))["data"]["aliases"][0]
+    assert claims["login"] == alias["name"] and claims["exp"] - claims["iat"] == 1800
+    assert as_json(identity.introspect_signed_id_token(token=token, client_id="svc")) == {"active": True}
+    # hvac's rotate_named_key writes to the key's own path (an update of its verification_ttl),
+    # not to .../rotate, against Vault too
+    root.write_data("identity/oidc/key/svc-key/rotate", data={"verification_ttl": "1h"})
+    assert as_json(identity.introspect_signed_id_token(token=token)) == {"active": True}  # still verifies
+    newer = as_json(vault.client(token=alice["client_token"]).secrets.identity.generate_signed_id_token(name="svc"))
+    assert jwt.get_unverified_header(newer["data"]["token"])["kid"] != jwt.get_unverified_header(token)["kid"]

@@ -1704,3 +1704,84 @@ def test_snapshots_as_openbao(servers: tuple[ServerProc, BaoProc], tmp_path: Pat
                                       True), seen
     finally:
         raft.stop()
+
+
+#: Identity tokens (``identity/oidc``), in order, by root: (method, path, body). A refusal's text
+#: agrees unless its index is in ``ID_TOKEN_TEXTS_DIFFER`` (authmount names the directive).
+ID_TOKEN_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "identity/oidc/key/dk", {"rotation_period": "59s"}),
+    ("POST", "identity/oidc/key/dk", {"rotation_period": "1h", "verification_ttl": "11h"}),
+    ("POST", "identity/oidc/key/dk", {"algorithm": "HS256"}),
+    ("POST", "identity/oidc/key/dk", {"algorithm": "ES256", "allowed_client_ids": "c1", "verification_ttl": "2h"}),
+    ("GET", "identity/oidc/key/dk", None),
+    ("POST", "identity/oidc/role/dr", {"key": "dk", "client_id": "c1"}),
+    ("POST", "identity/oidc/role/dr", {"client_id": "c1"}),
+    ("POST", "identity/oidc/role/dr", {"key": "nope", "client_id": "c1"}),
+    ("POST", "identity/oidc/role/dr", {"key": "dk", "client_id": "c1", "ttl": "1h", "template": '{"sub": 1}'}),
+    ("POST", "identity/oidc/role/dr", {"key": "dk", "client_id": "c1", "ttl": "1h", "template": "[1]"}),
+    ("POST", "identity/oidc/role/dr", {"key": "dk", "client_id": "c1", "ttl": "1h", "template": '{"a": {{x}}}'}),
+    ("POST", "identity/oidc/role/dr", {"key": "dk", "client_id": "c1", "ttl": "1h", "template":
+                                       '{"n": {{identity.entity.name}}, "m": {{identity.entity.metadata}}, '
+                                       '"g": {{identity.entity.groups.names}}, "t": {{time.now.plus.1h}} }'}),
+    ("GET", "identity/oidc/role/dr", None),
+    ("POST", "identity/oidc/key/dk", {"verification_ttl": "30m"}),
+    ("DELETE", "identity/oidc/key/dk", None),
+    ("DELETE", "identity/oidc/key/default", None),
+    ("POST", "identity/oidc/key/nope/rotate", None),
+    ("GET", "identity/oidc/token/dr", None),  # root: no entity
+    ("GET", "identity/oidc/token/nope", None),
+    ("POST", "identity/oidc/config", {"issuer": "https://id.example.com/x"}),
+    ("LIST", "identity/oidc/role", None),
+]
+ID_TOKEN_TEXTS_DIFFER = {9, 10}
+
+
+def _id_token_claims(url: str, token: str) -> tuple[Any, ...]:
+    """An identity token of role ``dr``: its header's names and alg, its claims' names, and
+    what the claims say (``sub`` is the entity of the calling token, the lifetime, the template)."""
+    resp = requests.get(f"{url}/v1/identity/oidc/token/dr", headers={"X-Vault-Token": token}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    data = resp.json()["data"]
+    head, body = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in data["token"].split(".")[:2])
+    looked = requests.get(f"{url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": token}, timeout=10).json()
+    return (sorted(data), data["client_id"], data["ttl"], sorted(head), head["alg"], sorted(body),
+            body["sub"] == looked["data"]["entity_id"], body["aud"], body["exp"] - body["iat"], body["namespace"],
+            body["t"] - body["iat"], body["g"], body["m"], body["iss"] == url + "/v1/identity/oidc", head["kid"])
+
+
+def test_identity_tokens_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> None:
+    """Named keys, roles and their refusals, then a login's identity token before and after a
+    rotation, the key set, and introspection, side by side."""
+    answers = []
+    for url, root in ((jwt_mounts[0].url, str(jwt_mounts[0].root_token)), (jwt_mounts[1].url, jwt_mounts[1].root_token)):
+        head = {"X-Vault-Token": root}
+        seen: list[Any] = []
+        for index, (method, path, body) in enumerate(ID_TOKEN_STEPS):
+            resp = requests.request(method, f"{url}/v1/{path}", json=body, headers=head, timeout=10)
+            answer = resp.json() if resp.text else {}
+            if "errors" in answer:
+                seen.append((index, resp.status_code, None if index in ID_TOKEN_TEXTS_DIFFER else _errors(answer)))
+            else:
+                seen.append((index, resp.status_code, answer.get("data")))
+        assert requests.put(f"{url}/v1/sys/policies/acl/idtok", headers=head, timeout=10, json={
+            "policy": 'path "identity/oidc/token/*" { capabilities = ["read"] }'}).status_code == 204
+        role = {**LOGIN_ROLES["plain"], "token_policies": ["idtok"]}
+        assert requests.post(f"{url}/v1/auth/peer-jwt/role/idtok", json=role, headers=head, timeout=10).ok
+        login = requests.post(f"{url}/v1/auth/peer-jwt/login", json={"role": "idtok", "jwt": _jwt(claims={
+            "sub": "id-token-user"})}, timeout=10).json()["auth"]
+        first = _id_token_claims(url, login["client_token"])
+        key_set = requests.get(f"{url}/v1/identity/oidc/.well-known/keys", timeout=10).json()["keys"]
+        ec = sorted(tuple(sorted(k)) for k in key_set if k["kty"] == "EC")
+        assert requests.post(f"{url}/v1/identity/oidc/key/dk/rotate", headers=head, timeout=10).status_code == 204
+        second = _id_token_claims(url, login["client_token"])
+        after = [k for k in requests.get(f"{url}/v1/identity/oidc/.well-known/keys", timeout=10).json()["keys"]
+                 if k["kty"] == "EC"]
+        token = requests.get(f"{url}/v1/identity/oidc/token/dr", headers={"X-Vault-Token": login["client_token"]},
+                             timeout=10).json()["data"]["token"]
+        introspected = [requests.post(f"{url}/v1/identity/oidc/introspect", headers=head, timeout=10,
+                                      json=body).json()["active"]
+                        for body in ({"token": token}, {"token": token, "client_id": "c1"},
+                                     {"token": token, "client_id": "c2"}, {"token": token[:-3] + "abc"})]
+        seen += [first[:-1], second[:-1], first[-1] != second[-1], ec, len(after), introspected]
+        answers.append(seen)
+    assert answers[0] == answers[1]
