@@ -8,6 +8,8 @@ exactly once; the OIDC state made by ``oidc/auth_url`` on A is redeemed on B.
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -177,6 +179,46 @@ def test_identity_groups_across_nodes(cluster: tuple[Node, Node]) -> None:
     assert a.login("grp", sub="gina", groups=["other"]).status_code == 200  # the entity leaves the group
     eventually(lambda: b.call("GET", f"auth/{MOUNT}/role/svc", token=token).status_code == 403)
     a.ok("DELETE", f"identity/group/id/{gid}")
+
+
+def _kids(node: Node) -> set[str]:
+    return {k["kid"] for k in node.ok("GET", "identity/oidc/.well-known/keys", token="")["keys"]}
+
+
+def test_identity_tokens_across_nodes(cluster: tuple[Node, Node]) -> None:
+    """A key and role written on A sign on B; B's key set, read before, learns of A's rotation
+    (announced, not waited out); a key set read on either node verifies the other's tokens;
+    an issuer set on B is A's tokens' issuer."""
+    a, b = cluster
+    a.ok("POST", "sys/policy/svc", json={"policy": 'path "identity/oidc/token/*" { capabilities = ["read"] }'})
+    a.ok("POST", "identity/oidc/key/cluster", json={"allowed_client_ids": "*", "algorithm": "EdDSA"})
+    a.ok("POST", "identity/oidc/role/cluster", json={"key": "cluster", "client_id": "c"})
+    token = b.login().json()["auth"]["client_token"]
+
+    def signed_by(node: Node) -> str:
+        jwt = node.ok("GET", "identity/oidc/token/cluster", token=token)["data"]["token"]
+        header = json.loads(base64.urlsafe_b64decode(jwt.split(".")[0] + "=="))
+        return str(header["kid"])
+
+    eventually(lambda: b.call("GET", "identity/oidc/token/cluster", token=token).status_code == 200)
+    first = signed_by(b)
+    assert first == signed_by(a) and first in _kids(b) and _kids(a) == _kids(b)
+    a.ok("POST", "identity/oidc/key/cluster/rotate")
+    second = signed_by(a)
+    assert second != first
+    after = _kids(a)
+    assert len(after) == 3 and first in after  # the rotated key still verifies for verification_ttl
+    eventually(lambda: _kids(b) == after)  # B's key set, built before, learns of the new next key
+    assert signed_by(b) == second
+    b.ok("POST", "identity/oidc/config", json={"issuer": "https://id.example.com"})
+
+    def issuer_on_a() -> bool:
+        jwt = a.ok("GET", "identity/oidc/token/cluster", token=token)["data"]["token"]
+        claims = json.loads(base64.urlsafe_b64decode(jwt.split(".")[1] + "=="))
+        return bool(claims["iss"] == "https://id.example.com/v1/identity/oidc")
+
+    eventually(issuer_on_a)
+    b.ok("POST", "identity/oidc/config", json={"issuer": ""})
 
 
 def test_one_group_name_registered_on_both_nodes_at_once_is_one_group(cluster: tuple[Node, Node]) -> None:
