@@ -36,7 +36,7 @@ from server.appkeys import (
 )
 from server.audit import AuditBroker
 from server.diagnostics import LOG_HUB, LogRelay
-from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan, from_sections, make_plan
+from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan, from_settings, make_plan
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.routes import setup_routes
@@ -341,8 +341,8 @@ async def _reseed(app: web.Application, old: Settings, new: Settings) -> list[st
 
 
 async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
-    """Apply the settings' ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities``
-    to this server: ``authmount apply`` without prune, through the same write paths as the API
+    """Apply the settings' declared sections (``mounts``, ``policies``, ``token_roles``,
+    ``groups``, ``entities``, ``identity_token_keys``, ``identity_token_roles``) to this server: ``authmount apply`` without prune, through the same write paths as the API
     (``server.gitops``). Only what differs is written; a mount whose config or a role fails is
     not left half-made. Returns the plan that was applied (SIGHUP logs it).
 
@@ -352,8 +352,7 @@ async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
     settings = settings if settings is not None else app[SETTINGS]
     server = AppServer(app)
     try:
-        desired = from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles,
-                                groups=settings.groups, entities=settings.entities, source=settings.source or "settings")
+        desired = from_settings(settings, source=settings.source or "settings")
         plan = await make_plan(desired, server)
         await apply_plan(plan, server)
     except (GitopsError, ServerError) as exc:

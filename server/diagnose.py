@@ -28,7 +28,7 @@ from cryptography import x509
 
 from plugin.errors import PluginError
 from server.audit.devices import build_sink
-from server.gitops import GitopsError, from_sections
+from server.gitops import GitopsError, from_settings
 from server.http.connguard import descriptor_budget, raise_descriptor_limit
 from server.http.tls import server_context
 from server.keyring import KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
@@ -219,12 +219,12 @@ def _key(settings: Settings, ring: Any) -> Check:
 def _seeds(settings: Settings) -> list[Check]:
     counts = {"mounts": len(settings.mounts), "policies": len(settings.policies),
               "token roles": len(settings.token_roles), "groups": len(settings.groups),
-              "entities": len(settings.entities)}
+              "entities": len(settings.entities), "identity token keys": len(settings.identity_token_keys),
+              "identity token roles": len(settings.identity_token_roles)}
     if not any(counts.values()):
         return []
     try:
-        from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
-                      entities=settings.entities, source=settings.source or "settings")
+        from_settings(settings, source=settings.source or "settings")
     except GitopsError as exc:
         return [Check("declared objects", "fail", str(exc))]
     listed = ", ".join(f"{n} {name}" for name, n in counts.items() if n)

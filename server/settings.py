@@ -275,6 +275,14 @@ def _entities(raw: Any, key: str) -> dict[str, dict[str, Any]]:
     return _named_mappings(raw, key, "entity names")
 
 
+def _identity_token_keys(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    return _named_mappings(raw, key, "key names")
+
+
+def _identity_token_roles(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    return _named_mappings(raw, key, "role names")
+
+
 def _named_mappings(raw: Any, key: str, what: str) -> dict[str, dict[str, Any]]:
     value = raw or {}
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
@@ -576,6 +584,18 @@ class Settings:
         doc="Identity entities made by name (`identity/entity`: `{entity name: policies, metadata, disabled, "
             "aliases}`; `aliases` is a list of `{mount: <mount path>, name: <the login's alias name>}`: the "
             "logins through that mount with that name get the entity), applied with `mounts` (see section 5).",
+    )
+    #: ``{key name: fields}`` written at every start.
+    identity_token_keys: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_identity_token_keys,
+        doc="Named keys of identity tokens (`identity/oidc/key/<name>`: `{key name: algorithm, rotation_period, "
+            "verification_ttl, allowed_client_ids}`), applied with `mounts` (see section 5).",
+    )
+    #: ``{role name: fields}`` written at every start.
+    identity_token_roles: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_identity_token_roles,
+        doc="Identity token roles (`identity/oidc/role/<name>`: `{role name: key, template, ttl, client_id}`; "
+            "without `client_id` the server makes one up and keeps it), applied with `mounts` (see section 5).",
     )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),

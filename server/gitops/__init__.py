@@ -6,7 +6,7 @@ server from its settings file (apply without prune).
 server's state as a file. See docs/configuration.md, "Configuration as code".
 """
 
-from server.gitops.desired import Desired, GitopsError, from_sections, load_file
+from server.gitops.desired import Desired, GitopsError, from_sections, from_settings, load_file
 from server.gitops.export import Export, dump_yaml, export_state
 from server.gitops.live import AppServer, HttpServer, Server, ServerError
 from server.gitops.plan import Change, Plan, Target, apply_plan, make_plan, parse_target
@@ -26,6 +26,7 @@ __all__ = [
     "dump_yaml",
     "export_state",
     "from_sections",
+    "from_settings",
     "load_file",
     "make_plan",
     "parse_target",

@@ -38,26 +38,25 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     """Register ``apply`` and ``export`` on the CLI's subcommands."""
     ap = sub.add_parser(
         "apply", help="make a server match a YAML file (mounts, configs, roles, policies, token roles, groups, "
-                      "entities)",
-        description="Compare the server with FILE (the settings file's mounts, policies, token_roles, groups and "
-                    "entities), "
-                    "print the "
-                    "plan and apply it. The token comes from VAULT_TOKEN or ~/.vault-token.",
+                      "entities, identity token keys and roles)",
+        description="Compare the server with FILE (the settings file's mounts, policies, token_roles, groups, "
+                    "entities, identity_token_keys and identity_token_roles), print the plan and apply it. The token comes from VAULT_TOKEN or ~/.vault-token.",
     )
     ap.add_argument("-f", "--file", "-file", required=True, metavar="FILE", help="the YAML file to apply")
     ap.add_argument("--dry-run", "-dry-run", action="store_true", help="print the plan, change nothing")
     ap.add_argument("--detailed-exitcode", "-detailed-exitcode", action="store_true",
                     help="exit 0 when there is nothing to change, 2 when there is (1 on errors)")
     ap.add_argument("--prune", "-prune", action="store_true",
-                    help="delete mounts, roles, policies, token roles, groups and entities the file does not "
-                         "declare (else they are listed)")
+                    help="delete mounts, roles, policies, token roles, groups, entities and identity token keys and "
+                         "roles the file does not declare (else they are listed)")
     ap.add_argument("--target", "-target", action="append", default=[], metavar="KIND:NAME",
                     help="only this object: mount:<path> (with its config and roles), config:<path>, "
-                         "role:<path>/<name>, policy:<name>, token-role:<name>, group:<name>, entity:<name>; repeatable")
+                         "role:<path>/<name>, policy:<name>, token-role:<name>, group:<name>, entity:<name>, "
+                         "oidc-key:<name>, oidc-role:<name>; repeatable")
     _connection_options(ap)
     ex = sub.add_parser(
-        "export", help="write a server's mounts, configs, roles, policies, token roles, groups and entities as an "
-                       "apply file",
+        "export", help="write a server's mounts, configs, roles, policies, token roles, groups, entities and "
+                       "identity token keys and roles as an apply file",
         description="Read authmount, Vault or OpenBao over the HTTP API and write its jwt/oidc mounts, policies and "
                     "token roles as YAML for 'authmount apply'. Secrets are written as ${env:NAME} references.",
     )

@@ -1,6 +1,7 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
-``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities`` sections, validated by the same field schemas and checks as the
-API writes, before anything is written.
+``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys`` and
+``identity_token_roles`` sections, validated by the same field schemas and checks as the API
+writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
 a config as ``JWTConfig.public``, a mount's tune as the ``config`` of ``sys/auth``), so that
@@ -30,11 +31,12 @@ from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
 from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
 from plugin.schema import Field, FieldSet, FieldType, coerce
 from server.acl.policies import TEMPLATE_FLAGS, PolicyError, canonical_policy_name, parse_policy
+from server.identity import oidc
 from server.identity.entities import ENTITY_FIELDS
 from server.identity.groups import GROUP_FIELDS, changed_group
 from server.identity.store import DERIVED_NAME, Group, group_policies
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
-from server.settings import MountSeed, SettingsError, settings_from_mapping
+from server.settings import MountSeed, Settings, SettingsError, settings_from_mapping
 from server.tokens import roles as token_roles
 
 __all__ = [
@@ -50,6 +52,9 @@ __all__ = [
     "GROUP_KEYS",
     "load_file",
     "from_sections",
+    "from_settings",
+    "ID_KEY_KEYS",
+    "ID_ROLE_KEYS",
     "ROLE_KEYS",
     "CONFIG_KEYS",
     "TUNE_KEYS",
@@ -81,6 +86,10 @@ _GROUP_FIELDS = FieldSet({**{k: GROUP_FIELDS[k] for k in GROUP_KEYS},
 ENTITY_KEYS = ("policies", "metadata", "disabled")
 _ENTITY_FIELDS = FieldSet({**{k: ENTITY_FIELDS[k] for k in ENTITY_KEYS},
                            "aliases": Field(FieldType.SLICE, "The entity's aliases: [{mount, name}].")})
+#: An identity token key's fields compared and written (its name is its key).
+ID_KEY_KEYS = tuple(n for n, f in oidc.KEY_FIELDS.items() if f.type is not FieldType.NAME)
+#: An identity token role's fields compared and written (``client_id`` only when declared).
+ID_ROLE_KEYS = tuple(n for n, f in oidc.ROLE_FIELDS.items() if f.type is not FieldType.NAME)
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
 
@@ -197,6 +206,9 @@ class Desired:
     groups: dict[str, DesiredGroup] = field(default_factory=dict)
     #: Entities by lower-cased name (names are case-insensitive, as Vault's).
     entities: dict[str, DesiredEntity] = field(default_factory=dict)
+    #: Identity token keys and roles by name (case-sensitive, as Vault's).
+    id_token_keys: dict[str, DesiredRole] = field(default_factory=dict)
+    id_token_roles: dict[str, DesiredRole] = field(default_factory=dict)
 
 
 def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desired:
@@ -216,8 +228,14 @@ def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desi
         settings = settings_from_mapping(raw if raw is not None else {})
     except SettingsError as exc:
         raise GitopsError(str(exc), source=source) from exc
+    return from_settings(settings, source=source, env=env)
+
+
+def from_settings(settings: Settings, *, source: str, env: Mapping[str, str] | None = None) -> Desired:
+    """The declared sections of ``settings``, validated (``from_sections``)."""
     return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
-                         entities=settings.entities, source=source, env=env)
+                         entities=settings.entities, identity_token_keys=settings.identity_token_keys,
+                         identity_token_roles=settings.identity_token_roles, source=source, env=env)
 
 
 def from_sections(
@@ -228,6 +246,8 @@ def from_sections(
     token_roles: Mapping[str, Mapping[str, Any]] | None = None,
     groups: Mapping[str, Mapping[str, Any]] | None = None,
     entities: Mapping[str, Mapping[str, Any]] | None = None,
+    identity_token_keys: Mapping[str, Mapping[str, Any]] | None = None,
+    identity_token_roles: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Desired:
     """Validate parsed ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities``
@@ -279,6 +299,11 @@ def from_sections(
                                       address=f"entity {entity.name}", where=entity.where, field="aliases")
                 used[alias] = entity.name
             desired.entities[entity.name.lower()] = entity
+        for name, values in (identity_token_keys or {}).items():
+            desired.id_token_keys[name] = _id_token_key(str(name), dict(values), f"identity_token_keys.{name}", environ)
+        for name, values in (identity_token_roles or {}).items():
+            desired.id_token_roles[name] = _id_token_role(str(name), dict(values), f"identity_token_roles.{name}",
+                                                          desired.id_token_keys, environ)
     except GitopsError as exc:
         raise exc.located(source=source) from None
     return desired
@@ -367,6 +392,40 @@ def _token_role(name: str, values: dict[str, Any], where: str, env: Mapping[str,
     public = {**TOKEN_ROLE_DEFAULTS, **{k: v for k, v in role.public().items() if k in TOKEN_ROLE_KEYS}}
     body = {k: _written(token_roles.ROLE_FIELDS[k], public[k]) for k in TOKEN_ROLE_KEYS}
     return DesiredRole(name=name, where=where, public=public, body=body)
+
+
+def _id_token_key(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
+    """A named key of identity tokens: the API's own checks (``oidc.changed_key``)."""
+    address = f"oidc-key {name}"
+    if not re.fullmatch(oidc.NAME_RE, name):
+        raise GitopsError(f"invalid key name {name!r}", address=address, where=where)
+    coerced = _coerce_all(oidc.KEY_FIELDS, values, address=address, where=where, env=env)
+    try:
+        public = oidc.KEY_FIELDS.public(oidc.changed_key(None, coerced).to_storage())
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where) from None
+    return DesiredRole(name=name, where=where, public=public, body=dict(public))
+
+
+def _id_token_role(name: str, values: dict[str, Any], where: str, keys: Mapping[str, DesiredRole],
+                   env: Mapping[str, str]) -> DesiredRole:
+    """An identity token role: the API's own checks (``oidc.changed_role``), and its TTL
+    against its key's ``verification_ttl`` when the file declares the key. A role without
+    ``client_id`` keeps the one the server made up: it is neither compared nor written."""
+    address = f"oidc-role {name}"
+    if not re.fullmatch(oidc.NAME_RE, name):
+        raise GitopsError(f"invalid role name {name!r}", address=address, where=where)
+    coerced = _coerce_all(oidc.ROLE_FIELDS, values, address=address, where=where, env=env)
+    try:
+        role = oidc.changed_role(None, coerced)
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where) from None
+    key = keys.get(role["key"])
+    if key is not None and role["ttl"] > key.public["verification_ttl"]:
+        raise GitopsError("a role's token ttl cannot be longer than the verification_ttl of the key it references",
+                          address=address, where=where, field="ttl")
+    public = {k: role[k] for k in ID_ROLE_KEYS if k != "client_id" or role[k]}
+    return DesiredRole(name=name, where=where, public=public, body=dict(public))
 
 
 def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredGroup:

@@ -1,5 +1,7 @@
 """``authmount export``: a server's live state as an apply file (the settings file's
-``mounts``, ``policies`` and ``token_roles``), from authmount, Vault or OpenBao (the same API).
+``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys`` and
+``identity_token_roles``), from authmount, Vault or OpenBao (the same API). An identity token
+role's ``client_id`` is always written: it is its tokens' audience, which services check.
 
 Only values that differ from a field's default are written, durations as ``20m``/``1h``.
 Secrets are never readable: each one that is set is written as ``${env:NAME}``, which
@@ -20,9 +22,19 @@ from plugin import registry
 from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS, KEY_SOURCES, PROVIDER_SECRETS
 from plugin.path_role import ROLE_FIELDS, Role
 from plugin.schema import Field, FieldType
-from server.gitops.desired import CONFIG_KEYS, ROLE_KEYS, TOKEN_ROLE_DEFAULTS, TOKEN_ROLE_KEYS, TUNE_KEYS, empty
+from server.gitops.desired import (
+    CONFIG_KEYS,
+    ID_KEY_KEYS,
+    ID_ROLE_KEYS,
+    ROLE_KEYS,
+    TOKEN_ROLE_DEFAULTS,
+    TOKEN_ROLE_KEYS,
+    TUNE_KEYS,
+    empty,
+)
 from server.gitops.live import Server
 from server.gitops.plan import live_identity, made_by_login, managed_alias
+from server.identity import oidc
 from server.mounts import MOUNT_CONFIG_FIELDS
 from server.tokens import roles as token_roles
 
@@ -151,6 +163,17 @@ async def export_state(server: Server) -> Export:
             entities[name] = _entity(data, f"entities.{name}", out)
     if entities:
         out.document["entities"] = entities
+    for section, path, fields, keys in (("identity_token_keys", "identity/oidc/key", oidc.KEY_FIELDS, ID_KEY_KEYS),
+                                        ("identity_token_roles", "identity/oidc/role", oidc.ROLE_FIELDS, ID_ROLE_KEYS)):
+        declared: dict[str, Any] = {}
+        for name in sorted(await server.keys(path)):
+            data = await server.read(f"{path}/{name}")
+            if data is not None:
+                declared[name] = {k: _value(fields[k], data[k]) for k in keys
+                                  if k in data and (k == "client_id" or _differs(data[k], fields[k].default_value()))}
+                _unknown(data, fields.fields, f"{section}.{name}", out)
+        if declared:
+            out.document[section] = declared
     return out
 
 

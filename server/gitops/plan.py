@@ -26,6 +26,8 @@ from server.gitops.desired import (
     CONFIG_KEYS,
     ENTITY_KEYS,
     GROUP_KEYS,
+    ID_KEY_KEYS,
+    ID_ROLE_KEYS,
     ROLE_KEYS,
     TOKEN_ROLE_DEFAULTS,
     TOKEN_ROLE_KEYS,
@@ -140,7 +142,7 @@ class Plan:
 class Target:
     """``--target kind:name``: ``mount:jwt`` (the mount, its config and its roles),
     ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``, ``token-role:ci``, ``group:ops``,
-    ``entity:alice``."""
+    ``entity:alice``, ``oidc-key:ci``, ``oidc-role:deploy``."""
 
     kind: str
     name: str
@@ -159,7 +161,8 @@ def parse_target(text: str) -> Target:
     kind, sep, name = text.partition(":")
     if not sep or not name.strip("/"):
         raise ValueError(f"invalid target {text!r}: use mount:<path>, config:<path>, role:<path>/<name>, "
-                         "policy:<name>, token-role:<name>, group:<name> or entity:<name>")
+                         "policy:<name>, token-role:<name>, group:<name>, entity:<name>, oidc-key:<name> or "
+                         "oidc-role:<name>")
     if kind in ("mount", "config"):
         return Target(kind, normalize_path(name))
     if kind == "role":
@@ -169,12 +172,12 @@ def parse_target(text: str) -> Target:
         return Target(kind, normalize_path(mount) + role.lower())
     if kind == "policy":
         return Target(kind, name.lower())
-    if kind == "token-role":
-        return Target(kind, name)  # token role names keep their case, as Vault's
+    if kind in ("token-role", "oidc-key", "oidc-role"):
+        return Target(kind, name)  # these names keep their case, as Vault's
     if kind in ("group", "entity"):
         return Target(kind, name.lower())  # names are case-insensitive, as Vault's
     raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group, "
-                     "entity")
+                     "entity, oidc-key, oidc-role")
 
 
 def _selected(targets: Sequence[Target], kind: str, name: str) -> bool:
@@ -239,6 +242,7 @@ async def make_plan(
         await _plan_mount(plan, mount, live_mounts.get(path), server, prune=prune, targets=targets)
     await _plan_groups(plan, desired, server, live_mounts, prune=prune, targets=targets)
     await _plan_entities(plan, desired, server, live_mounts, prune=prune, targets=targets)
+    await _plan_id_tokens(plan, desired, server, prune=prune, targets=targets)
     for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
@@ -249,12 +253,14 @@ async def make_plan(
             plan.changes.append(Change("delete", "mount", address, "", _disable(path), mount=path))
         else:
             plan.extras.append(address)
-    # Deletions last: roles of kept mounts, token roles and groups, then mounts, then policies.
-    last = {("delete", "mount"): 1, ("delete", "policy"): 2}
+    # Deletions last: roles of kept mounts, token roles, groups and identity token roles, then
+    # identity token keys (a key a role uses is not deleted) and mounts, then policies.
+    last = {("delete", "mount"): 1, ("delete", "oidc-key"): 1, ("delete", "policy"): 2}
     plan.changes.sort(key=lambda c: last.get((c.action, c.kind), 0))
     known = [("policy", n) for n in desired.policies] + [("mount", p) for p in live_mounts]
     known += [("token-role", n) for n in desired.token_roles] + [("group", n) for n in desired.groups]
     known += [("entity", n) for n in desired.entities]
+    known += [("oidc-key", n) for n in desired.id_token_keys] + [("oidc-role", n) for n in desired.id_token_roles]
     for mount in desired.mounts.values():
         known += [("mount", mount.path), *_children(mount)]
     for address in [c.address for c in plan.changes] + plan.extras:
@@ -320,6 +326,37 @@ async def _plan_token_roles(
     for name in sorted(live_names - set(desired.token_roles)):
         if _selected(targets, "token-role", name):
             _undeclared(plan, "token-role", name, f"auth/token/roles/{name}", prune=prune)
+
+
+#: (kind, API path, declared fields, what a new one has) of identity token keys, then roles.
+_ID_TOKEN_KINDS = (("oidc-key", "identity/oidc/key", ID_KEY_KEYS), ("oidc-role", "identity/oidc/role", ID_ROLE_KEYS))
+
+
+async def _plan_id_tokens(
+    plan: Plan, desired: Desired, server: Server, *, prune: bool, targets: Sequence[Target]
+) -> None:
+    """Identity token keys, then roles (a role names its key). The ``default`` key is the
+    server's (made for the first role that names it, never deleted): declared, it is updated;
+    undeclared, it is left alone. A role's ``client_id`` is compared only where declared."""
+    for kind, path, keys in _ID_TOKEN_KINDS:
+        declared = desired.id_token_keys if kind == "oidc-key" else desired.id_token_roles
+        live_names = set(await server.keys(path))
+        for name, obj in declared.items():
+            if not _selected(targets, kind, name):
+                continue
+            address, where = f"{kind} {name}", f"{path}/{name}"
+            current = await server.read(where) if name in live_names else None
+            compared = [k for k in keys if k in obj.public]
+            if current is None:
+                fields = _created(compared, obj.public, {})
+                plan.changes.append(Change("create", kind, address, obj.where, _write(where, obj.body), fields))
+                continue
+            fields = _diff(compared, current, obj.public)
+            if fields:
+                plan.changes.append(Change("update", kind, address, obj.where, _write(where, obj.body), fields))
+        for name in sorted(live_names - set(declared)):
+            if _selected(targets, kind, name) and not (kind == "oidc-key" and name == "default"):
+                _undeclared(plan, kind, name, f"{path}/{name}", prune=prune)
 
 
 async def live_identity(server: Server, kind: str, name: str) -> dict[str, Any] | None:

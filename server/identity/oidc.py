@@ -45,13 +45,14 @@ from server.identity.token_template import Alias, Who, check_template, fill
 if TYPE_CHECKING:
     from server.identity.backend import IdentityBackend
 
-__all__ = ["CONFIG_KEY", "ROLE_PREFIX", "paths", "issuer_of"]
+__all__ = ["CONFIG_KEY", "DEFAULT_KEY", "KEY_FIELDS", "NAME_RE", "ROLE_FIELDS", "ROLE_PREFIX", "changed_key",
+           "changed_role", "issuer_of", "paths"]
 
 CONFIG_KEY = OIDC_PREFIX + "config"
 ROLE_PREFIX = OIDC_PREFIX + "role/"
 DEFAULT_KEY = "default"
 #: Vault's ``framework.GenericNameRegex``.
-_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+NAME_RE = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 _DAY = 86400
 #: Vault's go-jose leeway on ``exp``, ``nbf`` and ``iat`` at introspection.
 _LEEWAY = 60
@@ -96,6 +97,47 @@ _INTROSPECT_FIELDS = FieldSet({
 def issuer_of(configured: str, api_addr: str) -> str:
     """The tokens' ``iss``: the configured issuer, else ``api_addr``, then ``/v1/identity/oidc``."""
     return (configured or api_addr) + "/v1/identity/oidc"
+
+
+def changed_key(old: NamedKey | None, values: dict[str, Any]) -> NamedKey:
+    """The key a write of ``values`` makes of ``old`` (None: a new key, the defaults filled
+    in), its own checks passed (the roles that use it are the caller's to check).
+
+    :raises InvalidRequest: Vault's texts.
+    """
+    key = NamedKey.from_storage(old.to_storage()) if old is not None else NamedKey()
+    for field_name, default in KEY_FIELDS.public({}).items():
+        if field_name in values:
+            setattr(key, field_name, values[field_name])
+        elif old is None:
+            setattr(key, field_name, default)
+    if key.rotation_period < 60:
+        raise InvalidRequest("rotation_period must be at least one minute")
+    if key.verification_ttl > 10 * key.rotation_period:
+        raise InvalidRequest("verification_ttl cannot be longer than 10x rotation_period")
+    if key.algorithm not in ALGORITHMS:
+        raise InvalidRequest(f'unknown signing algorithm "{key.algorithm}"')
+    return key
+
+
+def changed_role(old: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any]:
+    """The role a write of ``values`` makes of ``old`` (None: a new role): ``key`` required,
+    the template checked (its key's existence and TTL are the caller's to check; a
+    ``client_id`` not given stays as it was, empty for a new role).
+
+    :raises InvalidRequest: Vault's texts (the template's: ``token_template``).
+    """
+    role = dict(old) if old is not None else ROLE_FIELDS.public({})
+    for name in ("key", "ttl"):
+        if name in values:
+            role[name] = values[name]
+    if not role["key"]:
+        raise InvalidRequest("the key parameter is required")
+    if "template" in values:
+        role["template"] = check_template(values["template"])
+    if values.get("client_id"):
+        role["client_id"] = values["client_id"]
+    return role
 
 
 def _check_issuer(issuer: str) -> None:
@@ -255,23 +297,12 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
     async def write_key(req: Request, values: dict[str, Any]) -> None:
         name = values["name"]
         old = await load_key(name)
-        key = NamedKey.from_storage(old.to_storage()) if old is not None else NamedKey()
-        for field_name, default in KEY_FIELDS.public({}).items():
-            if field_name in values:
-                setattr(key, field_name, values[field_name])
-            elif old is None:
-                setattr(key, field_name, default)
-        if key.rotation_period < 60:
-            raise InvalidRequest("rotation_period must be at least one minute")
-        if key.verification_ttl > 10 * key.rotation_period:
-            raise InvalidRequest("verification_ttl cannot be longer than 10x rotation_period")
+        key = changed_key(old, values)
         if old is not None:
             for role in (await roles()).values():
                 if role.get("key") == name and int(role.get("ttl", 0)) > key.verification_ttl:
                     raise InvalidRequest(f'unable to update key "{name}" because it is currently referenced by one '
                                          f"or more roles with a token ttl greater than {key.verification_ttl} seconds")
-        if key.algorithm not in ALGORITHMS:
-            raise InvalidRequest(f'unknown signing algorithm "{key.algorithm}"')
         now = time.time()
         if not key.next_rotation or now + key.rotation_period < key.next_rotation:
             key.next_rotation = now + key.rotation_period
@@ -342,26 +373,15 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
 
     async def write_role(req: Request, values: dict[str, Any]) -> None:
         name = values["name"]
-        old = await load_role(name)
-        role = dict(old) if old is not None else ROLE_FIELDS.public({})
-        if "key" in values:
-            role["key"] = values["key"]
-        if not role["key"]:
-            raise InvalidRequest("the key parameter is required")
+        role = changed_role(await load_role(name), values)
         if role["key"] == DEFAULT_KEY:
             await ensure_default_key()
-        if "template" in values:
-            role["template"] = check_template(values["template"])
-        if "ttl" in values:
-            role["ttl"] = values["ttl"]
         key = await load_key(role["key"])
         if key is None:
             raise InvalidRequest(f'cannot find key "{role["key"]}"')
         if role["ttl"] > key.verification_ttl:
             raise InvalidRequest("a role's token ttl cannot be longer than the verification_ttl of the key it "
                                  "references")
-        if values.get("client_id"):
-            role["client_id"] = values["client_id"]
         if not role["client_id"]:
             role["client_id"] = "".join(secrets.choice(_CLIENT_ID_CHARS) for _ in range(26))
         await storage().put(ROLE_PREFIX + name, role)
@@ -486,18 +506,18 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         PathSpec("oidc/config/?", _CONFIG_FIELDS, {Operation.READ: read_config, Operation.UPDATE: write_config},
                  "Read or set the issuer of identity tokens."),
         PathSpec("oidc/key/?", FieldSet({}), {Operation.LIST: list_keys}, "List the named keys."),
-        PathSpec(f"oidc/key/(?P<name>{_NAME})/rotate/?", ROTATE_FIELDS, {Operation.UPDATE: rotate_key},
+        PathSpec(f"oidc/key/(?P<name>{NAME_RE})/rotate/?", ROTATE_FIELDS, {Operation.UPDATE: rotate_key},
                  "Rotate a named key now."),
-        PathSpec(f"oidc/key/(?P<name>{_NAME})", KEY_FIELDS,
+        PathSpec(f"oidc/key/(?P<name>{NAME_RE})", KEY_FIELDS,
                  {Operation.READ: read_key, Operation.CREATE: write_key, Operation.UPDATE: write_key,
                   Operation.DELETE: delete_key}, "Create, read, update or delete a named signing key.",
                  existence_check=key_exists),
         PathSpec("oidc/role/?", FieldSet({}), {Operation.LIST: list_roles}, "List the identity token roles."),
-        PathSpec(f"oidc/role/(?P<name>{_NAME})", ROLE_FIELDS,
+        PathSpec(f"oidc/role/(?P<name>{NAME_RE})", ROLE_FIELDS,
                  {Operation.READ: read_role, Operation.CREATE: write_role, Operation.UPDATE: write_role,
                   Operation.DELETE: delete_role}, "Create, read, update or delete an identity token role.",
                  existence_check=role_exists),
-        PathSpec(f"oidc/token/(?P<name>{_NAME})", _TOKEN_FIELDS, {Operation.READ: token},
+        PathSpec(f"oidc/token/(?P<name>{NAME_RE})", _TOKEN_FIELDS, {Operation.READ: token},
                  "An identity token for the calling token's entity, signed with the role's key."),
         PathSpec(r"oidc/\.well-known/openid-configuration/?", FieldSet({}), {Operation.READ: discovery},
                  "The discovery document of identity tokens (needs no token).", unauthenticated=True),

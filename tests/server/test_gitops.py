@@ -21,6 +21,7 @@ from server.gitops import (
     dump_yaml,
     export_state,
     from_sections,
+    from_settings,
     make_plan,
     parse_target,
 )
@@ -65,8 +66,7 @@ def document(**changes: Any) -> dict[str, Any]:
 
 def desired(doc: dict[str, Any], secret: str = SECRET) -> Desired:
     settings = settings_from_mapping(doc)
-    return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
-                         entities=settings.entities, source="gitops.yaml", env={"HMAC_SECRET": secret})
+    return from_settings(settings, source="gitops.yaml", env={"HMAC_SECRET": secret})
 
 
 @pytest.fixture
@@ -814,3 +814,96 @@ async def test_a_member_group_that_is_nowhere_is_refused_before_any_write(server
     with pytest.raises(GitopsError, match=re.escape("groups.g.member_groups: no group ghost on the server or in the file")):
         await make_plan(desired(document(groups={"g": {"member_groups": ["ghost"]}})), server)
     assert (await client.get("/v1/identity/group/name/g", headers=H)).status == 404
+
+
+# -- identity tokens -----------------------------------------------------------------------------
+ID_KEYS: dict[str, dict[str, Any]] = {
+    "ci": {"algorithm": "ES256", "allowed_client_ids": ["deploy-service"], "verification_ttl": "2h"},
+}
+ID_ROLES: dict[str, dict[str, Any]] = {
+    "deploy": {"key": "ci", "client_id": "deploy-service", "ttl": "1h",
+               "template": '{"groups": {{identity.entity.groups.names}}}'},
+    "Open": {"key": "default"},  # no client_id: the server makes one up, and apply keeps it
+}
+
+
+async def test_identity_tokens_are_applied_compared_and_pruned(server: HttpServer, client: Client) -> None:
+    """Identity token keys and roles: created (keys first), then no changes (a role's made-up
+    client_id is not compared), drift corrected, undeclared ones pruned (roles before their
+    key; the server's default key never)."""
+    doc = {"identity_token_keys": ID_KEYS, "identity_token_roles": ID_ROLES}
+    plan = await applied(server, doc)
+    assert [(c.action, c.address) for c in plan.changes] == [
+        ("create", "oidc-key ci"), ("create", "oidc-role deploy"), ("create", "oidc-role Open")]
+    assert fields_of(plan, "oidc-key ci")["verification_ttl"] == ("", "7200")
+    key = (await (await client.get("/v1/identity/oidc/key/ci", headers=H)).json())["data"]
+    assert key == {"algorithm": "ES256", "allowed_client_ids": ["deploy-service"], "rotation_period": 86400,
+                   "verification_ttl": 7200}
+    made_up = (await (await client.get("/v1/identity/oidc/role/Open", headers=H)).json())["data"]["client_id"]
+    assert len(made_up) == 26
+    assert (await make_plan(desired(doc), server)).changes == []
+    await client.post("/v1/identity/oidc/role/deploy", headers=H, json={"ttl": "30m"})
+    await client.post("/v1/identity/oidc/key/extra", headers=H, json={})
+    await client.post("/v1/identity/oidc/role/extra", headers=H, json={"key": "extra"})
+    plan = await make_plan(desired(doc), server)
+    assert fields_of(plan, "oidc-role deploy") == {"ttl": ("1800", "3600")}
+    assert plan.extras == ["oidc-key extra", "oidc-role extra"]
+    pruned = await make_plan(desired(doc), server, prune=True)
+    deletes = [c.address for c in pruned.changes if c.action == "delete"]
+    assert deletes == ["oidc-role extra", "oidc-key extra"]  # the role first: a key in use is not deleted
+    await apply_plan(pruned, server)
+    assert (await make_plan(desired(doc), server, prune=True)).changes == []
+    keys = (await (await client.request("LIST", "/v1/identity/oidc/key", headers=H)).json())["data"]["keys"]
+    assert keys == ["ci", "default"]
+    role = (await (await client.get("/v1/identity/oidc/role/Open", headers=H)).json())["data"]
+    assert role["client_id"] == made_up
+    narrowed = await make_plan(desired({"identity_token_roles": {"deploy": ID_ROLES["deploy"]}}), server, prune=True,
+                               targets=[parse_target("oidc-role:Open")])
+    assert [(c.action, c.address) for c in narrowed.changes] == [("delete", "oidc-role Open")]
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"identity_token_keys": {"k": {"algorithm": "HS256"}}},
+     'gitops.yaml: identity_token_keys.k: unknown signing algorithm "HS256"'),
+    ({"identity_token_keys": {"k": {"rotation_period": "30s"}}}, "rotation_period must be at least one minute"),
+    ({"identity_token_keys": {"k": {"algorith": "ES256"}}}, "algorith: did you mean algorithm?"),
+    ({"identity_token_keys": {"a b": {}}}, "invalid key name 'a b'"),
+    ({"identity_token_roles": {"r": {"ttl": "1h"}}}, "identity_token_roles.r: the key parameter is required"),
+    ({"identity_token_roles": {"r": {"key": "default", "template": '{"iss": 1}'}}}, 'top level key "iss" not allowed'),
+    ({"identity_token_keys": {"k": {"verification_ttl": "1h"}}, "identity_token_roles": {"r": {"key": "k"}}},
+     "identity_token_roles.r.ttl: a role's token ttl cannot be longer than the verification_ttl of the key"),
+])
+async def test_an_invalid_identity_token_object_is_refused_before_any_write(
+    server: HttpServer, client: Client, doc: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(GitopsError) as exc:
+        desired(doc)
+    assert message in str(exc.value)
+    assert (await client.request("LIST", "/v1/identity/oidc/key", headers=H)).status == 404
+
+
+async def test_identity_tokens_export_and_apply_round_trip(server: HttpServer, client: Client) -> None:
+    """An export keeps every role's client_id (its tokens' audience, which services check)."""
+    await applied(server, {"identity_token_keys": ID_KEYS, "identity_token_roles": ID_ROLES})
+    exported = await export_state(server)
+    made_up = exported.document["identity_token_roles"]["Open"]["client_id"]
+    assert exported.document["identity_token_keys"] == {
+        "ci": {"algorithm": "ES256", "allowed_client_ids": ["deploy-service"], "verification_ttl": "2h"},
+        "default": {"allowed_client_ids": ["*"]},
+    }
+    assert exported.document["identity_token_roles"] == {
+        "Open": {"key": "default", "client_id": made_up},
+        "deploy": {"key": "ci", "client_id": "deploy-service", "ttl": "1h",
+                   "template": '{"groups": {{identity.entity.groups.names}}}'},
+    }
+    assert (await make_plan(desired(exported.document), server)).changes == []
+
+
+async def test_the_settings_identity_tokens_are_applied_at_start(aiohttp_client: AiohttpClient) -> None:
+    base = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT,
+                    identity_token_keys=ID_KEYS, identity_token_roles=ID_ROLES)
+    client: Client = await aiohttp_client(make_test_server(create_app(base)))
+    role = (await (await client.get("/v1/identity/oidc/role/deploy", headers=H)).json())["data"]
+    assert (role["key"], role["client_id"], role["ttl"]) == ("ci", "deploy-service", 3600)
+    keys = (await (await client.get("/v1/identity/oidc/.well-known/keys")).json())["keys"]
+    assert sorted(k["kty"] for k in keys) == ["EC", "EC", "RSA", "RSA"]
