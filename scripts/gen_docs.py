@@ -33,6 +33,8 @@ from plugin.token_fields import TOKEN_FIELDS  # noqa: E402
 from server.identity.aliases import ALIAS_FIELDS  # noqa: E402
 from server.identity.entities import LOOKUP_FIELDS  # noqa: E402
 from server.identity.groups import GROUP_FIELDS  # noqa: E402
+from server.identity.oidc import KEY_FIELDS as ID_KEY_FIELDS  # noqa: E402
+from server.identity.oidc import ROLE_FIELDS as ID_ROLE_FIELDS  # noqa: E402
 from server.mounts import TUNE_FIELDS  # noqa: E402
 from server.settings import documented_settings  # noqa: E402
 
@@ -139,6 +141,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "identity-group": lambda: render_table(GROUP_FIELDS),
     "identity-group-alias": lambda: render_table(ALIAS_FIELDS),
     "identity-lookup": lambda: render_table(LOOKUP_FIELDS),
+    "identity-token-key": lambda: render_table(ID_KEY_FIELDS),
+    "identity-token-role": lambda: render_table(ID_ROLE_FIELDS),
     "settings": render_settings,
     "tune": lambda: render_table(TUNE_FIELDS),
     "example-dev": _example("dev"),

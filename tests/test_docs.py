@@ -20,6 +20,8 @@ from server import settings as settings_mod
 from server.identity.aliases import ALIAS_FIELDS
 from server.identity.entities import LOOKUP_FIELDS
 from server.identity.groups import GROUP_FIELDS
+from server.identity.oidc import KEY_FIELDS as ID_KEY_FIELDS
+from server.identity.oidc import ROLE_FIELDS as ID_ROLE_FIELDS
 from server.mounts import TUNE_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,9 +88,11 @@ def test_hand_written_text_outside_markers_is_kept() -> None:
     [
         (CONFIG_FIELDS, "config"), (ROLE_FIELDS, "role"), (TUNE_FIELDS, "tune"), (CEL_ROLE_FIELDS, "cel-role"),
         (CEL_LOGIN_FIELDS, "cel-login"), (GROUP_FIELDS, "identity-group"), (ALIAS_FIELDS, "identity-group-alias"),
-        (LOOKUP_FIELDS, "identity-lookup"),
+        (LOOKUP_FIELDS, "identity-lookup"), (ID_KEY_FIELDS, "identity-token-key"),
+        (ID_ROLE_FIELDS, "identity-token-role"),
     ],
-    ids=["config", "role", "tune", "cel-role", "cel-login", "identity-group", "identity-group-alias", "identity-lookup"],
+    ids=["config", "role", "tune", "cel-role", "cel-login", "identity-group", "identity-group-alias", "identity-lookup",
+         "identity-token-key", "identity-token-role"],
 )
 def test_every_field_has_a_row(fields: FieldSet, section: str) -> None:
     text = _read("configuration.md")
@@ -217,7 +221,7 @@ CONFIG_MODULES = (
     "plugin/path_config.py", "plugin/path_role.py", "plugin/schema.py", "plugin/client_auth.py",
     # identity/ writes and lookups
     "server/identity/store.py", "server/identity/groups.py", "server/identity/aliases.py",
-    "server/identity/entities.py",
+    "server/identity/entities.py", "server/identity/oidc.py", "server/identity/token_template.py",
 )
 
 _CONSTRUCTORS = {
@@ -236,6 +240,7 @@ _VALUE_ERROR_SCOPES: dict[str, set[str] | None] = {
     "plugin/schema.py": None,  # Field validation failed: ...: <reason>
     "plugin/claim_sources.py": None,  # error resolving distributed claims: <reason>
     "plugin/client_auth.py": None,  # invalid oidc_client_private_key: <reason>
+    "server/identity/token_template.py": {"_value"},  # error parsing template: <reason>
 }
 
 #: (module, fragment) pairs deliberately left out of the troubleshooting doc, with why.

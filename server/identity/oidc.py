@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import structlog
+
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.jose_verify import keys_from_jwks, parse_token, verify_signature
@@ -44,6 +46,8 @@ from server.identity.token_template import Alias, Who, check_template, fill
 
 if TYPE_CHECKING:
     from server.identity.backend import IdentityBackend
+
+log = structlog.get_logger("authmount.identity")
 
 __all__ = ["CONFIG_KEY", "DEFAULT_KEY", "KEY_FIELDS", "NAME_RE", "ROLE_FIELDS", "ROLE_PREFIX", "changed_key",
            "changed_role", "issuer_of", "paths"]
@@ -248,7 +252,12 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
 
         raw = await storage().update(KEY_PREFIX + name, rotate)
         changed()
-        return NamedKey.from_storage(raw) if isinstance(raw, dict) else None
+        if not isinstance(raw, dict):
+            return None
+        rotated = NamedKey.from_storage(raw)
+        if rotated.next.get("kid") == upcoming.kid:  # this node's rotation, not another's
+            log.info("identity_key_rotated", key=name, signing_kid=rotated.signing["kid"], reason="due")
+        return rotated
 
     async def ensure_default_key() -> None:
         if await load_key(DEFAULT_KEY) is not None:
@@ -364,8 +373,9 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             current.rotate(upcoming, sealer, name, now, values.get("verification_ttl"))
             return current.to_storage()
 
-        await storage().update(KEY_PREFIX + name, rotate)
+        raw = await storage().update(KEY_PREFIX + name, rotate)
         changed()
+        log.info("identity_key_rotated", key=name, signing_kid=raw["signing"]["kid"], reason="requested")
 
     # -- roles -----------------------------------------------------------------------------
     async def role_exists(req: Request, values: dict[str, Any]) -> bool:

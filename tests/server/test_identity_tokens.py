@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt as pyjwt
@@ -313,3 +314,22 @@ def test_template_fills_every_directive_as_json() -> None:
         "alias": "alice", "aid": "al1", "am": {"m": "1"}, "ac": "2", "other": "", "in": 4600, "ago": 970}
     encoded = base64.b64encode(b'{"a": {{identity.entity.id}}}').decode()
     assert check_template(encoded) == '{"a": {{identity.entity.id}}}'
+
+
+async def test_identity_tokens_never_reach_the_audit_log_in_clear(api: Api, tmp_path: Path) -> None:
+    """The audit log holds the HMAC of a token it answers or is sent to introspect, never
+    the JWT (nor its signature, which alone would let no one forge it, but is the token's)."""
+    log = tmp_path / "audit.log"
+    await api.ok("POST", "sys/audit/file", {"type": "file", "options": {"file_path": str(log)}})
+    await api.ok("POST", "identity/oidc/role/ci", {"key": "default", "client_id": "svc"})
+    auth = await api.login("alice", [])
+    token = (await _token(api, "ci", auth["client_token"]))["token"]
+    resp = await api.client.post("/v1/identity/oidc/introspect", json={"token": token}, headers={"X-Vault-Token": ROOT})
+    assert (await resp.json()) == {"active": True}
+    text = log.read_text()
+    entries = [json.loads(line) for line in text.splitlines()]
+    issued = [e for e in entries if e["type"] == "response" and e["request"]["path"] == "identity/oidc/token/ci"]
+    assert issued and issued[0]["response"]["data"]["token"].startswith("hmac-sha256:")
+    sent = [e for e in entries if e["type"] == "request" and e["request"]["path"] == "identity/oidc/introspect"]
+    assert sent and sent[0]["request"]["data"]["token"].startswith("hmac-sha256:")
+    assert token.split(".")[2] not in text and token.split(".")[1] not in text
