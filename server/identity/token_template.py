@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plugin.errors import InvalidRequest
+from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
 from plugin.schema import parse_duration
 
 __all__ = ["RESERVED_CLAIMS", "Who", "check_template", "fill", "stored_template"]
@@ -157,8 +158,11 @@ def fill(template: str, who: Who, now: int) -> dict[str, Any]:
         except ValueError as exc:
             raise InvalidRequest(f"error parsing template: {exc}") from None
         out += [json.dumps(value), after]
+    text = "".join(out)
+    if too_deep(text):
+        raise InvalidRequest(f"error parsing template JSON: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        claims = json.loads("".join(out))
+        claims = json.loads(text)
     except ValueError as exc:
         raise InvalidRequest(f"error parsing template JSON: {exc}") from None
     if not isinstance(claims, dict):

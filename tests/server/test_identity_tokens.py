@@ -251,6 +251,8 @@ async def test_tokens_need_an_entity_a_policy_and_an_allowed_client(api: Api) ->
      'top level key "sub" not allowed. Restricted keys: ' + ", ".join(RESERVED_CLAIMS)),
     ("identity/oidc/role/r", {"key": "default", "template": "[1]"},
      "error parsing template JSON: the template must be a JSON object"),
+    ("identity/oidc/role/r", {"key": "default", "template": '{"a": ' + "[" * 5000 + "]" * 5000 + "}"},
+     "error parsing template JSON: nested deeper than 64 levels"),
     ("identity/oidc/role/r", {"key": "default", "template": '{"a": {{identity.entity.id}'},
      "error parsing template: unbalanced templating characters"),
     ("identity/oidc/role/r", {"key": "default", "template": '{"a": {{identity.entity.nope}}}'},
