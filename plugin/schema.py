@@ -36,6 +36,7 @@ class FieldType(Enum):
     LOWER_STRING = "lowercase_string"
     BOOL = "bool"
     INT = "int"
+    FLOAT = "float"
     COMMA_STRING_SLICE = "comma_string_slice"
     DURATION = "duration_second"
     SIGNED_DURATION = "signed_duration_second"
@@ -52,6 +53,7 @@ _OPENAPI_TYPES: dict[FieldType, dict[str, Any]] = {
     FieldType.NAME: {"type": "string"},
     FieldType.BOOL: {"type": "boolean"},
     FieldType.INT: {"type": "integer"},
+    FieldType.FLOAT: {"type": "number"},
     FieldType.COMMA_STRING_SLICE: {"type": "array", "items": {"type": "string"}},
     # Seconds, or a Go duration ("1h30m", "90s") or days ("2d"); not JSON Schema's ISO 8601
     # "duration" format ("PT1H"), which the server does not read.
@@ -383,6 +385,18 @@ def _coerce(ftype: FieldType, raw: Any) -> Any:
         if not _INT_MIN <= number <= _INT_MAX:
             raise ValueError("integer out of range")
         return number
+    if ftype is FieldType.FLOAT:  # Vault's TypeFloat: a number, or a string that parses as one
+        if isinstance(raw, bool):
+            raise ValueError("boolean is not a number")
+        if isinstance(raw, (int, float)):
+            real = float(raw)
+        elif isinstance(raw, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d{1,3})?\s*", raw):
+            real = float(raw)
+        else:
+            raise ValueError("cannot parse as a number")
+        if not math.isfinite(real):
+            raise ValueError("number out of range")
+        return real
     if ftype is FieldType.COMMA_STRING_SLICE:
         if raw is None:
             return []

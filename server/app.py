@@ -27,6 +27,7 @@ from server.appkeys import (
     MOUNTS,
     NODE,
     POLICIES,
+    QUOTAS,
     RELOAD_HOOKS,
     ROOT_TOKEN,
     SETTINGS,
@@ -39,11 +40,13 @@ from server.diagnostics import LOG_HUB, LogRelay
 from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan, from_settings, make_plan
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
+from server.http.ratelimit_shared import inherited_table
 from server.http.routes import setup_routes
 from server.identity.store import IdentityStore, MountRef
 from server.keyring import ENV_KEY, KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
 from server.mounts import MountEntry, MountTable, normalize_path
 from server.nodes import Node
+from server.quotas import Quotas
 from server.reload import ReloadHook, reload_log_level, reload_rate_limits
 from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
@@ -136,6 +139,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
         policies.identity = identity.template_view  # fills the identity templates of policies
         fetcher = AiohttpFetcher()
         audit = AuditBroker(storage, keyring)
+        quotas = Quotas(storage, shared_fd=inherited_table())
         mounts: MountTable | None = None
         gauges: asyncio.Task[None] | None = None
         node: Node | None = None
@@ -156,6 +160,8 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             mounts_ref.append(mounts)
             await mounts.load()
             await identity.load()
+            await quotas.load()
+            app[QUOTAS] = quotas
             app[STORAGE], app[TOKENS], app[POLICIES], app[MOUNTS], app[FETCHER] = storage, tokens, policies, mounts, fetcher
             app[IDENTITY] = identity
             app[KEYRING] = keyring
@@ -163,7 +169,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             cluster = await storage.update(CLUSTER_KEY, lambda old: old or {"id": str(uuid.uuid4())})
             app[CLUSTER_ID] = cluster["id"]
             await versions.record(storage)
-            _watch(storage, mounts, policies, tokens, keyring, identity, audit)
+            _watch(storage, mounts, policies, tokens, keyring, identity, audit, quotas)
             await seed(app)
             await seed_audit(app, settings)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
@@ -191,6 +197,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             await fetcher.close()
             await tokens.close()
             await identity.close()
+            await quotas.close()
             if given_storage is None:
                 await storage.close()
             log.info("server_stopped", storage_closed=given_storage is None)
@@ -224,7 +231,7 @@ def _mount_ref(table: list[MountTable], accessor: str) -> MountRef | None:
 
 def _watch(
     storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring,
-    identity: IdentityStore, audit: AuditBroker,
+    identity: IdentityStore, audit: AuditBroker, quotas: Quotas,
 ) -> None:
     """Route other nodes' writes to the caches that depend on them."""
     reloads: set[asyncio.Task[None]] = set()
@@ -235,6 +242,7 @@ def _watch(
         tokens.invalidate(key)
         audit.invalidate(key)
         identity.invalidate(key)
+        quotas.invalidate(key)
         if key in (KEYRING_KEY, ""):  # another node rotated the keyring
             task = asyncio.get_running_loop().create_task(keyring.reload(storage))
             reloads.add(task)

@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from server.keyring import Keyring
     from server.mounts import MountTable
     from server.nodes import Node
+    from server.quotas import Quotas
     from server.settings import Settings
     from server.storage import Engine
     from server.tokens.store import TokenStore
 
 __all__ = [
-    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT",
+    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "QUOTAS",
     "CLUSTER_ID", "LISTEN_ADDRESS", "NODE", "AUDIT", "RELOAD_HOOKS", "REQUEST_HANDLER", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
 ]
 
@@ -31,6 +32,8 @@ TOKENS: web.AppKey[TokenStore] = web.AppKey("tokens")
 POLICIES: web.AppKey[PolicyStore] = web.AppKey("policies")
 IDENTITY: web.AppKey[IdentityStore] = web.AppKey("identity")
 MOUNTS: web.AppKey[MountTable] = web.AppKey("mounts")
+#: The rate limit quotas (server.quotas.Quotas).
+QUOTAS: web.AppKey[Quotas] = web.AppKey("quotas")
 FETCHER: web.AppKey[AiohttpFetcher] = web.AppKey("fetcher")
 #: The root token created at this start (first start or dev mode), else None. Never logged.
 ROOT_TOKEN: web.AppKey[str | None] = web.AppKey("root_token")

@@ -208,6 +208,10 @@ AUDIT_LOG_RESPONSE_FAILURE = Counter(
     "vault_audit_log_response_failure", "Response entries no audit device could record (the request failed).",
     registry=REGISTRY,
 )
+QUOTA_VIOLATIONS = Counter(
+    "vault_quota_rate_limit_violation", "Requests refused by a rate limit quota (sys/quotas/rate-limit), by quota.",
+    ["name"], registry=REGISTRY,
+)
 TOKEN_CREATION = Counter(
     "vault_token_creation", "Tokens created, by auth method, mount, creation TTL bucket and token type.",
     ["auth_method", "mount_point", "creation_ttl", "token_type", "namespace"], registry=REGISTRY,

@@ -27,6 +27,7 @@ from server.appkeys import (
     MOUNTS,
     NODE,
     POLICIES,
+    QUOTAS,
     REMOTE_ADDR,
     REQUEST_ID,
     SETTINGS,
@@ -43,6 +44,7 @@ from server.http.reply import NO_STORE, JSONReply
 from server.keyring import Keyring
 from server.mounts import Mount, MountTable
 from server.nodes import Node
+from server.quotas import Quotas
 from server.settings import Settings
 from server.storage import Engine
 from server.sys.backend import SysBackend
@@ -466,6 +468,10 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         route = None  # the ACL judges the raw path; the backend then answers 404
     if request.query.get("help"):
         return await help_reply(request, backend, route, rel, "auth/" + entry_path)
+    quotas = request.app[QUOTAS]
+    if quotas.active:
+        role = data.get("role")
+        quotas.check("auth/" + entry_path + rel, "auth/" + entry_path, role if isinstance(role, str) else "", remote)
     if wrap_ttl is not None:
         refuse_unwrappable(route, "auth/" + entry_path + rel)
     login = route is not None and route.spec.unauthenticated
@@ -566,6 +572,10 @@ class AppCore:
     def node(self) -> Node:
         return self._app[NODE]
 
+    @property
+    def quotas(self) -> Quotas:
+        return self._app[QUOTAS]
+
 
 def builtin_handler(
     backend: Backend, point: str, kind: str, acl: Callable[[Route], str]
@@ -600,6 +610,9 @@ def builtin_handler(
         if wrap_ttl is not None:
             refuse_unwrappable(route, point + rel)
         req.path = route.path
+        quotas = request.app[QUOTAS]
+        if quotas.active:
+            quotas.check(point + req.path, point, "", remote_addr(request))
         spec = route.spec
         # The status paths that need no token are not audited (as in Vault).
         exchange = Exchange(request, req, point + req.path, mount=None, login=False,

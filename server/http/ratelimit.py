@@ -71,7 +71,8 @@ class TokenBuckets:
     """Token buckets by key: ``rate`` tokens per second, at most ``burst`` saved up."""
 
     def __init__(
-        self, rate: float, burst: int, *, max_keys: int = MAX_TRACKED_IPS, clock: Callable[[], float] = time.monotonic
+        self, rate: float, burst: int, *, max_keys: int = MAX_TRACKED_IPS, clock: Callable[[], float] = time.monotonic,
+        block_max: float = 0.0,
     ) -> None:
         if rate <= 0 or burst < 1 or max_keys < 1:
             raise ValueError("rate must be > 0, burst and max_keys >= 1")
@@ -79,16 +80,19 @@ class TokenBuckets:
         self.burst = float(burst)
         self.max_keys = max_keys
         self._clock = clock
-        # An empty bucket is full again after this long: an older one need not be kept.
-        self._refill_time = self.burst / self.rate
+        # An empty bucket (or one blocked for ``block_max``) is full again after this long: an
+        # older one need not be kept.
+        self._refill_time = self.burst / self.rate + block_max
         #: key -> [tokens left, time of the last request]; least recently used first.
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: str) -> float:
-        """Spend one token of ``key``: 0.0 when allowed, else the seconds until one is there."""
+    def take(self, key: str, block: float = 0.0) -> float:
+        """Spend one token of ``key``: 0.0 when allowed, else the seconds until one is there.
+        ``block``: a refusal empties the bucket so far below that the next token comes only
+        ``block`` seconds later (a rate limit quota's ``block_interval``)."""
         now = self._clock()
         buckets = self._buckets
         bucket = buckets.get(key)
@@ -104,6 +108,8 @@ class TokenBuckets:
         if tokens >= 1.0:
             bucket[0] = tokens - 1.0
             return 0.0
+        if block:
+            tokens = min(tokens, 1.0 - block * self.rate)
         bucket[0] = tokens
         return (1.0 - tokens) / self.rate
 

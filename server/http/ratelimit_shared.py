@@ -68,13 +68,14 @@ def inherited_table() -> int | None:
 class SharedTokenBuckets:
     """``TokenBuckets`` (``rate`` per second, at most ``burst``) kept in the shared table."""
 
-    def __init__(self, fd: int, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, fd: int, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
+                 block_max: float = 0.0) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0, burst >= 1")
         self.rate = float(rate)
         self.burst = float(burst)
         self._clock = clock
-        self._refill_time = self.burst / self.rate
+        self._refill_time = self.burst / self.rate + block_max
         self._fd = fd
         self._map = mmap.mmap(fd, _SIZE)
         if self._map[: len(_MAGIC)] != _MAGIC or struct.unpack_from("<I", self._map, 8)[0] != SETS:
@@ -86,8 +87,9 @@ class SharedTokenBuckets:
         h = int.from_bytes(digest, "little") or 1
         return h, _HEADER + (h % SETS) * _SET
 
-    def take(self, key: str) -> float:
-        """Spend one token of ``key``: 0.0 when allowed, else the seconds until one is there."""
+    def take(self, key: str, block: float = 0.0) -> float:
+        """Spend one token of ``key``: 0.0 when allowed, else the seconds until one is there
+        (``block``: as ``TokenBuckets.take``)."""
         h, base = self._slot(key)
         m = self._map
         fcntl.lockf(self._fd, fcntl.LOCK_EX, _SET, base, os.SEEK_SET)
@@ -105,6 +107,8 @@ class SharedTokenBuckets:
                     if tokens >= 1.0:
                         _ENTRY.pack_into(m, at, h, tokens - 1.0, now)
                         return 0.0
+                    if block:
+                        tokens = min(tokens, 1.0 - block * self.rate)
                     _ENTRY.pack_into(m, at, h, tokens, now)
                     return (1.0 - tokens) / self.rate
                 if kh == 0 or now - last >= self._refill_time:

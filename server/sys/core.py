@@ -14,6 +14,7 @@ from server.audit import AuditBroker
 from server.keyring import Keyring
 from server.mounts import MountTable
 from server.nodes import Node
+from server.quotas import Quotas
 from server.settings import Settings
 from server.storage import Engine
 from server.tokens.store import TokenStore
@@ -65,6 +66,9 @@ class SysCore(Protocol):
 
     @property
     def node(self) -> Node: ...
+
+    @property
+    def quotas(self) -> Quotas: ...
 
 
 def acl_path(route: Route) -> str:

@@ -838,3 +838,15 @@ def test_memory_storage_is_shared_by_the_workers_and_gone_when_they_stop(tmp_pat
             conn.close()
     assert srv.returncode == 0
     assert not directory.exists(), "the shared-memory directory outlived the server"
+
+
+def test_a_quota_counts_each_client_once_across_workers(workers: Workers) -> None:
+    """A rate limit quota written on A (3 requests an hour to sys/mounts) is applied by B
+    within the bound, and a client alternating between the workers gets 3 in all, not 3
+    per worker; deleting it on B frees A."""
+    workers.a.ok("POST", "sys/quotas/rate-limit/wk-mounts", body={"path": "sys/mounts", "rate": 3, "interval": "1h"})
+    assert seen_within(lambda: workers.b.call("GET", "sys/quotas/rate-limit/wk-mounts")[0] == 200) < 1.0
+    codes = [conn.call("GET", "sys/mounts")[0] for _ in range(4) for conn in (workers.a, workers.b)]
+    assert sorted(codes) == [200] * 3 + [429] * 5, codes
+    workers.b.ok("DELETE", "sys/quotas/rate-limit/wk-mounts")
+    seen_within(lambda: workers.a.call("GET", "sys/mounts")[0] == 200)
