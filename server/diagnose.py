@@ -220,7 +220,8 @@ def _seeds(settings: Settings) -> list[Check]:
     counts = {"mounts": len(settings.mounts), "policies": len(settings.policies),
               "token roles": len(settings.token_roles), "groups": len(settings.groups),
               "entities": len(settings.entities), "identity token keys": len(settings.identity_token_keys),
-              "identity token roles": len(settings.identity_token_roles)}
+              "identity token roles": len(settings.identity_token_roles),
+              "rate limit quotas": len(settings.rate_limit_quotas)}
     if not any(counts.values()):
         return []
     try:

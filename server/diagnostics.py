@@ -506,7 +506,8 @@ def host_info() -> tuple[dict[str, Any], list[str]]:
 _SECRET_SETTINGS = frozenset({"dsn"})
 #: Seeded objects (mounts, roles, policies ...): shown by name (and type), never their bodies,
 #: which may hold client secrets.
-_NAMED_SEEDS = ("policies", "token_roles", "groups", "entities", "identity_token_keys", "identity_token_roles")
+_NAMED_SEEDS = ("policies", "token_roles", "groups", "entities", "identity_token_keys", "identity_token_roles",
+                "rate_limit_quotas")
 
 
 def _plain(value: Any) -> Any:

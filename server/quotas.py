@@ -67,7 +67,9 @@ class Quota:
     def public(self) -> dict[str, Any]:
         """Vault's read of the quota."""
         return {"block_interval": self.block_interval, "inheritable": self.inheritable, "interval": self.interval,
-                "name": self.name, "path": self.mount + self.suffix, "rate": self.rate, "role": self.role,
+                "name": self.name, "path": self.mount + self.suffix,
+                # Go writes a whole float64 without a fraction: 20, not 20.0
+                "rate": int(self.rate) if self.rate.is_integer() else self.rate, "role": self.role,
                 "type": "rate-limit"}
 
     @classmethod

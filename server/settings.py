@@ -275,6 +275,10 @@ def _entities(raw: Any, key: str) -> dict[str, dict[str, Any]]:
     return _named_mappings(raw, key, "entity names")
 
 
+def _rate_limit_quotas(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    return _named_mappings(raw, key, "quota names")
+
+
 def _identity_token_keys(raw: Any, key: str) -> dict[str, dict[str, Any]]:
     return _named_mappings(raw, key, "key names")
 
@@ -596,6 +600,13 @@ class Settings:
         kind="mapping", factory=dict, parse=_identity_token_roles,
         doc="Identity token roles (`identity/oidc/role/<name>`: `{role name: key, template, ttl, client_id}`; "
             "without `client_id` the server makes one up and keeps it), applied with `mounts` (see section 5).",
+    )
+    #: ``{quota name: fields}`` written at every start.
+    rate_limit_quotas: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_rate_limit_quotas,
+        doc="Vault's rate limit quotas (`sys/quotas/rate-limit/<name>`: `{quota name: path, rate, interval, "
+            "block_interval, role, inheritable}`), applied with `mounts` (see section 5); beside `rate_limit`, the "
+            "server's own limits.",
     )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),

@@ -38,9 +38,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     """Register ``apply`` and ``export`` on the CLI's subcommands."""
     ap = sub.add_parser(
         "apply", help="make a server match a YAML file (mounts, configs, roles, policies, token roles, groups, "
-                      "entities, identity token keys and roles)",
+                      "entities, identity token keys and roles, rate limit quotas)",
         description="Compare the server with FILE (the settings file's mounts, policies, token_roles, groups, "
-                    "entities, identity_token_keys and identity_token_roles), print the plan and apply it. The token comes from VAULT_TOKEN or ~/.vault-token.",
+                    "entities, identity_token_keys, identity_token_roles and rate_limit_quotas), print the plan and "
+                    "apply it. The token comes from VAULT_TOKEN or ~/.vault-token.",
     )
     ap.add_argument("-f", "--file", "-file", required=True, metavar="FILE", help="the YAML file to apply")
     ap.add_argument("--dry-run", "-dry-run", action="store_true", help="print the plan, change nothing")
@@ -48,15 +49,15 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                     help="exit 0 when there is nothing to change, 2 when there is (1 on errors)")
     ap.add_argument("--prune", "-prune", action="store_true",
                     help="delete mounts, roles, policies, token roles, groups, entities and identity token keys and "
-                         "roles the file does not declare (else they are listed)")
+                         "roles and rate limit quotas the file does not declare (else they are listed)")
     ap.add_argument("--target", "-target", action="append", default=[], metavar="KIND:NAME",
                     help="only this object: mount:<path> (with its config and roles), config:<path>, "
                          "role:<path>/<name>, policy:<name>, token-role:<name>, group:<name>, entity:<name>, "
-                         "oidc-key:<name>, oidc-role:<name>; repeatable")
+                         "oidc-key:<name>, oidc-role:<name>, quota:<name>; repeatable")
     _connection_options(ap)
     ex = sub.add_parser(
         "export", help="write a server's mounts, configs, roles, policies, token roles, groups, entities and "
-                       "identity token keys and roles as an apply file",
+                       "identity token keys and roles and rate limit quotas as an apply file",
         description="Read authmount, Vault or OpenBao over the HTTP API and write its jwt/oidc mounts, policies and "
                     "token roles as YAML for 'authmount apply'. Secrets are written as ${env:NAME} references.",
     )

@@ -1,6 +1,6 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
-``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys`` and
-``identity_token_roles`` sections, validated by the same field schemas and checks as the API
+``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
+``identity_token_roles`` and ``rate_limit_quotas`` sections, validated by the same field schemas and checks as the API
 writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
@@ -37,6 +37,7 @@ from server.identity.groups import GROUP_FIELDS, changed_group
 from server.identity.store import DERIVED_NAME, Group, group_policies
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 from server.settings import MountSeed, Settings, SettingsError, settings_from_mapping
+from server.sys import quotas as quota_paths
 from server.tokens import roles as token_roles
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "from_settings",
     "ID_KEY_KEYS",
     "ID_ROLE_KEYS",
+    "QUOTA_KEYS",
     "ROLE_KEYS",
     "CONFIG_KEYS",
     "TUNE_KEYS",
@@ -90,6 +92,8 @@ _ENTITY_FIELDS = FieldSet({**{k: ENTITY_FIELDS[k] for k in ENTITY_KEYS},
 ID_KEY_KEYS = tuple(n for n, f in oidc.KEY_FIELDS.items() if f.type is not FieldType.NAME)
 #: An identity token role's fields compared and written (``client_id`` only when declared).
 ID_ROLE_KEYS = tuple(n for n, f in oidc.ROLE_FIELDS.items() if f.type is not FieldType.NAME)
+#: A rate limit quota's fields compared and written (its name is its key).
+QUOTA_KEYS = tuple(n for n, f in quota_paths.QUOTA_FIELDS.items() if f.type is not FieldType.NAME)
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
 
@@ -209,6 +213,8 @@ class Desired:
     #: Identity token keys and roles by name (case-sensitive, as Vault's).
     id_token_keys: dict[str, DesiredRole] = field(default_factory=dict)
     id_token_roles: dict[str, DesiredRole] = field(default_factory=dict)
+    #: Rate limit quotas by name (case-sensitive, as Vault's).
+    quotas: dict[str, DesiredRole] = field(default_factory=dict)
 
 
 def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desired:
@@ -235,7 +241,8 @@ def from_settings(settings: Settings, *, source: str, env: Mapping[str, str] | N
     """The declared sections of ``settings``, validated (``from_sections``)."""
     return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
                          entities=settings.entities, identity_token_keys=settings.identity_token_keys,
-                         identity_token_roles=settings.identity_token_roles, source=source, env=env)
+                         identity_token_roles=settings.identity_token_roles, rate_limit_quotas=settings.rate_limit_quotas,
+                         source=source, env=env)
 
 
 def from_sections(
@@ -248,6 +255,7 @@ def from_sections(
     entities: Mapping[str, Mapping[str, Any]] | None = None,
     identity_token_keys: Mapping[str, Mapping[str, Any]] | None = None,
     identity_token_roles: Mapping[str, Mapping[str, Any]] | None = None,
+    rate_limit_quotas: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Desired:
     """Validate parsed ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities``
@@ -304,6 +312,8 @@ def from_sections(
         for name, values in (identity_token_roles or {}).items():
             desired.id_token_roles[name] = _id_token_role(str(name), dict(values), f"identity_token_roles.{name}",
                                                           desired.id_token_keys, environ)
+        for name, values in (rate_limit_quotas or {}).items():
+            desired.quotas[name] = _quota(str(name), dict(values), f"rate_limit_quotas.{name}", environ)
     except GitopsError as exc:
         raise exc.located(source=source) from None
     return desired
@@ -425,6 +435,23 @@ def _id_token_role(name: str, values: dict[str, Any], where: str, keys: Mapping[
         raise GitopsError("a role's token ttl cannot be longer than the verification_ttl of the key it references",
                           address=address, where=where, field="ttl")
     public = {k: role[k] for k in ID_ROLE_KEYS if k != "client_id" or role[k]}
+    return DesiredRole(name=name, where=where, public=public, body=dict(public))
+
+
+def _quota(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
+    """A rate limit quota: its fields coerced and its own checks (``rate``, ``block_interval``);
+    whether its ``path`` names a mount is the server's to say when it is written (the mount
+    may be one the same run makes). Compared with the quota's GET as Vault reads it."""
+    address = f"quota {name}"
+    if not re.fullmatch(quota_paths.NAME_RE, name):
+        raise GitopsError(f"invalid quota name {name!r}", address=address, where=where)
+    coerced = _coerce_all(quota_paths.QUOTA_FIELDS, values, address=address, where=where, env=env)
+    try:
+        quota = quota_paths.checked_quota(name, coerced)
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where) from None
+    public = {k: v for k, v in quota.public().items() if k in QUOTA_KEYS}
+    public["path"] = public["path"].rstrip("/")  # a mount's trailing / (the server adds it back)
     return DesiredRole(name=name, where=where, public=public, body=dict(public))
 
 

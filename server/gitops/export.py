@@ -1,6 +1,6 @@
 """``authmount export``: a server's live state as an apply file (the settings file's
-``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys`` and
-``identity_token_roles``), from authmount, Vault or OpenBao (the same API). An identity token
+``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
+``identity_token_roles`` and ``rate_limit_quotas``), from authmount, Vault or OpenBao (the same API). An identity token
 role's ``client_id`` is always written: it is its tokens' audience, which services check.
 
 Only values that differ from a field's default are written, durations as ``20m``/``1h``.
@@ -174,7 +174,26 @@ async def export_state(server: Server) -> Export:
                 _unknown(data, fields.fields, f"{section}.{name}", out)
         if declared:
             out.document[section] = declared
+    quotas: dict[str, Any] = {}
+    for name in sorted(await server.keys("sys/quotas/rate-limit")):
+        data = await server.read(f"sys/quotas/rate-limit/{name}")
+        if data is not None:
+            quotas[name] = _quota(data)
+    if quotas:
+        out.document["rate_limit_quotas"] = quotas
     return out
+
+
+def _quota(data: dict[str, Any]) -> dict[str, Any]:
+    """A rate limit quota as the file declares it: what differs from a new quota's values."""
+    path = str(data.get("path") or "").rstrip("/")
+    new = {"path": "", "role": "", "interval": 1, "block_interval": 0, "inheritable": not path}
+    entry: dict[str, Any] = {"path": path} if path else {}
+    entry["rate"] = data.get("rate")
+    for key in ("role", "interval", "block_interval", "inheritable"):
+        if key in data and _differs(data[key], new[key]):
+            entry[key] = _duration_text(data[key]) if key.endswith("interval") else data[key]
+    return entry
 
 
 def _entity(data: dict[str, Any], where: str, out: Export) -> dict[str, Any]:

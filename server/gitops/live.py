@@ -19,8 +19,10 @@ from plugin.errors import NotFound, PluginError
 from plugin.framework import Backend, Connection, Operation, Request
 from server.acl.policies import TEMPLATE_FLAGS
 from server.appkeys import MOUNTS, POLICIES
+from server.http.handlers import AppCore
 from server.identity.backend import app_identity_backend
 from server.mounts import Mount
+from server.sys.backend import SysBackend
 
 __all__ = ["ServerError", "LiveMount", "Server", "HttpServer", "AppServer"]
 
@@ -242,6 +244,7 @@ class AppServer:
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._identity = app_identity_backend(app)
+        self._sys = SysBackend(AppCore(app))
 
     @property
     def name(self) -> str:
@@ -254,9 +257,9 @@ class AppServer:
         return found
 
     async def _call(self, op: Operation, path: str, data: dict[str, Any] | None = None) -> Any:
-        if path.startswith("identity/"):  # the identity backend, as the API serves it
-            backend: Backend = self._identity
-            req = Request(operation=op, path=path.removeprefix("identity/"), data=dict(data or {}),
+        if path.startswith(("identity/", "sys/quotas/")):  # the built-in backends, as the API serves them
+            backend: Backend = self._identity if path.startswith("identity/") else self._sys
+            req = Request(operation=op, path=path.split("/", 1)[1], data=dict(data or {}),
                           connection=Connection("127.0.0.1"))
         else:
             mount, rel = self._mount(path)

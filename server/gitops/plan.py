@@ -28,6 +28,7 @@ from server.gitops.desired import (
     GROUP_KEYS,
     ID_KEY_KEYS,
     ID_ROLE_KEYS,
+    QUOTA_KEYS,
     ROLE_KEYS,
     TOKEN_ROLE_DEFAULTS,
     TOKEN_ROLE_KEYS,
@@ -142,7 +143,7 @@ class Plan:
 class Target:
     """``--target kind:name``: ``mount:jwt`` (the mount, its config and its roles),
     ``config:jwt``, ``role:jwt/deploy``, ``policy:deploy``, ``token-role:ci``, ``group:ops``,
-    ``entity:alice``, ``oidc-key:ci``, ``oidc-role:deploy``."""
+    ``entity:alice``, ``oidc-key:ci``, ``oidc-role:deploy``, ``quota:logins``."""
 
     kind: str
     name: str
@@ -161,8 +162,8 @@ def parse_target(text: str) -> Target:
     kind, sep, name = text.partition(":")
     if not sep or not name.strip("/"):
         raise ValueError(f"invalid target {text!r}: use mount:<path>, config:<path>, role:<path>/<name>, "
-                         "policy:<name>, token-role:<name>, group:<name>, entity:<name>, oidc-key:<name> or "
-                         "oidc-role:<name>")
+                         "policy:<name>, token-role:<name>, group:<name>, entity:<name>, oidc-key:<name>, "
+                         "oidc-role:<name> or quota:<name>")
     if kind in ("mount", "config"):
         return Target(kind, normalize_path(name))
     if kind == "role":
@@ -172,12 +173,12 @@ def parse_target(text: str) -> Target:
         return Target(kind, normalize_path(mount) + role.lower())
     if kind == "policy":
         return Target(kind, name.lower())
-    if kind in ("token-role", "oidc-key", "oidc-role"):
+    if kind in ("token-role", "oidc-key", "oidc-role", "quota"):
         return Target(kind, name)  # these names keep their case, as Vault's
     if kind in ("group", "entity"):
         return Target(kind, name.lower())  # names are case-insensitive, as Vault's
     raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group, "
-                     "entity, oidc-key, oidc-role")
+                     "entity, oidc-key, oidc-role, quota")
 
 
 def _selected(targets: Sequence[Target], kind: str, name: str) -> bool:
@@ -243,6 +244,8 @@ async def make_plan(
     await _plan_groups(plan, desired, server, live_mounts, prune=prune, targets=targets)
     await _plan_entities(plan, desired, server, live_mounts, prune=prune, targets=targets)
     await _plan_id_tokens(plan, desired, server, prune=prune, targets=targets)
+    await _plan_named(plan, server, "quota", "sys/quotas/rate-limit", desired.quotas, QUOTA_KEYS, prune=prune,
+                      targets=targets, normalize=_quota_path)
     for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
@@ -261,6 +264,7 @@ async def make_plan(
     known += [("token-role", n) for n in desired.token_roles] + [("group", n) for n in desired.groups]
     known += [("entity", n) for n in desired.entities]
     known += [("oidc-key", n) for n in desired.id_token_keys] + [("oidc-role", n) for n in desired.id_token_roles]
+    known += [("quota", n) for n in desired.quotas]
     for mount in desired.mounts.values():
         known += [("mount", mount.path), *_children(mount)]
     for address in [c.address for c in plan.changes] + plan.extras:
@@ -328,8 +332,32 @@ async def _plan_token_roles(
             _undeclared(plan, "token-role", name, f"auth/token/roles/{name}", prune=prune)
 
 
-#: (kind, API path, declared fields, what a new one has) of identity token keys, then roles.
-_ID_TOKEN_KINDS = (("oidc-key", "identity/oidc/key", ID_KEY_KEYS), ("oidc-role", "identity/oidc/role", ID_ROLE_KEYS))
+async def _plan_named(
+    plan: Plan, server: Server, kind: str, path: str, declared: dict[str, DesiredRole], keys: Sequence[str], *,
+    prune: bool, targets: Sequence[Target], builtin: Container[str] = (),
+    normalize: Callable[[dict[str, Any]], dict[str, Any]] = lambda live: live,
+) -> None:
+    """Objects of one ``kind`` kept by name at ``path/<name>`` (identity token keys and roles,
+    quotas): created or updated field by field where the file declares them (a field it leaves
+    out is not compared), the undeclared ones listed or pruned, never the ``builtin`` names.
+    ``normalize`` brings a GET's answer to the file's spelling."""
+    live_names = set(await server.keys(path))
+    for name, obj in declared.items():
+        if not _selected(targets, kind, name):
+            continue
+        address, where = f"{kind} {name}", f"{path}/{name}"
+        current = await server.read(where) if name in live_names else None
+        compared = [k for k in keys if k in obj.public]
+        if current is None:
+            fields = _created(compared, obj.public, {})
+            plan.changes.append(Change("create", kind, address, obj.where, _write(where, obj.body), fields))
+            continue
+        fields = _diff(compared, normalize(current), obj.public)
+        if fields:
+            plan.changes.append(Change("update", kind, address, obj.where, _write(where, obj.body), fields))
+    for name in sorted(live_names - set(declared)):
+        if _selected(targets, kind, name) and name not in builtin:
+            _undeclared(plan, kind, name, f"{path}/{name}", prune=prune)
 
 
 async def _plan_id_tokens(
@@ -338,25 +366,15 @@ async def _plan_id_tokens(
     """Identity token keys, then roles (a role names its key). The ``default`` key is the
     server's (made for the first role that names it, never deleted): declared, it is updated;
     undeclared, it is left alone. A role's ``client_id`` is compared only where declared."""
-    for kind, path, keys in _ID_TOKEN_KINDS:
-        declared = desired.id_token_keys if kind == "oidc-key" else desired.id_token_roles
-        live_names = set(await server.keys(path))
-        for name, obj in declared.items():
-            if not _selected(targets, kind, name):
-                continue
-            address, where = f"{kind} {name}", f"{path}/{name}"
-            current = await server.read(where) if name in live_names else None
-            compared = [k for k in keys if k in obj.public]
-            if current is None:
-                fields = _created(compared, obj.public, {})
-                plan.changes.append(Change("create", kind, address, obj.where, _write(where, obj.body), fields))
-                continue
-            fields = _diff(compared, current, obj.public)
-            if fields:
-                plan.changes.append(Change("update", kind, address, obj.where, _write(where, obj.body), fields))
-        for name in sorted(live_names - set(declared)):
-            if _selected(targets, kind, name) and not (kind == "oidc-key" and name == "default"):
-                _undeclared(plan, kind, name, f"{path}/{name}", prune=prune)
+    await _plan_named(plan, server, "oidc-key", "identity/oidc/key", desired.id_token_keys, ID_KEY_KEYS,
+                      prune=prune, targets=targets, builtin=("default",))
+    await _plan_named(plan, server, "oidc-role", "identity/oidc/role", desired.id_token_roles, ID_ROLE_KEYS,
+                      prune=prune, targets=targets)
+
+
+def _quota_path(live: dict[str, Any]) -> dict[str, Any]:
+    """A quota as the file spells it: its path without the trailing ``/`` a mount has."""
+    return {**live, "path": str(live.get("path", "")).rstrip("/")}
 
 
 async def live_identity(server: Server, kind: str, name: str) -> dict[str, Any] | None:

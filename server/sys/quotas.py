@@ -6,6 +6,7 @@ order and words; lease-count quotas (Vault Enterprise) are not served.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest, NotFound
@@ -17,10 +18,10 @@ from server.sys.core import SysPath
 if TYPE_CHECKING:
     from server.sys.backend import SysBackend
 
-__all__ = ["paths", "QUOTA_FIELDS", "CONFIG_FIELDS"]
+__all__ = ["paths", "QUOTA_FIELDS", "CONFIG_FIELDS", "NAME_RE", "checked_quota"]
 
 #: Vault's ``framework.GenericNameRegex``.
-_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
+NAME_RE = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 _BUILT_IN = ("sys/", "identity/")
 
 QUOTA_FIELDS = FieldSet({
@@ -50,6 +51,24 @@ CONFIG_FIELDS = FieldSet({
 })
 
 
+def checked_quota(name: str, values: dict[str, Any]) -> Quota:
+    """The quota a write of ``values`` makes, its own checks passed; its ``path`` as given
+    (``mount``), for the caller to resolve against the mounts.
+
+    :raises InvalidRequest: Vault's texts.
+    """
+    rate = float(values.get("rate", 0.0))
+    if rate <= 0:
+        raise InvalidRequest("'rate' is invalid")
+    block = values.get("block_interval", 0)
+    if block < 0:
+        raise InvalidRequest("'block' is invalid")
+    path = str(values.get("path", "")).strip().lstrip("/")
+    inheritable = bool(values["inheritable"]) if "inheritable" in values else not path
+    return Quota(name=name, mount=path, role=str(values.get("role", "")), rate=rate,
+                 interval=values.get("interval", 0) or 1, block_interval=block, inheritable=inheritable)
+
+
 def paths(b: SysBackend) -> list[SysPath]:
     core = b.core
 
@@ -70,19 +89,9 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     async def write(req: Request, values: dict[str, Any]) -> None:
         name = values["name"]
-        rate = float(values.get("rate", 0.0))
-        if rate <= 0:
-            raise InvalidRequest("'rate' is invalid")
-        interval = values.get("interval", 0) or 1
-        block = values.get("block_interval", 0)
-        if block < 0:
-            raise InvalidRequest("'block' is invalid")
-        path = str(values.get("path", "")).strip().lstrip("/")
-        mount, suffix = "", ""
-        kind = ""
-        if path:
-            mount, suffix, kind = mount_of(path)
-        role = str(values.get("role", ""))
+        given = checked_quota(name, values)
+        mount, suffix, kind = mount_of(given.mount) if given.mount else ("", "", "")
+        role = given.role
         if role:
             if suffix:
                 raise InvalidRequest("Quotas cannot contain both a path suffix and a role. If a role is provided, path "
@@ -95,9 +104,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         same = core.quotas.by_factors(mount, suffix, role)
         if same is not None and same.name != name:
             raise InvalidRequest(f'quota rule with similar properties exists under the name "{same.name}"')
-        inheritable = bool(values["inheritable"]) if "inheritable" in values else not mount
-        quota = Quota(name=name, mount=mount, suffix=suffix, role=role, rate=rate, interval=interval,
-                      block_interval=block, inheritable=inheritable)
+        quota = dataclasses.replace(given, mount=mount, suffix=suffix)
         await core.storage.put(QUOTA_PREFIX + name, quota.to_storage())
         await core.quotas.load()
 
@@ -132,7 +139,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         SysPath("quotas/config", CONFIG_FIELDS, {Operation.READ: read_config, Operation.UPDATE: write_config},
                 "Read or set the paths no quota limits."),
         SysPath("quotas/rate-limit/?", FieldSet({}), {Operation.LIST: list_quotas}, "List the rate limit quotas."),
-        SysPath(f"quotas/rate-limit/(?P<name>{_NAME})", QUOTA_FIELDS,
+        SysPath(f"quotas/rate-limit/(?P<name>{NAME_RE})", QUOTA_FIELDS,
                 {Operation.READ: read, Operation.UPDATE: write, Operation.DELETE: delete},
                 "Create, read, update or delete a rate limit quota."),
     ]

@@ -141,6 +141,8 @@ def _configure(address: str) -> None:
                                                         "metadata": {"team": "platform"}}).json()["data"]["id"]
     _vault(address, "POST", "identity/entity-alias", {"name": "alice@corp", "mount_accessor": accessor,
                                                       "canonical_id": alice})
+    _vault(address, "POST", "sys/quotas/rate-limit/ci-logins", {"path": "auth/ci/jwt/login", "rate": 20,
+                                                                 "block_interval": "1m"})
     _vault(address, "POST", "identity/oidc/key/svc", {"algorithm": "ES256", "allowed_client_ids": ["svc-client"],
                                                       "verification_ttl": "2h"})
     _vault(address, "POST", "identity/oidc/role/svc", {"key": "svc", "client_id": "svc-client", "ttl": "1h",
@@ -181,6 +183,8 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
         "svc": {"algorithm": "ES256", "allowed_client_ids": ["svc-client"], "verification_ttl": "2h"}}
     assert doc["identity_token_roles"] == {"svc": {"key": "svc", "client_id": "svc-client", "ttl": "1h",
                                                    "template": '{"groups": {{identity.entity.groups.names}}}'}}
+    assert doc["rate_limit_quotas"] == {"ci-logins": {"path": "auth/ci/jwt/login", "rate": 20.0,
+                                                      "block_interval": "1m"}}
     # The file describes OpenBao exactly: planned against it, nothing to change.
     against_bao = authmount("apply", "-f", "bao.yaml", "--dry-run", "--detailed-exitcode", cwd=tmp_path,
                             address=openbao, token="root")
@@ -189,7 +193,7 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     with start_server(dev=True, workdir=tmp_path) as srv:
         first = authmount("apply", "-f", "bao.yaml", cwd=tmp_path, address=srv.url, token=srv.root_token or "")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Apply complete: 16 created, 0 updated, 0 deleted." in first.stdout
+        assert "Apply complete: 17 created, 0 updated, 0 deleted." in first.stdout
         again = authmount("apply", "-f", "bao.yaml", "--detailed-exitcode", cwd=tmp_path, address=srv.url,
                           token=srv.root_token or "")
         assert again.returncode == 0 and "no changes" in again.stdout, again.stdout

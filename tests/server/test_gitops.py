@@ -907,3 +907,75 @@ async def test_the_settings_identity_tokens_are_applied_at_start(aiohttp_client:
     assert (role["key"], role["client_id"], role["ttl"]) == ("ci", "deploy-service", 3600)
     keys = (await (await client.get("/v1/identity/oidc/.well-known/keys")).json())["keys"]
     assert sorted(k["kty"] for k in keys) == ["EC", "EC", "RSA", "RSA"]
+
+
+# -- rate limit quotas ----------------------------------------------------------------------------
+QUOTAS_DECLARED: dict[str, dict[str, Any]] = {
+    "logins": {"path": "auth/ci/jwt/login", "rate": 20, "block_interval": "1m"},
+    "ci-mount": {"path": "auth/ci/jwt", "rate": 100, "interval": "1m"},  # the mount: the server adds its /
+    "everything": {"rate": 1000},
+}
+
+
+async def test_rate_limit_quotas_are_applied_compared_and_pruned(server: HttpServer, client: Client) -> None:
+    """Quotas after the mounts they name (one this run makes), then no changes (a mount's
+    trailing / is the server's spelling), drift corrected, undeclared ones pruned."""
+    doc = document(rate_limit_quotas=QUOTAS_DECLARED)
+    plan = await applied(server, doc)
+    quota_changes = [(c.action, c.address) for c in plan.changes if c.kind == "quota"]
+    assert quota_changes == [("create", "quota logins"), ("create", "quota ci-mount"), ("create", "quota everything")]
+    assert [c.kind for c in plan.changes].index("quota") > [c.kind for c in plan.changes].index("mount")
+    read = (await (await client.get("/v1/sys/quotas/rate-limit/ci-mount", headers=H)).json())["data"]
+    assert (read["path"], read["interval"], read["inheritable"]) == ("auth/ci/jwt/", 60, False)
+    assert (await (await client.get("/v1/sys/quotas/rate-limit/everything", headers=H)).json())["data"]["inheritable"]
+    assert (await make_plan(desired(doc), server)).changes == []
+    await client.post("/v1/sys/quotas/rate-limit/logins", headers=H, json={"path": "auth/ci/jwt/login", "rate": 5})
+    await client.post("/v1/sys/quotas/rate-limit/extra", headers=H, json={"path": "sys/mounts", "rate": 5})
+    plan = await make_plan(desired(doc), server)
+    assert fields_of(plan, "quota logins") == {"rate": ("5", "20"), "block_interval": ("0", "60")}
+    assert plan.extras == ["quota extra"]
+    await apply_plan(await make_plan(desired(doc), server, prune=True), server)
+    keys = (await (await client.request("LIST", "/v1/sys/quotas/rate-limit", headers=H)).json())["data"]["keys"]
+    assert keys == ["ci-mount", "everything", "logins"]
+
+
+@pytest.mark.parametrize(("quotas", "message"), [
+    ({"q": {"rate": 0}}, "gitops.yaml: rate_limit_quotas.q: 'rate' is invalid"),
+    ({"q": {"rate": 1, "block_interval": "-1s"}}, "cannot provide negative value"),
+    ({"q": {"rate": 1, "rat": 2}}, "rat: did you mean rate?"),
+    ({"a b": {"rate": 1}}, "invalid quota name 'a b'"),
+])
+async def test_an_invalid_quota_is_refused_before_any_write(
+    server: HttpServer, client: Client, quotas: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(GitopsError) as exc:
+        desired({"rate_limit_quotas": quotas})
+    assert message in str(exc.value)
+    assert (await client.request("LIST", "/v1/sys/quotas/rate-limit", headers=H)).status == 404
+
+
+async def test_a_quota_naming_no_mount_stops_the_apply_with_the_servers_reason(server: HttpServer) -> None:
+    plan = await make_plan(desired({"rate_limit_quotas": {"q": {"path": "auth/nowhere", "rate": 1}}}), server)
+    with pytest.raises(GitopsError, match='rate_limit_quotas.q: POST sys/quotas/rate-limit/q: 400 invalid mount path '
+                                          '"auth/nowhere"'):
+        await apply_plan(plan, server)
+
+
+async def test_rate_limit_quotas_export_and_apply_round_trip(server: HttpServer, client: Client) -> None:
+    await applied(server, document(rate_limit_quotas=QUOTAS_DECLARED))
+    exported = await export_state(server)
+    assert exported.document["rate_limit_quotas"] == {
+        "ci-mount": {"path": "auth/ci/jwt", "rate": 100.0, "interval": "1m"},
+        "everything": {"rate": 1000.0},
+        "logins": {"path": "auth/ci/jwt/login", "rate": 20.0, "block_interval": "1m"},
+    }
+    quotas_only = {"rate_limit_quotas": exported.document["rate_limit_quotas"]}
+    assert (await make_plan(desired(quotas_only), server)).changes == []
+
+
+async def test_the_settings_quotas_are_applied_at_start(aiohttp_client: AiohttpClient) -> None:
+    base = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT,
+                    rate_limit_quotas={"mounts": {"path": "sys/mounts", "rate": 1, "interval": "1h"}})
+    client: Client = await aiohttp_client(make_test_server(create_app(base)))
+    codes = [(await client.get("/v1/sys/mounts", headers=H)).status for _ in range(2)]
+    assert codes == [200, 429]
