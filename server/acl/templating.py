@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["AliasView", "GroupView", "IdentityView", "TemplateError", "blocked_by", "has_templates", "populate",
-           "template_names"]
+__all__ = ["AliasView", "GroupView", "IdentityView", "TemplateError", "blocked_by", "has_templates", "pieces",
+           "populate", "template_names"]
 
 #: What a template may name (``<...>`` is any text without ``}}``).
 KNOWN = ("identity.entity.id", "identity.entity.name", "identity.entity.metadata.<key>",
@@ -73,8 +73,9 @@ def has_templates(pattern: str) -> bool:
     return "{{" in pattern or "}}" in pattern
 
 
-def _pieces(pattern: str) -> list[tuple[str, str]]:
-    """``(template, text after it)`` after the leading text, Vault's split: ``{{`` then ``}}``.
+def pieces(pattern: str) -> list[tuple[str, str]]:
+    """``(template, text after it)`` after the leading text, Vault's split: ``{{`` then ``}}``
+    (identity templates of policies and of identity token roles).
 
     :raises TemplateError: unbalanced braces (Vault's text).
     """
@@ -117,7 +118,7 @@ def template_names(pattern: str) -> list[str]:
 
     :raises TemplateError: unbalanced braces, or a template that names nothing.
     """
-    names = [name for name, _ in _pieces(pattern)]
+    names = [name for name, _ in pieces(pattern)]
     for name in names:
         _check(name)
     return names
@@ -133,9 +134,8 @@ def populate(pattern: str, who: IdentityView | None, blocked: str) -> str | None
     value holding a character of ``blocked``): the path is left out for that token."""
     if who is None:
         return None
-    pieces = _pieces(pattern)
     out = [pattern.split("{{", 1)[0]]
-    for name, after in pieces:
+    for name, after in pieces(pattern):
         value = _value(name, who)
         if value is None or any(ch in value for ch in blocked) or has_templates(value):
             return None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,17 +404,27 @@ def _token_role(name: str, values: dict[str, Any], where: str, env: Mapping[str,
     return DesiredRole(name=name, where=where, public=public, body=body)
 
 
-def _id_token_key(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
-    """A named key of identity tokens: the API's own checks (``oidc.changed_key``)."""
-    address = f"oidc-key {name}"
-    if not re.fullmatch(oidc.NAME_RE, name):
-        raise GitopsError(f"invalid key name {name!r}", address=address, where=where)
-    coerced = _coerce_all(oidc.KEY_FIELDS, values, address=address, where=where, env=env)
+def _named(kind: str, noun: str, pattern: str, name: str, fields: FieldSet, values: dict[str, Any], where: str,
+           env: Mapping[str, str], check: Callable[[dict[str, Any]], dict[str, Any]]) -> DesiredRole:
+    """An object kept by name (identity token keys and roles, quotas): its name checked, its
+    fields coerced, then ``check`` (the API's own checks) gives its GET's fields."""
+    address = f"{kind} {name}"
+    if not re.fullmatch(pattern, name):
+        raise GitopsError(f"invalid {noun} name {name!r}", address=address, where=where)
+    coerced = _coerce_all(fields, values, address=address, where=where, env=env)
     try:
-        public = oidc.KEY_FIELDS.public(oidc.changed_key(None, coerced).to_storage())
+        public = check(coerced)
     except InvalidRequest as exc:
         raise GitopsError(str(exc), address=address, where=where) from None
+    except GitopsError as exc:
+        raise GitopsError(exc.reason, address=address, where=where, field=exc.field) from None
     return DesiredRole(name=name, where=where, public=public, body=dict(public))
+
+
+def _id_token_key(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
+    """A named key of identity tokens: the API's own checks (``oidc.changed_key``)."""
+    return _named("oidc-key", "key", oidc.NAME_RE, name, oidc.KEY_FIELDS, values, where, env,
+                  lambda v: oidc.KEY_FIELDS.public(oidc.changed_key(None, v).to_storage()))
 
 
 def _id_token_role(name: str, values: dict[str, Any], where: str, keys: Mapping[str, DesiredRole],
@@ -422,37 +432,29 @@ def _id_token_role(name: str, values: dict[str, Any], where: str, keys: Mapping[
     """An identity token role: the API's own checks (``oidc.changed_role``), and its TTL
     against its key's ``verification_ttl`` when the file declares the key. A role without
     ``client_id`` keeps the one the server made up: it is neither compared nor written."""
-    address = f"oidc-role {name}"
-    if not re.fullmatch(oidc.NAME_RE, name):
-        raise GitopsError(f"invalid role name {name!r}", address=address, where=where)
-    coerced = _coerce_all(oidc.ROLE_FIELDS, values, address=address, where=where, env=env)
-    try:
+
+    def check(coerced: dict[str, Any]) -> dict[str, Any]:
         role = oidc.changed_role(None, coerced)
-    except InvalidRequest as exc:
-        raise GitopsError(str(exc), address=address, where=where) from None
-    key = keys.get(role["key"])
-    if key is not None and role["ttl"] > key.public["verification_ttl"]:
-        raise GitopsError("a role's token ttl cannot be longer than the verification_ttl of the key it references",
-                          address=address, where=where, field="ttl")
-    public = {k: role[k] for k in ID_ROLE_KEYS if k != "client_id" or role[k]}
-    return DesiredRole(name=name, where=where, public=public, body=dict(public))
+        key = keys.get(role["key"])
+        if key is not None and role["ttl"] > key.public["verification_ttl"]:
+            raise GitopsError("a role's token ttl cannot be longer than the verification_ttl of the key it "
+                              "references", field="ttl")
+        return {k: role[k] for k in ID_ROLE_KEYS if k != "client_id" or role[k]}
+
+    return _named("oidc-role", "role", oidc.NAME_RE, name, oidc.ROLE_FIELDS, values, where, env, check)
 
 
 def _quota(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
     """A rate limit quota: its fields coerced and its own checks (``rate``, ``block_interval``);
     whether its ``path`` names a mount is the server's to say when it is written (the mount
-    may be one the same run makes). Compared with the quota's GET as Vault reads it."""
-    address = f"quota {name}"
-    if not re.fullmatch(quota_paths.NAME_RE, name):
-        raise GitopsError(f"invalid quota name {name!r}", address=address, where=where)
-    coerced = _coerce_all(quota_paths.QUOTA_FIELDS, values, address=address, where=where, env=env)
-    try:
-        quota = quota_paths.checked_quota(name, coerced)
-    except InvalidRequest as exc:
-        raise GitopsError(str(exc), address=address, where=where) from None
-    public = {k: v for k, v in quota.public().items() if k in QUOTA_KEYS}
-    public["path"] = public["path"].rstrip("/")  # a mount's trailing / (the server adds it back)
-    return DesiredRole(name=name, where=where, public=public, body=dict(public))
+    may be one the same run makes). Compared with the quota's GET as Vault reads it, a
+    mount's trailing ``/`` left out (the server adds it back)."""
+
+    def check(coerced: dict[str, Any]) -> dict[str, Any]:
+        public = {k: v for k, v in quota_paths.checked_quota(name, coerced).public().items() if k in QUOTA_KEYS}
+        return {**public, "path": public["path"].rstrip("/")}
+
+    return _named("quota", "quota", quota_paths.NAME_RE, name, quota_paths.QUOTA_FIELDS, values, where, env, check)
 
 
 def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredGroup:

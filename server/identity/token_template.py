@@ -36,6 +36,8 @@ from typing import Any
 from plugin.errors import InvalidRequest
 from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
 from plugin.schema import parse_duration
+from server.acl.templating import TemplateError
+from server.acl.templating import pieces as split_templates
 
 __all__ = ["RESERVED_CLAIMS", "Who", "check_template", "fill", "stored_template"]
 
@@ -73,20 +75,6 @@ def stored_template(raw: str) -> str:
         return base64.b64decode(raw, validate=True).decode("utf-8") if raw else raw
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return raw
-
-
-def _pieces(template: str) -> list[tuple[str, str]]:
-    """``(directive, text after it)`` after the leading text; Vault's split."""
-    split = template.split("{{")
-    if "}}" in split[0]:
-        raise InvalidRequest("error parsing template: unbalanced templating characters")
-    out = []
-    for piece in split[1:]:
-        inner = piece.split("}}")
-        if len(inner) != 2:
-            raise InvalidRequest("error parsing template: unbalanced templating characters")
-        out.append((inner[0].strip(), inner[1]))
-    return out
 
 
 _KNOWN = ("identity.entity.id", "identity.entity.name", "identity.entity.metadata[.<key>]",
@@ -150,7 +138,10 @@ def fill(template: str, who: Who, now: int) -> dict[str, Any]:
     """
     if not template:
         return {}
-    pieces = _pieces(template)
+    try:
+        pieces = split_templates(template)
+    except TemplateError as exc:
+        raise InvalidRequest(f"error parsing template: {exc}") from None
     out = [template.split("{{", 1)[0]]
     for name, after in pieces:
         try:
