@@ -335,3 +335,11 @@ async def test_identity_tokens_never_reach_the_audit_log_in_clear(api: Api, tmp_
     sent = [e for e in entries if e["type"] == "request" and e["request"]["path"] == "identity/oidc/introspect"]
     assert sent and sent[0]["request"]["data"]["token"].startswith("hmac-sha256:")
     assert token.split(".")[2] not in text and token.split(".")[1] not in text
+
+
+async def test_a_batch_token_gets_an_identity_token_of_its_entity(api: Api) -> None:
+    await api.ok("POST", "identity/oidc/role/ci", {"key": "default", "client_id": "svc"})
+    auth = await api.login("alice", [], role="batch")
+    assert auth["client_token"].startswith("hvb.") and auth["entity_id"]
+    data = await _token(api, "ci", auth["client_token"])
+    assert _verify(data["token"], await _key_set(api), "svc")["sub"] == auth["entity_id"]
