@@ -178,6 +178,8 @@ def _api(work: Path, stdout: str) -> None:
     assert '{"aud":"deploy-service","groups":["release"],"namespace":"root"}' in stdout
     assert '[{"kty":"RSA","alg":"RS256","use":"sig"},{"kty":"RSA","alg":"RS256","use":"sig"}]' in stdout
     assert '{"active":true}' in stdout
+    assert "200 200 429 " in stdout  # a rate limit quota
+    assert '{"path":"sys/policies/acl","rate":2,"interval":60}' in stdout
 
 
 #: What running a document's examples must have done, beyond exiting 0.
