@@ -31,6 +31,8 @@ from server.audit.devices import build_sink
 from server.gitops import GitopsError, from_settings
 from server.http.connguard import descriptor_budget, raise_descriptor_limit
 from server.http.tls import server_context
+from server.identity.backend import settings_api_addr
+from server.identity.oidc import issuer_of
 from server.keyring import KEYRING_KEY, Keyring, StorageKeyError, key_fingerprint, load_storage_key
 from server.settings import Settings, SettingsError, load_settings
 from server.storage.postgres import PostgresStorage
@@ -67,7 +69,7 @@ def diagnose(path: str | Path) -> list[Check]:
     except SettingsError as exc:
         return [Check("settings", "fail", str(exc))]
     checks = [Check("settings", "ok", f"read from {path}")]
-    for check in (_tls, _listener, _proxies, _connections, _storage, _seeds, _audit):
+    for check in (_tls, _listener, _api_addr, _proxies, _connections, _storage, _seeds, _audit):
         checks.extend(check(settings))
     return checks
 
@@ -97,6 +99,19 @@ def _tls(settings: Settings) -> list[Check]:
         return [Check("tls", "warn", f"the certificate ({subject}) expires in {left:.0f} days ({until}): renew it "
                                      f"(SIGHUP loads the new files)")]
     return [Check("tls", "ok", f"certificate {subject}, valid until {until}, minimum {settings.tls_min_version}")]
+
+
+def _api_addr(settings: Settings) -> list[Check]:
+    """The address clients reach the server at: the issuer of identity tokens."""
+    address = settings_api_addr(settings)
+    if address:
+        source = "api_addr" if settings.api_addr else "listen_address (api_addr not set)"
+        return [Check("api address", "ok", f"{address}, from {source}: identity tokens' issuer "
+                                           f"{issuer_of('', address)} unless identity/oidc/config sets one")]
+    return [Check("api address", "warn", f"api_addr is not set and {settings.listen_address} is every address: "
+                                         f"identity tokens' issuer would be {issuer_of('', '')}, which no verifier "
+                                         "can fetch, unless identity/oidc/config sets one: set api_addr to the URL "
+                                         "clients reach (https://authmount.example.com:8200)")]
 
 
 def _loopback(host: str) -> bool:

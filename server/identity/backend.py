@@ -21,7 +21,9 @@ from server.identity.store import IdentityStore
 if TYPE_CHECKING:
     from aiohttp import web
 
-__all__ = ["IdentityBackend", "app_identity_backend"]
+    from server.settings import Settings
+
+__all__ = ["IdentityBackend", "api_addr", "app_identity_backend", "settings_api_addr"]
 
 
 class IdentityBackend(Backend):
@@ -66,12 +68,19 @@ def app_identity_backend(app: web.Application) -> IdentityBackend:
 
 
 def api_addr(app: web.Application) -> str:
-    """The setting ``api_addr``, else ``http(s)://`` + the address the server listens on
-    (``""`` when that is every address: no one address reaches it)."""
+    """The running server's address as its clients reach it (``settings_api_addr`` with the
+    address its socket is bound to)."""
     settings = app[SETTINGS]
+    return settings_api_addr(settings, app[LISTEN_ADDRESS] if LISTEN_ADDRESS in app else None)
+
+
+def settings_api_addr(settings: Settings, bound: tuple[str, int] | None = None) -> str:
+    """The setting ``api_addr``, else ``http(s)://`` + the address the server listens on
+    (``bound``, else ``listen_address``); ``""`` when that is every address (no one address
+    reaches it)."""
     if settings.api_addr:
         return settings.api_addr
-    host, port = app[LISTEN_ADDRESS] if LISTEN_ADDRESS in app else settings.host_port
+    host, port = bound or settings.host_port
     if host in ("", "0.0.0.0", "::"):
         return ""
     scheme = "https" if settings.tls else "http"

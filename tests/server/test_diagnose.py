@@ -88,6 +88,19 @@ def test_the_listen_address(tmp_path: Path) -> None:
     assert check.status == "fail" and "does not resolve" in check.detail
 
 
+@pytest.mark.parametrize(("settings", "status", "says"), [
+    ({"api_addr": "https://authmount.example.com:8200", "listen_address": "0.0.0.0:0"}, "ok",
+     "https://authmount.example.com:8200, from api_addr: identity tokens' issuer "
+     "https://authmount.example.com:8200/v1/identity/oidc"),
+    ({"listen_address": "127.0.0.1:8250"}, "ok", "http://127.0.0.1:8250, from listen_address (api_addr not set)"),
+    ({"listen_address": "0.0.0.0:8250"}, "warn", "api_addr is not set and 0.0.0.0:8250 is every address: identity "
+                                                 "tokens' issuer would be /v1/identity/oidc"),
+])
+def test_the_api_address(tmp_path: Path, settings: dict[str, Any], status: str, says: str) -> None:
+    check = _by_name(diagnose(_write(tmp_path, settings)), "api address")
+    assert check.status == status and check.detail.startswith(says), check
+
+
 async def _sqlite_with_keyring(path: Path, key: bytes) -> None:
     store = await SQLiteStorage.open(str(path))
     try:
