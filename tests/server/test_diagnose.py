@@ -210,3 +210,10 @@ def test_a_first_start_would_refuse_an_existing_root_token_file(tmp_path: Path) 
     assert check.status == "fail" and "move it away" in check.detail
     token_file.unlink()
     assert not [c for c in diagnose(_write(tmp_path, settings)) if c.name == "initial root token file"]
+
+
+def test_the_api_address_behind_tls_is_https(tmp_path: Path) -> None:
+    cert, key = _cert(tmp_path, 365)
+    check = _by_name(diagnose(_write(tmp_path, {"tls_cert_file": cert, "tls_key_file": key,
+                                                "listen_address": "127.0.0.1:8243"})), "api address")
+    assert check.status == "ok" and check.detail.startswith("https://127.0.0.1:8243, from listen_address"), check
