@@ -850,3 +850,24 @@ def test_a_quota_counts_each_client_once_across_workers(workers: Workers) -> Non
     assert sorted(codes) == [200] * 3 + [429] * 5, codes
     workers.b.ok("DELETE", "sys/quotas/rate-limit/wk-mounts")
     seen_within(lambda: workers.a.call("GET", "sys/mounts")[0] == 200)
+
+
+def test_identity_tokens_follow_a_rotation_on_the_other_worker_within_the_bound(workers: Workers) -> None:
+    """A key and role written on A sign on B; B's key set, built before, shows A's rotation
+    within the bound (the change log, not the key set's hour of validity)."""
+    a, b = workers.a, workers.b
+    a.ok("POST", "sys/policies/acl/p", body={"policy": 'path "identity/oidc/token/*" { capabilities = ["read"] }'})
+    a.ok("POST", "identity/oidc/key/wk", body={"allowed_client_ids": "*", "algorithm": "ES256"})
+    a.ok("POST", "identity/oidc/role/wk", body={"key": "wk", "client_id": "wk"})
+    token = b.ok("POST", f"auth/{MOUNT}/login", token="", body=login_body())["auth"]["client_token"]
+
+    def kids(conn: Pinned) -> set[str]:
+        return {k["kid"] for k in conn.ok("GET", "identity/oidc/.well-known/keys", token="")["keys"]}
+
+    seen_within(lambda: b.call("GET", "identity/oidc/token/wk", token=token)[0] == 200)
+    before = kids(b)
+    assert len(before) == 2 and before == kids(a)
+    a.ok("POST", "identity/oidc/key/wk/rotate")
+    after = kids(a)
+    assert len(after) == 3 and before < after
+    assert seen_within(lambda: kids(b) == after) < 1.0
