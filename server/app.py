@@ -20,6 +20,7 @@ from server.acl.policies import PolicyStore
 from server.appkeys import (
     AUDIT,
     CLUSTER_ID,
+    CORS,
     FETCHER,
     IDENTITY,
     KEYRING,
@@ -38,6 +39,7 @@ from server.appkeys import (
 from server.audit import AuditBroker
 from server.diagnostics import LOG_HUB, LogRelay
 from server.gitops import AppServer, GitopsError, Plan, ServerError, apply_plan, from_settings, make_plan
+from server.http.cors import Cors
 from server.http.fetcher import AiohttpFetcher
 from server.http.ratelimit import setup_ratelimit
 from server.http.ratelimit_shared import inherited_table
@@ -89,6 +91,7 @@ def create_app(settings: Settings, *, storage: Engine | None = None) -> web.Appl
     ]
     app[RELOAD_HOOKS] = hooks
     setup_ratelimit(app)
+    app[CORS] = Cors()
     setup_routes(app)  # each handler wrapped with the request log + JSON errors: no middleware
     app.cleanup_ctx.append(_core_context(storage))
     app.on_startup.append(_relay_monitors)
@@ -162,6 +165,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             await identity.load()
             await quotas.load()
             app[QUOTAS] = quotas
+            await app[CORS].start(storage)
             app[STORAGE], app[TOKENS], app[POLICIES], app[MOUNTS], app[FETCHER] = storage, tokens, policies, mounts, fetcher
             app[IDENTITY] = identity
             app[KEYRING] = keyring
@@ -169,7 +173,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             cluster = await storage.update(CLUSTER_KEY, lambda old: old or {"id": str(uuid.uuid4())})
             app[CLUSTER_ID] = cluster["id"]
             await versions.record(storage)
-            _watch(storage, mounts, policies, tokens, keyring, identity, audit, quotas)
+            _watch(storage, mounts, policies, tokens, keyring, identity, audit, quotas, app[CORS])
             await seed(app)
             await seed_audit(app, settings)
             app[ROOT_TOKEN] = await _initial_root_token(settings, storage, tokens)
@@ -198,6 +202,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
             await tokens.close()
             await identity.close()
             await quotas.close()
+            await app[CORS].close()
             if given_storage is None:
                 await storage.close()
             log.info("server_stopped", storage_closed=given_storage is None)
@@ -231,7 +236,7 @@ def _mount_ref(table: list[MountTable], accessor: str) -> MountRef | None:
 
 def _watch(
     storage: Engine, mounts: MountTable, policies: PolicyStore, tokens: TokenStore, keyring: Keyring,
-    identity: IdentityStore, audit: AuditBroker, quotas: Quotas,
+    identity: IdentityStore, audit: AuditBroker, quotas: Quotas, cors: Cors,
 ) -> None:
     """Route other nodes' writes to the caches that depend on them."""
     reloads: set[asyncio.Task[None]] = set()
@@ -243,6 +248,7 @@ def _watch(
         audit.invalidate(key)
         identity.invalidate(key)
         quotas.invalidate(key)
+        cors.invalidate(key)
         if key in (KEYRING_KEY, ""):  # another node rotated the keyring
             task = asyncio.get_running_loop().create_task(keyring.reload(storage))
             reloads.add(task)

@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from server.acl.policies import PolicyStore
     from server.audit import AuditBroker
+    from server.http.cors import Cors
     from server.http.fetcher import AiohttpFetcher
     from server.http.routes import PrefixRouter
     from server.identity.store import IdentityStore
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from server.tokens.store import TokenStore
 
 __all__ = [
-    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "QUOTAS",
+    "SETTINGS", "STORAGE", "KEYRING", "TOKENS", "POLICIES", "IDENTITY", "MOUNTS", "FETCHER", "ROOT_TOKEN", "STARTED_AT", "QUOTAS", "CORS",
     "CLUSTER_ID", "LISTEN_ADDRESS", "NODE", "AUDIT", "RELOAD_HOOKS", "REQUEST_HANDLER", "REQUEST_ID", "MOUNT", "REMOTE_ADDR", "TOKEN_RAW", "ISSUED",
 ]
 
@@ -34,6 +35,8 @@ IDENTITY: web.AppKey[IdentityStore] = web.AppKey("identity")
 MOUNTS: web.AppKey[MountTable] = web.AppKey("mounts")
 #: The rate limit quotas (server.quotas.Quotas).
 QUOTAS: web.AppKey[Quotas] = web.AppKey("quotas")
+#: The CORS settings (server.http.cors.Cors): made with the routes, loaded with the storage.
+CORS: web.AppKey[Cors] = web.AppKey("cors")
 FETCHER: web.AppKey[AiohttpFetcher] = web.AppKey("fetcher")
 #: The root token created at this start (first start or dev mode), else None. Never logged.
 ROOT_TOKEN: web.AppKey[str | None] = web.AppKey("root_token")

@@ -21,6 +21,7 @@ from server.acl.policies import PolicyStore
 from server.appkeys import (
     AUDIT,
     CLUSTER_ID,
+    CORS,
     ISSUED,
     KEYRING,
     MOUNT,
@@ -37,6 +38,7 @@ from server.appkeys import (
 )
 from server.audit import AuditBroker
 from server.http.audited import Exchange
+from server.http.cors import Cors
 from server.http.errors import error_response
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import limited
@@ -575,6 +577,10 @@ class AppCore:
     @property
     def quotas(self) -> Quotas:
         return self._app[QUOTAS]
+
+    @property
+    def cors(self) -> Cors:
+        return self._app[CORS]
 
 
 def builtin_handler(

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -25,6 +25,9 @@ from server.appkeys import MOUNT, REMOTE_ADDR, REQUEST_ID
 from server.diagnostics import IN_FLIGHT, LOG_HUB
 from server.http.errors import reload_keyring, response_for
 from server.http.reply import NO_STORE
+
+if TYPE_CHECKING:
+    from server.http.cors import Cors
 
 __all__ = ["configure_logging", "set_log_level", "redact", "handled", "flush_request_log", "REQUEST_ID"]
 
@@ -333,8 +336,9 @@ def flush_request_log() -> None:
         _flush(sink)
 
 
-def handled(handler: Handler) -> Handler:
-    """``handler`` with a request id, one log line and JSON error replies around it.
+def handled(handler: Handler, cors: Cors | None = None) -> Handler:
+    """``handler`` with a request id, one log line and JSON error replies around it, and the
+    ``cors`` settings applied to a request with an ``Origin`` while they are on.
 
     The server wraps every route's handler with this instead of installing middlewares,
     avoiding aiohttp's middleware chain
@@ -351,8 +355,12 @@ def handled(handler: Handler) -> Handler:
         IN_FLIGHT[rid] = (request, start)  # sys/in-flight-req
         status = 500
         try:
+            cors_headers: dict[str, str] | None = None
             try:
-                resp = await handler(request)
+                answer = None
+                if cors is not None and cors.enabled and (origin := request.headers.get(hdrs.ORIGIN)):
+                    answer, cors_headers = cors.gate(request, origin)
+                resp = answer if answer is not None else await handler(request)
             except Exception as exc:  # CancelledError is a BaseException: it passes through
                 if isinstance(exc, NewerTermError):
                     await reload_keyring(request)
@@ -361,6 +369,8 @@ def handled(handler: Handler) -> Handler:
                     raise
                 resp = reply
             status = resp.status
+            if cors_headers and not resp.prepared:  # (a streamed reply has sent its headers already)
+                resp.headers.update(cors_headers)
             if hdrs.CACHE_CONTROL not in resp.headers:  # a JSONReply has it already
                 resp.headers[hdrs.CACHE_CONTROL] = NO_STORE
             return resp

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquote_path_safe
 
-from server.appkeys import REQUEST_HANDLER
+from server.appkeys import CORS, REQUEST_HANDLER
 from server.http.errors import error_response
 from server.http.handlers import (
     WRITES,
@@ -68,7 +68,7 @@ def setup_routes(app: web.Application) -> None:
     )
     table = []
     for (prefix, key, pattern), handler in zip(ROUTES, handlers, strict=True):
-        route = app.router.add_route("*", prefix + "{" + key + ":" + pattern + "}", handled(handler))
+        route = app.router.add_route("*", prefix + "{" + key + ":" + pattern + "}", handled(handler, app[CORS]))
         table.append((prefix, key, re.compile(pattern), route))
     app[REQUEST_HANDLER] = PrefixRouter(app, table)
 

@@ -11,6 +11,7 @@ import orjson
 from plugin.framework import PathSpec, Response, Route
 from server.acl.policies import PolicyStore
 from server.audit import AuditBroker
+from server.http.cors import Cors
 from server.keyring import Keyring
 from server.mounts import MountTable
 from server.nodes import Node
@@ -69,6 +70,9 @@ class SysCore(Protocol):
 
     @property
     def quotas(self) -> Quotas: ...
+
+    @property
+    def cors(self) -> Cors: ...
 
 
 def acl_path(route: Route) -> str:

@@ -221,6 +221,24 @@ def test_identity_tokens_across_nodes(cluster: tuple[Node, Node]) -> None:
     b.ok("POST", "identity/oidc/config", json={"issuer": ""})
 
 
+def test_cors_and_quotas_written_on_one_node_apply_on_the_other(cluster: tuple[Node, Node]) -> None:
+    """CORS settings and a rate limit quota written on A are applied by B (announced)."""
+    a, b = cluster
+    a.ok("POST", "sys/config/cors", json={"allowed_origins": ["https://app.example.com"]})
+
+    def refused_on_b() -> bool:
+        resp = b.http.get(f"{b.srv.url}/v1/sys/health", headers={"Origin": "https://evil.example.com"}, timeout=TIMEOUT)
+        return resp.status_code == 403
+
+    eventually(refused_on_b)
+    a.ok("DELETE", "sys/config/cors")
+    eventually(lambda: not refused_on_b())
+    a.ok("POST", "sys/quotas/rate-limit/cluster", json={"path": "sys/policy", "rate": 1, "interval": "1h"})
+    eventually(lambda: b.call("GET", "sys/policy").status_code == 429)
+    b.ok("DELETE", "sys/quotas/rate-limit/cluster")
+    eventually(lambda: a.call("GET", "sys/policy").status_code == 200)
+
+
 def test_one_group_name_registered_on_both_nodes_at_once_is_one_group(cluster: tuple[Node, Node]) -> None:
     """Registers of one new name sent to both nodes at the same moment (neither has heard of
     the other's group): one group per name, each register answered 200 (the first) or 204
