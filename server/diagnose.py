@@ -236,7 +236,7 @@ def _seeds(settings: Settings) -> list[Check]:
               "token roles": len(settings.token_roles), "groups": len(settings.groups),
               "entities": len(settings.entities), "identity token keys": len(settings.identity_token_keys),
               "identity token roles": len(settings.identity_token_roles),
-              "rate limit quotas": len(settings.rate_limit_quotas)}
+              "rate limit quotas": len(settings.rate_limit_quotas), "cors settings": int(settings.cors is not None)}
     if not any(counts.values()):
         return []
     try:

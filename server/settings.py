@@ -608,6 +608,13 @@ class Settings:
             "block_interval, role, inheritable}`), applied with `mounts` (see section 5); beside `rate_limit`, the "
             "server's own limits.",
     )
+    #: ``{allowed_origins, allowed_headers, allow_credentials}`` written at every start, or None.
+    cors: Mapping[str, Any] | None = setting(
+        None, kind="mapping", parse=_optional_mapping,
+        doc="Vault's CORS settings (`sys/config/cors`: `{allowed_origins, allowed_headers, allow_credentials}`), "
+            "applied with `mounts` (see section 5); absent: not managed (an `authmount apply --prune` turns "
+            "CORS off).",
+    )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),
         section=RateLimitSettings, shown="on, values below",

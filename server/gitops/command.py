@@ -40,7 +40,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "apply", help="make a server match a YAML file (mounts, configs, roles, policies, token roles, groups, "
                       "entities, identity token keys and roles, rate limit quotas)",
         description="Compare the server with FILE (the settings file's mounts, policies, token_roles, groups, "
-                    "entities, identity_token_keys, identity_token_roles and rate_limit_quotas), print the plan and "
+                    "entities, identity_token_keys, identity_token_roles, rate_limit_quotas and cors), print the "
+                    "plan and "
                     "apply it. The token comes from VAULT_TOKEN or ~/.vault-token.",
     )
     ap.add_argument("-f", "--file", "-file", required=True, metavar="FILE", help="the YAML file to apply")
@@ -53,7 +54,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ap.add_argument("--target", "-target", action="append", default=[], metavar="KIND:NAME",
                     help="only this object: mount:<path> (with its config and roles), config:<path>, "
                          "role:<path>/<name>, policy:<name>, token-role:<name>, group:<name>, entity:<name>, "
-                         "oidc-key:<name>, oidc-role:<name>, quota:<name>; repeatable")
+                         "oidc-key:<name>, oidc-role:<name>, quota:<name>, cors:cors; repeatable")
     _connection_options(ap)
     ex = sub.add_parser(
         "export", help="write a server's mounts, configs, roles, policies, token roles, groups, entities and "

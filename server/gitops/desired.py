@@ -1,6 +1,6 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
 ``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
-``identity_token_roles`` and ``rate_limit_quotas`` sections, validated by the same field schemas and checks as the API
+``identity_token_roles``, ``rate_limit_quotas`` and ``cors`` sections, validated by the same field schemas and checks as the API
 writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
@@ -31,12 +31,14 @@ from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
 from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
 from plugin.schema import Field, FieldSet, FieldType, coerce
 from server.acl.policies import TEMPLATE_FLAGS, PolicyError, canonical_policy_name, parse_policy
+from server.http.cors import STANDARD_HEADERS, checked_origins
 from server.identity import oidc
 from server.identity.entities import ENTITY_FIELDS
 from server.identity.groups import GROUP_FIELDS, changed_group
 from server.identity.store import DERIVED_NAME, Group, group_policies
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 from server.settings import MountSeed, Settings, SettingsError, settings_from_mapping
+from server.sys import cors as cors_paths
 from server.sys import quotas as quota_paths
 from server.tokens import roles as token_roles
 
@@ -57,6 +59,7 @@ __all__ = [
     "ID_KEY_KEYS",
     "ID_ROLE_KEYS",
     "QUOTA_KEYS",
+    "CORS_KEYS",
     "ROLE_KEYS",
     "CONFIG_KEYS",
     "TUNE_KEYS",
@@ -94,6 +97,8 @@ ID_KEY_KEYS = tuple(n for n, f in oidc.KEY_FIELDS.items() if f.type is not Field
 ID_ROLE_KEYS = tuple(n for n, f in oidc.ROLE_FIELDS.items() if f.type is not FieldType.NAME)
 #: A rate limit quota's fields compared and written (its name is its key).
 QUOTA_KEYS = tuple(n for n, f in quota_paths.QUOTA_FIELDS.items() if f.type is not FieldType.NAME)
+#: The CORS settings compared and written.
+CORS_KEYS = ("allowed_origins", "allowed_headers", "allow_credentials")
 _ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ROLE_NAME = re.compile(ROLE_NAME_RE)
 
@@ -215,6 +220,8 @@ class Desired:
     id_token_roles: dict[str, DesiredRole] = field(default_factory=dict)
     #: Rate limit quotas by name (case-sensitive, as Vault's).
     quotas: dict[str, DesiredRole] = field(default_factory=dict)
+    #: The CORS settings, or None: not managed.
+    cors: DesiredRole | None = None
 
 
 def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desired:
@@ -242,7 +249,7 @@ def from_settings(settings: Settings, *, source: str, env: Mapping[str, str] | N
     return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
                          entities=settings.entities, identity_token_keys=settings.identity_token_keys,
                          identity_token_roles=settings.identity_token_roles, rate_limit_quotas=settings.rate_limit_quotas,
-                         source=source, env=env)
+                         cors=settings.cors, source=source, env=env)
 
 
 def from_sections(
@@ -256,6 +263,7 @@ def from_sections(
     identity_token_keys: Mapping[str, Mapping[str, Any]] | None = None,
     identity_token_roles: Mapping[str, Mapping[str, Any]] | None = None,
     rate_limit_quotas: Mapping[str, Mapping[str, Any]] | None = None,
+    cors: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Desired:
     """Validate parsed ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities``
@@ -314,6 +322,8 @@ def from_sections(
                                                           desired.id_token_keys, environ)
         for name, values in (rate_limit_quotas or {}).items():
             desired.quotas[name] = _quota(str(name), dict(values), f"rate_limit_quotas.{name}", environ)
+        if cors is not None:
+            desired.cors = _cors(dict(cors), environ)
     except GitopsError as exc:
         raise exc.located(source=source) from None
     return desired
@@ -455,6 +465,22 @@ def _quota(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]
         return {**public, "path": public["path"].rstrip("/")}
 
     return _named("quota", "quota", quota_paths.NAME_RE, name, quota_paths.QUOTA_FIELDS, values, where, env, check)
+
+
+def _cors(values: dict[str, Any], env: Mapping[str, str]) -> DesiredRole:
+    """The CORS settings: the API's own checks (``checked_origins``); compared with the GET,
+    whose ``allowed_headers`` start with Vault's standard ones."""
+
+    def check(coerced: dict[str, Any]) -> dict[str, Any]:
+        credentials = bool(coerced.get("allow_credentials", False))
+        origins = checked_origins([o.strip() for o in coerced.get("allowed_origins") or [] if o.strip()], credentials)
+        extra = [h.strip() for h in coerced.get("allowed_headers") or [] if h.strip()]
+        return {"allowed_origins": list(origins), "allowed_headers": [*STANDARD_HEADERS, *extra],
+                "allow_credentials": credentials}
+
+    desired = _named("cors", "cors", r"cors", "cors", cors_paths.CORS_FIELDS, values, "cors", env, check)
+    desired.body = {**desired.body, "allowed_headers": desired.body["allowed_headers"][len(STANDARD_HEADERS):]}
+    return desired
 
 
 def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredGroup:

@@ -1,6 +1,6 @@
 """``authmount export``: a server's live state as an apply file (the settings file's
 ``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
-``identity_token_roles`` and ``rate_limit_quotas``), from authmount, Vault or OpenBao (the same API). An identity token
+``identity_token_roles``, ``rate_limit_quotas`` and ``cors``), from authmount, Vault or OpenBao (the same API). An identity token
 role's ``client_id`` is always written: it is its tokens' audience, which services check.
 
 Only values that differ from a field's default are written, durations as ``20m``/``1h``.
@@ -34,6 +34,7 @@ from server.gitops.desired import (
 )
 from server.gitops.live import Server
 from server.gitops.plan import live_identity, made_by_login, managed_alias
+from server.http.cors import STANDARD_HEADERS
 from server.identity import oidc
 from server.mounts import MOUNT_CONFIG_FIELDS
 from server.tokens import roles as token_roles
@@ -181,6 +182,12 @@ async def export_state(server: Server) -> Export:
             quotas[name] = _quota(data)
     if quotas:
         out.document["rate_limit_quotas"] = quotas
+    cors = await server.read("sys/config/cors") or {}
+    if cors.get("enabled"):
+        extra = [h for h in cors.get("allowed_headers") or [] if h not in STANDARD_HEADERS]
+        out.document["cors"] = {"allowed_origins": cors.get("allowed_origins") or [],
+                                **({"allowed_headers": extra} if extra else {}),
+                                **({"allow_credentials": True} if cors.get("allow_credentials") else {})}
     return out
 
 

@@ -24,6 +24,7 @@ from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS
 from plugin.path_role import Role
 from server.gitops.desired import (
     CONFIG_KEYS,
+    CORS_KEYS,
     ENTITY_KEYS,
     GROUP_KEYS,
     ID_KEY_KEYS,
@@ -163,7 +164,7 @@ def parse_target(text: str) -> Target:
     if not sep or not name.strip("/"):
         raise ValueError(f"invalid target {text!r}: use mount:<path>, config:<path>, role:<path>/<name>, "
                          "policy:<name>, token-role:<name>, group:<name>, entity:<name>, oidc-key:<name>, "
-                         "oidc-role:<name> or quota:<name>")
+                         "oidc-role:<name>, quota:<name> or cors:cors")
     if kind in ("mount", "config"):
         return Target(kind, normalize_path(name))
     if kind == "role":
@@ -173,12 +174,12 @@ def parse_target(text: str) -> Target:
         return Target(kind, normalize_path(mount) + role.lower())
     if kind == "policy":
         return Target(kind, name.lower())
-    if kind in ("token-role", "oidc-key", "oidc-role", "quota"):
+    if kind in ("token-role", "oidc-key", "oidc-role", "quota", "cors"):
         return Target(kind, name)  # these names keep their case, as Vault's
     if kind in ("group", "entity"):
         return Target(kind, name.lower())  # names are case-insensitive, as Vault's
     raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group, "
-                     "entity, oidc-key, oidc-role, quota")
+                     "entity, oidc-key, oidc-role, quota, cors")
 
 
 def _selected(targets: Sequence[Target], kind: str, name: str) -> bool:
@@ -246,6 +247,8 @@ async def make_plan(
     await _plan_id_tokens(plan, desired, server, prune=prune, targets=targets)
     await _plan_named(plan, server, "quota", "sys/quotas/rate-limit", desired.quotas, QUOTA_KEYS, prune=prune,
                       targets=targets, normalize=_quota_path)
+    if _selected(targets, "cors", "cors"):
+        await _plan_cors(plan, desired, server, prune=prune)
     for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
@@ -264,7 +267,7 @@ async def make_plan(
     known += [("token-role", n) for n in desired.token_roles] + [("group", n) for n in desired.groups]
     known += [("entity", n) for n in desired.entities]
     known += [("oidc-key", n) for n in desired.id_token_keys] + [("oidc-role", n) for n in desired.id_token_roles]
-    known += [("quota", n) for n in desired.quotas]
+    known += [("quota", n) for n in desired.quotas] + [("cors", "cors")]
     for mount in desired.mounts.values():
         known += [("mount", mount.path), *_children(mount)]
     for address in [c.address for c in plan.changes] + plan.extras:
@@ -370,6 +373,26 @@ async def _plan_id_tokens(
                       prune=prune, targets=targets, builtin=("default",))
     await _plan_named(plan, server, "oidc-role", "identity/oidc/role", desired.id_token_roles, ID_ROLE_KEYS,
                       prune=prune, targets=targets)
+
+
+async def _plan_cors(plan: Plan, desired: Desired, server: Server, *, prune: bool) -> None:
+    """The CORS settings: written when declared and different (or off); when not declared and
+    on, listed, or turned off with ``prune``."""
+    live = await server.read("sys/config/cors") or {}
+    declared = desired.cors
+    if declared is None:
+        if live.get("enabled"):
+            _undeclared(plan, "cors", "cors", "sys/config/cors", prune=prune)
+        return
+    if not live.get("enabled"):
+        fields = _created(CORS_KEYS, declared.public, {})
+        plan.changes.append(Change("create", "cors", "cors cors", declared.where, _write("sys/config/cors", declared.body),
+                                   fields))
+        return
+    fields = _diff(CORS_KEYS, live, declared.public)
+    if fields:
+        plan.changes.append(Change("update", "cors", "cors cors", declared.where, _write("sys/config/cors", declared.body),
+                                   fields))
 
 
 def _quota_path(live: dict[str, Any]) -> dict[str, Any]:

@@ -979,3 +979,42 @@ async def test_the_settings_quotas_are_applied_at_start(aiohttp_client: AiohttpC
     client: Client = await aiohttp_client(make_test_server(create_app(base)))
     codes = [(await client.get("/v1/sys/mounts", headers=H)).status for _ in range(2)]
     assert codes == [200, 429]
+
+
+# -- CORS -------------------------------------------------------------------------------------------
+CORS_DECLARED = {"allowed_origins": ["https://app.example.com"], "allowed_headers": ["X-Custom"]}
+
+
+async def test_cors_settings_are_applied_compared_and_pruned(server: HttpServer, client: Client) -> None:
+    plan = await applied(server, {"cors": CORS_DECLARED})
+    assert [(c.action, c.address) for c in plan.changes] == [("create", "cors cors")]
+    data = (await (await client.get("/v1/sys/config/cors", headers=H)).json())["data"]
+    assert data["allowed_origins"] == ["https://app.example.com"] and data["allowed_headers"][-1] == "X-Custom"
+    assert (await make_plan(desired({"cors": CORS_DECLARED}), server)).changes == []
+    await client.post("/v1/sys/config/cors", headers=H, json={"allowed_origins": "*"})
+    plan = await make_plan(desired({"cors": CORS_DECLARED}), server)
+    assert fields_of(plan, "cors cors")["allowed_origins"] == ('["*"]', '["https://app.example.com"]')
+    await apply_plan(plan, server)
+    assert (await make_plan(desired({}), server)).extras == ["cors cors"]  # on, and not declared: listed
+    await apply_plan(await make_plan(desired({}), server, prune=True), server)
+    assert (await (await client.get("/v1/sys/config/cors", headers=H)).json())["data"] == {"enabled": False}
+
+
+async def test_cors_settings_are_checked_and_exported(server: HttpServer, client: Client) -> None:
+    with pytest.raises(GitopsError, match="gitops.yaml: cors: allow_credentials cannot be true"):
+        desired({"cors": {"allowed_origins": "*", "allow_credentials": True}})
+    with pytest.raises(GitopsError, match="cors: unrecognized parameters: \\[allowed_origin\\]"):
+        desired({"cors": {"allowed_origin": "*"}})
+    assert (await export_state(server)).document.get("cors") is None
+    await applied(server, {"cors": {**CORS_DECLARED, "allow_credentials": True}})
+    exported = (await export_state(server)).document["cors"]
+    assert exported == {**CORS_DECLARED, "allow_credentials": True}
+    assert (await make_plan(desired({"cors": exported}), server)).changes == []
+
+
+async def test_the_settings_cors_is_applied_at_start(aiohttp_client: AiohttpClient) -> None:
+    base = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT,
+                    cors={"allowed_origins": ["https://app.example.com"]})
+    client: Client = await aiohttp_client(make_test_server(create_app(base)))
+    resp = await client.get("/v1/sys/health", headers={"Origin": "https://evil.example.com"})
+    assert resp.status == 403

@@ -155,7 +155,7 @@ async def test_a_seeded_typo_stops_the_start(
         ({"mounts": [{"path": "j", "type": "jwt", "role": {}}]}, "mounts[0].role: unknown setting (did you mean roles?)"),
         ({"refuse_unknown_parameter": True},
          "refuse_unknown_parameter: unknown setting (did you mean refuse_unknown_parameters?)"),
-        ({"colour": 1}, "colour: unknown setting"),
+        ({"flavour": 1}, "flavour: unknown setting"),
     ],
     ids=["storage", "mount", "top", "nothing-alike"],
 )
