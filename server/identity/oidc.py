@@ -25,7 +25,6 @@ or the next scheduled change of the keys.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import string
 import time
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
 import structlog
 
 from plugin.errors import InvalidRequest, NotFound
@@ -43,6 +43,7 @@ from server.acl.templating import IdentityView
 from server.identity.oidc_keys import ALGORITHMS, KEY_PREFIX, NamedKey, Signers, generate, sign_jwt
 from server.identity.store import OIDC_PREFIX
 from server.identity.token_template import Alias, Who, check_template, fill
+from server.sys.core import raw_json
 
 if TYPE_CHECKING:
     from server.identity.backend import IdentityBackend
@@ -182,16 +183,6 @@ def _who(view: IdentityView) -> Who:
     aliases = {accessor: Alias(a.id, a.name, dict(a.metadata), dict(a.custom_metadata)) for accessor, a in view.aliases}
     return Who(view.id, view.name, dict(view.metadata), aliases, tuple(g.id for g in view.groups),
                tuple(g.name for g in view.groups))
-
-
-def _compact(data: Any) -> bytes:
-    """JSON as Go's ``json.Marshal`` writes it (no spaces)."""
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
-def _raw_json(data: dict[str, Any], cache_control: str | None = None) -> Response:
-    headers = {"Cache-Control": cache_control} if cache_control else {}
-    return Response(raw_body=_compact(data), status=200, content_type="application/json", headers=headers)
 
 
 def paths(b: IdentityBackend) -> list[PathSpec]:
@@ -470,34 +461,36 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
                 times = [key.next_rotation] + [k["expire_at"] for k in key.ring if k["expire_at"]]
                 valid_until = min(valid_until, *times)
             # A rotation made by this build moved the generation on: the next request builds once more.
-            built = keys.key_set = _KeySet(_compact({"keys": published}), generation,
+            built = keys.key_set = _KeySet(orjson.dumps({"keys": published}), generation,
                                            max(valid_until, now + 1))
             return built
 
     async def well_known_keys(req: Request, values: dict[str, Any]) -> Response:
         now = time.time()
         built = await key_set(now)
-        resp = Response(raw_body=built.body, status=200, content_type="application/json")
+        resp = Response(raw_body=built.body, content_type="application/json")
         if built.body != b'{"keys":[]}':
             resp.headers["Cache-Control"] = f"max-age={max(0, int(built.valid_until - now))}"
         return resp
 
     async def discovery(req: Request, values: dict[str, Any]) -> Response:
         base = await issuer()
-        return _raw_json({"issuer": base, "jwks_uri": base + "/.well-known/keys",
-                          "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
-                          "id_token_signing_alg_values_supported": list(ALGORITHMS)}, "max-age=3600")
+        resp = raw_json({"issuer": base, "jwks_uri": base + "/.well-known/keys",
+                         "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+                         "id_token_signing_alg_values_supported": list(ALGORITHMS)})
+        resp.headers["Cache-Control"] = "max-age=3600"
+        return resp
 
     async def introspect(req: Request, values: dict[str, Any]) -> Response:
         def answer(error: str = "") -> Response:
-            return _raw_json({"active": False, "error": error} if error else {"active": True})
+            return raw_json({"active": False, "error": error} if error else {"active": True})
 
         try:
             parsed = parse_token(values.get("token", ""))
         except InvalidRequest as exc:
             return answer("error parsing token: " + str(exc).removeprefix("error validating token: "))
         now = time.time()
-        verifying = keys_from_jwks(json.loads((await key_set(now)).body))
+        verifying = keys_from_jwks(orjson.loads((await key_set(now)).body))
         if not verify_signature(parsed, [k for k in verifying if k.kid == parsed.kid] or verifying):
             return answer("unable to validate the token signature")
         claims = parsed.claims
