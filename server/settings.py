@@ -41,6 +41,7 @@ __all__ = [
     "dev_settings",
     "documented_settings",
     "split_host_port",
+    "is_origin",
 ]
 
 STORAGE_TYPES = ("memory", "sqlite", "postgres")
@@ -109,19 +110,23 @@ def _string(raw: Any, key: str) -> str:
     return raw
 
 
-def _api_addr(raw: Any, key: str) -> str:
-    """A URL of scheme, host and optional port (a trailing ``/`` dropped), or ``""``."""
-    text = _string(raw, key).rstrip("/")
-    if not text:
-        return ""
+def is_origin(text: str) -> bool:
+    """Whether ``text`` is an origin: ``http`` or ``https``, a host and an optional port,
+    nothing more (``https://authmount.example.com:8200``). The form of a browser's ``Origin``
+    (CORS), of ``api_addr`` and of an identity token issuer (Vault's rule for both)."""
     try:
         parts = urlsplit(text)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not (parts.path or parts.query
-                                                                                   or parts.fragment or parts.username)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
-        ok = False
-    if not ok:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
+            and text == f"{parts.scheme}://{parts.netloc}")
+
+
+def _api_addr(raw: Any, key: str) -> str:
+    """An origin (a trailing ``/`` dropped), or ``""``."""
+    text = _string(raw, key).rstrip("/")
+    if text and not is_origin(text):
         raise SettingsError(f"{key}: must be a URL of scheme, host and optional port (https://authmount.example.com:8200)")
     return text
 

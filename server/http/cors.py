@@ -22,12 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
 from plugin.errors import InvalidRequest
 from server.http.errors import error_response
+from server.settings import is_origin
 from server.storage import Engine
 from server.storage.refresh import Refresh
 
@@ -76,14 +76,7 @@ def checked_origins(origins: list[str], allow_credentials: bool) -> tuple[str, .
                                  "could then make credentialed requests; list the origins")
         return ("*",)
     for origin in origins:
-        try:
-            parts = urlsplit(origin)
-            ok = (parts.scheme in ("http", "https") and bool(parts.hostname) and origin == f"{parts.scheme}://"
-                  f"{parts.netloc}" and "@" not in parts.netloc)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            ok = False
-        if not ok:
+        if not is_origin(origin):
             raise InvalidRequest(f'invalid origin "{origin}": an origin is scheme://host[:port], as a browser sends it '
                                  "(no path, no trailing /)")
     return tuple(origins)

@@ -30,7 +30,6 @@ import string
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import orjson
 import structlog
@@ -43,6 +42,7 @@ from server.acl.templating import IdentityView
 from server.identity.oidc_keys import ALGORITHMS, KEY_PREFIX, NamedKey, Signers, generate, sign_jwt
 from server.identity.store import OIDC_PREFIX
 from server.identity.token_template import Alias, Who, check_template, fill
+from server.settings import is_origin
 from server.sys.core import raw_json
 
 if TYPE_CHECKING:
@@ -143,21 +143,6 @@ def changed_role(old: dict[str, Any] | None, values: dict[str, Any]) -> dict[str
     if values.get("client_id"):
         role["client_id"] = values["client_id"]
     return role
-
-
-def _check_issuer(issuer: str) -> None:
-    """Vault's rule: ``http``/``https``, a host, an optional port, nothing more."""
-    try:
-        parts = urlsplit(issuer)
-        valid = (parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.path
-                 and not parts.query and not parts.fragment and "@" not in parts.netloc
-                 and issuer == f"{parts.scheme}://{parts.netloc}")
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        valid = False
-    if not valid:
-        raise InvalidRequest("invalid issuer, which must include only a scheme, host, and optional port "
-                             "(e.g. https://example.com:8200)")
 
 
 @dataclass(slots=True)
@@ -282,7 +267,9 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         configured = values["issuer"]
         resp = None
         if configured:
-            _check_issuer(configured)
+            if not is_origin(configured):  # Vault's rule: http or https, a host, an optional port
+                raise InvalidRequest("invalid issuer, which must include only a scheme, host, and optional port "
+                                     "(e.g. https://example.com:8200)")
             resp = Response(warnings=['If "issuer" is set explicitly, all tokens must be validated against that '
                                       'address. Setting issuer to "" will restore the default behavior of using '
                                       "the server's api_addr as the issuer."])
