@@ -121,6 +121,11 @@ class Quotas:
         #: Any quota at all: the one test every request pays while there is none.
         self.active = False
         self._buckets: dict[str, _Buckets] = {}
+        # The quotas by what ``find`` asks, built at ``install``: a request looks up, never scans.
+        self._by_role: dict[tuple[str, str], Quota] = {}  # (mount, role)
+        self._by_path: dict[tuple[str, str], Quota] = {}  # (mount, suffix)
+        self._globs: dict[str, list[Quota]] = {}  # mount -> its path globs, longest first
+        self._whole: dict[str, Quota] = {}  # mount, or "" for the global quota
         self._refresh = Refresh(self.load, "quotas_reload_failed")
 
     async def load(self) -> None:
@@ -144,6 +149,23 @@ class Quotas:
         self.quotas, self.config = quotas, config
         self._buckets = {name: bucket for name, bucket in self._buckets.items()
                          if name in quotas and old.get(name) == quotas[name]}
+        by_role: dict[tuple[str, str], Quota] = {}
+        by_path: dict[tuple[str, str], Quota] = {}
+        globs: dict[str, list[Quota]] = {}
+        whole: dict[str, Quota] = {}
+        for q in quotas.values():
+            if q.role:
+                if not q.suffix:
+                    by_role.setdefault((q.mount, q.role), q)
+            elif q.suffix:
+                by_path.setdefault((q.mount, q.suffix), q)
+                if q.suffix.endswith("*"):
+                    globs.setdefault(q.mount, []).append(q)
+            else:
+                whole.setdefault(q.mount, q)
+        for found in globs.values():
+            found.sort(key=lambda q: len(q.suffix), reverse=True)
+        self._by_role, self._by_path, self._globs, self._whole = by_role, by_path, globs, whole
         self.active = bool(quotas)
 
     def invalidate(self, key: str) -> None:
@@ -160,24 +182,17 @@ class Quotas:
 
     def find(self, mount: str, suffix: str, role: str) -> Quota | None:
         """The quota that judges a request under ``mount`` at ``suffix`` (a login's ``role``)."""
-        quotas = list(self.quotas.values())
-        if role:
-            found = next((q for q in quotas if q.mount == mount and q.role == role and not q.suffix), None)
-            if found is not None:
-                return found
-        unroled = [q for q in quotas if not q.role]
+        if role and (found := self._by_role.get((mount, role))) is not None:
+            return found
         if mount:
-            exact = next((q for q in unroled if q.mount == mount and q.suffix and q.suffix == suffix), None)
-            if exact is not None:
-                return exact
-            globs = [q for q in unroled if q.mount == mount and q.suffix.endswith("*")
-                     and suffix.startswith(q.suffix[:-1])]
-            if globs:
-                return max(globs, key=lambda q: len(q.suffix))
-            whole = next((q for q in unroled if q.mount == mount and not q.suffix), None)
-            if whole is not None:
-                return whole
-        return next((q for q in unroled if not q.mount), None)
+            if suffix and (found := self._by_path.get((mount, suffix))) is not None:
+                return found
+            for glob in self._globs.get(mount, ()):
+                if suffix.startswith(glob.suffix[:-1]):
+                    return glob
+            if (found := self._whole.get(mount)) is not None:
+                return found
+        return self._whole.get("")
 
     def _buckets_of(self, quota: Quota) -> _Buckets:
         buckets = self._buckets.get(quota.name)

@@ -78,8 +78,8 @@ def paths(b: SysBackend) -> list[SysPath]:
         :raises InvalidRequest: no mount serves it (Vault's text).
         """
         for builtin in _BUILT_IN:
-            if path.startswith(builtin) or path == builtin.rstrip("/"):
-                return builtin, path[len(builtin):].rstrip("/") if path.startswith(builtin) else "", "builtin"
+            if (path + "/").startswith(builtin):  # "sys", "sys/", "sys/mounts"
+                return builtin, path[len(builtin):].rstrip("/"), "builtin"
         if path.startswith("auth/"):
             found = core.mounts.match(path.removeprefix("auth/") or "/")
             if found is not None:
