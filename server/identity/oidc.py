@@ -151,6 +151,10 @@ class _KeySet:
     generation: int
     valid_until: float
 
+    def serves(self, generation: int, now: float) -> bool:
+        """Still the key set: no write since (``generation``) and no scheduled change yet."""
+        return self.generation == generation and now < self.valid_until
+
 
 class _Keys:
     """Per server: the opened private keys and the public key set last built."""
@@ -425,13 +429,12 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         return resp
 
     async def key_set(now: float) -> _KeySet:
-        generation = b.store.oidc_generation
         cached = keys.key_set
-        if cached is not None and cached.generation == generation and now < cached.valid_until:
+        if cached is not None and cached.serves(b.store.oidc_generation, now):
             return cached
         async with keys.lock:  # one rebuild at a time, whoever asks
             cached = keys.key_set
-            if cached is not None and cached.generation == b.store.oidc_generation and now < cached.valid_until:
+            if cached is not None and cached.serves(b.store.oidc_generation, now):
                 return cached
             generation = b.store.oidc_generation
             published: list[dict[str, Any]] = []
