@@ -55,7 +55,8 @@ class GroupView:
 
 @dataclass(frozen=True, slots=True)
 class IdentityView:
-    """What templates read of a token's entity (hashable: it keys the cache of filled ACLs)."""
+    """What templates read of a token's entity: those of policy paths and of identity token roles
+    (``server.identity.token_template``); hashable, it keys the cache of filled ACLs."""
 
     id: str
     name: str

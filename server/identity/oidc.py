@@ -38,10 +38,9 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.jose_verify import keys_from_jwks, parse_token, verify_signature
 from plugin.schema import Field, FieldSet, FieldType
-from server.acl.templating import IdentityView
 from server.identity.oidc_keys import ALGORITHMS, KEY_PREFIX, NamedKey, Signers, generate, sign_jwt
 from server.identity.store import OIDC_PREFIX
-from server.identity.token_template import Alias, Who, check_template, fill
+from server.identity.token_template import check_template, fill
 from server.settings import is_origin
 from server.sys.core import raw_json
 
@@ -166,12 +165,6 @@ class _Keys:
         #: reads is kept, not read from storage per request.
         self.issuer: tuple[int, str] | None = None
         self.lock = asyncio.Lock()
-
-
-def _who(view: IdentityView) -> Who:
-    aliases = {accessor: Alias(a.id, a.name, dict(a.metadata), dict(a.custom_metadata)) for accessor, a in view.aliases}
-    return Who(view.id, view.name, dict(view.metadata), aliases, tuple(g.id for g in view.groups),
-               tuple(g.name for g in view.groups))
 
 
 def paths(b: IdentityBackend) -> list[PathSpec]:
@@ -422,7 +415,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         issued = int(now)
         claims: dict[str, Any] = {"iss": await issuer(), "namespace": "root", "sub": view.id,
                                   "aud": role["client_id"], "exp": issued + ttl, "iat": issued}
-        claims.update(fill(role["template"], _who(view), issued))
+        claims.update(fill(role["template"], view, issued))
         kid, private = keys.signers.open(role["key"], key.signing, b.sealer())
         resp.data = {"token": sign_jwt(private, key.algorithm, kid, claims), "client_id": role["client_id"],
                      "ttl": int(role["ttl"])}

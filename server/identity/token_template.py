@@ -30,42 +30,24 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from plugin.errors import InvalidRequest
 from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
 from plugin.schema import parse_duration
-from server.acl.templating import TemplateError
+from server.acl.templating import AliasView, IdentityView, TemplateError
 from server.acl.templating import pieces as split_templates
 
-__all__ = ["RESERVED_CLAIMS", "Who", "check_template", "fill", "stored_template"]
+__all__ = ["RESERVED_CLAIMS", "check_template", "fill", "stored_template"]
+
+#: An entity without anything: the values a template is checked with.
+_NOBODY = IdentityView("", "")
+_NO_ALIAS = AliasView("", "")
 
 #: Claims an identity token's template may not set (Vault's ``ReservedClaims``, in its order).
 RESERVED_CLAIMS = ("iat", "aud", "exp", "iss", "sub", "namespace", "nonce", "auth_time", "at_hash", "c_hash")
 #: A template's text, at most (the claims end up in every token the role issues).
 MAX_TEMPLATE = 16384
-
-
-@dataclass(frozen=True, slots=True)
-class Alias:
-    id: str = ""
-    name: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    custom_metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Who:
-    """What a template reads of the calling token's entity (an empty one checks a template)."""
-
-    id: str = ""
-    name: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    #: By mount accessor.
-    aliases: dict[str, Alias] = field(default_factory=dict)
-    group_ids: tuple[str, ...] = ()
-    group_names: tuple[str, ...] = ()
 
 
 def stored_template(raw: str) -> str:
@@ -83,7 +65,7 @@ _KNOWN = ("identity.entity.id", "identity.entity.name", "identity.entity.metadat
           "time.now", "time.now.plus.<duration>", "time.now.minus.<duration>")
 
 
-def _value(name: str, who: Who, now: int) -> Any:
+def _value(name: str, who: IdentityView, now: int) -> Any:
     """The value of a directive (``ValueError`` naming the problem for an unknown one)."""
     if name.startswith("time."):
         parts = name.split(".", 3)
@@ -109,18 +91,19 @@ def _value(name: str, who: Who, now: int) -> Any:
     simple: dict[str, Callable[[], Any]] = {
         "id": lambda: who.id, "name": lambda: who.name, "metadata": lambda: dict(who.metadata),
         # no groups: null, as Vault writes an empty Go slice
-        "groups.names": lambda: list(who.group_names) or None, "groups.ids": lambda: list(who.group_ids) or None,
+        "groups.names": lambda: [g.name for g in who.groups] or None,
+        "groups.ids": lambda: [g.id for g in who.groups] or None,
     }
     if rest in simple:
         return simple[rest]()
     if rest.startswith("metadata.") and len(rest) > len("metadata."):
-        return who.metadata.get(rest[len("metadata."):], "")
+        return dict(who.metadata).get(rest[len("metadata."):], "")
     if rest.startswith("aliases."):
         accessor, _, leaf = rest[len("aliases."):].partition(".")
         if accessor and leaf:
-            alias = who.aliases.get(accessor, Alias())
+            alias = dict(who.aliases).get(accessor, _NO_ALIAS)
             for kind in ("metadata", "custom_metadata"):
-                values: dict[str, str] = getattr(alias, kind)
+                values = dict(getattr(alias, kind))
                 if leaf == kind:
                     return dict(values)
                 if leaf.startswith(kind + ".") and len(leaf) > len(kind) + 1:
@@ -130,7 +113,7 @@ def _value(name: str, who: Who, now: int) -> Any:
     raise ValueError(f'unknown template "{name}" (known: {", ".join(_KNOWN)})')
 
 
-def fill(template: str, who: Who, now: int) -> dict[str, Any]:
+def fill(template: str, who: IdentityView, now: int) -> dict[str, Any]:
     """The claims ``template`` gives for ``who`` at ``now`` (``{}`` for no template).
 
     :raises InvalidRequest: the template does not parse, names an unknown directive, is not a
@@ -172,5 +155,5 @@ def check_template(raw: str) -> str:
     template = stored_template(raw)
     if len(template) > MAX_TEMPLATE:
         raise InvalidRequest(f"template is longer than the maximum of {MAX_TEMPLATE} characters")
-    fill(template, Who(), 0)
+    fill(template, _NOBODY, 0)
     return template

@@ -14,12 +14,13 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from plugin.sealing import is_sealed
+from server.acl.templating import AliasView, GroupView, IdentityView
 from server.app import create_app
 from server.appkeys import STORAGE
 from server.http.listverb import make_test_server
 from server.identity.oidc import _claims_problem
 from server.identity.oidc_keys import KEY_PREFIX
-from server.identity.token_template import RESERVED_CLAIMS, Alias, Who, check_template, fill
+from server.identity.token_template import RESERVED_CLAIMS, check_template, fill
 from server.settings import Settings, StorageSettings
 from tests.server.httpkit import Client, app_of
 from tests.server.test_identity import ROOT, Api, _mount
@@ -302,8 +303,8 @@ async def test_an_algorithm_change_makes_new_keys_and_keeps_the_old_ones_verifyi
 
 
 def test_template_fills_every_directive_as_json() -> None:
-    who = Who("e1", 'na"me', {"team": "a\nb"}, {"acc": Alias("al1", "alice", {"m": "1"}, {"c": "2"})},
-              ("g1",), ("ops",))
+    who = IdentityView("e1", 'na"me', (("team", "a\nb"),),
+                       (("acc", AliasView("al1", "alice", (("m", "1"),), (("c", "2"),))),), (GroupView("g1", "ops"),))
     template = ('{"id": {{identity.entity.id}}, "name": {{ identity.entity.name }}, "md": {{identity.entity.metadata}}, '
                 '"team": {{identity.entity.metadata.team}}, "none": {{identity.entity.metadata.none}}, '
                 '"ids": {{identity.entity.groups.ids}}, "alias": {{identity.entity.aliases.acc.name}}, '
