@@ -334,6 +334,9 @@ class PathSpec:
     #: A write's body is not read (nor parsed as JSON): the handler answers without it
     #: (``sys/storage/raft/snapshot``'s restore, a gzipped tar, refused with advice).
     ignores_body: bool = False
+    #: Written to the audit log although it needs no token (the OIDC provider's token
+    #: endpoint: it issues tokens); the other paths that need none are not audited.
+    always_audited: bool = False
     #: The token's policy must also grant ``sudo`` on the path (Vault's ``PathsSpecial.Root``).
     sudo: bool = False
     #: If set, CREATE vs UPDATE is decided by this; else writes are UPDATE.

@@ -260,17 +260,18 @@ async def take_result(storage: Storage, state: FlowState) -> dict[str, Any] | No
     return box.get("result")
 
 
-async def sweep_used(storage: Storage, now: float, limit: int = SWEEP_BATCH) -> int:
-    """Delete up to ``limit`` used-state records whose state expired more than
-    ``SWEEP_GRACE`` seconds ago; return how many. Reads names only, oldest first."""
+async def sweep_used(storage: Storage, now: float, limit: int = SWEEP_BATCH, prefix: str = USED_PREFIX) -> int:
+    """Delete up to ``limit`` used-state records (below ``prefix``: the OIDC provider's
+    redeemed codes are named the same way) whose state expired more than ``SWEEP_GRACE``
+    seconds ago; return how many. Reads names only, oldest first."""
     cutoff = now - SWEEP_GRACE
     deleted = 0
-    for name in await storage.list_page(USED_PREFIX, limit=limit):
+    for name in await storage.list_page(prefix, limit=limit):
         head = name.split("-", 1)[0]
         if not head.isdigit() or len(head) != _EXPIRY_DIGITS or name.endswith("/"):
             continue  # not ours: leave it
         if int(head) > cutoff:
             break  # names come in expiry order: the rest are younger
-        await storage.delete(USED_PREFIX + name)
+        await storage.delete(prefix + name)
         deleted += 1
     return deleted

@@ -222,6 +222,7 @@ CONFIG_MODULES = (
     # identity/ writes and lookups
     "server/identity/store.py", "server/identity/groups.py", "server/identity/aliases.py",
     "server/identity/entities.py", "server/identity/oidc.py", "server/identity/token_template.py",
+    "server/identity/provider.py",
 )
 
 _CONSTRUCTORS = {

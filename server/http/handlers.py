@@ -622,7 +622,7 @@ def builtin_handler(
         spec = route.spec
         # The status paths that need no token are not audited (as in Vault).
         exchange = Exchange(request, req, point + req.path, mount=None, login=False,
-                            audited=not spec.unauthenticated, point=point, kind=kind)
+                            audited=not spec.unauthenticated or spec.always_audited, point=point, kind=kind)
         entry = None
         try:
             if not spec.unauthenticated:
@@ -630,7 +630,10 @@ def builtin_handler(
             else:
                 # What the caller sent as its token, for a path that reads it without using it
                 # (``sys/wrapping/lookup`` of the calling wrapping token).
-                req.token = {"entry": None, "raw": request_token(request) or ""}
+                # The Authorization header as sent, for a path that authenticates its caller itself
+                # (the OIDC provider's token endpoint: client_secret_basic; its userinfo: Bearer).
+                req.token = {"entry": None, "raw": request_token(request) or "",
+                             "authorization": request.headers.get("Authorization", "")}
             try:
                 await exchange.requested(entry)
                 if spec.free_form and wrap_ttl is None:  # it answers what it was sent: only ever wrapped

@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 from plugin.framework import Backend
 from plugin.sealing import Sealer
 from server.appkeys import IDENTITY, KEYRING, LISTEN_ADDRESS, SETTINGS, TOKENS
-from server.identity import aliases, entities, groups, oidc
+from server.identity import aliases, entities, groups, oidc, provider, provider_flow
 from server.identity.store import IdentityStore
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from server.settings import Settings
+    from server.tokens.store import TokenStore
 
 __all__ = ["IdentityBackend", "api_addr", "app_identity_backend", "settings_api_addr"]
 
@@ -39,17 +40,31 @@ class IdentityBackend(Backend):
     type_name = "identity"
 
     def __init__(self, store: Callable[[], IdentityStore], derived: Callable[[str, str], tuple[str, str]],
-                 sealer: Callable[[], Sealer], api_addr: Callable[[], str]) -> None:
+                 sealer: Callable[[], Sealer], api_addr: Callable[[], str],
+                 tokens: Callable[[], TokenStore] | None = None) -> None:
         super().__init__()
         self._store = store
         self.derived = derived
         self.sealer = sealer
         self.api_addr = api_addr
-        self.paths = [*groups.paths(self), *aliases.paths(self), *entities.paths(self), *oidc.paths(self)]
+        self._tokens = tokens
+        self.oidc_keys = oidc.IdentityKeys(self)
+        self.provider_objects = provider.ProviderObjects(self)
+        self.paths = [*groups.paths(self), *aliases.paths(self), *entities.paths(self), *oidc.paths(self),
+                      *provider.paths(self), *provider_flow.paths(self)]
 
     @property
     def store(self) -> IdentityStore:
         return self._store()
+
+    def tokens(self) -> TokenStore:
+        """The token store (the OIDC provider's access tokens).
+
+        :raises RuntimeError: the backend was built without one (a caller bug).
+        """
+        if self._tokens is None:
+            raise RuntimeError("the identity backend has no token store")
+        return self._tokens()
 
     def entity_of(self, accessor: str, name: str) -> tuple[str, str]:
         """The (entity id, entity alias id) a login through ``accessor`` named ``name`` gets:
@@ -64,7 +79,7 @@ def app_identity_backend(app: web.Application) -> IdentityBackend:
     built before the state exists)."""
     return IdentityBackend(lambda: app[IDENTITY], lambda accessor, name: (
         app[TOKENS].entity_id(accessor, name), app[TOKENS].entity_alias_id(accessor, name)),
-        lambda: app[KEYRING], lambda: api_addr(app))
+        lambda: app[KEYRING], lambda: api_addr(app), lambda: app[TOKENS])
 
 
 def api_addr(app: web.Application) -> str:

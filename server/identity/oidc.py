@@ -15,7 +15,8 @@ a JWT signed by the server, which services verify offline against the public key
 - ``oidc/introspect``: is a token ours, in time, for this client, and its entity enabled.
 
 Vault's OIDC *provider* (``identity/oidc/provider``, clients, assignments, scopes, the
-authorization code flow) is not served (docs/vault-differences.md, "Not implemented").
+authorization code flow) is ``server.identity.provider`` and ``provider_flow``; it signs with
+the named keys kept here (``IdentityKeys``).
 
 Stored under ``identity/oidc/``: ``config``, ``key/<name>``, ``role/<name>``. The public key
 set is kept in memory until a write here or on another node (``IdentityStore.oidc_generation``)
@@ -28,6 +29,7 @@ import asyncio
 import secrets
 import string
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +51,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("authmount.identity")
 
-__all__ = ["CONFIG_KEY", "DEFAULT_KEY", "KEY_FIELDS", "NAME_RE", "ROLE_FIELDS", "ROLE_PREFIX", "changed_key",
-           "changed_role", "issuer_of", "paths"]
+__all__ = ["CLIENT_PREFIX", "CONFIG_KEY", "DEFAULT_KEY", "IdentityKeys", "KEY_FIELDS", "KeySet", "NAME_RE", "ROLE_FIELDS", "ROLE_PREFIX", "changed_key",
+           "changed_role", "issuer_of", "paths", "stored_objects"]
 
 CONFIG_KEY = OIDC_PREFIX + "config"
 ROLE_PREFIX = OIDC_PREFIX + "role/"
+#: The OIDC provider's clients (``server.identity.provider``): a key they use cannot go.
+CLIENT_PREFIX = OIDC_PREFIX + "client/"
 DEFAULT_KEY = "default"
 #: Vault's ``framework.GenericNameRegex``.
 NAME_RE = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
@@ -96,6 +100,16 @@ _INTROSPECT_FIELDS = FieldSet({
     "token": Field(_S, "The identity token to check."),
     "client_id": Field(_S, "When given, the token's audience must include it."),
 })
+
+
+async def stored_objects(storage: Any, prefix: str) -> dict[str, dict[str, Any]]:
+    """Every object stored one level below ``prefix``, by name."""
+    out = {}
+    for name in await storage.list(prefix):
+        raw = await storage.get(prefix + name)
+        if isinstance(raw, dict):
+            out[name] = raw
+    return out
 
 
 def issuer_of(configured: str, api_addr: str) -> str:
@@ -145,7 +159,7 @@ def changed_role(old: dict[str, Any] | None, values: dict[str, Any]) -> dict[str
 
 
 @dataclass(slots=True)
-class _KeySet:
+class KeySet:
     body: bytes
     generation: int
     valid_until: float
@@ -155,64 +169,45 @@ class _KeySet:
         return self.generation == generation and now < self.valid_until
 
 
-class _Keys:
-    """Per server: the opened private keys and the public key set last built."""
+class IdentityKeys:
+    """Per server: the named keys as identity tokens and the OIDC provider use them, the private
+    keys opened so far, the public key set last built, and the issuer last read."""
 
-    def __init__(self) -> None:
+    def __init__(self, b: IdentityBackend) -> None:
+        self.b = b
         self.signers = Signers()
-        self.key_set: _KeySet | None = None
+        #: The public key sets last built, by slot (``key_set``).
+        self.key_sets: dict[str, KeySet] = {}
         #: (generation, the stored issuer): the discovery document needs no token, so what it
         #: reads is kept, not read from storage per request.
         self.issuer: tuple[int, str] | None = None
         self.lock = asyncio.Lock()
 
+    def changed(self) -> None:
+        """A write under ``identity/oidc/``: what is kept from there is read again."""
+        self.b.store.oidc_generation += 1
 
-def paths(b: IdentityBackend) -> list[PathSpec]:
-    """The identity token paths."""
-    keys = _Keys()
-
-    def storage() -> Any:
-        return b.store.storage
-
-    def changed() -> None:
-        b.store.oidc_generation += 1
-
-    async def configured_issuer() -> str:
+    async def configured_issuer(self) -> str:
         """The stored ``issuer``, read again after a write here or on another node."""
-        generation = b.store.oidc_generation
-        if keys.issuer is not None and keys.issuer[0] == generation:
-            return keys.issuer[1]
-        raw = await storage().get(CONFIG_KEY)
+        generation = self.b.store.oidc_generation
+        if self.issuer is not None and self.issuer[0] == generation:
+            return self.issuer[1]
+        raw = await self.b.store.storage.get(CONFIG_KEY)
         configured = str(raw.get("issuer", "")) if isinstance(raw, dict) else ""
-        keys.issuer = (generation, configured)
+        self.issuer = (generation, configured)
         return configured
 
-    async def issuer() -> str:
-        return issuer_of(await configured_issuer(), b.api_addr())
-
-    async def load_key(name: str) -> NamedKey | None:
-        raw = await storage().get(KEY_PREFIX + name)
+    async def load(self, name: str) -> NamedKey | None:
+        raw = await self.b.store.storage.get(KEY_PREFIX + name)
         return NamedKey.from_storage(raw) if isinstance(raw, dict) else None
 
-    async def load_role(name: str) -> dict[str, Any] | None:
-        raw = await storage().get(ROLE_PREFIX + name)
-        return raw if isinstance(raw, dict) else None
-
-    async def roles() -> dict[str, dict[str, Any]]:
-        out = {}
-        for name in await storage().list(ROLE_PREFIX):
-            role = await load_role(name)
-            if role is not None:
-                out[name] = role
-        return out
-
-    async def fresh_key(name: str, now: float) -> NamedKey | None:
+    async def fresh(self, name: str, now: float) -> NamedKey | None:
         """The key ``name``, rotated first when it is due (one node rotates; see oidc_keys)."""
-        key = await load_key(name)
+        key = await self.load(name)
         if key is None or not key.due(now):
             return key
         upcoming = await asyncio.to_thread(generate, key.algorithm)
-        sealer = b.sealer()
+        sealer = self.b.sealer()
 
         def rotate(old: Any) -> Any:
             if not isinstance(old, dict):
@@ -223,8 +218,8 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             current.rotate(upcoming, sealer, name, now, None)
             return current.to_storage()
 
-        raw = await storage().update(KEY_PREFIX + name, rotate)
-        changed()
+        raw = await self.b.store.storage.update(KEY_PREFIX + name, rotate)
+        self.changed()
         if not isinstance(raw, dict):
             return None
         rotated = NamedKey.from_storage(raw)
@@ -232,12 +227,13 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             log.info("identity_key_rotated", key=name, signing_kid=rotated.signing["kid"], reason="due")
         return rotated
 
-    async def ensure_default_key() -> None:
-        if await load_key(DEFAULT_KEY) is not None:
+    async def ensure_default(self) -> None:
+        """Make the ``default`` key (RS256, every client ID allowed) unless it exists."""
+        if await self.load(DEFAULT_KEY) is not None:
             return
         now = time.time()
         current, upcoming = await asyncio.to_thread(lambda: (generate("RS256"), generate("RS256")))
-        sealer = b.sealer()
+        sealer = self.b.sealer()
 
         def create(old: Any) -> Any:
             if old is not None:
@@ -246,8 +242,59 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             key.install(current, upcoming, sealer, DEFAULT_KEY, now)
             return key.to_storage()
 
-        await storage().update(KEY_PREFIX + DEFAULT_KEY, create)
-        changed()
+        await self.b.store.storage.update(KEY_PREFIX + DEFAULT_KEY, create)
+        self.changed()
+
+    async def key_set(self, slot: str, names: Callable[[], Awaitable[list[str]]], now: float) -> KeySet:
+        """The public key set of the keys ``names()`` gives, as JSON, kept in ``slot`` (``""``:
+        the identity tokens' roles; a provider's name: its clients) until a write under
+        ``identity/oidc/`` or the keys' next scheduled change."""
+        cached = self.key_sets.get(slot)
+        if cached is not None and cached.serves(self.b.store.oidc_generation, now):
+            return cached
+        async with self.lock:  # one rebuild at a time, whoever asks
+            cached = self.key_sets.get(slot)
+            if cached is not None and cached.serves(self.b.store.oidc_generation, now):
+                return cached
+            generation = self.b.store.oidc_generation
+            published: list[dict[str, Any]] = []
+            valid_until = now + 3600
+            for name in dict.fromkeys(await names()):
+                key = await self.fresh(name, now)
+                if key is None:
+                    continue
+                published += key.public_keys(now)
+                times = [key.next_rotation] + [k["expire_at"] for k in key.ring if k["expire_at"]]
+                valid_until = min(valid_until, *times)
+            # A rotation made by this build moved the generation on: the next request builds once more.
+            built = self.key_sets[slot] = KeySet(orjson.dumps({"keys": published}), generation,
+                                                  max(valid_until, now + 1))
+            return built
+
+    def sign(self, name: str, key: NamedKey, claims: dict[str, Any]) -> str:
+        """``claims`` signed with the current signing key of ``key`` (stored as ``name``)."""
+        kid, private = self.signers.open(name, key.signing, self.b.sealer())
+        return sign_jwt(private, key.algorithm, kid, claims)
+
+
+def paths(b: IdentityBackend) -> list[PathSpec]:
+    """The identity token paths."""
+    keys = b.oidc_keys
+    load_key, fresh_key, changed = keys.load, keys.fresh, keys.changed
+    configured_issuer, ensure_default_key = keys.configured_issuer, keys.ensure_default
+
+    def storage() -> Any:
+        return b.store.storage
+
+    async def issuer() -> str:
+        return issuer_of(await configured_issuer(), b.api_addr())
+
+    async def load_role(name: str) -> dict[str, Any] | None:
+        raw = await storage().get(ROLE_PREFIX + name)
+        return raw if isinstance(raw, dict) else None
+
+    async def roles() -> dict[str, dict[str, Any]]:
+        return await stored_objects(storage(), ROLE_PREFIX)
 
     # -- config ----------------------------------------------------------------------------
     async def read_config(req: Request, values: dict[str, Any]) -> Response:
@@ -287,6 +334,11 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
                 if role.get("key") == name and int(role.get("ttl", 0)) > key.verification_ttl:
                     raise InvalidRequest(f'unable to update key "{name}" because it is currently referenced by one '
                                          f"or more roles with a token ttl greater than {key.verification_ttl} seconds")
+            for client in (await stored_objects(storage(), CLIENT_PREFIX)).values():
+                if client.get("key") == name and int(client.get("id_token_ttl", 0)) > key.verification_ttl:
+                    raise InvalidRequest(f'unable to update key "{name}" because it is currently referenced by one '
+                                         f"or more clients with an id_token_ttl greater than {key.verification_ttl} "
+                                         "seconds")
         now = time.time()
         if not key.next_rotation or now + key.rotation_period < key.next_rotation:
             key.next_rotation = now + key.rotation_period
@@ -321,6 +373,10 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         if users:
             raise InvalidRequest(f'unable to delete key "{name}" because it is currently referenced by these '
                                  f"roles: {', '.join(users)}")
+        users = sorted(n for n, c in (await stored_objects(storage(), CLIENT_PREFIX)).items() if c.get("key") == name)
+        if users:
+            raise InvalidRequest(f'unable to delete key "{name}" because it is currently referenced by these '
+                                 f"clients: {', '.join(users)}")
         await storage().delete(KEY_PREFIX + name)
         changed()
 
@@ -416,37 +472,15 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         claims: dict[str, Any] = {"iss": await issuer(), "namespace": "root", "sub": view.id,
                                   "aud": role["client_id"], "exp": issued + ttl, "iat": issued}
         claims.update(fill(role["template"], view, issued))
-        kid, private = keys.signers.open(role["key"], key.signing, b.sealer())
-        resp.data = {"token": sign_jwt(private, key.algorithm, kid, claims), "client_id": role["client_id"],
+        resp.data = {"token": keys.sign(role["key"], key, claims), "client_id": role["client_id"],
                      "ttl": int(role["ttl"])}
         return resp
 
-    async def key_set(now: float) -> _KeySet:
-        cached = keys.key_set
-        if cached is not None and cached.serves(b.store.oidc_generation, now):
-            return cached
-        async with keys.lock:  # one rebuild at a time, whoever asks
-            cached = keys.key_set
-            if cached is not None and cached.serves(b.store.oidc_generation, now):
-                return cached
-            generation = b.store.oidc_generation
-            published: list[dict[str, Any]] = []
-            valid_until = now + 3600
-            seen: set[str] = set()
-            for role in (await roles()).values():
-                if role.get("key") in seen:
-                    continue
-                seen.add(role["key"])
-                key = await fresh_key(role["key"], now)
-                if key is None:
-                    continue
-                published += key.public_keys(now)
-                times = [key.next_rotation] + [k["expire_at"] for k in key.ring if k["expire_at"]]
-                valid_until = min(valid_until, *times)
-            # A rotation made by this build moved the generation on: the next request builds once more.
-            built = keys.key_set = _KeySet(orjson.dumps({"keys": published}), generation,
-                                           max(valid_until, now + 1))
-            return built
+    async def role_key_names() -> list[str]:
+        return [str(role.get("key", "")) for role in (await roles()).values()]
+
+    async def key_set(now: float) -> KeySet:
+        return await keys.key_set("", role_key_names, now)
 
     async def well_known_keys(req: Request, values: dict[str, Any]) -> Response:
         now = time.time()

@@ -12,7 +12,12 @@ from server.tokens.entry import TokenEntry
 from server.tokens.ids import random_b62
 from server.tokens.keys import HmacSha256
 
-__all__ = ["encode_batch", "decode_batch"]
+__all__ = ["CARRIED_INTERNAL", "encode_batch", "decode_batch"]
+
+#: The entries of ``internal_data`` a batch token carries (signed, so the holder reads them
+#: but cannot change them): what an OIDC provider's access token is for, and that its
+#: entity's groups grant it no policies.
+CARRIED_INTERNAL = ("oidc_provider", "oidc_client_id", "oidc_scopes", "no_identity_policies")
 
 # Batch tokens: "hvb." + base64url(JSON payload) + "." + base64url(HMAC-SHA256(key, body)).
 # Signed, not encrypted: the holder can read its own policies and metadata (lookup-self
@@ -39,6 +44,9 @@ def encode_batch(entry: TokenEntry, key: bytes) -> str:
     }
     if entry.role:
         payload["r"] = entry.role
+    carried = {k: entry.internal_data[k] for k in CARRIED_INTERNAL if k in entry.internal_data}
+    if carried:
+        payload["q"] = carried
     try:
         encoded = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # e.g. a lone surrogate orjson refuses; json escapes it
@@ -97,6 +105,7 @@ def decode_batch(raw: str, keys: tuple[bytes, ...]) -> TokenEntry | None:
             renewable=False,
             entity_id=p["i"],
             role=p.get("r", ""),
+            internal_data={k: v for k, v in dict(p.get("q") or {}).items() if k in CARRIED_INTERNAL},
         )
     except (ValueError, KeyError, TypeError):
         # Only reachable with a valid signature, i.e. a bug on our side, not an attacker.

@@ -501,7 +501,7 @@ class TokenStore:
     async def identity_policies(self, entry: TokenEntry) -> list[str]:
         """The policies ``entry`` gets from its entity's groups now (empty without an entity,
         and without any lookup when no group grants a policy)."""
-        if self.identity is None or not entry.entity_id:
+        if self.identity is None or not entry.entity_id or entry.internal_data.get("no_identity_policies"):
             return []
         return await self.identity.policies_for(entry.entity_id)
 

@@ -178,6 +178,9 @@ def _api(work: Path, stdout: str) -> None:
     assert '{"aud":"deploy-service","groups":["release"],"namespace":"root"}' in stdout
     assert '[{"kty":"RSA","alg":"RS256","use":"sig"},{"kty":"RSA","alg":"RS256","use":"sig"}]' in stdout
     assert '{"active":true}' in stdout
+    # the OIDC provider: a code, its exchange, the ID token's claims, userinfo
+    assert '{"state":"af0ifjsldkj","code":true}' in stdout and '{"token_type":"Bearer","expires_in":600}' in stdout
+    assert '{"groups":["release"],"namespace":"root"}' in stdout and '{"groups":["release"]}' in stdout
     assert "200 200 429 " in stdout  # a rate limit quota
     assert '{"path":"sys/policies/acl","rate":2,"interval":60}' in stdout
 

@@ -1787,6 +1787,136 @@ def test_identity_tokens_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> N
     assert answers[0] == answers[1]
 
 
+#: The OIDC provider's objects, in order, by root: (method, path, body). Client IDs and secrets
+#: are compared by form, OpenBao's own client fields (``authorization_code``,
+#: ``client_credentials``: not Vault's) are left out, and a provider write's warnings by count.
+PROVIDER_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "identity/oidc/provider/default", None),
+    ("GET", "identity/oidc/assignment/allow_all", None),
+    ("POST", "identity/oidc/assignment/allow_all", {"entity_ids": "x"}),
+    ("DELETE", "identity/oidc/assignment/allow_all", None),
+    ("POST", "identity/oidc/scope/openid", {"template": "{}"}),
+    ("POST", "identity/oidc/scope/pv-groups", {"template": '{"groups": {{identity.entity.groups.names}}}',
+                                                "description": "d"}),
+    ("POST", "identity/oidc/scope/pv-name", {"template": '{"name": {{identity.entity.name}}, "groups": 1}'}),
+    ("POST", "identity/oidc/scope/pv-bad", {"template": '{"aud": "x"}'}),
+    ("GET", "identity/oidc/scope/pv-groups", None),
+    ("POST", "identity/oidc/assignment/pv-a", {"entity_ids": " B , a,a", "group_ids": "G"}),
+    ("GET", "identity/oidc/assignment/pv-a", None),
+    ("POST", "identity/oidc/client/pv-c", {"assignments": "nope"}),
+    ("POST", "identity/oidc/client/pv-c", {"key": "nope"}),
+    ("POST", "identity/oidc/client/pv-c", {"client_type": "other"}),
+    ("POST", "identity/oidc/client/pv-c", {"id_token_ttl": "48h"}),
+    ("POST", "identity/oidc/client/pv-c", {"redirect_uris": "https://app.example.com/cb,https://app.example.com/cb",
+                                           "assignments": "allow_all", "id_token_ttl": "30m"}),
+    ("GET", "identity/oidc/client/pv-c", None),
+    ("POST", "identity/oidc/client/pv-c", {"key": "other"}),
+    ("POST", "identity/oidc/client/pv-c", {"client_type": "public"}),
+    ("POST", "identity/oidc/client/pv-pub", {"redirect_uris": "http://127.0.0.1/cb", "assignments": "pv-a",
+                                             "client_type": "public"}),
+    ("GET", "identity/oidc/client/pv-pub", None),
+    ("DELETE", "identity/oidc/assignment/pv-a", None),
+    ("POST", "identity/oidc/provider/pv-p", {"scopes_supported": "nope"}),
+    ("POST", "identity/oidc/provider/pv-p", {"issuer": "https://id.example.com/"}),
+    ("POST", "identity/oidc/provider/pv-p", {"scopes_supported": "pv-groups,pv-name", "allowed_client_ids": "*"}),
+    ("DELETE", "identity/oidc/scope/pv-name", None),
+    ("DELETE", "identity/oidc/provider/default", None),
+    ("POST", "identity/oidc/provider/pv-p", {"scopes_supported": "pv-groups", "allowed_client_ids": "*"}),
+]
+_OPENBAO_CLIENT_FIELDS = ("authorization_code", "client_credentials")
+
+
+def _provider_data(url: str, data: Any) -> Any:
+    """An object's data as compared: generated client IDs and secrets by their form, the
+    server's address left out of issuers."""
+    if not isinstance(data, dict):
+        return data
+    out = {k: v for k, v in data.items() if k not in _OPENBAO_CLIENT_FIELDS}
+    if "issuer" in out:
+        out["issuer"] = out["issuer"].replace(url, "")
+    if "client_id" in out:
+        out["client_id"] = len(out["client_id"]) == 32 and out["client_id"].isalnum()
+    if "client_secret" in out:
+        out["client_secret"] = out["client_secret"].startswith("hvo_secret_") and len(out["client_secret"]) == 75
+    return out
+
+
+def _provider_flow(url: str, root: str) -> list[Any]:
+    """A login's token signs in to client ``pv-c`` through provider ``pv-p``: the refusals of
+    authorize, token and userinfo as bodies, then what the ID token and userinfo say."""
+    head = {"X-Vault-Token": root}
+    client = requests.get(f"{url}/v1/identity/oidc/client/pv-c", headers=head, timeout=10).json()["data"]
+    public = requests.get(f"{url}/v1/identity/oidc/client/pv-pub", headers=head, timeout=10).json()["data"]
+    login = requests.post(f"{url}/v1/auth/peer-jwt/login", json={"role": "plain", "jwt": _jwt(claims={
+        "sub": "provider-user"})}, timeout=10).json()["auth"]
+    user = {"X-Vault-Token": login["client_token"]}
+    base = f"{url}/v1/identity/oidc/provider/pv-p"
+    params = {"client_id": client["client_id"], "scope": "openid pv-groups other", "redirect_uri":
+              "https://app.example.com/cb", "response_type": "code", "state": "s1", "nonce": "n1"}
+    seen: list[Any] = []
+    for change in ({"client_id": "nope"}, {"redirect_uri": "https://evil.example.com/cb"}, {"scope": "pv-groups"},
+                   {"response_type": "token"}, {"code_challenge": "short"}, {"max_age": "0"}, {"request": "x"}):
+        resp = requests.get(base + "/authorize", params={**params, **change}, headers=user, timeout=10)
+        seen.append((resp.status_code, resp.json()))
+    seen.append(requests.get(base + "/authorize", params=params, headers=head, timeout=10).json())  # root: no entity
+    pub = {**params, "client_id": public["client_id"], "redirect_uri": "http://127.0.0.1:5555/cb"}
+    seen.append(requests.get(base + "/authorize", params=pub, headers=user, timeout=10).json())  # not assigned
+    code = requests.post(base + "/authorize", json=params, headers=user, timeout=10).json()
+    seen.append(sorted(code))
+    creds = (client["client_id"], client["client_secret"])
+    form = {"grant_type": "authorization_code", "code": code["code"], "redirect_uri": "https://app.example.com/cb"}
+    for data, auth in (({**form, "client_id": "nope"}, None), (form, (creds[0], "wrong")), ({"code": "x"}, creds),
+                       ({**form, "code": ""}, creds), ({**form, "code": "forged"}, creds)):
+        resp = requests.post(base + "/token", data=data, auth=auth, timeout=10)
+        seen.append((resp.status_code, resp.json(), resp.headers.get("WWW-Authenticate")))
+    resp = requests.post(base + "/token", data=form, auth=creds, timeout=10)
+    tokens = resp.json()
+    seen += [resp.status_code, sorted(tokens), tokens["token_type"], tokens["expires_in"], resp.headers["Pragma"]]
+    again = requests.post(base + "/token", data=form, auth=creds, timeout=10)
+    seen.append((again.status_code, again.json()))
+    head_part, body = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+                       for p in tokens["id_token"].split(".")[:2])
+    keys = requests.get(base + "/.well-known/keys", timeout=10).json()["keys"]
+    assert head_part["kid"] in [k["kid"] for k in keys]
+    seen += [sorted(head_part), head_part["alg"], sorted(body), body["sub"] == login["entity_id"],
+             body["aud"] == client["client_id"], body["exp"] - body["iat"], body["iss"] == base, body["nonce"],
+             body["groups"], len(keys)]
+    info = requests.get(base + "/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]}, timeout=10)
+    seen += [info.status_code, sorted(info.json()), info.json()["sub"] == login["entity_id"]]
+    for headers in ({"X-Vault-Token": tokens["access_token"]}, {"Authorization": "Bearer " + login["client_token"]}):
+        resp = requests.get(base + "/userinfo", headers=headers, timeout=10)
+        seen.append((resp.status_code, resp.json()["error"]))
+    resp = requests.get(f"{url}/v1/auth/token/lookup-self", headers={"X-Vault-Token": tokens["access_token"]},
+                        timeout=10)
+    seen.append(resp.status_code)
+    discovery = requests.get(base + "/.well-known/openid-configuration", timeout=10).json()
+    seen.append({k: v.replace(url, "") if isinstance(v, str) else v for k, v in discovery.items()})
+    return seen
+
+
+def test_oidc_provider_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> None:
+    """Scopes, assignments, clients and providers with their refusals, then the authorization
+    code flow with its refusals, an ID token and userinfo, side by side."""
+    answers = []
+    for url, root in ((jwt_mounts[0].url, str(jwt_mounts[0].root_token)), (jwt_mounts[1].url, jwt_mounts[1].root_token)):
+        head = {"X-Vault-Token": root}
+        seen: list[Any] = []
+        for index, (method, path, body) in enumerate(PROVIDER_STEPS):
+            resp = requests.request(method, f"{url}/v1/{path}", json=body, headers=head, timeout=10)
+            answer = resp.json() if resp.text else {}
+            if "errors" in answer:
+                seen.append((index, resp.status_code, _errors(answer)))
+            else:
+                seen.append((index, resp.status_code, _provider_data(url, answer.get("data")),
+                             len(answer.get("warnings") or [])))
+        listed = requests.request("LIST", f"{url}/v1/identity/oidc/provider", headers=head, timeout=10).json()["data"]
+        seen.append((sorted(listed["keys"]), sorted(listed["key_info"]["pv-p"])))
+        seen += _provider_flow(url, root)
+        answers.append(seen)
+    mismatches = [(a, b) for a, b in zip(answers[0], answers[1], strict=True) if a != b]
+    assert mismatches == [], "\n".join(f"ours:   {a}\ntheirs: {b}" for a, b in mismatches)
+
+
 #: Rate limit quotas, in order, by root: (method, path, body); ``("CALL", path, n)`` makes n
 #: requests to ``path`` (a GET by root, or a login when the path ends in ``login``) and records
 #: their statuses. The quotas are deleted at the end: the peer server is shared by the module.
