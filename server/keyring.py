@@ -366,8 +366,8 @@ class Keyring:
 
 
 #: Where sealed values live: every auth mount's storage, the token store's secrets, the
-#: identity tokens' private keys, the OIDC provider's client secrets, and ``core/`` (the keyring itself is sealed under the
-#: storage key, not a term, and skipped).
+#: identity tokens' private keys, the OIDC provider's client secrets, and ``core/`` (the
+#: keyring itself is sealed under the storage key, not a term, and skipped).
 RESEAL_PREFIXES = ("auth/", "core/", "sys/token/salt", "sys/token/batch_key", "identity/oidc/key/",
                    "identity/oidc/client/")
 

@@ -871,3 +871,29 @@ def test_identity_tokens_follow_a_rotation_on_the_other_worker_within_the_bound(
     after = kids(a)
     assert len(after) == 3 and before < after
     assert seen_within(lambda: kids(b) == after) < 1.0
+
+
+def test_an_oidc_provider_code_made_on_one_worker_is_redeemed_once_on_another(workers: Workers) -> None:
+    """Vault keeps a code in the memory of the node that made it; here a code authorize made
+    on B is exchanged on A, a second exchange on B is refused, and the access token serves
+    userinfo on B (docs/vault-differences.md, row 70)."""
+    a, b = workers.a, workers.b
+    app = "https://app.example.com/cb"
+    a.ok("POST", "identity/oidc/client/wk", body={"redirect_uris": app, "assignments": "allow_all"})
+    client = a.ok("GET", "identity/oidc/client/wk")["data"]
+    token = b.ok("POST", f"auth/{MOUNT}/login", token="", body=login_body())["auth"]["client_token"]
+    params = {"client_id": client["client_id"], "scope": "openid", "redirect_uri": app, "response_type": "code"}
+    seen_within(lambda: b.call("POST", "identity/oidc/provider/default/authorize", token=token,
+                               body=params)[0] == 200)
+    code = b.ok("POST", "identity/oidc/provider/default/authorize", token=token, body=params)["code"]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": app, "client_id": client["client_id"],
+            "client_secret": client["client_secret"]}
+    status, tokens = a.call("POST", "identity/oidc/provider/default/token", token="", body=form)
+    assert status == 200 and tokens["token_type"] == "Bearer", tokens
+    status, again = b.call("POST", "identity/oidc/provider/default/token", token="", body=form)
+    assert (status, again["error"]) == (400, "invalid_grant")
+    b.conn.request("GET", "/v1/identity/oidc/provider/default/userinfo",
+                   headers={"Authorization": "Bearer " + tokens["access_token"]})
+    resp = b.conn.getresponse()
+    info = json.loads(resp.read())
+    assert resp.status == 200 and set(info) == {"sub"}, info
