@@ -29,7 +29,7 @@ import asyncio
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("authmount.identity")
 
 __all__ = ["CLIENT_PREFIX", "CONFIG_KEY", "DEFAULT_KEY", "IdentityKeys", "KEY_FIELDS", "KeySet", "NAME_RE", "ROLE_FIELDS", "ROLE_PREFIX", "changed_key",
-           "changed_role", "issuer_of", "paths", "stored_objects"]
+           "changed_role", "issuer_of", "paths", "refuse_if_used", "stored_objects"]
 
 CONFIG_KEY = OIDC_PREFIX + "config"
 ROLE_PREFIX = OIDC_PREFIX + "role/"
@@ -110,6 +110,17 @@ async def stored_objects(storage: Any, prefix: str) -> dict[str, dict[str, Any]]
         if isinstance(raw, dict):
             out[name] = raw
     return out
+
+
+def refuse_if_used(kind: str, name: str, users_kind: str, users: Iterable[str]) -> None:
+    """Refuse the delete of ``name`` (a ``kind``) while ``users`` (``users_kind``) name it.
+
+    :raises InvalidRequest: Vault's text, the users sorted.
+    """
+    named = sorted(users)
+    if named:
+        raise InvalidRequest(f'unable to delete {kind} "{name}" because it is currently referenced by these '
+                             f"{users_kind}: {', '.join(named)}")
 
 
 def issuer_of(configured: str, api_addr: str) -> str:
@@ -369,14 +380,9 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         name = values["name"]
         if name == DEFAULT_KEY:
             raise InvalidRequest(f'deletion of key "{DEFAULT_KEY}" not allowed')
-        users = sorted(n for n, role in (await roles()).items() if role.get("key") == name)
-        if users:
-            raise InvalidRequest(f'unable to delete key "{name}" because it is currently referenced by these '
-                                 f"roles: {', '.join(users)}")
-        users = sorted(n for n, c in (await stored_objects(storage(), CLIENT_PREFIX)).items() if c.get("key") == name)
-        if users:
-            raise InvalidRequest(f'unable to delete key "{name}" because it is currently referenced by these '
-                                 f"clients: {', '.join(users)}")
+        refuse_if_used("key", name, "roles", (n for n, role in (await roles()).items() if role.get("key") == name))
+        refuse_if_used("key", name, "clients", (n for n, c in (await stored_objects(storage(), CLIENT_PREFIX)).items()
+                                                if c.get("key") == name))
         await storage().delete(KEY_PREFIX + name)
         changed()
 

@@ -37,7 +37,7 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.acl.templating import IdentityView
-from server.identity.oidc import CLIENT_PREFIX, DEFAULT_KEY, NAME_RE, stored_objects
+from server.identity.oidc import CLIENT_PREFIX, DEFAULT_KEY, NAME_RE, refuse_if_used, stored_objects
 from server.identity.store import OIDC_PREFIX
 from server.identity.token_template import check_template, fill
 from server.settings import is_origin
@@ -278,11 +278,8 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
 
     async def delete_scope(req: Request, values: dict[str, Any]) -> None:
         name = values["name"]
-        users = [p for p in await objects.provider_names()
-                 if name in ((await objects.provider(p)) or {}).get("scopes_supported", [])]
-        if users:
-            raise InvalidRequest(f'unable to delete scope "{name}" because it is currently referenced by these '
-                                 f"providers: {', '.join(users)}")
+        refuse_if_used("scope", name, "providers", [p for p in await objects.provider_names() if name in (
+            (await objects.provider(p)) or {}).get("scopes_supported", [])])
         await storage().delete(SCOPE_PREFIX + name)
         changed()
 
@@ -310,11 +307,8 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         name = values["name"]
         if name == ALLOW_ALL:
             raise InvalidRequest(f'deletion of assignment "{ALLOW_ALL}" not allowed')
-        clients = await stored_objects(storage(), CLIENT_PREFIX)
-        users = sorted(n for n, c in clients.items() if name in c.get("assignments", []))
-        if users:
-            raise InvalidRequest(f'unable to delete assignment "{name}" because it is currently referenced by these '
-                                 f"clients: {', '.join(users)}")
+        refuse_if_used("assignment", name, "clients",
+                       (n for n, c in (await objects.clients()).items() if name in c.get("assignments", [])))
         await storage().delete(ASSIGNMENT_PREFIX + name)
         changed()
 
