@@ -246,7 +246,7 @@ async def test_token_endpoint_refusals(api: Provider) -> None:
     assert (status, err["error"]) == (400, "unsupported_grant_type")
     status, err, _ = await api.exchange(form, basic=creds)
     assert err["error_description"] == "code parameter is required"
-    for forged in ("x", "1." + "A" * 200, "9" * 9000):
+    for forged in ("x", "1." + "A" * 200, "9" * 9000, "1.é€", "am1.x", "1." + "A" * 8000):
         status, err, _ = await api.exchange({**form, "code": forged}, basic=creds)
         assert (status, err["error"]) == (400, "invalid_grant"), forged
     status, err, _ = await api.exchange({**form, "code": await code(), "redirect_uri": REDIRECT + "/x"}, basic=creds)
