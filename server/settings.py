@@ -482,6 +482,13 @@ class Settings:
             "identity tokens (`identity/oidc/config`). Empty: `http(s)://` + `listen_address`, or none when that "
             "is every address (`0.0.0.0`).",
     )
+    ui: bool = setting(
+        False, kind="bool", parse=_bool,
+        doc="Serve the sign-in page of the OIDC provider (Vault's `ui` setting; on with `--dev`): "
+            "`/ui/vault/identity/oidc/provider/<name>/authorize`, where an application sends its users, signs them "
+            "in through an auth mount's OIDC role (the jwt/oidc mounts tuned `listing_visibility: unauth`) and "
+            "returns them with a code. authmount has no other UI.",
+    )
     tls_cert_file: str = setting(
         "", kind="path", parse=_string,
         doc="PEM certificate (chain) of the listener: with `tls_key_file`, the API is served over TLS (Vault's "
@@ -795,7 +802,8 @@ def dev_settings(
         raw = _read_yaml(config)
         if not isinstance(raw, Mapping):
             raise SettingsError("settings: must be a mapping")
-    base: dict[str, Any] = {"listen_address": DEV_LISTEN_ADDRESS, "storage": {"type": "memory"}, "log_format": "console"}
+    base: dict[str, Any] = {"listen_address": DEV_LISTEN_ADDRESS, "storage": {"type": "memory"}, "log_format": "console",
+                            "ui": True}
     merged = {**base, **raw}
     if listen_address is not None:
         merged["listen_address"] = listen_address

@@ -1,4 +1,5 @@
-"""The route table: the sys backend, one greedy route for every auth mount, then the 404s.
+"""The route table: the sys backend, one greedy route for every auth mount, the sign-in page
+(``/ui/``, ``server.http.ui``), then the 404s.
 
 The routes are registered in aiohttp's router, and ``PrefixRouter`` finds them for each
 request. aiohttp's router walks the path's parent paths and matches each candidate's
@@ -31,6 +32,7 @@ from server.http.handlers import (
     sys_handler,
 )
 from server.http.log import handled
+from server.http.ui import ui_handler
 from server.identity.backend import app_identity_backend
 from server.sys.backend import SysBackend
 
@@ -46,6 +48,7 @@ ROUTES: tuple[tuple[str, str, str], ...] = (
     ("/v1/identity/", "path", r"[\s\S]*"),
     ("/v1/auth/", "path", r".+"),
     ("/v1/", "tail", r".*"),
+    ("/ui/", "tail", r"[\s\S]*"),
     ("/", "tail", r"[\s\S]*"),  # "." would miss a %0a
 )
 
@@ -63,7 +66,7 @@ def setup_routes(app: web.Application) -> None:
     sys_backend = SysBackend(AppCore(app), documented={"identity": identity})
     handlers: tuple[Handler, ...] = (
         *(_clean_paths_only(h) for h in (sys_handler(sys_backend), identity_handler(identity), auth_handler,
-                                         _no_handler)),
+                                         _no_handler, ui_handler)),
         _not_found,
     )
     table = []

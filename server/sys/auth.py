@@ -158,6 +158,14 @@ def paths(b: SysBackend) -> list[SysPath]:
     async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
         return Response(data=_builtin_mounts(core.cluster_id))
 
+    async def ui_mounts(req: Request, values: dict[str, Any]) -> Response:
+        # Vault's form for a request without a token: only the mounts tuned visible to it.
+        visible = {path: {"type": m.entry.type, "description": m.entry.description,
+                          "options": dict(m.entry.options)}
+                   for path, m in sorted(core.mounts.mounts.items())
+                   if m.entry.config.get("listing_visibility") == "unauth"}
+        return Response(data={"auth": visible, "secret": {}})
+
     return [
         SysPath("auth", FieldSet({}), {Operation.READ: list_mounts, Operation.LIST: list_mounts},
                 "List auth mounts.", copy_top=True),  # no sudo, as in Vault (its root path is auth/*)
@@ -168,6 +176,9 @@ def paths(b: SysBackend) -> list[SysPath]:
                 {Operation.READ: read_tune, Operation.UPDATE: tune},
                 "Read or change an auth mount's tuning (where the Vault CLI's `auth tune` sends it).",
                 sudo=True, copy_top=True),
+        SysPath("internal/ui/mounts", FieldSet({}), {Operation.READ: ui_mounts},
+                "The auth mounts tuned listing_visibility=unauth (type, description, options): what a sign-in "
+                "page offers; needs no token.", unauthenticated=True),
         SysPath("mounts", FieldSet({}), {Operation.READ: secret_mounts},
                 "List the secrets engines: authmount serves only sys/.", copy_top=True),
         SysPath(r"auth/(?P<path>[\s\S]+)", ENABLE_FIELDS,

@@ -1912,6 +1912,12 @@ def test_oidc_provider_as_openbao(jwt_mounts: tuple[ServerProc, BaoProc]) -> Non
         listed = requests.request("LIST", f"{url}/v1/identity/oidc/provider", headers=head, timeout=10).json()["data"]
         seen.append((sorted(listed["keys"]), sorted(listed["key_info"]["pv-p"])))
         seen += _provider_flow(url, root)
+        # what a sign-in page offers: the mounts tuned visible without a token
+        for visibility in ("unauth", "hidden"):
+            assert requests.post(f"{url}/v1/sys/auth/peer-jwt/tune", json={"listing_visibility": visibility},
+                                 headers=head, timeout=10).status_code == 204
+            listed = requests.get(f"{url}/v1/sys/internal/ui/mounts", timeout=10)
+            seen.append((listed.status_code, listed.json()["data"]))
         answers.append(seen)
     mismatches = [(a, b) for a, b in zip(answers[0], answers[1], strict=True) if a != b]
     assert mismatches == [], "\n".join(f"ours:   {a}\ntheirs: {b}" for a, b in mismatches)

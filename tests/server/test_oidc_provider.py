@@ -377,3 +377,31 @@ def test_hash_claims_take_the_algorithms_digest() -> None:
     digest = hashlib.sha256(b"abc").digest()
     assert hash_claim("abc", "RS256") == base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
     assert len(hash_claim("abc", "ES384")) == 32 and len(hash_claim("abc", "EdDSA")) == 43
+
+
+async def test_the_sign_in_page_is_served_only_with_the_setting(api: Provider, aiohttp_client: AiohttpClient) -> None:
+    page = "/ui/vault/identity/oidc/provider/default/authorize?client_id=marker-7f3a"
+    resp = await api.client.get(page)  # ui off (the default)
+    assert resp.status == 404 and resp.headers["Content-Type"] == "application/json"
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT, ui=True)
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
+    for path, kind in ((page, "text/html"), ("/ui/vault/auth/sso/oidc/callback?state=s&code=c", "text/html"),
+                       ("/ui/authmount/signin.js", "text/javascript")):
+        resp = await client.get(path)
+        assert resp.status == 200 and resp.content_type == kind, path
+        assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'; script-src 'self'")
+        assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["Referrer-Policy"] == "no-referrer"
+        assert "marker-7f3a" not in await resp.text()  # nothing of the request is written into the page
+    for method, path in (("GET", "/ui/vault/secrets"), ("POST", page), ("GET", "/ui/vault/identity/oidc/provider/a/b/"
+                                                                              "authorize")):
+        resp = await client.request(method, path)
+        assert resp.status == 404, (method, path)
+
+
+async def test_ui_mounts_lists_the_mounts_tuned_visible_without_a_token(api: Provider) -> None:
+    resp = await api.client.get("/v1/sys/internal/ui/mounts")
+    assert (resp.status, (await resp.json())["data"]) == (200, {"auth": {}, "secret": {}})
+    await api.ok("POST", "sys/auth/jwt/tune", {"listing_visibility": "unauth", "description": "CI"})
+    resp = await api.client.get("/v1/sys/internal/ui/mounts")
+    assert (await resp.json())["data"] == {"auth": {"jwt/": {"type": "jwt", "description": "CI", "options": {}}},
+                                           "secret": {}}
