@@ -64,6 +64,9 @@ _PAGE = f"""<!doctype html>
 _SCRIPT = br"""'use strict';
 (function () {
   const KEY = 'authmount.signin';
+  // Addresses that would run in this page rather than open the application (a redirect URI
+  // is the operator's to register, and native applications use schemes of their own).
+  const SCRIPTED = ['javascript:', 'data:', 'vbscript:', 'blob:', 'file:'];
   const KNOWN = ['client_id', 'scope', 'redirect_uri', 'response_type', 'state', 'nonce', 'max_age', 'code_challenge',
     'code_challenge_method', 'request', 'request_uri'];
   const message = document.getElementById('message');
@@ -131,6 +134,7 @@ _SCRIPT = br"""'use strict';
 
   function back(redirect, values) {
     const url = new URL(redirect);
+    if (SCRIPTED.includes(url.protocol)) { show('The application\'s redirect URI cannot be opened here.'); return; }
     for (const [k, v] of Object.entries(values)) url.searchParams.set(k, v);
     location.replace(url.toString());
   }

@@ -86,5 +86,14 @@ def test_an_application_signs_a_user_in_through_the_page(vault: ServerProc, tmp_
         assert info.json() == {"sub": claims["sub"], "signed_in": True}
         accessors = requests.request("LIST", f"{vault.url}/v1/auth/token/accessors", headers=head, timeout=10)
         assert len(accessors.json()["data"]["keys"]) == 1  # the root token: the page's token was revoked
+        # a registered redirect URI that would run in the page is not opened
+        scripted = "javascript:document.title='opened'"
+        post("identity/oidc/client/scripted", {"redirect_uris": [scripted], "assignments": ["allow_all"]})
+        scripted_id = requests.get(f"{vault.url}/v1/identity/oidc/client/scripted", headers=head,
+                                   timeout=10).json()["data"]["client_id"]
+        page = f"{vault.url}/ui/vault/identity/oidc/provider/default/authorize?" + urlencode({
+            "client_id": scripted_id, "scope": "openid", "redirect_uri": scripted, "response_type": "code"})
+        shown = browser_session(page, lambda d: "cannot be opened" in d.page_source, login="alice")
+        assert "opened</title>" not in shown
     finally:
         idp.stop()
