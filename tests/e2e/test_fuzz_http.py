@@ -129,6 +129,12 @@ def exchange(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
+#: Where the paths are that answer OAuth's ``{"error", "error_description"}`` rather than
+#: Vault's ``errors`` (``.../authorize``, ``token``, ``userinfo``; a campaign's ``where``
+#: may cut the path before its last segment).
+_OAUTH = re.compile(r"identity/oidc/provider/")
+
+
 def check_reply(where: str, method: str, reply: tuple[int, dict[str, str], bytes], statuses: dict[int, int]) -> None:
     """What every reply of a campaign must be: below 500, and an error is Vault's JSON body."""
     status, headers, body = reply
@@ -136,7 +142,12 @@ def check_reply(where: str, method: str, reply: tuple[int, dict[str, str], bytes
     assert status < 500, f"{where} -> {status} {body[:300]!r}"
     if status >= 400 and method != "HEAD":
         assert headers.get("content-type") == "application/json", where
-        assert isinstance(json.loads(body)["errors"], list), where
+        answer = json.loads(body)
+        if _OAUTH.search(where) and "errors" not in answer:
+            # The OIDC provider's flow answers OAuth's errors, as Vault's does (RFC 6749 5.2).
+            assert isinstance(answer["error"], str) and isinstance(answer["error_description"], str), where
+            return
+        assert isinstance(answer["errors"], list), where
 
 
 @pytest.fixture(scope="module")
