@@ -357,7 +357,7 @@ async def _reseed(app: web.Application, old: Settings, new: Settings) -> list[st
 async def seed(app: web.Application, settings: Settings | None = None) -> Plan:
     """Apply the settings' declared sections (``mounts``, ``policies``, ``token_roles``,
     ``groups``, ``entities``, ``identity_token_keys``, ``identity_token_roles``,
-    ``rate_limit_quotas``) to this server: ``authmount apply`` without prune, through the same
+    ``rate_limit_quotas``, ``cors``, ``oidc_*``) to this server: ``authmount apply`` without prune, through the same
     write paths as the API (``server.gitops``). Only what differs is written; a mount whose config or a role fails is
     not left half-made. Returns the plan that was applied (SIGHUP logs it).
 

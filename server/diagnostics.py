@@ -507,7 +507,7 @@ _SECRET_SETTINGS = frozenset({"dsn"})
 #: Seeded objects (mounts, roles, policies ...): shown by name (and type), never their bodies,
 #: which may hold client secrets.
 _NAMED_SEEDS = ("policies", "token_roles", "groups", "entities", "identity_token_keys", "identity_token_roles",
-                "rate_limit_quotas")
+                "rate_limit_quotas", "oidc_scopes", "oidc_assignments", "oidc_clients", "oidc_providers")
 
 
 def _plain(value: Any) -> Any:

@@ -292,6 +292,10 @@ def _identity_token_roles(raw: Any, key: str) -> dict[str, dict[str, Any]]:
     return _named_mappings(raw, key, "role names")
 
 
+def _oidc_objects(raw: Any, key: str) -> dict[str, dict[str, Any]]:
+    return _named_mappings(raw, key, "names")
+
+
 def _named_mappings(raw: Any, key: str, what: str) -> dict[str, dict[str, Any]]:
     value = raw or {}
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
@@ -612,6 +616,30 @@ class Settings:
         kind="mapping", factory=dict, parse=_identity_token_roles,
         doc="Identity token roles (`identity/oidc/role/<name>`: `{role name: key, template, ttl, client_id}`; "
             "without `client_id` the server makes one up and keeps it), applied with `mounts` (see section 5).",
+    )
+    #: The OIDC provider's objects, ``{name: fields}`` each, written at every start.
+    oidc_scopes: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_oidc_objects,
+        doc="Scopes of the OIDC provider (`identity/oidc/scope/<name>`: `{scope name: template, description}`), "
+            "applied with `mounts` (see section 5).",
+    )
+    oidc_assignments: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_oidc_objects,
+        doc="Assignments of the OIDC provider (`identity/oidc/assignment/<name>`: `{name: entity_ids, group_ids, "
+            "groups, entities}`; `groups` and `entities` name them, as `groups` and `entities` here do, and are "
+            "written as their ids), applied with `mounts` (see section 5).",
+    )
+    oidc_clients: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_oidc_objects,
+        doc="Clients of the OIDC provider (`identity/oidc/client/<name>`: `{client name: redirect_uris, "
+            "assignments, key, id_token_ttl, access_token_ttl, client_type}`; the server makes the `client_id` and "
+            "secret, which a read of the client shows), applied with `mounts` (see section 5).",
+    )
+    oidc_providers: Mapping[str, Mapping[str, Any]] = setting(
+        kind="mapping", factory=dict, parse=_oidc_objects,
+        doc="The OIDC providers (`identity/oidc/provider/<name>`: `{provider name: issuer, allowed_client_ids, "
+            "allowed_clients, scopes_supported}`; `allowed_clients` names clients, written as their client IDs), "
+            "applied with `mounts` (see section 5).",
     )
     #: ``{quota name: fields}`` written at every start.
     rate_limit_quotas: Mapping[str, Mapping[str, Any]] = setting(

@@ -1,6 +1,6 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
 ``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
-``identity_token_roles``, ``rate_limit_quotas`` and ``cors`` sections, validated by the same field schemas and checks as the API
+``identity_token_roles``, ``rate_limit_quotas``, ``cors`` and the OIDC provider's (``oidc_scopes``, ``oidc_assignments``, ``oidc_clients``, ``oidc_providers``) sections, validated by the same field schemas and checks as the API
 writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
@@ -32,12 +32,13 @@ from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
 from plugin.schema import Field, FieldSet, FieldType, coerce
 from server.acl.policies import TEMPLATE_FLAGS, PolicyError, canonical_policy_name, parse_policy
 from server.http.cors import STANDARD_HEADERS, checked_origins
-from server.identity import oidc
+from server.identity import oidc, provider
 from server.identity.entities import ENTITY_FIELDS
 from server.identity.groups import GROUP_FIELDS, changed_group
 from server.identity.store import DERIVED_NAME, Group, group_policies
+from server.identity.token_template import check_template
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
-from server.settings import MountSeed, Settings, SettingsError, settings_from_mapping
+from server.settings import MountSeed, Settings, SettingsError, is_origin, settings_from_mapping
 from server.sys import cors as cors_paths
 from server.sys import quotas as quota_paths
 from server.tokens import roles as token_roles
@@ -58,6 +59,10 @@ __all__ = [
     "from_settings",
     "ID_KEY_KEYS",
     "ID_ROLE_KEYS",
+    "OIDC_ASSIGNMENT_KEYS",
+    "OIDC_CLIENT_KEYS",
+    "OIDC_PROVIDER_KEYS",
+    "OIDC_SCOPE_KEYS",
     "QUOTA_KEYS",
     "CORS_KEYS",
     "ROLE_KEYS",
@@ -95,6 +100,22 @@ _ENTITY_FIELDS = FieldSet({**{k: ENTITY_FIELDS[k] for k in ENTITY_KEYS},
 ID_KEY_KEYS = tuple(n for n, f in oidc.KEY_FIELDS.items() if f.type is not FieldType.NAME)
 #: An identity token role's fields compared and written (``client_id`` only when declared).
 ID_ROLE_KEYS = tuple(n for n, f in oidc.ROLE_FIELDS.items() if f.type is not FieldType.NAME)
+#: The OIDC provider's objects: the fields compared and written (their names are their keys).
+OIDC_SCOPE_KEYS = tuple(n for n, f in provider.SCOPE_FIELDS.items() if f.type is not FieldType.NAME)
+OIDC_ASSIGNMENT_KEYS = ("entity_ids", "group_ids")
+OIDC_CLIENT_KEYS = tuple(n for n, f in provider.CLIENT_FIELDS.items() if f.type is not FieldType.NAME)
+OIDC_PROVIDER_KEYS = ("issuer", "allowed_client_ids", "scopes_supported")
+_CSS = FieldType.COMMA_STRING_SLICE
+_ASSIGNMENT_FIELDS = FieldSet({
+    **{k: provider.ASSIGNMENT_FIELDS[k] for k in OIDC_ASSIGNMENT_KEYS},
+    "groups": Field(_CSS, "Groups by name (of the file's groups, or the server's): written as their ids."),
+    "entities": Field(_CSS, "Entities by name (of the file's entities, or the server's): written as their ids."),
+})
+_PROVIDER_FIELDS = FieldSet({
+    **{k: provider.PROVIDER_FIELDS[k] for k in OIDC_PROVIDER_KEYS},
+    "allowed_clients": Field(_CSS, "Clients by name (of the file's clients, or the server's): written as their "
+                                   "client IDs."),
+})
 #: A rate limit quota's fields compared and written (its name is its key).
 QUOTA_KEYS = tuple(n for n, f in quota_paths.QUOTA_FIELDS.items() if f.type is not FieldType.NAME)
 #: The CORS settings compared and written.
@@ -152,6 +173,9 @@ class DesiredRole:
     where: str
     public: dict[str, Any]
     body: dict[str, Any]
+    #: Objects named in the file whose ids the server makes (``groups``, ``entities``,
+    #: ``clients``): resolved when the plan is made, and again when it is written.
+    refs: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -222,6 +246,11 @@ class Desired:
     quotas: dict[str, DesiredRole] = field(default_factory=dict)
     #: The CORS settings, or None: not managed.
     cors: DesiredRole | None = None
+    #: The OIDC provider's scopes, assignments, clients and providers by name (case-sensitive).
+    oidc_scopes: dict[str, DesiredRole] = field(default_factory=dict)
+    oidc_assignments: dict[str, DesiredRole] = field(default_factory=dict)
+    oidc_clients: dict[str, DesiredRole] = field(default_factory=dict)
+    oidc_providers: dict[str, DesiredRole] = field(default_factory=dict)
 
 
 def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> Desired:
@@ -249,7 +278,9 @@ def from_settings(settings: Settings, *, source: str, env: Mapping[str, str] | N
     return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
                          entities=settings.entities, identity_token_keys=settings.identity_token_keys,
                          identity_token_roles=settings.identity_token_roles, rate_limit_quotas=settings.rate_limit_quotas,
-                         cors=settings.cors, source=source, env=env)
+                         cors=settings.cors, oidc_scopes=settings.oidc_scopes,
+                         oidc_assignments=settings.oidc_assignments, oidc_clients=settings.oidc_clients,
+                         oidc_providers=settings.oidc_providers, source=source, env=env)
 
 
 def from_sections(
@@ -264,6 +295,10 @@ def from_sections(
     identity_token_roles: Mapping[str, Mapping[str, Any]] | None = None,
     rate_limit_quotas: Mapping[str, Mapping[str, Any]] | None = None,
     cors: Mapping[str, Any] | None = None,
+    oidc_scopes: Mapping[str, Mapping[str, Any]] | None = None,
+    oidc_assignments: Mapping[str, Mapping[str, Any]] | None = None,
+    oidc_clients: Mapping[str, Mapping[str, Any]] | None = None,
+    oidc_providers: Mapping[str, Mapping[str, Any]] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Desired:
     """Validate parsed ``mounts``, ``policies``, ``token_roles``, ``groups`` and ``entities``
@@ -324,6 +359,17 @@ def from_sections(
             desired.quotas[name] = _quota(str(name), dict(values), f"rate_limit_quotas.{name}", environ)
         if cors is not None:
             desired.cors = _cors(dict(cors), environ)
+        for name, values in (oidc_scopes or {}).items():
+            desired.oidc_scopes[name] = _oidc_scope(str(name), dict(values), f"oidc_scopes.{name}", environ)
+        for name, values in (oidc_assignments or {}).items():
+            desired.oidc_assignments[name] = _oidc_assignment(str(name), dict(values), f"oidc_assignments.{name}",
+                                                              environ)
+        for name, values in (oidc_clients or {}).items():
+            desired.oidc_clients[name] = _oidc_client(str(name), dict(values), f"oidc_clients.{name}",
+                                                      desired.id_token_keys, environ)
+        for name, values in (oidc_providers or {}).items():
+            desired.oidc_providers[name] = _oidc_provider(str(name), dict(values), f"oidc_providers.{name}",
+                                                          environ)
     except GitopsError as exc:
         raise exc.located(source=source) from None
     return desired
@@ -452,6 +498,84 @@ def _id_token_role(name: str, values: dict[str, Any], where: str, keys: Mapping[
         return {k: role[k] for k in ID_ROLE_KEYS if k != "client_id" or role[k]}
 
     return _named("oidc-role", "role", oidc.NAME_RE, name, oidc.ROLE_FIELDS, values, where, env, check)
+
+
+def _oidc_scope(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
+    """An OIDC provider scope: its template checked as the API checks it (and kept decoded, as
+    the API keeps it)."""
+
+    def check(coerced: dict[str, Any]) -> dict[str, Any]:
+        if name == "openid":
+            raise InvalidRequest('the "openid" scope name is reserved')
+        out = provider.SCOPE_FIELDS.public(coerced)
+        out["template"] = check_template(out["template"])
+        return out
+
+    return _named("oidc-scope", "scope", oidc.NAME_RE, name, provider.SCOPE_FIELDS, values, where, env, check)
+
+
+def _with_refs(obj: DesiredRole, refs: dict[str, list[str]]) -> DesiredRole:
+    for key in refs:
+        obj.public.pop(key, None)
+        obj.body.pop(key, None)
+    obj.refs = {k: provider.normalised(v) for k, v in refs.items()}
+    return obj
+
+
+def _oidc_assignment(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
+    """An OIDC provider assignment: ids as the API keeps them (``provider.normalised``), and the
+    groups and entities the file names, written as their ids."""
+    refs: dict[str, list[str]] = {}
+
+    def check(coerced: dict[str, Any]) -> dict[str, Any]:
+        if name == provider.ALLOW_ALL:
+            raise InvalidRequest(f'modification of assignment "{provider.ALLOW_ALL}" not allowed')
+        refs.update(groups=coerced.pop("groups", []), entities=coerced.pop("entities", []))
+        out = provider.ASSIGNMENT_FIELDS.public(coerced)
+        return {k: provider.normalised([provider.stored_id(i) for i in v]) for k, v in out.items()}
+
+    obj = _named("oidc-assignment", "assignment", oidc.NAME_RE, name, _ASSIGNMENT_FIELDS, values, where, env, check)
+    return _with_refs(obj, refs)
+
+
+def _oidc_client(name: str, values: dict[str, Any], where: str, keys: Mapping[str, DesiredRole],
+                 env: Mapping[str, str]) -> DesiredRole:
+    """An OIDC provider client: its type, and its ``id_token_ttl`` against its key's
+    ``verification_ttl`` when the file declares the key. Its ID and secret are the server's."""
+
+    def check(coerced: dict[str, Any]) -> dict[str, Any]:
+        out = provider.CLIENT_FIELDS.public(coerced)
+        if out["client_type"] not in ("confidential", "public"):
+            raise InvalidRequest(f'invalid client_type "{out["client_type"]}"')
+        key = keys.get(out["key"])
+        if key is not None and out["id_token_ttl"] > key.public["verification_ttl"]:
+            raise GitopsError("a client's id_token_ttl cannot be greater than the verification_ttl of the key it "
+                              "references", field="id_token_ttl")
+        return {**out, "redirect_uris": provider.normalised(out["redirect_uris"]),
+                "assignments": provider.normalised(out["assignments"])}
+
+    return _named("oidc-client", "client", oidc.NAME_RE, name, provider.CLIENT_FIELDS, values, where, env, check)
+
+
+def _oidc_provider(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:
+    """An OIDC provider: its issuer checked as the API checks it, the clients the file names
+    written as their client IDs. An empty ``issuer`` (the server's ``api_addr``) is not compared."""
+    refs: dict[str, list[str]] = {}
+
+    def check(coerced: dict[str, Any]) -> dict[str, Any]:
+        refs.update(clients=coerced.pop("allowed_clients", []))
+        out = {k: v for k, v in provider.PROVIDER_FIELDS.public(coerced).items() if k in OIDC_PROVIDER_KEYS}
+        if out["issuer"] and not is_origin(out["issuer"]):
+            raise InvalidRequest("invalid issuer, which must include only a scheme, host, and optional port "
+                                 "(e.g. https://example.com:8200)")
+        return {**out, "allowed_client_ids": provider.normalised(out["allowed_client_ids"]),
+                "scopes_supported": provider.normalised(out["scopes_supported"])}
+
+    obj = _named("oidc-provider", "provider", oidc.NAME_RE, name, _PROVIDER_FIELDS, values, where, env, check)
+    obj = _with_refs(obj, refs)
+    if not obj.public["issuer"]:
+        del obj.public["issuer"]
+    return obj
 
 
 def _quota(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredRole:

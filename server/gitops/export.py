@@ -1,6 +1,6 @@
 """``authmount export``: a server's live state as an apply file (the settings file's
 ``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
-``identity_token_roles``, ``rate_limit_quotas`` and ``cors``), from authmount, Vault or OpenBao (the same API). An identity token
+``identity_token_roles``, ``rate_limit_quotas``, ``cors`` and the OIDC provider's ``oidc_*``), from authmount, Vault or OpenBao (the same API). An identity token
 role's ``client_id`` is always written: it is its tokens' audience, which services check.
 
 Only values that differ from a field's default are written, durations as ``20m``/``1h``.
@@ -26,6 +26,10 @@ from server.gitops.desired import (
     CONFIG_KEYS,
     ID_KEY_KEYS,
     ID_ROLE_KEYS,
+    OIDC_ASSIGNMENT_KEYS,
+    OIDC_CLIENT_KEYS,
+    OIDC_PROVIDER_KEYS,
+    OIDC_SCOPE_KEYS,
     ROLE_KEYS,
     TOKEN_ROLE_DEFAULTS,
     TOKEN_ROLE_KEYS,
@@ -35,7 +39,7 @@ from server.gitops.desired import (
 from server.gitops.live import Server
 from server.gitops.plan import live_identity, made_by_login, managed_alias
 from server.http.cors import STANDARD_HEADERS
-from server.identity import oidc
+from server.identity import oidc, provider
 from server.mounts import MOUNT_CONFIG_FIELDS
 from server.tokens import roles as token_roles
 
@@ -175,6 +179,8 @@ async def export_state(server: Server) -> Export:
                 _unknown(data, fields.fields, f"{section}.{name}", out)
         if declared:
             out.document[section] = declared
+    entity_names = {str(d.get("id")): n for n in entities if (d := await live_identity(server, "entity", n))}
+    await _export_oidc_provider(server, out, names_of, entity_names)
     quotas: dict[str, Any] = {}
     for name in sorted(await server.keys("sys/quotas/rate-limit")):
         data = await server.read(f"sys/quotas/rate-limit/{name}")
@@ -189,6 +195,61 @@ async def export_state(server: Server) -> Export:
                                 **({"allowed_headers": extra} if extra else {}),
                                 **({"allow_credentials": True} if cors.get("allow_credentials") else {})}
     return out
+
+
+async def _export_oidc_provider(server: Server, out: Export, group_names: dict[str, str],
+                                entity_names: dict[str, str]) -> None:
+    """The OIDC provider's scopes, assignments, clients and providers: what differs from a new
+    object's values; the groups, entities and clients the file also declares by name (the
+    server receiving the file gives them ids of its own), the rest by id."""
+    client_names: dict[str, str] = {}
+    default_issuer: str | None = None  # read once, when a provider is exported
+    for section, path, fields, keys in (("oidc_scopes", "identity/oidc/scope", provider.SCOPE_FIELDS, OIDC_SCOPE_KEYS),
+                                        ("oidc_assignments", "identity/oidc/assignment", provider.ASSIGNMENT_FIELDS,
+                                         OIDC_ASSIGNMENT_KEYS),
+                                        ("oidc_clients", "identity/oidc/client", provider.CLIENT_FIELDS, OIDC_CLIENT_KEYS),
+                                        ("oidc_providers", "identity/oidc/provider", provider.PROVIDER_FIELDS,
+                                         OIDC_PROVIDER_KEYS)):
+        declared: dict[str, Any] = {}
+        for name in sorted(await server.keys(path)):
+            data = await server.read(f"{path}/{name}")
+            if data is None or (section, name) in (("oidc_assignments", provider.ALLOW_ALL),):
+                continue
+            if section == "oidc_clients" and data.get("client_id"):
+                client_names[str(data["client_id"])] = name
+            if section == "oidc_providers":
+                if default_issuer is None:
+                    default_issuer = await _default_issuer(server)
+                issuer = str(data.get("issuer", "")).removesuffix(f"/v1/{path}/{name}")
+                data = {**data, "issuer": "" if issuer == default_issuer else issuer}
+            entry = {k: _value(fields[k], data[k]) for k in keys
+                     if k in data and _differs(data[k], fields[k].default_value())}
+            for field_name, ref, known in (("group_ids", "groups", group_names), ("entity_ids", "entities", entity_names),
+                                           ("allowed_client_ids", "allowed_clients", client_names)):
+                ids = list(entry.pop(field_name, []))
+                if named := sorted(known[i] for i in ids if i in known):
+                    entry[ref] = named
+                if rest := [i for i in ids if i not in known]:
+                    entry[field_name] = rest
+            if section == "oidc_providers" and name == provider.DEFAULT_PROVIDER and entry == {
+                    "allowed_client_ids": ["*"]}:
+                continue  # the built-in provider as every server has it
+            declared[name] = entry
+        if declared:
+            out.document[section] = declared
+    if client_names:
+        out.notes.append("OIDC clients get a new client_id and secret where the file is applied: give the "
+                         "applications those of the new server")
+
+
+async def _default_issuer(server: Server) -> str:
+    """What a provider without an ``issuer`` of its own shows as one: the server's ``api_addr``,
+    read from the identity tokens' discovery document while their issuer is not set either
+    (``""``: it cannot be told, and every provider's issuer is exported)."""
+    if (await server.read("identity/oidc/config") or {}).get("issuer"):
+        return ""
+    found = await server.document("identity/oidc/.well-known/openid-configuration") or {}
+    return str(found.get("issuer") or "").removesuffix("/v1/identity/oidc")
 
 
 def _quota(data: dict[str, Any]) -> dict[str, Any]:

@@ -66,6 +66,10 @@ class Server(Protocol):
         """A write that answers data (``identity/lookup/group``); None when it answers none."""
         ...
 
+    async def document(self, path: str) -> dict[str, Any] | None:
+        """A bare JSON answer (a discovery document); None when there is none."""
+        ...
+
     async def delete(self, path: str) -> None: ...
 
     async def enable(self, path: str, type_name: str, description: str, tune: dict[str, Any]) -> None: ...
@@ -198,6 +202,9 @@ class HttpServer:
     async def lookup(self, path: str, data: dict[str, Any]) -> dict[str, Any] | None:
         return await self._data("POST", path, data)
 
+    async def document(self, path: str) -> dict[str, Any] | None:
+        return await self._call("GET", path)
+
     async def delete(self, path: str) -> None:
         await self._call("DELETE", path)
 
@@ -296,6 +303,12 @@ class AppServer:
     async def lookup(self, path: str, data: dict[str, Any]) -> dict[str, Any] | None:
         resp = await self._call(Operation.UPDATE, path, data)
         return None if resp is None or resp.data is None else dict(resp.data)
+
+    async def document(self, path: str) -> dict[str, Any] | None:
+        resp = await self._call(Operation.READ, path)
+        raw = None if resp is None else resp.raw_body
+        answer = json.loads(raw) if raw else None
+        return answer if isinstance(answer, dict) else None
 
     async def delete(self, path: str) -> None:
         await self._call(Operation.DELETE, path)

@@ -29,6 +29,10 @@ from server.gitops.desired import (
     GROUP_KEYS,
     ID_KEY_KEYS,
     ID_ROLE_KEYS,
+    OIDC_ASSIGNMENT_KEYS,
+    OIDC_CLIENT_KEYS,
+    OIDC_PROVIDER_KEYS,
+    OIDC_SCOPE_KEYS,
     QUOTA_KEYS,
     ROLE_KEYS,
     TOKEN_ROLE_DEFAULTS,
@@ -245,6 +249,7 @@ async def make_plan(
     await _plan_groups(plan, desired, server, live_mounts, prune=prune, targets=targets)
     await _plan_entities(plan, desired, server, live_mounts, prune=prune, targets=targets)
     await _plan_id_tokens(plan, desired, server, prune=prune, targets=targets)
+    await _plan_oidc_provider(plan, desired, server, prune=prune, targets=targets)
     await _plan_named(plan, server, "quota", "sys/quotas/rate-limit", desired.quotas, QUOTA_KEYS, prune=prune,
                       targets=targets, normalize=_quota_path)
     if _selected(targets, "cors", "cors"):
@@ -261,13 +266,17 @@ async def make_plan(
             plan.extras.append(address)
     # Deletions last: roles of kept mounts, token roles, groups and identity token roles, then
     # identity token keys (a key a role uses is not deleted) and mounts, then policies.
-    last = {("delete", "mount"): 1, ("delete", "oidc-key"): 1, ("delete", "policy"): 2}
+    # A provider's scopes and a client's assignments go after the providers and clients that name them.
+    last = {("delete", "mount"): 1, ("delete", "oidc-key"): 1, ("delete", "oidc-scope"): 1,
+            ("delete", "oidc-assignment"): 1, ("delete", "policy"): 2}
     plan.changes.sort(key=lambda c: last.get((c.action, c.kind), 0))
     known = [("policy", n) for n in desired.policies] + [("mount", p) for p in live_mounts]
     known += [("token-role", n) for n in desired.token_roles] + [("group", n) for n in desired.groups]
     known += [("entity", n) for n in desired.entities]
     known += [("oidc-key", n) for n in desired.id_token_keys] + [("oidc-role", n) for n in desired.id_token_roles]
     known += [("quota", n) for n in desired.quotas] + [("cors", "cors")]
+    known += [("oidc-scope", n) for n in desired.oidc_scopes] + [("oidc-assignment", n) for n in desired.oidc_assignments]
+    known += [("oidc-client", n) for n in desired.oidc_clients] + [("oidc-provider", n) for n in desired.oidc_providers]
     for mount in desired.mounts.values():
         known += [("mount", mount.path), *_children(mount)]
     for address in [c.address for c in plan.changes] + plan.extras:
@@ -373,6 +382,105 @@ async def _plan_id_tokens(
                       prune=prune, targets=targets, builtin=("default",))
     await _plan_named(plan, server, "oidc-role", "identity/oidc/role", desired.id_token_roles, ID_ROLE_KEYS,
                       prune=prune, targets=targets)
+
+
+async def _plan_oidc_provider(
+    plan: Plan, desired: Desired, server: Server, *, prune: bool, targets: Sequence[Target]
+) -> None:
+    """The OIDC provider's scopes, assignments, clients, then providers (each names the ones
+    before). ``allow_all`` and the ``default`` provider are the server's: ``default``
+    declared is updated, undeclared left alone. A client's ID and secret are the server's and
+    never compared; the names an assignment or a provider gives (``groups``, ``entities``,
+    ``allowed_clients``) are compared as the ids they have on the server."""
+    await _plan_named(plan, server, "oidc-scope", "identity/oidc/scope", desired.oidc_scopes, OIDC_SCOPE_KEYS,
+                      prune=prune, targets=targets)
+    known = {"groups": set(desired.groups), "entities": set(desired.entities), "clients": set(desired.oidc_clients)}
+    await _plan_referring(plan, server, "oidc-assignment", "identity/oidc/assignment", desired.oidc_assignments,
+                          OIDC_ASSIGNMENT_KEYS, known, prune=prune, targets=targets, builtin=("allow_all",))
+    await _plan_named(plan, server, "oidc-client", "identity/oidc/client", desired.oidc_clients, OIDC_CLIENT_KEYS,
+                      prune=prune, targets=targets)
+    await _plan_referring(plan, server, "oidc-provider", "identity/oidc/provider", desired.oidc_providers,
+                          OIDC_PROVIDER_KEYS, known, prune=prune, targets=targets, builtin=("default",))
+
+
+#: A reference of the file by name (``DesiredRole.refs``): the field its ids are written to,
+#: and what it names.
+_REFERENCES = {"groups": ("group_ids", "group"), "entities": ("entity_ids", "entity"),
+               "clients": ("allowed_client_ids", "client")}
+
+
+async def _referred_id(server: Server, kind: str, name: str) -> str | None:
+    """The id a server gives the group, entity or OIDC client ``name`` (None: it has none)."""
+    if kind == "clients":
+        found = await server.read(f"identity/oidc/client/{quote(name, safe='')}")
+        value = (found or {}).get("client_id")
+    else:
+        value = ((await live_identity(server, _REFERENCES[kind][1], name)) or {}).get("id")
+    return str(value) if value else None
+
+
+async def _resolved(server: Server, values: dict[str, Any], refs: dict[str, list[str]]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``values`` with the ids of the names in ``refs`` added to their fields, and the names the
+    server does not have yet, as (kind, name)."""
+    out, missing = dict(values), []
+    for kind, names in refs.items():
+        field_name, ids = _REFERENCES[kind][0], []
+        for name in names:
+            found = await _referred_id(server, kind, name)
+            if found is None:
+                missing.append((kind, name))
+            else:
+                ids.append(found)
+        if names or field_name in out:
+            out[field_name] = sorted({*out.get(field_name, []), *ids})
+    return out, missing
+
+
+async def _plan_referring(
+    plan: Plan, server: Server, kind: str, path: str, declared: dict[str, DesiredRole], keys: Sequence[str],
+    known: dict[str, set[str]], *, prune: bool, targets: Sequence[Target], builtin: Container[str],
+) -> None:
+    """``_plan_named`` for objects that name others by their server-made ids (an assignment's
+    groups and entities, a provider's clients): a name must be the server's or the file's; one
+    the server has is compared as its id, one only the file has (made by this run) is a change,
+    and every name is looked up again when the change is written."""
+    live_names = set(await server.keys(path))
+    for name, obj in declared.items():
+        if not _selected(targets, kind, name):
+            continue
+        address, where = f"{kind} {name}", f"{path}/{name}"
+        public, missing = await _resolved(server, obj.public, obj.refs)
+        for ref_kind, ref in missing:
+            wanted = ref.lower() if ref_kind != "clients" else ref
+            if wanted not in known[ref_kind]:
+                raise GitopsError(f"no {_REFERENCES[ref_kind][1]} {ref} on the server or in the file",
+                                  address=address, where=obj.where, field=ref_kind)
+        current = await server.read(where) if name in live_names else None
+        compared = [k for k in keys if k in public]
+        run = _write_referring(where, obj)
+        if current is None:
+            plan.changes.append(Change("create", kind, address, obj.where, run, _created(compared, public, {})))
+            continue
+        if "issuer" in current:  # a provider's GET shows its issuer whole
+            current = {**current, "issuer": str(current["issuer"]).removesuffix(f"/v1/{where}")}
+        fields = _diff(compared, current, public)
+        fields += [FieldChange(ref_kind, _NONE, _shown(sorted(n for k, n in missing if k == ref_kind)))
+                   for ref_kind in sorted({k for k, _ in missing})]
+        if fields:
+            plan.changes.append(Change("update", kind, address, obj.where, run, fields))
+    for name in sorted(live_names - set(declared)):
+        if _selected(targets, kind, name) and name not in builtin:
+            _undeclared(plan, kind, name, f"{path}/{name}", prune=prune)
+
+
+def _write_referring(where: str, obj: DesiredRole) -> Callable[[Server], Awaitable[list[str]]]:
+    async def run(server: Server) -> list[str]:
+        body, missing = await _resolved(server, obj.body, obj.refs)
+        if missing:
+            raise ServerError(f"no {_REFERENCES[missing[0][0]][1]} {missing[0][1]}")
+        return await server.write(where, body)
+
+    return run
 
 
 async def _plan_cors(plan: Plan, desired: Desired, server: Server, *, prune: bool) -> None:

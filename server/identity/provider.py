@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("authmount.identity")
 
 __all__ = ["ALLOW_ALL", "ASSIGNMENT_PREFIX", "CLIENT_FIELDS", "DEFAULT_PROVIDER", "PROVIDER_PREFIX", "SCOPE_PREFIX",
-           "Client", "ProviderObjects", "normalised", "paths"]
+           "Client", "ProviderObjects", "normalised", "paths", "stored_id"]
 
 SCOPE_PREFIX = OIDC_PREFIX + "scope/"
 ASSIGNMENT_PREFIX = OIDC_PREFIX + "assignment/"
@@ -295,7 +295,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         for field_name in ("entity_ids", "group_ids"):
             if field_name in values:
                 assignment[field_name] = values[field_name]
-            assignment[field_name] = normalised([_lower_id(i) for i in assignment[field_name]])
+            assignment[field_name] = normalised([stored_id(i) for i in assignment[field_name]])
         await storage().put(ASSIGNMENT_PREFIX + name, assignment)
         changed()
 
@@ -471,7 +471,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
     ]
 
 
-def _lower_id(value: str) -> str:
+def stored_id(value: str) -> str:
     """An entity or group ID as Vault keeps it in an assignment: lower case before the first
     ``.`` (a namespace suffix after it is kept as written)."""
     head, dot, tail = value.partition(".")

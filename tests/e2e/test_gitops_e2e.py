@@ -147,6 +147,17 @@ def _configure(address: str) -> None:
                                                       "verification_ttl": "2h"})
     _vault(address, "POST", "identity/oidc/role/svc", {"key": "svc", "client_id": "svc-client", "ttl": "1h",
                                                        "template": '{"groups": {{identity.entity.groups.names}}}'})
+    # the OIDC provider: a scope, an assignment of a group, a client, a provider serving it
+    release = _vault(address, "GET", "identity/group/name/Release").json()["data"]["id"]
+    _vault(address, "POST", "identity/oidc/scope/groups", {"template": '{"groups": {{identity.entity.groups.names}}}',
+                                                           "description": "group names"})
+    _vault(address, "POST", "identity/oidc/assignment/release", {"group_ids": [release], "entity_ids": [alice]})
+    _vault(address, "POST", "identity/oidc/client/grafana", {"redirect_uris": ["https://grafana.example.com/cb"],
+                                                             "assignments": ["release"], "id_token_ttl": "1h"})
+    client_id = _vault(address, "GET", "identity/oidc/client/grafana").json()["data"]["client_id"]
+    _vault(address, "POST", "identity/oidc/provider/apps", {"issuer": "https://sso.example.com",
+                                                            "allowed_client_ids": [client_id],
+                                                            "scopes_supported": ["groups"]})
 
 
 def _body(text: str) -> str:
@@ -185,6 +196,14 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
                                                    "template": '{"groups": {{identity.entity.groups.names}}}'}}
     assert doc["rate_limit_quotas"] == {"ci-logins": {"path": "auth/ci/jwt/login", "rate": 20.0,
                                                       "block_interval": "1m"}}
+    assert doc["oidc_scopes"] == {"groups": {"template": '{"groups": {{identity.entity.groups.names}}}',
+                                             "description": "group names"}}
+    assert doc["oidc_assignments"] == {"release": {"groups": ["Release"], "entities": ["alice"]}}
+    assert doc["oidc_clients"] == {"grafana": {"redirect_uris": ["https://grafana.example.com/cb"],
+                                               "assignments": ["release"], "id_token_ttl": "1h"}}
+    assert doc["oidc_providers"] == {"apps": {"issuer": "https://sso.example.com", "allowed_clients": ["grafana"],
+                                              "scopes_supported": ["groups"]}}
+    assert "note: OIDC clients get a new client_id and secret" in exported.stderr
     # The file describes OpenBao exactly: planned against it, nothing to change.
     against_bao = authmount("apply", "-f", "bao.yaml", "--dry-run", "--detailed-exitcode", cwd=tmp_path,
                             address=openbao, token="root")
@@ -193,7 +212,7 @@ def test_export_from_openbao_then_apply_to_authmount_round_trips(openbao: str, t
     with start_server(dev=True, workdir=tmp_path) as srv:
         first = authmount("apply", "-f", "bao.yaml", cwd=tmp_path, address=srv.url, token=srv.root_token or "")
         assert first.returncode == 0, first.stdout + first.stderr
-        assert "Apply complete: 17 created, 0 updated, 0 deleted." in first.stdout
+        assert "Apply complete: 21 created, 0 updated, 0 deleted." in first.stdout
         again = authmount("apply", "-f", "bao.yaml", "--detailed-exitcode", cwd=tmp_path, address=srv.url,
                           token=srv.root_token or "")
         assert again.returncode == 0 and "no changes" in again.stdout, again.stdout

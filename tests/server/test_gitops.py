@@ -1018,3 +1018,86 @@ async def test_the_settings_cors_is_applied_at_start(aiohttp_client: AiohttpClie
     client: Client = await aiohttp_client(make_test_server(create_app(base)))
     resp = await client.get("/v1/sys/health", headers={"Origin": "https://evil.example.com"})
     assert resp.status == 403
+
+
+# -- the OIDC provider ---------------------------------------------------------------------------
+OIDC_DOC: dict[str, Any] = {
+    "groups": {"release": {"policies": ["deploy"]}},
+    "oidc_scopes": {"groups": {"template": '{"groups": {{identity.entity.groups.names}}}', "description": "groups"}},
+    "oidc_assignments": {"releasers": {"groups": ["release"], "entity_ids": ["E1"]}},
+    "oidc_clients": {"grafana": {"redirect_uris": ["https://grafana.example.com/cb"], "assignments": ["releasers"],
+                                 "id_token_ttl": "1h"},
+                     "cli": {"redirect_uris": ["http://127.0.0.1/cb"], "assignments": ["allow_all"],
+                             "client_type": "public"}},
+    "oidc_providers": {"apps": {"issuer": "https://sso.example.com", "allowed_clients": ["grafana"],
+                                "scopes_supported": ["groups"]},
+                       "default": {"allowed_client_ids": ["*"], "scopes_supported": ["groups"]}},
+}
+
+
+async def _read(client: Client, path: str) -> dict[str, Any]:
+    data: dict[str, Any] = (await (await client.get(f"/v1/{path}", headers=H)).json())["data"]
+    return data
+
+
+async def test_the_oidc_provider_is_applied_by_name_compared_by_id_and_pruned(server: HttpServer,
+                                                                               client: Client) -> None:
+    """Scopes, assignments, clients and providers created in order, the groups and clients the
+    file names written as the ids the server gave them; then no changes; drift corrected;
+    undeclared objects pruned, a provider before its scope and a client before its assignment,
+    never the built-in ones."""
+    plan = await applied(server, OIDC_DOC)
+    assert [(c.action, c.address) for c in plan.changes if c.kind.startswith("oidc")] == [
+        ("create", "oidc-scope groups"), ("create", "oidc-assignment releasers"), ("create", "oidc-client grafana"),
+        ("create", "oidc-client cli"), ("create", "oidc-provider apps"), ("update", "oidc-provider default")]
+    group_id = (await _read(client, "identity/group/name/release"))["id"]
+    assert await _read(client, "identity/oidc/assignment/releasers") == {"entity_ids": ["e1"], "group_ids": [group_id]}
+    grafana = await _read(client, "identity/oidc/client/grafana")
+    assert grafana["client_secret"].startswith("hvo_secret_") and grafana["id_token_ttl"] == 3600
+    assert await _read(client, "identity/oidc/provider/apps") == {
+        "issuer": "https://sso.example.com/v1/identity/oidc/provider/apps", "allowed_client_ids": [grafana["client_id"]],
+        "scopes_supported": ["groups"]}
+    assert (await make_plan(desired(OIDC_DOC), server)).changes == []
+    await client.post("/v1/identity/oidc/provider/apps", headers=H, json={"allowed_client_ids": ["other"]})
+    await client.post("/v1/identity/oidc/client/grafana", headers=H, json={"id_token_ttl": "30m"})
+    await client.post("/v1/identity/oidc/scope/extra", headers=H, json={"template": "{}"})
+    await client.post("/v1/identity/oidc/provider/extra", headers=H, json={"scopes_supported": ["extra"]})
+    plan = await make_plan(desired(OIDC_DOC), server)
+    assert fields_of(plan, "oidc-provider apps") == {"allowed_client_ids": ('["other"]', f'["{grafana["client_id"]}"]')}
+    assert fields_of(plan, "oidc-client grafana") == {"id_token_ttl": ("1800", "3600")}
+    assert plan.extras == ["oidc-scope extra", "oidc-provider extra"]
+    pruned = await make_plan(desired(OIDC_DOC), server, prune=True)
+    deletes = [c.address for c in pruned.changes if c.action == "delete"]
+    assert deletes == ["oidc-provider extra", "oidc-scope extra"]
+    await apply_plan(pruned, server)
+    assert (await make_plan(desired(OIDC_DOC), server, prune=True)).changes == []
+    # an export names the group and the client, and applies back with no change
+    exported = await export_state(server)
+    assert exported.document["oidc_assignments"] == {"releasers": {"groups": ["release"], "entity_ids": ["e1"]}}
+    assert exported.document["oidc_providers"]["apps"] == {
+        "issuer": "https://sso.example.com", "allowed_clients": ["grafana"], "scopes_supported": ["groups"]}
+    assert any("new client_id and secret" in n for n in exported.notes)
+    assert (await make_plan(desired(exported.document), server)).changes == []
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"oidc_scopes": {"openid": {}}}, 'oidc_scopes.openid: the "openid" scope name is reserved'),
+    ({"oidc_scopes": {"s": {"template": '{"aud": 1}'}}}, 'top level key "aud" not allowed'),
+    ({"oidc_assignments": {"allow_all": {}}}, 'modification of assignment "allow_all" not allowed'),
+    ({"oidc_clients": {"c": {"client_type": "other"}}}, 'oidc_clients.c: invalid client_type "other"'),
+    ({"oidc_clients": {"c": {"client_id": "x"}}}, "unrecognized parameters: [client_id]"),
+    ({"identity_token_keys": {"k": {"verification_ttl": "1h"}}, "oidc_clients": {"c": {"key": "k"}}},
+     "oidc_clients.c.id_token_ttl: a client's id_token_ttl cannot be greater than the verification_ttl"),
+    ({"oidc_providers": {"p": {"issuer": "https://x.example.com/"}}}, "invalid issuer"),
+])
+def test_an_invalid_oidc_provider_object_is_refused(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(GitopsError) as exc:
+        desired(doc)
+    assert message in str(exc.value)
+
+
+async def test_a_name_that_is_nowhere_is_refused_before_any_write(server: HttpServer, client: Client) -> None:
+    with pytest.raises(GitopsError, match=re.escape("oidc_providers.p.clients: no client ghost on the server or in "
+                                                    "the file")):
+        await make_plan(desired({"oidc_providers": {"p": {"allowed_clients": ["ghost"]}}}), server)
+    assert (await client.get("/v1/identity/oidc/provider/p", headers=H)).status == 404
