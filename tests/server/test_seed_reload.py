@@ -16,7 +16,7 @@ from aiohttp import web
 
 from plugin.storage import InMemoryStorage
 from server.app import StartupError, create_app, seed
-from server.appkeys import MOUNTS, POLICIES, RELOAD_HOOKS
+from server.appkeys import IDENTITY, MOUNTS, POLICIES, RELOAD_HOOKS
 from server.http import log as http_log
 from server.http.ratelimit import LIMITER
 from server.keyring import ENV_KEY
@@ -202,3 +202,23 @@ async def test_reload_applies_token_roles_and_groups_without_asking_for_a_restar
         changes = await reload_settings(app, old, new)
         assert changes == ["seed: create token-role ci", "seed: create group release"]
         assert await reload_settings(app, new, new) == ["seed: no changes"]
+
+
+async def test_the_oidc_provider_is_seeded_through_the_app_and_seeding_again_writes_nothing() -> None:
+    """The ``oidc_*`` sections at start (``AppServer``: the backends' own paths): a group named
+    by an assignment and a client named by a provider get written as their ids."""
+    settings = seeded(groups={"release": {"policies": ["deploy"]}},
+                      oidc_scopes={"groups": {"template": '{"groups": {{identity.entity.groups.names}}}'}},
+                      oidc_assignments={"releasers": {"groups": ["release"]}},
+                      oidc_clients={"app": {"redirect_uris": ["https://app.example.com/cb"],
+                                            "assignments": ["releasers"]}},
+                      oidc_providers={"default": {"allowed_clients": ["app"], "scopes_supported": ["groups"]}})
+    storage = InMemoryStorage()
+    async with started(settings, storage) as app:
+        client = await storage.get("identity/oidc/client/app")
+        provider = await storage.get("identity/oidc/provider/default")
+        assignment = await storage.get("identity/oidc/assignment/releasers")
+        group = app[IDENTITY].group_by_name("release")
+        assert isinstance(client, dict) and isinstance(provider, dict) and isinstance(assignment, dict) and group
+        assert provider["allowed_client_ids"] == [client["client_id"]] and assignment["group_ids"] == [group.id]
+        assert (await seed(app)).changes == []
