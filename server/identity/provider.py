@@ -141,6 +141,8 @@ class ProviderObjects:
         self.b = b
         #: (generation, client_id -> client name): the flow finds clients by ID.
         self._by_id: tuple[int, dict[str, str]] | None = None
+        #: (generation, every provider by name).
+        self._providers: tuple[int, dict[str, dict[str, Any]]] | None = None
 
     def _storage(self) -> Any:
         return self.b.store.storage
@@ -158,10 +160,16 @@ class ProviderObjects:
         return await self._get(ASSIGNMENT_PREFIX + name)
 
     async def provider(self, name: str) -> dict[str, Any] | None:
-        stored = await self._get(PROVIDER_PREFIX + name)
-        if stored is None and name == DEFAULT_PROVIDER:
-            return {k: list(v) if isinstance(v, list) else v for k, v in _DEFAULT_PROVIDER_VALUE.items()}
-        return stored
+        """The provider ``name`` (a copy), or None. The providers are kept in memory until a
+        write under ``identity/oidc/`` here or on another node: the discovery document, the
+        keys and the token endpoint need no token, so they read no storage to find one."""
+        generation = self.b.store.oidc_generation
+        if self._providers is None or self._providers[0] != generation:
+            stored = await stored_objects(self._storage(), PROVIDER_PREFIX)
+            stored.setdefault(DEFAULT_PROVIDER, _DEFAULT_PROVIDER_VALUE)
+            self._providers = (generation, stored)
+        found = self._providers[1].get(name)
+        return None if found is None else {k: list(v) if isinstance(v, list) else v for k, v in found.items()}
 
     async def client_raw(self, name: str) -> dict[str, Any] | None:
         return await self._get(CLIENT_PREFIX + name)
@@ -189,8 +197,9 @@ class ProviderObjects:
         return await self.client(name) if name is not None else None
 
     async def provider_names(self) -> list[str]:
-        names = set(await self._storage().list(PROVIDER_PREFIX))
-        return sorted(names | {DEFAULT_PROVIDER})
+        await self.provider(DEFAULT_PROVIDER)
+        assert self._providers is not None
+        return sorted(self._providers[1])
 
     def issuer_of(self, provider: dict[str, Any], name: str) -> str:
         """A provider's effective issuer: its ``issuer`` or the server's ``api_addr``, then
