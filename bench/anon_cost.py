@@ -6,7 +6,8 @@ file (pinned to ``--cpus``, the per-IP rate limit off so one client can send tho
 calls; every other limit at its default), a tiny in-process IdP (discovery document, a
 token endpoint that refuses every code and answers ``authorization_pending`` to every device
 poll, a device authorization endpoint), enables ``jwt``, ``oidc`` (with a ``device`` and a
-``direct`` role besides ``web``) and a form_post ``oidcfp`` mount, and then, for each case, sends ``n`` calls one after another on one keep-alive
+``direct`` role besides ``web``), a form_post ``oidcfp`` mount and two OIDC provider clients
+(confidential, public), and then, for each case, sends ``n`` calls one after another on one keep-alive
 connection, the way an anonymous client can. Per case it prints:
 
 - **storage**: the rows and bytes (key + value) the calls left in the ``kv`` table, the
@@ -33,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,10 @@ class Case:
     path: str
     body: Callable[[], tuple[bytes | None, str | None]]  # (body, content type)
     expect: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+PROVIDER = "/v1/identity/oidc/provider/default"
 
 
 def _json(data: dict[str, Any]) -> Callable[[], tuple[bytes, str]]:
@@ -151,7 +156,7 @@ def _none() -> tuple[None, None]:
     return None, None
 
 
-def build_cases(base: str, keys_forged: str) -> list[Case]:
+def build_cases(base: str, keys_forged: str, provider: dict[str, str]) -> list[Case]:
     conn = http.client.HTTPConnection(urlsplit(base).netloc, timeout=30)
 
     def call(method: str, path: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -205,6 +210,19 @@ def build_cases(base: str, keys_forged: str) -> list[Case]:
         Case("oidc/callback GET (direct, error_description)", "GET",
              DIRECT_PATH + "?" + urlencode({"state": direct_state, "error": "e" * LIMITS["error"],
                                             "error_description": "<" * LIMITS["error_description"]}), _none, 400),
+        Case("provider token (unknown client)", "POST", PROVIDER + "/token",
+             _json({"grant_type": "authorization_code", "code": "x", "client_id": "nope", "client_secret": "x"}), 401),
+        Case("provider token (client authenticated, forged code)", "POST", PROVIDER + "/token",
+             _json({"grant_type": "authorization_code", "code": "1." + "A" * 600, "redirect_uri": REDIRECT,
+                    "client_id": provider["client_id"], "client_secret": provider["client_secret"]}), 400),
+        Case("provider token (public client, forged code)", "POST", PROVIDER + "/token",
+             _json({"grant_type": "authorization_code", "code": "1." + "A" * 600, "redirect_uri": REDIRECT,
+                    "client_id": provider["public_id"]}), 400),
+        Case("provider userinfo (forged bearer)", "GET", PROVIDER + "/userinfo", _none, 401,
+             {"Authorization": "Bearer hvb." + "A" * 300}),
+        Case("provider discovery", "GET", PROVIDER + "/.well-known/openid-configuration", _none, 200),
+        Case("provider keys", "GET", PROVIDER + "/.well-known/keys", _none, 200),
+        Case("sys/internal/ui/mounts", "GET", "/v1/sys/internal/ui/mounts", _none, 200),
         Case("sys/health", "GET", "/v1/sys/health", _none, 200),
         Case("sys/seal-status", "GET", "/v1/sys/seal-status", _none, 200),
         Case("sys/init", "GET", "/v1/sys/init", _none, 200),
@@ -218,7 +236,8 @@ def run_case(case: Case, base: str, pid: int, store: Store, n: int) -> dict[str,
     def one() -> float:
         body, ctype = case.body()
         t0 = time.perf_counter()
-        conn.request(case.method, case.path, body=body, headers={"Content-Type": ctype} if ctype else {})
+        conn.request(case.method, case.path, body=body,
+                     headers={**case.headers, **({"Content-Type": ctype} if ctype else {})})
         resp = conn.getresponse()
         resp.read()
         if resp.status != case.expect:
@@ -280,10 +299,16 @@ def main(argv: list[str] | None = None) -> None:
              {"user_claim": "sub", "allowed_redirect_uris": [REDIRECT], "callback_mode": "device"})
         must(base, "POST", "/v1/auth/oidc/role/dir", root,
              {"user_claim": "sub", "allowed_redirect_uris": [base + DIRECT_PATH], "callback_mode": "direct"})
+        for name, kind in (("bench", "confidential"), ("pub", "public")):  # the OIDC provider's clients
+            must(base, "POST", f"/v1/identity/oidc/client/{name}", root,
+                 {"redirect_uris": [REDIRECT], "assignments": ["allow_all"], "client_type": kind})
+        bench_client = must(base, "GET", "/v1/identity/oidc/client/bench", root)["data"]
+        provider = {"client_id": bench_client["client_id"], "client_secret": bench_client["client_secret"],
+                    "public_id": must(base, "GET", "/v1/identity/oidc/client/pub", root)["data"]["client_id"]}
         store = Store(workdir / "anon" / "authmount.db")
         wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
         results = []
-        for case in build_cases(base, attacker.token):
+        for case in build_cases(base, attacker.token, provider):
             if wanted and not any(w in case.name for w in wanted):
                 continue
             results.append(run_case(case, base, server.proc.pid, store, args.n))
