@@ -459,8 +459,14 @@ def test_oidc_login_through_the_cli_listener(bao: Bao, oidc: tuple[Any, int]) ->
                                           if (m := re.search(re.escape(idp.issuer) + r"/auth\?\S+", line))), None))
             redirect = f"http://127.0.0.1:{port}/oidc/callback"
             query = drive_login(url, redirect, login="alice")
-            landed = requests.get(redirect, params=query, timeout=30)  # the browser reaches the CLI
-            assert landed.status_code == 200 and "Authentication Succeeded" in landed.text
+            try:
+                landed = requests.get(redirect, params=query, timeout=30)  # the browser reaches the CLI
+                assert landed.status_code == 200 and "Authentication Succeeded" in landed.text
+            except requests.exceptions.ChunkedEncodingError:
+                # The CLI stops its listener as soon as it has written the page, which can cut the
+                # page's last bytes (bao's own race, seen once in 6,600 tests); the login is
+                # judged by the CLI's exit and output below.
+                pass
             assert proc.wait(30) == 0, "".join(output)
         finally:
             if proc.poll() is None:
