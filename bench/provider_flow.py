@@ -2,7 +2,7 @@
 asks for a code) then ``token`` (the client exchanges it, ``client_secret_basic``), the two
 calls of every sign-in after the user's login. Both servers on the server cores (OpenBao
 with ``GOMAXPROCS=1`` when that is one core), the same client, assignment, provider and
-default RS256 key; an asyncio load generator pinned to the client cores keeps ``--concurrency``
+named key (``--algorithm``, RS256 by default); an asyncio load generator pinned to the client cores keeps ``--concurrency``
 sign-ins in flight, the servers taking turns for ``--rounds`` rounds of ``--duration`` s.
 Reports sign-ins per second, p99 of a whole sign-in, and server CPU per sign-in from /proc.
 
@@ -29,14 +29,17 @@ from bench.procs import Server
 REDIRECT = "https://app.example.com/callback"
 
 
-def _configure(server: Server, keys: BenchKeys) -> dict[str, str]:
-    """A jwt mount and a login's token (it has an entity), a client every entity may use and
-    the default provider serving every client; the client's ID and secret and the token."""
+def _configure(server: Server, keys: BenchKeys, algorithm: str = "RS256") -> dict[str, str]:
+    """A jwt mount and a login's token (it has an entity), a named key of ``algorithm``, a
+    client signing with it that every entity may use, and the default provider serving every
+    client; the client's ID and secret and the token."""
     base, root = server.url, server.extra["root_token"]
     authmount.configure_jwt_mount(server, keys.public_pem)
     token = authmount.login(base, authmount.ROLE, keys.token)["client_token"]
+    authmount._must(base, "POST", "/v1/identity/oidc/key/bench", root,
+                    {"algorithm": algorithm, "allowed_client_ids": ["*"]})
     authmount._must(base, "POST", "/v1/identity/oidc/client/bench", root,
-                    {"redirect_uris": [REDIRECT], "assignments": ["allow_all"]})
+                    {"redirect_uris": [REDIRECT], "assignments": ["allow_all"], "key": "bench"})
     client = authmount._must(base, "GET", "/v1/identity/oidc/client/bench", root)["data"]
     return {"token": token, "client_id": client["client_id"], "client_secret": client["client_secret"]}
 
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--server-cpus", default="0")
     ap.add_argument("--client-cpus", default="1")
+    ap.add_argument("--algorithm", default="RS256", help="the signing key's (RS256, ES256, EdDSA, ...)")
     args = ap.parse_args(argv)
     os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
     keys = make_keys()
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             one_core = "," not in args.server_cpus and "-" not in args.server_cpus
             servers.append(("OpenBao, in memory", openbao.start("openbao", work, cpus=args.server_cpus,
                                                                 storage="memory", one_core=one_core)))
-            creds = {name: _configure(srv, keys) for name, srv in servers}
+            creds = {name: _configure(srv, keys, args.algorithm) for name, srv in servers}
             for name, srv in servers:  # warm-up
                 asyncio.run(_sign_ins(srv.url, creds[name], 2.0, args.concurrency))
             for _ in range(args.rounds):
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for _, srv in servers:
                 srv.stop()
-    print(f"| server | sign-ins/s | p99 ms | server CPU us per sign-in |  ({args.rounds} rounds of "
+    print(f"| server ({args.algorithm}) | sign-ins/s | p99 ms | server CPU us per sign-in |  ({args.rounds} rounds of "
           f"{args.duration:g} s, {args.concurrency} in flight; medians, ranges)")
     print("|---|---:|---:|---:|")
     for name, rounds in results.items():

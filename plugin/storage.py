@@ -202,7 +202,8 @@ class InMemoryStorage:
 
     ``list`` and ``list_page`` seek in a sorted list of the keys (references to the
     dict's own key strings, 8 bytes each), re-sorted only once enough keys were created
-    or deleted since: keys created meanwhile are merged in from a short unsorted list,
+    or deleted since: keys created meanwhile are merged in from a shorter list kept sorted
+    (a page seeks in both, so its cost does not grow with the keys created since the sort),
     deleted ones skipped.
     """
 
@@ -213,7 +214,7 @@ class InMemoryStorage:
         self._data: dict[str, bytes] = {}
         self._closed = False
         self._order: builtins.list[str] | None = []  # the keys at the last sort (None: sort again)
-        self._added: builtins.list[str] = []  # keys created since that sort, unsorted
+        self._added: builtins.list[str] = []  # keys created since that sort, sorted
         self._dropped = 0  # keys deleted since that sort
 
     def _check(self) -> None:
@@ -292,7 +293,7 @@ class InMemoryStorage:
 
     def _created(self, key: str) -> None:
         if self._order is not None:
-            self._added.append(key)
+            bisect.insort(self._added, key)  # kept sorted: a page seeks in it as in the sorted keys
             if len(self._added) > RESORT_SLACK + len(self._order) // 8:
                 self._order, self._added = None, []  # cheaper to sort again
 
@@ -309,10 +310,11 @@ class InMemoryStorage:
         if order is None:
             order = self._order = sorted(self._data)
             self._dropped = 0
-        start = (bisect.bisect_left if inclusive else bisect.bisect_right)(order, floor)
-        added = sorted(k for k in self._added if k > floor or (inclusive and k == floor))
+        seek = bisect.bisect_left if inclusive else bisect.bisect_right
+        start, added = seek(order, floor), self._added
         data = self._data
-        for key in heapq.merge((order[i] for i in range(start, len(order))), added):
+        for key in heapq.merge((order[i] for i in range(start, len(order))),
+                               (added[i] for i in range(seek(added, floor), len(added)))):
             if key in data:
                 yield key
 
