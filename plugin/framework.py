@@ -334,9 +334,11 @@ class PathSpec:
     #: A write's body is not read (nor parsed as JSON): the handler answers without it
     #: (``sys/storage/raft/snapshot``'s restore, a gzipped tar, refused with advice).
     ignores_body: bool = False
-    #: Written to the audit log although it needs no token (the OIDC provider's token
-    #: endpoint: it issues tokens); the other paths that need none are not audited.
-    always_audited: bool = False
+    #: Needs no token yet issues tokens or reads one, as a login does (the OIDC provider's
+    #: ``token`` and ``userinfo`` of a built-in backend): audited, and run under the server's
+    #: login limits (the per-IP bucket, the login slots). The other built-in paths that need
+    #: no token (``sys/health``) are neither, as in Vault.
+    login_like: bool = False
     #: The token's policy must also grant ``sudo`` on the path (Vault's ``PathsSpecial.Root``).
     sudo: bool = False
     #: If set, CREATE vs UPDATE is decided by this; else writes are UPDATE.

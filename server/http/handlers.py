@@ -41,7 +41,7 @@ from server.http.audited import Exchange
 from server.http.cors import Cors
 from server.http.errors import error_response
 from server.http.listverb import MARKER_HEADER, is_list_verb
-from server.http.ratelimit import limited
+from server.http.ratelimit import LIMITER, limited
 from server.http.reply import NO_STORE, JSONReply
 from server.keyring import Keyring
 from server.mounts import Mount, MountTable
@@ -622,7 +622,7 @@ def builtin_handler(
         spec = route.spec
         # The status paths that need no token are not audited (as in Vault).
         exchange = Exchange(request, req, point + req.path, mount=None, login=False,
-                            audited=not spec.unauthenticated or spec.always_audited, point=point, kind=kind)
+                            audited=not spec.unauthenticated or spec.login_like, point=point, kind=kind)
         entry = None
         try:
             if not spec.unauthenticated:
@@ -638,7 +638,11 @@ def builtin_handler(
                 await exchange.requested(entry)
                 if spec.free_form and wrap_ttl is None:  # it answers what it was sent: only ever wrapped
                     raise InvalidRequest("endpoint requires response wrapping to be used")
-                resp = await backend.handle_request(req)
+                limiter = request.app.get(LIMITER) if spec.login_like else None
+                if limiter is not None:
+                    resp = await limiter.run(point + req.path, remote_addr(request), backend, req)
+                else:
+                    resp = await backend.handle_request(req)
             finally:
                 await release(request, entry)
             if resp is not None and resp.stream is not None:

@@ -21,7 +21,7 @@ from server.app import create_app
 from server.appkeys import STORAGE
 from server.http.listverb import make_test_server
 from server.identity.provider_flow import USED_CODE_PREFIX, hash_claim, redirect_allowed
-from server.settings import Settings, StorageSettings
+from server.settings import RateLimitSettings, Settings, StorageSettings
 from tests.server.httpkit import Client, app_of
 from tests.server.test_identity import ROOT, Api, _mount
 
@@ -405,3 +405,17 @@ async def test_ui_mounts_lists_the_mounts_tuned_visible_without_a_token(api: Pro
     resp = await api.client.get("/v1/sys/internal/ui/mounts")
     assert (await resp.json())["data"] == {"auth": {"jwt/": {"type": "jwt", "description": "CI", "options": {}}},
                                            "secret": {}}
+
+
+async def test_token_and_userinfo_run_under_the_login_limits(aiohttp_client: AiohttpClient) -> None:
+    """They need no token, so a client's calls spend its per-IP bucket as logins do (and are
+    audited); the discovery document does not."""
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT,
+                        rate_limit=RateLimitSettings(login_per_ip_per_second=0.001, login_burst=2))
+    client: Client = await aiohttp_client(make_test_server(create_app(settings)))
+    base = "/v1/identity/oidc/provider/default"
+    statuses = [(await client.post(base + "/token", data={"client_id": "x"})).status,
+                (await client.get(base + "/userinfo", headers={"Authorization": "Bearer x"})).status,
+                (await client.post(base + "/token", data={"client_id": "x"})).status]
+    assert statuses == [401, 401, 429]
+    assert (await client.get(base + "/.well-known/openid-configuration")).status == 200
