@@ -398,7 +398,8 @@ _DISABLES = " (0 disables the limit)"
 
 @dataclass(frozen=True, slots=True)
 class RateLimitSettings:
-    """Abuse limits on the unauthenticated paths (``login``, ``oidc/*``); 0 disables a limit."""
+    """Abuse limits on the unauthenticated paths (``login``, ``oidc/*``, the OIDC provider's
+    ``token`` and ``userinfo``); 0 disables a limit."""
 
     login_per_ip_per_second: float = setting(
         50.0, kind="number ≥ 0", parse=_rate,

@@ -2,7 +2,8 @@
 
 Every mount's ``login``, ``oidc/auth_url`` and ``oidc/callback`` need no token, so anyone
 can make the server verify signatures, fetch keys or call the IdP (docs/reference/security.md 3.9;
-``oidc/auth_url`` writes no storage, its state travels sealed with the flow).
+``oidc/auth_url`` writes no storage, its state travels sealed with the flow). The OIDC
+provider's ``token`` and ``userinfo`` (``PathSpec.login_like``) run under the same limits.
 Two limits guard them, both answered with Vault's quota error (429, ``Retry-After``):
 
 - a token bucket per client IP (after trusted-proxy ``X-Forwarded-For`` handling; IPv6
