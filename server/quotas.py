@@ -122,7 +122,9 @@ class Quotas:
         self.active = False
         self._buckets: dict[str, _Buckets] = {}
         # The quotas by what ``find`` asks, built at ``install``: a request looks up, never scans.
-        self._by_role: dict[tuple[str, str], Quota] = {}  # (mount, role)
+        self._by_role: dict[tuple[str, str], Quota] = {}  # (mount, role lower-cased)
+        #: The mounts some role quota names (a login there without a role takes the default one).
+        self.role_mounts: frozenset[str] = frozenset()
         self._by_path: dict[tuple[str, str], Quota] = {}  # (mount, suffix)
         self._globs: dict[str, list[Quota]] = {}  # mount -> its path globs, longest first
         self._whole: dict[str, Quota] = {}  # mount, or "" for the global quota
@@ -155,8 +157,8 @@ class Quotas:
         whole: dict[str, Quota] = {}
         for q in quotas.values():
             if q.role:
-                if not q.suffix:
-                    by_role.setdefault((q.mount, q.role), q)
+                if not q.suffix:  # role names are lower-case (a login's role is lowered too)
+                    by_role.setdefault((q.mount, q.role.lower()), q)
             elif q.suffix:
                 by_path.setdefault((q.mount, q.suffix), q)
                 if q.suffix.endswith("*"):
@@ -166,6 +168,7 @@ class Quotas:
         for found in globs.values():
             found.sort(key=lambda q: len(q.suffix), reverse=True)
         self._by_role, self._by_path, self._globs, self._whole = by_role, by_path, globs, whole
+        self.role_mounts = frozenset(mount for mount, _ in by_role)
         self.active = bool(quotas)
 
     def invalidate(self, key: str) -> None:
@@ -178,10 +181,12 @@ class Quotas:
 
     def by_factors(self, mount: str, suffix: str, role: str) -> Quota | None:
         """The quota with exactly this mount, path and role (two may not share them)."""
-        return next((q for q in self.quotas.values() if (q.mount, q.suffix, q.role) == (mount, suffix, role)), None)
+        return next((q for q in self.quotas.values()
+                     if (q.mount, q.suffix, q.role.lower()) == (mount, suffix, role.lower())), None)
 
     def find(self, mount: str, suffix: str, role: str) -> Quota | None:
-        """The quota that judges a request under ``mount`` at ``suffix`` (a login's ``role``)."""
+        """The quota that judges a request under ``mount`` at ``suffix`` (a login's ``role``,
+        lower-case, as the login takes it)."""
         if role and (found := self._by_role.get((mount, role))) is not None:
             return found
         if mount:

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
+from plugin.backend import JWTAuthBackend
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
 from plugin.framework import Backend, Connection, Operation, Request, Response, Route
 from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
@@ -472,8 +473,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
         return await help_reply(request, backend, route, rel, "auth/" + entry_path)
     quotas = request.app[QUOTAS]
     if quotas.active:
-        role = data.get("role")
-        quotas.check("auth/" + entry_path + rel, "auth/" + entry_path, role if isinstance(role, str) else "", remote)
+        quotas.check("auth/" + entry_path + rel, "auth/" + entry_path, await _quota_role(quotas, mount, req), remote)
     if wrap_ttl is not None:
         refuse_unwrappable(route, "auth/" + entry_path + rel)
     login = route is not None and route.spec.unauthenticated
@@ -581,6 +581,19 @@ class AppCore:
     @property
     def cors(self) -> Cors:
         return self._app[CORS]
+
+
+async def _quota_role(quotas: Quotas, mount: Mount, req: Request) -> str:
+    """The role a request names for the rate limit quotas: its ``role``, lower-cased as the
+    login takes it; without one, on a mount some role quota names, the mount's
+    ``default_role`` (the role the login will use, as Vault resolves it for its quotas)."""
+    role = req.data.get("role")
+    if isinstance(role, str) and role:
+        return role.lower()
+    if "auth/" + mount.entry.path not in quotas.role_mounts or not isinstance(mount.backend, JWTAuthBackend):
+        return ""
+    config = await mount.backend.config(req)
+    return config.default_role.lower() if config is not None else ""
 
 
 def builtin_handler(

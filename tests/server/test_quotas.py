@@ -14,9 +14,11 @@ from server.appkeys import QUOTAS
 from server.http.listverb import make_test_server
 from server.quotas import Quota, QuotaConfig, Quotas
 from server.settings import Settings, StorageSettings
+from tests.plugin.keyfactory import ec_key
 from tests.server.httpkit import Client, app_of
 
 ROOT = "root-token-for-quota-tests"
+PEM = ec_key().pem
 H = {"X-Vault-Token": ROOT}
 
 
@@ -78,6 +80,22 @@ async def test_the_most_specific_quota_judges(client: Client) -> None:
     assert await statuses(client, "POST", "auth/jwt/login", 3, body, token=None) == [400, 400, 429]
     assert (await call(client, "POST", "auth/jwt/login", {"role": "dev", "jwt": "x.y.z"}, token=None))[0] == 400
     assert await statuses(client, "GET", "auth/jwt/role/ci", 2) == [404, 429]
+
+
+async def test_a_role_quota_judges_the_role_a_login_will_use(client: Client) -> None:
+    """A login's role is lower-cased, as the login takes it, and a login without one is judged
+    by the quota of the mount's default_role, as Vault resolves it: neither spelling nor
+    leaving the role out escapes the role's quota."""
+    status, out = await call(client, "POST", "auth/jwt/config", {"jwt_validation_pubkeys": [PEM],
+                                                                "default_role": "ci"})
+    assert status == 204, out
+    await quota(client, "ci-logins", path="auth/jwt", role="CI", rate=3, interval="1h")
+    logins = [{"role": "ci", "jwt": "x.y.z"}, {"role": "Ci", "jwt": "x.y.z"}, {"jwt": "x.y.z"}, {"jwt": "x.y.z"}]
+    assert [(await call(client, "POST", "auth/jwt/login", b, token=None))[0] for b in logins] == [400, 400, 400, 429]
+    assert (await call(client, "POST", "auth/jwt/login", {"role": "other", "jwt": "x.y.z"}, token=None))[0] == 400
+    status, out = await call(client, "POST", "sys/quotas/rate-limit/ci-again", {"path": "auth/jwt", "role": "ci",
+                                                                               "rate": 1})
+    assert (status, out["errors"]) == (400, ['quota rule with similar properties exists under the name "ci-logins"'])
 
 
 async def test_exempt_paths_and_sys_quotas_are_never_limited(client: Client) -> None:
