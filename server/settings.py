@@ -656,6 +656,12 @@ class Settings:
             "applied with `mounts` (see section 5); absent: not managed (an `authmount apply --prune` turns "
             "CORS off).",
     )
+    #: ``{rate_limit_exempt_paths}`` written at every start, or None.
+    quota_config: Mapping[str, Any] | None = setting(
+        None, kind="mapping", parse=_optional_mapping,
+        doc="Vault's rate limit quota settings (`sys/quotas/config`: `{rate_limit_exempt_paths}`), applied with "
+            "`mounts` (see section 5); absent: not managed.",
+    )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),
         section=RateLimitSettings, shown="on, values below",

@@ -1,6 +1,6 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
 ``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
-``identity_token_roles``, ``rate_limit_quotas``, ``cors`` and the OIDC provider's (``oidc_scopes``, ``oidc_assignments``, ``oidc_clients``, ``oidc_providers``) sections, validated by the same field schemas and checks as the API
+``identity_token_roles``, ``rate_limit_quotas``, ``quota_config``, ``cors`` and the OIDC provider's (``oidc_scopes``, ``oidc_assignments``, ``oidc_clients``, ``oidc_providers``) sections, validated by the same field schemas and checks as the API
 writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
@@ -246,6 +246,8 @@ class Desired:
     quotas: dict[str, DesiredRole] = field(default_factory=dict)
     #: The CORS settings, or None: not managed.
     cors: DesiredRole | None = None
+    #: The quota settings (``sys/quotas/config``), or None: not managed.
+    quota_config: DesiredRole | None = None
     #: The OIDC provider's scopes, assignments, clients and providers by name (case-sensitive).
     oidc_scopes: dict[str, DesiredRole] = field(default_factory=dict)
     oidc_assignments: dict[str, DesiredRole] = field(default_factory=dict)
@@ -278,7 +280,7 @@ def from_settings(settings: Settings, *, source: str, env: Mapping[str, str] | N
     return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
                          entities=settings.entities, identity_token_keys=settings.identity_token_keys,
                          identity_token_roles=settings.identity_token_roles, rate_limit_quotas=settings.rate_limit_quotas,
-                         cors=settings.cors, oidc_scopes=settings.oidc_scopes,
+                         cors=settings.cors, quota_config=settings.quota_config, oidc_scopes=settings.oidc_scopes,
                          oidc_assignments=settings.oidc_assignments, oidc_clients=settings.oidc_clients,
                          oidc_providers=settings.oidc_providers, source=source, env=env)
 
@@ -295,6 +297,7 @@ def from_sections(
     identity_token_roles: Mapping[str, Mapping[str, Any]] | None = None,
     rate_limit_quotas: Mapping[str, Mapping[str, Any]] | None = None,
     cors: Mapping[str, Any] | None = None,
+    quota_config: Mapping[str, Any] | None = None,
     oidc_scopes: Mapping[str, Mapping[str, Any]] | None = None,
     oidc_assignments: Mapping[str, Mapping[str, Any]] | None = None,
     oidc_clients: Mapping[str, Mapping[str, Any]] | None = None,
@@ -359,6 +362,8 @@ def from_sections(
             desired.quotas[name] = _quota(str(name), dict(values), f"rate_limit_quotas.{name}", environ)
         if cors is not None:
             desired.cors = _cors(dict(cors), environ)
+        if quota_config is not None:
+            desired.quota_config = _quota_config(dict(quota_config), environ)
         for name, values in (oidc_scopes or {}).items():
             desired.oidc_scopes[name] = _oidc_scope(str(name), dict(values), f"oidc_scopes.{name}", environ)
         for name, values in (oidc_assignments or {}).items():
@@ -605,6 +610,21 @@ def _cors(values: dict[str, Any], env: Mapping[str, str]) -> DesiredRole:
     desired = _named("cors", "cors", r"cors", "cors", cors_paths.CORS_FIELDS, values, "cors", env, check)
     desired.body = {**desired.body, "allowed_headers": desired.body["allowed_headers"][len(STANDARD_HEADERS):]}
     return desired
+
+
+def _quota_config(values: dict[str, Any], env: Mapping[str, str]) -> DesiredRole:
+    """The quota settings: the API's own checks (the two switches authmount does not serve
+    stay off), the exempt paths as the API keeps them."""
+
+    def check(coerced: dict[str, Any]) -> dict[str, Any]:
+        for name in ("enable_rate_limit_audit_logging", "enable_rate_limit_response_headers"):
+            if coerced.get(name):
+                raise InvalidRequest(f"{name} is not supported: {quota_paths.CONFIG_FIELDS[name].description}")
+        exempt = coerced.get("rate_limit_exempt_paths", quota_paths.CONFIG_FIELDS["rate_limit_exempt_paths"].default)
+        return {"rate_limit_exempt_paths": [p.strip().lstrip("/") for p in exempt if p.strip()]}
+
+    return _named("quota-config", "quota settings", r"quota-config", "quota-config", quota_paths.CONFIG_FIELDS, values,
+                  "quota_config", env, check)
 
 
 def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredGroup:

@@ -1,6 +1,6 @@
 """``authmount export``: a server's live state as an apply file (the settings file's
 ``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
-``identity_token_roles``, ``rate_limit_quotas``, ``cors`` and the OIDC provider's ``oidc_*``), from authmount, Vault or OpenBao (the same API). An identity token
+``identity_token_roles``, ``rate_limit_quotas``, ``quota_config``, ``cors`` and the OIDC provider's ``oidc_*``), from authmount, Vault or OpenBao (the same API). An identity token
 role's ``client_id`` is always written: it is its tokens' audience, which services check.
 
 Only values that differ from a field's default are written, durations as ``20m``/``1h``.
@@ -41,6 +41,7 @@ from server.gitops.plan import live_identity, made_by_login, managed_alias
 from server.http.cors import STANDARD_HEADERS
 from server.identity import oidc, provider
 from server.mounts import MOUNT_CONFIG_FIELDS
+from server.quotas import DEFAULT_EXEMPT
 from server.tokens import roles as token_roles
 
 __all__ = ["Export", "export_state", "dump_yaml", "env_name"]
@@ -188,6 +189,9 @@ async def export_state(server: Server) -> Export:
             quotas[name] = _quota(data)
     if quotas:
         out.document["rate_limit_quotas"] = quotas
+    exempt = (await server.read("sys/quotas/config") or {}).get("rate_limit_exempt_paths")
+    if isinstance(exempt, list) and sorted(exempt) != sorted(DEFAULT_EXEMPT):
+        out.document["quota_config"] = {"rate_limit_exempt_paths": exempt}
     cors = await server.read("sys/config/cors") or {}
     if cors.get("enabled"):
         extra = [h for h in cors.get("allowed_headers") or [] if h not in STANDARD_HEADERS]

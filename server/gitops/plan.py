@@ -178,12 +178,14 @@ def parse_target(text: str) -> Target:
         return Target(kind, normalize_path(mount) + role.lower())
     if kind == "policy":
         return Target(kind, name.lower())
-    if kind in ("token-role", "oidc-key", "oidc-role", "quota", "cors"):
+    if kind in ("token-role", "oidc-key", "oidc-role", "quota", "quota-config", "cors", "oidc-scope", "oidc-assignment",
+                "oidc-client", "oidc-provider"):
         return Target(kind, name)  # these names keep their case, as Vault's
     if kind in ("group", "entity"):
         return Target(kind, name.lower())  # names are case-insensitive, as Vault's
     raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group, "
-                     "entity, oidc-key, oidc-role, quota, cors")
+                     "entity, oidc-key, oidc-role, quota, quota-config, cors, oidc-scope, oidc-assignment, "
+                     "oidc-client, oidc-provider")
 
 
 def _selected(targets: Sequence[Target], kind: str, name: str) -> bool:
@@ -254,6 +256,8 @@ async def make_plan(
                       targets=targets, normalize=_quota_path)
     if _selected(targets, "cors", "cors"):
         await _plan_cors(plan, desired, server, prune=prune)
+    if desired.quota_config is not None and _selected(targets, "quota-config", "quota-config"):
+        await _plan_quota_config(plan, desired.quota_config, server)
     for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
@@ -274,7 +278,7 @@ async def make_plan(
     known += [("token-role", n) for n in desired.token_roles] + [("group", n) for n in desired.groups]
     known += [("entity", n) for n in desired.entities]
     known += [("oidc-key", n) for n in desired.id_token_keys] + [("oidc-role", n) for n in desired.id_token_roles]
-    known += [("quota", n) for n in desired.quotas] + [("cors", "cors")]
+    known += [("quota", n) for n in desired.quotas] + [("cors", "cors"), ("quota-config", "quota-config")]
     known += [("oidc-scope", n) for n in desired.oidc_scopes] + [("oidc-assignment", n) for n in desired.oidc_assignments]
     known += [("oidc-client", n) for n in desired.oidc_clients] + [("oidc-provider", n) for n in desired.oidc_providers]
     for mount in desired.mounts.values():
@@ -481,6 +485,16 @@ def _write_referring(where: str, obj: DesiredRole) -> Callable[[Server], Awaitab
         return await server.write(where, body)
 
     return run
+
+
+async def _plan_quota_config(plan: Plan, declared: DesiredRole, server: Server) -> None:
+    """The quota settings, when declared: written when they differ (there is always one; not
+    declared, they are not managed)."""
+    live = await server.read("sys/quotas/config") or {}
+    fields = _diff(("rate_limit_exempt_paths",), live, declared.public)
+    if fields:
+        plan.changes.append(Change("update", "quota-config", "quota-config quota-config", declared.where,
+                                   _write("sys/quotas/config", declared.body), fields))
 
 
 async def _plan_cors(plan: Plan, desired: Desired, server: Server, *, prune: bool) -> None:

@@ -1101,3 +1101,18 @@ async def test_a_name_that_is_nowhere_is_refused_before_any_write(server: HttpSe
                                                     "the file")):
         await make_plan(desired({"oidc_providers": {"p": {"allowed_clients": ["ghost"]}}}), server)
     assert (await client.get("/v1/identity/oidc/provider/p", headers=H)).status == 404
+
+
+async def test_the_quota_settings_are_applied_compared_and_exported(server: HttpServer, client: Client) -> None:
+    doc = {"quota_config": {"rate_limit_exempt_paths": ["sys/health", "/auth/ci/login", "sys/metrics*"]}}
+    plan = await applied(server, doc)
+    assert [(c.action, c.address) for c in plan.changes] == [("update", "quota-config quota-config")]
+    live = (await (await client.get("/v1/sys/quotas/config", headers=H)).json())["data"]
+    assert live["rate_limit_exempt_paths"] == ["sys/health", "auth/ci/login", "sys/metrics*"]
+    assert (await make_plan(desired(doc), server)).changes == []
+    exported = await export_state(server)
+    assert exported.document["quota_config"] == {"rate_limit_exempt_paths": ["sys/health", "auth/ci/login",
+                                                                             "sys/metrics*"]}
+    assert (await make_plan(desired({}), server, prune=True)).changes == []  # not declared: not managed
+    with pytest.raises(GitopsError, match="enable_rate_limit_response_headers is not supported"):
+        desired({"quota_config": {"enable_rate_limit_response_headers": True}})
