@@ -221,6 +221,37 @@ def test_identity_tokens_across_nodes(cluster: tuple[Node, Node]) -> None:
     b.ok("POST", "identity/oidc/config", json={"issuer": ""})
 
 
+@pytest.mark.parametrize("round_", range(3))
+def test_an_oidc_provider_code_from_a_is_redeemed_exactly_once_across_nodes(cluster: tuple[Node, Node],
+                                                                           round_: int) -> None:
+    """Vault keeps a code in the memory of the node that made it; here a code made on A is
+    redeemed on whichever node asks first, exactly once, when eight exchanges of it race on
+    both nodes (docs/vault-differences.md, row 70)."""
+    a, b = cluster
+    app = "https://app.example.com/cb"
+    a.ok("POST", "identity/oidc/client/cluster", json={"redirect_uris": app, "assignments": "allow_all"})
+    client = a.ok("GET", "identity/oidc/client/cluster")["data"]
+    token = a.login().json()["auth"]["client_token"]
+    params = {"client_id": client["client_id"], "scope": "openid", "redirect_uri": app, "response_type": "code"}
+    eventually(lambda: b.call("GET", "identity/oidc/provider/default/authorize", token=token,
+                              params=params).status_code == 200)
+    code = a.ok("GET", "identity/oidc/provider/default/authorize", token=token, params=params)["code"]
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": app, "client_id": client["client_id"],
+            "client_secret": client["client_secret"]}
+    workers = 8
+    barrier = threading.Barrier(workers)
+
+    def exchange(i: int) -> int:
+        node = (a, b)[i % 2]
+        barrier.wait(10)
+        return requests.post(f"{node.srv.url}/v1/identity/oidc/provider/default/token", data=form,
+                             timeout=TIMEOUT).status_code
+
+    with ThreadPoolExecutor(workers) as pool:
+        codes = list(pool.map(exchange, range(workers)))
+    assert sorted(codes) == [200] + [400] * (workers - 1), codes
+
+
 def test_cors_and_quotas_written_on_one_node_apply_on_the_other(cluster: tuple[Node, Node]) -> None:
     """CORS settings and a rate limit quota written on A are applied by B (announced)."""
     a, b = cluster
