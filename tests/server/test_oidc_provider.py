@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -419,3 +420,30 @@ async def test_token_and_userinfo_run_under_the_login_limits(aiohttp_client: Aio
                 (await client.post(base + "/token", data={"client_id": "x"})).status]
     assert statuses == [401, 401, 429]
     assert (await client.get(base + "/.well-known/openid-configuration")).status == 200
+
+
+async def test_a_sign_in_is_audited_without_a_secret_in_the_log(api: Provider, tmp_path: Path) -> None:
+    """The token endpoint needs no token yet issues two: its requests are audited, and the
+    client's secret, the code and the verifier are written only as HMACs; the tokens it
+    answers are in no entry (the answer is OAuth's, not an envelope)."""
+    log = tmp_path / "audit.log"
+    await api.ok("POST", "sys/audit/file", {"type": "file", "options": {"file_path": str(log)}})
+    app = await _app(api)
+    auth = await api.login("gina", [])
+    status, out = await api.authorize(auth["client_token"], {
+        "client_id": app["client_id"], "scope": "openid", "redirect_uri": REDIRECT, "response_type": "code",
+        "code_challenge": CHALLENGE, "code_challenge_method": "S256"})
+    assert status == 200
+    status, tokens, _ = await api.exchange({"grant_type": "authorization_code", "code": out["code"],
+                                            "redirect_uri": REDIRECT, "code_verifier": VERIFIER,
+                                            "client_id": app["client_id"], "client_secret": app["client_secret"]})
+    assert status == 200, tokens
+    text = log.read_text()
+    entries = [json.loads(line) for line in text.splitlines()]
+    token_path = "identity/oidc/provider/default/token"
+    requests_seen = [e for e in entries if e["type"] == "request" and e["request"]["path"] == token_path]
+    assert len(requests_seen) == 1
+    sent = requests_seen[0]["request"]["data"]
+    assert all(str(sent[k]).startswith("hmac-sha256:") for k in ("client_secret", "code", "code_verifier"))
+    for secret in (app["client_secret"], out["code"], VERIFIER, tokens["access_token"], tokens["id_token"]):
+        assert secret not in text
