@@ -139,8 +139,8 @@ class ProviderObjects:
 
     def __init__(self, b: IdentityBackend) -> None:
         self.b = b
-        #: (generation, client_id -> client name): the flow finds clients by ID.
-        self._by_id: tuple[int, dict[str, str]] | None = None
+        #: (generation, client_id -> client): the flow finds clients by ID.
+        self._by_id: tuple[int, dict[str, Client]] | None = None
         #: (generation, every provider by name).
         self._providers: tuple[int, dict[str, dict[str, Any]]] | None = None
 
@@ -174,10 +174,7 @@ class ProviderObjects:
     async def client_raw(self, name: str) -> dict[str, Any] | None:
         return await self._get(CLIENT_PREFIX + name)
 
-    async def client(self, name: str) -> Client | None:
-        raw = await self.client_raw(name)
-        if raw is None:
-            return None
+    def _opened(self, name: str, raw: dict[str, Any]) -> Client:
         secret = raw.get("client_secret", "")
         if secret:
             secret = self.b.sealer().unseal(secret, _secret_context(name)).decode("utf-8")
@@ -189,12 +186,17 @@ class ProviderObjects:
         return await stored_objects(self._storage(), CLIENT_PREFIX)
 
     async def client_by_id(self, client_id: str) -> Client | None:
+        """The client with ``client_id`` (its secret opened), or None. Every client is kept in
+        memory, opened, until a write under ``identity/oidc/`` here or on another node: the
+        token endpoint, which needs no token, reads no storage to find one."""
         generation = self.b.store.oidc_generation
         if self._by_id is None or self._by_id[0] != generation:
-            clients = await self.clients()
-            self._by_id = (generation, {c["client_id"]: name for name, c in clients.items() if "client_id" in c})
-        name = self._by_id[1].get(client_id)
-        return await self.client(name) if name is not None else None
+            by_id = {}
+            for name, raw in (await self.clients()).items():
+                if "client_id" in raw:
+                    by_id[raw["client_id"]] = self._opened(name, raw)
+            self._by_id = (generation, by_id)
+        return self._by_id[1].get(client_id)
 
     async def provider_names(self) -> list[str]:
         await self.provider(DEFAULT_PROVIDER)
