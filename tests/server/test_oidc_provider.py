@@ -447,3 +447,93 @@ async def test_a_sign_in_is_audited_without_a_secret_in_the_log(api: Provider, t
     assert all(str(sent[k]).startswith("hmac-sha256:") for k in ("client_secret", "code", "code_verifier"))
     for secret in (app["client_secret"], out["code"], VERIFIER, tokens["access_token"], tokens["id_token"]):
         assert secret not in text
+
+
+async def test_more_token_endpoint_checks(api: Provider) -> None:
+    """The exchange's other refusals, in Vault's words: another client's code, a provider that
+    no longer serves the client, a wrong or plain PKCE verifier, a deleted entity; and a code
+    exchanged without nonce or max_age has neither claim."""
+    app = await _app(api)
+    other = await _app_named(api, "other")
+    auth = await api.login("hank", [])
+    creds = (app["client_id"], app["client_secret"])
+
+    async def code(**extra: Any) -> str:
+        status, out = await api.authorize(auth["client_token"], {
+            "client_id": app["client_id"], "scope": "openid", "redirect_uri": REDIRECT, "response_type": "code",
+            **extra})
+        assert status == 200, out
+        return str(out["code"])
+
+    form = {"grant_type": "authorization_code", "redirect_uri": REDIRECT}
+    status, err, _ = await api.exchange({**form, "code": await code()}, basic=(other["client_id"],
+                                                                               other["client_secret"]))
+    assert (status, err["error_description"]) == (400, "authorization code was not issued to the client")
+    status, err, _ = await api.exchange({**form, "code": await code(code_challenge=VERIFIER)}, basic=creds)
+    assert err["error_description"] == "expected code_verifier for token exchange"
+    status, tokens, _ = await api.exchange({**form, "code": await code(code_challenge=VERIFIER),
+                                            "code_verifier": VERIFIER}, basic=creds)  # plain
+    assert status == 200, tokens
+    claims = pyjwt.decode(tokens["id_token"], options={"verify_signature": False})
+    assert "nonce" not in claims and "auth_time" not in claims
+    status, err, _ = await api.exchange({**form, "code": await code(code_challenge=CHALLENGE,
+                                                                     code_challenge_method="S256"),
+                                         "code_verifier": VERIFIER[:-1] + "x"}, basic=creds)
+    assert (status, err) == (400, {"error": "invalid_grant",
+                                   "error_description": "invalid code_verifier for token exchange"})
+    waiting = await code()
+    await api.ok("POST", "identity/oidc/provider/default", {"allowed_client_ids": other["client_id"]})
+    status, err, _ = await api.exchange({**form, "code": waiting}, basic=creds)
+    assert (status, err["error_description"]) == (401, "client is not authorized to use the provider")
+    await api.ok("POST", "identity/oidc/provider/default", {"allowed_client_ids": "*"})
+    waiting = await code()
+    await api.ok("DELETE", f"identity/entity/id/{auth['entity_id']}")
+    status, err, _ = await api.exchange({**form, "code": waiting}, basic=creds)
+    assert (status, err["error_description"]) == (400, "identity entity associated with the request not found")
+    status, err, _ = await api.exchange({**form, "code": "x"}, basic=creds, provider="missing")
+    assert (status, err["error_description"]) == (400, "provider not found")
+    for header in ("Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode()):
+        resp = await api.client.post("/v1/identity/oidc/provider/default/token", data={"code": "x"},
+                                     headers={"Authorization": header})
+        assert (await resp.json())["error_description"] == "client_id parameter is required", header
+
+
+async def test_userinfo_follows_the_provider_the_client_and_the_scopes_as_they_are_now(api: Provider) -> None:
+    await api.ok("POST", "identity/oidc/scope/a", {"template": '{"a": 1}'})
+    await api.ok("POST", "identity/oidc/scope/b", {"template": '{"b": 2}'})
+    await api.ok("POST", "identity/oidc/provider/default", {"scopes_supported": "a,b"})
+    app = await _app(api)
+    auth = await api.login("ivy", [])
+    status, out = await api.authorize(auth["client_token"], {
+        "client_id": app["client_id"], "scope": "openid a b", "redirect_uri": REDIRECT, "response_type": "code"})
+    status, tokens, _ = await api.exchange({"grant_type": "authorization_code", "code": out["code"],
+                                            "redirect_uri": REDIRECT}, basic=(app["client_id"], app["client_secret"]))
+    access = tokens["access_token"]
+    assert (await api.userinfo(access))[1] == {"sub": auth["entity_id"], "a": 1, "b": 2}
+    await api.ok("POST", "identity/oidc/provider/default", {"scopes_supported": "a"})
+    assert (await api.userinfo(access))[1] == {"sub": auth["entity_id"], "a": 1}  # b no longer offered
+    await api.ok("POST", "identity/oidc/scope/a", {"template": '{"b": 3}'})
+    await api.ok("POST", "identity/oidc/provider/default", {"scopes_supported": "a,b"})
+    status, err, headers = await api.userinfo(access)
+    assert (status, err["error"]) == (400, "invalid_request") and "conflicting top-level claim" in headers[
+        "WWW-Authenticate"]
+    await api.ok("POST", "identity/oidc/provider/default", {"allowed_client_ids": "someone-else"})
+    status, err, headers = await api.userinfo(access)
+    assert (status, err["error_description"]) == (403, "client is not authorized to use the provider")
+    assert "WWW-Authenticate" not in headers
+    await api.ok("POST", "identity/oidc/provider/default", {"allowed_client_ids": "*"})
+    await api.ok("DELETE", "identity/oidc/client/app")
+    assert (await api.userinfo(access))[:2] == (403, {"error": "access_denied", "error_description": "client not found"})
+
+
+async def test_the_discovery_document_of_a_missing_provider_and_the_keys_cache(api: Provider) -> None:
+    resp = await api.client.get("/v1/identity/oidc/provider/missing/.well-known/openid-configuration")
+    assert resp.status == 404
+    await _app(api)
+    resp = await api.client.get("/v1/identity/oidc/provider/default/.well-known/keys")
+    assert 0 < int(resp.headers["Cache-Control"].removeprefix("max-age=")) <= 3600
+
+
+async def _app_named(api: Provider, name: str) -> dict[str, Any]:
+    await api.ok("POST", f"identity/oidc/client/{name}", {"redirect_uris": REDIRECT, "assignments": "allow_all"})
+    return await api.client_of(name)
