@@ -349,10 +349,23 @@ async def test_discovery_and_keys(api: Provider) -> None:
     resp = await api.client.get("/v1/identity/oidc/provider/default/.well-known/openid-configuration")
     assert resp.status == 200
     doc = await resp.json()
-    assert doc["issuer"] == ISSUER + "default"
-    assert doc["authorization_endpoint"] == "https://authmount.example.com:8200/ui/vault/identity/oidc/provider/" \
-                                            "default/authorize"
-    assert doc["token_endpoint"] == ISSUER + "default/token" and doc["scopes_supported"] == ["openid"]
+    assert resp.headers["Cache-Control"] == "max-age=3600"
+    assert doc == {  # Vault's document, key for key
+        "issuer": ISSUER + "default",
+        "jwks_uri": ISSUER + "default/.well-known/keys",
+        "authorization_endpoint": "https://authmount.example.com:8200/ui/vault/identity/oidc/provider/default/authorize",
+        "token_endpoint": ISSUER + "default/token",
+        "userinfo_endpoint": ISSUER + "default/userinfo",
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "id_token_signing_alg_values_supported": ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA"],
+        "response_types_supported": ["code"],
+        "scopes_supported": ["openid"],
+        "claims_supported": [],
+        "subject_types_supported": ["public"],
+        "grant_types_supported": ["authorization_code"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "client_secret_post"],
+    }
     assert await api.keys() == {"keys": []}  # no client yet
     await _app(api)
     assert len((await api.keys())["keys"]) == 2  # the default key: the signing key and the next one
@@ -519,7 +532,8 @@ async def test_userinfo_follows_the_provider_the_client_and_the_scopes_as_they_a
         "WWW-Authenticate"]
     await api.ok("POST", "identity/oidc/provider/default", {"allowed_client_ids": "someone-else"})
     status, err, headers = await api.userinfo(access)
-    assert (status, err["error_description"]) == (403, "client is not authorized to use the provider")
+    assert (status, err) == (403, {"error": "access_denied",
+                                   "error_description": "client is not authorized to use the provider"})
     assert "WWW-Authenticate" not in headers
     await api.ok("POST", "identity/oidc/provider/default", {"allowed_client_ids": "*"})
     await api.ok("DELETE", "identity/oidc/client/app")
@@ -532,6 +546,32 @@ async def test_the_discovery_document_of_a_missing_provider_and_the_keys_cache(a
     await _app(api)
     resp = await api.client.get("/v1/identity/oidc/provider/default/.well-known/keys")
     assert 0 < int(resp.headers["Cache-Control"].removeprefix("max-age=")) <= 3600
+
+
+async def test_only_scopes_the_provider_offers_are_granted_and_the_bounds_of_authorize(api: Provider) -> None:
+    """A scope that exists but the provider does not offer adds nothing; a challenge of 43 and
+    of 128 characters and a nonce of 1,024 are taken; the access token says what it is."""
+    await api.ok("POST", "identity/oidc/scope/offered", {"template": '{"offered": true}'})
+    await api.ok("POST", "identity/oidc/scope/hidden", {"template": '{"hidden": true}'})
+    await api.ok("POST", "identity/oidc/provider/default", {"scopes_supported": "offered"})
+    app = await _app(api, client_type="public")
+    auth = await api.login("jack", [])
+    for verifier in ("v" * 43, "w" * 128):
+        status, out = await api.authorize(auth["client_token"], {
+            "client_id": app["client_id"], "scope": "openid offered hidden", "redirect_uri": REDIRECT,
+            "response_type": "code", "code_challenge": verifier, "nonce": "n" * 1024})
+        assert status == 200, out
+        status, tokens, _ = await api.exchange({"grant_type": "authorization_code", "code": out["code"],
+                                                "redirect_uri": REDIRECT, "client_id": app["client_id"],
+                                                "code_verifier": verifier})
+        assert status == 200, tokens
+        claims = pyjwt.decode(tokens["id_token"], options={"verify_signature": False})
+        assert claims["offered"] is True and "hidden" not in claims and claims["nonce"] == "n" * 1024
+    body = json.loads(base64.urlsafe_b64decode(tokens["access_token"].split(".")[1] + "=="))
+    assert (body["m"], body["p"], body["path"]) == ({"oidc_token_type": "access token"}, [],
+                                                    "identity/oidc/provider/default/token")
+    assert body["q"] == {"oidc_provider": "default", "oidc_client_id": app["client_id"], "oidc_scopes": "offered",
+                         "no_identity_policies": True}
 
 
 async def _app_named(api: Provider, name: str) -> dict[str, Any]:
