@@ -577,3 +577,21 @@ async def test_only_scopes_the_provider_offers_are_granted_and_the_bounds_of_aut
 async def _app_named(api: Provider, name: str) -> dict[str, Any]:
     await api.ok("POST", f"identity/oidc/client/{name}", {"redirect_uris": REDIRECT, "assignments": "allow_all"})
     return await api.client_of(name)
+
+
+async def test_an_access_token_serves_only_its_own_providers_userinfo(api: Provider) -> None:
+    """A provider's access token at another provider's userinfo, and a login's batch token
+    (signed by the same key, but no access token), are refused as invalid."""
+    await api.ok("POST", "identity/oidc/provider/other", {"allowed_client_ids": "*"})
+    app = await _app(api)
+    auth = await api.login("kim", [])
+    status, out = await api.authorize(auth["client_token"], {
+        "client_id": app["client_id"], "scope": "openid", "redirect_uri": REDIRECT, "response_type": "code"})
+    status, tokens, _ = await api.exchange({"grant_type": "authorization_code", "code": out["code"],
+                                            "redirect_uri": REDIRECT}, basic=(app["client_id"], app["client_secret"]))
+    assert (await api.userinfo(tokens["access_token"]))[0] == 200
+    invalid = {"error": "invalid_token", "error_description": "access token is malformed or invalid"}
+    assert (await api.userinfo(tokens["access_token"], provider="other"))[:2] == (401, invalid)
+    batch = await api.login("kim", [], role="batch")
+    assert batch["client_token"].startswith("hvb.")
+    assert (await api.userinfo(batch["client_token"]))[:2] == (401, invalid)
