@@ -48,7 +48,9 @@ __all__ = [
     "SWEEP_BATCH",
     "SWEEP_GRACE",
     "FlowState",
+    "record_once",
     "redeem",
+    "used_name",
     "has_result",
     "take_result",
     "sweep_used",
@@ -146,7 +148,7 @@ class FlowState:
     @property
     def used_key(self) -> str:
         """Where redeeming this state is recorded: ``oidc/used/<expiry>-<id>``."""
-        return f"{USED_PREFIX}{self.expires_at:0{_EXPIRY_DIGITS}d}-{self.id}"
+        return USED_PREFIX + used_name(self.expires_at, self.id)
 
     def client_nonce_matches(self, given: str) -> bool:
         """True when no ``client_nonce`` was registered, or ``given`` is that one."""
@@ -216,13 +218,15 @@ class _Refused(Exception):
     """Raised inside an ``update`` function to leave the stored value as it is."""
 
 
-async def redeem(storage: Storage, state: FlowState, result: dict[str, Any] | None = None) -> bool:
-    """Record ``state`` as used, with ``result`` (a form_post's verified claims) if given.
+def used_name(expires_at: int, ident: str) -> str:
+    """A used record's name below its prefix: the expiry first, zero-padded, so that names
+    sort in expiry order (what ``sweep_used`` reads), then the id."""
+    return f"{expires_at:0{_EXPIRY_DIGITS}d}-{ident}"
 
-    Put-if-absent: True for the one caller that recorded it, False when it was already
-    used (nothing is written then).
-    """
-    record: dict[str, Any] = {"expires_at": state.expires_at, **(result or {})}
+
+async def record_once(storage: Storage, key: str, record: dict[str, Any]) -> bool:
+    """Put-if-absent ``record`` at ``key``: True for the one caller, on any node, that
+    recorded it; False when something was there already (nothing is written then)."""
 
     def put_if_absent(old: Any) -> dict[str, Any]:
         if old is not None:
@@ -230,10 +234,19 @@ async def redeem(storage: Storage, state: FlowState, result: dict[str, Any] | No
         return record
 
     try:
-        await storage.update(state.used_key, put_if_absent)
+        await storage.update(key, put_if_absent)
     except _Refused:
         return False
     return True
+
+
+async def redeem(storage: Storage, state: FlowState, result: dict[str, Any] | None = None) -> bool:
+    """Record ``state`` as used, with ``result`` (a form_post's verified claims) if given.
+
+    Put-if-absent: True for the one caller that recorded it, False when it was already
+    used (nothing is written then).
+    """
+    return await record_once(storage, state.used_key, {"expires_at": state.expires_at, **(result or {})})
 
 
 def has_result(record: Any) -> bool:

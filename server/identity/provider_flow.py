@@ -44,7 +44,7 @@ import structlog
 
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
-from plugin.oidc_state import sweep_used
+from plugin.oidc_state import record_once, sweep_used, used_name
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.sealing import PREFIX as SEALED_PREFIX
 from plugin.sealing import SealError
@@ -268,17 +268,11 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
 
     async def redeemed(grant: dict[str, Any], now: float) -> bool:
         """Record the code used; False when it already was (on any node)."""
-
-        def put_if_absent(old: Any) -> Any:
-            if old is not None:
-                raise _Used
-            return {"expires_at": grant["exp"]}
-
-        try:
-            await b.store.storage.update(f"{USED_CODE_PREFIX}{grant['exp']:010d}-{grant['i']}", put_if_absent)
-        except _Used:
+        storage = b.store.storage
+        if not await record_once(storage, USED_CODE_PREFIX + used_name(grant["exp"], grant["i"]),
+                                 {"expires_at": grant["exp"]}):
             return False
-        await sweep_used(b.store.storage, now, limit=_SWEEP_PER_REDEMPTION, prefix=USED_CODE_PREFIX)
+        await sweep_used(storage, now, limit=_SWEEP_PER_REDEMPTION, prefix=USED_CODE_PREFIX)
         return True
 
     async def token(req: Request, values: dict[str, Any]) -> Response:
@@ -461,10 +455,6 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         PathSpec(prefix + r"/\.well-known/keys", USERINFO_FIELDS, {Operation.READ: well_known_keys},
                  "The public keys that verify the provider's ID tokens (needs no token).", unauthenticated=True),
     ]
-
-
-class _Used(Exception):
-    """Raised inside a storage update: the code was redeemed before."""
 
 
 def _pkce_problem(grant: dict[str, Any], client: Client, verifier: str) -> tuple[str, str] | None:
