@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from plugin.sealing import Sealer
 
-__all__ = ["ALGORITHMS", "KEY_PREFIX", "KeyPair", "NamedKey", "Signers", "generate", "sign_jwt"]
+__all__ = ["ALGORITHMS", "KEY_PREFIX", "KeyPair", "NamedKey", "Signers", "allows_client", "generate", "sign_jwt"]
 
 KEY_PREFIX = "identity/oidc/key/"
 #: Vault's ``SupportedAlgs``, in its order (the discovery document lists them so).
@@ -118,6 +118,12 @@ def sign_jwt(private: _PrivateKey, alg: str, kid: str, claims: dict[str, Any]) -
     return f"{header}.{payload}.{_b64(_signature(private, alg, signing_input))}"
 
 
+def allows_client(allowed_client_ids: list[str], client_id: str) -> bool:
+    """Whether a list of ``allowed_client_ids`` (a key's, an OIDC provider's) admits
+    ``client_id``: ``*`` admits every client."""
+    return "*" in allowed_client_ids or client_id in allowed_client_ids
+
+
 @dataclass(slots=True)
 class NamedKey:
     """A named key as stored (see the module docstring)."""
@@ -142,7 +148,7 @@ class NamedKey:
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
     def allows(self, client_id: str) -> bool:
-        return "*" in self.allowed_client_ids or client_id in self.allowed_client_ids
+        return allows_client(self.allowed_client_ids, client_id)
 
     def due(self, now: float) -> bool:
         return now >= self.next_rotation

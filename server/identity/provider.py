@@ -38,6 +38,7 @@ from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.acl.templating import IdentityView
 from server.identity.oidc import CLIENT_PREFIX, DEFAULT_KEY, NAME_RE, refuse_if_used, stored_objects
+from server.identity.oidc_keys import allows_client
 from server.identity.store import OIDC_PREFIX
 from server.identity.token_template import check_template, fill
 from server.settings import is_origin
@@ -450,8 +451,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             provider = await objects.provider(name)
             if provider is None:
                 continue
-            allowed = provider["allowed_client_ids"]
-            if wanted and "*" not in allowed and wanted not in allowed:
+            if wanted and not allows_client(provider["allowed_client_ids"], wanted):
                 continue
             info[name] = provider_data(name, provider)
         if not info:

@@ -50,6 +50,7 @@ from plugin.sealing import PREFIX as SEALED_PREFIX
 from plugin.sealing import SealError
 from server.acl.templating import IdentityView
 from server.identity.oidc import NAME_RE
+from server.identity.oidc_keys import ALGORITHMS, allows_client
 from server.identity.provider import Client
 from server.tokens.entry import TokenEntry
 
@@ -157,8 +158,7 @@ def _basic(authorization: str) -> tuple[str, str] | None:
 
 
 def _serves(provider: dict[str, Any], client_id: str) -> bool:
-    allowed = provider.get("allowed_client_ids", [])
-    return "*" in allowed or client_id in allowed
+    return allows_client(provider.get("allowed_client_ids", []), client_id)
 
 
 def paths(b: IdentityBackend) -> list[PathSpec]:
@@ -408,7 +408,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             "userinfo_endpoint": issuer + "/userinfo",
             "request_parameter_supported": False,
             "request_uri_parameter_supported": False,
-            "id_token_signing_alg_values_supported": ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA"],
+            "id_token_signing_alg_values_supported": list(ALGORITHMS),
             "response_types_supported": ["code"],
             "scopes_supported": [*provider.get("scopes_supported", []), "openid"],
             "claims_supported": [],
