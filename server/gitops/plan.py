@@ -352,25 +352,40 @@ async def _plan_named(
     plan: Plan, server: Server, kind: str, path: str, declared: dict[str, DesiredRole], keys: Sequence[str], *,
     prune: bool, targets: Sequence[Target], builtin: Container[str] = (),
     normalize: Callable[[dict[str, Any]], dict[str, Any]] = lambda live: live,
+    known: dict[str, set[str]] | None = None,
 ) -> None:
     """Objects of one ``kind`` kept by name at ``path/<name>`` (identity token keys and roles,
-    quotas): created or updated field by field where the file declares them (a field it leaves
-    out is not compared), the undeclared ones listed or pruned, never the ``builtin`` names.
-    ``normalize`` brings a GET's answer to the file's spelling."""
+    quotas, the OIDC provider's objects): created or updated field by field where the file
+    declares them (a field it leaves out is not compared), the undeclared ones listed or
+    pruned, never the ``builtin`` names. ``normalize`` brings a GET's answer to the file's
+    spelling. An object that names others by their server-made ids (``DesiredRole.refs``: an
+    assignment's groups and entities, a provider's clients) has each name found in ``known``
+    (the file's) or on the server; one the server has is compared as its id, one only the
+    file has (made by this run) is a change, and every name is looked up again when written."""
     live_names = set(await server.keys(path))
     for name, obj in declared.items():
         if not _selected(targets, kind, name):
             continue
         address, where = f"{kind} {name}", f"{path}/{name}"
+        public, pending = obj.public, []
+        run = _write(where, obj.body)
+        if obj.refs:
+            public, missing = await _resolved(server, obj.public, obj.refs)
+            for ref_kind, ref in missing:
+                if (ref.lower() if ref_kind != "clients" else ref) not in (known or {}).get(ref_kind, ()):
+                    raise GitopsError(f"no {_REFERENCES[ref_kind][1]} {ref} on the server or in the file",
+                                      address=address, where=obj.where, field=ref_kind)
+            pending = [FieldChange(ref_kind, _NONE, _shown(sorted(n for k, n in missing if k == ref_kind)))
+                       for ref_kind in sorted({k for k, _ in missing})]
+            run = _write_referring(where, obj)
         current = await server.read(where) if name in live_names else None
-        compared = [k for k in keys if k in obj.public]
+        compared = [k for k in keys if k in public]
         if current is None:
-            fields = _created(compared, obj.public, {})
-            plan.changes.append(Change("create", kind, address, obj.where, _write(where, obj.body), fields))
+            plan.changes.append(Change("create", kind, address, obj.where, run, _created(compared, public, {})))
             continue
-        fields = _diff(compared, normalize(current), obj.public)
+        fields = _diff(compared, normalize(current), public) + pending
         if fields:
-            plan.changes.append(Change("update", kind, address, obj.where, _write(where, obj.body), fields))
+            plan.changes.append(Change("update", kind, address, obj.where, run, fields))
     for name in sorted(live_names - set(declared)):
         if _selected(targets, kind, name) and name not in builtin:
             _undeclared(plan, kind, name, f"{path}/{name}", prune=prune)
@@ -399,12 +414,13 @@ async def _plan_oidc_provider(
     await _plan_named(plan, server, "oidc-scope", "identity/oidc/scope", desired.oidc_scopes, OIDC_SCOPE_KEYS,
                       prune=prune, targets=targets)
     known = {"groups": set(desired.groups), "entities": set(desired.entities), "clients": set(desired.oidc_clients)}
-    await _plan_referring(plan, server, "oidc-assignment", "identity/oidc/assignment", desired.oidc_assignments,
-                          OIDC_ASSIGNMENT_KEYS, known, prune=prune, targets=targets, builtin=("allow_all",))
+    await _plan_named(plan, server, "oidc-assignment", "identity/oidc/assignment", desired.oidc_assignments,
+                      OIDC_ASSIGNMENT_KEYS, prune=prune, targets=targets, builtin=("allow_all",), known=known)
     await _plan_named(plan, server, "oidc-client", "identity/oidc/client", desired.oidc_clients, OIDC_CLIENT_KEYS,
                       prune=prune, targets=targets)
-    await _plan_referring(plan, server, "oidc-provider", "identity/oidc/provider", desired.oidc_providers,
-                          OIDC_PROVIDER_KEYS, known, prune=prune, targets=targets, builtin=("default",))
+    await _plan_named(plan, server, "oidc-provider", "identity/oidc/provider", desired.oidc_providers,
+                      OIDC_PROVIDER_KEYS, prune=prune, targets=targets, builtin=("default",), known=known,
+                      normalize=_issuer_origin)
 
 
 #: A reference of the file by name (``DesiredRole.refs``): the field its ids are written to,
@@ -440,41 +456,12 @@ async def _resolved(server: Server, values: dict[str, Any], refs: dict[str, list
     return out, missing
 
 
-async def _plan_referring(
-    plan: Plan, server: Server, kind: str, path: str, declared: dict[str, DesiredRole], keys: Sequence[str],
-    known: dict[str, set[str]], *, prune: bool, targets: Sequence[Target], builtin: Container[str],
-) -> None:
-    """``_plan_named`` for objects that name others by their server-made ids (an assignment's
-    groups and entities, a provider's clients): a name must be the server's or the file's; one
-    the server has is compared as its id, one only the file has (made by this run) is a change,
-    and every name is looked up again when the change is written."""
-    live_names = set(await server.keys(path))
-    for name, obj in declared.items():
-        if not _selected(targets, kind, name):
-            continue
-        address, where = f"{kind} {name}", f"{path}/{name}"
-        public, missing = await _resolved(server, obj.public, obj.refs)
-        for ref_kind, ref in missing:
-            wanted = ref.lower() if ref_kind != "clients" else ref
-            if wanted not in known[ref_kind]:
-                raise GitopsError(f"no {_REFERENCES[ref_kind][1]} {ref} on the server or in the file",
-                                  address=address, where=obj.where, field=ref_kind)
-        current = await server.read(where) if name in live_names else None
-        compared = [k for k in keys if k in public]
-        run = _write_referring(where, obj)
-        if current is None:
-            plan.changes.append(Change("create", kind, address, obj.where, run, _created(compared, public, {})))
-            continue
-        if "issuer" in current:  # a provider's GET shows its issuer whole
-            current = {**current, "issuer": str(current["issuer"]).removesuffix(f"/v1/{where}")}
-        fields = _diff(compared, current, public)
-        fields += [FieldChange(ref_kind, _NONE, _shown(sorted(n for k, n in missing if k == ref_kind)))
-                   for ref_kind in sorted({k for k, _ in missing})]
-        if fields:
-            plan.changes.append(Change("update", kind, address, obj.where, run, fields))
-    for name in sorted(live_names - set(declared)):
-        if _selected(targets, kind, name) and name not in builtin:
-            _undeclared(plan, kind, name, f"{path}/{name}", prune=prune)
+def _issuer_origin(live: dict[str, Any]) -> dict[str, Any]:
+    """A provider's GET as the file spells it: its issuer without ``/v1/identity/oidc/provider/<name>``."""
+    return {**live, "issuer": _PROVIDER_PATH.sub("", str(live.get("issuer", "")))} if "issuer" in live else live
+
+
+_PROVIDER_PATH = re.compile(r"/v1/identity/oidc/provider/[^/]*$")
 
 
 def _write_referring(where: str, obj: DesiredRole) -> Callable[[Server], Awaitable[list[str]]]:
