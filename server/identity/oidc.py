@@ -31,7 +31,7 @@ import string
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 import structlog
@@ -50,8 +50,9 @@ if TYPE_CHECKING:
     from server.identity.backend import IdentityBackend
 
 log = structlog.get_logger("authmount.identity")
+_T = TypeVar("_T")
 
-__all__ = ["CLIENT_PREFIX", "CONFIG_KEY", "DEFAULT_KEY", "IdentityKeys", "KEY_FIELDS", "KeySet", "NAME_RE", "ROLE_FIELDS", "ROLE_PREFIX", "changed_key",
+__all__ = ["CLIENT_PREFIX", "CONFIG_KEY", "DEFAULT_KEY", "IdentityKeys", "KEY_FIELDS", "KeySet", "Kept", "NAME_RE", "ROLE_FIELDS", "ROLE_PREFIX", "changed_key",
            "changed_role", "issuer_of", "paths", "refuse_if_used", "stored_objects"]
 
 CONFIG_KEY = OIDC_PREFIX + "config"
@@ -180,6 +181,20 @@ class KeySet:
         return self.generation == generation and now < self.valid_until
 
 
+class Kept(Generic[_T]):
+    """A value read from storage under ``identity/oidc/``, kept until the identity store's
+    ``oidc_generation`` moves (a write there, here or on another node)."""
+
+    def __init__(self) -> None:
+        self._kept: tuple[int, _T] | None = None
+
+    async def get(self, generation: int, load: Callable[[], Awaitable[_T]]) -> _T:
+        """The value kept at ``generation`` (read before ``load`` may wait), else ``load()``'s."""
+        if self._kept is None or self._kept[0] != generation:
+            self._kept = (generation, await load())
+        return self._kept[1]
+
+
 class IdentityKeys:
     """Per server: the named keys as identity tokens and the OIDC provider use them, the private
     keys opened so far, the public key set last built, and the issuer last read."""
@@ -189,9 +204,9 @@ class IdentityKeys:
         self.signers = Signers()
         #: The public key sets last built, by slot (``key_set``).
         self.key_sets: dict[str, KeySet] = {}
-        #: (generation, the stored issuer): the discovery document needs no token, so what it
-        #: reads is kept, not read from storage per request.
-        self.issuer: tuple[int, str] | None = None
+        #: The stored issuer: the discovery document needs no token, so what it reads is kept,
+        #: not read from storage per request.
+        self.issuer: Kept[str] = Kept()
         self.lock = asyncio.Lock()
 
     def changed(self) -> None:
@@ -200,13 +215,12 @@ class IdentityKeys:
 
     async def configured_issuer(self) -> str:
         """The stored ``issuer``, read again after a write here or on another node."""
-        generation = self.b.store.oidc_generation
-        if self.issuer is not None and self.issuer[0] == generation:
-            return self.issuer[1]
-        raw = await self.b.store.storage.get(CONFIG_KEY)
-        configured = str(raw.get("issuer", "")) if isinstance(raw, dict) else ""
-        self.issuer = (generation, configured)
-        return configured
+
+        async def load() -> str:
+            raw = await self.b.store.storage.get(CONFIG_KEY)
+            return str(raw.get("issuer", "")) if isinstance(raw, dict) else ""
+
+        return await self.issuer.get(self.b.store.oidc_generation, load)
 
     async def load(self, name: str) -> NamedKey | None:
         raw = await self.b.store.storage.get(KEY_PREFIX + name)

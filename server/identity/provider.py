@@ -37,7 +37,7 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.acl.templating import IdentityView
-from server.identity.oidc import CLIENT_PREFIX, DEFAULT_KEY, NAME_RE, refuse_if_used, stored_objects
+from server.identity.oidc import CLIENT_PREFIX, DEFAULT_KEY, NAME_RE, Kept, refuse_if_used, stored_objects
 from server.identity.oidc_keys import allows_client
 from server.identity.store import OIDC_PREFIX
 from server.identity.token_template import check_template, fill
@@ -140,10 +140,10 @@ class ProviderObjects:
 
     def __init__(self, b: IdentityBackend) -> None:
         self.b = b
-        #: (generation, client_id -> client): the flow finds clients by ID.
-        self._by_id: tuple[int, dict[str, Client]] | None = None
-        #: (generation, every provider by name).
-        self._providers: tuple[int, dict[str, dict[str, Any]]] | None = None
+        #: client_id -> client: the flow finds clients by ID.
+        self._by_id: Kept[dict[str, Client]] = Kept()
+        #: Every provider by name.
+        self._providers: Kept[dict[str, dict[str, Any]]] = Kept()
 
     def _storage(self) -> Any:
         return self.b.store.storage
@@ -164,13 +164,16 @@ class ProviderObjects:
         """The provider ``name`` (a copy), or None. The providers are kept in memory until a
         write under ``identity/oidc/`` here or on another node: the discovery document, the
         keys and the token endpoint need no token, so they read no storage to find one."""
-        generation = self.b.store.oidc_generation
-        if self._providers is None or self._providers[0] != generation:
+        found = (await self._all_providers()).get(name)
+        return None if found is None else {k: list(v) if isinstance(v, list) else v for k, v in found.items()}
+
+    async def _all_providers(self) -> dict[str, dict[str, Any]]:
+        async def load() -> dict[str, dict[str, Any]]:
             stored = await stored_objects(self._storage(), PROVIDER_PREFIX)
             stored.setdefault(DEFAULT_PROVIDER, _DEFAULT_PROVIDER_VALUE)
-            self._providers = (generation, stored)
-        found = self._providers[1].get(name)
-        return None if found is None else {k: list(v) if isinstance(v, list) else v for k, v in found.items()}
+            return stored
+
+        return await self._providers.get(self.b.store.oidc_generation, load)
 
     async def client_raw(self, name: str) -> dict[str, Any] | None:
         return await self._get(CLIENT_PREFIX + name)
@@ -190,19 +193,15 @@ class ProviderObjects:
         """The client with ``client_id`` (its secret opened), or None. Every client is kept in
         memory, opened, until a write under ``identity/oidc/`` here or on another node: the
         token endpoint, which needs no token, reads no storage to find one."""
-        generation = self.b.store.oidc_generation
-        if self._by_id is None or self._by_id[0] != generation:
-            by_id = {}
-            for name, raw in (await self.clients()).items():
-                if "client_id" in raw:
-                    by_id[raw["client_id"]] = self._opened(name, raw)
-            self._by_id = (generation, by_id)
-        return self._by_id[1].get(client_id)
+
+        async def load() -> dict[str, Client]:
+            return {raw["client_id"]: self._opened(name, raw) for name, raw in (await self.clients()).items()
+                    if "client_id" in raw}
+
+        return (await self._by_id.get(self.b.store.oidc_generation, load)).get(client_id)
 
     async def provider_names(self) -> list[str]:
-        await self.provider(DEFAULT_PROVIDER)
-        assert self._providers is not None
-        return sorted(self._providers[1])
+        return sorted(await self._all_providers())
 
     def issuer_of(self, provider: dict[str, Any], name: str) -> str:
         """A provider's effective issuer: its ``issuer`` or the server's ``api_addr``, then
