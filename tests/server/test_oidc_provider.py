@@ -59,6 +59,18 @@ class Provider(Api):
                                       headers=headers)
         return resp.status, json.loads(await resp.read()), resp.headers
 
+    async def sign_in(self, token: str, app: dict[str, Any], scope: str = "openid") -> dict[str, Any]:
+        """``authorize`` with ``token``, then the code exchanged by ``app`` (client_secret_basic):
+        the token endpoint's answer."""
+        status, out = await self.authorize(token, {"client_id": app["client_id"], "scope": scope,
+                                                   "redirect_uri": REDIRECT, "response_type": "code"})
+        assert status == 200, out
+        status, tokens, _ = await self.exchange({"grant_type": "authorization_code", "code": out["code"],
+                                                 "redirect_uri": REDIRECT}, basic=(app["client_id"],
+                                                                                   app["client_secret"]))
+        assert status == 200, tokens
+        return tokens
+
     async def userinfo(self, access_token: str, *, provider: str = "default") -> tuple[int, dict[str, Any], Any]:
         resp = await self.client.get(f"/v1/identity/oidc/provider/{provider}/userinfo",
                                      headers={"Authorization": "Bearer " + access_token})
@@ -517,11 +529,7 @@ async def test_userinfo_follows_the_provider_the_client_and_the_scopes_as_they_a
     await api.ok("POST", "identity/oidc/provider/default", {"scopes_supported": "a,b"})
     app = await _app(api)
     auth = await api.login("ivy", [])
-    status, out = await api.authorize(auth["client_token"], {
-        "client_id": app["client_id"], "scope": "openid a b", "redirect_uri": REDIRECT, "response_type": "code"})
-    status, tokens, _ = await api.exchange({"grant_type": "authorization_code", "code": out["code"],
-                                            "redirect_uri": REDIRECT}, basic=(app["client_id"], app["client_secret"]))
-    access = tokens["access_token"]
+    access = (await api.sign_in(auth["client_token"], app, "openid a b"))["access_token"]
     assert (await api.userinfo(access))[1] == {"sub": auth["entity_id"], "a": 1, "b": 2}
     await api.ok("POST", "identity/oidc/provider/default", {"scopes_supported": "a"})
     assert (await api.userinfo(access))[1] == {"sub": auth["entity_id"], "a": 1}  # b no longer offered
@@ -585,10 +593,7 @@ async def test_an_access_token_serves_only_its_own_providers_userinfo(api: Provi
     await api.ok("POST", "identity/oidc/provider/other", {"allowed_client_ids": "*"})
     app = await _app(api)
     auth = await api.login("kim", [])
-    status, out = await api.authorize(auth["client_token"], {
-        "client_id": app["client_id"], "scope": "openid", "redirect_uri": REDIRECT, "response_type": "code"})
-    status, tokens, _ = await api.exchange({"grant_type": "authorization_code", "code": out["code"],
-                                            "redirect_uri": REDIRECT}, basic=(app["client_id"], app["client_secret"]))
+    tokens = await api.sign_in(auth["client_token"], app)
     assert (await api.userinfo(tokens["access_token"]))[0] == 200
     invalid = {"error": "invalid_token", "error_description": "access token is malformed or invalid"}
     assert (await api.userinfo(tokens["access_token"], provider="other"))[:2] == (401, invalid)
