@@ -54,7 +54,7 @@ from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
 from server.storage.sqlite import SQLiteStorage
 from server.supervisor import MONITOR_DIR_ENV, WORKER_ENV
-from server.sys import remount, versions
+from server.sys import keys, remount, versions
 from server.sys.status import REPORTED_VERSION
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
@@ -145,6 +145,7 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
         quotas = Quotas(storage, shared_fd=inherited_table())
         mounts: MountTable | None = None
         gauges: asyncio.Task[None] | None = None
+        rotation: asyncio.Task[None] | None = None
         node: Node | None = None
         try:
             await tokens.start()
@@ -187,12 +188,14 @@ def _core_context(given_storage: Engine | None) -> Callable[[web.Application], A
                 remount.resume(mounts, tokens, storage)  # mount moves whose revocation a stop cut short
                 if period > 0:
                     gauges = asyncio.get_running_loop().create_task(telemetry.usage_gauges(tokens, mounts, period))
+                rotation = asyncio.get_running_loop().create_task(keys.auto_rotate(storage, keyring, tokens))
             log.info("server_started", mounts=sorted(mounts.mounts), storage=settings.storage.type,
                      audit_devices=sorted(audit.devices))
             yield
         finally:
-            if gauges is not None:
-                gauges.cancel()
+            for task in (gauges, rotation):
+                if task is not None:
+                    task.cancel()
             if node is not None:
                 await node.stop()
             await audit.close()

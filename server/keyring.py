@@ -20,7 +20,9 @@ for ``core/fingerprint-key#sealed``) keys the fingerprints of secrets (``Keyring
 fingerprint, rotation included, and nobody without the server can compute one.
 
 ``rotate`` adds a term and makes it active; older terms stay so that values sealed under
-them still open (the callers re-seal what they own). ``rewrap`` seals the keyring under a
+them still open (the callers re-seal what they own). ``core/rotate-config`` (``RotationConfig``,
+Vault's ``sys/rotate/config``) asks for a rotation when the active term is older than its
+``interval``; ``rotate(due=...)`` makes it on one node only. ``rewrap`` seals the keyring under a
 new storage key (``authmount operator rekey``).
 """
 
@@ -35,7 +37,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import structlog
@@ -73,11 +75,14 @@ __all__ = [
     "reseal",
     "RESEAL_PREFIXES",
     "FINGERPRINT_KEY",
+    "ROTATE_CONFIG_KEY",
+    "RotationConfig",
 ]
 
 KEYRING_KEY = "core/keyring"
 FINGERPRINT_KEY = "core/fingerprint-key"
 ENV_KEY = "AUTHMOUNT_STORAGE_KEY"
+ROTATE_CONFIG_KEY = "core/rotate-config"
 KEY_BYTES = 32
 
 
@@ -191,6 +196,41 @@ class Term:
     created: float
 
 
+@dataclass(frozen=True, slots=True)
+class RotationConfig:
+    """Vault's automatic rotation settings (``sys/rotate/config``), kept at ``ROTATE_CONFIG_KEY``.
+
+    ``interval`` (seconds; 0: never) is how old the active term may grow before a rotation.
+    ``max_operations`` is kept and shown as Vault's, and never triggers one: every seal derives
+    a key of its own (``plugin/sealing.py``), so the GCM limit it guards does not apply.
+    """
+
+    enabled: bool = True
+    max_operations: int = 3_865_470_566
+    interval: int = 0
+
+    #: Vault's bounds (``barrier.AbsoluteOperationMinimum``/``Maximum``, ``MinimumRotationInterval``).
+    MIN_OPERATIONS: ClassVar[int] = 1_000_000
+    MAX_OPERATIONS: ClassVar[int] = 3_865_470_566
+    MIN_INTERVAL: ClassVar[int] = 24 * 3600
+
+    @classmethod
+    def from_stored(cls, stored: Any) -> RotationConfig:
+        """The settings as stored (the defaults when there are none)."""
+        if not isinstance(stored, dict):
+            return cls()
+        return cls(enabled=bool(stored.get("enabled", True)),
+                   max_operations=int(stored.get("max_operations", cls.MAX_OPERATIONS)),
+                   interval=int(stored.get("interval", 0)))
+
+    def to_storage(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "max_operations": self.max_operations, "interval": self.interval}
+
+    def due(self) -> int | None:
+        """The age at which the active term is rotated, or None (off, or no interval)."""
+        return self.interval if self.enabled and self.interval > 0 else None
+
+
 class Keyring:
     """The data keys, opened with the storage key. Thread-safe for reads."""
 
@@ -200,6 +240,8 @@ class Keyring:
         self.active = active
         #: Set by ``open`` (``core/fingerprint-key``); until then fingerprints are refused.
         self._fingerprint_key = b""
+        #: Seals this process made, by term: ``sys/key-status``'s ``encryptions``.
+        self._seals: dict[int, int] = {}
 
     # -- storage ---------------------------------------------------------------------------
     @classmethod
@@ -253,12 +295,26 @@ class Keyring:
             return
         self._terms, self.active = {**self._terms, **other._terms}, other.active
 
-    async def rotate(self, storage: Storage, *, now: float | None = None) -> int:
-        """Add a term and make it active; returns its number."""
+    @property
+    def active_created(self) -> float:
+        """When the active term was made (epoch seconds)."""
+        return self._terms[self.active].created
+
+    async def rotate(self, storage: Storage, *, now: float | None = None, due: int | None = None) -> int | None:
+        """Add a term and make it active; returns its number.
+
+        ``due``: only if the stored active term is at least that many seconds old, judged in
+        the same storage update, so that of nodes checking together one rotates; None when
+        it is not (the keyring is then re-read, since another node may have rotated it).
+        """
         created = time.time() if now is None else now
+        rotated = [True]
 
         def add(old: Any) -> Any:
             ring = self.from_stored(self._storage_key, old)
+            if due is not None and created - ring.active_created < due:
+                rotated[0] = False
+                return old
             number = max(ring._terms) + 1
             body = ring._body()
             body["terms"][str(number)] = {"key": b64e(secrets.token_bytes(KEY_BYTES)), "created": created}
@@ -267,7 +323,7 @@ class Keyring:
 
         stored = await storage.update(KEYRING_KEY, add)
         self._adopt(self.from_stored(self._storage_key, stored))
-        return self.active
+        return self.active if rotated[0] else None
 
     async def rewrap(self, storage: Storage, new_storage_key: bytes) -> None:
         """Seal the keyring under ``new_storage_key`` (the data keys stay)."""
@@ -280,12 +336,13 @@ class Keyring:
         self._storage_key = new_storage_key
 
     def status(self) -> dict[str, Any]:
-        """What ``sys/key-status`` shows: the active term and when it was made."""
+        """What ``sys/key-status`` shows: the active term, when it was made, and the seals this
+        process made under it (a number, as the Vault CLI needs; no count limits a term)."""
         term = self._terms[self.active]
         return {
             "term": term.number,
             "install_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(term.created)),
-            "encryptions": None,
+            "encryptions": self._seals.get(term.number, 0),
             "terms": len(self._terms),
             "storage_key_fingerprint": key_fingerprint(self._storage_key),
         }
@@ -332,6 +389,7 @@ class Keyring:
     def seal(self, plaintext: bytes, context: str) -> str:
         """``plaintext`` sealed under the active term for ``context``."""
         term = self._terms[self.active]
+        self._seals[term.number] = self._seals.get(term.number, 0) + 1
         return format_sealed(term.number, seal_bytes(term.key, plaintext, context))
 
     def unseal(self, sealed: str, context: str) -> bytes:

@@ -33,7 +33,7 @@ ReloadHook = Callable[[web.Application, Settings, Settings], Awaitable[list[str]
 #: Settings a built-in hook applies on SIGHUP; a change of any other needs a restart.
 RELOADED_SETTINGS = frozenset({
     "log_level", "rate_limit", "mounts", "policies", "token_roles", "groups", "entities", "identity_token_keys",
-    "identity_token_roles", "rate_limit_quotas", "quota_config", "cors", "oidc_scopes", "oidc_assignments", "oidc_clients",
+    "identity_token_roles", "rate_limit_quotas", "quota_config", "rotate_config", "cors", "oidc_scopes", "oidc_assignments", "oidc_clients",
     "oidc_providers",
     "tls_cert_file", "tls_key_file", "source",
 })

@@ -662,6 +662,13 @@ class Settings:
         doc="Vault's rate limit quota settings (`sys/quotas/config`: `{rate_limit_exempt_paths}`), applied with "
             "`mounts` (see section 5); absent: not managed.",
     )
+    #: ``{enabled, interval, max_operations}`` written at every start, or None.
+    rotate_config: Mapping[str, Any] | None = setting(
+        None, kind="mapping", parse=_optional_mapping,
+        doc="Vault's automatic rotation of the data key (`sys/rotate/config`: `{enabled, interval, "
+            "max_operations}`; an `interval` of 24h at least), applied with `mounts` (see section 5); absent: not "
+            "managed.",
+    )
     rate_limit: RateLimitSettings = setting(
         kind="mapping", factory=RateLimitSettings, parse=_section(RateLimitSettings, none_ok=True),
         section=RateLimitSettings, shown="on, values below",

@@ -38,9 +38,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     """Register ``apply`` and ``export`` on the CLI's subcommands."""
     ap = sub.add_parser(
         "apply", help="make a server match a YAML file (mounts, configs, roles, policies, token roles, groups, "
-                      "entities, identity token keys and roles, rate limit quotas, CORS, the OIDC provider)",
+                      "entities, identity token keys and roles, rate limit quotas, key rotation, CORS, the OIDC provider)",
         description="Compare the server with FILE (the settings file's mounts, policies, token_roles, groups, "
-                    "entities, identity_token_keys, identity_token_roles, rate_limit_quotas, quota_config, cors, oidc_scopes, "
+                    "entities, identity_token_keys, identity_token_roles, rate_limit_quotas, quota_config, rotate_config, cors, "
+                    "oidc_scopes, "
                     "oidc_assignments, oidc_clients and oidc_providers), print the "
                     "plan and "
                     "apply it. The token comes from VAULT_TOKEN or ~/.vault-token.",

@@ -1,6 +1,6 @@
 """The desired state of ``authmount apply`` (and of seeding at start): a settings file's
 ``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
-``identity_token_roles``, ``rate_limit_quotas``, ``quota_config``, ``cors`` and the OIDC provider's (``oidc_scopes``, ``oidc_assignments``, ``oidc_clients``, ``oidc_providers``) sections, validated by the same field schemas and checks as the API
+``identity_token_roles``, ``rate_limit_quotas``, ``quota_config``, ``rotate_config``, ``cors`` and the OIDC provider's (``oidc_scopes``, ``oidc_assignments``, ``oidc_clients``, ``oidc_providers``) sections, validated by the same field schemas and checks as the API
 writes, before anything is written.
 
 Each object is normalised into the form the server's GET returns (a role as ``Role.public``,
@@ -37,9 +37,11 @@ from server.identity.entities import ENTITY_FIELDS
 from server.identity.groups import GROUP_FIELDS, changed_group
 from server.identity.store import DERIVED_NAME, Group, group_policies
 from server.identity.token_template import check_template
+from server.keyring import RotationConfig
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 from server.settings import MountSeed, Settings, SettingsError, is_origin, settings_from_mapping
 from server.sys import cors as cors_paths
+from server.sys import keys as key_paths
 from server.sys import quotas as quota_paths
 from server.tokens import roles as token_roles
 
@@ -248,6 +250,8 @@ class Desired:
     cors: DesiredRole | None = None
     #: The quota settings (``sys/quotas/config``), or None: not managed.
     quota_config: DesiredRole | None = None
+    #: The automatic key rotation settings (``sys/rotate/config``), or None: not managed.
+    rotate_config: DesiredRole | None = None
     #: The OIDC provider's scopes, assignments, clients and providers by name (case-sensitive).
     oidc_scopes: dict[str, DesiredRole] = field(default_factory=dict)
     oidc_assignments: dict[str, DesiredRole] = field(default_factory=dict)
@@ -280,7 +284,8 @@ def from_settings(settings: Settings, *, source: str, env: Mapping[str, str] | N
     return from_sections(settings.mounts, settings.policies, token_roles=settings.token_roles, groups=settings.groups,
                          entities=settings.entities, identity_token_keys=settings.identity_token_keys,
                          identity_token_roles=settings.identity_token_roles, rate_limit_quotas=settings.rate_limit_quotas,
-                         cors=settings.cors, quota_config=settings.quota_config, oidc_scopes=settings.oidc_scopes,
+                         cors=settings.cors, quota_config=settings.quota_config,
+                         rotate_config=settings.rotate_config, oidc_scopes=settings.oidc_scopes,
                          oidc_assignments=settings.oidc_assignments, oidc_clients=settings.oidc_clients,
                          oidc_providers=settings.oidc_providers, source=source, env=env)
 
@@ -298,6 +303,7 @@ def from_sections(
     rate_limit_quotas: Mapping[str, Mapping[str, Any]] | None = None,
     cors: Mapping[str, Any] | None = None,
     quota_config: Mapping[str, Any] | None = None,
+    rotate_config: Mapping[str, Any] | None = None,
     oidc_scopes: Mapping[str, Mapping[str, Any]] | None = None,
     oidc_assignments: Mapping[str, Mapping[str, Any]] | None = None,
     oidc_clients: Mapping[str, Mapping[str, Any]] | None = None,
@@ -364,6 +370,8 @@ def from_sections(
             desired.cors = _cors(dict(cors), environ)
         if quota_config is not None:
             desired.quota_config = _quota_config(dict(quota_config), environ)
+        if rotate_config is not None:
+            desired.rotate_config = _rotate_config(dict(rotate_config), environ)
         for name, values in (oidc_scopes or {}).items():
             desired.oidc_scopes[name] = _oidc_scope(str(name), dict(values), f"oidc_scopes.{name}", environ)
         for name, values in (oidc_assignments or {}).items():
@@ -625,6 +633,14 @@ def _quota_config(values: dict[str, Any], env: Mapping[str, str]) -> DesiredRole
 
     return _named("quota-config", "quota settings", r"quota-config", "quota-config", quota_paths.CONFIG_FIELDS, values,
                   "quota_config", env, check)
+
+
+def _rotate_config(values: dict[str, Any], env: Mapping[str, str]) -> DesiredRole:
+    """The automatic key rotation settings: the API's own checks; a field the file leaves out
+    is Vault's default (the declared settings are the whole of them)."""
+    return _named("rotate-config", "rotation settings", r"rotate-config", "rotate-config", key_paths.ROTATE_CONFIG_FIELDS,
+                  values, "rotate_config", env,
+                  lambda v: key_paths.checked_rotation_config(v, RotationConfig()).to_storage())
 
 
 def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]) -> DesiredGroup:

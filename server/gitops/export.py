@@ -1,6 +1,6 @@
 """``authmount export``: a server's live state as an apply file (the settings file's
 ``mounts``, ``policies``, ``token_roles``, ``groups``, ``entities``, ``identity_token_keys``,
-``identity_token_roles``, ``rate_limit_quotas``, ``quota_config``, ``cors`` and the OIDC provider's ``oidc_*``), from authmount, Vault or OpenBao (the same API). An identity token
+``identity_token_roles``, ``rate_limit_quotas``, ``quota_config``, ``rotate_config``, ``cors`` and the OIDC provider's ``oidc_*``), from authmount, Vault or OpenBao (the same API). An identity token
 role's ``client_id`` is always written: it is its tokens' audience, which services check.
 
 Only values that differ from a field's default are written, durations as ``20m``/``1h``.
@@ -21,7 +21,7 @@ import yaml
 from plugin import registry
 from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS, KEY_SOURCES, PROVIDER_SECRETS
 from plugin.path_role import ROLE_FIELDS, Role
-from plugin.schema import Field, FieldType
+from plugin.schema import Field, FieldType, parse_duration
 from server.gitops.desired import (
     CONFIG_KEYS,
     ID_KEY_KEYS,
@@ -42,6 +42,7 @@ from server.http.cors import STANDARD_HEADERS
 from server.identity import oidc, provider
 from server.mounts import MOUNT_CONFIG_FIELDS
 from server.quotas import DEFAULT_EXEMPT
+from server.sys.keys import ROTATE_CONFIG_FIELDS
 from server.tokens import roles as token_roles
 
 __all__ = ["Export", "export_state", "dump_yaml", "env_name"]
@@ -192,6 +193,13 @@ async def export_state(server: Server) -> Export:
     exempt = (await server.read("sys/quotas/config") or {}).get("rate_limit_exempt_paths")
     if isinstance(exempt, list) and sorted(exempt) != sorted(DEFAULT_EXEMPT):
         out.document["quota_config"] = {"rate_limit_exempt_paths": exempt}
+    rotation = await server.read("sys/rotate/config") or {}
+    if "interval" in rotation:
+        rotation["interval"] = parse_duration(rotation["interval"])
+    declared_rotation = {k: _value(spec, rotation[k]) for k, spec in ROTATE_CONFIG_FIELDS.fields.items()
+                         if k in rotation and _differs(rotation[k], spec.default)}
+    if declared_rotation:
+        out.document["rotate_config"] = declared_rotation
     cors = await server.read("sys/config/cors") or {}
     if cors.get("enabled"):
         extra = [h for h in cors.get("allowed_headers") or [] if h not in STANDARD_HEADERS]

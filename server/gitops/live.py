@@ -264,7 +264,7 @@ class AppServer:
         return found
 
     async def _call(self, op: Operation, path: str, data: dict[str, Any] | None = None) -> Any:
-        if path.startswith(("identity/", "sys/quotas/", "sys/config/cors")):  # the built-in backends, as the API serves them
+        if path.startswith(("identity/", "sys/quotas/", "sys/config/cors", "sys/rotate/config")):  # the built-in backends
             backend: Backend = self._identity if path.startswith("identity/") else self._sys
             req = Request(operation=op, path=path.split("/", 1)[1], data=dict(data or {}),
                           connection=Connection("127.0.0.1"))

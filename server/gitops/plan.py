@@ -22,6 +22,7 @@ from urllib.parse import quote
 from plugin import registry
 from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS
 from plugin.path_role import Role
+from plugin.schema import parse_duration
 from server.gitops.desired import (
     CONFIG_KEYS,
     CORS_KEYS,
@@ -178,13 +179,15 @@ def parse_target(text: str) -> Target:
         return Target(kind, normalize_path(mount) + role.lower())
     if kind == "policy":
         return Target(kind, name.lower())
-    if kind in ("token-role", "oidc-key", "oidc-role", "quota", "quota-config", "cors", "oidc-scope", "oidc-assignment",
+    if kind in ("token-role", "oidc-key", "oidc-role", "quota", "quota-config", "rotate-config", "cors", "oidc-scope",
+                "oidc-assignment",
                 "oidc-client", "oidc-provider"):
         return Target(kind, name)  # these names keep their case, as Vault's
     if kind in ("group", "entity"):
         return Target(kind, name.lower())  # names are case-insensitive, as Vault's
     raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group, "
-                     "entity, oidc-key, oidc-role, quota, quota-config, cors, oidc-scope, oidc-assignment, "
+                     "entity, oidc-key, oidc-role, quota, quota-config, rotate-config, cors, oidc-scope, "
+                     "oidc-assignment, "
                      "oidc-client, oidc-provider")
 
 
@@ -258,6 +261,8 @@ async def make_plan(
         await _plan_cors(plan, desired, server, prune=prune)
     if desired.quota_config is not None and _selected(targets, "quota-config", "quota-config"):
         await _plan_quota_config(plan, desired.quota_config, server)
+    if desired.rotate_config is not None and _selected(targets, "rotate-config", "rotate-config"):
+        await _plan_rotate_config(plan, desired.rotate_config, server)
     for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
@@ -279,6 +284,7 @@ async def make_plan(
     known += [("entity", n) for n in desired.entities]
     known += [("oidc-key", n) for n in desired.id_token_keys] + [("oidc-role", n) for n in desired.id_token_roles]
     known += [("quota", n) for n in desired.quotas] + [("cors", "cors"), ("quota-config", "quota-config")]
+    known += [("rotate-config", "rotate-config")]
     known += [("oidc-scope", n) for n in desired.oidc_scopes] + [("oidc-assignment", n) for n in desired.oidc_assignments]
     known += [("oidc-client", n) for n in desired.oidc_clients] + [("oidc-provider", n) for n in desired.oidc_providers]
     for mount in desired.mounts.values():
@@ -482,6 +488,18 @@ async def _plan_quota_config(plan: Plan, declared: DesiredRole, server: Server) 
     if fields:
         plan.changes.append(Change("update", "quota-config", "quota-config quota-config", declared.where,
                                    _write("sys/quotas/config", declared.body), fields))
+
+
+async def _plan_rotate_config(plan: Plan, declared: DesiredRole, server: Server) -> None:
+    """The automatic key rotation settings, when declared: written when they differ (there is
+    always one; the GET's ``interval`` is Vault's duration text or 0)."""
+    live = dict(await server.read("sys/rotate/config") or {})
+    if "interval" in live:
+        live["interval"] = parse_duration(live["interval"])
+    fields = _diff(("enabled", "interval", "max_operations"), live, declared.public)
+    if fields:
+        plan.changes.append(Change("update", "rotate-config", "rotate-config rotate-config", declared.where,
+                                   _write("sys/rotate/config", declared.body), fields))
 
 
 async def _plan_cors(plan: Plan, desired: Desired, server: Server, *, prune: bool) -> None:

@@ -114,6 +114,21 @@ def test_status(bao: Bao) -> None:
     assert re.search(rf"^{re.escape(VERSION)}\s+\d{{4}}-\d\d-\d\dT\S+Z\s+n/a$", history, re.M), history
 
 
+def test_key_rotation(bao: Bao) -> None:
+    """``bao operator rotate`` (which writes ``sys/rotate/keyring``, then reads the key status,
+    whose ``encryptions`` it needs as a number), ``key-status`` and the rotation settings."""
+    before = json.loads(bao("operator", "key-status", "-format=json").stdout)
+    assert isinstance(before["encryptions"], int) and before["term"] >= 1
+    out = bao("operator", "rotate").stdout
+    assert "Success! Rotated key" in out and re.search(rf"^Key Term\s+{before['term'] + 1}$", out, re.M), out
+    bao("write", "sys/rotate/config", "interval=720h")
+    config = json.loads(bao("read", "-format=json", "sys/rotate/config").stdout)["data"]
+    assert config == {"enabled": True, "interval": "720h0m0s", "max_operations": 3865470566}
+    refused = bao("write", "sys/rotate/config", "interval=1h", check=False)
+    assert refused.returncode == 2 and "interval must be greater or equal to 24h0m0s" in refused.stderr
+    bao("write", "sys/rotate/config", "interval=0")
+
+
 def test_auth_enable_list_tune_disable(bao: Bao) -> None:
     enabled = bao("auth", "enable", "-path=cli-jwt", "-description=from the CLI", "-default-lease-ttl=30m", "jwt")
     assert "Success! Enabled jwt auth method at: cli-jwt/" in enabled.stdout

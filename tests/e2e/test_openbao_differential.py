@@ -2066,3 +2066,33 @@ def test_cors_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
         refused.append(codes)
     assert answers[0] == answers[1]
     assert refused == [[400, 400], [500, 500]]  # authmount's 400, OpenBao 2.7.2's 500 (row 69)
+
+
+#: Automatic rotation settings, in order, by root; the last step puts Vault's defaults back
+#: (the peer server is shared by the module).
+ROTATION_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "sys/rotate/config", None),
+    ("POST", "sys/rotate/config", {"interval": "1h"}),
+    ("POST", "sys/rotate/config", {"interval": "1h", "max_operations": 5}),
+    ("POST", "sys/rotate/config", {"max_operations": 5}),
+    ("POST", "sys/rotate/config", {"max_operations": 3865470567}),
+    ("POST", "sys/rotate/config", {"interval": "bogus"}),
+    ("POST", "sys/rotate/config", {"interval": -5}),
+    ("POST", "sys/rotate/config", {"interval": "25h", "max_operations": 2000000, "enabled": False}),
+    ("GET", "sys/rotate/config", None),
+    ("POST", "sys/rotate/keyring/config", {"interval": 0}),
+    ("GET", "sys/rotate/keyring/config", None),
+    ("PUT", "sys/rotate/keyring/config", {"interval": 90000, "enabled": True}),
+    ("GET", "sys/rotate/config", None),
+    ("DELETE", "sys/rotate/config", None),
+    ("POST", "sys/rotate/keyring", None),
+    ("POST", "sys/rotate/config", {"interval": 0, "max_operations": 3865470566}),
+    ("GET", "sys/rotate/config", None),
+]
+#: (step, why): authmount's field errors name the value they could not read.
+ROTATION_TEXTS_DIFFER = {5: "names the value (`input bogus`)", 6: "names the value (`input -5`)"}
+
+
+def test_rotation_settings_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    mismatches = _run_steps(servers, ROTATION_STEPS, ("enabled", "interval", "max_operations"), ROTATION_TEXTS_DIFFER)
+    assert mismatches == [], "\n".join(map(repr, mismatches))

@@ -1116,3 +1116,24 @@ async def test_the_quota_settings_are_applied_compared_and_exported(server: Http
     assert (await make_plan(desired({}), server, prune=True)).changes == []  # not declared: not managed
     with pytest.raises(GitopsError, match="enable_rate_limit_response_headers is not supported"):
         desired({"quota_config": {"enable_rate_limit_response_headers": True}})
+
+
+async def test_the_key_rotation_settings_are_applied_compared_and_exported(server: HttpServer, client: Client) -> None:
+    doc = {"rotate_config": {"interval": "30d"}}
+    plan = await applied(server, doc)
+    assert [(c.action, c.address, [f.name for f in c.fields]) for c in plan.changes] == \
+        [("update", "rotate-config rotate-config", ["interval"])]
+    live = (await (await client.get("/v1/sys/rotate/config", headers=H)).json())["data"]
+    assert live == {"enabled": True, "interval": "720h0m0s", "max_operations": 3865470566}
+    assert (await make_plan(desired(doc), server)).changes == []
+    assert (await export_state(server)).document["rotate_config"] == {"interval": "720h"}
+    # the file's settings are the whole of them: a field it leaves out goes back to Vault's default
+    assert (await client.post("/v1/sys/rotate/config", json={"max_operations": 2000000, "enabled": False},
+                              headers=H)).status == 204
+    plan = await make_plan(desired(doc), server)
+    assert [sorted(f.name for f in c.fields) for c in plan.changes] == [["enabled", "max_operations"]]
+    assert (await make_plan(desired({}), server, prune=True)).changes == []  # not declared: not managed
+    with pytest.raises(GitopsError, match="interval must be greater or equal to 24h0m0s"):
+        desired({"rotate_config": {"interval": "1h"}})
+    with pytest.raises(GitopsError, match=r"max_operations must be in the range \[1000000,3865470566\]"):
+        desired({"rotate_config": {"max_operations": 10}})

@@ -211,11 +211,15 @@ async def test_open_stores_the_keyring_and_fingerprint_key_where_documented() ->
 async def test_status_shows_the_active_term() -> None:
     storage = InMemoryStorage()
     k = await Keyring.open(storage, KEY, now=1_700_000_000)
-    expected = {"term": 1, "install_time": "2023-11-14T22:13:20Z", "encryptions": None, "terms": 1,
+    # encryptions: the seals this process made under the term (the first start sealed the
+    # fingerprint key); a number, which the Vault CLI's key-status needs
+    expected = {"term": 1, "install_time": "2023-11-14T22:13:20Z", "encryptions": 1, "terms": 1,
                 "storage_key_fingerprint": key_fingerprint(KEY)}
     assert k.status() == expected
+    k.seal(b"a", "c"), k.seal(b"b", "c")
+    assert k.status() == {**expected, "encryptions": 3}
     assert await k.rotate(storage, now=1_700_086_400) == 2
-    assert k.status() == {**expected, "term": 2, "install_time": "2023-11-15T22:13:20Z", "terms": 2}
+    assert k.status() == {**expected, "term": 2, "install_time": "2023-11-15T22:13:20Z", "terms": 2, "encryptions": 0}
 
 
 async def test_fingerprints_are_stable_across_nodes_and_restarts_and_bind_the_context() -> None:

@@ -253,6 +253,8 @@ async def test_token_endpoint_refusals(api: Provider) -> None:
     status, err, headers = await api.exchange({**form, "code": await code()}, basic=(app["client_id"], "wrong"))
     assert (status, err) == (401, {"error": "invalid_client", "error_description": "client failed to authenticate"})
     assert headers["WWW-Authenticate"] == "Basic"
+    status, err, _ = await api.exchange({**form, "code": "x"}, basic=("", app["client_secret"]))  # Vault: 500
+    assert (status, err["error"]) == (401, "invalid_client")  # docs/vault-differences.md row 70
     status, err, _ = await api.exchange({**form, "code": "x"})
     assert (status, err["error_description"]) == (400, "client_id parameter is required")
     status, err, _ = await api.exchange({"code": "x"}, basic=creds)
