@@ -1,5 +1,5 @@
 """``sys/health``, ``sys/seal-status``, ``sys/init``, ``sys/leader``: the unauthenticated status
-paths. authmount has no seal and no leader election, so it is always initialized, unsealed
+paths; ``sys/ha-status`` and ``sys/step-down`` beside them. authmount has no seal and no leader election, so it is always initialized, unsealed
 and active, and answers as a Vault without HA does.
 
 ``sys/health`` takes Vault's status-code parameters (``activecode``, ``standbyok``, ...) and
@@ -159,6 +159,10 @@ def paths(b: SysBackend) -> list[SysPath]:
     async def ha_status(req: Request, values: dict[str, Any]) -> Response:
         return Response(data={"nodes": await core.node.members()})
 
+    async def step_down(req: Request, values: dict[str, Any]) -> None:
+        """A Vault without HA answers 204 and does nothing; authmount asks for sudo, as an HA
+        Vault does, so only an operator hears that the node stays active."""
+
     def read(handler: Handler) -> dict[Operation, Handler]:
         return {Operation.READ: handler, Operation.LIST: handler}  # LIST answers as GET
 
@@ -174,4 +178,7 @@ def paths(b: SysBackend) -> list[SysPath]:
                 "HA status: no leader election, every node serves every request.", unauthenticated=True),
         SysPath("ha-status", FieldSet({}), {Operation.READ: ha_status},
                 "The nodes serving this storage (each active), with the version each runs.", copy_top=True),
+        SysPath("step-down", FieldSet({}), {Operation.UPDATE: step_down},
+                "Nothing to give up: every node is active (vault operator step-down succeeds and changes nothing).",
+                sudo=True),
     ]

@@ -108,6 +108,11 @@ def test_status(bao: Bao) -> None:
     assert re.search(r"^Initialized\s+true$", table, re.M) and re.search(r"^Sealed\s+false$", table, re.M)
     status = json.loads(bao("status", "-format=json").stdout)
     assert status["initialized"] is True and status["sealed"] is False and status["storage_type"] == "inmem"
+    assert "Success! Stepped down" in bao("operator", "step-down").stdout  # nothing to give up: all active
+    plugins = bao("plugin", "list").stdout  # sys/plugins/catalog: the two built-in methods
+    assert re.findall(r"^(\w+)\s+auth\s+v\S+\+builtin\.authmount$", plugins, re.M) == ["jwt", "oidc"], plugins
+    info = json.loads(bao("plugin", "info", "-format=json", "auth", "jwt").stdout)
+    assert info["builtin"] is True and info["name"] == "jwt"
     members = bao("operator", "members").stdout  # this node, serving (sys/ha-status)
     assert re.search(rf"^\S+\s+{re.escape(bao.srv.url)}\s+n/a\s+true\s+{re.escape(VERSION)}\s", members, re.M), members
     history = bao("version-history").stdout  # the running version, with when it first started

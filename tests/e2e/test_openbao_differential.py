@@ -2096,3 +2096,29 @@ ROTATION_TEXTS_DIFFER = {5: "names the value (`input bogus`)", 6: "names the val
 def test_rotation_settings_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     mismatches = _run_steps(servers, ROTATION_STEPS, ("enabled", "interval", "max_operations"), ROTATION_TEXTS_DIFFER)
     assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
+def _catalog(url: str, root: str) -> list[Any]:
+    """The catalog's answers that do not depend on which plugins a server has: statuses, the
+    fields of jwt's entries, and jwt's entry but its version."""
+    def get(method: str, path: str) -> Any:
+        return requests.request(method, f"{url}/v1/{path}", headers={"X-Vault-Token": root}, timeout=10)
+
+    whole = get("GET", "sys/plugins/catalog")
+    jwt = next(e for e in whole.json()["data"]["detailed"] if e["name"] == "jwt")
+    one = get("GET", "sys/plugins/catalog/auth/jwt")
+    listed = get("LIST", "sys/plugins/catalog/auth")
+    return [whole.status_code, sorted(whole.json()["data"]), {k: v for k, v in jwt.items() if k != "version"},
+            one.status_code, {k: v for k, v in one.json()["data"].items() if k != "version"},
+            listed.status_code, {"jwt", "oidc"} <= set(listed.json()["data"]["keys"]),
+            get("GET", "sys/plugins/catalog/auth/jwt?version=v1.0.0").status_code]
+
+
+def test_plugin_catalog_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """authmount's catalog holds jwt and oidc only (OpenBao's also its secrets engines and
+    database plugins, so ``database`` and ``secret`` are among its keys): the rest agrees."""
+    ours, bao = servers
+    assert ours.root_token is not None
+    got, peer = _catalog(ours.url, ours.root_token), _catalog(bao.url, bao.root_token)
+    assert got[1] == ["auth", "detailed"] and peer[1] == ["auth", "database", "detailed", "secret"]
+    assert got[:1] + got[2:] == peer[:1] + peer[2:]

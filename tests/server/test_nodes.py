@@ -44,6 +44,22 @@ async def test_a_single_node_lists_itself_and_writes_nothing(aiohttp_client: Any
     assert (await client.get("/v1/sys/ha-status", headers={"X-Vault-Token": user["auth"]["client_token"]})).status == 403
 
 
+async def test_step_down_changes_nothing_and_needs_sudo(aiohttp_client: Any) -> None:
+    """``vault operator step-down``: every node is active, so there is nothing to give up (a
+    Vault without HA answers 204 too); only a sudo token hears it."""
+    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
+    client = await aiohttp_client(make_test_server(create_app(settings)))
+    before = await (await client.get("/v1/sys/leader")).json()
+    assert (await client.put("/v1/sys/step-down", headers=H)).status == 204
+    assert await (await client.get("/v1/sys/leader")).json() == before
+    assert [n["active_node"] for n in (await (await client.get("/v1/sys/ha-status", headers=H)).json())["nodes"]] == \
+        [True]
+    user = await (await client.post("/v1/auth/token/create", json={"policies": ["default"]}, headers=H)).json()
+    for headers in ({}, {"X-Vault-Token": user["auth"]["client_token"]}):
+        resp = await client.put("/v1/sys/step-down", headers=headers)
+        assert (resp.status, await resp.json()) == (403, {"errors": ["permission denied"]})
+
+
 async def test_nodes_on_shared_storage(monkeypatch: pytest.MonkeyPatch) -> None:
     """On shared storage: the node writes its row at start and again every echo; live nodes
     are listed sorted, a node silent for ``STALE_AFTER`` is not; a start deletes the rows of

@@ -91,8 +91,11 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
                                "internal/ui/mounts"}  # Vault: sys/internal/ui/mounts is unauthenticated
     # sys/mounts/auth/<path>/tune changes what sys/auth/<path>/tune does: sudo on both
     assert {p.split("/")[0] for p in sudo} == {
-        "auth", "mounts", "rotate", "key-status", "audit", "config", "leases", "remount",
+        "auth", "mounts", "rotate", "key-status", "audit", "config", "leases", "remount", "plugins", "step-down",
     }
+    # Vault's root path is plugins/catalog/*: a type and a plugin, not the catalog
+    assert {p for p in sudo if p.startswith("plugins")} == {p for p in specs if p.startswith("plugins/catalog/")}
+    assert not specs["plugins/catalog"].sudo
     assert specs["remount"].sudo and not specs["remount/status/(?P<migration_id>.+)"].sudo  # as in OpenBao
     # OpenBao's root paths hold no policy path: a Vault policy that manages policies works here
     assert not any(s.sudo for p, s in specs.items() if p.startswith("polic"))
@@ -130,7 +133,8 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
     # (revocations by prefix name no token, so the root token of the requests lives on)
     fill = {"{path}": "jwt", "{name}": "default", "{header}": "x-team", "{prefix}": "auth/token",
             "{url_lease_id}": "auth/nope/x", "revoke-{prefix}": "auth/nope", "{urlalgorithm}": "sha2-256",
-            "{urlsource}": "platform", "{urlbytes}": "8", "{target}": "goroutine"}
+            "{urlsource}": "platform", "{urlbytes}": "8", "{target}": "goroutine", "{type}": "auth",
+            "plugin-{name}": "jwt"}
     resp = await client.post("/v1/sys/config/auditing/request-headers/x-team", json={"hmac": True}, headers=H)
     assert resp.status == 204, await resp.text()  # a header to read
     assert (await client.post("/v1/sys/auth/mv", json={"type": "jwt"}, headers=H)).status == 204
@@ -139,7 +143,7 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
     resp = await client.post("/v1/sys/quotas/rate-limit/default", json={"rate": 10000}, headers=H)
     assert resp.status == 204, await resp.text()  # a quota to list and read
     for path, ops in documented.items():
-        kind = "revoke-" if "revoke" in path else ""
+        kind = "revoke-" if "revoke" in path else "plugin-" if "plugins/catalog" in path else ""
 
         def value(m: re.Match[str], kind: str = kind) -> str:
             return fill.get(kind + m.group(0)) or fill[m.group(0)]
