@@ -54,7 +54,7 @@ from server.settings import Settings, SettingsError
 from server.storage import Engine, open_storage, shared_memory
 from server.storage.sqlite import SQLiteStorage
 from server.supervisor import MONITOR_DIR_ENV, WORKER_ENV
-from server.sys import keys, remount, versions
+from server.sys import keys, loggers, remount, versions
 from server.sys.status import REPORTED_VERSION
 from server.tokens.backend import TokenBackend
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX, PARENT_PREFIX, TokenStore
@@ -100,15 +100,19 @@ def create_app(settings: Settings, *, storage: Engine | None = None) -> web.Appl
 
 
 async def _relay_monitors(app: web.Application) -> None:
-    """A worker of ``--workers N`` relays log lines to the other workers' monitors."""
+    """A worker of ``--workers N`` relays log lines to the other workers' monitors, and follows
+    the log levels they set (``sys/loggers``)."""
     directory = os.environ.get(MONITOR_DIR_ENV)
     if directory and LOG_HUB.relay is None:
         LOG_HUB.relay = LogRelay(LOG_HUB, directory, int(os.environ.get(WORKER_ENV, "0")))
+    if directory:
+        loggers.SHARED.start(directory)  # the levels sys/loggers set, in every worker
 
 
 async def _end_monitors(app: web.Application) -> None:
     """A stopping server ends its log monitors' streams (else shutdown would wait for them)."""
     LOG_HUB.close_all()
+    loggers.SHARED.stop()
 
 
 def _core_context(given_storage: Engine | None) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -31,7 +31,7 @@ from server.tokens.ttl import rfc3339
 
 __all__ = ["ECHO_INTERVAL", "FORGET_AFTER", "NODES_PREFIX", "STALE_AFTER", "Node", "live_rows"]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("authmount.nodes")
 
 NODES_PREFIX = "core/nodes/"
 #: Seconds between a node's writes of its row.

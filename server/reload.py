@@ -21,6 +21,7 @@ from server.appkeys import RELOAD_HOOKS
 from server.http.log import set_log_level
 from server.http.ratelimit import LIMITER
 from server.settings import Settings
+from server.sys import loggers
 
 __all__ = ["ReloadHook", "add_reload_hook", "reload_settings", "reload_log_level", "reload_rate_limits",
            "RELOADED_SETTINGS"]
@@ -69,10 +70,11 @@ async def reload_settings(app: web.Application, old: Settings, new: Settings) ->
 
 
 async def reload_log_level(app: web.Application, old: Settings, new: Settings) -> list[str]:
-    """The log level (every logger of the process)."""
+    """The log level (every logger of the process; the levels sys/loggers set are forgotten)."""
     if old.log_level == new.log_level:
         return []
     set_log_level(new.log_level)
+    loggers.SHARED.publish()  # a worker started again later takes this level, not sys/loggers' older ones
     return [f"log_level: {old.log_level} -> {new.log_level}"]
 
 

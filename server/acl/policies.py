@@ -34,7 +34,7 @@ __all__ = [
     "resultant",
 ]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("authmount.policies")
 
 # "patch" is accepted so Vault policies that mention it load; no authmount path uses it.
 CAPABILITIES = ("create", "read", "update", "delete", "list", "sudo", "deny", "patch")

@@ -29,7 +29,7 @@ from server.http.reply import NO_STORE
 if TYPE_CHECKING:
     from server.http.cors import Cors
 
-__all__ = ["configure_logging", "set_log_level", "redact", "handled", "flush_request_log", "REQUEST_ID"]
+__all__ = ["configure_logging", "set_log_level", "set_logger_levels", "logger_levels", "redact", "handled", "flush_request_log", "REQUEST_ID"]
 
 
 #: Field names whose values are never logged.
@@ -83,8 +83,16 @@ def _redact_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, 
     return event_dict
 
 
-#: The level in effect (``set_log_level`` changes it while the server runs: SIGHUP).
+#: The level of every logger ``sys/loggers`` has not set on its own (``set_log_level``:
+#: settings, SIGHUP, ``sys/loggers``), the levels it set by logger name, and what follows
+#: from them: the lowest level any logger takes (the gate's first check) and the request
+#: lines' (``authmount.request``).
+_base = logging.INFO
+_by_name: dict[str, int] = {}
+#: The loggers ``sys/loggers`` set to Vault's ``trace`` (logged as debug; "" for every logger).
+_traced: frozenset[str] = frozenset()
 _level = logging.INFO
+_request_level = logging.INFO
 _format = "json"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
            "error": logging.ERROR, "exception": logging.ERROR, "critical": logging.CRITICAL, "msg": logging.INFO}
@@ -114,25 +122,38 @@ def _level_gate(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -
     return event_dict
 
 
-def _monitor_tap(_logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _monitor_tap(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Hand the finished event (redacted) to the log monitors (``sys/monitor``), then drop it
-    if it is below the level the log itself takes (a monitor asked for more)."""
+    if it is below the level its logger takes (a monitor asked for more)."""
     level = _LEVELS.get(name, logging.INFO)
     if level >= LOG_HUB.level:  # a monitor here or in another worker wants it
         LOG_HUB.publish(event_dict)
-    if level < _level:
+    if level < (_by_name.get(getattr(logger, "logger_name", ""), _base) if _by_name else _base):
         raise structlog.DropEvent
     return event_dict
 
 
 def set_log_level(level: str) -> None:
-    """Change the log level of the running process (every logger, cached ones included)."""
-    global _level, _request_sink
-    numeric = getattr(logging, level.upper(), logging.INFO)
-    _level = numeric
-    logging.getLogger().setLevel(max(numeric, logging.WARNING))
+    """Change the log level of the running process: every logger, cached ones included, and
+    any level ``sys/loggers`` set by name is forgotten (as Vault's SIGHUP does)."""
+    set_logger_levels(getattr(logging, level.upper(), logging.INFO), {})
+
+
+def set_logger_levels(base: int, by_name: dict[str, int], traced: frozenset[str] = frozenset()) -> None:
+    """Every logger at ``base``, but those ``by_name`` names (``sys/loggers``); ``traced``:
+    the loggers set to ``trace`` ("" for every logger not named)."""
+    global _base, _by_name, _level, _request_level, _request_sink, _traced
+    _base, _by_name, _traced = base, dict(by_name), traced
+    _level = min(base, *by_name.values()) if by_name else base
+    _request_level = _by_name.get(_access_name, base)
+    logging.getLogger().setLevel(max(base, logging.WARNING))
     # Request lines are info: pre-rendered in the JSON format only while info is logged.
-    _request_sink = _json_stream() if _format == "json" and numeric <= logging.INFO else None
+    _request_sink = _json_stream() if _format == "json" and _request_level <= logging.INFO else None
+
+
+def logger_levels() -> tuple[int, dict[str, int], frozenset[str]]:
+    """The level of every logger, those set by name, and those set to trace (``set_logger_levels``)."""
+    return _base, dict(_by_name), _traced
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -154,11 +175,16 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     if fmt == "console":
         processors.append(_escape_controls)
         processors.append(structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback))
-        factory: Any = structlog.PrintLoggerFactory(file=sys.stderr)
+
+        def factory(*args: Any) -> Any:
+            return _NamedPrintLogger(sys.stderr, args[0] if args else "")
     else:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
         # BytesLogger calls only write and flush.
-        factory = structlog.BytesLoggerFactory(file=cast(BinaryIO, _OrderedStream(_json_stream())))
+        stream = cast(BinaryIO, _OrderedStream(_json_stream()))
+
+        def factory(*args: Any) -> Any:
+            return _NamedBytesLogger(stream, args[0] if args else "")
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),  # _level_gate filters
@@ -204,7 +230,28 @@ def _json_stream() -> Any:
 _stream: io.BufferedWriter | None = None
 
 
-_access = structlog.get_logger("authmount.request")
+class _NamedBytesLogger(structlog.BytesLogger):
+    """structlog's logger with the name it was got by, which ``_monitor_tap`` judges."""
+
+    __slots__ = ("logger_name",)
+
+    def __init__(self, file: BinaryIO, logger_name: str) -> None:
+        super().__init__(file)
+        self.logger_name = logger_name
+
+
+class _NamedPrintLogger(structlog.PrintLogger):
+    """The console format's logger with the name it was got by."""
+
+    __slots__ = ("logger_name",)
+
+    def __init__(self, file: Any, logger_name: str) -> None:
+        super().__init__(file)
+        self.logger_name = logger_name
+
+
+_access_name = "authmount.request"
+_access = structlog.get_logger(_access_name)
 #: Where ``configure_logging`` sends pre-rendered JSON request lines; None: go through
 #: structlog (console format, tests capturing logs, or before configuration).
 _request_sink: Any = None
@@ -385,7 +432,7 @@ def handled(handler: Handler, cors: Cors | None = None) -> Handler:
 
 def _log_request(request: web.Request, rid: str, status: int, start: float) -> None:
     sink = _request_sink
-    if sink is None and _level > logging.INFO:
+    if sink is None and _request_level > logging.INFO:
         if LOG_HUB.level <= logging.INFO:
             _monitor_request(request, rid, status, start)
         return  # request lines are info (structlog's chain would drop the line after building it)

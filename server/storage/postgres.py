@@ -24,7 +24,7 @@ __all__ = ["PostgresStorage", "CHANNEL"]
 
 CHANNEL = "authmount_kv"
 _RECONNECT_DELAY = 1.0
-_log = structlog.get_logger(__name__)
+_log = structlog.get_logger("authmount.storage")
 
 _T = TypeVar("_T")
 

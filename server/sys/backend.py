@@ -11,7 +11,7 @@ and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, ke
 ``leases`` (tokens' leases: revocation by creation path, lookup), ``fingerprint``
 (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited headers),
 ``metrics``, ``openapi``, ``wrapping`` (wrap, lookup, unwrap, rewrap), ``tools`` (hash, random),
-``versions`` (version-history), ``plugins`` (the plugin catalog's built-in methods), ``debug`` (what ``vault debug`` and ``vault monitor``
+``versions`` (version-history), ``plugins`` (the plugin catalog's built-in methods), ``loggers`` (log levels at run time), ``debug`` (what ``vault debug`` and ``vault monitor``
 read: monitor, in-flight-req, host-info, config/state/sanitized), ``snapshot``
 (storage/raft/snapshot).
 """
@@ -31,6 +31,7 @@ from server.sys import (
     fingerprint,
     keys,
     leases,
+    loggers,
     metrics,
     openapi,
     plugins,
@@ -80,6 +81,7 @@ class SysBackend(Backend):
             *tools.paths(self),
             *versions.paths(self),
             *plugins.paths(self),
+            *loggers.paths(self),
             *debug.paths(self),
             *snapshot.paths(self),
         ]

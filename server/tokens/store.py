@@ -58,7 +58,7 @@ __all__ = [
     "EPOCH_PREFIX", "WRAP_PREFIX",
 ]
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("authmount.tokens")
 
 ID_PREFIX = "sys/token/id/"
 ACCESSOR_PREFIX = "sys/token/accessor/"

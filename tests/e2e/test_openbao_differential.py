@@ -2122,3 +2122,50 @@ def test_plugin_catalog_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     got, peer = _catalog(ours.url, ours.root_token), _catalog(bao.url, bao.root_token)
     assert got[1] == ["auth", "detailed"] and peer[1] == ["auth", "database", "detailed", "secret"]
     assert got[:1] + got[2:] == peer[:1] + peer[2:]
+
+
+#: Log levels at run time, in order, by root; ``{logger}`` is one logger each server has
+#: (OpenBao's ``core``, authmount's ``authmount.keyring``). The last step puts the settings'
+#: levels back (the peer server is shared by the module).
+LOGGER_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "sys/loggers/{logger}", None),
+    ("GET", "sys/loggers/nope", None),
+    ("POST", "sys/loggers/nope", {"level": "debug"}),
+    ("POST", "sys/loggers/{logger}", {"level": "bogus"}),
+    ("POST", "sys/loggers/{logger}", {"level": ""}),
+    ("POST", "sys/loggers/{logger}", {}),
+    ("POST", "sys/loggers/{logger}", {"level": 5}),
+    ("POST", "sys/loggers/{logger}", {"level": " TRACE "}),
+    ("GET", "sys/loggers/{logger}", None),
+    ("POST", "sys/loggers/{logger}", {"level": "err"}),
+    ("GET", "sys/loggers/{logger}", None),
+    ("POST", "sys/loggers/{logger}", {"level": "notice"}),
+    ("GET", "sys/loggers/{logger}", None),
+    ("POST", "sys/loggers", {"level": "warning"}),
+    ("GET", "sys/loggers/{logger}", None),
+    ("DELETE", "sys/loggers/{logger}", None),
+    ("GET", "sys/loggers/{logger}", None),
+    ("POST", "sys/loggers", {}),
+    ("DELETE", "sys/loggers/nope", None),
+    ("LIST", "sys/loggers", None),
+    ("DELETE", "sys/loggers", None),
+    ("GET", "sys/loggers/{logger}", None),
+]
+
+
+def test_log_levels_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    ours, bao = servers
+    assert ours.root_token is not None
+    mismatches = []
+    for method, path, body in LOGGER_STEPS:
+        answers = []
+        for url, root, logger in ((ours.url, ours.root_token, "authmount.keyring"), (bao.url, bao.root_token, "core")):
+            resp = requests.request(method, f"{url}/v1/{path.format(logger=logger)}", json=body,
+                                    headers={"X-Vault-Token": root}, timeout=10)
+            answer = resp.json() if resp.content else {}
+            data = answer.get("data") or {}
+            answers.append((resp.status_code, _errors(answer) if "errors" in answer else None,
+                            data.get(logger) if "{logger}" in path else data))
+        if answers[0] != answers[1]:
+            mismatches.append((method, path, body, *answers))
+    assert mismatches == [], "\n".join(map(repr, mismatches))

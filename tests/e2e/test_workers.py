@@ -897,3 +897,21 @@ def test_an_oidc_provider_code_made_on_one_worker_is_redeemed_once_on_another(wo
     resp = b.conn.getresponse()
     info = json.loads(resp.read())
     assert resp.status == 200 and set(info) == {"sub"}, info
+
+
+def test_log_levels_set_on_one_worker_are_the_other_workers_within_a_second(workers: Workers) -> None:
+    """``vault write sys/loggers/<name> level=...`` lands on one worker; the other takes the
+    levels at its next look at the supervisor's directory (``SharedLevels.PERIOD``, 1 s)."""
+
+    def level(conn: Pinned, name: str) -> str:
+        return str(conn.ok("GET", f"sys/loggers/{name}")["data"][name])
+
+    try:
+        workers.a.call("POST", "sys/loggers/authmount.keyring", body={"level": "trace"})
+        assert level(workers.a, "authmount.keyring") == "trace"
+        assert seen_within(lambda: level(workers.b, "authmount.keyring") == "trace") < 1.5
+        workers.b.call("DELETE", "sys/loggers")  # back to the settings' level, from the other one
+        assert seen_within(lambda: level(workers.a, "authmount.keyring") == "info") < 1.5
+    finally:
+        for conn in (workers.a, workers.b):
+            conn.call("DELETE", "sys/loggers")

@@ -14,7 +14,7 @@ from server.http import log
 
 @pytest.fixture
 def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("_request_sink", "_level", "_format"):
+    for name in ("_request_sink", "_level", "_format", "_base", "_by_name", "_traced", "_request_level"):
         monkeypatch.setattr(log, name, getattr(log, name))
     monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)
     yield
@@ -82,3 +82,35 @@ def test_the_console_format_escapes_control_characters(restored: None, capsys: p
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err and "\x00" not in err
     assert "path=/v1/auth/\\x1b[2Jx\\x07" in err and "role=a\\x00b" in err
+
+
+def test_a_logger_set_by_name_logs_at_its_own_level(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """``sys/loggers/<name>``: one logger below the others' level, another above it; a level
+    for every logger (SIGHUP's) forgets them."""
+    log.configure_logging("info", "console")
+    keyring, audit, other = (structlog.get_logger(n) for n in ("authmount.keyring", "authmount.audit", "authmount.x"))
+    log.set_logger_levels(logging.INFO, {"authmount.keyring": logging.DEBUG, "authmount.audit": logging.ERROR})
+    keyring.debug("keyring_debug_shown")
+    other.debug("other_debug_hidden")
+    other.info("other_info_shown")
+    audit.warning("audit_warning_hidden")
+    audit.error("audit_error_shown")
+    assert log.logger_levels() == (logging.INFO, {"authmount.keyring": logging.DEBUG,
+                                                  "authmount.audit": logging.ERROR}, frozenset())
+    log.set_log_level("info")
+    keyring.debug("keyring_debug_hidden_again")
+    audit.warning("audit_warning_shown_again")
+    err = capsys.readouterr().err
+    for shown in ("keyring_debug_shown", "other_info_shown", "audit_error_shown", "audit_warning_shown_again"):
+        assert shown in err
+    for hidden in ("other_debug_hidden", "audit_warning_hidden", "keyring_debug_hidden_again"):
+        assert hidden not in err
+    assert log.logger_levels() == (logging.INFO, {}, frozenset())
+
+
+def test_the_request_lines_follow_their_own_loggers_level(restored: None) -> None:
+    log.configure_logging("info", "json")
+    log.set_logger_levels(logging.INFO, {"authmount.request": logging.WARNING})
+    assert log._request_sink is None and log._request_level == logging.WARNING
+    log.set_logger_levels(logging.ERROR, {"authmount.request": logging.INFO})
+    assert log._request_sink is not None  # every other logger at error, the request lines still written
