@@ -107,7 +107,8 @@ MOUNT_CONFIG_FIELDS = FieldSet({
         default="default-service", parse=_token_type,
     ),
     "listing_visibility": Field(
-        FieldType.STRING, "Stored and reported: '', 'unauth' or 'hidden' (authmount has no UI).", default="",
+        FieldType.STRING, "'', 'unauth' or 'hidden': 'unauth' lists the mount in sys/internal/ui/mounts to callers "
+        "without a token, and the sign-in page (setting ui) offers its OIDC role.", default="",
         parse=_listing_visibility,
     ),
     "audit_non_hmac_request_keys": _list_field(

@@ -12,6 +12,7 @@ are ``server.mounts.TUNE_FIELDS``, the declaration the mount table validates wit
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -84,8 +85,30 @@ ENABLE_FIELDS = FieldSet({
 })
 
 
-#: The tune paths: the mount path and the tune fields.
-TUNE_PATH_FIELDS = FieldSet({"path": MOUNT_PATH, **TUNE_FIELDS.fields})
+#: The tune paths: the mount path and the tune fields, and two of Vault's that authmount
+#: refuses with Vault's texts rather than ignore (a lockout that seemed on would be worse).
+TUNE_PATH_FIELDS = FieldSet({
+    "path": MOUNT_PATH, **TUNE_FIELDS.fields,
+    "plugin_version": Field(FieldType.STRING, "The running version only (the built-in methods have one: "
+                            "sys/plugins/catalog); '' leaves it."),
+    "user_lockout_config": Field(FieldType.MAP, "Refused: Vault locks out users of userpass, ldap and approle "
+                                 "only, and a jwt or oidc login has no password to guess."),
+})
+
+
+_SEMVER = re.compile(r"v?(\d+(?:\.\d+)*)((?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)")
+
+
+def _semantic(version: str) -> str:
+    """A version as Vault's catalog names it (``v1`` is ``v1.0.0``).
+
+    :raises InvalidRequest: not a version (Vault's text).
+    """
+    found = _SEMVER.fullmatch(version)
+    if found is None:
+        raise InvalidRequest(f'version "{version}" is not a valid semantic version: malformed version: {version}')
+    parts = found.group(1).split(".")
+    return "v" + ".".join(parts + ["0"] * (3 - len(parts))) + found.group(2)
 
 
 #: The built-in backends ``sys/mounts`` lists, as Vault lists them: type, description, the
@@ -153,7 +176,17 @@ def paths(b: SysBackend) -> list[SysPath]:
         return Response(data=core.mounts.tune_info(mount))
 
     async def tune(req: Request, values: dict[str, Any]) -> None:
-        await core.mounts.tune(values["path"] + "/", {k: v for k, v in values.items() if k != "path"})
+        norm = values["path"] + "/"
+        version = values.get("plugin_version") or ""
+        if version and version != RUNNING_VERSION or values.get("user_lockout_config"):
+            mount = await core.mounts.get_fresh(norm)
+            kind = mount.entry.type if mount is not None else ""
+            if mount is not None and version and version != RUNNING_VERSION:
+                raise InvalidRequest(f"plugin not found in the catalog: {kind}, version={_semantic(version)}")
+            if mount is not None:
+                raise InvalidRequest(f'tuning of user lockout configuration for auth type "{kind}" not allowed')
+        ignored = ("path", "plugin_version", "user_lockout_config")
+        await core.mounts.tune(norm, {k: v for k, v in values.items() if k not in ignored})
 
     async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
         return Response(data=_builtin_mounts(core.cluster_id))

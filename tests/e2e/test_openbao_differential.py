@@ -306,6 +306,13 @@ MOUNT_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "sys/mounts/auth/m2/tune", {"default_lease_ttl": "15m", "max_lease_ttl": ""}), ("GET", "sys/auth/m2/tune", None),
     ("POST", "sys/mounts/auth/m2/tune", {"default_lease_ttl": "", "max_lease_ttl": "", "token_type": ""}),
     ("GET", "sys/auth/m2/tune", None),
+    # Vault's fields authmount refuses in Vault's words (they were ignored with a warning)
+    ("POST", "sys/auth/m2/tune", {"plugin_version": "v1"}),
+    ("POST", "sys/mounts/auth/m2/tune", {"plugin_version": "2.x"}),
+    ("POST", "sys/auth/m2/tune", {"user_lockout_config": {"lockout_threshold": "3"}}),
+    ("POST", "sys/auth/m2/tune", {"user_lockout_config": {}}),
+    ("POST", "sys/auth/nope/tune", {"plugin_version": "v1"}),
+    ("GET", "sys/auth/m2/tune", None),
 ]
 #: (step, why): where authmount's error text differs on purpose (the statuses agree).
 MOUNT_TEXTS_DIFFER: dict[int, str] = {

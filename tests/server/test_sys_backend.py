@@ -15,7 +15,7 @@ from pytest_aiohttp import AiohttpClient
 from plugin.errors import InvalidRequest, UnsupportedPath
 from server.app import create_app
 from server.http.listverb import make_test_server
-from server.mounts import MOUNT_CONFIG_FIELDS, TUNE_FIELDS
+from server.mounts import MOUNT_CONFIG_FIELDS, RUNNING_VERSION, TUNE_FIELDS
 from server.settings import Settings, StorageSettings
 from server.sys.auth import ENABLE_FIELDS
 from server.sys.backend import SysBackend
@@ -112,7 +112,8 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
 
 def test_tune_path_takes_the_tune_declaration() -> None:
     tune = next(s for s in _backend().paths if s.pattern.endswith("tune/*"))
-    assert [n for n in tune.fields if n != "path"] == list(TUNE_FIELDS)
+    # and two of Vault's fields the tune refuses in Vault's words
+    assert [n for n in tune.fields if n != "path"] == [*TUNE_FIELDS, "plugin_version", "user_lockout_config"]
     assert set(TUNE_FIELDS) == set(MOUNT_CONFIG_FIELDS) | {"description", "options"}
     cli_tune = next(s for s in _backend().paths if s.pattern.startswith("mounts/auth/"))
     assert cli_tune.fields is tune.fields and cli_tune.operations.keys() == tune.operations.keys()
@@ -221,7 +222,7 @@ async def test_openapi_tune_fields_are_the_schema(client: Client) -> None:
     body = await (await client.get("/v1/sys/openapi", headers=H)).json()
     tune = body["paths"]["/sys/auth/{path}/tune"]
     props = tune["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
-    assert list(props) == list(TUNE_FIELDS)
+    assert list(props) == [*TUNE_FIELDS, "plugin_version", "user_lockout_config"]
     assert props["default_lease_ttl"] == TUNE_FIELDS["default_lease_ttl"].openapi()
     assert props["token_type"]["default"] == "default-service"
     enable = body["paths"]["/sys/auth/{path}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -246,9 +247,15 @@ async def test_openapi_tune_fields_are_the_schema(client: Client) -> None:
         ({"force_no_cache": "maybe"}, 400,
          ['Field validation failed: error converting input maybe for field "force_no_cache": '
           "cannot parse as a boolean"]),
+        ({"plugin_version": "v1", "default_lease_ttl": "1h"}, 400, ["plugin not found in the catalog: jwt, version=v1.0.0"]),
+        ({"plugin_version": "2.x"}, 400, ['version "2.x" is not a valid semantic version: malformed version: 2.x']),
+        ({"user_lockout_config": {"lockout_threshold": "3"}}, 400,
+         ['tuning of user lockout configuration for auth type "jwt" not allowed']),
+        ({"plugin_version": RUNNING_VERSION, "user_lockout_config": {}, "default_lease_ttl": "1h",
+          "max_lease_ttl": "2h"}, 204, None),
     ],
     ids=["ok", "bad ttl", "max below default", "token type", "listing visibility", "header list", "description",
-         "boolean"],
+         "boolean", "another plugin version", "no version", "user lockout", "the running version, no lockout"],
 )
 async def test_tune_is_validated_by_the_declaration(
     client: Client, body: dict[str, Any], status: int, errors: list[str] | None
