@@ -188,6 +188,13 @@ def paths(b: SysBackend) -> list[SysPath]:
         ignored = ("path", "plugin_version", "user_lockout_config")
         await core.mounts.tune(norm, {k: v for k, v in values.items() if k not in ignored})
 
+    async def builtin_tune(req: Request, values: dict[str, Any]) -> Response:
+        _, description, passthrough, _ = _BUILTIN_MOUNTS[values["builtin"] + "/"]
+        settings = core.settings
+        return Response(data={"default_lease_ttl": settings.default_lease_ttl, "description": description,
+                              "force_no_cache": False, "max_lease_ttl": settings.max_lease_ttl,
+                              "passthrough_request_headers": [passthrough]})
+
     async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
         return Response(data=_builtin_mounts(core.cluster_id))
 
@@ -209,6 +216,9 @@ def paths(b: SysBackend) -> list[SysPath]:
                 {Operation.READ: read_tune, Operation.UPDATE: tune},
                 "Read or change an auth mount's tuning (where the Vault CLI's `auth tune` sends it).",
                 sudo=True, copy_top=True),
+        SysPath("mounts/(?P<builtin>sys|identity)/tune/*", FieldSet({"builtin": Field(FieldType.NAME, "sys or identity.")}),
+                {Operation.READ: builtin_tune}, "Read the tuning of a built-in backend (hvac's read_mount_configuration).",
+                copy_top=True),
         SysPath("internal/ui/mounts", FieldSet({}), {Operation.READ: ui_mounts},
                 "The auth mounts tuned listing_visibility=unauth (type, description, options): what a sign-in "
                 "page offers; needs no token.", unauthenticated=True),

@@ -388,7 +388,8 @@ def test_mount_listings_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
         for path, body in LISTED_MOUNTS.items():
             resp = requests.post(f"{url}/v1/sys/auth/{path}", json=body, headers={"X-Vault-Token": root}, timeout=10)
             assert resp.status_code == 204, resp.text
-    reads = ["sys/auth", *(f"sys/auth/{p}{tail}" for p in (*LISTED_MOUNTS, "token") for tail in ("", "/tune"))]
+    reads = ["sys/auth", *(f"sys/auth/{p}{tail}" for p in (*LISTED_MOUNTS, "token") for tail in ("", "/tune")),
+             "sys/mounts/sys/tune", "sys/mounts/identity/tune"]
     try:
         for path in reads:
             got, peer = (_listing(url, root, path) for url, root in nodes)

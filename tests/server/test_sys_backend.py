@@ -134,7 +134,7 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
     # (revocations by prefix name no token, so the root token of the requests lives on)
     fill = {"{path}": "jwt", "{name}": "default", "{header}": "x-team", "{prefix}": "auth/token",
             "{url_lease_id}": "auth/nope/x", "revoke-{prefix}": "auth/nope", "{urlalgorithm}": "sha2-256",
-            "{urlsource}": "platform", "{urlbytes}": "8", "{target}": "goroutine", "{type}": "auth",
+            "{urlsource}": "platform", "{urlbytes}": "8", "{target}": "goroutine", "{type}": "auth", "{builtin}": "sys",
             "plugin-{name}": "jwt"}
     resp = await client.post("/v1/sys/config/auditing/request-headers/x-team", json={"hmac": True}, headers=H)
     assert resp.status == 204, await resp.text()  # a header to read
