@@ -195,6 +195,15 @@ def paths(b: SysBackend) -> list[SysPath]:
                               "force_no_cache": False, "max_lease_ttl": settings.max_lease_ttl,
                               "passthrough_request_headers": [passthrough]})
 
+    async def locked_users(req: Request, values: dict[str, Any]) -> Response:
+        accessor = values.get("mount_accessor") or ""
+        asked = [{"mount_accessor": accessor, "counts": 0, "alias_identifiers": None}] if accessor else []
+        return Response(data={"by_namespace": [{"namespace_id": "root", "namespace_path": "", "counts": 0,
+                                                "mount_accessors": asked}], "total": 0})
+
+    async def unlock_user(req: Request, values: dict[str, Any]) -> None:
+        return None
+
     async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
         return Response(data=_builtin_mounts(core.cluster_id))
 
@@ -219,6 +228,13 @@ def paths(b: SysBackend) -> list[SysPath]:
         SysPath("mounts/(?P<builtin>sys|identity)/tune/*", FieldSet({"builtin": Field(FieldType.NAME, "sys or identity.")}),
                 {Operation.READ: builtin_tune}, "Read the tuning of a built-in backend (hvac's read_mount_configuration).",
                 copy_top=True),
+        # Vault locks out users of password methods only: jwt and oidc logins never lock anyone.
+        SysPath("locked-users", FieldSet({"mount_accessor": Field(FieldType.STRING, "Only this mount's users.")}),
+                {Operation.READ: locked_users}, "The users locked out: none (jwt and oidc lock no one out)."),
+        SysPath("locked-users/(?P<mount_accessor>[^/]+)/unlock/(?P<alias_identifier>.+)", FieldSet({
+            "mount_accessor": Field(FieldType.NAME, "The mount's accessor."),
+            "alias_identifier": Field(FieldType.NAME, "The user's name at the mount."),
+        }), {Operation.UPDATE: unlock_user}, "Unlock a user: nothing to do, no one is locked out."),
         SysPath("internal/ui/mounts", FieldSet({}), {Operation.READ: ui_mounts},
                 "The auth mounts tuned listing_visibility=unauth (type, description, options): what a sign-in "
                 "page offers; needs no token.", unauthenticated=True),

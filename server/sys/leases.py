@@ -27,6 +27,7 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.sys.core import SysPath
+from server.tokens.backend import start_tidy
 from server.tokens.ttl import remaining_ttl, rfc3339
 
 if TYPE_CHECKING:
@@ -104,6 +105,9 @@ def paths(b: SysBackend) -> list[SysPath]:
             raise InvalidRequest("lease is not renewable")
         raise InvalidRequest("tokens cannot be renewed through this endpoint")
 
+    async def tidy(req: Request, values: dict[str, Any]) -> Response:
+        return start_tidy(core.tokens)
+
     async def revoke(req: Request, values: dict[str, Any]) -> Response | None:
         entry = await core.tokens.lease_entry(_lease_id(values))
         if entry is not None:  # an unknown or dead lease is revoked already, as Vault answers it
@@ -141,6 +145,8 @@ def paths(b: SysBackend) -> list[SysPath]:
                           "the background.", default=True),
         }), {Operation.UPDATE: revoke_prefix},
             "Revoke every token created under a path, and its children.", sudo=True, statuses=(202,)),
+        SysPath("leases/tidy", FieldSet({}), {Operation.UPDATE: tidy},
+                "Remove expired token entries now (as auth/token/tidy: the only leases are tokens').", statuses=(202,)),
         SysPath("leases/revoke-force/(?P<prefix>.+)", FieldSet({"prefix": _PREFIX}), {Operation.UPDATE: revoke_force},
                 "Revoke every token created under a path, and its children (as revoke-prefix: a token's "
                 "revocation has no backend step to skip).", sudo=True),

@@ -24,7 +24,7 @@ from server.tokens.roles import (
 from server.tokens.store import TokenStore
 from server.tokens.ttl import calculate_ttl
 
-__all__ = ["TokenBackend", "MountLookup", "mount_table_lookup", "entry_by_accessor"]
+__all__ = ["TokenBackend", "MountLookup", "mount_table_lookup", "entry_by_accessor", "start_tidy"]
 
 #: Finds the mount that issued a token (by mount accessor): its TTLs and renew hook.
 MountLookup = Callable[[str], Awaitable[tuple[MountInfo, RenewHook | None] | None]]
@@ -34,6 +34,14 @@ _TIDY_WARNING = (
     "Tidy operation successfully started. Any information from the operation will be "
     "printed to Vault's server logs."
 )
+
+
+def start_tidy(store: TokenStore) -> Response:
+    """``auth/token/tidy`` and ``sys/leases/tidy``: started in the background, answered at once
+    (202), as Vault's tidy; one at a time."""
+    if not store.tidy_later():
+        return Response(warnings=["Tidy operation already in progress."])  # OpenBao's answer (200)
+    return Response(warnings=[_TIDY_WARNING], status=202)
 
 
 def mount_table_lookup(get_table: Callable[[], Any]) -> MountLookup:
@@ -492,8 +500,5 @@ class TokenBackend(Backend):
         await self.store.revoke_orphan(entry)
 
     async def _tidy(self, req: Request, values: dict[str, Any]) -> Response:
-        """Started in the background, answered at once (202), as Vault's tidy; one at a time."""
         self._caller(req)
-        if not self.store.tidy_later():
-            return Response(warnings=["Tidy operation already in progress."])  # OpenBao's answer (200)
-        return Response(warnings=[_TIDY_WARNING], status=202)
+        return start_tidy(self.store)

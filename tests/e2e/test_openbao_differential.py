@@ -2177,3 +2177,18 @@ def test_log_levels_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
         if answers[0] != answers[1]:
             mismatches.append((method, path, body, *answers))
     assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
+#: Paths with nothing to do here that answer as OpenBao's (no one is locked out of jwt/oidc).
+NOTHING_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "sys/locked-users", None),
+    ("GET", "sys/locked-users?mount_accessor=auth_jwt_12345678", None),
+    ("POST", "sys/locked-users/auth_jwt_12345678/unlock/bob", None),
+    ("POST", "sys/locked-users", {}),
+    ("PUT", "sys/step-down", None),
+]
+
+
+def test_paths_with_nothing_to_do_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    mismatches = _run_steps(servers, NOTHING_STEPS, ("by_namespace", "total"), {})
+    assert mismatches == [], "\n".join(map(repr, mismatches))

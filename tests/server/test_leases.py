@@ -13,10 +13,11 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
+from server.appkeys import TOKENS
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
 from server.tokens.ids import SELECTOR_LEN
-from tests.server.httpkit import Client
+from tests.server.httpkit import Client, app_of
 
 ROOT = "root-token-for-lease-tests"
 
@@ -247,3 +248,23 @@ async def test_a_token_lease_is_not_renewed_through_sys_leases(client: Client) -
     assert await _call(client, ROOT, "PUT", f"sys/leases/renew/auth/token/root/{out['data']['keys'][0]}", {}) == (
         400, {"errors": ["lease is not renewable"]})  # the root token never expires
     assert await _alive(client, renewable)
+
+
+async def test_sys_leases_tidy_is_the_token_stores_tidy(client: Client) -> None:
+    """``vault lease tidy``: the only leases are tokens', so it removes the expired token rows,
+    started in the background as ``auth/token/tidy`` is (202 and Vault's warning)."""
+    tokens = app_of(client)[TOKENS]
+    await _token(client, ROOT, {"ttl": "1s"})
+    await asyncio.sleep(1.1)
+    before = len(await tokens.storage.list("sys/token/id/"))
+    status, answer = await _call(client, ROOT, "POST", "sys/leases/tidy")
+    assert status == 202 and answer["warnings"] == [
+        "Tidy operation successfully started. Any information from the operation will be printed to Vault's server "
+        "logs."]
+    for _ in range(100):
+        if len(await tokens.storage.list("sys/token/id/")) < before:
+            break
+        await asyncio.sleep(0.02)
+    assert len(await tokens.storage.list("sys/token/id/")) == before - 1  # the expired one, not the root token
+    user = await _token(client, ROOT, {"policies": ["default"]})
+    assert await _call(client, user, "POST", "sys/leases/tidy") == (403, {"errors": ["permission denied"]})

@@ -134,7 +134,7 @@ async def test_openapi_lists_exactly_the_sys_paths_served(client: Client) -> Non
     # (revocations by prefix name no token, so the root token of the requests lives on)
     fill = {"{path}": "jwt", "{name}": "default", "{header}": "x-team", "{prefix}": "auth/token",
             "{url_lease_id}": "auth/nope/x", "revoke-{prefix}": "auth/nope", "{urlalgorithm}": "sha2-256",
-            "{urlsource}": "platform", "{urlbytes}": "8", "{target}": "goroutine", "{type}": "auth", "{builtin}": "sys",
+            "{urlsource}": "platform", "{urlbytes}": "8", "{target}": "goroutine", "{type}": "auth", "{builtin}": "sys", "{mount_accessor}": "auth_jwt_1", "{alias_identifier}": "bob",
             "plugin-{name}": "jwt"}
     resp = await client.post("/v1/sys/config/auditing/request-headers/x-team", json={"hmac": True}, headers=H)
     assert resp.status == 204, await resp.text()  # a header to read
@@ -351,3 +351,16 @@ async def test_head_is_get_without_a_body(client: Client) -> None:
         assert await head.read() == b""
     denied = await client.head("/v1/sys/auth")
     assert denied.status == 403
+
+
+async def test_no_one_is_locked_out(client: Client) -> None:
+    """``sys/locked-users``: Vault locks out users of password methods only; jwt and oidc
+    logins never lock anyone out, so the report is empty and an unlock has nothing to do."""
+    empty = {"namespace_id": "root", "namespace_path": "", "counts": 0, "mount_accessors": []}
+    body = await (await client.get("/v1/sys/locked-users", headers=H)).json()
+    assert body["data"] == {"by_namespace": [empty], "total": 0}
+    body = await (await client.get("/v1/sys/locked-users?mount_accessor=auth_jwt_1", headers=H)).json()
+    assert body["data"]["by_namespace"][0]["mount_accessors"] == [
+        {"mount_accessor": "auth_jwt_1", "counts": 0, "alias_identifiers": None}]
+    assert (await client.post("/v1/sys/locked-users/auth_jwt_1/unlock/bob", headers=H)).status == 204
+    assert (await client.get("/v1/sys/locked-users")).status == 403
