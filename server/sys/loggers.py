@@ -41,13 +41,11 @@ LOGGER_NAMES = (
     "authmount.storage", "authmount.supervisor", "authmount.telemetry", "authmount.tokens", "plugin.backend",
     "plugin.keys", "plugin.login", "plugin.path_oidc",
 )
-#: Vault's level names (``logging.ParseLogLevel``) to the name it reads back and the log's level.
-_LEVELS = {"trace": ("trace", logging.DEBUG), "debug": ("debug", logging.DEBUG), "notice": ("info", logging.INFO),
-           "info": ("info", logging.INFO), "warn": ("warn", logging.WARNING), "warning": ("warn", logging.WARNING),
-           "err": ("error", logging.ERROR), "error": ("error", logging.ERROR)}
+#: Vault's level names (``logging.ParseLogLevel``; "" is info) to the log's levels.
+_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "notice": logging.INFO, "info": logging.INFO, "": logging.INFO,
+           "warn": logging.WARNING, "warning": logging.WARNING, "err": logging.ERROR, "error": logging.ERROR}
 #: The name a level reads back as, when ``trace`` was not asked for.
-_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error",
-          logging.CRITICAL: "error"}
+_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error"}
 FIELDS = FieldSet({"level": Field(FieldType.STRING, "The level: trace, debug, info (or notice), warn (or warning), "
                                                     "error (or err).")})
 NAMED_FIELDS = FieldSet({
@@ -56,8 +54,8 @@ NAMED_FIELDS = FieldSet({
 })
 
 
-def parse_level(values: dict[str, Any]) -> tuple[str, int]:
-    """The level a write asks for: (the name it reads back as, the log's level).
+def parse_level(values: dict[str, Any]) -> tuple[int, bool]:
+    """The level a write asks for, and whether it is ``trace``.
 
     :raises InvalidRequest: Vault's texts.
     """
@@ -66,17 +64,16 @@ def parse_level(values: dict[str, Any]) -> tuple[str, int]:
     text = str(values["level"])
     if not text:
         raise InvalidRequest("level is empty")
-    found = _LEVELS.get(text.strip().lower()) if text.strip() else ("info", logging.INFO)
-    if found is None:
-        raise InvalidRequest(f"invalid level provided: unknown log level: {text.strip().lower()}")
-    return found
+    name = text.strip().lower()
+    if name not in _LEVELS:
+        raise InvalidRequest(f"invalid level provided: unknown log level: {name}")
+    return _LEVELS[name], name == "trace"
 
 
 def _shown(name: str) -> str:
     base, by_name, traced = logger_levels()
     level = by_name.get(name, base)
-    return "trace" if level == logging.DEBUG and (name if name in by_name else "") in traced \
-        else _NAMES.get(level, "info")
+    return "trace" if level == logging.DEBUG and (name if name in by_name else "") in traced else _NAMES[level]
 
 
 class SharedLevels:
@@ -149,8 +146,8 @@ def paths(b: SysBackend) -> list[SysPath]:
         return Response(data={name: _shown(name) for name in LOGGER_NAMES})
 
     async def write_all(req: Request, values: dict[str, Any]) -> None:
-        shown, level = parse_level(values)
-        set_logger_levels(level, {}, frozenset({""} if shown == "trace" else ()))
+        level, trace = parse_level(values)
+        set_logger_levels(level, {}, frozenset({""} if trace else ()))
         SHARED.publish()
 
     async def reset_all(req: Request, values: dict[str, Any]) -> None:
@@ -161,20 +158,18 @@ def paths(b: SysBackend) -> list[SysPath]:
         name = values["name"]
         return Response(data={name: _shown(name)} if name in LOGGER_NAMES else {})
 
-    def set_one(name: str, shown: str, level: int) -> None:
+    def set_one(name: str, level: int, trace: bool) -> None:
         if name not in LOGGER_NAMES:
             raise InvalidRequest(f'logger "{name}" not found')
         base, by_name, traced = logger_levels()
-        set_logger_levels(base, {**by_name, name: level}, traced - {name} | ({name} if shown == "trace" else set()))
+        set_logger_levels(base, {**by_name, name: level}, traced - {name} | ({name} if trace else set()))
         SHARED.publish()
 
     async def write_one(req: Request, values: dict[str, Any]) -> None:
-        shown, level = parse_level(values)
-        set_one(values["name"], shown, level)
+        set_one(values["name"], *parse_level(values))
 
     async def reset_one(req: Request, values: dict[str, Any]) -> None:
-        level = configured()
-        set_one(values["name"], _NAMES.get(level, "info"), level)
+        set_one(values["name"], configured(), False)
 
     return [
         SysPath("loggers/?", FIELDS, {Operation.READ: read_all, Operation.UPDATE: write_all, Operation.DELETE: reset_all},

@@ -4,6 +4,7 @@ per process and not stored; the workers of one node share them through a file
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,26 @@ async def test_setting_levels_needs_a_policy(client: Client) -> None:
     for method, path in (("GET", "sys/loggers"), ("POST", "sys/loggers"), ("DELETE", "sys/loggers/authmount.audit")):
         assert await call(client, method, path, {"level": "debug"}, token=token) == \
             (403, {"errors": ["permission denied"]})
+
+
+async def test_a_worker_takes_another_workers_levels_at_its_next_look(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loggers.SharedLevels, "PERIOD", 0.01)
+    follower, writer = loggers.SharedLevels(), loggers.SharedLevels()
+    follower.start(str(tmp_path))  # nothing there yet: its levels stay
+    writer.path = str(tmp_path / loggers.SharedLevels.FILE)
+    try:
+        assert log.logger_levels()[0] == logging.INFO
+        log.set_logger_levels(logging.ERROR, {"plugin.login": logging.DEBUG})  # the other worker's write
+        writer.publish()
+        log.set_log_level("info")  # this worker's levels, until it looks again
+        for _ in range(100):
+            if log.logger_levels()[0] == logging.ERROR:
+                break
+            await asyncio.sleep(0.01)
+        assert log.logger_levels() == (logging.ERROR, {"plugin.login": logging.DEBUG}, frozenset())
+    finally:
+        follower.stop()
 
 
 async def test_workers_share_the_levels_through_the_directory(tmp_path: Path) -> None:
