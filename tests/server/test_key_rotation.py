@@ -20,7 +20,7 @@ from server.keyring import ENV_KEY, ROTATE_CONFIG_KEY, Keyring, RotationConfig, 
 from server.settings import Settings, StorageSettings
 from server.sys import keys
 from server.tokens.store import TokenStore
-from tests.server.httpkit import Client, app_of
+from tests.server.httpkit import Client, answer, app_of, dev_client
 
 ROOT = "root-token-for-rotation-tests"
 H = {"X-Vault-Token": ROOT}
@@ -31,15 +31,11 @@ DEFAULTS = {"enabled": True, "interval": 0, "max_operations": 3865470566}
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> Client:
-    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
-    c: Client = await aiohttp_client(make_test_server(create_app(settings)))
-    return c
+    return await dev_client(aiohttp_client, ROOT)
 
 
 async def call(client: Client, method: str, path: str, body: Any = None, token: str = ROOT) -> tuple[int, Any]:
-    resp = await client.request(method, "/v1/" + path, json=body, headers={"X-Vault-Token": token})
-    text = await resp.text()
-    return resp.status, (await resp.json() if text else None)
+    return await answer(client, method, path, body, token=token)
 
 
 async def test_the_settings_read_as_vaults_defaults_under_both_names(client: Client) -> None:

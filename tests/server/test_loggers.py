@@ -13,12 +13,9 @@ from typing import Any
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from server.app import create_app
 from server.http import log
-from server.http.listverb import make_test_server
-from server.settings import Settings, StorageSettings
 from server.sys import loggers
-from tests.server.httpkit import Client
+from tests.server.httpkit import Client, answer, dev_client
 
 ROOT = "root-token-for-logger-tests"
 
@@ -32,17 +29,13 @@ def levels_restored() -> Iterator[None]:
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> Client:
-    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT,
-                        log_level="info")
-    c: Client = await aiohttp_client(make_test_server(create_app(settings)))
+    c = await dev_client(aiohttp_client, ROOT, log_level="info")
     log.set_log_level("info")
     return c
 
 
 async def call(client: Client, method: str, path: str, body: Any = None, token: str = ROOT) -> tuple[int, Any]:
-    resp = await client.request(method, "/v1/" + path, json=body, headers={"X-Vault-Token": token})
-    text = await resp.text()
-    return resp.status, (await resp.json() if text else None)
+    return await answer(client, method, path, body, token=token)
 
 
 async def levels(client: Client) -> dict[str, str]:

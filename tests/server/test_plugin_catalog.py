@@ -10,11 +10,8 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from plugin import registry
-from server.app import create_app
-from server.http.listverb import make_test_server
 from server.mounts import RUNNING_VERSION
-from server.settings import Settings, StorageSettings
-from tests.server.httpkit import Client
+from tests.server.httpkit import Client, answer, dev_client
 
 ROOT = "root-token-for-catalog-tests"
 BUILTIN = {"builtin": True, "deprecation_status": "supported", "type": "auth", "version": RUNNING_VERSION}
@@ -22,15 +19,11 @@ BUILTIN = {"builtin": True, "deprecation_status": "supported", "type": "auth", "
 
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient) -> Client:
-    settings = Settings(storage=StorageSettings(type="memory", path=""), dev=True, dev_root_token_id=ROOT)
-    c: Client = await aiohttp_client(make_test_server(create_app(settings)))
-    return c
+    return await dev_client(aiohttp_client, ROOT)
 
 
 async def call(client: Client, method: str, path: str, body: Any = None, token: str = ROOT) -> tuple[int, Any]:
-    resp = await client.request(method, "/v1/" + path, json=body, headers={"X-Vault-Token": token})
-    text = await resp.text()
-    return resp.status, (await resp.json() if text else None)
+    return await answer(client, method, path, body, token=token)
 
 
 async def test_the_catalog_lists_the_two_built_in_methods(client: Client) -> None:
