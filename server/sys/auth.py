@@ -177,14 +177,15 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     async def tune(req: Request, values: dict[str, Any]) -> None:
         norm = values["path"] + "/"
-        version = values.get("plugin_version") or ""
-        if version and version != RUNNING_VERSION or values.get("user_lockout_config"):
-            mount = await core.mounts.get_fresh(norm)
-            kind = mount.entry.type if mount is not None else ""
-            if mount is not None and version and version != RUNNING_VERSION:
-                raise InvalidRequest(f"plugin not found in the catalog: {kind}, version={_semantic(version)}")
+        other_version = values.get("plugin_version") not in (None, "", RUNNING_VERSION)
+        if other_version or values.get("user_lockout_config"):
+            mount = await core.mounts.get_fresh(norm)  # none: the tune below says so, as Vault does
+            if mount is not None and other_version:
+                raise InvalidRequest(f"plugin not found in the catalog: {mount.entry.type}, "
+                                     f"version={_semantic(values['plugin_version'])}")
             if mount is not None:
-                raise InvalidRequest(f'tuning of user lockout configuration for auth type "{kind}" not allowed')
+                raise InvalidRequest(f'tuning of user lockout configuration for auth type "{mount.entry.type}" '
+                                     "not allowed")
         ignored = ("path", "plugin_version", "user_lockout_config")
         await core.mounts.tune(norm, {k: v for k, v in values.items() if k not in ignored})
 
