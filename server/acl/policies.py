@@ -402,6 +402,37 @@ class ACL:
         return sorted(rule.capabilities)
 
 
+    def has_mount_access(self, mount: str) -> bool:
+        """Whether the token may do anything at or below the mount at ``mount`` (``auth/jwt/``,
+        ``identity/``): Vault's ``hasMountAccess``, what ``sys/internal/ui/mounts`` lists a
+        mount for. A rule that grants anything counts (a deny below the mount hides nothing
+        else); a ``+`` rule counts when its first segments name the mount's."""
+        if self.capabilities(mount) != ["deny"]:
+            return True  # root, or a rule that governs the mount's own path
+
+        def grants(rule: PathRule) -> bool:
+            return bool(rule.capabilities) and "deny" not in rule.capabilities
+
+        if any(pattern.startswith(mount) and grants(rule) for pattern, rule in self._exact.items()):
+            return True
+        segments = mount.rstrip("/").split("/")
+        for rule in self._globs:
+            literal = rule.pattern.removesuffix("*")
+            parts = literal.split("/")
+            if not grants(rule):
+                continue
+            if "+" not in parts:
+                if literal.startswith(mount):
+                    return True
+                continue
+            last = len(parts) - 1
+            if len(parts) >= len(segments) and all(
+                    part in ("+", seg) or (rule.is_prefix and i == last and seg.startswith(part))
+                    for i, (part, seg) in enumerate(zip(parts, segments, strict=False))):
+                return True
+        return False
+
+
 #: Vault's order of capabilities in ``sys/internal/ui/resultant-acl`` (its bitmap's).
 _BITMAP_ORDER = ("create", "delete", "list", "read", "sudo", "update", "patch")
 

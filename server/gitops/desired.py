@@ -560,6 +560,7 @@ def _oidc_client(name: str, values: dict[str, Any], where: str, keys: Mapping[st
         out = provider.CLIENT_FIELDS.public(coerced)
         if out["client_type"] not in ("confidential", "public"):
             raise InvalidRequest(f'invalid client_type "{out["client_type"]}"')
+        provider.check_grants(out)
         key = keys.get(out["key"])
         if key is not None and out["id_token_ttl"] > key.public["verification_ttl"]:
             raise GitopsError("a client's id_token_ttl cannot be greater than the verification_ttl of the key it "

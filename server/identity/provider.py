@@ -28,6 +28,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.acl.templating import IdentityView
+from server.acl.templating import pieces as split_templates
 from server.identity.oidc import CLIENT_PREFIX, DEFAULT_KEY, NAME_RE, Kept, refuse_if_used, stored_objects
 from server.identity.oidc_keys import allows_client
 from server.identity.store import OIDC_PREFIX
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("authmount.identity")
 
 __all__ = ["ALLOW_ALL", "ASSIGNMENT_PREFIX", "CLIENT_FIELDS", "DEFAULT_PROVIDER", "PROVIDER_PREFIX", "SCOPE_PREFIX",
-           "Client", "ProviderObjects", "normalised", "paths", "stored_id"]
+           "Client", "ProviderObjects", "check_grants", "normalised", "paths", "stored_id"]
 
 SCOPE_PREFIX = OIDC_PREFIX + "scope/"
 ASSIGNMENT_PREFIX = OIDC_PREFIX + "assignment/"
@@ -87,6 +89,10 @@ CLIENT_FIELDS = FieldSet({
     "access_token_ttl": Field(_D, "Lifetime of access tokens.", default=_DAY),
     "client_type": Field(_S, "confidential (with a client_secret) or public (PKCE, no secret); it cannot change.",
                          default="confidential"),
+    "authorization_code": Field(FieldType.BOOL, "Whether the client may use the authorization code grant (users "
+                                "sign in).", default=True),
+    "client_credentials": Field(FieldType.BOOL, "Whether the client may use OpenBao's client credentials grant (the "
+                                "client itself gets a signed access token); confidential clients only.", default=False),
 })
 PROVIDER_FIELDS = FieldSet({
     "name": Field(FieldType.NAME, "Name of the provider."),
@@ -106,6 +112,20 @@ def normalised(values: list[str]) -> list[str]:
     return sorted({v.strip() for v in values if v.strip()})
 
 
+#: What a template without identity directives is filled for when there is no entity.
+_NO_ENTITY = IdentityView(id="", name="")
+
+
+def check_grants(client: Mapping[str, Any]) -> None:
+    """A public client may not use the client credentials grant (OpenBao allows it).
+
+    :raises InvalidRequest: it asks to.
+    """
+    if client.get("client_credentials") and client.get("client_type") == "public":
+        raise InvalidRequest("the client credentials grant needs a confidential client: a public client has no "
+                             "secret, so anyone who knows its client_id could get its tokens")
+
+
 def _random(n: int) -> str:
     return "".join(secrets.choice(_B62) for _ in range(n))
 
@@ -123,6 +143,8 @@ class Client:
     key: str
     id_token_ttl: int
     access_token_ttl: int
+    #: The grants the client may use (OpenBao's ``authorization_code``, ``client_credentials``).
+    grants: frozenset[str] = frozenset({"authorization_code"})
 
     def authenticates(self, secret: str) -> bool:
         """A public client needs no secret; a confidential one its own, compared in constant time."""
@@ -182,8 +204,11 @@ class ProviderObjects:
         secret = raw.get("client_secret", "")
         if secret:
             secret = self.b.sealer().unseal(secret, _secret_context(name)).decode("utf-8")
+        grants = frozenset(g for g in ("authorization_code", "client_credentials")
+                           if raw.get(g, g == "authorization_code"))  # a client stored before either field
         return Client(name, raw["client_id"], raw["client_type"], secret, list(raw["redirect_uris"]),
-                      list(raw["assignments"]), raw["key"], int(raw["id_token_ttl"]), int(raw["access_token_ttl"]))
+                      list(raw["assignments"]), raw["key"], int(raw["id_token_ttl"]), int(raw["access_token_ttl"]),
+                      grants)
 
     async def clients(self) -> dict[str, dict[str, Any]]:
         """Every stored client by name, as stored (the secret sealed)."""
@@ -226,9 +251,10 @@ class ProviderObjects:
                 return True
         return False
 
-    async def claims(self, scopes: list[str], entity: IdentityView, now: int) -> dict[str, Any]:
+    async def claims(self, scopes: list[str], entity: IdentityView | None, now: int) -> dict[str, Any]:
         """The claims ``scopes`` give ``entity``: each scope's template filled, merged; a scope
-        deleted since is skipped.
+        deleted since is skipped, and so is one that names the entity when there is none (the
+        client credentials grant: OpenBao leaves such a scope out too).
 
         :raises InvalidRequest: two scopes set one claim (Vault's text).
         """
@@ -238,8 +264,11 @@ class ProviderObjects:
             scope = await self.scope(name)
             if scope is None:
                 continue
+            template = scope.get("template", "")
+            if entity is None and any(name.startswith("identity.") for name, _ in split_templates(template)):
+                continue
             try:
-                filled = fill(scope.get("template", ""), entity, now)
+                filled = fill(template, entity if entity is not None else _NO_ENTITY, now)
             except InvalidRequest as exc:  # checked when written: only a bug gets here
                 log.error("oidc_scope_template_failed", scope=name, error=str(exc))
                 continue
@@ -357,12 +386,16 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         if client["id_token_ttl"] > key.verification_ttl:
             raise InvalidRequest("a client's id_token_ttl cannot be greater than the verification_ttl of the key it "
                                  "references")
+        for grant in ("authorization_code", "client_credentials"):
+            if grant in values:
+                client[grant] = values[grant]
         if "client_type" in values:
             if old is not None and values["client_type"] != old["client_type"]:
                 raise InvalidRequest("client_type modification is not allowed")
             if values["client_type"] not in ("confidential", "public"):
                 raise InvalidRequest(f'invalid client_type "{values["client_type"]}"')
             client["client_type"] = values["client_type"]
+        check_grants(client)
         if old is None:
             client["client_id"] = _random(_CLIENT_ID_LEN)
             if client["client_type"] == "confidential":

@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import secrets
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,7 +51,7 @@ from plugin.sealing import PREFIX as SEALED_PREFIX
 from plugin.sealing import SealError
 from server.acl.templating import IdentityView
 from server.identity.oidc import NAME_RE
-from server.identity.oidc_keys import ALGORITHMS, allows_client
+from server.identity.oidc_keys import ALGORITHMS, NamedKey, allows_client
 from server.identity.provider import Client
 from server.tokens.entry import TokenEntry
 
@@ -93,7 +94,9 @@ AUTHORIZE_FIELDS = FieldSet({
 })
 TOKEN_FIELDS = FieldSet({
     **_NAME,
-    "grant_type": Field(_S, "authorization_code.", default=""),
+    "grant_type": Field(_S, "authorization_code, or client_credentials (OpenBao's, for a client that allows it).",
+                        default=""),
+    "scope": Field(_S, "client_credentials: space-separated scopes; openid is required.", default=""),
     "code": Field(_S, "The code authorize gave.", default=""),
     "redirect_uri": Field(_S, "The redirect_uri sent to authorize.", default=""),
     "code_verifier": Field(_S, "PKCE: the verifier of the code_challenge sent to authorize.", default=""),
@@ -157,6 +160,15 @@ def _basic(authorization: str) -> tuple[str, str] | None:
     return (client_id, secret) if colon else None
 
 
+def _scopes(text: str, provider: dict[str, Any]) -> list[str] | None:
+    """The scopes asked for that the provider offers (sorted, ``openid`` left out), or None
+    when ``openid`` is not among them (OpenBao's ``validateScopes``)."""
+    requested = sorted({s for s in text.split(" ") if s})
+    if "openid" not in requested:
+        return None
+    return [s for s in requested if s != "openid" and s in provider.get("scopes_supported", [])]
+
+
 def _serves(provider: dict[str, Any], client_id: str) -> bool:
     return allows_client(provider.get("allowed_client_ids", []), client_id)
 
@@ -199,10 +211,9 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             return fail("request_not_supported", "request parameter is not supported", with_state=False)
         if "request_uri" in values:
             return fail("request_uri_not_supported", "request_uri parameter is not supported", with_state=False)
-        requested = sorted({s for s in values.get("scope", "").split(" ") if s})
-        if "openid" not in requested:
+        scopes = _scopes(values.get("scope", ""), provider)
+        if scopes is None:
             return fail("invalid_request", 'scope parameter must contain the "openid" value')
-        scopes = [s for s in requested if s != "openid" and s in provider.get("scopes_supported", [])]
         response_type = values.get("response_type", "")
         if not response_type:
             return fail("invalid_request", "response_type parameter is required")
@@ -294,8 +305,13 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
             return token_error("server_error", f'client key "{client.key}" not found', 500)
         if not key.allows(client_id):
             return token_error("invalid_client", "client is not authorized to use the key")
-        if values.get("grant_type") != "authorization_code":
+        grant_type = values.get("grant_type", "")
+        if grant_type not in ("authorization_code", "client_credentials"):
             return token_error("unsupported_grant_type", "unsupported grant_type or parameter is empty value")
+        if grant_type not in client.grants or grant_type == "client_credentials" and client.client_type == "public":
+            return token_error("invalid_grant", "client is not authorized to use given credentials flow")
+        if grant_type == "client_credentials":
+            return await client_credentials(provider, values, client, key, now)
         code = values.get("code", "")
         if not code:
             return token_error("invalid_request", "code parameter is required")
@@ -340,6 +356,26 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         claims.update({k: v for k, v in scope_claims.items() if k not in claims})
         return _oauth(200, {"access_token": access_token, "expires_in": access_ttl,
                             "id_token": keys.sign(client.key, key, claims), "token_type": "Bearer"}, dict(_NO_STORE))
+
+    async def client_credentials(provider: dict[str, Any], values: dict[str, Any], client: Client, key: NamedKey,
+                                 now: float) -> Response:
+        """OpenBao's client credentials grant: the client itself (no user) gets an access token
+        signed by its key: ``sub`` and ``aud`` its client_id, the ID token's lifetime, and the
+        claims of the scopes asked for that need no entity."""
+        scopes = _scopes(values.get("scope", ""), provider)
+        if scopes is None:
+            return token_error("invalid_request", 'scope parameter must contain the "openid" value')
+        issued = int(now)
+        try:
+            scope_claims = await objects.claims(scopes, None, issued)
+        except InvalidRequest as exc:
+            return token_error("invalid_request", str(exc))
+        claims: dict[str, Any] = {"iss": objects.issuer_of(provider, values["name"]), "namespace": "root",
+                                  "sub": client.client_id, "aud": client.client_id, "iat": issued,
+                                  "exp": issued + client.id_token_ttl, "jti": str(uuid.uuid4())}
+        claims.update({k: v for k, v in scope_claims.items() if k not in claims})
+        return _oauth(200, {"token_type": "Bearer", "access_token": keys.sign(client.key, key, claims),
+                            "expires_in": client.id_token_ttl}, dict(_NO_STORE))
 
     async def access(provider: str, client: Client, entity_id: str, scopes: list[str], now: int) -> tuple[str, int]:
         """A new access token: a batch token of no policy for ``userinfo``; and its TTL."""

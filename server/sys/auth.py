@@ -17,9 +17,10 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from plugin import pathdoc
-from plugin.errors import InvalidRequest
+from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
+from server.acl.policies import ACL
 from server.mounts import MOUNT_CONFIG_FIELDS, RUNNING_VERSION, TUNE_FIELDS, normalize_path
 from server.sys.core import SysPath
 
@@ -208,13 +209,55 @@ def paths(b: SysBackend) -> list[SysPath]:
     async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
         return Response(data=_builtin_mounts(core.cluster_id))
 
+    async def caller_acl(req: Request) -> ACL | None:
+        """The ACL of the token the caller sent (None: it sent none), as Vault reads it on
+        these paths: no use consumed.
+
+        :raises PermissionDenied: an unknown token, or one whose entity is disabled.
+        """
+        raw = (req.token or {}).get("raw") or ""
+        if not raw:
+            return None
+        entry = await core.tokens.lookup(raw)
+        if entry is None or core.tokens.entity_disabled(entry):
+            raise PermissionDenied()
+        return await core.policies.acl_for(await core.tokens.policies_of(entry), entry.entity_id)
+
     async def ui_mounts(req: Request, values: dict[str, Any]) -> Response:
-        # Vault's form for a request without a token: only the mounts tuned visible to it.
-        visible = {path: {"type": m.entry.type, "description": m.entry.description,
-                          "options": dict(m.entry.options)}
-                   for path, m in sorted(core.mounts.mounts.items())
-                   if m.entry.config.get("listing_visibility") == "unauth"}
-        return Response(data={"auth": visible, "secret": {}})
+        """Without a token, the mounts tuned visible to everyone (type, description, options);
+        with one, also every mount it may use, each in full (Vault's ``hasMountAccess``)."""
+        acl = await caller_acl(req)
+        auth: dict[str, Any] = {}
+        for path, m in sorted(core.mounts.mounts.items()):
+            visible = m.entry.config.get("listing_visibility") == "unauth"
+            if acl is not None and (visible or acl.has_mount_access("auth/" + path)):
+                auth[path] = m.entry.public()
+            elif visible:
+                auth[path] = {"type": m.entry.type, "description": m.entry.description, "options": dict(m.entry.options)}
+        secret = {} if acl is None else {path: info for path, info in _builtin_mounts(core.cluster_id).items()
+                                         if acl.has_mount_access(path)}
+        return Response(data={"auth": auth, "secret": secret})
+
+    async def ui_mount(req: Request, values: dict[str, Any]) -> Response:
+        """One mount in full, for a token that may use it (Vault's preflight of its UI and CLI)."""
+        path = values["path"].strip("/") + "/"
+        refused = PermissionDenied(f'preflight capability check returned 403, please ensure client\'s policies grant '
+                                   f'access to path "{path}"')
+        acl = await caller_acl(req)
+        if acl is None:
+            raise PermissionDenied()
+        builtin = next((p for p in _BUILTIN_MOUNTS if path.startswith(p)), None)
+        if builtin is not None:
+            info, full = {**_builtin_mounts(core.cluster_id)[builtin], "path": builtin}, builtin
+        else:
+            found = core.mounts.match(path.removeprefix("auth/")) if path.startswith("auth/") else None
+            if found is None:
+                raise refused  # no mount: the same answer, so the path cannot list the mounts
+            mount = found[0]
+            info, full = {**mount.entry.public(), "path": mount.entry.path}, "auth/" + mount.entry.path
+        if not acl.has_mount_access(full):
+            raise refused
+        return Response(data=info)
 
     return [
         SysPath("auth", FieldSet({}), {Operation.READ: list_mounts, Operation.LIST: list_mounts},
@@ -238,7 +281,10 @@ def paths(b: SysBackend) -> list[SysPath]:
         }), {Operation.UPDATE: unlock_user}, "Unlock a user: nothing to do, no one is locked out."),
         SysPath("internal/ui/mounts", FieldSet({}), {Operation.READ: ui_mounts},
                 "The auth mounts tuned listing_visibility=unauth (type, description, options): what a sign-in "
-                "page offers; needs no token.", unauthenticated=True),
+                "page offers; needs no token. With a token, also every mount it may use, in full.",
+                unauthenticated=True),
+        SysPath("internal/ui/mounts/(?P<path>.+)", FieldSet({"path": Field(FieldType.NAME, "A path in the mount.")}),
+                {Operation.READ: ui_mount}, "One mount in full, for a token that may use it.", unauthenticated=True),
         SysPath("mounts", FieldSet({}), {Operation.READ: secret_mounts},
                 "List the secrets engines: authmount serves only sys/.", copy_top=True),
         SysPath(r"auth/(?P<path>[\s\S]+)", ENABLE_FIELDS,

@@ -360,3 +360,31 @@ def test_hcl_values() -> None:
     assert [type(v) for v in values.values()] == [int, float, float, int]
     assert values == {"i": 1, "f": 1.5, "e": 1000.0, "n": -2}
     assert parse('a { b = 1 }\na { b = 2 }\na { b = 3 }') == {"a": [{"b": 1}, {"b": 2}, {"b": 3}]}
+
+
+@pytest.mark.parametrize(("pairs", "mount", "seen"), [
+    ([], "auth/jwt/", False),
+    ([("auth/jwt/login", {"update"})], "auth/jwt/", True),  # an exact rule below the mount
+    ([("auth/jwt/role/*", {"read"})], "auth/jwt/", True),  # a prefix rule below it
+    ([("auth/*", {"read"})], "auth/jwt/", True),  # a rule that governs the mount's own path
+    ([("auth/j*", {"read"})], "auth/jwt/", True),
+    ([("auth/jwt2/*", {"read"})], "auth/jwt/", False),  # another mount's
+    ([("auth/jwt/role/*", {"deny"}), ("auth/jwt/x", {"deny"})], "auth/jwt/", False),  # denials grant nothing
+    ([("auth/jwt/role/*", {"deny"}), ("auth/jwt/login", {"update"})], "auth/jwt/", True),
+    ([("auth/*", {"deny"}), ("auth/jwt/login", {"update"})], "auth/jwt/", True),  # Vault's walk under the mount
+    ([("auth/+/login", {"update"})], "auth/jwt/", True),  # a + rule whose first segments name the mount
+    ([("+/jwt/*", {"read"})], "auth/jwt/", True),
+    ([("auth/+/login", {"deny"})], "auth/jwt/", False),
+    ([("auth/+", {"read"})], "auth/jwt/", True),
+    ([("+/jw*", {"read"})], "auth/jwt/", True),  # a prefix glob in the mount's own segment
+    ([("+/ji*", {"read"})], "auth/jwt/", False),
+    ([("auth/token/lookup-self", {"read"})], "auth/token/", True),
+    ([("identity/entity/name/*", {"read"})], "identity/", True),
+    ([("identity/entity/name/*", {"read"})], "sys/", False),
+])
+def test_mount_access_is_any_grant_at_or_below_the_mount(pairs: list[tuple[str, set[str]]], mount: str,
+                                                         seen: bool) -> None:
+    """``sys/internal/ui/mounts`` for a token: Vault's ``hasMountAccess`` (compared with
+    OpenBao in ``test_ui_mounts_with_a_token_as_openbao``)."""
+    assert rules(*pairs).has_mount_access(mount) is seen
+    assert ACL(root=True).has_mount_access(mount)

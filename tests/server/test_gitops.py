@@ -1086,6 +1086,8 @@ async def test_the_oidc_provider_is_applied_by_name_compared_by_id_and_pruned(se
     ({"oidc_assignments": {"allow_all": {}}}, 'modification of assignment "allow_all" not allowed'),
     ({"oidc_clients": {"c": {"client_type": "other"}}}, 'oidc_clients.c: invalid client_type "other"'),
     ({"oidc_clients": {"c": {"client_id": "x"}}}, "unrecognized parameters: [client_id]"),
+    ({"oidc_clients": {"c": {"client_type": "public", "client_credentials": True}}},
+     "oidc_clients.c: the client credentials grant needs a confidential client"),
     ({"identity_token_keys": {"k": {"verification_ttl": "1h"}}, "oidc_clients": {"c": {"key": "k"}}},
      "oidc_clients.c.id_token_ttl: a client's id_token_ttl cannot be greater than the verification_ttl"),
     ({"oidc_providers": {"p": {"issuer": "https://x.example.com/"}}}, "invalid issuer"),

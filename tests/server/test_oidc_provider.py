@@ -122,7 +122,7 @@ async def test_a_confidential_client_signs_a_user_in(api: Provider) -> None:
     assert app["client_secret"].startswith("hvo_secret_") and len(app["client_secret"]) == 75
     assert {k: v for k, v in app.items() if k not in ("client_id", "client_secret")} == {
         "redirect_uris": [REDIRECT], "assignments": ["ops"], "key": "default", "id_token_ttl": 1800,
-        "access_token_ttl": 600, "client_type": "confidential"}
+        "access_token_ttl": 600, "client_type": "confidential", "authorization_code": True, "client_credentials": False}
     auth = await api.login("alice", ["ops-idp"])
     status, out = await api.authorize(auth["client_token"], {
         "client_id": app["client_id"], "scope": "openid groups user unknown", "redirect_uri": REDIRECT,
@@ -435,6 +435,32 @@ async def test_ui_mounts_lists_the_mounts_tuned_visible_without_a_token(api: Pro
                                            "secret": {}}
 
 
+async def test_ui_mounts_for_a_token_add_the_mounts_it_may_use_in_full(api: Provider) -> None:
+    """Vault's form for a token: every mount it may use (any rule at or below the mount that
+    grants anything), each as ``sys/auth`` shows it, and one mount's preflight."""
+    await api.ok("POST", "sys/auth/hidden", {"type": "jwt"})
+    await api.ok("PUT", "sys/policies/acl/roles-reader", {"policy": 'path "auth/hidden/role/*" { capabilities = ["read"] }'})
+    token = (await api.ok("POST", "auth/token/create", {"policies": ["roles-reader"]}))["auth"]["client_token"]
+    caller = {"X-Vault-Token": token}
+    data = (await (await api.client.get("/v1/sys/internal/ui/mounts", headers=caller)).json())["data"]
+    listed = (await api.ok("GET", "sys/auth"))["data"]
+    assert data["auth"] == {"hidden/": listed["hidden/"], "token/": listed["token/"]}  # token/: the default policy
+    assert sorted(data["secret"]) == ["identity/", "sys/"]  # the default policy's identity/ and sys/ paths
+    assert (await (await api.client.get("/v1/sys/internal/ui/mounts")).json())["data"]["auth"] == {}  # none visible
+    resp = await api.client.get("/v1/sys/internal/ui/mounts/auth/hidden/role/x", headers=caller)
+    assert (await resp.json())["data"] == {**listed["hidden/"], "path": "hidden/"}
+    for path in ("auth/jwt", "auth/nowhere"):  # a mount it may not use, and none: the same answer
+        resp = await api.client.get(f"/v1/sys/internal/ui/mounts/{path}", headers=caller)
+        assert (resp.status, await resp.json()) == (403, {"errors": [
+            f"preflight capability check returned 403, please ensure client's policies grant access to path "
+            f'"{path}/"']})
+    for headers in ({"X-Vault-Token": "nope"}, {}):
+        resp = await api.client.get("/v1/sys/internal/ui/mounts/auth/hidden", headers=headers)
+        assert (resp.status, await resp.json()) == (403, {"errors": ["permission denied"]})
+    resp = await api.client.get("/v1/sys/internal/ui/mounts", headers={"X-Vault-Token": "nope"})
+    assert resp.status == 403
+
+
 async def test_token_and_userinfo_run_under_the_login_limits(aiohttp_client: AiohttpClient) -> None:
     """They need no token, so a client's calls spend its per-IP bucket as logins do (and are
     audited); the discovery document does not."""
@@ -602,3 +628,60 @@ async def test_an_access_token_serves_only_its_own_providers_userinfo(api: Provi
     batch = await api.login("kim", [], role="batch")
     assert batch["client_token"].startswith("hvb.")
     assert (await api.userinfo(batch["client_token"]))[:2] == (401, invalid)
+
+
+async def test_the_client_credentials_grant_gives_the_client_a_token_of_its_own(api: Provider) -> None:
+    """OpenBao's grant: a client that allows it gets an access token signed by its key, for
+    itself (``sub`` and ``aud`` its client_id, the ID token's lifetime, a ``jti``), with the
+    claims of the scopes asked for that need no entity; checked in OpenBao's order."""
+    await api.ok("POST", "identity/oidc/scope/static", {"template": '{"tier": "gold", "at": {{time.now}}}'})
+    await api.ok("POST", "identity/oidc/scope/user", {"template": '{"who": {{identity.entity.name}}}'})
+    await api.ok("POST", "identity/oidc/provider/default", {"scopes_supported": "static,user"})
+    app = await _app(api, client_credentials=True, id_token_ttl="20m")
+    assert (app["authorization_code"], app["client_credentials"]) == (True, True)
+    creds = (app["client_id"], app["client_secret"])
+    status, out, headers = await api.exchange({"grant_type": "client_credentials", "scope": "openid static user x"},
+                                              basic=creds)
+    assert status == 200 and set(out) == {"token_type", "access_token", "expires_in"}, out
+    assert (out["token_type"], out["expires_in"], headers["Cache-Control"]) == ("Bearer", 1200, "no-store")
+    claims = _verify(out["access_token"], await api.keys(), app["client_id"])
+    assert claims["sub"] == claims["aud"] == app["client_id"] and claims["namespace"] == "root"
+    assert claims["exp"] - claims["iat"] == 1200 and len(claims["jti"]) == 36
+    assert claims["tier"] == "gold" and abs(claims["at"] - claims["iat"]) <= 1 and "who" not in claims
+    form = {"grant_type": "client_credentials", "scope": "static"}
+    status, err, _ = await api.exchange(form, basic=creds)
+    assert (status, err) == (400, {"error": "invalid_request",
+                                   "error_description": 'scope parameter must contain the "openid" value'})
+    status, err, _ = await api.exchange({**form, "scope": "openid"}, basic=(app["client_id"], "wrong"))
+    assert (status, err["error"]) == (401, "invalid_client")  # the client authenticates first
+    status, err, _ = await api.exchange({**form, "grant_type": "password"}, basic=creds)
+    assert (status, err["error"]) == (400, "unsupported_grant_type")
+    await api.ok("POST", "identity/oidc/client/app", {"client_credentials": False})
+    status, err, _ = await api.exchange({**form, "scope": "openid"}, basic=creds)
+    assert (status, err) == (400, {"error": "invalid_grant",
+                                   "error_description": "client is not authorized to use given credentials flow"})
+    await api.ok("POST", "identity/oidc/client/app", {"client_credentials": True, "authorization_code": False})
+    assert (await api.exchange({**form, "scope": "openid"}, basic=creds))[0] == 200
+    auth = await api.login("alice", [])
+    status, code = await api.authorize(auth["client_token"], {"client_id": app["client_id"], "scope": "openid",
+                                                              "redirect_uri": REDIRECT, "response_type": "code"})
+    assert status == 200  # authorize still answers; the exchange is refused
+    status, err, _ = await api.exchange({"grant_type": "authorization_code", "code": code["code"],
+                                         "redirect_uri": REDIRECT}, basic=creds)
+    assert (status, err["error_description"]) == (400, "client is not authorized to use given credentials flow")
+
+
+async def test_a_public_client_may_not_use_the_client_credentials_grant(api: Provider) -> None:
+    """OpenBao lets a public client (no secret) have the grant, so anyone who knows its
+    client_id gets its tokens; authmount refuses it (docs/vault-differences.md row 70)."""
+    text = ("the client credentials grant needs a confidential client: a public client has no secret, so anyone who "
+            "knows its client_id could get its tokens")
+    status, out = await api.call("POST", "identity/oidc/client/pub", {"client_type": "public",
+                                                                       "client_credentials": True})
+    assert (status, out) == (400, {"errors": [text]})
+    await api.ok("POST", "identity/oidc/client/pub", {"client_type": "public", "redirect_uris": REDIRECT,
+                                                      "assignments": "allow_all"})
+    assert (await api.call("POST", "identity/oidc/client/pub", {"client_credentials": True})) == (400, {"errors": [text]})
+    client_id = (await api.client_of("pub"))["client_id"]
+    status, err, _ = await api.exchange({"grant_type": "client_credentials", "scope": "openid", "client_id": client_id})
+    assert (status, err["error_description"]) == (400, "client is not authorized to use given credentials flow")
