@@ -37,7 +37,7 @@ import structlog
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
-from server.acl.templating import IdentityView
+from server.acl.templating import IdentityView, TemplateError
 from server.acl.templating import pieces as split_templates
 from server.identity.oidc import CLIENT_PREFIX, DEFAULT_KEY, NAME_RE, Kept, refuse_if_used, stored_objects
 from server.identity.oidc_keys import allows_client
@@ -265,11 +265,11 @@ class ProviderObjects:
             if scope is None:
                 continue
             template = scope.get("template", "")
-            if entity is None and any(name.startswith("identity.") for name, _ in split_templates(template)):
-                continue
             try:
+                if entity is None and any(d.startswith("identity.") for d, _ in split_templates(template)):
+                    continue
                 filled = fill(template, entity if entity is not None else _NO_ENTITY, now)
-            except InvalidRequest as exc:  # checked when written: only a bug gets here
+            except (InvalidRequest, TemplateError) as exc:  # checked when written: only a bug gets here
                 log.error("oidc_scope_template_failed", scope=name, error=str(exc))
                 continue
             for claim, value in filled.items():
