@@ -11,7 +11,7 @@ and tune), ``policies`` (acl and legacy), ``capabilities``, ``keys`` (rotate, ke
 ``leases`` (tokens' leases: revocation by creation path, lookup), ``fingerprint``
 (fingerprints of secrets), ``audit`` (audit devices, audit-hash, audited headers),
 ``metrics``, ``openapi``, ``wrapping`` (wrap, lookup, unwrap, rewrap), ``tools`` (hash, random),
-``versions`` (version-history), ``plugins`` (the plugin catalog's built-in methods), ``loggers`` (log levels at run time), ``debug`` (what ``vault debug`` and ``vault monitor``
+``versions`` (version-history), ``plugins`` (the plugin catalog's built-in methods), ``loggers`` (log levels at run time), ``seal`` (Vault's seal, unseal, rekey and root generation: what to do instead), ``debug`` (what ``vault debug`` and ``vault monitor``
 read: monitor, in-flight-req, host-info, config/state/sanitized), ``snapshot``
 (storage/raft/snapshot).
 """
@@ -38,6 +38,7 @@ from server.sys import (
     policies,
     quotas,
     remount,
+    seal,
     snapshot,
     status,
     tools,
@@ -82,6 +83,7 @@ class SysBackend(Backend):
             *versions.paths(self),
             *plugins.paths(self),
             *loggers.paths(self),
+            *seal.paths(self),
             *debug.paths(self),
             *snapshot.paths(self),
         ]

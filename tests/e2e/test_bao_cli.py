@@ -132,6 +132,12 @@ def test_key_rotation(bao: Bao) -> None:
     refused = bao("write", "sys/rotate/config", "interval=1h", check=False)
     assert refused.returncode == 2 and "interval must be greater or equal to 24h0m0s" in refused.stderr
     bao("write", "sys/rotate/config", "interval=0")
+    # Vault's seal and unseal-key commands: what to do instead, not a 404
+    for args, advice in ((("operator", "unseal", "some-key"), "authmount has no seal"),
+                         (("operator", "generate-root", "-status"), "authmount operator generate-root"),
+                         (("operator", "rekey", "-status"), "authmount operator rekey")):
+        refused = bao(*args, check=False)
+        assert refused.returncode == 2 and "Code: 400" in refused.stderr and advice in refused.stderr, refused.stderr
 
 
 def test_auth_enable_list_tune_disable(bao: Bao) -> None:

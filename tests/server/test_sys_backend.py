@@ -88,7 +88,12 @@ def test_sudo_and_unauthenticated_are_declared() -> None:
     unauthenticated = {p for p, s in specs.items() if s.unauthenticated}
     sudo = {p for p, s in specs.items() if s.sudo}
     assert unauthenticated == {"health", "seal-status", "init", "leader", "wrapping/lookup", "replication/status",
-                               "internal/ui/mounts", "internal/ui/mounts/(?P<path>.+)"}  # as Vault's internal/ui/mounts*
+                               "internal/ui/mounts", "internal/ui/mounts/(?P<path>.+)",  # as Vault's internal/ui/mounts*
+                               *(p for p in specs if specs[p].summary.startswith("Not served by authmount"))}
+    assert {p for p in specs if specs[p].summary.startswith("Not served by authmount")} == {  # server/sys/seal.py
+        "seal", "unseal", "generate-root/attempt", "generate-root/update", "generate-root-token/attempt",
+        "generate-root-token/update", "decode-token", "rekey/init", "rekey/update", "rekey/verify", "rekey/backup",
+        "rotate/root", "rotate/root/init", "rotate/root/update"}
     # sys/mounts/auth/<path>/tune changes what sys/auth/<path>/tune does: sudo on both
     assert {p.split("/")[0] for p in sudo} == {
         "auth", "mounts", "rotate", "key-status", "audit", "config", "leases", "remount", "plugins", "step-down",
@@ -364,3 +369,19 @@ async def test_no_one_is_locked_out(client: Client) -> None:
         {"mount_accessor": "auth_jwt_1", "counts": 0, "alias_identifiers": None}]
     assert (await client.post("/v1/sys/locked-users/auth_jwt_1/unlock/bob", headers=H)).status == 204
     assert (await client.get("/v1/sys/locked-users")).status == 403
+
+
+@pytest.mark.parametrize(("method", "path", "start"), [
+    ("PUT", "sys/seal", "authmount has no seal"),
+    ("PUT", "sys/unseal", "authmount has no seal"),
+    ("GET", "sys/generate-root/attempt", "authmount has no unseal keys to generate a root token"),
+    ("PUT", "sys/generate-root-token/attempt", "authmount has no unseal keys to generate a root token"),
+    ("GET", "sys/rekey/init", "authmount has no unseal keys to rekey"),
+    ("POST", "sys/rotate/root", "authmount has no unseal keys to rekey"),
+])
+async def test_vaults_seal_paths_say_what_to_do_instead(client: Client, method: str, path: str, start: str) -> None:
+    """``vault operator unseal``, ``generate-root``, ``rekey``: no token needed, the body never
+    read (an unseal key sent is not parsed), and the authmount command in the answer."""
+    resp = await client.request(method, f"/v1/{path}", data=b'{"key": "not json', headers={"Content-Type": "x"})
+    body = await resp.json()
+    assert resp.status == 400 and body["errors"][0].startswith(start) and "docs/operations.md" in body["errors"][0]
