@@ -104,8 +104,9 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     async def read_config(req: Request, values: dict[str, Any]) -> Response:
         config = RotationConfig.from_stored(await core.storage.get(ROTATE_CONFIG_KEY))
-        return Response(data={"enabled": config.enabled, "max_operations": config.max_operations,
-                              "interval": format_duration(config.interval) if config.interval else 0})
+        return Response(data={"enabled": config.enabled,  # Vault's order: sorted
+                              "interval": format_duration(config.interval) if config.interval else 0,
+                              "max_operations": config.max_operations})
 
     async def write_config(req: Request, values: dict[str, Any]) -> None:
         def change(old: Any) -> Any:

@@ -56,7 +56,8 @@ def paths(b: SysBackend) -> list[SysPath]:
         if name not in _names(values["type"]) or version not in ("", RUNNING_VERSION):
             return None
         entry = {k: v for k, v in _entry(name).items() if k != "type"}  # Vault's read leaves the type out
-        return Response(data={**entry, "args": None, "command": "", "sha256": "", "oci": False, "declarative": False})
+        whole = {**entry, "args": None, "command": "", "sha256": "", "oci": False, "declarative": False}
+        return Response(data=dict(sorted(whole.items())))  # Vault's order
 
     kind = Field(FieldType.NAME, "The type of plugin: auth, database or secret.")
     return [

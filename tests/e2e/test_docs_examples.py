@@ -165,6 +165,9 @@ def _operations(work: Path, stdout: str) -> None:
     assert stat.S_IMODE(snap.stat().st_mode) == 0o600
     with tarfile.open(snap, mode="r:gz") as tar:
         assert tar.getnames() == ["meta.json", "state.jsonl", "SHA256SUMS", "SHA256SUMS.sealed"]
+    # the data key rotated by hand and every 30 days; one logger's level set and read back
+    assert '{"enabled":true,"interval":"720h0m0s","max_operations":3865470566}' in stdout
+    assert '{"plugin.login":"debug"}' in stdout
 
 
 def _api(work: Path, stdout: str) -> None:

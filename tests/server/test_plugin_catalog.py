@@ -42,6 +42,7 @@ async def test_one_plugin_reads_as_vaults_and_the_running_version_is_the_mounts(
     assert status == 200 and out["data"] == {"builtin": True, "deprecation_status": "supported", "name": "jwt",
                                              "version": RUNNING_VERSION, "args": None, "command": "", "sha256": "",
                                              "oci": False, "declarative": False}
+    assert list(out["data"]) == sorted(out["data"])  # in Vault's order (a Go map's: sorted)
     assert (await call(client, "GET", f"sys/plugins/catalog/auth/oidc?version={quote(RUNNING_VERSION)}"))[0] == 200
     assert (await call(client, "POST", "sys/auth/j", {"type": "jwt"}))[0] == 204
     mount = (await call(client, "GET", "sys/auth"))[1]["data"]["j/"]
