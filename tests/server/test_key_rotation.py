@@ -92,7 +92,8 @@ async def test_the_settings_need_a_policy_and_rotate_keyring_needs_sudo(client: 
 
 async def test_rotate_keyring_is_rotate(client: Client) -> None:
     assert (await call(client, "POST", "sys/rotate/keyring"))[0] == 204
-    assert (await call(client, "GET", "sys/key-status"))[1]["data"]["term"] == 2
+    status = (await call(client, "GET", "sys/key-status"))[1]
+    assert status["data"]["term"] == status["term"] == 2  # also at the top level, as Vault answers it
     assert (await call(client, "POST", "sys/rotate"))[0] == 204
     assert (await call(client, "GET", "sys/key-status"))[1]["data"]["term"] == 3
 

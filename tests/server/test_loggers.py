@@ -97,6 +97,13 @@ async def test_all_at_once_then_one_then_back_to_the_settings(client: Client) ->
     assert await call(client, "DELETE", "sys/loggers/nope") == (400, {"errors": ['logger "nope" not found']})
 
 
+async def test_put_back_to_a_configured_debug_reads_debug(aiohttp_client: AiohttpClient) -> None:
+    client = await dev_client(aiohttp_client, ROOT, log_level="debug")
+    assert (await call(client, "POST", "sys/loggers/plugin.login", {"level": "trace"}))[0] == 204
+    assert (await call(client, "DELETE", "sys/loggers/plugin.login"))[0] == 204
+    assert (await call(client, "GET", "sys/loggers/plugin.login"))[1]["data"] == {"plugin.login": "debug"}
+
+
 async def test_an_unknown_name_reads_empty(client: Client) -> None:
     assert (await call(client, "GET", "sys/loggers/nope")) [1]["data"] == {}
 
