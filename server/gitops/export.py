@@ -21,7 +21,7 @@ import yaml
 from plugin import registry
 from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS, KEY_SOURCES, PROVIDER_SECRETS
 from plugin.path_role import ROLE_FIELDS, Role
-from plugin.schema import Field, FieldType, parse_duration
+from plugin.schema import Field, FieldType
 from server.gitops.desired import (
     CONFIG_KEYS,
     ID_KEY_KEYS,
@@ -37,7 +37,7 @@ from server.gitops.desired import (
     empty,
 )
 from server.gitops.live import Server
-from server.gitops.plan import live_identity, made_by_login, managed_alias
+from server.gitops.plan import live_identity, made_by_login, managed_alias, rotation_in_seconds
 from server.http.cors import STANDARD_HEADERS
 from server.identity import oidc, provider
 from server.mounts import MOUNT_CONFIG_FIELDS
@@ -193,9 +193,7 @@ async def export_state(server: Server) -> Export:
     exempt = (await server.read("sys/quotas/config") or {}).get("rate_limit_exempt_paths")
     if isinstance(exempt, list) and sorted(exempt) != sorted(DEFAULT_EXEMPT):
         out.document["quota_config"] = {"rate_limit_exempt_paths": exempt}
-    rotation = await server.read("sys/rotate/config") or {}
-    if "interval" in rotation:
-        rotation["interval"] = parse_duration(rotation["interval"])
+    rotation = rotation_in_seconds(await server.read("sys/rotate/config") or {})
     declared_rotation = {k: _value(spec, rotation[k]) for k, spec in ROTATE_CONFIG_FIELDS.fields.items()
                          if k in rotation and _differs(rotation[k], spec.default)}
     if declared_rotation:

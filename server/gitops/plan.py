@@ -51,7 +51,7 @@ from server.gitops.desired import (
 from server.gitops.live import LiveMount, Server, ServerError
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 
-__all__ = ["SENSITIVE", "FieldChange", "Change", "Plan", "Target", "parse_target", "make_plan", "apply_plan",
+__all__ = ["SENSITIVE", "FieldChange", "Change", "Plan", "Target", "parse_target", "make_plan", "apply_plan", "rotation_in_seconds",
            "made_by_login", "live_identity", "managed_alias", "ALIAS_MOUNT_TYPES"]
 
 #: How a secret's value is shown.
@@ -260,9 +260,11 @@ async def make_plan(
     if _selected(targets, "cors", "cors"):
         await _plan_cors(plan, desired, server, prune=prune)
     if desired.quota_config is not None and _selected(targets, "quota-config", "quota-config"):
-        await _plan_quota_config(plan, desired.quota_config, server)
+        await _plan_settings(plan, desired.quota_config, server, "quota-config", "sys/quotas/config",
+                             ("rate_limit_exempt_paths",))
     if desired.rotate_config is not None and _selected(targets, "rotate-config", "rotate-config"):
-        await _plan_rotate_config(plan, desired.rotate_config, server)
+        await _plan_settings(plan, desired.rotate_config, server, "rotate-config", "sys/rotate/config",
+                             ("enabled", "interval", "max_operations"), normalize=rotation_in_seconds)
     for path, live in sorted(live_mounts.items()):
         if path in desired.mounts or path in _BUILTIN_MOUNTS or not _selected(targets, "mount", path):
             continue
@@ -480,26 +482,23 @@ def _write_referring(where: str, obj: DesiredRole) -> Callable[[Server], Awaitab
     return run
 
 
-async def _plan_quota_config(plan: Plan, declared: DesiredRole, server: Server) -> None:
-    """The quota settings, when declared: written when they differ (there is always one; not
-    declared, they are not managed)."""
-    live = await server.read("sys/quotas/config") or {}
-    fields = _diff(("rate_limit_exempt_paths",), live, declared.public)
+async def _plan_settings(plan: Plan, declared: DesiredRole, server: Server, kind: str, path: str,
+                         keys: Sequence[str], *,
+                         normalize: Callable[[dict[str, Any]], dict[str, Any]] = lambda live: live) -> None:
+    """Settings the server always has (``sys/quotas/config``, ``sys/rotate/config``), when
+    declared: written when their ``keys`` differ (not declared, they are not managed).
+    ``normalize`` brings the GET's answer to the file's spelling."""
+    live = normalize(await server.read(path) or {})
+    fields = _diff(keys, live, declared.public)
     if fields:
-        plan.changes.append(Change("update", "quota-config", "quota-config quota-config", declared.where,
-                                   _write("sys/quotas/config", declared.body), fields))
+        plan.changes.append(Change("update", kind, f"{kind} {kind}", declared.where, _write(path, declared.body),
+                                   fields))
 
 
-async def _plan_rotate_config(plan: Plan, declared: DesiredRole, server: Server) -> None:
-    """The automatic key rotation settings, when declared: written when they differ (there is
-    always one; the GET's ``interval`` is Vault's duration text or 0)."""
-    live = dict(await server.read("sys/rotate/config") or {})
-    if "interval" in live:
-        live["interval"] = parse_duration(live["interval"])
-    fields = _diff(("enabled", "interval", "max_operations"), live, declared.public)
-    if fields:
-        plan.changes.append(Change("update", "rotate-config", "rotate-config rotate-config", declared.where,
-                                   _write("sys/rotate/config", declared.body), fields))
+def rotation_in_seconds(live: dict[str, Any]) -> dict[str, Any]:
+    """``sys/rotate/config``'s GET with its ``interval`` in seconds (Vault answers Go's
+    duration text, or 0), as a file declares it."""
+    return {**live, "interval": parse_duration(live["interval"])} if "interval" in live else live
 
 
 async def _plan_cors(plan: Plan, desired: Desired, server: Server, *, prune: bool) -> None:
