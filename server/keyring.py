@@ -196,6 +196,10 @@ class Term:
     created: float
 
 
+#: Vault's ceiling and default of ``max_operations`` (``barrier.AbsoluteOperationMaximum``).
+_MAX_OPERATIONS = 3_865_470_566
+
+
 @dataclass(frozen=True, slots=True)
 class RotationConfig:
     """Vault's automatic rotation settings (``sys/rotate/config``), kept at ``ROTATE_CONFIG_KEY``.
@@ -206,12 +210,12 @@ class RotationConfig:
     """
 
     enabled: bool = True
-    max_operations: int = 3_865_470_566
+    max_operations: int = _MAX_OPERATIONS
     interval: int = 0
 
     #: Vault's bounds (``barrier.AbsoluteOperationMinimum``/``Maximum``, ``MinimumRotationInterval``).
     MIN_OPERATIONS: ClassVar[int] = 1_000_000
-    MAX_OPERATIONS: ClassVar[int] = 3_865_470_566
+    MAX_OPERATIONS: ClassVar[int] = _MAX_OPERATIONS
     MIN_INTERVAL: ClassVar[int] = 24 * 3600
 
     @classmethod
@@ -295,10 +299,9 @@ class Keyring:
             return
         self._terms, self.active = {**self._terms, **other._terms}, other.active
 
-    @property
-    def active_created(self) -> float:
-        """When the active term was made (epoch seconds)."""
-        return self._terms[self.active].created
+    def due(self, age: int, now: float) -> bool:
+        """Whether the active term is at least ``age`` seconds old at ``now``."""
+        return now - self._terms[self.active].created >= age
 
     async def rotate(self, storage: Storage, *, now: float | None = None, due: int | None = None) -> int | None:
         """Add a term and make it active; returns its number.
@@ -312,7 +315,7 @@ class Keyring:
 
         def add(old: Any) -> Any:
             ring = self.from_stored(self._storage_key, old)
-            if due is not None and created - ring.active_created < due:
+            if due is not None and not ring.due(due, created):
                 rotated[0] = False
                 return old
             number = max(ring._terms) + 1

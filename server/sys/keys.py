@@ -85,7 +85,7 @@ async def auto_rotate(storage: Storage, keyring: Keyring, tokens: TokenStore) ->
         await asyncio.sleep(CHECK_PERIOD)
         try:
             due = RotationConfig.from_stored(await storage.get(ROTATE_CONFIG_KEY)).due()
-            if due is not None and time.time() - keyring.active_created >= due:
+            if due is not None and keyring.due(due, time.time()):
                 await rotate_keys(storage, keyring, tokens, due=due, reason="rotation interval reached")
         except asyncio.CancelledError:
             raise
