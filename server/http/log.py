@@ -29,7 +29,7 @@ from server.http.reply import NO_STORE
 if TYPE_CHECKING:
     from server.http.cors import Cors
 
-__all__ = ["configure_logging", "set_log_level", "set_logger_levels", "logger_levels", "redact", "handled", "flush_request_log", "REQUEST_ID"]
+__all__ = ["configure_logging", "set_log_level", "set_logger_levels", "logger_levels", "level_number", "redact", "handled", "flush_request_log", "REQUEST_ID"]
 
 
 #: Field names whose values are never logged.
@@ -136,7 +136,12 @@ def _monitor_tap(logger: Any, name: str, event_dict: MutableMapping[str, Any]) -
 def set_log_level(level: str) -> None:
     """Change the log level of the running process: every logger, cached ones included, and
     any level ``sys/loggers`` set by name is forgotten (as Vault's SIGHUP does)."""
-    set_logger_levels(getattr(logging, level.upper(), logging.INFO), {})
+    set_logger_levels(level_number(level), {})
+
+
+def level_number(level: str) -> int:
+    """The ``logging`` number of a settings level (``log_level``: debug, info, ...; info when unknown)."""
+    return int(getattr(logging, level.upper(), logging.INFO))
 
 
 def set_logger_levels(base: int, by_name: dict[str, int], traced: frozenset[str] = frozenset()) -> None:
@@ -160,7 +165,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Configure structlog (and stdlib logging for aiohttp's own messages) to stderr."""
     global _format
     _format = fmt
-    numeric = getattr(logging, level.upper(), logging.INFO)
+    numeric = level_number(level)
     logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(name)s: %(message)s")
     processors: list[Any] = [
         _level_gate,

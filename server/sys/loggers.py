@@ -25,7 +25,7 @@ import orjson
 from plugin.errors import InvalidRequest
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
-from server.http.log import logger_levels, set_logger_levels
+from server.http.log import level_number, logger_levels, set_logger_levels
 from server.sys.core import SysPath
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ SHARED = SharedLevels()
 
 def paths(b: SysBackend) -> list[SysPath]:
     def configured() -> int:
-        return int(getattr(logging, b.core.settings.log_level.upper(), logging.INFO))
+        return level_number(b.core.settings.log_level)
 
     async def read_all(req: Request, values: dict[str, Any]) -> Response:
         return Response(data={name: _shown(name) for name in LOGGER_NAMES})
