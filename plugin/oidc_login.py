@@ -337,7 +337,7 @@ async def finish(ctx: LoginContext, role_name: str, result: FlowResult, *, log_c
     await run_checks(ctx, OIDC_CLAIM_CHECKS)
     identity = ctx.identity
     assert identity is not None  # every identity check passed
-    auth = login_auth(role, role_name, identity, ctx.policies)
+    auth = login_auth(role, role_name, identity, ctx)
     auth.response_metadata = {f"oauth2_{name}": result.tokens.get(name, "") for name in role.oauth2_metadata or ()}
     resp = Response(auth=auth)
     for warning in result.warnings:

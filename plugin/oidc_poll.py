@@ -54,7 +54,7 @@ from plugin.oidc_login import (
 from plugin.oidc_pages import confirm_page, error_page, success_page
 from plugin.oidc_state import MAX_WIRE_BYTES, STATE_TTL, FlowState, has_result, take_result
 from plugin.path_config import JWTConfig
-from plugin.path_login import LoginContext, refused
+from plugin.path_login import LoginContext, refused, remote_addr
 from plugin.path_role import Role
 
 if TYPE_CHECKING:
@@ -161,7 +161,8 @@ async def direct_callback(
         return refusal(_detail(exc), exc)
     # The code was real: from here on the outcome is recorded for the poller, either way
     # (logged here too; the poll's refusal is the one the audit log and the metrics count).
-    ctx = seen.ctx = LoginContext(backend, req, config, role, check_cidrs=False)
+    # The checks as the poll will run them (its caller receives the token, bound to its address).
+    ctx = seen.ctx = LoginContext(backend, req, config, role, remote_addr=remote_addr(req), check_cidrs=False)
     failure: PluginError | None = None
     try:
         result = await verify_tokens(backend, req, config, role, tokens, nonce=state.nonce, max_age=state.max_age)

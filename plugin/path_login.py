@@ -560,13 +560,17 @@ def remote_addr(req: Request) -> str | None:
 # Paths
 
 
-def login_auth(role: Role, role_name: str, identity: cl.Identity, policies: list[str] | None = None) -> Auth:
+def login_auth(role: Role, role_name: str, identity: cl.Identity, ctx: LoginContext) -> Auth:
     """The Auth for a validated identity: alias, metadata (+ ``role``), groups, token params;
-    ``policies`` rendered from the role's templates (``LoginContext.policies``) when it has
-    them, recorded with the templates they came from for renewal (``JWTAuthBackend.renew``).
+    the policies rendered from the role's templates (``LoginContext.policies``) when it has
+    them, recorded with the templates they came from for renewal (``JWTAuthBackend.renew``);
+    the token bound to the caller's address when the role sets ``token_strictly_bind_ip``
+    (the caller of this request receives the token: the poller, in OIDC's direct mode).
 
-    :raises InvalidRequest: ``auth methods cannot create root tokens``.
+    :raises InvalidRequest: ``auth methods cannot create root tokens``; a strictly bound
+        role's login whose source address is not known.
     """
+    policies = ctx.policies
     metadata = dict(identity.metadata)
     metadata["role"] = role_name
     internal: dict[str, Any] = {"role": role_name}
@@ -580,6 +584,7 @@ def login_auth(role: Role, role_name: str, identity: cl.Identity, policies: list
         group_aliases=list(identity.groups),
         internal_data=internal,
         policies=policies,
+        source=ctx.remote_addr,
     )
 
 
@@ -628,7 +633,7 @@ def path_login(backend: JWTAuthBackend) -> PathSpec:
             await run_checks(ctx)
             identity = ctx.identity
             assert identity is not None  # every identity check passed
-            auth = login_auth(role, role_name, identity, ctx.policies)
+            auth = login_auth(role, role_name, identity, ctx)
         except PluginError as exc:
             refused(req, exc, "login_failed", known_role=known, claims=ctx.claims if ctx else None, role=role_name)
             raise

@@ -7,6 +7,7 @@ legacy-upgrade rules on a write, and ``to_auth`` fills a ``plugin.framework.Auth
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,12 @@ TOKEN_FIELDS: dict[str, Field] = {
         "The maximum number of times a token may be used, a value of zero means unlimited.",
         default=0,
     ),
+    "token_strictly_bind_ip": Field(
+        FieldType.BOOL,
+        "If true, CIDRs for the token will be strictly bound to the source IP address of the "
+        "login request. Cannot be set together with 'token_bound_cidrs'.",
+        default=False,
+    ),
     "alias_metadata": Field(
         FieldType.KV_PAIRS,
         "Metadata to attach to the entity alias (accepted for compatibility; login metadata "
@@ -128,6 +135,7 @@ class TokenParams:
     token_type: str = "default"
     token_ttl: int = 0
     token_num_uses: int = 0
+    token_strictly_bind_ip: bool = False
     alias_metadata: dict[str, str] = field(default_factory=dict)
     policies: list[str] = field(default_factory=list)
     ttl: int = 0
@@ -183,6 +191,10 @@ def apply_token_fields(params: TokenParams, values: dict[str, Any]) -> None:
         params.token_ttl = values["token_ttl"]
     if params.token_ttl > 0 and params.token_max_ttl > 0 and params.token_ttl > params.token_max_ttl:
         raise InvalidRequest("'token_ttl' cannot be greater than 'token_max_ttl'")
+    if "token_strictly_bind_ip" in values:
+        params.token_strictly_bind_ip = values["token_strictly_bind_ip"]
+    if params.token_strictly_bind_ip and params.token_bound_cidrs:
+        raise InvalidRequest("'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one")
     if "alias_metadata" in values:
         params.alias_metadata = dict(values["alias_metadata"])
 
@@ -211,6 +223,8 @@ def upgrade_legacy(params: TokenParams, values: dict[str, Any]) -> None:
             setattr(params, old, list(current) if isinstance(current, list) else current)
         else:
             setattr(params, old, [] if isinstance(getattr(params, old), list) else 0)
+    if params.token_strictly_bind_ip and params.token_bound_cidrs:  # the legacy bound_cidrs too
+        raise InvalidRequest("'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one")
 
 
 def check_token_limits(params: TokenParams, *, max_lease_ttl: int) -> list[str]:
@@ -240,14 +254,21 @@ def to_auth(
     group_aliases: list[str],
     internal_data: dict[str, Any],
     policies: list[str] | None = None,
+    source: str | None = None,
 ) -> Auth:
     """Build the Auth a successful login hands to the server (``policies``: the login's own,
-    e.g. rendered from templates, instead of ``params.token_policies``).
+    e.g. rendered from templates, instead of ``params.token_policies``; ``source``: the
+    address of the caller who receives the token, its only bound CIDR when the role sets
+    ``token_strictly_bind_ip``).
 
     :raises InvalidRequest: ``auth methods cannot create root tokens`` when the policies
-        contain ``root`` in any spelling (`` root``, ``Root`` ...; CVE-2025-5999).
+        contain ``root`` in any spelling (`` root``, ``Root`` ...; CVE-2025-5999); a role
+        that binds its tokens to the source address when the address is not known.
     """
     policies = refuse_root(params.token_policies if policies is None else policies)
+    bound_cidrs = list(params.token_bound_cidrs)
+    if params.token_strictly_bind_ip:
+        bound_cidrs = [_source_address(source)]
     return Auth(
         display_name=display_name,
         policies=policies,
@@ -260,10 +281,27 @@ def to_auth(
         explicit_max_ttl=params.token_explicit_max_ttl,
         period=params.token_period,
         num_uses=params.token_num_uses,
-        bound_cidrs=list(params.token_bound_cidrs),
+        bound_cidrs=bound_cidrs,
         token_type=params.token_type,
         no_default_policy=params.token_no_default_policy,
         # As Vault: the token store, which knows the final type, makes batch tokens non-renewable
         # (a mount tuned to "service" turns a batch role's login into a renewable service token).
         renewable=True,
     )
+
+
+def _source_address(source: str | None) -> str:
+    """The login's source address as a token's bound CIDR: a single address, as Vault shows
+    it (an IPv4-mapped IPv6 address as its IPv4 address, an IPv6 zone dropped).
+
+    :raises InvalidRequest: no address, or one that is not an IP address.
+    """
+    try:
+        ip = ipaddress.ip_address(source or "")
+    except ValueError:
+        raise InvalidRequest(
+            "token_strictly_bind_ip is set on the role, but the login's source address is not known"
+        ) from None
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ip.ipv4_mapped or ipaddress.IPv6Address(int(ip)))
+    return str(ip)

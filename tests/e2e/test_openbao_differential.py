@@ -1268,6 +1268,9 @@ ROLE_BODIES: dict[str, dict[str, Any]] = {
     "no default yes": _role(token_no_default_policy="yes"), "audiences a string": _role(bound_audiences="a, b"),
     "redirects a string": _role(allowed_redirect_uris="http://a,http://b"),
     "oauth2 metadata": _role(oauth2_metadata=["id_token"]), "odd oauth2 metadata": _role(oauth2_metadata=["weird"]),
+    "strictly bound": _role(token_strictly_bind_ip=True), "strictly bound maybe": _role(token_strictly_bind_ip="maybe"),
+    "strictly bound with CIDRs": _role(token_strictly_bind_ip=True, token_bound_cidrs=["10.0.0.0/8"]),
+    "strictly bound, not": _role(token_strictly_bind_ip=False, token_bound_cidrs=["10.0.0.0/8"]),
 }
 def _write_and_read(url: str, root: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
     head = {"X-Vault-Token": root}
@@ -1281,8 +1284,8 @@ def _write_and_read(url: str, root: str, path: str, body: dict[str, Any]) -> tup
 
 def _shared_fields(ours: dict[str, Any] | None, peer: dict[str, Any] | None) -> dict[str, tuple[Any, Any]]:
     """The fields both read-backs have, where they differ. (Each also has fields of its own:
-    OpenBao's newer ``token_strictly_bind_ip`` and config ``status``, authmount's extensions
-    such as ``max_token_age`` and ``key_sources``; docs/vault-differences.md.)"""
+    OpenBao's config ``status``, authmount's extensions such as ``max_token_age`` and
+    ``key_sources``; docs/vault-differences.md.)"""
     if ours is None or peer is None:
         return {}
     return {k: (ours[k], peer[k]) for k in sorted(set(ours) & set(peer)) if ours[k] != peer[k]}
@@ -1306,6 +1309,37 @@ def test_role_writes_as_openbao(role_mounts: tuple[ServerProc, BaoProc], case: s
     peer = _write_and_read(bao.url, bao.root_token, f"auth/peer-roles/role/{name}", ROLE_BODIES[case])
     assert got[0] == peer[0], (got, peer)
     assert _shared_fields(got[1], peer[1]) == {}
+
+
+def _lookup_from(url: str, token: str, source: str) -> tuple[int, Any]:
+    """``lookup-self`` of ``token`` sent from the loopback address ``source``: its status and
+    ``bound_cidrs``."""
+    parts = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(parts[0], int(parts[1]), timeout=10, source_address=(source, 0))
+    try:
+        conn.request("GET", "/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})
+        resp = conn.getresponse()
+        body = json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+    return resp.status, (body.get("data") or {}).get("bound_cidrs")
+
+
+def test_a_strictly_bound_login_as_openbao(role_mounts: tuple[ServerProc, BaoProc]) -> None:
+    """OpenBao's ``token_strictly_bind_ip``: the token is bound to the login's address alone
+    (shown as that address in ``bound_cidrs``) and refused from any other."""
+    answers = []
+    for url, root in ((role_mounts[0].url, str(role_mounts[0].root_token)), (role_mounts[1].url, role_mounts[1].root_token)):
+        head = {"X-Vault-Token": root}
+        role: dict[str, Any] = {**_ROLE_BASE, "token_strictly_bind_ip": True}
+        assert requests.post(f"{url}/v1/auth/peer-roles/role/strict", json=role, headers=head, timeout=10).ok
+        now = int(time.time())
+        jwt = make_token({"aud": "a", "sub": "alice", "iat": now, "nbf": now - 5, "exp": now + 300}, key=KEY)
+        login = requests.post(f"{url}/v1/auth/peer-roles/login", json={"role": "strict", "jwt": jwt}, timeout=10)
+        assert login.status_code == 200, login.text
+        token = login.json()["auth"]["client_token"]
+        answers.append((_lookup_from(url, token, "127.0.0.1"), _lookup_from(url, token, "127.0.0.2")[0]))
+    assert answers[0] == answers[1] == ((200, ["127.0.0.1"]), 403)
 
 
 _CONFIG_BASE = {"jwt_validation_pubkeys": [KEY.pem]}

@@ -453,6 +453,29 @@ async def test_bound_cidr_keeps_its_spelling_on_the_token() -> None:
     assert resp.auth.bound_cidrs == ["127.0.0.1/8", "::ffff:10.0.0.0/104"]
 
 
+#: token_strictly_bind_ip (OpenBao's): (the login's peer, the token's bound CIDRs, or the refusal).
+STRICT: list[tuple[str, str | None, list[str] | str]] = [
+    ("IPv4", "127.0.0.2", ["127.0.0.2"]),
+    ("IPv6, shown canonical", "2001:DB8:0:0::1", ["2001:db8::1"]),
+    ("IPv4-mapped, shown as IPv4", "::ffff:10.0.0.1", ["10.0.0.1"]),
+    ("IPv6 with a zone, the zone dropped", "fe80::1%eth0", ["fe80::1"]),
+    ("no connection", None, "token_strictly_bind_ip is set on the role, but the login's source address is not known"),
+    ("not an IP", "not-an-ip", "token_strictly_bind_ip is set on the role, but the login's source address is not known"),
+]
+
+
+@pytest.mark.parametrize(("peer", "want"), [c[1:] for c in STRICT], ids=[c[0] for c in STRICT])
+async def test_strictly_bound_tokens(peer: str | None, want: list[str] | str) -> None:
+    h = await mount({"token_strictly_bind_ip": True})
+    try:
+        resp = await h.call(Operation.UPDATE, "login", {"role": "r", "jwt": token()}, remote_addr=peer)
+    except InvalidRequest as exc:
+        assert exc.messages == [want]
+        return
+    assert resp is not None and resp.auth is not None
+    assert resp.auth.bound_cidrs == want
+
+
 # -- a malformed jwt is never echoed -----------------------------------------------------------
 
 SECRET = "S3cr3tT0k3nV4lu3"

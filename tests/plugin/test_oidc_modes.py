@@ -285,6 +285,24 @@ async def test_direct_without_confirmation() -> None:
     assert (await h.poll(state=data["state"], client_nonce=NONCE)).auth.alias.name == "bob@example.com"
 
 
+async def test_a_strictly_bound_direct_login_binds_the_pollers_address() -> None:
+    """token_strictly_bind_ip: the token goes to the poller, so it is bound to the poller's
+    address, not to the browser's that finished the login (OpenBao binds the browser's)."""
+    h = await harness(callback_mode="direct", oidc_disable_confirmation=True, token_strictly_bind_ip=True)
+    data, code = await direct_start(h)
+    h.remote = "192.0.2.7"  # the user's browser, on another machine
+    assert "Authentication Succeeded" in page_text(await h.callback(state=data["state"], code=code))
+    h.remote = "127.0.0.1"  # the terminal that started the login
+    assert (await h.poll(state=data["state"], client_nonce=NONCE)).auth.bound_cidrs == ["127.0.0.1"]
+
+
+async def test_a_strictly_bound_client_mode_login_binds_the_callers_address() -> None:
+    h = await harness(token_strictly_bind_ip=True)
+    h.remote = "198.51.100.4"
+    resp = await h.login(**BOB)
+    assert resp.auth.bound_cidrs == ["198.51.100.4"]
+
+
 HOSTILE = [
     "<script>alert(document.cookie)</script>",
     '"><img src=x onerror=alert(1)>',

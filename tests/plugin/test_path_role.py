@@ -109,6 +109,14 @@ CREATE_ERR = [
      "'period' of '\"25h0m0s\"' is greater than the backend's maximum lease TTL of '\"24h0m0s\"'"),
     ("bad-cidr", {**JWT, "token_bound_cidrs": "300.1.1.1"}, 'error parsing address "300.1.1.1"'),
     ("bad-legacy-cidr", {**JWT, "bound_cidrs": "nope/8"}, 'error parsing address "nope/8"'),
+    # OpenBao's token_strictly_bind_ip binds a token to the login's address: no CIDRs beside it.
+    ("strict-and-cidrs", {**JWT, "token_strictly_bind_ip": True, "token_bound_cidrs": "10.0.0.0/8"},
+     "'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one"),
+    # OpenBao stores this pair (its check runs before the legacy name is copied); a role that
+    # shows both would be read as bound to the CIDRs, so it is refused (docs/vault-differences.md).
+    ("strict-and-legacy-cidrs", {**JWT, "token_strictly_bind_ip": True, "bound_cidrs": "10.0.0.0/8"},
+     "'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one"),
+    ("strict-not-a-bool", {**JWT, "bound_subject": "s", "token_strictly_bind_ip": "maybe"}, "Field validation failed"),
     ("negative-max-age", {**JWT, "bound_subject": "s", "max_age": "-1"}, "Field validation failed"),
     ("bad-max-age", {**JWT, "bound_subject": "s", "max_age": "1hr"}, "Field validation failed"),
     ("bad-claim-mappings-pair", {**JWT, "bound_subject": "s", "claim_mappings": ["x"]}, 'Field validation failed: error converting input ["x"] for field "claim_mappings": invalid key pair "x"'),
@@ -124,6 +132,16 @@ async def test_create_errors(h: Harness, data: dict[str, Any], message: str) -> 
         await h.write("role/r1", data)
     assert info.value.messages[0].startswith(message), info.value.messages
     assert await h.storage.get("role/r1") is None
+
+
+async def test_strict_binding_conflicts_with_stored_cidrs(h: Harness) -> None:
+    """An update that turns on token_strictly_bind_ip judges the CIDRs the role already has."""
+    await h.write("role/r1", {**JWT, "token_bound_cidrs": "10.0.0.0/8"})
+    with pytest.raises(InvalidRequest) as info:
+        await h.write("role/r1", {**JWT, "token_strictly_bind_ip": True})
+    assert info.value.messages == ["'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one"]
+    await h.write("role/r1", {**JWT, "token_bound_cidrs": [], "bound_subject": "s", "token_strictly_bind_ip": True})
+    assert (await stored(h, "r1"))["token_strictly_bind_ip"] is True
 
 
 async def test_failed_update_keeps_previous_role(h: Harness) -> None:
@@ -176,6 +194,7 @@ async def test_read_exact(h: Harness) -> None:
         "max_token_age": 0, "alias_metadata": {},
         "bound_cidrs": ["127.0.0.1/8"], "token_bound_cidrs": ["127.0.0.1/8"],
         "callback_mode": "client", "poll_interval": 0, "oidc_disable_confirmation": False, "oauth2_metadata": None,
+            "token_strictly_bind_ip": False,
         "oidc_claims_precedence": "userinfo", "resolve_distributed_claims": False,
     }
 

@@ -154,6 +154,36 @@ async def test_login_token_use_applies_the_cidr_rule(
             await store.authenticate(block["client_token"], remote)
 
 
+#: A login from the first address to a role with token_strictly_bind_ip: its token is then
+#: used from each of the others (True: accepted).
+STRICT_USES: list[tuple[str, dict[str, bool]]] = [
+    ("10.0.0.1", {"10.0.0.1": True, "::ffff:10.0.0.1": True, "10.0.0.2": False, "127.0.0.1": False}),
+    ("::ffff:10.0.0.1", {"10.0.0.1": True, "::ffff:10.0.0.1": True, "::ffff:10.0.0.2": False}),
+    ("2001:db8::1", {"2001:db8::1": True, "2001:db8:0::1": True, "2001:db8::2": False, "10.0.0.1": False}),
+    ("fe80::1%eth0", {"fe80::1%eth0": True, "fe80::1%eth1": True, "fe80::2%eth0": False}),
+]
+
+
+@pytest.mark.parametrize(("login_from", "uses"), STRICT_USES, ids=[s[0] for s in STRICT_USES])
+@pytest.mark.parametrize("token_type", ["service", "batch"])
+async def test_strictly_bound_login_token_is_used_from_its_address_only(
+    tokens: tuple[TokenStore, TokenBackend, str], login_from: str, uses: dict[str, bool], token_type: str
+) -> None:
+    h = Harness()
+    await h.write("config", {"jwt_validation_pubkeys": [KEY.pem]})
+    await h.write("role/r", {"role_type": "jwt", "user_claim": "sub", "bound_subject": "alice",
+                             "token_strictly_bind_ip": True, "token_type": token_type})
+    auth = (await h.login({"role": "r", "jwt": _jwt()}, remote_addr=login_from)).auth
+    assert auth is not None
+    block, _ = await tokens[0].issue(auth, mount=JWT_MOUNT)
+    for remote, allowed in uses.items():
+        if allowed:
+            await tokens[0].authenticate(block["client_token"], remote)
+        else:
+            with pytest.raises(PermissionDenied):
+                await tokens[0].authenticate(block["client_token"], remote)
+
+
 @pytest.mark.parametrize("spelling", ROOT_SPELLINGS, ids=repr)
 async def test_issue_never_yields_root_from_a_login(tokens: tuple[TokenStore, TokenBackend, str], spelling: str) -> None:
     with pytest.raises(InvalidRequest, match="auth methods cannot create root tokens"):
