@@ -109,6 +109,7 @@ class Sources:
     access_token: str = ""
     ca_pem: str | None = None
     client_cert: ClientCert | None = None
+    server_names: tuple[str, ...] = ()
 
 
 def _endpoint_ok(url: str) -> bool:
@@ -140,7 +141,7 @@ async def _answer(name: str, spec: Any, src: Sources) -> dict[str, Any]:
         result = await src.fetcher.fetch(
             "GET", endpoint, ca_pem=src.ca_pem,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/jwt, application/json"},
-            timeout=DEADLINE, max_bytes=MAX_SOURCE_BYTES, client_cert=src.client_cert,
+            timeout=DEADLINE, max_bytes=MAX_SOURCE_BYTES, client_cert=src.client_cert, server_names=src.server_names,
         )
     except PluginError as exc:
         raise ValueError(f"claim source {_q(name)}: {'; '.join(exc.messages) or 'request failed'}") from None

@@ -37,6 +37,7 @@ __all__ = [
     "check_client_credentials",
     "check_client_tls",
     "client_cert",
+    "server_names",
     "load_private_key",
     "sign_assertion",
 ]
@@ -59,6 +60,7 @@ class ClientConfig(Protocol):
     oidc_client_assertion_kid: str
     client_tls_cert: str
     client_tls_key: str
+    override_allowed_server_names: list[str]
 
 
 _HASH: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
@@ -202,6 +204,12 @@ def client_cert(config: ClientConfig) -> ClientCert | None:
     if config.client_tls_cert and config.client_tls_key:
         return (config.client_tls_cert, config.client_tls_key)
     return None
+
+
+def server_names(config: ClientConfig) -> tuple[str, ...]:
+    """The hosts the IdP's TLS certificate may name instead of the URL's host
+    (``override_allowed_server_names``; empty: the URL's host)."""
+    return tuple(config.override_allowed_server_names)
 
 
 # ---------------------------------------------------------------------------

@@ -83,7 +83,8 @@ class Fetcher(Protocol):
 
     Implementations enforce the timeout and ``max_bytes``, trust only ``ca_pem`` when it is
     given, present ``client_cert`` (``(certificate chain PEM, private key PEM)``) when the
-    server asks for a client certificate (mTLS), never follow a redirect to another host,
+    server asks for a client certificate (mTLS), accept a certificate for any host of
+    ``server_names`` (when given) instead of the URL's host, never follow a redirect to another host,
     and raise ``UpstreamError`` with a short reason (no response body) on network, TLS,
     timeout or size failures.
     """
@@ -99,6 +100,7 @@ class Fetcher(Protocol):
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
         client_cert: ClientCert | None = None,
+        server_names: tuple[str, ...] = (),
     ) -> FetchResult: ...
 
 

@@ -122,15 +122,19 @@ def check_ca_pem(ca_pem: str | None) -> str | None:
     return None if certs else "could not parse CA PEM value successfully"
 
 
-async def _get_json(fetcher: Fetcher, url: str, ca_pem: str | None, client_cert: ClientCert | None = None) -> Any:
-    """GET ``url`` and decode its JSON body (any content type).
+async def _get_json(
+    fetcher: Fetcher, url: str, ca_pem: str | None, client_cert: ClientCert | None = None,
+    server_names: tuple[str, ...] = (),
+) -> Any:
+    """GET ``url`` and decode its JSON body (any content type); ``server_names``: the hosts
+    the server's certificate may name instead of the URL's (``override_allowed_server_names``).
 
     :raises ValueError: with a short reason (status, not JSON, network) and no body text.
     """
     try:
         result = await fetcher.fetch(
             "GET", url, ca_pem=ca_pem or None, timeout=FETCH_TIMEOUT, max_bytes=MAX_BODY_BYTES,
-            client_cert=client_cert,
+            client_cert=client_cert, server_names=server_names,
         )
     except PluginError as exc:
         raise ValueError(str(exc) or "request failed") from None
@@ -220,6 +224,7 @@ class _Remote:
         max_age: float = 3600,
         refresh_cooldown: float = 10.0,
         client_cert: ClientCert | None = None,
+        server_names: tuple[str, ...] = (),
         mount: str = "",
         events: Events = NO_EVENTS,
     ) -> None:
@@ -230,6 +235,7 @@ class _Remote:
         self.max_age = max_age
         self.refresh_cooldown = refresh_cooldown
         self.client_cert = client_cert
+        self.server_names = server_names
         self.mount = mount
         #: Fetches, cache hits and the fetch time of the key set in use (metrics).
         self.events = events
@@ -242,7 +248,8 @@ class _Remote:
     def cache_args(self) -> _CacheArgs:
         """These settings, for a fetch this one leads to (a discovered key set)."""
         return {"clock": self.clock, "max_age": self.max_age, "refresh_cooldown": self.refresh_cooldown,
-                "client_cert": self.client_cert, "mount": self.mount, "events": self.events}
+                "client_cert": self.client_cert, "server_names": self.server_names, "mount": self.mount,
+                "events": self.events}
 
 
 class RemoteJWKS(_Remote):
@@ -262,7 +269,7 @@ class RemoteJWKS(_Remote):
     async def _fetch(self) -> bool:
         """Fetch and install a new key set; never raises, records ``last_error``."""
         try:
-            doc = await _get_json(self.fetcher, self.url, self.ca_pem, self.client_cert)
+            doc = await _get_json(self.fetcher, self.url, self.ca_pem, self.client_cert, self.server_names)
             keys, count = _load_jwks(doc)
             if not keys:
                 raise ValueError("JWK set contains no usable signing keys")
@@ -421,7 +428,8 @@ class JWKSKeySource(KeySource):
 
 
 async def fetch_discovery(
-    url: str, ca_pem: str | None, fetcher: Fetcher, client_cert: ClientCert | None = None
+    url: str, ca_pem: str | None, fetcher: Fetcher, client_cert: ClientCert | None = None,
+    server_names: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Fetch and check ``<url>/.well-known/openid-configuration``.
 
@@ -440,7 +448,7 @@ async def fetch_discovery(
     if reason:
         raise fail(reason)
     try:
-        doc = await _get_json(fetcher, url.rstrip("/") + WELL_KNOWN, ca_pem, client_cert)
+        doc = await _get_json(fetcher, url.rstrip("/") + WELL_KNOWN, ca_pem, client_cert, server_names)
     except ValueError as exc:
         raise fail(str(exc)) from None
     if not isinstance(doc, dict):
@@ -485,7 +493,7 @@ class DiscoveryKeySource(_Remote, KeySource):
 
     async def _discover(self) -> dict[str, Any]:
         try:
-            doc = await fetch_discovery(self.url, self.ca_pem, self.fetcher, self.client_cert)
+            doc = await fetch_discovery(self.url, self.ca_pem, self.fetcher, self.client_cert, self.server_names)
         except InvalidRequest as exc:
             self._failure = exc.messages[0]
             self.streak.failed(self._failure)
@@ -602,6 +610,7 @@ class _CacheArgs(TypedDict):
     max_age: float
     refresh_cooldown: float
     client_cert: ClientCert | None
+    server_names: tuple[str, ...]
     mount: str
     events: Events
 
@@ -631,7 +640,8 @@ def build_key_source(
     """
     cache_args: _CacheArgs = {
         "clock": clock, "max_age": max_age, "refresh_cooldown": refresh_cooldown,
-        "client_cert": client_cert_of(config), "mount": mount, "events": events,
+        "client_cert": client_cert_of(config),
+        "server_names": tuple(config.get("override_allowed_server_names") or ()), "mount": mount, "events": events,
     }
     if config.get("jwt_validation_pubkeys"):
         return StaticKeySource(keys_from_pems(list(config["jwt_validation_pubkeys"])))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from plugin import jsonlimits
 from plugin.claim_sources import merge_userinfo as merge_claims
 from plugin.claims import show
-from plugin.client_auth import authenticate, client_cert
+from plugin.client_auth import authenticate, client_cert, server_names
 from plugin.errors import InvalidRequest, PluginError, UpstreamError
 from plugin.framework import Request
 from plugin.jose_verify import parse_token
@@ -82,7 +82,7 @@ async def discovery(backend: JWTAuthBackend, req: Request, config: JWTConfig) ->
             "discovery", url, req.system.mount_path, req.system.events
         )
     try:
-        doc = await fetch_discovery(url, ca, req.system.fetcher, client_cert(config))
+        doc = await fetch_discovery(url, ca, req.system.fetcher, client_cert(config), server_names(config))
     except InvalidRequest as exc:
         streak.failed(exc.messages[0])
         raise
@@ -120,7 +120,7 @@ async def _post(
     try:
         result = await req.system.fetcher.fetch(
             "POST", endpoint, ca_pem=config.oidc_discovery_ca_pem or None, form=form, headers=headers,
-            client_cert=client_cert(config),
+            client_cert=client_cert(config), server_names=server_names(config),
         )
     except UpstreamError as exc:
         raise InvalidRequest(f"cannot {what}: {'; '.join(exc.messages) or 'request failed'}") from None
@@ -414,7 +414,7 @@ async def merge_userinfo(
             url,
             ca_pem=config.oidc_discovery_ca_pem or None,
             headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-            client_cert=client_cert(config),
+            client_cert=client_cert(config), server_names=server_names(config),
         )
     except PluginError as exc:
         warnings.append(f"userinfo could not be fetched: {'; '.join(exc.messages)}")

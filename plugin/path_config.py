@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -118,6 +120,13 @@ CONFIG_FIELDS = FieldSet(
             _CSS, "A list of ASN1 OIDs of certificate extensions marked Critical that are "
             "unsupported by Vault and should be ignored.", default=[],
         ),
+        "override_allowed_server_names": Field(
+            _CSS, "A list of host names (or IP addresses) to accept when validating the TLS "
+            "certificate of the IdP's servers: the discovery URL, the JWKS URL(s), the token, "
+            "userinfo and device endpoints and claim sources. The certificate must name one "
+            "of them, whatever host the URL names; its chain is still checked against the CA "
+            "pins or the system's CAs. Empty: the URL's host.", default=[],
+        ),
         "client_tls_cert": Field(
             _S, "A PEM certificate (chain) authmount presents when the IdP asks for a client "
             "certificate (mTLS) on its discovery, JWKS, token, userinfo and device endpoints "
@@ -172,6 +181,7 @@ class JWTConfig:
     provider_config: dict[str, Any] = field(default_factory=dict)
     namespace_in_state: bool = True
     unsupported_critical_cert_extensions: list[str] = field(default_factory=list)
+    override_allowed_server_names: list[str] = field(default_factory=list)
     client_tls_cert: str = ""
     client_tls_key: str = ""
     skip_jwks_validation: bool = False
@@ -325,6 +335,31 @@ def validate_config(config: JWTConfig) -> None:
     if bool(config.oidc_client_id) != bool(config.oidc_client_secret or config.oidc_client_private_key):
         raise InvalidRequest("both 'oidc_client_id' and 'oidc_client_secret' must be set for OIDC")
     check_client_tls(config.client_tls_cert, config.client_tls_key)
+    check_server_names(config.override_allowed_server_names)
+
+
+#: A DNS host name: dot-separated labels of letters, digits and inner hyphens (or underscores,
+#: which internal names use), at most 253 characters.
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def check_server_names(names: list[str]) -> None:
+    """``override_allowed_server_names``: each a host name or an IP address (a wildcard or a
+    URL would never match a certificate, so it is refused rather than stored).
+
+    :raises InvalidRequest: the first name that is neither.
+    """
+    for name in names:
+        host = name.rstrip(".")
+        try:
+            ipaddress.ip_address(host)
+            continue
+        except ValueError:
+            pass
+        if not (0 < len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in host.split("."))):
+            raise InvalidRequest(
+                f"invalid override_allowed_server_names: {json.dumps(name)[:100]} is not a host name or an IP address"
+            )
 
 
 def _check_after_discovery(config: JWTConfig) -> None:

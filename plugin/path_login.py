@@ -29,7 +29,7 @@ import structlog
 from plugin import claim_sources
 from plugin import claims as cl
 from plugin.cidrutil import cidr_allows
-from plugin.client_auth import client_cert
+from plugin.client_auth import client_cert, server_names
 from plugin.errors import InvalidRequest, PermissionDenied, PluginError
 from plugin.framework import Alias, Auth, Operation, PathSpec, Request, Response
 from plugin.jose_verify import ParsedToken, parse_token
@@ -339,7 +339,9 @@ async def _validate_distributed_claims(ctx: LoginContext) -> str | Skipped:
         return dict(parsed.claims)
 
     ca_pem = config.oidc_discovery_ca_pem or config.jwks_ca_pem or None
-    sources = claim_sources.Sources(system.fetcher, verify_jwt, ctx.access_token, ca_pem, client_cert(config))
+    sources = claim_sources.Sources(
+        system.fetcher, verify_jwt, ctx.access_token, ca_pem, client_cert(config), server_names(config)
+    )
     resolved, failures = await claim_sources.resolve(claims, wanted, sources)
     if failures:
         raise InvalidRequest(f"error resolving distributed claims: {'; '.join(failures)}")

@@ -14,6 +14,7 @@ import aiohttp
 
 from plugin.errors import UpstreamError
 from plugin.framework import ClientCert, FetchResult
+from server.http.tlsnames import restrict_server_names
 
 __all__ = ["AiohttpFetcher"]
 
@@ -40,16 +41,20 @@ class AiohttpFetcher:
             )
         return self._session
 
-    def _ssl_context(self, ca_pem: str | None, client_cert: ClientCert | None = None) -> ssl.SSLContext | bool:
-        if not ca_pem and client_cert is None:
+    def _ssl_context(
+        self, ca_pem: str | None, client_cert: ClientCert | None = None, server_names: tuple[str, ...] = ()
+    ) -> ssl.SSLContext | bool:
+        if not ca_pem and client_cert is None and not server_names:
             return True
-        parts = [ca_pem or "", *(client_cert or ())]
+        parts = [ca_pem or "", *(client_cert or ("", "")), *server_names]
         key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
         ctx = self._contexts.get(key)
         if ctx is None:
             ctx = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
             if client_cert is not None:
                 _load_client_cert(ctx, *client_cert)
+            if server_names:
+                restrict_server_names(ctx, server_names)
             if len(self._contexts) > 64:  # bounded: CA PEMs and certificates come from mount configs
                 self._contexts.clear()
             self._contexts[key] = ctx
@@ -66,14 +71,16 @@ class AiohttpFetcher:
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
         client_cert: ClientCert | None = None,
+        server_names: tuple[str, ...] = (),
     ) -> FetchResult:
         """Send one request (following same-origin redirects) and read at most ``max_bytes``;
-        present ``client_cert`` when the server asks for a client certificate.
+        present ``client_cert`` when the server asks for a client certificate; with
+        ``server_names``, accept a certificate for any of them instead of the URL's host.
 
         :raises UpstreamError: network, TLS, timeout, size, or redirect failures.
         """
         try:
-            ssl_ctx = self._ssl_context(ca_pem, client_cert)
+            ssl_ctx = self._ssl_context(ca_pem, client_cert, server_names)
         except _ClientCertError as exc:
             raise UpstreamError("invalid TLS client certificate or key") from exc
         except (ssl.SSLError, ValueError) as exc:

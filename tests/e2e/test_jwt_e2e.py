@@ -198,6 +198,28 @@ def test_discovery_with_pinned_ca(vault: ServerProc) -> None:
         assert login["auth"]["metadata"] == {"role": "machine"}
 
 
+def test_an_idp_whose_certificate_names_another_host(vault: ServerProc) -> None:
+    """OpenBao's ``override_allowed_server_names``: the IdP is reached at 127.0.0.1, its
+    certificate is for idp.internal; discovery, the key set and the login work once the name
+    is allowed, and only then."""
+    ca = trustme.CA()
+    with TLSDiscoveryServer(ca, ("idp.internal",)) as tls:
+        root = vault.client()
+        mount = fresh_mount(vault)
+        config = {"oidc_discovery_url": tls.issuer, "oidc_discovery_ca_pem": ca.cert_pem.bytes().decode()}
+        with pytest.raises(hvac.exceptions.InvalidRequest, match="certificate"):
+            root.write(f"auth/{mount}/config", **config)
+        with pytest.raises(hvac.exceptions.InvalidRequest, match="not for any of override_allowed_server_names"):
+            root.write(f"auth/{mount}/config", **config, override_allowed_server_names="other.internal")
+        root.write(f"auth/{mount}/config", **config, override_allowed_server_names="other.internal,idp.internal")
+        data = root.auth.jwt.read_config(path=mount)["data"]
+        assert data["override_allowed_server_names"] == ["other.internal", "idp.internal"]
+        assert [s["last_error"] for s in data["key_sources"]] == [None, None]  # discovery, then the key set
+        machine_role(root, mount)
+        login = anon(vault).auth.jwt.jwt_login(role="machine", jwt=tls.sign(), path=mount)
+        assert login["auth"]["metadata"] == {"role": "machine"}
+
+
 # ---------------------------------------------------------------------------
 # (d) two mounts, different keys
 

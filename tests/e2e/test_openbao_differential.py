@@ -1365,6 +1365,8 @@ CONFIG_BODIES: dict[str, dict[str, Any]] = {
     "azure provider": {**_CONFIG_BASE, "provider_config": {"provider": "azure"}},
     "odd provider": {**_CONFIG_BASE, "provider_config": {"provider": "weird"}},
     "one key twice": {"jwt_validation_pubkeys": [KEY.pem, KEY.pem]},
+    "allowed server names": {**_CONFIG_BASE, "override_allowed_server_names": ["idp.test", "10.0.0.1"]},
+    "server names a string": {**_CONFIG_BASE, "override_allowed_server_names": "a.test,b.test"},
 }
 
 

@@ -19,11 +19,11 @@ __all__ = ["TLSDiscoveryServer"]
 class TLSDiscoveryServer:
     """Serves ``/.well-known/openid-configuration`` and ``/jwks`` over TLS on 127.0.0.1.
 
-    The certificate comes from ``ca`` (a ``trustme.CA``); ``sign`` makes tokens with the
-    published RSA key.
+    The certificate comes from ``ca`` (a ``trustme.CA``), for ``names`` (the URL's host by
+    default); ``sign`` makes tokens with the published RSA key.
     """
 
-    def __init__(self, ca: trustme.CA) -> None:
+    def __init__(self, ca: trustme.CA, names: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.ca = ca
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = "tls-rs256-1"
@@ -31,7 +31,7 @@ class TLSDiscoveryServer:
         public.update(kid=self.kid, alg="RS256", use="sig")
         self.jwks = {"keys": [public]}
         server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+        ca.issue_cert(*names).configure_cert(server_ctx)
         self._server = JSONServer(self._route, ssl_context=server_ctx)
         self.port = self._server.port
 

@@ -342,10 +342,11 @@ class FakeFetcher:
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
         client_cert: tuple[str, str] | None = None,
+        server_names: tuple[str, ...] = (),
     ) -> FetchResult:
         self.calls.append(
             (method, url, {"ca_pem": ca_pem, "form": form, "timeout": timeout, "headers": headers,
-                           "client_cert": client_cert})
+                           "client_cert": client_cert, "server_names": server_names})
         )
         if self.delay:
             await asyncio.sleep(self.delay)

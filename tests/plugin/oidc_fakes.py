@@ -142,8 +142,10 @@ class FakeIdP:
         timeout: float = 10.0,
         max_bytes: int = 1 << 20,
         client_cert: tuple[str, str] | None = None,
+        server_names: tuple[str, ...] = (),
     ) -> FetchResult:
-        self.calls.append((method, url, {"form": form, "headers": headers, "client_cert": client_cert}))
+        self.calls.append((method, url, {"form": form, "headers": headers, "client_cert": client_cert,
+                                         "server_names": server_names}))
         await asyncio.sleep(0)
         if self.down:
             raise UpstreamError("connection refused")

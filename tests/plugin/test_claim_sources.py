@@ -255,16 +255,16 @@ async def test_a_login_without_an_access_token_names_it() -> None:
     assert fetcher.calls == []
 
 
-async def test_sources_are_fetched_with_the_mounts_ca() -> None:
+async def test_sources_are_fetched_with_the_mounts_tls_settings() -> None:
     ca = self_signed_cert_pem(OTHER)
     jwks_url = "https://idp.example/certs"
     fetcher = FakeFetcher({SOURCE: {"groups": GROUPS}, jwks_url: {"keys": [KEY.jwk()]}})
     h = Harness(fetcher=fetcher)
-    await h.write("config", {"jwks_url": jwks_url, "jwks_ca_pem": ca})
+    await h.write("config", {"jwks_url": jwks_url, "jwks_ca_pem": ca, "override_allowed_server_names": ["idp.internal"]})
     await h.write("role/r", {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault"],
                              "groups_claim": "groups", "resolve_distributed_claims": True})
     await h.login({"role": "r", "jwt": token(h, **distributed(access_token="t"))})
-    assert [c[2]["ca_pem"] for c in fetcher.calls if c[1] == SOURCE] == [ca]
+    assert [(c[2]["ca_pem"], c[2]["server_names"]) for c in fetcher.calls if c[1] == SOURCE] == [(ca, ("idp.internal",))]
 
 
 @pytest.mark.parametrize(

@@ -198,3 +198,32 @@ async def test_jwks_fetches_present_the_client_certificate() -> None:
     await h.write("config", {"jwks_url": "https://idp.test/certs", "client_tls_cert": CERT,
                              "client_tls_key": pem(P256)})
     assert fetcher.calls[0][2]["client_cert"] == (CERT, pem(P256))
+
+
+# -- override_allowed_server_names: the hosts the IdP's certificate may name --------------------
+NAMES = ("idp.internal", "10.1.2.3")
+
+
+async def test_allowed_server_names_go_with_every_call_to_the_idp() -> None:
+    h = Harness()
+    await h.configure(override_allowed_server_names=list(NAMES))
+    await h.role()
+    await h.login(**BOB)
+    paths = {url.removeprefix(h.idp.issuer) for _, url, _ in h.idp.calls}
+    assert {"/.well-known/openid-configuration", "/jwks", "/token", "/userinfo"} <= paths
+    assert {sent["server_names"] for _, _, sent in h.idp.calls} == {NAMES}
+
+
+@pytest.mark.parametrize("source", ["jwks_url", "jwks_pairs"])
+async def test_key_set_fetches_carry_the_allowed_server_names(source: str) -> None:
+    from tests.plugin.fakes import Harness as JwtHarness
+    from tests.plugin.keyfactory import ec_key, jwks
+
+    key = ec_key(kid="k")
+    urls = ["https://idp.test/certs", "https://idp.test/more"]
+    fetcher = FakeFetcher({url: jwks(key) for url in urls})
+    h = JwtHarness(fetcher=fetcher)
+    config: dict[str, Any] = {"jwks_url": urls[0]} if source == "jwks_url" else {
+        "jwks_pairs": [{"jwks_url": url} for url in urls]}
+    await h.write("config", {**config, "override_allowed_server_names": list(NAMES)})
+    assert fetcher.calls and {sent["server_names"] for _, _, sent in fetcher.calls} == {NAMES}

@@ -487,12 +487,13 @@ async def test_discovery_status_through_a_failure_and_a_recovery() -> None:
 async def test_a_discovered_key_set_keeps_the_mount_and_the_client_certificate() -> None:
     cert = ("-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----")
     fetcher = FakeFetcher({ISSUER + WELL_KNOWN: {"issuer": ISSUER, "jwks_uri": URL}, URL: UpstreamError("down")})
-    src = build_key_source({"oidc_discovery_url": ISSUER, "client_tls_cert": cert[0], "client_tls_key": cert[1]},
-                           fetcher, clock=Clock(), mount="auth/corp/")
+    src = build_key_source({"oidc_discovery_url": ISSUER, "client_tls_cert": cert[0], "client_tls_key": cert[1],
+                            "override_allowed_server_names": ["idp.internal"]}, fetcher, clock=Clock(), mount="auth/corp/")
     with capture_logs() as logs:
         await fails(src, tok(ec_key()))
     assert [(e["event"], e["mount"]) for e in logs] == [("jwks_fetch_failed", "auth/corp/")]
     assert [c[2]["client_cert"] for c in fetcher.calls] == [cert, cert]  # discovery and the key set
+    assert [c[2]["server_names"] for c in fetcher.calls] == [("idp.internal",)] * 2
 
 
 @pytest.mark.parametrize(

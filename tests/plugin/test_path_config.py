@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ EMPTY = {
     "jwks_url": "", "jwks_pairs": [], "jwks_ca_pem": "", "bound_issuer": "", "provider_config": {},
     "namespace_in_state": True, "unsupported_critical_cert_extensions": [], "oidc_client_assertion_alg": "",
     "oidc_client_assertion_kid": "", "client_tls_cert": "", "skip_jwks_validation": False,
+    "override_allowed_server_names": [],
 }
 
 
@@ -145,6 +147,12 @@ CONFIG_ERRORS = [
     ("provider-missing", {"oidc_discovery_url": ISSUER, "provider_config": {"not-provider": "oops"}},
      "invalid provider_config: 'provider' field not found in provider_config"),
     ("bad-type", {"jwt_validation_pubkeys": [PEM], "namespace_in_state": "maybe"}, "Field validation failed"),
+    # OpenBao stores any text here; one that no certificate can name is refused instead
+    # (docs/vault-differences.md), before anything is fetched.
+    *[(f"server name {name!r}", {"jwks_url": CERTS, "override_allowed_server_names": ["idp.internal", name]},
+       f"invalid override_allowed_server_names: {json.dumps(name)} is not a host name or an IP address")
+      for name in ("*.example.com", "https://idp.example.com", "idp.example.com:443", "idp example", "", ".", "a..b",
+                   "-idp.example.com", "idp-.example.com", "10.0.0.0/8", "x" * 64 + ".com", "idp\x00.com")],
 ]
 
 
@@ -154,6 +162,13 @@ async def test_config_errors(h: Harness, data: dict[str, Any], message: str) -> 
         await h.write("config", data)
     assert info.value.messages[0].startswith(message), info.value.messages
     assert await h.storage.get("config") is None
+
+
+@pytest.mark.parametrize("names", [["idp.internal"], ["IDP.Example.COM.", "10.0.0.1", "::1"], ["under_score.corp"], []])
+async def test_allowed_server_names_stored_as_written(h: Harness, names: list[str]) -> None:
+    assert await h.write("config", {"jwks_url": CERTS, "override_allowed_server_names": names}) is None
+    assert (await read_config(h))["override_allowed_server_names"] == names
+    assert h.fetcher.calls[-1][2]["server_names"] == tuple(names)  # the check's fetch used them
 
 
 async def test_pairs_bound_issuer_checked_before_fetch(h: Harness) -> None:

@@ -158,3 +158,112 @@ async def test_client_certificate_for_mtls(aiohttp_server: AiohttpServer, fetche
         await fetcher.fetch("GET", url, ca_pem=ca_pem, client_cert=(cert_pem, other))  # key of another cert
     with pytest.raises(UpstreamError, match="invalid TLS client certificate or key"):
         await fetcher.fetch("GET", url, ca_pem=ca_pem, client_cert=("garbage", "garbage"))
+
+
+async def _tls_server(aiohttp_server: AiohttpServer, ca: trustme.CA, *names: str) -> str:
+    """An HTTPS server on 127.0.0.1 whose certificate (from ``ca``) is for ``names`` only."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(ctx)
+    server = await aiohttp_server(_idp_app(), ssl=ctx)
+    return f"https://127.0.0.1:{server.port}/ok"
+
+
+#: override_allowed_server_names: (the certificate's names, the allowed names, accepted).
+SERVER_NAMES: list[tuple[str, tuple[str, ...], tuple[str, ...], bool]] = [
+    ("the one name", ("idp.internal",), ("idp.internal",), True),
+    ("any of the names", ("idp.internal",), ("other.test", "IDP.Internal."), True),
+    ("none of the names", ("idp.internal",), ("other.test",), False),
+    ("a wildcard certificate", ("*.corp.test",), ("idp.corp.test",), True),
+    ("a wildcard is one label", ("*.corp.test",), ("a.idp.corp.test",), False),
+    ("a wildcard needs a label", ("*.corp.test",), ("corp.test",), False),
+    ("an allowed IP", ("idp.internal", "10.9.9.9"), ("10.9.9.9",), True),
+    ("an IP is no DNS name", ("10.9.9.9",), ("idp.internal",), False),
+    ("the URL's host no longer counts", ("127.0.0.1",), ("idp.internal",), False),
+]
+
+
+@pytest.mark.parametrize(("certified", "allowed", "ok"), [c[1:] for c in SERVER_NAMES], ids=[c[0] for c in SERVER_NAMES])
+async def test_allowed_server_names(aiohttp_server: AiohttpServer, fetcher: AiohttpFetcher,
+                                    certified: tuple[str, ...], allowed: tuple[str, ...], ok: bool) -> None:
+    """The config's override_allowed_server_names: the certificate must name one of them,
+    whatever the URL's host is; the chain is still verified."""
+    ca = trustme.CA()
+    url = await _tls_server(aiohttp_server, ca, *certified)
+    ca_pem = ca.cert_pem.bytes().decode()
+    if "127.0.0.1" not in certified:  # without the override the name is the URL's host: not certified
+        with pytest.raises(UpstreamError, match="TLS error"):
+            await fetcher.fetch("GET", url, ca_pem=ca_pem)
+    if ok:
+        assert (await fetcher.fetch("GET", url, ca_pem=ca_pem, server_names=allowed)).status == 200
+    else:
+        with pytest.raises(UpstreamError, match="not for any of override_allowed_server_names"):
+            await fetcher.fetch("GET", url, ca_pem=ca_pem, server_names=allowed)
+
+
+async def test_allowed_server_names_still_verify_the_chain(aiohttp_server: AiohttpServer, fetcher: AiohttpFetcher) -> None:
+    ca = trustme.CA()
+    url = await _tls_server(aiohttp_server, ca, "idp.internal")
+    other_ca = trustme.CA().cert_pem.bytes().decode()
+    with pytest.raises(UpstreamError, match="TLS error") as info:
+        await fetcher.fetch("GET", url, ca_pem=other_ca, server_names=("idp.internal",))
+    assert "override_allowed_server_names" not in str(info.value)  # refused by the chain, before the names
+    with pytest.raises(UpstreamError, match="TLS error"):  # nor do the system CAs know it
+        await fetcher.fetch("GET", url, server_names=("idp.internal",))
+
+
+async def test_no_request_reaches_a_server_of_another_name(aiohttp_server: AiohttpServer, fetcher: AiohttpFetcher) -> None:
+    """The names are judged at the handshake: a token request (which carries the client's
+    secret) is never sent to a server whose certificate names another host."""
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("evil.test").configure_cert(ctx)
+    seen: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        seen.append(await request.text())
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    server = await aiohttp_server(app, ssl=ctx)
+    with pytest.raises(UpstreamError, match="certificate is for evil.test, not for any of override_allowed_server_names"):
+        await fetcher.fetch("POST", f"https://127.0.0.1:{server.port}/token", ca_pem=ca.cert_pem.bytes().decode(),
+                            form={"client_secret": "s3cret"}, server_names=("idp.internal",))
+    assert seen == []
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_allowed_server_names_on_either_event_loop(loop: str) -> None:
+    """The name check lives in the ``SSLObject`` the loop's TLS creates: uvloop's too."""
+    factory = asyncio.new_event_loop
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory = uvloop.new_event_loop
+    ca = trustme.CA()
+
+    async def scenario() -> tuple[int, str]:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("idp.internal").configure_cert(ctx)
+        runner = web.AppRunner(_idp_app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+        await site.start()
+        port = runner.addresses[0][1]
+        fetcher = AiohttpFetcher()
+        try:
+            url, pem = f"https://127.0.0.1:{port}/ok", ca.cert_pem.bytes().decode()
+            ok = await fetcher.fetch("GET", url, ca_pem=pem, server_names=("idp.internal",))
+            try:
+                await fetcher.fetch("GET", url, ca_pem=pem, server_names=("other.test",))
+                refused = ""
+            except UpstreamError as exc:
+                refused = str(exc)
+            return ok.status, refused
+        finally:
+            await fetcher.close()
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        status, refused = runner.run(scenario())
+    assert status == 200
+    assert "certificate is for idp.internal, not for any of override_allowed_server_names (other.test)" in refused, refused

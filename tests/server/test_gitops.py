@@ -359,7 +359,8 @@ class VaultLike:
     async def read(self, path: str) -> dict[str, Any] | None:
         if path == "auth/sso/config":
             return {"oidc_discovery_url": "https://idp.example.com", "oidc_client_id": "app", "status": "valid",
-                    "override_allowed_server_names": ["idp.internal"], "provider_config": {}}
+                    "override_allowed_server_names": ["idp.internal"], "provider_config": {},
+                    "oidc_fips_mode": True}  # a field of a later Vault, which authmount lacks
         if path == "auth/sso/role/web":
             return {"role_type": "oidc", "user_claim": "email", "allowed_redirect_uris": ["https://app/cb"],
                     "callback_mode": "client", "oidc_disable_confirmation": True, "token_ttl": 3600}
@@ -384,6 +385,7 @@ async def test_export_from_a_vault_names_what_it_cannot_carry() -> None:
     assert mount == {
         "path": "sso", "type": "oidc", "description": "SSO",
         "config": {"oidc_discovery_url": "https://idp.example.com", "oidc_client_id": "app",
+                   "override_allowed_server_names": ["idp.internal"],  # OpenBao's field, carried
                    "oidc_client_secret": "${env:AUTHMOUNT_SSO_OIDC_CLIENT_SECRET}"},
         "roles": {"web": {"role_type": "oidc", "user_claim": "email", "allowed_redirect_uris": ["https://app/cb"],
                           "oidc_disable_confirmation": True, "token_ttl": "1h"}},  # OpenBao's field, carried
@@ -392,8 +394,7 @@ async def test_export_from_a_vault_names_what_it_cannot_carry() -> None:
         "not exported: mount people/ of type userpass (authmount has jwt and oidc)",
         "secret: mounts[0].config.oidc_client_secret is written as ${env:AUTHMOUNT_SSO_OIDC_CLIENT_SECRET}: set "
         "that variable before apply",
-        "not exported: mounts[0].config.override_allowed_server_names = ['idp.internal'] (authmount has no such "
-        "field)",
+        "not exported: mounts[0].config.oidc_fips_mode = True (authmount has no such field)",
         "not exported: the built-in policies default and root (declare default to manage it)",
     ]
 
