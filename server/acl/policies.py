@@ -19,6 +19,7 @@ from server.acl.hcl import HCLError, parse
 from server.acl.parameters import KEYS as PARAMETER_KEYS
 from server.acl.parameters import Params, merge_params, parse_params
 from server.acl.templating import IdentityView, TemplateError, blocked_by, has_templates, populate, template_names
+from server.tokens.ttl import rfc3339
 
 __all__ = [
     "CAPABILITIES",
@@ -29,6 +30,7 @@ __all__ = [
     "PathRule",
     "PolicyError",
     "PolicyStore",
+    "StoredPolicy",
     "canonical_policy_name",
     "parse_policy",
     "resultant",
@@ -466,6 +468,42 @@ _FILLED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class StoredPolicy:
+    """A policy as ``sys/policies/acl/<name>`` shows it: its text, its identity-template
+    flags, and OpenBao's check-and-set version (0 for a policy an older version wrote, 1
+    for the built-in ``default`` until it is written), ``cas_required``, the time of the last
+    write (``modified``, Unix seconds) and the time it stops existing (``expiration``)."""
+
+    text: str
+    flags: dict[str, bool]
+    version: int = 0
+    cas_required: bool = False
+    modified: float | None = None
+    expiration: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The read's fields but ``name`` and the text (OpenBao's ``readPolicyResponse``)."""
+        out: dict[str, Any] = {**self.flags, "version": self.version, "cas_required": self.cas_required}
+        if self.modified is not None:
+            out["modified"] = rfc3339(self.modified)
+        if self.expiration is not None:
+            out["expiration"] = rfc3339(self.expiration)
+        return out
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> StoredPolicy:
+        return cls(
+            str(row.get("policy", "")), {k: bool(row.get(k, False)) for k in TEMPLATE_FLAGS},
+            version=int(row.get("version", 0)), cas_required=bool(row.get("cas_required", False)),
+            modified=row.get("modified"), expiration=row.get("expiration"),
+        )
+
+
+def _expired(row: Mapping[str, Any] | None, now: float) -> bool:
+    return row is not None and row.get("expiration") is not None and now >= float(row["expiration"])
+
+
+@dataclass(frozen=True, slots=True)
 class _Loaded:
     """A policy's rules as parsed: those without templates, and those with them (each with
     the characters its values may not hold, and its literal start: ``_literal_start``)."""
@@ -492,9 +530,11 @@ class PolicyStore:
     the app: an entity id to what templates read of it), cached by what was read.
     """
 
-    def __init__(self, storage: Storage, *, cache_ttl: float = 1.0) -> None:
+    def __init__(self, storage: Storage, *, cache_ttl: float = 1.0, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.cache_ttl = cache_ttl
+        #: Wall-clock time, for ``modified`` and ``expiration``.
+        self.clock = clock
         self._rules: dict[str, tuple[_Loaded | None, float]] = {}
         self._acls: dict[tuple[str, ...], tuple[ACL, _Loaded, tuple[str, ...], float]] = {}
         self._filled: dict[tuple[tuple[str, ...], IdentityView], tuple[ACL, float]] = {}
@@ -512,27 +552,40 @@ class PolicyStore:
     async def get(self, name: str) -> str | None:
         """The policy text, or None. ``root`` has empty rules; ``default`` is built in."""
         found = await self.entry(name)
-        return None if found is None else found[0]
+        return None if found is None else found.text
 
-    async def entry(self, name: str) -> tuple[str, dict[str, bool]] | None:
-        """The policy text and its template flags (``TEMPLATE_FLAGS``), or None."""
+    async def entry(self, name: str) -> StoredPolicy | None:
+        """The policy, or None. One whose ``expiration`` has passed is gone: it is deleted
+        here (OpenBao removes it when it is next loaded)."""
         name = self.normalize(name)
         flags = dict.fromkeys(TEMPLATE_FLAGS, False)
         if name == "root":
-            return "", flags
+            return StoredPolicy("", flags)
         if name == RESPONSE_WRAPPING:
-            return RESPONSE_WRAPPING_POLICY, flags
-        stored = await self.storage.get(POLICY_PREFIX + name)
+            return StoredPolicy(RESPONSE_WRAPPING_POLICY, flags)
+        key = POLICY_PREFIX + name
+        stored = await self.storage.get(key)
+        if stored is not None and _expired(stored, self.clock()):
+            await self.storage.update(key, lambda old: None if old is None or _expired(old, self.clock()) else old)
+            self.invalidate()
+            stored = None
         if stored is not None:
-            return str(stored.get("policy", "")), {k: bool(stored.get(k, False)) for k in TEMPLATE_FLAGS}
-        return (DEFAULT_POLICY, flags) if name == "default" else None
+            return StoredPolicy.from_row(stored)
+        return StoredPolicy(DEFAULT_POLICY, flags, version=1) if name == "default" else None
 
-    async def put(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
-        """Validate and store a policy (with its template ``flags``, all false by default);
-        on any error the previous version stays.
+    async def put(
+        self, name: str, text: str, flags: dict[str, bool] | None = None, *, cas: int | None = None,
+        cas_required: bool = False, expiration: float | None = None,
+    ) -> None:
+        """Validate and store a policy (with its template ``flags``, all false by default,
+        ``cas_required`` and ``expiration``); on any error the previous version stays.
 
-        :raises InvalidRequest: ``cannot update "root" policy`` or
-            ``failed to parse policy: <reason>``.
+        OpenBao's check-and-set: with ``cas`` (or when the stored policy or this write sets
+        ``cas_required``) the write happens only if ``cas`` is the stored version, or -1 and
+        there is no policy of that name. The check and the write are one storage update.
+
+        :raises InvalidRequest: ``cannot update "root" policy``,
+            ``failed to parse policy: <reason>``, or a check-and-set refusal (OpenBao's texts).
         """
         name = self.normalize(name)
         if name in ("root", RESPONSE_WRAPPING):
@@ -543,9 +596,26 @@ class PolicyStore:
             parse_policy(text)
         except PolicyError as exc:
             raise InvalidRequest(f"failed to parse policy: {exc}") from None
+        now = self.clock()
         row: dict[str, Any] = {"name": name, "policy": text}
         row.update({k: True for k, v in (flags or {}).items() if k in TEMPLATE_FLAGS and v})
-        await self.storage.put(POLICY_PREFIX + name, row)
+
+        def checked(old: dict[str, Any] | None) -> dict[str, Any]:
+            if _expired(old, now):
+                old = None
+            exists = old is not None or name == "default"  # the built-in default is version 1
+            version = int(old.get("version", 0)) if old is not None else int(exists)
+            if cas is None and (cas_required or (old is not None and old.get("cas_required"))):
+                raise InvalidRequest("check-and-set parameter required for this call")
+            if cas is not None:
+                if cas == -1 and exists:
+                    raise InvalidRequest("check-and-set parameter set to -1 on existing entry")
+                if cas != -1 and cas != version:
+                    raise InvalidRequest(f"check-and-set parameter {cas} did not match the current version {version}")
+            return {**row, "version": version + 1, "modified": now, **({"cas_required": True} if cas_required else {}),
+                    **({"expiration": expiration} if expiration is not None else {})}
+
+        await self.storage.update(POLICY_PREFIX + name, checked)
         self.invalidate()
 
     async def delete(self, name: str) -> None:
@@ -573,7 +643,7 @@ class PolicyStore:
         found = await self.entry(name)
         loaded: _Loaded | None = None
         if found is not None:
-            text, flags = found
+            text, flags = found.text, found.flags
             try:
                 rules = parse_policy(text)
             except PolicyError:

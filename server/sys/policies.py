@@ -5,12 +5,17 @@ paths do not include them: a Vault policy that manages policies works here uncha
 The policy name is a path field made canonical (``canonical_policy_name``: lower-case,
 surrounding ``/`` dropped) before the ACL check, which judges the name that is stored. The
 legacy paths answer ``rules`` instead of ``policy`` and copy ``data`` to the top level.
+
+OpenBao 2.x's additions are served: check-and-set (``cas``, ``cas_required``; a read shows
+``version`` and ``modified``), policies that expire (``expiration`` or ``ttl``) and
+``LIST sys/policies/detailed/acl`` (every policy with what its read shows).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,7 +23,7 @@ import orjson
 from plugin.errors import InvalidRequest
 from plugin.framework import Operation, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
-from server.acl.policies import TEMPLATE_FLAGS, canonical_policy_name
+from server.acl.policies import TEMPLATE_FLAGS, StoredPolicy, canonical_policy_name
 from server.sys.core import SysPath
 
 if TYPE_CHECKING:
@@ -69,7 +74,47 @@ POLICY_FIELDS = FieldSet({
     "allow_wildcards_in_identity_templates": Field(
         FieldType.BOOL, "Let a value filled into an identity template hold '*' or '+' (OpenBao's flag).",
         default=False),
+    "cas": Field(FieldType.INT, "Check-and-set: write only if this is the policy's current version (-1: only if "
+                 "there is no such policy). Required when the stored policy or this write sets cas_required.",
+                 default=0),
+    "cas_required": Field(FieldType.BOOL, "Require 'cas' on this write and on the next one (send it again on each "
+                          "write to keep it).", default=False),
+    "expiration": Field(FieldType.STRING, "When the policy stops existing: an RFC 3339 time (or Unix seconds) in "
+                        "the future. Not with 'ttl'.", default="", parse=lambda raw: _when(raw)),
+    "ttl": Field(FieldType.DURATION, "How long from now the policy exists. Not with 'expiration'.", default=0),
 })
+
+
+def _when(raw: Any) -> str:
+    """``expiration`` as written: an RFC 3339 time or Unix seconds (checked by ``_expiration``)."""
+    return str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else "\0"
+
+
+def _expiration(values: dict[str, Any], now: float) -> float | None:
+    """The time a written policy expires (``expiration`` or now + ``ttl``), or None.
+
+    :raises InvalidRequest: both given, an unreadable time, or one that has passed (OpenBao's texts).
+    """
+    if "expiration" in values and "ttl" in values:
+        raise InvalidRequest("cannot supply both 'expiration' and 'ttl' for policies")
+    if "ttl" in values:
+        at = now + float(values["ttl"])
+    elif "expiration" in values:
+        text = values["expiration"]
+        try:
+            at = float(int(text)) if text.isdigit() else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError):
+            raise InvalidRequest(f"invalid 'expiration' {text[:64]!r}: an RFC 3339 time or Unix seconds") from None
+    else:
+        return None
+    if not now < at:
+        raise InvalidRequest("refusing to update policy as expiration time has already elapsed")
+    return at
+
+
+def _shown(name: str, found: StoredPolicy, text_key: str = "policy") -> dict[str, Any]:
+    """A policy's read: its name, its text under ``text_key``, and the rest OpenBao shows."""
+    return {"name": name, text_key: found.text, **found.public()}
 
 
 def paths(b: SysBackend) -> list[SysPath]:
@@ -83,25 +128,31 @@ def paths(b: SysBackend) -> list[SysPath]:
         keys = await core.policies.list()
         return Response(data={"keys": keys, "policies": keys})
 
+    async def detailed(req: Request, values: dict[str, Any]) -> Response:
+        keys, info = await core.policies.list(), {}
+        for name in keys:
+            found = await core.policies.entry(name)
+            if found is not None:
+                info[name] = _shown(name, found)
+        return Response(data={"keys": [k for k in keys if k in info], "key_info": info})
+
     async def read(req: Request, values: dict[str, Any]) -> Response | None:
         found = await core.policies.entry(values["name"])
-        if found is None:
-            return None
-        text, flags = found
-        return Response(data={"name": values["name"], "policy": text, **flags})
+        return None if found is None else Response(data=_shown(values["name"], found))
 
     async def legacy_read(req: Request, values: dict[str, Any]) -> Response | None:
         found = await core.policies.entry(values["name"])
-        if found is None:
-            return None
-        text, flags = found
-        return Response(data={"name": values["name"], "rules": text, **flags})
+        return None if found is None else Response(data=_shown(values["name"], found, "rules"))
 
     async def write(req: Request, values: dict[str, Any]) -> None:
         text = values.get("policy", values.get("rules"))
         if not text or not text.strip():
             raise InvalidRequest(_EMPTY)
-        await core.policies.put(values["name"], _unbase64(text), {k: bool(values.get(k)) for k in TEMPLATE_FLAGS})
+        expiration = _expiration(values, core.policies.clock())
+        await core.policies.put(
+            values["name"], _unbase64(text), {k: bool(values.get(k)) for k in TEMPLATE_FLAGS},
+            cas=values.get("cas"), cas_required=bool(values.get("cas_required")), expiration=expiration,
+        )
 
     async def delete(req: Request, values: dict[str, Any]) -> None:
         await core.policies.delete(values["name"])
@@ -109,6 +160,8 @@ def paths(b: SysBackend) -> list[SysPath]:
     one = {Operation.UPDATE: write, Operation.DELETE: delete}
     return [
         SysPath("policies/acl/?", FieldSet({}), {Operation.LIST: names}, "List ACL policies."),
+        SysPath("policies/detailed/acl/?", FieldSet({}), {Operation.LIST: detailed},
+                "List ACL policies with what each one's read shows (OpenBao's)."),
         SysPath(r"policies/acl/(?P<name>[\s\S]+)", POLICY_FIELDS, {Operation.READ: read, **one},
                 "Read, write or delete an ACL policy."),
         SysPath("policy/?", FieldSet({}), {Operation.READ: legacy_names, Operation.LIST: legacy_names},

@@ -246,8 +246,14 @@ def store() -> PolicyStore:
 
 async def test_store_layout(store: PolicyStore) -> None:
     text = 'path "a" { capabilities = ["read"] }'
+    store.clock = lambda: 1_800_000_000.5
     await store.put("Dev", text)
-    assert await store.storage.get("sys/policy/dev") == {"name": "dev", "policy": text}
+    assert await store.storage.get("sys/policy/dev") == {"name": "dev", "policy": text, "version": 1,
+                                                         "modified": 1_800_000_000.5}
+    await store.put("dev", text, cas=1, cas_required=True, expiration=1_900_000_000.0)
+    assert await store.storage.get("sys/policy/dev") == {"name": "dev", "policy": text, "version": 2,
+                                                         "modified": 1_800_000_000.5, "cas_required": True,
+                                                         "expiration": 1_900_000_000.0}
     await store.storage.put("sys/policy/bare", {"name": "bare"})  # a row without its text
     assert await store.get("bare") == ""
     await store.storage.put("sys/policy/folder/x", {"policy": ""})  # not a policy name

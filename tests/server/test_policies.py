@@ -289,3 +289,68 @@ async def test_default_editable_and_root_acl(store: PolicyStore) -> None:
 async def test_empty_policy_refused(store: PolicyStore) -> None:
     with pytest.raises(InvalidRequest, match="'policy' parameter not supplied or empty"):
         await store.put("dev", "  ")
+
+
+# -- OpenBao's check-and-set and expiring policies ----------------------------------------------
+RULE = 'path "a" { capabilities = ["read"] }'
+
+#: Writes of one policy, in order: (cas, cas_required, the refusal or None); then its read.
+CAS_STEPS: list[tuple[int | None, bool, str | None]] = [
+    (5, False, "check-and-set parameter 5 did not match the current version 0"),  # no policy yet
+    (-1, False, None),  # -> version 1
+    (-1, False, "check-and-set parameter set to -1 on existing entry"),
+    (None, False, None),  # -> 2: no cas needed while nothing requires it
+    (2, True, None),  # -> 3, cas_required from now on
+    (None, False, "check-and-set parameter required for this call"),  # the stored flag requires it
+    (2, False, "check-and-set parameter 2 did not match the current version 3"),
+    (3, False, None),  # -> 4, and the flag is off again (it is set per write)
+    (None, True, "check-and-set parameter required for this call"),  # this write's own flag
+    (None, False, None),  # -> 5
+]
+
+
+async def test_check_and_set_steps(store: PolicyStore) -> None:
+    for i, (cas, required, refusal) in enumerate(CAS_STEPS):
+        before = await store.entry("dev")
+        if refusal is None:
+            await store.put("dev", RULE + f"\n# {i}", cas=cas, cas_required=required)
+            continue
+        with pytest.raises(InvalidRequest) as info:
+            await store.put("dev", RULE + f"\n# {i}", cas=cas, cas_required=required)
+        assert info.value.messages == [refusal], i
+        assert await store.entry("dev") == before, i  # a refused write changes nothing
+    found = await store.entry("dev")
+    assert found is not None and (found.version, found.cas_required, found.text) == (5, False, RULE + "\n# 9")
+
+
+async def test_the_built_in_default_is_version_one(store: PolicyStore) -> None:
+    found = await store.entry("default")
+    assert found is not None and (found.version, found.modified) == (1, None)
+    with pytest.raises(InvalidRequest, match="set to -1 on existing entry"):
+        await store.put("default", RULE, cas=-1)
+    await store.put("default", RULE, cas=1)
+    found = await store.entry("default")
+    assert found is not None and found.version == 2 and found.modified is not None
+
+
+async def test_a_policy_an_older_version_wrote_is_version_zero(store: PolicyStore) -> None:
+    await store.storage.put("sys/policy/old", {"name": "old", "policy": RULE})
+    found = await store.entry("old")
+    assert found is not None and (found.version, found.cas_required, found.modified) == (0, False, None)
+    await store.put("old", RULE, cas=0)
+    found = await store.entry("old")
+    assert found is not None and found.version == 1
+
+
+async def test_an_expired_policy_is_gone() -> None:
+    clock = [1_000.0]
+    store = PolicyStore(InMemoryStorage(), clock=lambda: clock[0], cache_ttl=0)
+    await store.put("temp", RULE, expiration=1_060.0)
+    found = await store.entry("temp")
+    assert found is not None and found.expiration == 1_060.0 and found.public()["expiration"] == "1970-01-01T00:17:40Z"
+    assert (await store.acl_for(["temp"])).allows("a", "read")
+    clock[0] = 1_060.0
+    assert not (await store.acl_for(["temp"])).allows("a", "read")
+    assert await store.entry("temp") is None
+    assert await store.storage.get("sys/policy/temp") is None  # removed, as OpenBao removes it when loaded
+    await store.put("temp", RULE, cas=-1)  # and a create may take the name again
