@@ -27,6 +27,23 @@ from server.sys.backend import SysBackend
 __all__ = ["ServerError", "LiveMount", "Server", "HttpServer", "AppServer"]
 
 
+def _kept(live: dict[str, Any] | None) -> dict[str, Any]:
+    """What a policy write keeps of the live policy (its read, None when there is none): the
+    write is a check-and-set on the version read (a policy created or changed since then
+    refuses it), and the policy's ``cas_required`` and ``expiration`` stay as they are (a
+    policy meant to expire does not become permanent by an apply)."""
+    if live is None:
+        return {"cas": -1}
+    kept: dict[str, Any] = {}
+    if isinstance(live.get("version"), int) and not isinstance(live.get("version"), bool):
+        kept["cas"] = live["version"]
+    if live.get("cas_required") is True:
+        kept["cas_required"] = True
+    if isinstance(live.get("expiration"), str):
+        kept["expiration"] = live["expiration"]
+    return kept
+
+
 class ServerError(RuntimeError):
     """The server refused a request or could not be reached; the message is its own."""
 
@@ -228,7 +245,8 @@ class HttpServer:
         return str(data.get("policy", "")), {k: data.get(k) is True for k in TEMPLATE_FLAGS}
 
     async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
-        await self._call("PUT", f"sys/policies/acl/{quote(name, safe='')}", {"policy": text, **(flags or {})})
+        path = f"sys/policies/acl/{quote(name, safe='')}"
+        await self._call("PUT", path, {"policy": text, **(flags or {}), **_kept(await self._data("GET", path))})
 
     async def delete_policy(self, name: str) -> None:
         await self._call("DELETE", f"sys/policies/acl/{quote(name, safe='')}")
@@ -341,11 +359,18 @@ class AppServer:
         return await self._app[POLICIES].list()
 
     async def read_policy(self, name: str) -> tuple[str, dict[str, bool]] | None:
-        return await self._app[POLICIES].entry(name)
+        found = await self._app[POLICIES].entry(name)
+        return None if found is None else (found.text, found.flags)
 
     async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
+        store = self._app[POLICIES]
         try:
-            await self._app[POLICIES].put(name, text, flags)
+            live = await store.entry(name)
+            if live is None:
+                await store.put(name, text, flags, cas=-1)
+            else:
+                await store.put(name, text, flags, cas=live.version, cas_required=live.cas_required,
+                                expiration=live.expiration)
         except PluginError as exc:
             raise ServerError(str(exc), exc.status) from None
 

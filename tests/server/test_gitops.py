@@ -130,6 +130,20 @@ async def test_drift_through_the_api_is_shown_field_by_field_and_corrected(
     assert (role["bound_subject"], role["token_ttl"]) == ("", 600)
 
 
+async def test_an_apply_keeps_a_policys_check_and_set_and_expiration(server: HttpServer, client: Client) -> None:
+    """A policy an operator guards with ``cas_required`` or lets expire (OpenBao's fields) is
+    rewritten by apply as a check-and-set on the version it read, and keeps both: a policy
+    meant to expire does not become permanent by an apply."""
+    await applied(server, document())
+    guarded = {"policy": 'path "*" { capabilities = ["sudo"] }', "cas": 1, "cas_required": True, "ttl": "1h"}
+    assert (await client.put("/v1/sys/policies/acl/deploy", headers=H, json=guarded)).status == 204
+    before = (await (await client.get("/v1/sys/policies/acl/deploy", headers=H)).json())["data"]
+    await apply_plan(await make_plan(desired(document()), server), server)
+    after = (await (await client.get("/v1/sys/policies/acl/deploy", headers=H)).json())["data"]
+    assert after["policy"] == document()["policies"]["deploy"]
+    assert (after["version"], after["cas_required"], after["expiration"]) == (3, True, before["expiration"])
+
+
 async def test_a_field_removed_from_the_file_is_reset_on_the_server(server: HttpServer, client: Client) -> None:
     await applied(server, document())
     doc = document()
