@@ -193,8 +193,7 @@ def apply_token_fields(params: TokenParams, values: dict[str, Any]) -> None:
         raise InvalidRequest("'token_ttl' cannot be greater than 'token_max_ttl'")
     if "token_strictly_bind_ip" in values:
         params.token_strictly_bind_ip = values["token_strictly_bind_ip"]
-    if params.token_strictly_bind_ip and params.token_bound_cidrs:
-        raise InvalidRequest("'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one")
+    _check_strict_binding(params)
     if "alias_metadata" in values:
         params.alias_metadata = dict(values["alias_metadata"])
 
@@ -223,7 +222,12 @@ def upgrade_legacy(params: TokenParams, values: dict[str, Any]) -> None:
             setattr(params, old, list(current) if isinstance(current, list) else current)
         else:
             setattr(params, old, [] if isinstance(getattr(params, old), list) else 0)
-    if params.token_strictly_bind_ip and params.token_bound_cidrs:  # the legacy bound_cidrs too
+    _check_strict_binding(params)  # the legacy bound_cidrs too
+
+
+def _check_strict_binding(params: TokenParams) -> None:
+    """:raises InvalidRequest: ``token_strictly_bind_ip`` beside bound CIDRs (OpenBao's text)."""
+    if params.token_strictly_bind_ip and params.token_bound_cidrs:
         raise InvalidRequest("'token_strictly_bind_ip' conflicts with 'token_bound_cidrs'; set only one")
 
 
