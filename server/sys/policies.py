@@ -57,6 +57,24 @@ def _unbase64(text: str) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
+def _when(raw: Any) -> str:
+    """``expiration`` as written, checked: an RFC 3339 time with its zone, or Unix seconds.
+    Returned as the text given (``_expiration`` reads it).
+
+    :raises InvalidRequest: anything else.
+    """
+    text = str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else ""
+    if text.isascii() and text.isdigit():
+        return text
+    try:
+        zoned = datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        zoned = False
+    if not zoned:
+        raise InvalidRequest(f"invalid 'expiration' {str(raw)[:64]!r}: an RFC 3339 time (with its zone) or Unix seconds")
+    return text
+
+
 POLICY_NAME = Field(
     FieldType.NAME, "Name of the policy (lower-cased, surrounding slashes dropped, before the ACL check).",
     canonical=_canonical_name,
@@ -80,14 +98,9 @@ POLICY_FIELDS = FieldSet({
     "cas_required": Field(FieldType.BOOL, "Require 'cas' on this write and on the next one (send it again on each "
                           "write to keep it).", default=False),
     "expiration": Field(FieldType.STRING, "When the policy stops existing: an RFC 3339 time (or Unix seconds) in "
-                        "the future. Not with 'ttl'.", default="", parse=lambda raw: _when(raw)),
+                        "the future. Not with 'ttl'.", default="", parse=_when),
     "ttl": Field(FieldType.DURATION, "How long from now the policy exists. Not with 'expiration'.", default=0),
 })
-
-
-def _when(raw: Any) -> str:
-    """``expiration`` as written: an RFC 3339 time or Unix seconds (checked by ``_expiration``)."""
-    return str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else "\0"
 
 
 def _expiration(values: dict[str, Any], now: float) -> float | None:
@@ -100,11 +113,8 @@ def _expiration(values: dict[str, Any], now: float) -> float | None:
     if "ttl" in values:
         at = now + float(values["ttl"])
     elif "expiration" in values:
-        text = values["expiration"]
-        try:
-            at = float(int(text)) if text.isdigit() else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-        except (ValueError, OverflowError):
-            raise InvalidRequest(f"invalid 'expiration' {text[:64]!r}: an RFC 3339 time or Unix seconds") from None
+        text = values["expiration"]  # checked by _when
+        at = float(int(text)) if text.isdigit() else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     else:
         return None
     if not now < at:

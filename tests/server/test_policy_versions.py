@@ -28,7 +28,12 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("a past time", {"expiration": "2020-01-01T00:00:00Z"},
      "refusing to update policy as expiration time has already elapsed"),
     ("a zero ttl", {"ttl": 0}, "refusing to update policy as expiration time has already elapsed"),
-    ("not a time", {"expiration": "tomorrow"}, "invalid 'expiration' 'tomorrow': an RFC 3339 time or Unix seconds"),
+    ("not a time", {"expiration": "tomorrow"},
+     "invalid 'expiration' 'tomorrow': an RFC 3339 time (with its zone) or Unix seconds"),
+    ("a time without its zone", {"expiration": "2099-01-01T00:00:00"}, "an RFC 3339 time (with its zone)"),
+    ("a list", {"expiration": ["2099-01-01T00:00:00Z"]}, "an RFC 3339 time (with its zone)"),
+    ("a zone other than UTC", {"expiration": "2000-01-01T05:00:00+05:00"},
+     "refusing to update policy as expiration time has already elapsed"),
     ("past Unix seconds", {"expiration": "1000"}, "refusing to update policy as expiration time has already elapsed"),
     ("cas not a number", {"cas": "x"}, 'error converting input x for field "cas"'),
 ]
