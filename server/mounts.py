@@ -26,7 +26,7 @@ from server.telemetry import MountEvents
 from server.tokens.entry import MountInfo
 
 __all__ = [
-    "MOUNTS_KEY", "MountEntry", "Mount", "MountSystemView", "MountTable", "normalize_path", "MOUNT_CONFIG_FIELDS",
+    "BUILTIN_TUNABLE", "MOUNTS_KEY", "MountEntry", "Mount", "MountSystemView", "MountTable", "normalize_path", "MOUNT_CONFIG_FIELDS",
     "TUNE_FIELDS",
 ]
 
@@ -157,6 +157,16 @@ TUNE_FIELDS = FieldSet({
 #: ``running_plugin_version`` of every mount: authmount's own version, built in (OpenBao shows
 #: ``v2.7.2+builtin.bao``, Vault ``v1.x.y+builtin.vault``).
 RUNNING_VERSION = f"v{VERSION}+builtin.authmount"
+
+
+#: What OpenBao lets a tune of a built-in backend (``sys/``, ``identity/``) change.
+BUILTIN_TUNABLE = ("audit_non_hmac_request_keys", "audit_non_hmac_response_keys")
+
+
+def _table(old: Any, entries: list[Any]) -> dict[str, Any]:
+    """The stored table with these ``entries`` (and the rest of it, the built-in backends'
+    tuning, as it was)."""
+    return {**(old or {}), "entries": entries}
 
 
 def normalize_path(path: str) -> str:
@@ -379,6 +389,8 @@ class MountTable:
         self.verbose_login_errors = verbose_login_errors
         self.mounts: dict[str, Mount] = {}
         self._by_uuid: dict[str, Mount] = {}
+        #: The built-in backends' tuning (``tune_builtin``), by point: ``{"sys/": {...}}``.
+        self.builtin: dict[str, dict[str, list[str]]] = {}
         self._accessors: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
         self._refresh = Refresh(self.reload, "mounts_reload_failed")
@@ -414,7 +426,7 @@ class MountTable:
             entries = list((old or {}).get("entries", []))
             if not any(e.get("path") == "token/" for e in entries):
                 entries.insert(0, self._new_entry("token/", "token", "token based credentials", {}).to_json())
-                return {"entries": entries}
+                return _table(old, entries)
             return old
 
         stored = await self.storage.update(MOUNTS_KEY, ensure_token)
@@ -442,6 +454,8 @@ class MountTable:
             system = MountSystemView(self, entry.path, self.fetcher, PrefixSealer(self.sealer, prefix))
             new[entry.path] = system._mount = Mount(entry, backend, PrefixedStorage(self.storage, prefix), system)
         gone = [m for p, m in self.mounts.items() if p not in new or new[p] is not m]
+        builtin = (stored or {}).get("builtin")
+        self.builtin = {k: dict(v) for k, v in builtin.items()} if isinstance(builtin, dict) else {}
         self.mounts = new
         self._by_uuid = {m.entry.uuid: m for m in new.values()}
         self._accessors = frozenset(m.entry.accessor for m in new.values())
@@ -506,7 +520,7 @@ class MountTable:
             if any(e.get("accessor") == entry.accessor for e in entries):  # a live mount's: draw again
                 raise _AccessorTaken()
             entries.append(entry.to_json())
-            return {"entries": entries}
+            return _table(old, entries)
 
         async with self._lock:
             while True:
@@ -544,7 +558,7 @@ class MountTable:
             if len(kept) == len(entries):
                 raise _NotMounted()  # nothing to write
             removed[:] = [MountEntry.from_json(e) for e in entries if e["path"] == norm]
-            return {"entries": kept}
+            return _table(old, kept)
 
         async with self._lock:
             try:
@@ -600,12 +614,37 @@ class MountTable:
                         e["config"] = self._validate_config(values, stored.config, tune=True)
                         e["description"] = stored.description if description is None else description
                         e["options"] = stored.options | added
-                        return {"entries": entries}
+                        return _table(old, entries)
                 raise InvalidRequest(f'tune of path "auth/{norm}" failed: no mount entry found')
 
             stored = await self.storage.update(MOUNTS_KEY, change)
             self._apply(stored)
             return self.mounts[norm].entry
+
+    async def tune_builtin(self, point: str, values: Mapping[str, Any]) -> None:
+        """Tune the built-in backend at ``point`` (``sys/``, ``identity/``): only
+        ``BUILTIN_TUNABLE``, as OpenBao; each list replaces the stored one. ``values``: the
+        tune fields the request sent (the path's own field left out).
+
+        :raises InvalidRequest: ``cannot tune parameter <field> of <point>`` (OpenBao's text)
+            for any other tune field, or a value that is not a list of strings.
+        """
+        refused = sorted(k for k in values if k not in BUILTIN_TUNABLE)
+        if refused:
+            raise InvalidRequest(f"cannot tune parameter {refused[0]} of {point}")
+        parsed, _ = MOUNT_CONFIG_FIELDS.parse({k: v for k, v in values.items() if k in BUILTIN_TUNABLE})
+        if not parsed:
+            return
+
+        def change(old: Any) -> Any:
+            table = dict(old or {})
+            builtin = dict(table.get("builtin") or {})
+            builtin[point] = {k: v for k, v in {**builtin.get(point, {}), **parsed}.items() if v}
+            table["builtin"] = builtin
+            return table
+
+        async with self._lock:
+            self._apply(await self.storage.update(MOUNTS_KEY, change))
 
     async def move(self, src: str, dst: str, migration_id: str) -> MountEntry:
         """Move the mount at ``src`` to ``dst`` (``sys/remount``): its accessor, uuid, storage,
@@ -635,7 +674,7 @@ class MountTable:
             entry.moves.append({"id": migration_id, "from": src})
             entries[index] = entry.to_json()
             moved[:] = [entry]
-            return {"entries": entries}
+            return _table(old, entries)
 
         async with self._lock:
             gone = self._apply(await self.storage.update(MOUNTS_KEY, change))
@@ -654,7 +693,7 @@ class MountTable:
                     entry = MountEntry.from_json(e)
                     entry.moves = [m for m in entry.moves if m.get("id") != migration_id]
                     entries[i] = entry.to_json()
-                    return {"entries": entries}
+                    return _table(old, entries)
             raise _NotMounted()
 
         async with self._lock:

@@ -31,7 +31,7 @@ from aiohttp import web
 from plugin.errors import PluginError, RateLimited
 from plugin.framework import Operation, Request, Response
 from server import telemetry
-from server.appkeys import AUDIT, ISSUED, REQUEST_ID, TOKEN_RAW, TOKENS
+from server.appkeys import AUDIT, ISSUED, MOUNTS, REQUEST_ID, TOKEN_RAW, TOKENS
 from server.audit import AuditUnavailable, Record
 from server.mounts import MountEntry
 from server.storage import unavailable_reason
@@ -109,6 +109,10 @@ class Exchange:
         if mount is not None:
             rec.mount_accessor = mount.accessor
             cfg = mount.config
+        else:  # sys/ or identity/: their tuning (sys/mounts/<point>/tune)
+            table = request.app.get(MOUNTS)
+            cfg = table.builtin.get(self.mount_point, {}) if table is not None else {}
+        if cfg:
             keys = cfg.get("audit_non_hmac_request_keys")
             if keys:
                 rec.non_hmac_request = frozenset(keys)

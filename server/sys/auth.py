@@ -97,6 +97,14 @@ TUNE_PATH_FIELDS = FieldSet({
 })
 
 
+#: ``sys/mounts/sys/tune`` and ``sys/mounts/identity/tune``: every tune field is known (a
+#: write of one but ``BUILTIN_TUNABLE`` is refused with OpenBao's text, not ignored).
+BUILTIN_TUNE_FIELDS = FieldSet({
+    "builtin": Field(FieldType.NAME, "sys or identity."),
+    **{k: f for k, f in TUNE_PATH_FIELDS.items() if k != "path"},
+})
+
+
 _SEMVER = re.compile(r"v?(\d+(?:\.\d+)*)((?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)")
 
 
@@ -191,11 +199,15 @@ def paths(b: SysBackend) -> list[SysPath]:
         await core.mounts.tune(norm, {k: v for k, v in values.items() if k not in ignored})
 
     async def builtin_tune(req: Request, values: dict[str, Any]) -> Response:
-        _, description, passthrough, _ = _BUILTIN_MOUNTS[values["builtin"] + "/"]
+        point = values["builtin"] + "/"
+        _, description, passthrough, _ = _BUILTIN_MOUNTS[point]
         settings = core.settings
         return Response(data={"default_lease_ttl": settings.default_lease_ttl, "description": description,
                               "force_no_cache": False, "max_lease_ttl": settings.max_lease_ttl,
-                              "passthrough_request_headers": [passthrough]})
+                              "passthrough_request_headers": [passthrough], **core.mounts.builtin.get(point, {})})
+
+    async def builtin_retune(req: Request, values: dict[str, Any]) -> None:
+        await core.mounts.tune_builtin(values["builtin"] + "/", {k: v for k, v in values.items() if k != "builtin"})
 
     async def locked_users(req: Request, values: dict[str, Any]) -> Response:
         accessor = values.get("mount_accessor") or ""
@@ -269,8 +281,10 @@ def paths(b: SysBackend) -> list[SysPath]:
                 {Operation.READ: read_tune, Operation.UPDATE: tune},
                 "Read or change an auth mount's tuning (where the Vault CLI's `auth tune` sends it).",
                 sudo=True, copy_top=True),
-        SysPath("mounts/(?P<builtin>sys|identity)/tune/*", FieldSet({"builtin": Field(FieldType.NAME, "sys or identity.")}),
-                {Operation.READ: builtin_tune}, "Read the tuning of a built-in backend (hvac's read_mount_configuration).",
+        SysPath("mounts/(?P<builtin>sys|identity)/tune/*", BUILTIN_TUNE_FIELDS,
+                {Operation.READ: builtin_tune, Operation.UPDATE: builtin_retune},
+                "Read the tuning of a built-in backend (hvac's read_mount_configuration), or change which "
+                "request and response keys the audit log writes in clear for it (OpenBao lets only those change).",
                 copy_top=True),
         # Vault locks out users of password methods only: jwt and oidc logins never lock anyone.
         SysPath("locked-users", FieldSet({"mount_accessor": Field(FieldType.STRING, "Only this mount's users.")}),

@@ -607,6 +607,25 @@ def test_policy_check_and_set_as_openbao(servers: tuple[ServerProc, BaoProc]) ->
     assert mismatches == [], "\n".join(map(repr, mismatches))
 
 
+#: The built-in backends' tuning: only the audit keys may change (OpenBao's rule).
+BUILTIN_TUNE_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "sys/mounts/sys/tune", {"description": "x"}),
+    ("POST", "sys/mounts/sys/tune", {"audit_non_hmac_request_keys": ["path"], "default_lease_ttl": "1h"}),
+    ("POST", "sys/mounts/sys/tune", {"audit_non_hmac_request_keys": ["path"]}), ("GET", "sys/mounts/sys/tune", None),
+    ("POST", "sys/mounts/identity/tune", {"audit_non_hmac_response_keys": "name,id"}),
+    ("GET", "sys/mounts/identity/tune", None), ("POST", "sys/mounts/identity/tune", {"plugin_version": "v1"}),
+    ("POST", "sys/mounts/identity/tune", {"token_type": "batch"}),
+    ("POST", "sys/mounts/identity/tune", {"audit_non_hmac_response_keys": []}), ("GET", "sys/mounts/identity/tune", None),
+    ("POST", "sys/mounts/sys/tune", {"audit_non_hmac_request_keys": ""}), ("GET", "sys/mounts/sys/tune", None),
+]
+
+
+def test_built_in_tuning_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    mismatches = _run_steps(servers, BUILTIN_TUNE_STEPS, ("audit_non_hmac_request_keys", "audit_non_hmac_response_keys",
+                                                          "description", "default_lease_ttl"), {})
+    assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
 def test_a_detailed_policy_list_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     """``LIST sys/policies/detailed/acl``: every policy with its read's fields (compared on
     one written here, and on root)."""

@@ -430,6 +430,32 @@ async def test_non_hmac_keys_of_the_mount(aiohttp_client: AiohttpClient, tmp_pat
     assert listed["response"]["data"]["keys"] == ["ci"]
 
 
+async def test_non_hmac_keys_of_the_built_in_backends(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
+    """``sys/mounts/sys/tune`` and ``sys/mounts/identity/tune`` (OpenBao's: only these two keys
+    may change there): the audit log writes those keys of sys/ and identity/ requests in clear."""
+    client = await _client(aiohttp_client)
+    log = tmp_path / "audit.log"
+    for point, body in (("sys", {"audit_non_hmac_request_keys": ["policy"]}),
+                        ("identity", {"audit_non_hmac_response_keys": "name"})):
+        assert (await client.post(f"/v1/sys/mounts/{point}/tune", json=body, headers=H)).status == 204
+    refused = await client.post("/v1/sys/mounts/sys/tune", json={"max_lease_ttl": "1h"}, headers=H)
+    assert (refused.status, (await refused.json())["errors"]) == (400, ["cannot tune parameter max_lease_ttl of sys/"])
+    tune = await (await client.get("/v1/sys/mounts/sys/tune", headers=H)).json()
+    assert tune["data"]["audit_non_hmac_request_keys"] == ["policy"]
+    await _enable(client, "file", type="file", options={"file_path": str(log)})
+    rule = 'path "a" { capabilities = ["read"] }'
+    assert (await client.put("/v1/sys/policies/acl/p", json={"policy": rule}, headers=H)).status == 204
+    assert (await client.post("/v1/identity/group", json={"name": "ops"}, headers=H)).status == 200
+    assert (await client.post("/v1/sys/mounts/sys/tune", json={"audit_non_hmac_request_keys": []}, headers=H)).status == 204
+    assert (await client.put("/v1/sys/policies/acl/q", json={"policy": rule}, headers=H)).status == 204
+    entries = _entries(log)
+    written = {e["request"]["path"]: e["request"]["data"]["policy"] for e in entries
+               if e["type"] == "request" and e["request"]["path"].startswith("sys/policies/acl/")}
+    assert written["sys/policies/acl/p"] == rule and written["sys/policies/acl/q"].startswith("hmac-sha256:")
+    group = next(e for e in entries if e["type"] == "response" and e["request"]["path"] == "identity/group")
+    assert group["response"]["data"]["name"] == "ops" and group["response"]["data"]["id"].startswith("hmac-sha256:")
+
+
 async def test_error_entries_follow_vault(aiohttp_client: AiohttpClient, tmp_path: Path) -> None:
     client = await _client(aiohttp_client)
     log = tmp_path / "audit.log"

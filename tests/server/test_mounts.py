@@ -279,6 +279,28 @@ async def test_invalidation_reaches_backend_and_reloads_table() -> None:
     assert "jwt/" not in node_b.mounts and mount_b.backend.cleaned
 
 
+async def test_built_in_tuning_lives_beside_the_mounts() -> None:
+    """``tune_builtin`` (sys/mounts/sys/tune): kept in the table's document, so another node
+    sees it on the table's announcement, and no later change of a mount drops it."""
+    storage = InMemoryStorage()
+    node_a, node_b = await make_table(storage), await make_table(storage)
+    await node_a.tune_builtin("sys/", {"audit_non_hmac_request_keys": "policy, name"})
+    await node_a.enable("jwt", "rec")
+    await node_a.tune("jwt", {"default_lease_ttl": "1h"})
+    await node_a.disable("jwt")
+    node_b.invalidate(MOUNTS_KEY)
+    reload = node_b._refresh._task
+    assert reload is not None
+    await reload
+    assert node_b.builtin == {"sys/": {"audit_non_hmac_request_keys": ["policy", "name"]}}
+    with pytest.raises(InvalidRequest, match="^cannot tune parameter description of identity/$"):
+        await node_b.tune_builtin("identity/", {"audit_non_hmac_response_keys": ["x"], "description": "d"})
+    with pytest.raises(InvalidRequest, match="must be a list of strings"):
+        await node_b.tune_builtin("identity/", {"audit_non_hmac_response_keys": [1]})
+    await node_b.tune_builtin("sys/", {"audit_non_hmac_request_keys": []})
+    assert node_b.builtin == {"sys/": {}} and (await make_table(storage)).builtin == {"sys/": {}}
+
+
 async def test_sys_auth_shape() -> None:
     table = await make_table()
     entry = await table.enable("jwt", "rec", description="hello")
