@@ -126,16 +126,17 @@ _BUILTIN_MOUNTS = {"identity/": ("identity", "identity store", "Authorization", 
                    "sys/": ("system", "system endpoints used for control, policy and debugging", "Accept", True)}
 
 
-def _builtin_mounts(cluster_id: str) -> dict[str, dict[str, Any]]:
+def _builtin_mounts(cluster_id: str, tuned: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, Any]]:
     """``sys/mounts``: the built-in backends authmount serves besides auth mounts (``identity/``
-    and ``sys/``; it has no secrets engines), each with an accessor and uuid stable per cluster."""
+    and ``sys/``; it has no secrets engines), each with an accessor and uuid stable per cluster,
+    and its ``tuned`` audit keys (``MountTable.builtin``) in its config."""
     out = {}
     for path, (kind, description, passthrough, seal_wrap) in _BUILTIN_MOUNTS.items():
         ident = uuid.uuid5(uuid.NAMESPACE_URL, f"authmount:{path.rstrip('/')}:{cluster_id}")
         out[path] = {
             "accessor": f"{kind}_{ident.hex[:8]}",
             "config": {"default_lease_ttl": 0, "force_no_cache": False, "max_lease_ttl": 0,
-                       "passthrough_request_headers": [passthrough]},
+                       "passthrough_request_headers": [passthrough], **tuned.get(path, {})},
             "description": description, "external_entropy_access": False, "local": False, "options": None,
             "plugin_version": "", "running_plugin_version": RUNNING_VERSION, "running_sha256": "",
             "seal_wrap": seal_wrap, "type": kind, "uuid": str(ident),
@@ -219,7 +220,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         return None
 
     async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
-        return Response(data=_builtin_mounts(core.cluster_id))
+        return Response(data=_builtin_mounts(core.cluster_id, core.mounts.builtin))
 
     async def caller_acl(req: Request) -> ACL | None:
         """The ACL of the token the caller sent (None: it sent none), as Vault reads it on
@@ -246,7 +247,7 @@ def paths(b: SysBackend) -> list[SysPath]:
                 auth[path] = m.entry.public()
             elif visible:
                 auth[path] = {"type": m.entry.type, "description": m.entry.description, "options": dict(m.entry.options)}
-        secret = {} if acl is None else {path: info for path, info in _builtin_mounts(core.cluster_id).items()
+        secret = {} if acl is None else {path: info for path, info in _builtin_mounts(core.cluster_id, core.mounts.builtin).items()
                                          if acl.has_mount_access(path)}
         return Response(data={"auth": auth, "secret": secret})
 
@@ -260,7 +261,7 @@ def paths(b: SysBackend) -> list[SysPath]:
             raise PermissionDenied()
         builtin = next((p for p in _BUILTIN_MOUNTS if path.startswith(p)), None)
         if builtin is not None:
-            info, full = {**_builtin_mounts(core.cluster_id)[builtin], "path": builtin}, builtin
+            info, full = {**_builtin_mounts(core.cluster_id, core.mounts.builtin)[builtin], "path": builtin}, builtin
         else:
             found = core.mounts.match(path.removeprefix("auth/")) if path.startswith("auth/") else None
             if found is None:

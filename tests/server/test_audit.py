@@ -442,6 +442,8 @@ async def test_non_hmac_keys_of_the_built_in_backends(aiohttp_client: AiohttpCli
     assert (refused.status, (await refused.json())["errors"]) == (400, ["cannot tune parameter max_lease_ttl of sys/"])
     tune = await (await client.get("/v1/sys/mounts/sys/tune", headers=H)).json()
     assert tune["data"]["audit_non_hmac_request_keys"] == ["policy"]
+    listed = (await (await client.get("/v1/sys/mounts", headers=H)).json())["data"]
+    assert listed["sys/"]["config"]["audit_non_hmac_request_keys"] == ["policy"]  # as OpenBao lists it
     await _enable(client, "file", type="file", options={"file_path": str(log)})
     rule = 'path "a" { capabilities = ["read"] }'
     assert (await client.put("/v1/sys/policies/acl/p", json={"policy": rule}, headers=H)).status == 204
