@@ -30,6 +30,7 @@ __all__ = [
     "NotFound",
     "UnsupportedPath",
     "UnsupportedOperation",
+    "UnsupportedMediaType",
     "RateLimited",
     "UpstreamError",
 ]
@@ -98,6 +99,13 @@ class UnsupportedOperation(PluginError):
 
     status = 405
     default_message = "unsupported operation"
+
+
+class UnsupportedMediaType(PluginError):
+    """The body's ``Content-Type`` is not one the operation reads (a ``PATCH`` that is not a
+    JSON merge patch). HTTP 415."""
+
+    status = 415
 
 
 class RateLimited(PluginError):

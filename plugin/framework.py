@@ -56,6 +56,8 @@ class Operation(str, Enum):
     DELETE = "delete"
     LIST = "list"
     RENEW = "renew"
+    #: HTTP ``PATCH`` with a JSON merge patch: change only the fields sent (OpenBao's).
+    PATCH = "patch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +372,7 @@ class Route:
 
 
 #: The operations ``Request.refuse_unknown`` applies to.
-_WRITES = frozenset({Operation.CREATE, Operation.UPDATE, Operation.DELETE})
+_WRITES = frozenset({Operation.CREATE, Operation.UPDATE, Operation.DELETE, Operation.PATCH})
 
 #: Characters that make a pattern more than one literal path.
 _REGEX_CHARS = frozenset(".^$*+?{}[]()|\\")
@@ -535,6 +537,7 @@ _OPENAPI_VERBS = {
     Operation.UPDATE: ("post", "write"),
     Operation.DELETE: ("delete", "delete"),
     Operation.LIST: ("get", "list"),
+    Operation.PATCH: ("patch", "patch"),
 }
 #: Every documented operation may answer with Vault's error body (``pathdoc.OPENAPI_COMPONENTS``).
 _OPENAPI_ERROR = {"description": "An error: the status names its kind, the body every message.",
@@ -546,6 +549,8 @@ _OPENAPI_RESPONSES = {
     # 200: with warnings (an ignored parameter, say)
     "delete": {"200": {"description": "OK, with warnings"}, "204": {"description": "OK, no body"},
                "default": _OPENAPI_ERROR},
+    "patch": {"200": {"description": "OK, with a body"}, "204": {"description": "OK, no body"},
+              "default": _OPENAPI_ERROR},
 }
 _NAMED_GROUP = re.compile(r"\(\?P<(\w+)>")
 
@@ -580,6 +585,8 @@ def _openapi_path(spec: PathSpec, mount_prefix: str) -> tuple[str, dict[str, Any
                                      "operationId": f"{word}-{slug}", "tags": [route.split("/")[1]]}
         if verb == "post":
             operation["requestBody"] = body
+        elif verb == "patch":
+            operation["requestBody"] = {"content": {"application/merge-patch+json": {"schema": schema}}}
         if op is Operation.LIST:
             operation["parameters"] = [
                 {"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]

@@ -156,6 +156,19 @@ class CelRole:
 # The program's answer as an Auth
 
 
+def _role(name: str, values: dict[str, Any], base: CelRole | None = None) -> CelRole:
+    """The role a write stores (``base`` None: a field it leaves out takes its default) or a
+    patch (``base``, the stored role: a field it leaves out keeps its value)."""
+    was = base or CelRole(name=name, cel_program=values["cel_program"])
+    return CelRole(
+        name=name, cel_program=values.get("cel_program", was.cel_program), message=values.get("message", was.message),
+        expiration_leeway=values.get("expiration_leeway", was.expiration_leeway),
+        not_before_leeway=values.get("not_before_leeway", was.not_before_leeway),
+        clock_skew_leeway=values.get("clock_skew_leeway", was.clock_skew_leeway),
+        bound_audiences=copy.deepcopy(values.get("bound_audiences", was.bound_audiences)),
+    )
+
+
 def _seconds(name: str, value: Any) -> int:
     """A duration field: a CEL ``duration`` or, as OpenBao's protobuf ``int64``, nanoseconds."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -318,19 +331,22 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
         return None if found is None else Response(data=found[0].public())
 
     async def write(req: Request, values: dict[str, Any]) -> Response:
-        name = values["name"]
         if "cel_program" not in values:
             raise InvalidRequest("missing required field 'cel_program'")
-        role = CelRole(
-            name=name, cel_program=values["cel_program"], message=values.get("message", ""),
-            expiration_leeway=values.get("expiration_leeway", 150),
-            not_before_leeway=values.get("not_before_leeway", 150),
-            clock_skew_leeway=values.get("clock_skew_leeway", 60),
-            bound_audiences=copy.deepcopy(values.get("bound_audiences", [])),
-        )
+        return await store(req, _role(values["name"], values))
+
+    async def patch(req: Request, values: dict[str, Any]) -> Response:
+        """OpenBao's PATCH: the fields sent replace the stored role's (a ``cel_program`` sent
+        replaces the whole program)."""
+        found = await backend.cel_role(req.require_storage(), values["name"])
+        if found is None:
+            raise InvalidRequest("Unable to fetch cel role entry to patch")
+        return await store(req, _role(values["name"], values, found[0]))
+
+    async def store(req: Request, role: CelRole) -> Response:
         program = compile_program(role.cel_program)
-        await req.require_storage().put(CEL_ROLE_PREFIX + name, role.to_storage())
-        backend.install_cel_role(name, role, program)
+        await req.require_storage().put(CEL_ROLE_PREFIX + role.name, role.to_storage())
+        backend.install_cel_role(role.name, role, program)
         return Response(data=role.public())
 
     async def delete(req: Request, values: dict[str, Any]) -> None:
@@ -391,7 +407,7 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
         ),
         PathSpec(
             f"cel/role/(?P<name>{ROLE_NAME_RE})", CEL_ROLE_FIELDS,
-            {Operation.READ: read, Operation.UPDATE: write, Operation.DELETE: delete},
+            {Operation.READ: read, Operation.UPDATE: write, Operation.PATCH: patch, Operation.DELETE: delete},
             "Manage a CEL role.", "A CEL role validates a JWT with a CEL program that decides the token's policies.",
         ),
         PathSpec(

@@ -38,7 +38,7 @@ __all__ = [
 
 log = structlog.get_logger("authmount.policies")
 
-# "patch" is accepted so Vault policies that mention it load; no authmount path uses it.
+# "patch": the capability of a PATCH (OpenBao's, of sys/policies/acl/<name> and CEL roles).
 CAPABILITIES = ("create", "read", "update", "delete", "list", "sudo", "deny", "patch")
 POLICY_PREFIX = "sys/policy/"
 _LEGACY = {

@@ -14,7 +14,14 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from plugin.backend import JWTAuthBackend
-from plugin.errors import InvalidRequest, PermissionDenied, PluginError, UnsupportedOperation, UnsupportedPath
+from plugin.errors import (
+    InvalidRequest,
+    PermissionDenied,
+    PluginError,
+    UnsupportedMediaType,
+    UnsupportedOperation,
+    UnsupportedPath,
+)
 from plugin.framework import Backend, Connection, Operation, Request, Response, Route
 from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
 from plugin.schema import parse_duration
@@ -79,8 +86,10 @@ _BOOL = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": Tr
          "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
 _CAPABILITY = {
     Operation.READ: "read", Operation.LIST: "list", Operation.DELETE: "delete",
-    Operation.CREATE: "create", Operation.UPDATE: "update",
+    Operation.CREATE: "create", Operation.UPDATE: "update", Operation.PATCH: "patch",
 }
+#: The only body a ``PATCH`` takes (OpenBao's rule): a JSON merge patch (RFC 7396).
+MERGE_PATCH = "application/merge-patch+json"
 #: Bodies read as a form (unless they start with ``{``). Vault reads ``multipart/form-data``
 #: as JSON too (OpenBao 2.7.2 answers ``failed to decode JSON input``): so does authmount.
 _FORM_TYPES = ("application/x-www-form-urlencoded",)
@@ -284,6 +293,12 @@ async def read_operation(request: web.Request) -> tuple[Operation, dict[str, Any
         return Operation.UPDATE, await read_body(request)
     if method == "DELETE":
         return Operation.DELETE, _multi(request.query.items()) if request.query_string else {}
+    if method == "PATCH":
+        if "Content-Type" not in request.headers:
+            raise InvalidRequest("mime: no media type")  # OpenBao's (Go's) text
+        if request.content_type != MERGE_PATCH:
+            raise UnsupportedMediaType(f"PATCH requires Content-Type of {MERGE_PATCH}, provided {request.content_type}")
+        return Operation.PATCH, await read_body(request)
     raise UnsupportedOperation()
 
 
@@ -372,7 +387,7 @@ async def authorize(
         if granted and judged is not None and acl.constrained:
             op, route = judged.operation, judged.route
             # Vault judges the parameters of reads and writes only (not of a LIST or a DELETE).
-            data = judged.data if op is Operation.READ or op is Operation.UPDATE else None
+            data = judged.data if op is Operation.READ or op is Operation.UPDATE or op is Operation.PATCH else None
             granted = acl.permits(path, data, route.spec.fields if route is not None else None,
                                   wrap_ttl=requested_wrap_ttl(request), listing=op is Operation.LIST)
     if not granted:

@@ -164,6 +164,25 @@ def paths(b: SysBackend) -> list[SysPath]:
             cas=values.get("cas"), cas_required=bool(values.get("cas_required")), expiration=expiration,
         )
 
+    async def patch(req: Request, values: dict[str, Any]) -> Response:
+        """OpenBao's PATCH: the fields sent change, the others keep their stored values (the
+        expiration too); a check-and-set on the version read unless ``cas`` is sent. Answered
+        as OpenBao answers it: 200, an envelope without data."""
+        found = await core.policies.entry(values["name"])
+        if found is None:
+            raise InvalidRequest("policy not found")
+        text = values.get("policy", found.text)
+        if not text or not text.strip():
+            raise InvalidRequest(_EMPTY)
+        expiration = _expiration(values, core.policies.clock()) if "expiration" in values or "ttl" in values \
+            else found.expiration
+        flags = {k: bool(values[k]) if k in values else found.flags[k] for k in TEMPLATE_FLAGS}
+        await core.policies.put(
+            values["name"], _unbase64(text), flags, cas=values.get("cas", found.version),
+            cas_required=bool(values.get("cas_required", found.cas_required)), expiration=expiration,
+        )
+        return Response()
+
     async def delete(req: Request, values: dict[str, Any]) -> None:
         await core.policies.delete(values["name"])
 
@@ -172,8 +191,8 @@ def paths(b: SysBackend) -> list[SysPath]:
         SysPath("policies/acl/?", FieldSet({}), {Operation.LIST: names}, "List ACL policies."),
         SysPath("policies/detailed/acl/?", FieldSet({}), {Operation.LIST: detailed},
                 "List ACL policies with what each one's read shows (OpenBao's)."),
-        SysPath(r"policies/acl/(?P<name>[\s\S]+)", POLICY_FIELDS, {Operation.READ: read, **one},
-                "Read, write or delete an ACL policy."),
+        SysPath(r"policies/acl/(?P<name>[\s\S]+)", POLICY_FIELDS, {Operation.READ: read, Operation.PATCH: patch, **one},
+                "Read, write, patch (OpenBao's: the fields sent) or delete an ACL policy."),
         SysPath("policy/?", FieldSet({}), {Operation.READ: legacy_names, Operation.LIST: legacy_names},
                 "List policies (legacy: keys and policies).", copy_top=True),
         SysPath(r"policy/(?P<name>[\s\S]+)", POLICY_FIELDS, {Operation.READ: legacy_read, **one},

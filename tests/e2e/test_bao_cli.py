@@ -248,6 +248,20 @@ def test_policy_commands(bao: Bao) -> None:
     assert refused.returncode == 2 and 'cannot delete default policy' in refused.stderr
 
 
+def test_policy_check_and_set_and_patch(bao: Bao) -> None:
+    """OpenBao 2.x's: ``cas``/``cas_required`` on a write, ``bao patch`` (a JSON merge patch)."""
+    rule = 'path "a" { capabilities = ["read"] }'
+    bao("write", "sys/policies/acl/guarded", f"policy={rule}", "cas=-1", "cas_required=true")
+    again = bao("write", "sys/policies/acl/guarded", f"policy={rule}", check=False)
+    assert again.returncode == 2 and "check-and-set parameter required for this call" in again.stderr
+    bao("patch", "sys/policies/acl/guarded", "cas_required=false", "ttl=1h")
+    read = json.loads(bao("read", "-format=json", "sys/policies/acl/guarded").stdout)["data"]
+    assert (read["version"], read["cas_required"], read["policy"]) == (2, False, rule) and read["expiration"]
+    missing = bao("patch", "sys/policies/acl/nope", "cas_required=true", check=False)
+    assert missing.returncode == 2 and "policy not found" in missing.stderr
+    bao("delete", "sys/policies/acl/guarded")
+
+
 
 def test_a_policy_with_parameter_constraints(bao: Bao, key: KeyPair) -> None:
     """``vault write`` sends every value as a string (``token_policies=a,b``): a team token

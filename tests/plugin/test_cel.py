@@ -488,3 +488,23 @@ def test_no_variables_is_absent_null_or_an_empty_list(raw: dict[str, Any]) -> No
     """Only these mean no variables; ``{}``, ``""`` or ``false`` are refused (OpenBao's JSON decoding)."""
     program = CelProgram.from_raw(raw)
     assert program.variables == () and program.to_json() == {"expression": "true"}
+
+
+async def test_a_patch_changes_only_the_fields_sent(h: Harness) -> None:
+    """OpenBao's PATCH of a CEL role: the stored role with the fields sent; a program sent
+    replaces the program (and is compiled, so a bad one changes nothing)."""
+    resp = await h.call(Operation.PATCH, "cel/role/release", {"message": "tags only", "clock_skew_leeway": "5s"})
+    assert resp is not None and resp.data is not None
+    assert resp.data == {
+        "name": "release", "cel_program": PROGRAM, "message": "tags only", "expiration_leeway": 150,
+        "not_before_leeway": 150, "clock_skew_leeway": 5, "bound_audiences": ["vault"],
+    }
+    with raises("cel_program: expression: undeclared reference to 'nope'"):
+        await h.call(Operation.PATCH, "cel/role/release", {"cel_program": {"expression": "nope == 1"}})
+    with pytest.raises(PluginError, match="blocked authorization: tags only$"):
+        await h.write("cel/login", {"role": "release", "jwt": token(h, ref="main")})  # the patched role is in use
+    found = await h.backend.cel_role(h.storage, "release")
+    assert found is not None and found[0].message == "tags only" and found[0].cel_program.to_json() == PROGRAM
+    with raises("Unable to fetch cel role entry to patch"):
+        await h.call(Operation.PATCH, "cel/role/nope", {"message": "m"})
+    assert await h.backend.cel_role(h.storage, "nope") is None

@@ -336,7 +336,13 @@ async def test_unsupported_path_in_mount(echo: Client) -> None:
 
 
 async def test_unsupported_method_is_405(echo: Client) -> None:
-    resp = await echo.patch("/v1/auth/echo/item/a", json={}, headers=H)
+    merge = {**H, "Content-Type": "application/merge-patch+json"}
+    resp = await echo.patch("/v1/auth/echo/item/a", data=b"{}", headers=merge)
+    assert resp.status == 405  # the path takes no PATCH
+    resp = await echo.patch("/v1/auth/echo/item/a", json={}, headers=H)  # as OpenBao: the body's type first
+    assert (resp.status, (await resp.json())["errors"]) == (
+        415, ["PATCH requires Content-Type of application/merge-patch+json, provided application/json"])
+    resp = await echo.request("TRACE", "/v1/auth/echo/item/a", headers=H)
     assert resp.status == 405
 
 
