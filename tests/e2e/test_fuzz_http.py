@@ -72,7 +72,8 @@ VALUES: list[Any] = [
     "http://127.0.0.1:1/x", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----",
     "a.b.c", "eyJhbGciOiJub25lIn0.e30.", "default", "root", "9" * 400, "9" * 400 + "s", "1." + "9" * 400 + "h",
 ]
-CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data"]
+CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data",
+                 "application/merge-patch+json"]
 
 
 def mutate(rng: random.Random, token: str) -> str:
@@ -276,17 +277,18 @@ class Campaign:
         that need no token."""
         paths = json.loads(self.call("GET", "/v1/sys/internal/specs/openapi")[2])["paths"]
         self.operations = [
-            (verb, route, op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            (verb, route, next(iter(op.get("requestBody", {}).get("content", {}).values()), {})
              .get("schema", {}).get("properties", {}))
             for route, entry in paths.items() if route not in STREAMING
-            for verb, op in entry.items() if verb in ("get", "post", "delete")
+            for verb, op in entry.items() if verb in ("get", "post", "delete", "patch")
         ]
         self.unauthenticated = {route for route, entry in paths.items() if entry.get("x-vault-unauthenticated")}
 
     def call(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
         data = b"" if body is None else json.dumps(body).encode()
+        kind = "application/merge-patch+json" if method == "PATCH" else "application/json"
         head = [f"{method} {path} HTTP/1.1", "Host: fuzz", "Connection: close", f"Content-Length: {len(data)}",
-                "Content-Type: application/json", f"X-Vault-Token: {token if token is not None else self.admin}"]
+                f"Content-Type: {kind}", f"X-Vault-Token: {token if token is not None else self.admin}"]
         port = self.ports[0] if len(self.ports) == 1 else random.choice(self.ports)
         return exchange(port, ("\r\n".join(head) + "\r\n\r\n").encode() + data)
 
@@ -361,9 +363,9 @@ def test_every_documented_operation_survives_random_values(tmp_path_factory: pyt
             path = re.sub(r"\{\w+\}", lambda _: rng.choice(CAPTURES), route)
             method = verb.upper() if rng.random() < 0.9 else rng.choice(METHODS)
             who = rng.choices(["admin", "bogus", "nobody"], weights=[8, 1, 1])[0]
-            body = campaign.body(rng, route, props) if method in ("POST", "PUT") else None
+            body = campaign.body(rng, route, props) if method in ("POST", "PUT", "PATCH") else None
             before = None
-            if STATEFUL.search(route) and method == "POST":
+            if STATEFUL.search(route) and method in ("POST", "PATCH"):
                 before = campaign.call("GET", "/v1" + path)
                 if before[0] == 403:  # an earlier request revoked the admin token
                     campaign.restore()
