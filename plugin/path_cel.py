@@ -65,8 +65,12 @@ _NS = 1_000_000_000
 _TOKEN_TYPES = {0: "default", 1: "service", 2: "batch", 3: "default-service", 4: "default-batch"}
 
 
-def _program(raw: Any) -> CelProgram:
-    return CelProgram.from_raw(raw)
+def _program_object(raw: Any) -> dict[str, Any]:
+    """``cel_program`` as sent: an object, read into a program by the write (a PATCH's first
+    merged over the stored program's)."""
+    if not isinstance(raw, dict):
+        raise InvalidRequest("failed to decode 'cel_program': expected an object")
+    return raw
 
 
 CEL_ROLE_FIELDS = FieldSet({
@@ -78,7 +82,7 @@ CEL_ROLE_FIELDS = FieldSet({
         "(a timestamp) and 'operation'. Compiled when written: syntax errors, undeclared names and unknown "
         "functions or pb.Auth fields are refused. At most 32 variables of 4096 characters each; a login's "
         "program may take 10000 evaluation steps and 50 ms of CPU, and build no value past 65536 elements.",
-        required=True, parse=_program,
+        required=True, parse=_program_object,
     ),
     "message": Field(FieldType.STRING, "The refusal's message when the program returns false.", default=""),
     "expiration_leeway": Field(
@@ -333,15 +337,21 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
     async def write(req: Request, values: dict[str, Any]) -> Response:
         if "cel_program" not in values:
             raise InvalidRequest("missing required field 'cel_program'")
-        return await store(req, _role(values["name"], values))
+        program = CelProgram.from_raw(values["cel_program"])
+        return await store(req, _role(values["name"], {**values, "cel_program": program}))
 
     async def patch(req: Request, values: dict[str, Any]) -> Response:
-        """OpenBao's PATCH: the fields sent replace the stored role's (a ``cel_program`` sent
-        replaces the whole program)."""
+        """OpenBao's PATCH: the fields sent replace the stored role's; a ``cel_program`` sent
+        is laid over the stored program (``variables`` or ``expression`` alone keeps the
+        other, as OpenBao's decoding into the stored program does)."""
         found = await backend.cel_role(req.require_storage(), values["name"])
         if found is None:
             raise InvalidRequest("Unable to fetch cel role entry to patch")
-        return await store(req, _role(values["name"], values, found[0]))
+        old = found[0]
+        if "cel_program" in values:
+            program = CelProgram.from_raw({**old.cel_program.to_json(), **values["cel_program"]})
+            values = {**values, "cel_program": program}
+        return await store(req, _role(values["name"], values, old))
 
     async def store(req: Request, role: CelRole) -> Response:
         program = compile_program(role.cel_program)

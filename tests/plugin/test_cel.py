@@ -501,10 +501,18 @@ async def test_a_patch_changes_only_the_fields_sent(h: Harness) -> None:
     }
     with raises("cel_program: expression: undeclared reference to 'nope'"):
         await h.call(Operation.PATCH, "cel/role/release", {"cel_program": {"expression": "nope == 1"}})
+    with raises("failed to decode 'cel_program': expected an object"):
+        await h.call(Operation.PATCH, "cel/role/release", {"cel_program": "release"})
     with pytest.raises(PluginError, match="blocked authorization: tags only$"):
         await h.write("cel/login", {"role": "release", "jwt": token(h, ref="main")})  # the patched role is in use
     found = await h.backend.cel_role(h.storage, "release")
     assert found is not None and found[0].message == "tags only" and found[0].cel_program.to_json() == PROGRAM
+    tagged = "release ? pb.Auth{policies: ['tagged']} : false"
+    resp = await h.call(Operation.PATCH, "cel/role/release", {"cel_program": {"expression": tagged}})
+    assert resp is not None and resp.data is not None  # the expression replaced, the variables kept
+    assert resp.data["cel_program"] == {"variables": PROGRAM["variables"], "expression": tagged}
+    login = await h.call(Operation.UPDATE, "cel/login", {"role": "release", "jwt": token(h)})
+    assert login is not None and login.auth is not None and login.auth.policies == ["tagged"]
     with raises("Unable to fetch cel role entry to patch"):
         await h.call(Operation.PATCH, "cel/role/nope", {"message": "m"})
     assert await h.backend.cel_role(h.storage, "nope") is None
