@@ -251,6 +251,15 @@ def _typed(rng: random.Random, schema: dict[str, Any]) -> Any:
     return rng.choice(TYPED.get(kind, TYPED["string"]))
 
 
+def _properties(operation: dict[str, Any]) -> dict[str, Any]:
+    """The fields an OpenAPI operation's body takes (whatever its media type: a PATCH's is a
+    merge patch)."""
+    content: dict[str, Any] = operation.get("requestBody", {}).get("content", {})
+    for media in content.values():
+        return dict(media.get("schema", {}).get("properties", {}))
+    return {}
+
+
 class Campaign:
     """The documented operations of a running server, and the state that the requests need
     to stay meaningful: an admin token that the campaign may revoke and gets again, and the
@@ -277,9 +286,7 @@ class Campaign:
         that need no token."""
         paths = json.loads(self.call("GET", "/v1/sys/internal/specs/openapi")[2])["paths"]
         self.operations = [
-            (verb, route, next(iter(op.get("requestBody", {}).get("content", {}).values()), {})
-             .get("schema", {}).get("properties", {}))
-            for route, entry in paths.items() if route not in STREAMING
+            (verb, route, _properties(op)) for route, entry in paths.items() if route not in STREAMING
             for verb, op in entry.items() if verb in ("get", "post", "delete", "patch")
         ]
         self.unauthenticated = {route for route, entry in paths.items() if entry.get("x-vault-unauthenticated")}
