@@ -114,6 +114,10 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_security_rules.py",
         "tests/plugin/test_login_boundaries.py",
     ),
+    "server/http/tlsnames.py": (  # override_allowed_server_names: whom outbound TLS trusts
+        "tests/server/test_tlsnames.py",
+        "tests/server/test_fetcher.py",
+    ),
     "plugin/policyutil.py": (
         "tests/plugin/test_shared_rules.py",
         "tests/server/test_security_rules.py",
