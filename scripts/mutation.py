@@ -125,6 +125,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "server/acl/policies.py": (
         "tests/server/test_policies.py",
+        "tests/server/test_policy_versions.py",  # OpenBao's version, cas_required, modified, expiration
         "tests/server/test_acl_rules.py",
         "tests/server/test_security_rules.py",
         "tests/server/test_sys_capabilities.py",

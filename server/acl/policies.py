@@ -566,9 +566,9 @@ class PolicyStore:
         key = POLICY_PREFIX + name
         stored = await self.storage.get(key)
         if stored is not None and _expired(stored, self.clock()):
-            await self.storage.update(key, lambda old: None if old is None or _expired(old, self.clock()) else old)
+            # Removed only if it is still the expired row: a write since the read is kept, and read.
+            stored = await self.storage.update(key, lambda old: None if old is None or _expired(old, self.clock()) else old)
             self.invalidate()
-            stored = None
         if stored is not None:
             return StoredPolicy.from_row(stored)
         return StoredPolicy(DEFAULT_POLICY, flags, version=1) if name == "default" else None

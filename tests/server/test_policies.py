@@ -337,6 +337,7 @@ async def test_a_policy_an_older_version_wrote_is_version_zero(store: PolicyStor
     await store.storage.put("sys/policy/old", {"name": "old", "policy": RULE})
     found = await store.entry("old")
     assert found is not None and (found.version, found.cas_required, found.modified) == (0, False, None)
+    assert not any(found.flags.values())  # a row without its flags: none set
     await store.put("old", RULE, cas=0)
     found = await store.entry("old")
     assert found is not None and found.version == 1
@@ -354,3 +355,58 @@ async def test_an_expired_policy_is_gone() -> None:
     assert await store.entry("temp") is None
     assert await store.storage.get("sys/policy/temp") is None  # removed, as OpenBao removes it when loaded
     await store.put("temp", RULE, cas=-1)  # and a create may take the name again
+
+
+async def test_the_built_in_policies_read_as_written_by_no_one(store: PolicyStore) -> None:
+    for name in ("root", "response-wrapping", "default"):
+        found = await store.entry(name)
+        assert found is not None, name
+        assert (found.flags, found.cas_required, found.modified, found.expiration) == (
+            dict.fromkeys(("allow_slashes_in_identity_templates", "allow_wildcards_in_identity_templates"), False),
+            False, None, None)
+        assert found.version == (1 if name == "default" else 0)
+
+
+async def test_a_write_stores_what_a_read_gives_back(store: PolicyStore) -> None:
+    store.clock = lambda: 1_800_000_000.0
+    flags = {"allow_slashes_in_identity_templates": True, "allow_wildcards_in_identity_templates": False,
+             "not_a_flag": True}
+    await store.put("dev", RULE, flags, cas=-1, cas_required=True, expiration=1_900_000_000.0)
+    found = await store.entry("dev")
+    assert found is not None
+    assert found.public() == {"allow_slashes_in_identity_templates": True, "allow_wildcards_in_identity_templates": False,
+                              "version": 1, "cas_required": True, "modified": "2027-01-15T08:00:00Z",
+                              "expiration": "2030-03-17T17:46:40Z"}
+
+
+async def test_a_write_over_an_expired_row_is_a_create() -> None:
+    clock = [1_000.0]
+    store = PolicyStore(InMemoryStorage(), clock=lambda: clock[0])
+    await store.put("temp", RULE, cas=-1, cas_required=True, expiration=1_010.0)
+    clock[0] = 1_020.0  # expired, and nothing has read it since
+    await store.put("temp", RULE, cas=-1)  # no check-and-set of the expired row is asked for
+    found = await store.entry("temp")
+    assert found is not None and (found.version, found.cas_required, found.expiration) == (1, False, None)
+
+
+async def test_an_expired_row_rewritten_meanwhile_is_kept() -> None:
+    """The removal of an expired policy is a check of the stored row: a write that replaced it
+    between the read and the removal (another node's) is kept, and is what the read returns."""
+    clock = [1_000.0]
+    storage = InMemoryStorage()
+    store = PolicyStore(storage, clock=lambda: clock[0])
+    await store.put("temp", RULE, expiration=1_010.0)
+    expired = await storage.get("sys/policy/temp")
+    await store.put("temp", RULE + "\n# fresh")
+    clock[0] = 1_020.0
+    real_get = storage.get
+
+    async def stale_get(key: str) -> Any:
+        return expired if key == "sys/policy/temp" else await real_get(key)
+
+    storage.get = stale_get  # type: ignore[method-assign]  # the read saw the expired row
+    found = await store.entry("temp")
+    assert found is not None and found.text == RULE + "\n# fresh" and found.expiration is None
+    storage.get = real_get  # type: ignore[method-assign]
+    kept = await storage.get("sys/policy/temp")
+    assert kept is not None and kept["policy"] == RULE + "\n# fresh"
