@@ -57,22 +57,22 @@ def _unbase64(text: str) -> str:
     return raw.decode("utf-8", errors="replace")
 
 
-def _when(raw: Any) -> str:
-    """``expiration`` as written, checked: an RFC 3339 time with its zone, or Unix seconds.
-    Returned as the text given (``_expiration`` reads it).
+def _when(raw: Any) -> float:
+    """``expiration`` as written (an RFC 3339 time with its zone, or Unix seconds), as Unix
+    seconds.
 
-    :raises InvalidRequest: anything else.
+    :raises InvalidRequest: anything else, or a number of seconds no clock reaches.
     """
     text = str(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else ""
-    if text.isascii() and text.isdigit():
-        return text
     try:
-        zoned = datetime.fromisoformat(text.replace("Z", "+00:00")).tzinfo is not None
-    except ValueError:
-        zoned = False
-    if not zoned:
-        raise InvalidRequest(f"invalid 'expiration' {str(raw)[:64]!r}: an RFC 3339 time (with its zone) or Unix seconds")
-    return text
+        if text.isascii() and text.isdigit():
+            return float(int(text))
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if at.tzinfo is not None:
+            return at.timestamp()
+    except (ValueError, OverflowError):
+        pass
+    raise InvalidRequest(f"invalid 'expiration' {str(raw)[:64]!r}: an RFC 3339 time (with its zone) or Unix seconds")
 
 
 POLICY_NAME = Field(
@@ -113,8 +113,7 @@ def _expiration(values: dict[str, Any], now: float) -> float | None:
     if "ttl" in values:
         at = now + float(values["ttl"])
     elif "expiration" in values:
-        text = values["expiration"]  # checked by _when
-        at = float(int(text)) if text.isdigit() else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        at = values["expiration"]  # Unix seconds (_when)
     else:
         return None
     if not now < at:

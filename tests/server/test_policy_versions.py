@@ -35,6 +35,7 @@ REFUSALS: list[tuple[str, dict[str, Any], str]] = [
     ("a zone other than UTC", {"expiration": "2000-01-01T05:00:00+05:00"},
      "refusing to update policy as expiration time has already elapsed"),
     ("past Unix seconds", {"expiration": "1000"}, "refusing to update policy as expiration time has already elapsed"),
+    ("seconds past any clock", {"expiration": "9" * 400}, "an RFC 3339 time (with its zone) or Unix seconds"),
     ("cas not a number", {"cas": "x"}, 'error converting input x for field "cas"'),
 ]
 
