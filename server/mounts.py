@@ -632,7 +632,7 @@ class MountTable:
         refused = sorted(k for k in values if k not in BUILTIN_TUNABLE)
         if refused:
             raise InvalidRequest(f"cannot tune parameter {refused[0]} of {point}")
-        parsed, _ = MOUNT_CONFIG_FIELDS.parse({k: v for k, v in values.items() if k in BUILTIN_TUNABLE})
+        parsed, _ = MOUNT_CONFIG_FIELDS.parse(dict(values))  # only BUILTIN_TUNABLE is left
         if not parsed:
             return
 

@@ -219,8 +219,11 @@ def paths(b: SysBackend) -> list[SysPath]:
     async def unlock_user(req: Request, values: dict[str, Any]) -> None:
         return None
 
+    def builtin_mounts() -> dict[str, dict[str, Any]]:
+        return _builtin_mounts(core.cluster_id, core.mounts.builtin)
+
     async def secret_mounts(req: Request, values: dict[str, Any]) -> Response:
-        return Response(data=_builtin_mounts(core.cluster_id, core.mounts.builtin))
+        return Response(data=builtin_mounts())
 
     async def caller_acl(req: Request) -> ACL | None:
         """The ACL of the token the caller sent (None: it sent none), as Vault reads it on
@@ -247,7 +250,7 @@ def paths(b: SysBackend) -> list[SysPath]:
                 auth[path] = m.entry.public()
             elif visible:
                 auth[path] = {"type": m.entry.type, "description": m.entry.description, "options": dict(m.entry.options)}
-        secret = {} if acl is None else {path: info for path, info in _builtin_mounts(core.cluster_id, core.mounts.builtin).items()
+        secret = {} if acl is None else {path: info for path, info in builtin_mounts().items()
                                          if acl.has_mount_access(path)}
         return Response(data={"auth": auth, "secret": secret})
 
@@ -261,7 +264,7 @@ def paths(b: SysBackend) -> list[SysPath]:
             raise PermissionDenied()
         builtin = next((p for p in _BUILTIN_MOUNTS if path.startswith(p)), None)
         if builtin is not None:
-            info, full = {**_builtin_mounts(core.cluster_id, core.mounts.builtin)[builtin], "path": builtin}, builtin
+            info, full = {**builtin_mounts()[builtin], "path": builtin}, builtin
         else:
             found = core.mounts.match(path.removeprefix("auth/")) if path.startswith("auth/") else None
             if found is None:
