@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from plugin.errors import InvalidRequest
 
-__all__ = ["parse_cidrs", "cidr_allows", "narrow_cidrs", "is_loopback_host"]
+__all__ = ["parse_cidrs", "cidr_allows", "peer_ip", "narrow_cidrs", "is_loopback_host"]
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -46,14 +46,9 @@ def cidr_allows(cidrs: list[str], remote_addr: str | None) -> bool:
     one address meet the same rule. An IPv6 zone (``fe80::1%eth0``) is ignored. An
     address that does not parse, or an entry that does not, never matches.
     """
-    text = (remote_addr or "").strip()
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    try:
-        ip = ipaddress.ip_address(text.partition("%")[0])
-    except ValueError:
+    ip = peer_ip((remote_addr or "").strip())
+    if ip is None:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     for cidr in cidrs:
         try:
             net = _network(cidr)
@@ -62,6 +57,19 @@ def cidr_allows(cidrs: list[str], remote_addr: str | None) -> bool:
         if ip in net:
             return True
     return False
+
+
+def peer_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address as the CIDR rules compare it: an IPv6 zone (``fe80::1%eth0``) dropped,
+    an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``) as its IPv4 address; None when ``text``
+    is no IP address."""
+    try:
+        ip = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def narrow_cidrs(parent: list[str], requested: list[str]) -> list[str]:

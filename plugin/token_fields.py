@@ -7,11 +7,10 @@ legacy-upgrade rules on a write, and ``to_auth`` fills a ``plugin.framework.Auth
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from plugin.cidrutil import parse_cidrs
+from plugin.cidrutil import parse_cidrs, peer_ip
 from plugin.errors import InvalidRequest
 from plugin.framework import Alias, Auth
 from plugin.policyutil import refuse_root, sanitize_policies
@@ -300,12 +299,7 @@ def _source_address(source: str | None) -> str:
 
     :raises InvalidRequest: no address, or one that is not an IP address.
     """
-    try:
-        ip = ipaddress.ip_address(source or "")
-    except ValueError:
-        raise InvalidRequest(
-            "token_strictly_bind_ip is set on the role, but the login's source address is not known"
-        ) from None
-    if isinstance(ip, ipaddress.IPv6Address):
-        return str(ip.ipv4_mapped or ipaddress.IPv6Address(int(ip)))
+    ip = peer_ip(source or "")  # as the CIDR rule reads the address on every use of the token
+    if ip is None:
+        raise InvalidRequest("token_strictly_bind_ip is set on the role, but the login's source address is not known")
     return str(ip)
