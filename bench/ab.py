@@ -5,7 +5,9 @@ commit, checked out into a temporary git worktree, or ``.`` for the working tree
 REF``, repeated, adds trees C, D, ... to the same rounds, e.g. to walk a range of history). Cases:
 ``login`` (SQLite service token), ``audit`` (the same with a file audit device), ``batch``, ``lookup`` (``auth/token/lookup-self``
 of a login's token), ``child`` (the same of a token made by ``auth/token/create``, which has a
-parent), ``health`` (``sys/health``); ``--storage memory`` for the in-memory engine.
+parent), ``health`` (``sys/health``), ``inline`` (``auth/token/lookup-self`` authenticated by an
+inline login of the login case's role and JWT: no token stored); ``--storage memory`` for the
+in-memory engine.
 
 Both servers run on the server core at once (an idle one costs nothing), so each round
 measures A and B within seconds of each other, in alternating order. The machine's
@@ -39,7 +41,7 @@ from bench.loadgen import ensure_wrk, run_wrk
 from bench.procs import Server
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ("login", "audit", "batch", "lookup", "child", "health")
+CASES = ("login", "audit", "batch", "lookup", "child", "health", "inline")
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class Target:
     method: str
     body: Path | None = None
     token: Path | None = None
+    headers: Path | None = None  # more headers ("Name: value" lines)
     refused: bool = False  # every reply must be a non-2xx (a path that is not found)
 
 
@@ -92,6 +95,10 @@ def start(label: str, tree: Path, case: str, storage: str, workdir: Path, keys: 
         return Target(label, server, server.url + "/v1/auth/jwt/login", "POST", body=body)
     if case in ("lookup", "child"):
         return Target(label, server, server.url + "/v1/auth/token/lookup-self", "GET", token=token)
+    if case == "inline":  # lookup-self authenticated by an inline login of the login case's role and JWT
+        headers = workdir / f"inline-{label}.txt"
+        headers.write_text("".join(f"{k}: {v}\n" for k, v in authmount.inline_headers(authmount.ROLE, keys.token).items()))
+        return Target(label, server, server.url + "/v1/auth/token/lookup-self", "GET", headers=headers)
     return Target(label, server, server.url + "/v1/sys/health", "GET")
 
 
@@ -100,6 +107,7 @@ def measure(target: Target, *, connections: int, duration: float, cpus: str) -> 
     must be a 2xx (a non-2xx for a ``refused`` target), with no socket error."""
     before = target.server.cpu_seconds()
     result = run_wrk(target.url, method=target.method, body_file=target.body, token_file=target.token,
+                     headers_file=target.headers,
                      connections=connections, duration=duration, cpus=cpus)
     used = target.server.cpu_seconds() - before
     wrong = result.requests - result.non_2xx if target.refused else result.non_2xx

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -181,6 +182,16 @@ def login(base: str, role: str, jwt: str, mount: str = "jwt") -> dict[str, Any]:
     if not auth.get("client_token"):
         raise RuntimeError(f"login via role {role!r} returned no client_token: {reply}")
     return auth
+
+
+def inline_headers(role: str, jwt: str, mount: str = "jwt") -> dict[str, str]:
+    """The ``X-Vault-Inline-Auth-*`` headers of a login with ``role`` and ``jwt``: a request
+    that carries them is authenticated by that login, and no token is stored."""
+    def param(key: str, value: str) -> str:
+        return base64.urlsafe_b64encode(json.dumps({"key": key, "value": value}).encode()).decode().rstrip("=")
+
+    return {"X-Vault-Inline-Auth-Path": f"auth/{mount}/login", "X-Vault-Inline-Auth-Parameter-role": param("role", role),
+            "X-Vault-Inline-Auth-Parameter-jwt": param("jwt", jwt)}
 
 
 def child_token(server: Server) -> str:

@@ -80,8 +80,10 @@ def run_wrk(
     cpus: str,
     threads: int = 1,
     timeout_s: int = 10,
+    headers_file: Path | None = None,
 ) -> WrkResult:
-    """Run wrk once against url and return its parsed summary."""
+    """Run wrk once against url and return its parsed summary (``headers_file``: more headers,
+    one ``Name: value`` per line)."""
     wrk = ensure_wrk()
     argv = [
         "taskset", "-c", cpus,
@@ -96,6 +98,7 @@ def run_wrk(
         method,
         str(body_file) if body_file else "-",
         str(token_file) if token_file else "-",
+        *([str(headers_file)] if headers_file else []),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:

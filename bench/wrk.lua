@@ -1,6 +1,7 @@
 -- wrk script for the authmount benchmark.
--- Usage: wrk ... -s bench/wrk.lua URL -- METHOD BODY_FILE [TOKEN_FILE]
---   BODY_FILE: request body ("-" for none); TOKEN_FILE: sent as X-Vault-Token ("-" for none).
+-- Usage: wrk ... -s bench/wrk.lua URL -- METHOD BODY_FILE [TOKEN_FILE [HEADERS_FILE]]
+--   BODY_FILE: request body ("-" for none); TOKEN_FILE: sent as X-Vault-Token ("-" for none);
+--   HEADERS_FILE: more headers, one "Name: value" per line (inline authentication's).
 -- done() prints one JSON line prefixed with "BENCH_JSON " for bench/run.py to parse.
 
 local function slurp(path)
@@ -18,6 +19,13 @@ function init(args)
   local headers = {}
   if body ~= nil then headers["Content-Type"] = "application/json" end
   if token ~= nil then headers["X-Vault-Token"] = token end
+  local more = slurp(args[4])
+  if more ~= nil then
+    for line in more:gmatch("[^\n]+") do
+      local name, value = line:match("^([^:]+):%s*(.*)$")
+      headers[name] = value
+    end
+  end
   -- Pre-format the request once: every request is byte-identical, so the client side is cheap.
   req = wrk.format(method, nil, headers, body)
 end

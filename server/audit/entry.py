@@ -178,7 +178,8 @@ class Record:
             if self.allowed and not self.client_token and self.mount_point:  # a login
                 out["policy_results"] = {"allowed": True}
             return out
-        out = {"client_token": fmt.hash(self.client_token)}
+        # An inline authentication's token has no id: the entry shows what it granted.
+        out = {"client_token": fmt.hash(self.client_token)} if self.client_token else {}
         if token.accessor:
             out["accessor"] = fmt.accessor(token.accessor)
         out["display_name"] = token.display_name
@@ -257,7 +258,7 @@ class Record:
 
 def _issued(block: Mapping[str, Any], display_name: str, fmt: Format) -> dict[str, Any]:
     """``response.auth``: the token a request issued (a ``TokenStore.auth_block``)."""
-    out: dict[str, Any] = {"client_token": fmt.hash(block["client_token"])}
+    out: dict[str, Any] = {"client_token": fmt.hash(block["client_token"])} if block.get("client_token") else {}
     if block.get("accessor"):
         out["accessor"] = fmt.accessor(block["accessor"])
     if display_name:

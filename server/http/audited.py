@@ -33,6 +33,7 @@ from plugin.framework import Operation, Request, Response
 from server import telemetry
 from server.appkeys import AUDIT, ISSUED, MOUNTS, REQUEST_ID, TOKEN_RAW, TOKENS
 from server.audit import AuditUnavailable, Record
+from server.http.log import new_request_id
 from server.mounts import MountEntry
 from server.storage import unavailable_reason
 from server.tokens.entry import TokenEntry, login_display_name
@@ -73,13 +74,17 @@ class Exchange:
     """
 
     __slots__ = ("request", "req", "path", "mount", "rec", "start", "mount_point", "mount_type", "login", "logged",
-                 "broker", "entry")
+                 "broker", "entry", "inline")
 
     def __init__(
         self, request: web.Request, req: Request, path: str, *, mount: MountEntry | None, login: bool,
-        audited: bool = True, point: str = "sys/", kind: str = "system",
+        audited: bool = True, point: str = "sys/", kind: str = "system", inline: bool = False,
     ) -> None:
         self.request = request
+        #: An inline authentication's login (``server.http.handlers.caller``): its entries have
+        #: a request id of their own (the request's own pair follows them), and its token, which
+        #: has no id, is recorded from ``resp.auth_block``.
+        self.inline = inline
         self.req = req
         self.start = time.perf_counter()
         # ``point``/``kind``: the built-in backend serving a request of no auth mount
@@ -100,7 +105,7 @@ class Exchange:
         path, mount = self.path, self.mount
         request, req = self.request, self.req
         rec = Record()
-        rec.request_id = request.get(REQUEST_ID, "")
+        rec.request_id = new_request_id() if self.inline else request.get(REQUEST_ID, "")
         rec.operation = req.operation.value
         rec.path = path
         rec.mount_point = self.mount_point
@@ -151,8 +156,9 @@ class Exchange:
             await pending
         self.logged = True
 
-    async def responded(self, resp: Response | None, out: web.StreamResponse) -> None:
-        """Write the response entry and count the request.
+    async def responded(self, resp: Response | None, out: web.StreamResponse | None) -> None:
+        """Write the response entry and count the request (``out``: the reply, None for an
+        inline login, which has none; its token is ``resp.auth_block``, without ``client_token``).
 
         :raises AuditUnavailable: no device recorded it; a token the request issued is
             revoked first, so no token exists that the audit log does not show.
@@ -171,14 +177,14 @@ class Exchange:
                 rec.warnings = resp.warnings or None
                 if issued is None:
                     issued = resp.auth_block
-                if issued is not None and issued.get("client_token"):
+                if issued is not None and (issued.get("client_token") or self.inline):
                     name = login_display_name(self.mount_point, resp.auth) if resp.auth is not None else ""
                     rec.response_auth = (issued, name)
                     if resp.auth is not None and resp.auth.response_metadata:
                         rec.response_secrets = resp.auth.response_metadata  # hashed, always
                 if refusal is not None and failure is not None:
                     rec.login_failure = {"reason": login_outcome(refusal), **failure}
-            elif out.status >= 400:
+            elif out is not None and out.status >= 400:
                 rec.error, rec.error_top = "not found", True
             assert self.broker is not None
             try:

@@ -14,6 +14,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 
 from plugin.backend import JWTAuthBackend
+from plugin.cidrutil import cidr_allows
 from plugin.errors import (
     InvalidRequest,
     PermissionDenied,
@@ -48,6 +49,8 @@ from server.audit import AuditBroker
 from server.http.audited import Exchange
 from server.http.cors import Cors
 from server.http.errors import error_response
+from server.http.inline import FAILED_HEADER, NOT_LOGIN, PATH_HEADER, InlineLogin, is_inline_header, read_inline
+from server.http.inline import refused as inline_refused
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import LIMITER, limited
 from server.http.reply import NO_STORE, JSONReply
@@ -59,6 +62,7 @@ from server.settings import Settings
 from server.storage import Engine
 from server.sys.backend import SysBackend
 from server.sys.core import SysPath, acl_path
+from server.tokens.entry import InlineEntry, TokenEntry
 from server.tokens.store import TokenStore
 from server.tokens.wrapping import Wrapping, wrap_envelope
 
@@ -73,6 +77,7 @@ __all__ = [
     "read_operation",
     "remote_addr",
     "request_token",
+    "caller",
     "authorize",
     "no_route",
     "refuse_namespace",
@@ -355,6 +360,79 @@ def remote_addr(request: web.Request) -> str:
     return addr
 
 
+async def caller(request: web.Request) -> tuple[TokenEntry, str]:
+    """The caller's token (and the raw token it sent): ``X-Vault-Token`` or ``Authorization:
+    Bearer`` looked up (and a use consumed), or the token of the login its inline
+    authentication headers ask for (``server.http.inline``; the raw token is then ``""``).
+
+    :raises PermissionDenied: no token, an unknown, expired or exhausted one, or one whose
+        bound CIDRs do not take the caller's address.
+    :raises PluginError: the inline login's refusal, with ``X-Vault-Inline-Auth-Failed``.
+    """
+    raw = request_token(request)
+    if PATH_HEADER in request.headers:
+        try:
+            if raw:
+                raise inline_refused("cannot layer inline authentication with token authentication")
+            login = read_inline(request.headers, request.client_max_size)
+            assert login is not None
+            return await inline_login(request, login, remote_addr(request)), ""
+        except PluginError as exc:
+            exc.headers = {**(getattr(exc, "headers", None) or {}), FAILED_HEADER: "true"}  # type: ignore[attr-defined]
+            raise
+    if not raw:
+        raise PermissionDenied()
+    return await request.app[TOKENS].authenticate(raw, remote_addr(request)), raw
+
+
+async def inline_login(request: web.Request, login: InlineLogin, remote: str) -> InlineEntry:
+    """Run an inline authentication's login for ``request`` (from ``remote``), as a login
+    request of its own runs (quotas, login limits, its own audit entries, the login
+    metrics), and return the token it stands for, which nothing stores.
+
+    :raises PermissionDenied: the path is no login path of an enabled auth mount; the token's
+        bound CIDRs do not take ``remote``.
+    :raises PluginError: the login's own refusal.
+    """
+    path, app = login.path, request.app
+    found = await app[MOUNTS].match_fresh(path[len("auth/"):]) if path.startswith("auth/") else None
+    if found is None:
+        raise PermissionDenied(NOT_LOGIN)
+    mount, rel = found
+    req = Request(
+        operation=login.operation, path=rel, data=login.data, storage=mount.storage, system=mount.system,
+        connection=Connection(remote), headers=BackendHeaders(request.headers),
+        refuse_unknown=app[SETTINGS].refuse_unknown_parameters,
+    )
+    backend = mount.backend
+    try:
+        route = req.route = backend.resolve(rel)
+    except UnsupportedPath:
+        raise PermissionDenied(NOT_LOGIN) from None
+    if not (route.spec.unauthenticated and route.spec.issues_token):
+        raise PermissionDenied(NOT_LOGIN)
+    rel = req.path = route.path
+    full = "auth/" + mount.entry.path + rel
+    quotas = app[QUOTAS]
+    if quotas.active:
+        quotas.check(full, "auth/" + mount.entry.path, await _quota_role(quotas, mount, req), remote)
+    exchange = Exchange(request, req, full, mount=mount.entry, login=True, inline=True)
+    try:
+        await exchange.requested(None)
+        resp = await limited(request, backend, req, full)
+        if resp is None or resp.auth is None:
+            raise inline_refused(f"{full} answered without a token (a login of more than one step cannot be inline)")
+        entry, resp.auth_block, warnings = await app[TOKENS].inline(resp.auth, mount=mount.token_info(), path=full)
+    except Exception as exc:
+        await exchange.failed(exc)
+        raise
+    resp.warnings = [*resp.warnings, *warnings]
+    await exchange.responded(resp, None)
+    if entry.bound_cidrs and not cidr_allows(entry.bound_cidrs, remote):
+        raise PermissionDenied()  # as the token's use from this address would be
+    return entry
+
+
 async def authorize(
     request: web.Request, path: str, capabilities: Sequence[str] = (), *, allowed: Any = None,
     judged: Request | None = None,
@@ -370,11 +448,8 @@ async def authorize(
 
     :raises PermissionDenied: missing/invalid token or an ACL denial.
     """
-    raw = request_token(request)
-    if not raw:
-        raise PermissionDenied()
+    entry, raw = await caller(request)
     tokens = request.app[TOKENS]
-    entry = await tokens.authenticate(raw, remote_addr(request))
     if tokens.entity_disabled(entry):  # as Vault: a disabled entity's tokens do nothing
         granted = False
     else:
@@ -419,7 +494,7 @@ async def release(request: web.Request, entry: Any) -> None:
 
 class BackendHeaders(Mapping[str, str]):
     """The request headers a backend may see: lower-case names, the caller's credentials
-    (token, cookies, the LIST marker) hidden. A view built per request at no cost; no
+    (token, cookies, inline authentication, the LIST marker) hidden. A view built per request at no cost; no
     backend reads headers on the login path, so nothing is copied unless one does."""
 
     __slots__ = ("_headers", "_copy")
@@ -430,7 +505,8 @@ class BackendHeaders(Mapping[str, str]):
 
     def _dict(self) -> dict[str, str]:
         if self._copy is None:
-            self._copy = {k.lower(): v for k, v in self._headers.items() if k.lower() not in _HIDDEN_HEADERS}
+            self._copy = {k.lower(): v for k, v in self._headers.items()
+                          if k.lower() not in _HIDDEN_HEADERS and not is_inline_header(k.lower())}
         return self._copy
 
     def __getitem__(self, key: str) -> str:
@@ -815,10 +891,7 @@ async def help_reply(
     :raises UnsupportedPath: no path of the backend matches.
     """
     if route is None or not route.spec.unauthenticated:
-        raw = request_token(request)
-        if not raw:
-            raise PermissionDenied()
-        entry = await request.app[TOKENS].authenticate(raw, remote_addr(request))
+        entry, _ = await caller(request)
         await release(request, entry)
     if route is None:
         raise UnsupportedPath("unsupported path")

@@ -266,8 +266,9 @@ def setup_ratelimit(app: web.Application) -> None:
     app[LIMITER] = LoginLimiter(app[SETTINGS].rate_limit, shared_fd=inherited_table())
 
 
-async def limited(request: web.Request, backend: Backend, req: Request) -> Response | None:
-    """Run an unauthenticated backend request (login, OIDC) under the server's limits.
+async def limited(request: web.Request, backend: Backend, req: Request, path: str | None = None) -> Response | None:
+    """Run an unauthenticated backend request (login, OIDC) under the server's limits;
+    ``path``: its full path (default: ``auth/`` + the request's mount + ``req.path``).
 
     :raises QuotaExceeded: 429 in Vault's shape.
     """
@@ -275,4 +276,6 @@ async def limited(request: web.Request, backend: Backend, req: Request) -> Respo
     if limiter is None:
         return await backend.handle_request(req)
     remote = req.connection.remote_addr if req.connection is not None else (request.remote or "")
-    return await limiter.run("auth/" + (request.get(MOUNT) or "") + req.path, remote, backend, req)
+    if path is None:
+        path = "auth/" + (request.get(MOUNT) or "") + req.path
+    return await limiter.run(path, remote, backend, req)

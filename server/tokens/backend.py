@@ -11,7 +11,7 @@ from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation
 from plugin.framework import Alias, Backend, Operation, PathSpec, Request, Response
 from plugin.policyutil import sanitize_policies
 from plugin.schema import Field, FieldSet, FieldType
-from server.tokens.entry import MountInfo, RenewHook, TokenEntry, check_assignable
+from server.tokens.entry import InlineEntry, MountInfo, RenewHook, TokenEntry, check_assignable
 from server.tokens.roles import (
     ROLE_NAME_RE,
     TokenRole,
@@ -29,6 +29,10 @@ __all__ = ["TokenBackend", "MountLookup", "mount_table_lookup", "entry_by_access
 #: Finds the mount that issued a token (by mount accessor): its TTLs and renew hook.
 MountLookup = Callable[[str], Awaitable[tuple[MountInfo, RenewHook | None] | None]]
 
+#: What the token of an inline authentication (``X-Vault-Inline-Auth-*``) cannot do: it is
+#: written nowhere and ends with its request.
+INLINE_CREATE = "the token of an inline authentication cannot create tokens: it ends with this request"
+INLINE_RENEW = "the token of an inline authentication cannot be renewed: it is never stored and ends with this request"
 _DISPLAY_SANITIZE = re.compile(r"[^a-zA-Z0-9-]+")
 _TIDY_WARNING = (
     "Tidy operation successfully started. Any information from the operation will be "
@@ -269,6 +273,8 @@ class TokenBackend(Backend):
             raise InvalidRequest("parent token lookup failed: no parent found")
         if caller.type == "batch":  # not even an orphan: it would outlive the batch token
             raise InvalidRequest("batch tokens cannot create more tokens")
+        if isinstance(caller, InlineEntry):  # nor the token of an inline authentication
+            raise InvalidRequest(INLINE_CREATE)
         if caller.num_uses > 0:  # a child would escape the use limit
             raise InvalidRequest("restricted use token cannot generate child tokens")
         sudo = await self._has_sudo(caller, req)
@@ -457,6 +463,8 @@ class TokenBackend(Backend):
     async def _renew_entry(self, req: Request, entry: TokenEntry, raw: str, increment: int) -> Response:
         if entry.num_uses < 0:  # the caller's own token on its last use: pending revocation (Vault)
             raise InvalidRequest("token not found")
+        if isinstance(entry, InlineEntry):
+            raise InvalidRequest(INLINE_RENEW)
         if entry.type == "batch":
             raise InvalidRequest("batch tokens cannot be renewed")
         mount, hook = await self._renew_target(entry, req)
@@ -466,6 +474,8 @@ class TokenBackend(Backend):
     # -- revoke --------------------------------------------------------------------------
     async def _revoke_self(self, req: Request, values: dict[str, Any]) -> None:
         caller, _ = self._caller(req)
+        if isinstance(caller, InlineEntry):  # it ends with this request: nothing to revoke (as OpenBao)
+            return
         await self.store.revoke(caller)
 
     async def _revoke(self, req: Request, values: dict[str, Any]) -> None:

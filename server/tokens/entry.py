@@ -12,6 +12,7 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Auth
 
 __all__ = [
+    "InlineEntry",
     "MountInfo",
     "TokenEntry",
     "RenewHook",
@@ -116,6 +117,14 @@ class TokenEntry:
 
     def is_root(self) -> bool:
         return "root" in self.policies
+
+
+@dataclass(slots=True)
+class InlineEntry(TokenEntry):
+    """The token an inline authentication (``X-Vault-Inline-Auth-*`` headers) stands for in
+    its one request: made as a login makes its token, but with no id or accessor, written
+    nowhere and never shown (``TokenStore.inline``). It ends with the request, so it cannot
+    be renewed, revoked or made a parent."""
 
 
 _FLAT_TYPES = (str, int, bool, type(None))

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from time import perf_counter  # timers (tests replace the module's time)
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -27,6 +27,7 @@ from server.keyring import PROCESS_SEALER, Keyring
 from server.storage import Engine
 from server.tokens.batch import decode_batch, encode_batch
 from server.tokens.entry import (
+    InlineEntry,
     MountInfo,
     RenewHook,
     TokenEntry,
@@ -91,6 +92,13 @@ _SKIP_CHUNK = 4096
 #: Keys of ``ID_PREFIX`` a full scan fetches per storage call (``list_page``): only one
 #: page is alive at a time, not every token's key (~80 bytes each: ~80 MB at 1 M tokens).
 SCAN_PAGE = 2048
+_Entry = TypeVar("_Entry", bound=TokenEntry)
+
+
+def _disabled_during(mount: MountInfo) -> InvalidRequest:
+    """The refusal of a login whose mount was disabled while it ran."""
+    return InvalidRequest(f"auth/{mount.path.removeprefix('auth/')} was disabled during this login; no token "
+                          f"was issued")
 
 
 async def _pause(n: int) -> None:
@@ -355,6 +363,42 @@ class TokenStore:
 
         :raises InvalidRequest: ``auth methods cannot create root tokens`` and friends.
         """
+        entry, identity_policies, warnings = await self._login_entry(auth, mount, path, TokenEntry)
+        raw = await self.mint(entry, parent=parent)
+        if self._mount_gone(mount):
+            # The mount was disabled while this login ran. A disable takes the mount out of the
+            # table before it revokes its tokens, so a token written before this check is found
+            # by that revocation; this one may have come after it: never hand out a dead token.
+            if entry.type != "batch":
+                await self._delete_one(entry.id_hash)
+            raise _disabled_during(mount)
+        return self.auth_block(entry, raw, identity_policies=identity_policies), warnings
+
+    async def inline(self, auth: Auth, *, mount: MountInfo, path: str) -> tuple[InlineEntry, dict[str, Any], list[str]]:
+        """The token an inline authentication (``X-Vault-Inline-Auth-*``) stands for: the
+        entry a login with ``auth`` would mint, checked as minting checks it, but given no
+        id and written nowhere (``InlineEntry``). Returns it, its ``auth`` block (no
+        ``client_token``: there is none) and the warnings.
+
+        :raises InvalidRequest: as ``issue``.
+        """
+        entry, identity_policies, warnings = await self._login_entry(auth, mount, path, InlineEntry)
+        self._ready()
+        if entry.ttl == 0:
+            entry.renewable = False
+        if entry.type == "batch":
+            self._batch_rules(entry)
+        if self._mount_gone(mount):
+            raise _disabled_during(mount)
+        block = self.auth_block(entry, "", identity_policies=identity_policies)
+        del block["client_token"]
+        return entry, block, warnings
+
+    async def _login_entry(
+        self, auth: Auth, mount: MountInfo, path: str | None, kind: type[_Entry]
+    ) -> tuple[_Entry, list[str], list[str]]:
+        """The entry a login with ``auth`` on ``mount`` makes (not yet minted), its identity
+        policies, and the TTL warnings."""
         policies = self._token_policies(auth.policies, auth.no_default_policy)
         token_type = resolve_token_type(auth.token_type, mount.token_type)
         if auth.num_uses < 0:
@@ -375,7 +419,7 @@ class TokenStore:
             backend_max=auth.max_ttl,
             explicit_max=auth.explicit_max_ttl,
         )
-        entry = TokenEntry(
+        entry = kind(
             id_hash="",
             accessor="",
             policies=policies,
@@ -395,16 +439,11 @@ class TokenStore:
             entity_id=entity_id,
             internal_data=dict(auth.internal_data),
         )
-        raw = await self.mint(entry, parent=parent)
-        if mount.accessor and self.mount_exists is not None and not self.mount_exists(mount.accessor):
-            # The mount was disabled while this login ran. A disable takes the mount out of the
-            # table before it revokes its tokens, so a token written before this check is found
-            # by that revocation; this one may have come after it: never hand out a dead token.
-            if entry.type != "batch":
-                await self._delete_one(entry.id_hash)
-            raise InvalidRequest(f"auth/{mount.path.removeprefix('auth/')} was disabled during this login; no token "
-                                 f"was issued")
-        return self.auth_block(entry, raw, identity_policies=identity_policies), warnings
+        return entry, identity_policies, warnings
+
+    def _mount_gone(self, mount: MountInfo) -> bool:
+        """Whether ``mount`` was disabled (while a login on it ran)."""
+        return bool(mount.accessor) and self.mount_exists is not None and not self.mount_exists(mount.accessor)
 
     async def mint(self, entry: TokenEntry, *, parent: TokenEntry | None = None) -> str:
         """Give ``entry`` an id and accessor, persist it (service) and return the raw token.
@@ -518,7 +557,13 @@ class TokenStore:
         return sanitize_policies([*entry.policies, *extra])
 
     # -- batch tokens --------------------------------------------------------------------
-    def _mint_batch(self, entry: TokenEntry) -> str:
+    @staticmethod
+    def _batch_rules(entry: TokenEntry) -> None:
+        """What a batch token cannot be: a root token, use-limited, periodic. It is not
+        renewable and has no accessor (Vault).
+
+        :raises InvalidRequest: naming the rule.
+        """
         if entry.is_root():
             raise InvalidRequest("batch tokens cannot be root tokens")
         if entry.num_uses:
@@ -526,7 +571,10 @@ class TokenStore:
         if entry.period:
             raise InvalidRequest("batch tokens cannot be periodic")
         entry.renewable = False
-        entry.accessor = ""  # batch tokens have no accessor (Vault)
+        entry.accessor = ""
+
+    def _mint_batch(self, entry: TokenEntry) -> str:
+        self._batch_rules(entry)
         assert self._batch is not None
         raw = encode_batch(entry, self._batch.signing)
         if len(raw) > _MAX_TOKEN_LEN:

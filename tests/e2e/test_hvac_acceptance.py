@@ -596,3 +596,46 @@ def test_hash_and_random_bytes(vault: ServerProc) -> None:
     assert len(bytes.fromhex(random_bytes)) == 24
     with pytest.raises(hvac.exceptions.Forbidden):
         user.write_data("sys/tools/random", data={})
+
+
+# -- inline authentication (OpenBao 2.4): hvac with the headers on its session ----------------
+def _inline_session(mount: str, jwt: str, role: str = LOGIN_ROLE) -> requests.Session:
+    """A requests session whose every request logs in inline at ``auth/<mount>/login``."""
+    def param(key: str, value: str) -> str:
+        return base64.urlsafe_b64encode(f'{{"key": "{key}", "value": "{value}"}}'.encode()).decode().rstrip("=")
+
+    session = requests.Session()
+    session.headers.update({"X-Vault-Inline-Auth-Path": f"auth/{mount}/login",
+                            "X-Vault-Inline-Auth-Parameter-jwt": param("jwt", jwt),
+                            "X-Vault-Inline-Auth-Parameter-role": param("role", role)})
+    return session
+
+
+def test_inline_authentication_with_hvac(vault: ServerProc, idp: LocalIdP, mount: str) -> None:
+    """A CI job with a JWT and no token: each hvac call carries its login, and no token is
+    stored for any of them."""
+    root = vault.client()
+    configure_jwks(root, idp, mount)
+    root.sys.create_or_update_policy(name="inline-ci", policy=(
+        'path "sys/auth" { capabilities = ["read"] }\npath "identity/oidc/token/*" { capabilities = ["read"] }'))
+    create_login_role(root, mount, token_policies=["inline-ci"])
+    root.secrets.identity.create_named_key("inline-ci", allowed_client_ids=["*"])
+    root.secrets.identity.create_or_update_role("inline-ci", key="inline-ci")
+    stored = root.auth.token.list_accessors()["data"]["keys"]
+
+    client = vault.client(token="", session=_inline_session(mount, idp.token()))
+    assert f"{mount}/" in client.sys.list_auth_methods()["data"]
+    me = client.auth.token.lookup_self()["data"]
+    assert (me["id"], me["accessor"], me["policies"], me["display_name"]) == (
+        "", "", ["default", "inline-ci"], f"{mount}-hvac-user")
+    signed = client.secrets.identity.generate_signed_id_token("inline-ci")["data"]["token"]
+    assert signed.count(".") == 2
+    with pytest.raises(hvac.exceptions.Forbidden) as denied:  # not a path its policy grants
+        client.sys.list_policies()
+    assert denied.value.errors == ["permission denied"]
+    assert root.auth.token.list_accessors()["data"]["keys"] == stored
+
+    refused = vault.client(token="", session=_inline_session(mount, idp.token(aud="someone-else")))
+    with pytest.raises(hvac.exceptions.InvalidRequest) as failed:
+        refused.sys.list_auth_methods()
+    assert "audience claim does not match" in list(failed.value.errors or ())[0]
