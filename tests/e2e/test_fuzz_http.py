@@ -2,7 +2,8 @@
 
 Each request is a random method (including ``LIST``) on a random API path, often with a
 path suffix (``..``, ``%2F``, a 3,000-character segment, 50 query pairs), a random token
-header and content type, and a random body: raw bytes, deeply nested JSON, duplicate keys,
+header and content type, at times inline authentication headers (well-formed or not, with the
+valid JWT or a mutated one), and a random body: raw bytes, deeply nested JSON, duplicate keys,
 field names of the real API with hostile values, or a login with the valid JWT or a mutated
 copy of it. What must hold for every one of them:
 
@@ -17,6 +18,7 @@ The seed is fixed so a failure can be replayed; ``AUTHMOUNT_FUZZ_SEED`` and
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -89,6 +91,38 @@ def mutate(rng: random.Random, token: str) -> str:
         else:
             chars.insert(i, rng.choice(".=_-"))
     return "".join(chars)
+
+
+INLINE_PATHS = ["auth/jwt/login"] * 6 + ["auth/jwt/role/r", "", "auth/x/login", "/auth/jwt/login", "sys/health",
+                                         "auth/jwt/oidc/callback", "auth/jwt/login/", "a" * 300]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def inline_headers(rng: random.Random, jwt: str) -> list[str]:
+    """Inline authentication headers (``X-Vault-Inline-Auth-*``): a login path, the role and a
+    JWT (the valid one or a mutated copy), and at times a parameter that is not one, a field of
+    the API with a hostile value, a repeated header, an operation or a namespace."""
+    out = [f"X-Vault-Inline-Auth-Path: {rng.choice(INLINE_PATHS)}"]
+    params: list[tuple[str, Any]] = [("jwt", rng.choice([jwt, mutate(rng, jwt)])), ("role", rng.choice(["r", "x"]))]
+    params += [(rng.choice(FIELDS), rng.choice(VALUES)) for _ in range(rng.randint(0, 2))]
+    for i, (key, value) in enumerate(params):
+        encoded = _b64(json.dumps({"key": key, "value": value}).encode())
+        k = rng.random()
+        if k < 0.05:
+            encoded = rng.choice(["!!", "abcde", _b64(b"[1]"), _b64(b'{"key": 1, "value": 2}'), _b64(b"\xff" * 9),
+                                  _b64(b'{"key": "k"}'), _b64(b'{"key": "k", "value": 1, "x": 2}'),
+                                  _b64(b'{"key": "k", "value": ' + b"[" * 80 + b"]" * 80 + b"}"), "=" * 4])
+        out.append(f"X-Vault-Inline-Auth-Parameter-{i if k > 0.1 else 'jwt'}: {encoded}")
+    if rng.random() < 0.1:
+        out.append("X-Vault-Inline-Auth-Operation: " + rng.choice(["update", "create", "read", "delete", "", "UPDATE"]))
+    if rng.random() < 0.05:
+        out.append("X-Vault-Inline-Auth-Namespace: " + rng.choice(["", "root", "ns1", "\u00e9"]))
+    if rng.random() < 0.05:
+        out.append(rng.choice(out))
+    return out
 
 
 def random_body(rng: random.Random, jwt: str) -> tuple[bytes, str | None]:
@@ -186,6 +220,8 @@ def test_random_requests_never_fail_the_server(server: ServerProc) -> None:
             head.append("X-Vault-Token: " + rng.choice(tokens))
         if rng.random() < 0.5:
             head.append("Content-Type: " + rng.choice(CONTENT_TYPES))
+        if rng.random() < 0.15:
+            head += inline_headers(rng, jwt)
         raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         status, headers, reply = exchange(port, raw)
         where = f"request {n} (seed {SEED}): {method} {path[:80]} body {body[:120]!r}"
