@@ -114,6 +114,9 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_security_rules.py",
         "tests/plugin/test_login_boundaries.py",
     ),
+    "server/http/inline.py": (  # inline authentication's headers: what an anonymous caller sends
+        "tests/server/test_inline_auth.py",
+    ),
     "server/http/tlsnames.py": (  # override_allowed_server_names: whom outbound TLS trusts
         "tests/server/test_tlsnames.py",
         "tests/server/test_fetcher.py",

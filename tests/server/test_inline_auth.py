@@ -22,7 +22,7 @@ from plugin.framework import Operation
 from server.app import create_app
 from server.appkeys import STORAGE
 from server.http.handlers import BackendHeaders
-from server.http.inline import FAILED_HEADER, InlineLogin, read_inline
+from server.http.inline import InlineLogin, read_inline
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
 from server.tokens.backend import INLINE_CREATE, INLINE_RENEW
@@ -31,6 +31,9 @@ from tests.plugin.keyfactory import make_token, rsa_key
 from tests.server.httpkit import Client, app_of
 
 ROOT = "root-token-for-inline-tests"
+FAILED_HEADER = "X-Vault-Inline-Auth-Failed"
+NOT_LOGIN = ("permission denied: X-Vault-Inline-Auth-Path does not name a login path of an enabled auth mount "
+             "(auth/<mount>/login)")
 KEY = rsa_key(kid="inline")
 READER = 'path "sys/auth" { capabilities = ["read"] }\npath "identity/oidc/token/*" { capabilities = ["read"] }'
 
@@ -69,6 +72,7 @@ _ROLE = ("X-Vault-Inline-Auth-Parameter-role", param("role", "r"))
     ((_PATH,), InlineLogin("auth/jwt/login", Operation.UPDATE, {})),
     ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", param("role", "r", pad=True))),
      InlineLogin("auth/jwt/login", Operation.UPDATE, {"role": "r"})),  # padded: Python's encoder
+    ((_PATH, ("X-Vault-Inline-Auth-Operation", "update")), InlineLogin("auth/jwt/login", Operation.UPDATE, {})),
     ((_PATH, ("X-Vault-Inline-Auth-Operation", "create")), InlineLogin("auth/jwt/login", Operation.UPDATE, {})),
     ((_PATH, ("X-Vault-Inline-Auth-Operation", "read")), InlineLogin("auth/jwt/login", Operation.READ, {})),
     ((_PATH, ("X-Vault-Inline-Auth-Namespace", "")), InlineLogin("auth/jwt/login", Operation.UPDATE, {})),
@@ -84,55 +88,81 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+_X = "X-Vault-Inline-Auth-Parameter-x"
+_B64 = 'failed raw url-safe base64 decoding header value of "X-Vault-Inline-Auth-Parameter-x"'
+_JSON = 'failed json decoding header value of "X-Vault-Inline-Auth-Parameter-x"'
+_DEEP = _JSON + ": nested more than 64 levels"
+_LONG = "X-Vault-Inline-Auth-Parameter-" + "n" * 80
+
+
 @pytest.mark.parametrize(("pairs", "message"), [
     ((_PATH, _PATH), "expected exactly one value for X-Vault-Inline-Auth-Path"),
     ((_PATH, ("X-Vault-Inline-Auth-Operation", "update"), ("X-Vault-Inline-Auth-Operation", "read")),
      "expected exactly one value for X-Vault-Inline-Auth-Operation"),
-    ((_PATH, ("X-Vault-Inline-Auth-Operation", "delete")), 'valid login operation in X-Vault-Inline-Auth-Operation '
-                                                           '(update, create or read), not "delete"'),
-    ((_PATH, ("X-Vault-Inline-Auth-Operation", "UPDATE")), 'not "UPDATE"'),  # case matters, as in OpenBao
+    ((_PATH, ("X-Vault-Inline-Auth-Operation", "delete")), 'expected a valid login operation in '
+                                                           'X-Vault-Inline-Auth-Operation (update, create or read), '
+                                                           'not "delete"'),
+    ((_PATH, ("X-Vault-Inline-Auth-Operation", "UPDATE")),  # case matters, as in OpenBao
+     'expected a valid login operation in X-Vault-Inline-Auth-Operation (update, create or read), not "UPDATE"'),
     ((_PATH, ("X-Vault-Inline-Auth-Namespace", "a"), ("X-Vault-Inline-Auth-Namespace", "b")),
      "expected at most one value for X-Vault-Inline-Auth-Namespace"),
-    ((_PATH, ("X-Vault-Inline-Auth-Namespace", "team-a")), 'namespace "team-a" was not found: authmount serves only '
-                                                           "the root namespace"),
+    ((_PATH, ("X-Vault-Inline-Auth-Namespace", "team-a")), 'inline auth namespace "team-a" was not found: authmount '
+                                                           "serves only the root namespace"),
     ((_PATH, _ROLE, ("x-vault-inline-auth-parameter-ROLE", param("role", "s"))),
      'expected exactly one value for each auth header parameter ("X-Vault-Inline-Auth-Parameter-role" has more)'),
     ((_PATH, _ROLE, ("X-Vault-Inline-Auth-Parameter-other", param("role", "s"))),
      'parameter "role" is given by more than one X-Vault-Inline-Auth-Parameter-* header'),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", "!!")), "failed raw url-safe base64 decoding header value of "
-                                                         '"X-Vault-Inline-Auth-Parameter-x"'),
+    ((_PATH, (_X, param('a"b', 1)), ("X-Vault-Inline-Auth-Parameter-y", param('a"b', 2))),
+     'parameter "a\\"b" is given by more than one X-Vault-Inline-Auth-Parameter-* header'),  # a quote, escaped
+    ((_PATH, (_LONG, "!")),  # a name shown cut at 64 characters
+     f'failed raw url-safe base64 decoding header value of "{_LONG[:64]}"'),
+    ((_PATH, (_X, "!!")), _B64),
     # Python's decoder would skip what is not of the alphabet: each of these is refused first.
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", param("a", "b") + "+")), "failed raw url-safe base64"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", base64.b64encode(b'{"key":"k","value":"\xff\xfe>>?"}').decode())),
-     "failed raw url-safe base64"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", "eyJ rZXki")), "failed raw url-safe base64"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", "abcde")), "failed raw url-safe base64"),  # a 4n+1 length
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", "abc===")), "failed raw url-safe base64"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", _b64(b"[1, 2]"))), "failed json decoding header value"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", _b64(b"{nope"))), "failed json decoding header value"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", _b64(b"\xff"))), "failed json decoding header value"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", _b64(b'{"value": 1}'))), "decoded header lacked `key` field"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", _b64(b'{"key": 1, "value": 1}'))),
-     "decoded header had incorrect type for `key` field"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", _b64(b'{"key": "k"}'))), "decoded header lacked `value` field"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", _b64(b'{"key": "k", "value": 1, "v": 2}'))),
-     "unexpected field in decoded request parameter"),
-    ((_PATH, ("X-Vault-Inline-Auth-Parameter-x", _b64(b'{"key": "k", "value": ' + b"[" * 70 + b"]" * 70 + b"}"))),
-     "nested more than 64 levels"),
+    ((_PATH, (_X, param("a", "b") + "+")), _B64),
+    ((_PATH, (_X, base64.b64encode(b'{"key":"k","value":"\xff\xfe>>?"}').decode())), _B64),
+    ((_PATH, (_X, "eyJ rZXki")), _B64),
+    ((_PATH, (_X, "abcde")), _B64),  # a length no encoding has (4n+1)
+    ((_PATH, (_X, "abcdX")), _B64),
+    ((_PATH, (_X, "abc===")), _B64),  # more padding than any encoding has
+    ((_PATH, (_X, _b64(b"[1, 2]"))), _JSON),
+    ((_PATH, (_X, _b64(b"{nope"))), _JSON),
+    ((_PATH, (_X, _b64(b"\xff"))), _JSON),
+    ((_PATH, (_X, _b64(b'{"value": 1}'))), f'decoded header lacked `key` field ("{_X}")'),
+    ((_PATH, (_X, _b64(b'{"key": 1, "value": 1}'))), f'decoded header had incorrect type for `key` field ("{_X}")'),
+    ((_PATH, (_X, _b64(b'{"key": "k"}'))), f'decoded header lacked `value` field ("{_X}")'),
+    ((_PATH, (_X, _b64(b'{"key": "k", "value": 1, "v": 2}'))), f'unexpected field in decoded request parameter ("{_X}")'),
+    ((_PATH, (_X, _b64(b'{"key": "k", "value": ' + b"[" * 70 + b"]" * 70 + b"}"))), _DEEP),
+    ((_PATH, (_X, _b64(b'{"key": "k", "value": ' + b'{"a": ' * 70 + b"1" + b"}" * 70 + b"}"))), _DEEP),
+    ((_PATH, (_X, _b64(b'{"key": "k", "value": ' + b"[" * 70 + b'"\xff"' + b"]" * 70 + b"}"))), _DEEP),
 ])
 def test_malformed_headers_are_refused_naming_what_failed(pairs: tuple[tuple[str, str], ...], message: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         read_inline(_headers(*pairs), 1 << 20)
     assert caught.value.status == 400
-    assert caught.value.messages[0].startswith("failed to perform inline authentication: ")
-    assert message in caught.value.messages[0]
+    assert caught.value.messages == ["failed to perform inline authentication: " + message]
+
+
+@pytest.mark.parametrize("value", [
+    param("k", "v10", pad=True),  # two "=": Python's padding
+    param("k", "v10"),
+    param("k", "v1", pad=True),
+])
+def test_padding_is_optional(value: str) -> None:
+    login = read_inline(_headers(_PATH, (_X, value)), 0)
+    assert login is not None and login.data["k"].startswith("v1")
 
 
 def test_the_parameters_are_bounded_by_the_login_body_limit() -> None:
     pairs = [_PATH] + [(f"X-Vault-Inline-Auth-Parameter-{i}", param(f"k{i}", "v" * 100)) for i in range(20)]
-    assert read_inline(_headers(*pairs), 4096) is not None
-    with pytest.raises(InvalidRequest, match="exceed 1024 bytes, the limit of a login's body"):
-        read_inline(_headers(*pairs), 1024)
+    size = sum(len(json.dumps({"key": f"k{i}", "value": "v" * 100})) for i in range(20))
+    for limit in (size, 0):  # 0: no limit
+        assert read_inline(_headers(*pairs), limit) is not None
+    with pytest.raises(InvalidRequest, match="exceed 1 bytes"):
+        read_inline(_headers(*pairs), 1)
+    with pytest.raises(InvalidRequest) as caught:
+        read_inline(_headers(*pairs), size - 1)
+    assert caught.value.messages == [f"failed to perform inline authentication: the parameters' decoded values exceed "
+                                     f"{size - 1} bytes, the limit of a login's body"]
 
 
 def test_no_backend_sees_the_inline_headers() -> None:
@@ -225,10 +255,10 @@ async def test_every_refusal_of_the_inline_step_says_so(api: Api) -> None:
     cases: list[tuple[dict[str, str], int, str]] = [
         (inline(token=jwt(aud="other")), 400, "audience claim does not match"),
         (inline(role="missing"), 400, 'role "missing" could not be found'),
-        (inline(path="auth/jwt/role/reader"), 403, "does not name a login path of an enabled auth mount"),
-        (inline(path="auth/nowhere/login"), 403, "does not name a login path of an enabled auth mount"),
-        (inline(path="sys/health"), 403, "does not name a login path of an enabled auth mount"),
-        (inline(path=""), 403, "does not name a login path of an enabled auth mount"),
+        (inline(path="auth/jwt/role/reader"), 403, NOT_LOGIN),
+        (inline(path="auth/nowhere/login"), 403, NOT_LOGIN),
+        (inline(path="sys/health"), 403, NOT_LOGIN),
+        (inline(path=""), 403, NOT_LOGIN),
         (inline(role="far"), 403, "permission denied"),  # its token_bound_cidrs do not take 127.0.0.1
         ({**inline(), "X-Vault-Token": ROOT}, 400, "cannot layer inline authentication with token authentication"),
         ({**inline(), "Authorization": f"Bearer {ROOT}"}, 400, "cannot layer inline authentication"),
