@@ -2473,6 +2473,7 @@ INLINE_STEPS: list[tuple[str, str, Any, dict[str, Any] | None]] = [
     ("GET", "sys/auth", lambda: {**_inline(), "X-Vault-Token": "SELF"}, None),
     ("GET", "sys/auth", lambda: _inline(**{"X-Vault-Inline-Auth-Operation": "delete"}), None),
     ("GET", "sys/auth", lambda: _inline(**{"X-Vault-Inline-Auth-Namespace": "team-a"}), None),
+    ("POST", "sys/capabilities-self", lambda: _inline(), {"paths": ["sys/auth"]}),
 ]
 #: Where authmount answers otherwise on purpose (docs/vault-differences.md rows 75-77): the
 #: step, and (status, X-Vault-Inline-Auth-Failed) of authmount and of OpenBao. The refusals'
@@ -2484,6 +2485,7 @@ INLINE_DELIBERATE: dict[int, tuple[tuple[int, str | None], tuple[int, str | None
     19: ((400, "true"), (500, None)),  # a token beside the headers
     20: ((400, "true"), (500, None)),  # an operation that is none
     21: ((400, "true"), (500, None)),  # a namespace
+    22: ((200, None), (400, None)),  # capabilities-self: the token's own; OpenBao looks it up ("invalid token")
 }
 
 

@@ -236,6 +236,9 @@ async def test_lookup_self_shows_the_token_the_login_stands_for(api: Api) -> Non
     assert data["display_name"] == "jwt-ci-job" and data["path"] == "auth/jwt/login" and data["entity_id"]
     status, out, _ = await api.inline("GET", "auth/token/lookup-self", role="batch")
     assert (status, out["data"]["type"], out["data"]["renewable"]) == (200, "batch", False)
+    # What it may do, asked with it (OpenBao looks the token up and answers 400 invalid token).
+    status, out, _ = await api.inline("POST", "sys/capabilities-self", {"paths": ["sys/auth", "sys/policies/acl"]})
+    assert (status, out["data"]["sys/auth"], out["data"]["sys/policies/acl"]) == (200, ["read"], ["deny"]), out
 
 
 async def test_what_the_token_cannot_do(api: Api) -> None:
