@@ -203,6 +203,22 @@ def test_a_list_finds_its_rule_in_vaults_order(policy: tuple[tuple[str, set[str]
     assert a.allows("a/b/" if policy[0][0].startswith("a/") else "x/", "list") is allowed
 
 
+@pytest.mark.parametrize(("path", "allowed"), [
+    ("foo/", False), ("foo/metadata/", True), ("foo/metadata/test/", True), ("foo/metadata/private/", False),
+    ("foo/metadata/private/internal/", False), ("foo/metadata/private/granted/", True),
+    ("foo/metadata/private/granted/test/", True),
+])
+def test_a_deny_glob_below_a_list_grant_holds_for_the_directory_itself(path: str, allowed: bool) -> None:
+    """OpenBao's GHSA-xp3c-3jw3-4vcr (fixed in 2.6): a LIST of ``foo/metadata/private/`` took
+    the grant of ``foo/metadata/*`` found for the path without its slash, past the deny of
+    ``foo/metadata/private/*``. authmount tries the globs of the path as asked first (OpenBao's
+    test table, ``TestACL_ListScanWildcardDeny``)."""
+    a = acl('path "foo/metadata/*" { capabilities = ["list"] }\n'
+            'path "foo/metadata/private/*" { capabilities = ["deny"] }\n'
+            'path "foo/metadata/private/granted/*" { capabilities = ["list"] }')
+    assert a.allows(path, "list") is allowed
+
+
 def test_a_lists_sudo_is_judged_on_the_lists_rule() -> None:
     """A LIST that needs sudo (sys/policies/acl) takes list and sudo from the one rule a LIST
     finds: an exact rule on the path without its slash grants both."""
