@@ -133,6 +133,8 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_security_rules.py",
         "tests/server/test_sys_capabilities.py",
         "tests/server/test_wrapping.py",  # the built-in response-wrapping policy
+        "tests/server/test_policy_templates.py",  # identity templates in paths: filling, caching, flags
+        "tests/server/test_acl_parameters.py",  # parameter constraints, resultant-acl
     ),
     "server/acl/hcl.py": (
         "tests/server/test_policies.py",

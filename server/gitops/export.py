@@ -131,7 +131,7 @@ async def export_state(server: Server) -> Export:
             continue
         found = await server.read_policy(name)
         if found is not None:
-            text, flags = found
+            text, flags = found.text, found.flags
             policies[name] = {"policy": text, **{k: v for k, v in flags.items() if v}} if any(flags.values()) else text
     if policies:
         out.document["policies"] = policies

@@ -24,16 +24,14 @@ from server.identity.backend import app_identity_backend
 from server.mounts import Mount
 from server.sys.backend import SysBackend
 
-__all__ = ["ServerError", "LiveMount", "Server", "HttpServer", "AppServer"]
+__all__ = ["ServerError", "LiveMount", "LivePolicy", "Server", "HttpServer", "AppServer"]
 
 
-def _kept(live: dict[str, Any] | None) -> dict[str, Any]:
-    """What a policy write keeps of the live policy (its read, None when there is none): the
-    write is a check-and-set on the version read (a policy created or changed since then
-    refuses it), and the policy's ``cas_required`` and ``expiration`` stay as they are (a
-    policy meant to expire does not become permanent by an apply)."""
-    if live is None:
-        return {"cas": -1}
+def _kept(live: dict[str, Any]) -> dict[str, Any]:
+    """What a policy write keeps of the live policy (its read): the write is a check-and-set
+    on the version read (a policy changed since then refuses it), and the policy's
+    ``cas_required`` and ``expiration`` stay as they are (a policy meant to expire does not
+    become permanent by an apply)."""
     kept: dict[str, Any] = {}
     if isinstance(live.get("version"), int) and not isinstance(live.get("version"), bool):
         kept["cas"] = live["version"]
@@ -42,6 +40,22 @@ def _kept(live: dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(live.get("expiration"), str):
         kept["expiration"] = live["expiration"]
     return kept
+
+
+@dataclass(frozen=True, slots=True)
+class LivePolicy:
+    """A policy as the server holds it: its text and template flags, and what a rewrite of it
+    sends beside them (``kept``, in the server's own terms: the version read, for a
+    check-and-set, and the ``cas_required`` and ``expiration`` it keeps). The plan reads it
+    once; the apply writes with it, so the check spans from what the plan showed to the write."""
+
+    text: str
+    flags: dict[str, bool]
+    kept: dict[str, Any]
+
+
+#: What the write of a policy that did not exist sends: a create only (OpenBao's ``cas`` -1).
+CREATE_ONLY: dict[str, Any] = {"cas": -1}
 
 
 class ServerError(RuntimeError):
@@ -97,11 +111,14 @@ class Server(Protocol):
 
     async def policies(self) -> list[str]: ...
 
-    async def read_policy(self, name: str) -> tuple[str, dict[str, bool]] | None:
-        """The policy's text and its template flags (false where the server has none: Vault)."""
+    async def read_policy(self, name: str) -> LivePolicy | None:
+        """The policy's text, its template flags (false where the server has none: Vault)
+        and what a rewrite keeps."""
 
-    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
-        """Write a policy (with its template flags when given)."""
+    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None,
+                           live: LivePolicy | None = None) -> None:
+        """Write a policy (with its template flags when given) over ``live``, the policy as it
+        was read (None: there was none; the write then only creates)."""
 
     async def delete_policy(self, name: str) -> None: ...
 
@@ -238,15 +255,16 @@ class HttpServer:
     async def policies(self) -> list[str]:
         return await self.keys("sys/policies/acl")
 
-    async def read_policy(self, name: str) -> tuple[str, dict[str, bool]] | None:
+    async def read_policy(self, name: str) -> LivePolicy | None:
         data = await self._data("GET", f"sys/policies/acl/{quote(name, safe='')}")
         if data is None:
             return None
-        return str(data.get("policy", "")), {k: data.get(k) is True for k in TEMPLATE_FLAGS}
+        return LivePolicy(str(data.get("policy", "")), {k: data.get(k) is True for k in TEMPLATE_FLAGS}, _kept(data))
 
-    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
-        path = f"sys/policies/acl/{quote(name, safe='')}"
-        await self._call("PUT", path, {"policy": text, **(flags or {}), **_kept(await self._data("GET", path))})
+    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None,
+                           live: LivePolicy | None = None) -> None:
+        kept = live.kept if live is not None else CREATE_ONLY
+        await self._call("PUT", f"sys/policies/acl/{quote(name, safe='')}", {"policy": text, **(flags or {}), **kept})
 
     async def delete_policy(self, name: str) -> None:
         await self._call("DELETE", f"sys/policies/acl/{quote(name, safe='')}")
@@ -358,19 +376,17 @@ class AppServer:
     async def policies(self) -> list[str]:
         return await self._app[POLICIES].list()
 
-    async def read_policy(self, name: str) -> tuple[str, dict[str, bool]] | None:
+    async def read_policy(self, name: str) -> LivePolicy | None:
         found = await self._app[POLICIES].entry(name)
-        return None if found is None else (found.text, found.flags)
+        if found is None:
+            return None
+        return LivePolicy(found.text, found.flags, {"cas": found.version, "cas_required": found.cas_required,
+                                                    "expiration": found.expiration})
 
-    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None) -> None:
-        store = self._app[POLICIES]
+    async def write_policy(self, name: str, text: str, flags: dict[str, bool] | None = None,
+                           live: LivePolicy | None = None) -> None:
         try:
-            live = await store.entry(name)
-            if live is None:
-                await store.put(name, text, flags, cas=-1)
-            else:
-                await store.put(name, text, flags, cas=live.version, cas_required=live.cas_required,
-                                expiration=live.expiration)
+            await self._app[POLICIES].put(name, text, flags, **(live.kept if live is not None else CREATE_ONLY))
         except PluginError as exc:
             raise ServerError(str(exc), exc.status) from None
 

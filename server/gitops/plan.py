@@ -48,7 +48,7 @@ from server.gitops.desired import (
     GitopsError,
     empty,
 )
-from server.gitops.live import LiveMount, Server, ServerError
+from server.gitops.live import LiveMount, LivePolicy, Server, ServerError
 from server.mounts import MOUNT_CONFIG_FIELDS, normalize_path
 
 __all__ = ["SENSITIVE", "FieldChange", "Change", "Plan", "Target", "parse_target", "make_plan", "apply_plan", "rotation_in_seconds",
@@ -312,17 +312,17 @@ async def _plan_policies(
         current = await server.read_policy(name) if name in live_names or name == "default" else None
         if current is None:
             sent = flags if any(flags.values()) else None
-            change = Change("create", "policy", f"policy {name}", where, _write_policy(name, text, sent))
+            change = Change("create", "policy", f"policy {name}", where, _write_policy(name, text, sent, None))
             change.text_diff = [f"+ {line}" for line in text.splitlines()]
             change.text_diff += [f"+ {k}: true" for k, v in flags.items() if v]
             plan.changes.append(change)
             continue
-        live_text, live_flags = current
+        live_text, live_flags = current.text, current.flags
         flag_lines = [f"~ {k}: {str(live_flags.get(k, False)).lower()} -> {str(v).lower()}"
                       for k, v in flags.items() if live_flags.get(k, False) != v]
         if live_text != text or flag_lines:
             sent = flags if any(flags.values()) or any(live_flags.values()) else None
-            change = Change("update", "policy", f"policy {name}", where, _write_policy(name, text, sent))
+            change = Change("update", "policy", f"policy {name}", where, _write_policy(name, text, sent, current))
             diff = difflib.unified_diff(live_text.splitlines(), text.splitlines(), lineterm="", n=1)
             change.text_diff = [line for line in diff if not line.startswith(("---", "+++"))] + flag_lines
             plan.changes.append(change)
@@ -947,9 +947,12 @@ def _delete(path: str) -> Callable[[Server], Awaitable[list[str]]]:
     return run
 
 
-def _write_policy(name: str, text: str, flags: dict[str, bool] | None) -> Callable[[Server], Awaitable[list[str]]]:
+def _write_policy(name: str, text: str, flags: dict[str, bool] | None,
+                  live: LivePolicy | None) -> Callable[[Server], Awaitable[list[str]]]:
+    """The write of a policy, a check-and-set on ``live``, the policy as the plan read it
+    (None: there was none): a policy changed (or made) since the plan refuses the write."""
     async def run(server: Server) -> list[str]:
-        await server.write_policy(name, text, flags)
+        await server.write_policy(name, text, flags, live)
         return []
 
     return run

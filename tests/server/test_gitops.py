@@ -26,12 +26,12 @@ from server.gitops import (
     parse_target,
 )
 from server.gitops.desired import Desired
-from server.gitops.live import LiveMount
+from server.gitops.live import AppServer, LiveMount
 from server.gitops.plan import Plan
 from server.http.listverb import make_test_server
 from server.settings import Settings, SettingsError, StorageSettings, settings_from_mapping
 from tests.plugin.keyfactory import default_claims, ec_key, make_token
-from tests.server.httpkit import Client
+from tests.server.httpkit import Client, app_of
 
 ROOT = "root-token-for-gitops"
 H = {"X-Vault-Token": ROOT}
@@ -142,6 +142,33 @@ async def test_an_apply_keeps_a_policys_check_and_set_and_expiration(server: Htt
     after = (await (await client.get("/v1/sys/policies/acl/deploy", headers=H)).json())["data"]
     assert after["policy"] == document()["policies"]["deploy"]
     assert (after["version"], after["cas_required"], after["expiration"]) == (3, True, before["expiration"])
+
+
+@pytest.mark.parametrize("engine", ["http", "app"])
+@pytest.mark.parametrize(("name", "refusal"), [
+    ("deploy", "check-and-set parameter 1 did not match the current version 2"),  # changed after the plan
+    ("late", "check-and-set parameter set to -1 on existing entry"),  # made after the plan
+])
+async def test_a_policy_changed_after_the_plan_is_not_overwritten(server: HttpServer, client: Client, engine: str,
+                                                                   name: str, refusal: str) -> None:
+    """The apply's check-and-set is on the version the plan read: a policy someone changes (or
+    creates) between the plan and the apply refuses the write, naming the policy, and keeps
+    what they wrote; a new plan shows it. ``app``: the same through ``AppServer`` (seeding)."""
+    target: HttpServer | AppServer = server if engine == "http" else AppServer(app_of(client))
+    await applied(server, document())
+    doc = document()
+    doc["policies"][name] = 'path "auth/ci/jwt/role/*" { capabilities = ["read"] }'
+    plan = await make_plan(desired(doc), target)
+    theirs = 'path "sys/mounts" { capabilities = ["read"] }'
+    assert (await client.put(f"/v1/sys/policies/acl/{name}", headers=H, json={"policy": theirs})).status == 204
+    with pytest.raises(GitopsError) as refused:
+        await apply_plan(plan, target)
+    assert refused.value.address == f"policy {name}" and refusal in str(refused.value)
+    read = (await (await client.get(f"/v1/sys/policies/acl/{name}", headers=H)).json())["data"]
+    assert read["policy"] == theirs
+    again = await make_plan(desired(doc), target)
+    assert [c.address for c in again.changes] == [f"policy {name}"]
+    await apply_plan(again, target)
 
 
 async def test_a_field_removed_from_the_file_is_reset_on_the_server(server: HttpServer, client: Client) -> None:
