@@ -295,6 +295,20 @@ async def test_each_request_is_a_login_of_its_own(api: Api) -> None:
     assert (await api.inline("GET", "sys/auth"))[:2] == (403, {"errors": ["permission denied"]})
 
 
+async def test_the_token_is_checked_as_a_minted_one_would_be(api: Api) -> None:
+    """What minting refuses, the inline login refuses too: on a mount tuned to batch tokens, a
+    use-limited role's token (a standard login is refused the same way); a mount disabled while
+    the login ran is tested in tests/server/test_tokens.py."""
+    await api.ok("POST", "sys/auth/jwt/tune", {"token_type": "batch"})
+    status, out, _ = await api.call("POST", "auth/jwt/login", {"role": "uses", "jwt": jwt()}, token=None)
+    assert (status, out) == (400, {"errors": ["batch tokens cannot have a limited number of uses"]})
+    status, out, headers = await api.inline("GET", "sys/auth", role="uses")
+    assert (status, out, headers.get(FAILED_HEADER)) == (
+        400, {"errors": ["batch tokens cannot have a limited number of uses"]}, "true")
+    status, out, _ = await api.inline("GET", "auth/token/lookup-self")  # the mount's type wins
+    assert (status, out["data"]["type"], out["data"]["accessor"]) == (200, "batch", "")
+
+
 async def test_a_role_that_grants_nothing_grants_nothing_inline(api: Api) -> None:
     status, out, headers = await api.inline("GET", "sys/auth", role="nothing")
     assert (status, FAILED_HEADER in headers) == (403, False), out

@@ -28,7 +28,14 @@ from plugin.framework import Alias, Auth
 from plugin.storage import InMemoryStorage, decode, encode
 from server.tokens import ids
 from server.tokens.batch import decode_batch
-from server.tokens.entry import MountInfo, TokenEntry, check_assignable, login_display_name, resolve_token_type
+from server.tokens.entry import (
+    InlineEntry,
+    MountInfo,
+    TokenEntry,
+    check_assignable,
+    login_display_name,
+    resolve_token_type,
+)
 from server.tokens.store import ID_PREFIX, TokenStore
 from server.tokens.ttl import DEFAULT_MAX_TTL, calculate_ttl
 from tests.server.tokenkit import JWT, T0, Clock
@@ -1045,6 +1052,28 @@ async def test_a_login_that_outlives_its_mount_gets_no_token(clock: Clock, token
     with pytest.raises(InvalidRequest, match=r"^auth/jwt/ was disabled during this login; no token was issued$"):
         await store.issue(login(token_type=token_type), mount=JWT)
     assert set(await storage.list("")) == before and await storage.list(ID_PREFIX) == []
+
+
+@pytest.mark.parametrize("token_type", ["service", "batch"])
+async def test_an_inline_login_is_checked_and_written_nowhere(clock: Clock, token_type: str) -> None:
+    """``TokenStore.inline``: the entry a login would mint (its policies, TTL, type), with no
+    id or accessor and no row; refused as minting refuses (a mount gone meanwhile, a batch
+    token with uses)."""
+    storage = InMemoryStorage()
+    mounted = {JWT.accessor}
+    store = await started(storage, clock, mount_exists=lambda accessor: accessor in mounted)
+    before = set(await storage.list(""))
+    entry, block, _ = await store.inline(login(token_type=token_type), mount=JWT, path="auth/jwt/login")
+    assert isinstance(entry, InlineEntry) and (entry.id_hash, entry.accessor) == ("", "")
+    assert (entry.type, entry.path, entry.renewable) == (token_type, "auth/jwt/login", token_type == "service")
+    assert "client_token" not in block and block["token_type"] == token_type and block["accessor"] == ""
+    assert set(await storage.list("")) == before
+    if token_type == "batch":
+        with pytest.raises(InvalidRequest, match=r"^batch tokens cannot have a limited number of uses$"):
+            await store.inline(login(token_type="batch", num_uses=2), mount=JWT, path="auth/jwt/login")
+    mounted.clear()
+    with pytest.raises(InvalidRequest, match=r"^auth/jwt/ was disabled during this login; no token was issued$"):
+        await store.inline(login(token_type=token_type), mount=JWT, path="auth/jwt/login")
 
 
 @pytest.mark.parametrize("cache_entries", [0, 32768], ids=["no value cache (SQLite workers)", "value cache"])
