@@ -185,6 +185,10 @@ def build_cases(base: str, keys_forged: str, provider: dict[str, str]) -> list[C
     return [
         Case("login (malformed JWT)", "POST", "/v1/auth/jwt/login", _json({"role": "r", "jwt": "x" * 16384}), 400),
         Case("login (forged signature)", "POST", "/v1/auth/jwt/login", _json({"role": "r", "jwt": keys_forged}), 400),
+        Case("inline login (malformed JWT), sys/auth", "GET", "/v1/sys/auth", _none, 400,
+             authmount.inline_headers("r", "x" * 6000)),
+        Case("inline login (forged signature), sys/auth", "GET", "/v1/sys/auth", _none, 400,
+             authmount.inline_headers("r", keys_forged)),
         Case("oidc/auth_url", "POST", "/v1/auth/oidc/oidc/auth_url", _json(big), 200),
         Case("oidc/callback GET (forged state)", "GET",
              "/v1/auth/oidc/oidc/callback?" + urlencode({"state": forged, "code": code[:2048], "client_nonce": nonce}),
