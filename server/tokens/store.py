@@ -384,8 +384,6 @@ class TokenStore:
         """
         entry, identity_policies, warnings = await self._login_entry(auth, mount, path, InlineEntry)
         self._ready()
-        if entry.ttl == 0:
-            entry.renewable = False
         if entry.type == "batch":
             self._batch_rules(entry)
         if self._mount_gone(mount):

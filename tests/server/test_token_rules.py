@@ -1054,6 +1054,23 @@ async def test_a_login_that_outlives_its_mount_gets_no_token(clock: Clock, token
     assert set(await storage.list("")) == before and await storage.list(ID_PREFIX) == []
 
 
+async def test_each_distinct_policy_list_is_remembered_apart(clock: Clock) -> None:
+    """``_token_policies`` remembers the policies of each granted list (and ``no_default``):
+    a second list, or the same one without ``default``, never gets the first one's."""
+    store = await started(InMemoryStorage(), clock)
+    asked = [(["a"], False), (["b", "a"], False), (["a"], True), (["a"], False), ([], True)]
+    got = [(await store.issue(login(policies=p, no_default_policy=n), mount=JWT))[0]["policies"] for p, n in asked]
+    assert got == [["a", "default"], ["a", "b", "default"], ["a"], ["a", "default"], []]
+
+
+async def test_a_login_without_an_alias_has_no_entity(clock: Clock) -> None:
+    store = await started(InMemoryStorage(), clock)
+    block, _ = await store.issue(Auth(policies=["a"]), mount=JWT)
+    assert block["entity_id"] == ""
+    _, inline_block, _ = await store.inline(Auth(policies=["a"]), mount=JWT, path="auth/jwt/login")
+    assert inline_block["entity_id"] == ""
+
+
 @pytest.mark.parametrize("token_type", ["service", "batch"])
 async def test_an_inline_login_is_checked_and_written_nowhere(clock: Clock, token_type: str) -> None:
     """``TokenStore.inline``: the entry a login would mint (its policies, TTL, type), with no
