@@ -13,7 +13,7 @@ from server.appkeys import KEYRING, STORAGE
 from server.http.reply import JSONReply
 from server.storage import unavailable_reason
 
-__all__ = ["error_response", "response_for", "reload_keyring", "STORAGE_FAILURES"]
+__all__ = ["error_response", "response_for", "reload_keyring", "quoted", "foreign_namespace", "STORAGE_FAILURES"]
 
 log = structlog.get_logger("authmount.errors")
 #: Storage failures answered 503 since start, by reason (logged: the first, then every 100th).
@@ -29,6 +29,19 @@ def error_response(status: int, messages: list[str], headers: dict[str, str] | N
     if headers:
         reply.headers.update(headers)
     return reply
+
+
+def quoted(text: str) -> str:
+    """``text`` in double quotes for a refusal's message: at most 64 characters, control
+    characters and quotes escaped (what a caller sent is never echoed raw)."""
+    return '"' + text[:64].encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+
+def foreign_namespace(value: str | None) -> str | None:
+    """The namespace a namespace header's ``value`` names when it is not the root one (the only
+    one authmount has: empty, ``root``, slashes around either), else None."""
+    name = value.strip().strip("/") if value is not None else ""
+    return None if name in ("", "root") else name
 
 
 def response_for(request: web.Request, exc: Exception) -> web.Response | None:

@@ -48,7 +48,7 @@ from server.appkeys import (
 from server.audit import AuditBroker
 from server.http.audited import Exchange
 from server.http.cors import Cors
-from server.http.errors import error_response
+from server.http.errors import error_response, foreign_namespace, quoted
 from server.http.inline import FAILED_HEADER, NOT_LOGIN, PATH_HEADER, InlineLogin, is_inline_header, read_inline
 from server.http.inline import refused as inline_refused
 from server.http.listverb import MARKER_HEADER, is_list_verb
@@ -399,11 +399,7 @@ async def inline_login(request: web.Request, login: InlineLogin, remote: str) ->
     if found is None:
         raise PermissionDenied(NOT_LOGIN)
     mount, rel = found
-    req = Request(
-        operation=login.operation, path=rel, data=login.data, storage=mount.storage, system=mount.system,
-        connection=Connection(remote), headers=BackendHeaders(request.headers),
-        refuse_unknown=app[SETTINGS].refuse_unknown_parameters,
-    )
+    req = mount_request(request, mount, login.operation, rel, login.data, remote)
     backend = mount.backend
     try:
         route = req.route = backend.resolve(rel)
@@ -532,6 +528,17 @@ async def _write_capability(backend: Backend, req: Request) -> str:
 
 
 # -- the mount route ----------------------------------------------------------------------
+def mount_request(request: web.Request, mount: Mount, op: Operation, rel: str, data: dict[str, Any],
+                  remote: str) -> Request:
+    """The plugin ``Request`` of ``op`` on ``rel`` of ``mount`` from a caller at ``remote``: the
+    mount's storage and system view, the headers a backend may see (``BackendHeaders``)."""
+    return Request(
+        operation=op, path=rel, data=data, storage=mount.storage, system=mount.system,
+        connection=Connection(remote), headers=BackendHeaders(request.headers),
+        refuse_unknown=request.app[SETTINGS].refuse_unknown_parameters,
+    )
+
+
 async def auth_handler(request: web.Request) -> web.StreamResponse:
     """``/v1/auth/{path}``: find the mount, check the token, call the backend."""
     path = request.match_info["path"]
@@ -547,11 +554,7 @@ async def auth_handler(request: web.Request) -> web.StreamResponse:
     if op is Operation.LIST and rel and not rel.endswith("/"):
         rel += "/"
     remote = remote_addr(request)
-    req = Request(
-        operation=op, path=rel, data=data, storage=mount.storage, system=mount.system,
-        connection=Connection(remote), headers=BackendHeaders(request.headers),
-        refuse_unknown=request.app[SETTINGS].refuse_unknown_parameters,
-    )
+    req = mount_request(request, mount, op, rel, data, remote)
     backend = mount.backend
     try:
         # Names in the path take their canonical spelling here, before the ACL check, so
@@ -869,13 +872,11 @@ def refuse_namespace(request: web.Request) -> None:
 
     :raises InvalidRequest: naming the namespace asked for.
     """
-    value = request.headers.get("X-Vault-Namespace")
-    name = value.strip().strip("/") if value is not None else ""
-    if name in ("", "root"):
+    name = foreign_namespace(request.headers.get("X-Vault-Namespace"))
+    if name is None:
         return
-    shown = name[:64].encode("unicode_escape").decode("ascii").replace('"', '\\"')
     raise InvalidRequest(
-        f'namespace "{shown}" is not supported: authmount serves only the root namespace '
+        f"namespace {quoted(name)} is not supported: authmount serves only the root namespace "
         '(send no X-Vault-Namespace header, or "root")'
     )
 

@@ -31,6 +31,7 @@ import orjson
 from plugin.errors import InvalidRequest
 from plugin.framework import Operation
 from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
+from server.http.errors import foreign_namespace, quoted
 
 __all__ = [
     "PATH_HEADER", "PARAMETER_PREFIX", "OPERATION_HEADER", "NAMESPACE_HEADER", "FAILED_HEADER",
@@ -94,15 +95,15 @@ def read_inline(headers: Any, limit: int) -> InlineLogin | None:
         found = _OPERATIONS.get(ops[0])
         if found is None:
             raise refused(f"expected a valid login operation in {OPERATION_HEADER} (update, create or read), "
-                           f"not {_shown(ops[0])}")
+                           f"not {quoted(ops[0])}")
         operation = found
     spaces = headers.getall(NAMESPACE_HEADER, None)
     if spaces is not None:
         if len(spaces) > 1:
             raise refused(f"expected at most one value for {NAMESPACE_HEADER}")
-        name = spaces[0].strip().strip("/")
-        if name not in ("", "root"):
-            raise refused(f"inline auth namespace {_shown(name)} was not found: authmount serves only the root "
+        name = foreign_namespace(spaces[0])
+        if name is not None:
+            raise refused(f"inline auth namespace {quoted(name)} was not found: authmount serves only the root "
                            "namespace")
     data: dict[str, Any] = {}
     size = 0
@@ -110,21 +111,16 @@ def read_inline(headers: Any, limit: int) -> InlineLogin | None:
         if not header.lower().startswith(_PARAMETER):
             continue
         if len(headers.getall(header)) != 1:
-            raise refused(f"expected exactly one value for each auth header parameter ({_shown(header)} has more)")
+            raise refused(f"expected exactly one value for each auth header parameter ({quoted(header)} has more)")
         raw = _decoded(header, value)
         size += len(raw)
         if 0 < limit < size:
             raise refused(f"the parameters' decoded values exceed {limit} bytes, the limit of a login's body")
         key, field = _parameter(header, raw)
         if key in data:
-            raise refused(f"parameter {_shown(key)} is given by more than one {PARAMETER_PREFIX}* header")
+            raise refused(f"parameter {quoted(key)} is given by more than one {PARAMETER_PREFIX}* header")
         data[key] = field
     return InlineLogin(paths[0], operation, data)
-
-
-def _shown(text: str) -> str:
-    """``text`` quoted for a message: at most 64 characters, control characters escaped."""
-    return '"' + text[:64].encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
 
 
 _ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -139,7 +135,7 @@ def _decoded(header: str, value: str) -> bytes:
     """
     body = value.rstrip("=")
     if len(value) - len(body) > 2 or len(body) % 4 == 1 or not _ALPHABET.issuperset(body):
-        raise refused(f"failed raw url-safe base64 decoding header value of {_shown(header)}")
+        raise refused(f"failed raw url-safe base64 decoding header value of {quoted(header)}")
     return urlsafe_b64decode(body + "=" * (-len(body) % 4))
 
 
@@ -149,21 +145,21 @@ def _parameter(header: str, raw: bytes) -> tuple[str, Any]:
     :raises InvalidRequest: OpenBao's messages for JSON that is not such an object.
     """
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and too_deep(raw.decode("utf-8", "replace")):
-        raise refused(f"failed json decoding header value of {_shown(header)}: nested more than {MAX_JSON_DEPTH} "
+        raise refused(f"failed json decoding header value of {quoted(header)}: nested more than {MAX_JSON_DEPTH} "
                        "levels")
     try:
         info = orjson.loads(raw)
     except orjson.JSONDecodeError:
         info = None
     if not isinstance(info, dict):
-        raise refused(f"failed json decoding header value of {_shown(header)}")
+        raise refused(f"failed json decoding header value of {quoted(header)}")
     if "key" not in info:
-        raise refused(f"decoded header lacked `key` field ({_shown(header)})")
+        raise refused(f"decoded header lacked `key` field ({quoted(header)})")
     key = info["key"]
     if not isinstance(key, str):
-        raise refused(f"decoded header had incorrect type for `key` field ({_shown(header)})")
+        raise refused(f"decoded header had incorrect type for `key` field ({quoted(header)})")
     if "value" not in info:
-        raise refused(f"decoded header lacked `value` field ({_shown(header)})")
+        raise refused(f"decoded header lacked `value` field ({quoted(header)})")
     if len(info) != 2:
-        raise refused(f"unexpected field in decoded request parameter ({_shown(header)})")
+        raise refused(f"unexpected field in decoded request parameter ({quoted(header)})")
     return key, info["value"]
