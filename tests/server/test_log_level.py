@@ -4,7 +4,6 @@ the level is applied by a processor every logger shares (server/http/log.py ``_l
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -12,16 +11,7 @@ import structlog
 from server.http import log
 
 
-@pytest.fixture
-def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("_request_sink", "_level", "_format", "_base", "_by_name", "_traced", "_request_level"):
-        monkeypatch.setattr(log, name, getattr(log, name))
-    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)
-    yield
-    structlog.reset_defaults()
-
-
-def test_a_level_change_reaches_loggers_already_used(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_level_change_reaches_loggers_already_used(capsys: pytest.CaptureFixture[str]) -> None:
     log.configure_logging("info", "console")
     logger = structlog.get_logger("authmount.test")
     logger.debug("hidden_before")
@@ -38,14 +28,14 @@ def test_a_level_change_reaches_loggers_already_used(restored: None, capsys: pyt
     assert log._request_sink is None  # console: request lines go through structlog
 
 
-def test_json_request_lines_follow_the_level(restored: None) -> None:
+def test_json_request_lines_follow_the_level() -> None:
     log.configure_logging("warning", "json")
     assert log._request_sink is None  # request lines are info: not written at warning
     log.set_log_level("info")
     assert log._request_sink is not None
 
 
-def test_lines_logged_in_a_request_carry_its_id(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lines_logged_in_a_request_carry_its_id(capsys: pytest.CaptureFixture[str]) -> None:
     """The configured chain adds the id of the request being handled (``handled`` sets it)."""
     log.configure_logging("info", "console")
     logger = structlog.get_logger("authmount.test")
@@ -59,7 +49,7 @@ def test_lines_logged_in_a_request_carry_its_id(restored: None, capsys: pytest.C
     assert [("request_id=rid-0123" in line) for line in lines] == [True, False]
 
 
-def test_no_request_line_work_above_info(restored: None) -> None:
+def test_no_request_line_work_above_info() -> None:
     """Above info (and in the console format) the request line is not built at all: before,
     structlog's chain built it and dropped it in ``_level_gate``, which cost as much as
     writing it."""
@@ -74,7 +64,7 @@ def test_no_request_line_work_above_info(restored: None) -> None:
     log._log_request(Untouchable(), "rid", 200, 0.0)  # type: ignore[arg-type]
 
 
-def test_the_console_format_escapes_control_characters(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_console_format_escapes_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
     """A caller's path or role name with an escape sequence reached the terminal as it was
     (the console renderer writes a value without spaces unquoted); the JSON format escaped it."""
     log.configure_logging("info", "console")
@@ -84,7 +74,7 @@ def test_the_console_format_escapes_control_characters(restored: None, capsys: p
     assert "path=/v1/auth/\\x1b[2Jx\\x07" in err and "role=a\\x00b" in err
 
 
-def test_a_logger_set_by_name_logs_at_its_own_level(restored: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_logger_set_by_name_logs_at_its_own_level(capsys: pytest.CaptureFixture[str]) -> None:
     """``sys/loggers/<name>``: one logger below the others' level, another above it; a level
     for every logger (SIGHUP's) forgets them."""
     log.configure_logging("info", "console")
@@ -108,7 +98,7 @@ def test_a_logger_set_by_name_logs_at_its_own_level(restored: None, capsys: pyte
     assert log.logger_levels() == (logging.INFO, {}, frozenset())
 
 
-def test_the_request_lines_follow_their_own_loggers_level(restored: None) -> None:
+def test_the_request_lines_follow_their_own_loggers_level() -> None:
     log.configure_logging("info", "json")
     log.set_logger_levels(logging.INFO, {"authmount.request": logging.WARNING})
     assert log._request_sink is None and log._request_level == logging.WARNING

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,6 @@ from server.sys import loggers
 from tests.server.httpkit import Client, answer, dev_client
 
 ROOT = "root-token-for-logger-tests"
-
-
-@pytest.fixture(autouse=True)
-def levels_restored() -> Iterator[None]:
-    before = log.logger_levels()
-    yield
-    log.set_logger_levels(*before)
 
 
 @pytest.fixture
