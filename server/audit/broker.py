@@ -33,7 +33,7 @@ from plugin.storage import Storage
 from server import telemetry
 from server.audit.devices import Sink, build_sink, option_bool
 from server.audit.entry import Format, Hasher, Record, probe_record, request_line, response_line, stamp
-from server.http.inline import is_inline_header
+from server.credentials import carries_credential
 from server.mounts import normalize_path
 from server.storage.refresh import Refresh
 from server.telemetry import Observer
@@ -44,14 +44,6 @@ AUDIT_KEY = "core/audit"
 #: Request headers written to the audit log (``sys/config/auditing/request-headers``).
 HEADERS_KEY = "core/audited-headers"
 SALT_CONTEXT = AUDIT_KEY + "#salt"
-#: Headers that carry the caller's credentials: always hashed when audited (and so are the
-#: inline authentication headers, ``server.http.inline``).
-_CREDENTIAL_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-authorization"})
-
-
-def _credential(name: str) -> bool:
-    """Whether the header ``name`` (lower case) carries a credential."""
-    return name in _CREDENTIAL_HEADERS or is_inline_header(name)
 
 log = structlog.get_logger("authmount.audit")
 #: Builds one entry line: (record, device format, time).
@@ -349,7 +341,7 @@ class AuditBroker:
     async def set_header(self, name: str, hashed: bool) -> None:
         """Write ``name`` (case-insensitive) to the ``headers`` of request entries."""
         key = name.lower()
-        value = hashed or _credential(key)
+        value = hashed or carries_credential(key)
 
         def put(old: Any) -> Any:
             table = dict(old or {})
@@ -525,4 +517,4 @@ class AuditBroker:
 def _header_table(stored: Any) -> dict[str, bool]:
     if not isinstance(stored, dict):
         return {}
-    return {str(k): bool(v.get("hmac")) or _credential(str(k)) for k, v in stored.items() if isinstance(v, dict)}
+    return {str(k): bool(v.get("hmac")) or carries_credential(str(k)) for k, v in stored.items() if isinstance(v, dict)}

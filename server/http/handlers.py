@@ -46,10 +46,11 @@ from server.appkeys import (
     TOKENS,
 )
 from server.audit import AuditBroker
+from server.credentials import carries_credential
 from server.http.audited import Exchange
 from server.http.cors import Cors
 from server.http.errors import error_response, foreign_namespace, quoted
-from server.http.inline import FAILED_HEADER, NOT_LOGIN, PATH_HEADER, InlineLogin, is_inline_header, read_inline
+from server.http.inline import FAILED_HEADER, NOT_LOGIN, PATH_HEADER, InlineLogin, read_inline
 from server.http.inline import refused as inline_refused
 from server.http.listverb import MARKER_HEADER, is_list_verb
 from server.http.ratelimit import LIMITER, limited
@@ -102,7 +103,7 @@ _FORM_TYPES = ("application/x-www-form-urlencoded",)
 #: otherwise hold a handler and a connection for as long as the client likes.
 BODY_READ_TIMEOUT = 10.0
 # Never handed to backends: credentials of the caller.
-_HIDDEN_HEADERS = frozenset({"x-vault-token", "authorization", "cookie", "proxy-authorization", MARKER_HEADER.lower()})
+_MARKER = MARKER_HEADER.lower()
 
 
 #: The methods that write (Vault's UPDATE, or CREATE by existence).
@@ -502,7 +503,7 @@ class BackendHeaders(Mapping[str, str]):
     def _dict(self) -> dict[str, str]:
         if self._copy is None:
             self._copy = {k.lower(): v for k, v in self._headers.items()
-                          if k.lower() not in _HIDDEN_HEADERS and not is_inline_header(k.lower())}
+                          if k.lower() != _MARKER and not carries_credential(k.lower())}
         return self._copy
 
     def __getitem__(self, key: str) -> str:

@@ -35,7 +35,7 @@ from server.http.errors import foreign_namespace, quoted
 
 __all__ = [
     "PATH_HEADER", "PARAMETER_PREFIX", "OPERATION_HEADER", "NAMESPACE_HEADER", "FAILED_HEADER",
-    "NOT_LOGIN", "InlineLogin", "read_inline", "refused", "is_inline_header",
+    "NOT_LOGIN", "InlineLogin", "read_inline", "refused",
 ]
 
 PATH_HEADER = "X-Vault-Inline-Auth-Path"
@@ -44,19 +44,12 @@ OPERATION_HEADER = "X-Vault-Inline-Auth-Operation"
 NAMESPACE_HEADER = "X-Vault-Inline-Auth-Namespace"
 #: On every refusal of the inline login step (OpenBao sets it on the login's own refusals).
 FAILED_HEADER = "X-Vault-Inline-Auth-Failed"
-_PREFIX = "x-vault-inline-auth-"
 _PARAMETER = PARAMETER_PREFIX.lower()
 #: OpenBao's operation names (``logical.ValidateLoginOperation``), case as it reads them.
 _OPERATIONS = {"update": Operation.UPDATE, "create": Operation.UPDATE, "read": Operation.READ}
 #: The refusal of a path that is no login path (the same whether a mount is there or not).
 NOT_LOGIN = (f"permission denied: {PATH_HEADER} does not name a login path of an enabled auth mount "
              "(auth/<mount>/login)")
-
-
-def is_inline_header(name: str) -> bool:
-    """Whether ``name`` (lower case) is one of the inline authentication headers: they carry
-    credentials, so no backend sees them and the audit log hashes them."""
-    return name.startswith(_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Operation
 from server.app import create_app
 from server.appkeys import STORAGE
+from server.credentials import carries_credential
+from server.http import inline as inline_http
 from server.http.handlers import BackendHeaders
 from server.http.inline import InlineLogin, read_inline
 from server.http.listverb import make_test_server
@@ -168,6 +170,19 @@ def test_the_parameters_are_bounded_by_the_login_body_limit() -> None:
 def test_no_backend_sees_the_inline_headers() -> None:
     seen = BackendHeaders(_headers(_PATH, _ROLE, ("X-Vault-Inline-Auth-Operation", "update"), ("X-Other", "1")))
     assert dict(seen) == {"x-other": "1"}
+
+
+@pytest.mark.parametrize(("name", "credential"), [
+    (inline_http.PATH_HEADER, True), (inline_http.PARAMETER_PREFIX + "role", True),
+    (inline_http.OPERATION_HEADER, True), (inline_http.NAMESPACE_HEADER, True), (inline_http.FAILED_HEADER, True),
+    ("X-Vault-Token", True), ("Authorization", True), ("Cookie", True), ("Proxy-Authorization", True),
+    ("X-Vault-Inline-Auth", False), ("X-Vault-Request", False), ("X-Forwarded-For", False), ("User-Agent", False),
+])
+def test_the_credential_headers(name: str, credential: bool) -> None:
+    """The one list (server/credentials.py) that both keeps headers from the backends and has
+    the audit log hash them: every header the inline login reads is on it by its prefix."""
+    assert carries_credential(name.lower()) is credential
+    assert (name.lower() in BackendHeaders(_headers((name, "v")))) is not credential
 
 
 # -- on the server --------------------------------------------------------------------------------
