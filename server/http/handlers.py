@@ -450,7 +450,7 @@ async def authorize(
     if tokens.entity_disabled(entry):  # as Vault: a disabled entity's tokens do nothing
         granted = False
     else:
-        acl = await request.app[POLICIES].acl_for(await tokens.policies_of(entry), entry.entity_id, path)
+        acl = await tokens.acl(entry, request.app[POLICIES], path)
         if allowed is not None:
             granted = await allowed(acl)
         else:

@@ -237,7 +237,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         entry = await core.tokens.lookup(raw)
         if entry is None or core.tokens.entity_disabled(entry):
             raise PermissionDenied()
-        return await core.policies.acl_for(await core.tokens.policies_of(entry), entry.entity_id)
+        return await core.tokens.acl(entry, core.policies)
 
     async def ui_mounts(req: Request, values: dict[str, Any]) -> Response:
         """Without a token, the mounts tuned visible to everyone (type, description, options);

@@ -134,7 +134,7 @@ def paths(b: SysBackend) -> list[SysPath]:
             entry = await target(core, values, caller)
             if core.tokens.entity_disabled(entry):  # OpenBao 2.7.2 answers it as an unknown token
                 raise InvalidRequest("invalid token")
-            acl = await core.policies.acl_for(await core.tokens.policies_of(entry), entry.entity_id)
+            acl = await core.tokens.acl(entry, core.policies)
             reply: dict[str, Any] = {path: acl.capabilities(canonical_path(b, path)) for path in asked}
             if len(asked) == 1:  # Vault's older single-path answer, still read by its CLI
                 reply["capabilities"] = reply[asked[0]]
@@ -144,7 +144,7 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     async def resultant_acl(req: Request, values: dict[str, Any]) -> Response:
         entry: TokenEntry = (req.token or {})["entry"]
-        acl = await core.policies.acl_for(await core.tokens.policies_of(entry), entry.entity_id)
+        acl = await core.tokens.acl(entry, core.policies)
         return Response(data=resultant(acl))
 
     return [

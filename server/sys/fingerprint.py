@@ -74,7 +74,7 @@ def paths(b: SysBackend) -> list[SysPath]:
         entry = (req.token or {}).get("entry")
         if entry is None:
             raise PermissionDenied()
-        acl = await core.policies.acl_for(await core.tokens.policies_of(entry), entry.entity_id, full)
+        acl = await core.tokens.acl(entry, core.policies, full)
         if not acl.allows(full, "update"):
             raise PermissionDenied()
         fields = route.spec.fields

@@ -208,7 +208,7 @@ class TokenBackend(Backend):
         if self.policies is None:
             return False
         path = self._mount_path(req) + req.path
-        acl = await self.policies.acl_for(await self.store.policies_of(caller), caller.entity_id, path)
+        acl = await self.store.acl(caller, self.policies, path)
         return bool(acl.allows(path, "sudo"))
 
     async def _renew_target(self, entry: TokenEntry, req: Request) -> tuple[MountInfo, RenewHook | None]:

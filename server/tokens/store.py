@@ -21,7 +21,7 @@ from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.sealing import NewerTermError, Sealer
 from plugin.storage import Storage
 from server import telemetry
-from server.acl.policies import RESPONSE_WRAPPING
+from server.acl.policies import ACL, RESPONSE_WRAPPING, PolicyStore
 from server.identity.store import IdentityStore
 from server.keyring import PROCESS_SEALER, Keyring
 from server.storage import Engine
@@ -553,6 +553,11 @@ class TokenStore:
         if not extra:
             return entry.policies
         return sanitize_policies([*entry.policies, *extra])
+
+    async def acl(self, entry: TokenEntry, policies: PolicyStore, path: str | None = None) -> ACL:
+        """The ACL ``entry`` is judged by at this use (``policies_of``, the templates filled
+        for its entity); ``path``: only that path is judged (``PolicyStore.acl_for``)."""
+        return await policies.acl_for(await self.policies_of(entry), entry.entity_id, path)
 
     # -- batch tokens --------------------------------------------------------------------
     @staticmethod
