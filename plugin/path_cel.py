@@ -29,8 +29,9 @@ from plugin.cel import (
     to_python,
 )
 from plugin.cidrutil import parse_cidrs
-from plugin.errors import InvalidRequest, NotFound, PluginError
+from plugin.errors import InvalidRequest, PluginError
 from plugin.framework import Alias, Auth, Operation, PathSpec, Request, Response
+from plugin.paging import PAGE_FIELDS, list_response
 from plugin.path_login import (
     CHECKS,
     Check,
@@ -322,13 +323,7 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
     """The CEL role, login and explain PathSpecs."""
 
     async def list_roles(req: Request, values: dict[str, Any]) -> Response:
-        storage = req.require_storage()
-        after, limit = values.get("after", ""), values.get("limit", 0)
-        keys = await (storage.list_page(CEL_ROLE_PREFIX, after, limit) if limit > 0 or after
-                      else storage.list(CEL_ROLE_PREFIX))
-        if not keys:
-            raise NotFound()
-        return Response(data={"keys": keys})
+        return await list_response(req.require_storage(), CEL_ROLE_PREFIX, values)
 
     async def read(req: Request, values: dict[str, Any]) -> Response | None:
         found = await backend.cel_role(req.require_storage(), values["name"])
@@ -404,12 +399,8 @@ def paths(backend: JWTAuthBackend) -> list[PathSpec]:
             data["auth"] = _auth_view(cel.auth)
         return Response(data=data)
 
-    page = FieldSet({
-        "after": Field(FieldType.STRING, "List the roles after this name (it need not exist).", default=""),
-        "limit": Field(FieldType.INT, "List at most this many roles (default: all).", default=0),
-    })
     return [
-        PathSpec("cel/role/?", page, {Operation.LIST: list_roles}, "List the CEL roles."),
+        PathSpec("cel/role/?", PAGE_FIELDS, {Operation.LIST: list_roles}, "List the CEL roles."),
         PathSpec(
             f"cel/role/(?P<name>{ROLE_NAME_RE})/explain", CEL_EXPLAIN_FIELDS, {Operation.UPDATE: explain},
             "Explain how a login with this CEL role and JWT would go, without issuing a token.",

@@ -8,8 +8,9 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from plugin.errors import InvalidRequest, NotFound
+from plugin.errors import InvalidRequest
 from plugin.framework import Operation, PathSpec, Request, Response
+from plugin.paging import PAGE_FIELDS, list_response
 from plugin.policy_templates import compile_templates
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.token_fields import (
@@ -380,14 +381,11 @@ def path_role_list(backend: JWTAuthBackend) -> PathSpec:
     """The ``role/`` LIST PathSpec."""
 
     async def list_roles(req: Request, values: dict[str, Any]) -> Response:
-        keys = await req.require_storage().list(ROLE_PREFIX)
-        if not keys:
-            raise NotFound()
-        return Response(data={"keys": keys})
+        return await list_response(req.require_storage(), ROLE_PREFIX, values)
 
     return PathSpec(
         pattern="role/?",
-        fields=FieldSet({}),
+        fields=PAGE_FIELDS,
         operations={Operation.LIST: list_roles},
         summary="Lists all the roles registered with the backend.",
         description="The list will contain the names of the roles.",

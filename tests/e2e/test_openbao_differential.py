@@ -2322,6 +2322,28 @@ def test_plugin_catalog_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     assert got[:1] + got[2:] == peer[:1] + peer[2:]
 
 
+#: Paged role lists (``bao list -after -limit``): both role folders, by root, in order.
+_PAGED = ["", "?after=a", "?after=a&limit=1", "?limit=2", "?after=aa&limit=5", "?after=a&limit=-3", "?after=a&limit=0",
+          "?after=c.d", "?after=zz&limit=1", "?limit=x"]
+PAGE_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "sys/auth/peer-pages", {"type": "jwt"}),
+    ("POST", "auth/peer-pages/config", {"jwt_validation_pubkeys": [KEY.pem]}),
+    *[("POST", f"auth/peer-pages/role/{n}", {"role_type": "jwt", "user_claim": "sub", "bound_audiences": "x"})
+      for n in ("b", "a", "c.d")],
+    *[("POST", f"auth/peer-pages/cel/role/{n}", {"cel_program": {"expression": "true"}}) for n in ("b", "a", "c.d")],
+    *[("LIST", f"auth/peer-pages/{folder}{query}", None) for folder in ("role", "cel/role") for query in _PAGED],
+    ("DELETE", "sys/auth/peer-pages", None),
+]
+#: Go's text for a ``limit`` that is no number (authmount names the value it could not read).
+PAGE_TEXTS_DIFFER = {i for i, (_, path, _) in enumerate(PAGE_STEPS) if path.endswith("limit=x")}
+
+
+def test_role_list_pages_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """OpenBao pages both role lists; ``after`` alone was a 500 on authmount's ``cel/role``."""
+    assert len(PAGE_TEXTS_DIFFER) == 2
+    assert _run_steps(servers, PAGE_STEPS, ("keys",), PAGE_TEXTS_DIFFER) == []
+
+
 #: Log levels at run time, in order, by root; ``{logger}`` is one logger each server has
 #: (OpenBao's ``core``, authmount's ``authmount.keyring``). The last step puts the settings'
 #: levels back (the peer server is shared by the module).

@@ -233,6 +233,43 @@ async def test_list(h: Harness) -> None:
         assert resp is not None and resp.data == {"keys": ["a", "b", "c.d"]}
 
 
+PAGES = [
+    # (after, limit) as ``bao list -after -limit`` sends them, and the names answered (None: 404)
+    ({}, ["a", "b", "c.d"]),
+    ({"after": "a"}, ["b", "c.d"]),  # no limit: every name after it (a 500 on cel/role/ before)
+    ({"after": "a", "limit": 1}, ["b"]),
+    ({"limit": 2}, ["a", "b"]),
+    ({"after": "aa", "limit": 5}, ["b", "c.d"]),  # the name need not exist
+    ({"after": "a", "limit": -3}, ["b", "c.d"]),  # 0 or less: all, as OpenBao
+    ({"after": "a", "limit": "0"}, ["b", "c.d"]),
+    ({"after": "c.d"}, None),
+    ({"after": "zz", "limit": 1}, None),
+]
+
+
+@pytest.mark.parametrize("prefix", ["role/", "cel/role/"])
+@pytest.mark.parametrize(("page", "keys"), PAGES)
+async def test_list_pages_as_openbao(h: Harness, prefix: str, page: dict[str, Any], keys: list[str] | None) -> None:
+    """OpenBao 2.x pages both role lists (``after``, ``limit``); compared side by side in
+    tests/e2e/test_openbao_differential.py (``test_role_list_pages_as_openbao``)."""
+    for name in ("b", "a", "c.d"):
+        body = {**JWT, "bound_subject": "s"} if prefix == "role/" else {"cel_program": {"expression": "true"}}
+        await h.write(prefix + name, body)
+    if keys is None:
+        with pytest.raises(NotFound):
+            await h.call(Operation.LIST, prefix, page)
+        return
+    resp = await h.call(Operation.LIST, prefix, page)
+    assert resp is not None and resp.data == {"keys": keys} and not resp.warnings
+
+
+@pytest.mark.parametrize("prefix", ["role/", "cel/role/"])
+async def test_a_limit_that_is_no_number_is_refused(h: Harness, prefix: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await h.call(Operation.LIST, prefix, {"limit": "x"})
+    assert "limit" in info.value.messages[0]
+
+
 async def test_names_lower_cased_and_regex(h: Harness) -> None:
     await h.write("role/MyRole", {**JWT, "bound_subject": "s", "name": "MyRole"})
     resp = await h.read("role/myrole")
