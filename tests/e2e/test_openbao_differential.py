@@ -2335,7 +2335,7 @@ PAGE_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "sys/auth/peer-pages", None),
 ]
 #: Go's text for a ``limit`` that is no number (authmount names the value it could not read).
-PAGE_TEXTS_DIFFER = {i for i, (_, path, _) in enumerate(PAGE_STEPS) if path.endswith("limit=x")}
+PAGE_TEXTS_DIFFER = {i: "Go's conversion text" for i, (_, path, _) in enumerate(PAGE_STEPS) if path.endswith("limit=x")}
 
 
 def test_role_list_pages_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
