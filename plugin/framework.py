@@ -588,8 +588,11 @@ def _openapi_path(spec: PathSpec, mount_prefix: str) -> tuple[str, dict[str, Any
         elif verb == "patch":
             operation["requestBody"] = {"content": {"application/merge-patch+json": {"schema": schema}}}
         if op is Operation.LIST:
+            # a LIST takes its fields from the query string (role/?after=a&limit=50)
             operation["parameters"] = [
-                {"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}}]
+                {"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}},
+                *({"name": name, "in": "query", "description": prop.pop("description"), "schema": prop}
+                  for name, prop in spec.fields.openapi().items() if name not in captures)]
         operation["responses"] = _OPENAPI_RESPONSES[verb]
         if spec.statuses and verb == "post":
             extra = {str(code): {"description": HTTPStatus(code).phrase} for code in spec.statuses}

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -289,7 +290,11 @@ def _typed(rng: random.Random, schema: dict[str, Any]) -> Any:
 
 def _properties(operation: dict[str, Any]) -> dict[str, Any]:
     """The fields an OpenAPI operation's body takes (whatever its media type: a PATCH's is a
-    merge patch)."""
+    merge patch), or its query parameters (a LIST's ``after`` and ``limit``)."""
+    query = {p["name"]: p.get("schema", {}) for p in operation.get("parameters", [])
+             if p.get("in") == "query" and p["name"] != "list"}
+    if query:
+        return query
     content: dict[str, Any] = operation.get("requestBody", {}).get("content", {})
     for media in content.values():
         return dict(media.get("schema", {}).get("properties", {}))
@@ -360,6 +365,14 @@ class Campaign:
                 return
         raise AssertionError(f"could not restore the campaign's admin token, mount and role: {statuses}")
 
+    @staticmethod
+    def query(rng: random.Random, props: dict[str, Any]) -> str:
+        """A query string of some of the documented parameters (and at times an unknown one)."""
+        names = list(props) + ["bogus_field"]
+        picked = rng.sample(names, min(len(names), rng.randint(0, 3)))
+        values = [(name, _typed(rng, props.get(name, {}))) for name in picked]
+        return urlencode([(k, v if isinstance(v, str) else json.dumps(v)) for k, v in values])
+
     def body(self, rng: random.Random, route: str, props: dict[str, Any]) -> Any:
         if rng.random() < 0.08:
             return rng.choice([[], "x", None, 5, {"x" * 5000: 1}])
@@ -407,6 +420,8 @@ def test_every_documented_operation_survives_random_values(tmp_path_factory: pyt
             method = verb.upper() if rng.random() < 0.9 else rng.choice(METHODS)
             who = rng.choices(["admin", "bogus", "nobody"], weights=[8, 1, 1])[0]
             body = campaign.body(rng, route, props) if method in ("POST", "PUT", "PATCH") else None
+            if verb == "get" and props and method == "GET":
+                path += "?list=true&" + campaign.query(rng, props)
             before = None
             if STATEFUL.search(route) and method in ("POST", "PATCH"):
                 before = campaign.call("GET", "/v1" + path)
