@@ -9,6 +9,7 @@ from typing import Any
 from plugin.cidrutil import narrow_cidrs, parse_cidrs
 from plugin.errors import InvalidRequest, PermissionDenied, UnsupportedOperation
 from plugin.framework import Alias, Backend, Operation, PathSpec, Request, Response
+from plugin.paging import PAGE_FIELDS
 from plugin.policyutil import sanitize_policies
 from plugin.schema import Field, FieldSet, FieldType
 from server.tokens.entry import InlineEntry, MountInfo, RenewHook, TokenEntry, check_assignable
@@ -166,7 +167,8 @@ class TokenBackend(Backend):
             PathSpec("renew-self", FieldSet({**_TOKEN, **_INCREMENT}), {u: self._renew_self}, "Renew the calling token."),
             PathSpec("renew", FieldSet({**_TOKEN, **_INCREMENT}), {u: self._renew}, "Renew a token."),
             PathSpec("renew-accessor", FieldSet({**_ACCESSOR, **_INCREMENT}), {u: self._renew_accessor}, "Renew a token by accessor."),
-            PathSpec("accessors/?", FieldSet({}), {Operation.LIST: self._list_accessors}, "List token accessors (needs sudo)."),
+            PathSpec("accessors/?", PAGE_FIELDS, {Operation.LIST: self._list_accessors},
+                     "List token accessors (needs sudo); after and limit page through them."),
             PathSpec("revoke-self", FieldSet({}), {u: self._revoke_self}, "Revoke the calling token and its children."),
             PathSpec("revoke", FieldSet(dict(_TOKEN)), {u: self._revoke}, "Revoke a token and its children."),
             PathSpec("revoke-accessor", FieldSet(dict(_ACCESSOR)), {u: self._revoke_accessor}, "Revoke a token by accessor."),
@@ -458,7 +460,10 @@ class TokenBackend(Backend):
         caller, _ = self._caller(req)
         if not await self._has_sudo(caller, req):
             raise PermissionDenied()
-        return Response(data={"keys": await self.store.list_accessors()})
+        after, limit = values.get("after") or "", values.get("limit") or 0
+        if not after and limit <= 0:
+            return Response(data={"keys": await self.store.list_accessors()})
+        return Response(data={"keys": await self.store.accessors_page(after, limit)})
 
     async def _renew_entry(self, req: Request, entry: TokenEntry, raw: str, increment: int) -> Response:
         if entry.num_uses < 0:  # the caller's own token on its last use: pending revocation (Vault)

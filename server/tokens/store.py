@@ -1013,11 +1013,56 @@ class TokenStore:
         """Accessors of every live service token (a full scan; for operators)."""
         out: list[str] = []
         async for _, data in self._rows():
-            if data.get("accessor") and data.get("num_uses", 0) >= 0:
-                entry = TokenEntry.from_dict(data)
-                if not entry.expire_time or self.clock() < entry.expire_time:
-                    out.append(entry.accessor)
+            accessor = self._listed(data)
+            if accessor:
+                out.append(accessor)
         return sorted(out)
+
+    async def accessors_page(self, after: str, limit: int) -> list[str]:
+        """``LIST auth/token/accessors?after=&limit=``: at most ``limit`` (0: no bound) live
+        accessors, in the order of the token rows, from the row past ``after``'s. Each page
+        costs the rows it reads, so an operator can walk a million tokens (Vault's full list
+        times out there: hashicorp/vault#10887).
+
+        The rows of authmount's tokens are keyed by their selector, the head of the accessor,
+        so ``after`` need not exist any more; an accessor of the HMAC-keyed layout is found
+        through its index, and refused if its token is gone.
+        """
+        self._ready()
+        start = ""
+        if after:
+            selector = accessor_selector(after)
+            if selector is not None:
+                start = selector
+            else:
+                index = await self.storage.get(ACCESSOR_PREFIX + self.hash(after)) if len(after) <= 256 else None
+                if not index:
+                    raise InvalidRequest(f'cannot list after "{after[:64]}": it is not the accessor of a live '
+                                         "token (list again without after)")
+                start = index["id_hash"]
+        out: list[str] = []
+        n = 0
+        while True:
+            page = await self.storage.list_page(ID_PREFIX, start, SCAN_PAGE)
+            for key in page:
+                await _pause(n)
+                n += 1
+                data = await self.storage.get(ID_PREFIX + key)
+                accessor = self._listed(data) if data is not None else None
+                if accessor:
+                    out.append(accessor)
+                    if len(out) == limit:
+                        return out
+            if len(page) < SCAN_PAGE:
+                return out
+            start = page[-1]
+
+    def _listed(self, data: dict[str, Any]) -> str | None:
+        """The accessor a token row shows in the accessor list: a live service token's."""
+        if not data.get("accessor") or data.get("num_uses", 0) < 0:
+            return None
+        entry = TokenEntry.from_dict(data)
+        return entry.accessor if not entry.expire_time or self.clock() < entry.expire_time else None
 
     async def usage(self) -> TokenUsage:
         """Live service tokens counted by mount accessor, policy and creation TTL (a full

@@ -222,14 +222,14 @@ async def test_openapi_says_what_the_server_answers(client: Client) -> None:
     [param] = paths["/auth/token/roles/{role_name}"]["parameters"]
     assert param["schema"]["pattern"] == "^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$"
     # a LIST's fields are its query parameters (OpenBao's document leaves them out)
-    for route in ("/auth/schem/role", "/auth/schem/cel/role"):
+    for route in ("/auth/schem/role", "/auth/schem/cel/role", "/auth/token/accessors"):
         assert paths[route]["get"]["parameters"] == [
             {"name": "list", "in": "query", "required": True, "schema": {"type": "string", "enum": ["true"]}},
             {"name": "after", "in": "query", "schema": {"type": "string", "default": ""},
              "description": "Optional entry to list begin listing after, not required to exist."},
             {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 0},
              "description": "Optional number of entries to return; defaults to all entries."}]
-    assert [p["name"] for p in paths["/auth/token/accessors"]["get"]["parameters"]] == ["list"]
+    assert [p["name"] for p in paths["/auth/token/roles"]["get"]["parameters"]] == ["list"]
 
 
 async def test_openapi_tune_fields_are_the_schema(client: Client) -> None:

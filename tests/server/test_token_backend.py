@@ -444,3 +444,27 @@ async def test_renew_accessor_and_list_accessors(env: Env) -> None:
     assert listed is not None and listed.data is not None and block["accessor"] in listed.data["keys"]
     with pytest.raises(PermissionDenied):
         await env.call(block["client_token"], "accessors/", op=Operation.LIST)
+
+
+async def test_list_accessors_in_pages(env: Env) -> None:
+    """``bao list -after=<accessor> -limit=<n> auth/token/accessors``: pages in row order, the
+    same accessors as the whole list; a page needs sudo too (hashicorp/vault#10887)."""
+    for _ in range(4):
+        await env.token(policies=["dev"])
+    whole = await env.call(env.root, "accessors/", op=Operation.LIST)
+    assert whole is not None and whole.data is not None and len(whole.data["keys"]) == 5  # with the root token
+    walked: list[str] = []
+    after = ""
+    while True:
+        page = await env.call(env.root, "accessors/", {"after": after, "limit": "2"}, op=Operation.LIST)
+        assert page is not None and page.data is not None and len(page.data["keys"]) <= 2 and not page.warnings
+        walked += page.data["keys"]
+        if len(page.data["keys"]) < 2:
+            break
+        after = page.data["keys"][-1]
+    assert sorted(walked) == whole.data["keys"]
+    with pytest.raises(InvalidRequest, match='error converting input x for field "limit"'):
+        await env.call(env.root, "accessors/", {"limit": "x"}, op=Operation.LIST)
+    block = await env.token(policies=["dev"])
+    with pytest.raises(PermissionDenied):
+        await env.call(block["client_token"], "accessors/", {"limit": 1}, op=Operation.LIST)

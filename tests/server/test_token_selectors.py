@@ -658,3 +658,59 @@ async def test_upgrade_over_http_keeps_legacy_tokens_working(aiohttp_client: Aio
         stored = await storage.get(key)
         assert stored is not None and "value" not in stored and old._salt is not None
         assert base64.b64encode(old._salt).decode() not in str(await storage.get(key))
+
+
+# -- the accessor list in pages (after, limit) -----------------------------------------------------
+
+async def _walk(store: TokenStore, limit: int, after: str = "") -> list[list[str]]:
+    """Every page of ``limit`` accessors from ``after`` on, each next page after the last one."""
+    pages: list[list[str]] = []
+    while True:
+        page = await store.accessors_page(after, limit)
+        if page:
+            pages.append(page)
+        if len(page) < limit or limit <= 0:
+            return pages
+        after = page[-1]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7, 100, 0])
+async def test_pages_hold_every_live_accessor_once(legacy: TokenStore, clock: Clock, limit: int) -> None:
+    """Selector tokens, the two legacy tokens, an expired and a revoked token: a walk in pages
+    of any size lists what the whole list lists, each accessor once, the page sizes bounded."""
+    for step in (0.001, 1, 60):
+        clock.now += step
+        await legacy.issue(login(), mount=JWT)
+    short, _ = await legacy.issue(login(ttl=5), mount=JWT)
+    gone, _ = await legacy.issue(login(), mount=JWT)
+    await legacy.revoke(await legacy.authenticate(gone["client_token"], "127.0.0.1"))
+    clock.now += 10  # ``short`` has expired, its row not yet swept
+    pages = await _walk(legacy, limit)
+    walked = [a for page in pages for a in page]
+    assert sorted(walked) == await legacy.list_accessors() and len(walked) == 5
+    assert short["accessor"] not in walked and gone["accessor"] not in walked
+    assert {LEGACY_ACCESSOR, LEGACY_CHILD_ACCESSOR} <= set(walked)
+    assert all(len(page) <= limit for page in pages) if limit > 0 else len(pages) == 1
+    assert [a for a in walked if accessor_selector(a)] == sorted(a for a in walked if accessor_selector(a))
+
+
+async def test_a_page_goes_on_after_a_revoked_token(store: TokenStore) -> None:
+    """A selector token's accessor names its row even once the token is gone (OpenBao's
+    ``after`` need not exist), so revoking the last token of a page loses no other."""
+    blocks = sorted([(await store.issue(login(), mount=JWT))[0] for _ in range(4)], key=lambda b: b["accessor"])
+    accessors = [b["accessor"] for b in blocks]  # minted in one millisecond: rows in accessor order
+    first = await store.accessors_page("", 2)
+    assert first == accessors[:2]
+    await store.revoke(await store.authenticate(blocks[1]["client_token"], "127.0.0.1"))
+    assert await store.accessors_page(first[-1], 2) == accessors[2:]
+    assert await store.accessors_page(first[-1], 0) == accessors[2:]
+    assert await store.accessors_page(accessors[-1], 5) == []
+    assert await store.accessors_page("z" * ACCESSOR_LEN, 5) == []  # after every row
+
+
+@pytest.mark.parametrize("after", ["LegacyAccessorCCCCCCCCCC", "x", "a" * 300, "has space", "\x00"])
+async def test_a_page_after_an_unknown_legacy_accessor_is_refused(legacy: TokenStore, after: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await legacy.accessors_page(after, 2)
+    assert info.value.messages == [f'cannot list after "{after[:64]}": it is not the accessor of a live token '
+                                   "(list again without after)"]
