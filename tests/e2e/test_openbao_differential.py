@@ -2322,6 +2322,42 @@ def test_plugin_catalog_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     assert got[:1] + got[2:] == peer[:1] + peer[2:]
 
 
+def _counters(url: str, root: str) -> dict[str, Any]:
+    head = {"X-Vault-Token": root}
+    out: dict[str, Any] = {}
+    for kind in ("tokens", "entities"):
+        resp = requests.get(f"{url}/v1/sys/internal/counters/{kind}", headers=head, timeout=10)
+        assert resp.status_code == 200, resp.text
+        out[kind] = resp.json()["data"]["counters"]
+    return out
+
+
+def test_counters_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """``vault read sys/internal/counters/tokens`` (and ``entities``): the same shape, and the
+    same change for two new tokens (one revoked again) and an entity; refusals alike."""
+    seen = []
+    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
+        head = {"X-Vault-Token": root}
+        before = _counters(url, root)
+        made = [requests.post(f"{url}/v1/auth/token/create", json={"ttl": "1h", "policies": ["default"]}, headers=head,
+                               timeout=10).json()
+                for _ in range(3)]
+        requests.post(f"{url}/v1/auth/token/revoke-accessor", json={"accessor": made[0]["auth"]["accessor"]},
+                      headers=head, timeout=10).raise_for_status()
+        name = f"counted-{random.randrange(10**9)}"
+        requests.post(f"{url}/v1/identity/entity", json={"name": name}, headers=head, timeout=10).raise_for_status()
+        after = _counters(url, root)
+        requests.delete(f"{url}/v1/identity/entity/name/{name}", headers=head, timeout=10).raise_for_status()
+        delta = {"tokens": after["tokens"]["service_tokens"]["total"] - before["tokens"]["service_tokens"]["total"],
+                 "entities": after["entities"]["entities"]["total"] - before["entities"]["entities"]["total"]}
+        shapes = {k: sorted(v) for k, v in after.items()}
+        refusals = [requests.request(m, f"{url}/v1/sys/internal/counters/tokens", headers=h, timeout=10).status_code
+                    for m, h in (("POST", head), ("GET", {}), ("GET", {"X-Vault-Token": made[1]["auth"]["client_token"]}))]
+        seen.append((delta, shapes, refusals))
+    assert seen[0] == seen[1]
+    assert seen[0][0] == {"tokens": 2, "entities": 1} and seen[0][2] == [405, 403, 403]
+
+
 #: Paged role lists (``bao list -after -limit``): both role folders, by root, in order.
 _PAGED = ["", "?after=a", "?after=a&limit=1", "?limit=2", "?after=aa&limit=5", "?after=a&limit=-3", "?after=a&limit=0",
           "?after=c.d", "?after=zz&limit=1", "?limit=x"]

@@ -1,0 +1,39 @@
+"""``sys/internal/counters/tokens`` and ``sys/internal/counters/entities`` (OpenBao 2.7.2's
+shapes: ``{"counters": {"service_tokens": {"total": n}}}``, ``{"counters": {"entities":
+{"total": n}}}``), which monitoring scripts read with ``vault read``.
+
+OpenBao counts every service token row, expired ones its sweep has not reached too;
+authmount counts the live ones, the figure of the ``vault_token_count`` gauge
+(docs/vault-differences.md). Both read through the ACL like any sys path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from plugin.framework import Operation, Request, Response
+from plugin.schema import FieldSet
+from server.sys.core import SysPath
+
+if TYPE_CHECKING:
+    from server.sys.backend import SysBackend
+
+__all__ = ["paths"]
+
+
+def paths(b: SysBackend) -> list[SysPath]:
+    async def tokens(req: Request, values: dict[str, Any]) -> Response:
+        usage = await b.core.tokens.usage()
+        return Response(data={"counters": {"service_tokens": {"total": usage.total}}})
+
+    async def entities(req: Request, values: dict[str, Any]) -> Response:
+        identity = b.core.tokens.identity
+        total = await identity.count_entities() if identity is not None else 0
+        return Response(data={"counters": {"entities": {"total": total}}})
+
+    return [
+        SysPath("internal/counters/tokens", FieldSet({}), {Operation.READ: tokens},
+                "The number of live service tokens."),
+        SysPath("internal/counters/entities", FieldSet({}), {Operation.READ: entities},
+                "The number of identity entities."),
+    ]
