@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugin.errors import NotFound
+from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Response
 from plugin.schema import Field, FieldSet, FieldType
-from plugin.storage import Storage
+from plugin.storage import Storage, check_prefix
 
 __all__ = ["PAGE_FIELDS", "list_response"]
 
@@ -25,6 +25,10 @@ async def list_response(storage: Storage, prefix: str, values: dict[str, Any]) -
     """The names under ``prefix`` that ``values``' ``after`` and ``limit`` ask for, as a LIST
     answers them; none is a 404, as in Vault."""
     after, limit = values.get("after") or "", values.get("limit") or 0
+    try:
+        check_prefix(after, "after")  # no stored name holds a NUL: storage refuses to seek one
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     if not after and limit <= 0:
         keys = await storage.list(prefix)
     else:

@@ -271,7 +271,7 @@ CAPTURES = ["jwt", "sso", "r", "R", "default", "ops", "x-team", "spare", "", "..
 #: Typed values by OpenAPI type, each list's first ones the likeliest to pass coercion.
 TYPED: dict[str, list[Any]] = {
     "string": ["", "x", "default", "r", "*", "sub", "vault", "jwt", "RS256", "glob", "1h", "ünï", "a" * 300,
-               "http://127.0.0.1:1/x", "https://127.0.0.1:1/.well-known", "a,b", "/sub", "root"],
+               "http://127.0.0.1:1/x", "https://127.0.0.1:1/.well-known", "a,b", "/sub", "root", "a\x00b"],
     "duration": ["1h", "30s", "0", 60, "system", "-5s", "1e3", "soon", 2**40, "9" * 40],
     "boolean": [True, False, "true", "false", "1", "maybe", 1, None],
     "integer": [0, 1, -1, 5, "5", "x", 2**63, 1.5],

@@ -264,10 +264,16 @@ async def test_list_pages_as_openbao(h: Harness, prefix: str, page: dict[str, An
 
 
 @pytest.mark.parametrize("prefix", ["role/", "cel/role/"])
-async def test_a_limit_that_is_no_number_is_refused(h: Harness, prefix: str) -> None:
+@pytest.mark.parametrize(("page", "message"), [
+    ({"limit": "x"}, 'Field validation failed: error converting input x for field "limit": cannot parse as an integer'),
+    ({"after": "a\x00b"}, "after must be valid UTF-8 without NUL characters"),  # a 500 before
+    ({"after": "\x00", "limit": 1}, "after must be valid UTF-8 without NUL characters"),
+    ({"after": "\ud800"}, "after must be valid UTF-8 without NUL characters"),
+])
+async def test_a_page_that_cannot_be_is_refused(h: Harness, prefix: str, page: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRequest) as info:
-        await h.call(Operation.LIST, prefix, {"limit": "x"})
-    assert "limit" in info.value.messages[0]
+        await h.call(Operation.LIST, prefix, page)
+    assert info.value.messages == [message]
 
 
 async def test_names_lower_cased_and_regex(h: Harness) -> None:
