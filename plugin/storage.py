@@ -47,6 +47,7 @@ __all__ = [
     "PrefixedStorage",
     "Updater",
     "check_key",
+    "storable",
     "check_page_args",
     "check_prefix",
     "decode",
@@ -74,7 +75,7 @@ def decode(blob: bytes | str) -> Any:
     return orjson.loads(blob)
 
 
-def _storable(text: str) -> bool:
+def storable(text: str) -> bool:
     """True when PostgreSQL and UTF-8 can hold ``text`` (no NUL, no lone surrogate)."""
     if "\x00" in text:
         return False
@@ -94,7 +95,7 @@ def check_key(key: object) -> None:
     """
     if not isinstance(key, str) or not key:
         raise TypeError(f"storage key must be a non-empty str, got {key!r}")
-    if not (key.isascii() and "\x00" not in key) and not _storable(key):  # inlined: every get
+    if not (key.isascii() and "\x00" not in key) and not storable(key):  # inlined: every get
         raise ValueError("storage key must be valid UTF-8 without NUL characters")
 
 
@@ -106,7 +107,7 @@ def check_prefix(prefix: object, name: str = "prefix") -> None:
     """
     if not isinstance(prefix, str):
         raise TypeError(f"{name} must be a str, got {prefix!r}")
-    if not _storable(prefix):
+    if not storable(prefix):
         raise ValueError(f"{name} must be valid UTF-8 without NUL characters")
 
 

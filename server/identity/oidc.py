@@ -40,6 +40,7 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.jose_verify import keys_from_jwks, parse_token, verify_signature
 from plugin.schema import Field, FieldSet, FieldType
+from plugin.storage import storable
 from server.identity.oidc_keys import ALGORITHMS, KEY_PREFIX, NamedKey, Signers, generate, sign_jwt
 from server.identity.store import OIDC_PREFIX
 from server.identity.token_template import check_template, fill
@@ -223,6 +224,8 @@ class IdentityKeys:
         return await self.issuer.get(self.b.store.oidc_generation, load)
 
     async def load(self, name: str) -> NamedKey | None:
+        if not storable(name):  # a name no key can have (a NUL) names none
+            return None
         raw = await self.b.store.storage.get(KEY_PREFIX + name)
         return NamedKey.from_storage(raw) if isinstance(raw, dict) else None
 

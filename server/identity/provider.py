@@ -37,6 +37,7 @@ import structlog
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
+from plugin.storage import storable
 from server.acl.templating import IdentityView, TemplateError
 from server.acl.templating import pieces as split_templates
 from server.identity.oidc import CLIENT_PREFIX, DEFAULT_KEY, NAME_RE, Kept, refuse_if_used, stored_objects
@@ -171,6 +172,8 @@ class ProviderObjects:
         return self.b.store.storage
 
     async def _get(self, key: str) -> dict[str, Any] | None:
+        if not storable(key):  # a name no scope or assignment can have (a NUL) names none
+            return None
         raw = await self._storage().get(key)
         return raw if isinstance(raw, dict) else None
 

@@ -456,6 +456,42 @@ def _shown(reply: tuple[int, dict[str, str], bytes]) -> tuple[int, Any]:
     return status, data
 
 
+#: Text that no storage key can hold: every engine refuses it, so wherever a field's value
+#: becomes (part of) a key unchecked, the request fails with a 500.
+UNSTORABLE = ["a\x00b", "a\x00", "\ud800"]
+
+
+def test_every_documented_field_refuses_unstorable_text(tmp_path: Path) -> None:
+    """Each field of each documented operation (body field, LIST query parameter, path
+    capture) alone with a NUL or a lone surrogate, as root: never a 500. Found a key name, a
+    scope, an assignment and a role list's ``after`` that reached storage as they were."""
+    with start_server(config=sqlite_config(tmp_path / "nul.db"), workdir=tmp_path) as srv:
+        campaign = Campaign(srv, tmp_path)
+        campaign.furnish()
+        campaign.document()
+        sent = 0
+        for verb, route, props in campaign.operations:
+            method = verb.upper()
+            for value in UNSTORABLE:
+                if "{" in route:
+                    sent += 1
+                    check_reply(f"{method} {route} capture", method,
+                                campaign.call(method, "/v1" + re.sub(r"\{\w+\}", "a%00b", route), {} if method != "GET"
+                                              else None), {})
+                for name in props:
+                    path = "/v1" + re.sub(r"\{\w+\}", "x", route)
+                    sent += 1
+                    if verb == "get":
+                        reply = campaign.call("GET", f"{path}?list=true&{urlencode({name: value}, errors='surrogatepass')}")
+                    else:
+                        reply = campaign.call(method, path, {name: value})
+                    check_reply(f"{method} {route} {name}={value!r}", method, reply, {})
+                    if reply[0] == 403:  # the request revoked the campaign's admin token
+                        campaign.restore()
+        assert sent > 1500, sent
+        assert "internal_error" not in srv.log_text()
+
+
 def test_concurrent_operations_on_two_workers(tmp_path: Path) -> None:
     """The documented operations again, from 8 clients at once against ``--workers 2`` on one
     SQLite file: writes on one worker meet the other's caches, rotations and device changes

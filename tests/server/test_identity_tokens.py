@@ -246,6 +246,7 @@ async def test_tokens_need_an_entity_a_policy_and_an_allowed_client(api: Api) ->
     ("identity/oidc/key/nope/rotate", {}, 'no named key found at "nope"'),
     ("identity/oidc/role/r", {}, "the key parameter is required"),
     ("identity/oidc/role/r", {"key": "nope"}, 'cannot find key "nope"'),
+    ("identity/oidc/role/r", {"key": "a\x00b"}, 'cannot find key "a\x00b"'),  # a 500 before: no key holds a NUL
     ("identity/oidc/role/r", {"key": "default", "ttl": "25h"},
      "a role's token ttl cannot be longer than the verification_ttl of the key it references"),
     ("identity/oidc/role/r", {"key": "default", "template": '{"sub": "x"}'},

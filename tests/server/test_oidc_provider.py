@@ -312,11 +312,13 @@ async def test_objects_defaults_and_refusals(api: Provider) -> None:
         ("POST", "identity/oidc/scope/openid", {}, 'the "openid" scope name is reserved'),
         ("DELETE", "identity/oidc/provider/default", None, 'deletion of OIDC provider "default" not allowed'),
         ("POST", "identity/oidc/client/c", {"assignments": "nope"}, 'assignment "nope" does not exist'),
+        ("POST", "identity/oidc/client/c", {"assignments": "a\x00"}, 'assignment "a\x00" does not exist'),  # a 500 before
         ("POST", "identity/oidc/client/c", {"key": "nope"}, 'key "nope" does not exist'),
         ("POST", "identity/oidc/client/c", {"client_type": "other"}, 'invalid client_type "other"'),
         ("POST", "identity/oidc/client/c", {"id_token_ttl": "48h"},
          "a client's id_token_ttl cannot be greater than the verification_ttl of the key it references"),
         ("POST", "identity/oidc/provider/p", {"scopes_supported": "nope"}, 'scope "nope" does not exist'),
+        ("POST", "identity/oidc/provider/p", {"scopes_supported": "a\x00b"}, 'scope "a\x00b" does not exist'),
         ("POST", "identity/oidc/provider/p", {"issuer": "https://x.example.com/path"},
          "invalid issuer, which must include only a scheme, host, and optional port (e.g. https://example.com:8200)"),
         ("POST", "identity/oidc/scope/s", {"template": '{"aud": "x"}'}, None),
