@@ -16,8 +16,16 @@ import structlog
 from plugin.errors import InvalidRequest
 from plugin.storage import InMemoryStorage
 from server.acl.hcl import HCLError, parse
-from server.acl.policies import ACL, PathRule, PolicyError, PolicyStore, canonical_policy_name, parse_policy
-from server.acl.templating import KNOWN
+from server.acl.policies import (
+    ACL,
+    PathRule,
+    PolicyError,
+    PolicyStore,
+    canonical_policy_name,
+    parse_policy,
+    resultant,
+)
+from server.acl.templating import KNOWN, IdentityView
 
 
 def acl(text: str) -> ACL:
@@ -403,6 +411,15 @@ def test_hcl_values() -> None:
     ([("auth/token/lookup-self", {"read"})], "auth/token/", True),
     ([("identity/entity/name/*", {"read"})], "identity/", True),
     ([("identity/entity/name/*", {"read"})], "sys/", False),
+    # the mount's own path denied: only a rule below it, or a + rule naming it, shows it (compared
+    # with OpenBao 2.7.2 through sys/internal/ui/mounts)
+    ([("auth/jwt", {"deny"}), ("+/jwt", {"read"})], "auth/jwt/", True),
+    ([("auth/jwt", {"deny"}), ("+/jw*", {"read"})], "auth/jwt/", True),
+    ([("auth/jwt", {"deny"}), ("+/ji*", {"read"})], "auth/jwt/", False),
+    ([("auth/jwt", {"deny"}), ("auth/+/x", {"deny"}), ("+/jwt/y", {"read"})], "auth/jwt/", True),  # past a denial
+    ([("sys/*", {"read"}), ("+/jwt/y", {"read"})], "auth/jwt/", True),  # past another mount's glob
+    ([("+/boX/y", {"read"})], "auth/boX/", True),
+    ([("+/boX/y", {"read"})], "auth/bo/", False),
 ])
 def test_mount_access_is_any_grant_at_or_below_the_mount(pairs: list[tuple[str, set[str]]], mount: str,
                                                          seen: bool) -> None:
@@ -410,3 +427,94 @@ def test_mount_access_is_any_grant_at_or_below_the_mount(pairs: list[tuple[str, 
     OpenBao in ``test_ui_mounts_with_a_token_as_openbao``)."""
     assert rules(*pairs).has_mount_access(mount) is seen
     assert ACL(root=True).has_mount_access(mount)
+
+
+def test_a_denial_beside_other_capabilities_denies() -> None:
+    denied = acl('path "a" { capabilities = ["deny", "read"] }')
+    assert denied.capabilities("a") == ["deny"] and not denied.allows("a", "read")
+
+
+@pytest.mark.parametrize(("pairs", "path", "capability", "allowed"), [
+    ([("auth/+", {"read"})], "auth/jwt", "read", True),
+    ([("auth/+", {"read"})], "auth/jwt/", "read", False),  # only a LIST is judged without its slash
+    ([("auth/+", {"list"})], "auth/jwt/", "list", True),
+    ([("+/boX", {"list"})], "auth/boX/", "list", True),
+    ([("+/boX", {"list"})], "auth/bo/", "list", False),
+])
+def test_only_a_list_is_judged_without_its_trailing_slash(pairs: list[tuple[str, set[str]]], path: str,
+                                                          capability: str, allowed: bool) -> None:
+    assert rules(*pairs).allows(path, capability) is allowed
+
+
+def test_the_resultant_acl_as_openbao() -> None:
+    """``sys/internal/ui/resultant-acl`` of this policy, as OpenBao 2.7.2 answered it: a
+    denial beside other capabilities is a denial, capabilities in its bitmap's order, globs
+    ending in ``*`` without it, no ``+`` path; a root token's is ``{"root": true}``."""
+    text = """path "a" { capabilities = ["deny", "read"] }
+path "b" { capabilities = ["patch", "sudo", "delete", "create", "read", "update", "list"] }
+path "c/*" { capabilities = ["read"] }
+path "auth/+/role/*" { capabilities = ["read"] }
+path "auth/jwt/+" { capabilities = ["read"] }
+path "sys/internal/ui/resultant-acl" { capabilities = ["read"] }"""
+    assert resultant(acl(text)) == {
+        "exact_paths": {"a": {"capabilities": ["deny"]},
+                        "b": {"capabilities": ["create", "delete", "list", "read", "sudo", "update", "patch"]},
+                        "sys/internal/ui/resultant-acl": {"capabilities": ["read"]}},
+        "glob_paths": {"c/": {"capabilities": ["read"]}}, "root": False}
+    assert resultant(ACL(root=True)) == {"root": True}
+
+
+class _Counting(InMemoryStorage):
+    """Counts the reads of policy rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, key: str) -> Any:
+        self.reads += key.startswith("sys/policy/")
+        return await super().get(key)
+
+
+async def test_policies_and_acls_are_read_once_within_the_cache_ttl() -> None:
+    """A token's ACL is built once per set of policy names, and each policy read once, until
+    ``cache_ttl`` has passed or a policy is written."""
+    storage = _Counting()
+    store = PolicyStore(storage, cache_ttl=60)
+    await store.put("a", 'path "a" { capabilities = ["read"] }')
+    await store.put("b", 'path "b" { capabilities = ["read"] }')
+    storage.reads = 0
+    first = await store.acl_for(["a"])
+    assert storage.reads == 1 and await store.acl_for(["a"]) is first and storage.reads == 1
+    both = await store.acl_for(["a", "b"])  # "a" from the policy cache, "b" read
+    assert storage.reads == 2 and both.allows("a", "read") and both.allows("b", "read")
+    await store.put("a", 'path "a2" { capabilities = ["read"] }')
+    storage.reads = 0
+    assert (await store.acl_for(["a"])).allows("a2", "read") and storage.reads == 1
+
+
+async def test_templates_are_filled_per_identity_and_the_filled_acl_kept() -> None:
+    """The rules of a policy with identity templates: one whose value is missing, or whose
+    filled path is a glob Vault refuses, is left out and the others still apply; a ``+``
+    before the template bounds which paths fill them; the filled ACL is kept per identity."""
+    seen: list[str] = []
+    who = IdentityView(id="e-1", name="a*b", metadata=(("team", "red"),))
+
+    async def identity(entity_id: str) -> IdentityView | None:
+        seen.append(entity_id)
+        return who if entity_id == "e-1" else None
+
+    store = PolicyStore(InMemoryStorage(), cache_ttl=60)
+    store.identity = identity
+    await store.put("t", """path "x/{{identity.entity.metadata.nope}}" { capabilities = ["read"] }
+path "y/{{identity.entity.name}}/z" { capabilities = ["read"] }
+path "auth/jwt/+/{{identity.entity.metadata.team}}/*" { capabilities = ["read"] }
+path "w/{{identity.entity.id}}" { capabilities = ["read"] }""", flags={"allow_wildcards_in_identity_templates": True})
+    path = "auth/jwt/r/red/k"
+    filled = await store.acl_for(["t"], "e-1", path)
+    assert filled.allows(path, "read") and filled.allows("w/e-1", "read")
+    assert not filled.allows("y/a*b/z", "read") and not filled.allows("x/", "read")
+    assert await store.acl_for(["t"], "e-1", path) is filled and seen == ["e-1", "e-1"]
+    plain = await store.acl_for(["t"], "e-1", "sys/auth")  # no template can match: not filled
+    assert not plain.allows("w/e-1", "read") and seen == ["e-1", "e-1"]
+    assert not (await store.acl_for(["t"], "", path)).allows(path, "read")  # no entity
