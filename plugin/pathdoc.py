@@ -54,6 +54,7 @@ _TYPE_NAMES = {
     FieldType.NAME: "string",
     FieldType.BOOL: "bool",
     FieldType.INT: "int",
+    FieldType.FLOAT: "float",
     FieldType.COMMA_STRING_SLICE: "slice",
     FieldType.DURATION: "duration (sec)",
     FieldType.SIGNED_DURATION: "signed duration (sec)",

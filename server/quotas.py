@@ -68,8 +68,9 @@ class Quota:
         """Vault's read of the quota."""
         return {"block_interval": self.block_interval, "inheritable": self.inheritable, "interval": self.interval,
                 "name": self.name, "path": self.mount + self.suffix,
-                # Go writes a whole float64 without a fraction: 20, not 20.0
-                "rate": int(self.rate) if self.rate.is_integer() else self.rate, "role": self.role,
+                # Go writes a whole float64 without a fraction: 20, not 20.0 (and 1e+308 as a float)
+                "rate": int(self.rate) if self.rate.is_integer() and abs(self.rate) < 2**63 else self.rate,
+                "role": self.role,
                 "type": "rate-limit"}
 
     @classmethod

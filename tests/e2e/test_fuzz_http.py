@@ -492,6 +492,38 @@ def test_every_documented_field_refuses_unstorable_text(tmp_path: Path) -> None:
         assert "internal_error" not in srv.log_text()
 
 
+#: Values at the edges of each JSON type, for one field at a time.
+EDGES: list[Any] = [None, True, -1, 0, 1.5, 2**70, -2**70, 1e308, [], {}, "", "9" * 400, "1e400"]
+
+
+def test_what_a_write_accepts_reads_back(tmp_path: Path) -> None:
+    """For each documented path that is written and read (a role, a quota, a policy, a key,
+    ...): each field alone with each edge value, as root, then a read, and ``?help=1``. Every
+    answer is below 500: a value a write accepts is one its read can show (a quota's ``rate``
+    of 1e308 was stored, and every read of it was a 500; the help of a float field was one)."""
+    with start_server(config=sqlite_config(tmp_path / "edges.db"), workdir=tmp_path) as srv:
+        campaign = Campaign(srv, tmp_path)
+        campaign.furnish()
+        campaign.document()
+        routes = {route: props for verb, route, props in campaign.operations if verb == "post"}
+        readable = {route for verb, route, _ in campaign.operations if verb == "get"}
+        sent = 0
+        for route in sorted(routes.keys() & readable):
+            path = "/v1" + re.sub(r"\{\w+\}", "edge", route)
+            check_reply(f"GET {route}?help=1", "GET", campaign.call("GET", path + "?help=1"), {})
+            for name in routes[route]:
+                for value in EDGES:
+                    sent += 1
+                    wrote = campaign.call("POST", path, {name: value})
+                    check_reply(f"POST {route} {name}={value!r:.40}", "POST", wrote, {})
+                    read = campaign.call("GET", path)
+                    check_reply(f"GET {route} after {name}={value!r:.40} ({wrote[0]})", "GET", read, {})
+                    if 403 in (wrote[0], read[0]):  # the write revoked the campaign's admin token
+                        campaign.restore()
+        assert sent > 1000, sent
+        assert "internal_error" not in srv.log_text()
+
+
 def test_concurrent_operations_on_two_workers(tmp_path: Path) -> None:
     """The documented operations again, from 8 clients at once against ``--workers 2`` on one
     SQLite file: writes on one worker meet the other's caches, rotations and device changes

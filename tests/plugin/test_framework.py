@@ -152,6 +152,17 @@ async def test_a_body_value_the_path_replaces_is_warned_of(
         assert resp is not None and resp.warnings == warnings and resp.data == {"ok": True}
 
 
+async def _noop(req: Request, values: dict[str, Any]) -> None:
+    return None
+
+
+@pytest.mark.parametrize("kind", list(FieldType))
+def test_help_names_every_field_type(kind: FieldType) -> None:
+    """``?help=1`` of a path with a field of each type (a float's was a 500: sys/quotas)."""
+    spec = PathSpec("p", FieldSet({"f": Field(kind, "A field.")}), {Operation.READ: _noop}, "A path.")
+    assert "    f (" in pathdoc.help_text(spec, "p")
+
+
 def test_help_text_is_vaults_document_from_the_schema() -> None:
     spec = PathSpec(r"role/(?P<name>\w+)", _TYPO_FIELDS, {Operation.READ: _handler}, "Manage a role.",
                     "Roles bind tokens to policies.")

@@ -139,6 +139,18 @@ async def test_shapes_listing_and_deletion(client: Client) -> None:
     assert not app_of(client)[QUOTAS].active
 
 
+@pytest.mark.parametrize(("rate", "shown"), [(20, 20), (20.0, 20), (2.5, 2.5), (2**53, 2**53), (1e308, 1e308),
+                                             (2.0**70, 2.0**70)])
+async def test_a_rate_reads_back_as_openbao_writes_it(client: Client, rate: float, shown: float) -> None:
+    """A whole rate without a fraction, as Go writes a float64; one past 2**63 stays a float
+    (1e308 was stored, and every read of it a 500: JSON has no such integer for orjson)."""
+    await quota(client, "r", rate=rate)
+    status, out = await call(client, "GET", "sys/quotas/rate-limit/r")
+    assert status == 200 and out["data"]["rate"] == shown and type(out["data"]["rate"]) is type(shown)
+    status, out = await call(client, "GET", "sys/quotas/rate-limit/r?help=1")  # a float field's help was a 500
+    assert status == 200 and "    rate (float)" in out["help"]
+
+
 @pytest.mark.parametrize(("body", "message"), [
     ({"rate": 0}, "'rate' is invalid"),
     ({"rate": -1}, "'rate' is invalid"),
