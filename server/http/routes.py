@@ -21,7 +21,7 @@ from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquote_path_safe
 
 from server.appkeys import CORS, REQUEST_HANDLER
-from server.http.errors import error_response
+from server.http.errors import error_response, quoted
 from server.http.handlers import (
     WRITES,
     AppCore,
@@ -85,11 +85,13 @@ class PrefixRouter:
     application without them (ours has none).
     """
 
-    __slots__ = ("_app", "_table")
+    __slots__ = ("_app", "_table", "_expect_refused")
 
     def __init__(self, app: web.Application, table: list[tuple[str, str, re.Pattern[str], AbstractRoute]]) -> None:
         self._app = app
         self._table = tuple(table)
+        #: An ``Expect`` other than ``100-continue``: 417, logged and in JSON like every refusal.
+        self._expect_refused = handled(_expect_refused, app[CORS])
 
     def resolve(self, path: str) -> UrlMappingMatchInfo | None:
         """The route of ``path`` (a request's ``rel_url.path_safe``) and its match value."""
@@ -106,7 +108,9 @@ class PrefixRouter:
         match_info.add_app(self._app)
         match_info.freeze()
         request._match_info = match_info
-        if request.headers.get(hdrs.EXPECT):  # Expect: 100-continue, as aiohttp answers it
+        if expect := request.headers.get(hdrs.EXPECT):  # Expect: 100-continue, as aiohttp answers it
+            if expect.lower() != "100-continue":
+                return await self._expect_refused(request)
             resp = await match_info.expect_handler(request)
             await request.writer.drain()
             if resp is not None:
@@ -170,6 +174,13 @@ async def _no_handler(request: web.Request) -> web.StreamResponse:
     token allows the path (``refuse_unknown``)."""
     op, _ = await read_operation(request)
     await refuse_unknown(request, request.match_info.get("tail", ""), op)
+
+
+async def _expect_refused(request: web.Request) -> web.StreamResponse:
+    """What aiohttp answered in plain text, unlogged (``Unknown Expect: x``); Go's server
+    answers 417 too (OpenBao, without a body)."""
+    return error_response(417, [f"unsupported Expect header {quoted(request.headers[hdrs.EXPECT])}: "
+                                "only 100-continue is understood"])
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:

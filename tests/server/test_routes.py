@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from pytest_aiohttp import AiohttpClient
@@ -112,8 +113,15 @@ async def test_expect_100_continue_is_answered_before_the_body(client: Client) -
     assert "big/" in (await resp.json())["data"]
 
 
-async def test_an_unknown_expectation_is_refused_as_aiohttp_does(client: Client) -> None:
+async def test_an_unknown_expectation_is_refused_in_json_and_logged(client: Client) -> None:
+    """417, as aiohttp and OpenBao answer it, but with Vault's error body and a request line
+    (aiohttp's own answer was ``text/plain`` and unlogged)."""
     head = b"POST /v1/sys/auth/big HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\n"
+    with structlog.testing.capture_logs() as logs:
+        resp = await client.post("/v1/sys/auth/big", data=b"{}", headers={"Expect": "teapot", "X-Vault-Token": ROOT})
+    assert resp.status == 417 and resp.headers["Content-Type"] == "application/json"
+    assert await resp.json() == {"errors": ['unsupported Expect header "teapot": only 100-continue is understood']}
+    assert [(e["status"], e["path"]) for e in logs if e["event"] == "request"] == [(417, "/v1/sys/auth/big")]
     interim, _ = await _exchange(client, head, b"{}")
     assert interim.startswith(b"HTTP/1.1 417 ")
 
