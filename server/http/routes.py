@@ -80,18 +80,20 @@ class PrefixRouter:
     """The request handler of the server (in place of ``Application._handle``): finds the
     route by prefix, then does what aiohttp's application does with it.
 
-    A path no route takes (a request target such as ``*``) goes to aiohttp's own handling.
+    A target no route takes (``*``, an authority) is answered by ``_no_route``.
     Middlewares are not run: ``ListVerbAppRunner`` uses this handler only for an
     application without them (ours has none).
     """
 
-    __slots__ = ("_app", "_table", "_expect_refused")
+    __slots__ = ("_app", "_table", "_expect_refused", "_no_route")
 
     def __init__(self, app: web.Application, table: list[tuple[str, str, re.Pattern[str], AbstractRoute]]) -> None:
         self._app = app
         self._table = tuple(table)
         #: An ``Expect`` other than ``100-continue``: 417, logged and in JSON like every refusal.
         self._expect_refused = handled(_expect_refused, app[CORS])
+        #: A target no route takes (``*``, an authority): Vault's JSON 404, logged.
+        self._no_route = handled(_no_route, app[CORS])
 
     def resolve(self, path: str) -> UrlMappingMatchInfo | None:
         """The route of ``path`` (a request's ``rel_url.path_safe``) and its match value."""
@@ -104,7 +106,7 @@ class PrefixRouter:
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         match_info = self.resolve(request.rel_url.path_safe)
         if match_info is None:
-            return await self._app._handle(request)
+            return await self._no_route(request)
         match_info.add_app(self._app)
         match_info.freeze()
         request._match_info = match_info
@@ -174,6 +176,15 @@ async def _no_handler(request: web.Request) -> web.StreamResponse:
     token allows the path (``refuse_unknown``)."""
     op, _ = await read_operation(request)
     await refuse_unknown(request, request.match_info.get("tail", ""), op)
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    """A request target that is no path (``OPTIONS *``, ``CONNECT host:port``): aiohttp's router
+    answered ``404: Not Found`` in plain text. ``OPTIONS *`` asks about the server itself
+    (RFC 9110 9.3.7): 200 without a body, as Go's server (OpenBao) answers it."""
+    if request.method == hdrs.METH_OPTIONS and request.raw_path == "*":
+        return web.Response(status=200)
+    return error_response(404, [])
 
 
 async def _expect_refused(request: web.Request) -> web.StreamResponse:

@@ -164,11 +164,35 @@ async def test_the_server_answers_odd_targets_as_with_aiohttps_router() -> None:
                 assert mine.startswith(b"HTTP/1.0 400 Bad Request Content-Type: application/json "), (target, mine)
                 assert b'{"errors":["malformed HTTP request: ' in mine, (target, mine)
                 continue
+            if theirs == b"HTTP/1.1 404 Not Found Content-Type: text/plain; charset=utf-8 404: Not Found":
+                # A target no route takes (absolute form without a path): aiohttp's text/plain, ours JSON.
+                assert mine == b'HTTP/1.1 404 Not Found Content-Type: application/json {"errors":[]}', (target, mine)
+                continue
             # Request ids and dates differ; compare status, content type and body without ids.
             assert _stable(mine) == _stable(theirs), target
     finally:
         await ours.close()
         await reference.cleanup()
+
+
+@pytest.mark.parametrize(("request_line", "answer"), [
+    (b"OPTIONS * HTTP/1.1", b"HTTP/1.1 200 OK  "),  # the server itself: no body, as Go
+    (b"CONNECT example.com:443 HTTP/1.1", b'HTTP/1.1 404 Not Found Content-Type: application/json {"errors":[]}'),
+    (b"OPTIONS /v1/sys/health HTTP/1.1", b'HTTP/1.1 405 Method Not Allowed Content-Type: application/json '
+                                         b'{"errors":["unsupported operation"]}'),
+])
+async def test_targets_that_are_no_path_answer_as_openbao(client: Client, request_line: bytes, answer: bytes) -> None:
+    """aiohttp's router answered both in plain text (``404: Not Found``); OpenBao 2.7.2 answers
+    ``OPTIONS *`` 200 without a body and ``CONNECT`` with its JSON 404."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port or 0)
+    try:
+        writer.write(request_line + b"\r\nHost: h\r\nConnection: close\r\n\r\n")
+        reply = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    content_type = [h for h in head.split(b"\r\n") if h.lower().startswith(b"content-type:")]
+    assert head.split(b"\r\n", 1)[0] + b" " + b"".join(content_type) + b" " + body == answer
 
 
 def _stable(reply: bytes) -> bytes:
