@@ -2,9 +2,10 @@
 shapes: ``{"counters": {"service_tokens": {"total": n}}}``, ``{"counters": {"entities":
 {"total": n}}}``), which monitoring scripts read with ``vault read``.
 
-OpenBao counts every service token row, expired ones its sweep has not reached too;
-authmount counts the live ones, the figure of the ``vault_token_count`` gauge
-(docs/vault-differences.md). Both read through the ACL like any sys path.
+Both count what OpenBao counts: every service token row (an expired token counts until the
+sweep removes it; the ``vault_token_count`` gauge has the live ones) and every entity, from
+the keys alone, so a count costs what a list of keys costs. Both read through the ACL like
+any sys path.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ __all__ = ["paths"]
 
 def paths(b: SysBackend) -> list[SysPath]:
     async def tokens(req: Request, values: dict[str, Any]) -> Response:
-        usage = await b.core.tokens.usage()
-        return Response(data={"counters": {"service_tokens": {"total": usage.total}}})
+        return Response(data={"counters": {"service_tokens": {"total": await b.core.tokens.count_rows()}}})
 
     async def entities(req: Request, values: dict[str, Any]) -> Response:
         identity = b.core.tokens.identity
@@ -33,7 +33,7 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     return [
         SysPath("internal/counters/tokens", FieldSet({}), {Operation.READ: tokens},
-                "The number of live service tokens."),
+                "The number of service token rows (an expired token counts until it is swept)."),
         SysPath("internal/counters/entities", FieldSet({}), {Operation.READ: entities},
                 "The number of identity entities."),
     ]

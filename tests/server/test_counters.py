@@ -26,15 +26,17 @@ async def _read(tokens: TokenStore, kind: str) -> Any:
     return resp.data["counters"]
 
 
-async def test_live_service_tokens_are_counted(store: TokenStore, clock: Clock) -> None:
-    """Batch tokens have no row, and an expired token no longer counts though its row is
-    still there (OpenBao counts rows: docs/vault-differences.md, row 79)."""
+async def test_service_token_rows_are_counted(store: TokenStore, clock: Clock) -> None:
+    """Batch tokens have no row; an expired token counts until the sweep removes its row, as
+    OpenBao counts (the ``vault_token_count`` gauge has the live ones)."""
     assert await _read(store, "tokens") == {"service_tokens": {"total": 0}}
     await store.issue(login(ttl=3600), mount=JWT)
     await store.issue(login(ttl=5), mount=JWT)
     await store.issue(login(ttl=3600, token_type="batch"), mount=JWT)
     assert await _read(store, "tokens") == {"service_tokens": {"total": 2}}
     clock.now += 10
+    assert await _read(store, "tokens") == {"service_tokens": {"total": 2}}
+    await store.sweep()
     assert await _read(store, "tokens") == {"service_tokens": {"total": 1}}
 
 
