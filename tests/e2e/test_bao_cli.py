@@ -216,6 +216,9 @@ def test_token_accessors_in_pages(bao: Bao) -> None:
             break
         after = keys[-1]
     assert sorted(walked) == sorted(whole) and len(whole) >= 4
+    counted = json.loads(bao("read", "-format=json", "sys/internal/counters/tokens").stdout)["data"]
+    # every row, as OpenBao counts: the live tokens, and any expired one not yet swept
+    assert list(counted) == ["counters"] and counted["counters"]["service_tokens"]["total"] >= len(whole)
 
 
 def test_a_typo_is_printed_with_the_field_it_resembles(bao: Bao, key: KeyPair) -> None:
