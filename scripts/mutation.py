@@ -144,6 +144,8 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_tokens.py",
         "tests/server/test_token_rules.py",
         "tests/server/test_token_selectors.py",
+        "tests/server/test_token_scans.py",  # lease listing edges, pages across storage pages, background logs
+        "tests/server/test_counters.py",
         "tests/server/test_security_rules.py",
         "tests/server/test_token_backend.py",
         "tests/server/test_metrics.py",
