@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from pytest_aiohttp import AiohttpClient
 
+from plugin.framework import Auth
 from plugin.sealing import NewerTermError, b64e, format_sealed, parse_sealed, seal_bytes
 from plugin.storage import InMemoryStorage
 from server.app import create_app
@@ -40,6 +41,7 @@ from server.settings import Settings, StorageSettings
 from server.tokens.keys import rotate_batch_keys
 from server.tokens.store import TokenStore
 from tests.server.httpkit import Client, app_of
+from tests.server.tokenkit import JWT
 
 KEY = bytes(range(32))
 OTHER = bytes(range(1, 33))
@@ -507,6 +509,11 @@ async def test_any_request_that_meets_a_newer_term_rereads_the_keyring_and_answe
     assert resp.status == 200 and isinstance(resp, web.Response) and resp.body == b"made there"
 
 
+async def _a_batch_token_works(tokens: TokenStore) -> None:
+    block, _ = await tokens.issue(Auth(policies=["dev"], token_type="batch"), mount=JWT)
+    assert (await tokens.authenticate(block["client_token"], "127.0.0.1")).policies == ["default", "dev"]
+
+
 async def test_batch_keys_sealed_under_a_term_this_node_has_not_read_yet() -> None:
     """Another node rotated (keyring and batch key): this node's next batch-key read, or its
     own rotation racing that one, re-reads the keyring first instead of failing."""
@@ -519,10 +526,12 @@ async def test_batch_keys_sealed_under_a_term_this_node_has_not_read_yet() -> No
         await rotate_batch_keys(storage, elsewhere, time.time(), 3600)
         await tokens.reload_batch_keys()
         assert here.active == 2
+        await _a_batch_token_works(tokens)  # signed with the key read, which verifies it
         await elsewhere.rotate(storage)
         await rotate_batch_keys(storage, elsewhere, time.time(), 3600)
         here_before = here.active
         await tokens.rotate_batch_key()  # its keyring adopts term 3 only through the retry
         assert here_before == 2 and here.active == 3
+        await _a_batch_token_works(tokens)
     finally:
         await tokens.close()
