@@ -43,14 +43,29 @@ async def test_a_token_on_its_last_use_is_not_listed(store: TokenStore) -> None:
 
 
 async def test_accessor_pages_cross_the_storage_pages(store: TokenStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With storage pages of 2 rows, a page of accessors reads on past each storage page, and
+    """With storage pages of 3 rows, a page of accessors reads on past each storage page, and
     a walk lists every token once; the row count too."""
-    monkeypatch.setattr(store_module, "SCAN_PAGE", 2)
+    monkeypatch.setattr(store_module, "SCAN_PAGE", 3)
     accessors = sorted([(await store.issue(login(), mount=JWT))[0]["accessor"] for _ in range(7)])
     assert await store.accessors_page("", 5) == accessors[:5]
     assert await store.accessors_page(accessors[4], 0) == accessors[5:]
     assert await store.accessors_page("", 0) == accessors
     assert await store.count_rows() == 7
+
+
+async def test_revocations_and_sweeps_count_every_token(store: TokenStore, clock: Clock,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Revoked in batches of 2 (each batch's deletes share the storage's commits), every token
+    counts; a sweep counts each expired token once."""
+    monkeypatch.setattr(store_module, "REVOKE_BATCH", 2)
+    for _ in range(5):
+        await store.issue(login(), mount=JWT)
+    assert await store.revoke_prefix("auth/jwt") == 5
+    for _ in range(3):
+        await store.issue(login(ttl=5), mount=JWT)
+    await store.issue(login(ttl=3600), mount=JWT)
+    clock.now += 10
+    assert await store.sweep() == 3 and await store.count_rows() == 1
 
 
 async def test_background_work_is_logged(store: TokenStore, monkeypatch: pytest.MonkeyPatch) -> None:
