@@ -36,7 +36,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
@@ -49,6 +49,7 @@ __all__ = [
     "check_key",
     "storable",
     "check_page_args",
+    "walk",
     "check_prefix",
     "decode",
     "encode",
@@ -109,6 +110,20 @@ def check_prefix(prefix: object, name: str = "prefix") -> None:
         raise TypeError(f"{name} must be a str, got {prefix!r}")
     if not storable(prefix):
         raise ValueError(f"{name} must be valid UTF-8 without NUL characters")
+
+
+async def walk(storage: Storage, prefix: str, after: str = "", page: int = 1024) -> AsyncIterator[str]:
+    """Every child of ``prefix`` that sorts after ``after``, in key order, fetched ``page`` at a
+    time (``list_page``): a scan of a large folder holds one page of names. Each page starts
+    after the last name seen, so keys deleted (or added) meanwhile never make the walk skip or
+    repeat another key."""
+    while True:
+        names = await storage.list_page(prefix, after, page)
+        for name in names:
+            yield name
+        if len(names) < page:
+            return
+        after = names[-1]
 
 
 def check_page_args(prefix: object, after: object, limit: object) -> None:

@@ -59,6 +59,7 @@ import structlog
 from plugin.errors import InvalidRequest, NotFound, PermissionDenied
 from plugin.framework import Alias
 from plugin.policyutil import sanitize_policies
+from plugin.storage import walk
 from server.acl.templating import AliasView, GroupView, IdentityView
 from server.identity.names import Held, NameClaims, name_key
 from server.storage import Engine
@@ -571,13 +572,10 @@ class IdentityStore:
     async def count_entities(self) -> int:
         """How many entities there are (``sys/internal/counters/entities``): their rows'
         keys counted a page at a time, no entity read."""
-        count, after = 0, ""
-        while True:
-            page = await self.storage.list_page(ENTITY_PREFIX, after, _COUNT_PAGE)
-            count += sum(1 for key in page if not key.endswith("/"))
-            if len(page) < _COUNT_PAGE:
-                return count
-            after = page[-1]
+        count = 0
+        async for key in walk(self.storage, ENTITY_PREFIX, page=_COUNT_PAGE):
+            count += not key.endswith("/")
+        return count
 
     async def members(self, group: Group) -> list[str]:
         """The entity ids of a group's members (external: from its membership rows)."""

@@ -19,7 +19,7 @@ from plugin.errors import InvalidRequest, PermissionDenied
 from plugin.framework import Auth
 from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.sealing import NewerTermError, Sealer
-from plugin.storage import Storage
+from plugin.storage import Storage, walk
 from server import telemetry
 from server.acl.policies import ACL, RESPONSE_WRAPPING, PolicyStore
 from server.identity.store import IdentityStore
@@ -111,20 +111,9 @@ async def _pause(n: int) -> None:
         await asyncio.sleep(0)
 
 
-async def _id_keys(storage: Storage) -> AsyncIterator[str]:
-    """Every name under ``ID_PREFIX``, in key order, fetched ``SCAN_PAGE`` at a time.
-
-    The next page starts after the last key seen, so rows deleted (or added) meanwhile
-    never make the walk skip or repeat another row.
-    """
-    after = ""
-    while True:
-        page = await storage.list_page(ID_PREFIX, after, SCAN_PAGE)
-        for key in page:
-            yield key
-        if len(page) < SCAN_PAGE:
-            return
-        after = page[-1]
+def _id_keys(storage: Storage, after: str = "") -> AsyncIterator[str]:
+    """Every token row's name after ``after``, in key order, ``SCAN_PAGE`` at a time (``walk``)."""
+    return walk(storage, ID_PREFIX, after, SCAN_PAGE)
 
 
 class TokenUsage:
@@ -1051,20 +1040,16 @@ class TokenStore:
                 start = index["id_hash"]
         out: list[str] = []
         n = 0
-        while True:
-            page = await self.storage.list_page(ID_PREFIX, start, SCAN_PAGE)
-            for key in page:
-                await _pause(n)
-                n += 1
-                data = await self.storage.get(ID_PREFIX + key)
-                accessor = self._listed(data) if data is not None else None
-                if accessor:
-                    out.append(accessor)
-                    if len(out) == limit:
-                        return out
-            if len(page) < SCAN_PAGE:
-                return out
-            start = page[-1]
+        async for key in _id_keys(self.storage, start):
+            await _pause(n)
+            n += 1
+            data = await self.storage.get(ID_PREFIX + key)
+            accessor = self._listed(data) if data is not None else None
+            if accessor:
+                out.append(accessor)
+                if len(out) == limit:
+                    return out
+        return out
 
     def _listed(self, data: dict[str, Any]) -> str | None:
         """The accessor a token row shows in the accessor list: a live service token's."""
