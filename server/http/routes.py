@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquote_path_safe
 
 from server.appkeys import CORS, REQUEST_HANDLER
@@ -85,7 +86,7 @@ class PrefixRouter:
     application without them (ours has none).
     """
 
-    __slots__ = ("_app", "_table", "_expect_refused", "_no_route")
+    __slots__ = ("_app", "_table", "_expect_refused", "_no_route", "_version_refused")
 
     def __init__(self, app: web.Application, table: list[tuple[str, str, re.Pattern[str], AbstractRoute]]) -> None:
         self._app = app
@@ -94,6 +95,8 @@ class PrefixRouter:
         self._expect_refused = handled(_expect_refused, app[CORS])
         #: A target no route takes (``*``, an authority): Vault's JSON 404, logged.
         self._no_route = handled(_no_route, app[CORS])
+        #: A request line of another HTTP version than 1.0 and 1.1: 505, logged and in JSON.
+        self._version_refused = handled(_version_refused, app[CORS])
 
     def resolve(self, path: str) -> UrlMappingMatchInfo | None:
         """The route of ``path`` (a request's ``rel_url.path_safe``) and its match value."""
@@ -104,6 +107,11 @@ class PrefixRouter:
         return None
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
+        if request._version not in _HTTP_1:  # not .version: that caches its first value
+            # aiohttp's parser takes "HTTP/0.9" and "HTTP/2.0" (no other version) and the
+            # reply would echo it. The refusal is an HTTP/1.1 reply, as Go's server (OpenBao) sends.
+            request._version = HttpVersion11
+            return await self._version_refused(request)
         match_info = self.resolve(request.rel_url.path_safe)
         if match_info is None:
             return await self._no_route(request)
@@ -118,6 +126,10 @@ class PrefixRouter:
             if resp is not None:
                 return resp
         return await match_info.handler(request)
+
+
+#: The HTTP versions a request line may name.
+_HTTP_1 = (HttpVersion11, HttpVersion10)
 
 
 #: What a redirect's path keeps unescaped: RFC 3986 path characters, and "%" of escapes already there.
@@ -192,6 +204,16 @@ async def _expect_refused(request: web.Request) -> web.StreamResponse:
     answers 417 too (OpenBao, without a body)."""
     return error_response(417, [f"unsupported Expect header {quoted(request.headers[hdrs.EXPECT])}: "
                                 "only 100-continue is understood"])
+
+
+async def _version_refused(request: web.Request) -> web.StreamResponse:
+    """A request line of HTTP/0.9 or HTTP/2.0 (the other versions the parser refuses with 400):
+    OpenBao answers ``505 HTTP Version Not Supported`` in plain text and closes the connection."""
+    sent = request._message.version  # the request's own (its _version is already 1.1)
+    reply = error_response(505, [f"unsupported protocol version HTTP/{sent.major}.{sent.minor}: "
+                                 "this server speaks HTTP/1.0 and HTTP/1.1"])
+    reply.force_close()
+    return reply
 
 
 async def _not_found(request: web.Request) -> web.StreamResponse:

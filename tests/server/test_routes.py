@@ -195,6 +195,29 @@ async def test_targets_that_are_no_path_answer_as_openbao(client: Client, reques
     assert head.split(b"\r\n", 1)[0] + b" " + b"".join(content_type) + b" " + body == answer
 
 
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/0.9"])
+async def test_another_http_version_is_refused_in_http_1_1(client: Client, version: bytes) -> None:
+    """aiohttp's parser takes these two (it refuses HTTP/1.2 or 3.0 with 400) and the reply
+    echoed the version: ``HTTP/2.0 200 OK`` framed as HTTP/1.1. OpenBao 2.7.2 answers 505 in an
+    HTTP/1.1 reply and closes the connection; so do we, in Vault's JSON, logged. A request
+    sent behind it on the same connection is not answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port or 0)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            writer.write(b"GET /v1/sys/health " + version + b"\r\nHost: h\r\n\r\n"
+                         b"GET /v1/sys/health HTTP/1.1\r\nHost: h\r\n\r\n")
+            reply = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 505 HTTP Version Not Supported"
+    assert b"Content-Type: application/json" in lines and b"Connection: close" in lines
+    assert json.loads(body) == {"errors": [f"unsupported protocol version {version.decode()}: "
+                                           "this server speaks HTTP/1.0 and HTTP/1.1"]}
+    assert [(e["status"], e["path"]) for e in logs if e["event"] == "request"] == [(505, "/v1/sys/health")]
+
+
 def _stable(reply: bytes) -> bytes:
     return re.sub(rb'"(request_id|cluster_id|cluster_name)":"[^"]*"|"server_time_utc":\d+', b"", reply)
 
