@@ -159,6 +159,29 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_entities_made.py",  # an operator's entity alias decides a login's entity
         "tests/server/test_token_roles.py",  # a token role's tokens (their role, identity policies)
     ),
+    "server/tokens/backend.py": (  # auth/token/*: who may create, renew, look up and revoke what
+        "tests/server/test_token_backend.py",
+        "tests/server/test_token_rules.py",
+        "tests/server/test_tokens.py",
+        "tests/server/test_security_rules.py",
+        "tests/server/test_token_roles.py",
+        "tests/server/test_leases.py",
+        "tests/server/test_unknown_parameters.py",
+    ),
+    "server/tokens/roles.py": (  # token roles: the policies and TTLs their tokens may get
+        "tests/server/test_token_roles.py",
+        "tests/server/test_token_backend.py",
+        "tests/server/test_gitops.py",  # a new role's defaults and the deprecated spellings, as `apply` compares them
+    ),
+    "server/acl/parameters.py": (  # policy parameter constraints
+        "tests/server/test_acl_parameters.py",
+        "tests/server/test_policies.py",
+    ),
+    "server/acl/templating.py": (  # identity templates in policy paths
+        "tests/server/test_policy_templates.py",
+        "tests/server/test_acl_rules.py",
+        "tests/server/test_policies.py",
+    ),
     "server/tokens/keys.py": (
         "tests/server/test_token_hmac.py",
         "tests/server/test_token_keys.py",

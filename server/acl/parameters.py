@@ -213,24 +213,24 @@ def _required(value: Any, path: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(v) for v in value))
 
 
-def _wrap_ttl(body: Mapping[str, Any], key: str) -> int:
+def _wrap_ttl(body: Mapping[str, Any], key: str, path: str) -> int:
     if key not in body:
         return 0
     try:
         return parse_duration(body[key])
     except ValueError as exc:
-        raise ValueError(f"error parsing {key}: {exc}") from None
+        raise ValueError(f'path "{path}": error parsing {key}: {exc}') from None
 
 
 def parse_params(body: Mapping[str, Any], path: str) -> Params | None:
     """The constraints a ``path`` block's ``body`` sets, or None.
 
     :raises ValueError: a constraint of the wrong shape; the message names the path and key
-        (Vault's texts for the wrapping bounds).
+        (OpenBao's texts for the wrapping bounds).
     """
-    min_wrap, max_wrap = _wrap_ttl(body, "min_wrapping_ttl"), _wrap_ttl(body, "max_wrapping_ttl")
+    min_wrap, max_wrap = _wrap_ttl(body, "min_wrapping_ttl", path), _wrap_ttl(body, "max_wrapping_ttl", path)
     if min_wrap and max_wrap and max_wrap < min_wrap:
-        raise ValueError("max_wrapping_ttl cannot be less than min_wrapping_ttl")
+        raise ValueError(f'path "{path}": max_wrapping_ttl cannot be less than min_wrapping_ttl')
     allowed = _name_map(body["allowed_parameters"], "allowed_parameters", path) if "allowed_parameters" in body else {}
     denied = _name_map(body["denied_parameters"], "denied_parameters", path) if "denied_parameters" in body else {}
     required = _required(body["required_parameters"], path) if "required_parameters" in body else ()

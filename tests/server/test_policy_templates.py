@@ -12,7 +12,15 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from server.acl.policies import PolicyStore
-from server.acl.templating import AliasView, GroupView, IdentityView, blocked_by, populate
+from server.acl.templating import (
+    AliasView,
+    GroupView,
+    IdentityView,
+    TemplateError,
+    blocked_by,
+    populate,
+    template_names,
+)
 from server.app import create_app
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
@@ -53,6 +61,60 @@ def test_values_that_are_never_filled_in(value: str) -> None:
     who = IdentityView(id="e", name=value)
     assert populate("x/{{identity.entity.name}}", who, DEFAULT) is None
     assert populate("x/{{identity.entity.name}}", None, DEFAULT) is None  # no entity
+
+
+#: Template names a policy path may hold (Vault's ``identity.*`` templates), each with a value.
+NAMED = [
+    "identity.entity.id", "identity.entity.name", "identity.entity.metadata.k",
+    "identity.entity.aliases.acc.id", "identity.entity.aliases.acc.name", "identity.entity.aliases.acc.metadata.k",
+    "identity.entity.aliases.acc.custom_metadata.k", "identity.entity.aliases.acc.metadata.k.with.dots",
+    "identity.groups.ids.g-1.id", "identity.groups.ids.g-1.name", "identity.groups.ids.g-1.metadata.k",
+    "identity.groups.names.devs.id", "identity.groups.names.devs.name", "identity.groups.names.devs.metadata.k",
+]
+#: Names that name nothing: refused when the policy is written, not left to match no token.
+UNNAMED = [
+    "identity.entity.metadata.", "identity.entity.aliases.acc", "identity.entity.aliases..name",
+    "identity.entity.aliases.acc.metadata.", "identity.entity.aliases.acc.custom_metadata.",
+    "identity.entity.aliases.acc.other", "identity.entity.aliases.acc.name.x", "identity.groups.ids..name",
+    "identity.groups.ids.g-1", "identity.groups.names.devs.metadata.", "identity.groups.names.devs.custom_metadata.k",
+    "identity.groups.other.devs.id", "identity.entity.idd", "timex.now",
+]
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_a_template_that_names_a_value_is_taken(name: str) -> None:
+    assert template_names(f"x/{{{{{name}}}}}/y") == [name]
+
+
+@pytest.mark.parametrize("name", UNNAMED)
+def test_a_template_that_names_nothing_is_refused(name: str) -> None:
+    with pytest.raises(TemplateError) as exc:
+        template_names(f"x/{{{{{name}}}}}")
+    assert str(exc.value).startswith(f'unknown template "{name}" (known: ')
+
+
+def test_time_templates_are_refused_by_name() -> None:
+    with pytest.raises(TemplateError) as exc:
+        template_names("x/{{time.now}}")
+    assert str(exc.value) == 'the template "time.now" is not supported: only identity templates are'
+
+
+def test_the_characters_a_value_may_not_hold() -> None:
+    """By the policy's flags (``allow_slashes``, ``allow_wildcards``)."""
+    assert (blocked_by(False, False), blocked_by(True, False), blocked_by(False, True), blocked_by(True, True)) == (
+        "/*+", "*+", "/", "")
+    assert populate("x/{{identity.entity.name}}", IdentityView(id="e", name="Xa/b*"), blocked_by(True, True)) == "x/Xa/b*"
+
+
+def test_an_identity_without_metadata_aliases_or_groups_fills_nothing_of_them() -> None:
+    """The views' defaults: no metadata, aliases or groups (no value, not an error)."""
+    who = IdentityView(id="e", name="n", aliases=(("acc", AliasView("a", "an")),), groups=(GroupView("g", "gn"),))
+    for name in ("identity.entity.metadata.k", "identity.entity.aliases.acc.metadata.k",
+                 "identity.entity.aliases.acc.custom_metadata.k", "identity.groups.ids.g.metadata.k",
+                 "identity.entity.aliases.other.id", "identity.groups.names.other.id"):
+        assert populate(f"x/{{{{{name}}}}}", who, DEFAULT) is None, name
+    assert populate("x/{{identity.groups.ids.g.name}}", IdentityView(id="e", name="n"), DEFAULT) is None
+    assert IdentityView.items(None) == () and IdentityView.items({"b": "2", "a": "1"}) == (("a", "1"), ("b", "2"))
 
 
 async def _api(aiohttp_client: AiohttpClient) -> tuple[Api, str]:
