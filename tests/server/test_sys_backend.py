@@ -255,6 +255,9 @@ async def test_openapi_tune_fields_are_the_schema(client: Client) -> None:
         ({"default_lease_ttl": "3h", "max_lease_ttl": "2h"}, 400,
          ["backend max lease TTL of 7200 would be less than backend default lease TTL of 10800"]),
         ({"token_type": "batchy"}, 400, ["invalid value for 'token_type'"]),
+        # OpenBao 2.7.2 stores a negative lease TTL (and reads it back as -1): vault-differences row 79.
+        ({"default_lease_ttl": "-1"}, 400, ["invalid default_lease_ttl: cannot provide negative value '-1'"]),
+        ({"max_lease_ttl": -5}, 400, ["invalid max_lease_ttl: cannot provide negative value '-5'"]),
         ({"listing_visibility": "all"}, 400, ["invalid listing_visibility all"]),
         ({"passthrough_request_headers": [1]}, 400, ["passthrough_request_headers must be a list of strings"]),
         ({"description": 1}, 400, ["description must be a string"]),
@@ -268,7 +271,7 @@ async def test_openapi_tune_fields_are_the_schema(client: Client) -> None:
         ({"plugin_version": RUNNING_VERSION, "user_lockout_config": {}, "default_lease_ttl": "1h",
           "max_lease_ttl": "2h"}, 204, None),
     ],
-    ids=["ok", "bad ttl", "max below default", "token type", "listing visibility", "header list", "description",
+    ids=["ok", "bad ttl", "max below default", "token type", "negative default", "negative max", "listing visibility", "header list", "description",
          "boolean", "another plugin version", "no version", "user lockout", "the running version, no lockout"],
 )
 async def test_tune_is_validated_by_the_declaration(
@@ -285,6 +288,19 @@ async def test_tune_is_validated_by_the_declaration(
         assert resp.headers["Content-Type"] == "application/json"
         assert (await resp.json())["errors"] == errors
         assert after["data"] == before["data"]
+
+
+async def test_mount_values_openbao_takes_otherwise(client: Client) -> None:
+    """vault-differences row 79: a role's spelling ``default`` of the mount's token type is
+    ``default-service`` (OpenBao refuses it); ``external_entropy_access`` and a description that
+    is no string are refused (OpenBao takes both)."""
+    assert (await client.post("/v1/sys/auth/jwt/tune", json={"token_type": "default"}, headers=H)).status == 204
+    assert (await (await client.get("/v1/sys/auth/jwt/tune", headers=H)).json())["token_type"] == "default-service"
+    for body, error in (({"type": "jwt", "external_entropy_access": True}, "external_entropy_access is not supported"),
+                        ({"type": "jwt", "description": 5}, "'description' must be a string")):
+        resp = await client.post("/v1/sys/auth/other", json=body, headers=H)
+        assert (resp.status, (await resp.json())["errors"]) == (400, [error])
+    assert "other/" not in (await (await client.get("/v1/sys/auth", headers=H)).json())["data"]
 
 
 async def test_sys_replies_keep_their_shape(client: Client) -> None:
