@@ -25,7 +25,7 @@ import structlog
 
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, Request, Response
-from plugin.schema import Field, FieldSet, FieldType
+from plugin.schema import Field, FieldSet, FieldType, parse_duration
 from server.sys.core import SysPath
 from server.tokens.backend import start_tidy
 from server.tokens.ttl import remaining_ttl, rfc3339
@@ -44,6 +44,12 @@ _PREFIX = Field(FieldType.NAME, "The creation path whose tokens are revoked (who
 def _accepted() -> Response:
     """Vault's 202 of a revocation left to the background: no body."""
     return Response(status=202, raw_body=b"", content_type="application/json")
+
+
+def _increment(raw: Any) -> int:
+    """``increment`` as hvac's ``sys.renew_lease`` sends it: ``null`` when the caller gave none
+    (a JSON null is refused elsewhere: vault-differences row 46; here it is only "not given")."""
+    return 0 if raw is None else parse_duration(raw)
 
 
 def _lease_id(values: dict[str, Any]) -> str:
@@ -116,7 +122,8 @@ def paths(b: SysBackend) -> list[SysPath]:
 
     sync = Field(FieldType.BOOL, "Revoke before answering (204); false: answer 202 (revoked all the same).",
                  default=True)
-    increment = Field(FieldType.DURATION, "Ignored: tokens are renewed through auth/token/renew.", default=0)
+    increment = Field(FieldType.DURATION, "Ignored: tokens are renewed through auth/token/renew.", default=0,
+                      parse=_increment)
     lease_id = Field(FieldType.STRING, "The lease id: a token's creation path and row id "
                      "(from LIST sys/leases/lookup/<prefix>).", default="")
     return [

@@ -357,6 +357,59 @@ def test_token_roles(vault: ServerProc) -> None:
         root.auth.token.read_role("ci")
 
 
+def test_the_rest_of_hvacs_token_calls(vault: ServerProc) -> None:
+    """hvac's token calls no other test makes: an orphan, a renewal by accessor, a revocation
+    that orphans the children, the tidy."""
+    root = vault.client()
+    root.sys.create_or_update_policy(name="maker", policy='path "auth/token/create" { capabilities = ["update"] }')
+    assert as_json(root.auth.token.create_orphan(policies=["maker"], ttl="1h"))["auth"]["orphan"] is True
+    parent = root.auth.token.create(policies=["maker"], ttl="1h")["auth"]
+    renewed = root.auth.token.renew_accessor(parent["accessor"], increment="30m")["auth"]
+    assert renewed["lease_duration"] == 1800
+    kid = vault.client(token=parent["client_token"]).auth.token.create(policies=["maker"], ttl="1h")["auth"]
+    assert root.auth.token.revoke_and_orphan_children(parent["client_token"]).status_code == 204
+    assert vault.client(token=parent["client_token"]).is_authenticated() is False
+    assert root.auth.token.lookup(kid["client_token"])["data"]["orphan"] is True
+    tidy = root.auth.token.tidy()
+    assert tidy.status_code == 202 and tidy.json()["warnings"][0].startswith("Tidy operation successfully started")
+
+
+def test_the_rest_of_hvacs_sys_calls(vault: ServerProc, mount: str, tmp_path: Any) -> None:
+    """hvac's sys calls no other test makes, each as hvac sends it: ``renew_lease`` sends
+    ``increment: null`` when given none (refused with a field error until it was read as not
+    given), ``get_encryption_key_status()["term"]`` reads the copy at the top (hvac's own
+    example), the mount tuning of an auth method through ``sys/mounts/auth/<path>``."""
+    root = vault.client()
+    root.auth.token.create(policies=["default"], ttl="1h")
+    lease = root.sys.list_leases("auth/token/create")["data"]["keys"][0]
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="tokens cannot be renewed through this endpoint"):
+        root.sys.renew_lease(f"auth/token/create/{lease}")
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="lease not found"):
+        root.sys.renew_lease("auth/token/create/nope")
+    assert root.sys.read_init_status() == {"initialized": True}
+    term = root.sys.get_encryption_key_status()["term"]
+    assert root.sys.rotate_encryption_key().status_code == 204
+    assert root.sys.get_encryption_key_status()["term"] == term + 1
+    assert root.sys.step_down().status_code == 204
+    assert root.sys.tune_mount_configuration(f"auth/{mount}", default_lease_ttl="1h").status_code == 204
+    assert root.sys.read_mount_configuration(f"auth/{mount}")["data"]["default_lease_ttl"] == 3600
+    assert sorted(root.sys.list_mounted_secrets_engines()["data"]) == ["identity/", "sys/"]
+    wrapped = root.sys.wrap(payload={"a": "b"}, ttl=60)["wrap_info"]
+    assert wrapped["ttl"] == 60 and root.sys.unwrap(wrapped["token"])["data"] == {"a": "b"}
+    assert root.sys.create_or_update_quota(name="hvac-q", rate=100.0, path=f"auth/{mount}").status_code == 204
+    assert root.sys.read_quota("hvac-q")["data"]["path"] == f"auth/{mount}/"
+    assert root.sys.list_quotas()["data"]["keys"] == ["hvac-q"]
+    assert root.sys.delete_quota("hvac-q").status_code == 204
+    log = tmp_path / "audit.log"
+    assert root.sys.enable_audit_device("file", path="hvac-file", options={"file_path": str(log)}).status_code == 204
+    assert "hvac-file/" in root.sys.list_enabled_audit_devices()["data"]
+    assert root.sys.disable_audit_device("hvac-file").status_code == 204
+    assert "hvac-file/" not in root.sys.list_enabled_audit_devices()["data"]
+    assert log.read_text().count('"type":"response"') >= 1
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="authmount operator generate-root"):
+        root.sys.start_root_token_generation()
+
+
 def test_is_authenticated(vault: ServerProc) -> None:
     assert vault.client().is_authenticated() is True
     assert vault.client(token="hvs.bogus").is_authenticated() is False

@@ -160,6 +160,12 @@ async def test_leases_are_listed_looked_up_and_revoked_one_by_one(client: Client
         ("PUT", "sys/leases/revoke/auth/token/create/nope", {}, (204, None)),
         ("PUT", "sys/leases/renew", {}, (400, {"errors": ["lease_id must be specified"]})),
         ("PUT", "sys/leases/renew", {"lease_id": "auth/token/create/nope"}, (400, {"errors": ["lease not found"]})),
+        # hvac's sys.renew_lease sends "increment": null when given none: not given, as OpenBao reads it
+        ("PUT", "sys/leases/renew", {"lease_id": "auth/token/create/nope", "increment": None},
+         (400, {"errors": ["lease not found"]})),
+        ("PUT", "sys/leases/renew", {"lease_id": "auth/token/create/nope", "increment": "soon"},
+         (400, {"errors": ['Field validation failed: error converting input soon for field "increment": '
+                           'time: invalid duration "soon"']})),
         ("PUT", "sys/leases/renew/auth/token/create/nope", {}, (400, {"errors": ["lease not found"]})),
         # a row id that is no selector or HMAC names nothing: never part of a storage key (a NUL
         # was a 500 from SQLite's key check)
