@@ -27,7 +27,6 @@ from server.http.handlers import BackendHeaders
 from server.http.inline import InlineLogin, read_inline
 from server.http.listverb import make_test_server
 from server.settings import Settings, StorageSettings
-from server.tokens.backend import INLINE_CREATE, INLINE_RENEW
 from server.tokens.store import ACCESSOR_PREFIX, ID_PREFIX
 from tests.plugin.keyfactory import make_token, rsa_key
 from tests.server.httpkit import Client, app_of
@@ -254,6 +253,11 @@ async def test_lookup_self_shows_the_token_the_login_stands_for(api: Api) -> Non
     # What it may do, asked with it (OpenBao looks the token up and answers 400 invalid token).
     status, out, _ = await api.inline("POST", "sys/capabilities-self", {"paths": ["sys/auth", "sys/policies/acl"]})
     assert (status, out["data"]["sys/auth"], out["data"]["sys/policies/acl"]) == (200, ["read"], ["deny"]), out
+
+
+#: What the token of an inline authentication is told (the texts in docs/troubleshooting.md).
+INLINE_RENEW = "the token of an inline authentication cannot be renewed: it is never stored and ends with this request"
+INLINE_CREATE = "the token of an inline authentication cannot create tokens: it ends with this request"
 
 
 async def test_what_the_token_cannot_do(api: Api) -> None:

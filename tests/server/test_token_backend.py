@@ -106,17 +106,17 @@ async def test_create_inherits_caller_policies(env: Env) -> None:
         (["dev"], {"policies": ["DEV "]}, nullcontext(["default", "dev"])),
         # A string is split on commas, as every policies field (docs/vault-differences.md row 52).
         (["dev", "ops"], {"policies": "dev, ops"}, nullcontext(["default", "dev", "ops"])),
-        (["dev"], {"policies": ["ops"]}, pytest.raises(InvalidRequest, match="child policies must be subset of parent")),
-        (["dev"], {"policies": ["root"]}, pytest.raises(InvalidRequest, match="child policies must be subset of parent")),
+        (["dev"], {"policies": ["ops"]}, pytest.raises(InvalidRequest, match="^child policies must be subset of parent$")),
+        (["dev"], {"policies": ["root"]}, pytest.raises(InvalidRequest, match="^child policies must be subset of parent$")),
         (["dev", "tokenadmin"], {"policies": ["ops"]}, nullcontext(["default", "ops"])),
-        (["dev", "tokenadmin"], {"policies": [" Root"]}, pytest.raises(InvalidRequest, match="root tokens may not be created without parent token being root")),
-        (["dev"], {"no_parent": True}, pytest.raises(InvalidRequest, match="root or sudo privileges required to create orphan token")),
-        (["dev"], {"period": "1h"}, pytest.raises(InvalidRequest, match="root or sudo privileges required to create periodic token")),
-        (["dev"], {"num_uses": -1}, pytest.raises(InvalidRequest, match="number of uses cannot be negative")),
-        (["dev"], {"type": "weird"}, pytest.raises(InvalidRequest, match="invalid 'token_type' value")),
+        (["dev", "tokenadmin"], {"policies": [" Root"]}, pytest.raises(InvalidRequest, match="^root tokens may not be created without parent token being root$")),
+        (["dev"], {"no_parent": True}, pytest.raises(InvalidRequest, match="^root or sudo privileges required to create orphan token$")),
+        (["dev"], {"period": "1h"}, pytest.raises(InvalidRequest, match="^root or sudo privileges required to create periodic token$")),
+        (["dev"], {"num_uses": -1}, pytest.raises(InvalidRequest, match="^number of uses cannot be negative$")),
+        (["dev"], {"type": "weird"}, pytest.raises(InvalidRequest, match="^invalid 'token_type' value$")),
         # Case matters, as in OpenBao (it was lower-cased before).
-        (["dev"], {"type": "BATCH"}, pytest.raises(InvalidRequest, match="invalid 'token_type' value")),
-        (["dev"], {"id": "my-token"}, pytest.raises(InvalidRequest, match="custom token IDs are not supported")),
+        (["dev"], {"type": "BATCH"}, pytest.raises(InvalidRequest, match="^invalid 'token_type' value$")),
+        (["dev"], {"id": "my-token"}, pytest.raises(InvalidRequest, match="^custom token IDs are not supported$")),
         (["dev"], {"policies": ["response-wrapping"], "no_default_policy": True}, pytest.raises(InvalidRequest)),
         (["dev"], {"bound_cidrs": "10.0.0.0/99"}, pytest.raises(InvalidRequest, match='error parsing address "10.0.0.0/99"')),
     ],
@@ -129,6 +129,71 @@ async def test_create_rules(env: Env, caller_policies: list[str], data: dict[str
     with expected as want:
         block = await env.token(caller["client_token"], **data)
         assert block["policies"] == want
+
+
+#: (caller's create body, the child's create body, the child's policies): the default policy
+#: and the subset rule at their edges (OpenBao's ``resolveTokenPolicies``).
+DEFAULT_CASES: list[tuple[dict[str, Any], dict[str, Any], list[str]]] = [
+    ({"policies": ["dev"], "no_default_policy": True}, {}, ["dev"]),  # the caller's own, no default added
+    ({"policies": ["dev"], "no_default_policy": True}, {"policies": ["dev"]}, ["dev"]),  # nor to a subset
+    ({"policies": ["dev"], "no_default_policy": True}, {"policies": ["default"]}, ["default"]),  # always allowed
+    ({"policies": ["dev"]}, {"policies": ["dev"]}, ["default", "dev"]),
+    ({"policies": ["dev"]}, {"policies": ["dev", "default"], "no_default_policy": True}, ["dev"]),
+]
+
+
+@pytest.mark.parametrize(("caller", "body", "policies"), DEFAULT_CASES)
+async def test_the_default_policy_of_a_child(
+    env: Env, caller: dict[str, Any], body: dict[str, Any], policies: list[str]
+) -> None:
+    made = await env.token(**caller)
+    assert (await env.token(made["client_token"], **body))["policies"] == policies
+
+
+async def test_root_stands_alone_and_unknown_policies_are_named(env: Env) -> None:
+    resp = await env.call(env.root, "create", {"policies": ["root", "dev"]})
+    assert resp is not None and resp.auth_block is not None and resp.auth_block["policies"] == ["root"]
+    resp = await env.call(env.root, "create", {"policies": ["dev", "nope"], "ttl": "1h"})
+    assert resp is not None and resp.warnings == ['Policy "nope" does not exist']
+    resp = await env.call(env.root, "create", {"policies": ["default", "dev"], "no_default_policy": True})
+    assert resp is not None and resp.auth_block is not None and resp.auth_block["policies"] == ["dev"]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"type": "batch", "policies": ["dev"], "explicit_max_ttl": "1h"}, 'batch tokens cannot have "explicit_max_ttl" set'),
+    ({"type": "batch", "policies": ["dev"], "num_uses": 2}, 'batch tokens cannot have "num_uses" set'),
+    ({"type": "batch", "policies": ["dev"], "period": "1h"}, 'batch tokens cannot have "period" set'),
+    ({"type": "batch", "policies": ["root"]}, "batch tokens cannot be root tokens"),
+])
+async def test_what_a_batch_token_cannot_have(env: Env, body: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        await env.call(env.root, "create", body)
+    assert exc.value.messages == [message]
+
+
+async def test_a_batch_token_is_never_renewable(env: Env) -> None:
+    bodies: list[dict[str, Any]] = [{}, {"renewable": True}]
+    for body in bodies:
+        assert (await env.token(None, type="batch", policies=["dev"], ttl="1h", **body))["renewable"] is False
+
+
+@pytest.mark.parametrize(("data", "ttl"), [
+    ({"lease": "20m"}, 1200),  # the deprecated name of ttl
+    ({"lease": "20m", "ttl": "30m"}, 1800),  # ttl wins
+    ({"ttl": "1h", "explicit_max_ttl": "2h"}, 3600),  # a cap above the TTL changes nothing
+    ({"policies": ["root"], "explicit_max_ttl": 1}, 1),  # a root token bound by a 1 s cap
+])
+async def test_create_ttl_edges(env: Env, data: dict[str, Any], ttl: int) -> None:
+    resp = await env.call(env.root, "create", {"policies": ["dev"], **data})
+    assert resp is not None and resp.auth_block is not None and resp.auth_block["lease_duration"] == ttl
+
+
+async def test_a_token_that_never_expires(env: Env) -> None:
+    """Not renewable, not CIDR-bound (Vault), named ``token`` when no name is given."""
+    block = await env.token(bound_cidrs=["10.0.0.0/8"])
+    assert block["lease_duration"] == 0 and block["renewable"] is False
+    entry = await env.store.lookup(block["client_token"])
+    assert entry is not None and entry.bound_cidrs == [] and entry.display_name == "token"
 
 
 async def test_sudo_caller_orphan_and_period(env: Env) -> None:
@@ -170,7 +235,7 @@ async def test_create_ttl(env: Env, data: dict[str, Any], ttl: int, renewable: b
 
 async def test_expiring_root_cannot_create_non_expiring_root(env: Env) -> None:
     expiring_root = await env.token(policies=["root"], ttl="1h")
-    with pytest.raises(InvalidRequest, match="expiring root tokens cannot create non-expiring root tokens"):
+    with pytest.raises(InvalidRequest, match="^expiring root tokens cannot create non-expiring root tokens$"):
         await env.token(expiring_root["client_token"], policies=["root"])
 
 
@@ -181,16 +246,16 @@ async def test_display_name_sanitised(env: Env) -> None:
 
 
 async def test_batch_tokens_via_create(env: Env) -> None:
-    with pytest.raises(InvalidRequest, match="batch tokens cannot be root tokens"):
+    with pytest.raises(InvalidRequest, match="^batch tokens cannot be root tokens$"):
         await env.token(type="batch")
     batch = await env.token(type="batch", policies=["dev"])
     assert batch["client_token"].startswith("hvb.") and batch["token_type"] == "batch" and batch["accessor"] == ""
     for path in ("create", "create-orphan"):  # not even an orphan, which would outlive it (OpenBao 2.7.2)
         with pytest.raises(InvalidRequest, match="^batch tokens cannot create more tokens$"):
             await env.call(batch["client_token"], path, {"policies": ["dev"]})
-    with pytest.raises(InvalidRequest, match="batch tokens cannot be renewed"):
+    with pytest.raises(InvalidRequest, match="^batch tokens cannot be renewed$"):
         await env.call(batch["client_token"], "renew-self")
-    with pytest.raises(InvalidRequest, match="batch tokens cannot be revoked"):
+    with pytest.raises(InvalidRequest, match="^batch tokens cannot be revoked$"):
         await env.call(batch["client_token"], "revoke-self")
     looked = await env.call(batch["client_token"], "lookup-self", op=Operation.READ)
     assert looked is not None and looked.data is not None and looked.data["type"] == "batch"
@@ -227,11 +292,11 @@ async def test_lookup_variants(env: Env) -> None:
     assert by_acc.data["id"] == "" and by_acc.data["accessor"] == block["accessor"]
     self_ = await env.call(block["client_token"], "lookup", {})
     assert self_ is not None and self_.data is not None and self_.data["id"] == block["client_token"]
-    with pytest.raises(PermissionDenied, match="bad token"):
+    with pytest.raises(PermissionDenied, match="^bad token$"):
         await env.call(env.root, "lookup", {"token": "hvs.doesnotexist0000000000"})
-    with pytest.raises(InvalidRequest, match="invalid accessor"):
+    with pytest.raises(InvalidRequest, match="^invalid accessor$"):
         await env.call(env.root, "lookup-accessor", {"accessor": "nope"})
-    with pytest.raises(InvalidRequest, match="missing accessor"):
+    with pytest.raises(InvalidRequest, match="^missing accessor$"):
         await env.call(env.root, "lookup-accessor", {})
 
 
@@ -251,7 +316,7 @@ async def test_renew_self_token_created(env: Env) -> None:
     assert resp.auth_block["lease_duration"] == 1200 and resp.auth_block["client_token"] == block["client_token"]
     resp = await env.call(env.root, "renew", {"token": block["client_token"]})
     assert resp is not None and resp.auth_block is not None and resp.auth_block["lease_duration"] == 600
-    with pytest.raises(InvalidRequest, match="token not found"):
+    with pytest.raises(InvalidRequest, match="^token not found$"):
         await env.call(env.root, "renew", {"token": "hvs.doesnotexist0000000000"})
 
 
@@ -282,7 +347,7 @@ async def test_renewing_a_token_on_its_last_use_finds_no_token(env: Env, path: s
 
 async def test_renew_not_renewable(env: Env) -> None:
     block = await env.token(policies=["dev"], renewable=False)
-    with pytest.raises(InvalidRequest, match="lease is not renewable"):
+    with pytest.raises(InvalidRequest, match="^lease is not renewable$"):
         await env.call(block["client_token"], "renew-self")
 
 
@@ -293,9 +358,11 @@ class RenewingBackend(Backend):
         super().__init__()
         self.role_ttl: int | None = 120
         self.seen: list[Auth] = []
+        self.renewed_paths: list[str] = []
 
     async def renew(self, req: Request, auth: Auth) -> Auth:
         self.seen.append(auth)
+        self.renewed_paths.append(req.path)
         if self.role_ttl is None:
             raise InvalidRequest(f"role {auth.internal_data['role']} does not exist during renewal")
         auth.ttl = self.role_ttl
@@ -303,9 +370,13 @@ class RenewingBackend(Backend):
 
 
 def fake_table(backend: Backend) -> Any:
+    """A mount table of two mounts, the token's second (found by its accessor, not its place)."""
+    other = SimpleNamespace(entry=SimpleNamespace(path="oidc/", accessor="auth_oidc_00000000"), backend=Backend(),
+                            storage=InMemoryStorage(), system=SYSTEM)
     entry = SimpleNamespace(path="jwt/", accessor=JWT.accessor)
     mount = SimpleNamespace(entry=entry, backend=backend, storage=InMemoryStorage(), system=SYSTEM)
-    return SimpleNamespace(mounts={"jwt/": mount}, effective_ttls=lambda e: (JWT.default_lease_ttl, JWT.max_lease_ttl))
+    return SimpleNamespace(mounts={"oidc/": other, "jwt/": mount},
+                           effective_ttls=lambda e: (JWT.default_lease_ttl, JWT.max_lease_ttl))
 
 
 async def test_renew_login_token_calls_backend(env: Env) -> None:
@@ -317,21 +388,46 @@ async def test_renew_login_token_calls_backend(env: Env) -> None:
     resp = await env.call(login["client_token"], "renew-self")
     assert resp is not None and resp.auth_block is not None and resp.auth_block["lease_duration"] == 120
     assert method.seen[0].internal_data == {"role": "r1"}
+    assert method.renewed_paths == ["login"]  # the token's path within its mount, as Vault sends a renewal
     method.role_ttl = None
-    with pytest.raises(InvalidRequest, match="role r1 does not exist during renewal"):
+    with pytest.raises(InvalidRequest, match="^role r1 does not exist during renewal$"):
         await env.call(login["client_token"], "renew-self")
+
+
+async def test_a_backend_given_the_mount_table_renews_login_tokens(env: Env) -> None:
+    """As the server makes it (``mounts``, the table fetched at each renewal)."""
+    method = RenewingBackend()
+    backend = TokenBackend(env.store, policies=env.policies, mounts=lambda: fake_table(method))
+    login, _ = await env.store.issue(Auth(policies=["dev"], alias=Alias("alice"), ttl=600), mount=JWT)
+    entry = await env.store.authenticate(login["client_token"], "127.0.0.1")
+    req = Request(operation=Operation.UPDATE, path="renew-self", data={}, system=SYSTEM,
+                  token={"entry": entry, "raw": login["client_token"]})
+    resp = await backend.handle_request(req)
+    assert resp is not None and resp.auth_block is not None and resp.auth_block["lease_duration"] == 120
+
+
+async def test_a_backend_without_policies_grants_no_sudo(env: Env) -> None:
+    """No policy store to read: only a root token has sudo."""
+    backend = TokenBackend(env.store)
+    caller = await env.token(policies=["tokenadmin"])
+    entry = await env.store.authenticate(caller["client_token"], "127.0.0.1")
+    req = Request(operation=Operation.UPDATE, path="create", data={"no_parent": True}, system=SYSTEM,
+                  token={"entry": entry, "raw": caller["client_token"]})
+    with pytest.raises(InvalidRequest) as exc:
+        await backend.handle_request(req)
+    assert exc.value.messages == ["root or sudo privileges required to create orphan token"]
 
 
 async def test_renew_login_token_backend_without_renew(env: Env) -> None:
     env.backend.mount_lookup = mount_table_lookup(lambda: fake_table(Backend()))
     login, _ = await env.store.issue(Auth(policies=["dev"], alias=Alias("alice")), mount=JWT)
-    with pytest.raises(InvalidRequest, match="does not support renewal"):
+    with pytest.raises(InvalidRequest, match="^this auth method does not support renewal$"):
         await env.call(login["client_token"], "renew-self")
 
 
 async def test_renew_login_token_without_mount_lookup(env: Env) -> None:
     login, _ = await env.store.issue(Auth(policies=["dev"], alias=Alias("alice")), mount=JWT)
-    with pytest.raises(InvalidRequest, match="not available for renewal"):
+    with pytest.raises(InvalidRequest, match="^the auth method that issued this token is not available for renewal$"):
         await env.call(login["client_token"], "renew-self")
 
 
@@ -352,7 +448,7 @@ async def test_revoke_paths(env: Env) -> None:
 async def test_revoke_orphan(env: Env) -> None:
     parent = await env.token(policies=["dev"])
     child = await env.token(parent["client_token"])
-    with pytest.raises(InvalidRequest, match="root or sudo privileges required to revoke and orphan"):
+    with pytest.raises(InvalidRequest, match="^root or sudo privileges required to revoke and orphan$"):
         await env.call(parent["client_token"], "revoke-orphan", {"token": parent["client_token"]})
     await env.call(env.root, "revoke-orphan", {"token": parent["client_token"]})
     entry = await env.store.authenticate(child["client_token"], "127.0.0.1")
@@ -373,7 +469,7 @@ async def test_a_missing_token_is_named_before_privileges(env: Env, path: str) -
 
 
 async def test_unknown_role_and_path(env: Env) -> None:
-    with pytest.raises(InvalidRequest, match="unknown role ci"):
+    with pytest.raises(InvalidRequest, match="^unknown role ci$"):
         await env.call(env.root, "create/ci", {})
     with pytest.raises(UnsupportedPath):
         await env.call(env.root, "roles/a/b", {})
@@ -438,8 +534,15 @@ async def test_renew_accessor_and_list_accessors(env: Env) -> None:
     resp = await env.call(env.root, "renew-accessor", {"accessor": block["accessor"], "increment": "30m"})
     assert resp is not None and resp.auth_block is not None
     assert resp.auth_block["lease_duration"] == 1800 and resp.auth_block["client_token"] == ""
-    with pytest.raises(InvalidRequest, match="invalid accessor"):
+    with pytest.raises(InvalidRequest, match="^invalid accessor$"):
         await env.call(env.root, "renew-accessor", {"accessor": "nope"})
+    for path in ("lookup-accessor", "renew-accessor", "revoke-accessor"):
+        for body in ({}, {"accessor": ""}):
+            with pytest.raises(InvalidRequest) as exc:
+                await env.call(env.root, path, body)
+            assert exc.value.messages == ["missing accessor"], (path, body)
+    renewed = await env.call(block["client_token"], "renew", {"token": block["client_token"], "increment": "5m"})
+    assert renewed is not None and renewed.auth_block is not None and renewed.auth_block["lease_duration"] == 300
     listed = await env.call(env.root, "accessors/", op=Operation.LIST)
     assert listed is not None and listed.data is not None and block["accessor"] in listed.data["keys"]
     with pytest.raises(PermissionDenied):

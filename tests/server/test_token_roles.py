@@ -250,6 +250,24 @@ async def test_what_a_token_takes_from_its_role(env: Env) -> None:
     assert plain_entry is not None and "role" not in env.store.lookup_data(plain_entry)
 
 
+@pytest.mark.parametrize(("asked", "uses"), [(None, 3), (2, 2), (3, 3), (5, 3)])
+async def test_a_roles_use_count_bounds_its_tokens(env: Env, asked: int | None, uses: int) -> None:
+    """The role's count when the request names none or more; the request's when it is less."""
+    await _role(env, "ci", {"token_num_uses": 3})
+    block, _ = await _create(env, env.root, "ci", {"policies": ["a"], **({"num_uses": asked} if asked else {})})
+    assert block["num_uses"] == uses
+
+
+async def test_a_batch_token_of_a_role_takes_none_of_its_ttls(env: Env) -> None:
+    """The role's period and explicit max TTL are a service token's: a batch token made against
+    the role gets the mount's default TTL."""
+    await _role(env, "ci", {"token_period": "30m", "token_explicit_max_ttl": "20m"})
+    block, warnings = await _create(env, env.root, "ci", {"policies": ["a"], "type": "batch"})
+    assert (block["token_type"], block["lease_duration"], warnings) == ("batch", 3600, [])
+    service, _ = await _create(env, env.root, "ci", {"policies": ["a"]})
+    assert service["lease_duration"] == 1200
+
+
 @pytest.mark.parametrize(("role_type", "asked", "issued"), [
     ("default-service", None, "service"), ("default-service", "batch", "batch"),
     ("default-batch", None, "batch"), ("default-batch", "service", "service"),

@@ -77,6 +77,18 @@ async def wrapped_token_create(client: Client, ttl: str = "60s", **body: Any) ->
     return out
 
 
+@pytest.mark.parametrize("path", ["auth/token/create-orphan", "auth/token/create/wrapped-role"])
+async def test_every_token_creation_path_is_wrapped(client: Client, path: str) -> None:
+    """An orphan and a token of a role are wrapped as a child is (each path issues a token)."""
+    assert (await client.post("/v1/auth/token/roles/wrapped-role", json={}, headers=H)).status == 204
+    resp = await client.post(f"/v1/{path}", json={"policies": ["dev"]}, headers={**H, "X-Vault-Wrap-TTL": "1m"})
+    out = await resp.json()
+    assert resp.status == 200 and out["auth"] is None and out["wrap_info"]["creation_path"] == path
+    unwrapped = await (await client.post("/v1/sys/wrapping/unwrap", json={"token": out["wrap_info"]["token"]},
+                                         headers=H)).json()
+    assert unwrapped["auth"]["policies"] == ["default", "dev"]
+
+
 async def test_token_create_is_wrapped_in_vaults_shape(client: Client) -> None:
     out = await wrapped_token_create(client, "2m")
     assert out["auth"] is None and out["data"] is None
