@@ -450,8 +450,12 @@ TOKEN_ROLES = {
 
 async def test_token_roles_are_applied_compared_and_pruned(server: HttpServer, client: Client) -> None:
     """Token roles in the file: created, then no changes, drift corrected field by field, a
-    role not in the file listed, deleted only with prune; names keep their case."""
-    plan = await applied(server, {"token_roles": TOKEN_ROLES})
+    role not in the file listed, deleted only with prune; names keep their case. Only the
+    current spellings are written: no deprecated one beside them, which the server warns of."""
+    plan = await make_plan(desired({"token_roles": TOKEN_ROLES}), server)
+    lines: list[str] = []
+    await apply_plan(plan, server, report=lines.append)
+    assert lines == ["+ token-role ci: created", "+ token-role Batch: created"]
     assert [(c.action, c.address) for c in plan.changes] == [("create", "token-role ci"),
                                                              ("create", "token-role Batch")]
     assert fields_of(plan, "token-role ci")["token_period"] == ("", "3600")

@@ -113,7 +113,9 @@ def test_an_identity_without_metadata_aliases_or_groups_fills_nothing_of_them() 
                  "identity.entity.aliases.acc.custom_metadata.k", "identity.groups.ids.g.metadata.k",
                  "identity.entity.aliases.other.id", "identity.groups.names.other.id"):
         assert populate(f"x/{{{{{name}}}}}", who, DEFAULT) is None, name
-    assert populate("x/{{identity.groups.ids.g.name}}", IdentityView(id="e", name="n"), DEFAULT) is None
+    bare = IdentityView(id="e", name="n")
+    assert populate("x/{{identity.groups.ids.g.name}}", bare, DEFAULT) is None
+    assert populate("x/{{identity.entity.aliases.acc.id}}", bare, DEFAULT) is None
     assert IdentityView.items(None) == () and IdentityView.items({"b": "2", "a": "1"}) == (("a", "1"), ("b", "2"))
 
 
