@@ -33,6 +33,7 @@ __all__ = [
     "UnsupportedMediaType",
     "RateLimited",
     "UpstreamError",
+    "quoted",
 ]
 
 
@@ -118,3 +119,9 @@ class UpstreamError(PluginError):
     """An upstream identity provider failed in a way that is not the caller's fault. HTTP 502."""
 
     status = 502
+
+
+def quoted(text: str) -> str:
+    """``text`` in double quotes for a refusal's message: at most 64 characters, control
+    characters and quotes escaped (what a caller sent is never echoed raw)."""
+    return '"' + text[:64].encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'

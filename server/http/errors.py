@@ -6,7 +6,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from plugin.errors import PluginError
+from plugin.errors import PluginError, quoted
 from plugin.sealing import NewerTermError
 from server import telemetry
 from server.appkeys import KEYRING, STORAGE
@@ -29,12 +29,6 @@ def error_response(status: int, messages: list[str], headers: dict[str, str] | N
     if headers:
         reply.headers.update(headers)
     return reply
-
-
-def quoted(text: str) -> str:
-    """``text`` in double quotes for a refusal's message: at most 64 characters, control
-    characters and quotes escaped (what a caller sent is never echoed raw)."""
-    return '"' + text[:64].encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
 
 
 def foreign_namespace(value: str | None) -> str | None:

@@ -15,7 +15,7 @@ import orjson
 import structlog
 
 from plugin.cidrutil import cidr_allows, parse_cidrs
-from plugin.errors import InvalidRequest, PermissionDenied
+from plugin.errors import InvalidRequest, PermissionDenied, quoted
 from plugin.framework import Auth
 from plugin.policyutil import refuse_root, sanitize_policies
 from plugin.sealing import NewerTermError, Sealer
@@ -1035,7 +1035,7 @@ class TokenStore:
             else:
                 index = await self.storage.get(ACCESSOR_PREFIX + self.hash(after)) if len(after) <= 256 else None
                 if not index:
-                    raise InvalidRequest(f'cannot list after "{after[:64]}": it is not the accessor of a live '
+                    raise InvalidRequest(f"cannot list after {quoted(after)}: it is not the accessor of a live "
                                          "token (list again without after)")
                 start = index["id_hash"]
         out: list[str] = []

@@ -708,9 +708,14 @@ async def test_a_page_goes_on_after_a_revoked_token(store: TokenStore) -> None:
     assert await store.accessors_page("z" * ACCESSOR_LEN, 5) == []  # after every row
 
 
-@pytest.mark.parametrize("after", ["LegacyAccessorCCCCCCCCCC", "x", "a" * 300, "has space", "\x00"])
-async def test_a_page_after_an_unknown_legacy_accessor_is_refused(legacy: TokenStore, after: str) -> None:
+@pytest.mark.parametrize(("after", "shown"), [
+    ("LegacyAccessorCCCCCCCCCC", '"LegacyAccessorCCCCCCCCCC"'), ("x", '"x"'), ("a" * 300, '"' + "a" * 64 + '"'),
+    ("has space", '"has space"'), ("\x00", '"\\x00"'), ('q"\n', '"q\\"\\n"'),
+])
+async def test_a_page_after_an_unknown_legacy_accessor_is_refused(legacy: TokenStore, after: str, shown: str) -> None:
+    """The refusal shows what was sent quoted: cut at 64 characters, control characters and
+    quotes escaped."""
     with pytest.raises(InvalidRequest) as info:
         await legacy.accessors_page(after, 2)
-    assert info.value.messages == [f'cannot list after "{after[:64]}": it is not the accessor of a live token '
+    assert info.value.messages == [f"cannot list after {shown}: it is not the accessor of a live token "
                                    "(list again without after)"]
