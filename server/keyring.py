@@ -56,7 +56,7 @@ from plugin.sealing import (
     parse_sealed,
     seal_bytes,
 )
-from plugin.storage import Storage
+from plugin.storage import Storage, walk
 
 log = structlog.get_logger("authmount.keyring")
 
@@ -480,12 +480,6 @@ async def _keys_below(storage: Storage, prefixes: tuple[str, ...]) -> list[str]:
     out.extend(p for p in prefixes if not p.endswith("/"))
     while folders:
         folder = folders.pop()
-        after = ""
-        while True:
-            page = await storage.list_page(folder, after, 1024)
-            if not page:
-                break
-            for child in page:
-                (folders if child.endswith("/") else out).append(folder + child)
-            after = page[-1]
+        async for child in walk(storage, folder):
+            (folders if child.endswith("/") else out).append(folder + child)
     return out
