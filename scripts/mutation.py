@@ -170,6 +170,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_wrapping.py",  # every token creation path is wrapped (issues_token)
         "tests/server/test_token_scans.py",  # accessor pages
         "tests/server/test_inline_auth.py",  # what the token of an inline authentication cannot do
+        "tests/server/test_identity.py",  # a token for the entity alias of a disabled entity
     ),
     "server/tokens/roles.py": (  # token roles: the policies and TTLs their tokens may get
         "tests/server/test_token_roles.py",
@@ -195,6 +196,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "server/keyring.py": (
         "tests/server/test_keyring.py",
         "tests/server/test_seed_reload.py",
+        "tests/server/test_key_rotation.py",  # automatic rotation: its config, when a term is due
+        "tests/server/test_identity_tokens.py",  # identity keys sealed again by a rotation
+        "tests/server/test_oidc_provider.py",  # OIDC provider client secrets sealed again by a rotation
     ),
     "server/http/connguard.py": (
         "tests/server/test_connguard.py",

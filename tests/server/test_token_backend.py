@@ -406,6 +406,19 @@ async def test_a_backend_given_the_mount_table_renews_login_tokens(env: Env) -> 
     assert resp is not None and resp.auth_block is not None and resp.auth_block["lease_duration"] == 120
 
 
+async def test_an_entity_alias_needs_the_token_mounts_accessor(env: Env) -> None:
+    """A token mount without an accessor (no mount table) cannot name the alias's entity."""
+    await env.call(env.root, "roles/ci", {"allowed_entity_aliases": ["bob"]})
+    entry = await env.store.authenticate(env.root, "127.0.0.1")
+    req = Request(operation=Operation.UPDATE, path="create/ci", data={"entity_alias": "bob"},
+                  system=StaticSystemView(default_lease_ttl=3600, max_lease_ttl=7200, mount_path="auth/token/",
+                                           mount_accessor=""),
+                  storage=env.mount_storage, token={"entry": entry, "raw": env.root})
+    with pytest.raises(InvalidRequest) as exc:
+        await env.backend.handle_request(req)
+    assert exc.value.messages == ["auth token mount accessor not found"]
+
+
 async def test_a_backend_without_policies_grants_no_sudo(env: Env) -> None:
     """No policy store to read: only a root token has sudo."""
     backend = TokenBackend(env.store)
@@ -541,8 +554,16 @@ async def test_renew_accessor_and_list_accessors(env: Env) -> None:
             with pytest.raises(InvalidRequest) as exc:
                 await env.call(env.root, path, body)
             assert exc.value.messages == ["missing accessor"], (path, body)
-    renewed = await env.call(block["client_token"], "renew", {"token": block["client_token"], "increment": "5m"})
-    assert renewed is not None and renewed.auth_block is not None and renewed.auth_block["lease_duration"] == 300
+    # Each renewal path with and without an increment (none: the token's own TTL, 10 minutes).
+    for raw, path, body, ttl in (
+        (block["client_token"], "renew", {"token": block["client_token"], "increment": "5m"}, 300),
+        (block["client_token"], "renew", {"token": block["client_token"]}, 600),
+        (env.root, "renew", {"token": block["client_token"], "increment": "4m"}, 240),
+        (env.root, "renew-accessor", {"accessor": block["accessor"]}, 600),
+    ):
+        renewed = await env.call(raw, path, body)
+        assert renewed is not None and renewed.auth_block is not None, (path, body)
+        assert renewed.auth_block["lease_duration"] == ttl, (path, body)
     listed = await env.call(env.root, "accessors/", op=Operation.LIST)
     assert listed is not None and listed.data is not None and block["accessor"] in listed.data["keys"]
     with pytest.raises(PermissionDenied):
@@ -566,6 +587,8 @@ async def test_list_accessors_in_pages(env: Env) -> None:
             break
         after = page.data["keys"][-1]
     assert sorted(walked) == whole.data["keys"]
+    first = await env.call(env.root, "accessors/", {"limit": 1}, op=Operation.LIST)  # a page from the start
+    assert first is not None and first.data is not None and len(first.data["keys"]) == 1
     with pytest.raises(InvalidRequest, match='error converting input x for field "limit"'):
         await env.call(env.root, "accessors/", {"limit": "x"}, op=Operation.LIST)
     block = await env.token(policies=["dev"])
