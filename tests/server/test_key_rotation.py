@@ -54,6 +54,8 @@ async def test_a_write_changes_what_it_names_and_reads_back_as_vault_writes_it(c
         {"enabled": False, "interval": "25h0m0s", "max_operations": 2000000}
     assert (await call(client, "POST", "sys/rotate/config", {"interval": 0, "enabled": True}))[0] == 204
     assert (await call(client, "GET", "sys/rotate/config"))[1]["data"] == {**DEFAULTS, "max_operations": 2000000}
+    # where they are stored: a key of the storage layout an upgrade keeps
+    assert await app_of(client)[STORAGE].get("core/rotate-config") == {**DEFAULTS, "max_operations": 2000000}
 
 
 @pytest.mark.parametrize(("body", "error"), [
@@ -124,6 +126,12 @@ async def test_a_due_rotation_happens_once_however_many_nodes_ask() -> None:
         a.unseal(secret["sealed"], "sys/token/salt#sealed")
     # not due again until the new term is a day old
     assert await keys.rotate_keys(storage, a, ta, due=DAY) is None and a.active == 2
+
+
+async def test_a_term_exactly_the_interval_old_is_due() -> None:
+    created = time.time() - 10 * DAY
+    ring, _ = await _node(InMemoryStorage(), now=created)
+    assert ring.due(DAY, created + DAY) and not ring.due(DAY, created + DAY - 1)
 
 
 async def test_a_term_younger_than_the_interval_is_kept() -> None:
