@@ -224,6 +224,8 @@ def parse_duration(value: Any, *, signed: bool = False) -> int:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("not a finite number")
+        if not value.is_integer():  # it was cut to whole seconds: 1.5 was 1 (OpenBao refuses it too)
+            raise ValueError(f"a duration in seconds must be a whole number, got {value}")
         seconds = int(value)
     elif isinstance(value, str):
         seconds = _parse_duration_string(value.strip())

@@ -58,6 +58,13 @@ COERCE = [
     ("duration-empty", T.DURATION, "", nullcontext(0)),
     ("duration-negative", T.DURATION, "-1", BAD),
     ("duration-hr", T.DURATION, "1hr", BAD),
+    ("duration-whole-float", T.DURATION, 3600.0, nullcontext(3600)),
+    ("duration-fraction", T.DURATION, 1.5, BAD),  # was cut to 1 s; OpenBao refuses it too
+    ("duration-fraction-string", T.DURATION, "1.5", BAD),
+    ("duration-fraction-unit", T.DURATION, "1.5s", nullcontext(1)),  # Go's duration in whole seconds, as Vault
+    # Leniencies OpenBao does not have (vault-differences row 80): spaces trimmed, a whole float.
+    ("duration-spaced", T.DURATION, " 1h ", nullcontext(3600)),
+    ("int-exponent", T.INT, 1e1, nullcontext(10)),
     ("signed-negative", T.SIGNED_DURATION, "-1", nullcontext(-1)),
     ("signed-go", T.SIGNED_DURATION, "-5s", nullcontext(-5)),
     ("map", T.MAP, {"a": 1}, nullcontext({"a": 1})),
