@@ -200,6 +200,10 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_identity_tokens.py",  # identity keys sealed again by a rotation
         "tests/server/test_oidc_provider.py",  # OIDC provider client secrets sealed again by a rotation
     ),
+    "server/http/ratelimit.py": (  # the per-address limits on what anonymous callers may send
+        "tests/server/test_ratelimit.py",
+        "tests/server/test_ratelimit_shared.py",
+    ),
     "server/http/connguard.py": (
         "tests/server/test_connguard.py",
     ),

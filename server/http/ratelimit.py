@@ -207,7 +207,6 @@ class LoginLimiter:
         #: The workers' shared bucket table (``ratelimit_shared``), or None: this process's own.
         self.shared_fd = shared_fd
         self.queue_wait = queue_wait
-        self.settings = settings
         self.buckets: TokenBuckets | SharedTokenBuckets | None = None
         self.slots: Slots | None = None
         self._applied = False  # no limits applied yet (a new worker keeps the others' buckets)
@@ -228,7 +227,6 @@ class LoginLimiter:
             self.buckets = TokenBuckets(rate, burst, max_keys=self._max_keys, clock=self._clock)
         slots = settings.max_concurrent_logins
         self.slots = Slots(slots) if slots > 0 else None
-        self.settings = settings
         self._applied = True
 
     def check(self, path: str, remote: str) -> None:

@@ -121,6 +121,29 @@ def test_idle_buckets_are_dropped_as_new_clients_arrive() -> None:
     assert len(buckets) == 50  # every idle (full) bucket made room for a new one
 
 
+def test_a_refusal_with_a_block_holds_the_next_token_back() -> None:
+    """A rate limit quota's ``block_interval``: after a refusal the next token comes only
+    ``block`` seconds later, and the bucket is not forgotten as idle meanwhile."""
+    clock = Clock()
+    buckets = TokenBuckets(2.0, 1, clock=clock, block_max=10.0)  # full again after 0.5 s, or 10.5 s blocked
+    assert buckets.take("a") == 0.0
+    assert buckets.take("a", block=10.0) == pytest.approx(10.0)
+    clock.now += 2.0
+    buckets.take("b")  # a new client makes room: the blocked bucket is not idle yet
+    clock.now += 7.9
+    assert buckets.take("a") == pytest.approx(0.1)
+    clock.now += 0.1
+    assert buckets.take("a") == 0.0
+
+
+@pytest.mark.parametrize(("rate", "burst", "max_keys"), [(0.0, 5, 10), (-1.0, 1, 10), (1.0, 0, 10), (1.0, 1, 0)])
+def test_bucket_bounds_are_refused(rate: float, burst: int, max_keys: int) -> None:
+    with pytest.raises(ValueError) as exc:
+        TokenBuckets(rate, burst, max_keys=max_keys)
+    assert str(exc.value) == "rate must be > 0, burst and max_keys >= 1"
+    assert len(TokenBuckets(0.5, 1, max_keys=1)) == 0  # the least of each is taken
+
+
 @pytest.mark.parametrize(
     ("addr", "key"),
     [
@@ -138,7 +161,7 @@ def test_client_key(addr: str, key: str) -> None:
 
 def test_quota_error_has_vault_message_and_retry_after() -> None:
     exc = QuotaExceeded("auth/jwt/login", 0.2)
-    assert exc.status == 429
+    assert exc.status == 429 and exc.limit == "per_ip"  # the authmount_rate_limited label
     assert exc.messages == ['request path "auth/jwt/login": rate limit quota exceeded']
     assert exc.headers == {"Retry-After": "1"}
     assert QuotaExceeded("auth/jwt/login", 2.1).headers == {"Retry-After": "3"}
@@ -167,6 +190,20 @@ async def test_slots_fast_path_and_release() -> None:
     slots.release()
     assert slots.free == 1
     assert slots.try_acquire()
+    slots.release()
+    slots.release()
+    assert slots.free == 2  # each release gives one back
+
+
+async def test_one_concurrent_login_at_a_time() -> None:
+    """``max_concurrent_logins: 1`` is a limit of one, refused as ``concurrency``; the wait
+    for a slot is a second by default."""
+    limiter = LoginLimiter(RateLimitSettings(max_concurrent_logins=1, login_per_ip_per_second=0))
+    assert limiter.slots is not None and limiter.queue_wait == 1.0 and limiter.slots.try_acquire()
+    limiter.queue_wait = 0.01
+    with pytest.raises(QuotaExceeded) as exc:
+        await limiter.run("auth/x/login", "192.0.2.1", Backend(), Request(operation=Operation.UPDATE, path="login"))
+    assert exc.value.limit == "concurrency" and exc.value.headers == {"Retry-After": "1"}
 
 
 async def test_slots_hand_over_in_arrival_order() -> None:
