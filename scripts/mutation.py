@@ -204,6 +204,11 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_ratelimit.py",
         "tests/server/test_ratelimit_shared.py",
     ),
+    "server/quotas.py": (  # rate limit quotas (sys/quotas/rate-limit): who is refused, and for how long
+        "tests/server/test_quotas.py",
+        "tests/server/test_sys_backend.py",  # quotas written through the API: their paths split at the mount
+        "tests/server/test_gitops.py",  # quotas applied from a file
+    ),
     "server/http/connguard.py": (
         "tests/server/test_connguard.py",
     ),

@@ -10,9 +10,11 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from server.app import create_app
-from server.appkeys import QUOTAS
+from server.appkeys import QUOTAS, STORAGE
 from server.http.listverb import make_test_server
-from server.quotas import Quota, QuotaConfig, Quotas
+from server.http.ratelimit import QuotaExceeded
+from server.http.ratelimit_shared import create_table
+from server.quotas import DEFAULT_EXEMPT, Quota, QuotaConfig, Quotas
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import ec_key
 from tests.server.httpkit import Client, app_of
@@ -140,7 +142,7 @@ async def test_shapes_listing_and_deletion(client: Client) -> None:
 
 
 @pytest.mark.parametrize(("rate", "shown"), [(20, 20), (20.0, 20), (2.5, 2.5), (2**53, 2**53), (1e308, 1e308),
-                                             (2.0**70, 2.0**70)])
+                                             (2.0**70, 2.0**70), (2.0**63, 2.0**63), (2.0**62, 2**62)])
 async def test_a_rate_reads_back_as_openbao_writes_it(client: Client, rate: float, shown: float) -> None:
     """A whole rate without a fraction, as Go writes a float64; one past 2**63 stays a float
     (1e308 was stored, and every read of it a 500: JSON has no such integer for orjson)."""
@@ -194,3 +196,75 @@ def test_a_quota_left_unchanged_keeps_its_buckets() -> None:
         q.check("sys/mounts", "sys/", "", "10.0.0.1")
     q.install({"kept": Quota("kept", mount="sys/", suffix="mounts", rate=2, interval=3600)}, QuotaConfig())
     q.check("sys/mounts", "sys/", "", "10.0.0.1")  # changed limits: buckets start full again
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _quotas(*quotas: Quota, config: QuotaConfig | None = None, shared: bool = False) -> tuple[Quotas, _Clock]:
+    clock = _Clock()
+    q = Quotas(storage=None, clock=clock, shared_fd=create_table() if shared else None)  # type: ignore[arg-type]
+    q.install({one.name: one for one in quotas}, config or QuotaConfig())
+    return q, clock
+
+
+def test_the_longest_glob_of_a_mount_judges() -> None:
+    q, _ = _quotas(Quota("roles", mount="auth/jwt/", suffix="role/*", rate=5),
+                   Quota("ci-roles", mount="auth/jwt/", suffix="role/ci-*", rate=5),
+                   Quota("mount", mount="auth/jwt/", rate=5))
+    found = {suffix: q.find("auth/jwt/", suffix, "") for suffix in ("role/ci-x", "role/ci", "role/x", "rx", "")}
+    assert {k: v.name if v else None for k, v in found.items()} == {
+        "role/ci-x": "ci-roles", "role/ci": "roles", "role/x": "roles", "rx": "mount", "": "mount"}
+
+
+def test_exempt_paths_by_name_and_by_glob() -> None:
+    """Vault's default exempt paths, and a glob exempting only what starts with its prefix."""
+    assert all(QuotaConfig().exempt(path) for path in DEFAULT_EXEMPT)
+    assert set(DEFAULT_EXEMPT) == {"sys/generate-recovery-token/attempt", "sys/generate-recovery-token/update",
+                                   "sys/generate-root/attempt", "sys/generate-root/update", "sys/health",
+                                   "sys/seal-status", "sys/unseal"}
+    config = QuotaConfig(rate_limit_exempt_paths=("sys/mo*", "sys/auth"))
+    assert [config.exempt(p) for p in ("sys/mounts", "sys/mo", "sys/auth", "sys/auth/jwt", "sys/m", "sys/x")] == [
+        True, True, True, False, False, False]
+
+
+def test_a_quota_counts_each_client_under_its_own_key_at_its_rate() -> None:
+    """Each client address its own budget; ``rate`` per ``interval`` seconds (2 a second here);
+    the refusal is labelled ``quota`` (the ``authmount_rate_limited`` metric); a path that only
+    looks like the quota's (a trailing ``X``) is not its."""
+    for shared in (False, True):  # this process's buckets, and the workers' shared table
+        q, clock = _quotas(Quota("mounts", mount="sys/", suffix="mounts", rate=2, interval=1), shared=shared)
+        for remote in ("10.0.0.1", "10.0.0.2"):
+            q.check("sys/mounts", "sys/", "", remote)
+            q.check("sys/mounts/", "sys/", "", remote)  # the same path with its slash
+            with pytest.raises(QuotaExceeded) as exc:
+                q.check("sys/mounts", "sys/", "", remote)
+            assert exc.value.limit == "quota"
+        q.check("sys/mountsX", "sys/", "", "10.0.0.1")  # not the quota's path
+        clock.now += 0.5  # one more request a half second later (2 a second)
+        q.check("sys/mounts", "sys/", "", "10.0.0.1")
+
+
+def test_only_a_write_of_a_quota_reloads_them() -> None:
+    q, _ = _quotas()
+    asked: list[int] = []
+    q._refresh = type("R", (), {"request": lambda self: asked.append(1)})()
+    for key in ("sys/quotas/rate-limit/a", "", "auth/jwt/config", "sys/policy/x"):
+        q.invalidate(key)
+    assert len(asked) == 2
+
+
+async def test_where_quotas_are_stored(client: Client) -> None:
+    """Keys of the storage layout an upgrade keeps."""
+    await quota(client, "kept", path="sys/mounts", rate=2)
+    assert (await call(client, "POST", "sys/quotas/config", {"rate_limit_exempt_paths": ["sys/health"]}))[0] == 204
+    storage = app_of(client)[STORAGE]
+    stored = await storage.get("sys/quotas/rate-limit/kept")
+    assert isinstance(stored, dict) and stored["rate"] == 2
+    config = await storage.get("sys/quotas/config")
+    assert isinstance(config, dict) and config["rate_limit_exempt_paths"] == ["sys/health"]
