@@ -268,3 +268,20 @@ async def test_where_quotas_are_stored(client: Client) -> None:
     assert isinstance(stored, dict) and stored["rate"] == 2
     config = await storage.get("sys/quotas/config")
     assert isinstance(config, dict) and config["rate_limit_exempt_paths"] == ["sys/health"]
+
+
+async def test_the_config_reads_as_vaults_defaults_before_any_write(client: Client) -> None:
+    assert (await call(client, "GET", "sys/quotas/config"))[1]["data"] == {
+        "enable_rate_limit_audit_logging": False, "enable_rate_limit_response_headers": False,
+        "rate_limit_exempt_paths": sorted(DEFAULT_EXEMPT)}
+
+
+def test_workers_count_a_client_once_in_the_shared_table() -> None:
+    """Two workers' quotas on one shared table: a client's request on one is spent on both."""
+    table = create_table()
+    workers = [Quotas(storage=None, clock=lambda: 1000.0, shared_fd=table) for _ in range(2)]  # type: ignore[arg-type]
+    for q in workers:
+        q.install({"one": Quota("one", mount="sys/", suffix="mounts", rate=1, interval=3600)}, QuotaConfig())
+    workers[0].check("sys/mounts", "sys/", "", "10.0.0.1")
+    with pytest.raises(QuotaExceeded):
+        workers[1].check("sys/mounts", "sys/", "", "10.0.0.1")
