@@ -6,14 +6,14 @@ import orjson
 import structlog
 from aiohttp import web
 
-from plugin.errors import PluginError, quoted
+from plugin.errors import PluginError
 from plugin.sealing import NewerTermError
 from server import telemetry
 from server.appkeys import KEYRING, STORAGE
 from server.http.reply import JSONReply
 from server.storage import unavailable_reason
 
-__all__ = ["error_response", "response_for", "reload_keyring", "quoted", "foreign_namespace", "STORAGE_FAILURES"]
+__all__ = ["error_response", "response_for", "reload_keyring", "foreign_namespace", "STORAGE_FAILURES"]
 
 log = structlog.get_logger("authmount.errors")
 #: Storage failures answered 503 since start, by reason (logged: the first, then every 100th).

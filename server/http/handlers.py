@@ -22,6 +22,7 @@ from plugin.errors import (
     UnsupportedMediaType,
     UnsupportedOperation,
     UnsupportedPath,
+    quoted,
 )
 from plugin.framework import Backend, Connection, Operation, Request, Response, Route
 from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
@@ -49,7 +50,7 @@ from server.audit import AuditBroker
 from server.credentials import carries_credential
 from server.http.audited import Exchange
 from server.http.cors import Cors
-from server.http.errors import error_response, foreign_namespace, quoted
+from server.http.errors import error_response, foreign_namespace
 from server.http.inline import FAILED_HEADER, NOT_LOGIN, PATH_HEADER, InlineLogin, read_inline
 from server.http.inline import refused as inline_refused
 from server.http.listverb import MARKER_HEADER, is_list_verb

@@ -28,10 +28,10 @@ from typing import Any
 
 import orjson
 
-from plugin.errors import InvalidRequest
+from plugin.errors import InvalidRequest, quoted
 from plugin.framework import Operation
 from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
-from server.http.errors import foreign_namespace, quoted
+from server.http.errors import foreign_namespace
 
 __all__ = [
     "PATH_HEADER", "PARAMETER_PREFIX", "OPERATION_HEADER", "NAMESPACE_HEADER", "FAILED_HEADER",

@@ -21,8 +21,9 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.web_urldispatcher import AbstractRoute, UrlMappingMatchInfo, _unquote_path_safe
 
+from plugin.errors import quoted
 from server.appkeys import CORS, REQUEST_HANDLER
-from server.http.errors import error_response, quoted
+from server.http.errors import error_response
 from server.http.handlers import (
     WRITES,
     AppCore,
