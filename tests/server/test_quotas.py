@@ -18,6 +18,7 @@ from server.quotas import DEFAULT_EXEMPT, Quota, QuotaConfig, Quotas
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import ec_key
 from tests.server.httpkit import Client, app_of
+from tests.server.tokenkit import Clock
 
 ROOT = "root-token-for-quota-tests"
 PEM = ec_key().pem
@@ -198,18 +199,10 @@ def test_a_quota_left_unchanged_keeps_its_buckets() -> None:
     q.check("sys/mounts", "sys/", "", "10.0.0.1")  # changed limits: buckets start full again
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _quotas(*quotas: Quota, config: QuotaConfig | None = None, shared: bool = False) -> tuple[Quotas, _Clock]:
-    clock = _Clock()
+def _quotas(*quotas: Quota, shared: bool = False) -> tuple[Quotas, Clock]:
+    clock = Clock()
     q = Quotas(storage=None, clock=clock, shared_fd=create_table() if shared else None)  # type: ignore[arg-type]
-    q.install({one.name: one for one in quotas}, config or QuotaConfig())
+    q.install({one.name: one for one in quotas}, QuotaConfig())
     return q, clock
 
 
