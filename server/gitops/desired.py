@@ -35,6 +35,7 @@ from server.http.cors import STANDARD_HEADERS, checked_origins
 from server.identity import oidc, provider
 from server.identity.entities import ENTITY_FIELDS
 from server.identity.groups import GROUP_FIELDS, changed_group
+from server.identity.metadata import checked_metadata
 from server.identity.store import DERIVED_NAME, Group, group_policies
 from server.identity.token_template import check_template
 from server.keyring import RotationConfig
@@ -712,8 +713,11 @@ def _entity(name: str, values: dict[str, Any], where: str, env: Mapping[str, str
         policies = group_policies(coerced.get("policies", []))
     except InvalidRequest as exc:
         raise GitopsError(str(exc), address=address, where=where, field="policies") from None
-    public = {"policies": policies, "metadata": dict(coerced.get("metadata") or {}),
-              "disabled": bool(coerced.get("disabled", False))}
+    try:
+        metadata = checked_metadata("entity", coerced.get("metadata") or {})
+    except InvalidRequest as exc:
+        raise GitopsError(str(exc), address=address, where=where, field="metadata") from None
+    public = {"policies": policies, "metadata": metadata, "disabled": bool(coerced.get("disabled", False))}
     return DesiredEntity(name=name, where=where, public=public, aliases=aliases)
 
 

@@ -21,6 +21,7 @@ from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Handler, Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
 from server.identity.groups import WINNER_PAUSES, group_data
+from server.identity.metadata import checked_custom_metadata, checked_metadata
 from server.identity.store import (
     Entity,
     EntityAlias,
@@ -86,7 +87,9 @@ ENTITY_FIELDS = FieldSet({
                   default=""),
     "policies": Field(FieldType.COMMA_STRING_SLICE, "Policies granted to the entity's tokens, in addition to "
                       "their own and their groups', at each use of the tokens. 'root' is refused."),
-    "metadata": Field(FieldType.KV_PAIRS, "Metadata (string keys and values) attached to the entity."),
+    "metadata": Field(FieldType.KV_PAIRS, "Metadata attached to the entity: at most 64 pairs; keys of 1 to 128 "
+                      "bytes of letters, digits and = / + _ -, not starting with 'vault-'; values of at most 512 "
+                      "bytes."),
     "disabled": Field(FieldType.BOOL, "Refuse every use of the entity's tokens, and its logins, until set false "
                       "again (nothing is revoked).", default=False),
 })
@@ -120,12 +123,13 @@ def _attrs_change(values: dict[str, Any]) -> Any:
     :raises InvalidRequest: ``policies cannot contain root`` (Vault's message).
     """
     policies = group_policies(values["policies"]) if "policies" in values else None
+    metadata = checked_metadata("entity", values["metadata"]) if "metadata" in values else None
 
     def change(attrs: EntityAttrs) -> None:
         if policies is not None:
             attrs.policies = policies
-        if "metadata" in values:
-            attrs.metadata = dict(values["metadata"])
+        if metadata is not None:
+            attrs.metadata = dict(metadata)
         if "disabled" in values:
             attrs.disabled = bool(values["disabled"])
 
@@ -154,15 +158,9 @@ ENTITY_ALIAS_FIELDS = FieldSet({
     "mount_accessor": Field(_S, "Accessor of the auth mount whose logins the alias matches.", default=""),
     "canonical_id": Field(_S, "ID of the entity the alias stands for (none, on create: a new entity).", default=""),
     "custom_metadata": Field(FieldType.KV_PAIRS, "Metadata (string keys and values) an operator keeps on the "
-                             "alias: at most 64 keys of at most 128 characters, values of at most 512."),
+                             "alias: at most 64 keys; keys of 1 to 128 bytes and values of 1 to 512, printable."),
 })
 _MAX_ALIAS_NAME = 1024
-
-
-def _custom_metadata(raw: dict[str, str]) -> dict[str, str]:
-    if len(raw) > 64 or any(len(k) > 128 or len(v) > 512 for k, v in raw.items()):
-        raise InvalidRequest("custom_metadata: at most 64 keys of at most 128 characters, values of at most 512")
-    return dict(raw)
 
 
 #: ``identity/entity/merge``.
@@ -284,8 +282,18 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
 
     async def write_name(req: Request, values: dict[str, Any]) -> Response | None:
         """``identity/entity/name/<name>``: the entity of that name (not renamed: the path's
-        name is lower-cased), made if there is none."""
-        entity = await b.store.entity_by_name(values["name"])
+        name is lower-cased), made if there is none; with an ``id``, the entity of that id,
+        renamed to the path's name unless another entity has it (Vault's order and texts)."""
+        store = b.store
+        entity = await store.entity_by_name(values["name"])
+        if values.get("id"):
+            by_id = await store.entity(values["id"])
+            if by_id is None:
+                raise InvalidRequest("entity not found from id")
+            if entity is None:
+                return await write(by_id, values)
+            if entity.id != by_id.id:
+                raise InvalidRequest("entity name is already in use")
         return await write(entity, {k: v for k, v in values.items() if k != "name"} if entity else values)
 
     async def write_entity(req: Request, values: dict[str, Any]) -> Response | None:
@@ -408,7 +416,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
     async def create_alias(values: dict[str, Any], name: str, accessor: str) -> Response:
         store = b.store
         canonical = values.get("canonical_id", "")
-        custom = _custom_metadata(values.get("custom_metadata", {}))
+        custom = checked_custom_metadata(values.get("custom_metadata", {}))
         made = None
         if not canonical:  # Vault makes the entity too
             made = await store.create_entity("", lambda attrs: None)
@@ -436,7 +444,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
         name = values.get("name") or current.name
         accessor = values.get("mount_accessor") or current.mount_accessor
         canonical = values.get("canonical_id") or current.canonical_id
-        custom = _custom_metadata(values["custom_metadata"]) if "custom_metadata" in values else current.custom_metadata
+        custom = checked_custom_metadata(values["custom_metadata"]) if "custom_metadata" in values else current.custom_metadata
         if (name, accessor, canonical, custom) == (current.name, current.mount_accessor, current.canonical_id,
                                                    current.custom_metadata):
             return None  # nothing to change: idempotent, as in Vault

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.schema import Field, FieldSet, FieldType
+from server.identity.metadata import checked_metadata
 from server.identity.store import GROUP_TYPES, Group, IdentityStore, NameInUse, group_policies, new_id
 
 if TYPE_CHECKING:
@@ -42,7 +43,9 @@ GROUP_FIELDS = FieldSet({
     "type": Field(_S, "'internal' (members listed by id) or 'external' (members come from logins through "
                       "its group alias). Defaults to 'internal'; cannot be changed.", default="",
                   parse=_group_type),
-    "metadata": Field(FieldType.KV_PAIRS, "Metadata (string keys and values) attached to the group."),
+    "metadata": Field(FieldType.KV_PAIRS, "Metadata attached to the group: at most 64 pairs; keys of 1 to 128 "
+                      "bytes of letters, digits and = / + _ -, not starting with 'vault-'; values of at most 512 "
+                      "bytes."),
     "policies": Field(_CSS, "Policies granted to the group's members, in addition to their tokens' own, at "
                             "each use of their tokens. 'root' is refused."),
     "member_entity_ids": Field(_CSS, "Entity IDs that are members of an internal group (refused for "
@@ -156,7 +159,7 @@ def changed_group(group: Group, values: dict[str, Any]) -> Group:
     if "policies" in values:
         group.policies = group_policies(values["policies"])
     if "metadata" in values:
-        group.metadata = dict(values["metadata"])
+        group.metadata = checked_metadata("group", values["metadata"])
     if "member_group_ids" in values:
         wanted = sorted({m for m in values["member_group_ids"] if m})
         if wanted and group.type == "external":

@@ -9,6 +9,7 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from pytest_aiohttp import AiohttpClient
@@ -107,13 +108,26 @@ async def test_deleting_an_entity_deletes_its_aliases_and_frees_its_name(api: Ap
     ("body", "message"),
     [
         ({"custom_metadata": {f"k{i}": "v" for i in range(65)}},
-         "custom_metadata: at most 64 keys of at most 128 characters, values of at most 512"),
+         "custom_metadata validation failed: payload must contain at most 64 keys, provided 65"),
         ({"custom_metadata": {"k": "v" * 513}},
-         "custom_metadata: at most 64 keys of at most 128 characters, values of at most 512"),
+         'custom_metadata validation failed: length of value for key "k" is 513 but must be 0 < len(value) <= 512'),
+        ({"custom_metadata": {"k": "\u00e9" * 257}},  # 514 bytes in UTF-8, as Vault counts them
+         'custom_metadata validation failed: length of value for key "k" is 514 but must be 0 < len(value) <= 512'),
+        ({"custom_metadata": {"k" * 129: "v"}},
+         'custom_metadata validation failed: length of key "' + "k" * 64 + '" is 129 but must be 0 < len(key) <= 128'),
+        ({"custom_metadata": {"": "v"}},
+         'custom_metadata validation failed: length of key "" is 0 but must be 0 < len(key) <= 128'),
+        ({"custom_metadata": {"k": ""}},
+         'custom_metadata validation failed: length of value for key "k" is 0 but must be 0 < len(value) <= 512'),
+        ({"custom_metadata": {"k\tx": "v"}},
+         'custom_metadata validation failed: key "k\\tx" contains unprintable characters'),
+        ({"custom_metadata": {"k": "a\u200bb"}},
+         'custom_metadata validation failed: value for key "k" contains unprintable characters'),
         ({"name": "bad\nname"}, "invalid alias name"),
         ({"name": "x" * 1025}, "invalid alias name"),
     ],
-    ids=["too-many-keys", "long-value", "control-character", "long-name"],
+    ids=["too-many-keys", "long-value", "long-value-in-bytes", "long-key", "blank-key", "empty-value",
+         "unprintable-key", "unprintable-value", "control-character", "long-name"],
 )
 async def test_alias_refusals_leave_nothing_behind(api: Api, body: dict[str, Any], message: str) -> None:
     """A refused create makes no entity (Vault's create without canonical_id makes one)."""
@@ -122,6 +136,69 @@ async def test_alias_refusals_leave_nothing_behind(api: Api, body: dict[str, Any
                                  {"name": "frank", "mount_accessor": api.accessors["jwt"], **body})
     assert (status, out) == (400, {"errors": [message]})
     assert await api.call("LIST", "identity/entity/id") == before
+
+
+_AT_LIMITS = {**{f"k{i}": "v" * 512 for i in range(63)}, "azAZ09=/+_-" + "k" * 117: ""}  # 64 pairs, 128-byte key
+
+
+@pytest.mark.parametrize(
+    ("metadata", "problem"),
+    [
+        ({f"k{i}": "v" for i in range(65)}, "metadata cannot contain more than 64 key/value pairs (given 65)"),
+        ({"": "v"}, 'failed to load metadata pair ("", "v"): key cannot be blank'),
+        ({"a.b": "v"}, 'failed to load metadata pair ("a.b", "v"): key contains invalid characters '
+                       "(letters, digits and = / + _ - only)"),
+        ({"k}}": "v"}, 'failed to load metadata pair ("k}}", "v"): key contains invalid characters '
+                       "(letters, digits and = / + _ - only)"),
+        ({"k" * 129: "v"}, f'failed to load metadata pair ("{"k" * 64}", "v"): key is too long (limit: 128 bytes)'),
+        ({"vault-x": "v"}, 'failed to load metadata pair ("vault-x", "v"): key prefix "vault-" is reserved for '
+                           "internal use"),
+        ({"k": "\u00e9" * 257}, 'failed to load metadata pair ("k", "' + "\\xe9" * 64 + '"): value is too long '
+                                "(limit: 512 bytes)"),
+    ],
+    ids=["too-many-pairs", "blank-key", "dot-in-key", "braces-in-key", "long-key", "reserved-prefix",
+         "long-value-in-bytes"],
+)
+@pytest.mark.parametrize("kind", ["entity", "group"])
+async def test_metadata_is_bounded_as_vault_bounds_it(api: Api, kind: str, metadata: dict[str, str],
+                                                      problem: str) -> None:
+    """Vault's limits on an entity's or group's metadata (OpenBao 2.7.2 answers each with a
+    500), refused with a 400 that names the pair, on create and on update, changing nothing;
+    the limits themselves are accepted."""
+    made = await api.ok("POST", f"identity/{kind}", {"name": "m1", "metadata": {"team": "a"}})
+    before = await api.ok("GET", f"identity/{kind}/name/m1")
+    message = f"invalid {kind} metadata: {problem}"
+    for path, body in ((f"identity/{kind}", {"name": "m2", "metadata": metadata}),
+                       (f"identity/{kind}/name/m3", {"metadata": metadata}),
+                       (f"identity/{kind}/id/{made['data']['id']}", {"metadata": metadata, "policies": ["p"]}),
+                       (f"identity/{kind}/name/m1", {"metadata": metadata})):
+        assert await api.call("POST", path, body) == (400, {"errors": [message]}), path
+    assert (await api.call("GET", f"identity/{kind}/name/m2"))[0] == 404
+    assert (await api.call("GET", f"identity/{kind}/name/m3"))[0] == 404
+    assert await api.ok("GET", f"identity/{kind}/name/m1") == before | {"request_id": ANY}
+    await api.ok("POST", f"identity/{kind}/id/{made['data']['id']}", {"metadata": _AT_LIMITS})
+    assert (await api.ok("GET", f"identity/{kind}/name/m1"))["data"]["metadata"] == _AT_LIMITS
+
+
+async def test_an_entity_written_by_name_with_an_id_is_that_entity(api: Api) -> None:
+    """``identity/entity/name/<name>`` with an ``id`` (Vault's order and texts): an unknown id
+    is refused, a name another entity has is refused, else the entity of that id is renamed
+    to the path's name; without an id the path's entity is updated or made."""
+    frank = (await api.ok("POST", "identity/entity", {"name": "frank"}))["data"]["id"]
+    await api.ok("POST", "identity/entity", {"name": "alice"})
+    assert await api.call("POST", "identity/entity/name/zed", {"id": "nope"}) == (
+        400, {"errors": ["entity not found from id"]})
+    assert await api.call("POST", "identity/entity/name/alice", {"id": frank, "policies": ["p"]}) == (
+        400, {"errors": ["entity name is already in use"]})
+    assert (await api.call("GET", "identity/entity/name/zed"))[0] == 404
+    assert (await api.ok("GET", "identity/entity/name/alice"))["data"]["policies"] == []
+    assert await api.call("POST", "identity/entity/name/fritz", {"id": frank, "name": "x", "policies": ["p"]}) == (
+        204, None)
+    renamed = (await api.ok("GET", "identity/entity/name/fritz"))["data"]
+    assert (renamed["id"], renamed["policies"]) == (frank, ["p"])
+    assert (await api.call("GET", "identity/entity/name/frank"))[0] == 404
+    assert await api.call("POST", "identity/entity/name/fritz", {"id": frank, "policies": ["q"]}) == (204, None)
+    assert (await api.ok("GET", f"identity/entity/id/{frank}"))["data"]["policies"] == ["q"]
 
 
 async def test_an_operator_alias_on_the_token_mount_gives_a_token_roles_entity_alias_its_entity(api: Api) -> None:

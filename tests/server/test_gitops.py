@@ -582,6 +582,8 @@ GROUP_REFUSALS: list[tuple[dict[str, Any], str]] = [
                                                           "the server or in the file"),
     ({"g": {"type": "external", "member_entity_ids": ["x"]}}, "member entities can't be set manually"),
     ({"a/b": {}}, 'invalid group name "a/b"'),
+    ({"g": {"metadata": {"a b": "v"}}}, 'invalid group metadata: failed to load metadata pair ("a b", "v"): key '
+                                       "contains invalid characters"),
     ({"g": {}, "G": {}}, "declared twice (group names are case-insensitive)"),
 ]
 
@@ -682,6 +684,8 @@ ENTITY_REFUSALS: list[tuple[dict[str, Any], str]] = [
     ({"e": {"aliases": [{"mount": "nowhere", "name": "a"}]}}, "no mount at nowhere/ on the server or in the file"),
     ({"entity_0123456789abcdef": {}}, "invalid entity name 'entity_0123456789abcdef'"),
     ({"a b": {}}, "invalid entity name 'a b'"),
+    ({"e": {"metadata": {"vault-k": "v"}}}, 'entities.e.metadata: invalid entity metadata: failed to load metadata '
+                                           'pair ("vault-k", "v"): key prefix "vault-" is reserved for internal use'),
     ({"e": {}, "E": {}}, "declared twice (entity names are case-insensitive)"),
 ]
 
