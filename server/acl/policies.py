@@ -351,17 +351,18 @@ class ACL:
         """The rule that governs ``path``, in Vault's order (``AllowOperation``): the exact
         rule; for a LIST, the exact rule of the path without its trailing ``/``; the most
         specific glob; for a LIST, the most specific glob of the path without its trailing
-        ``/``."""
+        ``/``. Only one ``/`` is taken off, as Vault's ``TrimSuffix``: ``a/b//`` is
+        ``a/b/`` then, never ``a/b``."""
         rule = self._exact.get(path)
         if rule is None and list_op:
-            rule = self._exact.get(path.rstrip("/"))
+            rule = self._exact.get(path.removesuffix("/"))
         if rule is not None:
             return rule
         for rule in self._globs:
             if rule.matches(path):
                 return rule
         if list_op and path.endswith("/"):
-            trimmed = path.rstrip("/")
+            trimmed = path[:-1]
             for rule in self._globs:
                 if rule.matches(trimmed):
                     return rule

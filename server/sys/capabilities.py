@@ -6,7 +6,7 @@ token's policies allow on given paths (``vault token capabilities``, hvac
 Each path asked about is first made canonical the way a request to it would be (through
 the mount's backend for ``auth/...``, through the sys backend for ``sys/...``), so the answer
 for ``auth/jwt/role/ADMIN`` is what a request to that path would really be allowed; the
-reply is keyed by the paths as asked.
+reply is keyed by the paths as asked (trimmed of spaces, as Vault's comma lists are).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _path_list(raw: Any) -> list[str] | None:
     if raw is None:
         return None
     if isinstance(raw, str):
-        raw = raw.split(",")
+        raw = raw.split(",") if raw else []  # Vault: "" is no path at all, " " one empty path
     if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
         raise InvalidRequest("paths must be a list of strings or a comma-separated string")
     return raw
@@ -67,17 +67,22 @@ _ACCESSOR = {"accessor": Field(FieldType.STRING, "Accessor of the token to repor
 
 
 def _asked(values: dict[str, Any]) -> list[str]:
-    """``paths``, else the deprecated single ``path``: leading slashes dropped, each once."""
+    """``paths``, else the deprecated single ``path``: each trimmed of spaces, once, as the
+    reply's keys (a leading ``/`` kept there, as Vault keeps it; the ACL judges the path
+    without it).
+
+    :raises InvalidRequest: none given; one empty (Vault's ``missing path``); too many.
+    """
     raw = values.get("paths")
-    if raw is None:
+    if not raw:
         raw = values.get("path")
-    if raw is None:
+    if not raw:
         raise InvalidRequest("paths must be supplied")
-    asked = list(dict.fromkeys(p.strip().lstrip("/") for p in raw if p.strip()))
-    if not asked:
-        raise InvalidRequest("paths must be supplied")
+    asked = list(dict.fromkeys(p.strip() for p in raw))
     if len(asked) > MAX_PATHS:
         raise InvalidRequest(f"too many paths: {len(asked)} (at most {MAX_PATHS})")
+    if "" in asked:
+        raise InvalidRequest("missing path")
     return asked
 
 
@@ -135,7 +140,7 @@ def paths(b: SysBackend) -> list[SysPath]:
             if core.tokens.entity_disabled(entry):  # OpenBao 2.7.2 answers it as an unknown token
                 raise InvalidRequest("invalid token")
             acl = await core.tokens.acl(entry, core.policies)
-            reply: dict[str, Any] = {path: acl.capabilities(canonical_path(b, path)) for path in asked}
+            reply: dict[str, Any] = {path: acl.capabilities(canonical_path(b, path.lstrip("/"))) for path in asked}
             if len(asked) == 1:  # Vault's older single-path answer, still read by its CLI
                 reply["capabilities"] = reply[asked[0]]
             return Response(data=reply)

@@ -440,6 +440,12 @@ def test_a_denial_beside_other_capabilities_denies() -> None:
     ([("auth/+", {"list"})], "auth/jwt/", "list", True),
     ([("+/boX", {"list"})], "auth/boX/", "list", True),
     ([("+/boX", {"list"})], "auth/bo/", "list", False),
+    # one slash only, as Vault's TrimSuffix (OpenBao 2.7.2 side by side, sys/capabilities-self)
+    ([("a/b", {"list"})], "a/b//", "list", False),
+    ([("a/b", {"list"})], "a/b/", "list", True),
+    ([("+/+/+", {"list"})], "x/y/z//", "list", False),
+    ([("+/+/+", {"list"})], "x/y//", "list", True),
+    ([("+/+/+", {"list"})], "a///", "list", True),
 ])
 def test_only_a_list_is_judged_without_its_trailing_slash(pairs: list[tuple[str, set[str]]], path: str,
                                                           capability: str, allowed: bool) -> None:

@@ -48,14 +48,18 @@ async def _ask(client: Client, path: str, token: str, body: dict[str, Any]) -> t
     ("paths", "expected"),
     [
         (["auth/ci/things/a"], {"auth/ci/things/a": ["list", "read"], "capabilities": ["list", "read"]}),
-        (["/auth/ci/things/secret"], {"auth/ci/things/secret": ["deny"], "capabilities": ["deny"]}),
+        ([" /auth/ci/things/secret "], {"/auth/ci/things/secret": ["deny"], "capabilities": ["deny"]}),
         (["auth/ci/admin", "sys/auth"], {"auth/ci/admin": ["create", "sudo", "update"], "sys/auth": ["deny"]}),
         ("auth/ci/admin,auth/token/lookup-self",
          {"auth/ci/admin": ["create", "sudo", "update"], "auth/token/lookup-self": ["read"]}),
         (["sys/capabilities-self", "sys/capabilities-self"],  # duplicates once; the default policy
          {"sys/capabilities-self": ["update"], "capabilities": ["update"]}),
+        # keyed as asked (Vault keeps a leading "/" in the key), judged without the "/"
+        (["/auth/ci/things/a", "auth/ci/things/a", "//auth/ci/things/a"],
+         {"/auth/ci/things/a": ["list", "read"], "auth/ci/things/a": ["list", "read"],
+          "//auth/ci/things/a": ["list", "read"]}),
     ],
-    ids=["glob", "deny wins", "two paths", "comma string", "default policy"],
+    ids=["glob", "deny wins", "two paths", "comma string", "default policy", "keys as asked"],
 )
 async def test_capabilities_self(client: Client, paths: Any, expected: dict[str, Any]) -> None:
     token = await _token(client, "reader")
@@ -85,7 +89,10 @@ async def test_a_token_on_its_last_use_is_invalid_here(client: Client) -> None:
     [
         ({}, 400, "paths must be supplied"),
         ({"paths": []}, 400, "paths must be supplied"),
-        ({"paths": " , "}, 400, "paths must be supplied"),
+        ({"paths": ""}, 400, "paths must be supplied"),
+        ({"path": ""}, 400, "paths must be supplied"),
+        ({"paths": " , "}, 400, "missing path"),  # Vault's answer for an empty path among the asked
+        ({"paths": ["a", "\t"]}, 400, "missing path"),
         ({"paths": [1]}, 400, "paths must be a list of strings or a comma-separated string"),
         ({"paths": {"a": 1}}, 400, "paths must be a list of strings or a comma-separated string"),
         ({"paths": [f"p/{i}" for i in range(257)]}, 400, "too many paths: 257 (at most 256)"),
