@@ -429,6 +429,14 @@ def test_mount_access_is_any_grant_at_or_below_the_mount(pairs: list[tuple[str, 
     assert ACL(root=True).has_mount_access(mount)
 
 
+def test_every_leading_slash_of_a_rule_path_is_dropped() -> None:
+    """Row 48: ``//a/b`` is the rule of ``a/b`` here (OpenBao 2.7.2 drops one ``/`` and keeps a
+    rule no request path can match, so a deny written so is never applied)."""
+    denied = acl('path "//a/b" { capabilities = ["deny"] }\npath "a/*" { capabilities = ["read"] }')
+    assert not denied.allows("a/b", "read") and denied.allows("a/c", "read")
+    assert denied.capabilities("/a/b") == ["deny"]
+
+
 def test_a_denial_beside_other_capabilities_denies() -> None:
     denied = acl('path "a" { capabilities = ["deny", "read"] }')
     assert denied.capabilities("a") == ["deny"] and not denied.allows("a", "read")
