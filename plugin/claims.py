@@ -261,14 +261,12 @@ def check_bound_claim(claims: dict[str, Any], name: str, expected: Any, *, glob:
 
     :raises InvalidRequest: ``error validating claims: <why>``.
     """
-    actual = get_claim(claims, name)
+    actual = get_claim(claims, name, truncate=False)  # numbers compare exactly (docs/vault-differences.md row 81)
     if actual is None:
         raise InvalidRequest(f'error validating claims: claim "{name}" is missing')
     actual_list = normalize_list(actual)
     if actual_list is None:
         raise InvalidRequest(f"error validating claims: received claim is not a string, bool, int or list: {show(actual)}")
-    if isinstance(expected, float) and math.isfinite(expected):
-        expected = int(expected)
     expected_list = normalize_list(expected)
     if expected_list is None:
         raise InvalidRequest(

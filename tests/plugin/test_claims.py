@@ -216,7 +216,15 @@ BOUND_CASES = [
     ("string", {"foo": "a"}, {"foo": ["a", "b"]}, OK),
     ("string", {"foo": ["a", "b", "c"]}, {"foo": ["c", "d"]}, OK),
     ("string", {"foo": 123}, {"foo": 123.0}, OK),
-    ("string", {"foo": 456}, {"foo": 123.0}, 'claim "foo" is 123, role expects one of \\[456\\]'),
+    ("string", {"foo": 456}, {"foo": 123.0}, 'claim "foo" is 123.0, role expects one of \\[456\\]'),
+    # numbers compare by value, exactly (row 81; Vault cuts the token's to an integer and compares
+    # the role's by its JSON text)
+    ("string", {"foo": 1}, {"foo": 1.9}, 'claim "foo" is 1.9, role expects one of \\[1\\]'),
+    ("string", {"foo": 1.5}, {"foo": 1.5}, OK),
+    ("string", {"foo": 1.0}, {"foo": 1}, OK),
+    ("string", {"foo": [1.5, 2]}, {"foo": 1}, "role expects one of"),
+    ("string", {"foo": 10000000000000000}, {"foo": 10000000000000001}, "role expects one of"),
+    ("string", {"/a/0": 2}, {"a": [2.5]}, 'claim "/a/0" is 2.5'),
     ("string", {"foo": "c"}, {"foo": ["a", "b"]}, 'claim "foo" is \\["a", "b"\\], role expects one of \\["c"\\]'),
     ("string", {"foo": ["a", "b", "c"]}, {"foo": ["d", "e"]}, "role expects one of"),
     ("string", {"foo": "a", "bar": "b"}, {"foo": "a", "bar": "b", "color": "green"}, OK),
