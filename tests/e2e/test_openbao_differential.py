@@ -946,7 +946,7 @@ def test_random_bound_claims_logins_as_openbao(servers: tuple[ServerProc, BaoPro
     mismatches, accepted = [], 0
     for _ in range(200):
         role, claims = _random_login_case(rng)
-        token, answers = make_token(claims, key=KEY), []
+        token, answers = make_token(claims, key=KEY), list[tuple[int, Any, list[str]]]()
         for url, root in nodes:
             written = requests.post(f"{url}/v1/auth/fz-jwt/role/fz", json=role, headers={"X-Vault-Token": root},
                                     timeout=10)
@@ -985,8 +985,9 @@ def test_numeric_bound_claims_as_openbao(servers: tuple[ServerProc, BaoProc]) ->
                              "bound_issuer": ISSUER}, headers=head, timeout=10).ok
     got = []
     for i, (bound, value, _) in enumerate(NUMBER_LOGINS):
-        role = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"], "bound_claims": {"n": bound}}
-        token, statuses = _jwt(claims={"n": value}), []
+        role: dict[str, Any] = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"],
+                                "bound_claims": {"n": bound}}
+        token, statuses = _jwt(claims={"n": value}), list[int]()
         for url, root in nodes:
             assert requests.post(f"{url}/v1/auth/num-jwt/role/n{i}", json=role, headers={"X-Vault-Token": root},
                                  timeout=10).ok
