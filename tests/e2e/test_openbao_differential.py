@@ -931,18 +931,25 @@ def _random_login_case(rng: random.Random) -> tuple[dict[str, Any], dict[str, An
     return role, claims
 
 
+def _peer_jwt_mount(servers: tuple[ServerProc, BaoProc], mount: str) -> tuple[tuple[str, str], ...]:
+    """Enable the jwt ``mount`` on both servers with this module's key and issuer; the servers'
+    (url, root token) pairs."""
+    nodes = ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token))
+    for url, root in nodes:
+        head = {"X-Vault-Token": root}
+        assert requests.post(f"{url}/v1/sys/auth/{mount}", json={"type": "jwt"}, headers=head, timeout=10).ok
+        assert requests.post(f"{url}/v1/auth/{mount}/config", json={"jwt_validation_pubkeys": [KEY.pem],
+                             "bound_issuer": ISSUER}, headers=head, timeout=10).ok
+    return nodes
+
+
 def test_random_bound_claims_logins_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
     """200 random roles and tokens (``_random_login_case``): a role is written by one server
     exactly when the other writes it, and a login accepted by one exactly when the other
     accepts it, with the same metadata and policies, or refused with the same status (the
     texts differ on purpose: row 2)."""
     rng = random.Random(20261208)
-    nodes = ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token))
-    for url, root in nodes:
-        head = {"X-Vault-Token": root}
-        assert requests.post(f"{url}/v1/sys/auth/fz-jwt", json={"type": "jwt"}, headers=head, timeout=10).ok
-        assert requests.post(f"{url}/v1/auth/fz-jwt/config", json={"jwt_validation_pubkeys": [KEY.pem],
-                             "bound_issuer": ISSUER}, headers=head, timeout=10).ok
+    nodes = _peer_jwt_mount(servers, "fz-jwt")
     mismatches, accepted = [], 0
     for _ in range(200):
         role, claims = _random_login_case(rng)
@@ -965,6 +972,43 @@ def test_random_bound_claims_logins_as_openbao(servers: tuple[ServerProc, BaoPro
     assert 20 <= accepted <= 180, accepted  # both kinds of answer were compared
 
 
+_LEEWAYS = (None, 0, -1, 60, 150, 300, 1000)
+#: Seconds from now of exp, nbf and iat: at least 40 s from every leeway's edge (the two
+#: servers see the token a few milliseconds apart); None leaves the claim out.
+_TIME_OFFSETS: tuple[Any, ...] = (None, -2000, -400, -200, -100, -40, 40, 100, 200, 400, 2000, "string", 0.5)
+
+
+def test_random_time_claims_logins_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """150 random roles (``expiration_leeway``, ``not_before_leeway``, ``clock_skew_leeway``:
+    unset, 0, -1 or seconds) and tokens (``exp``, ``nbf``, ``iat``: missing, past or future,
+    a string, a fraction): each login gets the same status from both servers."""
+    rng = random.Random(20261209)
+    nodes = _peer_jwt_mount(servers, "time-jwt")
+    mismatches, accepted = [], 0
+    for i in range(150):
+        role: dict[str, Any] = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"]}
+        for name in ("expiration_leeway", "not_before_leeway", "clock_skew_leeway"):
+            if (leeway := rng.choice(_LEEWAYS)) is not None:
+                role[name] = leeway
+        now, times = int(time.time()), {}
+        for name in ("exp", "nbf", "iat"):
+            offset = rng.choice(_TIME_OFFSETS)
+            if offset is not None:
+                times[name] = str(now + 100) if offset == "string" else now + offset
+        token, statuses = make_token({"iss": ISSUER, "aud": "a", "sub": "alice", **times}, key=KEY), list[int]()
+        for url, root in nodes:
+            assert requests.post(f"{url}/v1/auth/time-jwt/role/t{i}", json=role, headers={"X-Vault-Token": root},
+                                 timeout=10).ok
+            statuses.append(requests.post(f"{url}/v1/auth/time-jwt/login", json={"role": f"t{i}", "jwt": token},
+                                          timeout=10).status_code)
+            time.sleep(0.02)  # under the per-address login limit (50 a second)
+        if statuses[0] != statuses[1]:
+            mismatches.append((role, {k: v if isinstance(v, str) else v - now for k, v in times.items()}, statuses))
+        accepted += statuses[0] == 200
+    assert mismatches == [], "\n".join(map(repr, mismatches))
+    assert 20 <= accepted <= 130, accepted  # both kinds of answer were compared
+
+
 #: Numeric bound claims: (bound value, the token's value) -> (authmount's, OpenBao's) login
 #: status. Row 81: numbers compare by value here; OpenBao 2.7.2 cuts the token's number to an
 #: integer and compares the role's by its JSON text, so a bound with a fraction (or written
@@ -977,12 +1021,7 @@ NUMBER_LOGINS: list[tuple[Any, Any, tuple[int, int]]] = [
 
 
 def test_numeric_bound_claims_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
-    nodes = ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token))
-    for url, root in nodes:
-        head = {"X-Vault-Token": root}
-        assert requests.post(f"{url}/v1/sys/auth/num-jwt", json={"type": "jwt"}, headers=head, timeout=10).ok
-        assert requests.post(f"{url}/v1/auth/num-jwt/config", json={"jwt_validation_pubkeys": [KEY.pem],
-                             "bound_issuer": ISSUER}, headers=head, timeout=10).ok
+    nodes = _peer_jwt_mount(servers, "num-jwt")
     got = []
     for i, (bound, value, _) in enumerate(NUMBER_LOGINS):
         role: dict[str, Any] = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"],
