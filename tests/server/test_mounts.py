@@ -53,9 +53,12 @@ async def make_table(storage: Engine | None = None, **kw: Any) -> MountTable:
      ("//jwt//", nullcontext("jwt/")), (" jwt", pytest.raises(InvalidRequest, match="invalid mount path")),
      ("jwt\t", pytest.raises(InvalidRequest)), ("\xa0jwt", pytest.raises(InvalidRequest)),
      ("jwt\n", pytest.raises(InvalidRequest)), ("jwt\x00", pytest.raises(InvalidRequest)),
-     ("jwt\u2028", pytest.raises(InvalidRequest)), ("/", pytest.raises(InvalidRequest, match="empty"))],
+     ("jwt\u2028", pytest.raises(InvalidRequest)), ("/", pytest.raises(InvalidRequest, match="empty")),
+     *((f"a{c}b", pytest.raises(InvalidRequest, match="invalid mount path")) for c in "*+?#%\\"),
+     ("a.b-c_d:e~f/é", nullcontext("a.b-c_d:e~f/é/"))],
     ids=["plain", "slashes stripped", "nested path", "empty", "empty segment", "dot-dot", "space", "many slashes",
-         "leading space (no strip)", "tab", "nbsp", "newline", "nul", "line separator", "only a slash"],
+         "leading space (no strip)", "tab", "nbsp", "newline", "nul", "line separator", "only a slash",
+         "glob", "plus", "query", "fragment", "percent", "backslash", "other punctuation"],
 )
 def test_normalize_path(raw: str, expected: Any) -> None:
     with expected as value:
