@@ -5,16 +5,25 @@ from __future__ import annotations
 
 from plugin.errors import InvalidRequest
 
-__all__ = ["sanitize_policies", "refuse_root", "ROOT_REFUSED"]
+__all__ = ["fold_case", "sanitize_policies", "refuse_root", "ROOT_REFUSED"]
 
 ROOT_REFUSED = "auth methods cannot create root tokens"
+
+
+def fold_case(text: str) -> str:
+    """``text`` lower-cased as Go's ``strings.ToLower`` does it, so a name is one name here
+    and in Vault: each character by its own simple mapping (``İ`` is ``i``, where Python's
+    ``str.lower`` gives ``i̇``; a final ``Σ`` is ``σ``, where it gives ``ς``)."""
+    if text.isascii():
+        return text.lower()
+    return "".join("i" if c == "\u0130" else c.lower() for c in text)
 
 
 def sanitize_policies(policies: list[str], *, add_default: bool = False) -> list[str]:
     """Trim, lower-case, drop empties, de-duplicate and sort; with ``add_default`` add
     ``default`` unless ``root`` is present. Every spelling of root (`` Root ``, ``ROOT``)
     becomes ``root`` here, so the checks after it see one name."""
-    out = {p.strip().lower() for p in policies if p and p.strip()}
+    out = {fold_case(p.strip()) for p in policies if p and p.strip()}
     if add_default and "root" not in out:
         out.add("default")
     return sorted(out)

@@ -13,6 +13,7 @@ import structlog
 
 from plugin.errors import InvalidRequest
 from plugin.pathdoc import closest
+from plugin.policyutil import fold_case
 from plugin.schema import FieldSet
 from plugin.storage import Storage
 from server.acl.hcl import HCLError, parse
@@ -164,7 +165,7 @@ def canonical_policy_name(name: str) -> str:
     """
     if not isinstance(name, str) or name != name.strip():
         raise InvalidRequest(f'invalid policy name "{name}": leading or trailing whitespace')
-    norm = name.lower()
+    norm = fold_case(name)
     if not _NAME_RE.fullmatch(norm):
         raise InvalidRequest(f'invalid policy name "{name}"')
     return norm
@@ -665,7 +666,7 @@ class PolicyStore:
 
         Unknown policy names contribute nothing, as in Vault.
         """
-        names = tuple(sorted({p.strip().lower() for p in policies if p and p.strip()}))
+        names = tuple(sorted({fold_case(p.strip()) for p in policies if p and p.strip()}))
         if "root" in names:
             return ROOT_ACL
         now = time.monotonic()

@@ -29,6 +29,7 @@ from plugin import pathdoc, registry
 from plugin.errors import InvalidRequest
 from plugin.path_config import CONFIG_FIELDS, PROVIDER_SECRETS, check_offline
 from plugin.path_role import ROLE_FIELDS, ROLE_NAME_RE, Role, apply_role_write
+from plugin.policyutil import fold_case
 from plugin.schema import Field, FieldSet, FieldType, coerce
 from server.acl.policies import TEMPLATE_FLAGS, PolicyError, canonical_policy_name, parse_policy
 from server.http.cors import STANDARD_HEADERS, checked_origins
@@ -344,14 +345,14 @@ def from_sections(
             desired.token_roles[name] = _token_role(str(name), dict(values), f"token_roles.{name}", environ)
         for name, values in (groups or {}).items():
             group = _group(str(name), dict(values), f"groups.{name}", environ)
-            if group.name.lower() in desired.groups:
+            if fold_case(group.name) in desired.groups:
                 raise GitopsError("declared twice (group names are case-insensitive)",
                                   address=f"group {group.name}", where=group.where)
-            desired.groups[group.name.lower()] = group
+            desired.groups[fold_case(group.name)] = group
         used: dict[AliasSpec, str] = {}
         for name, values in (entities or {}).items():
             entity = _entity(str(name), dict(values), f"entities.{name}", environ)
-            if entity.name.lower() in desired.entities:
+            if fold_case(entity.name) in desired.entities:
                 raise GitopsError("declared twice (entity names are case-insensitive)",
                                   address=f"entity {entity.name}", where=entity.where)
             for alias in entity.aliases:
@@ -359,7 +360,7 @@ def from_sections(
                     raise GitopsError(f"alias {alias.name} on {alias.mount} is also {used[alias]}'s",
                                       address=f"entity {entity.name}", where=entity.where, field="aliases")
                 used[alias] = entity.name
-            desired.entities[entity.name.lower()] = entity
+            desired.entities[fold_case(entity.name)] = entity
         for name, values in (identity_token_keys or {}).items():
             desired.id_token_keys[name] = _id_token_key(str(name), dict(values), f"identity_token_keys.{name}", environ)
         for name, values in (identity_token_roles or {}).items():
@@ -444,7 +445,7 @@ def _config(values: dict[str, Any], mount: str, where: str, env: Mapping[str, st
 def _role(
     name: str, values: dict[str, Any], mount: str, where: str, max_lease_ttl: int, env: Mapping[str, str]
 ) -> DesiredRole:
-    canonical = name.lower()
+    canonical = fold_case(name)
     address = f"role {mount}{canonical}"
     if not _ROLE_NAME.fullmatch(name):
         raise GitopsError(f"invalid role name {name!r}", address=address, where=where)
@@ -656,11 +657,11 @@ def _group(name: str, values: dict[str, Any], where: str, env: Mapping[str, str]
     if alias is not None and kind != "external":
         raise GitopsError("an alias is for an external group (type: external)", address=address, where=where,
                           field="alias")
-    members = tuple({m.lower(): m for m in coerced.pop("member_groups", []) if m}.values())
+    members = tuple({fold_case(m): m for m in coerced.pop("member_groups", []) if m}.values())
     if members and kind == "external":
         raise GitopsError("member groups can't be set for external groups", address=address, where=where,
                           field="member_groups")
-    if name.lower() in (m.lower() for m in members):
+    if fold_case(name) in (fold_case(m) for m in members):
         raise GitopsError("a group cannot be its own member group", address=address, where=where,
                           field="member_groups")
     try:
@@ -699,7 +700,7 @@ def _entity(name: str, values: dict[str, Any], where: str, env: Mapping[str, str
     (one per mount, as the API allows)."""
     address = f"entity {name}"
     if name != name.strip() or not name or len(name) > 256 or "/" in name or any(c.isspace() for c in name) \
-            or DERIVED_NAME.fullmatch(name.lower()):
+            or DERIVED_NAME.fullmatch(fold_case(name)):
         raise GitopsError(f"invalid entity name {name!r}", address=address, where=where)
     coerced = _coerce_all(_ENTITY_FIELDS, values, address=address, where=where, env=env)
     aliases = tuple(_alias(raw, f"aliases[{i}]", "the login's alias name", address, where)

@@ -22,6 +22,7 @@ from urllib.parse import quote
 from plugin import registry
 from plugin.path_config import CONFIG_FIELDS, FINGERPRINTS
 from plugin.path_role import Role
+from plugin.policyutil import fold_case
 from plugin.schema import parse_duration
 from server.gitops.desired import (
     CONFIG_KEYS,
@@ -176,15 +177,15 @@ def parse_target(text: str) -> Target:
         mount, _, role = name.strip("/").rpartition("/")
         if not mount:
             raise ValueError(f"invalid target {text!r}: a role is <mount path>/<role name>")
-        return Target(kind, normalize_path(mount) + role.lower())
+        return Target(kind, normalize_path(mount) + fold_case(role))
     if kind == "policy":
-        return Target(kind, name.lower())
+        return Target(kind, fold_case(name))
     if kind in ("token-role", "oidc-key", "oidc-role", "quota", "quota-config", "rotate-config", "cors", "oidc-scope",
                 "oidc-assignment",
                 "oidc-client", "oidc-provider"):
         return Target(kind, name)  # these names keep their case, as Vault's
     if kind in ("group", "entity"):
-        return Target(kind, name.lower())  # names are case-insensitive, as Vault's
+        return Target(kind, fold_case(name))  # names are case-insensitive, as Vault's
     raise ValueError(f"invalid target {text!r}: the kind is one of mount, config, role, policy, token-role, group, "
                      "entity, oidc-key, oidc-role, quota, quota-config, rotate-config, cors, oidc-scope, "
                      "oidc-assignment, "
@@ -380,7 +381,7 @@ async def _plan_named(
         if obj.refs:
             public, missing = await _resolved(server, obj.public, obj.refs)
             for ref_kind, ref in missing:
-                if (ref.lower() if ref_kind != "clients" else ref) not in (known or {}).get(ref_kind, ()):
+                if (fold_case(ref) if ref_kind != "clients" else ref) not in (known or {}).get(ref_kind, ()):
                     raise GitopsError(f"no {_REFERENCES[ref_kind][1]} {ref} on the server or in the file",
                                       address=address, where=obj.where, field=ref_kind)
             pending = [FieldChange(ref_kind, _NONE, _shown(sorted(n for k, n in missing if k == ref_kind)))
@@ -552,9 +553,9 @@ async def _plan_groups(
     group of the file takes (two groups may swap theirs) is deleted before the first group is
     written, so that the name is free when it is written again; any other changed alias is
     updated in place (its id kept)."""
-    live_names = {n.lower(): n for n in await server.keys("identity/group/name")}
+    live_names = {fold_case(n): n for n in await server.keys("identity/group/name")}
     first, releases, currents = len(plan.changes), [], {}
-    taken = {(g.alias.mount, g.alias.name.lower()): key for key, g in desired.groups.items() if g.alias is not None}
+    taken = {(g.alias.mount, fold_case(g.alias.name)): key for key, g in desired.groups.items() if g.alias is not None}
     for key, group in desired.groups.items():
         if not _selected(targets, "group", key):
             continue
@@ -612,7 +613,7 @@ async def _plan_member_groups(
         group = desired.groups[key]
         address = f"group {group.name}"
         for member in group.member_groups:
-            if member.lower() not in desired.groups and member.lower() not in live_names:
+            if fold_case(member) not in desired.groups and fold_case(member) not in live_names:
                 raise GitopsError(f"no group {member} on the server or in the file", source=desired.source,
                                   address=address, where=group.where, field="member_groups")
         before = []
@@ -623,7 +624,7 @@ async def _plan_member_groups(
             before.append(names_of[gid])
         before.sort(key=str.lower)
         after = sorted(group.member_groups, key=str.lower)
-        if [m.lower() for m in before] != [m.lower() for m in after]:
+        if [fold_case(m) for m in before] != [fold_case(m) for m in after]:
             field = FieldChange("member_groups", _shown(before) if before else _NONE, _shown(after) if after else _NONE)
             plan.changes.append(Change("update", "group", address, group.where, _write_member_groups(group), [field]))
 
@@ -644,7 +645,7 @@ def _write_member_groups(group: DesiredGroup) -> Callable[[Server], Awaitable[li
 def made_by_login(name: str) -> bool:
     """Whether an entity's name is the one it got from its id (``entity_`` and hex digits;
     OpenBao adds its namespace, ``.root``): an entity a login made, not apply's to manage."""
-    return re.fullmatch(r"entity_[0-9a-f]+(\.[\w-]+)?", name.lower()) is not None
+    return re.fullmatch(r"entity_[0-9a-f]+(\.[\w-]+)?", fold_case(name)) is not None
 
 
 #: The mounts an identity alias in a file may name: those authmount has (``token`` is built
@@ -671,7 +672,7 @@ async def _plan_entities(
 ) -> None:
     """Entities an operator makes by name, with their aliases (after the mounts they name).
     The entities logins made (named ``entity_`` and hex digits) are never listed or pruned."""
-    live_names = {n.lower(): n for n in await server.keys("identity/entity/name") if not made_by_login(n)}
+    live_names = {fold_case(n): n for n in await server.keys("identity/entity/name") if not made_by_login(n)}
     for key, entity in desired.entities.items():
         if not _selected(targets, "entity", key):
             continue

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Handler, Operation, PathSpec, Request, Response
+from plugin.policyutil import fold_case
 from plugin.schema import Field, FieldSet, FieldType
 from server.identity.groups import WINNER_PAUSES, group_data
 from server.identity.metadata import checked_custom_metadata, checked_metadata
@@ -269,7 +270,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
                 else:
                     raise
 
-        if name and name != entity.name and (not entity.alias_id or name.lower() != entity.name.lower()):
+        if name and name != entity.name and (not entity.alias_id or fold_case(name) != fold_case(entity.name)):
             entity = await store.rename_entity(entity, name)
         await store.write_entity_attrs(entity.id, change)
         return None

@@ -58,7 +58,7 @@ import structlog
 
 from plugin.errors import InvalidRequest, NotFound, PermissionDenied
 from plugin.framework import Alias
-from plugin.policyutil import sanitize_policies
+from plugin.policyutil import fold_case, sanitize_policies
 from plugin.storage import walk
 from server.acl.templating import AliasView, GroupView, IdentityView
 from server.identity.names import Held, NameClaims, name_key
@@ -338,7 +338,7 @@ def _group_key(lowered: str) -> str:
 
 
 def _alias_key(accessor: str, name: str) -> str:
-    return name_key(ALIAS_NAME_PREFIX, accessor, name.lower())
+    return name_key(ALIAS_NAME_PREFIX, accessor, fold_case(name))
 
 
 def _entity_name_key(lowered: str) -> str:
@@ -394,7 +394,7 @@ class IdentityStore:
             raw = await self.storage.get(ENTITY_PREFIX + key) if _plain(key) else None
             if isinstance(raw, dict):
                 made = Entity.from_storage(raw)
-                names[made.name.lower()] = made.id
+                names[fold_case(made.name)] = made.id
                 self._remember(made.id, made)
         self.entity_aliases, self._entity_names = op_aliases, names
         self._install(groups, aliases)
@@ -417,7 +417,7 @@ class IdentityStore:
         or deleted, and a lookup by name finds only one of them."""
         seen: dict[str, list[str]] = {}
         for g in self.groups.values():
-            seen.setdefault(g.name.lower(), []).append(g.id)
+            seen.setdefault(fold_case(g.name), []).append(g.id)
         duplicates = {name: sorted(ids) for name, ids in seen.items() if len(ids) > 1}
         if duplicates and duplicates != self._duplicates:
             log.warning("identity_duplicate_group_names", groups=duplicates,
@@ -426,8 +426,8 @@ class IdentityStore:
 
     def _install(self, groups: dict[str, Group], aliases: dict[str, GroupAlias]) -> None:
         self.groups, self.aliases = groups, aliases
-        self._group_names = {g.name.lower(): g.id for g in groups.values()}
-        self._alias_names = {(a.mount_accessor, a.name.lower()): a.id for a in aliases.values()}
+        self._group_names = {fold_case(g.name): g.id for g in groups.values()}
+        self._alias_names = {(a.mount_accessor, fold_case(a.name)): a.id for a in aliases.values()}
         self._alias_groups = {
             (a.mount_accessor, a.name): a.canonical_id
             for a in aliases.values()
@@ -488,11 +488,11 @@ class IdentityStore:
         return self.groups.get(gid) if gid is not None else self.group_by_name(name or "")
 
     def group_by_name(self, name: str) -> Group | None:
-        gid = self._group_names.get(name.lower())
+        gid = self._group_names.get(fold_case(name))
         return self.groups.get(gid) if gid is not None else None
 
     def alias_by_name(self, accessor: str, name: str) -> GroupAlias | None:
-        aid = self._alias_names.get((accessor, name.lower()))
+        aid = self._alias_names.get((accessor, fold_case(name)))
         return self.aliases.get(aid) if aid is not None else None
 
     def group_alias_of(self, group: Group) -> GroupAlias | None:
@@ -547,14 +547,14 @@ class IdentityStore:
     async def entity_by_name(self, name: str) -> Entity | None:
         """An operator-made entity's name is in memory; every other entity's is ``entity_`` +
         the id's first 16 hex digits: one range scan."""
-        lowered = name.lower()
+        lowered = fold_case(name)
         if not DERIVED_NAME.fullmatch(lowered):  # never a name of that form: one an operator gave
             made = self._entity_names.get(lowered)
             if made is None and self.storage.shared:  # made elsewhere a moment ago? Its name's claim says
                 claim = await self.storage.get(_entity_name_key(lowered))
                 made = str(claim.get("id")) if isinstance(claim, dict) and claim.get("id") else None
             entity = await self.entity(made) if made is not None else None
-            return entity if entity is not None and entity.name.lower() == lowered else None
+            return entity if entity is not None and fold_case(entity.name) == lowered else None
         digits = name.removeprefix("entity_")
         if name == digits or len(digits) != 16 or not all(c in "0123456789abcdef" for c in digits):
             return None
@@ -775,13 +775,13 @@ class IdentityStore:
     # -- unique names -----------------------------------------------------------------------
     async def _holds_group_name(self, gid: str, lowered: str) -> bool:
         raw = await self.storage.get(GROUP_PREFIX + gid) if _plain(gid) else None
-        return isinstance(raw, dict) and str(raw.get("name", "")).lower() == lowered
+        return isinstance(raw, dict) and fold_case(str(raw.get("name", ""))) == lowered
 
     async def _holds_alias_name(self, aid: str, accessor: str, lowered: str) -> bool:
         raw = await self.storage.get(GROUP_ALIAS_PREFIX + aid) if _plain(aid) else None
         return (
             isinstance(raw, dict) and raw.get("mount_accessor") == accessor
-            and str(raw.get("name", "")).lower() == lowered
+            and fold_case(str(raw.get("name", ""))) == lowered
         )
 
     async def _taken(self, holder: Callable[[], str | None], owner: str) -> bool:
@@ -823,7 +823,7 @@ class IdentityStore:
         :raises NotFound: the group was deleted meanwhile.
         """
         async with self._lock:
-            lowered = group.name.lower()
+            lowered = fold_case(group.name)
             if await self._taken(lambda: self._group_names.get(lowered), group.id):
                 raise NameInUse()
             known = self.groups.get(group.id)
@@ -836,7 +836,7 @@ class IdentityStore:
                 held.add(name)
 
             try:
-                if change is None or known is None or known.name.lower() != lowered:
+                if change is None or known is None or fold_case(known.name) != lowered:
                     await claim(lowered)
                 try:
                     written, old_name = await self._store_group(group, change, held)
@@ -849,7 +849,7 @@ class IdentityStore:
                 if isinstance(exc, _Unclaimed):
                     raise InvalidRequest("the group was renamed by another request meanwhile: try again") from None
                 raise
-            if old_name and old_name != written.name.lower():
+            if old_name and old_name != fold_case(written.name):
                 await self._names.release(_group_key(old_name), group.id)
             self.groups[written.id] = written
             self._reinstall()
@@ -873,12 +873,12 @@ class IdentityStore:
                 raise NotFound()
             before = Group.from_storage(old)
             new = change(before)
-            name = new.name.lower()
-            if name != before.name.lower() and name not in names:
+            name = fold_case(new.name)
+            if name != fold_case(before.name) and name not in names:
                 raise _Unclaimed(name)
             new.last_update_time = stamp
             new.modify_index += 1
-            written[:] = [(new, before.name.lower())]
+            written[:] = [(new, fold_case(before.name))]
             return new.to_storage()
 
         await self.storage.update(GROUP_PREFIX + group.id, merge)
@@ -895,7 +895,7 @@ class IdentityStore:
                 await self._drop_alias(aid, await self._alias_versions(aid, self.aliases.get(aid)))
             await self.storage.delete(GROUP_PREFIX + group.id)
             await self.storage.delete_prefix(f"{MEMBER_PREFIX}{group.id}/")
-            for name in {group.name.lower(), stored.name.lower()}:
+            for name in {fold_case(group.name), fold_case(stored.name)}:
                 await self._names.release(_group_key(name), group.id)
             self.groups.pop(group.id, None)
             self._reinstall()
@@ -920,14 +920,14 @@ class IdentityStore:
             if group.type != "external":
                 raise InvalidRequest("alias can't be set on an internal group")
             in_use = InvalidRequest("combination of mount and group alias name is already in use")
-            if await self._taken(lambda: self._alias_names.get((alias.mount_accessor, alias.name.lower())), alias.id):
+            if await self._taken(lambda: self._alias_names.get((alias.mount_accessor, fold_case(alias.name))), alias.id):
                 raise in_use
             if group.alias_id and group.alias_id != alias.id and group.alias_id in self.aliases:
                 raise InvalidRequest(f'group "{group.name}" already has an alias: update or delete it first')
             previous = self.aliases.get(alias.id)
             key = _alias_key(alias.mount_accessor, alias.name)
             old_key = _alias_key(previous.mount_accessor, previous.name) if previous is not None else key
-            lowered = alias.name.lower()
+            lowered = fold_case(alias.name)
             try:
                 claimed = key != old_key or created or previous is None
                 claimed = claimed and await self._names.claim(
@@ -1048,9 +1048,9 @@ class IdentityStore:
             await self.delete_entity_alias(written)
         if await self.storage.get(ENTITY_MADE_PREFIX + entity.id) is not None:
             await self.storage.delete(ENTITY_MADE_PREFIX + entity.id)
-            await self._names.release(_entity_name_key(entity.name.lower()), entity.id)
-            if self._entity_names.get(entity.name.lower()) == entity.id:
-                del self._entity_names[entity.name.lower()]
+            await self._names.release(_entity_name_key(fold_case(entity.name)), entity.id)
+            if self._entity_names.get(fold_case(entity.name)) == entity.id:
+                del self._entity_names[fold_case(entity.name)]
         stored = await self.storage.get(ENTITY_PREFIX + entity.id)
         groups = set(entity.group_ids) | set(Entity.from_storage(stored).group_ids if isinstance(stored, dict) else ())
         for g in sorted(groups):
@@ -1070,7 +1070,7 @@ class IdentityStore:
         :raises InvalidRequest: ``entity name is already in use`` (Vault's message), also for
             the ``entity_<16 hex digits>`` form, which names the entity with those digits.
         """
-        lowered = name.lower()
+        lowered = fold_case(name)
         in_use = EntityNameInUse()
         if DERIVED_NAME.fullmatch(lowered) and lowered != entity_name(entity_id):
             raise in_use
@@ -1079,7 +1079,7 @@ class IdentityStore:
 
         async def holds(holder: str) -> bool:
             raw = await self.storage.get(ENTITY_PREFIX + holder) if _plain(holder) else None
-            return isinstance(raw, dict) and str(raw.get("name", "")).lower() == lowered
+            return isinstance(raw, dict) and fold_case(str(raw.get("name", ""))) == lowered
 
         try:
             return await self._names.claim(_entity_name_key(lowered), entity_id, holds)
@@ -1109,10 +1109,10 @@ class IdentityStore:
                 ])
             except Exception:
                 if claimed:
-                    await self._names.release(_entity_name_key(name.lower()), entity_id)
+                    await self._names.release(_entity_name_key(fold_case(name)), entity_id)
                 raise
             self._remember(entity_id, entity)
-            self._entity_names[name.lower()] = entity_id
+            self._entity_names[fold_case(name)] = entity_id
             self.entity_attrs[entity_id] = attrs
             self._reinstall()
             return entity
@@ -1126,7 +1126,7 @@ class IdentityStore:
             raise InvalidRequest(f"the name of an entity a login made cannot be changed (it is {entity.name}, "
                                  "made from its id)")
         async with self._lock:
-            old, lowered = entity.name.lower(), name.lower()
+            old, lowered = fold_case(entity.name), fold_case(name)
             claimed = lowered != old and await self._claim_entity_name(entity.id, name)
             stamp = now_rfc3339()
             written: list[Entity] = []

@@ -560,6 +560,9 @@ POLICY_STEPS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PUT", "sys/policies/acl/p20", _policy(READ_A + "\n# comment\n/* c */")),
     ("PUT", "sys/policies/acl/p22", _policy('path "a" { capabilities = [] }')),
     ("PUT", "sys/policies/acl/a.b-c_d", _policy(READ_A)), ("PUT", "sys/policies/acl/a:b", _policy(READ_A)),
+    # names fold as Go's strings.ToLower (İ is i, a final Σ is σ), so both read it back as "aσ-i"
+    ("PUT", "sys/policies/acl/A\u03a3-\u0130", _policy(READ_A)), ("GET", "sys/policies/acl/a\u03c3-i", None),
+    ("DELETE", "sys/policies/acl/a\u03c3-\u0130", None),
     ("POST", "sys/policy/p19", _policy(READ_A)), ("DELETE", "sys/policy/p19", None),
     ("LIST", "sys/policies/acl", None),
 ]

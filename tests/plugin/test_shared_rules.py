@@ -10,7 +10,7 @@ import pytest
 
 from plugin.cidrutil import cidr_allows, narrow_cidrs, parse_cidrs
 from plugin.errors import InvalidRequest
-from plugin.policyutil import refuse_root, sanitize_policies
+from plugin.policyutil import fold_case, refuse_root, sanitize_policies
 
 #: (bound CIDRs as stored, peer address, allowed)
 EDGES: list[tuple[list[str], str | None, bool]] = [
@@ -58,6 +58,19 @@ def test_whitespace_only_policies_are_dropped() -> None:
     assert sanitize_policies([" ", "\t", "", "a"]) == ["a"]
     assert sanitize_policies([" "], add_default=True) == ["default"]
     assert refuse_root([" ", "B"]) == ["b"]
+
+
+@pytest.mark.parametrize(("text", "folded"), [
+    ("Ops-Team", "ops-team"), ("\u0130STANBUL", "istanbul"), ("\u0130", "i"), ("A\u03a3", "a\u03c3"),
+    ("\u03a3A\u03a3", "\u03c3a\u03c3"), ("\u00c9quipe", "\u00e9quipe"), ("\u212a", "k"), ("stra\u00dfe", "stra\u00dfe"),
+    ("\u01c5", "\u01c6"),
+], ids=["ascii", "dotted capital I", "alone", "final sigma", "sigmas", "accent", "kelvin sign", "sharp s", "titlecase"])
+def test_names_fold_as_gos_to_lower(text: str, folded: str) -> None:
+    """Names are one name here and in Vault: Go's ``strings.ToLower`` maps each character by
+    itself, where Python's ``str.lower`` gives ``i̇`` for ``İ`` and ``ς`` for a final ``Σ``
+    (OpenBao 2.7.2 stores the policy ``AΣ`` as ``aσ``)."""
+    assert fold_case(text) == folded
+    assert sanitize_policies([text, folded]) == [folded]
 
 
 def test_root_refusal_message_is_vaults() -> None:
