@@ -226,10 +226,12 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_token_backend.py",
     ),
     "server/tokens/ttl.py": (
+        "tests/server/test_hot_paths.py",
         "tests/server/test_token_rules.py",
         "tests/server/test_tokens.py",
     ),
     "server/tokens/batch.py": (
+        "tests/server/test_hot_paths.py",
         "tests/server/test_token_hmac.py",
         "tests/server/test_token_rules.py",
         "tests/server/test_tokens.py",

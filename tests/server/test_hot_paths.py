@@ -285,7 +285,30 @@ def test_batch_token_round_trip(meta: dict[str, str]) -> None:
     back = batch.decode_batch(raw, (key,))
     assert back is not None and back.meta == meta and back.policies == ["default", "p"]
     assert back.expire_time == 1795668899.25
+    assert (back.role, back.internal_data) == ("", {})
     assert batch.decode_batch(raw[:-2] + ("A" if raw[-2] != "A" else "B") + raw[-1], (key,)) is None
+
+
+def test_a_batch_token_carries_its_role_and_what_its_provider_needs() -> None:
+    """The token role it was made against, and the internal data ``CARRIED_INTERNAL`` names
+    (what an OIDC provider's access token is for, that groups grant it nothing): signed into
+    the token, read back; any other internal data stays out."""
+    key = b"k" * 32
+    carried = {"oidc_provider": "p", "oidc_client_id": "c", "oidc_scopes": ["openid"], "no_identity_policies": True}
+    entry = entry_mod.TokenEntry(id_hash="", accessor="", policies=["p"], role="ci", type="batch",
+                                 internal_data={**carried, "secret_state": "x"})
+    back = batch.decode_batch(batch.encode_batch(entry, key), (key,))
+    assert back is not None and (back.role, back.internal_data) == ("ci", carried)
+    assert batch.CARRIED_INTERNAL == tuple(carried)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0, "0s"), (59, "59s"), (600, "10m"), (3600, "1h"), (3661, "1h1m1s"), (768 * 3600 + 1, "768h1s"),
+    (768 * 3600 + 60, "768h1m"), (90061, "25h1m1s"),
+])
+def test_capping_warnings_print_durations_as_vault(seconds: int, text: str) -> None:
+    """Vault's ``humanDuration`` in the TTL capping warnings: Go's form without zero parts."""
+    assert ttl.human_duration(seconds) == text
 
 
 def test_entry_dict_round_trip() -> None:
