@@ -417,7 +417,8 @@ class TokenStore:
             creation_time=int(now),
             ttl=ttl,
             expire_time=now + ttl,
-            explicit_max_ttl=auth.explicit_max_ttl,
+            # a batch token keeps no explicit max (its TTL is capped by it already), as Vault's
+            explicit_max_ttl=auth.explicit_max_ttl if token_type == "service" else 0,
             period=auth.period,
             num_uses=auth.num_uses,
             bound_cidrs=parse_cidrs(auth.bound_cidrs),

@@ -1012,6 +1012,67 @@ def test_random_time_claims_logins_as_openbao(servers: tuple[ServerProc, BaoProc
     assert 20 <= accepted <= 130, accepted  # both kinds of answer were compared
 
 
+_TOKEN_DURATIONS: tuple[Any, ...] = (0, 30, 60, 600, 3600, 7200, 86400, "1h", "90m", 999999999)
+
+
+def _random_token_settings(rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A mount tune (default and max lease TTLs) and a role's token fields, each often left out."""
+    tune = {name: value for name in ("default_lease_ttl", "max_lease_ttl")
+            if (value := rng.choice((None, 0, 600, 3600, 86400))) is not None}
+    if tune.get("default_lease_ttl", 0) > tune.get("max_lease_ttl", 0) > 0:  # refused by both: not this test's
+        tune["default_lease_ttl"], tune["max_lease_ttl"] = tune["max_lease_ttl"], tune["default_lease_ttl"]
+    role: dict[str, Any] = {"role_type": "jwt", "user_claim": "sub", "bound_audiences": ["a"]}
+    for name in ("token_ttl", "token_max_ttl", "token_period", "token_explicit_max_ttl"):
+        if rng.random() < 0.5:
+            role[name] = rng.choice(_TOKEN_DURATIONS)
+    if rng.random() < 0.3:
+        role["token_num_uses"] = rng.choice((0, 1, 5))
+    if rng.random() < 0.3:
+        role["token_type"] = rng.choice(("service", "batch", "default", "default-service", "default-batch"))
+    if rng.random() < 0.3:
+        role["token_no_default_policy"] = rng.choice((True, False))
+    if rng.random() < 0.5:
+        role["token_policies"] = rng.choice((["p1"], ["p1", "default"], [], ["P1", " p2 "]))
+    return tune, role
+
+
+def test_random_token_settings_logins_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """120 random mount tunes and roles' token fields (TTLs, max TTLs, periods, explicit
+    maxes, uses, types, policies): each login's token gets the same lease, renewability,
+    policies, uses, type and capping warnings from both servers, and its lookup the same
+    explicit max, period and creation TTL. It found that a batch token kept the role's
+    explicit max, which OpenBao's batch tokens do not carry."""
+    rng = random.Random(20261210)
+    nodes = _peer_jwt_mount(servers, "ttl-jwt")
+    mismatches = []
+    for i in range(120):
+        tune, role = _random_token_settings(rng)
+        token, answers = _jwt(), list[Any]()
+        for url, root in nodes:
+            head = {"X-Vault-Token": root}
+            assert requests.post(f"{url}/v1/sys/auth/ttl-jwt/tune", json={"default_lease_ttl": 0, "max_lease_ttl": 0,
+                                 **tune}, headers=head, timeout=10).status_code == 204
+            written = requests.post(f"{url}/v1/auth/ttl-jwt/role/t{i}", json=role, headers=head, timeout=10)
+            if written.status_code >= 300:
+                answers.append(("role refused", written.status_code))
+                continue
+            resp = requests.post(f"{url}/v1/auth/ttl-jwt/login", json={"role": f"t{i}", "jwt": token}, timeout=10)
+            body = resp.json()
+            if resp.status_code != 200:
+                answers.append((resp.status_code, "refused"))
+                continue
+            auth = body["auth"]
+            looked = requests.post(f"{url}/v1/auth/token/lookup", json={"token": auth["client_token"]}, headers=head,
+                                   timeout=10).json()["data"]
+            answers.append((auth["lease_duration"], auth["renewable"], sorted(auth["policies"]), auth["num_uses"],
+                            auth["token_type"], len(body.get("warnings") or []), looked["explicit_max_ttl"],
+                            looked.get("period"), looked["creation_ttl"]))
+            time.sleep(0.02)  # under the per-address login limit (50 a second)
+        if answers[0] != answers[1]:
+            mismatches.append((tune, role, answers))
+    assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
 #: Numeric bound claims: (bound value, the token's value) -> (authmount's, OpenBao's) login
 #: status. Row 81: numbers compare by value here; OpenBao 2.7.2 cuts the token's number to an
 #: integer and compares the role's by its JSON text, so a bound with a fraction (or written

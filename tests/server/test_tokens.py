@@ -391,6 +391,17 @@ async def test_batch_token_expires(store: TokenStore, clock: Clock) -> None:
         await store.authenticate(block["client_token"], "127.0.0.1")
 
 
+async def test_a_batch_token_keeps_no_explicit_max_ttl(store: TokenStore) -> None:
+    """The role's explicit max caps the batch token's TTL, and the token keeps none of it
+    (Vault's batch tokens carry no ExplicitMaxTTL: lookup shows 0, OpenBao 2.7.2 side by side);
+    a service token keeps it."""
+    for token_type, kept in (("batch", 0), ("service", 600)):
+        block, _ = await store.issue(login(token_type=token_type, ttl=3600, explicit_max_ttl=600), mount=JWT)
+        entry = await store.lookup(block["client_token"])
+        assert entry is not None and (entry.ttl, entry.explicit_max_ttl) == (600, kept)
+        assert store.lookup_data(entry, block["client_token"])["explicit_max_ttl"] == kept
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
