@@ -84,7 +84,9 @@ ROLE_FIELDS = FieldSet(
         ),
         "bound_claims": Field(
             FieldType.MAP, "Map of claims/values which must match for login. Keys starting with "
-            "'/' are JSON pointers; a list value means any of its elements.",
+            "'/' are JSON pointers; a list value means any of its elements. Values match by type: a "
+            "string only a string, a bool only a bool, a number only the same number (1 matches 1 and "
+            "1.0, never 1.9 or \"1\").",
         ),
         "bound_claims_type": Field(
             _S, "How to interpret values in 'bound_claims', 'bound_subject' and 'bound_audiences': "
