@@ -12,6 +12,7 @@ from plugin.errors import InvalidRequest
 from plugin.framework import Operation, PathSpec, Request, Response
 from plugin.paging import PAGE_FIELDS, list_response
 from plugin.policy_templates import compile_templates
+from plugin.policyutil import fold_case
 from plugin.schema import Field, FieldSet, FieldType
 from plugin.token_fields import (
     LEGACY_PAIRS,
@@ -56,7 +57,7 @@ _VERBOSE_WARNING = (
 #: The ``<name>`` of ``role/<name>`` paths: lower-cased, as in Vault, before the request's
 #: ACL check, so a policy on ``role/admin`` also governs ``role/ADMIN``.
 ROLE_NAME = Field(
-    FieldType.NAME, "Name of the role (lower-cased before the ACL check).", canonical=str.lower
+    FieldType.NAME, "Name of the role (lower-cased before the ACL check).", canonical=fold_case
 )
 
 ROLE_FIELDS = FieldSet(

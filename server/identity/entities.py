@@ -547,7 +547,7 @@ def paths(b: IdentityBackend) -> list[PathSpec]:
 
     by_id = FieldSet({**ENTITY_FIELDS.fields, "id": Field(FieldType.NAME, "ID of the entity.")})
     by_name = FieldSet({**ENTITY_FIELDS.fields, "name": Field(FieldType.NAME, "Name of the entity (lower-cased "
-                                                              "before the ACL check).", canonical=str.lower)})
+                                                              "before the ACL check).", canonical=fold_case)})
     alias_by = FieldSet({**ENTITY_ALIAS_FIELDS.fields, "id": Field(FieldType.NAME, "ID of the entity alias.")})
     by_id_ops: dict[Operation, Handler] = {Operation.READ: read_id, Operation.UPDATE: write_id, Operation.DELETE: delete_id}
     by_name_ops: dict[Operation, Handler] = {Operation.READ: read_name, Operation.UPDATE: write_name,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
+from plugin.policyutil import fold_case
 from plugin.schema import Field, FieldSet, FieldType
 from server.identity.metadata import checked_metadata
 from server.identity.store import GROUP_TYPES, Group, IdentityStore, NameInUse, group_policies, new_id
@@ -57,7 +58,7 @@ _BY_ID = FieldSet({**GROUP_FIELDS.fields, "id": Field(FieldType.NAME, "ID of the
 #: Group names are case-insensitive: the path's name is lower-cased before the ACL check, so a
 #: policy on ``identity/group/name/admins`` also governs ``.../ADMINS`` (docs/vault-differences.md row 19).
 _BY_NAME = FieldSet({**GROUP_FIELDS.fields, "name": Field(FieldType.NAME, "Name of the group (lower-cased before "
-                                                                          "the ACL check).", canonical=str.lower)})
+                                                                          "the ACL check).", canonical=fold_case)})
 
 
 async def group_data(store: IdentityStore, group: Group) -> dict[str, Any]:

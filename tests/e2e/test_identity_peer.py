@@ -407,6 +407,7 @@ def entity_scenario(o: Observer) -> None:
     o.call("group named with a final sigma", "POST", "identity/group", {"name": "\u0130\u03a3"}, show=("name",))
     o.call("group name folded as Go folds it", "POST", "identity/group", {"name": "i\u03c3"})
     o.call("group read by the folded name", "GET", "identity/group/name/i\u03c3", show=("name",))
+    o.call("group read by its name in capitals", "GET", "identity/group/name/\u0130\u03a3", show=("name",))
     o.call("alias custom metadata blank key", "POST", "identity/entity-alias",
            {"name": "cm", "mount_accessor": acc2, "canonical_id": frank, "custom_metadata": {"": "v"}})
     o.call("alias custom metadata empty value", "POST", "identity/entity-alias",
