@@ -209,6 +209,9 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/server/test_sys_backend.py",  # quotas written through the API: their paths split at the mount
         "tests/server/test_gitops.py",  # quotas applied from a file
     ),
+    "server/identity/metadata.py": (  # what identity metadata may hold: Vault's limits
+        "tests/server/test_entities_made.py",
+    ),
     "server/http/connguard.py": (
         "tests/server/test_connguard.py",
     ),

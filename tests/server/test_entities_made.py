@@ -14,9 +14,11 @@ from unittest.mock import ANY
 import pytest
 from pytest_aiohttp import AiohttpClient
 
+from plugin.errors import InvalidRequest
 from plugin.framework import Alias
 from server.app import create_app
 from server.http.listverb import make_test_server
+from server.identity.metadata import checked_custom_metadata, checked_metadata
 from server.identity.store import EntityAlias, IdentityStore, MountRef, new_id
 from server.settings import Settings, StorageSettings
 from tests.plugin.keyfactory import make_token
@@ -178,6 +180,16 @@ async def test_metadata_is_bounded_as_vault_bounds_it(api: Api, kind: str, metad
     assert await api.ok("GET", f"identity/{kind}/name/m1") == before | {"request_id": ANY}
     await api.ok("POST", f"identity/{kind}/id/{made['data']['id']}", {"metadata": _AT_LIMITS})
     assert (await api.ok("GET", f"identity/{kind}/name/m1"))["data"]["metadata"] == _AT_LIMITS
+
+
+def test_the_limits_themselves_are_allowed() -> None:
+    """Vault's limits are inclusive: 64 keys, a 128-byte key, a 512-byte value (in UTF-8, a
+    lone surrogate a GitOps file may hold counting its three bytes, as Python writes it)."""
+    at_limits = {**{f"k{i}": "v" for i in range(63)}, "k" * 128: "\u00e9" * 256}
+    assert checked_custom_metadata(at_limits) == at_limits
+    assert checked_metadata("group", {"k": "\ud800" * 170}) == {"k": "\ud800" * 170}  # 510 bytes
+    with pytest.raises(InvalidRequest, match="value is too long"):
+        checked_metadata("group", {"k": "\ud800" * 171})
 
 
 async def test_an_entity_written_by_name_with_an_id_is_that_entity(api: Api) -> None:
