@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import operator
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ import lark
 from celpy import celtypes
 from celpy.adapter import json_to_cel
 from celpy.celparser import CELParseError
-from celpy.evaluation import Activation, Evaluator, base_functions
+from celpy.evaluation import Activation, CELEvalError, Evaluator, base_functions
 
 from plugin.errors import InvalidRequest
 
@@ -160,6 +161,110 @@ EXTENSIONS: dict[str, Callable[..., Any]] = {
     "replace": _replace, "indexOf": _index_of,
 }
 _FUNCTIONS = frozenset(base_functions) | frozenset(EXTENSIONS) | {"has", "dyn"}
+
+
+# ---------------------------------------------------------------------------
+# Equality and ordering as cel-go's (the CEL specification since 2021): celpy 0.5 refuses
+# ``1 == "a"`` and ``1 < 1.5`` with "no matching overload", where cel-go (OpenBao) answers
+# false and true. Claims are dynamic, so a program written for OpenBao meets these at login:
+# ``claims.groups.exists(g, g == "ops")`` over a list that also holds a number.
+
+_NUMBERS = (celtypes.IntType, celtypes.UintType, celtypes.DoubleType)
+
+
+def _kind(value: Any) -> Any:
+    """The CEL type family equality compares within (the three number types are one)."""
+    if isinstance(value, celtypes.BoolType):  # an int subclass: before the numbers
+        return celtypes.BoolType
+    if isinstance(value, _NUMBERS):
+        return _NUMBERS
+    if isinstance(value, celtypes.MapType):  # messages too
+        return celtypes.MapType
+    return type(value)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Heterogeneous equality: values of two families are unequal (not an error); numbers
+    by value across int, uint and double; lists and maps element by element."""
+    kind = _kind(a)
+    if kind is not _kind(b):
+        return False
+    if kind is _NUMBERS:
+        return _number(a) == _number(b)
+    if kind is celtypes.ListType:
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if kind is celtypes.MapType:
+        if len(a) != len(b):
+            return False
+        keyed = {_key(k): v for k, v in b.items()}  # one pass each: a claim's map may be large
+        return all(_key(k) in keyed and _equal(v, keyed[_key(k)]) for k, v in a.items())
+    return bool(a == b)
+
+
+def _number(value: Any) -> int | float:
+    return float(value) if isinstance(value, celtypes.DoubleType) else int(value)
+
+
+def _key(value: Any) -> Any:
+    """A map key as plain Python compares it within its family (1 and 1.0 are one key)."""
+    kind = _kind(value)
+    if kind is _NUMBERS:
+        return ("number", _number(value))
+    if kind is celtypes.BoolType:
+        return ("bool", bool(value))
+    if kind is celtypes.StringType:
+        return ("string", str(value))
+    return (kind, value)
+
+
+def _errors(a: Any, b: Any) -> Any:
+    """The first of two operands that is an evaluation error (it is the answer), else None."""
+    return a if isinstance(a, CELEvalError) else b if isinstance(b, CELEvalError) else None
+
+
+def _eq(a: Any, b: Any) -> Any:
+    error = _errors(a, b)
+    return error if error is not None else celtypes.BoolType(_equal(a, b))
+
+
+def _ne(a: Any, b: Any) -> Any:
+    error = _errors(a, b)
+    return error if error is not None else celtypes.BoolType(not _equal(a, b))
+
+
+def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], Any]:
+    """An ordering: numbers by value across their three types, else within one type (a
+    ``TypeError`` across two, celpy's "no matching overload")."""
+
+    def ordered(a: Any, b: Any) -> Any:
+        error = _errors(a, b)
+        if error is not None:
+            return error
+        if _kind(a) is _NUMBERS and _kind(b) is _NUMBERS:
+            return celtypes.BoolType(compare(_number(a), _number(b)))
+        if _kind(a) is not _kind(b) or _kind(a) in (celtypes.ListType, celtypes.MapType):
+            raise TypeError("no such overload")
+        return celtypes.BoolType(compare(a, b))
+
+    return ordered
+
+
+def _in(item: Any, container: Any) -> Any:
+    """Membership by heterogeneous equality: ``"a" in [1, 2]`` is false."""
+    error = _errors(item, container)
+    if error is not None:
+        return error
+    if isinstance(container, celtypes.MapType):
+        return celtypes.BoolType(any(_key(item) == _key(k) for k in container))
+    if not isinstance(container, celtypes.ListType):
+        raise TypeError("no such overload")
+    return celtypes.BoolType(any(_equal(item, member) for member in container))
+
+
+OPERATORS: dict[str, Callable[..., Any]] = {
+    "_==_": _eq, "_!=_": _ne, "_in_": _in, "_<_": _ordered(operator.lt), "_<=_": _ordered(operator.le),
+    "_>_": _ordered(operator.gt), "_>=_": _ordered(operator.ge),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -395,7 +500,7 @@ def _compile_one(expression: str, scope: frozenset[str], where: str) -> _Runner:
         if nodes > MAX_NODES:
             raise InvalidRequest(f"{where}: too large (more than {MAX_NODES} parse nodes)")
     _check_names(ast, scope, where)
-    return cast(_Runner, _ENV.program(ast, functions=EXTENSIONS))
+    return cast(_Runner, _ENV.program(ast, functions={**EXTENSIONS, **OPERATORS}))
 
 
 @dataclass(slots=True)

@@ -1073,6 +1073,86 @@ def test_random_token_settings_logins_as_openbao(servers: tuple[ServerProc, BaoP
     assert mismatches == [], "\n".join(map(repr, mismatches))
 
 
+_CEL_STRINGS = ('"a"', '"t1"', '""', '"A"', '"t"', '"1"')
+_CEL_PATTERNS = ('"^t.*"', '"a|b"', '"[0-9]+"', '""')
+
+
+def _random_cel(rng: random.Random, depth: int = 0) -> str:
+    """A boolean CEL expression over ``_random_cel_claims``: comparisons, string functions,
+    ``in``, ``has``, list macros, ``&&``, ``||``, ``!`` and ternaries (no double literal: an
+    int beside one is a type error cel-go's checker finds at the write, row 32)."""
+    def text() -> str:
+        return rng.choice(["claims.s", "claims.sub", rng.choice(_CEL_STRINGS), "claims.m.k"])
+
+    def number() -> str:
+        return rng.choice(["claims.n", "claims.f", "1", "0", "3", "-1", "size(claims.l)", "size(claims.s)"])
+
+    def items() -> str:
+        return rng.choice(["claims.l", "claims.ln", '["a", "b"]', "[]", "claims.e"])
+
+    kind = rng.randint(0, 13 if depth < 2 else 9)
+    simple = [
+        lambda: f"{text()} == {text()}",
+        lambda: f"{number()} {rng.choice(['<', '<=', '==', '!=', '>', '>='])} {number()}",
+        lambda: f"{text()} in {items()}",
+        lambda: f"{text()}.startsWith({rng.choice(_CEL_STRINGS)})",
+        lambda: f"{text()}.matches({rng.choice(_CEL_PATTERNS)})",
+        lambda: f"has(claims.{rng.choice(['s', 'x', 'm', 'l', 'n'])})",
+        lambda: f"{items()}.exists(v, v == {rng.choice(_CEL_STRINGS)})",
+        lambda: f"size({items()}) {rng.choice(['>', '==', '<'])} {rng.randint(0, 3)}",
+        lambda: rng.choice(["true", "false", "claims.b", "claims.b == true", 'claims.l == ["a"]', "claims.n == claims.f",
+                            'claims.m == {"k": "a"}', "claims.ln == [1.0, 2.0]", 'claims.n in [1.0, "x"]', "claims.nn == null"]),
+        lambda: f"{items()}.all(v, v != {rng.choice(_CEL_STRINGS)})",
+        lambda: f"({_random_cel(rng, depth + 1)}) && ({_random_cel(rng, depth + 1)})",
+        lambda: f"({_random_cel(rng, depth + 1)}) || ({_random_cel(rng, depth + 1)})",
+        lambda: f"!({_random_cel(rng, depth + 1)})",
+        lambda: f"({_random_cel(rng, depth + 1)}) ? ({_random_cel(rng, depth + 1)}) : ({_random_cel(rng, depth + 1)})",
+    ]
+    return simple[kind]()
+
+
+def _random_cel_claims(rng: random.Random) -> dict[str, Any]:
+    """A token's claims for ``_random_cel``: each of its claims often there, of one JSON type."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"iss": ISSUER, "aud": "a", "sub": rng.choice(["alice", "t1", "a"]), "iat": now,
+                              "exp": now + 300}
+    values: dict[str, tuple[Any, ...]] = {
+        "s": ("a", "t1", "", "A", "tx", "12"), "n": (0, 1, 3, -1, 2), "f": (1.5, 2.0, 0.0),
+        "l": (["a"], ["a", "b"], [], ["t1", "x"]), "ln": ([1, 2], []), "b": (True, False),
+        "m": ({"k": "a"}, {"k": "t1"}), "e": ([],), "nn": (None,)}
+    for name, choices in values.items():
+        if rng.random() < 0.8:
+            claims[name] = rng.choice(choices)
+    return claims
+
+
+def test_random_cel_programs_as_openbao(servers: tuple[ServerProc, BaoProc]) -> None:
+    """150 random CEL roles (``_random_cel``, its value choosing between ``pb.Auth`` and
+    ``false``) and tokens: each program is written by both servers or neither, and each login
+    accepted by both or by neither. It found that cel-python, unlike cel-go, refused
+    comparisons across types (``claims.ln.all(v, v != "a")`` over numbers, ``1 < claims.f``)."""
+    rng = random.Random(20261211)
+    nodes = _peer_jwt_mount(servers, "cel-fz")
+    mismatches, accepted = [], 0
+    for i in range(150):
+        expression, token, statuses = _random_cel(rng), make_token(_random_cel_claims(rng), key=KEY), list[int]()
+        for url, root in nodes:
+            written = requests.post(f"{url}/v1/auth/cel-fz/cel/role/c{i}", json={
+                "cel_program": {"expression": f'({expression}) ? pb.Auth{{policies: ["p"]}} : false'},
+                "bound_audiences": ["a"]}, headers={"X-Vault-Token": root}, timeout=10)
+            if written.status_code >= 300:
+                statuses.append(-written.status_code // 100)  # OpenBao: 500, authmount: 400 (row 32)
+                continue
+            statuses.append(requests.post(f"{url}/v1/auth/cel-fz/cel/login", json={"role": f"c{i}", "jwt": token},
+                                          timeout=10).status_code)
+            time.sleep(0.02)  # under the per-address login limit (50 a second)
+        if statuses[0] != statuses[1] and not statuses[0] < 0 > statuses[1]:
+            mismatches.append((expression, statuses))
+        accepted += statuses[0] == 200
+    assert mismatches == [], "\n".join(map(repr, mismatches))
+    assert 20 <= accepted <= 130, accepted  # both kinds of answer were compared
+
+
 #: Numeric bound claims: (bound value, the token's value) -> (authmount's, OpenBao's) login
 #: status. Row 81: numbers compare by value here; OpenBao 2.7.2 cuts the token's number to an
 #: integer and compares the role's by its JSON text, so a bound with a fraction (or written
