@@ -48,6 +48,9 @@ def evaluate(expression: str, variables: list[dict[str, str]] | None = None, **c
         ("claims.ref.matches('(a+)+$')", {"ref": "a" * 5000 + "!"}, nullcontext(False)),  # RE2: linear
         ("claims.missing == 1", {}, raises("CEL program failed: expression: no such member")),
         ("1 / 0 == 1", {}, raises("CEL program failed: expression: .*divide by zero")),
+        ("1 / 0 != 1", {}, raises("CEL program failed: expression: .*divide by zero")),  # an error is no value to compare
+        ("1 / 0 in [1]", {}, raises("CEL program failed: expression: .*divide by zero")),
+        ("1 / 0 < 1.5", {}, raises("CEL program failed: expression: .*divide by zero")),
         ("claims.n.all(a, claims.n.all(b, claims.n.all(c, a + b + c >= 0)))", {},
          raises("CEL program failed: the program exceeded its (cost|time) limit")),
         ("claims.n.map(a, claims.n.map(b, a * b)).size() > 0", {},
@@ -60,6 +63,7 @@ def evaluate(expression: str, variables: list[dict[str, str]] | None = None, **c
     ids=[
         "release-tag", "rc-tag-refused", "not-dependabot", "list-has-both", "all-of", "exists", "has",
         "string-extensions", "now-and-operation", "regex-no-backtracking", "missing-claim", "divide-by-zero",
+        "error-not-equal", "error-in", "error-ordered",
         "cubic-loop", "quadratic-map", "string-blowup", "int-beside-double",
     ],
 )
@@ -83,6 +87,8 @@ HETEROGENEOUS: list[tuple[str, Any]] = [
     ('claims.f in {1: "x"}', True), ('claims.groups.exists(g, g == "b")', True), ("claims.mixed.exists(v, v == 2)", True),
     ('claims.mixed.all(v, v != "z")', True), ('"z" in claims.mixed', False), ("{1: 2} == {1.0: 2.0}", True),
     ('{"a": 1} == {"a": 1, "b": 2}', False), ("[[1], [2]] == [[1.0], [2.0]]", True),
+    ("claims.n >= claims.f", True), ("claims.n > claims.f", False), ("2 > claims.f", True), ("[1] == [1, 2]", False),
+    ('"z" in claims.m', False), ('true in {true: "x"}', True), ('false in {true: "x"}', False), ('1 in {true: "x"}', False),
     ("claims.s < claims.n", InvalidRequest), ("claims.m < claims.m", InvalidRequest), ("claims.l < claims.l", InvalidRequest),
 ]
 
