@@ -95,7 +95,7 @@ HETEROGENEOUS: list[tuple[str, Any]] = [
 
 @pytest.mark.parametrize(("expression", "expected"), HETEROGENEOUS, ids=[e for e, _ in HETEROGENEOUS])
 def test_equality_and_ordering_as_cel_go(expression: str, expected: Any) -> None:
-    claims = {"s": "a", "n": 1, "f": 1.0, "l": ["a"], "ln": [1, 2], "m": {"k": "a"}, "b": True, "nn": None,
+    claims: dict[str, Any] = {"s": "a", "n": 1, "f": 1.0, "l": ["a"], "ln": [1, 2], "m": {"k": "a"}, "b": True, "nn": None,
               "mixed": ["a", 2, True, None, {"k": 1}]}
     if expected is InvalidRequest:
         with raises("CEL program failed: expression: found no matching overload"):
