@@ -19,9 +19,9 @@ Every value, group values included, is encoded as JSON (Vault writes the values 
 or adds claims of its own; those directives are refused here, as Vault's role write refuses
 them too, and ``identity.entity.groups.names`` gives the names). A template is checked when the
 role is written: its braces balance, every directive names something above, and with every
-value empty it is a JSON object without a reserved claim. So the template of a stored role
-always fills in; Vault logs a template that fails at use and issues the token without any of
-its claims.
+value empty, and again with something in every list and object, it is a JSON object without a
+reserved claim. So the template of a stored role always fills in; Vault logs a template that
+fails at use and issues the token without any of its claims.
 """
 
 from __future__ import annotations
@@ -35,14 +35,18 @@ from typing import Any
 from plugin.errors import InvalidRequest
 from plugin.jsonlimits import MAX_JSON_DEPTH, too_deep
 from plugin.schema import parse_duration
-from server.acl.templating import AliasView, IdentityView, TemplateError
+from server.acl.templating import AliasView, GroupView, IdentityView, TemplateError
 from server.acl.templating import pieces as split_templates
 
 __all__ = ["RESERVED_CLAIMS", "check_template", "fill", "stored_template"]
 
-#: An entity without anything: the values a template is checked with.
+#: An entity without anything, and one with something in every list and map (an alias on
+#: every mount): the values a template is checked with, so that a directive whose value may be
+#: a list or an object, placed inside a JSON string, is refused at the write.
 _NOBODY = IdentityView("", "")
 _NO_ALIAS = AliasView("", "")
+_SAMPLE_ALIAS = AliasView("x", "x", metadata=(("k", "v"),), custom_metadata=(("k", "v"),))
+_SAMPLE = IdentityView("x", "x", metadata=(("k", "v"),), groups=(GroupView("x", "x"),))
 
 #: Claims an identity token's template may not set (Vault's ``ReservedClaims``, in its order).
 RESERVED_CLAIMS = ("iat", "aud", "exp", "iss", "sub", "namespace", "nonce", "auth_time", "at_hash", "c_hash")
@@ -101,7 +105,7 @@ def _value(name: str, who: IdentityView, now: int) -> Any:
     if rest.startswith("aliases."):
         accessor, _, leaf = rest[len("aliases."):].partition(".")
         if accessor and leaf:
-            alias = dict(who.aliases).get(accessor, _NO_ALIAS)
+            alias = dict(who.aliases).get(accessor, _SAMPLE_ALIAS if who is _SAMPLE else _NO_ALIAS)
             for kind in ("metadata", "custom_metadata"):
                 values = dict(getattr(alias, kind))
                 if leaf == kind:
@@ -156,4 +160,9 @@ def check_template(raw: str) -> str:
     if len(template) > MAX_TEMPLATE:
         raise InvalidRequest(f"template is longer than the maximum of {MAX_TEMPLATE} characters")
     fill(template, _NOBODY, 0)
+    try:
+        fill(template, _SAMPLE, 0)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{exc.messages[0]} (with a value in every directive: a list or an object, such as "
+                             "identity.entity.groups.names or .metadata, cannot stand inside a JSON string)") from None
     return template

@@ -261,6 +261,12 @@ async def test_tokens_need_an_entity_a_policy_and_an_allowed_client(api: Api) ->
      'error parsing template: unknown template "identity.entity.nope"'),
     ("identity/oidc/role/r", {"key": "default", "template": '{"a": {{identity.groups.names.ops.id}}}'},
      'error parsing template: the directive "identity.groups.names.ops.id" is not supported'),
+    # a list or object in a JSON string: "[]" and "{}" while empty, broken JSON with a value (OpenBao then
+    # logs and issues tokens without any of the template's claims)
+    *(("identity/oidc/role/r", {"key": "default", "template": '{"a": "{{identity.entity.' + d + '}}"}'},
+       "error parsing template JSON: Expecting ',' delimiter: line 1 column 10 (char 9) (with a value in every "
+       "directive: a list or an object") for d in ("groups.names", "groups.ids", "metadata", "aliases.auth_x.metadata",
+                                                   "aliases.auth_x.custom_metadata")),
     ("identity/oidc/config", {"issuer": "https://id.example.com/path"}, "invalid issuer, which must include only"),
     ("identity/oidc/config", {"issuer": "ftp://id.example.com"}, "invalid issuer, which must include only"),
 ])
