@@ -13,7 +13,7 @@ import structlog
 
 from plugin.errors import InvalidRequest
 from plugin.pathdoc import closest
-from plugin.policyutil import fold_case
+from plugin.policyutil import fold_case, sanitize_policies
 from plugin.schema import FieldSet
 from plugin.storage import Storage
 from server.acl.hcl import HCLError, parse
@@ -666,7 +666,7 @@ class PolicyStore:
 
         Unknown policy names contribute nothing, as in Vault.
         """
-        names = tuple(sorted({fold_case(p.strip()) for p in policies if p and p.strip()}))
+        names = tuple(sanitize_policies(policies))
         if "root" in names:
             return ROOT_ACL
         now = time.monotonic()
