@@ -14,7 +14,7 @@ from plugin.cidrutil import parse_cidrs
 from plugin.claims import glob_match
 from plugin.errors import InvalidRequest, NotFound
 from plugin.framework import Operation, PathSpec, Request, Response
-from plugin.policyutil import sanitize_policies
+from plugin.policyutil import fold_case, sanitize_policies
 from plugin.schema import Field, FieldSet, FieldType
 
 __all__ = [
@@ -294,7 +294,7 @@ def check_entity_alias(role: TokenRole | None, alias: str) -> str:
     if role is None:
         raise InvalidRequest("'entity_alias' is only allowed in combination with token role")
     allowed = role.allowed_entity_aliases or []
-    name = alias.lower()
+    name = fold_case(alias)  # as the allowed list was folded (sanitize_policies)
     if name not in allowed and not _in_globs(allowed, name):
         raise InvalidRequest("invalid 'entity_alias' value")
     return alias

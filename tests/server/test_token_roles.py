@@ -348,6 +348,12 @@ async def test_an_allowed_entity_alias_gives_the_token_its_entity(env: Env) -> N
     other, _ = await _create(env, env.root, "ci", {"entity_alias": "bar-2"})
     expected = env.store.entity_id("auth_token_00000001", "Bar-1")
     assert first["entity_id"] == again["entity_id"] == expected and other["entity_id"] not in ("", expected)
+    # the alias folds as the allowed list did (Go's lower case: İ is i)
+    await _role(env, "tr", {"allowed_entity_aliases": ["\u0130x"]})
+    read = await env.call(env.root, "roles/tr", op=Operation.READ)
+    assert read is not None and read.data is not None and read.data["allowed_entity_aliases"] == ["ix"]
+    folded, _ = await _create(env, env.root, "tr", {"entity_alias": "\u0130x"})
+    assert folded["entity_id"] == env.store.entity_id("auth_token_00000001", "\u0130x")
 
 
 async def test_an_orphan_has_no_entity(env: Env) -> None:
