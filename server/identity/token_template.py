@@ -69,8 +69,9 @@ _KNOWN = ("identity.entity.id", "identity.entity.name", "identity.entity.metadat
           "time.now", "time.now.plus.<duration>", "time.now.minus.<duration>")
 
 
-def _value(name: str, who: IdentityView, now: int) -> Any:
-    """The value of a directive (``ValueError`` naming the problem for an unknown one)."""
+def _value(name: str, who: IdentityView, now: int, absent: AliasView) -> Any:
+    """The value of a directive (``ValueError`` naming the problem for an unknown one);
+    ``absent`` stands for the entity's alias on a mount where it has none."""
     if name.startswith("time."):
         parts = name.split(".", 3)
         if parts[1] != "now":
@@ -105,7 +106,7 @@ def _value(name: str, who: IdentityView, now: int) -> Any:
     if rest.startswith("aliases."):
         accessor, _, leaf = rest[len("aliases."):].partition(".")
         if accessor and leaf:
-            alias = dict(who.aliases).get(accessor, _SAMPLE_ALIAS if who is _SAMPLE else _NO_ALIAS)
+            alias = dict(who.aliases).get(accessor, absent)
             for kind in ("metadata", "custom_metadata"):
                 values = dict(getattr(alias, kind))
                 if leaf == kind:
@@ -117,8 +118,9 @@ def _value(name: str, who: IdentityView, now: int) -> Any:
     raise ValueError(f'unknown template "{name}" (known: {", ".join(_KNOWN)})')
 
 
-def fill(template: str, who: IdentityView, now: int) -> dict[str, Any]:
-    """The claims ``template`` gives for ``who`` at ``now`` (``{}`` for no template).
+def fill(template: str, who: IdentityView, now: int, *, absent: AliasView = _NO_ALIAS) -> dict[str, Any]:
+    """The claims ``template`` gives for ``who`` at ``now`` (``{}`` for no template);
+    ``absent`` is the alias read on a mount where ``who`` has none.
 
     :raises InvalidRequest: the template does not parse, names an unknown directive, is not a
         JSON object, or sets a reserved claim (Vault's texts where it has them).
@@ -132,7 +134,7 @@ def fill(template: str, who: IdentityView, now: int) -> dict[str, Any]:
     out = [template.split("{{", 1)[0]]
     for name, after in pieces:
         try:
-            value = _value(name, who, now)
+            value = _value(name, who, now, absent)
         except ValueError as exc:
             raise InvalidRequest(f"error parsing template: {exc}") from None
         out += [json.dumps(value), after]
@@ -161,7 +163,7 @@ def check_template(raw: str) -> str:
         raise InvalidRequest(f"template is longer than the maximum of {MAX_TEMPLATE} characters")
     fill(template, _NOBODY, 0)
     try:
-        fill(template, _SAMPLE, 0)
+        fill(template, _SAMPLE, 0, absent=_SAMPLE_ALIAS)
     except InvalidRequest as exc:
         raise InvalidRequest(f"{exc.messages[0]} (with a value in every directive: a list or an object, such as "
                              "identity.entity.groups.names or .metadata, cannot stand inside a JSON string)") from None
