@@ -240,10 +240,11 @@ def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], Any]:
         error = _errors(a, b)
         if error is not None:
             return error
-        if _kind(a) is _NUMBERS and _kind(b) is _NUMBERS:
-            return celtypes.BoolType(compare(_number(a), _number(b)))
-        if _kind(a) is not _kind(b) or _kind(a) in (celtypes.ListType, celtypes.MapType):
+        kind = _kind(a)
+        if kind is not _kind(b) or kind in (celtypes.ListType, celtypes.MapType):
             raise TypeError("no such overload")
+        if kind is _NUMBERS:
+            return celtypes.BoolType(compare(_number(a), _number(b)))
         return celtypes.BoolType(compare(a, b))
 
     return ordered
