@@ -345,10 +345,10 @@ def from_sections(
             desired.token_roles[name] = _token_role(str(name), dict(values), f"token_roles.{name}", environ)
         for name, values in (groups or {}).items():
             group = _group(str(name), dict(values), f"groups.{name}", environ)
-            if fold_case(group.name) in desired.groups:
+            if (key := fold_case(group.name)) in desired.groups:
                 raise GitopsError("declared twice (group names are case-insensitive)",
                                   address=f"group {group.name}", where=group.where)
-            desired.groups[fold_case(group.name)] = group
+            desired.groups[key] = group
         used: dict[AliasSpec, str] = {}
         for name, values in (entities or {}).items():
             entity = _entity(str(name), dict(values), f"entities.{name}", environ)

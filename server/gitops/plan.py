@@ -613,7 +613,7 @@ async def _plan_member_groups(
         group = desired.groups[key]
         address = f"group {group.name}"
         for member in group.member_groups:
-            if fold_case(member) not in desired.groups and fold_case(member) not in live_names:
+            if (folded := fold_case(member)) not in desired.groups and folded not in live_names:
                 raise GitopsError(f"no group {member} on the server or in the file", source=desired.source,
                                   address=address, where=group.where, field="member_groups")
         before = []
