@@ -870,13 +870,10 @@ LOGINS: dict[str, tuple[str, Any]] = {
 
 @pytest.fixture(scope="module")
 def jwt_mounts(servers: tuple[ServerProc, BaoProc]) -> tuple[ServerProc, BaoProc]:
-    for url, root in ((servers[0].url, str(servers[0].root_token)), (servers[1].url, servers[1].root_token)):
-        head = {"X-Vault-Token": root}
-        assert requests.post(f"{url}/v1/sys/auth/peer-jwt", json={"type": "jwt"}, headers=head, timeout=10).ok
-        config = {"jwt_validation_pubkeys": [KEY.pem], "bound_issuer": ISSUER}
-        assert requests.post(f"{url}/v1/auth/peer-jwt/config", json=config, headers=head, timeout=10).ok
+    for url, root in _peer_jwt_mount(servers, "peer-jwt"):
         for name, role in LOGIN_ROLES.items():
-            assert requests.post(f"{url}/v1/auth/peer-jwt/role/{name}", json=role, headers=head, timeout=10).ok
+            assert requests.post(f"{url}/v1/auth/peer-jwt/role/{name}", json=role, headers={"X-Vault-Token": root},
+                                 timeout=10).ok
     return servers
 
 
